@@ -1,0 +1,168 @@
+"""One typed settings object, read once at start: defaults < config file < environment < CLI.
+
+Every setting is declared once below with its help text. Environment variables are the field
+name upper-cased with the ``ZAQAR_`` prefix (``ZAQAR_MESSAGE_STORE``). A config file is TOML with
+the same keys at top level. Invalid values fail loudly with :class:`ConfigurationError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "ZAQAR_"
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or invalid; the message says which and why."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata=_help("Address every service binds to."))
+    data_dir: str = field(
+        default="./zaqar-data",
+        metadata=_help("Folder of the embedded SQLite stores (used by the default store URIs)."),
+    )
+    queue_port: int = field(default=50061, metadata=_help("gRPC port of queue_svc (0 = any)."))
+    message_port: int = field(default=50062, metadata=_help("gRPC port of message_svc (0 = any)."))
+    notifier_port: int = field(
+        default=50063, metadata=_help("gRPC port of notifier_svc (0 = any).")
+    )
+    http_port: int = field(default=8888, metadata=_help("HTTP port of the API gateway."))
+    ws_port: int = field(default=9000, metadata=_help("WebSocket port of the API gateway."))
+    queue_store: str = field(
+        default="", metadata=_help("Store URI of queue_svc; default sqlite:///<data_dir>/queues.db.")
+    )
+    message_store: str = field(
+        default="",
+        metadata=_help("Store URI of message_svc; default sqlite:///<data_dir>/messages.db."),
+    )
+    notifier_store: str = field(
+        default="",
+        metadata=_help("Store URI of notifier_svc; default sqlite:///<data_dir>/notifier.db."),
+    )
+    queue_target: str = field(
+        default="", metadata=_help("gRPC target of queue_svc; default <host>:<queue_port>.")
+    )
+    message_targets: str = field(
+        default="",
+        metadata=_help(
+            "Comma-separated gRPC targets of every message_svc replica (queue_svc invalidates "
+            "each one's metadata cache); default <host>:<message_port>."
+        ),
+    )
+    notifier_target: str = field(
+        default="", metadata=_help("gRPC target of notifier_svc; default <host>:<notifier_port>.")
+    )
+    rpc_timeout: float = field(
+        default=5.0, metadata=_help("Deadline in seconds of every call between services.")
+    )
+    metadata_cache_ttl: float = field(
+        default=30.0,
+        metadata=_help(
+            "Seconds message_svc keeps a queue's metadata when no invalidation arrives "
+            "(a safety net; updates invalidate synchronously)."
+        ),
+    )
+    gc_interval: float = field(
+        default=5.0, metadata=_help("Seconds between sweeps of expired messages and claims.")
+    )
+    shutdown_grace: float = field(
+        default=5.0, metadata=_help("Seconds in-flight calls get to finish on SIGTERM.")
+    )
+    message_checksum: bool = field(
+        default=False, metadata=_help('Add "checksum": "MD5:<hex>" to every message returned.')
+    )
+    log_level: str = field(default="INFO", metadata=_help("Python logging level."))
+
+    # Derived values -------------------------------------------------------------------------
+
+    def store_uri(self, service: str) -> str:
+        explicit = {"queue": self.queue_store, "message": self.message_store,
+                    "notifier": self.notifier_store}[service]
+        if explicit:
+            return explicit
+        filename = {"queue": "queues.db", "message": "messages.db", "notifier": "notifier.db"}
+        return "sqlite:///" + str(Path(self.data_dir).resolve() / filename[service])
+
+    def target(self, service: str) -> str:
+        if service == "queue":
+            return self.queue_target or f"{self.host}:{self.queue_port}"
+        if service == "notifier":
+            return self.notifier_target or f"{self.host}:{self.notifier_port}"
+        return self.message_target_list()[0]
+
+    def message_target_list(self) -> list[str]:
+        if self.message_targets:
+            return [t.strip() for t in self.message_targets.split(",") if t.strip()]
+        return [f"{self.host}:{self.message_port}"]
+
+    # Loading --------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_file = config_file or environ.get(ENV_PREFIX + "CONFIG_FILE")
+        if config_file:
+            try:
+                with open(config_file, "rb") as fh:
+                    values.update(tomllib.load(fh))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigurationError(f"cannot read config file {config_file}: {exc}") from exc
+        for f in dataclasses.fields(cls):
+            env_value = environ.get(ENV_PREFIX + f.name.upper())
+            if env_value is not None:
+                values[f.name] = env_value
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        return cls(**{k: _cast(k, v) for k, v in values.items()})
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, default, help) for every setting, for docs and --help."""
+        return [
+            (ENV_PREFIX + f.name.upper(), repr(f.default), f.metadata.get("help", ""))
+            for f in dataclasses.fields(cls)
+        ]
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _cast(name: str, value: Any) -> Any:
+    f = _FIELDS.get(name)
+    if f is None:
+        raise ConfigurationError(f"unknown setting {name!r}")
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"setting {name} ({ENV_PREFIX + name.upper()}): expected {kind.__name__}, got {value!r}"
+        ) from exc

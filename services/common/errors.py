@@ -1,0 +1,222 @@
+"""The error model shared by every service, translated once at each boundary.
+
+Domain code raises a :class:`ServiceError` subclass. The server interceptor in
+:func:`error_interceptor` turns it into a gRPC status whose ``details`` is the human
+description and which carries a ``google.rpc.ErrorInfo`` with a machine ``reason`` and the
+Zaqar error ``title``. Clients (the gateway, other services) read it back with
+:func:`decode_rpc_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "zaqar.v2"
+
+
+class ServiceError(Exception):
+    """Base of every error a service reports to its callers.
+
+    Subclasses set ``code``, ``reason`` and ``title``; ``msg_format`` is formatted with the
+    keyword context given at raise time.
+    """
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    reason: ClassVar[str] = "INTERNAL"
+    title: ClassVar[str] = "Service temporarily unavailable"
+    msg_format: ClassVar[str] = "{description}"
+
+    def __init__(self, description: str | None = None, **context: Any) -> None:
+        if description is not None:
+            context.setdefault("description", description)
+        self.context = context
+        try:
+            self.description = self.msg_format.format(**context)
+        except (KeyError, IndexError):
+            self.description = description or self.msg_format
+        super().__init__(self.description)
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+    title = "Invalid API request"
+
+
+class InvalidBody(InvalidArgument):
+    reason = "INVALID_BODY"
+    title = "Invalid request body"
+
+
+class InvalidQueueName(InvalidArgument):
+    reason = "INVALID_QUEUE_NAME"
+    title = "Invalid queue identification"
+    msg_format = "The format of the submitted queue name or project id is not valid."
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+    title = "Not found"
+
+
+class QueueNotFound(NotFound):
+    reason = "QUEUE_NOT_FOUND"
+    msg_format = "Queue {queue} does not exist for project {project}"
+
+
+class MessageNotFound(NotFound):
+    reason = "MESSAGE_NOT_FOUND"
+    msg_format = "Message {message_id} does not exist in queue {queue} for project {project}"
+
+
+class ClaimNotFound(NotFound):
+    reason = "CLAIM_NOT_FOUND"
+    msg_format = "Claim {claim_id} does not exist in queue {queue} for project {project}"
+
+
+class SubscriptionNotFound(NotFound):
+    reason = "SUBSCRIPTION_NOT_FOUND"
+    msg_format = "Subscription {subscription_id} does not exist"
+
+
+class Conflict(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "CONFLICT"
+    title = "Resource conflict"
+
+
+class PatchConflict(ServiceError):
+    """A JSON-patch replace/remove of a metadata key that is not there."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "PATCH_TARGET_ABSENT"
+    title = "Resource conflict"
+
+
+class MessageIsClaimed(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "MESSAGE_CLAIMED"
+    title = "Unable to delete"
+    msg_format = "This message is claimed; it cannot be deleted without a valid claim ID."
+
+
+class MessageNotClaimedBy(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "MESSAGE_NOT_CLAIMED_BY"
+    title = "Unable to delete"
+    msg_format = "This message is claimed; it cannot be deleted without a valid claim ID."
+
+
+class MessageNotClaimed(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "MESSAGE_NOT_CLAIMED"
+    title = "Unable to delete"
+    msg_format = "A claim was specified, but the message is not currently claimed."
+
+
+class Unavailable(ServiceError):
+    """The store (or a service behind this one) cannot be reached."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "STORE_UNAVAILABLE"
+    title = "Service temporarily unavailable"
+    msg_format = "{description}"
+
+
+@dataclass(frozen=True, slots=True)
+class RpcErrorInfo:
+    """What a caller learns from a failed call."""
+
+    code: grpc.StatusCode
+    reason: str
+    title: str
+    description: str
+
+
+_CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def to_status(err: ServiceError) -> status_pb2.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason=err.reason, domain=ERROR_DOMAIN, metadata={"title": err.title}
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return status_pb2.Status(
+        code=err.code.value[0], message=err.description, details=[detail]
+    )
+
+
+def decode_rpc_error(exc: grpc.RpcError) -> RpcErrorInfo:
+    """Read code, reason, title and description from a failed call (sync or aio)."""
+    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+    description: str = exc.details() or ""  # type: ignore[attr-defined]
+    reason, title = code.name, ""
+    try:
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    except ValueError:
+        status = None
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason or reason
+                title = info.metadata.get("title", "")
+    return RpcErrorInfo(code=code, reason=reason, title=title, description=description)
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _wrap_unary(behavior: Handler, method: str) -> Handler:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except ServiceError as err:
+            await context.abort_with_status(rpc_status.to_status(to_status(err)))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # the one place an unexpected failure is turned into a status
+            log.exception("unexpected failure in %s", method)
+            err = Unavailable("The service could not complete the request: %s" % type(exc).__name__)
+            await context.abort_with_status(rpc_status.to_status(to_status(err)))
+
+    return wrapper
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Translates :class:`ServiceError` (and any unexpected exception) into a rich status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, handler_call_details.method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def canonical_code_name(value: int) -> str:
+    return code_pb2.Code.Name(value)
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    return _CODE_BY_VALUE[value]

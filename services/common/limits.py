@@ -1,0 +1,52 @@
+"""Limits and defaults of the Zaqar v2 API (contract §3, §4), shared by every service."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+QUEUE_NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_\-.]{1,64}$")
+PROJECT_ID_MAX: Final = 256
+
+PAGE_LIMIT_MIN: Final = 1
+PAGE_LIMIT_MAX: Final = 20
+PAGE_LIMIT_DEFAULT: Final = 10
+
+MESSAGE_TTL_MIN: Final = 60
+MESSAGE_TTL_MAX: Final = 1_209_600
+MESSAGE_TTL_DEFAULT: Final = 3600
+MESSAGE_DELAY_MIN: Final = 0
+MESSAGE_DELAY_MAX: Final = 900
+MESSAGE_POST_SIZE_MAX: Final = 262_144
+
+CLAIM_TTL_MIN: Final = 60
+CLAIM_TTL_MAX: Final = 43_200
+CLAIM_TTL_DEFAULT: Final = 300
+CLAIM_GRACE_MIN: Final = 60
+CLAIM_GRACE_MAX: Final = 43_200
+CLAIM_GRACE_DEFAULT: Final = 60
+
+METADATA_SIZE_MAX: Final = 65_536
+
+SUBSCRIPTION_TTL_MIN: Final = 60
+SUBSCRIPTION_TTL_DEFAULT: Final = 3600
+
+# Reserved queue metadata keys with the defaults GET shows (contract §3). Keys whose default is
+# absent (``_retry_policy``, ``_flavor``) are not filled in.
+RESERVED_DEFAULTS: Final[dict[str, object]] = {
+    "_max_messages_post_size": MESSAGE_POST_SIZE_MAX,
+    "_default_message_ttl": MESSAGE_TTL_DEFAULT,
+    "_default_message_delay": 0,
+    "_dead_letter_queue": None,
+    "_dead_letter_queue_messages_ttl": None,
+    "_max_claim_count": None,
+    "_enable_encrypt_messages": False,
+}
+
+
+def valid_queue_name(name: str) -> bool:
+    return bool(QUEUE_NAME_RE.match(name))
+
+
+def valid_project(project: str) -> bool:
+    return 0 < len(project) <= PROJECT_ID_MAX
