@@ -4,7 +4,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
-out="$root/services/common/gen"
+out=${OUT:-"$root/services/common/gen"}
 annotations=$("$py" -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
 rm -rf "$out/zaqar"
 mkdir -p "$out/zaqar/v2"

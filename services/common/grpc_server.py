@@ -7,7 +7,8 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -19,6 +20,28 @@ from services.common.errors import ErrorInterceptor
 log = logging.getLogger(__name__)
 
 Registrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class Running:
+    """A started service: what ``services/<svc>/server.py:start`` returns.
+
+    ``close`` releases what the service opened (channels, stores) after the server stopped.
+    """
+
+    server: grpc.aio.Server
+    port: int
+    health: health.HealthServicer
+    service_names: Sequence[str]
+    close: Callable[[], Awaitable[None]]
+
+    async def stop(self, grace: float = 0) -> None:
+        await set_serving(self.health, self.service_names, False)
+        await self.server.stop(grace)
+        await self.close()
+
+    async def serve_until_signal(self, grace: float, announce: str | None = None) -> None:
+        await serve(self.server, self.health, self.service_names, grace, self.close, announce)
 
 # Retries for calls between services: only transient UNAVAILABLE, with backoff. Calls that are
 # not idempotent are listed in NON_RETRIED and get no retry policy.
@@ -114,7 +137,8 @@ async def serve(
 
     ``announce`` is printed on stdout once the server is ready, for the process supervisor.
     """
-    await server.start()
+    if not _started(server):
+        await server.start()
     await set_serving(health_servicer, service_names, True)
     if announce:
         print(announce, flush=True)
@@ -151,3 +175,15 @@ def install_event_loop_policy() -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _started(server: grpc.aio.Server) -> bool:
+    return bool(getattr(server, "_zaqar_started", False))
+
+
+async def start_server(running: Running) -> Running:
+    """Start a built server and report SERVING (what ``start`` functions call last)."""
+    await running.server.start()
+    running.server._zaqar_started = True  # type: ignore[attr-defined]
+    await set_serving(running.health, running.service_names, True)
+    return running

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Creates .venv (Python >= 3.11) and installs the project into it; with --test, also what the
+# test suite needs. Safe to run again: it only installs what is missing or changed.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+
+pick_python() {
+  for cand in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [ -n "$cand" ] || continue
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$cand"; return 0
+    fi
+  done
+  echo "zaqar-grpc needs Python 3.11 or newer" >&2; return 1
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -x .venv/bin/python ]; then
+  py=$(pick_python)
+  if ! "$py" -m venv .venv 2>/dev/null; then
+    # Debian/Ubuntu ship venv separately.
+    rm -rf .venv
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq "python3-venv" >/dev/null
+    "$py" -m venv .venv
+  fi
+fi
+stamp=.venv/.installed$( [ -n "$extra" ] && echo -test )
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".$extra"
+  touch "$stamp"
+fi

@@ -1,0 +1,46 @@
+"""Fixtures shared by every test: free ports, settings, in-process services."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from services.common.config import Settings
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for one test: its own data folder and free ports for every service."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "data_dir": str(tmp_path / "data"),
+            "queue_port": free_port(),
+            "message_port": free_port(),
+            "notifier_port": free_port(),
+            "http_port": free_port(),
+            "ws_port": free_port(),
+            "gc_interval": 0.5,
+        }
+        values.update(overrides)
+        (tmp_path / "data").mkdir(exist_ok=True)
+        return Settings.load(environ={}, overrides=values)
+
+    return make
+
+
+@pytest.fixture
+async def settings(make_settings: Callable[..., Settings]) -> AsyncIterator[Settings]:
+    yield make_settings()

@@ -1,0 +1,39 @@
+"""The committed generated package is exactly what protos/ produces."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GEN = ROOT / "services" / "common" / "gen"
+
+
+def test_generated_code_is_fresh(tmp_path: Path) -> None:
+    # Given the protos regenerated into a scratch folder with the pinned generator
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    subprocess.run(["bash", str(ROOT / "scripts" / "proto_codegen.sh")], env=env, check=True)
+    # Then every generated file matches the committed one, and none is missing or extra
+    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    committed = {
+        p.relative_to(GEN): p.read_bytes()
+        for p in GEN.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert sorted(map(str, fresh)) == sorted(map(str, committed))
+    stale = [str(name) for name, data in fresh.items() if committed[name] != data]
+    assert not stale, f"regenerate with scripts/proto_codegen.sh: {stale}"
+
+
+def test_every_package_is_declared_in_pyproject() -> None:
+    # A package missing from pyproject.toml would be absent from a non-editable install.
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                   ["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "services").rglob("__init__.py") if "gen" not in p.parts
+    }
+    assert found <= declared, f"add to [tool.setuptools] packages: {sorted(found - declared)}"
