@@ -1,0 +1,62 @@
+"""The HTTP ceiling: a plain Falcon ASGI app on uvicorn answering the bench's routes with fixed
+bodies and no work behind them. Run the same zbench workload against it and against the real
+service, in the same session, to see how much of the budget the service itself spends.
+
+    python bench/hello_app.py --port 8899 &
+    python bench/zbench.py --url http://127.0.0.1:8899 -pp 1 -pw 4 -cp 1 -cw 4 -op 0 -t 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+
+import falcon
+import falcon.asgi
+import orjson
+import uvicorn
+
+CLAIM_ID = str(uuid.uuid4())
+
+
+class Messages:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str) -> None:
+        await req.stream.read()
+        mid = uuid.uuid4()
+        resp.status = falcon.HTTP_201
+        resp.data = orjson.dumps({"resources": [f"/v2/queues/{queue}/messages/{mid}"]})
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str) -> None:
+        resp.data = orjson.dumps({"messages": [], "links": []})
+
+
+class Message:
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str,
+                        mid: str) -> None:
+        resp.status = falcon.HTTP_204
+
+
+class Claims:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str) -> None:
+        await req.stream.read()
+        msgs = [{"id": str(uuid.uuid4()), "ttl": 300, "age": 0, "body": {"n": i},
+                 "href": f"/v2/queues/{queue}/messages/{uuid.uuid4()}?claim_id={CLAIM_ID}"}
+                for i in range(5)]
+        resp.status = falcon.HTTP_201
+        resp.data = orjson.dumps({"messages": msgs})
+
+
+def create_app() -> falcon.asgi.App:
+    app = falcon.asgi.App()
+    app.add_route("/v2/queues/{queue}/messages", Messages())
+    app.add_route("/v2/queues/{queue}/messages/{mid}", Message())
+    app.add_route("/v2/queues/{queue}/claims", Claims())
+    return app
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=8899)
+    args = ap.parse_args()
+    uvicorn.run(create_app(), host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning")
