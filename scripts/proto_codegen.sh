@@ -12,3 +12,6 @@ cd "$root/protos"
 "$py" -m grpc_tools.protoc -I . -I "$annotations" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" zaqar/v2/*.proto
 touch "$out/zaqar/__init__.py" "$out/zaqar/v2/__init__.py"
+# The descriptor set Envoy's gRPC-JSON transcoder reads (deploy/envoy/envoy.yaml).
+"$py" -m grpc_tools.protoc -I . -I "$annotations" --include_imports \
+  --descriptor_set_out="${DESCRIPTOR_OUT:-$root/deploy/envoy/zaqar.pb}" zaqar/v2/*.proto

@@ -13,7 +13,9 @@ GEN = ROOT / "services" / "common" / "gen"
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     # Given the protos regenerated into a scratch folder with the pinned generator
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    descriptor = tmp_path.parent / "zaqar.pb"
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "DESCRIPTOR_OUT": str(descriptor)}
     subprocess.run(["bash", str(ROOT / "scripts" / "proto_codegen.sh")], env=env, check=True)
     # Then every generated file matches the committed one, and none is missing or extra
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -24,6 +26,8 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     assert sorted(map(str, fresh)) == sorted(map(str, committed))
     stale = [str(name) for name, data in fresh.items() if committed[name] != data]
     assert not stale, f"regenerate with scripts/proto_codegen.sh: {stale}"
+    # And so is Envoy's descriptor set
+    assert descriptor.read_bytes() == (ROOT / "deploy" / "envoy" / "zaqar.pb").read_bytes()
 
 
 def test_every_package_is_declared_in_pyproject() -> None:
