@@ -1,0 +1,190 @@
+"""Queues in SQLite: one row per (project, name), metadata as JSON text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from services.common.errors import QueueNotFound
+from services.queue_svc.storage.base import (
+    MetadataCheck,
+    MetadataPatch,
+    QueuePage,
+    QueueRecord,
+    apply_patches,
+)
+from services.queue_svc.storage.sqlite._connection import Database, parse_uri
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS queues (
+        project  TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        PRIMARY KEY (project, name)
+    ) WITHOUT ROWID""",
+)
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _dump(metadata: Mapping[str, Any]) -> str:
+    return orjson.dumps(metadata).decode()
+
+
+def _load(text: str) -> dict[str, Any]:
+    value: dict[str, Any] = orjson.loads(text)
+    return value
+
+
+def _filter_clause(key: str, value: Any) -> tuple[str, list[Any]]:
+    """SQL (and its parameters) true when the stored metadata has ``key`` equal to ``value``."""
+    sql = "EXISTS (SELECT 1 FROM json_each(queues.metadata) AS m WHERE m.key = ? AND {})"
+    if value is None or isinstance(value, bool):
+        return sql.format(f"m.type = '{orjson.dumps(value).decode()}'"), [key]
+    if isinstance(value, int | float):
+        number = value if not isinstance(value, int) or value in _INT64 else float(value)
+        return sql.format("m.type IN ('integer', 'real') AND m.atom = ?"), [key, number]
+    if isinstance(value, str):
+        return sql.format("m.type = 'text' AND m.atom = ?"), [key, value]
+    kind = "object" if isinstance(value, Mapping) else "array"
+    return sql.format("m.type = ? AND m.value = json(?)"), [key, kind, orjson.dumps(value).decode()]
+
+
+class SqliteQueueStore:
+    """:class:`services.queue_svc.storage.base.QueueStore` on one SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self._db = Database(path)
+
+    @classmethod
+    def from_uri(cls, uri: str) -> SqliteQueueStore:
+        return cls(parse_uri(uri))
+
+    async def open(self) -> None:
+        await self._db.open(SCHEMA)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
+        text = _dump(metadata)
+
+        async def work(conn: aiosqlite.Connection) -> bool:
+            async with conn.execute(
+                "INSERT INTO queues (project, name, metadata) VALUES (?, ?, ?) "
+                "ON CONFLICT (project, name) DO NOTHING",
+                (project, name, text),
+            ) as cursor:
+                if cursor.rowcount == 1:
+                    return True
+            await conn.execute(
+                "UPDATE queues SET metadata = ? WHERE project = ? AND name = ?",
+                (text, project, name),
+            )
+            return False
+
+        return await self._db.atomic("create the queue", work)
+
+    async def ensure(self, project: str, name: str) -> QueueRecord:
+        async def work(conn: aiosqlite.Connection) -> QueueRecord:
+            await conn.execute(
+                "INSERT INTO queues (project, name, metadata) VALUES (?, ?, '{}') "
+                "ON CONFLICT (project, name) DO NOTHING",
+                (project, name),
+            )
+            rows = await conn.execute_fetchall(
+                "SELECT metadata FROM queues WHERE project = ? AND name = ?", (project, name)
+            )
+            return QueueRecord(project, name, _load(next(iter(rows))[0]))
+
+        return await self._db.atomic("create the queue", work)
+
+    async def get(self, project: str, name: str) -> QueueRecord | None:
+        rows = await self._db.fetchall(
+            "read the queue",
+            "SELECT metadata FROM queues WHERE project = ? AND name = ?",
+            (project, name),
+        )
+        return QueueRecord(project, name, _load(rows[0][0])) if rows else None
+
+    async def exists(self, project: str, name: str) -> bool:
+        rows = await self._db.fetchall(
+            "read the queue",
+            "SELECT 1 FROM queues WHERE project = ? AND name = ?",
+            (project, name),
+        )
+        return bool(rows)
+
+    async def update_metadata(
+        self,
+        project: str,
+        name: str,
+        patches: Sequence[MetadataPatch],
+        check: MetadataCheck | None = None,
+    ) -> QueueRecord:
+        async def work(conn: aiosqlite.Connection) -> QueueRecord:
+            rows = list(await conn.execute_fetchall(
+                "SELECT metadata FROM queues WHERE project = ? AND name = ?", (project, name)
+            ))
+            if not rows:
+                raise QueueNotFound(queue=name, project=project)
+            metadata = apply_patches(_load(rows[0][0]), patches)
+            if check is not None:
+                check(metadata)
+            await conn.execute(
+                "UPDATE queues SET metadata = ? WHERE project = ? AND name = ?",
+                (_dump(metadata), project, name),
+            )
+            return QueueRecord(project, name, metadata)
+
+        return await self._db.atomic("update the queue", work)
+
+    async def delete(self, project: str, name: str) -> bool:
+        async def work(conn: aiosqlite.Connection) -> bool:
+            async with conn.execute(
+                "DELETE FROM queues WHERE project = ? AND name = ?", (project, name)
+            ) as cursor:
+                return cursor.rowcount > 0
+
+        return await self._db.atomic("delete the queue", work)
+
+    async def list(
+        self,
+        project: str,
+        *,
+        limit: int,
+        marker: str = "",
+        name_contains: str = "",
+        metadata_filters: Mapping[str, Any] | None = None,
+        with_count: bool = False,
+    ) -> QueuePage:
+        where, params = ["project = ?"], [project]
+        if name_contains:
+            where.append("instr(name, ?) > 0")
+            params.append(name_contains)
+        for key, value in (metadata_filters or {}).items():
+            clause, clause_params = _filter_clause(key, value)
+            where.append(clause)
+            params.extend(clause_params)
+        count = None
+        if with_count:
+            rows = await self._db.fetchall(
+                "count the queues", f"SELECT count(*) FROM queues WHERE {' AND '.join(where)}",
+                params,
+            )
+            count = int(rows[0][0])
+        if marker:
+            where.append("name > ?")
+            params.append(marker)
+        rows = await self._db.fetchall(
+            "list the queues",
+            f"SELECT name, metadata FROM queues WHERE {' AND '.join(where)} "
+            "ORDER BY name LIMIT ?",
+            [*params, limit],
+        )
+        return QueuePage(
+            queues=[QueueRecord(project, name, _load(text)) for name, text in rows], count=count
+        )

@@ -1,0 +1,521 @@
+"""The queue store contract (services/queue_svc/storage/base.py), run against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.common.config import ConfigurationError
+from services.common.errors import PatchConflict, QueueNotFound
+from services.queue_svc.storage.base import MetadataPatch, QueueStore, apply_patches
+from services.queue_svc.storage.registry import open_queue_store, redact
+
+# backend -> URI of a fresh, empty store in the test's temporary folder. Redis and MongoDB
+# join here, with fixtures that start their servers.
+STORE_URIS: dict[str, Callable[[Path], str]] = {
+    "sqlite": lambda tmp: f"sqlite:///{tmp / 'queues.db'}",
+}
+
+
+@pytest.fixture(params=sorted(STORE_URIS))
+def queue_store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return STORE_URIS[request.param](tmp_path)
+
+
+@pytest.fixture
+async def queue_store(queue_store_uri: str) -> AsyncIterator[QueueStore]:
+    store = await open_queue_store(queue_store_uri)
+    yield store
+    await store.close()
+
+
+async def names(store: QueueStore, project: str, **kwargs: Any) -> list[str]:
+    kwargs.setdefault("limit", 20)
+    page = await store.list(project, **kwargs)
+    return [q.name for q in page.queues]
+
+
+# create / get / exists ------------------------------------------------------------------------
+
+
+async def test_create_new_queue_then_get_it(queue_store: QueueStore) -> None:
+    # When a queue is created with metadata
+    created = await queue_store.create("p", "q1", {"description": "demo", "n": 1})
+    # Then it is new, exists, and reads back with its metadata
+    assert created is True
+    assert await queue_store.exists("p", "q1")
+    record = await queue_store.get("p", "q1")
+    assert record is not None
+    assert (record.project, record.name) == ("p", "q1")
+    assert dict(record.metadata) == {"description": "demo", "n": 1}
+
+
+async def test_create_existing_queue_replaces_whole_metadata(queue_store: QueueStore) -> None:
+    # Given a queue with two keys
+    await queue_store.create("p", "q1", {"a": 1, "b": 2})
+    # When it is created again with other metadata
+    created = await queue_store.create("p", "q1", {"c": 3})
+    # Then it was not new, and the old keys are gone
+    assert created is False
+    record = await queue_store.get("p", "q1")
+    assert record is not None and dict(record.metadata) == {"c": 3}
+
+
+async def test_create_with_empty_metadata(queue_store: QueueStore) -> None:
+    assert await queue_store.create("p", "empty", {}) is True
+    record = await queue_store.get("p", "empty")
+    assert record is not None and dict(record.metadata) == {}
+
+
+async def test_absent_queue_is_none_and_does_not_exist(queue_store: QueueStore) -> None:
+    assert await queue_store.get("p", "nope") is None
+    assert await queue_store.exists("p", "nope") is False
+
+
+async def test_metadata_round_trips_values_and_key_order(queue_store: QueueStore) -> None:
+    # Given metadata with every JSON type, nested values, unicode and a deliberate key order
+    metadata = {
+        "zeta": "last-alphabetically-first-stored",
+        "_default_message_ttl": 120,
+        "float": 1.5,
+        "whole_float": 2.0,
+        "big": 12345678901234567890,
+        "flag": False,
+        "nothing": None,
+        "nested": {"b": [1, "two", {"three": 3}], "a": True},
+        "unicode": "héllo ✓ 日本",
+        "alpha": [],
+    }
+    await queue_store.create("p", "types", metadata)
+    # Then it reads back equal, with the same key order and number types
+    record = await queue_store.get("p", "types")
+    assert record is not None
+    assert list(record.metadata) == list(metadata)
+    assert dict(record.metadata) == metadata
+    assert isinstance(record.metadata["whole_float"], float)
+    assert isinstance(record.metadata["_default_message_ttl"], int)
+    assert record.metadata["big"] == 12345678901234567890
+
+
+async def test_concurrent_creates_report_exactly_one_new_queue(queue_store: QueueStore) -> None:
+    # When many callers create the same absent queue at once
+    results = await asyncio.gather(
+        *(queue_store.create("p", "race", {"writer": i}) for i in range(10))
+    )
+    # Then exactly one of them created it, and one writer's metadata won whole
+    assert sorted(results) == [False] * 9 + [True]
+    record = await queue_store.get("p", "race")
+    assert record is not None and list(record.metadata) == ["writer"]
+
+
+# ensure ---------------------------------------------------------------------------------------
+
+
+async def test_ensure_creates_absent_queue_with_empty_metadata(queue_store: QueueStore) -> None:
+    record = await queue_store.ensure("p", "auto")
+    assert (record.name, dict(record.metadata)) == ("auto", {})
+    assert await queue_store.exists("p", "auto")
+
+
+async def test_ensure_keeps_existing_metadata(queue_store: QueueStore) -> None:
+    # Given a queue with metadata
+    await queue_store.create("p", "kept", {"_default_message_ttl": 300})
+    # When it is ensured
+    record = await queue_store.ensure("p", "kept")
+    # Then its metadata is untouched, and it was not created again
+    assert dict(record.metadata) == {"_default_message_ttl": 300}
+    assert await queue_store.create("p", "kept", {"_default_message_ttl": 300}) is False
+
+
+# update_metadata ------------------------------------------------------------------------------
+
+
+async def test_update_applies_add_replace_remove_and_persists(queue_store: QueueStore) -> None:
+    # Given a queue with keys a, b, c
+    await queue_store.create("p", "q", {"a": 1, "b": 2, "c": 3})
+    # When a, c are changed, b removed and d added
+    record = await queue_store.update_metadata("p", "q", [
+        MetadataPatch("replace", "a", 10),
+        MetadataPatch("remove", "b"),
+        MetadataPatch("add", "d", {"x": [1]}),
+        MetadataPatch("add", "c", 30),
+    ])
+    # Then the result keeps replaced keys in place and adds new keys last, and is stored
+    expected = {"a": 10, "c": 30, "d": {"x": [1]}}
+    assert dict(record.metadata) == expected
+    assert list(record.metadata) == ["a", "c", "d"]
+    stored = await queue_store.get("p", "q")
+    assert stored is not None and dict(stored.metadata) == expected
+    assert list(stored.metadata) == ["a", "c", "d"]
+
+
+async def test_update_applies_operations_in_order(queue_store: QueueStore) -> None:
+    await queue_store.create("p", "q", {})
+    # When a key is added, replaced, removed and added again in one update
+    record = await queue_store.update_metadata("p", "q", [
+        MetadataPatch("add", "k", 1),
+        MetadataPatch("replace", "k", 2),
+        MetadataPatch("remove", "k"),
+        MetadataPatch("add", "k", 4),
+        MetadataPatch("add", "other", None),
+    ])
+    # Then each operation saw the previous one's result
+    assert dict(record.metadata) == {"k": 4, "other": None}
+
+
+@pytest.mark.parametrize("op", ["replace", "remove"])
+async def test_strict_patch_of_absent_key_conflicts_and_changes_nothing(
+    queue_store: QueueStore, op: str
+) -> None:
+    # Given a queue with one key
+    await queue_store.create("p", "q", {"keep": 1})
+    # When an update adds a key and then replaces/removes a key that is not there
+    with pytest.raises(PatchConflict) as caught:
+        await queue_store.update_metadata("p", "q", [
+            MetadataPatch("add", "added", 2),
+            MetadataPatch(op, "missing", 3),  # type: ignore[arg-type]
+        ])
+    # Then it conflicts, naming the key, and the earlier add was not stored either
+    assert caught.value.description == f"Can't {op} non-existent object missing."
+    record = await queue_store.get("p", "q")
+    assert record is not None and dict(record.metadata) == {"keep": 1}
+
+
+async def test_lenient_patch_of_absent_key_sets_or_ignores(queue_store: QueueStore) -> None:
+    await queue_store.create("p", "q", {"a": 1})
+    # When non-strict replace/remove name keys that are not stored
+    record = await queue_store.update_metadata("p", "q", [
+        MetadataPatch("replace", "_default_message_ttl", 120, strict=False),
+        MetadataPatch("remove", "_default_message_delay", strict=False),
+    ])
+    # Then the replace set the key and the remove did nothing
+    assert dict(record.metadata) == {"a": 1, "_default_message_ttl": 120}
+
+
+async def test_lenient_remove_of_present_key_removes_it(queue_store: QueueStore) -> None:
+    await queue_store.create("p", "q", {"_default_message_ttl": 120, "a": 1})
+    record = await queue_store.update_metadata(
+        "p", "q", [MetadataPatch("remove", "_default_message_ttl", strict=False)]
+    )
+    assert dict(record.metadata) == {"a": 1}
+
+
+async def test_update_of_absent_queue_is_not_found(queue_store: QueueStore) -> None:
+    with pytest.raises(QueueNotFound) as caught:
+        await queue_store.update_metadata("p", "ghost", [MetadataPatch("add", "a", 1)])
+    assert caught.value.description == "Queue ghost does not exist for project p"
+    # And the update did not create it
+    assert not await queue_store.exists("p", "ghost")
+
+
+async def test_update_check_sees_result_and_can_veto(queue_store: QueueStore) -> None:
+    await queue_store.create("p", "q", {"a": 1})
+    seen: list[dict[str, Any]] = []
+
+    class Veto(Exception):
+        pass
+
+    def check(metadata: Any) -> None:
+        seen.append(dict(metadata))
+        raise Veto
+
+    # When the check rejects the patched metadata
+    with pytest.raises(Veto):
+        await queue_store.update_metadata("p", "q", [MetadataPatch("add", "b", 2)], check=check)
+    # Then it saw the would-be result, and nothing was stored
+    assert seen == [{"a": 1, "b": 2}]
+    record = await queue_store.get("p", "q")
+    assert record is not None and dict(record.metadata) == {"a": 1}
+
+
+async def test_concurrent_updates_lose_nothing(queue_store: QueueStore) -> None:
+    # Given a queue
+    await queue_store.create("p", "q", {})
+    # When 20 updates each add their own key at once
+    await asyncio.gather(*(
+        queue_store.update_metadata("p", "q", [MetadataPatch("add", f"k{i}", i)])
+        for i in range(20)
+    ))
+    # Then every key is there (each read-modify-write was atomic)
+    record = await queue_store.get("p", "q")
+    assert record is not None
+    assert dict(record.metadata) == {f"k{i}": i for i in range(20)}
+
+
+async def test_cancelled_update_leaves_the_store_usable(queue_store: QueueStore) -> None:
+    # Given an update whose caller gives up right away
+    await queue_store.create("p", "q", {})
+    task = asyncio.ensure_future(
+        queue_store.update_metadata("p", "q", [MetadataPatch("add", "a", 1)])
+    )
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Then later calls work, and the update either fully happened or not at all
+    record = await queue_store.update_metadata("p", "q", [MetadataPatch("add", "b", 2)])
+    assert dict(record.metadata) in ({"b": 2}, {"a": 1, "b": 2})
+
+
+def test_apply_patches_does_not_change_its_input() -> None:
+    original = {"a": 1}
+    result = apply_patches(original, [MetadataPatch("add", "b", 2), MetadataPatch("remove", "a")])
+    assert original == {"a": 1}
+    assert result == {"b": 2}
+
+
+# delete ---------------------------------------------------------------------------------------
+
+
+async def test_delete_is_idempotent(queue_store: QueueStore) -> None:
+    await queue_store.create("p", "q", {"a": 1})
+    # When the queue is deleted twice
+    first = await queue_store.delete("p", "q")
+    second = await queue_store.delete("p", "q")
+    # Then only the first found it, and it is gone
+    assert (first, second) == (True, False)
+    assert await queue_store.get("p", "q") is None
+    assert not await queue_store.exists("p", "q")
+    assert await names(queue_store, "p") == []
+
+
+async def test_recreated_queue_starts_with_new_metadata(queue_store: QueueStore) -> None:
+    await queue_store.create("p", "q", {"old": True})
+    await queue_store.delete("p", "q")
+    assert await queue_store.create("p", "q", {"new": True}) is True
+    record = await queue_store.get("p", "q")
+    assert record is not None and dict(record.metadata) == {"new": True}
+
+
+# list -----------------------------------------------------------------------------------------
+
+
+async def test_list_is_sorted_by_name_in_code_point_order(queue_store: QueueStore) -> None:
+    # Given queues created out of order, with upper case, digits and punctuation
+    for name in ["b", "a", "B", "a-1", "a.1", "a_1", "10", "9", "A"]:
+        await queue_store.create("p", name, {})
+    # Then they list in code point order (upper case before lower case, "10" before "9")
+    assert await names(queue_store, "p") == sorted(
+        ["b", "a", "B", "a-1", "a.1", "a_1", "10", "9", "A"]
+    )
+    assert await names(queue_store, "p") == ["10", "9", "A", "B", "a", "a-1", "a.1", "a_1", "b"]
+
+
+async def test_list_limit_and_exclusive_marker_page_through_everything(
+    queue_store: QueueStore,
+) -> None:
+    # Given 7 queues
+    all_names = [f"q{i}" for i in range(7)]
+    for name in reversed(all_names):
+        await queue_store.create("p", name, {"i": name})
+    # When paging 3 at a time, each page starting after the previous page's last name
+    pages, marker = [], ""
+    while True:
+        page = await queue_store.list("p", limit=3, marker=marker)
+        if not page.queues:
+            break
+        pages.append([q.name for q in page.queues])
+        marker = page.queues[-1].name
+    # Then every queue appears exactly once, in order, 3 + 3 + 1
+    assert pages == [["q0", "q1", "q2"], ["q3", "q4", "q5"], ["q6"]]
+
+
+async def test_list_returns_metadata_as_stored(queue_store: QueueStore) -> None:
+    await queue_store.create("p", "q", {"b": 1, "a": 2})
+    page = await queue_store.list("p", limit=1)
+    assert [(q.project, q.name, list(q.metadata.items())) for q in page.queues] == [
+        ("p", "q", [("b", 1), ("a", 2)])
+    ]
+    assert page.count is None
+
+
+async def test_list_marker_need_not_exist(queue_store: QueueStore) -> None:
+    for name in ["apple", "banana", "cherry"]:
+        await queue_store.create("p", name, {})
+    assert await names(queue_store, "p", marker="b") == ["banana", "cherry"]
+    assert await names(queue_store, "p", marker="banana") == ["cherry"]
+    assert await names(queue_store, "p", marker="zzz") == []
+
+
+async def test_list_name_filter_is_a_literal_case_sensitive_substring(
+    queue_store: QueueStore,
+) -> None:
+    for name in ["orders", "my-orders", "ORDERS", "order_s", "ordersx", "audit"]:
+        await queue_store.create("p", name, {})
+    assert await names(queue_store, "p", name_contains="orders") == [
+        "my-orders", "orders", "ordersx"
+    ]
+    # "_" and "%" are no wildcards
+    assert await names(queue_store, "p", name_contains="r_s") == ["order_s"]
+    assert await names(queue_store, "p", name_contains="%") == []
+
+
+async def test_list_metadata_filters_compare_json_values(queue_store: QueueStore) -> None:
+    # Given queues with values of different JSON types under the same keys
+    await queue_store.create("p", "int5", {"v": 5, "color": "red"})
+    await queue_store.create("p", "float5", {"v": 5.0})
+    await queue_store.create("p", "str5", {"v": "5", "color": "blue"})
+    await queue_store.create("p", "true", {"v": True})
+    await queue_store.create("p", "one", {"v": 1})
+    await queue_store.create("p", "null", {"v": None})
+    await queue_store.create("p", "absent", {"other": 5})
+    await queue_store.create("p", "obj", {"v": {"a": 1, "b": [1, 2]}})
+    await queue_store.create("p", "arr", {"v": [1, "x"]})
+    # Then numbers match by value, and no type matches another
+    assert await names(queue_store, "p", metadata_filters={"v": 5}) == ["float5", "int5"]
+    assert await names(queue_store, "p", metadata_filters={"v": 5.0}) == ["float5", "int5"]
+    assert await names(queue_store, "p", metadata_filters={"v": "5"}) == ["str5"]
+    assert await names(queue_store, "p", metadata_filters={"v": True}) == ["true"]
+    assert await names(queue_store, "p", metadata_filters={"v": 1}) == ["one"]
+    assert await names(queue_store, "p", metadata_filters={"v": False}) == []
+    assert await names(queue_store, "p", metadata_filters={"v": None}) == ["null"]
+    assert await names(queue_store, "p", metadata_filters={"v": {"a": 1, "b": [1, 2]}}) == [
+        "obj"
+    ]
+    assert await names(queue_store, "p", metadata_filters={"v": [1, "x"]}) == ["arr"]
+    assert await names(queue_store, "p", metadata_filters={"missing": None}) == []
+    # And several filters must all hold
+    assert await names(queue_store, "p", metadata_filters={"v": 5, "color": "red"}) == ["int5"]
+    assert await names(queue_store, "p", metadata_filters={"v": 5, "color": "blue"}) == []
+
+
+async def test_list_filter_keys_are_matched_literally(queue_store: QueueStore) -> None:
+    # Keys with characters that JSON paths treat specially are plain keys here
+    await queue_store.create("p", "dots", {"a.b": 1, 'qu"ote': "x", "$": 2})
+    await queue_store.create("p", "nested", {"a": {"b": 1}})
+    assert await names(queue_store, "p", metadata_filters={"a.b": 1}) == ["dots"]
+    assert await names(queue_store, "p", metadata_filters={'qu"ote': "x"}) == ["dots"]
+    assert await names(queue_store, "p", metadata_filters={"$": 2}) == ["dots"]
+
+
+async def test_list_filters_combine_with_paging(queue_store: QueueStore) -> None:
+    # Given 6 queues of which every other one is red
+    for i in range(6):
+        await queue_store.create("p", f"q{i}", {"color": "red" if i % 2 == 0 else "blue"})
+    # When listing red ones two at a time
+    first = await queue_store.list("p", limit=2, metadata_filters={"color": "red"})
+    second = await queue_store.list(
+        "p", limit=2, marker=first.queues[-1].name, metadata_filters={"color": "red"}
+    )
+    # Then pages hold only matches, full until the end
+    assert [q.name for q in first.queues] == ["q0", "q2"]
+    assert [q.name for q in second.queues] == ["q4"]
+
+
+async def test_list_count_ignores_marker_and_limit_but_not_filters(
+    queue_store: QueueStore,
+) -> None:
+    for i in range(5):
+        await queue_store.create("p", f"q{i}", {"even": i % 2 == 0})
+    await queue_store.create("p", "other", {"even": True})
+    page = await queue_store.list("p", limit=1, marker="q0", with_count=True)
+    assert [q.name for q in page.queues] == ["q1"]
+    assert page.count == 6
+    filtered = await queue_store.list(
+        "p", limit=1, name_contains="q", metadata_filters={"even": True}, with_count=True
+    )
+    assert filtered.count == 3
+    empty = await queue_store.list("nobody", limit=1, with_count=True)
+    assert (list(empty.queues), empty.count) == ([], 0)
+
+
+# tenancy --------------------------------------------------------------------------------------
+
+
+async def test_projects_are_isolated(queue_store: QueueStore) -> None:
+    # Given project A's queue
+    await queue_store.create("A", "shared-name", {"owner": "A"})
+    await queue_store.create("A", "a-only", {})
+    # Then project B sees nothing of it
+    assert await queue_store.get("B", "shared-name") is None
+    assert not await queue_store.exists("B", "a-only")
+    assert await names(queue_store, "B") == []
+    assert (await queue_store.list("B", limit=5, with_count=True)).count == 0
+    with pytest.raises(QueueNotFound):
+        await queue_store.update_metadata("B", "a-only", [MetadataPatch("add", "x", 1)])
+    assert await queue_store.delete("B", "a-only") is False
+    # And B's queue of the same name is its own
+    assert await queue_store.create("B", "shared-name", {"owner": "B"}) is True
+    await queue_store.update_metadata("B", "shared-name", [MetadataPatch("add", "x", 1)])
+    await queue_store.delete("B", "shared-name")
+    record = await queue_store.get("A", "shared-name")
+    assert record is not None and dict(record.metadata) == {"owner": "A"}
+    assert await names(queue_store, "A") == ["a-only", "shared-name"]
+
+
+async def test_project_ids_are_compared_exactly(queue_store: QueueStore) -> None:
+    await queue_store.create("proj", "q", {})
+    for other in ["Proj", "proj ", "pro", "proj2"]:
+        assert not await queue_store.exists(other, "q")
+        assert await names(queue_store, other) == []
+
+
+# durability and configuration -----------------------------------------------------------------
+
+
+async def test_data_survives_reopening(queue_store_uri: str) -> None:
+    store = await open_queue_store(queue_store_uri)
+    await store.create("p", "durable", {"a": 1})
+    await store.close()
+    reopened = await open_queue_store(queue_store_uri)
+    try:
+        record = await reopened.get("p", "durable")
+        assert record is not None and dict(record.metadata) == {"a": 1}
+    finally:
+        await reopened.close()
+
+
+async def test_closed_store_fails_as_unavailable(queue_store_uri: str) -> None:
+    from services.common.errors import Unavailable
+
+    store = await open_queue_store(queue_store_uri)
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(Unavailable):
+        await store.get("p", "q")
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("postgres://db/queues", "unsupported scheme 'postgres'"),
+        ("redis://:secret@localhost:6379", "unsupported scheme 'redis'"),
+        ("queues.db", "unsupported scheme ''"),
+        ("sqlite://", "expected sqlite:///"),
+        ("sqlite://host/queues.db", "expected sqlite:///"),
+        ("sqlite:///", "the path is empty"),
+        ("sqlite:///data/", "names a folder"),
+        ("sqlite:///q.db?mode=ro", "takes no options"),
+    ],
+)
+async def test_bad_store_uri_is_a_configuration_error(uri: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        await open_queue_store(uri)
+    assert message in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+async def test_sqlite_store_creates_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "queues.db"
+    store = await open_queue_store(f"sqlite:///{path}")
+    await store.close()
+    assert path.exists()
+
+
+async def test_sqlite_store_that_cannot_be_opened_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigurationError) as caught:
+        await open_queue_store(f"sqlite:///{tmp_path / 'file' / 'queues.db'}")
+    assert "queues.db" in str(caught.value)
+
+
+def test_redact_hides_passwords_only() -> None:
+    assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert redact("mongodb://u:pw@h/db") == "mongodb://u:***@h/db"
+    assert redact("sqlite:////tmp/q.db") == "sqlite:////tmp/q.db"
