@@ -1,0 +1,43 @@
+"""The gateway's ASGI application: ``create_app(settings)``.
+
+Composition only: the header middleware, the upstream channels (opened and closed with the
+ASGI lifespan), the routes and the error handlers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from services.api_gateway.errors import JSON, App, register_error_handlers
+from services.api_gateway.middleware import ZaqarHeaders
+from services.api_gateway.routes import add_routes
+from services.api_gateway.upstream import Upstreams
+from services.common.config import Settings
+
+
+class UpstreamLifespan:
+    """Opens the gRPC channels at startup and closes them at shutdown."""
+
+    def __init__(self, up: Upstreams) -> None:
+        self.up = up
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        self.up.open()
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self.up.close()
+
+
+def create_app(settings: Settings) -> App:
+    up = Upstreams(settings)
+    middleware: list[Any] = [UpstreamLifespan(up), ZaqarHeaders()]
+    app: App = falcon.asgi.App(media_type=JSON, middleware=middleware)
+    # Zaqar's query-string parsing: a blank value is as good as absent, "a,b" is left whole.
+    app.req_options.keep_blank_qs_values = False
+    app.req_options.strip_url_path_trailing_slash = False
+    add_routes(app, up)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,84 @@
+"""Process entry of the API gateway: the ASGI app on uvicorn.
+
+``run(settings)`` serves until SIGTERM/SIGINT, then stops accepting, lets in-flight requests
+finish (``settings.shutdown_grace``) and closes the upstream channels. Once the socket accepts
+connections it prints ``READY api_gateway http://<host>:<port>`` on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import signal
+
+import uvicorn
+
+from services.api_gateway.app import create_app
+from services.common.config import Settings
+from services.common.grpc_server import install_event_loop_policy, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def _http_protocol() -> str:
+    """httptools when installed (several times cheaper per request than h11)."""
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+
+
+def build_server(settings: Settings, access_log: bool = False) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.http_port,
+        http=_http_protocol(),
+        lifespan="on",
+        access_log=access_log,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace)),
+    )
+    return uvicorn.Server(config)
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return server.config.port
+
+
+async def run(settings: Settings) -> None:
+    """Serve the Zaqar v2 HTTP API on ``settings.host:settings.http_port`` until a signal."""
+    server = build_server(settings)
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                break
+            await asyncio.sleep(0.01)
+        if server.started:
+            print(f"READY api_gateway http://{settings.host}:{_bound_port(server)}", flush=True)
+        await serving
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("api_gateway stopped")
+
+
+def main() -> None:
+    settings = Settings.load()
+    setup_logging(settings.log_level)
+    install_event_loop_policy()
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Fixtures of the gateway tests: the ASGI app driven in-process, real services behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from services.api_gateway.app import create_app
+from services.common.config import Settings
+
+CLIENT_ID = "3381af92-2b9e-11e3-b191-71861300734c"
+PROJECT = "demo-project"
+HEADERS = {
+    "Client-ID": CLIENT_ID,
+    "X-Project-ID": PROJECT,
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+}
+PATCH_TYPE = "application/openstack-messaging-v2.0-json-patch"
+
+GatewayFactory = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    """Run the ASGI lifespan protocol around a block, as uvicorn does."""
+    to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    task = asyncio.ensure_future(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, to_app.get, from_app.put)
+    )
+    await to_app.put({"type": "lifespan.startup"})
+    assert (await from_app.get())["type"] == "lifespan.startup.complete"
+    try:
+        yield
+    finally:
+        await to_app.put({"type": "lifespan.shutdown"})
+        assert (await from_app.get())["type"] == "lifespan.shutdown.complete"
+        await task
+
+
+@pytest.fixture
+async def gateway_factory() -> AsyncIterator[GatewayFactory]:
+    """Builds in-process clients of a gateway app made from the given settings.
+
+    The app's lifespan (channel opening and closing) runs around each client's life.
+    """
+    stack: list[Any] = []
+
+    async def make(settings: Settings, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+        app = create_app(settings)
+        span = lifespan(app)
+        await span.__aenter__()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+            base_url="http://gateway",
+            headers=HEADERS if headers is None else headers,
+        )
+        stack.append((client, span))
+        return client
+
+    yield make
+    for client, span in reversed(stack):
+        await client.aclose()
+        await span.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def down_client(
+    make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
+) -> httpx.AsyncClient:
+    """A gateway whose upstream ports have nothing listening."""
+    return await gateway_factory(make_settings(rpc_timeout=2.0))
+
+
+@pytest.fixture
+async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Settings]:
+    """queue_svc and message_svc started in-process on the settings' ports."""
+    from services.message_svc.server import start as start_message_svc
+
+    from services.queue_svc.server import start as start_queue_svc
+
+    settings = make_settings()
+    message_svc = await start_message_svc(settings)
+    queue_svc = await start_queue_svc(settings)
+    try:
+        yield settings
+    finally:
+        await queue_svc.stop()
+        await message_svc.stop()
+
+
+@pytest.fixture
+async def client(services: Settings, gateway_factory: GatewayFactory) -> httpx.AsyncClient:
+    """A gateway in front of real queue_svc and message_svc."""
+    return await gateway_factory(services)
+
+
+def new_queue() -> str:
+    return "q-" + uuid.uuid4().hex[:12]
+
+
+def error_body(title: str, description: str | None = None) -> dict[str, str]:
+    body = {"title": title}
+    if description is not None:
+        body["description"] = description
+    return body
+
+
+async def request_without(
+    client: httpx.AsyncClient, method: str, path: str, *names: str, **kwargs: Any
+) -> httpx.Response:
+    """Send a request with some of the client's default headers removed."""
+    request = client.build_request(method, path, **kwargs)
+    for name in names:
+        del request.headers[name]
+    return await client.send(request)
