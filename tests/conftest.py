@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import Settings
+from tests.servers import mongodb_server, redis_server  # noqa: F401 - shared fixtures
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
