@@ -1,0 +1,306 @@
+"""The storage contract of message_svc: messages and claims of every queue, in one store.
+
+Every backend (``sqlite`` now, ``redis`` and ``mongodb`` next) implements :class:`MessageStore`.
+Each method is one atomic operation of the backend: a single SQLite transaction, a single Redis
+Lua script, a single MongoDB document update (or a retry loop of them that never lets two
+writers win the same message). What is the same for every backend (validation, defaults from
+queue metadata, checksums, ages, marker encoding, error descriptions) lives above the store,
+in :mod:`services.message_svc.service`.
+
+Conventions shared by every method:
+
+* Tenancy: every method takes ``project`` and ``queue``; nothing of another project or queue is
+  ever read, changed or reported, even when asked for by id.
+* Time: the store reads the time from the ``now`` function it was built with (Unix seconds,
+  float), once per operation, so tests can move the clock. A message is *expired* once
+  ``now >= expires``; a claim is *live* while ``now < claim expires``. Expired messages and
+  claims are never returned, counted or claimed, whether or not :meth:`collect_garbage` has
+  removed them yet.
+* Order: each message gets a ``seq`` when accepted, strictly increasing within its queue (a
+  per-queue monotonic counter or a store-wide one). Listing, claiming and popping go by
+  ``seq`` ascending.
+* Ids: message and claim ids are uuid4 strings made by the store. An id that does not exist,
+  or is not even a uuid, is simply not found.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to post, with every default already resolved."""
+
+    body: bytes
+    """UTF-8 JSON, stored and returned byte for byte."""
+    ttl: int
+    """Seconds the message lives after acceptance."""
+    delay: int = 0
+    """Seconds after acceptance before the message may be claimed (or listed without
+    ``include_delayed``); 0 = at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored, seen at the time of the operation that returned it."""
+
+    id: str
+    seq: int
+    body: bytes
+    ttl: int
+    """Current TTL in seconds (a claim may have extended it)."""
+    created: float
+    expires: float
+    visible_at: float
+    """When the message stops being delayed (``created`` when it never was)."""
+    client_id: str
+    claim_id: str | None
+    """The live claim holding the message; ``None`` when unclaimed or the claim expired."""
+    claim_count: int
+    """How many claims have taken the message so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A live claim with the live messages it holds, in ``seq`` order."""
+
+    id: str
+    ttl: int
+    grace: int
+    created: float
+    expires: float
+    messages: tuple[StoredMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPolicy:
+    """Where a claim sends messages that were claimed too often (queue metadata)."""
+
+    max_claim_count: int
+    queue: str
+    """The dead-letter queue, in the same project."""
+    ttl: int | None = None
+    """TTL the moved message gets (from the move), or ``None`` to keep its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What :meth:`MessageStore.claim` did."""
+
+    claim: Claim | None
+    """The new claim, or ``None`` when no message was claimable."""
+    dead_lettered: tuple[str, ...] = ()
+    """Ids of the messages moved to the dead-letter queue instead of being claimed."""
+
+
+class DeleteOutcome(enum.Enum):
+    """Result of :meth:`MessageStore.delete`; only ``DELETED`` removed anything."""
+
+    DELETED = "deleted"
+    ABSENT = "absent"
+    CLAIMED = "claimed"
+    """Held by a live claim and no claim id was given."""
+    NOT_CLAIMED = "not_claimed"
+    """A claim id was given but no live claim holds the message."""
+    CLAIMED_BY_OTHER = "claimed_by_other"
+    """A claim id was given but a different live claim holds the message."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts of a queue's unexpired messages."""
+
+    claimed: int
+    """Held by a live claim."""
+    free: int
+    """Not held by a live claim (delayed ones included)."""
+    total: int
+    oldest: StoredMessage | None
+    newest: StoredMessage | None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend guarantees beyond the contract, for tests and operators."""
+
+    durable: bool
+    """Acknowledged writes survive a process crash."""
+    shared: bool
+    """Several message_svc replicas may use the same store at once."""
+
+
+class MessageStore(Protocol):
+    """Messages and claims of every queue of every project."""
+
+    capabilities: Capabilities
+
+    async def close(self) -> None:
+        """Release connections and threads. The store is unusable afterwards."""
+
+    async def post(
+        self, project: str, queue: str, client_id: str, messages: Sequence[NewMessage]
+    ) -> tuple[str, ...]:
+        """Store a batch of messages, all or nothing.
+
+        Atomicity: either every message is stored or none is. Ordering: the messages get
+        consecutive-in-order ``seq`` values greater than every earlier message of the queue,
+        in the order given, so that readers never see a later message of the batch without
+        the earlier ones. ``created`` is now, ``expires`` is now + ttl, ``visible_at`` is
+        now + delay.
+
+        Returns:
+            The new message ids, in the order given.
+        """
+        ...
+
+    async def list_messages(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        after: int | None = None,
+        client_id: str = "",
+        echo: bool = True,
+        include_claimed: bool = False,
+        include_delayed: bool = False,
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` unexpired messages with ``seq > after``, by ``seq`` ascending.
+
+        Args:
+            after: the ``seq`` of the last message of the previous page, or ``None``.
+            echo: when false and ``client_id`` is not empty, messages posted with that
+                ``client_id`` are left out.
+            include_claimed: include messages held by a live claim.
+            include_delayed: include messages whose ``visible_at`` is still ahead.
+
+        A page is filtered before it is cut, so paging with any combination of filters
+        neither repeats nor skips a message. A queue that holds nothing gives ``[]``.
+        """
+        ...
+
+    async def get(self, project: str, queue: str, message_id: str) -> StoredMessage | None:
+        """The unexpired message with that id in that queue, or ``None``."""
+        ...
+
+    async def get_many(
+        self, project: str, queue: str, message_ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        """The unexpired messages among ``message_ids`` (each at most once), by ``seq``."""
+        ...
+
+    async def delete(
+        self, project: str, queue: str, message_id: str, claim_id: str | None = None
+    ) -> DeleteOutcome:
+        """Delete one message, honouring claims, as one atomic check-and-delete.
+
+        Without ``claim_id`` an unclaimed message is deleted and a message held by a live
+        claim is kept (``CLAIMED``). With ``claim_id`` the message is deleted only when that
+        live claim holds it; when no live claim holds it the answer is ``NOT_CLAIMED``, when
+        another does ``CLAIMED_BY_OTHER``. An absent or expired message is ``ABSENT``.
+        """
+        ...
+
+    async def delete_many(
+        self,
+        project: str,
+        queue: str,
+        message_ids: Sequence[str],
+        claim_ids: Sequence[str] | None = None,
+    ) -> int:
+        """Delete the given messages atomically, claimed ones included.
+
+        When ``claim_ids`` is given, a message held by a live claim is deleted only when that
+        claim is one of ``claim_ids``; unclaimed messages are deleted either way.
+
+        Returns:
+            How many messages were deleted.
+        """
+        ...
+
+    async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        """Claim and delete up to ``limit`` of the oldest claimable messages in one step.
+
+        Claimable = unexpired, not delayed, not held by a live claim. Atomicity: a popped
+        message was in no live claim and no other pop or claim can return it. The returned
+        messages carry a fresh ``claim_id`` (the same for the whole pop) and the
+        ``claim_count`` they had before the pop.
+        """
+        ...
+
+    async def claim(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        ttl: int,
+        grace: int,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> ClaimResult:
+        """Claim up to ``limit`` of the oldest claimable messages, atomically.
+
+        Claimable = unexpired, not delayed, not held by a live claim (an expired claim holds
+        nothing). Atomicity: no message is ever held by two live claims; concurrent claims
+        get disjoint sets. Each claimed message gets ``claim_count + 1`` and, when it would
+        expire before ``now + ttl + grace``, ``ttl = ttl + grace`` and
+        ``expires = now + ttl + grace``. The claim lives until ``now + ttl``.
+
+        Dead letter: with a policy, a claimable message whose ``claim_count`` is already at
+        least ``max_claim_count`` is moved, in the same atomic step, to the end of the
+        dead-letter queue (same id; a new ``seq`` there; unclaimed; ``claim_count`` 0; ttl
+        replaced by ``dead_letter.ttl`` from now when set) instead of being claimed, and the
+        claim keeps looking for messages to fill ``limit``.
+
+        Returns:
+            The claim (``None`` when nothing was claimed) and the ids moved to the
+            dead-letter queue.
+        """
+        ...
+
+    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
+        """The live claim with its live messages, or ``None`` (absent or expired)."""
+        ...
+
+    async def renew_claim(
+        self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
+    ) -> bool:
+        """Restart a live claim's TTL from now, atomically with its messages.
+
+        The claim then expires at ``now + ttl``; each message it holds is extended as
+        :meth:`claim` does (to at least ``now + ttl + grace``).
+
+        Returns:
+            False when the claim is absent or expired (nothing changes).
+        """
+        ...
+
+    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
+        """End a claim; its messages become claimable at once. Idempotent."""
+        ...
+
+    async def stats(self, project: str, queue: str) -> QueueStats:
+        """Counts of the queue's unexpired messages with the oldest and newest by ``seq``.
+
+        Computed in one consistent read: ``claimed + free == total``.
+        """
+        ...
+
+    async def delete_queue(self, project: str, queue: str) -> None:
+        """Remove every message and claim of the queue, atomically. Idempotent."""
+        ...
+
+    async def collect_garbage(self) -> int:
+        """Physically remove expired messages and claims of every queue.
+
+        Only a space matter: expired items are already invisible. May work in bounded steps;
+        call it periodically.
+
+        Returns:
+            How many items were removed.
+        """
+        ...

@@ -1,0 +1,228 @@
+"""Message operations of the SQLite store: plain functions run on a connection's thread.
+
+Each function is one operation of the contract (see ``storage/base.py``); the database layer
+runs writes inside a transaction and reads inside one snapshot.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from services.message_svc.storage.base import NewMessage, QueueStats, StoredMessage
+
+COLUMNS = (
+    "seq, id, body, ttl, created, expires, visible_at, client_id, claim_id, claim_expires, "
+    "claim_count"
+)
+Row = tuple[Any, ...]
+
+# Above every real seq (AUTOINCREMENT starts at 1).
+NO_MARKER = 0
+
+# Claimable: unexpired, visible, not held by a live claim. Parameters: now, now, now.
+CLAIMABLE = "claim_expires <= ? AND expires > ? AND visible_at <= ?"
+
+
+def to_message(row: Row, now: float, claim_id: str | None = None) -> StoredMessage:
+    live_claim = row[8] if row[9] > now else None
+    return StoredMessage(
+        id=row[1],
+        seq=row[0],
+        body=bytes(row[2]),
+        ttl=row[3],
+        created=row[4],
+        expires=row[5],
+        visible_at=row[6],
+        client_id=row[7],
+        claim_id=claim_id if claim_id is not None else live_claim,
+        claim_count=row[10],
+    )
+
+
+def post(
+    conn: sqlite3.Connection,
+    project: str,
+    queue: str,
+    client_id: str,
+    ids: Sequence[str],
+    messages: Sequence[NewMessage],
+    now: float,
+) -> tuple[str, ...]:
+    conn.executemany(
+        "INSERT INTO messages (project, queue, id, body, ttl, created, expires, visible_at, "
+        "client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (project, queue, mid, m.body, m.ttl, now, now + m.ttl, now + m.delay, client_id)
+            for mid, m in zip(ids, messages, strict=True)
+        ],
+    )
+    return tuple(ids)
+
+
+_LIST_SQL: dict[tuple[bool, bool, bool], str] = {}
+
+
+def _list_sql(echo: bool, include_claimed: bool, include_delayed: bool) -> str:
+    key = (echo, include_claimed, include_delayed)
+    sql = _LIST_SQL.get(key)
+    if sql is None:
+        where = ["project = ?", "queue = ?", "seq > ?", "expires > ?"]
+        if not include_claimed:
+            where.append("claim_expires <= ?")
+        if not include_delayed:
+            where.append("visible_at <= ?")
+        if not echo:
+            where.append("client_id != ?")
+        sql = f"SELECT {COLUMNS} FROM messages WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        _LIST_SQL[key] = sql
+    return sql
+
+
+def list_messages(
+    conn: sqlite3.Connection,
+    project: str,
+    queue: str,
+    now: float,
+    limit: int,
+    after: int | None,
+    client_id: str,
+    echo: bool,
+    include_claimed: bool,
+    include_delayed: bool,
+) -> list[StoredMessage]:
+    echo = echo or not client_id
+    params: list[Any] = [project, queue, NO_MARKER if after is None else after, now]
+    if not include_claimed:
+        params.append(now)
+    if not include_delayed:
+        params.append(now)
+    if not echo:
+        params.append(client_id)
+    params.append(limit)
+    rows = conn.execute(_list_sql(echo, include_claimed, include_delayed), params).fetchall()
+    return [to_message(row, now) for row in rows]
+
+
+def get(
+    conn: sqlite3.Connection, project: str, queue: str, message_id: str, now: float
+) -> StoredMessage | None:
+    row = conn.execute(
+        f"SELECT {COLUMNS} FROM messages INDEXED BY messages_by_id "
+        "WHERE id = ? AND project = ? AND queue = ? AND expires > ?",
+        (message_id, project, queue, now),
+    ).fetchone()
+    return None if row is None else to_message(row, now)
+
+
+def get_many(
+    conn: sqlite3.Connection, project: str, queue: str, message_ids: Sequence[str], now: float
+) -> list[StoredMessage]:
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return []
+    marks = ", ".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM messages INDEXED BY messages_by_id "
+        f"WHERE id IN ({marks}) AND project = ? AND queue = ? AND expires > ? ORDER BY seq",
+        (*ids, project, queue, now),
+    ).fetchall()
+    return [to_message(row, now) for row in rows]
+
+
+def find_for_delete(
+    conn: sqlite3.Connection, project: str, queue: str, message_id: str, now: float
+) -> tuple[int, str | None] | None:
+    """(seq, live claim id) of the message, or None when absent or expired."""
+    row = conn.execute(
+        "SELECT seq, claim_id, claim_expires FROM messages INDEXED BY messages_by_id "
+        "WHERE id = ? AND project = ? AND queue = ? AND expires > ?",
+        (message_id, project, queue, now),
+    ).fetchone()
+    if row is None:
+        return None
+    return row[0], (row[1] if row[2] > now else None)
+
+
+def delete_seq(conn: sqlite3.Connection, seq: int) -> None:
+    conn.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+
+
+def delete_many(
+    conn: sqlite3.Connection,
+    project: str,
+    queue: str,
+    message_ids: Sequence[str],
+    claim_ids: Sequence[str] | None,
+    now: float,
+) -> int:
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return 0
+    sql = (
+        f"DELETE FROM messages INDEXED BY messages_by_id WHERE id IN ({', '.join('?' * len(ids))}) "
+        "AND project = ? AND queue = ?"
+    )
+    params: list[Any] = [*ids, project, queue]
+    if claim_ids is not None:
+        cids = list(dict.fromkeys(claim_ids))
+        held_by = f" OR claim_id IN ({', '.join('?' * len(cids))})" if cids else ""
+        sql += f" AND (claim_expires <= ?{held_by})"
+        params += [now, *cids]
+    return conn.execute(sql, params).rowcount
+
+
+def pop(
+    conn: sqlite3.Connection, project: str, queue: str, limit: int, claim_id: str, now: float
+) -> list[StoredMessage]:
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE project = ? AND queue = ? AND {CLAIMABLE} "
+        "ORDER BY seq LIMIT ?",
+        (project, queue, now, now, now, limit),
+    ).fetchall()
+    if rows:
+        seqs = [row[0] for row in rows]
+        conn.execute(f"DELETE FROM messages WHERE seq IN ({', '.join('?' * len(seqs))})", seqs)
+    return [to_message(row, now, claim_id=claim_id) for row in rows]
+
+
+def stats(conn: sqlite3.Connection, project: str, queue: str, now: float) -> QueueStats:
+    total, claimed = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(claim_expires > ?), 0) FROM messages "
+        "WHERE project = ? AND queue = ? AND expires > ?",
+        (now, project, queue, now),
+    ).fetchone()
+    oldest = newest = None
+    if total:
+        ends = []
+        for order in ("ASC", "DESC"):
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM messages WHERE project = ? AND queue = ? "
+                f"AND expires > ? ORDER BY seq {order} LIMIT 1",
+                (project, queue, now),
+            ).fetchone()
+            ends.append(None if row is None else to_message(row, now))
+        oldest, newest = ends
+    return QueueStats(
+        claimed=int(claimed), free=int(total) - int(claimed), total=int(total),
+        oldest=oldest, newest=newest,
+    )
+
+
+def delete_queue(conn: sqlite3.Connection, project: str, queue: str) -> None:
+    conn.execute("DELETE FROM messages WHERE project = ? AND queue = ?", (project, queue))
+    conn.execute("DELETE FROM claims WHERE project = ? AND queue = ?", (project, queue))
+
+
+def collect_garbage(conn: sqlite3.Connection, now: float, batch: int) -> int:
+    removed = conn.execute(
+        "DELETE FROM messages WHERE seq IN "
+        "(SELECT seq FROM messages WHERE expires <= ? LIMIT ?)",
+        (now, batch),
+    ).rowcount
+    removed += conn.execute(
+        "DELETE FROM claims WHERE id IN (SELECT id FROM claims WHERE expires <= ? LIMIT ?)",
+        (now, batch),
+    ).rowcount
+    return int(removed)

@@ -1,0 +1,36 @@
+-- message_svc SQLite schema. Times are Unix seconds (REAL); a claim or message is live while
+-- its expiry is after now. seq is AUTOINCREMENT so that a seq is never reused, even after the
+-- newest message of a queue is deleted: a marker (a seq) never skips a later message.
+CREATE TABLE IF NOT EXISTS messages (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    project       TEXT    NOT NULL,
+    queue         TEXT    NOT NULL,
+    id            TEXT    NOT NULL,
+    body          BLOB    NOT NULL,
+    ttl           INTEGER NOT NULL,
+    created       REAL    NOT NULL,
+    expires       REAL    NOT NULL,
+    visible_at    REAL    NOT NULL,
+    client_id     TEXT    NOT NULL,
+    claim_id      TEXT,
+    claim_expires REAL    NOT NULL DEFAULT 0,
+    claim_count   INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (project, queue, seq);
+CREATE INDEX IF NOT EXISTS messages_by_id ON messages (id);
+CREATE INDEX IF NOT EXISTS messages_by_claim ON messages (claim_id) WHERE claim_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires);
+
+CREATE TABLE IF NOT EXISTS claims (
+    id      TEXT    PRIMARY KEY,
+    project TEXT    NOT NULL,
+    queue   TEXT    NOT NULL,
+    ttl     INTEGER NOT NULL,
+    grace   INTEGER NOT NULL,
+    created REAL    NOT NULL,
+    expires REAL    NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS claims_by_queue ON claims (project, queue);
+CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires);

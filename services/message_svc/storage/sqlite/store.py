@@ -1,0 +1,180 @@
+"""The SQLite message store: the contract of ``storage/base.py`` over one database file."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from services.message_svc.storage import base
+from services.message_svc.storage.base import (
+    Capabilities,
+    Claim,
+    ClaimResult,
+    DeadLetterPolicy,
+    DeleteOutcome,
+    NewMessage,
+    QueueStats,
+    StoredMessage,
+)
+from services.message_svc.storage.sqlite import claims as claim_sql
+from services.message_svc.storage.sqlite import messages as message_sql
+from services.message_svc.storage.sqlite._database import SqliteDatabase, parse_uri
+
+GC_BATCH = 5000
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class SqliteMessageStore(base.MessageStore):
+    """Embedded, durable (WAL, ``synchronous=FULL`` by default), one process at a time."""
+
+    capabilities = Capabilities(durable=True, shared=False)
+
+    def __init__(self, uri: str, now: Callable[[], float] = time.time) -> None:
+        path, options = parse_uri(uri)
+        self._db = SqliteDatabase(path, synchronous=options["synchronous"])
+        self._now = now
+
+    @classmethod
+    async def open(cls, uri: str, now: Callable[[], float] = time.time) -> SqliteMessageStore:
+        store = cls(uri, now=now)
+        await store._db.open()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def post(
+        self, project: str, queue: str, client_id: str, messages: Sequence[NewMessage]
+    ) -> tuple[str, ...]:
+        ids = [_new_id() for _ in messages]
+        now = self._now()
+        return await self._db.write(
+            lambda c: message_sql.post(c, project, queue, client_id, ids, messages, now)
+        )
+
+    async def list_messages(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        after: int | None = None,
+        client_id: str = "",
+        echo: bool = True,
+        include_claimed: bool = False,
+        include_delayed: bool = False,
+    ) -> list[StoredMessage]:
+        now = self._now()
+        return await self._db.read(
+            lambda c: message_sql.list_messages(
+                c, project, queue, now, limit, after, client_id, echo, include_claimed,
+                include_delayed,
+            )
+        )
+
+    async def get(self, project: str, queue: str, message_id: str) -> StoredMessage | None:
+        now = self._now()
+        return await self._db.read(lambda c: message_sql.get(c, project, queue, message_id, now))
+
+    async def get_many(
+        self, project: str, queue: str, message_ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        now = self._now()
+        return await self._db.read(
+            lambda c: message_sql.get_many(c, project, queue, message_ids, now)
+        )
+
+    async def delete(
+        self, project: str, queue: str, message_id: str, claim_id: str | None = None
+    ) -> DeleteOutcome:
+        now = self._now()
+
+        def job(conn: sqlite3.Connection) -> DeleteOutcome:
+            found = message_sql.find_for_delete(conn, project, queue, message_id, now)
+            if found is None:
+                return DeleteOutcome.ABSENT
+            seq, holder = found
+            if claim_id is None:
+                if holder is not None:
+                    return DeleteOutcome.CLAIMED
+            elif holder is None:
+                return DeleteOutcome.NOT_CLAIMED
+            elif holder != claim_id:
+                return DeleteOutcome.CLAIMED_BY_OTHER
+            message_sql.delete_seq(conn, seq)
+            return DeleteOutcome.DELETED
+
+        return await self._db.write(job)
+
+    async def delete_many(
+        self,
+        project: str,
+        queue: str,
+        message_ids: Sequence[str],
+        claim_ids: Sequence[str] | None = None,
+    ) -> int:
+        now = self._now()
+        return await self._db.write(
+            lambda c: message_sql.delete_many(c, project, queue, message_ids, claim_ids, now)
+        )
+
+    async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        now, claim_id = self._now(), _new_id()
+        return await self._db.write(
+            lambda c: message_sql.pop(c, project, queue, limit, claim_id, now)
+        )
+
+    async def claim(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        ttl: int,
+        grace: int,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> ClaimResult:
+        now, claim_id = self._now(), _new_id()
+        return await self._db.write(
+            lambda c: claim_sql.claim(
+                c, project, queue, claim_id, now, limit, ttl, grace, dead_letter
+            )
+        )
+
+    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
+        now = self._now()
+        return await self._db.read(lambda c: claim_sql.get_claim(c, project, queue, claim_id, now))
+
+    async def renew_claim(
+        self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
+    ) -> bool:
+        now = self._now()
+        return await self._db.write(
+            lambda c: claim_sql.renew_claim(c, project, queue, claim_id, now, ttl, grace)
+        )
+
+    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
+        await self._db.write(lambda c: claim_sql.release_claim(c, project, queue, claim_id))
+
+    async def stats(self, project: str, queue: str) -> QueueStats:
+        now = self._now()
+        return await self._db.read(lambda c: message_sql.stats(c, project, queue, now))
+
+    async def delete_queue(self, project: str, queue: str) -> None:
+        await self._db.write(lambda c: message_sql.delete_queue(c, project, queue))
+
+    async def collect_garbage(self) -> int:
+        now, total = self._now(), 0
+        while True:
+            # Bounded steps, so that other operations are not held up behind a long delete.
+            removed = await self._db.write(
+                lambda c: message_sql.collect_garbage(c, now, GC_BATCH)
+            )
+            total += removed
+            if removed < GC_BATCH:
+                return total
