@@ -31,7 +31,7 @@ class Running:
 
     server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
     service_names: Sequence[str]
     close: Callable[[], Awaitable[None]]
 
@@ -90,7 +90,7 @@ def create_server(
     host: str = "127.0.0.1",
     port: int = 0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with the business servicers, the error interceptor, health and reflection.
 
     Returns the server (not started), the bound port (useful with ``port=0``) and the health
@@ -102,7 +102,7 @@ def create_server(
     )
     for register in registrars:
         register(server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -114,7 +114,7 @@ def create_server(
 
 
 async def set_serving(
-    health_servicer: health.HealthServicer, service_names: Sequence[str], serving: bool
+    health_servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool
 ) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING
@@ -122,12 +122,12 @@ async def set_serving(
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
     for name in ("", *service_names):
-        await health_servicer.set(name, status)  # type: ignore[func-returns-value]
+        await health_servicer.set(name, status)
 
 
 async def serve(
     server: grpc.aio.Server,
-    health_servicer: health.HealthServicer,
+    health_servicer: health.aio.HealthServicer,
     service_names: Sequence[str],
     grace: float,
     on_stop: Callable[[], Any] | None = None,
