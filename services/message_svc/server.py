@@ -1,0 +1,82 @@
+"""message_svc's composition root: store, queue metadata cache, servicers, sweeper, server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.common.config import ConfigurationError, Settings
+from services.common.grpc_server import (
+    Running,
+    create_server,
+    install_event_loop_policy,
+    open_channel,
+    setup_logging,
+    start_server,
+)
+from services.message_svc.metadata import QueueMetadata
+from services.message_svc.service import MessageService
+from services.message_svc.servicer import INTERNAL_SERVICE, MESSAGES_SERVICE, Packer, registrar
+from services.message_svc.storage.registry import open_store
+from services.message_svc.sweeper import Sweeper
+
+SERVICE_NAMES = (MESSAGES_SERVICE, INTERNAL_SERVICE)
+
+
+async def start(settings: Settings) -> Running:
+    """Open the store (``settings.store_uri("message")``), bind ``host:message_port`` (0 = any),
+    serve ``zaqar.v2.Messages`` and ``zaqar.v2.MessagesInternal`` and start the expiry sweeper.
+
+    ``Running.port`` is the bound port; ``Running.stop`` stops the server, then the sweeper,
+    the channel to queue_svc and the store.
+
+    Raises:
+        ConfigurationError: the store URI is unknown or malformed.
+        Unavailable: the store cannot be opened.
+        OSError: the port cannot be bound.
+    """
+    store = await open_store(settings.store_uri("message"))
+    channel = open_channel(settings.target("queue"))
+    sweeper = Sweeper(store, settings.gc_interval)
+
+    async def close() -> None:
+        await sweeper.stop()
+        await channel.close()
+        await store.close()
+
+    metadata = QueueMetadata(channel, settings.rpc_timeout, settings.metadata_cache_ttl)
+    service = MessageService(store, metadata)
+    packer = Packer(checksum=settings.message_checksum)
+    try:
+        server, port, health = create_server(
+            [registrar(service, packer)], SERVICE_NAMES, host=settings.host,
+            port=settings.message_port,
+        )
+        running = await start_server(Running(server, port, health, SERVICE_NAMES, close))
+    except BaseException:
+        await close()
+        raise
+    sweeper.start()
+    return running
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, announcing ``READY message_svc <host>:<port>`` on stdout;
+    then drain, stop, and close the sweeper, channel and store."""
+    running = await start(settings)
+    await running.serve_until_signal(
+        settings.shutdown_grace, announce=f"READY message_svc {settings.host}:{running.port}"
+    )
+
+
+def main() -> None:
+    try:
+        settings = Settings.load()
+        setup_logging(settings.log_level)
+        install_event_loop_policy()
+        asyncio.run(run(settings))
+    except ConfigurationError as exc:
+        raise SystemExit(f"message_svc: configuration error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The data plane's rules over the message store: what every backend shares.
+
+Validation, defaults from queue metadata, the marker format, dead-letter bookkeeping and the
+translation of store outcomes into errors live here; atomic work is the store's
+(``storage/base.py``). Raised errors are ``services.common.errors`` classes, which the server's
+error interceptor turns into statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from services.common.errors import (
+    ClaimNotFound,
+    InvalidArgument,
+    MessageIsClaimed,
+    MessageNotClaimed,
+    MessageNotClaimedBy,
+    MessageNotFound,
+    ServiceError,
+)
+from services.message_svc import validation
+from services.message_svc.metadata import QueueMetadata
+from services.message_svc.storage.base import (
+    Claim,
+    DeleteOutcome,
+    MessageStore,
+    NewMessage,
+    QueueStats,
+    StoredMessage,
+)
+
+log = logging.getLogger(__name__)
+
+_DELETE_ERRORS: dict[DeleteOutcome, type[ServiceError]] = {
+    DeleteOutcome.CLAIMED: MessageIsClaimed,
+    DeleteOutcome.NOT_CLAIMED: MessageNotClaimed,
+    DeleteOutcome.CLAIMED_BY_OTHER: MessageNotClaimedBy,
+}
+
+# Markers are the decimal seq of the last message of a page: opaque to clients, stable across
+# deletions, and meaningful to every backend (all order a queue by seq).
+_MARKER_DIGITS_MAX = 19
+
+
+def encode_marker(seq: int) -> str:
+    return str(seq)
+
+
+def decode_marker(marker: str) -> int | None:
+    """The seq a marker stands for; ``None`` for a malformed one (which matches nothing)."""
+    if marker.isdigit() and marker.isascii() and len(marker) <= _MARKER_DIGITS_MAX:
+        return int(marker)
+    return None
+
+
+class Posted(NamedTuple):
+    """A message as a caller posts it: unset ttl/delay mean the queue's defaults."""
+
+    body: bytes
+    ttl: int | None = None
+    delay: int | None = None
+
+
+class Page(NamedTuple):
+    messages: list[StoredMessage]
+    next_marker: str
+
+
+class MessageService:
+    """Messages and claims of every queue, with Zaqar v2 semantics."""
+
+    def __init__(self, store: MessageStore, metadata: QueueMetadata) -> None:
+        self.store = store
+        self.metadata = metadata
+
+    async def post(
+        self, project: str, queue: str, client_id: str, messages: Sequence[Posted]
+    ) -> tuple[str, ...]:
+        """Store a batch in order, all or nothing; creates the queue when it is absent."""
+        validation.queue_ref(project, queue)
+        if not messages:
+            raise InvalidArgument(validation.NO_MESSAGES)
+        size = 0
+        for m in messages:
+            validation.message_body(m.body)
+            validation.message_ttl(m.ttl)
+            validation.message_delay(m.delay)
+            size += len(m.body)
+        policy = await self.metadata.ensure(project, queue)
+        validation.post_size(size, policy.max_post_size)
+        # Delays exist only on delayed queues (contract §4); elsewhere a message's own delay
+        # is ignored, as Zaqar lists and hands such messages out at once.
+        delayed = policy.default_delay > 0
+        batch = [
+            NewMessage(
+                body=m.body,
+                ttl=policy.default_ttl if m.ttl is None else m.ttl,
+                delay=(policy.default_delay if m.delay is None else m.delay) if delayed else 0,
+            )
+            for m in messages
+        ]
+        return await self.store.post(project, queue, client_id, batch)
+
+    async def list_messages(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        *,
+        limit: int | None = None,
+        marker: str = "",
+        echo: bool = False,
+        include_claimed: bool = False,
+        include_delayed: bool = False,
+    ) -> Page:
+        """A page in acceptance order; the next marker is empty when the page is."""
+        validation.queue_ref(project, queue)
+        size = validation.page_limit(limit)
+        after = decode_marker(marker) if marker else None
+        if marker and after is None:
+            return Page([], "")
+        messages = await self.store.list_messages(
+            project, queue, limit=size, after=after, client_id=client_id, echo=echo,
+            include_claimed=include_claimed, include_delayed=include_delayed,
+        )
+        return Page(messages, encode_marker(messages[-1].seq) if messages else "")
+
+    async def get(self, project: str, queue: str, message_id: str) -> StoredMessage:
+        validation.queue_ref(project, queue)
+        message = await self.store.get(project, queue, message_id)
+        if message is None:
+            raise MessageNotFound(message_id=message_id, queue=queue, project=project)
+        return message
+
+    async def get_many(
+        self, project: str, queue: str, message_ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        validation.queue_ref(project, queue)
+        validation.ids_to_get(message_ids)
+        return await self.store.get_many(project, queue, message_ids)
+
+    async def delete(self, project: str, queue: str, message_id: str, claim_id: str) -> None:
+        """Delete one message; a claimed one needs its live claim's id. Absent: no error."""
+        validation.queue_ref(project, queue)
+        outcome = await self.store.delete(project, queue, message_id, claim_id or None)
+        error = _DELETE_ERRORS.get(outcome)
+        if error is not None:
+            raise error()
+
+    async def delete_many(
+        self, project: str, queue: str, message_ids: Sequence[str], claim_ids: Sequence[str]
+    ) -> None:
+        validation.queue_ref(project, queue)
+        validation.ids_to_delete(message_ids)
+        await self.store.delete_many(project, queue, message_ids, list(claim_ids) or None)
+
+    async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        validation.queue_ref(project, queue)
+        return await self.store.pop(project, queue, validation.pop_limit(limit))
+
+    async def claim(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int | None = None,
+        ttl: int | None = None,
+        grace: int | None = None,
+    ) -> Claim | None:
+        """Claim the oldest claimable messages; ``None`` when there was nothing to claim."""
+        validation.queue_ref(project, queue)
+        size = validation.page_limit(limit)
+        claim_ttl, claim_grace = validation.claim_ttl(ttl), validation.claim_grace(grace)
+        policy = await self.metadata.get(project, queue)
+        result = await self.store.claim(
+            project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
+            dead_letter=policy.dead_letter,
+        )
+        if result.dead_lettered and policy.dead_letter is not None:
+            await self._ensure_dead_letter_queue(project, policy.dead_letter.queue)
+        return result.claim
+
+    async def _ensure_dead_letter_queue(self, project: str, queue: str) -> None:
+        # The move is already committed, and the claim must still be answered: a failure here
+        # is logged, and the next move tries again.
+        try:
+            await self.metadata.ensure(project, queue)
+        except ServiceError as exc:
+            log.warning("dead-letter queue %s/%s not ensured: %s", project, queue, exc)
+
+    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim:
+        validation.queue_ref(project, queue)
+        claim = await self.store.get_claim(project, queue, claim_id)
+        if claim is None:
+            raise ClaimNotFound(claim_id=claim_id, queue=queue, project=project)
+        return claim
+
+    async def renew_claim(
+        self,
+        project: str,
+        queue: str,
+        claim_id: str,
+        *,
+        ttl: int | None = None,
+        grace: int | None = None,
+    ) -> None:
+        validation.queue_ref(project, queue)
+        claim_ttl, claim_grace = validation.claim_ttl(ttl), validation.claim_grace(grace)
+        if not await self.store.renew_claim(
+            project, queue, claim_id, ttl=claim_ttl, grace=claim_grace
+        ):
+            raise ClaimNotFound(claim_id=claim_id, queue=queue, project=project)
+
+    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
+        validation.queue_ref(project, queue)
+        await self.store.release_claim(project, queue, claim_id)
+
+    async def stats(self, project: str, queue: str) -> QueueStats:
+        validation.queue_ref(project, queue)
+        return await self.store.stats(project, queue)
+
+    async def delete_queue_messages(self, project: str, queue: str) -> None:
+        """Everything of the queue goes, then its cached metadata."""
+        await self.store.delete_queue(project, queue)
+        self.metadata.invalidate(project, queue)
+
+    def invalidate(self, project: str, queue: str) -> None:
+        self.metadata.invalidate(project, queue)

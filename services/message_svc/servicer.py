@@ -1,0 +1,206 @@
+"""gRPC adapter of message_svc: ``zaqar.v2.Messages`` and ``zaqar.v2.MessagesInternal``.
+
+Requests are unpacked into :class:`~services.message_svc.service.MessageService` calls and
+results packed into protobufs; nothing else. Errors propagate as ``ServiceError`` to the
+server's error interceptor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+
+import grpc
+from google.protobuf import empty_pb2
+from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
+
+from services.message_svc.service import MessageService, Posted
+from services.message_svc.storage.base import Claim, StoredMessage
+
+MESSAGES_SERVICE = "zaqar.v2.Messages"
+INTERNAL_SERVICE = "zaqar.v2.MessagesInternal"
+
+_EMPTY = empty_pb2.Empty()
+
+
+class Packer:
+    """Store dataclasses -> protobufs, ages relative to ``now``."""
+
+    def __init__(self, checksum: bool, now: Callable[[], float] = time.time) -> None:
+        self.checksum = checksum
+        self.now = now
+
+    def message(self, m: StoredMessage, now: float) -> common_pb2.Message:
+        return common_pb2.Message(
+            id=m.id,
+            body=m.body,
+            ttl=m.ttl,
+            age=max(0, int(now - m.created)),
+            claim_id=m.claim_id or "",
+            claim_count=m.claim_count,
+            created=int(m.created),
+            checksum="MD5:" + hashlib.md5(m.body).hexdigest() if self.checksum else "",
+        )
+
+    def messages(self, items: Iterable[StoredMessage]) -> list[common_pb2.Message]:
+        now = self.now()
+        return [self.message(m, now) for m in items]
+
+    def claim(self, claim: Claim | None) -> messages_pb2.Claim:
+        if claim is None:
+            return messages_pb2.Claim()
+        now = self.now()
+        return messages_pb2.Claim(
+            id=claim.id,
+            ttl=claim.ttl,
+            age=max(0, int(now - claim.created)),
+            messages=[self.message(m, now) for m in claim.messages],
+        )
+
+    def summary(self, m: StoredMessage | None, now: float) -> common_pb2.MessageSummary | None:
+        if m is None:
+            return None
+        return common_pb2.MessageSummary(
+            id=m.id, age=max(0, int(now - m.created)), created=int(m.created)
+        )
+
+
+def _opt(message: object, field: str) -> int | None:
+    value: int | None = getattr(message, field) if message.HasField(field) else None  # type: ignore[attr-defined]
+    return value
+
+
+class MessagesServicer(messages_pb2_grpc.MessagesServicer):
+    def __init__(self, service: MessageService, packer: Packer) -> None:
+        self._service = service
+        self._pack = packer
+
+    async def PostMessages(
+        self, request: messages_pb2.PostMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> messages_pb2.PostMessagesResponse:
+        posted = [
+            Posted(m.body, m.ttl if m.HasField("ttl") else None,
+                   m.delay if m.HasField("delay") else None)
+            for m in request.messages
+        ]
+        ids = await self._service.post(request.project, request.queue, request.client_id, posted)
+        return messages_pb2.PostMessagesResponse(ids=ids)
+
+    async def ListMessages(
+        self, request: messages_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> messages_pb2.ListMessagesResponse:
+        page = await self._service.list_messages(
+            request.project, request.queue, request.client_id,
+            limit=_opt(request, "limit"), marker=request.marker, echo=request.echo,
+            include_claimed=request.include_claimed, include_delayed=request.include_delayed,
+        )
+        return messages_pb2.ListMessagesResponse(
+            messages=self._pack.messages(page.messages), next_marker=page.next_marker
+        )
+
+    async def GetMessage(
+        self, request: messages_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Message:
+        message = await self._service.get(request.project, request.queue, request.message_id)
+        return self._pack.message(message, self._pack.now())
+
+    async def GetMessages(
+        self, request: messages_pb2.GetMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> messages_pb2.GetMessagesResponse:
+        found = await self._service.get_many(request.project, request.queue, request.message_ids)
+        return messages_pb2.GetMessagesResponse(messages=self._pack.messages(found))
+
+    async def DeleteMessage(
+        self, request: messages_pb2.DeleteMessageRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.delete(
+            request.project, request.queue, request.message_id, request.claim_id
+        )
+        return _EMPTY
+
+    async def DeleteMessages(
+        self, request: messages_pb2.DeleteMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.delete_many(
+            request.project, request.queue, request.message_ids, request.claim_ids
+        )
+        return _EMPTY
+
+    async def PopMessages(
+        self, request: messages_pb2.PopMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> messages_pb2.PopMessagesResponse:
+        popped = await self._service.pop(request.project, request.queue, request.limit)
+        return messages_pb2.PopMessagesResponse(messages=self._pack.messages(popped))
+
+    async def CreateClaim(
+        self, request: messages_pb2.CreateClaimRequest, context: grpc.aio.ServicerContext
+    ) -> messages_pb2.Claim:
+        claim = await self._service.claim(
+            request.project, request.queue, limit=_opt(request, "limit"),
+            ttl=_opt(request, "ttl"), grace=_opt(request, "grace"),
+        )
+        return self._pack.claim(claim)
+
+    async def GetClaim(
+        self, request: messages_pb2.GetClaimRequest, context: grpc.aio.ServicerContext
+    ) -> messages_pb2.Claim:
+        claim = await self._service.get_claim(request.project, request.queue, request.claim_id)
+        return self._pack.claim(claim)
+
+    async def UpdateClaim(
+        self, request: messages_pb2.UpdateClaimRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.renew_claim(
+            request.project, request.queue, request.claim_id,
+            ttl=_opt(request, "ttl"), grace=_opt(request, "grace"),
+        )
+        return _EMPTY
+
+    async def DeleteClaim(
+        self, request: messages_pb2.DeleteClaimRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.release_claim(request.project, request.queue, request.claim_id)
+        return _EMPTY
+
+    async def GetStats(
+        self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
+    ) -> common_pb2.QueueStats:
+        stats = await self._service.stats(request.project, request.queue)
+        now = self._pack.now()
+        return common_pb2.QueueStats(
+            claimed=stats.claimed, free=stats.free, total=stats.total,
+            oldest=self._pack.summary(stats.oldest, now),
+            newest=self._pack.summary(stats.newest, now),
+        )
+
+
+class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
+    def __init__(self, service: MessageService) -> None:
+        self._service = service
+
+    async def DeleteQueueMessages(
+        self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.delete_queue_messages(request.project, request.queue)
+        return _EMPTY
+
+    async def InvalidateQueue(
+        self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        self._service.invalidate(request.project, request.queue)
+        return _EMPTY
+
+
+def registrar(
+    service: MessageService, packer: Packer
+) -> Callable[[grpc.aio.Server], None]:
+    def register(server: grpc.aio.Server) -> None:
+        messages_pb2_grpc.add_MessagesServicer_to_server(  # type: ignore[no-untyped-call]
+            MessagesServicer(service, packer), server
+        )
+        messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
+            MessagesInternalServicer(service), server
+        )
+
+    return register
