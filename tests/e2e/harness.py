@@ -22,6 +22,7 @@ class Stack:
     settings: Settings
     proc: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -44,6 +45,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        if self.pump is not None:
+            self.pump.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
 
@@ -67,7 +72,8 @@ def start_stack(settings: Settings, extra_args: list[str] | None = None,
                 ready.set()
         ready.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    stack.pump = threading.Thread(target=pump, daemon=True)
+    stack.pump.start()
     deadline = time.monotonic() + timeout
     while not ready.wait(0.1):
         if time.monotonic() > deadline:

@@ -25,14 +25,16 @@ def test_queue_lifecycle(stack: Stack, project: str) -> None:
     q = cli.queue("orders", force_create=True)
     q.metadata(new_meta={"description": "orders", "_default_message_ttl": 120})
     # Then it is listed, and its metadata comes back with the reserved defaults
-    assert [x.name for x in cli.queues()] == ["orders"]
+    listed, _ = cli.queues()
+    assert [x.name for x in listed] == ["orders"]
     meta = cli.queue("orders").metadata(force_reload=True)
     assert meta["description"] == "orders"
     assert meta["_default_message_ttl"] == 120
     assert meta["_max_messages_post_size"] == 262144
     # When it is deleted, it is gone
     q.delete()
-    assert list(cli.queues()) == []
+    listed, count = cli.queues(with_count=True)
+    assert (list(listed), count) == ([], 0)
 
 
 def test_post_list_get_delete(stack: Stack, project: str) -> None:
@@ -53,7 +55,7 @@ def test_post_list_get_delete(stack: Stack, project: str) -> None:
     with pytest.raises(zaqar_errors.ResourceNotFound):
         q.message(msgs[0].id)
     # And stats count the other two as free
-    stats = q.stats
+    stats = q.stats["messages"]
     assert (stats["claimed"], stats["free"], stats["total"]) == (0, 2, 2)
 
 
@@ -74,7 +76,7 @@ def test_claim_renew_release_and_delete_with_claim(stack: Stack, project: str) -
     assert [m.body for m in other] == [{"job": 2}, {"job": 3}]
     # When a claimed message is deleted with its claim, it is gone
     claimed[0].delete()
-    assert q.stats["total"] == 3
+    assert q.stats["messages"]["total"] == 3
     # When the first claim is released, its remaining message is claimable again
     claim.delete()
     again = q.claim(ttl=60, grace=60, limit=5)
