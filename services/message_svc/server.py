@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.common.config import ConfigurationError, Settings
+from services.common.errors import ServiceError
 from services.common.grpc_server import (
     Running,
     create_server,
@@ -76,6 +77,8 @@ def main() -> None:
         asyncio.run(run(settings))
     except ConfigurationError as exc:
         raise SystemExit(f"message_svc: configuration error: {exc}") from None
+    except ServiceError as exc:
+        raise SystemExit(f"message_svc: cannot start: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -157,6 +157,12 @@ async def test_a_failing_batch_stores_nothing_and_does_not_harm_its_neighbours(
     assert isinstance(results[1], tuple)
     assert bodies(await message_store.list_messages(P, Q, limit=10)) == [b'{"n": 2}']
 
+    # And alone it fails the same way, leaving the store usable
+    with pytest.raises(Exception):  # noqa: B017 - each backend has its own driver error
+        await message_store.post(P, Q, CLIENT, broken)
+    await message_store.post(P, Q, CLIENT, [msg(3)])
+    assert len(await message_store.list_messages(P, Q, limit=10)) == 2
+
 
 async def test_paging_with_markers_neither_repeats_nor_skips(message_store: MessageStore) -> None:
     # Given 25 messages

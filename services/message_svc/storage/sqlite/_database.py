@@ -4,8 +4,8 @@ Every operation is a plain function of a ``sqlite3.Connection`` run on the conne
 thread (aiosqlite's), so the event loop never blocks and an operation costs one thread hop.
 
 Writes go through one connection, so they serialize. Operations that arrive while a commit is
-in progress are run together in the next transaction, each inside its own savepoint (a failing
-one is rolled back alone), and are acknowledged only after that transaction commits: with
+in progress are run together in the next transaction (a failing one is undone alone, see
+:func:`_run_batch`), and are acknowledged only after that transaction commits: with
 ``synchronous=FULL`` one fsync then covers many operations. Reads use a second connection,
 which in WAL mode sees the last committed state without waiting for the writer.
 """
@@ -68,27 +68,40 @@ def _store_error(exc: sqlite3.Error) -> Unavailable:
 
 
 def _run_batch(conn: sqlite3.Connection, jobs: Sequence[Job[Any]]) -> list[tuple[bool, Any]]:
-    """One transaction, one savepoint per job; runs on the writer thread."""
-    outcomes: list[tuple[bool, Any]] = []
+    """One transaction for the whole batch; runs on the writer thread.
+
+    Jobs rarely fail, so they first run back to back. When one raises, the transaction is
+    rolled back and the batch runs again with a savepoint per job, so that only the failing
+    job is undone (jobs are deterministic: they capture their ids and time up front).
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for job in jobs:
-            conn.execute("SAVEPOINT job")
-            try:
-                value = job(conn)
-            except Exception as exc:
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                outcomes.append((False, exc))
-            else:
-                conn.execute("RELEASE job")
-                outcomes.append((True, value))
+        try:
+            outcomes: list[tuple[bool, Any]] = [(True, job(conn)) for job in jobs]
+        except Exception:
+            if len(jobs) == 1:
+                raise
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            outcomes = [_run_isolated(conn, job) for job in jobs]
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _run_isolated(conn: sqlite3.Connection, job: Job[Any]) -> tuple[bool, Any]:
+    conn.execute("SAVEPOINT job")
+    try:
+        value = job(conn)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")
+        return False, exc
+    conn.execute("RELEASE job")
+    return True, value
 
 
 def _read(conn: sqlite3.Connection, job: Job[T]) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import uuid
@@ -25,8 +26,22 @@ from services.message_svc.storage.sqlite._database import SqliteDatabase, parse_
 GC_BATCH = 5000
 
 
-def _new_id() -> str:
-    return str(uuid.uuid4())
+class _Ids:
+    """uuid4 strings from pooled OS randomness: one ``urandom`` call per 256 ids."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def __call__(self) -> str:
+        if self._at >= len(self._pool):
+            self._pool, self._at = os.urandom(16 * 256), 0
+        raw = self._pool[self._at:self._at + 16]
+        self._at += 16
+        return str(uuid.UUID(bytes=raw, version=4))
+
+
+_new_id = _Ids()
 
 
 class SqliteMessageStore(base.MessageStore):
