@@ -81,11 +81,12 @@ def bool_param(req: falcon.asgi.Request, name: str) -> bool:
 
 
 def csv_param(req: falcon.asgi.Request, name: str) -> list[str] | None:
-    """A comma-separated list (``ids=a,b``), or None when the parameter is absent."""
-    value = req.get_param(name)
-    if value is None:
+    """A list given comma-separated (``ids=a,b``), repeated (``ids=a&ids=b``, as
+    python-zaqarclient sends it) or both; None when the parameter is absent."""
+    values = req.get_param_as_list(name)
+    if values is None:
         return None
-    return [item for item in value.split(",") if item]
+    return [item for value in values for item in value.split(",") if item]
 
 
 def next_href(req: falcon.asgi.Request, marker: str) -> str:

@@ -36,6 +36,7 @@ def build_server(settings: Settings, access_log: bool = False) -> uvicorn.Server
         access_log=access_log,
         log_config=None,
         server_header=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace)),
     )
     return uvicorn.Server(config)

@@ -304,3 +304,16 @@ async def test_post_to_bad_queue_name(client: httpx.AsyncClient) -> None:
     resp = await client.post("/v2/queues/bad%20name/messages", content=b'{"messages":[{"body":1}]}')
     assert resp.status_code == 400
     assert resp.json()["title"] == "Invalid queue identification"
+
+
+async def test_ids_may_be_repeated_parameters(client: httpx.AsyncClient) -> None:
+    # Given messages addressed as python-zaqarclient does: ids=a&ids=b
+    queue = new_queue()
+    ids = await post(client, queue, {"body": 1}, {"body": 2}, {"body": 3})
+    query = "&".join(f"ids={i}" for i in ids[:2])
+    # Then the set read and the bulk delete see every id
+    got = await client.get(f"/v2/queues/{queue}/messages?{query}")
+    assert sorted(m["body"] for m in got.json()["messages"]) == [1, 2]
+    deleted = await client.delete(f"/v2/queues/{queue}/messages?{query}&ids={ids[2]}")
+    assert deleted.status_code == 204
+    assert (await client.get(f"/v2/queues/{queue}/messages?{query}")).status_code == 404

@@ -1,0 +1,54 @@
+"""The gateway as its own process on uvicorn: READY line, real HTTP, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import httpx
+
+from services.cli import settings_environment
+from services.common.config import Settings
+from tests.gateway.conftest import HEADERS
+
+
+async def test_serves_http_and_stops_on_sigterm(services: Settings) -> None:
+    # Given the gateway started as a process in front of the running services
+    env = {**os.environ, **settings_environment(services), "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.api_gateway.server",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        # Then it announces where it listens once it accepts connections
+        url = f"http://{services.host}:{services.http_port}"
+        assert line.decode().strip() == f"READY api_gateway {url}"
+        # And answers over real HTTP, 204s with Content-Length: 0
+        async with httpx.AsyncClient(base_url=url, headers=HEADERS) as client:
+            ping = await client.get("/v2/ping")
+            assert ping.status_code == 204
+            assert ping.headers["content-length"] == "0"
+            assert ping.headers["x-openstack-request-id"].startswith("req-")
+            created = await client.put("/v2/queues/served", content=b"{}")
+            assert created.status_code == 201
+            assert created.headers["content-length"] == "0"
+            assert created.headers["content-type"] == "application/json"
+            refused = await client.get("/v2/queues", headers={"Accept": "text/plain"})
+            assert refused.status_code == 406
+            assert refused.content == b""
+        # When it gets SIGTERM
+        proc.send_signal(signal.SIGTERM)
+        # Then it exits cleanly
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
