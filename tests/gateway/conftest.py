@@ -79,21 +79,27 @@ async def down_client(
     return await gateway_factory(make_settings(rpc_timeout=2.0))
 
 
-@pytest.fixture
-async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Settings]:
+@asynccontextmanager
+async def running_services(settings: Settings) -> AsyncIterator[Settings]:
     """queue_svc and message_svc started in-process on the settings' ports."""
     from services.message_svc.server import start as start_message_svc
-
     from services.queue_svc.server import start as start_queue_svc
 
-    settings = make_settings()
     message_svc = await start_message_svc(settings)
-    queue_svc = await start_queue_svc(settings)
     try:
-        yield settings
+        queue_svc = await start_queue_svc(settings)
+        try:
+            yield settings
+        finally:
+            await queue_svc.stop()
     finally:
-        await queue_svc.stop()
         await message_svc.stop()
+
+
+@pytest.fixture
+async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Settings]:
+    async with running_services(make_settings()) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Callable
 
 import httpx
 import orjson
 import pytest
 
-from tests.gateway.conftest import CLIENT_ID, PROJECT, error_body, new_queue
+from services.common.config import Settings
+from tests.gateway.conftest import (
+    CLIENT_ID,
+    PROJECT,
+    GatewayFactory,
+    error_body,
+    new_queue,
+    running_services,
+)
 
 LIMIT_ERROR = error_body(
     "Invalid API request", "Limit must be at least 1 and may not be greater than 20."
@@ -317,3 +327,19 @@ async def test_ids_may_be_repeated_parameters(client: httpx.AsyncClient) -> None
     deleted = await client.delete(f"/v2/queues/{queue}/messages?{query}&ids={ids[2]}")
     assert deleted.status_code == 204
     assert (await client.get(f"/v2/queues/{queue}/messages?{query}")).status_code == 404
+
+
+async def test_checksums_when_enabled(
+    make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
+) -> None:
+    # Given services that add checksums
+    async with running_services(make_settings(message_checksum=True)) as settings:
+        client = await gateway_factory(settings)
+        queue = new_queue()
+        [mid] = await post(client, queue, {"body": {"n": 1}})
+        # Then every message rendering carries the MD5 of its JSON body
+        one = (await client.get(f"/v2/queues/{queue}/messages/{mid}")).json()
+        assert one["checksum"] == "MD5:" + hashlib.md5(b'{"n":1}').hexdigest()
+        listed = (await client.get(f"/v2/queues/{queue}/messages?echo=true")).json()
+        assert listed["messages"][0]["checksum"] == one["checksum"]
+        await client.aclose()

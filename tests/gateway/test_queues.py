@@ -297,3 +297,25 @@ async def test_ping_and_health_with_services_up(client: httpx.AsyncClient) -> No
     assert (await client.head("/v2/ping")).status_code == 204
     health = await client.get("/v2/health", headers={"X-Roles": "admin"})
     assert health.json() == {"storage_reachable": True, "operation_status": {}}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v2/queues/bad%20name", None),
+        ("DELETE", "/v2/queues/bad%20name", None),
+        ("GET", "/v2/queues/bad%20name/stats", None),
+        ("POST", "/v2/queues/bad%20name/purge", b"{}"),
+        ("GET", "/v2/queues/bad%20name/messages", None),
+        ("POST", "/v2/queues/bad%20name/messages", b'{"messages": [{"body": 1}]}'),
+        ("DELETE", "/v2/queues/bad%20name/messages?pop=1", None),
+        ("POST", "/v2/queues/bad%20name/claims", b"{}"),
+        ("GET", "/v2/queues/" + "x" * 65 + "/messages", None),
+    ],
+)
+async def test_bad_queue_names_on_every_route(
+    client: httpx.AsyncClient, method: str, path: str, body: bytes | None
+) -> None:
+    resp = await client.request(method, path, content=body)
+    assert resp.status_code == 400
+    assert resp.json()["title"] == "Invalid queue identification"
