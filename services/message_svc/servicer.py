@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
 from services.message_svc.service import MessageService, Posted
@@ -66,9 +67,9 @@ class Packer:
         )
 
 
-def _opt(message: object, field: str) -> int | None:
-    value: int | None = getattr(message, field) if message.HasField(field) else None  # type: ignore[attr-defined]
-    return value
+def _opt(message: Message, field: str) -> int | None:
+    """An ``optional int32`` field: ``None`` when unset (0 is a value)."""
+    return int(getattr(message, field)) if message.HasField(field) else None
 
 
 class MessagesServicer(messages_pb2_grpc.MessagesServicer):
