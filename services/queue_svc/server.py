@@ -1,0 +1,77 @@
+"""queue_svc's composition root: store, upstream channels, servicer, gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from zaqar.v2 import queues_pb2_grpc
+
+from services.common.config import ConfigurationError, Settings
+from services.common.grpc_server import (
+    Running,
+    create_server,
+    install_event_loop_policy,
+    setup_logging,
+    start_server,
+)
+from services.queue_svc.service import QueueService
+from services.queue_svc.servicer import SERVICE_NAME, QueuesServicer
+from services.queue_svc.storage.registry import open_queue_store
+from services.queue_svc.upstream import MessageService
+
+
+async def start(settings: Settings) -> Running:
+    """Open the store (``settings.store_uri("queue")``), bind ``host:queue_port`` (0 = any)
+    and serve ``zaqar.v2.Queues``; ``Running.port`` is the bound port.
+
+    Raises:
+        ConfigurationError: the store URI is unknown or malformed, or the store cannot be
+            opened.
+        OSError: the port cannot be bound.
+    """
+    store = await open_queue_store(settings.store_uri("queue"))
+    messages = MessageService(settings)
+
+    async def close() -> None:
+        await messages.close()
+        await store.close()
+
+    servicer = QueuesServicer(QueueService(store, messages))
+
+    def register(server: grpc.aio.Server) -> None:
+        queues_pb2_grpc.add_QueuesServicer_to_server(  # type: ignore[no-untyped-call]
+            servicer, server
+        )
+
+    try:
+        server, port, health = create_server(
+            [register], [SERVICE_NAME], host=settings.host, port=settings.queue_port
+        )
+    except BaseException:
+        await close()
+        raise
+    return await start_server(Running(server, port, health, [SERVICE_NAME], close))
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, announcing ``READY queue_svc <host>:<port>`` on stdout;
+    then drain, stop, and close the store and channels."""
+    running = await start(settings)
+    await running.serve_until_signal(
+        settings.shutdown_grace, announce=f"READY queue_svc {settings.host}:{running.port}"
+    )
+
+
+def main() -> None:
+    try:
+        settings = Settings.load()
+        setup_logging(settings.log_level)
+        install_event_loop_policy()
+        asyncio.run(run(settings))
+    except ConfigurationError as exc:
+        raise SystemExit(f"queue_svc: configuration error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The queue control plane: validation, the store, and the fan-out to message_svc.
+
+Keeping message_svc's metadata cache correct
+--------------------------------------------
+message_svc caches each queue's metadata. Every change of a queue's metadata or existence
+(create, also over an existing queue; update; delete) is stored first and then
+acknowledged only after **every** message_svc replica (``ZAQAR_MESSAGE_TARGETS``) has dropped
+its cached copy, so the change applies to the very next request on any replica.
+
+When a replica cannot be reached, the change stays stored (undoing it could fail the same
+way and would race with other writers), the call fails with UNAVAILABLE (HTTP 503) saying so,
+and the caller may retry: create and add/replace updates are idempotent, delete is too. The
+unreached replica serves the previous metadata at most until its cache entry expires
+(``ZAQAR_METADATA_CACHE_TTL``, the safety net); a replica that is down starts with an empty
+cache anyway.
+
+``EnsureQueue`` (a post to an absent queue) invalidates nothing: the new queue's metadata is
+empty, which is exactly what every replica already assumes for an absent queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from zaqar.v2 import common_pb2
+
+from services.common.errors import Unavailable
+from services.queue_svc import metadata as meta
+from services.queue_svc import validation
+from services.queue_svc.storage.base import QueuePage, QueueStore
+from services.queue_svc.upstream import MessageService
+
+
+class QueueService:
+    def __init__(self, store: QueueStore, messages: MessageService) -> None:
+        self._store = store
+        self._messages = messages
+
+    async def create(self, project: str, queue: str, raw_metadata: bytes) -> bool:
+        """Create the queue or replace its metadata; True when it is new."""
+        validation.check_queue(project, queue)
+        metadata = meta.parse_object(raw_metadata)
+        meta.check_reserved(metadata)
+        created = await self._store.create(project, queue, metadata)
+        await self._messages.invalidate(project, queue)
+        return created
+
+    async def get(self, project: str, queue: str) -> tuple[dict[str, Any], bool]:
+        """The metadata with defaults, and whether the queue exists (absent: defaults only)."""
+        validation.check_queue(project, queue)
+        record = await self._store.get(project, queue)
+        stored = record.metadata if record is not None else {}
+        return meta.with_defaults(stored), record is not None
+
+    async def ensure(self, project: str, queue: str) -> dict[str, Any]:
+        """The metadata with defaults of the queue, created first when absent."""
+        validation.check_queue(project, queue)
+        record = await self._store.ensure(project, queue)
+        return meta.with_defaults(record.metadata)
+
+    async def update(
+        self, project: str, queue: str, operations: Iterable[tuple[str, str, bytes]]
+    ) -> dict[str, Any]:
+        """Apply a JSON patch atomically; the new metadata with defaults."""
+        validation.check_queue(project, queue)
+        patches = meta.parse_patch(operations)
+        record = await self._store.update_metadata(
+            project, queue, patches, check=meta.check_patched
+        )
+        await self._messages.invalidate(project, queue)
+        return meta.with_defaults(record.metadata)
+
+    async def delete(self, project: str, queue: str) -> None:
+        """Delete the queue, then its messages and claims. Idempotent.
+
+        Order: the record goes first and the caches next, so a post racing with the delete
+        re-creates the queue through ``EnsureQueue`` rather than adding messages to a queue
+        that has no record; the messages go last. Every step runs even when an earlier
+        fan-out failed; a failure is raised at the end, and a retry redoes every step.
+        """
+        validation.check_queue(project, queue)
+        await self._store.delete(project, queue)
+        stale: Unavailable | None = None
+        try:
+            await self._messages.invalidate(project, queue)
+        except Unavailable as exc:
+            stale = exc
+        await self._messages.delete_queue_messages(
+            project, queue, "Queue could not be deleted: its messages could not be removed."
+        )
+        if stale is not None:
+            raise stale
+
+    async def list(
+        self,
+        project: str,
+        *,
+        limit: int | None,
+        marker: str,
+        detailed: bool,
+        name: str,
+        with_count: bool,
+        metadata_filters: Mapping[str, bytes],
+    ) -> QueuePage:
+        """A page of the project's queues by name; with ``detailed`` their metadata is shown
+        with defaults (otherwise it is left as stored)."""
+        validation.check_project(project)
+        page = await self._store.list(
+            project,
+            limit=validation.page_limit(limit),
+            marker=marker,
+            name_contains=name,
+            metadata_filters=validation.metadata_filters(metadata_filters),
+            with_count=with_count,
+        )
+        if not detailed:
+            return page
+        return QueuePage(
+            [replace(r, metadata=meta.with_defaults(r.metadata)) for r in page.queues], page.count
+        )
+
+    async def stats(self, project: str, queue: str) -> common_pb2.QueueStats:
+        validation.check_queue(project, queue)
+        return await self._messages.get_stats(project, queue)
+
+    async def purge(self, project: str, queue: str, resource_types: Iterable[str]) -> None:
+        """Remove the queue's messages and/or subscriptions; its metadata stays."""
+        validation.check_queue(project, queue)
+        types = validation.resource_types(resource_types)
+        if "messages" in types:
+            await self._messages.delete_queue_messages(
+                project, queue, "Queue could not be purged: its messages could not be removed."
+            )
+        # Subscriptions are purged by notifier_svc once it exists.

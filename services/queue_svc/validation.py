@@ -1,0 +1,61 @@
+"""Request rules of the Queues API that are not about metadata (contract §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from services.common import limits
+from services.common.errors import InvalidArgument, InvalidQueueName
+
+PURGEABLE = ("messages", "subscriptions")
+LIMIT_ERROR = (
+    f"Limit must be at least {limits.PAGE_LIMIT_MIN} and may not be greater than "
+    f"{limits.PAGE_LIMIT_MAX}."
+)
+# Zaqar prints the Python set literal; keep its exact text.
+PURGE_ERROR = "Resource types must be a sub set of {'messages', 'subscriptions'}."
+
+
+def check_project(project: str) -> None:
+    if not limits.valid_project(project):
+        raise InvalidQueueName()
+
+
+def check_queue(project: str, queue: str) -> None:
+    """The project id (1..256 characters) and queue name (``^[a-zA-Z0-9_\\-.]{1,64}$``)."""
+    check_project(project)
+    if not limits.valid_queue_name(queue):
+        raise InvalidQueueName()
+
+
+def page_limit(limit: int | None) -> int:
+    """The page size: ``None`` means the default (10); otherwise 1..20."""
+    if limit is None:
+        return limits.PAGE_LIMIT_DEFAULT
+    if not limits.PAGE_LIMIT_MIN <= limit <= limits.PAGE_LIMIT_MAX:
+        raise InvalidArgument(LIMIT_ERROR)
+    return limit
+
+
+def metadata_filters(raw: Mapping[str, bytes]) -> dict[str, Any]:
+    """Listing filters: metadata key -> the JSON value it must equal."""
+    filters = {}
+    for key, value in raw.items():
+        try:
+            filters[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise InvalidArgument(
+                f"The filter on metadata key {key!r} is not a JSON value."
+            ) from None
+    return filters
+
+
+def resource_types(raw: Iterable[str]) -> frozenset[str]:
+    """What a purge removes: a subset of messages/subscriptions; none given means both."""
+    types = frozenset(raw)
+    if not types <= frozenset(PURGEABLE):
+        raise InvalidArgument(PURGE_ERROR)
+    return types or frozenset(PURGEABLE)
