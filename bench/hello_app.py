@@ -20,13 +20,17 @@ CLAIM_ID = str(uuid.uuid4())
 
 
 class Messages:
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str
+    ) -> None:
         await req.stream.read()
         mid = uuid.uuid4()
         resp.status = falcon.HTTP_201
         resp.data = orjson.dumps({"resources": [f"/v2/queues/{queue}/messages/{mid}"]})
 
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str
+    ) -> None:
         resp.data = orjson.dumps({"messages": [], "links": []})
 
 
@@ -37,7 +41,9 @@ class Message:
 
 
 class Claims:
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str
+    ) -> None:
         await req.stream.read()
         msgs = [{"id": str(uuid.uuid4()), "ttl": 300, "age": 0, "body": {"n": i},
                  "href": f"/v2/queues/{queue}/messages/{uuid.uuid4()}?claim_id={CLAIM_ID}"}

@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raw: dict[str, tuple[int, list[float], list[int]]] = {}
     for _ in procs:
         role, total, lat, errs = out.get(timeout=args.time + 120)
-        t, l, e = raw.get(role, (0, [], []))
-        raw[role] = (t + total, l + lat, e + errs)
+        so_far, lats, errs_so_far = raw.get(role, (0, [], []))
+        raw[role] = (so_far + total, lats + lat, errs_so_far + errs)
     for p in procs:
         p.join()
     for role, (total, lat, errs) in raw.items():

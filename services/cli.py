@@ -176,9 +176,10 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
         print(f"zaqar-grpc up: {exc}", file=sys.stderr, flush=True)
         await _stop_all(children, settings.shutdown_grace)
         return 1
+    data_dir = os.path.abspath(settings.data_dir)  # noqa: ASYNC240 - no I/O, string only
     print(
         f"zaqar-grpc is up: http://{settings.host}:{settings.http_port}/v2/  "
-        f"(data in {os.path.abspath(settings.data_dir)}; Ctrl-C stops)",
+        f"(data in {data_dir}; Ctrl-C stops)",
         flush=True,
     )
     exits = [asyncio.ensure_future(c.proc.wait()) for c in children]

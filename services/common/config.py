@@ -150,7 +150,7 @@ def _cast(name: str, value: Any) -> Any:
     f = _FIELDS.get(name)
     if f is None:
         raise ConfigurationError(f"unknown setting {name!r}")
-    kind = type(f.default)
+    kind: type[Any] = type(f.default)
     try:
         if kind is bool:
             if isinstance(value, bool):

@@ -160,11 +160,11 @@ def to_status(err: ServiceError) -> status_pb2.Status:
 
 def decode_rpc_error(exc: grpc.RpcError) -> RpcErrorInfo:
     """Read code, reason, title and description from a failed call (sync or aio)."""
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-    description: str = exc.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = exc.code()
+    description: str = exc.details() or ""
     reason, title = code.name, ""
     try:
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        status = rpc_status.from_call(exc)
     except ValueError:
         status = None
     if status is not None:
@@ -190,13 +190,15 @@ def _wrap_unary(behavior: Handler, method: str) -> Handler:
             raise
         except Exception as exc:  # the one place an unexpected failure is turned into a status
             log.exception("unexpected failure in %s", method)
-            err = Unavailable("The service could not complete the request: %s" % type(exc).__name__)
-            await context.abort_with_status(rpc_status.to_status(to_status(err)))
+            failure = Unavailable(
+                f"The service could not complete the request: {type(exc).__name__}"
+            )
+            await context.abort_with_status(rpc_status.to_status(to_status(failure)))
 
     return wrapper
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Translates :class:`ServiceError` (and any unexpected exception) into a rich status."""
 
     async def intercept_service(
@@ -215,7 +217,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 def canonical_code_name(value: int) -> str:
-    return code_pb2.Code.Name(value)
+    return str(code_pb2.Code.Name(value))
 
 
 def status_code(value: int) -> grpc.StatusCode:

@@ -184,6 +184,6 @@ def _started(server: grpc.aio.Server) -> bool:
 async def start_server(running: Running) -> Running:
     """Start a built server and report SERVING (what ``start`` functions call last)."""
     await running.server.start()
-    running.server._zaqar_started = True  # type: ignore[attr-defined]
+    running.server._zaqar_started = True
     await set_serving(running.health, running.service_names, True)
     return running

@@ -78,7 +78,9 @@ def start_stack(settings: Settings, extra_args: list[str] | None = None,
     while not ready.wait(0.1):
         if time.monotonic() > deadline:
             break
-    if proc.poll() is not None or not any(l.startswith("zaqar-grpc is up") for l in stack.output):
+    if proc.poll() is not None or not any(
+        line.startswith("zaqar-grpc is up") for line in stack.output
+    ):
         stack.stop()
         raise RuntimeError("zaqar-grpc up did not come up:\n" + "".join(stack.output))
     return stack

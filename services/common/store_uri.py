@@ -1,0 +1,113 @@
+"""URI parsing shared by networked store backends (``redis://``, ``mongodb://``).
+
+Every problem is reported as one :class:`ConfigurationError` naming the store, the URI
+(password redacted) and exactly what is wrong with it, so a typo fails at start-up, not at
+first use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, urlsplit, urlunsplit
+
+from services.common.config import ConfigurationError
+
+Converter = Callable[[str], Any]
+
+
+def redact(uri: str) -> str:
+    """The URI without its password, for messages and logs."""
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri
+    if password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def invalid(store: str, uri: str, problem: str) -> ConfigurationError:
+    """The error for a bad URI of ``store`` (e.g. "message store")."""
+    return ConfigurationError(f"invalid {store} URI {redact(uri)!r}: {problem}")
+
+
+def split(store: str, uri: str, scheme: str, form: str) -> SplitResult:
+    """``uri`` split into its parts, checked to be of ``scheme`` and to have no fragment.
+
+    Args:
+        form: the expected shape, quoted in the error, e.g. ``redis://host:port/db``.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        raise invalid(store, uri, f"{exc}; expected {form}") from exc
+    if parts.scheme.lower() != scheme or not uri[len(scheme) + 1:].startswith("//"):
+        raise invalid(store, uri, f"expected {form}")
+    if parts.fragment or uri.endswith("#"):
+        raise invalid(store, uri, "a store URI has no fragment ('#...')")
+    return parts
+
+
+def host_and_port(
+    store: str, uri: str, parts: SplitResult, default_port: int
+) -> tuple[str, int]:
+    """The one host and port of ``parts``; the port defaults to ``default_port``."""
+    if not parts.hostname:
+        raise invalid(store, uri, "the host is missing")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise invalid(store, uri, f"bad port: {exc}") from exc
+    if port == 0:
+        raise invalid(store, uri, "bad port: 0 is not a port a server listens on")
+    return parts.hostname, default_port if port is None else port
+
+
+def options(
+    store: str, uri: str, query: str, converters: Mapping[str, Converter]
+) -> dict[str, Any]:
+    """The query parameters of ``uri``, each converted by its converter.
+
+    Unknown, repeated and empty-named parameters are errors, as is a value its converter
+    rejects with ``ValueError``.
+    """
+    if not query:
+        return {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError as exc:
+        raise invalid(store, uri, f"malformed query string {query!r}") from exc
+    known = ", ".join(sorted(converters))
+    result: dict[str, Any] = {}
+    for name, text in pairs:
+        if name not in converters:
+            raise invalid(store, uri, f"unknown option {name!r} (known options: {known})")
+        if name in result:
+            raise invalid(store, uri, f"option {name!r} is given more than once")
+        try:
+            result[name] = converters[name](text)
+        except ValueError as exc:
+            raise invalid(store, uri, f"option {name}={text!r}: {exc}") from exc
+    return result
+
+
+def seconds(text: str) -> float:
+    """A timeout: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds, e.g. 2 or 0.5") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number of at least 1."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return int(text)
