@@ -199,21 +199,33 @@ def _wrap_unary(behavior: Handler, method: str) -> Handler:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Translates :class:`ServiceError` (and any unexpected exception) into a rich status."""
+    """Translates :class:`ServiceError` (and any unexpected exception) into a rich status.
+
+    The wrapped handler of each method is built once and reused for every later call.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, handler_call_details.method),
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = wrapped
+        return wrapped
 
 
 def canonical_code_name(value: int) -> str:
