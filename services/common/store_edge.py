@@ -84,3 +84,14 @@ def driver_edge(
         return decorate
 
     return for_action
+
+
+def contended(store: str, action: str) -> Unavailable:
+    """The error of a compare-and-set loop that lost too many races in a row.
+
+    Each lost race means another writer succeeded, so this only bounds a pathological pile-up.
+    """
+    return Unavailable(
+        f"The {store} could not {action}: too many concurrent changes to the same item. "
+        "Please try again in a few seconds."
+    )

@@ -16,6 +16,8 @@ from services.queue_svc.storage.base import QueueStore
 # scheme -> (module, class, distribution to install when the import fails)
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "sqlite": ("services.queue_svc.storage.sqlite", "SqliteQueueStore", "aiosqlite"),
+    "redis": ("services.queue_svc.storage.redis", "RedisQueueStore", "redis[hiredis]"),
+    "mongodb": ("services.queue_svc.storage.mongodb", "MongoQueueStore", "pymongo"),
 }
 
 

@@ -1,0 +1,235 @@
+"""Queues in Redis, each project's in two keys, every change one Lua script.
+
+Key layout (``zq`` is the URI's ``prefix`` option)::
+
+    zq:q:<project>   hash        queue name -> metadata as JSON text (orjson, key order kept)
+    zq:n:<project>   sorted set  queue names, all with score 0, so ZRANGEBYLEX orders by name
+
+Both keys of a project change together inside one script (``*.lua`` next to this module),
+which Redis runs atomically. Metadata updates are a compare-and-set loop: read, patch in
+Python (with the caller's check), then store only if the metadata is still what was read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from services.common.errors import QueueNotFound, Unavailable
+from services.common.store_edge import contended
+from services.queue_svc.storage.base import (
+    MetadataCheck,
+    MetadataPatch,
+    QueuePage,
+    QueueRecord,
+    apply_patches,
+)
+from services.queue_svc.storage.redis._connection import STORE, RedisOptions, describe, edge
+
+SCRIPTS = ("create_queue", "ensure_queue", "update_queue", "delete_queue", "list_queues")
+# Names one list script call may examine: long enough for a page, short enough that Redis,
+# which runs one script at a time, is never held up for long by a sparse name filter.
+SCAN_BUDGET = 2000
+# Queues fetched per script call when metadata filters are applied here, after the read.
+FILTER_BATCH = 200
+# Compare-and-set attempts of one update before giving up; each failed attempt means another
+# update of the same queue succeeded, so this only bounds a pathological pile-up.
+MAX_UPDATE_ATTEMPTS = 100
+_INT64 = range(-(2**63), 2**63)
+
+
+def _script_text(name: str) -> str:
+    return resources.files(__name__.rpartition(".")[0]).joinpath(f"{name}.lua").read_text("utf-8")
+
+
+def _dump(metadata: Mapping[str, Any]) -> str:
+    return orjson.dumps(metadata).decode()
+
+
+def _load(text: str | bytes) -> dict[str, Any]:
+    value: dict[str, Any] = orjson.loads(text)
+    return value
+
+
+def _number(value: int | float) -> int | float:
+    # As SQLite does: an integer beyond 64 bits compares as the nearest double.
+    return value if not isinstance(value, int) or value in _INT64 else float(value)
+
+
+def _equal(stored: Any, wanted: Any) -> bool:
+    """The contract's filter equality (see :meth:`QueueStore.list`)."""
+    if wanted is None or isinstance(wanted, bool) or isinstance(stored, bool):
+        return type(stored) is type(wanted) and stored == wanted
+    if isinstance(wanted, int | float):
+        return isinstance(stored, int | float) and _number(stored) == _number(wanted)
+    if isinstance(wanted, str):
+        return isinstance(stored, str) and stored == wanted
+    if isinstance(stored, str | int | float) or stored is None:
+        return False
+    return orjson.dumps(stored) == orjson.dumps(wanted)
+
+
+def _matches(metadata: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    return all(key in metadata and _equal(metadata[key], value) for key, value in filters.items())
+
+
+class RedisQueueStore:
+    """:class:`services.queue_svc.storage.base.QueueStore` on a Redis server."""
+
+    def __init__(self, options: RedisOptions) -> None:
+        self.options = options
+        self._client: redis.asyncio.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    @classmethod
+    def from_uri(cls, uri: str) -> RedisQueueStore:
+        return cls(RedisOptions.parse(uri))
+
+    @property
+    def address(self) -> str:
+        return self.options.address
+
+    def _redis(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            raise Unavailable("The queue store is closed.")
+        return self._client
+
+    async def open(self) -> None:
+        texts = {name: _script_text(name) for name in SCRIPTS}
+        client = self.options.client()
+        try:
+            await client.ping()
+            for name, text in texts.items():
+                await client.script_load(text)
+                self._scripts[name] = client.register_script(text)
+        except RedisError as exc:
+            await client.aclose()
+            raise Unavailable(
+                f"Cannot open the queue store at {self.address}: {describe(exc)} ({exc})."
+            ) from exc
+        self._client = client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    def _metadata_key(self, project: str) -> str:
+        return f"{self.options.prefix}:q:{project}"
+
+    def _names_key(self, project: str) -> str:
+        return f"{self.options.prefix}:n:{project}"
+
+    def _keys(self, project: str) -> list[str]:
+        """The KEYS of every script: the metadata hash, then the sorted set of names."""
+        return [self._metadata_key(project), self._names_key(project)]
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._scripts[script](keys=keys, args=args, client=self._redis())
+
+    @edge("create the queue")
+    async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
+        created = await self._run("create_queue", self._keys(project), [name, _dump(metadata)])
+        return bool(created)
+
+    @edge("create the queue")
+    async def ensure(self, project: str, name: str) -> QueueRecord:
+        text = await self._run("ensure_queue", self._keys(project), [name])
+        return QueueRecord(project, name, _load(text))
+
+    @edge("read the queue")
+    async def get(self, project: str, name: str) -> QueueRecord | None:
+        text = await self._redis().hget(self._metadata_key(project), name)
+        return None if text is None else QueueRecord(project, name, _load(text))
+
+    @edge("read the queue")
+    async def exists(self, project: str, name: str) -> bool:
+        return bool(await self._redis().hexists(self._metadata_key(project), name))
+
+    @edge("update the queue")
+    async def update_metadata(
+        self,
+        project: str,
+        name: str,
+        patches: Sequence[MetadataPatch],
+        check: MetadataCheck | None = None,
+    ) -> QueueRecord:
+        metadata_key = self._metadata_key(project)
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            text = await self._redis().hget(metadata_key, name)
+            if text is None:
+                raise QueueNotFound(queue=name, project=project)
+            metadata = apply_patches(_load(text), patches)
+            if check is not None:
+                check(metadata)
+            outcome = await self._run("update_queue", [metadata_key], [name, text, _dump(metadata)])
+            if outcome == 1:
+                return QueueRecord(project, name, metadata)
+            if outcome == -1:
+                raise QueueNotFound(queue=name, project=project)
+        raise contended(STORE, "update the queue")
+
+    @edge("delete the queue")
+    async def delete(self, project: str, name: str) -> bool:
+        return bool(await self._run("delete_queue", self._keys(project), [name]))
+
+    async def _stretch(
+        self, project: str, after: str, want: int, name_contains: str, with_metadata: bool
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """One list script call: where to resume ('' at the end) and the (name, metadata)
+        pairs it found (metadata '' when not asked for)."""
+        reply: list[str] = await self._run(
+            "list_queues",
+            self._keys(project),
+            [after, want, name_contains, int(with_metadata), SCAN_BUDGET],
+        )
+        resume, found = reply[0], reply[1:]
+        if with_metadata:
+            return resume, list(zip(found[::2], found[1::2], strict=True))
+        return resume, [(found_name, "") for found_name in found]
+
+    async def _count(
+        self, project: str, name_contains: str, filters: Mapping[str, Any]
+    ) -> int:
+        if not name_contains and not filters:
+            return int(await self._redis().zcard(self._names_key(project)))
+        count, after = 0, ""
+        while True:
+            after, found = await self._stretch(
+                project, after, SCAN_BUDGET, name_contains, bool(filters)
+            )
+            count += sum(1 for _, text in found if not filters or _matches(_load(text), filters))
+            if not after:
+                return count
+
+    @edge("list the queues")
+    async def list(
+        self,
+        project: str,
+        *,
+        limit: int,
+        marker: str = "",
+        name_contains: str = "",
+        metadata_filters: Mapping[str, Any] | None = None,
+        with_count: bool = False,
+    ) -> QueuePage:
+        filters = metadata_filters or {}
+        count = await self._count(project, name_contains, filters) if with_count else None
+        queues: list[QueueRecord] = []
+        after = marker
+        while len(queues) < limit:
+            want = max(limit - len(queues), FILTER_BATCH) if filters else limit - len(queues)
+            after, found = await self._stretch(project, after, want, name_contains, True)
+            for found_name, text in found:
+                metadata = _load(text)
+                if _matches(metadata, filters) and len(queues) < limit:
+                    queues.append(QueueRecord(project, found_name, metadata))
+            if not after:
+                break
+        return QueuePage(queues=queues, count=count)
