@@ -28,7 +28,7 @@ async def start(settings: Settings) -> Running:
     Raises:
         ConfigurationError: the store URI is unknown or malformed, or the store cannot be
             opened.
-        OSError: the port cannot be bound.
+        RuntimeError: the port cannot be bound (grpc's error; OSError on older grpc).
     """
     store = await open_queue_store(settings.store_uri("queue"))
     messages = MessageService(settings)
@@ -48,10 +48,10 @@ async def start(settings: Settings) -> Running:
         server, port, health = create_server(
             [register], [SERVICE_NAME], host=settings.host, port=settings.queue_port
         )
+        return await start_server(Running(server, port, health, [SERVICE_NAME], close))
     except BaseException:
         await close()
         raise
-    return await start_server(Running(server, port, health, [SERVICE_NAME], close))
 
 
 async def run(settings: Settings) -> None:

@@ -807,3 +807,13 @@ async def test_unreachable_replica_fails_the_change_but_the_others_apply_it(
             "may use the previous queue metadata for up to 30 seconds. " + RETRY))
         # And the live replica already applies it
         assert await ttl_of_next_post(live, "q") == 120
+
+
+async def test_start_on_a_taken_port_fails_and_releases_the_store(
+    alone: QueueSvc, make_settings: Callable[..., Settings],
+) -> None:
+    # Given a port already served by another queue_svc
+    taken = make_settings(queue_port=alone.settings.queue_port)
+    # Then a second one cannot start there (and closes what it opened: warnings are errors)
+    with pytest.raises(RuntimeError, match="Failed to bind"):
+        await start(taken)
