@@ -1,11 +1,21 @@
-"""Fixtures of the gateway tests: the ASGI app driven in-process, real services behind it."""
+"""Fixtures of the gateway tests.
+
+Every test that takes ``client`` (or ``down_client``) runs twice or more:
+
+- ``asgi``: the gateway app driven in-process, with real queue_svc and message_svc started
+  in-process on free ports (``down_client``: nothing behind the gateway);
+- ``up-<store>``: real HTTP over a socket to ``zaqar-grpc up`` — every service its own OS
+  process — on the named store, shared by the session (tests use their own queue names, and
+  their own projects where they list).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +23,8 @@ import pytest
 
 from services.api_gateway.app import create_app
 from services.common.config import Settings
+from tests.conftest import free_port
+from tests.e2e.harness import Stack, start_stack
 
 CLIENT_ID = "3381af92-2b9e-11e3-b191-71861300734c"
 PROJECT = "demo-project"
@@ -71,12 +83,74 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
         await span.__aexit__(None, None, None)
 
 
+# Stores that ``zaqar-grpc up`` runs on in these tests.
+UP_STORES = ["sqlite"]
+MODES = ["asgi", *(f"up-{store}" for store in UP_STORES)]
+
+
+@pytest.fixture(scope="session")
+def up_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stack]]:
+    """``zaqar-grpc up`` process trees, started on first use, one per store, for the session."""
+    stacks: dict[str, Stack] = {}
+    yield stacks
+    for stack in stacks.values():
+        assert stack.stop() == 0, "zaqar-grpc up did not stop cleanly:\n" + "".join(stack.output)
+
+
+def up_stack(request: pytest.FixtureRequest, store: str) -> Stack:
+    stacks: dict[str, Stack] = request.getfixturevalue("up_stacks")
+    if store not in stacks:
+        data = request.config._tmp_path_factory.mktemp(f"up-{store}")  # type: ignore[attr-defined]
+        stacks[store] = start_stack(stack_settings(request, store, data))
+    return stacks[store]
+
+
+def stack_settings(request: pytest.FixtureRequest, store: str, data: Path) -> Settings:
+    overrides: dict[str, Any] = {
+        "data_dir": str(data), "queue_port": free_port(), "message_port": free_port(),
+        "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
+        "gc_interval": 1.0,
+    }
+    if store == "redis":
+        server = request.getfixturevalue("redis_server")
+        overrides["queue_store"] = f"redis://127.0.0.1:{server.port}/1"
+        overrides["message_store"] = f"redis://127.0.0.1:{server.port}/2"
+    elif store == "mongodb":
+        server = request.getfixturevalue("mongodb_server")
+        overrides["queue_store"] = f"mongodb://127.0.0.1:{server.port}/up_queues"
+        overrides["message_store"] = f"mongodb://127.0.0.1:{server.port}/up_messages"
+    return Settings.load(environ={}, overrides=overrides)
+
+
+async def live_client(
+    request: pytest.FixtureRequest, mode: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    stack = up_stack(request, mode.removeprefix("up-"))
+    async with httpx.AsyncClient(base_url=stack.url, headers=HEADERS) as http:
+        yield http
+
+
 @pytest.fixture
-async def down_client(
+async def dead_client(
     make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
 ) -> httpx.AsyncClient:
     """A gateway whose upstream ports have nothing listening."""
     return await gateway_factory(make_settings(rpc_timeout=2.0))
+
+
+@pytest.fixture(params=MODES)
+async def down_client(
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Settings],
+    gateway_factory: GatewayFactory,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """For requests the gateway must refuse before any call: in-process with nothing behind
+    it, and over real HTTP against ``zaqar-grpc up``."""
+    if request.param == "asgi":
+        yield await gateway_factory(make_settings(rpc_timeout=2.0))
+    else:
+        async for http in live_client(request, request.param):
+            yield http
 
 
 @asynccontextmanager
@@ -102,10 +176,18 @@ async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Sett
         yield settings
 
 
-@pytest.fixture
-async def client(services: Settings, gateway_factory: GatewayFactory) -> httpx.AsyncClient:
-    """A gateway in front of real queue_svc and message_svc."""
-    return await gateway_factory(services)
+@pytest.fixture(params=MODES)
+async def client(
+    request: pytest.FixtureRequest, gateway_factory: GatewayFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway in front of real queue_svc and message_svc (see the module docstring)."""
+    if request.param == "asgi":
+        make_settings = request.getfixturevalue("make_settings")
+        async with running_services(make_settings()) as settings:
+            yield await gateway_factory(settings)
+    else:
+        async for http in live_client(request, request.param):
+            yield http
 
 
 def new_queue() -> str:

@@ -119,7 +119,7 @@ def test_message_delete_overrides_by_reason(
     assert error.reason in ROUTE_OVERRIDES[MESSAGE_DELETE]
 
 
-async def test_a_down_service_is_503_quickly(down_client: httpx.AsyncClient) -> None:
+async def test_a_down_service_is_503_quickly(dead_client: httpx.AsyncClient) -> None:
     # Given nothing listens on the upstream ports
     for method, path in [
         ("GET", "/v2/queues"),
@@ -128,7 +128,7 @@ async def test_a_down_service_is_503_quickly(down_client: httpx.AsyncClient) -> 
         ("POST", "/v2/queues/q/claims"),
     ]:
         started = time.monotonic()
-        resp = await down_client.request(method, path)
+        resp = await dead_client.request(method, path)
         # Then each call fails fast with a Zaqar 503, never a 500 or a hang
         assert time.monotonic() - started < 2.0
         assert resp.status_code == 503

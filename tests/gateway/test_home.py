@@ -116,20 +116,20 @@ async def test_health_is_admin_only(down_client: httpx.AsyncClient) -> None:
 
 
 async def test_health_reports_unreachable_storage_to_admins(
-    down_client: httpx.AsyncClient,
+    dead_client: httpx.AsyncClient,
 ) -> None:
     # Given no upstream service is running and an admin caller
-    resp = await down_client.get("/v2/health", headers={"X-Roles": "member, admin"})
+    resp = await dead_client.get("/v2/health", headers={"X-Roles": "member, admin"})
     # Then health answers, saying storage is not reachable
     assert resp.status_code == 200
     assert resp.json() == {"storage_reachable": False, "operation_status": {}}
 
 
-async def test_ping_is_503_when_services_are_down(down_client: httpx.AsyncClient) -> None:
+async def test_ping_is_503_when_services_are_down(dead_client: httpx.AsyncClient) -> None:
     for method in ("GET", "HEAD"):
-        resp = await down_client.request(method, "/v2/ping")
+        resp = await dead_client.request(method, "/v2/ping")
         assert resp.status_code == 503
-    resp = await down_client.get("/v2/ping")
+    resp = await dead_client.get("/v2/ping")
     assert resp.json()["title"] == "Service temporarily unavailable"
 
 
