@@ -8,6 +8,7 @@ clock rather than by sleeping.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
+from services.message_svc.storage import registry
 from services.message_svc.storage.base import (
     DeadLetterPolicy,
     DeleteOutcome,
@@ -23,6 +25,7 @@ from services.message_svc.storage.base import (
     StoredMessage,
 )
 from services.message_svc.storage.registry import open_store
+from tests.servers import ServerProcess, free_port, redis_process
 
 P, Q = "project-a", "queue-1"
 OTHER_PROJECT = "project-b"
@@ -45,27 +48,42 @@ class Clock:
 Opener = Callable[[], Awaitable[MessageStore]]
 
 
-async def _open_sqlite(tmp_path: Path, clock: Clock) -> MessageStore:
-    return await open_store(f"sqlite:///{tmp_path}/messages.db", now=clock)
-
-
-_BACKENDS: dict[str, Callable[[Path, Clock], Awaitable[MessageStore]]] = {
-    "sqlite": _open_sqlite,
-}
-
-
 @pytest.fixture
 def message_store_clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=sorted(_BACKENDS))
-def message_store_opener(
-    request: pytest.FixtureRequest, tmp_path: Path, message_store_clock: Clock
-) -> Opener:
+async def _flush_redis(uri: str) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(uri)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_uri(redis_server: ServerProcess) -> AsyncIterator[str]:
+    """A URI of the session's redis-server, its database empty before and after the test."""
+    uri = f"redis://127.0.0.1:{redis_server.port}/2"
+    await _flush_redis(uri)
+    yield uri
+    await _flush_redis(uri)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def message_store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URI of an empty store of the backend under test."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/messages.db"
+    return str(request.getfixturevalue(f"{request.param}_uri"))
+
+
+@pytest.fixture
+def message_store_opener(message_store_uri: str, message_store_clock: Clock) -> Opener:
     """Opens a store of the backend under test; every call opens the same data."""
-    backend = _BACKENDS[request.param]
-    return lambda: backend(tmp_path, message_store_clock)
+    return lambda: open_store(message_store_uri, now=message_store_clock)
 
 
 @pytest.fixture
@@ -805,6 +823,59 @@ async def test_concurrent_claims_and_pops_never_share_a_message(
     assert set(handed) == set(ids)
 
 
+async def test_many_claimers_claim_and_delete_each_message_exactly_once(
+    message_store: MessageStore, message_store_opener: Opener
+) -> None:
+    # Given producers posting while 12 consumers claim 5 at a time and delete what they got,
+    # spread over three store objects (own connections) where the backend may be shared
+    stores = [message_store]
+    if message_store.capabilities.shared:
+        stores += [await message_store_opener(), await message_store_opener()]
+    claims: dict[str, list[str]] = {}
+    deleted: list[str] = []
+    producing = asyncio.Event()
+
+    async def produce(n: int) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, 120, 8):
+            ids += await stores[n % len(stores)].post(
+                P, Q, CLIENT, [msg(start + i) for i in range(8)]
+            )
+        return ids
+
+    async def consume(store: MessageStore) -> None:
+        while True:
+            result = await store.claim(P, Q, limit=5, ttl=60, grace=60)
+            if result.claim is None:
+                if not producing.is_set():
+                    return
+                await asyncio.sleep(0.001)
+                continue
+            claims[result.claim.id] = [m.id for m in result.claim.messages]
+            for m in result.claim.messages:
+                outcome = await store.delete(P, Q, m.id, claim_id=result.claim.id)
+                assert outcome is DeleteOutcome.DELETED
+                deleted.append(m.id)
+
+    try:
+        producing.set()
+        consumers = [asyncio.ensure_future(consume(stores[i % len(stores)])) for i in range(12)]
+        posted = [mid for ids in await asyncio.gather(produce(0), produce(1)) for mid in ids]
+        producing.clear()
+        await asyncio.gather(*consumers)
+
+        # Then (claims live 60 s and the clock stands still, so every claim was live
+        # throughout) no message was in two claims, and every one was claimed and deleted once
+        handed = [mid for ids in claims.values() for mid in ids]
+        assert len(handed) == len(set(handed)) == len(posted) == 240
+        assert set(handed) == set(posted)
+        assert sorted(deleted) == sorted(posted)
+        assert (await message_store.stats(P, Q)).total == 0
+    finally:
+        for store in stores[1:]:
+            await store.close()
+
+
 # Durability and configuration -------------------------------------------------------------
 
 
@@ -853,3 +924,88 @@ async def test_the_in_memory_sqlite_store_works(message_store_clock: Clock) -> N
         assert [m.id for m in await store.list_messages(P, Q, limit=5)] == list(ids)
     finally:
         await store.close()
+
+
+# Networked backends: configuration, outages, durability ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["redis://", "redis://:6379/0", "redis://h:port/0", "redis://h:6379/zero",
+     "redis://h:6379/0?prefix=has%20space", "redis://h:6379/0?socket_timeout=-1",
+     "redis://h:6379/0?nonsense=1", "redis://h:6379/0#frag"],
+)
+async def test_bad_networked_store_uris_fail_with_a_precise_configuration_error(
+    uri: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match="invalid message store URI"):
+        await open_store(uri)
+
+
+def test_a_uri_error_never_shows_the_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        registry.backend_class("redis://").from_uri(  # type: ignore[attr-defined]
+            "redis://:s3cret@h:6379/zero"
+        )
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("scheme", ["redis"])
+async def test_an_unreachable_server_is_unavailable_within_seconds(scheme: str) -> None:
+    # Given nothing listening on the port
+    uri = f"{scheme}://127.0.0.1:{free_port()}/" + ("0" if scheme == "redis" else "db")
+
+    # Then opening fails with Unavailable, fast
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="message store"):
+        await open_store(uri)
+    assert time.monotonic() - started < 4
+
+
+async def _outage_and_recovery(store: MessageStore, server: ServerProcess) -> None:
+    """Posts acknowledged messages, kills the server, restarts it: nothing may be lost."""
+    # Given 200 acknowledged messages, one of them claimed
+    ids: list[str] = []
+    for start in range(0, 200, 10):
+        ids += await store.post(P, Q, CLIENT, [msg(start + i) for i in range(10)])
+    held = await store.claim(P, Q, limit=1, ttl=60, grace=60)
+    assert held.claim is not None
+
+    # When the server dies as in a crash
+    server.kill()
+
+    # Then calls fail with Unavailable at once, not after a hang
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await store.post(P, Q, CLIENT, [msg(999)])
+    with pytest.raises(Unavailable):
+        await store.stats(P, Q)
+    assert time.monotonic() - started < 6
+
+    # And once it is back on the same data, the same store object works and lost nothing
+    server.start()
+    listed = await list_all(store, include_claimed=True)
+    assert [m.id for m in listed] == ids
+    claim = await store.get_claim(P, Q, held.claim.id)
+    assert claim is not None and [m.id for m in claim.messages] == [ids[0]]
+    (new_id,) = await store.post(P, Q, CLIENT, [msg(1000)])
+    again = await store.claim(P, Q, limit=20, ttl=60, grace=60)
+    assert again.claim is not None and [m.id for m in again.claim.messages] == list(ids[1:21])
+    assert (await store.stats(P, Q)).total == 201
+    assert new_id not in ids
+
+
+async def test_redis_loses_no_acknowledged_message_when_killed(
+    tmp_path: Path, message_store_clock: Clock
+) -> None:
+    server = redis_process(tmp_path, durable=True)
+    server.start()
+    try:
+        store = await open_store(f"redis://127.0.0.1:{server.port}/0", now=message_store_clock)
+        try:
+            assert store.capabilities.durable
+            await _outage_and_recovery(store, server)
+        finally:
+            await store.close()
+    finally:
+        server.stop()

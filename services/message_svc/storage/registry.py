@@ -13,6 +13,7 @@ from services.message_svc.storage.base import MessageStore
 # scheme -> ("module:Class", the extra that provides its dependencies)
 BACKENDS: dict[str, tuple[str, str]] = {
     "sqlite": ("services.message_svc.storage.sqlite:SqliteMessageStore", ""),
+    "redis": ("services.message_svc.storage.redis:RedisMessageStore", ""),
 }
 
 

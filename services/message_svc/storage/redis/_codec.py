@@ -1,0 +1,64 @@
+"""Key names of the Redis message store and the decoding of script replies."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from services.message_svc.storage.base import StoredMessage
+
+# What a script returns for a message: id, seq, body, ttl, created, expires, visible_at,
+# client_id, claim id ('' = none), claim expiry, claim count (see scripts/lib.lua).
+Row = Sequence[Any]
+
+_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "{": "%7B", "}": "%7D"})
+
+
+def queue_tag(project: str, queue: str) -> str:
+    """``<project>/<queue>``, escaped so that different queues never share a tag.
+
+    Neither part may then contain ``/``, ``{`` or ``}``: the tag is the whole hash tag of the
+    queue's keys, and splits back into exactly one project and queue.
+    """
+    return f"{project.translate(_ESCAPES)}/{queue.translate(_ESCAPES)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def queue_prefix(prefix: str, project: str, queue: str) -> tuple[str, str]:
+    """(tag, key prefix ``<prefix>:{<tag>}:``) of a queue."""
+    tag = queue_tag(project, queue)
+    return tag, f"{prefix}:{{{tag}}}:"
+
+
+def prefix_of_tag(prefix: str, tag: str) -> str:
+    return f"{prefix}:{{{tag}}}:"
+
+
+def timestamp(value: float) -> str:
+    """A time as the exact decimal text scripts store and compare (never rounded)."""
+    return repr(float(value))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def to_message(row: Row, now: float, claim_id: str | None = None) -> StoredMessage:
+    """The message of a script row; ``claim_id`` overrides the stored one (pop)."""
+    if claim_id is None:
+        held_by = _text(row[8])
+        if held_by and float(row[9]) > now:
+            claim_id = held_by
+    return StoredMessage(
+        id=_text(row[0]),
+        seq=int(row[1]),
+        body=bytes(row[2]),
+        ttl=int(row[3]),
+        created=float(row[4]),
+        expires=float(row[5]),
+        visible_at=float(row[6]),
+        client_id=_text(row[7]),
+        claim_id=claim_id,
+        claim_count=int(row[10]),
+    )

@@ -1,0 +1,63 @@
+-- Claim up to limit of the oldest claimable messages; dead-letter those claimed too often.
+-- KEYS: queue prefix, dead-letter queue prefix (the queue's own when no policy), registry.
+-- ARGV: now, limit, claim id, ttl, grace, claim expires, message ttl (ttl + grace), message
+--       expires (claim expires + grace), max claim count ('' = no policy), dead-letter queue
+--       tag, dead-letter ttl ('' = keep), dead-letter expires (now + dead-letter ttl).
+-- Returns {claimed rows, dead-lettered ids}.
+local base, dlq, registry = KEYS[1], KEYS[2], KEYS[3]
+local now, limit, cid = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local claim_exp, msg_ttl, msg_exp = ARGV[6], ARGV[7], ARGV[8]
+local max_count = tonumber(ARGV[9])
+local dlq_tag, dlq_ttl, dlq_exp = ARGV[10], ARGV[11], ARGV[12]
+local msg_exp_n = tonumber(msg_exp)
+
+local claimed, dead = {}, {}
+
+local function dead_letter(row)
+  local id = row[ID]
+  remove_message(base, id)
+  local seq = string.format('%d', redis.call('INCR', dlq .. 'seq'))
+  local ttl, expires = row[TTL], row[EXPIRES]
+  if dlq_ttl ~= '' then
+    ttl, expires = dlq_ttl, dlq_exp
+  end
+  redis.call('HSET', dlq .. 'm:' .. id, 's', seq, 'b', row[BODY], 't', ttl, 'c', row[CREATED],
+    'e', expires, 'v', row[VISIBLE], 'i', row[CLIENT], 'k', '', 'x', '0', 'n', '0')
+  redis.call('ZADD', dlq .. 'all', seq, id)
+  redis.call('ZADD', dlq .. 'free', seq, id)
+  redis.call('ZADD', dlq .. 'exp', expires, id)
+  redis.call('SADD', registry, dlq_tag)
+  dead[#dead + 1] = id
+end
+
+normalize(base, now)
+take_free(base, now, limit, function(row)
+  if max_count and tonumber(row[COUNT]) >= max_count then
+    dead_letter(row)
+    return false
+  end
+  local key = base .. 'm:' .. row[ID]
+  row[CLAIM], row[CLAIM_EXP] = cid, claim_exp
+  row[COUNT] = redis.call('HINCRBY', key, 'n', 1)
+  if tonumber(row[EXPIRES]) < msg_exp_n then
+    row[TTL], row[EXPIRES] = msg_ttl, msg_exp
+    redis.call('HSET', key, 'k', cid, 'x', claim_exp, 't', msg_ttl, 'e', msg_exp)
+    redis.call('ZADD', base .. 'exp', msg_exp, row[ID])
+  else
+    redis.call('HSET', key, 'k', cid, 'x', claim_exp)
+  end
+  redis.call('ZADD', base .. 'held', claim_exp, row[ID])
+  claimed[#claimed + 1] = row
+  return true
+end)
+
+if #claimed > 0 then
+  local ids = {}
+  for i, row in ipairs(claimed) do
+    ids[i] = row[ID]
+  end
+  redis.call('HSET', base .. 'c:' .. cid, 't', ARGV[4], 'g', ARGV[5], 'c', now, 'e', claim_exp,
+    'm', table.concat(ids, ' '))
+  redis.call('ZADD', base .. 'claims', claim_exp, cid)
+end
+return {claimed, dead}

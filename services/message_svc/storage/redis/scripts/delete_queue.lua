@@ -1,0 +1,14 @@
+-- Remove every message and claim of the queue (its seq counter stays). Idempotent.
+-- KEYS: queue prefix, registry. ARGV: queue tag.
+local base, registry = KEYS[1], KEYS[2]
+for _, id in ipairs(redis.call('ZRANGE', base .. 'all', 0, -1)) do
+  redis.call('UNLINK', base .. 'm:' .. id)
+end
+for _, cid in ipairs(redis.call('ZRANGE', base .. 'claims', 0, -1)) do
+  redis.call('UNLINK', base .. 'c:' .. cid)
+end
+for _, index in ipairs({'all', 'free', 'delayed', 'held', 'exp', 'claims'}) do
+  redis.call('UNLINK', base .. index)
+end
+redis.call('SREM', registry, ARGV[1])
+return 0

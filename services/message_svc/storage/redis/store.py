@@ -1,0 +1,350 @@
+"""The Redis message store: every operation is one Lua script, so one atomic round trip.
+
+The key layout is described in ``scripts/lib.lua``, which is prepended to every script. All
+keys of one queue share the hash tag ``{<project>/<queue>}``; the registry of queues that hold
+something (``<prefix>:queues``, a set of tags, for :meth:`collect_garbage`) and a claim's move
+to a dead-letter queue are the only places a script reaches beyond one queue.
+
+Times are the store clock's floats, passed to scripts as exact decimal text; Redis's own
+expiry is not used, so that expiry follows the store's clock and expired items stay countable
+for :meth:`collect_garbage`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from services.common.errors import Unavailable
+from services.message_svc.storage import base
+from services.message_svc.storage.base import (
+    Capabilities,
+    Claim,
+    ClaimResult,
+    DeadLetterPolicy,
+    DeleteOutcome,
+    NewMessage,
+    QueueStats,
+    StoredMessage,
+)
+from services.message_svc.storage.redis._codec import (
+    prefix_of_tag,
+    queue_prefix,
+    timestamp,
+    to_message,
+)
+from services.message_svc.storage.redis._connection import RedisOptions, describe, edge
+
+SCRIPTS = (
+    "post", "list", "get", "delete", "delete_many", "pop", "claim", "get_claim", "renew",
+    "release", "stats", "delete_queue", "collect_garbage",
+)
+# Expired messages (and, separately, claims) one garbage-collection script removes at most,
+# so that Redis, which runs one script at a time, is never held up for long.
+GC_BATCH = 1000
+# Queues whose garbage is collected in one pipelined round trip.
+GC_QUEUES_PER_TRIP = 100
+
+
+def _script_source(name: str) -> str:
+    folder = resources.files(__package__).joinpath("scripts")
+    return folder.joinpath("lib.lua").read_text("utf-8") + "\n" + folder.joinpath(
+        f"{name}.lua"
+    ).read_text("utf-8")
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class RedisMessageStore(base.MessageStore):
+    """:class:`services.message_svc.storage.base.MessageStore` on a Redis server.
+
+    Durable when the server appends every write to its AOF with ``appendfsync always``
+    (checked at open, reported in :attr:`capabilities`); shared by any number of replicas.
+    """
+
+    capabilities = Capabilities(durable=False, shared=True)
+
+    def __init__(self, options: RedisOptions, now: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self._now = now
+        self._client: redis.asyncio.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._registry = f"{options.prefix}:queues"
+
+    @classmethod
+    def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> RedisMessageStore:
+        """Raises: ConfigurationError, naming what is wrong with ``uri``."""
+        return cls(RedisOptions.parse(uri), now=now)
+
+    @classmethod
+    async def open(cls, uri: str, now: Callable[[], float] = time.time) -> RedisMessageStore:
+        """A store connected to the server ``uri`` names, its scripts loaded.
+
+        Raises:
+            ConfigurationError: ``uri`` is malformed.
+            Unavailable: the server cannot be reached or refuses the scripts.
+        """
+        store = cls.from_uri(uri, now=now)
+        await store._connect()
+        return store
+
+    @property
+    def address(self) -> str:
+        return self.options.address
+
+    async def _connect(self) -> None:
+        sources = {name: _script_source(name) for name in SCRIPTS}
+        client = self.options.client()
+        try:
+            await client.ping()
+            for name, source in sources.items():
+                await client.script_load(source)
+                self._scripts[name] = client.register_script(source)
+            self.capabilities = Capabilities(durable=await _fsyncs_always(client), shared=True)
+        except RedisError as exc:
+            await client.aclose()
+            raise Unavailable(
+                f"Cannot open the message store at {self.address}: {describe(exc)} ({exc})."
+            ) from exc
+        self._client = client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._client is None:
+            raise Unavailable("The message store is closed.")
+        return await self._scripts[name](keys, args)
+
+    def _queue(self, project: str, queue: str) -> tuple[str, str]:
+        return queue_prefix(self.options.prefix, project, queue)
+
+    # Messages -------------------------------------------------------------------------------
+
+    @edge("store the messages")
+    async def post(
+        self, project: str, queue: str, client_id: str, messages: Sequence[NewMessage]
+    ) -> tuple[str, ...]:
+        tag, prefix = self._queue(project, queue)
+        ids = tuple(_new_id() for _ in messages)
+        now = self._now()
+        args: list[Any] = [tag, client_id, timestamp(now)]
+        for mid, m in zip(ids, messages, strict=True):
+            args += [mid, m.body, m.ttl, timestamp(now + m.ttl), timestamp(now + m.delay)]
+        if ids:
+            await self._run("post", (prefix, self._registry), args)
+        return ids
+
+    @edge("list the messages")
+    async def list_messages(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        after: int | None = None,
+        client_id: str = "",
+        echo: bool = True,
+        include_claimed: bool = False,
+        include_delayed: bool = False,
+    ) -> list[StoredMessage]:
+        _, prefix = self._queue(project, queue)
+        now = self._now()
+        hidden = "" if echo or not client_id else client_id
+        rows = await self._run("list", (prefix,), (
+            timestamp(now), limit, "-inf" if after is None else after,
+            int(include_claimed), int(include_delayed), hidden,
+        ))
+        return [to_message(row, now) for row in rows]
+
+    @edge("read the message")
+    async def get(self, project: str, queue: str, message_id: str) -> StoredMessage | None:
+        found = await self._read(project, queue, (message_id,))
+        return found[0] if found else None
+
+    @edge("read the messages")
+    async def get_many(
+        self, project: str, queue: str, message_ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        return await self._read(project, queue, list(dict.fromkeys(message_ids)))
+
+    async def _read(
+        self, project: str, queue: str, ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        if not ids:
+            return []
+        _, prefix = self._queue(project, queue)
+        now = self._now()
+        rows = await self._run("get", (prefix,), (timestamp(now), *ids))
+        return sorted((to_message(row, now) for row in rows), key=lambda m: m.seq)
+
+    @edge("delete the message")
+    async def delete(
+        self, project: str, queue: str, message_id: str, claim_id: str | None = None
+    ) -> DeleteOutcome:
+        _, prefix = self._queue(project, queue)
+        outcome = await self._run(
+            "delete", (prefix,), (timestamp(self._now()), message_id, claim_id or "")
+        )
+        return DeleteOutcome(outcome.decode())
+
+    @edge("delete the messages")
+    async def delete_many(
+        self,
+        project: str,
+        queue: str,
+        message_ids: Sequence[str],
+        claim_ids: Sequence[str] | None = None,
+    ) -> int:
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return 0
+        _, prefix = self._queue(project, queue)
+        cids = [] if claim_ids is None else list(dict.fromkeys(claim_ids))
+        deleted = await self._run("delete_many", (prefix,), (
+            timestamp(self._now()), -1 if claim_ids is None else len(cids), *cids, *ids,
+        ))
+        return int(deleted)
+
+    @edge("pop messages")
+    async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        _, prefix = self._queue(project, queue)
+        now, claim_id = self._now(), _new_id()
+        rows = await self._run("pop", (prefix,), (timestamp(now), limit))
+        return [to_message(row, now, claim_id=claim_id) for row in rows]
+
+    @edge("read the queue's stats")
+    async def stats(self, project: str, queue: str) -> QueueStats:
+        _, prefix = self._queue(project, queue)
+        now = self._now()
+        total, claimed, oldest, newest = await self._run("stats", (prefix,), (timestamp(now),))
+        return QueueStats(
+            claimed=int(claimed),
+            free=int(total) - int(claimed),
+            total=int(total),
+            oldest=to_message(oldest, now) if oldest else None,
+            newest=to_message(newest, now) if newest else None,
+        )
+
+    @edge("delete the queue's messages")
+    async def delete_queue(self, project: str, queue: str) -> None:
+        tag, prefix = self._queue(project, queue)
+        await self._run("delete_queue", (prefix, self._registry), (tag,))
+
+    # Claims ---------------------------------------------------------------------------------
+
+    @edge("claim messages")
+    async def claim(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        ttl: int,
+        grace: int,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> ClaimResult:
+        _, prefix = self._queue(project, queue)
+        now, claim_id = self._now(), _new_id()
+        claim_expires = now + ttl
+        dlq_tag, dlq_prefix, dlq_ttl, dlq_expires, max_count = "", prefix, "", "", ""
+        if dead_letter is not None:
+            dlq_tag, dlq_prefix = self._queue(project, dead_letter.queue)
+            max_count = str(dead_letter.max_claim_count)
+            if dead_letter.ttl is not None:
+                dlq_ttl, dlq_expires = str(dead_letter.ttl), timestamp(now + dead_letter.ttl)
+        rows, dead = await self._run("claim", (prefix, dlq_prefix, self._registry), (
+            timestamp(now), limit, claim_id, ttl, grace, timestamp(claim_expires),
+            ttl + grace, timestamp(claim_expires + grace), max_count, dlq_tag, dlq_ttl,
+            dlq_expires,
+        ))
+        dead_lettered = tuple(mid.decode() for mid in dead)
+        if not rows:
+            return ClaimResult(claim=None, dead_lettered=dead_lettered)
+        claim = Claim(
+            id=claim_id, ttl=ttl, grace=grace, created=now, expires=claim_expires,
+            messages=tuple(to_message(row, now) for row in rows),
+        )
+        return ClaimResult(claim=claim, dead_lettered=dead_lettered)
+
+    @edge("read the claim")
+    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
+        _, prefix = self._queue(project, queue)
+        now = self._now()
+        found = await self._run("get_claim", (prefix,), (timestamp(now), claim_id))
+        if found is None:
+            return None
+        ttl, grace, created, expires, rows = found
+        return Claim(
+            id=claim_id, ttl=int(ttl), grace=int(grace), created=float(created),
+            expires=float(expires), messages=tuple(to_message(row, now) for row in rows),
+        )
+
+    @edge("renew the claim")
+    async def renew_claim(
+        self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
+    ) -> bool:
+        _, prefix = self._queue(project, queue)
+        now = self._now()
+        claim_expires = now + ttl
+        renewed = await self._run("renew", (prefix,), (
+            timestamp(now), claim_id, ttl, grace, timestamp(claim_expires), ttl + grace,
+            timestamp(claim_expires + grace),
+        ))
+        return bool(renewed)
+
+    @edge("release the claim")
+    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
+        _, prefix = self._queue(project, queue)
+        await self._run("release", (prefix,), (claim_id,))
+
+    # Garbage --------------------------------------------------------------------------------
+
+    @edge("collect expired messages and claims")
+    async def collect_garbage(self) -> int:
+        if self._client is None:
+            raise Unavailable("The message store is closed.")
+        client, script = self._client, self._scripts["collect_garbage"]
+        now = timestamp(self._now())
+        removed, cursor = 0, 0
+        while True:
+            cursor, tags = await client.sscan(self._registry, cursor, count=GC_QUEUES_PER_TRIP)
+            pending = [tag.decode() if isinstance(tag, bytes) else tag for tag in tags]
+            while pending:
+                async with client.pipeline(transaction=False) as pipe:
+                    for tag in pending:
+                        await script(
+                            (prefix_of_tag(self.options.prefix, tag), self._registry),
+                            (now, GC_BATCH, tag),
+                            client=pipe,
+                        )
+                    counts = await pipe.execute()
+                removed += sum(int(c) for c in counts)
+                # A queue that filled its batch may hold more; go round again for those only.
+                pending = [t for t, c in zip(pending, counts, strict=True) if c >= GC_BATCH]
+            if cursor == 0:
+                return removed
+
+
+async def _fsyncs_always(client: redis.asyncio.Redis) -> bool:
+    """Whether the server appends each write to its AOF and fsyncs it before answering."""
+    try:
+        config = await client.config_get("append*")
+    except RedisError:
+        return False  # CONFIG may be disabled (managed Redis): assume nothing
+    values = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in config.items()
+    }
+    return values.get("appendonly") == "yes" and values.get("appendfsync") == "always"
