@@ -1,0 +1,115 @@
+"""``zaqar-grpc up`` as an operator sees it: clean stops, a dead child, a crash, a bad URI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from services.cli import settings_environment
+from services.common.config import Settings
+from tests.e2e.harness import start_stack
+
+pytestmark = pytest.mark.e2e
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purpose once it has exited.
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split()[2] != "Z"
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def headers() -> dict[str, str]:
+    return {"Client-ID": str(uuid.uuid4()), "X-Project-ID": "ops",
+            "Content-Type": "application/json"}
+
+
+def test_ctrl_c_stops_every_service(make_settings: Callable[..., Settings]) -> None:
+    stack = start_stack(make_settings())
+    pids = list(stack.child_pids().values())
+    assert len(pids) == 3
+    # When the operator presses Ctrl-C
+    stack.proc.send_signal(signal.SIGINT)
+    # Then up exits 0 and every service process is gone
+    assert stack.stop() == 0
+    assert wait_gone(pids) == []
+    assert any("zaqar-grpc stopped" in line for line in stack.output)
+
+
+def test_a_dead_service_stops_the_rest_and_fails(make_settings: Callable[..., Settings]) -> None:
+    stack = start_stack(make_settings())
+    pids = stack.child_pids()
+    # When message_svc dies on its own
+    os.kill(pids["message"], signal.SIGKILL)
+    # Then up stops the others and exits non-zero, saying which one died
+    assert stack.proc.wait(30) == 1
+    stack.stop()
+    assert wait_gone(list(pids.values())) == []
+    assert any("message exited" in line for line in stack.output)
+
+
+def test_acknowledged_messages_survive_a_crash_of_everything(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    stack = start_stack(settings)
+    pids = list(stack.child_pids().values())
+    # Given 50 messages, each acknowledged with a 201
+    posted: list[str] = []
+    with httpx.Client(base_url=stack.url, headers=headers()) as http:
+        for i in range(50):
+            r = http.post("/v2/queues/durable/messages", json={"messages": [{"body": i}]})
+            assert r.status_code == 201
+            posted.append(r.json()["resources"][0].rsplit("/", 1)[1])
+    # When every process is killed at once, as in a power cut of the host's processes
+    for pid in [stack.proc.pid, *pids]:
+        os.kill(pid, signal.SIGKILL)
+    stack.stop()
+    assert wait_gone(pids) == []
+    # Then a new up on the same data serves every acknowledged message, in order
+    again = start_stack(settings)
+    try:
+        seen: list[str] = []
+        with httpx.Client(base_url=again.url, headers=headers()) as http:
+            params: dict[str, str] = {"limit": "20"}
+            while True:
+                page = http.get("/v2/queues/durable/messages", params=params).json()
+                if not page["messages"]:
+                    break
+                seen += [m["id"] for m in page["messages"]]
+                params["marker"] = page["links"][0]["href"].rsplit("marker=", 1)[1]
+        assert seen == posted
+    finally:
+        assert again.stop() == 0
+
+
+def test_bad_store_uri_is_one_clear_error(make_settings: Callable[..., Settings]) -> None:
+    env = {**os.environ, **settings_environment(make_settings())}
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--message-store", "nosuch://x"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "unsupported message store 'nosuch'" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
