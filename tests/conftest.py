@@ -11,6 +11,7 @@ import pytest
 
 from services.common.config import Settings
 from tests.servers import mongodb_server, redis_server  # noqa: F401 - shared fixtures
+from tests.stacks import up_stacks  # noqa: F401 - shared fixture
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

@@ -1,0 +1,52 @@
+"""``zaqar-grpc up`` process trees shared by a test session, one per store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.common.config import Settings
+from tests.e2e.harness import Stack, start_stack
+from tests.servers import free_port
+
+# Stores that ``zaqar-grpc up`` runs on in these tests.
+UP_STORES = ["sqlite", "redis"]
+
+
+@pytest.fixture(scope="session")
+def up_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stack]]:
+    """``zaqar-grpc up`` process trees, started on first use, one per store, for the session."""
+    stacks: dict[str, Stack] = {}
+    yield stacks
+    for stack in stacks.values():
+        assert stack.stop() == 0, "zaqar-grpc up did not stop cleanly:\n" + "".join(stack.output)
+
+
+def up_stack(request: pytest.FixtureRequest, store: str) -> Stack:
+    stacks: dict[str, Stack] = request.getfixturevalue("up_stacks")
+    if store not in stacks:
+        data = request.config._tmp_path_factory.mktemp(f"up-{store}")  # type: ignore[attr-defined]
+        stacks[store] = start_stack(stack_settings(request, store, data))
+    return stacks[store]
+
+
+def stack_settings(request: pytest.FixtureRequest, store: str, data: Path) -> Settings:
+    overrides: dict[str, Any] = {
+        "data_dir": str(data), "queue_port": free_port(), "message_port": free_port(),
+        "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
+        "gc_interval": 1.0,
+    }
+    if store == "redis":
+        server = request.getfixturevalue("redis_server")
+        overrides["queue_store"] = f"redis://127.0.0.1:{server.port}/1"
+        overrides["message_store"] = f"redis://127.0.0.1:{server.port}/2"
+    elif store == "mongodb":
+        server = request.getfixturevalue("mongodb_server")
+        overrides["queue_store"] = f"mongodb://127.0.0.1:{server.port}/up_queues"
+        overrides["message_store"] = f"mongodb://127.0.0.1:{server.port}/up_messages"
+    return Settings.load(environ={}, overrides=overrides)
+
+
