@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from zaqar.v2 import common_pb2 as zaqar_dot_v2_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zaqar/v2/notifier.proto\x12\x08zaqar.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15zaqar/v2/common.proto\"|\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nsubscriber\x18\x03 \x01(\t\x12\x0b\n\x03ttl\x18\x04 \x01(\x05\x12\x0b\n\x03\x61ge\x18\x05 \x01(\x03\x12\x0f\n\x07options\x18\x06 \x01(\x0c\x12\x11\n\tconfirmed\x18\x07 \x01(\x08\"J\n\x0fSubscriptionRef\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\"z\n\x19\x43reateSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\nsubscriber\x18\x03 \x01(\t\x12\x10\n\x03ttl\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07options\x18\x05 \x01(\x0c\x42\x06\n\x04_ttl\"F\n\x1a\x43reateSubscriptionResponse\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"h\n\x18ListSubscriptionsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06marker\x18\x04 \x01(\tB\x08\n\x06_limit\"_\n\x19ListSubscriptionsResponse\x12-\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x16.zaqar.v2.Subscription\x12\x13\n\x0bnext_marker\x18\x02 \x01(\t\"\xa7\x01\n\x19UpdateSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x17\n\nsubscriber\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x03ttl\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0f\n\x07options\x18\x06 \x01(\x0c\x42\r\n\x0b_subscriberB\x06\n\x04_ttl\"h\n\x1a\x43onfirmSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x11\n\tconfirmed\x18\x04 \x01(\x08\"T\n\rNotifyRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12#\n\x08messages\x18\x03 \x03(\x0b\x32\x11.zaqar.v2.Message2\xd2\x07\n\rSubscriptions\x12\x9f\x01\n\x12\x43reateSubscription\x12#.zaqar.v2.CreateSubscriptionRequest\x1a$.zaqar.v2.CreateSubscriptionResponse\">\x82\xd3\xe4\x93\x02\x38\"3/v2/projects/{project}/queues/{queue}/subscriptions:\x01*\x12\x93\x01\n\x0fGetSubscription\x12\x19.zaqar.v2.SubscriptionRef\x1a\x16.zaqar.v2.Subscription\"M\x82\xd3\xe4\x93\x02G\x12\x45/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}\x12\x99\x01\n\x11ListSubscriptions\x12\".zaqar.v2.ListSubscriptionsRequest\x1a#.zaqar.v2.ListSubscriptionsResponse\";\x82\xd3\xe4\x93\x02\x35\x12\x33/v2/projects/{project}/queues/{queue}/subscriptions\x12\xa3\x01\n\x12UpdateSubscription\x12#.zaqar.v2.UpdateSubscriptionRequest\x1a\x16.google.protobuf.Empty\"P\x82\xd3\xe4\x93\x02J2E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}:\x01*\x12\x96\x01\n\x12\x44\x65leteSubscription\x12\x19.zaqar.v2.SubscriptionRef\x1a\x16.google.protobuf.Empty\"M\x82\xd3\xe4\x93\x02G*E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}\x12\xad\x01\n\x13\x43onfirmSubscription\x12$.zaqar.v2.ConfirmSubscriptionRequest\x1a\x16.google.protobuf.Empty\"X\x82\xd3\xe4\x93\x02R\x1aM/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}/confirm:\x01*2\x95\x01\n\x10NotifierInternal\x12\x39\n\x06Notify\x12\x17.zaqar.v2.NotifyRequest\x1a\x16.google.protobuf.Empty\x12\x46\n\x18\x44\x65leteQueueSubscriptions\x12\x12.zaqar.v2.QueueRef\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zaqar/v2/notifier.proto\x12\x08zaqar.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15zaqar/v2/common.proto\";\n\x0cWatchRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0b\n\x03ttl\x18\x03 \x01(\x05\"A\n\x0cNotification\x12\r\n\x05queue\x18\x01 \x01(\t\x12\"\n\x07message\x18\x02 \x01(\x0b\x32\x11.zaqar.v2.Message\"|\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nsubscriber\x18\x03 \x01(\t\x12\x0b\n\x03ttl\x18\x04 \x01(\x05\x12\x0b\n\x03\x61ge\x18\x05 \x01(\x03\x12\x0f\n\x07options\x18\x06 \x01(\x0c\x12\x11\n\tconfirmed\x18\x07 \x01(\x08\"J\n\x0fSubscriptionRef\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\"z\n\x19\x43reateSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\nsubscriber\x18\x03 \x01(\t\x12\x10\n\x03ttl\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07options\x18\x05 \x01(\x0c\x42\x06\n\x04_ttl\"F\n\x1a\x43reateSubscriptionResponse\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"h\n\x18ListSubscriptionsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06marker\x18\x04 \x01(\tB\x08\n\x06_limit\"_\n\x19ListSubscriptionsResponse\x12-\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x16.zaqar.v2.Subscription\x12\x13\n\x0bnext_marker\x18\x02 \x01(\t\"\xa7\x01\n\x19UpdateSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x17\n\nsubscriber\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x03ttl\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0f\n\x07options\x18\x06 \x01(\x0c\x42\r\n\x0b_subscriberB\x06\n\x04_ttl\"h\n\x1a\x43onfirmSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x11\n\tconfirmed\x18\x04 \x01(\x08\"T\n\rNotifyRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12#\n\x08messages\x18\x03 \x03(\x0b\x32\x11.zaqar.v2.Message2\xd2\x07\n\rSubscriptions\x12\x9f\x01\n\x12\x43reateSubscription\x12#.zaqar.v2.CreateSubscriptionRequest\x1a$.zaqar.v2.CreateSubscriptionResponse\">\x82\xd3\xe4\x93\x02\x38\"3/v2/projects/{project}/queues/{queue}/subscriptions:\x01*\x12\x93\x01\n\x0fGetSubscription\x12\x19.zaqar.v2.SubscriptionRef\x1a\x16.zaqar.v2.Subscription\"M\x82\xd3\xe4\x93\x02G\x12\x45/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}\x12\x99\x01\n\x11ListSubscriptions\x12\".zaqar.v2.ListSubscriptionsRequest\x1a#.zaqar.v2.ListSubscriptionsResponse\";\x82\xd3\xe4\x93\x02\x35\x12\x33/v2/projects/{project}/queues/{queue}/subscriptions\x12\xa3\x01\n\x12UpdateSubscription\x12#.zaqar.v2.UpdateSubscriptionRequest\x1a\x16.google.protobuf.Empty\"P\x82\xd3\xe4\x93\x02J2E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}:\x01*\x12\x96\x01\n\x12\x44\x65leteSubscription\x12\x19.zaqar.v2.SubscriptionRef\x1a\x16.google.protobuf.Empty\"M\x82\xd3\xe4\x93\x02G*E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}\x12\xad\x01\n\x13\x43onfirmSubscription\x12$.zaqar.v2.ConfirmSubscriptionRequest\x1a\x16.google.protobuf.Empty\"X\x82\xd3\xe4\x93\x02R\x1aM/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}/confirm:\x01*2\xd0\x01\n\x10NotifierInternal\x12\x39\n\x06Notify\x12\x17.zaqar.v2.NotifyRequest\x1a\x16.google.protobuf.Empty\x12\x46\n\x18\x44\x65leteQueueSubscriptions\x12\x12.zaqar.v2.QueueRef\x1a\x16.google.protobuf.Empty\x12\x39\n\x05Watch\x12\x16.zaqar.v2.WatchRequest\x1a\x16.zaqar.v2.Notification0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,26 +46,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIPTIONS'].methods_by_name['DeleteSubscription']._serialized_options = b'\202\323\344\223\002G*E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}'
   _globals['_SUBSCRIPTIONS'].methods_by_name['ConfirmSubscription']._loaded_options = None
   _globals['_SUBSCRIPTIONS'].methods_by_name['ConfirmSubscription']._serialized_options = b'\202\323\344\223\002R\032M/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}/confirm:\001*'
-  _globals['_SUBSCRIPTION']._serialized_start=119
-  _globals['_SUBSCRIPTION']._serialized_end=243
-  _globals['_SUBSCRIPTIONREF']._serialized_start=245
-  _globals['_SUBSCRIPTIONREF']._serialized_end=319
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=321
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=443
-  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_start=445
-  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_end=515
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=517
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=621
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=623
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=718
-  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_start=721
-  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_end=888
-  _globals['_CONFIRMSUBSCRIPTIONREQUEST']._serialized_start=890
-  _globals['_CONFIRMSUBSCRIPTIONREQUEST']._serialized_end=994
-  _globals['_NOTIFYREQUEST']._serialized_start=996
-  _globals['_NOTIFYREQUEST']._serialized_end=1080
-  _globals['_SUBSCRIPTIONS']._serialized_start=1083
-  _globals['_SUBSCRIPTIONS']._serialized_end=2061
-  _globals['_NOTIFIERINTERNAL']._serialized_start=2064
-  _globals['_NOTIFIERINTERNAL']._serialized_end=2213
+  _globals['_WATCHREQUEST']._serialized_start=119
+  _globals['_WATCHREQUEST']._serialized_end=178
+  _globals['_NOTIFICATION']._serialized_start=180
+  _globals['_NOTIFICATION']._serialized_end=245
+  _globals['_SUBSCRIPTION']._serialized_start=247
+  _globals['_SUBSCRIPTION']._serialized_end=371
+  _globals['_SUBSCRIPTIONREF']._serialized_start=373
+  _globals['_SUBSCRIPTIONREF']._serialized_end=447
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=449
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=571
+  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_start=573
+  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_end=643
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=645
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=749
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=751
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=846
+  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_start=849
+  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_end=1016
+  _globals['_CONFIRMSUBSCRIPTIONREQUEST']._serialized_start=1018
+  _globals['_CONFIRMSUBSCRIPTIONREQUEST']._serialized_end=1122
+  _globals['_NOTIFYREQUEST']._serialized_start=1124
+  _globals['_NOTIFYREQUEST']._serialized_end=1208
+  _globals['_SUBSCRIPTIONS']._serialized_start=1211
+  _globals['_SUBSCRIPTIONS']._serialized_end=2189
+  _globals['_NOTIFIERINTERNAL']._serialized_start=2192
+  _globals['_NOTIFIERINTERNAL']._serialized_end=2400
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WatchRequest(_message.Message):
+    __slots__ = ("project", "queue", "ttl")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    queue: str
+    ttl: int
+    def __init__(self, project: _Optional[str] = ..., queue: _Optional[str] = ..., ttl: _Optional[int] = ...) -> None: ...
+
+class Notification(_message.Message):
+    __slots__ = ("queue", "message")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    message: _common_pb2.Message
+    def __init__(self, queue: _Optional[str] = ..., message: _Optional[_Union[_common_pb2.Message, _Mapping]] = ...) -> None: ...
+
 class Subscription(_message.Message):
     __slots__ = ("id", "source", "subscriber", "ttl", "age", "options", "confirmed")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -336,6 +336,11 @@ class NotifierInternalStub:
                 request_serializer=zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/zaqar.v2.NotifierInternal/Watch',
+                request_serializer=zaqar_dot_v2_dot_notifier__pb2.WatchRequest.SerializeToString,
+                response_deserializer=zaqar_dot_v2_dot_notifier__pb2.Notification.FromString,
+                _registered_method=True)
 
 
 class NotifierInternalServicer:
@@ -356,6 +361,15 @@ class NotifierInternalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Messages posted to a queue from now on, as they are handed over by Notify; for a
+        WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
+        cancels it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NotifierInternalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -368,6 +382,11 @@ def add_NotifierInternalServicer_to_server(servicer, server):
                     servicer.DeleteQueueSubscriptions,
                     request_deserializer=zaqar_dot_v2_dot_common__pb2.QueueRef.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.WatchRequest.FromString,
+                    response_serializer=zaqar_dot_v2_dot_notifier__pb2.Notification.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -425,6 +444,33 @@ class NotifierInternal:
             '/zaqar.v2.NotifierInternal/DeleteQueueSubscriptions',
             zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/zaqar.v2.NotifierInternal/Watch',
+            zaqar_dot_v2_dot_notifier__pb2.WatchRequest.SerializeToString,
+            zaqar_dot_v2_dot_notifier__pb2.Notification.FromString,
             options,
             channel_credentials,
             insecure,
