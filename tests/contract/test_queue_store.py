@@ -20,7 +20,7 @@ from services.common.errors import PatchConflict, QueueNotFound, Unavailable
 from services.queue_svc.storage.base import MetadataPatch, QueueStore, apply_patches
 from services.queue_svc.storage.mongodb._connection import MongoOptions
 from services.queue_svc.storage.redis import queues as redis_queues
-from services.queue_svc.storage.redis._connection import RedisOptions
+from services.queue_svc.storage.redis._connection import RedisOptions, parse
 from services.queue_svc.storage.registry import open_queue_store, redact
 from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
 
@@ -622,20 +622,21 @@ async def test_bad_network_store_uri_is_a_precise_configuration_error(
 
 
 def test_redis_uri_options() -> None:
-    options = RedisOptions.parse(
+    options = parse(
         "redis://user:p%40ss@cache.local:6380/3?prefix=zq-test&socket_timeout=0.5"
     )
     assert options == RedisOptions(
-        host="cache.local", port=6380, db=3, username="user", password="p@ss",
+        store="queue store", max_connections=50, host="cache.local", port=6380, db=3,
+        username="user", password="p@ss",
         prefix="zq-test", socket_connect_timeout=2.0, socket_timeout=0.5,
     )
     # By default: port 6379, database 0, prefix zq, and timeouts of a few seconds at most
-    defaults = RedisOptions.parse("redis://localhost")
+    defaults = parse("redis://localhost")
     assert (defaults.port, defaults.db, defaults.prefix, defaults.password) == (
         6379, 0, "zq", None
     )
     assert max(defaults.socket_connect_timeout, defaults.socket_timeout) <= 5
-    assert RedisOptions.parse("redis://:pw@h/").password == "pw"
+    assert parse("redis://:pw@h/").password == "pw"
 
 
 async def test_mongodb_uri_options() -> None:

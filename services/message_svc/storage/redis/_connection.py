@@ -1,134 +1,23 @@
-"""The Redis URI of the message store, the client it configures, and its error edge."""
+"""The message store's Redis settings: its name, key prefix, pool size and error edge."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from urllib.parse import unquote
-
 import redis.asyncio
-from redis.asyncio import BlockingConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    BusyLoadingError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common import store_uri
-from services.common.store_edge import driver_edge
+from services.common.redis_store import RedisOptions, describe, redis_edge
+
+__all__ = ["STORE", "RedisOptions", "connect", "describe", "edge", "parse"]
 
 STORE = "message store"
-FORM = "redis://[[username]:password@]host[:port][/db][?option=value&...]"
-DEFAULT_PORT = 6379
-_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
-def _prefix(text: str) -> str:
-    if not _PREFIX.fullmatch(text):
-        raise ValueError("expected 1 to 64 of A-Z a-z 0-9 _ . : -")
-    return text
+def parse(uri: str) -> RedisOptions:
+    """Raises: ConfigurationError, naming what is wrong."""
+    return RedisOptions.parse(uri, store=STORE, prefix="zm", max_connections=64)
 
 
-@dataclass(frozen=True, slots=True)
-class RedisOptions:
-    """What a ``redis://`` URI says.
-
-    Query options:
-        prefix: first part of every key (default ``zm``), so that several stores can share
-            one database.
-        socket_connect_timeout: seconds to wait for a connection (default 2).
-        socket_timeout: seconds to wait for any reply, and for a free connection when all
-            are busy (default 5).
-        max_connections: connections at most, shared by all calls (default 64).
-    """
-
-    host: str
-    port: int = DEFAULT_PORT
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    prefix: str = "zm"
-    socket_connect_timeout: float = 2.0
-    socket_timeout: float = 5.0
-    max_connections: int = 64
-
-    @property
-    def address(self) -> str:
-        return f"redis://{self.host}:{self.port}/{self.db}"
-
-    @classmethod
-    def parse(cls, uri: str) -> RedisOptions:
-        """Raises: ConfigurationError, naming what is wrong."""
-        parts = store_uri.split(STORE, uri, "redis", FORM)
-        host, port = store_uri.host_and_port(STORE, uri, parts, DEFAULT_PORT)
-        path = parts.path.removeprefix("/")
-        if path and not (path.isascii() and path.isdigit()):
-            raise store_uri.invalid(
-                STORE, uri, f"bad database number {path!r}: expected /0, /1, ... after the port"
-            )
-        given = store_uri.options(STORE, uri, parts.query, {
-            "prefix": _prefix,
-            "socket_connect_timeout": store_uri.seconds,
-            "socket_timeout": store_uri.seconds,
-            "max_connections": store_uri.count,
-        })
-        return cls(
-            host=host,
-            port=port,
-            db=int(path or 0),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            **given,
-        )
-
-    def client(self) -> redis.asyncio.Redis:
-        """A client over a bounded pool of connections, configured to fail fast.
-
-        Replies stay bytes (bodies are bytes). The driver's own retries are off: a timed-out
-        script may have run, and replaying a post would store the batch twice. Callers see
-        :class:`Unavailable` and decide. A pooled connection that the server dropped (a
-        restart) is detected and replaced when next taken from the pool.
-        """
-        pool = BlockingConnectionPool(
-            max_connections=self.max_connections,
-            timeout=self.socket_timeout,
-            host=self.host,
-            port=self.port,
-            db=self.db,
-            username=self.username,
-            password=self.password,
-            socket_connect_timeout=self.socket_connect_timeout,
-            socket_timeout=self.socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-            client_name="zaqar-message-svc",
-        )
-        return redis.asyncio.Redis.from_pool(pool)
+def connect(options: RedisOptions) -> redis.asyncio.Redis:
+    return options.client("zaqar-message-svc", decode_responses=False)
 
 
-def describe(exc: Exception) -> str:
-    """A short reason for a Redis failure, safe to show a caller."""
-    reasons: list[tuple[type[Exception], str]] = [
-        (RedisTimeoutError, "Redis did not answer in time"),
-        (BusyLoadingError, "Redis is still loading its data"),
-        (AuthenticationError, "Redis refused the credentials"),
-        (AuthorizationError, "Redis refused the credentials"),
-        (RedisConnectionError, "Redis cannot be reached"),
-        (ReadOnlyError, "Redis is a read-only replica"),
-        (OutOfMemoryError, "Redis is out of memory"),
-        (NoScriptError, "Redis lost the store's scripts"),
-        (ResponseError, "Redis refused the operation"),
-    ]
-    return next((text for kind, text in reasons if isinstance(exc, kind)), "Redis failed")
-
-
-edge = driver_edge(STORE, (RedisError,), describe)
+edge = redis_edge(STORE)

@@ -40,7 +40,13 @@ from services.message_svc.storage.redis._codec import (
     timestamp,
     to_message,
 )
-from services.message_svc.storage.redis._connection import RedisOptions, describe, edge
+from services.message_svc.storage.redis._connection import (
+    RedisOptions,
+    connect,
+    describe,
+    edge,
+    parse,
+)
 
 SCRIPTS = (
     "post", "list", "get", "delete", "delete_many", "pop", "claim", "get_claim", "renew",
@@ -83,7 +89,7 @@ class RedisMessageStore(base.MessageStore):
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> RedisMessageStore:
         """Raises: ConfigurationError, naming what is wrong with ``uri``."""
-        return cls(RedisOptions.parse(uri), now=now)
+        return cls(parse(uri), now=now)
 
     @classmethod
     async def open(cls, uri: str, now: Callable[[], float] = time.time) -> RedisMessageStore:
@@ -103,7 +109,7 @@ class RedisMessageStore(base.MessageStore):
 
     async def _connect(self) -> None:
         sources = {name: _script_source(name) for name in SCRIPTS}
-        client = self.options.client()
+        client = connect(self.options)
         try:
             await client.ping()
             for name, source in sources.items():

@@ -30,7 +30,14 @@ from services.queue_svc.storage.base import (
     QueueRecord,
     apply_patches,
 )
-from services.queue_svc.storage.redis._connection import STORE, RedisOptions, describe, edge
+from services.queue_svc.storage.redis._connection import (
+    STORE,
+    RedisOptions,
+    connect,
+    describe,
+    edge,
+    parse,
+)
 
 SCRIPTS = ("create_queue", "ensure_queue", "update_queue", "delete_queue", "list_queues")
 # Names one list script call may examine: long enough for a page, short enough that Redis,
@@ -89,7 +96,7 @@ class RedisQueueStore:
 
     @classmethod
     def from_uri(cls, uri: str) -> RedisQueueStore:
-        return cls(RedisOptions.parse(uri))
+        return cls(parse(uri))
 
     @property
     def address(self) -> str:
@@ -102,7 +109,7 @@ class RedisQueueStore:
 
     async def open(self) -> None:
         texts = {name: _script_text(name) for name in SCRIPTS}
-        client = self.options.client()
+        client = connect(self.options)
         try:
             await client.ping()
             for name, text in texts.items():
