@@ -134,3 +134,15 @@ class NotifyRequest(_message.Message):
     queue: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]
     def __init__(self, project: _Optional[str] = ..., queue: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ...) -> None: ...
+
+class NotifyManyRequest(_message.Message):
+    __slots__ = ("batches",)
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[NotifyRequest]
+    def __init__(self, batches: _Optional[_Iterable[_Union[NotifyRequest, _Mapping]]] = ...) -> None: ...
+
+class NotifyManyResponse(_message.Message):
+    __slots__ = ("listened",)
+    LISTENED_FIELD_NUMBER: _ClassVar[int]
+    listened: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, listened: _Optional[_Iterable[bool]] = ...) -> None: ...

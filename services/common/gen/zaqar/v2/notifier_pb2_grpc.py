@@ -331,6 +331,11 @@ class NotifierInternalStub:
                 request_serializer=zaqar_dot_v2_dot_notifier__pb2.NotifyRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.NotifyMany = channel.unary_unary(
+                '/zaqar.v2.NotifierInternal/NotifyMany',
+                request_serializer=zaqar_dot_v2_dot_notifier__pb2.NotifyManyRequest.SerializeToString,
+                response_deserializer=zaqar_dot_v2_dot_notifier__pb2.NotifyManyResponse.FromString,
+                _registered_method=True)
         self.DeleteQueueSubscriptions = channel.unary_unary(
                 '/zaqar.v2.NotifierInternal/DeleteQueueSubscriptions',
                 request_serializer=zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
@@ -354,6 +359,17 @@ class NotifierInternalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NotifyMany(self, request, context):
+        """Several Notify calls in one (what message_svc sends). Acknowledged once every batch is
+        stored durably. The reply says, per batch, whether anything (a subscription or a watcher)
+        listens to that queue: a caller may skip handing over messages of a queue nobody listens
+        to until message_svc's MessagesInternal.InvalidateQueue tells it otherwise (notifier_svc
+        calls it when a queue gains a subscription or a watcher).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteQueueSubscriptions(self, request, context):
         """Remove every subscription of a queue (queue delete and purge).
         """
@@ -364,7 +380,9 @@ class NotifierInternalServicer:
     def Watch(self, request, context):
         """Messages posted to a queue from now on, as they are handed over by Notify; for a
         WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
-        cancels it.
+        cancels it or its ttl elapses. Initial metadata is sent once the watcher is registered:
+        every message posted after that is streamed. A watcher that falls too far behind is
+        dropped with RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -377,6 +395,11 @@ def add_NotifierInternalServicer_to_server(servicer, server):
                     servicer.Notify,
                     request_deserializer=zaqar_dot_v2_dot_notifier__pb2.NotifyRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'NotifyMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyMany,
+                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.NotifyManyRequest.FromString,
+                    response_serializer=zaqar_dot_v2_dot_notifier__pb2.NotifyManyResponse.SerializeToString,
             ),
             'DeleteQueueSubscriptions': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteQueueSubscriptions,
@@ -417,6 +440,33 @@ class NotifierInternal:
             '/zaqar.v2.NotifierInternal/Notify',
             zaqar_dot_v2_dot_notifier__pb2.NotifyRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.NotifierInternal/NotifyMany',
+            zaqar_dot_v2_dot_notifier__pb2.NotifyManyRequest.SerializeToString,
+            zaqar_dot_v2_dot_notifier__pb2.NotifyManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
