@@ -2,7 +2,7 @@
 
 Transport-neutral: functions take already parsed JSON documents and typed parameters and
 return protobuf requests, or take protobuf responses and return plain documents ready for
-``orjson.dumps``. The HTTP routes use them today; a WebSocket transport can reuse them as is.
+``orjson.dumps``. The operations (``operations/``) use them for HTTP and WebSocket alike.
 Shape errors raise :class:`~services.api_gateway.errors.ApiError` (400); the domain rules
 (ranges, names, limits) are the services' business.
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import orjson
-from zaqar.v2 import common_pb2, messages_pb2, queues_pb2
+from zaqar.v2 import common_pb2, messages_pb2, notifier_pb2, queues_pb2
 
 from services.api_gateway.errors import bad_body, bad_request
 
@@ -162,6 +162,65 @@ def update_claim_request(
     )
 
 
+def _str_field(doc: Mapping[str, Any], name: str) -> str | None:
+    """An optional string field of a JSON object."""
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_body(f'The value of the "{name}" field must be a str.')
+    return value
+
+
+def _json_field(doc: Mapping[str, Any], name: str) -> bytes:
+    """A field passed on as JSON bytes (the service checks its type); absent means empty."""
+    return orjson.dumps(doc[name]) if name in doc else b""
+
+
+def create_subscription_request(
+    project: str, queue: str, doc: Any
+) -> notifier_pb2.CreateSubscriptionRequest:
+    """``{"subscriber": str, "ttl"?: int, "options"?: object}``; scheme, ttl range and options
+    are checked by notifier_svc."""
+    body = _object(doc)
+    subscriber = _str_field(body, "subscriber")
+    if subscriber is None:
+        raise bad_body('Missing "subscriber" field.')
+    return notifier_pb2.CreateSubscriptionRequest(
+        project=project,
+        queue=queue,
+        subscriber=subscriber,
+        ttl=_int_field(body, "ttl"),
+        options=_json_field(body, "options"),
+    )
+
+
+def update_subscription_request(
+    project: str, queue: str, subscription_id: str, doc: Any
+) -> notifier_pb2.UpdateSubscriptionRequest:
+    body = _object(doc)
+    return notifier_pb2.UpdateSubscriptionRequest(
+        project=project,
+        queue=queue,
+        subscription_id=subscription_id,
+        subscriber=_str_field(body, "subscriber"),
+        ttl=_int_field(body, "ttl"),
+        options=_json_field(body, "options"),
+    )
+
+
+def confirm_subscription_request(
+    project: str, queue: str, subscription_id: str, doc: Any
+) -> notifier_pb2.ConfirmSubscriptionRequest:
+    """``{"confirmed": true|false}``, required."""
+    confirmed = _object(doc).get("confirmed")
+    if not isinstance(confirmed, bool):
+        raise bad_body('The request body must hold "confirmed": true or false.')
+    return notifier_pb2.ConfirmSubscriptionRequest(
+        project=project, queue=queue, subscription_id=subscription_id, confirmed=confirmed
+    )
+
+
 # Responses -------------------------------------------------------------------------------------
 
 
@@ -269,3 +328,31 @@ def stats_doc(stats: common_pb2.QueueStats, queue: str) -> dict[str, Any]:
     if stats.HasField("oldest"):
         counts["oldest"] = _summary_doc(stats.oldest, queue)
     return {"messages": counts}
+
+
+def subscription_doc(subscription: notifier_pb2.Subscription) -> dict[str, Any]:
+    return {
+        "id": subscription.id,
+        "source": subscription.source,
+        "subscriber": subscription.subscriber,
+        "ttl": subscription.ttl,
+        "age": subscription.age,
+        "options": orjson.Fragment(subscription.options or b"{}"),
+        "confirmed": subscription.confirmed,
+    }
+
+
+def page_links(next_href: str | None) -> list[dict[str, str]]:
+    """Zaqar's ``links``: a next link on every non-empty page."""
+    return [{"rel": "next", "href": next_href}] if next_href else []
+
+
+def notification_doc(notification: notifier_pb2.Notification) -> dict[str, Any]:
+    """A message pushed to a subscribed socket, as Zaqar's notifier sends it."""
+    message = notification.message
+    return {
+        "ttl": message.ttl,
+        "body": orjson.Fragment(message.body),
+        "Message_Type": "Notification",
+        "queue_name": notification.queue,
+    }

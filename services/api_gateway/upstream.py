@@ -1,8 +1,9 @@
 """The gateway's gRPC clients: one reused channel per upstream service, deadlines on every call.
 
-Channels are opened at app startup and closed at shutdown (see ``app.py``). Resources use
-``up.queues`` / ``up.messages`` (generated stubs) and pass ``timeout=up.timeout`` on every call.
-If the app runs without lifespan events the channels are opened on first use instead.
+Channels are opened at startup and closed at shutdown (see ``app.py`` and ``server.py``).
+Operations use ``up.queues`` / ``up.messages`` / ``up.subscriptions`` / ``up.notifier``
+(generated stubs) and pass ``timeout=up.timeout`` on every unary call. If the app runs without
+lifespan events the channels are opened on first use instead.
 """
 
 from __future__ import annotations
@@ -12,25 +13,31 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zaqar.v2 import messages_pb2_grpc, queues_pb2_grpc
+from zaqar.v2 import messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
 
 from services.common.config import Settings
 from services.common.grpc_server import open_channel
 
 QUEUES_SERVICE = "zaqar.v2.Queues"
 MESSAGES_SERVICE = "zaqar.v2.Messages"
+SUBSCRIPTIONS_SERVICE = "zaqar.v2.Subscriptions"
+
+
+def _stub(factory: Any, channel: grpc.aio.Channel) -> Any:
+    """A generated stub (the generated classes are untyped)."""
+    return factory(channel)
 
 
 class Upstreams:
-    """Channels and stubs of queue_svc and message_svc."""
+    """Channels and stubs of queue_svc, message_svc and notifier_svc."""
 
     def __init__(self, settings: Settings) -> None:
         self.timeout = settings.rpc_timeout
         self._queue_target = settings.target("queue")
         self._message_target = settings.target("message")
+        self._notifier_target = settings.target("notifier")
         self._channels: list[grpc.aio.Channel] = []
-        self._queues: Any = None
-        self._messages: Any = None
+        self._stubs: dict[str, Any] = {}
         self._health: dict[str, Any] = {}
 
     def open(self) -> None:
@@ -38,9 +45,16 @@ class Upstreams:
             return
         queue_channel = open_channel(self._queue_target)
         message_channel = open_channel(self._message_target)
-        self._channels = [queue_channel, message_channel]
-        self._queues = queues_pb2_grpc.QueuesStub(queue_channel)  # type: ignore[no-untyped-call]
-        self._messages = messages_pb2_grpc.MessagesStub(message_channel)  # type: ignore[no-untyped-call]
+        notifier_channel = open_channel(self._notifier_target)
+        self._channels = [queue_channel, message_channel, notifier_channel]
+        self._stubs = {
+            "queues": _stub(queues_pb2_grpc.QueuesStub, queue_channel),
+            "messages": _stub(messages_pb2_grpc.MessagesStub, message_channel),
+            "subscriptions": _stub(notifier_pb2_grpc.SubscriptionsStub, notifier_channel),
+            "notifier": _stub(notifier_pb2_grpc.NotifierInternalStub, notifier_channel),
+        }
+        # /v2/ping and /v2/health cover the path every queue and message request takes;
+        # subscriptions answer 503 on their own when notifier_svc is down.
         self._health = {
             QUEUES_SERVICE: health_pb2_grpc.HealthStub(queue_channel),
             MESSAGES_SERVICE: health_pb2_grpc.HealthStub(message_channel),
@@ -48,24 +62,35 @@ class Upstreams:
 
     async def close(self) -> None:
         channels, self._channels = self._channels, []
-        self._queues = self._messages = None
+        self._stubs = {}
         self._health = {}
         for channel in channels:
             await channel.close()
 
+    def _get(self, name: str) -> Any:
+        if not self._stubs:
+            self.open()
+        return self._stubs[name]
+
     @property
     def queues(self) -> Any:
         """``zaqar.v2.Queues`` stub."""
-        if self._queues is None:
-            self.open()
-        return self._queues
+        return self._get("queues")
 
     @property
     def messages(self) -> Any:
         """``zaqar.v2.Messages`` stub."""
-        if self._messages is None:
-            self.open()
-        return self._messages
+        return self._get("messages")
+
+    @property
+    def subscriptions(self) -> Any:
+        """``zaqar.v2.Subscriptions`` stub."""
+        return self._get("subscriptions")
+
+    @property
+    def notifier(self) -> Any:
+        """``zaqar.v2.NotifierInternal`` stub (``Watch`` for WebSocket push)."""
+        return self._get("notifier")
 
     async def serving(self) -> dict[str, bool]:
         """Ask each upstream's standard health service whether it is SERVING."""

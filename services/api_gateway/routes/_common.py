@@ -1,4 +1,4 @@
-"""Helpers shared by the route modules."""
+"""Helpers shared by the route modules: the caller of a request, rendering an outcome."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 import falcon.asgi
 import orjson
 
+from services.api_gateway.inputs import next_href
+from services.api_gateway.operations import Caller, NextLink, Outcome
 from services.api_gateway.upstream import Upstreams
 
 
@@ -15,6 +17,15 @@ class Resource:
 
     def __init__(self, up: Upstreams) -> None:
         self.up = up
+
+
+def caller(req: falcon.asgi.Request) -> Caller:
+    """The project and client the header middleware read from the request."""
+    return Caller(req.context.project, req.context.client_id)
+
+
+def next_link(req: falcon.asgi.Request) -> NextLink:
+    return lambda marker: next_href(req, marker)
 
 
 def no_content(resp: falcon.asgi.Response) -> None:
@@ -26,3 +37,16 @@ def no_content(resp: falcon.asgi.Response) -> None:
 def send_json(resp: falcon.asgi.Response, doc: Any, status: int = 200) -> None:
     resp.status = status
     resp.data = orjson.dumps(doc)
+
+
+def answer(resp: falcon.asgi.Response, outcome: Outcome) -> None:
+    """An operation's outcome as the HTTP answer: status, ``Location``, JSON body."""
+    if outcome.location is not None:
+        resp.location = outcome.location
+    if outcome.body is not None:
+        send_json(resp, outcome.body, outcome.status)
+    elif outcome.status == 204:
+        no_content(resp)
+    else:
+        resp.status = outcome.status
+        resp.data = b""

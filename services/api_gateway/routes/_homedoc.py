@@ -1,7 +1,6 @@
 """The v2 JSON-home document (draft-nottingham-json-home), laid out like Zaqar's v2 home doc.
 
-It lists the resources this gateway routes; subscriptions are listed because their routes
-exist (they answer 503 until notifier_svc is deployed).
+It lists the resources this gateway routes.
 """
 
 from __future__ import annotations

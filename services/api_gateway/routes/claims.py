@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import falcon.asgi
-from zaqar.v2 import messages_pb2
 
-from services.api_gateway import translate
 from services.api_gateway.inputs import SMALL_BODY_MAX, int_param, read_json
-from services.api_gateway.routes._common import Resource, no_content, send_json
+from services.api_gateway.operations import claims
+from services.api_gateway.routes._common import Resource, answer, caller
 
 
 class ClaimCollection(Resource):
@@ -15,52 +14,23 @@ class ClaimCollection(Resource):
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue_name: str
     ) -> None:
         doc = await read_json(req, SMALL_BODY_MAX)
-        request = translate.create_claim_request(
-            req.context.project, queue_name, int_param(req, "limit"), doc
-        )
-        claim = await self.up.messages.CreateClaim(request, timeout=self.up.timeout)
-        if not claim.id:
-            no_content(resp)
-            return
-        resp.location = translate.claim_href(queue_name, claim.id)
-        send_json(resp, {"messages": translate.message_docs(claim.messages, queue_name)}, 201)
+        limit = int_param(req, "limit")
+        answer(resp, await claims.create_claim(self.up, caller(req), queue_name, limit, doc))
 
 
 class ClaimItem(Resource):
     async def on_get(
-        self,
-        req: falcon.asgi.Request,
-        resp: falcon.asgi.Response,
-        queue_name: str,
-        claim_id: str,
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue_name: str, claim_id: str
     ) -> None:
-        request = messages_pb2.GetClaimRequest(
-            project=req.context.project, queue=queue_name, claim_id=claim_id
-        )
-        claim = await self.up.messages.GetClaim(request, timeout=self.up.timeout)
-        send_json(resp, translate.claim_doc(claim, queue_name))
+        answer(resp, await claims.get_claim(self.up, caller(req), queue_name, claim_id))
 
     async def on_patch(
-        self,
-        req: falcon.asgi.Request,
-        resp: falcon.asgi.Response,
-        queue_name: str,
-        claim_id: str,
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue_name: str, claim_id: str
     ) -> None:
         doc = await read_json(req, SMALL_BODY_MAX)
-        request = translate.update_claim_request(req.context.project, queue_name, claim_id, doc)
-        await self.up.messages.UpdateClaim(request, timeout=self.up.timeout)
-        no_content(resp)
+        answer(resp, await claims.update_claim(self.up, caller(req), queue_name, claim_id, doc))
 
     async def on_delete(
-        self,
-        req: falcon.asgi.Request,
-        resp: falcon.asgi.Response,
-        queue_name: str,
-        claim_id: str,
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue_name: str, claim_id: str
     ) -> None:
-        request = messages_pb2.DeleteClaimRequest(
-            project=req.context.project, queue=queue_name, claim_id=claim_id
-        )
-        await self.up.messages.DeleteClaim(request, timeout=self.up.timeout)
-        no_content(resp)
+        answer(resp, await claims.delete_claim(self.up, caller(req), queue_name, claim_id))
