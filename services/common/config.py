@@ -84,6 +84,49 @@ class Settings:
         default=False, metadata=_help('Add "checksum": "MD5:<hex>" to every message returned.')
     )
     log_level: str = field(default="INFO", metadata=_help("Python logging level."))
+    require_confirmation: bool = field(
+        default=False,
+        metadata=_help(
+            "Subscribers must confirm a subscription (pre-signed PUT .../confirm sent to them) "
+            "before they get notifications."
+        ),
+    )
+    signed_url_secret: str = field(
+        default="",
+        metadata=_help(
+            "Secret key of pre-signed URLs (HMAC-SHA256); needed by require_confirmation."
+        ),
+    )
+    public_url: str = field(
+        default="",
+        metadata=_help(
+            "Public base URL of the HTTP API, e.g. https://zaqar.example.com; when set, "
+            "confirmation messages carry the full confirm URL."
+        ),
+    )
+    smtp_host: str = field(
+        default="localhost", metadata=_help("SMTP server that mailto: notifications go through.")
+    )
+    smtp_port: int = field(default=25, metadata=_help("Port of the SMTP server."))
+    smtp_starttls: bool = field(
+        default=False, metadata=_help("Upgrade the SMTP connection with STARTTLS.")
+    )
+    smtp_user: str = field(default="", metadata=_help("SMTP user name; empty = no login."))
+    smtp_password: str = field(default="", metadata=_help("SMTP password."))
+    smtp_sender: str = field(
+        default="zaqar@localhost",
+        metadata=_help('From address of e-mails whose subscription sets no "from" option.'),
+    )
+    delivery_timeout: float = field(
+        default=10.0,
+        metadata=_help("Seconds one webhook POST or one e-mail may take before it has failed."),
+    )
+    delivery_concurrency: int = field(
+        default=64,
+        metadata=_help(
+            "Deliveries notifier_svc makes at once (each subscriber gets at most 4 of them)."
+        ),
+    )
 
     # Derived values -------------------------------------------------------------------------
 

@@ -96,6 +96,22 @@ class Conflict(ServiceError):
     title = "Resource conflict"
 
 
+class SubscriptionAlreadyExists(Conflict):
+    reason = "SUBSCRIPTION_ALREADY_EXISTS"
+    msg_format = (
+        "Such subscription already exists. Subscriptions are unique by project + queue + "
+        "subscriber URI."
+    )
+
+
+class Overloaded(ServiceError):
+    """The caller fell too far behind, or sent more than the service takes at once."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+    title = "Too many requests"
+
+
 class PatchConflict(ServiceError):
     """A JSON-patch replace/remove of a metadata key that is not there."""
 

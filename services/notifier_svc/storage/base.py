@@ -1,0 +1,313 @@
+"""The storage contract of notifier_svc: subscriptions, and the outbox of pending deliveries.
+
+Every backend (``sqlite``, ``redis``, ``mongodb``) implements :class:`NotifierStore` and is
+checked by one contract suite (``tests/contract/test_subscription_store.py``). Methods return
+the frozen dataclasses below, never dicts or protobuf messages.
+
+Conventions shared by every method:
+
+* Tenancy: a subscription belongs to one ``(project, queue)``; methods that take both never
+  read or change a subscription of another project or queue, even when given its id.
+* Time: the store reads the time from the ``now`` function it was built with (Unix seconds),
+  once per operation. A subscription is *expired* once ``now >= expires``; an expired
+  subscription is never returned, listed, updated, confirmed or counted as a duplicate,
+  whether or not :meth:`NotifierStore.collect_garbage` has removed it yet.
+* Ids: subscription and delivery ids are made by the store (:func:`new_id`: time-ordered
+  UUID text, so listing by id lists by creation).
+* The outbox: a delivery is stored (durably, once :meth:`NotifierStore.enqueue` returns)
+  before the hand-over is acknowledged, and stays until :meth:`NotifierStore.complete`
+  removes it (delivered, or given up). A delivery taken by :meth:`NotifierStore.claim_due`
+  is leased: it is not handed out again until the lease ends, so a worker that dies
+  mid-delivery (a crash, SIGKILL) loses nothing: the delivery comes back when its lease
+  ends. Deliveries are therefore *at least once*.
+
+Errors: a backend raises the ``services.common.errors`` classes documented per method and
+turns its own driver failures into :class:`services.common.errors.Unavailable` at its edge.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+_last_id = 0
+
+
+def new_id(now: float | None = None) -> str:
+    """A UUID-formatted id whose first 48 bits are the time in milliseconds (UUIDv7 layout),
+    so that ids sort by creation; the rest is random. Ids made by one process strictly
+    increase, even within a millisecond (ties in due time are broken by id)."""
+    global _last_id
+    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | (rand & ((1 << 76) - 1))
+    value = (value & ~(0xC << 60)) | (0x8 << 60)  # RFC 4122 variant bits
+    if value <= _last_id and value >> 80 == _last_id >> 80:
+        # Same millisecond: count up from the last id (the low 62 random bits are room).
+        value = _last_id + 1
+    _last_id = value
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A live subscription of one queue."""
+
+    id: str
+    project: str
+    queue: str
+    subscriber: str
+    """``http(s)://…``, ``mailto:…`` or ``trust+http(s)://…``."""
+    ttl: int
+    options: Mapping[str, Any]
+    """The JSON object as given, key order preserved."""
+    confirmed: bool
+    created: float
+    expires: float
+    """``created + ttl``, or the time of the last TTL update + the new ttl."""
+
+
+class DeliveryKind(enum.StrEnum):
+    """What a delivery carries."""
+
+    NOTIFICATION = "Notification"
+    SUBSCRIPTION_CONFIRMATION = "SubscriptionConfirmation"
+    UNSUBSCRIBE_CONFIRMATION = "UnsubscribeConfirmation"
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """One document for one subscription, as handed to :meth:`NotifierStore.enqueue`.
+
+    ``subscriber`` and ``options`` are the subscription's at hand-over time: a delivery goes
+    where the subscription pointed when the message was accepted.
+    """
+
+    subscription_id: str
+    project: str
+    queue: str
+    subscriber: str
+    options: Mapping[str, Any]
+    kind: DeliveryKind
+    document: bytes
+    """The JSON document to send (a notification: the message with ``Message_Type`` and
+    ``queue_name``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A pending delivery as stored."""
+
+    id: str
+    subscription_id: str
+    project: str
+    queue: str
+    subscriber: str
+    options: Mapping[str, Any]
+    kind: DeliveryKind
+    document: bytes
+    attempts: int
+    """Attempts made so far (0 for a fresh delivery)."""
+    due: float
+    """When it may be (re)tried; while leased, when the lease ends."""
+    created: float
+
+
+class NotifierStore(Protocol):
+    """Subscriptions and pending deliveries. Every method is atomic on its own and durable
+    once it returns, unless its docstring says otherwise."""
+
+    async def open(self) -> None:
+        """Connect, create the schema or indexes when needed. Called once before any other
+        method.
+
+        Raises:
+            Unavailable: a networked store cannot be reached.
+            ConfigurationError: an embedded store cannot be opened.
+        """
+
+    async def close(self) -> None:
+        """Release connections. Idempotent; later calls fail with Unavailable."""
+
+    # subscriptions ---------------------------------------------------------------------------
+
+    async def create(
+        self,
+        project: str,
+        queue: str,
+        subscriber: str,
+        ttl: int,
+        options: Mapping[str, Any],
+    ) -> tuple[Subscription, bool]:
+        """Subscribe ``subscriber`` to the queue, unconfirmed, expiring ``ttl`` seconds from now.
+
+        Atomic and unique per ``(project, queue, subscriber)``: when a live subscription with
+        that subscriber exists, nothing changes and it is returned; of concurrent creates of
+        one absent subscription exactly one creates it. An expired one with the same
+        subscriber is replaced (its pending deliveries go with it).
+
+        Returns:
+            The subscription, and True when it was created by this call.
+        """
+        ...
+
+    async def get(self, project: str, queue: str, subscription_id: str) -> Subscription | None:
+        """The live subscription, or None (absent, expired, or of another project/queue)."""
+        ...
+
+    async def list(
+        self, project: str, queue: str, *, limit: int, marker: str = ""
+    ) -> list[Subscription]:
+        """Up to ``limit`` (>= 1) live subscriptions of the queue in id order (creation order),
+        only ids sorting strictly after ``marker`` (which need not exist)."""
+        ...
+
+    async def subscribers(self, project: str, queue: str) -> builtins.list[Subscription]:
+        """Every live subscription of the queue, in id order (for fan-out)."""
+        ...
+
+    async def update(
+        self,
+        project: str,
+        queue: str,
+        subscription_id: str,
+        *,
+        subscriber: str | None = None,
+        ttl: int | None = None,
+        options: Mapping[str, Any] | None = None,
+        confirmed: bool | None = None,
+    ) -> Subscription:
+        """Change the given fields (``None`` = unchanged) of a live subscription, atomically.
+
+        A new ``ttl`` restarts the subscription's life: it expires ``ttl`` seconds from now.
+        Pending deliveries keep the subscriber and options they were stored with.
+
+        Raises:
+            SubscriptionNotFound: no such live subscription in this project and queue.
+            SubscriptionAlreadyExists: ``subscriber`` is that of another live subscription of
+                the queue (nothing is changed).
+        """
+        ...
+
+    async def confirm(
+        self, project: str, queue: str, subscription_id: str, confirmed: bool
+    ) -> Subscription:
+        """Set the confirmed flag of a live subscription (idempotent).
+
+        Raises:
+            SubscriptionNotFound: no such live subscription in this project and queue.
+        """
+        ...
+
+    async def delete(self, project: str, queue: str, subscription_id: str) -> bool:
+        """Delete the subscription and its pending deliveries. Idempotent.
+
+        Returns:
+            True when it existed (expired or not).
+        """
+        ...
+
+    async def delete_queue(self, project: str, queue: str) -> int:
+        """Delete every subscription of the queue (expired ones too) and their pending
+        deliveries.
+
+        Returns:
+            How many subscriptions were removed.
+        """
+        ...
+
+    async def collect_garbage(self) -> int:
+        """Remove expired subscriptions with their pending deliveries, and deliveries whose
+        subscription is gone. Not atomic as a whole; each removal is.
+
+        Returns:
+            How many subscriptions and deliveries were removed.
+        """
+        ...
+
+    # the outbox ------------------------------------------------------------------------------
+
+    async def enqueue(self, deliveries: Sequence[NewDelivery]) -> int:
+        """Store the deliveries, due now with no attempts made, durably and all at once.
+
+        A delivery whose subscription does not exist (any more) is skipped. (On MongoDB, which
+        has no multi-document atomicity here, one whose subscription is deleted concurrently
+        may be stored; :meth:`collect_garbage` removes it.)
+
+        Returns:
+            How many were stored.
+        """
+        ...
+
+    async def claim_due(
+        self,
+        *,
+        limit: int,
+        lease: float,
+        per_subscriber: int,
+        busy: Mapping[str, int] | None = None,
+    ) -> builtins.list[Delivery]:
+        """Lease up to ``limit`` deliveries whose due time has come, earliest due first.
+
+        No subscriber gets more than ``per_subscriber`` minus ``busy[subscriber]`` (deliveries
+        the caller is already making to it), so one slow subscriber cannot take every slot.
+        Each returned delivery's ``due`` becomes ``now + lease`` in the store (the returned
+        value shows it); until then no other claim returns it. Atomic per delivery: two
+        concurrent claims never return the same delivery.
+        """
+        ...
+
+    async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:
+        """Record a failed attempt: the delivery is due again at ``due`` with ``attempts``.
+
+        Returns:
+            False when the delivery is gone (its subscription was deleted meanwhile).
+        """
+        ...
+
+    async def complete(self, delivery_id: str) -> None:
+        """Remove the delivery (delivered, or given up). Idempotent."""
+
+    async def next_due(self) -> float | None:
+        """The earliest due time of any pending delivery, leased ones included; None when
+        the outbox is empty."""
+        ...
+
+    async def count_deliveries(self, subscription_id: str | None = None) -> int:
+        """Pending deliveries, all or of one subscription."""
+        ...
+
+
+
+def within_capacity(
+    candidates: Sequence[tuple[str, str]],
+    *,
+    limit: int,
+    per_subscriber: int,
+    busy: Mapping[str, int] | None = None,
+) -> builtins.list[str]:
+    """Which of the ``(delivery id, subscriber)`` candidates (earliest due first) a claim takes:
+    at most ``limit``, and per subscriber at most ``per_subscriber - busy[subscriber]``.
+    Written once for every backend's :meth:`NotifierStore.claim_due`."""
+    taken: dict[str, int] = dict(busy or {})
+    chosen: list[str] = []
+    for delivery_id, subscriber in candidates:
+        if len(chosen) >= limit:
+            break
+        if taken.get(subscriber, 0) >= per_subscriber:
+            continue
+        taken[subscriber] = taken.get(subscriber, 0) + 1
+        chosen.append(delivery_id)
+    return chosen
+
+
+# How many due deliveries a claim examines per slot it may fill: enough to step over the
+# backlog of a few saturated subscribers, bounded so that one claim stays cheap.
+CLAIM_SCAN_FACTOR = 8
+CLAIM_SCAN_MIN = 200

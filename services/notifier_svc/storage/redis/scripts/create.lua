@@ -1,0 +1,22 @@
+-- Create a subscription unless a live one of the same subscriber exists.
+-- ARGV: P, project, queue, subscriber, now, new id, ttl, options (JSON), expires
+-- Returns {1, id, fields} when created, {0, id, fields} when an existing one is returned.
+
+local project, queue, subscriber, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local qu = qu_key(project, queue)
+local existing = redis.call('HGET', qu, subscriber)
+if existing then
+    if live(existing, project, queue, now) then
+        return {0, existing, redis.call('HGETALL', skey(existing))}
+    end
+    remove_subscription(existing)
+    redis.call('HDEL', qu, subscriber)
+end
+local id = ARGV[6]
+redis.call('HSET', skey(id), 'project', project, 'queue', queue, 'subscriber', subscriber,
+    'ttl', ARGV[7], 'options', ARGV[8], 'confirmed', '0', 'created', ARGV[5],
+    'expires', ARGV[9])
+redis.call('ZADD', qs_key(project, queue), 0, id)
+redis.call('HSET', qu, subscriber, id)
+redis.call('ZADD', P .. ':exp', ARGV[9], id)
+return {1, id, redis.call('HGETALL', skey(id))}

@@ -1,0 +1,63 @@
+"""Choose the notifier store backend by the scheme of its URI.
+
+A backend is imported only when its scheme is used, so an optional dependency (a driver) is
+needed only by the deployments that use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from services.common.config import ConfigurationError
+from services.common.store_uri import redact
+from services.notifier_svc.storage.base import NotifierStore
+
+# scheme -> (module, class, distribution to install when the import fails)
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "sqlite": ("services.notifier_svc.storage.sqlite", "SqliteNotifierStore", "aiosqlite"),
+    "redis": ("services.notifier_svc.storage.redis", "RedisNotifierStore", "redis[hiredis]"),
+    "mongodb": ("services.notifier_svc.storage.mongodb", "MongoNotifierStore", "pymongo"),
+}
+
+
+class NotifierStoreClass(Protocol):
+    def from_uri(self, uri: str, now: Callable[[], float] = ...) -> NotifierStore: ...
+
+
+def backend_class(uri: str) -> NotifierStoreClass:
+    """The backend class for ``uri``'s scheme.
+
+    Raises:
+        ConfigurationError: the scheme is unknown, or its driver is not installed.
+    """
+    scheme = uri.partition(":")[0].lower() if ":" in uri else ""
+    if scheme not in BACKENDS:
+        supported = ", ".join(f"{name}://" for name in BACKENDS)
+        raise ConfigurationError(
+            f"notifier store URI {redact(uri)!r}: unsupported scheme {scheme!r} "
+            f"(supported: {supported})"
+        )
+    module_name, class_name, distribution = BACKENDS[scheme]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"notifier store URI {redact(uri)!r} needs the {distribution!r} package, which "
+            f"cannot be imported ({exc}); install it, e.g. pip install {distribution}"
+        ) from exc
+    return cast(NotifierStoreClass, getattr(module, class_name))
+
+
+async def open_notifier_store(uri: str, now: Callable[[], float] = time.time) -> NotifierStore:
+    """Build the backend for ``uri`` and open it; ``now`` is its clock (Unix seconds).
+
+    Raises:
+        ConfigurationError: the URI is unknown or malformed.
+        Unavailable: the store cannot be reached or opened.
+    """
+    store = backend_class(uri).from_uri(uri, now)
+    await store.open()
+    return store

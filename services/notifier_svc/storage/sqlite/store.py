@@ -1,0 +1,368 @@
+"""Subscriptions and the delivery outbox in one SQLite file.
+
+Two tables: ``subscriptions`` (unique on project, queue, subscriber) and ``deliveries`` (the
+outbox). A subscription's deletion removes its deliveries in the same transaction, and
+``enqueue`` inserts only deliveries whose subscription exists, so the outbox never holds an
+orphan.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from services.common.errors import SubscriptionAlreadyExists, SubscriptionNotFound
+from services.notifier_svc.storage.base import (
+    CLAIM_SCAN_FACTOR,
+    CLAIM_SCAN_MIN,
+    Delivery,
+    DeliveryKind,
+    NewDelivery,
+    Subscription,
+    new_id,
+    within_capacity,
+)
+from services.notifier_svc.storage.sqlite._connection import Database, parse_uri
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS subscriptions (
+        id         TEXT PRIMARY KEY,
+        project    TEXT NOT NULL,
+        queue      TEXT NOT NULL,
+        subscriber TEXT NOT NULL,
+        ttl        INTEGER NOT NULL,
+        options    TEXT NOT NULL,
+        confirmed  INTEGER NOT NULL,
+        created    REAL NOT NULL,
+        expires    REAL NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS subscriptions_subscriber "
+    "ON subscriptions (project, queue, subscriber)",
+    "CREATE INDEX IF NOT EXISTS subscriptions_queue ON subscriptions (project, queue, id)",
+    "CREATE INDEX IF NOT EXISTS subscriptions_expires ON subscriptions (expires)",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        id              TEXT PRIMARY KEY,
+        subscription_id TEXT NOT NULL,
+        project         TEXT NOT NULL,
+        queue           TEXT NOT NULL,
+        subscriber      TEXT NOT NULL,
+        options         TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        document        BLOB NOT NULL,
+        attempts        INTEGER NOT NULL,
+        due             REAL NOT NULL,
+        created         REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due)",
+    "CREATE INDEX IF NOT EXISTS deliveries_subscription ON deliveries (subscription_id)",
+)
+
+_SUBSCRIPTION_COLUMNS = "id, project, queue, subscriber, ttl, options, confirmed, created, expires"
+_DELIVERY_COLUMNS = (
+    "id, subscription_id, project, queue, subscriber, options, kind, document, attempts, due, "
+    "created"
+)
+
+
+def _dump(options: Mapping[str, Any]) -> str:
+    return orjson.dumps(options).decode()
+
+
+def _subscription(row: Sequence[Any]) -> Subscription:
+    return Subscription(
+        id=row[0], project=row[1], queue=row[2], subscriber=row[3], ttl=int(row[4]),
+        options=orjson.loads(row[5]), confirmed=bool(row[6]), created=float(row[7]),
+        expires=float(row[8]),
+    )
+
+
+def _delivery(row: Sequence[Any], due: float | None = None) -> Delivery:
+    return Delivery(
+        id=row[0], subscription_id=row[1], project=row[2], queue=row[3], subscriber=row[4],
+        options=orjson.loads(row[5]), kind=DeliveryKind(row[6]), document=bytes(row[7]),
+        attempts=int(row[8]), due=float(row[9]) if due is None else due, created=float(row[10]),
+    )
+
+
+async def _live(
+    conn: aiosqlite.Connection, project: str, queue: str, subscription_id: str, now: float
+) -> Subscription | None:
+    rows = list(await conn.execute_fetchall(
+        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions "
+        "WHERE id = ? AND project = ? AND queue = ? AND expires > ?",
+        (subscription_id, project, queue, now),
+    ))
+    return _subscription(rows[0]) if rows else None
+
+
+async def _remove(conn: aiosqlite.Connection, where: str, params: Sequence[Any]) -> int:
+    """Delete the subscriptions matching ``where`` and their deliveries; how many went."""
+    await conn.execute(
+        f"DELETE FROM deliveries WHERE subscription_id IN "
+        f"(SELECT id FROM subscriptions WHERE {where})",
+        tuple(params),
+    )
+    async with conn.execute(f"DELETE FROM subscriptions WHERE {where}", tuple(params)) as cur:
+        return int(cur.rowcount)
+
+
+class SqliteNotifierStore:
+    """:class:`services.notifier_svc.storage.base.NotifierStore` on one SQLite file."""
+
+    def __init__(self, path: str, now: Callable[[], float] = time.time) -> None:
+        self._db = Database(path)
+        self._now = now
+
+    @classmethod
+    def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> SqliteNotifierStore:
+        return cls(parse_uri(uri), now)
+
+    async def open(self) -> None:
+        await self._db.open(SCHEMA)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # subscriptions ---------------------------------------------------------------------------
+
+    async def create(
+        self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any]
+    ) -> tuple[Subscription, bool]:
+        now = self._now()
+
+        async def work(conn: aiosqlite.Connection) -> tuple[Subscription, bool]:
+            rows = list(await conn.execute_fetchall(
+                f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions "
+                "WHERE project = ? AND queue = ? AND subscriber = ?",
+                (project, queue, subscriber),
+            ))
+            if rows:
+                existing = _subscription(rows[0])
+                if existing.expires > now:
+                    return existing, False
+                await _remove(conn, "id = ?", [existing.id])
+            created = Subscription(
+                id=new_id(now), project=project, queue=queue, subscriber=subscriber, ttl=ttl,
+                options=options, confirmed=False, created=now, expires=now + ttl,
+            )
+            await conn.execute(
+                f"INSERT INTO subscriptions ({_SUBSCRIPTION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (created.id, project, queue, subscriber, ttl, _dump(options), now, now + ttl),
+            )
+            return created, True
+
+        return await self._db.atomic("create the subscription", work)
+
+    async def get(self, project: str, queue: str, subscription_id: str) -> Subscription | None:
+        rows = await self._db.fetchall(
+            "read the subscription",
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions "
+            "WHERE id = ? AND project = ? AND queue = ? AND expires > ?",
+            (subscription_id, project, queue, self._now()),
+        )
+        return _subscription(rows[0]) if rows else None
+
+    async def list(
+        self, project: str, queue: str, *, limit: int, marker: str = ""
+    ) -> list[Subscription]:
+        rows = await self._db.fetchall(
+            "list the subscriptions",
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions "
+            "WHERE project = ? AND queue = ? AND id > ? AND expires > ? ORDER BY id LIMIT ?",
+            (project, queue, marker, self._now(), limit),
+        )
+        return [_subscription(row) for row in rows]
+
+    async def subscribers(self, project: str, queue: str) -> builtins.list[Subscription]:
+        rows = await self._db.fetchall(
+            "read the subscriptions",
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions "
+            "WHERE project = ? AND queue = ? AND expires > ? ORDER BY id",
+            (project, queue, self._now()),
+        )
+        return [_subscription(row) for row in rows]
+
+    async def update(
+        self,
+        project: str,
+        queue: str,
+        subscription_id: str,
+        *,
+        subscriber: str | None = None,
+        ttl: int | None = None,
+        options: Mapping[str, Any] | None = None,
+        confirmed: bool | None = None,
+    ) -> Subscription:
+        now = self._now()
+
+        async def work(conn: aiosqlite.Connection) -> Subscription:
+            current = await _live(conn, project, queue, subscription_id, now)
+            if current is None:
+                raise SubscriptionNotFound(subscription_id=subscription_id)
+            if subscriber is not None and subscriber != current.subscriber:
+                rows = list(await conn.execute_fetchall(
+                    "SELECT id, expires FROM subscriptions "
+                    "WHERE project = ? AND queue = ? AND subscriber = ?",
+                    (project, queue, subscriber),
+                ))
+                if rows and float(rows[0][1]) > now:
+                    raise SubscriptionAlreadyExists()
+                if rows:
+                    await _remove(conn, "id = ?", [rows[0][0]])
+            new_ttl = current.ttl if ttl is None else ttl
+            updated = Subscription(
+                id=current.id, project=project, queue=queue,
+                subscriber=current.subscriber if subscriber is None else subscriber,
+                ttl=new_ttl, options=current.options if options is None else options,
+                confirmed=current.confirmed if confirmed is None else confirmed,
+                created=current.created,
+                expires=current.expires if ttl is None else now + ttl,
+            )
+            await conn.execute(
+                "UPDATE subscriptions SET subscriber = ?, ttl = ?, options = ?, confirmed = ?, "
+                "expires = ? WHERE id = ?",
+                (updated.subscriber, updated.ttl, _dump(updated.options), int(updated.confirmed),
+                 updated.expires, updated.id),
+            )
+            return updated
+
+        return await self._db.atomic("update the subscription", work)
+
+    async def confirm(
+        self, project: str, queue: str, subscription_id: str, confirmed: bool
+    ) -> Subscription:
+        return await self.update(project, queue, subscription_id, confirmed=confirmed)
+
+    async def delete(self, project: str, queue: str, subscription_id: str) -> bool:
+        async def work(conn: aiosqlite.Connection) -> bool:
+            removed = await _remove(
+                conn, "id = ? AND project = ? AND queue = ?", [subscription_id, project, queue]
+            )
+            return removed > 0
+
+        return await self._db.atomic("delete the subscription", work)
+
+    async def delete_queue(self, project: str, queue: str) -> int:
+        async def work(conn: aiosqlite.Connection) -> int:
+            return await _remove(conn, "project = ? AND queue = ?", [project, queue])
+
+        return await self._db.atomic("delete the queue's subscriptions", work)
+
+    async def collect_garbage(self) -> int:
+        now = self._now()
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            async with conn.execute(
+                "DELETE FROM deliveries WHERE subscription_id IN "
+                "(SELECT id FROM subscriptions WHERE expires <= ?)",
+                (now,),
+            ) as cursor:
+                deliveries = int(cursor.rowcount)
+            async with conn.execute(
+                "DELETE FROM subscriptions WHERE expires <= ?", (now,)
+            ) as cursor:
+                return deliveries + int(cursor.rowcount)
+
+        return await self._db.atomic("remove expired subscriptions", work)
+
+    # the outbox ------------------------------------------------------------------------------
+
+    async def enqueue(self, deliveries: Sequence[NewDelivery]) -> int:
+        if not deliveries:
+            return 0
+        now = self._now()
+        wanted = sorted({d.subscription_id for d in deliveries})
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            marks = ",".join("?" * len(wanted))
+            live = {row[0] for row in await conn.execute_fetchall(
+                f"SELECT id FROM subscriptions WHERE id IN ({marks})", wanted
+            )}
+            rows = [
+                (new_id(now), d.subscription_id, d.project, d.queue, d.subscriber,
+                 _dump(d.options), d.kind.value, d.document, now, now)
+                for d in deliveries if d.subscription_id in live
+            ]
+            await conn.executemany(
+                f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                rows,
+            )
+            return len(rows)
+
+        return await self._db.atomic("store the notifications", work)
+
+    async def claim_due(
+        self,
+        *,
+        limit: int,
+        lease: float,
+        per_subscriber: int,
+        busy: Mapping[str, int] | None = None,
+    ) -> builtins.list[Delivery]:
+        now = self._now()
+        until = now + lease
+        scan = max(CLAIM_SCAN_MIN, limit * CLAIM_SCAN_FACTOR)
+
+        async def work(conn: aiosqlite.Connection) -> builtins.list[Delivery]:
+            rows = list(await conn.execute_fetchall(
+                "SELECT id, subscriber FROM deliveries WHERE due <= ? ORDER BY due, id LIMIT ?",
+                (now, scan),
+            ))
+            chosen = within_capacity(
+                [(r[0], r[1]) for r in rows], limit=limit, per_subscriber=per_subscriber,
+                busy=busy,
+            )
+            if not chosen:
+                return []
+            marks = ",".join("?" * len(chosen))
+            taken = list(await conn.execute_fetchall(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN ({marks})", chosen
+            ))
+            await conn.execute(
+                f"UPDATE deliveries SET due = ? WHERE id IN ({marks})", (until, *chosen)
+            )
+            order = {delivery_id: i for i, delivery_id in enumerate(chosen)}
+            taken.sort(key=lambda row: order[row[0]])
+            return [_delivery(row, due=until) for row in taken]
+
+        return await self._db.atomic("take due notifications", work)
+
+    async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:
+        async def work(conn: aiosqlite.Connection) -> bool:
+            async with conn.execute(
+                "UPDATE deliveries SET due = ?, attempts = ? WHERE id = ?",
+                (due, attempts, delivery_id),
+            ) as cursor:
+                return cursor.rowcount > 0
+
+        return await self._db.atomic("reschedule a notification", work)
+
+    async def complete(self, delivery_id: str) -> None:
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+
+        await self._db.atomic("remove a notification", work)
+
+    async def next_due(self) -> float | None:
+        rows = await self._db.fetchall(
+            "read the notifications", "SELECT min(due) FROM deliveries"
+        )
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    async def count_deliveries(self, subscription_id: str | None = None) -> int:
+        if subscription_id is None:
+            rows = await self._db.fetchall("count notifications", "SELECT count(*) FROM deliveries")
+        else:
+            rows = await self._db.fetchall(
+                "count notifications",
+                "SELECT count(*) FROM deliveries WHERE subscription_id = ?",
+                (subscription_id,),
+            )
+        return int(rows[0][0])

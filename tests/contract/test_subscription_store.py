@@ -1,0 +1,520 @@
+"""The notifier store contract (services/notifier_svc/storage/base.py) on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+from pymongo import AsyncMongoClient
+
+from services.common.config import ConfigurationError
+from services.common.errors import (
+    SubscriptionAlreadyExists,
+    SubscriptionNotFound,
+    Unavailable,
+)
+from services.notifier_svc.storage.base import (
+    DeliveryKind,
+    NewDelivery,
+    NotifierStore,
+    Subscription,
+    new_id,
+    within_capacity,
+)
+from services.notifier_svc.storage.registry import open_notifier_store
+from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
+from tests.servers import ServerProcess, free_port, redis_process
+
+HOOK = "http://127.0.0.1:9/hook"
+
+
+class Clock:
+    """A clock the test moves by hand (Unix seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.25
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def unique_name() -> str:
+    return f"t{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'notifier.db'}"
+
+
+@pytest.fixture
+async def redis_uri(redis_server: ServerProcess) -> AsyncIterator[str]:
+    prefix = unique_name()
+    yield f"redis://127.0.0.1:{redis_server.port}/0?prefix={prefix}"
+    client = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
+    database = unique_name()
+    yield f"mongodb://127.0.0.1:{mongodb_server.port}/{database}"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        port=mongodb_server.port, serverSelectionTimeoutMS=2000
+    )
+    try:
+        await client.drop_database(database)
+    finally:
+        await client.close()
+
+
+@pytest.fixture(params=["mongodb", "redis", "sqlite"])
+def store_uri(request: pytest.FixtureRequest) -> str:
+    uri: str = request.getfixturevalue(f"{request.param}_uri")
+    return uri
+
+
+@pytest.fixture
+async def store(store_uri: str, clock: Clock) -> AsyncIterator[NotifierStore]:
+    opened = await open_notifier_store(store_uri, now=clock)
+    yield opened
+    await opened.close()
+
+
+def delivery(sub: Subscription, text: str = "m", kind: DeliveryKind = DeliveryKind.NOTIFICATION
+             ) -> NewDelivery:
+    return NewDelivery(
+        subscription_id=sub.id, project=sub.project, queue=sub.queue,
+        subscriber=sub.subscriber, options=sub.options, kind=kind,
+        document=f'{{"body":"{text}","Message_Type":"Notification"}}'.encode(),
+    )
+
+
+async def subscribe(store: NotifierStore, subscriber: str = HOOK, *, project: str = "p",
+                    queue: str = "q", ttl: int = 3600, **options: Any) -> Subscription:
+    sub, created = await store.create(project, queue, subscriber, ttl, options)
+    assert created
+    return sub
+
+
+# create / get ---------------------------------------------------------------------------------
+
+
+async def test_create_then_get(store: NotifierStore, clock: Clock) -> None:
+    # When a subscription is created with options
+    options = {"post_data": '{"m": "$zaqar_message$"}', "b": 1, "a": [1, 2]}
+    sub, created = await store.create("p", "q", HOOK, 120, options)
+    # Then it is new, unconfirmed, and expires ttl seconds from now
+    assert created is True
+    assert (sub.project, sub.queue, sub.subscriber, sub.ttl, sub.confirmed) == (
+        "p", "q", HOOK, 120, False
+    )
+    assert (sub.created, sub.expires) == (clock.now, clock.now + 120)
+    # And it reads back the same, options key order kept
+    got = await store.get("p", "q", sub.id)
+    assert got == sub
+    assert got is not None and list(got.options) == ["post_data", "b", "a"]
+
+
+async def test_same_subscriber_again_returns_the_existing_one(store: NotifierStore) -> None:
+    first = await subscribe(store, ttl=100, x=1)
+    # When the same subscriber subscribes to the same queue again, with other values
+    again, created = await store.create("p", "q", HOOK, 900, {"y": 2})
+    # Then nothing changes and the existing subscription is returned
+    assert created is False
+    assert again == first
+    assert await store.get("p", "q", first.id) == first
+
+
+async def test_concurrent_creates_make_exactly_one(store: NotifierStore) -> None:
+    results = await asyncio.gather(*(store.create("p", "q", HOOK, 60, {}) for _ in range(8)))
+    assert sorted(created for _, created in results) == [False] * 7 + [True]
+    assert len({sub.id for sub, _ in results}) == 1
+
+
+async def test_subscriptions_are_unique_per_project_queue_and_subscriber(
+    store: NotifierStore,
+) -> None:
+    a = await subscribe(store)
+    b = await subscribe(store, queue="other")
+    c = await subscribe(store, project="p2")
+    d = await subscribe(store, "mailto:ops@example.com")
+    assert len({a.id, b.id, c.id, d.id}) == 4
+
+
+async def test_tenancy_is_strict(store: NotifierStore) -> None:
+    sub = await subscribe(store)
+    # Then the id means nothing in another project or queue
+    assert await store.get("p2", "q", sub.id) is None
+    assert await store.get("p", "q2", sub.id) is None
+    assert await store.list("p2", "q", limit=10) == []
+    with pytest.raises(SubscriptionNotFound):
+        await store.update("p", "q2", sub.id, ttl=90)
+    with pytest.raises(SubscriptionNotFound):
+        await store.confirm("p2", "q", sub.id, True)
+    assert await store.delete("p2", "q", sub.id) is False
+    assert await store.get("p", "q", sub.id) == sub
+
+
+async def test_absent_and_malformed_ids_are_not_found(store: NotifierStore) -> None:
+    assert await store.get("p", "q", new_id()) is None
+    assert await store.get("p", "q", "not-an-id") is None
+    assert await store.delete("p", "q", "not-an-id") is False
+
+
+# expiry ---------------------------------------------------------------------------------------
+
+
+async def test_expired_subscription_is_gone_everywhere(store: NotifierStore, clock: Clock) -> None:
+    sub = await subscribe(store, ttl=60)
+    keep = await subscribe(store, "mailto:a@b.c", ttl=61)
+    # When its ttl has passed
+    clock.advance(60)
+    # Then it is never returned, listed, changed or confirmed
+    assert await store.get("p", "q", sub.id) is None
+    assert [s.id for s in await store.list("p", "q", limit=10)] == [keep.id]
+    assert [s.id for s in await store.subscribers("p", "q")] == [keep.id]
+    with pytest.raises(SubscriptionNotFound):
+        await store.update("p", "q", sub.id, ttl=60)
+    with pytest.raises(SubscriptionNotFound):
+        await store.confirm("p", "q", sub.id, True)
+    # And the same subscriber may subscribe anew
+    again, created = await store.create("p", "q", HOOK, 60, {})
+    assert created and again.id != sub.id
+
+
+async def test_update_to_the_subscriber_of_an_expired_one(store: NotifierStore, clock: Clock
+                                                         ) -> None:
+    old = await subscribe(store, "http://old.example/", ttl=60)
+    sub = await subscribe(store, ttl=600)
+    clock.advance(61)
+    updated = await store.update("p", "q", sub.id, subscriber="http://old.example/")
+    assert updated.subscriber == "http://old.example/"
+    assert await store.get("p", "q", old.id) is None
+
+
+async def test_collect_garbage_removes_expired_ones_with_their_deliveries(
+    store: NotifierStore, clock: Clock
+) -> None:
+    gone = await subscribe(store, ttl=60)
+    kept = await subscribe(store, "mailto:x@y.z", ttl=600)
+    assert await store.enqueue([delivery(gone), delivery(gone), delivery(kept)]) == 3
+    clock.advance(100)
+    # When garbage is collected
+    removed = await store.collect_garbage()
+    # Then the expired subscription and its two deliveries went, and nothing else
+    assert removed == 3
+    assert await store.count_deliveries() == 1
+    assert await store.count_deliveries(kept.id) == 1
+    assert await store.collect_garbage() == 0
+    assert await store.get("p", "q", kept.id) == kept
+
+
+# list -----------------------------------------------------------------------------------------
+
+
+async def test_list_pages_in_creation_order(store: NotifierStore, clock: Clock) -> None:
+    subs = []
+    for i in range(7):
+        subs.append(await subscribe(store, f"http://h{i}.example/"))
+        clock.advance(0.002)
+    ids = [s.id for s in subs]
+    assert [s.id for s in await store.list("p", "q", limit=20)] == ids
+    # Paged three at a time with the last id as an exclusive marker
+    seen: list[str] = []
+    marker = ""
+    while True:
+        page = await store.list("p", "q", limit=3, marker=marker)
+        if not page:
+            break
+        assert len(page) <= 3
+        seen += [s.id for s in page]
+        marker = page[-1].id
+    assert seen == ids
+    # A marker that does not exist still splits the order
+    assert [s.id for s in await store.list("p", "q", limit=20, marker=ids[3][:-1])] == ids[3:]
+
+
+# update / confirm / delete -------------------------------------------------------------------
+
+
+async def test_update_changes_only_what_is_given(store: NotifierStore, clock: Clock) -> None:
+    sub = await subscribe(store, ttl=100, a=1)
+    clock.advance(30)
+    # When only the ttl changes, its life restarts from now
+    updated = await store.update("p", "q", sub.id, ttl=500)
+    assert (updated.ttl, updated.expires, updated.created) == (500, clock.now + 500, sub.created)
+    assert (updated.subscriber, dict(updated.options), updated.confirmed) == (HOOK, {"a": 1}, False)
+    # When subscriber, options and confirmed change, the ttl stays
+    updated = await store.update(
+        "p", "q", sub.id, subscriber="mailto:z@z.z", options={"b": 2}, confirmed=True
+    )
+    assert (updated.subscriber, dict(updated.options), updated.confirmed, updated.ttl) == (
+        "mailto:z@z.z", {"b": 2}, True, 500
+    )
+    assert await store.get("p", "q", sub.id) == updated
+    # And the old subscriber is free again
+    assert (await store.create("p", "q", HOOK, 60, {}))[1] is True
+
+
+async def test_update_to_another_live_subscriber_conflicts(store: NotifierStore) -> None:
+    sub = await subscribe(store)
+    other = await subscribe(store, "http://other.example/")
+    with pytest.raises(SubscriptionAlreadyExists):
+        await store.update("p", "q", sub.id, subscriber=other.subscriber, ttl=999)
+    # Nothing changed
+    assert await store.get("p", "q", sub.id) == sub
+    # Its own subscriber is no conflict
+    assert (await store.update("p", "q", sub.id, subscriber=HOOK)).subscriber == HOOK
+
+
+async def test_update_of_absent_subscription_is_not_found(store: NotifierStore) -> None:
+    with pytest.raises(SubscriptionNotFound):
+        await store.update("p", "q", new_id(), ttl=60)
+
+
+async def test_confirm_sets_the_flag(store: NotifierStore) -> None:
+    sub = await subscribe(store)
+    assert (await store.confirm("p", "q", sub.id, True)).confirmed is True
+    assert (await store.confirm("p", "q", sub.id, True)).confirmed is True
+    got = await store.get("p", "q", sub.id)
+    assert got is not None and got.confirmed
+    assert (await store.confirm("p", "q", sub.id, False)).confirmed is False
+    with pytest.raises(SubscriptionNotFound):
+        await store.confirm("p", "q", new_id(), True)
+
+
+async def test_delete_is_idempotent_and_takes_the_deliveries(store: NotifierStore) -> None:
+    sub = await subscribe(store)
+    other = await subscribe(store, "http://other.example/")
+    await store.enqueue([delivery(sub), delivery(other)])
+    assert await store.delete("p", "q", sub.id) is True
+    assert await store.delete("p", "q", sub.id) is False
+    assert await store.get("p", "q", sub.id) is None
+    assert await store.count_deliveries(sub.id) == 0
+    assert await store.count_deliveries() == 1
+
+
+async def test_delete_queue_removes_only_that_queue(store: NotifierStore, clock: Clock) -> None:
+    a = await subscribe(store)
+    b = await subscribe(store, "http://b.example/", ttl=60)
+    kept = [await subscribe(store, queue="q2"), await subscribe(store, project="p2")]
+    await store.enqueue([delivery(a), delivery(b), *(delivery(k) for k in kept)])
+    clock.advance(61)  # b has expired: it goes too
+    assert await store.delete_queue("p", "q") == 2
+    assert await store.list("p", "q", limit=10) == []
+    assert await store.count_deliveries() == 2
+    assert await store.delete_queue("p", "q") == 0
+    # And the queue can be subscribed to again
+    assert (await store.create("p", "q", HOOK, 60, {}))[1]
+
+
+# the outbox -----------------------------------------------------------------------------------
+
+
+async def test_enqueue_stores_deliveries_due_now(store: NotifierStore, clock: Clock) -> None:
+    sub = await subscribe(store, x=1)
+    # When two deliveries are handed over, one of them for a subscription that is gone
+    gone = Subscription(new_id(), "p", "q", HOOK, 60, {}, False, 0, 0)
+    assert await store.enqueue([delivery(sub, "a"), delivery(gone), delivery(sub, "b")]) == 2
+    assert await store.enqueue([]) == 0
+    assert await store.next_due() == clock.now
+    # Then a claim returns them in order, with what they were stored with
+    taken = await store.claim_due(limit=10, lease=30, per_subscriber=10)
+    assert [d.document for d in taken] == [
+        b'{"body":"a","Message_Type":"Notification"}',
+        b'{"body":"b","Message_Type":"Notification"}',
+    ]
+    first = taken[0]
+    assert (first.subscription_id, first.project, first.queue, first.subscriber,
+            dict(first.options), first.kind, first.attempts, first.created) == (
+        sub.id, "p", "q", HOOK, {"x": 1}, DeliveryKind.NOTIFICATION, 0, clock.now
+    )
+    assert first.due == clock.now + 30
+
+
+async def test_a_claim_leases_until_the_lease_ends(store: NotifierStore, clock: Clock) -> None:
+    sub = await subscribe(store)
+    await store.enqueue([delivery(sub)])
+    [taken] = await store.claim_due(limit=5, lease=10, per_subscriber=5)
+    # While leased, no other claim gets it
+    assert await store.claim_due(limit=5, lease=10, per_subscriber=5) == []
+    assert await store.next_due() == clock.now + 10
+    # Once the lease ends (the worker died), it comes back
+    clock.advance(10)
+    [again] = await store.claim_due(limit=5, lease=10, per_subscriber=5)
+    assert again.id == taken.id
+
+
+async def test_reschedule_and_complete(store: NotifierStore, clock: Clock) -> None:
+    sub = await subscribe(store)
+    await store.enqueue([delivery(sub)])
+    [taken] = await store.claim_due(limit=1, lease=60, per_subscriber=1)
+    # A failed attempt makes it due later, with its attempt counted
+    assert await store.reschedule(taken.id, due=clock.now + 5, attempts=1) is True
+    assert await store.claim_due(limit=1, lease=60, per_subscriber=1) == []
+    clock.advance(5)
+    [again] = await store.claim_due(limit=1, lease=60, per_subscriber=1)
+    assert (again.id, again.attempts) == (taken.id, 1)
+    # Once complete it is gone for good; both calls are idempotent-safe
+    await store.complete(again.id)
+    await store.complete(again.id)
+    assert await store.count_deliveries() == 0
+    assert await store.next_due() is None
+    assert await store.reschedule(again.id, due=clock.now, attempts=2) is False
+
+
+async def test_claim_limits_each_subscriber(store: NotifierStore) -> None:
+    slow = await subscribe(store, "http://slow.example/")
+    fast = await subscribe(store, "http://fast.example/")
+    # Given a backlog of the slow subscriber ahead of the fast one's
+    await store.enqueue([delivery(slow, str(i)) for i in range(6)])
+    await store.enqueue([delivery(fast, str(i)) for i in range(2)])
+    # When claiming with at most 2 per subscriber, 1 of which the caller already makes to slow
+    taken = await store.claim_due(
+        limit=10, lease=30, per_subscriber=2, busy={"http://slow.example/": 1}
+    )
+    # Then the slow one gets one more, and the fast one is not held up behind it
+    assert sorted(d.subscriber for d in taken) == [
+        "http://fast.example/", "http://fast.example/", "http://slow.example/"
+    ]
+    # And the limit applies across subscribers
+    assert len(await store.claim_due(limit=1, lease=30, per_subscriber=5)) == 1
+
+
+async def test_concurrent_claims_never_share_a_delivery(store: NotifierStore) -> None:
+    subs = [await subscribe(store, f"http://h{i}.example/") for i in range(4)]
+    await store.enqueue([delivery(s, str(i)) for s in subs for i in range(5)])
+    claims = await asyncio.gather(
+        *(store.claim_due(limit=4, lease=30, per_subscriber=20) for _ in range(6))
+    )
+    ids = [d.id for claim in claims for d in claim]
+    assert len(ids) == len(set(ids)) == 20
+
+
+def test_within_capacity_keeps_order_and_limits() -> None:
+    candidates = [("1", "a"), ("2", "a"), ("3", "b"), ("4", "a"), ("5", "c")]
+    assert within_capacity(candidates, limit=10, per_subscriber=2) == ["1", "2", "3", "5"]
+    assert within_capacity(candidates, limit=2, per_subscriber=2) == ["1", "2"]
+    assert within_capacity(candidates, limit=10, per_subscriber=1, busy={"a": 1}) == ["3", "5"]
+
+
+def test_ids_sort_by_creation() -> None:
+    ids = [new_id(1_700_000_000 + i / 1000) for i in range(50)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 50
+    assert uuid.UUID(ids[0]).version == 7
+
+
+# durability and configuration -----------------------------------------------------------------
+
+
+async def test_data_survives_reopening(store_uri: str, clock: Clock) -> None:
+    first = await open_notifier_store(store_uri, now=clock)
+    sub, _ = await first.create("p", "q", HOOK, 600, {"k": "v"})
+    await first.enqueue([delivery(sub)])
+    await first.close()
+    reopened = await open_notifier_store(store_uri, now=clock)
+    try:
+        assert await reopened.get("p", "q", sub.id) == sub
+        [pending] = await reopened.claim_due(limit=1, lease=1, per_subscriber=1)
+        assert pending.subscription_id == sub.id
+    finally:
+        await reopened.close()
+
+
+async def test_closed_store_fails_as_unavailable(store_uri: str) -> None:
+    opened = await open_notifier_store(store_uri)
+    await opened.close()
+    await opened.close()
+    with pytest.raises(Unavailable):
+        await opened.get("p", "q", new_id())
+    with pytest.raises(Unavailable):
+        await opened.claim_due(limit=1, lease=1, per_subscriber=1)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("postgres://db/notifier", "unsupported scheme 'postgres'"),
+        ("notifier.db", "unsupported scheme ''"),
+        ("sqlite://", "expected sqlite:///"),
+        ("sqlite:///", "the path is empty"),
+        ("sqlite:///n.db?mode=ro", "takes no options"),
+        ("redis://:secret@127.0.0.1:notaport/0", "bad port"),
+        ("redis://127.0.0.1/0?dbid=1", "unknown option 'dbid'"),
+        ("mongodb://u:secret@127.0.0.1/zaqar.subs", "names the database only"),
+    ],
+)
+async def test_bad_store_uri_is_a_configuration_error(uri: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        await open_notifier_store(uri)
+    assert message in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("scheme", ["mongodb", "redis"])
+async def test_unreachable_server_is_unavailable_within_seconds(scheme: str) -> None:
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as caught:
+        await open_notifier_store(f"{scheme}://127.0.0.1:{port}/0")
+    assert time.monotonic() - started < 3.5
+    collect_sockets_leaked_by_pymongo()
+    assert f"127.0.0.1:{port}" in caught.value.description
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = redis_process(tmp_path / "redis", durable=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_redis_crash_fails_fast_and_the_same_store_recovers(
+    durable_redis: ServerProcess, clock: Clock
+) -> None:
+    store = await open_notifier_store(f"redis://127.0.0.1:{durable_redis.port}/0", now=clock)
+    try:
+        sub = await subscribe(store)
+        await store.enqueue([delivery(sub)])
+        # When Redis crashes, every call fails fast as Unavailable
+        durable_redis.kill()
+        started = time.monotonic()
+        calls: list[Callable[[], Any]] = [
+            lambda: store.get("p", "q", sub.id),
+            lambda: store.create("p", "q", "http://new.example/", 60, {}),
+            lambda: store.claim_due(limit=1, lease=1, per_subscriber=1),
+            lambda: store.enqueue([delivery(sub)]),
+        ]
+        for call in calls:
+            with pytest.raises(Unavailable):
+                await call()
+        assert time.monotonic() - started < 2
+        # And once it is back, the same store has every acknowledged change
+        durable_redis.start()
+        assert await store.get("p", "q", sub.id) == sub
+        assert await store.count_deliveries(sub.id) == 1
+        assert (await store.create("p", "q", "http://new.example/", 60, {}))[1]
+    finally:
+        await store.close()
