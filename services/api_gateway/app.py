@@ -19,21 +19,25 @@ from services.common.config import Settings
 
 
 class UpstreamLifespan:
-    """Opens the gRPC channels at startup and closes them at shutdown."""
+    """Opens the gRPC channels at startup and closes them at shutdown (when the app owns them)."""
 
-    def __init__(self, up: Upstreams) -> None:
+    def __init__(self, up: Upstreams, owned: bool) -> None:
         self.up = up
+        self.owned = owned
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         self.up.open()
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
-        await self.up.close()
+        if self.owned:
+            await self.up.close()
 
 
-def create_app(settings: Settings) -> App:
-    up = Upstreams(settings)
-    middleware: list[Any] = [UpstreamLifespan(up), ZaqarHeaders()]
+def create_app(settings: Settings, up: Upstreams | None = None) -> App:
+    """The HTTP app; ``up``: channels shared with the WebSocket server, closed by their owner."""
+    owned = up is None
+    up = Upstreams(settings) if up is None else up
+    middleware: list[Any] = [UpstreamLifespan(up, owned), ZaqarHeaders()]
     app: App = falcon.asgi.App(media_type=JSON, middleware=middleware)
     # Zaqar's query-string parsing: a blank value is as good as absent, "a,b" is left whole.
     app.req_options.keep_blank_qs_values = False

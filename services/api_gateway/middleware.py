@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any, Final
 
 import falcon.asgi
 
 from services.api_gateway.errors import ApiError
+from services.api_gateway.operations import Caller
 from services.common.limits import PROJECT_ID_MAX
 
 V2_PREFIX: Final = "/v2/"
@@ -63,6 +65,25 @@ def normalise_client_id(value: str) -> str:
     return f"{v[:8]}-{v[8:12]}-{v[12:16]}-{v[16:20]}-{v[20:]}"
 
 
+def read_caller(header: Callable[[str], str | None]) -> Caller:
+    """``Client-ID`` and ``X-Project-ID`` checked by the contract's rules (HTTP and WebSocket).
+
+    ``header`` looks a header up by name, case-insensitively; raises :class:`ApiError` 400.
+    """
+    client_id = header("Client-ID")
+    if client_id is None:
+        raise ApiError(*MISSING_CLIENT_ID)
+    normalised = normalise_client_id(client_id)
+    project = header("X-Project-ID")
+    if project is None:
+        raise ApiError(*MISSING_PROJECT)
+    if not project:
+        raise ApiError(*EMPTY_PROJECT)
+    if len(project) > PROJECT_ID_MAX:
+        raise ApiError(*LONG_PROJECT)
+    return Caller(project=project, client_id=normalised)
+
+
 def _accepts_json(req: falcon.asgi.Request) -> bool:
     accept = req.accept
     if accept in _ACCEPT_FAST:
@@ -86,18 +107,9 @@ class ZaqarHeaders:
                 raise ApiError(*FORM_BODY)
         if not req.path.startswith(V2_PREFIX):
             return
-        client_id = req.get_header("Client-ID")
-        if client_id is None:
-            raise ApiError(*MISSING_CLIENT_ID)
-        ctx.client_id = normalise_client_id(client_id)
-        project = req.get_header("X-Project-ID")
-        if project is None:
-            raise ApiError(*MISSING_PROJECT)
-        if not project:
-            raise ApiError(*EMPTY_PROJECT)
-        if len(project) > PROJECT_ID_MAX:
-            raise ApiError(*LONG_PROJECT)
-        ctx.project = project
+        caller = read_caller(req.get_header)
+        ctx.client_id = caller.client_id
+        ctx.project = caller.project
 
     async def process_response(
         self,

@@ -1,8 +1,10 @@
-"""Process entry of the API gateway: the ASGI app on uvicorn.
+"""Process entry of the API gateway: the HTTP app on uvicorn and the WebSocket server, in one
+event loop over one set of upstream channels.
 
-``run(settings)`` serves until SIGTERM/SIGINT, then stops accepting, lets in-flight requests
-finish (``settings.shutdown_grace``) and closes the upstream channels. Once the socket accepts
-connections it prints ``READY api_gateway http://<host>:<port>`` on stdout.
+``run(settings)`` serves until SIGTERM/SIGINT, then stops accepting HTTP, lets in-flight
+requests finish (``settings.shutdown_grace``), closes the WebSocket connections (ending their
+push subscriptions) and the upstream channels. Once both sockets accept connections it prints
+``READY api_gateway http://<host>:<http port> ws://<host>:<ws port>`` on stdout.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import signal
 import uvicorn
 
 from services.api_gateway.app import create_app
+from services.api_gateway.upstream import Upstreams
+from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
 from services.common.grpc_server import install_event_loop_policy, setup_logging
 
@@ -26,12 +30,15 @@ def _http_protocol() -> str:
     return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
-def build_server(settings: Settings, access_log: bool = False) -> uvicorn.Server:
+def build_server(
+    settings: Settings, access_log: bool = False, up: Upstreams | None = None
+) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, up),
         host=settings.host,
         port=settings.http_port,
         http=_http_protocol(),
+        ws="none",
         lifespan="on",
         access_log=access_log,
         log_config=None,
@@ -50,8 +57,12 @@ def _bound_port(server: uvicorn.Server) -> int:
 
 
 async def run(settings: Settings) -> None:
-    """Serve the Zaqar v2 HTTP API on ``settings.host:settings.http_port`` until a signal."""
-    server = build_server(settings)
+    """Serve the Zaqar v2 HTTP API on ``settings.http_port`` and its WebSocket API on
+    ``settings.ws_port`` until a signal."""
+    up = Upstreams(settings)
+    up.open()
+    sockets = await ws_server.start(settings, up)
+    server = build_server(settings, up=up)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -66,11 +77,16 @@ async def run(settings: Settings) -> None:
                 break
             await asyncio.sleep(0.01)
         if server.started:
-            print(f"READY api_gateway http://{settings.host}:{_bound_port(server)}", flush=True)
+            http = f"http://{settings.host}:{_bound_port(server)}"
+            ws = f"ws://{settings.host}:{ws_server.bound_port(sockets)}"
+            print(f"READY api_gateway {http} {ws}", flush=True)
         await serving
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        sockets.close()
+        await sockets.wait_closed()
+        await up.close()
     log.info("api_gateway stopped")
 
 

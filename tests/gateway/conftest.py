@@ -7,11 +7,15 @@ Every test that takes ``client`` (or ``down_client``) runs twice or more:
 - ``up-<store>``: real HTTP over a socket to ``zaqar-grpc up`` — every service its own OS
   process — on the named store, shared by the session (tests use their own queue names, and
   their own projects where they list).
+
+``ws_url`` does the same for the WebSocket API: the gateway's WebSocket server started
+in-process in front of in-process services, or the ``ws://`` address of a ``zaqar-grpc up``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +25,8 @@ import httpx
 import pytest
 
 from services.api_gateway.app import create_app
+from services.api_gateway.upstream import Upstreams
+from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
 from tests.stacks import UP_STORES, up_stack
 
@@ -115,21 +121,28 @@ async def down_client(
             yield http
 
 
+NOTIFIER_BUILT = importlib.util.find_spec("services.notifier_svc.server") is not None
+
+
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Settings]:
-    """queue_svc and message_svc started in-process on the settings' ports."""
+    """queue_svc, message_svc and (once it is built) notifier_svc started in-process on the
+    settings' ports."""
     from services.message_svc.server import start as start_message_svc
     from services.queue_svc.server import start as start_queue_svc
 
-    message_svc = await start_message_svc(settings)
+    running: list[Any] = []
     try:
-        queue_svc = await start_queue_svc(settings)
-        try:
-            yield settings
-        finally:
-            await queue_svc.stop()
+        if NOTIFIER_BUILT:
+            from services.notifier_svc.server import start as start_notifier_svc
+
+            running.append(await start_notifier_svc(settings))
+        running.append(await start_message_svc(settings))
+        running.append(await start_queue_svc(settings))
+        yield settings
     finally:
-        await message_svc.stop()
+        for service in reversed(running):
+            await service.stop()
 
 
 @pytest.fixture
@@ -150,6 +163,25 @@ async def client(
     else:
         async for http in live_client(request, request.param):
             yield http
+
+
+@pytest.fixture(params=MODES)
+async def ws_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The gateway's WebSocket API in front of real services (see the module docstring)."""
+    if request.param != "asgi":
+        stack = up_stack(request, request.param.removeprefix("up-"))
+        yield f"ws://{stack.settings.host}:{stack.settings.ws_port}"
+        return
+    make_settings = request.getfixturevalue("make_settings")
+    async with running_services(make_settings()) as settings:
+        up = Upstreams(settings)
+        server = await ws_server.start(settings, up)
+        try:
+            yield f"ws://{settings.host}:{ws_server.bound_port(server)}"
+        finally:
+            server.close()
+            await server.wait_closed()
+            await up.close()
 
 
 def new_queue() -> str:

@@ -6,7 +6,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.gateway.conftest import error_body, request_without
+from tests.gateway.conftest import request_without
 
 
 async def test_versions_document_needs_no_headers(down_client: httpx.AsyncClient) -> None:

@@ -1,4 +1,4 @@
-"""The gateway as its own process on uvicorn: READY line, real HTTP, graceful SIGTERM."""
+"""The gateway as its own process: READY line, real HTTP and WebSocket, graceful SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import signal
 import sys
 
 import httpx
+import orjson
+from websockets.asyncio.client import connect
 
 from services.cli import settings_environment
 from services.common.config import Settings
@@ -28,9 +30,10 @@ async def test_serves_http_and_stops_on_sigterm(services: Settings) -> None:
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        # Then it announces where it listens once it accepts connections
+        # Then it announces where it listens (HTTP and WebSocket) once both accept connections
         url = f"http://{services.host}:{services.http_port}"
-        assert line.decode().strip() == f"READY api_gateway {url}"
+        ws_url = f"ws://{services.host}:{services.ws_port}"
+        assert line.decode().strip() == f"READY api_gateway {url} {ws_url}"
         # And answers over real HTTP, 204s with Content-Length: 0
         async with httpx.AsyncClient(base_url=url, headers=HEADERS) as client:
             ping = await client.get("/v2/ping")
@@ -44,9 +47,18 @@ async def test_serves_http_and_stops_on_sigterm(services: Settings) -> None:
             refused = await client.get("/v2/queues", headers={"Accept": "text/plain"})
             assert refused.status_code == 406
             assert refused.content == b""
-        # When it gets SIGTERM
-        proc.send_signal(signal.SIGTERM)
-        # Then it exits cleanly
+        # And answers WebSocket requests on its second port, from the same services
+        async with connect(ws_url) as socket:
+            body = {"queue_name": "served"}
+            request = {"action": "queue_get_stats", "headers": HEADERS, "body": body}
+            await socket.send(orjson.dumps(request).decode())
+            answer = orjson.loads(await socket.recv())
+            assert answer["headers"] == {"status": 200}
+            # When it gets SIGTERM with the socket still open
+            proc.send_signal(signal.SIGTERM)
+            # Then the server closes the socket
+            await asyncio.wait_for(socket.wait_closed(), 15)
+        # And it exits cleanly
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
         if proc.returncode is None:

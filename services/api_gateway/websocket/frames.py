@@ -1,0 +1,79 @@
+"""WebSocket framing: text frames carry JSON, binary frames MessagePack; answers match.
+
+A request is ``{"action", "headers": {...}, "body": {...}}``; a response is
+``{"request": {"action", "body", "headers", "api": "v2"}, "body": <object|string>,
+"headers": {"status": <int>}}`` (Zaqar's ``zaqar/api`` request and response envelopes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+import orjson
+
+API: Final = "v2"
+
+
+class BadFrame(Exception):
+    """A frame that is not a JSON / MessagePack object; the text says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded request and the framing its answer uses."""
+
+    payload: dict[str, Any]
+    binary: bool
+
+
+def decode(data: str | bytes) -> Frame:
+    """Text -> JSON, binary -> MessagePack; the result must be an object."""
+    binary = isinstance(data, bytes)
+    try:
+        payload = msgpack.unpackb(data, raw=False) if binary else orjson.loads(data)
+    except Exception as exc:  # every decoder failure means the same thing to the client
+        kind = "binary (MessagePack)" if binary else "text (JSON)"
+        raise BadFrame(f"Can't decode {kind} request. {type(exc).__name__}: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadFrame("Unexpected body type. Expected dict or dict like.")
+    return Frame(payload, binary)
+
+
+def echo(payload: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``request`` part of a response: what was asked, as Zaqar echoes it."""
+    payload = payload or {}
+    return {
+        "action": payload.get("action"),
+        "body": payload.get("body", {}),
+        "headers": payload.get("headers"),
+        "api": API,
+    }
+
+
+def encode(response: dict[str, Any], binary: bool) -> str | bytes:
+    """A response (or pushed notification) in the given framing.
+
+    Documents may hold ``orjson.Fragment`` (stored JSON embedded as is); MessagePack gets them
+    through one JSON round trip.
+    """
+    if binary:
+        packed: bytes = msgpack.packb(_plain(response), use_bin_type=True)
+        return packed
+    return orjson.dumps(response, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def response(payload: dict[str, Any] | None, status: int, body: Any) -> dict[str, Any]:
+    return {"request": echo(payload), "body": body, "headers": {"status": status}}
+
+
+def _plain(value: Any) -> Any:
+    """Replace the fragments of a document by the values they hold."""
+    if isinstance(value, orjson.Fragment):
+        return orjson.loads(orjson.dumps(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

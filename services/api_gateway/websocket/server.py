@@ -1,0 +1,141 @@
+"""The WebSocket server of the gateway: one connection handler over the shared operations.
+
+Runs in the gateway's event loop next to the HTTP server (``api_gateway/server.py``) and uses
+the same upstream channels. Requests on a connection are answered in order; pushed
+notifications are sent as they come (``push.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import grpc
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
+from services.api_gateway.middleware import read_caller
+from services.api_gateway.upstream import Upstreams
+from services.api_gateway.websocket import frames
+from services.api_gateway.websocket.actions import ACTIONS, Action, Call
+from services.api_gateway.websocket.push import Watches
+from services.common.config import Settings
+
+log = logging.getLogger(__name__)
+
+PATH: Final = "/"
+# A post of the largest allowed batch, plus the envelope and its echo.
+MAX_FRAME: Final = 1024 * 1024
+
+
+def error_body(err: ApiError) -> dict[str, Any]:
+    """Zaqar's WebSocket error body: ``{"error": <text>}`` (python-zaqarclient reads
+    ``error``), with the title the HTTP API would send."""
+    return {"error": err.description or err.title, "title": err.title}
+
+
+def _headers(payload: Mapping[str, Any]) -> dict[str, str]:
+    headers = payload.get("headers")
+    if not isinstance(headers, dict):
+        raise bad_request('The request must have a "headers" object.')
+    return {str(k).lower(): str(v) for k, v in headers.items() if v is not None}
+
+
+def _body(payload: Mapping[str, Any], name: str, action: Action) -> dict[str, Any]:
+    body = payload.get("body", {})
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise bad_request('The request "body" must be an object.')
+    missing = [key for key in action.required if key not in body]
+    if missing:
+        keys = ", ".join(f'"{key}"' for key in missing)
+        raise bad_request(f"The {name} action requires {keys} in its body.")
+    if action.one_of and not any(key in body for key in action.one_of):
+        keys = ", ".join(f'"{key}"' for key in action.one_of)
+        raise bad_request(f"The {name} action requires one of {keys} in its body.")
+    return body
+
+
+class Connection:
+    """One client socket: its push subscriptions and its request loop."""
+
+    def __init__(self, up: Upstreams, socket: ServerConnection) -> None:
+        self.up = up
+        self.socket = socket
+        self.watches = Watches(up, socket.send)
+
+    async def serve(self) -> None:
+        try:
+            async for data in self.socket:
+                await self.socket.send(await self.answer(data))
+        except ConnectionClosed:
+            pass
+        finally:
+            await self.watches.close()
+
+    async def answer(self, data: str | bytes) -> str | bytes:
+        try:
+            frame = frames.decode(data)
+        except frames.BadFrame as exc:
+            response = frames.response(None, 400, error_body(bad_request(str(exc))))
+            return frames.encode(response, isinstance(data, bytes))
+        status, body = await self._run(frame)
+        return frames.encode(frames.response(frame.payload, status, body), frame.binary)
+
+    async def _run(self, frame: frames.Frame) -> tuple[int, Any]:
+        payload = frame.payload
+        action: Action | None = None
+        try:
+            name = payload.get("action")
+            if name is None:
+                raise bad_request('The request must have an "action".')
+            action = ACTIONS.get(name) if isinstance(name, str) else None
+            if action is None:
+                raise bad_request(f"{name} is not a valid action")
+            headers = _headers(payload)
+            caller = read_caller(lambda header: headers.get(header.lower()))
+            body = _body(payload, name, action)
+            call = Call(self.up, caller, headers, body, frame.binary, self.watches)
+            outcome = await action.handler(call)
+            return outcome.status, outcome.websocket_body()
+        except ApiError as err:
+            failure = err
+        except grpc.RpcError as exc:
+            failure = api_error_from_rpc(exc, action.route if action is not None else None)
+        except Exception:
+            log.exception("unexpected failure on WebSocket action %r", payload.get("action"))
+            failure = unavailable("The request could not be completed. Please try again later.")
+        return failure.status, error_body(failure)
+
+
+def _only_root(socket: ServerConnection, request: Request) -> Response | None:
+    if request.path.split("?", 1)[0] != PATH:
+        return Response(404, "Not Found", Headers([("Content-Length", "0")]), b"")
+    return None
+
+
+async def start(settings: Settings, up: Upstreams) -> Server:
+    """Listen on ``settings.host:settings.ws_port`` (0 = any free port)."""
+
+    async def handler(socket: ServerConnection) -> None:
+        await Connection(up, socket).serve()
+
+    return await serve(
+        handler,
+        settings.host,
+        settings.ws_port,
+        process_request=_only_root,
+        max_size=MAX_FRAME,
+        server_header=None,
+    )
+
+
+def bound_port(server: Server) -> int:
+    for sock in server.sockets:
+        return int(sock.getsockname()[1])
+    raise RuntimeError("the WebSocket server is not listening")
