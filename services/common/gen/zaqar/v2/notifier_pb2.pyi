@@ -126,14 +126,16 @@ class ConfirmSubscriptionRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ..., queue: _Optional[str] = ..., subscription_id: _Optional[str] = ..., confirmed: _Optional[bool] = ...) -> None: ...
 
 class NotifyRequest(_message.Message):
-    __slots__ = ("project", "queue", "messages")
+    __slots__ = ("project", "queue", "messages", "accepted_at")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_AT_FIELD_NUMBER: _ClassVar[int]
     project: str
     queue: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]
-    def __init__(self, project: _Optional[str] = ..., queue: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ...) -> None: ...
+    accepted_at: float
+    def __init__(self, project: _Optional[str] = ..., queue: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., accepted_at: _Optional[float] = ...) -> None: ...
 
 class NotifyManyRequest(_message.Message):
     __slots__ = ("batches",)

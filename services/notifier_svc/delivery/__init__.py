@@ -1,0 +1,1 @@
+"""Delivery of pending notifications: the dispatcher and one sender per subscriber type."""

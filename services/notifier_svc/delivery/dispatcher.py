@@ -1,0 +1,178 @@
+"""The dispatcher: takes due deliveries from the outbox and makes them, a bounded number at
+once, retrying failed ones on their subscription's (or queue's) retry policy.
+
+* Each claim leases its deliveries for ``timeout + LEASE_MARGIN`` seconds, longer than one
+  attempt can take; a delivery is removed from the store only once it was delivered (or its
+  policy gave up), so a process killed mid-delivery loses nothing: the delivery comes back
+  when its lease ends (at-least-once).
+* At most ``concurrency`` deliveries run at once, and at most ``PER_SUBSCRIBER`` to one
+  subscriber, so a slow or dead subscriber holds a few slots, never every one.
+* A failed attempt is rescheduled in the store at ``now + retry_delay(policy, attempts)``
+  (see :mod:`services.notifier_svc.retry`); the dispatcher sleeps until the earliest due time
+  or until new work is handed over.
+* On stop, running deliveries get ``grace`` seconds; those still running are cancelled and
+  made due at once, so that the next start takes them up without waiting for their lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from services.common.errors import Unavailable
+from services.notifier_svc import retry
+from services.notifier_svc.storage.base import Delivery, NotifierStore
+
+log = logging.getLogger(__name__)
+
+PER_SUBSCRIBER = 4
+LEASE_MARGIN = 10.0
+# Longest sleep when nothing is due: a bound on how late work stored by another replica
+# (or a lease that ended) is noticed.
+IDLE_POLL = 1.0
+STORE_RETRY = 1.0
+
+
+class Sender(Protocol):
+    async def send(self, delivery: Delivery) -> bool:
+        """Make one attempt; True when delivered."""
+        ...
+
+
+QueuePolicy = Callable[[str, str], Awaitable[Any]]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: NotifierStore,
+        senders: dict[str, Sender],
+        queue_policy: QueuePolicy,
+        *,
+        concurrency: int,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._senders = senders
+        self._queue_policy = queue_policy
+        self._concurrency = max(1, concurrency)
+        self._lease = timeout + LEASE_MARGIN
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._busy: Counter[str] = Counter()
+        self._running: dict[asyncio.Task[None], Delivery] = {}
+        self._loop: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.ensure_future(self._run())
+
+    def wake(self) -> None:
+        """New deliveries were stored: look at once."""
+        self._wake.set()
+
+    async def stop(self, grace: float = 0) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+        if self._running and grace > 0:
+            await asyncio.wait(list(self._running), timeout=grace)
+        unfinished = dict(self._running)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        now = self._clock()
+        for delivery in unfinished.values():
+            try:
+                await self._store.reschedule(delivery.id, due=now, attempts=delivery.attempts)
+            except Unavailable:
+                pass  # its lease ends anyway
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                claimed = await self._claim()
+                if claimed:
+                    continue
+                delay = await self._idle_delay()
+            except Unavailable as exc:
+                log.warning("notifier store unavailable, deliveries wait: %s", exc.description)
+                delay = STORE_RETRY
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def _claim(self) -> int:
+        free = self._concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        claimed = await self._store.claim_due(
+            limit=free, lease=self._lease, per_subscriber=PER_SUBSCRIBER,
+            busy={k: v for k, v in self._busy.items() if v > 0},
+        )
+        for delivery in claimed:
+            self._busy[delivery.subscriber] += 1
+            task = asyncio.ensure_future(self._deliver(delivery))
+            self._running[task] = delivery
+            task.add_done_callback(self._finished)
+        return len(claimed)
+
+    async def _idle_delay(self) -> float:
+        due = await self._store.next_due()
+        if due is None:
+            return IDLE_POLL
+        wait = due - self._clock()
+        # Due but not claimable (its subscriber is saturated): a finishing delivery wakes us.
+        return IDLE_POLL if wait <= 0 else min(wait, IDLE_POLL)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        delivery = self._running.pop(task)
+        self._busy[delivery.subscriber] -= 1
+        if self._busy[delivery.subscriber] <= 0:
+            del self._busy[delivery.subscriber]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery %s failed unexpectedly", delivery.id, exc_info=task.exception())
+        self._wake.set()
+
+    def _sender(self, delivery: Delivery) -> Sender | None:
+        scheme = urlsplit(delivery.subscriber).scheme.removeprefix("trust+")
+        return self._senders.get(scheme)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        sender = self._sender(delivery)
+        if sender is None:
+            log.warning("no sender for %s; delivery %s dropped", delivery.subscriber, delivery.id)
+            await self._store.complete(delivery.id)
+            return
+        try:
+            delivered = await sender.send(delivery)
+            if delivered:
+                await self._store.complete(delivery.id)
+                return
+            policy = retry.effective_policy(
+                delivery.options.get("_retry_policy"),
+                await self._queue_policy(delivery.project, delivery.queue),
+            )
+            delay = retry.retry_delay(policy, delivery.attempts)
+            if delay is None:
+                log.warning(
+                    "giving up on %s for %s after %d attempts", delivery.kind.value,
+                    delivery.subscriber, delivery.attempts + 1,
+                )
+                await self._store.complete(delivery.id)
+                return
+            await self._store.reschedule(
+                delivery.id, due=self._clock() + delay, attempts=delivery.attempts + 1
+            )
+        except Unavailable as exc:
+            # Still leased in the store: it comes back when the lease ends.
+            log.warning("delivery %s left pending: %s", delivery.id, exc.description)

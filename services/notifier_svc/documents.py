@@ -1,0 +1,73 @@
+"""The JSON documents notifier_svc delivers, shaped as Zaqar's.
+
+A notification is the message as posted plus ``Message_Type`` and ``queue_name``::
+
+    {"body": <the body, byte for byte>, "ttl": 300, "Message_Type": "Notification",
+     "queue_name": "q"}
+
+A confirmation carries a pre-signed PUT of ``/v2/queues/{q}/subscriptions/{id}/confirm``
+(contract §5, §6) with the bodies that confirm or cancel the subscription.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+from zaqar.v2 import common_pb2
+
+from services.common import signing
+from services.notifier_svc.storage.base import DeliveryKind, Subscription
+
+_MESSAGES = {
+    DeliveryKind.SUBSCRIPTION_CONFIRMATION: "You have chosen to subscribe to the queue: {queue}",
+    DeliveryKind.UNSUBSCRIBE_CONFIRMATION: (
+        "You have unsubscribed successfully to the queue: {queue}, you can resubscribe it by "
+        "using confirmed=True."
+    ),
+}
+
+
+def notification(queue: str, message: common_pb2.Message) -> bytes:
+    return orjson.dumps({
+        "body": orjson.Fragment(message.body or b"null"),
+        "ttl": message.ttl,
+        "Message_Type": DeliveryKind.NOTIFICATION.value,
+        "queue_name": queue,
+    })
+
+
+def confirm_path(subscription: Subscription) -> str:
+    return f"/v2/queues/{subscription.queue}/subscriptions/{subscription.id}/confirm"
+
+
+def confirmation(
+    kind: DeliveryKind,
+    subscription: Subscription,
+    *,
+    secret: str,
+    expires: float,
+    public_url: str = "",
+) -> bytes:
+    """A ``SubscriptionConfirmation`` or ``UnsubscribeConfirmation`` whose signed URL is valid
+    until ``expires`` (Unix seconds)."""
+    path = confirm_path(subscription)
+    signed = signing.sign(
+        secret, [path], ["PUT"], subscription.project, datetime.fromtimestamp(expires, UTC)
+    )
+    document: dict[str, object] = {}
+    if public_url:
+        document["WSGISubscribeURL"] = public_url.rstrip("/") + path
+    document.update({
+        "Message_Type": kind.value,
+        "Message": _MESSAGES[kind].format(queue=subscription.queue),
+        "URL-Signature": signed.signature,
+        "URL-Methods": signed.methods[0],
+        "URL-Paths": signed.paths[0],
+        "X-Project-ID": signed.project,
+        "URL-Expires": signed.expires,
+        "SubscribeBody": {"confirmed": True},
+        "UnsubscribeBody": {"confirmed": False},
+        "queue_name": subscription.queue,
+    })
+    return orjson.dumps(document)

@@ -1,0 +1,125 @@
+"""notifier_svc's composition root: store, senders, dispatcher, sweeper, servicers, server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.common.config import ConfigurationError, Settings
+from services.common.errors import ServiceError
+from services.common.grpc_server import (
+    Running,
+    create_server,
+    install_event_loop_policy,
+    setup_logging,
+    start_server,
+)
+from services.notifier_svc.delivery.dispatcher import Dispatcher, Sender
+from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
+from services.notifier_svc.delivery.webhook import WebhookSender
+from services.notifier_svc.service import Confirmation, NotifierService
+from services.notifier_svc.servicer import INTERNAL_SERVICE, SUBSCRIPTIONS_SERVICE, registrar
+from services.notifier_svc.storage.registry import open_notifier_store
+from services.notifier_svc.sweeper import Sweeper
+from services.notifier_svc.upstream import MessageReplicas, QueuePolicies
+from services.notifier_svc.watchers import WatchHub
+
+SERVICE_NAMES = (SUBSCRIPTIONS_SERVICE, INTERNAL_SERVICE)
+# Seconds running deliveries get to finish on shutdown; the rest stay pending, due at once.
+DELIVERY_GRACE = 1.0
+
+
+def check(settings: Settings) -> None:
+    """Raises: ConfigurationError for settings notifier_svc cannot run with."""
+    if settings.require_confirmation and not settings.signed_url_secret:
+        raise ConfigurationError(
+            "require_confirmation needs signed_url_secret (ZAQAR_SIGNED_URL_SECRET): the "
+            "confirmation requests are pre-signed URLs"
+        )
+    if settings.delivery_concurrency < 1 or settings.delivery_timeout <= 0:
+        raise ConfigurationError(
+            "delivery_concurrency must be at least 1 and delivery_timeout positive"
+        )
+
+
+async def start(settings: Settings) -> Running:
+    """Open the store (``settings.store_uri("notifier")``), bind ``host:notifier_port``
+    (0 = any), serve ``zaqar.v2.Subscriptions`` and ``zaqar.v2.NotifierInternal``, and start
+    delivering pending notifications (those left by an earlier run first) and sweeping.
+
+    Raises:
+        ConfigurationError: bad settings, an unknown or malformed store URI.
+        Unavailable: the store cannot be opened.
+        RuntimeError: the port cannot be bound.
+    """
+    check(settings)
+    store = await open_notifier_store(settings.store_uri("notifier"))
+    policies = QueuePolicies(settings)
+    replicas = MessageReplicas(settings)
+    webhook = WebhookSender(settings.delivery_timeout, settings.delivery_concurrency)
+    mail = MailSender(SmtpSettings(
+        host=settings.smtp_host, port=settings.smtp_port, starttls=settings.smtp_starttls,
+        user=settings.smtp_user, password=settings.smtp_password, sender=settings.smtp_sender,
+        timeout=settings.delivery_timeout,
+    ))
+    senders: dict[str, Sender] = {"http": webhook, "https": webhook, "mailto": mail}
+    dispatcher = Dispatcher(
+        store, senders, policies.retry_policy,
+        concurrency=settings.delivery_concurrency, timeout=settings.delivery_timeout,
+    )
+    sweeper = Sweeper(store, settings.gc_interval)
+
+    async def close() -> None:
+        await sweeper.stop()
+        await dispatcher.stop(grace=min(DELIVERY_GRACE, settings.shutdown_grace))
+        await webhook.close()
+        await replicas.close()
+        await policies.close()
+        await store.close()
+
+    service = NotifierService(
+        store, WatchHub(),
+        confirmation=Confirmation(
+            required=settings.require_confirmation, secret=settings.signed_url_secret,
+            public_url=settings.public_url,
+        ),
+        announce=replicas.listened,
+        wake=dispatcher.wake,
+    )
+    try:
+        server, port, health = create_server(
+            [registrar(service, replicas.listened)], SERVICE_NAMES, host=settings.host,
+            port=settings.notifier_port,
+        )
+        running = await start_server(Running(server, port, health, SERVICE_NAMES, close))
+    except BaseException:
+        await close()
+        raise
+    dispatcher.start()
+    sweeper.start()
+    return running
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, announcing ``READY notifier_svc <host>:<port>`` on stdout;
+    then drain, stop, and close the dispatcher (running deliveries stay pending), channels
+    and store."""
+    running = await start(settings)
+    await running.serve_until_signal(
+        settings.shutdown_grace, announce=f"READY notifier_svc {settings.host}:{running.port}"
+    )
+
+
+def main() -> None:
+    try:
+        settings = Settings.load()
+        setup_logging(settings.log_level)
+        install_event_loop_policy()
+        asyncio.run(run(settings))
+    except ConfigurationError as exc:
+        raise SystemExit(f"notifier_svc: configuration error: {exc}") from None
+    except ServiceError as exc:
+        raise SystemExit(f"notifier_svc: cannot start: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

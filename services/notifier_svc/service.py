@@ -1,0 +1,207 @@
+"""notifier_svc's rules over its store: subscriptions with Zaqar's semantics, confirmation,
+and the hand-over of posted messages into the outbox.
+
+Raised errors are ``services.common.errors`` classes, which the server's error interceptor
+turns into statuses. Atomic work is the store's (``storage/base.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from zaqar.v2 import common_pb2
+
+from services.common import limits
+from services.common.errors import InvalidArgument, SubscriptionAlreadyExists, SubscriptionNotFound
+from services.notifier_svc import documents, validation
+from services.notifier_svc.storage.base import (
+    DeliveryKind,
+    NewDelivery,
+    NotifierStore,
+    Subscription,
+)
+from services.notifier_svc.watchers import WatchHub
+
+Announce = Callable[[str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """How subscriptions are confirmed (settings ``require_confirmation``,
+    ``signed_url_secret``, ``public_url``)."""
+
+    required: bool = False
+    secret: str = ""
+    public_url: str = ""
+
+
+class NotifierService:
+    def __init__(
+        self,
+        store: NotifierStore,
+        hub: WatchHub,
+        *,
+        confirmation: Confirmation,
+        announce: Announce,
+        wake: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self._confirmation = confirmation
+        self._announce = announce
+        self._wake = wake
+        self._clock = clock
+
+    # subscriptions ---------------------------------------------------------------------------
+
+    async def create(
+        self, project: str, queue: str, subscriber: str, ttl: int | None, options: bytes
+    ) -> tuple[str, bool]:
+        """Subscribe; the id, and whether it is new.
+
+        The same subscriber again answers with the existing subscription while it is
+        unconfirmed (re-sending the confirmation when confirmation is required), and
+        :class:`SubscriptionAlreadyExists` once it is confirmed.
+        """
+        validation.queue_ref(project, queue)
+        uri = validation.subscriber(subscriber)
+        lifetime = validation.ttl(ttl)
+        parsed = validation.options(options)
+        subscription, created = await self.store.create(project, queue, uri, lifetime, parsed)
+        if not created and subscription.confirmed:
+            raise SubscriptionAlreadyExists()
+        if self._confirmation.required:
+            await self._confirm_request(
+                DeliveryKind.SUBSCRIPTION_CONFIRMATION, subscription, subscription.expires
+            )
+        if created:
+            await self._announce(project, queue)
+        return subscription.id, created
+
+    async def get(self, project: str, queue: str, subscription_id: str) -> Subscription:
+        validation.queue_ref(project, queue)
+        found = await self.store.get(project, queue, subscription_id)
+        if found is None:
+            raise SubscriptionNotFound(subscription_id=subscription_id)
+        return found
+
+    async def list(
+        self, project: str, queue: str, *, limit: int | None, marker: str
+    ) -> tuple[list[Subscription], str]:
+        """A page in creation order, and the marker of the next page ('' when empty)."""
+        validation.queue_ref(project, queue)
+        page = await self.store.list(
+            project, queue, limit=validation.page_limit(limit), marker=marker
+        )
+        return page, page[-1].id if page else ""
+
+    async def update(
+        self,
+        project: str,
+        queue: str,
+        subscription_id: str,
+        *,
+        subscriber: str | None,
+        ttl: int | None,
+        options: bytes,
+    ) -> None:
+        """Change subscriber, ttl and/or options (empty ``options`` = unchanged).
+
+        With confirmation required, a new subscriber makes the subscription unconfirmed again
+        and gets a confirmation request: a confirmed subscription never starts notifying an
+        endpoint that did not confirm.
+        """
+        validation.queue_ref(project, queue)
+        if subscriber is None and ttl is None and not options:
+            raise InvalidArgument(validation.NOTHING_TO_UPDATE)
+        uri = None if subscriber is None else validation.subscriber(subscriber)
+        lifetime = None if ttl is None else validation.ttl(ttl)
+        parsed = validation.options(options) if options else None
+        reconfirm = False
+        if uri is not None and self._confirmation.required:
+            current = await self.get(project, queue, subscription_id)
+            reconfirm = current.subscriber != uri
+        updated = await self.store.update(
+            project, queue, subscription_id, subscriber=uri, ttl=lifetime, options=parsed,
+            confirmed=False if reconfirm else None,
+        )
+        if reconfirm:
+            await self._confirm_request(
+                DeliveryKind.SUBSCRIPTION_CONFIRMATION, updated, updated.expires
+            )
+
+    async def delete(self, project: str, queue: str, subscription_id: str) -> None:
+        """Delete the subscription and its pending deliveries. Absent: no error."""
+        validation.queue_ref(project, queue)
+        await self.store.delete(project, queue, subscription_id)
+
+    async def confirm(
+        self, project: str, queue: str, subscription_id: str, confirmed: bool
+    ) -> None:
+        """Confirm, or cancel (``confirmed`` false: an UnsubscribeConfirmation is sent when
+        confirmation is required). Idempotent."""
+        validation.queue_ref(project, queue)
+        subscription = await self.store.confirm(project, queue, subscription_id, confirmed)
+        if not confirmed and self._confirmation.required:
+            await self._confirm_request(
+                DeliveryKind.UNSUBSCRIBE_CONFIRMATION, subscription,
+                self._clock() + limits.SUBSCRIPTION_TTL_DEFAULT,
+            )
+
+    async def delete_queue(self, project: str, queue: str) -> None:
+        validation.queue_ref(project, queue)
+        await self.store.delete_queue(project, queue)
+
+    async def _confirm_request(
+        self, kind: DeliveryKind, subscription: Subscription, expires: float
+    ) -> None:
+        document = documents.confirmation(
+            kind, subscription, secret=self._confirmation.secret, expires=expires,
+            public_url=self._confirmation.public_url,
+        )
+        await self.store.enqueue([_delivery(subscription, kind, document)])
+        self._wake()
+
+    # notifications ---------------------------------------------------------------------------
+
+    async def notify(
+        self,
+        project: str,
+        queue: str,
+        messages: Sequence[common_pb2.Message],
+        accepted_at: float = 0.0,
+    ) -> bool:
+        """Stream the messages to the queue's watchers (those registered before
+        ``accepted_at``, when given) and store one delivery per (subscriber, message),
+        durably, before returning. Unconfirmed subscribers get nothing when confirmation is
+        required.
+
+        Returns:
+            Whether anything listens to the queue (a subscription or a watcher).
+        """
+        validation.queue_ref(project, queue)
+        self.hub.publish(project, queue, messages, accepted_at)
+        subscriptions = await self.store.subscribers(project, queue)
+        targets = [
+            s for s in subscriptions if s.confirmed or not self._confirmation.required
+        ]
+        if targets and messages:
+            rendered = [documents.notification(queue, m) for m in messages]
+            await self.store.enqueue([
+                _delivery(s, DeliveryKind.NOTIFICATION, document)
+                for document in rendered for s in targets
+            ])
+            self._wake()
+        return bool(subscriptions) or self.hub.listened(project, queue)
+
+
+def _delivery(subscription: Subscription, kind: DeliveryKind, document: bytes) -> NewDelivery:
+    options: dict[str, Any] = dict(subscription.options)
+    return NewDelivery(
+        subscription_id=subscription.id, project=subscription.project, queue=subscription.queue,
+        subscriber=subscription.subscriber, options=options, kind=kind, document=document,
+    )

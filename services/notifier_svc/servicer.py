@@ -1,0 +1,193 @@
+"""gRPC adapters of notifier_svc: ``zaqar.v2.Subscriptions`` and ``zaqar.v2.NotifierInternal``.
+
+Requests are unpacked into :class:`~services.notifier_svc.service.NotifierService` calls and
+results packed into protobufs. Unary errors propagate as ``ServiceError`` to the server's error
+interceptor; the ``Watch`` stream reports its own with the same rich status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import orjson
+from google.protobuf import empty_pb2
+from grpc_status import rpc_status
+from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
+
+from services.common.errors import Overloaded, ServiceError, to_status
+from services.notifier_svc import validation
+from services.notifier_svc.service import Announce, NotifierService
+from services.notifier_svc.storage.base import Subscription
+
+SUBSCRIPTIONS_SERVICE = "zaqar.v2.Subscriptions"
+INTERNAL_SERVICE = "zaqar.v2.NotifierInternal"
+
+_EMPTY = empty_pb2.Empty()
+
+def pack(subscription: Subscription, now: float) -> notifier_pb2.Subscription:
+    return notifier_pb2.Subscription(
+        id=subscription.id,
+        source=subscription.queue,
+        subscriber=subscription.subscriber,
+        ttl=subscription.ttl,
+        age=max(0, int(now - subscription.created)),
+        options=orjson.dumps(dict(subscription.options)),
+        confirmed=subscription.confirmed,
+    )
+
+
+class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
+    def __init__(self, service: NotifierService, now: Callable[[], float] = time.time) -> None:
+        self._service = service
+        self._now = now
+
+    async def CreateSubscription(
+        self, request: notifier_pb2.CreateSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> notifier_pb2.CreateSubscriptionResponse:
+        subscription_id, created = await self._service.create(
+            request.project, request.queue, request.subscriber,
+            request.ttl if request.HasField("ttl") else None, request.options,
+        )
+        return notifier_pb2.CreateSubscriptionResponse(
+            subscription_id=subscription_id, created=created
+        )
+
+    async def GetSubscription(
+        self, request: notifier_pb2.SubscriptionRef, context: grpc.aio.ServicerContext
+    ) -> notifier_pb2.Subscription:
+        found = await self._service.get(request.project, request.queue, request.subscription_id)
+        return pack(found, self._now())
+
+    async def ListSubscriptions(
+        self, request: notifier_pb2.ListSubscriptionsRequest, context: grpc.aio.ServicerContext
+    ) -> notifier_pb2.ListSubscriptionsResponse:
+        page, next_marker = await self._service.list(
+            request.project, request.queue,
+            limit=request.limit if request.HasField("limit") else None, marker=request.marker,
+        )
+        now = self._now()
+        return notifier_pb2.ListSubscriptionsResponse(
+            subscriptions=[pack(s, now) for s in page], next_marker=next_marker
+        )
+
+    async def UpdateSubscription(
+        self, request: notifier_pb2.UpdateSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.update(
+            request.project, request.queue, request.subscription_id,
+            subscriber=request.subscriber if request.HasField("subscriber") else None,
+            ttl=request.ttl if request.HasField("ttl") else None,
+            options=request.options,
+        )
+        return _EMPTY
+
+    async def DeleteSubscription(
+        self, request: notifier_pb2.SubscriptionRef, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.delete(request.project, request.queue, request.subscription_id)
+        return _EMPTY
+
+    async def ConfirmSubscription(
+        self, request: notifier_pb2.ConfirmSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.confirm(
+            request.project, request.queue, request.subscription_id, request.confirmed
+        )
+        return _EMPTY
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    await context.abort_with_status(rpc_status.to_status(to_status(error)))
+
+
+class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
+    def __init__(
+        self,
+        service: NotifierService,
+        announce: Announce | None = None,
+    ) -> None:
+        self._service = service
+        self._announce = announce
+
+    async def Notify(
+        self, request: notifier_pb2.NotifyRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.notify(
+            request.project, request.queue, request.messages, request.accepted_at
+        )
+        return _EMPTY
+
+    async def NotifyMany(
+        self, request: notifier_pb2.NotifyManyRequest, context: grpc.aio.ServicerContext
+    ) -> notifier_pb2.NotifyManyResponse:
+        listened = [
+            await self._service.notify(
+                batch.project, batch.queue, batch.messages, batch.accepted_at
+            )
+            for batch in request.batches
+        ]
+        return notifier_pb2.NotifyManyResponse(listened=listened)
+
+    async def DeleteQueueSubscriptions(
+        self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.delete_queue(request.project, request.queue)
+        return _EMPTY
+
+    async def Watch(
+        self, request: notifier_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[notifier_pb2.Notification]:
+        try:
+            validation.queue_ref(request.project, request.queue)
+        except ServiceError as error:
+            await _abort(context, error)
+        hub = self._service.hub
+        watcher = hub.register(request.project, request.queue)
+        try:
+            if self._announce is not None:
+                await self._announce(request.project, request.queue)
+            await context.send_initial_metadata(())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + request.ttl if request.ttl > 0 else None
+            overflow = asyncio.ensure_future(watcher.overflowed.wait())
+            try:
+                while True:
+                    if watcher.overflowed.is_set():
+                        await _abort(context, Overloaded(
+                            "The watcher fell too far behind the queue's messages and was "
+                            "dropped; watch again."
+                        ))
+                    remaining = None if deadline is None else deadline - loop.time()
+                    if remaining is not None and remaining <= 0:
+                        return
+                    getter = asyncio.ensure_future(watcher.queue.get())
+                    done, _ = await asyncio.wait(
+                        {getter, overflow}, timeout=remaining,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if getter not in done:
+                        getter.cancel()
+                        continue
+                    yield getter.result()
+            finally:
+                overflow.cancel()
+        finally:
+            hub.unregister(request.project, request.queue, watcher)
+
+
+def registrar(
+    service: NotifierService,
+    announce: Announce | None = None,
+) -> Callable[[grpc.aio.Server], None]:
+    def register(server: grpc.aio.Server) -> None:
+        notifier_pb2_grpc.add_SubscriptionsServicer_to_server(  # type: ignore[no-untyped-call]
+            SubscriptionsServicer(service), server
+        )
+        notifier_pb2_grpc.add_NotifierInternalServicer_to_server(  # type: ignore[no-untyped-call]
+            NotifierInternalServicer(service, announce), server
+        )
+
+    return register

@@ -1,0 +1,124 @@
+"""The calls notifier_svc makes to the other services, each over one reused channel.
+
+* :class:`QueuePolicies` reads a queue's ``_retry_policy`` through ``zaqar.v2.Queues.GetQueue``
+  (only when a delivery failed), cached briefly.
+* :class:`MessageReplicas` tells every message_svc replica that a queue gained a listener (a
+  subscription or a watcher), through ``MessagesInternal.InvalidateQueue``: message_svc then
+  stops skipping that queue's posts (see ``services/message_svc/handoff.py``).
+
+Both are best effort: a failure is logged (at most every few seconds) and never fails the
+caller's request; the queue's defaults apply, or message_svc learns of the listener at the
+latest when its cached answer ages out (``ZAQAR_METADATA_CACHE_TTL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import orjson
+from zaqar.v2 import common_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
+
+from services.common.config import Settings
+from services.common.errors import decode_rpc_error
+from services.common.grpc_server import open_channel
+
+log = logging.getLogger(__name__)
+
+POLICY_CACHE_TTL = 5.0
+WARNING_INTERVAL = 10.0
+
+
+class _Throttle:
+    """Whether a warning may be logged now (at most one every ``WARNING_INTERVAL``)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last = -WARNING_INTERVAL
+
+    def __call__(self) -> bool:
+        now = self._clock()
+        if now - self._last < WARNING_INTERVAL:
+            return False
+        self._last = now
+        return True
+
+
+class QueuePolicies:
+    """Queues' ``_retry_policy`` metadata, from queue_svc."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._channel = open_channel(settings.target("queue"))
+        self._stub = queues_pb2_grpc.QueuesStub(self._channel)  # type: ignore[no-untyped-call]
+        self._timeout = settings.rpc_timeout
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[Any, float]] = {}
+        self._warn = _Throttle(clock)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def retry_policy(self, project: str, queue: str) -> Any:
+        """The queue's ``_retry_policy`` value as stored (None when unset or unreadable)."""
+        key = (project, queue)
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0]
+        try:
+            answer = await self._stub.GetQueue(
+                queues_pb2.GetQueueRequest(project=project, queue=queue), timeout=self._timeout
+            )
+            metadata = orjson.loads(answer.metadata) if answer.metadata else {}
+        except (grpc.aio.AioRpcError, orjson.JSONDecodeError) as exc:
+            if self._warn():
+                detail = (
+                    decode_rpc_error(exc).description
+                    if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                )
+                log.warning("queue metadata of %s/%s unreadable, default retry policy: %s",
+                            project, queue, detail)
+            return None
+        policy = metadata.get("_retry_policy") if isinstance(metadata, dict) else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (policy, self._clock() + POLICY_CACHE_TTL)
+        return policy
+
+
+class MessageReplicas:
+    """Every message_svc replica (``ZAQAR_MESSAGE_TARGETS``), told when a queue gains a
+    listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._timeout = settings.rpc_timeout
+        self._channels = {t: open_channel(t) for t in settings.message_target_list()}
+        self._stubs = {
+            target: messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
+            for target, channel in self._channels.items()
+        }
+        self._warn = _Throttle()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+
+    async def listened(self, project: str, queue: str) -> None:
+        """Tell every replica at once; returns when each has answered or failed."""
+        ref = common_pb2.QueueRef(project=project, queue=queue)
+        results = await asyncio.gather(
+            *(stub.InvalidateQueue(ref, timeout=self._timeout) for stub in self._stubs.values()),
+            return_exceptions=True,
+        )
+        for target, result in zip(self._stubs, results, strict=True):
+            if isinstance(result, grpc.aio.AioRpcError):
+                if self._warn():
+                    log.warning(
+                        "message_svc at %s not told that %s/%s is listened to (%s); it may "
+                        "skip the queue's messages until its cache entry ages out",
+                        target, project, queue, result.code().name,
+                    )
+            elif isinstance(result, BaseException):
+                raise result
