@@ -1,10 +1,11 @@
 """The ``zaqar-grpc`` command: ``up`` runs the whole service, ``serve <service>`` runs one.
 
-``up`` starts every service as its own OS process (``zaqar-grpc serve …``), hands each the same
-resolved settings through ``ZAQAR_*`` environment variables, waits until each is ready (gRPC
-health SERVING; the gateway's ``READY`` line), prints where everything listens, and stops them
-all, gateway first, on Ctrl-C or SIGTERM. If any of them exits on its own, ``up`` stops the
-others and exits non-zero.
+``up`` starts every service (queue, message, notifier, gateway) as its own OS process
+(``zaqar-grpc serve …``), hands each the same resolved settings through ``ZAQAR_*``
+environment variables, waits until each is ready (gRPC health SERVING; the gateway's
+``READY`` line), prints where everything listens, and stops them all, gateway first, on
+Ctrl-C or SIGTERM. If any of them exits on its own, ``up`` stops the others and exits
+non-zero.
 """
 
 from __future__ import annotations
@@ -26,17 +27,19 @@ from services.common.config import ENV_PREFIX, ConfigurationError, Settings
 SERVICES: dict[str, tuple[str, str, bool]] = {
     "queue": ("services.queue_svc.server", "queue_port", True),
     "message": ("services.message_svc.server", "message_port", True),
+    "notifier": ("services.notifier_svc.server", "notifier_port", True),
     "gateway": ("services.api_gateway.server", "http_port", False),
 }
 ALIASES = {
     "queue_svc": "queue",
     "message_svc": "message",
+    "notifier_svc": "notifier",
     "api_gateway": "gateway",
     "queues": "queue",
     "messages": "message",
 }
 # Start order; shutdown runs in reverse.
-UP_ORDER = ("queue", "message", "gateway")
+UP_ORDER = ("queue", "message", "notifier", "gateway")
 READY_TIMEOUT = 60.0
 
 
@@ -50,6 +53,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--queue-store", help="store URI of queue_svc")
     parser.add_argument("--message-store", help="store URI of message_svc")
+    parser.add_argument("--notifier-store", help="store URI of notifier_svc")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -60,6 +64,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         "data_dir": args.data_dir,
         "queue_store": args.queue_store,
         "message_store": args.message_store,
+        "notifier_store": args.notifier_store,
         "log_level": args.log_level,
     }
     if args.store:
@@ -69,6 +74,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         else:
             overrides["queue_store"] = overrides["queue_store"] or args.store
             overrides["message_store"] = overrides["message_store"] or args.store
+            overrides["notifier_store"] = overrides["notifier_store"] or args.store
     return Settings.load(config_file=args.config, overrides=overrides)
 
 
@@ -206,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="run every service, each as its own process")
     _add_settings_flags(p_up)
     p_serve = sub.add_parser("serve", help="run one service (what a container runs)")
-    p_serve.add_argument("service", help="queue | message | gateway")
+    p_serve.add_argument("service", help="queue | message | notifier | gateway")
     _add_settings_flags(p_serve)
     p_serve.add_argument("--grpc-port", type=int, help="gRPC port of this service (0 = any)")
     sub.add_parser("settings", help="list every setting with its variable and default")

@@ -43,10 +43,12 @@ def stack_settings(request: pytest.FixtureRequest, store: str, data: Path) -> Se
         server = request.getfixturevalue("redis_server")
         overrides["queue_store"] = f"redis://127.0.0.1:{server.port}/1"
         overrides["message_store"] = f"redis://127.0.0.1:{server.port}/2"
+        overrides["notifier_store"] = f"redis://127.0.0.1:{server.port}/3"
     elif store == "mongodb":
         server = request.getfixturevalue("mongodb_server")
         overrides["queue_store"] = f"mongodb://127.0.0.1:{server.port}/up_queues"
         overrides["message_store"] = f"mongodb://127.0.0.1:{server.port}/up_messages"
+        overrides["notifier_store"] = f"mongodb://127.0.0.1:{server.port}/up_notifier"
     return Settings.load(environ={}, overrides=overrides)
 
 

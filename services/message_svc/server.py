@@ -14,6 +14,7 @@ from services.common.grpc_server import (
     setup_logging,
     start_server,
 )
+from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.service import MessageService
 from services.message_svc.servicer import INTERNAL_SERVICE, MESSAGES_SERVICE, Packer, registrar
@@ -26,6 +27,8 @@ SERVICE_NAMES = (MESSAGES_SERVICE, INTERNAL_SERVICE)
 async def start(settings: Settings) -> Running:
     """Open the store (``settings.store_uri("message")``), bind ``host:message_port`` (0 = any),
     serve ``zaqar.v2.Messages`` and ``zaqar.v2.MessagesInternal`` and start the expiry sweeper.
+    Posted messages are handed to notifier_svc (``settings.target("notifier")``, connected on
+    first use) in the background.
 
     ``Running.port`` is the bound port; ``Running.stop`` stops the server, then the sweeper,
     the channel to queue_svc and the store.
@@ -38,14 +41,19 @@ async def start(settings: Settings) -> Running:
     store = await open_store(settings.store_uri("message"))
     channel = open_channel(settings.target("queue"))
     sweeper = Sweeper(store, settings.gc_interval)
+    handoff = Handoff(
+        settings.target("notifier"), timeout=settings.rpc_timeout,
+        cache_ttl=settings.metadata_cache_ttl,
+    )
 
     async def close() -> None:
         await sweeper.stop()
+        await handoff.close()
         await channel.close()
         await store.close()
 
     metadata = QueueMetadata(channel, settings.rpc_timeout, settings.metadata_cache_ttl)
-    service = MessageService(store, metadata)
+    service = MessageService(store, metadata, handoff)
     packer = Packer(checksum=settings.message_checksum)
     try:
         server, port, health = create_server(

@@ -22,6 +22,7 @@ from services.common.errors import (
     ServiceError,
 )
 from services.message_svc import validation
+from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.storage.base import (
     Claim,
@@ -72,14 +73,20 @@ class Page(NamedTuple):
 class MessageService:
     """Messages and claims of every queue, with Zaqar v2 semantics."""
 
-    def __init__(self, store: MessageStore, metadata: QueueMetadata) -> None:
+    def __init__(
+        self, store: MessageStore, metadata: QueueMetadata, handoff: Handoff | None = None
+    ) -> None:
         self.store = store
         self.metadata = metadata
+        self.handoff = handoff
 
     async def post(
         self, project: str, queue: str, client_id: str, messages: Sequence[Posted]
     ) -> tuple[str, ...]:
-        """Store a batch in order, all or nothing; creates the queue when it is absent."""
+        """Store a batch in order, all or nothing; creates the queue when it is absent.
+
+        The stored messages are then offered to notifier_svc without waiting (``handoff``).
+        """
         validation.queue_ref(project, queue)
         if not messages:
             raise InvalidArgument(validation.NO_MESSAGES)
@@ -102,7 +109,10 @@ class MessageService:
             )
             for m in messages
         ]
-        return await self.store.post(project, queue, client_id, batch)
+        ids = await self.store.post(project, queue, client_id, batch)
+        if self.handoff is not None:
+            self.handoff.offer(project, queue, ids, batch)
+        return ids
 
     async def list_messages(
         self,
@@ -228,4 +238,7 @@ class MessageService:
         self.metadata.invalidate(project, queue)
 
     def invalidate(self, project: str, queue: str) -> None:
+        """Drop the queue's cached metadata and whether it is listened to."""
         self.metadata.invalidate(project, queue)
+        if self.handoff is not None:
+            self.handoff.invalidate(project, queue)

@@ -18,7 +18,7 @@ from services.common.grpc_server import (
 from services.queue_svc.service import QueueService
 from services.queue_svc.servicer import SERVICE_NAME, QueuesServicer
 from services.queue_svc.storage.registry import open_queue_store
-from services.queue_svc.upstream import MessageService
+from services.queue_svc.upstream import MessageService, NotifierService
 
 
 async def start(settings: Settings) -> Running:
@@ -32,12 +32,14 @@ async def start(settings: Settings) -> Running:
     """
     store = await open_queue_store(settings.store_uri("queue"))
     messages = MessageService(settings)
+    notifier = NotifierService(settings)
 
     async def close() -> None:
         await messages.close()
+        await notifier.close()
         await store.close()
 
-    servicer = QueuesServicer(QueueService(store, messages))
+    servicer = QueuesServicer(QueueService(store, messages, notifier))
 
     def register(server: grpc.aio.Server) -> None:
         queues_pb2_grpc.add_QueuesServicer_to_server(  # type: ignore[no-untyped-call]

@@ -1,4 +1,5 @@
-"""The queue control plane: validation, the store, and the fan-out to message_svc.
+"""The queue control plane: validation, the store, and the fan-out to message_svc and
+notifier_svc.
 
 Keeping message_svc's metadata cache correct
 --------------------------------------------
@@ -20,7 +21,7 @@ empty, which is exactly what every replica already assumes for an absent queue.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -30,13 +31,16 @@ from services.common.errors import Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import validation
 from services.queue_svc.storage.base import QueuePage, QueueStore
-from services.queue_svc.upstream import MessageService
+from services.queue_svc.upstream import MessageService, NotifierService
 
 
 class QueueService:
-    def __init__(self, store: QueueStore, messages: MessageService) -> None:
+    def __init__(
+        self, store: QueueStore, messages: MessageService, notifier: NotifierService
+    ) -> None:
         self._store = store
         self._messages = messages
+        self._notifier = notifier
 
     async def create(self, project: str, queue: str, raw_metadata: bytes) -> bool:
         """Create the queue or replace its metadata; True when it is new."""
@@ -73,12 +77,13 @@ class QueueService:
         return meta.with_defaults(record.metadata)
 
     async def delete(self, project: str, queue: str) -> None:
-        """Delete the queue, then its messages and claims. Idempotent.
+        """Delete the queue, then its messages and claims, then its subscriptions. Idempotent.
 
         Order: the record goes first and the caches next, so a post racing with the delete
         re-creates the queue through ``EnsureQueue`` rather than adding messages to a queue
-        that has no record; the messages go last. Every step runs even when an earlier
-        fan-out failed; a failure is raised at the end, and a retry redoes every step.
+        that has no record; the messages and subscriptions go last. Every step runs even when
+        an earlier fan-out failed; a failure is raised at the end (the messages' first), and a
+        retry redoes every step.
         """
         validation.check_queue(project, queue)
         await self._store.delete(project, queue)
@@ -87,9 +92,17 @@ class QueueService:
             await self._messages.invalidate(project, queue)
         except Unavailable as exc:
             stale = exc
-        await self._messages.delete_queue_messages(
-            project, queue, "Queue could not be deleted: its messages could not be removed."
+        failures = await _each(
+            lambda: self._messages.delete_queue_messages(
+                project, queue, "Queue could not be deleted: its messages could not be removed."
+            ),
+            lambda: self._notifier.delete_queue_subscriptions(
+                project, queue,
+                "Queue could not be deleted: its subscriptions could not be removed.",
+            ),
         )
+        if failures:
+            raise failures[0]
         if stale is not None:
             raise stale
 
@@ -126,11 +139,31 @@ class QueueService:
         return await self._messages.get_stats(project, queue)
 
     async def purge(self, project: str, queue: str, resource_types: Iterable[str]) -> None:
-        """Remove the queue's messages and/or subscriptions; its metadata stays."""
+        """Remove the queue's messages and/or subscriptions; its metadata stays. Both run even
+        when the first fails; a failure is raised at the end."""
         validation.check_queue(project, queue)
         types = validation.resource_types(resource_types)
+        steps: list[Callable[[], Awaitable[None]]] = []
         if "messages" in types:
-            await self._messages.delete_queue_messages(
+            steps.append(lambda: self._messages.delete_queue_messages(
                 project, queue, "Queue could not be purged: its messages could not be removed."
-            )
-        # Subscriptions are purged by notifier_svc once it exists.
+            ))
+        if "subscriptions" in types:
+            steps.append(lambda: self._notifier.delete_queue_subscriptions(
+                project, queue,
+                "Queue could not be purged: its subscriptions could not be removed.",
+            ))
+        failures = await _each(*steps)
+        if failures:
+            raise failures[0]
+
+
+async def _each(*steps: Callable[[], Awaitable[None]]) -> list[Unavailable]:
+    """Run every step in order; the Unavailable errors of those that failed."""
+    failures: list[Unavailable] = []
+    for step in steps:
+        try:
+            await step()
+        except Unavailable as exc:
+            failures.append(exc)
+    return failures

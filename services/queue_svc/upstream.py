@@ -1,4 +1,5 @@
-"""The calls queue_svc makes to message_svc, over one reused channel per replica.
+"""The calls queue_svc makes to message_svc (one reused channel per replica) and to
+notifier_svc (one channel).
 
 Every call carries the ``rpc_timeout`` deadline. A failed call is translated once, in
 :meth:`MessageService._call`, into :class:`Unavailable` (the caller's 503): message_svc is
@@ -14,7 +15,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import grpc
-from zaqar.v2 import common_pb2, messages_pb2_grpc
+from zaqar.v2 import common_pb2, messages_pb2_grpc, notifier_pb2_grpc
 
 from services.common.config import Settings
 from services.common.errors import Unavailable, decode_rpc_error
@@ -106,3 +107,34 @@ class MessageService:
                 "replicas did not confirm it and may use the previous queue metadata for up to "
                 f"{self._cache_ttl:g} seconds. {RETRY_LATER}"
             )
+
+
+class NotifierService:
+    """notifier_svc as queue_svc sees it: where a queue's subscriptions are removed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._timeout = settings.rpc_timeout
+        self._target = settings.target("notifier")
+        self._channel = open_channel(self._target)
+        self._internal = notifier_pb2_grpc.NotifierInternalStub(  # type: ignore[no-untyped-call]
+            self._channel
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def delete_queue_subscriptions(self, project: str, queue: str, failure: str) -> None:
+        """Remove every subscription of the queue (and its pending notifications).
+
+        Raises:
+            Unavailable: notifier_svc did not confirm it; ``failure`` starts the description.
+        """
+        try:
+            await self._internal.DeleteQueueSubscriptions(
+                common_pb2.QueueRef(project=project, queue=queue), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            info = decode_rpc_error(exc)
+            log.warning("notifier_svc at %s: %s (%s: %s)", self._target, failure,
+                        info.code.name, info.description)
+            raise Unavailable(f"{failure} {RETRY_LATER}") from exc

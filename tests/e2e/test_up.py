@@ -48,7 +48,7 @@ def headers() -> dict[str, str]:
 def test_ctrl_c_stops_every_service(make_settings: Callable[..., Settings]) -> None:
     stack = start_stack(make_settings())
     pids = list(stack.child_pids().values())
-    assert len(pids) == 3
+    assert len(pids) == 4
     # When the operator presses Ctrl-C
     stack.proc.send_signal(signal.SIGINT)
     # Then up exits 0 and every service process is gone

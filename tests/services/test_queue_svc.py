@@ -27,6 +27,7 @@ from services.cli import settings_environment
 from services.common.config import ConfigurationError, Settings
 from services.common.errors import RpcErrorInfo, decode_rpc_error
 from services.message_svc.server import start as start_message_svc
+from services.notifier_svc.server import start as start_notifier_svc
 from services.queue_svc.server import start
 from tests.conftest import free_port
 
@@ -412,9 +413,13 @@ async def test_purge_rejects_unknown_resource_types(alone: QueueSvc, types: list
                  "Resource types must be a sub set of {'messages', 'subscriptions'}.")
 
 
-async def test_purge_of_subscriptions_only_needs_no_message_svc(alone: QueueSvc) -> None:
-    await alone.stub.PurgeQueue(queues_pb2.PurgeQueueRequest(
-        project="p", queue="q", resource_types=["subscriptions"]))
+async def test_purge_of_subscriptions_without_notifier_svc_is_unavailable(
+    alone: QueueSvc,
+) -> None:
+    info = await rpc_error(alone.stub.PurgeQueue(queues_pb2.PurgeQueueRequest(
+        project="p", queue="q", resource_types=["subscriptions"])))
+    assert_unavailable(
+        info, "Queue could not be purged: its subscriptions could not be removed. " + RETRY)
 
 
 # message_svc unreachable ---------------------------------------------------------------------
@@ -559,11 +564,22 @@ async def message_replica(settings: Settings) -> AsyncIterator[messages_pb2_grpc
         await running.stop()
 
 
+@asynccontextmanager
+async def notifier_service(settings: Settings) -> AsyncIterator[None]:
+    running = await start_notifier_svc(settings)
+    try:
+        yield
+    finally:
+        await running.stop()
+
+
 @pytest.fixture
 async def stack(make_settings: Callable[..., Settings]) -> AsyncIterator[Stack]:
-    """queue_svc and one message_svc, finding each other through the same settings."""
+    """queue_svc, one message_svc and notifier_svc, finding each other through the same
+    settings."""
     settings = make_settings()
-    async with message_replica(settings) as messages, queue_service(settings) as queues:
+    async with notifier_service(settings), message_replica(settings) as messages, \
+            queue_service(settings) as queues:
         yield Stack(queues.stub, queues.channel, settings, messages)
 
 

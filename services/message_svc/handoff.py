@@ -1,0 +1,215 @@
+"""Hand-off of freshly posted messages to notifier_svc, off the post path.
+
+A post only *offers* its messages (:meth:`Handoff.offer`: a dictionary look-up, and for
+queues someone listens to, an append to an in-memory buffer); one background task sends what
+accumulated as ``NotifierInternal.NotifyMany`` calls (one NotifyRequest per post, with the
+time it was accepted) over one reused channel, so a post never waits for notifier_svc, let
+alone for a delivery.
+
+Skipping queues nobody listens to: each NotifyMany answer says, per queue, whether anything
+(a subscription or a watcher) listens to it. A queue answered "no" is skipped by later posts
+until notifier_svc calls ``MessagesInternal.InvalidateQueue`` (it does when the queue gains a
+subscription or a watcher) or the answer is ``cache_ttl`` seconds old. An answer to a call
+that was under way while an invalidation arrived is not kept (it may predate the new
+listener).
+
+When notifier_svc cannot be reached, batches are kept and sent again with backoff, up to
+``MAX_PENDING_MESSAGES`` / ``MAX_PENDING_BYTES``; beyond that new messages are not handed over
+(a warning is logged, at most every ``WARNING_INTERVAL`` seconds). Posts always succeed.
+Messages still buffered when the process stops are lost to notification (they are stored as
+messages all the same): the hand-off is best effort; once notifier_svc has acknowledged a
+batch, its delivery is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
+
+from services.common.grpc_server import open_channel
+from services.message_svc.storage.base import NewMessage
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+MAX_BATCH_MESSAGES = 500
+MAX_PENDING_MESSAGES = 20_000
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+MAX_CACHED_QUEUES = 100_000
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+WARNING_INTERVAL = 10.0
+CLOSE_FLUSH_TIMEOUT = 1.0
+_RETRIED = {
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED,
+}
+
+
+@dataclass
+class _Batch:
+    """The messages of one post."""
+
+    project: str
+    queue: str
+    accepted_at: float
+    messages: list[common_pb2.Message] = field(default_factory=list)
+    size: int = 0
+
+
+class Handoff:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float,
+        cache_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._target = target
+        self._timeout = timeout
+        self._cache_ttl = cache_ttl
+        self._clock = clock
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: notifier_pb2_grpc.NotifierInternalStub | None = None
+        self._listened: dict[Key, tuple[bool, float]] = {}
+        self._epoch = 0
+        self._pending: deque[_Batch] = deque()
+        self._pending_messages = 0
+        self._pending_bytes = 0
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_warning = -WARNING_INTERVAL
+        self.dropped = 0
+
+    # the post path ---------------------------------------------------------------------------
+
+    def offer(
+        self, project: str, queue: str, ids: Sequence[str], messages: Sequence[NewMessage]
+    ) -> None:
+        """Queue the posted messages for notifier_svc, unless nobody listens to the queue."""
+        known = self._listened.get((project, queue))
+        if known is not None and not known[0] and known[1] > self._clock():
+            return
+        size = sum(len(m.body) for m in messages)
+        if (self._pending_messages + len(messages) > MAX_PENDING_MESSAGES
+                or self._pending_bytes + size > MAX_PENDING_BYTES):
+            self.dropped += len(messages)
+            self._warn("notifier_svc hand-off buffer full: %d messages of %s/%s not handed "
+                       "over (%d so far)", len(messages), project, queue, self.dropped)
+            return
+        accepted_at = time.time()
+        created = int(accepted_at)
+        protos = [
+            common_pb2.Message(id=i, body=m.body, ttl=m.ttl, created=created)
+            for i, m in zip(ids, messages, strict=True)
+        ]
+        self._pending.append(_Batch(project, queue, accepted_at, protos, size))
+        self._pending_messages += len(protos)
+        self._pending_bytes += size
+        self._ready.set()
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def invalidate(self, project: str, queue: str) -> None:
+        """Forget whether the queue is listened to (notifier_svc says it may be now)."""
+        self._listened.pop((project, queue), None)
+        self._epoch += 1
+
+    # the background task ---------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._pending:
+            try:
+                await self._send(self._take(), min(self._timeout, CLOSE_FLUSH_TIMEOUT))
+            except grpc.aio.AioRpcError as exc:
+                log.warning("%d messages not handed over to notifier_svc at shutdown (%s)",
+                            self._pending_messages, exc.code().name)
+        if self._channel is not None:
+            await self._channel.close()
+
+    def _take(self) -> list[_Batch]:
+        taken: list[_Batch] = []
+        count = 0
+        while self._pending and count + len(self._pending[0].messages) <= MAX_BATCH_MESSAGES:
+            batch = self._pending.popleft()
+            taken.append(batch)
+            count += len(batch.messages)
+        if not taken and self._pending:
+            taken.append(self._pending.popleft())
+        for batch in taken:
+            self._pending_messages -= len(batch.messages)
+            self._pending_bytes -= batch.size
+        return taken
+
+    def _give_back(self, batches: list[_Batch]) -> None:
+        for batch in reversed(batches):
+            self._pending.appendleft(batch)
+            self._pending_messages += len(batch.messages)
+            self._pending_bytes += batch.size
+
+    async def _send(self, batches: list[_Batch], time_limit: float) -> None:
+        if self._stub is None:
+            self._channel = open_channel(self._target)
+            self._stub = notifier_pb2_grpc.NotifierInternalStub(  # type: ignore[no-untyped-call]
+                self._channel
+            )
+        epoch = self._epoch
+        reply = await self._stub.NotifyMany(
+            notifier_pb2.NotifyManyRequest(batches=[
+                notifier_pb2.NotifyRequest(
+                    project=b.project, queue=b.queue, messages=b.messages,
+                    accepted_at=b.accepted_at,
+                )
+                for b in batches
+            ]),
+            timeout=time_limit,
+        )
+        if epoch != self._epoch:
+            return  # an invalidation arrived meanwhile: these answers may be stale
+        expires = self._clock() + self._cache_ttl
+        for batch, listened in zip(batches, reply.listened, strict=False):
+            if len(self._listened) >= MAX_CACHED_QUEUES:
+                self._listened.clear()
+            self._listened[(batch.project, batch.queue)] = (listened, expires)
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._pending:
+                batches = self._take()
+                try:
+                    await self._send(batches, self._timeout)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in _RETRIED:
+                        self._give_back(batches)
+                        self._warn("notifier_svc at %s unreachable (%s); %d messages wait, "
+                                   "retrying in %.1fs", self._target, exc.code().name,
+                                   self._pending_messages, backoff)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX)
+                        continue
+                    self._warn("notifier_svc refused %d messages: %s %s",
+                               sum(len(b.messages) for b in batches), exc.code().name,
+                               exc.details())
+                backoff = BACKOFF_FIRST
+
+    def _warn(self, text: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._last_warning >= WARNING_INTERVAL:
+            self._last_warning = now
+            log.warning(text, *args)
