@@ -185,7 +185,7 @@ def create_subscription_request(
     body = _object(doc)
     subscriber = _str_field(body, "subscriber")
     if subscriber is None:
-        raise bad_body('Missing "subscriber" field.')
+        raise bad_request("Missing parameter subscriber in body.")
     return notifier_pb2.CreateSubscriptionRequest(
         project=project,
         queue=queue,
@@ -352,7 +352,7 @@ def notification_doc(notification: notifier_pb2.Notification) -> dict[str, Any]:
     message = notification.message
     return {
         "ttl": message.ttl,
-        "body": orjson.Fragment(message.body),
+        "body": orjson.Fragment(message.body or b"null"),
         "Message_Type": "Notification",
         "queue_name": notification.queue,
     }
