@@ -1,0 +1,721 @@
+"""notifier_svc over real gRPC, with real queue_svc and message_svc next to it and real
+receivers: an aiohttp webhook server that records what it gets, and an aiosmtpd SMTP server.
+
+Retry tests use second-scale policies and check observed attempt times against the schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from zaqar.v2 import (
+    common_pb2,
+    messages_pb2,
+    messages_pb2_grpc,
+    notifier_pb2,
+    notifier_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
+)
+
+from services.common import signing
+from services.common.config import Settings
+from services.common.errors import RpcErrorInfo, decode_rpc_error
+from services.common.grpc_server import Running
+from services.message_svc import server as message_server
+from services.notifier_svc import retry
+from services.notifier_svc import server as notifier_server
+from services.notifier_svc.storage.registry import open_notifier_store
+from services.notifier_svc.watchers import WatchHub
+from services.queue_svc import server as queue_server
+from tests.conftest import free_port
+
+PROJECT = "notify-project"
+Code = grpc.StatusCode
+RETRY_POLICY_FAST = {
+    "retries_with_no_delay": 1, "minimum_delay_retries": 1, "minimum_delay": 1,
+    "maximum_delay": 11, "maximum_delay_retries": 1, "retry_backoff_function": "linear",
+}
+
+
+# receivers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: records every request; fails the first ``fail`` of them with 500;
+    with ``hang`` never answers."""
+
+    port: int
+    hits: list[Hit] = field(default_factory=list)
+    fail: int = 0
+    hang: bool = False
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits.append(Hit(time.monotonic(), request.path, dict(request.headers),
+                             await request.read()))
+        self.arrived.set()
+        if self.hang:
+            await asyncio.sleep(30)
+        if len(self.hits) <= self.fail:
+            return web.Response(status=500)
+        return web.Response(status=204)
+
+    async def wait_for(self, count: int, within: float = 10) -> list[Hit]:
+        deadline = time.monotonic() + within
+        while len(self.hits) < count:
+            self.arrived.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{len(self.hits)} of {count} requests arrived: {self.hits}")
+            try:
+                await asyncio.wait_for(self.arrived.wait(), left)
+            except TimeoutError:
+                pass
+        return self.hits
+
+
+@pytest.fixture
+async def receiver_factory() -> AsyncIterator[Callable[..., Awaitable[Receiver]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(port: int | None = None, **kwargs: Any) -> Receiver:
+        receiver = Receiver(port or free_port(), **kwargs)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", receiver.handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", receiver.port).start()
+        runners.append(runner)
+        return receiver
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver(receiver_factory: Callable[..., Awaitable[Receiver]]) -> Receiver:
+    return await receiver_factory()
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.mails: list[Any] = []
+        self.arrived = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        # aiosmtpd runs its own loop in a thread: hand the mail over to the test's loop.
+        self.loop.call_soon_threadsafe(self._add, envelope.content, envelope.rcpt_tos)
+        return "250 OK"
+
+    def _add(self, content: bytes, recipients: list[str]) -> None:
+        self.mails.append((message_from_bytes(content), recipients))
+        self.arrived.set()
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[tuple[Mailbox, int]]:
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield mailbox, port
+    controller.stop()
+
+
+# services -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    subs: notifier_pb2_grpc.SubscriptionsStub
+    internal: notifier_pb2_grpc.NotifierInternalStub
+    messages: messages_pb2_grpc.MessagesStub
+    queues: queues_pb2_grpc.QueuesStub
+
+    async def subscribe(self, subscriber: str, queue: str = "q", project: str = PROJECT,
+                        ttl: int | None = None, **options: Any) -> str:
+        reply = await self.subs.CreateSubscription(notifier_pb2.CreateSubscriptionRequest(
+            project=project, queue=queue, subscriber=subscriber, ttl=ttl,
+            options=orjson.dumps(options),
+        ))
+        return str(reply.subscription_id)
+
+    async def post(self, *bodies: Any, queue: str = "q", ttl: int | None = None) -> list[str]:
+        reply = await self.messages.PostMessages(messages_pb2.PostMessagesRequest(
+            project=PROJECT, queue=queue, client_id=str(uuid.uuid4()),
+            messages=[messages_pb2.NewMessage(body=orjson.dumps(b), ttl=ttl) for b in bodies],
+        ))
+        return list(reply.ids)
+
+
+@pytest.fixture
+async def stack_factory(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    started: list[Running] = []
+    channels: list[grpc.aio.Channel] = []
+
+    async def start(**overrides: Any) -> Stack:
+        overrides.setdefault("delivery_timeout", 2.0)
+        settings = make_settings(**overrides)
+        started.append(await queue_server.start(settings))
+        started.append(await message_server.start(settings))
+        started.append(await notifier_server.start(settings))
+        ch = {name: grpc.aio.insecure_channel(settings.target(name))
+              for name in ("queue", "message", "notifier")}
+        channels.extend(ch.values())
+        return Stack(
+            settings,
+            notifier_pb2_grpc.SubscriptionsStub(ch["notifier"]),  # type: ignore[no-untyped-call]
+            notifier_pb2_grpc.NotifierInternalStub(ch["notifier"]),  # type: ignore[no-untyped-call]
+            messages_pb2_grpc.MessagesStub(ch["message"]),  # type: ignore[no-untyped-call]
+            queues_pb2_grpc.QueuesStub(ch["queue"]),  # type: ignore[no-untyped-call]
+        )
+
+    yield start
+    for channel in channels:
+        await channel.close()
+    for running in reversed(started):
+        await running.stop()
+
+
+@pytest.fixture
+async def stack(stack_factory: Callable[..., Awaitable[Stack]]) -> Stack:
+    return await stack_factory()
+
+
+async def rpc_error(call: Awaitable[Any]) -> RpcErrorInfo:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return decode_rpc_error(caught.value)
+
+
+async def pending(settings: Settings, settle: float = 2.0) -> int:
+    """Pending deliveries in notifier_svc's store (read through a second connection), once
+    it stopped changing or ``settle`` seconds passed with some left."""
+    store = await open_notifier_store(settings.store_uri("notifier"))
+    try:
+        deadline = time.monotonic() + settle
+        while True:
+            count = await store.count_deliveries()
+            if not count or time.monotonic() > deadline:
+                return count
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+
+
+# the retry schedule, against Zaqar's formulas ------------------------------------------------
+
+
+def test_default_schedule_is_zaqars() -> None:
+    # 3 immediate, 3 at 5 s, linear backoff 5..25 by 5, 3 at 30 s
+    assert retry.schedule(retry.DEFAULT) == [
+        0, 0, 0, 5, 5, 5, 5, 10, 15, 20, 25, 30, 30, 30
+    ]
+
+
+@pytest.mark.parametrize(
+    ("function", "low", "high", "expected"),
+    [
+        ("linear", 5, 30, [5, 10, 15, 20, 25]),
+        ("linear", 1, 11, [1, 6]),
+        ("arithmetic", 5, 30, [5, 7, 12, 20, 30]),
+        ("arithmetic", 2, 60, [2, 3, 5, 8, 12, 17, 24, 31, 39, 49, 59]),
+        ("geometric", 5, 30, [5, 7, 12, 19, 30]),
+        ("geometric", 2, 60, [2, 2, 3, 5, 7, 10, 15, 21, 30, 42, 59]),
+        ("exponential", 5, 30, [5, 7, 12, 19, 30]),
+        ("exponential", 1, 11, [1, 10]),
+    ],
+)
+def test_backoff_functions_follow_zaqars_formulas(
+    function: str, low: int, high: int, expected: list[int]
+) -> None:
+    length = retry.backoff_length(function, low, high)
+    assert [retry.backoff_delay(function, low, high, i) for i in range(length)] == expected
+
+
+def test_phases_in_order_and_then_give_up() -> None:
+    policy = retry.RetryPolicy(2, 1, 1, 11, 2, "arithmetic")
+    assert retry.schedule(policy) == [0, 0, 1, 1, 11, 11, 11]
+    assert retry.retry_delay(policy, 7) is None
+    # A huge policy costs nothing until asked
+    big = retry.RetryPolicy(retries_with_no_delay=10**9)
+    assert retry.retry_delay(big, 10**9 - 1) == 0
+    assert retry.retry_delay(big, 10**9) == 5
+
+
+def test_policy_choice_follows_zaqar() -> None:
+    own = {"minimum_delay": 1, "maximum_delay": 20}
+    queue = {"minimum_delay": 2, "maximum_delay": 40}
+    assert retry.effective_policy(own, queue).minimum_delay == 1
+    assert retry.effective_policy(None, queue).minimum_delay == 2
+    assert retry.effective_policy(own, {**queue, "ignore_subscription_override": True}
+                                  ).minimum_delay == 2
+    assert retry.effective_policy(None, None) == retry.DEFAULT
+    # Stored policies are read leniently: bad keys keep their defaults
+    assert retry.effective_policy({"minimum_delay": "x", "retry_backoff_function": "cubic"},
+                                  None) == retry.DEFAULT
+
+
+def test_signature_is_zaqars() -> None:
+    text = "/v2/queues/q/subscriptions/1/confirm\\nPUT\\nproj\\n2030-01-01T00:00:00"
+    expected = hmac.new(b"k", text.encode(), hashlib.sha256).hexdigest()
+    assert signing.signature("k", ["/v2/queues/q/subscriptions/1/confirm"], ["PUT"], "proj",
+                             "2030-01-01T00:00:00") == expected
+    assert signing.verify("k", expected.upper(), ["/v2/queues/q/subscriptions/1/confirm"],
+                          ["PUT"], "proj", "2030-01-01T00:00:00")
+
+
+# subscriptions: semantics and every 4xx -------------------------------------------------------
+
+
+async def test_subscription_lifecycle(stack: Stack) -> None:
+    # Given a subscription with options
+    sid = await stack.subscribe("http://127.0.0.1:9/a", ttl=600, a=1)
+    ref = notifier_pb2.SubscriptionRef(project=PROJECT, queue="q", subscription_id=sid)
+    got = await stack.subs.GetSubscription(ref)
+    assert (got.id, got.source, got.subscriber, got.ttl, got.confirmed) == (
+        sid, "q", "http://127.0.0.1:9/a", 600, False
+    )
+    assert orjson.loads(got.options) == {"a": 1} and got.age == 0
+    # The same unconfirmed subscriber again answers the same id, not created
+    again = await stack.subs.CreateSubscription(notifier_pb2.CreateSubscriptionRequest(
+        project=PROJECT, queue="q", subscriber="http://127.0.0.1:9/a"))
+    assert (again.subscription_id, again.created) == (sid, False)
+    # Once confirmed, it is a conflict
+    await stack.subs.ConfirmSubscription(notifier_pb2.ConfirmSubscriptionRequest(
+        project=PROJECT, queue="q", subscription_id=sid, confirmed=True))
+    info = await rpc_error(stack.subs.CreateSubscription(notifier_pb2.CreateSubscriptionRequest(
+        project=PROJECT, queue="q", subscriber="http://127.0.0.1:9/a")))
+    assert (info.code, info.reason, info.title) == (
+        Code.ALREADY_EXISTS, "SUBSCRIPTION_ALREADY_EXISTS", "Resource conflict"
+    )
+    # Update ttl and options; the default ttl is 3600
+    await stack.subs.UpdateSubscription(notifier_pb2.UpdateSubscriptionRequest(
+        project=PROJECT, queue="q", subscription_id=sid, ttl=120, options=b'{"b": 2}'))
+    got = await stack.subs.GetSubscription(ref)
+    assert (got.ttl, orjson.loads(got.options), got.confirmed) == (120, {"b": 2}, True)
+    other = await stack.subscribe("mailto:ops@example.com")
+    listed = await stack.subs.ListSubscriptions(
+        notifier_pb2.ListSubscriptionsRequest(project=PROJECT, queue="q"))
+    assert [s.id for s in listed.subscriptions] == [sid, other]
+    assert listed.subscriptions[1].ttl == 3600 and listed.next_marker == other
+    # Delete is idempotent; then it is not found
+    await stack.subs.DeleteSubscription(ref)
+    await stack.subs.DeleteSubscription(ref)
+    info = await rpc_error(stack.subs.GetSubscription(ref))
+    assert (info.code, info.reason, info.description) == (
+        Code.NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", f"Subscription {sid} does not exist"
+    )
+
+
+async def test_list_pages_with_limit_and_marker(stack: Stack) -> None:
+    ids = [await stack.subscribe(f"http://127.0.0.1:9/{i}", queue="paged") for i in range(5)]
+    seen: list[str] = []
+    marker = ""
+    while True:
+        page = await stack.subs.ListSubscriptions(notifier_pb2.ListSubscriptionsRequest(
+            project=PROJECT, queue="paged", limit=2, marker=marker))
+        if not page.subscriptions:
+            assert page.next_marker == ""
+            break
+        seen += [s.id for s in page.subscriptions]
+        marker = page.next_marker
+    assert seen == ids
+
+
+BAD_POLICY = "_retry_policy"
+INVALID = [
+    ({"subscriber": ""}, "Missing parameter subscriber in body."),
+    ({"subscriber": "ftp://h/x"}, "The subscriber type of subscription must be supported in "
+     "the list ['http', 'https', 'mailto', 'trust+http', 'trust+https']."),
+    ({"subscriber": "http:///nohost"}, "The subscriber http:///nohost has no host."),
+    ({"ttl": 59}, "The TTL for a subscription must be at least 60 seconds long."),
+    ({"options": b"[1]"}, "Options must be a dict."),
+    ({"options": b"not json"}, "Options must be a dict."),
+    ({"options": b'{"_retry_policy": []}'}, "_retry_policy must be a dict."),
+    ({"options": b'{"_retry_policy": {"minimum_delay": 5, "maximum_delay": 14}}'},
+     "Retry policy: maximum_delay must be at least minimum_delay + 10."),
+    ({"options": b'{"_retry_policy": {"retries_with_no_delay": -1}}'},
+     "Retry policy: retries_with_no_delay must be a non-negative integer."),
+    ({"options": b'{"_retry_policy": {"minimum_delay": 1.5}}'},
+     "Retry policy: minimum_delay must be a non-negative integer."),
+    ({"options": b'{"_retry_policy": {"retry_backoff_function": "cubic"}}'},
+     "retry_backoff_function must be one of: linear, arithmetic, geometric, exponential."),
+    ({"options": b'{"_retry_policy": {"ignore_subscription_override": 1}}'},
+     "ignore_subscription_override must be a boolean."),
+    ({"options": b'{"_retry_policy": {"minimum_delay": 0, "retry_backoff_function": '
+                 b'"geometric"}}'},
+     "Retry policy: minimum_delay must be at least 1 for the geometric function."),
+    ({"options": b'{"post_headers": {"X": 1}}'}, "post_headers must be an object of strings."),
+]
+
+
+@pytest.mark.parametrize(("fields", "description"), INVALID)
+async def test_invalid_subscriptions_are_refused(
+    stack: Stack, fields: dict[str, Any], description: str
+) -> None:
+    request = {"project": PROJECT, "queue": "q", "subscriber": "http://h.example/", **fields}
+    info = await rpc_error(stack.subs.CreateSubscription(
+        notifier_pb2.CreateSubscriptionRequest(**request)))
+    assert (info.code, info.reason, info.title, info.description) == (
+        Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", "Invalid API request", description
+    )
+
+
+async def test_every_other_4xx(stack: Stack) -> None:
+    sid = await stack.subscribe("http://127.0.0.1:9/a")
+    await stack.subscribe("http://127.0.0.1:9/b")
+    absent = str(uuid.uuid4())
+    cases: list[tuple[Awaitable[Any], Code, str, str]] = [
+        (stack.subs.ListSubscriptions(notifier_pb2.ListSubscriptionsRequest(
+            project=PROJECT, queue="q", limit=0)), Code.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+         "Limit must be at least 1 and may not be greater than 20."),
+        (stack.subs.ListSubscriptions(notifier_pb2.ListSubscriptionsRequest(
+            project=PROJECT, queue="q", limit=21)), Code.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+         "Limit must be at least 1 and may not be greater than 20."),
+        (stack.subs.GetSubscription(notifier_pb2.SubscriptionRef(
+            project=PROJECT, queue="bad name", subscription_id=sid)),
+         Code.INVALID_ARGUMENT, "INVALID_QUEUE_NAME",
+         "The format of the submitted queue name or project id is not valid."),
+        (stack.subs.GetSubscription(notifier_pb2.SubscriptionRef(
+            project="other", queue="q", subscription_id=sid)),
+         Code.NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", f"Subscription {sid} does not exist"),
+        (stack.subs.UpdateSubscription(notifier_pb2.UpdateSubscriptionRequest(
+            project=PROJECT, queue="q", subscription_id=sid, subscriber="http://127.0.0.1:9/b")),
+         Code.ALREADY_EXISTS, "SUBSCRIPTION_ALREADY_EXISTS",
+         "Such subscription already exists. Subscriptions are unique by project + queue + "
+         "subscriber URI."),
+        (stack.subs.UpdateSubscription(notifier_pb2.UpdateSubscriptionRequest(
+            project=PROJECT, queue="q", subscription_id=absent, ttl=100)),
+         Code.NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", f"Subscription {absent} does not exist"),
+        (stack.subs.UpdateSubscription(notifier_pb2.UpdateSubscriptionRequest(
+            project=PROJECT, queue="q", subscription_id=sid)),
+         Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", "No subscription to create."),
+        (stack.subs.UpdateSubscription(notifier_pb2.UpdateSubscriptionRequest(
+            project=PROJECT, queue="q", subscription_id=sid, ttl=10)),
+         Code.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+         "The TTL for a subscription must be at least 60 seconds long."),
+        (stack.subs.UpdateSubscription(notifier_pb2.UpdateSubscriptionRequest(
+            project=PROJECT, queue="q", subscription_id=sid, subscriber="gopher://x")),
+         Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", INVALID[1][1]),
+        (stack.subs.ConfirmSubscription(notifier_pb2.ConfirmSubscriptionRequest(
+            project=PROJECT, queue="q", subscription_id=absent, confirmed=True)),
+         Code.NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", f"Subscription {absent} does not exist"),
+        (stack.internal.Notify(notifier_pb2.NotifyRequest(project="", queue="q")),
+         Code.INVALID_ARGUMENT, "INVALID_QUEUE_NAME",
+         "The format of the submitted queue name or project id is not valid."),
+    ]
+    for call, code, reason, description in cases:
+        info = await rpc_error(call)
+        assert (info.code, info.reason, info.description) == (code, reason, description)
+
+
+# webhooks -------------------------------------------------------------------------------------
+
+
+async def test_posted_messages_are_posted_to_webhooks(stack: Stack, receiver: Receiver) -> None:
+    # Given a plain webhook and one with a post_data template and extra headers
+    await stack.subscribe(receiver.url("/plain"))
+    await stack.subscribe(
+        receiver.url("/templated"),
+        post_data='{"alarm": "$zaqar_message$", "kind": "x"}',
+        post_headers={"X-Token": "t0k"},
+    )
+    # When two messages are posted
+    await stack.post({"event": "BackupStarted"}, [1, 2], ttl=300)
+    hits = await receiver.wait_for(4)
+    # Then each webhook gets each message, shaped as Zaqar's notification
+    plain = sorted((h for h in hits if h.path == "/plain"), key=lambda h: h.body)
+    assert [h.json() for h in plain] == [
+        {"body": [1, 2], "ttl": 300, "Message_Type": "Notification", "queue_name": "q"},
+        {"body": {"event": "BackupStarted"}, "ttl": 300, "Message_Type": "Notification",
+         "queue_name": "q"},
+    ]
+    assert plain[0].headers["Content-Type"] == "application/json"
+    templated = [h for h in hits if h.path == "/templated"]
+    assert len(templated) == 2
+    for hit in templated:
+        document = hit.json()
+        assert document["kind"] == "x" and document["alarm"]["Message_Type"] == "Notification"
+        assert hit.headers["X-Token"] == "t0k"
+    # And nothing is left pending
+    assert await pending(stack.settings) == 0
+
+
+async def test_failed_deliveries_follow_the_retry_policy(stack: Stack, receiver: Receiver) -> None:
+    # Given a webhook that fails three times, then succeeds
+    receiver.fail = 3
+    await stack.subscribe(receiver.url(), _retry_policy=RETRY_POLICY_FAST)
+    # When a message is posted
+    await stack.post("retry me")
+    hits = await receiver.wait_for(4, within=10)
+    # Then the attempts follow the schedule: at once, 1 immediate retry, 1 s, then 1 s (backoff)
+    offsets = [h.at - hits[0].at for h in hits]
+    expected = [0, 0, 1, 2]
+    assert all(abs(o - e) < 0.4 for o, e in zip(offsets, expected, strict=True)), offsets
+    await asyncio.sleep(0.2)
+    assert len(receiver.hits) == 4
+    assert await pending(stack.settings) == 0
+
+
+async def test_a_delivery_is_given_up_when_the_policy_is_spent(
+    stack: Stack, receiver: Receiver
+) -> None:
+    receiver.fail = 1000
+    policy = {"retries_with_no_delay": 1, "minimum_delay_retries": 0, "minimum_delay": 0,
+              "maximum_delay": 10, "maximum_delay_retries": 0}
+    await stack.subscribe(receiver.url(), _retry_policy=policy)
+    await stack.post("never delivered")
+    # Attempts at 0, 0 (immediate retry), 0 and 5 (linear backoff 0, 5), then none
+    hits = await receiver.wait_for(4, within=10)
+    assert abs(hits[3].at - hits[0].at - 5) < 0.5
+    await asyncio.sleep(0.5)
+    assert len(receiver.hits) == 4
+    assert await pending(stack.settings) == 0
+
+
+async def test_queue_retry_policy_applies_when_the_subscription_has_none(
+    stack: Stack, receiver: Receiver
+) -> None:
+    receiver.fail = 1
+    await stack.queues.CreateQueue(queues_pb2.CreateQueueRequest(
+        project=PROJECT, queue="qp", metadata=orjson.dumps({"_retry_policy": {
+            "retries_with_no_delay": 0, "minimum_delay_retries": 1, "minimum_delay": 1,
+            "maximum_delay": 11}})))
+    await stack.subscribe(receiver.url(), queue="qp")
+    await stack.post("m", queue="qp")
+    hits = await receiver.wait_for(2)
+    # No immediate retry: the second attempt comes after minimum_delay
+    assert 0.8 < hits[1].at - hits[0].at < 1.5
+
+
+async def test_a_hanging_subscriber_delays_neither_others_nor_posts(
+    stack: Stack, receiver_factory: Callable[..., Awaitable[Receiver]]
+) -> None:
+    # Given one subscriber that never answers and one that does
+    stuck = await receiver_factory(hang=True)
+    fast = await receiver_factory()
+    # Posts to a queue without subscribers, as a baseline
+    await stack.post("warm-up", queue="quiet")
+    await asyncio.sleep(0.3)
+    baseline = [await timed(stack.post("x", queue="quiet")) for _ in range(30)]
+    await stack.subscribe(stuck.url(), queue="busy")
+    await stack.subscribe(fast.url(), queue="busy")
+    # When messages are posted
+    loaded = [await timed(stack.post(i, queue="busy")) for i in range(30)]
+    # Then the fast subscriber gets all of them, while the stuck one holds its few slots
+    await fast.wait_for(30, within=10)
+    assert 1 <= len(stuck.hits) <= 4
+    # And posting was not slower than to the quiet queue
+    assert statistics.median(loaded) < statistics.median(baseline) * 2 + 0.005, (
+        statistics.median(loaded), statistics.median(baseline))
+
+
+async def timed(call: Awaitable[Any]) -> float:
+    started = time.perf_counter()
+    await call
+    return time.perf_counter() - started
+
+
+async def test_a_subscription_to_a_queue_that_was_skipped_gets_the_next_post(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # Given a queue whose posts message_svc learnt to skip (nobody listened)
+    await stack.post("before", queue="late")
+    await asyncio.sleep(0.3)
+    await stack.post("still nobody", queue="late")
+    # When a subscription is created, the very next post reaches it
+    await stack.subscribe(receiver.url(), queue="late")
+    await stack.post("after", queue="late")
+    [hit] = await receiver.wait_for(1)
+    assert hit.json()["body"] == "after"
+
+
+async def test_queue_delete_and_purge_remove_subscriptions(stack: Stack) -> None:
+    for queue in ("deleted", "purged", "kept"):
+        await stack.subscribe("http://127.0.0.1:9/x", queue=queue)
+    await stack.queues.DeleteQueue(queues_pb2.DeleteQueueRequest(project=PROJECT, queue="deleted"))
+    await stack.queues.PurgeQueue(queues_pb2.PurgeQueueRequest(
+        project=PROJECT, queue="purged", resource_types=["subscriptions"]))
+    await stack.queues.PurgeQueue(queues_pb2.PurgeQueueRequest(
+        project=PROJECT, queue="kept", resource_types=["messages"]))
+    for queue, count in (("deleted", 0), ("purged", 0), ("kept", 1)):
+        page = await stack.subs.ListSubscriptions(
+            notifier_pb2.ListSubscriptionsRequest(project=PROJECT, queue=queue))
+        assert len(page.subscriptions) == count, queue
+
+
+# e-mail ---------------------------------------------------------------------------------------
+
+
+async def test_mailto_subscribers_get_e_mails(
+    stack_factory: Callable[..., Awaitable[Stack]], smtp: tuple[Mailbox, int]
+) -> None:
+    mailbox, port = smtp
+    stack = await stack_factory(smtp_host="127.0.0.1", smtp_port=port)
+    await stack.subscribe("mailto:ops@example.com?subject=Queue%20news", **{"from": "z@q.org"})
+    await stack.subscribe("mailto:dev@example.com", subject="From options")
+    await stack.post({"n": 1}, ttl=120)
+    while len(mailbox.mails) < 2:
+        mailbox.arrived.clear()
+        await asyncio.wait_for(mailbox.arrived.wait(), 10)
+    mails = {recipients[0]: mail for mail, recipients in mailbox.mails}
+    ops, dev = mails["ops@example.com"], mails["dev@example.com"]
+    assert (ops["Subject"], ops["From"], ops["To"]) == (
+        "Queue news", "z@q.org", "ops@example.com"
+    )
+    assert (dev["Subject"], dev["From"]) == ("From options", "zaqar@localhost")
+    assert orjson.loads(ops.get_payload(decode=True)) == {
+        "body": {"n": 1}, "ttl": 120, "Message_Type": "Notification", "queue_name": "q"
+    }
+
+
+# confirmation ---------------------------------------------------------------------------------
+
+
+async def test_confirmation_flow(
+    stack_factory: Callable[..., Awaitable[Stack]], receiver: Receiver
+) -> None:
+    stack = await stack_factory(
+        require_confirmation=True, signed_url_secret="s3cret", public_url="https://zq.example/"
+    )
+    # When a webhook subscribes, it gets a SubscriptionConfirmation with a pre-signed PUT
+    sid = await stack.subscribe(receiver.url(), ttl=600)
+    [hit] = await receiver.wait_for(1)
+    doc = hit.json()
+    path = f"/v2/queues/q/subscriptions/{sid}/confirm"
+    assert doc["Message_Type"] == "SubscriptionConfirmation"
+    assert (doc["URL-Methods"], doc["URL-Paths"], doc["X-Project-ID"], doc["queue_name"]) == (
+        "PUT", path, PROJECT, "q"
+    )
+    assert doc["WSGISubscribeURL"] == "https://zq.example" + path
+    assert (doc["SubscribeBody"], doc["UnsubscribeBody"]) == (
+        {"confirmed": True}, {"confirmed": False}
+    )
+    assert signing.verify("s3cret", doc["URL-Signature"], [path], ["PUT"], PROJECT,
+                          doc["URL-Expires"])
+    # Unconfirmed, it gets no notification; subscribing again re-sends the confirmation
+    await stack.post("unseen")
+    again = await stack.subs.CreateSubscription(notifier_pb2.CreateSubscriptionRequest(
+        project=PROJECT, queue="q", subscriber=receiver.url()))
+    assert (again.subscription_id, again.created) == (sid, False)
+    await receiver.wait_for(2)
+    assert receiver.hits[1].json()["Message_Type"] == "SubscriptionConfirmation"
+    # Once confirmed, it gets notifications
+    confirm = notifier_pb2.ConfirmSubscriptionRequest(
+        project=PROJECT, queue="q", subscription_id=sid, confirmed=True)
+    await stack.subs.ConfirmSubscription(confirm)
+    await stack.post("seen")
+    await receiver.wait_for(3)
+    assert receiver.hits[2].json()["body"] == "seen"
+    # Cancelling sends an UnsubscribeConfirmation, and notifications stop
+    confirm.confirmed = False
+    await stack.subs.ConfirmSubscription(confirm)
+    await receiver.wait_for(4)
+    assert receiver.hits[3].json()["Message_Type"] == "UnsubscribeConfirmation"
+    await stack.post("unseen again")
+    await asyncio.sleep(0.5)
+    assert len(receiver.hits) == 4
+
+
+async def test_confirmation_needs_a_secret(make_settings: Callable[..., Settings]) -> None:
+    from services.common.config import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="signed_url_secret"):
+        await notifier_server.start(make_settings(require_confirmation=True))
+
+
+# watch ----------------------------------------------------------------------------------------
+
+
+async def test_two_watchers_get_every_posted_message(stack: Stack) -> None:
+    request = notifier_pb2.WatchRequest(project=PROJECT, queue="watched", ttl=30)
+    streams = [stack.internal.Watch(request) for _ in range(2)]
+    for stream in streams:
+        await stream.initial_metadata()
+    await stack.post("a", "b", queue="watched")
+    await stack.post("c", queue="watched")
+    for stream in streams:
+        bodies = []
+        async for notification in stream:
+            assert notification.queue == "watched"
+            bodies.append(orjson.loads(notification.message.body))
+            if len(bodies) == 3:
+                break
+        assert bodies == ["a", "b", "c"]
+        stream.cancel()
+
+
+async def test_a_watch_ends_with_its_ttl(stack: Stack) -> None:
+    started = time.monotonic()
+    stream = stack.internal.Watch(notifier_pb2.WatchRequest(project=PROJECT, queue="w", ttl=1))
+    assert [n async for n in stream] == []
+    assert 0.9 < time.monotonic() - started < 3
+    assert await stream.code() == Code.OK
+
+
+async def test_a_watch_of_a_bad_queue_is_refused(stack: Stack) -> None:
+    stream = stack.internal.Watch(notifier_pb2.WatchRequest(project=PROJECT, queue="bad name"))
+    info = await rpc_error(stream.read())
+    assert (info.code, info.reason) == (Code.INVALID_ARGUMENT, "INVALID_QUEUE_NAME")
+
+
+async def test_a_watcher_that_falls_behind_is_dropped_alone() -> None:
+    hub = WatchHub(buffer=2)
+    slow, ok = hub.register("p", "q"), hub.register("p", "q")
+    message = common_pb2.Message(id="1", body=b"1")
+    hub.publish("p", "q", [message, message])
+    ok.queue.get_nowait()
+    ok.queue.get_nowait()
+    hub.publish("p", "q", [message])
+    # The slow one overflowed and is gone; the other keeps getting messages
+    assert slow.overflowed.is_set() and not ok.overflowed.is_set()
+    assert ok.queue.qsize() == 1
+    hub.unregister("p", "q", ok)
+    assert not hub.listened("p", "q")
+
+
+async def test_watchers_do_not_get_messages_accepted_before_they_registered() -> None:
+    clock = [100.0]
+    hub = WatchHub(clock=lambda: clock[0])
+    watcher = hub.register("p", "q")
+    message = common_pb2.Message(id="1", body=b"1")
+    hub.publish("p", "q", [message], accepted_at=99.5)
+    hub.publish("p", "q", [message], accepted_at=100.5)
+    hub.publish("p", "q", [message])
+    assert watcher.queue.qsize() == 2
