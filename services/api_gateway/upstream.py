@@ -53,11 +53,10 @@ class Upstreams:
             "subscriptions": _stub(notifier_pb2_grpc.SubscriptionsStub, notifier_channel),
             "notifier": _stub(notifier_pb2_grpc.NotifierInternalStub, notifier_channel),
         }
-        # /v2/ping and /v2/health cover the path every queue and message request takes;
-        # subscriptions answer 503 on their own when notifier_svc is down.
         self._health = {
-            QUEUES_SERVICE: health_pb2_grpc.HealthStub(queue_channel),
-            MESSAGES_SERVICE: health_pb2_grpc.HealthStub(message_channel),
+            QUEUES_SERVICE: _stub(health_pb2_grpc.HealthStub, queue_channel),
+            MESSAGES_SERVICE: _stub(health_pb2_grpc.HealthStub, message_channel),
+            SUBSCRIPTIONS_SERVICE: _stub(health_pb2_grpc.HealthStub, notifier_channel),
         }
 
     async def close(self) -> None:
