@@ -199,6 +199,11 @@ async def test_every_action_names_its_missing_body_keys(text_ws: Ws) -> None:
         ("[1, 2]", "Unexpected body type. Expected dict or dict like."),
         (msgpack.packb([1, 2]), "Unexpected body type. Expected dict or dict like."),
         ('"text"', "Unexpected body type. Expected dict or dict like."),
+        (
+            msgpack.packb({"action": "message_post", "body": {"messages": [{"body": b"\x00"}]}}),
+            "The request holds values JSON cannot represent",
+        ),
+        (msgpack.packb({"action": "queue_list", 1: 2}), "Can't decode binary (MessagePack)"),
     ],
 )
 async def test_bad_frames(text_ws: Ws, frame: str | bytes, text: str) -> None:
@@ -319,6 +324,8 @@ async def test_a_down_service_is_503(dead_ws: Ws) -> None:
         assert (status, title) == (503, "Service temporarily unavailable")
         assert "try again" in text
     assert (await dead_ws.call("ping_node"))[0] == 503
+    # A push subscription needs notifier_svc as well
+    assert (await dead_ws.call("subscription_create", {"queue_name": "q"}))[0] == 503
 
 
 async def test_only_the_root_path_is_served(ws_url: str) -> None:

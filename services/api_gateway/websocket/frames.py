@@ -38,6 +38,15 @@ def decode(data: str | bytes) -> Frame:
         raise BadFrame(f"Can't decode {kind} request. {type(exc).__name__}: {exc}") from None
     if not isinstance(payload, dict):
         raise BadFrame("Unexpected body type. Expected dict or dict like.")
+    if binary:
+        # Bodies and metadata are stored as JSON: MessagePack's extras cannot travel.
+        try:
+            orjson.dumps(payload)
+        except TypeError:
+            raise BadFrame(
+                "The request holds values JSON cannot represent (binary data, extension"
+                " types or keys that are not strings)."
+            ) from None
     return Frame(payload, binary)
 
 

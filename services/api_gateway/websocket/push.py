@@ -31,6 +31,7 @@ class Watches:
         self._up = up
         self._send = send
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._unreleased: list[asyncio.Event] = []
 
     async def subscribe(self, caller: Caller, queue: str, ttl: int, binary: bool) -> str:
         """Open a watch and return its id once notifier_svc has registered it, so that every
@@ -45,10 +46,19 @@ class Watches:
             call.cancel()
             raise
         subscription_id = str(uuid.uuid4())
-        task = asyncio.ensure_future(self._forward(call, binary))
+        gate = asyncio.Event()
+        self._unreleased.append(gate)
+        task = asyncio.ensure_future(self._forward(call, binary, gate))
         self._tasks[subscription_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(subscription_id, None))
         return subscription_id
+
+    def release(self) -> None:
+        """Start forwarding for the subscriptions just answered: the client gets the 201
+        before any notification of the subscription."""
+        for gate in self._unreleased:
+            gate.set()
+        self._unreleased.clear()
 
     def cancel(self, subscription_id: str) -> bool:
         """End one of this connection's push subscriptions; False when it is not one."""
@@ -67,8 +77,9 @@ class Watches:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _forward(self, call: Any, binary: bool) -> None:
+    async def _forward(self, call: Any, binary: bool, gate: asyncio.Event) -> None:
         try:
+            await gate.wait()
             async for notification in call:
                 await self._send(frames.encode(translate.notification_doc(notification), binary))
         except grpc.RpcError as exc:

@@ -73,6 +73,7 @@ class Connection:
         try:
             async for data in self.socket:
                 await self.socket.send(await self.answer(data))
+                self.watches.release()
         except ConnectionClosed:
             pass
         finally:
