@@ -1,9 +1,12 @@
 """python-zaqarclient's own WebSocket transport, unmodified, drives queues, messages and claims.
 
-The transport is chosen by the ``ws://`` scheme of the URL (entry point ``ws.v2``), opens one
-connection, authenticates on it and stamps every request with its Client-ID and the project.
-It sends no query parameters (it says so itself), so every field travels in the request body,
-as its own documentation shows (``Request(endpoint, "queue_create", content=...)``).
+The transport is chosen by the ``ws://`` scheme of the URL (entry point ``ws.v2``): ``Client(
+url="ws://…")`` gets it through the same ``transport.get_transport_for`` call used here. It
+opens one connection, authenticates on it and stamps every request with its Client-ID and the
+project. It sends no query parameters (it logs a warning and drops them), so the Client's
+high-level calls, which put the queue name there, cannot work over it (and each opens a
+connection it never closes); every field travels in the request body instead, as the
+transport's own documentation shows (``Request(endpoint, "queue_create", content=...)``).
 """
 
 from __future__ import annotations
