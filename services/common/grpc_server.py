@@ -38,7 +38,7 @@ class Running:
     async def stop(self, grace: float = 0) -> None:
         await set_serving(self.health, self.service_names, False)
         await self.server.stop(grace)
-        await self.close()
+        await bounded_close(self.close, grace + CLOSE_TIMEOUT, ", ".join(self.service_names))
 
     async def serve_until_signal(self, grace: float, announce: str | None = None) -> None:
         await serve(self.server, self.health, self.service_names, grace, self.close, announce)
@@ -153,11 +153,25 @@ async def serve(
     await set_serving(health_servicer, service_names, False)
     await server.stop(grace)
     if on_stop is not None:
-        result = on_stop()
-        if asyncio.iscoroutine(result):
-            await result
+        await bounded_close(on_stop, CLOSE_TIMEOUT, ", ".join(service_names))
     stopper.cancel()
     waiter.cancel()
+
+
+# Seconds a service's own clean-up (stores, channels, background tasks) may take after its
+# server stopped; past that the process goes on stopping and says what hung.
+CLOSE_TIMEOUT = 10.0
+
+
+async def bounded_close(close: Callable[[], Any], timeout: float, what: str) -> None:
+    """Run a clean-up, but never let a stuck one hold a stopping process forever."""
+    result = close()
+    if not asyncio.iscoroutine(result):
+        return
+    try:
+        await asyncio.wait_for(result, timeout)
+    except TimeoutError:
+        log.error("clean-up of %s did not finish within %.0fs; stopping anyway", what, timeout)
 
 
 def setup_logging(level: str) -> None:
