@@ -14,6 +14,7 @@ from services.message_svc.storage.base import MessageStore
 BACKENDS: dict[str, tuple[str, str]] = {
     "sqlite": ("services.message_svc.storage.sqlite:SqliteMessageStore", ""),
     "redis": ("services.message_svc.storage.redis:RedisMessageStore", ""),
+    "mongodb": ("services.message_svc.storage.mongodb:MongoMessageStore", ""),
 }
 
 

@@ -12,14 +12,13 @@ for :meth:`collect_garbage`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from importlib import resources
 from typing import Any
 
 import redis.asyncio
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from services.common.errors import Unavailable
@@ -47,23 +46,13 @@ from services.message_svc.storage.redis._connection import (
     edge,
     parse,
 )
+from services.message_svc.storage.redis._scripts import Scripts
 
-SCRIPTS = (
-    "post", "list", "get", "delete", "delete_many", "pop", "claim", "get_claim", "renew",
-    "release", "stats", "delete_queue", "collect_garbage",
-)
 # Expired messages (and, separately, claims) one garbage-collection script removes at most,
 # so that Redis, which runs one script at a time, is never held up for long.
 GC_BATCH = 1000
 # Queues whose garbage is collected in one pipelined round trip.
 GC_QUEUES_PER_TRIP = 100
-
-
-def _script_source(name: str) -> str:
-    folder = resources.files(__package__).joinpath("scripts")
-    return folder.joinpath("lib.lua").read_text("utf-8") + "\n" + folder.joinpath(
-        f"{name}.lua"
-    ).read_text("utf-8")
 
 
 def _new_id() -> str:
@@ -83,7 +72,7 @@ class RedisMessageStore(base.MessageStore):
         self.options = options
         self._now = now
         self._client: redis.asyncio.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._scripts: Scripts | None = None
         self._registry = f"{options.prefix}:queues"
 
     @classmethod
@@ -108,30 +97,29 @@ class RedisMessageStore(base.MessageStore):
         return self.options.address
 
     async def _connect(self) -> None:
-        sources = {name: _script_source(name) for name in SCRIPTS}
         client = connect(self.options)
+        scripts = Scripts(client)
         try:
             await client.ping()
-            for name, source in sources.items():
-                await client.script_load(source)
-                self._scripts[name] = client.register_script(source)
+            await scripts.load()
             self.capabilities = Capabilities(durable=await _fsyncs_always(client), shared=True)
         except RedisError as exc:
             await client.aclose()
             raise Unavailable(
                 f"Cannot open the message store at {self.address}: {describe(exc)} ({exc})."
             ) from exc
-        self._client = client
+        self._client, self._scripts = client, scripts
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
+        if self._client is not None and self._scripts is not None:
+            client, scripts, self._client, self._scripts = self._client, self._scripts, None, None
+            await scripts.drain()
             await client.aclose()
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self._client is None:
+        if self._scripts is None:
             raise Unavailable("The message store is closed.")
-        return await self._scripts[name](keys, args)
+        return await self._scripts.run(name, keys, args)
 
     def _queue(self, project: str, queue: str) -> tuple[str, str]:
         return queue_prefix(self.options.prefix, project, queue)
@@ -321,21 +309,19 @@ class RedisMessageStore(base.MessageStore):
     async def collect_garbage(self) -> int:
         if self._client is None:
             raise Unavailable("The message store is closed.")
-        client, script = self._client, self._scripts["collect_garbage"]
+        client, prefix = self._client, self.options.prefix
         now = timestamp(self._now())
         removed, cursor = 0, 0
         while True:
             cursor, tags = await client.sscan(self._registry, cursor, count=GC_QUEUES_PER_TRIP)
             pending = [tag.decode() if isinstance(tag, bytes) else tag for tag in tags]
             while pending:
-                async with client.pipeline(transaction=False) as pipe:
-                    for tag in pending:
-                        await script(
-                            (prefix_of_tag(self.options.prefix, tag), self._registry),
-                            (now, GC_BATCH, tag),
-                            client=pipe,
-                        )
-                    counts = await pipe.execute()
+                # Issued together, so they travel as one pipeline.
+                counts = await asyncio.gather(*(
+                    self._run("collect_garbage", (prefix_of_tag(prefix, tag), self._registry),
+                              (now, GC_BATCH, tag))
+                    for tag in pending
+                ))
                 removed += sum(int(c) for c in counts)
                 # A queue that filled its batch may hold more; go round again for those only.
                 pending = [t for t, c in zip(pending, counts, strict=True) if c >= GC_BATCH]

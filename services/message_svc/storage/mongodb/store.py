@@ -1,0 +1,380 @@
+"""The MongoDB message store, with standard driver calls only (see ``_documents.py``).
+
+MongoDB makes single documents atomic, not groups of them, so every guarantee of the contract
+that spans messages is built from single-document conditions:
+
+* A claim (or pop) reads candidate ids, then takes each with a ``find_one_and_update``
+  (``find_one_and_delete``) whose filter repeats "claimable", so a message two claimers both
+  saw goes to exactly one of them (``claims.py``).
+* A delete with claim rules is one ``delete_one`` whose filter is the rule.
+* Seqs come from a per-queue counter (``find_one_and_update``), with the pending-range
+  bookkeeping that keeps listings from stepping over a batch still being written.
+
+Writes are journaled (``w=1, j=true`` unless the URI says otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bson import Binary
+from pymongo import ASCENDING
+from pymongo.errors import PyMongoError
+
+from services.common.errors import Unavailable
+from services.message_svc.storage import base
+from services.message_svc.storage.base import (
+    Capabilities,
+    Claim,
+    ClaimResult,
+    DeadLetterPolicy,
+    DeleteOutcome,
+    NewMessage,
+    QueueStats,
+    StoredMessage,
+)
+from services.message_svc.storage.mongodb import claims
+from services.message_svc.storage.mongodb._collections import Collections
+from services.message_svc.storage.mongodb._connection import (
+    Document,
+    MongoOptions,
+    describe,
+    edge,
+)
+from services.message_svc.storage.mongodb._documents import PENDING_WINDOW, as_date, to_message
+
+GC_BATCH = 5000
+# Attempts at a delete whose outcome changed between its write and its read-back (a claim
+# expiring or being released in between); each retry sees a newer state.
+DELETE_ATTEMPTS = 5
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class MongoMessageStore(base.MessageStore):
+    """:class:`services.message_svc.storage.base.MessageStore` on MongoDB."""
+
+    capabilities = Capabilities(durable=True, shared=True)
+
+    def __init__(self, options: MongoOptions, now: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self._now = now
+        self._client: Any = None
+        self._collections: Collections | None = None
+        self._turns = claims.QueueLocks()
+
+    @classmethod
+    def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> MongoMessageStore:
+        """Raises: ConfigurationError, naming what is wrong with ``uri``."""
+        return cls(MongoOptions.parse(uri), now=now)
+
+    @classmethod
+    async def open(cls, uri: str, now: Callable[[], float] = time.time) -> MongoMessageStore:
+        """A store connected to the server ``uri`` names, its indexes in place.
+
+        Raises:
+            ConfigurationError: ``uri`` is malformed.
+            Unavailable: the server cannot be reached or refuses the indexes.
+        """
+        store = cls.from_uri(uri, now=now)
+        await store._connect()
+        return store
+
+    @property
+    def address(self) -> str:
+        return self.options.address
+
+    async def _connect(self) -> None:
+        client = self.options.client()
+        try:
+            await client.admin.command("ping")
+            collections = Collections(client[self.options.database])
+            await collections.create_indexes()
+        except PyMongoError as exc:
+            await client.close()
+            # The driver's message goes on to describe the whole topology: keep its start.
+            detail = textwrap.shorten(str(exc), 200, placeholder=" ...")
+            raise Unavailable(
+                f"Cannot open the message store at {self.address}: {describe(exc)} ({detail})."
+            ) from exc
+        self._client, self._collections = client, collections
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client, self._collections = self._client, None, None
+            await client.close()
+
+    def _db(self) -> Collections:
+        if self._collections is None:
+            raise Unavailable("The message store is closed.")
+        return self._collections
+
+    # Messages -------------------------------------------------------------------------------
+
+    @edge("store the messages")
+    async def post(
+        self, project: str, queue: str, client_id: str, messages: Sequence[NewMessage]
+    ) -> tuple[str, ...]:
+        db = self._db()
+        now = self._now()
+        ids = tuple(_new_id() for _ in messages)
+        docs = [
+            {"_id": mid, "p": project, "q": queue, "b": Binary(m.body), "t": m.ttl, "c": now,
+             "e": now + m.ttl, "ea": as_date(now + m.ttl), "v": now + m.delay, "i": client_id,
+             "k": None, "x": 0.0, "n": 0}
+            for mid, m in zip(ids, messages, strict=True)
+        ]
+        if not docs:
+            return ids
+        first, token = await db.reserve(project, queue, len(docs), now)
+        for seq, doc in enumerate(docs, start=first):
+            doc["s"] = seq
+        try:
+            await db.messages.insert_many(docs, ordered=True)
+        except BaseException:
+            # All or nothing: take back whatever part of the batch was written (as far as the
+            # server lets us), then report the original failure.
+            with contextlib.suppress(PyMongoError):
+                await db.messages.delete_many({"_id": {"$in": list(ids)}})
+            with contextlib.suppress(PyMongoError):
+                await db.settle(project, queue, token)
+            raise
+        await db.settle(project, queue, token)
+        return ids
+
+    @edge("list the messages")
+    async def list_messages(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        after: int | None = None,
+        client_id: str = "",
+        echo: bool = True,
+        include_claimed: bool = False,
+        include_delayed: bool = False,
+    ) -> list[StoredMessage]:
+        db = self._db()
+        now = self._now()
+        # The bound is read before the messages: whatever lies below it is completely written.
+        bound = await db.readable_bound(project, queue, now)
+        seq: Document = {"$lte": bound}
+        if after is not None:
+            seq["$gt"] = after
+        query: Document = {"p": project, "q": queue, "s": seq, "e": {"$gt": now}}
+        if not include_claimed:
+            query["x"] = {"$lte": now}
+        if not include_delayed:
+            query["v"] = {"$lte": now}
+        if not echo and client_id:
+            query["i"] = {"$ne": client_id}
+        docs = await db.messages.find(query).sort("s", ASCENDING).limit(limit).to_list()
+        return [to_message(doc, now) for doc in docs]
+
+    @edge("read the message")
+    async def get(self, project: str, queue: str, message_id: str) -> StoredMessage | None:
+        now = self._now()
+        doc = await self._db().messages.find_one(
+            {"_id": message_id, "p": project, "q": queue, "e": {"$gt": now}}
+        )
+        return None if doc is None else to_message(doc, now)
+
+    @edge("read the messages")
+    async def get_many(
+        self, project: str, queue: str, message_ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return []
+        now = self._now()
+        docs = await self._db().messages.find(
+            {"_id": {"$in": ids}, "p": project, "q": queue, "e": {"$gt": now}}
+        ).sort("s", ASCENDING).to_list()
+        return [to_message(doc, now) for doc in docs]
+
+    @edge("delete the message")
+    async def delete(
+        self, project: str, queue: str, message_id: str, claim_id: str | None = None
+    ) -> DeleteOutcome:
+        messages = self._db().messages
+        now = self._now()
+        found: Document = {"_id": message_id, "p": project, "q": queue, "e": {"$gt": now}}
+        rule: Document = (
+            {"x": {"$lte": now}} if claim_id is None
+            else {"k": claim_id, "x": {"$gt": now}}
+        )
+        outcome = DeleteOutcome.ABSENT
+        for _ in range(DELETE_ATTEMPTS):
+            if (await messages.delete_one({**found, **rule})).deleted_count:
+                return DeleteOutcome.DELETED
+            doc = await messages.find_one(found, {"k": 1, "x": 1})
+            if doc is None:
+                return DeleteOutcome.ABSENT
+            holder = doc["k"] if doc["x"] > now else None
+            if claim_id is None:
+                outcome = DeleteOutcome.CLAIMED
+                if holder is not None:
+                    return outcome
+            else:
+                outcome = (
+                    DeleteOutcome.NOT_CLAIMED if holder is None
+                    else DeleteOutcome.CLAIMED_BY_OTHER
+                )
+                if holder != claim_id:
+                    return outcome
+        return outcome
+
+    @edge("delete the messages")
+    async def delete_many(
+        self,
+        project: str,
+        queue: str,
+        message_ids: Sequence[str],
+        claim_ids: Sequence[str] | None = None,
+    ) -> int:
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return 0
+        now = self._now()
+        query: Document = {"_id": {"$in": ids}, "p": project, "q": queue, "e": {"$gt": now}}
+        if claim_ids is not None:
+            query["$or"] = [{"x": {"$lte": now}}, {"k": {"$in": list(claim_ids)}}]
+        return int((await self._db().messages.delete_many(query)).deleted_count)
+
+    @edge("pop messages")
+    async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        now, pop_id = self._now(), _new_id()
+        async with self._turns.hold(project, queue):
+            docs = await claims.pop(self._db(), project, queue, limit, now)
+        return [to_message(doc, now, claim_id=pop_id) for doc in docs]
+
+    @edge("read the queue's stats")
+    async def stats(self, project: str, queue: str) -> QueueStats:
+        now = self._now()
+        cursor = await self._db().messages.aggregate([
+            {"$match": {"p": project, "q": queue, "e": {"$gt": now}}},
+            {"$sort": {"s": 1}},
+            {"$group": {
+                "_id": None,
+                "total": {"$sum": 1},
+                "claimed": {"$sum": {"$cond": [{"$gt": ["$x", now]}, 1, 0]}},
+                "oldest": {"$first": "$$ROOT"},
+                "newest": {"$last": "$$ROOT"},
+            }},
+        ])
+        found = await cursor.to_list()
+        if not found:
+            return QueueStats(claimed=0, free=0, total=0, oldest=None, newest=None)
+        total, claimed = int(found[0]["total"]), int(found[0]["claimed"])
+        return QueueStats(
+            claimed=claimed, free=total - claimed, total=total,
+            oldest=to_message(found[0]["oldest"], now),
+            newest=to_message(found[0]["newest"], now),
+        )
+
+    @edge("delete the queue's messages")
+    async def delete_queue(self, project: str, queue: str) -> None:
+        db = self._db()
+        # Claims first: a claim left without messages is harmless, the reverse is not.
+        await db.claims.delete_many({"p": project, "q": queue})
+        await db.messages.delete_many({"p": project, "q": queue})
+
+    # Claims ---------------------------------------------------------------------------------
+
+    @edge("claim messages")
+    async def claim(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        ttl: int,
+        grace: int,
+        dead_letter: DeadLetterPolicy | None = None,
+    ) -> ClaimResult:
+        db = self._db()
+        now, claim_id = self._now(), _new_id()
+        async with self._turns.hold(project, queue):
+            docs, dead = await claims.claim(
+                db, project, queue, claim_id, now,
+                limit=limit, ttl=ttl, grace=grace, dead_letter=dead_letter,
+            )
+        if not docs:
+            return ClaimResult(claim=None, dead_lettered=dead)
+        claim_expires = now + ttl
+        return ClaimResult(
+            claim=Claim(
+                id=claim_id, ttl=ttl, grace=grace, created=now, expires=claim_expires,
+                messages=tuple(to_message(doc, now) for doc in docs),
+            ),
+            dead_lettered=dead,
+        )
+
+    @edge("read the claim")
+    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
+        db = self._db()
+        now = self._now()
+        doc, held = await asyncio.gather(
+            db.claims.find_one({"_id": claim_id, "p": project, "q": queue, "e": {"$gt": now}}),
+            db.messages.find(
+                {"k": claim_id, "p": project, "q": queue, "x": {"$gt": now}, "e": {"$gt": now}}
+            ).sort("s", ASCENDING).to_list(),
+        )
+        if doc is None:
+            return None
+        return Claim(
+            id=claim_id, ttl=int(doc["t"]), grace=int(doc["g"]), created=float(doc["c"]),
+            expires=float(doc["e"]), messages=tuple(to_message(m, now) for m in held),
+        )
+
+    @edge("renew the claim")
+    async def renew_claim(
+        self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
+    ) -> bool:
+        return await claims.renew(
+            self._db(), project, queue, claim_id, self._now(), ttl=ttl, grace=grace
+        )
+
+    @edge("release the claim")
+    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
+        db = self._db()
+        await asyncio.gather(
+            db.claims.delete_one({"_id": claim_id, "p": project, "q": queue}),
+            db.messages.update_many(
+                {"k": claim_id, "p": project, "q": queue}, {"$set": {"k": None, "x": 0.0}}
+            ),
+        )
+
+    # Garbage --------------------------------------------------------------------------------
+
+    @edge("collect expired messages and claims")
+    async def collect_garbage(self) -> int:
+        db = self._db()
+        now = self._now()
+        removed = 0
+        for collection in (db.messages, db.claims):
+            while True:
+                expired = await collection.find(
+                    {"e": {"$lte": now}}, {"_id": 1}
+                ).limit(GC_BATCH).to_list()
+                if not expired:
+                    break
+                result = await collection.delete_many(
+                    {"_id": {"$in": [doc["_id"] for doc in expired]}, "e": {"$lte": now}}
+                )
+                removed += result.deleted_count
+                if len(expired) < GC_BATCH:
+                    break
+        stale = {"at": {"$lt": now - PENDING_WINDOW}}
+        await db.counters.update_many({"pending": {"$elemMatch": stale}},
+                                      {"$pull": {"pending": stale}})
+        return removed

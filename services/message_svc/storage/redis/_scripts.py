@@ -1,0 +1,122 @@
+"""The store's Lua scripts: loaded at open, called with EVALSHA, pipelined when concurrent.
+
+Calls made in the same turn of the event loop (say, the requests of many consumers that
+arrived together) go to Redis as one pipeline: one write and one read on one connection
+instead of one each per call, which is most of what a call costs the client. Each script is
+still atomic on its own; a pipeline only saves round trips (``transaction=False``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio
+from redis.exceptions import NoScriptError, RedisError
+
+NAMES = (
+    "post", "list", "get", "delete", "delete_many", "pop", "claim", "get_claim", "renew",
+    "release", "stats", "delete_queue", "collect_garbage",
+)
+
+# (script name, number of keys, keys and arguments encoded, the caller's future)
+Call = tuple[str, int, list[bytes | memoryview], "asyncio.Future[Any]"]
+
+
+def source(name: str) -> str:
+    """The text of script ``name``: the shared ``lib.lua`` followed by ``<name>.lua``."""
+    folder = resources.files(__package__).joinpath("scripts")
+    return "\n".join(
+        folder.joinpath(f"{part}.lua").read_text("utf-8") for part in ("lib", name)
+    )
+
+
+class Scripts:
+    """Runs the scripts on one client, batching concurrent calls into pipelines."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+        encoder = client.connection_pool.get_encoder()  # type: ignore[no-untyped-call]
+        self._encode: Callable[[Any], bytes | memoryview] = encoder.encode
+        self._sources = {name: source(name) for name in NAMES}
+        self._shas = {
+            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._sources.items()
+        }
+        self._pending: list[Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def load(self) -> None:
+        """Load every script into the server's script cache (again, after a restart)."""
+        for text in self._sources.values():
+            await self._client.script_load(text)
+
+    def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """The reply of script ``name``; it raises what Redis or the connection raised."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        try:
+            # Encoded now, so that a value Redis cannot take fails this call alone, not the
+            # pipeline it would have joined.
+            encoded = [self._encode(value) for value in (*keys, *args)]
+        except RedisError as exc:
+            future.set_exception(exc)
+            return future
+        if not self._pending:
+            loop.call_soon(self._send_pending)
+        self._pending.append((name, len(keys), encoded, future))
+        return future
+
+    async def drain(self) -> None:
+        """Wait for every call already made."""
+        while self._pending or self._sending:
+            await asyncio.gather(*self._sending, asyncio.sleep(0), return_exceptions=True)
+
+    def _send_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[Call]) -> None:
+        try:
+            replies = await self._execute(batch)
+        except asyncio.CancelledError:
+            for *_, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # the connection failed: every call of the batch failed
+            replies = [exc] * len(batch)
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # its caller gave up waiting
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _execute(self, batch: list[Call]) -> list[Any]:
+        replies = await self._pipeline(batch)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            # The server restarted (or its script cache was flushed): load and go again.
+            await self.load()
+            for i, reply in zip(lost, await self._pipeline([batch[i] for i in lost]),
+                                strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, batch: list[Call]) -> list[Any]:
+        if len(batch) == 1:
+            name, nkeys, encoded, _ = batch[0]
+            try:
+                return [await self._client.evalsha(self._shas[name], nkeys, *encoded)]
+            except NoScriptError as exc:
+                return [exc]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name, nkeys, encoded, _ in batch:
+                pipe.evalsha(self._shas[name], nkeys, *encoded)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
