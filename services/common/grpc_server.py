@@ -171,7 +171,16 @@ async def bounded_close(close: Callable[[], Any], timeout: float, what: str) -> 
     try:
         await asyncio.wait_for(result, timeout)
     except TimeoutError:
-        log.error("clean-up of %s did not finish within %.0fs; stopping anyway", what, timeout)
+        stuck = "\n".join(_task_stack(task) for task in asyncio.all_tasks() if not task.done())
+        log.error("clean-up of %s did not finish within %.0fs; stopping anyway. Tasks:\n%s",
+                  what, timeout, stuck)
+
+
+def _task_stack(task: asyncio.Task[Any]) -> str:
+    frames = task.get_stack()
+    where = " <- ".join(f"{f.f_code.co_name}@{f.f_code.co_filename.rsplit('/', 1)[-1]}:"
+                        f"{f.f_lineno}" for f in reversed(frames))
+    return f"  {task.get_name()}: {where or task.get_coro()!r}"
 
 
 def setup_logging(level: str) -> None:
