@@ -13,7 +13,7 @@ from tests.e2e.harness import Stack, start_stack
 from tests.servers import free_port
 
 # Stores that ``zaqar-grpc up`` runs on in these tests.
-UP_STORES = ["sqlite", "redis"]
+UP_STORES = ["sqlite", "redis", "mongodb"]
 
 
 @pytest.fixture(scope="session")
