@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.common.config import ENV_PREFIX, ConfigurationError, Settings
+from services.common.errors import ServiceError
 
 # service name -> (module with main()/run(), settings field of its port, gRPC health?)
 SERVICES: dict[str, tuple[str, str, bool]] = {
@@ -100,7 +101,12 @@ def serve(service: str, settings: Settings) -> int:
     setup_logging(settings.log_level)
     install_event_loop_policy()
     os.makedirs(settings.data_dir, exist_ok=True)
-    asyncio.run(module.run(settings))
+    try:
+        asyncio.run(module.run(settings))
+    except ServiceError as exc:
+        # A store that cannot be reached at start: one line, no traceback.
+        print(f"zaqar-grpc: {service}: {exc.description}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

@@ -163,17 +163,17 @@ async def serve(
 CLOSE_TIMEOUT = 10.0
 
 
-async def bounded_close(close: Callable[[], Any], timeout: float, what: str) -> None:
+async def bounded_close(close: Callable[[], Any], limit: float, what: str) -> None:
     """Run a clean-up, but never let a stuck one hold a stopping process forever."""
     result = close()
     if not asyncio.iscoroutine(result):
         return
     try:
-        await asyncio.wait_for(result, timeout)
+        await asyncio.wait_for(result, limit)
     except TimeoutError:
         stuck = "\n".join(_task_stack(task) for task in asyncio.all_tasks() if not task.done())
         log.error("clean-up of %s did not finish within %.0fs; stopping anyway. Tasks:\n%s",
-                  what, timeout, stuck)
+                  what, limit, stuck)
 
 
 def _task_stack(task: asyncio.Task[Any]) -> str:

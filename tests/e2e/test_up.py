@@ -113,3 +113,21 @@ def test_bad_store_uri_is_one_clear_error(make_settings: Callable[..., Settings]
     assert result.returncode != 0
     assert "unsupported message store 'nosuch'" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("uri", ["redis://127.0.0.1:{port}/0", "mongodb://127.0.0.1:{port}/z"])
+def test_unreachable_store_at_start_is_one_clear_error(
+    make_settings: Callable[..., Settings], uri: str
+) -> None:
+    from tests.servers import free_port
+
+    store = uri.format(port=free_port())  # nothing listens there
+    env = {**os.environ, **settings_environment(make_settings())}
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--store", store],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "cannot be reached" in output
+    assert "Traceback" not in output
