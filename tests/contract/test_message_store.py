@@ -949,6 +949,20 @@ async def test_the_in_memory_sqlite_store_works(message_store_clock: Clock) -> N
         await store.close()
 
 
+async def test_projects_and_queues_with_separator_characters_stay_apart(
+    message_store: MessageStore,
+) -> None:
+    # Given look-alike project/queue pairs (projects are free text)
+    pairs = [("a/b", "c"), ("a", "b/c"), ("{a", "b}"), ("a}", "{b"), ("a%2Fb", "c"), ("a:b", "c")]
+    ids = {pair: await message_store.post(*pair, CLIENT, [msg(i)]) for i, pair in enumerate(pairs)}
+
+    # Then each pair sees its own message only
+    for pair, (mid,) in ids.items():
+        assert [m.id for m in await message_store.list_messages(*pair, limit=10)] == [mid]
+        result = await message_store.claim(*pair, limit=10, ttl=60, grace=60)
+        assert result.claim is not None and [m.id for m in result.claim.messages] == [mid]
+
+
 # Networked backends: configuration, outages, durability ------------------------------------
 
 
@@ -1024,6 +1038,28 @@ async def _outage_and_recovery(store: MessageStore, server: ServerProcess) -> No
     assert again.claim is not None and [m.id for m in again.claim.messages] == list(ids[1:21])
     assert (await store.stats(P, Q)).total == 201
     assert new_id not in ids
+
+
+async def test_redis_reloads_its_scripts_when_the_server_forgot_them(
+    redis_uri: str, message_store_clock: Clock
+) -> None:
+    import redis.asyncio
+
+    store = await open_store(redis_uri, now=message_store_clock)
+    client = redis.asyncio.Redis.from_url(redis_uri)
+    try:
+        # Given a server that lost its script cache (as after a restart)
+        await post_n(store, 2)
+        await client.script_flush()
+
+        # Then single and pipelined (concurrent) calls still work
+        assert len(await store.list_messages(P, Q, limit=10)) == 2
+        await client.script_flush()
+        posted = await asyncio.gather(*[store.post(P, Q, CLIENT, [msg(i)]) for i in range(5)])
+        assert len(posted) == 5 and (await store.stats(P, Q)).total == 7
+    finally:
+        await client.aclose()
+        await store.close()
 
 
 async def test_redis_loses_no_acknowledged_message_when_killed(

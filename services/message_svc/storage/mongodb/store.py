@@ -44,8 +44,10 @@ from services.message_svc.storage.mongodb._collections import Collections
 from services.message_svc.storage.mongodb._connection import (
     Document,
     MongoOptions,
+    connect,
     describe,
     edge,
+    parse,
 )
 from services.message_svc.storage.mongodb._documents import PENDING_WINDOW, as_date, to_message
 
@@ -74,7 +76,7 @@ class MongoMessageStore(base.MessageStore):
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> MongoMessageStore:
         """Raises: ConfigurationError, naming what is wrong with ``uri``."""
-        return cls(MongoOptions.parse(uri), now=now)
+        return cls(parse(uri), now=now)
 
     @classmethod
     async def open(cls, uri: str, now: Callable[[], float] = time.time) -> MongoMessageStore:
@@ -93,7 +95,7 @@ class MongoMessageStore(base.MessageStore):
         return self.options.address
 
     async def _connect(self) -> None:
-        client = self.options.client()
+        client = connect(self.options)
         try:
             await client.admin.command("ping")
             collections = Collections(client[self.options.database])

@@ -7,7 +7,8 @@ to a dead-letter queue are the only places a script reaches beyond one queue.
 
 Times are the store clock's floats, passed to scripts as exact decimal text; Redis's own
 expiry is not used, so that expiry follows the store's clock and expired items stay countable
-for :meth:`collect_garbage`.
+for :meth:`collect_garbage`. Scripts are loaded at open and called with EVALSHA; concurrent
+calls share pipelines (``_scripts.py``).
 """
 
 from __future__ import annotations
