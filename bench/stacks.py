@@ -1,0 +1,125 @@
+"""zbench against the HTTP ceiling and against ``zaqar-grpc up`` on every store, one after the
+other in one run, printing a Markdown table (and JSON) of req/s and latency percentiles.
+
+    python bench/stacks.py --seconds 15 [--observers] [--stores sqlite,redis,mongodb]
+
+Each store gets its own fresh server: redis-server (``--save "" --appendonly no``, or with
+``--durable`` AOF ``appendfsync always``), the MongoDB wire server (SecantusDB), or SQLite
+files in a temporary folder. Only loopback addresses are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import zbench  # noqa: E402
+from services.cli import settings_environment  # noqa: E402
+from services.common.config import Settings  # noqa: E402
+from tests.e2e.harness import Stack, start_stack  # noqa: E402
+from tests.servers import ServerProcess, free_port, mongodb_process, redis_process  # noqa: E402
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(url: str, seconds: float, observers: bool) -> dict[str, Any]:
+    args = ["--url", url, "-pp", "1", "-pw", "4", "-cp", "1", "-cw", "4",
+            "-op", "1" if observers else "0", "-ow", "2", "-t", str(seconds)]
+    return zbench.main(args)
+
+
+def run_hello(seconds: float, observers: bool) -> dict[str, Any]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "hello_app.py"),
+                             "--port", str(port)])
+    try:
+        time.sleep(2)
+        return {"results": load(f"http://127.0.0.1:{port}", seconds, observers), "rss": {}}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def run_store(store: str, seconds: float, observers: bool, durable: bool,
+              work: Path) -> dict[str, Any]:
+    server: ServerProcess | None = None
+    overrides: dict[str, Any] = {
+        "data_dir": str(work / store), "queue_port": free_port(), "message_port": free_port(),
+        "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
+        "log_level": "WARNING",
+    }
+    if store == "redis":
+        server = redis_process(work / "redis", durable=durable)
+        server.start()
+        uri = f"redis://127.0.0.1:{server.port}/0"
+    elif store == "mongodb":
+        server = mongodb_process(work / "mongodb")
+        server.start()
+        uri = f"mongodb://127.0.0.1:{server.port}/bench"
+    if server is not None:
+        overrides.update(queue_store=uri, message_store=uri, notifier_store=uri)
+    settings = Settings.load(environ={}, overrides=overrides)
+    stack: Stack = start_stack(settings)
+    try:
+        results = load(stack.url, seconds, observers)
+        rss = {name: round(rss_mib(pid), 1) for name, pid in stack.child_pids().items()}
+        if server is not None and server.proc is not None:
+            rss[store + "-server"] = round(rss_mib(server.proc.pid), 1)
+        return {"results": results, "rss": rss}
+    finally:
+        stack.stop()
+        if server is not None:
+            server.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--observers", action="store_true", help="add 1 observer process, 2 workers")
+    ap.add_argument("--durable", action="store_true", help="Redis with AOF appendfsync always")
+    ap.add_argument("--stores", default="sqlite,redis,mongodb")
+    ap.add_argument("--no-hello", action="store_true")
+    args = ap.parse_args()
+    assert settings_environment  # the harness passes settings to children this way
+    runs: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="zbench-") as tmp:
+        if not args.no_hello:
+            runs["hello (HTTP ceiling)"] = run_hello(args.seconds, args.observers)
+        for store in args.stores.split(","):
+            runs[f"zaqar-grpc on {store}"] = run_store(
+                store, args.seconds, args.observers, args.durable, Path(tmp))
+    print()
+    print("| target | role | req/s | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, run in runs.items():
+        for role in ("producer", "consumer", "observer"):
+            r = run["results"].get(role)
+            if r:
+                print(f"| {name} | {role} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} "
+                      f"| {r['p99_ms']} | {r['errors']} |")
+    print()
+    for name, run in runs.items():
+        if run["rss"]:
+            print(f"RSS MiB after load, {name}: {run['rss']}")
+    print(json.dumps({"seconds": args.seconds, "runs": runs}, default=str))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
