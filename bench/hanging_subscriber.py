@@ -44,7 +44,7 @@ async def receiver(port: int, hits: list[float], hang: float) -> web.AppRunner:
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * len(ordered))) - 1)] * 1000
+    return ordered[min(len(ordered) - 1, round(p / 100 * len(ordered)) - 1)] * 1000
 
 
 async def posts(http: aiohttp.ClientSession, queue: str, n: int) -> list[float]:
