@@ -18,7 +18,7 @@ from pymongo import AsyncMongoClient
 from services.common.config import ConfigurationError
 from services.common.errors import PatchConflict, QueueNotFound, Unavailable
 from services.queue_svc.storage.base import MetadataPatch, QueueStore, apply_patches
-from services.queue_svc.storage.mongodb._connection import MongoOptions
+from services.queue_svc.storage.mongodb._connection import parse as parse_mongodb
 from services.queue_svc.storage.redis import queues as redis_queues
 from services.queue_svc.storage.redis._connection import RedisOptions, parse
 from services.queue_svc.storage.registry import open_queue_store, redact
@@ -640,7 +640,7 @@ def test_redis_uri_options() -> None:
 
 
 async def test_mongodb_uri_options() -> None:
-    options = MongoOptions.parse("mongodb://u:pw@a:1,b/")
+    options = parse_mongodb("mongodb://u:pw@a:1,b/")
     assert (options.database, options.hosts) == ("zaqar", ("a:1", "b:27017"))
     assert "pw" not in repr(options) and "pw" not in options.address
     # By default: timeouts of a few seconds at most, and journaled writes
@@ -653,7 +653,7 @@ async def test_mongodb_uri_options() -> None:
     finally:
         await client.close()
     # And the URI's own options win
-    tuned = MongoOptions.parse("mongodb://a/queues?w=majority&serverselectiontimeoutms=100")
+    tuned = parse_mongodb("mongodb://a/queues?w=majority&serverselectiontimeoutms=100")
     assert tuned.database == "queues"
     assert "w" not in tuned.client_options
     assert "serverSelectionTimeoutMS" not in tuned.client_options

@@ -42,8 +42,10 @@ from services.queue_svc.storage.mongodb._connection import (
     STORE,
     Document,
     MongoOptions,
+    connect,
     describe,
     edge,
+    parse,
 )
 
 COLLECTION = "queues"
@@ -95,7 +97,7 @@ class MongoQueueStore:
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoQueueStore:
-        return cls(MongoOptions.parse(uri))
+        return cls(parse(uri))
 
     @property
     def address(self) -> str:
@@ -107,7 +109,7 @@ class MongoQueueStore:
         return self._queues
 
     async def open(self) -> None:
-        client = self.options.client()
+        client = connect(self.options)
         try:
             await client.admin.command("ping")
             queues = client[self.options.database][COLLECTION]
