@@ -14,6 +14,8 @@ from tests.servers import free_port
 
 # Stores that ``zaqar-grpc up`` runs on in these tests.
 UP_STORES = ["sqlite", "redis", "mongodb"]
+# Secret of the pre-signed URLs the ``up`` stacks make and verify.
+SIGNED_URL_SECRET = "test-signed-url-secret"
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +39,7 @@ def stack_settings(request: pytest.FixtureRequest, store: str, data: Path) -> Se
     overrides: dict[str, Any] = {
         "data_dir": str(data), "queue_port": free_port(), "message_port": free_port(),
         "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
-        "gc_interval": 1.0,
+        "gc_interval": 1.0, "signed_url_secret": SIGNED_URL_SECRET,
     }
     if store == "redis":
         server = request.getfixturevalue("redis_server")

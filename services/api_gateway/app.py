@@ -37,11 +37,11 @@ def create_app(settings: Settings, up: Upstreams | None = None) -> App:
     """The HTTP app; ``up``: channels shared with the WebSocket server, closed by their owner."""
     owned = up is None
     up = Upstreams(settings) if up is None else up
-    middleware: list[Any] = [UpstreamLifespan(up, owned), ZaqarHeaders()]
+    middleware: list[Any] = [UpstreamLifespan(up, owned), ZaqarHeaders(settings.signed_url_secret)]
     app: App = falcon.asgi.App(media_type=JSON, middleware=middleware)
     # Zaqar's query-string parsing: a blank value is as good as absent, "a,b" is left whole.
     app.req_options.keep_blank_qs_values = False
     app.req_options.strip_url_path_trailing_slash = False
-    add_routes(app, up)
+    add_routes(app, up, settings.signed_url_secret)
     register_error_handlers(app)
     return app

@@ -6,6 +6,10 @@ Runs once per request, before routing. What it extracts lands on ``req.context``
 - ``project``: ``X-Project-ID`` (no-auth mode);
 - ``client_id``: ``Client-ID`` normalised to a lower-case dashed UUID, so that dashed and
   undashed spellings of one id are the same client for ``echo`` filtering.
+
+A request carrying ``URL-Signature`` is a pre-signed one (contract §6): it goes ahead only when
+the signature verifies (``URL-Methods``, ``URL-Paths``, ``URL-Expires``, ``X-Project-ID``)
+and grants its method and path before an expiry still ahead; any other is answered 404.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import falcon.asgi
 
 from services.api_gateway.errors import ApiError
 from services.api_gateway.operations import Caller
+from services.common import signing
 from services.common.limits import PROJECT_ID_MAX
 
 V2_PREFIX: Final = "/v2/"
@@ -45,6 +50,7 @@ LONG_PROJECT: Final = (
     "Invalid project id",
     f"The header X-PROJECT-ID may not be longer than {PROJECT_ID_MAX} characters.",
 )
+SIGNATURE_REFUSED: Final = (404, "404 Not Found")
 FORM_BODY: Final = (
     400,
     "Invalid Content-Type",
@@ -96,6 +102,9 @@ def _accepts_json(req: falcon.asgi.Request) -> bool:
 class ZaqarHeaders:
     """Validates the transport headers once and stamps every answer with the request id."""
 
+    def __init__(self, signed_url_secret: str = "") -> None:
+        self.signed_url_secret = signed_url_secret
+
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ctx = req.context
         ctx.request_id = "req-" + str(uuid.uuid4())
@@ -108,6 +117,18 @@ class ZaqarHeaders:
         if not req.path.startswith(V2_PREFIX):
             return
         caller = read_caller(req.get_header)
+        given = req.get_header("URL-Signature")
+        if given is not None and not signing.verify_request(
+            self.signed_url_secret,
+            method=req.method,
+            path=req.path,
+            project=caller.project,
+            given=given,
+            methods=req.get_header("URL-Methods", default=""),
+            paths=req.get_header("URL-Paths", default=""),
+            expires=req.get_header("URL-Expires"),
+        ):
+            raise ApiError(*SIGNATURE_REFUSED)
         ctx.client_id = caller.client_id
         ctx.project = caller.project
 

@@ -71,3 +71,97 @@ def verify(
     """Whether ``given`` is the signature of those values (compared in constant time)."""
     expected = signature(secret, paths, methods, project, expires)
     return hmac.compare_digest(expected, given.lower())
+
+
+class SignedUrlError(ValueError):
+    """A value of a pre-signed URL is unusable; the message is Zaqar's, for a 400 answer."""
+
+
+NO_SECRET: str = "The `key` can't be None"
+PAST_EXPIRES: str = "`expires` is lower than the current time"
+
+
+def normalise_expires(value: object, now: datetime | None = None) -> str:
+    """An expiry given by a client as the signed text spells it, checked as Zaqar does.
+
+    ``value`` is an ISO 8601 date and time (naive values are UTC, others are converted);
+    integers, and strings holding one, are refused, as is a moment not after ``now``.
+    Raises :class:`SignedUrlError`.
+    """
+    if isinstance(value, (bool, int, float)) or (isinstance(value, str) and _is_int(value)):
+        number = int(value) if not isinstance(value, str) else int(value.strip())
+        if number:
+            raise SignedUrlError(
+                "`expires` should be date format, for example 2016-01-01T00:00:00, "
+                f"not integer value: {number}"
+            )
+    if not isinstance(value, str):
+        raise SignedUrlError(f"Unable to parse date string {value!r}")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SignedUrlError(f"Unable to parse date string {value!r}") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    current = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    if moment <= current:
+        raise SignedUrlError(PAST_EXPIRES)
+    return moment.strftime(EXPIRES_FORMAT)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _items(value: object) -> list[str]:
+    """A ``URL-Methods``/``URL-Paths`` value: comma-separated text (HTTP) or a list."""
+    if isinstance(value, str):
+        return value.split(",")
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    return []
+
+
+def path_allowed(granted: str, path: str) -> bool:
+    """Whether ``path`` is the granted path or below it (``…/messages`` grants
+    ``…/messages/{id}``). Compared literally: a queue name's ``.`` matches only itself."""
+    if not granted:
+        return False
+    return path == granted or path.startswith(granted.rstrip("/") + "/")
+
+
+def verify_request(
+    secret: str,
+    *,
+    method: str,
+    path: str,
+    project: str,
+    given: str,
+    methods: object,
+    paths: object,
+    expires: object,
+    now: datetime | None = None,
+) -> bool:
+    """Whether a request carrying ``URL-Signature: given`` (and ``URL-Methods``,
+    ``URL-Paths``, ``URL-Expires``, ``X-Project-ID``) may go ahead: its method is granted,
+    its path is one granted (or below one), the expiry is in the future and the signature
+    is that of those values under ``secret``. No secret configured: nothing verifies."""
+    if not secret or not given:
+        return False
+    method_list, path_list = _items(methods), _items(paths)
+    if method not in method_list:
+        return False
+    if not any(path_allowed(granted, path) for granted in path_list):
+        return False
+    try:
+        expires_text = normalise_expires(expires, now)
+    except SignedUrlError:
+        return False
+    return verify(secret, given, path_list, method_list, project, expires_text)

@@ -6,7 +6,13 @@ from services.api_gateway.errors import App
 from services.api_gateway.routes.claims import ClaimCollection, ClaimItem
 from services.api_gateway.routes.home import Health, Home, Ping, Versions
 from services.api_gateway.routes.messages import MessageCollection, MessageItem
-from services.api_gateway.routes.queues import QueueCollection, QueueItem, QueuePurge, QueueStats
+from services.api_gateway.routes.queues import (
+    QueueCollection,
+    QueueItem,
+    QueuePurge,
+    QueueShare,
+    QueueStats,
+)
 from services.api_gateway.routes.subscriptions import (
     SubscriptionCollection,
     SubscriptionConfirm,
@@ -17,7 +23,7 @@ from services.api_gateway.upstream import Upstreams
 QUEUE = "/v2/queues/{queue_name}"
 
 
-def add_routes(app: App, up: Upstreams) -> None:
+def add_routes(app: App, up: Upstreams, signed_url_secret: str = "") -> None:
     app.add_route("/", Versions())
     app.add_route("/v2/", Home())
     app.add_route("/v2/ping", Ping(up))
@@ -26,6 +32,7 @@ def add_routes(app: App, up: Upstreams) -> None:
     app.add_route(QUEUE, QueueItem(up))
     app.add_route(QUEUE + "/stats", QueueStats(up))
     app.add_route(QUEUE + "/purge", QueuePurge(up))
+    app.add_route(QUEUE + "/share", QueueShare(up, signed_url_secret))
     app.add_route(QUEUE + "/messages", MessageCollection(up))
     app.add_route(QUEUE + "/messages/{message_id}", MessageItem(up))
     app.add_route(QUEUE + "/claims", ClaimCollection(up))

@@ -1,4 +1,4 @@
-"""``/v2/queues`` and ``/v2/queues/{queue_name}[/stats|/purge]``."""
+"""``/v2/queues`` and ``/v2/queues/{queue_name}[/stats|/purge|/share]``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from services.api_gateway.inputs import (
 )
 from services.api_gateway.operations import queues
 from services.api_gateway.routes._common import Resource, answer, caller, next_link
+from services.api_gateway.upstream import Upstreams
 
 JSON_PATCH: Final = "application/openstack-messaging-v2.0-json-patch"
 _LIST_PARAMS: Final = frozenset({"limit", "marker", "detailed", "name", "with_count"})
@@ -96,3 +97,17 @@ class QueuePurge(Resource):
     ) -> None:
         doc = await read_json(req, SMALL_BODY_MAX)
         answer(resp, await queues.purge_queue(self.up, caller(req), queue_name, doc))
+
+
+class QueueShare(Resource):
+    """Pre-signed URL data of a queue, signed with the configured secret."""
+
+    def __init__(self, up: Upstreams, secret: str) -> None:
+        super().__init__(up)
+        self.secret = secret
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue_name: str
+    ) -> None:
+        doc = await read_json(req, SMALL_BODY_MAX)
+        answer(resp, queues.share_queue(caller(req), queue_name, doc, self.secret))
