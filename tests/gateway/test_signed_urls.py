@@ -14,8 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 
+from services.api_gateway.upstream import Upstreams
+from services.api_gateway.websocket import server as ws_server
 from services.common import signing
 from services.common.config import Settings
 from tests.gateway.conftest import (
@@ -27,7 +31,7 @@ from tests.gateway.conftest import (
     new_queue,
     running_services,
 )
-from tests.stacks import SIGNED_URL_SECRET
+from tests.stacks import SIGNED_URL_SECRET, up_stack
 
 NOT_FOUND = {"title": "404 Not Found"}
 
@@ -337,3 +341,90 @@ def test_verify_request_unit() -> None:
         "", method="GET", path=paths[0], project="p", given=given, methods="GET,POST",
         paths=paths[0], expires=expires, now=now,
     )
+
+
+# WebSocket -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=MODES)
+async def signed_ws(request: pytest.FixtureRequest) -> AsyncIterator[ClientConnection]:
+    """A connection to the WebSocket API of a gateway configured with the secret."""
+    if request.param != "asgi":
+        stack = up_stack(request, request.param.removeprefix("up-"))
+        async with connect(f"ws://{stack.settings.host}:{stack.settings.ws_port}") as socket:
+            yield socket
+        return
+    make_settings: Callable[..., Settings] = request.getfixturevalue("make_settings")
+    async with running_services(make_settings(signed_url_secret=SIGNED_URL_SECRET)) as settings:
+        up = Upstreams(settings)
+        server = await ws_server.start(settings, up)
+        try:
+            async with connect(f"ws://{settings.host}:{ws_server.bound_port(server)}") as socket:
+                yield socket
+        finally:
+            server.close()
+            await server.wait_closed()
+            await up.close()
+
+
+async def ws_call(
+    socket: ClientConnection, action: str, body: dict[str, Any], headers: dict[str, Any]
+) -> tuple[int, Any]:
+    await socket.send(orjson.dumps({"action": action, "headers": headers, "body": body}).decode())
+    answer = orjson.loads(await socket.recv())
+    return answer["headers"]["status"], answer["body"]
+
+
+def ws_grant(project: str, queue: str, methods: list[str], expires: str = "2030-01-01T00:00:00",
+             as_lists: bool = False) -> dict[str, Any]:
+    paths = [f"/v2/queues/{queue}/messages"]
+    return {
+        "Client-ID": CLIENT_ID,
+        "X-Project-ID": project,
+        "URL-Signature": independent_signature(SIGNED_URL_SECRET, paths, methods, project,
+                                               expires),
+        "URL-Methods": methods if as_lists else ",".join(methods),
+        "URL-Paths": paths if as_lists else ",".join(paths),
+        "URL-Expires": expires,
+    }
+
+
+async def test_websocket_signed_requests(signed_ws: ClientConnection) -> None:
+    project, queue = new_project(), new_queue()
+    q = {"queue_name": queue}
+    grant = ws_grant(project, queue, ["GET", "POST"])
+    listed_grant = ws_grant(project, queue, ["GET", "POST"], as_lists=True)
+    status, posted = await ws_call(
+        signed_ws, "message_post", {**q, "messages": [{"body": "hi"}]}, grant
+    )
+    assert status == 201
+    message_id = posted["message_ids"][0]
+    for headers in (grant, listed_grant):
+        status, listed = await ws_call(signed_ws, "message_list", {**q, "echo": True}, headers)
+        assert (status, [m["body"] for m in listed["messages"]]) == (200, ["hi"])
+        status, one = await ws_call(
+            signed_ws, "message_get", {**q, "message_id": message_id}, headers
+        )
+        assert (status, one["messages"]["body"]) == (200, "hi")  # Zaqar's shape
+
+    refused_body = {"error": "404 Not Found", "title": "404 Not Found"}
+    expired = ws_grant(project, queue, ["GET", "POST"], expires="2001-01-01T00:00:00")
+    other_queue = new_queue()
+    cases: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+        ("wrong signature", "message_list", q, {**grant, "URL-Signature": "0" * 64}),
+        ("expired", "message_list", q, expired),
+        ("method not listed", "message_delete", {**q, "message_id": message_id}, grant),
+        ("method not listed", "message_delete_many", {**q, "pop": 1}, grant),
+        ("path not listed", "claim_create", q, grant),
+        ("path not listed", "queue_get_stats", q, grant),
+        ("path not listed", "queue_list", {}, grant),
+        ("other queue", "message_list", {"queue_name": other_queue}, grant),
+        ("other project", "message_list", q, {**grant, "X-Project-ID": new_project()}),
+        ("not a segment", "message_get", {**q, "message_id": "a/b"}, grant),
+    ]
+    for why, action, body, headers in cases:
+        answer = await ws_call(signed_ws, action, body, headers)
+        assert (why, answer) == (why, (404, refused_body))
+    # Nothing was deleted or claimed.
+    status, listed = await ws_call(signed_ws, "message_list", {**q, "echo": True}, grant)
+    assert [m["body"] for m in listed["messages"]] == ["hi"]

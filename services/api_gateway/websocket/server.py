@@ -8,6 +8,7 @@ notifications are sent as they come (``push.py``).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -18,11 +19,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
-from services.api_gateway.middleware import read_caller
+from services.api_gateway.middleware import SIGNATURE_REFUSED, read_caller
+from services.api_gateway.operations import Caller
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import frames
 from services.api_gateway.websocket.actions import ACTIONS, Action, Call
 from services.api_gateway.websocket.push import Watches
+from services.common import signing
 from services.common.config import Settings
 
 log = logging.getLogger(__name__)
@@ -61,12 +64,57 @@ def _body(payload: Mapping[str, Any], name: str, action: Action) -> dict[str, An
     return body
 
 
+_FIELD: Final = re.compile(r"\{(\w+)\}")
+
+
+def _route_path(template: str, body: Mapping[str, Any]) -> str | None:
+    """The HTTP path an action stands for, its ``{fields}`` taken from the body; None when a
+    field is not a plain path segment."""
+    values = []
+    for name in _FIELD.findall(template):
+        value = body.get(name)
+        if not isinstance(value, str) or not value or "/" in value:
+            return None
+        values.append(value)
+    parts = iter(values)
+    return _FIELD.sub(lambda _: next(parts), template)
+
+
+def check_signature(
+    secret: str, payload: Mapping[str, Any], action: Action, body: Mapping[str, Any],
+    caller: Caller,
+) -> None:
+    """A request carrying ``URL-Signature`` goes ahead only when its action's HTTP method and
+    path are granted by a signature that verifies (as over HTTP); 404 otherwise.
+    ``URL-Methods``/``URL-Paths`` may be lists or comma-separated text."""
+    raw = {str(k).lower(): v for k, v in payload["headers"].items()}
+    given = raw.get("url-signature")
+    if given is None:
+        return
+    method, _, template = (action.route or "").partition(" ")
+    path = _route_path(template, body) if template else None
+    if path is None or not isinstance(given, str) or not signing.verify_request(
+        secret,
+        method=method,
+        path=path,
+        project=caller.project,
+        given=given,
+        methods=raw.get("url-methods", ""),
+        paths=raw.get("url-paths", ""),
+        expires=raw.get("url-expires"),
+    ):
+        raise ApiError(*SIGNATURE_REFUSED)
+
+
 class Connection:
     """One client socket: its push subscriptions and its request loop."""
 
-    def __init__(self, up: Upstreams, socket: ServerConnection) -> None:
+    def __init__(
+        self, up: Upstreams, socket: ServerConnection, signed_url_secret: str = ""
+    ) -> None:
         self.up = up
         self.socket = socket
+        self.signed_url_secret = signed_url_secret
         self.watches = Watches(up, socket.send)
 
     async def serve(self) -> None:
@@ -101,6 +149,7 @@ class Connection:
             headers = _headers(payload)
             caller = read_caller(lambda header: headers.get(header.lower()))
             body = _body(payload, name, action)
+            check_signature(self.signed_url_secret, payload, action, body, caller)
             call = Call(self.up, caller, headers, body, frame.binary, self.watches)
             outcome = await action.handler(call)
             return outcome.status, outcome.websocket_body()
@@ -124,7 +173,7 @@ async def start(settings: Settings, up: Upstreams) -> Server:
     """Listen on ``settings.host:settings.ws_port`` (0 = any free port)."""
 
     async def handler(socket: ServerConnection) -> None:
-        await Connection(up, socket).serve()
+        await Connection(up, socket, settings.signed_url_secret).serve()
 
     return await serve(
         handler,
