@@ -50,8 +50,10 @@ from services.notifier_svc.storage.mongodb._connection import (
     STORE,
     Document,
     MongoOptions,
+    connect,
     describe,
     edge,
+    parse,
 )
 
 # Attempts of one write that loses a race (a concurrent create of the same subscriber).
@@ -90,7 +92,7 @@ class MongoNotifierStore:
 
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> MongoNotifierStore:
-        return cls(MongoOptions.parse(uri), now)
+        return cls(parse(uri), now)
 
     @property
     def address(self) -> str:
@@ -102,7 +104,7 @@ class MongoNotifierStore:
         return self._subs, self._deliveries
 
     async def open(self) -> None:
-        client = self.options.client()
+        client = connect(self.options)
         try:
             await client.admin.command("ping")
             database = client[self.options.database]
