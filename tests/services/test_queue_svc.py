@@ -540,7 +540,7 @@ async def test_process_with_bad_store_uri_exits_with_a_message(
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
-    assert "queue_svc: configuration error: invalid SQLite store URI 'sqlite://nowhere'" in (
+    assert "queue_svc: configuration error: invalid SQLite queue store URI 'sqlite://nowhere'" in (
         err.decode())
 
 

@@ -17,6 +17,7 @@ import aiosqlite
 import orjson
 
 from services.common.errors import SubscriptionAlreadyExists, SubscriptionNotFound
+from services.common.sqlite_store import Database, parse_uri
 from services.notifier_svc.storage.base import (
     CLAIM_SCAN_FACTOR,
     CLAIM_SCAN_MIN,
@@ -27,7 +28,8 @@ from services.notifier_svc.storage.base import (
     new_id,
     within_capacity,
 )
-from services.notifier_svc.storage.sqlite._connection import Database, parse_uri
+
+STORE_NAME = "notifier store"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS subscriptions (
@@ -115,12 +117,12 @@ class SqliteNotifierStore:
     """:class:`services.notifier_svc.storage.base.NotifierStore` on one SQLite file."""
 
     def __init__(self, path: str, now: Callable[[], float] = time.time) -> None:
-        self._db = Database(path)
+        self._db = Database(path, STORE_NAME)
         self._now = now
 
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> SqliteNotifierStore:
-        return cls(parse_uri(uri), now)
+        return cls(parse_uri(uri, STORE_NAME), now)
 
     async def open(self) -> None:
         await self._db.open(SCHEMA)

@@ -9,6 +9,7 @@ import aiosqlite
 import orjson
 
 from services.common.errors import QueueNotFound
+from services.common.sqlite_store import Database, parse_uri
 from services.queue_svc.storage.base import (
     MetadataCheck,
     MetadataPatch,
@@ -16,7 +17,8 @@ from services.queue_svc.storage.base import (
     QueueRecord,
     apply_patches,
 )
-from services.queue_svc.storage.sqlite._connection import Database, parse_uri
+
+STORE_NAME = "queue store"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS queues (
@@ -57,11 +59,11 @@ class SqliteQueueStore:
     """:class:`services.queue_svc.storage.base.QueueStore` on one SQLite file."""
 
     def __init__(self, path: str) -> None:
-        self._db = Database(path)
+        self._db = Database(path, STORE_NAME)
 
     @classmethod
     def from_uri(cls, uri: str) -> SqliteQueueStore:
-        return cls(parse_uri(uri))
+        return cls(parse_uri(uri, STORE_NAME))
 
     async def open(self) -> None:
         await self._db.open(SCHEMA)

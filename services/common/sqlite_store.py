@@ -1,8 +1,9 @@
-"""One aiosqlite connection per store, its URI, and the one place driver errors are translated.
+"""SQLite for any service's store: one aiosqlite connection per store, its URI, and the one
+place driver errors are translated (each store names itself, e.g. "queue store").
 
-aiosqlite runs every statement on its own thread, never on the event loop. All statements go
-through one connection; :class:`Database` serializes them with a lock so that a transaction
-never sees, nor is interleaved with, another caller's statements.
+aiosqlite runs every statement on its own thread, never on the event loop. All statements of
+a store go through one connection; :class:`Database` serializes them with a lock so that a
+transaction never sees, nor is interleaved with, another caller's statements.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ T = TypeVar("T")
 MEMORY = ":memory:"
 
 
-def parse_uri(uri: str) -> str:
-    """The database path of a ``sqlite:///`` URI (``sqlite:////abs/path``, ``sqlite:///rel``,
-    ``sqlite:///:memory:``).
+def parse_uri(uri: str, store: str = "store") -> str:
+    """The database path of a ``sqlite:///`` URI of ``store`` (SQLAlchemy's convention).
+
+    ``sqlite:///relative/queues.db`` is relative to the working directory,
+    ``sqlite:////absolute/queues.db`` is absolute and ``sqlite:///:memory:`` is a private
+    in-memory database.
 
     Raises:
         ConfigurationError: not of that form, or with options.
@@ -36,40 +40,38 @@ def parse_uri(uri: str) -> str:
     prefix = "sqlite:///"
     expected = "expected sqlite:///<relative path>, sqlite:////<absolute path> or sqlite:///:memory:"
     if not uri.startswith(prefix):
-        raise ConfigurationError(f"invalid SQLite notifier store URI {uri!r}: {expected}")
+        raise ConfigurationError(f"invalid SQLite {store} URI {uri!r}: {expected}")
     path = uri[len(prefix):]
     if "?" in path or "#" in path:
-        raise ConfigurationError(f"invalid SQLite notifier store URI {uri!r}: it takes no options")
+        raise ConfigurationError(f"invalid SQLite {store} URI {uri!r}: it takes no options")
     if not path.strip("/"):
-        raise ConfigurationError(f"invalid SQLite notifier store URI {uri!r}: the path is empty")
+        raise ConfigurationError(f"invalid SQLite {store} URI {uri!r}: the path is empty")
     if path.endswith("/"):
         raise ConfigurationError(
-            f"invalid SQLite notifier store URI {uri!r}: the path names a folder, not a file"
+            f"invalid SQLite {store} URI {uri!r}: the path names a folder, not a database file"
         )
     return path
 
 
 @contextmanager
-def translated_errors(action: str) -> Iterator[None]:
+def translated_errors(store: str, action: str) -> Iterator[None]:
     """Driver failures become :class:`Unavailable`, the service's 503."""
     try:
         yield
     except (sqlite3.Error, ValueError) as exc:
         # aiosqlite raises ValueError when its connection is closed or gone.
-        log.warning("notifier store failed to %s: %s: %s", action, type(exc).__name__, exc)
+        log.warning("%s failed to %s: %s: %s", store, action, type(exc).__name__, exc)
         raise Unavailable(
-            f"The notifier store could not {action}. Please try again in a few seconds."
+            f"The {store} could not {action}. Please try again in a few seconds."
         ) from exc
-
-
-Work = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 
 class Database:
     """An open connection (WAL, synchronous=FULL) whose callers take turns."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, store: str) -> None:
         self.path = path
+        self.store = store
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Future[Any]] = set()
@@ -104,18 +106,24 @@ class Database:
 
     def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:
-            raise ValueError("the notifier store is closed")
+            raise ValueError(f"the {self.store} is closed")
         return self._conn
 
     async def fetchall(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         """Rows of one statement run on its own (a consistent snapshot)."""
         async with self._lock:
-            with translated_errors(action):
+            with translated_errors(self.store, action):
                 return list(await self._connection().execute_fetchall(sql, tuple(params)))
 
-    async def atomic(self, action: str, work: Work[T]) -> T:
+    async def atomic(
+        self, action: str, work: Callable[[aiosqlite.Connection], Awaitable[T]]
+    ) -> T:
         """Run ``work`` inside one write transaction: committed when it returns, rolled back
-        when it raises. Shielded: a cancelled caller never leaves a transaction half-open."""
+        when it raises.
+
+        The transaction runs in its own shielded task, so a caller that is cancelled (its
+        client gave up) never leaves a transaction half-open; it still commits or rolls back.
+        """
         task = asyncio.ensure_future(self._transaction(action, work))
         self._pending.add(task)
         task.add_done_callback(self._forget)
@@ -126,9 +134,11 @@ class Database:
         if not task.cancelled():
             task.exception()  # retrieved here when the caller was cancelled and never awaits it
 
-    async def _transaction(self, action: str, work: Work[T]) -> T:
+    async def _transaction(
+        self, action: str, work: Callable[[aiosqlite.Connection], Awaitable[T]]
+    ) -> T:
         async with self._lock:
-            with translated_errors(action):
+            with translated_errors(self.store, action):
                 conn = self._connection()
                 await conn.execute("BEGIN IMMEDIATE")
                 try:
