@@ -14,12 +14,14 @@ from services.common.grpc_server import (
     setup_logging,
     start_server,
 )
+from services.common.sweeper import Sweeper
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.service import MessageService
 from services.message_svc.servicer import INTERNAL_SERVICE, MESSAGES_SERVICE, Packer, registrar
 from services.message_svc.storage.registry import open_store
-from services.message_svc.sweeper import Sweeper
+
+WHAT_EXPIRES = "expired messages and claims"
 
 SERVICE_NAMES = (MESSAGES_SERVICE, INTERNAL_SERVICE)
 
@@ -40,7 +42,7 @@ async def start(settings: Settings) -> Running:
     """
     store = await open_store(settings.store_uri("message"))
     channel = open_channel(settings.target("queue"))
-    sweeper = Sweeper(store, settings.gc_interval)
+    sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
     handoff = Handoff(
         settings.target("notifier"), timeout=settings.rpc_timeout,
         cache_ttl=settings.metadata_cache_ttl,

@@ -13,15 +13,17 @@ from services.common.grpc_server import (
     setup_logging,
     start_server,
 )
+from services.common.sweeper import Sweeper
 from services.notifier_svc.delivery.dispatcher import Dispatcher, Sender
 from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
 from services.notifier_svc.delivery.webhook import WebhookSender
 from services.notifier_svc.service import Confirmation, NotifierService
 from services.notifier_svc.servicer import INTERNAL_SERVICE, SUBSCRIPTIONS_SERVICE, registrar
 from services.notifier_svc.storage.registry import open_notifier_store
-from services.notifier_svc.sweeper import Sweeper
 from services.notifier_svc.upstream import MessageReplicas, QueuePolicies
 from services.notifier_svc.watchers import WatchHub
+
+WHAT_EXPIRES = "expired subscriptions and deliveries"
 
 SERVICE_NAMES = (SUBSCRIPTIONS_SERVICE, INTERNAL_SERVICE)
 # Seconds running deliveries get to finish on shutdown; the rest stay pending, due at once.
@@ -66,7 +68,7 @@ async def start(settings: Settings) -> Running:
         store, senders, policies.retry_policy,
         concurrency=settings.delivery_concurrency, timeout=settings.delivery_timeout,
     )
-    sweeper = Sweeper(store, settings.gc_interval)
+    sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
 
     async def close() -> None:
         await sweeper.stop()

@@ -27,11 +27,11 @@ from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc, queues_pb2, qu
 from services.common.config import Settings
 from services.common.errors import RpcErrorInfo, decode_rpc_error
 from services.common.grpc_server import Running, open_channel
+from services.common.sweeper import Sweeper
 from services.message_svc import server as message_server
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.storage.base import NewMessage
 from services.message_svc.storage.registry import open_store
-from services.message_svc.sweeper import Sweeper
 from services.queue_svc import server as queue_server
 
 PROJECT = "demo-project"

@@ -1,25 +1,34 @@
-"""The periodic sweep that removes expired messages and claims from the store."""
+"""The periodic sweep that reclaims expired items of a store (messages and claims,
+subscriptions and their deliveries): no external GC job is needed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
-from services.message_svc.storage.base import MessageStore
+from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 
+class Collectable(Protocol):
+    async def collect_garbage(self) -> int:
+        """Remove expired items; return how many were removed."""
+        ...
+
+
 class Sweeper:
-    """Calls :meth:`MessageStore.collect_garbage` every ``interval`` seconds.
+    """Calls ``store.collect_garbage()`` every ``interval`` seconds (0 disables it).
 
     Expired items are already invisible to every operation; sweeping only reclaims space, so a
     failed sweep is logged and the next one tries again.
     """
 
-    def __init__(self, store: MessageStore, interval: float) -> None:
+    def __init__(self, store: Collectable, interval: float, what: str = "expired items") -> None:
         self._store = store
         self._interval = interval
+        self._what = what
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -35,7 +44,7 @@ class Sweeper:
     async def sweep(self) -> int:
         removed = await self._store.collect_garbage()
         if removed:
-            log.debug("expiry sweep removed %d messages and claims", removed)
+            log.debug("expiry sweep removed %d %s", removed, self._what)
         return removed
 
     async def _run(self) -> None:
@@ -43,5 +52,7 @@ class Sweeper:
             await asyncio.sleep(self._interval)
             try:
                 await self.sweep()
+            except Unavailable as exc:
+                log.warning("expiry sweep failed: %s", exc.description)
             except Exception:
                 log.exception("expiry sweep failed")
