@@ -1,7 +1,8 @@
 """Reading HTTP request input: size-limited JSON bodies and typed query parameters.
 
 Body size limits are enforced before parsing: a declared ``Content-Length`` over the limit is
-refused without reading, a chunked body is read only up to the limit.
+refused without reading, a chunked body is read only up to the limit; then the nesting depth is
+checked on the raw bytes (``limits.py``) before the JSON parser sees them.
 
 =====================================  =========  ==========================================
 Body                                   Limit      Why
@@ -25,6 +26,7 @@ import falcon.asgi
 import orjson
 
 from services.api_gateway.errors import ApiError, bad_body, bad_request
+from services.api_gateway.limits import check_json_depth
 from services.common.limits import MESSAGE_POST_SIZE_MAX, METADATA_SIZE_MAX
 
 MESSAGES_BODY_MAX: Final = MESSAGE_POST_SIZE_MAX
@@ -64,6 +66,7 @@ async def read_json(req: falcon.asgi.Request, limit: int, what: str = "Request b
             return NO_BODY
     if len(data) > limit:
         raise _too_large(limit, what)
+    check_json_depth(data)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:

@@ -22,6 +22,7 @@ from typing import Any, Final
 import falcon.asgi
 
 from services.api_gateway.errors import ApiError
+from services.api_gateway.limits import check_request
 from services.api_gateway.operations import Caller
 from services.common import signing
 from services.common.limits import PROJECT_ID_MAX
@@ -108,6 +109,7 @@ class ZaqarHeaders:
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ctx = req.context
         ctx.request_id = "req-" + str(uuid.uuid4())
+        check_request(req)
         if not _accepts_json(req):
             raise ApiError(406, None)
         if req.content_length is not None:

@@ -8,6 +8,7 @@ from zaqar.v2 import messages_pb2
 
 from services.api_gateway import translate
 from services.api_gateway.errors import ApiError, bad_request
+from services.api_gateway.limits import check_id_count
 from services.api_gateway.operations import Caller, NextLink, Outcome
 from services.api_gateway.upstream import Upstreams
 from services.common.limits import PAGE_LIMIT_MAX
@@ -96,6 +97,7 @@ async def delete_messages(
         )
         popped = await up.messages.PopMessages(pop_request, timeout=up.timeout)
         return Outcome(200, {"messages": [translate.popped_doc(m) for m in popped.messages]})
+    check_id_count(claim_ids, "claim_ids", PAGE_LIMIT_MAX)
     if ids is None:
         raise bad_request(
             'The request should have either "ids" or "pop" parameter in the request, '
