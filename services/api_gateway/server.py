@@ -17,10 +17,11 @@ import signal
 import uvicorn
 
 from services.api_gateway.app import create_app
+from services.api_gateway.auth import KeystoneAuth, check_settings, with_auth
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
-from services.common.grpc_server import install_event_loop_policy, setup_logging
+from services.common.grpc_server import service_main
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,13 @@ def _http_protocol() -> str:
 
 
 def build_server(
-    settings: Settings, access_log: bool = False, up: Upstreams | None = None
+    settings: Settings,
+    access_log: bool = False,
+    up: Upstreams | None = None,
+    auth: KeystoneAuth | None = None,
 ) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(settings, up),
+        with_auth(create_app(settings, up), settings, auth),
         host=settings.host,
         port=settings.http_port,
         http=_http_protocol(),
@@ -59,10 +63,12 @@ def _bound_port(server: uvicorn.Server) -> int:
 async def run(settings: Settings) -> None:
     """Serve the Zaqar v2 HTTP API on ``settings.http_port`` and its WebSocket API on
     ``settings.ws_port`` until a signal."""
+    check_settings(settings)
+    auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
     up = Upstreams(settings)
     up.open()
-    sockets = await ws_server.start(settings, up)
-    server = build_server(settings, up=up)
+    sockets = await ws_server.start(settings, up, auth)
+    server = build_server(settings, up=up, auth=auth)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -87,14 +93,13 @@ async def run(settings: Settings) -> None:
         sockets.close()
         await sockets.wait_closed()
         await up.close()
+        if auth is not None:
+            await auth.aclose()
     log.info("api_gateway stopped")
 
 
 def main() -> None:
-    settings = Settings.load()
-    setup_logging(settings.log_level)
-    install_event_loop_policy()
-    asyncio.run(run(settings))
+    service_main("api_gateway", run)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.config import Settings
 from services.common.errors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,23 @@ def _task_stack(task: asyncio.Task[Any]) -> str:
     where = " <- ".join(f"{f.f_code.co_name}@{f.f_code.co_filename.rsplit('/', 1)[-1]}:"
                         f"{f.f_lineno}" for f in reversed(frames))
     return f"  {task.get_name()}: {where or task.get_coro()!r}"
+
+
+def service_main(name: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+    """A service process's entry: settings from the environment, logging, uvloop, ``run``;
+    a configuration error or a store unreachable at start is one line and exit status 1."""
+    from services.common.config import ConfigurationError
+    from services.common.errors import ServiceError
+
+    try:
+        settings = Settings.load()
+        setup_logging(settings.log_level)
+        install_event_loop_policy()
+        asyncio.run(run(settings))
+    except ConfigurationError as exc:
+        raise SystemExit(f"{name}: configuration error: {exc}") from None
+    except ServiceError as exc:
+        raise SystemExit(f"{name}: cannot start: {exc.description}") from None
 
 
 def setup_logging(level: str) -> None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.common.config import ConfigurationError, Settings
-from services.common.errors import ServiceError
 from services.common.grpc_server import (
     Running,
     create_server,
-    install_event_loop_policy,
-    setup_logging,
+    service_main,
     start_server,
 )
 from services.common.sweeper import Sweeper
@@ -112,15 +108,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = Settings.load()
-        setup_logging(settings.log_level)
-        install_event_loop_policy()
-        asyncio.run(run(settings))
-    except ConfigurationError as exc:
-        raise SystemExit(f"notifier_svc: configuration error: {exc}") from None
-    except ServiceError as exc:
-        raise SystemExit(f"notifier_svc: cannot start: {exc}") from None
+    service_main("notifier_svc", run)
 
 
 if __name__ == "__main__":

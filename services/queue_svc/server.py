@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from zaqar.v2 import queues_pb2_grpc
 
-from services.common.config import ConfigurationError, Settings
+from services.common.config import Settings
 from services.common.grpc_server import (
     Running,
     create_server,
-    install_event_loop_policy,
-    setup_logging,
+    service_main,
     start_server,
 )
 from services.queue_svc.service import QueueService
@@ -66,13 +63,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = Settings.load()
-        setup_logging(settings.log_level)
-        install_event_loop_policy()
-        asyncio.run(run(settings))
-    except ConfigurationError as exc:
-        raise SystemExit(f"queue_svc: configuration error: {exc}") from None
+    service_main("queue_svc", run)
 
 
 if __name__ == "__main__":
