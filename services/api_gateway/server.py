@@ -17,7 +17,6 @@ import signal
 import uvicorn
 
 from services.api_gateway.app import create_app
-from services.api_gateway.auth import KeystoneAuth, check_settings, with_auth
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
@@ -32,13 +31,10 @@ def _http_protocol() -> str:
 
 
 def build_server(
-    settings: Settings,
-    access_log: bool = False,
-    up: Upstreams | None = None,
-    auth: KeystoneAuth | None = None,
+    settings: Settings, access_log: bool = False, up: Upstreams | None = None
 ) -> uvicorn.Server:
     config = uvicorn.Config(
-        with_auth(create_app(settings, up), settings, auth),
+        create_app(settings, up),
         host=settings.host,
         port=settings.http_port,
         http=_http_protocol(),
@@ -63,12 +59,10 @@ def _bound_port(server: uvicorn.Server) -> int:
 async def run(settings: Settings) -> None:
     """Serve the Zaqar v2 HTTP API on ``settings.http_port`` and its WebSocket API on
     ``settings.ws_port`` until a signal."""
-    check_settings(settings)
-    auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
     up = Upstreams(settings)
     up.open()
-    sockets = await ws_server.start(settings, up, auth)
-    server = build_server(settings, up=up, auth=auth)
+    sockets = await ws_server.start(settings, up)
+    server = build_server(settings, up=up)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -93,8 +87,6 @@ async def run(settings: Settings) -> None:
         sockets.close()
         await sockets.wait_closed()
         await up.close()
-        if auth is not None:
-            await auth.aclose()
     log.info("api_gateway stopped")
 
 
