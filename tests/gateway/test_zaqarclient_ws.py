@@ -80,3 +80,35 @@ def drive(url: str, project: str) -> None:
 async def test_zaqarclient_websocket_transport(ws_url: str) -> None:
     # The client is synchronous: it runs in a thread while the gateway serves in this loop.
     await asyncio.to_thread(drive, ws_url, "zc-" + uuid.uuid4().hex[:12])
+
+
+def subscribe_post_and_receive(url: str, project: str) -> list[Any]:
+    """A socket subscribes itself with the transport; messages posted by another connection
+    arrive on it as notification frames, read with the transport's own ``recv``."""
+    listener = transport.get_transport_for(url, version=2, options=options(project))
+    poster = transport.get_transport_for(url, version=2, options=options(project))
+    assert isinstance(listener, zaqar_ws.WebsocketTransport)
+
+    def send(trans: Any, action: str, **body: Any) -> Any:
+        resp = trans.send(zaqar_request.Request(url, action, content=json.dumps(body)))
+        return resp.status_code, resp.deserialized_content
+
+    try:
+        queue = new_queue()
+        assert send(listener, "subscription_create", queue_name=queue, ttl=60)[0] == 201
+        listener._ws.settimeout(10)  # a missing push fails the test instead of hanging it
+        status, _ = send(poster, "message_post", queue_name=queue,
+                         messages=[{"body": {"n": n}, "ttl": 120} for n in range(2)])
+        assert status == 201
+        return [listener.recv(), listener.recv()]
+    finally:
+        listener.cleanup()
+        poster.cleanup()
+
+
+async def test_zaqarclient_websocket_transport_gets_pushes(ws_url: str) -> None:
+    frames = await asyncio.to_thread(subscribe_post_and_receive, ws_url,
+                                     "zc-" + uuid.uuid4().hex[:12])
+    assert [f["body"] for f in frames] == [{"n": 0}, {"n": 1}]
+    assert all(f["Message_Type"] == "Notification" for f in frames)
+    assert all(f["ttl"] == 120 for f in frames)
