@@ -34,6 +34,31 @@ class Messages:
         resp.data = orjson.dumps({"messages": [], "links": []})
 
 
+class Queue:
+    async def on_put(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str
+    ) -> None:
+        await req.stream.read()
+        resp.status = falcon.HTTP_201
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str
+    ) -> None:
+        resp.data = b"{}"
+
+    async def on_delete(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str
+    ) -> None:
+        resp.status = falcon.HTTP_204
+
+
+class Stats:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str
+    ) -> None:
+        resp.data = b'{"messages": {"claimed": 0, "free": 0, "total": 0}}'
+
+
 class Message:
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue: str,
                         mid: str) -> None:
@@ -54,6 +79,8 @@ class Claims:
 
 def create_app() -> falcon.asgi.App:
     app = falcon.asgi.App()
+    app.add_route("/v2/queues/{queue}", Queue())
+    app.add_route("/v2/queues/{queue}/stats", Stats())
     app.add_route("/v2/queues/{queue}/messages", Messages())
     app.add_route("/v2/queues/{queue}/messages/{mid}", Message())
     app.add_route("/v2/queues/{queue}/claims", Claims())
