@@ -204,6 +204,11 @@ async def test_every_action_names_its_missing_body_keys(text_ws: Ws) -> None:
             "The request holds values JSON cannot represent",
         ),
         (msgpack.packb({"action": "queue_list", 1: 2}), "Can't decode binary (MessagePack)"),
+        (
+            '{"action": "message_post", "body": {"messages": [{"body": %s}]}}'
+            % ("[" * 300 + "]" * 300),
+            "The JSON document nests too deeply.",
+        ),
     ],
 )
 async def test_bad_frames(text_ws: Ws, frame: str | bytes, text: str) -> None:

@@ -13,7 +13,21 @@ from typing import Any, Final
 import msgpack
 import orjson
 
+from services.api_gateway.limits import JSON_DEPTH_MAX, json_depth
+
 API: Final = "v2"
+
+
+# A frame wraps the HTTP body one level deeper (``{"body": {...}}``).
+FRAME_DEPTH_MAX: Final = JSON_DEPTH_MAX + 1
+
+
+def _too_deep(text: str) -> bool:
+    """Whether a text frame nests deeper than :data:`FRAME_DEPTH_MAX`, checked before parsing
+    (orjson parses deeper documents than it can serialise again)."""
+    if text.count("[") + text.count("{") <= FRAME_DEPTH_MAX:
+        return False
+    return json_depth(text.encode("utf-8", "surrogatepass")) > FRAME_DEPTH_MAX
 
 
 class BadFrame(Exception):
@@ -31,6 +45,11 @@ class Frame:
 def decode(data: str | bytes) -> Frame:
     """Text -> JSON, binary -> MessagePack; the result must be an object."""
     binary = isinstance(data, bytes)
+    if isinstance(data, str) and _too_deep(data):
+        raise BadFrame(
+            f"The JSON document nests too deeply. Max depth: {FRAME_DEPTH_MAX}"
+            " (the request envelope included)."
+        )
     try:
         payload = msgpack.unpackb(data, raw=False) if binary else orjson.loads(data)
     except Exception as exc:  # every decoder failure means the same thing to the client

@@ -1,0 +1,61 @@
+"""uvicorn's httptools protocol with a bound on the request head (request line and headers).
+
+The httptools parser buffers a request's head until it is complete, however long it is; this
+protocol counts the bytes received while a head is being read and, once past
+:data:`HEAD_BYTES_MAX` with the head still incomplete, answers 431 and closes the connection
+(the parser holds at most one more read's worth, ~256 KiB). Heads
+under the bound reach the app, whose own, smaller limits (``limits.py``) answer 400 with a
+Zaqar error body. Body bytes are not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+HEAD_BYTES_MAX: Final = 128 * 1024
+
+_BODY: Final = orjson.dumps(
+    {
+        "title": "Request header fields too large",
+        "description": f"The request line and header fields may not exceed {HEAD_BYTES_MAX} bytes.",
+    }
+)
+HEAD_TOO_LARGE: Final = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/json\r\n"
+    b"content-length: " + str(len(_BODY)).encode() + b"\r\n"
+    b"connection: close\r\n\r\n" + _BODY
+)
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._in_body = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_body:
+            super().data_received(data)
+            return
+        self._head_bytes += len(data)
+        super().data_received(data)
+        # Still in the head after this chunk (a chunk may also hold the start of the body):
+        # the parser holds at most one chunk past the bound.
+        if not self._in_body and self._head_bytes > HEAD_BYTES_MAX:
+            if not self.transport.is_closing():
+                self.logger.warning("Request head over %d bytes refused.", HEAD_BYTES_MAX)
+                self.transport.write(HEAD_TOO_LARGE)
+                self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._head_bytes = 0
+        super().on_message_complete()
