@@ -9,6 +9,7 @@ it. Locally a missing server skips the tests that need it; in CI (``CI=true``) i
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,9 +26,26 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range (32768+ here), so that an
+    outgoing connection made between this pick and the bind cannot take it."""
+    low, high = 20000, _ephemeral_start() - 1
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {low} and {high}")
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return max(21000, int(fh.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def missing(what: str) -> None:
