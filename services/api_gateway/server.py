@@ -17,6 +17,7 @@ import signal
 import uvicorn
 
 from services.api_gateway.app import create_app
+from services.api_gateway.auth import KeystoneAuth, check_settings, with_auth
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
@@ -31,10 +32,13 @@ def _http_protocol() -> str:
 
 
 def build_server(
-    settings: Settings, access_log: bool = False, up: Upstreams | None = None
+    settings: Settings,
+    access_log: bool = False,
+    up: Upstreams | None = None,
+    auth: KeystoneAuth | None = None,
 ) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(settings, up),
+        with_auth(create_app(settings, up), settings, auth),
         host=settings.host,
         port=settings.http_port,
         http=_http_protocol(),
@@ -59,10 +63,12 @@ def _bound_port(server: uvicorn.Server) -> int:
 async def run(settings: Settings) -> None:
     """Serve the Zaqar v2 HTTP API on ``settings.http_port`` and its WebSocket API on
     ``settings.ws_port`` until a signal."""
+    check_settings(settings)
+    auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
     up = Upstreams(settings)
     up.open()
-    sockets = await ws_server.start(settings, up)
-    server = build_server(settings, up=up)
+    sockets = await ws_server.start(settings, up, auth)
+    server = build_server(settings, up=up, auth=auth)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -87,6 +93,8 @@ async def run(settings: Settings) -> None:
         sockets.close()
         await sockets.wait_closed()
         await up.close()
+        if auth is not None:
+            await auth.aclose()
     log.info("api_gateway stopped")
 
 

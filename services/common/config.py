@@ -104,6 +104,40 @@ class Settings:
             "confirmation messages carry the full confirm URL."
         ),
     )
+    auth_strategy: str = field(
+        default="noauth",
+        metadata=_help(
+            'How the gateway authenticates callers: "noauth" (trust X-Project-ID) or "keystone" '
+            "(validate X-Auth-Token with Keystone; the project and roles come from the token)."
+        ),
+    )
+    keystone_url: str = field(
+        default="",
+        metadata=_help(
+            "Keystone's identity API v3, e.g. http://127.0.0.1:5000/v3 (keystone auth); also the "
+            'uri of the WWW-Authenticate: Keystone uri="..." header of 401 answers.'
+        ),
+    )
+    keystone_username: str = field(
+        default="", metadata=_help("Service user the gateway validates tokens as (keystone auth).")
+    )
+    keystone_password: str = field(default="", metadata=_help("Password of the service user."))
+    keystone_project: str = field(
+        default="service", metadata=_help("Project the service user's token is scoped to.")
+    )
+    keystone_user_domain: str = field(
+        default="Default", metadata=_help("Domain name of the service user.")
+    )
+    keystone_project_domain: str = field(
+        default="Default", metadata=_help("Domain name of the service user's project.")
+    )
+    token_cache_seconds: float = field(
+        default=300.0,
+        metadata=_help(
+            "Longest time a validated X-Auth-Token is trusted without asking Keystone again "
+            "(never past the token's expiry); a revoked token may be accepted this long."
+        ),
+    )
     smtp_host: str = field(
         default="localhost", metadata=_help("SMTP server that mailto: notifications go through.")
     )

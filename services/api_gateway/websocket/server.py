@@ -3,12 +3,20 @@
 Runs in the gateway's event loop next to the HTTP server (``api_gateway/server.py``) and uses
 the same upstream channels. Requests on a connection are answered in order; pushed
 notifications are sent as they come (``push.py``).
+
+With ``auth_strategy = "keystone"`` a connection first sends ``authenticate`` with a valid
+``X-Auth-Token`` in its headers; until then every other action is answered 403
+``Not authentified.``. Afterwards the token's project and roles replace the ``X-Project-ID``
+and ``X-Roles`` of every request, and when the token expires the socket is closed with code
+4003.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -18,6 +26,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.api_gateway.auth import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
 from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
 from services.api_gateway.middleware import SIGNATURE_REFUSED, read_caller
 from services.api_gateway.operations import Caller
@@ -33,6 +42,7 @@ log = logging.getLogger(__name__)
 PATH: Final = "/"
 # A post of the largest allowed batch, plus the envelope and its echo.
 MAX_FRAME: Final = 1024 * 1024
+TOKEN_EXPIRED_CLOSE: Final = 4003
 
 
 def error_body(err: ApiError) -> dict[str, Any]:
@@ -110,12 +120,20 @@ class Connection:
     """One client socket: its push subscriptions and its request loop."""
 
     def __init__(
-        self, up: Upstreams, socket: ServerConnection, signed_url_secret: str = ""
+        self,
+        up: Upstreams,
+        socket: ServerConnection,
+        signed_url_secret: str = "",
+        auth: KeystoneAuth | None = None,
     ) -> None:
         self.up = up
         self.socket = socket
         self.signed_url_secret = signed_url_secret
         self.watches = Watches(up, socket.send)
+        self.auth = auth
+        self.identity: Identity | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     async def serve(self) -> None:
         try:
@@ -125,6 +143,8 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
             await self.watches.close()
 
     async def answer(self, data: str | bytes) -> str | bytes:
@@ -147,6 +167,10 @@ class Connection:
             if action is None:
                 raise bad_request(f"{name} is not a valid action")
             headers = _headers(payload)
+            if self.auth is not None:
+                if name == "authenticate":
+                    return await self._authenticate(headers)
+                headers = self._authorised(headers)
             caller = read_caller(lambda header: headers.get(header.lower()))
             body = _body(payload, name, action)
             check_signature(self.signed_url_secret, payload, action, body, caller)
@@ -162,6 +186,39 @@ class Connection:
             failure = unavailable("The request could not be completed. Please try again later.")
         return failure.status, error_body(failure)
 
+    async def _authenticate(self, headers: Mapping[str, str]) -> tuple[int, Any]:
+        assert self.auth is not None
+        try:
+            identity = await self.auth.validate(headers.get("x-auth-token"))
+        except Unauthorized:
+            return 401, error_body(ApiError(401, "Unauthorized", "Authentication failed."))
+        except KeystoneUnavailable as exc:
+            log.warning("token validation failed: %s", exc)
+            return 503, error_body(unavailable("The identity service cannot be reached."))
+        self.identity = identity
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(0.0, identity.expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+        return 200, {"message": "Authentified."}
+
+    def _authorised(self, headers: dict[str, str]) -> dict[str, str]:
+        """The request's headers with the token's project and roles; 403 before
+        ``authenticate``."""
+        if self.identity is None or self.identity.expires_at <= time.time():
+            raise ApiError(403, "Forbidden", "Not authentified.")
+        return {
+            **headers,
+            "x-project-id": self.identity.project,
+            "x-roles": self.identity.roles_header,
+        }
+
+    def _expired(self) -> None:
+        self.identity = None
+        self._closing = asyncio.ensure_future(
+            self.socket.close(TOKEN_EXPIRED_CLOSE, "Token expired.")
+        )
+
 
 def _only_root(socket: ServerConnection, request: Request) -> Response | None:
     if request.path.split("?", 1)[0] != PATH:
@@ -169,11 +226,14 @@ def _only_root(socket: ServerConnection, request: Request) -> Response | None:
     return None
 
 
-async def start(settings: Settings, up: Upstreams) -> Server:
-    """Listen on ``settings.host:settings.ws_port`` (0 = any free port)."""
+async def start(settings: Settings, up: Upstreams, auth: KeystoneAuth | None = None) -> Server:
+    """Listen on ``settings.host:settings.ws_port`` (0 = any free port). ``auth``: the token
+    validator in keystone mode (one is made when not given)."""
+    if auth is None and settings.auth_strategy == "keystone":
+        auth = KeystoneAuth(settings)
 
     async def handler(socket: ServerConnection) -> None:
-        await Connection(up, socket, settings.signed_url_secret).serve()
+        await Connection(up, socket, settings.signed_url_secret, auth).serve()
 
     return await serve(
         handler,

@@ -1,0 +1,318 @@
+"""Keystone auth (contract §1, §6, §7) against a real Keystone (``tests/keystone.py``).
+
+The gateway runs in-process in keystone mode in front of real in-process services; tokens are
+real fernet tokens of users on projects ``a`` and ``b``. The test Keystone's tokens live
+``TOKEN_EXPIRATION`` seconds, so one test waits for a token to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from services.api_gateway.app import create_app
+from services.api_gateway.auth import KeystoneAuth, with_auth
+from services.api_gateway.upstream import Upstreams
+from services.api_gateway.websocket import server as ws_server
+from services.common import signing
+from services.common.config import Settings
+from tests.conftest import free_port
+from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
+from tests.keystone import PASSWORD, TOKEN_EXPIRATION, Keystone
+
+SECRET = "share-secret"
+UNAUTHORIZED = {
+    "error": {
+        "code": 401,
+        "title": "Unauthorized",
+        "message": "The request you have made requires authentication.",
+    }
+}
+
+
+@dataclass
+class Gateway:
+    http: httpx.AsyncClient
+    ws_url: str
+    settings: Settings
+
+
+@pytest.fixture
+def keystone_settings(
+    make_settings: Callable[..., Settings], keystone: Keystone
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "auth_strategy": "keystone",
+            "keystone_url": keystone.url,
+            "keystone_username": "zaqar",
+            "keystone_password": PASSWORD,
+            "keystone_project": "service",
+            "signed_url_secret": SECRET,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return make
+
+
+@asynccontextmanager
+async def keystone_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """HTTP (in-process ASGI) and WebSocket gateways in keystone mode over running services."""
+    auth = KeystoneAuth(settings)
+    up = Upstreams(settings)
+    app = with_auth(create_app(settings, up), settings, auth)
+    async with lifespan(app):
+        sockets = await ws_server.start(settings, up, auth)
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://gateway",
+            headers={"Client-ID": CLIENT_ID, "Accept": "application/json"},
+        )
+        try:
+            yield Gateway(http, f"ws://{settings.host}:{ws_server.bound_port(sockets)}", settings)
+        finally:
+            await http.aclose()
+            sockets.close()
+            await sockets.wait_closed()
+            await up.close()
+            await auth.aclose()
+
+
+@pytest.fixture
+async def gateway(keystone_settings: Callable[..., Settings]) -> AsyncIterator[Gateway]:
+    async with running_services(keystone_settings()) as settings:
+        async with keystone_gateway(settings) as gw:
+            yield gw
+
+
+def auth(token: str, **extra: str) -> dict[str, str]:
+    return {"X-Auth-Token": token, **extra}
+
+
+def assert_unauthorized(resp: httpx.Response, keystone: Keystone) -> None:
+    assert resp.status_code == 401, resp.text
+    assert resp.json() == UNAUTHORIZED
+    assert resp.headers["WWW-Authenticate"] == f'Keystone uri="{keystone.url}"'
+    assert resp.headers["x-openstack-request-id"].startswith("req-")
+
+
+# HTTP ---------------------------------------------------------------------------------------
+
+
+async def test_tokens_scope_requests_to_their_project(
+    gateway: Gateway, keystone: Keystone
+) -> None:
+    token_a, token_b = keystone.token("user-a"), keystone.token("user-b")
+    queue = new_queue()
+    # X-Project-ID is ignored: the project is the token's.
+    resp = await gateway.http.put(
+        f"/v2/queues/{queue}", json={}, headers=auth(token_a, **{"X-Project-ID": "other"})
+    )
+    assert resp.status_code == 201, resp.text
+    resp = await gateway.http.post(
+        f"/v2/queues/{queue}/messages", json={"messages": [{"body": {"n": 1}, "ttl": 300}]},
+        headers=auth(token_a),
+    )
+    assert resp.status_code == 201, resp.text
+
+    listed = await gateway.http.get("/v2/queues", headers=auth(token_a))
+    assert [q["name"] for q in listed.json()["queues"]] == [queue]
+    # B sees neither the queue nor its messages, even naming A's project.
+    spoof = {"X-Project-ID": keystone.users["user-a"].project_id}
+    listed = await gateway.http.get("/v2/queues", headers=auth(token_b, **spoof))
+    assert listed.status_code == 200
+    assert queue not in [q["name"] for q in listed.json()["queues"]]
+    stats = await gateway.http.get(f"/v2/queues/{queue}/stats", headers=auth(token_b, **spoof))
+    assert stats.json()["messages"]["total"] == 0
+    stats = await gateway.http.get(f"/v2/queues/{queue}/stats", headers=auth(token_a))
+    assert stats.json()["messages"]["total"] == 1
+
+
+async def test_the_project_is_the_token_project_id(
+    gateway: Gateway, keystone: Keystone, gateway_factory: Any
+) -> None:
+    queue = new_queue()
+    resp = await gateway.http.put(f"/v2/queues/{queue}", headers=auth(keystone.token("user-a")))
+    assert resp.status_code == 201
+    # The same services seen through a no-auth gateway under A's project id.
+    plain = await gateway_factory(
+        Settings.load(environ={}, overrides={**_ports(gateway.settings), "auth_strategy": "noauth"})
+    )
+    listed = await plain.get(
+        "/v2/queues", headers={"X-Project-ID": keystone.users["user-a"].project_id}
+    )
+    assert [q["name"] for q in listed.json()["queues"]] == [queue]
+
+
+def _ports(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in
+            ("data_dir", "queue_port", "message_port", "notifier_port")}
+
+
+@pytest.mark.parametrize("token", [None, "", "garbage", "gAAAAABinvalid-fernet-token"])
+async def test_missing_or_invalid_token_is_401(
+    gateway: Gateway, keystone: Keystone, token: str | None
+) -> None:
+    headers = {"X-Project-ID": "p"} if token is None else auth(token, **{"X-Project-ID": "p"})
+    for method, path in (("GET", "/v2/queues"), ("PUT", f"/v2/queues/{new_queue()}"),
+                         ("GET", "/v2/"), ("GET", "/v2/health")):
+        resp = await gateway.http.request(method, path, headers=headers)
+        assert_unauthorized(resp, keystone)
+
+
+async def test_versions_need_no_token(gateway: Gateway) -> None:
+    resp = await gateway.http.get("/")
+    assert resp.status_code == 300
+
+
+async def test_revoked_token_is_401(
+    keystone_settings: Callable[..., Settings], keystone: Keystone
+) -> None:
+    # No cache: every request asks Keystone, so a revocation takes effect at once.
+    async with running_services(keystone_settings(token_cache_seconds=0)) as settings:
+        async with keystone_gateway(settings) as gw:
+            token = keystone.token("user-a")
+            assert (await gw.http.get("/v2/queues", headers=auth(token))).status_code == 200
+            keystone.revoke(token)
+            assert_unauthorized(await gw.http.get("/v2/queues", headers=auth(token)), keystone)
+
+
+async def test_admin_role_gates_health(gateway: Gateway, keystone: Keystone) -> None:
+    member = keystone.token("user-a")
+    resp = await gateway.http.get("/v2/health", headers=auth(member))
+    assert resp.status_code == 403
+    # A caller's own X-Roles counts for nothing.
+    resp = await gateway.http.get("/v2/health", headers=auth(member, **{"X-Roles": "admin"}))
+    assert resp.status_code == 403
+    resp = await gateway.http.get("/v2/health", headers=auth(keystone.token("admin-a")))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["storage_reachable"] is True
+
+
+async def test_keystone_unreachable_is_503(
+    keystone_settings: Callable[..., Settings]
+) -> None:
+    settings = keystone_settings(keystone_url=f"http://127.0.0.1:{free_port()}/v3")
+    async with keystone_gateway(settings) as gw:
+        resp = await gw.http.get("/v2/queues", headers=auth("some-token"))
+    assert resp.status_code == 503
+    assert resp.json() == {
+        "title": "Service temporarily unavailable",
+        "description": "The identity service cannot be reached. Please try again later.",
+    }
+
+
+async def test_signed_requests_skip_keystone(gateway: Gateway, keystone: Keystone) -> None:
+    project = keystone.users["user-a"].project_id
+    queue = new_queue()
+    token = keystone.token("user-a")
+    resp = await gateway.http.post(
+        f"/v2/queues/{queue}/messages", json={"messages": [{"body": 1, "ttl": 300}]},
+        headers=auth(token),
+    )
+    assert resp.status_code == 201
+    url = signing.sign(SECRET, [f"/v2/queues/{queue}/messages"], ["GET"], project,
+                       datetime.now(UTC) + timedelta(minutes=5))
+    signed = {
+        "X-Project-ID": project,
+        "URL-Signature": url.signature,
+        "URL-Methods": "GET",
+        "URL-Paths": ",".join(url.paths),
+        "URL-Expires": url.expires,
+    }
+    resp = await gateway.http.get(
+        f"/v2/queues/{queue}/messages", params={"echo": "true"}, headers=signed
+    )
+    assert resp.status_code == 200, resp.text
+    assert [m["body"] for m in resp.json()["messages"]] == [1]
+    # A signature that does not verify is no way around Keystone, nor is a method not granted.
+    forged = {**signed, "URL-Signature": "0" * 64}
+    resp = await gateway.http.get(f"/v2/queues/{queue}/messages", headers=forged)
+    assert_unauthorized(resp, keystone)
+    resp = await gateway.http.post(
+        f"/v2/queues/{queue}/messages", json={"messages": [{"body": 2}]}, headers=signed
+    )
+    assert_unauthorized(resp, keystone)
+
+
+# WebSocket ----------------------------------------------------------------------------------
+
+
+async def ask(socket: Any, action: str, body: dict[str, Any] | None = None,
+              **headers: str) -> dict[str, Any]:
+    request = {"action": action, "headers": {"Client-ID": CLIENT_ID, **headers},
+               "body": body or {}}
+    await socket.send(orjson.dumps(request).decode())
+    answer = orjson.loads(await socket.recv())
+    assert isinstance(answer, dict)
+    return answer
+
+
+async def test_websocket_needs_authenticate_first(gateway: Gateway, keystone: Keystone) -> None:
+    queue = new_queue()
+    token_a = keystone.token("user-a")
+    async with connect(gateway.ws_url) as socket:
+        answer = await ask(socket, "queue_list", **{"X-Project-ID": "p", "X-Auth-Token": token_a})
+        assert answer["headers"]["status"] == 403
+        assert answer["body"]["error"] == "Not authentified."
+        for token in ("", "garbage"):
+            answer = await ask(socket, "authenticate", **{"X-Auth-Token": token})
+            assert answer["headers"]["status"] == 401
+            answer = await ask(socket, "queue_list")
+            assert answer["headers"]["status"] == 403
+        answer = await ask(socket, "authenticate", **{"X-Auth-Token": token_a})
+        assert answer["headers"]["status"] == 200
+        assert answer["body"] == {"message": "Authentified."}
+        answer = await ask(socket, "queue_create", {"queue_name": queue},
+                           **{"X-Project-ID": "ignored"})
+        assert answer["headers"]["status"] == 201, answer
+        answer = await ask(socket, "check_node_health")
+        assert answer["headers"]["status"] == 403
+    # The queue is A's: listed over HTTP with A's token, not with B's.
+    listed = await gateway.http.get("/v2/queues", headers=auth(token_a))
+    assert queue in [q["name"] for q in listed.json()["queues"]]
+    listed = await gateway.http.get("/v2/queues", headers=auth(keystone.token("user-b")))
+    assert queue not in [q["name"] for q in listed.json()["queues"]]
+    async with connect(gateway.ws_url) as socket:
+        answer = await ask(socket, "authenticate", **{"X-Auth-Token": keystone.token("user-b")})
+        assert answer["headers"]["status"] == 200
+        answer = await ask(socket, "queue_list")
+        assert queue not in [q["name"] for q in answer["body"]["queues"]]
+        answer = await ask(socket, "authenticate", **{"X-Auth-Token": keystone.token("admin-a")})
+        answer = await ask(socket, "check_node_health")
+        assert answer["headers"]["status"] == 200
+
+
+async def test_token_expiry(gateway: Gateway, keystone: Keystone) -> None:
+    """An expired token: the socket it authenticated is closed with 4003, and HTTP answers
+    401 whether the token was cached or not."""
+    # Issued first, so expired by the time the other one is.
+    fresh = keystone.token("user-b")
+    cached = keystone.token("user-a")
+    started = time.monotonic()
+    assert (await gateway.http.get("/v2/queues", headers=auth(cached))).status_code == 200
+    async with connect(gateway.ws_url) as socket:
+        answer = await ask(socket, "authenticate", **{"X-Auth-Token": cached})
+        assert answer["headers"]["status"] == 200
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(TOKEN_EXPIRATION + 10):
+                while True:
+                    await asyncio.sleep(0.5)
+                    await ask(socket, "queue_list")
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4003
+    assert time.monotonic() - started <= TOKEN_EXPIRATION + 5
+    assert_unauthorized(await gateway.http.get("/v2/queues", headers=auth(cached)), keystone)
+    assert_unauthorized(await gateway.http.get("/v2/queues", headers=auth(fresh)), keystone)

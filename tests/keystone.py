@@ -1,0 +1,244 @@
+"""A real Keystone for the tests: PyPI ``keystone`` from ``.venv-keystone`` (its own venv, made by
+``scripts/bootstrap.sh --test``), on SQLite with fernet tokens, served by gunicorn on a free
+loopback port from a temporary folder.
+
+The session fixture ``keystone`` bootstraps it (``keystone-manage db_sync``, ``fernet_setup``,
+``credential_setup``, ``bootstrap``), waits until ``/v3`` answers, then makes two projects
+(``a``, ``b``) with a ``member`` user on each, an admin user (role ``admin`` on project ``a``)
+and a service user for the gateway (role ``service`` on a ``service`` project). Locally a
+missing ``.venv-keystone`` skips the tests that need it; in CI (``CI=true``) it fails them.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ServerProcess, free_port, missing
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYSTONE_VENV = Path(os.environ.get("ZAQAR_KEYSTONE_VENV", ROOT / ".venv-keystone"))
+ADMIN_PASSWORD = "admin-secret"
+PASSWORD = "user-secret"
+DOMAIN = "Default"
+# Seconds a token lives in the test Keystone: long enough for the tests, short enough that
+# a test can wait for one to expire.
+TOKEN_EXPIRATION = 20
+
+WSGI_WRAPPER = """\
+import sys
+
+# oslo.config parses sys.argv when Keystone loads: hide gunicorn's arguments from it.
+sys.argv = sys.argv[:1]
+
+from keystone.wsgi.api import application  # noqa: E402,F401
+"""
+
+
+def keystone_conf(workdir: Path, expiration: int) -> str:
+    return textwrap.dedent(
+        f"""\
+        [DEFAULT]
+        log_file = {workdir / "keystone.log"}
+        use_stderr = false
+
+        [database]
+        connection = sqlite:///{workdir / "keystone.db"}
+
+        [token]
+        provider = fernet
+        expiration = {expiration}
+
+        [fernet_tokens]
+        key_repository = {workdir / "fernet-keys"}
+
+        [credential]
+        key_repository = {workdir / "credential-keys"}
+
+        [cache]
+        enabled = false
+        """
+    )
+
+
+@dataclass
+class User:
+    name: str
+    id: str
+    project: str
+    project_id: str
+    password: str = PASSWORD
+
+
+@dataclass
+class Keystone:
+    """A running Keystone and the identities the tests use."""
+
+    url: str  # http://127.0.0.1:PORT/v3
+    process: ServerProcess
+    startup_seconds: float
+    users: dict[str, User] = field(default_factory=dict)
+
+    def token(self, who: str) -> str:
+        """A fresh project-scoped token of one of ``users``."""
+        user = self.users[who]
+        return issue_token(self.url, user.name, user.password, user.project)
+
+    def revoke(self, token: str) -> None:
+        admin = self.token("admin")
+        answer = httpx.delete(
+            self.url + "/auth/tokens",
+            headers={"X-Auth-Token": admin, "X-Subject-Token": token},
+        )
+        assert answer.status_code == 204, answer.text
+
+
+def issue_token(url: str, user: str, password: str, project: str) -> str:
+    body = {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {
+                    "user": {"name": user, "domain": {"name": DOMAIN}, "password": password}
+                },
+            },
+            "scope": {"project": {"name": project, "domain": {"name": DOMAIN}}},
+        }
+    }
+    answer = httpx.post(url + "/auth/tokens", json=body, timeout=30)
+    assert answer.status_code == 201, answer.text
+    return answer.headers["X-Subject-Token"]
+
+
+def _manage(workdir: Path, env: dict[str, str], *args: str) -> None:
+    manage = KEYSTONE_VENV / "bin" / "keystone-manage"
+    conf = str(workdir / "keystone.conf")
+    done = subprocess.run(
+        [str(manage), "--config-file", conf, *args],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"keystone-manage {args[0]} failed: {done.stderr[-2000:]}")
+
+
+def _wait_ready(url: str, process: ServerProcess, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.proc is not None and process.proc.poll() is not None:
+            raise RuntimeError(f"keystone exited with {process.proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"keystone did not answer on {url} within {timeout}s")
+
+
+def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keystone:
+    """Bootstrap and start a Keystone in ``workdir``; raises RuntimeError when it cannot."""
+    started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "fernet-keys").mkdir(exist_ok=True)
+    (workdir / "credential-keys").mkdir(exist_ok=True)
+    conf = workdir / "keystone.conf"
+    conf.write_text(keystone_conf(workdir, expiration))
+    (workdir / "keystone_wsgi.py").write_text(WSGI_WRAPPER)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v3"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env["OS_KEYSTONE_CONFIG_FILES"] = str(conf)
+    owner = ["--keystone-user", pwd.getpwuid(os.getuid()).pw_name,
+             "--keystone-group", grp.getgrgid(os.getgid()).gr_name]
+    _manage(workdir, env, "db_sync")
+    _manage(workdir, env, "fernet_setup", *owner)
+    _manage(workdir, env, "credential_setup", *owner)
+    _manage(
+        workdir, env, "bootstrap",
+        "--bootstrap-password", ADMIN_PASSWORD,
+        "--bootstrap-admin-url", url,
+        "--bootstrap-public-url", url,
+        "--bootstrap-internal-url", url,
+        "--bootstrap-region-id", "RegionOne",
+    )
+    gunicorn = KEYSTONE_VENV / "bin" / "gunicorn"
+    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
+            "--chdir", str(workdir), "--error-logfile", "-", "keystone_wsgi:application"]
+    process = ServerProcess(argv, port, workdir)
+    os.environ["OS_KEYSTONE_CONFIG_FILES"] = str(conf)
+    try:
+        process.start()
+    finally:
+        del os.environ["OS_KEYSTONE_CONFIG_FILES"]
+    try:
+        _wait_ready(url, process)
+    except RuntimeError:
+        process.stop()
+        raise
+    keystone = Keystone(url, process, time.monotonic() - started)
+    _populate(keystone)
+    return keystone
+
+
+def _populate(keystone: Keystone) -> None:
+    """Projects a and b, a member user on each, an admin and the gateway's service user."""
+    admin_token = issue_token(keystone.url, "admin", ADMIN_PASSWORD, "admin")
+    http = httpx.Client(base_url=keystone.url, headers={"X-Auth-Token": admin_token}, timeout=30)
+    with http:
+
+        def create(path: str, kind: str, body: dict[str, object]) -> str:
+            answer = http.post(path, json={kind: body})
+            assert answer.status_code == 201, answer.text
+            return str(answer.json()[kind]["id"])
+
+        def role_id(name: str) -> str:
+            found = http.get("/roles", params={"name": name}).json()["roles"]
+            return str(found[0]["id"]) if found else create("/roles", "role", {"name": name})
+
+        def grant(project_id: str, user_id: str, role: str) -> None:
+            answer = http.put(f"/projects/{project_id}/users/{user_id}/roles/{role_id(role)}")
+            assert answer.status_code == 204, answer.text
+
+        domain_id = http.get("/domains", params={"name": DOMAIN}).json()["domains"][0]["id"]
+        projects = {}
+        for name in ("a", "b", "service"):
+            projects[name] = create("/projects", "project", {"name": name, "domain_id": domain_id})
+        accounts = [("user-a", "a", "member"), ("user-b", "b", "member"),
+                    ("admin-a", "a", "admin"), ("zaqar", "service", "service")]
+        for name, project, role in accounts:
+            user_id = create(
+                "/users", "user", {"name": name, "password": PASSWORD, "domain_id": domain_id}
+            )
+            grant(projects[project], user_id, role)
+            keystone.users[name] = User(name, user_id, project, projects[project])
+        admin_project = http.get("/projects", params={"name": "admin"}).json()["projects"][0]
+        keystone.users["admin"] = User("admin", "", "admin", admin_project["id"], ADMIN_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
+    if not (KEYSTONE_VENV / "bin" / "keystone-manage").exists():
+        missing("Keystone (.venv-keystone)")
+    try:
+        server = start_keystone(tmp_path_factory.mktemp("keystone"))
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        missing(f"Keystone ({exc})")
+    print(f"\nkeystone ready in {server.startup_seconds:.1f}s", file=sys.stderr)
+    yield server
+    server.process.stop()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
