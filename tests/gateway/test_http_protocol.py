@@ -13,7 +13,9 @@ import uvicorn
 from services.api_gateway.app import create_app
 from services.api_gateway.http_protocol import HEAD_BYTES_MAX, BoundedHttpToolsProtocol
 from services.common.config import Settings
+from tests.e2e.harness import Stack
 from tests.gateway.conftest import CLIENT_ID
+from tests.stacks import up_stack
 
 QUICK = 10.0
 TENANT = f"Client-ID: {CLIENT_ID}\r\nX-Project-ID: p\r\n".encode()
@@ -116,3 +118,16 @@ async def test_bodies_and_keep_alive_are_not_counted(port: int) -> None:
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"No messages were found in the request body." in answer
     assert b"HTTP/1.1 300 " in answer
+
+
+async def test_zaqar_grpc_up_serves_http_with_the_bounded_protocol(
+    request: pytest.FixtureRequest,
+) -> None:
+    stack: Stack = up_stack(request, "sqlite")
+    head = b"GET /v2/queues HTTP/1.1\r\nHost: x\r\n" + TENANT
+    # Under the bound: the app's answer; past it: 431 (or a reset while still sending)
+    served, _ = await exchange(stack.settings.http_port, head + b"Connection: close\r\n\r\n")
+    assert served.startswith(b"HTTP/1.1 200 ")
+    cut, took = await exchange(stack.settings.http_port, head + b"X-Big: " + b"a" * (1 << 20))
+    assert cut == b"" or cut.startswith(b"HTTP/1.1 431 ")
+    assert took < QUICK
