@@ -6,13 +6,11 @@ needed only by the deployments that use it.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from services.common.config import ConfigurationError
-from services.common.store_uri import redact
+from services.common import store_registry
 from services.notifier_svc.storage.base import NotifierStore
 
 # scheme -> (module, class, distribution to install when the import fails)
@@ -33,22 +31,7 @@ def backend_class(uri: str) -> NotifierStoreClass:
     Raises:
         ConfigurationError: the scheme is unknown, or its driver is not installed.
     """
-    scheme = uri.partition(":")[0].lower() if ":" in uri else ""
-    if scheme not in BACKENDS:
-        supported = ", ".join(f"{name}://" for name in BACKENDS)
-        raise ConfigurationError(
-            f"notifier store URI {redact(uri)!r}: unsupported scheme {scheme!r} "
-            f"(supported: {supported})"
-        )
-    module_name, class_name, distribution = BACKENDS[scheme]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"notifier store URI {redact(uri)!r} needs the {distribution!r} package, which "
-            f"cannot be imported ({exc}); install it, e.g. pip install {distribution}"
-        ) from exc
-    return cast(NotifierStoreClass, getattr(module, class_name))
+    return cast(NotifierStoreClass, store_registry.backend_class("notifier store", uri, BACKENDS))
 
 
 async def open_notifier_store(uri: str, now: Callable[[], float] = time.time) -> NotifierStore:

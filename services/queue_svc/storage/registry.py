@@ -6,11 +6,10 @@ needed only by the deployments that use it.
 
 from __future__ import annotations
 
-import importlib
 from typing import Protocol, cast
-from urllib.parse import urlsplit, urlunsplit
 
-from services.common.config import ConfigurationError
+from services.common import store_registry
+from services.common.store_uri import redact
 from services.queue_svc.storage.base import QueueStore
 
 # scheme -> (module, class, distribution to install when the import fails)
@@ -21,17 +20,11 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+__all__ = ["BACKENDS", "backend_class", "open_queue_store", "redact"]
+
+
 class QueueStoreClass(Protocol):
     def from_uri(self, uri: str) -> QueueStore: ...
-
-
-def redact(uri: str) -> str:
-    """The URI without its password, for messages and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def backend_class(uri: str) -> QueueStoreClass:
@@ -40,22 +33,7 @@ def backend_class(uri: str) -> QueueStoreClass:
     Raises:
         ConfigurationError: the scheme is unknown, or its driver is not installed.
     """
-    scheme = uri.partition(":")[0].lower() if ":" in uri else ""
-    if scheme not in BACKENDS:
-        supported = ", ".join(f"{name}://" for name in BACKENDS)
-        raise ConfigurationError(
-            f"queue store URI {redact(uri)!r}: unsupported scheme {scheme!r} "
-            f"(supported: {supported})"
-        )
-    module_name, class_name, distribution = BACKENDS[scheme]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"queue store URI {redact(uri)!r} needs the {distribution!r} package, which cannot "
-            f"be imported ({exc}); install it, e.g. pip install {distribution}"
-        ) from exc
-    return cast(QueueStoreClass, getattr(module, class_name))
+    return cast(QueueStoreClass, store_registry.backend_class("queue store", uri, BACKENDS))
 
 
 async def open_queue_store(uri: str) -> QueueStore:
