@@ -12,6 +12,7 @@ import redis.asyncio
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -26,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import store_uri
+from services.common.errors import Unavailable
 from services.common.store_edge import Method, P, R, S, Wrapped, driver_edge
 
 FORM = "redis://[[username]:password@]host[:port][/db][?option=value&...]"
@@ -146,3 +148,26 @@ def describe(exc: Exception) -> str:
 def redis_edge(store: str) -> Callable[[str], Callable[[Method[S, P, R]], Wrapped[S, P, R]]]:
     """The decorator factory that turns Redis errors of ``store`` into Unavailable."""
     return driver_edge(store, (RedisError,), describe)
+
+
+async def open_with_scripts(
+    client: redis.asyncio.Redis, texts: dict[str, str], store: str, address: str
+) -> dict[str, AsyncScript]:
+    """Check the server answers and load ``texts`` (name -> Lua source) once, returning each
+    script registered on ``client``; the client is closed when the server cannot be used.
+
+    Raises:
+        Unavailable: the server cannot be reached or refuses the scripts.
+    """
+    scripts: dict[str, AsyncScript] = {}
+    try:
+        await client.ping()
+        for name, text in texts.items():
+            await client.script_load(text)
+            scripts[name] = client.register_script(text)
+    except RedisError as exc:
+        await client.aclose()
+        raise Unavailable(
+            f"Cannot open the {store} at {address}: {describe(exc)} ({exc})."
+        ) from exc
+    return scripts

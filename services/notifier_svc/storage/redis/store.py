@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 import redis.asyncio
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from services.common.errors import (
     SubscriptionAlreadyExists,
     SubscriptionNotFound,
     Unavailable,
 )
+from services.common.redis_store import open_with_scripts
 from services.notifier_svc.storage.base import (
     CLAIM_SCAN_FACTOR,
     CLAIM_SCAN_MIN,
@@ -38,7 +38,6 @@ from services.notifier_svc.storage.base import (
 from services.notifier_svc.storage.redis._connection import (
     RedisOptions,
     connect,
-    describe,
     edge,
     parse,
 )
@@ -113,16 +112,7 @@ class RedisNotifierStore:
     async def open(self) -> None:
         texts = {name: _script_text(name) for name in SCRIPTS}
         client = connect(self.options)
-        try:
-            await client.ping()
-            for name, text in texts.items():
-                await client.script_load(text)
-                self._scripts[name] = client.register_script(text)
-        except RedisError as exc:
-            await client.aclose()
-            raise Unavailable(
-                f"Cannot open the notifier store at {self.address}: {describe(exc)} ({exc})."
-            ) from exc
+        self._scripts = await open_with_scripts(client, texts, "notifier store", self.address)
         self._client = client
 
     async def close(self) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 import redis.asyncio
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from services.common.errors import QueueNotFound, Unavailable
+from services.common.redis_store import open_with_scripts
 from services.common.store_edge import contended
 from services.queue_svc.storage.base import (
     MetadataCheck,
@@ -34,7 +34,6 @@ from services.queue_svc.storage.redis._connection import (
     STORE,
     RedisOptions,
     connect,
-    describe,
     edge,
     parse,
 )
@@ -110,16 +109,7 @@ class RedisQueueStore:
     async def open(self) -> None:
         texts = {name: _script_text(name) for name in SCRIPTS}
         client = connect(self.options)
-        try:
-            await client.ping()
-            for name, text in texts.items():
-                await client.script_load(text)
-                self._scripts[name] = client.register_script(text)
-        except RedisError as exc:
-            await client.aclose()
-            raise Unavailable(
-                f"Cannot open the queue store at {self.address}: {describe(exc)} ({exc})."
-            ) from exc
+        self._scripts = await open_with_scripts(client, texts, "queue store", self.address)
         self._client = client
 
     async def close(self) -> None:
