@@ -8,7 +8,7 @@ turns into statuses. Atomic work is the store's (``storage/base.py``).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ class NotifierService:
         *,
         confirmation: Confirmation,
         announce: Announce,
-        wake: Callable[[], None],
+        wake: Callable[[Iterable[str] | None], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -164,7 +164,7 @@ class NotifierService:
             public_url=self._confirmation.public_url,
         )
         await self.store.enqueue([_delivery(subscription, kind, document)])
-        self._wake()
+        self._wake(None)
 
     # notifications ---------------------------------------------------------------------------
 
@@ -195,7 +195,7 @@ class NotifierService:
                 _delivery(s, DeliveryKind.NOTIFICATION, document)
                 for document in rendered for s in targets
             ])
-            self._wake()
+            self._wake({s.subscriber for s in targets})
         return bool(subscriptions) or self.hub.listened(project, queue)
 
 

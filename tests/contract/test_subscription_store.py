@@ -20,12 +20,12 @@ from services.common.errors import (
     Unavailable,
 )
 from services.notifier_svc.storage.base import (
+    ClaimShares,
     DeliveryKind,
     NewDelivery,
     NotifierStore,
     Subscription,
     new_id,
-    within_capacity,
 )
 from services.notifier_svc.storage.registry import open_notifier_store
 from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
@@ -401,6 +401,41 @@ async def test_claim_limits_each_subscriber(store: NotifierStore) -> None:
     assert len(await store.claim_due(limit=1, lease=30, per_subscriber=5)) == 1
 
 
+async def test_a_backlog_of_any_size_never_holds_up_another_subscriber(
+    store: NotifierStore, clock: Clock
+) -> None:
+    dead = await subscribe(store, "http://dead.example/")
+    live = await subscribe(store, "http://live.example/")
+    # Given a dead subscriber's backlog far larger than one claim looks at, due earliest
+    for start in range(0, 3000, 500):
+        await store.enqueue([delivery(dead, str(i)) for i in range(start, start + 500)])
+    clock.advance(1)
+    await store.enqueue([delivery(live, "x")])
+    # When the caller already makes as many deliveries to the dead one as it may
+    taken = await store.claim_due(
+        limit=8, lease=30, per_subscriber=4, busy={"http://dead.example/": 4}
+    )
+    # Then the live subscriber's delivery is taken at once
+    assert [d.subscriber for d in taken] == ["http://live.example/"]
+    # And with no one busy, a claim takes the earliest due of each subscriber within its share
+    clock.advance(30)
+    taken = await store.claim_due(limit=8, lease=30, per_subscriber=4)
+    assert sorted(d.subscriber for d in taken) == ["http://dead.example/"] * 4 + [
+        "http://live.example/"
+    ]
+    assert [d.document for d in taken if d.subscriber.startswith("http://dead")] == [
+        f'{{"body":"{i}","Message_Type":"Notification"}}'.encode() for i in range(4)
+    ]
+
+
+async def test_claims_share_the_limit_across_subscribers(store: NotifierStore) -> None:
+    subs = [await subscribe(store, f"http://h{i}.example/") for i in range(3)]
+    for sub in subs:
+        await store.enqueue([delivery(sub, str(i)) for i in range(10)])
+    taken = await store.claim_due(limit=6, lease=30, per_subscriber=2)
+    assert sorted(d.subscriber for d in taken) == sorted([s.subscriber for s in subs] * 2)
+
+
 async def test_concurrent_claims_never_share_a_delivery(store: NotifierStore) -> None:
     subs = [await subscribe(store, f"http://h{i}.example/") for i in range(4)]
     await store.enqueue([delivery(s, str(i)) for s in subs for i in range(5)])
@@ -411,11 +446,16 @@ async def test_concurrent_claims_never_share_a_delivery(store: NotifierStore) ->
     assert len(ids) == len(set(ids)) == 20
 
 
-def test_within_capacity_keeps_order_and_limits() -> None:
-    candidates = [("1", "a"), ("2", "a"), ("3", "b"), ("4", "a"), ("5", "c")]
-    assert within_capacity(candidates, limit=10, per_subscriber=2) == ["1", "2", "3", "5"]
-    assert within_capacity(candidates, limit=2, per_subscriber=2) == ["1", "2"]
-    assert within_capacity(candidates, limit=10, per_subscriber=1, busy={"a": 1}) == ["3", "5"]
+def test_claim_shares_bound_each_subscriber_and_the_total() -> None:
+    shares = ClaimShares(limit=5, per_subscriber=3, busy={"a": 2, "b": 3})
+    assert (shares.room("a"), shares.room("b"), shares.room("c")) == (1, 0, 3)
+    assert shares.saturated() == ["b"]
+    shares.took("c", 3)
+    assert (shares.left, shares.room("a"), shares.room("c")) == (2, 1, 0)
+    assert shares.saturated() == ["b", "c"]
+    shares.took("a", 1)
+    shares.took("d", 1)
+    assert (shares.left, shares.room("e")) == (0, 0)
 
 
 def test_ids_sort_by_creation() -> None:
@@ -518,3 +558,26 @@ async def test_redis_crash_fails_fast_and_the_same_store_recovers(
         assert (await store.create("p", "q", "http://new.example/", 60, {}))[1]
     finally:
         await store.close()
+
+
+async def test_redis_deliveries_stored_without_lanes_are_indexed_at_open(
+    redis_uri: str, clock: Clock
+) -> None:
+    store = await open_notifier_store(redis_uri, now=clock)
+    try:
+        sub = await subscribe(store)
+        await store.enqueue([delivery(sub, "old")])
+        # Given an outbox written before deliveries had lanes (only the P:due index)
+        client = store._redis()  # type: ignore[attr-defined]
+        prefix = store._prefix  # type: ignore[attr-defined]
+        await client.delete(f"{prefix}:lanes", f"{prefix}:ld:{HOOK}")
+        assert await store.claim_due(limit=5, lease=30, per_subscriber=5) == []
+    finally:
+        await store.close()
+    # When the store is opened again, the delivery is found and delivered
+    reopened = await open_notifier_store(redis_uri, now=clock)
+    try:
+        [taken] = await reopened.claim_due(limit=5, lease=30, per_subscriber=5)
+        assert taken.document == b'{"body":"old","Message_Type":"Notification"}'
+    finally:
+        await reopened.close()

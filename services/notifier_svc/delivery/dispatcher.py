@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -73,9 +73,22 @@ class Dispatcher:
         if self._loop is None:
             self._loop = asyncio.ensure_future(self._run())
 
-    def wake(self) -> None:
-        """New deliveries were stored: look at once."""
+    def wake(self, subscribers: Iterable[str] | None = None) -> None:
+        """New deliveries were stored: look at once.
+
+        Given the subscribers the new deliveries go to, the store is not looked at when none
+        of them could be taken now (each of those subscribers already has ``PER_SUBSCRIBER``
+        deliveries running here, or every slot is taken): a finishing delivery wakes the
+        dispatcher anyway. So a hanging subscriber costs no store query per post.
+        """
+        if subscribers is not None and not self._claimable(subscribers):
+            return
         self._wake.set()
+
+    def _claimable(self, subscribers: Iterable[str]) -> bool:
+        if len(self._running) >= self._concurrency:
+            return False
+        return any(self._busy.get(s, 0) < PER_SUBSCRIBER for s in subscribers)
 
     async def stop(self, grace: float = 0) -> None:
         if self._loop is not None:

@@ -256,7 +256,9 @@ class NotifierStore(Protocol):
         """Lease up to ``limit`` deliveries whose due time has come, earliest due first.
 
         No subscriber gets more than ``per_subscriber`` minus ``busy[subscriber]`` (deliveries
-        the caller is already making to it), so one slow subscriber cannot take every slot.
+        the caller is already making to it), so one slow subscriber cannot take every slot,
+        and however large a subscriber's backlog, other subscribers' due deliveries are taken
+        (see :class:`ClaimShares`).
         Each returned delivery's ``due`` becomes ``now + lease`` in the store (the returned
         value shows it); until then no other claim returns it. Atomic per delivery: two
         concurrent claims never return the same delivery.
@@ -285,29 +287,31 @@ class NotifierStore(Protocol):
 
 
 
-def within_capacity(
-    candidates: Sequence[tuple[str, str]],
-    *,
-    limit: int,
-    per_subscriber: int,
-    busy: Mapping[str, int] | None = None,
-) -> builtins.list[str]:
-    """Which of the ``(delivery id, subscriber)`` candidates (earliest due first) a claim takes:
-    at most ``limit``, and per subscriber at most ``per_subscriber - busy[subscriber]``.
-    Written once for every backend's :meth:`NotifierStore.claim_due`."""
-    taken: dict[str, int] = dict(busy or {})
-    chosen: list[str] = []
-    for delivery_id, subscriber in candidates:
-        if len(chosen) >= limit:
-            break
-        if taken.get(subscriber, 0) >= per_subscriber:
-            continue
-        taken[subscriber] = taken.get(subscriber, 0) + 1
-        chosen.append(delivery_id)
-    return chosen
+class ClaimShares:
+    """How many deliveries one :meth:`NotifierStore.claim_due` may still take: ``limit`` in
+    all, and per subscriber ``per_subscriber`` minus ``busy[subscriber]`` minus what this
+    claim took already. Written once for every backend.
 
+    Backends claim by *lane* (the pending deliveries of one subscriber): they visit the lanes
+    with due work, earliest due first, and take up to :meth:`room` from each; so the work of
+    a claim depends on the number of lanes, never on the size of any one subscriber's backlog,
+    and a dead subscriber's backlog cannot hide another subscriber's due work.
+    """
 
-# How many due deliveries a claim examines per slot it may fill: enough to step over the
-# backlog of a few saturated subscribers, bounded so that one claim stays cheap.
-CLAIM_SCAN_FACTOR = 8
-CLAIM_SCAN_MIN = 200
+    def __init__(
+        self, limit: int, per_subscriber: int, busy: Mapping[str, int] | None = None
+    ) -> None:
+        self.left = max(0, limit)
+        self._per_subscriber = per_subscriber
+        self._taken: dict[str, int] = dict(busy or {})
+
+    def room(self, subscriber: str) -> int:
+        return max(0, min(self.left, self._per_subscriber - self._taken.get(subscriber, 0)))
+
+    def took(self, subscriber: str, count: int) -> None:
+        self._taken[subscriber] = self._taken.get(subscriber, 0) + count
+        self.left -= count
+
+    def saturated(self) -> builtins.list[str]:
+        """Subscribers this claim can take nothing more of (for a backend's lane filter)."""
+        return sorted(s for s, n in self._taken.items() if n >= self._per_subscriber)

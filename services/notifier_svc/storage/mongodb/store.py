@@ -37,14 +37,12 @@ from services.common.errors import (
 )
 from services.common.store_edge import contended
 from services.notifier_svc.storage.base import (
-    CLAIM_SCAN_FACTOR,
-    CLAIM_SCAN_MIN,
+    ClaimShares,
     Delivery,
     DeliveryKind,
     NewDelivery,
     Subscription,
     new_id,
-    within_capacity,
 )
 from services.notifier_svc.storage.mongodb._connection import (
     STORE,
@@ -118,6 +116,9 @@ class MongoNotifierStore:
             )
             await subs.create_index([("e", ASCENDING)], name="expires")
             await deliveries.create_index([("d", ASCENDING)], name="due")
+            # (u, d) and not (u, d, _id): SecantusDB drops the inclusive bound of a range
+            # on the middle key of a three-key index.
+            await deliveries.create_index([("u", ASCENDING), ("d", ASCENDING)], name="lane")
             await deliveries.create_index([("s", ASCENDING)], name="subscription")
         except PyMongoError as exc:
             await client.close()
@@ -313,30 +314,42 @@ class MongoNotifierStore:
     ) -> builtins.list[Delivery]:
         _, outbox = self._collections()
         now = self._now()
-        scan = max(CLAIM_SCAN_MIN, limit * CLAIM_SCAN_FACTOR)
-        cursor = outbox.find({"d": {"$lte": now}}, {"_id": True, "u": True, "d": True})
-        candidates = [
-            doc async for doc in cursor.sort([("d", ASCENDING), ("_id", ASCENDING)]).limit(scan)
-        ]
         until = now + lease
-        taken: dict[str, int] = dict(busy or {})
-        claimed: list[Delivery] = []
-        for candidate in candidates:
-            if len(claimed) >= limit:
-                break
-            if within_capacity(
-                [(candidate["_id"], candidate["u"])], limit=1,
-                per_subscriber=per_subscriber, busy=taken,
-            ):
-                # Compare-and-set on the due time read: of concurrent claims, one takes it;
-                # the others go on to the next candidates.
-                doc = await outbox.find_one_and_update(
-                    {"_id": candidate["_id"], "d": candidate["d"]}, {"$set": {"d": until}}
-                )
-                if doc is not None:
-                    taken[candidate["u"]] = taken.get(candidate["u"], 0) + 1
-                    claimed.append(_delivery(doc, due=until))
-        return claimed
+        shares = ClaimShares(limit, per_subscriber, busy)
+        lanes = await outbox.aggregate([
+            {"$match": {"d": {"$lte": now}, "u": {"$nin": shares.saturated()}}},
+            {"$group": {"_id": "$u", "d": {"$min": "$d"}}},
+            {"$sort": {"d": ASCENDING, "_id": ASCENDING}},
+        ])
+        claimed: list[tuple[float, str, Delivery]] = []
+        async for lane in lanes:
+            subscriber = lane["_id"]
+            room = shares.room(subscriber)
+            if room <= 0:
+                if shares.left <= 0:
+                    break
+                continue
+            while room > 0:
+                candidates = [c async for c in outbox.find(
+                    {"u": subscriber, "d": {"$lte": now}}, {"_id": True, "d": True}
+                ).sort([("d", ASCENDING), ("_id", ASCENDING)]).limit(room)]
+                if not candidates:
+                    break
+                for candidate in candidates:
+                    # Compare-and-set on the due time read: of concurrent claims, one takes
+                    # it; the others look for the lane's next ones (taken ones are no longer
+                    # due, so the loop ends).
+                    doc = await outbox.find_one_and_update(
+                        {"_id": candidate["_id"], "d": candidate["d"]}, {"$set": {"d": until}}
+                    )
+                    if doc is not None:
+                        shares.took(subscriber, 1)
+                        claimed.append(
+                            (float(candidate["d"]), doc["_id"], _delivery(doc, due=until))
+                        )
+                room = shares.room(subscriber)
+        await lanes.close()
+        return [delivery for *_, delivery in sorted(claimed, key=lambda c: c[:2])]
 
     @edge("reschedule a notification")
     async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:

@@ -26,14 +26,11 @@ from services.common.errors import (
 )
 from services.common.redis_store import open_with_scripts
 from services.notifier_svc.storage.base import (
-    CLAIM_SCAN_FACTOR,
-    CLAIM_SCAN_MIN,
     Delivery,
     DeliveryKind,
     NewDelivery,
     Subscription,
     new_id,
-    within_capacity,
 )
 from services.notifier_svc.storage.redis._connection import (
     RedisOptions,
@@ -43,8 +40,8 @@ from services.notifier_svc.storage.redis._connection import (
 )
 
 SCRIPTS = (
-    "create", "update", "delete", "delete_queue", "collect_garbage", "enqueue", "take",
-    "reschedule", "complete",
+    "create", "update", "delete", "delete_queue", "collect_garbage", "enqueue", "claim",
+    "reschedule", "complete", "index_lanes",
 )
 # Expired subscriptions one sweep script removes at most (Redis runs one script at a time).
 GC_BUDGET = 200
@@ -114,6 +111,11 @@ class RedisNotifierStore:
         client = connect(self.options)
         self._scripts = await open_with_scripts(client, texts, "notifier store", self.address)
         self._client = client
+        await self._index_lanes()
+
+    @edge("index the pending notifications")
+    async def _index_lanes(self) -> None:
+        await self._run("index_lanes")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -255,37 +257,16 @@ class RedisNotifierStore:
         busy: Mapping[str, int] | None = None,
     ) -> builtins.list[Delivery]:
         now = self._now()
-        due_key = f"{self._prefix}:due"
-        scan = max(CLAIM_SCAN_MIN, limit * CLAIM_SCAN_FACTOR)
-        ids = [
-            str(i) for i in await self._redis().zrangebyscore(due_key, "-inf", repr(now), 0, scan)
-        ]
-        if not ids:
-            return []
-        pipe = self._redis().pipeline(transaction=False)
-        for delivery_id in ids:
-            pipe.hget(f"{self._prefix}:d:{delivery_id}", "subscriber")
-        subscribers = await pipe.execute()
-        remaining = [(i, s) for i, s in zip(ids, subscribers, strict=True) if s is not None]
         until = now + lease
-        taken: dict[str, int] = dict(busy or {})
-        claimed: list[Delivery] = []
-        while remaining and len(claimed) < limit:
-            chosen = within_capacity(
-                remaining, limit=limit - len(claimed), per_subscriber=per_subscriber, busy=taken
-            )
-            if not chosen:
-                break
-            # The script takes only those still due: a concurrent claim may have won some,
-            # in which case the next candidates are tried.
-            flat = await self._run("take", repr(now), repr(until), *chosen)
-            for i in range(0, len(flat), 2):
-                got = _delivery(flat[i], _fields(flat[i + 1]), until)
-                taken[got.subscriber] = taken.get(got.subscriber, 0) + 1
-                claimed.append(got)
-            tried = set(chosen)
-            remaining = [c for c in remaining if c[0] not in tried]
-        return claimed
+        pairs = [x for subscriber, n in (busy or {}).items() for x in (subscriber, n)]
+        flat = await self._run(
+            "claim", repr(now), repr(until), limit, per_subscriber, *pairs
+        )
+        claimed = [
+            (float(flat[i + 1]), str(flat[i]), _delivery(flat[i], _fields(flat[i + 2]), until))
+            for i in range(0, len(flat), 3)
+        ]
+        return [delivery for *_, delivery in sorted(claimed, key=lambda c: c[:2])]
 
     @edge("reschedule a notification")
     async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:

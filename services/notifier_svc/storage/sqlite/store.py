@@ -19,14 +19,12 @@ import orjson
 from services.common.errors import SubscriptionAlreadyExists, SubscriptionNotFound
 from services.common.sqlite_store import Database, parse_uri
 from services.notifier_svc.storage.base import (
-    CLAIM_SCAN_FACTOR,
-    CLAIM_SCAN_MIN,
+    ClaimShares,
     Delivery,
     DeliveryKind,
     NewDelivery,
     Subscription,
     new_id,
-    within_capacity,
 )
 
 STORE_NAME = "notifier store"
@@ -61,8 +59,27 @@ SCHEMA = (
         created         REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due)",
+    "CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries (subscriber, due, id)",
     "CREATE INDEX IF NOT EXISTS deliveries_subscription ON deliveries (subscription_id)",
 )
+
+# The lanes (subscribers with pending deliveries) whose earliest delivery is due, earliest
+# first: a loose index scan of deliveries_lane, one index seek per lane, whatever the backlog.
+_DUE_LANES = """
+    WITH RECURSIVE lane(subscriber) AS (
+        SELECT (SELECT min(subscriber) FROM deliveries)
+        UNION ALL
+        SELECT (SELECT min(subscriber) FROM deliveries WHERE subscriber > lane.subscriber)
+        FROM lane WHERE lane.subscriber IS NOT NULL
+    )
+    SELECT subscriber, due FROM (
+        SELECT subscriber,
+               (SELECT min(due) FROM deliveries WHERE deliveries.subscriber = lane.subscriber)
+               AS due
+        FROM lane WHERE subscriber IS NOT NULL
+    )
+    WHERE due <= ? ORDER BY due, subscriber
+"""
 
 _SUBSCRIPTION_COLUMNS = "id, project, queue, subscriber, ttl, options, confirmed, created, expires"
 _DELIVERY_COLUMNS = (
@@ -310,29 +327,29 @@ class SqliteNotifierStore:
     ) -> builtins.list[Delivery]:
         now = self._now()
         until = now + lease
-        scan = max(CLAIM_SCAN_MIN, limit * CLAIM_SCAN_FACTOR)
 
         async def work(conn: aiosqlite.Connection) -> builtins.list[Delivery]:
-            rows = list(await conn.execute_fetchall(
-                "SELECT id, subscriber FROM deliveries WHERE due <= ? ORDER BY due, id LIMIT ?",
-                (now, scan),
-            ))
-            chosen = within_capacity(
-                [(r[0], r[1]) for r in rows], limit=limit, per_subscriber=per_subscriber,
-                busy=busy,
-            )
-            if not chosen:
-                return []
-            marks = ",".join("?" * len(chosen))
-            taken = list(await conn.execute_fetchall(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN ({marks})", chosen
-            ))
-            await conn.execute(
-                f"UPDATE deliveries SET due = ? WHERE id IN ({marks})", (until, *chosen)
-            )
-            order = {delivery_id: i for i, delivery_id in enumerate(chosen)}
-            taken.sort(key=lambda row: order[row[0]])
-            return [_delivery(row, due=until) for row in taken]
+            shares = ClaimShares(limit, per_subscriber, busy)
+            claimed: list[tuple[float, str, Delivery]] = []
+            for subscriber, _ in await conn.execute_fetchall(_DUE_LANES, (now,)):
+                room = shares.room(subscriber)
+                if room <= 0:
+                    if shares.left <= 0:
+                        break
+                    continue
+                taken = list(await conn.execute_fetchall(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
+                    "WHERE subscriber = ? AND due <= ? ORDER BY due, id LIMIT ?",
+                    (subscriber, now, room),
+                ))
+                marks = ",".join("?" * len(taken))
+                await conn.execute(
+                    f"UPDATE deliveries SET due = ? WHERE id IN ({marks})",
+                    (until, *(row[0] for row in taken)),
+                )
+                shares.took(subscriber, len(taken))
+                claimed += [(float(row[9]), row[0], _delivery(row, due=until)) for row in taken]
+            return [delivery for *_, delivery in sorted(claimed, key=lambda c: c[:2])]
 
         return await self._db.atomic("take due notifications", work)
 

@@ -9,6 +9,9 @@
 --   P:d:<id>                 hash   a pending delivery: subscription_id, project, queue,
 --                                   subscriber, options, kind, document, attempts, created
 --   P:due                    zset   delivery id -> due time
+--   P:ld:<subscriber>        zset   the subscriber's lane: its delivery ids -> due time
+--   P:lanes                  zset   subscriber -> earliest due time in its lane (lanes with
+--                                   pending deliveries only)
 --   P:ds:<subscription id>   set    the subscription's pending delivery ids
 -- Queue names never contain ':', so <queue>:<project> is unambiguous.
 
@@ -26,12 +29,42 @@ local function qu_key(project, queue)
     return P .. ':qu:' .. queue .. ':' .. project
 end
 
+local function lane(subscriber)
+    return P .. ':ld:' .. subscriber
+end
+
+-- Keep the lane's score in P:lanes equal to its earliest due time.
+local function refresh_lane(subscriber)
+    local first = redis.call('ZRANGE', lane(subscriber), 0, 0, 'WITHSCORES')
+    if #first == 0 then
+        redis.call('ZREM', P .. ':lanes', subscriber)
+    else
+        redis.call('ZADD', P .. ':lanes', first[2], subscriber)
+    end
+end
+
+-- Make delivery `id` of `subscriber` due at `due`.
+local function schedule(subscriber, id, due)
+    redis.call('ZADD', P .. ':due', due, id)
+    redis.call('ZADD', lane(subscriber), due, id)
+    refresh_lane(subscriber)
+end
+
+local function unschedule(subscriber, id)
+    redis.call('ZREM', P .. ':due', id)
+    if subscriber then
+        redis.call('ZREM', lane(subscriber), id)
+        refresh_lane(subscriber)
+    end
+end
+
 local function drop_deliveries(id)
     local ds = P .. ':ds:' .. id
     local ids = redis.call('SMEMBERS', ds)
     for _, d in ipairs(ids) do
+        local subscriber = redis.call('HGET', P .. ':d:' .. d, 'subscriber')
         redis.call('DEL', P .. ':d:' .. d)
-        redis.call('ZREM', P .. ':due', d)
+        unschedule(subscriber, d)
     end
     redis.call('DEL', ds)
     return #ids

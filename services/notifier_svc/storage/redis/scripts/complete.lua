@@ -2,9 +2,10 @@
 -- ARGV: P, id
 
 local key = P .. ':d:' .. ARGV[2]
-local sid = redis.call('HGET', key, 'subscription_id')
+local f = redis.call('HMGET', key, 'subscription_id', 'subscriber')
+local sid = f[1]
 redis.call('DEL', key)
-redis.call('ZREM', P .. ':due', ARGV[2])
+unschedule(f[2], ARGV[2])
 if sid then
     redis.call('SREM', P .. ':ds:' .. sid, ARGV[2])
 end

@@ -11,7 +11,7 @@ for i = 3, #ARGV, 8 do
         redis.call('HSET', P .. ':d:' .. id, 'subscription_id', sid, 'project', ARGV[i + 2],
             'queue', ARGV[i + 3], 'subscriber', ARGV[i + 4], 'options', ARGV[i + 5],
             'kind', ARGV[i + 6], 'document', ARGV[i + 7], 'attempts', '0', 'created', now)
-        redis.call('ZADD', P .. ':due', now, id)
+        schedule(ARGV[i + 4], id, now)
         redis.call('SADD', P .. ':ds:' .. sid, id)
         stored = stored + 1
     end

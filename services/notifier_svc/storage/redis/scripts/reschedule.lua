@@ -2,9 +2,10 @@
 -- ARGV: P, id, due, attempts
 -- Returns 1 when rescheduled, 0 when the delivery is gone.
 
-if redis.call('EXISTS', P .. ':d:' .. ARGV[2]) == 0 then
+local subscriber = redis.call('HGET', P .. ':d:' .. ARGV[2], 'subscriber')
+if not subscriber then
     return 0
 end
 redis.call('HSET', P .. ':d:' .. ARGV[2], 'attempts', ARGV[4])
-redis.call('ZADD', P .. ':due', ARGV[3], ARGV[2])
+schedule(subscriber, ARGV[2], ARGV[3])
 return 1

@@ -1,0 +1,105 @@
+"""The dispatcher over a real SQLite notifier store: a saturated subscriber costs no store
+query per hand-over, and frees its slots to the next due deliveries as it finishes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.notifier_svc.delivery.dispatcher import PER_SUBSCRIBER, Dispatcher
+from services.notifier_svc.storage.base import Delivery, DeliveryKind, NewDelivery
+from services.notifier_svc.storage.registry import open_notifier_store
+
+SLOW = "http://127.0.0.1:9/slow"
+FAST = "http://127.0.0.1:9/fast"
+
+
+class GatedSender:
+    """Delivers to FAST at once; deliveries to SLOW wait until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sent: list[str] = []
+
+    async def send(self, delivery: Delivery) -> bool:
+        if delivery.subscriber == SLOW:
+            await self.release.wait()
+        self.sent.append(delivery.subscriber)
+        return True
+
+
+async def no_queue_policy(project: str, queue: str) -> Any:
+    return None
+
+
+IDS: dict[str, str] = {}
+
+
+def delivery(subscriber: str, n: int) -> NewDelivery:
+    return NewDelivery(
+        subscription_id=IDS[subscriber], project="p", queue="q", subscriber=subscriber, options={},
+        kind=DeliveryKind.NOTIFICATION, document=b'{"n": %d}' % n,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Any]:
+    opened = await open_notifier_store(f"sqlite:///{tmp_path}/notifier.db")
+    for uri in (SLOW, FAST):
+        subscription, _ = await opened.create("p", "q", uri, 3600, {})
+        IDS[uri] = subscription.id
+    claims: list[Mapping[str, int]] = []
+    claim_due = opened.claim_due
+
+    async def counted(**kwargs: Any) -> list[Delivery]:
+        claims.append(kwargs)
+        return await claim_due(**kwargs)
+
+    opened.claim_due = counted
+    opened.claims = claims
+    yield opened
+    await opened.close()
+
+
+async def until(predicate: Any, within: float = 5.0) -> None:
+    """Poll ``predicate`` (the dispatcher's state has no event to wait on) until true."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_posts_for_a_saturated_subscriber_do_not_query_the_store(store: Any) -> None:
+    sender = GatedSender()
+    dispatcher = Dispatcher(store, {"http": sender}, no_queue_policy, concurrency=16, timeout=30)
+    dispatcher.start()
+    try:
+        await store.enqueue([delivery(SLOW, n) for n in range(PER_SUBSCRIBER)])
+        dispatcher.wake({SLOW})
+        await until(lambda: len(dispatcher._running) == PER_SUBSCRIBER)
+        await asyncio.sleep(0.05)
+        before = len(store.claims)
+
+        for n in range(50):  # hand-overs while SLOW holds all its slots
+            await store.enqueue([delivery(SLOW, 100 + n)])
+            dispatcher.wake({SLOW})
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.1)
+        assert len(store.claims) == before, "a saturated subscriber's posts queried the store"
+
+        # Another subscriber's delivery is still taken at once.
+        await store.enqueue([delivery(FAST, 0)])
+        dispatcher.wake({FAST})
+        await until(lambda: FAST in sender.sent)
+
+        # Once SLOW answers, its waiting deliveries are all made.
+        sender.release.set()
+        await until(lambda: sender.sent.count(SLOW) == PER_SUBSCRIBER + 50, within=10)
+        await until(lambda: not dispatcher._running)
+        assert await store.next_due() is None
+    finally:
+        await dispatcher.stop()
