@@ -79,7 +79,8 @@ def load_tls(settings: Settings, serving: bool = True) -> Tls | None:
 
     Raises:
         ConfigurationError: the settings are incomplete or contradictory, a file cannot be
-            read, is not PEM, or the key does not belong to the certificate.
+            read, holds no PEM material of its kind, the key is encrypted or does not belong
+            to the certificate.
     """
     cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file
     if bool(cert) != bool(key):
@@ -107,9 +108,9 @@ def load_tls(settings: Settings, serving: bool = True) -> Tls | None:
             "set tls_cert_file and tls_key_file"
         )
     tls = Tls(
-        certificate_chain=_read("tls_cert_file", cert) if cert else None,
-        private_key=_read("tls_key_file", key) if key else None,
-        root_certificates=_read("tls_ca_file", ca) if ca else None,
+        certificate_chain=_read("tls_cert_file", cert, _CERTIFICATE) if cert else None,
+        private_key=_read("tls_key_file", key, _PRIVATE_KEY) if key else None,
+        root_certificates=_read("tls_ca_file", ca, _CERTIFICATE) if ca else None,
         require_client_cert=settings.tls_require_client_cert,
         server_name=settings.tls_server_name,
     )
@@ -121,7 +122,12 @@ def _env(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def _read(name: str, path: str) -> bytes:
+# (what a PEM file of that kind contains, what to call it in an error)
+_CERTIFICATE = (b"-----BEGIN CERTIFICATE-----", "PEM certificate")
+_PRIVATE_KEY = (b"PRIVATE KEY-----", "PEM private key")
+
+
+def _read(name: str, path: str, expected: tuple[bytes, str]) -> bytes:
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -129,8 +135,13 @@ def _read(name: str, path: str) -> bytes:
         raise ConfigurationError(
             f"{name} ({_env(name)}): cannot read {path}: {exc.strerror or exc}"
         ) from None
-    if b"-----BEGIN " not in data:
-        raise ConfigurationError(f"{name} ({_env(name)}): {path} is not a PEM file")
+    marker, what = expected
+    if marker not in data:
+        raise ConfigurationError(f"{name} ({_env(name)}): {path} holds no {what}")
+    if expected is _PRIVATE_KEY and b"ENCRYPTED" in data:
+        raise ConfigurationError(
+            f"{name} ({_env(name)}): {path} is encrypted; gRPC needs an unencrypted key"
+        )
     return data
 
 
@@ -143,20 +154,19 @@ def _check(tls: Tls, settings: Settings) -> None:
             context.load_verify_locations(cadata=tls.root_certificates.decode("ascii"))
         except (ssl.SSLError, ValueError) as exc:
             raise ConfigurationError(
-                f"tls_ca_file ({_env('tls_ca_file')}): {settings.tls_ca_file} holds no usable "
+                f"tls_ca_file ({_env('tls_ca_file')}): {settings.tls_ca_file}: not a usable "
                 f"CA certificate: {_reason(exc)}"
             ) from None
     if tls.certificate_chain is not None:
         try:
-            # A password callback keeps OpenSSL from prompting on the terminal for an
-            # encrypted key (which gRPC could not use anyway).
+            # The password callback keeps OpenSSL from ever prompting on the terminal.
             context.load_cert_chain(
                 settings.tls_cert_file, settings.tls_key_file, password=lambda: b""
             )
         except (ssl.SSLError, OSError) as exc:
             raise ConfigurationError(
                 f"tls_cert_file / tls_key_file ({settings.tls_cert_file}, "
-                f"{settings.tls_key_file}): not a certificate and its unencrypted private key: "
+                f"{settings.tls_key_file}): not a certificate and its private key: "
                 f"{_reason(exc)}"
             ) from None
 
