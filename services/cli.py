@@ -19,10 +19,13 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.config import ENV_PREFIX, ConfigurationError, Settings
 from services.common.errors import ServiceError
+
+if TYPE_CHECKING:
+    from services.common.tls import Tls
 
 # service name -> (module with main()/run(), settings field of its port, gRPC health?)
 SERVICES: dict[str, tuple[str, str, bool]] = {
@@ -132,11 +135,13 @@ class _Child:
             self.ready.set_exception(RuntimeError(f"{self.name} exited before it was ready"))
 
 
-async def _grpc_serving(target: str, deadline: float) -> None:
+async def _grpc_serving(target: str, tls: Tls | None, deadline: float) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    from services.common.grpc_server import open_channel
+
+    async with open_channel(target, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -163,6 +168,16 @@ async def _stop_all(children: Sequence[_Child], grace: float) -> None:
 
 
 async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
+    """Run ``services`` as child processes until a signal or until one of them exits.
+
+    Raises:
+        ConfigurationError: bad TLS settings or files (checked before any child starts).
+    """
+    from services.common.tls import load_tls
+
+    # Checked here once, so that bad TLS settings are one error rather than one per child;
+    # the children read the same files themselves, and up's health checks use them too.
+    tls = await asyncio.to_thread(load_tls, settings)
     os.makedirs(settings.data_dir, exist_ok=True)
     env = {**os.environ, **settings_environment(settings)}
     stop = asyncio.Event()
@@ -181,7 +196,7 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
             deadline = time.monotonic() + READY_TIMEOUT
             await asyncio.wait_for(asyncio.shield(child.ready), READY_TIMEOUT)
             if SERVICES[name][2]:
-                await _grpc_serving(settings.target(name), deadline)
+                await _grpc_serving(settings.target(name), tls, deadline)
             where = child.ready.result()
             print(f"{name:>8}: {where}  (pid {proc.pid})", flush=True)
     except (RuntimeError, TimeoutError) as exc:

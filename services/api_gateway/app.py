@@ -16,6 +16,7 @@ from services.api_gateway.middleware import ZaqarHeaders
 from services.api_gateway.routes import add_routes
 from services.api_gateway.upstream import Upstreams
 from services.common.config import Settings
+from services.common.tls import load_tls
 
 
 class UpstreamLifespan:
@@ -34,9 +35,10 @@ class UpstreamLifespan:
 
 
 def create_app(settings: Settings, up: Upstreams | None = None) -> App:
-    """The HTTP app; ``up``: channels shared with the WebSocket server, closed by their owner."""
+    """The HTTP app; ``up``: channels shared with the WebSocket server, closed by their owner
+    (by default the app opens its own, with TLS when the ``tls_*`` settings say so)."""
     owned = up is None
-    up = Upstreams(settings) if up is None else up
+    up = Upstreams(settings, load_tls(settings, serving=False)) if up is None else up
     middleware: list[Any] = [UpstreamLifespan(up, owned), ZaqarHeaders(settings.signed_url_secret)]
     app: App = falcon.asgi.App(media_type=JSON, middleware=middleware)
     # Zaqar's query-string parsing: a blank value is as good as absent, "a,b" is left whole.

@@ -22,6 +22,7 @@ from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
 from services.common.grpc_server import service_main
+from services.common.tls import load_tls
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,11 @@ def _bound_port(server: uvicorn.Server) -> int:
 
 async def run(settings: Settings) -> None:
     """Serve the Zaqar v2 HTTP API on ``settings.http_port`` and its WebSocket API on
-    ``settings.ws_port`` until a signal."""
+    ``settings.ws_port`` until a signal; the channels to the services use TLS when the
+    ``tls_*`` settings say so."""
     check_settings(settings)
     auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
-    up = Upstreams(settings)
+    up = Upstreams(settings, await asyncio.to_thread(load_tls, settings, False))
     up.open()
     sockets = await ws_server.start(settings, up, auth)
     server = build_server(settings, up=up, auth=auth)

@@ -17,6 +17,7 @@ from zaqar.v2 import messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
 
 from services.common.config import Settings
 from services.common.grpc_server import open_channel
+from services.common.tls import Tls
 
 QUEUES_SERVICE = "zaqar.v2.Queues"
 MESSAGES_SERVICE = "zaqar.v2.Messages"
@@ -31,8 +32,11 @@ def _stub(factory: Any, channel: grpc.aio.Channel) -> Any:
 class Upstreams:
     """Channels and stubs of queue_svc, message_svc and notifier_svc."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tls: Tls | None = None) -> None:
+        """``tls``: TLS material for the channels (``load_tls(settings, serving=False)``);
+        None = plaintext."""
         self.timeout = settings.rpc_timeout
+        self._tls = tls
         self._queue_target = settings.target("queue")
         self._message_target = settings.target("message")
         self._notifier_target = settings.target("notifier")
@@ -43,9 +47,9 @@ class Upstreams:
     def open(self) -> None:
         if self._channels:
             return
-        queue_channel = open_channel(self._queue_target)
-        message_channel = open_channel(self._message_target)
-        notifier_channel = open_channel(self._notifier_target)
+        queue_channel = open_channel(self._queue_target, self._tls)
+        message_channel = open_channel(self._message_target, self._tls)
+        notifier_channel = open_channel(self._notifier_target, self._tls)
         self._channels = [queue_channel, message_channel, notifier_channel]
         self._stubs = {
             "queues": _stub(queues_pb2_grpc.QueuesStub, queue_channel),

@@ -64,6 +64,39 @@ class Settings:
     notifier_target: str = field(
         default="", metadata=_help("gRPC target of notifier_svc; default <host>:<notifier_port>.")
     )
+    tls_cert_file: str = field(
+        default="",
+        metadata=_help(
+            "PEM certificate (chain) of this process, with tls_key_file: setting both turns TLS "
+            "on for gRPC. The process's gRPC server then accepts TLS only, and it is presented "
+            "as client certificate to the services this process calls."
+        ),
+    )
+    tls_key_file: str = field(
+        default="", metadata=_help("PEM private key (unencrypted) of tls_cert_file.")
+    )
+    tls_ca_file: str = field(
+        default="",
+        metadata=_help(
+            "PEM CA certificate(s) that verify the services this process calls (and, with "
+            "tls_require_client_cert, its clients); empty = gRPC's default roots. Set alone, "
+            "it turns TLS on for outgoing channels only (a gateway without a certificate)."
+        ),
+    )
+    tls_require_client_cert: bool = field(
+        default=False,
+        metadata=_help(
+            "Mutual TLS: gRPC servers refuse clients without a certificate signed by "
+            "tls_ca_file. Needs tls_cert_file, tls_key_file and tls_ca_file."
+        ),
+    )
+    tls_server_name: str = field(
+        default="",
+        metadata=_help(
+            "Host name checked in the certificates of the services this process calls, when "
+            "their targets name another host (e.g. an IP address); empty = the target's host."
+        ),
+    )
     rpc_timeout: float = field(
         default=5.0, metadata=_help("Deadline in seconds of every call between services.")
     )

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.config import Settings
 from services.common.errors import ErrorInterceptor
+from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,17 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """One channel per upstream per process; reuse it for every call."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def open_channel(target: str, tls: Tls | None) -> grpc.aio.Channel:
+    """One channel per upstream per process; reuse it for every call.
+
+    ``tls``: the process's TLS material (:func:`services.common.tls.load_tls`); None =
+    plaintext.
+    """
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(
+        target, tls.channel_credentials(), options=[*CHANNEL_OPTIONS, *tls.channel_options()]
+    )
 
 
 def create_server(
@@ -91,8 +100,12 @@ def create_server(
     host: str = "127.0.0.1",
     port: int = 0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: Tls | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with the business servicers, the error interceptor, health and reflection.
+
+    With ``tls`` the port accepts TLS only (and, when ``tls.require_client_cert``, only
+    clients with a certificate signed by its CA); without, plaintext only.
 
     Returns the server (not started), the bound port (useful with ``port=0``) and the health
     servicer, whose statuses are SERVING for ``""`` and every name in ``service_names`` once
@@ -108,7 +121,11 @@ def create_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, tls.server_credentials())
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     return server, bound, health_servicer

@@ -34,6 +34,7 @@ import grpc
 from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
 from services.common.grpc_server import open_channel
+from services.common.tls import Tls
 from services.message_svc.storage.base import NewMessage
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,10 @@ class Handoff:
         timeout: float,
         cache_ttl: float,
         clock: Callable[[], float] = time.monotonic,
+        tls: Tls | None = None,
     ) -> None:
         self._target = target
+        self._tls = tls
         self._timeout = timeout
         self._cache_ttl = cache_ttl
         self._clock = clock
@@ -162,7 +165,7 @@ class Handoff:
 
     async def _send(self, batches: list[_Batch], time_limit: float) -> None:
         if self._stub is None:
-            self._channel = open_channel(self._target)
+            self._channel = open_channel(self._target, self._tls)
             self._stub = notifier_pb2_grpc.NotifierInternalStub(  # type: ignore[no-untyped-call]
                 self._channel
             )

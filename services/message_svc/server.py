@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.common.config import Settings
 from services.common.grpc_server import (
     Running,
@@ -11,6 +13,7 @@ from services.common.grpc_server import (
     start_server,
 )
 from services.common.sweeper import Sweeper
+from services.common.tls import load_tls
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.service import MessageService
@@ -26,22 +29,24 @@ async def start(settings: Settings) -> Running:
     """Open the store (``settings.store_uri("message")``), bind ``host:message_port`` (0 = any),
     serve ``zaqar.v2.Messages`` and ``zaqar.v2.MessagesInternal`` and start the expiry sweeper.
     Posted messages are handed to notifier_svc (``settings.target("notifier")``, connected on
-    first use) in the background.
+    first use) in the background. With the ``tls_*`` settings the server and both channels
+    use TLS.
 
     ``Running.port`` is the bound port; ``Running.stop`` stops the server, then the sweeper,
     the channel to queue_svc and the store.
 
     Raises:
-        ConfigurationError: the store URI is unknown or malformed.
+        ConfigurationError: bad TLS settings or files; the store URI is unknown or malformed.
         Unavailable: the store cannot be opened.
         OSError: the port cannot be bound.
     """
+    tls = await asyncio.to_thread(load_tls, settings)
     store = await open_store(settings.store_uri("message"))
-    channel = open_channel(settings.target("queue"))
+    channel = open_channel(settings.target("queue"), tls)
     sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
     handoff = Handoff(
         settings.target("notifier"), timeout=settings.rpc_timeout,
-        cache_ttl=settings.metadata_cache_ttl,
+        cache_ttl=settings.metadata_cache_ttl, tls=tls,
     )
 
     async def close() -> None:
@@ -56,7 +61,7 @@ async def start(settings: Settings) -> Running:
     try:
         server, port, health = create_server(
             [registrar(service, packer)], SERVICE_NAMES, host=settings.host,
-            port=settings.message_port,
+            port=settings.message_port, tls=tls,
         )
         running = await start_server(Running(server, port, health, SERVICE_NAMES, close))
     except BaseException:

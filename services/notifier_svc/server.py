@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.common.config import ConfigurationError, Settings
 from services.common.grpc_server import (
     Running,
@@ -10,6 +12,7 @@ from services.common.grpc_server import (
     start_server,
 )
 from services.common.sweeper import Sweeper
+from services.common.tls import load_tls
 from services.notifier_svc.delivery.dispatcher import Dispatcher, Sender
 from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
 from services.notifier_svc.delivery.webhook import WebhookSender
@@ -42,17 +45,20 @@ def check(settings: Settings) -> None:
 async def start(settings: Settings) -> Running:
     """Open the store (``settings.store_uri("notifier")``), bind ``host:notifier_port``
     (0 = any), serve ``zaqar.v2.Subscriptions`` and ``zaqar.v2.NotifierInternal``, and start
-    delivering pending notifications (those left by an earlier run first) and sweeping.
+    delivering pending notifications (those left by an earlier run first) and sweeping. With
+    the ``tls_*`` settings the server and the channels to queue_svc and message_svc use TLS.
 
     Raises:
-        ConfigurationError: bad settings, an unknown or malformed store URI.
+        ConfigurationError: bad settings (TLS files included), an unknown or malformed store
+            URI.
         Unavailable: the store cannot be opened.
         RuntimeError: the port cannot be bound.
     """
     check(settings)
+    tls = await asyncio.to_thread(load_tls, settings)
     store = await open_notifier_store(settings.store_uri("notifier"))
-    policies = QueuePolicies(settings)
-    replicas = MessageReplicas(settings)
+    policies = QueuePolicies(settings, tls=tls)
+    replicas = MessageReplicas(settings, tls)
     webhook = WebhookSender(settings.delivery_timeout, settings.delivery_concurrency)
     mail = MailSender(SmtpSettings(
         host=settings.smtp_host, port=settings.smtp_port, starttls=settings.smtp_starttls,
@@ -86,7 +92,7 @@ async def start(settings: Settings) -> Running:
     try:
         server, port, health = create_server(
             [registrar(service, replicas.listened)], SERVICE_NAMES, host=settings.host,
-            port=settings.notifier_port,
+            port=settings.notifier_port, tls=tls,
         )
         running = await start_server(Running(server, port, health, SERVICE_NAMES, close))
     except BaseException:

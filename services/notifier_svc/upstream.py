@@ -26,6 +26,7 @@ from zaqar.v2 import common_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 from services.common.config import Settings
 from services.common.errors import decode_rpc_error
 from services.common.grpc_server import open_channel
+from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,11 @@ class _Throttle:
 class QueuePolicies:
     """Queues' ``_retry_policy`` metadata, from queue_svc."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
-        self._channel = open_channel(settings.target("queue"))
+    def __init__(
+        self, settings: Settings, clock: Callable[[], float] = time.monotonic,
+        tls: Tls | None = None,
+    ) -> None:
+        self._channel = open_channel(settings.target("queue"), tls)
         self._stub = queues_pb2_grpc.QueuesStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = settings.rpc_timeout
         self._clock = clock
@@ -93,9 +97,9 @@ class MessageReplicas:
     """Every message_svc replica (``ZAQAR_MESSAGE_TARGETS``), told when a queue gains a
     listener."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tls: Tls | None = None) -> None:
         self._timeout = settings.rpc_timeout
-        self._channels = {t: open_channel(t) for t in settings.message_target_list()}
+        self._channels = {t: open_channel(t, tls) for t in settings.message_target_list()}
         self._stubs = {
             target: messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
             for target, channel in self._channels.items()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from zaqar.v2 import queues_pb2_grpc
 
@@ -12,6 +14,7 @@ from services.common.grpc_server import (
     service_main,
     start_server,
 )
+from services.common.tls import load_tls
 from services.queue_svc.service import QueueService
 from services.queue_svc.servicer import SERVICE_NAME, QueuesServicer
 from services.queue_svc.storage.registry import open_queue_store
@@ -20,16 +23,18 @@ from services.queue_svc.upstream import MessageService, NotifierService
 
 async def start(settings: Settings) -> Running:
     """Open the store (``settings.store_uri("queue")``), bind ``host:queue_port`` (0 = any)
-    and serve ``zaqar.v2.Queues``; ``Running.port`` is the bound port.
+    and serve ``zaqar.v2.Queues``; ``Running.port`` is the bound port. With the ``tls_*``
+    settings the server and the channels to message_svc and notifier_svc use TLS.
 
     Raises:
-        ConfigurationError: the store URI is unknown or malformed, or the store cannot be
-            opened.
+        ConfigurationError: bad TLS settings or files, the store URI is unknown or malformed,
+            or the store cannot be opened.
         RuntimeError: the port cannot be bound (grpc's error; OSError on older grpc).
     """
+    tls = await asyncio.to_thread(load_tls, settings)
     store = await open_queue_store(settings.store_uri("queue"))
-    messages = MessageService(settings)
-    notifier = NotifierService(settings)
+    messages = MessageService(settings, tls)
+    notifier = NotifierService(settings, tls)
 
     async def close() -> None:
         await messages.close()
@@ -45,7 +50,7 @@ async def start(settings: Settings) -> Running:
 
     try:
         server, port, health = create_server(
-            [register], [SERVICE_NAME], host=settings.host, port=settings.queue_port
+            [register], [SERVICE_NAME], host=settings.host, port=settings.queue_port, tls=tls
         )
         return await start_server(Running(server, port, health, [SERVICE_NAME], close))
     except BaseException:

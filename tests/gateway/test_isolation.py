@@ -266,7 +266,9 @@ async def stubs(request: pytest.FixtureRequest) -> AsyncIterator[Stubs]:
 
 
 async def _stubs(settings: Settings) -> AsyncIterator[Stubs]:
-    channels = [open_channel(settings.target(name)) for name in ("queue", "message", "notifier")]
+    channels = [
+        open_channel(settings.target(name), None) for name in ("queue", "message", "notifier")
+    ]
     try:
         yield Stubs(
             queues_pb2_grpc.QueuesStub(channels[0]),  # type: ignore[no-untyped-call]

@@ -841,7 +841,7 @@ async def test_the_process_announces_ready_and_stops_on_sigterm(
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
         assert line.decode().startswith("READY message_svc 127.0.0.1:")
         port = int(line.decode().rsplit(":", 1)[1])
-        async with open_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}", None) as channel:
             stub = messages_pb2_grpc.MessagesStub(channel)  # type: ignore[no-untyped-call]
             stats = await stub.GetStats(common_pb2.QueueRef(project=PROJECT, queue="q"))
             assert stats.total == 0
