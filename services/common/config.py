@@ -184,6 +184,13 @@ class Settings:
         default="zaqar@localhost",
         metadata=_help('From address of e-mails whose subscription sets no "from" option.'),
     )
+    notify_linger: float = field(
+        default=0.05,
+        metadata=_help(
+            "Seconds message_svc gathers posted messages before handing them to notifier_svc "
+            "in one call (0 = one call per post); bounds the delay this adds to notifications."
+        ),
+    )
     delivery_timeout: float = field(
         default=10.0,
         metadata=_help("Seconds one webhook POST or one e-mail may take before it has failed."),

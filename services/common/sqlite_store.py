@@ -80,7 +80,14 @@ class Database:
         try:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            connector = aiosqlite.connect(self.path, isolation_level=None)
+            # A connection left open (a close cut short by a shutdown deadline) must not keep
+            # the process alive at exit, so its worker thread is a daemon; what was committed
+            # is safe either way (WAL), an open transaction rolls back at the next open.
+            worker = getattr(connector, "_thread", None)
+            if worker is not None:
+                worker.daemon = True
+            conn = await connector
         except (OSError, sqlite3.Error) as exc:
             raise ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         try:

@@ -4,7 +4,10 @@ A post only *offers* its messages (:meth:`Handoff.offer`: a dictionary look-up, 
 queues someone listens to, an append to an in-memory buffer); one background task sends what
 accumulated as ``NotifierInternal.NotifyMany`` calls (one NotifyRequest per post, with the
 time it was accepted) over one reused channel, so a post never waits for notifier_svc, let
-alone for a delivery.
+alone for a delivery. Calls start at most every ``linger`` seconds: the first post after a
+quiet spell goes at once, and under a steady stream of posts each call carries every post of
+the last ``linger`` seconds, so notifier_svc's work (one call, one outbox write) is shared by
+many posts instead of competing with each of them for CPU.
 
 Skipping queues nobody listens to: each NotifyMany answer says, per queue, whether anything
 (a subscription or a watcher) listens to it. A queue answered "no" is skipped by later posts
@@ -73,6 +76,7 @@ class Handoff:
         *,
         timeout: float,
         cache_ttl: float,
+        linger: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         tls: Tls | None = None,
     ) -> None:
@@ -80,6 +84,8 @@ class Handoff:
         self._tls = tls
         self._timeout = timeout
         self._cache_ttl = cache_ttl
+        self._linger = linger
+        self._last_call = -linger
         self._clock = clock
         self._channel: grpc.aio.Channel | None = None
         self._stub: notifier_pb2_grpc.NotifierInternalStub | None = None
@@ -194,6 +200,10 @@ class Handoff:
             await self._ready.wait()
             self._ready.clear()
             while self._pending:
+                wait = self._last_call + self._linger - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._last_call = self._clock()
                 batches = self._take()
                 try:
                     await self._send(batches, self._timeout)

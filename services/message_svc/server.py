@@ -46,7 +46,7 @@ async def start(settings: Settings) -> Running:
     sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
     handoff = Handoff(
         settings.target("notifier"), timeout=settings.rpc_timeout,
-        cache_ttl=settings.metadata_cache_ttl, tls=tls,
+        cache_ttl=settings.metadata_cache_ttl, tls=tls, linger=settings.notify_linger,
     )
 
     async def close() -> None:

@@ -1,0 +1,134 @@
+"""message_svc's hand-off to notifier_svc over real gRPC, against a recording
+NotifierInternal server: bursts of posts share calls, nothing offered is lost, and queues
+nobody listens to are skipped until notifier_svc says otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+from zaqar.v2 import notifier_pb2, notifier_pb2_grpc
+
+from services.common.grpc_server import create_server
+from services.message_svc.handoff import Handoff
+from services.message_svc.storage.base import NewMessage
+from tests.servers import free_port
+
+
+@dataclass
+class Recorder(notifier_pb2_grpc.NotifierInternalServicer):
+    """Records every NotifyMany call; answers "listened" for queues in ``listened``."""
+
+    listened: set[str] = field(default_factory=set)
+    calls: list[tuple[float, notifier_pb2.NotifyManyRequest]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def NotifyMany(
+        self, request: notifier_pb2.NotifyManyRequest, context: grpc.aio.ServicerContext
+    ) -> notifier_pb2.NotifyManyResponse:
+        self.calls.append((time.monotonic(), request))
+        self.arrived.set()
+        return notifier_pb2.NotifyManyResponse(
+            listened=[b.queue in self.listened for b in request.batches]
+        )
+
+    def bodies(self) -> list[bytes]:
+        return [m.body for _, call in self.calls for b in call.batches for m in b.messages]
+
+
+@pytest.fixture
+async def notifier() -> AsyncIterator[tuple[Recorder, str]]:
+    recorder = Recorder(listened={"watched"})
+    server, port, _ = create_server(
+        [lambda s: notifier_pb2_grpc.add_NotifierInternalServicer_to_server(recorder, s)],
+        ["zaqar.v2.NotifierInternal"],
+    )
+    await server.start()
+    yield recorder, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+def post(handoff: Handoff, queue: str, n: int) -> None:
+    handoff.offer("p", queue, [f"id-{n}"], [NewMessage(body=b'{"n":%d}' % n, ttl=60)])
+
+
+async def settle(recorder: Recorder, count: int) -> None:
+    async with asyncio.timeout(5):
+        while len(recorder.bodies()) < count:
+            recorder.arrived.clear()
+            await recorder.arrived.wait()
+
+
+async def test_a_burst_of_posts_shares_calls_and_loses_nothing(
+    notifier: tuple[Recorder, str],
+) -> None:
+    recorder, target = notifier
+    handoff = Handoff(target, timeout=5, cache_ttl=30, linger=0.3)
+    try:
+        started = time.monotonic()
+        post(handoff, "watched", 0)
+        await settle(recorder, 1)
+        # The first post after a quiet spell goes at once
+        assert recorder.calls[0][0] - started < 0.25
+        for n in range(1, 40):  # a steady stream, one post per millisecond or so
+            post(handoff, "watched", n)
+            await asyncio.sleep(0.001)
+        await settle(recorder, 40)
+        # Then the stream shares calls, one per linger period, in posting order
+        assert 2 <= len(recorder.calls) <= 3
+        assert recorder.calls[1][0] - recorder.calls[0][0] >= 0.29
+        assert recorder.bodies() == [b'{"n":%d}' % n for n in range(40)]
+    finally:
+        await handoff.close()
+
+
+async def test_queues_nobody_listens_to_are_skipped_until_invalidated(
+    notifier: tuple[Recorder, str],
+) -> None:
+    recorder, target = notifier
+    handoff = Handoff(target, timeout=5, cache_ttl=30)
+    try:
+        post(handoff, "quiet", 0)
+        await settle(recorder, 1)
+        await asyncio.sleep(0.2)  # the answer reaches the hand-off after the call was recorded
+        # Once notifier_svc answered that nobody listens, posts to the queue are not sent
+        post(handoff, "quiet", 1)
+        post(handoff, "watched", 2)
+        await settle(recorder, 2)
+        assert recorder.bodies() == [b'{"n":0}', b'{"n":2}']
+        # Until notifier_svc says the queue gained a listener
+        recorder.listened.add("quiet")
+        handoff.invalidate("p", "quiet")
+        post(handoff, "quiet", 3)
+        await settle(recorder, 3)
+        assert recorder.bodies()[-1] == b'{"n":3}'
+    finally:
+        await handoff.close()
+
+
+async def test_posts_wait_for_an_unreachable_notifier_and_are_then_handed_over() -> None:
+    # Given a hand-off to a port where nothing listens yet
+    late_port = free_port()
+    handoff = Handoff(f"127.0.0.1:{late_port}", timeout=1, cache_ttl=30)
+    late = Recorder(listened={"watched"})
+    try:
+        for n in range(5):
+            post(handoff, "watched", n)
+        await asyncio.sleep(0.5)
+        # When the notifier comes up there, every post is handed over, in order
+        server, _, _ = create_server(
+            [lambda s: notifier_pb2_grpc.add_NotifierInternalServicer_to_server(late, s)],
+            ["zaqar.v2.NotifierInternal"], port=late_port,
+        )
+        await server.start()
+        try:
+            await settle(late, 5)
+            assert late.bodies() == [b'{"n":%d}' % n for n in range(5)]
+        finally:
+            await server.stop(0)
+    finally:
+        await handoff.close()
