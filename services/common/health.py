@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from zaqar.v2 import admin_pb2
+from zaqar.v2 import admin_pb2, admin_pb2_grpc
 
 from services.common.errors import Unavailable
 from services.common.limits import PROJECT_ID_MAX
@@ -80,6 +80,23 @@ class StoreCheck:
         if not self.reachable:
             return None
         return await self._timed(name, operation)
+
+    async def reach(self, operation: Callable[[], Awaitable[T]]) -> T | None:
+        """Run an operation that only shows whether the store answers (not reported); its
+        result, or ``None`` when it failed or was skipped."""
+        if not self.reachable:
+            return None
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                return await operation()
+        except TimeoutError:
+            self.unreachable("it did not answer within the health check's deadline")
+        except Unavailable as exc:
+            self.unreachable(exc.description)
+        except Exception as exc:
+            log.exception("health check of the %s failed", self.store)
+            self.unreachable(f"it failed: {type(exc).__name__}")
+        return None
 
     async def clean_up(self, name: str, operation: Callable[[], Awaitable[Any]]) -> None:
         """An operation that removes what earlier ones made: tried even when the store has
@@ -142,3 +159,30 @@ class StoreCheck:
 def new_check(store: str, seconds: float) -> StoreCheck:
     """A check of ``store`` that must finish within ``seconds`` from now."""
     return StoreCheck(store, asyncio.get_running_loop().time() + seconds)
+
+
+SERVICE_NAME: Final = "zaqar.v2.StoreHealth"
+
+# (the request, the seconds the check may take) -> the reports
+Check = Callable[[admin_pb2.CheckStoresRequest, float], Awaitable[admin_pb2.StoresHealth]]
+
+
+class StoreHealthServicer(admin_pb2_grpc.StoreHealthServicer):
+    """``zaqar.v2.StoreHealth`` of one service: its ``check`` within the call's deadline."""
+
+    def __init__(self, check: Check) -> None:
+        self._check = check
+
+    async def CheckStores(
+        self, request: admin_pb2.CheckStoresRequest, context: Any
+    ) -> admin_pb2.StoresHealth:
+        return await self._check(request, budget(context.time_remaining()))
+
+
+def registrar(check: Check) -> Callable[[Any], None]:
+    def register(server: Any) -> None:
+        admin_pb2_grpc.add_StoreHealthServicer_to_server(  # type: ignore[no-untyped-call]
+            StoreHealthServicer(check), server
+        )
+
+    return register
