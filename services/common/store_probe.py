@@ -4,7 +4,8 @@ A pool (contract §2) names a message store by URI; before it is registered, que
 that the URI is one of ours (``sqlite:///``, ``redis://``, ``mongodb://``, parsed by the same
 code the stores use) and that the store can actually be reached within a time limit. Nothing
 is written: Redis and MongoDB get a ``PING``, an existing SQLite file is opened read-write and
-its header read, and for a SQLite file still to be created the folder it would go in is checked.
+its header read, and for a SQLite file still to be created the folder it would go in must
+exist and be writable.
 """
 
 from __future__ import annotations
@@ -103,14 +104,14 @@ def _check_sqlite(path: str, timeout: float) -> None:
             raise StoreUnreachable(f"{path} cannot be opened as a SQLite database: {exc}") from exc
         return
     folder = file.parent
-    while not folder.exists():
-        folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise StoreUnreachable(f"{path} cannot be created: {folder} is not a writable folder")
 
 
 async def _ping_redis(uri: str, store: str, within: float) -> None:
     import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
 
     from services.common.redis_store import RedisOptions, describe
@@ -119,7 +120,7 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
     client = redis.asyncio.Redis(
         host=options.host, port=options.port, db=options.db, username=options.username,
         password=options.password, socket_connect_timeout=within, socket_timeout=within,
-        client_name="zaqar-probe",
+        client_name="zaqar-probe", retry=Retry(NoBackoff(), 0),
     )
     try:
         await client.ping()
