@@ -39,7 +39,7 @@ def stack_settings(request: pytest.FixtureRequest, store: str, data: Path) -> Se
     overrides: dict[str, Any] = {
         "data_dir": str(data), "queue_port": free_port(), "message_port": free_port(),
         "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
-        "gc_interval": 1.0, "signed_url_secret": SIGNED_URL_SECRET,
+        "gc_interval": 1.0, "signed_url_secret": SIGNED_URL_SECRET, "pooling": True,
     }
     if store == "redis":
         server = request.getfixturevalue("redis_server")

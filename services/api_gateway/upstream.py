@@ -1,9 +1,10 @@
 """The gateway's gRPC clients: one reused channel per upstream service, deadlines on every call.
 
 Channels are opened at startup and closed at shutdown (see ``app.py`` and ``server.py``).
-Operations use ``up.queues`` / ``up.messages`` / ``up.subscriptions`` / ``up.notifier``
-(generated stubs) and pass ``timeout=up.timeout`` on every unary call. If the app runs without
-lifespan events the channels are opened on first use instead.
+Operations use ``up.queues`` / ``up.messages`` / ``up.subscriptions`` / ``up.notifier`` /
+``up.pools`` / ``up.flavors`` / ``up.store_health(service)`` (generated stubs) and pass
+``timeout=up.timeout`` on every unary call. If the app runs without lifespan events the
+channels are opened on first use instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zaqar.v2 import messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
+from zaqar.v2 import admin_pb2_grpc, messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
 
 from services.common.config import Settings
 from services.common.grpc_server import open_channel
@@ -37,6 +38,8 @@ class Upstreams:
         None = plaintext."""
         self.timeout = settings.rpc_timeout
         self._tls = tls
+        # Whether the services behind run with the pool catalog (the same setting for all).
+        self.pooling = settings.pooling
         self._queue_target = settings.target("queue")
         self._message_target = settings.target("message")
         self._notifier_target = settings.target("notifier")
@@ -56,6 +59,11 @@ class Upstreams:
             "messages": _stub(messages_pb2_grpc.MessagesStub, message_channel),
             "subscriptions": _stub(notifier_pb2_grpc.SubscriptionsStub, notifier_channel),
             "notifier": _stub(notifier_pb2_grpc.NotifierInternalStub, notifier_channel),
+            "pools": _stub(admin_pb2_grpc.PoolsStub, queue_channel),
+            "flavors": _stub(admin_pb2_grpc.FlavorsStub, queue_channel),
+            "health:queue_svc": _stub(admin_pb2_grpc.StoreHealthStub, queue_channel),
+            "health:message_svc": _stub(admin_pb2_grpc.StoreHealthStub, message_channel),
+            "health:notifier_svc": _stub(admin_pb2_grpc.StoreHealthStub, notifier_channel),
         }
         self._health = {
             QUEUES_SERVICE: _stub(health_pb2_grpc.HealthStub, queue_channel),
@@ -94,6 +102,20 @@ class Upstreams:
     def notifier(self) -> Any:
         """``zaqar.v2.NotifierInternal`` stub (``Watch`` for WebSocket push)."""
         return self._get("notifier")
+
+    @property
+    def pools(self) -> Any:
+        """``zaqar.v2.Pools`` stub (queue_svc)."""
+        return self._get("pools")
+
+    @property
+    def flavors(self) -> Any:
+        """``zaqar.v2.Flavors`` stub (queue_svc)."""
+        return self._get("flavors")
+
+    def store_health(self, service: str) -> Any:
+        """``zaqar.v2.StoreHealth`` stub of ``queue_svc``, ``message_svc`` or ``notifier_svc``."""
+        return self._get(f"health:{service}")
 
     async def serving(self) -> dict[str, bool]:
         """Ask each upstream's standard health service whether it is SERVING."""

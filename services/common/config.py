@@ -117,6 +117,14 @@ class Settings:
         default=False, metadata=_help('Add "checksum": "MD5:<hex>" to every message returned.')
     )
     log_level: str = field(default="INFO", metadata=_help("Python logging level."))
+    pooling: bool = field(
+        default=False,
+        metadata=_help(
+            "Serve the pool catalog: /v2/pools and /v2/flavors (admin), the `_flavor` of a "
+            "new queue must name a flavor of its project, and the health check covers the "
+            "catalog and every pool's store."
+        ),
+    )
     require_confirmation: bool = field(
         default=False,
         metadata=_help(

@@ -64,6 +64,13 @@ class InvalidQueueName(InvalidArgument):
     msg_format = "The format of the submitted queue name or project id is not valid."
 
 
+class InvalidFlavor(InvalidArgument):
+    """A flavor that cannot be defined as asked (no pools, or a pool that does not exist)."""
+
+    reason = "INVALID_FLAVOR"
+    title = "Unable to create"
+
+
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
@@ -102,6 +109,32 @@ class SubscriptionAlreadyExists(Conflict):
         "Such subscription already exists. Subscriptions are unique by project + queue + "
         "subscriber URI."
     )
+
+
+class PoolNotFound(NotFound):
+    reason = "POOL_NOT_FOUND"
+    msg_format = "Pool {pool} does not exist"
+
+
+class FlavorNotFound(NotFound):
+    reason = "FLAVOR_NOT_FOUND"
+    msg_format = "Flavor {flavor} does not exist"
+
+
+class PoolUriInUse(Conflict):
+    """Two pools may not share a store: each URI names one pool."""
+
+    reason = "POOL_URI_IN_USE"
+    msg_format = "Pool {other} already uses the store {uri}."
+
+
+class PoolInUseByFlavor(ServiceError):
+    """A pool that is the last one of its flavor cannot be deleted (Zaqar's 403)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "POOL_IN_USE_BY_FLAVOR"
+    title = "Unable to delete"
+    msg_format = "This pool is used by flavors {flavor}; It cannot be deleted."
 
 
 class Overloaded(ServiceError):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from zaqar.v2 import admin_pb2
+
+from services.common import health
 from services.common.config import Settings
 from services.common.grpc_server import (
     Running,
@@ -14,6 +17,7 @@ from services.common.grpc_server import (
 )
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
+from services.message_svc import health as store_health
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.service import MessageService
@@ -22,12 +26,13 @@ from services.message_svc.storage.registry import open_store
 
 WHAT_EXPIRES = "expired messages and claims"
 
-SERVICE_NAMES = (MESSAGES_SERVICE, INTERNAL_SERVICE)
+SERVICE_NAMES = (MESSAGES_SERVICE, INTERNAL_SERVICE, health.SERVICE_NAME)
 
 
 async def start(settings: Settings) -> Running:
     """Open the store (``settings.store_uri("message")``), bind ``host:message_port`` (0 = any),
-    serve ``zaqar.v2.Messages`` and ``zaqar.v2.MessagesInternal`` and start the expiry sweeper.
+    serve ``zaqar.v2.Messages``, ``zaqar.v2.MessagesInternal`` and ``zaqar.v2.StoreHealth``
+    and start the expiry sweeper.
     Posted messages are handed to notifier_svc (``settings.target("notifier")``, connected on
     first use) in the background. With the ``tls_*`` settings the server and both channels
     use TLS.
@@ -58,12 +63,20 @@ async def start(settings: Settings) -> Running:
     metadata = QueueMetadata(channel, settings.rpc_timeout, settings.metadata_cache_ttl)
     service = MessageService(store, metadata, handoff)
     packer = Packer(checksum=settings.message_checksum)
+
+    async def check_health(
+        request: admin_pb2.CheckStoresRequest, seconds: float
+    ) -> admin_pb2.StoresHealth:
+        return await store_health.check_stores(store, request.pools, open_store, seconds)
+
     try:
-        server, port, health = create_server(
-            [registrar(service, packer)], SERVICE_NAMES, host=settings.host,
-            port=settings.message_port, tls=tls,
+        server, port, health_servicer = create_server(
+            [registrar(service, packer), health.registrar(check_health)], SERVICE_NAMES,
+            host=settings.host, port=settings.message_port, tls=tls,
         )
-        running = await start_server(Running(server, port, health, SERVICE_NAMES, close))
+        running = await start_server(
+            Running(server, port, health_servicer, SERVICE_NAMES, close)
+        )
     except BaseException:
         await close()
         raise

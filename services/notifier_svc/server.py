@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from zaqar.v2 import admin_pb2
+
+from services.common import health
 from services.common.config import ConfigurationError, Settings
 from services.common.grpc_server import (
     Running,
@@ -13,6 +16,7 @@ from services.common.grpc_server import (
 )
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
+from services.notifier_svc import health as store_health
 from services.notifier_svc.delivery.dispatcher import Dispatcher, Sender
 from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
 from services.notifier_svc.delivery.webhook import WebhookSender
@@ -24,7 +28,7 @@ from services.notifier_svc.watchers import WatchHub
 
 WHAT_EXPIRES = "expired subscriptions and deliveries"
 
-SERVICE_NAMES = (SUBSCRIPTIONS_SERVICE, INTERNAL_SERVICE)
+SERVICE_NAMES = (SUBSCRIPTIONS_SERVICE, INTERNAL_SERVICE, health.SERVICE_NAME)
 # Seconds running deliveries get to finish on shutdown; the rest stay pending, due at once.
 DELIVERY_GRACE = 1.0
 
@@ -44,9 +48,10 @@ def check(settings: Settings) -> None:
 
 async def start(settings: Settings) -> Running:
     """Open the store (``settings.store_uri("notifier")``), bind ``host:notifier_port``
-    (0 = any), serve ``zaqar.v2.Subscriptions`` and ``zaqar.v2.NotifierInternal``, and start
-    delivering pending notifications (those left by an earlier run first) and sweeping. With
-    the ``tls_*`` settings the server and the channels to queue_svc and message_svc use TLS.
+    (0 = any), serve ``zaqar.v2.Subscriptions``, ``zaqar.v2.NotifierInternal`` and
+    ``zaqar.v2.StoreHealth``, and start delivering pending notifications (those left by an
+    earlier run first) and sweeping. With the ``tls_*`` settings the server and the channels
+    to queue_svc and message_svc use TLS.
 
     Raises:
         ConfigurationError: bad settings (TLS files included), an unknown or malformed store
@@ -89,12 +94,20 @@ async def start(settings: Settings) -> Running:
         announce=replicas.listened,
         wake=dispatcher.wake,
     )
+
+    async def check_health(
+        request: admin_pb2.CheckStoresRequest, seconds: float
+    ) -> admin_pb2.StoresHealth:
+        return await store_health.check_stores(store, seconds)
+
     try:
-        server, port, health = create_server(
-            [registrar(service, replicas.listened)], SERVICE_NAMES, host=settings.host,
-            port=settings.notifier_port, tls=tls,
+        server, port, health_servicer = create_server(
+            [registrar(service, replicas.listened), health.registrar(check_health)],
+            SERVICE_NAMES, host=settings.host, port=settings.notifier_port, tls=tls,
         )
-        running = await start_server(Running(server, port, health, SERVICE_NAMES, close))
+        running = await start_server(
+            Running(server, port, health_servicer, SERVICE_NAMES, close)
+        )
     except BaseException:
         await close()
         raise

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from zaqar.v2 import queues_pb2_grpc
+from zaqar.v2 import admin_pb2, queues_pb2_grpc
 
+from services.common import health
 from services.common.config import Settings
 from services.common.grpc_server import (
     Running,
@@ -15,6 +16,9 @@ from services.common.grpc_server import (
     start_server,
 )
 from services.common.tls import load_tls
+from services.queue_svc import catalog_servicer
+from services.queue_svc.catalog import CatalogService
+from services.queue_svc.health import check_stores
 from services.queue_svc.service import QueueService
 from services.queue_svc.servicer import SERVICE_NAME, QueuesServicer
 from services.queue_svc.storage.registry import open_queue_store
@@ -23,8 +27,9 @@ from services.queue_svc.upstream import MessageService, NotifierService
 
 async def start(settings: Settings) -> Running:
     """Open the store (``settings.store_uri("queue")``), bind ``host:queue_port`` (0 = any)
-    and serve ``zaqar.v2.Queues``; ``Running.port`` is the bound port. With the ``tls_*``
-    settings the server and the channels to message_svc and notifier_svc use TLS.
+    and serve ``zaqar.v2.Queues``, ``zaqar.v2.Pools``, ``zaqar.v2.Flavors`` and
+    ``zaqar.v2.StoreHealth``; ``Running.port`` is the bound port. With the ``tls_*`` settings
+    the server and the channels to message_svc and notifier_svc use TLS.
 
     Raises:
         ConfigurationError: bad TLS settings or files, the store URI is unknown or malformed,
@@ -41,18 +46,30 @@ async def start(settings: Settings) -> Running:
         await notifier.close()
         await store.close()
 
-    servicer = QueuesServicer(QueueService(store, messages, notifier))
+    # A pool's store must answer well within the deadline of the call registering it.
+    catalog = CatalogService(store.catalog, probe_seconds=settings.rpc_timeout / 2)
+    servicer = QueuesServicer(
+        QueueService(store, messages, notifier, catalog if settings.pooling else None)
+    )
 
     def register(server: grpc.aio.Server) -> None:
         queues_pb2_grpc.add_QueuesServicer_to_server(  # type: ignore[no-untyped-call]
             servicer, server
         )
 
+    async def check_health(
+        request: admin_pb2.CheckStoresRequest, seconds: float
+    ) -> admin_pb2.StoresHealth:
+        return await check_stores(store, settings.pooling, seconds)
+
+    names = [SERVICE_NAME, catalog_servicer.POOLS_SERVICE, catalog_servicer.FLAVORS_SERVICE,
+             health.SERVICE_NAME]
     try:
-        server, port, health = create_server(
-            [register], [SERVICE_NAME], host=settings.host, port=settings.queue_port, tls=tls
+        server, port, health_servicer = create_server(
+            [register, catalog_servicer.registrar(catalog), health.registrar(check_health)],
+            names, host=settings.host, port=settings.queue_port, tls=tls,
         )
-        return await start_server(Running(server, port, health, [SERVICE_NAME], close))
+        return await start_server(Running(server, port, health_servicer, names, close))
     except BaseException:
         await close()
         raise

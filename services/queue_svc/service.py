@@ -30,23 +30,34 @@ from zaqar.v2 import common_pb2
 from services.common.errors import Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import validation
+from services.queue_svc.catalog import CatalogService
 from services.queue_svc.storage.base import QueuePage, QueueStore
 from services.queue_svc.upstream import MessageService, NotifierService
 
 
 class QueueService:
     def __init__(
-        self, store: QueueStore, messages: MessageService, notifier: NotifierService
+        self,
+        store: QueueStore,
+        messages: MessageService,
+        notifier: NotifierService,
+        catalog: CatalogService | None = None,
     ) -> None:
+        """``catalog``: given when pooling is enabled; a new queue's ``_flavor`` must then
+        name a flavor of its project."""
         self._store = store
         self._messages = messages
         self._notifier = notifier
+        self._catalog = catalog
 
     async def create(self, project: str, queue: str, raw_metadata: bytes) -> bool:
         """Create the queue or replace its metadata; True when it is new."""
         validation.check_queue(project, queue)
         metadata = meta.parse_object(raw_metadata)
         meta.check_reserved(metadata)
+        flavor = metadata.get("_flavor")
+        if self._catalog is not None and isinstance(flavor, str):
+            await self._catalog.check_flavor(project, flavor)
         created = await self._store.create(project, queue, metadata)
         await self._messages.invalidate(project, queue)
         return created

@@ -6,7 +6,10 @@ Every test that takes ``client`` (or ``down_client``) runs twice or more:
   in-process on free ports (``down_client``: nothing behind the gateway);
 - ``up-<store>``: real HTTP over a socket to ``zaqar-grpc up`` — every service its own OS
   process — on the named store, shared by the session (tests use their own queue names, and
-  their own projects where they list).
+  their own projects where they list; pools are global, so tests name theirs with a prefix of
+  their own and delete them).
+
+Both run with pooling (the pool catalog) enabled.
 
 ``ws_url`` does the same for the WebSocket API: the gateway's WebSocket server started
 in-process in front of in-process services, or the ``ws://`` address of a ``zaqar-grpc up``.
@@ -115,7 +118,7 @@ async def down_client(
     """For requests the gateway must refuse before any call: in-process with nothing behind
     it, and over real HTTP against ``zaqar-grpc up``."""
     if request.param == "asgi":
-        yield await gateway_factory(make_settings(rpc_timeout=2.0))
+        yield await gateway_factory(make_settings(rpc_timeout=2.0, pooling=True))
     else:
         async for http in live_client(request, request.param):
             yield http
@@ -158,7 +161,7 @@ async def client(
     """A gateway in front of real queue_svc and message_svc (see the module docstring)."""
     if request.param == "asgi":
         make_settings = request.getfixturevalue("make_settings")
-        async with running_services(make_settings()) as settings:
+        async with running_services(make_settings(pooling=True)) as settings:
             yield await gateway_factory(settings)
     else:
         async for http in live_client(request, request.param):
@@ -173,7 +176,7 @@ async def ws_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
         yield f"ws://{stack.settings.host}:{stack.settings.ws_port}"
         return
     make_settings = request.getfixturevalue("make_settings")
-    async with running_services(make_settings()) as settings:
+    async with running_services(make_settings(pooling=True)) as settings:
         up = Upstreams(settings)
         server = await ws_server.start(settings, up)
         try:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -92,7 +93,7 @@ async def keystone_gateway(settings: Settings) -> AsyncIterator[Gateway]:
 
 @pytest.fixture
 async def gateway(keystone_settings: Callable[..., Settings]) -> AsyncIterator[Gateway]:
-    async with running_services(keystone_settings()) as settings:
+    async with running_services(keystone_settings(pooling=True)) as settings:
         async with keystone_gateway(settings) as gw:
             yield gw
 
@@ -293,6 +294,31 @@ async def test_websocket_needs_authenticate_first(gateway: Gateway, keystone: Ke
         answer = await ask(socket, "authenticate", **{"X-Auth-Token": keystone.token("admin-a")})
         answer = await ask(socket, "check_node_health")
         assert answer["headers"]["status"] == 200
+
+
+async def test_admin_role_gates_the_catalog(
+    gateway: Gateway, keystone: Keystone, tmp_path: Path
+) -> None:
+    member, admin = keystone.token("user-a"), keystone.token("admin-a")
+    pool = orjson.dumps({"uri": f"sqlite:///{tmp_path / 'pool.db'}", "weight": 1})
+    flavor = orjson.dumps({"pool_list": ["p1"]})
+    # A member, even one claiming the role in X-Roles, may not touch pools or write flavors
+    for headers in (auth(member), auth(member, **{"X-Roles": "admin"})):
+        assert (await gateway.http.get("/v2/pools", headers=headers)).status_code == 403
+        resp = await gateway.http.put("/v2/pools/p1", content=pool, headers=headers)
+        assert resp.status_code == 403
+        resp = await gateway.http.put("/v2/flavors/gold", content=flavor, headers=headers)
+        assert resp.status_code == 403
+    # The admin may, and defines the flavor in the project of its token
+    resp = await gateway.http.put("/v2/pools/p1", content=pool, headers=auth(admin))
+    assert resp.status_code == 201, resp.text
+    resp = await gateway.http.put("/v2/flavors/gold", content=flavor, headers=auth(admin))
+    assert resp.status_code == 201, resp.text
+    # Which a member of that project reads, and a member of another does not see
+    resp = await gateway.http.get("/v2/flavors/gold", headers=auth(member))
+    assert resp.status_code == 200 and resp.json()["pool_list"] == ["p1"]
+    other = keystone.token("user-b")
+    assert (await gateway.http.get("/v2/flavors/gold", headers=auth(other))).status_code == 404
 
 
 async def test_token_expiry(gateway: Gateway, keystone: Keystone) -> None:

@@ -296,7 +296,8 @@ async def test_ping_and_health_with_services_up(client: httpx.AsyncClient) -> No
     assert ping.headers["content-length"] == "0"
     assert (await client.head("/v2/ping")).status_code == 204
     health = await client.get("/v2/health", headers={"X-Roles": "admin"})
-    assert health.json() == {"storage_reachable": True, "operation_status": {}}
+    assert health.status_code == 200
+    assert health.json()["storage_reachable"] is True
 
 
 @pytest.mark.parametrize(

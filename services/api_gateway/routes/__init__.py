@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from services.api_gateway.errors import App
+from services.api_gateway.routes.catalog import (
+    FlavorCollection,
+    FlavorItem,
+    PoolCollection,
+    PoolItem,
+)
 from services.api_gateway.routes.claims import ClaimCollection, ClaimItem
 from services.api_gateway.routes.home import Health, Home, Ping, Versions
 from services.api_gateway.routes.messages import MessageCollection, MessageItem
@@ -28,6 +34,10 @@ def add_routes(app: App, up: Upstreams, signed_url_secret: str = "") -> None:
     app.add_route("/v2/", Home())
     app.add_route("/v2/ping", Ping(up))
     app.add_route("/v2/health", Health(up))
+    app.add_route("/v2/pools", PoolCollection(up))
+    app.add_route("/v2/pools/{pool_name}", PoolItem(up))
+    app.add_route("/v2/flavors", FlavorCollection(up))
+    app.add_route("/v2/flavors/{flavor_name}", FlavorItem(up))
     app.add_route("/v2/queues", QueueCollection(up))
     app.add_route(QUEUE, QueueItem(up))
     app.add_route(QUEUE + "/stats", QueueStats(up))

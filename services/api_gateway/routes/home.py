@@ -50,7 +50,8 @@ class Ping(Resource):
 
 
 class Health(Resource):
-    """Admin only (no-auth mode: ``X-Roles`` contains ``admin``)."""
+    """Admin only (``X-Roles`` contains ``admin``: the header in no-auth mode, the token's
+    roles with Keystone)."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         answer(resp, await home.health(self.up, req.get_header("X-Roles")))

@@ -1,8 +1,9 @@
 """The storage contract of queue_svc: queues and their metadata, scoped by project.
 
-Every backend (``sqlite`` now; ``redis`` and ``mongodb`` later) implements :class:`QueueStore`
-and is checked by one contract suite (``tests/contract/test_queue_store.py``). Methods return
-the frozen dataclasses below, never dicts or protobuf messages.
+Every backend (``sqlite``, ``redis``, ``mongodb``) implements :class:`QueueStore` and is
+checked by one contract suite (``tests/contract/test_queue_store.py``). Methods return the
+frozen dataclasses below, never dicts or protobuf messages. The same store keeps the pool
+catalog (``catalog.py``), reached through :attr:`QueueStore.catalog`.
 
 Tenancy is strict: a queue is identified by ``(project, name)``; no method ever reads or
 changes a queue of another project.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from services.common.errors import PatchConflict
+from services.queue_svc.storage.catalog import CatalogStore
 
 PatchOp = Literal["add", "replace", "remove"]
 MetadataCheck = Callable[[Mapping[str, Any]], None]
@@ -90,6 +92,10 @@ class QueueStore(Protocol):
     after a change, never half of it, and no change is lost to a concurrent one. Changes are
     durable once the method returns.
     """
+
+    catalog: CatalogStore
+    """The pool catalog, in the same store (same connection); usable once :meth:`open`
+    returned."""
 
     async def open(self) -> None:
         """Connect, create the schema when needed. Called once before any other method."""

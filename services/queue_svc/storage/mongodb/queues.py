@@ -38,6 +38,7 @@ from services.queue_svc.storage.base import (
     QueueRecord,
     apply_patches,
 )
+from services.queue_svc.storage.mongodb import catalog
 from services.queue_svc.storage.mongodb._connection import (
     STORE,
     Document,
@@ -94,6 +95,7 @@ class MongoQueueStore:
     def __init__(self, options: MongoOptions) -> None:
         self.options = options
         self._queues: AsyncCollection[Document] | None = None
+        self.catalog = catalog.MongoCatalogStore(options, self._catalog_collection)
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoQueueStore:
@@ -107,6 +109,9 @@ class MongoQueueStore:
         if self._queues is None:
             raise Unavailable("The queue store is closed.")
         return self._queues
+
+    def _catalog_collection(self) -> AsyncCollection[Document]:
+        return self._collection().database[catalog.COLLECTION]
 
     async def open(self) -> None:
         client = connect(self.options)

@@ -30,6 +30,7 @@ from services.queue_svc.storage.base import (
     QueueRecord,
     apply_patches,
 )
+from services.queue_svc.storage.redis import catalog
 from services.queue_svc.storage.redis._connection import (
     STORE,
     RedisOptions,
@@ -38,7 +39,10 @@ from services.queue_svc.storage.redis._connection import (
     parse,
 )
 
-SCRIPTS = ("create_queue", "ensure_queue", "update_queue", "delete_queue", "list_queues")
+SCRIPTS = (
+    "create_queue", "ensure_queue", "update_queue", "delete_queue", "list_queues",
+    catalog.SCRIPT,
+)
 # Names one list script call may examine: long enough for a page, short enough that Redis,
 # which runs one script at a time, is never held up for long by a sparse name filter.
 SCAN_BUDGET = 2000
@@ -92,6 +96,7 @@ class RedisQueueStore:
         self.options = options
         self._client: redis.asyncio.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        self.catalog = catalog.RedisCatalogStore(options, self._redis, self._run)
 
     @classmethod
     def from_uri(cls, uri: str) -> RedisQueueStore:

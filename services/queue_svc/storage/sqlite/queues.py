@@ -17,6 +17,7 @@ from services.queue_svc.storage.base import (
     QueueRecord,
     apply_patches,
 )
+from services.queue_svc.storage.sqlite import catalog
 
 STORE_NAME = "queue store"
 
@@ -27,6 +28,7 @@ SCHEMA = (
         metadata TEXT NOT NULL,
         PRIMARY KEY (project, name)
     ) WITHOUT ROWID""",
+    *catalog.SCHEMA,
 )
 
 _INT64 = range(-(2**63), 2**63)
@@ -60,6 +62,7 @@ class SqliteQueueStore:
 
     def __init__(self, path: str) -> None:
         self._db = Database(path, STORE_NAME)
+        self.catalog = catalog.SqliteCatalogStore(self._db)
 
     @classmethod
     def from_uri(cls, uri: str) -> SqliteQueueStore:

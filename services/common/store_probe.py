@@ -1,0 +1,150 @@
+"""Whether a store URI is one this project serves from, and whether its server answers now.
+
+A pool (contract §2) names a message store by URI; before it is registered, queue_svc checks
+that the URI is one of ours (``sqlite:///``, ``redis://``, ``mongodb://``, parsed by the same
+code the stores use) and that the store can actually be reached within a time limit. Nothing
+is written: Redis and MongoDB get a ``PING``, an existing SQLite file is opened read-write and
+its header read, and for a SQLite file still to be created the folder it would go in must
+exist and be writable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+from services.common.config import ConfigurationError
+from services.common.sqlite_store import MEMORY, parse_uri
+
+SCHEMES: Final = ("sqlite", "redis", "mongodb")
+
+
+class StoreUnreachable(Exception):
+    """The store named by a valid URI did not answer; the message says why, for callers."""
+
+
+def scheme_of(uri: str, store: str) -> str:
+    """The lower-case scheme of ``uri`` if it is one of :data:`SCHEMES`.
+
+    Raises:
+        ConfigurationError: another scheme, or none.
+    """
+    scheme, sep, _ = uri.partition("://")
+    if not sep or scheme.lower() not in SCHEMES:
+        supported = ", ".join(f"{name}://" for name in SCHEMES)
+        raise ConfigurationError(f"the {store} URI must start with one of {supported}")
+    return scheme.lower()
+
+
+def check_uri(uri: str, store: str) -> str:
+    """Parse ``uri`` as its backend does; the scheme.
+
+    A SQLite store shared by several processes must be named by an absolute path: a relative
+    one would point at a different file from every working directory, and ``:memory:`` is
+    private to one process.
+
+    Raises:
+        ConfigurationError: naming what is wrong with the URI.
+    """
+    scheme = scheme_of(uri, store)
+    if scheme == "sqlite":
+        path = parse_uri(uri, store)
+        if path == MEMORY or not path.startswith("/"):
+            raise ConfigurationError(
+                f"invalid SQLite {store} URI {uri!r}: expected an absolute path, "
+                "sqlite:////absolute/path/to/file.db"
+            )
+    elif scheme == "redis":
+        from services.common.redis_store import RedisOptions
+
+        RedisOptions.parse(uri, store=store, prefix="zp", max_connections=1)
+    else:
+        from services.common.mongo_store import MongoOptions
+
+        MongoOptions.parse(uri, store=store, appname="zaqar-probe")
+    return scheme
+
+
+async def probe(uri: str, store: str, within: float) -> None:
+    """Check that the store of a valid ``uri`` (see :func:`check_uri`) answers.
+
+    Raises:
+        ConfigurationError: the URI is not valid.
+        StoreUnreachable: it does not answer within ``within`` seconds, or refuses us.
+    """
+    scheme = check_uri(uri, store)
+    try:
+        async with asyncio.timeout(within):
+            if scheme == "sqlite":
+                await asyncio.to_thread(_check_sqlite, parse_uri(uri, store), within)
+            elif scheme == "redis":
+                await _ping_redis(uri, store, within)
+            else:
+                await _ping_mongodb(uri, store, within)
+    except TimeoutError:
+        raise StoreUnreachable(f"no answer within {within:g} seconds") from None
+
+
+def _check_sqlite(path: str, timeout: float) -> None:
+    file = Path(path)
+    if file.exists():
+        if not file.is_file():
+            raise StoreUnreachable(f"{path} is not a file")
+        try:
+            conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=timeout)
+            try:
+                conn.execute("PRAGMA schema_version").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StoreUnreachable(f"{path} cannot be opened as a SQLite database: {exc}") from exc
+        return
+    folder = file.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreUnreachable(f"{path} cannot be created: {folder} is not a writable folder")
+
+
+async def _ping_redis(uri: str, store: str, within: float) -> None:
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+
+    from services.common.redis_store import RedisOptions, describe
+
+    options = RedisOptions.parse(uri, store=store, prefix="zp", max_connections=1)
+    client = redis.asyncio.Redis(
+        host=options.host, port=options.port, db=options.db, username=options.username,
+        password=options.password, socket_connect_timeout=within, socket_timeout=within,
+        client_name="zaqar-probe", retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        await client.ping()
+    except RedisError as exc:
+        raise StoreUnreachable(describe(exc)) from exc
+    finally:
+        await client.aclose()
+
+
+async def _ping_mongodb(uri: str, store: str, within: float) -> None:
+    from pymongo import AsyncMongoClient
+    from pymongo.errors import PyMongoError
+
+    from services.common.mongo_store import MongoOptions, describe
+
+    options = MongoOptions.parse(uri, store=store, appname="zaqar-probe")
+    milliseconds = max(1, int(within * 1000))
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        uri, **{**options.client_options, "serverSelectionTimeoutMS": milliseconds,
+                "connectTimeoutMS": milliseconds, "socketTimeoutMS": milliseconds},
+    )
+    try:
+        await client.admin.command("ping")
+    except PyMongoError as exc:
+        raise StoreUnreachable(describe(exc)) from exc
+    finally:
+        await client.close()

@@ -1,0 +1,247 @@
+"""The detailed health check's timed operations (``services/*/health.py``) on every backend of
+every store: what they report, that they leave nothing behind, and how they fail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+from pymongo import AsyncMongoClient
+from zaqar.v2 import admin_pb2
+
+from services.common.health import HEALTH_PROJECT, budget
+from services.common.limits import PROJECT_ID_MAX
+from services.message_svc import health as message_health
+from services.message_svc.storage.base import MessageStore
+from services.message_svc.storage.registry import open_store
+from services.notifier_svc import health as notifier_health
+from services.notifier_svc.storage.registry import open_notifier_store
+from services.queue_svc import health as queue_health
+from services.queue_svc.storage.catalog import PoolRecord
+from services.queue_svc.storage.registry import open_queue_store
+from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo, unique_name
+from tests.servers import ServerProcess, free_port, redis_process
+
+MESSAGE_OPERATIONS = [
+    "post_messages", "claim_messages", "list_messages", "delete_messages", "delete_claim",
+    "bulk_delete_messages", "delete_queue",
+]
+
+
+@pytest.fixture(params=["sqlite", "redis", "mongodb"])
+async def store_uri(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A URI of an empty store of the backend under test (any service's store)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    name = unique_name()
+    if request.param == "redis":
+        server: ServerProcess = request.getfixturevalue("redis_server")
+        yield f"redis://127.0.0.1:{server.port}/6?prefix={name}"
+        client = redis.asyncio.Redis(port=server.port, db=6)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{name}*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+        return
+    server = request.getfixturevalue("mongodb_server")
+    yield f"mongodb://127.0.0.1:{server.port}/{name}"
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        port=server.port, serverSelectionTimeoutMS=2000
+    )
+    try:
+        await mongo.drop_database(name)
+    finally:
+        await mongo.close()
+
+
+@pytest.fixture
+async def message_store(store_uri: str) -> AsyncIterator[MessageStore]:
+    store = await open_store(store_uri)
+    yield store
+    await store.close()
+
+
+def operations(report: admin_pb2.StoreReport) -> dict[str, bool]:
+    return {op.name: op.succeeded for op in report.operations}
+
+
+class Recording:
+    """A store that remembers the queues it deleted (the check's queue name is random)."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store
+        self.deleted: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def delete_queue(self, project: str, queue: str) -> None:
+        self.deleted.append(queue)
+        await self.store.delete_queue(project, queue)
+
+
+def test_health_project_is_out_of_every_callers_reach() -> None:
+    assert len(HEALTH_PROJECT) > PROJECT_ID_MAX
+
+
+def test_budget_keeps_time_to_answer() -> None:
+    assert budget(None) == 10.0
+    assert budget(5.0) == pytest.approx(4.75)
+    assert budget(0.1) == 0.0
+
+
+# message_svc ----------------------------------------------------------------------------------
+
+
+async def test_message_store_operations_all_succeed_and_clean_up(
+    message_store: MessageStore,
+) -> None:
+    # When the message store is checked
+    store = Recording(message_store)
+    report = (await message_health.check_store(store, "message", 10.0)).report()  # type: ignore[arg-type]
+    # Then it answers, and every operation of Zaqar's list ran, in order, and succeeded
+    assert report.store == "message" and report.reachable and report.problem == ""
+    assert [op.name for op in report.operations] == MESSAGE_OPERATIONS
+    assert all(op.succeeded and op.ref == "" for op in report.operations)
+    assert all(0 <= op.seconds < 10 for op in report.operations)
+    # And the throwaway queue of the health project is empty again
+    (queue,) = store.deleted
+    assert (await message_store.stats(HEALTH_PROJECT, queue)).total == 0
+
+
+class FailingClaims(Recording):
+    """A store whose claims fail (a bug, not an outage), to see the clean-up still runs."""
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("claims are broken")
+
+
+async def test_failed_operation_is_reported_with_a_ref_and_the_rest_cleans_up(
+    message_store: MessageStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a store whose claims fail
+    store = FailingClaims(message_store)
+    # When it is checked
+    report = (await message_health.check_store(store, "message", 10.0)).report()  # type: ignore[arg-type]
+    # Then the claim is reported failed with the ref of the log line saying why
+    ops = {op.name: op for op in report.operations}
+    assert ops["claim_messages"].succeeded is False
+    assert ops["claim_messages"].ref in caplog.text and "claims are broken" in caplog.text
+    # And the store still answers; the steps that need no claim ran, and the queue is gone
+    assert report.reachable
+    assert [name for name, op in ops.items() if op.succeeded] == [
+        "post_messages", "list_messages", "bulk_delete_messages", "delete_queue",
+    ]
+    (queue,) = store.deleted
+    assert (await message_store.stats(HEALTH_PROJECT, queue)).total == 0
+
+
+class HangingPosts(Recording):
+    async def post(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(30)
+
+
+async def test_check_ends_within_its_budget(message_store: MessageStore) -> None:
+    # Given a store that never answers a post
+    store = HangingPosts(message_store)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # When it is checked with half a second to spare
+    report = (await message_health.check_store(store, "message", 0.5)).report()  # type: ignore[arg-type]
+    # Then the check gives up in time, reporting the store unreachable
+    assert loop.time() - started < 2
+    assert not report.reachable and "deadline" in report.problem
+    assert operations(report) == {"post_messages": False}
+
+
+async def test_unreachable_message_store_is_reported_fast(tmp_path: Path) -> None:
+    # Given a store whose Redis went away
+    server = redis_process(tmp_path / "redis")
+    server.start()
+    try:
+        store = await open_store(f"redis://127.0.0.1:{server.port}/0")
+        server.kill()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # When it is checked
+        report = (await message_health.check_store(store, "message", 5.0)).report()
+        # Then it is unreachable, saying why, after the first operation only
+        assert loop.time() - started < 2
+        assert not report.reachable and "Redis cannot be reached" in report.problem
+        assert operations(report) == {"post_messages": False}
+        await store.close()
+    finally:
+        server.stop()
+
+
+async def test_pools_are_opened_checked_and_closed(
+    message_store: MessageStore, store_uri: str, tmp_path: Path
+) -> None:
+    # Given one pool on a store of the backend under test and one that cannot be reached
+    pools = [
+        admin_pb2.PoolStore(name="good", uri=store_uri),
+        admin_pb2.PoolStore(name="gone", uri=f"redis://127.0.0.1:{free_port()}/0"),
+    ]
+    # When message_svc's stores are checked
+    health = await message_health.check_stores(message_store, pools, open_store, 5.0)
+    collect_sockets_leaked_by_pymongo()
+    # Then its own store and each pool are reported
+    reports = {r.store: r for r in health.stores}
+    assert list(reports) == ["message", "pool:good", "pool:gone"]
+    assert reports["pool:good"].reachable
+    assert [op.name for op in reports["pool:good"].operations] == MESSAGE_OPERATIONS
+    assert not reports["pool:gone"].reachable
+    assert "Redis cannot be reached" in reports["pool:gone"].problem
+
+
+# queue_svc and notifier_svc -------------------------------------------------------------------
+
+
+async def test_queue_store_times_create_and_delete(store_uri: str) -> None:
+    store = await open_queue_store(store_uri)
+    try:
+        # Given a throwaway queue an earlier check could not delete
+        await store.create(HEALTH_PROJECT, "health-left-over", {})
+        # When the queue store is checked, without pooling
+        health = await queue_health.check_stores(store, False, 5.0)
+        # Then creating and deleting a queue is timed, and nothing is left behind
+        (report,) = health.stores
+        assert report.store == "queue" and report.reachable
+        assert operations(report) == {"create_queue": True, "delete_queue": True}
+        assert (await store.list(HEALTH_PROJECT, limit=10)).queues == []
+        assert list(health.pools) == []
+    finally:
+        await store.close()
+
+
+async def test_queue_store_with_pooling_reads_the_catalog(store_uri: str) -> None:
+    store = await open_queue_store(store_uri)
+    try:
+        await store.catalog.put_pool(PoolRecord("p2", "redis://h:2/0", 1))
+        await store.catalog.put_pool(PoolRecord("p1", "redis://h:1/0", 1))
+        health = await queue_health.check_stores(store, True, 5.0)
+        reports = {r.store: r for r in health.stores}
+        assert reports["catalog"].reachable and list(reports["catalog"].operations) == []
+        assert [(p.name, p.uri) for p in health.pools] == [
+            ("p1", "redis://h:1/0"), ("p2", "redis://h:2/0"),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_subscription_store_is_reached(store_uri: str) -> None:
+    store = await open_notifier_store(store_uri)
+    try:
+        (report,) = (await notifier_health.check_stores(store, 5.0)).stores
+        assert report.store == "subscription" and report.reachable
+    finally:
+        await store.close()
