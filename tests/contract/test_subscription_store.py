@@ -428,6 +428,15 @@ async def test_a_backlog_of_any_size_never_holds_up_another_subscriber(
     ]
 
 
+async def test_a_negative_busy_count_widens_a_subscribers_share(store: NotifierStore) -> None:
+    fast = await subscribe(store, "http://fast.example/")
+    await store.enqueue([delivery(fast, str(i)) for i in range(10)])
+    taken = await store.claim_due(
+        limit=20, lease=30, per_subscriber=2, busy={"http://fast.example/": -3}
+    )
+    assert len(taken) == 5
+
+
 async def test_claims_share_the_limit_across_subscribers(store: NotifierStore) -> None:
     subs = [await subscribe(store, f"http://h{i}.example/") for i in range(3)]
     for sub in subs:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.notifier_svc.delivery.dispatcher import PER_SUBSCRIBER, Dispatcher
+from services.notifier_svc.delivery.dispatcher import PER_SUBSCRIBER, PER_SUBSCRIBER_MAX, Dispatcher
 from services.notifier_svc.storage.base import Delivery, DeliveryKind, NewDelivery
 from services.notifier_svc.storage.registry import open_notifier_store
 
@@ -101,5 +101,58 @@ async def test_posts_for_a_saturated_subscriber_do_not_query_the_store(store: An
         await until(lambda: sender.sent.count(SLOW) == PER_SUBSCRIBER + 50, within=10)
         await until(lambda: not dispatcher._running)
         assert await store.next_due() is None
+    finally:
+        await dispatcher.stop()
+
+
+class TimedSender:
+    """Delivers after ``delay`` seconds (``ok`` says whether it succeeds), recording how many
+    deliveries to each subscriber were under way at once."""
+
+    def __init__(self, delay: float, ok: bool = True) -> None:
+        self.delay = delay
+        self.ok = ok
+        self.in_flight: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.attempts = 0
+
+    async def send(self, delivery: Delivery) -> bool:
+        s = delivery.subscriber
+        self.in_flight[s] = self.in_flight.get(s, 0) + 1
+        self.most[s] = max(self.most.get(s, 0), self.in_flight[s])
+        try:
+            await asyncio.sleep(self.delay)
+            self.attempts += 1
+            return self.ok
+        finally:
+            self.in_flight[s] -= 1
+
+
+async def test_a_healthy_subscriber_gets_more_deliveries_in_flight(store: Any) -> None:
+    sender = TimedSender(0.02)
+    dispatcher = Dispatcher(store, {"http": sender}, no_queue_policy, concurrency=64, timeout=30)
+    await store.enqueue([delivery(FAST, n) for n in range(400)])
+    dispatcher.start()
+    try:
+        await until(lambda: sender.attempts == 400, within=20)
+        assert PER_SUBSCRIBER < sender.most[FAST] <= PER_SUBSCRIBER_MAX
+        assert dispatcher.share(FAST) == PER_SUBSCRIBER_MAX
+    finally:
+        await dispatcher.stop()
+
+
+async def test_a_failing_subscriber_soon_holds_a_single_slot(store: Any) -> None:
+    sender = TimedSender(0.05, ok=False)
+    dispatcher = Dispatcher(store, {"http": sender}, no_queue_policy, concurrency=64, timeout=30)
+    await store.enqueue([delivery(SLOW, n) for n in range(40)])
+    dispatcher.start()
+    try:
+        await until(lambda: sender.attempts >= 8, within=10)
+        assert dispatcher.share(SLOW) == 1
+        first = sender.most[SLOW]
+        sender.most[SLOW] = 0
+        await asyncio.sleep(0.3)
+        assert first == PER_SUBSCRIBER
+        assert sender.most[SLOW] <= 1
     finally:
         await dispatcher.stop()

@@ -5,8 +5,11 @@ once, retrying failed ones on their subscription's (or queue's) retry policy.
   attempt can take; a delivery is removed from the store only once it was delivered (or its
   policy gave up), so a process killed mid-delivery loses nothing: the delivery comes back
   when its lease ends (at-least-once).
-* At most ``concurrency`` deliveries run at once, and at most ``PER_SUBSCRIBER`` to one
-  subscriber, so a slow or dead subscriber holds a few slots, never every one.
+* At most ``concurrency`` deliveries run at once, and to each subscriber at most its *share*:
+  ``PER_SUBSCRIBER`` at first, one more after each delivered attempt (up to
+  ``PER_SUBSCRIBER_MAX``), halved after each failed one (down to 1) — additive increase,
+  multiplicative decrease. A healthy subscriber gets enough deliveries in flight to keep up
+  with a steady stream of posts; a slow or dead one soon holds a single slot.
 * A failed attempt is rescheduled in the store at ``now + retry_delay(policy, attempts)``
   (see :mod:`services.notifier_svc.retry`); the dispatcher sleeps until the earliest due time
   or until new work is handed over.
@@ -31,6 +34,9 @@ from services.notifier_svc.storage.base import Delivery, NotifierStore
 log = logging.getLogger(__name__)
 
 PER_SUBSCRIBER = 4
+PER_SUBSCRIBER_MAX = 32
+# Subscribers whose share is remembered at most (beyond that, shares start again at 4).
+MAX_SHARES = 1_000
 LEASE_MARGIN = 10.0
 # Longest sleep when nothing is due: a bound on how late work stored by another replica
 # (or a lease that ended) is noticed.
@@ -66,6 +72,7 @@ class Dispatcher:
         self._clock = clock
         self._wake = asyncio.Event()
         self._busy: Counter[str] = Counter()
+        self._shares: dict[str, int] = {}
         self._running: dict[asyncio.Task[None], Delivery] = {}
         self._loop: asyncio.Task[None] | None = None
 
@@ -77,7 +84,7 @@ class Dispatcher:
         """New deliveries were stored: look at once.
 
         Given the subscribers the new deliveries go to, the store is not looked at when none
-        of them could be taken now (each of those subscribers already has ``PER_SUBSCRIBER``
+        of them could be taken now (each of those subscribers already has its share of
         deliveries running here, or every slot is taken): a finishing delivery wakes the
         dispatcher anyway. So a hanging subscriber costs no store query per post.
         """
@@ -88,7 +95,21 @@ class Dispatcher:
     def _claimable(self, subscribers: Iterable[str]) -> bool:
         if len(self._running) >= self._concurrency:
             return False
-        return any(self._busy.get(s, 0) < PER_SUBSCRIBER for s in subscribers)
+        return any(self._busy.get(s, 0) < self.share(s) for s in subscribers)
+
+    def share(self, subscriber: str) -> int:
+        """How many deliveries to ``subscriber`` may run at once now."""
+        return self._shares.get(subscriber, PER_SUBSCRIBER)
+
+    def _adjust_share(self, subscriber: str, delivered: bool) -> None:
+        share = self.share(subscriber)
+        share = min(PER_SUBSCRIBER_MAX, share + 1) if delivered else max(1, share // 2)
+        if share == PER_SUBSCRIBER:
+            self._shares.pop(subscriber, None)
+            return
+        if len(self._shares) >= MAX_SHARES and subscriber not in self._shares:
+            self._shares.clear()
+        self._shares[subscriber] = share
 
     async def stop(self, grace: float = 0) -> None:
         if self._loop is not None:
@@ -128,9 +149,14 @@ class Dispatcher:
         free = self._concurrency - len(self._running)
         if free <= 0:
             return 0
+        # The store applies one per-subscriber bound; a subscriber's own share is expressed as
+        # a busy count relative to it (negative when the share is larger).
+        busy = {s: n - (self.share(s) - PER_SUBSCRIBER) for s, n in self._busy.items() if n > 0}
+        for subscriber, share in self._shares.items():
+            busy.setdefault(subscriber, PER_SUBSCRIBER - share)
         claimed = await self._store.claim_due(
             limit=free, lease=self._lease, per_subscriber=PER_SUBSCRIBER,
-            busy={k: v for k, v in self._busy.items() if v > 0},
+            busy={s: n for s, n in busy.items() if n},
         )
         for delivery in claimed:
             self._busy[delivery.subscriber] += 1
@@ -168,6 +194,7 @@ class Dispatcher:
             return
         try:
             delivered = await sender.send(delivery)
+            self._adjust_share(delivery.subscriber, delivered)
             if delivered:
                 await self._store.complete(delivery.id)
                 return

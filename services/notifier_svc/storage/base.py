@@ -256,7 +256,8 @@ class NotifierStore(Protocol):
         """Lease up to ``limit`` deliveries whose due time has come, earliest due first.
 
         No subscriber gets more than ``per_subscriber`` minus ``busy[subscriber]`` (deliveries
-        the caller is already making to it), so one slow subscriber cannot take every slot,
+        the caller is already making to it; negative to give a subscriber more than
+        ``per_subscriber``), so one slow subscriber cannot take every slot,
         and however large a subscriber's backlog, other subscribers' due deliveries are taken
         (see :class:`ClaimShares`).
         Each returned delivery's ``due`` becomes ``now + lease`` in the store (the returned
