@@ -88,7 +88,7 @@ def read_caller(header: Callable[[str], str | None]) -> Caller:
         raise ApiError(*EMPTY_PROJECT)
     if len(project) > PROJECT_ID_MAX:
         raise ApiError(*LONG_PROJECT)
-    return Caller(project=project, client_id=normalised)
+    return Caller(project=project, client_id=normalised, token=header("X-Auth-Token") or "")
 
 
 def _accepts_json(req: falcon.asgi.Request) -> bool:
@@ -133,6 +133,7 @@ class ZaqarHeaders:
             raise ApiError(*SIGNATURE_REFUSED)
         ctx.client_id = caller.client_id
         ctx.project = caller.project
+        ctx.token = caller.token
 
     async def process_response(
         self,

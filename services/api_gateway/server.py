@@ -17,11 +17,12 @@ import signal
 import uvicorn
 
 from services.api_gateway.app import create_app
-from services.api_gateway.auth import KeystoneAuth, check_settings, with_auth
+from services.api_gateway.auth import with_auth
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
 from services.common.grpc_server import service_main
+from services.common.keystone import KeystoneAuth, check_settings
 from services.common.tls import load_tls
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ async def run(settings: Settings) -> None:
     ``tls_*`` settings say so."""
     check_settings(settings)
     auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
-    up = Upstreams(settings, await asyncio.to_thread(load_tls, settings, False))
+    up = Upstreams(settings, await asyncio.to_thread(load_tls, settings, False), auth)
     up.open()
     sockets = await ws_server.start(settings, up, auth)
     server = build_server(settings, up=up, auth=auth)

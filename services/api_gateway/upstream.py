@@ -5,6 +5,9 @@ Operations use ``up.queues`` / ``up.messages`` / ``up.subscriptions`` / ``up.not
 ``up.pools`` / ``up.flavors`` / ``up.store_health(service)`` (generated stubs) and pass
 ``timeout=up.timeout`` on every unary call. If the app runs without lifespan events the
 channels are opened on first use instead.
+
+In keystone mode every call carries the gateway's own service token (``x-service-token``), so
+the services accept the project the gateway sends (``services/common/grpc_auth.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from zaqar.v2 import admin_pb2_grpc, messages_pb2_grpc, notifier_pb2_grpc, queue
 
 from services.common.config import Settings
 from services.common.grpc_server import open_channel
+from services.common.keystone import KeystoneAuth, check_settings
 from services.common.tls import Tls
 
 QUEUES_SERVICE = "zaqar.v2.Queues"
@@ -33,13 +37,20 @@ def _stub(factory: Any, channel: grpc.aio.Channel) -> Any:
 class Upstreams:
     """Channels and stubs of queue_svc, message_svc and notifier_svc."""
 
-    def __init__(self, settings: Settings, tls: Tls | None = None) -> None:
+    def __init__(
+        self, settings: Settings, tls: Tls | None = None, auth: KeystoneAuth | None = None
+    ) -> None:
         """``tls``: TLS material for the channels (``load_tls(settings, serving=False)``);
-        None = plaintext."""
+        None = plaintext. ``auth``: the gateway's Keystone client, closed by its owner; in
+        keystone mode without one, the upstreams make their own and close it with the
+        channels."""
         self.timeout = settings.rpc_timeout
         self._tls = tls
         # Whether the services behind run with the pool catalog (the same setting for all).
         self.pooling = settings.pooling
+        check_settings(settings)
+        self._owned_auth = auth is None and settings.auth_strategy == "keystone"
+        self._auth = KeystoneAuth(settings) if self._owned_auth else auth
         self._queue_target = settings.target("queue")
         self._message_target = settings.target("message")
         self._notifier_target = settings.target("notifier")
@@ -50,9 +61,9 @@ class Upstreams:
     def open(self) -> None:
         if self._channels:
             return
-        queue_channel = open_channel(self._queue_target, self._tls)
-        message_channel = open_channel(self._message_target, self._tls)
-        notifier_channel = open_channel(self._notifier_target, self._tls)
+        queue_channel = open_channel(self._queue_target, self._tls, self._auth)
+        message_channel = open_channel(self._message_target, self._tls, self._auth)
+        notifier_channel = open_channel(self._notifier_target, self._tls, self._auth)
         self._channels = [queue_channel, message_channel, notifier_channel]
         self._stubs = {
             "queues": _stub(queues_pb2_grpc.QueuesStub, queue_channel),
@@ -77,6 +88,8 @@ class Upstreams:
         self._health = {}
         for channel in channels:
             await channel.close()
+        if self._owned_auth and self._auth is not None:
+            await self._auth.aclose()
 
     def _get(self, name: str) -> Any:
         if not self._stubs:

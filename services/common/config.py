@@ -148,8 +148,10 @@ class Settings:
     auth_strategy: str = field(
         default="noauth",
         metadata=_help(
-            'How the gateway authenticates callers: "noauth" (trust X-Project-ID) or "keystone" '
-            "(validate X-Auth-Token with Keystone; the project and roles come from the token)."
+            'How callers are authenticated: "noauth" (trust X-Project-ID, and the project of '
+            'gRPC requests) or "keystone" (validate X-Auth-Token, on HTTP and on the public gRPC '
+            "API, with Keystone; the project and roles come from the token). Every process of "
+            "a deployment needs the same value."
         ),
     )
     keystone_url: str = field(
@@ -160,7 +162,11 @@ class Settings:
         ),
     )
     keystone_username: str = field(
-        default="", metadata=_help("Service user the gateway validates tokens as (keystone auth).")
+        default="",
+        metadata=_help(
+            "Service user every process authenticates as (keystone auth): it validates tokens, "
+            "calls the other services, and is the trustee of trust+ subscriptions' trusts."
+        ),
     )
     keystone_password: str = field(default="", metadata=_help("Password of the service user."))
     keystone_project: str = field(
@@ -171,6 +177,14 @@ class Settings:
     )
     keystone_project_domain: str = field(
         default="Default", metadata=_help("Domain name of the service user's project.")
+    )
+    keystone_service_roles: str = field(
+        default="service",
+        metadata=_help(
+            "Comma-separated Keystone roles that make a token a service token: a gRPC caller "
+            "whose x-service-token carries one may name any project and call the internal "
+            "services. The service user needs one of them."
+        ),
     )
     token_cache_seconds: float = field(
         default=300.0,

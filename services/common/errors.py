@@ -174,6 +174,22 @@ class MessageNotClaimed(ServiceError):
     msg_format = "A claim was specified, but the message is not currently claimed."
 
 
+class Unauthenticated(ServiceError):
+    """A gRPC caller sent no Keystone token, or one Keystone refuses (keystone auth)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+    title = "Unauthorized"
+
+
+class Forbidden(ServiceError):
+    """A valid token that does not allow the call (e.g. no service role on an internal one)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "FORBIDDEN"
+    title = "Not authorized"
+
+
 class Unavailable(ServiceError):
     """The store (or a service behind this one) cannot be reached."""
 

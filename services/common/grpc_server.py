@@ -17,6 +17,8 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.config import Settings
 from services.common.errors import ErrorInterceptor
+from services.common.grpc_auth import client_interceptors
+from services.common.keystone import KeystoneAuth
 from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -81,16 +83,23 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def open_channel(target: str, tls: Tls | None) -> grpc.aio.Channel:
+def open_channel(
+    target: str, tls: Tls | None, auth: KeystoneAuth | None = None
+) -> grpc.aio.Channel:
     """One channel per upstream per process; reuse it for every call.
 
     ``tls``: the process's TLS material (:func:`services.common.tls.load_tls`); None =
-    plaintext.
+    plaintext. ``auth`` (keystone mode): every call carries the process's service token
+    (``services/common/grpc_auth.py``).
     """
+    interceptors = client_interceptors(auth) or None
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(
+            target, options=CHANNEL_OPTIONS, interceptors=interceptors
+        )
     return grpc.aio.secure_channel(
-        target, tls.channel_credentials(), options=[*CHANNEL_OPTIONS, *tls.channel_options()]
+        target, tls.channel_credentials(), options=[*CHANNEL_OPTIONS, *tls.channel_options()],
+        interceptors=interceptors,
     )
 
 

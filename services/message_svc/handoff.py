@@ -37,6 +37,7 @@ import grpc
 from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
 from services.common.grpc_server import open_channel
+from services.common.keystone import KeystoneAuth
 from services.common.tls import Tls
 from services.message_svc.storage.base import NewMessage
 
@@ -77,11 +78,13 @@ class Handoff:
         timeout: float,
         cache_ttl: float,
         linger: float = 0.0,
+        auth: KeystoneAuth | None = None,
         clock: Callable[[], float] = time.monotonic,
         tls: Tls | None = None,
     ) -> None:
         self._target = target
         self._tls = tls
+        self._auth = auth
         self._timeout = timeout
         self._cache_ttl = cache_ttl
         self._linger = linger
@@ -171,7 +174,7 @@ class Handoff:
 
     async def _send(self, batches: list[_Batch], time_limit: float) -> None:
         if self._stub is None:
-            self._channel = open_channel(self._target, self._tls)
+            self._channel = open_channel(self._target, self._tls, self._auth)
             self._stub = notifier_pb2_grpc.NotifierInternalStub(  # type: ignore[no-untyped-call]
                 self._channel
             )

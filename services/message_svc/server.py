@@ -8,6 +8,7 @@ from zaqar.v2 import admin_pb2
 
 from services.common import health
 from services.common.config import Settings
+from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
     Running,
     create_server,
@@ -15,6 +16,7 @@ from services.common.grpc_server import (
     service_main,
     start_server,
 )
+from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
 from services.message_svc import health as store_health
@@ -29,7 +31,7 @@ WHAT_EXPIRES = "expired messages and claims"
 SERVICE_NAMES = (MESSAGES_SERVICE, INTERNAL_SERVICE, health.SERVICE_NAME)
 
 
-async def start(settings: Settings) -> Running:
+async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running:
     """Open the store (``settings.store_uri("message")``), bind ``host:message_port`` (0 = any),
     serve ``zaqar.v2.Messages``, ``zaqar.v2.MessagesInternal`` and ``zaqar.v2.StoreHealth``
     and start the expiry sweeper.
@@ -40,18 +42,26 @@ async def start(settings: Settings) -> Running:
     ``Running.port`` is the bound port; ``Running.stop`` stops the server, then the sweeper,
     the channel to queue_svc and the store.
 
+    In keystone mode every call to ``Messages`` needs a token and ``MessagesInternal`` a
+    service token (``services/common/grpc_auth.py``); the calls to the other services carry
+    this process's own. ``auth`` is the Keystone client to use (closed by its owner), else the
+    service makes one.
+
     Raises:
         ConfigurationError: bad TLS settings or files; the store URI is unknown or malformed.
         Unavailable: the store cannot be opened.
         OSError: the port cannot be bound.
     """
     tls = await asyncio.to_thread(load_tls, settings)
+    owned = keystone_for(settings) if auth is None else None
+    auth = auth or owned
     store = await open_store(settings.store_uri("message"))
-    channel = open_channel(settings.target("queue"), tls)
+    channel = open_channel(settings.target("queue"), tls, auth)
     sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
     handoff = Handoff(
         settings.target("notifier"), timeout=settings.rpc_timeout,
         cache_ttl=settings.metadata_cache_ttl, tls=tls, linger=settings.notify_linger,
+        auth=auth,
     )
 
     async def close() -> None:
@@ -59,6 +69,8 @@ async def start(settings: Settings) -> Running:
         await handoff.close()
         await channel.close()
         await store.close()
+        if owned is not None:
+            await owned.aclose()
 
     metadata = QueueMetadata(channel, settings.rpc_timeout, settings.metadata_cache_ttl)
     service = MessageService(store, metadata, handoff)
@@ -73,6 +85,7 @@ async def start(settings: Settings) -> Running:
         server, port, health_servicer = create_server(
             [registrar(service, packer), health.registrar(check_health)], SERVICE_NAMES,
             host=settings.host, port=settings.message_port, tls=tls,
+            interceptors=server_interceptors(auth, [MESSAGES_SERVICE]),
         )
         running = await start_server(
             Running(server, port, health_servicer, SERVICE_NAMES, close)

@@ -8,21 +8,25 @@ from zaqar.v2 import admin_pb2
 
 from services.common import health
 from services.common.config import ConfigurationError, Settings
+from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
     Running,
     create_server,
     service_main,
     start_server,
 )
+from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
 from services.notifier_svc import health as store_health
 from services.notifier_svc.delivery.dispatcher import Dispatcher, Sender
 from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
+from services.notifier_svc.delivery.trust import TrustSender
 from services.notifier_svc.delivery.webhook import WebhookSender
 from services.notifier_svc.service import Confirmation, NotifierService
 from services.notifier_svc.servicer import INTERNAL_SERVICE, SUBSCRIPTIONS_SERVICE, registrar
 from services.notifier_svc.storage.registry import open_notifier_store
+from services.notifier_svc.trusts import Trusts
 from services.notifier_svc.upstream import MessageReplicas, QueuePolicies
 from services.notifier_svc.watchers import WatchHub
 
@@ -46,12 +50,17 @@ def check(settings: Settings) -> None:
         )
 
 
-async def start(settings: Settings) -> Running:
+async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running:
     """Open the store (``settings.store_uri("notifier")``), bind ``host:notifier_port``
     (0 = any), serve ``zaqar.v2.Subscriptions``, ``zaqar.v2.NotifierInternal`` and
     ``zaqar.v2.StoreHealth``, and start delivering pending notifications (those left by an
     earlier run first) and sweeping. With the ``tls_*`` settings the server and the channels
     to queue_svc and message_svc use TLS.
+
+    In keystone mode every call to ``Subscriptions`` needs a token and ``NotifierInternal`` a
+    service token (``services/common/grpc_auth.py``), the calls to the other services carry
+    this process's own, and ``trust+`` subscribers get Keystone trusts (``trusts.py``).
+    ``auth`` is the Keystone client to use (closed by its owner), else the service makes one.
 
     Raises:
         ConfigurationError: bad settings (TLS files included), an unknown or malformed store
@@ -61,16 +70,22 @@ async def start(settings: Settings) -> Running:
     """
     check(settings)
     tls = await asyncio.to_thread(load_tls, settings)
+    owned = keystone_for(settings) if auth is None else None
+    auth = auth or owned
     store = await open_notifier_store(settings.store_uri("notifier"))
-    policies = QueuePolicies(settings, tls=tls)
-    replicas = MessageReplicas(settings, tls)
+    policies = QueuePolicies(settings, tls=tls, auth=auth)
+    replicas = MessageReplicas(settings, tls, auth)
     webhook = WebhookSender(settings.delivery_timeout, settings.delivery_concurrency)
+    trust = TrustSender(webhook, auth)
     mail = MailSender(SmtpSettings(
         host=settings.smtp_host, port=settings.smtp_port, starttls=settings.smtp_starttls,
         user=settings.smtp_user, password=settings.smtp_password, sender=settings.smtp_sender,
         timeout=settings.delivery_timeout,
     ))
-    senders: dict[str, Sender] = {"http": webhook, "https": webhook, "mailto": mail}
+    senders: dict[str, Sender] = {
+        "http": webhook, "https": webhook, "mailto": mail,
+        "trust+http": trust, "trust+https": trust,
+    }
     dispatcher = Dispatcher(
         store, senders, policies.retry_policy,
         concurrency=settings.delivery_concurrency, timeout=settings.delivery_timeout,
@@ -84,6 +99,8 @@ async def start(settings: Settings) -> Running:
         await replicas.close()
         await policies.close()
         await store.close()
+        if owned is not None:
+            await owned.aclose()
 
     service = NotifierService(
         store, WatchHub(),
@@ -93,6 +110,7 @@ async def start(settings: Settings) -> Running:
         ),
         announce=replicas.listened,
         wake=dispatcher.wake,
+        trusts=Trusts(auth),
     )
 
     async def check_health(
@@ -104,6 +122,7 @@ async def start(settings: Settings) -> Running:
         server, port, health_servicer = create_server(
             [registrar(service, replicas.listened), health.registrar(check_health)],
             SERVICE_NAMES, host=settings.host, port=settings.notifier_port, tls=tls,
+            interceptors=server_interceptors(auth, [SUBSCRIPTIONS_SERVICE]),
         )
         running = await start_server(
             Running(server, port, health_servicer, SERVICE_NAMES, close)

@@ -23,6 +23,8 @@ from services.notifier_svc.storage.base import (
     NotifierStore,
     Subscription,
 )
+from services.notifier_svc.trusts import OPTION as TRUST_OPTION
+from services.notifier_svc.trusts import Trusts, is_trust
 from services.notifier_svc.watchers import WatchHub
 
 Announce = Callable[[str, str], Awaitable[None]]
@@ -47,10 +49,12 @@ class NotifierService:
         confirmation: Confirmation,
         announce: Announce,
         wake: Callable[[Iterable[str] | None], None],
+        trusts: Trusts | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.hub = hub
+        self._trusts = Trusts(None) if trusts is None else trusts
         self._confirmation = confirmation
         self._announce = announce
         self._wake = wake
@@ -59,19 +63,39 @@ class NotifierService:
     # subscriptions ---------------------------------------------------------------------------
 
     async def create(
-        self, project: str, queue: str, subscriber: str, ttl: int | None, options: bytes
+        self,
+        project: str,
+        queue: str,
+        subscriber: str,
+        ttl: int | None,
+        options: bytes,
+        token: str | None = None,
     ) -> tuple[str, bool]:
         """Subscribe; the id, and whether it is new.
 
         The same subscriber again answers with the existing subscription while it is
         unconfirmed (re-sending the confirmation when confirmation is required), and
-        :class:`SubscriptionAlreadyExists` once it is confirmed.
+        :class:`SubscriptionAlreadyExists` once it is confirmed. A ``trust+`` subscriber gets
+        a Keystone trust made with the caller's ``token`` (``trusts.py``).
         """
         validation.queue_ref(project, queue)
         uri = validation.subscriber(subscriber)
         lifetime = validation.ttl(ttl)
         parsed = validation.options(options)
-        subscription, created = await self.store.create(project, queue, uri, lifetime, parsed)
+        made = None
+        if is_trust(uri):
+            parsed, made = await self._trusts.register(
+                token, project, parsed, self._clock() + lifetime
+            )
+        try:
+            subscription, created = await self.store.create(
+                project, queue, uri, lifetime, parsed
+            )
+        except BaseException:
+            await self._trusts.discard(token, made)
+            raise
+        if made is not None and subscription.options.get(TRUST_OPTION) != made:
+            await self._trusts.discard(token, made)  # the subscription existed already
         if not created and subscription.confirmed:
             raise SubscriptionAlreadyExists()
         if self._confirmation.required:
@@ -108,12 +132,18 @@ class NotifierService:
         subscriber: str | None,
         ttl: int | None,
         options: bytes,
+        token: str | None = None,
     ) -> None:
         """Change subscriber, ttl and/or options (empty ``options`` = unchanged).
 
         With confirmation required, a new subscriber makes the subscription unconfirmed again
         and gets a confirmation request: a confirmed subscription never starts notifying an
         endpoint that did not confirm.
+
+        A subscription that is (or becomes) ``trust+`` keeps its trust while its life does;
+        it gets a new one, made with the caller's ``token``, when it had none or its ttl
+        changes (the trust expires with the subscription), and the caller's own ``trust_id``
+        when one is given (checked). Options given without ``trust_id`` keep the current one.
         """
         validation.queue_ref(project, queue)
         if subscriber is None and ttl is None and not options:
@@ -121,18 +151,46 @@ class NotifierService:
         uri = None if subscriber is None else validation.subscriber(subscriber)
         lifetime = None if ttl is None else validation.ttl(ttl)
         parsed = validation.options(options) if options else None
-        reconfirm = False
-        if uri is not None and self._confirmation.required:
-            current = await self.get(project, queue, subscription_id)
-            reconfirm = current.subscriber != uri
-        updated = await self.store.update(
-            project, queue, subscription_id, subscriber=uri, ttl=lifetime, options=parsed,
-            confirmed=False if reconfirm else None,
-        )
+        current = await self.get(project, queue, subscription_id)
+        reconfirm = uri is not None and self._confirmation.required and current.subscriber != uri
+        made = None
+        if is_trust(uri or current.subscriber):
+            parsed, made = await self._trust_options(token, current, lifetime, parsed)
+        try:
+            updated = await self.store.update(
+                project, queue, subscription_id, subscriber=uri, ttl=lifetime, options=parsed,
+                confirmed=False if reconfirm else None,
+            )
+        except BaseException:
+            await self._trusts.discard(token, made)
+            raise
+        if made is not None and is_trust(current.subscriber):
+            await self._trusts.discard(token, current.options.get(TRUST_OPTION))
         if reconfirm:
             await self._confirm_request(
                 DeliveryKind.SUBSCRIPTION_CONFIRMATION, updated, updated.expires
             )
+
+    async def _trust_options(
+        self,
+        token: str | None,
+        current: Subscription,
+        lifetime: int | None,
+        given: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """The options to store for a ``trust+`` subscription being updated (None =
+        unchanged), and the id of a trust created for it."""
+        options = dict(current.options if given is None else given)
+        kept = current.options.get(TRUST_OPTION) if is_trust(current.subscriber) else None
+        wanted = options.get(TRUST_OPTION)
+        if lifetime is None and kept is not None and wanted in (None, kept):
+            if given is None:
+                return None, None
+            return {**given, TRUST_OPTION: kept}, None
+        if wanted == kept:
+            options.pop(TRUST_OPTION, None)  # a new life: a new trust
+        expires = current.expires if lifetime is None else self._clock() + lifetime
+        return await self._trusts.register(token, current.project, options, expires)
 
     async def delete(self, project: str, queue: str, subscription_id: str) -> None:
         """Delete the subscription and its pending deliveries. Absent: no error."""

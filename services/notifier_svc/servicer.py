@@ -1,8 +1,10 @@
 """gRPC adapters of notifier_svc: ``zaqar.v2.Subscriptions`` and ``zaqar.v2.NotifierInternal``.
 
 Requests are unpacked into :class:`~services.notifier_svc.service.NotifierService` calls and
-results packed into protobufs. Unary errors propagate as ``ServiceError`` to the server's error
-interceptor; the ``Watch`` stream reports its own with the same rich status.
+results packed into protobufs; the caller's own token (``x-auth-token``) goes along to
+subscription create and update, which create the trust of a ``trust+`` subscriber with it.
+Unary errors propagate as ``ServiceError`` to the server's error interceptor; the ``Watch``
+stream reports its own with the same rich status.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from grpc_status import rpc_status
 from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
 from services.common.errors import Overloaded, ServiceError, to_status
+from services.common.grpc_auth import caller_token
 from services.notifier_svc import validation
 from services.notifier_svc.service import Announce, NotifierService
 from services.notifier_svc.storage.base import Subscription
@@ -50,6 +53,7 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
         subscription_id, created = await self._service.create(
             request.project, request.queue, request.subscriber,
             request.ttl if request.HasField("ttl") else None, request.options,
+            token=caller_token(context),
         )
         return notifier_pb2.CreateSubscriptionResponse(
             subscription_id=subscription_id, created=created
@@ -81,6 +85,7 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
             subscriber=request.subscriber if request.HasField("subscriber") else None,
             ttl=request.ttl if request.HasField("ttl") else None,
             options=request.options,
+            token=caller_token(context),
         )
         return _EMPTY
 

@@ -6,9 +6,10 @@
   subscription or a watcher), through ``MessagesInternal.InvalidateQueue``: message_svc then
   stops skipping that queue's posts (see ``services/message_svc/handoff.py``).
 
-Both are best effort: a failure is logged (at most every few seconds) and never fails the
-caller's request; the queue's defaults apply, or message_svc learns of the listener at the
-latest when its cached answer ages out (``ZAQAR_METADATA_CACHE_TTL``).
+In keystone mode both carry notifier_svc's service token. Both are best effort: a failure is
+logged (at most every few seconds) and never fails the caller's request; the queue's defaults
+apply, or message_svc learns of the listener at the latest when its cached answer ages out
+(``ZAQAR_METADATA_CACHE_TTL``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from zaqar.v2 import common_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 from services.common.config import Settings
 from services.common.errors import decode_rpc_error
 from services.common.grpc_server import open_channel
+from services.common.keystone import KeystoneAuth
 from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,9 @@ class QueuePolicies:
 
     def __init__(
         self, settings: Settings, clock: Callable[[], float] = time.monotonic,
-        tls: Tls | None = None,
+        tls: Tls | None = None, auth: KeystoneAuth | None = None,
     ) -> None:
-        self._channel = open_channel(settings.target("queue"), tls)
+        self._channel = open_channel(settings.target("queue"), tls, auth)
         self._stub = queues_pb2_grpc.QueuesStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = settings.rpc_timeout
         self._clock = clock
@@ -97,9 +99,11 @@ class MessageReplicas:
     """Every message_svc replica (``ZAQAR_MESSAGE_TARGETS``), told when a queue gains a
     listener."""
 
-    def __init__(self, settings: Settings, tls: Tls | None = None) -> None:
+    def __init__(
+        self, settings: Settings, tls: Tls | None = None, auth: KeystoneAuth | None = None
+    ) -> None:
         self._timeout = settings.rpc_timeout
-        self._channels = {t: open_channel(t, tls) for t in settings.message_target_list()}
+        self._channels = {t: open_channel(t, tls, auth) for t in settings.message_target_list()}
         self._stubs = {
             target: messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
             for target, channel in self._channels.items()

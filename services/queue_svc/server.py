@@ -9,12 +9,14 @@ from zaqar.v2 import admin_pb2, queues_pb2_grpc
 
 from services.common import health
 from services.common.config import Settings
+from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
     Running,
     create_server,
     service_main,
     start_server,
 )
+from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.tls import load_tls
 from services.queue_svc import catalog_servicer
 from services.queue_svc.catalog import CatalogService
@@ -25,11 +27,15 @@ from services.queue_svc.storage.registry import open_queue_store
 from services.queue_svc.upstream import MessageService, NotifierService
 
 
-async def start(settings: Settings) -> Running:
+async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running:
     """Open the store (``settings.store_uri("queue")``), bind ``host:queue_port`` (0 = any)
     and serve ``zaqar.v2.Queues``, ``zaqar.v2.Pools``, ``zaqar.v2.Flavors`` and
     ``zaqar.v2.StoreHealth``; ``Running.port`` is the bound port. With the ``tls_*`` settings
     the server and the channels to message_svc and notifier_svc use TLS.
+
+    In keystone mode every call needs a token (``services/common/grpc_auth.py``) and the
+    calls to the other services carry this process's own; ``auth`` is the Keystone client to
+    use (closed by its owner), else the service makes one.
 
     Raises:
         ConfigurationError: bad TLS settings or files, the store URI is unknown or malformed,
@@ -37,14 +43,18 @@ async def start(settings: Settings) -> Running:
         RuntimeError: the port cannot be bound (grpc's error; OSError on older grpc).
     """
     tls = await asyncio.to_thread(load_tls, settings)
+    owned = keystone_for(settings) if auth is None else None
+    auth = auth or owned
     store = await open_queue_store(settings.store_uri("queue"))
-    messages = MessageService(settings, tls)
-    notifier = NotifierService(settings, tls)
+    messages = MessageService(settings, tls, auth)
+    notifier = NotifierService(settings, tls, auth)
 
     async def close() -> None:
         await messages.close()
         await notifier.close()
         await store.close()
+        if owned is not None:
+            await owned.aclose()
 
     # A pool's store must answer well within the deadline of the call registering it.
     catalog = CatalogService(store.catalog, probe_seconds=settings.rpc_timeout / 2)
@@ -68,6 +78,7 @@ async def start(settings: Settings) -> Running:
         server, port, health_servicer = create_server(
             [register, catalog_servicer.registrar(catalog), health.registrar(check_health)],
             names, host=settings.host, port=settings.queue_port, tls=tls,
+            interceptors=server_interceptors(auth, [SERVICE_NAME]),
         )
         return await start_server(Running(server, port, health_servicer, names, close))
     except BaseException:

@@ -1,5 +1,5 @@
 """The calls queue_svc makes to message_svc (one reused channel per replica) and to
-notifier_svc (one channel).
+notifier_svc (one channel). In keystone mode every call carries queue_svc's service token.
 
 Every call carries the ``rpc_timeout`` deadline. A failed call is translated once, in
 :meth:`MessageService._call`, into :class:`Unavailable` (the caller's 503): message_svc is
@@ -20,6 +20,7 @@ from zaqar.v2 import common_pb2, messages_pb2_grpc, notifier_pb2_grpc
 from services.common.config import Settings
 from services.common.errors import Unavailable, decode_rpc_error
 from services.common.grpc_server import open_channel
+from services.common.keystone import KeystoneAuth
 from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,15 @@ RETRY_LATER = "Please try again in a few seconds."
 class MessageService:
     """message_svc as queue_svc sees it: one primary target plus every replica to invalidate."""
 
-    def __init__(self, settings: Settings, tls: Tls | None = None) -> None:
+    def __init__(
+        self, settings: Settings, tls: Tls | None = None, auth: KeystoneAuth | None = None
+    ) -> None:
         self._timeout = settings.rpc_timeout
         self._cache_ttl = settings.metadata_cache_ttl
         self._primary = settings.target("message")
         self._replicas = settings.message_target_list()
         targets = dict.fromkeys([self._primary, *self._replicas])
-        self._channels = {target: open_channel(target, tls) for target in targets}
+        self._channels = {target: open_channel(target, tls, auth) for target in targets}
         # The generated stubs are untyped.
         self._internal = {
             target: messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
@@ -113,10 +116,12 @@ class MessageService:
 class NotifierService:
     """notifier_svc as queue_svc sees it: where a queue's subscriptions are removed."""
 
-    def __init__(self, settings: Settings, tls: Tls | None = None) -> None:
+    def __init__(
+        self, settings: Settings, tls: Tls | None = None, auth: KeystoneAuth | None = None
+    ) -> None:
         self._timeout = settings.rpc_timeout
         self._target = settings.target("notifier")
-        self._channel = open_channel(self._target, tls)
+        self._channel = open_channel(self._target, tls, auth)
         self._internal = notifier_pb2_grpc.NotifierInternalStub(  # type: ignore[no-untyped-call]
             self._channel
         )

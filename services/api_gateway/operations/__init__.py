@@ -22,10 +22,19 @@ NextLink = Callable[[str], str]
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is asking: the tenant and the client (``echo`` filtering, message ownership)."""
+    """Who is asking: the tenant and the client (``echo`` filtering, message ownership).
+
+    ``token``: the caller's ``X-Auth-Token`` (keystone mode), sent on only where a service
+    acts as the caller (:meth:`as_caller`).
+    """
 
     project: str
     client_id: str
+    token: str = ""
+
+    def as_caller(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying the caller's own token, when there is one."""
+        return (("x-auth-token", self.token),) if self.token else ()
 
 
 class _Same:

@@ -14,7 +14,10 @@ from services.api_gateway.upstream import Upstreams
 async def create_subscription(up: Upstreams, caller: Caller, queue: str, doc: Any) -> Outcome:
     """201 ``{"subscription_id"}``, also when an unconfirmed subscriber subscribes again."""
     request = translate.create_subscription_request(caller.project, queue, doc)
-    response = await up.subscriptions.CreateSubscription(request, timeout=up.timeout)
+    # The caller's token goes along: a trust+ subscriber's trust is created as the caller.
+    response = await up.subscriptions.CreateSubscription(
+        request, timeout=up.timeout, metadata=caller.as_caller()
+    )
     return Outcome(
         201,
         {"subscription_id": response.subscription_id},
@@ -64,7 +67,9 @@ async def update_subscription(
 ) -> Outcome:
     """``doc``: any of ``subscriber``, ``ttl``, ``options``."""
     request = translate.update_subscription_request(caller.project, queue, subscription_id, doc)
-    await up.subscriptions.UpdateSubscription(request, timeout=up.timeout)
+    await up.subscriptions.UpdateSubscription(
+        request, timeout=up.timeout, metadata=caller.as_caller()
+    )
     return Outcome(204)
 
 

@@ -20,8 +20,8 @@ class Resource:
 
 
 def caller(req: falcon.asgi.Request) -> Caller:
-    """The project and client the header middleware read from the request."""
-    return Caller(req.context.project, req.context.client_id)
+    """The project, client and token the header middleware read from the request."""
+    return Caller(req.context.project, req.context.client_id, req.context.token)
 
 
 def next_link(req: falcon.asgi.Request) -> NextLink:

@@ -26,7 +26,6 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from services.api_gateway.auth import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
 from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
 from services.api_gateway.middleware import SIGNATURE_REFUSED, read_caller
 from services.api_gateway.operations import Caller
@@ -36,6 +35,7 @@ from services.api_gateway.websocket.actions import ACTIONS, Action, Call
 from services.api_gateway.websocket.push import Watches
 from services.common import signing
 from services.common.config import Settings
+from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class Connection:
         self.watches = Watches(up, socket.send)
         self.auth = auth
         self.identity: Identity | None = None
+        self.token = ""
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Future[None] | None = None
 
@@ -189,13 +190,15 @@ class Connection:
     async def _authenticate(self, headers: Mapping[str, str]) -> tuple[int, Any]:
         assert self.auth is not None
         try:
-            identity = await self.auth.validate(headers.get("x-auth-token"))
+            token = headers.get("x-auth-token")
+            identity = await self.auth.validate(token)
         except Unauthorized:
             return 401, error_body(ApiError(401, "Unauthorized", "Authentication failed."))
         except KeystoneUnavailable as exc:
             log.warning("token validation failed: %s", exc)
             return 503, error_body(unavailable("The identity service cannot be reached."))
         self.identity = identity
+        self.token = token or ""
         if self._expiry is not None:
             self._expiry.cancel()
         delay = max(0.0, identity.expires_at - time.time())
@@ -203,18 +206,20 @@ class Connection:
         return 200, {"message": "Authentified."}
 
     def _authorised(self, headers: dict[str, str]) -> dict[str, str]:
-        """The request's headers with the token's project and roles; 403 before
-        ``authenticate``."""
+        """The request's headers with the token's project and roles (and the token, which a
+        ``trust+`` subscription is created with); 403 before ``authenticate``."""
         if self.identity is None or self.identity.expires_at <= time.time():
             raise ApiError(403, "Forbidden", "Not authentified.")
         return {
             **headers,
+            "x-auth-token": self.token,
             "x-project-id": self.identity.project,
             "x-roles": self.identity.roles_header,
         }
 
     def _expired(self) -> None:
         self.identity = None
+        self.token = ""
         self._closing = asyncio.ensure_future(
             self.socket.close(TOKEN_EXPIRED_CLOSE, "Token expired.")
         )

@@ -183,8 +183,7 @@ class Dispatcher:
         self._wake.set()
 
     def _sender(self, delivery: Delivery) -> Sender | None:
-        scheme = urlsplit(delivery.subscriber).scheme.removeprefix("trust+")
-        return self._senders.get(scheme)
+        return self._senders.get(urlsplit(delivery.subscriber).scheme)
 
     async def _deliver(self, delivery: Delivery) -> None:
         sender = self._sender(delivery)

@@ -5,13 +5,14 @@ body is the document, or ``options.post_data`` with the literal ``"$zaqar_messag
 included) replaced by the document. Any answer 200-499 counts as delivered (a 4xx will not get
 better by retrying); a transport error, a timeout or any other status is a failed attempt.
 
-``trust+http(s)``: Keystone trusts are not supported yet; such subscribers are posted to like
-``http(s)``, without a trust-scoped token.
+``trust+http(s)`` subscribers are posted to by ``trust.py``, through :meth:`WebhookSender.post`
+with the trust-scoped token added.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -63,12 +64,18 @@ class WebhookSender:
             await session.close()
 
     async def send(self, delivery: Delivery) -> bool:
-        url = delivery.subscriber.removeprefix("trust+")
+        return await self.post(delivery.subscriber, delivery)
+
+    async def post(
+        self, url: str, delivery: Delivery, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """One attempt at POSTing the delivery to ``url``; ``headers`` win over the
+        subscription's ``post_headers``."""
         options = dict(delivery.options)
         try:
             async with self._client().post(
                 url, data=request_body(options, delivery.document),
-                headers=request_headers(options),
+                headers={**request_headers(options), **(headers or {})},
             ) as response:
                 await response.read()
                 if 200 <= response.status < 500:

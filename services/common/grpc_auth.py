@@ -1,0 +1,235 @@
+"""Keystone tokens on the gRPC API (``auth_strategy = "keystone"``).
+
+Two kinds of caller, told apart by call metadata:
+
+- **A project's caller** (an OpenStack service or a user) sends its own project-scoped token
+  in ``x-auth-token``. The token is validated (``services/common/keystone.py``, cached) and
+  the request's ``project`` field is replaced by the token's project, whatever the caller put
+  there: a token of project B can only ever reach B's queues. Only the public services
+  (``zaqar.v2.Queues``, ``zaqar.v2.Messages``, ``zaqar.v2.Subscriptions``) take such calls.
+- **One of our services** (the gateway, or a service calling another) sends its own token in
+  ``x-service-token``. A valid token that carries one of ``keystone_service_roles`` may name
+  any project in its requests and call the internal services (``MessagesInternal``,
+  ``NotifierInternal``); the gateway vouches for the project it took from the user's token (or
+  a pre-signed URL). A valid token without such a role is refused (PERMISSION_DENIED).
+
+The process's own token changes only when it is renewed, so after the first call a service
+token costs a cache lookup: a request through the gateway makes no Keystone round trip in the
+services. Health and reflection need no token. A missing, unknown, revoked or expired token is
+UNAUTHENTICATED; Keystone unreachable is UNAVAILABLE. In no-auth mode none of this is installed.
+
+:class:`ServiceTokenInterceptor` is the client side: every channel a process opens in keystone
+mode sends the process's token as ``x-service-token`` on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any, Final
+
+import grpc
+from grpc_status import rpc_status
+
+from services.common.errors import (
+    Forbidden,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+    to_status,
+)
+from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
+
+log = logging.getLogger(__name__)
+
+TOKEN_KEY: Final = "x-auth-token"
+SERVICE_TOKEN_KEY: Final = "x-service-token"
+OPEN_SERVICES: Final = frozenset({
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+})
+
+MISSING_TOKEN: Final = (
+    "This call needs a Keystone token: send a project-scoped token in the x-auth-token metadata."
+)
+REFUSED_TOKEN: Final = "Keystone refused the token in {key}: it is invalid, revoked or expired."
+INTERNAL_ONLY: Final = (
+    "{service} is internal to zaqar-grpc: calls need a service token (x-service-token)."
+)
+NOT_A_SERVICE: Final = (
+    "The token in x-service-token has none of the service roles ({roles})."
+)
+KEYSTONE_DOWN: Final = "The identity service cannot be reached. Please try again later."
+
+
+def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    """The first value of ``key`` in the call's metadata."""
+    for item in context.invocation_metadata() or ():
+        if item[0] == key:
+            value = item[1]
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def caller_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The caller's own Keystone token (``x-auth-token``), e.g. to create a trust as them.
+
+    On a call from the gateway it was validated by the gateway, not here."""
+    return metadata_value(context, TOKEN_KEY)
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Checks every call to a non-open service (see the module docstring).
+
+    Args:
+        auth: the process's Keystone client.
+        public: full names of the services projects may call with their own token.
+    """
+
+    def __init__(self, auth: KeystoneAuth, public: Collection[str]) -> None:
+        self._auth = auth
+        self._public = frozenset(public)
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        service = method.lstrip("/").split("/", 1)[0]
+        if handler is None or service in OPEN_SERVICES:
+            return handler
+        wrapped = self._wrap(handler, service)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, service: str) -> grpc.RpcMethodHandler:
+        check = self._checker(service)
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(request, context)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                await check(request, context)
+                async for item in stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise TypeError(f"{service}: only unary requests are served")
+
+    def _checker(
+        self, service: str
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
+        public = service in self._public
+
+        async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
+            try:
+                identity = await self._authorise(context, service, public)
+            except ServiceError as err:
+                await context.abort_with_status(rpc_status.to_status(to_status(err)))
+            if identity is not None:
+                request.project = identity.project
+
+        return check
+
+    async def _authorise(
+        self, context: grpc.aio.ServicerContext, service: str, public: bool
+    ) -> Identity | None:
+        """None for a service caller (the request's project stands), else the identity whose
+        project the request is scoped to; raises ServiceError."""
+        service_token = metadata_value(context, SERVICE_TOKEN_KEY)
+        if service_token is not None:
+            identity = await self._validate(service_token, SERVICE_TOKEN_KEY)
+            if not self._auth.is_service(identity):
+                roles = ", ".join(sorted(self._auth.service_roles))
+                raise Forbidden(NOT_A_SERVICE.format(roles=roles))
+            return None
+        if not public:
+            raise Unauthenticated(INTERNAL_ONLY.format(service=service))
+        token = metadata_value(context, TOKEN_KEY)
+        if not token:
+            raise Unauthenticated(MISSING_TOKEN)
+        return await self._validate(token, TOKEN_KEY)
+
+    async def _validate(self, token: str, key: str) -> Identity:
+        try:
+            return await self._auth.validate(token)
+        except Unauthorized:
+            raise Unauthenticated(REFUSED_TOKEN.format(key=key)) from None
+        except KeystoneUnavailable as exc:
+            log.warning("token validation failed: %s", exc)
+            raise Unavailable(KEYSTONE_DOWN) from None
+
+
+class ServiceTokenInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the process's own token as ``x-service-token`` to every call of a channel.
+
+    Keystone unreachable fails the call as UNAVAILABLE, as an unreachable upstream would."""
+
+    def __init__(self, auth: KeystoneAuth) -> None:
+        self._auth = auth
+
+    async def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        try:
+            token = await self._auth.service_token()
+        except KeystoneUnavailable as exc:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                details=f"no service token: {exc}",
+            ) from None
+        metadata = grpc.aio.Metadata(
+            *(item for item in (details.metadata or ()) if item[0] != SERVICE_TOKEN_KEY),
+            (SERVICE_TOKEN_KEY, token),
+        )
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(await self._details(client_call_details), request)
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(await self._details(client_call_details), request)
+
+
+def server_interceptors(
+    auth: KeystoneAuth | None, public: Collection[str]
+) -> list[grpc.aio.ServerInterceptor]:
+    """The token check in keystone mode (``auth`` given); nothing in no-auth mode."""
+    return [] if auth is None else [TokenInterceptor(auth, public)]
+
+
+def client_interceptors(auth: KeystoneAuth | None) -> list[Any]:
+    """What a channel of this process needs: its service token in keystone mode."""
+    return [] if auth is None else [ServiceTokenInterceptor(auth)]
