@@ -10,7 +10,8 @@ import pytest
 
 from services.common.config import Settings
 from tests.certs import pki  # noqa: F401 - shared fixture
-from tests.keystone import keystone  # noqa: F401 - shared fixture
+from tests.keystone import keystone, keystone_settings  # noqa: F401 - shared fixtures
+from tests.receivers import receiver, receiver_factory  # noqa: F401 - shared fixtures
 from tests.servers import free_port, mongodb_server, redis_server  # noqa: F401 - shared
 from tests.stacks import up_stacks  # noqa: F401 - shared fixture
 

@@ -19,19 +19,22 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from services.common.config import Settings
 from tests.servers import ServerProcess, free_port, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYSTONE_VENV = Path(os.environ.get("ZAQAR_KEYSTONE_VENV", ROOT / ".venv-keystone"))
 ADMIN_PASSWORD = "admin-secret"
 PASSWORD = "user-secret"
+SIGNED_URL_SECRET = "share-secret"
 DOMAIN = "Default"
 # Seconds a token lives in the test Keystone: long enough for the tests, short enough that
 # a test can wait for one to expire.
@@ -238,6 +241,35 @@ def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
     print(f"\nkeystone ready in {server.startup_seconds:.1f}s", file=sys.stderr)
     yield server
     server.process.stop()
+
+
+@pytest.fixture
+def keystone_settings(
+    make_settings: Callable[..., Settings], keystone: Keystone
+) -> Callable[..., Settings]:
+    """Settings of a keystone-mode deployment on the test Keystone: every process
+    authenticates as the ``zaqar`` service user (role ``service`` on project ``service``)."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "auth_strategy": "keystone",
+            "keystone_url": keystone.url,
+            "keystone_username": "zaqar",
+            "keystone_password": PASSWORD,
+            "keystone_project": "service",
+            "signed_url_secret": SIGNED_URL_SECRET,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return make
+
+
+def admin_client(keystone: Keystone) -> httpx.Client:
+    """A client of the test Keystone under an admin token (to inspect tokens and trusts)."""
+    return httpx.Client(
+        base_url=keystone.url, headers={"X-Auth-Token": keystone.token("admin")}, timeout=30
+    )
 
 
 def unique(prefix: str) -> str:

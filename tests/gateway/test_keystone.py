@@ -16,23 +16,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from zaqar.v2 import queues_pb2, queues_pb2_grpc
 
 from services.api_gateway.app import create_app
-from services.api_gateway.auth import KeystoneAuth, with_auth
+from services.api_gateway.auth import with_auth
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common import signing
 from services.common.config import Settings
+from services.common.keystone import KeystoneAuth
 from tests.conftest import free_port
 from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
-from tests.keystone import PASSWORD, TOKEN_EXPIRATION, Keystone
+from tests.keystone import SIGNED_URL_SECRET, TOKEN_EXPIRATION, Keystone
 
-SECRET = "share-secret"
+SECRET = SIGNED_URL_SECRET
 UNAUTHORIZED = {
     "error": {
         "code": 401,
@@ -49,30 +52,11 @@ class Gateway:
     settings: Settings
 
 
-@pytest.fixture
-def keystone_settings(
-    make_settings: Callable[..., Settings], keystone: Keystone
-) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "auth_strategy": "keystone",
-            "keystone_url": keystone.url,
-            "keystone_username": "zaqar",
-            "keystone_password": PASSWORD,
-            "keystone_project": "service",
-            "signed_url_secret": SECRET,
-        }
-        values.update(overrides)
-        return make_settings(**values)
-
-    return make
-
-
 @asynccontextmanager
 async def keystone_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     """HTTP (in-process ASGI) and WebSocket gateways in keystone mode over running services."""
     auth = KeystoneAuth(settings)
-    up = Upstreams(settings)
+    up = Upstreams(settings, auth=auth)
     app = with_auth(create_app(settings, up), settings, auth)
     async with lifespan(app):
         sockets = await ws_server.start(settings, up, auth)
@@ -141,25 +125,17 @@ async def test_tokens_scope_requests_to_their_project(
     assert stats.json()["messages"]["total"] == 1
 
 
-async def test_the_project_is_the_token_project_id(
-    gateway: Gateway, keystone: Keystone, gateway_factory: Any
-) -> None:
+async def test_the_project_is_the_token_project_id(gateway: Gateway, keystone: Keystone) -> None:
     queue = new_queue()
     resp = await gateway.http.put(f"/v2/queues/{queue}", headers=auth(keystone.token("user-a")))
     assert resp.status_code == 201
-    # The same services seen through a no-auth gateway under A's project id.
-    plain = await gateway_factory(
-        Settings.load(environ={}, overrides={**_ports(gateway.settings), "auth_strategy": "noauth"})
-    )
-    listed = await plain.get(
-        "/v2/queues", headers={"X-Project-ID": keystone.users["user-a"].project_id}
-    )
-    assert [q["name"] for q in listed.json()["queues"]] == [queue]
-
-
-def _ports(settings: Settings) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in
-            ("data_dir", "queue_port", "message_port", "notifier_port")}
+    # The same queue_svc asked directly, as a service naming A's project id.
+    async with grpc.aio.insecure_channel(gateway.settings.target("queue")) as channel:
+        listed = await queues_pb2_grpc.QueuesStub(channel).ListQueues(
+            queues_pb2.ListQueuesRequest(project=keystone.users["user-a"].project_id),
+            metadata=(("x-service-token", keystone.token("zaqar")),),
+        )
+    assert [q.name for q in listed.queues] == [queue]
 
 
 @pytest.mark.parametrize("token", [None, "", "garbage", "gAAAAABinvalid-fernet-token"])

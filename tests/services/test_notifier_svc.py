@@ -13,14 +13,13 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import message_from_bytes
 from typing import Any
 
 import grpc
 import orjson
 import pytest
-from aiohttp import web
 from aiosmtpd.controller import Controller
 from zaqar.v2 import (
     common_pb2,
@@ -43,6 +42,7 @@ from services.notifier_svc.storage.registry import open_notifier_store
 from services.notifier_svc.watchers import WatchHub
 from services.queue_svc import server as queue_server
 from tests.conftest import free_port
+from tests.receivers import Receiver
 
 PROJECT = "notify-project"
 Code = grpc.StatusCode
@@ -52,80 +52,7 @@ RETRY_POLICY_FAST = {
 }
 
 
-# receivers ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Hit:
-    at: float
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint: records every request; fails the first ``fail`` of them with 500;
-    with ``hang`` never answers."""
-
-    port: int
-    hits: list[Hit] = field(default_factory=list)
-    fail: int = 0
-    hang: bool = False
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits.append(Hit(time.monotonic(), request.path, dict(request.headers),
-                             await request.read()))
-        self.arrived.set()
-        if self.hang:
-            await asyncio.sleep(30)
-        if len(self.hits) <= self.fail:
-            return web.Response(status=500)
-        return web.Response(status=204)
-
-    async def wait_for(self, count: int, within: float = 10) -> list[Hit]:
-        deadline = time.monotonic() + within
-        while len(self.hits) < count:
-            self.arrived.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{len(self.hits)} of {count} requests arrived: {self.hits}")
-            try:
-                await asyncio.wait_for(self.arrived.wait(), left)
-            except TimeoutError:
-                pass
-        return self.hits
-
-
-@pytest.fixture
-async def receiver_factory() -> AsyncIterator[Callable[..., Awaitable[Receiver]]]:
-    runners: list[web.AppRunner] = []
-
-    async def start(port: int | None = None, **kwargs: Any) -> Receiver:
-        receiver = Receiver(port or free_port(), **kwargs)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", receiver.handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", receiver.port).start()
-        runners.append(runner)
-        return receiver
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def receiver(receiver_factory: Callable[..., Awaitable[Receiver]]) -> Receiver:
-    return await receiver_factory()
+# receivers (webhook ones: tests/receivers.py) -------------------------------------------------
 
 
 class Mailbox:

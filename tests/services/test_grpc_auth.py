@@ -1,0 +1,380 @@
+"""Keystone tokens on the public gRPC API (``services/common/grpc_auth.py``) against a real
+Keystone (``tests/keystone.py``): queue_svc, message_svc and notifier_svc in keystone mode,
+called directly over gRPC as an OpenStack service would, and through the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import orjson
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from zaqar.v2 import (
+    common_pb2,
+    messages_pb2,
+    messages_pb2_grpc,
+    notifier_pb2,
+    notifier_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
+)
+
+from services.api_gateway.app import create_app
+from services.api_gateway.auth import with_auth
+from services.api_gateway.upstream import Upstreams
+from services.common import grpc_auth
+from services.common.config import Settings
+from services.common.errors import RpcErrorInfo, decode_rpc_error
+from services.common.grpc_server import Running
+from services.common.keystone import KeystoneAuth
+from services.message_svc import server as message_server
+from services.notifier_svc import server as notifier_server
+from services.queue_svc import server as queue_server
+from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
+from tests.keystone import TOKEN_EXPIRATION, Keystone
+
+Code = grpc.StatusCode
+Metadata = tuple[tuple[str, str], ...]
+
+
+def token(value: str) -> Metadata:
+    return (("x-auth-token", value),)
+
+
+def service(value: str) -> Metadata:
+    return (("x-service-token", value),)
+
+
+@dataclass
+class Stubs:
+    queues: Any
+    messages: Any
+    subscriptions: Any
+    messages_internal: Any
+    notifier_internal: Any
+    channels: list[grpc.aio.Channel]
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+def stubs(settings: Settings) -> Stubs:
+    channels = {name: grpc.aio.insecure_channel(settings.target(name))
+                for name in ("queue", "message", "notifier")}
+    return Stubs(
+        queues_pb2_grpc.QueuesStub(channels["queue"]),  # type: ignore[no-untyped-call]
+        messages_pb2_grpc.MessagesStub(channels["message"]),  # type: ignore[no-untyped-call]
+        notifier_pb2_grpc.SubscriptionsStub(channels["notifier"]),  # type: ignore[no-untyped-call]
+        messages_pb2_grpc.MessagesInternalStub(channels["message"]),  # type: ignore[no-untyped-call]
+        notifier_pb2_grpc.NotifierInternalStub(channels["notifier"]),  # type: ignore[no-untyped-call]
+        list(channels.values()),
+    )
+
+
+@pytest.fixture
+async def keystone_stack(
+    keystone_settings: Callable[..., Settings],
+) -> AsyncIterator[tuple[Settings, Stubs]]:
+    async with running_services(keystone_settings()) as settings:
+        s = stubs(settings)
+        try:
+            yield settings, s
+        finally:
+            await s.close()
+
+
+async def rpc_error(call: Awaitable[Any]) -> RpcErrorInfo:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return decode_rpc_error(caught.value)
+
+
+def post(queue: str, *bodies: Any, project: str = "") -> messages_pb2.PostMessagesRequest:
+    return messages_pb2.PostMessagesRequest(
+        project=project, queue=queue, client_id=str(uuid.uuid4()),
+        messages=[messages_pb2.NewMessage(body=orjson.dumps(b), ttl=300) for b in bodies],
+    )
+
+
+def listing(queue: str, project: str = "") -> messages_pb2.ListMessagesRequest:
+    return messages_pb2.ListMessagesRequest(
+        project=project, queue=queue, client_id=str(uuid.uuid4()), echo=True
+    )
+
+
+async def names(stubs: Stubs, metadata: Metadata, project: str = "") -> list[str]:
+    listed = await stubs.queues.ListQueues(
+        queues_pb2.ListQueuesRequest(project=project, limit=20), metadata=metadata
+    )
+    return [q.name for q in listed.queues]
+
+
+# A project's caller ---------------------------------------------------------------------------
+
+
+async def test_a_token_scopes_every_call_to_its_project(
+    keystone_stack: tuple[Settings, Stubs], keystone: Keystone
+) -> None:
+    _, s = keystone_stack
+    a, b = keystone.token("user-a"), keystone.token("user-b")
+    project_a = keystone.users["user-a"].project_id
+    queue = new_queue()
+    # Given a queue with a message and a subscription made with A's token, whatever project
+    # the requests name
+    created = await s.queues.CreateQueue(
+        queues_pb2.CreateQueueRequest(project="chosen-by-caller", queue=queue), metadata=token(a)
+    )
+    assert created.created
+    await s.messages.PostMessages(post(queue, {"n": 1}, project="other"), metadata=token(a))
+    await s.subscriptions.CreateSubscription(
+        notifier_pb2.CreateSubscriptionRequest(
+            project="other", queue=queue, subscriber="http://127.0.0.1:9/hook"
+        ),
+        metadata=token(a),
+    )
+    # Then it is A's: A sees it all
+    assert queue in await names(s, token(a))
+    listed = await s.messages.ListMessages(listing(queue), metadata=token(a))
+    assert [orjson.loads(m.body) for m in listed.messages] == [{"n": 1}]
+    subs = await s.subscriptions.ListSubscriptions(
+        notifier_pb2.ListSubscriptionsRequest(queue=queue), metadata=token(a)
+    )
+    assert len(subs.subscriptions) == 1
+    # and is stored under A's project id (as a service naming that project sees it)
+    assert queue in await names(s, service(keystone.token("zaqar")), project=project_a)
+    # When B asks, even naming A's project, B sees nothing of it
+    assert queue not in await names(s, token(b), project=project_a)
+    listed = await s.messages.ListMessages(listing(queue, project_a), metadata=token(b))
+    assert list(listed.messages) == []
+    stats = await s.queues.GetQueueStats(
+        queues_pb2.GetQueueStatsRequest(project=project_a, queue=queue), metadata=token(b)
+    )
+    assert stats.total == 0
+    subs = await s.subscriptions.ListSubscriptions(
+        notifier_pb2.ListSubscriptionsRequest(project=project_a, queue=queue), metadata=token(b)
+    )
+    assert list(subs.subscriptions) == []
+    got = await s.queues.GetQueue(
+        queues_pb2.GetQueueRequest(project=project_a, queue=queue), metadata=token(b)
+    )
+    assert not got.exists
+    # and B's deletes and purges cannot touch A's queue
+    await s.queues.DeleteQueue(
+        queues_pb2.DeleteQueueRequest(project=project_a, queue=queue), metadata=token(b)
+    )
+    assert queue in await names(s, token(a))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "description"),
+    [
+        ((), grpc_auth.MISSING_TOKEN),
+        (token(""), grpc_auth.MISSING_TOKEN),
+        (token("garbage"), grpc_auth.REFUSED_TOKEN.format(key="x-auth-token")),
+        (token("gAAAAABinvalid-fernet-token"),
+         grpc_auth.REFUSED_TOKEN.format(key="x-auth-token")),
+        (service("garbage"), grpc_auth.REFUSED_TOKEN.format(key="x-service-token")),
+    ],
+)
+async def test_a_missing_or_refused_token_is_unauthenticated(
+    keystone_stack: tuple[Settings, Stubs], metadata: Metadata, description: str
+) -> None:
+    _, s = keystone_stack
+    queue = new_queue()
+    calls = [
+        s.queues.ListQueues(queues_pb2.ListQueuesRequest(project="p"), metadata=metadata),
+        s.queues.CreateQueue(
+            queues_pb2.CreateQueueRequest(project="p", queue=queue), metadata=metadata
+        ),
+        s.messages.PostMessages(post(queue, 1, project="p"), metadata=metadata),
+        s.messages.GetStats(common_pb2.QueueRef(project="p", queue=queue), metadata=metadata),
+        s.subscriptions.ListSubscriptions(
+            notifier_pb2.ListSubscriptionsRequest(project="p", queue=queue), metadata=metadata
+        ),
+    ]
+    for call in calls:
+        info = await rpc_error(call)
+        assert (info.code, info.reason, info.title, info.description) == (
+            Code.UNAUTHENTICATED, "UNAUTHENTICATED", "Unauthorized", description
+        )
+
+
+async def test_an_expired_token_is_unauthenticated(
+    keystone_stack: tuple[Settings, Stubs], keystone: Keystone
+) -> None:
+    _, s = keystone_stack
+    # Given a token that worked (and so sits in the services' caches)
+    issued = time.monotonic()
+    a = keystone.token("user-a")
+    assert isinstance(await names(s, token(a)), list)
+    # When it expires, it is refused from the cache and by Keystone alike
+    await asyncio.sleep(max(0.0, TOKEN_EXPIRATION + 1 - (time.monotonic() - issued)))
+    info = await rpc_error(s.queues.ListQueues(queues_pb2.ListQueuesRequest(), metadata=token(a)))
+    assert info.code == Code.UNAUTHENTICATED
+    info = await rpc_error(s.messages.ListMessages(listing(new_queue()), metadata=token(a)))
+    assert info.code == Code.UNAUTHENTICATED
+
+
+# Our own services ----------------------------------------------------------------------------
+
+
+async def test_internal_services_take_only_service_tokens(
+    keystone_stack: tuple[Settings, Stubs], keystone: Keystone
+) -> None:
+    _, s = keystone_stack
+    ref = common_pb2.QueueRef(project="p", queue=new_queue())
+    member = keystone.token("user-a")
+    for call in (s.messages_internal.InvalidateQueue, s.notifier_internal.DeleteQueueSubscriptions):
+        for metadata in ((), token(member)):
+            info = await rpc_error(call(ref, metadata=metadata))
+            assert info.code == Code.UNAUTHENTICATED
+            assert "is internal to zaqar-grpc" in info.description
+        # A project's token presented as a service token is no way in either
+        info = await rpc_error(call(ref, metadata=service(member)))
+        assert (info.code, info.reason) == (Code.PERMISSION_DENIED, "FORBIDDEN")
+        assert info.description == grpc_auth.NOT_A_SERVICE.format(roles="service")
+        await call(ref, metadata=service(keystone.token("zaqar")))
+
+
+async def test_only_a_service_token_may_name_the_project(
+    keystone_stack: tuple[Settings, Stubs], keystone: Keystone
+) -> None:
+    _, s = keystone_stack
+    project_b = keystone.users["user-b"].project_id
+    queue = new_queue()
+    # A member's token as x-service-token cannot be used to pick B's project
+    info = await rpc_error(s.queues.CreateQueue(
+        queues_pb2.CreateQueueRequest(project=project_b, queue=queue),
+        metadata=service(keystone.token("user-a")),
+    ))
+    assert info.code == Code.PERMISSION_DENIED
+    # The service user's token can (the gateway calls this way)
+    await s.queues.CreateQueue(
+        queues_pb2.CreateQueueRequest(project=project_b, queue=queue),
+        metadata=service(keystone.token("zaqar")),
+    )
+    assert queue in await names(s, token(keystone.token("user-b")))
+
+
+async def test_health_and_reflection_need_no_token(
+    keystone_stack: tuple[Settings, Stubs],
+) -> None:
+    settings, _ = keystone_stack
+    for name in ("queue", "message", "notifier"):
+        async with grpc.aio.insecure_channel(settings.target(name)) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            answers = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            async for answer in answers:
+                listed = [svc.name for svc in answer.list_services_response.service]
+                assert any(n.startswith("zaqar.v2.") for n in listed)
+                break
+
+
+def test_every_public_request_has_a_project_the_token_decides() -> None:
+    public = ((queues_pb2, "Queues"), (messages_pb2, "Messages"), (notifier_pb2, "Subscriptions"))
+    for module, service_name in public:
+        for method in module.DESCRIPTOR.services_by_name[service_name].methods:
+            assert "project" in method.input_type.fields_by_name, method.full_name
+
+
+# Through the gateway -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def separate_clients(
+    keystone_settings: Callable[..., Settings],
+) -> AsyncIterator[tuple[Settings, dict[str, KeystoneAuth]]]:
+    """The three services and the gateway in keystone mode, each with its own Keystone
+    client (as separate processes have)."""
+    settings = keystone_settings()
+    clients = {name: KeystoneAuth(settings) for name in ("queue", "message", "notifier", "gw")}
+    running: list[Running] = []
+    try:
+        running.append(await notifier_server.start(settings, clients["notifier"]))
+        running.append(await message_server.start(settings, clients["message"]))
+        running.append(await queue_server.start(settings, clients["queue"]))
+        yield settings, clients
+    finally:
+        for service_running in reversed(running):
+            await service_running.stop()
+        for client in clients.values():
+            await client.aclose()
+
+
+async def test_gateway_calls_cost_the_services_no_keystone_round_trip(
+    separate_clients: tuple[Settings, dict[str, KeystoneAuth]], keystone: Keystone
+) -> None:
+    settings, clients = separate_clients
+    up = Upstreams(settings, auth=clients["gw"])
+    app = with_auth(create_app(settings, up), settings, clients["gw"])
+    headers = {"Client-ID": CLIENT_ID, "Accept": "application/json"}
+    queue = new_queue()
+    async with lifespan(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gateway", headers=headers
+    ) as http:
+        tokens = [keystone.token("user-a") for _ in range(6)]
+        # (Fresh service tokens: none is renewed during the test, which a short token life
+        # would otherwise allow.)
+        for client in clients.values():
+            await client.service_token(renew=True)
+        # Given services that have seen each other's and the gateway's tokens once
+        warm = await http.post(
+            f"/v2/queues/{queue}/messages", json={"messages": [{"body": "warm"}]},
+            headers={"X-Auth-Token": tokens[0]},
+        )
+        assert warm.status_code == 201, warm.text
+        await asyncio.sleep(0.5)  # message_svc hands the post to notifier_svc in the background
+        before = {name: c.validations for name, c in clients.items()}
+        # When five requests come with five tokens the gateway has never seen
+        for n, user_token in enumerate(tokens[1:]):
+            resp = await http.post(
+                f"/v2/queues/{queue}/messages", json={"messages": [{"body": n}]},
+                headers={"X-Auth-Token": user_token},
+            )
+            assert resp.status_code == 201, resp.text
+        await asyncio.sleep(0.5)
+        # Then the gateway asked Keystone about each, the services about none
+        after = {name: c.validations for name, c in clients.items()}
+    await up.close()
+    assert after["gw"] - before["gw"] == 5
+    assert {name: after[name] - before[name] for name in ("queue", "message", "notifier")} == {
+        "queue": 0, "message": 0, "notifier": 0
+    }
+
+
+# No-auth mode --------------------------------------------------------------------------------
+
+
+async def test_noauth_services_take_the_project_of_the_request(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with running_services(make_settings()) as settings:
+        s = stubs(settings)
+        try:
+            queue = new_queue()
+            # Tokens mean nothing here: the request's project stands
+            await s.queues.CreateQueue(
+                queues_pb2.CreateQueueRequest(project="p1", queue=queue),
+                metadata=token("garbage"),
+            )
+            assert queue in await names(s, (), project="p1")
+            assert queue not in await names(s, (), project="p2")
+            await s.messages_internal.InvalidateQueue(common_pb2.QueueRef(project="p1",
+                                                                          queue=queue))
+        finally:
+            await s.close()
