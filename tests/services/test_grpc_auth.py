@@ -9,7 +9,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,11 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from zaqar.v2 import (
     common_pb2,
     messages_pb2,
-    messages_pb2_grpc,
     notifier_pb2,
-    notifier_pb2_grpc,
     queues_pb2,
-    queues_pb2_grpc,
 )
 
 from services.api_gateway.app import create_app
@@ -41,56 +37,9 @@ from services.notifier_svc import server as notifier_server
 from services.queue_svc import server as queue_server
 from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
 from tests.keystone import TOKEN_EXPIRATION, Keystone
+from tests.services._grpc import Metadata, Stubs, service, stubs, token
 
 Code = grpc.StatusCode
-Metadata = tuple[tuple[str, str], ...]
-
-
-def token(value: str) -> Metadata:
-    return (("x-auth-token", value),)
-
-
-def service(value: str) -> Metadata:
-    return (("x-service-token", value),)
-
-
-@dataclass
-class Stubs:
-    queues: Any
-    messages: Any
-    subscriptions: Any
-    messages_internal: Any
-    notifier_internal: Any
-    channels: list[grpc.aio.Channel]
-
-    async def close(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-
-
-def stubs(settings: Settings) -> Stubs:
-    channels = {name: grpc.aio.insecure_channel(settings.target(name))
-                for name in ("queue", "message", "notifier")}
-    return Stubs(
-        queues_pb2_grpc.QueuesStub(channels["queue"]),  # type: ignore[no-untyped-call]
-        messages_pb2_grpc.MessagesStub(channels["message"]),  # type: ignore[no-untyped-call]
-        notifier_pb2_grpc.SubscriptionsStub(channels["notifier"]),  # type: ignore[no-untyped-call]
-        messages_pb2_grpc.MessagesInternalStub(channels["message"]),  # type: ignore[no-untyped-call]
-        notifier_pb2_grpc.NotifierInternalStub(channels["notifier"]),  # type: ignore[no-untyped-call]
-        list(channels.values()),
-    )
-
-
-@pytest.fixture
-async def keystone_stack(
-    keystone_settings: Callable[..., Settings],
-) -> AsyncIterator[tuple[Settings, Stubs]]:
-    async with running_services(keystone_settings()) as settings:
-        s = stubs(settings)
-        try:
-            yield settings, s
-        finally:
-            await s.close()
 
 
 async def rpc_error(call: Awaitable[Any]) -> RpcErrorInfo:
