@@ -18,8 +18,8 @@ token costs a cache lookup: a request through the gateway makes no Keystone roun
 services. Health and reflection need no token. A missing, unknown, revoked or expired token is
 UNAUTHENTICATED; Keystone unreachable is UNAVAILABLE. In no-auth mode none of this is installed.
 
-:class:`ServiceTokenInterceptor` is the client side: every channel a process opens in keystone
-mode sends the process's token as ``x-service-token`` on every call.
+:class:`ServiceTokenInterceptor` (and its stream twin) is the client side: every channel a
+process opens in keystone mode sends the process's token as ``x-service-token`` on every call.
 """
 
 from __future__ import annotations
@@ -182,11 +182,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise Unavailable(KEYSTONE_DOWN) from None
 
 
-class ServiceTokenInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Adds the process's own token as ``x-service-token`` to every call of a channel.
+class _ServiceToken:
+    """Adds the process's own token as ``x-service-token`` to a call's metadata.
 
     Keystone unreachable fails the call as UNAVAILABLE, as an unreachable upstream would."""
 
@@ -210,11 +207,20 @@ class ServiceTokenInterceptor(
             details.wait_for_ready,
         )
 
+
+# One class per call kind: a channel files each interceptor under the first kind it is.
+class ServiceTokenInterceptor(_ServiceToken, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """The service token on unary calls."""
+
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
         return await continuation(await self._details(client_call_details), request)
+
+
+class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """The service token on server-streaming calls (``NotifierInternal.Watch``)."""
 
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
@@ -232,4 +238,6 @@ def server_interceptors(
 
 def client_interceptors(auth: KeystoneAuth | None) -> list[Any]:
     """What a channel of this process needs: its service token in keystone mode."""
-    return [] if auth is None else [ServiceTokenInterceptor(auth)]
+    if auth is None:
+        return []
+    return [ServiceTokenInterceptor(auth), ServiceTokenStreamInterceptor(auth)]

@@ -132,6 +132,8 @@ class _SingleFlight:
             result: T = await asyncio.shield(running)
             return result
         future: asyncio.Future[Any] = asyncio.ensure_future(call())
+        # Its outcome is read even when every waiter was cancelled meanwhile.
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._running[key] = future
         try:
             result = await asyncio.shield(future)
@@ -187,14 +189,22 @@ class KeystoneAuth:
         """(status, body, response headers); raises KeystoneUnavailable when unreachable."""
         if body is not None:
             headers = {**headers, "Content-Type": "application/json"}
-        try:
-            async with self._http().request(
-                method, self.url + path, headers=headers,
-                data=None if body is None else orjson.dumps(body),
-            ) as answer:
-                return answer.status, await answer.read(), answer.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise KeystoneUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        data = None if body is None else orjson.dumps(body)
+        for attempt in range(2):
+            try:
+                async with self._http().request(
+                    method, self.url + path, headers=headers, data=data
+                ) as answer:
+                    return answer.status, await answer.read(), answer.headers
+            except aiohttp.ServerDisconnectedError as exc:
+                # A pooled connection the server had closed (its keep-alive ran out) fails
+                # before the request is read: once more on a new connection.
+                if attempt == 0:
+                    continue
+                raise KeystoneUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise KeystoneUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     # The process's own token ---------------------------------------------------------------
 

@@ -17,12 +17,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from zaqar.v2 import (
-    common_pb2,
-    messages_pb2,
-    notifier_pb2,
-    queues_pb2,
-)
+from zaqar.v2 import common_pb2, messages_pb2, notifier_pb2, notifier_pb2_grpc, queues_pb2
 
 from services.api_gateway.app import create_app
 from services.api_gateway.auth import with_auth
@@ -30,7 +25,7 @@ from services.api_gateway.upstream import Upstreams
 from services.common import grpc_auth
 from services.common.config import Settings
 from services.common.errors import RpcErrorInfo, decode_rpc_error
-from services.common.grpc_server import Running
+from services.common.grpc_server import Running, open_channel
 from services.common.keystone import KeystoneAuth
 from services.message_svc import server as message_server
 from services.notifier_svc import server as notifier_server
@@ -193,6 +188,33 @@ async def test_internal_services_take_only_service_tokens(
         assert (info.code, info.reason) == (Code.PERMISSION_DENIED, "FORBIDDEN")
         assert info.description == grpc_auth.NOT_A_SERVICE.format(roles="service")
         await call(ref, metadata=service(keystone.token("zaqar")))
+
+
+async def test_streams_take_service_tokens_from_the_channel(
+    keystone_stack: tuple[Settings, Stubs], keystone_settings: Callable[..., Settings],
+    keystone: Keystone,
+) -> None:
+    settings, s = keystone_stack
+    queue = new_queue()
+    request = notifier_pb2.WatchRequest(project="p", queue=queue, ttl=1)
+    # Without a token a watch is refused
+    info = await rpc_error(s.notifier_internal.Watch(request).read())
+    assert info.code == Code.UNAUTHENTICATED
+    # A channel opened with a Keystone client sends the process's service token on streams
+    # too: the watch is registered, gets a posted message and ends with its ttl
+    auth = KeystoneAuth(settings)
+    channel = open_channel(settings.target("notifier"), auth)
+    try:
+        stub = notifier_pb2_grpc.NotifierInternalStub(channel)  # type: ignore[no-untyped-call]
+        watch = stub.Watch(notifier_pb2.WatchRequest(project="p", queue=queue, ttl=3))
+        await watch.initial_metadata()
+        await s.messages.PostMessages(post(queue, "pushed", project="p"),
+                                      metadata=service(keystone.token("zaqar")))
+        got = [n async for n in watch]
+        assert [orjson.loads(n.message.body) for n in got] == ["pushed"]
+    finally:
+        await channel.close()
+        await auth.aclose()
 
 
 async def test_only_a_service_token_may_name_the_project(
