@@ -203,7 +203,7 @@ async def test_streams_take_service_tokens_from_the_channel(
     # A channel opened with a Keystone client sends the process's service token on streams
     # too: the watch is registered, gets a posted message and ends with its ttl
     auth = KeystoneAuth(settings)
-    channel = open_channel(settings.target("notifier"), auth)
+    channel = open_channel(settings.target("notifier"), None, auth)
     try:
         stub = notifier_pb2_grpc.NotifierInternalStub(channel)  # type: ignore[no-untyped-call]
         watch = stub.Watch(notifier_pb2.WatchRequest(project="p", queue=queue, ttl=3))
