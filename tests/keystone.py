@@ -195,10 +195,26 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
     return keystone
 
 
+class _AdminAuth(httpx.Auth):
+    """An admin token on every request, issued again when Keystone refuses it: on a busy
+    machine the set-up can outlast a token's ``TOKEN_EXPIRATION`` seconds."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.token = issue_token(url, "admin", ADMIN_PASSWORD, "admin")
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        request.headers["X-Auth-Token"] = self.token
+        response = yield request
+        if response.status_code == 401:
+            self.token = issue_token(self.url, "admin", ADMIN_PASSWORD, "admin")
+            request.headers["X-Auth-Token"] = self.token
+            yield request
+
+
 def _populate(keystone: Keystone) -> None:
     """Projects a and b, a member user on each, an admin and the gateway's service user."""
-    admin_token = issue_token(keystone.url, "admin", ADMIN_PASSWORD, "admin")
-    http = httpx.Client(base_url=keystone.url, headers={"X-Auth-Token": admin_token}, timeout=30)
+    http = httpx.Client(base_url=keystone.url, auth=_AdminAuth(keystone.url), timeout=30)
     with http:
 
         def create(path: str, kind: str, body: dict[str, object]) -> str:

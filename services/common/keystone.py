@@ -142,6 +142,13 @@ class _SingleFlight:
             if self._running.get(key) is future:
                 del self._running[key]
 
+    async def cancel(self) -> None:
+        """Cancel the calls in flight and wait for them to end."""
+        running = list(self._running.values())
+        for future in running:
+            future.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
 
 class KeystoneAuth:
     """Keystone's identity API v3, as one process uses it."""
@@ -165,12 +172,15 @@ class KeystoneAuth:
         self._service_lock = asyncio.Lock()
         self._trust_tokens: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._trust_flight = _SingleFlight()
+        self._closed = False
 
     @property
     def www_authenticate(self) -> str:
         return f'Keystone uri="{self.settings.keystone_url}"'
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise KeystoneUnavailable("the Keystone client is closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=KEYSTONE_TIMEOUT),
@@ -179,6 +189,10 @@ class KeystoneAuth:
         return self._session
 
     async def aclose(self) -> None:
+        """Close the session; later calls fail with KeystoneUnavailable (a validation still
+        running, left by a cancelled caller, cannot open a new one)."""
+        self._closed = True
+        await asyncio.gather(self._asking.cancel(), self._trust_flight.cancel())
         if self._session is not None:
             await self._session.close()
             self._session = None
