@@ -274,6 +274,9 @@ def keystone_settings(
             "keystone_password": PASSWORD,
             "keystone_project": "service",
             "signed_url_secret": SIGNED_URL_SECRET,
+            # A first call between services may wait for Keystone several times (each
+            # process's own token, then each validation): slow on a busy test machine.
+            "rpc_timeout": 15.0,
         }
         values.update(overrides)
         return make_settings(**values)

@@ -70,7 +70,8 @@ async def test_a_token_scopes_every_call_to_its_project(
     keystone_stack: tuple[Settings, Stubs], keystone: Keystone
 ) -> None:
     _, s = keystone_stack
-    a, b = keystone.token("user-a"), keystone.token("user-b")
+    # (Tokens are issued where they are used: the test Keystone's live 20 s.)
+    a = keystone.token("user-a")
     project_a = keystone.users["user-a"].project_id
     queue = new_queue()
     # Given a queue with a message and a subscription made with A's token, whatever project
@@ -97,6 +98,7 @@ async def test_a_token_scopes_every_call_to_its_project(
     # and is stored under A's project id (as a service naming that project sees it)
     assert queue in await names(s, service(keystone.token("zaqar")), project=project_a)
     # When B asks, even naming A's project, B sees nothing of it
+    b = keystone.token("user-b")
     assert queue not in await names(s, token(b), project=project_a)
     listed = await s.messages.ListMessages(listing(queue, project_a), metadata=token(b))
     assert list(listed.messages) == []
@@ -116,7 +118,7 @@ async def test_a_token_scopes_every_call_to_its_project(
     await s.queues.DeleteQueue(
         queues_pb2.DeleteQueueRequest(project=project_a, queue=queue), metadata=token(b)
     )
-    assert queue in await names(s, token(a))
+    assert queue in await names(s, token(keystone.token("user-a")))
 
 
 @pytest.mark.parametrize(
@@ -201,17 +203,19 @@ async def test_streams_take_service_tokens_from_the_channel(
     info = await rpc_error(s.notifier_internal.Watch(request).read())
     assert info.code == Code.UNAUTHENTICATED
     # A channel opened with a Keystone client sends the process's service token on streams
-    # too: the watch is registered, gets a posted message and ends with its ttl
+    # too: the watch is registered and gets a posted message
     auth = KeystoneAuth(settings)
     channel = open_channel(settings.target("notifier"), None, auth)
     try:
         stub = notifier_pb2_grpc.NotifierInternalStub(channel)  # type: ignore[no-untyped-call]
-        watch = stub.Watch(notifier_pb2.WatchRequest(project="p", queue=queue, ttl=3))
+        watch = stub.Watch(notifier_pb2.WatchRequest(project="p", queue=queue, ttl=60))
         await watch.initial_metadata()
         await s.messages.PostMessages(post(queue, "pushed", project="p"),
                                       metadata=service(keystone.token("zaqar")))
-        got = [n async for n in watch]
-        assert [orjson.loads(n.message.body) for n in got] == ["pushed"]
+        async with asyncio.timeout(30):
+            got = await watch.read()
+        assert orjson.loads(got.message.body) == "pushed"
+        watch.cancel()
     finally:
         await channel.close()
         await auth.aclose()

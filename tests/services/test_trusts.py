@@ -31,6 +31,11 @@ Code = grpc.StatusCode
 JSON = {"Content-Type": "application/json"}
 
 
+def fresh(keystone: Keystone, who: str) -> Callable[[], str]:
+    """A new token of ``who`` at each call: the test Keystone's live only 20 s."""
+    return lambda: keystone.token(who)
+
+
 async def rpc_error(call: Awaitable[Any]) -> RpcErrorInfo:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
@@ -103,19 +108,19 @@ async def test_a_trust_subscriber_gets_posts_with_a_trust_scoped_token(
     keystone_stack: tuple[Settings, Stubs], keystone: Keystone, receiver: Receiver
 ) -> None:
     _, s = keystone_stack
-    a = keystone.token("user-a")
+    a = fresh(keystone, "user-a")
     queue = new_queue()
     # Given a trust+http subscriber made with A's token
-    sid = await subscribe(s, a, queue, "trust+" + receiver.url("/hook"))
+    sid = await subscribe(s, a(), queue, "trust+" + receiver.url("/hook"))
     # Then the subscription holds the trust made for it, shown back as Zaqar does
-    trust_id = (await options_of(s, a, queue, sid))["trust_id"]
+    trust_id = (await options_of(s, a(), queue, sid))["trust_id"]
     assert trust_exists(keystone, trust_id)
     # When messages are posted
-    await post(s, a, queue, {"n": 1})
-    await post(s, a, queue, {"n": 2})
+    await post(s, a(), queue, {"n": 1})
+    await post(s, a(), queue, {"n": 2})
     # Then the URL without "trust+" gets them, each with a token Keystone validates as scoped
     # to the trust, on A's project, impersonating A; the token is reused while it lives
-    hits = await receiver.wait_for(2)
+    hits = await receiver.wait_for(2, within=30)
     assert [hit.path for hit in hits] == ["/hook", "/hook"]
     assert sorted(hit.json()["body"]["n"] for hit in hits) == [1, 2]
     assert hits[0].headers["Content-Type"] == "application/json"
@@ -127,18 +132,18 @@ async def test_updates_keep_or_renew_the_trust(
     keystone_stack: tuple[Settings, Stubs], keystone: Keystone, receiver: Receiver
 ) -> None:
     _, s = keystone_stack
-    a = keystone.token("user-a")
+    a = fresh(keystone, "user-a")
     queue = new_queue()
     ref = {"queue": queue}
-    sid = await subscribe(s, a, queue, receiver.url("/plain"))
-    assert "trust_id" not in await options_of(s, a, queue, sid)
+    sid = await subscribe(s, a(), queue, receiver.url("/plain"))
+    assert "trust_id" not in await options_of(s, a(), queue, sid)
 
     async def update(**fields: Any) -> Any:
         await s.subscriptions.UpdateSubscription(
             notifier_pb2.UpdateSubscriptionRequest(**ref, subscription_id=sid, **fields),
-            metadata=token(a),
+            metadata=token(a()),
         )
-        return await options_of(s, a, queue, sid)
+        return await options_of(s, a(), queue, sid)
 
     # An http subscriber that becomes a trust+ one gets a trust
     first = (await update(subscriber="trust+" + receiver.url("/trusted")))["trust_id"]
@@ -150,8 +155,8 @@ async def test_updates_keep_or_renew_the_trust(
     assert second != first
     assert not trust_exists(keystone, first)
     assert trust_exists(keystone, second)
-    await post(s, a, queue, "hello")
-    hit = (await receiver.wait_for(1))[0]
+    await post(s, a(), queue, "hello")
+    hit = (await receiver.wait_for(1, within=30))[0]
     assert (hit.path, hit.headers["X-Extra"]) == ("/trusted", "1")
     assert_trust_scoped(keystone, hit, second, "user-a")
 
@@ -160,20 +165,20 @@ async def test_a_given_trust_id_must_be_the_callers_own(
     keystone_stack: tuple[Settings, Stubs], keystone: Keystone, receiver: Receiver
 ) -> None:
     _, s = keystone_stack
-    a, b = keystone.token("user-a"), keystone.token("user-b")
+    a, b = fresh(keystone, "user-a"), fresh(keystone, "user-b")
     queue = new_queue()
-    sid = await subscribe(s, a, queue, "trust+" + receiver.url("/a"))
-    trust_of_a = (await options_of(s, a, queue, sid))["trust_id"]
+    sid = await subscribe(s, a(), queue, "trust+" + receiver.url("/a"))
+    trust_of_a = (await options_of(s, a(), queue, sid))["trust_id"]
     # B cannot make deliveries run on A's trust, nor on one that does not exist
     for given in (trust_of_a, "0" * 32, 42):
         info = await rpc_error(
-            subscribe(s, b, queue, "trust+" + receiver.url("/b"), trust_id=given)
+            subscribe(s, b(), queue, "trust+" + receiver.url("/b"), trust_id=given)
         )
         assert (info.code, info.title) == (Code.INVALID_ARGUMENT, "Invalid API request")
         assert info.description.startswith("options.trust_id must be the id of a trust")
     # A may reuse its own
-    other = await subscribe(s, a, queue, "trust+" + receiver.url("/a2"), trust_id=trust_of_a)
-    assert (await options_of(s, a, queue, other))["trust_id"] == trust_of_a
+    other = await subscribe(s, a(), queue, "trust+" + receiver.url("/a2"), trust_id=trust_of_a)
+    assert (await options_of(s, a(), queue, other))["trust_id"] == trust_of_a
 
 
 async def test_a_trust_needs_the_callers_token(
@@ -205,23 +210,25 @@ async def gateway(keystone_settings: Callable[..., Settings]) -> AsyncIterator[G
 async def test_trust_subscriptions_over_http(
     gateway: Gateway, keystone: Keystone, receiver: Receiver
 ) -> None:
-    b = {"X-Auth-Token": keystone.token("user-b"), **JSON}
+    def b() -> dict[str, str]:
+        return {"X-Auth-Token": keystone.token("user-b"), **JSON}
+
     queue = new_queue()
     resp = await gateway.http.post(
         f"/v2/queues/{queue}/subscriptions",
-        json={"subscriber": "trust+" + receiver.url("/over-http"), "ttl": 600}, headers=b,
+        json={"subscriber": "trust+" + receiver.url("/over-http"), "ttl": 600}, headers=b(),
     )
     assert resp.status_code == 201, resp.text
     sid = resp.json()["subscription_id"]
-    got = await gateway.http.get(f"/v2/queues/{queue}/subscriptions/{sid}", headers=b)
+    got = await gateway.http.get(f"/v2/queues/{queue}/subscriptions/{sid}", headers=b())
     assert got.json()["subscriber"] == "trust+" + receiver.url("/over-http")
     trust_id = got.json()["options"]["trust_id"]
     resp = await gateway.http.post(
         f"/v2/queues/{queue}/messages", json={"messages": [{"body": "hi", "ttl": 300}]},
-        headers=b,
+        headers=b(),
     )
     assert resp.status_code == 201, resp.text
-    hit = (await receiver.wait_for(1))[0]
+    hit = (await receiver.wait_for(1, within=30))[0]
     assert hit.path == "/over-http"
     assert hit.json()["body"] == "hi"
     assert_trust_scoped(keystone, hit, trust_id, "user-b")
@@ -245,7 +252,7 @@ async def test_trust_subscriptions_over_websocket(
         answer = await ask(socket, "message_post",
                            {"queue_name": queue, "messages": [{"body": "by socket"}]})
         assert answer["headers"]["status"] == 201, answer
-    hit = (await receiver.wait_for(1))[0]
+    hit = (await receiver.wait_for(1, within=30))[0]
     assert (hit.path, hit.json()["body"]) == ("/ws", "by socket")
     assert_trust_scoped(keystone, hit, trust_id, "user-a")
 
