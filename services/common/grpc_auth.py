@@ -6,7 +6,9 @@ Two kinds of caller, told apart by call metadata:
   in ``x-auth-token``. The token is validated (``services/common/keystone.py``, cached) and
   the request's ``project`` field is replaced by the token's project, whatever the caller put
   there: a token of project B can only ever reach B's queues. Only the public services
-  (``zaqar.v2.Queues``, ``zaqar.v2.Messages``, ``zaqar.v2.Subscriptions``) take such calls.
+  (``zaqar.v2.Queues``, ``zaqar.v2.Messages``, ``zaqar.v2.Subscriptions``, flavor reads) take
+  such calls; the admin ones (``zaqar.v2.Pools``, ``zaqar.v2.StoreHealth``, flavor writes)
+  take them when the token carries the ``admin`` role, Zaqar's admin check.
 - **One of our services** (the gateway, or a service calling another) sends its own token in
   ``x-service-token``. A valid token that carries one of ``keystone_service_roles`` may name
   any project in its requests and call the internal services (``MessagesInternal``,
@@ -60,6 +62,8 @@ INTERNAL_ONLY: Final = (
 NOT_A_SERVICE: Final = (
     "The token in x-service-token has none of the service roles ({roles})."
 )
+ADMIN_ROLE: Final = "admin"
+NOT_AN_ADMIN: Final = "{method} is an admin call: the token needs the admin role."
 KEYSTONE_DOWN: Final = "The identity service cannot be reached. Please try again later."
 
 
@@ -84,12 +88,17 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     Args:
         auth: the process's Keystone client.
-        public: full names of the services projects may call with their own token.
+        public: services (``zaqar.v2.Queues``) or methods (``/zaqar.v2.Flavors/GetFlavor``)
+            projects may call with their own token.
+        admin: those of them that need the ``admin`` role in that token.
     """
 
-    def __init__(self, auth: KeystoneAuth, public: Collection[str]) -> None:
+    def __init__(
+        self, auth: KeystoneAuth, public: Collection[str], admin: Collection[str] = ()
+    ) -> None:
         self._auth = auth
         self._public = frozenset(public)
+        self._admin = frozenset(admin)
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -105,12 +114,14 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         service = method.lstrip("/").split("/", 1)[0]
         if handler is None or service in OPEN_SERVICES:
             return handler
-        wrapped = self._wrap(handler, service)
+        wrapped = self._wrap(handler, service, method)
         self._wrapped[method] = wrapped
         return wrapped
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, service: str) -> grpc.RpcMethodHandler:
-        check = self._checker(service)
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler, service: str, method: str
+    ) -> grpc.RpcMethodHandler:
+        check = self._checker(service, method)
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
@@ -139,16 +150,19 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         raise TypeError(f"{service}: only unary requests are served")
 
     def _checker(
-        self, service: str
+        self, service: str, method: str
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
-        public = service in self._public
+        public = not self._public.isdisjoint((service, method))
+        admin = not self._admin.isdisjoint((service, method))
 
         async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
             try:
                 identity = await self._authorise(context, service, public)
+                if identity is not None and admin and ADMIN_ROLE not in identity.roles:
+                    raise Forbidden(NOT_AN_ADMIN.format(method=method.lstrip("/")))
             except ServiceError as err:
                 await context.abort_with_status(rpc_status.to_status(to_status(err)))
-            if identity is not None:
+            if identity is not None and "project" in request.DESCRIPTOR.fields_by_name:
                 request.project = identity.project
 
         return check
@@ -230,10 +244,10 @@ class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInt
 
 
 def server_interceptors(
-    auth: KeystoneAuth | None, public: Collection[str]
+    auth: KeystoneAuth | None, public: Collection[str], admin: Collection[str] = ()
 ) -> list[grpc.aio.ServerInterceptor]:
     """The token check in keystone mode (``auth`` given); nothing in no-auth mode."""
-    return [] if auth is None else [TokenInterceptor(auth, public)]
+    return [] if auth is None else [TokenInterceptor(auth, public, admin)]
 
 
 def client_interceptors(auth: KeystoneAuth | None) -> list[Any]:

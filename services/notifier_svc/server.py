@@ -122,7 +122,9 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         server, port, health_servicer = create_server(
             [registrar(service, replicas.listened), health.registrar(check_health)],
             SERVICE_NAMES, host=settings.host, port=settings.notifier_port, tls=tls,
-            interceptors=server_interceptors(auth, [SUBSCRIPTIONS_SERVICE]),
+            interceptors=server_interceptors(
+                auth, [SUBSCRIPTIONS_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]
+            ),
         )
         running = await start_server(
             Running(server, port, health_servicer, SERVICE_NAMES, close)

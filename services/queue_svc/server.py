@@ -26,6 +26,13 @@ from services.queue_svc.servicer import SERVICE_NAME, QueuesServicer
 from services.queue_svc.storage.registry import open_queue_store
 from services.queue_svc.upstream import MessageService, NotifierService
 
+# What a project's own token may call only with the admin role (Zaqar's admin endpoints);
+# flavors are read by any project, in its own scope.
+ADMIN_CALLS = (
+    catalog_servicer.POOLS_SERVICE, health.SERVICE_NAME, "/zaqar.v2.Flavors/PutFlavor",
+    "/zaqar.v2.Flavors/UpdateFlavor", "/zaqar.v2.Flavors/DeleteFlavor",
+)
+
 
 async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running:
     """Open the store (``settings.store_uri("queue")``), bind ``host:queue_port`` (0 = any)
@@ -78,7 +85,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         server, port, health_servicer = create_server(
             [register, catalog_servicer.registrar(catalog), health.registrar(check_health)],
             names, host=settings.host, port=settings.queue_port, tls=tls,
-            interceptors=server_interceptors(auth, [SERVICE_NAME]),
+            interceptors=server_interceptors(auth, names, ADMIN_CALLS),
         )
         return await start_server(Running(server, port, health_servicer, names, close))
     except BaseException:

@@ -17,7 +17,15 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from zaqar.v2 import common_pb2, messages_pb2, notifier_pb2, notifier_pb2_grpc, queues_pb2
+from zaqar.v2 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    messages_pb2,
+    notifier_pb2,
+    notifier_pb2_grpc,
+    queues_pb2,
+)
 
 from services.api_gateway.app import create_app
 from services.api_gateway.auth import with_auth
@@ -239,6 +247,37 @@ async def test_only_a_service_token_may_name_the_project(
         metadata=service(keystone.token("zaqar")),
     )
     assert queue in await names(s, token(keystone.token("user-b")))
+
+
+async def test_admin_calls_need_the_admin_role(
+    keystone_stack: tuple[Settings, Stubs], keystone: Keystone
+) -> None:
+    settings, _ = keystone_stack
+    member, admin = token(keystone.token("user-a")), token(keystone.token("admin-a"))
+    for name in ("queue", "message", "notifier"):
+        async with grpc.aio.insecure_channel(settings.target(name)) as channel:
+            health = admin_pb2_grpc.StoreHealthStub(channel)  # type: ignore[no-untyped-call]
+            info = await rpc_error(health.CheckStores(admin_pb2.CheckStoresRequest(),
+                                                      metadata=member))
+            assert (info.code, info.description) == (
+                Code.PERMISSION_DENIED,
+                grpc_auth.NOT_AN_ADMIN.format(method="zaqar.v2.StoreHealth/CheckStores"),
+            )
+            report = await health.CheckStores(admin_pb2.CheckStoresRequest(), metadata=admin)
+            assert report.stores
+    async with grpc.aio.insecure_channel(settings.target("queue")) as channel:
+        pools = admin_pb2_grpc.PoolsStub(channel)  # type: ignore[no-untyped-call]
+        info = await rpc_error(pools.ListPools(admin_pb2.ListPoolsRequest(), metadata=member))
+        assert info.code == Code.PERMISSION_DENIED
+        # Flavors: any project reads its own, only an admin writes
+        flavors = admin_pb2_grpc.FlavorsStub(channel)  # type: ignore[no-untyped-call]
+        info = await rpc_error(flavors.PutFlavor(
+            admin_pb2.PutFlavorRequest(project="p", name="f", pool_list=["x"]), metadata=member
+        ))
+        assert info.code == Code.PERMISSION_DENIED
+        listed = await flavors.ListFlavors(admin_pb2.ListFlavorsRequest(project="p"),
+                                           metadata=member)
+        assert list(listed.flavors) == []
 
 
 async def test_health_and_reflection_need_no_token(
