@@ -93,9 +93,11 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
 
     async def close() -> None:
-        await sweeper.stop()
-        await dispatcher.stop(grace=min(DELIVERY_GRACE, settings.shutdown_grace))
-        await webhook.close()
+        try:
+            await sweeper.stop()
+            await dispatcher.stop(grace=min(DELIVERY_GRACE, settings.shutdown_grace))
+        finally:  # even when a clean-up deadline cut the dispatcher's stop short
+            await webhook.close()
         await replicas.close()
         await policies.close()
         await store.close()

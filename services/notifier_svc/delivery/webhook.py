@@ -49,8 +49,13 @@ class WebhookSender:
         self._timeout = timeout
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # A delivery that starts while the process stops must not open a session that
+            # nobody closes; it fails and its lease brings it back after the restart.
+            raise aiohttp.ClientConnectionError("notifier_svc is stopping")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
@@ -59,6 +64,7 @@ class WebhookSender:
         return self._session
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
