@@ -98,11 +98,11 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             await dispatcher.stop(grace=min(DELIVERY_GRACE, settings.shutdown_grace))
         finally:  # even when a clean-up deadline cut the dispatcher's stop short
             await webhook.close()
+            if owned is not None:
+                await owned.aclose()
         await replicas.close()
         await policies.close()
         await store.close()
-        if owned is not None:
-            await owned.aclose()
 
     service = NotifierService(
         store, WatchHub(),
