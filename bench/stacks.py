@@ -2,16 +2,25 @@
 other in one run, printing a Markdown table (and JSON) of req/s and latency percentiles.
 
     python bench/stacks.py --seconds 15 [--observers] [--stores sqlite,redis,mongodb]
+                           [--set message_batch=false ...]
 
 Each store gets its own fresh server: redis-server (``--save "" --appendonly no``, or with
 ``--durable`` AOF ``appendfsync always``), the MongoDB wire server (SecantusDB), or SQLite
-files in a temporary folder. Only loopback addresses are used.
+files in a temporary folder. Only loopback addresses are used. ``--set name=value`` overrides
+a setting of the stack (as ``ZAQAR_<NAME>`` would).
+
+Besides the table it prints, per stack, the CPU time each process (services and store server)
+used while the load ran, in microseconds per request served (user + system time from
+``/proc/<pid>/stat``; requests = the requests of the timed load; zbench's 20 prefill posts
+are not counted), and the gateway's account of its calls to message_svc (its shutdown log
+line).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +46,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(url: str, seconds: float, observers: bool) -> dict[str, Any]:
     args = ["--url", url, "-pp", "1", "-pw", "4", "-cp", "1", "-cw", "4",
             "-op", "1" if observers else "0", "-ow", "2", "-t", str(seconds)]
@@ -56,12 +72,13 @@ def run_hello(seconds: float, observers: bool) -> dict[str, Any]:
 
 
 def run_store(store: str, seconds: float, observers: bool, durable: bool,
-              work: Path) -> dict[str, Any]:
+              work: Path, settings_overrides: dict[str, str]) -> dict[str, Any]:
     server: ServerProcess | None = None
     overrides: dict[str, Any] = {
         "data_dir": str(work / store), "queue_port": free_port(), "message_port": free_port(),
         "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
-        "log_level": "WARNING",
+        "log_level": "INFO",
+        **settings_overrides,
     }
     if store == "redis":
         server = redis_process(work / "redis", durable=durable)
@@ -75,16 +92,25 @@ def run_store(store: str, seconds: float, observers: bool, durable: bool,
         overrides.update(queue_store=uri, message_store=uri, notifier_store=uri)
     settings = Settings.load(environ={}, overrides=overrides)
     stack: Stack = start_stack(settings)
+    pids = stack.child_pids()
+    if server is not None and server.proc is not None:
+        pids[store + "-server"] = server.proc.pid
     try:
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         results = load(stack.url, seconds, observers)
-        rss = {name: round(rss_mib(pid), 1) for name, pid in stack.child_pids().items()}
-        if server is not None and server.proc is not None:
-            rss[store + "-server"] = round(rss_mib(server.proc.pid), 1)
-        return {"results": results, "rss": rss}
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        rss = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
     finally:
         stack.stop()
         if server is not None:
             server.stop()
+    requests = sum(r["requests"] for r in results.values())
+    cpu_us = {name: round((after[name] - before[name]) / requests * 1e6)
+              for name in pids}
+    calls = [line.split("api_gateway.coalesce: ", 1)[1].strip()
+             for line in stack.output if "api_gateway.coalesce: " in line]
+    return {"results": results, "rss": rss, "cpu_us_per_request": cpu_us,
+            "requests": requests, "message_calls": calls}
 
 
 def main() -> None:
@@ -94,7 +120,10 @@ def main() -> None:
     ap.add_argument("--durable", action="store_true", help="Redis with AOF appendfsync always")
     ap.add_argument("--stores", default="sqlite,redis,mongodb")
     ap.add_argument("--no-hello", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting of the stacks, e.g. message_batch=false (repeatable)")
     args = ap.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
     assert settings_environment  # the harness passes settings to children this way
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="zbench-") as tmp:
@@ -102,7 +131,7 @@ def main() -> None:
             runs["hello (HTTP ceiling)"] = run_hello(args.seconds, args.observers)
         for store in args.stores.split(","):
             runs[f"zaqar-grpc on {store}"] = run_store(
-                store, args.seconds, args.observers, args.durable, Path(tmp))
+                store, args.seconds, args.observers, args.durable, Path(tmp), overrides)
     print()
     print("| target | role | req/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -116,6 +145,12 @@ def main() -> None:
     for name, run in runs.items():
         if run["rss"]:
             print(f"RSS MiB after load, {name}: {run['rss']}")
+    for name, run in runs.items():
+        if "cpu_us_per_request" in run:
+            print(f"CPU µs per request, {name} ({run['requests']} requests): "
+                  f"{run['cpu_us_per_request']}")
+            for line in run["message_calls"]:
+                print(f"  gateway -> message_svc: {line}")
     print(json.dumps({"seconds": args.seconds, "runs": runs}, default=str))
     sys.stdout.flush()
 

@@ -4,7 +4,9 @@ Channels are opened at startup and closed at shutdown (see ``app.py`` and ``serv
 Operations use ``up.queues`` / ``up.messages`` / ``up.subscriptions`` / ``up.notifier`` /
 ``up.pools`` / ``up.flavors`` / ``up.store_health(service)`` (generated stubs) and pass
 ``timeout=up.timeout`` on every unary call. If the app runs without lifespan events the
-channels are opened on first use instead.
+channels are opened on first use instead. With ``message_batch`` on, ``up.messages`` coalesces
+concurrent calls into ``MessagesInternal.Batch`` (``coalesce.py``); it answers and fails
+exactly as the stub does.
 
 In keystone mode every call carries the gateway's own service token (``x-service-token``), so
 the services accept the project the gateway sends (``services/common/grpc_auth.py``).
@@ -19,8 +21,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from zaqar.v2 import admin_pb2_grpc, messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
 
+from services.api_gateway.coalesce import CoalescingMessages
 from services.common.config import Settings
-from services.common.grpc_server import open_channel
+from services.common.grpc_server import CHANNEL_OPTIONS, open_channel
 from services.common.keystone import KeystoneAuth, check_settings
 from services.common.tls import Tls
 
@@ -54,6 +57,9 @@ class Upstreams:
         self._queue_target = settings.target("queue")
         self._message_target = settings.target("message")
         self._notifier_target = settings.target("notifier")
+        self._batch = settings.message_batch
+        self._batch_max = settings.message_batch_max
+        self._in_flight = settings.message_calls_in_flight
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: dict[str, Any] = {}
         self._health: dict[str, Any] = {}
@@ -62,12 +68,20 @@ class Upstreams:
         if self._channels:
             return
         queue_channel = open_channel(self._queue_target, self._tls, self._auth)
-        message_channel = open_channel(self._message_target, self._tls, self._auth)
+        message_channel = open_channel(
+            self._message_target, self._tls, self._auth, self._message_options()
+        )
         notifier_channel = open_channel(self._notifier_target, self._tls, self._auth)
         self._channels = [queue_channel, message_channel, notifier_channel]
+        messages = _stub(messages_pb2_grpc.MessagesStub, message_channel)
+        if self._batch:
+            messages = CoalescingMessages(
+                messages, _stub(messages_pb2_grpc.MessagesInternalStub, message_channel),
+                max_items=self._batch_max, in_flight=self._in_flight,
+            )
         self._stubs = {
             "queues": _stub(queues_pb2_grpc.QueuesStub, queue_channel),
-            "messages": _stub(messages_pb2_grpc.MessagesStub, message_channel),
+            "messages": messages,
             "subscriptions": _stub(notifier_pb2_grpc.SubscriptionsStub, notifier_channel),
             "notifier": _stub(notifier_pb2_grpc.NotifierInternalStub, notifier_channel),
             "pools": _stub(admin_pb2_grpc.PoolsStub, queue_channel),
@@ -82,7 +96,17 @@ class Upstreams:
             SUBSCRIPTIONS_SERVICE: _stub(health_pb2_grpc.HealthStub, notifier_channel),
         }
 
+    def _message_options(self) -> list[tuple[str, Any]]:
+        if not self._batch:
+            return []
+        # A Batch answer holds up to message_batch_max answers, each as large as one call's.
+        single = dict(CHANNEL_OPTIONS)["grpc.max_receive_message_length"]
+        return [("grpc.max_receive_message_length", min(2**31 - 1, single * self._batch_max))]
+
     async def close(self) -> None:
+        messages = self._stubs.get("messages")
+        if isinstance(messages, CoalescingMessages):
+            await messages.close()
         channels, self._channels = self._channels, []
         self._stubs = {}
         self._health = {}

@@ -113,6 +113,25 @@ class Settings:
     shutdown_grace: float = field(
         default=5.0, metadata=_help("Seconds in-flight calls get to finish on SIGTERM.")
     )
+    message_batch: bool = field(
+        default=True,
+        metadata=_help(
+            "The gateway sends the calls to message_svc that wait while others are in flight "
+            "together, as one MessagesInternal.Batch call (less CPU per request under load; a "
+            "call goes alone and at once when fewer than message_calls_in_flight are in "
+            "flight)."
+        ),
+    )
+    message_batch_max: int = field(
+        default=32, metadata=_help("Most calls one MessagesInternal.Batch carries (2..256).")
+    )
+    message_calls_in_flight: int = field(
+        default=1,
+        metadata=_help(
+            "Calls to message_svc the gateway makes at once before further calls wait for "
+            "one of them to return and go together (with message_batch)."
+        ),
+    )
     message_checksum: bool = field(
         default=False, metadata=_help('Add "checksum": "MD5:<hex>" to every message returned.')
     )

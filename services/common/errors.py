@@ -245,20 +245,26 @@ def decode_rpc_error(exc: grpc.RpcError) -> RpcErrorInfo:
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+def failure_status(exc: Exception, method: str) -> status_pb2.Status:
+    """The status a call of ``method`` that raised ``exc`` answers with: the rich status of a
+    :class:`ServiceError`; UNAVAILABLE (logged with its traceback) for anything else."""
+    if isinstance(exc, ServiceError):
+        return to_status(exc)
+    # The one place an unexpected failure is turned into a status.
+    log.error("unexpected failure in %s", method, exc_info=exc)
+    return to_status(
+        Unavailable(f"The service could not complete the request: {type(exc).__name__}")
+    )
+
+
 def _wrap_unary(behavior: Handler, method: str) -> Handler:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request, context)
-        except ServiceError as err:
-            await context.abort_with_status(rpc_status.to_status(to_status(err)))
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # the one place an unexpected failure is turned into a status
-            log.exception("unexpected failure in %s", method)
-            failure = Unavailable(
-                f"The service could not complete the request: {type(exc).__name__}"
-            )
-            await context.abort_with_status(rpc_status.to_status(to_status(failure)))
+        except Exception as exc:
+            await context.abort_with_status(rpc_status.to_status(failure_status(exc, method)))
 
     return wrapper
 

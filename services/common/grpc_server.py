@@ -48,9 +48,12 @@ class Running:
         await serve(self.server, self.health, self.service_names, grace, self.close, announce)
 
 # Retries for calls between services: only transient UNAVAILABLE, with backoff. Calls that are
-# not idempotent are listed in NON_RETRIED and get no retry policy.
+# not idempotent get no retry policy: zaqar.v2.Messages (posts, claims) and
+# MessagesInternal.Batch, which carries such calls (a method's own entry wins over its
+# service's).
 _SERVICE_CONFIG: dict[str, Any] = {
     "methodConfig": [
+        {"name": [{"service": "zaqar.v2.MessagesInternal", "method": "Batch"}]},
         {
             "name": [{"service": "zaqar.v2.Queues"}, {"service": "zaqar.v2.MessagesInternal"},
                      {"service": "zaqar.v2.NotifierInternal"},
@@ -84,21 +87,24 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 
 
 def open_channel(
-    target: str, tls: Tls | None, auth: KeystoneAuth | None = None
+    target: str,
+    tls: Tls | None,
+    auth: KeystoneAuth | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """One channel per upstream per process; reuse it for every call.
 
     ``tls``: the process's TLS material (:func:`services.common.tls.load_tls`); None =
     plaintext. ``auth`` (keystone mode): every call carries the process's service token
-    (``services/common/grpc_auth.py``).
+    (``services/common/grpc_auth.py``). ``options``: channel arguments that replace those of
+    :data:`CHANNEL_OPTIONS` with the same name (or add to them).
     """
     interceptors = client_interceptors(auth) or None
+    merged = list({**dict(CHANNEL_OPTIONS), **dict(options)}.items())
     if tls is None:
-        return grpc.aio.insecure_channel(
-            target, options=CHANNEL_OPTIONS, interceptors=interceptors
-        )
+        return grpc.aio.insecure_channel(target, options=merged, interceptors=interceptors)
     return grpc.aio.secure_channel(
-        target, tls.channel_credentials(), options=[*CHANNEL_OPTIONS, *tls.channel_options()],
+        target, tls.channel_credentials(), options=[*merged, *tls.channel_options()],
         interceptors=interceptors,
     )
 

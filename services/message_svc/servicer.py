@@ -1,4 +1,5 @@
-"""gRPC adapter of message_svc: ``zaqar.v2.Messages`` and ``zaqar.v2.MessagesInternal``.
+"""gRPC adapter of message_svc: ``zaqar.v2.Messages`` and ``zaqar.v2.MessagesInternal``
+(whose ``Batch`` runs ``Messages`` calls through the same methods, ``batch.py``).
 
 Requests are unpacked into :class:`~services.message_svc.service.MessageService` calls and
 results packed into protobufs; nothing else. Errors propagate as ``ServiceError`` to the
@@ -16,6 +17,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
+from services.message_svc.batch import BatchRunner
 from services.message_svc.service import MessageService, Posted
 from services.message_svc.storage.base import Claim, StoredMessage
 
@@ -177,8 +179,9 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
 
 
 class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
-    def __init__(self, service: MessageService) -> None:
+    def __init__(self, service: MessageService, messages: MessagesServicer) -> None:
         self._service = service
+        self._batch = BatchRunner(messages)
 
     async def DeleteQueueMessages(
         self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
@@ -192,16 +195,22 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
         self._service.invalidate(request.project, request.queue)
         return _EMPTY
 
+    async def Batch(
+        self, request: messages_pb2.BatchRequest, context: grpc.aio.ServicerContext
+    ) -> messages_pb2.BatchResponse:
+        return await self._batch.run(request, context)
+
 
 def registrar(
     service: MessageService, packer: Packer
 ) -> Callable[[grpc.aio.Server], None]:
     def register(server: grpc.aio.Server) -> None:
+        messages = MessagesServicer(service, packer)
         messages_pb2_grpc.add_MessagesServicer_to_server(  # type: ignore[no-untyped-call]
-            MessagesServicer(service, packer), server
+            messages, server
         )
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
-            MessagesInternalServicer(service), server
+            MessagesInternalServicer(service, messages), server
         )
 
     return register

@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from zaqar.v2 import common_pb2 as zaqar_dot_v2_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zaqar/v2/messages.proto\x12\x08zaqar.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15zaqar/v2/common.proto\"R\n\nNewMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x10\n\x03ttl\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65lay\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x06\n\x04_ttlB\x08\n\x06_delay\"p\n\x13PostMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12&\n\x08messages\x18\x04 \x03(\x0b\x32\x14.zaqar.v2.NewMessage\"#\n\x14PostMessagesResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\xb6\x01\n\x13ListMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x12\n\x05limit\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06marker\x18\x05 \x01(\t\x12\x0c\n\x04\x65\x63ho\x18\x06 \x01(\x08\x12\x17\n\x0finclude_claimed\x18\x07 \x01(\x08\x12\x17\n\x0finclude_delayed\x18\x08 \x01(\x08\x42\x08\n\x06_limit\"P\n\x14ListMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.zaqar.v2.Message\x12\x13\n\x0bnext_marker\x18\x02 \x01(\t\"G\n\x11GetMessageRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"I\n\x12GetMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x03 \x03(\t\":\n\x13GetMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.zaqar.v2.Message\"\\\n\x14\x44\x65leteMessageRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x10\n\x08\x63laim_id\x18\x04 \x01(\t\"_\n\x15\x44\x65leteMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x03 \x03(\t\x12\x11\n\tclaim_ids\x18\x04 \x03(\t\"C\n\x12PopMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\":\n\x13PopMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.zaqar.v2.Message\"\x8a\x01\n\x12\x43reateClaimRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x03ttl\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05grace\x18\x05 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_limitB\x06\n\x04_ttlB\x08\n\x06_grace\"R\n\x05\x43laim\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03ttl\x18\x02 \x01(\x05\x12\x0b\n\x03\x61ge\x18\x03 \x01(\x03\x12#\n\x08messages\x18\x04 \x03(\x0b\x32\x11.zaqar.v2.Message\"C\n\x0fGetClaimRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08\x63laim_id\x18\x03 \x01(\t\"~\n\x12UpdateClaimRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08\x63laim_id\x18\x03 \x01(\t\x12\x10\n\x03ttl\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05grace\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x06\n\x04_ttlB\x08\n\x06_grace\"F\n\x12\x44\x65leteClaimRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08\x63laim_id\x18\x03 \x01(\t2\xd2\x0c\n\x08Messages\x12\x88\x01\n\x0cPostMessages\x12\x1d.zaqar.v2.PostMessagesRequest\x1a\x1e.zaqar.v2.PostMessagesResponse\"9\x82\xd3\xe4\x93\x02\x33\"./v2/projects/{project}/queues/{queue}/messages:\x01*\x12\x85\x01\n\x0cListMessages\x12\x1d.zaqar.v2.ListMessagesRequest\x1a\x1e.zaqar.v2.ListMessagesResponse\"6\x82\xd3\xe4\x93\x02\x30\x12./v2/projects/{project}/queues/{queue}/messages\x12\x81\x01\n\nGetMessage\x12\x1b.zaqar.v2.GetMessageRequest\x1a\x11.zaqar.v2.Message\"C\x82\xd3\xe4\x93\x02=\x12;/v2/projects/{project}/queues/{queue}/messages/{message_id}\x12\x8b\x01\n\x0bGetMessages\x12\x1c.zaqar.v2.GetMessagesRequest\x1a\x1d.zaqar.v2.GetMessagesResponse\"?\x82\xd3\xe4\x93\x02\x39\x12\x37/v2/projects/{project}/queues/{queue}/messages:batchGet\x12\x8c\x01\n\rDeleteMessage\x12\x1e.zaqar.v2.DeleteMessageRequest\x1a\x16.google.protobuf.Empty\"C\x82\xd3\xe4\x93\x02=*;/v2/projects/{project}/queues/{queue}/messages/{message_id}\x12\x90\x01\n\x0e\x44\x65leteMessages\x12\x1f.zaqar.v2.DeleteMessagesRequest\x1a\x16.google.protobuf.Empty\"E\x82\xd3\xe4\x93\x02?\":/v2/projects/{project}/queues/{queue}/messages:batchDelete:\x01*\x12\x89\x01\n\x0bPopMessages\x12\x1c.zaqar.v2.PopMessagesRequest\x1a\x1d.zaqar.v2.PopMessagesResponse\"=\x82\xd3\xe4\x93\x02\x37\"2/v2/projects/{project}/queues/{queue}/messages:pop:\x01*\x12u\n\x0b\x43reateClaim\x12\x1c.zaqar.v2.CreateClaimRequest\x1a\x0f.zaqar.v2.Claim\"7\x82\xd3\xe4\x93\x02\x31\",/v2/projects/{project}/queues/{queue}/claims:\x01*\x12w\n\x08GetClaim\x12\x19.zaqar.v2.GetClaimRequest\x1a\x0f.zaqar.v2.Claim\"?\x82\xd3\xe4\x93\x02\x39\x12\x37/v2/projects/{project}/queues/{queue}/claims/{claim_id}\x12\x87\x01\n\x0bUpdateClaim\x12\x1c.zaqar.v2.UpdateClaimRequest\x1a\x16.google.protobuf.Empty\"B\x82\xd3\xe4\x93\x02<27/v2/projects/{project}/queues/{queue}/claims/{claim_id}:\x01*\x12\x84\x01\n\x0b\x44\x65leteClaim\x12\x1c.zaqar.v2.DeleteClaimRequest\x1a\x16.google.protobuf.Empty\"?\x82\xd3\xe4\x93\x02\x39*7/v2/projects/{project}/queues/{queue}/claims/{claim_id}\x12r\n\x08GetStats\x12\x12.zaqar.v2.QueueRef\x1a\x14.zaqar.v2.QueueStats\"<\x82\xd3\xe4\x93\x02\x36\x12\x34/v2/projects/{project}/queues/{queue}/messages:stats2\x94\x01\n\x10MessagesInternal\x12\x41\n\x13\x44\x65leteQueueMessages\x12\x12.zaqar.v2.QueueRef\x1a\x16.google.protobuf.Empty\x12=\n\x0fInvalidateQueue\x12\x12.zaqar.v2.QueueRef\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zaqar/v2/messages.proto\x12\x08zaqar.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x17google/rpc/status.proto\x1a\x15zaqar/v2/common.proto\"R\n\nNewMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x10\n\x03ttl\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65lay\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x06\n\x04_ttlB\x08\n\x06_delay\"p\n\x13PostMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12&\n\x08messages\x18\x04 \x03(\x0b\x32\x14.zaqar.v2.NewMessage\"#\n\x14PostMessagesResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\xb6\x01\n\x13ListMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x12\n\x05limit\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06marker\x18\x05 \x01(\t\x12\x0c\n\x04\x65\x63ho\x18\x06 \x01(\x08\x12\x17\n\x0finclude_claimed\x18\x07 \x01(\x08\x12\x17\n\x0finclude_delayed\x18\x08 \x01(\x08\x42\x08\n\x06_limit\"P\n\x14ListMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.zaqar.v2.Message\x12\x13\n\x0bnext_marker\x18\x02 \x01(\t\"G\n\x11GetMessageRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"I\n\x12GetMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x03 \x03(\t\":\n\x13GetMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.zaqar.v2.Message\"\\\n\x14\x44\x65leteMessageRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x10\n\x08\x63laim_id\x18\x04 \x01(\t\"_\n\x15\x44\x65leteMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x03 \x03(\t\x12\x11\n\tclaim_ids\x18\x04 \x03(\t\"C\n\x12PopMessagesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\":\n\x13PopMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.zaqar.v2.Message\"\x8a\x01\n\x12\x43reateClaimRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x03ttl\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05grace\x18\x05 \x01(\x05H\x02\x88\x01\x01\x42\x08\n\x06_limitB\x06\n\x04_ttlB\x08\n\x06_grace\"R\n\x05\x43laim\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03ttl\x18\x02 \x01(\x05\x12\x0b\n\x03\x61ge\x18\x03 \x01(\x03\x12#\n\x08messages\x18\x04 \x03(\x0b\x32\x11.zaqar.v2.Message\"C\n\x0fGetClaimRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08\x63laim_id\x18\x03 \x01(\t\"~\n\x12UpdateClaimRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08\x63laim_id\x18\x03 \x01(\t\x12\x10\n\x03ttl\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05grace\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x06\n\x04_ttlB\x08\n\x06_grace\"F\n\x12\x44\x65leteClaimRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08\x63laim_id\x18\x03 \x01(\t\"2\n\x0c\x42\x61tchRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.zaqar.v2.BatchItem\"\x97\x05\n\tBatchItem\x12\x36\n\rpost_messages\x18\x01 \x01(\x0b\x32\x1d.zaqar.v2.PostMessagesRequestH\x00\x12\x36\n\rlist_messages\x18\x02 \x01(\x0b\x32\x1d.zaqar.v2.ListMessagesRequestH\x00\x12\x32\n\x0bget_message\x18\x03 \x01(\x0b\x32\x1b.zaqar.v2.GetMessageRequestH\x00\x12\x34\n\x0cget_messages\x18\x04 \x01(\x0b\x32\x1c.zaqar.v2.GetMessagesRequestH\x00\x12\x38\n\x0e\x64\x65lete_message\x18\x05 \x01(\x0b\x32\x1e.zaqar.v2.DeleteMessageRequestH\x00\x12:\n\x0f\x64\x65lete_messages\x18\x06 \x01(\x0b\x32\x1f.zaqar.v2.DeleteMessagesRequestH\x00\x12\x34\n\x0cpop_messages\x18\x07 \x01(\x0b\x32\x1c.zaqar.v2.PopMessagesRequestH\x00\x12\x34\n\x0c\x63reate_claim\x18\x08 \x01(\x0b\x32\x1c.zaqar.v2.CreateClaimRequestH\x00\x12.\n\tget_claim\x18\t \x01(\x0b\x32\x19.zaqar.v2.GetClaimRequestH\x00\x12\x34\n\x0cupdate_claim\x18\n \x01(\x0b\x32\x1c.zaqar.v2.UpdateClaimRequestH\x00\x12\x34\n\x0c\x64\x65lete_claim\x18\x0b \x01(\x0b\x32\x1c.zaqar.v2.DeleteClaimRequestH\x00\x12\'\n\tget_stats\x18\x0c \x01(\x0b\x32\x12.zaqar.v2.QueueRefH\x00\x42\t\n\x07request\"7\n\rBatchResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.zaqar.v2.BatchResult\"\xb4\x03\n\x0b\x42\x61tchResult\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x37\n\rpost_messages\x18\x02 \x01(\x0b\x32\x1e.zaqar.v2.PostMessagesResponseH\x00\x12\x37\n\rlist_messages\x18\x03 \x01(\x0b\x32\x1e.zaqar.v2.ListMessagesResponseH\x00\x12$\n\x07message\x18\x04 \x01(\x0b\x32\x11.zaqar.v2.MessageH\x00\x12\x35\n\x0cget_messages\x18\x05 \x01(\x0b\x32\x1d.zaqar.v2.GetMessagesResponseH\x00\x12\x35\n\x0cpop_messages\x18\x06 \x01(\x0b\x32\x1d.zaqar.v2.PopMessagesResponseH\x00\x12 \n\x05\x63laim\x18\x07 \x01(\x0b\x32\x0f.zaqar.v2.ClaimH\x00\x12%\n\x05stats\x18\x08 \x01(\x0b\x32\x14.zaqar.v2.QueueStatsH\x00\x12\'\n\x05\x65mpty\x18\t \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x42\x08\n\x06result2\xd2\x0c\n\x08Messages\x12\x88\x01\n\x0cPostMessages\x12\x1d.zaqar.v2.PostMessagesRequest\x1a\x1e.zaqar.v2.PostMessagesResponse\"9\x82\xd3\xe4\x93\x02\x33\"./v2/projects/{project}/queues/{queue}/messages:\x01*\x12\x85\x01\n\x0cListMessages\x12\x1d.zaqar.v2.ListMessagesRequest\x1a\x1e.zaqar.v2.ListMessagesResponse\"6\x82\xd3\xe4\x93\x02\x30\x12./v2/projects/{project}/queues/{queue}/messages\x12\x81\x01\n\nGetMessage\x12\x1b.zaqar.v2.GetMessageRequest\x1a\x11.zaqar.v2.Message\"C\x82\xd3\xe4\x93\x02=\x12;/v2/projects/{project}/queues/{queue}/messages/{message_id}\x12\x8b\x01\n\x0bGetMessages\x12\x1c.zaqar.v2.GetMessagesRequest\x1a\x1d.zaqar.v2.GetMessagesResponse\"?\x82\xd3\xe4\x93\x02\x39\x12\x37/v2/projects/{project}/queues/{queue}/messages:batchGet\x12\x8c\x01\n\rDeleteMessage\x12\x1e.zaqar.v2.DeleteMessageRequest\x1a\x16.google.protobuf.Empty\"C\x82\xd3\xe4\x93\x02=*;/v2/projects/{project}/queues/{queue}/messages/{message_id}\x12\x90\x01\n\x0e\x44\x65leteMessages\x12\x1f.zaqar.v2.DeleteMessagesRequest\x1a\x16.google.protobuf.Empty\"E\x82\xd3\xe4\x93\x02?\":/v2/projects/{project}/queues/{queue}/messages:batchDelete:\x01*\x12\x89\x01\n\x0bPopMessages\x12\x1c.zaqar.v2.PopMessagesRequest\x1a\x1d.zaqar.v2.PopMessagesResponse\"=\x82\xd3\xe4\x93\x02\x37\"2/v2/projects/{project}/queues/{queue}/messages:pop:\x01*\x12u\n\x0b\x43reateClaim\x12\x1c.zaqar.v2.CreateClaimRequest\x1a\x0f.zaqar.v2.Claim\"7\x82\xd3\xe4\x93\x02\x31\",/v2/projects/{project}/queues/{queue}/claims:\x01*\x12w\n\x08GetClaim\x12\x19.zaqar.v2.GetClaimRequest\x1a\x0f.zaqar.v2.Claim\"?\x82\xd3\xe4\x93\x02\x39\x12\x37/v2/projects/{project}/queues/{queue}/claims/{claim_id}\x12\x87\x01\n\x0bUpdateClaim\x12\x1c.zaqar.v2.UpdateClaimRequest\x1a\x16.google.protobuf.Empty\"B\x82\xd3\xe4\x93\x02<27/v2/projects/{project}/queues/{queue}/claims/{claim_id}:\x01*\x12\x84\x01\n\x0b\x44\x65leteClaim\x12\x1c.zaqar.v2.DeleteClaimRequest\x1a\x16.google.protobuf.Empty\"?\x82\xd3\xe4\x93\x02\x39*7/v2/projects/{project}/queues/{queue}/claims/{claim_id}\x12r\n\x08GetStats\x12\x12.zaqar.v2.QueueRef\x1a\x14.zaqar.v2.QueueStats\"<\x82\xd3\xe4\x93\x02\x36\x12\x34/v2/projects/{project}/queues/{queue}/messages:stats2\xce\x01\n\x10MessagesInternal\x12\x41\n\x13\x44\x65leteQueueMessages\x12\x12.zaqar.v2.QueueRef\x1a\x16.google.protobuf.Empty\x12=\n\x0fInvalidateQueue\x12\x12.zaqar.v2.QueueRef\x1a\x16.google.protobuf.Empty\x12\x38\n\x05\x42\x61tch\x12\x16.zaqar.v2.BatchRequest\x1a\x17.zaqar.v2.BatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,42 +59,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGES'].methods_by_name['DeleteClaim']._serialized_options = b'\202\323\344\223\0029*7/v2/projects/{project}/queues/{queue}/claims/{claim_id}'
   _globals['_MESSAGES'].methods_by_name['GetStats']._loaded_options = None
   _globals['_MESSAGES'].methods_by_name['GetStats']._serialized_options = b'\202\323\344\223\0026\0224/v2/projects/{project}/queues/{queue}/messages:stats'
-  _globals['_NEWMESSAGE']._serialized_start=119
-  _globals['_NEWMESSAGE']._serialized_end=201
-  _globals['_POSTMESSAGESREQUEST']._serialized_start=203
-  _globals['_POSTMESSAGESREQUEST']._serialized_end=315
-  _globals['_POSTMESSAGESRESPONSE']._serialized_start=317
-  _globals['_POSTMESSAGESRESPONSE']._serialized_end=352
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=355
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=537
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=539
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=619
-  _globals['_GETMESSAGEREQUEST']._serialized_start=621
-  _globals['_GETMESSAGEREQUEST']._serialized_end=692
-  _globals['_GETMESSAGESREQUEST']._serialized_start=694
-  _globals['_GETMESSAGESREQUEST']._serialized_end=767
-  _globals['_GETMESSAGESRESPONSE']._serialized_start=769
-  _globals['_GETMESSAGESRESPONSE']._serialized_end=827
-  _globals['_DELETEMESSAGEREQUEST']._serialized_start=829
-  _globals['_DELETEMESSAGEREQUEST']._serialized_end=921
-  _globals['_DELETEMESSAGESREQUEST']._serialized_start=923
-  _globals['_DELETEMESSAGESREQUEST']._serialized_end=1018
-  _globals['_POPMESSAGESREQUEST']._serialized_start=1020
-  _globals['_POPMESSAGESREQUEST']._serialized_end=1087
-  _globals['_POPMESSAGESRESPONSE']._serialized_start=1089
-  _globals['_POPMESSAGESRESPONSE']._serialized_end=1147
-  _globals['_CREATECLAIMREQUEST']._serialized_start=1150
-  _globals['_CREATECLAIMREQUEST']._serialized_end=1288
-  _globals['_CLAIM']._serialized_start=1290
-  _globals['_CLAIM']._serialized_end=1372
-  _globals['_GETCLAIMREQUEST']._serialized_start=1374
-  _globals['_GETCLAIMREQUEST']._serialized_end=1441
-  _globals['_UPDATECLAIMREQUEST']._serialized_start=1443
-  _globals['_UPDATECLAIMREQUEST']._serialized_end=1569
-  _globals['_DELETECLAIMREQUEST']._serialized_start=1571
-  _globals['_DELETECLAIMREQUEST']._serialized_end=1641
-  _globals['_MESSAGES']._serialized_start=1644
-  _globals['_MESSAGES']._serialized_end=3262
-  _globals['_MESSAGESINTERNAL']._serialized_start=3265
-  _globals['_MESSAGESINTERNAL']._serialized_end=3413
+  _globals['_NEWMESSAGE']._serialized_start=144
+  _globals['_NEWMESSAGE']._serialized_end=226
+  _globals['_POSTMESSAGESREQUEST']._serialized_start=228
+  _globals['_POSTMESSAGESREQUEST']._serialized_end=340
+  _globals['_POSTMESSAGESRESPONSE']._serialized_start=342
+  _globals['_POSTMESSAGESRESPONSE']._serialized_end=377
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=380
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=562
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=564
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=644
+  _globals['_GETMESSAGEREQUEST']._serialized_start=646
+  _globals['_GETMESSAGEREQUEST']._serialized_end=717
+  _globals['_GETMESSAGESREQUEST']._serialized_start=719
+  _globals['_GETMESSAGESREQUEST']._serialized_end=792
+  _globals['_GETMESSAGESRESPONSE']._serialized_start=794
+  _globals['_GETMESSAGESRESPONSE']._serialized_end=852
+  _globals['_DELETEMESSAGEREQUEST']._serialized_start=854
+  _globals['_DELETEMESSAGEREQUEST']._serialized_end=946
+  _globals['_DELETEMESSAGESREQUEST']._serialized_start=948
+  _globals['_DELETEMESSAGESREQUEST']._serialized_end=1043
+  _globals['_POPMESSAGESREQUEST']._serialized_start=1045
+  _globals['_POPMESSAGESREQUEST']._serialized_end=1112
+  _globals['_POPMESSAGESRESPONSE']._serialized_start=1114
+  _globals['_POPMESSAGESRESPONSE']._serialized_end=1172
+  _globals['_CREATECLAIMREQUEST']._serialized_start=1175
+  _globals['_CREATECLAIMREQUEST']._serialized_end=1313
+  _globals['_CLAIM']._serialized_start=1315
+  _globals['_CLAIM']._serialized_end=1397
+  _globals['_GETCLAIMREQUEST']._serialized_start=1399
+  _globals['_GETCLAIMREQUEST']._serialized_end=1466
+  _globals['_UPDATECLAIMREQUEST']._serialized_start=1468
+  _globals['_UPDATECLAIMREQUEST']._serialized_end=1594
+  _globals['_DELETECLAIMREQUEST']._serialized_start=1596
+  _globals['_DELETECLAIMREQUEST']._serialized_end=1666
+  _globals['_BATCHREQUEST']._serialized_start=1668
+  _globals['_BATCHREQUEST']._serialized_end=1718
+  _globals['_BATCHITEM']._serialized_start=1721
+  _globals['_BATCHITEM']._serialized_end=2384
+  _globals['_BATCHRESPONSE']._serialized_start=2386
+  _globals['_BATCHRESPONSE']._serialized_end=2441
+  _globals['_BATCHRESULT']._serialized_start=2444
+  _globals['_BATCHRESULT']._serialized_end=2880
+  _globals['_MESSAGES']._serialized_start=2883
+  _globals['_MESSAGES']._serialized_end=4501
+  _globals['_MESSAGESINTERNAL']._serialized_start=4504
+  _globals['_MESSAGESINTERNAL']._serialized_end=4710
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.rpc import status_pb2 as _status_pb2
 from zaqar.v2 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -190,3 +191,65 @@ class DeleteClaimRequest(_message.Message):
     queue: str
     claim_id: str
     def __init__(self, project: _Optional[str] = ..., queue: _Optional[str] = ..., claim_id: _Optional[str] = ...) -> None: ...
+
+class BatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[BatchItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[BatchItem, _Mapping]]] = ...) -> None: ...
+
+class BatchItem(_message.Message):
+    __slots__ = ("post_messages", "list_messages", "get_message", "get_messages", "delete_message", "delete_messages", "pop_messages", "create_claim", "get_claim", "update_claim", "delete_claim", "get_stats")
+    POST_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    LIST_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    GET_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GET_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    DELETE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    POP_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    GET_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    DELETE_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    GET_STATS_FIELD_NUMBER: _ClassVar[int]
+    post_messages: PostMessagesRequest
+    list_messages: ListMessagesRequest
+    get_message: GetMessageRequest
+    get_messages: GetMessagesRequest
+    delete_message: DeleteMessageRequest
+    delete_messages: DeleteMessagesRequest
+    pop_messages: PopMessagesRequest
+    create_claim: CreateClaimRequest
+    get_claim: GetClaimRequest
+    update_claim: UpdateClaimRequest
+    delete_claim: DeleteClaimRequest
+    get_stats: _common_pb2.QueueRef
+    def __init__(self, post_messages: _Optional[_Union[PostMessagesRequest, _Mapping]] = ..., list_messages: _Optional[_Union[ListMessagesRequest, _Mapping]] = ..., get_message: _Optional[_Union[GetMessageRequest, _Mapping]] = ..., get_messages: _Optional[_Union[GetMessagesRequest, _Mapping]] = ..., delete_message: _Optional[_Union[DeleteMessageRequest, _Mapping]] = ..., delete_messages: _Optional[_Union[DeleteMessagesRequest, _Mapping]] = ..., pop_messages: _Optional[_Union[PopMessagesRequest, _Mapping]] = ..., create_claim: _Optional[_Union[CreateClaimRequest, _Mapping]] = ..., get_claim: _Optional[_Union[GetClaimRequest, _Mapping]] = ..., update_claim: _Optional[_Union[UpdateClaimRequest, _Mapping]] = ..., delete_claim: _Optional[_Union[DeleteClaimRequest, _Mapping]] = ..., get_stats: _Optional[_Union[_common_pb2.QueueRef, _Mapping]] = ...) -> None: ...
+
+class BatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
+
+class BatchResult(_message.Message):
+    __slots__ = ("error", "post_messages", "list_messages", "message", "get_messages", "pop_messages", "claim", "stats", "empty")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    POST_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    LIST_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GET_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    POP_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_FIELD_NUMBER: _ClassVar[int]
+    error: _status_pb2.Status
+    post_messages: PostMessagesResponse
+    list_messages: ListMessagesResponse
+    message: _common_pb2.Message
+    get_messages: GetMessagesResponse
+    pop_messages: PopMessagesResponse
+    claim: Claim
+    stats: _common_pb2.QueueStats
+    empty: _empty_pb2.Empty
+    def __init__(self, error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., post_messages: _Optional[_Union[PostMessagesResponse, _Mapping]] = ..., list_messages: _Optional[_Union[ListMessagesResponse, _Mapping]] = ..., message: _Optional[_Union[_common_pb2.Message, _Mapping]] = ..., get_messages: _Optional[_Union[GetMessagesResponse, _Mapping]] = ..., pop_messages: _Optional[_Union[PopMessagesResponse, _Mapping]] = ..., claim: _Optional[_Union[Claim, _Mapping]] = ..., stats: _Optional[_Union[_common_pb2.QueueStats, _Mapping]] = ..., empty: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ...) -> None: ...

@@ -603,6 +603,11 @@ class MessagesInternalStub:
                 request_serializer=zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/zaqar.v2.MessagesInternal/Batch',
+                request_serializer=zaqar_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
+                response_deserializer=zaqar_dot_v2_dot_messages__pb2.BatchResponse.FromString,
+                _registered_method=True)
 
 
 class MessagesInternalServicer:
@@ -623,6 +628,18 @@ class MessagesInternalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Several `Messages` calls in one (the gateway coalesces the requests it has in flight).
+        The items run concurrently, each exactly as its own call would; the answer holds one
+        result per item, in the items' order: the response the call gives, or the status
+        (code, message, ErrorInfo details) it fails with. The call itself fails only when it
+        cannot be made at all (UNAVAILABLE, DEADLINE_EXCEEDED, ...), and then every item has
+        that outcome. Not idempotent (posts, claims): never retried.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagesInternalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -635,6 +652,11 @@ def add_MessagesInternalServicer_to_server(servicer, server):
                     servicer.InvalidateQueue,
                     request_deserializer=zaqar_dot_v2_dot_common__pb2.QueueRef.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.BatchRequest.FromString,
+                    response_serializer=zaqar_dot_v2_dot_messages__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -692,6 +714,33 @@ class MessagesInternal:
             '/zaqar.v2.MessagesInternal/InvalidateQueue',
             zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.MessagesInternal/Batch',
+            zaqar_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
+            zaqar_dot_v2_dot_messages__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

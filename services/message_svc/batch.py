@@ -1,0 +1,88 @@
+"""``MessagesInternal.Batch``: several ``zaqar.v2.Messages`` calls in one.
+
+The gateway sends the requests it has in flight together to save a gRPC call each (the call
+machinery, not the store, is most of what a request costs here). Each item runs as its own
+call would, through the same servicer method, concurrently with the others (so their Redis
+scripts share a pipeline); a failure becomes that item's status — the one the error
+interceptor gives the single call — and never fails the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import grpc
+from zaqar.v2 import messages_pb2
+
+from services.common.errors import InvalidArgument, Overloaded, failure_status, to_status
+
+# The most items one call may carry (the gateway's setting is checked against it).
+MAX_ITEMS: Final = 256
+
+Method = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+# BatchItem field -> (Messages method, BatchResult field of its response).
+ROUTES: Final[Mapping[str, tuple[str, str]]] = {
+    "post_messages": ("PostMessages", "post_messages"),
+    "list_messages": ("ListMessages", "list_messages"),
+    "get_message": ("GetMessage", "message"),
+    "get_messages": ("GetMessages", "get_messages"),
+    "delete_message": ("DeleteMessage", "empty"),
+    "delete_messages": ("DeleteMessages", "empty"),
+    "pop_messages": ("PopMessages", "pop_messages"),
+    "create_claim": ("CreateClaim", "claim"),
+    "get_claim": ("GetClaim", "claim"),
+    "update_claim": ("UpdateClaim", "empty"),
+    "delete_claim": ("DeleteClaim", "empty"),
+    "get_stats": ("GetStats", "stats"),
+}
+
+
+class BatchRunner:
+    """Runs the items of a batch on the ``zaqar.v2.Messages`` servicer."""
+
+    def __init__(self, messages: Any) -> None:
+        """``messages``: the ``MessagesServicer`` whose methods serve the items."""
+        self._routes: dict[str, tuple[Method, str, str]] = {
+            item_field: (getattr(messages, method), result_field, f"Batch/{method}")
+            for item_field, (method, result_field) in ROUTES.items()
+        }
+
+    async def run(
+        self, request: messages_pb2.BatchRequest, context: grpc.aio.ServicerContext
+    ) -> messages_pb2.BatchResponse:
+        items = request.items
+        if len(items) > MAX_ITEMS:
+            raise Overloaded(f"A batch takes at most {MAX_ITEMS} items, not {len(items)}.")
+        response = messages_pb2.BatchResponse()
+        results = [response.results.add() for _ in items]
+        if len(items) == 1:
+            await self._one(items[0], results[0], context)
+        else:
+            await asyncio.gather(
+                *(self._one(item, result, context)
+                  for item, result in zip(items, results, strict=True))
+            )
+        return response
+
+    async def _one(
+        self,
+        item: messages_pb2.BatchItem,
+        result: messages_pb2.BatchResult,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        kind = item.WhichOneof("request")
+        route = self._routes.get(kind) if kind is not None else None
+        if route is None:
+            failure = InvalidArgument(f"Unknown batch item {kind or '(empty)'}.")
+            result.error.CopyFrom(to_status(failure))
+            return
+        method, result_field, name = route
+        try:
+            response = await method(getattr(item, kind), context)
+        except Exception as exc:
+            result.error.CopyFrom(failure_status(exc, name))
+            return
+        getattr(result, result_field).CopyFrom(response)
