@@ -1,0 +1,367 @@
+"""Coalescing of the gateway's calls to message_svc (``services/api_gateway/coalesce.py``).
+
+Through the gateway, with real queue_svc and message_svc in-process: concurrent requests share
+``MessagesInternal.Batch`` calls and every one of them gets the HTTP answer it gets without
+coalescing. Against a stand-in message_svc (a real gRPC server whose ``Messages`` methods wait
+when told to, its ``Batch`` served by message_svc's own ``BatchRunner``): what waits, what is
+dropped, what times out, and what an older message_svc without ``Batch`` gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import httpx
+import orjson
+import pytest
+from zaqar.v2 import messages_pb2, messages_pb2_grpc
+
+from services.api_gateway.app import create_app
+from services.api_gateway.coalesce import CoalescingMessages
+from services.api_gateway.errors import api_error_from_rpc
+from services.api_gateway.upstream import Upstreams
+from services.common.config import ConfigurationError, Settings
+from services.common.errors import InvalidArgument, decode_rpc_error
+from services.common.grpc_server import create_server, open_channel
+from services.message_svc.batch import BatchRunner
+from tests.gateway.conftest import HEADERS, lifespan, new_queue, running_services
+
+
+@asynccontextmanager
+async def gateway(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Upstreams]]:
+    """The gateway app in-process, with its upstreams at hand (for their call counts)."""
+    up = Upstreams(settings)
+    app = create_app(settings, up)
+    async with lifespan(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+            base_url="http://gateway", headers=HEADERS,
+        ) as client:
+            yield client, up
+    await up.close()
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _comparable(resp: httpx.Response, fresh: Mapping[str, str]) -> tuple[int, Any, str | None]:
+    """Status, body and Location, with the ``age`` of messages and claims (a clock) left out,
+    the names in ``fresh`` (queues made for one run) replaced by their keys, and the ids of
+    messages and claims of those queues by their order of appearance."""
+
+    def strip(doc: Any) -> Any:
+        if isinstance(doc, dict):
+            return {k: strip(v) for k, v in doc.items() if k != "age"}
+        if isinstance(doc, list):
+            return [strip(v) for v in doc]
+        return doc
+
+    text = orjson.dumps([strip(resp.json()) if resp.content else None,
+                         resp.headers.get("location")]).decode()
+    if any(name in text for name in fresh.values()):
+        for key, name in fresh.items():
+            text = text.replace(name, key)
+        ids: dict[str, str] = {}
+        text = _UUID.sub(lambda m: ids.setdefault(m.group(), f"id{len(ids)}"), text)
+    body, location = orjson.loads(text)
+    return resp.status_code, body, location
+
+
+async def test_concurrent_requests_share_calls_and_answer_as_alone(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with running_services(make_settings()) as settings:
+        single_settings = Settings.load(
+            environ={}, overrides={**_fields(settings), "message_batch": False}
+        )
+        async with gateway(single_settings) as (alone, alone_up), gateway(settings) as (
+            together, together_up
+        ):
+            # Given a queue with claimed and unclaimed messages, and an empty one
+            q, empty = new_queue(), new_queue()
+            posted = await alone.post(f"/v2/queues/{q}/messages", content=orjson.dumps(
+                {"messages": [{"body": {"n": n}, "ttl": 300} for n in range(4)]}))
+            a, b, c, _ = [h.rsplit("/", 1)[1] for h in posted.json()["resources"]]
+            claimed = await alone.post(f"/v2/queues/{q}/claims?limit=1", json={"ttl": 300})
+            claim = claimed.headers["location"].rsplit("/", 1)[1]
+            assert [m["id"] for m in claimed.json()["messages"]] == [a]
+
+            # And requests, answered with success or error, that change nothing they share
+            # (posts and claims succeed on queues made for each run)
+            bogus = uuid.uuid4().hex[:24]
+
+            def probes(fresh: Mapping[str, str]) -> list[tuple[str, str, dict[str, Any]]]:
+                return [
+                    ("POST", f"/v2/queues/{fresh['post']}/messages",
+                     {"json": {"messages": [{"body": 1}, {"body": {"a": [2]}, "ttl": 60}]}}),
+                    ("POST", f"/v2/queues/{fresh['claim']}/claims?limit=2", {"json": {}}),
+                    ("GET", f"/v2/queues/{q}/messages/{b}", {}),
+                    ("GET", f"/v2/queues/{q}/messages/{bogus}", {}),
+                    ("GET", f"/v2/queues/{q}/messages?ids={c},{bogus},{b}", {}),
+                    ("GET", f"/v2/queues/{q}/messages?ids={bogus}", {}),
+                    ("GET", f"/v2/queues/{q}/messages?include_claimed=true&echo=true", {}),
+                    ("GET", f"/v2/queues/{q}/messages?limit=5", {}),
+                    ("DELETE", f"/v2/queues/{q}/messages/{a}", {}),
+                    ("DELETE", f"/v2/queues/{q}/messages/{a}?claim_id={bogus}", {}),
+                    ("DELETE", f"/v2/queues/{q}/messages/{b}?claim_id={claim}", {}),
+                    ("DELETE", f"/v2/queues/{q}/messages/{bogus}", {}),
+                    ("DELETE", f"/v2/queues/{q}/messages?pop=0", {}),
+                    ("DELETE", f"/v2/queues/{q}/messages?ids={a}&claim_ids={bogus}", {}),
+                    ("GET", f"/v2/queues/{q}/claims/{claim}", {}),
+                    ("GET", f"/v2/queues/{q}/claims/{bogus}", {}),
+                    ("PATCH", f"/v2/queues/{q}/claims/{bogus}", {"json": {"ttl": 300}}),
+                    ("PATCH", f"/v2/queues/{q}/claims/{claim}", {"json": {"ttl": 1}}),
+                    ("DELETE", f"/v2/queues/{q}/claims/{bogus}", {}),
+                    ("POST", f"/v2/queues/{empty}/claims", {"json": {}}),
+                    ("POST", f"/v2/queues/{q}/claims", {"json": {"ttl": 10}}),
+                    ("POST", f"/v2/queues/{q}/messages",
+                     {"json": {"messages": [{"body": 1, "ttl": 10}]}}),
+                    ("POST", f"/v2/queues/{q}/messages",
+                     {"json": {"messages": [{"body": "x" * 300_000}]}}),
+                    ("GET", f"/v2/queues/{q}/stats", {}),
+                ]
+
+            async def fresh_queues() -> dict[str, str]:
+                fresh = {"post": new_queue(), "claim": new_queue()}
+                resp = await alone.post(f"/v2/queues/{fresh['claim']}/messages",
+                                        json={"messages": [{"body": n} for n in range(3)]})
+                assert resp.status_code == 201
+                return fresh
+
+            # When each is sent alone through a gateway that does not coalesce
+            fresh = await fresh_queues()
+            one_by_one = [_comparable(await alone.request(m, p, **kw), fresh)
+                          for m, p, kw in probes(fresh)]
+            # And all at once through one that does
+            fresh = await fresh_queues()
+            at_once = await asyncio.gather(*(together.request(m, p, **kw)
+                                             for m, p, kw in probes(fresh)))
+
+            # Then every answer is the same
+            for probe, expected, got in zip(probes(fresh), one_by_one, at_once, strict=True):
+                assert _comparable(got, fresh) == expected, probe
+            assert {status for status, _, _ in one_by_one} >= {200, 201, 204, 400, 403, 404}
+            # And those that reached message_svc (the gateway refuses some itself) went in
+            # fewer calls: the first alone, the others together
+            stats = together_up.messages.stats
+            assert stats.requests >= len(one_by_one) - 2 and stats.batches >= 1
+            assert stats.alone + stats.batches < stats.requests / 4
+            assert alone_up.messages is not together_up.messages
+            assert not isinstance(alone_up.messages, CoalescingMessages)
+
+
+def _fields(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+
+
+async def test_requests_one_after_the_other_go_alone(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with running_services(make_settings()) as settings, gateway(settings) as (client, up):
+        queue = new_queue()
+        for n in range(5):
+            resp = await client.post(f"/v2/queues/{queue}/messages",
+                                     json={"messages": [{"body": n}]})
+            assert resp.status_code == 201
+        stats = up.messages.stats
+        assert (stats.requests, stats.alone, stats.batches) == (5, 5, 0)
+
+
+def test_the_settings_are_checked() -> None:
+    for bad in ({"message_batch_max": 1}, {"message_batch_max": 257},
+                {"message_calls_in_flight": 0}):
+        settings = Settings.load(environ={}, overrides=bad)
+        with pytest.raises(ConfigurationError):
+            Upstreams(settings).open()
+
+
+# Against a stand-in message_svc ----------------------------------------------------------------
+
+
+class StandIn(messages_pb2_grpc.MessagesServicer):
+    """``PostMessages`` answers the queue's name as the id; queues "hold…" wait for
+    ``release``, "bad" fails as message_svc fails a bad request, "crash" raises."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.alone: list[str] = []
+
+    async def PostMessages(self, request: Any, context: Any) -> Any:
+        self.alone.append(request.queue)
+        return await self.post(request)
+
+    async def post(self, request: Any) -> Any:
+        if request.queue.startswith("hold"):
+            await self.release.wait()
+        if request.queue == "bad":
+            raise InvalidArgument("bad queue")
+        if request.queue == "crash":
+            raise RuntimeError("crash")
+        return messages_pb2.PostMessagesResponse(ids=[request.queue])
+
+
+class StandInInternal(messages_pb2_grpc.MessagesInternalServicer):
+    def __init__(self, messages: StandIn) -> None:
+        self.batches: list[list[str]] = []
+
+        class Through(messages_pb2_grpc.MessagesServicer):  # not recorded as alone
+            async def PostMessages(self, request: Any, context: Any) -> Any:
+                return await messages.post(request)
+
+        self._runner = BatchRunner(Through())
+
+    async def Batch(self, request: Any, context: Any) -> Any:
+        self.batches.append([item.post_messages.queue for item in request.items])
+        return await self._runner.run(request, context)
+
+
+MAX_ITEMS = 6
+
+
+@pytest.fixture
+async def stand_in(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[CoalescingMessages, StandIn, StandInInternal]]:
+    """The coalescing stub over a real channel to the stand-in (``with_batch`` param: whether
+    it serves ``MessagesInternal.Batch``)."""
+    with_batch = getattr(request, "param", True)
+    messages = StandIn()
+    internal = StandInInternal(messages)
+
+    def register(server: grpc.aio.Server) -> None:
+        messages_pb2_grpc.add_MessagesServicer_to_server(  # type: ignore[no-untyped-call]
+            messages, server)
+        if with_batch:
+            messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
+                internal, server)
+
+    server, port, _ = create_server([register], ["zaqar.v2.Messages"])
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}", None)
+    stub = CoalescingMessages(
+        messages_pb2_grpc.MessagesStub(channel),  # type: ignore[no-untyped-call]
+        messages_pb2_grpc.MessagesInternalStub(channel),  # type: ignore[no-untyped-call]
+        max_items=MAX_ITEMS,
+    )
+    yield stub, messages, internal
+    messages.release.set()
+    await stub.close()
+    await channel.close()
+    await server.stop(0)
+
+
+def post(stub: CoalescingMessages, queue: str, timeout: float | None = 5.0) -> asyncio.Task[Any]:
+    request = messages_pb2.PostMessagesRequest(project="p", queue=queue)
+    return asyncio.ensure_future(stub.PostMessages(request, timeout=timeout))
+
+
+async def settled(*tasks: asyncio.Task[Any]) -> None:
+    await asyncio.wait(tasks, timeout=5)
+
+
+async def test_a_cancelled_or_expired_waiting_call_leaves_the_others_alone(
+    stand_in: tuple[CoalescingMessages, StandIn, StandInInternal],
+) -> None:
+    stub, messages, internal = stand_in
+    # Given a call in flight that holds the window open
+    held = post(stub, "hold")
+    await asyncio.sleep(0.05)
+    # And waiting calls: one that will time out, one whose caller gives up, two more
+    expiring = post(stub, "expiring", timeout=0.05)
+    cancelled = post(stub, "cancelled")
+    first, second = post(stub, "first"), post(stub, "second")
+    await asyncio.sleep(0.1)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+
+    # When the call in flight returns
+    messages.release.set()
+    await settled(held, first, second)
+
+    # Then the expired call failed alone, as a single call past its deadline does (503)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await expiring
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert api_error_from_rpc(caught.value).status == 503
+    assert cancelled.cancelled()
+    # And only the two live ones went, together, and got their answers
+    assert internal.batches == [["first", "second"]]
+    assert [list(t.result().ids) for t in (held, first, second)] == [["hold"], ["first"],
+                                                                     ["second"]]
+    assert messages.alone == ["hold"]
+
+
+async def test_failed_items_fail_alone_with_their_own_status(
+    stand_in: tuple[CoalescingMessages, StandIn, StandInInternal],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stub, messages, internal = stand_in
+    held = post(stub, "hold")
+    await asyncio.sleep(0.05)
+    bad, crash, good = post(stub, "bad"), post(stub, "crash"), post(stub, "good")
+    await asyncio.sleep(0.05)
+    with caplog.at_level(logging.ERROR):
+        messages.release.set()
+        await settled(held, bad, crash, good)
+
+    assert internal.batches == [["bad", "crash", "good"]]
+    assert list(good.result().ids) == ["good"]
+    bad_info = decode_rpc_error(bad.exception())
+    assert (bad_info.code, bad_info.reason, bad_info.title, bad_info.description) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "Invalid API request", "bad queue")
+    crash_info = decode_rpc_error(crash.exception())
+    assert (crash_info.code, crash_info.reason) == (
+        grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+    assert "unexpected failure in Batch/PostMessages" in caplog.text
+
+
+async def test_a_batch_takes_the_earliest_deadline_and_at_most_max_items(
+    stand_in: tuple[CoalescingMessages, StandIn, StandInInternal],
+) -> None:
+    stub, messages, internal = stand_in
+    held = post(stub, "hold", timeout=0.3)
+    await asyncio.sleep(0.05)
+    # Seven wait (one more than max_items): six go at once as a full batch
+    waiting = [post(stub, f"hold-{n}", timeout=0.4 if n == 0 else 5.0)
+               for n in range(MAX_ITEMS + 1)]
+    await asyncio.sleep(0.05)
+    assert internal.batches == [[f"hold-{n}" for n in range(MAX_ITEMS)]]
+
+    # The full batch had the deadline of its first item: all of it failed with it
+    await settled(held, *waiting[:MAX_ITEMS])
+    for task in (held, *waiting[:MAX_ITEMS]):
+        assert task.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[union-attr]
+    # And the last one went when that call returned, alone, and answers once released
+    await asyncio.sleep(0.05)
+    last = waiting[MAX_ITEMS]
+    assert not last.done() and messages.alone == ["hold", f"hold-{MAX_ITEMS}"]
+    messages.release.set()
+    assert list((await last).ids) == [f"hold-{MAX_ITEMS}"]
+
+
+@pytest.mark.parametrize("stand_in", [False], indirect=True)
+async def test_a_message_svc_without_batch_gets_single_calls(
+    stand_in: tuple[CoalescingMessages, StandIn, StandInInternal],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stub, messages, _ = stand_in
+    held = post(stub, "hold")
+    await asyncio.sleep(0.05)
+    waiting = [post(stub, f"w{n}") for n in range(3)]
+    await asyncio.sleep(0.05)
+    with caplog.at_level(logging.WARNING):
+        messages.release.set()
+        await settled(held, *waiting)
+    assert [list(t.result().ids) for t in waiting] == [["w0"], ["w1"], ["w2"]]
+    assert "does not serve MessagesInternal.Batch" in caplog.text
+    # And later calls go alone without trying Batch again (for a while)
+    more = [post(stub, f"m{n}") for n in range(3)]
+    await settled(*more)
+    assert sorted(messages.alone) == sorted(["hold", "w0", "w1", "w2", "m0", "m1", "m2"])

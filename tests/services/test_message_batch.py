@@ -1,0 +1,232 @@
+"""``MessagesInternal.Batch`` of message_svc over real gRPC: each item answers as its own
+``Messages`` call would (response, or status code + message + ErrorInfo), items of one batch
+run concurrently without stepping on each other, and the call is never retried."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
+
+from services.common.errors import Unavailable
+from services.common.grpc_server import create_server, open_channel
+from services.message_svc.batch import MAX_ITEMS, ROUTES
+from tests.services.test_message_svc import (  # noqa: F401 - fixtures
+    PROJECT,
+    Services,
+    message_svc,
+    message_svc_factory,
+)
+
+ITEM_METHODS = {field: method for field, (method, _) in ROUTES.items()}
+
+
+def _no_ages(message: Message) -> Message:
+    """A copy without the ``age`` fields, which tick with the clock."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    stack: list[Message] = [copy]
+    while stack:
+        m = stack.pop()
+        for descriptor, value in m.ListFields():
+            if descriptor.name == "age":
+                m.ClearField("age")
+            elif descriptor.message_type is not None:
+                if descriptor.is_repeated:
+                    stack.extend(value)
+                else:
+                    stack.append(value)
+    return copy
+
+
+async def _alone(svc: Services, item: messages_pb2.BatchItem) -> tuple[str, Any]:
+    """What the item's own call answers: ("ok", response) or ("error", google.rpc.Status)."""
+    kind = item.WhichOneof("request")
+    assert kind is not None
+    try:
+        response = await getattr(svc.messages, ITEM_METHODS[kind])(getattr(item, kind))
+    except grpc.aio.AioRpcError as exc:
+        details = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
+        status = status_pb2.Status.FromString(details) if details else status_pb2.Status(
+            code=exc.code().value[0], message=exc.details() or ""
+        )
+        return "error", status
+    return "ok", _no_ages(response)
+
+
+def _batched(result: messages_pb2.BatchResult) -> tuple[str, Any]:
+    kind = result.WhichOneof("result")
+    assert kind is not None
+    if kind == "error":
+        return "error", result.error
+    return "ok", _no_ages(getattr(result, kind))
+
+
+def _item(**request: Message) -> messages_pb2.BatchItem:
+    return messages_pb2.BatchItem(**request)
+
+
+async def test_each_item_answers_as_its_own_call(
+    message_svc: Services,  # noqa: F811 - fixture
+) -> None:
+    # Given a queue with claimed and unclaimed messages, and an empty one
+    a, b, c = await message_svc.post({"n": 1}, {"n": 2}, {"n": 3}, ttl=300)
+    claim = await message_svc.claim(limit=1)
+    assert [m.id for m in claim.messages] == [a]
+    ref: dict[str, Any] = {"project": PROJECT, "queue": "q"}
+
+    # And calls that succeed or fail without changing anything
+    items = [
+        _item(get_message=messages_pb2.GetMessageRequest(**ref, message_id=b)),
+        _item(get_message=messages_pb2.GetMessageRequest(**ref, message_id="bogus")),
+        _item(get_messages=messages_pb2.GetMessagesRequest(**ref, message_ids=[c, "x", b])),
+        _item(get_messages=messages_pb2.GetMessagesRequest(
+            **ref, message_ids=[str(i) for i in range(21)])),
+        _item(list_messages=messages_pb2.ListMessagesRequest(
+            **ref, client_id="someone", include_claimed=True)),
+        _item(list_messages=messages_pb2.ListMessagesRequest(**ref, client_id="x", limit=0)),
+        _item(delete_message=messages_pb2.DeleteMessageRequest(**ref, message_id=a)),
+        _item(delete_message=messages_pb2.DeleteMessageRequest(
+            **ref, message_id=a, claim_id="0123456789abcdef01234567")),
+        _item(delete_message=messages_pb2.DeleteMessageRequest(
+            **ref, message_id=b, claim_id=claim.id)),
+        _item(delete_message=messages_pb2.DeleteMessageRequest(**ref, message_id="absent")),
+        _item(delete_messages=messages_pb2.DeleteMessagesRequest(
+            **ref, message_ids=[str(i) for i in range(21)])),
+        _item(pop_messages=messages_pb2.PopMessagesRequest(**ref, limit=0)),
+        _item(create_claim=messages_pb2.CreateClaimRequest(project=PROJECT, queue="empty")),
+        _item(create_claim=messages_pb2.CreateClaimRequest(**ref, ttl=10)),
+        _item(get_claim=messages_pb2.GetClaimRequest(**ref, claim_id=claim.id)),
+        _item(get_claim=messages_pb2.GetClaimRequest(**ref, claim_id="bogus")),
+        _item(update_claim=messages_pb2.UpdateClaimRequest(**ref, claim_id="bogus")),
+        _item(update_claim=messages_pb2.UpdateClaimRequest(**ref, claim_id=claim.id, grace=1)),
+        _item(delete_claim=messages_pb2.DeleteClaimRequest(**ref, claim_id="bogus")),
+        _item(post_messages=messages_pb2.PostMessagesRequest(
+            **ref, client_id="c", messages=[messages_pb2.NewMessage(body=b"1", ttl=10)])),
+        _item(post_messages=messages_pb2.PostMessagesRequest(
+            project=PROJECT, queue="bad name!", client_id="c",
+            messages=[messages_pb2.NewMessage(body=b"1")])),
+        _item(get_stats=common_pb2.QueueRef(**ref)),
+    ]
+    assert {item.WhichOneof("request") for item in items} == set(ROUTES)
+
+    # When each is called alone, then all together in one batch
+    alone = [await _alone(message_svc, item) for item in items]
+    response = await message_svc.internal.Batch(messages_pb2.BatchRequest(items=items))
+
+    # Then every result is what its own call gave: the same response, or the same status
+    assert [_batched(result) for result in response.results] == alone
+    errors = [outcome for kind, outcome in alone if kind == "error"]
+    assert len(errors) == 14
+    assert all(status.details for status in errors)  # ErrorInfo (reason, title) included
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_items_run_concurrently_and_keep_their_order(
+    request: pytest.FixtureRequest,
+    message_svc_factory: Callable[..., Awaitable[Services]],  # noqa: F811 - fixture
+    store: str,
+) -> None:
+    overrides = {}
+    if store == "redis":
+        redis = request.getfixturevalue("redis_server")
+        overrides["message_store"] = f"redis://127.0.0.1:{redis.port}/0"
+    svc = await message_svc_factory(**overrides)
+    project = "p-" + uuid.uuid4().hex[:8]
+
+    # Given a queue of 10 messages
+    ids = await svc.post(*range(10), project=project)
+
+    # When one batch posts to 5 queues and makes 5 claims of 2 on the first
+    posts = [
+        _item(post_messages=messages_pb2.PostMessagesRequest(
+            project=project, queue=f"q{i}", client_id="c",
+            messages=[messages_pb2.NewMessage(body=orjson.dumps(i))]))
+        for i in range(5)
+    ]
+    claims = [_item(create_claim=messages_pb2.CreateClaimRequest(
+        project=project, queue="q", limit=2)) for _ in range(5)]
+    response = await svc.internal.Batch(messages_pb2.BatchRequest(items=posts + claims))
+
+    # Then each post's id is in its own queue
+    for i, result in enumerate(response.results[:5]):
+        (posted,) = await svc.listed(queue=f"q{i}", project=project)
+        assert list(result.post_messages.ids) == [posted.id]
+        assert orjson.loads(posted.body) == i
+    # And the claims took every message exactly once
+    claimed = [m.id for r in response.results[5:] for m in r.claim.messages]
+    assert sorted(claimed) == sorted(ids)
+
+
+async def test_a_bad_or_oversized_batch(message_svc: Services) -> None:  # noqa: F811
+    empty = await message_svc.internal.Batch(messages_pb2.BatchRequest(items=[
+        messages_pb2.BatchItem(),
+        _item(get_stats=common_pb2.QueueRef(project=PROJECT, queue="q")),
+    ]))
+    assert empty.results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert empty.results[1].WhichOneof("result") == "stats"
+
+    too_many = [_item(get_stats=common_pb2.QueueRef(project=PROJECT, queue="q"))] * (
+        MAX_ITEMS + 1
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await message_svc.internal.Batch(messages_pb2.BatchRequest(items=too_many))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class _Unavailable(messages_pb2_grpc.MessagesInternalServicer):
+    """Answers every call UNAVAILABLE and counts the attempts."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    async def InvalidateQueue(self, request: Any, context: Any) -> Any:
+        self.calls["InvalidateQueue"] = self.calls.get("InvalidateQueue", 0) + 1
+        raise Unavailable("store down")
+
+    async def Batch(self, request: Any, context: Any) -> Any:
+        self.calls["Batch"] = self.calls.get("Batch", 0) + 1
+        raise Unavailable("store down")
+
+
+@pytest.fixture
+async def unavailable() -> AsyncIterator[tuple[_Unavailable, grpc.aio.Channel]]:
+    servicer = _Unavailable()
+
+    def register(server: grpc.aio.Server) -> None:
+        messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
+            servicer, server)
+
+    server, port, _ = create_server([register], ["zaqar.v2.MessagesInternal"])
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}", None)
+    yield servicer, channel
+    await channel.close()
+    await server.stop(0)
+
+
+async def test_batch_is_never_retried(
+    unavailable: tuple[_Unavailable, grpc.aio.Channel],
+) -> None:
+    # Given the channel every service opens (retries UNAVAILABLE on internal calls)
+    servicer, channel = unavailable
+    stub = messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
+
+    # When an idempotent internal call and a Batch both meet UNAVAILABLE
+    for call, request in ((stub.InvalidateQueue, common_pb2.QueueRef()),
+                          (stub.Batch, messages_pb2.BatchRequest())):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # Then only the idempotent one was tried again
+    await asyncio.sleep(0)
+    assert servicer.calls == {"InvalidateQueue": 3, "Batch": 1}
