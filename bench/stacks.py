@@ -2,7 +2,7 @@
 other in one run, printing a Markdown table (and JSON) of req/s and latency percentiles.
 
     python bench/stacks.py --seconds 15 [--observers] [--stores sqlite,redis,mongodb]
-                           [--set message_batch=false ...]
+                           [--workers 4] [--set message_batch=false ...]
 
 Each store gets its own fresh server: redis-server (``--save "" --appendonly no``, or with
 ``--durable`` AOF ``appendfsync always``), the MongoDB wire server (SecantusDB), or SQLite
@@ -53,26 +53,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load(url: str, seconds: float, observers: bool) -> dict[str, Any]:
-    args = ["--url", url, "-pp", "1", "-pw", "4", "-cp", "1", "-cw", "4",
+def load(url: str, seconds: float, observers: bool, workers: int = 4) -> dict[str, Any]:
+    args = ["--url", url, "-pp", "1", "-pw", str(workers), "-cp", "1", "-cw", str(workers),
             "-op", "1" if observers else "0", "-ow", "2", "-t", str(seconds)]
     return zbench.main(args)
 
 
-def run_hello(seconds: float, observers: bool) -> dict[str, Any]:
+def run_hello(seconds: float, observers: bool, workers: int) -> dict[str, Any]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "hello_app.py"),
                              "--port", str(port)])
     try:
         time.sleep(2)
-        return {"results": load(f"http://127.0.0.1:{port}", seconds, observers), "rss": {}}
+        return {"results": load(f"http://127.0.0.1:{port}", seconds, observers, workers), "rss": {}}
     finally:
         proc.terminate()
         proc.wait()
 
 
 def run_store(store: str, seconds: float, observers: bool, durable: bool,
-              work: Path, settings_overrides: dict[str, str]) -> dict[str, Any]:
+              work: Path, settings_overrides: dict[str, str], workers: int) -> dict[str, Any]:
     server: ServerProcess | None = None
     overrides: dict[str, Any] = {
         "data_dir": str(work / store), "queue_port": free_port(), "message_port": free_port(),
@@ -97,7 +97,7 @@ def run_store(store: str, seconds: float, observers: bool, durable: bool,
         pids[store + "-server"] = server.proc.pid
     try:
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        results = load(stack.url, seconds, observers)
+        results = load(stack.url, seconds, observers, workers)
         after = {name: cpu_seconds(pid) for name, pid in pids.items()}
         rss = {name: round(rss_mib(pid), 1) for name, pid in pids.items()}
     finally:
@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--durable", action="store_true", help="Redis with AOF appendfsync always")
     ap.add_argument("--stores", default="sqlite,redis,mongodb")
     ap.add_argument("--no-hello", action="store_true")
+    ap.add_argument("--workers", type=int, default=4,
+                    help="workers of the producer process and of the consumer process (-pw, -cw)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a setting of the stacks, e.g. message_batch=false (repeatable)")
     args = ap.parse_args()
@@ -128,10 +130,11 @@ def main() -> None:
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="zbench-") as tmp:
         if not args.no_hello:
-            runs["hello (HTTP ceiling)"] = run_hello(args.seconds, args.observers)
+            runs["hello (HTTP ceiling)"] = run_hello(args.seconds, args.observers, args.workers)
         for store in args.stores.split(","):
             runs[f"zaqar-grpc on {store}"] = run_store(
-                store, args.seconds, args.observers, args.durable, Path(tmp), overrides)
+                store, args.seconds, args.observers, args.durable, Path(tmp), overrides,
+                args.workers)
     print()
     print("| target | role | req/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -7,11 +7,13 @@ post or a claim; under load, the gateway sends the requests it holds together in
 awaitables, same ``grpc.RpcError`` failures):
 
 - a call goes out at once, alone and as its own unary ``Messages`` call (exactly as without
-  coalescing), while fewer than ``in_flight`` calls to message_svc are in flight;
-- otherwise it waits, and every waiting call goes in one ``Batch`` (at most ``max_items``
-  items) as soon as an in-flight call returns, or at once when ``max_items`` are waiting.
+  coalescing), while fewer than ``in_flight`` requests to message_svc are in flight (alone or
+  in batches);
+- otherwise it waits, and the waiting calls go in one ``Batch`` (at most ``max_items`` items)
+  as soon as a call returns and leaves fewer than ``in_flight`` requests in flight, or at once
+  when ``max_items`` are waiting.
 
-So at low load nothing waits, and under load a request waits at most for one call that was
+So at low load nothing waits, and under load a request waits at most for calls that were
 already in flight. Each item keeps its deadline: a waiting item fails with DEADLINE_EXCEEDED
 when its deadline passes, a batch's deadline is the earliest of its items', and an item
 whose caller gave up (cancelled) before it was sent is dropped. An item already sent runs to
@@ -88,9 +90,11 @@ class _Waiting:
 
 @dataclass(slots=True)
 class CallStats:
-    """What went to message_svc: requests, and the calls that carried them."""
+    """What went to message_svc: requests (and how many of them waited for a window), and
+    the calls that carried them."""
 
     requests: int = 0
+    waited: int = 0
     alone: int = 0
     batches: int = 0
     batched: int = 0
@@ -102,8 +106,8 @@ class CallStats:
         per_call = self.requests / calls if calls else 0.0
         return (
             f"{self.requests} requests to message_svc in {calls} calls "
-            f"({per_call:.2f} per call): {self.alone} alone, {self.batches} batches of "
-            f"{mean:.2f} items on average (largest {self.largest})"
+            f"({per_call:.2f} per call; {self.waited} waited): {self.alone} alone, "
+            f"{self.batches} batches of {mean:.2f} items on average (largest {self.largest})"
         )
 
 
@@ -146,14 +150,14 @@ class CoalescingMessages:
         self, messages: Any, internal: Any, *, max_items: int = 32, in_flight: int = 1
     ) -> None:
         """``messages``, ``internal``: the ``Messages`` and ``MessagesInternal`` stubs of one
-        channel. ``max_items``: the most items of one Batch (2..256); ``in_flight``: calls in
-        flight before further calls wait (≥ 1)."""
+        channel. ``max_items``: the most items of one Batch (2..256); ``in_flight``: requests
+        in flight from which further calls wait (≥ 1)."""
         if not 2 <= max_items <= MAX_ITEMS:
             raise ConfigurationError(
                 f"message_batch_max must be between 2 and {MAX_ITEMS}, not {max_items}"
             )
         if in_flight < 1:
-            raise ConfigurationError(f"message_calls_in_flight must be ≥ 1, not {in_flight}")
+            raise ConfigurationError(f"message_batch_in_flight must be ≥ 1, not {in_flight}")
         self._messages = messages
         self._batch_call = internal.Batch
         self._max_items = max_items
@@ -180,6 +184,7 @@ class CoalescingMessages:
             finally:
                 state.in_flight -= 1
                 self._window_closed()
+        self.stats.waited += 1
         loop = asyncio.get_running_loop()
         waiting = _Waiting(method, request, None, loop.create_future(), request.ByteSize())
         if timeout is not None:
@@ -199,7 +204,8 @@ class CoalescingMessages:
             waiting.future.set_exception(_deadline_exceeded())
 
     def _window_closed(self) -> None:
-        """A call returned: send what waits, as long as there are calls to spare."""
+        """A call returned: send what waits, as long as fewer than ``in_flight`` requests are
+        in flight."""
         state = self._state
         while state.waiting and state.in_flight < self._max_in_flight:
             self._send_waiting()
@@ -223,7 +229,7 @@ class CoalescingMessages:
                 live.append(waiting)
         if not live:
             return
-        state.in_flight += 1
+        state.in_flight += len(live)
         task = asyncio.ensure_future(self._send(live))
         state.sending.add(task)
         task.add_done_callback(state.sending.discard)
@@ -239,7 +245,7 @@ class CoalescingMessages:
                 self.stats.largest = max(self.stats.largest, len(items))
                 await self._send_batch(items)
         finally:
-            self._state.in_flight -= 1
+            self._state.in_flight -= len(items)
             self._window_closed()
 
     async def _send_alone(self, item: _Waiting) -> None:

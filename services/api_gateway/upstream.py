@@ -59,7 +59,7 @@ class Upstreams:
         self._notifier_target = settings.target("notifier")
         self._batch = settings.message_batch
         self._batch_max = settings.message_batch_max
-        self._in_flight = settings.message_calls_in_flight
+        self._in_flight = settings.message_batch_in_flight
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: dict[str, Any] = {}
         self._health: dict[str, Any] = {}

@@ -116,20 +116,19 @@ class Settings:
     message_batch: bool = field(
         default=True,
         metadata=_help(
-            "The gateway sends the calls to message_svc that wait while others are in flight "
-            "together, as one MessagesInternal.Batch call (less CPU per request under load; a "
-            "call goes alone and at once when fewer than message_calls_in_flight are in "
-            "flight)."
+            "The gateway coalesces its calls to message_svc under load: a call that would start "
+            "while message_batch_in_flight requests are in flight waits for one of them to "
+            "return, and the calls that waited go together as one MessagesInternal.Batch call."
         ),
     )
     message_batch_max: int = field(
         default=32, metadata=_help("Most calls one MessagesInternal.Batch carries (2..256).")
     )
-    message_calls_in_flight: int = field(
+    message_batch_in_flight: int = field(
         default=1,
         metadata=_help(
-            "Calls to message_svc the gateway makes at once before further calls wait for "
-            "one of them to return and go together (with message_batch)."
+            "Requests to message_svc in flight (alone or batched) from which further calls "
+            "wait to go together; 1 = whenever anything is in flight."
         ),
     )
     message_checksum: bool = field(

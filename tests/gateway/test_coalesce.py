@@ -176,7 +176,7 @@ async def test_requests_one_after_the_other_go_alone(
 
 def test_the_settings_are_checked() -> None:
     for bad in ({"message_batch_max": 1}, {"message_batch_max": 257},
-                {"message_calls_in_flight": 0}):
+                {"message_batch_in_flight": 0}):
         settings = Settings.load(environ={}, overrides=bad)
         with pytest.raises(ConfigurationError):
             Upstreams(settings).open()
