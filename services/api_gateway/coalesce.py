@@ -7,20 +7,28 @@ post or a claim; under load, the gateway sends the requests it holds together in
 awaitables, same ``grpc.RpcError`` failures):
 
 - a call goes out at once, alone and as its own unary ``Messages`` call (exactly as without
-  coalescing), while fewer than ``in_flight`` requests to message_svc are in flight (alone or
-  in batches);
+  coalescing), while fewer than a limit of requests to message_svc are in flight (alone or in
+  batches);
 - otherwise it waits, and the waiting calls go in one ``Batch`` (at most ``max_items`` items)
-  as soon as a call returns and leaves fewer than ``in_flight`` requests in flight, or at once
-  when ``max_items`` are waiting.
+  as soon as a call returns and leaves fewer than the limit in flight, or at once when
+  ``max_items`` are waiting.
 
-So at low load nothing waits, and under load a request waits at most for calls that were
-already in flight. Each item keeps its deadline: a waiting item fails with DEADLINE_EXCEEDED
-when its deadline passes, a batch's deadline is the earliest of its items', and an item
-whose caller gave up (cancelled) before it was sent is dropped. An item already sent runs to
-its end in message_svc (its answer is dropped). Results and failures are those of the single
-call: a failed item raises a ``grpc.aio.AioRpcError`` carrying the item's status code,
-message and ``grpc-status-details-bin`` (ErrorInfo), which the gateway's one status table
-maps as it maps a failed single call; a failed ``Batch`` call fails each of its items alike.
+The limit (:class:`Window`) starts at ``in_flight`` (1: wait whenever anything is in flight)
+and adapts. When waiting gathers nothing — three times in a row the waiting calls go one at a
+time, as two clients do when they fall into lockstep, each waiting for the other's call — it
+rises by one; after every batch it comes down by one; and after a second in which nothing
+waited it drops back to ``in_flight``, to find out whether waiting pays again.
+
+So at low load nothing waits (or, after such a probe, a few calls a second), and under load a
+request waits at most for calls that were already in flight.
+
+Each item keeps its deadline: a waiting item fails with DEADLINE_EXCEEDED when its deadline
+passes, a batch's deadline is the earliest of its items', and an item whose caller gave up
+(cancelled) before it was sent is dropped. An item already sent runs to its end in
+message_svc (its answer is dropped). Results and failures are those of the single call: a
+failed item raises a ``grpc.aio.AioRpcError`` carrying the item's status code, message and
+``grpc-status-details-bin`` (ErrorInfo), which the gateway's one status table maps as it maps
+a failed single call; a failed ``Batch`` call fails each of its items alike.
 """
 
 from __future__ import annotations
@@ -134,6 +142,43 @@ def _deadline_exceeded() -> grpc.aio.AioRpcError:
     )
 
 
+class Window:
+    """How many requests may be in flight before further calls wait (module docstring)."""
+
+    # Single-call flushes in a row after which the limit rises.
+    LONELY_RUN: Final = 3
+    # Seconds without a waiting call after which a raised limit drops back to find out
+    # whether waiting pays again.
+    PROBE_AFTER: Final = 1.0
+    CEILING: Final = 64
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor
+        self.limit = floor
+        self._lonely = 0
+        self._since = 0.0
+
+    def go_now(self, in_flight: int, now: float) -> bool:
+        """Whether a call arriving at ``now`` goes at once (else it waits)."""
+        if self.limit > self.floor and now - self._since > self.PROBE_AFTER:
+            self.limit = self.floor
+        if in_flight < self.limit:
+            return True
+        self._since = now
+        return False
+
+    def flushed(self, calls: int) -> None:
+        """Waiting calls went: ``calls`` of them in one call."""
+        if calls > 1:
+            self._lonely = 0
+            self.limit = max(self.floor, self.limit - 1)
+            return
+        self._lonely += 1
+        if self._lonely >= self.LONELY_RUN:
+            self._lonely = 0
+            self.limit = min(self.CEILING, self.limit + 1)
+
+
 @dataclass(slots=True)
 class _State:
     in_flight: int = 0
@@ -151,7 +196,7 @@ class CoalescingMessages:
     ) -> None:
         """``messages``, ``internal``: the ``Messages`` and ``MessagesInternal`` stubs of one
         channel. ``max_items``: the most items of one Batch (2..256); ``in_flight``: requests
-        in flight from which further calls wait (≥ 1)."""
+        in flight from which further calls wait, at least (≥ 1; :class:`Window`)."""
         if not 2 <= max_items <= MAX_ITEMS:
             raise ConfigurationError(
                 f"message_batch_max must be between 2 and {MAX_ITEMS}, not {max_items}"
@@ -161,7 +206,7 @@ class CoalescingMessages:
         self._messages = messages
         self._batch_call = internal.Batch
         self._max_items = max_items
-        self._max_in_flight = in_flight
+        self.window = Window(in_flight)
         self._state = _State()
         self.stats = CallStats()
         for method in ITEM_FIELDS:
@@ -176,7 +221,8 @@ class CoalescingMessages:
     ) -> Any:
         state = self._state
         self.stats.requests += 1
-        if state.in_flight < self._max_in_flight or not self._batching():
+        loop = asyncio.get_running_loop()
+        if self.window.go_now(state.in_flight, loop.time()) or not self._batching():
             self.stats.alone += 1
             state.in_flight += 1
             try:
@@ -185,7 +231,6 @@ class CoalescingMessages:
                 state.in_flight -= 1
                 self._window_closed()
         self.stats.waited += 1
-        loop = asyncio.get_running_loop()
         waiting = _Waiting(method, request, None, loop.create_future(), request.ByteSize())
         if timeout is not None:
             waiting.deadline = loop.time() + timeout
@@ -204,10 +249,10 @@ class CoalescingMessages:
             waiting.future.set_exception(_deadline_exceeded())
 
     def _window_closed(self) -> None:
-        """A call returned: send what waits, as long as fewer than ``in_flight`` requests are
-        in flight."""
+        """A call returned: send what waits, as long as fewer requests than the limit are in
+        flight."""
         state = self._state
-        while state.waiting and state.in_flight < self._max_in_flight:
+        while state.waiting and state.in_flight < self.window.limit:
             self._send_waiting()
 
     def _send_waiting(self) -> None:
@@ -229,6 +274,7 @@ class CoalescingMessages:
                 live.append(waiting)
         if not live:
             return
+        self.window.flushed(len(live))
         state.in_flight += len(live)
         task = asyncio.ensure_future(self._send(live))
         state.sending.add(task)

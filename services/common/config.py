@@ -117,8 +117,8 @@ class Settings:
         default=True,
         metadata=_help(
             "The gateway coalesces its calls to message_svc under load: a call that would start "
-            "while message_batch_in_flight requests are in flight waits for one of them to "
-            "return, and the calls that waited go together as one MessagesInternal.Batch call."
+            "while others are in flight may wait for one of them to return, and the calls that "
+            "waited go together as one MessagesInternal.Batch call."
         ),
     )
     message_batch_max: int = field(
@@ -128,7 +128,8 @@ class Settings:
         default=1,
         metadata=_help(
             "Requests to message_svc in flight (alone or batched) from which further calls "
-            "wait to go together; 1 = whenever anything is in flight."
+            "wait to go together, at least: the gateway raises it while waiting gathers "
+            "nothing (1 = whenever anything is in flight)."
         ),
     )
     message_checksum: bool = field(

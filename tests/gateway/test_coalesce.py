@@ -24,7 +24,7 @@ import pytest
 from zaqar.v2 import messages_pb2, messages_pb2_grpc
 
 from services.api_gateway.app import create_app
-from services.api_gateway.coalesce import CoalescingMessages
+from services.api_gateway.coalesce import CoalescingMessages, Window
 from services.api_gateway.errors import api_error_from_rpc
 from services.api_gateway.upstream import Upstreams
 from services.common.config import ConfigurationError, Settings
@@ -365,3 +365,48 @@ async def test_a_message_svc_without_batch_gets_single_calls(
     more = [post(stub, f"m{n}") for n in range(3)]
     await settled(*more)
     assert sorted(messages.alone) == sorted(["hold", "w0", "w1", "w2", "m0", "m1", "m2"])
+
+
+# The limit of requests in flight --------------------------------------------------------------
+
+
+def test_the_window_rises_when_waiting_gathers_nothing_and_probes_back() -> None:
+    window = Window(1)
+    # Given one request in flight, a second one waits
+    assert window.go_now(0, now=0.0)
+    assert not window.go_now(1, now=0.0)
+    # When waiting calls go one at a time, three times in a row
+    for _ in range(Window.LONELY_RUN):
+        window.flushed(1)
+    # Then the limit rises, and a second request goes at once
+    assert window.limit == 2 and window.go_now(1, now=0.1)
+    # And a batch brings it down again
+    window.flushed(3)
+    assert window.limit == 1
+    # And after a quiet second a raised limit drops back to see whether waiting pays again
+    for _ in range(Window.LONELY_RUN * 2):
+        window.flushed(1)
+    assert window.limit == 3 and window.go_now(2, now=0.5)
+    assert not window.go_now(2, now=0.5 + Window.PROBE_AFTER + 0.01)
+    assert window.limit == 1
+
+
+async def test_two_clients_in_lockstep_stop_waiting(
+    stand_in: tuple[CoalescingMessages, StandIn, StandInInternal],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stub, _, _ = stand_in
+    monkeypatch.setattr(Window, "PROBE_AFTER", 60.0)  # no probe during the test, however slow
+
+    async def client(name: str) -> None:
+        for n in range(50):
+            response = await post(stub, f"{name}-{n}")
+            assert list(response.ids) == [f"{name}-{n}"]
+
+    # When two clients call one after the other each, concurrently
+    await asyncio.gather(client("a"), client("b"))
+
+    # Then only the first few calls waited (each for the other client's), then none
+    assert stub.stats.requests == 100
+    assert stub.stats.waited <= 2 * Window.LONELY_RUN
+    assert stub.window.limit == 2
