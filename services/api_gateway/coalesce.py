@@ -189,7 +189,8 @@ class _State:
 
 class CoalescingMessages:
     """The ``zaqar.v2.Messages`` stub of the gateway, coalescing concurrent calls (module
-    docstring). Each method takes ``(request, timeout=None)`` like the stub's."""
+    docstring). Each method takes ``(request, timeout=None, **options)`` like the stub's; a
+    call with options (``metadata=...``) always goes alone."""
 
     def __init__(
         self, messages: Any, internal: Any, *, max_items: int = 32, in_flight: int = 1
@@ -217,16 +218,21 @@ class CoalescingMessages:
         return getattr(self._messages, name)
 
     async def _call(
-        self, method: str, request: Any, timeout: float | None = None  # noqa: ASYNC109 - the stub's
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 - the stub's signature
+        **options: Any,
     ) -> Any:
         state = self._state
         self.stats.requests += 1
         loop = asyncio.get_running_loop()
-        if self.window.go_now(state.in_flight, loop.time()) or not self._batching():
+        # A call with options of its own (metadata, ...) cannot share a Batch: it goes alone.
+        if options or self.window.go_now(state.in_flight, loop.time()) or not self._batching():
             self.stats.alone += 1
             state.in_flight += 1
             try:
-                return await getattr(self._messages, method)(request, timeout=timeout)
+                return await getattr(self._messages, method)(request, timeout=timeout, **options)
             finally:
                 state.in_flight -= 1
                 self._window_closed()
