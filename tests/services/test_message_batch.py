@@ -16,9 +16,12 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
+from services.common.config import Settings
 from services.common.errors import Unavailable
 from services.common.grpc_server import create_server, open_channel
 from services.message_svc.batch import MAX_ITEMS, ROUTES
+from tests.keystone import Keystone
+from tests.services._grpc import Stubs, service, token
 from tests.services.test_message_svc import (  # noqa: F401 - fixtures
     PROJECT,
     Services,
@@ -230,3 +233,21 @@ async def test_batch_is_never_retried(
     # Then only the idempotent one was tried again
     await asyncio.sleep(0)
     assert servicer.calls == {"InvalidateQueue": 3, "Batch": 1}
+
+
+async def test_in_keystone_mode_batch_takes_only_service_tokens(
+    keystone_stack: tuple[Settings, Stubs], keystone: Keystone
+) -> None:
+    # Given message_svc in keystone mode, and a batch naming some project
+    _, s = keystone_stack
+    batch = messages_pb2.BatchRequest(items=[
+        _item(get_stats=common_pb2.QueueRef(project="p", queue="q")),
+    ])
+    # Then a project's token cannot use it to name another project
+    for metadata in ((), token(keystone.token("user-a"))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await s.messages_internal.Batch(batch, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # And a service's token (the gateway's) may
+    answer = await s.messages_internal.Batch(batch, metadata=service(keystone.token("zaqar")))
+    assert answer.results[0].WhichOneof("result") == "stats"
