@@ -187,6 +187,17 @@ class _State:
     batch_retry_at: float = 0.0
 
 
+def check_batch_settings(max_items: int, in_flight: int) -> None:
+    """Raises ConfigurationError when ``message_batch_max`` / ``message_batch_in_flight`` are
+    out of range."""
+    if not 2 <= max_items <= MAX_ITEMS:
+        raise ConfigurationError(
+            f"message_batch_max must be between 2 and {MAX_ITEMS}, not {max_items}"
+        )
+    if in_flight < 1:
+        raise ConfigurationError(f"message_batch_in_flight must be ≥ 1, not {in_flight}")
+
+
 class CoalescingMessages:
     """The ``zaqar.v2.Messages`` stub of the gateway, coalescing concurrent calls (module
     docstring). Each method takes ``(request, timeout=None, **options)`` like the stub's; a
@@ -198,12 +209,7 @@ class CoalescingMessages:
         """``messages``, ``internal``: the ``Messages`` and ``MessagesInternal`` stubs of one
         channel. ``max_items``: the most items of one Batch (2..256); ``in_flight``: requests
         in flight from which further calls wait, at least (≥ 1; :class:`Window`)."""
-        if not 2 <= max_items <= MAX_ITEMS:
-            raise ConfigurationError(
-                f"message_batch_max must be between 2 and {MAX_ITEMS}, not {max_items}"
-            )
-        if in_flight < 1:
-            raise ConfigurationError(f"message_batch_in_flight must be ≥ 1, not {in_flight}")
+        check_batch_settings(max_items, in_flight)
         self._messages = messages
         self._batch_call = internal.Batch
         self._max_items = max_items

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from zaqar.v2 import admin_pb2_grpc, messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
 
-from services.api_gateway.coalesce import CoalescingMessages
+from services.api_gateway.coalesce import CoalescingMessages, check_batch_settings
 from services.common.config import Settings
 from services.common.grpc_server import CHANNEL_OPTIONS, open_channel
 from services.common.keystone import KeystoneAuth, check_settings
@@ -60,6 +60,8 @@ class Upstreams:
         self._batch = settings.message_batch
         self._batch_max = settings.message_batch_max
         self._in_flight = settings.message_batch_in_flight
+        if self._batch:  # before any channel is opened
+            check_batch_settings(self._batch_max, self._in_flight)
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: dict[str, Any] = {}
         self._health: dict[str, Any] = {}

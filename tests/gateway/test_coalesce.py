@@ -178,8 +178,8 @@ def test_the_settings_are_checked() -> None:
     for bad in ({"message_batch_max": 1}, {"message_batch_max": 257},
                 {"message_batch_in_flight": 0}):
         settings = Settings.load(environ={}, overrides=bad)
-        with pytest.raises(ConfigurationError):
-            Upstreams(settings).open()
+        with pytest.raises(ConfigurationError):  # before any channel is opened
+            Upstreams(settings)
 
 
 # Against a stand-in message_svc ----------------------------------------------------------------
