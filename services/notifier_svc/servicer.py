@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import orjson
@@ -157,7 +158,9 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
             await context.send_initial_metadata(())
             loop = asyncio.get_running_loop()
             deadline = loop.time() + request.ttl if request.ttl > 0 else None
-            overflow = asyncio.ensure_future(watcher.overflowed.wait())
+            overflow = asyncio.create_task(watcher.overflowed.wait())
+            # One read of the next notification at a time, kept across waits that time out.
+            getter: asyncio.Task[notifier_pb2.Notification] | None = None
             try:
                 while True:
                     if watcher.overflowed.is_set():
@@ -168,19 +171,30 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
                     remaining = None if deadline is None else deadline - loop.time()
                     if remaining is not None and remaining <= 0:
                         return
-                    getter = asyncio.ensure_future(watcher.queue.get())
+                    if getter is None:
+                        getter = asyncio.create_task(watcher.queue.get())
                     done, _ = await asyncio.wait(
                         {getter, overflow}, timeout=remaining,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                     if getter not in done:
-                        getter.cancel()
                         continue
-                    yield getter.result()
+                    notification, getter = getter.result(), None
+                    yield notification
             finally:
-                overflow.cancel()
+                await _stop(overflow, getter)
         finally:
             hub.unregister(request.project, request.queue, watcher)
+
+
+async def _stop(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel what a stream started and wait until it has ended: a task left pending when its
+    stream goes is destroyed with it ("Task was destroyed but it is pending!")."""
+    started = {task for task in tasks if task is not None}
+    for task in started:
+        task.cancel()
+    if started:
+        await asyncio.wait(started)
 
 
 def registrar(

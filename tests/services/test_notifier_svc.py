@@ -7,8 +7,10 @@ Retry tests use second-scale policies and check observed attempt times against t
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
+import logging
 import statistics
 import time
 import uuid
@@ -620,6 +622,29 @@ async def test_a_watch_of_a_bad_queue_is_refused(stack: Stack) -> None:
     stream = stack.internal.Watch(notifier_pb2.WatchRequest(project=PROJECT, queue="bad name"))
     info = await rpc_error(stream.read())
     assert (info.code, info.reason) == (Code.INVALID_ARGUMENT, "INVALID_QUEUE_NAME")
+
+
+async def test_a_watch_cancelled_by_its_caller_leaves_no_task_behind(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a watch the service has registered
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    stream = stack.internal.Watch(notifier_pb2.WatchRequest(project=PROJECT, queue="gone", ttl=30))
+    await stream.initial_metadata()
+    # When the caller goes away, and the service has ended the stream
+    stream.cancel()
+    notify = notifier_pb2.NotifyManyRequest(
+        batches=[notifier_pb2.NotifyRequest(project=PROJECT, queue="gone")]
+    )
+    deadline = time.monotonic() + 5
+    while (await stack.internal.NotifyMany(notify)).listened[0]:
+        assert time.monotonic() < deadline, "the watch was not ended"
+        await asyncio.sleep(0.02)
+    # Then nothing the stream started is left pending to be destroyed with it
+    gc.collect()
+    await asyncio.sleep(0)
+    destroyed = [r.getMessage() for r in caplog.records if "destroyed" in r.getMessage()]
+    assert destroyed == []
 
 
 async def test_a_watcher_that_falls_behind_is_dropped_alone() -> None:
