@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-QUEUE_NAME_RE: Final = re.compile(r"^[a-zA-Z0-9_\-.]{1,64}$")
+# Matched in full: with re.match, a "$" would also accept a name ending in a newline.
+QUEUE_NAME_RE: Final = re.compile(r"[a-zA-Z0-9_\-.]{1,64}")
 PROJECT_ID_MAX: Final = 256
 
 PAGE_LIMIT_MIN: Final = 1
@@ -45,7 +46,7 @@ RESERVED_DEFAULTS: Final[dict[str, object]] = {
 
 
 def valid_queue_name(name: str) -> bool:
-    return bool(QUEUE_NAME_RE.match(name))
+    return QUEUE_NAME_RE.fullmatch(name) is not None
 
 
 def valid_project(project: str) -> bool:

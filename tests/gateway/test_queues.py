@@ -79,6 +79,21 @@ async def test_bad_queue_names(client: httpx.AsyncClient, name: str) -> None:
     )
 
 
+async def test_a_name_ending_in_a_newline_is_refused(client: httpx.AsyncClient) -> None:
+    # Given a project of its own
+    headers = {"X-Project-ID": "newline-" + new_queue()}
+    # When a queue is created with an escaped newline at the end of its name
+    resp = await client.put("/v2/queues/abc%0A", headers=headers, content=b"{}")
+    # Then it is refused, and nothing is listed
+    assert resp.status_code == 400
+    assert resp.json() == error_body(
+        "Invalid queue identification",
+        "The format of the submitted queue name or project id is not valid.",
+    )
+    listed = await client.get("/v2/queues", headers=headers)
+    assert listed.json()["queues"] == []
+
+
 @pytest.mark.parametrize(
     "metadata",
     [

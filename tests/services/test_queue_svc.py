@@ -21,7 +21,15 @@ import grpc
 import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zaqar.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
+from zaqar.v2 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    messages_pb2,
+    messages_pb2_grpc,
+    notifier_pb2,
+    queues_pb2,
+    queues_pb2_grpc,
+)
 
 from services.cli import settings_environment
 from services.common.config import ConfigurationError, Settings
@@ -30,6 +38,8 @@ from services.message_svc.server import start as start_message_svc
 from services.notifier_svc.server import start as start_notifier_svc
 from services.queue_svc.server import start
 from tests.conftest import free_port
+from tests.gateway.conftest import running_services
+from tests.services._grpc import stubs
 
 DEFAULTS = {
     "_max_messages_post_size": 262144,
@@ -156,10 +166,12 @@ QUEUE_CALLS: dict[str, Callable[[queues_pb2_grpc.QueuesStub, str, str], Awaitabl
         ("p", "x" * 65),
         ("p", "caf\u00e9"),
         ("p", "a/b"),
+        ("p", "abc\n"),
         ("", "fine"),
         ("p" * 257, "fine"),
     ],
-    ids=["space", "empty", "65-chars", "non-ascii", "slash", "no-project", "long-project"],
+    ids=["space", "empty", "65-chars", "non-ascii", "slash", "trailing-newline", "no-project",
+         "long-project"],
 )
 async def test_bad_identification_is_rejected_by_every_call(
     alone: QueueSvc, method: str, project: str, queue: str
@@ -169,6 +181,39 @@ async def test_bad_identification_is_rejected_by_every_call(
                  "Invalid queue identification", BAD_NAME)
     # And nothing was created
     assert not (await alone.stub.GetQueue(get("p", "fine"))).exists
+
+
+async def test_names_ending_in_a_newline_are_refused_by_every_service(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Given the three services, with pooling
+    async with running_services(make_settings(pooling=True)) as settings:
+        s = stubs(settings)
+        pools = admin_pb2_grpc.PoolsStub(s.channels[0])  # type: ignore[no-untyped-call]
+        flavors = admin_pb2_grpc.FlavorsStub(s.channels[0])  # type: ignore[no-untyped-call]
+        try:
+            # When each is given a queue, pool or flavor name with a trailing newline
+            calls = [
+                s.queues.CreateQueue(queues_pb2.CreateQueueRequest(project="p", queue="abc\n")),
+                s.queues.CreateQueue(queues_pb2.CreateQueueRequest(
+                    project="p", queue="abc", metadata=b'{"_dead_letter_queue": "dlq\\n"}')),
+                s.messages.PostMessages(messages_pb2.PostMessagesRequest(
+                    project="p", queue="abc\n", client_id="c",
+                    messages=[messages_pb2.NewMessage(body=b"1")])),
+                s.subscriptions.CreateSubscription(notifier_pb2.CreateSubscriptionRequest(
+                    project="p", queue="abc\n", subscriber="http://example.com")),
+                pools.PutPool(admin_pb2.PutPoolRequest(
+                    name="pool\n", uri=f"sqlite:///{settings.data_dir}/pool.db", weight=1)),
+                flavors.PutFlavor(admin_pb2.PutFlavorRequest(
+                    project="p", name="flavor\n", pool_list=["pool"])),
+            ]
+            # Then every call is refused, and nothing was made
+            for call in calls:
+                assert (await rpc_error(call)).code == grpc.StatusCode.INVALID_ARGUMENT
+            assert await names(s.queues, project="p") == []
+            assert list((await pools.ListPools(admin_pb2.ListPoolsRequest())).pools) == []
+        finally:
+            await s.close()
 
 
 @pytest.mark.parametrize("project", ["", "p" * 257])
