@@ -25,6 +25,7 @@ from services.message_svc import validation
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.storage.base import (
+    SEQ_MAX,
     Claim,
     DeleteOutcome,
     MessageStore,
@@ -43,7 +44,7 @@ _DELETE_ERRORS: dict[DeleteOutcome, type[ServiceError]] = {
 
 # Markers are the decimal seq of the last message of a page: opaque to clients, stable across
 # deletions, and meaningful to every backend (all order a queue by seq).
-_MARKER_DIGITS_MAX = 19
+_MARKER_DIGITS_MAX = len(str(SEQ_MAX))
 
 
 def encode_marker(seq: int) -> str:
@@ -51,9 +52,11 @@ def encode_marker(seq: int) -> str:
 
 
 def decode_marker(marker: str) -> int | None:
-    """The seq a marker stands for; ``None`` for a malformed one (which matches nothing)."""
+    """The seq a marker stands for; ``None`` for a malformed one or one past
+    :data:`SEQ_MAX`, which no message can follow (both match nothing)."""
     if marker.isdigit() and marker.isascii() and len(marker) <= _MARKER_DIGITS_MAX:
-        return int(marker)
+        seq = int(marker)
+        return seq if seq <= SEQ_MAX else None
     return None
 
 

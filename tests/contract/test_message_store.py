@@ -20,6 +20,7 @@ from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.message_svc.storage import registry
 from services.message_svc.storage.base import (
+    SEQ_MAX,
     DeadLetterPolicy,
     DeleteOutcome,
     MessageStore,
@@ -240,6 +241,15 @@ async def test_a_marker_of_a_deleted_newest_message_still_finds_later_posts(
     assert [m.id for m in await message_store.list_messages(P, Q, limit=10, after=marker)] == [
         new_id
     ]
+
+
+async def test_the_largest_seq_as_marker_gives_an_empty_page(message_store: MessageStore) -> None:
+    # Given messages in the queue
+    await post_n(message_store, 2)
+    # When reading after the largest seq there can be
+    page = await message_store.list_messages(P, Q, limit=10, after=SEQ_MAX)
+    # Then nothing follows it
+    assert page == []
 
 
 async def test_echo_false_hides_the_callers_own_messages(message_store: MessageStore) -> None:

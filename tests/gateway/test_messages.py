@@ -115,6 +115,20 @@ async def test_listing_pages_follow_next_links(client: httpx.AsyncClient) -> Non
     assert pages == 4  # 2 + 2 + 1 + the empty page that ends it
 
 
+@pytest.mark.parametrize("marker", [str(2**63 - 1), str(2**63), "9" * 19])
+async def test_a_marker_past_every_seq_gives_an_empty_page(
+    client: httpx.AsyncClient, marker: str
+) -> None:
+    # Given a queue with messages
+    queue = new_queue()
+    await post(client, queue, {"body": 1})
+    # When it is listed after a marker as large as a seq can be, or larger
+    resp = await client.get(f"/v2/queues/{queue}/messages?echo=true&marker={marker}")
+    # Then the page is empty on every store
+    assert resp.status_code == 200
+    assert resp.json() == {"messages": [], "links": []}
+
+
 async def test_absent_queue_lists_empty(client: httpx.AsyncClient) -> None:
     resp = await client.get("/v2/queues/nope-nothing/messages")
     assert resp.json() == {"messages": [], "links": []}

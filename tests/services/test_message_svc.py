@@ -388,7 +388,7 @@ async def test_list_of_an_absent_queue_or_with_a_bad_marker_is_empty(
         messages_pb2.ListMessagesRequest(project=PROJECT, queue="nope", client_id=CLIENT)
     )
     assert list(absent.messages) == [] and absent.next_marker == ""
-    for marker in ("garbage", "-1", "1.5", "9" * 40):
+    for marker in ("garbage", "-1", "1.5", "9" * 40, str(2**63)):
         assert await message_svc.listed(marker=marker) == []
 
 

@@ -18,7 +18,8 @@ Conventions shared by every method:
   removed them yet.
 * Order: each message gets a ``seq`` when accepted, strictly increasing within its queue (a
   per-queue monotonic counter or a store-wide one). Listing, claiming and popping go by
-  ``seq`` ascending.
+  ``seq`` ascending. A ``seq`` is a signed 64-bit integer (SQLite's ``INTEGER``, BSON's
+  ``long``), at most :data:`SEQ_MAX`.
 * Ids: message and claim ids are uuid4 strings made by the store. An id that does not exist,
   or is not even a uuid, is simply not found.
 """
@@ -28,7 +29,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
+
+SEQ_MAX: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,8 @@ class MessageStore(Protocol):
         """Up to ``limit`` unexpired messages with ``seq > after``, by ``seq`` ascending.
 
         Args:
-            after: the ``seq`` of the last message of the previous page, or ``None``.
+            after: the ``seq`` of the last message of the previous page (0 to
+                :data:`SEQ_MAX`), or ``None``.
             echo: when false and ``client_id`` is not empty, messages posted with that
                 ``client_id`` are left out.
             include_claimed: include messages held by a live claim.
