@@ -20,6 +20,7 @@ import aiosqlite
 
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
+from services.common.store_uri import check_characters
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ def parse_uri(uri: str, store: str = "store") -> str:
     in-memory database.
 
     Raises:
-        ConfigurationError: not of that form, or with options.
+        ConfigurationError: not of that form, with options, or with a control character.
     """
+    check_characters(store, uri)
     prefix = "sqlite:///"
     expected = "expected sqlite:///<relative path>, sqlite:////<absolute path> or sqlite:///:memory:"
     if not uri.startswith(prefix):

@@ -8,13 +8,17 @@ first use.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import SplitResult, parse_qsl, urlsplit, urlunsplit
 
 from services.common.config import ConfigurationError
 
 Converter = Callable[[str], Any]
+
+# C0 controls, DEL and C1 controls.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def redact(uri: str) -> str:
@@ -35,12 +39,28 @@ def invalid(store: str, uri: str, problem: str) -> ConfigurationError:
     return ConfigurationError(f"invalid {store} URI {redact(uri)!r}: {problem}")
 
 
+def check_characters(store: str, uri: str) -> None:
+    """Refuse a URI holding a control character (NUL, newline, ...).
+
+    No store is named with one, and each consumer reads them its own way: ``urlsplit`` drops
+    tabs and newlines, a NUL ends a file name in the C library, so a URI that parses here may
+    name nothing, or something else, where it is used.
+    """
+    found = _CONTROL.search(uri)
+    if found is not None:
+        raise invalid(
+            store, uri, f"control character {found.group()!r} at position {found.start()}"
+        )
+
+
 def split(store: str, uri: str, scheme: str, form: str) -> SplitResult:
-    """``uri`` split into its parts, checked to be of ``scheme`` and to have no fragment.
+    """``uri`` split into its parts, checked to be of ``scheme``, to have no fragment and no
+    control character (:func:`check_characters`).
 
     Args:
         form: the expected shape, quoted in the error, e.g. ``redis://host:port/db``.
     """
+    check_characters(store, uri)
     try:
         parts = urlsplit(uri)
     except ValueError as exc:

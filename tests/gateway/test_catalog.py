@@ -170,6 +170,10 @@ async def test_pool_body_errors_are_400(
         ("sqlite:///{folder}/a-file/pool.db", "{folder}/a-file/pool.db cannot be created: "
          "{folder}/a-file is not a writable folder"),
         ("sqlite:///{folder}/a-file", "{folder}/a-file cannot be opened as a SQLite database"),
+        ("sqlite:///{folder}/a\x00b.db", "control character '\\x00' at position"),
+        ("sqlite:///{folder}/pool.db\n", "control character '\\n' at position"),
+        ("redis://127.0.0.1\x00:{port}/0", "control character '\\x00' at position 17"),
+        ("mongodb://127.0.0.1:{port}/d\x7fb", "control character '\\x7f' at position"),
     ],
 )
 async def test_pool_uri_must_be_ours_and_reachable(

@@ -99,6 +99,27 @@ async def test_pool_errors_carry_codes_and_reasons(catalog: Catalog) -> None:
     assert info.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("character", ["\x00", "\n", "\x1b", "\x85"])
+async def test_pool_uris_with_a_control_character_are_refused(
+    catalog: Catalog, character: str
+) -> None:
+    # Given a SQLite store URI in a writable folder, with a control character in its file name
+    uri = f"sqlite:///{catalog.folder}/a{character}b.db"
+    await catalog.put_pool("p1")
+    # When a pool is registered on it, or moved to it
+    calls = [
+        catalog.put_pool("p2", uri=uri),
+        catalog.pools.UpdatePool(admin_pb2.UpdatePoolRequest(name="p1", uri=uri)),
+    ]
+    # Then both are refused, saying why, and nothing changed
+    for call in calls:
+        info = await rpc_error(call)
+        assert (info.code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_BODY")
+        assert f"control character {character!r} at position" in info.description
+    listed = await catalog.pools.ListPools(admin_pb2.ListPoolsRequest())
+    assert [(p.name, p.uri) for p in listed.pools] == [("p1", catalog.uri("p1"))]
+
+
 async def test_flavors_over_grpc(catalog: Catalog) -> None:
     await catalog.put_pool("p1")
     request = admin_pb2.PutFlavorRequest(project="proj", name="gold", pool_list=["p1"])
