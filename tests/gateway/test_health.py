@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from services.common.config import Settings
+from services.queue_svc.storage.catalog import PoolRecord
+from services.queue_svc.storage.registry import open_queue_store
 from tests.gateway.conftest import GatewayFactory, running_services
 from tests.servers import redis_process
 
@@ -58,6 +60,26 @@ async def test_health_checks_each_pool(
         assert_all_succeeded(doc[name]["operation_status"], OPERATIONS[1:])
     finally:
         await client.delete(f"/v2/pools/{name}", headers=ADMIN)
+
+
+async def test_a_pool_with_a_uri_no_store_has_does_not_fail_the_health(
+    make_settings: Callable[..., Settings], gateway_factory: GatewayFactory, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a pool with a NUL in its URI, written to the catalog before such URIs were refused
+    async with running_services(make_settings(pooling=True)) as settings:
+        store = await open_queue_store(settings.store_uri("queue"))
+        try:
+            await store.catalog.put_pool(PoolRecord("bad", f"sqlite:///{tmp_path}/a\x00b.db", 1))
+        finally:
+            await store.close()
+        http = await gateway_factory(settings)
+        # When the health is read
+        resp = await http.get("/v2/health", headers=ADMIN)
+        # Then the stores that exist are reported, and the bad entry is logged and left out
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["storage_reachable"] is True and "bad" not in resp.json()
+        assert "health check leaves out pool bad: invalid pool URI" in caplog.text
 
 
 async def test_health_without_pooling_is_zaqars_single_store_document(
