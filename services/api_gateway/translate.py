@@ -23,12 +23,30 @@ from services.api_gateway.errors import bad_body, bad_request
 
 _INT32_MIN: Final = -(2**31)
 _INT32_MAX: Final = 2**31 - 1
+# The integers JSON carries between the gateway and the services: what orjson encodes and
+# decodes as integers, and what every store compares as one.
+JSON_INT_MIN: Final = -(2**63)
+JSON_INT_MAX: Final = 2**64 - 1
 _NOT_SUPPORTED: Final = "Document type not supported."
 
 
 def int32(value: int) -> int:
     """Clamp to the int32 range of the proto fields; the services then reject the range."""
     return min(max(value, _INT32_MIN), _INT32_MAX)
+
+
+def json_param(name: str, value: Any) -> bytes:
+    """A query parameter's value (a string, or an int where the route casts one) as JSON.
+
+    Raises :class:`ApiError` 400 for an integer outside 64 bits (``JSON_INT_MIN`` to
+    ``JSON_INT_MAX``): query strings hold integers of any size, JSON between services does not.
+    """
+    if isinstance(value, int) and not JSON_INT_MIN <= value <= JSON_INT_MAX:
+        raise bad_request(
+            f'The "{name}" parameter is invalid. An integer value must fit in 64 bits.',
+            title="Invalid parameter",
+        )
+    return orjson.dumps(value)
 
 
 def _int_field(doc: Mapping[str, Any], name: str) -> int | None:
@@ -69,7 +87,7 @@ def list_queues_request(
         detailed=detailed,
         name=name or "",
         with_count=with_count,
-        metadata_filters={key: orjson.dumps(value) for key, value in filters.items()},
+        metadata_filters={key: json_param(key, value) for key, value in filters.items()},
     )
     if limit is not None:
         request.limit = int32(limit)

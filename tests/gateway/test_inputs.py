@@ -1,4 +1,5 @@
-"""Bodies and query parameters the gateway refuses before calling any service."""
+"""Bodies and query parameters the gateway refuses before calling any service, and integers
+past every range, refused by the gateway or by the services."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.gateway.conftest import PATCH_TYPE, error_body
+from tests.gateway.conftest import PATCH_TYPE, error_body, new_queue
 
 UNPARSEABLE = error_body("Invalid request body", "Request body could not be parsed.")
 
@@ -188,6 +189,50 @@ async def test_integer_parameters_must_be_integers(
         "Invalid parameter",
         f'The "{name}" parameter is invalid. The value must be an integer.',
     )
+
+
+BIG = "99999999999999999999"  # past 64 bits: an int in a query string, a float in JSON
+U64_MAX = str(2**64 - 1)  # the largest integer JSON carries between the services
+ADMIN = {"X-Roles": "admin"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers"),
+    [
+        ("GET", f"/v2/queues?x={BIG}", None, {}),
+        ("GET", f"/v2/queues?x=-{2**63 + 1}", None, {}),
+        ("GET", f"/v2/queues?x={2**64}", None, {}),
+        ("GET", f"/v2/queues?limit={BIG}", None, {}),
+        ("GET", f"/v2/queues/{{q}}/messages?limit={BIG}", None, {}),
+        ("DELETE", f"/v2/queues/{{q}}/messages?pop={BIG}", None, {}),
+        ("POST", f"/v2/queues/{{q}}/claims?limit={BIG}", None, {}),
+        ("GET", f"/v2/queues/{{q}}/subscriptions?limit={BIG}", None, {}),
+        ("GET", f"/v2/pools?limit={BIG}", None, ADMIN),
+        ("GET", f"/v2/flavors?limit={BIG}", None, ADMIN),
+        ("POST", "/v2/queues/{q}/messages", f'{{"messages": [{{"body": 1, "ttl": {BIG}}}]}}', {}),
+        ("POST", "/v2/queues/{q}/messages", f'{{"messages": [{{"body": 1, "ttl": {U64_MAX}}}]}}',
+         {}),
+        ("POST", "/v2/queues/{q}/messages", '{"messages": [{"body": 1, "ttl": 1e30}]}', {}),
+        ("POST", "/v2/queues/{q}/messages", f'{{"messages": [{{"body": 1, "delay": {U64_MAX}}}]}}',
+         {}),
+        ("POST", "/v2/queues/{q}/claims", f'{{"ttl": {U64_MAX}}}', {}),
+        ("POST", "/v2/queues/{q}/claims", f'{{"grace": -{U64_MAX}}}', {}),
+        ("PUT", "/v2/queues/{q}", f'{{"_default_message_ttl": {U64_MAX}}}', {}),
+        ("PUT", "/v2/pools/{q}", f'{{"uri": "sqlite:////tmp/x.db", "weight": {U64_MAX}}}', ADMIN),
+        ("PUT", "/v2/pools/{q}", f'{{"uri": "sqlite:////tmp/x.db", "weight": {BIG}}}', ADMIN),
+    ],
+)
+async def test_integers_past_their_range_are_400(
+    client: httpx.AsyncClient, method: str, path: str, body: str | None,
+    headers: dict[str, str],
+) -> None:
+    # When an integer of a query string or a body is larger than its field, or than 64 bits
+    resp = await client.request(
+        method, path.format(q=new_queue()), content=body, headers=headers
+    )
+    # Then the request is refused with a Zaqar error body, never a server error
+    assert resp.status_code == 400, resp.text
+    assert list(resp.json()) == ["title", "description"]
 
 
 @pytest.mark.parametrize(
