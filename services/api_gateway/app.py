@@ -1,7 +1,8 @@
 """The gateway's ASGI application: ``create_app(settings)``.
 
-Composition only: the header middleware, the upstream channels (opened and closed with the
-ASGI lifespan), the routes and the error handlers.
+Composition only: the request gate (limits, canonical paths, authentication, Zaqar headers),
+the upstream channels and the Keystone client (opened and closed with the ASGI lifespan when
+the app owns them), the routes and the error handlers.
 """
 
 from __future__ import annotations
@@ -11,35 +12,52 @@ from typing import Any
 import falcon
 import falcon.asgi
 
+from services.api_gateway.auth import Authenticator
 from services.api_gateway.errors import JSON, App, register_error_handlers
-from services.api_gateway.middleware import ZaqarHeaders
+from services.api_gateway.middleware import Gate
 from services.api_gateway.routes import add_routes
 from services.api_gateway.upstream import Upstreams
 from services.common.config import Settings
+from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.tls import load_tls
 
 
-class UpstreamLifespan:
-    """Opens the gRPC channels at startup and closes them at shutdown (when the app owns them)."""
+class Lifespan:
+    """Opens the gRPC channels at startup; at shutdown closes what the app owns (its channels,
+    its Keystone client)."""
 
-    def __init__(self, up: Upstreams, owned: bool) -> None:
+    def __init__(self, up: Upstreams, owns_up: bool, owned_auth: KeystoneAuth | None) -> None:
         self.up = up
-        self.owned = owned
+        self.owns_up = owns_up
+        self.owned_auth = owned_auth
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         self.up.open()
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
-        if self.owned:
+        if self.owns_up:
             await self.up.close()
+        if self.owned_auth is not None:
+            await self.owned_auth.aclose()
 
 
-def create_app(settings: Settings, up: Upstreams | None = None) -> App:
-    """The HTTP app; ``up``: channels shared with the WebSocket server, closed by their owner
-    (by default the app opens its own, with TLS when the ``tls_*`` settings say so)."""
-    owned = up is None
+def create_app(
+    settings: Settings, up: Upstreams | None = None, auth: KeystoneAuth | None = None
+) -> App:
+    """The HTTP app. ``up``: channels shared with the WebSocket server, closed by their owner
+    (by default the app opens its own, with TLS when the ``tls_*`` settings say so).
+    ``auth``: in keystone mode, a token validator shared with the WebSocket server and closed
+    by its owner (by default the app makes its own)."""
+    owns_up = up is None
     up = Upstreams(settings, load_tls(settings, serving=False)) if up is None else up
-    middleware: list[Any] = [UpstreamLifespan(up, owned), ZaqarHeaders(settings.signed_url_secret)]
+    owned_auth = keystone_for(settings) if auth is None else None
+    keystone = auth if auth is not None else owned_auth
+    if settings.auth_strategy != "keystone":
+        keystone = None
+    middleware: list[Any] = [
+        Lifespan(up, owns_up, owned_auth),
+        Gate(Authenticator(keystone, settings.signed_url_secret)),
+    ]
     app: App = falcon.asgi.App(media_type=JSON, middleware=middleware)
     # Zaqar's query-string parsing: a blank value is as good as absent, "a,b" is left whole.
     app.req_options.keep_blank_qs_values = False

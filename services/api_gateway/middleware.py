@@ -1,15 +1,26 @@
-"""The one request middleware: request id, Accept, Content-Type and the Zaqar v2 headers.
+"""The one request middleware: request id, input limits, canonical paths, Accept and
+Content-Type, then (deny by default) the caller of every routed request.
 
-Runs once per request, before routing. What it extracts lands on ``req.context``:
+Before routing (``process_request``), on every request: a ``req-<uuid4>`` request id, sent back
+as ``x-openstack-request-id`` on every answer; the input limits (``limits.py``); a path that
+is not in canonical form (``paths.py``) is refused with 400, so the router and every check
+below see one spelling of it; ``Accept`` must allow JSON (406) and a form-encoded body is
+refused (400).
 
-- ``request_id``: ``req-<uuid4>``, sent back as ``x-openstack-request-id`` on every answer;
-- ``project``: ``X-Project-ID`` (no-auth mode);
+After routing (``process_resource``), on every request the router matched: a URI template field
+matched to an empty segment (``/v2/pools/``) is no route (404); then, unless its URI template is on :data:`PUBLIC_ROUTES`, the request is authenticated by the configured strategy
+(``auth.py``: no-auth headers, a Keystone token, or a pre-signed URL) and must carry valid
+Zaqar headers (``Client-ID``; ``X-Project-ID`` unless a token names the project). What that
+yields lands on ``req.context``:
+
+- ``project``: the tenant (``X-Project-ID``, or the token's project);
+- ``roles``: comma-separated role names (``X-Roles`` in no-auth mode, the token's);
 - ``client_id``: ``Client-ID`` normalised to a lower-case dashed UUID, so that dashed and
-  undashed spellings of one id are the same client for ``echo`` filtering.
+  undashed spellings of one id are the same client for ``echo`` filtering;
+- ``token``: the caller's ``X-Auth-Token``, passed on where a service acts as the caller.
 
-A request carrying ``URL-Signature`` is a pre-signed one (contract §6): it goes ahead only when
-the signature verifies (``URL-Methods``, ``URL-Paths``, ``URL-Expires``, ``X-Project-ID``)
-and grants its method and path before an expiry still ahead; any other is answered 404.
+The decision is taken on the route the router resolved, never on the spelling of the path: a
+route added to the app is private until it is added to :data:`PUBLIC_ROUTES`.
 """
 
 from __future__ import annotations
@@ -21,13 +32,13 @@ from typing import Any, Final
 
 import falcon.asgi
 
+from services.api_gateway.auth import Authenticator
 from services.api_gateway.errors import ApiError
 from services.api_gateway.limits import check_request
 from services.api_gateway.operations import Caller
-from services.common import signing
+from services.api_gateway.paths import non_canonical
 from services.common.limits import PROJECT_ID_MAX
 
-V2_PREFIX: Final = "/v2/"
 HOME_PATH: Final = "/v2/"
 REQUEST_ID_HEADER: Final = "x-openstack-request-id"
 
@@ -51,7 +62,8 @@ LONG_PROJECT: Final = (
     "Invalid project id",
     f"The header X-PROJECT-ID may not be longer than {PROJECT_ID_MAX} characters.",
 )
-SIGNATURE_REFUSED: Final = (404, "404 Not Found")
+NON_CANONICAL: Final = (400, "Invalid API request")
+NO_ROUTE: Final = (404, "404 Not Found")
 FORM_BODY: Final = (
     400,
     "Invalid Content-Type",
@@ -100,40 +112,57 @@ def _accepts_json(req: falcon.asgi.Request) -> bool:
     return req.path == HOME_PATH and req.client_accepts("application/json-home")
 
 
-class ZaqarHeaders:
-    """Validates the transport headers once and stamps every answer with the request id."""
+# URI templates of the routes that need neither a token nor Zaqar headers. Every other route
+# the router can reach is authenticated and needs the headers.
+PUBLIC_ROUTES: Final = frozenset({"/"})
 
-    def __init__(self, signed_url_secret: str = "") -> None:
-        self.signed_url_secret = signed_url_secret
+
+class Gate:
+    """Checks every request before its resource sees it (see the module docstring)."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ctx = req.context
         ctx.request_id = "req-" + str(uuid.uuid4())
         check_request(req)
+        problem = non_canonical(req.path, req.scope.get("raw_path"))
+        if problem is not None:
+            raise ApiError(*NON_CANONICAL, f"The request path is not in canonical form: {problem}.")
         if not _accepts_json(req):
             raise ApiError(406, None)
         if req.content_length is not None:
             content_type = req.content_type
             if content_type is not None and content_type.startswith(_FORM):
                 raise ApiError(*FORM_BODY)
-        if not req.path.startswith(V2_PREFIX):
+
+    async def process_resource(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: object,
+        params: dict[str, Any],
+    ) -> None:
+        if "" in params.values():
+            # Falcon matches a field to an empty segment ("/v2/pools/"): no route has one.
+            raise ApiError(*NO_ROUTE)
+        if req.uri_template in PUBLIC_ROUTES:
             return
-        caller = read_caller(req.get_header)
-        given = req.get_header("URL-Signature")
-        if given is not None and not signing.verify_request(
-            self.signed_url_secret,
-            method=req.method,
-            path=req.path,
-            project=caller.project,
-            given=given,
-            methods=req.get_header("URL-Methods", default=""),
-            paths=req.get_header("URL-Paths", default=""),
-            expires=req.get_header("URL-Expires"),
-        ):
-            raise ApiError(*SIGNATURE_REFUSED)
+        principal = await self.authenticator.identify(req.method, req.path, req.get_header)
+
+        def header(name: str) -> str | None:
+            # A token names the project; the caller's X-Project-ID is ignored.
+            if principal.project is not None and name == "X-Project-ID":
+                return principal.project
+            return req.get_header(name)
+
+        caller = read_caller(header)
+        ctx = req.context
         ctx.client_id = caller.client_id
         ctx.project = caller.project
-        ctx.token = caller.token
+        ctx.roles = principal.roles
+        ctx.token = principal.token
 
     async def process_response(
         self,

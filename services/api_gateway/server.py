@@ -17,7 +17,6 @@ import signal
 import uvicorn
 
 from services.api_gateway.app import create_app
-from services.api_gateway.auth import with_auth
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
@@ -45,7 +44,7 @@ def build_server(
     auth: KeystoneAuth | None = None,
 ) -> uvicorn.Server:
     config = uvicorn.Config(
-        with_auth(create_app(settings, up), settings, auth),
+        create_app(settings, up, auth),
         host=settings.host,
         port=settings.http_port,
         http=_http_protocol(),

@@ -25,7 +25,6 @@ from websockets.exceptions import ConnectionClosed
 from zaqar.v2 import queues_pb2, queues_pb2_grpc
 
 from services.api_gateway.app import create_app
-from services.api_gateway.auth import with_auth
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common import signing
@@ -57,7 +56,7 @@ async def keystone_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     """HTTP (in-process ASGI) and WebSocket gateways in keystone mode over running services."""
     auth = KeystoneAuth(settings)
     up = Upstreams(settings, auth=auth)
-    app = with_auth(create_app(settings, up), settings, auth)
+    app = create_app(settings, up, auth)
     async with lifespan(app):
         sockets = await ws_server.start(settings, up, auth)
         http = httpx.AsyncClient(

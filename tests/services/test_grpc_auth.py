@@ -28,7 +28,6 @@ from zaqar.v2 import (
 )
 
 from services.api_gateway.app import create_app
-from services.api_gateway.auth import with_auth
 from services.api_gateway.upstream import Upstreams
 from services.common import grpc_auth
 from services.common.config import Settings
@@ -335,7 +334,7 @@ async def test_gateway_calls_cost_the_services_no_keystone_round_trip(
 ) -> None:
     settings, clients = separate_clients
     up = Upstreams(settings, auth=clients["gw"])
-    app = with_auth(create_app(settings, up), settings, clients["gw"])
+    app = create_app(settings, up, clients["gw"])
     headers = {"Client-ID": CLIENT_ID, "Accept": "application/json"}
     queue = new_queue()
     async with lifespan(app), httpx.AsyncClient(

@@ -24,6 +24,12 @@ def caller(req: falcon.asgi.Request) -> Caller:
     return Caller(req.context.project, req.context.client_id, req.context.token)
 
 
+def roles(req: falcon.asgi.Request) -> str:
+    """The caller's roles, comma-separated: ``X-Roles`` in no-auth mode, the token's with
+    Keystone (read by the request gate, ``middleware.py``)."""
+    return str(req.context.roles)
+
+
 def next_link(req: falcon.asgi.Request) -> NextLink:
     return lambda marker: next_href(req, marker)
 

@@ -10,7 +10,7 @@ import falcon.asgi
 from services.api_gateway.errors import ApiError
 from services.api_gateway.inputs import SMALL_BODY_MAX, bool_param, int_param, read_json
 from services.api_gateway.operations import flavors, pools
-from services.api_gateway.routes._common import Resource, answer, caller, next_link
+from services.api_gateway.routes._common import Resource, answer, caller, next_link, roles
 
 NOT_FOUND = (404, "404 Not Found")
 
@@ -23,16 +23,12 @@ class CatalogResource(Resource):
             raise ApiError(*NOT_FOUND)
 
 
-def _roles(req: falcon.asgi.Request) -> str | None:
-    return req.get_header("X-Roles")
-
-
 class PoolCollection(CatalogResource):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         self._enabled()
         answer(resp, await pools.list_pools(
             self.up,
-            _roles(req),
+            roles(req),
             limit=int_param(req, "limit"),
             marker=req.get_param("marker"),
             detailed=bool_param(req, "detailed"),
@@ -46,27 +42,27 @@ class PoolItem(CatalogResource):
     ) -> None:
         self._enabled()
         detailed = bool_param(req, "detailed")
-        answer(resp, await pools.get_pool(self.up, _roles(req), pool_name, detailed))
+        answer(resp, await pools.get_pool(self.up, roles(req), pool_name, detailed))
 
     async def on_put(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_name: str
     ) -> None:
         self._enabled()
         doc = await read_json(req, SMALL_BODY_MAX)
-        answer(resp, await pools.put_pool(self.up, _roles(req), pool_name, doc))
+        answer(resp, await pools.put_pool(self.up, roles(req), pool_name, doc))
 
     async def on_patch(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_name: str
     ) -> None:
         self._enabled()
         doc = await read_json(req, SMALL_BODY_MAX)
-        answer(resp, await pools.update_pool(self.up, _roles(req), pool_name, doc))
+        answer(resp, await pools.update_pool(self.up, roles(req), pool_name, doc))
 
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_name: str
     ) -> None:
         self._enabled()
-        answer(resp, await pools.delete_pool(self.up, _roles(req), pool_name))
+        answer(resp, await pools.delete_pool(self.up, roles(req), pool_name))
 
 
 class FlavorCollection(CatalogResource):
@@ -94,7 +90,7 @@ class FlavorItem(CatalogResource):
     ) -> None:
         self._enabled()
         doc = await read_json(req, SMALL_BODY_MAX)
-        answer(resp, await flavors.put_flavor(self.up, caller(req), _roles(req), flavor_name, doc))
+        answer(resp, await flavors.put_flavor(self.up, caller(req), roles(req), flavor_name, doc))
 
     async def on_patch(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, flavor_name: str
@@ -102,11 +98,11 @@ class FlavorItem(CatalogResource):
         self._enabled()
         doc = await read_json(req, SMALL_BODY_MAX)
         answer(resp, await flavors.update_flavor(
-            self.up, caller(req), _roles(req), flavor_name, doc
+            self.up, caller(req), roles(req), flavor_name, doc
         ))
 
     async def on_delete(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, flavor_name: str
     ) -> None:
         self._enabled()
-        answer(resp, await flavors.delete_flavor(self.up, caller(req), _roles(req), flavor_name))
+        answer(resp, await flavors.delete_flavor(self.up, caller(req), roles(req), flavor_name))

@@ -8,7 +8,7 @@ import falcon.asgi
 import orjson
 
 from services.api_gateway.operations import home
-from services.api_gateway.routes._common import Resource, answer
+from services.api_gateway.routes._common import Resource, answer, roles
 
 VERSIONS: Final = orjson.dumps(
     {
@@ -50,8 +50,8 @@ class Ping(Resource):
 
 
 class Health(Resource):
-    """Admin only (``X-Roles`` contains ``admin``: the header in no-auth mode, the token's
-    roles with Keystone)."""
+    """Admin only (the caller's roles include ``admin``: ``X-Roles`` in no-auth mode, the
+    token's roles with Keystone)."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        answer(resp, await home.health(self.up, req.get_header("X-Roles")))
+        answer(resp, await home.health(self.up, roles(req)))

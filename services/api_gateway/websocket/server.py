@@ -26,9 +26,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.api_gateway.auth import SIGNATURE_REFUSED
 from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
-from services.api_gateway.middleware import SIGNATURE_REFUSED, read_caller
+from services.api_gateway.middleware import read_caller
 from services.api_gateway.operations import Caller
+from services.api_gateway.paths import plain_segment
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import frames
 from services.api_gateway.websocket.actions import ACTIONS, Action, Call
@@ -79,11 +81,11 @@ _FIELD: Final = re.compile(r"\{(\w+)\}")
 
 def _route_path(template: str, body: Mapping[str, Any]) -> str | None:
     """The HTTP path an action stands for, its ``{fields}`` taken from the body; None when a
-    field is not a plain path segment."""
+    field is not a plain segment of a canonical path (``paths.py``)."""
     values = []
     for name in _FIELD.findall(template):
         value = body.get(name)
-        if not isinstance(value, str) or not value or "/" in value:
+        if not isinstance(value, str) or not plain_segment(value):
             return None
         values.append(value)
     parts = iter(values)
