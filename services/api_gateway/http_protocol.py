@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with a bound on the request head (request line and headers).
+"""uvicorn's httptools protocol with a bound on the request head (request line and headers),
+answering only HTTP/1.0 and HTTP/1.1.
 
 The httptools parser buffers a request's head until it is complete, however long it is; this
 protocol counts the bytes received while a head is being read and, once past
@@ -6,6 +7,11 @@ protocol counts the bytes received while a head is being read and, once past
 (the parser holds at most one more read's worth, ~256 KiB). Heads
 under the bound reach the app, whose own, smaller limits (``limits.py``) answer 400 with a
 Zaqar error body. Body bytes are not counted.
+
+A request line of another version that the parser accepts (``HTTP/2.0`` sent as text, or no
+version at all, which it reads as HTTP/0.9) is answered 505 and the connection closed, before
+the app sees it (an ASGI ``http`` scope cannot carry those versions). Versions the parser
+refuses get uvicorn's own 400.
 """
 
 from __future__ import annotations
@@ -23,6 +29,19 @@ _BODY: Final = orjson.dumps(
         "description": f"The request line and header fields may not exceed {HEAD_BYTES_MAX} bytes.",
     }
 )
+SUPPORTED_VERSIONS: Final = frozenset({"1.0", "1.1"})
+_VERSION_BODY: Final = orjson.dumps(
+    {
+        "title": "HTTP version not supported",
+        "description": "This server speaks HTTP/1.1 and HTTP/1.0.",
+    }
+)
+VERSION_NOT_SUPPORTED: Final = (
+    b"HTTP/1.1 505 HTTP Version Not Supported\r\n"
+    b"content-type: application/json\r\n"
+    b"content-length: " + str(len(_VERSION_BODY)).encode() + b"\r\n"
+    b"connection: close\r\n\r\n" + _VERSION_BODY
+)
 HEAD_TOO_LARGE: Final = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"content-type: application/json\r\n"
@@ -36,6 +55,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
         self._in_body = False
+        self._refused = False
 
     def data_received(self, data: bytes) -> None:
         if self._in_body:
@@ -53,9 +73,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_body = True
+        if self.parser.get_http_version() not in SUPPORTED_VERSIONS:
+            self._refused = True
+            if not self.transport.is_closing():
+                self.transport.write(VERSION_NOT_SUPPORTED)
+                self.transport.close()
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
         self._head_bytes = 0
-        super().on_message_complete()
+        if not self._refused:
+            super().on_message_complete()

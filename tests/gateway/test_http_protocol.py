@@ -1,5 +1,6 @@
 """The bounded httptools protocol: an endless request head is cut off at HEAD_BYTES_MAX with 431,
-without buffering it; heads under the bound, bodies and keep-alive work as before."""
+without buffering it; heads under the bound, bodies and keep-alive work as before; a request
+line of an HTTP version other than 1.0 and 1.1 is answered 505."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
+import orjson
 import pytest
 import uvicorn
 
@@ -118,6 +120,25 @@ async def test_bodies_and_keep_alive_are_not_counted(port: int) -> None:
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"No messages were found in the request body." in answer
     assert b"HTTP/1.1 300 " in answer
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET / HTTP/2.0", b"GET /v2/queues HTTP/2.0", b"GET /", b"POST /v2/queues/q/messages"],
+)
+async def test_unsupported_http_versions_are_505(port: int, request_line: bytes) -> None:
+    # HTTP/2.0 spelled as text, and a request line without a version (read as HTTP/0.9).
+    answer, took = await exchange(port, request_line + b"\r\nHost: x\r\n" + TENANT + b"\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 505 "), answer
+    assert b"connection: close" in head
+    assert orjson.loads(body)["title"] == "HTTP version not supported"
+    assert took < QUICK
+
+
+async def test_http_1_0_is_served(port: int) -> None:
+    answer, _ = await exchange(port, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 300 ")
 
 
 async def test_zaqar_grpc_up_serves_http_with_the_bounded_protocol(
