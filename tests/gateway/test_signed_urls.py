@@ -421,6 +421,9 @@ async def test_websocket_signed_requests(signed_ws: ClientConnection) -> None:
         ("other queue", "message_list", {"queue_name": other_queue}, grant),
         ("other project", "message_list", q, {**grant, "X-Project-ID": new_project()}),
         ("not a segment", "message_get", {**q, "message_id": "a/b"}, grant),
+        # Below the granted path as text, but dot segments: never a canonical path.
+        ("dot segment", "message_get", {**q, "message_id": ".."}, grant),
+        ("dot segment", "message_get", {**q, "message_id": "."}, grant),
     ]
     for why, action, body, headers in cases:
         answer = await ws_call(signed_ws, action, body, headers)
