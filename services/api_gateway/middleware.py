@@ -7,8 +7,9 @@ is not in canonical form (``paths.py``) is refused with 400, so the router and e
 below see one spelling of it; ``Accept`` must allow JSON (406) and a form-encoded body is
 refused (400).
 
-After routing (``process_resource``), on every request the router matched: a URI template field
-matched to an empty segment (``/v2/pools/``) is no route (404); then, unless its URI template is on :data:`PUBLIC_ROUTES`, the request is authenticated by the configured strategy
+After routing (``process_resource``), on every request the router matched: a URI template
+field matched to an empty segment (``/v2/pools/``) is no route (404); then, unless its URI
+template is on :data:`PUBLIC_ROUTES`, the request is authenticated by the configured strategy
 (``auth.py``: no-auth headers, a Keystone token, or a pre-signed URL) and must carry valid
 Zaqar headers (``Client-ID``; ``X-Project-ID`` unless a token names the project). What that
 yields lands on ``req.context``:

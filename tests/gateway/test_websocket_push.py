@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.gateway._ws import Ws, decode, new_project
-from tests.gateway.conftest import new_queue
+from tests.gateway.conftest import CLIENT_ID, new_queue
 
 HOOK = "http://127.0.0.1:9/hook"
 QUIET = 0.5
@@ -91,6 +91,24 @@ async def test_push_after_subscription_create(pair: tuple[Ws, Ws]) -> None:
     assert await listener.call("subscription_delete", ref) == (204, f"Subscription {sid} removed.")
     await producer.call("message_post", {"queue_name": queue, "messages": [{"body": 3}]})
     await nothing_pushed(listener)
+
+
+async def test_the_answer_to_a_post_goes_before_its_push(pair: tuple[Ws, Ws]) -> None:
+    listener, _ = pair
+    queue = new_queue()
+    # Given a socket that subscribed itself
+    assert (await listener.call("subscription_create", {"queue_name": queue, "ttl": 600}))[0] == 201
+    for n in range(30):
+        # When it posts to that queue itself
+        request = {"action": "message_post", "headers": {"Client-ID": CLIENT_ID,
+                   "X-Project-ID": listener.project},
+                   "body": {"queue_name": queue, "messages": [{"body": n, "ttl": 300}]}}
+        await listener.socket.send(listener.encode(request))
+        # Then the first frame back is the post's answer, and only then the push
+        first = decode(await asyncio.wait_for(listener.socket.recv(), 10))
+        assert first.get("request", {}).get("action") == "message_post", first
+        assert first["headers"]["status"] == 201
+        assert await pushed(listener) == notification(queue, 300, n)
 
 
 async def test_push_is_per_queue_and_per_project(ws_url: str) -> None:

@@ -2,7 +2,8 @@
 
 Runs in the gateway's event loop next to the HTTP server (``api_gateway/server.py``) and uses
 the same upstream channels. Requests on a connection are answered in order; pushed
-notifications are sent as they come (``push.py``).
+notifications are sent as they come (``push.py``), but never while a request is being
+answered: the answer to a ``message_post`` goes out before the push of its messages.
 
 With ``auth_strategy = "keystone"`` a connection first sends ``authenticate`` with a valid
 ``X-Auth-Token`` in its headers; until then every other action is answered 403
@@ -131,7 +132,10 @@ class Connection:
         self.up = up
         self.socket = socket
         self.signed_url_secret = signed_url_secret
-        self.watches = Watches(up, socket.send)
+        # Held from reading a request to sending its answer; a push waits for it, so the
+        # answer to a request always goes out before any push the request caused.
+        self._turn = asyncio.Lock()
+        self.watches = Watches(up, self._push)
         self.auth = auth
         self.identity: Identity | None = None
         self.token = ""
@@ -141,14 +145,19 @@ class Connection:
     async def serve(self) -> None:
         try:
             async for data in self.socket:
-                await self.socket.send(await self.answer(data))
-                self.watches.release()
+                async with self._turn:
+                    await self.socket.send(await self.answer(data))
+                    self.watches.release()
         except ConnectionClosed:
             pass
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
             await self.watches.close()
+
+    async def _push(self, frame: str | bytes) -> None:
+        async with self._turn:
+            await self.socket.send(frame)
 
     async def answer(self, data: str | bytes) -> str | bytes:
         try:
