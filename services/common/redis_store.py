@@ -105,12 +105,17 @@ class RedisOptions:
     def client(self, name: str, decode_responses: bool) -> redis.asyncio.Redis:
         """A client over a bounded pool of connections, configured to fail fast.
 
-        The driver's own retries are off: a timed-out write may have been applied, and
-        replaying it would, for instance, report an existing queue as created or store a
-        posted batch twice. Callers see
-        :class:`Unavailable` and decide. A pooled connection that the server dropped (a
-        restart) is detected and reconnected when next taken from the pool. When every
-        connection is busy, a call waits for one (up to ``socket_timeout``) rather than fail.
+        A command (or pipeline) whose connection fails (refused, reset, closed by the server)
+        is sent once more, at once, on a new connection: after a restart of the server the
+        pool still holds connections to the old process, and each would otherwise fail one
+        call. It is safe to resend: a connection that failed before the command reached a
+        live server applied nothing, and a server that applied it and then died cannot accept
+        the new connection a moment later (only a server that drops connections on purpose,
+        say ``CLIENT KILL``, could see a command twice). A timeout is never retried: a
+        timed-out write may have been applied, and replaying it would, for instance, report
+        an existing queue as created or store a posted batch twice. Callers see
+        :class:`Unavailable` and decide. When every connection is busy, a call waits for one
+        (up to ``socket_timeout``) rather than fail.
         """
         pool = BlockingConnectionPool(
             max_connections=self.max_connections,
@@ -122,7 +127,7 @@ class RedisOptions:
             password=self.password,
             socket_connect_timeout=self.socket_connect_timeout,
             socket_timeout=self.socket_timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             decode_responses=decode_responses,
             client_name=name,
         )
