@@ -1,9 +1,18 @@
-"""SQLite for any service's store: one aiosqlite connection per store, its URI, and the one
-place driver errors are translated (each store names itself, e.g. "queue store").
+"""SQLite for every service's store: its URI, its connections, and the one place driver errors
+are translated (each store names itself, e.g. "queue store").
 
-aiosqlite runs every statement on its own thread, never on the event loop. All statements of
-a store go through one connection; :class:`Database` serializes them with a lock so that a
-transaction never sees, nor is interleaved with, another caller's statements.
+A store's work is plain functions of a ``sqlite3.Connection`` (jobs), each run whole on the
+connection's own thread (aiosqlite's), so the event loop never blocks and a job costs one
+thread hop however many statements it runs.
+
+- **Writes** go through one connection, so they serialize. Jobs that arrive while a commit is
+  in progress run together in the next transaction (one that raises is undone alone, see
+  :func:`_run_batch`) and are acknowledged only once that transaction is committed: with
+  ``synchronous=FULL`` one fsync covers many writes (group commit).
+- **Reads** use a second connection, which in WAL mode sees the last committed state without
+  waiting for the writer; a job's queries see one snapshot.
+
+Rows are :class:`sqlite3.Row`: read them by column name.
 """
 
 from __future__ import annotations
@@ -11,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl
 
 import aiosqlite
 
@@ -25,135 +35,270 @@ from services.common.store_uri import check_characters
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MEMORY = ":memory:"
+Job = Callable[[sqlite3.Connection], T]
+
+MEMORY: Final = ":memory:"
+SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+FORM: Final = (
+    "expected sqlite:///<relative path>, sqlite:////<absolute path> or sqlite:///:memory:,"
+    " with the option ?synchronous=OFF|NORMAL|FULL|EXTRA"
+)
 
 
-def parse_uri(uri: str, store: str = "store") -> str:
-    """The database path of a ``sqlite:///`` URI of ``store`` (SQLAlchemy's convention).
+@dataclass(frozen=True, slots=True)
+class SqliteUri:
+    """What a ``sqlite:///`` URI says: the database file and how hard commits are synced."""
+
+    path: str
+    synchronous: str = "FULL"
+
+    @property
+    def in_memory(self) -> bool:
+        return self.path == MEMORY
+
+
+def parse_uri(uri: str, store: str = "store") -> SqliteUri:
+    """The database of a ``sqlite:///`` URI of ``store`` (SQLAlchemy's convention).
 
     ``sqlite:///relative/queues.db`` is relative to the working directory,
     ``sqlite:////absolute/queues.db`` is absolute and ``sqlite:///:memory:`` is a private
-    in-memory database.
+    in-memory database. The one option is ``synchronous`` (SQLite's pragma, default ``FULL``:
+    a commit is on disk when it is acknowledged), e.g. ``sqlite:////d/m.db?synchronous=NORMAL``.
 
     Raises:
-        ConfigurationError: not of that form, with options, or with a control character.
+        ConfigurationError: not of that form, an unknown option, or a control character.
     """
     check_characters(store, uri)
     prefix = "sqlite:///"
-    expected = "expected sqlite:///<relative path>, sqlite:////<absolute path> or sqlite:///:memory:"
     if not uri.startswith(prefix):
-        raise ConfigurationError(f"invalid SQLite {store} URI {uri!r}: {expected}")
-    path = uri[len(prefix):]
-    if "?" in path or "#" in path:
-        raise ConfigurationError(f"invalid SQLite {store} URI {uri!r}: it takes no options")
+        raise ConfigurationError(f"invalid SQLite {store} URI {uri!r}: {FORM}")
+    path, _, query = uri[len(prefix):].partition("?")
+    if "#" in uri:
+        raise ConfigurationError(f"invalid SQLite {store} URI {uri!r}: it has a fragment")
     if not path.strip("/"):
         raise ConfigurationError(f"invalid SQLite {store} URI {uri!r}: the path is empty")
     if path.endswith("/"):
         raise ConfigurationError(
             f"invalid SQLite {store} URI {uri!r}: the path names a folder, not a database file"
         )
-    return path
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"synchronous"})
+    if unknown:
+        raise ConfigurationError(
+            f"invalid SQLite {store} URI {uri!r}: unknown option(s) {', '.join(unknown)}"
+            " (the one option is synchronous)"
+        )
+    synchronous = options.get("synchronous", "FULL").upper()
+    if synchronous not in SYNCHRONOUS:
+        raise ConfigurationError(
+            f"invalid SQLite {store} URI {uri!r}: synchronous must be one of "
+            f"{', '.join(SYNCHRONOUS)}"
+        )
+    return SqliteUri(path, synchronous)
 
 
-@contextmanager
-def translated_errors(store: str, action: str) -> Iterator[None]:
-    """Driver failures become :class:`Unavailable`, the service's 503."""
+def _run_batch(conn: sqlite3.Connection, jobs: Sequence[Job[Any]]) -> list[tuple[bool, Any]]:
+    """One transaction for the whole batch; runs on the writer thread.
+
+    Jobs rarely fail, so they first run back to back. When one raises, the transaction is
+    rolled back and the batch runs again with a savepoint per job, so that only the failing
+    job is undone; each job's outcome is that of the run that is committed.
+    """
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        yield
-    except (sqlite3.Error, ValueError) as exc:
-        # aiosqlite raises ValueError when its connection is closed or gone.
-        log.warning("%s failed to %s: %s: %s", store, action, type(exc).__name__, exc)
-        raise Unavailable(
-            f"The {store} could not {action}. Please try again in a few seconds."
-        ) from exc
+        try:
+            outcomes: list[tuple[bool, Any]] = [(True, job(conn)) for job in jobs]
+        except Exception:
+            if len(jobs) == 1:
+                raise
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            outcomes = [_run_isolated(conn, job) for job in jobs]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _run_isolated(conn: sqlite3.Connection, job: Job[Any]) -> tuple[bool, Any]:
+    conn.execute("SAVEPOINT job")
+    try:
+        value = job(conn)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")
+        return False, exc
+    conn.execute("RELEASE job")
+    return True, value
+
+
+def _read(conn: sqlite3.Connection, job: Job[T]) -> T:
+    """One read transaction, so that a job's queries see one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        return job(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    connector = aiosqlite.connect(path, isolation_level=None)
+    # A connection left open (a close cut short by a shutdown deadline) must not keep the
+    # process alive at exit, so its worker thread is a daemon; what was committed is safe
+    # either way (WAL), an open transaction rolls back at the next open.
+    worker = getattr(connector, "_thread", None)
+    if worker is not None:
+        worker.daemon = True
+    return await connector
+
+
+async def _call(conn: aiosqlite.Connection, job: Job[T]) -> T:
+    # NOTE: aiosqlite's public methods run one statement per hop to its thread; a whole job
+    # (a transaction of several statements) is one function run there instead. ``_execute``
+    # and ``_conn`` are the long-standing hooks for that.
+    result: T = await conn._execute(lambda: job(conn._conn))  # type: ignore[no-untyped-call]
+    return result
 
 
 class Database:
-    """An open connection (WAL, synchronous=FULL) whose callers take turns."""
+    """The writer and reader connections of one SQLite file of ``store``."""
 
-    def __init__(self, path: str, store: str) -> None:
-        self.path = path
+    def __init__(self, uri: SqliteUri, store: str, schema: str | Iterable[str]) -> None:
+        self.uri = uri
         self.store = store
-        self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._pending: set[asyncio.Future[Any]] = set()
+        self._schema = schema if isinstance(schema, str) else ";\n".join(schema) + ";"
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._pending: list[tuple[Job[Any], asyncio.Future[Any], str | None]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
-    async def open(self, schema: Iterable[str]) -> None:
+    @property
+    def path(self) -> str:
+        return self.uri.path
+
+    async def open(self) -> None:
+        """Open (or create) the file, in WAL mode, with the schema in place.
+
+        Raises:
+            ConfigurationError: the file cannot be created or opened.
+        """
         try:
-            if self.path != MEMORY:
+            if not self.uri.in_memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            connector = aiosqlite.connect(self.path, isolation_level=None)
-            # A connection left open (a close cut short by a shutdown deadline) must not keep
-            # the process alive at exit, so its worker thread is a daemon; what was committed
-            # is safe either way (WAL), an open transaction rolls back at the next open.
-            worker = getattr(connector, "_thread", None)
-            if worker is not None:
-                worker.daemon = True
-            conn = await connector
+            self._writer = await _connect(self.path)
+            await _call(self._writer, self._setup_writer)
+            if not self.uri.in_memory:
+                self._reader = await _connect(self.path)
+                await _call(self._reader, self._setup_reader)
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
-        try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.execute("PRAGMA busy_timeout=5000")
-            for statement in schema:
-                await conn.execute(statement)
-        except sqlite3.Error as exc:
-            await conn.close()
+            await self.close()
             raise ConfigurationError(
-                f"cannot set up SQLite database {self.path!r}: {exc}"
+                f"cannot open the {self.store}'s SQLite database {self.path!r}: {exc}"
             ) from exc
-        self._conn = conn
+
+    def _setup_writer(self, conn: sqlite3.Connection) -> None:
+        conn.row_factory = sqlite3.Row
+        if not self.uri.in_memory:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL ({mode})")
+        conn.execute(f"PRAGMA synchronous={self.uri.synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(self._schema)
+
+    @staticmethod
+    def _setup_reader(conn: sqlite3.Connection) -> None:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA query_only=1")
 
     async def close(self) -> None:
-        if self._pending:
-            await asyncio.wait(self._pending)
-        async with self._lock:
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
+        """Wait for the writes under way, then close both connections."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
                 await conn.close()
+        self._reader = self._writer = None
 
-    def _connection(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise ValueError(f"the {self.store} is closed")
-        return self._conn
+    def _error(self, exc: BaseException, action: str | None) -> Unavailable:
+        log.warning("%s failed to %s: %s: %s", self.store, action or "run a statement",
+                    type(exc).__name__, exc)
+        if action is None:
+            return Unavailable(f"The {self.store} failed: {type(exc).__name__}: {exc}")
+        return Unavailable(f"The {self.store} could not {action}. Please try again in a few "
+                           "seconds.")
 
-    async def fetchall(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        """Rows of one statement run on its own (a consistent snapshot)."""
-        async with self._lock:
-            with translated_errors(self.store, action):
-                return list(await self._connection().execute_fetchall(sql, tuple(params)))
+    async def write(self, job: Job[T], action: str | None = None) -> T:
+        """Run ``job`` atomically; resolves once its transaction is committed. A caller
+        cancelled before the job ran leaves nothing done.
 
-    async def atomic(
-        self, action: str, work: Callable[[aiosqlite.Connection], Awaitable[T]]
-    ) -> T:
-        """Run ``work`` inside one write transaction: committed when it returns, rolled back
-        when it raises.
-
-        The transaction runs in its own shielded task, so a caller that is cancelled (its
-        client gave up) never leaves a transaction half-open; it still commits or rolls back.
+        Raises:
+            Unavailable: the database failed (``action`` says what the store was doing).
         """
-        task = asyncio.ensure_future(self._transaction(action, work))
-        self._pending.add(task)
-        task.add_done_callback(self._forget)
-        return await asyncio.shield(task)
+        if self._writer is None:
+            raise Unavailable(f"The {self.store} is closed.")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future, action))
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
 
-    def _forget(self, task: asyncio.Future[Any]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved here when the caller was cancelled and never awaits it
+    async def read(self, job: Job[T], action: str | None = None) -> T:
+        """Run ``job`` against the last committed state."""
+        conn = self._reader or self._writer
+        if conn is None:
+            raise Unavailable(f"The {self.store} is closed.")
+        try:
+            return await _call(conn, lambda c: _read(c, job))
+        except (sqlite3.Error, ValueError) as exc:
+            # aiosqlite raises ValueError when its connection is closed or gone.
+            raise self._error(exc, action) from exc
 
-    async def _transaction(
-        self, action: str, work: Callable[[aiosqlite.Connection], Awaitable[T]]
-    ) -> T:
-        async with self._lock:
-            with translated_errors(self.store, action):
-                conn = self._connection()
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = await work(conn)
-                except BaseException:
-                    await conn.rollback()
-                    raise
-                await conn.commit()
-                return result
+    async def fetchall(
+        self, action: str, sql: str, params: Iterable[Any] = ()
+    ) -> list[sqlite3.Row]:
+        """The rows of one query."""
+        values = tuple(params)
+        return await self.read(lambda conn: conn.execute(sql, values).fetchall(), action)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch = [item for item in self._pending if not item[1].cancelled()]
+                self._pending = []
+                if batch:
+                    await self._commit(batch)
+        finally:
+            self._flusher = None
+
+    async def _commit(self, batch: list[tuple[Job[Any], asyncio.Future[Any], str | None]]) -> None:
+        assert self._writer is not None
+        jobs = [job for job, _, _ in batch]
+        try:
+            outcomes = await _call(self._writer, lambda c: _run_batch(c, jobs))
+        except Exception as exc:
+            log.error("%s transaction failed: %r", self.store, exc)
+            for _, future, action in batch:
+                if not future.done():
+                    future.set_exception(
+                        self._error(exc, action)
+                        if isinstance(exc, (sqlite3.Error, ValueError)) else exc
+                    )
+            return
+        except BaseException:
+            for _, future, _ in batch:
+                future.cancel()
+            raise
+        for (_, future, action), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(
+                    self._error(value, action) if isinstance(value, sqlite3.Error) else value
+                )

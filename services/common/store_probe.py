@@ -52,7 +52,7 @@ def check_uri(uri: str, store: str) -> str:
     """
     scheme = scheme_of(uri, store)
     if scheme == "sqlite":
-        path = parse_uri(uri, store)
+        path = parse_uri(uri, store).path
         if path == MEMORY or not path.startswith("/"):
             raise ConfigurationError(
                 f"invalid SQLite {store} URI {uri!r}: expected an absolute path, "
@@ -80,7 +80,7 @@ async def probe(uri: str, store: str, within: float) -> None:
     try:
         async with asyncio.timeout(within):
             if scheme == "sqlite":
-                await asyncio.to_thread(_check_sqlite, parse_uri(uri, store), within)
+                await asyncio.to_thread(_check_sqlite, parse_uri(uri, store).path, within)
             elif scheme == "redis":
                 await _ping_redis(uri, store, within)
             else:

@@ -1,5 +1,12 @@
 """Choose a store backend by the scheme of its URI, importing it only when used, so that an
-optional driver is needed only by the deployments that use it."""
+optional driver is needed only by the deployments that use it, and open it.
+
+Every store of every service (queue_svc's queues and catalog, message_svc's messages, the
+message stores of pools, notifier_svc's subscriptions and outbox) has one lifecycle:
+``Backend.from_uri(uri, **options)`` parses the URI and builds the store without any I/O
+(a bad URI fails here, with a :class:`ConfigurationError`), ``await store.open()`` connects and
+sets up the schema, ``await store.close()`` releases it. :func:`open_store` does the first two.
+"""
 
 from __future__ import annotations
 
@@ -35,3 +42,16 @@ def backend_class(store: str, uri: str, backends: Backends) -> Any:
             f"be imported ({exc}); install it, e.g. pip install {distribution}"
         ) from exc
     return getattr(module, class_name)
+
+
+async def open_store(store: str, uri: str, backends: Backends, **options: Any) -> Any:
+    """The backend of ``uri`` among ``backends`` of ``store``, built by its ``from_uri(uri,
+    **options)`` and opened.
+
+    Raises:
+        ConfigurationError: the URI is unknown or malformed, or its driver is missing.
+        Unavailable: the store cannot be reached or opened.
+    """
+    opened = backend_class(store, uri, backends).from_uri(uri, **options)
+    await opened.open()
+    return opened

@@ -543,7 +543,7 @@ async def test_closed_store_fails_as_unavailable(queue_store_uri: str) -> None:
         ("sqlite://host/queues.db", "expected sqlite:///"),
         ("sqlite:///", "the path is empty"),
         ("sqlite:///data/", "names a folder"),
-        ("sqlite:///q.db?mode=ro", "takes no options"),
+        ("sqlite:///q.db?mode=ro", "unknown option(s) mode"),
     ],
 )
 async def test_bad_store_uri_is_a_configuration_error(uri: str, message: str) -> None:

@@ -508,7 +508,7 @@ async def test_closed_store_fails_as_unavailable(store_uri: str) -> None:
         ("notifier.db", "unsupported scheme ''"),
         ("sqlite://", "expected sqlite:///"),
         ("sqlite:///", "the path is empty"),
-        ("sqlite:///n.db?mode=ro", "takes no options"),
+        ("sqlite:///n.db?mode=ro", "unknown option(s) mode"),
         ("redis://:secret@127.0.0.1:notaport/0", "bad port"),
         ("redis://127.0.0.1/0?dbid=1", "unknown option 'dbid'"),
         ("mongodb://u:secret@127.0.0.1/zaqar.subs", "names the database only"),

@@ -141,6 +141,15 @@ class MessageStore(Protocol):
 
     capabilities: Capabilities
 
+    async def open(self) -> None:
+        """Connect (or open the file) and put the schema, indexes or scripts in place; once,
+        before any other call. A store is built by ``from_uri`` and opened by the registry
+        (``services/common/store_registry.py``), like every store of every service.
+
+        Raises:
+            Unavailable: the store cannot be reached or set up.
+        """
+
     async def close(self) -> None:
         """Release connections and threads. The store is unusable afterwards."""
 

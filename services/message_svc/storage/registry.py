@@ -1,55 +1,41 @@
-"""Chooses the message store backend by URI scheme; backends are imported only when used."""
+"""Choose the message store backend by the scheme of its URI, and open it.
+
+A backend is imported only when its scheme is used, so an optional dependency (a driver) is
+needed only by the deployments that use it (``services/common/store_registry.py``).
+"""
 
 from __future__ import annotations
 
-import importlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from collections.abc import Callable
+from typing import Any, cast
 
-from services.common.config import ConfigurationError
+from services.common import store_registry
 from services.message_svc.storage.base import MessageStore
 
-# scheme -> ("module:Class", the extra that provides its dependencies)
-BACKENDS: dict[str, tuple[str, str]] = {
-    "sqlite": ("services.message_svc.storage.sqlite:SqliteMessageStore", ""),
-    "redis": ("services.message_svc.storage.redis:RedisMessageStore", ""),
-    "mongodb": ("services.message_svc.storage.mongodb:MongoMessageStore", ""),
+# scheme -> (module, class, distribution to install when the import fails)
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "sqlite": ("services.message_svc.storage.sqlite", "SqliteMessageStore", "aiosqlite"),
+    "redis": ("services.message_svc.storage.redis", "RedisMessageStore", "redis[hiredis]"),
+    "mongodb": ("services.message_svc.storage.mongodb", "MongoMessageStore", "pymongo"),
 }
 
 
-class _Opener(Protocol):
-    open: Callable[..., Awaitable[MessageStore]]
+def backend_class(uri: str) -> Any:
+    """The backend class for ``uri``'s scheme.
 
-
-def scheme_of(uri: str) -> str:
-    scheme, sep, _ = uri.partition("://")
-    if not sep or not scheme:
-        raise ConfigurationError(f"invalid message store URI {uri!r}: expected <scheme>://...")
-    return scheme.lower()
-
-
-def backend_class(uri: str) -> _Opener:
-    """The backend class for ``uri``'s scheme, imported on first use."""
-    scheme = scheme_of(uri)
-    try:
-        target, extra = BACKENDS[scheme]
-    except KeyError:
-        raise ConfigurationError(
-            f"unsupported message store {scheme!r} in {uri!r}; "
-            f"supported: {', '.join(sorted(BACKENDS))}"
-        ) from None
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = f" (install the {extra!r} extra)" if extra else ""
-        raise ConfigurationError(
-            f"the {scheme} message store cannot be loaded: {exc}{hint}"
-        ) from exc
-    return cast(_Opener, getattr(module, class_name))
+    Raises:
+        ConfigurationError: the scheme is unknown, or its driver is not installed.
+    """
+    return store_registry.backend_class("message store", uri, BACKENDS)
 
 
 async def open_store(uri: str, now: Callable[[], float] = time.time) -> MessageStore:
-    """Open the store ``uri`` names; ``now`` is its clock (Unix seconds)."""
-    return await backend_class(uri).open(uri, now=now)
+    """Build the backend for ``uri`` and open it; ``now`` is its clock (Unix seconds).
+
+    Raises:
+        ConfigurationError: the URI is unknown or malformed.
+        Unavailable: the store cannot be reached or opened.
+    """
+    opened = await store_registry.open_store("message store", uri, BACKENDS, now=now)
+    return cast(MessageStore, opened)

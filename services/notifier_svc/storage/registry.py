@@ -41,6 +41,5 @@ async def open_notifier_store(uri: str, now: Callable[[], float] = time.time) ->
         ConfigurationError: the URI is unknown or malformed.
         Unavailable: the store cannot be reached or opened.
     """
-    store = backend_class(uri).from_uri(uri, now)
-    await store.open()
-    return store
+    opened = await store_registry.open_store("notifier store", uri, BACKENDS, now=now)
+    return cast(NotifierStore, opened)

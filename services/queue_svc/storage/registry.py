@@ -43,6 +43,4 @@ async def open_queue_store(uri: str) -> QueueStore:
         ConfigurationError: the URI is unknown or malformed.
         Unavailable: the store cannot be reached or opened.
     """
-    store = backend_class(uri).from_uri(uri)
-    await store.open()
-    return store
+    return cast(QueueStore, await store_registry.open_store("queue store", uri, BACKENDS))

@@ -78,23 +78,16 @@ class MongoMessageStore(base.MessageStore):
         """Raises: ConfigurationError, naming what is wrong with ``uri``."""
         return cls(parse(uri), now=now)
 
-    @classmethod
-    async def open(cls, uri: str, now: Callable[[], float] = time.time) -> MongoMessageStore:
-        """A store connected to the server ``uri`` names, its indexes in place.
-
-        Raises:
-            ConfigurationError: ``uri`` is malformed.
-            Unavailable: the server cannot be reached or refuses the indexes.
-        """
-        store = cls.from_uri(uri, now=now)
-        await store._connect()
-        return store
-
     @property
     def address(self) -> str:
         return self.options.address
 
-    async def _connect(self) -> None:
+    async def open(self) -> None:
+        """Connect to the server the URI names and put the indexes in place.
+
+        Raises:
+            Unavailable: the server cannot be reached or refuses the indexes.
+        """
         client = connect(self.options)
         try:
             await client.admin.command("ping")

@@ -81,23 +81,16 @@ class RedisMessageStore(base.MessageStore):
         """Raises: ConfigurationError, naming what is wrong with ``uri``."""
         return cls(parse(uri), now=now)
 
-    @classmethod
-    async def open(cls, uri: str, now: Callable[[], float] = time.time) -> RedisMessageStore:
-        """A store connected to the server ``uri`` names, its scripts loaded.
-
-        Raises:
-            ConfigurationError: ``uri`` is malformed.
-            Unavailable: the server cannot be reached or refuses the scripts.
-        """
-        store = cls.from_uri(uri, now=now)
-        await store._connect()
-        return store
-
     @property
     def address(self) -> str:
         return self.options.address
 
-    async def _connect(self) -> None:
+    async def open(self) -> None:
+        """Connect to the server the URI names and load the scripts.
+
+        Raises:
+            Unavailable: the server cannot be reached or refuses the scripts.
+        """
         client = connect(self.options)
         scripts = Scripts(client)
         try:

@@ -7,7 +7,9 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from importlib import resources
 
+from services.common.sqlite_store import Database, parse_uri
 from services.message_svc.storage import base
 from services.message_svc.storage.base import (
     Capabilities,
@@ -21,9 +23,10 @@ from services.message_svc.storage.base import (
 )
 from services.message_svc.storage.sqlite import claims as claim_sql
 from services.message_svc.storage.sqlite import messages as message_sql
-from services.message_svc.storage.sqlite._database import SqliteDatabase, parse_uri
 
 GC_BATCH = 5000
+STORE = "message store"
+SCHEMA = resources.files(__package__).joinpath("schema.sql").read_text("utf-8")
 
 
 class _Ids:
@@ -50,15 +53,17 @@ class SqliteMessageStore(base.MessageStore):
     capabilities = Capabilities(durable=True, shared=False)
 
     def __init__(self, uri: str, now: Callable[[], float] = time.time) -> None:
-        path, options = parse_uri(uri)
-        self._db = SqliteDatabase(path, synchronous=options["synchronous"])
+        self._db = Database(parse_uri(uri, STORE), STORE, SCHEMA)
         self._now = now
 
     @classmethod
-    async def open(cls, uri: str, now: Callable[[], float] = time.time) -> SqliteMessageStore:
-        store = cls(uri, now=now)
-        await store._db.open()
-        return store
+    def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> SqliteMessageStore:
+        """Raises: ConfigurationError, naming what is wrong with ``uri``."""
+        return cls(uri, now=now)
+
+    async def open(self) -> None:
+        """Open (or create) the database file and its tables."""
+        await self._db.open()
 
     async def close(self) -> None:
         await self._db.close()

@@ -9,15 +9,15 @@ orphan.
 from __future__ import annotations
 
 import builtins
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import aiosqlite
 import orjson
 
 from services.common.errors import SubscriptionAlreadyExists, SubscriptionNotFound
-from services.common.sqlite_store import Database, parse_uri
+from services.common.sqlite_store import Database, SqliteUri, parse_uri
 from services.notifier_svc.storage.base import (
     ClaimShares,
     Delivery,
@@ -108,33 +108,33 @@ def _delivery(row: Sequence[Any], due: float | None = None) -> Delivery:
     )
 
 
-async def _live(
-    conn: aiosqlite.Connection, project: str, queue: str, subscription_id: str, now: float
+def _live(
+    conn: sqlite3.Connection, project: str, queue: str, subscription_id: str, now: float
 ) -> Subscription | None:
-    rows = list(await conn.execute_fetchall(
+    rows = conn.execute(
         f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions "
         "WHERE id = ? AND project = ? AND queue = ? AND expires > ?",
         (subscription_id, project, queue, now),
-    ))
+    ).fetchall()
     return _subscription(rows[0]) if rows else None
 
 
-async def _remove(conn: aiosqlite.Connection, where: str, params: Sequence[Any]) -> int:
+def _remove(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> int:
     """Delete the subscriptions matching ``where`` and their deliveries; how many went."""
-    await conn.execute(
+    conn.execute(
         f"DELETE FROM deliveries WHERE subscription_id IN "
         f"(SELECT id FROM subscriptions WHERE {where})",
         tuple(params),
     )
-    async with conn.execute(f"DELETE FROM subscriptions WHERE {where}", tuple(params)) as cur:
-        return int(cur.rowcount)
+    cur = conn.execute(f"DELETE FROM subscriptions WHERE {where}", tuple(params))
+    return int(cur.rowcount)
 
 
 class SqliteNotifierStore:
     """:class:`services.notifier_svc.storage.base.NotifierStore` on one SQLite file."""
 
-    def __init__(self, path: str, now: Callable[[], float] = time.time) -> None:
-        self._db = Database(path, STORE_NAME)
+    def __init__(self, uri: SqliteUri, now: Callable[[], float] = time.time) -> None:
+        self._db = Database(uri, STORE_NAME, SCHEMA)
         self._now = now
 
     @classmethod
@@ -142,7 +142,7 @@ class SqliteNotifierStore:
         return cls(parse_uri(uri, STORE_NAME), now)
 
     async def open(self) -> None:
-        await self._db.open(SCHEMA)
+        await self._db.open()
 
     async def close(self) -> None:
         await self._db.close()
@@ -154,29 +154,29 @@ class SqliteNotifierStore:
     ) -> tuple[Subscription, bool]:
         now = self._now()
 
-        async def work(conn: aiosqlite.Connection) -> tuple[Subscription, bool]:
-            rows = list(await conn.execute_fetchall(
+        def work(conn: sqlite3.Connection) -> tuple[Subscription, bool]:
+            rows = conn.execute(
                 f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions "
                 "WHERE project = ? AND queue = ? AND subscriber = ?",
                 (project, queue, subscriber),
-            ))
+            ).fetchall()
             if rows:
                 existing = _subscription(rows[0])
                 if existing.expires > now:
                     return existing, False
-                await _remove(conn, "id = ?", [existing.id])
+                _remove(conn, "id = ?", [existing.id])
             created = Subscription(
                 id=new_id(now), project=project, queue=queue, subscriber=subscriber, ttl=ttl,
                 options=options, confirmed=False, created=now, expires=now + ttl,
             )
-            await conn.execute(
+            conn.execute(
                 f"INSERT INTO subscriptions ({_SUBSCRIPTION_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 (created.id, project, queue, subscriber, ttl, _dump(options), now, now + ttl),
             )
             return created, True
 
-        return await self._db.atomic("create the subscription", work)
+        return await self._db.write(work, "create the subscription")
 
     async def get(self, project: str, queue: str, subscription_id: str) -> Subscription | None:
         rows = await self._db.fetchall(
@@ -220,20 +220,20 @@ class SqliteNotifierStore:
     ) -> Subscription:
         now = self._now()
 
-        async def work(conn: aiosqlite.Connection) -> Subscription:
-            current = await _live(conn, project, queue, subscription_id, now)
+        def work(conn: sqlite3.Connection) -> Subscription:
+            current = _live(conn, project, queue, subscription_id, now)
             if current is None:
                 raise SubscriptionNotFound(subscription_id=subscription_id)
             if subscriber is not None and subscriber != current.subscriber:
-                rows = list(await conn.execute_fetchall(
+                rows = conn.execute(
                     "SELECT id, expires FROM subscriptions "
                     "WHERE project = ? AND queue = ? AND subscriber = ?",
                     (project, queue, subscriber),
-                ))
+                ).fetchall()
                 if rows and float(rows[0][1]) > now:
                     raise SubscriptionAlreadyExists()
                 if rows:
-                    await _remove(conn, "id = ?", [rows[0][0]])
+                    _remove(conn, "id = ?", [rows[0][0]])
             new_ttl = current.ttl if ttl is None else ttl
             updated = Subscription(
                 id=current.id, project=project, queue=queue,
@@ -243,7 +243,7 @@ class SqliteNotifierStore:
                 created=current.created,
                 expires=current.expires if ttl is None else now + ttl,
             )
-            await conn.execute(
+            conn.execute(
                 "UPDATE subscriptions SET subscriber = ?, ttl = ?, options = ?, confirmed = ?, "
                 "expires = ? WHERE id = ?",
                 (updated.subscriber, updated.ttl, _dump(updated.options), int(updated.confirmed),
@@ -251,7 +251,7 @@ class SqliteNotifierStore:
             )
             return updated
 
-        return await self._db.atomic("update the subscription", work)
+        return await self._db.write(work, "update the subscription")
 
     async def confirm(
         self, project: str, queue: str, subscription_id: str, confirmed: bool
@@ -259,36 +259,36 @@ class SqliteNotifierStore:
         return await self.update(project, queue, subscription_id, confirmed=confirmed)
 
     async def delete(self, project: str, queue: str, subscription_id: str) -> bool:
-        async def work(conn: aiosqlite.Connection) -> bool:
-            removed = await _remove(
+        def work(conn: sqlite3.Connection) -> bool:
+            removed = _remove(
                 conn, "id = ? AND project = ? AND queue = ?", [subscription_id, project, queue]
             )
             return removed > 0
 
-        return await self._db.atomic("delete the subscription", work)
+        return await self._db.write(work, "delete the subscription")
 
     async def delete_queue(self, project: str, queue: str) -> int:
-        async def work(conn: aiosqlite.Connection) -> int:
-            return await _remove(conn, "project = ? AND queue = ?", [project, queue])
+        def work(conn: sqlite3.Connection) -> int:
+            return _remove(conn, "project = ? AND queue = ?", [project, queue])
 
-        return await self._db.atomic("delete the queue's subscriptions", work)
+        return await self._db.write(work, "delete the queue's subscriptions")
 
     async def collect_garbage(self) -> int:
         now = self._now()
 
-        async def work(conn: aiosqlite.Connection) -> int:
-            async with conn.execute(
+        def work(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
                 "DELETE FROM deliveries WHERE subscription_id IN "
                 "(SELECT id FROM subscriptions WHERE expires <= ?)",
                 (now,),
-            ) as cursor:
-                deliveries = int(cursor.rowcount)
-            async with conn.execute(
+            )
+            deliveries = int(cursor.rowcount)
+            cursor = conn.execute(
                 "DELETE FROM subscriptions WHERE expires <= ?", (now,)
-            ) as cursor:
-                return deliveries + int(cursor.rowcount)
+            )
+            return deliveries + int(cursor.rowcount)
 
-        return await self._db.atomic("remove expired subscriptions", work)
+        return await self._db.write(work, "remove expired subscriptions")
 
     # the outbox ------------------------------------------------------------------------------
 
@@ -298,24 +298,24 @@ class SqliteNotifierStore:
         now = self._now()
         wanted = sorted({d.subscription_id for d in deliveries})
 
-        async def work(conn: aiosqlite.Connection) -> int:
+        def work(conn: sqlite3.Connection) -> int:
             marks = ",".join("?" * len(wanted))
-            live = {row[0] for row in await conn.execute_fetchall(
+            live = {row[0] for row in conn.execute(
                 f"SELECT id FROM subscriptions WHERE id IN ({marks})", wanted
-            )}
+            ).fetchall()}
             rows = [
                 (new_id(now), d.subscription_id, d.project, d.queue, d.subscriber,
                  _dump(d.options), d.kind.value, d.document, now, now)
                 for d in deliveries if d.subscription_id in live
             ]
-            await conn.executemany(
+            conn.executemany(
                 f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 rows,
             )
             return len(rows)
 
-        return await self._db.atomic("store the notifications", work)
+        return await self._db.write(work, "store the notifications")
 
     async def claim_due(
         self,
@@ -328,22 +328,22 @@ class SqliteNotifierStore:
         now = self._now()
         until = now + lease
 
-        async def work(conn: aiosqlite.Connection) -> builtins.list[Delivery]:
+        def work(conn: sqlite3.Connection) -> builtins.list[Delivery]:
             shares = ClaimShares(limit, per_subscriber, busy)
             claimed: list[tuple[float, str, Delivery]] = []
-            for subscriber, _ in await conn.execute_fetchall(_DUE_LANES, (now,)):
+            for subscriber, _ in conn.execute(_DUE_LANES, (now,)).fetchall():
                 room = shares.room(subscriber)
                 if room <= 0:
                     if shares.left <= 0:
                         break
                     continue
-                taken = list(await conn.execute_fetchall(
+                taken = conn.execute(
                     f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
                     "WHERE subscriber = ? AND due <= ? ORDER BY due, id LIMIT ?",
                     (subscriber, now, room),
-                ))
+                ).fetchall()
                 marks = ",".join("?" * len(taken))
-                await conn.execute(
+                conn.execute(
                     f"UPDATE deliveries SET due = ? WHERE id IN ({marks})",
                     (until, *(row[0] for row in taken)),
                 )
@@ -351,23 +351,23 @@ class SqliteNotifierStore:
                 claimed += [(float(row[9]), row[0], _delivery(row, due=until)) for row in taken]
             return [delivery for *_, delivery in sorted(claimed, key=lambda c: c[:2])]
 
-        return await self._db.atomic("take due notifications", work)
+        return await self._db.write(work, "take due notifications")
 
     async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:
-        async def work(conn: aiosqlite.Connection) -> bool:
-            async with conn.execute(
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
                 "UPDATE deliveries SET due = ?, attempts = ? WHERE id = ?",
                 (due, attempts, delivery_id),
-            ) as cursor:
-                return cursor.rowcount > 0
+            )
+            return cursor.rowcount > 0
 
-        return await self._db.atomic("reschedule a notification", work)
+        return await self._db.write(work, "reschedule a notification")
 
     async def complete(self, delivery_id: str) -> None:
-        async def work(conn: aiosqlite.Connection) -> None:
-            await conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
 
-        await self._db.atomic("remove a notification", work)
+        await self._db.write(work, "remove a notification")
 
     async def next_due(self) -> float | None:
         rows = await self._db.fetchall(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 from services.common.sqlite_store import Database
 from services.queue_svc.storage.catalog import CatalogStoreBase
@@ -32,7 +32,7 @@ class SqliteCatalogStore(CatalogStoreBase):
     async def _store(self, version: int, document: bytes) -> bool:
         text = document.decode()
 
-        async def work(conn: aiosqlite.Connection) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
             if version == 0:
                 sql = ("INSERT INTO catalog (id, version, document) VALUES (1, 1, ?) "
                        "ON CONFLICT (id) DO NOTHING")
@@ -40,7 +40,7 @@ class SqliteCatalogStore(CatalogStoreBase):
             else:
                 sql = "UPDATE catalog SET version = ?, document = ? WHERE id = 1 AND version = ?"
                 params = (version + 1, text, version)
-            async with conn.execute(sql, params) as cursor:
-                return cursor.rowcount == 1
+            cursor = conn.execute(sql, params)
+            return cursor.rowcount == 1
 
-        return await self._db.atomic("change the pool catalog", work)
+        return await self._db.write(work, "change the pool catalog")

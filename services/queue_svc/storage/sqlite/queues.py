@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiosqlite
 import orjson
 
 from services.common.errors import QueueNotFound
-from services.common.sqlite_store import Database, parse_uri
+from services.common.sqlite_store import Database, SqliteUri, parse_uri
 from services.queue_svc.storage.base import (
     MetadataCheck,
     MetadataPatch,
@@ -60,8 +60,8 @@ def _filter_clause(key: str, value: Any) -> tuple[str, list[Any]]:
 class SqliteQueueStore:
     """:class:`services.queue_svc.storage.base.QueueStore` on one SQLite file."""
 
-    def __init__(self, path: str) -> None:
-        self._db = Database(path, STORE_NAME)
+    def __init__(self, uri: SqliteUri) -> None:
+        self._db = Database(uri, STORE_NAME, SCHEMA)
         self.catalog = catalog.SqliteCatalogStore(self._db)
 
     @classmethod
@@ -69,7 +69,7 @@ class SqliteQueueStore:
         return cls(parse_uri(uri, STORE_NAME))
 
     async def open(self) -> None:
-        await self._db.open(SCHEMA)
+        await self._db.open()
 
     async def close(self) -> None:
         await self._db.close()
@@ -77,35 +77,35 @@ class SqliteQueueStore:
     async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
         text = _dump(metadata)
 
-        async def work(conn: aiosqlite.Connection) -> bool:
-            async with conn.execute(
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
                 "INSERT INTO queues (project, name, metadata) VALUES (?, ?, ?) "
                 "ON CONFLICT (project, name) DO NOTHING",
                 (project, name, text),
-            ) as cursor:
-                if cursor.rowcount == 1:
-                    return True
-            await conn.execute(
+            )
+            if cursor.rowcount == 1:
+                return True
+            conn.execute(
                 "UPDATE queues SET metadata = ? WHERE project = ? AND name = ?",
                 (text, project, name),
             )
             return False
 
-        return await self._db.atomic("create the queue", work)
+        return await self._db.write(work, "create the queue")
 
     async def ensure(self, project: str, name: str) -> QueueRecord:
-        async def work(conn: aiosqlite.Connection) -> QueueRecord:
-            await conn.execute(
+        def work(conn: sqlite3.Connection) -> QueueRecord:
+            conn.execute(
                 "INSERT INTO queues (project, name, metadata) VALUES (?, ?, '{}') "
                 "ON CONFLICT (project, name) DO NOTHING",
                 (project, name),
             )
-            rows = await conn.execute_fetchall(
+            rows = conn.execute(
                 "SELECT metadata FROM queues WHERE project = ? AND name = ?", (project, name)
-            )
+            ).fetchall()
             return QueueRecord(project, name, _load(next(iter(rows))[0]))
 
-        return await self._db.atomic("create the queue", work)
+        return await self._db.write(work, "create the queue")
 
     async def get(self, project: str, name: str) -> QueueRecord | None:
         rows = await self._db.fetchall(
@@ -130,31 +130,31 @@ class SqliteQueueStore:
         patches: Sequence[MetadataPatch],
         check: MetadataCheck | None = None,
     ) -> QueueRecord:
-        async def work(conn: aiosqlite.Connection) -> QueueRecord:
-            rows = list(await conn.execute_fetchall(
+        def work(conn: sqlite3.Connection) -> QueueRecord:
+            rows = conn.execute(
                 "SELECT metadata FROM queues WHERE project = ? AND name = ?", (project, name)
-            ))
+            ).fetchall()
             if not rows:
                 raise QueueNotFound(queue=name, project=project)
             metadata = apply_patches(_load(rows[0][0]), patches)
             if check is not None:
                 check(metadata)
-            await conn.execute(
+            conn.execute(
                 "UPDATE queues SET metadata = ? WHERE project = ? AND name = ?",
                 (_dump(metadata), project, name),
             )
             return QueueRecord(project, name, metadata)
 
-        return await self._db.atomic("update the queue", work)
+        return await self._db.write(work, "update the queue")
 
     async def delete(self, project: str, name: str) -> bool:
-        async def work(conn: aiosqlite.Connection) -> bool:
-            async with conn.execute(
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
                 "DELETE FROM queues WHERE project = ? AND name = ?", (project, name)
-            ) as cursor:
-                return cursor.rowcount > 0
+            )
+            return cursor.rowcount > 0
 
-        return await self._db.atomic("delete the queue", work)
+        return await self._db.write(work, "delete the queue")
 
     async def list(
         self,
