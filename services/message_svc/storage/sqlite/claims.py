@@ -52,19 +52,19 @@ def claim(
             (project, queue, after, now, now, now, want),
         ).fetchall()
         for row in rows:
-            if dead_letter is not None and row[10] >= dead_letter.max_claim_count:
+            if dead_letter is not None and row["claim_count"] >= dead_letter.max_claim_count:
                 dead.append(row)
             else:
                 taken.append(row)
         if len(rows) < want:
             break
-        after = rows[-1][0]
+        after = rows[-1]["seq"]
 
     if dead:
         assert dead_letter is not None
         _move_to_dead_letter(conn, project, dead, dead_letter, now)
     if not taken:
-        return ClaimResult(claim=None, dead_lettered=tuple(row[1] for row in dead))
+        return ClaimResult(claim=None, dead_lettered=tuple(row["id"] for row in dead))
 
     claim_expires = now + ttl
     msg_ttl = ttl + grace
@@ -74,7 +74,7 @@ def claim(
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (claim_id, project, queue, ttl, grace, now, claim_expires),
     )
-    seqs = [row[0] for row in taken]
+    seqs = [row["seq"] for row in taken]
     conn.execute(
         "UPDATE messages SET claim_id = ?, claim_expires = ?, claim_count = claim_count + 1, "
         f"{_EXTEND} WHERE seq IN ({', '.join('?' * len(seqs))})",
@@ -82,7 +82,7 @@ def claim(
     )
     messages = tuple(
         _extended(
-            replace(to_message(row, now, claim_id=claim_id), claim_count=row[10] + 1),
+            replace(to_message(row, now, claim_id=claim_id), claim_count=row["claim_count"] + 1),
             msg_ttl,
             msg_expires,
         )
@@ -93,7 +93,7 @@ def claim(
             id=claim_id, ttl=ttl, grace=grace, created=now, expires=claim_expires,
             messages=messages,
         ),
-        dead_lettered=tuple(row[1] for row in dead),
+        dead_lettered=tuple(row["id"] for row in dead),
     )
 
 
@@ -106,18 +106,18 @@ def _move_to_dead_letter(
 ) -> None:
     conn.execute(
         f"DELETE FROM messages WHERE seq IN ({', '.join('?' * len(rows))})",
-        [row[0] for row in rows],
+        [row["seq"] for row in rows],
     )
     conn.executemany(
         "INSERT INTO messages (project, queue, id, body, ttl, created, expires, visible_at, "
         "client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
-                project, policy.queue, row[1], row[2],
-                row[3] if policy.ttl is None else policy.ttl,
-                row[4],
-                row[5] if policy.ttl is None else now + policy.ttl,
-                row[6], row[7],
+                project, policy.queue, row["id"], row["body"],
+                row["ttl"] if policy.ttl is None else policy.ttl,
+                row["created"],
+                row["expires"] if policy.ttl is None else now + policy.ttl,
+                row["visible_at"], row["client_id"],
             )
             for row in rows
         ],
@@ -141,7 +141,8 @@ def get_claim(
         (claim_id, project, queue, now, now),
     ).fetchall()
     return Claim(
-        id=claim_id, ttl=row[0], grace=row[1], created=row[2], expires=row[3],
+        id=claim_id, ttl=row["ttl"], grace=row["grace"], created=row["created"],
+        expires=row["expires"],
         messages=tuple(to_message(r, now) for r in rows),
     )
 

@@ -16,7 +16,7 @@ COLUMNS = (
     "seq, id, body, ttl, created, expires, visible_at, client_id, claim_id, claim_expires, "
     "claim_count"
 )
-Row = tuple[Any, ...]
+Row = sqlite3.Row
 
 # Above every real seq (AUTOINCREMENT starts at 1).
 NO_MARKER = 0
@@ -26,18 +26,18 @@ CLAIMABLE = "claim_expires <= ? AND expires > ? AND visible_at <= ?"
 
 
 def to_message(row: Row, now: float, claim_id: str | None = None) -> StoredMessage:
-    live_claim = row[8] if row[9] > now else None
+    live_claim = row["claim_id"] if row["claim_expires"] > now else None
     return StoredMessage(
-        id=row[1],
-        seq=row[0],
-        body=bytes(row[2]),
-        ttl=row[3],
-        created=row[4],
-        expires=row[5],
-        visible_at=row[6],
-        client_id=row[7],
+        id=row["id"],
+        seq=row["seq"],
+        body=bytes(row["body"]),
+        ttl=row["ttl"],
+        created=row["created"],
+        expires=row["expires"],
+        visible_at=row["visible_at"],
+        client_id=row["client_id"],
         claim_id=claim_id if claim_id is not None else live_claim,
-        claim_count=row[10],
+        claim_count=row["claim_count"],
     )
 
 
@@ -142,7 +142,7 @@ def find_for_delete(
     ).fetchone()
     if row is None:
         return None
-    return row[0], (row[1] if row[2] > now else None)
+    return row["seq"], (row["claim_id"] if row["claim_expires"] > now else None)
 
 
 def delete_seq(conn: sqlite3.Connection, seq: int) -> None:
@@ -182,7 +182,7 @@ def pop(
         (project, queue, now, now, now, limit),
     ).fetchall()
     if rows:
-        seqs = [row[0] for row in rows]
+        seqs = [row["seq"] for row in rows]
         conn.execute(f"DELETE FROM messages WHERE seq IN ({', '.join('?' * len(seqs))})", seqs)
     return [to_message(row, now, claim_id=claim_id) for row in rows]
 

@@ -92,19 +92,22 @@ def _dump(options: Mapping[str, Any]) -> str:
     return orjson.dumps(options).decode()
 
 
-def _subscription(row: Sequence[Any]) -> Subscription:
+def _subscription(row: sqlite3.Row) -> Subscription:
     return Subscription(
-        id=row[0], project=row[1], queue=row[2], subscriber=row[3], ttl=int(row[4]),
-        options=orjson.loads(row[5]), confirmed=bool(row[6]), created=float(row[7]),
-        expires=float(row[8]),
+        id=row["id"], project=row["project"], queue=row["queue"],
+        subscriber=row["subscriber"], ttl=int(row["ttl"]), options=orjson.loads(row["options"]),
+        confirmed=bool(row["confirmed"]), created=float(row["created"]),
+        expires=float(row["expires"]),
     )
 
 
-def _delivery(row: Sequence[Any], due: float | None = None) -> Delivery:
+def _delivery(row: sqlite3.Row, due: float | None = None) -> Delivery:
     return Delivery(
-        id=row[0], subscription_id=row[1], project=row[2], queue=row[3], subscriber=row[4],
-        options=orjson.loads(row[5]), kind=DeliveryKind(row[6]), document=bytes(row[7]),
-        attempts=int(row[8]), due=float(row[9]) if due is None else due, created=float(row[10]),
+        id=row["id"], subscription_id=row["subscription_id"], project=row["project"],
+        queue=row["queue"], subscriber=row["subscriber"], options=orjson.loads(row["options"]),
+        kind=DeliveryKind(row["kind"]), document=bytes(row["document"]),
+        attempts=int(row["attempts"]), due=float(row["due"]) if due is None else due,
+        created=float(row["created"]),
     )
 
 
@@ -230,10 +233,10 @@ class SqliteNotifierStore:
                     "WHERE project = ? AND queue = ? AND subscriber = ?",
                     (project, queue, subscriber),
                 ).fetchall()
-                if rows and float(rows[0][1]) > now:
+                if rows and float(rows[0]["expires"]) > now:
                     raise SubscriptionAlreadyExists()
                 if rows:
-                    _remove(conn, "id = ?", [rows[0][0]])
+                    _remove(conn, "id = ?", [rows[0]["id"]])
             new_ttl = current.ttl if ttl is None else ttl
             updated = Subscription(
                 id=current.id, project=project, queue=queue,
@@ -300,7 +303,7 @@ class SqliteNotifierStore:
 
         def work(conn: sqlite3.Connection) -> int:
             marks = ",".join("?" * len(wanted))
-            live = {row[0] for row in conn.execute(
+            live = {row["id"] for row in conn.execute(
                 f"SELECT id FROM subscriptions WHERE id IN ({marks})", wanted
             ).fetchall()}
             rows = [
@@ -331,7 +334,8 @@ class SqliteNotifierStore:
         def work(conn: sqlite3.Connection) -> builtins.list[Delivery]:
             shares = ClaimShares(limit, per_subscriber, busy)
             claimed: list[tuple[float, str, Delivery]] = []
-            for subscriber, _ in conn.execute(_DUE_LANES, (now,)).fetchall():
+            for lane in conn.execute(_DUE_LANES, (now,)).fetchall():
+                subscriber = lane["subscriber"]
                 room = shares.room(subscriber)
                 if room <= 0:
                     if shares.left <= 0:
@@ -345,10 +349,12 @@ class SqliteNotifierStore:
                 marks = ",".join("?" * len(taken))
                 conn.execute(
                     f"UPDATE deliveries SET due = ? WHERE id IN ({marks})",
-                    (until, *(row[0] for row in taken)),
+                    (until, *(row["id"] for row in taken)),
                 )
                 shares.took(subscriber, len(taken))
-                claimed += [(float(row[9]), row[0], _delivery(row, due=until)) for row in taken]
+                claimed += [
+                    (float(row["due"]), row["id"], _delivery(row, due=until)) for row in taken
+                ]
             return [delivery for *_, delivery in sorted(claimed, key=lambda c: c[:2])]
 
         return await self._db.write(work, "take due notifications")
@@ -371,17 +377,19 @@ class SqliteNotifierStore:
 
     async def next_due(self) -> float | None:
         rows = await self._db.fetchall(
-            "read the notifications", "SELECT min(due) FROM deliveries"
+            "read the notifications", "SELECT min(due) AS due FROM deliveries"
         )
-        return None if rows[0][0] is None else float(rows[0][0])
+        return None if rows[0]["due"] is None else float(rows[0]["due"])
 
     async def count_deliveries(self, subscription_id: str | None = None) -> int:
         if subscription_id is None:
-            rows = await self._db.fetchall("count notifications", "SELECT count(*) FROM deliveries")
+            rows = await self._db.fetchall(
+                "count notifications", "SELECT count(*) AS n FROM deliveries"
+            )
         else:
             rows = await self._db.fetchall(
                 "count notifications",
-                "SELECT count(*) FROM deliveries WHERE subscription_id = ?",
+                "SELECT count(*) AS n FROM deliveries WHERE subscription_id = ?",
                 (subscription_id,),
             )
-        return int(rows[0][0])
+        return int(rows[0]["n"])

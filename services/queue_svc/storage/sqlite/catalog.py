@@ -27,7 +27,7 @@ class SqliteCatalogStore(CatalogStoreBase):
         rows = await self._db.fetchall(
             "read the pool catalog", "SELECT version, document FROM catalog WHERE id = 1"
         )
-        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, None)
+        return (int(rows[0]["version"]), str(rows[0]["document"])) if rows else (0, None)
 
     async def _store(self, version: int, document: bytes) -> bool:
         text = document.decode()

@@ -103,7 +103,7 @@ class SqliteQueueStore:
             rows = conn.execute(
                 "SELECT metadata FROM queues WHERE project = ? AND name = ?", (project, name)
             ).fetchall()
-            return QueueRecord(project, name, _load(next(iter(rows))[0]))
+            return QueueRecord(project, name, _load(rows[0]["metadata"]))
 
         return await self._db.write(work, "create the queue")
 
@@ -113,7 +113,7 @@ class SqliteQueueStore:
             "SELECT metadata FROM queues WHERE project = ? AND name = ?",
             (project, name),
         )
-        return QueueRecord(project, name, _load(rows[0][0])) if rows else None
+        return QueueRecord(project, name, _load(rows[0]["metadata"])) if rows else None
 
     async def exists(self, project: str, name: str) -> bool:
         rows = await self._db.fetchall(
@@ -136,7 +136,7 @@ class SqliteQueueStore:
             ).fetchall()
             if not rows:
                 raise QueueNotFound(queue=name, project=project)
-            metadata = apply_patches(_load(rows[0][0]), patches)
+            metadata = apply_patches(_load(rows[0]["metadata"]), patches)
             if check is not None:
                 check(metadata)
             conn.execute(
@@ -177,10 +177,10 @@ class SqliteQueueStore:
         count = None
         if with_count:
             rows = await self._db.fetchall(
-                "count the queues", f"SELECT count(*) FROM queues WHERE {' AND '.join(where)}",
+                "count the queues", f"SELECT count(*) AS n FROM queues WHERE {' AND '.join(where)}",
                 params,
             )
-            count = int(rows[0][0])
+            count = int(rows[0]["n"])
         if marker:
             where.append("name > ?")
             params.append(marker)
@@ -191,5 +191,6 @@ class SqliteQueueStore:
             [*params, limit],
         )
         return QueuePage(
-            queues=[QueueRecord(project, name, _load(text)) for name, text in rows], count=count
+            queues=[QueueRecord(project, row["name"], _load(row["metadata"])) for row in rows],
+            count=count,
         )
