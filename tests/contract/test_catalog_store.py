@@ -7,11 +7,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis.asyncio
-from pymongo import AsyncMongoClient
 
 from services.common.errors import (
     FlavorNotFound,
@@ -24,47 +21,8 @@ from services.common.errors import (
 from services.queue_svc.storage import catalog as catalog_module
 from services.queue_svc.storage.catalog import CatalogStore, PoolRecord
 from services.queue_svc.storage.registry import open_queue_store
-from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo, unique_name
-from tests.servers import ServerProcess, mongodb_process, redis_process
-
-# Each backend's fixture gives the URI of a fresh, empty queue store and removes its data after.
-
-
-@pytest.fixture
-def sqlite_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'queues.db'}"
-
-
-@pytest.fixture
-async def redis_uri(redis_server: ServerProcess) -> AsyncIterator[str]:
-    prefix = unique_name()
-    yield f"redis://127.0.0.1:{redis_server.port}/0?prefix={prefix}"
-    client = redis.asyncio.Redis(port=redis_server.port)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
-    database = unique_name()
-    yield f"mongodb://127.0.0.1:{mongodb_server.port}/{database}"
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        port=mongodb_server.port, serverSelectionTimeoutMS=2000
-    )
-    try:
-        await client.drop_database(database)
-    finally:
-        await client.close()
-
-
-@pytest.fixture(params=["mongodb", "redis", "sqlite"])
-def store_uri(request: pytest.FixtureRequest) -> str:
-    uri: str = request.getfixturevalue(f"{request.param}_uri")
-    return uri
+from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
+from tests.servers import mongodb_process, redis_process
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Contract of the message store (``services/message_svc/storage/base.py``), for every backend.
 
-Each test takes the ``message_store`` fixture, parametrized over the backends, and a
-``message_store_clock`` that the store reads its time from, so TTLs are tested by moving the
-clock rather than by sleeping.
+Each test takes the ``message_store`` fixture, parametrized over the backends
+(``tests/contract/conftest.py``), and a ``clock`` that the store reads its time from, so TTLs
+are tested by moving the clock rather than by sleeping.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from services.message_svc.storage.base import (
     StoredMessage,
 )
 from services.message_svc.storage.registry import open_store
+from tests.contract.conftest import Clock
 from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
 
 P, Q = "project-a", "queue-1"
@@ -35,79 +36,13 @@ OTHER_PROJECT = "project-b"
 CLIENT, OTHER_CLIENT = "client-1", "client-2"
 
 
-class Clock:
-    """A settable clock (Unix seconds)."""
-
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 Opener = Callable[[], Awaitable[MessageStore]]
 
 
 @pytest.fixture
-def message_store_clock() -> Clock:
-    return Clock()
-
-
-async def _flush_redis(uri: str) -> None:
-    import redis.asyncio
-
-    client = redis.asyncio.Redis.from_url(uri)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-
-
-async def _drop_mongodb(uri: str) -> None:
-    from pymongo import AsyncMongoClient
-
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        uri, serverSelectionTimeoutMS=5000
-    )
-    try:
-        await client.drop_database(client.get_default_database())
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-async def redis_uri(redis_server: ServerProcess) -> AsyncIterator[str]:
-    """A URI of the session's redis-server, its database empty before and after the test."""
-    uri = f"redis://127.0.0.1:{redis_server.port}/2"
-    await _flush_redis(uri)
-    yield uri
-    await _flush_redis(uri)
-
-
-@pytest.fixture
-async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
-    """A URI of the session's MongoDB server, its database dropped before and after."""
-    uri = f"mongodb://127.0.0.1:{mongodb_server.port}/zaqar_messages_test"
-    await _drop_mongodb(uri)
-    yield uri
-    await _drop_mongodb(uri)
-
-
-@pytest.fixture(params=["sqlite", "redis", "mongodb"])
-def message_store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URI of an empty store of the backend under test."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/messages.db"
-    return str(request.getfixturevalue(f"{request.param}_uri"))
-
-
-@pytest.fixture
-def message_store_opener(message_store_uri: str, message_store_clock: Clock) -> Opener:
+def message_store_opener(store_uri: str, clock: Clock) -> Opener:
     """Opens a store of the backend under test; every call opens the same data."""
-    return lambda: open_store(message_store_uri, now=message_store_clock)
+    return lambda: open_store(store_uri, now=clock)
 
 
 @pytest.fixture
@@ -150,7 +85,7 @@ async def list_all(store: MessageStore, project: str = P, queue: str = Q, **kw: 
 
 
 async def test_post_returns_ids_in_order_and_list_keeps_acceptance_order(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     # Given two batches posted one after the other
     first = await message_store.post(P, Q, CLIENT, [msg(0), msg(1, ttl=60), msg(2)])
@@ -167,8 +102,8 @@ async def test_post_returns_ids_in_order_and_list_keeps_acceptance_order(
     assert len({m.seq for m in listed}) == 4
     one = listed[1]
     assert one.ttl == 60
-    assert one.created == message_store_clock.t
-    assert one.expires == message_store_clock.t + 60
+    assert one.created == clock.now
+    assert one.expires == clock.now + 60
     assert one.client_id == CLIENT
     assert one.claim_id is None and one.claim_count == 0
 
@@ -298,7 +233,7 @@ async def test_claimed_messages_are_listed_only_with_include_claimed_and_page_co
 
 
 async def test_delayed_messages_are_hidden_until_due(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     # Given a delayed message behind an immediate one
     (now_id,) = await message_store.post(P, Q, CLIENT, [msg(1)])
@@ -308,13 +243,13 @@ async def test_delayed_messages_are_hidden_until_due(
     assert [m.id for m in await message_store.list_messages(P, Q, limit=10)] == [now_id]
     delayed = await message_store.list_messages(P, Q, limit=10, include_delayed=True)
     assert [m.id for m in delayed] == [now_id, later_id]
-    assert delayed[1].visible_at == message_store_clock.t + 30
+    assert delayed[1].visible_at == clock.now + 30
     claimed = await message_store.claim(P, Q, limit=10, ttl=60, grace=60)
     assert claimed.claim is not None and [m.id for m in claimed.claim.messages] == [now_id]
     assert await message_store.pop(P, Q, 10) == []
 
     # When its delay has passed, it is listed and claimable
-    message_store_clock.advance(30)
+    clock.advance(30)
     assert [m.id for m in await message_store.list_messages(P, Q, limit=10)] == [later_id]
     again = await message_store.claim(P, Q, limit=10, ttl=60, grace=60)
     assert again.claim is not None and [m.id for m in again.claim.messages] == [later_id]
@@ -347,7 +282,7 @@ async def test_get_many_returns_the_existing_ones_once_in_order(
 
 
 async def test_get_shows_the_live_claim_only(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     (mid,) = await message_store.post(P, Q, CLIENT, [msg(1)])
     result = await message_store.claim(P, Q, limit=1, ttl=60, grace=60)
@@ -356,7 +291,7 @@ async def test_get_shows_the_live_claim_only(
     held = await message_store.get(P, Q, mid)
     assert held is not None and held.claim_id == result.claim.id and held.claim_count == 1
 
-    message_store_clock.advance(60)
+    clock.advance(60)
     after_expiry = await message_store.get(P, Q, mid)
     assert after_expiry is not None and after_expiry.claim_id is None
     assert after_expiry.claim_count == 1
@@ -366,14 +301,14 @@ async def test_get_shows_the_live_claim_only(
 
 
 async def test_expired_messages_are_invisible_everywhere_and_then_collected(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     # Given a short-lived and a long-lived message
     (short,) = await message_store.post(P, Q, CLIENT, [msg(1, ttl=60)])
     (long,) = await message_store.post(P, Q, CLIENT, [msg(2, ttl=120)])
 
     # When the first one's TTL has passed
-    message_store_clock.advance(60)
+    clock.advance(60)
 
     # Then it is gone from every read, claim and pop, before any collection
     assert [m.id for m in await message_store.list_messages(P, Q, limit=10)] == [long]
@@ -390,13 +325,13 @@ async def test_expired_messages_are_invisible_everywhere_and_then_collected(
 
 
 async def test_expired_claims_are_collected_and_their_messages_stay(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     await post_n(message_store, 2, ttl=3600)
     result = await message_store.claim(P, Q, limit=2, ttl=60, grace=60)
     assert result.claim is not None
 
-    message_store_clock.advance(61)
+    clock.advance(61)
     assert await message_store.collect_garbage() == 1
 
     assert await message_store.get_claim(P, Q, result.claim.id) is None
@@ -407,7 +342,7 @@ async def test_expired_claims_are_collected_and_their_messages_stay(
 
 
 async def test_claim_takes_the_oldest_messages_in_order_and_claims_are_disjoint(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     ids = await post_n(message_store, 5)
 
@@ -424,7 +359,7 @@ async def test_claim_takes_the_oldest_messages_in_order_and_claims_are_disjoint(
     assert len({first.claim.id, second.claim.id, third.claim.id}) == 3
     c = first.claim
     assert c.ttl == 120 and c.grace == 60
-    assert c.created == message_store_clock.t and c.expires == message_store_clock.t + 120
+    assert c.created == clock.now and c.expires == clock.now + 120
     assert all(m.claim_id == c.id and m.claim_count == 1 for m in c.messages)
 
 
@@ -436,12 +371,12 @@ async def test_claim_on_an_empty_or_absent_queue_claims_nothing(
 
 
 async def test_claim_extends_short_lived_messages_to_ttl_plus_grace(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     # Given a 60 s message and a 3600 s one, 10 s old
     short, long = await message_store.post(P, Q, CLIENT, [msg(1, ttl=60), msg(2, ttl=3600)])
-    message_store_clock.advance(10)
-    now = message_store_clock.t
+    clock.advance(10)
+    now = clock.now
 
     # When claimed for 300 s with 60 s grace
     result = await message_store.claim(P, Q, limit=2, ttl=300, grace=60)
@@ -455,21 +390,21 @@ async def test_claim_extends_short_lived_messages_to_ttl_plus_grace(
     assert stored is not None and (stored.ttl, stored.expires) == (360, now + 360)
 
     # And it does not expire at its original TTL
-    message_store_clock.advance(100)
+    clock.advance(100)
     assert await message_store.get(P, Q, short) is not None
 
 
 async def test_an_expired_claim_frees_its_messages_for_the_next_claim(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     ids = await post_n(message_store, 2, ttl=3600)
     first = await message_store.claim(P, Q, limit=2, ttl=60, grace=60)
     assert first.claim is not None
     assert (await message_store.claim(P, Q, limit=2, ttl=60, grace=60)).claim is None
 
-    message_store_clock.advance(59.5)
+    clock.advance(59.5)
     assert (await message_store.claim(P, Q, limit=2, ttl=60, grace=60)).claim is None
-    message_store_clock.advance(0.5)
+    clock.advance(0.5)
 
     second = await message_store.claim(P, Q, limit=2, ttl=60, grace=60)
     assert second.claim is not None and second.claim.id != first.claim.id
@@ -479,19 +414,19 @@ async def test_an_expired_claim_frees_its_messages_for_the_next_claim(
 
 
 async def test_get_claim_returns_its_live_messages(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     ids = await post_n(message_store, 3)
     result = await message_store.claim(P, Q, limit=3, ttl=100, grace=60)
     assert result.claim is not None
     await message_store.delete(P, Q, ids[1], claim_id=result.claim.id)
-    message_store_clock.advance(20)
+    clock.advance(20)
 
     claim = await message_store.get_claim(P, Q, result.claim.id)
 
     assert claim is not None
     assert claim.id == result.claim.id and claim.ttl == 100
-    assert claim.created == message_store_clock.t - 20
+    assert claim.created == clock.now - 20
     assert [m.id for m in claim.messages] == [ids[0], ids[2]]
     assert all(m.claim_id == claim.id for m in claim.messages)
     assert await message_store.get_claim(P, Q, "not-a-claim") is None
@@ -499,7 +434,7 @@ async def test_get_claim_returns_its_live_messages(
 
 
 async def test_renew_restarts_the_claim_ttl_from_now_and_extends_messages(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     (mid,) = await message_store.post(P, Q, CLIENT, [msg(1, ttl=120)])
     result = await message_store.claim(P, Q, limit=1, ttl=60, grace=60)
@@ -507,8 +442,8 @@ async def test_renew_restarts_the_claim_ttl_from_now_and_extends_messages(
     cid = result.claim.id
 
     # When renewed 50 s later for 200 s with 100 s grace
-    message_store_clock.advance(50)
-    now = message_store_clock.t
+    clock.advance(50)
+    now = clock.now
     assert await message_store.renew_claim(P, Q, cid, ttl=200, grace=100) is True
 
     # Then the claim runs 200 s from now and the message lives until then plus grace
@@ -519,16 +454,16 @@ async def test_renew_restarts_the_claim_ttl_from_now_and_extends_messages(
     assert (held.ttl, held.expires) == (300, now + 300)
 
     # And it holds past its first expiry, and not past the renewed one
-    message_store_clock.advance(199)
+    clock.advance(199)
     assert (await message_store.claim(P, Q, limit=1, ttl=60, grace=60)).claim is None
-    message_store_clock.advance(1)
+    clock.advance(1)
     assert await message_store.get_claim(P, Q, cid) is None
     again = await message_store.claim(P, Q, limit=1, ttl=60, grace=60)
     assert again.claim is not None and [m.id for m in again.claim.messages] == [mid]
 
 
 async def test_renew_of_an_absent_or_expired_claim_changes_nothing(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     await post_n(message_store, 1)
     result = await message_store.claim(P, Q, limit=1, ttl=60, grace=60)
@@ -537,7 +472,7 @@ async def test_renew_of_an_absent_or_expired_claim_changes_nothing(
     assert await message_store.renew_claim(P, Q, "nope", ttl=60, grace=60) is False
     assert await message_store.renew_claim(OTHER_PROJECT, Q, result.claim.id, ttl=60,
                                            grace=60) is False
-    message_store_clock.advance(60)
+    clock.advance(60)
     assert await message_store.renew_claim(P, Q, result.claim.id, ttl=60, grace=60) is False
     assert (await message_store.claim(P, Q, limit=1, ttl=60, grace=60)).claim is not None
 
@@ -561,11 +496,11 @@ async def test_release_frees_the_messages_at_once_and_is_idempotent(
 
 
 async def test_releasing_an_expired_claim_does_not_free_a_newer_claims_messages(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     await post_n(message_store, 1)
     old = await message_store.claim(P, Q, limit=1, ttl=60, grace=60)
-    message_store_clock.advance(60)
+    clock.advance(60)
     new = await message_store.claim(P, Q, limit=1, ttl=60, grace=60)
     assert old.claim is not None and new.claim is not None
 
@@ -611,7 +546,7 @@ async def test_delete_of_an_unclaimed_message(message_store: MessageStore) -> No
 
 
 async def test_delete_of_a_claimed_message_needs_its_live_claim(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     a, b = await post_n(message_store, 2)
     first = await message_store.claim(P, Q, limit=1, ttl=60, grace=60)
@@ -635,7 +570,7 @@ async def test_delete_of_a_claimed_message_needs_its_live_claim(
     assert await message_store.get(P, Q, a) is None
 
     # Once the claim has expired, a claim id is refused and none is needed
-    message_store_clock.advance(60)
+    clock.advance(60)
     assert (
         await message_store.delete(P, Q, b, claim_id=second.claim.id)
         is DeleteOutcome.NOT_CLAIMED
@@ -688,7 +623,7 @@ async def test_delete_many_with_claim_ids_spares_messages_of_other_claims(
 
 
 async def test_a_message_claimed_max_times_moves_to_the_dead_letter_queue(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     # Given a queue with max 2 claims, its dead-letter queue taking 900 s messages
     policy = DeadLetterPolicy(max_claim_count=2, queue="dlq", ttl=900)
@@ -701,7 +636,7 @@ async def test_a_message_claimed_max_times_moves_to_the_dead_letter_queue(
         assert result.claim is not None
         assert [(m.id, m.claim_count) for m in result.claim.messages] == [(mid, expected_count)]
         await message_store.release_claim(P, Q, result.claim.id)
-    message_store_clock.advance(5)
+    clock.advance(5)
     third = await message_store.claim(P, Q, limit=5, ttl=60, grace=60, dead_letter=policy)
 
     # Then the third claim gets nothing and reports the move
@@ -714,7 +649,7 @@ async def test_a_message_claimed_max_times_moves_to_the_dead_letter_queue(
     assert [m.id for m in in_dlq] == [already_there, mid]
     moved = in_dlq[1]
     assert moved.body == b'{"n": 1}' and moved.claim_id is None and moved.claim_count == 0
-    assert (moved.ttl, moved.expires) == (900, message_store_clock.t + 900)
+    assert (moved.ttl, moved.expires) == (900, clock.now + 900)
     assert moved.client_id == CLIENT
 
 
@@ -751,13 +686,13 @@ async def test_without_a_policy_claim_counts_grow_freely(message_store: MessageS
 
 
 async def test_stats_count_claimed_and_free_with_oldest_and_newest(
-    message_store: MessageStore, message_store_clock: Clock
+    message_store: MessageStore, clock: Clock
 ) -> None:
     assert await message_store.stats(P, Q) == type(await message_store.stats(P, Q))(
         claimed=0, free=0, total=0, oldest=None, newest=None
     )
     first = await post_n(message_store, 3)
-    message_store_clock.advance(10)
+    clock.advance(10)
     (last,) = await message_store.post(P, Q, CLIENT, [msg(9, delay=30)])
     assert (await message_store.claim(P, Q, limit=2, ttl=60, grace=60)).claim is not None
 
@@ -766,8 +701,8 @@ async def test_stats_count_claimed_and_free_with_oldest_and_newest(
     assert (stats.claimed, stats.free, stats.total) == (2, 2, 4)
     assert stats.oldest is not None and stats.oldest.id == first[0]
     assert stats.newest is not None and stats.newest.id == last
-    assert stats.newest.created == message_store_clock.t
-    assert stats.oldest.created == message_store_clock.t - 10
+    assert stats.newest.created == clock.now
+    assert stats.oldest.created == clock.now - 10
 
 
 # Tenancy ----------------------------------------------------------------------------------
@@ -950,8 +885,8 @@ async def test_bad_store_uris_fail_with_a_configuration_error(uri: str) -> None:
         await open_store(uri)
 
 
-async def test_the_in_memory_sqlite_store_works(message_store_clock: Clock) -> None:
-    store = await open_store("sqlite:///:memory:", now=message_store_clock)
+async def test_the_in_memory_sqlite_store_works(clock: Clock) -> None:
+    store = await open_store("sqlite:///:memory:", now=clock)
     try:
         ids = await post_n(store, 2)
         assert [m.id for m in await store.list_messages(P, Q, limit=5)] == list(ids)
@@ -1050,12 +985,12 @@ async def _outage_and_recovery(store: MessageStore, server: ServerProcess) -> No
 
 
 async def test_redis_reloads_its_scripts_when_the_server_forgot_them(
-    redis_uri: str, message_store_clock: Clock
+    redis_uri: str, redis_server: ServerProcess, clock: Clock
 ) -> None:
     import redis.asyncio
 
-    store = await open_store(redis_uri, now=message_store_clock)
-    client = redis.asyncio.Redis.from_url(redis_uri)
+    store = await open_store(redis_uri, now=clock)
+    client = redis.asyncio.Redis(port=redis_server.port)
     try:
         # Given a server that lost its script cache (as after a restart)
         await post_n(store, 2)
@@ -1072,12 +1007,12 @@ async def test_redis_reloads_its_scripts_when_the_server_forgot_them(
 
 
 async def test_redis_loses_no_acknowledged_message_when_killed(
-    tmp_path: Path, message_store_clock: Clock
+    tmp_path: Path, clock: Clock
 ) -> None:
     server = redis_process(tmp_path, durable=True)
     server.start()
     try:
-        store = await open_store(f"redis://127.0.0.1:{server.port}/0", now=message_store_clock)
+        store = await open_store(f"redis://127.0.0.1:{server.port}/0", now=clock)
         try:
             assert store.capabilities.durable
             await _outage_and_recovery(store, server)
@@ -1088,13 +1023,13 @@ async def test_redis_loses_no_acknowledged_message_when_killed(
 
 
 async def test_mongodb_loses_no_acknowledged_message_when_killed(
-    tmp_path: Path, message_store_clock: Clock
+    tmp_path: Path, clock: Clock
 ) -> None:
     server = mongodb_process(tmp_path)
     server.start()
     try:
         store = await open_store(
-            f"mongodb://127.0.0.1:{server.port}/outage", now=message_store_clock
+            f"mongodb://127.0.0.1:{server.port}/outage", now=clock
         )
         try:
             await _outage_and_recovery(store, server)

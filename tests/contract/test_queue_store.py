@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-import uuid
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio
-from pymongo import AsyncMongoClient
 
 from services.common.config import ConfigurationError
 from services.common.errors import PatchConflict, QueueNotFound, Unavailable
@@ -22,57 +19,12 @@ from services.queue_svc.storage.mongodb._connection import parse as parse_mongod
 from services.queue_svc.storage.redis import queues as redis_queues
 from services.queue_svc.storage.redis._connection import RedisOptions, parse
 from services.queue_svc.storage.registry import open_queue_store, redact
-from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
-
-
-def unique_name() -> str:
-    return f"t{uuid.uuid4().hex[:16]}"
-
-
-# Each backend's fixture gives the URI of a fresh, empty store and removes its data afterwards.
+from tests.servers import free_port, mongodb_process, redis_process
 
 
 @pytest.fixture
-def sqlite_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'queues.db'}"
-
-
-@pytest.fixture
-async def redis_uri(redis_server: ServerProcess) -> AsyncIterator[str]:
-    # A key prefix of its own per test: nothing to flush first, and nothing else disturbed.
-    prefix = unique_name()
-    yield f"redis://127.0.0.1:{redis_server.port}/0?prefix={prefix}"
-    client = redis.asyncio.Redis(port=redis_server.port)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
-    database = unique_name()
-    yield f"mongodb://127.0.0.1:{mongodb_server.port}/{database}"
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        port=mongodb_server.port, serverSelectionTimeoutMS=2000
-    )
-    try:
-        await client.drop_database(database)
-    finally:
-        await client.close()
-
-
-@pytest.fixture(params=["mongodb", "redis", "sqlite"])
-def queue_store_uri(request: pytest.FixtureRequest) -> str:
-    uri: str = request.getfixturevalue(f"{request.param}_uri")
-    return uri
-
-
-@pytest.fixture
-async def queue_store(queue_store_uri: str) -> AsyncIterator[QueueStore]:
-    store = await open_queue_store(queue_store_uri)
+async def queue_store(store_uri: str) -> AsyncIterator[QueueStore]:
+    store = await open_queue_store(store_uri)
     yield store
     await store.close()
 
@@ -513,11 +465,11 @@ async def test_project_ids_are_compared_exactly(queue_store: QueueStore) -> None
 # durability and configuration -----------------------------------------------------------------
 
 
-async def test_data_survives_reopening(queue_store_uri: str) -> None:
-    store = await open_queue_store(queue_store_uri)
+async def test_data_survives_reopening(store_uri: str) -> None:
+    store = await open_queue_store(store_uri)
     await store.create("p", "durable", {"a": 1})
     await store.close()
-    reopened = await open_queue_store(queue_store_uri)
+    reopened = await open_queue_store(store_uri)
     try:
         record = await reopened.get("p", "durable")
         assert record is not None and dict(record.metadata) == {"a": 1}
@@ -525,8 +477,8 @@ async def test_data_survives_reopening(queue_store_uri: str) -> None:
         await reopened.close()
 
 
-async def test_closed_store_fails_as_unavailable(queue_store_uri: str) -> None:
-    store = await open_queue_store(queue_store_uri)
+async def test_closed_store_fails_as_unavailable(store_uri: str) -> None:
+    store = await open_queue_store(store_uri)
     await store.close()
     await store.close()  # idempotent
     with pytest.raises(Unavailable):

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio
-from pymongo import AsyncMongoClient
 from zaqar.v2 import admin_pb2
 
 from services.common.health import HEALTH_PROJECT, budget
@@ -23,44 +21,13 @@ from services.notifier_svc.storage.registry import open_notifier_store
 from services.queue_svc import health as queue_health
 from services.queue_svc.storage.catalog import PoolRecord
 from services.queue_svc.storage.registry import open_queue_store
-from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo, unique_name
-from tests.servers import ServerProcess, free_port, redis_process
+from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
+from tests.servers import free_port, redis_process
 
 MESSAGE_OPERATIONS = [
     "post_messages", "claim_messages", "list_messages", "delete_messages", "delete_claim",
     "bulk_delete_messages", "delete_queue",
 ]
-
-
-@pytest.fixture(params=["sqlite", "redis", "mongodb"])
-async def store_uri(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[str]:
-    """A URI of an empty store of the backend under test (any service's store)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db"
-        return
-    name = unique_name()
-    if request.param == "redis":
-        server: ServerProcess = request.getfixturevalue("redis_server")
-        yield f"redis://127.0.0.1:{server.port}/6?prefix={name}"
-        client = redis.asyncio.Redis(port=server.port, db=6)
-        try:
-            keys = [key async for key in client.scan_iter(match=f"{name}*")]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
-        return
-    server = request.getfixturevalue("mongodb_server")
-    yield f"mongodb://127.0.0.1:{server.port}/{name}"
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        port=server.port, serverSelectionTimeoutMS=2000
-    )
-    try:
-        await mongo.drop_database(name)
-    finally:
-        await mongo.close()
 
 
 @pytest.fixture

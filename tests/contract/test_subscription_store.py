@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio
-from pymongo import AsyncMongoClient
 
 from services.common.config import ConfigurationError
 from services.common.errors import (
@@ -28,69 +26,11 @@ from services.notifier_svc.storage.base import (
     new_id,
 )
 from services.notifier_svc.storage.registry import open_notifier_store
+from tests.contract.conftest import Clock
 from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
 from tests.servers import ServerProcess, free_port, redis_process
 
 HOOK = "http://127.0.0.1:9/hook"
-
-
-class Clock:
-    """A clock the test moves by hand (Unix seconds)."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.25
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def unique_name() -> str:
-    return f"t{uuid.uuid4().hex[:16]}"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def sqlite_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'notifier.db'}"
-
-
-@pytest.fixture
-async def redis_uri(redis_server: ServerProcess) -> AsyncIterator[str]:
-    prefix = unique_name()
-    yield f"redis://127.0.0.1:{redis_server.port}/0?prefix={prefix}"
-    client = redis.asyncio.Redis(port=redis_server.port)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
-    database = unique_name()
-    yield f"mongodb://127.0.0.1:{mongodb_server.port}/{database}"
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        port=mongodb_server.port, serverSelectionTimeoutMS=2000
-    )
-    try:
-        await client.drop_database(database)
-    finally:
-        await client.close()
-
-
-@pytest.fixture(params=["mongodb", "redis", "sqlite"])
-def store_uri(request: pytest.FixtureRequest) -> str:
-    uri: str = request.getfixturevalue(f"{request.param}_uri")
-    return uri
 
 
 @pytest.fixture
