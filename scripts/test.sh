@@ -10,4 +10,5 @@ export PATH="$root/.venv/bin:$PATH"
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy services
 echo "== import-linter"; lint-imports
+echo "== lowest direct dependency versions"; "$root/scripts/lowest_deps.sh"
 echo "== pytest"; exec pytest "$@"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Checks the lower bounds in pyproject.toml: installs the project with the lowest version of
+# every direct dependency that its bounds allow (uv's --resolution lowest-direct) into a venv
+# of its own, then runs scripts/smoke.py in it on SQLite and, when redis-server is installed,
+# on Redis.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=.venv-lowest
+tools=.venv-tools
+[ -x "$tools/bin/uv" ] || { python3 -m venv "$tools" && "$tools/bin/pip" install -q uv; }
+rm -rf "$venv"
+"$tools/bin/uv" venv -q -p "$(.venv/bin/python -c 'import sys; print(sys.executable)')" "$venv"
+VIRTUAL_ENV="$venv" "$tools/bin/uv" pip install -q --resolution lowest-direct .
+echo "== lowest direct versions"
+VIRTUAL_ENV="$venv" "$tools/bin/uv" pip freeze | grep -i -E \
+  '^(aiohttp|aiosmtplib|aiosqlite|falcon|googleapis-common-protos|grpcio[a-z-]*|httptools|msgpack|orjson|protobuf|pymongo|redis|uvicorn|uvloop|websockets)=='
+cd /tmp  # the installed copy, not the work tree, is what runs
+"$root/$venv/bin/python" "$root/scripts/smoke.py"
+if command -v redis-server >/dev/null 2>&1; then
+  port=$("$root/$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    >/dev/null 2>&1 &
+  redis_pid=$!
+  trap 'kill $redis_pid 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  "$root/$venv/bin/python" "$root/scripts/smoke.py" --store "redis://127.0.0.1:$port/0"
+fi
