@@ -1,10 +1,12 @@
 """The error model shared by every service, translated once at each boundary.
 
-Domain code raises a :class:`ServiceError` subclass. The server interceptor in
-:func:`error_interceptor` turns it into a gRPC status whose ``details`` is the human
-description and which carries a ``google.rpc.ErrorInfo`` with a machine ``reason`` and the
-Zaqar error ``title``. Clients (the gateway, other services) read it back with
-:func:`decode_rpc_error`.
+Domain code raises a :class:`ServiceError` subclass. The server interceptor
+:class:`ErrorInterceptor` (installed by ``services/common/grpc_server.py:create_server``) turns
+it into a gRPC status whose ``details`` is the human description and which carries a
+``google.rpc.ErrorInfo`` with a machine ``reason`` and the Zaqar error ``title``; any other
+exception becomes UNAVAILABLE, logged. :func:`failure_status` is that translation, also used
+for each item of a ``MessagesInternal.Batch`` call. Clients (the gateway, other services) read
+it back with :func:`decode_rpc_error`.
 """
 
 from __future__ import annotations
