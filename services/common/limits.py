@@ -12,6 +12,24 @@ PROJECT_ID_MAX: Final = 256
 PAGE_LIMIT_MIN: Final = 1
 PAGE_LIMIT_MAX: Final = 20
 PAGE_LIMIT_DEFAULT: Final = 10
+PAGE_LIMIT_ERROR: Final = (
+    f"Limit must be at least {PAGE_LIMIT_MIN} and may not be greater than {PAGE_LIMIT_MAX}."
+)
+
+
+def page_limit(limit: int | None) -> int:
+    """A page (or claim) size: ``None`` means the default (10); otherwise 1..20.
+
+    Raises:
+        InvalidArgument: out of range, with Zaqar's text.
+    """
+    if limit is None:
+        return PAGE_LIMIT_DEFAULT
+    if not PAGE_LIMIT_MIN <= limit <= PAGE_LIMIT_MAX:
+        from services.common.errors import InvalidArgument
+
+        raise InvalidArgument(PAGE_LIMIT_ERROR)
+    return limit
 
 MESSAGE_TTL_MIN: Final = 60
 MESSAGE_TTL_MAX: Final = 1_209_600

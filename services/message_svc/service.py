@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from services.common import limits
 from services.common.errors import (
     ClaimNotFound,
     InvalidArgument,
@@ -131,7 +132,7 @@ class MessageService:
     ) -> Page:
         """A page in acceptance order; the next marker is empty when the page is."""
         validation.queue_ref(project, queue)
-        size = validation.page_limit(limit)
+        size = limits.page_limit(limit)
         after = decode_marker(marker) if marker else None
         if marker and after is None:
             return Page([], "")
@@ -185,7 +186,7 @@ class MessageService:
     ) -> Claim | None:
         """Claim the oldest claimable messages; ``None`` when there was nothing to claim."""
         validation.queue_ref(project, queue)
-        size = validation.page_limit(limit)
+        size = limits.page_limit(limit)
         claim_ttl, claim_grace = validation.claim_ttl(ttl), validation.claim_grace(grace)
         policy = await self.metadata.get(project, queue)
         result = await self.store.claim(

@@ -10,10 +10,6 @@ import orjson
 from services.common import limits
 from services.common.errors import InvalidArgument, InvalidBody, InvalidQueueName
 
-LIMIT: Final = (
-    f"Limit must be at least {limits.PAGE_LIMIT_MIN} and may not be greater than "
-    f"{limits.PAGE_LIMIT_MAX}."
-)
 POP: Final = (
     f"Pop value must be at least 1 and may not be greater than {limits.PAGE_LIMIT_MAX}."
 )
@@ -49,13 +45,6 @@ def queue_ref(project: str, queue: str) -> None:
         raise InvalidQueueName()
 
 
-def page_limit(value: int | None) -> int:
-    """A page, claim or pop size: 1..20, default 10."""
-    if value is None:
-        return limits.PAGE_LIMIT_DEFAULT
-    if not limits.PAGE_LIMIT_MIN <= value <= limits.PAGE_LIMIT_MAX:
-        raise InvalidArgument(LIMIT)
-    return value
 
 
 def pop_limit(value: int) -> int:

@@ -119,7 +119,7 @@ class NotifierService:
         """A page in creation order, and the marker of the next page ('' when empty)."""
         validation.queue_ref(project, queue)
         page = await self.store.list(
-            project, queue, limit=validation.page_limit(limit), marker=marker
+            project, queue, limit=limits.page_limit(limit), marker=marker
         )
         return page, page[-1].id if page else ""
 

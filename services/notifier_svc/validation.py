@@ -13,10 +13,6 @@ from services.common.errors import InvalidArgument, InvalidQueueName
 from services.notifier_svc import retry
 
 SUBSCRIBER_TYPES = ("http", "https", "mailto", "trust+http", "trust+https")
-LIMIT_ERROR = (
-    f"Limit must be at least {limits.PAGE_LIMIT_MIN} and may not be greater than "
-    f"{limits.PAGE_LIMIT_MAX}."
-)
 MISSING_SUBSCRIBER = "Missing parameter subscriber in body."
 SUBSCRIBER_TYPE_ERROR = (
     "The subscriber type of subscription must be supported in the list "
@@ -35,13 +31,6 @@ def queue_ref(project: str, queue: str) -> None:
         raise InvalidQueueName()
 
 
-def page_limit(limit: int | None) -> int:
-    """The page size: ``None`` means the default (10); otherwise 1..20."""
-    if limit is None:
-        return limits.PAGE_LIMIT_DEFAULT
-    if not limits.PAGE_LIMIT_MIN <= limit <= limits.PAGE_LIMIT_MAX:
-        raise InvalidArgument(LIMIT_ERROR)
-    return limit
 
 
 def subscriber(uri: str) -> str:

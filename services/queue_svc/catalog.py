@@ -167,7 +167,7 @@ class CatalogService:
         await self._catalog.delete_pool(name)
 
     async def list_pools(self, *, limit: int | None, marker: str) -> list[PoolRecord]:
-        return await self._catalog.list_pools(limit=validation.page_limit(limit), marker=marker)
+        return await self._catalog.list_pools(limit=limits.page_limit(limit), marker=marker)
 
     # Flavors --------------------------------------------------------------------------------
 
@@ -216,7 +216,7 @@ class CatalogService:
     ) -> list[FlavorRecord]:
         validation.check_project(project)
         return await self._catalog.list_flavors(
-            project, limit=validation.page_limit(limit), marker=marker
+            project, limit=limits.page_limit(limit), marker=marker
         )
 
     async def check_flavor(self, project: str, name: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from zaqar.v2 import common_pb2
 
+from services.common import limits
 from services.common.errors import Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import validation
@@ -133,7 +134,7 @@ class QueueService:
         validation.check_project(project)
         page = await self._store.list(
             project,
-            limit=validation.page_limit(limit),
+            limit=limits.page_limit(limit),
             marker=marker,
             name_contains=name,
             metadata_filters=validation.metadata_filters(metadata_filters),

@@ -11,10 +11,6 @@ from services.common import limits
 from services.common.errors import InvalidArgument, InvalidQueueName
 
 PURGEABLE = ("messages", "subscriptions")
-LIMIT_ERROR = (
-    f"Limit must be at least {limits.PAGE_LIMIT_MIN} and may not be greater than "
-    f"{limits.PAGE_LIMIT_MAX}."
-)
 # Zaqar prints the Python set literal; keep its exact text.
 PURGE_ERROR = "Resource types must be a sub set of {'messages', 'subscriptions'}."
 
@@ -31,13 +27,6 @@ def check_queue(project: str, queue: str) -> None:
         raise InvalidQueueName()
 
 
-def page_limit(limit: int | None) -> int:
-    """The page size: ``None`` means the default (10); otherwise 1..20."""
-    if limit is None:
-        return limits.PAGE_LIMIT_DEFAULT
-    if not limits.PAGE_LIMIT_MIN <= limit <= limits.PAGE_LIMIT_MAX:
-        raise InvalidArgument(LIMIT_ERROR)
-    return limit
 
 
 def metadata_filters(raw: Mapping[str, bytes]) -> dict[str, Any]:
