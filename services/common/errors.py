@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -242,6 +242,22 @@ def decode_rpc_error(exc: grpc.RpcError) -> RpcErrorInfo:
                 reason = info.reason or reason
                 title = info.metadata.get("title", "")
     return RpcErrorInfo(code=code, reason=reason, title=title, description=description)
+
+
+RETRY_LATER = "Please try again in a few seconds."
+T = TypeVar("T")
+
+
+async def upstream_call(call: Awaitable[T], upstream: str, failure: str) -> T:
+    """Await one call to another service; a failed call becomes :class:`Unavailable` whose
+    description starts with ``failure`` (the service's own answer), logged with the upstream
+    (``"message_svc at 127.0.0.1:50062"``) and the call's code and details."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        info = decode_rpc_error(exc)
+        log.warning("%s: %s (%s: %s)", upstream, failure, info.code.name, info.description)
+        raise Unavailable(f"{failure} {RETRY_LATER}") from exc
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -9,7 +9,6 @@ and a call that was in flight when its key was invalidated does not fill the cac
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +19,8 @@ import orjson
 from zaqar.v2 import queues_pb2, queues_pb2_grpc
 
 from services.common import limits
-from services.common.errors import Unavailable, decode_rpc_error
+from services.common.errors import upstream_call
 from services.message_svc.storage.base import DeadLetterPolicy
-
-log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 
@@ -136,16 +133,9 @@ class QueueMetadata:
         project, queue = key
         request = queues_pb2.GetQueueRequest(project=project, queue=queue)
         method = self._stub.EnsureQueue if ensure else self._stub.GetQueue
-        try:
-            answer: queues_pb2.Queue = await method(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            info = decode_rpc_error(exc)
-            log.warning(
-                "queue_svc %s(%s/%s) failed: %s %s", "EnsureQueue" if ensure else "GetQueue",
-                project, queue, info.code.name, info.description,
-            )
-            raise Unavailable(
-                f"The queue service could not be reached to read the metadata of queue "
-                f"{queue} ({info.code.name}). Please try again in a few seconds."
-            ) from exc
+        answer: queues_pb2.Queue = await upstream_call(
+            method(request, timeout=self._timeout),
+            f"queue_svc ({'EnsureQueue' if ensure else 'GetQueue'} {project}/{queue})",
+            f"The queue service could not be reached to read the metadata of queue {queue}.",
+        )
         return parse_policy(answer.metadata, exists=answer.exists or ensure)

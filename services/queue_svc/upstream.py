@@ -14,11 +14,10 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import grpc
 from zaqar.v2 import common_pb2, messages_pb2_grpc, notifier_pb2_grpc
 
 from services.common.config import Settings
-from services.common.errors import Unavailable, decode_rpc_error
+from services.common.errors import RETRY_LATER, Unavailable, upstream_call
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
 from services.common.tls import Tls
@@ -26,7 +25,6 @@ from services.common.tls import Tls
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RETRY_LATER = "Please try again in a few seconds."
 
 
 class MessageService:
@@ -56,13 +54,7 @@ class MessageService:
     async def _call(self, target: str, failure: str, call: Awaitable[T]) -> T:
         """Await one call; any RPC failure becomes :class:`Unavailable` with ``failure`` as the
         start of its description."""
-        try:
-            return await call
-        except grpc.aio.AioRpcError as exc:
-            info = decode_rpc_error(exc)
-            log.warning("message_svc at %s: %s (%s: %s)", target, failure, info.code.name,
-                        info.description)
-            raise Unavailable(f"{failure} {RETRY_LATER}") from exc
+        return await upstream_call(call, f"message_svc at {target}", failure)
 
     async def get_stats(self, project: str, queue: str) -> common_pb2.QueueStats:
         stats: common_pb2.QueueStats = await self._call(
@@ -135,12 +127,10 @@ class NotifierService:
         Raises:
             Unavailable: notifier_svc did not confirm it; ``failure`` starts the description.
         """
-        try:
-            await self._internal.DeleteQueueSubscriptions(
+        await upstream_call(
+            self._internal.DeleteQueueSubscriptions(
                 common_pb2.QueueRef(project=project, queue=queue), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            info = decode_rpc_error(exc)
-            log.warning("notifier_svc at %s: %s (%s: %s)", self._target, failure,
-                        info.code.name, info.description)
-            raise Unavailable(f"{failure} {RETRY_LATER}") from exc
+            ),
+            f"notifier_svc at {self._target}",
+            failure,
+        )
