@@ -6,6 +6,11 @@ environment variables, waits until each is ready (gRPC health SERVING; the gatew
 ``READY`` line), prints where everything listens, and stops them all, gateway first, on
 Ctrl-C or SIGTERM. If any of them exits on its own, ``up`` stops the others and exits
 non-zero.
+
+A start that fails (a setting, a port in use, the data folder, a store URI or a store that does
+not answer) is one ``zaqar-grpc: ...`` line on stderr and a non-zero status, never a traceback
+(``services/common/startup.py``); ``up`` checks all it can before it starts any process
+(``services/preflight.py``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from services.common.config import ENV_PREFIX, ConfigurationError, Settings
-from services.common.errors import ServiceError
+from services import preflight
+from services.common.config import ENV_PREFIX, Settings
+from services.common.startup import PREFIX, StartupError, report
 
 if TYPE_CHECKING:
     from services.common.tls import Tls
@@ -98,29 +104,36 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 
 def serve(service: str, settings: Settings) -> int:
-    module = importlib.import_module(SERVICES[service][0])
-    from services.common.grpc_server import install_event_loop_policy, setup_logging
+    """Run ``service`` in this process until a signal; its exit status.
 
-    setup_logging(settings.log_level)
-    install_event_loop_policy()
-    os.makedirs(settings.data_dir, exist_ok=True)
-    try:
-        asyncio.run(module.run(settings))
-    except ServiceError as exc:
-        # A store that cannot be reached at start: one line, no traceback.
-        print(f"zaqar-grpc: {service}: {exc.description}", file=sys.stderr, flush=True)
-        return 3
-    return 0
+    Raises:
+        StartupError: the data folder cannot be used (checked before anything starts).
+    """
+    module_name = SERVICES[service][0]
+    preflight.use_data_dir(settings, [service])
+    from services.common.grpc_server import run_service
+
+    module = importlib.import_module(module_name)
+    return run_service(module_name.split(".")[1], module.run, settings)
 
 
 # up ------------------------------------------------------------------------------------------
 
 
 class _Child:
+    """A service process of ``up``: its stdout and stderr read line by line.
+
+    Lines are passed on with the service's name in front (stdout to stdout, stderr to
+    stderr), except ``READY`` (``ready`` gets the address) and the child's start-up failure
+    line (``zaqar-grpc: ...``), kept as ``reason`` for ``up`` to report as its own.
+    """
+
     def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
         self.name = name
         self.proc = proc
+        self.reason = ""
         self.ready = asyncio.get_running_loop().create_future()
+        self.errors = asyncio.ensure_future(self._pump_errors())
         self.pump = asyncio.ensure_future(self._pump())
 
     async def _pump(self) -> None:
@@ -132,7 +145,26 @@ class _Child:
             else:
                 print(f"[{self.name}] {line}", flush=True)
         if not self.ready.done():
-            self.ready.set_exception(RuntimeError(f"{self.name} exited before it was ready"))
+            # Its stderr ends with it: once read, the reason (if it gave one) is known.
+            await self.errors
+            status = await self.proc.wait()
+            self.ready.set_exception(StartupError(
+                self.reason or f"{self.name} exited with status {status} before it was ready",
+                status if status > 0 else 1,
+            ))
+
+    async def _pump_errors(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith(PREFIX):
+                self.reason = line.removeprefix(PREFIX)
+            else:
+                print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
+
+    def cancel(self) -> None:
+        self.pump.cancel()
+        self.errors.cancel()
 
 
 async def _grpc_serving(target: str, tls: Tls | None, deadline: float) -> None:
@@ -164,21 +196,52 @@ async def _stop_all(children: Sequence[_Child], grace: float) -> None:
             except TimeoutError:
                 child.proc.kill()
                 await child.proc.wait()
-        child.pump.cancel()
+        child.cancel()
+
+
+async def _start(name: str, settings: Settings, tls: Tls | None, env: dict[str, str],
+                 children: list[_Child]) -> None:
+    """Start ``name`` as a child process (added to ``children``) and wait until it serves.
+
+    Raises:
+        StartupError: it exited first (with its own line, when it printed one), or it was not
+            ready within ``READY_TIMEOUT`` seconds.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "serve", name,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    child = _Child(name, proc)
+    children.append(child)
+    deadline = time.monotonic() + READY_TIMEOUT
+    try:
+        await asyncio.wait_for(asyncio.shield(child.ready), READY_TIMEOUT)
+        if SERVICES[name][2]:
+            await _grpc_serving(settings.target(name), tls, deadline)
+    except (TimeoutError, RuntimeError):
+        raise StartupError(f"{name} was not ready within {READY_TIMEOUT:g} seconds") from None
+    print(f"{name:>8}: {child.ready.result()}  (pid {proc.pid})", flush=True)
 
 
 async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
     """Run ``services`` as child processes until a signal or until one of them exits.
 
+    Everything that can be checked before a child starts is (``services/preflight.py``). A
+    child that fails to start anyway has its line repeated on stderr, the others are stopped,
+    and the status is non-zero.
+
     Raises:
-        ConfigurationError: bad TLS settings or files (checked before any child starts).
+        ConfigurationError: bad TLS or auth settings, a malformed store URI.
+        StartupError: a port cannot be bound, the data folder cannot be used, a store does not
+            answer.
     """
     from services.common.tls import load_tls
 
     # Checked here once, so that bad TLS settings are one error rather than one per child;
     # the children read the same files themselves, and up's health checks use them too.
     tls = await asyncio.to_thread(load_tls, settings)
-    os.makedirs(settings.data_dir, exist_ok=True)
+    await preflight.check(settings, services)
     env = {**os.environ, **settings_environment(settings)}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -187,22 +250,11 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
     children: list[_Child] = []
     try:
         for name in services:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.cli", "serve", name,
-                env=env, stdout=asyncio.subprocess.PIPE, start_new_session=True,
-            )
-            child = _Child(name, proc)
-            children.append(child)
-            deadline = time.monotonic() + READY_TIMEOUT
-            await asyncio.wait_for(asyncio.shield(child.ready), READY_TIMEOUT)
-            if SERVICES[name][2]:
-                await _grpc_serving(settings.target(name), tls, deadline)
-            where = child.ready.result()
-            print(f"{name:>8}: {where}  (pid {proc.pid})", flush=True)
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"zaqar-grpc up: {exc}", file=sys.stderr, flush=True)
+            await _start(name, settings, tls, env, children)
+    except StartupError as exc:
+        status = report(exc) or 1
         await _stop_all(children, settings.shutdown_grace)
-        return 1
+        return status
     data_dir = os.path.abspath(settings.data_dir)  # noqa: ASYNC240 - no I/O, string only
     print(
         f"zaqar-grpc is up: http://{settings.host}:{settings.http_port}/v2/  "
@@ -214,9 +266,12 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
     done, _ = await asyncio.wait({stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if stopper not in done:
-        dead = [c for c in children if c.proc.returncode is not None]
-        for c in dead:
-            print(f"zaqar-grpc up: {c.name} exited with {c.proc.returncode}", file=sys.stderr)
+        for c in children:
+            if c.proc.returncode is not None:
+                await c.errors
+                why = f": {c.reason}" if c.reason else ""
+                print(f"{PREFIX}{c.name} exited with status {c.proc.returncode}{why}; "
+                      "stopping the others", file=sys.stderr, flush=True)
         code = 1
     stopper.cancel()
     await _stop_all(children, settings.shutdown_grace)
@@ -239,11 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("settings", help="list every setting with its variable and default")
     args = parser.parse_args(argv)
 
-    if args.command == "settings":
-        for name, default, text in Settings.describe():
-            print(f"{name:<28} {default:<22} {text}")
-        return 0
     try:
+        if args.command == "settings":
+            for name, default, text in Settings.describe():
+                print(f"{name:<28} {default:<22} {text}")
+            return 0
         settings = _settings_from(args)
         if args.command == "up":
             from services.common.grpc_server import install_event_loop_policy
@@ -256,11 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.grpc_port is not None and SERVICES[service][2]:
             settings = dataclasses.replace(settings, **{SERVICES[service][1]: args.grpc_port})
         return serve(service, settings)
-    except ConfigurationError as exc:
-        print(f"zaqar-grpc: configuration error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A failed start is one line; anything else is a bug, whose traceback shows.
+        status = report(exc)
+        if status is None:
+            raise
+        return status
 
 
 if __name__ == "__main__":

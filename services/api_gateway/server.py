@@ -13,8 +13,10 @@ import asyncio
 import importlib.util
 import logging
 import signal
+import socket
 
 import uvicorn
+from websockets.asyncio.server import Server
 
 from services.api_gateway.app import create_app
 from services.api_gateway.upstream import Upstreams
@@ -22,6 +24,7 @@ from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
 from services.common.grpc_server import service_main
 from services.common.keystone import KeystoneAuth, check_settings
+from services.common.startup import CannotListen, bind, os_reason
 from services.common.tls import load_tls
 
 log = logging.getLogger(__name__)
@@ -66,25 +69,49 @@ def _bound_port(server: uvicorn.Server) -> int:
     return server.config.port
 
 
+def _listen_http(settings: Settings) -> list[socket.socket]:
+    """The HTTP port's sockets, bound here rather than by uvicorn, whose bind failure is a
+    log line and ``sys.exit``."""
+    try:
+        return bind(settings.host, settings.http_port)
+    except OSError as exc:
+        raise CannotListen(settings.host, settings.http_port, os_reason(exc), "http_port") from None
+
+
+async def _listen_ws(settings: Settings, up: Upstreams, auth: KeystoneAuth | None) -> Server:
+    try:
+        return await ws_server.start(settings, up, auth)
+    except OSError as exc:
+        raise CannotListen(settings.host, settings.ws_port, os_reason(exc), "ws_port") from None
+
+
 async def run(settings: Settings) -> None:
     """Serve the Zaqar v2 HTTP API on ``settings.http_port`` and its WebSocket API on
     ``settings.ws_port`` until a signal; the channels to the services use TLS when the
-    ``tls_*`` settings say so."""
+    ``tls_*`` settings say so.
+
+    Raises:
+        ConfigurationError: bad auth or TLS settings.
+        CannotListen: the HTTP or the WebSocket port cannot be bound (nothing is left open).
+    """
     check_settings(settings)
+    tls = await asyncio.to_thread(load_tls, settings, False)
+    http_sockets = _listen_http(settings)
     auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
-    up = Upstreams(settings, await asyncio.to_thread(load_tls, settings, False), auth)
-    up.open()
-    sockets = await ws_server.start(settings, up, auth)
-    server = build_server(settings, up=up, auth=auth)
+    up = Upstreams(settings, tls, auth)
+    sockets: Server | None = None
     loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        server.should_exit = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    serving = asyncio.ensure_future(server.serve())
     try:
+        up.open()
+        sockets = await _listen_ws(settings, up, auth)
+        server = build_server(settings, up=up, auth=auth)
+
+        def stop() -> None:
+            server.should_exit = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        serving = asyncio.ensure_future(server.serve(sockets=http_sockets))
         while not server.started:
             if serving.done():
                 break
@@ -97,8 +124,11 @@ async def run(settings: Settings) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        sockets.close()
-        await sockets.wait_closed()
+        for sock in http_sockets:
+            sock.close()
+        if sockets is not None:
+            sockets.close()
+            await sockets.wait_closed()
         await up.close()
         if auth is not None:
             await auth.aclose()

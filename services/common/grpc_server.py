@@ -19,6 +19,7 @@ from services.common.config import Settings
 from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
 from services.common.keystone import KeystoneAuth
+from services.common.startup import CannotListen, check_port, report
 from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ def create_server(
     Returns the server (not started), the bound port (useful with ``port=0``) and the health
     servicer, whose statuses are SERVING for ``""`` and every name in ``service_names`` once
     :func:`serve` starts it.
+
+    Raises:
+        CannotListen: the port cannot be bound (in use, not allowed, no such address).
     """
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor(), *interceptors], options=SERVER_OPTIONS
@@ -136,13 +140,18 @@ def create_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    address = f"{host}:{port}"
-    if tls is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, tls.server_credentials())
+    # Tried first so that a port in use is our one line, not gRPC's log line and RuntimeError.
+    check_port(host, port)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, tls.server_credentials())
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind {host}:{port}")
+        raise CannotListen(host, port, "gRPC cannot bind it")
     return server, bound, health_servicer
 
 
@@ -217,20 +226,34 @@ def _task_stack(task: asyncio.Task[Any]) -> str:
 
 
 def service_main(name: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
-    """A service process's entry: settings from the environment, logging, uvloop, ``run``;
-    a configuration error or a store unreachable at start is one line and exit status 1."""
-    from services.common.config import ConfigurationError
-    from services.common.errors import ServiceError
+    """A service process's entry (``python -m services.<svc>.server``): :func:`run_service`
+    with the settings of the environment."""
+    sys.exit(run_service(name, run))
 
+
+def run_service(
+    name: str,
+    run: Callable[[Settings], Coroutine[Any, Any, None]],
+    settings: Settings | None = None,
+) -> int:
+    """Run the process ``name`` (``queue_svc``) with logging and uvloop set up; its exit status.
+
+    ``settings``: None = read from the environment. A failed start (bad settings, a port that
+    cannot be bound, a store that cannot be reached) is one line on stderr and a non-zero
+    status (``services/common/startup.py``), never a traceback.
+    """
     try:
-        settings = Settings.load()
+        if settings is None:
+            settings = Settings.load()
         setup_logging(settings.log_level)
         install_event_loop_policy()
         asyncio.run(run(settings))
-    except ConfigurationError as exc:
-        raise SystemExit(f"{name}: configuration error: {exc}") from None
-    except ServiceError as exc:
-        raise SystemExit(f"{name}: cannot start: {exc.description}") from None
+    except Exception as exc:
+        status = report(exc, name)
+        if status is None:
+            raise
+        return status
+    return 0
 
 
 def setup_logging(level: str) -> None:

@@ -50,7 +50,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     Raises:
         ConfigurationError: bad TLS settings or files; the store URI is unknown or malformed.
         Unavailable: the store cannot be opened.
-        OSError: the port cannot be bound.
+        CannotListen: the port cannot be bound (services/common/startup.py).
     """
     tls = await asyncio.to_thread(load_tls, settings)
     owned = keystone_for(settings) if auth is None else None

@@ -66,7 +66,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         ConfigurationError: bad settings (TLS files included), an unknown or malformed store
             URI.
         Unavailable: the store cannot be opened.
-        RuntimeError: the port cannot be bound.
+        CannotListen: the port cannot be bound (services/common/startup.py).
     """
     check(settings)
     tls = await asyncio.to_thread(load_tls, settings)

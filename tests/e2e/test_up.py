@@ -110,9 +110,12 @@ def test_bad_store_uri_is_one_clear_error(make_settings: Callable[..., Settings]
         [sys.executable, "-m", "services.cli", "up", "--message-store", "nosuch://x"],
         env=env, capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode != 0
-    assert "unsupported message store 'nosuch'" in result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
+    # Then up starts nothing and says which store and scheme, in one line
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("zaqar-grpc: configuration error: message store URI")
+    assert "unsupported scheme 'nosuch'" in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("uri", ["redis://127.0.0.1:{port}/0", "mongodb://127.0.0.1:{port}/z"])
@@ -129,5 +132,5 @@ def test_unreachable_store_at_start_is_one_clear_error(
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "cannot be reached" in output
+    assert "cannot use the queue store" in output
     assert "Traceback" not in output

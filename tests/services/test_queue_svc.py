@@ -34,6 +34,7 @@ from zaqar.v2 import (
 from services.cli import settings_environment
 from services.common.config import ConfigurationError, Settings
 from services.common.errors import RpcErrorInfo, decode_rpc_error
+from services.common.startup import CannotListen
 from services.message_svc.server import start as start_message_svc
 from services.notifier_svc.server import start as start_notifier_svc
 from services.queue_svc.server import start
@@ -584,9 +585,9 @@ async def test_process_with_bad_store_uri_exits_with_a_message(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    assert "queue_svc: configuration error: invalid SQLite queue store URI 'sqlite://nowhere'" in (
-        err.decode())
+    assert proc.returncode == 2
+    assert err.decode().startswith(
+        "zaqar-grpc: configuration error: invalid SQLite queue store URI 'sqlite://nowhere'")
 
 
 # with the real message_svc -------------------------------------------------------------------
@@ -876,5 +877,5 @@ async def test_start_on_a_taken_port_fails_and_releases_the_store(
     # Given a port already served by another queue_svc
     taken = make_settings(queue_port=alone.settings.queue_port)
     # Then a second one cannot start there (and closes what it opened: warnings are errors)
-    with pytest.raises(RuntimeError, match="Failed to bind"):
+    with pytest.raises(CannotListen, match="address already in use"):
         await start(taken)
