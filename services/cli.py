@@ -67,25 +67,31 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
 
-def _settings_from(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {
-        "host": args.host,
-        "http_port": args.http_port,
-        "data_dir": args.data_dir,
-        "queue_store": args.queue_store,
-        "message_store": args.message_store,
-        "notifier_store": args.notifier_store,
-        "log_level": args.log_level,
-    }
+# setting -> the flag that sets it (for ``settings --effective``)
+FLAGS = {"host": "--host", "http_port": "--port", "data_dir": "--data-dir",
+         "queue_store": "--queue-store", "message_store": "--message-store",
+         "notifier_store": "--notifier-store", "log_level": "--log-level"}
+
+
+def _overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings given by flags, and the flag that gave each."""
+    overrides = {name: getattr(args, name) for name in FLAGS
+                 if getattr(args, name) is not None}
+    flags = {name: FLAGS[name] for name in overrides}
     if args.store:
         if args.store.startswith("sqlite:"):
             # One embedded database per service: the URI names the folder.
             overrides["data_dir"] = args.store.removeprefix("sqlite://").rstrip("/") or "."
+            flags["data_dir"] = "--store"
         else:
-            overrides["queue_store"] = overrides["queue_store"] or args.store
-            overrides["message_store"] = overrides["message_store"] or args.store
-            overrides["notifier_store"] = overrides["notifier_store"] or args.store
-    return Settings.load(config_file=args.config, overrides=overrides)
+            for name in ("queue_store", "message_store", "notifier_store"):
+                if name not in overrides:
+                    overrides[name], flags[name] = args.store, "--store"
+    return overrides, flags
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.load(config_file=args.config, overrides=_overrides(args)[0])
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -282,6 +288,18 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
 # entry ---------------------------------------------------------------------------------------
 
 
+def _print_settings(args: argparse.Namespace) -> None:
+    if not args.effective:
+        for name, default, text in Settings.describe():
+            print(f"{name:<28} {default:<22} {text}")
+        return
+    overrides, flags = _overrides(args)
+    rows = Settings.effective(config_file=args.config, overrides=overrides, flags=flags)
+    width = min(48, max(len(value) for _, value, _ in rows))
+    for name, value, source in rows:
+        print(f"{name:<32} {value:<{width}} {source}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zaqar-grpc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -291,13 +309,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument("service", help="queue | message | notifier | gateway")
     _add_settings_flags(p_serve)
     p_serve.add_argument("--grpc-port", type=int, help="gRPC port of this service (0 = any)")
-    sub.add_parser("settings", help="list every setting with its variable and default")
+    p_settings = sub.add_parser(
+        "settings", help="list every setting with its variable and default; with --effective, "
+        "the values in effect and where each comes from"
+    )
+    p_settings.add_argument(
+        "--effective", action="store_true",
+        help="show the value of each setting from the defaults, the config file, ZAQAR_* "
+        "variables and these flags, and which of them it comes from (secrets redacted)",
+    )
+    _add_settings_flags(p_settings)
     args = parser.parse_args(argv)
 
     try:
         if args.command == "settings":
-            for name, default, text in Settings.describe():
-                print(f"{name:<28} {default:<22} {text}")
+            _print_settings(args)
             return 0
         settings = _settings_from(args)
         if args.command == "up":

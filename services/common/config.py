@@ -274,8 +274,21 @@ class Settings:
         environ: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> Settings:
+        return cls._resolve(config_file, environ, overrides)[0]
+
+    @classmethod
+    def _resolve(
+        cls,
+        config_file: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        flags: Mapping[str, str] | None = None,
+    ) -> tuple[Settings, dict[str, str]]:
+        """The settings, and where each value given anywhere comes from (setting -> source);
+        ``flags`` names the flag of each override."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         config_file = config_file or environ.get(ENV_PREFIX + "CONFIG_FILE")
         if config_file:
             try:
@@ -283,14 +296,52 @@ class Settings:
                     values.update(tomllib.load(fh))
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigurationError(f"cannot read config file {config_file}: {exc}") from exc
+            sources.update(dict.fromkeys(values, f"file {config_file}"))
         for f in dataclasses.fields(cls):
             env_value = environ.get(ENV_PREFIX + f.name.upper())
             if env_value is not None:
                 values[f.name] = env_value
+                sources[f.name] = "environment"
         for key, value in (overrides or {}).items():
             if value is not None:
                 values[key] = value
-        return cls(**{k: _cast(k, v) for k, v in values.items()})
+                sources[key] = (flags or {}).get(key, "command line")
+        settings = cls(**{k: _cast(k, v) for k, v in values.items()})
+        return settings, sources
+
+    @classmethod
+    def effective(
+        cls,
+        config_file: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        flags: Mapping[str, str] | None = None,
+    ) -> list[tuple[str, str, str]]:
+        """(environment variable, value in effect, where it comes from) for every setting, as
+        :meth:`load` resolves them; ``config_file`` is the one given on the command line,
+        ``flags`` names the command-line flag of each override.
+
+        A store URI or target left empty shows the value derived from other settings. Secrets
+        (``*_password``, ``*_secret``, the password in a store URI) show as ``'***'`` when set.
+
+        Raises:
+            ConfigurationError: as :meth:`load`.
+        """
+        environ = os.environ if environ is None else environ
+        settings, sources = cls._resolve(config_file, environ, overrides, flags)
+        rows = []
+        if config_file or ENV_PREFIX + "CONFIG_FILE" in environ:
+            source = "--config" if config_file else "environment"
+            config_file = config_file or environ[ENV_PREFIX + "CONFIG_FILE"]
+            rows.append((ENV_PREFIX + "CONFIG_FILE", repr(config_file), source))
+        for f in dataclasses.fields(cls):
+            value = getattr(settings, f.name)
+            source = sources.get(f.name, "default")
+            derived = _derived(settings, f.name)
+            if derived is not None and not value:
+                value, source = derived
+            rows.append((ENV_PREFIX + f.name.upper(), _shown(f.name, value), source))
+        return rows
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
@@ -302,6 +353,33 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_STORES = {"queue_store": "queue", "message_store": "message", "notifier_store": "notifier"}
+_TARGETS = {"queue_target": "queue", "message_targets": "message",
+            "notifier_target": "notifier"}
+
+
+def _derived(settings: Settings, name: str) -> tuple[str, str] | None:
+    """The value in effect of a setting whose empty value means "derived from others", and
+    from which."""
+    if name in _STORES:
+        return settings.store_uri(_STORES[name]), "derived from ZAQAR_DATA_DIR"
+    if name in _TARGETS:
+        service = _TARGETS[name]
+        value = (",".join(settings.message_target_list()) if service == "message"
+                 else settings.target(service))
+        return value, f"derived from ZAQAR_HOST, {ENV_PREFIX}{service.upper()}_PORT"
+    return None
+
+
+def _shown(name: str, value: Any) -> str:
+    """``value`` as ``settings --effective`` shows it: secrets redacted."""
+    if name.endswith(("_password", "_secret")) and value:
+        return repr("***")
+    if name in _STORES and isinstance(value, str):
+        from services.common.store_uri import redact
+
+        return repr(redact(value))
+    return repr(value)
 
 
 def _cast(name: str, value: Any) -> Any:
