@@ -12,10 +12,20 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "ZAQAR_"
+
+
+class Service(StrEnum):
+    """The gRPC services of a deployment (each a process of its own). A name that is not one
+    of them is a ``ValueError``, never somebody else's address or store."""
+
+    QUEUE = "queue"
+    MESSAGE = "message"
+    NOTIFIER = "notifier"
 
 
 class ConfigurationError(Exception):
@@ -245,20 +255,30 @@ class Settings:
 
     # Derived values -------------------------------------------------------------------------
 
-    def store_uri(self, service: str) -> str:
-        explicit = {"queue": self.queue_store, "message": self.message_store,
-                    "notifier": self.notifier_store}[service]
+    def store_uri(self, service: Service | str) -> str:
+        """The store URI of ``service``: the configured one, or its SQLite file in
+        ``data_dir``. Raises ValueError for a name that is not a :class:`Service`."""
+        match Service(service):
+            case Service.QUEUE:
+                explicit, filename = self.queue_store, "queues.db"
+            case Service.MESSAGE:
+                explicit, filename = self.message_store, "messages.db"
+            case Service.NOTIFIER:
+                explicit, filename = self.notifier_store, "notifier.db"
         if explicit:
             return explicit
-        filename = {"queue": "queues.db", "message": "messages.db", "notifier": "notifier.db"}
-        return "sqlite:///" + str(Path(self.data_dir).resolve() / filename[service])
+        return "sqlite:///" + str(Path(self.data_dir).resolve() / filename)
 
-    def target(self, service: str) -> str:
-        if service == "queue":
-            return self.queue_target or f"{self.host}:{self.queue_port}"
-        if service == "notifier":
-            return self.notifier_target or f"{self.host}:{self.notifier_port}"
-        return self.message_target_list()[0]
+    def target(self, service: Service | str) -> str:
+        """Where callers reach ``service`` (message_svc: its first listed replica). Raises
+        ValueError for a name that is not a :class:`Service`."""
+        match Service(service):
+            case Service.QUEUE:
+                return self.queue_target or f"{self.host}:{self.queue_port}"
+            case Service.NOTIFIER:
+                return self.notifier_target or f"{self.host}:{self.notifier_port}"
+            case Service.MESSAGE:
+                return self.message_target_list()[0]
 
     def message_target_list(self) -> list[str]:
         if self.message_targets:
