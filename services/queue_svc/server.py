@@ -47,7 +47,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     Raises:
         ConfigurationError: bad TLS settings or files, the store URI is unknown or malformed,
             or the store cannot be opened.
-        RuntimeError: the port cannot be bound (grpc's error; OSError on older grpc).
+        CannotListen: the port cannot be bound (services/common/startup.py).
     """
     tls = await asyncio.to_thread(load_tls, settings)
     owned = keystone_for(settings) if auth is None else None
