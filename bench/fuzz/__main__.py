@@ -1,0 +1,83 @@
+"""python -m bench.fuzz --cases 100000 --store sqlite|redis|mongodb [--seed N] [--workers 4]
+
+Starts ``zaqar-grpc up`` on the store (redis: its own redis-server on a free port; mongodb: the
+MongoDB wire server the tests use), runs the cases, prints the summary table and every failure
+with a reproducer, and exits 1 when an oracle was broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.fuzz.engine import WEIGHTS, run
+from bench.fuzz.report import Report
+from bench.fuzz.stack import own_stack, target
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=100_000)
+    ap.add_argument("--store", choices=("sqlite", "redis", "mongodb"), default="sqlite")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=4, help="cases in flight at once")
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds an answer may take")
+    ap.add_argument("--families", default=",".join(WEIGHTS),
+                    help="comma-separated families to run (default: all)")
+    ap.add_argument("--json", type=Path, help="also write the counts to this file")
+    ap.add_argument("--log", type=Path, help="write the stack's output (tracebacks) to this file")
+    args = ap.parse_args(argv)
+    chosen = set(args.families.split(","))
+    weights = {f: w for f, w in WEIGHTS.items() if f in chosen}
+    started = datetime.datetime.now(datetime.UTC)
+
+    last: list[Report] = []
+
+    def progress(report: Report) -> None:
+        last[:] = [report]
+        print(f"  ... {report.ran} cases, failures: {dict(report.failure_counts) or 0}",
+              file=sys.stderr, flush=True)
+
+    def interrupted(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (a timeout, a kill) stops the stack and the store server as Ctrl-C does.
+    signal.signal(signal.SIGTERM, interrupted)
+    with tempfile.TemporaryDirectory(prefix="zaqar-fuzz-") as tmp, \
+            own_stack(args.store, Path(tmp)) as (stack, _server):
+        try:
+            report = asyncio.run(run(target(stack), seed=args.seed, cases=args.cases,
+                                     workers=args.workers, bound=args.timeout,
+                                     weights=weights, progress=progress))
+        except KeyboardInterrupt:
+            print("interrupted; the run so far:")
+            if last:
+                print(last[0].summary())
+            return 130
+        finally:
+            stopped = stack.stop()
+            if args.log:
+                args.log.write_text("".join(stack.output))
+    print(f"python -m bench.fuzz --cases {args.cases} --store {args.store} --seed {args.seed} "
+          f"--workers {args.workers} ({started:%Y-%m-%d %H:%M} UTC)")
+    print(report.summary())
+    print(f"zaqar-grpc up stopped with exit status {stopped}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "store": args.store, "seed": args.seed, "cases": report.ran,
+            "seconds": round(report.seconds, 1), "date": started.isoformat(),
+            "families": report.families, "statuses": report.statuses,
+            "failures": report.failure_counts, "dead": report.dead, "canary": report.canary,
+        }, indent=2, default=dict))
+    return 0 if report.ok and stopped == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

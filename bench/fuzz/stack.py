@@ -1,0 +1,82 @@
+"""A fuzz :class:`~bench.fuzz.engine.Target` for a ``zaqar-grpc up`` stack
+(``tests/e2e/harness.py``), and such a stack with its own store server for the long run."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.fuzz.engine import Target
+from services.common.config import Settings
+from tests.e2e.harness import Stack, start_stack
+from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
+
+
+def _running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def target(stack: Stack, pool_dir: Path | None = None) -> Target:
+    """The target of a running stack. ``pool_dir`` (created) holds the SQLite files of the
+    pools the fuzzer registers; default: ``fuzz-pools`` in the stack's data folder."""
+    settings = stack.settings
+    folder = pool_dir or Path(settings.data_dir) / "fuzz-pools"
+    folder.mkdir(parents=True, exist_ok=True)
+    pids = stack.child_pids()
+
+    def alive() -> dict[str, bool]:
+        found = {"up": stack.proc.poll() is None}
+        found.update({name: _running(pid) for name, pid in pids.items()})
+        return found
+
+    return Target(
+        host=settings.host,
+        http_port=settings.http_port,
+        ws_url=f"ws://{settings.host}:{settings.ws_port}/",
+        settings=settings,
+        alive=alive,
+        pool_dir=str(folder.resolve()),
+        output=lambda: stack.output,
+    )
+
+
+@contextlib.contextmanager
+def own_stack(store: str, work: Path, overrides: dict[str, Any] | None = None) -> Iterator[
+        tuple[Stack, ServerProcess | None]]:
+    """``zaqar-grpc up`` on ``store`` (sqlite, redis or mongodb) in ``work``, with pooling and a
+    signed-URL secret, and for redis / mongodb its own server on a free port; stopped after."""
+    server: ServerProcess | None = None
+    values: dict[str, Any] = {
+        "data_dir": str(work / "data"), "queue_port": free_port(), "message_port": free_port(),
+        "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
+        "gc_interval": 1.0, "signed_url_secret": "fuzz-signed-url-secret", "pooling": True,
+        "log_level": "WARNING", **(overrides or {}),
+    }
+    if store == "redis":
+        server = redis_process(work / "redis")
+    elif store == "mongodb":
+        server = mongodb_process(work / "mongodb")
+    elif store != "sqlite":
+        raise ValueError(f"unknown store {store!r}: sqlite, redis or mongodb")
+    if server is not None:
+        server.start()
+        scheme = "redis" if store == "redis" else "mongodb"
+        for i, name in enumerate(("queue", "message", "notifier")):
+            suffix = str(i + 1) if store == "redis" else f"fuzz_{name}"
+            values[f"{name}_store"] = f"{scheme}://127.0.0.1:{server.port}/{suffix}"
+    stack = None
+    try:
+        stack = start_stack(Settings.load(environ={}, overrides=values))
+        yield stack, server
+    finally:
+        if stack is not None:
+            stack.stop()
+        if server is not None:
+            server.stop()
