@@ -100,3 +100,39 @@ tenant_schema = schema.include(
 )
 def test_generated_tenant_headers_never_fail(case: schemathesis.Case, live: Stack) -> None:
     case.call_and_validate(base_url=live.url, checks=CHECKS, timeout=10)
+
+
+# Stateful: sequences of calls that follow the spec's links (create a queue, post to it, get,
+# claim, renew and release, subscribe, confirm and delete ...), each answer checked as above.
+# Positive data only, so that sequences get past the first call; admin role on every call.
+STATEFUL_EXAMPLES = 25
+STATEFUL_STEPS = 25
+stateful_schema = schemathesis.openapi.from_path(str(SPEC))
+stateful_schema.config.generation.update(modes=[GenerationMode.POSITIVE])
+
+
+def test_linked_operations_hold_against_a_live_stack(live: Stack) -> None:
+    project = f"stateful-{uuid.uuid4().hex[:12]}"
+
+    class LinkedCalls(stateful_schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: schemathesis.Case) -> None:
+            case.headers = {**(case.headers or {}), "Client-ID": CLIENT_ID,
+                            "X-Project-ID": project, "X-Roles": "admin"}
+
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
+            return {"base_url": live.url, "timeout": 10}
+
+        def validate_response(
+            self, response: schemathesis.Response, case: schemathesis.Case,
+            additional_checks: object = None, **kwargs: object,
+        ) -> None:
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+    LinkedCalls.run(settings=settings(
+        max_examples=STATEFUL_EXAMPLES,
+        stateful_step_count=STATEFUL_STEPS,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    ))
