@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import signal
@@ -15,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.config import Settings
+from services.common.config import ConfigurationError, Settings
 from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
 from services.common.keystone import KeystoneAuth
@@ -52,7 +53,11 @@ class Running:
 # not idempotent get no retry policy: zaqar.v2.Messages (posts, claims) and
 # MessagesInternal.Batch, which carries such calls (a method's own entry wins over its
 # service's).
+# Balancing: every address a target resolves to (a comma-separated list of replicas, or a DNS
+# name such as a headless Kubernetes Service) gets calls in turn; a replica that cannot be
+# reached is skipped until it can.
 _SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {"name": [{"service": "zaqar.v2.MessagesInternal", "method": "Batch"}]},
         {
@@ -87,13 +92,44 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+def channel_target(target: str) -> str:
+    """The gRPC target of a configured one: ``host:port`` and gRPC's own forms (``dns:///name:
+    port``, ``ipv4:…``, ``unix:…``) as they are; a comma-separated list of replicas
+    ``10.0.0.1:50062,10.0.0.2:50062`` as gRPC's static list (``ipv4:`` or ``ipv6:``), which
+    needs IP addresses: name a DNS entry that resolves to every replica with ``dns:///``.
+
+    Raises:
+        ConfigurationError: a list holding a name, or mixing IPv4 and IPv6.
+    """
+    addresses = [part.strip() for part in target.split(",") if part.strip()]
+    if len(addresses) < 2:
+        return addresses[0] if addresses else target
+    kinds = set()
+    for address in addresses:
+        if address.startswith("["):
+            host = address[1:].split("]", 1)[0]
+        else:
+            host = address.rsplit(":", 1)[0]
+        try:
+            kinds.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ConfigurationError(
+                f"target {target!r}: a list of replicas must name IP addresses ({host!r} is "
+                "not one); use dns:///<name>:<port> for a name that resolves to every replica"
+            ) from None
+    if len(kinds) > 1:
+        raise ConfigurationError(f"target {target!r}: do not mix IPv4 and IPv6 addresses")
+    return ("ipv4:" if kinds == {4} else "ipv6:") + ",".join(addresses)
+
+
 def open_channel(
     target: str,
     tls: Tls | None,
     auth: KeystoneAuth | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
-    """One channel per upstream per process; reuse it for every call.
+    """One channel per upstream per process; reuse it for every call. Calls are balanced
+    over every replica ``target`` names (:func:`channel_target`).
 
     ``tls``: the process's TLS material (:func:`services.common.tls.load_tls`); None =
     plaintext. ``auth`` (keystone mode): every call carries the process's service token
@@ -102,6 +138,7 @@ def open_channel(
     """
     interceptors = client_interceptors(auth) or None
     merged = list({**dict(CHANNEL_OPTIONS), **dict(options)}.items())
+    target = channel_target(target)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=merged, interceptors=interceptors)
     return grpc.aio.secure_channel(
