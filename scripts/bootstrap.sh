@@ -31,7 +31,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 [ -z "$extra" ] || stamp=.venv/.installed-test
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+   || [ scripts/gen-requirements.txt -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".$extra"
   if [ -n "$extra" ]; then

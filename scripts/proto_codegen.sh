@@ -1,16 +1,47 @@
 #!/usr/bin/env bash
 # Regenerates the one generated package (import path zaqar.v2, kept in services/common/gen/)
-# from protos/. Use the pinned grpcio-tools of scripts/gen-requirements.txt so output is stable.
+# from protos/: messages (_pb2.py), gRPC stubs and servicers (_pb2_grpc.py), and typed stubs for
+# both (.pyi). Uses the pinned generators of scripts/gen-requirements.txt so output is stable.
+#
+# The .pyi stubs come from mypy-protobuf, not from grpcio-tools' --pyi_out: both write
+# <name>_pb2.pyi, and only mypy-protobuf also types the gRPC side (<name>_pb2_grpc.pyi: stubs
+# typed for grpc and grpc.aio channels, servicers, add_*_to_server), with the protos' comments
+# as docstrings. Like protoc's, its output names files by their path under protos/ only, so it
+# is the same whatever $OUT is (tests/unit/test_codegen.py regenerates into a scratch folder).
+# "quiet" keeps it from printing each file it writes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-python3}
+py=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')  # absolute: we cd below
 out=${OUT:-"$root/services/common/gen"}
+# Refuse to write with other generator versions than the pinned ones: the output would differ.
+"$py" - "$root/scripts/gen-requirements.txt" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+wrong = []
+for line in open(sys.argv[1]):
+    name, _, pinned = line.split("#")[0].strip().partition("==")
+    if not pinned:
+        continue
+    try:
+        found = version(name)
+    except PackageNotFoundError:
+        found = "missing"
+    if found != pinned:
+        wrong.append(f"{name} {found} (pinned {pinned})")
+if wrong:
+    sys.exit(f"proto_codegen.sh: install scripts/gen-requirements.txt first: {', '.join(wrong)}")
+PY
 annotations=$("$py" -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
+plugins=$("$py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 rm -rf "$out/zaqar"
 mkdir -p "$out/zaqar/v2"
 cd "$root/protos"
 "$py" -m grpc_tools.protoc -I . -I "$annotations" \
-  --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" zaqar/v2/*.proto
+  --plugin=protoc-gen-mypy="$plugins/protoc-gen-mypy" \
+  --plugin=protoc-gen-mypy_grpc="$plugins/protoc-gen-mypy_grpc" \
+  --python_out="$out" --grpc_python_out="$out" \
+  --mypy_out=quiet:"$out" --mypy_grpc_out=quiet:"$out" zaqar/v2/*.proto
 touch "$out/zaqar/__init__.py" "$out/zaqar/v2/__init__.py"
 # The descriptor set Envoy's gRPC-JSON transcoder reads (deploy/envoy/envoy.yaml).
 "$py" -m grpc_tools.protoc -I . -I "$annotations" --include_imports \

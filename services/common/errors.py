@@ -21,6 +21,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.common.grpc_types import Context, MethodHandler, UnaryUnary, aio_unary_unary
+
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "zaqar.v2"
@@ -260,9 +262,6 @@ async def upstream_call(call: Awaitable[T], upstream: str, failure: str) -> T:
         raise Unavailable(f"{failure} {RETRY_LATER}") from exc
 
 
-Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
 def failure_status(exc: Exception, method: str) -> status_pb2.Status:
     """The status a call of ``method`` that raised ``exc`` answers with: the rich status of a
     :class:`ServiceError`; UNAVAILABLE (logged with its traceback) for anything else."""
@@ -275,8 +274,8 @@ def failure_status(exc: Exception, method: str) -> status_pb2.Status:
     )
 
 
-def _wrap_unary(behavior: Handler, method: str) -> Handler:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
+    async def wrapper(request: Any, context: Context) -> Any:
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
@@ -287,29 +286,30 @@ def _wrap_unary(behavior: Handler, method: str) -> Handler:
     return wrapper
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Translates :class:`ServiceError` (and any unexpected exception) into a rich status.
 
     The wrapped handler of each method is built once and reused for every later call.
     """
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, MethodHandler] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> MethodHandler | None:
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        behavior = None if handler is None else aio_unary_unary(handler)
+        if handler is None or behavior is None:
             return handler
         wrapped = grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, method),
+            _wrap_unary(behavior, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

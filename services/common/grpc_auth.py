@@ -40,6 +40,7 @@ from services.common.errors import (
     Unavailable,
     to_status,
 )
+from services.common.grpc_types import Context, MethodHandler, aio_unary_stream, aio_unary_unary
 from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ NOT_AN_ADMIN: Final = "{method} is an admin call: the token needs the admin role
 KEYSTONE_DOWN: Final = "The identity service cannot be reached. Please try again later."
 
 
-def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+def metadata_value(context: Context, key: str) -> str | None:
     """The first value of ``key`` in the call's metadata."""
     for item in context.invocation_metadata() or ():
         if item[0] == key:
@@ -76,14 +77,14 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
-def caller_token(context: grpc.aio.ServicerContext) -> str | None:
+def caller_token(context: Context) -> str | None:
     """The caller's own Keystone token (``x-auth-token``), e.g. to create a trust as them.
 
     On a call from the gateway it was validated by the gateway, not here."""
     return metadata_value(context, TOKEN_KEY)
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Checks every call to a non-open service (see the module docstring).
 
     Args:
@@ -99,13 +100,13 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._auth = auth
         self._public = frozenset(public)
         self._admin = frozenset(admin)
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, MethodHandler] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> MethodHandler | None:
         method: str = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
@@ -118,14 +119,12 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._wrapped[method] = wrapped
         return wrapped
 
-    def _wrap(
-        self, handler: grpc.RpcMethodHandler, service: str, method: str
-    ) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: MethodHandler, service: str, method: str) -> MethodHandler:
         check = self._checker(service, method)
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
+        unary = aio_unary_unary(handler)
+        if unary is not None:
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: Context) -> Any:
                 await check(request, context)
                 return await unary(request, context)
 
@@ -133,12 +132,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 unary_unary, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
+        stream = aio_unary_stream(handler)
+        if stream is not None:
 
-            async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
+            async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 await check(request, context)
                 async for item in stream(request, context):
                     yield item
@@ -151,11 +148,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _checker(
         self, service: str, method: str
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
+    ) -> Callable[[Any, Context], Awaitable[None]]:
         public = not self._public.isdisjoint((service, method))
         admin = not self._admin.isdisjoint((service, method))
 
-        async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async def check(request: Any, context: Context) -> None:
             try:
                 identity = await self._authorise(context, service, public)
                 if identity is not None and admin and ADMIN_ROLE not in identity.roles:
@@ -168,7 +165,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return check
 
     async def _authorise(
-        self, context: grpc.aio.ServicerContext, service: str, public: bool
+        self, context: Context, service: str, public: bool
     ) -> Identity | None:
         """None for a service caller (the request's project stands), else the identity whose
         project the request is scoped to; raises ServiceError."""
@@ -223,7 +220,7 @@ class _ServiceToken:
 
 
 # One class per call kind: a channel files each interceptor under the first kind it is.
-class ServiceTokenInterceptor(_ServiceToken, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class ServiceTokenInterceptor(_ServiceToken, grpc.aio.UnaryUnaryClientInterceptor):
     """The service token on unary calls."""
 
     async def intercept_unary_unary(
@@ -233,7 +230,7 @@ class ServiceTokenInterceptor(_ServiceToken, grpc.aio.UnaryUnaryClientIntercepto
         return await continuation(await self._details(client_call_details), request)
 
 
-class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInterceptor):
     """The service token on server-streaming calls (``NotifierInternal.Watch``)."""
 
     async def intercept_unary_stream(

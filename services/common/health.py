@@ -181,8 +181,6 @@ class StoreHealthServicer(admin_pb2_grpc.StoreHealthServicer):
 
 def registrar(check: Check) -> Callable[[Any], None]:
     def register(server: Any) -> None:
-        admin_pb2_grpc.add_StoreHealthServicer_to_server(  # type: ignore[no-untyped-call]
-            StoreHealthServicer(check), server
-        )
+        admin_pb2_grpc.add_StoreHealthServicer_to_server(StoreHealthServicer(check), server)
 
     return register

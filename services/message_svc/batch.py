@@ -13,15 +13,15 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
-import grpc
 from zaqar.v2 import messages_pb2
 
 from services.common.errors import InvalidArgument, Overloaded, failure_status, to_status
+from services.common.grpc_types import Context
 
 # The most items one call may carry (the gateway's setting is checked against it).
 MAX_ITEMS: Final = 256
 
-Method = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Method = Callable[[Any, Context], Awaitable[Any]]
 
 # BatchItem field -> (Messages method, BatchResult field of its response).
 ROUTES: Final[Mapping[str, tuple[str, str]]] = {
@@ -51,7 +51,7 @@ class BatchRunner:
         }
 
     async def run(
-        self, request: messages_pb2.BatchRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.BatchRequest, context: Context
     ) -> messages_pb2.BatchResponse:
         items = request.items
         if len(items) > MAX_ITEMS:
@@ -71,11 +71,11 @@ class BatchRunner:
         self,
         item: messages_pb2.BatchItem,
         result: messages_pb2.BatchResult,
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> None:
         kind = item.WhichOneof("request")
-        route = self._routes.get(kind) if kind is not None else None
-        if route is None:
+        route = None if kind is None else self._routes.get(kind)
+        if kind is None or route is None:
             failure = InvalidArgument(f"Unknown batch item {kind or '(empty)'}.")
             result.error.CopyFrom(to_status(failure))
             return

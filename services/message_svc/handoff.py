@@ -91,7 +91,7 @@ class Handoff:
         self._last_call = -linger
         self._clock = clock
         self._channel: grpc.aio.Channel | None = None
-        self._stub: notifier_pb2_grpc.NotifierInternalStub | None = None
+        self._stub: notifier_pb2_grpc.NotifierInternalAsyncStub | None = None
         self._listened: dict[Key, tuple[bool, float]] = {}
         self._epoch = 0
         self._pending: deque[_Batch] = deque()
@@ -175,9 +175,7 @@ class Handoff:
     async def _send(self, batches: list[_Batch], time_limit: float) -> None:
         if self._stub is None:
             self._channel = open_channel(self._target, self._tls, self._auth)
-            self._stub = notifier_pb2_grpc.NotifierInternalStub(  # type: ignore[no-untyped-call]
-                self._channel
-            )
+            self._stub = notifier_pb2_grpc.NotifierInternalStub(self._channel)
         epoch = self._epoch
         reply = await self._stub.NotifyMany(
             notifier_pb2.NotifyManyRequest(batches=[

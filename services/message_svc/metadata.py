@@ -79,7 +79,7 @@ class QueueMetadata:
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._stub = queues_pb2_grpc.QueuesStub(channel)  # type: ignore[no-untyped-call]
+        self._stub = queues_pb2_grpc.QueuesStub(channel)
         self._timeout = timeout
         self._ttl = ttl
         self._clock = clock

@@ -17,6 +17,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
+from services.common.grpc_types import Context
 from services.message_svc.batch import BatchRunner
 from services.message_svc.service import MessageService, Posted
 from services.message_svc.storage.base import Claim, StoredMessage
@@ -80,7 +81,7 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         self._pack = packer
 
     async def PostMessages(
-        self, request: messages_pb2.PostMessagesRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.PostMessagesRequest, context: Context
     ) -> messages_pb2.PostMessagesResponse:
         posted = [
             Posted(m.body, m.ttl if m.HasField("ttl") else None,
@@ -91,7 +92,7 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         return messages_pb2.PostMessagesResponse(ids=ids)
 
     async def ListMessages(
-        self, request: messages_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.ListMessagesRequest, context: Context
     ) -> messages_pb2.ListMessagesResponse:
         page = await self._service.list_messages(
             request.project, request.queue, request.client_id,
@@ -103,19 +104,19 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         )
 
     async def GetMessage(
-        self, request: messages_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.GetMessageRequest, context: Context
     ) -> common_pb2.Message:
         message = await self._service.get(request.project, request.queue, request.message_id)
         return self._pack.message(message, self._pack.now())
 
     async def GetMessages(
-        self, request: messages_pb2.GetMessagesRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.GetMessagesRequest, context: Context
     ) -> messages_pb2.GetMessagesResponse:
         found = await self._service.get_many(request.project, request.queue, request.message_ids)
         return messages_pb2.GetMessagesResponse(messages=self._pack.messages(found))
 
     async def DeleteMessage(
-        self, request: messages_pb2.DeleteMessageRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.DeleteMessageRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.delete(
             request.project, request.queue, request.message_id, request.claim_id
@@ -123,7 +124,7 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         return _EMPTY
 
     async def DeleteMessages(
-        self, request: messages_pb2.DeleteMessagesRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.DeleteMessagesRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.delete_many(
             request.project, request.queue, request.message_ids, request.claim_ids
@@ -131,13 +132,13 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         return _EMPTY
 
     async def PopMessages(
-        self, request: messages_pb2.PopMessagesRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.PopMessagesRequest, context: Context
     ) -> messages_pb2.PopMessagesResponse:
         popped = await self._service.pop(request.project, request.queue, request.limit)
         return messages_pb2.PopMessagesResponse(messages=self._pack.messages(popped))
 
     async def CreateClaim(
-        self, request: messages_pb2.CreateClaimRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.CreateClaimRequest, context: Context
     ) -> messages_pb2.Claim:
         claim = await self._service.claim(
             request.project, request.queue, limit=_opt(request, "limit"),
@@ -146,13 +147,13 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         return self._pack.claim(claim)
 
     async def GetClaim(
-        self, request: messages_pb2.GetClaimRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.GetClaimRequest, context: Context
     ) -> messages_pb2.Claim:
         claim = await self._service.get_claim(request.project, request.queue, request.claim_id)
         return self._pack.claim(claim)
 
     async def UpdateClaim(
-        self, request: messages_pb2.UpdateClaimRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.UpdateClaimRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.renew_claim(
             request.project, request.queue, request.claim_id,
@@ -161,13 +162,13 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         return _EMPTY
 
     async def DeleteClaim(
-        self, request: messages_pb2.DeleteClaimRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.DeleteClaimRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.release_claim(request.project, request.queue, request.claim_id)
         return _EMPTY
 
     async def GetStats(
-        self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
+        self, request: common_pb2.QueueRef, context: Context
     ) -> common_pb2.QueueStats:
         stats = await self._service.stats(request.project, request.queue)
         now = self._pack.now()
@@ -184,19 +185,19 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
         self._batch = BatchRunner(messages)
 
     async def DeleteQueueMessages(
-        self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
+        self, request: common_pb2.QueueRef, context: Context
     ) -> empty_pb2.Empty:
         await self._service.delete_queue_messages(request.project, request.queue)
         return _EMPTY
 
     async def InvalidateQueue(
-        self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
+        self, request: common_pb2.QueueRef, context: Context
     ) -> empty_pb2.Empty:
         self._service.invalidate(request.project, request.queue)
         return _EMPTY
 
     async def Batch(
-        self, request: messages_pb2.BatchRequest, context: grpc.aio.ServicerContext
+        self, request: messages_pb2.BatchRequest, context: Context
     ) -> messages_pb2.BatchResponse:
         return await self._batch.run(request, context)
 
@@ -206,10 +207,8 @@ def registrar(
 ) -> Callable[[grpc.aio.Server], None]:
     def register(server: grpc.aio.Server) -> None:
         messages = MessagesServicer(service, packer)
-        messages_pb2_grpc.add_MessagesServicer_to_server(  # type: ignore[no-untyped-call]
-            messages, server
-        )
-        messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
+        messages_pb2_grpc.add_MessagesServicer_to_server(messages, server)
+        messages_pb2_grpc.add_MessagesInternalServicer_to_server(
             MessagesInternalServicer(service, messages), server
         )
 

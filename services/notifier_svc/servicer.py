@@ -22,6 +22,7 @@ from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
 from services.common.errors import Overloaded, ServiceError, to_status
 from services.common.grpc_auth import caller_token
+from services.common.grpc_types import Context
 from services.notifier_svc import validation
 from services.notifier_svc.service import Announce, NotifierService
 from services.notifier_svc.storage.base import Subscription
@@ -49,7 +50,7 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
         self._now = now
 
     async def CreateSubscription(
-        self, request: notifier_pb2.CreateSubscriptionRequest, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.CreateSubscriptionRequest, context: Context
     ) -> notifier_pb2.CreateSubscriptionResponse:
         subscription_id, created = await self._service.create(
             request.project, request.queue, request.subscriber,
@@ -61,13 +62,13 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
         )
 
     async def GetSubscription(
-        self, request: notifier_pb2.SubscriptionRef, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.SubscriptionRef, context: Context
     ) -> notifier_pb2.Subscription:
         found = await self._service.get(request.project, request.queue, request.subscription_id)
         return pack(found, self._now())
 
     async def ListSubscriptions(
-        self, request: notifier_pb2.ListSubscriptionsRequest, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.ListSubscriptionsRequest, context: Context
     ) -> notifier_pb2.ListSubscriptionsResponse:
         page, next_marker = await self._service.list(
             request.project, request.queue,
@@ -79,7 +80,7 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
         )
 
     async def UpdateSubscription(
-        self, request: notifier_pb2.UpdateSubscriptionRequest, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.UpdateSubscriptionRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.update(
             request.project, request.queue, request.subscription_id,
@@ -91,13 +92,13 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
         return _EMPTY
 
     async def DeleteSubscription(
-        self, request: notifier_pb2.SubscriptionRef, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.SubscriptionRef, context: Context
     ) -> empty_pb2.Empty:
         await self._service.delete(request.project, request.queue, request.subscription_id)
         return _EMPTY
 
     async def ConfirmSubscription(
-        self, request: notifier_pb2.ConfirmSubscriptionRequest, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.ConfirmSubscriptionRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.confirm(
             request.project, request.queue, request.subscription_id, request.confirmed
@@ -105,7 +106,7 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
         return _EMPTY
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+async def _abort(context: Context, error: ServiceError) -> None:
     await context.abort_with_status(rpc_status.to_status(to_status(error)))
 
 
@@ -119,7 +120,7 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
         self._announce = announce
 
     async def Notify(
-        self, request: notifier_pb2.NotifyRequest, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.NotifyRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.notify(
             request.project, request.queue, request.messages, request.accepted_at
@@ -127,7 +128,7 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
         return _EMPTY
 
     async def NotifyMany(
-        self, request: notifier_pb2.NotifyManyRequest, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.NotifyManyRequest, context: Context
     ) -> notifier_pb2.NotifyManyResponse:
         listened = [
             await self._service.notify(
@@ -138,13 +139,13 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
         return notifier_pb2.NotifyManyResponse(listened=listened)
 
     async def DeleteQueueSubscriptions(
-        self, request: common_pb2.QueueRef, context: grpc.aio.ServicerContext
+        self, request: common_pb2.QueueRef, context: Context
     ) -> empty_pb2.Empty:
         await self._service.delete_queue(request.project, request.queue)
         return _EMPTY
 
     async def Watch(
-        self, request: notifier_pb2.WatchRequest, context: grpc.aio.ServicerContext
+        self, request: notifier_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[notifier_pb2.Notification]:
         try:
             validation.queue_ref(request.project, request.queue)
@@ -202,10 +203,10 @@ def registrar(
     announce: Announce | None = None,
 ) -> Callable[[grpc.aio.Server], None]:
     def register(server: grpc.aio.Server) -> None:
-        notifier_pb2_grpc.add_SubscriptionsServicer_to_server(  # type: ignore[no-untyped-call]
+        notifier_pb2_grpc.add_SubscriptionsServicer_to_server(
             SubscriptionsServicer(service), server
         )
-        notifier_pb2_grpc.add_NotifierInternalServicer_to_server(  # type: ignore[no-untyped-call]
+        notifier_pb2_grpc.add_NotifierInternalServicer_to_server(
             NotifierInternalServicer(service, announce), server
         )
 

@@ -59,7 +59,7 @@ class QueuePolicies:
         tls: Tls | None = None, auth: KeystoneAuth | None = None,
     ) -> None:
         self._channel = open_channel(settings.target("queue"), tls, auth)
-        self._stub = queues_pb2_grpc.QueuesStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = queues_pb2_grpc.QueuesStub(self._channel)
         self._timeout = settings.rpc_timeout
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[Any, float]] = {}
@@ -105,7 +105,7 @@ class MessageReplicas:
         self._timeout = settings.rpc_timeout
         self._channels = {t: open_channel(t, tls, auth) for t in settings.message_target_list()}
         self._stubs = {
-            target: messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
+            target: messages_pb2_grpc.MessagesInternalStub(channel)
             for target, channel in self._channels.items()
         }
         self._warn = _Throttle()

@@ -7,17 +7,15 @@ service and turned into statuses by the server's error interceptor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 import orjson
 from google.protobuf import empty_pb2
 from zaqar.v2 import admin_pb2, admin_pb2_grpc
 
+from services.common.grpc_types import Context
 from services.queue_svc.catalog import CatalogService, capabilities
 from services.queue_svc.storage.catalog import FlavorRecord, PoolRecord
-
-Context = Any  # grpc.aio.ServicerContext; grpc ships no type information
 
 POOLS_SERVICE = "zaqar.v2.Pools"
 FLAVORS_SERVICE = "zaqar.v2.Flavors"
@@ -131,11 +129,7 @@ class FlavorsServicer(admin_pb2_grpc.FlavorsServicer):
 
 def registrar(service: CatalogService) -> Callable[[grpc.aio.Server], None]:
     def register(server: grpc.aio.Server) -> None:
-        admin_pb2_grpc.add_PoolsServicer_to_server(  # type: ignore[no-untyped-call]
-            PoolsServicer(service), server
-        )
-        admin_pb2_grpc.add_FlavorsServicer_to_server(  # type: ignore[no-untyped-call]
-            FlavorsServicer(service), server
-        )
+        admin_pb2_grpc.add_PoolsServicer_to_server(PoolsServicer(service), server)
+        admin_pb2_grpc.add_FlavorsServicer_to_server(FlavorsServicer(service), server)
 
     return register

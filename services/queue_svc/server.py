@@ -70,9 +70,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     )
 
     def register(server: grpc.aio.Server) -> None:
-        queues_pb2_grpc.add_QueuesServicer_to_server(  # type: ignore[no-untyped-call]
-            servicer, server
-        )
+        queues_pb2_grpc.add_QueuesServicer_to_server(servicer, server)
 
     async def check_health(
         request: admin_pb2.CheckStoresRequest, seconds: float

@@ -6,15 +6,12 @@ turned into statuses by the server's error interceptor.
 
 from __future__ import annotations
 
-from typing import Any
-
 from google.protobuf import empty_pb2
 from zaqar.v2 import common_pb2, queues_pb2, queues_pb2_grpc
 
+from services.common.grpc_types import Context
 from services.queue_svc.metadata import dump
 from services.queue_svc.service import QueueService
-
-Context = Any  # grpc.aio.ServicerContext; grpc ships no type information
 
 SERVICE_NAME = "zaqar.v2.Queues"
 

@@ -39,14 +39,11 @@ class MessageService:
         self._replicas = settings.message_target_list()
         targets = dict.fromkeys([self._primary, *self._replicas])
         self._channels = {target: open_channel(target, tls, auth) for target in targets}
-        # The generated stubs are untyped.
         self._internal = {
-            target: messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
+            target: messages_pb2_grpc.MessagesInternalStub(channel)
             for target, channel in self._channels.items()
         }
-        self._messages = messages_pb2_grpc.MessagesStub(  # type: ignore[no-untyped-call]
-            self._channels[self._primary]
-        )
+        self._messages = messages_pb2_grpc.MessagesStub(self._channels[self._primary])
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))
@@ -114,9 +111,7 @@ class NotifierService:
         self._timeout = settings.rpc_timeout
         self._target = settings.target("notifier")
         self._channel = open_channel(self._target, tls, auth)
-        self._internal = notifier_pb2_grpc.NotifierInternalStub(  # type: ignore[no-untyped-call]
-            self._channel
-        )
+        self._internal = notifier_pb2_grpc.NotifierInternalStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()

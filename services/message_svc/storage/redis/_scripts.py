@@ -39,6 +39,7 @@ class Scripts:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._client = client
+        # redis-py leaves ConnectionPool.get_encoder unannotated.
         encoder = client.connection_pool.get_encoder()  # type: ignore[no-untyped-call]
         self._encode: Callable[[Any], bytes | memoryview] = encoder.encode
         self._sources = {name: source(name) for name in NAMES}

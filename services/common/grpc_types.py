@@ -1,0 +1,35 @@
+"""Names for the grpc.aio types that handlers and server interceptors share.
+
+types-grpcio types ``grpc.RpcMethodHandler`` for the synchronous server: its behaviours are
+plain functions of a ``grpc.ServicerContext``. Under ``grpc.aio`` the same attributes hold
+coroutine functions (``unary_unary``) and async generator functions (``unary_stream``) of a
+``grpc.aio.ServicerContext``; :func:`aio_unary_unary` and :func:`aio_unary_stream` read them
+as such, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias, cast
+
+import grpc
+
+# Quoted: grpc's classes are generic only in its type stubs, not at run time.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+"""The context of an aio handler (every handler here is unary-request, so ``read`` is unused)."""
+
+MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+"""What a server interceptor receives from its continuation and returns."""
+
+UnaryUnary: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
+UnaryStream: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+def aio_unary_unary(handler: MethodHandler) -> UnaryUnary | None:
+    """The handler's unary-unary behaviour as grpc.aio serves it (None: another call kind)."""
+    return cast("UnaryUnary | None", handler.unary_unary)
+
+
+def aio_unary_stream(handler: MethodHandler) -> UnaryStream | None:
+    """The handler's unary-stream behaviour as grpc.aio serves it (None: another call kind)."""
+    return cast("UnaryStream | None", handler.unary_stream)
