@@ -314,7 +314,8 @@ def body_date(d: Draft, rng: random.Random, fx: Fixture) -> str:
 
 
 def body_bytes(d: Draft, rng: random.Random, fx: Fixture) -> str:
-    raw = json.dumps(d.doc if d.has_doc else {"fz": 1}, ensure_ascii=False).encode()
+    raw = json.dumps(d.doc if d.has_doc else {"fz": 1}, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass")
     kind = rng.randrange(9)
     if kind == 0:
         d.body = raw[: rng.randint(0, max(0, len(raw) - 1))]
