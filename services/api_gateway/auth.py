@@ -95,11 +95,12 @@ class Authenticator:
             expires=header("URL-Expires"),
         ):
             return Principal(None, "", "")
-        token = header("X-Auth-Token") or ""
         if self.keystone is None:
             if given is not None:
                 raise ApiError(*SIGNATURE_REFUSED)
-            return Principal(None, header("X-Roles") or "", token)
+            # No Keystone: a token is nobody's, and is not passed on.
+            return Principal(None, header("X-Roles") or "", "")
+        token = header("X-Auth-Token") or ""
         # A signature that does not verify is no way around Keystone.
         try:
             identity = await self.keystone.validate(token or None)

@@ -8,6 +8,10 @@ protocol counts the bytes received while a head is being read and, once past
 under the bound reach the app, whose own, smaller limits (``limits.py``) answer 400 with a
 Zaqar error body. Body bytes are not counted.
 
+A request that the parser refuses (uvicorn answers it 400 and closes the connection) behind
+well-formed requests pipelined ahead of it waits until they are answered: their answers go
+out first, then the 400.
+
 A request line of another version that the parser accepts (``HTTP/2.0`` sent as text, or no
 version at all, which it reads as HTTP/0.9) is answered 505 and the connection closed, before
 the app sees it (an ASGI ``http`` scope cannot carry those versions). Versions the parser
@@ -56,6 +60,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_body = False
         self._refused = False
+        self._deferred_400: str | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._in_body:
@@ -70,6 +75,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.logger.warning("Request head over %d bytes refused.", HEAD_BYTES_MAX)
                 self.transport.write(HEAD_TOO_LARGE)
                 self.transport.close()
+
+    def _answering(self) -> bool:
+        """Whether a request received whole is still being answered (the parser's error is
+        then in a request pipelined behind it, not in that one's body)."""
+        cycle = self.cycle
+        return cycle is not None and not cycle.more_body and not cycle.response_complete
+
+    def send_400_response(self, msg: str) -> None:
+        if self._answering():
+            # Requests pipelined ahead of the bad one are answered first.
+            self._deferred_400 = msg
+            self.flow.pause_reading()
+            return
+        super().send_400_response(msg)
+
+    def on_response_complete(self) -> None:
+        if self._deferred_400 is not None and not self._answering():
+            msg, self._deferred_400 = self._deferred_400, None
+            self.server_state.total_requests += 1
+            super().send_400_response(msg)
+            return
+        super().on_response_complete()
+        if self._deferred_400 is not None:
+            self.flow.pause_reading()
 
     def on_headers_complete(self) -> None:
         self._in_body = True

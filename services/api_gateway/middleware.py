@@ -87,6 +87,7 @@ def normalise_client_id(value: str) -> str:
 
 def read_caller(header: Callable[[str], str | None]) -> Caller:
     """``Client-ID`` and ``X-Project-ID`` checked by the contract's rules (HTTP and WebSocket).
+    The caller's token is not read here: only a token Keystone validated is passed on.
 
     ``header`` looks a header up by name, case-insensitively; raises :class:`ApiError` 400.
     """
@@ -101,7 +102,7 @@ def read_caller(header: Callable[[str], str | None]) -> Caller:
         raise ApiError(*EMPTY_PROJECT)
     if len(project) > PROJECT_ID_MAX:
         raise ApiError(*LONG_PROJECT)
-    return Caller(project=project, client_id=normalised, token=header("X-Auth-Token") or "")
+    return Caller(project=project, client_id=normalised)
 
 
 def _accepts_json(req: falcon.asgi.Request) -> bool:

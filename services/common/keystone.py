@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 STRATEGIES: Final = ("noauth", "keystone")
 CACHE_SIZE: Final = 10_000
+# What a token can be: visible ASCII (Keystone's fernet and JWS tokens are base64url text), as
+# HTTP headers and gRPC metadata carry it.
+TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]{1,8192}")
 KEYSTONE_TIMEOUT: Final = 5.0
 # A token obtained here is renewed when this share of its life (at most a minute) is left.
 RENEW_SHARE: Final = 0.25
@@ -272,6 +276,9 @@ class KeystoneAuth:
         :class:`KeystoneUnavailable`."""
         if not token:
             raise Unauthorized("no token")
+        if not TOKEN_CHARS.fullmatch(token):
+            # Keystone issues none like it, and it cannot travel as gRPC metadata.
+            raise Unauthorized("not a token")
         now = time.time()
         cached = self._cache.get(token)
         if cached is not None:

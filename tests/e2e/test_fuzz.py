@@ -7,21 +7,19 @@ HTTP, cross-project look-alikes). The oracles are the fuzzer's: no 5xx and no 50
 later than the bound, no connection dropped without an answer, no leak of one project's data
 to another caller or change to it, every process alive, and the canary answered at the end.
 
-Known server bugs (:data:`KNOWN_BUGS`) are told apart and tolerated by the run; each is also
-reproduced on its own below, marked xfail (strict), so that its fix shows.
+Each bug a campaign found is also reproduced on its own below, so that it stays fixed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from bench.fuzz import Failure, run
+from bench.fuzz import run
 from bench.fuzz.routes import route_table
 from bench.fuzz.stack import target
 from bench.fuzz.wire import Connection, call, encode_request
@@ -33,31 +31,6 @@ pytestmark = pytest.mark.e2e
 
 SEED = 20261202
 CASES = {"sqlite": 2500, "redis": 1200}
-
-
-def non_ascii_token(f: Failure) -> bool:
-    """An ``X-Auth-Token`` that is not a legal gRPC metadata value gives 503 (see below)."""
-    return f.kind == "503" and (
-        "header: X-Auth-Token" in f.label or "headers: X-Auth-Token=" in f.label
-    )
-
-
-def pipelined_answer_dropped(f: Failure) -> bool:
-    """A request pipelined ahead of a malformed one is run but not answered (see below)."""
-    return f.kind == "dropped" and f.family == "raw" and "pipelined" in f.label and (
-        "malformed" in f.label)
-
-
-KNOWN_BUGS: dict[str, Callable[[Failure], bool]] = {
-    "non-ASCII or control character in X-Auth-Token -> 503": non_ascii_token,
-    "answer to a request pipelined ahead of a malformed one dropped": pipelined_answer_dropped,
-}
-# What the stack logs when those bugs happen (``Report.logged`` keys, by prefix).
-KNOWN_LOGGED = (
-    "services.api_gateway.errors: grpc._cython.cygrpc.ExecuteBatchError",
-    "grpc filter_stack_call.cc: Metadata value for key x-auth-token is invalid",
-    "uvicorn.error: RuntimeError",
-)
 
 
 def unhandled(logged: str) -> bool:
@@ -76,16 +49,14 @@ async def test_a_seeded_fuzz_run_breaks_no_oracle(
     report = await run(where, seed=SEED, cases=CASES[store], workers=4)
     print(report.summary())
 
-    unknown = [f for f in report.failures
-               if not any(known(f) for known in KNOWN_BUGS.values())]
-    assert unknown == [], "\n\n".join(
-        f"{f.kind} {f.label}\n{f.detail}\n{f.reproducer}\n" + "".join(f.log) for f in unknown)
+    assert report.failures == [], "\n\n".join(
+        f"{f.kind} {f.label}\n{f.detail}\n{f.reproducer}\n" + "".join(f.log)
+        for f in report.failures)
     assert report.dead == []
     assert report.canary == "ok"
     # No other unhandled exception in any process of the stack, even where the answer was
     # right (errors logged without a traceback are in the summary printed above).
-    assert [what for what in report.logged
-            if unhandled(what) and not what.startswith(KNOWN_LOGGED)] == []
+    assert [what for what in report.logged if unhandled(what)] == []
     # Every route and method of the router, every WebSocket action and every family ran.
     assert set(report.routes) == {r.key for r in route_table(fuzz_stack.settings)}
     assert report.generic_routes == set()
@@ -95,21 +66,12 @@ async def test_a_seeded_fuzz_run_breaks_no_oracle(
     assert report.leak_scenarios >= 2
 
 
-# Known bugs, each reproduced alone ------------------------------------------------------------
-
-NON_ASCII_TOKEN = pytest.mark.xfail(
-    strict=True,
-    reason="the gateway passes the caller's X-Auth-Token on as gRPC metadata without checking "
-    "it: a value gRPC refuses (non-ASCII, control character) makes the call fail before it is "
-    "sent, and the answer is 503 instead of a 4xx (or the token being ignored in no-auth mode)",
-)
-
+# Bugs the campaign found, each reproduced alone ---------------------------------------
 
 def _headers(project: str) -> dict[str, str]:
     return {"Client-ID": str(uuid.uuid4()), "X-Project-ID": project}
 
 
-@NON_ASCII_TOKEN
 async def test_a_non_ascii_token_on_subscribe_is_not_a_service_error(live: Stack) -> None:
     conn = Connection(live.settings.host, live.settings.http_port, 10)
     body = orjson.dumps({"subscriber": "http://127.0.0.1:9/hook", "ttl": 3600})
@@ -122,7 +84,6 @@ async def test_a_non_ascii_token_on_subscribe_is_not_a_service_error(live: Stack
     assert answer.status is not None and answer.status < 500, answer.describe()
 
 
-@NON_ASCII_TOKEN
 async def test_a_non_ascii_token_on_a_subscription_update_is_not_a_service_error(
     live: Stack,
 ) -> None:
@@ -139,7 +100,6 @@ async def test_a_non_ascii_token_on_a_subscription_update_is_not_a_service_error
     assert answer.status is not None and answer.status < 500, answer.describe()
 
 
-@NON_ASCII_TOKEN
 async def test_a_control_character_in_a_websocket_token_is_not_a_service_error(
     live: Stack,
 ) -> None:
@@ -154,13 +114,6 @@ async def test_a_control_character_in_a_websocket_token_is_not_a_service_error(
     assert answer["headers"]["status"] < 500, answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway's HTTP parser answers a malformed request 400 and closes the "
-    "connection at once, while a well-formed request pipelined ahead of it is still being run: "
-    "that request takes effect (here a message is posted) but its answer is never sent, and "
-    "uvicorn logs 'Exception in ASGI application' (RuntimeError: the handler is closed)",
-)
 async def test_a_request_pipelined_ahead_of_a_malformed_one_is_answered(live: Stack) -> None:
     queue = f"fz-pipe-{uuid.uuid4().hex[:8]}"
     headers = _headers("fz-pipe")

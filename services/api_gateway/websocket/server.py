@@ -15,6 +15,7 @@ and ``X-Roles`` of every request, and when the token expires the socket is close
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -184,6 +185,8 @@ class Connection:
                     return await self._authenticate(headers)
                 headers = self._authorised(headers)
             caller = read_caller(lambda header: headers.get(header.lower()))
+            if self.auth is not None:
+                caller = dataclasses.replace(caller, token=self.token)
             body = _body(payload, name, action)
             check_signature(self.signed_url_secret, payload, action, body, caller)
             call = Call(self.up, caller, headers, body, frame.binary, self.watches)
