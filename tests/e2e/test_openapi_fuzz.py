@@ -12,6 +12,11 @@ carries a valid ``Client-ID`` and the ``X-Project-ID`` of a project made for thi
 the cases reach the operations rather than the header checks. A second, smaller run sends the
 generated (valid and invalid) tenant headers as they are, on 5 operations: about 500 requests.
 Both together take ~30-45 s on two cores.
+
+A third, stateful run follows the spec's OpenAPI ``links`` (create a queue, then post to it,
+read, claim, renew, release, subscribe, confirm, delete ...): schemathesis's state machine,
+:data:`STATEFUL_EXAMPLES` sequences of at most :data:`STATEFUL_STEPS` calls, derandomized,
+with the same checks: about 10-20 s.
 """
 
 from __future__ import annotations
@@ -112,12 +117,15 @@ stateful_schema.config.generation.update(modes=[GenerationMode.POSITIVE])
 
 
 def test_linked_operations_hold_against_a_live_stack(live: Stack) -> None:
-    project = f"stateful-{uuid.uuid4().hex[:12]}"
-
     class LinkedCalls(stateful_schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            # A project per sequence: the same calls get the same answers each time hypothesis
+            # runs them (it checks that), whatever earlier sequences left in the store.
+            self.project = f"stateful-{uuid.uuid4().hex[:12]}"
+
         def before_call(self, case: schemathesis.Case) -> None:
             case.headers = {**(case.headers or {}), "Client-ID": CLIENT_ID,
-                            "X-Project-ID": project, "X-Roles": "admin"}
+                            "X-Project-ID": self.project, "X-Roles": "admin"}
 
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
             return {"base_url": live.url, "timeout": 10}
