@@ -15,6 +15,7 @@ the services accept the project the gateway sends (``services/common/grpc_auth.p
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -32,9 +33,16 @@ MESSAGES_SERVICE = "zaqar.v2.Messages"
 SUBSCRIPTIONS_SERVICE = "zaqar.v2.Subscriptions"
 
 
-def _stub(factory: Any, channel: grpc.aio.Channel) -> Any:
-    """A generated stub (the generated classes are untyped)."""
-    return factory(channel)
+@dataclass(frozen=True)
+class _Stubs:
+    queues: queues_pb2_grpc.QueuesAsyncStub
+    # The stub, or CoalescingMessages, which answers the same calls.
+    messages: messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages
+    subscriptions: notifier_pb2_grpc.SubscriptionsAsyncStub
+    notifier: notifier_pb2_grpc.NotifierInternalAsyncStub
+    pools: admin_pb2_grpc.PoolsAsyncStub
+    flavors: admin_pb2_grpc.FlavorsAsyncStub
+    store_health: dict[str, admin_pb2_grpc.StoreHealthAsyncStub]
 
 
 class Upstreams:
@@ -63,7 +71,7 @@ class Upstreams:
         if self._batch:  # before any channel is opened
             check_batch_settings(self._batch_max, self._in_flight)
         self._channels: list[grpc.aio.Channel] = []
-        self._stubs: dict[str, Any] = {}
+        self._stubs: _Stubs | None = None
         self._health: dict[str, Any] = {}
 
     def open(self) -> None:
@@ -75,27 +83,30 @@ class Upstreams:
         )
         notifier_channel = open_channel(self._notifier_target, self._tls, self._auth)
         self._channels = [queue_channel, message_channel, notifier_channel]
-        messages = _stub(messages_pb2_grpc.MessagesStub, message_channel)
+        messages: messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages
+        messages = messages_pb2_grpc.MessagesStub(message_channel)
         if self._batch:
             messages = CoalescingMessages(
-                messages, _stub(messages_pb2_grpc.MessagesInternalStub, message_channel),
+                messages, messages_pb2_grpc.MessagesInternalStub(message_channel),
                 max_items=self._batch_max, in_flight=self._in_flight,
             )
-        self._stubs = {
-            "queues": _stub(queues_pb2_grpc.QueuesStub, queue_channel),
-            "messages": messages,
-            "subscriptions": _stub(notifier_pb2_grpc.SubscriptionsStub, notifier_channel),
-            "notifier": _stub(notifier_pb2_grpc.NotifierInternalStub, notifier_channel),
-            "pools": _stub(admin_pb2_grpc.PoolsStub, queue_channel),
-            "flavors": _stub(admin_pb2_grpc.FlavorsStub, queue_channel),
-            "health:queue_svc": _stub(admin_pb2_grpc.StoreHealthStub, queue_channel),
-            "health:message_svc": _stub(admin_pb2_grpc.StoreHealthStub, message_channel),
-            "health:notifier_svc": _stub(admin_pb2_grpc.StoreHealthStub, notifier_channel),
-        }
+        self._stubs = _Stubs(
+            queues=queues_pb2_grpc.QueuesStub(queue_channel),
+            messages=messages,
+            subscriptions=notifier_pb2_grpc.SubscriptionsStub(notifier_channel),
+            notifier=notifier_pb2_grpc.NotifierInternalStub(notifier_channel),
+            pools=admin_pb2_grpc.PoolsStub(queue_channel),
+            flavors=admin_pb2_grpc.FlavorsStub(queue_channel),
+            store_health={
+                "queue_svc": admin_pb2_grpc.StoreHealthStub(queue_channel),
+                "message_svc": admin_pb2_grpc.StoreHealthStub(message_channel),
+                "notifier_svc": admin_pb2_grpc.StoreHealthStub(notifier_channel),
+            },
+        )
         self._health = {
-            QUEUES_SERVICE: _stub(health_pb2_grpc.HealthStub, queue_channel),
-            MESSAGES_SERVICE: _stub(health_pb2_grpc.HealthStub, message_channel),
-            SUBSCRIPTIONS_SERVICE: _stub(health_pb2_grpc.HealthStub, notifier_channel),
+            QUEUES_SERVICE: health_pb2_grpc.HealthStub(queue_channel),
+            MESSAGES_SERVICE: health_pb2_grpc.HealthStub(message_channel),
+            SUBSCRIPTIONS_SERVICE: health_pb2_grpc.HealthStub(notifier_channel),
         }
 
     def _message_options(self) -> list[tuple[str, Any]]:
@@ -106,55 +117,55 @@ class Upstreams:
         return [("grpc.max_receive_message_length", min(2**31 - 1, single * self._batch_max))]
 
     async def close(self) -> None:
-        messages = self._stubs.get("messages")
-        if isinstance(messages, CoalescingMessages):
-            await messages.close()
+        if self._stubs is not None and isinstance(self._stubs.messages, CoalescingMessages):
+            await self._stubs.messages.close()
         channels, self._channels = self._channels, []
-        self._stubs = {}
+        self._stubs = None
         self._health = {}
         for channel in channels:
             await channel.close()
         if self._owned_auth and self._auth is not None:
             await self._auth.aclose()
 
-    def _get(self, name: str) -> Any:
-        if not self._stubs:
+    def _get(self) -> _Stubs:
+        if self._stubs is None:
             self.open()
-        return self._stubs[name]
+            assert self._stubs is not None
+        return self._stubs
 
     @property
-    def queues(self) -> Any:
+    def queues(self) -> queues_pb2_grpc.QueuesAsyncStub:
         """``zaqar.v2.Queues`` stub."""
-        return self._get("queues")
+        return self._get().queues
 
     @property
-    def messages(self) -> Any:
-        """``zaqar.v2.Messages`` stub."""
-        return self._get("messages")
+    def messages(self) -> messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages:
+        """``zaqar.v2.Messages`` stub (or :class:`CoalescingMessages`, which answers alike)."""
+        return self._get().messages
 
     @property
-    def subscriptions(self) -> Any:
+    def subscriptions(self) -> notifier_pb2_grpc.SubscriptionsAsyncStub:
         """``zaqar.v2.Subscriptions`` stub."""
-        return self._get("subscriptions")
+        return self._get().subscriptions
 
     @property
-    def notifier(self) -> Any:
+    def notifier(self) -> notifier_pb2_grpc.NotifierInternalAsyncStub:
         """``zaqar.v2.NotifierInternal`` stub (``Watch`` for WebSocket push)."""
-        return self._get("notifier")
+        return self._get().notifier
 
     @property
-    def pools(self) -> Any:
+    def pools(self) -> admin_pb2_grpc.PoolsAsyncStub:
         """``zaqar.v2.Pools`` stub (queue_svc)."""
-        return self._get("pools")
+        return self._get().pools
 
     @property
-    def flavors(self) -> Any:
+    def flavors(self) -> admin_pb2_grpc.FlavorsAsyncStub:
         """``zaqar.v2.Flavors`` stub (queue_svc)."""
-        return self._get("flavors")
+        return self._get().flavors
 
-    def store_health(self, service: str) -> Any:
+    def store_health(self, service: str) -> admin_pb2_grpc.StoreHealthAsyncStub:
         """``zaqar.v2.StoreHealth`` stub of ``queue_svc``, ``message_svc`` or ``notifier_svc``."""
-        return self._get(f"health:{service}")
+        return self._get().store_health[service]
 
     async def serving(self) -> dict[str, bool]:
         """Ask each upstream's standard health service whether it is SERVING."""
