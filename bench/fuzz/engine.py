@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.fuzz import http_family, raw_family, ws_family
-from bench.fuzz.fixture import Fixture, SetupFailed, Sink, build, build_catalog, build_queue
+from bench.fuzz.fixture import (
+    Fixture,
+    SetupFailed,
+    Sink,
+    build,
+    build_catalog,
+    build_queue,
+    share,
+)
 from bench.fuzz.leaks import LeakRun
 from bench.fuzz.oracles import canary, judge, show
 from bench.fuzz.report import Failure, Report, logged_errors
@@ -132,6 +140,7 @@ class Worker:
                     else:
                         run.shared.queue = queue
                         await build_queue(self.conn, run.shared)
+                        await share(self.conn, run.shared)
                         run.shared.stale.clear()
                 except SetupFailed as exc:
                     run.shared = None
@@ -161,6 +170,7 @@ class Worker:
                 if "queue" in self.fx.stale:
                     self.fx.queue = queue
                     await build_queue(self.conn, self.fx)
+                    await share(self.conn, self.fx)
                 if "catalog" in self.fx.stale and self.fx.pool:
                     await build_catalog(self.conn, self.fx)
                 self.fx.stale.clear()
@@ -319,6 +329,7 @@ async def run(target: Target, *, seed: int, cases: int, workers: int = 4,
             async def report_progress() -> None:
                 while True:
                     await asyncio.sleep(10)
+                    r.report.seconds = time.monotonic() - started
                     progress(r.report)
             ticker = asyncio.ensure_future(report_progress())
         await asyncio.gather(*pool)

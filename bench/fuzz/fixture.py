@@ -119,7 +119,8 @@ async def build_queue(conn: Connection, fx: Fixture, *, messages: int = 6, body:
 
 
 async def share(conn: Connection, fx: Fixture) -> None:
-    """The signed-URL headers of a share of the queue's resources (none without a secret)."""
+    """The signed-URL headers of a share of the queue's resources (none without a secret): a
+    signature that verifies for the fixture's queue, for mutations to start from."""
     answer = await call(conn, "POST", f"/v2/queues/{fx.queue}/share", fx.headers,
                         {"paths": ["messages", "claims", "subscriptions"],
                          "methods": ["GET", "POST", "DELETE", "PATCH"]})
