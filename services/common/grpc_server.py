@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -310,13 +311,17 @@ def install_event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+# Servers start_server has started (serve must not start them again).
+_STARTED: weakref.WeakSet[grpc.aio.Server] = weakref.WeakSet()
+
+
 def _started(server: grpc.aio.Server) -> bool:
-    return bool(getattr(server, "_zaqar_started", False))
+    return server in _STARTED
 
 
 async def start_server(running: Running) -> Running:
     """Start a built server and report SERVING (what ``start`` functions call last)."""
     await running.server.start()
-    running.server._zaqar_started = True
+    _STARTED.add(running.server)
     await set_serving(running.health, running.service_names, True)
     return running
