@@ -108,10 +108,10 @@ def _run_batch(conn: sqlite3.Connection, jobs: Sequence[Job[Any]]) -> list[tuple
     try:
         try:
             outcomes: list[tuple[bool, Any]] = [(True, job(conn)) for job in jobs]
-        except Exception:
-            if len(jobs) == 1:
-                raise
+        except Exception as exc:
             conn.execute("ROLLBACK")
+            if len(jobs) == 1:
+                return [(False, exc)]
             conn.execute("BEGIN IMMEDIATE")
             outcomes = [_run_isolated(conn, job) for job in jobs]
         conn.execute("COMMIT")
