@@ -69,6 +69,8 @@ def verify(
     expires: str,
 ) -> bool:
     """Whether ``given`` is the signature of those values (compared in constant time)."""
+    if not given.isascii():
+        return False  # not a hex digest (and compare_digest takes ASCII text only)
     expected = signature(secret, paths, methods, project, expires)
     return hmac.compare_digest(expected, given.lower())
 

@@ -41,21 +41,10 @@ def unhandled(logged: str) -> bool:
     return logged.endswith("(traceback)") or logged.startswith("grpc ")
 
 
-def non_ascii_signature(f: Failure) -> bool:
-    """A ``URL-Signature`` that is not ASCII is a 503 (see below)."""
-    return f.kind == "503" and (
-        "odd URL-Signature" in f.label or "headers: URL-Signature=" in f.label)
-
-
 # Bugs not fixed yet: what identifies their failures, and what the stack logs when they happen
 # (``Report.logged`` keys, by prefix).
-KNOWN_BUGS: dict[str, Callable[[Failure], bool]] = {
-    "non-ASCII URL-Signature -> 503": non_ascii_signature,
-}
-KNOWN_LOGGED = (
-    "services.api_gateway.errors: TypeError",
-    "services.api_gateway.websocket.server: TypeError",
-)
+KNOWN_BUGS: dict[str, Callable[[Failure], bool]] = {}
+KNOWN_LOGGED: tuple[str, ...] = ()
 
 
 @pytest.mark.parametrize("store", list(CASES))
@@ -162,17 +151,9 @@ def live(request: pytest.FixtureRequest) -> Stack:
     return up_stack(request, "sqlite")
 
 
-NON_ASCII_SIGNATURE = pytest.mark.xfail(
-    strict=True,
-    reason="signing.verify compares the caller's URL-Signature with hmac.compare_digest, "
-    "which raises TypeError for a str holding a non-ASCII character: when the URL-Methods, "
-    "URL-Paths and URL-Expires of the request would let it through, the answer is 503 "
-    "(HTTP and WebSocket) instead of the 404 of a signature that does not verify",
-)
 SIGNED = {"URL-Methods": "GET", "URL-Expires": "2099-01-01T00:00:00"}
 
 
-@NON_ASCII_SIGNATURE
 async def test_a_non_ascii_url_signature_is_refused_like_any_wrong_one(live: Stack) -> None:
     queue = f"fz-sig-{uuid.uuid4().hex[:8]}"
     headers = {**_headers("fz-sig"), **SIGNED, "URL-Paths": f"/v2/queues/{queue}/messages"}
@@ -184,7 +165,6 @@ async def test_a_non_ascii_url_signature_is_refused_like_any_wrong_one(live: Sta
     assert answer.status == 404, answer.describe()
 
 
-@NON_ASCII_SIGNATURE
 async def test_a_non_ascii_url_signature_on_the_websocket_is_refused(live: Stack) -> None:
     queue = f"fz-sig-{uuid.uuid4().hex[:8]}"
     request = {"action": "message_list",
