@@ -156,3 +156,19 @@ async def test_a_failing_subscriber_soon_holds_a_single_slot(store: Any) -> None
         assert sender.most[SLOW] <= 1
     finally:
         await dispatcher.stop()
+
+
+async def test_stop_ends_the_loop_even_when_a_wake_up_races_with_it(store: Any) -> None:
+    """A stop that arrives in the same turn as a wake-up still ends the loop (asyncio's
+    ``wait_for`` of Python 3.11 swallows a cancellation that races with its result)."""
+    for turns in range(8):
+        dispatcher = Dispatcher(store, {}, no_queue_policy, concurrency=4, timeout=30)
+        dispatcher.start()
+        await until(lambda: len(store.claims) > 0)
+        for _ in range(4):  # let the loop settle into its idle wait
+            await asyncio.sleep(0)
+        store.claims.clear()
+        dispatcher.wake()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(dispatcher.stop(), 10)

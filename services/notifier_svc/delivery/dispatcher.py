@@ -140,8 +140,11 @@ class Dispatcher:
             except Unavailable as exc:
                 log.warning("notifier store unavailable, deliveries wait: %s", exc.description)
                 delay = STORE_RETRY
+            # NOTE: not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation (stop)
+            # that arrives in the same turn as the wake-up, and the loop would never end.
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
