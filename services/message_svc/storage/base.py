@@ -22,6 +22,14 @@ Conventions shared by every method:
   ``long``), at most :data:`SEQ_MAX`.
 * Ids: message and claim ids are uuid4 strings made by the store. An id that does not exist,
   or is not even a uuid, is simply not found.
+* Queue versions: each queue has a version, a counter in the store that starts at 0 and is
+  raised by :meth:`MessageStore.bump_queue_version` whenever the queue's metadata or listeners
+  change (whichever message_svc replica is told of the change raises it). A caller that read
+  the metadata after reading the version passes that version to :meth:`MessageStore.post` and
+  :meth:`MessageStore.claim`; the store checks it in the same atomic step and refuses with
+  :class:`StaleQueue` when it is no longer current. So every replica of message_svc applies a
+  change from the moment it is acknowledged, without knowing of the other replicas. Versions
+  outlive the queue's messages: deleting a queue never resets its version.
 """
 
 from __future__ import annotations
@@ -136,6 +144,16 @@ class Capabilities:
     """Several message_svc replicas may use the same store at once."""
 
 
+class StaleQueue(Exception):
+    """The queue's version is not the one the caller passed: its metadata changed since the
+    caller read it. Nothing was done; reload the metadata and try again."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"the queue is at version {version}")
+        self.version = version
+        """The queue's current version."""
+
+
 class MessageStore(Protocol):
     """Messages and claims of every queue of every project."""
 
@@ -153,10 +171,30 @@ class MessageStore(Protocol):
     async def close(self) -> None:
         """Release connections and threads. The store is unusable afterwards."""
 
+    async def queue_version(self, project: str, queue: str) -> int:
+        """The queue's version: 0 until its first :meth:`bump_queue_version`."""
+        ...
+
+    async def bump_queue_version(self, project: str, queue: str) -> int:
+        """Raise the queue's version by one, atomically (concurrent bumps each count).
+
+        Returns:
+            The new version.
+        """
+        ...
+
     async def post(
-        self, project: str, queue: str, client_id: str, messages: Sequence[NewMessage]
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        messages: Sequence[NewMessage],
+        version: int | None = None,
     ) -> tuple[str, ...]:
         """Store a batch of messages, all or nothing.
+
+        With ``version``, the queue's version is checked in the same atomic step: when it is
+        not ``version``, nothing is stored and :class:`StaleQueue` is raised.
 
         Atomicity: either every message is stored or none is. Ordering: the messages get
         consecutive-in-order ``seq`` values greater than every earlier message of the queue,
@@ -254,8 +292,12 @@ class MessageStore(Protocol):
         ttl: int,
         grace: int,
         dead_letter: DeadLetterPolicy | None = None,
+        version: int | None = None,
     ) -> ClaimResult:
         """Claim up to ``limit`` of the oldest claimable messages, atomically.
+
+        With ``version``, the queue's version is checked in the same atomic step: when it is
+        not ``version``, nothing is claimed or moved and :class:`StaleQueue` is raised.
 
         Claimable = unexpired, not delayed, not held by a live claim (an expired claim holds
         nothing). Atomicity: no message is ever held by two live claims; concurrent claims
