@@ -16,6 +16,7 @@ from services.api_gateway.auth import Authenticator
 from services.api_gateway.errors import JSON, App, register_error_handlers
 from services.api_gateway.middleware import Gate
 from services.api_gateway.routes import add_routes
+from services.api_gateway.routes.probes import add_probe_routes
 from services.api_gateway.upstream import Upstreams
 from services.common.config import Settings
 from services.common.keystone import KeystoneAuth, keystone_for
@@ -63,5 +64,6 @@ def create_app(
     app.req_options.keep_blank_qs_values = False
     app.req_options.strip_url_path_trailing_slash = False
     add_routes(app, up, settings.signed_url_secret)
+    add_probe_routes(app, up)
     register_error_handlers(app)
     return app

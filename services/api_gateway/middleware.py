@@ -116,7 +116,7 @@ def _accepts_json(req: falcon.asgi.Request) -> bool:
 
 # URI templates of the routes that need neither a token nor Zaqar headers. Every other route
 # the router can reach is authenticated and needs the headers.
-PUBLIC_ROUTES: Final = frozenset({"/"})
+PUBLIC_ROUTES: Final = frozenset({"/", "/healthz", "/readyz"})
 
 
 class Gate:

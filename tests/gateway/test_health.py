@@ -14,7 +14,7 @@ from services.common.config import Settings
 from services.queue_svc.storage.catalog import PoolRecord
 from services.queue_svc.storage.registry import open_queue_store
 from tests.gateway.conftest import GatewayFactory, running_services
-from tests.servers import redis_process
+from tests.servers import free_port, redis_process
 
 ADMIN = {"X-Roles": "admin"}
 OPERATIONS = [
@@ -140,3 +140,58 @@ async def test_health_is_503_naming_an_unreachable_store(
     finally:
         message_redis.stop()
         pool_redis.stop()
+
+
+# /healthz and /readyz: the gateway's liveness and readiness probes ---------------------------
+
+
+async def test_healthz_answers_without_headers_even_when_nothing_serves(
+    make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
+) -> None:
+    # Given a gateway with no service behind it, and a caller without Zaqar headers
+    http = await gateway_factory(make_settings(rpc_timeout=1.0), headers={})
+    # When the orchestrator asks whether the process is alive
+    for method in ("GET", "HEAD"):
+        resp = await http.request(method, "/healthz")
+        # Then it is, whatever the services behind do
+        assert resp.status_code == 200, resp.text
+    assert (await http.get("/healthz")).json() == {"alive": True}
+
+
+async def test_readyz_is_200_once_every_upstream_serves(
+    make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
+) -> None:
+    async with running_services(make_settings()) as settings:
+        http = await gateway_factory(settings, headers={})
+        resp = await http.get("/readyz")
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"ready": True, "upstreams": {
+            "zaqar.v2.Queues": True, "zaqar.v2.Messages": True, "zaqar.v2.Subscriptions": True}}
+        assert (await http.head("/readyz")).status_code == 200
+
+
+async def test_readyz_is_503_naming_the_upstreams_that_do_not_serve(
+    make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
+) -> None:
+    http = await gateway_factory(make_settings(rpc_timeout=1.0), headers={})
+    resp = await http.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.json() == {
+        "title": "Service temporarily unavailable",
+        "description": "Not serving: zaqar.v2.Messages, zaqar.v2.Queues, zaqar.v2.Subscriptions.",
+    }
+
+
+async def test_probes_need_no_token_in_keystone_mode(
+    make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
+) -> None:
+    # Given a gateway in keystone mode (its Keystone unreachable) and a caller with no token
+    settings = make_settings(
+        auth_strategy="keystone", keystone_url=f"http://127.0.0.1:{free_port()}/v3",
+        keystone_username="zaqar", keystone_password="secret", rpc_timeout=1.0,
+    )
+    http = await gateway_factory(settings, headers={})
+    # Then liveness answers without Keystone, readiness answers (not ready), Zaqar's API is 401
+    assert (await http.get("/healthz")).status_code == 200
+    assert (await http.get("/readyz")).status_code == 503
+    assert (await http.get("/v2/ping")).status_code == 401
