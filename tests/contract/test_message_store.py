@@ -8,7 +8,9 @@ are tested by moving the clock rather than by sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import sqlite3
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +27,7 @@ from services.message_svc.storage.base import (
     DeleteOutcome,
     MessageStore,
     NewMessage,
+    StaleQueue,
     StoredMessage,
 )
 from services.message_svc.storage.registry import open_store
@@ -765,6 +768,255 @@ async def test_delete_queue_removes_its_messages_and_claims_only(
     assert (await message_store.stats(P, Q)).total == 0
     assert await message_store.get_claim(P, Q, result.claim.id) is None
     assert [m.id for m in await message_store.list_messages(P, "keep", limit=10)] == list(keep)
+
+
+# Queue versions ---------------------------------------------------------------------------
+
+
+async def test_a_queue_version_starts_at_zero_and_each_bump_raises_it_by_one(
+    message_store: MessageStore,
+) -> None:
+    # Given a queue never bumped
+    assert await message_store.queue_version(P, Q) == 0
+
+    # When bumped three times
+    bumped = [await message_store.bump_queue_version(P, Q) for _ in range(3)]
+
+    # Then each bump returned the new version, and the queue is at the last one
+    assert bumped == [1, 2, 3]
+    assert await message_store.queue_version(P, Q) == 3
+
+
+async def test_concurrent_bumps_each_count(
+    message_store: MessageStore, message_store_opener: Opener
+) -> None:
+    # Given 20 bumps at once, spread over three store objects where the backend is shared
+    stores = [message_store]
+    if message_store.capabilities.shared:
+        stores += [await message_store_opener(), await message_store_opener()]
+    try:
+        bumped = await asyncio.gather(
+            *[stores[i % len(stores)].bump_queue_version(P, Q) for i in range(20)]
+        )
+    finally:
+        for store in stores[1:]:
+            await store.close()
+
+    # Then every bump counted and each got a version of its own
+    assert sorted(bumped) == list(range(1, 21))
+    assert await message_store.queue_version(P, Q) == 20
+
+
+async def test_post_and_claim_at_the_current_version_go_ahead(
+    message_store: MessageStore,
+) -> None:
+    # Given a queue never bumped, then posted to and claimed at version 0
+    (first,) = await message_store.post(P, Q, CLIENT, [msg(0)], version=0)
+    claimed = await message_store.claim(P, Q, limit=5, ttl=60, grace=60, version=0)
+    assert claimed.claim is not None and [m.id for m in claimed.claim.messages] == [first]
+
+    # When the queue is bumped twice and used at its new version
+    await message_store.bump_queue_version(P, Q)
+    version = await message_store.bump_queue_version(P, Q)
+    ids = await message_store.post(P, Q, CLIENT, [msg(1), msg(2)], version=version)
+    result = await message_store.claim(P, Q, limit=5, ttl=60, grace=60, version=version)
+
+    # Then both went ahead as without a version
+    assert result.claim is not None and [m.id for m in result.claim.messages] == list(ids)
+    assert (await message_store.stats(P, Q)).claimed == 3
+
+
+@pytest.mark.parametrize("stale", [0, 1, 3])
+async def test_a_post_at_a_stale_version_stores_nothing(
+    message_store: MessageStore, stale: int
+) -> None:
+    # Given a queue at version 2
+    await message_store.bump_queue_version(P, Q)
+    await message_store.bump_queue_version(P, Q)
+
+    # When posting at another version (older, or ahead of it)
+    with pytest.raises(StaleQueue) as raised:
+        await message_store.post(P, Q, CLIENT, [msg(0), msg(1)], version=stale)
+
+    # Then the refusal carries the current version and nothing was stored
+    assert raised.value.version == 2
+    assert await message_store.list_messages(
+        P, Q, limit=10, include_claimed=True, include_delayed=True
+    ) == []
+    assert (await message_store.stats(P, Q)).total == 0
+
+    # And an empty batch is refused alike
+    with pytest.raises(StaleQueue):
+        await message_store.post(P, Q, CLIENT, [], version=stale)
+
+
+async def test_a_stale_post_fails_alone_among_concurrent_posts(
+    message_store: MessageStore,
+) -> None:
+    # Given a queue at version 1
+    await message_store.bump_queue_version(P, Q)
+
+    # When a stale post runs together with a current one and one without a version
+    stale, current, unchecked = await asyncio.gather(
+        message_store.post(P, Q, CLIENT, [msg(0)], version=0),
+        message_store.post(P, Q, CLIENT, [msg(1)], version=1),
+        message_store.post(P, Q, CLIENT, [msg(2)]),
+        return_exceptions=True,
+    )
+
+    # Then only the stale one was refused
+    assert isinstance(stale, StaleQueue) and stale.version == 1
+    assert isinstance(current, tuple) and isinstance(unchecked, tuple)
+    listed = await message_store.list_messages(P, Q, limit=10)
+    assert sorted(m.id for m in listed) == sorted([*current, *unchecked])
+
+
+async def test_a_claim_at_a_stale_version_claims_nothing(message_store: MessageStore) -> None:
+    # Given three messages in a queue that was bumped since version 0
+    ids = await post_n(message_store, 3)
+    await message_store.bump_queue_version(P, Q)
+
+    # When claiming at version 0
+    with pytest.raises(StaleQueue) as raised:
+        await message_store.claim(P, Q, limit=5, ttl=60, grace=60, version=0)
+
+    # Then the refusal carries the current version and no message was claimed or counted
+    assert raised.value.version == 1
+    stats = await message_store.stats(P, Q)
+    assert (stats.claimed, stats.free, stats.total) == (0, 3, 3)
+    listed = await message_store.list_messages(P, Q, limit=10, include_claimed=True)
+    assert [(m.id, m.claim_id, m.claim_count) for m in listed] == [(i, None, 0) for i in ids]
+
+
+async def test_a_claim_at_a_stale_version_moves_nothing_to_the_dead_letter_queue(
+    message_store: MessageStore,
+) -> None:
+    # Given a message claimed once already, under a policy of at most one claim
+    policy = DeadLetterPolicy(max_claim_count=1, queue="dlq", ttl=900)
+    (mid,) = await message_store.post(P, Q, CLIENT, [msg(1, ttl=3600)])
+    first = await message_store.claim(P, Q, limit=5, ttl=60, grace=60, dead_letter=policy)
+    assert first.claim is not None
+    await message_store.release_claim(P, Q, first.claim.id)
+    version = await message_store.bump_queue_version(P, Q)
+
+    # When a claim that would dead-letter it comes at a stale version
+    with pytest.raises(StaleQueue):
+        await message_store.claim(
+            P, Q, limit=5, ttl=60, grace=60, dead_letter=policy, version=version - 1
+        )
+
+    # Then the message stayed where it was, as it was
+    kept = await message_store.get(P, Q, mid)
+    assert kept is not None and kept.claim_count == 1 and kept.ttl == 3600
+    assert await message_store.list_messages(P, "dlq", limit=10) == []
+
+    # And at the current version the claim moves it
+    moved = await message_store.claim(
+        P, Q, limit=5, ttl=60, grace=60, dead_letter=policy, version=version
+    )
+    assert moved.claim is None and moved.dead_lettered == (mid,)
+    assert [m.id for m in await message_store.list_messages(P, "dlq", limit=10)] == [mid]
+
+
+async def test_versions_are_per_queue_and_per_project(message_store: MessageStore) -> None:
+    # Given project A's queue bumped twice
+    await message_store.bump_queue_version(P, Q)
+    await message_store.bump_queue_version(P, Q)
+
+    # Then B's queue of the same name and A's other queue are still at version 0
+    assert await message_store.queue_version(OTHER_PROJECT, Q) == 0
+    assert await message_store.queue_version(P, "queue-2") == 0
+    await message_store.post(OTHER_PROJECT, Q, CLIENT, [msg(0)], version=0)
+    await message_store.post(P, "queue-2", CLIENT, [msg(0)], version=0)
+    with pytest.raises(StaleQueue):
+        await message_store.post(P, Q, CLIENT, [msg(0)], version=0)
+
+    # And bumping those leaves A's queue alone
+    assert await message_store.bump_queue_version(OTHER_PROJECT, Q) == 1
+    assert await message_store.bump_queue_version(P, "queue-2") == 1
+    assert await message_store.queue_version(P, Q) == 2
+
+
+async def test_deleting_a_queue_or_collecting_its_garbage_keeps_its_version(
+    message_store: MessageStore, clock: Clock
+) -> None:
+    # Given a queue at version 2 with messages, one of them claimed
+    await message_store.bump_queue_version(P, Q)
+    version = await message_store.bump_queue_version(P, Q)
+    await post_n(message_store, 3, ttl=60)
+    assert (await message_store.claim(P, Q, limit=1, ttl=30, grace=0)).claim is not None
+
+    # When the queue is deleted
+    await message_store.delete_queue(P, Q)
+
+    # Then its version stays, and only that version is accepted
+    assert await message_store.queue_version(P, Q) == version
+    with pytest.raises(StaleQueue):
+        await message_store.post(P, Q, CLIENT, [msg(0)], version=0)
+    await message_store.post(P, Q, CLIENT, [msg(0, ttl=60), msg(1, ttl=60)], version=version)
+    assert (await message_store.claim(P, Q, limit=1, ttl=30, grace=0)).claim is not None
+
+    # When everything in it expires and the garbage is collected
+    clock.advance(120)
+    assert await message_store.collect_garbage() == 3  # two messages and a claim
+    assert (await message_store.stats(P, Q)).total == 0
+
+    # Then its version still stays, and the next bump goes on from it
+    assert await message_store.queue_version(P, Q) == version
+    assert await message_store.bump_queue_version(P, Q) == version + 1
+
+
+async def test_without_a_version_post_and_claim_ignore_versions(
+    message_store: MessageStore,
+) -> None:
+    # Given a queue bumped a few times
+    for _ in range(3):
+        await message_store.bump_queue_version(P, Q)
+
+    # Then posting and claiming without a version work as ever, and leave the version alone
+    ids = await post_n(message_store, 2)
+    result = await message_store.claim(P, Q, limit=5, ttl=60, grace=60)
+    assert result.claim is not None and [m.id for m in result.claim.messages] == list(ids)
+    assert await message_store.queue_version(P, Q) == 3
+
+
+async def test_a_version_survives_a_reopen(
+    message_store: MessageStore, message_store_opener: Opener
+) -> None:
+    await message_store.bump_queue_version(P, Q)
+    await message_store.bump_queue_version(P, Q)
+    await message_store.close()
+
+    reopened = await message_store_opener()
+    try:
+        assert await reopened.queue_version(P, Q) == 2
+        assert await reopened.bump_queue_version(P, Q) == 3
+    finally:
+        await reopened.close()
+
+
+async def test_an_sqlite_database_from_before_queue_versions_gets_them_at_open(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # Given a database file whose schema has no queue versions yet, holding a message
+    uri = f"sqlite:///{tmp_path / 'old.db'}"
+    store = await open_store(uri, now=clock)
+    (mid,) = await post_n(store, 1)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as conn:
+        conn.execute("DROP TABLE queue_versions")
+        conn.commit()
+
+    # When it is opened again
+    store = await open_store(uri, now=clock)
+    try:
+        # Then its queues are at version 0, can be bumped, and its messages are intact
+        assert await store.queue_version(P, Q) == 0
+        assert await store.bump_queue_version(P, Q) == 1
+        result = await store.claim(P, Q, limit=5, ttl=60, grace=60, version=1)
+        assert result.claim is not None and [m.id for m in result.claim.messages] == [mid]
+    finally:
+        await store.close()
 
 
 # Atomicity under concurrency --------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -9,17 +10,20 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from services.message_svc.storage.base import StaleQueue
 from services.message_svc.storage.mongodb._connection import Document
 from services.message_svc.storage.mongodb._documents import counter_id, readable_bound, reserve
 
 
 class Collections:
-    """``messages``, ``claims`` and ``message_counters`` (schema in ``_documents.py``)."""
+    """``messages``, ``claims``, ``message_counters`` and ``queue_versions`` (schema in
+    ``_documents.py``)."""
 
     def __init__(self, database: Any) -> None:
         self.messages: AsyncCollection[Document] = database["messages"]
         self.claims: AsyncCollection[Document] = database["claims"]
         self.counters: AsyncCollection[Document] = database["message_counters"]
+        self.versions: AsyncCollection[Document] = database["queue_versions"]
 
     async def create_indexes(self) -> None:
         """Idempotent; run at every open."""
@@ -58,6 +62,40 @@ class Collections:
         await self.counters.update_one(
             {"_id": counter_id(project, queue)}, {"$pull": {"pending": {"t": token}}}
         )
+
+    async def version(self, project: str, queue: str) -> int:
+        """The queue's version (0 when never bumped): one ``find_one`` by ``_id``."""
+        doc = await self.versions.find_one({"_id": counter_id(project, queue)}, {"v": 1})
+        return 0 if doc is None else int(doc["v"])
+
+    async def bump_version(self, project: str, queue: str) -> int:
+        """Raises the queue's version by one (one atomic ``$inc``) and returns it.
+
+        The ``$inc`` does not upsert: an upsert that loses the race to create the document
+        may be applied yet answered with nothing (as SecantusDB does), and trying it again
+        would count that bump twice. A queue's first bump creates the document at 0 first.
+        """
+        key = {"_id": counter_id(project, queue)}
+        while True:
+            doc = await self.versions.find_one_and_update(
+                key, {"$inc": {"v": 1}}, return_document=ReturnDocument.AFTER
+            )
+            if doc is not None:
+                return int(doc["v"])
+            with contextlib.suppress(DuplicateKeyError):  # another bump created it first
+                await self.versions.update_one(key, {"$setOnInsert": {"v": 0}}, upsert=True)
+
+    async def check_version(self, project: str, queue: str, version: int) -> None:
+        """Raises StaleQueue unless the queue is at ``version`` (one ``find_one``).
+
+        NOTE: MongoDB gives no atomicity across the version document and the messages here,
+        so the check is a read right before the write it guards: a bump acknowledged before
+        the check is always seen, and one acknowledged while the operation is under way may
+        order either side of it, which is allowed since the two are then concurrent.
+        """
+        current = await self.version(project, queue)
+        if current != version:
+            raise StaleQueue(current)
 
     async def readable_bound(self, project: str, queue: str, now: float) -> int:
         """The highest seq below which every message of the queue is completely written."""

@@ -9,6 +9,8 @@ Collections and document schema::
     claims            {_id: claim id, p, q, t: ttl, g: grace, c: created, e: expires, ea}
     message_counters  {_id: {p, q}, n: last seq given out,
                        pending: [{f: first seq, l: last seq, at: time, t: token}]}
+    queue_versions    {_id: {p, q}, v: the queue's version (no document = 0); never removed
+                       with the queue's messages, so a version never goes back}
 
 Times are the store clock's Unix seconds (doubles). ``ea`` lets MongoDB's TTL monitor delete
 what expired even when no sweeper runs; queries never rely on it, since the monitor runs

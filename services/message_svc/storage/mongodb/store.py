@@ -9,6 +9,9 @@ that spans messages is built from single-document conditions:
 * A delete with claim rules is one ``delete_one`` whose filter is the rule.
 * Seqs come from a per-queue counter (``find_one_and_update``), with the pending-range
   bookkeeping that keeps listings from stepping over a batch still being written.
+* A queue's version is one document (``queue_versions``), raised with ``$inc``. A post or
+  claim given a version reads it first (one more ``find_one`` round trip) and goes ahead only
+  when it matches; see ``Collections.check_version``.
 
 Writes are journaled (``w=1, j=true`` unless the URI says otherwise).
 """
@@ -112,13 +115,30 @@ class MongoMessageStore(base.MessageStore):
             raise Unavailable("The message store is closed.")
         return self._collections
 
+    # Queue versions -------------------------------------------------------------------------
+
+    @edge("read the queue's version")
+    async def queue_version(self, project: str, queue: str) -> int:
+        return await self._db().version(project, queue)
+
+    @edge("raise the queue's version")
+    async def bump_queue_version(self, project: str, queue: str) -> int:
+        return await self._db().bump_version(project, queue)
+
     # Messages -------------------------------------------------------------------------------
 
     @edge("store the messages")
     async def post(
-        self, project: str, queue: str, client_id: str, messages: Sequence[NewMessage]
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        messages: Sequence[NewMessage],
+        version: int | None = None,
     ) -> tuple[str, ...]:
         db = self._db()
+        if version is not None:
+            await db.check_version(project, queue, version)
         now = self._now()
         ids = tuple(_new_id() for _ in messages)
         docs = [
@@ -295,10 +315,14 @@ class MongoMessageStore(base.MessageStore):
         ttl: int,
         grace: int,
         dead_letter: DeadLetterPolicy | None = None,
+        version: int | None = None,
     ) -> ClaimResult:
         db = self._db()
         now, claim_id = self._now(), _new_id()
         async with self._turns.hold(project, queue):
+            # Checked once this claim's turn has come, right before it takes anything.
+            if version is not None:
+                await db.check_version(project, queue, version)
             docs, dead = await claims.claim(
                 db, project, queue, claim_id, now,
                 limit=limit, ttl=ttl, grace=grace, dead_letter=dead_letter,

@@ -35,6 +35,19 @@ def prefix_of_tag(prefix: str, tag: str) -> str:
     return f"{prefix}:{{{tag}}}:"
 
 
+def expected_version(version: int | None) -> str:
+    """The script argument of an expected queue version ('' = no check)."""
+    return "" if version is None else str(version)
+
+
+def stale_version(reply: Any) -> int | None:
+    """The queue's current version when a script refused for a stale one (its reply is
+    ``{'stale', version}``), else ``None``."""
+    if isinstance(reply, list) and len(reply) == 2 and reply[0] == b"stale":
+        return int(reply[1])
+    return None
+
+
 def timestamp(value: float) -> str:
     """A time as the exact decimal text scripts store and compare (never rounded)."""
     return repr(float(value))

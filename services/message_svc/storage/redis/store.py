@@ -32,11 +32,14 @@ from services.message_svc.storage.base import (
     DeleteOutcome,
     NewMessage,
     QueueStats,
+    StaleQueue,
     StoredMessage,
 )
 from services.message_svc.storage.redis._codec import (
+    expected_version,
     prefix_of_tag,
     queue_prefix,
+    stale_version,
     timestamp,
     to_message,
 )
@@ -110,6 +113,11 @@ class RedisMessageStore(base.MessageStore):
             await scripts.drain()
             await client.aclose()
 
+    def _redis(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            raise Unavailable("The message store is closed.")
+        return self._client
+
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if self._scripts is None:
             raise Unavailable("The message store is closed.")
@@ -118,20 +126,42 @@ class RedisMessageStore(base.MessageStore):
     def _queue(self, project: str, queue: str) -> tuple[str, str]:
         return queue_prefix(self.options.prefix, project, queue)
 
+    # Queue versions -------------------------------------------------------------------------
+    # The "version" key of the queue, in its hash tag: post and claim scripts compare it with
+    # the caller's version at the cost of one GET, and only when a version is given.
+
+    @edge("read the queue's version")
+    async def queue_version(self, project: str, queue: str) -> int:
+        _, prefix = self._queue(project, queue)
+        value = await self._redis().get(prefix + "version")
+        return 0 if value is None else int(value)
+
+    @edge("raise the queue's version")
+    async def bump_queue_version(self, project: str, queue: str) -> int:
+        _, prefix = self._queue(project, queue)
+        return int(await self._redis().incr(prefix + "version"))
+
     # Messages -------------------------------------------------------------------------------
 
     @edge("store the messages")
     async def post(
-        self, project: str, queue: str, client_id: str, messages: Sequence[NewMessage]
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        messages: Sequence[NewMessage],
+        version: int | None = None,
     ) -> tuple[str, ...]:
         tag, prefix = self._queue(project, queue)
         ids = tuple(_new_id() for _ in messages)
         now = self._now()
-        args: list[Any] = [tag, client_id, timestamp(now)]
+        args: list[Any] = [tag, client_id, timestamp(now), expected_version(version)]
         for mid, m in zip(ids, messages, strict=True):
             args += [mid, m.body, m.ttl, timestamp(now + m.ttl), timestamp(now + m.delay)]
-        if ids:
-            await self._run("post", (prefix, self._registry), args)
+        if ids or version is not None:
+            current = stale_version(await self._run("post", (prefix, self._registry), args))
+            if current is not None:
+                raise StaleQueue(current)
         return ids
 
     @edge("list the messages")
@@ -242,6 +272,7 @@ class RedisMessageStore(base.MessageStore):
         ttl: int,
         grace: int,
         dead_letter: DeadLetterPolicy | None = None,
+        version: int | None = None,
     ) -> ClaimResult:
         _, prefix = self._queue(project, queue)
         now, claim_id = self._now(), _new_id()
@@ -252,11 +283,15 @@ class RedisMessageStore(base.MessageStore):
             max_count = str(dead_letter.max_claim_count)
             if dead_letter.ttl is not None:
                 dlq_ttl, dlq_expires = str(dead_letter.ttl), timestamp(now + dead_letter.ttl)
-        rows, dead = await self._run("claim", (prefix, dlq_prefix, self._registry), (
+        reply = await self._run("claim", (prefix, dlq_prefix, self._registry), (
             timestamp(now), limit, claim_id, ttl, grace, timestamp(claim_expires),
             ttl + grace, timestamp(claim_expires + grace), max_count, dlq_tag, dlq_ttl,
-            dlq_expires,
+            dlq_expires, expected_version(version),
         ))
+        current = stale_version(reply)
+        if current is not None:
+            raise StaleQueue(current)
+        rows, dead = reply
         dead_lettered = tuple(mid.decode() for mid in dead)
         if not rows:
             return ClaimResult(claim=None, dead_lettered=dead_lettered)
@@ -301,9 +336,7 @@ class RedisMessageStore(base.MessageStore):
 
     @edge("collect expired messages and claims")
     async def collect_garbage(self) -> int:
-        if self._client is None:
-            raise Unavailable("The message store is closed.")
-        client, prefix = self._client, self.options.prefix
+        client, prefix = self._redis(), self.options.prefix
         now = timestamp(self._now())
         removed, cursor = 0, 0
         while True:

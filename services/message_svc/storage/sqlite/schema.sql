@@ -34,3 +34,12 @@ CREATE TABLE IF NOT EXISTS claims (
 
 CREATE INDEX IF NOT EXISTS claims_by_queue ON claims (project, queue);
 CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires);
+
+-- A queue's version (see "Queue versions" in storage/base.py); no row = version 0. Deleting a
+-- queue's messages and collecting garbage leave it alone: a version never goes back.
+CREATE TABLE IF NOT EXISTS queue_versions (
+    project TEXT    NOT NULL,
+    queue   TEXT    NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (project, queue)
+) WITHOUT ROWID;

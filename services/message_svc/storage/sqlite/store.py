@@ -8,8 +8,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from importlib import resources
+from typing import TypeVar
 
-from services.common.sqlite_store import Database, parse_uri
+from services.common.sqlite_store import Database, Job, parse_uri
 from services.message_svc.storage import base
 from services.message_svc.storage.base import (
     Capabilities,
@@ -19,10 +20,14 @@ from services.message_svc.storage.base import (
     DeleteOutcome,
     NewMessage,
     QueueStats,
+    StaleQueue,
     StoredMessage,
 )
 from services.message_svc.storage.sqlite import claims as claim_sql
 from services.message_svc.storage.sqlite import messages as message_sql
+from services.message_svc.storage.sqlite import versions
+
+T = TypeVar("T")
 
 GC_BATCH = 5000
 STORE = "message store"
@@ -68,13 +73,48 @@ class SqliteMessageStore(base.MessageStore):
     async def close(self) -> None:
         await self._db.close()
 
+    async def queue_version(self, project: str, queue: str) -> int:
+        return await self._db.read(lambda c: versions.current(c, project, queue))
+
+    async def bump_queue_version(self, project: str, queue: str) -> int:
+        return await self._db.write(lambda c: versions.bump(c, project, queue))
+
+    async def _write_at(
+        self, project: str, queue: str, version: int | None, job: Job[T]
+    ) -> T:
+        """``job`` as a write; with ``version``, only when the queue is at that version, as
+        checked in the same transaction (one primary-key lookup).
+
+        Raises:
+            StaleQueue: the queue is at another version; nothing was done.
+        """
+        if version is None:
+            return await self._db.write(job)
+
+        def checked(conn: sqlite3.Connection) -> T | StaleQueue:
+            current = versions.current(conn, project, queue)
+            # Returned, not raised: a job that raises makes the other writes batched into its
+            # transaction run again (sqlite_store._run_batch), and this one has written nothing.
+            return job(conn) if current == version else StaleQueue(current)
+
+        result = await self._db.write(checked)
+        if isinstance(result, StaleQueue):
+            raise result
+        return result
+
     async def post(
-        self, project: str, queue: str, client_id: str, messages: Sequence[NewMessage]
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        messages: Sequence[NewMessage],
+        version: int | None = None,
     ) -> tuple[str, ...]:
         ids = [_new_id() for _ in messages]
         now = self._now()
-        return await self._db.write(
-            lambda c: message_sql.post(c, project, queue, client_id, ids, messages, now)
+        return await self._write_at(
+            project, queue, version,
+            lambda c: message_sql.post(c, project, queue, client_id, ids, messages, now),
         )
 
     async def list_messages(
@@ -158,12 +198,14 @@ class SqliteMessageStore(base.MessageStore):
         ttl: int,
         grace: int,
         dead_letter: DeadLetterPolicy | None = None,
+        version: int | None = None,
     ) -> ClaimResult:
         now, claim_id = self._now(), _new_id()
-        return await self._db.write(
+        return await self._write_at(
+            project, queue, version,
             lambda c: claim_sql.claim(
                 c, project, queue, claim_id, now, limit, ttl, grace, dead_letter
-            )
+            ),
         )
 
     async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:

@@ -2,14 +2,20 @@
 -- KEYS: queue prefix, dead-letter queue prefix (the queue's own when no policy), registry.
 -- ARGV: now, limit, claim id, ttl, grace, claim expires, message ttl (ttl + grace), message
 --       expires (claim expires + grace), max claim count ('' = no policy), dead-letter queue
---       tag, dead-letter ttl ('' = keep), dead-letter expires (now + dead-letter ttl).
--- Returns {claimed rows, dead-lettered ids}.
+--       tag, dead-letter ttl ('' = keep), dead-letter expires (now + dead-letter ttl),
+--       expected queue version ('' = no check).
+-- Returns {claimed rows, dead-lettered ids}, or {'stale', current version} having done nothing.
 local base, dlq, registry = KEYS[1], KEYS[2], KEYS[3]
 local now, limit, cid = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local claim_exp, msg_ttl, msg_exp = ARGV[6], ARGV[7], ARGV[8]
 local max_count = tonumber(ARGV[9])
 local dlq_tag, dlq_ttl, dlq_exp = ARGV[10], ARGV[11], ARGV[12]
 local msg_exp_n = tonumber(msg_exp)
+
+local stale = stale_version(base, ARGV[13])
+if stale then
+  return {'stale', stale}
+end
 
 local claimed, dead = {}, {}
 

@@ -3,6 +3,8 @@
 -- KEYS[1] is the queue's key prefix "<prefix>:{<project>/<queue>}:" (the hash tag keeps all
 -- of a queue's keys on one shard); the keys of the queue are that prefix followed by:
 --   seq      string  last seq given out (kept when the queue is deleted: a seq is never reused)
+--   version  string  the queue's version, absent = 0 (kept when the queue is deleted or its
+--                    garbage collected: a version never goes back)
 --   all      zset    every message id, score seq
 --   free     zset    ids not held and no longer delayed, score seq (may hold expired ones)
 --   delayed  zset    ids whose delay has not been seen to pass, score visible_at
@@ -39,6 +41,19 @@ local function remove_message(base, id)
   for _, index in ipairs(INDEXES) do
     redis.call('ZREM', base .. index, id)
   end
+end
+
+-- The queue's current version when it is not expected (a decimal string, '' = no check), or
+-- nil when it is (or nothing is expected). Compared as text: versions are written by INCR.
+local function stale_version(base, expected)
+  if expected == '' then
+    return nil
+  end
+  local current = redis.call('GET', base .. 'version') or '0'
+  if current == expected then
+    return nil
+  end
+  return current
 end
 
 local function seq_of(base, id)
