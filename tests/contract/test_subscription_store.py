@@ -17,12 +17,15 @@ from services.common.errors import (
     SubscriptionNotFound,
     Unavailable,
 )
+from services.notifier_svc.storage import base
 from services.notifier_svc.storage.base import (
+    FEED_GAP_GRACE,
     ClaimShares,
     DeliveryKind,
     NewDelivery,
     NotifierStore,
     Subscription,
+    WatchEvent,
     new_id,
 )
 from services.notifier_svc.storage.registry import open_notifier_store
@@ -323,6 +326,36 @@ async def test_reschedule_and_complete(store: NotifierStore, clock: Clock) -> No
     assert await store.reschedule(again.id, due=clock.now, attempts=2) is False
 
 
+async def test_a_worker_whose_lease_ended_cannot_move_the_next_lease(
+    store: NotifierStore, clock: Clock
+) -> None:
+    sub = await subscribe(store)
+    await store.enqueue([delivery(sub)])
+    # Given a delivery leased by a worker that outlived its lease, and claimed again since
+    [first] = await store.claim_due(limit=1, lease=10, per_subscriber=1)
+    clock.advance(10)
+    [second] = await store.claim_due(limit=1, lease=10, per_subscriber=1)
+    assert second.id == first.id and second.due == clock.now + 10
+    # When the first worker reschedules it under its own lease, nothing changes
+    assert await store.reschedule(
+        first.id, due=clock.now, attempts=1, leased_until=first.due
+    ) is False
+    assert await store.claim_due(limit=1, lease=10, per_subscriber=1) == []
+    assert await store.next_due() == second.due
+    # And the worker holding the lease reschedules it
+    assert await store.reschedule(
+        second.id, due=clock.now + 1, attempts=1, leased_until=second.due
+    ) is True
+    clock.advance(1)
+    [third] = await store.claim_due(limit=1, lease=10, per_subscriber=1)
+    assert (third.id, third.attempts) == (first.id, 1)
+    # A lease on a delivery that is gone changes nothing either
+    await store.complete(third.id)
+    assert await store.reschedule(
+        third.id, due=clock.now, attempts=2, leased_until=third.due
+    ) is False
+
+
 async def test_claim_limits_each_subscriber(store: NotifierStore) -> None:
     slow = await subscribe(store, "http://slow.example/")
     fast = await subscribe(store, "http://fast.example/")
@@ -395,6 +428,164 @@ async def test_concurrent_claims_never_share_a_delivery(store: NotifierStore) ->
     assert len(ids) == len(set(ids)) == 20
 
 
+# watchers across replicas: the registry ------------------------------------------------------
+
+
+async def test_watch_entries_live_while_kept(store: NotifierStore, clock: Clock) -> None:
+    # When a replica registers watchers of a queue, the queue is new to it
+    assert await store.keep_watching("r1", [("p", "q")], 30) == [("p", "q")]
+    assert await store.watchers("p", "q") == ["r1"]
+    # And a second replica's entry sits next to it
+    assert await store.keep_watching("r2", [("p", "q"), ("p", "q2")], 30) == [
+        ("p", "q"), ("p", "q2")
+    ]
+    assert await store.watchers("p", "q") == ["r1", "r2"]
+    # Tenancy: another project or queue is not watched
+    assert await store.watchers("p2", "q") == []
+    assert await store.watchers("p", "q3") == []
+    # Kept before it expires (a heartbeat), an entry lives on and is not new
+    clock.advance(20)
+    assert await store.keep_watching("r1", [("p", "q")], 30) == []
+    clock.advance(20)
+    assert await store.watchers("p", "q") == ["r1"]
+    assert await store.watchers("p", "q2") == []
+    # And once expired, keeping it again says it had lapsed
+    assert await store.keep_watching("r2", [("p", "q2"), ("p", "q")], 30) == [
+        ("p", "q2"), ("p", "q")
+    ]
+    assert await store.keep_watching("r1", [], 30) == []
+
+
+async def test_stop_watching_removes_the_entries_of_one_replica(store: NotifierStore) -> None:
+    await store.keep_watching("r1", [("p", "a"), ("p", "b"), ("p", "c")], 30)
+    await store.keep_watching("r2", [("p", "a")], 30)
+    # When a replica's last watcher of a queue leaves, its entry goes
+    await store.stop_watching("r1", [("p", "a")])
+    await store.stop_watching("r1", [("p", "a")])
+    assert await store.watchers("p", "a") == ["r2"]
+    # When it stops, every entry of its own goes, and no other
+    await store.stop_watching("r1")
+    assert [await store.watchers("p", q) for q in "abc"] == [["r2"], [], []]
+    await store.stop_watching("r1", [])
+    # Entries removed are new again when kept
+    assert await store.keep_watching("r1", [("p", "b")], 30) == [("p", "b")]
+
+
+async def test_expired_watch_entries_are_collected(store: NotifierStore, clock: Clock) -> None:
+    sub = await subscribe(store, ttl=600)
+    await store.keep_watching("r1", [("p", "q")], 30)
+    clock.advance(31)
+    # Collecting garbage removes them (uncounted) and nothing else
+    assert await store.collect_garbage() == 0
+    assert await store.watchers("p", "q") == []
+    assert await store.keep_watching("r1", [("p", "q")], 30) == [("p", "q")]
+    assert await store.get("p", "q", sub.id) == sub
+
+
+# watchers across replicas: the feed ----------------------------------------------------------
+
+
+def event(n: int, origin: str = "r1", queue: str = "q") -> WatchEvent:
+    return WatchEvent(
+        origin=origin, project="p", queue=queue, accepted_at=1_700_000_000.5 + n,
+        payload=b"\x00\xff" + str(n).encode(),
+    )
+
+
+async def read_all(store: NotifierStore, cursor: str, count: int, limit: int = 100
+                   ) -> tuple[list[WatchEvent], str]:
+    """Read until ``count`` events came (each read waits up to 1 s for one), within 20 s."""
+    found: list[WatchEvent] = []
+    deadline = time.monotonic() + 20
+    while len(found) < count:
+        assert time.monotonic() < deadline, f"{len(found)} of {count} events read"
+        events, cursor = await store.read_watch_events(cursor, limit=limit, wait=1.0)
+        found += events
+    return found, cursor
+
+
+async def test_the_feed_is_read_in_order_from_a_cursor(store: NotifierStore) -> None:
+    start = await store.watch_feed_end()
+    # Nothing after the end
+    assert await store.read_watch_events(start, limit=10) == ([], start)
+    for n in range(3):
+        await store.publish_watch_event(event(n, queue=f"q{n}"))
+    # When read two at a time, events come in publication order, bytes kept
+    first, cursor = await store.read_watch_events(start, limit=2)
+    assert first == [event(0, queue="q0"), event(1, queue="q1")]
+    rest, cursor = await store.read_watch_events(cursor, limit=10)
+    assert rest == [event(2, queue="q2")]
+    assert await store.read_watch_events(cursor, limit=10) == ([], cursor)
+    # And a cursor taken now sees only what is published later
+    end = await store.watch_feed_end()
+    assert await store.read_watch_events(end, limit=10) == ([], end)
+    await store.publish_watch_event(event(3))
+    assert (await store.read_watch_events(end, limit=10))[0] == [event(3)]
+    assert (await store.read_watch_events(cursor, limit=10))[0] == [event(3)]
+
+
+async def test_a_feed_read_waits_for_the_next_event(store: NotifierStore) -> None:
+    start = await store.watch_feed_end()
+    # With nothing published, a read waits and returns nothing
+    began = time.monotonic()
+    assert await store.read_watch_events(start, limit=10, wait=0.2) == ([], start)
+    assert time.monotonic() - began >= 0.15
+    # When an event is published while a read waits, the read returns it
+    reading = asyncio.ensure_future(store.read_watch_events(start, limit=10, wait=30))
+    await asyncio.sleep(0.1)
+    began = time.monotonic()
+    await store.publish_watch_event(event(1))
+    events, _ = await reading
+    assert events == [event(1)]
+    assert time.monotonic() - began < 10
+
+
+async def test_the_feed_is_shared_by_every_store_on_the_uri(
+    store: NotifierStore, store_uri: str, clock: Clock
+) -> None:
+    other = await open_notifier_store(store_uri, now=clock)
+    try:
+        start = await store.watch_feed_end()
+
+        async def publish(publisher: NotifierStore, origin: str) -> None:
+            for n in range(25):
+                await publisher.publish_watch_event(event(n, origin))
+
+        # When two replicas publish at the same time
+        await asyncio.gather(publish(store, "a"), publish(other, "b"))
+        # Then a reader gets every event once, each replica's in its order
+        found, cursor = await read_all(other, start, 50, limit=7)
+        assert await store.read_watch_events(cursor, limit=10) == ([], cursor)
+        assert [e for e in found if e.origin == "a"] == [event(n, "a") for n in range(25)]
+        assert [e for e in found if e.origin == "b"] == [event(n, "b") for n in range(25)]
+    finally:
+        await other.close()
+
+
+async def test_the_feed_keeps_a_bounded_number_of_events(
+    store: NotifierStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "FEED_MAX_EVENTS", 100)
+    start = await store.watch_feed_end()
+    total = base.FEED_MAX_EVENTS + 150
+    for first in range(0, total, 50):
+        await asyncio.gather(
+            *(store.publish_watch_event(event(n)) for n in range(first, first + 50))
+        )
+    # A reader that fell behind skips what was trimmed (on MongoDB once the gap it leaves is
+    # older than a publisher may take) and reads the rest to the end
+    clock.advance(FEED_GAP_GRACE + 0.01)
+    found: list[WatchEvent] = []
+    cursor = start
+    while True:
+        events, cursor = await store.read_watch_events(cursor, limit=500)
+        if not events:
+            break
+        found += events
+    assert base.FEED_MAX_EVENTS <= len(found) < total
+    assert len({e.accepted_at for e in found}) == len(found)
+
+
 def test_claim_shares_bound_each_subscriber_and_the_total() -> None:
     shares = ClaimShares(limit=5, per_subscriber=3, busy={"a": 2, "b": 3})
     assert (shares.room("a"), shares.room("b"), shares.room("c")) == (1, 0, 3)
@@ -439,6 +630,10 @@ async def test_closed_store_fails_as_unavailable(store_uri: str) -> None:
         await opened.get("p", "q", new_id())
     with pytest.raises(Unavailable):
         await opened.claim_due(limit=1, lease=1, per_subscriber=1)
+    with pytest.raises(Unavailable):
+        await opened.watchers("p", "q")
+    with pytest.raises(Unavailable):
+        await opened.read_watch_events("0", limit=1)
 
 
 @pytest.mark.parametrize(

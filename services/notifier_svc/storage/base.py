@@ -1,4 +1,5 @@
-"""The storage contract of notifier_svc: subscriptions, and the outbox of pending deliveries.
+"""The storage contract of notifier_svc: subscriptions, the outbox of pending deliveries, and
+what lets watchers work across replicas (a registry of watched queues and a feed of events).
 
 Every backend (``sqlite``, ``redis``, ``mongodb``) implements :class:`NotifierStore` and is
 checked by one contract suite (``tests/contract/test_subscription_store.py``). Methods return
@@ -19,7 +20,15 @@ Conventions shared by every method:
   removes it (delivered, or given up). A delivery taken by :meth:`NotifierStore.claim_due`
   is leased: it is not handed out again until the lease ends, so a worker that dies
   mid-delivery (a crash, SIGKILL) loses nothing: the delivery comes back when its lease
-  ends. Deliveries are therefore *at least once*.
+  ends. Deliveries are therefore *at least once*. A worker that outlived its lease (the
+  delivery may have been claimed again since) can no longer reschedule it: see
+  :meth:`NotifierStore.reschedule`'s ``leased_until``.
+* Watchers across replicas: every replica of notifier_svc holds its own watchers (streams of
+  ``NotifierInternal.Watch``); the store says which replicas watch which queue (entries that
+  expire unless refreshed, so a replica that dies leaves nothing for long) and carries the
+  notifications one replica receives for a queue watched on another (the *watch feed*, a
+  bounded, short-lived log of :class:`WatchEvent`, read from a cursor). Both are best effort:
+  see :meth:`NotifierStore.read_watch_events` for what a reader may miss.
 
 Errors: a backend raises the ``services.common.errors`` classes documented per method and
 turns its own driver failures into :class:`services.common.errors.Unavailable` at its edge.
@@ -27,15 +36,29 @@ turns its own driver failures into :class:`services.common.errors.Unavailable` a
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import enum
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 _last_id = 0
+
+WatchKey = tuple[str, str]
+"""A watched queue: (project, queue)."""
+
+# The watch feed: how often a backend that cannot block looks for new events, the age at which
+# collect_garbage removes events, and how many events are kept at most (backends read it as
+# ``base.FEED_MAX_EVENTS`` when they trim, so that a test may lower it).
+FEED_POLL = 0.05
+FEED_RETENTION = 60.0
+FEED_MAX_EVENTS = 1000
+# MongoDB only (a sequence number is taken before its event is written): how long a reader
+# waits for an event whose number is taken, before it skips it.
+FEED_GAP_GRACE = 2.0
 
 
 def new_id(now: float | None = None) -> str:
@@ -117,6 +140,21 @@ class Delivery:
     due: float
     """When it may be (re)tried; while leased, when the lease ends."""
     created: float
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """Notifications that one replica received (``NotifyMany``) for a queue watched on another
+    replica, as carried by the watch feed."""
+
+    origin: str
+    """The replica that published it (its readers skip their own events)."""
+    project: str
+    queue: str
+    accepted_at: float
+    """When message_svc accepted the messages (Unix seconds; 0 = unknown)."""
+    payload: bytes
+    """The messages, opaque to the store (a serialized ``zaqar.v2.NotifyRequest``)."""
 
 
 class NotifierStore(Protocol):
@@ -224,10 +262,12 @@ class NotifierStore(Protocol):
 
     async def collect_garbage(self) -> int:
         """Remove expired subscriptions with their pending deliveries, and deliveries whose
-        subscription is gone. Not atomic as a whole; each removal is.
+        subscription is gone; also expired watch entries and watch events older than
+        ``FEED_RETENTION`` seconds. Not atomic as a whole; each removal is.
 
         Returns:
-            How many subscriptions and deliveries were removed.
+            How many subscriptions and deliveries were removed (watch entries and events are
+            not counted).
         """
         ...
 
@@ -266,11 +306,24 @@ class NotifierStore(Protocol):
         """
         ...
 
-    async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:
+    async def reschedule(
+        self,
+        delivery_id: str,
+        *,
+        due: float,
+        attempts: int,
+        leased_until: float | None = None,
+    ) -> bool:
         """Record a failed attempt: the delivery is due again at ``due`` with ``attempts``.
 
+        With ``leased_until`` (the ``due`` that the caller's :meth:`claim_due` returned), only
+        while the delivery is still under that lease, atomically: a worker whose lease ended
+        and whose delivery another claim has taken since must not move that claim's lease
+        (a third claim would then make the delivery while the second still does).
+
         Returns:
-            False when the delivery is gone (its subscription was deleted meanwhile).
+            False when the delivery is gone (its subscription was deleted meanwhile), or is
+            no longer under the lease ``leased_until``; nothing changed then.
         """
         ...
 
@@ -286,6 +339,77 @@ class NotifierStore(Protocol):
         """Pending deliveries, all or of one subscription."""
         ...
 
+    # watchers across replicas ----------------------------------------------------------------
+
+    async def keep_watching(
+        self, replica: str, keys: Sequence[WatchKey], ttl: float
+    ) -> builtins.list[WatchKey]:
+        """Record that ``replica`` has watchers of each queue of ``keys``, until ``ttl``
+        seconds from now (an entry that exists gets the new expiry). Atomic per key.
+
+        Returns:
+            The keys, in the given order, of which ``replica`` had no live entry before the
+            call (new, expired, or removed meanwhile): other replicas may have answered that
+            nobody listens to those queues.
+        """
+        ...
+
+    async def stop_watching(
+        self, replica: str, keys: Sequence[WatchKey] | None = None
+    ) -> None:
+        """Remove the entries of ``replica`` for ``keys`` (None: all of them). Idempotent."""
+        ...
+
+    async def watchers(self, project: str, queue: str) -> builtins.list[str]:
+        """The replicas with a live entry (``now < expires``) for the queue, sorted."""
+        ...
+
+    async def publish_watch_event(self, event: WatchEvent) -> None:
+        """Append the event to the watch feed. Readers whose cursor was taken before this call
+        began read it (unless they fall more than ``FEED_MAX_EVENTS`` events or
+        ``FEED_RETENTION`` seconds behind)."""
+        ...
+
+    async def watch_feed_end(self) -> str:
+        """A cursor after every event published so far: reading from it returns the events
+        published later."""
+        ...
+
+    async def read_watch_events(
+        self, cursor: str, *, limit: int, wait: float = 0.0
+    ) -> tuple[builtins.list[WatchEvent], str]:
+        """Up to ``limit`` (>= 1) events published after ``cursor`` (one this store gave), in
+        feed order, and the cursor after them.
+
+        When there is none, waits up to ``wait`` seconds (real time) for one: a backend that
+        cannot block on the store looks again every ``FEED_POLL`` seconds. No event then:
+        ``([], cursor)``.
+
+        Feed order is publication order: events published one after the other are read in
+        that order (on MongoDB, an event whose sequence number was taken but whose write is
+        not visible yet holds the later ones back for up to ``FEED_GAP_GRACE`` seconds and is
+        skipped after that). Events removed before they were read (more than
+        ``FEED_MAX_EVENTS`` behind, or older than ``FEED_RETENTION``) are skipped silently.
+        """
+        ...
+
+
+async def poll_feed(
+    read: Callable[[], Awaitable[tuple[builtins.list[WatchEvent], str]]],
+    cursor: str,
+    wait: float,
+    interval: float = FEED_POLL,
+) -> tuple[builtins.list[WatchEvent], str]:
+    """:meth:`NotifierStore.read_watch_events` for a backend that cannot block: ``read``
+    every ``interval`` seconds until it returns events or ``wait`` seconds have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        events, after = await read()
+        left = deadline - loop.time()
+        if events or left <= 0:
+            return events, after
+        await asyncio.sleep(min(interval, left))
 
 
 class ClaimShares:

@@ -14,6 +14,7 @@ Every change of one document is atomic. Changes spanning documents are ordered s
 crash between them leaves nothing visible wrong: a subscription is deleted before its
 deliveries (an orphan delivery is removed by ``collect_garbage``), a lease is a
 compare-and-set on the due time, so concurrent claims never take the same delivery.
+The watch registry and feed are in ``watches.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from services.notifier_svc.storage.mongodb._connection import (
     edge,
     parse,
 )
+from services.notifier_svc.storage.mongodb.watches import MongoWatches
 
 # Attempts of one write that loses a race (a concurrent create of the same subscriber).
 MAX_ATTEMPTS = 100
@@ -79,7 +81,7 @@ def _delivery(doc: Document, due: float | None = None) -> Delivery:
     )
 
 
-class MongoNotifierStore:
+class MongoNotifierStore(MongoWatches):
     """:class:`services.notifier_svc.storage.base.NotifierStore` on MongoDB."""
 
     def __init__(self, options: MongoOptions, now: Callable[[], float] = time.time) -> None:
@@ -120,6 +122,7 @@ class MongoNotifierStore:
             # on the middle key of a three-key index.
             await deliveries.create_index([("u", ASCENDING), ("d", ASCENDING)], name="lane")
             await deliveries.create_index([("s", ASCENDING)], name="subscription")
+            await self._open_watches(database)
         except PyMongoError as exc:
             await client.close()
             detail = textwrap.shorten(str(exc), 200, placeholder=" ...")
@@ -131,7 +134,7 @@ class MongoNotifierStore:
     async def close(self) -> None:
         if self._subs is not None:
             client = self._subs.database.client
-            self._subs = self._deliveries = None
+            self._subs = self._deliveries = self._watch_collections = None
             await client.close()
 
     async def _remove(self, subscription_ids: Sequence[str]) -> int:
@@ -281,6 +284,7 @@ class MongoNotifierStore:
             if missing:
                 result = await deliveries.delete_many({"s": {"$in": missing}})
                 removed += result.deleted_count
+        await self._collect_watches()
         return removed
 
     # the outbox ------------------------------------------------------------------------------
@@ -352,11 +356,19 @@ class MongoNotifierStore:
         return [delivery for *_, delivery in sorted(claimed, key=lambda c: c[:2])]
 
     @edge("reschedule a notification")
-    async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:
+    async def reschedule(
+        self,
+        delivery_id: str,
+        *,
+        due: float,
+        attempts: int,
+        leased_until: float | None = None,
+    ) -> bool:
         _, outbox = self._collections()
-        result = await outbox.update_one(
-            {"_id": delivery_id}, {"$set": {"d": due, "a": attempts}}
-        )
+        query: Document = {"_id": delivery_id}
+        if leased_until is not None:
+            query["d"] = leased_until
+        result = await outbox.update_one(query, {"$set": {"d": due, "a": attempts}})
         return result.matched_count == 1
 
     @edge("remove a notification")

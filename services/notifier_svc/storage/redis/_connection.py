@@ -16,8 +16,9 @@ def parse(uri: str) -> RedisOptions:
     return RedisOptions.parse(uri, store=STORE, prefix="zn", max_connections=32)
 
 
-def connect(options: RedisOptions) -> redis.asyncio.Redis:
-    return options.client("zaqar-notifier-svc", decode_responses=True)
+def connect(options: RedisOptions, decode: bool = True) -> redis.asyncio.Redis:
+    """A client; ``decode`` False for one whose replies stay bytes (the watch feed)."""
+    return options.client("zaqar-notifier-svc", decode_responses=decode)
 
 
 edge = redis_edge(STORE)

@@ -4,7 +4,7 @@ The key layout is described in ``scripts/_common.lua``, whose helpers are prepen
 script. Redis runs a script atomically, so deleting a subscription also removes its pending
 deliveries, and ``enqueue`` stores only deliveries whose subscription exists: the outbox never
 holds an orphan. Durability is Redis's: run it with AOF (``appendfsync always``) for the
-outbox to survive a crash of Redis itself.
+outbox to survive a crash of Redis itself. The watch registry and feed are in ``watches.py``.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from services.notifier_svc.storage.redis._connection import (
     edge,
     parse,
 )
+from services.notifier_svc.storage.redis.watches import RedisWatches
 
 SCRIPTS = (
     "create", "update", "delete", "delete_queue", "collect_garbage", "enqueue", "claim",
-    "reschedule", "complete", "index_lanes",
+    "reschedule", "complete", "index_lanes", "watch", "unwatch", "collect_watches",
 )
 # Expired subscriptions one sweep script removes at most (Redis runs one script at a time).
 GC_BUDGET = 200
@@ -80,13 +81,14 @@ def _json(options: Mapping[str, Any]) -> str:
     return orjson.dumps(options).decode()
 
 
-class RedisNotifierStore:
+class RedisNotifierStore(RedisWatches):
     """:class:`services.notifier_svc.storage.base.NotifierStore` on a Redis server."""
 
     def __init__(self, options: RedisOptions, now: Callable[[], float] = time.time) -> None:
         self.options = options
         self._now = now
         self._client: redis.asyncio.Redis | None = None
+        self._feed_client: redis.asyncio.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
     @classmethod
@@ -111,6 +113,7 @@ class RedisNotifierStore:
         client = connect(self.options)
         self._scripts = await open_with_scripts(client, texts, "notifier store", self.address)
         self._client = client
+        self._feed_client = connect(self.options, decode=False)
         await self._index_lanes()
 
     @edge("index the pending notifications")
@@ -121,6 +124,9 @@ class RedisNotifierStore:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+        if self._feed_client is not None:
+            feed, self._feed_client = self._feed_client, None
+            await feed.aclose()
 
     async def _run(self, script: str, *args: Any) -> Any:
         return await self._scripts[script](
@@ -232,6 +238,7 @@ class RedisNotifierStore:
             items, examined = await self._run("collect_garbage", repr(self._now()), GC_BUDGET)
             removed += int(items)
             if int(examined) < GC_BUDGET:
+                await self._collect_watches()
                 return removed
 
     # the outbox ------------------------------------------------------------------------------
@@ -269,8 +276,16 @@ class RedisNotifierStore:
         return [delivery for *_, delivery in sorted(claimed, key=lambda c: c[:2])]
 
     @edge("reschedule a notification")
-    async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:
-        return bool(await self._run("reschedule", delivery_id, repr(due), attempts))
+    async def reschedule(
+        self,
+        delivery_id: str,
+        *,
+        due: float,
+        attempts: int,
+        leased_until: float | None = None,
+    ) -> bool:
+        lease = "" if leased_until is None else repr(leased_until)
+        return bool(await self._run("reschedule", delivery_id, repr(due), attempts, lease))
 
     @edge("remove a notification")
     async def complete(self, delivery_id: str) -> None:

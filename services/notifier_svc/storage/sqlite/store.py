@@ -3,7 +3,7 @@
 Two tables: ``subscriptions`` (unique on project, queue, subscriber) and ``deliveries`` (the
 outbox). A subscription's deletion removes its deliveries in the same transaction, and
 ``enqueue`` inserts only deliveries whose subscription exists, so the outbox never holds an
-orphan.
+orphan. The watch registry and feed are in ``watches.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from services.notifier_svc.storage.base import (
     Subscription,
     new_id,
 )
+from services.notifier_svc.storage.sqlite import watches
+from services.notifier_svc.storage.sqlite.watches import SqliteWatches
 
 STORE_NAME = "notifier store"
 
@@ -61,6 +63,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due)",
     "CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries (subscriber, due, id)",
     "CREATE INDEX IF NOT EXISTS deliveries_subscription ON deliveries (subscription_id)",
+    *watches.SCHEMA,
 )
 
 # The lanes (subscribers with pending deliveries) whose earliest delivery is due, earliest
@@ -133,7 +136,7 @@ def _remove(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> int:
     return int(cur.rowcount)
 
 
-class SqliteNotifierStore:
+class SqliteNotifierStore(SqliteWatches):
     """:class:`services.notifier_svc.storage.base.NotifierStore` on one SQLite file."""
 
     def __init__(self, uri: SqliteUri, now: Callable[[], float] = time.time) -> None:
@@ -289,7 +292,9 @@ class SqliteNotifierStore:
             cursor = conn.execute(
                 "DELETE FROM subscriptions WHERE expires <= ?", (now,)
             )
-            return deliveries + int(cursor.rowcount)
+            removed = deliveries + int(cursor.rowcount)
+            watches.collect(conn, now)
+            return removed
 
         return await self._db.write(work, "remove expired subscriptions")
 
@@ -359,12 +364,25 @@ class SqliteNotifierStore:
 
         return await self._db.write(work, "take due notifications")
 
-    async def reschedule(self, delivery_id: str, *, due: float, attempts: int) -> bool:
+    async def reschedule(
+        self,
+        delivery_id: str,
+        *,
+        due: float,
+        attempts: int,
+        leased_until: float | None = None,
+    ) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE deliveries SET due = ?, attempts = ? WHERE id = ?",
-                (due, attempts, delivery_id),
-            )
+            if leased_until is None:
+                cursor = conn.execute(
+                    "UPDATE deliveries SET due = ?, attempts = ? WHERE id = ?",
+                    (due, attempts, delivery_id),
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE deliveries SET due = ?, attempts = ? WHERE id = ? AND due = ?",
+                    (due, attempts, delivery_id, leased_until),
+                )
             return cursor.rowcount > 0
 
         return await self._db.write(work, "reschedule a notification")

@@ -13,6 +13,9 @@
 --   P:lanes                  zset   subscriber -> earliest due time in its lane (lanes with
 --                                   pending deliveries only)
 --   P:ds:<subscription id>   set    the subscription's pending delivery ids
+--   P:w:<queue>:<project>    zset   replica id -> expiry of its entry (replicas watching)
+--   P:wq                     set    '<queue>:<project>' of every queue in a P:w: key
+--   P:wf                     stream the watch feed (written by the store's Python code)
 -- Queue names never contain ':', so <queue>:<project> is unambiguous.
 
 local P = ARGV[1]
@@ -90,4 +93,19 @@ end
 local function live(id, project, queue, now)
     local f = redis.call('HMGET', skey(id), 'project', 'queue', 'expires')
     return f[1] == project and f[2] == queue and tonumber(f[3]) > now
+end
+
+-- The watch registry: '<queue>:<project>' names a watched queue.
+local function watched_name(project, queue)
+    return queue .. ':' .. project
+end
+
+local function watch_key(name)
+    return P .. ':w:' .. name
+end
+
+local function forget_if_unwatched(name)
+    if redis.call('EXISTS', watch_key(name)) == 0 then
+        redis.call('SREM', P .. ':wq', name)
+    end
 end

@@ -1,10 +1,17 @@
--- Record a failed attempt of a delivery that still exists.
--- ARGV: P, id, due, attempts
--- Returns 1 when rescheduled, 0 when the delivery is gone.
+-- Record a failed attempt of a delivery that still exists (and, when `leased` is given, is
+-- still under that lease: its due time is `leased`).
+-- ARGV: P, id, due, attempts, leased ('' = any)
+-- Returns 1 when rescheduled, 0 when the delivery is gone or its lease is another's.
 
 local subscriber = redis.call('HGET', P .. ':d:' .. ARGV[2], 'subscriber')
 if not subscriber then
     return 0
+end
+if ARGV[5] ~= '' then
+    local due = redis.call('ZSCORE', P .. ':due', ARGV[2])
+    if not due or tonumber(due) ~= tonumber(ARGV[5]) then
+        return 0
+    end
 end
 redis.call('HSET', P .. ':d:' .. ARGV[2], 'attempts', ARGV[4])
 schedule(subscriber, ARGV[2], ARGV[3])

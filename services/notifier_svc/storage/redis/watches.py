@@ -1,0 +1,129 @@
+"""Watchers across replicas in Redis.
+
+The registry is one sorted set per watched queue (replica id -> expiry of its entry) plus a
+set naming those queues, changed by Lua scripts (``watch``, ``unwatch``, ``collect_watches``;
+keys in ``scripts/_common.lua``). The feed is a Redis stream (``P:wf``): ``XADD`` appends
+atomically in one total order, readers block in ``XREAD`` (no polling) from the last id they
+read, which is the cursor. It is trimmed to about ``FEED_MAX_EVENTS`` entries on every append
+and to ``FEED_RETENTION`` seconds (by the server's clock, whose time the ids are) by
+``collect_garbage``; the key expires ``FEED_RETENTION`` seconds after the last append.
+
+Payloads are bytes, so the feed goes through a second client that does not decode replies.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio
+
+from services.notifier_svc.storage import base
+from services.notifier_svc.storage.base import (
+    FEED_RETENTION,
+    WatchEvent,
+    WatchKey,
+)
+from services.notifier_svc.storage.redis._connection import RedisOptions, edge
+
+START = "0-0"
+
+
+def _pairs(keys: Sequence[WatchKey]) -> list[str]:
+    return [part for key in keys for part in key]
+
+
+def _event(fields: dict[bytes, bytes]) -> WatchEvent:
+    return WatchEvent(
+        origin=fields[b"o"].decode(), project=fields[b"p"].decode(), queue=fields[b"q"].decode(),
+        accepted_at=float(fields[b"a"]), payload=fields[b"b"],
+    )
+
+
+class RedisWatches:
+    """The watch registry and feed of :class:`RedisNotifierStore` (a mixin)."""
+
+    options: RedisOptions
+    _now: Callable[[], float]
+    _feed_client: redis.asyncio.Redis | None
+
+    @property
+    def address(self) -> str:
+        return self.options.address
+
+    async def _run(self, script: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def _redis(self) -> redis.asyncio.Redis:
+        raise NotImplementedError
+
+    def _feed(self) -> redis.asyncio.Redis:
+        self._redis()  # raises Unavailable once closed
+        assert self._feed_client is not None
+        return self._feed_client
+
+    @property
+    def _feed_key(self) -> str:
+        return f"{self.options.prefix}:wf"
+
+    @edge("register the watchers")
+    async def keep_watching(
+        self, replica: str, keys: Sequence[WatchKey], ttl: float
+    ) -> builtins.list[WatchKey]:
+        if not keys:
+            return []
+        now = self._now()
+        positions = await self._run("watch", replica, repr(now), repr(now + ttl), *_pairs(keys))
+        return [keys[int(n) - 1] for n in positions]
+
+    @edge("unregister the watchers")
+    async def stop_watching(
+        self, replica: str, keys: Sequence[WatchKey] | None = None
+    ) -> None:
+        if keys is not None and not keys:
+            return
+        await self._run("unwatch", replica, *_pairs(keys or []))
+
+    @edge("read the watchers")
+    async def watchers(self, project: str, queue: str) -> builtins.list[str]:
+        key = f"{self.options.prefix}:w:{queue}:{project}"
+        found = await self._redis().zrangebyscore(key, f"({self._now()!r}", "+inf")
+        return sorted(str(replica) for replica in found)
+
+    async def _collect_watches(self) -> None:
+        await self._run("collect_watches", repr(self._now()))
+        seconds, _ = await self._feed().time()
+        oldest = max(0, int((seconds - FEED_RETENTION) * 1000))
+        await self._feed().xtrim(self._feed_key, minid=f"{oldest}-0", approximate=True)
+
+    @edge("publish to the watchers")
+    async def publish_watch_event(self, event: WatchEvent) -> None:
+        fields: dict[Any, Any] = {
+            "o": event.origin, "p": event.project, "q": event.queue,
+            "a": repr(event.accepted_at), "b": event.payload,
+        }
+        pipe = self._feed().pipeline(transaction=False)
+        pipe.xadd(self._feed_key, fields, maxlen=base.FEED_MAX_EVENTS, approximate=True)
+        pipe.pexpire(self._feed_key, int(FEED_RETENTION * 1000))
+        await pipe.execute()
+
+    @edge("read the watch feed")
+    async def watch_feed_end(self) -> str:
+        last: Any = await self._feed().xrevrange(self._feed_key, "+", "-", count=1)
+        return str(last[0][0].decode()) if last else START
+
+    @edge("read the watch feed")
+    async def read_watch_events(
+        self, cursor: str, *, limit: int, wait: float = 0.0
+    ) -> tuple[builtins.list[WatchEvent], str]:
+        # A blocked read must end well before the connection's reply timeout.
+        block = min(wait, self.options.socket_timeout / 2)
+        reply: Any = await self._feed().xread(
+            {self._feed_key: cursor}, count=limit,
+            block=max(1, int(block * 1000)) if block > 0 else None,
+        )
+        if not reply:
+            return [], cursor
+        entries = reply[0][1]
+        return [_event(fields) for _, fields in entries], str(entries[-1][0].decode())
