@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from zaqar.v2 import admin_pb2
 
@@ -28,6 +30,7 @@ from services.notifier_svc.servicer import INTERNAL_SERVICE, SUBSCRIPTIONS_SERVI
 from services.notifier_svc.storage.registry import open_notifier_store
 from services.notifier_svc.trusts import Trusts
 from services.notifier_svc.upstream import MessageReplicas, QueuePolicies
+from services.notifier_svc.watch_sharing import WatchSharing
 from services.notifier_svc.watchers import WatchHub
 
 WHAT_EXPIRES = "expired subscriptions and deliveries"
@@ -50,7 +53,12 @@ def check(settings: Settings) -> None:
         )
 
 
-async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running:
+async def start(
+    settings: Settings,
+    auth: KeystoneAuth | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Running:
     """Open the store (``settings.store_uri("notifier")``), bind ``host:notifier_port``
     (0 = any), serve ``zaqar.v2.Subscriptions``, ``zaqar.v2.NotifierInternal`` and
     ``zaqar.v2.StoreHealth``, and start delivering pending notifications (those left by an
@@ -62,6 +70,10 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     this process's own, and ``trust+`` subscribers get Keystone trusts (``trusts.py``).
     ``auth`` is the Keystone client to use (closed by its owner), else the service makes one.
 
+    Replicas (several processes on one store, behind one balanced target) share the store's
+    subscriptions and outbox, and their watchers through it (``watch_sharing.py``). ``clock``
+    is the time of the store, the dispatcher and the service (Unix seconds; tests move it).
+
     Raises:
         ConfigurationError: bad settings (TLS files included), an unknown or malformed store
             URI.
@@ -72,7 +84,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     tls = await asyncio.to_thread(load_tls, settings)
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
-    store = await open_notifier_store(settings.store_uri("notifier"))
+    store = await open_notifier_store(settings.store_uri("notifier"), now=clock)
     policies = QueuePolicies(settings, tls=tls, auth=auth)
     replicas = MessageReplicas(settings, tls, auth)
     webhook = WebhookSender(settings.delivery_timeout, settings.delivery_concurrency)
@@ -89,11 +101,14 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     dispatcher = Dispatcher(
         store, senders, policies.retry_policy,
         concurrency=settings.delivery_concurrency, timeout=settings.delivery_timeout,
+        clock=clock,
     )
     sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
+    watches = WatchSharing(store, WatchHub(), replicas.listened)
 
     async def close() -> None:
         try:
+            await watches.close()
             await sweeper.stop()
             await dispatcher.stop(grace=min(DELIVERY_GRACE, settings.shutdown_grace))
         finally:  # even when a clean-up deadline cut the dispatcher's stop short
@@ -105,7 +120,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         await store.close()
 
     service = NotifierService(
-        store, WatchHub(),
+        store, watches,
         confirmation=Confirmation(
             required=settings.require_confirmation, secret=settings.signed_url_secret,
             public_url=settings.public_url,
@@ -113,6 +128,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         announce=replicas.listened,
         wake=dispatcher.wake,
         trusts=Trusts(auth),
+        clock=clock,
     )
 
     async def check_health(

@@ -1,5 +1,5 @@
 """notifier_svc's rules over its store: subscriptions with Zaqar's semantics, confirmation,
-and the hand-over of posted messages into the outbox.
+and the hand-over of posted messages into the outbox and to the watchers of every replica.
 
 Raised errors are ``services.common.errors`` classes, which the server's error interceptor
 turns into statuses. Atomic work is the store's (``storage/base.py``).
@@ -7,8 +7,9 @@ turns into statuses. Atomic work is the store's (``storage/base.py``).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,10 @@ from services.notifier_svc.storage.base import (
 )
 from services.notifier_svc.trusts import OPTION as TRUST_OPTION
 from services.notifier_svc.trusts import Trusts, is_trust
+from services.notifier_svc.watch_sharing import Announce, WatchSharing
 from services.notifier_svc.watchers import WatchHub
 
-Announce = Callable[[str, str], Awaitable[None]]
+__all__ = ["Announce", "Confirmation", "NotifierService"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ class NotifierService:
     def __init__(
         self,
         store: NotifierStore,
-        hub: WatchHub,
+        watches: WatchSharing,
         *,
         confirmation: Confirmation,
         announce: Announce,
@@ -53,12 +55,17 @@ class NotifierService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.hub = hub
+        self.watches = watches
         self._trusts = Trusts(None) if trusts is None else trusts
         self._confirmation = confirmation
         self._announce = announce
         self._wake = wake
         self._clock = clock
+
+    @property
+    def hub(self) -> WatchHub:
+        """This replica's watchers."""
+        return self.watches.hub
 
     # subscriptions ---------------------------------------------------------------------------
 
@@ -234,16 +241,20 @@ class NotifierService:
         accepted_at: float = 0.0,
     ) -> bool:
         """Stream the messages to the queue's watchers (those registered before
-        ``accepted_at``, when given) and store one delivery per (subscriber, message),
-        durably, before returning. Unconfirmed subscribers get nothing when confirmation is
-        required.
+        ``accepted_at``, when given): this replica's at once, other replicas' through the
+        store's watch feed. Store one delivery per (subscriber, message), durably, before
+        returning. Unconfirmed subscribers get nothing when confirmation is required.
 
         Returns:
-            Whether anything listens to the queue (a subscription or a watcher).
+            Whether anything listens to the queue (a subscription, or a watcher on any
+            replica).
         """
         validation.queue_ref(project, queue)
         self.hub.publish(project, queue, messages, accepted_at)
-        subscriptions = await self.store.subscribers(project, queue)
+        subscriptions, watched = await asyncio.gather(
+            self.store.subscribers(project, queue),
+            self.watches.share(project, queue, messages, accepted_at),
+        )
         targets = [
             s for s in subscriptions if s.confirmed or not self._confirmation.required
         ]
@@ -254,7 +265,7 @@ class NotifierService:
                 for document in rendered for s in targets
             ])
             self._wake({s.subscriber for s in targets})
-        return bool(subscriptions) or self.hub.listened(project, queue)
+        return bool(subscriptions) or watched or self.hub.listened(project, queue)
 
 
 def _delivery(subscription: Subscription, kind: DeliveryKind, document: bytes) -> NewDelivery:

@@ -147,12 +147,13 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
     async def Watch(
         self, request: notifier_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[notifier_pb2.Notification]:
+        watches = self._service.watches
         try:
             validation.queue_ref(request.project, request.queue)
+            watcher = await watches.watch(request.project, request.queue)
         except ServiceError as error:
             await _abort(context, error)
-        hub = self._service.hub
-        watcher = hub.register(request.project, request.queue)
+            return
         try:
             if self._announce is not None:
                 await self._announce(request.project, request.queue)
@@ -185,7 +186,7 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
             finally:
                 await _stop(overflow, getter)
         finally:
-            hub.unregister(request.project, request.queue, watcher)
+            watches.unwatch(request.project, request.queue, watcher)
 
 
 async def _stop(*tasks: asyncio.Task[Any] | None) -> None:

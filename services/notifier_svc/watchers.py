@@ -1,4 +1,5 @@
-"""Watchers: callers streaming a queue's new messages (``NotifierInternal.Watch``).
+"""Watchers: callers streaming a queue's new messages (``NotifierInternal.Watch``), those of
+this process (``watch_sharing.py`` joins every replica's).
 
 Every message handed over by Notify is put on each watcher's own bounded buffer, without
 waiting, so that a slow watcher never holds up the hand-over or the other watchers. A watcher
@@ -37,6 +38,10 @@ class WatchHub:
 
     def listened(self, project: str, queue: str) -> bool:
         return bool(self._watchers.get((project, queue)))
+
+    def watching(self) -> bool:
+        """Whether this process has any watcher."""
+        return bool(self._watchers)
 
     def register(self, project: str, queue: str) -> Watcher:
         watcher = Watcher(self._buffer, self._clock())

@@ -2,9 +2,16 @@
 once, retrying failed ones on their subscription's (or queue's) retry policy.
 
 * Each claim leases its deliveries for ``timeout + LEASE_MARGIN`` seconds, longer than one
-  attempt can take; a delivery is removed from the store only once it was delivered (or its
-  policy gave up), so a process killed mid-delivery loses nothing: the delivery comes back
-  when its lease ends (at-least-once).
+  attempt can take: an attempt gets ``timeout`` seconds in all, whatever its sender's own
+  timeouts (an SMTP exchange is several), and is abandoned as failed after that. So while
+  replicas on one store live, no delivery is made by two of them at once: another replica
+  claims it only once the lease has ended, by when the first has given up its attempt; and a
+  replica that outlived its lease anyway (a store write slower than the margin, clocks of
+  replicas further apart than it) cannot move the next claim's lease, as reschedules name
+  their own (``leased_until``). A delivery is removed from the store only once it was
+  delivered (or its policy gave up), so a replica killed mid-delivery loses nothing: the
+  delivery comes back when its lease ends and any replica makes it (at-least-once: one that
+  was delivered but not yet removed when its replica died is made again).
 * At most ``concurrency`` deliveries run at once, and to each subscriber at most its *share*:
   ``PER_SUBSCRIBER`` at first, one more after each delivered attempt (up to
   ``PER_SUBSCRIBER_MAX``), halved after each failed one (down to 1) — additive increase,
@@ -68,6 +75,7 @@ class Dispatcher:
         self._senders = senders
         self._queue_policy = queue_policy
         self._concurrency = max(1, concurrency)
+        self._timeout = timeout
         self._lease = timeout + LEASE_MARGIN
         self._clock = clock
         self._wake = asyncio.Event()
@@ -125,7 +133,9 @@ class Dispatcher:
         now = self._clock()
         for delivery in unfinished.values():
             try:
-                await self._store.reschedule(delivery.id, due=now, attempts=delivery.attempts)
+                await self._store.reschedule(
+                    delivery.id, due=now, attempts=delivery.attempts, leased_until=delivery.due
+                )
             except Unavailable:
                 pass  # its lease ends anyway
 
@@ -188,6 +198,17 @@ class Dispatcher:
     def _sender(self, delivery: Delivery) -> Sender | None:
         return self._senders.get(urlsplit(delivery.subscriber).scheme)
 
+    async def _attempt(self, sender: Sender, delivery: Delivery) -> bool:
+        """One attempt, abandoned (failed) once it has taken ``timeout`` seconds: it must end
+        well before its lease does, or another replica could make the delivery meanwhile."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await sender.send(delivery)
+        except TimeoutError:
+            log.info("delivery %s to %s abandoned after %.1f s", delivery.id,
+                     delivery.subscriber, self._timeout)
+            return False
+
     async def _deliver(self, delivery: Delivery) -> None:
         sender = self._sender(delivery)
         if sender is None:
@@ -195,7 +216,7 @@ class Dispatcher:
             await self._store.complete(delivery.id)
             return
         try:
-            delivered = await sender.send(delivery)
+            delivered = await self._attempt(sender, delivery)
             self._adjust_share(delivery.subscriber, delivered)
             if delivered:
                 await self._store.complete(delivery.id)
@@ -213,7 +234,8 @@ class Dispatcher:
                 await self._store.complete(delivery.id)
                 return
             await self._store.reschedule(
-                delivery.id, due=self._clock() + delay, attempts=delivery.attempts + 1
+                delivery.id, due=self._clock() + delay, attempts=delivery.attempts + 1,
+                leased_until=delivery.due,
             )
         except Unavailable as exc:
             # Still leased in the store: it comes back when the lease ends.
