@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any
 from services import preflight
 from services.common.config import ENV_PREFIX, Settings
 from services.common.startup import PREFIX, StartupError, report
+from services.replicas import Replica
+from services.replicas import check_ports as check_replica_ports
+from services.replicas import plan as replicas_plan
 
 if TYPE_CHECKING:
     from services.common.tls import Tls
@@ -51,6 +54,11 @@ ALIASES = {
 # Start order; shutdown runs in reverse.
 UP_ORDER = ("queue", "message", "notifier", "gateway")
 READY_TIMEOUT = 60.0
+# Back-off before a replica that exited is started again (``up --replicas``), doubling while
+# it keeps failing; reset once it served RESTART_RESET seconds.
+RESTART_BACKOFF = 1.0
+RESTART_BACKOFF_MAX = 30.0
+RESTART_RESET = 60.0
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -134,9 +142,12 @@ class _Child:
     line (``zaqar-grpc: ...``), kept as ``reason`` for ``up`` to report as its own.
     """
 
-    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self, name: str, proc: asyncio.subprocess.Process, replica: Replica | None = None
+    ) -> None:
         self.name = name
         self.proc = proc
+        self.replica = replica
         self.reason = ""
         self.ready = asyncio.get_running_loop().create_future()
         self.errors = asyncio.ensure_future(self._pump_errors())
@@ -205,37 +216,42 @@ async def _stop_all(children: Sequence[_Child], grace: float) -> None:
         child.cancel()
 
 
-async def _start(name: str, settings: Settings, tls: Tls | None, env: dict[str, str],
-                 children: list[_Child]) -> None:
-    """Start ``name`` as a child process (added to ``children``) and wait until it serves.
+async def _start(replica: Replica, tls: Tls | None, children: list[_Child]) -> _Child:
+    """Start ``replica`` as a child process (added to ``children``) and wait until it serves.
 
     Raises:
         StartupError: it exited first (with its own line, when it printed one), or it was not
             ready within ``READY_TIMEOUT`` seconds.
     """
+    env = {**os.environ, **settings_environment(replica.settings)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "serve", name,
+        sys.executable, "-m", "services.cli", "serve", replica.service,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    child = _Child(name, proc)
+    child = _Child(replica.label, proc, replica)
     children.append(child)
     deadline = time.monotonic() + READY_TIMEOUT
     try:
         await asyncio.wait_for(asyncio.shield(child.ready), READY_TIMEOUT)
-        if SERVICES[name][2]:
-            await _grpc_serving(settings.target(name), tls, deadline)
+        if SERVICES[replica.service][2]:
+            await _grpc_serving(replica.grpc_target, tls, deadline)
     except (TimeoutError, RuntimeError):
-        raise StartupError(f"{name} was not ready within {READY_TIMEOUT:g} seconds") from None
-    print(f"{name:>8}: {child.ready.result()}  (pid {proc.pid})", flush=True)
+        raise StartupError(
+            f"{replica.label} was not ready within {READY_TIMEOUT:g} seconds"
+        ) from None
+    print(f"{replica.label:>10}: {child.ready.result()}  (pid {proc.pid})", flush=True)
+    return child
 
 
-async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
-    """Run ``services`` as child processes until a signal or until one of them exits.
+async def up(settings: Settings, services: Sequence[str] = UP_ORDER, replicas: int = 1) -> int:
+    """Run ``replicas`` processes of each of ``services`` until a signal.
 
     Everything that can be checked before a child starts is (``services/preflight.py``). A
-    child that fails to start anyway has its line repeated on stderr, the others are stopped,
-    and the status is non-zero.
+    child that fails to start has its line repeated on stderr, the others are stopped, and the
+    status is non-zero. Once all are up: with one replica each, a child that exits stops the
+    others (status 1); with several (``services/replicas.py``), it is started again in its
+    place, after a back-off, while the others keep serving, as Kubernetes would.
 
     Raises:
         ConfigurationError: bad TLS or auth settings, a malformed store URI.
@@ -247,42 +263,105 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER) -> int:
     # Checked here once, so that bad TLS settings are one error rather than one per child;
     # the children read the same files themselves, and up's health checks use them too.
     tls = await asyncio.to_thread(load_tls, settings)
+    planned = replicas_plan(settings, services, replicas)
     await preflight.check(settings, services)
-    env = {**os.environ, **settings_environment(settings)}
+    check_replica_ports(planned)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     children: list[_Child] = []
     try:
-        for name in services:
-            await _start(name, settings, tls, env, children)
+        for replica in planned:
+            await _start(replica, tls, children)
     except StartupError as exc:
         status = report(exc) or 1
         await _stop_all(children, settings.shutdown_grace)
         return status
     data_dir = os.path.abspath(settings.data_dir)  # noqa: ASYNC240 - no I/O, string only
-    print(
-        f"zaqar-grpc is up: http://{settings.host}:{settings.http_port}/v2/  "
-        f"(data in {data_dir}; Ctrl-C stops)",
-        flush=True,
-    )
-    exits = [asyncio.ensure_future(c.proc.wait()) for c in children]
-    stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    if stopper not in done:
-        for c in children:
-            if c.proc.returncode is not None:
-                await c.errors
-                why = f": {c.reason}" if c.reason else ""
-                print(f"{PREFIX}{c.name} exited with status {c.proc.returncode}{why}; "
-                      "stopping the others", file=sys.stderr, flush=True)
-        code = 1
-    stopper.cancel()
+    gateways = [r.settings for r in planned if r.service == "gateway"] or [settings]
+    urls = "  ".join(f"http://{g.host}:{g.http_port}/v2/" for g in gateways)
+    print(f"zaqar-grpc is up: {urls}  (data in {data_dir}; Ctrl-C stops)", flush=True)
+    if replicas == 1:
+        code = await _watch_all(children, stop)
+    else:
+        code = await _supervise(children, stop, tls)
     await _stop_all(children, settings.shutdown_grace)
     print("zaqar-grpc stopped", flush=True)
     return code
+
+
+async def _watch_all(children: list[_Child], stop: asyncio.Event) -> int:
+    """Until a signal (0) or until a child exits (1, naming it)."""
+    exits = [asyncio.ensure_future(c.proc.wait()) for c in children]
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({stopper, *exits}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if stopper in done:
+        return 0
+    for c in children:
+        if c.proc.returncode is not None:
+            await c.errors
+            why = f": {c.reason}" if c.reason else ""
+            print(f"{PREFIX}{c.name} exited with status {c.proc.returncode}{why}; "
+                  "stopping the others", file=sys.stderr, flush=True)
+    return 1
+
+
+async def _supervise(children: list[_Child], stop: asyncio.Event, tls: Tls | None) -> int:
+    """Until a signal (0): a child that exits is started again in its place after a back-off
+    that doubles from ``RESTART_BACKOFF`` up to ``RESTART_BACKOFF_MAX`` while it keeps failing
+    (reset once it served ``RESTART_RESET`` seconds)."""
+    backoff: dict[str, float] = {}
+    started = {c.name: time.monotonic() for c in children}
+    stopper = asyncio.ensure_future(stop.wait())
+    restarts: set[asyncio.Future[Any]] = set()
+
+    async def restart(old: _Child) -> None:
+        assert old.replica is not None
+        await old.errors
+        why = f": {old.reason}" if old.reason else ""
+        served = time.monotonic() - started[old.name]
+        delay = RESTART_BACKOFF if served >= RESTART_RESET else min(
+            RESTART_BACKOFF_MAX, backoff.get(old.name, RESTART_BACKOFF / 2) * 2
+        )
+        backoff[old.name] = delay
+        print(f"{PREFIX}{old.name} exited with status {old.proc.returncode}{why}; the others "
+              f"keep serving; starting a new one in {delay:g}s", file=sys.stderr, flush=True)
+        old.cancel()
+        children.remove(old)
+        await asyncio.sleep(delay)
+        started[old.name] = time.monotonic()
+        try:
+            await _start(old.replica, tls, children)
+        except StartupError as exc:
+            print(f"{PREFIX}{old.name} did not start again: {exc}", file=sys.stderr,
+                  flush=True)
+            failed = next((c for c in children if c.name == old.name), None)
+            if failed is not None and failed.proc.returncode is None:
+                failed.proc.kill()
+
+    waits: dict[asyncio.Future[Any], _Child] = {}
+    try:
+        while not stop.is_set():
+            for c in children:
+                if c not in waits.values():
+                    waits[asyncio.ensure_future(c.proc.wait())] = c
+            pending: set[asyncio.Future[Any]] = {stopper, *waits, *restarts}
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task in restarts:
+                    restarts.discard(task)
+                elif task in waits:
+                    restarts.add(asyncio.ensure_future(restart(waits.pop(task))))
+    finally:
+        stopper.cancel()
+        for job in restarts:
+            job.cancel()
+        await asyncio.gather(*restarts, return_exceptions=True)
+        for task in waits:
+            task.cancel()
+    return 0
 
 
 # entry ---------------------------------------------------------------------------------------
@@ -305,6 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="run every service, each as its own process")
     _add_settings_flags(p_up)
+    p_up.add_argument(
+        "--replicas", type=int, default=1, metavar="N",
+        help="run N processes of every service, balanced as on Kubernetes: gateway i on "
+        "http_port+i and ws_port+i, gRPC replica i on its port+10*i; a replica that exits is "
+        "started again while the others serve (default 1)",
+    )
     p_serve = sub.add_parser("serve", help="run one service (what a container runs)")
     p_serve.add_argument("service", help="queue | message | notifier | gateway")
     _add_settings_flags(p_serve)
@@ -330,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.common.grpc_server import install_event_loop_policy
 
             install_event_loop_policy()
-            return asyncio.run(up(settings))
+            return asyncio.run(up(settings, replicas=args.replicas))
         service = ALIASES.get(args.service, args.service)
         if service not in SERVICES:
             parser.error(f"unknown service {args.service!r}; choose from {', '.join(SERVICES)}")

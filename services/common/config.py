@@ -67,8 +67,9 @@ class Settings:
     message_targets: str = field(
         default="",
         metadata=_help(
-            "Comma-separated gRPC targets of every message_svc replica (queue_svc invalidates "
-            "each one's metadata cache); default <host>:<message_port>."
+            "gRPC target of message_svc: host:port, dns:///<name>:<port> resolving to every "
+            "replica, or a comma-separated list of replicas' IP:port; calls are balanced over "
+            "every replica (round_robin); default <host>:<message_port>."
         ),
     )
     notifier_target: str = field(
@@ -270,20 +271,16 @@ class Settings:
         return "sqlite:///" + str(Path(self.data_dir).resolve() / filename)
 
     def target(self, service: Service | str) -> str:
-        """Where callers reach ``service`` (message_svc: its first listed replica). Raises
-        ValueError for a name that is not a :class:`Service`."""
+        """Where callers reach ``service``: one target, which may name several replicas
+        (:func:`services.common.grpc_server.channel_target`). Raises ValueError for a name
+        that is not a :class:`Service`."""
         match Service(service):
             case Service.QUEUE:
                 return self.queue_target or f"{self.host}:{self.queue_port}"
             case Service.NOTIFIER:
                 return self.notifier_target or f"{self.host}:{self.notifier_port}"
             case Service.MESSAGE:
-                return self.message_target_list()[0]
-
-    def message_target_list(self) -> list[str]:
-        if self.message_targets:
-            return [t.strip() for t in self.message_targets.split(",") if t.strip()]
-        return [f"{self.host}:{self.message_port}"]
+                return self.message_targets or f"{self.host}:{self.message_port}"
 
     # Loading --------------------------------------------------------------------------------
 
@@ -385,9 +382,8 @@ def _derived(settings: Settings, name: str) -> tuple[str, str] | None:
         return settings.store_uri(_STORES[name]), "derived from ZAQAR_DATA_DIR"
     if name in _TARGETS:
         service = _TARGETS[name]
-        value = (",".join(settings.message_target_list()) if service == "message"
-                 else settings.target(service))
-        return value, f"derived from ZAQAR_HOST, {ENV_PREFIX}{service.upper()}_PORT"
+        source = f"derived from ZAQAR_HOST, {ENV_PREFIX}{service.upper()}_PORT"
+        return settings.target(service), source
     return None
 
 

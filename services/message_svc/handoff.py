@@ -11,8 +11,10 @@ many posts instead of competing with each of them for CPU.
 
 Skipping queues nobody listens to: each NotifyMany answer says, per queue, whether anything
 (a subscription or a watcher) listens to it. A queue answered "no" is skipped by later posts
-until notifier_svc calls ``MessagesInternal.InvalidateQueue`` (it does when the queue gains a
-subscription or a watcher) or the answer is ``cache_ttl`` seconds old. An answer to a call
+until the queue changes (notifier_svc calls ``MessagesInternal.InvalidateQueue`` when the
+queue gains a subscription or a watcher, which raises the queue's version: the next post on
+any replica is refused as stale and drops this answer), its metadata is loaded again, or the
+answer is ``cache_ttl`` seconds old. An answer to a call
 that was under way while an invalidation arrived is not kept (it may predate the new
 listener).
 

@@ -1,17 +1,21 @@
 """Queue metadata as message_svc needs it, read from queue_svc and cached per (project, queue).
 
-The cache is kept correct by queue_svc, which calls ``MessagesInternal.InvalidateQueue`` on
-every replica before it acknowledges a metadata change; the time limit on entries is only a
-safety net (docs/architecture.md, "The hot path"). Concurrent misses of one key share one call,
-and a call that was in flight when its key was invalidated does not fill the cache.
+Each entry carries the queue's version (see the message store contract), read from the store
+*before* the metadata is read from queue_svc. A post or claim passes that version to the
+store, which refuses it (``StaleQueue``) once the queue changed; the caller then drops the
+entry and loads it again. So an entry is never used after a change was acknowledged, on any
+replica, and no replica needs to know of the others (docs/architecture.md, "The hot path").
+The time limit on entries only bounds how long an unused entry is kept. Concurrent misses of
+one key share one call, and a call that was in flight when its key was invalidated does not
+fill the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -23,6 +27,7 @@ from services.common.errors import upstream_call
 from services.message_svc.storage.base import DeadLetterPolicy
 
 Key = tuple[str, str]
+VersionOf = Callable[[str, str], Awaitable[int]]
 
 # Bound on cached queues; beyond it the oldest entries go first.
 MAX_ENTRIES = 100_000
@@ -37,6 +42,8 @@ class QueuePolicy:
     default_delay: int = 0
     max_post_size: int = limits.MESSAGE_POST_SIZE_MAX
     dead_letter: DeadLetterPolicy | None = None
+    version: int = 0
+    """The queue's version in the message store when this was read (read first)."""
 
 
 def _int(document: dict[str, Any], key: str) -> int | None:
@@ -70,16 +77,23 @@ def parse_policy(metadata: bytes, exists: bool) -> QueuePolicy:
 
 
 class QueueMetadata:
-    """Cached queue policies, loaded through ``zaqar.v2.Queues`` over one reused channel."""
+    """Cached queue policies, loaded through ``zaqar.v2.Queues`` over one reused channel, each
+    stamped with the queue's version read from the message store by ``version_of``."""
 
     def __init__(
         self,
         channel: grpc.aio.Channel,
         timeout: float,
         ttl: float,
+        version_of: VersionOf,
         clock: Callable[[], float] = time.monotonic,
+        on_load: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``on_load(project, queue)`` is called as each load starts (the hand-off drops what
+        it knows of the queue's listeners, which the version covers too)."""
         self._stub = queues_pb2_grpc.QueuesStub(channel)
+        self._version_of = version_of
+        self._on_load = on_load
         self._timeout = timeout
         self._ttl = ttl
         self._clock = clock
@@ -131,6 +145,11 @@ class QueueMetadata:
 
     async def _call(self, key: Key, ensure: bool) -> QueuePolicy:
         project, queue = key
+        # First the version, then the metadata: a change stored in between makes the pair
+        # look older than it is (refused on use, loaded again), never newer.
+        if self._on_load is not None:
+            self._on_load(project, queue)
+        version = await self._version_of(project, queue)
         request = queues_pb2.GetQueueRequest(project=project, queue=queue)
         method = self._stub.EnsureQueue if ensure else self._stub.GetQueue
         answer: queues_pb2.Queue = await upstream_call(
@@ -138,4 +157,5 @@ class QueueMetadata:
             f"queue_svc ({'EnsureQueue' if ensure else 'GetQueue'} {project}/{queue})",
             f"The queue service could not be reached to read the metadata of queue {queue}.",
         )
-        return parse_policy(answer.metadata, exists=answer.exists or ensure)
+        policy = parse_policy(answer.metadata, exists=answer.exists or ensure)
+        return replace(policy, version=version)

@@ -72,7 +72,10 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         if owned is not None:
             await owned.aclose()
 
-    metadata = QueueMetadata(channel, settings.rpc_timeout, settings.metadata_cache_ttl)
+    metadata = QueueMetadata(
+        channel, settings.rpc_timeout, settings.metadata_cache_ttl,
+        version_of=store.queue_version, on_load=handoff.invalidate,
+    )
     service = MessageService(store, metadata, handoff)
     packer = Packer(checksum=settings.message_checksum)
 

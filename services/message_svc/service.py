@@ -21,6 +21,7 @@ from services.common.errors import (
     MessageNotClaimedBy,
     MessageNotFound,
     ServiceError,
+    Unavailable,
 )
 from services.message_svc import validation
 from services.message_svc.handoff import Handoff
@@ -32,6 +33,7 @@ from services.message_svc.storage.base import (
     MessageStore,
     NewMessage,
     QueueStats,
+    StaleQueue,
     StoredMessage,
 )
 
@@ -42,6 +44,10 @@ _DELETE_ERRORS: dict[DeleteOutcome, type[ServiceError]] = {
     DeleteOutcome.NOT_CLAIMED: MessageNotClaimed,
     DeleteOutcome.CLAIMED_BY_OTHER: MessageNotClaimedBy,
 }
+
+# Times a post or claim loads the queue's metadata again after the store said it changed
+# (StaleQueue); only a queue changed that often while the call is under way runs out.
+STALE_ATTEMPTS = 5
 
 # Markers are the decimal seq of the last message of a page: opaque to clients, stable across
 # deletions, and meaningful to every backend (all order a queue by seq).
@@ -100,23 +106,32 @@ class MessageService:
             validation.message_ttl(m.ttl)
             validation.message_delay(m.delay)
             size += len(m.body)
-        policy = await self.metadata.ensure(project, queue)
-        validation.post_size(size, policy.max_post_size)
-        # Delays exist only on delayed queues (contract §4); elsewhere a message's own delay
-        # is ignored, as Zaqar lists and hands such messages out at once.
-        delayed = policy.default_delay > 0
-        batch = [
-            NewMessage(
-                body=m.body,
-                ttl=policy.default_ttl if m.ttl is None else m.ttl,
-                delay=(policy.default_delay if m.delay is None else m.delay) if delayed else 0,
-            )
-            for m in messages
-        ]
-        ids = await self.store.post(project, queue, client_id, batch)
-        if self.handoff is not None:
-            self.handoff.offer(project, queue, ids, batch)
-        return ids
+        for _ in range(STALE_ATTEMPTS):
+            policy = await self.metadata.ensure(project, queue)
+            validation.post_size(size, policy.max_post_size)
+            # Delays exist only on delayed queues (contract §4); elsewhere a message's own
+            # delay is ignored, as Zaqar lists and hands such messages out at once.
+            delayed = policy.default_delay > 0
+            batch = [
+                NewMessage(
+                    body=m.body,
+                    ttl=policy.default_ttl if m.ttl is None else m.ttl,
+                    delay=(policy.default_delay if m.delay is None else m.delay)
+                    if delayed else 0,
+                )
+                for m in messages
+            ]
+            try:
+                ids = await self.store.post(
+                    project, queue, client_id, batch, version=policy.version
+                )
+            except StaleQueue:
+                self._forget(project, queue)
+                continue
+            if self.handoff is not None:
+                self.handoff.offer(project, queue, ids, batch)
+            return ids
+        raise _changing(queue)
 
     async def list_messages(
         self,
@@ -188,14 +203,20 @@ class MessageService:
         validation.queue_ref(project, queue)
         size = limits.page_limit(limit)
         claim_ttl, claim_grace = validation.claim_ttl(ttl), validation.claim_grace(grace)
-        policy = await self.metadata.get(project, queue)
-        result = await self.store.claim(
-            project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
-            dead_letter=policy.dead_letter,
-        )
-        if result.dead_lettered and policy.dead_letter is not None:
-            await self._ensure_dead_letter_queue(project, policy.dead_letter.queue)
-        return result.claim
+        for _ in range(STALE_ATTEMPTS):
+            policy = await self.metadata.get(project, queue)
+            try:
+                result = await self.store.claim(
+                    project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
+                    dead_letter=policy.dead_letter, version=policy.version,
+                )
+            except StaleQueue:
+                self._forget(project, queue)
+                continue
+            if result.dead_lettered and policy.dead_letter is not None:
+                await self._ensure_dead_letter_queue(project, policy.dead_letter.queue)
+            return result.claim
+        raise _changing(queue)
 
     async def _ensure_dead_letter_queue(self, project: str, queue: str) -> None:
         # The move is already committed, and the claim must still be answered: a failure here
@@ -241,8 +262,27 @@ class MessageService:
         await self.store.delete_queue(project, queue)
         self.metadata.invalidate(project, queue)
 
-    def invalidate(self, project: str, queue: str) -> None:
+    async def queue_changed(self, project: str, queue: str) -> int:
+        """The queue's metadata or listeners changed: raise its version in the store, so that
+        every replica's next post or claim loads them again, and drop them here.
+
+        Returns:
+            The queue's new version.
+        """
+        validation.queue_ref(project, queue)
+        version = await self.store.bump_queue_version(project, queue)
+        self._forget(project, queue)
+        return version
+
+    def _forget(self, project: str, queue: str) -> None:
         """Drop the queue's cached metadata and whether it is listened to."""
         self.metadata.invalidate(project, queue)
         if self.handoff is not None:
             self.handoff.invalidate(project, queue)
+
+
+def _changing(queue: str) -> Unavailable:
+    return Unavailable(
+        f"The metadata of queue {queue} changed {STALE_ATTEMPTS} times while this request was "
+        "under way. Please try again."
+    )

@@ -193,7 +193,7 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
     async def InvalidateQueue(
         self, request: common_pb2.QueueRef, context: Context
     ) -> empty_pb2.Empty:
-        self._service.invalidate(request.project, request.queue)
+        await self._service.queue_changed(request.project, request.queue)
         return _EMPTY
 
     async def Batch(

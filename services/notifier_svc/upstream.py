@@ -2,9 +2,10 @@
 
 * :class:`QueuePolicies` reads a queue's ``_retry_policy`` through ``zaqar.v2.Queues.GetQueue``
   (only when a delivery failed), cached briefly.
-* :class:`MessageReplicas` tells every message_svc replica that a queue gained a listener (a
-  subscription or a watcher), through ``MessagesInternal.InvalidateQueue``: message_svc then
-  stops skipping that queue's posts (see ``services/message_svc/handoff.py``).
+* :class:`MessageReplicas` tells message_svc that a queue gained a listener (a subscription or
+  a watcher), through ``MessagesInternal.InvalidateQueue``: one replica raises the queue's
+  version in the message store, and every replica then stops skipping that queue's posts (see
+  ``services/message_svc/handoff.py``).
 
 In keystone mode both carry notifier_svc's service token. Both are best effort: a failure is
 logged (at most every few seconds) and never fails the caller's request; the queue's defaults
@@ -14,7 +15,6 @@ apply, or message_svc learns of the listener at the latest when its cached answe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 POLICY_CACHE_TTL = 5.0
 WARNING_INTERVAL = 10.0
+# Calls of InvalidateQueue per new listener (each may reach another message_svc replica).
+LISTENED_ATTEMPTS = 2
 
 
 class _Throttle:
@@ -96,37 +98,35 @@ class QueuePolicies:
 
 
 class MessageReplicas:
-    """Every message_svc replica (``ZAQAR_MESSAGE_TARGETS``), told when a queue gains a
-    listener."""
+    """message_svc (``ZAQAR_MESSAGE_TARGETS``, balanced over every replica), told when a queue
+    gains a listener."""
 
     def __init__(
         self, settings: Settings, tls: Tls | None = None, auth: KeystoneAuth | None = None
     ) -> None:
         self._timeout = settings.rpc_timeout
-        self._channels = {t: open_channel(t, tls, auth) for t in settings.message_target_list()}
-        self._stubs = {
-            target: messages_pb2_grpc.MessagesInternalStub(channel)
-            for target, channel in self._channels.items()
-        }
+        self._target = settings.target("message")
+        self._channel = open_channel(self._target, tls, auth)
+        self._stub = messages_pb2_grpc.MessagesInternalStub(self._channel)
         self._warn = _Throttle()
 
     async def close(self) -> None:
-        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+        await self._channel.close()
 
     async def listened(self, project: str, queue: str) -> None:
-        """Tell every replica at once; returns when each has answered or failed."""
+        """Tell message_svc (one replica raises the queue's version in the message store, which
+        every replica checks on its next post); a failed replica is tried once more."""
         ref = common_pb2.QueueRef(project=project, queue=queue)
-        results = await asyncio.gather(
-            *(stub.InvalidateQueue(ref, timeout=self._timeout) for stub in self._stubs.values()),
-            return_exceptions=True,
-        )
-        for target, result in zip(self._stubs, results, strict=True):
-            if isinstance(result, grpc.aio.AioRpcError):
+        for attempt in range(LISTENED_ATTEMPTS):
+            try:
+                await self._stub.InvalidateQueue(ref, timeout=self._timeout)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if attempt + 1 < LISTENED_ATTEMPTS:
+                    continue
                 if self._warn():
                     log.warning(
                         "message_svc at %s not told that %s/%s is listened to (%s); it may "
                         "skip the queue's messages until its cache entry ages out",
-                        target, project, queue, result.code().name,
+                        self._target, project, queue, exc.code().name,
                     )
-            elif isinstance(result, BaseException):
-                raise result

@@ -5,15 +5,16 @@ Keeping message_svc's metadata cache correct
 --------------------------------------------
 message_svc caches each queue's metadata. Every change of a queue's metadata or existence
 (create, also over an existing queue; update; delete) is stored first and then
-acknowledged only after **every** message_svc replica (``ZAQAR_MESSAGE_TARGETS``) has dropped
-its cached copy, so the change applies to the very next request on any replica.
+acknowledged only after one message_svc replica (any: the channel balances) has raised the
+queue's version in the message store (``MessagesInternal.InvalidateQueue``). Every replica
+checks that version inside each post and claim, so the change applies to the very next
+request on any replica, and no replica has to be reached for it.
 
-When a replica cannot be reached, the change stays stored (undoing it could fail the same
-way and would race with other writers), the call fails with UNAVAILABLE (HTTP 503) saying so,
-and the caller may retry: create and add/replace updates are idempotent, delete is too. The
-unreached replica serves the previous metadata at most until its cache entry expires
-(``ZAQAR_METADATA_CACHE_TTL``, the safety net); a replica that is down starts with an empty
-cache anyway.
+When message_svc cannot be reached (it is tried twice), the change stays stored (undoing it
+could fail the same way and would race with other writers), the call fails with UNAVAILABLE
+(HTTP 503) saying so, and the caller may retry: create and add/replace updates are
+idempotent, delete is too. Until then replicas may serve the previous metadata at most until
+their cache entries expire (``ZAQAR_METADATA_CACHE_TTL``).
 
 ``EnsureQueue`` (a post to an absent queue) invalidates nothing: the new queue's metadata is
 empty, which is exactly what every replica already assumes for an absent queue.

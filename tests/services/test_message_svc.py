@@ -747,8 +747,9 @@ async def test_the_metadata_cache_shares_concurrent_misses_and_obeys_invalidatio
     counter = _CountingInterceptor()
     settings = message_svc.settings
     channel = grpc.aio.insecure_channel(settings.target("queue"), interceptors=[counter])
+    store = await open_store(settings.store_uri("message"))
     try:
-        cache = QueueMetadata(channel, timeout=5.0, ttl=60.0)
+        cache = QueueMetadata(channel, timeout=5.0, ttl=60.0, version_of=store.queue_version)
         await message_svc.create_queue("cached", _default_message_ttl=90)
 
         # Concurrent misses share one call; later hits make none
@@ -771,6 +772,7 @@ async def test_the_metadata_cache_shares_concurrent_misses_and_obeys_invalidatio
         assert counter.methods.count("/zaqar.v2.Queues/EnsureQueue") == 1
     finally:
         await channel.close()
+        await store.close()
 
 
 async def test_an_unreachable_queue_service_is_unavailable(

@@ -471,8 +471,8 @@ async def test_purge_of_subscriptions_without_notifier_svc_is_unavailable(
 # message_svc unreachable ---------------------------------------------------------------------
 
 STORED_BUT_STALE = (
-    "The change was stored, but 1 of 1 message service replicas did not confirm it and may use "
-    "the previous queue metadata for up to 30 seconds. " + RETRY
+    "The change was stored, but the message service did not confirm it, and may use the "
+    "previous queue metadata for up to 30 seconds. " + RETRY
 )
 
 
@@ -831,44 +831,59 @@ async def test_lazy_queue_created_later_applies_its_metadata(stack: Stack) -> No
     assert await ttl_of_next_post(stack.messages, "later") == 90
 
 
-async def test_every_message_svc_replica_is_invalidated(
+async def test_a_change_reaches_every_message_svc_replica_without_a_list_of_them(
     make_settings: Callable[..., Settings],
 ) -> None:
-    # Given two message_svc replicas on one store, both listed as invalidation targets
+    # Given two message_svc replicas on one store, and queue_svc knowing only the first
     base = make_settings()
     second_port = free_port()
-    settings = dataclasses.replace(
-        base, message_targets=f"{base.host}:{base.message_port},{base.host}:{second_port}")
-    async with message_replica(settings) as first, message_replica(
-        dataclasses.replace(settings, message_port=second_port)
-    ) as second, queue_service(settings) as queues:
+    async with notifier_service(base), message_replica(base) as first, message_replica(
+        dataclasses.replace(base, message_port=second_port)
+    ) as second, queue_service(base) as queues:
         await create(queues.stub, "q", {"_default_message_ttl": 120})
         # And both have cached the queue's metadata
         assert await ttl_of_next_post(first, "q") == 120
         assert await ttl_of_next_post(second, "q") == 120
         # When the default TTL changes
         await update(queues.stub, "q", patch("replace", "/metadata/_default_message_ttl", 240))
-        # Then each replica applies it to its very next post
+        # Then each replica applies it to its very next post, the one never called included
         assert await ttl_of_next_post(second, "q") == 240
         assert await ttl_of_next_post(first, "q") == 240
+        # And so it does after the queue is deleted and created again with other metadata
+        await queues.stub.DeleteQueue(queues_pb2.DeleteQueueRequest(project="p", queue="q"))
+        await create(queues.stub, "q", {"_default_message_ttl": 360})
+        assert await ttl_of_next_post(second, "q") == 360
 
 
-async def test_unreachable_replica_fails_the_change_but_the_others_apply_it(
+async def test_a_replica_that_is_down_costs_nothing_while_another_answers(
     make_settings: Callable[..., Settings],
 ) -> None:
-    # Given one live replica and one listed replica that is down
+    # Given queue_svc balancing over a replica that is down and one that is up
     base = make_settings()
     settings = dataclasses.replace(
-        base, message_targets=f"{base.host}:{base.message_port},{base.host}:{free_port()}")
+        base, message_targets=f"{base.host}:{free_port()},{base.host}:{base.message_port}")
     async with message_replica(settings) as live, queue_service(settings) as queues:
+        # Then changes are acknowledged, each by the replica that is up
+        for ttl in (120, 240, 360):
+            await create(queues.stub, "q", {"_default_message_ttl": ttl})
+            # And applied at once
+            assert await ttl_of_next_post(live, "q") == ttl
+
+
+async def test_no_replica_to_tell_fails_the_change_but_keeps_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Given queue_svc whose message_svc is down
+    base = make_settings()
+    settings = dataclasses.replace(base, message_targets=f"{base.host}:{free_port()}")
+    async with queue_service(settings) as queues:
         info = await rpc_error(queues.stub.CreateQueue(queues_pb2.CreateQueueRequest(
             project="p", queue="q", metadata=b'{"_default_message_ttl": 120}')))
-        # Then the caller learns the change is stored but not confirmed everywhere
-        assert_unavailable(info, (
-            "The change was stored, but 1 of 2 message service replicas did not confirm it and "
-            "may use the previous queue metadata for up to 30 seconds. " + RETRY))
-        # And the live replica already applies it
-        assert await ttl_of_next_post(live, "q") == 120
+        # Then the caller learns the change is stored but not confirmed
+        assert_unavailable(info, STORED_BUT_STALE)
+        # And it is stored
+        queue = await queues.stub.GetQueue(queues_pb2.GetQueueRequest(project="p", queue="q"))
+        assert orjson.loads(queue.metadata)["_default_message_ttl"] == 120
 
 
 async def test_start_on_a_taken_port_fails_and_releases_the_store(

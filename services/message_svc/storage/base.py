@@ -26,8 +26,10 @@ Conventions shared by every method:
   raised by :meth:`MessageStore.bump_queue_version` whenever the queue's metadata or listeners
   change (whichever message_svc replica is told of the change raises it). A caller that read
   the metadata after reading the version passes that version to :meth:`MessageStore.post` and
-  :meth:`MessageStore.claim`; the store checks it in the same atomic step and refuses with
-  :class:`StaleQueue` when it is no longer current. So every replica of message_svc applies a
+  :meth:`MessageStore.claim`; the store checks it in the same atomic step (MongoDB: in a read
+  just before the write, so a change acknowledged while the call is under way may be ordered
+  either side of it, as two concurrent calls may) and refuses with :class:`StaleQueue` when it
+  is no longer current. So every replica of message_svc applies a
   change from the moment it is acknowledged, without knowing of the other replicas. Versions
   outlive the queue's messages: deleting a queue never resets its version.
 """

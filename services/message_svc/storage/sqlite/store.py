@@ -53,13 +53,18 @@ _new_id = _Ids()
 
 
 class SqliteMessageStore(base.MessageStore):
-    """Embedded, durable (WAL, ``synchronous=FULL`` by default), one process at a time."""
+    """Embedded, durable (WAL, ``synchronous=FULL`` by default). The processes of one machine
+    may share a database file (replicas of ``up --replicas``): SQLite's locks serialize their
+    writes, and nothing of the store is kept in a process."""
 
-    capabilities = Capabilities(durable=True, shared=False)
+    capabilities = Capabilities(durable=True, shared=True)
 
     def __init__(self, uri: str, now: Callable[[], float] = time.time) -> None:
-        self._db = Database(parse_uri(uri, STORE), STORE, SCHEMA)
+        parsed = parse_uri(uri, STORE)
+        self._db = Database(parsed, STORE, SCHEMA)
         self._now = now
+        if parsed.in_memory:  # private to its connection
+            self.capabilities = Capabilities(durable=False, shared=False)
 
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> SqliteMessageStore:

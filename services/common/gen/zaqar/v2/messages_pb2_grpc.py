@@ -622,7 +622,9 @@ class MessagesInternalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def InvalidateQueue(self, request, context):
-        """Drop any cached metadata of the queue; acknowledged only once the cache entry is gone.
+        """The queue's metadata or listeners changed: raises the queue's version in the message
+        store, so that every replica loads them again before its next post or claim of the queue.
+        Any one replica may be called; acknowledged once the new version is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

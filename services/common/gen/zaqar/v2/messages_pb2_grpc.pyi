@@ -200,7 +200,10 @@ class MessagesInternalStub:
     DeleteQueueMessages: _grpc.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _empty_pb2.Empty]
     """Remove every message and claim of a queue (queue delete and purge)."""
     InvalidateQueue: _grpc.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _empty_pb2.Empty]
-    """Drop any cached metadata of the queue; acknowledged only once the cache entry is gone."""
+    """The queue's metadata or listeners changed: raises the queue's version in the message
+    store, so that every replica loads them again before its next post or claim of the queue.
+    Any one replica may be called; acknowledged once the new version is stored.
+    """
     Batch: _grpc.UnaryUnaryMultiCallable[_messages_pb2.BatchRequest, _messages_pb2.BatchResponse]
     """Several `Messages` calls in one (the gateway coalesces the requests it has in flight).
     The items run concurrently, each exactly as its own call would; the answer holds one
@@ -218,7 +221,10 @@ class MessagesInternalAsyncStub(MessagesInternalStub):
     DeleteQueueMessages: _aio.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _empty_pb2.Empty]  # type: ignore[assignment]
     """Remove every message and claim of a queue (queue delete and purge)."""
     InvalidateQueue: _aio.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Drop any cached metadata of the queue; acknowledged only once the cache entry is gone."""
+    """The queue's metadata or listeners changed: raises the queue's version in the message
+    store, so that every replica loads them again before its next post or claim of the queue.
+    Any one replica may be called; acknowledged once the new version is stored.
+    """
     Batch: _aio.UnaryUnaryMultiCallable[_messages_pb2.BatchRequest, _messages_pb2.BatchResponse]  # type: ignore[assignment]
     """Several `Messages` calls in one (the gateway coalesces the requests it has in flight).
     The items run concurrently, each exactly as its own call would; the answer holds one
@@ -245,7 +251,10 @@ class MessagesInternalServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.QueueRef,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Drop any cached metadata of the queue; acknowledged only once the cache entry is gone."""
+        """The queue's metadata or listeners changed: raises the queue's version in the message
+        store, so that every replica loads them again before its next post or claim of the queue.
+        Any one replica may be called; acknowledged once the new version is stored.
+        """
 
     @_abc_1.abstractmethod
     def Batch(
