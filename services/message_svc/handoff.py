@@ -110,8 +110,7 @@ class Handoff:
         self, project: str, queue: str, ids: Sequence[str], messages: Sequence[NewMessage]
     ) -> None:
         """Queue the posted messages for notifier_svc, unless nobody listens to the queue."""
-        known = self._listened.get((project, queue))
-        if known is not None and not known[0] and known[1] > self._clock():
+        if self.skips(project, queue):
             return
         size = sum(len(m.body) for m in messages)
         if (self._pending_messages + len(messages) > MAX_PENDING_MESSAGES
@@ -132,6 +131,12 @@ class Handoff:
         self._ready.set()
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
+
+    def skips(self, project: str, queue: str) -> bool:
+        """Whether posts to the queue are not handed over now: notifier_svc answered that
+        nobody listens to it, less than ``cache_ttl`` seconds ago."""
+        known = self._listened.get((project, queue))
+        return known is not None and not known[0] and known[1] > self._clock()
 
     def invalidate(self, project: str, queue: str) -> None:
         """Forget whether the queue is listened to (notifier_svc says it may be now)."""

@@ -263,7 +263,16 @@ def post(stub: CoalescingMessages, queue: str, timeout: float | None = 5.0) -> a
 
 
 async def settled(*tasks: asyncio.Task[Any]) -> None:
-    await asyncio.wait(tasks, timeout=5)
+    await asyncio.wait(tasks, timeout=10)
+
+
+async def until(predicate: Callable[[], Any], within: float = 10) -> None:
+    """Wait until ``predicate()`` is true (the stand-in is reached over a real channel)."""
+    async with asyncio.timeout(within):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.005)
 
 
 async def test_a_cancelled_or_expired_waiting_call_leaves_the_others_alone(
@@ -331,7 +340,7 @@ async def test_a_batch_takes_the_earliest_deadline_and_at_most_max_items(
     # Seven wait (one more than max_items): six go at once as a full batch
     waiting = [post(stub, f"hold-{n}", timeout=0.4 if n == 0 else 5.0)
                for n in range(MAX_ITEMS + 1)]
-    await asyncio.sleep(0.05)
+    await until(lambda: internal.batches)
     assert internal.batches == [[f"hold-{n}" for n in range(MAX_ITEMS)]]
 
     # The full batch had the deadline of its first item: all of it failed with it
@@ -339,7 +348,7 @@ async def test_a_batch_takes_the_earliest_deadline_and_at_most_max_items(
     for task in (held, *waiting[:MAX_ITEMS]):
         assert task.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[union-attr]
     # And the last one went when that call returned, alone, and answers once released
-    await asyncio.sleep(0.05)
+    await until(lambda: len(messages.alone) == 2)
     last = waiting[MAX_ITEMS]
     assert not last.done() and messages.alone == ["hold", f"hold-{MAX_ITEMS}"]
     messages.release.set()
