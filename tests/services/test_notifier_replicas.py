@@ -43,7 +43,8 @@ from services.notifier_svc.storage.base import (
     NotifierStore,
 )
 from services.notifier_svc.storage.registry import open_notifier_store
-from services.notifier_svc.watch_sharing import WATCH_TTL
+from services.notifier_svc.watch_sharing import WATCH_TTL, WatchSharing
+from services.notifier_svc.watchers import WatchHub
 from services.queue_svc import server as queue_server
 from tests.contract.conftest import (  # noqa: F401 - fixtures
     Clock,
@@ -298,6 +299,59 @@ async def test_posts_reach_a_watcher_whichever_replica_they_are_handed_to(
             await channel.close()
         for running in reversed(started):
             await running.stop()
+
+
+async def test_a_heartbeat_keeps_the_entries_and_announces_a_lapsed_one(
+    shared_uri: str,
+) -> None:
+    clock = Clock()
+    store = await open_notifier_store(shared_uri, now=clock)
+    announced: list[tuple[str, str]] = []
+    beats = [0]
+    keep_watching = store.keep_watching
+
+    async def counted(*args: Any) -> list[tuple[str, str]]:
+        beats[0] += 1
+        return await keep_watching(*args)
+
+    async def announce(project: str, queue: str) -> None:
+        announced.append((project, queue))
+
+    store.keep_watching = counted  # type: ignore[method-assign]
+    sharing = WatchSharing(store, WatchHub(), announce, heartbeat=0.05, ttl=30)
+
+    async def beats_after(seen: int) -> None:
+        async def beaten() -> bool:
+            return beats[0] > seen + 1  # a whole heartbeat after ``seen``
+
+        await until(beaten)
+
+    try:
+        # Given a watcher, registered in the store
+        watcher = await sharing.watch(PROJECT, "q")
+        assert await store.watchers(PROJECT, "q") == [sharing.replica]
+        # When more time than the entry's ttl passes, heartbeats keep it alive
+        for _ in range(3):
+            clock.advance(20)
+            await beats_after(beats[0])
+            assert await store.watchers(PROJECT, "q") == [sharing.replica]
+        assert announced == []
+        # And when the entry went anyway (the store was out of reach for its ttl), the next
+        # heartbeat writes it again and tells message_svc that the queue is listened to
+        await store.stop_watching(sharing.replica)
+        await beats_after(beats[0])
+        assert await store.watchers(PROJECT, "q") == [sharing.replica]
+        assert announced == [(PROJECT, "q")]
+        # Once the last watcher has left, the entry is removed
+        sharing.unwatch(PROJECT, "q", watcher)
+
+        async def gone() -> bool:
+            return await store.watchers(PROJECT, "q") == []
+
+        await until(gone)
+    finally:
+        await sharing.close()
+        await store.close()
 
 
 # deliveries across replicas -------------------------------------------------------------------
