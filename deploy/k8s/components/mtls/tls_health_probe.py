@@ -1,5 +1,5 @@
 """gRPC health check over mutual TLS, for exec probes: the kubelet's own grpc probe speaks
-plaintext only. Usage: python grpc_health.py HOST:PORT SERVER_NAME TIMEOUT
+plaintext only. Usage: python tls_health_probe.py HOST:PORT SERVER_NAME TIMEOUT
 
 Reads the process's TLS files from ZAQAR_TLS_CA_FILE, ZAQAR_TLS_KEY_FILE and
 ZAQAR_TLS_CERT_FILE; SERVER_NAME is a name the service's certificate carries. Exits 0 when the
