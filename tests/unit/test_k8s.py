@@ -209,10 +209,10 @@ def test_services_autoscalers_and_budgets_fit_the_store(overlay: str) -> None:
         assert set(of_kind(docs, "PersistentVolumeClaim")) == {
             f"{name}-data" for name in GRPC_SERVICES}
     else:
-        assert autoscaled == {"api-gateway", "queue-svc", "message-svc"}
-        assert deployments["notifier-svc"]["spec"]["replicas"] == 1  # watchers: one process
+        # A shared store: every service runs replicas, autoscaled, at least one always up.
+        assert autoscaled == set(deployments)
         assert set(budgets) == set(deployments)
-        for name in ("api-gateway", "queue-svc", "message-svc"):
+        for name in deployments:
             assert deployments[name]["spec"]["replicas"] >= 2
             assert budgets[name]["spec"] == {"minAvailable": 1,
                                              "selector": budgets[name]["spec"]["selector"]}
