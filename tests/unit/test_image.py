@@ -101,10 +101,12 @@ def stop_all(services: Sequence[Service]) -> dict[str, int]:
     return {s.name: s.stop() for s in reversed(services)}
 
 
-def smoke(base_url: str, deadline: float) -> None:
-    """Ping, create a queue, post, read the message back, claim it, delete it."""
+def smoke(base_url: str, deadline: float, headers: dict[str, str] | None = None) -> None:
+    """Ping, create a queue, post, read the message back, claim it, delete it; ``headers``
+    are sent too (a Keystone token)."""
     queue = "smoke-" + uuid.uuid4().hex[:8]
-    with httpx.Client(base_url=base_url, headers=HEADERS, timeout=30) as http:
+    with httpx.Client(base_url=base_url, headers={**HEADERS, **(headers or {})},
+                      timeout=30) as http:
         while True:  # the gateway answers 503 until every service behind it serves
             try:
                 status = http.get("/v2/ping").status_code

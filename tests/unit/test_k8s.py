@@ -5,9 +5,9 @@ the rendered objects hold what docs/operations.md promises (locked-down pods, pr
 resources, headless gRPC Services, targets that name those Services, NetworkPolicies that let
 each service be reached by its callers only).
 
-Then the rendered ``dev``, ``redis`` and ``mtls`` overlays run as local processes, one per
-Deployment (replicas are a cluster's business): each container's command, args and env exactly
-as rendered, on top of the image's ENV (deploy/docker/Dockerfile), with
+Then the rendered ``dev``, ``redis``, ``mtls`` and ``keystone`` overlays run as local
+processes, one per Deployment (replicas are a cluster's business): each container's command,
+args and env exactly as rendered, on top of the image's ENV (deploy/docker/Dockerfile), with
 
 - every ``<service>.<namespace>.svc.cluster.local:<port>`` (and the shorter forms) mapped to
   127.0.0.1 and the local port of the container port the Service sends that port to, and a
@@ -45,6 +45,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certs import _Ca
+from tests.keystone import PASSWORD as KEYSTONE_PASSWORD
+from tests.keystone import Keystone
 from tests.servers import ServerProcess, free_port, redis_process
 from tests.unit.test_image import (
     DOCKERFILE,
@@ -487,7 +489,8 @@ def wait_probe(cluster: LocalCluster, pod: Pod, service: Service, kind: str,
 
 
 def run_overlay(docs: list[Doc], workdir: Path, external: dict[str, str] | None = None,
-                external_secrets: dict[str, dict[str, str]] | None = None) -> None:
+                external_secrets: dict[str, dict[str, str]] | None = None,
+                headers: dict[str, str] | None = None) -> None:
     cluster = LocalCluster(docs, workdir, external or {}, external_secrets or {})
     running: list[Service] = []
     try:
@@ -498,7 +501,7 @@ def run_overlay(docs: list[Doc], workdir: Path, external: dict[str, str] | None 
         for pod, service in zip(cluster.pods, running, strict=True):
             wait_probe(cluster, pod, service, "startupProbe", deadline)
             wait_probe(cluster, pod, service, "readinessProbe", deadline)
-        smoke(cluster.url("api-gateway", "http"), time.monotonic() + READY_DEADLINE)
+        smoke(cluster.url("api-gateway", "http"), time.monotonic() + READY_DEADLINE, headers)
         deadline = time.monotonic() + READY_DEADLINE
         for pod, service in zip(cluster.pods, running, strict=True):
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -538,18 +541,35 @@ def test_the_redis_overlay_runs_and_its_probes_pass(
     assert not list(tmp_path.rglob("*.db"))
 
 
+def tls_secret(folder: Path) -> dict[str, str]:
+    """The Secret zaqar-tls an operator makes (cert-manager's keys): one certificate for the
+    Services' names (what the exec probes check) and 127.0.0.1 (the targets here)."""
+    ca = _Ca("zaqar-grpc k8s test CA")
+    names = (*(f"{s}.{NAMESPACE}.svc.cluster.local" for s in GRPC_SERVICES), "127.0.0.1")
+    folder.mkdir()
+    leaf = ca.issue(folder, "zaqar", names)
+    return {"tls.crt": leaf.cert.read_text(), "tls.key": leaf.key.read_text(),
+            "ca.crt": ca.write(folder / "ca.crt").read_text()}
+
+
 @pytest.mark.timeout(300)
 def test_the_mtls_overlay_runs_and_its_probes_pass(
     tmp_path: Path, own_redis: ServerProcess
 ) -> None:
-    # Given the Secret zaqar-tls an operator makes (cert-manager's keys): one certificate for
-    # the Services' names (what the exec probes check) and 127.0.0.1 (the local targets)
-    ca = _Ca("zaqar-grpc k8s test CA")
-    names = (*(f"{s}.{NAMESPACE}.svc.cluster.local" for s in GRPC_SERVICES), "127.0.0.1")
-    certs = tmp_path / "pki"
-    certs.mkdir()
-    leaf = ca.issue(certs, "zaqar", names)
-    secret = {"tls.crt": leaf.cert.read_text(), "tls.key": leaf.key.read_text(),
-              "ca.crt": ca.write(certs / "ca.crt").read_text()}
     run_overlay(rendered("mtls"), tmp_path, {REDIS_NAME: f"127.0.0.1:{own_redis.port}"},
-                {"zaqar-tls": secret})
+                {"zaqar-tls": tls_secret(tmp_path / "pki")})
+
+
+@pytest.mark.timeout(300)
+def test_the_keystone_overlay_runs_and_its_probes_pass(
+    tmp_path: Path, own_redis: ServerProcess, keystone: Keystone
+) -> None:
+    # Given the test Keystone in place of the overlay's, and the Secrets an operator makes
+    url = httpx.URL(keystone.url)
+    external = {REDIS_NAME: f"127.0.0.1:{own_redis.port}",
+                "keystone.openstack.svc.cluster.local:5000": f"{url.host}:{url.port}"}
+    secrets = {"zaqar-tls": tls_secret(tmp_path / "pki"),
+               "zaqar-keystone": {"password": KEYSTONE_PASSWORD}}
+    # Then it serves a caller with a token, and its probes need none
+    run_overlay(rendered("keystone"), tmp_path, external, secrets,
+                {"X-Auth-Token": keystone.token("user-a")})
