@@ -11,7 +11,7 @@ import sys
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,11 +29,76 @@ log = logging.getLogger(__name__)
 Registrar = Callable[[grpc.aio.Server], None]
 
 
+# The health service name that stays SERVING while the process runs, whatever its store does:
+# what a liveness probe asks (``""`` and the service names follow the store: readiness).
+LIVENESS: Final = "liveness"
+# How often a running service checks that its store answers, and how long it waits for it:
+# a store that stops answering turns the service NOT_SERVING within their sum.
+STORE_CHECK_INTERVAL: Final = 1.5
+STORE_CHECK_TIMEOUT: Final = 2.0
+
+
+class StoreWatch:
+    """Keeps a service's health status in step with whether its store answers: NOT_SERVING
+    (for ``""`` and its service names) while ``check`` fails or hangs, SERVING again once it
+    succeeds. Each change is logged once."""
+
+    def __init__(
+        self,
+        health_servicer: health.aio.HealthServicer,
+        service_names: Sequence[str],
+        check: Callable[[], Awaitable[None]],
+        what: str,
+        interval: float = STORE_CHECK_INTERVAL,
+        timeout: float = STORE_CHECK_TIMEOUT,
+    ) -> None:
+        self._health = health_servicer
+        self._names = service_names
+        self._check = check
+        self._what = what
+        self._interval = interval
+        self._timeout = timeout
+        self._task: asyncio.Task[None] | None = None
+        self.serving = True
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        """Stop watching (before the service reports NOT_SERVING for its shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._check()
+                why = ""
+            except TimeoutError:
+                why = f"it did not answer within {self._timeout:g}s"
+            except Exception as exc:  # whatever the driver raises: the store is not usable
+                why = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+            if bool(why) == self.serving:
+                self.serving = not why
+                if why:
+                    log.warning("%s cannot be reached (%s): NOT_SERVING until it answers",
+                                self._what, why)
+                else:
+                    log.warning("%s answers again: SERVING", self._what)
+                await set_serving(self._health, self._names, self.serving)
+
+
 @dataclass
 class Running:
     """A started service: what ``services/<svc>/server.py:start`` returns.
 
     ``close`` releases what the service opened (channels, stores) after the server stopped.
+    ``store_check``, when given, is watched while the service runs (:class:`StoreWatch`).
     """
 
     server: grpc.aio.Server
@@ -41,14 +106,20 @@ class Running:
     health: health.aio.HealthServicer
     service_names: Sequence[str]
     close: Callable[[], Awaitable[None]]
+    store_check: Callable[[], Awaitable[None]] | None = None
+    store_name: str = "the store"
+    watch: StoreWatch | None = None
 
     async def stop(self, grace: float = 0) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
         await set_serving(self.health, self.service_names, False)
         await self.server.stop(grace)
         await bounded_close(self.close, grace + CLOSE_TIMEOUT, ", ".join(self.service_names))
 
     async def serve_until_signal(self, grace: float, announce: str | None = None) -> None:
-        await serve(self.server, self.health, self.service_names, grace, self.close, announce)
+        await serve(self.server, self.health, self.service_names, grace, self.close, announce,
+                    watch=self.watch)
 
 # Retries for calls between services: only transient UNAVAILABLE, with backoff. Calls that are
 # not idempotent get no retry policy: zaqar.v2.Messages (posts, claims) and
@@ -212,6 +283,7 @@ async def serve(
     grace: float,
     on_stop: Callable[[], Any] | None = None,
     announce: str | None = None,
+    watch: StoreWatch | None = None,
 ) -> None:
     """Start, report SERVING, and run until SIGTERM/SIGINT; then drain and stop.
 
@@ -219,7 +291,9 @@ async def serve(
     """
     if not _started(server):
         await server.start()
-    await set_serving(health_servicer, service_names, True)
+        await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    if watch is None or watch.serving:
+        await set_serving(health_servicer, service_names, True)
     if announce:
         print(announce, flush=True)
     stop = asyncio.Event()
@@ -230,7 +304,10 @@ async def serve(
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping (grace %.1fs)", grace)
+    if watch is not None:
+        await watch.stop()
     await set_serving(health_servicer, service_names, False)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace)
     if on_stop is not None:
         await bounded_close(on_stop, CLOSE_TIMEOUT, ", ".join(service_names))
@@ -320,8 +397,14 @@ def _started(server: grpc.aio.Server) -> bool:
 
 
 async def start_server(running: Running) -> Running:
-    """Start a built server and report SERVING (what ``start`` functions call last)."""
+    """Start a built server, report SERVING (what ``start`` functions call last) and watch
+    its store (``running.store_check``)."""
     await running.server.start()
     _STARTED.add(running.server)
     await set_serving(running.health, running.service_names, True)
+    await running.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    if running.store_check is not None:
+        running.watch = StoreWatch(running.health, running.service_names, running.store_check,
+                                   running.store_name)
+        running.watch.start()
     return running

@@ -77,10 +77,26 @@ async def probe(uri: str, store: str, within: float) -> None:
         StoreUnreachable: it does not answer within ``within`` seconds, or refuses us.
     """
     scheme = check_uri(uri, store)
+    await _reach(scheme, uri, store, within)
+
+
+async def answers(uri: str, store: str, within: float) -> None:
+    """Check that the store of ``uri``, which a running service opened, still answers (its
+    health watch: ``services/common/grpc_server.py``, ``StoreWatch``).
+
+    Raises:
+        StoreUnreachable: it does not answer within ``within`` seconds, or refuses us.
+    """
+    await _reach(scheme_of(uri, store), uri, store, within)
+
+
+async def _reach(scheme: str, uri: str, store: str, within: float) -> None:
     try:
         async with asyncio.timeout(within):
             if scheme == "sqlite":
-                await asyncio.to_thread(_check_sqlite, parse_uri(uri, store).path, within)
+                path = parse_uri(uri, store).path
+                if path != MEMORY:
+                    await asyncio.to_thread(_check_sqlite, path, within)
             elif scheme == "redis":
                 await _ping_redis(uri, store, within)
             else:

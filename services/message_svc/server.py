@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from zaqar.v2 import admin_pb2
 
@@ -10,6 +11,7 @@ from services.common import health
 from services.common.config import Settings
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
+    STORE_CHECK_TIMEOUT,
     Running,
     create_server,
     open_channel,
@@ -17,6 +19,7 @@ from services.common.grpc_server import (
     start_server,
 )
 from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
 from services.message_svc import health as store_health
@@ -92,9 +95,12 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
                 auth, [MESSAGES_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]
             ),
         )
-        running = await start_server(
-            Running(server, port, health_servicer, SERVICE_NAMES, close)
-        )
+        running = await start_server(Running(
+            server, port, health_servicer, SERVICE_NAMES, close,
+            store_check=partial(answers, settings.store_uri("message"), "message store",
+                                STORE_CHECK_TIMEOUT),
+            store_name="the message store",
+        ))
     except BaseException:
         await close()
         raise

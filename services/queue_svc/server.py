@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import grpc
 from zaqar.v2 import admin_pb2, queues_pb2_grpc
@@ -11,12 +12,14 @@ from services.common import health
 from services.common.config import Settings
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
+    STORE_CHECK_TIMEOUT,
     Running,
     create_server,
     service_main,
     start_server,
 )
 from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.store_probe import answers
 from services.common.tls import load_tls
 from services.queue_svc import catalog_servicer
 from services.queue_svc.catalog import CatalogService
@@ -85,7 +88,12 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             names, host=settings.host, port=settings.queue_port, tls=tls,
             interceptors=server_interceptors(auth, names, ADMIN_CALLS),
         )
-        return await start_server(Running(server, port, health_servicer, names, close))
+        return await start_server(Running(
+            server, port, health_servicer, names, close,
+            store_check=partial(answers, settings.store_uri("queue"), "queue store",
+                                STORE_CHECK_TIMEOUT),
+            store_name="the queue store",
+        ))
     except BaseException:
         await close()
         raise
