@@ -7,13 +7,13 @@ turns into statuses. Atomic work is the store's (``storage/base.py``).
 
 from __future__ import annotations
 
-import asyncio
+import builtins
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zaqar.v2 import common_pb2
+from zaqar.v2 import common_pb2, notifier_pb2
 
 from services.common import limits
 from services.common.errors import InvalidArgument, SubscriptionAlreadyExists, SubscriptionNotFound
@@ -240,26 +240,52 @@ class NotifierService:
         messages: Sequence[common_pb2.Message],
         accepted_at: float = 0.0,
     ) -> bool:
-        """Stream the messages to the queue's watchers (those registered before
+        """:meth:`notify_many` of one post."""
+        [listened] = await self.notify_many([notifier_pb2.NotifyRequest(
+            project=project, queue=queue, messages=messages, accepted_at=accepted_at
+        )])
+        return listened
+
+    async def notify_many(
+        self, posts: Sequence[notifier_pb2.NotifyRequest]
+    ) -> builtins.list[bool]:
+        """Stream each post's messages to its queue's watchers (those registered before its
         ``accepted_at``, when given): this replica's at once, other replicas' through the
         store's watch feed. Store one delivery per (subscriber, message), durably, before
         returning. Unconfirmed subscribers get nothing when confirmation is required.
 
+        The posts of one queue share one read of its subscriptions and of its watchers, one
+        write of their deliveries and one feed event, in the order given.
+
         Returns:
-            Whether anything listens to the queue (a subscription, or a watcher on any
-            replica).
+            Per post, whether anything listens to its queue (a subscription, or a watcher on
+            any replica).
+
+        Raises:
+            InvalidArgument: a post names an invalid queue (nothing is done).
         """
-        validation.queue_ref(project, queue)
-        self.hub.publish(project, queue, messages, accepted_at)
-        subscriptions, watched = await asyncio.gather(
-            self.store.subscribers(project, queue),
-            self.watches.share(project, queue, messages, accepted_at),
-        )
+        queues: dict[tuple[str, str], list[notifier_pb2.NotifyRequest]] = {}
+        for post in posts:
+            validation.queue_ref(post.project, post.queue)
+            queues.setdefault((post.project, post.queue), []).append(post)
+        listened = {
+            key: await self._notify_queue(*key, of_queue) for key, of_queue in queues.items()
+        }
+        return [listened[(post.project, post.queue)] for post in posts]
+
+    async def _notify_queue(
+        self, project: str, queue: str, posts: Sequence[notifier_pb2.NotifyRequest]
+    ) -> bool:
+        for post in posts:
+            self.hub.publish(project, queue, post.messages, post.accepted_at)
+        # NOTE: one read after the other: gathering them costs more CPU than it saves.
+        subscriptions = await self.store.subscribers(project, queue)
+        watched = await self.watches.share(project, queue, posts)
         targets = [
             s for s in subscriptions if s.confirmed or not self._confirmation.required
         ]
-        if targets and messages:
-            rendered = [documents.notification(queue, m) for m in messages]
+        rendered = [documents.notification(queue, m) for post in posts for m in post.messages]
+        if targets and rendered:
             await self.store.enqueue([
                 _delivery(s, DeliveryKind.NOTIFICATION, document)
                 for document in rendered for s in targets

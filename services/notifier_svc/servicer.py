@@ -130,12 +130,7 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
     async def NotifyMany(
         self, request: notifier_pb2.NotifyManyRequest, context: Context
     ) -> notifier_pb2.NotifyManyResponse:
-        listened = [
-            await self._service.notify(
-                batch.project, batch.queue, batch.messages, batch.accepted_at
-            )
-            for batch in request.batches
-        ]
+        listened = await self._service.notify_many(request.batches)
         return notifier_pb2.NotifyManyResponse(listened=listened)
 
     async def DeleteQueueSubscriptions(

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from zaqar.v2 import common_pb2, notifier_pb2
+from zaqar.v2 import notifier_pb2
 
 from services.common.errors import Unavailable
 from services.notifier_svc.storage.base import NotifierStore, WatchEvent, WatchKey
@@ -165,14 +165,10 @@ class WatchSharing:
     # the feed ---------------------------------------------------------------------------------
 
     async def share(
-        self,
-        project: str,
-        queue: str,
-        messages: Sequence[common_pb2.Message],
-        accepted_at: float,
+        self, project: str, queue: str, posts: Sequence[notifier_pb2.NotifyRequest]
     ) -> bool:
-        """Hand messages received here to the queue's watchers on other replicas (through the
-        feed, when there are any).
+        """Hand posts of the queue received here to its watchers on other replicas (as one
+        feed event, when there are any).
 
         Returns:
             Whether any replica, this one included, has an entry for the queue.
@@ -181,11 +177,14 @@ class WatchSharing:
             Unavailable: the store failed.
         """
         replicas = await self.store.watchers(project, queue)
-        if messages and any(replica != self.replica for replica in replicas):
-            payload = notifier_pb2.NotifyRequest(messages=messages).SerializeToString()
+        batches = [
+            notifier_pb2.NotifyRequest(messages=post.messages, accepted_at=post.accepted_at)
+            for post in posts if post.messages
+        ]
+        if batches and any(replica != self.replica for replica in replicas):
+            payload = notifier_pb2.NotifyManyRequest(batches=batches).SerializeToString()
             await self.store.publish_watch_event(WatchEvent(
-                origin=self.replica, project=project, queue=queue, accepted_at=accepted_at,
-                payload=payload,
+                origin=self.replica, project=project, queue=queue, payload=payload
             ))
         return bool(replicas)
 
@@ -220,12 +219,13 @@ class WatchSharing:
         if event.origin == self.replica or not self.hub.listened(event.project, event.queue):
             return
         try:
-            request = notifier_pb2.NotifyRequest.FromString(event.payload)
+            request = notifier_pb2.NotifyManyRequest.FromString(event.payload)
         except DecodeError:
             log.error("a watch event of %s for %s/%s cannot be read; skipped", event.origin,
                       event.project, event.queue)
             return
-        self.hub.publish(event.project, event.queue, request.messages, event.accepted_at)
+        for post in request.batches:
+            self.hub.publish(event.project, event.queue, post.messages, post.accepted_at)
 
     # shutdown ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,15 +89,22 @@ class Replica:
         return stream
 
     async def notify(self, queue: str, *bodies: str) -> bool:
-        """Hand messages over as message_svc does; whether the answer says listened."""
+        """Hand one post's messages over as message_svc does; whether the answer says
+        listened."""
+        [listened] = await self.notify_many((queue, bodies))
+        return listened
+
+    async def notify_many(self, *posts: tuple[str, Sequence[str]]) -> list[bool]:
+        """Hand several posts over in one call: (queue, bodies) each."""
         reply = await self.internal.NotifyMany(notifier_pb2.NotifyManyRequest(batches=[
             notifier_pb2.NotifyRequest(
                 project=PROJECT, queue=queue, accepted_at=time.time(),
                 messages=[common_pb2.Message(id=uuid.uuid4().hex, body=b.encode())
                           for b in bodies],
             )
+            for queue, bodies in posts
         ]), timeout=10)
-        return bool(reply.listened[0])
+        return list(reply.listened)
 
 
 def stub(address: str) -> tuple[grpc.aio.Channel, notifier_pb2_grpc.NotifierInternalAsyncStub]:
@@ -162,6 +169,12 @@ async def test_a_watch_on_one_replica_gets_what_is_handed_to_another(
     # And a queue watched nowhere is not listened to on either replica
     assert await b.notify("other", "x") is False
     assert await a.notify("other", "x") is False
+    # When one call hands over posts of several queues, each gets its own answer, and the
+    # watcher gets its queue's messages in the order of the posts
+    assert await b.notify_many(
+        ("watched", ["4"]), ("other", ["y"]), ("watched", ["5", "6"]), ("watched", [])
+    ) == [True, False, True, True]
+    assert await bodies(stream, 3) == ["4", "5", "6"]
     stream.cancel()
 
 
@@ -317,7 +330,7 @@ async def test_a_heartbeat_keeps_the_entries_and_announces_a_lapsed_one(
     async def announce(project: str, queue: str) -> None:
         announced.append((project, queue))
 
-    store.keep_watching = counted  # type: ignore[method-assign]
+    store.keep_watching = counted  # type: ignore[method-assign,assignment]
     sharing = WatchSharing(store, WatchHub(), announce, heartbeat=0.05, ttl=30)
 
     async def beats_after(seen: int) -> None:

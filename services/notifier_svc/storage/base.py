@@ -144,17 +144,16 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
-    """Notifications that one replica received (``NotifyMany``) for a queue watched on another
-    replica, as carried by the watch feed."""
+    """Messages that one replica was handed (one ``NotifyMany`` call's, of one queue) for a
+    queue watched on another replica, as carried by the watch feed."""
 
     origin: str
     """The replica that published it (its readers skip their own events)."""
     project: str
     queue: str
-    accepted_at: float
-    """When message_svc accepted the messages (Unix seconds; 0 = unknown)."""
     payload: bytes
-    """The messages, opaque to the store (a serialized ``zaqar.v2.NotifyRequest``)."""
+    """The messages and when they were accepted, opaque to the store (a serialized
+    ``zaqar.v2.NotifyManyRequest``)."""
 
 
 class NotifierStore(Protocol):

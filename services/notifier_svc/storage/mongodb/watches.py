@@ -4,8 +4,8 @@ Documents::
 
     watches:      {"p": project, "q": queue, "r": replica, "e": expires}
                   unique index (p, q, r); index r; index e
-    watch_events: {"_id": seq, "o": origin, "p", "q", "a": accepted_at, "b": payload (bytes),
-                   "t": created}     index t
+    watch_events: {"_id": seq, "o": origin, "p", "q", "b": payload (bytes), "t": created}
+                  index t
     counters:     {"_id": "watch_feed", "n": the last seq taken}
 
 An event takes its ``seq`` from the counter (one atomic ``$inc``) and is then inserted, so
@@ -46,8 +46,7 @@ TRIM_EVERY = 100
 
 def _event(doc: Document) -> WatchEvent:
     return WatchEvent(
-        origin=doc["o"], project=doc["p"], queue=doc["q"], accepted_at=float(doc["a"]),
-        payload=bytes(doc["b"]),
+        origin=doc["o"], project=doc["p"], queue=doc["q"], payload=bytes(doc["b"]),
     )
 
 
@@ -134,7 +133,7 @@ class MongoWatches:
         seq = await self._next_seq(counters)
         await events.insert_one({
             "_id": seq, "o": event.origin, "p": event.project, "q": event.queue,
-            "a": event.accepted_at, "b": Binary(event.payload), "t": self._now(),
+            "b": Binary(event.payload), "t": self._now(),
         })
         if seq % TRIM_EVERY == 0:
             await events.delete_many({"_id": {"$lte": seq - base.FEED_MAX_EVENTS}})

@@ -37,7 +37,7 @@ def _pairs(keys: Sequence[WatchKey]) -> list[str]:
 def _event(fields: dict[bytes, bytes]) -> WatchEvent:
     return WatchEvent(
         origin=fields[b"o"].decode(), project=fields[b"p"].decode(), queue=fields[b"q"].decode(),
-        accepted_at=float(fields[b"a"]), payload=fields[b"b"],
+        payload=fields[b"b"],
     )
 
 
@@ -100,8 +100,7 @@ class RedisWatches:
     @edge("publish to the watchers")
     async def publish_watch_event(self, event: WatchEvent) -> None:
         fields: dict[Any, Any] = {
-            "o": event.origin, "p": event.project, "q": event.queue,
-            "a": repr(event.accepted_at), "b": event.payload,
+            "o": event.origin, "p": event.project, "q": event.queue, "b": event.payload,
         }
         pipe = self._feed().pipeline(transaction=False)
         pipe.xadd(self._feed_key, fields, maxlen=base.FEED_MAX_EVENTS, approximate=True)

@@ -1,7 +1,7 @@
 """Watchers across replicas in the SQLite file (several processes on one machine share it).
 
 Two tables: ``watches`` (one row per replica and watched queue, with its expiry) and
-``watch_events`` (the feed; ``seq`` is AUTOINCREMENT, so it never goes back, not even once
+``watch_feed`` (the feed; ``seq`` is AUTOINCREMENT, so it never goes back, not even once
 every row was removed). Writers serialize on the file (``BEGIN IMMEDIATE``), so events are
 committed in ``seq`` order and a reader that has seen ``seq`` n never later finds a smaller
 one: the cursor is the last ``seq`` read. Readers poll (``FEED_POLL``).
@@ -32,30 +32,29 @@ SCHEMA = (
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS watches_replica ON watches (replica)",
     "CREATE INDEX IF NOT EXISTS watches_expires ON watches (expires)",
-    """CREATE TABLE IF NOT EXISTS watch_events (
+    """CREATE TABLE IF NOT EXISTS watch_feed (
         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
         origin      TEXT NOT NULL,
         project     TEXT NOT NULL,
         queue       TEXT NOT NULL,
-        accepted_at REAL NOT NULL,
         payload     BLOB NOT NULL,
         created     REAL NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS watch_events_created ON watch_events (created)",
+    "CREATE INDEX IF NOT EXISTS watch_feed_created ON watch_feed (created)",
 )
 
 
 def _event(row: sqlite3.Row) -> WatchEvent:
     return WatchEvent(
         origin=row["origin"], project=row["project"], queue=row["queue"],
-        accepted_at=float(row["accepted_at"]), payload=bytes(row["payload"]),
+        payload=bytes(row["payload"]),
     )
 
 
 def collect(conn: sqlite3.Connection, now: float) -> None:
     """Remove expired watch entries and old events (part of ``collect_garbage``)."""
     conn.execute("DELETE FROM watches WHERE expires <= ?", (now,))
-    conn.execute("DELETE FROM watch_events WHERE created <= ?", (now - FEED_RETENTION,))
+    conn.execute("DELETE FROM watch_feed WHERE created <= ?", (now - FEED_RETENTION,))
 
 
 class SqliteWatches:
@@ -116,18 +115,18 @@ class SqliteWatches:
 
         def work(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
-                "INSERT INTO watch_events (origin, project, queue, accepted_at, payload, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (event.origin, event.project, event.queue, event.accepted_at, event.payload, now),
+                "INSERT INTO watch_feed (origin, project, queue, payload, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (event.origin, event.project, event.queue, event.payload, now),
             )
             seq = int(cursor.lastrowid or 0)
-            conn.execute("DELETE FROM watch_events WHERE seq <= ?", (seq - base.FEED_MAX_EVENTS,))
+            conn.execute("DELETE FROM watch_feed WHERE seq <= ?", (seq - base.FEED_MAX_EVENTS,))
 
         await self._db.write(work, "publish to the watchers")
 
     async def watch_feed_end(self) -> str:
         rows = await self._db.fetchall(
-            "read the watch feed", "SELECT coalesce(max(seq), 0) AS seq FROM watch_events"
+            "read the watch feed", "SELECT coalesce(max(seq), 0) AS seq FROM watch_feed"
         )
         return str(rows[0]["seq"])
 
@@ -139,7 +138,7 @@ class SqliteWatches:
         async def read() -> tuple[builtins.list[WatchEvent], str]:
             rows = await self._db.fetchall(
                 "read the watch feed",
-                "SELECT seq, origin, project, queue, accepted_at, payload FROM watch_events "
+                "SELECT seq, origin, project, queue, payload FROM watch_feed "
                 "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             )
