@@ -5,9 +5,10 @@ the rendered objects hold what docs/operations.md promises (locked-down pods, pr
 resources, headless gRPC Services, targets that name those Services, NetworkPolicies that let
 each service be reached by its callers only).
 
-Then the rendered ``dev``, ``redis``, ``mtls`` and ``keystone`` overlays run as local
-processes, one per Deployment (replicas are a cluster's business): each container's command,
-args and env exactly as rendered, on top of the image's ENV (deploy/docker/Dockerfile), with
+Then the rendered ``dev``, ``redis``, ``mongodb``, ``mtls`` and ``keystone`` overlays run as
+local processes, one per Deployment (replicas are a cluster's business): each container's
+command, args and env exactly as rendered, on top of the image's ENV
+(deploy/docker/Dockerfile), with
 
 - every ``<service>.<namespace>.svc.cluster.local:<port>`` (and the shorter forms) mapped to
   127.0.0.1 and the local port of the container port the Service sends that port to, and a
@@ -47,7 +48,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.certs import _Ca
 from tests.keystone import PASSWORD as KEYSTONE_PASSWORD
 from tests.keystone import Keystone
-from tests.servers import ServerProcess, free_port, redis_process
+from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
 from tests.unit.test_image import (
     DOCKERFILE,
     READY_DEADLINE,
@@ -538,6 +539,18 @@ def test_the_redis_overlay_runs_and_its_probes_pass(
 ) -> None:
     run_overlay(rendered("redis"), tmp_path, {REDIS_NAME: f"127.0.0.1:{own_redis.port}"})
     # Everything went to Redis: no SQLite file anywhere
+    assert not list(tmp_path.rglob("*.db"))
+
+
+@pytest.mark.timeout(300)
+def test_the_mongodb_overlay_runs_and_its_probes_pass(tmp_path: Path) -> None:
+    server = mongodb_process(tmp_path / "mongodb")
+    server.start()
+    try:
+        external = {"mongodb.mongodb.svc.cluster.local:27017": f"127.0.0.1:{server.port}"}
+        run_overlay(rendered("mongodb"), tmp_path, external)
+    finally:
+        server.stop()
     assert not list(tmp_path.rglob("*.db"))
 
 
