@@ -1,4 +1,5 @@
-"""Real backing servers for the tests: redis-server and a MongoDB wire-protocol server.
+"""Real backing servers for the tests: redis-server (alone, or six of them as a Redis Cluster)
+and a MongoDB wire-protocol server.
 
 Each runs as its own OS process on a free loopback port, so tests can also kill and restart
 it. Locally a missing server skips the tests that need it; in CI (``CI=true``) it fails them.
@@ -38,6 +39,23 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free port between {low} and {high}")
+
+
+def free_cluster_port() -> int:
+    """A free loopback port P whose cluster bus port P + 10000 is free too, both below the
+    kernel's ephemeral range."""
+    low, high = 20000, _ephemeral_start() - 10001
+    for _ in range(400):
+        port = random.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+            try:
+                s.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port pair between {low} and {high}")
 
 
 def _ephemeral_start() -> int:
@@ -116,6 +134,119 @@ def redis_process(workdir: Path, *, durable: bool = False) -> ServerProcess:
     return ServerProcess(argv, port, workdir)
 
 
+@dataclass
+class RedisClusterProcesses:
+    """A local Redis Cluster: three masters, each with one replica, every node its own
+    redis-server process (``nodes[i]`` listens on ``nodes[i].port``)."""
+
+    nodes: list[ServerProcess]
+
+    @property
+    def uri_hosts(self) -> str:
+        """Every node as ``127.0.0.1:port,...`` for a ``redis+cluster://`` URI."""
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def node(self, port: int) -> ServerProcess:
+        return next(node for node in self.nodes if node.port == port)
+
+    def cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
+        """The reply of ``redis-cli -p port args...`` (raw text)."""
+        done = subprocess.run(
+            [_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
+            capture_output=True, text=True, timeout=timeout, check=True,
+        )
+        return done.stdout
+
+    def info(self, port: int) -> dict[str, str]:
+        """``CLUSTER INFO`` of one node, as a dict."""
+        lines = self.cli(port, "cluster", "info").splitlines()
+        return dict(line.strip().split(":", 1) for line in lines if ":" in line)
+
+    def roles(self) -> dict[int, str]:
+        """port -> "master" or "slave" for every node alive, as their peers see it (from a
+        live node's ``CLUSTER NODES``); failed nodes are left out."""
+        alive = next(n for n in self.nodes if n.proc is not None and n.proc.poll() is None)
+        roles: dict[int, str] = {}
+        for line in self.cli(alive.port, "cluster", "nodes").splitlines():
+            fields = line.split()
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            flags = fields[2].split(",")
+            if "fail" not in flags and "fail?" not in flags:
+                roles[port] = "master" if "master" in flags else "slave"
+        return roles
+
+    def wait_healthy(self, timeout: float = 60.0, masters: int = 3) -> None:
+        """Until every live node says ``cluster_state:ok``, knows every slot as served and
+        sees ``masters`` masters with a replica each."""
+        deadline = time.monotonic() + timeout
+        problem = ""
+        while time.monotonic() < deadline:
+            try:
+                live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+                infos = [self.info(n.port) for n in live]
+                roles = self.roles()
+            except (subprocess.SubprocessError, OSError, StopIteration) as exc:
+                problem = str(exc)
+            else:
+                states = {i.get("cluster_state") for i in infos}
+                served = {i.get("cluster_slots_ok") for i in infos}
+                counts = sorted(roles.values())
+                if (states == {"ok"} and served == {"16384"}
+                        and counts == ["master"] * masters + ["slave"] * (len(live) - masters)):
+                    return
+                problem = f"states {states}, slots ok {served}, roles {roles}"
+            time.sleep(0.1)
+        raise RuntimeError(f"the Redis Cluster is not healthy after {timeout}s: {problem}")
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        missing(f"{name} (Debian package redis-server; redis-cli comes with it)")
+        raise AssertionError("unreachable")
+    return found
+
+
+def start_redis_cluster(workdir: Path, node_timeout_ms: int = 2000) -> RedisClusterProcesses:
+    """Six redis-server processes in cluster mode joined by ``redis-cli --cluster create`` as
+    three masters with one replica each, waited on until every node says
+    ``cluster_state:ok``. A short ``cluster-node-timeout`` makes failover take seconds.
+
+    Stop it with :func:`stop_redis_cluster`.
+    """
+    server, cli = _binary("redis-server"), _binary("redis-cli")
+    nodes: list[ServerProcess] = []
+    cluster = RedisClusterProcesses(nodes)
+    try:
+        for i in range(6):
+            port = free_cluster_port()
+            folder = workdir / f"node-{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            argv = [server, "--port", str(port), "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(folder / "nodes.conf"),
+                    "--cluster-node-timeout", str(node_timeout_ms),
+                    "--appendonly", "no", "--save", "", "--dir", str(folder)]
+            node = ServerProcess(argv, port, folder)
+            nodes.append(node)
+            node.start()
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            capture_output=True, text=True, timeout=120, check=True,
+        )
+        cluster.wait_healthy()
+    except BaseException:
+        stop_redis_cluster(cluster)
+        raise
+    return cluster
+
+
+def stop_redis_cluster(cluster: RedisClusterProcesses) -> None:
+    for node in cluster.nodes:
+        node.kill()  # its data is thrown away: no need for a graceful stop
+
+
 def mongodb_process(workdir: Path) -> ServerProcess:
     """The MongoDB wire-protocol server (SecantusDB) on a free port."""
     try:
@@ -135,6 +266,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    """A Redis Cluster of six local nodes (three masters, three replicas) for the session.
+
+    Tests that kill nodes start their own (:func:`start_redis_cluster`), so this one always
+    has its three masters."""
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    stop_redis_cluster(cluster)
 
 
 @pytest.fixture(scope="session")

@@ -131,3 +131,23 @@ def count(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise ValueError("expected a whole number of at least 1")
     return int(text)
+
+
+def hosts_and_ports(
+    store: str, uri: str, parts: SplitResult, default_port: int
+) -> tuple[tuple[str, int], ...]:
+    """The comma-separated ``host[:port]`` list of ``parts`` (a ``redis+cluster://`` URI names
+    several nodes of one cluster); each port defaults to ``default_port``."""
+    hosts = parts.netloc.rpartition("@")[2]
+    found: list[tuple[str, int]] = []
+    for number, entry in enumerate(hosts.split(","), start=1):
+        if not entry:
+            raise invalid(store, uri, f"host {number} of the list is empty")
+        try:
+            one = urlsplit(f"//{entry}")
+        except ValueError as exc:
+            raise invalid(store, uri, f"host {number} of the list, {entry!r}: {exc}") from exc
+        node = host_and_port(store, uri, one, default_port)
+        if node not in found:
+            found.append(node)
+    return tuple(found)

@@ -1,10 +1,12 @@
 """Fixtures of the store contract suites: one URI of a fresh, empty store per backend, and a
 settable clock.
 
-``store_uri`` is parametrized over SQLite, Redis and MongoDB. Each backend's URI is of the
-test's own (a file in its temporary folder, a Redis key prefix, a MongoDB database), so
-nothing needs flushing first and nothing else is disturbed; its data is removed afterwards.
-The same URI works for every service's store (queues and catalog, messages, subscriptions).
+``store_uri`` is parametrized over SQLite, Redis and MongoDB, and over a Redis Cluster in the
+modules whose stores run on one (a module lists its backends in ``STORE_BACKENDS``). Each
+backend's URI is of the test's own (a file in its temporary folder, a Redis key prefix, a
+MongoDB database), so nothing needs flushing first and nothing else is disturbed; its data is
+removed afterwards. The same URI works for every service's store (queues and catalog,
+messages, subscriptions).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import pytest
 import redis.asyncio
 from pymongo import AsyncMongoClient
 
-from tests.servers import ServerProcess
+from tests.servers import RedisClusterProcesses, ServerProcess
+from tests.servers import redis_cluster as redis_cluster  # the session's cluster, shared
 
 BACKENDS = ["sqlite", "redis", "mongodb"]
+# The stores that also run on a Redis Cluster (redis+cluster://).
+WITH_CLUSTER = [*BACKENDS, "redis_cluster"]
 
 
 def unique_name() -> str:
@@ -65,6 +70,23 @@ async def redis_uri(redis_server: ServerProcess) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def redis_cluster_uri(redis_cluster: RedisClusterProcesses) -> AsyncIterator[str]:
+    prefix = unique_name()
+    yield f"redis+cluster://{redis_cluster.uri_hosts}?prefix={prefix}"
+    masters = [port for port, role in redis_cluster.roles().items() if role == "master"]
+    for port in masters:
+        client = redis.asyncio.Redis(port=port)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:  # one by one: a node refuses keys of several slots at once
+                    pipe.unlink(key)
+                await pipe.execute()
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
 async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
     database = unique_name()
     yield f"mongodb://127.0.0.1:{mongodb_server.port}/{database}"
@@ -77,7 +99,15 @@ async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
         await client.close()
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``store_uri`` over the test module's ``STORE_BACKENDS`` (default
+    :data:`BACKENDS`)."""
+    if "store_uri" in metafunc.fixturenames:
+        backends = getattr(metafunc.module, "STORE_BACKENDS", BACKENDS)
+        metafunc.parametrize("store_uri", backends, indirect=True)
+
+
+@pytest.fixture
 def store_uri(request: pytest.FixtureRequest) -> str:
     """The URI of a fresh, empty store of the backend under test."""
     uri: str = request.getfixturevalue(f"{request.param}_uri")

@@ -31,8 +31,11 @@ from services.message_svc.storage.base import (
     StoredMessage,
 )
 from services.message_svc.storage.registry import open_store
-from tests.contract.conftest import Clock
+from tests.contract.conftest import WITH_CLUSTER, Clock
 from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
+
+# The store_uri fixture's backends: these stores run on a Redis Cluster too.
+STORE_BACKENDS = WITH_CLUSTER
 
 P, Q = "project-a", "queue-1"
 OTHER_PROJECT = "project-b"

@@ -17,6 +17,9 @@ from services.message_svc.storage.base import MessageStore
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "sqlite": ("services.message_svc.storage.sqlite", "SqliteMessageStore", "aiosqlite"),
     "redis": ("services.message_svc.storage.redis", "RedisMessageStore", "redis[hiredis]"),
+    "redis+cluster": (
+        "services.message_svc.storage.redis", "RedisClusterMessageStore", "redis[hiredis]"
+    ),
     "mongodb": ("services.message_svc.storage.mongodb", "MongoMessageStore", "pymongo"),
 }
 

@@ -3,7 +3,10 @@
 Calls made in the same turn of the event loop (say, the requests of many consumers that
 arrived together) go to Redis as one pipeline: one write and one read on one connection
 instead of one each per call, which is most of what a call costs the client. Each script is
-still atomic on its own; a pipeline only saves round trips (``transaction=False``).
+still atomic on its own; a pipeline only saves round trips (``transaction=False``). On a
+Redis Cluster the batch becomes one pipeline per node (``redis_store.RedisClusterClient.run``),
+and when the URI asks replicas to confirm writes (``wait=N``) each pipeline that writes ends
+with ``WAIT``.
 """
 
 from __future__ import annotations
@@ -17,10 +20,22 @@ from typing import Any
 import redis.asyncio
 from redis.exceptions import NoScriptError, RedisError
 
+from services.common import redis_store
+from services.common.redis_store import RedisClusterClient
+
 NAMES = (
     "post", "list", "get", "delete", "delete_many", "pop", "claim", "get_claim", "renew",
-    "release", "stats", "delete_queue", "collect_garbage",
+    "release", "stats", "delete_queue", "collect_garbage", "dead_letter_copy",
+    "dead_letter_done",
 )
+# Scripts that change nothing, or nothing more when run again with the same arguments (list
+# only moves due messages to the free index): a cluster client may resend them after a timeout.
+IDEMPOTENT = frozenset({
+    "list", "get", "get_claim", "stats", "renew", "release", "delete_queue", "collect_garbage",
+    "dead_letter_copy", "dead_letter_done",
+})
+# Scripts whose writes need no replica's confirmation (``wait``): they only read.
+READ_ONLY = frozenset({"list", "get", "get_claim", "stats"})
 
 # (script name, number of keys, keys and arguments encoded, the caller's future)
 Call = tuple[str, int, list[bytes | memoryview], "asyncio.Future[Any]"]
@@ -35,22 +50,39 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """Runs the scripts on one client, batching concurrent calls into pipelines."""
+    """Runs the scripts on one client, batching concurrent calls into pipelines.
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    Args:
+        replicas: replicas that must confirm each batch's writes (``WAIT``), 0 for none.
+        wait_timeout: seconds they have to confirm them.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | RedisClusterClient,
+        replicas: int = 0,
+        wait_timeout: float = 1.0,
+    ) -> None:
         self._client = client
-        # redis-py leaves ConnectionPool.get_encoder unannotated.
-        encoder = client.connection_pool.get_encoder()  # type: ignore[no-untyped-call]
+        self._replicas, self._wait_timeout = replicas, wait_timeout
+        if isinstance(client, RedisClusterClient):
+            encoder = client.get_encoder()
+        else:
+            # redis-py leaves ConnectionPool.get_encoder unannotated.
+            encoder = client.connection_pool.get_encoder()  # type: ignore[no-untyped-call]
         self._encode: Callable[[Any], bytes | memoryview] = encoder.encode
         self._sources = {name: source(name) for name in NAMES}
         self._shas = {
             name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._sources.items()
         }
+        if isinstance(client, RedisClusterClient):
+            client.idempotent_scripts.update(self._shas[name] for name in IDEMPOTENT)
         self._pending: list[Call] = []
         self._sending: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
-        """Load every script into the server's script cache (again, after a restart)."""
+        """Load every script into the server's script cache (again, after a restart), on
+        every master of a cluster."""
         for text in self._sources.values():
             await self._client.script_load(text)
 
@@ -109,15 +141,14 @@ class Scripts:
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, batch: list[Call]) -> list[Any]:
-        if len(batch) == 1:
-            name, nkeys, encoded, _ = batch[0]
-            try:
-                return [await self._client.evalsha(self._shas[name], nkeys, *encoded)]
-            except NoScriptError as exc:
-                return [exc]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for name, nkeys, encoded, _ in batch:
-                pipe.evalsha(self._shas[name], nkeys, *encoded)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+    async def _pipeline(self, batch: Sequence[Call]) -> list[Any]:
+        calls = [
+            redis_store.Call(
+                ("EVALSHA", self._shas[name], nkeys, *encoded),
+                key=encoded[0],
+                writes=name not in READ_ONLY,
+                idempotent=name in IDEMPOTENT,
+            )
+            for name, nkeys, encoded, _ in batch
+        ]
+        return await redis_store.run(self._client, calls, self._replicas, self._wait_timeout)

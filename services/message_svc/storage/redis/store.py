@@ -3,7 +3,9 @@
 The key layout is described in ``scripts/lib.lua``, which is prepended to every script. All
 keys of one queue share the hash tag ``{<project>/<queue>}``; the registry of queues that hold
 something (``<prefix>:queues``, a set of tags, for :meth:`collect_garbage`) and a claim's move
-to a dead-letter queue are the only places a script reaches beyond one queue.
+to a dead-letter queue are the only places a script reaches beyond one queue. On a Redis
+Cluster neither may (``cluster.py``): there the registry is kept per slot and a dead-letter
+move takes three steps.
 
 Times are the store clock's floats, passed to scripts as exact decimal text; Redis's own
 expiry is not used, so that expiry follows the store's clock and expired items stay countable
@@ -20,9 +22,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from services.common import redis_store
 from services.common.errors import Unavailable
+from services.common.redis_store import RedisClusterClient
 from services.message_svc.storage import base
 from services.message_svc.storage.base import (
     Capabilities,
@@ -57,6 +61,12 @@ from services.message_svc.storage.redis._scripts import Scripts
 GC_BATCH = 1000
 # Queues whose garbage is collected in one pipelined round trip.
 GC_QUEUES_PER_TRIP = 100
+# Seconds after which a dead-letter move that was started and not finished is resumed by
+# collect_garbage (moves are staged only on a Redis Cluster: see cluster.py).
+MOVE_LEASE = 10.0
+
+# What claim.lua reports of the messages it dead-letters: the moved ids, or the staged rows.
+DeadLetters = Sequence[Any]
 
 
 def _new_id() -> str:
@@ -71,11 +81,13 @@ class RedisMessageStore(base.MessageStore):
     """
 
     capabilities = Capabilities(durable=False, shared=True)
+    # Whether a claim stages its dead letters (in its own slot) instead of moving them.
+    stages_dead_letters = False
 
     def __init__(self, options: RedisOptions, now: Callable[[], float] = time.time) -> None:
         self.options = options
         self._now = now
-        self._client: redis.asyncio.Redis | None = None
+        self._client: redis.asyncio.Redis | RedisClusterClient | None = None
         self._scripts: Scripts | None = None
         self._registry = f"{options.prefix}:queues"
 
@@ -83,6 +95,13 @@ class RedisMessageStore(base.MessageStore):
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> RedisMessageStore:
         """Raises: ConfigurationError, naming what is wrong with ``uri``."""
         return cls(parse(uri), now=now)
+
+    def _registry_of(self, tag: str) -> str:
+        """The registry key holding queue ``tag`` (here one set for every queue)."""
+        return self._registry
+
+    async def _registry_started(self, tag: str) -> None:
+        """Called when queue ``tag`` was the first one put in its registry set."""
 
     @property
     def address(self) -> str:
@@ -95,12 +114,12 @@ class RedisMessageStore(base.MessageStore):
             Unavailable: the server cannot be reached or refuses the scripts.
         """
         client = connect(self.options)
-        scripts = Scripts(client)
+        scripts = Scripts(client, self.options.wait, self.options.wait_timeout)
         try:
             await client.ping()
             await scripts.load()
-            self.capabilities = Capabilities(durable=await _fsyncs_always(client), shared=True)
-        except RedisError as exc:
+            self.capabilities = await self._capabilities(client)
+        except (RedisError, RedisClusterException) as exc:
             await client.aclose()
             raise Unavailable(
                 f"Cannot open the message store at {self.address}: {describe(exc)} ({exc})."
@@ -113,7 +132,13 @@ class RedisMessageStore(base.MessageStore):
             await scripts.drain()
             await client.aclose()
 
-    def _redis(self) -> redis.asyncio.Redis:
+    async def _capabilities(
+        self, client: redis.asyncio.Redis | RedisClusterClient
+    ) -> Capabilities:
+        assert isinstance(client, redis.asyncio.Redis)
+        return Capabilities(durable=await _fsyncs_always(client), shared=True)
+
+    def _redis(self) -> redis.asyncio.Redis | RedisClusterClient:
         if self._client is None:
             raise Unavailable("The message store is closed.")
         return self._client
@@ -139,7 +164,16 @@ class RedisMessageStore(base.MessageStore):
     @edge("raise the queue's version")
     async def bump_queue_version(self, project: str, queue: str) -> int:
         _, prefix = self._queue(project, queue)
-        return int(await self._redis().incr(prefix + "version"))
+        key = prefix + "version"
+        if not self.options.wait:
+            return int(await self._redis().incr(key))
+        (reply,) = await redis_store.run(
+            self._redis(), [redis_store.Call(("INCR", key), key)], self.options.wait,
+            self.options.wait_timeout,
+        )
+        if isinstance(reply, Exception):
+            raise reply
+        return int(reply)
 
     # Messages -------------------------------------------------------------------------------
 
@@ -159,9 +193,12 @@ class RedisMessageStore(base.MessageStore):
         for mid, m in zip(ids, messages, strict=True):
             args += [mid, m.body, m.ttl, timestamp(now + m.ttl), timestamp(now + m.delay)]
         if ids or version is not None:
-            current = stale_version(await self._run("post", (prefix, self._registry), args))
+            reply = await self._run("post", (prefix, self._registry_of(tag)), args)
+            current = stale_version(reply)
             if current is not None:
                 raise StaleQueue(current)
+            if isinstance(reply, list) and reply[0] == b"first":
+                await self._registry_started(tag)
         return ids
 
     @edge("list the messages")
@@ -258,7 +295,7 @@ class RedisMessageStore(base.MessageStore):
     @edge("delete the queue's messages")
     async def delete_queue(self, project: str, queue: str) -> None:
         tag, prefix = self._queue(project, queue)
-        await self._run("delete_queue", (prefix, self._registry), (tag,))
+        await self._run("delete_queue", (prefix, self._registry_of(tag)), (tag,))
 
     # Claims ---------------------------------------------------------------------------------
 
@@ -274,7 +311,7 @@ class RedisMessageStore(base.MessageStore):
         dead_letter: DeadLetterPolicy | None = None,
         version: int | None = None,
     ) -> ClaimResult:
-        _, prefix = self._queue(project, queue)
+        tag, prefix = self._queue(project, queue)
         now, claim_id = self._now(), _new_id()
         claim_expires = now + ttl
         dlq_tag, dlq_prefix, dlq_ttl, dlq_expires, max_count = "", prefix, "", "", ""
@@ -283,16 +320,22 @@ class RedisMessageStore(base.MessageStore):
             max_count = str(dead_letter.max_claim_count)
             if dead_letter.ttl is not None:
                 dlq_ttl, dlq_expires = str(dead_letter.ttl), timestamp(now + dead_letter.ttl)
-        reply = await self._run("claim", (prefix, dlq_prefix, self._registry), (
+        stage = self.stages_dead_letters
+        keys = (prefix, prefix, self._registry_of(tag)) if stage else (
+            prefix, dlq_prefix, self._registry_of(dlq_tag)
+        )
+        reply = await self._run("claim", keys, (
             timestamp(now), limit, claim_id, ttl, grace, timestamp(claim_expires),
             ttl + grace, timestamp(claim_expires + grace), max_count, dlq_tag, dlq_ttl,
-            dlq_expires, expected_version(version),
+            dlq_expires, expected_version(version), "1" if stage else "",
         ))
         current = stale_version(reply)
         if current is not None:
             raise StaleQueue(current)
         rows, dead = reply
-        dead_lettered = tuple(mid.decode() for mid in dead)
+        dead_lettered = await self._dead_lettered(
+            prefix, dead, (dlq_tag, dlq_ttl, dlq_expires, claim_id)
+        )
         if not rows:
             return ClaimResult(claim=None, dead_lettered=dead_lettered)
         claim = Claim(
@@ -332,28 +375,58 @@ class RedisMessageStore(base.MessageStore):
         _, prefix = self._queue(project, queue)
         await self._run("release", (prefix,), (claim_id,))
 
+    async def _dead_lettered(
+        self, prefix: str, dead: DeadLetters, move: tuple[str, str, str, str]
+    ) -> tuple[str, ...]:
+        """The ids of the messages a claim dead-lettered (``dead``), once they are in the
+        dead-letter queue; ``move`` is that queue's tag, the ttl and expires they get there
+        ('' = keep) and the claim's id."""
+        return tuple(mid.decode() for mid in dead)
+
     # Garbage --------------------------------------------------------------------------------
 
     @edge("collect expired messages and claims")
     async def collect_garbage(self) -> int:
-        client, prefix = self._redis(), self.options.prefix
-        now = timestamp(self._now())
+        client = self._redis()
         removed, cursor = 0, 0
         while True:
             cursor, tags = await client.sscan(self._registry, cursor, count=GC_QUEUES_PER_TRIP)
-            pending = [tag.decode() if isinstance(tag, bytes) else tag for tag in tags]
-            while pending:
-                # Issued together, so they travel as one pipeline.
-                counts = await asyncio.gather(*(
-                    self._run("collect_garbage", (prefix_of_tag(prefix, tag), self._registry),
-                              (now, GC_BATCH, tag))
-                    for tag in pending
-                ))
-                removed += sum(int(c) for c in counts)
-                # A queue that filled its batch may hold more; go round again for those only.
-                pending = [t for t, c in zip(pending, counts, strict=True) if c >= GC_BATCH]
+            removed += await self._collect(
+                [tag.decode() if isinstance(tag, bytes) else tag for tag in tags]
+            )
             if cursor == 0:
                 return removed
+
+    async def _collect(self, tags: Sequence[str]) -> int:
+        """Collect the garbage of the queues ``tags``; how many items went."""
+        prefix, now = self.options.prefix, self._now()
+        args = (timestamp(now), GC_BATCH, timestamp(now - MOVE_LEASE))
+        removed = 0
+        for start in range(0, len(tags), GC_QUEUES_PER_TRIP):
+            pending = list(tags[start:start + GC_QUEUES_PER_TRIP])
+            while pending:
+                # Issued together, so they travel as one pipeline.
+                replies = await asyncio.gather(*(
+                    self._run("collect_garbage",
+                              (prefix_of_tag(prefix, tag), self._registry_of(tag)),
+                              (args[0], args[1], tag, args[2]))
+                    for tag in pending
+                ))
+                counts = [int(count) for count, _ in replies]
+                removed += sum(counts)
+                for tag, (_, stalled) in zip(pending, replies, strict=True):
+                    if stalled:
+                        await self._resume_moves(prefix_of_tag(prefix, tag), stalled)
+                # A queue that filled a batch may hold more; go round again for those only.
+                pending = [
+                    tag for tag, count, (_, stalled) in zip(pending, counts, replies, strict=True)
+                    if count >= GC_BATCH or len(stalled) >= GC_BATCH
+                ]
+        return removed
+
+    async def _resume_moves(self, prefix: str, stalled: Sequence[Any]) -> None:
+        """Finish the dead-letter moves of queue ``prefix`` that stalled (only staged moves
+        can: see cluster.py)."""
 
 
 async def _fsyncs_always(client: redis.asyncio.Redis) -> bool:

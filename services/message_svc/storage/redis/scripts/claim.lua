@@ -3,14 +3,26 @@
 -- ARGV: now, limit, claim id, ttl, grace, claim expires, message ttl (ttl + grace), message
 --       expires (claim expires + grace), max claim count ('' = no policy), dead-letter queue
 --       tag, dead-letter ttl ('' = keep), dead-letter expires (now + dead-letter ttl),
---       expected queue version ('' = no check).
--- Returns {claimed rows, dead-lettered ids}, or {'stale', current version} having done nothing.
+--       expected queue version ('' = no check), '1' to stage dead letters instead of moving
+--       them ('' = move; on a Redis Cluster, where the dead-letter queue is in another slot).
+-- Returns {claimed rows, dead letters}, or {'stale', current version} having done nothing.
+-- Dead letters are the moved ids, or the staged rows: each message staged leaves every index
+-- of the queue for d:<id> and moving, for the caller to copy to the dead-letter queue (see
+-- dead_letter_copy.lua) and then drop (dead_letter_done.lua).
+-- A claim sent again after its connection failed (its id is new for every claim) finds
+-- itself and answers what it holds.
 local base, dlq, registry = KEYS[1], KEYS[2], KEYS[3]
 local now, limit, cid = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local claim_exp, msg_ttl, msg_exp = ARGV[6], ARGV[7], ARGV[8]
 local max_count = tonumber(ARGV[9])
 local dlq_tag, dlq_ttl, dlq_exp = ARGV[10], ARGV[11], ARGV[12]
+local stage = ARGV[14] == '1'
 local msg_exp_n = tonumber(msg_exp)
+
+local replayed = redis.call('HGET', base .. 'c:' .. cid, 'm')
+if replayed then
+  return {claim_rows(base, cid, tonumber(now), replayed), {}}
+end
 
 local stale = stale_version(base, ARGV[13])
 if stale then
@@ -18,6 +30,18 @@ if stale then
 end
 
 local claimed, dead = {}, {}
+
+local function stage_dead_letter(row)
+  local id = row[ID]
+  for _, index in ipairs(INDEXES) do
+    redis.call('ZREM', base .. index, id)
+  end
+  local staged = base .. 'd:' .. id
+  redis.call('RENAME', base .. 'm:' .. id, staged)
+  redis.call('HSET', staged, 'q', dlq_tag, 'T', dlq_ttl, 'E', dlq_exp, 'w', cid)
+  redis.call('ZADD', base .. 'moving', now, id)
+  dead[#dead + 1] = row
+end
 
 local function dead_letter(row)
   local id = row[ID]
@@ -39,7 +63,11 @@ end
 normalize(base, now)
 take_free(base, now, limit, function(row)
   if max_count and tonumber(row[COUNT]) >= max_count then
-    dead_letter(row)
+    if stage then
+      stage_dead_letter(row)
+    else
+      dead_letter(row)
+    end
     return false
   end
   local key = base .. 'm:' .. row[ID]

@@ -1,8 +1,15 @@
 -- Remove up to batch expired messages and up to batch expired claims of one queue; forget
--- the queue in the registry once it holds nothing. Returns how many items went.
--- KEYS: queue prefix, registry. ARGV: now, batch, queue tag.
+-- the queue in the registry once it holds nothing. On a Redis Cluster, also hand back up to
+-- batch dead-letter moves that stalled (started before the given time and not finished, say
+-- because the process making them died), each leased again from now, for the caller to
+-- finish; moves of messages that expired meanwhile are dropped.
+-- KEYS: queue prefix, registry. ARGV: now, batch, queue tag, stalled when started before.
+-- Returns {items removed, stalled moves}; a stalled move is the id, then the dead-letter
+-- queue's tag, its ttl and expires ('' = keep), the move's claim id, then the message's
+-- fields.
 local base, registry = KEYS[1], KEYS[2]
 local now, batch = ARGV[1], tonumber(ARGV[2])
+local now_n = tonumber(now)
 local ids = redis.call('ZRANGEBYSCORE', base .. 'exp', '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(ids) do
   remove_message(base, id)
@@ -12,8 +19,23 @@ for _, cid in ipairs(cids) do
   redis.call('DEL', base .. 'c:' .. cid)
   redis.call('ZREM', base .. 'claims', cid)
 end
-if redis.call('EXISTS', base .. 'all', base .. 'claims') == 0 then
+local stalled = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', base .. 'moving', '-inf', ARGV[4],
+    'LIMIT', 0, batch)) do
+  local staged = base .. 'd:' .. id
+  local move = redis.call('HMGET', staged, 'q', 'T', 'E', 'w', unpack(MESSAGE_FIELDS))
+  if move[1] and tonumber(move[9]) > now_n then
+    redis.call('ZADD', base .. 'moving', now, id)
+    table.insert(move, 1, id)
+    stalled[#stalled + 1] = move
+  else
+    redis.call('DEL', staged)
+    redis.call('ZREM', base .. 'moving', id)
+  end
+end
+redis.call('ZREMRANGEBYSCORE', base .. 'in', '-inf', now)
+if redis.call('EXISTS', base .. 'all', base .. 'claims', base .. 'moving', base .. 'in') == 0 then
   redis.call('UNLINK', base .. 'free', base .. 'delayed', base .. 'held')
   redis.call('SREM', registry, ARGV[3])
 end
-return #ids + #cids
+return {#ids + #cids, stalled}

@@ -7,7 +7,10 @@ end
 for _, cid in ipairs(redis.call('ZRANGE', base .. 'claims', 0, -1)) do
   redis.call('UNLINK', base .. 'c:' .. cid)
 end
-for _, index in ipairs({'all', 'free', 'delayed', 'held', 'exp', 'claims'}) do
+for _, id in ipairs(redis.call('ZRANGE', base .. 'moving', 0, -1)) do
+  redis.call('UNLINK', base .. 'd:' .. id)
+end
+for _, index in ipairs({'all', 'free', 'delayed', 'held', 'exp', 'claims', 'moving', 'in'}) do
   redis.call('UNLINK', base .. index)
 end
 redis.call('SREM', registry, ARGV[1])

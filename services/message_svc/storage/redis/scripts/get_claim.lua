@@ -6,12 +6,4 @@ local claim = redis.call('HMGET', base .. 'c:' .. cid, 't', 'g', 'c', 'e', 'm')
 if not claim[1] or tonumber(claim[4]) <= now_n then
   return nil
 end
-local rows = {}
-for id in string.gmatch(claim[5], '%S+') do
-  local row = read_message(base, id)
-  if row and row[CLAIM] == cid and tonumber(row[CLAIM_EXP]) > now_n
-      and tonumber(row[EXPIRES]) > now_n then
-    rows[#rows + 1] = row
-  end
-end
-return {claim[1], claim[2], claim[3], claim[4], rows}
+return {claim[1], claim[2], claim[3], claim[4], claim_rows(base, cid, now_n, claim[5])}

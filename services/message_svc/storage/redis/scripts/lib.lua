@@ -14,6 +14,14 @@
 --   claims   zset    claim ids, score claim expiry
 --   m:<id>   hash    one message (fields below)
 --   c:<cid>  hash    one claim: t ttl, g grace, c created, e expires, m held ids (space-separated)
+-- and, on a Redis Cluster only, for dead-letter moves done in two steps (docs/redis-cluster.md):
+--   moving   zset    ids of messages leaving for a dead-letter queue, score when the move
+--                    started (or was last resumed)
+--   d:<id>   hash    such a message, out of every index above: its fields plus q (the
+--                    dead-letter queue's tag), T and E (its new ttl and expires, '' = keep)
+--                    and w (the move: the id of the claim that started it)
+--   in       zset    moves received here, as "<move> <id>", score until when a repeated
+--                    copy may come (the source message's expiry): each move copies once
 --
 -- Message fields: s seq, b body, t ttl, c created, e expires, v visible_at, i client_id,
 -- k claim id ('' = none), x claim expiry (0 = none), n claim count.
@@ -54,6 +62,19 @@ local function stale_version(base, expected)
     return nil
   end
   return current
+end
+
+-- The live messages a claim still holds, in the order it took them.
+local function claim_rows(base, cid, now_n, ids)
+  local rows = {}
+  for id in string.gmatch(ids, '%S+') do
+    local row = read_message(base, id)
+    if row and row[CLAIM] == cid and tonumber(row[CLAIM_EXP]) > now_n
+        and tonumber(row[EXPIRES]) > now_n then
+      rows[#rows + 1] = row
+    end
+  end
+  return rows
 end
 
 local function seq_of(base, id)

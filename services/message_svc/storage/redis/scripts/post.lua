@@ -3,9 +3,17 @@
 -- ARGV: queue tag, client id, now, expected queue version ('' = no check), then five values
 --       per message: id, body, ttl, expires, visible_at (equal to now when not delayed).
 -- Returns the first seq of the batch (0 when empty), or {'stale', current version} having
--- stored nothing.
+-- stored nothing, or {'first', first seq} when the registry was empty before (on a Redis
+-- Cluster, where it is a set per slot, the slot must then be indexed). A batch sent again after its connection failed (its ids are new for every
+-- batch) finds its first message stored, and is not stored twice.
 local base, registry = KEYS[1], KEYS[2]
 local client, now = ARGV[2], ARGV[3]
+if #ARGV > 4 then
+  local seq = redis.call('HGET', base .. 'm:' .. ARGV[5], 's')
+  if seq then
+    return tonumber(seq)
+  end
+end
 local stale = stale_version(base, ARGV[4])
 if stale then
   return {'stale', stale}
@@ -30,5 +38,8 @@ for j = 0, count - 1 do
     redis.call('ZADD', base .. 'free', seq, id)
   end
 end
-redis.call('SADD', registry, ARGV[1])
-return last - count + 1
+local first = last - count + 1
+if redis.call('SADD', registry, ARGV[1]) == 1 and redis.call('SCARD', registry) == 1 then
+  return {'first', first}
+end
+return first
