@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,9 +156,15 @@ def test_every_pod_is_locked_down_sized_and_probed(overlay: str) -> None:
             assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
             assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         elif overlay in ("mtls", "keystone"):  # the kubelet's grpc probe has no TLS
-            assert "exec" in c["readinessProbe"] and "exec" in c["livenessProbe"], name
+            # The last argument names the health service: "liveness" stays SERVING while the
+            # process runs, "" follows the store (readiness).
+            for probe in ("startupProbe", "livenessProbe"):
+                assert c[probe]["exec"]["command"][-1] == "liveness", (name, probe)
+            assert c["readinessProbe"]["exec"]["command"][-1] != "liveness", name
         else:
-            assert "grpc" in c["readinessProbe"] and "grpc" in c["livenessProbe"], name
+            for probe in ("startupProbe", "livenessProbe"):
+                assert c[probe]["grpc"]["service"] == "liveness", (name, probe)
+            assert c["readinessProbe"]["grpc"].get("service", "") == "", name
         assert c["command"] == ["zaqar-grpc"], name
         assert c["args"][:1] == ["serve"], name
 
@@ -477,21 +483,28 @@ def probe_passes(cluster: LocalCluster, pod: Pod, probe: Doc) -> bool:
 
 
 def wait_probe(cluster: LocalCluster, pod: Pod, service: Service, kind: str,
-               deadline: float) -> None:
+               deadline: float, passing: bool = True) -> None:
+    """Tries ``kind`` until it passes (or, with ``passing`` false, until it fails)."""
     probe = pod.spec[kind]
-    while not probe_passes(cluster, pod, probe):
+    while probe_passes(cluster, pod, probe) != passing:
         if service.proc.poll() is not None:
             raise AssertionError(f"{pod.name} exited with {service.proc.returncode}:\n"
                                  + service.output())
         if time.monotonic() > deadline:
-            raise AssertionError(f"{pod.name}: {kind} never passed:\n{service.output()}\n"
+            raise AssertionError(f"{pod.name}: {kind} never {'passed' if passing else 'failed'}:"
+                                 f"\n{service.output()}\n"
                                  + LAST_EXEC_OUTPUT.get(pod.name, ""))
         time.sleep(0.2)
 
 
+Then = Callable[[LocalCluster, list[Service]], None]
+
+
 def run_overlay(docs: list[Doc], workdir: Path, external: dict[str, str] | None = None,
                 external_secrets: dict[str, dict[str, str]] | None = None,
-                headers: dict[str, str] | None = None) -> None:
+                headers: dict[str, str] | None = None, then: Then | None = None) -> None:
+    """Runs the overlay's Deployments, waits on their probes, smoke-tests the gateway, checks
+    every probe; ``then`` runs last, while everything still runs."""
     cluster = LocalCluster(docs, workdir, external or {}, external_secrets or {})
     running: list[Service] = []
     try:
@@ -507,6 +520,8 @@ def run_overlay(docs: list[Doc], workdir: Path, external: dict[str, str] | None 
         for pod, service in zip(cluster.pods, running, strict=True):
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
                 wait_probe(cluster, pod, service, kind, deadline)
+        if then is not None:
+            then(cluster, running)
     finally:
         statuses = stop_all(running)
     assert statuses == dict.fromkeys(statuses, 0), {
@@ -537,7 +552,23 @@ def test_the_dev_overlay_runs_and_its_probes_pass(tmp_path: Path) -> None:
 def test_the_redis_overlay_runs_and_its_probes_pass(
     tmp_path: Path, own_redis: ServerProcess
 ) -> None:
-    run_overlay(rendered("redis"), tmp_path, {REDIS_NAME: f"127.0.0.1:{own_redis.port}"})
+    def store_outage(cluster: LocalCluster, running: list[Service]) -> None:
+        # When Redis goes away, the store-owning services and the gateway leave readiness
+        # while liveness holds (nothing gets restarted); when it is back, they are ready again
+        own_redis.stop()
+        watched = [(pod, s) for pod, s in zip(cluster.pods, running, strict=True)
+                   if pod.name in ("api-gateway", "queue-svc", "message-svc")]
+        deadline = time.monotonic() + READY_DEADLINE
+        for pod, service in watched:
+            wait_probe(cluster, pod, service, "readinessProbe", deadline, passing=False)
+            wait_probe(cluster, pod, service, "livenessProbe", deadline)
+        own_redis.start()
+        deadline = time.monotonic() + READY_DEADLINE
+        for pod, service in watched:
+            wait_probe(cluster, pod, service, "readinessProbe", deadline)
+
+    run_overlay(rendered("redis"), tmp_path, {REDIS_NAME: f"127.0.0.1:{own_redis.port}"},
+                then=store_outage)
     # Everything went to Redis: no SQLite file anywhere
     assert not list(tmp_path.rglob("*.db"))
 
