@@ -279,10 +279,16 @@ def test_store_uris_are_ones_the_services_open(overlay: str) -> None:
     _check_store_uris(overlay)
 
 
-@pytest.mark.xfail(reason="redis+cluster:// store URIs come with issue #10 (Redis Cluster)",
-                   strict=True)
 def test_redis_cluster_store_uris_are_ones_the_services_open() -> None:
-    _check_store_uris("redis-cluster")
+    from services.common.config import ConfigurationError
+
+    try:
+        _check_store_uris("redis-cluster")
+    except ConfigurationError as exc:
+        # Until the services open redis+cluster:// (issue #10), only that may fail here.
+        if "unsupported scheme 'redis+cluster'" not in str(exc):
+            raise
+        pytest.xfail("redis+cluster:// store URIs come with issue #10 (Redis Cluster)")
 
 
 def _check_store_uris(overlay: str) -> None:
