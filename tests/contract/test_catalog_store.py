@@ -21,8 +21,12 @@ from services.common.errors import (
 from services.queue_svc.storage import catalog as catalog_module
 from services.queue_svc.storage.catalog import CatalogStore, PoolRecord
 from services.queue_svc.storage.registry import open_queue_store
+from tests.contract.conftest import WITH_CLUSTER
 from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
 from tests.servers import mongodb_process, redis_process
+
+# The store_uri fixture's backends: these stores run on a Redis Cluster too.
+STORE_BACKENDS = WITH_CLUSTER
 
 
 @pytest.fixture

@@ -19,7 +19,11 @@ from services.queue_svc.storage.mongodb._connection import parse as parse_mongod
 from services.queue_svc.storage.redis import queues as redis_queues
 from services.queue_svc.storage.redis._connection import RedisOptions, parse
 from services.queue_svc.storage.registry import open_queue_store, redact
+from tests.contract.conftest import WITH_CLUSTER
 from tests.servers import free_port, mongodb_process, redis_process
+
+# The store_uri fixture's backends: these stores run on a Redis Cluster too.
+STORE_BACKENDS = WITH_CLUSTER
 
 
 @pytest.fixture

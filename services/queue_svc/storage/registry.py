@@ -16,6 +16,9 @@ from services.queue_svc.storage.base import QueueStore
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "sqlite": ("services.queue_svc.storage.sqlite", "SqliteQueueStore", "aiosqlite"),
     "redis": ("services.queue_svc.storage.redis", "RedisQueueStore", "redis[hiredis]"),
+    "redis+cluster": (
+        "services.queue_svc.storage.redis", "RedisClusterQueueStore", "redis[hiredis]"
+    ),
     "mongodb": ("services.queue_svc.storage.mongodb", "MongoQueueStore", "pymongo"),
 }
 

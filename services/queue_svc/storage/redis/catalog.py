@@ -8,6 +8,7 @@ from typing import Any
 
 import redis.asyncio
 
+from services.common.redis_store import RedisClusterClient
 from services.queue_svc.storage.catalog import CatalogStoreBase
 from services.queue_svc.storage.redis._connection import RedisOptions, edge
 
@@ -21,7 +22,7 @@ class RedisCatalogStore(CatalogStoreBase):
     def __init__(
         self,
         options: RedisOptions,
-        client: Callable[[], redis.asyncio.Redis],
+        client: Callable[[], redis.asyncio.Redis | RedisClusterClient],
         run: Callable[[str, list[str], list[Any]], Any],
     ) -> None:
         self.options = options

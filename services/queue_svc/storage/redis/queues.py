@@ -8,6 +8,7 @@ Key layout (``zq`` is the URI's ``prefix`` option)::
 Both keys of a project change together inside one script (``*.lua`` next to this module),
 which Redis runs atomically. Metadata updates are a compare-and-set loop: read, patch in
 Python (with the caller's check), then store only if the metadata is still what was read.
+On a Redis Cluster the two keys of a project share a hash tag (``cluster.py``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Any
 import orjson
 import redis.asyncio
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
+from services.common import redis_store
 from services.common.errors import QueueNotFound, Unavailable
-from services.common.redis_store import open_with_scripts
+from services.common.redis_store import RedisClusterClient, open_with_scripts
 from services.common.store_edge import contended
 from services.queue_svc.storage.base import (
     MetadataCheck,
@@ -94,7 +97,7 @@ class RedisQueueStore:
 
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
-        self._client: redis.asyncio.Redis | None = None
+        self._client: redis.asyncio.Redis | RedisClusterClient | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self.catalog = catalog.RedisCatalogStore(options, self._redis, self._run)
 
@@ -106,7 +109,7 @@ class RedisQueueStore:
     def address(self) -> str:
         return self.options.address
 
-    def _redis(self) -> redis.asyncio.Redis:
+    def _redis(self) -> redis.asyncio.Redis | RedisClusterClient:
         if self._client is None:
             raise Unavailable("The queue store is closed.")
         return self._client
@@ -115,6 +118,8 @@ class RedisQueueStore:
         texts = {name: _script_text(name) for name in SCRIPTS}
         client = connect(self.options)
         self._scripts = await open_with_scripts(client, texts, "queue store", self.address)
+        if isinstance(client, RedisClusterClient):
+            client.idempotent_scripts.add(self._scripts["list_queues"].sha)
         self._client = client
 
     async def close(self) -> None:
@@ -133,7 +138,23 @@ class RedisQueueStore:
         return [self._metadata_key(project), self._names_key(project)]
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        if self.options.wait and script != "list_queues":
+            return await self._run_and_wait(self._scripts[script], keys, args)
         return await self._scripts[script](keys=keys, args=args, client=self._redis())
+
+    async def _run_and_wait(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that writes, then wait for the URI's replicas to confirm it."""
+        call = redis_store.Call(("EVALSHA", script.sha, len(keys), *keys, *args), keys[0])
+        for attempt in range(2):
+            (reply,) = await redis_store.run(
+                self._redis(), [call], self.options.wait, self.options.wait_timeout
+            )
+            if isinstance(reply, NoScriptError) and not attempt:
+                await self._redis().script_load(script.script)  # a restarted server
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
 
     @edge("create the queue")
     async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:

@@ -6,12 +6,16 @@
 -- ARGV[2]  metadata as the caller read it (JSON text)
 -- ARGV[3]  new metadata (JSON text)
 --
--- Returns 1 when stored, 0 when the metadata changed meanwhile (read again and retry),
--- -1 when the queue does not exist (any more).
+-- Returns 1 when stored (or already stored: an update sent again after its connection
+-- failed), 0 when the metadata changed meanwhile (read again and retry), -1 when the queue
+-- does not exist (any more).
 
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current then
     return -1
+end
+if current == ARGV[3] then
+    return 1
 end
 if current ~= ARGV[2] then
     return 0
