@@ -12,10 +12,11 @@ store joins them (``storage/base.py``, "Watchers across replicas"):
   its messages over. Should a heartbeat find an entry lapsed (the store was out of reach for
   ``WATCH_TTL``), A tells message_svc again that the queue is listened.
 * **Feed.** B puts the messages of a queue with an entry of another replica on the store's
-  watch feed, as one event per ``NotifyMany`` call and queue; each replica with watchers reads the feed from where it was
-  when it registered its first watcher (only while it has watchers) and hands the events of
-  other replicas to its own :class:`WatchHub`. B's own watchers get B's messages at once, from
-  B's hub, never through the feed; A skips its own events: no watcher gets a message twice.
+  watch feed, as one event per ``NotifyMany`` call and queue; each replica with watchers
+  reads the feed from where it was when it registered its first watcher (only while it has
+  watchers) and hands the events of other replicas to its own :class:`WatchHub`. B's own
+  watchers get B's messages at once, from B's hub, never through the feed; A skips its own
+  events: no watcher gets a message twice.
 
 What a watcher gets stays best effort, as with one replica: the messages accepted after its
 ``Watch`` was answered, in the order its replica receives them (those handed to its own
