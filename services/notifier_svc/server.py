@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from functools import partial
 
 from zaqar.v2 import admin_pb2
 
@@ -12,12 +13,14 @@ from services.common import health
 from services.common.config import ConfigurationError, Settings
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
+    STORE_CHECK_TIMEOUT,
     Running,
     create_server,
     service_main,
     start_server,
 )
 from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
 from services.notifier_svc import health as store_health
@@ -144,9 +147,12 @@ async def start(
                 auth, [SUBSCRIPTIONS_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]
             ),
         )
-        running = await start_server(
-            Running(server, port, health_servicer, SERVICE_NAMES, close)
-        )
+        running = await start_server(Running(
+            server, port, health_servicer, SERVICE_NAMES, close,
+            store_check=partial(answers, settings.store_uri("notifier"), "notifier store",
+                                STORE_CHECK_TIMEOUT),
+            store_name="the notifier store",
+        ))
     except BaseException:
         await close()
         raise

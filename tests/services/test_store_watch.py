@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.config import Settings
 from services.common.grpc_server import LIVENESS, Running
 from services.message_svc import server as message_server
+from services.notifier_svc import server as notifier_server
 from services.queue_svc import server as queue_server
 from tests.servers import redis_process
 
@@ -44,8 +45,10 @@ async def wait_status(channel: grpc.aio.Channel, wanted: int) -> float:
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize("start", [message_server.start, queue_server.start],
-                         ids=["message_svc", "queue_svc"])
+@pytest.mark.parametrize(
+    "start", [message_server.start, queue_server.start, notifier_server.start],
+    ids=["message_svc", "queue_svc", "notifier_svc"],
+)
 async def test_health_follows_the_store(
     start: Start, make_settings: Callable[..., Settings], tmp_path: Path,
 ) -> None:
@@ -53,7 +56,9 @@ async def test_health_follows_the_store(
     redis.start()
     try:
         uri = f"redis://127.0.0.1:{redis.port}/0"
-        running = await start(make_settings(queue_store=uri, message_store=uri))
+        running = await start(
+            make_settings(queue_store=uri, message_store=uri, notifier_store=uri)
+        )
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 assert await status(channel) == SERVING
