@@ -292,7 +292,7 @@ def test_redis_cluster_store_uris_are_ones_the_services_open() -> None:
     try:
         _check_store_uris("redis-cluster")
     except ConfigurationError as exc:
-        # Until the services open redis+cluster:// (issue #10), only that may fail here.
+        # Until every service opens redis+cluster:// (issue #10), only that may fail here.
         if "unsupported scheme 'redis+cluster'" not in str(exc):
             raise
         pytest.xfail("redis+cluster:// store URIs come with issue #10 (Redis Cluster)")
@@ -566,11 +566,10 @@ def test_the_redis_overlay_runs_and_its_probes_pass(
     tmp_path: Path, own_redis: ServerProcess
 ) -> None:
     def store_outage(cluster: LocalCluster, running: list[Service]) -> None:
-        # When Redis goes away, the store-owning services and the gateway leave readiness
-        # while liveness holds (nothing gets restarted); when it is back, they are ready again
+        # When Redis goes away, every service and the gateway leave readiness while liveness
+        # holds (nothing gets restarted); when it is back, they are ready again
         own_redis.stop()
-        watched = [(pod, s) for pod, s in zip(cluster.pods, running, strict=True)
-                   if pod.name in ("api-gateway", "queue-svc", "message-svc")]
+        watched = list(zip(cluster.pods, running, strict=True))
         deadline = time.monotonic() + READY_DEADLINE
         for pod, service in watched:
             wait_probe(cluster, pod, service, "readinessProbe", deadline, passing=False)
