@@ -8,6 +8,7 @@ starts a new one in its place.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
@@ -35,6 +38,7 @@ START_TIMEOUT = 240
 class Replicated:
     stack: Stack
     gateways: list[str]
+    websockets: list[str]
 
     def pids(self) -> dict[str, int]:
         """label (``message.1``) -> pid of the newest process of that replica."""
@@ -46,11 +50,25 @@ def gateway_urls(stack: Stack) -> list[str]:
     return [url.removesuffix("/v2/") for url in re.findall(r"http://\S+/v2/", line)]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+def websocket_urls(stack: Stack) -> list[str]:
+    """ws:// of each gateway replica, in replica order, from the lines ``up`` prints."""
+    found = {}
+    for line in stack.output:
+        label, _, rest = line.strip().partition(":")
+        if label.startswith("gateway.") and "(pid " in rest:
+            found[int(label.split(".")[1])] = re.findall(r"ws://\S+", rest)[0]
+    return [found[i] for i in sorted(found)]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
 def replicated(
-    request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Replicated]:
+    """One stack per store for the module (each test uses projects of its own; the test that
+    kills replicas runs last and waits for their replacements)."""
+    data = tmp_path_factory.mktemp(f"replicas-{request.param}")
     overrides: dict[str, Any] = {
+        "data_dir": str(data), "gc_interval": 0.5,
         # 0: up picks a free port for every replica
         "queue_port": 0, "message_port": 0, "notifier_port": 0, "http_port": 0, "ws_port": 0,
     }
@@ -59,10 +77,10 @@ def replicated(
         overrides.update(queue_store=f"redis://127.0.0.1:{port}/7",
                          message_store=f"redis://127.0.0.1:{port}/8",
                          notifier_store=f"redis://127.0.0.1:{port}/9")
-    stack = start_stack(make_settings(**overrides), ["--replicas", str(REPLICAS)],
-                        timeout=START_TIMEOUT)
+    stack = start_stack(Settings.load(environ={}, overrides=overrides),
+                        ["--replicas", str(REPLICAS)], timeout=START_TIMEOUT)
     try:
-        yield Replicated(stack, gateway_urls(stack))
+        yield Replicated(stack, gateway_urls(stack), websocket_urls(stack))
     finally:
         assert stack.stop() == 0, "up did not stop cleanly:\n" + "".join(stack.output)
 
@@ -135,6 +153,37 @@ def test_a_metadata_change_through_one_gateway_applies_at_once_through_the_other
                 message_id = post(second, "q", {"ttl": "default"})
                 got = second.get(f"/v2/queues/q/messages/{message_id}")
                 assert got.json()["ttl"] == ttl
+
+
+async def test_a_websocket_subscriber_on_one_gateway_gets_posts_through_the_other(
+    replicated: Replicated,
+) -> None:
+    project = f"rep-{uuid.uuid4().hex[:8]}"
+    headers = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": project}
+    first_ws, second_ws = replicated.websockets
+    async with connect(second_ws) as listener, connect(first_ws) as producer:
+        # Given a socket on the second gateway that subscribed itself to a queue
+        await listener.send(orjson.dumps({"action": "subscription_create", "headers": headers,
+                                          "body": {"queue_name": "feed", "ttl": 600}}).decode())
+        answer = orjson.loads(await asyncio.wait_for(listener.recv(), 30))
+        assert answer["headers"]["status"] == 201, answer
+        # When messages are posted through the first gateway (each post may reach either
+        # replica of message_svc, and be handed to either replica of notifier_svc)
+        for n in range(6):
+            await producer.send(orjson.dumps({
+                "action": "message_post", "headers": headers,
+                "body": {"queue_name": "feed", "messages": [{"body": {"n": n}, "ttl": 300}]},
+            }).decode())
+            posted = orjson.loads(await asyncio.wait_for(producer.recv(), 30))
+            assert posted["headers"]["status"] == 201, posted
+        # Then every one is pushed to the subscriber, once
+        bodies = []
+        while len(bodies) < 6:
+            pushed = orjson.loads(await asyncio.wait_for(listener.recv(), 30))
+            assert pushed["Message_Type"] == "Notification", pushed
+            assert pushed["queue_name"] == "feed"
+            bodies.append(pushed["body"]["n"])
+        assert sorted(bodies) == list(range(6))
 
 
 def test_a_killed_replica_of_each_service_loses_nothing_and_is_replaced(
