@@ -175,9 +175,14 @@ class RedisClusterProcesses:
                 roles[port] = "master" if "master" in flags else "slave"
         return roles
 
+    def replicating(self, port: int) -> bool:
+        """Whether the replica on ``port`` has its master's data and follows it."""
+        return "master_link_status:up" in self.cli(port, "info", "replication")
+
     def wait_healthy(self, timeout: float = 60.0, masters: int = 3) -> None:
-        """Until every live node says ``cluster_state:ok``, knows every slot as served and
-        sees ``masters`` masters with a replica each."""
+        """Until every live node says ``cluster_state:ok`` and knows every slot as served, it
+        sees ``masters`` masters and the others replicas, and every replica has synchronised
+        with its master (a replica that has not cannot take over)."""
         deadline = time.monotonic() + timeout
         problem = ""
         while time.monotonic() < deadline:
@@ -192,7 +197,9 @@ class RedisClusterProcesses:
                 served = {i.get("cluster_slots_ok") for i in infos}
                 counts = sorted(roles.values())
                 if (states == {"ok"} and served == {"16384"}
-                        and counts == ["master"] * masters + ["slave"] * (len(live) - masters)):
+                        and counts == ["master"] * masters + ["slave"] * (len(live) - masters)
+                        and all(self.replicating(port) for port, role in roles.items()
+                                if role == "slave")):
                     return
                 problem = f"states {states}, slots ok {served}, roles {roles}"
             time.sleep(0.1)
@@ -226,6 +233,7 @@ def start_redis_cluster(workdir: Path, node_timeout_ms: int = 2000) -> RedisClus
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(folder / "nodes.conf"),
                     "--cluster-node-timeout", str(node_timeout_ms),
+                    "--repl-diskless-sync-delay", "0",
                     "--appendonly", "no", "--save", "", "--dir", str(folder)]
             node = ServerProcess(argv, port, folder)
             nodes.append(node)

@@ -325,36 +325,49 @@ def _confirmed(calls: Sequence[Call], replies: list[Any], replicas: int) -> list
     ]
 
 
+Settle = Callable[[int, Any], None]
+
+
 async def run(
     client: redis.asyncio.Redis | RedisClusterClient,
     calls: Sequence[Call],
     replicas: int = 0,
     wait_timeout: float = 1.0,
+    settle: Settle | None = None,
 ) -> list[Any]:
     """The reply of each call, or the error it failed with, sending them pipelined (one
     pipeline per node on a cluster) and, when ``replicas`` and a call writes, followed on the
-    same connection by ``WAIT replicas wait_timeout``.
+    same connection by ``WAIT replicas wait_timeout``. ``settle(i, reply)`` is called for
+    call ``i`` as soon as its reply is known: on a cluster some are known while others are
+    still being resent.
 
     On one server a lone call goes alone (no pipeline), and a connection failure raises
     (every call of a pipeline failed with it). A :class:`NoScriptError` is returned, for the
     caller to load its scripts and go again.
     """
     if isinstance(client, RedisClusterClient):
-        return await client.run(calls, replicas, wait_timeout)
+        return await client.run(calls, replicas, wait_timeout, settle)
     waits = replicas > 0 and any(call.writes for call in calls)
+    replies: list[Any]
     if len(calls) == 1 and not waits:
         try:
             # redis-py leaves Redis.execute_command unannotated.
-            return [await client.execute_command(*calls[0].args)]  # type: ignore[no-untyped-call]
+            replies = [await client.execute_command(*calls[0].args)]  # type: ignore[no-untyped-call]
         except NoScriptError as exc:
-            return [exc]
-    async with client.pipeline(transaction=False) as pipe:
-        for call in calls:
-            pipe.execute_command(*call.args)
+            replies = [exc]
+    else:
+        async with client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.execute_command(*call.args)
+            if waits:
+                pipe.execute_command("WAIT", replicas, int(wait_timeout * 1000))
+            replies = await pipe.execute(raise_on_error=False)
         if waits:
-            pipe.execute_command("WAIT", replicas, int(wait_timeout * 1000))
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-    return _confirmed(calls, replies, replicas) if waits else replies
+            replies = _confirmed(calls, replies, replicas)
+    if settle is not None:
+        for i, reply in enumerate(replies):
+            settle(i, reply)
+    return replies
 
 
 class RedisClusterClient(RedisCluster):
@@ -405,12 +418,16 @@ class RedisClusterClient(RedisCluster):
             if not await backoff.pause():
                 raise failure
 
-    async def run(self, calls: Sequence[Call], replicas: int, wait_timeout: float) -> list[Any]:
+    async def run(
+        self, calls: Sequence[Call], replicas: int, wait_timeout: float,
+        settle: Settle | None = None,
+    ) -> list[Any]:
         """:func:`run` on the cluster: the calls grouped by the node of their key's slot, one
         pipeline per node, every command of it pinned to that node (so a ``WAIT`` at its end
         covers them all, and a slot that moved answers ``MOVED`` instead of being followed
         elsewhere). A call that failed in a way :func:`may_resend` allows is sent again, in a
-        new grouping after the slot map is read again, until ``retry_for`` has passed.
+        new grouping after the slot map is read again, until ``retry_for`` has passed; the
+        others are settled at once.
         """
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
@@ -422,10 +439,16 @@ class RedisClusterClient(RedisCluster):
                 replies[i] = reply
                 if isinstance(reply, Exception) and may_resend(reply, calls[i].idempotent):
                     again.append(i)
-            if not again or not await backoff.pause():
-                return replies
-            await self._refresh()
-            todo = again
+                elif settle is not None:
+                    settle(i, reply)
+            if again and await backoff.pause():
+                await self._refresh()
+                todo = again
+                continue
+            if settle is not None:
+                for i in again:
+                    settle(i, replies[i])
+            return replies
 
     async def _attempt(
         self, calls: Sequence[Call], replicas: int, wait_timeout: float

@@ -114,34 +114,32 @@ class Scripts:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[Call]) -> None:
+        lost: list[Call] = []
+
+        def settle(call: Call, reply: Any) -> None:
+            if isinstance(reply, NoScriptError) and not lost_again:
+                lost.append(call)  # the server restarted (or its script cache was flushed)
+            else:
+                _settle(call[3], reply)
+
+        lost_again = False
         try:
-            replies = await self._execute(batch)
+            await self._pipeline(batch, settle)
+            if lost:
+                lost_again = True
+                await self.load()
+                await self._pipeline(lost, settle)
         except asyncio.CancelledError:
             for *_, future in batch:
                 future.cancel()
             raise
         except Exception as exc:  # the connection failed: every call of the batch failed
-            replies = [exc] * len(batch)
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue  # its caller gave up waiting
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+            for *_, future in batch:
+                _settle(future, exc)
 
-    async def _execute(self, batch: list[Call]) -> list[Any]:
-        replies = await self._pipeline(batch)
-        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if lost:
-            # The server restarted (or its script cache was flushed): load and go again.
-            await self.load()
-            for i, reply in zip(lost, await self._pipeline([batch[i] for i in lost]),
-                                strict=True):
-                replies[i] = reply
-        return replies
-
-    async def _pipeline(self, batch: Sequence[Call]) -> list[Any]:
+    async def _pipeline(self, batch: Sequence[Call], settle: Callable[[Call, Any], None]) -> None:
+        """Send ``batch``, calling ``settle(call, its reply or error)`` as each is known (on a
+        cluster, a call is answered while others of its batch are still being resent)."""
         calls = [
             redis_store.Call(
                 ("EVALSHA", self._shas[name], nkeys, *encoded),
@@ -151,4 +149,16 @@ class Scripts:
             )
             for name, nkeys, encoded, _ in batch
         ]
-        return await redis_store.run(self._client, calls, self._replicas, self._wait_timeout)
+        await redis_store.run(
+            self._client, calls, self._replicas, self._wait_timeout,
+            settle=lambda i, reply: settle(batch[i], reply),
+        )
+
+
+def _settle(future: asyncio.Future[Any], reply: Any) -> None:
+    if future.done():
+        return  # its caller gave up waiting
+    if isinstance(reply, Exception):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
