@@ -141,8 +141,8 @@ function M.report(script, threads, summary, latency)
   local listed = {}
   for status, n in pairs(statuses) do listed[#listed + 1] = status .. " x" .. n end
   table.sort(listed)
-  io.write(string.format("  errors %d: non-2xx %d%s; socket connect %d, read %d, write %d, timeout %d\n",
-                         result.errors, result.non_2xx,
+  io.write(string.format("  errors %d: non-2xx %d%s; socket connect %d, read %d, write %d, "
+                         .. "timeout %d\n", result.errors, result.non_2xx,
                          #listed > 0 and " (" .. table.concat(listed, ", ") .. ")" or "",
                          e.connect, e.read, e.write, e.timeout))
   io.write("WRK_RESULT ", encode(result), "\n")

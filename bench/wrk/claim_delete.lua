@@ -2,7 +2,8 @@
 -- (POST /v2/queues/Q/claims?limit=5 with ttl and grace), then deletes each claimed message
 -- through its href (which carries the claim_id), then claims again.
 --
---   wrk -t4 -c4 -d20s -s bench/wrk/claim_delete.lua http://127.0.0.1:8888 -- queue=bench project=bench
+--   wrk -t4 -c4 -d20s -s bench/wrk/claim_delete.lua http://127.0.0.1:8888 -- queue=bench \
+--       project=bench
 --
 -- Settings (queue, project, client_id, limit, ttl, grace) as script arguments or WRK_*
 -- environment variables: see _common.lua.
