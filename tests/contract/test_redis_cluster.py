@@ -233,6 +233,28 @@ async def test_a_post_or_claim_sent_again_is_applied_once(
     assert (await message_store.stats(P, Q)).claimed == 2
 
 
+async def test_wait_on_one_server_without_replicas_refuses_writes_as_unconfirmed(
+    redis_uri: str, clock: Clock
+) -> None:
+    # Given stores on one Redis server, which has no replica, asked to wait for one
+    uri = f"{redis_uri}&wait=1&wait_timeout=0.2"
+    messages, queues = await _open_both(uri)
+    try:
+        # Then every write is applied but refused as unconfirmed, and reads work
+        with pytest.raises(Unavailable, match="replicas did not confirm"):
+            await messages.post(P, Q, "c", [msg(0)])
+        with pytest.raises(Unavailable, match="replicas did not confirm"):
+            await messages.bump_queue_version(P, Q)
+        with pytest.raises(Unavailable, match="replicas did not confirm"):
+            await queues.create("p", "q", {})
+        assert len(await live_ids(messages)) == 1
+        assert await messages.queue_version(P, Q) == 1
+        assert await queues.exists("p", "q")
+    finally:
+        await messages.close()
+        await queues.close()
+
+
 # The registry index ----------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import random
 import time
@@ -50,6 +51,7 @@ from services.message_svc.storage.redis.store import (
 log = logging.getLogger(__name__)
 
 SLOTS = 16384
+_TAG_LETTERS = "@ABCDEFGHIJKLMNO"
 # Registry sets (hash slots) that each collect_garbage call reads besides those the index
 # names, round the 16384 slots, to find a set the index lacks (its process died between a post
 # and indexing the set): within 256 calls, 21 minutes at the default 5 s interval.
@@ -58,16 +60,20 @@ GC_REPAIR_SLOTS = 64
 
 @functools.cache
 def slot_tags() -> tuple[str, ...]:
-    """For each hash slot, a short text whose hash tag falls in that slot."""
+    """For each hash slot, a text of four letters ``@A-O`` whose hash tag falls in that slot.
+
+    The 65536 such texts cover every slot (CRC16 is linear and these letters differ only in
+    their low four bits), so this takes one pass of 65536 CRCs.
+    """
     found: list[str | None] = [None] * SLOTS
-    left, n = SLOTS, 0
-    while left:
-        text = format(n, "x")
+    for letters in itertools.product(_TAG_LETTERS, repeat=4):
+        text = "".join(letters)
         slot = crc_hqx(text.encode(), 0) % SLOTS
         if found[slot] is None:
-            found[slot], left = text, left - 1
-        n += 1
-    return tuple(text for text in found if text is not None)
+            found[slot] = text
+    tags = tuple(text for text in found if text is not None)
+    assert len(tags) == SLOTS
+    return tags
 
 
 def _slot(tag: str) -> int:
