@@ -119,6 +119,8 @@ class RedisClusterMessageStore(RedisMessageStore):
     async def _dead_lettered(
         self, prefix: str, dead: DeadLetters, move: tuple[str, str, str, str]
     ) -> tuple[str, ...]:
+        if not dead:
+            return ()
         dlq, ttl, expires, claim_id = move
         await self._finish_moves(prefix, [(dlq, ttl, expires, claim_id, row) for row in dead])
         return tuple(_text(row[0]) for row in dead)
