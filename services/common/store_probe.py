@@ -1,16 +1,17 @@
 """Whether a store URI is one this project serves from, and whether its server answers now.
 
 A pool (contract §2) names a message store by URI; before it is registered, queue_svc checks
-that the URI is one of ours (``sqlite:///``, ``redis://``, ``mongodb://``, parsed by the same
-code the stores use) and that the store can actually be reached within a time limit. Nothing
-is written: Redis and MongoDB get a ``PING``, an existing SQLite file is opened read-write and
-its header read, and for a SQLite file still to be created the folder it would go in must
-exist and be writable.
+that the URI is one of ours (``sqlite:///``, ``redis://``, ``redis+cluster://``,
+``mongodb://``, parsed by the same code the stores use) and that the store can actually be
+reached within a time limit. Nothing is written: Redis (every master of a cluster) and MongoDB
+get a ``PING``, an existing SQLite file is opened read-write and its header read, and for a
+SQLite file still to be created the folder it would go in must exist and be writable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
 from pathlib import Path
@@ -20,7 +21,7 @@ from urllib.parse import quote
 from services.common.config import ConfigurationError
 from services.common.sqlite_store import MEMORY, parse_uri
 
-SCHEMES: Final = ("sqlite", "redis", "mongodb")
+SCHEMES: Final = ("sqlite", "redis", "redis+cluster", "mongodb")
 
 
 class StoreUnreachable(Exception):
@@ -58,7 +59,7 @@ def check_uri(uri: str, store: str) -> str:
                 f"invalid SQLite {store} URI {uri!r}: expected an absolute path, "
                 "sqlite:////absolute/path/to/file.db"
             )
-    elif scheme == "redis":
+    elif scheme in ("redis", "redis+cluster"):
         from services.common.redis_store import RedisOptions
 
         RedisOptions.parse(uri, store=store, prefix="zp", max_connections=1)
@@ -97,7 +98,7 @@ async def _reach(scheme: str, uri: str, store: str, within: float) -> None:
                 path = parse_uri(uri, store).path
                 if path != MEMORY:
                     await asyncio.to_thread(_check_sqlite, path, within)
-            elif scheme == "redis":
+            elif scheme in ("redis", "redis+cluster"):
                 await _ping_redis(uri, store, within)
             else:
                 await _ping_mongodb(uri, store, within)
@@ -128,11 +129,23 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
     import redis.asyncio
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     from services.common.redis_store import RedisOptions, describe
 
     options = RedisOptions.parse(uri, store=store, prefix="zp", max_connections=1)
+    if options.cluster:
+        # Every master answers: the cluster client pings each node it discovered.
+        cluster = dataclasses.replace(options, socket_connect_timeout=within,
+                                      socket_timeout=within, retry_for=0.0)
+        nodes = cluster.cluster_client("zaqar-probe", decode_responses=False)
+        try:
+            await nodes.ping(target_nodes=nodes.PRIMARIES)
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreUnreachable(describe(exc)) from exc
+        finally:
+            await nodes.aclose()
+        return
     client = redis.asyncio.Redis(
         host=options.host, port=options.port, db=options.db, username=options.username,
         password=options.password, socket_connect_timeout=within, socket_timeout=within,

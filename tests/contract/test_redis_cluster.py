@@ -27,6 +27,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.common import store_probe
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.common.redis_store import NotReplicated, RedisOptions, may_resend
@@ -41,6 +42,7 @@ from tests.contract.conftest import Clock
 from tests.servers import (
     RedisClusterProcesses,
     ServerProcess,
+    free_port,
     start_redis_cluster,
     stop_redis_cluster,
 )
@@ -599,3 +601,13 @@ async def test_a_store_opened_while_a_node_is_down_works(
     finally:
         await messages.close()
         await queues.close()
+
+
+async def test_a_cluster_uri_is_probed_on_every_master(redis_cluster_uri: str) -> None:
+    # A cluster answers: a pool may be registered on it, and a service's health watch sees it
+    await store_probe.probe(redis_cluster_uri, "message store", 5)
+    await store_probe.answers(redis_cluster_uri, "message store", 5)
+    # A cluster URI naming no live node is unreachable, said in one line
+    dead = f"redis+cluster://127.0.0.1:{free_port()}"
+    with pytest.raises(store_probe.StoreUnreachable):
+        await store_probe.answers(dead, "message store", 2)
