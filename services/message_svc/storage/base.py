@@ -312,6 +312,10 @@ class MessageStore(Protocol):
         dead-letter queue (same id; a new ``seq`` there; unclaimed; ``claim_count`` 0; ttl
         replaced by ``dead_letter.ttl`` from now when set) instead of being claimed, and the
         claim keeps looking for messages to fill ``limit``.
+        On a Redis Cluster, where the dead-letter queue may live in another slot, the move is
+        finished in idempotent steps (docs/redis-cluster.md): once ``claim`` returns, the
+        message is no longer claimable in its queue, and it appears in the dead-letter queue at
+        once or, after a crash between the steps, when the sweeper resumes the move.
 
         Returns:
             The claim (``None`` when nothing was claimed) and the ids moved to the
