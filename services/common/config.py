@@ -315,10 +315,19 @@ class Settings:
                 raise ConfigurationError(f"cannot read config file {config_file}: {exc}") from exc
             sources.update(dict.fromkeys(values, f"file {config_file}"))
         for f in dataclasses.fields(cls):
-            env_value = environ.get(ENV_PREFIX + f.name.upper())
+            variable = ENV_PREFIX + f.name.upper()
+            env_value = environ.get(variable)
             if env_value is not None:
                 values[f.name] = env_value
                 sources[f.name] = "environment"
+            path = environ.get(variable + "_FILE") if f.name in SECRET_SETTINGS else None
+            if path is not None:
+                if env_value is not None:
+                    raise ConfigurationError(
+                        f"both {variable} and {variable}_FILE are set: set one of them"
+                    )
+                values[f.name] = _read_secret(variable + "_FILE", path)
+                sources[f.name] = f"file {path} ({variable}_FILE)"
         for key, value in (overrides or {}).items():
             if value is not None:
                 values[key] = value
@@ -370,6 +379,26 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+# Settings that may also be read from a file named by ZAQAR_<NAME>_FILE, as Kubernetes mounts
+# Secrets: passwords, the signing secret, and store URIs (which may carry a password).
+SECRET_SETTINGS: frozenset[str] = frozenset(
+    name for name in _FIELDS
+    if name.endswith(("_password", "_secret")) or name in ("queue_store", "message_store",
+                                                           "notifier_store")
+)
+
+
+def _read_secret(variable: str, path: str) -> str:
+    """The content of a secret file, without its final line break.
+
+    Raises:
+        ConfigurationError: it cannot be read, or is not UTF-8.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {variable}={path}: {exc}") from exc
 _STORES = {"queue_store": "queue", "message_store": "message", "notifier_store": "notifier"}
 _TARGETS = {"queue_target": "queue", "message_targets": "message",
             "notifier_target": "notifier"}

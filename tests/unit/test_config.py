@@ -3,9 +3,11 @@ another service's address or store."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from services.common.config import Service, Settings
+from services.common.config import ConfigurationError, Service, Settings
 
 
 def test_each_service_has_its_own_target_and_store() -> None:
@@ -30,3 +32,31 @@ def test_an_unknown_service_name_fails(name: str) -> None:
         settings.target(name)
     with pytest.raises(ValueError, match="is not a valid Service"):
         settings.store_uri(name)
+
+
+def test_secrets_may_be_read_from_files(tmp_path: Path) -> None:
+    # Given secrets mounted as files, as Kubernetes mounts a Secret (with a final newline)
+    (tmp_path / "password").write_text("s3cret\n")
+    (tmp_path / "store").write_text("redis://:pw@10.0.0.5:6379/2")
+    settings, sources = Settings._resolve(environ={
+        "ZAQAR_KEYSTONE_PASSWORD_FILE": str(tmp_path / "password"),
+        "ZAQAR_MESSAGE_STORE_FILE": str(tmp_path / "store"),
+    })
+    # Then the settings hold their content, and say where it came from
+    assert settings.keystone_password == "s3cret"
+    assert settings.message_store == "redis://:pw@10.0.0.5:6379/2"
+    assert sources["keystone_password"] == (
+        f"file {tmp_path / 'password'} (ZAQAR_KEYSTONE_PASSWORD_FILE)")
+
+
+def test_a_secret_file_must_be_readable_and_alone(tmp_path: Path) -> None:
+    missing = tmp_path / "absent"
+    with pytest.raises(ConfigurationError, match="cannot read ZAQAR_SMTP_PASSWORD_FILE="):
+        Settings.load(environ={"ZAQAR_SMTP_PASSWORD_FILE": str(missing)})
+    (tmp_path / "s").write_text("x")
+    with pytest.raises(ConfigurationError, match="both ZAQAR_SIGNED_URL_SECRET and "
+                                                 "ZAQAR_SIGNED_URL_SECRET_FILE are set"):
+        Settings.load(environ={"ZAQAR_SIGNED_URL_SECRET": "y",
+                               "ZAQAR_SIGNED_URL_SECRET_FILE": str(tmp_path / "s")})
+    # Only secrets are read from files: a _FILE variable of another setting is not one of ours
+    assert Settings.load(environ={"ZAQAR_HTTP_PORT_FILE": str(tmp_path / "s")}).http_port == 8888
