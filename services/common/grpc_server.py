@@ -157,6 +157,10 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # Callers reconnect (and resolve the target's name again) every 5 minutes or so, so that
+    # replicas added by a scale-out get calls without waiting for a connection to break. No
+    # grace limit: calls and streams under way on the old connection run to their end.
+    ("grpc.max_connection_age_ms", 300_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
