@@ -205,6 +205,10 @@ def _share(fx: Fixture, rng: random.Random) -> Spec:
 VALID: dict[str, Builder] = {
     "GET /": lambda fx, rng: Spec(),
     "GET /v2/": lambda fx, rng: Spec(),
+    "GET /healthz": lambda fx, rng: Spec(),
+    "HEAD /healthz": lambda fx, rng: Spec(),
+    "GET /readyz": lambda fx, rng: Spec(),
+    "HEAD /readyz": lambda fx, rng: Spec(),
     "GET /v2/ping": lambda fx, rng: Spec(),
     "HEAD /v2/ping": lambda fx, rng: Spec(),
     "GET /v2/health": lambda fx, rng: Spec(),
