@@ -58,6 +58,16 @@ def free_cluster_port() -> int:
     raise RuntimeError(f"no free port pair between {low} and {high}")
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports (:func:`free_port` may pick one port twice)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def _ephemeral_start() -> int:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
