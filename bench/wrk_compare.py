@@ -280,7 +280,8 @@ def start_ours(session: Session, replicas: int) -> System:
     proc = session.start("ours", [str(Path(sys.executable).parent / "zaqar-grpc"), "up",
                                   "--store", f"redis://127.0.0.1:{redis_port}/0",
                                   "--data-dir", str(session.work / "ours-data"),
-                                  "--replicas", str(replicas)], env=env, cwd=ROOT)
+                                  *(["--replicas", str(replicas)] if replicas > 1 else [])],
+                         env=env, cwd=ROOT)
     system = System("ours", "zaqar-grpc" + f" ({replicas} replicas)" * (replicas > 1),
                     main_pid=proc.pid, named={"up": proc.pid, "redis-server": redis_pid})
 
