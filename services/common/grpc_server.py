@@ -22,6 +22,7 @@ from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
 from services.common.keystone import KeystoneAuth
 from services.common.startup import CannotListen, check_port, report
+from services.common.sweeper import Periodic
 from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ STORE_CHECK_INTERVAL: Final = 1.5
 STORE_CHECK_TIMEOUT: Final = 2.0
 
 
-class StoreWatch:
+class StoreWatch(Periodic):
     """Keeps a service's health status in step with whether its store answers: NOT_SERVING
     (for ``""`` and its service names) while ``check`` fails or hangs, SERVING again once it
     succeeds. Each change is logged once."""
@@ -52,45 +53,31 @@ class StoreWatch:
         interval: float = STORE_CHECK_INTERVAL,
         timeout: float = STORE_CHECK_TIMEOUT,
     ) -> None:
+        super().__init__(interval)
         self._health = health_servicer
         self._names = service_names
         self._check = check
         self._what = what
-        self._interval = interval
         self._timeout = timeout
-        self._task: asyncio.Task[None] | None = None
         self.serving = True
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-
-    async def stop(self) -> None:
-        """Stop watching (before the service reports NOT_SERVING for its shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await self._check()
-                why = ""
-            except TimeoutError:
-                why = f"it did not answer within {self._timeout:g}s"
-            except Exception as exc:  # whatever the driver raises: the store is not usable
-                why = getattr(exc, "description", None) or str(exc) or type(exc).__name__
-            if bool(why) == self.serving:
-                self.serving = not why
-                if why:
-                    log.warning("%s cannot be reached (%s): NOT_SERVING until it answers",
-                                self._what, why)
-                else:
-                    log.warning("%s answers again: SERVING", self._what)
-                await set_serving(self._health, self._names, self.serving)
+    async def tick(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._check()
+            why = ""
+        except TimeoutError:
+            why = f"it did not answer within {self._timeout:g}s"
+        except Exception as exc:  # whatever the driver raises: the store is not usable
+            why = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+        if bool(why) == self.serving:
+            self.serving = not why
+            if why:
+                log.warning("%s cannot be reached (%s): NOT_SERVING until it answers",
+                            self._what, why)
+            else:
+                log.warning("%s answers again: SERVING", self._what)
+            await set_serving(self._health, self._names, self.serving)
 
 
 @dataclass

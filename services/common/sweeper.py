@@ -18,17 +18,12 @@ class Collectable(Protocol):
         ...
 
 
-class Sweeper:
-    """Calls ``store.collect_garbage()`` every ``interval`` seconds (0 disables it).
+class Periodic:
+    """A background task that calls :meth:`tick` every ``interval`` seconds (0 disables it),
+    from :meth:`start` until :meth:`stop`. ``tick`` handles its own failures."""
 
-    Expired items are already invisible to every operation; sweeping only reclaims space, so a
-    failed sweep is logged and the next one tries again.
-    """
-
-    def __init__(self, store: Collectable, interval: float, what: str = "expired items") -> None:
-        self._store = store
+    def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._what = what
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -41,18 +36,37 @@ class Sweeper:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.tick()
+
+    async def tick(self) -> None:
+        raise NotImplementedError
+
+
+class Sweeper(Periodic):
+    """Calls ``store.collect_garbage()`` every ``interval`` seconds (0 disables it).
+
+    Expired items are already invisible to every operation; sweeping only reclaims space, so a
+    failed sweep is logged and the next one tries again.
+    """
+
+    def __init__(self, store: Collectable, interval: float, what: str = "expired items") -> None:
+        super().__init__(interval)
+        self._store = store
+        self._what = what
+
     async def sweep(self) -> int:
         removed = await self._store.collect_garbage()
         if removed:
             log.debug("expiry sweep removed %d %s", removed, self._what)
         return removed
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.sweep()
-            except Unavailable as exc:
-                log.warning("expiry sweep failed: %s", exc.description)
-            except Exception:
-                log.exception("expiry sweep failed")
+    async def tick(self) -> None:
+        try:
+            await self.sweep()
+        except Unavailable as exc:
+            log.warning("expiry sweep failed: %s", exc.description)
+        except Exception:
+            log.exception("expiry sweep failed")
