@@ -43,6 +43,10 @@ cd "$root/protos"
   --python_out="$out" --grpc_python_out="$out" \
   --mypy_out=quiet:"$out" --mypy_grpc_out=quiet:"$out" zaqar/v2/*.proto
 touch "$out/zaqar/__init__.py" "$out/zaqar/v2/__init__.py"
-# The descriptor set Envoy's gRPC-JSON transcoder reads (deploy/envoy/envoy.yaml).
+# The descriptor set Envoy's gRPC-JSON transcoder reads (deploy/envoy/envoy.yaml). It also holds
+# google.rpc.Status and the error detail types (ErrorInfo), which no zaqar proto imports: with
+# convert_grpc_status the transcoder renders a failed call's grpc-status-details-bin as JSON,
+# and it can only print the details whose types it finds here.
 "$py" -m grpc_tools.protoc -I . -I "$annotations" --include_imports \
-  --descriptor_set_out="${DESCRIPTOR_OUT:-$root/deploy/envoy/zaqar.pb}" zaqar/v2/*.proto
+  --descriptor_set_out="${DESCRIPTOR_OUT:-$root/deploy/envoy/zaqar.pb}" zaqar/v2/*.proto \
+  google/rpc/status.proto google/rpc/error_details.proto
