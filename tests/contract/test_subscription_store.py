@@ -29,11 +29,14 @@ from services.notifier_svc.storage.base import (
     new_id,
 )
 from services.notifier_svc.storage.registry import open_notifier_store
-from tests.contract.conftest import Clock
+from tests.contract.conftest import WITH_CLUSTER, Clock
 from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
 from tests.servers import ServerProcess, free_port, redis_process
 
 HOOK = "http://127.0.0.1:9/hook"
+
+# The store_uri fixture's backends: this store runs on a Redis Cluster too.
+STORE_BACKENDS = WITH_CLUSTER
 
 
 @pytest.fixture
@@ -708,10 +711,10 @@ async def test_redis_deliveries_stored_without_lanes_are_indexed_at_open(
     try:
         sub = await subscribe(store)
         await store.enqueue([delivery(sub, "old")])
-        # Given an outbox written before deliveries had lanes (only the P:due index)
+        # Given an outbox written before deliveries had lanes (only the B:due index)
         client = store._redis()  # type: ignore[attr-defined]
-        prefix = store._prefix  # type: ignore[attr-defined]
-        await client.delete(f"{prefix}:lanes", f"{prefix}:ld:{HOOK}")
+        keys = store._keys  # type: ignore[attr-defined]
+        await client.delete(keys.lanes, keys.lane(HOOK))
         assert await store.claim_due(limit=5, lease=30, per_subscriber=5) == []
     finally:
         await store.close()

@@ -287,15 +287,8 @@ def test_store_uris_are_ones_the_services_open(overlay: str) -> None:
 
 
 def test_redis_cluster_store_uris_are_ones_the_services_open() -> None:
-    from services.common.config import ConfigurationError
-
-    try:
-        _check_store_uris("redis-cluster")
-    except ConfigurationError as exc:
-        # Until every service opens redis+cluster:// (issue #10), only that may fail here.
-        if "unsupported scheme 'redis+cluster'" not in str(exc):
-            raise
-        pytest.xfail("redis+cluster:// store URIs come with issue #10 (Redis Cluster)")
+    # The queue, message and notifier stores all open the overlay's redis+cluster:// URIs.
+    _check_store_uris("redis-cluster")
 
 
 def _check_store_uris(overlay: str) -> None:

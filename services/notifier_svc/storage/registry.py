@@ -17,6 +17,9 @@ from services.notifier_svc.storage.base import NotifierStore
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "sqlite": ("services.notifier_svc.storage.sqlite", "SqliteNotifierStore", "aiosqlite"),
     "redis": ("services.notifier_svc.storage.redis", "RedisNotifierStore", "redis[hiredis]"),
+    "redis+cluster": (
+        "services.notifier_svc.storage.redis", "RedisClusterNotifierStore", "redis[hiredis]"
+    ),
     "mongodb": ("services.notifier_svc.storage.mongodb", "MongoNotifierStore", "pymongo"),
 }
 

@@ -4,21 +4,38 @@ from __future__ import annotations
 
 import redis.asyncio
 
-from services.common.redis_store import RedisOptions, describe, redis_edge
+from services.common import store_uri
+from services.common.redis_store import (
+    CLUSTER_FORM,
+    FORM,
+    RedisClusterClient,
+    RedisOptions,
+    describe,
+    redis_edge,
+)
 
 __all__ = ["STORE", "RedisOptions", "connect", "describe", "edge", "parse"]
 
 STORE = "notifier store"
 
 
-def parse(uri: str) -> RedisOptions:
-    """Raises: ConfigurationError, naming what is wrong."""
-    return RedisOptions.parse(uri, store=STORE, prefix="zn", max_connections=32)
+def parse(uri: str, cluster: bool = False) -> RedisOptions:
+    """The options of a ``redis://`` URI, or of a ``redis+cluster://`` one with ``cluster``.
+
+    Raises: ConfigurationError, naming what is wrong.
+    """
+    options = RedisOptions.parse(uri, store=STORE, prefix="zn", max_connections=32)
+    if options.cluster != cluster:
+        raise store_uri.invalid(STORE, uri, f"expected {CLUSTER_FORM if cluster else FORM}")
+    return options
 
 
-def connect(options: RedisOptions, decode: bool = True) -> redis.asyncio.Redis:
-    """A client; ``decode`` False for one whose replies stay bytes (the watch feed)."""
-    return options.client("zaqar-notifier-svc", decode_responses=decode)
+def connect(
+    options: RedisOptions, decode: bool = True
+) -> redis.asyncio.Redis | RedisClusterClient:
+    """A client of the server or cluster the options name; ``decode`` False for one whose
+    replies stay bytes (the watch feed)."""
+    return options.connect("zaqar-notifier-svc", decode_responses=decode)
 
 
 edge = redis_edge(STORE)

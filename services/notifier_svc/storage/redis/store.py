@@ -1,15 +1,21 @@
 """Subscriptions and the delivery outbox in Redis; every change is one Lua script.
 
 The key layout is described in ``scripts/_common.lua``, whose helpers are prepended to every
-script. Redis runs a script atomically, so deleting a subscription also removes its pending
-deliveries, and ``enqueue`` stores only deliveries whose subscription exists: the outbox never
-holds an orphan. Durability is Redis's: run it with AOF (``appendfsync always``) for the
-outbox to survive a crash of Redis itself. The watch registry and feed are in ``watches.py``.
+script; the names are made in ``_keys.py``, and every script gets the keys its arguments name in
+``KEYS``. On a Redis Cluster (``redis+cluster://``, ``cluster.py``) every key of the store has
+one hash tag, so each script runs whole on the master of that slot.
+
+Redis runs a script atomically, so deleting a subscription also removes its pending deliveries,
+and ``enqueue`` stores only deliveries whose subscription exists: the outbox never holds an
+orphan. Durability is Redis's: run it with AOF (``appendfsync always``) for the outbox to
+survive a crash of Redis itself, and on a cluster (or a server with replicas) with ``wait=1``
+for an acknowledged change to survive a failover. The watch registry and feed are in ``watches.py``.
 """
 
 from __future__ import annotations
 
 import builtins
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -17,14 +23,15 @@ from typing import Any
 
 import orjson
 import redis.asyncio
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
+from services.common import redis_store
 from services.common.errors import (
     SubscriptionAlreadyExists,
     SubscriptionNotFound,
     Unavailable,
 )
-from services.common.redis_store import open_with_scripts
+from services.common.redis_store import RedisClusterClient, open_with_scripts
 from services.notifier_svc.storage.base import (
     Delivery,
     DeliveryKind,
@@ -38,12 +45,20 @@ from services.notifier_svc.storage.redis._connection import (
     edge,
     parse,
 )
+from services.notifier_svc.storage.redis._keys import Keys
 from services.notifier_svc.storage.redis.watches import RedisWatches
 
 SCRIPTS = (
     "create", "update", "delete", "delete_queue", "collect_garbage", "enqueue", "claim",
     "reschedule", "complete", "index_lanes", "watch", "unwatch", "collect_watches",
 )
+# Scripts that change nothing more when run again with the same arguments: a cluster client
+# may resend them after a timeout (any script is resent after a broken connection, and the
+# others recognise such a replay or change nothing that a caller relies on; see
+# docs/redis-cluster.md).
+IDEMPOTENT = frozenset({
+    "complete", "collect_garbage", "collect_watches", "index_lanes", "unwatch",
+})
 # Expired subscriptions one sweep script removes at most (Redis runs one script at a time).
 GC_BUDGET = 200
 # Subscriptions fetched per round trip when listing.
@@ -87,9 +102,13 @@ class RedisNotifierStore(RedisWatches):
     def __init__(self, options: RedisOptions, now: Callable[[], float] = time.time) -> None:
         self.options = options
         self._now = now
-        self._client: redis.asyncio.Redis | None = None
-        self._feed_client: redis.asyncio.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._keys = Keys(options.prefix, options.cluster)
+        self._client: redis.asyncio.Redis | RedisClusterClient | None = None
+        self._feed_client: redis.asyncio.Redis | RedisClusterClient | None = None
+        self._texts = {name: _script_text(name) for name in SCRIPTS}
+        self._shas = {
+            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._texts.items()
+        }
 
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> RedisNotifierStore:
@@ -99,26 +118,23 @@ class RedisNotifierStore(RedisWatches):
     def address(self) -> str:
         return self.options.address
 
-    @property
-    def _prefix(self) -> str:
-        return self.options.prefix
-
-    def _redis(self) -> redis.asyncio.Redis:
+    def _redis(self) -> redis.asyncio.Redis | RedisClusterClient:
         if self._client is None:
             raise Unavailable("The notifier store is closed.")
         return self._client
 
     async def open(self) -> None:
-        texts = {name: _script_text(name) for name in SCRIPTS}
         client = connect(self.options)
-        self._scripts = await open_with_scripts(client, texts, "notifier store", self.address)
+        await open_with_scripts(client, self._texts, "notifier store", self.address)
+        if isinstance(client, RedisClusterClient):
+            client.idempotent_scripts.update(self._shas[name] for name in IDEMPOTENT)
         self._client = client
         self._feed_client = connect(self.options, decode=False)
         await self._index_lanes()
 
     @edge("index the pending notifications")
     async def _index_lanes(self) -> None:
-        await self._run("index_lanes")
+        await self._run("index_lanes", ())
 
     async def close(self) -> None:
         if self._client is not None:
@@ -128,24 +144,50 @@ class RedisNotifierStore(RedisWatches):
             feed, self._feed_client = self._feed_client, None
             await feed.aclose()
 
-    async def _run(self, script: str, *args: Any) -> Any:
-        return await self._scripts[script](
-            keys=[], args=[self._prefix, *args], client=self._redis()
+    async def _run(self, script: str, keys: Sequence[str], *args: Any) -> Any:
+        """The reply of ``script`` given the common keys, then ``keys``, and the base and
+        ``args``; when ``wait`` asks for it, after replicas confirmed its writes."""
+        all_keys = (*self._keys.common, *keys)
+        call = redis_store.Call(
+            ("EVALSHA", self._shas[script], len(all_keys), *all_keys, self._keys.base, *args),
+            key=all_keys[0], idempotent=script in IDEMPOTENT,
         )
+        client = self._redis()
+        for attempt in range(2):
+            [reply] = await redis_store.run(
+                client, [call], self.options.wait, self.options.wait_timeout
+            )
+            if isinstance(reply, NoScriptError) and attempt == 0:
+                # The server restarted, or its script cache was flushed: load them again.
+                for text in self._texts.values():
+                    await client.script_load(text)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        raise AssertionError("unreachable")
 
-    def _qs_key(self, project: str, queue: str) -> str:
-        return f"{self._prefix}:qs:{queue}:{project}"
+    async def _reads(self, commands: Sequence[tuple[Any, ...]]) -> builtins.list[Any]:
+        """The replies of read-only ``commands`` (each names its key second), pipelined."""
+        replies = await redis_store.run(self._redis(), [
+            redis_store.Call(command, key=command[1], writes=False, idempotent=True)
+            for command in commands
+        ])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def _read(self, ids: Sequence[str], project: str, queue: str) -> list[Subscription]:
         """The live subscriptions among ``ids`` of (project, queue), in the given order."""
         if not ids:
             return []
-        pipe = self._redis().pipeline(transaction=False)
-        for subscription_id in ids:
-            pipe.hgetall(f"{self._prefix}:s:{subscription_id}")
+        replies = await self._reads(
+            [("HGETALL", self._keys.subscription(i)) for i in ids]
+        )
         now = self._now()
         found: list[Subscription] = []
-        for subscription_id, f in zip(ids, await pipe.execute(), strict=True):
+        for subscription_id, f in zip(ids, replies, strict=True):
             if f and f["project"] == project and f["queue"] == queue and float(
                 f["expires"]
             ) > now:
@@ -159,8 +201,13 @@ class RedisNotifierStore(RedisWatches):
         self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any]
     ) -> tuple[Subscription, bool]:
         now = self._now()
+        subscription_id = new_id(now)
+        keys = self._keys
         created, subscription_id, flat = await self._run(
-            "create", project, queue, subscriber, repr(now), new_id(now), ttl, _json(options),
+            "create",
+            (keys.queue_subscribers(project, queue), keys.queue_subscriptions(project, queue),
+             keys.subscription(subscription_id)),
+            project, queue, subscriber, repr(now), subscription_id, ttl, _json(options),
             repr(now + ttl),
         )
         return _subscription(subscription_id, _fields(flat)), bool(created)
@@ -174,7 +221,7 @@ class RedisNotifierStore(RedisWatches):
     async def list(
         self, project: str, queue: str, *, limit: int, marker: str = ""
     ) -> list[Subscription]:
-        key = self._qs_key(project, queue)
+        key = self._keys.queue_subscriptions(project, queue)
         found: list[Subscription] = []
         after = marker
         while len(found) < limit:
@@ -188,7 +235,8 @@ class RedisNotifierStore(RedisWatches):
 
     @edge("read the subscriptions")
     async def subscribers(self, project: str, queue: str) -> builtins.list[Subscription]:
-        ids = [str(i) for i in await self._redis().zrange(self._qs_key(project, queue), 0, -1)]
+        key = self._keys.queue_subscriptions(project, queue)
+        ids = [str(i) for i in await self._redis().zrange(key, 0, -1)]
         return await self._read(ids, project, queue)
 
     @edge("update the subscription")
@@ -205,7 +253,10 @@ class RedisNotifierStore(RedisWatches):
     ) -> Subscription:
         now = self._now()
         reply = await self._run(
-            "update", project, queue, subscription_id, repr(now),
+            "update",
+            (self._keys.subscription(subscription_id),
+             self._keys.queue_subscribers(project, queue)),
+            project, queue, subscription_id, repr(now),
             subscriber or "",
             "" if ttl is None else ttl,
             "" if ttl is None else repr(now + ttl),
@@ -225,17 +276,27 @@ class RedisNotifierStore(RedisWatches):
 
     @edge("delete the subscription")
     async def delete(self, project: str, queue: str, subscription_id: str) -> bool:
-        return bool(await self._run("delete", project, queue, subscription_id))
+        keys = self._keys
+        return bool(await self._run(
+            "delete",
+            (keys.subscription(subscription_id), keys.subscription_deliveries(subscription_id),
+             keys.queue_subscriptions(project, queue), keys.queue_subscribers(project, queue)),
+            project, queue, subscription_id,
+        ))
 
     @edge("delete the queue's subscriptions")
     async def delete_queue(self, project: str, queue: str) -> int:
-        return int(await self._run("delete_queue", project, queue))
+        keys = (self._keys.queue_subscriptions(project, queue),
+                self._keys.queue_subscribers(project, queue))
+        return int(await self._run("delete_queue", keys, project, queue))
 
     @edge("remove expired subscriptions")
     async def collect_garbage(self) -> int:
         removed = 0
         while True:
-            items, examined = await self._run("collect_garbage", repr(self._now()), GC_BUDGET)
+            items, examined = await self._run(
+                "collect_garbage", (), repr(self._now()), GC_BUDGET
+            )
             removed += int(items)
             if int(examined) < GC_BUDGET:
                 await self._collect_watches()
@@ -248,11 +309,16 @@ class RedisNotifierStore(RedisWatches):
         if not deliveries:
             return 0
         now = self._now()
+        keys: list[str] = []
         args: list[Any] = [repr(now)]
         for d in deliveries:
-            args += [new_id(now), d.subscription_id, d.project, d.queue, d.subscriber,
+            delivery_id = new_id(now)
+            keys += [self._keys.subscription(d.subscription_id), self._keys.delivery(delivery_id),
+                     self._keys.lane(d.subscriber),
+                     self._keys.subscription_deliveries(d.subscription_id)]
+            args += [delivery_id, d.subscription_id, d.project, d.queue, d.subscriber,
                      _json(d.options), d.kind.value, d.document]
-        return int(await self._run("enqueue", *args))
+        return int(await self._run("enqueue", keys, *args))
 
     @edge("take due notifications")
     async def claim_due(
@@ -267,7 +333,7 @@ class RedisNotifierStore(RedisWatches):
         until = now + lease
         pairs = [x for subscriber, n in (busy or {}).items() for x in (subscriber, n)]
         flat = await self._run(
-            "claim", repr(now), repr(until), limit, per_subscriber, *pairs
+            "claim", (), repr(now), repr(until), limit, per_subscriber, *pairs
         )
         claimed = [
             (float(flat[i + 1]), str(flat[i]), _delivery(flat[i], _fields(flat[i + 2]), until))
@@ -285,19 +351,23 @@ class RedisNotifierStore(RedisWatches):
         leased_until: float | None = None,
     ) -> bool:
         lease = "" if leased_until is None else repr(leased_until)
-        return bool(await self._run("reschedule", delivery_id, repr(due), attempts, lease))
+        return bool(await self._run(
+            "reschedule", (self._keys.delivery(delivery_id),),
+            delivery_id, repr(due), attempts, lease,
+        ))
 
     @edge("remove a notification")
     async def complete(self, delivery_id: str) -> None:
-        await self._run("complete", delivery_id)
+        await self._run("complete", (self._keys.delivery(delivery_id),), delivery_id)
 
     @edge("read the notifications")
     async def next_due(self) -> float | None:
-        first = await self._redis().zrange(f"{self._prefix}:due", 0, 0, withscores=True)
+        first = await self._redis().zrange(self._keys.due, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
     @edge("count notifications")
     async def count_deliveries(self, subscription_id: str | None = None) -> int:
         if subscription_id is None:
-            return int(await self._redis().zcard(f"{self._prefix}:due"))
-        return int(await self._redis().scard(f"{self._prefix}:ds:{subscription_id}"))
+            return int(await self._redis().zcard(self._keys.due))
+        return int(await self._redis().scard(self._keys.subscription_deliveries(subscription_id)))
+

@@ -2,11 +2,12 @@
 
 The registry is one sorted set per watched queue (replica id -> expiry of its entry) plus a
 set naming those queues, changed by Lua scripts (``watch``, ``unwatch``, ``collect_watches``;
-keys in ``scripts/_common.lua``). The feed is a Redis stream (``P:wf``): ``XADD`` appends
+keys in ``scripts/_common.lua``). The feed is a Redis stream (``B:wf``): ``XADD`` appends
 atomically in one total order, readers block in ``XREAD`` (no polling) from the last id they
 read, which is the cursor. It is trimmed to about ``FEED_MAX_EVENTS`` entries on every append
 and to ``FEED_RETENTION`` seconds (by the server's clock, whose time the ids are) by
-``collect_garbage``; the key expires ``FEED_RETENTION`` seconds after the last append.
+``collect_garbage`` (in the ``collect_watches`` script); the key expires ``FEED_RETENTION``
+seconds after the last append.
 
 Payloads are bytes, so the feed goes through a second client that does not decode replies.
 """
@@ -19,6 +20,8 @@ from typing import Any
 
 import redis.asyncio
 
+from services.common import redis_store
+from services.common.redis_store import RedisClusterClient
 from services.notifier_svc.storage import base
 from services.notifier_svc.storage.base import (
     FEED_RETENTION,
@@ -26,6 +29,7 @@ from services.notifier_svc.storage.base import (
     WatchKey,
 )
 from services.notifier_svc.storage.redis._connection import RedisOptions, edge
+from services.notifier_svc.storage.redis._keys import Keys
 
 START = "0-0"
 
@@ -46,26 +50,27 @@ class RedisWatches:
 
     options: RedisOptions
     _now: Callable[[], float]
-    _feed_client: redis.asyncio.Redis | None
+    _keys: Keys
+    _feed_client: redis.asyncio.Redis | RedisClusterClient | None
 
     @property
     def address(self) -> str:
         return self.options.address
 
-    async def _run(self, script: str, *args: Any) -> Any:
+    async def _run(self, script: str, keys: Sequence[str], *args: Any) -> Any:
         raise NotImplementedError
 
-    def _redis(self) -> redis.asyncio.Redis:
+    def _redis(self) -> redis.asyncio.Redis | RedisClusterClient:
         raise NotImplementedError
 
-    def _feed(self) -> redis.asyncio.Redis:
+    def _feed(self) -> redis.asyncio.Redis | RedisClusterClient:
         self._redis()  # raises Unavailable once closed
         assert self._feed_client is not None
         return self._feed_client
 
     @property
     def _feed_key(self) -> str:
-        return f"{self.options.prefix}:wf"
+        return self._keys.feed
 
     @edge("register the watchers")
     async def keep_watching(
@@ -74,7 +79,10 @@ class RedisWatches:
         if not keys:
             return []
         now = self._now()
-        positions = await self._run("watch", replica, repr(now), repr(now + ttl), *_pairs(keys))
+        positions = await self._run(
+            "watch", self._keys.watch_keys(keys), replica, repr(now), repr(now + ttl),
+            *_pairs(keys),
+        )
         return [keys[int(n) - 1] for n in positions]
 
     @edge("unregister the watchers")
@@ -83,29 +91,32 @@ class RedisWatches:
     ) -> None:
         if keys is not None and not keys:
             return
-        await self._run("unwatch", replica, *_pairs(keys or []))
+        await self._run("unwatch", self._keys.watch_keys(keys or []), replica, *_pairs(keys or []))
 
     @edge("read the watchers")
     async def watchers(self, project: str, queue: str) -> builtins.list[str]:
-        key = f"{self.options.prefix}:w:{queue}:{project}"
+        key = self._keys.watchers(project, queue)
         found = await self._redis().zrangebyscore(key, f"({self._now()!r}", "+inf")
         return sorted(str(replica) for replica in found)
 
     async def _collect_watches(self) -> None:
-        await self._run("collect_watches", repr(self._now()))
-        seconds, _ = await self._feed().time()
-        oldest = max(0, int((seconds - FEED_RETENTION) * 1000))
-        await self._feed().xtrim(self._feed_key, minid=f"{oldest}-0", approximate=True)
+        await self._run(
+            "collect_watches", (self._feed_key,), repr(self._now()), int(FEED_RETENTION * 1000)
+        )
 
     @edge("publish to the watchers")
     async def publish_watch_event(self, event: WatchEvent) -> None:
-        fields: dict[Any, Any] = {
-            "o": event.origin, "p": event.project, "q": event.queue, "b": event.payload,
-        }
-        pipe = self._feed().pipeline(transaction=False)
-        pipe.xadd(self._feed_key, fields, maxlen=base.FEED_MAX_EVENTS, approximate=True)
-        pipe.pexpire(self._feed_key, int(FEED_RETENTION * 1000))
-        await pipe.execute()
+        key = self._feed_key
+        replies = await redis_store.run(self._feed(), [
+            redis_store.Call((
+                "XADD", key, "MAXLEN", "~", base.FEED_MAX_EVENTS, "*",
+                "o", event.origin, "p", event.project, "q", event.queue, "b", event.payload,
+            ), key),
+            redis_store.Call(("PEXPIRE", key, int(FEED_RETENTION * 1000)), key, idempotent=True),
+        ], self.options.wait, self.options.wait_timeout)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     @edge("read the watch feed")
     async def watch_feed_end(self) -> str:

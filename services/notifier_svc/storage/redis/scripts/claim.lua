@@ -1,7 +1,8 @@
 -- Lease due deliveries lane by lane (a lane = one subscriber's deliveries), earliest due lane
 -- first: at most `limit` in all and per subscriber `per_subscriber` minus its busy count.
 -- The work depends on the number of lanes, not on any lane's backlog.
--- ARGV: P, now, until, limit, per_subscriber, then subscriber, busy count pairs
+-- KEYS: the four of every script.
+-- ARGV: B, now, until, limit, per_subscriber, then subscriber, busy count pairs
 -- Returns {id, due before the lease, fields, ...} of the deliveries leased.
 
 local now, lease_end = tonumber(ARGV[2]), ARGV[3]
@@ -13,7 +14,7 @@ end
 local result, touched = {}, {}
 local offset = 0
 while left > 0 do
-    local lanes = redis.call('ZRANGEBYSCORE', P .. ':lanes', '-inf', now, 'LIMIT', offset, 100)
+    local lanes = redis.call('ZRANGEBYSCORE', LANES, '-inf', now, 'LIMIT', offset, 100)
     if #lanes == 0 then
         break
     end
@@ -25,16 +26,16 @@ while left > 0 do
                 'LIMIT', 0, room)
             for j = 1, #due, 2 do
                 local id = due[j]
-                local fields = redis.call('HGETALL', P .. ':d:' .. id)
+                local fields = redis.call('HGETALL', dkey(id))
                 if #fields > 0 then
-                    redis.call('ZADD', P .. ':due', lease_end, id)
+                    redis.call('ZADD', DUE, lease_end, id)
                     redis.call('ZADD', lane(subscriber), lease_end, id)
                     result[#result + 1] = id
                     result[#result + 1] = due[j + 1]
                     result[#result + 1] = fields
                     left = left - 1
                 else
-                    redis.call('ZREM', P .. ':due', id)
+                    redis.call('ZREM', DUE, id)
                     redis.call('ZREM', lane(subscriber), id)
                 end
             end
@@ -45,7 +46,7 @@ while left > 0 do
         end
     end
 end
--- Lane scores change only now, so that the paging above saw a stable P:lanes.
+-- Lane scores change only now, so that the paging above saw a stable B:lanes.
 for _, subscriber in ipairs(touched) do
     refresh_lane(subscriber)
 end

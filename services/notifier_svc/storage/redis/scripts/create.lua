@@ -1,22 +1,24 @@
 -- Create a subscription unless a live one of the same subscriber exists.
--- ARGV: P, project, queue, subscriber, now, new id, ttl, options (JSON), expires
+-- KEYS: the four of every script, then the queue's B:qu: and B:qs: keys and the new
+--       subscription's (B:s:<new id>).
+-- ARGV: B, project, queue, subscriber, now, new id, ttl, options (JSON), expires
 -- Returns {1, id, fields} when created, {0, id, fields} when an existing one is returned.
 
+local qu, qs, new = KEYS[5], KEYS[6], KEYS[7]
 local project, queue, subscriber, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local qu = qu_key(project, queue)
 local existing = redis.call('HGET', qu, subscriber)
 if existing then
-    if live(existing, project, queue, now) then
+    if live(skey(existing), project, queue, now) then
         return {0, existing, redis.call('HGETALL', skey(existing))}
     end
-    remove_subscription(existing)
+    remove_subscription(existing, {qs = qs, qu = qu})
     redis.call('HDEL', qu, subscriber)
 end
 local id = ARGV[6]
-redis.call('HSET', skey(id), 'project', project, 'queue', queue, 'subscriber', subscriber,
+redis.call('HSET', new, 'project', project, 'queue', queue, 'subscriber', subscriber,
     'ttl', ARGV[7], 'options', ARGV[8], 'confirmed', '0', 'created', ARGV[5],
     'expires', ARGV[9])
-redis.call('ZADD', qs_key(project, queue), 0, id)
+redis.call('ZADD', qs, 0, id)
 redis.call('HSET', qu, subscriber, id)
-redis.call('ZADD', P .. ':exp', ARGV[9], id)
-return {1, id, redis.call('HGETALL', skey(id))}
+redis.call('ZADD', EXP, ARGV[9], id)
+return {1, id, redis.call('HGETALL', new)}
