@@ -2,10 +2,14 @@
 
 The same store and scripts as on one server (``store.py``), with every key under one hash tag,
 ``<prefix>:{<prefix>}:`` (``_keys.py``): each script touches keys of one slot, so it runs whole,
-atomically, on the master of that slot, as on one server. The whole store is thus served by one
-master (and its replicas): notifier traffic (subscriptions, one delivery per notification) is
-small next to the message traffic, which spreads over the masters by queue. docs/redis-cluster.md
-says why the outbox was not spread by queue, and what a failover means here.
+atomically, on the master of that slot, as on one server. Each script starts with ``#!lua``:
+Redis (7.0 or later) then refuses a script that touches a key of another slot, even one the
+script was not given (without it, a key of another slot on the same node would pass unseen).
+
+The whole store is thus served by one master (and its replicas): notifier traffic
+(subscriptions, one delivery per notification) is small next to the message traffic, which
+spreads over the masters by queue. docs/redis-cluster.md says why the outbox was not spread by
+queue, and what a failover means here.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from services.notifier_svc.storage.redis.store import RedisNotifierStore
 
 class RedisClusterNotifierStore(RedisNotifierStore):
     """:class:`RedisNotifierStore` on a Redis Cluster (see the module's docstring)."""
+
+    script_header = "#!lua\n"
 
     @classmethod
     def from_uri(

@@ -19,7 +19,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import redis.asyncio
@@ -99,13 +99,16 @@ def _json(options: Mapping[str, Any]) -> str:
 class RedisNotifierStore(RedisWatches):
     """:class:`services.notifier_svc.storage.base.NotifierStore` on a Redis server."""
 
+    script_header: ClassVar[str] = ""
+    """A first line of every script (before the shared helpers)."""
+
     def __init__(self, options: RedisOptions, now: Callable[[], float] = time.time) -> None:
         self.options = options
         self._now = now
         self._keys = Keys(options.prefix, options.cluster)
         self._client: redis.asyncio.Redis | RedisClusterClient | None = None
         self._feed_client: redis.asyncio.Redis | RedisClusterClient | None = None
-        self._texts = {name: _script_text(name) for name in SCRIPTS}
+        self._texts = {name: self.script_header + _script_text(name) for name in SCRIPTS}
         self._shas = {
             name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._texts.items()
         }
