@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from google.protobuf import descriptor_pb2
 
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
+ENVOY = ROOT / "deploy" / "envoy"
 
 
 def envoy_binary() -> str:
@@ -24,10 +29,88 @@ def envoy_binary() -> str:
     pytest.skip("envoy is not installed; run scripts/bootstrap.sh --test")
 
 
-def test_envoy_config_validates() -> None:
+def render_envoy_config(target: Path, *options: str) -> Path:
+    """Writes deploy/envoy/render.py's copy of envoy.yaml (``options`` are its flags) to
+    ``target``, run from ``target``'s folder, not the repository."""
+    rendered = subprocess.run(
+        [sys.executable, str(ENVOY / "render.py"), *options],
+        cwd=target.parent, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    target.write_text(rendered)
+    return target
+
+
+def transcoder(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (manager,) = listener["filter_chains"][0]["filters"]
+    filters = {f["name"]: f["typed_config"] for f in manager["typed_config"]["http_filters"]}
+    options: dict[str, Any] = filters["envoy.filters.http.grpc_json_transcoder"]
+    return options
+
+
+def test_envoy_config_validates_from_any_directory(tmp_path: Path) -> None:
+    # Given envoy.yaml rendered with the absolute path of the descriptor set, outside the repo
+    config = render_envoy_config(tmp_path / "envoy.yaml")
+    # When Envoy validates it from that other directory
     result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", "deploy/envoy/envoy.yaml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [envoy_binary(), "--mode", "validate", "-c", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
+    # Then it is valid
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout + result.stderr
+
+
+def test_envoy_config_renders_ports_and_keeps_admin_on_loopback(tmp_path: Path) -> None:
+    # Given a copy rendered for other ports
+    config = yaml.safe_load(render_envoy_config(
+        tmp_path / "envoy.yaml", "--listen", "0.0.0.0:18080", "--admin-port", "19901",
+        "--queue", "queue:1", "--message", "message:2", "--notifier", "notifier:3",
+    ).read_text())
+    # Then the listener and upstreams moved, the admin listener only changed port
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 18080}
+    assert config["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1", "port_value": 19901}
+    endpoints = {
+        c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        ["address"]["socket_address"]
+        for c in config["static_resources"]["clusters"]
+    }
+    assert endpoints == {
+        "queue_svc": {"address": "queue", "port_value": 1},
+        "message_svc": {"address": "message", "port_value": 2},
+        "notifier_svc": {"address": "notifier", "port_value": 3},
+    }
+    assert transcoder(config)["proto_descriptor"] == str(ENVOY / "zaqar.pb")
+
+
+def test_envoy_config_edge_settings() -> None:
+    config = yaml.safe_load((ENVOY / "envoy.yaml").read_text())
+    # The descriptor is where a container mounts it; errors and unknown parameters are handled
+    options = transcoder(config)
+    assert options["proto_descriptor"] == "/etc/zaqar/envoy/zaqar.pb"
+    assert options["convert_grpc_status"] is True
+    assert options["ignore_unknown_query_parameters"] is True
+    # A caller at the edge cannot pass for one of the services (whose tokens name any project)
+    (listener,) = config["static_resources"]["listeners"]
+    (manager,) = listener["filter_chains"][0]["filters"]
+    (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
+    assert host["request_headers_to_remove"] == ["x-service-token"]
+    # The admin listener is on loopback only
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    # Every cluster health-checks its service's own name over gRPC
+    checks = {
+        c["name"]: [h["grpc_health_check"]["service_name"] for h in c["health_checks"]]
+        for c in config["static_resources"]["clusters"]
+    }
+    assert checks == {"queue_svc": ["zaqar.v2.Queues"], "message_svc": ["zaqar.v2.Messages"],
+                      "notifier_svc": ["zaqar.v2.Subscriptions"]}
+
+
+def test_envoy_descriptor_set_holds_the_error_details() -> None:
+    # The transcoder can print a status detail only if its type is in the descriptor set
+    descriptors = descriptor_pb2.FileDescriptorSet()
+    descriptors.ParseFromString((ENVOY / "zaqar.pb").read_bytes())
+    names = {f.name for f in descriptors.file}
+    assert {"google/rpc/status.proto", "google/rpc/error_details.proto"} <= names

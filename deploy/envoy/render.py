@@ -1,0 +1,92 @@
+"""Prints deploy/envoy/envoy.yaml with the descriptor path and addresses of a given run.
+
+envoy.yaml names its descriptor set by the absolute path a container mounts it at
+(/etc/zaqar/envoy/zaqar.pb). This script, standard library only, writes a copy for any other
+place: by default its descriptor is the zaqar.pb next to this file, so the copy works from any
+working directory.
+
+    python3 deploy/envoy/render.py > /tmp/zaqar-envoy.yaml && envoy -c /tmp/zaqar-envoy.yaml
+    python3 deploy/envoy/render.py --listen 0.0.0.0:8080 --queue queue:50061 \\
+        --message message:50062 --notifier notifier:50063 --descriptor /srv/zaqar.pb
+
+The admin listener stays on 127.0.0.1; only its port can change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MOUNTED_DESCRIPTOR = "/etc/zaqar/envoy/zaqar.pb"
+# What each option replaces in envoy.yaml; each must occur there exactly once.
+LISTEN = "{ address: 127.0.0.1, port_value: 8080 }"
+ADMIN = "{ address: 127.0.0.1, port_value: 9901 }"
+UPSTREAMS = {
+    "queue": "{ address: 127.0.0.1, port_value: 50061 }",
+    "message": "{ address: 127.0.0.1, port_value: 50062 }",
+    "notifier": "{ address: 127.0.0.1, port_value: 50063 }",
+}
+
+
+def socket_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return f'{{ address: "{host.strip("[]")}", port_value: {int(port)} }}'
+
+
+def port_number(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}")
+    return int(value)
+
+
+def render(template: str, replacements: dict[str, str]) -> str:
+    """``template`` with each key replaced by its value, all in one pass; a key that does not
+    occur exactly once is an error (the template changed under this script)."""
+    for old in replacements:
+        if template.count(old) != 1:
+            raise ValueError(f"the template should contain {old!r} exactly once")
+    if not replacements:
+        return template
+    pattern = re.compile("|".join(map(re.escape, replacements)))
+    return pattern.sub(lambda match: replacements[match.group()], template)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--template", type=Path, default=HERE / "envoy.yaml",
+                        help="the configuration to render (default: envoy.yaml next to this file)")
+    parser.add_argument("--descriptor", type=Path, default=HERE / "zaqar.pb",
+                        help="the descriptor set (default: zaqar.pb next to this file)")
+    parser.add_argument("--listen", type=socket_address, metavar="HOST:PORT",
+                        help="the API listener (default 127.0.0.1:8080)")
+    parser.add_argument("--admin-port", type=port_number, metavar="PORT",
+                        help="the admin listener's port on 127.0.0.1 (default 9901)")
+    for name in UPSTREAMS:
+        parser.add_argument(f"--{name}", type=socket_address, metavar="HOST:PORT",
+                            help=f"the {name} service (default: envoy.yaml's)")
+    args = parser.parse_args(argv)
+    replacements = {
+        f"proto_descriptor: {MOUNTED_DESCRIPTOR}":
+            f"proto_descriptor: {args.descriptor.resolve()}",
+    }
+    if args.listen:
+        replacements[LISTEN] = args.listen
+    if args.admin_port:
+        replacements[ADMIN] = f"{{ address: 127.0.0.1, port_value: {args.admin_port} }}"
+    for name, old in UPSTREAMS.items():
+        if getattr(args, name):
+            replacements[old] = getattr(args, name)
+    try:
+        sys.stdout.write(render(args.template.read_text(), replacements))
+    except (OSError, ValueError) as exc:
+        parser.exit(1, f"render.py: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

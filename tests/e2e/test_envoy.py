@@ -1,0 +1,201 @@
+"""A REST caller through Envoy's gRPC-JSON transcoder gets what a gRPC caller gets: the real
+envoy binary, configured by deploy/envoy/, in front of a ``zaqar-grpc up`` stack."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import orjson
+import pytest
+from zaqar.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
+
+from services.common.errors import ERROR_DOMAIN, RpcErrorInfo, decode_rpc_error
+from tests.e2e.harness import Stack
+from tests.servers import free_ports
+from tests.stacks import up_stack
+from tests.unit.test_deploy import envoy_binary, render_envoy_config
+
+pytestmark = pytest.mark.e2e
+
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+@dataclass
+class Envoy:
+    proc: asyncio.subprocess.Process
+    url: str
+    admin_url: str
+    grpc_target: str
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The session's ``zaqar-grpc up`` stack on SQLite."""
+    return up_stack(request, "sqlite")
+
+
+@pytest.fixture(scope="module")
+async def envoy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Envoy]:
+    """Envoy in front of ``stack``, started from a folder of its own (not the repository)."""
+    binary = envoy_binary()
+    workdir = tmp_path_factory.mktemp("envoy")
+    listen, admin = free_ports(2)
+    host = stack.settings.host
+    config = render_envoy_config(
+        workdir / "envoy.yaml", "--listen", f"127.0.0.1:{listen}", "--admin-port", str(admin),
+        "--queue", f"{host}:{stack.settings.queue_port}",
+        "--message", f"{host}:{stack.settings.message_port}",
+        "--notifier", f"{host}:{stack.settings.notifier_port}",
+    )
+    log = workdir / "envoy.log"
+    with log.open("wb") as out:
+        # A base id Envoy picks unused, so its shared memory never clashes with another envoy.
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-c", str(config), "--use-dynamic-base-id", "--concurrency", "1",
+            "--log-level", "info", cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+        )
+    running = Envoy(proc, f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}",
+                    f"127.0.0.1:{listen}", log)
+    try:
+        await wait_ready(running)
+        yield running
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            async with asyncio.timeout(30):
+                await proc.wait()
+
+
+async def wait_ready(envoy: Envoy, deadline: float = 30) -> None:
+    """Until the admin /ready says LIVE: listeners up, clusters initialised (their first health
+    checks done)."""
+    try:
+        async with asyncio.timeout(deadline), httpx.AsyncClient(timeout=2) as admin:
+            while True:
+                if envoy.proc.returncode is not None:
+                    pytest.fail(f"envoy exited ({envoy.proc.returncode}):\n{envoy.log.read_text()}")
+                try:
+                    ready = await admin.get(f"{envoy.admin_url}/ready")
+                    if ready.status_code == 200 and ready.text.strip() == "LIVE":
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"envoy not ready within {deadline} s:\n{envoy.log.read_text()}")
+
+
+def b64(value: object) -> str:
+    return base64.b64encode(orjson.dumps(value)).decode()
+
+
+def unb64(value: str) -> Any:
+    return orjson.loads(base64.b64decode(value))
+
+
+async def test_rest_creates_a_queue_posts_and_claims(envoy: Envoy, project: str) -> None:
+    base = f"/v2/projects/{project}/queues/orders"
+    async with httpx.AsyncClient(base_url=envoy.url, timeout=10) as http:
+        # Given a queue created over REST through Envoy
+        created = await http.put(base, json={"metadata": b64({"purpose": "envoy"})})
+        assert created.status_code == 200, created.text
+        assert created.json() == {"created": True}
+        # When a message is posted, with a query parameter no method knows (ignored)
+        posted = await http.post(f"{base}/messages", params={"trace": "1"}, json={
+            "client_id": str(uuid.uuid4()),
+            "messages": [{"body": b64({"n": 1}), "ttl": 120}],
+        })
+        assert posted.status_code == 200, posted.text
+        (message_id,) = posted.json()["ids"]
+        # And claimed
+        claimed = await http.post(f"{base}/claims", params={"trace": "1"},
+                                  json={"ttl": 60, "grace": 60, "limit": 5})
+        assert claimed.status_code == 200, claimed.text
+        claim = claimed.json()
+        # Then the claim holds the message, body intact (bytes fields are base64 in JSON)
+        assert claim["id"] and claim["ttl"] == 60
+        assert [m["id"] for m in claim["messages"]] == [message_id]
+        assert [unb64(m["body"]) for m in claim["messages"]] == [{"n": 1}]
+        assert [m["claim_id"] for m in claim["messages"]] == [claim["id"]]
+        # And the queue reads back with its metadata
+        queue = (await http.get(base)).json()
+        assert queue["exists"] is True and unb64(queue["metadata"])["purpose"] == "envoy"
+    # And a gRPC caller sees the same claim
+    async with grpc.aio.insecure_channel(envoy.grpc_target) as channel:
+        got = await messages_pb2_grpc.MessagesStub(channel).GetClaim(
+            messages_pb2.GetClaimRequest(project=project, queue="orders", claim_id=claim["id"]))
+    assert [m.id for m in got.messages] == [message_id]
+
+
+MESSAGE_ID = uuid.uuid4().hex
+
+
+async def call_grpc(target: str, case: str, project: str) -> RpcErrorInfo:
+    """What a gRPC caller gets for ``case``."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            if case == "bad-queue-name":
+                await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
+                    queues_pb2.CreateQueueRequest(project=project, queue="bad!name"))
+            else:
+                await messages_pb2_grpc.MessagesStub(channel).GetMessage(
+                    messages_pb2.GetMessageRequest(
+                        project=project, queue="absent", message_id=MESSAGE_ID))
+    return decode_rpc_error(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "method", "path", "body", "http_status", "reason"),
+    [
+        ("bad-queue-name", "PUT", "/queues/bad!name", {}, 400, "INVALID_QUEUE_NAME"),
+        ("missing-message", "GET", f"/queues/absent/messages/{MESSAGE_ID}", None, 404,
+         "MESSAGE_NOT_FOUND"),
+    ],
+    ids=["bad-queue-name", "missing-message"],
+)
+async def test_rest_error_body_is_the_grpc_status(
+    envoy: Envoy, stack: Stack, project: str, case: str, method: str, path: str,
+    body: object, http_status: int, reason: str,
+) -> None:
+    # Given what a gRPC caller gets, straight from the service and through Envoy alike
+    service = "queue" if case == "bad-queue-name" else "message"
+    expected = await call_grpc(stack.settings.target(service), case, project)
+    assert expected.reason == reason
+    assert await call_grpc(envoy.grpc_target, case, project) == expected
+    # When a REST caller makes the same request through Envoy
+    async with httpx.AsyncClient(base_url=envoy.url, timeout=10) as http:
+        r = await http.request(method, f"/v2/projects/{project}{path}", json=body)
+    # Then the HTTP status is the code's, and the JSON body is the google.rpc.Status with the
+    # service's ErrorInfo
+    assert r.status_code == http_status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json() == {
+        "code": expected.code.value[0],
+        "message": expected.description,
+        "details": [{"@type": ERROR_INFO, "reason": reason, "domain": ERROR_DOMAIN,
+                     "metadata": {"title": expected.title}}],
+    }
+
+
+async def test_envoy_health_checks_every_service(envoy: Envoy) -> None:
+    # Once ready, every cluster has passed a gRPC health check of its service
+    async with httpx.AsyncClient(base_url=envoy.admin_url, timeout=5) as admin:
+        stats = (await admin.get("/stats", params={"filter": r"health_check\.success$"})).text
+        clusters = (await admin.get("/clusters")).text
+    successes = dict(re.findall(r"cluster\.(\w+)\.health_check\.success: (\d+)", stats))
+    assert sorted(successes) == ["message_svc", "notifier_svc", "queue_svc"]
+    assert all(int(count) >= 1 for count in successes.values()), stats
+    flags = re.findall(r"^(\w+)::[^:]+:\d+::health_flags::(\S+)$", clusters, re.MULTILINE)
+    assert sorted(flags) == [("message_svc", "healthy"), ("notifier_svc", "healthy"),
+                             ("queue_svc", "healthy")]
