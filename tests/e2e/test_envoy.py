@@ -128,6 +128,11 @@ async def test_rest_creates_a_queue_posts_and_claims(envoy: Envoy, project: str)
         assert [m["id"] for m in claim["messages"]] == [message_id]
         assert [unb64(m["body"]) for m in claim["messages"]] == [{"n": 1}]
         assert [m["claim_id"] for m in claim["messages"]] == [claim["id"]]
+        assert all(isinstance(m["created"], str) for m in claim["messages"])  # int64 as string
+        # And a second claim finds nothing: 200 with an empty claim (the gateway's 204)
+        empty = await http.post(f"{base}/claims", json={})
+        assert empty.status_code == 200, empty.text
+        assert empty.json()["id"] == "" and empty.json()["messages"] == []
         # And the queue reads back with its metadata
         queue = (await http.get(base)).json()
         assert queue["exists"] is True and unb64(queue["metadata"])["purpose"] == "envoy"
