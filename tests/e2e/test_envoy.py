@@ -73,7 +73,11 @@ async def envoy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Async
     finally:
         if proc.returncode is None:
             proc.terminate()
-            async with asyncio.timeout(30):
+            try:
+                async with asyncio.timeout(30):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
                 await proc.wait()
 
 
