@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from tests.servers import free_port, service_ports  # noqa: E402
 
 
 def receivers(ports: dict[str, int], counts: dict[str, Any]) -> None:
@@ -133,8 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="hung-") as tmp:
         settings = Settings.load(environ={}, overrides={
-            "data_dir": tmp, "queue_port": free_port(), "message_port": free_port(),
-            "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
+            "data_dir": tmp, **service_ports(),
             "log_level": "WARNING", "delivery_timeout": 60.0})
         stack = start_stack(settings)
         try:

@@ -34,7 +34,7 @@ from bench import zbench  # noqa: E402
 from bench.stacks import rss_mib  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
-from tests.servers import free_port, redis_process  # noqa: E402
+from tests.servers import free_port, redis_process, service_ports  # noqa: E402
 
 
 def receiver(port: int, count: Any) -> None:
@@ -88,9 +88,7 @@ def main() -> None:
         redis.start()
         uri = f"redis://127.0.0.1:{redis.port}/0"
         settings = Settings.load(environ={}, overrides={
-            "data_dir": str(work / "data"), "queue_port": free_port(),
-            "message_port": free_port(), "notifier_port": free_port(),
-            "http_port": free_port(), "ws_port": free_port(), "log_level": "WARNING",
+            "data_dir": str(work / "data"), **service_ports(), "log_level": "WARNING",
             "queue_store": uri, "message_store": uri, "notifier_store": uri,
         })
         stack = start_stack(settings)

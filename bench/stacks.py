@@ -35,7 +35,13 @@ from bench import zbench  # noqa: E402
 from services.cli import settings_environment  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import Stack, start_stack  # noqa: E402
-from tests.servers import ServerProcess, free_port, mongodb_process, redis_process  # noqa: E402
+from tests.servers import (  # noqa: E402
+    ServerProcess,
+    free_port,
+    mongodb_process,
+    redis_process,
+    service_ports,
+)
 
 
 def rss_mib(pid: int) -> float:
@@ -75,8 +81,7 @@ def run_store(store: str, seconds: float, observers: bool, durable: bool,
               work: Path, settings_overrides: dict[str, str], workers: int) -> dict[str, Any]:
     server: ServerProcess | None = None
     overrides: dict[str, Any] = {
-        "data_dir": str(work / store), "queue_port": free_port(), "message_port": free_port(),
-        "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
+        "data_dir": str(work / store), **service_ports(),
         "log_level": "INFO",
         **settings_overrides,
     }

@@ -29,14 +29,8 @@ from services.common.startup import (
     os_reason,
 )
 from services.common.store_uri import redact
+from services.replicas import port_settings
 
-# service (as ``zaqar-grpc serve`` names it) -> settings of the ports it binds
-SERVICE_PORTS: Final = {
-    "queue": ("queue_port",),
-    "message": ("message_port",),
-    "notifier": ("notifier_port",),
-    "gateway": ("http_port", "ws_port"),
-}
 # service -> name of its store in messages, as its backends name it
 STORE_NAMES: Final = {"queue": "queue store", "message": "message store",
                       "notifier": "notifier store"}
@@ -81,7 +75,7 @@ def check_ports(settings: Settings, services: Sequence[str]) -> None:
     """
     taken: dict[int, str] = {}
     for service in services:
-        for setting in SERVICE_PORTS[service]:
+        for setting in port_settings(settings, service):
             port = getattr(settings, setting)
             if port in taken:
                 kind, process, _ = PORTS[taken[port]]

@@ -4,7 +4,8 @@ Wired as on Kubernetes, where each replica is a pod of its own and callers balan
 them through one target (a headless Service):
 
 - Replica ``i`` (0 … N-1) of the gateway serves HTTP on ``http_port + i`` and WebSocket on
-  ``ws_port + i``; replica ``i`` of a gRPC service listens on ``<its port> + 10 * i``. A port
+  ``ws_port + i``; replica ``i`` of a gRPC service listens on ``<its port> + 10 * i``, and
+  serves its metrics on ``<its metrics port> + 10 * i``. A port
   set to 0 ("any") gets a free port per replica, picked here, so that every caller can be
   told every address before anything starts.
 - Every process is told every replica of each service it calls as one comma-separated list
@@ -29,9 +30,9 @@ from services.common.startup import CannotListen, bind, check_port, os_reason
 
 # service -> its port settings (the first is the one its replicas are told apart by)
 PORT_SETTINGS: Final = {
-    "queue": ("queue_port",),
-    "message": ("message_port",),
-    "notifier": ("notifier_port",),
+    "queue": ("queue_port", "queue_metrics_port"),
+    "message": ("message_port", "message_metrics_port"),
+    "notifier": ("notifier_port", "notifier_metrics_port"),
     "gateway": ("http_port", "ws_port"),
 }
 # service -> the setting that tells callers where it is
@@ -64,6 +65,12 @@ class Replica:
         """Where this very replica answers gRPC (its health check)."""
         port = getattr(self.settings, PORT_SETTINGS[self.service][0])
         return f"{connect_host(self.settings.host)}:{port}"
+
+
+def port_settings(settings: Settings, service: str) -> tuple[str, ...]:
+    """The settings of the ports ``service`` binds (its metrics port only with metrics on)."""
+    return tuple(name for name in PORT_SETTINGS[service]
+                 if settings.metrics or not name.endswith("_metrics_port"))
 
 
 def connect_host(host: str) -> str:
@@ -110,7 +117,9 @@ def plan(settings: Settings, services: Sequence[str], count: int) -> list[Replic
     replicas = []
     for service in services:
         for i in range(count):
-            own: dict[str, Any] = dict(zip(PORT_SETTINGS[service], ports[service][i], strict=True))
+            own: dict[str, Any] = dict(
+                zip(port_settings(settings, service), ports[service][i], strict=True)
+            )
             replicas.append(Replica(service, i, count, dataclasses.replace(shared, **own)))
     return replicas
 
@@ -126,7 +135,7 @@ def _ports(
         rows: list[tuple[int, ...]] = []
         for i in range(count):
             row = []
-            for setting in PORT_SETTINGS[service]:
+            for setting in port_settings(settings, service):
                 base = getattr(settings, setting)
                 port = _free_port(settings.host) if base == 0 else (
                     base + (GRPC_PORT_STEP * i if grpc else i)
@@ -169,5 +178,5 @@ def check_ports(replicas: Sequence[Replica]) -> None:
     for replica in replicas:
         if replica.index == 0:
             continue
-        for setting in PORT_SETTINGS[replica.service]:
+        for setting in port_settings(replica.settings, replica.service):
             check_port(replica.settings.host, getattr(replica.settings, setting), setting)

@@ -12,7 +12,13 @@ from services.common.config import Settings
 from tests.certs import pki  # noqa: F401 - shared fixture
 from tests.keystone import keystone, keystone_settings  # noqa: F401 - shared fixtures
 from tests.receivers import receiver, receiver_factory  # noqa: F401 - shared fixtures
-from tests.servers import free_port, free_ports, mongodb_server, redis_server  # noqa: F401
+from tests.servers import (  # noqa: F401 - shared fixtures
+    free_port,
+    free_ports,
+    mongodb_server,
+    redis_server,
+    service_ports,
+)
 from tests.stacks import up_stacks  # noqa: F401 - shared fixture
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -23,14 +29,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Settings for one test: its own data folder and free ports for every service."""
 
     def make(**overrides: object) -> Settings:
-        queue, message, notifier, http, ws = free_ports(5)
         values: dict[str, object] = {
             "data_dir": str(tmp_path / "data"),
-            "queue_port": queue,
-            "message_port": message,
-            "notifier_port": notifier,
-            "http_port": http,
-            "ws_port": ws,
+            **service_ports(),
             "gc_interval": 0.5,
         }
         values.update(overrides)

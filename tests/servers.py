@@ -68,6 +68,18 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+# Settings of every port a stack binds (gRPC, HTTP, WebSocket, metrics).
+PORT_SETTINGS = (
+    "queue_port", "message_port", "notifier_port", "http_port", "ws_port",
+    "queue_metrics_port", "message_metrics_port", "notifier_metrics_port",
+)
+
+
+def service_ports() -> dict[str, int]:
+    """A different free port for each of :data:`PORT_SETTINGS`."""
+    return dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True))
+
+
 def _ephemeral_start() -> int:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:

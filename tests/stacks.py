@@ -10,7 +10,7 @@ import pytest
 
 from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
-from tests.servers import free_ports
+from tests.servers import service_ports
 
 # Stores that ``zaqar-grpc up`` runs on in these tests.
 UP_STORES = ["sqlite", "redis", "mongodb"]
@@ -36,10 +36,8 @@ def up_stack(request: pytest.FixtureRequest, store: str) -> Stack:
 
 
 def stack_settings(request: pytest.FixtureRequest, store: str, data: Path) -> Settings:
-    queue, message, notifier, http, ws = free_ports(5)
     overrides: dict[str, Any] = {
-        "data_dir": str(data), "queue_port": queue, "message_port": message,
-        "notifier_port": notifier, "http_port": http, "ws_port": ws,
+        "data_dir": str(data), **service_ports(),
         "gc_interval": 1.0, "signed_url_secret": SIGNED_URL_SECRET, "pooling": True,
     }
     if store == "redis":

@@ -11,7 +11,7 @@ from typing import Any
 from bench.fuzz.engine import Target
 from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
-from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
+from tests.servers import ServerProcess, mongodb_process, redis_process, service_ports
 
 
 def _running(pid: int) -> bool:
@@ -54,8 +54,7 @@ def own_stack(store: str, work: Path, overrides: dict[str, Any] | None = None) -
     signed-URL secret, and for redis / mongodb its own server on a free port; stopped after."""
     server: ServerProcess | None = None
     values: dict[str, Any] = {
-        "data_dir": str(work / "data"), "queue_port": free_port(), "message_port": free_port(),
-        "notifier_port": free_port(), "http_port": free_port(), "ws_port": free_port(),
+        "data_dir": str(work / "data"), **service_ports(),
         "gc_interval": 1.0, "signed_url_secret": "fuzz-signed-url-secret", "pooling": True,
         "log_level": "WARNING", **(overrides or {}),
     }

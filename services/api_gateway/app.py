@@ -64,6 +64,6 @@ def create_app(
     app.req_options.keep_blank_qs_values = False
     app.req_options.strip_url_path_trailing_slash = False
     add_routes(app, up, settings.signed_url_secret)
-    add_probe_routes(app, up)
+    add_probe_routes(app, up, settings.metrics)
     register_error_handlers(app)
     return app

@@ -43,6 +43,7 @@ import grpc
 from google.rpc import status_pb2
 from zaqar.v2 import messages_pb2
 
+from services.common import metrics
 from services.common.config import ConfigurationError
 from services.common.errors import status_code
 
@@ -301,6 +302,7 @@ class CoalescingMessages:
                 self.stats.batches += 1
                 self.stats.batched += len(items)
                 self.stats.largest = max(self.stats.largest, len(items))
+                metrics.BATCH_SIZE.observe(len(items))
                 await self._send_batch(items)
         finally:
             self._state.in_flight -= len(items)

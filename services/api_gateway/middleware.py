@@ -27,6 +27,7 @@ route added to the app is private until it is added to :data:`PUBLIC_ROUTES`.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Final
@@ -38,6 +39,7 @@ from services.api_gateway.errors import ApiError
 from services.api_gateway.limits import check_request
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import non_canonical
+from services.common import metrics
 from services.common.limits import PROJECT_ID_MAX
 
 HOME_PATH: Final = "/v2/"
@@ -116,7 +118,36 @@ def _accepts_json(req: falcon.asgi.Request) -> bool:
 
 # URI templates of the routes that need neither a token nor Zaqar headers. Every other route
 # the router can reach is authenticated and needs the headers.
-PUBLIC_ROUTES: Final = frozenset({"/", "/healthz", "/readyz"})
+PUBLIC_ROUTES: Final = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+# The Prometheus exposition, the one route whose answer is not JSON (``routes/probes.py``).
+METRICS_PATH: Final = "/metrics"
+
+
+class RequestMetrics:
+    """Counts and times every answered request by route template, method and status
+    (``services/common/metrics.py``); the labelled series are looked up once each."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
+
+    def done(
+        self, template: str | None, method: str, status: int, started: float | None
+    ) -> None:
+        route = template or metrics.NO_ROUTE
+        if method not in metrics.HTTP_METHODS:
+            method = metrics.OTHER
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = self._counters[route, method, status] = metrics.HTTP_REQUESTS.labels(
+                route, method, str(status)
+            )
+        counter.inc()
+        timer = self._timers.get((route, method))
+        if timer is None:
+            timer = self._timers[route, method] = metrics.HTTP_SECONDS.labels(route, method)
+        if started is not None:
+            timer.observe(time.perf_counter() - started)
 
 
 class Gate:
@@ -124,15 +155,17 @@ class Gate:
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
+        self.requests = RequestMetrics()
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ctx = req.context
+        ctx.started = time.perf_counter()
         ctx.request_id = "req-" + str(uuid.uuid4())
         check_request(req)
         problem = non_canonical(req.path, req.scope.get("raw_path"))
         if problem is not None:
             raise ApiError(*NON_CANONICAL, f"The request path is not in canonical form: {problem}.")
-        if not _accepts_json(req):
+        if not _accepts_json(req) and req.path != METRICS_PATH:
             raise ApiError(406, None)
         if req.content_length is not None:
             content_type = req.content_type
@@ -173,4 +206,7 @@ class Gate:
         resource: Any,
         req_succeeded: bool,
     ) -> None:
-        resp.set_header(REQUEST_ID_HEADER, req.context.request_id)
+        ctx = req.context
+        resp.set_header(REQUEST_ID_HEADER, ctx.request_id)
+        self.requests.done(req.uri_template, req.method, resp.status_code,
+                           getattr(ctx, "started", None))

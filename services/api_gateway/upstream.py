@@ -26,6 +26,7 @@ from services.api_gateway.coalesce import CoalescingMessages, check_batch_settin
 from services.common.config import Settings
 from services.common.grpc_server import CHANNEL_OPTIONS, open_channel
 from services.common.keystone import KeystoneAuth, check_settings
+from services.common.metrics import instrumented
 from services.common.tls import Tls
 
 QUEUES_SERVICE = "zaqar.v2.Queues"
@@ -84,29 +85,29 @@ class Upstreams:
         notifier_channel = open_channel(self._notifier_target, self._tls, self._auth)
         self._channels = [queue_channel, message_channel, notifier_channel]
         messages: messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages
-        messages = messages_pb2_grpc.MessagesStub(message_channel)
+        messages = instrumented(messages_pb2_grpc.MessagesStub(message_channel))
         if self._batch:
             messages = CoalescingMessages(
-                messages, messages_pb2_grpc.MessagesInternalStub(message_channel),
+                messages, instrumented(messages_pb2_grpc.MessagesInternalStub(message_channel)),
                 max_items=self._batch_max, in_flight=self._in_flight,
             )
         self._stubs = _Stubs(
-            queues=queues_pb2_grpc.QueuesStub(queue_channel),
+            queues=instrumented(queues_pb2_grpc.QueuesStub(queue_channel)),
             messages=messages,
-            subscriptions=notifier_pb2_grpc.SubscriptionsStub(notifier_channel),
-            notifier=notifier_pb2_grpc.NotifierInternalStub(notifier_channel),
-            pools=admin_pb2_grpc.PoolsStub(queue_channel),
-            flavors=admin_pb2_grpc.FlavorsStub(queue_channel),
+            subscriptions=instrumented(notifier_pb2_grpc.SubscriptionsStub(notifier_channel)),
+            notifier=instrumented(notifier_pb2_grpc.NotifierInternalStub(notifier_channel)),
+            pools=instrumented(admin_pb2_grpc.PoolsStub(queue_channel)),
+            flavors=instrumented(admin_pb2_grpc.FlavorsStub(queue_channel)),
             store_health={
-                "queue_svc": admin_pb2_grpc.StoreHealthStub(queue_channel),
-                "message_svc": admin_pb2_grpc.StoreHealthStub(message_channel),
-                "notifier_svc": admin_pb2_grpc.StoreHealthStub(notifier_channel),
+                "queue_svc": instrumented(admin_pb2_grpc.StoreHealthStub(queue_channel)),
+                "message_svc": instrumented(admin_pb2_grpc.StoreHealthStub(message_channel)),
+                "notifier_svc": instrumented(admin_pb2_grpc.StoreHealthStub(notifier_channel)),
             },
         )
         self._health = {
-            QUEUES_SERVICE: health_pb2_grpc.HealthStub(queue_channel),
-            MESSAGES_SERVICE: health_pb2_grpc.HealthStub(message_channel),
-            SUBSCRIPTIONS_SERVICE: health_pb2_grpc.HealthStub(notifier_channel),
+            QUEUES_SERVICE: instrumented(health_pb2_grpc.HealthStub(queue_channel)),
+            MESSAGES_SERVICE: instrumented(health_pb2_grpc.HealthStub(message_channel)),
+            SUBSCRIPTIONS_SERVICE: instrumented(health_pb2_grpc.HealthStub(notifier_channel)),
         }
 
     def _message_options(self) -> list[tuple[str, Any]]:

@@ -50,6 +50,22 @@ class Settings:
     )
     http_port: int = field(default=8888, metadata=_help("HTTP port of the API gateway."))
     ws_port: int = field(default=9000, metadata=_help("WebSocket port of the API gateway."))
+    metrics: bool = field(
+        default=True,
+        metadata=_help(
+            "Serve Prometheus metrics: the gateway at /metrics on its HTTP port, each gRPC "
+            "service on its metrics port."
+        ),
+    )
+    queue_metrics_port: int = field(
+        default=9181, metadata=_help("Prometheus metrics port of queue_svc (0 = any).")
+    )
+    message_metrics_port: int = field(
+        default=9182, metadata=_help("Prometheus metrics port of message_svc (0 = any).")
+    )
+    notifier_metrics_port: int = field(
+        default=9183, metadata=_help("Prometheus metrics port of notifier_svc (0 = any).")
+    )
     queue_store: str = field(
         default="", metadata=_help("Store URI of queue_svc; default sqlite:///<data_dir>/queues.db.")
     )

@@ -11,7 +11,9 @@ it back with :func:`decode_rpc_error`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -22,6 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common.grpc_types import Context, MethodHandler, UnaryUnary, aio_unary_unary
+from services.common.metrics import ServerCalls, code_name
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +278,25 @@ def failure_status(exc: Exception, method: str) -> status_pb2.Status:
 
 
 def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
+    calls = ServerCalls(method)
+
     async def wrapper(request: Any, context: Context) -> Any:
+        start = time.perf_counter()
+        code = "OK"
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
+            code = code_name(context.code())
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
             raise
         except Exception as exc:
-            await context.abort_with_status(rpc_status.to_status(failure_status(exc, method)))
+            status = failure_status(exc, method)
+            code = code_name(status.code)
+            await context.abort_with_status(rpc_status.to_status(status))
+        finally:
+            calls.done(code, time.perf_counter() - start)
 
     return wrapper
 

@@ -21,7 +21,8 @@ from services.common.config import ConfigurationError, Settings
 from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
 from services.common.keystone import KeystoneAuth
-from services.common.startup import CannotListen, check_port, report
+from services.common.metrics import STORE_REACHABLE, Exposition
+from services.common.startup import METRICS_PORT, CannotListen, check_port, os_reason, report
 from services.common.sweeper import Periodic
 from services.common.tls import Tls
 
@@ -60,6 +61,10 @@ class StoreWatch(Periodic):
         self._what = what
         self._timeout = timeout
         self.serving = True
+        self._reachable = STORE_REACHABLE.labels(
+            what.removeprefix("the ").removesuffix(" store")
+        )
+        self._reachable.set(1)
 
     async def tick(self) -> None:
         try:
@@ -70,6 +75,7 @@ class StoreWatch(Periodic):
             why = f"it did not answer within {self._timeout:g}s"
         except Exception as exc:  # whatever the driver raises: the store is not usable
             why = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+        self._reachable.set(0 if why else 1)
         if bool(why) == self.serving:
             self.serving = not why
             if why:
@@ -286,7 +292,7 @@ async def serve(
     if watch is None or watch.serving:
         await set_serving(health_servicer, service_names, True)
     if announce:
-        print(announce, flush=True)
+        print(announcement(announce), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -348,10 +354,12 @@ def run_service(
     cannot be bound, a store that cannot be reached) is one line on stderr and a non-zero
     status (``services/common/startup.py``), never a traceback.
     """
+    exposition: Exposition | None = None
     try:
         if settings is None:
             settings = Settings.load()
         setup_logging(settings.log_level)
+        exposition = serve_metrics(name, settings)
         install_event_loop_policy()
         asyncio.run(run(settings))
     except Exception as exc:
@@ -359,7 +367,46 @@ def run_service(
         if status is None:
             raise
         return status
+    finally:
+        if exposition is not None:
+            exposition.stop()
     return 0
+
+
+# Where this process serves its metrics ("host:port"), once serve_metrics bound the port;
+# added to the READY line.
+_metrics_address: str | None = None
+
+
+def serve_metrics(process: str, settings: Settings) -> Exposition | None:
+    """Serve the metrics of ``process`` (``message_svc``) on its metrics port, when it has
+    one and ``settings.metrics`` is on; the server, to stop.
+
+    Raises:
+        CannotListen: the port cannot be bound.
+    """
+    global _metrics_address
+    setting = METRICS_PORT.get(process)
+    if not settings.metrics or setting is None:
+        return None
+    port = getattr(settings, setting)
+    check_port(settings.host, port, setting)
+    exposition = Exposition(settings.host, port)
+    try:
+        bound = exposition.start()
+    except OSError as exc:
+        raise CannotListen(settings.host, port, os_reason(exc), setting) from None
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    _metrics_address = f"{host}:{bound}"
+    log.debug("metrics at http://%s/metrics", _metrics_address)
+    return exposition
+
+
+def announcement(line: str) -> str:
+    """The READY line, with the metrics address when this process serves metrics."""
+    if _metrics_address is None:
+        return line
+    return f"{line} metrics=http://{_metrics_address}/metrics"
 
 
 def setup_logging(level: str) -> None:

@@ -37,7 +37,13 @@ PORTS: Final[dict[str, tuple[str, str, str]]] = {
     "notifier_port": ("gRPC port", "notifier_svc", "serve notifier --grpc-port"),
     "http_port": ("HTTP port", "api_gateway", "--port"),
     "ws_port": ("WebSocket port", "api_gateway", ""),
+    "queue_metrics_port": ("metrics port", "queue_svc", ""),
+    "message_metrics_port": ("metrics port", "message_svc", ""),
+    "notifier_metrics_port": ("metrics port", "notifier_svc", ""),
 }
+# process -> setting of its metrics port
+METRICS_PORT: Final = {process: setting for setting, (kind, process, _) in PORTS.items()
+                       if kind == "metrics port"}
 # process -> setting of its gRPC port
 GRPC_PORT: Final = {process: setting for setting, (kind, process, _) in PORTS.items()
                     if kind == "gRPC port"}

@@ -5,7 +5,8 @@ Every store of every service (queue_svc's queues and catalog, message_svc's mess
 message stores of pools, notifier_svc's subscriptions and outbox) has one lifecycle:
 ``Backend.from_uri(uri, **options)`` parses the URI and builds the store without any I/O
 (a bad URI fails here, with a :class:`ConfigurationError`), ``await store.open()`` connects and
-sets up the schema, ``await store.close()`` releases it. :func:`open_store` does the first two.
+sets up the schema, ``await store.close()`` releases it. :func:`open_store` does the first two,
+and has every operation of the store recorded (``metrics.instrument_store``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from services.common import metrics
 from services.common.config import ConfigurationError
 from services.common.store_uri import redact
 
@@ -54,4 +56,5 @@ async def open_store(store: str, uri: str, backends: Backends, **options: Any) -
     """
     opened = backend_class(store, uri, backends).from_uri(uri, **options)
     await opened.open()
-    return opened
+    scheme = uri.partition(":")[0].lower()
+    return metrics.instrument_store(opened, store.removesuffix(" store"), scheme)

@@ -40,6 +40,7 @@ from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
+from services.common.metrics import instrumented
 from services.common.tls import Tls
 from services.message_svc.storage.base import NewMessage
 
@@ -182,7 +183,7 @@ class Handoff:
     async def _send(self, batches: list[_Batch], time_limit: float) -> None:
         if self._stub is None:
             self._channel = open_channel(self._target, self._tls, self._auth)
-            self._stub = notifier_pb2_grpc.NotifierInternalStub(self._channel)
+            self._stub = instrumented(notifier_pb2_grpc.NotifierInternalStub(self._channel))
         epoch = self._epoch
         reply = await self._stub.NotifyMany(
             notifier_pb2.NotifyManyRequest(batches=[

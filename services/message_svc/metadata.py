@@ -24,6 +24,7 @@ from zaqar.v2 import queues_pb2, queues_pb2_grpc
 
 from services.common import limits
 from services.common.errors import upstream_call
+from services.common.metrics import instrumented
 from services.message_svc.storage.base import DeadLetterPolicy
 
 Key = tuple[str, str]
@@ -91,7 +92,7 @@ class QueueMetadata:
     ) -> None:
         """``on_load(project, queue)`` is called as each load starts (the hand-off drops what
         it knows of the queue's listeners, which the version covers too)."""
-        self._stub = queues_pb2_grpc.QueuesStub(channel)
+        self._stub = instrumented(queues_pb2_grpc.QueuesStub(channel))
         self._version_of = version_of
         self._on_load = on_load
         self._timeout = timeout

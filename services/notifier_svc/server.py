@@ -24,7 +24,12 @@ from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
 from services.notifier_svc import health as store_health
-from services.notifier_svc.delivery.dispatcher import Dispatcher, Sender
+from services.notifier_svc.delivery.dispatcher import (
+    DEPTH_INTERVAL,
+    Dispatcher,
+    OutboxDepth,
+    Sender,
+)
 from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
 from services.notifier_svc.delivery.trust import TrustSender
 from services.notifier_svc.delivery.webhook import WebhookSender
@@ -107,12 +112,14 @@ async def start(
         clock=clock,
     )
     sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
+    depth = OutboxDepth(store, DEPTH_INTERVAL if settings.metrics else 0)
     watches = WatchSharing(store, WatchHub(), replicas.listened)
 
     async def close() -> None:
         try:
             await watches.close()
             await sweeper.stop()
+            await depth.stop()
             await dispatcher.stop(grace=min(DELIVERY_GRACE, settings.shutdown_grace))
         finally:  # even when a clean-up deadline cut the dispatcher's stop short
             await webhook.close()
@@ -158,6 +165,7 @@ async def start(
         raise
     dispatcher.start()
     sweeper.start()
+    depth.start()
     return running
 
 

@@ -28,6 +28,7 @@ from services.common.config import Settings
 from services.common.errors import decode_rpc_error
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
+from services.common.metrics import instrumented
 from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class QueuePolicies:
         tls: Tls | None = None, auth: KeystoneAuth | None = None,
     ) -> None:
         self._channel = open_channel(settings.target("queue"), tls, auth)
-        self._stub = queues_pb2_grpc.QueuesStub(self._channel)
+        self._stub = instrumented(queues_pb2_grpc.QueuesStub(self._channel))
         self._timeout = settings.rpc_timeout
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[Any, float]] = {}
@@ -107,7 +108,7 @@ class MessageReplicas:
         self._timeout = settings.rpc_timeout
         self._target = settings.target("message")
         self._channel = open_channel(self._target, tls, auth)
-        self._stub = messages_pb2_grpc.MessagesInternalStub(self._channel)
+        self._stub = instrumented(messages_pb2_grpc.MessagesInternalStub(self._channel))
         self._warn = _Throttle()
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from services.common.config import Settings
 from services.common.errors import RETRY_LATER, Unavailable, upstream_call
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
+from services.common.metrics import instrumented
 from services.common.tls import Tls
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ class MessageService:
         self._cache_ttl = settings.metadata_cache_ttl
         self._target = settings.target("message")
         self._channel = open_channel(self._target, tls, auth)
-        self._internal = messages_pb2_grpc.MessagesInternalStub(self._channel)
-        self._messages = messages_pb2_grpc.MessagesStub(self._channel)
+        self._internal = instrumented(messages_pb2_grpc.MessagesInternalStub(self._channel))
+        self._messages = instrumented(messages_pb2_grpc.MessagesStub(self._channel))
 
     async def close(self) -> None:
         await self._channel.close()
@@ -102,7 +103,7 @@ class NotifierService:
         self._timeout = settings.rpc_timeout
         self._target = settings.target("notifier")
         self._channel = open_channel(self._target, tls, auth)
-        self._internal = notifier_pb2_grpc.NotifierInternalStub(self._channel)
+        self._internal = instrumented(notifier_pb2_grpc.NotifierInternalStub(self._channel))
 
     async def close(self) -> None:
         await self._channel.close()

@@ -71,6 +71,7 @@ def replicated(
         "data_dir": str(data), "gc_interval": 0.5,
         # 0: up picks a free port for every replica
         "queue_port": 0, "message_port": 0, "notifier_port": 0, "http_port": 0, "ws_port": 0,
+        "queue_metrics_port": 0, "message_metrics_port": 0, "notifier_metrics_port": 0,
     }
     if request.param == "redis":
         port = request.getfixturevalue("redis_server").port

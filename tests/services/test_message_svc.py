@@ -833,6 +833,7 @@ async def test_the_process_announces_ready_and_stops_on_sigterm(
 ) -> None:
     settings = make_settings()
     env = {**os.environ, "ZAQAR_DATA_DIR": settings.data_dir, "ZAQAR_MESSAGE_PORT": "0",
+           "ZAQAR_MESSAGE_METRICS_PORT": str(settings.message_metrics_port),
            "ZAQAR_QUEUE_PORT": str(settings.queue_port), "ZAQAR_LOG_LEVEL": "WARNING"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.message_svc.server", env=env,
@@ -842,7 +843,9 @@ async def test_the_process_announces_ready_and_stops_on_sigterm(
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
         assert line.decode().startswith("READY message_svc 127.0.0.1:")
-        port = int(line.decode().rsplit(":", 1)[1])
+        port = int(line.decode().split()[2].rsplit(":", 1)[1])
+        metrics = f"http://127.0.0.1:{settings.message_metrics_port}/metrics"
+        assert line.decode().split()[3:] == [f"metrics={metrics}"]
         async with open_channel(f"127.0.0.1:{port}", None) as channel:
             stub = messages_pb2_grpc.MessagesStub(channel)  # type: ignore[no-untyped-call]
             stats = await stub.GetStats(common_pb2.QueueRef(project=PROJECT, queue="q"))

@@ -264,6 +264,7 @@ def notifier_process(settings: Settings, workdir: Path) -> ServerProcess:
     env = {
         "ZAQAR_NOTIFIER_STORE": settings.notifier_store,
         "ZAQAR_NOTIFIER_PORT": str(settings.notifier_port),
+        "ZAQAR_NOTIFIER_METRICS_PORT": str(settings.notifier_metrics_port),
         "ZAQAR_MESSAGE_PORT": str(settings.message_port),
         "ZAQAR_QUEUE_PORT": str(settings.queue_port),
         "ZAQAR_DATA_DIR": str(workdir / "data"),

@@ -562,7 +562,10 @@ async def test_process_announces_ready_and_stops_on_sigterm(
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         # Then it prints one READY line with its address, and serves there
-        assert line.decode().strip() == f"READY queue_svc {settings.host}:{settings.queue_port}"
+        metrics = f"http://{settings.host}:{settings.queue_metrics_port}/metrics"
+        assert line.decode().strip() == (
+            f"READY queue_svc {settings.host}:{settings.queue_port} metrics={metrics}"
+        )
         async with grpc.aio.insecure_channel(settings.target("queue")) as channel:
             queue = await queues_stub(channel).GetQueue(get("p", "q"))
         assert queue.exists is False

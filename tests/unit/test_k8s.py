@@ -234,6 +234,10 @@ def test_services_autoscalers_and_budgets_fit_the_store(overlay: str) -> None:
                                              "selector": budgets[name]["spec"]["selector"]}
 
 
+# The peer of the rule that lets Prometheus scrape the services' metrics ports.
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
 def _selects(selector: Doc, labels: dict[str, str]) -> bool:
     for key, value in selector.get("matchLabels", {}).items():
         if labels.get(key) != value:
@@ -263,22 +267,32 @@ def test_network_policies_let_each_service_be_reached_by_its_callers_only(
         callers: set[str] = set()
         anyone = False
         ports: set[str] = set()
+        scraped: set[str] = set()
         for policy in applying:
             for rule in policy["spec"].get("ingress", []):
-                ports |= {str(p["port"]) for p in rule.get("ports", [])}
+                rule_ports = {str(p["port"]) for p in rule.get("ports", [])}
                 if not rule.get("from"):
                     anyone = True
                 for peer in rule.get("from", []):
+                    if peer == MONITORING:  # Prometheus: the metrics port only
+                        assert rule_ports == {"metrics"}, f"{target}: {rule}"
+                        scraped |= rule_ports
+                        continue
                     assert set(peer) == {"podSelector"}, f"{target}: {peer}"
                     callers |= {n for n, other in pods.items()
                                 if _selects(peer["podSelector"], other)}
+                    ports |= rule_ports
+                if not rule.get("from"):
+                    ports |= rule_ports
         named = {p["name"] for p in container(of_kind(docs, "Deployment")[target])["ports"]}
         if target == "api-gateway":
-            assert anyone and ports == {"http", "ws"}
+            assert anyone and ports == {"http", "ws"} == named
+            assert not scraped
         else:
             assert not anyone, f"{target} is reachable from anywhere"
             assert callers == CALLERS[target], target
-            assert ports == {"grpc"} == named
+            assert ports == {"grpc"} and scraped == {"metrics"}
+            assert named == {"grpc", "metrics"}
 
 
 @pytest.mark.parametrize("overlay", ["redis", "mongodb"])
@@ -318,6 +332,7 @@ class Pod:
     cwd: Path
     spec: Doc
     ports: dict[str, int] = field(default_factory=dict)  # port name or number -> local port
+    annotations: dict[str, str] = field(default_factory=dict)  # of the pod template
 
 
 class LocalCluster:
@@ -384,7 +399,8 @@ class LocalCluster:
         env.update(self._env(c))
         workdir = str(stage.get("WORKDIR", "/"))
         cwd = Path(mounts.get(workdir, str(folder)))
-        pod = Pod(name, [*c.get("command", []), *c.get("args", [])], env, cwd, c)
+        pod = Pod(name, [*c.get("command", []), *c.get("args", [])], env, cwd, c,
+                  annotations=deployment["spec"]["template"]["metadata"].get("annotations", {}))
         pod.env = {k: self.rewrite(v, mounts) for k, v in pod.env.items()}
         pod.argv = [self.rewrite(a, mounts) for a in pod.argv]
         pod.argv[0] = shutil.which(pod.argv[0], path=pod.env["PATH"]) or pod.argv[0]
@@ -505,6 +521,25 @@ def wait_probe(cluster: LocalCluster, pod: Pod, service: Service, kind: str,
 
 Then = Callable[[LocalCluster, list[Service]], None]
 
+# A series each process exposes once it served the smoke test's calls.
+SERVED_SERIES = {"api-gateway": "zaqar_http_requests_total",
+                 "queue-svc": "grpc_server_handled_total",
+                 "message-svc": "grpc_server_handled_total",
+                 "notifier-svc": "grpc_server_handled_total"}
+
+
+def scrape_as_prometheus(pod: Pod) -> None:
+    """Scrapes the pod where its ``prometheus.io/*`` annotations say, as Prometheus's
+    Kubernetes discovery would: the port must be one of the container's."""
+    notes = pod.annotations
+    assert notes.get("prometheus.io/scrape") == "true", f"{pod.name} is not scraped"
+    port = pod.ports[notes["prometheus.io/port"]]
+    answer = httpx.get(f"http://127.0.0.1:{port}{notes.get('prometheus.io/path', '/metrics')}",
+                       timeout=10)
+    assert answer.status_code == 200, f"{pod.name}: {answer.status_code}"
+    assert "process_resident_memory_bytes" in answer.text, pod.name
+    assert SERVED_SERIES[pod.name] in answer.text, pod.name
+
 
 def run_overlay(docs: list[Doc], workdir: Path, external: dict[str, str] | None = None,
                 external_secrets: dict[str, dict[str, str]] | None = None,
@@ -522,6 +557,8 @@ def run_overlay(docs: list[Doc], workdir: Path, external: dict[str, str] | None 
             wait_probe(cluster, pod, service, "startupProbe", deadline)
             wait_probe(cluster, pod, service, "readinessProbe", deadline)
         smoke(cluster.url("api-gateway", "http"), time.monotonic() + READY_DEADLINE, auth)
+        for pod in cluster.pods:
+            scrape_as_prometheus(pod)
         deadline = time.monotonic() + READY_DEADLINE
         for pod, service in zip(cluster.pods, running, strict=True):
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):

@@ -37,7 +37,7 @@ from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import frames
 from services.api_gateway.websocket.actions import ACTIONS, Action, Call
 from services.api_gateway.websocket.push import Watches
-from services.common import signing
+from services.common import metrics, signing
 from services.common.config import Settings
 from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
 
@@ -164,9 +164,12 @@ class Connection:
         try:
             frame = frames.decode(data)
         except frames.BadFrame as exc:
+            _count(metrics.OTHER, 400)
             response = frames.response(None, 400, error_body(bad_request(str(exc))))
             return frames.encode(response, isinstance(data, bytes))
         status, body = await self._run(frame)
+        name = frame.payload.get("action")
+        _count(name if isinstance(name, str) and name in ACTIONS else metrics.OTHER, status)
         return frames.encode(frames.response(frame.payload, status, body), frame.binary)
 
     async def _run(self, frame: frames.Frame) -> tuple[int, Any]:
@@ -239,6 +242,17 @@ class Connection:
         )
 
 
+_requests: dict[tuple[str, int], Any] = {}
+
+
+def _count(action: str, status: int) -> None:
+    """One answered request in ``zaqar_websocket_requests`` (``services/common/metrics.py``)."""
+    counter = _requests.get((action, status))
+    if counter is None:
+        counter = _requests[action, status] = metrics.WS_REQUESTS.labels(action, str(status))
+    counter.inc()
+
+
 def _only_root(socket: ServerConnection, request: Request) -> Response | None:
     if request.path.split("?", 1)[0] != PATH:
         return Response(404, "Not Found", Headers([("Content-Length", "0")]), b"")
@@ -252,7 +266,11 @@ async def start(settings: Settings, up: Upstreams, auth: KeystoneAuth | None = N
         auth = KeystoneAuth(settings)
 
     async def handler(socket: ServerConnection) -> None:
-        await Connection(up, socket, settings.signed_url_secret, auth).serve()
+        metrics.WS_CONNECTIONS.inc()
+        try:
+            await Connection(up, socket, settings.signed_url_secret, auth).serve()
+        finally:
+            metrics.WS_CONNECTIONS.dec()
 
     return await serve(
         handler,

@@ -34,7 +34,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from services.common import metrics
 from services.common.errors import Unavailable
+from services.common.sweeper import Periodic
 from services.notifier_svc import retry
 from services.notifier_svc.storage.base import Delivery, NotifierStore
 
@@ -49,6 +51,32 @@ LEASE_MARGIN = 10.0
 # (or a lease that ended) is noticed.
 IDLE_POLL = 1.0
 STORE_RETRY = 1.0
+
+
+def _count(delivery: Delivery, outcome: str) -> None:
+    """One attempt's outcome in ``zaqar_notifier_deliveries`` (``common/metrics.py``)."""
+    metrics.DELIVERIES.labels(delivery.kind.value, outcome).inc()
+
+
+# Seconds between two samples of the outbox depth (``zaqar_notifier_outbox_depth``).
+DEPTH_INTERVAL = 15.0
+
+
+class OutboxDepth(Periodic):
+    """Samples how many deliveries wait in the outbox into ``zaqar_notifier_outbox_depth``
+    every ``interval`` seconds (one count of the store: all replicas' deliveries)."""
+
+    def __init__(self, store: NotifierStore, interval: float = DEPTH_INTERVAL) -> None:
+        super().__init__(interval)
+        self._store = store
+
+    async def tick(self) -> None:
+        try:
+            metrics.OUTBOX_DEPTH.set(await self._store.count_deliveries())
+        except Unavailable as exc:
+            log.debug("outbox depth not sampled: %s", exc.description)
+        except Exception:
+            log.exception("outbox depth not sampled")
 
 
 class Sender(Protocol):
@@ -213,12 +241,14 @@ class Dispatcher:
         sender = self._sender(delivery)
         if sender is None:
             log.warning("no sender for %s; delivery %s dropped", delivery.subscriber, delivery.id)
+            _count(delivery, "no_sender")
             await self._store.complete(delivery.id)
             return
         try:
             delivered = await self._attempt(sender, delivery)
             self._adjust_share(delivery.subscriber, delivered)
             if delivered:
+                _count(delivery, "delivered")
                 await self._store.complete(delivery.id)
                 return
             policy = retry.effective_policy(
@@ -231,12 +261,15 @@ class Dispatcher:
                     "giving up on %s for %s after %d attempts", delivery.kind.value,
                     delivery.subscriber, delivery.attempts + 1,
                 )
+                _count(delivery, "gave_up")
                 await self._store.complete(delivery.id)
                 return
+            _count(delivery, "retry")
             await self._store.reschedule(
                 delivery.id, due=self._clock() + delay, attempts=delivery.attempts + 1,
                 leased_until=delivery.due,
             )
         except Unavailable as exc:
             # Still leased in the store: it comes back when the lease ends.
+            _count(delivery, "pending")
             log.warning("delivery %s left pending: %s", delivery.id, exc.description)

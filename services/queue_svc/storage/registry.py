@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, cast
 
-from services.common import store_registry
+from services.common import metrics, store_registry
 from services.common.store_uri import redact
 from services.queue_svc.storage.base import QueueStore
 
@@ -46,4 +46,6 @@ async def open_queue_store(uri: str) -> QueueStore:
         ConfigurationError: the URI is unknown or malformed.
         Unavailable: the store cannot be reached or opened.
     """
-    return cast(QueueStore, await store_registry.open_store("queue store", uri, BACKENDS))
+    store = cast(QueueStore, await store_registry.open_store("queue store", uri, BACKENDS))
+    metrics.instrument_store(store.catalog, "catalog", uri.partition(":")[0].lower())
+    return store

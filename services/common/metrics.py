@@ -1,0 +1,308 @@
+"""Prometheus metrics of every process (prometheus-client, text exposition).
+
+Where they are served: the gateway at ``GET /metrics`` on its HTTP port (a public route, like
+the probes); queue_svc, message_svc and notifier_svc each on a port of their own
+(``queue_metrics_port``, ``message_metrics_port``, ``notifier_metrics_port``: 9181, 9182 and
+9183 by default; ``metrics = false`` serves none), by :func:`serve`, started by the process
+entry (``grpc_server.run_service``), so a service built inside a test binds nothing.
+
+What is measured, and where it is recorded (one place each):
+
+- HTTP requests of the gateway by route (the router's URI template, never the path), method
+  and status, and their latency (``api_gateway/middleware.py``);
+- WebSocket connections open and actions answered (``api_gateway/websocket/server.py``);
+- gRPC calls on the server side by service, method and code, and their latency (the error
+  wrapper every unary method goes through, ``errors.py``); on the client side the same, by
+  the stubs :func:`instrumented` wraps;
+- store operations by store, backend, operation and outcome, and their latency
+  (:func:`instrument_store`, applied by ``store_registry.open_store`` to every store);
+- sizes of the gateway's coalesced ``Batch`` calls (``api_gateway/coalesce.py``);
+- notifier deliveries by kind and outcome, and the outbox depth (``notifier_svc``);
+- whether each process's store answers (``grpc_server.StoreWatch``);
+- the process itself (CPU, memory, file descriptors: prometheus-client's collectors).
+
+Label values come from bounded sets only (routes, methods, codes, operation names, exception
+class names): there is no per-queue, per-project or per-client label, so the number of series
+does not grow with the tenants. Recording costs a dictionary look-up and a few additions per
+request; the labelled children of the hot paths are looked up once and kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import grpc
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Seconds; from half a millisecond (a store round trip here) to the longest deadline.
+LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+HTTP_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+)
+NO_ROUTE: Final = "none"  # the label of a request no route matched
+OTHER: Final = "other"  # the label of a method outside HTTP_METHODS
+
+HTTP_REQUESTS: Final = Counter(
+    "zaqar_http_requests", "HTTP requests answered by the gateway.",
+    ["route", "method", "status"],
+)
+HTTP_SECONDS: Final = Histogram(
+    "zaqar_http_request_duration_seconds",
+    "Time from a request's arrival at the gateway's app to its answer.",
+    ["route", "method"], buckets=LATENCY_BUCKETS,
+)
+WS_CONNECTIONS: Final = Gauge(
+    "zaqar_websocket_connections", "WebSocket connections open on the gateway."
+)
+WS_REQUESTS: Final = Counter(
+    "zaqar_websocket_requests", "WebSocket requests answered by the gateway.",
+    ["action", "status"],
+)
+GRPC_SERVER_HANDLED: Final = Counter(
+    "grpc_server_handled", "gRPC calls completed by this server.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_SERVER_SECONDS: Final = Histogram(
+    "grpc_server_handling_seconds", "Time this server took to answer a gRPC call.",
+    ["grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS,
+)
+GRPC_CLIENT_HANDLED: Final = Counter(
+    "grpc_client_handled", "gRPC calls this process made to other services, completed.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_CLIENT_SECONDS: Final = Histogram(
+    "grpc_client_handling_seconds", "Time a gRPC call to another service took, as seen here.",
+    ["grpc_service", "grpc_method"], buckets=LATENCY_BUCKETS,
+)
+STORE_OPERATIONS: Final = Counter(
+    "zaqar_store_operations",
+    "Operations on a store; outcome is ok or the class name of the error raised.",
+    ["store", "backend", "operation", "outcome"],
+)
+STORE_SECONDS: Final = Histogram(
+    "zaqar_store_operation_seconds", "Time an operation on a store took.",
+    ["store", "backend", "operation"], buckets=LATENCY_BUCKETS,
+)
+STORE_REACHABLE: Final = Gauge(
+    "zaqar_store_reachable",
+    "1 while the store of this process answers its health probe, 0 while it does not.",
+    ["store"],
+)
+BATCH_SIZE: Final = Histogram(
+    "zaqar_coalesced_batch_size",
+    "Calls the gateway sent to message_svc in one Batch call.",
+    buckets=BATCH_BUCKETS,
+)
+DELIVERIES: Final = Counter(
+    "zaqar_notifier_deliveries",
+    "Notification delivery attempts by kind and outcome (delivered, retry, gave_up, "
+    "no_sender, pending: the store could not be updated, the delivery comes back).",
+    ["kind", "outcome"],
+)
+OUTBOX_DEPTH: Final = Gauge(
+    "zaqar_notifier_outbox_depth",
+    "Deliveries waiting in the notifier's outbox (all replicas), sampled periodically.",
+)
+
+
+# Exposition ----------------------------------------------------------------------------------
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric of this process, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class Exposition:
+    """The metrics port of a gRPC service: prometheus-client's HTTP server, on a thread of
+    its own (it never runs on the event loop)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._server: Any = None
+
+    def start(self) -> int:
+        """Bind and serve; the bound port (useful with port 0).
+
+        Raises:
+            OSError: the port cannot be bound.
+        """
+        server, _thread = start_http_server(self.port, addr=self.host)
+        self._server = server
+        bound: int = server.server_address[1]
+        return bound
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+# gRPC ----------------------------------------------------------------------------------------
+
+
+def split_method(full: str) -> tuple[str, str]:
+    """``/zaqar.v2.Messages/Post`` -> (``zaqar.v2.Messages``, ``Post``)."""
+    _, _, rest = full.partition("/")
+    service, _, method = rest.partition("/")
+    return service, method
+
+
+class ServerCalls:
+    """Records the calls of one server method (children looked up once)."""
+
+    __slots__ = ("_codes", "_method", "_seconds", "_service")
+
+    def __init__(self, full_method: str) -> None:
+        self._service, self._method = split_method(full_method)
+        self._seconds = GRPC_SERVER_SECONDS.labels(self._service, self._method)
+        self._codes: dict[str, Any] = {}
+
+    def done(self, code: str, seconds: float) -> None:
+        counter = self._codes.get(code)
+        if counter is None:
+            counter = self._codes[code] = GRPC_SERVER_HANDLED.labels(
+                self._service, self._method, code
+            )
+        counter.inc()
+        self._seconds.observe(seconds)
+
+
+def code_name(code: Any) -> str:
+    """A status code's name from a :class:`grpc.StatusCode` or its integer value."""
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return status.name
+    return "UNKNOWN"
+
+
+class _InstrumentedCall:
+    """A unary-unary multicallable that records each call it makes (client side)."""
+
+    __slots__ = ("__weakref__", "_call", "_codes", "_method", "_seconds", "_service")
+
+    def __init__(self, call: Any, full_method: str) -> None:
+        self._call = call
+        self._service, self._method = split_method(full_method)
+        self._seconds = GRPC_CLIENT_SECONDS.labels(self._service, self._method)
+        self._codes: dict[str, Any] = {}
+
+    def _count(self, code: str) -> None:
+        counter = self._codes.get(code)
+        if counter is None:
+            counter = self._codes[code] = GRPC_CLIENT_HANDLED.labels(
+                self._service, self._method, code
+            )
+        counter.inc()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await self._call(*args, **kwargs)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except BaseException:
+            code = "UNKNOWN"
+            raise
+        finally:
+            self._count(code)
+            self._seconds.observe(time.perf_counter() - start)
+
+
+def instrumented(stub: T) -> T:
+    """``stub`` (a generated gRPC stub) with each unary-unary method recording its calls;
+    streaming methods are left as they are. Returns the same object."""
+    for name, value in list(vars(stub).items()):
+        if isinstance(value, grpc.aio.UnaryUnaryMultiCallable):
+            method = getattr(value, "_method", b"")
+            full = method.decode() if isinstance(method, bytes) else str(method)
+            if not full:
+                full = f"/{type(stub).__name__.removesuffix('Stub')}/{name}"
+            setattr(stub, name, _InstrumentedCall(value, full))
+    return stub
+
+
+# Stores --------------------------------------------------------------------------------------
+
+# Set while an instrumented store operation runs in this task, so that a store method calling
+# another of its own methods is one operation, not two.
+_IN_STORE_OPERATION: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "in_store_operation", default=False
+)
+# Lifecycle methods, not operations.
+_NOT_OPERATIONS: Final = frozenset({"open", "close", "aclose"})
+
+
+def instrument_store(store: T, name: str, backend: str) -> T:
+    """Record every public coroutine method of ``store`` as an operation of the store
+    ``name`` (``message``) on ``backend`` (the URI scheme). Returns the same object."""
+    for attribute, _ in inspect.getmembers(type(store), inspect.iscoroutinefunction):
+        if attribute.startswith("_") or attribute in _NOT_OPERATIONS:
+            continue
+        bound = getattr(store, attribute)
+        setattr(store, attribute, _timed_operation(bound, name, backend, attribute))
+    return store
+
+
+def _timed_operation(
+    operation: Callable[..., Any], store: str, backend: str, name: str
+) -> Callable[..., Any]:
+    seconds = STORE_SECONDS.labels(store, backend, name)
+    outcomes: dict[str, Any] = {}
+
+    def count(outcome: str) -> None:
+        counter = outcomes.get(outcome)
+        if counter is None:
+            counter = outcomes[outcome] = STORE_OPERATIONS.labels(store, backend, name, outcome)
+        counter.inc()
+
+    @functools.wraps(operation)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        if _IN_STORE_OPERATION.get():
+            return await operation(*args, **kwargs)
+        token = _IN_STORE_OPERATION.set(True)
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await operation(*args, **kwargs)
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            _IN_STORE_OPERATION.reset(token)
+            count(outcome)
+            seconds.observe(time.perf_counter() - start)
+
+    return timed
