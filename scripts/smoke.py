@@ -53,7 +53,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="store URI of every service (default: SQLite)")
     args = parser.parse_args()
-    ports = {name: free_port() for name in ("HTTP", "WS", "QUEUE", "MESSAGE", "NOTIFIER")}
+    ports = {name: free_port() for name in ("HTTP", "WS", "QUEUE", "MESSAGE", "NOTIFIER",
+                                            "QUEUE_METRICS", "MESSAGE_METRICS",
+                                            "NOTIFIER_METRICS")}
     env = {**os.environ, **{f"ZAQAR_{name}_PORT": str(port) for name, port in ports.items()}}
     with tempfile.TemporaryDirectory() as data:
         argv = [sys.executable, "-m", "services.cli", "up", "--data-dir", data]
@@ -91,6 +93,14 @@ def main() -> int:
             expect("stats", status, 200, body)
             if body["messages"]["total"] != 0:
                 raise SystemExit(f"smoke: stats after delete {body}")
+            for url, series in ((f"{base}/metrics", "zaqar_http_requests_total"),
+                                (f"http://127.0.0.1:{ports['MESSAGE_METRICS']}/metrics",
+                                 "zaqar_store_operations_total")):
+                with urllib.request.urlopen(url, timeout=15) as answer:
+                    text = answer.read().decode()
+                if series not in text:
+                    raise SystemExit(f"smoke: {url} has no {series}")
+                print(f"smoke: metrics {url}: {answer.status}")
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
