@@ -209,6 +209,7 @@ VALID: dict[str, Builder] = {
     "HEAD /healthz": lambda fx, rng: Spec(),
     "GET /readyz": lambda fx, rng: Spec(),
     "HEAD /readyz": lambda fx, rng: Spec(),
+    "GET /metrics": lambda fx, rng: Spec(),
     "GET /v2/ping": lambda fx, rng: Spec(),
     "HEAD /v2/ping": lambda fx, rng: Spec(),
     "GET /v2/health": lambda fx, rng: Spec(),
