@@ -135,6 +135,18 @@ class PoolUriInUse(Conflict):
     msg_format = "Pool {other} already uses the store {uri}."
 
 
+class PoolHoldsQueues(Conflict):
+    """A pool that queues are placed on cannot be deleted or moved to another store: their
+    messages would be left behind (Zaqar deletes it and strands them)."""
+
+    reason = "POOL_HOLDS_QUEUES"
+    msg_format = (
+        "Pool {pool} holds {count} queue(s); it cannot be {verb} while queues are placed on "
+        "it. Delete those queues first, or set the pool's weight to 0 so that no new queue "
+        "is placed on it."
+    )
+
+
 class PoolInUseByFlavor(ServiceError):
     """A pool that is the last one of its flavor cannot be deleted (Zaqar's 403)."""
 

@@ -45,6 +45,10 @@ from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable
 
 log = logging.getLogger(__name__)
 
+# Request fields only our services may set (a project's caller has them cleared): where a new
+# queue is placed, and whether an answer shows pools' store URIs, which may hold credentials.
+SERVICE_ONLY_FIELDS: Final = ("place_on", "with_placement")
+
 TOKEN_KEY: Final = "x-auth-token"
 SERVICE_TOKEN_KEY: Final = "x-service-token"
 OPEN_SERVICES: Final = frozenset({
@@ -161,6 +165,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort_with_status(rpc_status.to_status(to_status(err)))
             if identity is not None and "project" in request.DESCRIPTOR.fields_by_name:
                 request.project = identity.project
+                for name in SERVICE_ONLY_FIELDS:
+                    if name in request.DESCRIPTOR.fields_by_name:
+                        request.ClearField(name)
 
         return check
 

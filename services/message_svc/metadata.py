@@ -8,6 +8,11 @@ replica, and no replica needs to know of the others (docs/architecture.md, "The 
 The time limit on entries only bounds how long an unused entry is kept. Concurrent misses of
 one key share one call, and a call that was in flight when its key was invalidated does not
 fill the cache.
+
+With pooling, an entry also names the store of the queue's pool (``pool_uri``; "" for the own
+store), where its version lives: the version is read from the store of the queue's last known
+placement (the own store for a queue not seen yet), then the metadata with the placement from
+queue_svc; when the answer names another store the pair is read again from that one.
 """
 
 from __future__ import annotations
@@ -23,15 +28,19 @@ import orjson
 from zaqar.v2 import queues_pb2, queues_pb2_grpc
 
 from services.common import limits
-from services.common.errors import upstream_call
+from services.common.errors import Unavailable, upstream_call
 from services.common.metrics import instrumented
 from services.message_svc.storage.base import DeadLetterPolicy
 
 Key = tuple[str, str]
-VersionOf = Callable[[str, str], Awaitable[int]]
+VersionOf = Callable[[str, str, str], Awaitable[int]]
+"""``version_of(pool_uri, project, queue)``: the queue's version in that store."""
 
 # Bound on cached queues; beyond it the oldest entries go first.
 MAX_ENTRIES = 100_000
+# Reads of (version, metadata) before a queue's placement settles; each further read means the
+# queue was deleted and created again on another pool meanwhile.
+PLACEMENT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +54,10 @@ class QueuePolicy:
     dead_letter: DeadLetterPolicy | None = None
     version: int = 0
     """The queue's version in the message store when this was read (read first)."""
+    pool: str = ""
+    """The pool the queue is placed on ("" for message_svc's own store)."""
+    pool_uri: str = ""
+    """That pool's message store URI ("" for message_svc's own store)."""
 
 
 def _int(document: dict[str, Any], key: str) -> int | None:
@@ -100,6 +113,10 @@ class QueueMetadata:
         self._clock = clock
         self._entries: dict[Key, tuple[QueuePolicy, float]] = {}
         self._inflight: dict[tuple[Key, bool], asyncio.Task[QueuePolicy]] = {}
+        self._placed: dict[Key, str] = {}
+        """Last known pool store of each queue, kept across invalidations: where to read the
+        version first on the next load."""
+        self._place_on: dict[Key, str] = {}
 
     async def get(self, project: str, queue: str) -> QueuePolicy:
         """The queue's policy; defaults with ``exists=False`` for a queue never created."""
@@ -108,11 +125,14 @@ class QueueMetadata:
             return entry[0]
         return await self._load((project, queue), ensure=False)
 
-    async def ensure(self, project: str, queue: str) -> QueuePolicy:
-        """The queue's policy, creating the queue first when it does not exist."""
+    async def ensure(self, project: str, queue: str, place_on: str = "") -> QueuePolicy:
+        """The queue's policy, creating the queue first when it does not exist (with pooling,
+        on the pool ``place_on`` when given)."""
         entry = self._entries.get((project, queue))
         if entry is not None and entry[0].exists and entry[1] > self._clock():
             return entry[0]
+        if place_on:
+            self._place_on[(project, queue)] = place_on
         return await self._load((project, queue), ensure=True)
 
     def invalidate(self, project: str, queue: str) -> None:
@@ -150,13 +170,40 @@ class QueueMetadata:
         # look older than it is (refused on use, loaded again), never newer.
         if self._on_load is not None:
             self._on_load(project, queue)
-        version = await self._version_of(project, queue)
-        request = queues_pb2.GetQueueRequest(project=project, queue=queue)
-        method = self._stub.EnsureQueue if ensure else self._stub.GetQueue
-        answer: queues_pb2.Queue = await upstream_call(
-            method(request, timeout=self._timeout),
-            f"queue_svc ({'EnsureQueue' if ensure else 'GetQueue'} {project}/{queue})",
-            f"The queue service could not be reached to read the metadata of queue {queue}.",
+        request = queues_pb2.GetQueueRequest(
+            project=project, queue=queue, with_placement=True,
+            place_on=self._place_on.pop(key, "") if ensure else "",
         )
+        method = self._stub.EnsureQueue if ensure else self._stub.GetQueue
+        uri = self._placed.get(key, "")
+        for _ in range(PLACEMENT_ATTEMPTS):
+            version = await self._version_of(uri, project, queue)
+            answer: queues_pb2.Queue = await upstream_call(
+                method(request, timeout=self._timeout),
+                f"queue_svc ({'EnsureQueue' if ensure else 'GetQueue'} {project}/{queue})",
+                f"The queue service could not be reached to read the metadata of queue {queue}.",
+            )
+            if answer.pool and not answer.pool_uri:
+                raise Unavailable(
+                    f"Queue {queue} is placed on pool {answer.pool}, which is not in the pool "
+                    "catalog any more: its messages cannot be reached until the pool is "
+                    "registered again."
+                )
+            if answer.pool_uri == uri:
+                break
+            uri = answer.pool_uri
+            self._remember(key, uri)
+        else:
+            raise Unavailable(
+                f"Queue {queue} moved between pools while its metadata was read. "
+                "Please try again."
+            )
         policy = parse_policy(answer.metadata, exists=answer.exists or ensure)
-        return replace(policy, version=version)
+        return replace(policy, version=version, pool=answer.pool, pool_uri=uri)
+
+    def _remember(self, key: Key, uri: str) -> None:
+        self._placed.pop(key, None)
+        if uri:
+            if len(self._placed) >= MAX_ENTRIES:
+                del self._placed[next(iter(self._placed))]
+            self._placed[key] = uri

@@ -25,11 +25,14 @@ from services.common.tls import load_tls
 from services.message_svc import health as store_health
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
+from services.message_svc.pools import PoolStores
 from services.message_svc.service import MessageService
 from services.message_svc.servicer import INTERNAL_SERVICE, MESSAGES_SERVICE, Packer, registrar
 from services.message_svc.storage.registry import open_store
 
 WHAT_EXPIRES = "expired messages and claims"
+# A pool's store unused this long (and at least twice the metadata cache's time limit) is closed.
+POOL_IDLE = 600.0
 
 SERVICE_NAMES = (MESSAGES_SERVICE, INTERNAL_SERVICE, health.SERVICE_NAME)
 
@@ -59,8 +62,9 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
     store = await open_store(settings.store_uri("message"))
+    pools = PoolStores(store, open_store, idle=max(POOL_IDLE, 2 * settings.metadata_cache_ttl))
     channel = open_channel(settings.target("queue"), tls, auth)
-    sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
+    sweeper = Sweeper(pools, settings.gc_interval, WHAT_EXPIRES)
     handoff = Handoff(
         settings.target("notifier"), timeout=settings.rpc_timeout,
         cache_ttl=settings.metadata_cache_ttl, tls=tls, linger=settings.notify_linger,
@@ -71,15 +75,19 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         await sweeper.stop()
         await handoff.close()
         await channel.close()
+        await pools.close()
         await store.close()
         if owned is not None:
             await owned.aclose()
 
+    async def version_of(pool_uri: str, project: str, queue: str) -> int:
+        return await (await pools.get(pool_uri)).queue_version(project, queue)
+
     metadata = QueueMetadata(
         channel, settings.rpc_timeout, settings.metadata_cache_ttl,
-        version_of=store.queue_version, on_load=handoff.invalidate,
+        version_of=version_of, on_load=handoff.invalidate,
     )
-    service = MessageService(store, metadata, handoff)
+    service = MessageService(store, metadata, handoff, pools if settings.pooling else None)
     packer = Packer(checksum=settings.message_checksum)
 
     async def check_health(

@@ -26,6 +26,7 @@ from services.common.errors import (
 from services.message_svc import validation
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
+from services.message_svc.pools import PoolStores
 from services.message_svc.storage.base import (
     SEQ_MAX,
     Claim,
@@ -84,11 +85,40 @@ class MessageService:
     """Messages and claims of every queue, with Zaqar v2 semantics."""
 
     def __init__(
-        self, store: MessageStore, metadata: QueueMetadata, handoff: Handoff | None = None
+        self,
+        store: MessageStore,
+        metadata: QueueMetadata,
+        handoff: Handoff | None = None,
+        pools: PoolStores | None = None,
     ) -> None:
+        """``pools``: given when pooling is on; each queue's operations then go to the store
+        of the pool it is placed on (``metadata`` says which), else all go to ``store``."""
         self.store = store
         self.metadata = metadata
         self.handoff = handoff
+        self.pooled = pools is not None
+        self.stores = pools if pools is not None else PoolStores(store, _no_pools, 0)
+
+    async def _store(self, project: str, queue: str) -> MessageStore:
+        """The store of the queue: its pool's, through the cached placement (no version
+        check: a read may see the old pool of a queue deleted and created again elsewhere
+        until the entry is loaded again)."""
+        if not self.pooled:
+            return self.store
+        policy = await self.metadata.get(project, queue)
+        return await self.stores.get(policy.pool_uri)
+
+    async def _announced_store(
+        self, project: str, queue: str, pool_uri: str | None
+    ) -> MessageStore:
+        """The store queue_svc named for a change (``pool_uri``), else the queue's current
+        placement, read afresh."""
+        if not self.pooled:
+            return self.store
+        if pool_uri is None:
+            self._forget(project, queue)
+            pool_uri = (await self.metadata.get(project, queue)).pool_uri
+        return await self.stores.get(pool_uri)
 
     async def post(
         self, project: str, queue: str, client_id: str, messages: Sequence[Posted]
@@ -121,8 +151,9 @@ class MessageService:
                 )
                 for m in messages
             ]
+            store = await self.stores.get(policy.pool_uri)
             try:
-                ids = await self.store.post(
+                ids = await store.post(
                     project, queue, client_id, batch, version=policy.version
                 )
             except StaleQueue:
@@ -151,7 +182,8 @@ class MessageService:
         after = decode_marker(marker) if marker else None
         if marker and after is None:
             return Page([], "")
-        messages = await self.store.list_messages(
+        store = await self._store(project, queue)
+        messages = await store.list_messages(
             project, queue, limit=size, after=after, client_id=client_id, echo=echo,
             include_claimed=include_claimed, include_delayed=include_delayed,
         )
@@ -159,7 +191,7 @@ class MessageService:
 
     async def get(self, project: str, queue: str, message_id: str) -> StoredMessage:
         validation.queue_ref(project, queue)
-        message = await self.store.get(project, queue, message_id)
+        message = await (await self._store(project, queue)).get(project, queue, message_id)
         if message is None:
             raise MessageNotFound(message_id=message_id, queue=queue, project=project)
         return message
@@ -169,12 +201,14 @@ class MessageService:
     ) -> list[StoredMessage]:
         validation.queue_ref(project, queue)
         validation.ids_to_get(message_ids)
-        return await self.store.get_many(project, queue, message_ids)
+        store = await self._store(project, queue)
+        return await store.get_many(project, queue, message_ids)
 
     async def delete(self, project: str, queue: str, message_id: str, claim_id: str) -> None:
         """Delete one message; a claimed one needs its live claim's id. Absent: no error."""
         validation.queue_ref(project, queue)
-        outcome = await self.store.delete(project, queue, message_id, claim_id or None)
+        store = await self._store(project, queue)
+        outcome = await store.delete(project, queue, message_id, claim_id or None)
         error = _DELETE_ERRORS.get(outcome)
         if error is not None:
             raise error()
@@ -184,11 +218,13 @@ class MessageService:
     ) -> None:
         validation.queue_ref(project, queue)
         validation.ids_to_delete(message_ids)
-        await self.store.delete_many(project, queue, message_ids, list(claim_ids) or None)
+        store = await self._store(project, queue)
+        await store.delete_many(project, queue, message_ids, list(claim_ids) or None)
 
     async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
         validation.queue_ref(project, queue)
-        return await self.store.pop(project, queue, validation.pop_limit(limit))
+        store = await self._store(project, queue)
+        return await store.pop(project, queue, validation.pop_limit(limit))
 
     async def claim(
         self,
@@ -205,8 +241,9 @@ class MessageService:
         claim_ttl, claim_grace = validation.claim_ttl(ttl), validation.claim_grace(grace)
         for _ in range(STALE_ATTEMPTS):
             policy = await self.metadata.get(project, queue)
+            store = await self.stores.get(policy.pool_uri)
             try:
-                result = await self.store.claim(
+                result = await store.claim(
                     project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
                     dead_letter=policy.dead_letter, version=policy.version,
                 )
@@ -214,21 +251,24 @@ class MessageService:
                 self._forget(project, queue)
                 continue
             if result.dead_lettered and policy.dead_letter is not None:
-                await self._ensure_dead_letter_queue(project, policy.dead_letter.queue)
+                await self._ensure_dead_letter_queue(
+                    project, policy.dead_letter.queue, policy.pool
+                )
             return result.claim
         raise _changing(queue)
 
-    async def _ensure_dead_letter_queue(self, project: str, queue: str) -> None:
+    async def _ensure_dead_letter_queue(self, project: str, queue: str, pool: str) -> None:
         # The move is already committed, and the claim must still be answered: a failure here
-        # is logged, and the next move tries again.
+        # is logged, and the next move tries again. The moved messages are in the store of the
+        # source queue's pool, so a new dead-letter queue is placed there.
         try:
-            await self.metadata.ensure(project, queue)
+            await self.metadata.ensure(project, queue, place_on=pool)
         except ServiceError as exc:
             log.warning("dead-letter queue %s/%s not ensured: %s", project, queue, exc)
 
     async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim:
         validation.queue_ref(project, queue)
-        claim = await self.store.get_claim(project, queue, claim_id)
+        claim = await (await self._store(project, queue)).get_claim(project, queue, claim_id)
         if claim is None:
             raise ClaimNotFound(claim_id=claim_id, queue=queue, project=project)
         return claim
@@ -244,33 +284,43 @@ class MessageService:
     ) -> None:
         validation.queue_ref(project, queue)
         claim_ttl, claim_grace = validation.claim_ttl(ttl), validation.claim_grace(grace)
-        if not await self.store.renew_claim(
+        store = await self._store(project, queue)
+        if not await store.renew_claim(
             project, queue, claim_id, ttl=claim_ttl, grace=claim_grace
         ):
             raise ClaimNotFound(claim_id=claim_id, queue=queue, project=project)
 
     async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
         validation.queue_ref(project, queue)
-        await self.store.release_claim(project, queue, claim_id)
+        store = await self._store(project, queue)
+        await store.release_claim(project, queue, claim_id)
 
     async def stats(self, project: str, queue: str) -> QueueStats:
         validation.queue_ref(project, queue)
-        return await self.store.stats(project, queue)
+        return await (await self._store(project, queue)).stats(project, queue)
 
-    async def delete_queue_messages(self, project: str, queue: str) -> None:
-        """Everything of the queue goes, then its cached metadata."""
-        await self.store.delete_queue(project, queue)
+    async def delete_queue_messages(
+        self, project: str, queue: str, pool_uri: str | None = None
+    ) -> None:
+        """Everything of the queue goes, then its cached metadata. ``pool_uri`` (pooling):
+        the store of the pool queue_svc had the queue on; None: its current placement."""
+        store = await self._announced_store(project, queue, pool_uri)
+        await store.delete_queue(project, queue)
         self.metadata.invalidate(project, queue)
 
-    async def queue_changed(self, project: str, queue: str) -> int:
-        """The queue's metadata or listeners changed: raise its version in the store, so that
-        every replica's next post or claim loads them again, and drop them here.
+    async def queue_changed(
+        self, project: str, queue: str, pool_uri: str | None = None
+    ) -> int:
+        """The queue's metadata or listeners changed: raise its version in the store (with
+        pooling, of ``pool_uri``, else of the queue's current placement), so that every
+        replica's next post or claim loads them again, and drop them here.
 
         Returns:
             The queue's new version.
         """
         validation.queue_ref(project, queue)
-        version = await self.store.bump_queue_version(project, queue)
+        store = await self._announced_store(project, queue, pool_uri)
+        version = await store.bump_queue_version(project, queue)
         self._forget(project, queue)
         return version
 
@@ -279,6 +329,10 @@ class MessageService:
         self.metadata.invalidate(project, queue)
         if self.handoff is not None:
             self.handoff.invalidate(project, queue)
+
+
+async def _no_pools(uri: str) -> MessageStore:
+    raise Unavailable(f"Pooling is off: no pool store is opened ({uri!r}).")
 
 
 def _changing(queue: str) -> Unavailable:

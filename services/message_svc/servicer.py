@@ -187,13 +187,19 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
     async def DeleteQueueMessages(
         self, request: common_pb2.QueueRef, context: Context
     ) -> empty_pb2.Empty:
-        await self._service.delete_queue_messages(request.project, request.queue)
+        await self._service.delete_queue_messages(
+            request.project, request.queue,
+            request.pool_uri if request.HasField("pool_uri") else None,
+        )
         return _EMPTY
 
     async def InvalidateQueue(
         self, request: common_pb2.QueueRef, context: Context
     ) -> empty_pb2.Empty:
-        await self._service.queue_changed(request.project, request.queue)
+        await self._service.queue_changed(
+            request.project, request.queue,
+            request.pool_uri if request.HasField("pool_uri") else None,
+        )
         return _EMPTY
 
     async def Batch(

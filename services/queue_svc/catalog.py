@@ -7,7 +7,7 @@ off the event loop for SQLite and with a time limit for every backend.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 import orjson
@@ -19,12 +19,14 @@ from services.common.errors import (
     InvalidArgument,
     InvalidBody,
     InvalidFlavor,
+    PoolHoldsQueues,
     PoolNotFound,
 )
 from services.common.store_uri import redact
 from services.queue_svc import validation
 from services.queue_svc.storage.catalog import (
     UNCHANGED,
+    Catalog,
     CatalogStore,
     FlavorRecord,
     PoolRecord,
@@ -102,9 +104,33 @@ def _options(raw: bytes) -> dict[str, Any]:
 class CatalogService:
     """The admin API of the pool catalog."""
 
-    def __init__(self, catalog: CatalogStore, probe_seconds: float) -> None:
+    def __init__(
+        self,
+        catalog: CatalogStore,
+        probe_seconds: float,
+        count_queues: Callable[[str], Awaitable[int]] | None = None,
+    ) -> None:
+        """``count_queues(pool)``: how many queues are placed on the pool (pooling on); a
+        pool holding queues is then neither deleted nor moved to another store."""
         self._catalog = catalog
         self._probe_seconds = probe_seconds
+        self._count_queues = count_queues
+
+    async def snapshot(self) -> Catalog:
+        return await self._catalog.snapshot()
+
+    async def _check_empty(self, name: str, verb: str) -> None:
+        """Refuse (409) to delete or move a pool that queues are placed on.
+
+        Not atomic with placement: a queue created on the pool while it is being deleted is
+        left on a pool that is gone, and its message operations answer 503 until a pool of
+        that name is registered again.
+        """
+        if self._count_queues is None:
+            return
+        count = await self._count_queues(name)
+        if count:
+            raise PoolHoldsQueues(pool=name, count=count, verb=verb)
 
     async def _reachable(self, uri: str) -> str:
         """``uri`` when it is one of ours and its store answers; 400 otherwise."""
@@ -130,6 +156,9 @@ class CatalogService:
         record = PoolRecord(
             name, uri, _weight(weight), _flavor_tag(flavor), _options(options)
         )
+        current = await self._catalog.get_pool(name)
+        if current is not None and current.uri != uri:
+            await self._check_empty(name, "moved to another store")
         await self._reachable(uri)
         return await self._catalog.put_pool(record)
 
@@ -156,14 +185,18 @@ class CatalogService:
             _weight(weight)
         tag = UNCHANGED if flavor is None else _flavor_tag(flavor)
         if uri is not None:
-            if await self._catalog.get_pool(name) is None:
+            current = await self._catalog.get_pool(name)
+            if current is None:
                 raise PoolNotFound(pool=name)
+            if current.uri != uri:
+                await self._check_empty(name, "moved to another store")
             await self._reachable(uri)
         return await self._catalog.update_pool(
             name, uri=uri, weight=weight, flavor=tag, options=parsed_options
         )
 
     async def delete_pool(self, name: str) -> None:
+        await self._check_empty(name, "deleted")
         await self._catalog.delete_pool(name)
 
     async def list_pools(self, *, limit: int | None, marker: str) -> list[PoolRecord]:
@@ -219,13 +252,13 @@ class CatalogService:
             project, limit=limits.page_limit(limit), marker=marker
         )
 
-    async def check_flavor(self, project: str, name: str) -> None:
-        """A new queue's ``_flavor``: it must name a flavor of the project.
+    def check_flavor_in(self, catalog: Catalog, project: str, name: str) -> None:
+        """A queue's ``_flavor``: it must name a flavor of the project in ``catalog``.
 
         Raises:
             InvalidArgument: it does not.
         """
-        if await self._catalog.get_flavor(project, name) is None:
+        if catalog.flavor(project, name) is None:
             raise InvalidArgument(
                 f"Flavor {name} does not exist for project {project}: a queue's _flavor must "
                 "name one of the project's flavors (GET /v2/flavors)."

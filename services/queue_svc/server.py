@@ -67,7 +67,10 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             await owned.aclose()
 
     # A pool's store must answer well within the deadline of the call registering it.
-    catalog = CatalogService(store.catalog, probe_seconds=settings.rpc_timeout / 2)
+    catalog = CatalogService(
+        store.catalog, probe_seconds=settings.rpc_timeout / 2,
+        count_queues=store.count_on_pool if settings.pooling else None,
+    )
     servicer = QueuesServicer(
         QueueService(store, messages, notifier, catalog if settings.pooling else None)
     )

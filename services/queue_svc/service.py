@@ -18,23 +18,45 @@ their cache entries expire (``ZAQAR_METADATA_CACHE_TTL``).
 
 ``EnsureQueue`` (a post to an absent queue) invalidates nothing: the new queue's metadata is
 empty, which is exactly what every replica already assumes for an absent queue.
+
+Queues on pools
+---------------
+With pooling on, a new queue is placed on a pool (``placement.py``) and the pool is stored in
+its record. Every announcement to message_svc then carries the URI of that pool's message
+store, the one where the queue's version and messages are; for a delete it is the pool the
+record had, read just before the record went.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from zaqar.v2 import common_pb2
 
 from services.common import limits
-from services.common.errors import Unavailable
+from services.common.errors import ServiceError, Unavailable
 from services.queue_svc import metadata as meta
-from services.queue_svc import validation
+from services.queue_svc import placement, validation
 from services.queue_svc.catalog import CatalogService
-from services.queue_svc.storage.base import QueuePage, QueueStore
+from services.queue_svc.storage.base import QueuePage, QueueRecord, QueueStore, apply_patches
+from services.queue_svc.storage.catalog import Catalog
 from services.queue_svc.upstream import MessageService, NotifierService
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """A queue as GetQueue and EnsureQueue answer it."""
+
+    metadata: dict[str, Any]
+    """With defaults."""
+    exists: bool
+    pool: str = ""
+    """The pool it is placed on; "" for message_svc's own store."""
+    pool_uri: str = ""
+    """That pool's message store; "" for message_svc's own, or a pool gone from the catalog."""
 
 
 class QueueService:
@@ -44,38 +66,93 @@ class QueueService:
         messages: MessageService,
         notifier: NotifierService,
         catalog: CatalogService | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """``catalog``: given when pooling is enabled; a new queue's ``_flavor`` must then
-        name a flavor of its project."""
+        name a flavor of its project, and new queues are placed on pools drawn with ``rng``."""
         self._store = store
         self._messages = messages
         self._notifier = notifier
         self._catalog = catalog
+        self._rng = rng or random.Random()
+
+    async def _pooled(self) -> Catalog | None:
+        """The catalog when pooling is on, else None."""
+        return None if self._catalog is None else await self._catalog.snapshot()
 
     async def create(self, project: str, queue: str, raw_metadata: bytes) -> bool:
-        """Create the queue or replace its metadata; True when it is new."""
+        """Create the queue or replace its metadata; True when it is new.
+
+        With pooling, a new queue is placed on a pool; an existing one keeps its pool, and a
+        ``_flavor`` or ``_dead_letter_queue`` that does not fit it is refused.
+        """
         validation.check_queue(project, queue)
         metadata = meta.parse_object(raw_metadata)
         meta.check_reserved(metadata)
+        catalog = await self._pooled()
+        if catalog is None:
+            created = await self._store.create(project, queue, metadata)
+            await self._messages.invalidate(project, queue)
+            return created
         flavor = metadata.get("_flavor")
-        if self._catalog is not None and isinstance(flavor, str):
-            await self._catalog.check_flavor(project, flavor)
-        created = await self._store.create(project, queue, metadata)
-        await self._messages.invalidate(project, queue)
+        if isinstance(flavor, str):
+            assert self._catalog is not None
+            self._catalog.check_flavor_in(catalog, project, flavor)
+        record = await self._store.get(project, queue)
+        if record is None:
+            pool = placement.choose(catalog, flavor if isinstance(flavor, str) else None,
+                                    self._rng)
+        else:
+            pool = record.pool
+            placement.check_change(catalog, pool, record.metadata, metadata)
+        await self._check_dead_letter(project, queue, pool, {} if record is None else
+                                      record.metadata, metadata)
+        created = await self._store.create(project, queue, metadata, pool)
+        if record is None and not created:
+            # A concurrent create placed it first: announce where it is.
+            record = await self._store.get(project, queue)
+            pool = None if record is None else record.pool
+        await self._messages.invalidate(project, queue, placement.pool_uri(catalog, pool))
         return created
 
-    async def get(self, project: str, queue: str) -> tuple[dict[str, Any], bool]:
-        """The metadata with defaults, and whether the queue exists (absent: defaults only)."""
-        validation.check_queue(project, queue)
-        record = await self._store.get(project, queue)
-        stored = record.metadata if record is not None else {}
-        return meta.with_defaults(stored), record is not None
+    async def _check_dead_letter(
+        self, project: str, queue: str, pool: str | None,
+        old: Mapping[str, Any], new: Mapping[str, Any],
+    ) -> None:
+        dead_letter = new.get("_dead_letter_queue")
+        if not isinstance(dead_letter, str) or dead_letter == old.get("_dead_letter_queue"):
+            return
+        target = await self._store.get(project, dead_letter)
+        if target is not None:
+            placement.check_dead_letter(queue, pool, dead_letter, target.pool)
 
-    async def ensure(self, project: str, queue: str) -> dict[str, Any]:
-        """The metadata with defaults of the queue, created first when absent."""
+    def _view(self, record: QueueRecord | None, catalog: Catalog | None) -> QueueView:
+        stored = record.metadata if record is not None else {}
+        view = QueueView(meta.with_defaults(stored), record is not None)
+        if record is None or record.pool is None or catalog is None:
+            return view
+        return replace(view, pool=record.pool, pool_uri=placement.pool_uri(catalog, record.pool))
+
+    async def get(self, project: str, queue: str) -> QueueView:
+        """The metadata with defaults, whether the queue exists (absent: defaults only), and
+        with pooling its pool."""
         validation.check_queue(project, queue)
-        record = await self._store.ensure(project, queue)
-        return meta.with_defaults(record.metadata)
+        catalog = await self._pooled()
+        return self._view(await self._store.get(project, queue), catalog)
+
+    async def ensure(self, project: str, queue: str, place_on: str = "") -> QueueView:
+        """The queue, created first when absent: with pooling, placed on ``place_on`` when
+        that pool exists, else as :meth:`create` places a queue without a flavor."""
+        validation.check_queue(project, queue)
+        catalog = await self._pooled()
+        if catalog is None:
+            return self._view(await self._store.ensure(project, queue), None)
+        record = await self._store.get(project, queue)
+        if record is None:
+            pool = (place_on if place_on in catalog.pools
+                    else placement.choose(catalog, None, self._rng))
+            record = await self._store.ensure(project, queue, pool)
+        return self._view(record, catalog)
 
     async def update(
         self, project: str, queue: str, operations: Iterable[tuple[str, str, bytes]]
@@ -83,10 +160,27 @@ class QueueService:
         """Apply a JSON patch atomically; the new metadata with defaults."""
         validation.check_queue(project, queue)
         patches = meta.parse_patch(operations)
+        catalog = await self._pooled()
+        pool_uri: str | None = None
+        if catalog is not None:
+            current = await self._store.get(project, queue)
+            if current is not None:
+                # Checked on the metadata as read; a queue keeps its pool while it exists.
+                try:
+                    patched = apply_patches(current.metadata, patches)
+                except ServiceError:
+                    patched = dict(current.metadata)  # the store raises it below
+                placement.check_change(catalog, current.pool, current.metadata, patched)
+                await self._check_dead_letter(
+                    project, queue, current.pool, current.metadata, patched
+                )
+                pool_uri = placement.pool_uri(catalog, current.pool)
         record = await self._store.update_metadata(
             project, queue, patches, check=meta.check_patched
         )
-        await self._messages.invalidate(project, queue)
+        if catalog is not None and pool_uri is None:
+            pool_uri = placement.pool_uri(catalog, record.pool)
+        await self._messages.invalidate(project, queue, pool_uri)
         return meta.with_defaults(record.metadata)
 
     async def delete(self, project: str, queue: str) -> None:
@@ -99,15 +193,17 @@ class QueueService:
         retry redoes every step.
         """
         validation.check_queue(project, queue)
+        pool_uri = await self._pool_uri(project, queue)
         await self._store.delete(project, queue)
         stale: Unavailable | None = None
         try:
-            await self._messages.invalidate(project, queue)
+            await self._messages.invalidate(project, queue, pool_uri)
         except Unavailable as exc:
             stale = exc
         failures = await _each(
             lambda: self._messages.delete_queue_messages(
-                project, queue, "Queue could not be deleted: its messages could not be removed."
+                project, queue, "Queue could not be deleted: its messages could not be removed.",
+                pool_uri,
             ),
             lambda: self._notifier.delete_queue_subscriptions(
                 project, queue,
@@ -158,8 +254,10 @@ class QueueService:
         types = validation.resource_types(resource_types)
         steps: list[Callable[[], Awaitable[None]]] = []
         if "messages" in types:
+            pool_uri = await self._pool_uri(project, queue)
             steps.append(lambda: self._messages.delete_queue_messages(
-                project, queue, "Queue could not be purged: its messages could not be removed."
+                project, queue, "Queue could not be purged: its messages could not be removed.",
+                pool_uri,
             ))
         if "subscriptions" in types:
             steps.append(lambda: self._notifier.delete_queue_subscriptions(
@@ -169,6 +267,15 @@ class QueueService:
         failures = await _each(*steps)
         if failures:
             raise failures[0]
+
+    async def _pool_uri(self, project: str, queue: str) -> str | None:
+        """With pooling, the message store of the queue's pool ("" for message_svc's own);
+        None without pooling (message_svc then uses its own store)."""
+        catalog = await self._pooled()
+        if catalog is None:
+            return None
+        record = await self._store.get(project, queue)
+        return placement.pool_uri(catalog, None if record is None else record.pool)
 
 
 async def _each(*steps: Callable[[], Awaitable[None]]) -> list[Unavailable]:

@@ -11,9 +11,16 @@ from zaqar.v2 import common_pb2, queues_pb2, queues_pb2_grpc
 
 from services.common.grpc_types import Context
 from services.queue_svc.metadata import dump
-from services.queue_svc.service import QueueService
+from services.queue_svc.service import QueueService, QueueView
 
 SERVICE_NAME = "zaqar.v2.Queues"
+
+
+def _pack(request: queues_pb2.GetQueueRequest, view: QueueView) -> queues_pb2.Queue:
+    queue = queues_pb2.Queue(name=request.queue, metadata=dump(view.metadata), exists=view.exists)
+    if request.with_placement:
+        queue.pool, queue.pool_uri = view.pool, view.pool_uri
+    return queue
 
 
 class QueuesServicer(queues_pb2_grpc.QueuesServicer):
@@ -29,14 +36,14 @@ class QueuesServicer(queues_pb2_grpc.QueuesServicer):
     async def GetQueue(
         self, request: queues_pb2.GetQueueRequest, context: Context
     ) -> queues_pb2.Queue:
-        metadata, exists = await self._service.get(request.project, request.queue)
-        return queues_pb2.Queue(name=request.queue, metadata=dump(metadata), exists=exists)
+        view = await self._service.get(request.project, request.queue)
+        return _pack(request, view)
 
     async def EnsureQueue(
         self, request: queues_pb2.GetQueueRequest, context: Context
     ) -> queues_pb2.Queue:
-        metadata = await self._service.ensure(request.project, request.queue)
-        return queues_pb2.Queue(name=request.queue, metadata=dump(metadata), exists=True)
+        view = await self._service.ensure(request.project, request.queue, request.place_on)
+        return _pack(request, view)
 
     async def UpdateQueue(
         self, request: queues_pb2.UpdateQueueRequest, context: Context

@@ -60,24 +60,31 @@ class MessageService:
         )
         return stats
 
-    async def delete_queue_messages(self, project: str, queue: str, failure: str) -> None:
-        """Remove every message and claim of the queue."""
+    async def delete_queue_messages(
+        self, project: str, queue: str, failure: str, pool_uri: str | None = None
+    ) -> None:
+        """Remove every message and claim of the queue (from the store of ``pool_uri``, with
+        pooling: "" is message_svc's own)."""
         await self._call(
             failure,
             self._internal.DeleteQueueMessages(
-                common_pb2.QueueRef(project=project, queue=queue), timeout=self._timeout
+                common_pb2.QueueRef(project=project, queue=queue, pool_uri=pool_uri),
+                timeout=self._timeout,
             ),
         )
 
-    async def invalidate(self, project: str, queue: str) -> None:
+    async def invalidate(self, project: str, queue: str, pool_uri: str | None = None) -> None:
         """Tell message_svc that the queue's metadata changed (any one replica raises the
         queue's version in the message store, which every replica checks on use). A replica
         that fails is tried once more, which the balancing sends to the next one.
 
+        ``pool_uri`` (pooling): the message store of the queue's pool, where its version is
+        ("" for message_svc's own store).
+
         Raises:
             Unavailable: no replica confirmed it.
         """
-        ref = common_pb2.QueueRef(project=project, queue=queue)
+        ref = common_pb2.QueueRef(project=project, queue=queue, pool_uri=pool_uri)
         for attempt in range(INVALIDATE_ATTEMPTS):
             try:
                 await self._call(

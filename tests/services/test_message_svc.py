@@ -749,7 +749,10 @@ async def test_the_metadata_cache_shares_concurrent_misses_and_obeys_invalidatio
     channel = grpc.aio.insecure_channel(settings.target("queue"), interceptors=[counter])
     store = await open_store(settings.store_uri("message"))
     try:
-        cache = QueueMetadata(channel, timeout=5.0, ttl=60.0, version_of=store.queue_version)
+        cache = QueueMetadata(
+            channel, timeout=5.0, ttl=60.0,
+            version_of=lambda _pool, p, q: store.queue_version(p, q),
+        )
         await message_svc.create_queue("cached", _default_message_ttl=90)
 
         # Concurrent misses share one call; later hits make none

@@ -34,6 +34,9 @@ class QueueRecord:
     project: str
     name: str
     metadata: Mapping[str, Any]
+    pool: str | None = None
+    """The pool the queue's messages are on (set once, when the queue is created with
+    pooling on); None: message_svc's own store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,20 +106,25 @@ class QueueStore(Protocol):
     async def close(self) -> None:
         """Release connections. Idempotent; the store is not used afterwards."""
 
-    async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
+    async def create(
+        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
+    ) -> bool:
         """Create the queue, or replace the whole metadata of an existing one.
 
-        Atomic: of concurrent creates of one absent queue exactly one returns True.
+        Atomic: of concurrent creates of one absent queue exactly one returns True. ``pool``
+        is stored with a new queue, in the same record and step; an existing queue keeps the
+        pool it has.
 
         Returns:
             True when the queue did not exist before, False when its metadata was replaced.
         """
         ...
 
-    async def ensure(self, project: str, name: str) -> QueueRecord:
-        """The queue, created with empty metadata first when it does not exist.
+    async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
+        """The queue, created with empty metadata (and ``pool``) first when it does not exist.
 
-        Atomic: an existing queue's metadata is never touched, even by a concurrent create.
+        Atomic: an existing queue's metadata and pool are never touched, even by a concurrent
+        create.
         """
         ...
 
@@ -149,6 +157,13 @@ class QueueStore(Protocol):
         """
         ...
 
+    async def count_on_pool(self, pool: str) -> int:
+        """How many queues, of every project, are placed on ``pool``.
+
+        Not atomic with placements: a queue created meanwhile may or may not be counted.
+        """
+        ...
+
     async def delete(self, project: str, name: str) -> bool:
         """Delete the queue. Idempotent.
 
@@ -167,7 +182,8 @@ class QueueStore(Protocol):
         metadata_filters: Mapping[str, Any] | None = None,
         with_count: bool = False,
     ) -> QueuePage:
-        """Up to ``limit`` queues of ``project`` sorted by name (code point order).
+        """Up to ``limit`` queues of ``project`` sorted by name (code point order), without
+        their pools (``pool`` is None).
 
         Args:
             limit: at most this many queues (>= 1).

@@ -7,7 +7,9 @@ Document schema::
      "m": metadata as JSON text,             exactly as given: key order, big integers, 2.0
      "f": [{"k": key, "s": scalar}           one entry per top-level metadata key, for filters:
            | {"k": key, "j": JSON text}],    scalars as BSON values, objects/arrays as JSON text
-     "v": version}                           incremented by every write, for compare-and-set
+     "v": version,                           incremented by every write, for compare-and-set
+     "pool": pool name}                      set when the queue is created on a pool, never
+                                             changed; absent: message_svc's own store
 
 Why both ``m`` and ``f``: JSON text keeps the metadata byte-exact (BSON has no integer beyond
 64 bits, and a key such as ``$`` or ``a.b`` is awkward as a field name), while ``f`` gives
@@ -63,6 +65,10 @@ def _dump(value: Any) -> str:
 def _load(text: str) -> dict[str, Any]:
     value: dict[str, Any] = orjson.loads(text)
     return value
+
+
+def _record(project: str, name: str, found: Document) -> QueueRecord:
+    return QueueRecord(project, name, _load(found["m"]), found.get("pool"))
 
 
 def _entry(key: str, value: Any) -> Document:
@@ -121,6 +127,11 @@ class MongoQueueStore:
             await queues.create_index(
                 [("p", ASCENDING), ("n", ASCENDING)], unique=True, name="project_name"
             )
+            await queues.create_index(
+                [("pool", ASCENDING)], name="pool", partialFilterExpression={
+                    "pool": {"$type": "string"},
+                },
+            )
         except PyMongoError as exc:
             await client.close()
             # The driver's message goes on to describe the whole topology: keep its start.
@@ -136,11 +147,16 @@ class MongoQueueStore:
             await client.close()
 
     @edge("create the queue")
-    async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
+    async def create(
+        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
+    ) -> bool:
+        change = _written(metadata)
+        if pool is not None:
+            change["$setOnInsert"] = {"pool": pool}
         for _ in range(MAX_ATTEMPTS):
             try:
                 result = await self._collection().update_one(
-                    {"p": project, "n": name}, _written(metadata), upsert=True
+                    {"p": project, "n": name}, change, upsert=True
                 )
             except DuplicateKeyError:
                 # A concurrent create inserted the queue first: it exists now, replace it.
@@ -149,28 +165,31 @@ class MongoQueueStore:
         raise contended(STORE, "create the queue")
 
     @edge("create the queue")
-    async def ensure(self, project: str, name: str) -> QueueRecord:
+    async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
+        inserted: Document = {"m": "{}", "f": [], "v": 1}
+        if pool is not None:
+            inserted["pool"] = pool
         for _ in range(MAX_ATTEMPTS):
             try:
                 found = await self._collection().find_one_and_update(
                     {"p": project, "n": name},
-                    {"$setOnInsert": {"m": "{}", "f": [], "v": 1}},
-                    projection={"_id": False, "m": True},
+                    {"$setOnInsert": inserted},
+                    projection={"_id": False, "m": True, "pool": True},
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
             except DuplicateKeyError:
                 continue
             if found is not None:  # always so, with upsert and the document after the update
-                return QueueRecord(project, name, _load(found["m"]))
+                return _record(project, name, found)
         raise contended(STORE, "create the queue")
 
     @edge("read the queue")
     async def get(self, project: str, name: str) -> QueueRecord | None:
         found = await self._collection().find_one(
-            {"p": project, "n": name}, {"_id": False, "m": True}
+            {"p": project, "n": name}, {"_id": False, "m": True, "pool": True}
         )
-        return None if found is None else QueueRecord(project, name, _load(found["m"]))
+        return None if found is None else _record(project, name, found)
 
     @edge("read the queue")
     async def exists(self, project: str, name: str) -> bool:
@@ -187,7 +206,9 @@ class MongoQueueStore:
     ) -> QueueRecord:
         queues = self._collection()
         for _ in range(MAX_ATTEMPTS):
-            found = await queues.find_one({"p": project, "n": name}, {"m": True, "v": True})
+            found = await queues.find_one(
+                {"p": project, "n": name}, {"m": True, "v": True, "pool": True}
+            )
             if found is None:
                 raise QueueNotFound(queue=name, project=project)
             metadata = apply_patches(_load(found["m"]), patches)
@@ -199,8 +220,12 @@ class MongoQueueStore:
                 {"_id": found["_id"], "v": found["v"]}, _written(metadata)
             )
             if result.matched_count == 1:
-                return QueueRecord(project, name, metadata)
+                return QueueRecord(project, name, metadata, found.get("pool"))
         raise contended(STORE, "update the queue")
+
+    @edge("count the queues of the pool")
+    async def count_on_pool(self, pool: str) -> int:
+        return await self._collection().count_documents({"pool": pool})
 
     @edge("delete the queue")
     async def delete(self, project: str, name: str) -> bool:

@@ -1,13 +1,17 @@
--- The metadata of a queue, created with empty metadata first when it does not exist.
--- An existing queue is never touched.
+-- The metadata and pool of a queue, created with empty metadata and the given pool first when
+-- it does not exist. An existing queue is never touched.
 --
--- KEYS[1]  hash of the project's queues: name -> metadata (JSON text)
+-- KEYS[1]  hash of the project's queues: name -> metadata (JSON text), name/pool -> pool
 -- KEYS[2]  sorted set of the project's queue names, all with score 0
 -- ARGV[1]  queue name
+-- ARGV[2]  pool of a new queue ('' = message_svc's own store)
 --
--- Returns the stored metadata (JSON text).
+-- Returns {metadata (JSON text), pool or false}.
 
 if redis.call('HSETNX', KEYS[1], ARGV[1], '{}') == 1 then
     redis.call('ZADD', KEYS[2], 0, ARGV[1])
+    if ARGV[2] ~= '' then
+        redis.call('HSET', KEYS[1], ARGV[1] .. '/pool', ARGV[2])
+    end
 end
-return redis.call('HGET', KEYS[1], ARGV[1])
+return redis.call('HMGET', KEYS[1], ARGV[1], ARGV[1] .. '/pool')

@@ -2,7 +2,9 @@
 
 Key layout (``zq`` is the URI's ``prefix`` option)::
 
-    zq:q:<project>   hash        queue name -> metadata as JSON text (orjson, key order kept)
+    zq:q:<project>   hash        queue name -> metadata as JSON text (orjson, key order kept),
+                                 and queue name + "/pool" -> the pool the queue is placed on
+                                 (absent: message_svc's own store; "/" is in no queue name)
     zq:n:<project>   sorted set  queue names, all with score 0, so ZRANGEBYLEX orders by name
 
 Both keys of a project change together inside one script (``*.lua`` next to this module),
@@ -55,10 +57,20 @@ FILTER_BATCH = 200
 # update of the same queue succeeded, so this only bounds a pathological pile-up.
 MAX_UPDATE_ATTEMPTS = 100
 _INT64 = range(-(2**63), 2**63)
+# The hash field of a queue's pool is the queue's name with this suffix.
+POOL_SUFFIX = "/pool"
 
 
 def _script_text(name: str) -> str:
     return resources.files(__name__.rpartition(".")[0]).joinpath(f"{name}.lua").read_text("utf-8")
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _dump(metadata: Mapping[str, Any]) -> str:
@@ -157,19 +169,25 @@ class RedisQueueStore:
             return reply
 
     @edge("create the queue")
-    async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
-        created = await self._run("create_queue", self._keys(project), [name, _dump(metadata)])
+    async def create(
+        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
+    ) -> bool:
+        created = await self._run(
+            "create_queue", self._keys(project), [name, _dump(metadata), pool or ""]
+        )
         return bool(created)
 
     @edge("create the queue")
-    async def ensure(self, project: str, name: str) -> QueueRecord:
-        text = await self._run("ensure_queue", self._keys(project), [name])
-        return QueueRecord(project, name, _load(text))
+    async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
+        text, placed = await self._run("ensure_queue", self._keys(project), [name, pool or ""])
+        return QueueRecord(project, name, _load(text), placed or None)
 
     @edge("read the queue")
     async def get(self, project: str, name: str) -> QueueRecord | None:
-        text = await self._redis().hget(self._metadata_key(project), name)
-        return None if text is None else QueueRecord(project, name, _load(text))
+        text, pool = await self._redis().hmget(
+            self._metadata_key(project), [name, name + POOL_SUFFIX]
+        )
+        return None if text is None else QueueRecord(project, name, _load(text), _text(pool))
 
     @edge("read the queue")
     async def exists(self, project: str, name: str) -> bool:
@@ -193,10 +211,22 @@ class RedisQueueStore:
                 check(metadata)
             outcome = await self._run("update_queue", [metadata_key], [name, text, _dump(metadata)])
             if outcome == 1:
-                return QueueRecord(project, name, metadata)
+                pool = await self._redis().hget(metadata_key, name + POOL_SUFFIX)
+                return QueueRecord(project, name, metadata, _text(pool))
             if outcome == -1:
                 raise QueueNotFound(queue=name, project=project)
         raise contended(STORE, "update the queue")
+
+    @edge("count the queues of the pool")
+    async def count_on_pool(self, pool: str) -> int:
+        # No index spans projects (on a cluster, each project's keys sit on their own
+        # shard): every project's hash is scanned. Run only when a pool is deleted or moved.
+        client, count = self._redis(), 0
+        pattern = _glob_escape(self.options.prefix) + ":q:*"
+        async for key in client.scan_iter(match=pattern, count=1000):
+            async for _, placed in client.hscan_iter(key, match="*" + POOL_SUFFIX, count=1000):
+                count += placed == pool
+        return count
 
     @edge("delete the queue")
     async def delete(self, project: str, name: str) -> bool:

@@ -1,4 +1,5 @@
-"""Queues in SQLite: one row per (project, name), metadata as JSON text."""
+"""Queues in SQLite: one row per (project, name), metadata as JSON text, and the pool the
+queue is placed on (NULL: message_svc's own store)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ SCHEMA = (
         project  TEXT NOT NULL,
         name     TEXT NOT NULL,
         metadata TEXT NOT NULL,
+        pool     TEXT,
         PRIMARY KEY (project, name)
     ) WITHOUT ROWID""",
     *catalog.SCHEMA,
@@ -41,6 +43,21 @@ def _dump(metadata: Mapping[str, Any]) -> str:
 def _load(text: str) -> dict[str, Any]:
     value: dict[str, Any] = orjson.loads(text)
     return value
+
+
+def _record(project: str, name: str, row: sqlite3.Row) -> QueueRecord:
+    return QueueRecord(project, name, _load(row["metadata"]), row["pool"])
+
+
+def _add_pool_column(conn: sqlite3.Connection) -> None:
+    """Files written before queues were placed on pools lack the column (NULL: the default
+    store, where their messages are)."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(queues)")}
+    if "pool" not in columns:
+        conn.execute("ALTER TABLE queues ADD COLUMN pool TEXT")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS queues_by_pool ON queues (pool) WHERE pool IS NOT NULL"
+    )
 
 
 def _filter_clause(key: str, value: Any) -> tuple[str, list[Any]]:
@@ -70,18 +87,21 @@ class SqliteQueueStore:
 
     async def open(self) -> None:
         await self._db.open()
+        await self._db.write(_add_pool_column, "set up the queue store")
 
     async def close(self) -> None:
         await self._db.close()
 
-    async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
+    async def create(
+        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
+    ) -> bool:
         text = _dump(metadata)
 
         def work(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "INSERT INTO queues (project, name, metadata) VALUES (?, ?, ?) "
+                "INSERT INTO queues (project, name, metadata, pool) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (project, name) DO NOTHING",
-                (project, name, text),
+                (project, name, text, pool),
             )
             if cursor.rowcount == 1:
                 return True
@@ -93,27 +113,28 @@ class SqliteQueueStore:
 
         return await self._db.write(work, "create the queue")
 
-    async def ensure(self, project: str, name: str) -> QueueRecord:
+    async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
         def work(conn: sqlite3.Connection) -> QueueRecord:
             conn.execute(
-                "INSERT INTO queues (project, name, metadata) VALUES (?, ?, '{}') "
+                "INSERT INTO queues (project, name, metadata, pool) VALUES (?, ?, '{}', ?) "
                 "ON CONFLICT (project, name) DO NOTHING",
-                (project, name),
+                (project, name, pool),
             )
             rows = conn.execute(
-                "SELECT metadata FROM queues WHERE project = ? AND name = ?", (project, name)
+                "SELECT metadata, pool FROM queues WHERE project = ? AND name = ?",
+                (project, name),
             ).fetchall()
-            return QueueRecord(project, name, _load(rows[0]["metadata"]))
+            return _record(project, name, rows[0])
 
         return await self._db.write(work, "create the queue")
 
     async def get(self, project: str, name: str) -> QueueRecord | None:
         rows = await self._db.fetchall(
             "read the queue",
-            "SELECT metadata FROM queues WHERE project = ? AND name = ?",
+            "SELECT metadata, pool FROM queues WHERE project = ? AND name = ?",
             (project, name),
         )
-        return QueueRecord(project, name, _load(rows[0]["metadata"])) if rows else None
+        return _record(project, name, rows[0]) if rows else None
 
     async def exists(self, project: str, name: str) -> bool:
         rows = await self._db.fetchall(
@@ -132,7 +153,8 @@ class SqliteQueueStore:
     ) -> QueueRecord:
         def work(conn: sqlite3.Connection) -> QueueRecord:
             rows = conn.execute(
-                "SELECT metadata FROM queues WHERE project = ? AND name = ?", (project, name)
+                "SELECT metadata, pool FROM queues WHERE project = ? AND name = ?",
+                (project, name),
             ).fetchall()
             if not rows:
                 raise QueueNotFound(queue=name, project=project)
@@ -143,9 +165,16 @@ class SqliteQueueStore:
                 "UPDATE queues SET metadata = ? WHERE project = ? AND name = ?",
                 (_dump(metadata), project, name),
             )
-            return QueueRecord(project, name, metadata)
+            return QueueRecord(project, name, metadata, rows[0]["pool"])
 
         return await self._db.write(work, "update the queue")
+
+    async def count_on_pool(self, pool: str) -> int:
+        rows = await self._db.fetchall(
+            "count the queues of the pool", "SELECT count(*) AS n FROM queues WHERE pool = ?",
+            (pool,),
+        )
+        return int(rows[0]["n"])
 
     async def delete(self, project: str, name: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:

@@ -147,18 +147,27 @@ class QueueRef(_message.Message):
 
     PROJECT_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    POOL_URI_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
+    pool_uri: _builtins.str
+    """MessagesInternal.InvalidateQueue and DeleteQueueMessages only (ignored elsewhere): the
+    message store of the pool that holds the queue, as queue_svc had it in the queue's record
+    ("" for message_svc's own store). Unset: message_svc looks the queue's placement up.
+    """
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         queue: _builtins.str = ...,
+        pool_uri: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_pool_uri", b"_pool_uri", "pool_uri", b"pool_uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_pool_uri", b"_pool_uri", "pool_uri", b"pool_uri", "project", b"project", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__pool_uri: _TypeAlias = _typing.Literal["pool_uri"]  # noqa: Y015
+    _WhichOneofArgType__pool_uri: _TypeAlias = _typing.Literal["_pool_uri", b"_pool_uri"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pool_uri) -> _WhichOneofReturnType__pool_uri | None: ...
 
 Global___QueueRef: _TypeAlias = QueueRef  # noqa: Y015

@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from zaqar.v2 import common_pb2 as zaqar_dot_v2_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zaqar/v2/queues.proto\x12\x08zaqar.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15zaqar/v2/common.proto\"7\n\x05Queue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08metadata\x18\x02 \x01(\x0c\x12\x0e\n\x06\x65xists\x18\x03 \x01(\x08\"F\n\x12\x43reateQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\"&\n\x13\x43reateQueueResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"1\n\x0fGetQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"9\n\x0ePatchOperation\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\"b\n\x12UpdateQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12,\n\noperations\x18\x03 \x03(\x0b\x32\x18.zaqar.v2.PatchOperation\"4\n\x12\x44\x65leteQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"\x8a\x02\n\x11ListQueuesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06marker\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65tailed\x18\x04 \x01(\x08\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\nwith_count\x18\x06 \x01(\x08\x12J\n\x10metadata_filters\x18\x07 \x03(\x0b\x32\x30.zaqar.v2.ListQueuesRequest.MetadataFiltersEntry\x1a\x36\n\x14MetadataFiltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x08\n\x06_limit\"h\n\x12ListQueuesResponse\x12\x1f\n\x06queues\x18\x01 \x03(\x0b\x32\x0f.zaqar.v2.Queue\x12\x13\n\x0bnext_marker\x18\x02 \x01(\t\x12\x12\n\x05\x63ount\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_count\"6\n\x14GetQueueStatsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"K\n\x11PurgeQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x16\n\x0eresource_types\x18\x03 \x03(\t2\xac\x07\n\x06Queues\x12|\n\x0b\x43reateQueue\x12\x1c.zaqar.v2.CreateQueueRequest\x1a\x1d.zaqar.v2.CreateQueueResponse\"0\x82\xd3\xe4\x93\x02*\x1a%/v2/projects/{project}/queues/{queue}:\x01*\x12\x65\n\x08GetQueue\x12\x19.zaqar.v2.GetQueueRequest\x1a\x0f.zaqar.v2.Queue\"-\x82\xd3\xe4\x93\x02\'\x12%/v2/projects/{project}/queues/{queue}\x12n\n\x0bUpdateQueue\x12\x1c.zaqar.v2.UpdateQueueRequest\x1a\x0f.zaqar.v2.Queue\"0\x82\xd3\xe4\x93\x02*2%/v2/projects/{project}/queues/{queue}:\x01*\x12r\n\x0b\x44\x65leteQueue\x12\x1c.zaqar.v2.DeleteQueueRequest\x1a\x16.google.protobuf.Empty\"-\x82\xd3\xe4\x93\x02\'*%/v2/projects/{project}/queues/{queue}\x12n\n\nListQueues\x12\x1b.zaqar.v2.ListQueuesRequest\x1a\x1c.zaqar.v2.ListQueuesResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v2/projects/{project}/queues\x12z\n\rGetQueueStats\x12\x1e.zaqar.v2.GetQueueStatsRequest\x1a\x14.zaqar.v2.QueueStats\"3\x82\xd3\xe4\x93\x02-\x12+/v2/projects/{project}/queues/{queue}/stats\x12y\n\nPurgeQueue\x12\x1b.zaqar.v2.PurgeQueueRequest\x1a\x16.google.protobuf.Empty\"6\x82\xd3\xe4\x93\x02\x30\"+/v2/projects/{project}/queues/{queue}/purge:\x01*\x12r\n\x0b\x45nsureQueue\x12\x19.zaqar.v2.GetQueueRequest\x1a\x0f.zaqar.v2.Queue\"7\x82\xd3\xe4\x93\x02\x31\",/v2/projects/{project}/queues/{queue}:ensure:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zaqar/v2/queues.proto\x12\x08zaqar.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15zaqar/v2/common.proto\"W\n\x05Queue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08metadata\x18\x02 \x01(\x0c\x12\x0e\n\x06\x65xists\x18\x03 \x01(\x08\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x10\n\x08pool_uri\x18\x05 \x01(\t\"F\n\x12\x43reateQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\"&\n\x13\x43reateQueueResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\"[\n\x0fGetQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08place_on\x18\x03 \x01(\t\x12\x16\n\x0ewith_placement\x18\x04 \x01(\x08\"9\n\x0ePatchOperation\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\"b\n\x12UpdateQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12,\n\noperations\x18\x03 \x03(\x0b\x32\x18.zaqar.v2.PatchOperation\"4\n\x12\x44\x65leteQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"\x8a\x02\n\x11ListQueuesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06marker\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65tailed\x18\x04 \x01(\x08\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x12\n\nwith_count\x18\x06 \x01(\x08\x12J\n\x10metadata_filters\x18\x07 \x03(\x0b\x32\x30.zaqar.v2.ListQueuesRequest.MetadataFiltersEntry\x1a\x36\n\x14MetadataFiltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x08\n\x06_limit\"h\n\x12ListQueuesResponse\x12\x1f\n\x06queues\x18\x01 \x03(\x0b\x32\x0f.zaqar.v2.Queue\x12\x13\n\x0bnext_marker\x18\x02 \x01(\t\x12\x12\n\x05\x63ount\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_count\"6\n\x14GetQueueStatsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"K\n\x11PurgeQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x16\n\x0eresource_types\x18\x03 \x03(\t2\xac\x07\n\x06Queues\x12|\n\x0b\x43reateQueue\x12\x1c.zaqar.v2.CreateQueueRequest\x1a\x1d.zaqar.v2.CreateQueueResponse\"0\x82\xd3\xe4\x93\x02*\x1a%/v2/projects/{project}/queues/{queue}:\x01*\x12\x65\n\x08GetQueue\x12\x19.zaqar.v2.GetQueueRequest\x1a\x0f.zaqar.v2.Queue\"-\x82\xd3\xe4\x93\x02\'\x12%/v2/projects/{project}/queues/{queue}\x12n\n\x0bUpdateQueue\x12\x1c.zaqar.v2.UpdateQueueRequest\x1a\x0f.zaqar.v2.Queue\"0\x82\xd3\xe4\x93\x02*2%/v2/projects/{project}/queues/{queue}:\x01*\x12r\n\x0b\x44\x65leteQueue\x12\x1c.zaqar.v2.DeleteQueueRequest\x1a\x16.google.protobuf.Empty\"-\x82\xd3\xe4\x93\x02\'*%/v2/projects/{project}/queues/{queue}\x12n\n\nListQueues\x12\x1b.zaqar.v2.ListQueuesRequest\x1a\x1c.zaqar.v2.ListQueuesResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x1d/v2/projects/{project}/queues\x12z\n\rGetQueueStats\x12\x1e.zaqar.v2.GetQueueStatsRequest\x1a\x14.zaqar.v2.QueueStats\"3\x82\xd3\xe4\x93\x02-\x12+/v2/projects/{project}/queues/{queue}/stats\x12y\n\nPurgeQueue\x12\x1b.zaqar.v2.PurgeQueueRequest\x1a\x16.google.protobuf.Empty\"6\x82\xd3\xe4\x93\x02\x30\"+/v2/projects/{project}/queues/{queue}/purge:\x01*\x12r\n\x0b\x45nsureQueue\x12\x19.zaqar.v2.GetQueueRequest\x1a\x0f.zaqar.v2.Queue\"7\x82\xd3\xe4\x93\x02\x31\",/v2/projects/{project}/queues/{queue}:ensure:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,29 +53,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUEUES'].methods_by_name['EnsureQueue']._loaded_options = None
   _globals['_QUEUES'].methods_by_name['EnsureQueue']._serialized_options = b'\202\323\344\223\0021\",/v2/projects/{project}/queues/{queue}:ensure:\001*'
   _globals['_QUEUE']._serialized_start=117
-  _globals['_QUEUE']._serialized_end=172
-  _globals['_CREATEQUEUEREQUEST']._serialized_start=174
-  _globals['_CREATEQUEUEREQUEST']._serialized_end=244
-  _globals['_CREATEQUEUERESPONSE']._serialized_start=246
-  _globals['_CREATEQUEUERESPONSE']._serialized_end=284
-  _globals['_GETQUEUEREQUEST']._serialized_start=286
-  _globals['_GETQUEUEREQUEST']._serialized_end=335
-  _globals['_PATCHOPERATION']._serialized_start=337
-  _globals['_PATCHOPERATION']._serialized_end=394
-  _globals['_UPDATEQUEUEREQUEST']._serialized_start=396
-  _globals['_UPDATEQUEUEREQUEST']._serialized_end=494
-  _globals['_DELETEQUEUEREQUEST']._serialized_start=496
-  _globals['_DELETEQUEUEREQUEST']._serialized_end=548
-  _globals['_LISTQUEUESREQUEST']._serialized_start=551
-  _globals['_LISTQUEUESREQUEST']._serialized_end=817
-  _globals['_LISTQUEUESREQUEST_METADATAFILTERSENTRY']._serialized_start=753
-  _globals['_LISTQUEUESREQUEST_METADATAFILTERSENTRY']._serialized_end=807
-  _globals['_LISTQUEUESRESPONSE']._serialized_start=819
-  _globals['_LISTQUEUESRESPONSE']._serialized_end=923
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=925
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=979
-  _globals['_PURGEQUEUEREQUEST']._serialized_start=981
-  _globals['_PURGEQUEUEREQUEST']._serialized_end=1056
-  _globals['_QUEUES']._serialized_start=1059
-  _globals['_QUEUES']._serialized_end=1999
+  _globals['_QUEUE']._serialized_end=204
+  _globals['_CREATEQUEUEREQUEST']._serialized_start=206
+  _globals['_CREATEQUEUEREQUEST']._serialized_end=276
+  _globals['_CREATEQUEUERESPONSE']._serialized_start=278
+  _globals['_CREATEQUEUERESPONSE']._serialized_end=316
+  _globals['_GETQUEUEREQUEST']._serialized_start=318
+  _globals['_GETQUEUEREQUEST']._serialized_end=409
+  _globals['_PATCHOPERATION']._serialized_start=411
+  _globals['_PATCHOPERATION']._serialized_end=468
+  _globals['_UPDATEQUEUEREQUEST']._serialized_start=470
+  _globals['_UPDATEQUEUEREQUEST']._serialized_end=568
+  _globals['_DELETEQUEUEREQUEST']._serialized_start=570
+  _globals['_DELETEQUEUEREQUEST']._serialized_end=622
+  _globals['_LISTQUEUESREQUEST']._serialized_start=625
+  _globals['_LISTQUEUESREQUEST']._serialized_end=891
+  _globals['_LISTQUEUESREQUEST_METADATAFILTERSENTRY']._serialized_start=827
+  _globals['_LISTQUEUESREQUEST_METADATAFILTERSENTRY']._serialized_end=881
+  _globals['_LISTQUEUESRESPONSE']._serialized_start=893
+  _globals['_LISTQUEUESRESPONSE']._serialized_end=997
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=999
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1053
+  _globals['_PURGEQUEUEREQUEST']._serialized_start=1055
+  _globals['_PURGEQUEUEREQUEST']._serialized_end=1130
+  _globals['_QUEUES']._serialized_start=1133
+  _globals['_QUEUES']._serialized_end=2073
 # @@protoc_insertion_point(module_scope)

@@ -25,21 +25,31 @@ class Queue(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     EXISTS_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    POOL_URI_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     metadata: _builtins.bytes
     """The metadata as a UTF-8 JSON object, reserved keys filled with their defaults."""
     exists: _builtins.bool
     """False when the queue was never created (GetQueue on a lazy queue)."""
+    pool: _builtins.str
+    """GetQueue and EnsureQueue asked `with_placement`, with pooling: the pool the queue is
+    placed on ("" when it is in message_svc's own store) and that pool's message store URI
+    ("" when the pool is not in the catalog any more).
+    """
+    pool_uri: _builtins.str
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         metadata: _builtins.bytes = ...,
         exists: _builtins.bool = ...,
+        pool: _builtins.str = ...,
+        pool_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exists", b"exists", "metadata", b"metadata", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exists", b"exists", "metadata", b"metadata", "name", b"name", "pool", b"pool", "pool_uri", b"pool_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -97,17 +107,30 @@ class GetQueueRequest(_message.Message):
 
     PROJECT_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    PLACE_ON_FIELD_NUMBER: _builtins.int
+    WITH_PLACEMENT_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
+    place_on: _builtins.str
+    """EnsureQueue with pooling: place a new queue on this pool (a dead-letter queue created by
+    a move goes to the pool of the queue it serves); ignored when the pool does not exist.
+    Our services only: cleared for a project's caller in keystone mode.
+    """
+    with_placement: _builtins.bool
+    """Answer `pool` and `pool_uri` (message_svc). Our services only, as `place_on`: a pool's
+    URI may hold credentials.
+    """
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         queue: _builtins.str = ...,
+        place_on: _builtins.str = ...,
+        with_placement: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["place_on", b"place_on", "project", b"project", "queue", b"queue", "with_placement", b"with_placement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
