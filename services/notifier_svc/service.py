@@ -15,7 +15,7 @@ from typing import Any
 
 from zaqar.v2 import common_pb2, notifier_pb2
 
-from services.common import limits
+from services.common import limits, tracing
 from services.common.errors import InvalidArgument, SubscriptionAlreadyExists, SubscriptionNotFound
 from services.notifier_svc import documents, validation
 from services.notifier_svc.storage.base import (
@@ -296,6 +296,11 @@ class NotifierService:
 
 def _delivery(subscription: Subscription, kind: DeliveryKind, document: bytes) -> NewDelivery:
     options: dict[str, Any] = dict(subscription.options)
+    if tracing.ENABLED:
+        # The delivery continues the trace of the call that handed the message over.
+        traceparent = tracing.current_traceparent()
+        if traceparent:
+            options[tracing.DELIVERY_KEY] = traceparent
     return NewDelivery(
         subscription_id=subscription.id, project=subscription.project, queue=subscription.queue,
         subscriber=subscription.subscriber, options=options, kind=kind, document=document,

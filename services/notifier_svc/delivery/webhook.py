@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from services.common import tracing
 from services.notifier_svc.storage.base import Delivery
 
 log = logging.getLogger(__name__)
@@ -78,16 +79,31 @@ class WebhookSender:
         """One attempt at POSTing the delivery to ``url``; ``headers`` win over the
         subscription's ``post_headers``."""
         options = dict(delivery.options)
+        sent = {**request_headers(options), **(headers or {})}
+        span = None
+        if tracing.ENABLED:
+            traceparent = options.get(tracing.DELIVERY_KEY)
+            span, carrier = tracing.delivery_span(
+                f"POST {delivery.kind.value}", traceparent if isinstance(traceparent, str) else None
+            )
+            sent.update(carrier)
+        status: int | None = None
+        problem: str | None = None
         try:
             async with self._client().post(
-                url, data=request_body(options, delivery.document),
-                headers={**request_headers(options), **(headers or {})},
+                url, data=request_body(options, delivery.document), headers=sent,
             ) as response:
                 await response.read()
+                status = response.status
                 if 200 <= response.status < 500:
                     return True
+                problem = f"answered {response.status}"
                 log.info("webhook %s answered %d", url, response.status)
                 return False
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
             log.info("webhook %s failed: %s: %s", url, type(exc).__name__, exc)
             return False
+        finally:
+            if span is not None:
+                span.end(problem, **({"http.response.status_code": status} if status else {}))
