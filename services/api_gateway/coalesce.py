@@ -46,6 +46,7 @@ from zaqar.v2 import messages_pb2
 from services.common import metrics
 from services.common.config import ConfigurationError
 from services.common.errors import status_code
+from services.common.logs import BATCH_REQUEST_IDS_KEY, REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ MAX_ITEMS: Final = 256
 MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
 
 _DETAILS_KEY: Final = "grpc-status-details-bin"
+# The longest such value sent: a larger batch goes without (its items' logs show no id).
+MAX_REQUEST_IDS_BYTES: Final = 4096
 
 # Messages method -> BatchItem field of its request.
 ITEM_FIELDS: Final = {
@@ -95,6 +98,7 @@ class _Waiting:
     future: asyncio.Future[Any]
     size: int
     timer: asyncio.TimerHandle | None = None
+    request_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -244,7 +248,8 @@ class CoalescingMessages:
                 state.in_flight -= 1
                 self._window_closed()
         self.stats.waited += 1
-        waiting = _Waiting(method, request, None, loop.create_future(), request.ByteSize())
+        waiting = _Waiting(method, request, None, loop.create_future(), request.ByteSize(),
+                           request_id=REQUEST_ID.get())
         if timeout is not None:
             waiting.deadline = loop.time() + timeout
             waiting.timer = loop.call_at(waiting.deadline, self._expire, waiting)
@@ -294,6 +299,9 @@ class CoalescingMessages:
         task.add_done_callback(state.sending.discard)
 
     async def _send(self, items: list[_Waiting]) -> None:
+        # This task was started by whichever request's call closed the window: each call
+        # carries the ids of its own items' requests (_send_alone, _send_batch).
+        REQUEST_ID.set(None)
         try:
             if len(items) == 1:
                 self.stats.alone += 1
@@ -309,6 +317,7 @@ class CoalescingMessages:
             self._window_closed()
 
     async def _send_alone(self, item: _Waiting) -> None:
+        REQUEST_ID.set(item.request_id)
         try:
             response = await getattr(self._messages, item.method)(
                 item.request, timeout=self._timeout([item])
@@ -326,7 +335,9 @@ class CoalescingMessages:
         for item in items:
             getattr(request.items.add(), ITEM_FIELDS[item.method]).CopyFrom(item.request)
         try:
-            response = await self._batch_call(request, timeout=self._timeout(items))
+            response = await self._batch_call(
+                request, timeout=self._timeout(items), metadata=_request_ids(items)
+            )
         except asyncio.CancelledError:
             for item in items:
                 item.future.cancel()
@@ -384,6 +395,16 @@ class CoalescingMessages:
             await asyncio.gather(*state.sending, return_exceptions=True)
         if self.stats.requests:
             log.info("%s", self.stats.line())
+
+
+def _request_ids(items: list[_Waiting]) -> tuple[tuple[str, str], ...] | None:
+    """The metadata that gives message_svc the request id of each item of a Batch
+    (:data:`BATCH_REQUEST_IDS_KEY`), unless none has one or they would make the call's
+    metadata too large (gRPC takes 8 KiB of it by default)."""
+    ids = [item.request_id or "" for item in items]
+    if not any(ids) or len(ids) * 41 > MAX_REQUEST_IDS_BYTES:
+        return None
+    return ((BATCH_REQUEST_IDS_KEY, ",".join(ids)),)
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:

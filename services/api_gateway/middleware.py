@@ -1,8 +1,11 @@
 """The one request middleware: request id, input limits, canonical paths, Accept and
 Content-Type, then (deny by default) the caller of every routed request.
 
-Before routing (``process_request``), on every request: a ``req-<uuid4>`` request id, sent back
-as ``x-openstack-request-id`` on every answer; the input limits (``limits.py``); a path that
+Before routing (``process_request``), on every request: its request id, the caller's
+``X-OpenStack-Request-ID`` when well formed (``req-`` and a lower-case UUID, as oslo.middleware
+takes it) or else a new ``req-<uuid4>``, sent back as ``x-openstack-request-id`` on every answer
+and passed on with every gRPC call made for the request (``services/common/logs.py``); the input
+limits (``limits.py``); a path that
 is not in canonical form (``paths.py``) is refused with 400, so the router and every check
 below see one spelling of it; ``Accept`` must allow JSON (406) and a form-encoded body is
 refused (400).
@@ -22,13 +25,17 @@ yields lands on ``req.context``:
 
 The decision is taken on the route the router resolved, never on the spelling of the path: a
 route added to the app is private until it is added to :data:`PUBLIC_ROUTES`.
+
+After the answer (``process_response``): the request's metrics and, unless ``access_log`` is
+off, one line of the access log (logger ``zaqar.access``): method, path with the keys of its
+query but never their values, status, milliseconds, request id and project.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -41,9 +48,12 @@ from services.api_gateway.operations import Caller
 from services.api_gateway.paths import non_canonical
 from services.common import metrics
 from services.common.limits import PROJECT_ID_MAX
+from services.common.logs import ACCESS_LOGGER, REQUEST_ID, request_id_from
 
 HOME_PATH: Final = "/v2/"
 REQUEST_ID_HEADER: Final = "x-openstack-request-id"
+
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 _CLIENT_ID_RE: Final = re.compile(
     r"[0-9a-fA-F]{8}(-?)[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1[0-9a-fA-F]{12}"
@@ -150,17 +160,47 @@ class RequestMetrics:
             timer.observe(time.perf_counter() - started)
 
 
+def _query_keys(query: str) -> str:
+    """``?a=1&b=secret`` -> ``?a&b``: which parameters a request had, never their values."""
+    return "?" + "&".join(part.partition("=")[0] for part in query.split("&"))
+
+
+def log_access(req: falcon.asgi.Request, status: int, started: float | None) -> None:
+    """The access-log line of an answered request."""
+    ctx = req.context
+    raw = req.scope.get("raw_path")
+    # The path as sent (percent-encoded, so nothing in it can break the line).
+    path = raw.decode("latin-1") if raw else req.path
+    query = req.query_string
+    if query:
+        path += _query_keys(query)
+    ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else 0.0
+    project = getattr(ctx, "project", None)
+    request_id = getattr(ctx, "request_id", None)
+    access_log.info(
+        "%s %s %d %.2fms project=%s", req.method, path, status, ms, project or "-",
+        extra={
+            "request_id": request_id,
+            "fields": {"method": req.method, "path": path, "status": status,
+                       "duration_ms": ms, "project": project},
+        },
+    )
+
+
 class Gate:
     """Checks every request before its resource sees it (see the module docstring)."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, access_log: bool = True) -> None:
         self.authenticator = authenticator
         self.requests = RequestMetrics()
+        # Whether to write the access log: off, or its logger does not take INFO lines.
+        self._access_log = access_log
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ctx = req.context
         ctx.started = time.perf_counter()
-        ctx.request_id = "req-" + str(uuid.uuid4())
+        ctx.request_id = request_id_from(req.get_header(REQUEST_ID_HEADER))
+        REQUEST_ID.set(ctx.request_id)
         check_request(req)
         problem = non_canonical(req.path, req.scope.get("raw_path"))
         if problem is not None:
@@ -208,5 +248,14 @@ class Gate:
     ) -> None:
         ctx = req.context
         resp.set_header(REQUEST_ID_HEADER, ctx.request_id)
-        self.requests.done(req.uri_template, req.method, resp.status_code,
-                           getattr(ctx, "started", None))
+        started = getattr(ctx, "started", None)
+        status = resp.status_code
+        self.requests.done(req.uri_template, req.method, status, started)
+        if self._access_log and access_log.isEnabledFor(logging.INFO):
+            log_access(req, status, started)
+        span = getattr(ctx, "span", None)
+        if span is not None:
+            ctx.span = None
+            span.rename(f"{req.method} {req.uri_template or metrics.NO_ROUTE}")
+            span.end(f"HTTP {status}" if status >= 500 else None,
+                     **{"http.response.status_code": status})

@@ -163,6 +163,20 @@ class Settings:
         default=False, metadata=_help('Add "checksum": "MD5:<hex>" to every message returned.')
     )
     log_level: str = field(default="INFO", metadata=_help("Python logging level."))
+    log_format: str = field(
+        default="text",
+        metadata=_help(
+            'Format of the log lines on stderr: "text" (time, level, logger, [request id], '
+            'message) or "json" (one JSON object per line).'
+        ),
+    )
+    access_log: bool = field(
+        default=True,
+        metadata=_help(
+            "The gateway logs one line per HTTP request (logger zaqar.access): method, path "
+            "(query keys only), status, duration, request id and project."
+        ),
+    )
     pooling: bool = field(
         default=False,
         metadata=_help(

@@ -24,6 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common.grpc_types import Context, MethodHandler, UnaryUnary, aio_unary_unary
+from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, well_formed
 from services.common.metrics import ServerCalls, code_name
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> MethodHandler | None:
+        # The caller's request id (when well formed), for the logs of this call and the calls
+        # it makes. Read here rather than from context.invocation_metadata() in the method's
+        # wrapper, which builds the metadata again on every call: this tuple is built already.
+        # The interceptor runs in the call's own task, so the value holds while the method runs.
+        request_id = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == REQUEST_ID_KEY:
+                if isinstance(value, str) and well_formed(value):
+                    request_id = value
+                break
+        REQUEST_ID.set(request_id)
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:

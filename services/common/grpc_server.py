@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import logs
 from services.common.config import ConfigurationError, Settings
 from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
@@ -358,7 +359,7 @@ def run_service(
     try:
         if settings is None:
             settings = Settings.load()
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         exposition = serve_metrics(name, settings)
         install_event_loop_policy()
         asyncio.run(run(settings))
@@ -409,12 +410,13 @@ def announcement(line: str) -> str:
     return f"{line} metrics=http://{_metrics_address}/metrics"
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Logging of a process (``services/common/logs.py``).
+
+    Raises:
+        ConfigurationError: an unknown ``log_format``.
+    """
+    logs.setup_logging(level, log_format)
 
 
 def install_event_loop_policy() -> None:

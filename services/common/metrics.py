@@ -49,6 +49,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from services.common.logs import REQUEST_ID, REQUEST_ID_KEY
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -223,6 +225,13 @@ class _InstrumentedCall:
         counter.inc()
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            # The request this call works for goes with it (``logs.py``), after any metadata
+            # of the caller's own.
+            metadata = kwargs.get("metadata")
+            entry = (REQUEST_ID_KEY, request_id)
+            kwargs["metadata"] = (entry,) if metadata is None else (*metadata, entry)
         start = time.perf_counter()
         code = "OK"
         try:

@@ -17,6 +17,7 @@ from zaqar.v2 import messages_pb2
 
 from services.common.errors import InvalidArgument, Overloaded, failure_status, to_status
 from services.common.grpc_types import Context
+from services.common.logs import BATCH_REQUEST_IDS_KEY, REQUEST_ID, well_formed
 
 # The most items one call may carry (the gateway's setting is checked against it).
 MAX_ITEMS: Final = 256
@@ -58,12 +59,13 @@ class BatchRunner:
             raise Overloaded(f"A batch takes at most {MAX_ITEMS} items, not {len(items)}.")
         response = messages_pb2.BatchResponse()
         results = [response.results.add() for _ in items]
+        ids = _request_ids(context, len(items))
         if len(items) == 1:
-            await self._one(items[0], results[0], context)
+            await self._one(items[0], results[0], context, ids[0])
         else:
             await asyncio.gather(
-                *(self._one(item, result, context)
-                  for item, result in zip(items, results, strict=True))
+                *(self._one(item, result, context, request_id)
+                  for item, result, request_id in zip(items, results, ids, strict=True))
             )
         return response
 
@@ -72,7 +74,11 @@ class BatchRunner:
         item: messages_pb2.BatchItem,
         result: messages_pb2.BatchResult,
         context: Context,
+        request_id: str | None = None,
     ) -> None:
+        if request_id is not None:
+            # Each item of several runs in a task of its own (gather): its own request id.
+            REQUEST_ID.set(request_id)
         kind = item.WhichOneof("request")
         route = None if kind is None else self._routes.get(kind)
         if kind is None or route is None:
@@ -86,3 +92,16 @@ class BatchRunner:
             result.error.CopyFrom(failure_status(exc, name))
             return
         getattr(result, result_field).CopyFrom(response)
+
+
+def _request_ids(context: Context, count: int) -> list[str | None]:
+    """The request id of each of ``count`` items, from the call's
+    :data:`~services.common.logs.BATCH_REQUEST_IDS_KEY` metadata; None for an item without a
+    well-formed one (all of them when the metadata is absent or does not fit the items)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == BATCH_REQUEST_IDS_KEY and isinstance(value, str):
+            ids = value.split(",")
+            if len(ids) == count:
+                return [i if i and well_formed(i) else None for i in ids]
+            break
+    return [None] * count

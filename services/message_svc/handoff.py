@@ -40,6 +40,7 @@ from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
+from services.common.logs import detached
 from services.common.metrics import instrumented
 from services.common.tls import Tls
 from services.message_svc.storage.base import NewMessage
@@ -131,7 +132,8 @@ class Handoff:
         self._pending_bytes += size
         self._ready.set()
         if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+            # It outlives the request that starts it and carries the posts of many.
+            self._task = asyncio.get_running_loop().create_task(self._run(), context=detached())
 
     def skips(self, project: str, queue: str) -> bool:
         """Whether posts to the queue are not handed over now: notifier_svc answered that

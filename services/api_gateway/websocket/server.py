@@ -10,6 +10,11 @@ With ``auth_strategy = "keystone"`` a connection first sends ``authenticate`` wi
 ``Not authentified.``. Afterwards the token's project and roles replace the ``X-Project-ID``
 and ``X-Roles`` of every request, and when the token expires the socket is closed with code
 4003.
+
+Each request has a request id while it is answered, as over HTTP: its headers'
+``X-OpenStack-Request-ID`` when well formed, else a new one (``services/common/logs.py``). It is
+in the logs and passed on to the services, but not in the response, whose ``headers`` stay
+Zaqar's ``{"status": …}``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from services.api_gateway.websocket.push import Watches
 from services.common import metrics, signing
 from services.common.config import Settings
 from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
+from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, request_id_from
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,17 @@ def error_body(err: ApiError) -> dict[str, Any]:
     """Zaqar's WebSocket error body: ``{"error": <text>}`` (python-zaqarclient reads
     ``error``), with the title the HTTP API would send."""
     return {"error": err.description or err.title, "title": err.title}
+
+
+def _given_request_id(payload: Mapping[str, Any]) -> str | None:
+    """The request's ``X-OpenStack-Request-ID`` header (any case), if it has one."""
+    headers = payload.get("headers")
+    if not isinstance(headers, dict):
+        return None
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == REQUEST_ID_KEY and isinstance(value, str):
+            return value
+    return None
 
 
 def _headers(payload: Mapping[str, Any]) -> dict[str, str]:
@@ -167,7 +184,11 @@ class Connection:
             _count(metrics.OTHER, 400)
             response = frames.response(None, 400, error_body(bad_request(str(exc))))
             return frames.encode(response, isinstance(data, bytes))
-        status, body = await self._run(frame)
+        token = REQUEST_ID.set(request_id_from(_given_request_id(frame.payload)))
+        try:
+            status, body = await self._run(frame)
+        finally:
+            REQUEST_ID.reset(token)
         name = frame.payload.get("action")
         _count(name if isinstance(name, str) and name in ACTIONS else metrics.OTHER, status)
         return frames.encode(frames.response(frame.payload, status, body), frame.binary)

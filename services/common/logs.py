@@ -1,0 +1,145 @@
+"""Logging of every process: the request id of the current task, and the two log formats.
+
+The request id (``req-<uuid4>``, OpenStack's ``x-openstack-request-id``) lives in the
+:data:`REQUEST_ID` context variable of the task that handles a request:
+
+- the gateway sets it per HTTP request (``api_gateway/middleware.py``) and per WebSocket
+  request (``api_gateway/websocket/server.py``), keeping a well-formed one the caller sent
+  (:func:`request_id_from`);
+- every unary client call sends it as the ``x-openstack-request-id`` metadata
+  (``metrics._InstrumentedCall``, the one wrapper of every stub method);
+- every gRPC server sets it from that metadata before the method runs
+  (``errors.ErrorInterceptor``), so the calls a service makes while answering carry it on.
+
+:class:`RequestIdFilter` puts it on every log record a handler of :func:`setup_logging`
+writes (``-`` when there is none); the text format shows it in brackets, the JSON format
+(:class:`JsonFormatter`) as ``request_id``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any, Final
+
+import orjson
+
+from services.common.config import ConfigurationError
+
+# The gRPC metadata key (and HTTP header, any case) that carries a request id.
+REQUEST_ID_KEY: Final = "x-openstack-request-id"
+# The metadata of a ``MessagesInternal.Batch`` call with the request id of each of its items,
+# in their order (comma-separated, empty for an item without one): the gateway's coalescer sends
+# it, message_svc's BatchRunner reads it.
+BATCH_REQUEST_IDS_KEY: Final = "x-openstack-request-ids"
+# The request id of the request the current task works for; None outside of one.
+REQUEST_ID: Final[contextvars.ContextVar[str | None]] = contextvars.ContextVar(
+    "request_id", default=None
+)
+# What oslo.middleware's request_id middleware accepts from a caller: "req-" and a UUID in
+# lower-case hex, dashed.
+_WELL_FORMED: Final = re.compile(
+    r"req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
+
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+LOG_FORMATS: Final = ("text", "json")
+# The logger of the gateway's access log: one line per answered HTTP request.
+ACCESS_LOGGER: Final = "zaqar.access"
+
+
+def new_request_id() -> str:
+    return "req-" + str(uuid.uuid4())
+
+
+def well_formed(value: str) -> bool:
+    """Whether ``value`` is a request id as oslo.middleware accepts one from a caller."""
+    return len(value) == 40 and _WELL_FORMED.fullmatch(value) is not None
+
+
+def request_id_from(given: str | None) -> str:
+    """``given`` (a caller's ``X-OpenStack-Request-ID``) when it is well formed (``req-`` and
+    a lower-case dashed UUID, as oslo.middleware takes it), else a new id."""
+    if given is not None and well_formed(given):
+        return given
+    return new_request_id()
+
+
+def detached() -> contextvars.Context:
+    """A copy of the current context without a request id: for a background task that a
+    request happens to start but that outlives it, or serves many."""
+    context = contextvars.copy_context()
+    context.run(REQUEST_ID.set, None)
+    return context
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (the current task's, or ``-``) to every record it sees; a record
+    that already has one (``extra={"request_id": ...}``) keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = REQUEST_ID.get() or "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (ISO-8601, UTC, milliseconds), ``level``,
+    ``logger``, ``message``, ``request_id`` (null when none), ``exception`` (the traceback
+    text) when there is one, and the keys of a record's ``fields`` (``extra={"fields":
+    {...}}``: the access log's)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": None if request_id in (None, "-") else request_id,
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def log_handler(log_format: str, stream: Any = None) -> logging.Handler:
+    """A stream handler (stderr by default) writing ``log_format`` (``text`` or ``json``) with
+    request ids.
+
+    Raises:
+        ConfigurationError: an unknown format.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ConfigurationError(
+            f"log_format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
+        )
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.addFilter(RequestIdFilter())
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
+    return handler
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Log at ``level`` to stderr in ``log_format``, once per process (as
+    :func:`logging.basicConfig`, a process that already has a root handler keeps it).
+
+    Raises:
+        ConfigurationError: an unknown format.
+    """
+    handler = log_handler(log_format)
+    logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -1,0 +1,164 @@
+"""Request ids on log records, and the text and JSON log formats (services/common/logs.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import logging
+import re
+import sys
+import uuid
+
+import orjson
+import pytest
+
+from services.common.config import ConfigurationError
+from services.common.logs import (
+    REQUEST_ID,
+    JsonFormatter,
+    RequestIdFilter,
+    detached,
+    log_handler,
+    request_id_from,
+    well_formed,
+)
+
+GIVEN = "req-" + str(uuid.uuid4())
+NEW_ID = re.compile(r"req-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def record(msg: str = "hello %s", args: tuple[object, ...] = ("world",), **extra: object
+           ) -> logging.LogRecord:
+    rec = logging.LogRecord("zaqar.test", logging.WARNING, __file__, 1, msg, args, None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def emit(log_format: str, rec: logging.LogRecord) -> str:
+    stream = io.StringIO()
+    handler = log_handler(log_format, stream)
+    handler.handle(rec)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        None,
+        "",
+        "req-123",
+        GIVEN.upper().replace("REQ-", "req-"),  # oslo takes lower-case hex only
+        "REQ" + GIVEN[3:],
+        GIVEN + "x",
+        "x" + GIVEN[1:] + "0",
+        GIVEN[:-1] + "\n",
+        str(uuid.uuid4()),
+    ],
+)
+def test_a_malformed_or_absent_request_id_is_replaced_by_a_new_one(given: str | None) -> None:
+    made = request_id_from(given)
+    assert made != given
+    assert NEW_ID.fullmatch(made)
+
+
+def test_a_well_formed_request_id_is_kept() -> None:
+    assert request_id_from(GIVEN) == GIVEN
+    assert well_formed(GIVEN)
+    assert not well_formed(GIVEN[:-1])
+
+
+def test_the_filter_adds_the_request_id_of_the_current_context() -> None:
+    # Given no request id, then one
+    rec = record()
+    assert RequestIdFilter().filter(rec)
+    assert rec.request_id == "-"  # type: ignore[attr-defined]
+
+    def inside() -> logging.LogRecord:
+        REQUEST_ID.set(GIVEN)
+        rec = record()
+        RequestIdFilter().filter(rec)
+        return rec
+
+    assert contextvars.copy_context().run(inside).request_id == GIVEN  # type: ignore[attr-defined]
+    # A record that names its own (the access log's) keeps it
+    own = record(request_id="req-own")
+    RequestIdFilter().filter(own)
+    assert own.request_id == "req-own"  # type: ignore[attr-defined]
+
+
+def test_the_text_format_shows_the_request_id_in_brackets() -> None:
+    token = REQUEST_ID.set(GIVEN)
+    try:
+        line = emit("text", record())
+    finally:
+        REQUEST_ID.reset(token)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING zaqar\.test \["
+        + GIVEN + r"\] hello world\n",
+        line,
+    ), line
+    assert emit("text", record()).endswith(" WARNING zaqar.test [-] hello world\n")
+
+
+def test_the_json_format_is_one_object_per_line() -> None:
+    # Given a record with a request id, and one without
+    token = REQUEST_ID.set(GIVEN)
+    try:
+        line = emit("json", record())
+    finally:
+        REQUEST_ID.reset(token)
+    assert line.endswith("\n") and line.count("\n") == 1
+    entry = orjson.loads(line)
+    assert entry == {
+        "time": entry["time"],
+        "level": "WARNING",
+        "logger": "zaqar.test",
+        "message": "hello world",
+        "request_id": GIVEN,
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+    assert orjson.loads(emit("json", record()))["request_id"] is None
+
+
+def test_json_lines_carry_fields_and_exceptions() -> None:
+    # Given an access-log record with fields, and a record with a traceback and a newline
+    access = orjson.loads(emit("json", record(
+        "%s", ("GET /v2/queues 200",), request_id=GIVEN,
+        fields={"method": "GET", "path": "/v2/queues", "status": 200, "duration_ms": 1.5},
+    )))
+    assert access["method"] == "GET" and access["status"] == 200
+    assert access["duration_ms"] == 1.5 and access["request_id"] == GIVEN
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = record("two\nlines %s", (object(),))
+        rec.exc_info = sys.exc_info()
+    line = emit("json", rec)
+    assert line.count("\n") == 1
+    entry = orjson.loads(line)
+    assert entry["message"].startswith("two\nlines <object")
+    assert "ValueError: boom" in entry["exception"]
+    assert entry["exception"].startswith("Traceback")
+
+
+def test_an_unknown_format_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="log_format must be one of text, json"):
+        log_handler("xml")
+
+
+def test_json_formatter_needs_no_filter() -> None:
+    # A record that never went through the filter has no request id
+    assert orjson.loads(JsonFormatter().format(record()))["request_id"] is None
+
+
+async def test_a_detached_task_carries_no_request_id() -> None:
+    REQUEST_ID.set(GIVEN)
+
+    async def current() -> str | None:
+        return REQUEST_ID.get()
+
+    loop = asyncio.get_running_loop()
+    assert await loop.create_task(current()) == GIVEN
+    assert await loop.create_task(current(), context=detached()) is None
+    assert REQUEST_ID.get() == GIVEN
