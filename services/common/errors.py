@@ -309,7 +309,10 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
             code = code_name(status.code)
             await context.abort_with_status(rpc_status.to_status(status))
         finally:
-            calls.done(code, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            calls.done(code, seconds)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s %.2fms", method, code, seconds * 1000)
 
     return wrapper
 
