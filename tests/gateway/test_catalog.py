@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from services.common.config import Settings
+from services.message_svc.storage.registry import open_store
 from tests.gateway.conftest import GatewayFactory, error_body, new_queue
 from tests.servers import free_port
 
@@ -366,6 +367,47 @@ async def test_queue_flavor_must_exist(catalog: Catalog) -> None:
     resp = await catalog.http.get(f"/v2/queues/{queue}", headers=headers)
     assert resp.json()["_flavor"] == "gold"
     await catalog.http.delete(f"/v2/queues/{queue}", headers=headers)
+
+
+async def test_a_queue_of_a_flavor_keeps_its_messages_in_its_pool(catalog: Catalog) -> None:
+    # Given a pool carrying a flavor no other test uses (no other queue lands on it)
+    flavor = catalog.name("gold")
+    assert (await catalog.put_pool("a", flavor=flavor)).status_code == 201
+    assert (await catalog.put_flavor(flavor, ["a"])).status_code == 201
+    headers = {**catalog.headers(admin=False), "Client-ID": str(uuid.uuid4())}
+    queue = new_queue()
+
+    # When a queue of that flavor gets messages over HTTP
+    body = orjson.dumps({"_flavor": flavor})
+    resp = await catalog.http.put(f"/v2/queues/{queue}", content=body, headers=headers)
+    assert resp.status_code == 201
+    posted = await catalog.http.post(
+        f"/v2/queues/{queue}/messages", headers=headers,
+        content=orjson.dumps({"messages": [{"body": i, "ttl": 300} for i in range(3)]}),
+    )
+    assert posted.status_code == 201
+    claimed = await catalog.http.post(
+        f"/v2/queues/{queue}/claims?limit=2", content=b'{"ttl": 60, "grace": 60}',
+        headers=headers,
+    )
+    assert claimed.status_code == 201 and len(claimed.json()["messages"]) == 2
+
+    # Then they are in the pool's store, and the pool cannot go while the queue is there
+    store = await open_store(catalog.uri("a"))
+    try:
+        assert (await store.stats(catalog.project, queue)).total == 3
+    finally:
+        await store.close()
+    resp = await catalog.http.delete(f"/v2/pools/{catalog.name('a')}", headers=catalog.headers())
+    assert resp.status_code == 409
+    assert "holds 1 queue(s)" in resp.json()["description"]
+    resp = await catalog.http.delete(f"/v2/queues/{queue}", headers=headers)
+    assert resp.status_code == 204
+    store = await open_store(catalog.uri("a"))
+    try:
+        assert (await store.stats(catalog.project, queue)).total == 0
+    finally:
+        await store.close()
 
 
 # Admin policy and pooling ---------------------------------------------------------------------
