@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sqlite3
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -52,6 +53,37 @@ async def test_create_new_queue_then_get_it(queue_store: QueueStore) -> None:
     assert record is not None
     assert (record.project, record.name) == ("p", "q1")
     assert dict(record.metadata) == {"description": "demo", "n": 1}
+
+
+async def test_a_queue_keeps_the_pool_it_was_created_on(queue_store: QueueStore) -> None:
+    # Given queues created on pools, by create and by ensure, in two projects
+    assert await queue_store.create("p", "q1", {"a": 1}, pool="a") is True
+    assert (await queue_store.ensure("p", "q2", pool="a")).pool == "a"
+    await queue_store.create("other", "q1", {}, pool="a")
+    await queue_store.create("p", "q3", {}, pool="b")
+    await queue_store.create("p", "plain", {})
+    # Then each reads back with its pool, and the pool's queues are counted across projects
+    record = await queue_store.get("p", "q1")
+    assert record is not None and record.pool == "a"
+    plain = await queue_store.get("p", "plain")
+    assert plain is not None and plain.pool is None
+    assert (await queue_store.count_on_pool("a"), await queue_store.count_on_pool("b")) == (3, 1)
+    assert await queue_store.count_on_pool("nowhere") == 0
+    # When existing queues are created, ensured or updated again (with another pool)
+    assert await queue_store.create("p", "q1", {"b": 2}, pool="b") is False
+    assert (await queue_store.ensure("p", "q2", pool="b")).pool == "a"
+    updated = await queue_store.update_metadata("p", "q1", [MetadataPatch("add", "c", 3)])
+    # Then they keep their pool, and the listing is not disturbed by it
+    assert updated.pool == "a" and dict(updated.metadata) == {"b": 2, "c": 3}
+    assert await queue_store.count_on_pool("a") == 3
+    assert await names(queue_store, "p") == ["plain", "q1", "q2", "q3"]
+    assert (await queue_store.list("p", limit=10, with_count=True)).count == 4
+    # And a deleted queue takes its pool with it
+    assert await queue_store.delete("p", "q1") is True
+    assert await queue_store.count_on_pool("a") == 2
+    await queue_store.create("p", "q1", {})
+    again = await queue_store.get("p", "q1")
+    assert again is not None and again.pool is None
 
 
 async def test_create_existing_queue_replaces_whole_metadata(queue_store: QueueStore) -> None:
@@ -599,13 +631,13 @@ async def test_mongodb_uri_options() -> None:
     options = parse_mongodb("mongodb://u:pw@a:1,b/")
     assert (options.database, options.hosts) == ("zaqar", ("a:1", "b:27017"))
     assert "pw" not in repr(options) and "pw" not in options.address
-    # By default: timeouts of a few seconds at most, and journaled writes
+    # By default: timeouts of a few seconds at most, and writes journaled by a majority
     assert max(options.client_options[name] for name in (
         "serverSelectionTimeoutMS", "connectTimeoutMS", "socketTimeoutMS"
     )) <= 5000
     client = options.client()
     try:
-        assert client.write_concern.document == {"w": 1, "j": True}
+        assert client.write_concern.document == {"w": "majority", "j": True}
     finally:
         await client.close()
     # And the URI's own options win
@@ -769,5 +801,24 @@ async def test_redis_listing_of_a_large_project(redis_uri: str) -> None:
         page = await store.list("p", limit=10, name_contains="99", with_count=True)
         expected = [name for name in all_names if "99" in name]
         assert ([q.name for q in page.queues], page.count) == (expected[:10], len(expected))
+    finally:
+        await store.close()
+
+
+async def test_an_older_sqlite_file_gains_the_pool_column(tmp_path: Path) -> None:
+    # Given a queue store file written before queues were placed on pools
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE queues (project TEXT NOT NULL, name TEXT NOT NULL, "
+                     "metadata TEXT NOT NULL, PRIMARY KEY (project, name)) WITHOUT ROWID")
+        conn.execute("INSERT INTO queues VALUES ('p', 'old', '{\"a\": 1}')")
+    conn.close()
+    # When it is opened, its queues are in the default store and new ones take pools
+    store = await open_queue_store(f"sqlite:///{path}")
+    try:
+        old = await store.get("p", "old")
+        assert old is not None and old.pool is None and dict(old.metadata) == {"a": 1}
+        await store.create("p", "new", {}, pool="a")
+        assert await store.count_on_pool("a") == 1
     finally:
         await store.close()
