@@ -277,6 +277,10 @@ def stop_redis_cluster(cluster: RedisClusterProcesses) -> None:
         node.kill()  # its data is thrown away: no need for a graceful stop
 
 
+# SecantusDB answers hello as the one member (the primary) of this replica set.
+MONGODB_REPLICA_SET = "secantus"
+
+
 def mongodb_process(workdir: Path) -> ServerProcess:
     """The MongoDB wire-protocol server (SecantusDB) on a free port."""
     try:

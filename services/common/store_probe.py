@@ -2,10 +2,11 @@
 
 A pool (contract §2) names a message store by URI; before it is registered, queue_svc checks
 that the URI is one of ours (``sqlite:///``, ``redis://``, ``redis+cluster://``,
-``mongodb://``, parsed by the same code the stores use) and that the store can actually be
-reached within a time limit. Nothing is written: Redis (every master of a cluster) and MongoDB
-get a ``PING``, an existing SQLite file is opened read-write and its header read, and for a
-SQLite file still to be created the folder it would go in must exist and be writable.
+``mongodb://``, ``mongodb+srv://``, parsed by the same code the stores use) and that the store
+can actually be reached within a time limit. Nothing is written: Redis (every master of a
+cluster) and MongoDB get a ``PING``, an existing SQLite file is opened read-write and its
+header read, and for a SQLite file still to be created the folder it would go in must exist
+and be writable.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import quote
 from services.common.config import ConfigurationError
 from services.common.sqlite_store import MEMORY, parse_uri
 
-SCHEMES: Final = ("sqlite", "redis", "redis+cluster", "mongodb")
+SCHEMES: Final = ("sqlite", "redis", "redis+cluster", "mongodb", "mongodb+srv")
 
 
 class StoreUnreachable(Exception):

@@ -49,6 +49,7 @@ CAPABILITIES: Final[dict[str, frozenset[str]]] = {
     "sqlite": frozenset({"FIFO", "CLAIMS", "DURABILITY", "AOD"}),
     "redis": frozenset({"FIFO", "CLAIMS", "AOD", "HIGH_THROUGHPUT"}),
     "mongodb": frozenset(CAPABILITY_ORDER),
+    "mongodb+srv": frozenset(CAPABILITY_ORDER),
 }
 
 

@@ -21,6 +21,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
         "services.message_svc.storage.redis", "RedisClusterMessageStore", "redis[hiredis]"
     ),
     "mongodb": ("services.message_svc.storage.mongodb", "MongoMessageStore", "pymongo"),
+    "mongodb+srv": ("services.message_svc.storage.mongodb", "MongoMessageStore", "pymongo"),
 }
 
 

@@ -21,6 +21,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
         "services.notifier_svc.storage.redis", "RedisClusterNotifierStore", "redis[hiredis]"
     ),
     "mongodb": ("services.notifier_svc.storage.mongodb", "MongoNotifierStore", "pymongo"),
+    "mongodb+srv": ("services.notifier_svc.storage.mongodb", "MongoNotifierStore", "pymongo"),
 }
 
 

@@ -20,6 +20,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
         "services.queue_svc.storage.redis", "RedisClusterQueueStore", "redis[hiredis]"
     ),
     "mongodb": ("services.queue_svc.storage.mongodb", "MongoQueueStore", "pymongo"),
+    "mongodb+srv": ("services.queue_svc.storage.mongodb", "MongoQueueStore", "pymongo"),
 }
 
 

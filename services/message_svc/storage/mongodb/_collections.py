@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from services.message_svc.storage.base import StaleQueue
-from services.message_svc.storage.mongodb._connection import Document
+from services.message_svc.storage.mongodb._connection import Document, MongoOptions
 from services.message_svc.storage.mongodb._documents import counter_id, readable_bound, reserve
 
 
 class Collections:
     """``messages``, ``claims``, ``message_counters`` and ``queue_versions`` (schema in
-    ``_documents.py``)."""
+    ``_documents.py``).
 
-    def __init__(self, database: Any) -> None:
+    All four read from the primary, whatever the URI's ``readPreference``: claims, deletes by
+    claim, version checks and listings (whose seq bound and messages must come from one
+    up-to-date copy) act on what they read. Only ``messages_relaxed`` follows the URI, for
+    reads that may lag behind the last write (a message by id, the queue's stats).
+    """
+
+    def __init__(self, options: MongoOptions, client: AsyncMongoClient[Document]) -> None:
+        database = options.database_on(client)
         self.messages: AsyncCollection[Document] = database["messages"]
         self.claims: AsyncCollection[Document] = database["claims"]
         self.counters: AsyncCollection[Document] = database["message_counters"]
         self.versions: AsyncCollection[Document] = database["queue_versions"]
+        relaxed = options.database_on(client, primary=False)
+        self.messages_relaxed: AsyncCollection[Document] = relaxed["messages"]
 
     async def create_indexes(self) -> None:
         """Idempotent; run at every open."""

@@ -13,7 +13,10 @@ that spans messages is built from single-document conditions:
   claim given a version reads it first (one more ``find_one`` round trip) and goes ahead only
   when it matches; see ``Collections.check_version``.
 
-Writes are journaled (``w=1, j=true`` unless the URI says otherwise).
+Writes are acknowledged by a majority of the replica set, journaled (``w=majority, j=true``
+unless the URI says otherwise). Every read that a write or a claim depends on goes to the
+primary; only a message by id and the stats follow the URI's ``readPreference``
+(``_collections.py``).
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class MongoMessageStore(base.MessageStore):
         client = connect(self.options)
         try:
             await client.admin.command("ping")
-            collections = Collections(client[self.options.database])
+            collections = Collections(self.options, client)
             await collections.create_indexes()
         except PyMongoError as exc:
             await client.close()
@@ -198,7 +201,7 @@ class MongoMessageStore(base.MessageStore):
     @edge("read the message")
     async def get(self, project: str, queue: str, message_id: str) -> StoredMessage | None:
         now = self._now()
-        doc = await self._db().messages.find_one(
+        doc = await self._db().messages_relaxed.find_one(
             {"_id": message_id, "p": project, "q": queue, "e": {"$gt": now}}
         )
         return None if doc is None else to_message(doc, now)
@@ -211,7 +214,7 @@ class MongoMessageStore(base.MessageStore):
         if not ids:
             return []
         now = self._now()
-        docs = await self._db().messages.find(
+        docs = await self._db().messages_relaxed.find(
             {"_id": {"$in": ids}, "p": project, "q": queue, "e": {"$gt": now}}
         ).sort("s", ASCENDING).to_list()
         return [to_message(doc, now) for doc in docs]
@@ -275,7 +278,7 @@ class MongoMessageStore(base.MessageStore):
     @edge("read the queue's stats")
     async def stats(self, project: str, queue: str) -> QueueStats:
         now = self._now()
-        cursor = await self._db().messages.aggregate([
+        cursor = await self._db().messages_relaxed.aggregate([
             {"$match": {"p": project, "q": queue, "e": {"$gt": now}}},
             {"$sort": {"s": 1}},
             {"$group": {

@@ -107,7 +107,8 @@ class MongoNotifierStore(MongoWatches):
         client = connect(self.options)
         try:
             await client.admin.command("ping")
-            database = client[self.options.database]
+            # Every read here feeds a write (a lease, a delivery, a watch): from the primary.
+            database = self.options.database_on(client)
             subs, deliveries = database["subscriptions"], database["deliveries"]
             await subs.create_index(
                 [("p", ASCENDING), ("q", ASCENDING), ("u", ASCENDING)], unique=True,

@@ -123,7 +123,7 @@ class MongoQueueStore:
         client = connect(self.options)
         try:
             await client.admin.command("ping")
-            queues = client[self.options.database][COLLECTION]
+            queues = self.options.database_on(client)[COLLECTION]  # reads from the primary
             await queues.create_index(
                 [("p", ASCENDING), ("n", ASCENDING)], unique=True, name="project_name"
             )
