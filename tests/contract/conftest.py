@@ -5,8 +5,8 @@ settable clock.
 modules whose stores run on one (a module lists its backends in ``STORE_BACKENDS``). Each
 backend's URI is of the test's own (a file in its temporary folder, a Redis key prefix, a
 MongoDB database), so nothing needs flushing first and nothing else is disturbed; its data is
-removed afterwards. The same URI works for every service's store (queues and catalog,
-messages, subscriptions).
+removed afterwards; the MongoDB URI names the replica set and asks for majority reads. The
+same URI works for every service's store (queues and catalog, messages, subscriptions).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio
 from pymongo import AsyncMongoClient
 
-from tests.servers import RedisClusterProcesses, ServerProcess
+from tests.servers import MONGODB_REPLICA_SET, RedisClusterProcesses, ServerProcess
 from tests.servers import redis_cluster as redis_cluster  # the session's cluster, shared
 
 BACKENDS = ["sqlite", "redis", "mongodb"]
@@ -89,7 +89,10 @@ async def redis_cluster_uri(redis_cluster: RedisClusterProcesses) -> AsyncIterat
 @pytest.fixture
 async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
     database = unique_name()
-    yield f"mongodb://127.0.0.1:{mongodb_server.port}/{database}"
+    # The replica-set form, with majority reads (and the default majority writes): SecantusDB
+    # is the one member of its set, so the driver treats it as a replica set.
+    yield (f"mongodb://127.0.0.1:{mongodb_server.port}/{database}"
+           f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority")
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         port=mongodb_server.port, serverSelectionTimeoutMS=2000
     )
