@@ -391,3 +391,38 @@ async def test_noauth_services_take_the_project_of_the_request(
                                                                           queue=queue))
         finally:
             await s.close()
+
+
+async def test_a_projects_caller_neither_sees_nor_chooses_pools(
+    keystone_settings: Callable[..., Settings], keystone: Keystone, tmp_path: Any
+) -> None:
+    # Given pooling, and a pool that takes no new queues by itself (weight 0)
+    async with running_services(keystone_settings(pooling=True)) as settings:
+        s = stubs(settings)
+        as_service = service(keystone.token("zaqar"))
+        as_user = token(keystone.token("user-a"))
+        try:
+            pools = admin_pb2_grpc.PoolsStub(s.channels[0])  # type: ignore[no-untyped-call]
+            await pools.PutPool(admin_pb2.PutPoolRequest(
+                name="a", uri=f"sqlite:///{tmp_path / 'a.db'}", weight=0
+            ), metadata=as_service)
+
+            # A project's caller asking for a pool and for placement gets neither
+            mine = new_queue()
+            answer = await s.queues.EnsureQueue(queues_pb2.GetQueueRequest(
+                queue=mine, place_on="a", with_placement=True
+            ), metadata=as_user)
+            assert (answer.pool, answer.pool_uri) == ("", "")
+
+            # Our services get both
+            project = keystone.users["user-a"].project_id
+            placed = await s.queues.EnsureQueue(queues_pb2.GetQueueRequest(
+                project=project, queue=new_queue(), place_on="a", with_placement=True
+            ), metadata=as_service)
+            assert (placed.pool, placed.pool_uri) == ("a", f"sqlite:///{tmp_path / 'a.db'}")
+            seen = await s.queues.GetQueue(queues_pb2.GetQueueRequest(
+                project=project, queue=mine, with_placement=True
+            ), metadata=as_service)
+            assert (seen.exists, seen.pool) == (True, "")
+        finally:
+            await s.close()
