@@ -87,17 +87,42 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, with the time of day formatted once per second rather than once
+    per line (the access log writes a line per request)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``time`` (ISO-8601, UTC, milliseconds), ``level``,
     ``logger``, ``message``, ``request_id`` (null when none), ``exception`` (the traceback
     text) when there is one, and the keys of a record's ``fields`` (``extra={"fields":
     {...}}``: the access log's)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", None)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -129,7 +154,7 @@ def log_handler(log_format: str, stream: Any = None) -> logging.Handler:
         )
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.addFilter(RequestIdFilter())
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
     handler.setFormatter(formatter)
     return handler
 

@@ -8,6 +8,7 @@ import io
 import logging
 import re
 import sys
+import time
 import uuid
 
 import orjson
@@ -162,3 +163,16 @@ async def test_a_detached_task_carries_no_request_id() -> None:
     assert await loop.create_task(current()) == GIVEN
     assert await loop.create_task(current(), context=detached()) is None
     assert REQUEST_ID.get() == GIVEN
+
+
+def test_times_are_right_across_seconds() -> None:
+    # Given records of one second, the next second, and back (the stamp is cached per second)
+    text, json = log_handler("text", io.StringIO()).formatter, JsonFormatter()
+    assert text is not None
+    for created in (1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5, 1_700_000_000.0):
+        rec = record()
+        rec.created, rec.msecs = created, (created % 1) * 1000
+        local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+        assert text.formatTime(rec) == f"{local},{int(rec.msecs):03d}"
+        utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        assert orjson.loads(json.format(rec))["time"] == f"{utc}.{int(rec.msecs):03d}Z"
