@@ -1,0 +1,76 @@
+"""message_svc's pool stores (``services/message_svc/pools.py``) on real SQLite files: opened
+once on first use, shared, swept, closed once unused; a pool that cannot be opened fails its
+callers and is tried again by the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from services.common.errors import Unavailable
+from services.message_svc.pools import PoolStores
+from services.message_svc.storage.base import MessageStore, NewMessage
+from services.message_svc.storage.registry import open_store
+from tests.servers import free_port
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_pool_store_is_opened_once_shared_and_closed_when_unused(
+    tmp_path: Path,
+) -> None:
+    own = await open_store(f"sqlite:///{tmp_path / 'own.db'}")
+    opened: list[str] = []
+
+    async def opener(uri: str) -> MessageStore:
+        opened.append(uri)
+        return await open_store(uri)
+
+    clock = Clock()
+    pools = PoolStores(own, opener, idle=60, clock=clock)
+    uri = f"sqlite:///{tmp_path / 'a.db'}"
+    try:
+        # Concurrent first uses open the store once; "" is the own store
+        stores = await asyncio.gather(*(pools.get(uri) for _ in range(5)))
+        assert len({id(store) for store in stores}) == 1 and opened == [uri]
+        assert await pools.get("") is own
+        await stores[0].post("p", "q", "c", [NewMessage(body=b"1", ttl=60)])
+
+        # A sweep within the idle time keeps it; one after closes it, and a use reopens it
+        clock.now = 59
+        await pools.collect_garbage()
+        assert pools.open_uris == [uri]
+        clock.now = 120
+        await pools.collect_garbage()
+        assert pools.open_uris == []
+        reopened = await pools.get(uri)
+        assert opened == [uri, uri]
+        assert (await reopened.stats("p", "q")).total == 1
+    finally:
+        await pools.close()
+        await own.close()
+
+
+async def test_a_pool_that_cannot_be_opened_fails_each_caller_until_it_can(
+    tmp_path: Path,
+) -> None:
+    own = await open_store(f"sqlite:///{tmp_path / 'own.db'}")
+    pools = PoolStores(own, open_store, idle=60)
+    uri = f"redis://127.0.0.1:{free_port()}/0"
+    try:
+        for _ in range(2):
+            with pytest.raises(Unavailable):
+                await pools.get(uri)
+        assert pools.open_uris == []
+        assert await pools.get("") is own
+    finally:
+        await pools.close()
+        await own.close()
