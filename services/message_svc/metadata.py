@@ -175,9 +175,8 @@ class QueueMetadata:
             place_on=self._place_on.pop(key, "") if ensure else "",
         )
         method = self._stub.EnsureQueue if ensure else self._stub.GetQueue
-        uri = self._placed.get(key, "")
-        for _ in range(PLACEMENT_ATTEMPTS):
-            version = await self._version_of(uri, project, queue)
+
+        async def ask() -> queues_pb2.Queue:
             answer: queues_pb2.Queue = await upstream_call(
                 method(request, timeout=self._timeout),
                 f"queue_svc ({'EnsureQueue' if ensure else 'GetQueue'} {project}/{queue})",
@@ -189,6 +188,23 @@ class QueueMetadata:
                     "catalog any more: its messages cannot be reached until the pool is "
                     "registered again."
                 )
+            return answer
+
+        uri = self._placed.get(key, "")
+        for _ in range(PLACEMENT_ATTEMPTS):
+            try:
+                version = await self._version_of(uri, project, queue)
+            except Unavailable:
+                # The last known pool is down: the queue may have been placed elsewhere since.
+                if not uri:
+                    raise
+                moved = (await ask()).pool_uri
+                if moved == uri:
+                    raise
+                uri = moved
+                self._remember(key, uri)
+                continue
+            answer = await ask()
             if answer.pool_uri == uri:
                 break
             uri = answer.pool_uri

@@ -309,3 +309,32 @@ async def test_placement_is_kept_for_our_services_only(pooled: Pooled) -> None:
         project=PROJECT, queue="q"
     ))
     assert (plain.pool, plain.pool_uri) == ("", "")
+
+
+async def test_a_queue_created_again_elsewhere_while_its_old_pool_is_down_works(
+    pooled: Pooled,
+) -> None:
+    if not pooled.servers:
+        pytest.skip("a SQLite pool does not go down")
+    # Given a queue on pool a, known to message_svc
+    await pooled.put_pool("a", weight=1)
+    await pooled.post("moving")
+    await pooled.pools.UpdatePool(admin_pb2.UpdatePoolRequest(name="a", weight=0))
+    await pooled.put_pool("b", weight=1)
+
+    # When pool a goes down, the queue is deleted (its messages cannot be removed: 503) and
+    # created again, on pool b
+    pooled.servers["a"].kill()
+    try:
+        failed = await rpc_error(pooled.stubs.queues.DeleteQueue(queues_pb2.DeleteQueueRequest(
+            project=PROJECT, queue="moving"
+        )))
+        assert failed.code == grpc.StatusCode.UNAVAILABLE
+        await pooled.create("moving")
+        assert (await pooled.placed("moving"))[0] == "b"
+
+        # Then posts reach it on b
+        assert len(await pooled.post("moving", 2)) == 2
+    finally:
+        pooled.servers["a"].start()
+    assert (await pooled.totals("moving"))["b"] == 2
