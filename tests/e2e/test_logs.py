@@ -16,6 +16,7 @@ import pytest
 
 from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
+from tests.e2e.test_startup_failures import environment, the_line, zaqar_grpc
 from tests.servers import service_ports
 from tests.stacks import up_stack
 
@@ -156,3 +157,14 @@ def test_the_access_log_can_be_turned_off(quiet_stack: Stack) -> None:
     quiet_stack.stop()  # every line it wrote is read once it stopped
     assert not any("zaqar.access" in line for line in quiet_stack.output)
     assert not any(given in line for line in quiet_stack.output)
+
+
+@pytest.mark.parametrize("command", [["up"], ["serve", "queue"], ["serve", "gateway"]])
+def test_an_unknown_log_format_fails_in_one_line(
+    make_settings: Callable[..., Settings], command: list[str]
+) -> None:
+    result = zaqar_grpc(environment(make_settings(), ZAQAR_LOG_FORMAT="xml"), *command)
+    assert the_line(result) == (
+        "zaqar-grpc: configuration error: log_format must be one of text, json, not 'xml'"
+    )
+    assert result.returncode == 2

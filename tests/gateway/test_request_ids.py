@@ -3,6 +3,7 @@ WebSocket) and its access log (``middleware.py``, ``services/common/logs.py``)."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,11 +13,13 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
+from services.api_gateway.coalesce import CoalescingMessages
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
 from services.common.logs import ACCESS_LOGGER, RequestIdFilter
 from tests.gateway.conftest import HEADERS, GatewayFactory, new_queue, running_services
+from tests.gateway.test_coalesce import gateway as coalescing_gateway
 
 
 def new_id() -> str:
@@ -145,3 +148,33 @@ async def test_a_websocket_request_has_an_id_that_goes_to_the_services(
     assert created[0] == given
     assert created[1] != "bad" and created[1].startswith("req-")
     assert created[2].startswith("req-") and len({*created}) == 3
+
+
+async def test_coalesced_calls_keep_each_requests_id(
+    make_settings: Callable[..., Settings], calls: Callable[[], list[tuple[str, str]]],
+) -> None:
+    # Given a gateway that coalesces its calls to message_svc
+    async with running_services(make_settings()) as settings:
+        async with coalescing_gateway(settings) as (http, up):
+            ids: list[str] = []
+            for _ in range(10):  # rounds of concurrent posts until some went in a Batch
+                round_ids = [new_id() for _ in range(16)]
+                answers = await asyncio.gather(*(
+                    http.post(f"/v2/queues/{new_queue()}/messages",
+                              headers={"X-OpenStack-Request-ID": rid},
+                              json={"messages": [{"body": 1}]})
+                    for rid in round_ids
+                ))
+                assert [a.status_code for a in answers] == [201] * 16
+                ids += round_ids
+                messages = up.messages
+                assert isinstance(messages, CoalescingMessages)
+                if messages.stats.batches:
+                    break
+            assert messages.stats.batches
+    # Then message_svc asked queue_svc about each new queue under the id of the request
+    # that posted to it, batched or not
+    seen = calls()
+    asked = {rid for rid, message in seen if message.startswith("/zaqar.v2.Queues/")}
+    assert set(ids) <= asked, set(ids) - asked
+    assert any("/zaqar.v2.MessagesInternal/Batch OK" in message for _, message in seen)
