@@ -46,7 +46,7 @@ from services.api_gateway.errors import ApiError
 from services.api_gateway.limits import check_request
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import non_canonical
-from services.common import metrics
+from services.common import metrics, tracing
 from services.common.limits import PROJECT_ID_MAX
 from services.common.logs import ACCESS_LOGGER, REQUEST_ID, request_id_from
 
@@ -204,6 +204,8 @@ class Gate:
         ctx.started = time.perf_counter()
         ctx.request_id = request_id_from(req.get_header(REQUEST_ID_HEADER))
         REQUEST_ID.set(ctx.request_id)
+        if tracing.ENABLED:  # the caller's traceparent continues here (tracing.py)
+            ctx.span = tracing.server_span(req.method, req.headers.items())
         check_request(req)
         problem = non_canonical(req.path, req.scope.get("raw_path"))
         if problem is not None:

@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.common import tracing
 from services.common.grpc_types import Context, MethodHandler, UnaryUnary, aio_unary_unary
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, well_formed
 from services.common.metrics import ServerCalls, code_name
@@ -294,6 +295,8 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
     calls = ServerCalls(method)
 
     async def wrapper(request: Any, context: Context) -> Any:
+        span = (tracing.server_span(method.lstrip("/"), context.invocation_metadata() or ())
+                if tracing.ENABLED else None)
         start = time.perf_counter()
         code = "OK"
         try:
@@ -313,6 +316,8 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
             calls.done(code, seconds)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s %s %.2fms", method, code, seconds * 1000)
+            if span is not None:
+                span.end(None if code == "OK" else code, **{"rpc.grpc.status_code": code})
 
     return wrapper
 

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import logs
+from services.common import logs, tracing
 from services.common.config import ConfigurationError, Settings
 from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
@@ -360,6 +360,7 @@ def run_service(
         if settings is None:
             settings = Settings.load()
         setup_logging(settings.log_level, settings.log_format)
+        tracing.setup(name)
         exposition = serve_metrics(name, settings)
         install_event_loop_policy()
         asyncio.run(run(settings))
@@ -371,6 +372,7 @@ def run_service(
     finally:
         if exposition is not None:
             exposition.stop()
+        tracing.shutdown()
     return 0
 
 

@@ -49,6 +49,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from services.common import tracing
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,11 @@ class _InstrumentedCall:
             metadata = kwargs.get("metadata")
             entry = (REQUEST_ID_KEY, request_id)
             kwargs["metadata"] = (entry,) if metadata is None else (*metadata, entry)
+        span = None
+        if tracing.ENABLED:
+            span, carrier = tracing.client_span(f"{self._service}/{self._method}")
+            metadata = kwargs.get("metadata")
+            kwargs["metadata"] = tuple(carrier) if metadata is None else (*metadata, *carrier)
         start = time.perf_counter()
         code = "OK"
         try:
@@ -248,6 +254,8 @@ class _InstrumentedCall:
         finally:
             self._count(code)
             self._seconds.observe(time.perf_counter() - start)
+            if span is not None:
+                span.end(None if code == "OK" else code, **{"rpc.grpc.status_code": code})
 
 
 def instrumented(stub: T) -> T:
