@@ -139,13 +139,21 @@ class RedisOptions:
         return f"redis://{self.host}:{self.port}/{self.db}"
 
     @classmethod
-    def parse(cls, uri: str, store: str, prefix: str, max_connections: int) -> RedisOptions:
+    def parse(
+        cls, uri: str, store: str, prefix: str, max_connections: int,
+        expect_cluster: bool | None = None,
+    ) -> RedisOptions:
         """The options of a ``redis://`` or ``redis+cluster://`` ``uri`` for ``store`` (e.g.
-        "queue store"), with that store's default key prefix and pool size.
+        "queue store"), with that store's default key prefix and pool size. ``expect_cluster``
+        (True or False): refuse the other form (a store class serves one of them).
 
         Raises: ConfigurationError, naming what is wrong.
         """
         cluster = uri.partition(":")[0].lower() == CLUSTER_SCHEME
+        if expect_cluster is not None and cluster != expect_cluster:
+            raise store_uri.invalid(
+                store, uri, f"expected {CLUSTER_FORM if expect_cluster else FORM}"
+            )
         converters: dict[str, store_uri.Converter] = {
             "prefix": _prefix,
             "socket_connect_timeout": store_uri.seconds,

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio
 
-from services.common import store_uri
 from services.common.redis_store import (
-    CLUSTER_FORM,
-    FORM,
     RedisClusterClient,
     RedisOptions,
     describe,
@@ -24,10 +21,8 @@ def parse(uri: str, cluster: bool = False) -> RedisOptions:
 
     Raises: ConfigurationError, naming what is wrong.
     """
-    options = RedisOptions.parse(uri, store=STORE, prefix="zn", max_connections=32)
-    if options.cluster != cluster:
-        raise store_uri.invalid(STORE, uri, f"expected {CLUSTER_FORM if cluster else FORM}")
-    return options
+    return RedisOptions.parse(uri, store=STORE, prefix="zn", max_connections=32,
+                              expect_cluster=cluster)
 
 
 def connect(
