@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import grpc
 from google.rpc import status_pb2
-from zaqar.v2 import messages_pb2
+from zaqar_grpc.v2 import messages_pb2
 
 from services.common import metrics
 from services.common.config import ConfigurationError

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import orjson
-from zaqar.v2 import common_pb2, messages_pb2, notifier_pb2, queues_pb2
+from zaqar_grpc.v2 import common_pb2, messages_pb2, notifier_pb2, queues_pb2
 
 from services.api_gateway.errors import bad_body, bad_request
 

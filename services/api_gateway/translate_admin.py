@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.api_gateway.errors import bad_body
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zaqar.v2 import admin_pb2_grpc, messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
+from zaqar_grpc.v2 import admin_pb2_grpc, messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
 
 from services.api_gateway.coalesce import CoalescingMessages, check_batch_settings
 from services.common.config import Settings

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from zaqar.v2 import admin_pb2, admin_pb2_grpc
+from zaqar_grpc.v2 import admin_pb2, admin_pb2_grpc
 
 from services.common.errors import Unavailable
 from services.common.limits import PROJECT_ID_MAX

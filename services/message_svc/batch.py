@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
-from zaqar.v2 import messages_pb2
+from zaqar_grpc.v2 import messages_pb2
 
 from services.common.errors import InvalidArgument, Overloaded, failure_status, to_status
 from services.common.grpc_types import Context

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth

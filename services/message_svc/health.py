@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.common.health import HEALTH_PROJECT, StoreCheck, new_check, throwaway_queue
 from services.message_svc.storage.base import Claim, DeleteOutcome, MessageStore, NewMessage

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 import orjson
-from zaqar.v2 import queues_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import queues_pb2, queues_pb2_grpc
 
 from services.common import limits
 from services.common.errors import Unavailable, upstream_call

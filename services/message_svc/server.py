@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.common import health
 from services.common.config import Settings

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
-from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
 from services.common.grpc_types import Context
 from services.message_svc.batch import BatchRunner

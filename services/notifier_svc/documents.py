@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import orjson
-from zaqar.v2 import common_pb2
+from zaqar_grpc.v2 import common_pb2
 
 from services.common import signing
 from services.notifier_svc.storage.base import DeliveryKind, Subscription

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.common.health import HEALTH_PROJECT, new_check, throwaway_queue
 from services.notifier_svc.storage.base import NotifierStore

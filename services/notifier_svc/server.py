@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.common import health
 from services.common.config import ConfigurationError, Settings

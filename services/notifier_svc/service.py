@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zaqar.v2 import common_pb2, notifier_pb2
+from zaqar_grpc.v2 import common_pb2, notifier_pb2
 
 from services.common import limits, tracing
 from services.common.errors import InvalidArgument, SubscriptionAlreadyExists, SubscriptionNotFound

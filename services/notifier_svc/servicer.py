@@ -18,7 +18,7 @@ import grpc
 import orjson
 from google.protobuf import empty_pb2
 from grpc_status import rpc_status
-from zaqar.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
 from services.common.errors import Overloaded, ServiceError, to_status
 from services.common.grpc_auth import caller_token

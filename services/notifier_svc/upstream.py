@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import orjson
-from zaqar.v2 import common_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 
 from services.common.config import Settings
 from services.common.errors import decode_rpc_error

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from zaqar.v2 import notifier_pb2
+from zaqar_grpc.v2 import notifier_pb2
 
 from services.common.errors import Unavailable
 from services.notifier_svc.storage.base import NotifierStore, WatchEvent, WatchKey

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from zaqar.v2 import common_pb2, notifier_pb2
+from zaqar_grpc.v2 import common_pb2, notifier_pb2
 
 Key = tuple[str, str]
 BUFFER = 1000

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import grpc
 import orjson
 from google.protobuf import empty_pb2
-from zaqar.v2 import admin_pb2, admin_pb2_grpc
+from zaqar_grpc.v2 import admin_pb2, admin_pb2_grpc
 
 from services.common.grpc_types import Context
 from services.queue_svc.catalog import CatalogService, capabilities

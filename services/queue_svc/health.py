@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.common import store_probe
 from services.common.config import ConfigurationError

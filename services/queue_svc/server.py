@@ -6,7 +6,7 @@ import asyncio
 from functools import partial
 
 import grpc
-from zaqar.v2 import admin_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import admin_pb2, queues_pb2_grpc
 
 from services.common import health
 from services.common.config import Settings

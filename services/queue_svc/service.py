@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from zaqar.v2 import common_pb2
+from zaqar_grpc.v2 import common_pb2
 
 from services.common import limits
 from services.common.errors import ServiceError, Unavailable

@@ -7,7 +7,7 @@ turned into statuses by the server's error interceptor.
 from __future__ import annotations
 
 from google.protobuf import empty_pb2
-from zaqar.v2 import common_pb2, queues_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, queues_pb2, queues_pb2_grpc
 
 from services.common.grpc_types import Context
 from services.queue_svc.metadata import dump

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from zaqar.v2 import common_pb2, messages_pb2_grpc, notifier_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, messages_pb2_grpc, notifier_pb2_grpc
 
 from services.common.config import Settings
 from services.common.errors import RETRY_LATER, Unavailable, upstream_call

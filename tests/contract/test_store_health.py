@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.common.health import HEALTH_PROJECT, budget
 from services.common.limits import PROJECT_ID_MAX

@@ -17,7 +17,7 @@ import grpc
 import httpx
 import orjson
 import pytest
-from zaqar.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 
 from services.common.errors import ERROR_DOMAIN, RpcErrorInfo, decode_rpc_error
 from tests.e2e.harness import Stack

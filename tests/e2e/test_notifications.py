@@ -24,7 +24,7 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
-from zaqar.v2 import (
+from zaqar_grpc.v2 import (
     common_pb2,
     messages_pb2,
     messages_pb2_grpc,

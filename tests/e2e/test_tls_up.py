@@ -10,7 +10,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zaqar.v2 import common_pb2, messages_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, messages_pb2_grpc
 
 from services.common.config import Settings
 from services.common.grpc_server import open_channel

@@ -21,7 +21,7 @@ import grpc
 import httpx
 import orjson
 import pytest
-from zaqar.v2 import messages_pb2, messages_pb2_grpc
+from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc
 
 from services.api_gateway.app import create_app
 from services.api_gateway.coalesce import CoalescingMessages, Window

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-from zaqar.v2 import queues_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import queues_pb2, queues_pb2_grpc
 
 from services.api_gateway.app import create_app
 from services.api_gateway.upstream import Upstreams

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from zaqar.v2 import messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
+from zaqar_grpc.v2 import messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
 
 from services.common.config import Settings
 

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from zaqar.v2 import admin_pb2, admin_pb2_grpc, queues_pb2
+from zaqar_grpc.v2 import admin_pb2, admin_pb2_grpc, queues_pb2
 
 from services.common.config import Settings
 from services.queue_svc.server import start

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from zaqar.v2 import (
+from zaqar_grpc.v2 import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from zaqar.v2 import notifier_pb2, notifier_pb2_grpc
+from zaqar_grpc.v2 import notifier_pb2, notifier_pb2_grpc
 
 from services.common.grpc_server import create_server
 from services.message_svc.handoff import Handoff

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
 from services.common.config import Settings
 from services.common.errors import Unavailable

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client import REGISTRY
-from zaqar.v2 import queues_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import queues_pb2, queues_pb2_grpc
 
 from services.common.config import Settings
 from services.common.metrics import instrumented, split_method

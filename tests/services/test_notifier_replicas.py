@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
-from zaqar.v2 import (
+from zaqar_grpc.v2 import (
     common_pb2,
     messages_pb2,
     messages_pb2_grpc,

@@ -23,7 +23,7 @@ import grpc
 import orjson
 import pytest
 from aiosmtpd.controller import Controller
-from zaqar.v2 import (
+from zaqar_grpc.v2 import (
     common_pb2,
     messages_pb2,
     messages_pb2_grpc,

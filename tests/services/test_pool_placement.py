@@ -15,7 +15,7 @@ import grpc
 import orjson
 import pytest
 import redis.asyncio
-from zaqar.v2 import admin_pb2, admin_pb2_grpc, common_pb2, messages_pb2, queues_pb2
+from zaqar_grpc.v2 import admin_pb2, admin_pb2_grpc, common_pb2, messages_pb2, queues_pb2
 
 from services.common.config import Settings
 from services.message_svc.storage.registry import open_store

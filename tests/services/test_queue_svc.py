@@ -21,7 +21,7 @@ import grpc
 import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zaqar.v2 import (
+from zaqar_grpc.v2 import (
     admin_pb2,
     admin_pb2_grpc,
     messages_pb2,

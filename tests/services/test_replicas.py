@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from zaqar.v2 import common_pb2, messages_pb2, messages_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
 from services.common.config import ConfigurationError, Settings
 from services.common.grpc_server import channel_target, open_channel

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zaqar.v2 import (
+from zaqar_grpc.v2 import (
     common_pb2,
     messages_pb2,
     messages_pb2_grpc,

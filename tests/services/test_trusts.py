@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect
-from zaqar.v2 import messages_pb2, notifier_pb2
+from zaqar_grpc.v2 import messages_pb2, notifier_pb2
 
 from services.api_gateway.app import create_app
 from services.common.config import Settings

@@ -308,8 +308,8 @@ def test_the_installed_image_serves(image_tree: Path) -> None:
     # Then the venv holds the command, and only the wheel's packages (not the source tree)
     assert (venv / "bin/zaqar-grpc").exists()
     probe = subprocess.run([str(venv / "bin/python"), "-c",
-                            "import services, zaqar.v2; print(services.__file__)"],
-                           capture_output=True, text=True, cwd=image_tree, timeout=60)
+                            "import services, zaqar_grpc.v2; print(services.__file__)"],
+                           env=env, capture_output=True, text=True, cwd=image_tree, timeout=60)
     assert probe.returncode == 0 and str(venv) in probe.stdout, probe.stdout + probe.stderr
 
     # When the four services start from it as the runtime stage says: its ENV (the venv in

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.api_gateway import translate, translate_admin
 from services.api_gateway.operations import Caller, NextLink, Outcome

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import grpc
 import orjson
-from zaqar.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2
 
 from services.api_gateway import translate_admin
 from services.api_gateway.errors import ApiError, unavailable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zaqar.v2 import messages_pb2
+from zaqar_grpc.v2 import messages_pb2
 
 from services.api_gateway import translate
 from services.api_gateway.errors import ApiError, bad_request

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from zaqar.v2 import common_pb2, queues_pb2
+from zaqar_grpc.v2 import common_pb2, queues_pb2
 
 from services.api_gateway import translate
 from services.api_gateway.errors import bad_body, bad_request

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from zaqar.v2 import notifier_pb2
+from zaqar_grpc.v2 import notifier_pb2
 
 from services.api_gateway import translate
 from services.api_gateway.errors import unavailable

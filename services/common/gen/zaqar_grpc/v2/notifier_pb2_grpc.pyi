@@ -6,8 +6,8 @@ notifier_svc: subscriptions and delivery of notifications."""
 from collections import abc as _abc
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
-from zaqar.v2 import common_pb2 as _common_pb2
-from zaqar.v2 import notifier_pb2 as _notifier_pb2
+from zaqar_grpc.v2 import common_pb2 as _common_pb2
+from zaqar_grpc.v2 import notifier_pb2 as _notifier_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

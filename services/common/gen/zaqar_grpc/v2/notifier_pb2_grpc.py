@@ -4,8 +4,8 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
-from zaqar.v2 import common_pb2 as zaqar_dot_v2_dot_common__pb2
-from zaqar.v2 import notifier_pb2 as zaqar_dot_v2_dot_notifier__pb2
+from zaqar_grpc.v2 import common_pb2 as zaqar__grpc_dot_v2_dot_common__pb2
+from zaqar_grpc.v2 import notifier_pb2 as zaqar__grpc_dot_v2_dot_notifier__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -20,7 +20,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in zaqar/v2/notifier_pb2_grpc.py depends on'
+        + ' but the generated code in zaqar_grpc/v2/notifier_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,32 +38,32 @@ class SubscriptionsStub:
         """
         self.CreateSubscription = channel.unary_unary(
                 '/zaqar.v2.Subscriptions/CreateSubscription',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.CreateSubscriptionRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_notifier__pb2.CreateSubscriptionResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.CreateSubscriptionResponse.FromString,
                 _registered_method=True)
         self.GetSubscription = channel.unary_unary(
                 '/zaqar.v2.Subscriptions/GetSubscription',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.SubscriptionRef.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_notifier__pb2.Subscription.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.SubscriptionRef.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.Subscription.FromString,
                 _registered_method=True)
         self.ListSubscriptions = channel.unary_unary(
                 '/zaqar.v2.Subscriptions/ListSubscriptions',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.ListSubscriptionsRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_notifier__pb2.ListSubscriptionsResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.ListSubscriptionsResponse.FromString,
                 _registered_method=True)
         self.UpdateSubscription = channel.unary_unary(
                 '/zaqar.v2.Subscriptions/UpdateSubscription',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.UpdateSubscriptionRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.UpdateSubscriptionRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.DeleteSubscription = channel.unary_unary(
                 '/zaqar.v2.Subscriptions/DeleteSubscription',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.SubscriptionRef.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.SubscriptionRef.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ConfirmSubscription = channel.unary_unary(
                 '/zaqar.v2.Subscriptions/ConfirmSubscription',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.ConfirmSubscriptionRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.ConfirmSubscriptionRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
 
@@ -114,32 +114,32 @@ def add_SubscriptionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSubscription,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.CreateSubscriptionRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_notifier__pb2.CreateSubscriptionResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.CreateSubscriptionResponse.SerializeToString,
             ),
             'GetSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSubscription,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.SubscriptionRef.FromString,
-                    response_serializer=zaqar_dot_v2_dot_notifier__pb2.Subscription.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.SubscriptionRef.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.Subscription.SerializeToString,
             ),
             'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSubscriptions,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.ListSubscriptionsRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_notifier__pb2.ListSubscriptionsResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.ListSubscriptionsResponse.SerializeToString,
             ),
             'UpdateSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateSubscription,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.UpdateSubscriptionRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.UpdateSubscriptionRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSubscription,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.SubscriptionRef.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.SubscriptionRef.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ConfirmSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfirmSubscription,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.ConfirmSubscriptionRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.ConfirmSubscriptionRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
@@ -168,8 +168,8 @@ class Subscriptions:
             request,
             target,
             '/zaqar.v2.Subscriptions/CreateSubscription',
-            zaqar_dot_v2_dot_notifier__pb2.CreateSubscriptionRequest.SerializeToString,
-            zaqar_dot_v2_dot_notifier__pb2.CreateSubscriptionResponse.FromString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.CreateSubscriptionRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.CreateSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -195,8 +195,8 @@ class Subscriptions:
             request,
             target,
             '/zaqar.v2.Subscriptions/GetSubscription',
-            zaqar_dot_v2_dot_notifier__pb2.SubscriptionRef.SerializeToString,
-            zaqar_dot_v2_dot_notifier__pb2.Subscription.FromString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.SubscriptionRef.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.Subscription.FromString,
             options,
             channel_credentials,
             insecure,
@@ -222,8 +222,8 @@ class Subscriptions:
             request,
             target,
             '/zaqar.v2.Subscriptions/ListSubscriptions',
-            zaqar_dot_v2_dot_notifier__pb2.ListSubscriptionsRequest.SerializeToString,
-            zaqar_dot_v2_dot_notifier__pb2.ListSubscriptionsResponse.FromString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.ListSubscriptionsRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.ListSubscriptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -249,7 +249,7 @@ class Subscriptions:
             request,
             target,
             '/zaqar.v2.Subscriptions/UpdateSubscription',
-            zaqar_dot_v2_dot_notifier__pb2.UpdateSubscriptionRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.UpdateSubscriptionRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -276,7 +276,7 @@ class Subscriptions:
             request,
             target,
             '/zaqar.v2.Subscriptions/DeleteSubscription',
-            zaqar_dot_v2_dot_notifier__pb2.SubscriptionRef.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.SubscriptionRef.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -303,7 +303,7 @@ class Subscriptions:
             request,
             target,
             '/zaqar.v2.Subscriptions/ConfirmSubscription',
-            zaqar_dot_v2_dot_notifier__pb2.ConfirmSubscriptionRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.ConfirmSubscriptionRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -328,23 +328,23 @@ class NotifierInternalStub:
         """
         self.Notify = channel.unary_unary(
                 '/zaqar.v2.NotifierInternal/Notify',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.NotifyRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.NotifyMany = channel.unary_unary(
                 '/zaqar.v2.NotifierInternal/NotifyMany',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.NotifyManyRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_notifier__pb2.NotifyManyResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyManyRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyManyResponse.FromString,
                 _registered_method=True)
         self.DeleteQueueSubscriptions = channel.unary_unary(
                 '/zaqar.v2.NotifierInternal/DeleteQueueSubscriptions',
-                request_serializer=zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/zaqar.v2.NotifierInternal/Watch',
-                request_serializer=zaqar_dot_v2_dot_notifier__pb2.WatchRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_notifier__pb2.Notification.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.WatchRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.Notification.FromString,
                 _registered_method=True)
 
 
@@ -393,23 +393,23 @@ def add_NotifierInternalServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Notify': grpc.unary_unary_rpc_method_handler(
                     servicer.Notify,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.NotifyRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'NotifyMany': grpc.unary_unary_rpc_method_handler(
                     servicer.NotifyMany,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.NotifyManyRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_notifier__pb2.NotifyManyResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyManyRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyManyResponse.SerializeToString,
             ),
             'DeleteQueueSubscriptions': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteQueueSubscriptions,
-                    request_deserializer=zaqar_dot_v2_dot_common__pb2.QueueRef.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=zaqar_dot_v2_dot_notifier__pb2.WatchRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_notifier__pb2.Notification.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.WatchRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.Notification.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,7 +438,7 @@ class NotifierInternal:
             request,
             target,
             '/zaqar.v2.NotifierInternal/Notify',
-            zaqar_dot_v2_dot_notifier__pb2.NotifyRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -465,8 +465,8 @@ class NotifierInternal:
             request,
             target,
             '/zaqar.v2.NotifierInternal/NotifyMany',
-            zaqar_dot_v2_dot_notifier__pb2.NotifyManyRequest.SerializeToString,
-            zaqar_dot_v2_dot_notifier__pb2.NotifyManyResponse.FromString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyManyRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.NotifyManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -492,7 +492,7 @@ class NotifierInternal:
             request,
             target,
             '/zaqar.v2.NotifierInternal/DeleteQueueSubscriptions',
-            zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+            zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -519,8 +519,8 @@ class NotifierInternal:
             request,
             target,
             '/zaqar.v2.NotifierInternal/Watch',
-            zaqar_dot_v2_dot_notifier__pb2.WatchRequest.SerializeToString,
-            zaqar_dot_v2_dot_notifier__pb2.Notification.FromString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.WatchRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.Notification.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,7 @@ any project, in its own scope.
 from collections import abc as _abc
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
-from zaqar.v2 import admin_pb2 as _admin_pb2
+from zaqar_grpc.v2 import admin_pb2 as _admin_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

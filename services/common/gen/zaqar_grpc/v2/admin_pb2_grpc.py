@@ -4,7 +4,7 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
-from zaqar.v2 import admin_pb2 as zaqar_dot_v2_dot_admin__pb2
+from zaqar_grpc.v2 import admin_pb2 as zaqar__grpc_dot_v2_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in zaqar/v2/admin_pb2_grpc.py depends on'
+        + ' but the generated code in zaqar_grpc/v2/admin_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,28 +37,28 @@ class PoolsStub:
         """
         self.PutPool = channel.unary_unary(
                 '/zaqar.v2.Pools/PutPool',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.PutPoolRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.PutPoolResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutPoolRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutPoolResponse.FromString,
                 _registered_method=True)
         self.GetPool = channel.unary_unary(
                 '/zaqar.v2.Pools/GetPool',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.GetPoolRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.Pool.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.GetPoolRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.Pool.FromString,
                 _registered_method=True)
         self.UpdatePool = channel.unary_unary(
                 '/zaqar.v2.Pools/UpdatePool',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.UpdatePoolRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.Pool.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.UpdatePoolRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.Pool.FromString,
                 _registered_method=True)
         self.DeletePool = channel.unary_unary(
                 '/zaqar.v2.Pools/DeletePool',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.DeletePoolRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.DeletePoolRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ListPools = channel.unary_unary(
                 '/zaqar.v2.Pools/ListPools',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.ListPoolsRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.ListPoolsResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.ListPoolsRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.ListPoolsResponse.FromString,
                 _registered_method=True)
 
 
@@ -104,28 +104,28 @@ def add_PoolsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PutPool': grpc.unary_unary_rpc_method_handler(
                     servicer.PutPool,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.PutPoolRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.PutPoolResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutPoolRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutPoolResponse.SerializeToString,
             ),
             'GetPool': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPool,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.GetPoolRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.Pool.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.GetPoolRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.Pool.SerializeToString,
             ),
             'UpdatePool': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdatePool,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.UpdatePoolRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.Pool.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.UpdatePoolRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.Pool.SerializeToString,
             ),
             'DeletePool': grpc.unary_unary_rpc_method_handler(
                     servicer.DeletePool,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.DeletePoolRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.DeletePoolRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListPools': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPools,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.ListPoolsRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.ListPoolsResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.ListPoolsRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.ListPoolsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -153,8 +153,8 @@ class Pools:
             request,
             target,
             '/zaqar.v2.Pools/PutPool',
-            zaqar_dot_v2_dot_admin__pb2.PutPoolRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.PutPoolResponse.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.PutPoolRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.PutPoolResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -180,8 +180,8 @@ class Pools:
             request,
             target,
             '/zaqar.v2.Pools/GetPool',
-            zaqar_dot_v2_dot_admin__pb2.GetPoolRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.Pool.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.GetPoolRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.Pool.FromString,
             options,
             channel_credentials,
             insecure,
@@ -207,8 +207,8 @@ class Pools:
             request,
             target,
             '/zaqar.v2.Pools/UpdatePool',
-            zaqar_dot_v2_dot_admin__pb2.UpdatePoolRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.Pool.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.UpdatePoolRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.Pool.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,7 +234,7 @@ class Pools:
             request,
             target,
             '/zaqar.v2.Pools/DeletePool',
-            zaqar_dot_v2_dot_admin__pb2.DeletePoolRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.DeletePoolRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -261,8 +261,8 @@ class Pools:
             request,
             target,
             '/zaqar.v2.Pools/ListPools',
-            zaqar_dot_v2_dot_admin__pb2.ListPoolsRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.ListPoolsResponse.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.ListPoolsRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.ListPoolsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -285,28 +285,28 @@ class FlavorsStub:
         """
         self.PutFlavor = channel.unary_unary(
                 '/zaqar.v2.Flavors/PutFlavor',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.PutFlavorRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.PutFlavorResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorResponse.FromString,
                 _registered_method=True)
         self.GetFlavor = channel.unary_unary(
                 '/zaqar.v2.Flavors/GetFlavor',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.GetFlavorRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.Flavor.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.GetFlavorRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.Flavor.FromString,
                 _registered_method=True)
         self.UpdateFlavor = channel.unary_unary(
                 '/zaqar.v2.Flavors/UpdateFlavor',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.PutFlavorRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.Flavor.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.Flavor.FromString,
                 _registered_method=True)
         self.DeleteFlavor = channel.unary_unary(
                 '/zaqar.v2.Flavors/DeleteFlavor',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.GetFlavorRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.GetFlavorRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ListFlavors = channel.unary_unary(
                 '/zaqar.v2.Flavors/ListFlavors',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.ListFlavorsRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.ListFlavorsResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.ListFlavorsRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.ListFlavorsResponse.FromString,
                 _registered_method=True)
 
 
@@ -352,28 +352,28 @@ def add_FlavorsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PutFlavor': grpc.unary_unary_rpc_method_handler(
                     servicer.PutFlavor,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.PutFlavorRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.PutFlavorResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorResponse.SerializeToString,
             ),
             'GetFlavor': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFlavor,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.GetFlavorRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.Flavor.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.GetFlavorRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.Flavor.SerializeToString,
             ),
             'UpdateFlavor': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateFlavor,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.PutFlavorRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.Flavor.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.Flavor.SerializeToString,
             ),
             'DeleteFlavor': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteFlavor,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.GetFlavorRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.GetFlavorRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListFlavors': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFlavors,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.ListFlavorsRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.ListFlavorsResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.ListFlavorsRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.ListFlavorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,8 +401,8 @@ class Flavors:
             request,
             target,
             '/zaqar.v2.Flavors/PutFlavor',
-            zaqar_dot_v2_dot_admin__pb2.PutFlavorRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.PutFlavorResponse.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -428,8 +428,8 @@ class Flavors:
             request,
             target,
             '/zaqar.v2.Flavors/GetFlavor',
-            zaqar_dot_v2_dot_admin__pb2.GetFlavorRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.Flavor.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.GetFlavorRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.Flavor.FromString,
             options,
             channel_credentials,
             insecure,
@@ -455,8 +455,8 @@ class Flavors:
             request,
             target,
             '/zaqar.v2.Flavors/UpdateFlavor',
-            zaqar_dot_v2_dot_admin__pb2.PutFlavorRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.Flavor.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.PutFlavorRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.Flavor.FromString,
             options,
             channel_credentials,
             insecure,
@@ -482,7 +482,7 @@ class Flavors:
             request,
             target,
             '/zaqar.v2.Flavors/DeleteFlavor',
-            zaqar_dot_v2_dot_admin__pb2.GetFlavorRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.GetFlavorRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -509,8 +509,8 @@ class Flavors:
             request,
             target,
             '/zaqar.v2.Flavors/ListFlavors',
-            zaqar_dot_v2_dot_admin__pb2.ListFlavorsRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.ListFlavorsResponse.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.ListFlavorsRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.ListFlavorsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -534,8 +534,8 @@ class StoreHealthStub:
         """
         self.CheckStores = channel.unary_unary(
                 '/zaqar.v2.StoreHealth/CheckStores',
-                request_serializer=zaqar_dot_v2_dot_admin__pb2.CheckStoresRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_admin__pb2.StoresHealth.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.CheckStoresRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.StoresHealth.FromString,
                 _registered_method=True)
 
 
@@ -557,8 +557,8 @@ def add_StoreHealthServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CheckStores': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckStores,
-                    request_deserializer=zaqar_dot_v2_dot_admin__pb2.CheckStoresRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_admin__pb2.StoresHealth.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_admin__pb2.CheckStoresRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_admin__pb2.StoresHealth.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -587,8 +587,8 @@ class StoreHealth:
             request,
             target,
             '/zaqar.v2.StoreHealth/CheckStores',
-            zaqar_dot_v2_dot_admin__pb2.CheckStoresRequest.SerializeToString,
-            zaqar_dot_v2_dot_admin__pb2.StoresHealth.FromString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.CheckStoresRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_admin__pb2.StoresHealth.FromString,
             options,
             channel_credentials,
             insecure,

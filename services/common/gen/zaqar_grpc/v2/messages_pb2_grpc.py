@@ -4,8 +4,8 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
-from zaqar.v2 import common_pb2 as zaqar_dot_v2_dot_common__pb2
-from zaqar.v2 import messages_pb2 as zaqar_dot_v2_dot_messages__pb2
+from zaqar_grpc.v2 import common_pb2 as zaqar__grpc_dot_v2_dot_common__pb2
+from zaqar_grpc.v2 import messages_pb2 as zaqar__grpc_dot_v2_dot_messages__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -20,7 +20,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in zaqar/v2/messages_pb2_grpc.py depends on'
+        + ' but the generated code in zaqar_grpc/v2/messages_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,63 +38,63 @@ class MessagesStub:
         """
         self.PostMessages = channel.unary_unary(
                 '/zaqar.v2.Messages/PostMessages',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.PostMessagesRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_messages__pb2.PostMessagesResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.PostMessagesRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.PostMessagesResponse.FromString,
                 _registered_method=True)
         self.ListMessages = channel.unary_unary(
                 '/zaqar.v2.Messages/ListMessages',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.ListMessagesRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_messages__pb2.ListMessagesResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.ListMessagesRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
         self.GetMessage = channel.unary_unary(
                 '/zaqar.v2.Messages/GetMessage',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.GetMessageRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_common__pb2.Message.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.GetMessageRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.Message.FromString,
                 _registered_method=True)
         self.GetMessages = channel.unary_unary(
                 '/zaqar.v2.Messages/GetMessages',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.GetMessagesRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_messages__pb2.GetMessagesResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.GetMessagesRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.GetMessagesResponse.FromString,
                 _registered_method=True)
         self.DeleteMessage = channel.unary_unary(
                 '/zaqar.v2.Messages/DeleteMessage',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.DeleteMessageRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.DeleteMessageRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.DeleteMessages = channel.unary_unary(
                 '/zaqar.v2.Messages/DeleteMessages',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.DeleteMessagesRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.DeleteMessagesRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.PopMessages = channel.unary_unary(
                 '/zaqar.v2.Messages/PopMessages',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.PopMessagesRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_messages__pb2.PopMessagesResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.PopMessagesRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.PopMessagesResponse.FromString,
                 _registered_method=True)
         self.CreateClaim = channel.unary_unary(
                 '/zaqar.v2.Messages/CreateClaim',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.CreateClaimRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_messages__pb2.Claim.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.CreateClaimRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.Claim.FromString,
                 _registered_method=True)
         self.GetClaim = channel.unary_unary(
                 '/zaqar.v2.Messages/GetClaim',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.GetClaimRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_messages__pb2.Claim.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.GetClaimRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.Claim.FromString,
                 _registered_method=True)
         self.UpdateClaim = channel.unary_unary(
                 '/zaqar.v2.Messages/UpdateClaim',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.UpdateClaimRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.UpdateClaimRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.DeleteClaim = channel.unary_unary(
                 '/zaqar.v2.Messages/DeleteClaim',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.DeleteClaimRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.DeleteClaimRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/zaqar.v2.Messages/GetStats',
-                request_serializer=zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_common__pb2.QueueStats.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.FromString,
                 _registered_method=True)
 
 
@@ -189,63 +189,63 @@ def add_MessagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PostMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.PostMessages,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.PostMessagesRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_messages__pb2.PostMessagesResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.PostMessagesRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.PostMessagesResponse.SerializeToString,
             ),
             'ListMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMessages,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.ListMessagesRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_messages__pb2.ListMessagesResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.ListMessagesRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.ListMessagesResponse.SerializeToString,
             ),
             'GetMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessage,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.GetMessageRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_common__pb2.Message.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.GetMessageRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_common__pb2.Message.SerializeToString,
             ),
             'GetMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessages,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.GetMessagesRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_messages__pb2.GetMessagesResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.GetMessagesRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.GetMessagesResponse.SerializeToString,
             ),
             'DeleteMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteMessage,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.DeleteMessageRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.DeleteMessageRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'DeleteMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteMessages,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.DeleteMessagesRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.DeleteMessagesRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'PopMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.PopMessages,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.PopMessagesRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_messages__pb2.PopMessagesResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.PopMessagesRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.PopMessagesResponse.SerializeToString,
             ),
             'CreateClaim': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateClaim,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.CreateClaimRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_messages__pb2.Claim.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.CreateClaimRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.Claim.SerializeToString,
             ),
             'GetClaim': grpc.unary_unary_rpc_method_handler(
                     servicer.GetClaim,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.GetClaimRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_messages__pb2.Claim.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.GetClaimRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.Claim.SerializeToString,
             ),
             'UpdateClaim': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateClaim,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.UpdateClaimRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.UpdateClaimRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'DeleteClaim': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteClaim,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.DeleteClaimRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.DeleteClaimRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
-                    request_deserializer=zaqar_dot_v2_dot_common__pb2.QueueRef.FromString,
-                    response_serializer=zaqar_dot_v2_dot_common__pb2.QueueStats.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,8 +273,8 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/PostMessages',
-            zaqar_dot_v2_dot_messages__pb2.PostMessagesRequest.SerializeToString,
-            zaqar_dot_v2_dot_messages__pb2.PostMessagesResponse.FromString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.PostMessagesRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.PostMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -300,8 +300,8 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/ListMessages',
-            zaqar_dot_v2_dot_messages__pb2.ListMessagesRequest.SerializeToString,
-            zaqar_dot_v2_dot_messages__pb2.ListMessagesResponse.FromString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.ListMessagesRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.ListMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -327,8 +327,8 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/GetMessage',
-            zaqar_dot_v2_dot_messages__pb2.GetMessageRequest.SerializeToString,
-            zaqar_dot_v2_dot_common__pb2.Message.FromString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.GetMessageRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_common__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,
@@ -354,8 +354,8 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/GetMessages',
-            zaqar_dot_v2_dot_messages__pb2.GetMessagesRequest.SerializeToString,
-            zaqar_dot_v2_dot_messages__pb2.GetMessagesResponse.FromString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.GetMessagesRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.GetMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -381,7 +381,7 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/DeleteMessage',
-            zaqar_dot_v2_dot_messages__pb2.DeleteMessageRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.DeleteMessageRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -408,7 +408,7 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/DeleteMessages',
-            zaqar_dot_v2_dot_messages__pb2.DeleteMessagesRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.DeleteMessagesRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -435,8 +435,8 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/PopMessages',
-            zaqar_dot_v2_dot_messages__pb2.PopMessagesRequest.SerializeToString,
-            zaqar_dot_v2_dot_messages__pb2.PopMessagesResponse.FromString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.PopMessagesRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.PopMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -462,8 +462,8 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/CreateClaim',
-            zaqar_dot_v2_dot_messages__pb2.CreateClaimRequest.SerializeToString,
-            zaqar_dot_v2_dot_messages__pb2.Claim.FromString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.CreateClaimRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.Claim.FromString,
             options,
             channel_credentials,
             insecure,
@@ -489,8 +489,8 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/GetClaim',
-            zaqar_dot_v2_dot_messages__pb2.GetClaimRequest.SerializeToString,
-            zaqar_dot_v2_dot_messages__pb2.Claim.FromString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.GetClaimRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.Claim.FromString,
             options,
             channel_credentials,
             insecure,
@@ -516,7 +516,7 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/UpdateClaim',
-            zaqar_dot_v2_dot_messages__pb2.UpdateClaimRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.UpdateClaimRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -543,7 +543,7 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/DeleteClaim',
-            zaqar_dot_v2_dot_messages__pb2.DeleteClaimRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.DeleteClaimRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -570,8 +570,8 @@ class Messages:
             request,
             target,
             '/zaqar.v2.Messages/GetStats',
-            zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
-            zaqar_dot_v2_dot_common__pb2.QueueStats.FromString,
+            zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+            zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.FromString,
             options,
             channel_credentials,
             insecure,
@@ -595,18 +595,18 @@ class MessagesInternalStub:
         """
         self.DeleteQueueMessages = channel.unary_unary(
                 '/zaqar.v2.MessagesInternal/DeleteQueueMessages',
-                request_serializer=zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.InvalidateQueue = channel.unary_unary(
                 '/zaqar.v2.MessagesInternal/InvalidateQueue',
-                request_serializer=zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.Batch = channel.unary_unary(
                 '/zaqar.v2.MessagesInternal/Batch',
-                request_serializer=zaqar_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_messages__pb2.BatchResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -647,18 +647,18 @@ def add_MessagesInternalServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'DeleteQueueMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteQueueMessages,
-                    request_deserializer=zaqar_dot_v2_dot_common__pb2.QueueRef.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'InvalidateQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.InvalidateQueue,
-                    request_deserializer=zaqar_dot_v2_dot_common__pb2.QueueRef.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'Batch': grpc.unary_unary_rpc_method_handler(
                     servicer.Batch,
-                    request_deserializer=zaqar_dot_v2_dot_messages__pb2.BatchRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_messages__pb2.BatchResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -687,7 +687,7 @@ class MessagesInternal:
             request,
             target,
             '/zaqar.v2.MessagesInternal/DeleteQueueMessages',
-            zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+            zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -714,7 +714,7 @@ class MessagesInternal:
             request,
             target,
             '/zaqar.v2.MessagesInternal/InvalidateQueue',
-            zaqar_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+            zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -741,8 +741,8 @@ class MessagesInternal:
             request,
             target,
             '/zaqar.v2.MessagesInternal/Batch',
-            zaqar_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
-            zaqar_dot_v2_dot_messages__pb2.BatchResponse.FromString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,7 @@ from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
-from zaqar.v2 import common_pb2 as _common_pb2
+from zaqar_grpc.v2 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

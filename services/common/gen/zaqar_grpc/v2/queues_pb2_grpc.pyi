@@ -6,8 +6,8 @@ queue_svc: the control plane. Queues and their metadata."""
 from collections import abc as _abc
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
-from zaqar.v2 import common_pb2 as _common_pb2
-from zaqar.v2 import queues_pb2 as _queues_pb2
+from zaqar_grpc.v2 import common_pb2 as _common_pb2
+from zaqar_grpc.v2 import queues_pb2 as _queues_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

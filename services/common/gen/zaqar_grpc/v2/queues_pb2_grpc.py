@@ -4,8 +4,8 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
-from zaqar.v2 import common_pb2 as zaqar_dot_v2_dot_common__pb2
-from zaqar.v2 import queues_pb2 as zaqar_dot_v2_dot_queues__pb2
+from zaqar_grpc.v2 import common_pb2 as zaqar__grpc_dot_v2_dot_common__pb2
+from zaqar_grpc.v2 import queues_pb2 as zaqar__grpc_dot_v2_dot_queues__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -20,7 +20,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in zaqar/v2/queues_pb2_grpc.py depends on'
+        + ' but the generated code in zaqar_grpc/v2/queues_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,43 +38,43 @@ class QueuesStub:
         """
         self.CreateQueue = channel.unary_unary(
                 '/zaqar.v2.Queues/CreateQueue',
-                request_serializer=zaqar_dot_v2_dot_queues__pb2.CreateQueueRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_queues__pb2.CreateQueueResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.CreateQueueRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.CreateQueueResponse.FromString,
                 _registered_method=True)
         self.GetQueue = channel.unary_unary(
                 '/zaqar.v2.Queues/GetQueue',
-                request_serializer=zaqar_dot_v2_dot_queues__pb2.GetQueueRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_queues__pb2.Queue.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.Queue.FromString,
                 _registered_method=True)
         self.UpdateQueue = channel.unary_unary(
                 '/zaqar.v2.Queues/UpdateQueue',
-                request_serializer=zaqar_dot_v2_dot_queues__pb2.UpdateQueueRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_queues__pb2.Queue.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.UpdateQueueRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.Queue.FromString,
                 _registered_method=True)
         self.DeleteQueue = channel.unary_unary(
                 '/zaqar.v2.Queues/DeleteQueue',
-                request_serializer=zaqar_dot_v2_dot_queues__pb2.DeleteQueueRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.DeleteQueueRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.ListQueues = channel.unary_unary(
                 '/zaqar.v2.Queues/ListQueues',
-                request_serializer=zaqar_dot_v2_dot_queues__pb2.ListQueuesRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_queues__pb2.ListQueuesResponse.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.ListQueuesResponse.FromString,
                 _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/zaqar.v2.Queues/GetQueueStats',
-                request_serializer=zaqar_dot_v2_dot_queues__pb2.GetQueueStatsRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_common__pb2.QueueStats.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.FromString,
                 _registered_method=True)
         self.PurgeQueue = channel.unary_unary(
                 '/zaqar.v2.Queues/PurgeQueue',
-                request_serializer=zaqar_dot_v2_dot_queues__pb2.PurgeQueueRequest.SerializeToString,
+                request_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.PurgeQueueRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.EnsureQueue = channel.unary_unary(
                 '/zaqar.v2.Queues/EnsureQueue',
-                request_serializer=zaqar_dot_v2_dot_queues__pb2.GetQueueRequest.SerializeToString,
-                response_deserializer=zaqar_dot_v2_dot_queues__pb2.Queue.FromString,
+                request_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.Queue.FromString,
                 _registered_method=True)
 
 
@@ -143,43 +143,43 @@ def add_QueuesServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateQueue,
-                    request_deserializer=zaqar_dot_v2_dot_queues__pb2.CreateQueueRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_queues__pb2.CreateQueueResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.CreateQueueRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.CreateQueueResponse.SerializeToString,
             ),
             'GetQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueue,
-                    request_deserializer=zaqar_dot_v2_dot_queues__pb2.GetQueueRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_queues__pb2.Queue.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.Queue.SerializeToString,
             ),
             'UpdateQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateQueue,
-                    request_deserializer=zaqar_dot_v2_dot_queues__pb2.UpdateQueueRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_queues__pb2.Queue.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.UpdateQueueRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.Queue.SerializeToString,
             ),
             'DeleteQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteQueue,
-                    request_deserializer=zaqar_dot_v2_dot_queues__pb2.DeleteQueueRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.DeleteQueueRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListQueues': grpc.unary_unary_rpc_method_handler(
                     servicer.ListQueues,
-                    request_deserializer=zaqar_dot_v2_dot_queues__pb2.ListQueuesRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_queues__pb2.ListQueuesResponse.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.ListQueuesRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.ListQueuesResponse.SerializeToString,
             ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
-                    request_deserializer=zaqar_dot_v2_dot_queues__pb2.GetQueueStatsRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_common__pb2.QueueStats.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.SerializeToString,
             ),
             'PurgeQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.PurgeQueue,
-                    request_deserializer=zaqar_dot_v2_dot_queues__pb2.PurgeQueueRequest.FromString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.PurgeQueueRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'EnsureQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.EnsureQueue,
-                    request_deserializer=zaqar_dot_v2_dot_queues__pb2.GetQueueRequest.FromString,
-                    response_serializer=zaqar_dot_v2_dot_queues__pb2.Queue.SerializeToString,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_queues__pb2.Queue.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -207,8 +207,8 @@ class Queues:
             request,
             target,
             '/zaqar.v2.Queues/CreateQueue',
-            zaqar_dot_v2_dot_queues__pb2.CreateQueueRequest.SerializeToString,
-            zaqar_dot_v2_dot_queues__pb2.CreateQueueResponse.FromString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.CreateQueueRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.CreateQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,8 +234,8 @@ class Queues:
             request,
             target,
             '/zaqar.v2.Queues/GetQueue',
-            zaqar_dot_v2_dot_queues__pb2.GetQueueRequest.SerializeToString,
-            zaqar_dot_v2_dot_queues__pb2.Queue.FromString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.Queue.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,8 +261,8 @@ class Queues:
             request,
             target,
             '/zaqar.v2.Queues/UpdateQueue',
-            zaqar_dot_v2_dot_queues__pb2.UpdateQueueRequest.SerializeToString,
-            zaqar_dot_v2_dot_queues__pb2.Queue.FromString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.UpdateQueueRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.Queue.FromString,
             options,
             channel_credentials,
             insecure,
@@ -288,7 +288,7 @@ class Queues:
             request,
             target,
             '/zaqar.v2.Queues/DeleteQueue',
-            zaqar_dot_v2_dot_queues__pb2.DeleteQueueRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.DeleteQueueRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -315,8 +315,8 @@ class Queues:
             request,
             target,
             '/zaqar.v2.Queues/ListQueues',
-            zaqar_dot_v2_dot_queues__pb2.ListQueuesRequest.SerializeToString,
-            zaqar_dot_v2_dot_queues__pb2.ListQueuesResponse.FromString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.ListQueuesRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.ListQueuesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,8 +342,8 @@ class Queues:
             request,
             target,
             '/zaqar.v2.Queues/GetQueueStats',
-            zaqar_dot_v2_dot_queues__pb2.GetQueueStatsRequest.SerializeToString,
-            zaqar_dot_v2_dot_common__pb2.QueueStats.FromString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueStatsRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.FromString,
             options,
             channel_credentials,
             insecure,
@@ -369,7 +369,7 @@ class Queues:
             request,
             target,
             '/zaqar.v2.Queues/PurgeQueue',
-            zaqar_dot_v2_dot_queues__pb2.PurgeQueueRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.PurgeQueueRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
@@ -396,8 +396,8 @@ class Queues:
             request,
             target,
             '/zaqar.v2.Queues/EnsureQueue',
-            zaqar_dot_v2_dot_queues__pb2.GetQueueRequest.SerializeToString,
-            zaqar_dot_v2_dot_queues__pb2.Queue.FromString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.GetQueueRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_queues__pb2.Queue.FromString,
             options,
             channel_credentials,
             insecure,
