@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 from services.common import tracing
 from services.common.grpc_types import Context, MethodHandler, UnaryUnary, aio_unary_unary
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, well_formed
-from services.common.metrics import ServerCalls, code_name
+from services.common.metrics import code_name, server_calls
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def failure_status(exc: Exception, method: str) -> status_pb2.Status:
 
 
 def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
-    calls = ServerCalls(method)
+    calls = server_calls(method)
 
     async def wrapper(request: Any, context: Context) -> Any:
         span = (tracing.server_span(method.lstrip("/"), context.invocation_metadata() or ())

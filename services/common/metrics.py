@@ -175,24 +175,36 @@ def split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
-class ServerCalls:
-    """Records the calls of one server method (children looked up once)."""
+class MethodCalls:
+    """Records the calls of one gRPC method on one side, server or client (the labelled
+    children are looked up once each)."""
 
-    __slots__ = ("_codes", "_method", "_seconds", "_service")
+    __slots__ = ("_codes", "_handled", "_method", "_seconds", "_service")
 
-    def __init__(self, full_method: str) -> None:
+    def __init__(self, full_method: str, handled: Counter, seconds: Histogram) -> None:
         self._service, self._method = split_method(full_method)
-        self._seconds = GRPC_SERVER_SECONDS.labels(self._service, self._method)
+        self._handled = handled
+        self._seconds = seconds.labels(self._service, self._method)
         self._codes: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        """``zaqar.v2.Messages/Post``."""
+        return f"{self._service}/{self._method}"
 
     def done(self, code: str, seconds: float) -> None:
         counter = self._codes.get(code)
         if counter is None:
-            counter = self._codes[code] = GRPC_SERVER_HANDLED.labels(
+            counter = self._codes[code] = self._handled.labels(
                 self._service, self._method, code
             )
         counter.inc()
         self._seconds.observe(seconds)
+
+
+def server_calls(full_method: str) -> MethodCalls:
+    """The calls one server method answers."""
+    return MethodCalls(full_method, GRPC_SERVER_HANDLED, GRPC_SERVER_SECONDS)
 
 
 def code_name(code: Any) -> str:
@@ -209,21 +221,11 @@ def code_name(code: Any) -> str:
 class _InstrumentedCall:
     """A unary-unary multicallable that records each call it makes (client side)."""
 
-    __slots__ = ("__weakref__", "_call", "_codes", "_method", "_seconds", "_service")
+    __slots__ = ("__weakref__", "_call", "_calls")
 
     def __init__(self, call: Any, full_method: str) -> None:
         self._call = call
-        self._service, self._method = split_method(full_method)
-        self._seconds = GRPC_CLIENT_SECONDS.labels(self._service, self._method)
-        self._codes: dict[str, Any] = {}
-
-    def _count(self, code: str) -> None:
-        counter = self._codes.get(code)
-        if counter is None:
-            counter = self._codes[code] = GRPC_CLIENT_HANDLED.labels(
-                self._service, self._method, code
-            )
-        counter.inc()
+        self._calls = MethodCalls(full_method, GRPC_CLIENT_HANDLED, GRPC_CLIENT_SECONDS)
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request_id = REQUEST_ID.get()
@@ -235,7 +237,7 @@ class _InstrumentedCall:
             kwargs["metadata"] = (entry,) if metadata is None else (*metadata, entry)
         span = None
         if tracing.ENABLED:
-            span, carrier = tracing.client_span(f"{self._service}/{self._method}")
+            span, carrier = tracing.client_span(self._calls.name)
             metadata = kwargs.get("metadata")
             kwargs["metadata"] = tuple(carrier) if metadata is None else (*metadata, *carrier)
         start = time.perf_counter()
@@ -252,8 +254,7 @@ class _InstrumentedCall:
             code = "UNKNOWN"
             raise
         finally:
-            self._count(code)
-            self._seconds.observe(time.perf_counter() - start)
+            self._calls.done(code, time.perf_counter() - start)
             if span is not None:
                 span.end(None if code == "OK" else code, **{"rpc.grpc.status_code": code})
 

@@ -149,11 +149,14 @@ def server_span(name: str, carrier: Iterable[tuple[str, Any]]) -> Span:
     return Span(span, context.attach(trace.set_span_in_context(span, parent)))
 
 
-def client_span(name: str) -> tuple[Span, list[tuple[str, str]]]:
-    """A CLIENT span under the current one, and the headers that carry it to the callee."""
+def client_span(name: str, traceparent: str | None = None) -> tuple[Span, list[tuple[str, str]]]:
+    """A CLIENT span, and the headers that carry it to the callee: under the current span,
+    or in the trace of ``traceparent`` when given (a delivery attempt, made long after its
+    hand-over, continues the trace stored with it)."""
     from opentelemetry import propagate, trace
 
-    span = _tracer.start_span(name, kind=trace.SpanKind.CLIENT)
+    parent = propagate.extract({"traceparent": traceparent}) if traceparent else None
+    span = _tracer.start_span(name, context=parent, kind=trace.SpanKind.CLIENT)
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     return Span(span, None), list(carrier.items())
@@ -166,15 +169,3 @@ def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")
-
-
-def delivery_span(name: str, traceparent: str | None) -> tuple[Span, list[tuple[str, str]]]:
-    """A CLIENT span for one delivery attempt, in the trace of its hand-over when
-    ``traceparent`` is known, and the headers that carry it to the subscriber."""
-    from opentelemetry import propagate, trace
-
-    parent = propagate.extract({"traceparent": traceparent} if traceparent else {})
-    span = _tracer.start_span(name, context=parent, kind=trace.SpanKind.CLIENT)
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    return Span(span, None), list(carrier.items())

@@ -83,7 +83,7 @@ class WebhookSender:
         span = None
         if tracing.ENABLED:
             traceparent = options.get(tracing.DELIVERY_KEY)
-            span, carrier = tracing.delivery_span(
+            span, carrier = tracing.client_span(
                 f"POST {delivery.kind.value}", traceparent if isinstance(traceparent, str) else None
             )
             sent.update(carrier)
