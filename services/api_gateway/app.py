@@ -57,7 +57,10 @@ def create_app(
         keystone = None
     middleware: list[Any] = [
         Lifespan(up, owns_up, owned_auth),
-        Gate(Authenticator(keystone, settings.signed_url_secret), settings.access_log),
+        Gate(
+            Authenticator(keystone, settings.signed_url_secret, settings.admin_mode),
+            settings.access_log,
+        ),
     ]
     app: App = falcon.asgi.App(media_type=JSON, middleware=middleware)
     # Zaqar's query-string parsing: a blank value is as good as absent, "a,b" is left whole.

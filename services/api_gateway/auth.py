@@ -5,7 +5,8 @@ on every routed request that is not on its public allow-list; nothing else reads
 tenant or the roles of a request.
 
 - **no-auth** (``auth_strategy = "noauth"``): the project is ``X-Project-ID`` and the roles are
-  ``X-Roles``, as the caller sends them.
+  ``X-Roles``, as the caller sends them; with ``admin_mode`` (development only), ``admin`` is
+  added to them (:func:`with_admin`).
 - **keystone**: ``X-Auth-Token`` is validated by the shared Keystone client
   (``services/common/keystone.py``: service token, bounded cache until expiry or
   ``token_cache_seconds``, one aiohttp session); the project and roles are the token's, and
@@ -71,12 +72,23 @@ class Principal:
     token: str
 
 
-class Authenticator:
-    """The configured auth strategy, applied to one request's headers."""
+def with_admin(roles: str) -> str:
+    """``roles`` (comma-separated) with ``admin`` added: every no-auth caller's roles in
+    ``admin_mode``, as Zaqar's ``admin_mode`` makes every caller an admin."""
+    return f"admin,{roles}" if roles else "admin"
 
-    def __init__(self, keystone: KeystoneAuth | None, signed_url_secret: str) -> None:
+
+class Authenticator:
+    """The configured auth strategy, applied to one request's headers. ``admin_mode`` (no-auth
+    only; ``keystone.check_settings`` refuses it with Keystone) makes every no-auth caller an
+    admin; a pre-signed request keeps no roles."""
+
+    def __init__(
+        self, keystone: KeystoneAuth | None, signed_url_secret: str, admin_mode: bool = False
+    ) -> None:
         self.keystone = keystone
         self.signed_url_secret = signed_url_secret
+        self.admin_mode = admin_mode and keystone is None
 
     async def identify(self, method: str, path: str, header: Header) -> Principal:
         """The principal of a request to ``method path`` (a canonical path), or raises
@@ -99,7 +111,8 @@ class Authenticator:
             if given is not None:
                 raise ApiError(*SIGNATURE_REFUSED)
             # No Keystone: a token is nobody's, and is not passed on.
-            return Principal(None, header("X-Roles") or "", "")
+            roles = header("X-Roles") or ""
+            return Principal(None, with_admin(roles) if self.admin_mode else roles, "")
         token = header("X-Auth-Token") or ""
         # A signature that does not verify is no way around Keystone.
         try:

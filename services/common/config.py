@@ -162,6 +162,15 @@ class Settings:
     message_checksum: bool = field(
         default=False, metadata=_help('Add "checksum": "MD5:<hex>" to every message returned.')
     )
+    message_filters: str = field(
+        default="",
+        metadata=_help(
+            "Comma-separated message filters (entry points of zaqar_grpc.message_filters) that "
+            "message_svc applies to every queue, in order, after the built-in message_schema; "
+            "a queue may add more with its _filters metadata. A name that is not installed is "
+            "a start-up error."
+        ),
+    )
     log_level: str = field(default="INFO", metadata=_help("Python logging level."))
     log_format: str = field(
         default="text",
@@ -212,6 +221,15 @@ class Settings:
             'gRPC requests) or "keystone" (validate X-Auth-Token, on HTTP and on the public gRPC '
             "API, with Keystone; the project and roles come from the token). Every process of "
             "a deployment needs the same value."
+        ),
+    )
+    admin_mode: bool = field(
+        default=False,
+        metadata=_help(
+            "For development only: with auth_strategy noauth, treat every caller of the HTTP "
+            "and WebSocket APIs as an admin (the admin role is added to X-Roles), as Zaqar's "
+            "admin_mode does, so the pool, flavor and health APIs can be tried without "
+            "sending roles. Refused together with keystone auth."
         ),
     )
     keystone_url: str = field(

@@ -104,10 +104,16 @@ def _renew_at(issued: float, expires: float) -> float:
 
 
 def check_settings(settings: Settings) -> None:
-    """Raises: ConfigurationError for an unknown strategy, or keystone without credentials."""
+    """Raises: ConfigurationError for an unknown strategy, keystone without credentials, or
+    keystone with ``admin_mode``."""
     if settings.auth_strategy not in STRATEGIES:
         raise ConfigurationError(
             f"auth_strategy must be one of {', '.join(STRATEGIES)}, not {settings.auth_strategy!r}"
+        )
+    if settings.auth_strategy == "keystone" and settings.admin_mode:
+        raise ConfigurationError(
+            "admin_mode makes every caller an admin and is for development with "
+            "auth_strategy noauth only; it cannot be set with auth_strategy keystone"
         )
     if settings.auth_strategy == "keystone" and not (
         settings.keystone_url and settings.keystone_username
