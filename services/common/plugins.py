@@ -16,6 +16,7 @@ package it comes from.
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +88,27 @@ def load(kind: str, name: str) -> Any:
         distribution, version = _distribution(entry)
         raise ConfigurationError(
             f"{kind} {name!r} from package {distribution} {version} cannot be loaded "
-            f"({entry.value}: {type(exc).__name__}: {exc})"
+            f"({entry.value}: {type(exc).__name__}: {exc}){_install_hint(entry, exc)}"
         ) from exc
+
+
+def _install_hint(entry: importlib.metadata.EntryPoint, exc: Exception) -> str:
+    """``; install it, e.g. pip install '<requirement>'`` when ``exc`` is a module missing
+    that the plugin's package requires (an optional driver left out), else ``""``."""
+    missing = exc.name if isinstance(exc, ImportError) else None
+    if not missing or entry.dist is None:
+        return ""
+    wanted = _normalize(missing.partition(".")[0])
+    for requirement in entry.dist.requires or ():
+        spec = requirement.partition(";")[0].strip()
+        match = re.match(r"[A-Za-z0-9._-]+", spec)
+        if match and _normalize(match.group()) == wanted:
+            return f"; install it, e.g. pip install '{spec}'"
+    return ""
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def installed() -> list[Plugin]:

@@ -7,6 +7,10 @@ can actually be reached within a time limit. Nothing is written: Redis (every ma
 cluster) and MongoDB get a ``PING``, an existing SQLite file is opened read-write and its
 header read, and for a SQLite file still to be created the folder it would go in must exist
 and be writable.
+
+A store of another package (a plugin, ``docs/plugins.md``) is known to this module only through
+its class: its URI is checked by its ``from_uri``, and it answers when a store built from the
+URI opens and closes in time.
 """
 
 from __future__ import annotations
@@ -19,27 +23,42 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+from services.common import plugins
 from services.common.config import ConfigurationError
 from services.common.sqlite_store import MEMORY, parse_uri
 
 SCHEMES: Final = ("sqlite", "redis", "redis+cluster", "mongodb", "mongodb+srv")
+# store name in messages -> the kind of its plugins; a pool is a message store
+KINDS: Final = {"pool": "message store"}
 
 
 class StoreUnreachable(Exception):
     """The store named by a valid URI did not answer; the message says why, for callers."""
 
 
+def _kind(store: str) -> str:
+    kind = KINDS.get(store, store)
+    return kind if kind in plugins.GROUPS else "message store"
+
+
 def scheme_of(uri: str, store: str) -> str:
-    """The lower-case scheme of ``uri`` if it is one of :data:`SCHEMES`.
+    """The lower-case scheme of ``uri`` if it is one of :data:`SCHEMES` or of an installed
+    plugin of ``store``'s kind.
 
     Raises:
         ConfigurationError: another scheme, or none.
     """
     scheme, sep, _ = uri.partition("://")
-    if not sep or scheme.lower() not in SCHEMES:
-        supported = ", ".join(f"{name}://" for name in SCHEMES)
+    known = [*SCHEMES, *sorted(set(plugins.entry_points(_kind(store))) - set(SCHEMES))]
+    if not sep or scheme.lower() not in known:
+        supported = ", ".join(f"{name}://" for name in known)
         raise ConfigurationError(f"the {store} URI must start with one of {supported}")
     return scheme.lower()
+
+
+def _plugin_store(uri: str, store: str, scheme: str) -> Any:
+    """A store of a plugin's class built from ``uri`` (no I/O), which checks the URI."""
+    return plugins.load(_kind(store), scheme).from_uri(uri)
 
 
 def check_uri(uri: str, store: str) -> str:
@@ -64,6 +83,8 @@ def check_uri(uri: str, store: str) -> str:
         from services.common.redis_store import RedisOptions
 
         RedisOptions.parse(uri, store=store, prefix="zp", max_connections=1)
+    elif scheme not in SCHEMES:
+        _plugin_store(uri, store, scheme)
     else:
         from services.common.mongo_store import MongoOptions
 
@@ -101,10 +122,24 @@ async def _reach(scheme: str, uri: str, store: str, within: float) -> None:
                     await asyncio.to_thread(_check_sqlite, path, within)
             elif scheme in ("redis", "redis+cluster"):
                 await _ping_redis(uri, store, within)
+            elif scheme not in SCHEMES:
+                await _open_plugin_store(uri, store, scheme)
             else:
                 await _ping_mongodb(uri, store, within)
     except TimeoutError:
         raise StoreUnreachable(f"no answer within {within:g} seconds") from None
+
+
+async def _open_plugin_store(uri: str, store: str, scheme: str) -> None:
+    opened = _plugin_store(uri, store, scheme)
+    try:
+        await opened.open()
+    except ConfigurationError:
+        raise
+    except Exception as exc:  # whatever the plugin raises: its store cannot be used
+        raise StoreUnreachable(getattr(exc, "description", None) or str(exc)
+                               or type(exc).__name__) from exc
+    await opened.close()
 
 
 def _check_sqlite(path: str, timeout: float) -> None:

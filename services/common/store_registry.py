@@ -1,6 +1,11 @@
 """Choose a store backend by the scheme of its URI, importing it only when used, so that an
 optional driver is needed only by the deployments that use it, and open it.
 
+The backends are the entry points of the store's group (``zaqar_grpc.queue_stores``,
+``zaqar_grpc.message_stores``, ``zaqar_grpc.notifier_stores``; ``services/common/plugins.py``):
+a scheme names a class. The built-in ones are declared in zaqar-grpc's ``pyproject.toml``, other
+packages declare theirs the same way (``docs/plugins.md``).
+
 Every store of every service (queue_svc's queues and catalog, message_svc's messages, the
 message stores of pools, notifier_svc's subscriptions and outbox) has one lifecycle:
 ``Backend.from_uri(uri, **options)`` parses the URI and builds the store without any I/O
@@ -11,50 +16,54 @@ and has every operation of the store recorded (``metrics.instrument_store``).
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
 from typing import Any
 
-from services.common import metrics
+from services.common import metrics, plugins
 from services.common.config import ConfigurationError
 from services.common.store_uri import redact
 
-# scheme -> (module, class, distribution to install when the import fails)
-Backends = Mapping[str, tuple[str, str, str]]
+
+def scheme_of(uri: str) -> str:
+    """The lower-case scheme of ``uri`` ("" when it has none)."""
+    return uri.partition(":")[0].lower() if ":" in uri else ""
 
 
-def backend_class(store: str, uri: str, backends: Backends) -> Any:
-    """The backend class for ``uri``'s scheme among ``backends`` of ``store`` ("queue store").
+def schemes(store: str) -> list[str]:
+    """The schemes of the installed backends of ``store`` ("queue store", "message store",
+    "notifier store"), sorted."""
+    return sorted(plugins.entry_points(store))
+
+
+def backend_class(store: str, uri: str) -> Any:
+    """The backend class for ``uri``'s scheme among the installed backends of ``store``
+    ("queue store", "message store", "notifier store").
 
     Raises:
-        ConfigurationError: the scheme is unknown, or its driver is not installed.
+        ConfigurationError: the scheme is unknown (the message names the installed ones), or
+            its backend cannot be imported (naming its package; for a missing driver that the
+            package requires, how to install it).
     """
-    scheme = uri.partition(":")[0].lower() if ":" in uri else ""
-    if scheme not in backends:
-        supported = ", ".join(f"{name}://" for name in backends)
+    scheme = scheme_of(uri)
+    installed = schemes(store)
+    if scheme not in installed:
+        supported = ", ".join(f"{name}://" for name in installed) or "none"
         raise ConfigurationError(
-            f"{store} URI {redact(uri)!r}: unsupported scheme {scheme!r} (supported: {supported})"
+            f"{store} URI {redact(uri)!r}: unsupported scheme {scheme!r} (installed: {supported})"
         )
-    module_name, class_name, distribution = backends[scheme]
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"{store} URI {redact(uri)!r} needs the {distribution!r} package, which cannot "
-            f"be imported ({exc}); install it, e.g. pip install {distribution}"
-        ) from exc
-    return getattr(module, class_name)
+        return plugins.load(store, scheme)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{store} URI {redact(uri)!r}: {exc}") from exc.__cause__
 
 
-async def open_store(store: str, uri: str, backends: Backends, **options: Any) -> Any:
-    """The backend of ``uri`` among ``backends`` of ``store``, built by its ``from_uri(uri,
+async def open_store(store: str, uri: str, **options: Any) -> Any:
+    """The installed backend of ``uri`` for ``store``, built by its ``from_uri(uri,
     **options)`` and opened.
 
     Raises:
         ConfigurationError: the URI is unknown or malformed, or its driver is missing.
         Unavailable: the store cannot be reached or opened.
     """
-    opened = backend_class(store, uri, backends).from_uri(uri, **options)
+    opened = backend_class(store, uri).from_uri(uri, **options)
     await opened.open()
-    scheme = uri.partition(":")[0].lower()
-    return metrics.instrument_store(opened, store.removesuffix(" store"), scheme)
+    return metrics.instrument_store(opened, store.removesuffix(" store"), scheme_of(uri))

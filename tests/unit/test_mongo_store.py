@@ -121,7 +121,7 @@ async def test_a_dns_seedlist_uri_is_accepted_without_a_lookup(client_of: Any) -
     for registry, name in [(message_registry, "MongoMessageStore"),
                            (queue_registry, "MongoQueueStore"),
                            (notifier_registry, "MongoNotifierStore")]:
-        assert registry.BACKENDS["mongodb+srv"][1] == name
+        assert registry.backend_class(uri).__name__ == name
     assert store_probe.check_uri(uri, "pool") == "mongodb+srv"
 
 

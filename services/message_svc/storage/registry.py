@@ -1,7 +1,9 @@
 """Choose the message store backend by the scheme of its URI, and open it.
 
-A backend is imported only when its scheme is used, so an optional dependency (a driver) is
-needed only by the deployments that use it (``services/common/store_registry.py``).
+The backends are the entry points of its group in installed packages' metadata (zaqar-grpc's
+own included; ``docs/plugins.md``). A backend is imported only when its scheme is used, so an
+optional dependency (a driver) is needed only by the deployments that use it
+(``services/common/store_registry.py``).
 """
 
 from __future__ import annotations
@@ -13,17 +15,6 @@ from typing import Any, cast
 from services.common import store_registry
 from services.message_svc.storage.base import MessageStore
 
-# scheme -> (module, class, distribution to install when the import fails)
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "sqlite": ("services.message_svc.storage.sqlite", "SqliteMessageStore", "aiosqlite"),
-    "redis": ("services.message_svc.storage.redis", "RedisMessageStore", "redis[hiredis]"),
-    "redis+cluster": (
-        "services.message_svc.storage.redis", "RedisClusterMessageStore", "redis[hiredis]"
-    ),
-    "mongodb": ("services.message_svc.storage.mongodb", "MongoMessageStore", "pymongo"),
-    "mongodb+srv": ("services.message_svc.storage.mongodb", "MongoMessageStore", "pymongo"),
-}
-
 
 def backend_class(uri: str) -> Any:
     """The backend class for ``uri``'s scheme.
@@ -31,7 +22,7 @@ def backend_class(uri: str) -> Any:
     Raises:
         ConfigurationError: the scheme is unknown, or its driver is not installed.
     """
-    return store_registry.backend_class("message store", uri, BACKENDS)
+    return store_registry.backend_class("message store", uri)
 
 
 async def open_store(uri: str, now: Callable[[], float] = time.time) -> MessageStore:
@@ -41,5 +32,5 @@ async def open_store(uri: str, now: Callable[[], float] = time.time) -> MessageS
         ConfigurationError: the URI is unknown or malformed.
         Unavailable: the store cannot be reached or opened.
     """
-    opened = await store_registry.open_store("message store", uri, BACKENDS, now=now)
+    opened = await store_registry.open_store("message store", uri, now=now)
     return cast(MessageStore, opened)

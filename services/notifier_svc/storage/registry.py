@@ -1,7 +1,8 @@
 """Choose the notifier store backend by the scheme of its URI.
 
-A backend is imported only when its scheme is used, so an optional dependency (a driver) is
-needed only by the deployments that use it.
+The backends are the entry points of its group in installed packages' metadata (zaqar-grpc's
+own included; ``docs/plugins.md``). A backend is imported only when its scheme is used, so an
+optional dependency (a driver) is needed only by the deployments that use it.
 """
 
 from __future__ import annotations
@@ -12,17 +13,6 @@ from typing import Protocol, cast
 
 from services.common import store_registry
 from services.notifier_svc.storage.base import NotifierStore
-
-# scheme -> (module, class, distribution to install when the import fails)
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "sqlite": ("services.notifier_svc.storage.sqlite", "SqliteNotifierStore", "aiosqlite"),
-    "redis": ("services.notifier_svc.storage.redis", "RedisNotifierStore", "redis[hiredis]"),
-    "redis+cluster": (
-        "services.notifier_svc.storage.redis", "RedisClusterNotifierStore", "redis[hiredis]"
-    ),
-    "mongodb": ("services.notifier_svc.storage.mongodb", "MongoNotifierStore", "pymongo"),
-    "mongodb+srv": ("services.notifier_svc.storage.mongodb", "MongoNotifierStore", "pymongo"),
-}
 
 
 class NotifierStoreClass(Protocol):
@@ -35,7 +25,7 @@ def backend_class(uri: str) -> NotifierStoreClass:
     Raises:
         ConfigurationError: the scheme is unknown, or its driver is not installed.
     """
-    return cast(NotifierStoreClass, store_registry.backend_class("notifier store", uri, BACKENDS))
+    return cast(NotifierStoreClass, store_registry.backend_class("notifier store", uri))
 
 
 async def open_notifier_store(uri: str, now: Callable[[], float] = time.time) -> NotifierStore:
@@ -45,5 +35,5 @@ async def open_notifier_store(uri: str, now: Callable[[], float] = time.time) ->
         ConfigurationError: the URI is unknown or malformed.
         Unavailable: the store cannot be reached or opened.
     """
-    opened = await store_registry.open_store("notifier store", uri, BACKENDS, now=now)
+    opened = await store_registry.open_store("notifier store", uri, now=now)
     return cast(NotifierStore, opened)

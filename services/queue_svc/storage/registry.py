@@ -1,7 +1,8 @@
 """Choose the queue store backend by the scheme of its URI.
 
-A backend is imported only when its scheme is used, so an optional dependency (a driver) is
-needed only by the deployments that use it.
+The backends are the entry points of its group in installed packages' metadata (zaqar-grpc's
+own included; ``docs/plugins.md``). A backend is imported only when its scheme is used, so an
+optional dependency (a driver) is needed only by the deployments that use it.
 """
 
 from __future__ import annotations
@@ -12,19 +13,7 @@ from services.common import metrics, store_registry
 from services.common.store_uri import redact
 from services.queue_svc.storage.base import QueueStore
 
-# scheme -> (module, class, distribution to install when the import fails)
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "sqlite": ("services.queue_svc.storage.sqlite", "SqliteQueueStore", "aiosqlite"),
-    "redis": ("services.queue_svc.storage.redis", "RedisQueueStore", "redis[hiredis]"),
-    "redis+cluster": (
-        "services.queue_svc.storage.redis", "RedisClusterQueueStore", "redis[hiredis]"
-    ),
-    "mongodb": ("services.queue_svc.storage.mongodb", "MongoQueueStore", "pymongo"),
-    "mongodb+srv": ("services.queue_svc.storage.mongodb", "MongoQueueStore", "pymongo"),
-}
-
-
-__all__ = ["BACKENDS", "backend_class", "open_queue_store", "redact"]
+__all__ = ["backend_class", "open_queue_store", "redact"]
 
 
 class QueueStoreClass(Protocol):
@@ -37,7 +26,7 @@ def backend_class(uri: str) -> QueueStoreClass:
     Raises:
         ConfigurationError: the scheme is unknown, or its driver is not installed.
     """
-    return cast(QueueStoreClass, store_registry.backend_class("queue store", uri, BACKENDS))
+    return cast(QueueStoreClass, store_registry.backend_class("queue store", uri))
 
 
 async def open_queue_store(uri: str) -> QueueStore:
@@ -47,6 +36,6 @@ async def open_queue_store(uri: str) -> QueueStore:
         ConfigurationError: the URI is unknown or malformed.
         Unavailable: the store cannot be reached or opened.
     """
-    store = cast(QueueStore, await store_registry.open_store("queue store", uri, BACKENDS))
+    store = cast(QueueStore, await store_registry.open_store("queue store", uri))
     metrics.instrument_store(store.catalog, "catalog", uri.partition(":")[0].lower())
     return store
