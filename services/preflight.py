@@ -4,9 +4,9 @@ A mistake found here is one line (``services/common/startup.py``) and nothing to
 up: the settings of auth and of the gateway's coalescing; every port the services will bind
 (free, and no two the same); the data folder of the embedded stores (``serve`` checks it too);
 every store URI, parsed by its service's own registry and parsers, and whether its store
-answers (``services/common/store_probe.py``). Each service still checks all of it when it
-starts; ``up`` repeats a child's line when a start fails anyway (a port taken in between, a
-store gone).
+answers (``services/common/store_probe.py``); and that message_svc's filters
+(``message_filters``) load. Each service still checks all of it when it starts; ``up`` repeats
+a child's line when a start fails anyway (a port taken in between, a store gone).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
     """Everything ``services`` need that can be checked without starting them.
 
     Raises:
-        ConfigurationError: bad auth or coalescing settings, or a store URI that is unknown or
-            malformed.
+        ConfigurationError: bad auth or coalescing settings, a store URI that is unknown or
+            malformed, or a message filter that is not installed or cannot be loaded.
         StartupError: a port cannot be bound or is named twice (:class:`CannotListen`), the
             data folder cannot be used, or a store does not answer (status 3).
     """
@@ -62,6 +62,10 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
         from services.api_gateway.coalesce import check_batch_settings
 
         check_batch_settings(settings.message_batch_max, settings.message_batch_in_flight)
+    if "message" in services:
+        from services.message_svc.filters.pipeline import Filters
+
+        Filters.load(settings.message_filters)
     check_ports(settings, services)
     use_data_dir(settings, services)
     await check_stores(settings, services)

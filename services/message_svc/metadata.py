@@ -30,6 +30,7 @@ from zaqar_grpc.v2 import queues_pb2, queues_pb2_grpc
 from services.common import limits
 from services.common.errors import Unavailable, upstream_call
 from services.common.metrics import instrumented
+from services.message_svc.filters.pipeline import Filters, Pipeline
 from services.message_svc.storage.base import DeadLetterPolicy
 
 Key = tuple[str, str]
@@ -58,6 +59,8 @@ class QueuePolicy:
     """The pool the queue is placed on ("" for message_svc's own store)."""
     pool_uri: str = ""
     """That pool's message store URI ("" for message_svc's own store)."""
+    filters: Pipeline | None = None
+    """The queue's message filters; None when none acts on it."""
 
 
 def _int(document: dict[str, Any], key: str) -> int | None:
@@ -65,8 +68,11 @@ def _int(document: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def parse_policy(metadata: bytes, exists: bool) -> QueuePolicy:
-    """Read the reserved keys; a missing, null or ill-typed key keeps its default."""
+def parse_policy(
+    metadata: bytes, exists: bool, filters: Filters | None = None
+) -> QueuePolicy:
+    """Read the reserved keys; a missing, null or ill-typed key keeps its default. With
+    ``filters`` (the deployment's), the queue's filter pipeline is made too."""
     try:
         document = orjson.loads(metadata) if metadata else {}
     except orjson.JSONDecodeError:
@@ -87,6 +93,7 @@ def parse_policy(metadata: bytes, exists: bool) -> QueuePolicy:
         default_delay=_int(document, "_default_message_delay") or 0,
         max_post_size=_int(document, "_max_messages_post_size") or limits.MESSAGE_POST_SIZE_MAX,
         dead_letter=dead_letter,
+        filters=None if filters is None else filters.for_queue(document),
     )
 
 
@@ -102,9 +109,12 @@ class QueueMetadata:
         version_of: VersionOf,
         clock: Callable[[], float] = time.monotonic,
         on_load: Callable[[str, str], None] | None = None,
+        filters: Filters | None = None,
     ) -> None:
         """``on_load(project, queue)`` is called as each load starts (the hand-off drops what
-        it knows of the queue's listeners, which the version covers too)."""
+        it knows of the queue's listeners, which the version covers too). ``filters``: the
+        deployment's message filters, made for each queue as its policy is loaded."""
+        self._filters = filters
         self._stub = instrumented(queues_pb2_grpc.QueuesStub(channel))
         self._version_of = version_of
         self._on_load = on_load
@@ -214,7 +224,8 @@ class QueueMetadata:
                 f"Queue {queue} moved between pools while its metadata was read. "
                 "Please try again."
             )
-        policy = parse_policy(answer.metadata, exists=answer.exists or ensure)
+        policy = parse_policy(answer.metadata, exists=answer.exists or ensure,
+                              filters=self._filters)
         return replace(policy, version=version, pool=answer.pool, pool_uri=uri)
 
     def _remember(self, key: Key, uri: str) -> None:

@@ -23,6 +23,7 @@ from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
 from services.message_svc import health as store_health
+from services.message_svc.filters.pipeline import Filters
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.pools import PoolStores
@@ -54,11 +55,13 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     service makes one.
 
     Raises:
-        ConfigurationError: bad TLS settings or files; the store URI is unknown or malformed.
+        ConfigurationError: bad TLS settings or files; the store URI is unknown or malformed;
+            a message filter of ``message_filters`` is not installed or cannot be loaded.
         Unavailable: the store cannot be opened.
         CannotListen: the port cannot be bound (services/common/startup.py).
     """
     tls = await asyncio.to_thread(load_tls, settings)
+    filters = Filters.load(settings.message_filters)
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
     store = await open_store(settings.store_uri("message"))
@@ -85,9 +88,11 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
 
     metadata = QueueMetadata(
         channel, settings.rpc_timeout, settings.metadata_cache_ttl,
-        version_of=version_of, on_load=handoff.invalidate,
+        version_of=version_of, on_load=handoff.invalidate, filters=filters,
     )
-    service = MessageService(store, metadata, handoff, pools if settings.pooling else None)
+    service = MessageService(
+        store, metadata, handoff, pools if settings.pooling else None, filters=filters
+    )
     packer = Packer(checksum=settings.message_checksum)
 
     async def check_health(

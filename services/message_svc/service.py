@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import NamedTuple
 
 from services.common import limits
@@ -24,6 +25,8 @@ from services.common.errors import (
     Unavailable,
 )
 from services.message_svc import validation
+from services.message_svc.filters import FilterContext, Operation
+from services.message_svc.filters.pipeline import Filters, Pipeline
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.pools import PoolStores
@@ -90,10 +93,15 @@ class MessageService:
         metadata: QueueMetadata,
         handoff: Handoff | None = None,
         pools: PoolStores | None = None,
+        filters: Filters | None = None,
     ) -> None:
         """``pools``: given when pooling is on; each queue's operations then go to the store
-        of the pool it is placed on (``metadata`` says which), else all go to ``store``."""
+        of the pool it is placed on (``metadata`` says which), else all go to ``store``.
+        ``filters``: the deployment's message filters, the same ``metadata`` makes each
+        queue's pipeline with; reads look up a queue's pipeline only when some installed
+        filter acts on reads."""
         self.store = store
+        self.filters = filters or Filters.none()
         self.metadata = metadata
         self.handoff = handoff
         self.pooled = pools is not None
@@ -107,6 +115,18 @@ class MessageService:
             return self.store
         policy = await self.metadata.get(project, queue)
         return await self.stores.get(policy.pool_uri)
+
+    async def _reading(
+        self, project: str, queue: str
+    ) -> tuple[MessageStore, Pipeline | None]:
+        """The store of the queue (as :meth:`_store`) and its pipeline when it has filters
+        that act on reads."""
+        if not self.filters.reads:
+            return await self._store(project, queue), None
+        policy = await self.metadata.get(project, queue)
+        store = await self.stores.get(policy.pool_uri) if self.pooled else self.store
+        pipeline = policy.filters
+        return store, pipeline if pipeline is not None and pipeline.reads else None
 
     async def _announced_store(
         self, project: str, queue: str, pool_uri: str | None
@@ -151,6 +171,9 @@ class MessageService:
                 )
                 for m in messages
             ]
+            pipeline = policy.filters
+            if pipeline is not None:
+                batch = pipeline.on_post(FilterContext(project, queue, "post", client_id), batch)
             store = await self.stores.get(policy.pool_uri)
             try:
                 ids = await store.post(
@@ -160,6 +183,11 @@ class MessageService:
                 self._forget(project, queue)
                 continue
             if self.handoff is not None:
+                if (pipeline is not None and pipeline.reads
+                        and not self.handoff.skips(project, queue)):
+                    batch = pipeline.on_deliver(
+                        FilterContext(project, queue, "deliver"), ids, batch
+                    )
                 self.handoff.offer(project, queue, ids, batch)
             return ids
         raise _changing(queue)
@@ -182,18 +210,23 @@ class MessageService:
         after = decode_marker(marker) if marker else None
         if marker and after is None:
             return Page([], "")
-        store = await self._store(project, queue)
+        store, pipeline = await self._reading(project, queue)
         messages = await store.list_messages(
             project, queue, limit=size, after=after, client_id=client_id, echo=echo,
             include_claimed=include_claimed, include_delayed=include_delayed,
         )
+        if pipeline is not None:
+            messages = _out(pipeline, project, queue, "list", messages)
         return Page(messages, encode_marker(messages[-1].seq) if messages else "")
 
     async def get(self, project: str, queue: str, message_id: str) -> StoredMessage:
         validation.queue_ref(project, queue)
-        message = await (await self._store(project, queue)).get(project, queue, message_id)
+        store, pipeline = await self._reading(project, queue)
+        message = await store.get(project, queue, message_id)
         if message is None:
             raise MessageNotFound(message_id=message_id, queue=queue, project=project)
+        if pipeline is not None:
+            return _out(pipeline, project, queue, "get", [message])[0]
         return message
 
     async def get_many(
@@ -201,8 +234,11 @@ class MessageService:
     ) -> list[StoredMessage]:
         validation.queue_ref(project, queue)
         validation.ids_to_get(message_ids)
-        store = await self._store(project, queue)
-        return await store.get_many(project, queue, message_ids)
+        store, pipeline = await self._reading(project, queue)
+        found = await store.get_many(project, queue, message_ids)
+        if pipeline is not None:
+            return _out(pipeline, project, queue, "get", found)
+        return found
 
     async def delete(self, project: str, queue: str, message_id: str, claim_id: str) -> None:
         """Delete one message; a claimed one needs its live claim's id. Absent: no error."""
@@ -223,8 +259,11 @@ class MessageService:
 
     async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
         validation.queue_ref(project, queue)
-        store = await self._store(project, queue)
-        return await store.pop(project, queue, validation.pop_limit(limit))
+        store, pipeline = await self._reading(project, queue)
+        popped = await store.pop(project, queue, validation.pop_limit(limit))
+        if pipeline is not None:
+            return _out(pipeline, project, queue, "pop", popped)
+        return popped
 
     async def claim(
         self,
@@ -254,6 +293,9 @@ class MessageService:
                 await self._ensure_dead_letter_queue(
                     project, policy.dead_letter.queue, policy.pool
                 )
+            pipeline = policy.filters
+            if pipeline is not None and pipeline.reads and result.claim is not None:
+                return _claim_out(pipeline, project, queue, result.claim)
             return result.claim
         raise _changing(queue)
 
@@ -268,9 +310,12 @@ class MessageService:
 
     async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim:
         validation.queue_ref(project, queue)
-        claim = await (await self._store(project, queue)).get_claim(project, queue, claim_id)
+        store, pipeline = await self._reading(project, queue)
+        claim = await store.get_claim(project, queue, claim_id)
         if claim is None:
             raise ClaimNotFound(claim_id=claim_id, queue=queue, project=project)
+        if pipeline is not None:
+            return _claim_out(pipeline, project, queue, claim)
         return claim
 
     async def renew_claim(
@@ -329,6 +374,18 @@ class MessageService:
         self.metadata.invalidate(project, queue)
         if self.handoff is not None:
             self.handoff.invalidate(project, queue)
+
+
+def _out(
+    pipeline: Pipeline, project: str, queue: str, operation: Operation,
+    messages: Sequence[StoredMessage],
+) -> list[StoredMessage]:
+    return pipeline.on_read(FilterContext(project, queue, operation), messages)
+
+
+def _claim_out(pipeline: Pipeline, project: str, queue: str, claim: Claim) -> Claim:
+    messages = _out(pipeline, project, queue, "claim", claim.messages)
+    return replace(claim, messages=tuple(messages))
 
 
 async def _no_pools(uri: str) -> MessageStore:

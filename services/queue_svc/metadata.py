@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from services.common import limits
+from services.common import limits, message_schema, plugins
 from services.common.errors import InvalidArgument, InvalidBody
 from services.queue_svc.storage.base import MetadataPatch, PatchOp
 
@@ -109,6 +109,23 @@ def _reserved_error(key: str, value: Any) -> str | None:
         return _retry_policy_error(value)
     if key == "_flavor":
         return None if isinstance(value, str) else f"{key} must be a string."
+    if key == message_schema.KEY:
+        return message_schema.schema_error(value)
+    if key == "_filters":
+        return _filters_error(value)
+    return None
+
+
+def _filters_error(names: Any) -> str | None:
+    """``_filters``: a list of names of installed message filters (message_svc runs them)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "_filters must be a list of message filter names."
+    installed = plugins.entry_points("message filter")
+    for name in names:
+        if name not in installed:
+            known = ", ".join(sorted(installed)) or "none"
+            return (f"_filters: no message filter named {name[:64]!r} is installed "
+                    f"(installed: {known}).")
     return None
 
 
