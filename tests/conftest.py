@@ -16,6 +16,7 @@ from tests.servers import (  # noqa: F401 - shared fixtures
     free_port,
     free_ports,
     mongodb_server,
+    redis_cluster,
     redis_server,
     service_ports,
 )

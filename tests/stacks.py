@@ -14,6 +14,9 @@ from tests.servers import service_ports
 
 # Stores that ``zaqar-grpc up`` runs on in these tests.
 UP_STORES = ["sqlite", "redis", "mongodb"]
+# Also served by :func:`up_stack`, for the few tests that choose it: every store on the
+# session's Redis Cluster (``redis+cluster://``).
+REDIS_CLUSTER = "redis_cluster"
 # Secret of the pre-signed URLs the ``up`` stacks make and verify.
 SIGNED_URL_SECRET = "test-signed-url-secret"
 
@@ -45,6 +48,12 @@ def stack_settings(request: pytest.FixtureRequest, store: str, data: Path) -> Se
         overrides["queue_store"] = f"redis://127.0.0.1:{server.port}/1"
         overrides["message_store"] = f"redis://127.0.0.1:{server.port}/2"
         overrides["notifier_store"] = f"redis://127.0.0.1:{server.port}/3"
+    elif store == REDIS_CLUSTER:
+        cluster = request.getfixturevalue("redis_cluster")
+        for service in ("queue", "message", "notifier"):
+            overrides[f"{service}_store"] = (
+                f"redis+cluster://{cluster.uri_hosts}?prefix=up{service[0]}"
+            )
     elif store == "mongodb":
         server = request.getfixturevalue("mongodb_server")
         overrides["queue_store"] = f"mongodb://127.0.0.1:{server.port}/up_queues"
