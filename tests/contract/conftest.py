@@ -1,4 +1,5 @@
-"""Fixtures of the store contract suites: one URI of a fresh, empty store per backend, and a
+"""Fixtures of the store contract suites (``services/testing/``, run here over the built-in
+backends): one URI of a fresh, empty store per backend, and a
 settable clock.
 
 ``store_uri`` is parametrized over SQLite, Redis and MongoDB, and over a Redis Cluster in the
@@ -20,6 +21,7 @@ import pytest
 import redis.asyncio
 from pymongo import AsyncMongoClient
 
+from services.testing.fixtures import Clock
 from tests.servers import MONGODB_REPLICA_SET, RedisClusterProcesses, ServerProcess
 from tests.servers import redis_cluster as redis_cluster  # the session's cluster, shared
 
@@ -30,20 +32,6 @@ WITH_CLUSTER = [*BACKENDS, "redis_cluster"]
 
 def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:16]}"
-
-
-class Clock:
-    """A settable clock (Unix seconds), for the stores' ``now``: TTLs are tested by moving it
-    rather than by sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.25
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

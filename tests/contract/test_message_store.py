@@ -1,0 +1,202 @@
+"""The message store contract (``services/testing/message_store.py``) over every built-in backend,
+and what only some backends have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from services.common.config import ConfigurationError
+from services.common.errors import Unavailable
+from services.message_svc.storage import registry
+from services.message_svc.storage.base import MessageStore
+from services.message_svc.storage.registry import open_store
+from services.testing.message_store import CLIENT, MessageStoreContract, P, Q, list_all, msg, post_n
+from tests.contract.conftest import WITH_CLUSTER, Clock
+from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
+
+# The store_uri fixture's backends: these stores run on a Redis Cluster too.
+STORE_BACKENDS = WITH_CLUSTER
+
+
+class TestMessageStore(MessageStoreContract):
+    """The contract suite over every backend of ``STORE_BACKENDS``."""
+
+
+async def test_an_sqlite_database_from_before_queue_versions_gets_them_at_open(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # Given a database file whose schema has no queue versions yet, holding a message
+    uri = f"sqlite:///{tmp_path / 'old.db'}"
+    store = await open_store(uri, now=clock)
+    (mid,) = await post_n(store, 1)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as conn:
+        conn.execute("DROP TABLE queue_versions")
+        conn.commit()
+
+    # When it is opened again
+    store = await open_store(uri, now=clock)
+    try:
+        # Then its queues are at version 0, can be bumped, and its messages are intact
+        assert await store.queue_version(P, Q) == 0
+        assert await store.bump_queue_version(P, Q) == 1
+        result = await store.claim(P, Q, limit=5, ttl=60, grace=60, version=1)
+        assert result.claim is not None and [m.id for m in result.claim.messages] == [mid]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["redis-ish://x", "nonsense", "sqlite://relative-without-third-slash",
+     "sqlite:///m.db?synchronous=SOMETIMES", "sqlite:///m.db?cache=shared"],
+)
+async def test_bad_store_uris_fail_with_a_configuration_error(uri: str) -> None:
+    with pytest.raises(ConfigurationError):
+        await open_store(uri)
+
+
+async def test_the_in_memory_sqlite_store_works(clock: Clock) -> None:
+    store = await open_store("sqlite:///:memory:", now=clock)
+    try:
+        ids = await post_n(store, 2)
+        assert [m.id for m in await store.list_messages(P, Q, limit=5)] == list(ids)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["redis://", "redis://:6379/0", "redis://h:port/0", "redis://h:6379/zero",
+     "redis://h:6379/0?prefix=has%20space", "redis://h:6379/0?socket_timeout=-1",
+     "redis://h:6379/0?nonsense=1", "redis://h:6379/0#frag",
+     "mongodb://", "mongodb://h:27017/bad.name", "mongodb://h:27017/db?notAnOption=1",
+     "mongodb://h:99999/db"],
+)
+async def test_bad_networked_store_uris_fail_with_a_precise_configuration_error(
+    uri: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match="invalid message store URI"):
+        await open_store(uri)
+
+
+def test_a_uri_error_never_shows_the_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        uri = "redis://:s3cret@h:6379/zero"
+        registry.backend_class(uri).from_uri(uri)
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("scheme", ["redis", "mongodb"])
+async def test_an_unreachable_server_is_unavailable_within_seconds(scheme: str) -> None:
+    # Given nothing listening on the port
+    uri = f"{scheme}://127.0.0.1:{free_port()}/" + ("0" if scheme == "redis" else "db")
+
+    # Then opening fails with Unavailable, fast
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="message store"):
+        await open_store(uri)
+    assert time.monotonic() - started < 4
+    if scheme == "mongodb":
+        # NOTE: pymongo's monitor leaks its socket when the client is closed during a connect
+        # attempt (pool_shared._async_create_connection closes it on OSError only, not on
+        # CancelledError); collect it here rather than in whichever test runs next.
+        await asyncio.sleep(0.05)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+
+
+async def _outage_and_recovery(store: MessageStore, server: ServerProcess) -> None:
+    """Posts acknowledged messages, kills the server, restarts it: nothing may be lost."""
+    # Given 200 acknowledged messages, one of them claimed
+    ids: list[str] = []
+    for start in range(0, 200, 10):
+        ids += await store.post(P, Q, CLIENT, [msg(start + i) for i in range(10)])
+    held = await store.claim(P, Q, limit=1, ttl=60, grace=60)
+    assert held.claim is not None
+
+    # When the server dies as in a crash
+    server.kill()
+
+    # Then a call fails with Unavailable within seconds, not after a hang
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await store.post(P, Q, CLIENT, [msg(999)])
+    assert time.monotonic() - started < 4
+
+    # And once it is back on the same data, the same store object works and lost nothing
+    server.start()
+    listed = await list_all(store, include_claimed=True)
+    assert [m.id for m in listed] == ids
+    claim = await store.get_claim(P, Q, held.claim.id)
+    assert claim is not None and [m.id for m in claim.messages] == [ids[0]]
+    (new_id,) = await store.post(P, Q, CLIENT, [msg(1000)])
+    again = await store.claim(P, Q, limit=20, ttl=60, grace=60)
+    assert again.claim is not None and [m.id for m in again.claim.messages] == list(ids[1:21])
+    assert (await store.stats(P, Q)).total == 201
+    assert new_id not in ids
+
+
+async def test_redis_reloads_its_scripts_when_the_server_forgot_them(
+    redis_uri: str, redis_server: ServerProcess, clock: Clock
+) -> None:
+    import redis.asyncio
+
+    store = await open_store(redis_uri, now=clock)
+    client = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        # Given a server that lost its script cache (as after a restart)
+        await post_n(store, 2)
+        await client.script_flush()
+
+        # Then single and pipelined (concurrent) calls still work
+        assert len(await store.list_messages(P, Q, limit=10)) == 2
+        await client.script_flush()
+        posted = await asyncio.gather(*[store.post(P, Q, CLIENT, [msg(i)]) for i in range(5)])
+        assert len(posted) == 5 and (await store.stats(P, Q)).total == 7
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_redis_loses_no_acknowledged_message_when_killed(
+    tmp_path: Path, clock: Clock
+) -> None:
+    server = redis_process(tmp_path, durable=True)
+    server.start()
+    try:
+        store = await open_store(f"redis://127.0.0.1:{server.port}/0", now=clock)
+        try:
+            assert store.capabilities.durable
+            await _outage_and_recovery(store, server)
+        finally:
+            await store.close()
+    finally:
+        server.stop()
+
+
+async def test_mongodb_loses_no_acknowledged_message_when_killed(
+    tmp_path: Path, clock: Clock
+) -> None:
+    server = mongodb_process(tmp_path)
+    server.start()
+    try:
+        store = await open_store(
+            f"mongodb://127.0.0.1:{server.port}/outage", now=clock
+        )
+        try:
+            await _outage_and_recovery(store, server)
+        finally:
+            await store.close()
+    finally:
+        server.stop()
