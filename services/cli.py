@@ -1,5 +1,8 @@
 """The ``zaqar-grpc`` command: ``up`` runs the whole service, ``serve <service>`` runs one.
 
+``settings`` lists the settings (with ``--effective``, the values in effect); ``plugins`` lists
+the installed store backends and message filters (``services/common/plugins.py``).
+
 ``up`` starts every service (queue, message, notifier, gateway) as its own OS process
 (``zaqar-grpc serve …``), hands each the same resolved settings through ``ZAQAR_*``
 environment variables, waits until each is ready (gRPC health SERVING; the gateway's
@@ -379,6 +382,23 @@ def _print_settings(args: argparse.Namespace) -> None:
         print(f"{name:<32} {value:<{width}} {source}")
 
 
+def _print_plugins(as_json: bool) -> None:
+    from services.common import plugins
+
+    found = plugins.installed()
+    if as_json:
+        import json
+
+        print(json.dumps([dataclasses.asdict(plugin) for plugin in found], indent=2))
+        return
+    header = ("KIND", "NAME", "TARGET", "PACKAGE", "VERSION")
+    rows = [header, *((p.kind, p.name, p.target, p.distribution, p.version) for p in found)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=False))
+              + "  " + row[-1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zaqar-grpc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -404,11 +424,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variables and these flags, and which of them it comes from (secrets redacted)",
     )
     _add_settings_flags(p_settings)
+    p_plugins = sub.add_parser(
+        "plugins", help="list the installed store backends and message filters: kind, name "
+        "(a store's URI scheme), what it loads, and the package and version it comes from"
+    )
+    p_plugins.add_argument("--json", action="store_true", help="print a JSON list instead")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "settings":
             _print_settings(args)
+            return 0
+        if args.command == "plugins":
+            _print_plugins(args.json)
             return 0
         settings = _settings_from(args)
         if args.command == "up":

@@ -123,3 +123,65 @@ def test_an_invalid_value_is_one_line() -> None:
         "zaqar-grpc: configuration error: setting http_port (ZAQAR_HTTP_PORT): expected int, "
         "got 'eighty'\n"
     )
+
+
+# zaqar-grpc plugins -------------------------------------------------------------------------
+
+
+def plugins_command(*args: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``zaqar-grpc plugins ARGS``, with ``path`` (a folder of installed packages) on the
+    Python path."""
+    pythonpath = os.pathsep.join(str(p) for p in (path, ROOT) if p is not None)
+    return subprocess.run([sys.executable, "-m", "services.cli", "plugins", *args],
+                          env={**os.environ, "PYTHONPATH": pythonpath}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def install_package(folder: Path) -> None:
+    """Another package's metadata, as pip writes it: a message store and a message filter."""
+    info = folder / "zaqar_extra-2.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zaqar-extra\nVersion: 2.0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[zaqar_grpc.message_stores]\nextra = zaqar_extra.store:ExtraMessageStore\n\n"
+        "[zaqar_grpc.message_filters]\nshout = zaqar_extra.filters:Shout\n"
+    )
+
+
+def test_plugins_lists_every_backend_and_filter_with_its_package(tmp_path: Path) -> None:
+    # Given another installed package with a store and a filter
+    install_package(tmp_path)
+    # When the plugins are listed
+    result = plugins_command(path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    # Then a header, then one row per entry point: kind (two words), name, target, package,
+    # version
+    assert rows[0] == ["KIND", "NAME", "TARGET", "PACKAGE", "VERSION"]
+    table = {(" ".join(row[:2]), row[2]): row[3:] for row in rows[1:]}
+    for kind in ("queue store", "message store", "notifier store"):
+        for scheme in ("sqlite", "redis", "redis+cluster", "mongodb", "mongodb+srv"):
+            assert table[(kind, scheme)][1:] == ["zaqar-grpc", "0.1.0"]
+    assert table[("message store", "sqlite")][0] == (
+        "services.message_svc.storage.sqlite:SqliteMessageStore")
+    assert table[("message store", "extra")] == [
+        "zaqar_extra.store:ExtraMessageStore", "zaqar-extra", "2.0.1"]
+    assert table[("message filter", "shout")] == ["zaqar_extra.filters:Shout", "zaqar-extra",
+                                                   "2.0.1"]
+    # And nothing was imported to list them (the other package has no code at all)
+    assert result.stderr == ""
+
+
+def test_plugins_json_gives_the_group_too(tmp_path: Path) -> None:
+    import json
+
+    install_package(tmp_path)
+    result = plugins_command("--json", path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert {"kind": "message filter", "group": "zaqar_grpc.message_filters", "name": "shout",
+            "target": "zaqar_extra.filters:Shout", "distribution": "zaqar-extra",
+            "version": "2.0.1"} in listed
+    assert {p["group"] for p in listed} >= {"zaqar_grpc.queue_stores", "zaqar_grpc.message_stores",
+                                            "zaqar_grpc.notifier_stores",
+                                            "zaqar_grpc.message_filters"}
