@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from services.common.config import Settings
 from services.common.errors import decode_rpc_error
 from tests import filter_plugins
 from tests.e2e.harness import Stack, start_stack
+from tests.e2e.test_startup_failures import environment, the_line, zaqar_grpc
 from tests.servers import service_ports
 
 pytestmark = pytest.mark.e2e
@@ -182,3 +183,18 @@ def test_a_crashing_filter_answers_no_5xx(stack: Stack, http: httpx.Client) -> N
     assert claimed.status_code == 201
     assert [m["body"] for m in claimed.json()["messages"]] == [{"n": 1}]
     wait_for_line(stack, "message filter 'crash_on_read' failed on list of")
+
+
+@pytest.mark.parametrize("command", [["up"], ["serve", "message"]])
+def test_an_unknown_deployment_filter_is_one_line_at_start(
+    make_settings: Callable[..., Settings], command: list[str]
+) -> None:
+    settings = make_settings(message_filters="stamp,nope")
+    env = {**environment(settings), "PYTHONPATH": os.pathsep.join([
+        str(filter_plugins.install(Path(settings.data_dir) / "site")), str(ROOT)])}
+    result = zaqar_grpc(env, *command)
+    assert result.returncode == 2
+    assert the_line(result).startswith(
+        "zaqar-grpc: configuration error: ZAQAR_MESSAGE_FILTERS: no message filter named "
+        "'nope' is installed (installed: "
+    )
