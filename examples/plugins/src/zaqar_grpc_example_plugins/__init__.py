@@ -1,0 +1,1 @@
+"""An example of zaqar-grpc plugins: a message store and a message filter."""
