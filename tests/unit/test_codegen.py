@@ -50,3 +50,9 @@ def test_wheel_ships_every_package_and_data_file(tmp_path: Path) -> None:
         if name.endswith(("__init__.py", ".lua", ".sql", ".pyi"))
     }
     assert wanted - shipped == set()
+    # And its metadata declares the built-in store backends, which are found by entry point
+    (entry_points,) = [name for name in shipped if name.endswith(".dist-info/entry_points.txt")]
+    declared = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for group in ("queue_stores", "message_stores", "notifier_stores"):
+        assert f"[zaqar_grpc.{group}]" in declared
+    assert "sqlite = services.message_svc.storage.sqlite:SqliteMessageStore" in declared
