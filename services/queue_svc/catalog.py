@@ -7,6 +7,9 @@ off the event loop for SQLite and with a time limit for every backend.
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
@@ -21,6 +24,7 @@ from services.common.errors import (
     InvalidFlavor,
     PoolHoldsQueues,
     PoolNotFound,
+    ServiceError,
 )
 from services.common.store_uri import redact
 from services.queue_svc import validation
@@ -30,7 +34,10 @@ from services.queue_svc.storage.catalog import (
     CatalogStore,
     FlavorRecord,
     PoolRecord,
+    Retiring,
 )
+
+log = logging.getLogger(__name__)
 
 WEIGHT_MAX: Final = 2**32 - 1
 URI_MAX: Final = 255
@@ -40,6 +47,9 @@ RESERVED_POOL_NAMES: Final = frozenset({"catalog_reachable", "storage_reachable"
                                         "operation_status"})
 NO_FIELDS: Final = "One of `uri`, `weight`, `flavor`, or `options` needs to be specified"
 STORE: Final = "pool"
+# How long a deletion's mark keeps new queues off a pool (seconds): far longer than a
+# deletion takes, so that one that died midway frees the pool again on its own.
+RETIRE_SECONDS: Final = 60.0
 
 # What each backend guarantees, in the order of Zaqar's Capabilities enum. Redis keeps
 # acknowledged writes only as well as the server is configured to, so it does not claim
@@ -110,12 +120,15 @@ class CatalogService:
         catalog: CatalogStore,
         probe_seconds: float,
         count_queues: Callable[[str], Awaitable[int]] | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         """``count_queues(pool)``: how many queues are placed on the pool (pooling on); a
-        pool holding queues is then neither deleted nor moved to another store."""
+        pool holding queues is then neither deleted nor moved to another store. ``now``:
+        the clock of deletion marks (Unix seconds)."""
         self._catalog = catalog
         self._probe_seconds = probe_seconds
         self._count_queues = count_queues
+        self.now = now
 
     async def snapshot(self) -> Catalog:
         return await self._catalog.snapshot()
@@ -123,9 +136,8 @@ class CatalogService:
     async def _check_empty(self, name: str, verb: str) -> None:
         """Refuse (409) to delete or move a pool that queues are placed on.
 
-        Not atomic with placement: a queue created on the pool while it is being deleted is
-        left on a pool that is gone, and its message operations answer 503 until a pool of
-        that name is registered again.
+        A move to another store is not atomic with placement: a queue placed on the pool
+        while its URI changes keeps the pool's new URI. A deletion is (:meth:`delete_pool`).
         """
         if self._count_queues is None:
             return
@@ -197,8 +209,38 @@ class CatalogService:
         )
 
     async def delete_pool(self, name: str) -> None:
-        await self._check_empty(name, "deleted")
-        await self._catalog.delete_pool(name)
+        """Deregister the pool unless queues are placed on it (409). Idempotent.
+
+        With pooling, against a placement racing with it (``placement.py``): mark the pool
+        (new queues go elsewhere), count its queues, then delete it only if the mark is still
+        ours; a placement that stored a queue on the pool meanwhile has removed the mark
+        (:meth:`keep_placed`), and the deletion is refused as if the count had seen it.
+        """
+        if self._count_queues is None:
+            await self._catalog.delete_pool(name)
+            return
+        token = uuid.uuid4().hex
+        if not await self._catalog.retire_pool(name, Retiring(token, self.now() + RETIRE_SECONDS)):
+            return
+        deleted = False
+        try:
+            await self._check_empty(name, "deleted")
+            deleted = await self._catalog.delete_retired_pool(name, token)
+            if not deleted:
+                raise PoolHoldsQueues(pool=name, count="at least 1", verb="deleted")
+        finally:
+            if not deleted:
+                try:
+                    await self._catalog.keep_pool(name, token)
+                except ServiceError as exc:
+                    log.warning("pool %s keeps its deletion mark until it lapses: %s", name, exc)
+
+    async def keep_placed(self, pool: PoolRecord) -> None:
+        """A queue was just stored on ``pool`` (as read before): cancel a deletion of the
+        pool under way, or register it again if a deletion got there first."""
+        if await self._catalog.keep_placed_pool(pool):
+            log.warning("pool %s was deleted while a queue was placed on it: registered again",
+                        pool.name)
 
     async def list_pools(self, *, limit: int | None, marker: str) -> list[PoolRecord]:
         return await self._catalog.list_pools(limit=limits.page_limit(limit), marker=marker)

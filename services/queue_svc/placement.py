@@ -6,6 +6,13 @@ on a pool that belongs to no flavor, drawn at random in proportion to the pools'
 name is stored in the queue's record by the queue store, in the same atomic step as the
 queue, and never changes while the queue exists: its messages stay where they are, so
 metadata changes that would need them elsewhere are refused (:func:`check_change`).
+
+A pool is never deleted while a queue is placed on it, even when the deletion and the
+placement race. The two sides each write, then read what the other wrote
+(``CatalogService.delete_pool`` and ``CatalogService.keep_placed``): the deletion marks the
+pool (no new queue is placed on a marked pool), counts its queues, and deletes it only if its
+mark is still there; a placement stores the queue, then removes any mark of its pool, or
+registers the pool again if the deletion got there first.
 """
 
 from __future__ import annotations
@@ -31,15 +38,22 @@ def draw(pools: Sequence[PoolRecord], rng: random.Random) -> PoolRecord | None:
     raise AssertionError("unreachable: the point lies below the total weight")
 
 
-def choose(catalog: Catalog, flavor: str | None, rng: random.Random) -> str | None:
-    """The pool a new queue goes on; None: message_svc's own store.
+def choose(
+    catalog: Catalog, flavor: str | None, rng: random.Random, now: float
+) -> str | None:
+    """The pool a new queue goes on; None: message_svc's own store. A pool being deleted
+    (``Catalog.retiring``, until ``now`` passes its mark) takes no new queue.
 
     Raises:
         Unavailable: the queue names a flavor none of whose pools takes new queues (every
             one weighs 0, or it has none left); Zaqar's ``NoPoolFound``, a 503 too.
     """
     if flavor is not None:
-        pool = draw(catalog.pools_of(flavor), rng)
+        pool = draw(
+            [pool for pool in catalog.pools_of(flavor)
+             if catalog.takes_new_queues(pool.name, now)],
+            rng,
+        )
         if pool is None:
             raise Unavailable(
                 f"No pool of flavor {flavor} takes new queues (it has none, or each has "
@@ -47,7 +61,9 @@ def choose(catalog: Catalog, flavor: str | None, rng: random.Random) -> str | No
             )
         return pool.name
     free = sorted(
-        (pool for pool in catalog.pools.values() if pool.flavor is None), key=lambda p: p.name
+        (pool for pool in catalog.pools.values()
+         if pool.flavor is None and catalog.takes_new_queues(pool.name, now)),
+        key=lambda p: p.name,
     )
     chosen = draw(free, rng)
     return None if chosen is None else chosen.name

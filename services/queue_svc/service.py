@@ -100,14 +100,17 @@ class QueueService:
             self._catalog.check_flavor_in(catalog, project, flavor)
         record = await self._store.get(project, queue)
         if record is None:
+            assert self._catalog is not None
             pool = placement.choose(catalog, flavor if isinstance(flavor, str) else None,
-                                    self._rng)
+                                    self._rng, self._catalog.now())
         else:
             pool = record.pool
             placement.check_change(catalog, pool, record.metadata, metadata)
         await self._check_dead_letter(project, queue, pool, {} if record is None else
                                       record.metadata, metadata)
         created = await self._store.create(project, queue, metadata, pool)
+        if created:
+            await self._keep_placed(catalog, pool)
         if record is None and not created:
             # A concurrent create placed it first: announce where it is.
             record = await self._store.get(project, queue)
@@ -149,10 +152,19 @@ class QueueService:
             return self._view(await self._store.ensure(project, queue), None)
         record = await self._store.get(project, queue)
         if record is None:
+            assert self._catalog is not None
             pool = (place_on if place_on in catalog.pools
-                    else placement.choose(catalog, None, self._rng))
+                    else placement.choose(catalog, None, self._rng, self._catalog.now()))
             record = await self._store.ensure(project, queue, pool)
+            if record.pool == pool:
+                await self._keep_placed(catalog, pool)
         return self._view(record, catalog)
+
+    async def _keep_placed(self, catalog: Catalog, pool: str | None) -> None:
+        """A queue was just stored on ``pool`` of ``catalog``: a deletion of the pool racing
+        with the placement must not leave it on a pool that is gone (``placement.py``)."""
+        if pool is not None and self._catalog is not None and pool in catalog.pools:
+            await self._catalog.keep_placed(catalog.pools[pool])
 
     async def update(
         self, project: str, queue: str, operations: Iterable[tuple[str, str, bytes]]

@@ -66,12 +66,29 @@ class FlavorRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Retiring:
+    """A pool on its way out: the deletion ``token`` that marked it, and until when (Unix
+    seconds) the mark keeps new queues off the pool, so that a deletion that died midway
+    does not keep them off for ever."""
+
+    token: str
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     """One consistent view of the whole catalog."""
 
     pools: Mapping[str, PoolRecord] = field(default_factory=dict)
     flavors: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """project -> names of its flavors"""
+    retiring: Mapping[str, Retiring] = field(default_factory=dict)
+    """pool -> the mark of a deletion in progress (``CatalogService.delete_pool``)"""
+
+    def takes_new_queues(self, pool: str, now: float) -> bool:
+        """No deletion of ``pool`` is under way (or its mark has lapsed)."""
+        mark = self.retiring.get(pool)
+        return mark is None or mark.until <= now
 
     def pools_of(self, flavor: str) -> tuple[PoolRecord, ...]:
         return tuple(sorted(
@@ -90,7 +107,11 @@ class Catalog:
     def with_pools(self, pools: Mapping[str, PoolRecord]) -> Catalog:
         if len(pools) > POOLS_MAX:
             raise InvalidArgument(f"The catalog holds at most {POOLS_MAX} pools.")
-        return replace(self, pools=pools)
+        retiring = {name: mark for name, mark in self.retiring.items() if name in pools}
+        return replace(self, pools=pools, retiring=retiring)
+
+    def with_retiring(self, retiring: Mapping[str, Retiring]) -> Catalog:
+        return replace(self, retiring=retiring)
 
     def with_flavors(self, flavors: Mapping[str, frozenset[str]]) -> Catalog:
         if sum(len(names) for names in flavors.values()) > FLAVORS_MAX:
@@ -107,6 +128,10 @@ def encode(catalog: Catalog) -> bytes:
             for pool in sorted(catalog.pools.values(), key=lambda pool: pool.name)
         },
         "flavors": {project: sorted(names) for project, names in sorted(catalog.flavors.items())},
+        **({"retiring": {
+            name: {"token": mark.token, "until": mark.until}
+            for name, mark in sorted(catalog.retiring.items())
+        }} if catalog.retiring else {}),
     })
 
 
@@ -120,6 +145,10 @@ def decode(document: bytes | str | None) -> Catalog:
             for name, p in raw["pools"].items()
         },
         flavors={project: frozenset(names) for project, names in raw["flavors"].items()},
+        retiring={
+            name: Retiring(mark["token"], mark["until"])
+            for name, mark in raw.get("retiring", {}).items()
+        },
     )
 
 
@@ -182,6 +211,42 @@ class CatalogStore(Protocol):
 
         Raises:
             PoolInUseByFlavor: it is the last pool of a flavor that some project defines.
+        """
+        ...
+
+    async def retire_pool(self, name: str, mark: Retiring) -> bool:
+        """Mark the pool as being deleted (replacing any earlier mark): while the mark holds,
+        no new queue is placed on it.
+
+        Returns:
+            False when there is no such pool (nothing is marked).
+        """
+        ...
+
+    async def keep_pool(self, name: str, token: str | None = None) -> None:
+        """Remove the pool's deletion mark: any mark, or only one made with ``token``."""
+        ...
+
+    async def delete_retired_pool(self, name: str, token: str) -> bool:
+        """Deregister the pool only if it still carries the mark made with ``token``.
+
+        Returns:
+            False when the mark is gone or another's (the pool stays); True when the pool was
+            deleted or was already gone.
+
+        Raises:
+            PoolInUseByFlavor: as :meth:`delete_pool`.
+        """
+        ...
+
+    async def keep_placed_pool(self, pool: PoolRecord) -> bool:
+        """A queue was just placed on ``pool`` (as read before the placement): remove any
+        deletion mark of it, and register it again if it is gone (when its URI is still
+        free), so that a deletion racing with the placement cannot leave the queue on a pool
+        that is not in the catalog.
+
+        Returns:
+            True when it was registered again.
         """
         ...
 
@@ -297,17 +362,53 @@ class CatalogStoreBase(ABC):
 
     async def delete_pool(self, name: str) -> bool:
         def edit(catalog: Catalog) -> tuple[Catalog, bool]:
-            pool = catalog.pools.get(name)
-            if pool is None:
+            if name not in catalog.pools:
                 return catalog, False
-            if (
-                pool.flavor is not None
-                and catalog.defined_anywhere(pool.flavor)
-                and len(catalog.pools_of(pool.flavor)) == 1
-            ):
-                raise PoolInUseByFlavor(flavor=pool.flavor)
-            pools = {n: p for n, p in catalog.pools.items() if n != name}
-            return catalog.with_pools(pools), True
+            return _without_pool(catalog, name), True
+
+        return await self._change(edit)
+
+    async def retire_pool(self, name: str, mark: Retiring) -> bool:
+        def edit(catalog: Catalog) -> tuple[Catalog, bool]:
+            if name not in catalog.pools:
+                return catalog, False
+            return catalog.with_retiring({**catalog.retiring, name: mark}), True
+
+        return await self._change(edit)
+
+    async def keep_pool(self, name: str, token: str | None = None) -> None:
+        def edit(catalog: Catalog) -> tuple[Catalog, None]:
+            mark = catalog.retiring.get(name)
+            if mark is None or (token is not None and mark.token != token):
+                return catalog, None
+            return catalog.with_retiring(
+                {n: m for n, m in catalog.retiring.items() if n != name}
+            ), None
+
+        await self._change(edit)
+
+    async def delete_retired_pool(self, name: str, token: str) -> bool:
+        def edit(catalog: Catalog) -> tuple[Catalog, bool]:
+            if name not in catalog.pools:
+                return catalog, True
+            mark = catalog.retiring.get(name)
+            if mark is None or mark.token != token:
+                return catalog, False
+            return _without_pool(catalog, name), True
+
+        return await self._change(edit)
+
+    async def keep_placed_pool(self, pool: PoolRecord) -> bool:
+        def edit(catalog: Catalog) -> tuple[Catalog, bool]:
+            if pool.name in catalog.pools:
+                if pool.name not in catalog.retiring:
+                    return catalog, False
+                return catalog.with_retiring(
+                    {n: m for n, m in catalog.retiring.items() if n != pool.name}
+                ), False
+            if any(other.uri == pool.uri for other in catalog.pools.values()):
+                return catalog, False
+            return catalog.with_pools({**catalog.pools, pool.name: pool}), True
 
         return await self._change(edit)
 
@@ -355,6 +456,22 @@ class CatalogStoreBase(ABC):
             return changed, True
 
         return await self._change(edit)
+
+
+def _without_pool(catalog: Catalog, name: str) -> Catalog:
+    """The catalog without pool ``name`` (and its deletion mark).
+
+    Raises:
+        PoolInUseByFlavor: it is the last pool of a flavor that some project defines.
+    """
+    pool = catalog.pools[name]
+    if (
+        pool.flavor is not None
+        and catalog.defined_anywhere(pool.flavor)
+        and len(catalog.pools_of(pool.flavor)) == 1
+    ):
+        raise PoolInUseByFlavor(flavor=pool.flavor)
+    return catalog.with_pools({n: p for n, p in catalog.pools.items() if n != name})
 
 
 def _check_uri_free(catalog: Catalog, name: str, uri: str) -> None:
