@@ -23,7 +23,6 @@ from pymongo import AsyncMongoClient
 
 from services.testing.fixtures import Clock
 from tests.servers import MONGODB_REPLICA_SET, RedisClusterProcesses, ServerProcess
-from tests.servers import redis_cluster as redis_cluster  # the session's cluster, shared
 
 BACKENDS = ["sqlite", "redis", "mongodb"]
 # The stores that also run on a Redis Cluster (redis+cluster://).
