@@ -17,7 +17,8 @@ What is measured, and where it is recorded (one place each):
 - store operations by store, backend, operation and outcome, and their latency
   (:func:`instrument_store`, applied by ``store_registry.open_store`` to every store);
 - sizes of the gateway's coalesced ``Batch`` calls (``api_gateway/coalesce.py``);
-- notifier deliveries by kind and outcome, and the outbox depth (``notifier_svc``);
+- notifier deliveries by kind and outcome, messages a filter policy kept from a subscriber,
+  and the outbox depth (``notifier_svc``);
 - whether each process's store answers (``grpc_server.StoreWatch``);
 - the process itself (CPU, memory, file descriptors: prometheus-client's collectors).
 
@@ -124,6 +125,12 @@ DELIVERIES: Final = Counter(
     "Notification delivery attempts by kind and outcome (delivered, retry, gave_up, "
     "no_sender, pending: the store could not be updated, the delivery comes back).",
     ["kind", "outcome"],
+)
+FILTERED_MESSAGES: Final = Counter(
+    "zaqar_notifier_filtered_messages",
+    "Messages not delivered to a subscriber because its filter policy did not match them, "
+    "by subscriber scheme (http, https, mailto, trust+http, trust+https).",
+    ["scheme"],
 )
 OUTBOX_DEPTH: Final = Gauge(
     "zaqar_notifier_outbox_depth",

@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from zaqar_grpc.v2 import common_pb2, notifier_pb2
 
-from services.common import limits, tracing
+from services.common import limits, metrics, tracing
 from services.common.errors import InvalidArgument, SubscriptionAlreadyExists, SubscriptionNotFound
 from services.notifier_svc import documents, validation
+from services.notifier_svc.filter_policy import Policies
 from services.notifier_svc.storage.base import (
     DeliveryKind,
     NewDelivery,
@@ -61,6 +63,7 @@ class NotifierService:
         self._announce = announce
         self._wake = wake
         self._clock = clock
+        self._policies = Policies()
 
     @property
     def hub(self) -> WatchHub:
@@ -284,14 +287,45 @@ class NotifierService:
         targets = [
             s for s in subscriptions if s.confirmed or not self._confirmation.required
         ]
-        rendered = [documents.notification(queue, m) for post in posts for m in post.messages]
-        if targets and rendered:
-            await self.store.enqueue([
-                _delivery(s, DeliveryKind.NOTIFICATION, document)
-                for document in rendered for s in targets
-            ])
-            self._wake({s.subscriber for s in targets})
+        messages = [m for post in posts for m in post.messages]
+        rendered = [documents.notification(queue, m) for m in messages]
+        deliveries = self._filtered(targets, messages, rendered)
+        if deliveries:
+            await self.store.enqueue(deliveries)
+            self._wake({d.subscriber for d in deliveries})
         return bool(subscriptions) or watched or self.hub.listened(project, queue)
+
+    def _filtered(
+        self,
+        targets: Sequence[Subscription],
+        messages: Sequence[common_pb2.Message],
+        rendered: Sequence[bytes],
+    ) -> builtins.list[NewDelivery]:
+        """One delivery per (message, target) whose filter policy passes the message, in
+        message order; the others are counted, and cost no outbox write."""
+        policies = [self._policies.of(s.options) for s in targets]
+        bodies: builtins.list[Any] | None = None
+        deliveries = []
+        for i, document in enumerate(rendered):
+            for subscription, policy in zip(targets, policies, strict=True):
+                if policy is not None:
+                    if bodies is None:
+                        bodies = [_body(m) for m in messages]
+                    if not policy.matches(bodies[i]):
+                        scheme = subscription.subscriber.partition(":")[0]
+                        metrics.FILTERED_MESSAGES.labels(scheme).inc()
+                        continue
+                deliveries.append(_delivery(subscription, DeliveryKind.NOTIFICATION, document))
+        return deliveries
+
+
+def _body(message: common_pb2.Message) -> Any:
+    """A message's decoded body for filter policies; one that is not JSON matches as a body
+    that is not an object."""
+    try:
+        return orjson.loads(message.body or b"null")
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _delivery(subscription: Subscription, kind: DeliveryKind, document: bytes) -> NewDelivery:

@@ -10,7 +10,7 @@ import orjson
 
 from services.common import limits
 from services.common.errors import InvalidArgument, InvalidQueueName
-from services.notifier_svc import retry
+from services.notifier_svc import filter_policy, retry
 
 SUBSCRIBER_TYPES = ("http", "https", "mailto", "trust+http", "trust+https")
 MISSING_SUBSCRIBER = "Missing parameter subscriber in body."
@@ -63,7 +63,8 @@ def ttl(value: int | None) -> int:
 
 
 def options(raw: bytes) -> dict[str, Any]:
-    """The options JSON object (empty bytes mean ``{}``), with its ``_retry_policy`` checked."""
+    """The options JSON object (empty bytes mean ``{}``), with its ``_retry_policy`` and
+    ``filter_policy`` checked."""
     if not raw:
         return {}
     try:
@@ -74,6 +75,7 @@ def options(raw: bytes) -> dict[str, Any]:
         raise InvalidArgument(OPTIONS_ERROR)
     if "_retry_policy" in value:
         retry.check_policy(value["_retry_policy"])
+    filter_policy.compile_policy(value.get(filter_policy.OPTION))
     headers = value.get("post_headers")
     if headers is not None and not (
         isinstance(headers, Mapping) and all(isinstance(v, str) for v in headers.values())
