@@ -311,7 +311,8 @@ class NotifierService:
                 if policy is not None:
                     if bodies is None:
                         bodies = [_body(m) for m in messages]
-                    if not policy.matches(bodies[i]):
+                    body = bodies[i]
+                    if body is not _UNREADABLE and not policy.matches(body):
                         scheme = subscription.subscriber.partition(":")[0]
                         metrics.FILTERED_MESSAGES.labels(scheme).inc()
                         continue
@@ -319,13 +320,19 @@ class NotifierService:
         return deliveries
 
 
+_UNREADABLE: Any = object()
+
+
 def _body(message: common_pb2.Message) -> Any:
-    """A message's decoded body for filter policies; one that is not JSON matches as a body
-    that is not an object."""
+    """A message's decoded body for filter policies, or :data:`_UNREADABLE`.
+
+    A body handed over is JSON unless it is sealed (a queue with ``_enable_encrypt_messages``:
+    only message_svc can open it); a policy cannot judge it, and it is delivered unfiltered
+    rather than lost."""
     try:
         return orjson.loads(message.body or b"null")
     except orjson.JSONDecodeError:
-        return None
+        return _UNREADABLE
 
 
 def _delivery(subscription: Subscription, kind: DeliveryKind, document: bytes) -> NewDelivery:

@@ -23,6 +23,7 @@ import grpc
 import orjson
 import pytest
 from aiosmtpd.controller import Controller
+from prometheus_client import REGISTRY
 from zaqar_grpc.v2 import (
     common_pb2,
     messages_pb2,
@@ -671,3 +672,61 @@ async def test_watchers_do_not_get_messages_accepted_before_they_registered() ->
     hub.publish("p", "q", [message], accepted_at=100.5)
     hub.publish("p", "q", [message])
     assert watcher.queue.qsize() == 2
+
+
+# filter policies ------------------------------------------------------------------------------
+
+
+def filtered(scheme: str) -> float:
+    return REGISTRY.get_sample_value(
+        "zaqar_notifier_filtered_messages_total", {"scheme": scheme}
+    ) or 0.0
+
+
+async def test_only_messages_a_policy_matches_become_deliveries(
+    stack: Stack, receiver: Receiver
+) -> None:
+    # Given three webhooks on one queue: two with filter policies, one without
+    await stack.subscribe(receiver.url("/cheap"),
+                          filter_policy={"price": [{"numeric": ["<", 10]}]})
+    await stack.subscribe(receiver.url("/eu"), filter_policy={
+        "$or": [{"region": [{"prefix": "eu-"}]}, {"order": {"vip": [True]}}]
+    })
+    await stack.subscribe(receiver.url("/all"))
+    before = filtered("http")
+    # When one post hands four messages over
+    bodies = [{"price": 5, "region": "eu-west"}, {"price": 50, "region": "us"},
+              "not an object", {"price": 1, "order": {"vip": True}}]
+    await stack.post(*bodies)
+    # Then each webhook gets the messages its policy matches, and no other delivery was made
+    await receiver.wait_for(4 + 2 + 2)
+    assert await pending(stack.settings) == 0
+    got: dict[str, list[Any]] = {}
+    for hit in receiver.hits:
+        got.setdefault(hit.path, []).append(hit.json()["body"])
+    assert {path: sorted(map(orjson.dumps, b)) for path, b in got.items()} == {
+        "/all": sorted(map(orjson.dumps, bodies)),
+        "/cheap": sorted(map(orjson.dumps, [bodies[0], bodies[3]])),
+        "/eu": sorted(map(orjson.dumps, [bodies[0], bodies[3]])),
+    }
+    # And the four messages kept from a subscriber are counted
+    assert filtered("http") - before == 4
+
+
+async def test_a_bad_filter_policy_is_refused_with_its_path(stack: Stack) -> None:
+    sid = await stack.subscribe("http://127.0.0.1:9/a", filter_policy={"a": ["x"]})
+    bad = orjson.dumps({"filter_policy": {"price": [{"numeric": [">", 10, ">", 20]}]}})
+    description = (
+        'options.filter_policy.price[0]: numeric needs ["=", n], one comparison such as '
+        '[">", n], or a range such as [">", 0, "<=", 150] (lower bound first, then upper).'
+    )
+    for call in (
+        stack.subs.CreateSubscription(notifier_pb2.CreateSubscriptionRequest(
+            project=PROJECT, queue="q", subscriber="http://127.0.0.1:9/b", options=bad)),
+        stack.subs.UpdateSubscription(notifier_pb2.UpdateSubscriptionRequest(
+            project=PROJECT, queue="q", subscription_id=sid, options=bad)),
+    ):
+        info = await rpc_error(call)
+        assert (info.code, info.reason, info.description) == (
+            Code.INVALID_ARGUMENT, "INVALID_ARGUMENT", description
+        )
