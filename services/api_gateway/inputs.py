@@ -78,6 +78,15 @@ def int_param(req: falcon.asgi.Request, name: str) -> int | None:
     return req.get_param_as_int(name)
 
 
+async def disconnected(req: falcon.asgi.Request) -> None:
+    """Returns once the client has closed the connection (ASGI ``http.disconnect``): for a
+    request that waits (long polling), called after its body was read."""
+    # Falcon has no public API for it: read the ASGI channel the request stream reads from.
+    receive = req._receive
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def bool_param(req: falcon.asgi.Request, name: str) -> bool:
     """A Zaqar-style boolean (true/false, also yes/no, 1/0, on/off); absent is false."""
     return bool(req.get_param_as_bool(name, default=False))

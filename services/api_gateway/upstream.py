@@ -39,6 +39,8 @@ class _Stubs:
     queues: queues_pb2_grpc.QueuesAsyncStub
     # The stub, or CoalescingMessages, which answers the same calls.
     messages: messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages
+    # Never coalesced: long-polling calls, which a batch must not wait for.
+    messages_direct: messages_pb2_grpc.MessagesAsyncStub
     subscriptions: notifier_pb2_grpc.SubscriptionsAsyncStub
     notifier: notifier_pb2_grpc.NotifierInternalAsyncStub
     pools: admin_pb2_grpc.PoolsAsyncStub
@@ -85,7 +87,7 @@ class Upstreams:
         notifier_channel = open_channel(self._notifier_target, self._tls, self._auth)
         self._channels = [queue_channel, message_channel, notifier_channel]
         messages: messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages
-        messages = instrumented(messages_pb2_grpc.MessagesStub(message_channel))
+        messages = direct = instrumented(messages_pb2_grpc.MessagesStub(message_channel))
         if self._batch:
             messages = CoalescingMessages(
                 messages, instrumented(messages_pb2_grpc.MessagesInternalStub(message_channel)),
@@ -94,6 +96,7 @@ class Upstreams:
         self._stubs = _Stubs(
             queues=instrumented(queues_pb2_grpc.QueuesStub(queue_channel)),
             messages=messages,
+            messages_direct=direct,
             subscriptions=instrumented(notifier_pb2_grpc.SubscriptionsStub(notifier_channel)),
             notifier=instrumented(notifier_pb2_grpc.NotifierInternalStub(notifier_channel)),
             pools=instrumented(admin_pb2_grpc.PoolsStub(queue_channel)),
@@ -143,6 +146,11 @@ class Upstreams:
     def messages(self) -> messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages:
         """``zaqar.v2.Messages`` stub (or :class:`CoalescingMessages`, which answers alike)."""
         return self._get().messages
+
+    @property
+    def messages_direct(self) -> messages_pb2_grpc.MessagesAsyncStub:
+        """``zaqar.v2.Messages`` stub, never coalesced (calls that wait: long polling)."""
+        return self._get().messages_direct
 
     @property
     def subscriptions(self) -> notifier_pb2_grpc.SubscriptionsAsyncStub:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from zaqar_grpc.v2 import admin_pb2
+from zaqar_grpc.v2 import admin_pb2, notifier_pb2_grpc
 
 from services.common import health
 from services.common.config import Settings
@@ -26,10 +26,12 @@ from services.message_svc import health as store_health
 from services.message_svc.filters.pipeline import Filters
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
+from services.message_svc.polling import Polling, notifier_watch
 from services.message_svc.pools import PoolStores
 from services.message_svc.service import MessageService
 from services.message_svc.servicer import INTERNAL_SERVICE, MESSAGES_SERVICE, Packer, registrar
 from services.message_svc.storage.registry import open_store
+from services.message_svc.waiters import WaitRoom
 
 WHAT_EXPIRES = "expired messages and claims"
 # A pool's store unused this long (and at least twice the metadata cache's time limit) is closed.
@@ -75,6 +77,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     )
 
     async def close() -> None:
+        await polling.room.close()
+        await notifier_channel.close()
         await sweeper.stop()
         await handoff.close()
         await channel.close()
@@ -94,6 +98,10 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         store, metadata, handoff, pools if settings.pooling else None, filters=filters
     )
     packer = Packer(checksum=settings.message_checksum)
+    notifier_channel = open_channel(settings.target("notifier"), tls, auth)
+    polling = Polling(service, WaitRoom(notifier_watch(
+        notifier_pb2_grpc.NotifierInternalStub(notifier_channel)
+    )))
 
     async def check_health(
         request: admin_pb2.CheckStoresRequest, seconds: float
@@ -102,7 +110,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
 
     try:
         server, port, health_servicer = create_server(
-            [registrar(service, packer), health.registrar(check_health)], SERVICE_NAMES,
+            [registrar(service, packer, polling), health.registrar(check_health)], SERVICE_NAMES,
             host=settings.host, port=settings.message_port, tls=tls,
             interceptors=server_interceptors(
                 auth, [MESSAGES_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]

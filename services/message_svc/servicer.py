@@ -19,6 +19,7 @@ from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
 from services.common.grpc_types import Context
 from services.message_svc.batch import BatchRunner
+from services.message_svc.polling import Polling, wait_seconds
 from services.message_svc.service import MessageService, Posted
 from services.message_svc.storage.base import Claim, StoredMessage
 
@@ -76,9 +77,16 @@ def _opt(message: Message, field: str) -> int | None:
 
 
 class MessagesServicer(messages_pb2_grpc.MessagesServicer):
-    def __init__(self, service: MessageService, packer: Packer) -> None:
+    def __init__(
+        self, service: MessageService, packer: Packer, polling: Polling | None = None
+    ) -> None:
         self._service = service
         self._pack = packer
+        self._polling = polling
+
+    def _hint(self, project: str, queue: str) -> None:
+        if self._polling is not None:
+            self._polling.room.hint(project, queue)
 
     async def PostMessages(
         self, request: messages_pb2.PostMessagesRequest, context: Context
@@ -89,16 +97,26 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
             for m in request.messages
         ]
         ids = await self._service.post(request.project, request.queue, request.client_id, posted)
+        self._hint(request.project, request.queue)
         return messages_pb2.PostMessagesResponse(ids=ids)
 
     async def ListMessages(
         self, request: messages_pb2.ListMessagesRequest, context: Context
     ) -> messages_pb2.ListMessagesResponse:
-        page = await self._service.list_messages(
-            request.project, request.queue, request.client_id,
-            limit=_opt(request, "limit"), marker=request.marker, echo=request.echo,
-            include_claimed=request.include_claimed, include_delayed=request.include_delayed,
-        )
+        wait = wait_seconds(request.wait_seconds)
+        if wait and self._polling is not None:
+            page = await self._polling.list_messages(
+                request.project, request.queue, request.client_id, wait=wait,
+                limit=_opt(request, "limit"), marker=request.marker, echo=request.echo,
+                include_claimed=request.include_claimed, include_delayed=request.include_delayed,
+            )
+        else:
+            page = await self._service.list_messages(
+                request.project, request.queue, request.client_id,
+                limit=_opt(request, "limit"), marker=request.marker, echo=request.echo,
+                include_claimed=request.include_claimed,
+                include_delayed=request.include_delayed,
+            )
         return messages_pb2.ListMessagesResponse(
             messages=self._pack.messages(page.messages), next_marker=page.next_marker
         )
@@ -140,10 +158,17 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
     async def CreateClaim(
         self, request: messages_pb2.CreateClaimRequest, context: Context
     ) -> messages_pb2.Claim:
-        claim = await self._service.claim(
-            request.project, request.queue, limit=_opt(request, "limit"),
-            ttl=_opt(request, "ttl"), grace=_opt(request, "grace"),
-        )
+        wait = wait_seconds(request.wait_seconds)
+        if wait and self._polling is not None:
+            claim = await self._polling.claim(
+                request.project, request.queue, wait=wait, limit=_opt(request, "limit"),
+                ttl=_opt(request, "ttl"), grace=_opt(request, "grace"),
+            )
+        else:
+            claim = await self._service.claim(
+                request.project, request.queue, limit=_opt(request, "limit"),
+                ttl=_opt(request, "ttl"), grace=_opt(request, "grace"),
+            )
         return self._pack.claim(claim)
 
     async def GetClaim(
@@ -165,6 +190,7 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         self, request: messages_pb2.DeleteClaimRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.release_claim(request.project, request.queue, request.claim_id)
+        self._hint(request.project, request.queue)
         return _EMPTY
 
     async def GetStats(
@@ -209,10 +235,10 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
 
 
 def registrar(
-    service: MessageService, packer: Packer
+    service: MessageService, packer: Packer, polling: Polling | None = None
 ) -> Callable[[grpc.aio.Server], None]:
     def register(server: grpc.aio.Server) -> None:
-        messages = MessagesServicer(service, packer)
+        messages = MessagesServicer(service, packer, polling)
         messages_pb2_grpc.add_MessagesServicer_to_server(messages, server)
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(
             MessagesInternalServicer(service, messages), server

@@ -8,18 +8,34 @@ from zaqar_grpc.v2 import messages_pb2
 
 from services.api_gateway import translate
 from services.api_gateway.operations import Caller, Outcome
+from services.api_gateway.operations.waiting import Gone, checked_wait, unless_gone
 from services.api_gateway.upstream import Upstreams
 
 
 async def create_claim(
-    up: Upstreams, caller: Caller, queue: str, limit: int | None, doc: Any
+    up: Upstreams,
+    caller: Caller,
+    queue: str,
+    limit: int | None,
+    doc: Any,
+    wait: int | None = None,
+    gone: Gone | None = None,
 ) -> Outcome:
     """201 with the claimed messages; 204 when nothing is claimable.
 
-    ``doc``: ``{"ttl"?: int, "grace"?: int}``; absent means the defaults.
+    ``doc``: ``{"ttl"?: int, "grace"?: int}``; absent means the defaults. ``wait``: seconds
+    to wait for a message when none is claimable (0..20); ``gone`` returns when the client
+    went away, which cancels the wait.
     """
+    seconds = checked_wait(wait)
     request = translate.create_claim_request(caller.project, queue, limit, doc)
-    claim = await up.messages.CreateClaim(request, timeout=up.timeout)
+    if seconds:
+        request.wait_seconds = seconds
+        claim = await unless_gone(
+            up.messages_direct.CreateClaim(request, timeout=seconds + up.timeout), gone
+        )
+    else:
+        claim = await up.messages.CreateClaim(request, timeout=up.timeout)
     if not claim.id:
         return Outcome(204, ws_body={"claim_id": None})
     messages = translate.message_docs(claim.messages, queue)

@@ -10,6 +10,7 @@ from services.api_gateway import translate
 from services.api_gateway.errors import ApiError, bad_request
 from services.api_gateway.limits import check_id_count
 from services.api_gateway.operations import Caller, NextLink, Outcome
+from services.api_gateway.operations.waiting import Gone, checked_wait, unless_gone
 from services.api_gateway.upstream import Upstreams
 from services.common.limits import PAGE_LIMIT_MAX
 
@@ -46,7 +47,12 @@ async def list_messages(
     include_claimed: bool,
     include_delayed: bool,
     next_link: NextLink,
+    wait: int | None = None,
+    gone: Gone | None = None,
 ) -> Outcome:
+    """``wait``: seconds to wait for a message when the page would be empty (0..20); ``gone``
+    returns when the client went away, which cancels the wait."""
+    seconds = checked_wait(wait)
     request = messages_pb2.ListMessagesRequest(
         project=caller.project,
         queue=queue,
@@ -58,7 +64,13 @@ async def list_messages(
     )
     if limit is not None:
         request.limit = translate.int32(limit)
-    response = await up.messages.ListMessages(request, timeout=up.timeout)
+    if seconds:
+        request.wait_seconds = seconds
+        response = await unless_gone(
+            up.messages_direct.ListMessages(request, timeout=seconds + up.timeout), gone
+        )
+    else:
+        response = await up.messages.ListMessages(request, timeout=up.timeout)
     link = next_link(response.next_marker) if response.next_marker else None
     return Outcome(200, translate.message_page_doc(response.messages, queue, link))
 

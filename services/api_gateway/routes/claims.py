@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon.asgi
 
-from services.api_gateway.inputs import SMALL_BODY_MAX, int_param, read_json
+from services.api_gateway.inputs import SMALL_BODY_MAX, disconnected, int_param, read_json
 from services.api_gateway.operations import claims
 from services.api_gateway.routes._common import Resource, answer, caller
 
@@ -15,7 +15,11 @@ class ClaimCollection(Resource):
     ) -> None:
         doc = await read_json(req, SMALL_BODY_MAX)
         limit = int_param(req, "limit")
-        answer(resp, await claims.create_claim(self.up, caller(req), queue_name, limit, doc))
+        outcome = await claims.create_claim(
+            self.up, caller(req), queue_name, limit, doc,
+            wait=int_param(req, "wait"), gone=lambda: disconnected(req),
+        )
+        answer(resp, outcome)
 
 
 class ClaimItem(Resource):

@@ -8,6 +8,7 @@ from services.api_gateway.inputs import (
     MESSAGES_BODY_MAX,
     bool_param,
     csv_param,
+    disconnected,
     int_param,
     read_json,
 )
@@ -39,6 +40,8 @@ class MessageCollection(Resource):
             include_claimed=bool_param(req, "include_claimed"),
             include_delayed=bool_param(req, "include_delayed"),
             next_link=next_link(req),
+            wait=int_param(req, "wait"),
+            gone=lambda: disconnected(req),
         )
         answer(resp, outcome)
 

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from services.api_gateway.operations import Caller, Outcome, claims, home, messages, queues
 from services.api_gateway.operations import subscriptions as subs
+from services.api_gateway.operations.waiting import Gone
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import params as p
 from services.api_gateway.websocket.push import Watches
@@ -28,6 +29,8 @@ class Call:
     body: Mapping[str, Any]
     binary: bool
     watches: Watches
+    # Returns when the connection closes (cancels a request that waits: long polling).
+    gone: Gone | None = None
 
     @property
     def queue(self) -> str:
@@ -125,6 +128,8 @@ async def _message_list(c: Call) -> Outcome:
         include_claimed=p.flag(c.body, "include_claimed"),
         include_delayed=p.flag(c.body, "include_delayed"),
         next_link=p.next_link(f"/v2/queues/{c.queue}/messages", c.body, _MESSAGE_LIST_FIELDS),
+        wait=p.opt_int(c.body, "wait"),
+        gone=c.gone,
     )
 
 
@@ -163,7 +168,9 @@ async def _message_delete_many(c: Call) -> Outcome:
 
 async def _claim_create(c: Call) -> Outcome:
     limit = p.opt_int(c.body, "limit")
-    return await claims.create_claim(c.up, c.caller, c.queue, limit, dict(c.body))
+    return await claims.create_claim(
+        c.up, c.caller, c.queue, limit, dict(c.body), wait=p.opt_int(c.body, "wait"), gone=c.gone
+    )
 
 
 async def _claim_get(c: Call) -> Outcome:

@@ -218,7 +218,10 @@ class Connection:
                 caller = dataclasses.replace(caller, token=self.token)
             body = _body(payload, name, action)
             check_signature(self.signed_url_secret, payload, action, body, caller)
-            call = Call(self.up, caller, headers, body, frame.binary, self.watches)
+            call = Call(
+                self.up, caller, headers, body, frame.binary, self.watches,
+                gone=self.socket.wait_closed,
+            )
             outcome = await action.handler(call)
             return outcome.status, outcome.websocket_body()
         except ApiError as err:

@@ -351,6 +351,16 @@ class MessageStore(Protocol):
         """
         ...
 
+    async def next_free_at(self, project: str, queue: str) -> float | None:
+        """When the queue's next hidden message may become claimable: the earliest time,
+        after now, at which an unexpired delayed message becomes visible or a live claim
+        expires; ``None`` when there is neither.
+
+        A hint for long polling (a waiter re-checks then), read without locks: a claim
+        renewed or released, or a message deleted, meanwhile makes it early or late.
+        """
+        ...
+
     async def delete_queue(self, project: str, queue: str) -> None:
         """Remove every message and claim of the queue, atomically. Idempotent."""
         ...

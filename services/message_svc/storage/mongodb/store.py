@@ -299,6 +299,20 @@ class MongoMessageStore(base.MessageStore):
             newest=to_message(found[0]["newest"], now),
         )
 
+    @edge("read when the queue's next message frees up")
+    async def next_free_at(self, project: str, queue: str) -> float | None:
+        now, db = self._now(), self._db()
+        times = []
+        for query, field in (
+            ({"p": project, "q": queue, "e": {"$gt": now}, "v": {"$gt": now}}, "v"),
+            ({"p": project, "q": queue, "e": {"$gt": now}}, "e"),
+        ):
+            collection = db.messages if field == "v" else db.claims
+            doc = await collection.find_one(query, {field: 1}, sort=[(field, 1)])
+            if doc is not None:
+                times.append(float(doc[field]))
+        return min(times) if times else None
+
     @edge("delete the queue's messages")
     async def delete_queue(self, project: str, queue: str) -> None:
         db = self._db()

@@ -292,6 +292,12 @@ class RedisMessageStore(base.MessageStore):
             newest=to_message(newest, now) if newest else None,
         )
 
+    @edge("read when the queue's next message frees up")
+    async def next_free_at(self, project: str, queue: str) -> float | None:
+        _, prefix = self._queue(project, queue)
+        found = await self._run("next_free", (prefix,), (timestamp(self._now()),))
+        return float(found) if found else None
+
     @edge("delete the queue's messages")
     async def delete_queue(self, project: str, queue: str) -> None:
         tag, prefix = self._queue(project, queue)

@@ -210,6 +210,17 @@ def stats(conn: sqlite3.Connection, project: str, queue: str, now: float) -> Que
     )
 
 
+def next_free_at(conn: sqlite3.Connection, project: str, queue: str, now: float) -> float | None:
+    row = conn.execute(
+        "SELECT MIN(CASE WHEN visible_at > ? THEN visible_at END), "
+        "MIN(CASE WHEN claim_expires > ? THEN claim_expires END) FROM messages "
+        "WHERE project = ? AND queue = ? AND expires > ?",
+        (now, now, project, queue, now),
+    ).fetchone()
+    times = [t for t in row if t is not None]
+    return float(min(times)) if times else None
+
+
 def delete_queue(conn: sqlite3.Connection, project: str, queue: str) -> None:
     conn.execute("DELETE FROM messages WHERE project = ? AND queue = ?", (project, queue))
     conn.execute("DELETE FROM claims WHERE project = ? AND queue = ?", (project, queue))

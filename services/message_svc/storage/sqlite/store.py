@@ -232,6 +232,10 @@ class SqliteMessageStore(base.MessageStore):
         now = self._now()
         return await self._db.read(lambda c: message_sql.stats(c, project, queue, now))
 
+    async def next_free_at(self, project: str, queue: str) -> float | None:
+        now = self._now()
+        return await self._db.read(lambda c: message_sql.next_free_at(c, project, queue, now))
+
     async def delete_queue(self, project: str, queue: str) -> None:
         await self._db.write(lambda c: message_sql.delete_queue(c, project, queue))
 

@@ -121,6 +121,7 @@ class ListMessagesRequest(_message.Message):
     ECHO_FIELD_NUMBER: _builtins.int
     INCLUDE_CLAIMED_FIELD_NUMBER: _builtins.int
     INCLUDE_DELAYED_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     client_id: _builtins.str
@@ -131,6 +132,10 @@ class ListMessagesRequest(_message.Message):
     """Include messages posted by this client_id."""
     include_claimed: _builtins.bool
     include_delayed: _builtins.bool
+    wait_seconds: _builtins.int
+    """Long polling: when the page would be empty, wait up to this many seconds (0..20; 0 =
+    answer at once) for a message to list, and answer as soon as there is one.
+    """
     def __init__(
         self,
         *,
@@ -142,10 +147,11 @@ class ListMessagesRequest(_message.Message):
         echo: _builtins.bool = ...,
         include_claimed: _builtins.bool = ...,
         include_delayed: _builtins.bool = ...,
+        wait_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "client_id", b"client_id", "echo", b"echo", "include_claimed", b"include_claimed", "include_delayed", b"include_delayed", "limit", b"limit", "marker", b"marker", "project", b"project", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "client_id", b"client_id", "echo", b"echo", "include_claimed", b"include_claimed", "include_delayed", b"include_delayed", "limit", b"limit", "marker", b"marker", "project", b"project", "queue", b"queue", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
     _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
@@ -363,6 +369,7 @@ class CreateClaimRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     GRACE_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     limit: _builtins.int
@@ -371,6 +378,11 @@ class CreateClaimRequest(_message.Message):
     """60..43200, default 300 when unset."""
     grace: _builtins.int
     """60..43200, default 60 when unset."""
+    wait_seconds: _builtins.int
+    """Long polling: when nothing is claimable, wait up to this many seconds (0..20; 0 = answer
+    at once) for a message, and claim as soon as there is one. Waiters of a queue are served
+    first come, first served; a caller that cancels claims nothing.
+    """
     def __init__(
         self,
         *,
@@ -379,10 +391,11 @@ class CreateClaimRequest(_message.Message):
         limit: _builtins.int | None = ...,
         ttl: _builtins.int | None = ...,
         grace: _builtins.int | None = ...,
+        wait_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_grace", b"_grace", "_limit", b"_limit", "_ttl", b"_ttl", "grace", b"grace", "limit", b"limit", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace", b"_grace", "_limit", b"_limit", "_ttl", b"_ttl", "grace", b"grace", "limit", b"limit", "project", b"project", "queue", b"queue", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace", b"_grace", "_limit", b"_limit", "_ttl", b"_ttl", "grace", b"grace", "limit", b"limit", "project", b"project", "queue", b"queue", "ttl", b"ttl", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__grace: _TypeAlias = _typing.Literal["grace"]  # noqa: Y015
     _WhichOneofArgType__grace: _TypeAlias = _typing.Literal["_grace", b"_grace"]  # noqa: Y015
