@@ -53,11 +53,16 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
 
     Raises:
         ConfigurationError: bad auth or coalescing settings, a store URI that is unknown or
-            malformed, or a message filter that is not installed or cannot be loaded.
+            malformed, a message filter that is not installed or cannot be loaded, or a
+            malformed message encryption key.
         StartupError: a port cannot be bound or is named twice (:class:`CannotListen`), the
             data folder cannot be used, or a store does not answer (status 3).
     """
     check_settings(settings)
+    if "message" in services or "queue" in services:
+        from services.common.message_keys import parse_keys
+
+        parse_keys(settings.message_encryption_keys)
     if "gateway" in services:
         from services.api_gateway.coalesce import check_batch_settings
 

@@ -171,6 +171,16 @@ class Settings:
             "a start-up error."
         ),
     )
+    message_encryption_keys: str = field(
+        default="",
+        metadata=_help(
+            "Keys of message encryption at rest (queues with _enable_encrypt_messages): "
+            "<kid>:<base64 of 32 bytes>, separated by commas or line breaks, or a JSON object "
+            "of kid -> key; the first seals new messages, every one opens what it sealed. "
+            "Every service reads it (best from ZAQAR_MESSAGE_ENCRYPTION_KEYS_FILE); empty: "
+            "such queues are refused."
+        ),
+    )
     log_level: str = field(default="INFO", metadata=_help("Python logging level."))
     log_format: str = field(
         default="text",
@@ -396,7 +406,8 @@ class Settings:
         ``flags`` names the command-line flag of each override.
 
         A store URI or target left empty shows the value derived from other settings. Secrets
-        (``*_password``, ``*_secret``, the password in a store URI) show as ``'***'`` when set.
+        (``*_password``, ``*_secret``, the message encryption keys, the password in a store URI)
+        show as ``'***'`` when set.
 
         Raises:
             ConfigurationError: as :meth:`load`.
@@ -428,11 +439,13 @@ class Settings:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 # Settings that may also be read from a file named by ZAQAR_<NAME>_FILE, as Kubernetes mounts
-# Secrets: passwords, the signing secret, and store URIs (which may carry a password).
+# Secrets: passwords, the signing secret, message encryption keys, and store URIs (which may
+# carry a password).
 SECRET_SETTINGS: frozenset[str] = frozenset(
     name for name in _FIELDS
     if name.endswith(("_password", "_secret")) or name in ("queue_store", "message_store",
-                                                           "notifier_store")
+                                                           "notifier_store",
+                                                           "message_encryption_keys")
 )
 
 
@@ -466,7 +479,7 @@ def _derived(settings: Settings, name: str) -> tuple[str, str] | None:
 
 def _shown(name: str, value: Any) -> str:
     """``value`` as ``settings --effective`` shows it: secrets redacted."""
-    if name.endswith(("_password", "_secret")) and value:
+    if (name.endswith(("_password", "_secret")) or name == "message_encryption_keys") and value:
         return repr("***")
     if name in _STORES and isinstance(value, str):
         from services.common.store_uri import redact

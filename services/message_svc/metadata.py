@@ -61,6 +61,8 @@ class QueuePolicy:
     """That pool's message store URI ("" for message_svc's own store)."""
     filters: Pipeline | None = None
     """The queue's message filters; None when none acts on it."""
+    encrypt: bool = False
+    """``_enable_encrypt_messages``: bodies are sealed before they are stored."""
 
 
 def _int(document: dict[str, Any], key: str) -> int | None:
@@ -94,6 +96,7 @@ def parse_policy(
         max_post_size=_int(document, "_max_messages_post_size") or limits.MESSAGE_POST_SIZE_MAX,
         dead_letter=dead_letter,
         filters=None if filters is None else filters.for_queue(document),
+        encrypt=document.get("_enable_encrypt_messages") is True,
     )
 
 

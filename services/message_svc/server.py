@@ -19,10 +19,12 @@ from services.common.grpc_server import (
     start_server,
 )
 from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.message_keys import parse_keys
 from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
 from services.message_svc import health as store_health
+from services.message_svc.encryption import Sealer
 from services.message_svc.filters.pipeline import Filters
 from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
@@ -58,12 +60,14 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
 
     Raises:
         ConfigurationError: bad TLS settings or files; the store URI is unknown or malformed;
+            a key of ``message_encryption_keys`` is malformed;
             a message filter of ``message_filters`` is not installed or cannot be loaded.
         Unavailable: the store cannot be opened.
         CannotListen: the port cannot be bound (services/common/startup.py).
     """
     tls = await asyncio.to_thread(load_tls, settings)
     filters = Filters.load(settings.message_filters)
+    keys = parse_keys(settings.message_encryption_keys)
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
     store = await open_store(settings.store_uri("message"))
@@ -95,7 +99,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         version_of=version_of, on_load=handoff.invalidate, filters=filters,
     )
     service = MessageService(
-        store, metadata, handoff, pools if settings.pooling else None, filters=filters
+        store, metadata, handoff, pools if settings.pooling else None, filters=filters,
+        sealer=None if keys is None else Sealer(keys),
     )
     packer = Packer(checksum=settings.message_checksum)
     notifier_channel = open_channel(settings.target("notifier"), tls, auth)

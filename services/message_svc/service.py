@@ -25,6 +25,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.message_svc import validation
+from services.message_svc.encryption import Bodies, Sealer, is_sealed
 from services.message_svc.filters import FilterContext, Operation
 from services.message_svc.filters.pipeline import Filters, Pipeline
 from services.message_svc.handoff import Handoff
@@ -94,18 +95,22 @@ class MessageService:
         handoff: Handoff | None = None,
         pools: PoolStores | None = None,
         filters: Filters | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         """``pools``: given when pooling is on; each queue's operations then go to the store
         of the pool it is placed on (``metadata`` says which), else all go to ``store``.
         ``filters``: the deployment's message filters, the same ``metadata`` makes each
         queue's pipeline with; reads look up a queue's pipeline only when some installed
-        filter acts on reads."""
+        filter acts on reads. ``sealer``: the message encryption keys, which seal the bodies
+        of queues with ``_enable_encrypt_messages`` and open sealed bodies on every read
+        (None: such queues' posts are refused, sealed bodies unreadable)."""
         self.store = store
         self.filters = filters or Filters.none()
         self.metadata = metadata
         self.handoff = handoff
         self.pooled = pools is not None
         self.stores = pools if pools is not None else PoolStores(store, _no_pools, 0)
+        self.bodies = Bodies(sealer, self._dead_letter_of)
 
     async def _store(self, project: str, queue: str) -> MessageStore:
         """The store of the queue: its pool's, through the cached placement (no version
@@ -174,21 +179,29 @@ class MessageService:
             pipeline = policy.filters
             if pipeline is not None:
                 batch = pipeline.on_post(FilterContext(project, queue, "post", client_id), batch)
+            # Sealed after the post filters (they see the plaintext), checked and sized on the
+            # plaintext above.
+            stored = self._sealed(project, queue, batch) if policy.encrypt else batch
             store = await self.stores.get(policy.pool_uri)
             try:
                 ids = await store.post(
-                    project, queue, client_id, batch, version=policy.version
+                    project, queue, client_id, stored, version=policy.version
                 )
             except StaleQueue:
                 self._forget(project, queue)
                 continue
             if self.handoff is not None:
+                handed = stored
                 if (pipeline is not None and pipeline.reads
                         and not self.handoff.skips(project, queue)):
-                    batch = pipeline.on_deliver(
+                    delivered = pipeline.on_deliver(
                         FilterContext(project, queue, "deliver"), ids, batch
                     )
-                self.handoff.offer(project, queue, ids, batch)
+                    handed = (self._sealed(project, queue, delivered) if policy.encrypt
+                              else delivered)
+                # notifier_svc gets sealed bodies of an encrypted queue, and asks for them to
+                # be opened when it delivers (open_bodies).
+                self.handoff.offer(project, queue, ids, handed)
             return ids
         raise _changing(queue)
 
@@ -215,6 +228,7 @@ class MessageService:
             project, queue, limit=size, after=after, client_id=client_id, echo=echo,
             include_claimed=include_claimed, include_delayed=include_delayed,
         )
+        messages = await self._opened(project, queue, messages)
         if pipeline is not None:
             messages = _out(pipeline, project, queue, "list", messages)
         return Page(messages, encode_marker(messages[-1].seq) if messages else "")
@@ -225,6 +239,7 @@ class MessageService:
         message = await store.get(project, queue, message_id)
         if message is None:
             raise MessageNotFound(message_id=message_id, queue=queue, project=project)
+        [message] = await self._opened(project, queue, [message])
         if pipeline is not None:
             return _out(pipeline, project, queue, "get", [message])[0]
         return message
@@ -235,7 +250,9 @@ class MessageService:
         validation.queue_ref(project, queue)
         validation.ids_to_get(message_ids)
         store, pipeline = await self._reading(project, queue)
-        found = await store.get_many(project, queue, message_ids)
+        found = await self._opened(
+            project, queue, await store.get_many(project, queue, message_ids)
+        )
         if pipeline is not None:
             return _out(pipeline, project, queue, "get", found)
         return found
@@ -260,7 +277,9 @@ class MessageService:
     async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
         validation.queue_ref(project, queue)
         store, pipeline = await self._reading(project, queue)
-        popped = await store.pop(project, queue, validation.pop_limit(limit))
+        popped = await self._opened(
+            project, queue, await store.pop(project, queue, validation.pop_limit(limit))
+        )
         if pipeline is not None:
             return _out(pipeline, project, queue, "pop", popped)
         return popped
@@ -293,10 +312,13 @@ class MessageService:
                 await self._ensure_dead_letter_queue(
                     project, policy.dead_letter.queue, policy.pool
                 )
+            if result.claim is None:
+                return None
+            claim = await self._opened_claim(project, queue, result.claim)
             pipeline = policy.filters
-            if pipeline is not None and pipeline.reads and result.claim is not None:
-                return _claim_out(pipeline, project, queue, result.claim)
-            return result.claim
+            if pipeline is not None and pipeline.reads:
+                return _claim_out(pipeline, project, queue, claim)
+            return claim
         raise _changing(queue)
 
     async def _ensure_dead_letter_queue(self, project: str, queue: str, pool: str) -> None:
@@ -314,6 +336,7 @@ class MessageService:
         claim = await store.get_claim(project, queue, claim_id)
         if claim is None:
             raise ClaimNotFound(claim_id=claim_id, queue=queue, project=project)
+        claim = await self._opened_claim(project, queue, claim)
         if pipeline is not None:
             return _claim_out(pipeline, project, queue, claim)
         return claim
@@ -368,6 +391,47 @@ class MessageService:
         version = await store.bump_queue_version(project, queue)
         self._forget(project, queue)
         return version
+
+    async def open_bodies(
+        self, project: str, queue: str, bodies: Sequence[bytes]
+    ) -> list[bytes]:
+        """The plaintext of bodies handed over sealed (notifier_svc delivering them); bodies
+        that are not sealed come back as they are.
+
+        Raises:
+            MessageUnreadable: a body cannot be opened (``encryption.Bodies.open``).
+        """
+        validation.queue_ref(project, queue)
+        return [await self.bodies.open(project, queue, body) for body in bodies]
+
+    def _sealed(
+        self, project: str, queue: str, batch: Sequence[NewMessage]
+    ) -> list[NewMessage]:
+        return [replace(m, body=self.bodies.seal(project, queue, m.body)) for m in batch]
+
+    async def _opened(
+        self, project: str, queue: str, messages: Sequence[StoredMessage]
+    ) -> list[StoredMessage]:
+        """``messages`` with every sealed body opened, whatever the queue's flag says now
+        (bodies sealed before it was turned off stay readable)."""
+        if not any(is_sealed(m.body) for m in messages):
+            return list(messages)
+        return [
+            replace(m, body=await self.bodies.open(project, queue, m.body))
+            if is_sealed(m.body) else m
+            for m in messages
+        ]
+
+    async def _opened_claim(self, project: str, queue: str, claim: Claim) -> Claim:
+        if not any(is_sealed(m.body) for m in claim.messages):
+            return claim
+        return replace(
+            claim, messages=tuple(await self._opened(project, queue, claim.messages))
+        )
+
+    async def _dead_letter_of(self, project: str, queue: str) -> str | None:
+        policy = await self.metadata.get(project, queue)
+        return None if policy.dead_letter is None else policy.dead_letter.queue
 
     def _forget(self, project: str, queue: str) -> None:
         """Drop the queue's cached metadata and whether it is listened to."""

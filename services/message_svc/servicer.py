@@ -233,6 +233,12 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
     ) -> messages_pb2.BatchResponse:
         return await self._batch.run(request, context)
 
+    async def OpenBodies(
+        self, request: messages_pb2.OpenBodiesRequest, context: Context
+    ) -> messages_pb2.OpenBodiesResponse:
+        bodies = await self._service.open_bodies(request.project, request.queue, request.bodies)
+        return messages_pb2.OpenBodiesResponse(bodies=bodies)
+
 
 def registrar(
     service: MessageService, packer: Packer, polling: Polling | None = None

@@ -5,18 +5,26 @@ A notification is the message as posted plus ``Message_Type`` and ``queue_name``
     {"body": <the body, byte for byte>, "ttl": 300, "Message_Type": "Notification",
      "queue_name": "q"}
 
+A message of a queue with ``_enable_encrypt_messages`` is handed over sealed, and its
+notification is stored sealed too (:data:`SEALED_PREFIX` and a JSON object with the envelope in
+base64), so the outbox never holds its plaintext; the dispatcher has message_svc open the body
+just before each attempt (:func:`opened`).
+
 A confirmation carries a pre-signed PUT of ``/v2/queues/{q}/subscriptions/{id}/confirm``
 (contract §5, §6) with the bodies that confirm or cancel the subscription.
 """
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
+from typing import Final
 
 import orjson
 from zaqar_grpc.v2 import common_pb2
 
 from services.common import signing
+from services.common.message_keys import is_sealed
 from services.notifier_svc.storage.base import DeliveryKind, Subscription
 
 _MESSAGES = {
@@ -28,7 +36,17 @@ _MESSAGES = {
 }
 
 
+SEALED_PREFIX: Final = b"sealed-notification:"
+"""Start of a stored notification whose body is sealed; a plain document starts with ``{``."""
+
+
 def notification(queue: str, message: common_pb2.Message) -> bytes:
+    if is_sealed(message.body):
+        return SEALED_PREFIX + orjson.dumps({
+            "sealed": base64.b64encode(message.body).decode("ascii"),
+            "ttl": message.ttl,
+            "queue_name": queue,
+        })
     return orjson.dumps({
         "body": orjson.Fragment(message.body or b"null"),
         "ttl": message.ttl,
@@ -71,3 +89,23 @@ def confirmation(
         "queue_name": subscription.queue,
     })
     return orjson.dumps(document)
+
+
+def is_sealed_notification(document: bytes) -> bool:
+    return document.startswith(SEALED_PREFIX)
+
+
+def sealed_body(document: bytes) -> bytes:
+    """The sealed body of a sealed notification."""
+    return base64.b64decode(orjson.loads(document[len(SEALED_PREFIX):])["sealed"])
+
+
+def opened(document: bytes, body: bytes) -> bytes:
+    """The notification a sealed one stands for, with ``body`` (its plaintext)."""
+    sealed = orjson.loads(document[len(SEALED_PREFIX):])
+    return orjson.dumps({
+        "body": orjson.Fragment(body or b"null"),
+        "ttl": sealed["ttl"],
+        "Message_Type": DeliveryKind.NOTIFICATION.value,
+        "queue_name": sealed["queue_name"],
+    })

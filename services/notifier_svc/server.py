@@ -33,6 +33,7 @@ from services.notifier_svc.delivery.dispatcher import (
 from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
 from services.notifier_svc.delivery.trust import TrustSender
 from services.notifier_svc.delivery.webhook import WebhookSender
+from services.notifier_svc.sealed import SealedBodies
 from services.notifier_svc.service import Confirmation, NotifierService
 from services.notifier_svc.servicer import INTERNAL_SERVICE, SUBSCRIPTIONS_SERVICE, registrar
 from services.notifier_svc.storage.registry import open_notifier_store
@@ -106,10 +107,11 @@ async def start(
         "http": webhook, "https": webhook, "mailto": mail,
         "trust+http": trust, "trust+https": trust,
     }
+    sealed = SealedBodies(replicas)
     dispatcher = Dispatcher(
         store, senders, policies.retry_policy,
         concurrency=settings.delivery_concurrency, timeout=settings.delivery_timeout,
-        clock=clock,
+        clock=clock, opener=sealed.open_delivery,
     )
     sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
     depth = OutboxDepth(store, DEPTH_INTERVAL if settings.metrics else 0)
@@ -148,7 +150,7 @@ async def start(
 
     try:
         server, port, health_servicer = create_server(
-            [registrar(service, replicas.listened), health.registrar(check_health)],
+            [registrar(service, replicas.listened, sealed), health.registrar(check_health)],
             SERVICE_NAMES, host=settings.host, port=settings.notifier_port, tls=tls,
             interceptors=server_interceptors(
                 auth, [SUBSCRIPTIONS_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]

@@ -24,6 +24,7 @@ from services.common.errors import Overloaded, ServiceError, to_status
 from services.common.grpc_auth import caller_token
 from services.common.grpc_types import Context
 from services.notifier_svc import validation
+from services.notifier_svc.sealed import SealedBodies
 from services.notifier_svc.service import Announce, NotifierService
 from services.notifier_svc.storage.base import Subscription
 
@@ -115,9 +116,13 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
         self,
         service: NotifierService,
         announce: Announce | None = None,
+        sealed: SealedBodies | None = None,
     ) -> None:
+        """``sealed``: opens sealed bodies before they are streamed to a watcher (without
+        it they are streamed as handed over)."""
         self._service = service
         self._announce = announce
+        self._sealed = sealed
 
     async def Notify(
         self, request: notifier_pb2.NotifyRequest, context: Context
@@ -177,6 +182,13 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
                     if getter not in done:
                         continue
                     notification, getter = getter.result(), None
+                    if self._sealed is not None:
+                        opened = await self._sealed.open_notification(
+                            request.project, notification
+                        )
+                        if opened is None:
+                            continue
+                        notification = opened
                     yield notification
             finally:
                 await _stop(overflow, getter)
@@ -197,13 +209,14 @@ async def _stop(*tasks: asyncio.Task[Any] | None) -> None:
 def registrar(
     service: NotifierService,
     announce: Announce | None = None,
+    sealed: SealedBodies | None = None,
 ) -> Callable[[grpc.aio.Server], None]:
     def register(server: grpc.aio.Server) -> None:
         notifier_pb2_grpc.add_SubscriptionsServicer_to_server(
             SubscriptionsServicer(service), server
         )
         notifier_pb2_grpc.add_NotifierInternalServicer_to_server(
-            NotifierInternalServicer(service, announce), server
+            NotifierInternalServicer(service, announce, sealed), server
         )
 
     return register

@@ -22,10 +22,10 @@ from typing import Any
 
 import grpc
 import orjson
-from zaqar_grpc.v2 import common_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 
 from services.common.config import Settings
-from services.common.errors import decode_rpc_error
+from services.common.errors import Unavailable, decode_rpc_error
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
 from services.common.metrics import instrumented
@@ -131,3 +131,29 @@ class MessageReplicas:
                         "skip the queue's messages until its cache entry ages out",
                         self._target, project, queue, exc.code().name,
                     )
+
+    async def open_bodies(
+        self, project: str, queue: str, bodies: list[bytes]
+    ) -> list[bytes] | None:
+        """The plaintext of sealed bodies of the queue, opened by message_svc (the only
+        service that decrypts); None when message_svc says they cannot be opened (logged).
+
+        Raises:
+            Unavailable: message_svc cannot be reached (try again later).
+        """
+        try:
+            answer = await self._stub.OpenBodies(
+                messages_pb2.OpenBodiesRequest(project=project, queue=queue, bodies=bodies),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            info = decode_rpc_error(exc)
+            if exc.code() == grpc.StatusCode.DATA_LOSS:
+                log.error("sealed message of %s/%s not delivered: %s", project, queue,
+                          info.description)
+                return None
+            raise Unavailable(
+                f"message_svc at {self._target} did not open sealed bodies of {project}/"
+                f"{queue}: {info.description}"
+            ) from None
+        return list(answer.bodies)

@@ -141,6 +141,22 @@ def check_reserved(
             raise error(description)
 
 
+NO_ENCRYPTION_KEYS = (
+    "_enable_encrypt_messages cannot be true: no message encryption key is configured "
+    "(ZAQAR_MESSAGE_ENCRYPTION_KEYS)."
+)
+
+
+def check_encryption(
+    metadata: Mapping[str, Any], configured: bool,
+    error: type[InvalidArgument] = InvalidArgument,
+) -> None:
+    """Raise ``error`` when the metadata asks for encrypted messages and no key is
+    ``configured``: the queue's posts could not be stored encrypted."""
+    if metadata.get("_enable_encrypt_messages") is True and not configured:
+        raise error(NO_ENCRYPTION_KEYS)
+
+
 def check_patched(metadata: Mapping[str, Any]) -> None:
     """Rules on the metadata a PATCH produces (Zaqar answers "Invalid request body")."""
     if len(orjson.dumps(metadata)) > limits.METADATA_SIZE_MAX:

@@ -19,6 +19,7 @@ from services.common.grpc_server import (
     start_server,
 )
 from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.message_keys import parse_keys
 from services.common.store_probe import answers
 from services.common.tls import load_tls
 from services.queue_svc import catalog_servicer
@@ -48,11 +49,12 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     use (closed by its owner), else the service makes one.
 
     Raises:
-        ConfigurationError: bad TLS settings or files, the store URI is unknown or malformed,
-            or the store cannot be opened.
+        ConfigurationError: bad TLS settings or files, a malformed message encryption key,
+            the store URI is unknown or malformed, or the store cannot be opened.
         CannotListen: the port cannot be bound (services/common/startup.py).
     """
     tls = await asyncio.to_thread(load_tls, settings)
+    encryption = parse_keys(settings.message_encryption_keys) is not None
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
     store = await open_queue_store(settings.store_uri("queue"))
@@ -72,7 +74,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         count_queues=store.count_on_pool if settings.pooling else None,
     )
     servicer = QueuesServicer(
-        QueueService(store, messages, notifier, catalog if settings.pooling else None)
+        QueueService(store, messages, notifier, catalog if settings.pooling else None,
+                     encryption=encryption)
     )
 
     def register(server: grpc.aio.Server) -> None:

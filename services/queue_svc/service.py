@@ -37,7 +37,7 @@ from typing import Any
 from zaqar_grpc.v2 import common_pb2
 
 from services.common import limits
-from services.common.errors import ServiceError, Unavailable
+from services.common.errors import InvalidBody, ServiceError, Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import placement, validation
 from services.queue_svc.catalog import CatalogService
@@ -67,14 +67,18 @@ class QueueService:
         notifier: NotifierService,
         catalog: CatalogService | None = None,
         rng: random.Random | None = None,
+        encryption: bool = False,
     ) -> None:
         """``catalog``: given when pooling is enabled; a new queue's ``_flavor`` must then
-        name a flavor of its project, and new queues are placed on pools drawn with ``rng``."""
+        name a flavor of its project, and new queues are placed on pools drawn with ``rng``.
+        ``encryption``: message encryption keys are configured; without them
+        ``_enable_encrypt_messages`` true is refused."""
         self._store = store
         self._messages = messages
         self._notifier = notifier
         self._catalog = catalog
         self._rng = rng or random.Random()
+        self._encryption = encryption
 
     async def _pooled(self) -> Catalog | None:
         """The catalog when pooling is on, else None."""
@@ -89,6 +93,7 @@ class QueueService:
         validation.check_queue(project, queue)
         metadata = meta.parse_object(raw_metadata)
         meta.check_reserved(metadata)
+        meta.check_encryption(metadata, self._encryption)
         catalog = await self._pooled()
         if catalog is None:
             created = await self._store.create(project, queue, metadata)
@@ -188,12 +193,16 @@ class QueueService:
                 )
                 pool_uri = placement.pool_uri(catalog, current.pool)
         record = await self._store.update_metadata(
-            project, queue, patches, check=meta.check_patched
+            project, queue, patches, check=self._check_patched
         )
         if catalog is not None and pool_uri is None:
             pool_uri = placement.pool_uri(catalog, record.pool)
         await self._messages.invalidate(project, queue, pool_uri)
         return meta.with_defaults(record.metadata)
+
+    def _check_patched(self, metadata: Mapping[str, Any]) -> None:
+        meta.check_patched(metadata)
+        meta.check_encryption(metadata, self._encryption, InvalidBody)
 
     async def delete(self, project: str, queue: str) -> None:
         """Delete the queue, then its messages and claims, then its subscriptions. Idempotent.

@@ -38,6 +38,7 @@ from services.common import metrics
 from services.common.errors import Unavailable
 from services.common.sweeper import Periodic
 from services.notifier_svc import retry
+from services.notifier_svc.documents import is_sealed_notification
 from services.notifier_svc.storage.base import Delivery, NotifierStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ class Sender(Protocol):
 
 
 QueuePolicy = Callable[[str, str], Awaitable[Any]]
+Opener = Callable[[Delivery], Awaitable[Delivery | None]]
+"""Makes a delivery whose document is sealed ready to send (message_svc opens the body); None
+when it cannot be opened (the attempt fails); raises ``Unavailable`` when message_svc cannot
+be reached (the delivery stays pending)."""
 
 
 class Dispatcher:
@@ -98,7 +103,9 @@ class Dispatcher:
         concurrency: int,
         timeout: float,
         clock: Callable[[], float] = time.time,
+        opener: Opener | None = None,
     ) -> None:
+        self._opener = opener
         self._store = store
         self._senders = senders
         self._queue_policy = queue_policy
@@ -231,6 +238,11 @@ class Dispatcher:
         well before its lease does, or another replica could make the delivery meanwhile."""
         try:
             async with asyncio.timeout(self._timeout):
+                if self._opener is not None and is_sealed_notification(delivery.document):
+                    opened = await self._opener(delivery)
+                    if opened is None:
+                        return False
+                    delivery = opened
                 return await sender.send(delivery)
         except TimeoutError:
             log.info("delivery %s to %s abandoned after %.1f s", delivery.id,

@@ -715,3 +715,53 @@ class BatchResult(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___BatchResult: _TypeAlias = BatchResult  # noqa: Y015
+
+@_typing.final
+class OpenBodiesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    BODIES_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    queue: _builtins.str
+    @_builtins.property
+    def bodies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Bodies as message_svc handed them over."""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        queue: _builtins.str = ...,
+        bodies: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bodies", b"bodies", "project", b"project", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenBodiesRequest: _TypeAlias = OpenBodiesRequest  # noqa: Y015
+
+@_typing.final
+class OpenBodiesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bodies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """One per body of the request, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        bodies: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bodies", b"bodies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenBodiesResponse: _TypeAlias = OpenBodiesResponse  # noqa: Y015

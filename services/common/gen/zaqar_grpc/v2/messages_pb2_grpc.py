@@ -608,6 +608,11 @@ class MessagesInternalStub:
                 request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
                 response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.FromString,
                 _registered_method=True)
+        self.OpenBodies = channel.unary_unary(
+                '/zaqar.v2.MessagesInternal/OpenBodies',
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesResponse.FromString,
+                _registered_method=True)
 
 
 class MessagesInternalServicer:
@@ -642,6 +647,16 @@ class MessagesInternalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenBodies(self, request, context):
+        """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
+        handed over sealed (a queue with `_enable_encrypt_messages`): bodies are decrypted in
+        message_svc only. Bodies that are not sealed come back unchanged. DATA_LOSS when one
+        cannot be opened (its key is not configured any more, or it fails authentication).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagesInternalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -659,6 +674,11 @@ def add_MessagesInternalServicer_to_server(servicer, server):
                     servicer.Batch,
                     request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.FromString,
                     response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.SerializeToString,
+            ),
+            'OpenBodies': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenBodies,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -743,6 +763,33 @@ class MessagesInternal:
             '/zaqar.v2.MessagesInternal/Batch',
             zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
             zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenBodies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.MessagesInternal/OpenBodies',
+            zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

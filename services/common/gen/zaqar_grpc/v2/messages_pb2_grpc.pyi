@@ -212,6 +212,12 @@ class MessagesInternalStub:
     cannot be made at all (UNAVAILABLE, DEADLINE_EXCEEDED, ...), and then every item has
     that outcome. Not idempotent (posts, claims): never retried.
     """
+    OpenBodies: _grpc.UnaryUnaryMultiCallable[_messages_pb2.OpenBodiesRequest, _messages_pb2.OpenBodiesResponse]
+    """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
+    handed over sealed (a queue with `_enable_encrypt_messages`): bodies are decrypted in
+    message_svc only. Bodies that are not sealed come back unchanged. DATA_LOSS when one
+    cannot be opened (its key is not configured any more, or it fails authentication).
+    """
 
 @_typing.type_check_only
 class MessagesInternalAsyncStub(MessagesInternalStub):
@@ -232,6 +238,12 @@ class MessagesInternalAsyncStub(MessagesInternalStub):
     (code, message, ErrorInfo details) it fails with. The call itself fails only when it
     cannot be made at all (UNAVAILABLE, DEADLINE_EXCEEDED, ...), and then every item has
     that outcome. Not idempotent (posts, claims): never retried.
+    """
+    OpenBodies: _aio.UnaryUnaryMultiCallable[_messages_pb2.OpenBodiesRequest, _messages_pb2.OpenBodiesResponse]  # type: ignore[assignment]
+    """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
+    handed over sealed (a queue with `_enable_encrypt_messages`): bodies are decrypted in
+    message_svc only. Bodies that are not sealed come back unchanged. DATA_LOSS when one
+    cannot be opened (its key is not configured any more, or it fails authentication).
     """
 
 class MessagesInternalServicer(metaclass=_abc_1.ABCMeta):
@@ -268,6 +280,18 @@ class MessagesInternalServicer(metaclass=_abc_1.ABCMeta):
         (code, message, ErrorInfo details) it fails with. The call itself fails only when it
         cannot be made at all (UNAVAILABLE, DEADLINE_EXCEEDED, ...), and then every item has
         that outcome. Not idempotent (posts, claims): never retried.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenBodies(
+        self,
+        request: _messages_pb2.OpenBodiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.OpenBodiesResponse, _abc.Awaitable[_messages_pb2.OpenBodiesResponse]]:
+        """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
+        handed over sealed (a queue with `_enable_encrypt_messages`): bodies are decrypted in
+        message_svc only. Bodies that are not sealed come back unchanged. DATA_LOSS when one
+        cannot be opened (its key is not configured any more, or it fails authentication).
         """
 
 def add_MessagesInternalServicer_to_server(servicer: MessagesInternalServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
