@@ -141,6 +141,7 @@ async def start(
         wake=dispatcher.wake,
         trusts=Trusts(auth),
         clock=clock,
+        open_bodies=replicas.open_bodies,
     )
 
     async def check_health(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +18,9 @@ from zaqar_grpc.v2 import common_pb2, notifier_pb2
 
 from services.common import limits, metrics, tracing
 from services.common.errors import InvalidArgument, SubscriptionAlreadyExists, SubscriptionNotFound
+from services.common.message_keys import is_sealed
 from services.notifier_svc import documents, validation
-from services.notifier_svc.filter_policy import Policies
+from services.notifier_svc.filter_policy import Policies, Policy
 from services.notifier_svc.storage.base import (
     DeliveryKind,
     NewDelivery,
@@ -30,6 +31,8 @@ from services.notifier_svc.trusts import OPTION as TRUST_OPTION
 from services.notifier_svc.trusts import Trusts, is_trust
 from services.notifier_svc.watch_sharing import Announce, WatchSharing
 from services.notifier_svc.watchers import WatchHub
+
+OpenBodies = Callable[[str, str, list[bytes]], Awaitable[list[bytes] | None]]
 
 __all__ = ["Announce", "Confirmation", "NotifierService"]
 
@@ -55,7 +58,11 @@ class NotifierService:
         wake: Callable[[Iterable[str] | None], None],
         trusts: Trusts | None = None,
         clock: Callable[[], float] = time.time,
+        open_bodies: OpenBodies | None = None,
     ) -> None:
+        """``open_bodies(project, queue, bodies)``: the plaintext of sealed bodies (a queue
+        with ``_enable_encrypt_messages``), opened by message_svc, for filter policies; None
+        when they cannot be opened. Without it, sealed bodies cannot be filtered."""
         self.store = store
         self.watches = watches
         self._trusts = Trusts(None) if trusts is None else trusts
@@ -64,6 +71,7 @@ class NotifierService:
         self._wake = wake
         self._clock = clock
         self._policies = Policies()
+        self._open_bodies = open_bodies
 
     @property
     def hub(self) -> WatchHub:
@@ -289,28 +297,50 @@ class NotifierService:
         ]
         messages = [m for post in posts for m in post.messages]
         rendered = [documents.notification(queue, m) for m in messages]
-        deliveries = self._filtered(targets, messages, rendered)
+        policies = [self._policies.of(s.options) for s in targets]
+        bodies = (
+            await self._judged_bodies(project, queue, messages)
+            if any(policy is not None for policy in policies) else None
+        )
+        deliveries = self._filtered(targets, policies, bodies, rendered)
         if deliveries:
             await self.store.enqueue(deliveries)
             self._wake({d.subscriber for d in deliveries})
         return bool(subscriptions) or watched or self.hub.listened(project, queue)
 
+    async def _judged_bodies(
+        self, project: str, queue: str, messages: Sequence[common_pb2.Message]
+    ) -> builtins.list[Any]:
+        """The decoded bodies of ``messages`` for filter policies; sealed ones opened by
+        message_svc first (their plaintext is only judged, never stored here).
+
+        Raises:
+            Unavailable: message_svc cannot open them now; the hand-over fails, and message_svc
+                hands the messages over again later.
+        """
+        raw = [m.body for m in messages]
+        sealed = [i for i, body in enumerate(raw) if is_sealed(body)]
+        if sealed and self._open_bodies is not None:
+            opened = await self._open_bodies(project, queue, [raw[i] for i in sealed])
+            if opened is not None:
+                for i, body in zip(sealed, opened, strict=True):
+                    raw[i] = body
+        return [_body(body) for body in raw]
+
     def _filtered(
         self,
         targets: Sequence[Subscription],
-        messages: Sequence[common_pb2.Message],
+        policies: Sequence[Policy | None],
+        bodies: Sequence[Any] | None,
         rendered: Sequence[bytes],
     ) -> builtins.list[NewDelivery]:
         """One delivery per (message, target) whose filter policy passes the message, in
-        message order; the others are counted, and cost no outbox write."""
-        policies = [self._policies.of(s.options) for s in targets]
-        bodies: builtins.list[Any] | None = None
+        message order; the others are counted, and cost no outbox write. ``bodies``: the
+        decoded bodies, when a target has a policy."""
         deliveries = []
         for i, document in enumerate(rendered):
             for subscription, policy in zip(targets, policies, strict=True):
-                if policy is not None:
-                    if bodies is None:
-                        bodies = [_body(m) for m in messages]
+                if policy is not None and bodies is not None:
                     body = bodies[i]
                     if body is not _UNREADABLE and not policy.matches(body):
                         scheme = subscription.subscriber.partition(":")[0]
@@ -323,14 +353,14 @@ class NotifierService:
 _UNREADABLE: Any = object()
 
 
-def _body(message: common_pb2.Message) -> Any:
+def _body(body: bytes) -> Any:
     """A message's decoded body for filter policies, or :data:`_UNREADABLE`.
 
-    A body handed over is JSON unless it is sealed (a queue with ``_enable_encrypt_messages``:
-    only message_svc can open it); a policy cannot judge it, and it is delivered unfiltered
-    rather than lost."""
+    A body is JSON unless it is still sealed (message_svc said it cannot be opened: its key
+    is gone); a policy cannot judge it, and it is delivered unfiltered rather than lost (its
+    delivery then fails to open it, and says why)."""
     try:
-        return orjson.loads(message.body or b"null")
+        return orjson.loads(body or b"null")
     except orjson.JSONDecodeError:
         return _UNREADABLE
 

@@ -23,6 +23,7 @@ import redis.asyncio
 from pymongo import AsyncMongoClient
 from zaqar_grpc.v2 import messages_pb2, queues_pb2
 
+from services.common import metrics
 from services.common.config import Settings
 from services.message_svc.encryption import Envelope
 from tests.receivers import Receiver
@@ -235,4 +236,30 @@ async def test_subscribers_get_plaintext_and_the_outbox_holds_none(
     raw = files(stack.settings, "notifier.db*")
     assert VISIBLE.encode() in raw
     assert VISIBLE.encode() in raw
+    assert SECRET.encode() not in raw
+
+
+async def test_filter_policies_judge_the_plaintext_of_sealed_messages(
+    stack_factory: Callable[..., Awaitable[Stack]],  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    # Given an encrypted queue with two webhooks, each with a filter policy on the body
+    stack = await stack_factory(message_encryption_keys=KEY_A)
+    await stack.queues.CreateQueue(queues_pb2.CreateQueueRequest(
+        project=NOTIFY_PROJECT, queue="q", metadata=b'{"_enable_encrypt_messages": true}'))
+    await stack.subscribe(receiver.url("/red"), filter_policy={"colour": ["red"]})
+    await stack.subscribe(receiver.url("/blue"), filter_policy={"colour": ["blue"]})
+    filtered = metrics.FILTERED_MESSAGES.labels("http")
+    before = filtered._value.get()
+    # When a red and then a blue message are posted
+    await stack.post({"colour": "red", "marker": SECRET}, ttl=300)
+    await stack.post({"colour": "blue", "marker": SECRET}, ttl=300)
+    # Then each webhook gets only the message its policy matches, in plaintext
+    hits = await receiver.wait_for(2)
+    got = sorted((h.path, h.json()["body"]["colour"]) for h in hits)
+    assert got == [("/blue", "blue"), ("/red", "red")]
+    # And the other two (message, webhook) pairs were filtered out, not stored for delivery
+    assert filtered._value.get() - before == 2
+    # And no plaintext was stored at all
+    raw = files(stack.settings, "notifier.db*")
     assert SECRET.encode() not in raw
