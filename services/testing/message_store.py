@@ -79,6 +79,32 @@ class MessageStoreContract:
         yield store
         await store.close()
 
+    async def test_next_free_at_is_when_a_delay_ends_or_a_claim_expires(
+        self,
+        message_store: MessageStore, clock: Clock
+    ) -> None:
+        """Long polling's hint: when a hidden message may next become claimable."""
+        # An empty queue, and one with only visible messages, have nothing coming
+        assert await message_store.next_free_at(P, Q) is None
+        await message_store.post(P, Q, CLIENT, [msg(0)])
+        assert await message_store.next_free_at(P, Q) is None
+        # A claim frees its message when it expires
+        start = clock.now
+        claimed = await message_store.claim(P, Q, limit=1, ttl=60, grace=60)
+        assert claimed.claim is not None
+        assert await message_store.next_free_at(P, Q) == pytest.approx(start + 60, abs=1)
+        # A delayed message becomes visible earlier, so that comes first
+        await message_store.post(P, Q, CLIENT, [msg(1, delay=30)])
+        assert await message_store.next_free_at(P, Q) == pytest.approx(start + 30, abs=1)
+        # Once its delay is over, the claim's expiry is next
+        clock.advance(31)
+        assert await message_store.next_free_at(P, Q) == pytest.approx(start + 60, abs=1)
+        # Released, nothing hidden is left; other queues never count
+        await message_store.release_claim(P, Q, claimed.claim.id)
+        assert await message_store.next_free_at(P, Q) is None
+        await message_store.post(P, "other", CLIENT, [msg(2, delay=10)])
+        assert await message_store.next_free_at(P, Q) is None
+
     async def test_post_returns_ids_in_order_and_list_keeps_acceptance_order(
         self,
         message_store: MessageStore, clock: Clock

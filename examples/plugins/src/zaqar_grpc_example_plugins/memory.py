@@ -27,7 +27,7 @@ NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 OPERATIONS = (
     "queue_version", "bump_queue_version", "post", "list_messages", "get", "get_many",
     "delete", "delete_many", "pop", "claim", "get_claim", "renew_claim", "release_claim",
-    "stats", "delete_queue", "collect_garbage",
+    "stats", "next_free_at", "delete_queue", "collect_garbage",
 )
 
 
