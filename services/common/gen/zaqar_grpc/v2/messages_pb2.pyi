@@ -765,3 +765,63 @@ class OpenBodiesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpenBodiesResponse: _TypeAlias = OpenBodiesResponse  # noqa: Y015
+
+@_typing.final
+class PostOnceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    queue: _builtins.str
+    key: _builtins.str
+    """1..256 characters; the same key on the same queue posts once."""
+    body: _builtins.bytes
+    """UTF-8 JSON, as NewMessage.body."""
+    ttl: _builtins.int
+    """Seconds, 60..1209600, capped by the queue's _default_message_ttl."""
+    client_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        queue: _builtins.str = ...,
+        key: _builtins.str = ...,
+        body: _builtins.bytes = ...,
+        ttl: _builtins.int = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client_id", b"client_id", "key", b"key", "project", b"project", "queue", b"queue", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostOnceRequest: _TypeAlias = PostOnceRequest  # noqa: Y015
+
+@_typing.final
+class PostOnceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    replayed: _builtins.bool
+    """True when the key had been posted before (nothing was stored now)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostOnceResponse: _TypeAlias = PostOnceResponse  # noqa: Y015

@@ -613,6 +613,11 @@ class MessagesInternalStub:
                 request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesRequest.SerializeToString,
                 response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesResponse.FromString,
                 _registered_method=True)
+        self.PostOnce = channel.unary_unary(
+                '/zaqar.v2.MessagesInternal/PostOnce',
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.PostOnceRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.PostOnceResponse.FromString,
+                _registered_method=True)
 
 
 class MessagesInternalServicer:
@@ -657,6 +662,17 @@ class MessagesInternalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostOnce(self, request, context):
+        """(notifier_svc -> message_svc) Post one message into a queue at most once per key (a
+        queue subscriber's delivery id): the key is stored with the message in the same step and
+        remembered for the retry horizon, so a call made again with the key stores nothing and
+        answers the first call's id (replayed). The queue's defaults, post filters and encryption
+        apply as to PostMessages; the ttl is capped by the queue's _default_message_ttl.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagesInternalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -679,6 +695,11 @@ def add_MessagesInternalServicer_to_server(servicer, server):
                     servicer.OpenBodies,
                     request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesRequest.FromString,
                     response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesResponse.SerializeToString,
+            ),
+            'PostOnce': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostOnce,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.PostOnceRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.PostOnceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -790,6 +811,33 @@ class MessagesInternal:
             '/zaqar.v2.MessagesInternal/OpenBodies',
             zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesRequest.SerializeToString,
             zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostOnce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.MessagesInternal/PostOnce',
+            zaqar__grpc_dot_v2_dot_messages__pb2.PostOnceRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.PostOnceResponse.FromString,
             options,
             channel_credentials,
             insecure,

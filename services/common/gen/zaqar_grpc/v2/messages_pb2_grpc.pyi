@@ -218,6 +218,13 @@ class MessagesInternalStub:
     message_svc only. Bodies that are not sealed come back unchanged. DATA_LOSS when one
     cannot be opened (its key is not configured any more, or it fails authentication).
     """
+    PostOnce: _grpc.UnaryUnaryMultiCallable[_messages_pb2.PostOnceRequest, _messages_pb2.PostOnceResponse]
+    """(notifier_svc -> message_svc) Post one message into a queue at most once per key (a
+    queue subscriber's delivery id): the key is stored with the message in the same step and
+    remembered for the retry horizon, so a call made again with the key stores nothing and
+    answers the first call's id (replayed). The queue's defaults, post filters and encryption
+    apply as to PostMessages; the ttl is capped by the queue's _default_message_ttl.
+    """
 
 @_typing.type_check_only
 class MessagesInternalAsyncStub(MessagesInternalStub):
@@ -244,6 +251,13 @@ class MessagesInternalAsyncStub(MessagesInternalStub):
     handed over sealed (a queue with `_enable_encrypt_messages`): bodies are decrypted in
     message_svc only. Bodies that are not sealed come back unchanged. DATA_LOSS when one
     cannot be opened (its key is not configured any more, or it fails authentication).
+    """
+    PostOnce: _aio.UnaryUnaryMultiCallable[_messages_pb2.PostOnceRequest, _messages_pb2.PostOnceResponse]  # type: ignore[assignment]
+    """(notifier_svc -> message_svc) Post one message into a queue at most once per key (a
+    queue subscriber's delivery id): the key is stored with the message in the same step and
+    remembered for the retry horizon, so a call made again with the key stores nothing and
+    answers the first call's id (replayed). The queue's defaults, post filters and encryption
+    apply as to PostMessages; the ttl is capped by the queue's _default_message_ttl.
     """
 
 class MessagesInternalServicer(metaclass=_abc_1.ABCMeta):
@@ -292,6 +306,19 @@ class MessagesInternalServicer(metaclass=_abc_1.ABCMeta):
         handed over sealed (a queue with `_enable_encrypt_messages`): bodies are decrypted in
         message_svc only. Bodies that are not sealed come back unchanged. DATA_LOSS when one
         cannot be opened (its key is not configured any more, or it fails authentication).
+        """
+
+    @_abc_1.abstractmethod
+    def PostOnce(
+        self,
+        request: _messages_pb2.PostOnceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.PostOnceResponse, _abc.Awaitable[_messages_pb2.PostOnceResponse]]:
+        """(notifier_svc -> message_svc) Post one message into a queue at most once per key (a
+        queue subscriber's delivery id): the key is stored with the message in the same step and
+        remembered for the retry horizon, so a call made again with the key stores nothing and
+        answers the first call's id (replayed). The queue's defaults, post filters and encryption
+        apply as to PostMessages; the ttl is capped by the queue's _default_message_ttl.
         """
 
 def add_MessagesInternalServicer_to_server(servicer: MessagesInternalServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
