@@ -533,6 +533,83 @@ class DeleteClaimRequest(_message.Message):
 Global___DeleteClaimRequest: _TypeAlias = DeleteClaimRequest  # noqa: Y015
 
 @_typing.final
+class StreamingPullRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    MAX_OUTSTANDING_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    GRACE_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    queue: _builtins.str
+    max_outstanding: _builtins.int
+    """1..100, default 10 when unset: how many of this stream's messages may be claimed and
+    not yet deleted, released or expired; the stream sends no more until some are.
+    """
+    ttl: _builtins.int
+    """The claims' TTL, 60..43200, default 300 when unset."""
+    grace: _builtins.int
+    """The claims' grace, 60..43200, default 60 when unset."""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        queue: _builtins.str = ...,
+        max_outstanding: _builtins.int | None = ...,
+        ttl: _builtins.int | None = ...,
+        grace: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grace", b"_grace", "_max_outstanding", b"_max_outstanding", "_ttl", b"_ttl", "grace", b"grace", "max_outstanding", b"max_outstanding", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace", b"_grace", "_max_outstanding", b"_max_outstanding", "_ttl", b"_ttl", "grace", b"grace", "max_outstanding", b"max_outstanding", "project", b"project", "queue", b"queue", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__grace: _TypeAlias = _typing.Literal["grace"]  # noqa: Y015
+    _WhichOneofArgType__grace: _TypeAlias = _typing.Literal["_grace", b"_grace"]  # noqa: Y015
+    _WhichOneofReturnType__max_outstanding: _TypeAlias = _typing.Literal["max_outstanding"]  # noqa: Y015
+    _WhichOneofArgType__max_outstanding: _TypeAlias = _typing.Literal["_max_outstanding", b"_max_outstanding"]  # noqa: Y015
+    _WhichOneofReturnType__ttl: _TypeAlias = _typing.Literal["ttl"]  # noqa: Y015
+    _WhichOneofArgType__ttl: _TypeAlias = _typing.Literal["_ttl", b"_ttl"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grace) -> _WhichOneofReturnType__grace | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_outstanding) -> _WhichOneofReturnType__max_outstanding | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ttl) -> _WhichOneofReturnType__ttl | None: ...
+
+Global___StreamingPullRequest: _TypeAlias = StreamingPullRequest  # noqa: Y015
+
+@_typing.final
+class StreamingPullResponse(_message.Message):
+    """One claim the stream made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_ID_FIELD_NUMBER: _builtins.int
+    CLAIM_TTL_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    claim_id: _builtins.str
+    claim_ttl: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]:
+        """The claimed messages (each also names the claim), oldest first."""
+
+    def __init__(
+        self,
+        *,
+        claim_id: _builtins.str = ...,
+        claim_ttl: _builtins.int = ...,
+        messages: _abc.Iterable[_common_pb2.Message] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_id", b"claim_id", "claim_ttl", b"claim_ttl", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamingPullResponse: _TypeAlias = StreamingPullResponse  # noqa: Y015
+
+@_typing.final
 class BatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

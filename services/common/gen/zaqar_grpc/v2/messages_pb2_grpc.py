@@ -96,6 +96,11 @@ class MessagesStub:
                 request_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
                 response_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.FromString,
                 _registered_method=True)
+        self.StreamingPull = channel.unary_stream(
+                '/zaqar.v2.Messages/StreamingPull',
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullResponse.FromString,
+                _registered_method=True)
 
 
 class MessagesServicer:
@@ -184,6 +189,17 @@ class MessagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamingPull(self, request, context):
+        """Streaming pull (gRPC only): claims the queue's messages as they arrive and sends each
+        claim, holding at most `max_outstanding` of this stream's messages claimed and not yet
+        acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
+        expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
+        the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +262,11 @@ def add_MessagesServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.FromString,
                     response_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.SerializeToString,
+            ),
+            'StreamingPull': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamingPull,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +593,33 @@ class Messages:
             '/zaqar.v2.Messages/GetStats',
             zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
             zaqar__grpc_dot_v2_dot_common__pb2.QueueStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamingPull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/zaqar.v2.Messages/StreamingPull',
+            zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullResponse.FromString,
             options,
             channel_credentials,
             insecure,

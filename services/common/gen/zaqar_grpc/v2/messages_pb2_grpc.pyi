@@ -60,6 +60,13 @@ class MessagesStub:
     DeleteClaim: _grpc.UnaryUnaryMultiCallable[_messages_pb2.DeleteClaimRequest, _empty_pb2.Empty]
     """Release a claim: its messages become claimable again. Absent: OK."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _common_pb2.QueueStats]
+    StreamingPull: _grpc.UnaryStreamMultiCallable[_messages_pb2.StreamingPullRequest, _messages_pb2.StreamingPullResponse]
+    """Streaming pull (gRPC only): claims the queue's messages as they arrive and sends each
+    claim, holding at most `max_outstanding` of this stream's messages claimed and not yet
+    acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
+    expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
+    the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class MessagesAsyncStub(MessagesStub):
@@ -89,6 +96,13 @@ class MessagesAsyncStub(MessagesStub):
     DeleteClaim: _aio.UnaryUnaryMultiCallable[_messages_pb2.DeleteClaimRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Release a claim: its messages become claimable again. Absent: OK."""
     GetStats: _aio.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _common_pb2.QueueStats]  # type: ignore[assignment]
+    StreamingPull: _aio.UnaryStreamMultiCallable[_messages_pb2.StreamingPullRequest, _messages_pb2.StreamingPullResponse]  # type: ignore[assignment]
+    """Streaming pull (gRPC only): claims the queue's messages as they arrive and sends each
+    claim, holding at most `max_outstanding` of this stream's messages claimed and not yet
+    acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
+    expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
+    the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+    """
 
 class MessagesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -187,6 +201,19 @@ class MessagesServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.QueueRef,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.QueueStats, _abc.Awaitable[_common_pb2.QueueStats]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamingPull(
+        self,
+        request: _messages_pb2.StreamingPullRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messages_pb2.StreamingPullResponse], _abc.AsyncIterator[_messages_pb2.StreamingPullResponse]]:
+        """Streaming pull (gRPC only): claims the queue's messages as they arrive and sends each
+        claim, holding at most `max_outstanding` of this stream's messages claimed and not yet
+        acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
+        expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
+        the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+        """
 
 def add_MessagesServicer_to_server(servicer: MessagesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
