@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -24,7 +24,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common import tracing
-from services.common.grpc_types import Context, MethodHandler, UnaryUnary, aio_unary_unary
+from services.common.grpc_types import (
+    Context,
+    MethodHandler,
+    UnaryStream,
+    UnaryUnary,
+    aio_unary_stream,
+    aio_unary_unary,
+)
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, well_formed
 from services.common.metrics import code_name, server_calls
 
@@ -322,6 +329,36 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
     return wrapper
 
 
+def _wrap_unary_stream(behavior: UnaryStream, method: str) -> UnaryStream:
+    """As :func:`_wrap_unary` for a server stream: a failure before or between items ends
+    the stream with the same rich status. Not traced (a stream may last for hours)."""
+    calls = server_calls(method)
+
+    async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            code = code_name(context.code())
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            status = failure_status(exc, method)
+            code = code_name(status.code)
+            await context.abort_with_status(rpc_status.to_status(status))
+        finally:
+            seconds = time.perf_counter() - start
+            calls.done(code, seconds)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s %.2fms", method, code, seconds * 1000)
+
+    return wrapper
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Translates :class:`ServiceError` (and any unexpected exception) into a rich status.
 
@@ -352,14 +389,24 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        behavior = None if handler is None else aio_unary_unary(handler)
-        if handler is None or behavior is None:
+        if handler is None:
             return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(behavior, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        behavior = aio_unary_unary(handler)
+        stream = aio_unary_stream(handler)
+        if behavior is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(behavior, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif stream is not None:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                _wrap_unary_stream(stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            return handler
         self._wrapped[method] = wrapped
         return wrapped
 

@@ -38,6 +38,12 @@ MESSAGE_DELAY_MIN: Final = 0
 MESSAGE_DELAY_MAX: Final = 900
 MESSAGE_POST_SIZE_MAX: Final = 262_144
 
+# FIFO queues (extension): group and deduplication ids, and the deduplication window.
+FIFO_ID_MAX: Final = 128
+DEDUP_WINDOW_MIN: Final = 1
+DEDUP_WINDOW_MAX: Final = 86_400
+DEDUP_WINDOW_DEFAULT: Final = 300
+
 CLAIM_TTL_MIN: Final = 60
 CLAIM_TTL_MAX: Final = 43_200
 CLAIM_TTL_DEFAULT: Final = 300

@@ -63,6 +63,10 @@ class QueuePolicy:
     """The queue's message filters; None when none acts on it."""
     encrypt: bool = False
     """``_enable_encrypt_messages``: bodies are sealed before they are stored."""
+    fifo: bool = False
+    """``_fifo``: message groups and deduplication (the store's ``*_fifo`` methods)."""
+    dedup_window: int = limits.DEDUP_WINDOW_DEFAULT
+    """``_dedup_window``: seconds a FIFO queue remembers an accepted ``dedup_id``."""
 
 
 def _int(document: dict[str, Any], key: str) -> int | None:
@@ -97,6 +101,8 @@ def parse_policy(
         dead_letter=dead_letter,
         filters=None if filters is None else filters.for_queue(document),
         encrypt=document.get("_enable_encrypt_messages") is True,
+        fifo=document.get("_fifo") is True,
+        dedup_window=_int(document, "_dedup_window") or limits.DEDUP_WINDOW_DEFAULT,
     )
 
 

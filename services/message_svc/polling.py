@@ -12,6 +12,7 @@ from services.common import limits
 from services.common.errors import InvalidArgument
 from services.message_svc.service import MessageService, Page
 from services.message_svc.storage.base import Claim
+from services.message_svc.streaming import Streams
 from services.message_svc.waiters import WAIT_MAX, Attempt, WaitRoom, Watch
 
 WAIT_ERROR = f"Wait must be at least 0 and may not be greater than {WAIT_MAX}."
@@ -28,6 +29,11 @@ class Polling:
     def __init__(self, service: MessageService, room: WaitRoom) -> None:
         self._service = service
         self.room = room
+        self.streams = Streams(self)
+
+    @property
+    def service(self) -> MessageService:
+        return self._service
 
     async def _next_free_at(self, project: str, queue: str) -> float | None:
         service = self._service

@@ -29,7 +29,7 @@ from services.message_svc.encryption import Bodies, Sealer, is_sealed
 from services.message_svc.filters import FilterContext, Operation
 from services.message_svc.filters.pipeline import Filters, Pipeline
 from services.message_svc.handoff import Handoff
-from services.message_svc.metadata import QueueMetadata
+from services.message_svc.metadata import QueueMetadata, QueuePolicy
 from services.message_svc.pools import PoolStores
 from services.message_svc.storage.base import (
     SEQ_MAX,
@@ -82,6 +82,9 @@ class Posted(NamedTuple):
 
 class Page(NamedTuple):
     messages: list[StoredMessage]
+    group_id: str | None = None
+    """FIFO queues only, as ``dedup_id``."""
+    dedup_id: str | None = None
     next_marker: str
 
 
@@ -164,10 +167,15 @@ class MessageService:
         for _ in range(STALE_ATTEMPTS):
             policy = await self.metadata.ensure(project, queue)
             validation.post_size(size, policy.max_post_size)
+            validation.fifo_id("group_id", m.group_id)
+            validation.fifo_id("dedup_id", m.dedup_id)
             # Delays exist only on delayed queues (contract §4); elsewhere a message's own
+        fifo_ids = any(m.group_id is not None or m.dedup_id is not None for m in messages)
             # delay is ignored, as Zaqar lists and hands such messages out at once.
             delayed = policy.default_delay > 0
             batch = [
+            if fifo_ids and not policy.fifo:
+                raise InvalidArgument(validation.FIFO_IDS_NEED_FIFO)
                 NewMessage(
                     body=m.body,
                     ttl=policy.default_ttl if m.ttl is None else m.ttl,
@@ -177,6 +185,8 @@ class MessageService:
                 for m in messages
             ]
             pipeline = policy.filters
+                    group_id=m.group_id,
+                    dedup_id=m.dedup_id,
             if pipeline is not None:
                 batch = pipeline.on_post(FilterContext(project, queue, "post", client_id), batch)
             # Sealed after the post filters (they see the plaintext), checked and sized on the
@@ -184,24 +194,25 @@ class MessageService:
             stored = self._sealed(project, queue, batch) if policy.encrypt else batch
             store = await self.stores.get(policy.pool_uri)
             try:
-                ids = await store.post(
-                    project, queue, client_id, stored, version=policy.version
-                )
+                if policy.fifo:
+                    posted = await _fifo(store).post_fifo(
+                        project, queue, client_id, stored, dedup_window=policy.dedup_window,
+                        version=policy.version,
+                    )
+                else:
+                    ids = await store.post(
+                        project, queue, client_id, stored, version=policy.version
+                    )
             except StaleQueue:
                 self._forget(project, queue)
                 continue
-            if self.handoff is not None:
-                handed = stored
-                if (pipeline is not None and pipeline.reads
-                        and not self.handoff.skips(project, queue)):
-                    delivered = pipeline.on_deliver(
-                        FilterContext(project, queue, "deliver"), ids, batch
-                    )
-                    handed = (self._sealed(project, queue, delivered) if policy.encrypt
-                              else delivered)
-                # notifier_svc gets sealed bodies of an encrypted queue, and asks for them to
-                # be opened when it delivers (open_bodies).
-                self.handoff.offer(project, queue, ids, handed)
+            if policy.fifo:
+                # Duplicates were stored before: they are not handed over again.
+                new = [i for i, fresh in enumerate(posted.stored) if fresh]
+                self._hand_off(project, queue, policy, [posted.ids[i] for i in new],
+                               [batch[i] for i in new], [stored[i] for i in new])
+                return posted.ids
+            self._hand_off(project, queue, policy, ids, batch, stored)
             return ids
         raise _changing(queue)
 
@@ -209,6 +220,24 @@ class MessageService:
         self,
         project: str,
         queue: str,
+    def _hand_off(
+        self, project: str, queue: str, policy: QueuePolicy, ids: Sequence[str],
+        batch: Sequence[NewMessage], stored: Sequence[NewMessage],
+    ) -> None:
+        """Offer stored messages to notifier_svc, without waiting (``handoff``)."""
+        if self.handoff is None:
+            return
+        pipeline = policy.filters
+        handed = stored
+        if pipeline is not None and pipeline.reads and not self.handoff.skips(project, queue):
+            delivered = pipeline.on_deliver(
+                FilterContext(project, queue, "deliver"), ids, batch
+            )
+            handed = self._sealed(project, queue, delivered) if policy.encrypt else delivered
+        # notifier_svc gets sealed bodies of an encrypted queue, and asks for them to be
+        # opened when it delivers (open_bodies).
+        self.handoff.offer(project, queue, ids, handed)
+
         client_id: str,
         *,
         limit: int | None = None,
@@ -278,7 +307,9 @@ class MessageService:
         validation.queue_ref(project, queue)
         store, pipeline = await self._reading(project, queue)
         popped = await self._opened(
-            project, queue, await store.pop(project, queue, validation.pop_limit(limit))
+            project, queue,
+            await (_fifo(store).pop_fifo(project, queue, size) if fifo
+                   else store.pop(project, queue, size)),
         )
         if pipeline is not None:
             return _out(pipeline, project, queue, "pop", popped)
@@ -301,7 +332,7 @@ class MessageService:
             policy = await self.metadata.get(project, queue)
             store = await self.stores.get(policy.pool_uri)
             try:
-                result = await store.claim(
+                result = await claim_of(
                     project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
                     dead_letter=policy.dead_letter, version=policy.version,
                 )
@@ -318,7 +349,9 @@ class MessageService:
             pipeline = policy.filters
             if pipeline is not None and pipeline.reads:
                 return _claim_out(pipeline, project, queue, claim)
+        size = validation.pop_limit(limit)
             return claim
+        fifo = (await self.metadata.get(project, queue)).fifo
         raise _changing(queue)
 
     async def _ensure_dead_letter_queue(self, project: str, queue: str, pool: str) -> None:
@@ -342,6 +375,7 @@ class MessageService:
         return claim
 
     async def renew_claim(
+            claim_of = _fifo(store).claim_fifo if policy.fifo else store.claim
         self,
         project: str,
         queue: str,
@@ -461,3 +495,14 @@ def _changing(queue: str) -> Unavailable:
         f"The metadata of queue {queue} changed {STALE_ATTEMPTS} times while this request was "
         "under way. Please try again."
     )
+def _fifo(store: MessageStore) -> MessageStore:
+    """``store``, for a FIFO queue's operation.
+
+    Raises:
+        InvalidArgument: the store does not implement FIFO queues.
+    """
+    if not store.capabilities.fifo:
+        raise InvalidArgument(validation.FIFO_UNSUPPORTED)
+    return store
+
+

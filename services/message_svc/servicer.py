@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
+from services.common.errors import Unavailable
 from services.common.grpc_types import Context
 from services.message_svc.batch import BatchRunner
 from services.message_svc.polling import Polling, wait_seconds
 from services.message_svc.service import MessageService, Posted
 from services.message_svc.storage.base import Claim, StoredMessage
+from services.message_svc.streaming import max_outstanding
 
 MESSAGES_SERVICE = "zaqar.v2.Messages"
 INTERNAL_SERVICE = "zaqar.v2.MessagesInternal"
@@ -88,6 +90,10 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         if self._polling is not None:
             self._polling.room.hint(project, queue)
 
+    def _acked(self, project: str, queue: str) -> None:
+        if self._polling is not None:
+            self._polling.streams.acked(project, queue)
+
     async def PostMessages(
         self, request: messages_pb2.PostMessagesRequest, context: Context
     ) -> messages_pb2.PostMessagesResponse:
@@ -139,6 +145,7 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         await self._service.delete(
             request.project, request.queue, request.message_id, request.claim_id
         )
+        self._acked(request.project, request.queue)
         return _EMPTY
 
     async def DeleteMessages(
@@ -147,6 +154,7 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         await self._service.delete_many(
             request.project, request.queue, request.message_ids, request.claim_ids
         )
+        self._acked(request.project, request.queue)
         return _EMPTY
 
     async def PopMessages(
@@ -191,7 +199,24 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
     ) -> empty_pb2.Empty:
         await self._service.release_claim(request.project, request.queue, request.claim_id)
         self._hint(request.project, request.queue)
+        self._acked(request.project, request.queue)
         return _EMPTY
+
+    async def StreamingPull(
+        self, request: messages_pb2.StreamingPullRequest, context: Context
+    ) -> AsyncIterator[messages_pb2.StreamingPullResponse]:
+        outstanding = max_outstanding(_opt(request, "max_outstanding"))
+        if self._polling is None:
+            raise Unavailable("Streaming pull is not served by this server.")
+        claims = self._polling.streams.pull(
+            request.project, request.queue, max_outstanding=outstanding,
+            ttl=_opt(request, "ttl"), grace=_opt(request, "grace"),
+        )
+        async for claim in claims:
+            packed = self._pack.claim(claim)
+            yield messages_pb2.StreamingPullResponse(
+                claim_id=packed.id, claim_ttl=packed.ttl, messages=packed.messages
+            )
 
     async def GetStats(
         self, request: common_pb2.QueueRef, context: Context

@@ -47,6 +47,17 @@ def queue_ref(project: str, queue: str) -> None:
 
 
 
+FIFO_IDS_NEED_FIFO: Final = "group_id and dedup_id need a FIFO queue (_fifo)."
+FIFO_UNSUPPORTED: Final = (
+    "FIFO queues (_fifo) are not supported by the message store this queue is on."
+)
+
+
+def fifo_id(name: str, value: str | None) -> None:
+    if value is not None and not 1 <= len(value) <= limits.FIFO_ID_MAX:
+        raise InvalidArgument(f"{name} must be a string of 1 to {limits.FIFO_ID_MAX} characters.")
+
+
 def pop_limit(value: int) -> int:
     if not 1 <= value <= limits.PAGE_LIMIT_MAX:
         raise InvalidArgument(POP)

@@ -34,6 +34,7 @@ _RANGES: dict[str, tuple[int, int | None, str]] = {
     "_default_message_delay": (limits.MESSAGE_DELAY_MIN, limits.MESSAGE_DELAY_MAX, " seconds"),
     "_dead_letter_queue_messages_ttl": (limits.MESSAGE_TTL_MIN, limits.MESSAGE_TTL_MAX, " seconds"),
     "_max_claim_count": (1, None, ""),
+    "_dedup_window": (limits.DEDUP_WINDOW_MIN, limits.DEDUP_WINDOW_MAX, " seconds"),
 }
 
 
@@ -103,6 +104,8 @@ def _reserved_error(key: str, value: Any) -> str | None:
             return None
         return (f"{key} must be a queue name: at most 64 ASCII letters, digits, "
                 "underscores, dashes or dots.")
+    if key == "_fifo":
+        return None if isinstance(value, bool) else f"{key} must be boolean."
     if key == "_enable_encrypt_messages":
         return None if isinstance(value, bool) else f"{key} must be boolean."
     if key == "_retry_policy":

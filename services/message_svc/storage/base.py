@@ -55,6 +55,10 @@ class NewMessage:
     delay: int = 0
     """Seconds after acceptance before the message may be claimed (or listed without
     ``include_delayed``); 0 = at once."""
+    group_id: str | None = None
+    """FIFO queues only (:meth:`MessageStore.post_fifo`): the message group, 1-128 characters."""
+    dedup_id: str | None = None
+    """FIFO queues only: the deduplication id, 1-128 characters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class StoredMessage:
     """The live claim holding the message; ``None`` when unclaimed or the claim expired."""
     claim_count: int
     """How many claims have taken the message so far."""
+    group_id: str | None = None
+    """The message group (FIFO queues); ``None`` for a message posted without one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,24 @@ class Capabilities:
     """Acknowledged writes survive a process crash."""
     shared: bool
     """Several message_svc replicas may use the same store at once."""
+    fifo: bool = False
+    """Implements :meth:`MessageStore.post_fifo`, :meth:`MessageStore.claim_fifo` and
+    :meth:`MessageStore.pop_fifo` (queues with ``_fifo``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FifoPosted:
+    """What :meth:`MessageStore.post_fifo` did."""
+
+    ids: tuple[str, ...]
+    """One id per message given, in order: the new message's, or for a duplicate the id of
+    the message first accepted with its ``dedup_id``."""
+    stored: tuple[bool, ...]
+    """Per message given: whether it was stored (False: a duplicate, nothing stored)."""
+
+
+class FifoUnsupported(Exception):
+    """The store does not implement FIFO queues (``capabilities.fifo`` is false)."""
 
 
 class StaleQueue(Exception):
@@ -348,6 +372,71 @@ class MessageStore(Protocol):
         """Counts of the queue's unexpired messages with the oldest and newest by ``seq``.
 
         Computed in one consistent read: ``claimed + free == total``.
+    async def post_fifo(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        dedup_window: int,
+        version: int | None = None,
+    ) -> FifoPosted:
+        """:meth:`post` for a FIFO queue: messages may carry ``group_id`` and ``dedup_id``.
+
+        Deduplication, in the same atomic step as the post: a message whose ``dedup_id`` was
+        accepted in this queue less than ``dedup_window`` seconds ago (by an earlier post, or
+        earlier in this batch) is not stored; its id is the first message's. An accepted
+        ``dedup_id`` is remembered until ``now + dedup_window`` (a duplicate does not extend
+        it), whether or not its message still exists. Stored messages get ``seq`` values as
+        :meth:`post` gives them, in the order given, and keep their ``group_id``.
+
+        Raises:
+            FifoUnsupported: ``capabilities.fifo`` is false.
+            StaleQueue: as :meth:`post`.
+        """
+        raise FifoUnsupported()
+
+    async def claim_fifo(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        ttl: int,
+        grace: int,
+        dead_letter: DeadLetterPolicy | None = None,
+        version: int | None = None,
+    ) -> ClaimResult:
+        """:meth:`claim` for a FIFO queue, with the same atomicity, TTL and dead-letter rules,
+        and message groups:
+
+        * A group is *locked* while any of its unexpired messages is held by a live claim. A
+          locked group gives nothing to any claim.
+        * Of an unlocked group only its head may be taken: its unexpired message of lowest
+          ``seq``, when it is claimable (a delayed head holds the rest of the group back);
+          once taken (or moved to the dead-letter queue) the next one is the head, so one
+          claim may take several messages of one group, in ``seq`` order.
+        * Messages without a group are claimable as in :meth:`claim`.
+
+        The claim still takes messages by ``seq`` ascending among those rules allow. A
+        dead-letter move keeps ``group_id``, and moves a group's messages in ``seq`` order.
+
+        Raises:
+            FifoUnsupported: ``capabilities.fifo`` is false.
+            StaleQueue: as :meth:`claim`.
+        """
+        raise FifoUnsupported()
+
+    async def pop_fifo(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        """:meth:`pop` for a FIFO queue: the messages :meth:`claim_fifo` would take (without
+        dead-letter moves), deleted in the same atomic step.
+
+        Raises:
+            FifoUnsupported: ``capabilities.fifo`` is false.
+        """
+        raise FifoUnsupported()
+
         """
         ...
 

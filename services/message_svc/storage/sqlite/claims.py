@@ -16,6 +16,7 @@ from services.message_svc.storage.sqlite.messages import (
     COLUMNS,
     NO_MARKER,
     Row,
+    select_fifo,
     to_message,
 )
 
@@ -60,6 +61,37 @@ def claim(
             break
         after = rows[-1]["seq"]
 
+    return _claimed(conn, project, queue, claim_id, now, ttl, grace, dead_letter, taken, dead)
+
+
+def claim_fifo(
+    conn: sqlite3.Connection,
+    project: str,
+    queue: str,
+    claim_id: str,
+    now: float,
+    limit: int,
+    ttl: int,
+    grace: int,
+    dead_letter: DeadLetterPolicy | None,
+) -> ClaimResult:
+    taken, dead = select_fifo(conn, project, queue, now, limit, dead_letter)
+    return _claimed(conn, project, queue, claim_id, now, ttl, grace, dead_letter, taken, dead)
+
+
+def _claimed(
+    conn: sqlite3.Connection,
+    project: str,
+    queue: str,
+    claim_id: str,
+    now: float,
+    ttl: int,
+    grace: int,
+    dead_letter: DeadLetterPolicy | None,
+    taken: list[Row],
+    dead: list[Row],
+) -> ClaimResult:
+    """Makes the claim of ``taken`` and moves ``dead`` to the dead-letter queue."""
     if dead:
         assert dead_letter is not None
         _move_to_dead_letter(conn, project, dead, dead_letter, now)
@@ -110,14 +142,14 @@ def _move_to_dead_letter(
     )
     conn.executemany(
         "INSERT INTO messages (project, queue, id, body, ttl, created, expires, visible_at, "
-        "client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "client_id, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 project, policy.queue, row["id"], row["body"],
                 row["ttl"] if policy.ttl is None else policy.ttl,
                 row["created"],
                 row["expires"] if policy.ttl is None else now + policy.ttl,
-                row["visible_at"], row["client_id"],
+                row["visible_at"], row["client_id"], row["group_id"],
             )
             for row in rows
         ],

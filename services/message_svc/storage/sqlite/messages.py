@@ -10,11 +10,17 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from services.message_svc.storage.base import NewMessage, QueueStats, StoredMessage
+from services.message_svc.storage.base import (
+    DeadLetterPolicy,
+    FifoPosted,
+    NewMessage,
+    QueueStats,
+    StoredMessage,
+)
 
 COLUMNS = (
     "seq, id, body, ttl, created, expires, visible_at, client_id, claim_id, claim_expires, "
-    "claim_count"
+    "claim_count, group_id"
 )
 Row = sqlite3.Row
 
@@ -38,6 +44,7 @@ def to_message(row: Row, now: float, claim_id: str | None = None) -> StoredMessa
         client_id=row["client_id"],
         claim_id=claim_id if claim_id is not None else live_claim,
         claim_count=row["claim_count"],
+        group_id=row["group_id"],
     )
 
 
@@ -59,6 +66,56 @@ def post(
         ],
     )
     return tuple(ids)
+
+
+def post_fifo(
+    conn: sqlite3.Connection,
+    project: str,
+    queue: str,
+    client_id: str,
+    ids: Sequence[str],
+    messages: Sequence[NewMessage],
+    now: float,
+    dedup_window: int,
+) -> FifoPosted:
+    answered: list[str] = []
+    stored: list[bool] = []
+    rows: list[tuple[Any, ...]] = []
+    accepted: dict[str, str] = {}
+    for mid, m in zip(ids, messages, strict=True):
+        if m.dedup_id is not None:
+            first = accepted.get(m.dedup_id) or _deduplicated(conn, project, queue, m.dedup_id, now)
+            if first is not None:
+                answered.append(first)
+                stored.append(False)
+                continue
+            accepted[m.dedup_id] = mid
+        rows.append((project, queue, mid, m.body, m.ttl, now, now + m.ttl, now + m.delay,
+                     client_id, m.group_id))
+        answered.append(mid)
+        stored.append(True)
+    conn.executemany(
+        "INSERT INTO messages (project, queue, id, body, ttl, created, expires, visible_at, "
+        "client_id, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO dedup (project, queue, dedup_id, message_id, expires) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(project, queue, did, mid, now + dedup_window) for did, mid in accepted.items()],
+    )
+    return FifoPosted(ids=tuple(answered), stored=tuple(stored))
+
+
+def _deduplicated(
+    conn: sqlite3.Connection, project: str, queue: str, dedup_id: str, now: float
+) -> str | None:
+    row = conn.execute(
+        "SELECT message_id FROM dedup WHERE project = ? AND queue = ? AND dedup_id = ? "
+        "AND expires > ?",
+        (project, queue, dedup_id, now),
+    ).fetchone()
+    return None if row is None else str(row["message_id"])
 
 
 _LIST_SQL: dict[tuple[bool, bool, bool], str] = {}
@@ -187,6 +244,79 @@ def pop(
     return [to_message(row, now, claim_id=claim_id) for row in rows]
 
 
+def pop_fifo(
+    conn: sqlite3.Connection, project: str, queue: str, limit: int, claim_id: str, now: float
+) -> list[StoredMessage]:
+    rows, _ = select_fifo(conn, project, queue, now, limit, None)
+    if rows:
+        seqs = [row["seq"] for row in rows]
+        conn.execute(f"DELETE FROM messages WHERE seq IN ({', '.join('?' * len(seqs))})", seqs)
+    return [to_message(row, now, claim_id=claim_id) for row in rows]
+
+
+# Rows read per step of a FIFO claim's walk through its queue.
+_FIFO_PAGE = 256
+
+
+def select_fifo(
+    conn: sqlite3.Connection,
+    project: str,
+    queue: str,
+    now: float,
+    limit: int,
+    dead_letter: DeadLetterPolicy | None,
+) -> tuple[list[Row], list[Row]]:
+    """The messages a FIFO claim takes and those it moves to the dead-letter queue.
+
+    Walks the queue's unexpired messages by seq: a group is passed over from its first
+    message that is held by a live claim or still delayed; others are taken (or moved) in
+    order. Then groups with a claimed message beyond the walk are dropped from what was
+    taken: a group is locked while any of its messages is claimed, wherever it sits.
+    """
+    taken: list[Row] = []
+    dead: list[Row] = []
+    passed: set[str] = set()
+    seen = NO_MARKER  # seq of the last message looked at
+    ended = False  # every message of the queue was looked at
+    while len(taken) < limit and not ended:
+        rows = conn.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE project = ? AND queue = ? AND seq > ? "
+            "AND expires > ? ORDER BY seq LIMIT ?",
+            (project, queue, seen, now, _FIFO_PAGE),
+        ).fetchall()
+        ended = len(rows) < _FIFO_PAGE
+        for i, row in enumerate(rows):
+            seen = row["seq"]
+            group = row["group_id"]
+            if group is not None and group in passed:
+                continue
+            if row["claim_expires"] > now or row["visible_at"] > now:
+                if group is not None:
+                    passed.add(group)
+                continue
+            if dead_letter is not None and row["claim_count"] >= dead_letter.max_claim_count:
+                dead.append(row)
+            else:
+                taken.append(row)
+                if len(taken) == limit:
+                    ended = ended and i == len(rows) - 1
+                    break
+    groups = {row["group_id"] for row in (*taken, *dead)} - {None}
+    if groups and not ended:
+        marks = ", ".join("?" * len(groups))
+        locked = {
+            r["group_id"] for r in conn.execute(
+                "SELECT DISTINCT group_id FROM messages WHERE project = ? AND queue = ? "
+                f"AND seq > ? AND expires > ? AND claim_expires > ? AND group_id IN ({marks})",
+                (project, queue, seen, now, now, *groups),
+            )
+        }
+        if locked:
+            taken = [row for row in taken if row["group_id"] not in locked]
+            dead = [row for row in dead if row["group_id"] not in locked]
+    return taken, dead
+
+
 def stats(conn: sqlite3.Connection, project: str, queue: str, now: float) -> QueueStats:
     total, claimed = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(claim_expires > ?), 0) FROM messages "
@@ -224,6 +354,7 @@ def next_free_at(conn: sqlite3.Connection, project: str, queue: str, now: float)
 def delete_queue(conn: sqlite3.Connection, project: str, queue: str) -> None:
     conn.execute("DELETE FROM messages WHERE project = ? AND queue = ?", (project, queue))
     conn.execute("DELETE FROM claims WHERE project = ? AND queue = ?", (project, queue))
+    conn.execute("DELETE FROM dedup WHERE project = ? AND queue = ?", (project, queue))
 
 
 def collect_garbage(conn: sqlite3.Connection, now: float, batch: int) -> int:
@@ -234,6 +365,11 @@ def collect_garbage(conn: sqlite3.Connection, now: float, batch: int) -> int:
     ).rowcount
     removed += conn.execute(
         "DELETE FROM claims WHERE id IN (SELECT id FROM claims WHERE expires <= ? LIMIT ?)",
+        (now, batch),
+    ).rowcount
+    removed += conn.execute(
+        "DELETE FROM dedup WHERE (project, queue, dedup_id) IN "
+        "(SELECT project, queue, dedup_id FROM dedup WHERE expires <= ? LIMIT ?)",
         (now, batch),
     ).rowcount
     return int(removed)

@@ -14,7 +14,8 @@ CREATE TABLE IF NOT EXISTS messages (
     client_id     TEXT    NOT NULL,
     claim_id      TEXT,
     claim_expires REAL    NOT NULL DEFAULT 0,
-    claim_count   INTEGER NOT NULL DEFAULT 0
+    claim_count   INTEGER NOT NULL DEFAULT 0,
+    group_id      TEXT
 );
 
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (project, queue, seq);
@@ -43,3 +44,17 @@ CREATE TABLE IF NOT EXISTS queue_versions (
     version INTEGER NOT NULL,
     PRIMARY KEY (project, queue)
 ) WITHOUT ROWID;
+
+-- Deduplication ids of FIFO queues (_fifo): the first message accepted with each, until
+-- expires (the post's time plus the queue's _dedup_window). Older databases get the table
+-- here and messages.group_id from the store's open().
+CREATE TABLE IF NOT EXISTS dedup (
+    project    TEXT NOT NULL,
+    queue      TEXT NOT NULL,
+    dedup_id   TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    expires    REAL NOT NULL,
+    PRIMARY KEY (project, queue, dedup_id)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires);

@@ -18,6 +18,7 @@ from services.message_svc.storage.base import (
     ClaimResult,
     DeadLetterPolicy,
     DeleteOutcome,
+    FifoPosted,
     NewMessage,
     QueueStats,
     StaleQueue,
@@ -57,14 +58,14 @@ class SqliteMessageStore(base.MessageStore):
     may share a database file (replicas of ``up --replicas``): SQLite's locks serialize their
     writes, and nothing of the store is kept in a process."""
 
-    capabilities = Capabilities(durable=True, shared=True)
+    capabilities = Capabilities(durable=True, shared=True, fifo=True)
 
     def __init__(self, uri: str, now: Callable[[], float] = time.time) -> None:
         parsed = parse_uri(uri, STORE)
         self._db = Database(parsed, STORE, SCHEMA)
         self._now = now
         if parsed.in_memory:  # private to its connection
-            self.capabilities = Capabilities(durable=False, shared=False)
+            self.capabilities = Capabilities(durable=False, shared=False, fifo=True)
 
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> SqliteMessageStore:
@@ -75,6 +76,7 @@ class SqliteMessageStore(base.MessageStore):
         """Open (or create) the database file and its tables."""
         await self._db.open()
 
+        await self._db.write(_add_group_column)
     async def close(self) -> None:
         await self._db.close()
 
@@ -123,6 +125,25 @@ class SqliteMessageStore(base.MessageStore):
         )
 
     async def list_messages(
+    async def post_fifo(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        dedup_window: int,
+        version: int | None = None,
+    ) -> FifoPosted:
+        ids = [_new_id() for _ in messages]
+        now = self._now()
+        return await self._write_at(
+            project, queue, version,
+            lambda c: message_sql.post_fifo(
+                c, project, queue, client_id, ids, messages, now, dedup_window
+            ),
+        )
+
         self,
         project: str,
         queue: str,
@@ -235,6 +256,31 @@ class SqliteMessageStore(base.MessageStore):
     async def next_free_at(self, project: str, queue: str) -> float | None:
         now = self._now()
         return await self._db.read(lambda c: message_sql.next_free_at(c, project, queue, now))
+    async def claim_fifo(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        ttl: int,
+        grace: int,
+        dead_letter: DeadLetterPolicy | None = None,
+        version: int | None = None,
+    ) -> ClaimResult:
+        now, claim_id = self._now(), _new_id()
+        return await self._write_at(
+            project, queue, version,
+            lambda c: claim_sql.claim_fifo(
+                c, project, queue, claim_id, now, limit, ttl, grace, dead_letter
+            ),
+        )
+
+    async def pop_fifo(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        now, claim_id = self._now(), _new_id()
+        return await self._db.write(
+            lambda c: message_sql.pop_fifo(c, project, queue, limit, claim_id, now)
+        )
+
 
     async def delete_queue(self, project: str, queue: str) -> None:
         await self._db.write(lambda c: message_sql.delete_queue(c, project, queue))
@@ -249,3 +295,11 @@ class SqliteMessageStore(base.MessageStore):
             total += removed
             if removed < GC_BATCH:
                 return total
+
+
+def _add_group_column(conn: sqlite3.Connection) -> None:
+    """Databases made before message groups get ``messages.group_id`` (NULL for every
+    message: none of them has a group)."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "group_id" not in columns:
+        conn.execute("ALTER TABLE messages ADD COLUMN group_id TEXT")
