@@ -53,6 +53,10 @@ _DELETE_ERRORS: dict[DeleteOutcome, type[ServiceError]] = {
 # Times a post or claim loads the queue's metadata again after the store said it changed
 # (StaleQueue); only a queue changed that often while the call is under way runs out.
 STALE_ATTEMPTS = 5
+# How long a key of post_once is remembered: the longest a message lives, longer than any
+# retry of the delivery that posts it.
+POST_KEY_MEMORY = limits.MESSAGE_TTL_MAX
+POST_KEY_MAX = 256
 
 # Markers are the decimal seq of the last message of a page: opaque to clients, stable across
 # deletions, and meaningful to every backend (all order a queue by seq).
@@ -78,13 +82,13 @@ class Posted(NamedTuple):
     body: bytes
     ttl: int | None = None
     delay: int | None = None
+    group_id: str | None = None
+    """FIFO queues only, as ``dedup_id``."""
+    dedup_id: str | None = None
 
 
 class Page(NamedTuple):
     messages: list[StoredMessage]
-    group_id: str | None = None
-    """FIFO queues only, as ``dedup_id``."""
-    dedup_id: str | None = None
     next_marker: str
 
 
@@ -163,30 +167,30 @@ class MessageService:
             validation.message_body(m.body)
             validation.message_ttl(m.ttl)
             validation.message_delay(m.delay)
+            validation.fifo_id("group_id", m.group_id)
+            validation.fifo_id("dedup_id", m.dedup_id)
             size += len(m.body)
+        fifo_ids = any(m.group_id is not None or m.dedup_id is not None for m in messages)
         for _ in range(STALE_ATTEMPTS):
             policy = await self.metadata.ensure(project, queue)
             validation.post_size(size, policy.max_post_size)
-            validation.fifo_id("group_id", m.group_id)
-            validation.fifo_id("dedup_id", m.dedup_id)
+            if fifo_ids and not policy.fifo:
+                raise InvalidArgument(validation.FIFO_IDS_NEED_FIFO)
             # Delays exist only on delayed queues (contract §4); elsewhere a message's own
-        fifo_ids = any(m.group_id is not None or m.dedup_id is not None for m in messages)
             # delay is ignored, as Zaqar lists and hands such messages out at once.
             delayed = policy.default_delay > 0
             batch = [
-            if fifo_ids and not policy.fifo:
-                raise InvalidArgument(validation.FIFO_IDS_NEED_FIFO)
                 NewMessage(
                     body=m.body,
                     ttl=policy.default_ttl if m.ttl is None else m.ttl,
                     delay=(policy.default_delay if m.delay is None else m.delay)
                     if delayed else 0,
+                    group_id=m.group_id,
+                    dedup_id=m.dedup_id,
                 )
                 for m in messages
             ]
             pipeline = policy.filters
-                    group_id=m.group_id,
-                    dedup_id=m.dedup_id,
             if pipeline is not None:
                 batch = pipeline.on_post(FilterContext(project, queue, "post", client_id), batch)
             # Sealed after the post filters (they see the plaintext), checked and sized on the
@@ -216,10 +220,44 @@ class MessageService:
             return ids
         raise _changing(queue)
 
-    async def list_messages(
-        self,
-        project: str,
-        queue: str,
+    async def post_once(
+        self, project: str, queue: str, client_id: str, key: str, body: bytes, ttl: int
+    ) -> tuple[str, bool]:
+        """Post one message unless ``key`` was posted to the queue before (a queue
+        subscriber's delivery made again): the id and whether it was stored now.
+
+        As :meth:`post` for one message without a delay, its ttl capped by the queue's
+        ``_default_message_ttl``; the key is remembered :data:`POST_KEY_MEMORY` seconds. A
+        message posted again is not handed to notifier_svc again.
+        """
+        validation.queue_ref(project, queue)
+        if not 1 <= len(key) <= POST_KEY_MAX:
+            raise InvalidArgument(f"A post key has 1 to {POST_KEY_MAX} characters.")
+        validation.message_body(body)
+        validation.message_ttl(ttl)
+        for _ in range(STALE_ATTEMPTS):
+            policy = await self.metadata.ensure(project, queue)
+            validation.post_size(len(body), policy.max_post_size)
+            batch = [NewMessage(body=body, ttl=min(ttl, policy.default_ttl))]
+            if policy.filters is not None:
+                batch = policy.filters.on_post(
+                    FilterContext(project, queue, "post", client_id), batch
+                )
+            stored = self._sealed(project, queue, batch) if policy.encrypt else batch
+            store = await self.stores.get(policy.pool_uri)
+            try:
+                mid, fresh = await store.post_once(
+                    project, queue, client_id, key, stored[0], remember=POST_KEY_MEMORY,
+                    version=policy.version,
+                )
+            except StaleQueue:
+                self._forget(project, queue)
+                continue
+            if fresh:
+                self._hand_off(project, queue, policy, (mid,), batch, stored)
+            return mid, fresh
+        raise _changing(queue)
+
     def _hand_off(
         self, project: str, queue: str, policy: QueuePolicy, ids: Sequence[str],
         batch: Sequence[NewMessage], stored: Sequence[NewMessage],
@@ -238,6 +276,10 @@ class MessageService:
         # opened when it delivers (open_bodies).
         self.handoff.offer(project, queue, ids, handed)
 
+    async def list_messages(
+        self,
+        project: str,
+        queue: str,
         client_id: str,
         *,
         limit: int | None = None,
@@ -305,7 +347,9 @@ class MessageService:
 
     async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
         validation.queue_ref(project, queue)
+        size = validation.pop_limit(limit)
         store, pipeline = await self._reading(project, queue)
+        fifo = (await self.metadata.get(project, queue)).fifo
         popped = await self._opened(
             project, queue,
             await (_fifo(store).pop_fifo(project, queue, size) if fifo
@@ -331,6 +375,7 @@ class MessageService:
         for _ in range(STALE_ATTEMPTS):
             policy = await self.metadata.get(project, queue)
             store = await self.stores.get(policy.pool_uri)
+            claim_of = _fifo(store).claim_fifo if policy.fifo else store.claim
             try:
                 result = await claim_of(
                     project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
@@ -349,9 +394,7 @@ class MessageService:
             pipeline = policy.filters
             if pipeline is not None and pipeline.reads:
                 return _claim_out(pipeline, project, queue, claim)
-        size = validation.pop_limit(limit)
             return claim
-        fifo = (await self.metadata.get(project, queue)).fifo
         raise _changing(queue)
 
     async def _ensure_dead_letter_queue(self, project: str, queue: str, pool: str) -> None:
@@ -375,7 +418,6 @@ class MessageService:
         return claim
 
     async def renew_claim(
-            claim_of = _fifo(store).claim_fifo if policy.fifo else store.claim
         self,
         project: str,
         queue: str,
@@ -486,15 +528,6 @@ def _claim_out(pipeline: Pipeline, project: str, queue: str, claim: Claim) -> Cl
     return replace(claim, messages=tuple(messages))
 
 
-async def _no_pools(uri: str) -> MessageStore:
-    raise Unavailable(f"Pooling is off: no pool store is opened ({uri!r}).")
-
-
-def _changing(queue: str) -> Unavailable:
-    return Unavailable(
-        f"The metadata of queue {queue} changed {STALE_ATTEMPTS} times while this request was "
-        "under way. Please try again."
-    )
 def _fifo(store: MessageStore) -> MessageStore:
     """``store``, for a FIFO queue's operation.
 
@@ -506,3 +539,12 @@ def _fifo(store: MessageStore) -> MessageStore:
     return store
 
 
+async def _no_pools(uri: str) -> MessageStore:
+    raise Unavailable(f"Pooling is off: no pool store is opened ({uri!r}).")
+
+
+def _changing(queue: str) -> Unavailable:
+    return Unavailable(
+        f"The metadata of queue {queue} changed {STALE_ATTEMPTS} times while this request was "
+        "under way. Please try again."
+    )

@@ -86,6 +86,10 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
         self._pack = packer
         self._polling = polling
 
+    def hint(self, project: str, queue: str) -> None:
+        """Messages were posted to the queue here: its long-polling waiters look."""
+        self._hint(project, queue)
+
     def _hint(self, project: str, queue: str) -> None:
         if self._polling is not None:
             self._polling.room.hint(project, queue)
@@ -233,6 +237,7 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
 class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
     def __init__(self, service: MessageService, messages: MessagesServicer) -> None:
         self._service = service
+        self._messages = messages
         self._batch = BatchRunner(messages)
 
     async def DeleteQueueMessages(
@@ -263,6 +268,17 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
     ) -> messages_pb2.OpenBodiesResponse:
         bodies = await self._service.open_bodies(request.project, request.queue, request.bodies)
         return messages_pb2.OpenBodiesResponse(bodies=bodies)
+
+    async def PostOnce(
+        self, request: messages_pb2.PostOnceRequest, context: Context
+    ) -> messages_pb2.PostOnceResponse:
+        mid, stored = await self._service.post_once(
+            request.project, request.queue, request.client_id, request.key, request.body,
+            request.ttl,
+        )
+        if stored:
+            self._messages.hint(request.project, request.queue)
+        return messages_pb2.PostOnceResponse(id=mid, replayed=not stored)
 
 
 def registrar(

@@ -31,6 +31,7 @@ from services.notifier_svc.delivery.dispatcher import (
     Sender,
 )
 from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
+from services.notifier_svc.delivery.queue import QueueSender
 from services.notifier_svc.delivery.trust import TrustSender
 from services.notifier_svc.delivery.webhook import WebhookSender
 from services.notifier_svc.sealed import SealedBodies
@@ -105,7 +106,7 @@ async def start(
     ))
     senders: dict[str, Sender] = {
         "http": webhook, "https": webhook, "mailto": mail,
-        "trust+http": trust, "trust+https": trust,
+        "trust+http": trust, "trust+https": trust, "queue": QueueSender(replicas),
     }
     sealed = SealedBodies(replicas)
     dispatcher = Dispatcher(

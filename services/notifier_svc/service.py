@@ -19,7 +19,7 @@ from zaqar_grpc.v2 import common_pb2, notifier_pb2
 from services.common import limits, metrics, tracing
 from services.common.errors import InvalidArgument, SubscriptionAlreadyExists, SubscriptionNotFound
 from services.common.message_keys import is_sealed
-from services.notifier_svc import documents, validation
+from services.notifier_svc import documents, fanout, validation
 from services.notifier_svc.filter_policy import Policies, Policy
 from services.notifier_svc.storage.base import (
     DeliveryKind,
@@ -100,6 +100,7 @@ class NotifierService:
         uri = validation.subscriber(subscriber)
         lifetime = validation.ttl(ttl)
         parsed = validation.options(options)
+        await fanout.check_no_loop(self.store, project, queue, uri)
         made = None
         if is_trust(uri):
             parsed, made = await self._trusts.register(
@@ -116,7 +117,13 @@ class NotifierService:
             await self._trusts.discard(token, made)  # the subscription existed already
         if not created and subscription.confirmed:
             raise SubscriptionAlreadyExists()
-        if self._confirmation.required:
+        if self._confirmation.required and fanout.is_queue(uri):
+            # A queue of the caller's own project: nobody to ask, it is confirmed at once.
+            await self.store.update(
+                project, queue, subscription.id, subscriber=None, ttl=None, options=None,
+                confirmed=True,
+            )
+        elif self._confirmation.required:
             await self._confirm_request(
                 DeliveryKind.SUBSCRIPTION_CONFIRMATION, subscription, subscription.expires
             )
@@ -170,14 +177,19 @@ class NotifierService:
         lifetime = None if ttl is None else validation.ttl(ttl)
         parsed = validation.options(options) if options else None
         current = await self.get(project, queue, subscription_id)
-        reconfirm = uri is not None and self._confirmation.required and current.subscriber != uri
+        if uri is not None:
+            await fanout.check_no_loop(self.store, project, queue, uri)
+        reconfirm = (uri is not None and self._confirmation.required
+                     and current.subscriber != uri and not fanout.is_queue(uri))
         made = None
         if is_trust(uri or current.subscriber):
             parsed, made = await self._trust_options(token, current, lifetime, parsed)
         try:
             updated = await self.store.update(
                 project, queue, subscription_id, subscriber=uri, ttl=lifetime, options=parsed,
-                confirmed=False if reconfirm else None,
+                confirmed=False if reconfirm else (
+                    True if uri is not None and fanout.is_queue(uri) else None
+                ),
             )
         except BaseException:
             await self._trusts.discard(token, made)

@@ -157,3 +157,46 @@ class MessageReplicas:
                 f"{queue}: {info.description}"
             ) from None
         return list(answer.bodies)
+
+    async def post_once(
+        self, project: str, queue: str, key: str, body: bytes, ttl: int, *, client_id: str
+    ) -> bool:
+        """Post one message into the queue at most once per ``key`` (``PostOnce``): True when
+        it is in the queue (now or from an earlier call) or refused for good (logged), False
+        when the attempt failed otherwise.
+
+        Raises:
+            Unavailable: message_svc cannot be reached (try again later).
+        """
+        try:
+            await self._stub.PostOnce(
+                messages_pb2.PostOnceRequest(
+                    project=project, queue=queue, key=key, body=body, ttl=ttl,
+                    client_id=client_id,
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            info = decode_rpc_error(exc)
+            if exc.code() in _UNREACHABLE:
+                raise Unavailable(
+                    f"message_svc at {self._target} did not post into {project}/{queue}: "
+                    f"{info.description}"
+                ) from None
+            if exc.code() in _REFUSED:
+                log.error("message not posted into queue %s/%s, refused: %s", project, queue,
+                          info.description)
+                return True
+            log.warning("message not posted into queue %s/%s: %s", project, queue,
+                        info.description)
+            return False
+        return True
+
+
+_UNREACHABLE = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+})
+_REFUSED = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE,
+})

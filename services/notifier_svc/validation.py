@@ -10,13 +10,13 @@ import orjson
 
 from services.common import limits
 from services.common.errors import InvalidArgument, InvalidQueueName
-from services.notifier_svc import filter_policy, retry
+from services.notifier_svc import fanout, filter_policy, retry
 
-SUBSCRIBER_TYPES = ("http", "https", "mailto", "trust+http", "trust+https")
+SUBSCRIBER_TYPES = ("http", "https", "mailto", "trust+http", "trust+https", "queue")
 MISSING_SUBSCRIBER = "Missing parameter subscriber in body."
 SUBSCRIBER_TYPE_ERROR = (
     "The subscriber type of subscription must be supported in the list "
-    "['http', 'https', 'mailto', 'trust+http', 'trust+https']."
+    "['http', 'https', 'mailto', 'trust+http', 'trust+https', 'queue']."
 )
 OPTIONS_ERROR = "Options must be a dict."
 TTL_ERROR = (
@@ -34,10 +34,13 @@ def queue_ref(project: str, queue: str) -> None:
 
 
 def subscriber(uri: str) -> str:
-    """A subscriber URI of a supported type: ``http(s)://host…``, ``trust+http(s)://host…``
-    or ``mailto:address``."""
+    """A subscriber URI of a supported type: ``http(s)://host…``, ``trust+http(s)://host…``,
+    ``mailto:address`` or ``queue://NAME`` (a queue of the same project)."""
     if not uri:
         raise InvalidArgument(MISSING_SUBSCRIBER)
+    if fanout.is_queue(uri):
+        fanout.check_subscriber(uri)
+        return uri
     try:
         parts = urlsplit(uri)
         host = parts.hostname

@@ -105,6 +105,52 @@ class MessageStoreContract:
         await message_store.post(P, "other", CLIENT, [msg(2, delay=10)])
         assert await message_store.next_free_at(P, Q) is None
 
+    async def test_post_once_stores_a_key_once_and_remembers_it_after_the_message(
+        self, message_store: MessageStore
+    ) -> None:
+        """Idempotent posts (queue subscribers): a key is posted once per queue."""
+        # A key posts a message; the same key again stores nothing and answers its id
+        first, stored = await message_store.post_once(
+            P, Q, CLIENT, "delivery-1", NewMessage(body=b'{"n":1}', ttl=300), remember=3600
+        )
+        assert stored
+        again = await message_store.post_once(
+            P, Q, CLIENT, "delivery-1", NewMessage(body=b'{"n":1}', ttl=300), remember=3600
+        )
+        assert again == (first, False)
+        assert [m.id for m in await list_all(message_store)] == [first]
+        # Deleted (consumed), the message is still not posted again
+        await message_store.delete(P, Q, first)
+        again = await message_store.post_once(
+            P, Q, CLIENT, "delivery-1", NewMessage(body=b'{"n":1}', ttl=300), remember=3600
+        )
+        assert again == (first, False)
+        assert await list_all(message_store) == []
+        # Another key, or the same key on another queue, posts
+        other, stored = await message_store.post_once(
+            P, Q, CLIENT, "delivery-2", NewMessage(body=b'{"n":2}', ttl=120), remember=3600
+        )
+        assert stored and other != first
+        (message,) = await list_all(message_store)
+        assert (message.id, message.body, message.ttl) == (other, b'{"n":2}', 120)
+        _, stored = await message_store.post_once(
+            P, "queue-2", CLIENT, "delivery-1", NewMessage(body=b"1", ttl=300), remember=3600
+        )
+        assert stored
+
+    async def test_post_once_of_one_key_at_once_stores_one_message(
+        self, message_store: MessageStore
+    ) -> None:
+        results = await asyncio.gather(*(
+            message_store.post_once(
+                P, Q, CLIENT, "delivery-1", NewMessage(body=b"1", ttl=300), remember=3600
+            )
+            for _ in range(5)
+        ))
+        assert len({mid for mid, _ in results}) == 1
+        assert [stored for _, stored in results].count(True) == 1
+        assert len(await list_all(message_store)) == 1
+
     async def test_post_returns_ids_in_order_and_list_keeps_acceptance_order(
         self,
         message_store: MessageStore, clock: Clock

@@ -292,7 +292,7 @@ BAD_POLICY = "_retry_policy"
 INVALID = [
     ({"subscriber": ""}, "Missing parameter subscriber in body."),
     ({"subscriber": "ftp://h/x"}, "The subscriber type of subscription must be supported in "
-     "the list ['http', 'https', 'mailto', 'trust+http', 'trust+https']."),
+     "the list ['http', 'https', 'mailto', 'trust+http', 'trust+https', 'queue']."),
     ({"subscriber": "http:///nohost"}, "The subscriber http:///nohost has no host."),
     ({"ttl": 59}, "The TTL for a subscription must be at least 60 seconds long."),
     ({"options": b"[1]"}, "Options must be a dict."),

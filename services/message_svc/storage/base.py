@@ -233,6 +233,31 @@ class MessageStore(Protocol):
         """
         ...
 
+    async def post_once(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        key: str,
+        message: NewMessage,
+        *,
+        remember: int,
+        version: int | None = None,
+    ) -> tuple[str, bool]:
+        """Store one message unless ``key`` was posted to the queue before: an idempotent post.
+
+        The key and the new message's id are stored in the same atomic step as the message
+        (MongoDB: the message's id is derived from the key, so a second writer's insert
+        fails on it; the key is then stored), and are remembered ``remember`` seconds,
+        whatever becomes of the message (deleted, claimed, expired). With ``version``, as
+        :meth:`post` (checked only when something is to be stored).
+
+        Returns:
+            The message's id and True when it was stored now; the id the key was first
+            posted with and False when the key was known (nothing stored).
+        """
+        ...
+
     async def list_messages(
         self,
         project: str,
@@ -347,31 +372,6 @@ class MessageStore(Protocol):
         """
         ...
 
-    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
-        """The live claim with its live messages, or ``None`` (absent or expired)."""
-        ...
-
-    async def renew_claim(
-        self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
-    ) -> bool:
-        """Restart a live claim's TTL from now, atomically with its messages.
-
-        The claim then expires at ``now + ttl``; each message it holds is extended as
-        :meth:`claim` does (to at least ``now + ttl + grace``).
-
-        Returns:
-            False when the claim is absent or expired (nothing changes).
-        """
-        ...
-
-    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
-        """End a claim; its messages become claimable at once. Idempotent."""
-        ...
-
-    async def stats(self, project: str, queue: str) -> QueueStats:
-        """Counts of the queue's unexpired messages with the oldest and newest by ``seq``.
-
-        Computed in one consistent read: ``claimed + free == total``.
     async def post_fifo(
         self,
         project: str,
@@ -437,6 +437,31 @@ class MessageStore(Protocol):
         """
         raise FifoUnsupported()
 
+    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
+        """The live claim with its live messages, or ``None`` (absent or expired)."""
+        ...
+
+    async def renew_claim(
+        self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
+    ) -> bool:
+        """Restart a live claim's TTL from now, atomically with its messages.
+
+        The claim then expires at ``now + ttl``; each message it holds is extended as
+        :meth:`claim` does (to at least ``now + ttl + grace``).
+
+        Returns:
+            False when the claim is absent or expired (nothing changes).
+        """
+        ...
+
+    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
+        """End a claim; its messages become claimable at once. Idempotent."""
+        ...
+
+    async def stats(self, project: str, queue: str) -> QueueStats:
+        """Counts of the queue's unexpired messages with the oldest and newest by ``seq``.
+
+        Computed in one consistent read: ``claimed + free == total``.
         """
         ...
 

@@ -25,7 +25,7 @@ from services.message_svc.storage.sqlite import SqliteMessageStore
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The MessageStore methods, each passed on to the name's database.
 OPERATIONS = (
-    "queue_version", "bump_queue_version", "post", "list_messages", "get", "get_many",
+    "queue_version", "bump_queue_version", "post", "post_once", "list_messages", "get", "get_many",
     "delete", "delete_many", "pop", "claim", "get_claim", "renew_claim", "release_claim",
     "stats", "next_free_at", "delete_queue", "collect_garbage",
 )

@@ -45,7 +45,7 @@ from services.message_svc.storage.base import (
     QueueStats,
     StoredMessage,
 )
-from services.message_svc.storage.mongodb import claims
+from services.message_svc.storage.mongodb import claims, once
 from services.message_svc.storage.mongodb._collections import Collections
 from services.message_svc.storage.mongodb._connection import (
     Document,
@@ -99,6 +99,7 @@ class MongoMessageStore(base.MessageStore):
             await client.admin.command("ping")
             collections = Collections(self.options, client)
             await collections.create_indexes()
+            await once.create_indexes(collections)
         except PyMongoError as exc:
             await client.close()
             # The driver's message goes on to describe the whole topology: keep its start.
@@ -167,6 +168,22 @@ class MongoMessageStore(base.MessageStore):
             raise
         await db.settle(project, queue, token)
         return ids
+
+    @edge("store the message")
+    async def post_once(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        key: str,
+        message: NewMessage,
+        *,
+        remember: int,
+        version: int | None = None,
+    ) -> tuple[str, bool]:
+        return await once.post_once(
+            self._db(), project, queue, client_id, key, message, self._now(), remember, version
+        )
 
     @edge("list the messages")
     async def list_messages(
@@ -397,7 +414,7 @@ class MongoMessageStore(base.MessageStore):
         db = self._db()
         now = self._now()
         removed = 0
-        for collection in (db.messages, db.claims):
+        for collection in (db.messages, db.claims, once.keys(db)):
             while True:
                 expired = await collection.find(
                     {"e": {"$lte": now}}, {"_id": 1}

@@ -201,6 +201,34 @@ class RedisMessageStore(base.MessageStore):
                 await self._registry_started(tag)
         return ids
 
+    @edge("post the message")
+    async def post_once(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        key: str,
+        message: NewMessage,
+        *,
+        remember: int,
+        version: int | None = None,
+    ) -> tuple[str, bool]:
+        tag, prefix = self._queue(project, queue)
+        new_id, now = _new_id(), self._now()
+        reply = await self._run("post_once", (prefix, self._registry_of(tag)), (
+            tag, client_id, timestamp(now), expected_version(version), key, remember,
+            new_id, message.body, message.ttl, timestamp(now + message.ttl),
+            timestamp(now + message.delay),
+        ))
+        current = stale_version(reply)
+        if current is not None:
+            raise StaleQueue(current)
+        if isinstance(reply, list) and reply[0] == b"known":
+            return reply[1].decode(), False
+        if isinstance(reply, list) and reply[0] == b"first":
+            await self._registry_started(tag)
+        return new_id, True
+
     @edge("list the messages")
     async def list_messages(
         self,

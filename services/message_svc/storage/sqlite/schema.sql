@@ -58,3 +58,16 @@ CREATE TABLE IF NOT EXISTS dedup (
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires);
+
+-- Keys of idempotent posts (post_once: a queue subscriber's deliveries), each with the id of
+-- the message it was posted with, remembered until expires whatever becomes of the message.
+CREATE TABLE IF NOT EXISTS post_keys (
+    project TEXT NOT NULL,
+    queue   TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (project, queue, key)
+);
+
+CREATE INDEX IF NOT EXISTS post_keys_by_expiry ON post_keys (expires);

@@ -26,7 +26,7 @@ from services.message_svc.storage.base import (
 )
 from services.message_svc.storage.sqlite import claims as claim_sql
 from services.message_svc.storage.sqlite import messages as message_sql
-from services.message_svc.storage.sqlite import versions
+from services.message_svc.storage.sqlite import once, versions
 
 T = TypeVar("T")
 
@@ -75,8 +75,8 @@ class SqliteMessageStore(base.MessageStore):
     async def open(self) -> None:
         """Open (or create) the database file and its tables."""
         await self._db.open()
-
         await self._db.write(_add_group_column)
+
     async def close(self) -> None:
         await self._db.close()
 
@@ -124,7 +124,27 @@ class SqliteMessageStore(base.MessageStore):
             lambda c: message_sql.post(c, project, queue, client_id, ids, messages, now),
         )
 
-    async def list_messages(
+    async def post_once(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        key: str,
+        message: NewMessage,
+        *,
+        remember: int,
+        version: int | None = None,
+    ) -> tuple[str, bool]:
+        new_id = _new_id()
+        now = self._now()
+
+        def job(c: sqlite3.Connection) -> tuple[str, bool]:
+            return once.post_once(
+                c, project, queue, client_id, key, new_id, message, now, remember
+            )
+
+        return await self._write_at(project, queue, version, job)
+
     async def post_fifo(
         self,
         project: str,
@@ -144,6 +164,7 @@ class SqliteMessageStore(base.MessageStore):
             ),
         )
 
+    async def list_messages(
         self,
         project: str,
         queue: str,
@@ -234,28 +255,6 @@ class SqliteMessageStore(base.MessageStore):
             ),
         )
 
-    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
-        now = self._now()
-        return await self._db.read(lambda c: claim_sql.get_claim(c, project, queue, claim_id, now))
-
-    async def renew_claim(
-        self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
-    ) -> bool:
-        now = self._now()
-        return await self._db.write(
-            lambda c: claim_sql.renew_claim(c, project, queue, claim_id, now, ttl, grace)
-        )
-
-    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
-        await self._db.write(lambda c: claim_sql.release_claim(c, project, queue, claim_id))
-
-    async def stats(self, project: str, queue: str) -> QueueStats:
-        now = self._now()
-        return await self._db.read(lambda c: message_sql.stats(c, project, queue, now))
-
-    async def next_free_at(self, project: str, queue: str) -> float | None:
-        now = self._now()
-        return await self._db.read(lambda c: message_sql.next_free_at(c, project, queue, now))
     async def claim_fifo(
         self,
         project: str,
@@ -281,6 +280,28 @@ class SqliteMessageStore(base.MessageStore):
             lambda c: message_sql.pop_fifo(c, project, queue, limit, claim_id, now)
         )
 
+    async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
+        now = self._now()
+        return await self._db.read(lambda c: claim_sql.get_claim(c, project, queue, claim_id, now))
+
+    async def renew_claim(
+        self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
+    ) -> bool:
+        now = self._now()
+        return await self._db.write(
+            lambda c: claim_sql.renew_claim(c, project, queue, claim_id, now, ttl, grace)
+        )
+
+    async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
+        await self._db.write(lambda c: claim_sql.release_claim(c, project, queue, claim_id))
+
+    async def stats(self, project: str, queue: str) -> QueueStats:
+        now = self._now()
+        return await self._db.read(lambda c: message_sql.stats(c, project, queue, now))
+
+    async def next_free_at(self, project: str, queue: str) -> float | None:
+        now = self._now()
+        return await self._db.read(lambda c: message_sql.next_free_at(c, project, queue, now))
 
     async def delete_queue(self, project: str, queue: str) -> None:
         await self._db.write(lambda c: message_sql.delete_queue(c, project, queue))
@@ -291,6 +312,7 @@ class SqliteMessageStore(base.MessageStore):
             # Bounded steps, so that other operations are not held up behind a long delete.
             removed = await self._db.write(
                 lambda c: message_sql.collect_garbage(c, now, GC_BATCH)
+                + once.collect_garbage(c, now, GC_BATCH)
             )
             total += removed
             if removed < GC_BATCH:
