@@ -3,7 +3,11 @@
 Runs in the gateway's event loop next to the HTTP server (``api_gateway/server.py``) and uses
 the same upstream channels. Requests on a connection are answered in order; pushed
 notifications are sent as they come (``push.py``), but never while a request is being
-answered: the answer to a ``message_post`` goes out before the push of its messages.
+answered: the answer to a ``message_post`` goes out before the push of its messages. A
+request that waits (``claim_create`` / ``message_list`` with ``wait`` > 0, long polling) is
+answered on its own instead, when it is ready: the connection's later requests and pushes do
+not wait for it (it causes no push, and its answer carries its request so clients match
+them). Closing the connection cancels the waits still pending: they claim nothing.
 
 With ``auth_strategy = "keystone"`` a connection first sends ``authenticate`` with a valid
 ``X-Auth-Token`` in its headers; until then every other action is answered 403
@@ -20,6 +24,7 @@ Zaqar's ``{"status": …}``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
@@ -53,6 +58,8 @@ PATH: Final = "/"
 # A post of the largest allowed batch, plus the envelope and its echo.
 MAX_FRAME: Final = 1024 * 1024
 TOKEN_EXPIRED_CLOSE: Final = 4003
+# Actions whose request may wait (long polling); they never cause a push.
+WAITING_ACTIONS: Final = frozenset({"claim_create", "message_list"})
 
 
 def error_body(err: ApiError) -> dict[str, Any]:
@@ -70,6 +77,16 @@ def _given_request_id(payload: Mapping[str, Any]) -> str | None:
         if isinstance(key, str) and key.lower() == REQUEST_ID_KEY and isinstance(value, str):
             return value
     return None
+
+
+def _waits(payload: Mapping[str, Any]) -> bool:
+    """Whether the request asks to wait (answered apart from the others)."""
+    body = payload.get("body")
+    return (
+        payload.get("action") in WAITING_ACTIONS
+        and isinstance(body, dict)
+        and body.get("wait") not in (None, 0)
+    )
 
 
 def _headers(payload: Mapping[str, Any]) -> dict[str, str]:
@@ -164,25 +181,47 @@ class Connection:
         self._closing: asyncio.Future[None] | None = None
 
     async def serve(self) -> None:
+        waiting: set[asyncio.Task[None]] = set()
         try:
             async for data in self.socket:
+                try:
+                    frame: frames.Frame | str | bytes = frames.decode(data)
+                except frames.BadFrame:
+                    frame = data
+                if isinstance(frame, frames.Frame) and _waits(frame.payload):
+                    task = asyncio.ensure_future(self._answer_apart(frame))
+                    waiting.add(task)
+                    task.add_done_callback(waiting.discard)
+                    continue
                 async with self._turn:
-                    await self.socket.send(await self.answer(data))
+                    await self.socket.send(await self.answer(frame))
                     self.watches.release()
         except ConnectionClosed:
             pass
         finally:
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
             if self._expiry is not None:
                 self._expiry.cancel()
             await self.watches.close()
+
+    async def _answer_apart(self, frame: frames.Frame) -> None:
+        """Answer a request that waits without holding the connection's turn meanwhile; its
+        answer then takes the turn like a push (it is sent whole, between other frames)."""
+        answer = await self.answer(frame)
+        with contextlib.suppress(ConnectionClosed):
+            async with self._turn:
+                await self.socket.send(answer)
 
     async def _push(self, frame: str | bytes) -> None:
         async with self._turn:
             await self.socket.send(frame)
 
-    async def answer(self, data: str | bytes) -> str | bytes:
+    async def answer(self, data: frames.Frame | str | bytes) -> str | bytes:
+        """The answer to one request, as received or already decoded."""
         try:
-            frame = frames.decode(data)
+            frame = data if isinstance(data, frames.Frame) else frames.decode(data)
         except frames.BadFrame as exc:
             _count(metrics.OTHER, 400)
             response = frames.response(None, 400, error_body(bad_request(str(exc))))

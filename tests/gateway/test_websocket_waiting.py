@@ -1,0 +1,74 @@
+"""Long polling over WebSocket: a request that waits is answered on its own, so it holds up
+neither the connection's later requests nor its pushes; closing the socket cancels it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.gateway._ws import Ws, decode, headers_for, new_project
+
+pytestmark = pytest.mark.parametrize("ws_url", ["asgi"], indirect=True)
+
+
+async def send(ws: Ws, action: str, body: dict[str, Any]) -> None:
+    await ws.socket.send(ws.encode(
+        {"action": action, "headers": headers_for(ws.project), "body": body}
+    ))
+
+
+async def answers(ws: Ws, count: int) -> dict[str, dict[str, Any]]:
+    """The next ``count`` answers, by the action of the request each answers."""
+    got: dict[str, dict[str, Any]] = {}
+    async with asyncio.timeout(10):
+        while len(got) < count:
+            frame = decode(await ws.socket.recv())
+            got[frame["request"]["action"]] = frame
+    return got
+
+
+async def test_a_waiting_claim_does_not_hold_up_the_socket(ws_url: str) -> None:
+    async with connect(ws_url) as socket:
+        ws = Ws(socket, new_project())
+        assert (await ws.call("queue_create", {"queue_name": "lp"}))[0] == 201
+
+        # A claim that waits is pending ...
+        await send(ws, "claim_create", {"queue_name": "lp", "wait": 5, "limit": 1})
+        # ... and a later request on the same socket is answered first, at once
+        await send(ws, "queue_list", {})
+        listed = await answers(ws, 1)
+        assert listed["queue_list"]["headers"]["status"] == 200
+
+        # A post (on the same socket) makes the waiting claim answer 201 with the message;
+        # the post's own answer comes first
+        await send(ws, "message_post", {"queue_name": "lp", "messages": [{"body": "hi"}]})
+        first = decode(await asyncio.wait_for(socket.recv(), 10))
+        assert first["request"]["action"] == "message_post"
+        assert first["headers"]["status"] == 201
+        claimed = (await answers(ws, 1))["claim_create"]
+        assert claimed["headers"]["status"] == 201
+        assert [m["body"] for m in claimed["body"]["messages"]] == ["hi"]
+        assert claimed["request"]["body"]["wait"] == 5
+
+
+async def test_closing_the_socket_cancels_its_waits(ws_url: str) -> None:
+    project = new_project()
+    async with connect(ws_url) as socket:
+        ws = Ws(socket, project)
+        assert (await ws.call("queue_create", {"queue_name": "lp"}))[0] == 201
+        await send(ws, "claim_create", {"queue_name": "lp", "wait": 5, "limit": 1})
+        # The wait is pending in the services once a later request is answered
+        assert (await ws.call("queue_list", {}))[0] == 200
+
+    async with connect(ws_url) as socket:
+        ws = Ws(socket, project)
+        assert (await ws.call("message_post", {
+            "queue_name": "lp", "messages": [{"body": "kept"}],
+        }))[0] == 201
+        # The closed socket's wait claimed nothing: another consumer gets the message
+        status, body = await ws.call("claim_create", {"queue_name": "lp", "wait": 5})
+        assert status == 201
+        assert [m["body"] for m in body["messages"]] == ["kept"]
