@@ -269,10 +269,10 @@ class FifoMessageStoreContract:
                     await asyncio.sleep(0)
                     continue
                 idle = 0
-                mine = {m.group_id for m in result.claim.messages}
+                mine = {m.group_id or "" for m in result.claim.messages}
                 for group in mine:
                     # No other live claim holds a group this claim got
-                    assert group is not None and group not in holding
+                    assert group and group not in holding
                     holding[group] = worker
                 for m in result.claim.messages:
                     assert m.group_id is not None
