@@ -1,104 +1,323 @@
 """After a store restart, every service serves without errors within a second of the store
-accepting connections again: no request goes down a connection the old server closed.
+accepting connections again: no request goes down a connection the old server closed, nor to a
+node the client last saw failing.
 
-A real ``zaqar-grpc up`` on one redis-server (queues, messages and subscriptions all on it),
-under concurrent HTTP load (posts, claims, deletes, listings, queue reads), with the gateway's
-coalescing on and off. redis-server is killed (SIGKILL) and started again on the same port;
-once it accepts connections and one second has passed, the load goes on and every answer must
-be a success.
+A real ``zaqar-grpc up`` with its three stores (queues, messages, subscriptions) on one store,
+under concurrent HTTP load (posts, claims, deletes, listings, queue reads) that never pauses,
+with the gateway's coalescing on and off. The store is killed (SIGKILL) and started again on the
+same port (and data folder):
+
+- one redis-server;
+- the MongoDB wire server (a replica set of one member, as the URI names it);
+- a Redis Cluster whose six nodes are all killed and started again with their ``nodes.conf``
+  (the cluster comes back with its slots, without the data: no AOF, no snapshot);
+- a Redis Cluster master, whose replica takes over, started again as that replica's replica.
+
+Answers to requests sent while the store is down may be 503; every request sent from one second
+after the store accepts connections again (on a cluster: every node says ``cluster_state:ok``)
+must succeed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
+import logging
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
+from redis.cluster import ClusterNode, RedisCluster
 
 from services.common.config import Settings
 from tests.e2e.harness import start_stack
-from tests.servers import redis_process
+from tests.servers import (
+    MONGODB_REPLICA_SET,
+    RedisClusterProcesses,
+    ServerProcess,
+    mongodb_process,
+    redis_process,
+    start_redis_cluster,
+    stop_redis_cluster,
+)
 
 pytestmark = pytest.mark.e2e
 
+log = logging.getLogger(__name__)
+
 WORKERS = 8
-ROUNDS_AFTER = 25  # rounds per worker measured after recovery
+ROUNDS_AFTER = 10  # rounds per worker sent after the recovery grace
 RECOVERY = 1.0  # seconds the services get once the store accepts connections
+PROJECT = "restart"
+QUEUES = [f"rs-{i}" for i in range(WORKERS)]
+SERVICES = ("queue", "message", "notifier")
 
 
-FAILURES: list[str] = []
+class RestartableStore(Protocol):
+    """A store server (or cluster) that a test kills and starts again."""
+
+    def uris(self) -> dict[str, str]:
+        """``<service>_store`` -> URI of that service's store on it."""
+
+    def kill(self) -> None:
+        """Kill it (SIGKILL, as in a crash)."""
+
+    def start_again(self) -> None:
+        """Start it again; return once it accepts connections (a cluster: serves every slot)."""
 
 
-def note(r: httpx.Response) -> int:
-    if r.status_code >= 500:
-        FAILURES.append(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
-    return r.status_code
+@dataclass
+class OneServer:
+    """One redis-server or MongoDB server, started again on its port and data folder."""
+
+    server: ServerProcess
+    uri: Callable[[str], str]
+
+    def uris(self) -> dict[str, str]:
+        return {f"{service}_store": self.uri(service) for service in SERVICES}
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def start_again(self) -> None:
+        self.server.start()
 
 
-async def one_round(http: httpx.AsyncClient, queue: str) -> list[int]:
-    """Post, claim and delete, list, read the queue: the statuses of each request."""
-    statuses = []
-    r = await http.post(f"/v2/queues/{queue}/messages",
+def cluster_uris(cluster: RedisClusterProcesses) -> dict[str, str]:
+    return {f"{service}_store": f"redis+cluster://{cluster.uri_hosts}?prefix=r{service[0]}"
+            for service in SERVICES}
+
+
+def wait_cluster_ok(cluster: RedisClusterProcesses, timeout: float = 30.0) -> None:
+    """Until every live node accepts connections, says ``cluster_state:ok`` and knows every
+    slot as served (a master that restarts says ``fail`` for its first 2 s)."""
+    deadline = time.monotonic() + timeout
+    states: list[tuple[str | None, str | None]] = []
+    while time.monotonic() < deadline:
+        live = [n for n in cluster.nodes if n.proc is not None and n.proc.poll() is None]
+        try:
+            infos = [cluster.info(node.port) for node in live]
+        except (OSError, ValueError) as exc:  # a CalledProcessError while a node starts
+            states = [(str(exc), None)]
+        else:
+            states = [(i.get("cluster_state"), i.get("cluster_slots_ok")) for i in infos]
+            if set(states) == {("ok", "16384")}:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"the Redis Cluster is not ok after {timeout}s: {states}")
+
+
+@dataclass
+class WholeCluster:
+    """Every node of a Redis Cluster killed, then all started again with their nodes.conf."""
+
+    cluster: RedisClusterProcesses
+
+    def uris(self) -> dict[str, str]:
+        return cluster_uris(self.cluster)
+
+    def kill(self) -> None:
+        for node in self.cluster.nodes:
+            node.kill()
+
+    def start_again(self) -> None:
+        for node in self.cluster.nodes:
+            node.start()
+        wait_cluster_ok(self.cluster)
+
+
+def master_of(cluster: RedisClusterProcesses, key: str) -> ServerProcess:
+    """The node serving ``key``'s slot now."""
+    nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.nodes]  # type: ignore[no-untyped-call]
+    client = RedisCluster(startup_nodes=nodes)
+    try:
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return cluster.node(int(node.port))
+    finally:
+        client.close()
+
+
+@dataclass
+class ClusterMaster:
+    """The master serving the first queue's messages killed; once its replica has taken over,
+    started again (it rejoins as that replica's replica)."""
+
+    cluster: RedisClusterProcesses
+    killed: ServerProcess | None = None
+
+    def uris(self) -> dict[str, str]:
+        return cluster_uris(self.cluster)
+
+    def kill(self) -> None:
+        self.killed = master_of(self.cluster, f"{{{PROJECT}/{QUEUES[0]}}}")
+        self.killed.kill()
+
+    def start_again(self) -> None:
+        assert self.killed is not None
+        self.cluster.wait_healthy(30)  # the replica took over
+        self.killed.start()
+        self.cluster.wait_healthy(30)  # it rejoined as a replica; every node says ok
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RestartableStore]:
+    """A store of the test's own, of the kind ``request.param`` names."""
+    kind: str = request.param
+    if kind in ("redis", "mongodb"):
+        if kind == "redis":
+            server = redis_process(tmp_path / "redis")
+            database = {"queue": 1, "message": 2, "notifier": 3}
+
+            def uri(service: str) -> str:
+                return f"redis://127.0.0.1:{server.port}/{database[service]}"
+        else:
+            server = mongodb_process(tmp_path / "mongodb")
+
+            def uri(service: str) -> str:
+                return (f"mongodb://127.0.0.1:{server.port}/restart_{service}"
+                        f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority")
+        server.start()
+        try:
+            yield OneServer(server, uri)
+        finally:
+            server.stop()
+        return
+    cluster = start_redis_cluster(tmp_path / "cluster")
+    try:
+        yield WholeCluster(cluster) if kind == "redis-cluster" else ClusterMaster(cluster)
+    finally:
+        stop_redis_cluster(cluster)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    sent: float
+    status: int
+    request: str
+    text: str
+
+
+@dataclass
+class Load:
+    """One client per queue doing rounds without pause, every answer kept with the time its
+    request was sent; each stops after ``ROUNDS_AFTER`` rounds begun from ``measure_from``, and
+    sends nothing from the moment it is set until then (the pools keep what the outage left in
+    them for the first requests measured, as after a quiet spell)."""
+
+    http: httpx.AsyncClient
+    answers: list[Answer] = field(default_factory=list)
+    measure_from: float | None = None
+
+    async def send(self, method: str, url: str, **kwargs: object) -> httpx.Response:
+        sent = time.monotonic()
+        if self.measure_from is not None and sent < self.measure_from:
+            await asyncio.sleep(self.measure_from - sent)
+            sent = time.monotonic()
+        r = await self.http.request(method, url, **kwargs)  # type: ignore[arg-type]
+        text = r.text if r.status_code >= 300 else ""
+        self.answers.append(Answer(sent, r.status_code, f"{method} {r.request.url.path}", text))
+        return r
+
+    async def one_round(self, queue: str) -> None:
+        """Post, claim and delete, list, read the queue."""
+        await self.send("POST", f"/v2/queues/{queue}/messages",
                         json={"messages": [{"body": {"n": 1}, "ttl": 300}]})
-    statuses.append(note(r))
-    r = await http.post(f"/v2/queues/{queue}/claims?limit=2", json={"ttl": 60, "grace": 60})
-    statuses.append(note(r))
-    if r.status_code == 201:
-        for message in r.json()["messages"]:
-            d = await http.delete(message["href"])
-            statuses.append(note(d))
-    r = await http.get(f"/v2/queues/{queue}/messages", params={"echo": "true"})
-    statuses.append(note(r))
-    r = await http.get(f"/v2/queues/{queue}/stats")
-    statuses.append(note(r))
-    r = await http.get("/v2/queues")
-    statuses.append(note(r))
-    return statuses
+        r = await self.send("POST", f"/v2/queues/{queue}/claims?limit=2",
+                            json={"ttl": 60, "grace": 60})
+        if r.status_code == 201:
+            for message in r.json()["messages"]:
+                await self.send("DELETE", message["href"])
+        await self.send("GET", f"/v2/queues/{queue}/messages", params={"echo": "true"})
+        await self.send("GET", f"/v2/queues/{queue}/stats")
+        await self.send("GET", "/v2/queues")
+
+    async def worker(self, queue: str) -> None:
+        measured = 0
+        while measured < ROUNDS_AFTER:
+            started = time.monotonic()
+            await self.one_round(queue)
+            if self.measure_from is not None and started >= self.measure_from:
+                measured += 1
+
+    def since(self, moment: float) -> list[Answer]:
+        return [a for a in self.answers if a.sent >= moment]
 
 
-@pytest.mark.parametrize("message_batch", [True, False], ids=["coalescing", "no-coalescing"])
-async def test_no_error_after_a_redis_restart(
-    tmp_path: Path, make_settings: Callable[..., Settings], message_batch: bool
+async def until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not after {seconds} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+# A master's failover is the same client code with coalescing on or off (the whole cluster
+# restarted covers both): it runs with coalescing only, to keep the module short.
+CASES = [
+    pytest.param(store, batch, id=f"{store}-{'coalescing' if batch else 'no-coalescing'}")
+    for store in ("redis", "mongodb", "redis-cluster", "redis-cluster-master")
+    for batch in (True, False)
+    if batch or store != "redis-cluster-master"
+]
+
+
+@pytest.mark.parametrize(("store", "message_batch"), CASES, indirect=["store"])
+@pytest.mark.timeout(180)
+async def test_no_error_after_a_store_restart(
+    store: RestartableStore, make_settings: Callable[..., Settings], message_batch: bool
 ) -> None:
-    redis = redis_process(tmp_path / "redis")
-    redis.start()
-    uri = f"redis://127.0.0.1:{redis.port}/0"
-    stack = start_stack(make_settings(
-        queue_store=uri, message_store=uri, notifier_store=uri, message_batch=message_batch,
-    ))
-    headers = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": f"rs-{uuid.uuid4().hex[:8]}"}
+    began = time.monotonic()
+    stack = start_stack(make_settings(**store.uris(), message_batch=message_batch))
+    up = time.monotonic()
+    headers = {"Client-ID": "3a9a6c1e-2f5b-4d0e-9a57-4c1c2e0f6b11", "X-Project-ID": PROJECT}
     limits = httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS)
     try:
         async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=30,
                                      limits=limits) as http:
-            queues = [f"rs-{i}" for i in range(WORKERS)]
-            # Given every service busy on Redis (each pooled connection used)
-            for statuses in await asyncio.gather(*(one_round(http, q) for q in queues)):
-                assert set(statuses) <= {200, 201, 204}, statuses
-            # When redis-server dies and comes back on the same port
-            redis.kill()
-            down = await asyncio.gather(*(one_round(http, q) for q in queues))
-            assert all(s in (200, 201, 204, 503) for statuses in down for s in statuses)
-            await asyncio.to_thread(redis.start)
-            await asyncio.sleep(RECOVERY)
-            FAILURES.clear()
+            load = Load(http)
+            workers = [asyncio.create_task(load.worker(queue)) for queue in QUEUES]
+            try:
+                # Given every service busy on the store (each pooled connection used)
+                await until(lambda: len(load.answers) >= 5 * WORKERS, 30, "the load runs")
+                assert {a.status for a in load.answers} <= {200, 201, 204}, load.answers
+                loaded = time.monotonic()
 
-            # Then, a second later, not one request fails
-            async def worker(queue: str) -> Counter[int]:
-                seen: Counter[int] = Counter()
-                for _ in range(ROUNDS_AFTER):
-                    seen.update(await one_round(http, queue))
-                return seen
-
-            total: Counter[int] = Counter()
-            for seen in await asyncio.gather(*(worker(q) for q in queues)):
-                total.update(seen)
-            assert set(total) <= {200, 201, 204}, (total, FAILURES)
-            assert total[201] >= WORKERS * ROUNDS_AFTER  # every post went through
+                # When the store dies under that load and comes back on the same port
+                store.kill()
+                killed = time.monotonic()
+                await until(lambda: len(load.since(killed)) >= WORKERS, 30,
+                            "requests are answered while the store is down")
+                await asyncio.to_thread(store.start_again)
+                back = time.monotonic()
+                load.measure_from = back + RECOVERY
+                await asyncio.gather(*workers)
+            finally:
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
     finally:
         assert stack.stop() == 0, "".join(stack.output[-40:])
-        redis.stop()
+
+    outage = [a for a in load.answers if killed <= a.sent < load.measure_from]
+    after = load.since(load.measure_from)
+    errors_down = [a for a in outage if a.status >= 500]
+    failed = [a.sent - back for a in load.since(killed) if a.status >= 500]
+    log.info(
+        "up %.1f s, load %.1f s; down %.2f s: %d answers, %d 5xx, the last sent %s; "
+        "%d answers after recovery; %.1f s in all",
+        up - began, loaded - up, back - killed, len(outage), len(errors_down),
+        f"{max(failed):+.2f} s from back" if failed else "-", len(after),
+        time.monotonic() - began,
+    )
+    # Then, while it was down, requests were answered 503 at worst
+    assert {a.status for a in outage} <= {200, 201, 204, 503}, [
+        a for a in outage if a.status not in (200, 201, 204, 503)]
+    # And, a second after it accepts connections again, not one request fails
+    assert {a.status for a in after} <= {200, 201, 204}, [
+        a for a in after if a.status not in (200, 201, 204)]
+    statuses = Counter(a.status for a in after if a.request.endswith("/messages")
+                       and a.request.startswith("POST"))
+    assert statuses[201] >= WORKERS * ROUNDS_AFTER  # every post went through
