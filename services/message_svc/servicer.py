@@ -48,6 +48,7 @@ class Packer:
             claim_count=m.claim_count,
             created=int(m.created),
             checksum="MD5:" + hashlib.md5(m.body).hexdigest() if self.checksum else "",
+            group_id=m.group_id or "",
         )
 
     def messages(self, items: Iterable[StoredMessage]) -> list[common_pb2.Message]:
@@ -103,7 +104,9 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
     ) -> messages_pb2.PostMessagesResponse:
         posted = [
             Posted(m.body, m.ttl if m.HasField("ttl") else None,
-                   m.delay if m.HasField("delay") else None)
+                   m.delay if m.HasField("delay") else None,
+                   m.group_id if m.HasField("group_id") else None,
+                   m.dedup_id if m.HasField("dedup_id") else None)
             for m in request.messages
         ]
         ids = await self._service.post(request.project, request.queue, request.client_id, posted)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1azaqar_grpc/v2/common.proto\x12\x08zaqar.v2\"\x87\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x0b\n\x03ttl\x18\x03 \x01(\x05\x12\x0b\n\x03\x61ge\x18\x04 \x01(\x03\x12\x10\n\x08\x63laim_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63laim_count\x18\x06 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x08 \x01(\t\":\n\x0eMessageSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ge\x18\x02 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\"\x8e\x01\n\nQueueStats\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x03\x12\x0c\n\x04\x66ree\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12(\n\x06oldest\x18\x04 \x01(\x0b\x32\x18.zaqar.v2.MessageSummary\x12(\n\x06newest\x18\x05 \x01(\x0b\x32\x18.zaqar.v2.MessageSummary\"N\n\x08QueueRef\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x15\n\x08pool_uri\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_pool_urib\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1azaqar_grpc/v2/common.proto\x12\x08zaqar.v2\"\x99\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x0b\n\x03ttl\x18\x03 \x01(\x05\x12\x0b\n\x03\x61ge\x18\x04 \x01(\x03\x12\x10\n\x08\x63laim_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63laim_count\x18\x06 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x03\x12\x10\n\x08\x63hecksum\x18\x08 \x01(\t\x12\x10\n\x08group_id\x18\t \x01(\t\":\n\x0eMessageSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03\x61ge\x18\x02 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\"\x8e\x01\n\nQueueStats\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x03\x12\x0c\n\x04\x66ree\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12(\n\x06oldest\x18\x04 \x01(\x0b\x32\x18.zaqar.v2.MessageSummary\x12(\n\x06newest\x18\x05 \x01(\x0b\x32\x18.zaqar.v2.MessageSummary\"N\n\x08QueueRef\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x15\n\x08pool_uri\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_pool_urib\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zaqar_grpc.v2.common_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESSAGE']._serialized_start=41
-  _globals['_MESSAGE']._serialized_end=176
-  _globals['_MESSAGESUMMARY']._serialized_start=178
-  _globals['_MESSAGESUMMARY']._serialized_end=236
-  _globals['_QUEUESTATS']._serialized_start=239
-  _globals['_QUEUESTATS']._serialized_end=381
-  _globals['_QUEUEREF']._serialized_start=383
-  _globals['_QUEUEREF']._serialized_end=461
+  _globals['_MESSAGE']._serialized_end=194
+  _globals['_MESSAGESUMMARY']._serialized_start=196
+  _globals['_MESSAGESUMMARY']._serialized_end=254
+  _globals['_QUEUESTATS']._serialized_start=257
+  _globals['_QUEUESTATS']._serialized_end=399
+  _globals['_QUEUEREF']._serialized_start=401
+  _globals['_QUEUEREF']._serialized_end=479
 # @@protoc_insertion_point(module_scope)

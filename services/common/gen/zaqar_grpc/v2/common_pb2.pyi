@@ -41,6 +41,7 @@ class Message(_message.Message):
     CLAIM_COUNT_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     CHECKSUM_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     body: _builtins.bytes
     """The body as UTF-8 JSON, exactly as posted."""
@@ -56,6 +57,8 @@ class Message(_message.Message):
     """Acceptance time, Unix seconds (UTC)."""
     checksum: _builtins.str
     """"MD5:<hex>" of the body when checksums are enabled, else empty."""
+    group_id: _builtins.str
+    """The message group (FIFO queues), or empty for a message without one."""
     def __init__(
         self,
         *,
@@ -67,10 +70,11 @@ class Message(_message.Message):
         claim_count: _builtins.int = ...,
         created: _builtins.int = ...,
         checksum: _builtins.str = ...,
+        group_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age", b"age", "body", b"body", "checksum", b"checksum", "claim_count", b"claim_count", "claim_id", b"claim_id", "created", b"created", "id", b"id", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age", b"age", "body", b"body", "checksum", b"checksum", "claim_count", b"claim_count", "claim_id", b"claim_id", "created", b"created", "group_id", b"group_id", "id", b"id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,29 +30,50 @@ class NewMessage(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
+    GROUP_ID_FIELD_NUMBER: _builtins.int
+    DEDUP_ID_FIELD_NUMBER: _builtins.int
     body: _builtins.bytes
     """UTF-8 JSON, any value (object, array, string, number, true/false/null)."""
     ttl: _builtins.int
     """Seconds, 60..1209600; unset means the queue's _default_message_ttl."""
     delay: _builtins.int
     """Seconds, 0..900; unset means the queue's _default_message_delay."""
+    group_id: _builtins.str
+    """FIFO queues (_fifo) only, 1..128 characters: the message group. Messages of a group are
+    handed out in the order posted, one claim at a time. Set on another queue: INVALID_ARGUMENT.
+    """
+    dedup_id: _builtins.str
+    """FIFO queues (_fifo) only, 1..128 characters: a post of a dedup_id the queue accepted less
+    than _dedup_window seconds ago (or earlier in the batch) is not stored and answers with the
+    first message's id. Set on another queue: INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         body: _builtins.bytes = ...,
         ttl: _builtins.int | None = ...,
         delay: _builtins.int | None = ...,
+        group_id: _builtins.str | None = ...,
+        dedup_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_delay", b"_delay", "_ttl", b"_ttl", "delay", b"delay", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dedup_id", b"_dedup_id", "_delay", b"_delay", "_group_id", b"_group_id", "_ttl", b"_ttl", "dedup_id", b"dedup_id", "delay", b"delay", "group_id", b"group_id", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delay", b"_delay", "_ttl", b"_ttl", "body", b"body", "delay", b"delay", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dedup_id", b"_dedup_id", "_delay", b"_delay", "_group_id", b"_group_id", "_ttl", b"_ttl", "body", b"body", "dedup_id", b"dedup_id", "delay", b"delay", "group_id", b"group_id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dedup_id: _TypeAlias = _typing.Literal["dedup_id"]  # noqa: Y015
+    _WhichOneofArgType__dedup_id: _TypeAlias = _typing.Literal["_dedup_id", b"_dedup_id"]  # noqa: Y015
     _WhichOneofReturnType__delay: _TypeAlias = _typing.Literal["delay"]  # noqa: Y015
     _WhichOneofArgType__delay: _TypeAlias = _typing.Literal["_delay", b"_delay"]  # noqa: Y015
+    _WhichOneofReturnType__group_id: _TypeAlias = _typing.Literal["group_id"]  # noqa: Y015
+    _WhichOneofArgType__group_id: _TypeAlias = _typing.Literal["_group_id", b"_group_id"]  # noqa: Y015
     _WhichOneofReturnType__ttl: _TypeAlias = _typing.Literal["ttl"]  # noqa: Y015
     _WhichOneofArgType__ttl: _TypeAlias = _typing.Literal["_ttl", b"_ttl"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dedup_id) -> _WhichOneofReturnType__dedup_id | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delay) -> _WhichOneofReturnType__delay | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__group_id) -> _WhichOneofReturnType__group_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ttl) -> _WhichOneofReturnType__ttl | None: ...
 

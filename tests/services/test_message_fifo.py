@@ -1,0 +1,126 @@
+"""FIFO queues (``_fifo``) through message_svc's public gRPC API: ``NewMessage.group_id`` /
+``dedup_id`` in, ``Message.group_id`` out, and the 400 answers of a queue or store without
+FIFO."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+import pytest
+from zaqar_grpc.v2 import messages_pb2
+
+from services.message_svc import validation
+from tests.services.test_message_svc import (  # noqa: F401 - fixtures
+    CLIENT,
+    PROJECT,
+    Services,
+    invalid,
+    message_svc,
+    message_svc_factory,
+    rpc_error,
+)
+
+
+def _new(n: int, group: str | None = None, dedup: str | None = None) -> messages_pb2.NewMessage:
+    return messages_pb2.NewMessage(body=orjson.dumps(n), group_id=group, dedup_id=dedup)
+
+
+async def _post(svc: Services, queue: str, *messages: messages_pb2.NewMessage) -> list[str]:
+    answer = await svc.messages.PostMessages(messages_pb2.PostMessagesRequest(
+        project=PROJECT, queue=queue, client_id=CLIENT, messages=messages
+    ))
+    return list(answer.ids)
+
+
+def _numbers(claim: messages_pb2.Claim) -> list[int]:
+    return [orjson.loads(m.body) for m in claim.messages]
+
+
+async def test_groups_are_claimed_in_order_one_claim_at_a_time(message_svc: Services) -> None:  # noqa: F811
+    # Given a FIFO queue with two groups and a message without a group
+    await message_svc.create_queue("f", _fifo=True)
+    await _post(message_svc, "f", _new(1, "a"), _new(2, "a"), _new(3, "b"), _new(4), _new(5, "a"))
+
+    # When one claim takes two messages
+    first = await message_svc.claim(queue="f", limit=2)
+
+    # Then it has group a's head and the next of a, with their groups
+    assert _numbers(first) == [1, 2]
+    assert [m.group_id for m in first.messages] == ["a", "a"]
+
+    # And while it lives, group a is locked: the next claim passes over a
+    second = await message_svc.claim(queue="f", limit=10)
+    assert _numbers(second) == [3, 4]
+    assert [m.group_id for m in second.messages] == ["b", ""]
+    locked = await message_svc.claim(queue="f", limit=10)
+    assert not locked.messages
+
+    # When the first claim is released, a's next message is free
+    await message_svc.messages.DeleteClaim(messages_pb2.DeleteClaimRequest(
+        project=PROJECT, queue="f", claim_id=first.id
+    ))
+    third = await message_svc.claim(queue="f", limit=10)
+    assert _numbers(third) == [1, 2, 5]
+
+
+async def test_a_duplicate_post_answers_with_the_first_id(message_svc: Services) -> None:  # noqa: F811
+    await message_svc.create_queue("f", _fifo=True, _dedup_window=60)
+
+    # Given a posted message with a dedup_id
+    (first,) = await _post(message_svc, "f", _new(1, dedup="x"))
+
+    # When it is posted again, alone and inside a batch that repeats it too
+    again = await _post(message_svc, "f", _new(2, dedup="x"))
+    batch = await _post(
+        message_svc, "f", _new(3, dedup="y"), _new(4, dedup="x"), _new(5, dedup="y")
+    )
+
+    # Then every duplicate answers with the first id and only new ids are stored
+    assert again == [first]
+    assert batch[1] == first and batch[0] == batch[2] != first
+    listed = await message_svc.listed(queue="f")
+    assert [orjson.loads(m.body) for m in listed] == [1, 3]
+    assert [m.group_id for m in listed] == ["", ""]
+
+
+async def test_fifo_ids_on_a_standard_queue_are_refused(message_svc: Services) -> None:  # noqa: F811
+    await message_svc.create_queue("plain")
+    for message in (_new(1, group="a"), _new(1, dedup="x")):
+        info = await rpc_error(_post(message_svc, "plain", message))
+        invalid(info, validation.FIFO_IDS_NEED_FIFO)
+    assert await message_svc.listed(queue="plain") == []
+
+
+@pytest.mark.parametrize("value", ["", "g" * 129])
+async def test_fifo_ids_of_a_bad_length_are_refused(
+    message_svc: Services, value: str  # noqa: F811 - fixture
+) -> None:
+    await message_svc.create_queue("f", _fifo=True)
+    for name, message in (("group_id", _new(1, group=value)), ("dedup_id", _new(1, dedup=value))):
+        info = await rpc_error(_post(message_svc, "f", message))
+        invalid(info, f"{name} must be a string of 1 to 128 characters.")
+
+
+async def test_a_fifo_queue_on_a_redis_store_is_refused(
+    request: pytest.FixtureRequest,
+    message_svc_factory: Callable[..., Awaitable[Services]],  # noqa: F811 - fixture
+) -> None:
+    redis = request.getfixturevalue("redis_server")
+    prefix = "fifo" + uuid.uuid4().hex[:8]
+    svc = await message_svc_factory(
+        message_store=f"redis://127.0.0.1:{redis.port}/0?prefix={prefix}"
+    )
+    await svc.create_queue("f", _fifo=True)
+
+    # A post with or without FIFO ids, a claim and a pop all answer 400
+    for call in (
+        _post(svc, "f", _new(1, group="a")),
+        _post(svc, "f", _new(1)),
+        svc.claim(queue="f"),
+        svc.messages.PopMessages(messages_pb2.PopMessagesRequest(
+            project=PROJECT, queue="f", limit=1
+        )),
+    ):
+        invalid(await rpc_error(call), validation.FIFO_UNSUPPORTED)
