@@ -130,7 +130,9 @@ def purge_queue_request(project: str, queue: str, doc: Any) -> queues_pb2.PurgeQ
 def post_messages_request(
     project: str, queue: str, client_id: str, doc: Any
 ) -> messages_pb2.PostMessagesRequest:
-    """``{"messages": [{"body": any, "ttl"?: int, "delay"?: int}, ...]}``."""
+    """``{"messages": [{"body": any, "ttl"?: int, "delay"?: int, "group_id"?: str,
+    "dedup_id"?: str}, ...]}``; message_svc checks the ids' lengths and that the queue is
+    FIFO (``_fifo``). Other keys are ignored, as Zaqar does."""
     if not isinstance(doc, dict) or "messages" not in doc:
         raise bad_request("No messages were found in the request body.")
     items = doc["messages"]
@@ -147,6 +149,8 @@ def post_messages_request(
                 body=orjson.dumps(item["body"]),
                 ttl=_int_field(item, "ttl"),
                 delay=_int_field(item, "delay"),
+                group_id=_str_field(item, "group_id"),
+                dedup_id=_str_field(item, "dedup_id"),
             )
         )
     return messages_pb2.PostMessagesRequest(
@@ -291,6 +295,8 @@ def message_doc(message: common_pb2.Message, queue: str) -> dict[str, Any]:
     }
     if message.checksum:
         doc["checksum"] = message.checksum
+    if message.group_id:
+        doc["group_id"] = message.group_id
     return doc
 
 
@@ -308,7 +314,7 @@ def message_page_doc(
 
 def popped_doc(message: common_pb2.Message) -> dict[str, Any]:
     """Pop's shape differs from a listed message: no href, the pop claim's id and count."""
-    return {
+    doc: dict[str, Any] = {
         "id": message.id,
         "age": message.age,
         "ttl": message.ttl,
@@ -316,6 +322,9 @@ def popped_doc(message: common_pb2.Message) -> dict[str, Any]:
         "claim_id": message.claim_id or None,
         "claim_count": message.claim_count,
     }
+    if message.group_id:
+        doc["group_id"] = message.group_id
+    return doc
 
 
 def claim_doc(claim: messages_pb2.Claim, queue: str) -> dict[str, Any]:

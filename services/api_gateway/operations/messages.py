@@ -24,7 +24,8 @@ def _checked_ids(ids: list[str]) -> list[str]:
 
 
 async def post_messages(up: Upstreams, caller: Caller, queue: str, doc: Any) -> Outcome:
-    """``doc``: ``{"messages": [{"body": any, "ttl"?: int, "delay"?: int}, ...]}``."""
+    """``doc``: as :func:`translate.post_messages_request`. A deduplicated message (FIFO
+    queues) answers with the id of the message first posted with its ``dedup_id``."""
     request = translate.post_messages_request(caller.project, queue, caller.client_id, doc)
     response = await up.messages.PostMessages(request, timeout=up.timeout)
     ids = list(response.ids)
