@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 
 import pytest
 
@@ -12,7 +11,7 @@ from services.common.message_keys import ENVELOPE_MAGIC, MessageKeys, is_sealed,
 from services.message_svc.encryption import Bodies, Envelope, MessageUnreadable, Sealer
 
 KEY_A = base64.b64encode(b"a" * 32).decode()
-KEY_B = base64.b64encode(os.urandom(32)).decode()
+KEY_B = base64.b64encode(b"b" * 32).decode()
 BODY = b'{"marker": "plain-text-marker"}'
 
 

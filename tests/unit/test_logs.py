@@ -9,7 +9,6 @@ import logging
 import re
 import sys
 import time
-import uuid
 
 import orjson
 import pytest
@@ -25,7 +24,7 @@ from services.common.logs import (
     well_formed,
 )
 
-GIVEN = "req-" + str(uuid.uuid4())
+GIVEN = "req-03950a8c-00a4-4cc4-ba41-b7a6966da717"  # fixed: test ids must not vary
 NEW_ID = re.compile(r"req-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -54,7 +53,7 @@ def emit(log_format: str, rec: logging.LogRecord) -> str:
         GIVEN + "x",
         "x" + GIVEN[1:] + "0",
         GIVEN[:-1] + "\n",
-        str(uuid.uuid4()),
+        "bc61bdd9-a81b-42b4-810e-5fe4466f2a14",
     ],
 )
 def test_a_malformed_or_absent_request_id_is_replaced_by_a_new_one(given: str | None) -> None:
