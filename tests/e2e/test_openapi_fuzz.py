@@ -73,6 +73,21 @@ def live(request: pytest.FixtureRequest) -> Stack:
     return up_stack(request, "sqlite")
 
 
+def short_wait(case: schemathesis.Case) -> None:
+    """Long polling (``wait``, up to 20 s) is checked by tests/e2e/test_long_polling.py; here
+    a valid wait (generated, or an example of the spec, given as a number or as text) is cut
+    to 1 s so that a case stays within its timeout."""
+    wait = (case.query or {}).get("wait")
+    if isinstance(wait, bool):
+        return
+    try:
+        seconds = int(wait) if isinstance(wait, int | str) else None
+    except ValueError:
+        return
+    if seconds is not None and 1 < seconds <= 20:
+        case.query["wait"] = 1
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -81,14 +96,6 @@ def live(request: pytest.FixtureRequest) -> Stack:
     suppress_health_check=list(HealthCheck),
     database=None,
 )
-def short_wait(case: schemathesis.Case) -> None:
-    """Long polling (``wait``, up to 20 s) is checked by tests/e2e/test_long_polling.py; here
-    a valid wait is cut to at most 1 s so that a case stays within its timeout."""
-    wait = (case.query or {}).get("wait")
-    if isinstance(wait, int) and not isinstance(wait, bool) and 1 < wait <= 20:
-        case.query["wait"] = 1
-
-
 def test_spec_holds_against_a_live_stack(case: schemathesis.Case, live: Stack) -> None:
     short_wait(case)
     case.headers = {**(case.headers or {}), "Client-ID": CLIENT_ID, "X-Project-ID": PROJECT}
