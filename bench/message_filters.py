@@ -9,9 +9,9 @@ the queue a ``_message_schema`` (the built-in filter then checks every post).
 The same script runs on a tree without filters, to compare (``services`` is imported from the
 current directory)::
 
-    git archive <commit> services | tar -x -C /tmp/before
-    cd /tmp/before && python /work/main/bench/message_filters.py
-    cd /work/main && python bench/message_filters.py [--schema]
+    git archive <commit> services | tar -x -C /tmp/before     # from the repository root
+    (cd /tmp/before && python "$OLDPWD/bench/message_filters.py")
+    python bench/message_filters.py [--schema]
 """
 
 from __future__ import annotations
