@@ -72,3 +72,18 @@ async def test_closing_the_socket_cancels_its_waits(ws_url: str) -> None:
         status, body = await ws.call("claim_create", {"queue_name": "lp", "wait": 5})
         assert status == 201
         assert [m["body"] for m in body["messages"]] == ["kept"]
+
+
+@pytest.mark.parametrize("action", [["claim_create"], {"claim_create": 1}, 7, None])
+async def test_an_action_of_another_type_is_refused_not_a_dropped_socket(
+    ws_url: str, action: Any
+) -> None:
+    async with connect(ws_url) as socket:
+        ws = Ws(socket, new_project())
+        # A frame whose action is not a string, with a body that asks to wait
+        await socket.send(ws.encode({"action": action, "headers": headers_for(ws.project),
+                                     "body": {"queue_name": "lp", "wait": 5}}))
+        answer = decode(await asyncio.wait_for(socket.recv(), 10))
+        # Then it is refused with 400, and the socket goes on serving
+        assert answer["headers"]["status"] == 400, answer
+        assert (await ws.call("queue_list", {}))[0] == 200

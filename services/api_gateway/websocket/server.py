@@ -81,9 +81,10 @@ def _given_request_id(payload: Mapping[str, Any]) -> str | None:
 
 def _waits(payload: Mapping[str, Any]) -> bool:
     """Whether the request asks to wait (answered apart from the others)."""
-    body = payload.get("body")
+    action, body = payload.get("action"), payload.get("body")
     return (
-        payload.get("action") in WAITING_ACTIONS
+        isinstance(action, str)
+        and action in WAITING_ACTIONS
         and isinstance(body, dict)
         and body.get("wait") not in (None, 0)
     )
