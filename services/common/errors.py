@@ -33,7 +33,7 @@ from services.common.grpc_types import (
     aio_unary_unary,
 )
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, well_formed
-from services.common.metrics import code_name, server_calls
+from services.common.metrics import MethodCalls, code_name, server_calls
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,7 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
                 if tracing.ENABLED else None)
         start = time.perf_counter()
         code = "OK"
+        recorded = False
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
@@ -317,12 +318,14 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
         except Exception as exc:
             status = failure_status(exc, method)
             code = code_name(status.code)
+            # Recorded before the status leaves: a caller that reads the metrics once it has
+            # its answer finds the call counted.
+            _record(calls, method, code, start)
+            recorded = True
             await context.abort_with_status(rpc_status.to_status(status))
         finally:
-            seconds = time.perf_counter() - start
-            calls.done(code, seconds)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s %s %.2fms", method, code, seconds * 1000)
+            if not recorded:
+                _record(calls, method, code, start)
             if span is not None:
                 span.end(None if code == "OK" else code, **{"rpc.grpc.status_code": code})
 
@@ -337,6 +340,7 @@ def _wrap_unary_stream(behavior: UnaryStream, method: str) -> UnaryStream:
     async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter()
         code = "OK"
+        recorded = False
         try:
             async for item in behavior(request, context):
                 yield item
@@ -349,14 +353,21 @@ def _wrap_unary_stream(behavior: UnaryStream, method: str) -> UnaryStream:
         except Exception as exc:
             status = failure_status(exc, method)
             code = code_name(status.code)
+            _record(calls, method, code, start)
+            recorded = True
             await context.abort_with_status(rpc_status.to_status(status))
         finally:
-            seconds = time.perf_counter() - start
-            calls.done(code, seconds)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s %s %.2fms", method, code, seconds * 1000)
+            if not recorded:
+                _record(calls, method, code, start)
 
     return wrapper
+
+
+def _record(calls: MethodCalls, method: str, code: str, start: float) -> None:
+    seconds = time.perf_counter() - start
+    calls.done(code, seconds)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s %.2fms", method, code, seconds * 1000)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
