@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from zaqar_grpc.v2 import common_pb2 as zaqar__grpc_dot_v2_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1czaqar_grpc/v2/notifier.proto\x12\x08zaqar.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1azaqar_grpc/v2/common.proto\";\n\x0cWatchRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0b\n\x03ttl\x18\x03 \x01(\x05\"A\n\x0cNotification\x12\r\n\x05queue\x18\x01 \x01(\t\x12\"\n\x07message\x18\x02 \x01(\x0b\x32\x11.zaqar.v2.Message\"|\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nsubscriber\x18\x03 \x01(\t\x12\x0b\n\x03ttl\x18\x04 \x01(\x05\x12\x0b\n\x03\x61ge\x18\x05 \x01(\x03\x12\x0f\n\x07options\x18\x06 \x01(\x0c\x12\x11\n\tconfirmed\x18\x07 \x01(\x08\"J\n\x0fSubscriptionRef\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\"z\n\x19\x43reateSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\nsubscriber\x18\x03 \x01(\t\x12\x10\n\x03ttl\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07options\x18\x05 \x01(\x0c\x42\x06\n\x04_ttl\"F\n\x1a\x43reateSubscriptionResponse\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"h\n\x18ListSubscriptionsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06marker\x18\x04 \x01(\tB\x08\n\x06_limit\"_\n\x19ListSubscriptionsResponse\x12-\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x16.zaqar.v2.Subscription\x12\x13\n\x0bnext_marker\x18\x02 \x01(\t\"\xa7\x01\n\x19UpdateSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x17\n\nsubscriber\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x03ttl\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0f\n\x07options\x18\x06 \x01(\x0c\x42\r\n\x0b_subscriberB\x06\n\x04_ttl\"h\n\x1a\x43onfirmSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x11\n\tconfirmed\x18\x04 \x01(\x08\"i\n\rNotifyRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12#\n\x08messages\x18\x03 \x03(\x0b\x32\x11.zaqar.v2.Message\x12\x13\n\x0b\x61\x63\x63\x65pted_at\x18\x04 \x01(\x01\"=\n\x11NotifyManyRequest\x12(\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x17.zaqar.v2.NotifyRequest\"&\n\x12NotifyManyResponse\x12\x10\n\x08listened\x18\x01 \x03(\x08\x32\xd2\x07\n\rSubscriptions\x12\x9f\x01\n\x12\x43reateSubscription\x12#.zaqar.v2.CreateSubscriptionRequest\x1a$.zaqar.v2.CreateSubscriptionResponse\">\x82\xd3\xe4\x93\x02\x38\"3/v2/projects/{project}/queues/{queue}/subscriptions:\x01*\x12\x93\x01\n\x0fGetSubscription\x12\x19.zaqar.v2.SubscriptionRef\x1a\x16.zaqar.v2.Subscription\"M\x82\xd3\xe4\x93\x02G\x12\x45/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}\x12\x99\x01\n\x11ListSubscriptions\x12\".zaqar.v2.ListSubscriptionsRequest\x1a#.zaqar.v2.ListSubscriptionsResponse\";\x82\xd3\xe4\x93\x02\x35\x12\x33/v2/projects/{project}/queues/{queue}/subscriptions\x12\xa3\x01\n\x12UpdateSubscription\x12#.zaqar.v2.UpdateSubscriptionRequest\x1a\x16.google.protobuf.Empty\"P\x82\xd3\xe4\x93\x02J2E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}:\x01*\x12\x96\x01\n\x12\x44\x65leteSubscription\x12\x19.zaqar.v2.SubscriptionRef\x1a\x16.google.protobuf.Empty\"M\x82\xd3\xe4\x93\x02G*E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}\x12\xad\x01\n\x13\x43onfirmSubscription\x12$.zaqar.v2.ConfirmSubscriptionRequest\x1a\x16.google.protobuf.Empty\"X\x82\xd3\xe4\x93\x02R\x1aM/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}/confirm:\x01*2\x99\x02\n\x10NotifierInternal\x12\x39\n\x06Notify\x12\x17.zaqar.v2.NotifyRequest\x1a\x16.google.protobuf.Empty\x12G\n\nNotifyMany\x12\x1b.zaqar.v2.NotifyManyRequest\x1a\x1c.zaqar.v2.NotifyManyResponse\x12\x46\n\x18\x44\x65leteQueueSubscriptions\x12\x12.zaqar.v2.QueueRef\x1a\x16.google.protobuf.Empty\x12\x39\n\x05Watch\x12\x16.zaqar.v2.WatchRequest\x1a\x16.zaqar.v2.Notification0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1czaqar_grpc/v2/notifier.proto\x12\x08zaqar.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1azaqar_grpc/v2/common.proto\"J\n\x0cWatchRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0b\n\x03ttl\x18\x03 \x01(\x05\x12\r\n\x05topic\x18\x04 \x01(\t\"P\n\x0cNotification\x12\r\n\x05queue\x18\x01 \x01(\t\x12\"\n\x07message\x18\x02 \x01(\x0b\x32\x11.zaqar.v2.Message\x12\r\n\x05topic\x18\x03 \x01(\t\"|\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nsubscriber\x18\x03 \x01(\t\x12\x0b\n\x03ttl\x18\x04 \x01(\x05\x12\x0b\n\x03\x61ge\x18\x05 \x01(\x03\x12\x0f\n\x07options\x18\x06 \x01(\x0c\x12\x11\n\tconfirmed\x18\x07 \x01(\x08\"Y\n\x0fSubscriptionRef\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\r\n\x05topic\x18\x04 \x01(\t\"\x89\x01\n\x19\x43reateSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\nsubscriber\x18\x03 \x01(\t\x12\x10\n\x03ttl\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07options\x18\x05 \x01(\x0c\x12\r\n\x05topic\x18\x06 \x01(\tB\x06\n\x04_ttl\"F\n\x1a\x43reateSubscriptionResponse\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"w\n\x18ListSubscriptionsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06marker\x18\x04 \x01(\t\x12\r\n\x05topic\x18\x05 \x01(\tB\x08\n\x06_limit\"_\n\x19ListSubscriptionsResponse\x12-\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x16.zaqar.v2.Subscription\x12\x13\n\x0bnext_marker\x18\x02 \x01(\t\"\xb6\x01\n\x19UpdateSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x17\n\nsubscriber\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x03ttl\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0f\n\x07options\x18\x06 \x01(\x0c\x12\r\n\x05topic\x18\x07 \x01(\tB\r\n\x0b_subscriberB\x06\n\x04_ttl\"w\n\x1a\x43onfirmSubscriptionRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x11\n\tconfirmed\x18\x04 \x01(\x08\x12\r\n\x05topic\x18\x05 \x01(\t\"i\n\rNotifyRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12#\n\x08messages\x18\x03 \x03(\x0b\x32\x11.zaqar.v2.Message\x12\x13\n\x0b\x61\x63\x63\x65pted_at\x18\x04 \x01(\x01\"=\n\x11NotifyManyRequest\x12(\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x17.zaqar.v2.NotifyRequest\"&\n\x12NotifyManyResponse\x12\x10\n\x08listened\x18\x01 \x03(\x08\"-\n\x0bTopicSource\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\")\n\x0cTopicMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x0b\n\x03ttl\x18\x02 \x01(\x05\"_\n\x13PublishTopicRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12(\n\x08messages\x18\x03 \x03(\x0b\x32\x16.zaqar.v2.TopicMessage\"#\n\x14PublishTopicResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\"d\n\x17PurgeTopicSourceRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\ndeliveries\x18\x03 \x01(\x08\x12\x15\n\rsubscriptions\x18\x04 \x01(\x08\"\"\n\x0fTopicDeliveries\x12\x0f\n\x07pending\x18\x01 \x01(\x03\x32\xfd\n\n\rSubscriptions\x12\xd9\x01\n\x12\x43reateSubscription\x12#.zaqar.v2.CreateSubscriptionRequest\x1a$.zaqar.v2.CreateSubscriptionResponse\"x\x82\xd3\xe4\x93\x02r\"3/v2/projects/{project}/queues/{queue}/subscriptions:\x01*Z8\"3/v2/projects/{project}/topics/{topic}/subscriptions:\x01*\x12\xde\x01\n\x0fGetSubscription\x12\x19.zaqar.v2.SubscriptionRef\x1a\x16.zaqar.v2.Subscription\"\x97\x01\x82\xd3\xe4\x93\x02\x90\x01\x12\x45/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}ZG\x12\x45/v2/projects/{project}/topics/{topic}/subscriptions/{subscription_id}\x12\xd0\x01\n\x11ListSubscriptions\x12\".zaqar.v2.ListSubscriptionsRequest\x1a#.zaqar.v2.ListSubscriptionsResponse\"r\x82\xd3\xe4\x93\x02l\x12\x33/v2/projects/{project}/queues/{queue}/subscriptionsZ5\x12\x33/v2/projects/{project}/topics/{topic}/subscriptions\x12\xf1\x01\n\x12UpdateSubscription\x12#.zaqar.v2.UpdateSubscriptionRequest\x1a\x16.google.protobuf.Empty\"\x9d\x01\x82\xd3\xe4\x93\x02\x96\x01\x32\x45/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}:\x01*ZJ2E/v2/projects/{project}/topics/{topic}/subscriptions/{subscription_id}:\x01*\x12\xe1\x01\n\x12\x44\x65leteSubscription\x12\x19.zaqar.v2.SubscriptionRef\x1a\x16.google.protobuf.Empty\"\x97\x01\x82\xd3\xe4\x93\x02\x90\x01*E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}ZG*E/v2/projects/{project}/topics/{topic}/subscriptions/{subscription_id}\x12\x83\x02\n\x13\x43onfirmSubscription\x12$.zaqar.v2.ConfirmSubscriptionRequest\x1a\x16.google.protobuf.Empty\"\xad\x01\x82\xd3\xe4\x93\x02\xa6\x01\x1aM/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}/confirm:\x01*ZR\x1aM/v2/projects/{project}/topics/{topic}/subscriptions/{subscription_id}/confirm:\x01*2\xfb\x03\n\x10NotifierInternal\x12\x39\n\x06Notify\x12\x17.zaqar.v2.NotifyRequest\x1a\x16.google.protobuf.Empty\x12G\n\nNotifyMany\x12\x1b.zaqar.v2.NotifyManyRequest\x1a\x1c.zaqar.v2.NotifyManyResponse\x12\x46\n\x18\x44\x65leteQueueSubscriptions\x12\x12.zaqar.v2.QueueRef\x1a\x16.google.protobuf.Empty\x12\x39\n\x05Watch\x12\x16.zaqar.v2.WatchRequest\x1a\x16.zaqar.v2.Notification0\x01\x12M\n\x0cPublishTopic\x12\x1d.zaqar.v2.PublishTopicRequest\x1a\x1e.zaqar.v2.PublishTopicResponse\x12G\n\nPurgeTopic\x12!.zaqar.v2.PurgeTopicSourceRequest\x1a\x16.google.protobuf.Empty\x12H\n\x14\x43ountTopicDeliveries\x12\x15.zaqar.v2.TopicSource\x1a\x19.zaqar.v2.TopicDeliveriesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,45 +35,57 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zaqar_grpc.v2.notifier_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIPTIONS'].methods_by_name['CreateSubscription']._loaded_options = None
-  _globals['_SUBSCRIPTIONS'].methods_by_name['CreateSubscription']._serialized_options = b'\202\323\344\223\0028\"3/v2/projects/{project}/queues/{queue}/subscriptions:\001*'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['CreateSubscription']._serialized_options = b'\202\323\344\223\002r\"3/v2/projects/{project}/queues/{queue}/subscriptions:\001*Z8\"3/v2/projects/{project}/topics/{topic}/subscriptions:\001*'
   _globals['_SUBSCRIPTIONS'].methods_by_name['GetSubscription']._loaded_options = None
-  _globals['_SUBSCRIPTIONS'].methods_by_name['GetSubscription']._serialized_options = b'\202\323\344\223\002G\022E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['GetSubscription']._serialized_options = b'\202\323\344\223\002\220\001\022E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}ZG\022E/v2/projects/{project}/topics/{topic}/subscriptions/{subscription_id}'
   _globals['_SUBSCRIPTIONS'].methods_by_name['ListSubscriptions']._loaded_options = None
-  _globals['_SUBSCRIPTIONS'].methods_by_name['ListSubscriptions']._serialized_options = b'\202\323\344\223\0025\0223/v2/projects/{project}/queues/{queue}/subscriptions'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['ListSubscriptions']._serialized_options = b'\202\323\344\223\002l\0223/v2/projects/{project}/queues/{queue}/subscriptionsZ5\0223/v2/projects/{project}/topics/{topic}/subscriptions'
   _globals['_SUBSCRIPTIONS'].methods_by_name['UpdateSubscription']._loaded_options = None
-  _globals['_SUBSCRIPTIONS'].methods_by_name['UpdateSubscription']._serialized_options = b'\202\323\344\223\002J2E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}:\001*'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['UpdateSubscription']._serialized_options = b'\202\323\344\223\002\226\0012E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}:\001*ZJ2E/v2/projects/{project}/topics/{topic}/subscriptions/{subscription_id}:\001*'
   _globals['_SUBSCRIPTIONS'].methods_by_name['DeleteSubscription']._loaded_options = None
-  _globals['_SUBSCRIPTIONS'].methods_by_name['DeleteSubscription']._serialized_options = b'\202\323\344\223\002G*E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['DeleteSubscription']._serialized_options = b'\202\323\344\223\002\220\001*E/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}ZG*E/v2/projects/{project}/topics/{topic}/subscriptions/{subscription_id}'
   _globals['_SUBSCRIPTIONS'].methods_by_name['ConfirmSubscription']._loaded_options = None
-  _globals['_SUBSCRIPTIONS'].methods_by_name['ConfirmSubscription']._serialized_options = b'\202\323\344\223\002R\032M/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}/confirm:\001*'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['ConfirmSubscription']._serialized_options = b'\202\323\344\223\002\246\001\032M/v2/projects/{project}/queues/{queue}/subscriptions/{subscription_id}/confirm:\001*ZR\032M/v2/projects/{project}/topics/{topic}/subscriptions/{subscription_id}/confirm:\001*'
   _globals['_WATCHREQUEST']._serialized_start=129
-  _globals['_WATCHREQUEST']._serialized_end=188
-  _globals['_NOTIFICATION']._serialized_start=190
-  _globals['_NOTIFICATION']._serialized_end=255
-  _globals['_SUBSCRIPTION']._serialized_start=257
-  _globals['_SUBSCRIPTION']._serialized_end=381
-  _globals['_SUBSCRIPTIONREF']._serialized_start=383
-  _globals['_SUBSCRIPTIONREF']._serialized_end=457
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=459
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=581
-  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_start=583
-  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_end=653
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=655
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=759
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=761
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=856
-  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_start=859
-  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_end=1026
-  _globals['_CONFIRMSUBSCRIPTIONREQUEST']._serialized_start=1028
-  _globals['_CONFIRMSUBSCRIPTIONREQUEST']._serialized_end=1132
-  _globals['_NOTIFYREQUEST']._serialized_start=1134
-  _globals['_NOTIFYREQUEST']._serialized_end=1239
-  _globals['_NOTIFYMANYREQUEST']._serialized_start=1241
-  _globals['_NOTIFYMANYREQUEST']._serialized_end=1302
-  _globals['_NOTIFYMANYRESPONSE']._serialized_start=1304
-  _globals['_NOTIFYMANYRESPONSE']._serialized_end=1342
-  _globals['_SUBSCRIPTIONS']._serialized_start=1345
-  _globals['_SUBSCRIPTIONS']._serialized_end=2323
-  _globals['_NOTIFIERINTERNAL']._serialized_start=2326
-  _globals['_NOTIFIERINTERNAL']._serialized_end=2607
+  _globals['_WATCHREQUEST']._serialized_end=203
+  _globals['_NOTIFICATION']._serialized_start=205
+  _globals['_NOTIFICATION']._serialized_end=285
+  _globals['_SUBSCRIPTION']._serialized_start=287
+  _globals['_SUBSCRIPTION']._serialized_end=411
+  _globals['_SUBSCRIPTIONREF']._serialized_start=413
+  _globals['_SUBSCRIPTIONREF']._serialized_end=502
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=505
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=642
+  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_start=644
+  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_end=714
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=716
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=835
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=837
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=932
+  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_start=935
+  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_end=1117
+  _globals['_CONFIRMSUBSCRIPTIONREQUEST']._serialized_start=1119
+  _globals['_CONFIRMSUBSCRIPTIONREQUEST']._serialized_end=1238
+  _globals['_NOTIFYREQUEST']._serialized_start=1240
+  _globals['_NOTIFYREQUEST']._serialized_end=1345
+  _globals['_NOTIFYMANYREQUEST']._serialized_start=1347
+  _globals['_NOTIFYMANYREQUEST']._serialized_end=1408
+  _globals['_NOTIFYMANYRESPONSE']._serialized_start=1410
+  _globals['_NOTIFYMANYRESPONSE']._serialized_end=1448
+  _globals['_TOPICSOURCE']._serialized_start=1450
+  _globals['_TOPICSOURCE']._serialized_end=1495
+  _globals['_TOPICMESSAGE']._serialized_start=1497
+  _globals['_TOPICMESSAGE']._serialized_end=1538
+  _globals['_PUBLISHTOPICREQUEST']._serialized_start=1540
+  _globals['_PUBLISHTOPICREQUEST']._serialized_end=1635
+  _globals['_PUBLISHTOPICRESPONSE']._serialized_start=1637
+  _globals['_PUBLISHTOPICRESPONSE']._serialized_end=1672
+  _globals['_PURGETOPICSOURCEREQUEST']._serialized_start=1674
+  _globals['_PURGETOPICSOURCEREQUEST']._serialized_end=1774
+  _globals['_TOPICDELIVERIES']._serialized_start=1776
+  _globals['_TOPICDELIVERIES']._serialized_end=1810
+  _globals['_SUBSCRIPTIONS']._serialized_start=1813
+  _globals['_SUBSCRIPTIONS']._serialized_end=3218
+  _globals['_NOTIFIERINTERNAL']._serialized_start=3221
+  _globals['_NOTIFIERINTERNAL']._serialized_end=3728
 # @@protoc_insertion_point(module_scope)

@@ -26,20 +26,24 @@ class WatchRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     ttl: _builtins.int
     """Seconds the subscription lives at most; 0 means until the stream is cancelled."""
+    topic: _builtins.str
+    """Watch this topic instead of a queue (`queue` empty)."""
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         queue: _builtins.str = ...,
         ttl: _builtins.int = ...,
+        topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "queue", b"queue", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "queue", b"queue", "topic", b"topic", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -51,7 +55,11 @@ class Notification(_message.Message):
 
     QUEUE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
+    """The queue the message was posted to; empty for a topic's."""
+    topic: _builtins.str
+    """The topic the message was posted to; empty for a queue's."""
     @_builtins.property
     def message(self) -> _common_pb2.Message: ...
     def __init__(
@@ -59,10 +67,11 @@ class Notification(_message.Message):
         *,
         queue: _builtins.str = ...,
         message: _common_pb2.Message | None = ...,
+        topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "queue", b"queue", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -81,7 +90,7 @@ class Subscription(_message.Message):
     CONFIRMED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     source: _builtins.str
-    """The queue name."""
+    """The name of the queue (or topic) subscribed to."""
     subscriber: _builtins.str
     ttl: _builtins.int
     age: _builtins.int
@@ -114,19 +123,23 @@ class SubscriptionRef(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     subscription_id: _builtins.str
+    topic: _builtins.str
+    """The topic subscribed to, in place of `queue` (which is then empty)."""
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         queue: _builtins.str = ...,
         subscription_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "queue", b"queue", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "queue", b"queue", "subscription_id", b"subscription_id", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -141,6 +154,7 @@ class CreateSubscriptionRequest(_message.Message):
     SUBSCRIBER_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     subscriber: _builtins.str
@@ -149,6 +163,8 @@ class CreateSubscriptionRequest(_message.Message):
     """Seconds, >= 60; default 3600 when unset."""
     options: _builtins.bytes
     """UTF-8 JSON object."""
+    topic: _builtins.str
+    """The topic subscribed to, in place of `queue` (which is then empty)."""
     def __init__(
         self,
         *,
@@ -157,10 +173,11 @@ class CreateSubscriptionRequest(_message.Message):
         subscriber: _builtins.str = ...,
         ttl: _builtins.int | None = ...,
         options: _builtins.bytes = ...,
+        topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ttl", b"_ttl", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttl", b"_ttl", "options", b"options", "project", b"project", "queue", b"queue", "subscriber", b"subscriber", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttl", b"_ttl", "options", b"options", "project", b"project", "queue", b"queue", "subscriber", b"subscriber", "topic", b"topic", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ttl: _TypeAlias = _typing.Literal["ttl"]  # noqa: Y015
     _WhichOneofArgType__ttl: _TypeAlias = _typing.Literal["_ttl", b"_ttl"]  # noqa: Y015
@@ -199,10 +216,13 @@ class ListSubscriptionsRequest(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     MARKER_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     limit: _builtins.int
     marker: _builtins.str
+    topic: _builtins.str
+    """The topic subscribed to, in place of `queue` (which is then empty)."""
     def __init__(
         self,
         *,
@@ -210,10 +230,11 @@ class ListSubscriptionsRequest(_message.Message):
         queue: _builtins.str = ...,
         limit: _builtins.int | None = ...,
         marker: _builtins.str = ...,
+        topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "marker", b"marker", "project", b"project", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "marker", b"marker", "project", b"project", "queue", b"queue", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
     _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
@@ -254,6 +275,7 @@ class UpdateSubscriptionRequest(_message.Message):
     SUBSCRIBER_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     subscription_id: _builtins.str
@@ -261,6 +283,8 @@ class UpdateSubscriptionRequest(_message.Message):
     ttl: _builtins.int
     options: _builtins.bytes
     """UTF-8 JSON object; empty means unchanged."""
+    topic: _builtins.str
+    """The topic subscribed to, in place of `queue` (which is then empty)."""
     def __init__(
         self,
         *,
@@ -270,10 +294,11 @@ class UpdateSubscriptionRequest(_message.Message):
         subscriber: _builtins.str | None = ...,
         ttl: _builtins.int | None = ...,
         options: _builtins.bytes = ...,
+        topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_subscriber", b"_subscriber", "_ttl", b"_ttl", "subscriber", b"subscriber", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_subscriber", b"_subscriber", "_ttl", b"_ttl", "options", b"options", "project", b"project", "queue", b"queue", "subscriber", b"subscriber", "subscription_id", b"subscription_id", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_subscriber", b"_subscriber", "_ttl", b"_ttl", "options", b"options", "project", b"project", "queue", b"queue", "subscriber", b"subscriber", "subscription_id", b"subscription_id", "topic", b"topic", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__subscriber: _TypeAlias = _typing.Literal["subscriber"]  # noqa: Y015
     _WhichOneofArgType__subscriber: _TypeAlias = _typing.Literal["_subscriber", b"_subscriber"]  # noqa: Y015
@@ -294,10 +319,13 @@ class ConfirmSubscriptionRequest(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
     CONFIRMED_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     subscription_id: _builtins.str
     confirmed: _builtins.bool
+    topic: _builtins.str
+    """The topic subscribed to, in place of `queue` (which is then empty)."""
     def __init__(
         self,
         *,
@@ -305,10 +333,11 @@ class ConfirmSubscriptionRequest(_message.Message):
         queue: _builtins.str = ...,
         subscription_id: _builtins.str = ...,
         confirmed: _builtins.bool = ...,
+        topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed", b"confirmed", "project", b"project", "queue", b"queue", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed", b"confirmed", "project", b"project", "queue", b"queue", "subscription_id", b"subscription_id", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -389,3 +418,146 @@ class NotifyManyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NotifyManyResponse: _TypeAlias = NotifyManyResponse  # noqa: Y015
+
+@_typing.final
+class TopicSource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    topic: _builtins.str
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicSource: _TypeAlias = TopicSource  # noqa: Y015
+
+@_typing.final
+class TopicMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """UTF-8 JSON, as posted."""
+    ttl: _builtins.int
+    """Seconds, as the message is posted (the topic's default applied)."""
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        ttl: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicMessage: _TypeAlias = TopicMessage  # noqa: Y015
+
+@_typing.final
+class PublishTopicRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    topic: _builtins.str
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicMessage]: ...
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        messages: _abc.Iterable[Global___TopicMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "project", b"project", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishTopicRequest: _TypeAlias = PublishTopicRequest  # noqa: Y015
+
+@_typing.final
+class PublishTopicResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The messages' ids, in the order given."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishTopicResponse: _TypeAlias = PublishTopicResponse  # noqa: Y015
+
+@_typing.final
+class PurgeTopicSourceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    topic: _builtins.str
+    deliveries: _builtins.bool
+    """Drop the pending deliveries of the topic's subscriptions."""
+    subscriptions: _builtins.bool
+    """Remove the topic's subscriptions (with their pending deliveries)."""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        deliveries: _builtins.bool = ...,
+        subscriptions: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "project", b"project", "subscriptions", b"subscriptions", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeTopicSourceRequest: _TypeAlias = PurgeTopicSourceRequest  # noqa: Y015
+
+@_typing.final
+class TopicDeliveries(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FIELD_NUMBER: _builtins.int
+    pending: _builtins.int
+    def __init__(
+        self,
+        *,
+        pending: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending", b"pending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicDeliveries: _TypeAlias = TopicDeliveries  # noqa: Y015

@@ -28,7 +28,9 @@ if _version_not_supported:
 
 
 class SubscriptionsStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every call names a queue (`queue`) or a topic (`topic`, zaqar.v2.Topics), one of the two:
+    a queue's and a topic's subscriptions are apart even when the two share a name.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -69,11 +71,13 @@ class SubscriptionsStub:
 
 
 class SubscriptionsServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every call names a queue (`queue`) or a topic (`topic`, zaqar.v2.Topics), one of the two:
+    a queue's and a topic's subscriptions are apart even when the two share a name.
+    """
 
     def CreateSubscription(self, request, context):
-        """Subscribe to a queue. The same unconfirmed subscriber again answers with the existing
-        id (and re-sends the confirmation); a confirmed one is ALREADY_EXISTS.
+        """Subscribe to a queue or a topic. The same unconfirmed subscriber again answers with the
+        existing id (and re-sends the confirmation); a confirmed one is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,7 +155,9 @@ def add_SubscriptionsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Subscriptions:
-    """Missing associated documentation comment in .proto file."""
+    """Every call names a queue (`queue`) or a topic (`topic`, zaqar.v2.Topics), one of the two:
+    a queue's and a topic's subscriptions are apart even when the two share a name.
+    """
 
     @staticmethod
     def CreateSubscription(request,
@@ -346,6 +352,21 @@ class NotifierInternalStub:
                 request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.WatchRequest.SerializeToString,
                 response_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.Notification.FromString,
                 _registered_method=True)
+        self.PublishTopic = channel.unary_unary(
+                '/zaqar.v2.NotifierInternal/PublishTopic',
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.PublishTopicRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.PublishTopicResponse.FromString,
+                _registered_method=True)
+        self.PurgeTopic = channel.unary_unary(
+                '/zaqar.v2.NotifierInternal/PurgeTopic',
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.PurgeTopicSourceRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CountTopicDeliveries = channel.unary_unary(
+                '/zaqar.v2.NotifierInternal/CountTopicDeliveries',
+                request_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.TopicSource.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.TopicDeliveries.FromString,
+                _registered_method=True)
 
 
 class NotifierInternalServicer:
@@ -378,11 +399,35 @@ class NotifierInternalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Messages posted to a queue from now on, as they are handed over by Notify; for a
-        WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
+        """Messages posted to a queue (or, given `topic`, to a topic) from now on, as they are handed
+        over by Notify (or published by PublishTopic); for a WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
         cancels it or its ttl elapses. Initial metadata is sent once the watcher is registered:
         every message posted after that is streamed. A watcher that falls too far behind is
         dropped with RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishTopic(self, request, context):
+        """(queue_svc) Messages posted to a topic: each gets an id, and one delivery per subscriber of
+        the topic that its filter policy lets through; all of them are stored durably, in one
+        write, before the call is answered (unlike NotifyMany, nothing is left to a buffer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeTopic(self, request, context):
+        """(queue_svc) Topic purge and delete: remove the topic's pending deliveries and/or its
+        subscriptions (with their pending deliveries).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountTopicDeliveries(self, request, context):
+        """(queue_svc) How many deliveries the subscribers of a topic are still owed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -410,6 +455,21 @@ def add_NotifierInternalServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.WatchRequest.FromString,
                     response_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.Notification.SerializeToString,
+            ),
+            'PublishTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishTopic,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.PublishTopicRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.PublishTopicResponse.SerializeToString,
+            ),
+            'PurgeTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeTopic,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.PurgeTopicSourceRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CountTopicDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTopicDeliveries,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_notifier__pb2.TopicSource.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_notifier__pb2.TopicDeliveries.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +581,87 @@ class NotifierInternal:
             '/zaqar.v2.NotifierInternal/Watch',
             zaqar__grpc_dot_v2_dot_notifier__pb2.WatchRequest.SerializeToString,
             zaqar__grpc_dot_v2_dot_notifier__pb2.Notification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.NotifierInternal/PublishTopic',
+            zaqar__grpc_dot_v2_dot_notifier__pb2.PublishTopicRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.PublishTopicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.NotifierInternal/PurgeTopic',
+            zaqar__grpc_dot_v2_dot_notifier__pb2.PurgeTopicSourceRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTopicDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.NotifierInternal/CountTopicDeliveries',
+            zaqar__grpc_dot_v2_dot_notifier__pb2.TopicSource.SerializeToString,
+            zaqar__grpc_dot_v2_dot_notifier__pb2.TopicDeliveries.FromString,
             options,
             channel_credentials,
             insecure,

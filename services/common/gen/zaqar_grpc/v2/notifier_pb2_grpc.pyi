@@ -29,13 +29,17 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SubscriptionsStub:
+    """Every call names a queue (`queue`) or a topic (`topic`, zaqar.v2.Topics), one of the two:
+    a queue's and a topic's subscriptions are apart even when the two share a name.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SubscriptionsAsyncStub: ...
     CreateSubscription: _grpc.UnaryUnaryMultiCallable[_notifier_pb2.CreateSubscriptionRequest, _notifier_pb2.CreateSubscriptionResponse]
-    """Subscribe to a queue. The same unconfirmed subscriber again answers with the existing
-    id (and re-sends the confirmation); a confirmed one is ALREADY_EXISTS.
+    """Subscribe to a queue or a topic. The same unconfirmed subscriber again answers with the
+    existing id (and re-sends the confirmation); a confirmed one is ALREADY_EXISTS.
     """
     GetSubscription: _grpc.UnaryUnaryMultiCallable[_notifier_pb2.SubscriptionRef, _notifier_pb2.Subscription]
     ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_notifier_pb2.ListSubscriptionsRequest, _notifier_pb2.ListSubscriptionsResponse]
@@ -45,10 +49,14 @@ class SubscriptionsStub:
 
 @_typing.type_check_only
 class SubscriptionsAsyncStub(SubscriptionsStub):
+    """Every call names a queue (`queue`) or a topic (`topic`, zaqar.v2.Topics), one of the two:
+    a queue's and a topic's subscriptions are apart even when the two share a name.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSubscription: _aio.UnaryUnaryMultiCallable[_notifier_pb2.CreateSubscriptionRequest, _notifier_pb2.CreateSubscriptionResponse]  # type: ignore[assignment]
-    """Subscribe to a queue. The same unconfirmed subscriber again answers with the existing
-    id (and re-sends the confirmation); a confirmed one is ALREADY_EXISTS.
+    """Subscribe to a queue or a topic. The same unconfirmed subscriber again answers with the
+    existing id (and re-sends the confirmation); a confirmed one is ALREADY_EXISTS.
     """
     GetSubscription: _aio.UnaryUnaryMultiCallable[_notifier_pb2.SubscriptionRef, _notifier_pb2.Subscription]  # type: ignore[assignment]
     ListSubscriptions: _aio.UnaryUnaryMultiCallable[_notifier_pb2.ListSubscriptionsRequest, _notifier_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
@@ -57,14 +65,18 @@ class SubscriptionsAsyncStub(SubscriptionsStub):
     ConfirmSubscription: _aio.UnaryUnaryMultiCallable[_notifier_pb2.ConfirmSubscriptionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
 
 class SubscriptionsServicer(metaclass=_abc_1.ABCMeta):
+    """Every call names a queue (`queue`) or a topic (`topic`, zaqar.v2.Topics), one of the two:
+    a queue's and a topic's subscriptions are apart even when the two share a name.
+    """
+
     @_abc_1.abstractmethod
     def CreateSubscription(
         self,
         request: _notifier_pb2.CreateSubscriptionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notifier_pb2.CreateSubscriptionResponse, _abc.Awaitable[_notifier_pb2.CreateSubscriptionResponse]]:
-        """Subscribe to a queue. The same unconfirmed subscriber again answers with the existing
-        id (and re-sends the confirmation); a confirmed one is ALREADY_EXISTS.
+        """Subscribe to a queue or a topic. The same unconfirmed subscriber again answers with the
+        existing id (and re-sends the confirmation); a confirmed one is ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
@@ -123,12 +135,23 @@ class NotifierInternalStub:
     DeleteQueueSubscriptions: _grpc.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _empty_pb2.Empty]
     """Remove every subscription of a queue (queue delete and purge)."""
     Watch: _grpc.UnaryStreamMultiCallable[_notifier_pb2.WatchRequest, _notifier_pb2.Notification]
-    """Messages posted to a queue from now on, as they are handed over by Notify; for a
-    WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
+    """Messages posted to a queue (or, given `topic`, to a topic) from now on, as they are handed
+    over by Notify (or published by PublishTopic); for a WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
     cancels it or its ttl elapses. Initial metadata is sent once the watcher is registered:
     every message posted after that is streamed. A watcher that falls too far behind is
     dropped with RESOURCE_EXHAUSTED.
     """
+    PublishTopic: _grpc.UnaryUnaryMultiCallable[_notifier_pb2.PublishTopicRequest, _notifier_pb2.PublishTopicResponse]
+    """(queue_svc) Messages posted to a topic: each gets an id, and one delivery per subscriber of
+    the topic that its filter policy lets through; all of them are stored durably, in one
+    write, before the call is answered (unlike NotifyMany, nothing is left to a buffer).
+    """
+    PurgeTopic: _grpc.UnaryUnaryMultiCallable[_notifier_pb2.PurgeTopicSourceRequest, _empty_pb2.Empty]
+    """(queue_svc) Topic purge and delete: remove the topic's pending deliveries and/or its
+    subscriptions (with their pending deliveries).
+    """
+    CountTopicDeliveries: _grpc.UnaryUnaryMultiCallable[_notifier_pb2.TopicSource, _notifier_pb2.TopicDeliveries]
+    """(queue_svc) How many deliveries the subscribers of a topic are still owed."""
 
 @_typing.type_check_only
 class NotifierInternalAsyncStub(NotifierInternalStub):
@@ -147,12 +170,23 @@ class NotifierInternalAsyncStub(NotifierInternalStub):
     DeleteQueueSubscriptions: _aio.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _empty_pb2.Empty]  # type: ignore[assignment]
     """Remove every subscription of a queue (queue delete and purge)."""
     Watch: _aio.UnaryStreamMultiCallable[_notifier_pb2.WatchRequest, _notifier_pb2.Notification]  # type: ignore[assignment]
-    """Messages posted to a queue from now on, as they are handed over by Notify; for a
-    WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
+    """Messages posted to a queue (or, given `topic`, to a topic) from now on, as they are handed
+    over by Notify (or published by PublishTopic); for a WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
     cancels it or its ttl elapses. Initial metadata is sent once the watcher is registered:
     every message posted after that is streamed. A watcher that falls too far behind is
     dropped with RESOURCE_EXHAUSTED.
     """
+    PublishTopic: _aio.UnaryUnaryMultiCallable[_notifier_pb2.PublishTopicRequest, _notifier_pb2.PublishTopicResponse]  # type: ignore[assignment]
+    """(queue_svc) Messages posted to a topic: each gets an id, and one delivery per subscriber of
+    the topic that its filter policy lets through; all of them are stored durably, in one
+    write, before the call is answered (unlike NotifyMany, nothing is left to a buffer).
+    """
+    PurgeTopic: _aio.UnaryUnaryMultiCallable[_notifier_pb2.PurgeTopicSourceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """(queue_svc) Topic purge and delete: remove the topic's pending deliveries and/or its
+    subscriptions (with their pending deliveries).
+    """
+    CountTopicDeliveries: _aio.UnaryUnaryMultiCallable[_notifier_pb2.TopicSource, _notifier_pb2.TopicDeliveries]  # type: ignore[assignment]
+    """(queue_svc) How many deliveries the subscribers of a topic are still owed."""
 
 class NotifierInternalServicer(metaclass=_abc_1.ABCMeta):
     """Calls between services only; not part of the public API."""
@@ -192,11 +226,40 @@ class NotifierInternalServicer(metaclass=_abc_1.ABCMeta):
         request: _notifier_pb2.WatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_notifier_pb2.Notification], _abc.AsyncIterator[_notifier_pb2.Notification]]:
-        """Messages posted to a queue from now on, as they are handed over by Notify; for a
-        WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
+        """Messages posted to a queue (or, given `topic`, to a topic) from now on, as they are handed
+        over by Notify (or published by PublishTopic); for a WebSocket that subscribed itself. The stream (and the subscription) ends when the caller
         cancels it or its ttl elapses. Initial metadata is sent once the watcher is registered:
         every message posted after that is streamed. A watcher that falls too far behind is
         dropped with RESOURCE_EXHAUSTED.
         """
+
+    @_abc_1.abstractmethod
+    def PublishTopic(
+        self,
+        request: _notifier_pb2.PublishTopicRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifier_pb2.PublishTopicResponse, _abc.Awaitable[_notifier_pb2.PublishTopicResponse]]:
+        """(queue_svc) Messages posted to a topic: each gets an id, and one delivery per subscriber of
+        the topic that its filter policy lets through; all of them are stored durably, in one
+        write, before the call is answered (unlike NotifyMany, nothing is left to a buffer).
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeTopic(
+        self,
+        request: _notifier_pb2.PurgeTopicSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """(queue_svc) Topic purge and delete: remove the topic's pending deliveries and/or its
+        subscriptions (with their pending deliveries).
+        """
+
+    @_abc_1.abstractmethod
+    def CountTopicDeliveries(
+        self,
+        request: _notifier_pb2.TopicSource,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifier_pb2.TopicDeliveries, _abc.Awaitable[_notifier_pb2.TopicDeliveries]]:
+        """(queue_svc) How many deliveries the subscribers of a topic are still owed."""
 
 def add_NotifierInternalServicer_to_server(servicer: NotifierInternalServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
