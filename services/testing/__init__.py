@@ -17,9 +17,10 @@ Every test that reopens a store opens the same URI again and expects the same da
     class TestMemoryMessageStore(MessageStoreContract):
         pass
 
-The suites are: :class:`~services.testing.queue_store.QueueStoreContract` and
-:class:`~services.testing.catalog_store.CatalogStoreContract` (a queue store, which keeps the
-pool catalog), :class:`~services.testing.message_store.MessageStoreContract` and
+The suites are: :class:`~services.testing.queue_store.QueueStoreContract`,
+:class:`~services.testing.catalog_store.CatalogStoreContract` and
+:class:`~services.testing.topic_store.TopicStoreContract` (a queue store, which keeps the
+pool catalog and the topics), :class:`~services.testing.message_store.MessageStoreContract` and
 :class:`~services.testing.notifier_store.NotifierStoreContract`. They are async tests: run them
 with pytest-asyncio in auto mode (``asyncio_mode = "auto"``) and one event loop for the session
 (``asyncio_default_fixture_loop_scope = "session"``, ``asyncio_default_test_loop_scope =
@@ -35,4 +36,5 @@ pytest.register_assert_rewrite(
     "services.testing.message_store",
     "services.testing.notifier_store",
     "services.testing.queue_store",
+    "services.testing.topic_store",
 )

@@ -3,7 +3,8 @@
 Every backend (``sqlite``, ``redis``, ``mongodb``) implements :class:`QueueStore` and is
 checked by one contract suite (``tests/contract/test_queue_store.py``). Methods return the
 frozen dataclasses below, never dicts or protobuf messages. The same store keeps the pool
-catalog (``catalog.py``), reached through :attr:`QueueStore.catalog`.
+catalog (``catalog.py``), reached through :attr:`QueueStore.catalog`, and the topics
+(:class:`TopicStore`), reached through :attr:`QueueStore.topics`.
 
 Tenancy is strict: a queue is identified by ``(project, name)``; no method ever reads or
 changes a queue of another project.
@@ -88,6 +89,56 @@ def apply_patches(
     return result
 
 
+class TopicStore(Protocol):
+    """Topics and their metadata, per project: a namespace of records beside the queues, with
+    the same contract as the queue methods of the same names (atomicity, durability, patches,
+    listing order and filters). A topic has no pool (``pool`` is always None), and a topic and
+    a queue of one name are two records that never see each other.
+
+    ``update_metadata`` raises :class:`services.common.errors.QueueNotFound` for an absent
+    topic (the caller names it a topic).
+    """
+
+    async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
+        """As :meth:`QueueStore.create`."""
+        ...
+
+    async def ensure(self, project: str, name: str) -> QueueRecord:
+        """As :meth:`QueueStore.ensure`."""
+        ...
+
+    async def get(self, project: str, name: str) -> QueueRecord | None:
+        """As :meth:`QueueStore.get`."""
+        ...
+
+    async def update_metadata(
+        self,
+        project: str,
+        name: str,
+        patches: Sequence[MetadataPatch],
+        check: MetadataCheck | None = None,
+    ) -> QueueRecord:
+        """As :meth:`QueueStore.update_metadata`."""
+        ...
+
+    async def delete(self, project: str, name: str) -> bool:
+        """As :meth:`QueueStore.delete`."""
+        ...
+
+    async def list(
+        self,
+        project: str,
+        *,
+        limit: int,
+        marker: str = "",
+        name_contains: str = "",
+        metadata_filters: Mapping[str, Any] | None = None,
+        with_count: bool = False,
+    ) -> QueuePage:
+        """As :meth:`QueueStore.list`."""
+        ...
+
+
 class QueueStore(Protocol):
     """Queues and their metadata, per project.
 
@@ -99,6 +150,9 @@ class QueueStore(Protocol):
     catalog: CatalogStore
     """The pool catalog, in the same store (same connection); usable once :meth:`open`
     returned."""
+
+    topics: TopicStore
+    """The topics, in the same store (same connection); usable once :meth:`open` returned."""
 
     async def open(self) -> None:
         """Connect, create the schema when needed. Called once before any other method."""

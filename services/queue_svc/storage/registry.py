@@ -37,5 +37,7 @@ async def open_queue_store(uri: str) -> QueueStore:
         Unavailable: the store cannot be reached or opened.
     """
     store = cast(QueueStore, await store_registry.open_store("queue store", uri))
-    metrics.instrument_store(store.catalog, "catalog", uri.partition(":")[0].lower())
+    scheme = uri.partition(":")[0].lower()
+    metrics.instrument_store(store.catalog, "catalog", scheme)
+    metrics.instrument_store(store.topics, "topic", scheme)
     return store

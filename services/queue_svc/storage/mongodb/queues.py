@@ -1,4 +1,5 @@
-"""Queues in MongoDB: one document per queue in the ``queues`` collection.
+"""Queues in MongoDB: one document per queue in the ``queues`` collection; topics are documents
+of the same shape (without ``pool``) in the ``topics`` collection, written by the same code.
 
 Document schema::
 
@@ -52,6 +53,7 @@ from services.queue_svc.storage.mongodb._connection import (
 )
 
 COLLECTION = "queues"
+TOPICS = "topics"
 # Attempts of one write that loses a race (an insert of the same queue, a concurrent update)
 # before giving up; each lost race means another writer succeeded.
 MAX_ATTEMPTS = 100
@@ -102,6 +104,7 @@ class MongoQueueStore:
         self.options = options
         self._queues: AsyncCollection[Document] | None = None
         self.catalog = catalog.MongoCatalogStore(options, self._catalog_collection)
+        self.topics: MongoQueueStore = MongoTopicStore(self)
 
     @classmethod
     def from_uri(cls, uri: str) -> MongoQueueStore:
@@ -131,6 +134,9 @@ class MongoQueueStore:
                 [("pool", ASCENDING)], name="pool", partialFilterExpression={
                     "pool": {"$type": "string"},
                 },
+            )
+            await queues.database[TOPICS].create_index(
+                [("p", ASCENDING), ("n", ASCENDING)], unique=True, name="project_name"
             )
         except PyMongoError as exc:
             await client.close()
@@ -259,3 +265,14 @@ class MongoQueueStore:
         ]
         return QueuePage(queues=records, count=count)
 
+
+class MongoTopicStore(MongoQueueStore):
+    """:class:`services.queue_svc.storage.base.TopicStore`: the queue records' code on the
+    ``topics`` collection of the queue store's database, over its client."""
+
+    def __init__(self, owner: MongoQueueStore) -> None:
+        self.options = owner.options
+        self._owner = owner
+
+    def _collection(self) -> AsyncCollection[Document]:
+        return self._owner._collection().database[TOPICS]

@@ -6,6 +6,7 @@ project, which must then hash to one slot: here they carry the project as their 
 project escaped, so that the tag is the whole project and never empty). Listing a project's
 queues reads those two keys, so it stays one script in one slot; the price is that all the
 queues of one project live on one shard. The pool catalog is one key, so it needs nothing.
+Topics (``<prefix>:t:`` and ``<prefix>:tn:``) are tagged the same way.
 """
 
 from __future__ import annotations
@@ -26,8 +27,5 @@ class RedisClusterQueueStore(RedisQueueStore):
     def _tag(self, project: str) -> str:
         return "{" + project.translate(_ESCAPES) + "/}"
 
-    def _metadata_key(self, project: str) -> str:
-        return f"{self.options.prefix}:q:{self._tag(project)}"
-
-    def _names_key(self, project: str) -> str:
-        return f"{self.options.prefix}:n:{self._tag(project)}"
+    def _key(self, kind: str, project: str) -> str:
+        return f"{self.options.prefix}:{kind}:{self._tag(project)}"

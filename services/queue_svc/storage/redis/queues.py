@@ -6,6 +6,8 @@ Key layout (``zq`` is the URI's ``prefix`` option)::
                                  and queue name + "/pool" -> the pool the queue is placed on
                                  (absent: message_svc's own store; "/" is in no queue name)
     zq:n:<project>   sorted set  queue names, all with score 0, so ZRANGEBYLEX orders by name
+    zq:t:<project>   hash        topic name -> metadata (topics: ``RedisTopicStore``)
+    zq:tn:<project>  sorted set  topic names, as zq:n:
 
 Both keys of a project change together inside one script (``*.lua`` next to this module),
 which Redis runs atomically. Metadata updates are a compare-and-set loop: read, patch in
@@ -107,11 +109,15 @@ def _matches(metadata: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
 class RedisQueueStore:
     """:class:`services.queue_svc.storage.base.QueueStore` on a Redis server."""
 
+    # The kinds of key of the records (the metadata hash, the sorted set of names).
+    _KINDS = ("q", "n")
+
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
         self._client: redis.asyncio.Redis | RedisClusterClient | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self.catalog = catalog.RedisCatalogStore(options, self._redis, self._run)
+        self.topics: RedisQueueStore = RedisTopicStore(self)
 
     @classmethod
     def from_uri(cls, uri: str) -> RedisQueueStore:
@@ -139,11 +145,14 @@ class RedisQueueStore:
             client, self._client = self._client, None
             await client.aclose()
 
+    def _key(self, kind: str, project: str) -> str:
+        return f"{self.options.prefix}:{kind}:{project}"
+
     def _metadata_key(self, project: str) -> str:
-        return f"{self.options.prefix}:q:{project}"
+        return self._key(self._KINDS[0], project)
 
     def _names_key(self, project: str) -> str:
-        return f"{self.options.prefix}:n:{project}"
+        return self._key(self._KINDS[1], project)
 
     def _keys(self, project: str) -> list[str]:
         """The KEYS of every script: the metadata hash, then the sorted set of names."""
@@ -286,3 +295,23 @@ class RedisQueueStore:
             if not after:
                 break
         return QueuePage(queues=queues, count=count)
+
+
+class RedisTopicStore(RedisQueueStore):
+    """:class:`services.queue_svc.storage.base.TopicStore`: the queue records' code and
+    scripts under keys of their own (``t``, ``tn``), over the queue store's connection."""
+
+    _KINDS = ("t", "tn")
+
+    def __init__(self, owner: RedisQueueStore) -> None:
+        self.options = owner.options
+        self._owner = owner
+
+    def _redis(self) -> redis.asyncio.Redis | RedisClusterClient:
+        return self._owner._redis()
+
+    def _key(self, kind: str, project: str) -> str:
+        return self._owner._key(kind, project)
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._owner._run(script, keys, args)

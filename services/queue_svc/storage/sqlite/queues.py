@@ -1,5 +1,6 @@
 """Queues in SQLite: one row per (project, name), metadata as JSON text, and the pool the
-queue is placed on (NULL: message_svc's own store)."""
+queue is placed on (NULL: message_svc's own store). Topics are rows of the same shape in table
+``topics`` of the same file (their pool always NULL), read and written by the same code."""
 
 from __future__ import annotations
 
@@ -22,16 +23,15 @@ from services.queue_svc.storage.sqlite import catalog
 
 STORE_NAME = "queue store"
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS queues (
+_TABLE = """CREATE TABLE IF NOT EXISTS {} (
         project  TEXT NOT NULL,
         name     TEXT NOT NULL,
         metadata TEXT NOT NULL,
         pool     TEXT,
         PRIMARY KEY (project, name)
-    ) WITHOUT ROWID""",
-    *catalog.SCHEMA,
-)
+    ) WITHOUT ROWID"""
+
+SCHEMA = (_TABLE.format("queues"), _TABLE.format("topics"), *catalog.SCHEMA)
 
 _INT64 = range(-(2**63), 2**63)
 
@@ -60,9 +60,10 @@ def _add_pool_column(conn: sqlite3.Connection) -> None:
     )
 
 
-def _filter_clause(key: str, value: Any) -> tuple[str, list[Any]]:
-    """SQL (and its parameters) true when the stored metadata has ``key`` equal to ``value``."""
-    sql = "EXISTS (SELECT 1 FROM json_each(queues.metadata) AS m WHERE m.key = ? AND {})"
+def _filter_clause(table: str, key: str, value: Any) -> tuple[str, list[Any]]:
+    """SQL (and its parameters) true when the stored metadata of a row of ``table`` has ``key``
+    equal to ``value``."""
+    sql = f"EXISTS (SELECT 1 FROM json_each({table}.metadata) AS m WHERE m.key = ? AND {{}})"
     if value is None or isinstance(value, bool):
         return sql.format(f"m.type = '{orjson.dumps(value).decode()}'"), [key]
     if isinstance(value, int | float):
@@ -74,23 +75,13 @@ def _filter_clause(key: str, value: Any) -> tuple[str, list[Any]]:
     return sql.format("m.type = ? AND m.value = json(?)"), [key, kind, orjson.dumps(value).decode()]
 
 
-class SqliteQueueStore:
-    """:class:`services.queue_svc.storage.base.QueueStore` on one SQLite file."""
+class _Records:
+    """The records of one table (``queues`` or ``topics``) of the store's file."""
 
-    def __init__(self, uri: SqliteUri) -> None:
-        self._db = Database(uri, STORE_NAME, SCHEMA)
-        self.catalog = catalog.SqliteCatalogStore(self._db)
+    _table = "queues"
 
-    @classmethod
-    def from_uri(cls, uri: str) -> SqliteQueueStore:
-        return cls(parse_uri(uri, STORE_NAME))
-
-    async def open(self) -> None:
-        await self._db.open()
-        await self._db.write(_add_pool_column, "set up the queue store")
-
-    async def close(self) -> None:
-        await self._db.close()
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def create(
         self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
@@ -99,14 +90,14 @@ class SqliteQueueStore:
 
         def work(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "INSERT INTO queues (project, name, metadata, pool) VALUES (?, ?, ?, ?) "
+                f"INSERT INTO {self._table} (project, name, metadata, pool) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (project, name) DO NOTHING",
                 (project, name, text, pool),
             )
             if cursor.rowcount == 1:
                 return True
             conn.execute(
-                "UPDATE queues SET metadata = ? WHERE project = ? AND name = ?",
+                f"UPDATE {self._table} SET metadata = ? WHERE project = ? AND name = ?",
                 (text, project, name),
             )
             return False
@@ -116,12 +107,12 @@ class SqliteQueueStore:
     async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
         def work(conn: sqlite3.Connection) -> QueueRecord:
             conn.execute(
-                "INSERT INTO queues (project, name, metadata, pool) VALUES (?, ?, '{}', ?) "
-                "ON CONFLICT (project, name) DO NOTHING",
+                f"INSERT INTO {self._table} (project, name, metadata, pool) "
+                "VALUES (?, ?, '{}', ?) ON CONFLICT (project, name) DO NOTHING",
                 (project, name, pool),
             )
             rows = conn.execute(
-                "SELECT metadata, pool FROM queues WHERE project = ? AND name = ?",
+                f"SELECT metadata, pool FROM {self._table} WHERE project = ? AND name = ?",
                 (project, name),
             ).fetchall()
             return _record(project, name, rows[0])
@@ -131,7 +122,7 @@ class SqliteQueueStore:
     async def get(self, project: str, name: str) -> QueueRecord | None:
         rows = await self._db.fetchall(
             "read the queue",
-            "SELECT metadata, pool FROM queues WHERE project = ? AND name = ?",
+            f"SELECT metadata, pool FROM {self._table} WHERE project = ? AND name = ?",
             (project, name),
         )
         return _record(project, name, rows[0]) if rows else None
@@ -139,7 +130,7 @@ class SqliteQueueStore:
     async def exists(self, project: str, name: str) -> bool:
         rows = await self._db.fetchall(
             "read the queue",
-            "SELECT 1 FROM queues WHERE project = ? AND name = ?",
+            f"SELECT 1 FROM {self._table} WHERE project = ? AND name = ?",
             (project, name),
         )
         return bool(rows)
@@ -153,7 +144,7 @@ class SqliteQueueStore:
     ) -> QueueRecord:
         def work(conn: sqlite3.Connection) -> QueueRecord:
             rows = conn.execute(
-                "SELECT metadata, pool FROM queues WHERE project = ? AND name = ?",
+                f"SELECT metadata, pool FROM {self._table} WHERE project = ? AND name = ?",
                 (project, name),
             ).fetchall()
             if not rows:
@@ -162,24 +153,17 @@ class SqliteQueueStore:
             if check is not None:
                 check(metadata)
             conn.execute(
-                "UPDATE queues SET metadata = ? WHERE project = ? AND name = ?",
+                f"UPDATE {self._table} SET metadata = ? WHERE project = ? AND name = ?",
                 (_dump(metadata), project, name),
             )
             return QueueRecord(project, name, metadata, rows[0]["pool"])
 
         return await self._db.write(work, "update the queue")
 
-    async def count_on_pool(self, pool: str) -> int:
-        rows = await self._db.fetchall(
-            "count the queues of the pool", "SELECT count(*) AS n FROM queues WHERE pool = ?",
-            (pool,),
-        )
-        return int(rows[0]["n"])
-
     async def delete(self, project: str, name: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "DELETE FROM queues WHERE project = ? AND name = ?", (project, name)
+                f"DELETE FROM {self._table} WHERE project = ? AND name = ?", (project, name)
             )
             return cursor.rowcount > 0
 
@@ -200,14 +184,14 @@ class SqliteQueueStore:
             where.append("instr(name, ?) > 0")
             params.append(name_contains)
         for key, value in (metadata_filters or {}).items():
-            clause, clause_params = _filter_clause(key, value)
+            clause, clause_params = _filter_clause(self._table, key, value)
             where.append(clause)
             params.extend(clause_params)
         count = None
         if with_count:
             rows = await self._db.fetchall(
-                "count the queues", f"SELECT count(*) AS n FROM queues WHERE {' AND '.join(where)}",
-                params,
+                "count the queues",
+                f"SELECT count(*) AS n FROM {self._table} WHERE {' AND '.join(where)}", params,
             )
             count = int(rows[0]["n"])
         if marker:
@@ -215,7 +199,7 @@ class SqliteQueueStore:
             params.append(marker)
         rows = await self._db.fetchall(
             "list the queues",
-            f"SELECT name, metadata FROM queues WHERE {' AND '.join(where)} "
+            f"SELECT name, metadata FROM {self._table} WHERE {' AND '.join(where)} "
             "ORDER BY name LIMIT ?",
             [*params, limit],
         )
@@ -223,3 +207,37 @@ class SqliteQueueStore:
             queues=[QueueRecord(project, row["name"], _load(row["metadata"])) for row in rows],
             count=count,
         )
+
+
+class SqliteTopicStore(_Records):
+    """:class:`services.queue_svc.storage.base.TopicStore`: table ``topics`` of the queue
+    store's file, over its connections."""
+
+    _table = "topics"
+
+
+class SqliteQueueStore(_Records):
+    """:class:`services.queue_svc.storage.base.QueueStore` on one SQLite file."""
+
+    def __init__(self, uri: SqliteUri) -> None:
+        super().__init__(Database(uri, STORE_NAME, SCHEMA))
+        self.catalog = catalog.SqliteCatalogStore(self._db)
+        self.topics = SqliteTopicStore(self._db)
+
+    @classmethod
+    def from_uri(cls, uri: str) -> SqliteQueueStore:
+        return cls(parse_uri(uri, STORE_NAME))
+
+    async def open(self) -> None:
+        await self._db.open()
+        await self._db.write(_add_pool_column, "set up the queue store")
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def count_on_pool(self, pool: str) -> int:
+        rows = await self._db.fetchall(
+            "count the queues of the pool", "SELECT count(*) AS n FROM queues WHERE pool = ?",
+            (pool,),
+        )
+        return int(rows[0]["n"])
