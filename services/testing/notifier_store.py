@@ -279,6 +279,32 @@ class NotifierStoreContract:
         # And the queue can be subscribed to again
         assert (await store.create("p", "q", HOOK, 60, {}))[1]
 
+    async def test_purge_deliveries_keeps_the_subscriptions(
+        self, store: NotifierStore, clock: Clock
+    ) -> None:
+        # Given deliveries of two subscriptions of a queue (one expired), of another queue,
+        # and of a source named with a "/" (a topic's key in notifier_svc)
+        a = await subscribe(store)
+        b = await subscribe(store, "http://b.example/", ttl=60)
+        other = await subscribe(store, queue="q2")
+        topic = await subscribe(store, queue="topic/q")
+        await store.enqueue([delivery(a), delivery(a, "2"), delivery(b), delivery(other),
+                             delivery(topic)])
+        clock.advance(61)
+        # When the queue's deliveries are purged
+        assert await store.purge_deliveries("p", "q") == 3
+        # Then its subscriptions stay, and the other sources keep theirs
+        assert [s.id for s in await store.list("p", "q", limit=10)] == [a.id]
+        assert await store.count_deliveries(a.id) == 0
+        assert await store.count_deliveries(other.id) == 1
+        assert await store.count_deliveries(topic.id) == 1
+        assert await store.purge_deliveries("p", "q") == 0
+        assert await store.purge_deliveries("p", "topic/q") == 1
+        assert await store.count_deliveries() == 1
+        # And the purged subscription gets new deliveries as before
+        assert await store.enqueue([delivery(a, "3")]) == 1
+        assert await store.count_deliveries(a.id) == 1
+
     async def test_enqueue_stores_deliveries_due_now(
         self, store: NotifierStore, clock: Clock
     ) -> None:

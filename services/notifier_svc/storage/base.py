@@ -259,6 +259,16 @@ class NotifierStore(Protocol):
         """
         ...
 
+    async def purge_deliveries(self, project: str, queue: str) -> int:
+        """Remove the pending deliveries of every subscription of the queue (expired ones
+        too); the subscriptions stay. A delivery being made meanwhile may still be made once;
+        it cannot be rescheduled (:meth:`reschedule` answers False).
+
+        Returns:
+            How many deliveries were removed.
+        """
+        ...
+
     async def collect_garbage(self) -> int:
         """Remove expired subscriptions with their pending deliveries, and deliveries whose
         subscription is gone; also expired watch entries and watch events older than

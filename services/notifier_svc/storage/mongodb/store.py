@@ -269,6 +269,15 @@ class MongoNotifierStore(MongoWatches):
         await deliveries.delete_many({"s": {"$in": ids}})
         return result.deleted_count
 
+    @edge("remove the queue's deliveries")
+    async def purge_deliveries(self, project: str, queue: str) -> int:
+        subs, deliveries = self._collections()
+        ids = [doc["_id"] async for doc in subs.find({"p": project, "q": queue}, {"_id": True})]
+        if not ids:
+            return 0
+        result = await deliveries.delete_many({"s": {"$in": ids}})
+        return result.deleted_count
+
     @edge("remove expired subscriptions")
     async def collect_garbage(self) -> int:
         subs, deliveries = self._collections()

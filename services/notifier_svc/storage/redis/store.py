@@ -51,6 +51,7 @@ from services.notifier_svc.storage.redis.watches import RedisWatches
 SCRIPTS = (
     "create", "update", "delete", "delete_queue", "collect_garbage", "enqueue", "claim",
     "reschedule", "complete", "index_lanes", "watch", "unwatch", "collect_watches",
+    "purge_deliveries",
 )
 # Scripts that change nothing more when run again with the same arguments: a cluster client
 # may resend them after a timeout (any script is resent after a broken connection, and the
@@ -58,6 +59,7 @@ SCRIPTS = (
 # docs/redis-cluster.md).
 IDEMPOTENT = frozenset({
     "complete", "collect_garbage", "collect_watches", "index_lanes", "unwatch",
+    "purge_deliveries",
 })
 # Expired subscriptions one sweep script removes at most (Redis runs one script at a time).
 GC_BUDGET = 200
@@ -292,6 +294,11 @@ class RedisNotifierStore(RedisWatches):
         keys = (self._keys.queue_subscriptions(project, queue),
                 self._keys.queue_subscribers(project, queue))
         return int(await self._run("delete_queue", keys, project, queue))
+
+    @edge("remove the queue's deliveries")
+    async def purge_deliveries(self, project: str, queue: str) -> int:
+        keys = (self._keys.queue_subscriptions(project, queue),)
+        return int(await self._run("purge_deliveries", keys, project, queue))
 
     @edge("remove expired subscriptions")
     async def collect_garbage(self) -> int:

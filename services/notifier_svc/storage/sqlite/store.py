@@ -279,6 +279,17 @@ class SqliteNotifierStore(SqliteWatches):
 
         return await self._db.write(work, "delete the queue's subscriptions")
 
+    async def purge_deliveries(self, project: str, queue: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM deliveries WHERE subscription_id IN "
+                "(SELECT id FROM subscriptions WHERE project = ? AND queue = ?)",
+                (project, queue),
+            )
+            return int(cursor.rowcount)
+
+        return await self._db.write(work, "remove the queue's deliveries")
+
     async def collect_garbage(self) -> int:
         now = self._now()
 
