@@ -80,6 +80,12 @@ class InvalidQueueName(InvalidArgument):
     msg_format = "The format of the submitted queue name or project id is not valid."
 
 
+class InvalidTopicName(InvalidArgument):
+    reason = "INVALID_TOPIC_NAME"
+    title = "Invalid topic identification"
+    msg_format = "The format of the submitted topic name or project id is not valid."
+
+
 class InvalidFlavor(InvalidArgument):
     """A flavor that cannot be defined as asked (no pools, or a pool that does not exist)."""
 
@@ -96,6 +102,11 @@ class NotFound(ServiceError):
 class QueueNotFound(NotFound):
     reason = "QUEUE_NOT_FOUND"
     msg_format = "Queue {queue} does not exist for project {project}"
+
+
+class TopicNotFound(NotFound):
+    reason = "TOPIC_NOT_FOUND"
+    msg_format = "Topic {topic} does not exist for project {project}"
 
 
 class MessageNotFound(NotFound):

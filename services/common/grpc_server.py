@@ -116,16 +116,17 @@ class Running:
                     watch=self.watch)
 
 # Retries for calls between services: only transient UNAVAILABLE, with backoff. Calls that are
-# not idempotent get no retry policy: zaqar.v2.Messages (posts, claims) and
-# MessagesInternal.Batch, which carries such calls (a method's own entry wins over its
-# service's).
+# not idempotent get no retry policy: zaqar.v2.Messages (posts, claims), zaqar.v2.Topics
+# (posts), MessagesInternal.Batch, which carries such calls, and NotifierInternal.PublishTopic
+# (a topic's posts) (a method's own entry wins over its service's).
 # Balancing: every address a target resolves to (a comma-separated list of replicas, or a DNS
 # name such as a headless Kubernetes Service) gets calls in turn; a replica that cannot be
 # reached is skipped until it can.
 _SERVICE_CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
-        {"name": [{"service": "zaqar.v2.MessagesInternal", "method": "Batch"}]},
+        {"name": [{"service": "zaqar.v2.MessagesInternal", "method": "Batch"},
+                  {"service": "zaqar.v2.NotifierInternal", "method": "PublishTopic"}]},
         {
             "name": [{"service": "zaqar.v2.Queues"}, {"service": "zaqar.v2.MessagesInternal"},
                      {"service": "zaqar.v2.NotifierInternal"},

@@ -10,8 +10,15 @@ notification is stored sealed too (:data:`SEALED_PREFIX` and a JSON object with 
 base64), so the outbox never holds its plaintext; the dispatcher has message_svc open the body
 just before each attempt (:func:`opened`).
 
+A message posted to a topic is delivered as a topic notification, its id included (a topic's
+subscribers have no queue to read it from, and may use it to drop a delivery made twice)::
+
+    {"body": <the body>, "ttl": 300, "Message_Type": "Notification", "topic_name": "t",
+     "message_id": "…"}
+
 A confirmation carries a pre-signed PUT of ``/v2/queues/{q}/subscriptions/{id}/confirm``
-(contract §5, §6) with the bodies that confirm or cancel the subscription.
+(``/v2/topics/{t}/…`` for a topic's; contract §5, §6) with the bodies that confirm or cancel
+the subscription.
 """
 
 from __future__ import annotations
@@ -25,12 +32,13 @@ from zaqar_grpc.v2 import common_pb2
 
 from services.common import signing
 from services.common.message_keys import is_sealed
+from services.notifier_svc import sources
 from services.notifier_svc.storage.base import DeliveryKind, Subscription
 
 _MESSAGES = {
-    DeliveryKind.SUBSCRIPTION_CONFIRMATION: "You have chosen to subscribe to the queue: {queue}",
+    DeliveryKind.SUBSCRIPTION_CONFIRMATION: "You have chosen to subscribe to the {kind}: {name}",
     DeliveryKind.UNSUBSCRIBE_CONFIRMATION: (
-        "You have unsubscribed successfully to the queue: {queue}, you can resubscribe it by "
+        "You have unsubscribed successfully to the {kind}: {name}, you can resubscribe it by "
         "using confirmed=True."
     ),
 }
@@ -55,8 +63,20 @@ def notification(queue: str, message: common_pb2.Message) -> bytes:
     })
 
 
+def topic_notification(topic: str, message_id: str, body: bytes, ttl: int) -> bytes:
+    return orjson.dumps({
+        "body": orjson.Fragment(body or b"null"),
+        "ttl": ttl,
+        "Message_Type": DeliveryKind.NOTIFICATION.value,
+        "topic_name": topic,
+        "message_id": message_id,
+    })
+
+
 def confirm_path(subscription: Subscription) -> str:
-    return f"/v2/queues/{subscription.queue}/subscriptions/{subscription.id}/confirm"
+    topic = sources.topic_of(subscription.queue)
+    base = f"/v2/queues/{subscription.queue}" if topic is None else f"/v2/topics/{topic}"
+    return f"{base}/subscriptions/{subscription.id}/confirm"
 
 
 def confirmation(
@@ -76,9 +96,12 @@ def confirmation(
     document: dict[str, object] = {}
     if public_url:
         document["WSGISubscribeURL"] = public_url.rstrip("/") + path
+    topic = sources.topic_of(subscription.queue)
     document.update({
         "Message_Type": kind.value,
-        "Message": _MESSAGES[kind].format(queue=subscription.queue),
+        "Message": _MESSAGES[kind].format(
+            kind="queue" if topic is None else "topic", name=sources.name_of(subscription.queue)
+        ),
         "URL-Signature": signed.signature,
         "URL-Methods": signed.methods[0],
         "URL-Paths": signed.paths[0],
@@ -86,7 +109,7 @@ def confirmation(
         "URL-Expires": signed.expires,
         "SubscribeBody": {"confirmed": True},
         "UnsubscribeBody": {"confirmed": False},
-        "queue_name": subscription.queue,
+        "queue_name" if topic is None else "topic_name": sources.name_of(subscription.queue),
     })
     return orjson.dumps(document)
 

@@ -1,5 +1,9 @@
 """notifier_svc's rules over its store: subscriptions with Zaqar's semantics, confirmation,
-and the hand-over of posted messages into the outbox and to the watchers of every replica.
+the hand-over of posted messages into the outbox and to the watchers of every replica, and the
+messages published to topics.
+
+A subscription's source is a queue or a topic: the methods that take ``queue`` take its source
+key (``sources.py``: a queue's name, or ``topic/<name>``), as the store does.
 
 Raised errors are ``services.common.errors`` classes, which the server's error interceptor
 turns into statuses. Atomic work is the store's (``storage/base.py``).
@@ -8,7 +12,9 @@ turns into statuses. Atomic work is the store's (``storage/base.py``).
 from __future__ import annotations
 
 import builtins
+import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +23,14 @@ import orjson
 from zaqar_grpc.v2 import common_pb2, notifier_pb2
 
 from services.common import limits, metrics, tracing
-from services.common.errors import InvalidArgument, SubscriptionAlreadyExists, SubscriptionNotFound
+from services.common.errors import (
+    InvalidArgument,
+    SubscriptionAlreadyExists,
+    SubscriptionNotFound,
+    Unavailable,
+)
 from services.common.message_keys import is_sealed
-from services.notifier_svc import documents, fanout, validation
+from services.notifier_svc import documents, fanout, sources, validation
 from services.notifier_svc.filter_policy import Policies, Policy
 from services.notifier_svc.storage.base import (
     DeliveryKind,
@@ -31,6 +42,8 @@ from services.notifier_svc.trusts import OPTION as TRUST_OPTION
 from services.notifier_svc.trusts import Trusts, is_trust
 from services.notifier_svc.watch_sharing import Announce, WatchSharing
 from services.notifier_svc.watchers import WatchHub
+
+log = logging.getLogger(__name__)
 
 OpenBodies = Callable[[str, str, list[bytes]], Awaitable[list[bytes] | None]]
 
@@ -96,7 +109,7 @@ class NotifierService:
         :class:`SubscriptionAlreadyExists` once it is confirmed. A ``trust+`` subscriber gets
         a Keystone trust made with the caller's ``token`` (``trusts.py``).
         """
-        validation.queue_ref(project, queue)
+        sources.check(project, queue)
         uri = validation.subscriber(subscriber)
         lifetime = validation.ttl(ttl)
         parsed = validation.options(options)
@@ -132,7 +145,7 @@ class NotifierService:
         return subscription.id, created
 
     async def get(self, project: str, queue: str, subscription_id: str) -> Subscription:
-        validation.queue_ref(project, queue)
+        sources.check(project, queue)
         found = await self.store.get(project, queue, subscription_id)
         if found is None:
             raise SubscriptionNotFound(subscription_id=subscription_id)
@@ -142,7 +155,7 @@ class NotifierService:
         self, project: str, queue: str, *, limit: int | None, marker: str
     ) -> tuple[list[Subscription], str]:
         """A page in creation order, and the marker of the next page ('' when empty)."""
-        validation.queue_ref(project, queue)
+        sources.check(project, queue)
         page = await self.store.list(
             project, queue, limit=limits.page_limit(limit), marker=marker
         )
@@ -170,7 +183,7 @@ class NotifierService:
         changes (the trust expires with the subscription), and the caller's own ``trust_id``
         when one is given (checked). Options given without ``trust_id`` keep the current one.
         """
-        validation.queue_ref(project, queue)
+        sources.check(project, queue)
         if subscriber is None and ttl is None and not options:
             raise InvalidArgument(validation.NOTHING_TO_UPDATE)
         uri = None if subscriber is None else validation.subscriber(subscriber)
@@ -224,7 +237,7 @@ class NotifierService:
 
     async def delete(self, project: str, queue: str, subscription_id: str) -> None:
         """Delete the subscription and its pending deliveries. Absent: no error."""
-        validation.queue_ref(project, queue)
+        sources.check(project, queue)
         await self.store.delete(project, queue, subscription_id)
 
     async def confirm(
@@ -232,7 +245,7 @@ class NotifierService:
     ) -> None:
         """Confirm, or cancel (``confirmed`` false: an UnsubscribeConfirmation is sent when
         confirmation is required). Idempotent."""
-        validation.queue_ref(project, queue)
+        sources.check(project, queue)
         subscription = await self.store.confirm(project, queue, subscription_id, confirmed)
         if not confirmed and self._confirmation.required:
             await self._confirm_request(
@@ -253,6 +266,78 @@ class NotifierService:
         )
         await self.store.enqueue([_delivery(subscription, kind, document)])
         self._wake(None)
+
+    # topics ----------------------------------------------------------------------------------
+
+    async def publish_topic(
+        self, project: str, topic: str, messages: Sequence[tuple[bytes, int]]
+    ) -> builtins.list[str]:
+        """Deliver messages posted to a topic, given as (body, ttl), to its subscribers: one
+        delivery per (subscriber, message) that the subscriber's filter policy passes, stored
+        in one durable write before returning; then the topic's watchers get them. Unconfirmed
+        subscribers get nothing when confirmation is required.
+
+        Returns:
+            The messages' new ids, in order.
+
+        Raises:
+            InvalidTopicName: the project or the topic name is not valid.
+            Unavailable: the store failed (nothing was stored).
+        """
+        key = sources.topic_key(project, topic)
+        accepted_at = self._clock()
+        ids = [str(uuid.uuid4()) for _ in messages]
+        subscriptions = await self.store.subscribers(project, key)
+        targets = [
+            s for s in subscriptions if s.confirmed or not self._confirmation.required
+        ]
+        if targets:
+            rendered = [
+                documents.topic_notification(topic, mid, body, ttl)
+                for mid, (body, ttl) in zip(ids, messages, strict=True)
+            ]
+            policies = [self._policies.of(s.options) for s in targets]
+            bodies = (
+                [_body(body) for body, _ in messages]
+                if any(policy is not None for policy in policies) else None
+            )
+            deliveries = self._filtered(targets, policies, bodies, rendered)
+            if deliveries:
+                await self.store.enqueue(deliveries)
+                self._wake({d.subscriber for d in deliveries})
+        published = [
+            common_pb2.Message(id=mid, body=body, ttl=ttl)
+            for mid, (body, ttl) in zip(ids, messages, strict=True)
+        ]
+        self.hub.publish(project, key, published, accepted_at)
+        try:
+            await self.watches.share(project, key, [notifier_pb2.NotifyRequest(
+                messages=published, accepted_at=accepted_at
+            )])
+        except Unavailable as exc:
+            # The deliveries are stored: the post succeeded. Pushes are best effort.
+            log.warning("messages of topic %s/%s not pushed to other replicas' watchers: %s",
+                        project, topic, exc)
+        return ids
+
+    async def purge_topic(
+        self, project: str, topic: str, *, deliveries: bool, subscriptions: bool
+    ) -> None:
+        """Remove the topic's subscriptions (with their deliveries), or only its pending
+        deliveries. Idempotent."""
+        key = sources.topic_key(project, topic)
+        if subscriptions:
+            await self.store.delete_queue(project, key)
+        elif deliveries:
+            await self.store.purge_deliveries(project, key)
+
+    async def count_topic_deliveries(self, project: str, topic: str) -> int:
+        """The deliveries the topic's live subscriptions are still owed."""
+        key = sources.topic_key(project, topic)
+        total = 0
+        for subscription in await self.store.subscribers(project, key):
+            total += await self.store.count_deliveries(subscription.id)
+        return total
 
     # notifications ---------------------------------------------------------------------------
 

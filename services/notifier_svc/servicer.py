@@ -1,8 +1,9 @@
 """gRPC adapters of notifier_svc: ``zaqar.v2.Subscriptions`` and ``zaqar.v2.NotifierInternal``.
 
-Requests are unpacked into :class:`~services.notifier_svc.service.NotifierService` calls and
-results packed into protobufs; the caller's own token (``x-auth-token``) goes along to
-subscription create and update, which create the trust of a ``trust+`` subscriber with it.
+Requests are unpacked into :class:`~services.notifier_svc.service.NotifierService` calls (a
+request's queue or topic as its source key, ``sources.py``) and results packed into
+protobufs; the caller's own token (``x-auth-token``) goes along to subscription create and
+update, which create the trust of a ``trust+`` subscriber with it.
 Unary errors propagate as ``ServiceError`` to the server's error interceptor; the ``Watch``
 stream reports its own with the same rich status.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import orjson
@@ -23,7 +24,7 @@ from zaqar_grpc.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 from services.common.errors import Overloaded, ServiceError, to_status
 from services.common.grpc_auth import caller_token
 from services.common.grpc_types import Context
-from services.notifier_svc import validation
+from services.notifier_svc import sources
 from services.notifier_svc.sealed import SealedBodies
 from services.notifier_svc.service import Announce, NotifierService
 from services.notifier_svc.storage.base import Subscription
@@ -36,13 +37,26 @@ _EMPTY = empty_pb2.Empty()
 def pack(subscription: Subscription, now: float) -> notifier_pb2.Subscription:
     return notifier_pb2.Subscription(
         id=subscription.id,
-        source=subscription.queue,
+        source=sources.name_of(subscription.queue),
         subscriber=subscription.subscriber,
         ttl=subscription.ttl,
         age=max(0, int(now - subscription.created)),
         options=orjson.dumps(dict(subscription.options)),
         confirmed=subscription.confirmed,
     )
+
+
+class _Sourced(Protocol):
+    @property
+    def project(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+
+
+def _source(request: _Sourced) -> str:
+    return sources.key_of(request.project, request.queue, request.topic)
 
 
 class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
@@ -54,7 +68,7 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
         self, request: notifier_pb2.CreateSubscriptionRequest, context: Context
     ) -> notifier_pb2.CreateSubscriptionResponse:
         subscription_id, created = await self._service.create(
-            request.project, request.queue, request.subscriber,
+            request.project, _source(request), request.subscriber,
             request.ttl if request.HasField("ttl") else None, request.options,
             token=caller_token(context),
         )
@@ -65,14 +79,16 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
     async def GetSubscription(
         self, request: notifier_pb2.SubscriptionRef, context: Context
     ) -> notifier_pb2.Subscription:
-        found = await self._service.get(request.project, request.queue, request.subscription_id)
+        found = await self._service.get(
+            request.project, _source(request), request.subscription_id
+        )
         return pack(found, self._now())
 
     async def ListSubscriptions(
         self, request: notifier_pb2.ListSubscriptionsRequest, context: Context
     ) -> notifier_pb2.ListSubscriptionsResponse:
         page, next_marker = await self._service.list(
-            request.project, request.queue,
+            request.project, _source(request),
             limit=request.limit if request.HasField("limit") else None, marker=request.marker,
         )
         now = self._now()
@@ -84,7 +100,7 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
         self, request: notifier_pb2.UpdateSubscriptionRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.update(
-            request.project, request.queue, request.subscription_id,
+            request.project, _source(request), request.subscription_id,
             subscriber=request.subscriber if request.HasField("subscriber") else None,
             ttl=request.ttl if request.HasField("ttl") else None,
             options=request.options,
@@ -95,14 +111,14 @@ class SubscriptionsServicer(notifier_pb2_grpc.SubscriptionsServicer):
     async def DeleteSubscription(
         self, request: notifier_pb2.SubscriptionRef, context: Context
     ) -> empty_pb2.Empty:
-        await self._service.delete(request.project, request.queue, request.subscription_id)
+        await self._service.delete(request.project, _source(request), request.subscription_id)
         return _EMPTY
 
     async def ConfirmSubscription(
         self, request: notifier_pb2.ConfirmSubscriptionRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._service.confirm(
-            request.project, request.queue, request.subscription_id, request.confirmed
+            request.project, _source(request), request.subscription_id, request.confirmed
         )
         return _EMPTY
 
@@ -144,19 +160,43 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
         await self._service.delete_queue(request.project, request.queue)
         return _EMPTY
 
+    async def PublishTopic(
+        self, request: notifier_pb2.PublishTopicRequest, context: Context
+    ) -> notifier_pb2.PublishTopicResponse:
+        ids = await self._service.publish_topic(
+            request.project, request.topic, [(m.body, m.ttl) for m in request.messages]
+        )
+        return notifier_pb2.PublishTopicResponse(ids=ids)
+
+    async def PurgeTopic(
+        self, request: notifier_pb2.PurgeTopicSourceRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self._service.purge_topic(
+            request.project, request.topic, deliveries=request.deliveries,
+            subscriptions=request.subscriptions,
+        )
+        return _EMPTY
+
+    async def CountTopicDeliveries(
+        self, request: notifier_pb2.TopicSource, context: Context
+    ) -> notifier_pb2.TopicDeliveries:
+        pending = await self._service.count_topic_deliveries(request.project, request.topic)
+        return notifier_pb2.TopicDeliveries(pending=pending)
+
     async def Watch(
         self, request: notifier_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[notifier_pb2.Notification]:
         watches = self._service.watches
         try:
-            validation.queue_ref(request.project, request.queue)
-            watcher = await watches.watch(request.project, request.queue)
+            key = _source(request)
+            watcher = await watches.watch(request.project, key)
         except ServiceError as error:
             await _abort(context, error)
             return
+        topic = sources.topic_of(key)
         try:
-            if self._announce is not None:
-                await self._announce(request.project, request.queue)
+            if self._announce is not None and topic is None:
+                await self._announce(request.project, key)
             await context.send_initial_metadata(())
             loop = asyncio.get_running_loop()
             deadline = loop.time() + request.ttl if request.ttl > 0 else None
@@ -182,7 +222,11 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
                     if getter not in done:
                         continue
                     notification, getter = getter.result(), None
-                    if self._sealed is not None:
+                    if topic is not None:
+                        notification = notifier_pb2.Notification(
+                            topic=topic, message=notification.message
+                        )
+                    elif self._sealed is not None:
                         opened = await self._sealed.open_notification(
                             request.project, notification
                         )
@@ -193,7 +237,7 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
             finally:
                 await _stop(overflow, getter)
         finally:
-            watches.unwatch(request.project, request.queue, watcher)
+            watches.unwatch(request.project, key, watcher)
 
 
 async def _stop(*tasks: asyncio.Task[Any] | None) -> None:

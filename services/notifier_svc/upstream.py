@@ -1,11 +1,12 @@
 """The calls notifier_svc makes to the other services, each over one reused channel.
 
 * :class:`QueuePolicies` reads a queue's ``_retry_policy`` through ``zaqar.v2.Queues.GetQueue``
-  (only when a delivery failed), cached briefly.
+  (a topic's through ``zaqar.v2.Topics.GetTopic``; only when a delivery failed), cached briefly.
 * :class:`MessageReplicas` tells message_svc that a queue gained a listener (a subscription or
   a watcher), through ``MessagesInternal.InvalidateQueue``: one replica raises the queue's
   version in the message store, and every replica then stops skipping that queue's posts (see
-  ``services/message_svc/handoff.py``).
+  ``services/message_svc/handoff.py``). Topics have no messages in message_svc: it is told
+  nothing of theirs.
 
 In keystone mode both carry notifier_svc's service token. Both are best effort: a failure is
 logged (at most every few seconds) and never fails the caller's request; the queue's defaults
@@ -22,7 +23,15 @@ from typing import Any
 
 import grpc
 import orjson
-from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
+from zaqar_grpc.v2 import (
+    common_pb2,
+    messages_pb2,
+    messages_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
+    topics_pb2,
+    topics_pb2_grpc,
+)
 
 from services.common.config import Settings
 from services.common.errors import Unavailable, decode_rpc_error
@@ -30,6 +39,7 @@ from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
 from services.common.metrics import instrumented
 from services.common.tls import Tls
+from services.notifier_svc import sources
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +65,7 @@ class _Throttle:
 
 
 class QueuePolicies:
-    """Queues' ``_retry_policy`` metadata, from queue_svc."""
+    """Queues' and topics' ``_retry_policy`` metadata, from queue_svc."""
 
     def __init__(
         self, settings: Settings, clock: Callable[[], float] = time.monotonic,
@@ -63,6 +73,7 @@ class QueuePolicies:
     ) -> None:
         self._channel = open_channel(settings.target("queue"), tls, auth)
         self._stub = instrumented(queues_pb2_grpc.QueuesStub(self._channel))
+        self._topics = instrumented(topics_pb2_grpc.TopicsStub(self._channel))
         self._timeout = settings.rpc_timeout
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[Any, float]] = {}
@@ -72,30 +83,49 @@ class QueuePolicies:
         await self._channel.close()
 
     async def retry_policy(self, project: str, queue: str) -> Any:
-        """The queue's ``_retry_policy`` value as stored (None when unset or unreadable)."""
+        """The ``_retry_policy`` value as stored of the queue, or of the topic that the source
+        key ``queue`` names (None when unset, unreadable or the topic is gone)."""
         key = (project, queue)
         cached = self._cache.get(key)
         if cached is not None and cached[1] > self._clock():
             return cached[0]
+        topic = sources.topic_of(queue)
         try:
-            answer = await self._stub.GetQueue(
-                queues_pb2.GetQueueRequest(project=project, queue=queue), timeout=self._timeout
-            )
-            metadata = orjson.loads(answer.metadata) if answer.metadata else {}
-        except (grpc.aio.AioRpcError, orjson.JSONDecodeError) as exc:
-            if self._warn():
-                detail = (
-                    decode_rpc_error(exc).description
-                    if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            if topic is None:
+                answer = await self._stub.GetQueue(
+                    queues_pb2.GetQueueRequest(project=project, queue=queue),
+                    timeout=self._timeout,
                 )
-                log.warning("queue metadata of %s/%s unreadable, default retry policy: %s",
-                            project, queue, detail)
-            return None
+                raw = answer.metadata
+            else:
+                raw = (await self._topics.GetTopic(
+                    topics_pb2.TopicRequest(project=project, topic=topic), timeout=self._timeout
+                )).metadata
+            metadata = orjson.loads(raw) if raw else {}
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                metadata = {}  # a topic deleted since: its subscriptions' policies only
+            else:
+                return self._unreadable(project, queue, exc)
+        except orjson.JSONDecodeError as exc:
+            return self._unreadable(project, queue, exc)
         policy = metadata.get("_retry_policy") if isinstance(metadata, dict) else None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (policy, self._clock() + POLICY_CACHE_TTL)
         return policy
+
+    def _unreadable(
+        self, project: str, queue: str, exc: grpc.aio.AioRpcError | orjson.JSONDecodeError
+    ) -> None:
+        if self._warn():
+            detail = (
+                decode_rpc_error(exc).description
+                if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            )
+            log.warning("metadata of %s/%s unreadable, default retry policy: %s",
+                        project, sources.name_of(queue), detail)
+        return None
 
 
 class MessageReplicas:
@@ -117,6 +147,8 @@ class MessageReplicas:
     async def listened(self, project: str, queue: str) -> None:
         """Tell message_svc (one replica raises the queue's version in the message store, which
         every replica checks on its next post); a failed replica is tried once more."""
+        if sources.topic_of(queue) is not None:
+            return  # a topic's messages are never in message_svc
         ref = common_pb2.QueueRef(project=project, queue=queue)
         for attempt in range(LISTENED_ATTEMPTS):
             try:

@@ -209,11 +209,15 @@ def _pointer_key(path: str) -> str:
     return parts[1]
 
 
-def parse_patch(operations: Iterable[tuple[str, str, bytes]]) -> list[MetadataPatch]:
+def parse_patch(
+    operations: Iterable[tuple[str, str, bytes]],
+    reserved: Mapping[str, object] = limits.RESERVED_DEFAULTS,
+) -> list[MetadataPatch]:
     """``(op, path, JSON value)`` triples as store patches.
 
-    Reserved keys always exist through their defaults, so replacing or removing one that is
-    not stored is no conflict (as in Zaqar); for other keys it is.
+    Reserved keys (``reserved``: those with a default) always exist through their defaults,
+    so replacing or removing one that is not stored is no conflict (as in Zaqar); for other
+    keys it is.
     """
     patches = []
     for op, path, raw_value in operations:
@@ -234,6 +238,6 @@ def parse_patch(operations: Iterable[tuple[str, str, bytes]]) -> list[MetadataPa
                 raise InvalidBody(f'Operation "{op}" requires a member named "value".')
             value = parse_json(raw_value)
         patch_op: PatchOp = "add" if op == "add" else "replace" if op == "replace" else "remove"
-        strict = key not in limits.RESERVED_DEFAULTS
+        strict = key not in reserved
         patches.append(MetadataPatch(op=patch_op, key=key, value=value, strict=strict))
     return patches

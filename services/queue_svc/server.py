@@ -22,12 +22,13 @@ from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.message_keys import parse_keys
 from services.common.store_probe import answers
 from services.common.tls import load_tls
-from services.queue_svc import catalog_servicer
+from services.queue_svc import catalog_servicer, topics_servicer
 from services.queue_svc.catalog import CatalogService
 from services.queue_svc.health import check_stores
 from services.queue_svc.service import QueueService
 from services.queue_svc.servicer import SERVICE_NAME, QueuesServicer
 from services.queue_svc.storage.registry import open_queue_store
+from services.queue_svc.topics import TopicService
 from services.queue_svc.upstream import MessageService, NotifierService
 
 # What a project's own token may call only with the admin role (Zaqar's admin endpoints);
@@ -40,8 +41,8 @@ ADMIN_CALLS = (
 
 async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running:
     """Open the store (``settings.store_uri("queue")``), bind ``host:queue_port`` (0 = any)
-    and serve ``zaqar.v2.Queues``, ``zaqar.v2.Pools``, ``zaqar.v2.Flavors`` and
-    ``zaqar.v2.StoreHealth``; ``Running.port`` is the bound port. With the ``tls_*`` settings
+    and serve ``zaqar.v2.Queues``, ``zaqar.v2.Topics``, ``zaqar.v2.Pools``, ``zaqar.v2.Flavors``
+    and ``zaqar.v2.StoreHealth``; ``Running.port`` is the bound port. With the ``tls_*`` settings
     the server and the channels to message_svc and notifier_svc use TLS.
 
     In keystone mode every call needs a token (``services/common/grpc_auth.py``) and the
@@ -86,11 +87,13 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     ) -> admin_pb2.StoresHealth:
         return await check_stores(store, settings.pooling, seconds)
 
-    names = [SERVICE_NAME, catalog_servicer.POOLS_SERVICE, catalog_servicer.FLAVORS_SERVICE,
-             health.SERVICE_NAME]
+    names = [SERVICE_NAME, topics_servicer.SERVICE_NAME, catalog_servicer.POOLS_SERVICE,
+             catalog_servicer.FLAVORS_SERVICE, health.SERVICE_NAME]
+    topics = TopicService(store.topics, notifier)
     try:
         server, port, health_servicer = create_server(
-            [register, catalog_servicer.registrar(catalog), health.registrar(check_health)],
+            [register, topics_servicer.registrar(topics), catalog_servicer.registrar(catalog),
+             health.registrar(check_health)],
             names, host=settings.host, port=settings.queue_port, tls=tls,
             interceptors=server_interceptors(auth, names, ADMIN_CALLS),
         )

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from zaqar_grpc.v2 import common_pb2, messages_pb2_grpc, notifier_pb2_grpc
+from zaqar_grpc.v2 import common_pb2, messages_pb2_grpc, notifier_pb2, notifier_pb2_grpc
 
 from services.common.config import Settings
 from services.common.errors import RETRY_LATER, Unavailable, upstream_call
@@ -102,7 +102,8 @@ class MessageService:
 
 
 class NotifierService:
-    """notifier_svc as queue_svc sees it: where a queue's subscriptions are removed."""
+    """notifier_svc as queue_svc sees it: where a queue's subscriptions are removed, and where
+    a topic's messages are delivered."""
 
     def __init__(
         self, settings: Settings, tls: Tls | None = None, auth: KeystoneAuth | None = None
@@ -128,3 +129,61 @@ class NotifierService:
             f"notifier_svc at {self._target}",
             failure,
         )
+
+    async def publish_topic(
+        self, project: str, topic: str, messages: list[tuple[bytes, int]]
+    ) -> list[str]:
+        """Hand messages posted to a topic, as (body, ttl), to notifier_svc, which answers once
+        their deliveries are stored; their new ids.
+
+        Raises:
+            Unavailable: notifier_svc did not confirm it (the deliveries may or may not be
+                stored: a call made again may deliver them twice).
+        """
+        answer = await upstream_call(
+            self._internal.PublishTopic(
+                notifier_pb2.PublishTopicRequest(
+                    project=project, topic=topic,
+                    messages=[notifier_pb2.TopicMessage(body=b, ttl=ttl) for b, ttl in messages],
+                ),
+                timeout=self._timeout,
+            ),
+            f"notifier_svc at {self._target}",
+            "Messages could not be delivered to the topic's subscribers.",
+        )
+        return list(answer.ids)
+
+    async def purge_topic(
+        self, project: str, topic: str, failure: str, *, deliveries: bool, subscriptions: bool
+    ) -> None:
+        """Remove the topic's pending deliveries and/or its subscriptions.
+
+        Raises:
+            Unavailable: notifier_svc did not confirm it; ``failure`` starts the description.
+        """
+        await upstream_call(
+            self._internal.PurgeTopic(
+                notifier_pb2.PurgeTopicSourceRequest(
+                    project=project, topic=topic, deliveries=deliveries,
+                    subscriptions=subscriptions,
+                ),
+                timeout=self._timeout,
+            ),
+            f"notifier_svc at {self._target}",
+            failure,
+        )
+
+    async def count_topic_deliveries(self, project: str, topic: str) -> int:
+        """The deliveries the topic's subscribers are still owed.
+
+        Raises:
+            Unavailable: notifier_svc did not answer.
+        """
+        answer = await upstream_call(
+            self._internal.CountTopicDeliveries(
+                notifier_pb2.TopicSource(project=project, topic=topic), timeout=self._timeout
+            ),
+            f"notifier_svc at {self._target}",
+            "Topic stats could not be read.",
+        )
+        return int(answer.pending)
