@@ -137,9 +137,14 @@ def _ports(
             row = []
             for setting in port_settings(settings, service):
                 base = getattr(settings, setting)
-                port = _free_port(settings.host) if base == 0 else (
-                    base + (GRPC_PORT_STEP * i if grpc else i)
-                )
+                if base == 0:
+                    # The kernel may hand out a port it gave before, once that socket is
+                    # closed: pick again until it is one no other replica has.
+                    port = _free_port(settings.host)
+                    while port in taken:
+                        port = _free_port(settings.host)
+                else:
+                    port = base + (GRPC_PORT_STEP * i if grpc else i)
                 what = f"{setting} of replica {i} of {service}"
                 if port > 65535:
                     raise CannotListen(settings.host, port, f"the {what} is beyond 65535",
