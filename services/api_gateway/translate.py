@@ -375,8 +375,17 @@ def page_links(next_href: str | None) -> list[dict[str, str]]:
 
 
 def notification_doc(notification: notifier_pb2.Notification) -> dict[str, Any]:
-    """A message pushed to a subscribed socket, as Zaqar's notifier sends it."""
+    """A message pushed to a subscribed socket, as Zaqar's notifier sends it (a topic's
+    names its topic, and carries the message's id, as its webhooks get it)."""
     message = notification.message
+    if notification.topic:
+        return {
+            "ttl": message.ttl,
+            "body": orjson.Fragment(message.body or b"null"),
+            "Message_Type": "Notification",
+            "topic_name": notification.topic,
+            "message_id": message.id,
+        }
     return {
         "ttl": message.ttl,
         "body": orjson.Fragment(message.body or b"null"),

@@ -1,12 +1,12 @@
 """The gateway's gRPC clients: one reused channel per upstream service, deadlines on every call.
 
 Channels are opened at startup and closed at shutdown (see ``app.py`` and ``server.py``).
-Operations use ``up.queues`` / ``up.messages`` / ``up.subscriptions`` / ``up.notifier`` /
-``up.pools`` / ``up.flavors`` / ``up.store_health(service)`` (generated stubs) and pass
-``timeout=up.timeout`` on every unary call. If the app runs without lifespan events the
-channels are opened on first use instead. With ``message_batch`` on, ``up.messages`` coalesces
-concurrent calls into ``MessagesInternal.Batch`` (``coalesce.py``); it answers and fails
-exactly as the stub does.
+Operations use ``up.queues`` / ``up.topics`` / ``up.messages`` / ``up.subscriptions`` /
+``up.notifier`` / ``up.pools`` / ``up.flavors`` / ``up.store_health(service)`` (generated
+stubs) and pass ``timeout=up.timeout`` on every unary call. If the app runs without lifespan
+events the channels are opened on first use instead. With ``message_batch`` on,
+``up.messages`` coalesces concurrent calls into ``MessagesInternal.Batch`` (``coalesce.py``);
+it answers and fails exactly as the stub does.
 
 In keystone mode every call carries the gateway's own service token (``x-service-token``), so
 the services accept the project the gateway sends (``services/common/grpc_auth.py``).
@@ -20,7 +20,13 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zaqar_grpc.v2 import admin_pb2_grpc, messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
+from zaqar_grpc.v2 import (
+    admin_pb2_grpc,
+    messages_pb2_grpc,
+    notifier_pb2_grpc,
+    queues_pb2_grpc,
+    topics_pb2_grpc,
+)
 
 from services.api_gateway.coalesce import CoalescingMessages, check_batch_settings
 from services.common.config import Settings
@@ -37,6 +43,7 @@ SUBSCRIPTIONS_SERVICE = "zaqar.v2.Subscriptions"
 @dataclass(frozen=True)
 class _Stubs:
     queues: queues_pb2_grpc.QueuesAsyncStub
+    topics: topics_pb2_grpc.TopicsAsyncStub
     # The stub, or CoalescingMessages, which answers the same calls.
     messages: messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages
     # Never coalesced: long-polling calls, which a batch must not wait for.
@@ -95,6 +102,7 @@ class Upstreams:
             )
         self._stubs = _Stubs(
             queues=instrumented(queues_pb2_grpc.QueuesStub(queue_channel)),
+            topics=instrumented(topics_pb2_grpc.TopicsStub(queue_channel)),
             messages=messages,
             messages_direct=direct,
             subscriptions=instrumented(notifier_pb2_grpc.SubscriptionsStub(notifier_channel)),
@@ -141,6 +149,11 @@ class Upstreams:
     def queues(self) -> queues_pb2_grpc.QueuesAsyncStub:
         """``zaqar.v2.Queues`` stub."""
         return self._get().queues
+
+    @property
+    def topics(self) -> topics_pb2_grpc.TopicsAsyncStub:
+        """``zaqar.v2.Topics`` stub (queue_svc)."""
+        return self._get().topics
 
     @property
     def messages(self) -> messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages:

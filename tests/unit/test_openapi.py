@@ -105,6 +105,7 @@ def test_path_parameters_match_the_templates() -> None:
 # Creations answered 201 with a Location and no body, as Zaqar answers them.
 EMPTY_CREATED = {
     ("put", "/v2/queues/{queue_name}", "201"),
+    ("put", "/v2/topics/{queue_name}", "201"),
     ("put", "/v2/pools/{pool_name}", "201"),
     ("put", "/v2/flavors/{flavor_name}", "201"),
 }

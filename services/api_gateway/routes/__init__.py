@@ -24,9 +24,18 @@ from services.api_gateway.routes.subscriptions import (
     SubscriptionConfirm,
     SubscriptionItem,
 )
+from services.api_gateway.routes.topics import (
+    TopicCollection,
+    TopicItem,
+    TopicMessages,
+    TopicPurge,
+    TopicStats,
+)
 from services.api_gateway.upstream import Upstreams
 
 QUEUE = "/v2/queues/{queue_name}"
+# A topic's name takes the queue's place: same rule, and the subscription resources serve both.
+TOPIC = "/v2/topics/{queue_name}"
 
 
 def add_routes(app: App, up: Upstreams, signed_url_secret: str = "") -> None:
@@ -50,3 +59,15 @@ def add_routes(app: App, up: Upstreams, signed_url_secret: str = "") -> None:
     app.add_route(QUEUE + "/subscriptions", SubscriptionCollection(up))
     app.add_route(QUEUE + "/subscriptions/{subscription_id}", SubscriptionItem(up))
     app.add_route(QUEUE + "/subscriptions/{subscription_id}/confirm", SubscriptionConfirm(up))
+    app.add_route("/v2/topics", TopicCollection(up))
+    app.add_route(TOPIC, TopicItem(up))
+    app.add_route(TOPIC + "/stats", TopicStats(up))
+    app.add_route(TOPIC + "/purge", TopicPurge(up))
+    app.add_route(TOPIC + "/messages", TopicMessages(up))
+    app.add_route(TOPIC + "/subscriptions", SubscriptionCollection(up, topic=True))
+    app.add_route(
+        TOPIC + "/subscriptions/{subscription_id}", SubscriptionItem(up, topic=True)
+    )
+    app.add_route(
+        TOPIC + "/subscriptions/{subscription_id}/confirm", SubscriptionConfirm(up, topic=True)
+    )

@@ -31,13 +31,30 @@ def _filter_value(value: str) -> Any:
         return value
 
 
+def list_filters(req: falcon.asgi.Request) -> dict[str, Any]:
+    """The metadata equality filters of a listing: every query key but the listing's own."""
+    return {
+        key: _filter_value(value if isinstance(value, str) else value[-1])
+        for key, value in req.params.items()
+        if key not in _LIST_PARAMS
+    }
+
+
+def check_patch_type(req: falcon.asgi.Request) -> None:
+    """A metadata PATCH needs the JSON-patch media type: 415 otherwise, with Accept-Patch."""
+    if req.content_type is None or not req.content_type.startswith(JSON_PATCH):
+        accept_patch = {"Accept-Patch": JSON_PATCH}
+        raise ApiError(
+            415,
+            "415 Unsupported Media Type",
+            f"Accepted media type for PATCH: {accept_patch}.",
+            accept_patch,
+        )
+
+
 class QueueCollection(Resource):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        filters = {
-            key: _filter_value(value if isinstance(value, str) else value[-1])
-            for key, value in req.params.items()
-            if key not in _LIST_PARAMS
-        }
+        filters = list_filters(req)
         outcome = await queues.list_queues(
             self.up,
             caller(req),
@@ -67,14 +84,7 @@ class QueueItem(Resource):
     async def on_patch(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue_name: str
     ) -> None:
-        if req.content_type is None or not req.content_type.startswith(JSON_PATCH):
-            accept_patch = {"Accept-Patch": JSON_PATCH}
-            raise ApiError(
-                415,
-                "415 Unsupported Media Type",
-                f"Accepted media type for PATCH: {accept_patch}.",
-                accept_patch,
-            )
+        check_patch_type(req)
         doc = await read_json(req, PATCH_BODY_MAX)
         answer(resp, await queues.update_queue(self.up, caller(req), queue_name, doc))
 

@@ -10,7 +10,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from services.api_gateway.operations import Caller, Outcome, claims, home, messages, queues
+from services.api_gateway.operations import (
+    Caller,
+    Outcome,
+    claims,
+    home,
+    messages,
+    queues,
+    topics,
+)
 from services.api_gateway.operations import subscriptions as subs
 from services.api_gateway.operations.waiting import Gone
 from services.api_gateway.upstream import Upstreams
@@ -36,6 +44,10 @@ class Call:
     def queue(self) -> str:
         return p.text(self.body, "queue_name")
 
+    @property
+    def topic(self) -> str:
+        return p.text(self.body, "topic_name")
+
 
 Handler = Callable[[Call], Awaitable[Outcome]]
 
@@ -50,6 +62,7 @@ class Action:
 
 
 Q = "/v2/queues/{queue_name}"
+T = "/v2/topics/{topic_name}"
 
 
 # Node -------------------------------------------------------------------------------------
@@ -223,7 +236,83 @@ async def _subscription_delete(c: Call) -> Outcome:
     return await subs.delete_subscription(c.up, c.caller, c.queue, subscription_id)
 
 
+# Topics -----------------------------------------------------------------------------------
+
+
+async def _topic_list(c: Call) -> Outcome:
+    return await topics.list_topics(
+        c.up,
+        c.caller,
+        limit=p.opt_int(c.body, "limit"),
+        marker=p.opt_text(c.body, "marker"),
+        detailed=p.flag(c.body, "detailed"),
+        name=p.opt_text(c.body, "name"),
+        with_count=p.flag(c.body, "with_count"),
+        filters={},
+        next_link=p.next_link("/v2/topics", c.body, _QUEUE_LIST_FIELDS),
+    )
+
+
+async def _topic_create(c: Call) -> Outcome:
+    return await topics.create_topic(c.up, c.caller, c.topic, c.body.get("metadata"))
+
+
+async def _topic_get(c: Call) -> Outcome:
+    return await topics.get_topic(c.up, c.caller, c.topic)
+
+
+async def _topic_delete(c: Call) -> Outcome:
+    return await topics.delete_topic(c.up, c.caller, c.topic)
+
+
+async def _topic_stats(c: Call) -> Outcome:
+    return await topics.topic_stats(c.up, c.caller, c.topic)
+
+
+async def _topic_purge(c: Call) -> Outcome:
+    return await topics.purge_topic(c.up, c.caller, c.topic, dict(c.body))
+
+
+async def _topic_message_post(c: Call) -> Outcome:
+    return await topics.post_topic_messages(c.up, c.caller, c.topic, dict(c.body))
+
+
+async def _topic_subscription_create(c: Call) -> Outcome:
+    if c.body.get("subscriber"):
+        return await subs.create_subscription(c.up, c.caller, c.topic, dict(c.body), topic=True)
+    ttl = p.opt_int(c.body, "ttl")
+    ttl = SUBSCRIPTION_TTL_DEFAULT if ttl is None else ttl
+    subscription_id = await c.watches.subscribe(c.caller, c.topic, ttl, c.binary, topic=True)
+    body = {"subscription_id": subscription_id, "message": f"Subscription {c.topic} created."}
+    return Outcome(201, body)
+
+
+async def _topic_subscription_list(c: Call) -> Outcome:
+    return await subs.list_subscriptions(
+        c.up,
+        c.caller,
+        c.topic,
+        limit=p.opt_int(c.body, "limit"),
+        marker=p.opt_text(c.body, "marker"),
+        next_link=p.next_link(f"/v2/topics/{c.topic}/subscriptions", c.body, ("limit",)),
+        topic=True,
+    )
+
+
+async def _topic_subscription_get(c: Call) -> Outcome:
+    subscription_id = p.text(c.body, "subscription_id")
+    return await subs.get_subscription(c.up, c.caller, c.topic, subscription_id, topic=True)
+
+
+async def _topic_subscription_delete(c: Call) -> Outcome:
+    subscription_id = p.text(c.body, "subscription_id")
+    if c.watches.cancel(subscription_id):
+        return Outcome(204, ws_body=f"Subscription {subscription_id} removed.")
+    return await subs.delete_subscription(c.up, c.caller, c.topic, subscription_id, topic=True)
+
+
 _QN = ("queue_name",)
+_TN = ("topic_name",)
 
 ACTIONS: Final[Mapping[str, Action]] = {
     "authenticate": Action(_authenticate),
@@ -272,5 +361,28 @@ ACTIONS: Final[Mapping[str, Action]] = {
         _subscription_delete,
         ("queue_name", "subscription_id"),
         f"DELETE {Q}/subscriptions/{{subscription_id}}",
+    ),
+    "topic_list": Action(_topic_list, route="GET /v2/topics"),
+    "topic_create": Action(_topic_create, _TN, f"PUT {T}"),
+    "topic_get": Action(_topic_get, _TN, f"GET {T}"),
+    "topic_delete": Action(_topic_delete, _TN, f"DELETE {T}"),
+    "topic_get_stats": Action(_topic_stats, _TN, f"GET {T}/stats"),
+    "topic_purge": Action(_topic_purge, ("topic_name", "resource_types"), f"POST {T}/purge"),
+    "topic_message_post": Action(
+        _topic_message_post, ("topic_name", "messages"), f"POST {T}/messages"
+    ),
+    "topic_subscription_create": Action(
+        _topic_subscription_create, _TN, f"POST {T}/subscriptions"
+    ),
+    "topic_subscription_list": Action(_topic_subscription_list, _TN, f"GET {T}/subscriptions"),
+    "topic_subscription_get": Action(
+        _topic_subscription_get,
+        ("topic_name", "subscription_id"),
+        f"GET {T}/subscriptions/{{subscription_id}}",
+    ),
+    "topic_subscription_delete": Action(
+        _topic_subscription_delete,
+        ("topic_name", "subscription_id"),
+        f"DELETE {T}/subscriptions/{{subscription_id}}",
     ),
 }

@@ -33,12 +33,17 @@ class Watches:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._unreleased: list[asyncio.Event] = []
 
-    async def subscribe(self, caller: Caller, queue: str, ttl: int, binary: bool) -> str:
-        """Open a watch and return its id once notifier_svc has registered it, so that every
-        message posted after the answer is pushed. Raises the call's error if it is refused."""
-        request = notifier_pb2.WatchRequest(
-            project=caller.project, queue=queue, ttl=translate.int32(ttl)
-        )
+    async def subscribe(
+        self, caller: Caller, queue: str, ttl: int, binary: bool, *, topic: bool = False
+    ) -> str:
+        """Open a watch of the queue (``topic``: of the topic of that name) and return its id
+        once notifier_svc has registered it, so that every message posted after the answer is
+        pushed. Raises the call's error if it is refused."""
+        request = notifier_pb2.WatchRequest(project=caller.project, ttl=translate.int32(ttl))
+        if topic:
+            request.topic = queue
+        else:
+            request.queue = queue
         call = self._up.notifier.Watch(request)
         try:
             await _registered(call, self._up.timeout)
