@@ -340,7 +340,11 @@ async def test_gateway_calls_cost_the_services_no_keystone_round_trip(
     async with lifespan(app), httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://gateway", headers=headers
     ) as http:
-        tokens = [keystone.token("user-a") for _ in range(6)]
+        # (Each user token is issued just before its request: a token made long before could
+        # expire on a loaded machine, the test Keystone's tokens living 20 s.)
+        def fresh_token() -> Awaitable[str]:
+            return asyncio.to_thread(keystone.token, "user-a")
+
         # (Fresh service tokens: none is renewed during the test, which a short token life
         # would otherwise allow.)
         for client in clients.values():
@@ -348,13 +352,14 @@ async def test_gateway_calls_cost_the_services_no_keystone_round_trip(
         # Given services that have seen each other's and the gateway's tokens once
         warm = await http.post(
             f"/v2/queues/{queue}/messages", json={"messages": [{"body": "warm"}]},
-            headers={"X-Auth-Token": tokens[0]},
+            headers={"X-Auth-Token": await fresh_token()},
         )
         assert warm.status_code == 201, warm.text
         await asyncio.sleep(0.5)  # message_svc hands the post to notifier_svc in the background
         before = {name: c.validations for name, c in clients.items()}
         # When five requests come with five tokens the gateway has never seen
-        for n, user_token in enumerate(tokens[1:]):
+        for n in range(5):
+            user_token = await fresh_token()
             resp = await http.post(
                 f"/v2/queues/{queue}/messages", json={"messages": [{"body": n}]},
                 headers={"X-Auth-Token": user_token},
