@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.gateway.conftest import PATCH_TYPE, error_body, new_queue
+from tests.gateway.conftest import CLIENT_ID, PATCH_TYPE, error_body, new_queue, running_services
 from tests.receivers import Receiver
 
 BAD_API = "Invalid API request"
@@ -607,3 +607,56 @@ async def test_no_route_reads_a_topic_message(client: httpx.AsyncClient) -> None
     assert (await client.get(topic(name, "messages", mid))).status_code == 404
     assert (await client.get(topic(name, "messages"))).status_code == 405
     assert (await client.post(topic(name, "claims"))).status_code == 404
+
+
+# Confirmation ----------------------------------------------------------------------------------
+
+
+async def test_topic_subscriptions_are_confirmed_through_their_own_signed_url(
+    make_settings: Callable[..., Any],
+    gateway_factory: Callable[..., Awaitable[httpx.AsyncClient]],
+    receiver: Receiver,
+) -> None:
+    settings = make_settings(pooling=True, require_confirmation=True,
+                             signed_url_secret="s3cret", public_url="https://zq.example/")
+    async with running_services(settings):
+        client = await gateway_factory(settings)
+        name, target = new_topic(), new_queue()
+        # When a webhook subscribes to a topic, it is asked to confirm on the topic's route
+        sid = await subscribe(client, name, receiver.url())
+        [hit] = await receiver.wait_for(1, within=30)
+        doc = hit.json()
+        path = f"/v2/topics/{name}/subscriptions/{sid}/confirm"
+        assert (doc["Message_Type"], doc["URL-Paths"], doc["URL-Methods"]) == (
+            "SubscriptionConfirmation", path, "PUT")
+        assert doc["Message"] == f"You have chosen to subscribe to the topic: {name}"
+        assert (doc["topic_name"], doc["WSGISubscribeURL"]) == (name, "https://zq.example" + path)
+        assert "queue_name" not in doc
+        # And a queue subscriber needs no confirmation
+        await subscribe(client, name, f"queue://{target}")
+        # Then a post reaches the queue, and nothing is stored for the unconfirmed webhook
+        await publish(client, name, "early")
+        await eventually(lambda: _has(client, target, 1), f"{target} got the message")
+        assert (await client.get(topic(name, "stats"))).json()["messages"]["total"] == 0
+        # When the pre-signed request confirms it (no other credentials)
+        signed = {"Client-ID": CLIENT_ID, "X-Project-ID": doc["X-Project-ID"],
+                  "URL-Signature": doc["URL-Signature"], "URL-Methods": doc["URL-Methods"],
+                  "URL-Paths": doc["URL-Paths"], "URL-Expires": doc["URL-Expires"],
+                  "Content-Type": "application/json"}
+        anonymous = await gateway_factory(settings, headers=signed)
+        resp = await anonymous.put(path, content=orjson.dumps(doc["SubscribeBody"]))
+        assert resp.status_code == 204
+        # The signature is good for that path only
+        other = await anonymous.put(f"/v2/queues/{name}/subscriptions/{sid}/confirm",
+                                    content=b'{"confirmed": true}')
+        assert other.status_code == 404
+        # Then later posts reach the webhook
+        (mid,) = await publish(client, name, "late")
+        hits = await receiver.wait_for(2, within=30)
+        assert hits[1].json()["message_id"] == mid
+        # And revoking sends an UnsubscribeConfirmation naming the topic
+        resp = await client.put(path, content=b'{"confirmed": false}')
+        assert resp.status_code == 204
+        hits = await receiver.wait_for(3, within=30)
+        assert hits[2].json()["Message"].startswith(
+            f"You have unsubscribed successfully to the topic: {name}")
