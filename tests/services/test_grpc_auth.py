@@ -25,6 +25,7 @@ from zaqar_grpc.v2 import (
     notifier_pb2,
     notifier_pb2_grpc,
     queues_pb2,
+    topics_pb2,
 )
 
 from services.api_gateway.app import create_app
@@ -299,7 +300,8 @@ async def test_health_and_reflection_need_no_token(
 
 
 def test_every_public_request_has_a_project_the_token_decides() -> None:
-    public = ((queues_pb2, "Queues"), (messages_pb2, "Messages"), (notifier_pb2, "Subscriptions"))
+    public = ((queues_pb2, "Queues"), (topics_pb2, "Topics"), (messages_pb2, "Messages"),
+              (notifier_pb2, "Subscriptions"))
     for module, service_name in public:
         for method in module.DESCRIPTOR.services_by_name[service_name].methods:
             assert "project" in method.input_type.fields_by_name, method.full_name
