@@ -26,12 +26,28 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def _worker_share() -> tuple[int, int]:
+    """(index, count) of this pytest-xdist worker, (0, 1) without workers. Worker i picks
+    only ports P with P % count == i, so two workers never pick the same port (nor the same
+    cluster bus port P + 10000 while count divides 10000)."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw") or 0) if worker.startswith("gw") else 0
+    return (index % count, count) if count > 1 else (0, 1)
+
+
+def _pick(low: int, high: int) -> int:
+    index, count = _worker_share()
+    port = random.randint(low, high)
+    return port - (port % count) + index
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range (32768+ here), so that an
     outgoing connection made between this pick and the bind cannot take it."""
     low, high = 20000, _ephemeral_start() - 1
     for _ in range(200):
-        port = random.randint(low, high)
+        port = _pick(low, high - 8)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -46,7 +62,7 @@ def free_cluster_port() -> int:
     kernel's ephemeral range."""
     low, high = 20000, _ephemeral_start() - 10001
     for _ in range(400):
-        port = random.randint(low, high)
+        port = _pick(low, high - 8)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, \
                 socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
             try:
