@@ -282,6 +282,8 @@ def keystone_settings(
             # A first call between services may wait for Keystone several times (each
             # process's own token, then each validation): slow on a busy test machine.
             "rpc_timeout": 15.0,
+            # The test Keystone answers in well under a second, but slower on a loaded machine
+            "keystone_timeout": 30.0,
         }
         values.update(overrides)
         return make_settings(**values)

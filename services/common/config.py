@@ -274,6 +274,14 @@ class Settings:
             "services. The service user needs one of them."
         ),
     )
+    keystone_timeout: float = field(
+        default=5.0,
+        metadata=_help(
+            "Seconds a request to Keystone (a token validation, this process's own token, a "
+            "trust) may take before the caller gets 503 \"the identity service cannot be "
+            "reached\"."
+        ),
+    )
     token_cache_seconds: float = field(
         default=300.0,
         metadata=_help(

@@ -38,7 +38,6 @@ CACHE_SIZE: Final = 10_000
 # What a token can be: visible ASCII (Keystone's fernet and JWS tokens are base64url text), as
 # HTTP headers and gRPC metadata carry it.
 TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]{1,8192}")
-KEYSTONE_TIMEOUT: Final = 5.0
 # A token obtained here is renewed when this share of its life (at most a minute) is left.
 RENEW_SHARE: Final = 0.25
 RENEW_AT_MOST: Final = 60.0
@@ -168,6 +167,7 @@ class KeystoneAuth:
         self.url = settings.keystone_url.rstrip("/")
         self.settings = settings
         self.cache_seconds = max(0.0, settings.token_cache_seconds)
+        self.timeout = settings.keystone_timeout
         self.service_roles = frozenset(
             r.strip() for r in settings.keystone_service_roles.split(",") if r.strip()
         )
@@ -193,7 +193,7 @@ class KeystoneAuth:
             raise KeystoneUnavailable("the Keystone client is closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=KEYSTONE_TIMEOUT),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"Accept": "application/json"},
             )
         return self._session

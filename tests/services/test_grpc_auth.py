@@ -359,6 +359,7 @@ async def test_gateway_calls_cost_the_services_no_keystone_round_trip(
         assert warm.status_code == 201, warm.text
         await asyncio.sleep(0.5)  # message_svc hands the post to notifier_svc in the background
         before = {name: c.validations for name, c in clients.items()}
+        tokens_before = {name: c._service_token for name, c in clients.items()}
         # When five requests come with five tokens the gateway has never seen
         for n in range(5):
             user_token = await fresh_token()
@@ -370,11 +371,14 @@ async def test_gateway_calls_cost_the_services_no_keystone_round_trip(
         await asyncio.sleep(0.5)
         # Then the gateway asked Keystone about each, the services about none
         after = {name: c.validations for name, c in clients.items()}
+        renewed = {name for name, c in clients.items() if c._service_token != tokens_before[name]}
     await up.close()
     assert after["gw"] - before["gw"] == 5
-    assert {name: after[name] - before[name] for name in ("queue", "message", "notifier")} == {
-        "queue": 0, "message": 0, "notifier": 0
-    }
+    # (Except that a process whose own token was renewed meanwhile, which a loaded machine
+    # can make happen by stretching the test past three quarters of a token's 20 s, shows
+    # its callees a new token, which each may validate once: never five times.)
+    extra = {name: after[name] - before[name] for name in ("queue", "message", "notifier")}
+    assert all(extra[name] <= len(renewed - {name}) for name in extra), (extra, renewed)
 
 
 # No-auth mode --------------------------------------------------------------------------------
