@@ -21,6 +21,7 @@ from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb
 
 from services.common.errors import ERROR_DOMAIN, RpcErrorInfo, decode_rpc_error
 from tests.e2e.harness import Stack
+from tests.receivers import Receiver
 from tests.servers import free_ports
 from tests.stacks import up_stack
 from tests.unit.test_deploy import envoy_binary, render_envoy_config
@@ -145,6 +146,33 @@ async def test_rest_creates_a_queue_posts_and_claims(envoy: Envoy, project: str)
         got = await messages_pb2_grpc.MessagesStub(channel).GetClaim(
             messages_pb2.GetClaimRequest(project=project, queue="orders", claim_id=claim["id"]))
     assert [m.id for m in got.messages] == [message_id]
+
+
+async def test_rest_topic_subscriptions_and_posts(
+    envoy: Envoy, project: str, receiver: Receiver
+) -> None:
+    base = f"/v2/projects/{project}/topics/alerts"
+    async with httpx.AsyncClient(base_url=envoy.url, timeout=10) as http:
+        # Given a topic and a webhook subscription made over REST through Envoy (the
+        # subscription's topic binding of zaqar.v2.Subscriptions)
+        created = await http.put(base, json={"metadata": b64({"team": "ops"})})
+        assert (created.status_code, created.json()) == (200, {"created": True})
+        subscribed = await http.post(f"{base}/subscriptions",
+                                     json={"subscriber": receiver.url()})
+        assert subscribed.status_code == 200, subscribed.text
+        listed = await http.get(f"{base}/subscriptions")
+        assert [s["source"] for s in listed.json()["subscriptions"]] == ["alerts"]
+        # When a message is posted to the topic
+        posted = await http.post(f"{base}/messages", json={
+            "client_id": str(uuid.uuid4()), "messages": [{"body": b64({"level": "high"})}]})
+        assert posted.status_code == 200, posted.text
+        (message_id,) = posted.json()["ids"]
+        # Then the webhook gets it, and the topic reads back with its metadata
+        (hit,) = await receiver.wait_for(1, within=30)
+        assert hit.json()["message_id"] == message_id
+        assert hit.json()["body"] == {"level": "high"}
+        topic = (await http.get(base)).json()
+        assert unb64(topic["metadata"])["team"] == "ops"
 
 
 MESSAGE_ID = uuid.uuid4().hex

@@ -114,3 +114,27 @@ def test_envoy_descriptor_set_holds_the_error_details() -> None:
     descriptors.ParseFromString((ENVOY / "zaqar.pb").read_bytes())
     names = {f.name for f in descriptors.file}
     assert {"google/rpc/status.proto", "google/rpc/error_details.proto"} <= names
+
+
+def test_envoy_routes_and_transcodes_every_public_service() -> None:
+    # Every service of the descriptor set with google.api.http annotations, but the admin
+    # ones of admin.proto, is routed to a cluster and transcoded
+    from google.api import annotations_pb2
+
+    descriptors = descriptor_pb2.FileDescriptorSet()
+    descriptors.ParseFromString((ENVOY / "zaqar.pb").read_bytes())
+    annotated = {
+        f"{f.package}.{s.name}"
+        for f in descriptors.file
+        if f.name.startswith("zaqar_grpc/") and f.name != "zaqar_grpc/v2/admin.proto"
+        for s in f.service
+        if any(m.options.HasExtension(annotations_pb2.http) for m in s.method)
+    }
+    assert "zaqar.v2.Topics" in annotated
+    config = yaml.safe_load((ENVOY / "envoy.yaml").read_text())
+    (listener,) = config["static_resources"]["listeners"]
+    (manager,) = listener["filter_chains"][0]["filters"]
+    (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
+    routed = {r["match"]["prefix"].strip("/") for r in host["routes"]}
+    assert annotated <= routed
+    assert annotated <= set(transcoder(config)["services"])
