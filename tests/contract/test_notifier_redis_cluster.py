@@ -98,6 +98,7 @@ async def _exercise(store: NotifierStore, clock: Clock) -> None:
     clock.advance(120)
     await store.collect_garbage()  # collect_garbage, collect_watches
     await store.create("p", "gone", HOOK, 60, {})
+    assert await store.purge_deliveries("p", "gone") == 0  # purge_deliveries
     assert await store.delete_queue("p", "gone") == 1  # delete_queue
     del third
 
