@@ -9,7 +9,8 @@ from typing import Any
 from services.message_svc.storage.base import StoredMessage
 
 # What a script returns for a message: id, seq, body, ttl, created, expires, visible_at,
-# client_id, claim id ('' = none), claim expiry, claim count (see scripts/lib.lua).
+# client_id, claim id ('' = none), claim expiry, claim count, group (None = none; see
+# scripts/lib.lua).
 Row = Sequence[Any]
 
 _ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "{": "%7B", "}": "%7D"})
@@ -74,4 +75,5 @@ def to_message(row: Row, now: float, claim_id: str | None = None) -> StoredMessa
         client_id=_text(row[7]),
         claim_id=claim_id,
         claim_count=int(row[10]),
+        group_id=None if len(row) < 12 or row[11] is None else _text(row[11]),
     )

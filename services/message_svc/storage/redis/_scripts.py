@@ -26,7 +26,7 @@ from services.common.redis_store import RedisClusterClient
 NAMES = (
     "post", "list", "get", "delete", "delete_many", "pop", "claim", "get_claim", "renew",
     "release", "stats", "delete_queue", "collect_garbage", "dead_letter_copy",
-    "dead_letter_done", "next_free", "post_once",
+    "dead_letter_done", "next_free", "post_once", "post_fifo",
 )
 # Scripts that change nothing, or nothing more when run again with the same arguments (list
 # only moves due messages to the free index): a cluster client may resend them after a timeout.

@@ -40,7 +40,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from services.common import redis_store
 from services.common.redis_store import RedisClusterClient
 from services.message_svc.storage.base import Capabilities
-from services.message_svc.storage.redis._codec import prefix_of_tag
+from services.message_svc.storage.redis._codec import prefix_of_tag, timestamp
 from services.message_svc.storage.redis._connection import edge, parse
 from services.message_svc.storage.redis.store import (
     GC_QUEUES_PER_TRIP,
@@ -112,7 +112,7 @@ class RedisClusterMessageStore(RedisMessageStore):
     async def _capabilities(
         self, client: redis.asyncio.Redis | RedisClusterClient
     ) -> Capabilities:
-        return Capabilities(durable=self.options.wait >= 1, shared=True)
+        return Capabilities(durable=self.options.wait >= 1, shared=True, fifo=True)
 
     # Dead-letter moves ----------------------------------------------------------------------
 
@@ -127,7 +127,7 @@ class RedisClusterMessageStore(RedisMessageStore):
 
     async def _resume_moves(self, prefix: str, stalled: Sequence[Any]) -> None:
         # Each: id, dead-letter queue tag, its ttl, its expires, the move's claim id, then the
-        # message's fields (s, b, t, c, e, v, i, k, x, n).
+        # message's fields (s, b, t, c, e, v, i, k, x, n, g).
         await self._finish_moves(prefix, [
             (_text(dlq), _text(ttl), _text(expires), _text(claim_id), [mid, *fields])
             for mid, dlq, ttl, expires, claim_id, *fields in stalled
@@ -141,15 +141,18 @@ class RedisClusterMessageStore(RedisMessageStore):
         :meth:`collect_garbage` resumes it."""
         by_queue: dict[str, list[Any]] = {}
         for dlq, ttl, expires, claim_id, row in moves:
-            # row: id, seq, body, ttl, created, expires, visible_at, client id, ...
+            # row: id, seq, body, ttl, created, expires, visible_at, client id, claim id,
+            # claim expiry, claim count, group (None = none); in seq order, so a group's
+            # messages keep their order in the dead-letter queue.
             by_queue.setdefault(dlq, []).extend((
                 row[0], claim_id, row[2], ttl or row[3], row[4], expires or row[5], row[6],
-                row[7], row[5],
+                row[7], row[5], row[11] if len(row) > 11 and row[11] is not None else "",
             ))
+        now = timestamp(self._now())
         copies = await asyncio.gather(*(
             self._run("dead_letter_copy",
                       (prefix_of_tag(self.options.prefix, dlq), self._registry_of(dlq)),
-                      (dlq, *values))
+                      (dlq, now, *values))
             for dlq, values in by_queue.items()
         ), return_exceptions=True)
         copied: list[Any] = []
@@ -157,12 +160,12 @@ class RedisClusterMessageStore(RedisMessageStore):
             if isinstance(outcome, Exception):
                 log.warning(
                     "dead-letter move of %d messages to %s not finished, to be resumed: %s",
-                    len(values) // 9, dlq, outcome,
+                    len(values) // 10, dlq, outcome,
                 )
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
-                copied += values[::9]
+                copied += values[::10]
                 if int(outcome[1]):
                     await self._registry_started(dlq)
         if copied:

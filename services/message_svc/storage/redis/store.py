@@ -7,6 +7,12 @@ to a dead-letter queue are the only places a script reaches beyond one queue. On
 Cluster neither may (``cluster.py``): there the registry is kept per slot and a dead-letter
 move takes three steps.
 
+FIFO queues (``post_fifo``) keep a message with a group out of the free index, in its group's
+sorted set, and the groups in two sorted sets (ready to serve, scored by their heads' seqs;
+waiting, scored by when they may serve again); ``claim.lua`` and ``pop.lua`` merge free with
+the ready groups whenever the queue has groups, so ``claim_fifo`` and ``pop_fifo`` are
+``claim`` and ``pop`` (``scripts/lib.lua`` has the layout and the costs).
+
 Times are the store clock's floats, passed to scripts as exact decimal text; Redis's own
 expiry is not used, so that expiry follows the store's clock and expired items stay countable
 for :meth:`collect_garbage`. Scripts are loaded at open and called with EVALSHA; concurrent
@@ -34,6 +40,7 @@ from services.message_svc.storage.base import (
     ClaimResult,
     DeadLetterPolicy,
     DeleteOutcome,
+    FifoPosted,
     NewMessage,
     QueueStats,
     StaleQueue,
@@ -80,7 +87,7 @@ class RedisMessageStore(base.MessageStore):
     (checked at open, reported in :attr:`capabilities`); shared by any number of replicas.
     """
 
-    capabilities = Capabilities(durable=False, shared=True)
+    capabilities = Capabilities(durable=False, shared=True, fifo=True)
     # Whether a claim stages its dead letters (in its own slot) instead of moving them.
     stages_dead_letters = False
 
@@ -136,7 +143,7 @@ class RedisMessageStore(base.MessageStore):
         self, client: redis.asyncio.Redis | RedisClusterClient
     ) -> Capabilities:
         assert isinstance(client, redis.asyncio.Redis)
-        return Capabilities(durable=await _fsyncs_always(client), shared=True)
+        return Capabilities(durable=await _fsyncs_always(client), shared=True, fifo=True)
 
     def _redis(self) -> redis.asyncio.Redis | RedisClusterClient:
         if self._client is None:
@@ -228,6 +235,41 @@ class RedisMessageStore(base.MessageStore):
         if isinstance(reply, list) and reply[0] == b"first":
             await self._registry_started(tag)
         return new_id, True
+
+    @edge("store the messages")
+    async def post_fifo(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        dedup_window: int,
+        version: int | None = None,
+    ) -> FifoPosted:
+        tag, prefix = self._queue(project, queue)
+        ids = tuple(_new_id() for _ in messages)
+        now = self._now()
+        if not ids and version is None:
+            return FifoPosted(ids=(), stored=())
+        args: list[Any] = [
+            tag, client_id, timestamp(now), expected_version(version),
+            timestamp(now + dedup_window),
+        ]
+        for mid, m in zip(ids, messages, strict=True):
+            args += [mid, m.body, m.ttl, timestamp(now + m.ttl), timestamp(now + m.delay),
+                     m.group_id or "", m.dedup_id or ""]
+        reply = await self._run("post_fifo", (prefix, self._registry_of(tag)), args)
+        current = stale_version(reply)
+        if current is not None:
+            raise StaleQueue(current)
+        first, answered, stored = reply
+        if first == b"first":
+            await self._registry_started(tag)
+        return FifoPosted(
+            ids=tuple(mid.decode() for mid in answered),
+            stored=tuple(int(flag) == 1 for flag in stored),
+        )
 
     @edge("list the messages")
     async def list_messages(
@@ -378,6 +420,26 @@ class RedisMessageStore(base.MessageStore):
         )
         return ClaimResult(claim=claim, dead_lettered=dead_lettered)
 
+    async def claim_fifo(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        ttl: int,
+        grace: int,
+        dead_letter: DeadLetterPolicy | None = None,
+        version: int | None = None,
+    ) -> ClaimResult:
+        # One script serves both: claim.lua takes messages with a group by the group rules.
+        return await self.claim(
+            project, queue, limit=limit, ttl=ttl, grace=grace, dead_letter=dead_letter,
+            version=version,
+        )
+
+    async def pop_fifo(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        return await self.pop(project, queue, limit)
+
     @edge("read the claim")
     async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
         _, prefix = self._queue(project, queue)
@@ -407,7 +469,7 @@ class RedisMessageStore(base.MessageStore):
     @edge("release the claim")
     async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
         _, prefix = self._queue(project, queue)
-        await self._run("release", (prefix,), (claim_id,))
+        await self._run("release", (prefix,), (claim_id, timestamp(self._now())))
 
     async def _dead_lettered(
         self, prefix: str, dead: DeadLetters, move: tuple[str, str, str, str]

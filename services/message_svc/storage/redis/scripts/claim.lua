@@ -1,4 +1,6 @@
 -- Claim up to limit of the oldest claimable messages; dead-letter those claimed too often.
+-- Messages with a group are taken by the group rules (take_groups in lib.lua), whether the
+-- caller asked for a claim of a FIFO queue or not.
 -- KEYS: queue prefix, dead-letter queue prefix (the queue's own when no policy), registry.
 -- ARGV: now, limit, claim id, ttl, grace, claim expires, message ttl (ttl + grace), message
 --       expires (claim expires + grace), max claim count ('' = no policy), dead-letter queue
@@ -36,6 +38,10 @@ local function stage_dead_letter(row)
   for _, index in ipairs(INDEXES) do
     redis.call('ZREM', base .. index, id)
   end
+  if row[GROUP] then
+    redis.call('ZREM', base .. 'g:' .. row[GROUP], id)
+    redis.call('ZREM', base .. 'gheld', id)
+  end
   local staged = base .. 'd:' .. id
   redis.call('RENAME', base .. 'm:' .. id, staged)
   redis.call('HSET', staged, 'q', dlq_tag, 'T', dlq_ttl, 'E', dlq_exp, 'w', cid)
@@ -44,8 +50,8 @@ local function stage_dead_letter(row)
 end
 
 local function dead_letter(row)
-  local id = row[ID]
-  remove_message(base, id)
+  local id, group = row[ID], row[GROUP]
+  remove_message(base, id, group)
   local seq = string.format('%d', redis.call('INCR', dlq .. 'seq'))
   local ttl, expires = row[TTL], row[EXPIRES]
   if dlq_ttl ~= '' then
@@ -54,14 +60,20 @@ local function dead_letter(row)
   redis.call('HSET', dlq .. 'm:' .. id, 's', seq, 'b', row[BODY], 't', ttl, 'c', row[CREATED],
     'e', expires, 'v', row[VISIBLE], 'i', row[CLIENT], 'k', '', 'x', '0', 'n', '0')
   redis.call('ZADD', dlq .. 'all', seq, id)
-  redis.call('ZADD', dlq .. 'free', seq, id)
   redis.call('ZADD', dlq .. 'exp', expires, id)
+  if group then
+    -- Keeps its group there, behind the group's messages already moved (in seq order).
+    redis.call('HSET', dlq .. 'm:' .. id, 'g', group)
+    redis.call('ZADD', dlq .. 'g:' .. group, seq, id)
+    settle_group(dlq, group, now)
+  else
+    redis.call('ZADD', dlq .. 'free', seq, id)
+  end
   redis.call('SADD', registry, dlq_tag)
   dead[#dead + 1] = id
 end
 
-normalize(base, now)
-take_free(base, now, limit, function(row)
+take(base, now, limit, function(row)
   if max_count and tonumber(row[COUNT]) >= max_count then
     if stage then
       stage_dead_letter(row)
@@ -80,7 +92,7 @@ take_free(base, now, limit, function(row)
   else
     redis.call('HSET', key, 'k', cid, 'x', claim_exp)
   end
-  redis.call('ZADD', base .. 'held', claim_exp, row[ID])
+  redis.call('ZADD', base .. (row[GROUP] and 'gheld' or 'held'), claim_exp, row[ID])
   claimed[#claimed + 1] = row
   return true
 end)

@@ -1,5 +1,5 @@
--- Remove up to batch expired messages and up to batch expired claims of one queue; forget
--- the queue in the registry once it holds nothing. On a Redis Cluster, also hand back up to
+-- Remove up to batch expired messages, up to batch expired claims and up to batch expired
+-- deduplication ids of one queue; forget the queue in the registry once it holds nothing. On a Redis Cluster, also hand back up to
 -- batch dead-letter moves that stalled (started before the given time and not finished, say
 -- because the process making them died), each leased again from now, for the caller to
 -- finish; moves of messages that expired meanwhile are dropped.
@@ -11,8 +11,22 @@ local base, registry = KEYS[1], KEYS[2]
 local now, batch = ARGV[1], tonumber(ARGV[2])
 local now_n = tonumber(now)
 local ids = redis.call('ZRANGEBYSCORE', base .. 'exp', '-inf', now, 'LIMIT', 0, batch)
+local groups, seen = {}, {}
 for _, id in ipairs(ids) do
-  remove_message(base, id)
+  local group = redis.call('HGET', base .. 'm:' .. id, 'g')
+  remove_message(base, id, group)
+  if group and not seen[group] then
+    seen[group] = true
+    groups[#groups + 1] = group
+  end
+end
+for _, group in ipairs(groups) do
+  settle_group(base, group, now)
+end
+local dedups = redis.call('ZRANGEBYSCORE', base .. 'ddx', '-inf', now, 'LIMIT', 0, batch)
+if #dedups > 0 then
+  redis.call('HDEL', base .. 'dd', unpack(dedups))
+  redis.call('ZREM', base .. 'ddx', unpack(dedups))
 end
 local cids = redis.call('ZRANGEBYSCORE', base .. 'claims', '-inf', now, 'LIMIT', 0, batch)
 for _, cid in ipairs(cids) do
@@ -34,8 +48,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', base .. 'moving', '-inf', ARGV[4
   end
 end
 redis.call('ZREMRANGEBYSCORE', base .. 'in', '-inf', now)
-if redis.call('EXISTS', base .. 'all', base .. 'claims', base .. 'moving', base .. 'in') == 0 then
-  redis.call('UNLINK', base .. 'free', base .. 'delayed', base .. 'held')
+if redis.call('EXISTS', base .. 'all', base .. 'claims', base .. 'moving', base .. 'in',
+    base .. 'ddx') == 0 then
+  redis.call('UNLINK', base .. 'free', base .. 'delayed', base .. 'held', base .. 'ready',
+    base .. 'gwait', base .. 'gheld', base .. 'dd')
   redis.call('SREM', registry, ARGV[3])
 end
-return {#ids + #cids, stalled}
+return {#ids + #cids + #dedups, stalled}

@@ -2,7 +2,7 @@
 -- KEYS: queue prefix. ARGV: now, message id, claim id ('' = none given).
 local base = KEYS[1]
 local now_n, id, cid = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local found = redis.call('HMGET', base .. 'm:' .. id, 'e', 'k', 'x')
+local found = redis.call('HMGET', base .. 'm:' .. id, 'e', 'k', 'x', 'g')
 if not found[1] or tonumber(found[1]) <= now_n then
   return 'absent'
 end
@@ -19,5 +19,8 @@ elseif not holder then
 elseif holder ~= cid then
   return 'claimed_by_other'
 end
-remove_message(base, id)
+remove_message(base, id, found[4])
+if found[4] then
+  settle_group(base, found[4], ARGV[1])
+end
 return 'deleted'

@@ -8,13 +8,21 @@ for i = 3, 2 + math.max(ncids, 0) do
   allowed[ARGV[i]] = true
 end
 local deleted = 0
+local groups, seen = {}, {}
 for i = 3 + math.max(ncids, 0), #ARGV do
   local id = ARGV[i]
-  local found = redis.call('HMGET', base .. 'm:' .. id, 'e', 'k', 'x')
+  local found = redis.call('HMGET', base .. 'm:' .. id, 'e', 'k', 'x', 'g')
   if found[1] and tonumber(found[1]) > now_n
       and (ncids < 0 or tonumber(found[3]) <= now_n or allowed[found[2]]) then
-    remove_message(base, id)
+    remove_message(base, id, found[4])
     deleted = deleted + 1
+    if found[4] and not seen[found[4]] then
+      seen[found[4]] = true
+      groups[#groups + 1] = found[4]
+    end
   end
+end
+for _, group in ipairs(groups) do
+  settle_group(base, group, ARGV[1])
 end
 return deleted

@@ -10,7 +10,14 @@ end
 for _, id in ipairs(redis.call('ZRANGE', base .. 'moving', 0, -1)) do
   redis.call('UNLINK', base .. 'd:' .. id)
 end
-for _, index in ipairs({'all', 'free', 'delayed', 'held', 'exp', 'claims', 'moving', 'in'}) do
+-- Every group with messages is in ready or gwait.
+for _, index in ipairs({'ready', 'gwait'}) do
+  for _, group in ipairs(redis.call('ZRANGE', base .. index, 0, -1)) do
+    redis.call('UNLINK', base .. 'g:' .. group)
+  end
+end
+for _, index in ipairs({'all', 'free', 'delayed', 'held', 'exp', 'claims', 'moving', 'in',
+    'ready', 'gwait', 'gheld', 'dd', 'ddx'}) do
   redis.call('UNLINK', base .. index)
 end
 redis.call('SREM', registry, ARGV[1])

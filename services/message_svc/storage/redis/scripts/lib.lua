@@ -22,19 +22,33 @@
 --                    and w (the move: the id of the claim that started it)
 --   in       zset    moves received here, as "<move> <id>", score until when a repeated
 --                    copy may come (the source message's expiry): each move copies once
+-- and, for message groups (FIFO queues, docs/architecture.md): a message with a group is in
+-- all, exp and its group's zset, never in free, delayed or held:
+--   g:<group> zset   the group's message ids, score seq (taken and delayed ones included;
+--                    expired ones until a claim or the garbage collection meets them)
+--   ready    zset    groups whose head (first unexpired message) may be claimable now, score
+--                    the head's seq (a claim merges it with free by seq)
+--   gwait    zset    the other groups with messages, score when they may become claimable:
+--                    the expiry of the claim holding the head, or when the delayed head shows
+--   gheld    zset    ids of messages with a group taken by a claim, score claim expiry
+--   dd       hash    deduplication ids accepted by post_fifo: dedup id -> "<id> <until>"
+--   ddx      zset    the same dedup ids, score until (for garbage collection)
+-- A group that has messages is in ready or in gwait (settle_group puts it in the right one
+-- after every change of its head); an entry may be stale, say a ready group whose head was
+-- taken meanwhile, and the claim that meets it puts it right.
 --
 -- Message fields: s seq, b body, t ttl, c created, e expires, v visible_at, i client_id,
--- k claim id ('' = none), x claim expiry (0 = none), n claim count.
+-- k claim id ('' = none), x claim expiry (0 = none), n claim count, g group (absent = none).
 -- Times come from the caller as exact decimal strings and are stored and compared as given:
 -- a script never formats a float (Lua would round it to 14 digits).
 
-local MESSAGE_FIELDS = {'s', 'b', 't', 'c', 'e', 'v', 'i', 'k', 'x', 'n'}
--- Positions in a message row (the id first, then MESSAGE_FIELDS).
-local ID, SEQ, BODY, TTL, CREATED, EXPIRES, VISIBLE, CLIENT, CLAIM, CLAIM_EXP, COUNT =
-  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+local MESSAGE_FIELDS = {'s', 'b', 't', 'c', 'e', 'v', 'i', 'k', 'x', 'n', 'g'}
+-- Positions in a message row (the id first, then MESSAGE_FIELDS); GROUP is false when none.
+local ID, SEQ, BODY, TTL, CREATED, EXPIRES, VISIBLE, CLIENT, CLAIM, CLAIM_EXP, COUNT, GROUP =
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
 local INDEXES = {'all', 'free', 'delayed', 'held', 'exp'}
 
--- A message as {id, s, b, t, c, e, v, i, k, x, n}, or nil when there is none with that id.
+-- A message as {id, s, b, t, c, e, v, i, k, x, n, g}, or nil when there is none with that id.
 local function read_message(base, id)
   local row = redis.call('HMGET', base .. 'm:' .. id, unpack(MESSAGE_FIELDS))
   if not row[1] then
@@ -44,8 +58,15 @@ local function read_message(base, id)
   return row
 end
 
-local function remove_message(base, id)
+-- group: the message's group (false or nil = none); the caller settles the group after.
+local function remove_message(base, id, group)
   redis.call('DEL', base .. 'm:' .. id)
+  if group then
+    for _, index in ipairs({'all', 'exp', 'gheld', 'g:' .. group}) do
+      redis.call('ZREM', base .. index, id)
+    end
+    return
+  end
   for _, index in ipairs(INDEXES) do
     redis.call('ZREM', base .. index, id)
   end
@@ -121,4 +142,143 @@ local function take_free(base, now, limit, on_message)
     end
   end
   return taken
+end
+
+-- Message groups ----------------------------------------------------------------------------
+
+-- Puts a group where its head says: in ready (scored by the head's seq) when the head may be
+-- claimed now, in gwait (scored by when that may change) when the head is held by a live
+-- claim or delayed, in neither when the group has no unexpired message. Expired messages met
+-- at the head leave the group's zset (the garbage collection removes the messages).
+local function settle_group(base, group, now)
+  local now_n = tonumber(now)
+  local gkey = base .. 'g:' .. group
+  while true do
+    local head = redis.call('ZRANGE', gkey, 0, 0)[1]
+    if not head then
+      redis.call('ZREM', base .. 'ready', group)
+      redis.call('ZREM', base .. 'gwait', group)
+      return
+    end
+    local f = redis.call('HMGET', base .. 'm:' .. head, 's', 'e', 'v', 'x')
+    if f[1] and tonumber(f[2]) > now_n then
+      local at = nil
+      if tonumber(f[4]) > now_n then
+        at = f[4]
+      elseif tonumber(f[3]) > now_n then
+        at = f[3]
+        if tonumber(f[2]) < tonumber(at) then
+          at = f[2] -- it expires before it shows: the next message is the head then
+        end
+      end
+      if at then
+        redis.call('ZREM', base .. 'ready', group)
+        redis.call('ZADD', base .. 'gwait', at, group)
+      else
+        redis.call('ZREM', base .. 'gwait', group)
+        redis.call('ZADD', base .. 'ready', f[1], group)
+      end
+      return
+    end
+    redis.call('ZREM', gkey, head)
+  end
+end
+
+-- Settles the groups whose time in gwait has come (a claim expired, a delay passed).
+local function wake_groups(base, now)
+  for _, group in ipairs(redis.call('ZRANGEBYSCORE', base .. 'gwait', '-inf', now)) do
+    settle_group(base, group, now)
+  end
+end
+
+-- take_free for a queue with message groups: merges free (messages without a group) with the
+-- heads of the ready groups, by seq. Of a group only its head may be taken, then the message
+-- after it, and so on while they are claimable: one call may take several messages of a
+-- group, in order. on_message(row) claims, moves or pops the message (it may remove it) and
+-- returns true when it counts toward limit. The groups met are settled at the end (a group a
+-- claim took from is then held, in gwait until the claim expires). Each step takes, moves or
+-- drops something, or corrects a stale entry once, so the cost follows what is taken, never
+-- the number of messages waiting behind a group's head.
+local function take_groups(base, now, limit, on_message)
+  local now_n = tonumber(now)
+  local free, ready = base .. 'free', base .. 'ready'
+  local taken = 0
+  local after = {} -- group -> seq of the last message of it this call took or moved
+  local met, met_list = {}, {}
+  local function meet(group)
+    if not met[group] then
+      met[group] = true
+      met_list[#met_list + 1] = group
+    end
+  end
+  while taken < limit do
+    local f = redis.call('ZRANGE', free, 0, 0, 'WITHSCORES')
+    local r = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+    if not f[1] and not r[1] then
+      break
+    end
+    if not r[1] or (f[1] and tonumber(f[2]) < tonumber(r[2])) then
+      local id = f[1]
+      redis.call('ZREM', free, id)
+      local row = read_message(base, id)
+      if row and tonumber(row[EXPIRES]) > now_n and on_message(row) then
+        taken = taken + 1
+      end
+    else
+      local group, score = r[1], tonumber(r[2])
+      local gkey = base .. 'g:' .. group
+      local ids
+      if after[group] then
+        ids = redis.call('ZRANGEBYSCORE', gkey, '(' .. after[group], '+inf', 'LIMIT', 0, 1)
+      else
+        ids = redis.call('ZRANGE', gkey, 0, 0)
+      end
+      local id = ids[1]
+      local row = id and read_message(base, id)
+      if not id then
+        redis.call('ZREM', ready, group)
+        meet(group)
+      elseif not row or tonumber(row[EXPIRES]) <= now_n then
+        redis.call('ZREM', gkey, id) -- expired: the next one comes in its place
+      elseif tonumber(row[SEQ]) ~= score then
+        redis.call('ZADD', ready, row[SEQ], group) -- a stale rank: merge it where it belongs
+      elseif tonumber(row[CLAIM_EXP]) > now_n or tonumber(row[VISIBLE]) > now_n then
+        redis.call('ZREM', ready, group) -- held or delayed: the group gives nothing more
+        meet(group)
+      else
+        after[group] = row[SEQ]
+        meet(group)
+        if on_message(row) then
+          taken = taken + 1
+        end
+        local nxt = redis.call('ZRANGEBYSCORE', gkey, '(' .. row[SEQ], '+inf', 'WITHSCORES',
+                               'LIMIT', 0, 1)
+        if nxt[1] then
+          redis.call('ZADD', ready, nxt[2], group)
+        else
+          redis.call('ZREM', ready, group)
+        end
+      end
+    end
+  end
+  for _, group in ipairs(met_list) do
+    settle_group(base, group, now)
+  end
+  return taken
+end
+
+-- Whether the queue has message groups (then its free zset does not hold every free message).
+local function has_groups(base)
+  return redis.call('EXISTS', base .. 'ready', base .. 'gwait') > 0
+end
+
+-- What claims and pops take from: free alone while the queue has no message groups (one
+-- EXISTS more than before groups), else free merged with the groups (take_groups).
+local function take(base, now, limit, on_message)
+  normalize(base, now)
+  if not has_groups(base) then
+    return take_free(base, now, limit, on_message)
+  end
+  wake_groups(base, now)
+  return take_groups(base, now, limit, on_message)
 end

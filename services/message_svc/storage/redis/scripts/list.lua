@@ -7,9 +7,10 @@ local now, limit, after = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local with_claimed, with_delayed, hidden = ARGV[4] == '1', ARGV[5] == '1', ARGV[6]
 local now_n = tonumber(now)
 
--- The plain listing reads free, which normalize() makes exact; the others read every message.
+-- The plain listing reads free, which normalize() makes exact; the others, and every listing
+-- of a queue with message groups (whose messages are never in free), read every message.
 local source = base .. 'all'
-if not with_claimed and not with_delayed then
+if not with_claimed and not with_delayed and not has_groups(base) then
   normalize(base, now)
   source = base .. 'free'
 end

@@ -1,19 +1,30 @@
 -- End a claim: the messages it still holds become claimable at once. Idempotent.
--- KEYS: queue prefix. ARGV: claim id.
+-- KEYS: queue prefix. ARGV: claim id, now.
 local base, cid = KEYS[1], ARGV[1]
 local key = base .. 'c:' .. cid
 local ids = redis.call('HGET', key, 'm')
+local groups, seen = {}, {}
 if ids then
   for id in string.gmatch(ids, '%S+') do
     local mkey = base .. 'm:' .. id
-    if redis.call('HGET', mkey, 'k') == cid then
+    local found = redis.call('HMGET', mkey, 'k', 's', 'g')
+    if found[1] == cid then
       redis.call('HSET', mkey, 'k', '', 'x', '0')
-      if redis.call('ZREM', base .. 'held', id) == 1 then
-        redis.call('ZADD', base .. 'free', redis.call('HGET', mkey, 's'), id)
+      if found[3] then
+        redis.call('ZREM', base .. 'gheld', id)
+        if not seen[found[3]] then
+          seen[found[3]] = true
+          groups[#groups + 1] = found[3]
+        end
+      elseif redis.call('ZREM', base .. 'held', id) == 1 then
+        redis.call('ZADD', base .. 'free', found[2], id)
       end
     end
   end
   redis.call('DEL', key)
 end
 redis.call('ZREM', base .. 'claims', cid)
+for _, group in ipairs(groups) do
+  settle_group(base, group, ARGV[2])
+end
 return 0

@@ -18,7 +18,13 @@ for id in string.gmatch(claim[2], '%S+') do
       and tonumber(row[EXPIRES]) > now_n then
     local mkey = base .. 'm:' .. id
     redis.call('HSET', mkey, 'x', claim_exp)
-    redis.call('ZADD', base .. 'held', claim_exp, id)
+    if row[GROUP] then
+      -- The claim holds the group's head: the group waits for the renewed claim.
+      redis.call('ZADD', base .. 'gheld', claim_exp, id)
+      redis.call('ZADD', base .. 'gwait', 'XX', claim_exp, row[GROUP])
+    else
+      redis.call('ZADD', base .. 'held', claim_exp, id)
+    end
     if tonumber(row[EXPIRES]) < msg_exp_n then
       redis.call('HSET', mkey, 't', msg_ttl, 'e', msg_exp)
       redis.call('ZADD', base .. 'exp', msg_exp, id)

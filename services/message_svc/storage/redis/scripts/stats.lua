@@ -6,6 +6,7 @@ local total = redis.call('ZCOUNT', base .. 'exp', '(' .. now, '+inf')
 -- A live claim's messages outlive it (claims extend them), so every held id with a live
 -- claim is an unexpired message.
 local claimed = redis.call('ZCOUNT', base .. 'held', '(' .. now, '+inf')
+  + redis.call('ZCOUNT', base .. 'gheld', '(' .. now, '+inf')
 
 local function first_live(command)
   local start = 0
