@@ -15,8 +15,8 @@ from services.message_svc.storage.mongodb._documents import counter_id, readable
 
 
 class Collections:
-    """``messages``, ``claims``, ``message_counters`` and ``queue_versions`` (schema in
-    ``_documents.py``).
+    """``messages``, ``claims``, ``message_counters``, ``queue_versions``, and for FIFO queues
+    ``message_groups`` and ``dedup_ids`` (schema in ``_documents.py``).
 
     All four read from the primary, whatever the URI's ``readPreference``: claims, deletes by
     claim, version checks and listings (whose seq bound and messages must come from one
@@ -30,6 +30,8 @@ class Collections:
         self.claims: AsyncCollection[Document] = database["claims"]
         self.counters: AsyncCollection[Document] = database["message_counters"]
         self.versions: AsyncCollection[Document] = database["queue_versions"]
+        self.groups: AsyncCollection[Document] = database["message_groups"]
+        self.dedup: AsyncCollection[Document] = database["dedup_ids"]
         relaxed = options.database_on(client, primary=False)
         self.messages_relaxed: AsyncCollection[Document] = relaxed["messages"]
 
@@ -41,9 +43,27 @@ class Collections:
         await m.create_index([("k", ASCENDING)], name="claim")
         await m.create_index([("e", ASCENDING)], name="expiry")
         await m.create_index([("ea", ASCENDING)], expireAfterSeconds=0, name="expiry_ttl")
+        # A group's messages by seq; with g null, the messages without a group by seq (what
+        # a FIFO claim takes besides the groups' heads, never walking a group's backlog).
+        await m.create_index(
+            [("p", ASCENDING), ("q", ASCENDING), ("g", ASCENDING), ("s", ASCENDING)],
+            name="queue_group_seq",
+        )
+        # Messages posted with a dedup id: one per dedup id and generation in a queue.
+        await m.create_index(
+            [("p", ASCENDING), ("q", ASCENDING), ("d", ASCENDING), ("dg", ASCENDING)],
+            unique=True, partialFilterExpression={"d": {"$type": "string"}}, name="queue_dedup",
+        )
         await c.create_index([("p", ASCENDING), ("q", ASCENDING)], name="queue")
         await c.create_index([("e", ASCENDING)], name="expiry")
         await c.create_index([("ea", ASCENDING)], expireAfterSeconds=0, name="expiry_ttl")
+        g, d = self.groups, self.dedup
+        await g.create_index([("p", ASCENDING), ("q", ASCENDING), ("r", ASCENDING)],
+                             name="queue_ready")
+        await g.create_index([("p", ASCENDING), ("q", ASCENDING), ("w", ASCENDING)],
+                             name="queue_wake")
+        await d.create_index([("e", ASCENDING)], name="expiry")
+        await d.create_index([("ea", ASCENDING)], expireAfterSeconds=0, name="expiry_ttl")
 
     async def reserve(self, project: str, queue: str, count: int, now: float) -> tuple[int, str]:
         """(first seq, token) of ``count`` new consecutive seqs of the queue, marked pending.

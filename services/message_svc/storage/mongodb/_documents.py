@@ -5,12 +5,22 @@ Collections and document schema::
     messages          {_id: message id, p: project, q: queue, s: seq (unique per queue),
                        b: body (binary), t: ttl, c: created, e: expires, ea: expires as a date
                        (TTL index), v: visible_at, i: client id,
-                       k: claim id or null, x: claim expiry (0 = never held), n: claim count}
+                       k: claim id or null, x: claim expiry (0 = never held), n: claim count,
+                       g: message group (FIFO queues; absent = none),
+                       d, dg: dedup id and its generation (FIFO queues; absent = none)}
     claims            {_id: claim id, p, q, t: ttl, g: grace, c: created, e: expires, ea}
     message_counters  {_id: {p, q}, n: last seq given out,
                        pending: [{f: first seq, l: last seq, at: time, t: token}]}
     queue_versions    {_id: {p, q}, v: the queue's version (no document = 0); never removed
                        with the queue's messages, so a version never goes back}
+    message_groups    {_id: {p, q, g}, p, q, g, ver: raised by every write (compare-and-set),
+                       r: seq of the group's head when it may be claimed now, else null,
+                       w: when to look at the group again (its head's claim expires or its
+                       delay ends, or a claim's lock on it lapses), else null,
+                       k: claim holding the head or null, u: that claim's expiry or 0}
+                      one per group with messages (see ``groups.py``)
+    dedup_ids         {_id: {p, q, d}, m: id of the message first accepted with dedup id d,
+                       gen: how many times d was accepted, e: until when it is remembered, ea}
 
 Times are the store clock's Unix seconds (doubles). ``ea`` lets MongoDB's TTL monitor delete
 what expired even when no sweeper runs; queries never rely on it, since the monitor runs
@@ -109,4 +119,5 @@ def to_message(doc: Document, now: float, claim_id: str | None = None) -> Stored
         client_id=doc["i"],
         claim_id=claim_id,
         claim_count=int(doc["n"]),
+        group_id=doc.get("g"),
     )

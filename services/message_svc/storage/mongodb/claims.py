@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pymongo import ASCENDING, ReturnDocument
 
 from services.message_svc.storage.base import DeadLetterPolicy
+from services.message_svc.storage.mongodb import groups
 from services.message_svc.storage.mongodb._collections import Collections
 from services.message_svc.storage.mongodb._connection import Document
 from services.message_svc.storage.mongodb._documents import as_date, claimable, hold
@@ -111,7 +112,7 @@ async def claim(
 
     async def move(worn: list[Document]) -> None:
         assert dead_letter is not None
-        dead.extend(await _dead_letter(db, project, queue, worn, dead_letter, now))
+        dead.extend(await move_to_dead_letter(db, project, queue, worn, dead_letter, now))
 
     held = await _take(
         db, project, queue, now, limit, take_one,
@@ -125,7 +126,7 @@ async def claim(
     return held, tuple(dead)
 
 
-async def _dead_letter(
+async def move_to_dead_letter(
     db: Collections,
     project: str,
     queue: str,
@@ -133,21 +134,29 @@ async def _dead_letter(
     policy: DeadLetterPolicy,
     now: float,
 ) -> list[str]:
-    """Moves the worn messages that are still claimable to the end of the dead-letter queue."""
+    """Moves the worn messages that are still claimable to the end of the dead-letter queue,
+    in the order given; a message keeps its group there, behind the group's messages moved
+    before it (the groups are noted before the seqs are settled, see ``groups.py``)."""
     first, token = await db.reserve(project, policy.queue, len(worn), now)
     moved: list[str] = []
+    arrivals: dict[str, groups.Arrival] = {}
     try:
         for seq, doc in enumerate(worn, start=first):
             fields: Document = {"q": policy.queue, "s": seq, "k": None, "x": 0.0, "n": 0}
             if policy.ttl is not None:
                 fields.update(t=policy.ttl, e=now + policy.ttl, ea=as_date(now + policy.ttl))
-            result = await db.messages.update_one(
+            done = await db.messages.find_one_and_update(
                 {"_id": doc["_id"], **claimable(project, queue, now),
                  "n": {"$gte": policy.max_claim_count}},
-                {"$set": fields},
+                {"$set": fields, "$unset": {"d": "", "dg": ""}},
+                projection={"g": 1, "v": 1, "e": 1},
             )
-            if result.modified_count:
+            if done is not None:
                 moved.append(doc["_id"])
+                if done.get("g") is not None and done["g"] not in arrivals:
+                    arrivals[done["g"]] = groups.Arrival(seq, done["v"], done["e"])
+        if arrivals:
+            await groups.note(db, project, policy.queue, arrivals, now)
     finally:
         await db.settle(project, policy.queue, token)
     return moved

@@ -12,6 +12,10 @@ that spans messages is built from single-document conditions:
 * A queue's version is one document (``queue_versions``), raised with ``$inc``. A post or
   claim given a version reads it first (one more ``find_one`` round trip) and goes ahead only
   when it matches; see ``Collections.check_version``.
+* FIFO queues: deduplication ids and message groups in documents of their own, a group taken
+  by a claim with one ``find_one_and_update`` and its messages then one by one as above
+  (``fifo.py``, ``groups.py``). A delete, bulk delete or release of messages with a group
+  settles their groups afterwards, so a group freed by its consumer is ready at once.
 
 Writes are acknowledged by a majority of the replica set, journaled (``w=majority, j=true``
 unless the URI says otherwise). Every read that a write or a claim depends on goes to the
@@ -41,11 +45,12 @@ from services.message_svc.storage.base import (
     ClaimResult,
     DeadLetterPolicy,
     DeleteOutcome,
+    FifoPosted,
     NewMessage,
     QueueStats,
     StoredMessage,
 )
-from services.message_svc.storage.mongodb import claims, once
+from services.message_svc.storage.mongodb import claims, fifo, groups, once
 from services.message_svc.storage.mongodb._collections import Collections
 from services.message_svc.storage.mongodb._connection import (
     Document,
@@ -70,7 +75,7 @@ def _new_id() -> str:
 class MongoMessageStore(base.MessageStore):
     """:class:`services.message_svc.storage.base.MessageStore` on MongoDB."""
 
-    capabilities = Capabilities(durable=True, shared=True)
+    capabilities = Capabilities(durable=True, shared=True, fifo=True)
 
     def __init__(self, options: MongoOptions, now: Callable[[], float] = time.time) -> None:
         self.options = options
@@ -169,6 +174,21 @@ class MongoMessageStore(base.MessageStore):
         await db.settle(project, queue, token)
         return ids
 
+    @edge("store the messages")
+    async def post_fifo(
+        self,
+        project: str,
+        queue: str,
+        client_id: str,
+        messages: Sequence[NewMessage],
+        *,
+        dedup_window: int,
+        version: int | None = None,
+    ) -> FifoPosted:
+        return await fifo.post_fifo(
+            self._db(), project, queue, client_id, messages, self._now(), dedup_window, version
+        )
+
     @edge("store the message")
     async def post_once(
         self,
@@ -249,7 +269,10 @@ class MongoMessageStore(base.MessageStore):
         )
         outcome = DeleteOutcome.ABSENT
         for _ in range(DELETE_ATTEMPTS):
-            if (await messages.delete_one({**found, **rule})).deleted_count:
+            deleted = await messages.find_one_and_delete({**found, **rule}, projection={"g": 1})
+            if deleted is not None:
+                if deleted.get("g") is not None:
+                    await groups.settle(self._db(), project, queue, deleted["g"], now)
                 return DeleteOutcome.DELETED
             doc = await messages.find_one(found, {"k": 1, "x": 1})
             if doc is None:
@@ -283,13 +306,24 @@ class MongoMessageStore(base.MessageStore):
         query: Document = {"_id": {"$in": ids}, "p": project, "q": queue, "e": {"$gt": now}}
         if claim_ids is not None:
             query["$or"] = [{"x": {"$lte": now}}, {"k": {"$in": list(claim_ids)}}]
-        return int((await self._db().messages.delete_many(query)).deleted_count)
+        db = self._db()
+        touched = await groups.of_messages(db, query)
+        deleted = int((await db.messages.delete_many(query)).deleted_count)
+        await groups.settle_all(db, project, queue, touched, now)
+        return deleted
 
     @edge("pop messages")
     async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
         now, pop_id = self._now(), _new_id()
         async with self._turns.hold(project, queue):
             docs = await claims.pop(self._db(), project, queue, limit, now)
+        return [to_message(doc, now, claim_id=pop_id) for doc in docs]
+
+    @edge("pop messages")
+    async def pop_fifo(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
+        now, pop_id = self._now(), _new_id()
+        async with self._turns.hold(project, queue):
+            docs = await fifo.pop_fifo(self._db(), project, queue, pop_id, limit, now)
         return [to_message(doc, now, claim_id=pop_id) for doc in docs]
 
     @edge("read the queue's stats")
@@ -336,6 +370,8 @@ class MongoMessageStore(base.MessageStore):
         # Claims first: a claim left without messages is harmless, the reverse is not.
         await db.claims.delete_many({"p": project, "q": queue})
         await db.messages.delete_many({"p": project, "q": queue})
+        await db.groups.delete_many({"p": project, "q": queue})
+        await db.dedup.delete_many({"_id.p": project, "_id.q": queue})
 
     # Claims ---------------------------------------------------------------------------------
 
@@ -372,6 +408,37 @@ class MongoMessageStore(base.MessageStore):
             dead_lettered=dead,
         )
 
+    @edge("claim messages")
+    async def claim_fifo(
+        self,
+        project: str,
+        queue: str,
+        *,
+        limit: int,
+        ttl: int,
+        grace: int,
+        dead_letter: DeadLetterPolicy | None = None,
+        version: int | None = None,
+    ) -> ClaimResult:
+        db = self._db()
+        now, claim_id = self._now(), _new_id()
+        async with self._turns.hold(project, queue):
+            if version is not None:
+                await db.check_version(project, queue, version)
+            docs, dead = await fifo.claim_fifo(
+                db, project, queue, claim_id, now,
+                limit=limit, ttl=ttl, grace=grace, dead_letter=dead_letter,
+            )
+        if not docs:
+            return ClaimResult(claim=None, dead_lettered=dead)
+        return ClaimResult(
+            claim=Claim(
+                id=claim_id, ttl=ttl, grace=grace, created=now, expires=now + ttl,
+                messages=tuple(to_message(doc, now) for doc in docs),
+            ),
+            dead_lettered=dead,
+        )
+
     @edge("read the claim")
     async def get_claim(self, project: str, queue: str, claim_id: str) -> Claim | None:
         db = self._db()
@@ -400,12 +467,14 @@ class MongoMessageStore(base.MessageStore):
     @edge("release the claim")
     async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
         db = self._db()
+        held: Document = {"k": claim_id, "p": project, "q": queue}
+        touched = await groups.of_messages(db, held)
         await asyncio.gather(
             db.claims.delete_one({"_id": claim_id, "p": project, "q": queue}),
-            db.messages.update_many(
-                {"k": claim_id, "p": project, "q": queue}, {"$set": {"k": None, "x": 0.0}}
-            ),
+            db.messages.update_many(held, {"$set": {"k": None, "x": 0.0}}),
         )
+        # After the messages are free: the groups they held become ready at once.
+        await groups.settle_all(db, project, queue, touched, self._now())
 
     # Garbage --------------------------------------------------------------------------------
 
@@ -414,7 +483,7 @@ class MongoMessageStore(base.MessageStore):
         db = self._db()
         now = self._now()
         removed = 0
-        for collection in (db.messages, db.claims, once.keys(db)):
+        for collection in (db.messages, db.claims, once.keys(db), db.dedup):
             while True:
                 expired = await collection.find(
                     {"e": {"$lte": now}}, {"_id": 1}
@@ -428,6 +497,19 @@ class MongoMessageStore(base.MessageStore):
                 if len(expired) < GC_BATCH:
                     break
         stale = {"at": {"$lt": now - PENDING_WINDOW}}
+        await self._settle_abandoned(db, stale, now)
         await db.counters.update_many({"pending": {"$elemMatch": stale}},
                                       {"$pull": {"pending": stale}})
         return removed
+
+    async def _settle_abandoned(self, db: Collections, stale: Document, now: float) -> None:
+        """Settles the groups of messages written by posts and moves that were abandoned
+        before they noted their groups (their seq ranges are still pending)."""
+        async for counter in db.counters.find({"pending": {"$elemMatch": stale}}):
+            project, queue = counter["_id"]["p"], counter["_id"]["q"]
+            for entry in counter["pending"]:
+                if entry["at"] < now - PENDING_WINDOW:
+                    touched = await groups.of_messages(db, {
+                        "p": project, "q": queue, "s": {"$gte": entry["f"], "$lte": entry["l"]},
+                    })
+                    await groups.settle_all(db, project, queue, touched, now)
