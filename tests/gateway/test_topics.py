@@ -552,6 +552,7 @@ async def test_subscription_lifecycle(client: httpx.AsyncClient) -> None:
         ("POST", (), b"{}", 400, error_body(BAD_API, "Missing parameter subscriber in body.")),
         ("POST", (), b'{"subscriber": "ftp://x"}', 400, None),
         ("POST", (), b'{"subscriber": "queue://bad!"}', 400, None),
+        ("POST", (), b'{"subscriber": "trust+http://h/"}', 400, None),  # no-auth mode
         ("POST", (), b'{"subscriber": "http://h/", "ttl": 59}', 400, error_body(
             BAD_API, "The TTL for a subscription must be at least 60 seconds long.")),
         ("POST", (), b'{"subscriber": "http://h/", "options": []}', 400,
@@ -599,6 +600,16 @@ async def test_purge_refusals(client: httpx.AsyncClient) -> None:
     resp = await client.post(topic(name, "purge"), content=b"[1]")
     assert (resp.status_code, resp.json()) == (400, error_body(
         BAD_BODY, "Document type not supported."))
+
+
+async def test_topic_routes_answer_json_only(client: httpx.AsyncClient) -> None:
+    name = new_topic()
+    for resp in [await client.get("/v2/topics", headers={"Accept": "text/plain"}),
+                 await client.get(topic(name, "stats"), headers={"Accept": "text/plain"})]:
+        assert (resp.status_code, resp.content) == (406, b"")
+    resp = await client.put(topic(name), content=b"a=1",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 400
 
 
 async def test_no_route_reads_a_topic_message(client: httpx.AsyncClient) -> None:
