@@ -128,9 +128,13 @@ class RedisClusterMessageStore(RedisMessageStore):
     async def _resume_moves(self, prefix: str, stalled: Sequence[Any]) -> None:
         # Each: id, dead-letter queue tag, its ttl, its expires, the move's claim id, then the
         # message's fields (s, b, t, c, e, v, i, k, x, n, g).
+        # In the source queue's seq order, as a claim moves them: a group's messages keep
+        # their order in the dead-letter queue.
         await self._finish_moves(prefix, [
             (_text(dlq), _text(ttl), _text(expires), _text(claim_id), [mid, *fields])
-            for mid, dlq, ttl, expires, claim_id, *fields in stalled
+            for mid, dlq, ttl, expires, claim_id, *fields in sorted(
+                stalled, key=lambda move: int(move[5])
+            )
         ])
 
     async def _finish_moves(
