@@ -8,10 +8,12 @@ A backend whose ``capabilities.fifo`` is false must refuse every FIFO call with
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 import pytest
 
 from services.message_svc.storage.base import (
@@ -204,6 +206,20 @@ class FifoMessageStoreContract:
         listed = await fifo_store.list_messages(P, Q, limit=10)
         assert numbers(listed) == [0, 1, 3, 5]
 
+    async def test_concurrent_posts_of_one_dedup_id_store_it_once(
+        self, fifo_store: MessageStore
+    ) -> None:
+        posts = await asyncio.gather(*(
+            fifo_store.post_fifo(P, Q, CLIENT, [fmsg(n, "a", dedup="once")],
+                                 dedup_window=WINDOW)
+            for n in range(10)
+        ))
+
+        assert sum(p.stored.count(True) for p in posts) == 1
+        assert len({p.ids[0] for p in posts}) == 1
+        listed = await fifo_store.list_messages(P, Q, limit=20)
+        assert [m.id for m in listed] == [posts[0].ids[0]]
+
     async def test_dedup_ids_are_per_queue(self, fifo_store: MessageStore) -> None:
         first = await fifo_store.post_fifo(P, Q, CLIENT, [fmsg(1, dedup="d")],
                                            dedup_window=WINDOW)
@@ -244,49 +260,162 @@ class FifoMessageStoreContract:
         listed = await fifo_store.list_messages(P, Q, limit=10, include_claimed=True)
         assert [m.group_id for m in listed] == [None, None, None]
 
+    async def test_a_dead_letter_queue_gives_moved_groups_to_any_claim(
+        self, fifo_store: MessageStore, clock: Clock
+    ) -> None:
+        # Given messages of two groups moved to a dead-letter queue
+        policy = DeadLetterPolicy(max_claim_count=1, queue=DLQ)
+        await self.post(fifo_store, fmsg(1, "a"), fmsg(2, "a"), fmsg(3, "b"))
+        await fifo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60, dead_letter=policy)
+        clock.advance(61)
+        moved = await fifo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60, dead_letter=policy)
+        assert moved.claim is None and len(moved.dead_lettered) == 3
+
+        # When the dead-letter queue (not a FIFO queue) is claimed as a standard queue
+        result = await fifo_store.claim(P, DLQ, limit=5, ttl=60, grace=60)
+
+        # Then every moved message is claimable there, in order, with its group
+        assert result.claim is not None and numbers(result.claim.messages) == [1, 2, 3]
+        assert [m.group_id for m in result.claim.messages] == ["a", "a", "b"]
+
+    async def test_renewing_a_claim_keeps_its_group_locked(
+        self, fifo_store: MessageStore, clock: Clock
+    ) -> None:
+        await self.post(fifo_store, fmsg(1, "a"), fmsg(2, "a"))
+        first = await fifo_store.claim_fifo(P, Q, limit=1, ttl=60, grace=60)
+        assert first.claim is not None
+
+        clock.advance(50)
+        assert await fifo_store.renew_claim(P, Q, first.claim.id, ttl=60, grace=60)
+        clock.advance(20)  # past the first expiry, before the renewed one
+        assert (await fifo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60)).claim is None
+
+        clock.advance(41)
+        again = await fifo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60)
+        assert again.claim is not None and numbers(again.claim.messages) == [1, 2]
+
+    async def test_bulk_deletes_and_pops_free_a_group(self, fifo_store: MessageStore) -> None:
+        await self.post(fifo_store, fmsg(1, "a"), fmsg(2, "a"), fmsg(3, "a"))
+        held = await fifo_store.claim_fifo(P, Q, limit=1, ttl=60, grace=60)
+        assert held.claim is not None
+        assert await fifo_store.pop_fifo(P, Q, 5) == []
+
+        await fifo_store.delete_many(P, Q, [held.claim.messages[0].id], [held.claim.id])
+
+        assert numbers(await fifo_store.pop_fifo(P, Q, 1)) == [2]
+        assert numbers(await fifo_store.pop_fifo(P, Q, 5)) == [3]
+
+    async def test_an_expired_head_lets_the_next_message_of_its_group_be_claimed(
+        self, fifo_store: MessageStore, clock: Clock
+    ) -> None:
+        await self.post(fifo_store, NewMessage(body=b'{"n": 1}', ttl=10, group_id="a"),
+                        fmsg(2, "a"))
+
+        clock.advance(11)
+
+        result = await fifo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60)
+        assert result.claim is not None and numbers(result.claim.messages) == [2]
+        assert await fifo_store.collect_garbage() >= 1
+
+    async def test_stats_listings_and_hints_see_the_messages_of_groups(
+        self, fifo_store: MessageStore, clock: Clock
+    ) -> None:
+        # Given a claimed head, free messages with and without a group and a delayed one
+        await self.post(fifo_store, fmsg(1, "a"), fmsg(2, "a"), fmsg(3, "b"), fmsg(4),
+                        fmsg(5, "c", delay=30))
+        held = await fifo_store.claim_fifo(P, Q, limit=1, ttl=60, grace=60)
+        assert held.claim is not None
+
+        stats = await fifo_store.stats(P, Q)
+        assert (stats.total, stats.claimed, stats.free) == (5, 1, 4)
+        assert stats.oldest is not None and stats.oldest.group_id == "a"
+        assert numbers(await fifo_store.list_messages(P, Q, limit=10)) == [2, 3, 4]
+        listed = await fifo_store.list_messages(P, Q, limit=10, include_claimed=True,
+                                                include_delayed=True)
+        assert [m.group_id for m in listed] == ["a", "a", "b", None, "c"]
+        page = await fifo_store.list_messages(P, Q, limit=2, after=listed[1].seq)
+        assert numbers(page) == [3, 4]
+        got = await fifo_store.get(P, Q, listed[4].id)
+        assert got is not None and got.group_id == "c"
+        claim = await fifo_store.get_claim(P, Q, held.claim.id)
+        assert claim is not None and [m.group_id for m in claim.messages] == ["a"]
+        assert await fifo_store.next_free_at(P, Q) == pytest.approx(clock.now + 30)
+
+    async def test_deleting_a_queue_forgets_its_groups_and_dedup_ids(
+        self, fifo_store: MessageStore
+    ) -> None:
+        first = await fifo_store.post_fifo(P, Q, CLIENT, [fmsg(1, "a", dedup="d")],
+                                           dedup_window=WINDOW)
+        assert (await fifo_store.claim_fifo(P, Q, limit=1, ttl=60, grace=60)).claim is not None
+
+        await fifo_store.delete_queue(P, Q)
+
+        again = await fifo_store.post_fifo(P, Q, CLIENT, [fmsg(2, "a", dedup="d")],
+                                           dedup_window=WINDOW)
+        assert again.stored == (True,) and again.ids != first.ids
+        result = await fifo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60)
+        assert result.claim is not None and numbers(result.claim.messages) == [2]
+
     async def test_concurrent_consumers_never_share_a_group_or_break_its_order(
         self, fifo_store: MessageStore
     ) -> None:
-        # Given 20 groups of 10 messages each, posted interleaved
-        groups, per_group = 20, 10
-        order = [(g, i) for i in range(per_group) for g in range(groups)]
+        # Given 20 groups of 8 messages each, interleaved, and 16 messages without a group
+        groups, per_group = 20, 8
+        order: list[tuple[int, int]] = []
+        for i in range(per_group):
+            order += [(g, i) for g in range(groups)] + [(-1, 2 * i), (-1, 2 * i + 1)]
         for start in range(0, len(order), 20):
             await self.post(fifo_store, *(
-                NewMessage(body=b'{"g": %d, "i": %d}' % (g, i), ttl=600, group_id=f"g{g}")
+                NewMessage(body=b'{"g": %d, "i": %d}' % (g, i), ttl=600,
+                           group_id=None if g < 0 else f"g{g}")
                 for g, i in order[start:start + 20]
             ))
-        served: dict[str, list[int]] = defaultdict(list)
-        holding: dict[str, int] = {}
+        # Recorded as served, on one counter of events in the event loop's order: each
+        # message (when its claim returned, group, seq, i), and each claim's hold on a group
+        # (group, when the claim returned, when the delete of its last message of the group
+        # was sent: the store frees the group after that).
+        events = itertools.count()
+        served: list[tuple[int, str, int, int]] = []
+        holds: list[tuple[str, int, int]] = []
         rng = random.Random(7)
 
-        async def consumer(worker: int) -> None:
+        async def consumer() -> None:
             idle = 0
             while idle < 3:
-                result = await fifo_store.claim_fifo(P, Q, limit=rng.randint(1, 3), ttl=60,
+                result = await fifo_store.claim_fifo(P, Q, limit=rng.randint(1, 4), ttl=600,
                                                      grace=60)
+                got = next(events)
                 if result.claim is None:
                     idle += 1
                     await asyncio.sleep(0)
                     continue
                 idle = 0
-                mine = {m.group_id or "" for m in result.claim.messages}
-                for group in mine:
-                    # No other live claim holds a group this claim got
-                    assert group and group not in holding
-                    holding[group] = worker
-                for m in result.claim.messages:
-                    assert m.group_id is not None
-                    served[m.group_id].append(m.seq)
-                await asyncio.sleep(0)
-                for group in mine:
-                    del holding[group]  # before the delete: the group is free once it is done
-                for m in result.claim.messages:
+                for _ in range(rng.randint(0, 3)):  # others run while this claim holds
+                    await asyncio.sleep(0)
+                messages = result.claim.messages
+                last = {m.group_id: n for n, m in enumerate(messages)}
+                for n, m in enumerate(messages):
+                    served.append((got, m.group_id or "", m.seq, orjson.loads(m.body)["i"]))
+                    if m.group_id is not None and last[m.group_id] == n:
+                        holds.append((m.group_id, got, next(events)))
                     await fifo_store.delete(P, Q, m.id, result.claim.id)
 
         # When 50 consumers claim and delete until the queue is empty
-        await asyncio.gather(*(consumer(w) for w in range(50)))
+        await asyncio.gather(*(consumer() for _ in range(50)))
 
-        # Then every group was served whole, each in strictly increasing seq order
-        assert sorted(served) == sorted(f"g{g}" for g in range(groups))
-        for seqs in served.values():
-            assert len(seqs) == per_group and seqs == sorted(set(seqs))
+        # Then every message was served once, each group in the order it was posted (seqs
+        # strictly increasing), and no two claims ever held one group at once
+        assert sorted(i for _, group, _, i in served if not group) == list(range(2 * per_group))
+        by_group: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+        for got, group, seq, i in served:
+            if group:
+                by_group[group].append((got, seq, i))
+        assert sorted(by_group) == sorted(f"g{g}" for g in range(groups))
+        for group, rows in by_group.items():
+            rows.sort()
+            assert [i for *_, i in rows] == list(range(per_group)), group
+            seqs = [seq for _, seq, _ in rows]
+            assert seqs == sorted(set(seqs)), group
+            spans = sorted((start, end) for g, start, end in holds if g == group)
+            for (_, end), (start, _) in itertools.pairwise(spans):
+                assert end < start, f"{group} held by two claims at once"
