@@ -1,11 +1,14 @@
-"""FIFO queues (``_fifo``) through message_svc's public gRPC API: ``NewMessage.group_id`` /
-``dedup_id`` in, ``Message.group_id`` out, and the 400 answers of a queue or store without
-FIFO."""
+"""FIFO queues (``_fifo``) through message_svc's public gRPC API on every built-in store:
+``NewMessage.group_id`` / ``dedup_id`` in, ``Message.group_id`` out, and the 400 answers of a
+queue without FIFO or a store without it (another package's backend)."""
 
 from __future__ import annotations
 
+import importlib
+import textwrap
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -23,6 +26,24 @@ from tests.services.test_message_svc import (  # noqa: F401 - fixtures
 )
 
 
+@pytest.fixture(params=["sqlite", "redis", "mongodb"])
+async def fifo_svc(
+    request: pytest.FixtureRequest,
+    message_svc_factory: Callable[..., Awaitable[Services]],  # noqa: F811 - fixture
+) -> Services:
+    """message_svc (and queue_svc) with the message store of each built-in backend."""
+    if request.param == "sqlite":
+        return await message_svc_factory()
+    name = "fifo" + uuid.uuid4().hex[:8]
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_server")
+        uri = f"redis://127.0.0.1:{redis.port}/0?prefix={name}"
+    else:
+        mongodb = request.getfixturevalue("mongodb_server")
+        uri = f"mongodb://127.0.0.1:{mongodb.port}/{name}"
+    return await message_svc_factory(message_store=uri)
+
+
 def _new(n: int, group: str | None = None, dedup: str | None = None) -> messages_pb2.NewMessage:
     return messages_pb2.NewMessage(body=orjson.dumps(n), group_id=group, dedup_id=dedup)
 
@@ -38,49 +59,49 @@ def _numbers(claim: messages_pb2.Claim) -> list[int]:
     return [orjson.loads(m.body) for m in claim.messages]
 
 
-async def test_groups_are_claimed_in_order_one_claim_at_a_time(message_svc: Services) -> None:  # noqa: F811
+async def test_groups_are_claimed_in_order_one_claim_at_a_time(fifo_svc: Services) -> None:
     # Given a FIFO queue with two groups and a message without a group
-    await message_svc.create_queue("f", _fifo=True)
-    await _post(message_svc, "f", _new(1, "a"), _new(2, "a"), _new(3, "b"), _new(4), _new(5, "a"))
+    await fifo_svc.create_queue("f", _fifo=True)
+    await _post(fifo_svc, "f", _new(1, "a"), _new(2, "a"), _new(3, "b"), _new(4), _new(5, "a"))
 
     # When one claim takes two messages
-    first = await message_svc.claim(queue="f", limit=2)
+    first = await fifo_svc.claim(queue="f", limit=2)
 
     # Then it has group a's head and the next of a, with their groups
     assert _numbers(first) == [1, 2]
     assert [m.group_id for m in first.messages] == ["a", "a"]
 
     # And while it lives, group a is locked: the next claim passes over a
-    second = await message_svc.claim(queue="f", limit=10)
+    second = await fifo_svc.claim(queue="f", limit=10)
     assert _numbers(second) == [3, 4]
     assert [m.group_id for m in second.messages] == ["b", ""]
-    locked = await message_svc.claim(queue="f", limit=10)
+    locked = await fifo_svc.claim(queue="f", limit=10)
     assert not locked.messages
 
     # When the first claim is released, a's next message is free
-    await message_svc.messages.DeleteClaim(messages_pb2.DeleteClaimRequest(
+    await fifo_svc.messages.DeleteClaim(messages_pb2.DeleteClaimRequest(
         project=PROJECT, queue="f", claim_id=first.id
     ))
-    third = await message_svc.claim(queue="f", limit=10)
+    third = await fifo_svc.claim(queue="f", limit=10)
     assert _numbers(third) == [1, 2, 5]
 
 
-async def test_a_duplicate_post_answers_with_the_first_id(message_svc: Services) -> None:  # noqa: F811
-    await message_svc.create_queue("f", _fifo=True, _dedup_window=60)
+async def test_a_duplicate_post_answers_with_the_first_id(fifo_svc: Services) -> None:
+    await fifo_svc.create_queue("f", _fifo=True, _dedup_window=60)
 
     # Given a posted message with a dedup_id
-    (first,) = await _post(message_svc, "f", _new(1, dedup="x"))
+    (first,) = await _post(fifo_svc, "f", _new(1, dedup="x"))
 
     # When it is posted again, alone and inside a batch that repeats it too
-    again = await _post(message_svc, "f", _new(2, dedup="x"))
+    again = await _post(fifo_svc, "f", _new(2, dedup="x"))
     batch = await _post(
-        message_svc, "f", _new(3, dedup="y"), _new(4, dedup="x"), _new(5, dedup="y")
+        fifo_svc, "f", _new(3, dedup="y"), _new(4, dedup="x"), _new(5, dedup="y")
     )
 
     # Then every duplicate answers with the first id and only new ids are stored
     assert again == [first]
     assert batch[1] == first and batch[0] == batch[2] != first
-    listed = await message_svc.listed(queue="f")
+    listed = await fifo_svc.listed(queue="f")
     assert [orjson.loads(m.body) for m in listed] == [1, 3]
     assert [m.group_id for m in listed] == ["", ""]
 
@@ -103,15 +124,34 @@ async def test_fifo_ids_of_a_bad_length_are_refused(
         invalid(info, f"{name} must be a string of 1 to 128 characters.")
 
 
-async def test_a_fifo_queue_on_a_redis_store_is_refused(
-    request: pytest.FixtureRequest,
+async def test_a_fifo_queue_on_a_store_without_fifo_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     message_svc_factory: Callable[..., Awaitable[Services]],  # noqa: F811 - fixture
 ) -> None:
-    redis = request.getfixturevalue("redis_server")
-    prefix = "fifo" + uuid.uuid4().hex[:8]
-    svc = await message_svc_factory(
-        message_store=f"redis://127.0.0.1:{redis.port}/0?prefix={prefix}"
+    # Given another package's message store that does not implement FIFO queues
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "zaqar_nofifo.py").write_text(textwrap.dedent("""
+        from services.message_svc.storage.base import Capabilities, MessageStore
+        from services.message_svc.storage.sqlite import SqliteMessageStore
+
+        class NoFifoMessageStore(SqliteMessageStore):
+            post_fifo = MessageStore.post_fifo
+            claim_fifo = MessageStore.claim_fifo
+            pop_fifo = MessageStore.pop_fifo
+
+            def __init__(self, uri, now):
+                super().__init__("sqlite://" + uri.removeprefix("nofifo://"), now)
+                self.capabilities = Capabilities(durable=True, shared=True)
+        """))
+    info = tmp_path / "zaqar_nofifo-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zaqar-nofifo\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[zaqar_grpc.message_stores]\nnofifo = zaqar_nofifo:NoFifoMessageStore\n"
     )
+    importlib.invalidate_caches()
+    svc = await message_svc_factory(message_store=f"nofifo:///{tmp_path / 'messages.db'}")
     await svc.create_queue("f", _fifo=True)
 
     # A post with or without FIFO ids, a claim and a pop all answer 400
