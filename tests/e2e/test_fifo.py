@@ -1,7 +1,7 @@
-"""FIFO queues (``_fifo``) end to end over HTTP and WebSocket: ``zaqar-grpc up`` (the
-session's SQLite stack), message groups kept in order across claims, a group locked while
-claimed, duplicates answered with the first ids, and a Zaqar client's view of a standard
-queue unchanged."""
+"""FIFO queues (``_fifo``) end to end over HTTP and WebSocket: ``zaqar-grpc up`` on each
+store (the session's stacks, ``stack`` of ``conftest.py``), message groups kept in order
+across claims, a group locked while claimed, duplicates answered with the first ids, and a
+Zaqar client's view of a standard queue unchanged."""
 
 from __future__ import annotations
 
@@ -14,16 +14,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.e2e.harness import Stack
-from tests.stacks import up_stack
 
 pytestmark = pytest.mark.e2e
 
 NEED_FIFO = "group_id and dedup_id need a FIFO queue (_fifo)."
-
-
-@pytest.fixture
-def stack(request: pytest.FixtureRequest) -> Stack:
-    return up_stack(request, "sqlite")
 
 
 def headers(project: str) -> dict[str, str]:
