@@ -359,8 +359,12 @@ class MessageStore(Protocol):
         Dead letter: with a policy, a claimable message whose ``claim_count`` is already at
         least ``max_claim_count`` is moved, in the same atomic step, to the end of the
         dead-letter queue (same id; a new ``seq`` there; unclaimed; ``claim_count`` 0; ttl
-        replaced by ``dead_letter.ttl`` from now when set) instead of being claimed, and the
-        claim keeps looking for messages to fill ``limit``.
+        replaced by ``dead_letter.ttl`` from now when set; its ``group_id`` kept) instead of
+        being claimed, and the claim keeps looking for messages to fill ``limit``.
+
+        Messages with a group (posted to a FIFO queue, or moved from one into this queue) are
+        claimable here too; a backend may apply the group rules of :meth:`claim_fifo` to them
+        (Redis does: it indexes them apart), which never makes one unclaimable for good.
         On a Redis Cluster, where the dead-letter queue may live in another slot, the move is
         finished in idempotent steps (docs/redis-cluster.md): once ``claim`` returns, the
         message is no longer claimable in its queue, and it appears in the dead-letter queue at
