@@ -51,7 +51,7 @@ class Fixture:
 
     def field(self, name: str, pick: int = 0) -> str:
         """A value for a URI template field (or a body key) of that name."""
-        if name == "queue_name":
+        if name in ("queue_name", "topic_name"):
             return self.queue
         if name == "message_id":
             ids = self.message_ids + self.claimed_ids
@@ -95,7 +95,7 @@ async def build(conn: Connection, *, project: str, queue: str, sink_url: str,
 async def build_queue(conn: Connection, fx: Fixture, *, messages: int = 6, body: Any = None,
                       metadata: dict[str, Any] | None = None) -> None:
     """The queue of ``fx.queue`` with ``messages`` messages, a claim on two of them and a
-    subscription."""
+    subscription, and a topic of the same name."""
     h = fx.headers
     q = f"/v2/queues/{fx.queue}"
     meta = metadata if metadata is not None else {"description": "fz", "_max_claim_count": 100}
@@ -116,6 +116,9 @@ async def build_queue(conn: Connection, fx: Fixture, *, messages: int = 6, body:
                        {"subscriber": f"{fx.sink}/{fx.project}", "ttl": 3600,
                         "options": {"fz": fx.project}})
     fx.subscription_id = sub.json()["subscription_id"]
+    # And a topic of the queue's name, for the topic routes (which name it {queue_name})
+    await expect(conn, "topic", (201, 204), "PUT", f"/v2/topics/{fx.queue}", h,
+                 {"description": "fz"})
 
 
 async def share(conn: Connection, fx: Fixture) -> None:

@@ -19,6 +19,8 @@ from bench.fuzz.fixture import Fixture
 
 JSON_PATCH = "application/openstack-messaging-v2.0-json-patch"
 Q = "/v2/queues/{queue_name}"
+# A topic's routes name it {queue_name} too; the fixture has a topic of its queue's name.
+T = "/v2/topics/{queue_name}"
 # Routes whose valid requests carry X-Roles: admin.
 ADMIN_ROUTES = frozenset({"/v2/health", "/v2/pools", "/v2/pools/{pool_name}",
                           "/v2/flavors/{flavor_name}"})
@@ -29,6 +31,7 @@ SPOILS: dict[str, str] = {
     f"DELETE {Q}/messages": "queue",
     f"DELETE {Q}/claims/{{claim_id}}": "queue",
     f"DELETE {Q}/subscriptions/{{subscription_id}}": "queue",
+    f"DELETE {T}": "queue",
     "PUT /v2/pools/{pool_name}": "catalog",
     "PATCH /v2/pools/{pool_name}": "catalog",
     "DELETE /v2/pools/{pool_name}": "catalog",
@@ -184,6 +187,27 @@ def _queue_patch(fx: Fixture, rng: random.Random) -> Spec:
     return Spec(doc=[change], content_type=JSON_PATCH)
 
 
+# Reserved metadata a topic takes (the other queue keys are refused with 400).
+TOPIC_RESERVED = {key: RESERVED[key] for key in
+                  ("_max_messages_post_size", "_default_message_ttl", "_retry_policy")}
+
+
+def topic_metadata(fx: Fixture, rng: random.Random) -> Spec:
+    doc: dict[str, Any] = {"description": "fz"}
+    for key in rng.sample(sorted(TOPIC_RESERVED), k=rng.randint(0, 2)):
+        doc[key] = TOPIC_RESERVED[key]
+    return Spec(doc=doc)
+
+
+def _topic_patch(fx: Fixture, rng: random.Random) -> Spec:
+    key = rng.choice(["fz", *sorted(TOPIC_RESERVED)])
+    op = rng.choice(("add", "replace", "remove")) if key == "fz" else "add"
+    change: dict[str, Any] = {"op": op, "path": f"/metadata/{key}"}
+    if op != "remove":
+        change["value"] = TOPIC_RESERVED.get(key, rng.randint(0, 9))
+    return Spec(doc=[change], content_type=JSON_PATCH)
+
+
 def subscription(fx: Fixture, rng: random.Random) -> Spec:
     options: dict[str, Any] = {"fz": True}
     if rng.random() < 0.4:
@@ -249,6 +273,24 @@ VALID: dict[str, Builder] = {
         doc={"ttl": 7200, "options": subscription(fx, rng).doc["options"]}),
     f"DELETE {Q}/subscriptions/{{subscription_id}}": lambda fx, rng: Spec(),
     f"PUT {Q}/subscriptions/{{subscription_id}}/confirm": lambda fx, rng: Spec(
+        doc={"confirmed": True}),
+    "GET /v2/topics": lambda fx, rng: Spec(
+        _q(limit=5, detailed=True, with_count=True, name="fz")),
+    f"PUT {T}": topic_metadata,
+    f"GET {T}": lambda fx, rng: Spec(),
+    f"PATCH {T}": _topic_patch,
+    f"DELETE {T}": lambda fx, rng: Spec(),
+    f"GET {T}/stats": lambda fx, rng: Spec(),
+    f"POST {T}/purge": lambda fx, rng: Spec(
+        doc={"resource_types": rng.sample(["messages", "subscriptions"], k=rng.randint(1, 2))}),
+    f"POST {T}/messages": _post_messages,
+    f"POST {T}/subscriptions": subscription,
+    f"GET {T}/subscriptions": lambda fx, rng: Spec(_q(limit=5)),
+    f"GET {T}/subscriptions/{{subscription_id}}": lambda fx, rng: Spec(),
+    f"PATCH {T}/subscriptions/{{subscription_id}}": lambda fx, rng: Spec(
+        doc={"ttl": 7200, "options": subscription(fx, rng).doc["options"]}),
+    f"DELETE {T}/subscriptions/{{subscription_id}}": lambda fx, rng: Spec(),
+    f"PUT {T}/subscriptions/{{subscription_id}}/confirm": lambda fx, rng: Spec(
         doc={"confirmed": True}),
 }
 
