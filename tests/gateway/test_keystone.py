@@ -1,14 +1,13 @@
 """Keystone auth (contract §1, §6, §7) against a real Keystone (``tests/keystone.py``).
 
 The gateway runs in-process in keystone mode in front of real in-process services; tokens are
-real fernet tokens of users on projects ``a`` and ``b``. The test Keystone's tokens live
-``TOKEN_EXPIRATION`` seconds, so one test waits for a token to expire.
+real fernet tokens of users on projects ``a`` and ``b``. One test waits for a token to expire
+(a short-lived one, from an application credential).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from services.common.config import Settings
 from services.common.keystone import KeystoneAuth
 from tests.conftest import free_port
 from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
-from tests.keystone import SIGNED_URL_SECRET, TOKEN_EXPIRATION, Keystone
+from tests.keystone import SHORT_TOKEN_SECONDS, SIGNED_URL_SECRET, Keystone
 
 SECRET = SIGNED_URL_SECRET
 UNAUTHORIZED = {
@@ -300,20 +299,18 @@ async def test_token_expiry(gateway: Gateway, keystone: Keystone) -> None:
     """An expired token: the socket it authenticated is closed with 4003, and HTTP answers
     401 whether the token was cached or not."""
     # Issued first, so expired by the time the other one is.
-    fresh = keystone.token("user-b")
-    cached = keystone.token("user-a")
-    started = time.monotonic()
+    fresh = keystone.short_token("user-b")
+    cached = keystone.short_token("user-a")
     assert (await gateway.http.get("/v2/queues", headers=auth(cached))).status_code == 200
     async with connect(gateway.ws_url) as socket:
         answer = await ask(socket, "authenticate", **{"X-Auth-Token": cached})
         assert answer["headers"]["status"] == 200
         with pytest.raises(ConnectionClosed) as closed:
-            async with asyncio.timeout(TOKEN_EXPIRATION + 10):
+            async with asyncio.timeout(SHORT_TOKEN_SECONDS + 30):
                 while True:
                     await asyncio.sleep(0.5)
                     await ask(socket, "queue_list")
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4003
-    assert time.monotonic() - started <= TOKEN_EXPIRATION + 5
     assert_unauthorized(await gateway.http.get("/v2/queues", headers=auth(cached)), keystone)
     assert_unauthorized(await gateway.http.get("/v2/queues", headers=auth(fresh)), keystone)

@@ -39,7 +39,7 @@ from services.message_svc import server as message_server
 from services.notifier_svc import server as notifier_server
 from services.queue_svc import server as queue_server
 from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
-from tests.keystone import TOKEN_EXPIRATION, Keystone
+from tests.keystone import SHORT_TOKEN_SECONDS, Keystone
 from tests.services._grpc import Metadata, Stubs, service, stubs, token
 
 Code = grpc.StatusCode
@@ -169,10 +169,10 @@ async def test_an_expired_token_is_unauthenticated(
     _, s = keystone_stack
     # Given a token that worked (and so sits in the services' caches)
     issued = time.monotonic()
-    a = keystone.token("user-a")
+    a = keystone.short_token("user-a")
     assert isinstance(await names(s, token(a)), list)
     # When it expires, it is refused from the cache and by Keystone alike
-    await asyncio.sleep(max(0.0, TOKEN_EXPIRATION + 1 - (time.monotonic() - issued)))
+    await asyncio.sleep(max(0.0, SHORT_TOKEN_SECONDS + 1 - (time.monotonic() - issued)))
     info = await rpc_error(s.queues.ListQueues(queues_pb2.ListQueuesRequest(), metadata=token(a)))
     assert info.code == Code.UNAUTHENTICATED
     info = await rpc_error(s.messages.ListMessages(listing(new_queue()), metadata=token(a)))

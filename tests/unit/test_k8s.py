@@ -46,9 +46,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certs import _Ca
-from tests.keystone import KEYSTONE_VENV, Keystone, start_keystone
 from tests.keystone import PASSWORD as KEYSTONE_PASSWORD
-from tests.servers import ServerProcess, free_port, missing, mongodb_process, redis_process
+from tests.keystone import Keystone
+from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
 from tests.unit.test_image import (
     DOCKERFILE,
     READY_DEADLINE,
@@ -646,27 +646,10 @@ def test_the_mtls_overlay_runs_and_its_probes_pass(
                 {"zaqar-tls": tls_secret(tmp_path / "pki")})
 
 
-@pytest.fixture(scope="module")
-def production_keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
-    """A Keystone of its own whose tokens live an hour, as a production Keystone's do. The
-    session's (tests/keystone.py) issues 20 s tokens, which makes every process fetch and
-    validate tokens again and again: on a busy machine a three-hop call then outlasts the
-    rendered 5 s RPC deadline."""
-    if not (KEYSTONE_VENV / "bin" / "keystone-manage").exists():
-        missing("Keystone (.venv-keystone)")
-    try:
-        server = start_keystone(tmp_path_factory.mktemp("keystone-1h"), expiration=3600)
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        missing(f"Keystone ({exc})")
-    yield server
-    server.process.stop()
-
-
 @pytest.mark.timeout(600)
 def test_the_keystone_overlay_runs_and_its_probes_pass(
-    tmp_path: Path, own_redis: ServerProcess, production_keystone: Keystone
+    tmp_path: Path, own_redis: ServerProcess, keystone: Keystone
 ) -> None:
-    keystone = production_keystone
     # Given the test Keystone in place of the overlay's, and the Secrets an operator makes
     url = httpx.URL(keystone.url)
     external = {REDIS_NAME: f"127.0.0.1:{own_redis.port}",
