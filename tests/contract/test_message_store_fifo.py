@@ -17,6 +17,7 @@ from bson import Binary
 from pymongo import AsyncMongoClient
 
 from services.message_svc.storage.base import DeadLetterPolicy
+from services.message_svc.storage.mongodb import groups
 from services.message_svc.storage.mongodb._documents import PENDING_WINDOW, as_date
 from services.message_svc.storage.mongodb.store import MongoMessageStore
 from services.message_svc.storage.redis.cluster import RedisClusterMessageStore
@@ -218,3 +219,18 @@ async def test_mongodb_a_group_freed_by_its_consumer_is_ready_at_once(
         assert ready["w"] is None
     finally:
         await client.close()
+
+
+async def test_mongodb_a_group_locked_by_a_claim_that_died_comes_back_after_the_lease(
+    mongo_store: MongoMessageStore, clock: Clock
+) -> None:
+    # Given a claim that locked a group and died before taking anything or settling it
+    await mongo_store.post_fifo(P, Q, "c", [fmsg(1, "a"), fmsg(2, "b")], dedup_window=300)
+    assert await groups.lock(mongo_store._db(), P, Q, "a", "dead-claim", clock.now) is not None
+    result = await mongo_store.claim_fifo(P, Q, limit=5, ttl=600, grace=60)
+    assert result.claim is not None and numbers(result.claim.messages) == [2]
+
+    # When the lock's lease runs out, Then the group is served again
+    clock.advance(groups.LOCK_LEASE + 1)
+    again = await mongo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60)
+    assert again.claim is not None and numbers(again.claim.messages) == [1]
