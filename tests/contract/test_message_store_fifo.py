@@ -2,7 +2,8 @@
 backend; backends without ``capabilities.fifo`` are checked to refuse FIFO calls. Then what
 concerns one backend only: on Redis what a claim costs with a long group behind a held head,
 and a batch sent again; on a Redis Cluster a dead-letter move resumed by the sweeper; on
-MongoDB a post sent again after a crash, and the groups of a post that died midway."""
+MongoDB a post sent again after a crash, the groups of a post that died midway, a group
+freed by its consumer, and a group locked by a claim that died."""
 
 from __future__ import annotations
 
