@@ -36,6 +36,9 @@ class Polling:
         return self._service
 
     async def _next_free_at(self, project: str, queue: str) -> float | None:
+        """When the store says something of the queue frees up next. Looked up *before* each
+        try: a look-up after a try that found nothing would miss a message freed in between
+        (it is no longer in the future), and its waiter would sleep until its deadline."""
         service = self._service
         if service.pooled:
             store = await service.stores.get((await service.metadata.get(project, queue)).pool_uri)
@@ -56,10 +59,11 @@ class Polling:
         size = limits.page_limit(limit)
 
         async def attempt() -> Attempt[Claim]:
+            free_at = await self._next_free_at(project, queue)
             claim = await self._service.claim(project, queue, limit=size, ttl=ttl, grace=grace)
             if claim is not None:
                 return Attempt(claim, full=len(claim.messages) >= size)
-            return Attempt(None, next_free_at=await self._next_free_at(project, queue))
+            return Attempt(None, next_free_at=free_at)
 
         async def undo(claim: Claim) -> None:
             await self._service.release_claim(project, queue, claim.id)
@@ -80,13 +84,14 @@ class Polling:
         include_delayed: bool,
     ) -> Page:
         async def attempt() -> Attempt[Page]:
+            free_at = await self._next_free_at(project, queue)
             page = await self._service.list_messages(
                 project, queue, client_id, limit=limit, marker=marker, echo=echo,
                 include_claimed=include_claimed, include_delayed=include_delayed,
             )
             if page.messages:
                 return Attempt(page)
-            return Attempt(None, next_free_at=await self._next_free_at(project, queue))
+            return Attempt(None, next_free_at=free_at)
 
         page = await self.room.wait(project, queue, wait, attempt, exclusive=False)
         return page if page is not None else Page([], "")
