@@ -8,7 +8,8 @@ with the gateway's coalescing on and off. The store is killed (SIGKILL) and star
 same port (and data folder):
 
 - one redis-server;
-- the MongoDB wire server (a replica set of one member, as the URI names it);
+- the MongoDB wire server (a replica set of one member, as the URI names it; back once that
+  member is the primary again);
 - a Redis Cluster whose six nodes are all killed and started again with their ``nodes.conf``
   (the cluster comes back with its slots, without the data: no AOF, no snapshot);
 - a Redis Cluster master, whose replica takes over, started again as that replica's replica.
@@ -31,6 +32,8 @@ from typing import Protocol
 
 import httpx
 import pytest
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 from redis.cluster import ClusterNode, RedisCluster
 
 from services.common.config import Settings
@@ -76,6 +79,9 @@ class OneServer:
 
     server: ServerProcess
     uri: Callable[[str], str]
+    # Until the server serves, once it accepts connections (MongoDB: its one member is the
+    # primary again, as a cluster waits for cluster_state:ok)
+    serving: Callable[[ServerProcess], None] = lambda server: None
 
     def uris(self) -> dict[str, str]:
         return {f"{service}_store": self.uri(service) for service in SERVICES}
@@ -85,6 +91,26 @@ class OneServer:
 
     def start_again(self) -> None:
         self.server.start()
+        self.serving(self.server)
+
+
+def wait_mongodb_primary(server: ServerProcess, timeout: float = 60.0) -> None:
+    """Until the replica set's one member says it is the writable primary."""
+    deadline = time.monotonic() + timeout
+    said: object = None
+    while time.monotonic() < deadline:
+        client: MongoClient[dict[str, object]] = MongoClient(
+            "127.0.0.1", server.port, directConnection=True, serverSelectionTimeoutMS=2000)
+        try:
+            said = client.admin.command("hello")
+            if isinstance(said, dict) and said.get("isWritablePrimary"):
+                return
+        except PyMongoError as exc:
+            said = exc
+        finally:
+            client.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"the MongoDB server is not primary after {timeout}s: {said}")
 
 
 def cluster_uris(cluster: RedisClusterProcesses) -> dict[str, str]:
@@ -182,7 +208,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Restartabl
                         f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority")
         server.start()
         try:
-            yield OneServer(server, uri)
+            yield OneServer(server, uri, wait_mongodb_primary if kind == "mongodb" else
+                            OneServer.serving)
         finally:
             server.stop()
         return

@@ -152,6 +152,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
+@pytest.mark.timeout(300)  # notifier_svc started, killed and started again, 40 deliveries each
 async def test_sigkill_of_notifier_svc_during_a_topic_fan_out(
     services: Settings, slow_hooks: list[SlowReceiver]
 ) -> None:
