@@ -36,10 +36,19 @@ def _worker_share() -> tuple[int, int]:
     return (index % count, count) if count > 1 else (0, 1)
 
 
+# Ports that tests bind by their well-known number, never handed out at random: the
+# MongoDB wire server python-zaqarclient's pool tests name (tests/e2e/test_admin_mode.py),
+# and the service's own default ports.
+RESERVED_PORTS = frozenset({27017, 6379, 8888, 9000, 5000})
+
+
 def _pick(low: int, high: int) -> int:
     index, count = _worker_share()
-    port = random.randint(low, high)
-    return port - (port % count) + index
+    while True:
+        port = random.randint(low, high)
+        port = port - (port % count) + index
+        if port not in RESERVED_PORTS and port + 10000 not in RESERVED_PORTS:
+            return port
 
 
 def free_port() -> int:
