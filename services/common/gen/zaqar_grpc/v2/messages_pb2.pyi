@@ -923,3 +923,95 @@ class PostOnceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PostOnceResponse: _TypeAlias = PostOnceResponse  # noqa: Y015
+
+@_typing.final
+class StartRedriveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    MAX_PER_SECOND_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    queue: _builtins.str
+    """The dead-letter queue."""
+    destination: _builtins.str
+    """Where the messages go; unset: the one queue whose _dead_letter_queue is `queue`."""
+    max_per_second: _builtins.int
+    """1..1000 messages a second; unset: as fast as the stores go."""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        queue: _builtins.str = ...,
+        destination: _builtins.str | None = ...,
+        max_per_second: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_destination", b"_destination", "_max_per_second", b"_max_per_second", "destination", b"destination", "max_per_second", b"max_per_second"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_destination", b"_destination", "_max_per_second", b"_max_per_second", "destination", b"destination", "max_per_second", b"max_per_second", "project", b"project", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__destination: _TypeAlias = _typing.Literal["destination"]  # noqa: Y015
+    _WhichOneofArgType__destination: _TypeAlias = _typing.Literal["_destination", b"_destination"]  # noqa: Y015
+    _WhichOneofReturnType__max_per_second: _TypeAlias = _typing.Literal["max_per_second"]  # noqa: Y015
+    _WhichOneofArgType__max_per_second: _TypeAlias = _typing.Literal["_max_per_second", b"_max_per_second"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__destination) -> _WhichOneofReturnType__destination | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_per_second) -> _WhichOneofReturnType__max_per_second | None: ...
+
+Global___StartRedriveRequest: _TypeAlias = StartRedriveRequest  # noqa: Y015
+
+@_typing.final
+class Redrive(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    MAX_PER_SECOND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MOVED_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    queue: _builtins.str
+    """The dead-letter queue."""
+    destination: _builtins.str
+    max_per_second: _builtins.int
+    status: _builtins.str
+    """"running", "cancelled", "done" or "failed"."""
+    moved: _builtins.int
+    """Messages moved so far (after a crash of message_svc, at least this many)."""
+    remaining: _builtins.int
+    """Messages in the dead-letter queue after the last batch."""
+    started: _builtins.int
+    """Unix seconds."""
+    updated: _builtins.int
+    error: _builtins.str
+    """Why a failed job failed."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        queue: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        max_per_second: _builtins.int | None = ...,
+        status: _builtins.str = ...,
+        moved: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        started: _builtins.int = ...,
+        updated: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_per_second", b"_max_per_second", "max_per_second", b"max_per_second"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_per_second", b"_max_per_second", "destination", b"destination", "error", b"error", "id", b"id", "max_per_second", b"max_per_second", "moved", b"moved", "queue", b"queue", "remaining", b"remaining", "started", b"started", "status", b"status", "updated", b"updated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_per_second: _TypeAlias = _typing.Literal["max_per_second"]  # noqa: Y015
+    _WhichOneofArgType__max_per_second: _TypeAlias = _typing.Literal["_max_per_second", b"_max_per_second"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_per_second) -> _WhichOneofReturnType__max_per_second | None: ...
+
+Global___Redrive: _TypeAlias = Redrive  # noqa: Y015

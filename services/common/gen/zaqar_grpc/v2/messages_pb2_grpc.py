@@ -101,6 +101,21 @@ class MessagesStub:
                 request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullRequest.SerializeToString,
                 response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullResponse.FromString,
                 _registered_method=True)
+        self.StartRedrive = channel.unary_unary(
+                '/zaqar.v2.Messages/StartRedrive',
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.StartRedriveRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.FromString,
+                _registered_method=True)
+        self.GetRedrive = channel.unary_unary(
+                '/zaqar.v2.Messages/GetRedrive',
+                request_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.FromString,
+                _registered_method=True)
+        self.CancelRedrive = channel.unary_unary(
+                '/zaqar.v2.Messages/CancelRedrive',
+                request_serializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.FromString,
+                _registered_method=True)
 
 
 class MessagesServicer:
@@ -200,6 +215,33 @@ class MessagesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRedrive(self, request, context):
+        """Dead-letter redrive (extension; docs/architecture.md, "Dead-letter redrive"): move the
+        messages of dead-letter queue `queue` back to its source queue (the one queue whose
+        _dead_letter_queue it is) or to `destination`, durably and exactly once, in the
+        background. Answers the new job. INVALID_ARGUMENT: bad arguments, no single source, a
+        destination that does not exist; NOT_FOUND (QUEUE_NOT_FOUND): no such queue;
+        ALREADY_EXISTS (REDRIVE_RUNNING): a job of the queue is running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRedrive(self, request, context):
+        """The queue's last redrive job. NOT_FOUND (REDRIVE_NOT_FOUND): it never had one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRedrive(self, request, context):
+        """Cancel the queue's running redrive (the batch under way ends first); answers the job. A
+        finished job is answered as it is. NOT_FOUND (REDRIVE_NOT_FOUND): it never had one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +309,21 @@ def add_MessagesServicer_to_server(servicer, server):
                     servicer.StreamingPull,
                     request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullRequest.FromString,
                     response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullResponse.SerializeToString,
+            ),
+            'StartRedrive': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRedrive,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.StartRedriveRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.SerializeToString,
+            ),
+            'GetRedrive': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRedrive,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.SerializeToString,
+            ),
+            'CancelRedrive': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRedrive,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +677,87 @@ class Messages:
             '/zaqar.v2.Messages/StreamingPull',
             zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullRequest.SerializeToString,
             zaqar__grpc_dot_v2_dot_messages__pb2.StreamingPullResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRedrive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.Messages/StartRedrive',
+            zaqar__grpc_dot_v2_dot_messages__pb2.StartRedriveRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRedrive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.Messages/GetRedrive',
+            zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRedrive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zaqar.v2.Messages/CancelRedrive',
+            zaqar__grpc_dot_v2_dot_common__pb2.QueueRef.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.Redrive.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,20 @@ class MessagesStub:
     expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
     the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
     """
+    StartRedrive: _grpc.UnaryUnaryMultiCallable[_messages_pb2.StartRedriveRequest, _messages_pb2.Redrive]
+    """Dead-letter redrive (extension; docs/architecture.md, "Dead-letter redrive"): move the
+    messages of dead-letter queue `queue` back to its source queue (the one queue whose
+    _dead_letter_queue it is) or to `destination`, durably and exactly once, in the
+    background. Answers the new job. INVALID_ARGUMENT: bad arguments, no single source, a
+    destination that does not exist; NOT_FOUND (QUEUE_NOT_FOUND): no such queue;
+    ALREADY_EXISTS (REDRIVE_RUNNING): a job of the queue is running.
+    """
+    GetRedrive: _grpc.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _messages_pb2.Redrive]
+    """The queue's last redrive job. NOT_FOUND (REDRIVE_NOT_FOUND): it never had one."""
+    CancelRedrive: _grpc.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _messages_pb2.Redrive]
+    """Cancel the queue's running redrive (the batch under way ends first); answers the job. A
+    finished job is answered as it is. NOT_FOUND (REDRIVE_NOT_FOUND): it never had one.
+    """
 
 @_typing.type_check_only
 class MessagesAsyncStub(MessagesStub):
@@ -102,6 +116,20 @@ class MessagesAsyncStub(MessagesStub):
     acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
     expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
     the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+    """
+    StartRedrive: _aio.UnaryUnaryMultiCallable[_messages_pb2.StartRedriveRequest, _messages_pb2.Redrive]  # type: ignore[assignment]
+    """Dead-letter redrive (extension; docs/architecture.md, "Dead-letter redrive"): move the
+    messages of dead-letter queue `queue` back to its source queue (the one queue whose
+    _dead_letter_queue it is) or to `destination`, durably and exactly once, in the
+    background. Answers the new job. INVALID_ARGUMENT: bad arguments, no single source, a
+    destination that does not exist; NOT_FOUND (QUEUE_NOT_FOUND): no such queue;
+    ALREADY_EXISTS (REDRIVE_RUNNING): a job of the queue is running.
+    """
+    GetRedrive: _aio.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _messages_pb2.Redrive]  # type: ignore[assignment]
+    """The queue's last redrive job. NOT_FOUND (REDRIVE_NOT_FOUND): it never had one."""
+    CancelRedrive: _aio.UnaryUnaryMultiCallable[_common_pb2.QueueRef, _messages_pb2.Redrive]  # type: ignore[assignment]
+    """Cancel the queue's running redrive (the batch under way ends first); answers the job. A
+    finished job is answered as it is. NOT_FOUND (REDRIVE_NOT_FOUND): it never had one.
     """
 
 class MessagesServicer(metaclass=_abc_1.ABCMeta):
@@ -213,6 +241,38 @@ class MessagesServicer(metaclass=_abc_1.ABCMeta):
         acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
         expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
         the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def StartRedrive(
+        self,
+        request: _messages_pb2.StartRedriveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.Redrive, _abc.Awaitable[_messages_pb2.Redrive]]:
+        """Dead-letter redrive (extension; docs/architecture.md, "Dead-letter redrive"): move the
+        messages of dead-letter queue `queue` back to its source queue (the one queue whose
+        _dead_letter_queue it is) or to `destination`, durably and exactly once, in the
+        background. Answers the new job. INVALID_ARGUMENT: bad arguments, no single source, a
+        destination that does not exist; NOT_FOUND (QUEUE_NOT_FOUND): no such queue;
+        ALREADY_EXISTS (REDRIVE_RUNNING): a job of the queue is running.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRedrive(
+        self,
+        request: _common_pb2.QueueRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.Redrive, _abc.Awaitable[_messages_pb2.Redrive]]:
+        """The queue's last redrive job. NOT_FOUND (REDRIVE_NOT_FOUND): it never had one."""
+
+    @_abc_1.abstractmethod
+    def CancelRedrive(
+        self,
+        request: _common_pb2.QueueRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.Redrive, _abc.Awaitable[_messages_pb2.Redrive]]:
+        """Cancel the queue's running redrive (the batch under way ends first); answers the job. A
+        finished job is answered as it is. NOT_FOUND (REDRIVE_NOT_FOUND): it never had one.
         """
 
 def add_MessagesServicer_to_server(servicer: MessagesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
