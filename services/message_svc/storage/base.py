@@ -56,7 +56,9 @@ class NewMessage:
     """Seconds after acceptance before the message may be claimed (or listed without
     ``include_delayed``); 0 = at once."""
     group_id: str | None = None
-    """FIFO queues only (:meth:`MessageStore.post_fifo`): the message group, 1-128 characters."""
+    """The message group, 1-128 characters: kept in order in a FIFO queue
+    (:meth:`MessageStore.post_fifo`), a fair-queue tenant in a standard one
+    (:meth:`MessageStore.post` stores it, :meth:`MessageStore.claim` with ``fair`` uses it)."""
     dedup_id: str | None = None
     """FIFO queues only: the deduplication id, 1-128 characters."""
 
@@ -80,7 +82,7 @@ class StoredMessage:
     claim_count: int
     """How many claims have taken the message so far."""
     group_id: str | None = None
-    """The message group (FIFO queues); ``None`` for a message posted without one."""
+    """The message group (FIFO or fair queues); ``None`` for a message posted without one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,29 @@ class DeadLetterPolicy:
     """The dead-letter queue, in the same project."""
     ttl: int | None = None
     """TTL the moved message gets (from the move), or ``None`` to keep its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class FairPolicy:
+    """Fair claims in a standard queue (docs/architecture.md, "Fair queues").
+
+    A group is *noisy* when the queue's messages of that group held by live claims (its
+    in-flight count, counted by the claim as it takes messages) are at least
+    ``min_in_flight`` and more than ``share_percent`` per cent of the queue's in-flight
+    messages that have a group. With ``share_percent`` at 25 at most three groups are noisy
+    at once.
+    """
+
+    share_percent: int = 25
+    min_in_flight: int = 8
+    lookahead: int = 1000
+    """Claimable messages a claim reads at most, past those it takes, looking for messages
+    of groups that are not noisy."""
+
+    def noisy(self, in_flight: int, total: int) -> bool:
+        """Whether a group with ``in_flight`` of the queue's ``total`` in-flight messages with
+        a group is noisy."""
+        return in_flight >= self.min_in_flight and in_flight * 100 > self.share_percent * total
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +178,9 @@ class Capabilities:
     fifo: bool = False
     """Implements :meth:`MessageStore.post_fifo`, :meth:`MessageStore.claim_fifo` and
     :meth:`MessageStore.pop_fifo` (queues with ``_fifo``)."""
+    fair: bool = False
+    """Stores ``group_id`` in :meth:`MessageStore.post` and takes ``fair`` in
+    :meth:`MessageStore.claim` (fair queues)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +372,7 @@ class MessageStore(Protocol):
         grace: int,
         dead_letter: DeadLetterPolicy | None = None,
         version: int | None = None,
+        fair: FairPolicy | None = None,
     ) -> ClaimResult:
         """Claim up to ``limit`` of the oldest claimable messages, atomically.
 
@@ -369,6 +398,17 @@ class MessageStore(Protocol):
         finished in idempotent steps (docs/redis-cluster.md): once ``claim`` returns, the
         message is no longer claimable in its queue, and it appears in the dead-letter queue at
         once or, after a crash between the steps, when the sweeper resumes the move.
+
+        Fair queues (``fair`` given; only when ``capabilities.fair``): the claim counts, in the
+        same atomic step, the messages with a group it takes as in flight for their group
+        until they are deleted, their claim is released or expires (a renewal keeps them
+        counted). A group is noisy as :meth:`FairPolicy.noisy` says, from those counts and
+        the messages this claim took before. Reading claimable messages by ``seq``, at most
+        ``limit + fair.lookahead`` of them, the claim takes those without a group or of a
+        group that is not noisy (then) first, and only when that leaves it short of ``limit``
+        the oldest of the noisy groups' (work-conserving). Messages without a group are never
+        passed over, and a queue where no message has a group is claimed exactly as without
+        ``fair``. Messages claimed without ``fair`` are not counted.
 
         Returns:
             The claim (``None`` when nothing was claimed) and the ids moved to the

@@ -61,7 +61,7 @@ def claim(
             break
         after = rows[-1]["seq"]
 
-    return _claimed(conn, project, queue, claim_id, now, ttl, grace, dead_letter, taken, dead)
+    return claimed(conn, project, queue, claim_id, now, ttl, grace, dead_letter, taken, dead)
 
 
 def claim_fifo(
@@ -76,10 +76,10 @@ def claim_fifo(
     dead_letter: DeadLetterPolicy | None,
 ) -> ClaimResult:
     taken, dead = select_fifo(conn, project, queue, now, limit, dead_letter)
-    return _claimed(conn, project, queue, claim_id, now, ttl, grace, dead_letter, taken, dead)
+    return claimed(conn, project, queue, claim_id, now, ttl, grace, dead_letter, taken, dead)
 
 
-def _claimed(
+def claimed(
     conn: sqlite3.Connection,
     project: str,
     queue: str,

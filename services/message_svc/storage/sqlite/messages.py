@@ -59,9 +59,10 @@ def post(
 ) -> tuple[str, ...]:
     conn.executemany(
         "INSERT INTO messages (project, queue, id, body, ttl, created, expires, visible_at, "
-        "client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "client_id, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (project, queue, mid, m.body, m.ttl, now, now + m.ttl, now + m.delay, client_id)
+            (project, queue, mid, m.body, m.ttl, now, now + m.ttl, now + m.delay, client_id,
+             m.group_id)
             for mid, m in zip(ids, messages, strict=True)
         ],
     )
@@ -202,8 +203,10 @@ def find_for_delete(
     return row["seq"], (row["claim_id"] if row["claim_expires"] > now else None)
 
 
-def delete_seq(conn: sqlite3.Connection, seq: int) -> None:
-    conn.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+def delete_seq(conn: sqlite3.Connection, seq: int) -> str | None:
+    """Deletes the message; returns its group."""
+    row = conn.execute("DELETE FROM messages WHERE seq = ? RETURNING group_id", (seq,)).fetchone()
+    return None if row is None else row["group_id"]
 
 
 def delete_many(
@@ -213,10 +216,11 @@ def delete_many(
     message_ids: Sequence[str],
     claim_ids: Sequence[str] | None,
     now: float,
-) -> int:
+) -> tuple[int, list[tuple[str, str]]]:
+    """(how many were deleted, (live claim, group) of each deleted one that had both)."""
     ids = list(dict.fromkeys(message_ids))
     if not ids:
-        return 0
+        return 0, []
     sql = (
         f"DELETE FROM messages INDEXED BY messages_by_id WHERE id IN ({', '.join('?' * len(ids))}) "
         "AND project = ? AND queue = ?"
@@ -227,7 +231,11 @@ def delete_many(
         held_by = f" OR claim_id IN ({', '.join('?' * len(cids))})" if cids else ""
         sql += f" AND (claim_expires <= ?{held_by})"
         params += [now, *cids]
-    return conn.execute(sql, params).rowcount
+    rows = conn.execute(sql + " RETURNING claim_id, claim_expires, group_id", params).fetchall()
+    return len(rows), [
+        (row["claim_id"], row["group_id"]) for row in rows
+        if row["group_id"] is not None and row["claim_id"] and row["claim_expires"] > now
+    ]
 
 
 def pop(

@@ -71,3 +71,28 @@ CREATE TABLE IF NOT EXISTS post_keys (
 );
 
 CREATE INDEX IF NOT EXISTS post_keys_by_expiry ON post_keys (expires);
+
+-- Fair queues (docs/architecture.md, "Fair queues"): per queue and group, the messages held
+-- by fair claims (group_id '' = the queue's total); per fair claim and group, how many it
+-- holds and until when, so that a claim's counts go when it is released or expires (settled
+-- by the next fair claim of the queue or the garbage collection).
+CREATE TABLE IF NOT EXISTS fair_in_flight (
+    project  TEXT    NOT NULL,
+    queue    TEXT    NOT NULL,
+    group_id TEXT    NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (project, queue, group_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS fair_holds (
+    claim_id TEXT    NOT NULL,
+    group_id TEXT    NOT NULL,
+    project  TEXT    NOT NULL,
+    queue    TEXT    NOT NULL,
+    n        INTEGER NOT NULL,
+    expires  REAL    NOT NULL,
+    PRIMARY KEY (claim_id, group_id)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS fair_holds_by_queue ON fair_holds (project, queue, expires);
+CREATE INDEX IF NOT EXISTS fair_holds_by_expiry ON fair_holds (expires);

@@ -18,6 +18,7 @@ from services.message_svc.storage.base import (
     ClaimResult,
     DeadLetterPolicy,
     DeleteOutcome,
+    FairPolicy,
     FifoPosted,
     NewMessage,
     QueueStats,
@@ -25,6 +26,7 @@ from services.message_svc.storage.base import (
     StoredMessage,
 )
 from services.message_svc.storage.sqlite import claims as claim_sql
+from services.message_svc.storage.sqlite import fair as fair_sql
 from services.message_svc.storage.sqlite import messages as message_sql
 from services.message_svc.storage.sqlite import once, versions
 
@@ -58,14 +60,14 @@ class SqliteMessageStore(base.MessageStore):
     may share a database file (replicas of ``up --replicas``): SQLite's locks serialize their
     writes, and nothing of the store is kept in a process."""
 
-    capabilities = Capabilities(durable=True, shared=True, fifo=True)
+    capabilities = Capabilities(durable=True, shared=True, fifo=True, fair=True)
 
     def __init__(self, uri: str, now: Callable[[], float] = time.time) -> None:
         parsed = parse_uri(uri, STORE)
         self._db = Database(parsed, STORE, SCHEMA)
         self._now = now
         if parsed.in_memory:  # private to its connection
-            self.capabilities = Capabilities(durable=False, shared=False, fifo=True)
+            self.capabilities = Capabilities(durable=False, shared=False, fifo=True, fair=True)
 
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> SqliteMessageStore:
@@ -213,7 +215,9 @@ class SqliteMessageStore(base.MessageStore):
                 return DeleteOutcome.NOT_CLAIMED
             elif holder != claim_id:
                 return DeleteOutcome.CLAIMED_BY_OTHER
-            message_sql.delete_seq(conn, seq)
+            group = message_sql.delete_seq(conn, seq)
+            if holder is not None and group is not None:
+                fair_sql.forget(conn, project, queue, [(holder, group)])
             return DeleteOutcome.DELETED
 
         return await self._db.write(job)
@@ -226,9 +230,15 @@ class SqliteMessageStore(base.MessageStore):
         claim_ids: Sequence[str] | None = None,
     ) -> int:
         now = self._now()
-        return await self._db.write(
-            lambda c: message_sql.delete_many(c, project, queue, message_ids, claim_ids, now)
-        )
+
+        def job(conn: sqlite3.Connection) -> int:
+            deleted, held = message_sql.delete_many(
+                conn, project, queue, message_ids, claim_ids, now
+            )
+            fair_sql.forget(conn, project, queue, held)
+            return deleted
+
+        return await self._db.write(job)
 
     async def pop(self, project: str, queue: str, limit: int) -> list[StoredMessage]:
         now, claim_id = self._now(), _new_id()
@@ -246,8 +256,17 @@ class SqliteMessageStore(base.MessageStore):
         grace: int,
         dead_letter: DeadLetterPolicy | None = None,
         version: int | None = None,
+        fair: FairPolicy | None = None,
     ) -> ClaimResult:
         now, claim_id = self._now(), _new_id()
+        if fair is not None:
+            policy = fair
+            return await self._write_at(
+                project, queue, version,
+                lambda c: fair_sql.claim(
+                    c, project, queue, claim_id, now, limit, ttl, grace, dead_letter, policy
+                ),
+            )
         return await self._write_at(
             project, queue, version,
             lambda c: claim_sql.claim(
@@ -288,12 +307,21 @@ class SqliteMessageStore(base.MessageStore):
         self, project: str, queue: str, claim_id: str, *, ttl: int, grace: int
     ) -> bool:
         now = self._now()
-        return await self._db.write(
-            lambda c: claim_sql.renew_claim(c, project, queue, claim_id, now, ttl, grace)
-        )
+
+        def job(conn: sqlite3.Connection) -> bool:
+            renewed = claim_sql.renew_claim(conn, project, queue, claim_id, now, ttl, grace)
+            if renewed:
+                fair_sql.renew(conn, claim_id, now + ttl)
+            return renewed
+
+        return await self._db.write(job)
 
     async def release_claim(self, project: str, queue: str, claim_id: str) -> None:
-        await self._db.write(lambda c: claim_sql.release_claim(c, project, queue, claim_id))
+        def job(conn: sqlite3.Connection) -> None:
+            claim_sql.release_claim(conn, project, queue, claim_id)
+            fair_sql.release(conn, project, queue, claim_id)
+
+        await self._db.write(job)
 
     async def stats(self, project: str, queue: str) -> QueueStats:
         now = self._now()
@@ -304,7 +332,11 @@ class SqliteMessageStore(base.MessageStore):
         return await self._db.read(lambda c: message_sql.next_free_at(c, project, queue, now))
 
     async def delete_queue(self, project: str, queue: str) -> None:
-        await self._db.write(lambda c: message_sql.delete_queue(c, project, queue))
+        def job(conn: sqlite3.Connection) -> None:
+            message_sql.delete_queue(conn, project, queue)
+            fair_sql.delete_queue(conn, project, queue)
+
+        await self._db.write(job)
 
     async def collect_garbage(self) -> int:
         now, total = self._now(), 0
@@ -313,6 +345,7 @@ class SqliteMessageStore(base.MessageStore):
             removed = await self._db.write(
                 lambda c: message_sql.collect_garbage(c, now, GC_BATCH)
                 + once.collect_garbage(c, now, GC_BATCH)
+                + fair_sql.collect_garbage(c, now, GC_BATCH)
             )
             total += removed
             if removed < GC_BATCH:

@@ -1,0 +1,75 @@
+"""The choice a fair claim makes among the claimable messages it reads, shared by the
+backends that choose in Python (SQLite, MongoDB); Redis does the same in ``scripts/fair.lua``.
+
+The claim offers the claimable messages by seq. A message without a group, or of a group that
+is not noisy (:meth:`FairPolicy.noisy`, counting what this claim took so far), is taken at
+once; one of a noisy group is put aside. When the claim has read ``limit + lookahead``
+messages, or the queue has no more, what was put aside fills what is left of ``limit``, oldest
+first: a claim is never left short while there are claimable messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from services.message_svc.storage.base import FairPolicy
+
+T = TypeVar("T")
+
+
+class FairChoice(Generic[T]):
+    """One claim's choice. ``in_flight`` has counts before the claim of the groups known so
+    far (:meth:`know` adds others; a group never known has none) and ``total`` the sum over
+    every group of the queue."""
+
+    def __init__(
+        self, policy: FairPolicy, limit: int, in_flight: dict[str, int], total: int
+    ) -> None:
+        self.policy, self.limit = policy, limit
+        self.in_flight, self.total = dict(in_flight), total
+        self.taken: list[T] = []
+        self.aside: list[tuple[T, str]] = []
+        self.read = 0
+
+    def know(self, in_flight: dict[str, int]) -> None:
+        """Counts before the claim of groups met on the way (those already known stay)."""
+        for group, count in in_flight.items():
+            self.in_flight.setdefault(group, count)
+
+    @property
+    def done(self) -> bool:
+        """Nothing more to read: ``limit`` taken, or the lookahead used up."""
+        return (len(self.taken) >= self.limit
+                or self.read >= self.limit + self.policy.lookahead)
+
+    def offer(self, item: T, group: str | None) -> None:
+        """A claimable message, in seq order (only while not :attr:`done`)."""
+        self.read += 1
+        if group is None:
+            self.taken.append(item)
+        elif self.policy.noisy(self.in_flight.get(group, 0), self.total):
+            self.aside.append((item, group))
+        else:
+            self._take(item, group)
+
+    def _take(self, item: T, group: str) -> None:
+        self.taken.append(item)
+        self.in_flight[group] = self.in_flight.get(group, 0) + 1
+        self.total += 1
+
+    def finish(self) -> list[T]:
+        """What the claim takes: the messages taken, then the oldest put aside up to
+        ``limit``."""
+        for item, group in self.aside[: max(0, self.limit - len(self.taken))]:
+            self._take(item, group)
+        return self.taken
+
+    def added(self, group_of: Callable[[T], str | None]) -> dict[str, int]:
+        """Per group, how many of the messages taken have it."""
+        counts: dict[str, int] = {}
+        for item in self.taken:
+            group = group_of(item)
+            if group is not None:
+                counts[group] = counts.get(group, 0) + 1
+        return counts

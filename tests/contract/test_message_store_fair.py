@@ -1,0 +1,13 @@
+"""The fair-queue contract (``services/testing/fair_store.py``) over every built-in message
+store backend, a Redis Cluster included."""
+
+from __future__ import annotations
+
+from services.testing.fair_store import FairMessageStoreContract
+from tests.contract.conftest import WITH_CLUSTER
+
+STORE_BACKENDS = WITH_CLUSTER
+
+
+class TestFairMessageStore(FairMessageStoreContract):
+    """The fair-queue suite over every backend of ``STORE_BACKENDS``."""
