@@ -30,8 +30,10 @@ from services.message_svc.handoff import Handoff
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.polling import Polling, notifier_watch
 from services.message_svc.pools import PoolStores
+from services.message_svc.redrive import Redrives, queue_sources
 from services.message_svc.service import MessageService
 from services.message_svc.servicer import INTERNAL_SERVICE, MESSAGES_SERVICE, Packer, registrar
+from services.message_svc.storage.redrives import open_redrive_store
 from services.message_svc.storage.registry import open_store
 from services.message_svc.waiters import WaitRoom
 
@@ -80,7 +82,13 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         auth=auth,
     )
 
+    redrive_jobs = None
+
     async def close() -> None:
+        if redrives is not None:
+            await redrives.close()
+        if redrive_jobs is not None:
+            await redrive_jobs.close()
         await polling.room.close()
         await notifier_channel.close()
         await sweeper.stop()
@@ -107,6 +115,16 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     polling = Polling(service, WaitRoom(notifier_watch(
         notifier_pb2_grpc.NotifierInternalStub(notifier_channel)
     )))
+    redrives: Redrives | None = None
+    try:
+        redrive_jobs = await open_redrive_store(settings.store_uri("message"))
+    except BaseException:
+        await close()
+        raise
+    redrives = Redrives(
+        service, redrive_jobs, queue_sources(channel, settings.rpc_timeout),
+        hint=polling.room.hint,
+    )
 
     async def check_health(
         request: admin_pb2.CheckStoresRequest, seconds: float
@@ -115,7 +133,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
 
     try:
         server, port, health_servicer = create_server(
-            [registrar(service, packer, polling), health.registrar(check_health)], SERVICE_NAMES,
+            [registrar(service, packer, polling, redrives), health.registrar(check_health)],
+            SERVICE_NAMES,
             host=settings.host, port=settings.message_port, tls=tls,
             interceptors=server_interceptors(
                 auth, [MESSAGES_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]
@@ -131,6 +150,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         await close()
         raise
     sweeper.start()
+    redrives.start_scanning()
     return running
 
 

@@ -21,8 +21,10 @@ from services.common.errors import Unavailable
 from services.common.grpc_types import Context
 from services.message_svc.batch import BatchRunner
 from services.message_svc.polling import Polling, wait_seconds
+from services.message_svc.redrive import Redrives
 from services.message_svc.service import MessageService, Posted
 from services.message_svc.storage.base import Claim, StoredMessage
+from services.message_svc.storage.redrives import RedriveJob
 from services.message_svc.streaming import max_outstanding
 
 MESSAGES_SERVICE = "zaqar.v2.Messages"
@@ -74,6 +76,15 @@ class Packer:
         )
 
 
+def redrive_message(job: RedriveJob) -> messages_pb2.Redrive:
+    return messages_pb2.Redrive(
+        id=job.id, queue=job.queue, destination=job.destination,
+        max_per_second=job.max_per_second, status=job.status, moved=job.moved,
+        remaining=job.remaining, started=int(job.started), updated=int(job.updated),
+        error=job.error,
+    )
+
+
 def _opt(message: Message, field: str) -> int | None:
     """An ``optional int32`` field: ``None`` when unset (0 is a value)."""
     return int(getattr(message, field)) if message.HasField(field) else None
@@ -81,11 +92,13 @@ def _opt(message: Message, field: str) -> int | None:
 
 class MessagesServicer(messages_pb2_grpc.MessagesServicer):
     def __init__(
-        self, service: MessageService, packer: Packer, polling: Polling | None = None
+        self, service: MessageService, packer: Packer, polling: Polling | None = None,
+        redrives: Redrives | None = None,
     ) -> None:
         self._service = service
         self._pack = packer
         self._polling = polling
+        self._redrives = redrives
 
     def hint(self, project: str, queue: str) -> None:
         """Messages were posted to the queue here: its long-polling waiters look."""
@@ -225,6 +238,31 @@ class MessagesServicer(messages_pb2_grpc.MessagesServicer):
                 claim_id=packed.id, claim_ttl=packed.ttl, messages=packed.messages
             )
 
+    def _redrive(self) -> Redrives:
+        if self._redrives is None:
+            raise Unavailable("Dead-letter redrive is not served by this server.")
+        return self._redrives
+
+    async def StartRedrive(
+        self, request: messages_pb2.StartRedriveRequest, context: Context
+    ) -> messages_pb2.Redrive:
+        job = await self._redrive().start(
+            request.project, request.queue,
+            request.destination if request.HasField("destination") else None,
+            _opt(request, "max_per_second"),
+        )
+        return redrive_message(job)
+
+    async def GetRedrive(
+        self, request: common_pb2.QueueRef, context: Context
+    ) -> messages_pb2.Redrive:
+        return redrive_message(await self._redrive().get(request.project, request.queue))
+
+    async def CancelRedrive(
+        self, request: common_pb2.QueueRef, context: Context
+    ) -> messages_pb2.Redrive:
+        return redrive_message(await self._redrive().cancel(request.project, request.queue))
+
     async def GetStats(
         self, request: common_pb2.QueueRef, context: Context
     ) -> common_pb2.QueueStats:
@@ -285,10 +323,11 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
 
 
 def registrar(
-    service: MessageService, packer: Packer, polling: Polling | None = None
+    service: MessageService, packer: Packer, polling: Polling | None = None,
+    redrives: Redrives | None = None,
 ) -> Callable[[grpc.aio.Server], None]:
     def register(server: grpc.aio.Server) -> None:
-        messages = MessagesServicer(service, packer, polling)
+        messages = MessagesServicer(service, packer, polling, redrives)
         messages_pb2_grpc.add_MessagesServicer_to_server(messages, server)
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(
             MessagesInternalServicer(service, messages), server
