@@ -12,11 +12,11 @@ from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
 from tests.servers import service_ports
 
-# Stores that ``zaqar-grpc up`` runs on in these tests.
-UP_STORES = ["sqlite", "redis", "mongodb"]
-# Also served by :func:`up_stack`, for the few tests that choose it: every store on the
-# session's Redis Cluster (``redis+cluster://``).
+# Every store on the session's Redis Cluster (``redis+cluster://``, 3 masters and 3 replicas).
 REDIS_CLUSTER = "redis_cluster"
+# Stores that ``zaqar-grpc up`` runs on in these tests: the gateway and e2e suites run whole
+# on each.
+UP_STORES = ["sqlite", "redis", "mongodb", REDIS_CLUSTER]
 # Secret of the pre-signed URLs the ``up`` stacks make and verify.
 SIGNED_URL_SECRET = "test-signed-url-secret"
 

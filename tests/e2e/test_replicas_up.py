@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 
 from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
+from tests.stacks import REDIS_CLUSTER
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +61,7 @@ def websocket_urls(stack: Stack) -> list[str]:
     return [found[i] for i in sorted(found)]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
+@pytest.fixture(scope="module", params=["sqlite", "redis", REDIS_CLUSTER])
 def replicated(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Replicated]:
@@ -78,6 +79,10 @@ def replicated(
         overrides.update(queue_store=f"redis://127.0.0.1:{port}/7",
                          message_store=f"redis://127.0.0.1:{port}/8",
                          notifier_store=f"redis://127.0.0.1:{port}/9")
+    elif request.param == REDIS_CLUSTER:
+        hosts = request.getfixturevalue("redis_cluster").uri_hosts
+        overrides.update({f"{s}_store": f"redis+cluster://{hosts}?prefix=replicas{s[0]}"
+                          for s in ("queue", "message", "notifier")})
     stack = start_stack(Settings.load(environ={}, overrides=overrides),
                         ["--replicas", str(REPLICAS)], timeout=START_TIMEOUT)
     try:

@@ -42,6 +42,7 @@ from tests.e2e.test_notifications import pending, start_notifier
 from tests.e2e.test_queue_subscribers import listed, wait_listed
 from tests.receivers import Hit, Receiver
 from tests.servers import ServerProcess, free_port
+from tests.stacks import REDIS_CLUSTER, UP_STORES
 
 pytestmark = pytest.mark.e2e
 
@@ -58,10 +59,14 @@ def store_overrides(request: pytest.FixtureRequest, store: str) -> dict[str, Any
         server = request.getfixturevalue("mongodb_server")
         return {f"{s}_store": f"mongodb://127.0.0.1:{server.port}/e2e{s}{unique}"
                 for s in ("queue", "message", "notifier")}
+    if store == REDIS_CLUSTER:
+        cluster = request.getfixturevalue("redis_cluster")
+        return {f"{s}_store": f"redis+cluster://{cluster.uri_hosts}?prefix=e2e{s}{unique}"
+                for s in ("queue", "message", "notifier")}
     return {}
 
 
-@pytest.fixture(params=["sqlite", "redis", "mongodb"])
+@pytest.fixture(params=UP_STORES)
 async def services(
     request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[Settings]:
