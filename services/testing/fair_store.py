@@ -189,15 +189,6 @@ class FairMessageStoreContract:
         # Then "a" is still noisy
         assert await self.claim(store, 1) == [7]
 
-    async def test_a_plain_claim_counts_nothing(self, store: MessageStore) -> None:
-        # Given three messages of "a" claimed without fairness
-        await self.post(store, *(gmsg(n, "a") for n in range(1, 7)), gmsg(7, "b"))
-        plain = await store.claim(P, Q, limit=3, ttl=60, grace=60)
-        assert plain.claim is not None and numbers(plain.claim.messages) == [1, 2, 3]
-
-        # Then a fair claim sees nothing in flight: the oldest come first
-        assert await self.claim(store, 2) == [4, 5]
-
     async def test_popped_and_dead_lettered_messages_do_not_count(
         self, store: MessageStore, clock: Clock
     ) -> None:

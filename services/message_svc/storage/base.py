@@ -408,7 +408,8 @@ class MessageStore(Protocol):
         group that is not noisy (then) first, and only when that leaves it short of ``limit``
         the oldest of the noisy groups' (work-conserving). Messages without a group are never
         passed over, and a queue where no message has a group is claimed exactly as without
-        ``fair``. Messages claimed without ``fair`` are not counted.
+        ``fair``. Whether messages claimed without ``fair`` count is the backend's (SQLite
+        and Redis keep counters that only fair claims raise; MongoDB counts held messages).
 
         Returns:
             The claim (``None`` when nothing was claimed) and the ids moved to the

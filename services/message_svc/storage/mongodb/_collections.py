@@ -49,6 +49,15 @@ class Collections:
             [("p", ASCENDING), ("q", ASCENDING), ("g", ASCENDING), ("s", ASCENDING)],
             name="queue_group_seq",
         )
+        # Fair queues (fair.py): a group's in-flight messages, and the queue's with a group.
+        await m.create_index(
+            [("p", ASCENDING), ("q", ASCENDING), ("f", ASCENDING), ("x", ASCENDING)],
+            partialFilterExpression={"f": {"$type": "string"}}, name="queue_fair_held",
+        )
+        await m.create_index(
+            [("p", ASCENDING), ("q", ASCENDING), ("x", ASCENDING)],
+            partialFilterExpression={"f": {"$type": "string"}}, name="queue_fair_in_flight",
+        )
         # Messages posted with a dedup id: one per dedup id and generation in a queue.
         await m.create_index(
             [("p", ASCENDING), ("q", ASCENDING), ("d", ASCENDING), ("dg", ASCENDING)],

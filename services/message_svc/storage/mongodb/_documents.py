@@ -119,5 +119,5 @@ def to_message(doc: Document, now: float, claim_id: str | None = None) -> Stored
         client_id=doc["i"],
         claim_id=claim_id,
         claim_count=int(doc["n"]),
-        group_id=doc.get("g"),
+        group_id=doc.get("g") or doc.get("f"),
     )

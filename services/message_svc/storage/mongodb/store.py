@@ -45,12 +45,14 @@ from services.message_svc.storage.base import (
     ClaimResult,
     DeadLetterPolicy,
     DeleteOutcome,
+    FairPolicy,
     FifoPosted,
     NewMessage,
     QueueStats,
     StoredMessage,
 )
 from services.message_svc.storage.mongodb import claims, fifo, groups, once
+from services.message_svc.storage.mongodb import fair as fair_claims
 from services.message_svc.storage.mongodb._collections import Collections
 from services.message_svc.storage.mongodb._connection import (
     Document,
@@ -75,7 +77,7 @@ def _new_id() -> str:
 class MongoMessageStore(base.MessageStore):
     """:class:`services.message_svc.storage.base.MessageStore` on MongoDB."""
 
-    capabilities = Capabilities(durable=True, shared=True, fifo=True)
+    capabilities = Capabilities(durable=True, shared=True, fifo=True, fair=True)
 
     def __init__(self, options: MongoOptions, now: Callable[[], float] = time.time) -> None:
         self.options = options
@@ -153,7 +155,7 @@ class MongoMessageStore(base.MessageStore):
         docs = [
             {"_id": mid, "p": project, "q": queue, "b": Binary(m.body), "t": m.ttl, "c": now,
              "e": now + m.ttl, "ea": as_date(now + m.ttl), "v": now + m.delay, "i": client_id,
-             "k": None, "x": 0.0, "n": 0}
+             "k": None, "x": 0.0, "n": 0, **({} if m.group_id is None else {"f": m.group_id})}
             for mid, m in zip(ids, messages, strict=True)
         ]
         if not docs:
@@ -386,6 +388,7 @@ class MongoMessageStore(base.MessageStore):
         grace: int,
         dead_letter: DeadLetterPolicy | None = None,
         version: int | None = None,
+        fair: FairPolicy | None = None,
     ) -> ClaimResult:
         db = self._db()
         now, claim_id = self._now(), _new_id()
@@ -393,10 +396,16 @@ class MongoMessageStore(base.MessageStore):
             # Checked once this claim's turn has come, right before it takes anything.
             if version is not None:
                 await db.check_version(project, queue, version)
-            docs, dead = await claims.claim(
-                db, project, queue, claim_id, now,
-                limit=limit, ttl=ttl, grace=grace, dead_letter=dead_letter,
-            )
+            if fair is not None:
+                docs, dead = await fair_claims.claim(
+                    db, project, queue, claim_id, now,
+                    limit=limit, ttl=ttl, grace=grace, dead_letter=dead_letter, policy=fair,
+                )
+            else:
+                docs, dead = await claims.claim(
+                    db, project, queue, claim_id, now,
+                    limit=limit, ttl=ttl, grace=grace, dead_letter=dead_letter,
+                )
         if not docs:
             return ClaimResult(claim=None, dead_lettered=dead)
         claim_expires = now + ttl

@@ -9,8 +9,8 @@ from typing import Any
 from services.message_svc.storage.base import StoredMessage
 
 # What a script returns for a message: id, seq, body, ttl, created, expires, visible_at,
-# client_id, claim id ('' = none), claim expiry, claim count, group (None = none; see
-# scripts/lib.lua).
+# client_id, claim id ('' = none), claim expiry, claim count, FIFO group, fair-queue group
+# (each None = none; see scripts/lib.lua).
 Row = Sequence[Any]
 
 _ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "{": "%7B", "}": "%7D"})
@@ -75,5 +75,13 @@ def to_message(row: Row, now: float, claim_id: str | None = None) -> StoredMessa
         client_id=_text(row[7]),
         claim_id=claim_id,
         claim_count=int(row[10]),
-        group_id=None if len(row) < 12 or row[11] is None else _text(row[11]),
+        group_id=_group(row),
     )
+
+
+def _group(row: Row) -> str | None:
+    """A message's group: the FIFO one, else the fair-queue one."""
+    for at in (11, 12):
+        if len(row) > at and row[at] is not None:
+            return _text(row[at])
+    return None

@@ -112,7 +112,7 @@ class RedisClusterMessageStore(RedisMessageStore):
     async def _capabilities(
         self, client: redis.asyncio.Redis | RedisClusterClient
     ) -> Capabilities:
-        return Capabilities(durable=self.options.wait >= 1, shared=True, fifo=True)
+        return Capabilities(durable=self.options.wait >= 1, shared=True, fifo=True, fair=True)
 
     # Dead-letter moves ----------------------------------------------------------------------
 
@@ -146,11 +146,12 @@ class RedisClusterMessageStore(RedisMessageStore):
         by_queue: dict[str, list[Any]] = {}
         for dlq, ttl, expires, claim_id, row in moves:
             # row: id, seq, body, ttl, created, expires, visible_at, client id, claim id,
-            # claim expiry, claim count, group (None = none); in seq order, so a group's
-            # messages keep their order in the dead-letter queue.
+            # claim expiry, claim count, group, fair-queue group (None = none); in seq order,
+            # so a group's messages keep their order in the dead-letter queue.
             by_queue.setdefault(dlq, []).extend((
                 row[0], claim_id, row[2], ttl or row[3], row[4], expires or row[5], row[6],
                 row[7], row[5], row[11] if len(row) > 11 and row[11] is not None else "",
+                row[12] if len(row) > 12 and row[12] is not None else "",
             ))
         now = timestamp(self._now())
         copies = await asyncio.gather(*(
@@ -164,12 +165,12 @@ class RedisClusterMessageStore(RedisMessageStore):
             if isinstance(outcome, Exception):
                 log.warning(
                     "dead-letter move of %d messages to %s not finished, to be resumed: %s",
-                    len(values) // 10, dlq, outcome,
+                    len(values) // 11, dlq, outcome,
                 )
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
-                copied += values[::10]
+                copied += values[::11]
                 if int(outcome[1]):
                     await self._registry_started(dlq)
         if copied:

@@ -40,6 +40,7 @@ from services.message_svc.storage.base import (
     ClaimResult,
     DeadLetterPolicy,
     DeleteOutcome,
+    FairPolicy,
     FifoPosted,
     NewMessage,
     QueueStats,
@@ -87,7 +88,7 @@ class RedisMessageStore(base.MessageStore):
     (checked at open, reported in :attr:`capabilities`); shared by any number of replicas.
     """
 
-    capabilities = Capabilities(durable=False, shared=True, fifo=True)
+    capabilities = Capabilities(durable=False, shared=True, fifo=True, fair=True)
     # Whether a claim stages its dead letters (in its own slot) instead of moving them.
     stages_dead_letters = False
 
@@ -143,7 +144,7 @@ class RedisMessageStore(base.MessageStore):
         self, client: redis.asyncio.Redis | RedisClusterClient
     ) -> Capabilities:
         assert isinstance(client, redis.asyncio.Redis)
-        return Capabilities(durable=await _fsyncs_always(client), shared=True, fifo=True)
+        return Capabilities(durable=await _fsyncs_always(client), shared=True, fifo=True, fair=True)
 
     def _redis(self) -> redis.asyncio.Redis | RedisClusterClient:
         if self._client is None:
@@ -198,7 +199,8 @@ class RedisMessageStore(base.MessageStore):
         now = self._now()
         args: list[Any] = [tag, client_id, timestamp(now), expected_version(version)]
         for mid, m in zip(ids, messages, strict=True):
-            args += [mid, m.body, m.ttl, timestamp(now + m.ttl), timestamp(now + m.delay)]
+            args += [mid, m.body, m.ttl, timestamp(now + m.ttl), timestamp(now + m.delay),
+                     m.group_id or ""]
         if ids or version is not None:
             reply = await self._run("post", (prefix, self._registry_of(tag)), args)
             current = stale_version(reply)
@@ -386,6 +388,7 @@ class RedisMessageStore(base.MessageStore):
         grace: int,
         dead_letter: DeadLetterPolicy | None = None,
         version: int | None = None,
+        fair: FairPolicy | None = None,
     ) -> ClaimResult:
         tag, prefix = self._queue(project, queue)
         now, claim_id = self._now(), _new_id()
@@ -404,6 +407,7 @@ class RedisMessageStore(base.MessageStore):
             timestamp(now), limit, claim_id, ttl, grace, timestamp(claim_expires),
             ttl + grace, timestamp(claim_expires + grace), max_count, dlq_tag, dlq_ttl,
             dlq_expires, expected_version(version), "1" if stage else "",
+            *(() if fair is None else (fair.share_percent, fair.min_in_flight, fair.lookahead)),
         ))
         current = stale_version(reply)
         if current is not None:

@@ -6,7 +6,9 @@
 --       expires (claim expires + grace), max claim count ('' = no policy), dead-letter queue
 --       tag, dead-letter ttl ('' = keep), dead-letter expires (now + dead-letter ttl),
 --       expected queue version ('' = no check), '1' to stage dead letters instead of moving
---       them ('' = move; on a Redis Cluster, where the dead-letter queue is in another slot).
+--       them ('' = move; on a Redis Cluster, where the dead-letter queue is in another slot),
+--       then for a fair claim ('' = not fair) the noisy share in per cent, the noisy minimum
+--       and the lookahead (take_fair in lib.lua).
 -- Returns {claimed rows, dead letters}, or {'stale', current version} having done nothing.
 -- Dead letters are the moved ids, or the staged rows: each message staged leaves every index
 -- of the queue for d:<id> and moving, for the caller to copy to the dead-letter queue (see
@@ -61,6 +63,9 @@ local function dead_letter(row)
     'e', expires, 'v', row[VISIBLE], 'i', row[CLIENT], 'k', '', 'x', '0', 'n', '0')
   redis.call('ZADD', dlq .. 'all', seq, id)
   redis.call('ZADD', dlq .. 'exp', expires, id)
+  if row[FAIR] then
+    redis.call('HSET', dlq .. 'm:' .. id, 'f', row[FAIR])
+  end
   if group then
     -- Keeps its group there, behind the group's messages already moved (in seq order).
     redis.call('HSET', dlq .. 'm:' .. id, 'g', group)
@@ -73,8 +78,12 @@ local function dead_letter(row)
   dead[#dead + 1] = id
 end
 
-take(base, now, limit, function(row)
-  if max_count and tonumber(row[COUNT]) >= max_count then
+local function is_worn(row)
+  return max_count and tonumber(row[COUNT]) >= max_count
+end
+
+local function on_message(row)
+  if is_worn(row) then
     if stage then
       stage_dead_letter(row)
     else
@@ -95,9 +104,21 @@ take(base, now, limit, function(row)
   redis.call('ZADD', base .. (row[GROUP] and 'gheld' or 'held'), claim_exp, row[ID])
   claimed[#claimed + 1] = row
   return true
-end)
+end
+
+local added = nil
+if ARGV[15] and ARGV[15] ~= '' and not has_groups(base) then
+  local _
+  _, added = take_fair(base, now, limit, tonumber(ARGV[15]), tonumber(ARGV[16]),
+                       tonumber(ARGV[17]), is_worn, on_message)
+else
+  take(base, now, limit, on_message)
+end
 
 if #claimed > 0 then
+  if added then -- a fair claim may take a message after a newer one: the claim is by seq
+    table.sort(claimed, function(x, y) return tonumber(x[SEQ]) < tonumber(y[SEQ]) end)
+  end
   local ids = {}
   for i, row in ipairs(claimed) do
     ids[i] = row[ID]
@@ -105,5 +126,12 @@ if #claimed > 0 then
   redis.call('HSET', base .. 'c:' .. cid, 't', ARGV[4], 'g', ARGV[5], 'c', now, 'e', claim_exp,
     'm', table.concat(ids, ' '))
   redis.call('ZADD', base .. 'claims', claim_exp, cid)
+  if added and next(added) then
+    for group, n in pairs(added) do
+      redis.call('HINCRBY', base .. 'fh:' .. cid, group, n)
+      fair_add(base, group, n)
+    end
+    redis.call('ZADD', base .. 'fhx', claim_exp, cid)
+  end
 end
 return {claimed, dead}

@@ -33,6 +33,7 @@ for _, cid in ipairs(cids) do
   redis.call('DEL', base .. 'c:' .. cid)
   redis.call('ZREM', base .. 'claims', cid)
 end
+local settled = fair_settle(base, now, batch)
 local stalled = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', base .. 'moving', '-inf', ARGV[4],
     'LIMIT', 0, batch)) do
@@ -49,9 +50,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', base .. 'moving', '-inf', ARGV[4
 end
 redis.call('ZREMRANGEBYSCORE', base .. 'in', '-inf', now)
 if redis.call('EXISTS', base .. 'all', base .. 'claims', base .. 'moving', base .. 'in',
-    base .. 'ddx') == 0 then
+    base .. 'ddx', base .. 'fhx') == 0 then
   redis.call('UNLINK', base .. 'free', base .. 'delayed', base .. 'held', base .. 'ready',
-    base .. 'gwait', base .. 'gheld', base .. 'dd')
+    base .. 'gwait', base .. 'gheld', base .. 'dd', base .. 'fin')
   redis.call('SREM', registry, ARGV[3])
 end
-return {#ids + #cids + #dedups, stalled}
+return {#ids + #cids + #dedups + settled, stalled}

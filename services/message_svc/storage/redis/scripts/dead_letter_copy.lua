@@ -3,18 +3,18 @@
 -- their ids, each move once only, so the step can be repeated at any time, even after the
 -- copy was claimed or deleted.
 -- KEYS: dead-letter queue prefix, registry (of the dead-letter queue's slot).
--- ARGV: dead-letter queue tag, now, then ten values per message: id, move (the claim that
+-- ARGV: dead-letter queue tag, now, then eleven values per message: id, move (the claim that
 --       started it), body, ttl, created, expires, visible_at, client id, until when to
 --       remember the move (the source message's expiry, after which it is not copied again),
 --       group ('' = none; a message keeps its group, behind the group's messages copied
---       before it).
+--       before it), fair-queue group ('' = none).
 -- Returns {how many messages were copied now, 1 when the registry was empty before (its slot
 -- must then be indexed) else 0}.
 local base, registry = KEYS[1], KEYS[2]
 local now = ARGV[2]
 local copied = 0
 local groups, seen = {}, {}
-for at = 3, #ARGV, 10 do
+for at = 3, #ARGV, 11 do
   local id = ARGV[at]
   local move = ARGV[at + 1] .. ' ' .. id
   if not redis.call('ZSCORE', base .. 'in', move) then
@@ -26,6 +26,9 @@ for at = 3, #ARGV, 10 do
       'n', '0')
     redis.call('ZADD', base .. 'all', seq, id)
     redis.call('ZADD', base .. 'exp', expires, id)
+    if ARGV[at + 10] ~= '' then
+      redis.call('HSET', base .. 'm:' .. id, 'f', ARGV[at + 10])
+    end
     if group ~= '' then
       redis.call('HSET', base .. 'm:' .. id, 'g', group)
       redis.call('ZADD', base .. 'g:' .. group, seq, id)

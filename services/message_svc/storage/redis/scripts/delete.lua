@@ -2,7 +2,7 @@
 -- KEYS: queue prefix. ARGV: now, message id, claim id ('' = none given).
 local base = KEYS[1]
 local now_n, id, cid = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local found = redis.call('HMGET', base .. 'm:' .. id, 'e', 'k', 'x', 'g')
+local found = redis.call('HMGET', base .. 'm:' .. id, 'e', 'k', 'x', 'g', 'f')
 if not found[1] or tonumber(found[1]) <= now_n then
   return 'absent'
 end
@@ -20,6 +20,9 @@ elseif holder ~= cid then
   return 'claimed_by_other'
 end
 remove_message(base, id, found[4])
+if holder and found[5] then
+  fair_forget(base, holder, found[5])
+end
 if found[4] then
   settle_group(base, found[4], ARGV[1])
 end

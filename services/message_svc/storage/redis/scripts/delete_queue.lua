@@ -7,6 +7,9 @@ end
 for _, cid in ipairs(redis.call('ZRANGE', base .. 'claims', 0, -1)) do
   redis.call('UNLINK', base .. 'c:' .. cid)
 end
+for _, cid in ipairs(redis.call('ZRANGE', base .. 'fhx', 0, -1)) do
+  redis.call('UNLINK', base .. 'fh:' .. cid)
+end
 for _, id in ipairs(redis.call('ZRANGE', base .. 'moving', 0, -1)) do
   redis.call('UNLINK', base .. 'd:' .. id)
 end
@@ -17,7 +20,7 @@ for _, index in ipairs({'ready', 'gwait'}) do
   end
 end
 for _, index in ipairs({'all', 'free', 'delayed', 'held', 'exp', 'claims', 'moving', 'in',
-    'ready', 'gwait', 'gheld', 'dd', 'ddx'}) do
+    'ready', 'gwait', 'gheld', 'dd', 'ddx', 'fin', 'fhx'}) do
   redis.call('UNLINK', base .. index)
 end
 redis.call('SREM', registry, ARGV[1])

@@ -33,19 +33,28 @@
 --   gheld    zset    ids of messages with a group taken by a claim, score claim expiry
 --   dd       hash    deduplication ids accepted by post_fifo: dedup id -> "<id> <until>"
 --   ddx      zset    the same dedup ids, score until (for garbage collection)
+-- and, for fair queues (a standard queue's messages with a group, field f: indexed as
+-- messages without a group; docs/architecture.md, "Fair queues"):
+--   fin      hash    group -> its messages held by fair claims; '' -> the sum over groups
+--   fh:<cid> hash    one fair claim's share of fin: group -> messages of it the claim holds
+--   fhx      zset    the fair claims with an fh hash, score claim expiry (settled, their
+--                    counts taken off fin, when released or once expired)
 -- A group that has messages is in ready or in gwait (settle_group puts it in the right one
 -- after every change of its head); an entry may be stale, say a ready group whose head was
 -- taken meanwhile, and the claim that meets it puts it right.
 --
 -- Message fields: s seq, b body, t ttl, c created, e expires, v visible_at, i client_id,
--- k claim id ('' = none), x claim expiry (0 = none), n claim count, g group (absent = none).
+-- k claim id ('' = none), x claim expiry (0 = none), n claim count, g group (absent = none),
+-- f fair-queue group (absent = none).
 -- Times come from the caller as exact decimal strings and are stored and compared as given:
 -- a script never formats a float (Lua would round it to 14 digits).
 
-local MESSAGE_FIELDS = {'s', 'b', 't', 'c', 'e', 'v', 'i', 'k', 'x', 'n', 'g'}
--- Positions in a message row (the id first, then MESSAGE_FIELDS); GROUP is false when none.
+local MESSAGE_FIELDS = {'s', 'b', 't', 'c', 'e', 'v', 'i', 'k', 'x', 'n', 'g', 'f'}
+-- Positions in a message row (the id first, then MESSAGE_FIELDS); GROUP and FAIR are false
+-- when none.
 local ID, SEQ, BODY, TTL, CREATED, EXPIRES, VISIBLE, CLIENT, CLAIM, CLAIM_EXP, COUNT, GROUP =
   1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
+local FAIR = 13
 local INDEXES = {'all', 'free', 'delayed', 'held', 'exp'}
 
 -- A message as {id, s, b, t, c, e, v, i, k, x, n, g}, or nil when there is none with that id.
@@ -281,4 +290,123 @@ local function take(base, now, limit, on_message)
   end
   wake_groups(base, now)
   return take_groups(base, now, limit, on_message)
+end
+
+-- Fair queues --------------------------------------------------------------------------------
+
+-- Adds n (negative: takes) to a group's count of messages held by fair claims and to the sum.
+local function fair_add(base, group, n)
+  local fin = base .. 'fin'
+  for _, field in ipairs({group, ''}) do
+    if redis.call('HINCRBY', fin, field, n) <= 0 then
+      redis.call('HDEL', fin, field)
+    end
+  end
+end
+
+-- Takes a fair claim's counts off fin (it was released or has expired).
+local function fair_drop(base, cid)
+  local key = base .. 'fh:' .. cid
+  local held = redis.call('HGETALL', key)
+  for i = 1, #held, 2 do
+    fair_add(base, held[i], -tonumber(held[i + 1]))
+  end
+  redis.call('DEL', key)
+  redis.call('ZREM', base .. 'fhx', cid)
+end
+
+-- Settles the fair claims expired by now (up to batch of them when given); returns how many.
+local function fair_settle(base, now, batch)
+  local cids
+  if batch then
+    cids = redis.call('ZRANGEBYSCORE', base .. 'fhx', '-inf', now, 'LIMIT', 0, batch)
+  else
+    cids = redis.call('ZRANGEBYSCORE', base .. 'fhx', '-inf', now)
+  end
+  for _, cid in ipairs(cids) do
+    fair_drop(base, cid)
+  end
+  return #cids
+end
+
+-- A message of group held by live claim cid was deleted: it no longer counts.
+local function fair_forget(base, cid, group)
+  local key = base .. 'fh:' .. cid
+  if tonumber(redis.call('HGET', key, group) or '0') > 0 then
+    redis.call('HINCRBY', key, group, -1)
+    fair_add(base, group, -1)
+  end
+end
+
+-- take_free for a fair claim (share in per cent, min in-flight count, lookahead): reads
+-- claimable messages by seq, at most limit + lookahead of them; takes those without a group
+-- or of a group that is not noisy (counting what this call took), and then, while short of
+-- limit, the oldest of those put aside. worn(row) says which messages on_message moves to the
+-- dead-letter queue (they are handed to it when met, and not counted as read). Returns what
+-- was taken and, per group, how many of the taken messages have it.
+local function take_fair(base, now, limit, share, min, lookahead, worn, on_message)
+  normalize(base, now)
+  local now_n = tonumber(now)
+  fair_settle(base, now)
+  local fin, free = base .. 'fin', base .. 'free'
+  local total = tonumber(redis.call('HGET', fin, '') or '0')
+  local counts, added = {}, {}
+  local function count(group)
+    local c = counts[group]
+    if not c then
+      c = tonumber(redis.call('HGET', fin, group) or '0')
+      counts[group] = c
+    end
+    return c
+  end
+  local taken, read, budget, aside = 0, 0, limit + lookahead, {}
+  local function take_row(row)
+    redis.call('ZREM', free, row[ID])
+    if on_message(row) then
+      taken = taken + 1
+      local group = row[FAIR]
+      if group then
+        counts[group] = count(group) + 1
+        total = total + 1
+        added[group] = (added[group] or 0) + 1
+      end
+    end
+  end
+  local after = '-inf'
+  while taken < limit and read < budget do
+    local page = math.min(budget - read, 128)
+    local found = redis.call('ZRANGEBYSCORE', free, after, '+inf', 'WITHSCORES', 'LIMIT', 0, page)
+    for i = 1, #found, 2 do
+      if taken >= limit or read >= budget then
+        break
+      end
+      local id = found[i]
+      after = '(' .. found[i + 1]
+      local row = read_message(base, id)
+      if not row or tonumber(row[EXPIRES]) <= now_n then
+        redis.call('ZREM', free, id)
+      elseif worn(row) then
+        take_row(row)
+      else
+        read = read + 1
+        local group = row[FAIR]
+        local c = group and count(group)
+        if group and c >= min and c * 100 > share * total then
+          aside[#aside + 1] = row
+        else
+          take_row(row)
+        end
+      end
+    end
+    if #found < page * 2 then
+      break
+    end
+  end
+  for _, row in ipairs(aside) do
+    if taken >= limit then
+      break
+    end
+    take_row(row)
+  end
+  return taken, added
 end

@@ -24,6 +24,9 @@ if ids then
   redis.call('DEL', key)
 end
 redis.call('ZREM', base .. 'claims', cid)
+if redis.call('ZSCORE', base .. 'fhx', cid) then
+  fair_drop(base, cid)
+end
 for _, group in ipairs(groups) do
   settle_group(base, group, ARGV[2])
 end

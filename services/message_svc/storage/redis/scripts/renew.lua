@@ -11,6 +11,7 @@ if not claim[1] or tonumber(claim[1]) <= now_n then
 end
 redis.call('HSET', key, 't', ARGV[3], 'g', ARGV[4], 'e', claim_exp)
 redis.call('ZADD', base .. 'claims', claim_exp, cid)
+redis.call('ZADD', base .. 'fhx', 'XX', claim_exp, cid)
 local msg_exp_n = tonumber(msg_exp)
 for id in string.gmatch(claim[2], '%S+') do
   local row = read_message(base, id)
