@@ -28,6 +28,7 @@ ADMIN_ROUTES = frozenset({"/v2/health", "/v2/pools", "/v2/pools/{pool_name}",
 SPOILS: dict[str, str] = {
     f"DELETE {Q}": "queue",
     f"POST {Q}/purge": "queue",
+    f"POST {Q}/redrive": "queue",
     f"DELETE {Q}/messages": "queue",
     f"DELETE {Q}/claims/{{claim_id}}": "queue",
     f"DELETE {Q}/subscriptions/{{subscription_id}}": "queue",
@@ -257,6 +258,11 @@ VALID: dict[str, Builder] = {
     f"GET {Q}/stats": lambda fx, rng: Spec(),
     f"POST {Q}/purge": lambda fx, rng: Spec(doc={"resource_types": ["messages"]}),
     f"POST {Q}/share": _share,
+    # The fixture's queue is nobody's dead-letter queue: refused (400) unless a mutation
+    # finds a destination; either way the shape is the API's.
+    f"POST {Q}/redrive": lambda fx, rng: Spec(doc={"max_per_second": rng.randint(1, 1000)}),
+    f"GET {Q}/redrive": lambda fx, rng: Spec(),
+    f"DELETE {Q}/redrive": lambda fx, rng: Spec(),
     f"POST {Q}/messages": _post_messages,
     f"GET {Q}/messages": _messages_get,
     f"DELETE {Q}/messages": _messages_delete,

@@ -60,6 +60,7 @@ VALID_BODIES: dict[str, Body] = {
     "queue_create": lambda fx, rng: {"queue_name": fx.queue,
                                      "metadata": routes.queue_metadata(fx, rng).doc},
     "queue_purge": lambda fx, rng: {"queue_name": fx.queue, "resource_types": ["messages"]},
+    "queue_redrive": lambda fx, rng: {"queue_name": fx.queue, "max_per_second": 5},
     "message_list": lambda fx, rng: {"queue_name": fx.queue, "limit": 5, "echo": True,
                                      "include_claimed": rng.random() < 0.5},
     "message_post": lambda fx, rng: {"queue_name": fx.queue,
@@ -95,7 +96,8 @@ def valid_body(name: str, required: tuple[str, ...], one_of: tuple[str, ...], fx
 
 
 # Actions whose valid body is exactly their required keys.
-_GENERIC_OK = frozenset({"queue_get", "queue_delete", "queue_get_stats", "message_get",
+_GENERIC_OK = frozenset({"queue_get", "queue_delete", "queue_get_stats", "queue_redrive_get",
+                         "queue_redrive_delete", "message_get",
                          "message_get_many", "claim_get", "claim_delete", "subscription_get",
                          "subscription_delete"})
 

@@ -19,6 +19,7 @@ from services.api_gateway.routes.queues import (
     QueueShare,
     QueueStats,
 )
+from services.api_gateway.routes.redrive import QueueRedrive
 from services.api_gateway.routes.subscriptions import (
     SubscriptionCollection,
     SubscriptionConfirm,
@@ -52,6 +53,7 @@ def add_routes(app: App, up: Upstreams, signed_url_secret: str = "") -> None:
     app.add_route(QUEUE + "/stats", QueueStats(up))
     app.add_route(QUEUE + "/purge", QueuePurge(up))
     app.add_route(QUEUE + "/share", QueueShare(up, signed_url_secret))
+    app.add_route(QUEUE + "/redrive", QueueRedrive(up))
     app.add_route(QUEUE + "/messages", MessageCollection(up))
     app.add_route(QUEUE + "/messages/{message_id}", MessageItem(up))
     app.add_route(QUEUE + "/claims", ClaimCollection(up))

@@ -17,6 +17,7 @@ from services.api_gateway.operations import (
     home,
     messages,
     queues,
+    redrive,
     topics,
 )
 from services.api_gateway.operations import subscriptions as subs
@@ -123,6 +124,19 @@ async def _queue_stats(c: Call) -> Outcome:
 
 async def _queue_purge(c: Call) -> Outcome:
     return await queues.purge_queue(c.up, c.caller, c.queue, dict(c.body))
+
+
+async def _queue_redrive(c: Call) -> Outcome:
+    doc = {k: c.body[k] for k in ("destination", "max_per_second") if k in c.body}
+    return await redrive.start_redrive(c.up, c.caller, c.queue, doc)
+
+
+async def _queue_redrive_get(c: Call) -> Outcome:
+    return await redrive.get_redrive(c.up, c.caller, c.queue)
+
+
+async def _queue_redrive_delete(c: Call) -> Outcome:
+    return await redrive.cancel_redrive(c.up, c.caller, c.queue)
 
 
 # Messages ---------------------------------------------------------------------------------
@@ -325,6 +339,9 @@ ACTIONS: Final[Mapping[str, Action]] = {
     "queue_delete": Action(_queue_delete, _QN, f"DELETE {Q}"),
     "queue_get_stats": Action(_queue_stats, _QN, f"GET {Q}/stats"),
     "queue_purge": Action(_queue_purge, ("queue_name", "resource_types"), f"POST {Q}/purge"),
+    "queue_redrive": Action(_queue_redrive, _QN, f"POST {Q}/redrive"),
+    "queue_redrive_get": Action(_queue_redrive_get, _QN, f"GET {Q}/redrive"),
+    "queue_redrive_delete": Action(_queue_redrive_delete, _QN, f"DELETE {Q}/redrive"),
     "message_list": Action(_message_list, _QN, f"GET {Q}/messages"),
     "message_get": Action(
         _message_get, ("queue_name", "message_id"), f"GET {Q}/messages/{{message_id}}"
