@@ -140,6 +140,28 @@ class Settings:
     shutdown_grace: float = field(
         default=5.0, metadata=_help("Seconds in-flight calls get to finish on SIGTERM.")
     )
+    fair_queues: bool = field(
+        default=True,
+        metadata=_help(
+            "Fair queues: claims of standard queues prefer messages of groups (group_id) that "
+            "do not hold a disproportionate share of the queue's in-flight messages "
+            "(docs/architecture.md, \"Fair queues\"); off: claims take the oldest messages."
+        ),
+    )
+    fair_share_percent: int = field(
+        default=25,
+        metadata=_help("A group is noisy above this per cent of a queue's in-flight messages "
+                       "with a group (1-100) ..."),
+    )
+    fair_min_in_flight: int = field(
+        default=8,
+        metadata=_help("... and with at least this many in flight (1 or more)."),
+    )
+    fair_lookahead: int = field(
+        default=1000,
+        metadata=_help("Claimable messages a fair claim reads at most past those it takes, "
+                       "looking for messages of other groups (0-100000)."),
+    )
     message_batch: bool = field(
         default=True,
         metadata=_help(

@@ -8,7 +8,7 @@ from functools import partial
 from zaqar_grpc.v2 import admin_pb2, notifier_pb2_grpc
 
 from services.common import health
-from services.common.config import Settings
+from services.common.config import ConfigurationError, Settings
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
     STORE_CHECK_TIMEOUT,
@@ -33,6 +33,7 @@ from services.message_svc.pools import PoolStores
 from services.message_svc.redrive import Redrives, queue_sources
 from services.message_svc.service import MessageService
 from services.message_svc.servicer import INTERNAL_SERVICE, MESSAGES_SERVICE, Packer, registrar
+from services.message_svc.storage.base import FairPolicy
 from services.message_svc.storage.redrives import open_redrive_store
 from services.message_svc.storage.registry import open_store
 from services.message_svc.waiters import WaitRoom
@@ -108,7 +109,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     )
     service = MessageService(
         store, metadata, handoff, pools if settings.pooling else None, filters=filters,
-        sealer=None if keys is None else Sealer(keys),
+        sealer=None if keys is None else Sealer(keys), fair=fair_policy(settings),
     )
     packer = Packer(checksum=settings.message_checksum)
     notifier_channel = open_channel(settings.target("notifier"), tls, auth)
@@ -169,3 +170,24 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def fair_policy(settings: Settings) -> FairPolicy | None:
+    """The fair claims the settings ask for (``fair_*``), or None when they are off.
+
+    Raises:
+        ConfigurationError: a threshold is out of its range.
+    """
+    if not settings.fair_queues:
+        return None
+    if not 1 <= settings.fair_share_percent <= 100:
+        raise ConfigurationError("fair_share_percent must be 1 to 100.")
+    if settings.fair_min_in_flight < 1:
+        raise ConfigurationError("fair_min_in_flight must be at least 1.")
+    if not 0 <= settings.fair_lookahead <= 100_000:
+        raise ConfigurationError("fair_lookahead must be 0 to 100000.")
+    return FairPolicy(
+        share_percent=settings.fair_share_percent,
+        min_in_flight=settings.fair_min_in_flight,
+        lookahead=settings.fair_lookahead,
+    )

@@ -35,6 +35,7 @@ from services.message_svc.storage.base import (
     SEQ_MAX,
     Claim,
     DeleteOutcome,
+    FairPolicy,
     MessageStore,
     NewMessage,
     QueueStats,
@@ -83,8 +84,9 @@ class Posted(NamedTuple):
     ttl: int | None = None
     delay: int | None = None
     group_id: str | None = None
-    """FIFO queues only, as ``dedup_id``."""
+    """The message group: ordered in a FIFO queue, a fair-queue tenant in a standard one."""
     dedup_id: str | None = None
+    """FIFO queues only."""
 
 
 class Page(NamedTuple):
@@ -103,6 +105,7 @@ class MessageService:
         pools: PoolStores | None = None,
         filters: Filters | None = None,
         sealer: Sealer | None = None,
+        fair: FairPolicy | None = None,
     ) -> None:
         """``pools``: given when pooling is on; each queue's operations then go to the store
         of the pool it is placed on (``metadata`` says which), else all go to ``store``.
@@ -110,7 +113,9 @@ class MessageService:
         queue's pipeline with; reads look up a queue's pipeline only when some installed
         filter acts on reads. ``sealer``: the message encryption keys, which seal the bodies
         of queues with ``_enable_encrypt_messages`` and open sealed bodies on every read
-        (None: such queues' posts are refused, sealed bodies unreadable)."""
+        (None: such queues' posts are refused, sealed bodies unreadable). ``fair``: the fair
+        claims of standard queues on stores that implement them (None: plain claims)."""
+        self.fair = fair
         self.store = store
         self.filters = filters or Filters.none()
         self.metadata = metadata
@@ -170,12 +175,13 @@ class MessageService:
             validation.fifo_id("group_id", m.group_id)
             validation.fifo_id("dedup_id", m.dedup_id)
             size += len(m.body)
-        fifo_ids = any(m.group_id is not None or m.dedup_id is not None for m in messages)
+        dedup_ids = any(m.dedup_id is not None for m in messages)
+        groups = any(m.group_id is not None for m in messages)
         for _ in range(STALE_ATTEMPTS):
             policy = await self.metadata.ensure(project, queue)
             validation.post_size(size, policy.max_post_size)
-            if fifo_ids and not policy.fifo:
-                raise InvalidArgument(validation.FIFO_IDS_NEED_FIFO)
+            if dedup_ids and not policy.fifo:
+                raise InvalidArgument(validation.DEDUP_NEEDS_FIFO)
             # Delays exist only on delayed queues (contract §4); elsewhere a message's own
             # delay is ignored, as Zaqar lists and hands such messages out at once.
             delayed = policy.default_delay > 0
@@ -197,6 +203,8 @@ class MessageService:
             # plaintext above.
             stored = self._sealed(project, queue, batch) if policy.encrypt else batch
             store = await self.stores.get(policy.pool_uri)
+            if groups and not policy.fifo and not store.capabilities.fair:
+                raise InvalidArgument(validation.GROUPS_UNSUPPORTED)
             try:
                 if policy.fifo:
                     posted = await _fifo(store).post_fifo(
@@ -375,12 +383,22 @@ class MessageService:
         for _ in range(STALE_ATTEMPTS):
             policy = await self.metadata.get(project, queue)
             store = await self.stores.get(policy.pool_uri)
-            claim_of = _fifo(store).claim_fifo if policy.fifo else store.claim
             try:
-                result = await claim_of(
-                    project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
-                    dead_letter=policy.dead_letter, version=policy.version,
-                )
+                if policy.fifo:
+                    result = await _fifo(store).claim_fifo(
+                        project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
+                        dead_letter=policy.dead_letter, version=policy.version,
+                    )
+                elif self.fair is not None and store.capabilities.fair:
+                    result = await store.claim(
+                        project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
+                        dead_letter=policy.dead_letter, version=policy.version, fair=self.fair,
+                    )
+                else:
+                    result = await store.claim(
+                        project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
+                        dead_letter=policy.dead_letter, version=policy.version,
+                    )
             except StaleQueue:
                 self._forget(project, queue)
                 continue

@@ -47,7 +47,10 @@ def queue_ref(project: str, queue: str) -> None:
 
 
 
-FIFO_IDS_NEED_FIFO: Final = "group_id and dedup_id need a FIFO queue (_fifo)."
+DEDUP_NEEDS_FIFO: Final = "dedup_id needs a FIFO queue (_fifo)."
+GROUPS_UNSUPPORTED: Final = (
+    "group_id needs a FIFO queue (_fifo) on the message store this queue is on."
+)
 FIFO_UNSUPPORTED: Final = (
     "FIFO queues (_fifo) are not supported by the message store this queue is on."
 )

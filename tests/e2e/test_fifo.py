@@ -17,7 +17,7 @@ from tests.e2e.harness import Stack
 
 pytestmark = pytest.mark.e2e
 
-NEED_FIFO = "group_id and dedup_id need a FIFO queue (_fifo)."
+NEED_FIFO = "dedup_id needs a FIFO queue (_fifo)."
 
 
 def headers(project: str) -> dict[str, str]:
@@ -88,7 +88,7 @@ async def test_bad_fifo_ids_over_http(stack: Stack, project: str) -> None:
     async with httpx.AsyncClient(base_url=stack.url, headers=headers(project)) as http:
         await http.put("/v2/queues/f", json={"_fifo": True})
         cases = [
-            ("plain", {"body": 1, "group_id": "a"}, "Invalid API request", NEED_FIFO),
+            ("plain", {"body": 1, "dedup_id": "a"}, "Invalid API request", NEED_FIFO),
             ("f", {"body": 1, "group_id": 7}, "Invalid request body",
              'The value of the "group_id" field must be a str.'),
             ("f", {"body": 1, "dedup_id": "d" * 129}, "Invalid API request",
@@ -145,7 +145,7 @@ async def test_groups_and_duplicates_over_websocket(stack: Stack, project: str) 
         assert numbers(both["body"]["messages"]) == [1, 2]
 
         refused = await ws_call(ws, project, "message_post", queue_name="plain",
-                                messages=[{"body": 1, "group_id": "a"}])
+                                messages=[{"body": 1, "dedup_id": "a"}])
         assert (refused["headers"]["status"], refused["body"]) == (
             400, {"title": "Invalid API request", "error": NEED_FIFO}
         )

@@ -106,12 +106,17 @@ async def test_a_duplicate_post_answers_with_the_first_id(fifo_svc: Services) ->
     assert [m.group_id for m in listed] == ["", ""]
 
 
-async def test_fifo_ids_on_a_standard_queue_are_refused(message_svc: Services) -> None:  # noqa: F811
+async def test_a_dedup_id_on_a_standard_queue_is_refused(message_svc: Services) -> None:  # noqa: F811
     await message_svc.create_queue("plain")
-    for message in (_new(1, group="a"), _new(1, dedup="x")):
-        info = await rpc_error(_post(message_svc, "plain", message))
-        invalid(info, validation.FIFO_IDS_NEED_FIFO)
+    info = await rpc_error(_post(message_svc, "plain", _new(1, dedup="x")))
+    invalid(info, validation.DEDUP_NEEDS_FIFO)
     assert await message_svc.listed(queue="plain") == []
+
+
+async def test_a_group_on_a_standard_queue_is_kept(message_svc: Services) -> None:  # noqa: F811
+    await message_svc.create_queue("plain")
+    await _post(message_svc, "plain", _new(1, group="a"), _new(2))
+    assert [m.group_id for m in await message_svc.listed(queue="plain")] == ["a", ""]
 
 
 @pytest.mark.parametrize("value", ["", "g" * 129])
