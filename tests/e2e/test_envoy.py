@@ -236,3 +236,32 @@ async def test_envoy_health_checks_every_service(envoy: Envoy) -> None:
     flags = re.findall(r"^(\w+)::[^:]+:\d+::health_flags::(\S+)$", clusters, re.MULTILINE)
     assert sorted(flags) == [("message_svc", "healthy"), ("notifier_svc", "healthy"),
                              ("queue_svc", "healthy")]
+
+
+async def test_rest_redrive_through_envoy(envoy: Envoy, project: str) -> None:
+    base = f"/v2/projects/{project}/queues"
+    async with httpx.AsyncClient(base_url=envoy.url, timeout=10) as http:
+        # Given a dead-letter queue with two messages and a destination, made through Envoy
+        for name in ("dlq", "back"):
+            assert (await http.put(f"{base}/{name}", json={})).status_code == 200
+        posted = await http.post(f"{base}/dlq/messages", json={
+            "client_id": str(uuid.uuid4()),
+            "messages": [{"body": b64(n), "ttl": 120} for n in (1, 2)],
+        })
+        assert posted.status_code == 200, posted.text
+        # When a redrive is started through the transcoder (Messages.StartRedrive)
+        started = await http.post(f"{base}/dlq/redrive", json={"destination": "back"})
+        assert started.status_code == 200, started.text
+        assert started.json()["destination"] == "back"
+        # Then GET reports it until it is done, with both messages moved
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            job = (await http.get(f"{base}/dlq/redrive")).json()
+            if job["status"] != "running" or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert (job["status"], job["moved"]) == ("done", "2")  # int64 as a JSON string
+        # And DELETE answers the finished job as it is; a queue without a job is 404
+        cancelled = await http.delete(f"{base}/dlq/redrive")
+        assert (cancelled.status_code, cancelled.json()["status"]) == (200, "done")
+        assert (await http.get(f"{base}/back/redrive")).status_code == 404
