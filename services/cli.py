@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -57,6 +59,11 @@ ALIASES = {
 # Start order; shutdown runs in reverse.
 UP_ORDER = ("queue", "message", "notifier", "gateway")
 READY_TIMEOUT = 60.0
+# Set by ``up`` in each child's environment: its own process id (see ``_end_with_up``).
+UP_PID_VARIABLE = ENV_PREFIX + "UP_PID"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+log = logging.getLogger(__name__)
 # Back-off before a replica that exited is started again (``up --replicas``), doubling while
 # it keeps failing; reset once it served RESTART_RESET seconds.
 RESTART_BACKOFF = 1.0
@@ -127,11 +134,30 @@ def serve(service: str, settings: Settings) -> int:
         StartupError: the data folder cannot be used (checked before anything starts).
     """
     module_name = SERVICES[service][0]
+    _end_with_up()
     preflight.use_data_dir(settings, [service])
     from services.common.grpc_server import run_service
 
     module = importlib.import_module(module_name)
     return run_service(module_name.split(".")[1], module.run, settings)
+
+
+def _end_with_up() -> None:
+    """A service started by ``up`` stops when ``up`` is gone, even when ``up`` was killed
+    with SIGKILL and could not stop it: on Linux the kernel then sends it SIGTERM
+    (``PR_SET_PDEATHSIG``), and it stops as on any SIGTERM. An ``up`` that is already gone
+    when this runs is a start-up error. Elsewhere, or when not started by ``up``, nothing
+    changes."""
+    parent = os.environ.pop(UP_PID_VARIABLE, "")
+    if not parent.isdigit():
+        return
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("cannot ask to be stopped with zaqar-grpc up (errno %d)",
+                        ctypes.get_errno())
+    if os.getppid() != int(parent):
+        raise StartupError("zaqar-grpc up, which started this service, has exited")
 
 
 # up ------------------------------------------------------------------------------------------
@@ -226,7 +252,8 @@ async def _start(replica: Replica, tls: Tls | None, children: list[_Child]) -> _
         StartupError: it exited first (with its own line, when it printed one), or it was not
             ready within ``READY_TIMEOUT`` seconds.
     """
-    env = {**os.environ, **settings_environment(replica.settings)}
+    env = {**os.environ, **settings_environment(replica.settings),
+           UP_PID_VARIABLE: str(os.getpid())}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "serve", replica.service,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -69,6 +69,17 @@ def test_a_dead_service_stops_the_rest_and_fails(make_settings: Callable[..., Se
     assert any("message exited" in line for line in stack.output)
 
 
+def test_services_stop_when_up_is_killed(make_settings: Callable[..., Settings]) -> None:
+    stack = start_stack(make_settings())
+    pids = list(stack.child_pids().values())
+    assert len(pids) == 4
+    # When up itself is killed with SIGKILL, so that it cannot stop its children
+    os.kill(stack.proc.pid, signal.SIGKILL)
+    stack.stop()
+    # Then every service it started stops too, and none is left holding its ports
+    assert wait_gone(pids, timeout=60) == []
+
+
 def test_acknowledged_messages_survive_a_crash_of_everything(
     make_settings: Callable[..., Settings],
 ) -> None:
