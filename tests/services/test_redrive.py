@@ -394,3 +394,25 @@ async def test_a_cancel_during_a_batch_counts_the_batch_and_stops(
     assert (job.status, job.moved, job.remaining) == ("cancelled", 5, 10)
     assert await _numbers(svc, "to") == [0, 1, 2, 3, 4]
     assert await _numbers(svc, "dlq") == list(range(5, 15))
+
+
+async def test_another_project_neither_sees_nor_touches_a_job(svc: Services) -> None:
+    # Given a job of PROJECT's dead-letter queue (a project owns its queues; in keystone
+    # mode the token decides the project of every Messages request: test_grpc_auth.py)
+    await svc.create_queue("dlq")
+    await svc.create_queue("to")
+    await svc.post(*range(3), queue="dlq")
+    job = await svc.messages.StartRedrive(_start(destination="to"))
+    other = "other-project"
+
+    # When another project asks for, cancels or starts a redrive of a queue of that name
+    for call in (svc.messages.GetRedrive, svc.messages.CancelRedrive):
+        info = await rpc_error(call(common_pb2.QueueRef(project=other, queue="dlq")))
+        assert (info.code, info.reason) == (Code.NOT_FOUND, "REDRIVE_NOT_FOUND")
+    info = await rpc_error(svc.messages.StartRedrive(messages_pb2.StartRedriveRequest(
+        project=other, queue="dlq", destination="to")))
+    assert (info.code, info.reason) == (Code.NOT_FOUND, "QUEUE_NOT_FOUND")
+
+    # Then the owner's job ran as it would have
+    done = await _finished(svc)
+    assert (done.id, done.status, done.moved) == (job.id, "done", 3)
