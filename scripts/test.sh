@@ -14,7 +14,8 @@ echo "== lowest direct dependency versions"; "$root/scripts/lowest_deps.sh"
 # Two workers (pytest-xdist) on the two cores the suite is sized for, each test file on one
 # worker (its module fixtures are made once); ZAQAR_TEST_WORKERS=0 runs everything in this
 # process. (Not --dist loadgroup: pytest-xdist 3.8 cannot group tests under pytest 9.2.)
+# The 30 slowest tests are listed at the end, to see where the time goes.
 workers=${ZAQAR_TEST_WORKERS:-2}
 echo "== pytest ($workers workers)"
-if [ "$workers" = 0 ]; then exec pytest "$@"; fi
-exec pytest -n "$workers" --dist loadfile "$@"
+if [ "$workers" = 0 ]; then exec pytest --durations=30 "$@"; fi
+exec pytest -n "$workers" --dist loadfile --durations=30 "$@"
