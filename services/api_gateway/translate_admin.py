@@ -173,11 +173,16 @@ def store_doc(reports: Sequence[admin_pb2.StoreReport]) -> dict[str, Any]:
     }
 
 
+# notifier_svc's report on a pool's notifier store; shown with the pool's message store.
+SUBSCRIPTION_POOL: Final = "pool-subscription:"
+
+
 def health_doc(reports: Sequence[admin_pb2.StoreReport], pooling: bool) -> dict[str, Any]:
     """The detailed health document.
 
     Without pooling, Zaqar's single-store shape. With pooling, ``catalog_reachable`` and,
-    under each pool's name, that pool's store as Zaqar's pooled driver reports it; the
+    under each pool's name, that pool's stores (messages, and subscriptions when
+    notifier_svc reported them) as Zaqar's pooled driver reports its store; the
     top-level fields stay those of the default stores (queues not placed on a pool).
     """
     by_store = {report.store: report for report in reports}
@@ -189,7 +194,9 @@ def health_doc(reports: Sequence[admin_pb2.StoreReport], pooling: bool) -> dict[
     doc.update(store_doc(default))
     for name, report in by_store.items():
         if name.startswith("pool:"):
-            doc[name.removeprefix("pool:")] = store_doc([report])
+            pool = name.removeprefix("pool:")
+            subscriptions = by_store.get(SUBSCRIPTION_POOL + pool)
+            doc[pool] = store_doc([report] + ([subscriptions] if subscriptions else []))
     return doc
 
 
@@ -198,11 +205,17 @@ def unreachable(reports: Sequence[admin_pb2.StoreReport]) -> list[str]:
     names = {"queue": "queue store", "catalog": "pool catalog", "message": "message store",
              "subscription": "subscription store"}
     return [
-        f"the {names.get(r.store, r.store.replace('pool:', 'store of pool '))} is not "
+        f"the {names.get(r.store, _pool_store(r.store))} is not "
         f"reachable ({_problem(r.problem)})"
         for r in reports
         if not r.reachable
     ]
+
+
+def _pool_store(name: str) -> str:
+    if name.startswith(SUBSCRIPTION_POOL):
+        return "subscription store of pool " + name.removeprefix(SUBSCRIPTION_POOL)
+    return name.replace("pool:", "store of pool ")
 
 
 def _problem(text: str) -> str:

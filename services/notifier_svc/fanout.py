@@ -9,11 +9,12 @@ subscribers, into the queue it came from). The delivery itself is ``delivery/que
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from services.common import limits
 from services.common.errors import InvalidArgument
-from services.notifier_svc.storage.base import NotifierStore
+from services.notifier_svc.storage.base import Subscription
 
 SCHEME = "queue"
 # Queues looked at, at most, when a new queue subscriber is checked for a loop.
@@ -41,7 +42,11 @@ def is_queue(uri: str) -> bool:
     return urlsplit(uri).scheme == SCHEME
 
 
-async def check_no_loop(store: NotifierStore, project: str, queue: str, uri: str) -> None:
+Subscribers = Callable[[str, str], Awaitable[list[Subscription]]]
+"""The live subscriptions of (project, queue), wherever they are stored."""
+
+
+async def check_no_loop(subscribers: Subscribers, project: str, queue: str, uri: str) -> None:
     """Refuse a ``queue://`` subscriber of ``queue`` from which, following the project's queue
     subscribers, the messages would come back to ``queue`` (itself included).
 
@@ -68,7 +73,7 @@ async def check_no_loop(store: NotifierStore, project: str, queue: str, uri: str
                 f"The subscriber {uri} leads to more than {LOOP_WALK_MAX} queues through "
                 "queue subscribers."
             )
-        for subscription in await store.subscribers(project, current):
+        for subscription in await subscribers(project, current):
             name = target(subscription.subscriber)
             if name is not None:
                 todo.append(name)

@@ -34,9 +34,12 @@ from services.notifier_svc.delivery.mail import MailSender, SmtpSettings
 from services.notifier_svc.delivery.queue import QueueSender
 from services.notifier_svc.delivery.trust import TrustSender
 from services.notifier_svc.delivery.webhook import WebhookSender
+from services.notifier_svc.placements import Placements
+from services.notifier_svc.pools import NotifierStores, notifier_uri
 from services.notifier_svc.sealed import SealedBodies
 from services.notifier_svc.service import Confirmation, NotifierService
 from services.notifier_svc.servicer import INTERNAL_SERVICE, SUBSCRIPTIONS_SERVICE, registrar
+from services.notifier_svc.storage.base import NotifierStore
 from services.notifier_svc.storage.registry import open_notifier_store
 from services.notifier_svc.trusts import Trusts
 from services.notifier_svc.upstream import MessageReplicas, QueuePolicies
@@ -46,6 +49,8 @@ from services.notifier_svc.watchers import WatchHub
 WHAT_EXPIRES = "expired subscriptions and deliveries"
 
 SERVICE_NAMES = (SUBSCRIPTIONS_SERVICE, INTERNAL_SERVICE, health.SERVICE_NAME)
+# A pool's notifier store unused this long (and holding no pending delivery) is closed.
+POOL_IDLE = 600.0
 # Seconds running deliveries get to finish on shutdown; the rest stay pending, due at once.
 DELIVERY_GRACE = 1.0
 
@@ -95,6 +100,21 @@ async def start(
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
     store = await open_notifier_store(settings.store_uri("notifier"), now=clock)
+    placements = Placements(settings, tls=tls, auth=auth)
+
+    async def open_pool(pool_uri: str) -> NotifierStore:
+        uri = notifier_uri(pool_uri)
+        assert uri is not None  # NotifierStores.store_uri keeps such pools in the own store
+        return await open_notifier_store(uri, now=clock)
+
+    stores = NotifierStores(
+        store, open_pool, idle=max(POOL_IDLE, 2 * settings.metadata_cache_ttl),
+        pools=placements.pool_uris if settings.pooling else None,
+    )
+
+    def outbox() -> list[NotifierStore]:
+        return [s for _, s in stores.every()]
+
     policies = QueuePolicies(settings, tls=tls, auth=auth)
     replicas = MessageReplicas(settings, tls, auth)
     webhook = WebhookSender(settings.delivery_timeout, settings.delivery_concurrency)
@@ -112,10 +132,10 @@ async def start(
     dispatcher = Dispatcher(
         store, senders, policies.retry_policy,
         concurrency=settings.delivery_concurrency, timeout=settings.delivery_timeout,
-        clock=clock, opener=sealed.open_delivery,
+        clock=clock, opener=sealed.open_delivery, stores=outbox,
     )
-    sweeper = Sweeper(store, settings.gc_interval, WHAT_EXPIRES)
-    depth = OutboxDepth(store, DEPTH_INTERVAL if settings.metrics else 0)
+    sweeper = Sweeper(stores, settings.gc_interval, WHAT_EXPIRES)
+    depth = OutboxDepth(store, DEPTH_INTERVAL if settings.metrics else 0, stores=outbox)
     watches = WatchSharing(store, WatchHub(), replicas.listened)
 
     async def close() -> None:
@@ -130,6 +150,8 @@ async def start(
                 await owned.aclose()
         await replicas.close()
         await policies.close()
+        await placements.close()
+        await stores.close()
         await store.close()
 
     service = NotifierService(
@@ -143,12 +165,14 @@ async def start(
         trusts=Trusts(auth),
         clock=clock,
         open_bodies=replicas.open_bodies,
+        stores=stores,
+        placements=placements if settings.pooling else None,
     )
 
     async def check_health(
         request: admin_pb2.CheckStoresRequest, seconds: float
     ) -> admin_pb2.StoresHealth:
-        return await store_health.check_stores(store, seconds)
+        return await store_health.check_stores(store, seconds, request.pools, stores)
 
     try:
         server, port, health_servicer = create_server(

@@ -5,6 +5,13 @@ messages published to topics.
 A subscription's source is a queue or a topic: the methods that take ``queue`` take its source
 key (``sources.py``: a queue's name, or ``topic/<name>``), as the store does.
 
+Where a queue's subscriptions and deliveries are stored: with pooling, a queue placed on a pool
+keeps them in that pool's notifier store (``pools.py``; the placement from queue_svc,
+``placements.py``), every other queue and every topic in the own store. Subscriptions a pooled
+queue got before this was so (or while it did not exist yet) stay in the own store and keep
+working: the queue's reads look in both stores, a change goes to the store that holds the
+subscription, and its deliveries are stored beside it.
+
 Raised errors are ``services.common.errors`` classes, which the server's error interceptor
 turns into statuses. Atomic work is the store's (``storage/base.py``).
 """
@@ -32,6 +39,8 @@ from services.common.errors import (
 from services.common.message_keys import is_sealed
 from services.notifier_svc import documents, fanout, sources, validation
 from services.notifier_svc.filter_policy import Policies, Policy
+from services.notifier_svc.placements import Placements
+from services.notifier_svc.pools import NotifierStores
 from services.notifier_svc.storage.base import (
     DeliveryKind,
     NewDelivery,
@@ -72,11 +81,18 @@ class NotifierService:
         trusts: Trusts | None = None,
         clock: Callable[[], float] = time.time,
         open_bodies: OpenBodies | None = None,
+        stores: NotifierStores | None = None,
+        placements: Placements | None = None,
     ) -> None:
         """``open_bodies(project, queue, bodies)``: the plaintext of sealed bodies (a queue
         with ``_enable_encrypt_messages``), opened by message_svc, for filter policies; None
-        when they cannot be opened. Without it, sealed bodies cannot be filtered."""
+        when they cannot be opened. Without it, sealed bodies cannot be filtered.
+
+        ``stores``: the own store (``store``) and the pools' notifier stores; ``placements``:
+        where queue_svc placed each queue. Without them every queue is in ``store``."""
         self.store = store
+        self.stores = stores
+        self._placements = placements
         self.watches = watches
         self._trusts = Trusts(None) if trusts is None else trusts
         self._confirmation = confirmation
@@ -113,15 +129,16 @@ class NotifierService:
         uri = validation.subscriber(subscriber)
         lifetime = validation.ttl(ttl)
         parsed = validation.options(options)
-        await fanout.check_no_loop(self.store, project, queue, uri)
+        homes = await self._homes(project, queue, fresh=True)
+        await fanout.check_no_loop(self._subscribers, project, queue, uri)
         made = None
         if is_trust(uri):
             parsed, made = await self._trusts.register(
                 token, project, parsed, self._clock() + lifetime
             )
         try:
-            subscription, created = await self.store.create(
-                project, queue, uri, lifetime, parsed
+            home, subscription, created = await self._create(
+                homes, project, queue, uri, lifetime, parsed
             )
         except BaseException:
             await self._trusts.discard(token, made)
@@ -132,23 +149,86 @@ class NotifierService:
             raise SubscriptionAlreadyExists()
         if self._confirmation.required and fanout.is_queue(uri):
             # A queue of the caller's own project: nobody to ask, it is confirmed at once.
-            await self.store.update(
+            await home.update(
                 project, queue, subscription.id, subscriber=None, ttl=None, options=None,
                 confirmed=True,
             )
         elif self._confirmation.required:
             await self._confirm_request(
-                DeliveryKind.SUBSCRIPTION_CONFIRMATION, subscription, subscription.expires
+                home, DeliveryKind.SUBSCRIPTION_CONFIRMATION, subscription, subscription.expires
             )
         if created:
             await self._announce(project, queue)
         return subscription.id, created
 
+    async def _create(
+        self,
+        homes: Sequence[NotifierStore],
+        project: str,
+        queue: str,
+        uri: str,
+        lifetime: int,
+        parsed: Any,
+    ) -> tuple[NotifierStore, Subscription, bool]:
+        """Create in the queue's store; a pooled queue's live subscription of the same
+        subscriber made earlier in the own store is answered instead."""
+        for legacy in homes[1:]:
+            for existing in await legacy.subscribers(project, queue):
+                if existing.subscriber == uri:
+                    return legacy, existing, False
+        subscription, created = await homes[0].create(project, queue, uri, lifetime, parsed)
+        return homes[0], subscription, created
+
     async def get(self, project: str, queue: str, subscription_id: str) -> Subscription:
         sources.check(project, queue)
-        found = await self.store.get(project, queue, subscription_id)
-        if found is None:
-            raise SubscriptionNotFound(subscription_id=subscription_id)
+        _, found = await self._find(project, queue, subscription_id)
+        return found
+
+    async def _homes(
+        self, project: str, queue: str, *, fresh: bool = False
+    ) -> builtins.list[NotifierStore]:
+        """The stores that may hold the queue's subscriptions: its pool's notifier store
+        first (when it is on one), then the own store.
+
+        Raises:
+            Unavailable: queue_svc does not answer, or the pool's store cannot be opened.
+        """
+        if self._placements is None or self.stores is None:
+            return [self.store]
+        pool_uri = await self._placements.pool_uri(project, queue, fresh=fresh)
+        if not self.stores.store_uri(pool_uri):
+            return [self.store]
+        return [await self.stores.of_pool(pool_uri), self.store]
+
+    async def _find(
+        self, project: str, queue: str, subscription_id: str
+    ) -> tuple[NotifierStore, Subscription]:
+        """The live subscription and the store that holds it. Not found where this replica's
+        cached placement says: the placement is read again once (the queue may have been
+        deleted and made again on another pool).
+
+        Raises:
+            SubscriptionNotFound: in none of the queue's stores.
+        """
+        homes = await self._homes(project, queue)
+        for attempt in range(2):
+            for store in homes:
+                found = await store.get(project, queue, subscription_id)
+                if found is not None:
+                    return store, found
+            if attempt or self._placements is None or not self._placements.pooling:
+                break
+            again = await self._homes(project, queue, fresh=True)
+            if [id(s) for s in again] == [id(s) for s in homes]:
+                break
+            homes = again
+        raise SubscriptionNotFound(subscription_id=subscription_id)
+
+    async def _subscribers(self, project: str, queue: str) -> builtins.list[Subscription]:
+        """Every live subscription of the queue, in all its stores."""
+        found: builtins.list[Subscription] = []
+        for store in await self._homes(project, queue):
+            found.extend(await store.subscribers(project, queue))
         return found
 
     async def list(
@@ -156,9 +236,11 @@ class NotifierService:
     ) -> tuple[list[Subscription], str]:
         """A page in creation order, and the marker of the next page ('' when empty)."""
         sources.check(project, queue)
-        page = await self.store.list(
-            project, queue, limit=limits.page_limit(limit), marker=marker
-        )
+        size = limits.page_limit(limit)
+        page: builtins.list[Subscription] = []
+        for store in await self._homes(project, queue):
+            page.extend(await store.list(project, queue, limit=size, marker=marker))
+        page = sorted(page, key=lambda s: s.id)[:size]
         return page, page[-1].id if page else ""
 
     async def update(
@@ -189,16 +271,16 @@ class NotifierService:
         uri = None if subscriber is None else validation.subscriber(subscriber)
         lifetime = None if ttl is None else validation.ttl(ttl)
         parsed = validation.options(options) if options else None
-        current = await self.get(project, queue, subscription_id)
+        home, current = await self._find(project, queue, subscription_id)
         if uri is not None:
-            await fanout.check_no_loop(self.store, project, queue, uri)
+            await fanout.check_no_loop(self._subscribers, project, queue, uri)
         reconfirm = (uri is not None and self._confirmation.required
                      and current.subscriber != uri and not fanout.is_queue(uri))
         made = None
         if is_trust(uri or current.subscriber):
             parsed, made = await self._trust_options(token, current, lifetime, parsed)
         try:
-            updated = await self.store.update(
+            updated = await home.update(
                 project, queue, subscription_id, subscriber=uri, ttl=lifetime, options=parsed,
                 confirmed=False if reconfirm else (
                     True if uri is not None and fanout.is_queue(uri) else None
@@ -211,7 +293,7 @@ class NotifierService:
             await self._trusts.discard(token, current.options.get(TRUST_OPTION))
         if reconfirm:
             await self._confirm_request(
-                DeliveryKind.SUBSCRIPTION_CONFIRMATION, updated, updated.expires
+                home, DeliveryKind.SUBSCRIPTION_CONFIRMATION, updated, updated.expires
             )
 
     async def _trust_options(
@@ -238,7 +320,8 @@ class NotifierService:
     async def delete(self, project: str, queue: str, subscription_id: str) -> None:
         """Delete the subscription and its pending deliveries. Absent: no error."""
         sources.check(project, queue)
-        await self.store.delete(project, queue, subscription_id)
+        for store in await self._homes(project, queue):
+            await store.delete(project, queue, subscription_id)
 
     async def confirm(
         self, project: str, queue: str, subscription_id: str, confirmed: bool
@@ -246,25 +329,40 @@ class NotifierService:
         """Confirm, or cancel (``confirmed`` false: an UnsubscribeConfirmation is sent when
         confirmation is required). Idempotent."""
         sources.check(project, queue)
-        subscription = await self.store.confirm(project, queue, subscription_id, confirmed)
+        home, _ = await self._find(project, queue, subscription_id)
+        subscription = await home.confirm(project, queue, subscription_id, confirmed)
         if not confirmed and self._confirmation.required:
             await self._confirm_request(
-                DeliveryKind.UNSUBSCRIBE_CONFIRMATION, subscription,
+                home, DeliveryKind.UNSUBSCRIBE_CONFIRMATION, subscription,
                 self._clock() + limits.SUBSCRIPTION_TTL_DEFAULT,
             )
 
-    async def delete_queue(self, project: str, queue: str) -> None:
+    async def delete_queue(self, project: str, queue: str, pool_uri: str | None = None) -> None:
+        """Delete every subscription of the queue and their deliveries, from the own store,
+        from the store of ``pool_uri`` (the pool queue_svc had in the queue's record, when it
+        says) and from that of the pool this replica has cached for the queue."""
         validation.queue_ref(project, queue)
         await self.store.delete_queue(project, queue)
+        if self.stores is None or self._placements is None:
+            return
+        cached = self._placements.cached(project, queue)
+        self._placements.forget(project, queue)
+        for uri in dict.fromkeys(u for u in (pool_uri, cached) if u):
+            if self.stores.store_uri(uri):
+                await (await self.stores.of_pool(uri)).delete_queue(project, queue)
 
     async def _confirm_request(
-        self, kind: DeliveryKind, subscription: Subscription, expires: float
+        self,
+        store: NotifierStore,
+        kind: DeliveryKind,
+        subscription: Subscription,
+        expires: float,
     ) -> None:
         document = documents.confirmation(
             kind, subscription, secret=self._confirmation.secret, expires=expires,
             public_url=self._confirmation.public_url,
         )
-        await self.store.enqueue([_delivery(subscription, kind, document)])
+        await store.enqueue([_delivery(subscription, kind, document)])
         self._wake(None)
 
     # topics ----------------------------------------------------------------------------------
@@ -369,16 +467,32 @@ class NotifierService:
             Per post, whether anything listens to its queue (a subscription, or a watcher on
             any replica).
 
+        A queue whose store fails (its pool is down) does not hold the others back: when
+        some queues' posts were stored, those of the failed ones are not notified (logged,
+        answered as listened); only when every queue failed is the call refused, and
+        message_svc hands the posts over again.
+
         Raises:
             InvalidArgument: a post names an invalid queue (nothing is done).
+            Unavailable: no queue's deliveries could be stored.
         """
         queues: dict[tuple[str, str], list[notifier_pb2.NotifyRequest]] = {}
         for post in posts:
             validation.queue_ref(post.project, post.queue)
             queues.setdefault((post.project, post.queue), []).append(post)
-        listened = {
-            key: await self._notify_queue(*key, of_queue) for key, of_queue in queues.items()
-        }
+        listened: dict[tuple[str, str], bool] = {}
+        failed: dict[tuple[str, str], Unavailable] = {}
+        for key, of_queue in queues.items():
+            try:
+                listened[key] = await self._notify_queue(*key, of_queue)
+            except Unavailable as exc:
+                failed[key] = exc
+        if failed and not listened:
+            raise next(iter(failed.values()))
+        for (project, queue), error in failed.items():
+            log.warning("messages of %s/%s not notified, their store failed: %s",
+                        project, queue, error.description)
+            listened[(project, queue)] = True
         return [listened[(post.project, post.queue)] for post in posts]
 
     async def _notify_queue(
@@ -387,7 +501,13 @@ class NotifierService:
         for post in posts:
             self.hub.publish(project, queue, post.messages, post.accepted_at)
         # NOTE: one read after the other: gathering them costs more CPU than it saves.
-        subscriptions = await self.store.subscribers(project, queue)
+        homes = await self._homes(project, queue)
+        subscriptions: builtins.list[Subscription] = []
+        home_of: dict[str, NotifierStore] = {}
+        for store in homes:
+            for subscription in await store.subscribers(project, queue):
+                subscriptions.append(subscription)
+                home_of[subscription.id] = store
         watched = await self.watches.share(project, queue, posts)
         targets = [
             s for s in subscriptions if s.confirmed or not self._confirmation.required
@@ -400,8 +520,11 @@ class NotifierService:
             if any(policy is not None for policy in policies) else None
         )
         deliveries = self._filtered(targets, policies, bodies, rendered)
+        for store in homes:
+            stored = [d for d in deliveries if home_of[d.subscription_id] is store]
+            if stored:
+                await store.enqueue(stored)
         if deliveries:
-            await self.store.enqueue(deliveries)
             self._wake({d.subscriber for d in deliveries})
         return bool(subscriptions) or watched or self.hub.listened(project, queue)
 

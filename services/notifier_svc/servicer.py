@@ -157,7 +157,10 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
     async def DeleteQueueSubscriptions(
         self, request: common_pb2.QueueRef, context: Context
     ) -> empty_pb2.Empty:
-        await self._service.delete_queue(request.project, request.queue)
+        await self._service.delete_queue(
+            request.project, request.queue,
+            request.pool_uri if request.HasField("pool_uri") else None,
+        )
         return _EMPTY
 
     async def PublishTopic(

@@ -229,6 +229,7 @@ class QueueService:
             lambda: self._notifier.delete_queue_subscriptions(
                 project, queue,
                 "Queue could not be deleted: its subscriptions could not be removed.",
+                pool_uri,
             ),
         )
         if failures:
@@ -274,8 +275,8 @@ class QueueService:
         validation.check_queue(project, queue)
         types = validation.resource_types(resource_types)
         steps: list[Callable[[], Awaitable[None]]] = []
+        pool_uri = await self._pool_uri(project, queue)
         if "messages" in types:
-            pool_uri = await self._pool_uri(project, queue)
             steps.append(lambda: self._messages.delete_queue_messages(
                 project, queue, "Queue could not be purged: its messages could not be removed.",
                 pool_uri,
@@ -284,6 +285,7 @@ class QueueService:
             steps.append(lambda: self._notifier.delete_queue_subscriptions(
                 project, queue,
                 "Queue could not be purged: its subscriptions could not be removed.",
+                pool_uri,
             ))
         failures = await _each(*steps)
         if failures:

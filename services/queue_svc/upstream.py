@@ -116,15 +116,19 @@ class NotifierService:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def delete_queue_subscriptions(self, project: str, queue: str, failure: str) -> None:
-        """Remove every subscription of the queue (and its pending notifications).
+    async def delete_queue_subscriptions(
+        self, project: str, queue: str, failure: str, pool_uri: str | None = None
+    ) -> None:
+        """Remove every subscription of the queue (and its pending notifications), from
+        the notifier store of ``pool_uri`` too (the queue's pool, as its record had it).
 
         Raises:
             Unavailable: notifier_svc did not confirm it; ``failure`` starts the description.
         """
         await upstream_call(
             self._internal.DeleteQueueSubscriptions(
-                common_pb2.QueueRef(project=project, queue=queue), timeout=self._timeout
+                common_pb2.QueueRef(project=project, queue=queue, pool_uri=pool_uri),
+                timeout=self._timeout,
             ),
             f"notifier_svc at {self._target}",
             failure,

@@ -61,17 +61,20 @@ async def _check(up: Upstreams, service: str, pools: Any = ()) -> admin_pb2.Stor
 
 async def health(up: Upstreams, roles: str | None) -> Outcome:
     """Admin only. Every service times operations on the stores it owns (in parallel; with
-    pooling, message_svc then checks the pools queue_svc listed); 200 with Zaqar's document
+    pooling, message_svc and notifier_svc then check the pools queue_svc listed); 200 with
+    Zaqar's document
     when every store answers, 503 naming the stores that do not."""
     require_admin(roles)
-    queues, subscriptions, *messages = await asyncio.gather(
-        _check(up, "queue_svc"),
-        _check(up, "notifier_svc"),
-        *([] if up.pooling else [_check(up, "message_svc")]),
-    )
     if up.pooling:
-        messages = [await _check(up, "message_svc", queues.pools)]
-    reports = [*queues.stores, *messages[0].stores, *subscriptions.stores]
+        queues = await _check(up, "queue_svc")
+        messages, subscriptions = await asyncio.gather(
+            _check(up, "message_svc", queues.pools), _check(up, "notifier_svc", queues.pools)
+        )
+    else:
+        queues, messages, subscriptions = await asyncio.gather(
+            _check(up, "queue_svc"), _check(up, "message_svc"), _check(up, "notifier_svc")
+        )
+    reports = [*queues.stores, *messages.stores, *subscriptions.stores]
     problems = translate_admin.unreachable(reports)
     if problems:
         raise unavailable(f"Health status could not be read: {'; '.join(problems)}. {RETRY_LATER}")

@@ -22,6 +22,10 @@ once, retrying failed ones on their subscription's (or queue's) retry policy.
   or until new work is handed over.
 * On stop, running deliveries get ``grace`` seconds; those still running are cancelled and
   made due at once, so that the next start takes them up without waiting for their lease.
+* With pools, the outbox is several stores (the own one and each pool's notifier store open
+  now, ``stores``): each claim visits them in turn, starting one further each time, and a
+  delivery is completed or rescheduled in the store it was claimed from, under the same lease
+  rules. A store that fails is skipped (its deliveries wait) while the others are served.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -63,17 +67,27 @@ def _count(delivery: Delivery, outcome: str) -> None:
 DEPTH_INTERVAL = 15.0
 
 
+Stores = Callable[[], Sequence[NotifierStore]]
+"""The stores of the outbox open now (notifier_svc's own store first)."""
+
+
 class OutboxDepth(Periodic):
     """Samples how many deliveries wait in the outbox into ``zaqar_notifier_outbox_depth``
-    every ``interval`` seconds (one count of the store: all replicas' deliveries)."""
+    every ``interval`` seconds (one count per store: all replicas' deliveries)."""
 
-    def __init__(self, store: NotifierStore, interval: float = DEPTH_INTERVAL) -> None:
+    def __init__(
+        self, store: NotifierStore, interval: float = DEPTH_INTERVAL,
+        stores: Stores | None = None,
+    ) -> None:
         super().__init__(interval)
-        self._store = store
+        self._stores = stores or (lambda: [store])
 
     async def tick(self) -> None:
         try:
-            metrics.OUTBOX_DEPTH.set(await self._store.count_deliveries())
+            total = 0
+            for store in self._stores():
+                total += await store.count_deliveries()
+            metrics.OUTBOX_DEPTH.set(total)
         except Unavailable as exc:
             log.debug("outbox depth not sampled: %s", exc.description)
         except Exception:
@@ -104,9 +118,12 @@ class Dispatcher:
         timeout: float,
         clock: Callable[[], float] = time.time,
         opener: Opener | None = None,
+        stores: Stores | None = None,
     ) -> None:
+        """``stores``: the outbox's stores (default: ``store`` alone)."""
         self._opener = opener
-        self._store = store
+        self._stores: Stores = stores or (lambda: [store])
+        self._turn = 0
         self._senders = senders
         self._queue_policy = queue_policy
         self._concurrency = max(1, concurrency)
@@ -116,7 +133,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._busy: Counter[str] = Counter()
         self._shares: dict[str, int] = {}
-        self._running: dict[asyncio.Task[None], Delivery] = {}
+        self._running: dict[asyncio.Task[None], tuple[NotifierStore, Delivery]] = {}
         self._loop: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -166,9 +183,9 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
         now = self._clock()
-        for delivery in unfinished.values():
+        for store, delivery in unfinished.values():
             try:
-                await self._store.reschedule(
+                await store.reschedule(
                     delivery.id, due=now, attempts=delivery.attempts, leased_until=delivery.due
                 )
             except Unavailable:
@@ -193,7 +210,33 @@ class Dispatcher:
             except TimeoutError:
                 pass
 
+    def _in_turn(self) -> list[NotifierStore]:
+        """The outbox's stores, starting one further at each call (no store waits behind
+        the others' work)."""
+        stores = list(self._stores())
+        self._turn = (self._turn + 1) % max(1, len(stores))
+        return stores[self._turn:] + stores[:self._turn]
+
     async def _claim(self) -> int:
+        """Claim from each store in turn while slots are free.
+
+        Raises:
+            Unavailable: every store failed.
+        """
+        stores = self._in_turn()
+        claimed = failures = 0
+        for store in stores:
+            try:
+                claimed += await self._claim_from(store)
+            except Unavailable as exc:
+                failures += 1
+                if failures == len(stores):
+                    raise
+                log.warning("an outbox store is unavailable, its deliveries wait: %s",
+                            exc.description)
+        return claimed
+
+    async def _claim_from(self, store: NotifierStore) -> int:
         free = self._concurrency - len(self._running)
         if free <= 0:
             return 0
@@ -202,19 +245,36 @@ class Dispatcher:
         busy = {s: n - (self.share(s) - PER_SUBSCRIBER) for s, n in self._busy.items() if n > 0}
         for subscriber, share in self._shares.items():
             busy.setdefault(subscriber, PER_SUBSCRIBER - share)
-        claimed = await self._store.claim_due(
+        claimed = await store.claim_due(
             limit=free, lease=self._lease, per_subscriber=PER_SUBSCRIBER,
             busy={s: n for s, n in busy.items() if n},
         )
         for delivery in claimed:
             self._busy[delivery.subscriber] += 1
-            task = asyncio.ensure_future(self._deliver(delivery))
-            self._running[task] = delivery
+            task = asyncio.ensure_future(self._deliver(store, delivery))
+            self._running[task] = (store, delivery)
             task.add_done_callback(self._finished)
         return len(claimed)
 
     async def _idle_delay(self) -> float:
-        due = await self._store.next_due()
+        """Until the earliest due delivery of any store, at most ``IDLE_POLL``.
+
+        Raises:
+            Unavailable: every store failed.
+        """
+        due: float | None = None
+        stores = self._stores()
+        failures = 0
+        for store in stores:
+            try:
+                when = await store.next_due()
+            except Unavailable:
+                failures += 1
+                if failures == len(stores):
+                    raise
+                continue
+            if when is not None and (due is None or when < due):
+                due = when
         if due is None:
             return IDLE_POLL
         wait = due - self._clock()
@@ -222,7 +282,7 @@ class Dispatcher:
         return IDLE_POLL if wait <= 0 else min(wait, IDLE_POLL)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        delivery = self._running.pop(task)
+        _, delivery = self._running.pop(task)
         self._busy[delivery.subscriber] -= 1
         if self._busy[delivery.subscriber] <= 0:
             del self._busy[delivery.subscriber]
@@ -249,19 +309,19 @@ class Dispatcher:
                      delivery.subscriber, self._timeout)
             return False
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, store: NotifierStore, delivery: Delivery) -> None:
         sender = self._sender(delivery)
         if sender is None:
             log.warning("no sender for %s; delivery %s dropped", delivery.subscriber, delivery.id)
             _count(delivery, "no_sender")
-            await self._store.complete(delivery.id)
+            await store.complete(delivery.id)
             return
         try:
             delivered = await self._attempt(sender, delivery)
             self._adjust_share(delivery.subscriber, delivered)
             if delivered:
                 _count(delivery, "delivered")
-                await self._store.complete(delivery.id)
+                await store.complete(delivery.id)
                 return
             policy = retry.effective_policy(
                 delivery.options.get("_retry_policy"),
@@ -274,10 +334,10 @@ class Dispatcher:
                     delivery.subscriber, delivery.attempts + 1,
                 )
                 _count(delivery, "gave_up")
-                await self._store.complete(delivery.id)
+                await store.complete(delivery.id)
                 return
             _count(delivery, "retry")
-            await self._store.reschedule(
+            await store.reschedule(
                 delivery.id, due=self._clock() + delay, attempts=delivery.attempts + 1,
                 leased_until=delivery.due,
             )

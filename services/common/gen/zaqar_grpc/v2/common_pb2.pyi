@@ -155,9 +155,11 @@ class QueueRef(_message.Message):
     project: _builtins.str
     queue: _builtins.str
     pool_uri: _builtins.str
-    """MessagesInternal.InvalidateQueue and DeleteQueueMessages only (ignored elsewhere): the
-    message store of the pool that holds the queue, as queue_svc had it in the queue's record
-    ("" for message_svc's own store). Unset: message_svc looks the queue's placement up.
+    """MessagesInternal.InvalidateQueue, DeleteQueueMessages and NotifierInternal.
+    DeleteQueueSubscriptions only (ignored elsewhere): the message store of the pool that
+    holds the queue, as queue_svc had it in the queue's record ("" for message_svc's own
+    store). Unset: message_svc looks the queue's placement up; notifier_svc cleans its own
+    store and the pool it last saw the queue on.
     """
     def __init__(
         self,
