@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -218,7 +219,13 @@ class Worker:
             fx.stale.add(part)
 
     def _judge_http(self, family: str, i: int, label: str, data: bytes, answer: Answer) -> None:
-        kind = judge(answer.status, answer.error)
+        # A mutation that puts a line break into the path ends the request line early: what
+        # the server reads is a request line without HTTP/1.x (HTTP/0.9), answered 505 as in
+        # the raw family.
+        first_line = re.split(rb"\r?\n", data, maxsplit=1)[0]
+        versioned = first_line.endswith((b" HTTP/1.1", b" HTTP/1.0"))
+        kind = judge(answer.status, answer.error,
+                     frozenset() if versioned else raw_family.ALLOWED_5XX)
         if kind == "dropped" and data.find(b"\r\n\r\n") > HEAD_BYTES_MAX:
             # Such a head is answered 431 and the connection closed without reading the rest:
             # the unread bytes make the kernel reset it, which may overtake the answer.
