@@ -1,9 +1,10 @@
 """Queues placed on pools through ``zaqar-grpc up`` and real HTTP: pools on a SQLite file, a
 redis-server and a MongoDB database registered over ``/v2/pools``, a flavor per pool, queues of
 each flavor; where their messages are is read from the raw stores (SQL, Redis keys, MongoDB
-documents), not through the services. Then the Redis pool's server is killed and started again
-(AOF with fsync on every write): its queue answers 503 while the others work, and afterwards it
-works again with every acknowledged message.
+documents), not through the services, and so is where their subscriptions are (each pool's
+notifier store). Then the Redis pool's server is killed and started again (AOF with fsync on
+every write): its queue answers 503, messages and subscriptions, while the others work, and
+afterwards it works again with every acknowledged message and its subscription.
 
 tests/services/test_pool_placement.py covers placement rules with in-process services; this
 module is about the same through the processes an operator runs.
@@ -63,6 +64,30 @@ def mongodb_ids(port: int, database: str, queue: str) -> set[str]:
     try:
         return {doc["_id"] for doc in client[database]["messages"].find(
             {"p": PROJECT, "q": queue}, {"_id": 1})}
+    finally:
+        client.close()
+
+
+def sqlite_subscribed(path: str) -> set[str]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT DISTINCT queue FROM subscriptions WHERE project = ?",
+                          (PROJECT,)).fetchall()
+    return {row[0] for row in rows}
+
+
+def redis_subscribed(port: int, prefix: str) -> set[str]:
+    client = redis.Redis(port=port, decode_responses=True)
+    try:
+        records = [client.hgetall(key) for key in client.scan_iter(match=f"{prefix}:s:*")]
+        return {r["queue"] for r in records if r.get("project") == PROJECT}
+    finally:
+        client.close()
+
+
+def mongodb_subscribed(port: int, database: str) -> set[str]:
+    client: MongoClient[dict[str, Any]] = MongoClient(port=port, serverSelectionTimeoutMS=5000)
+    try:
+        return {doc["q"] for doc in client[database]["subscriptions"].find({"p": PROJECT})}
     finally:
         client.close()
 
@@ -136,6 +161,25 @@ def test_queues_on_sqlite_redis_and_mongodb_pools(
                 assert where == {store: ids if store == home else set() for store in found}, (
                     queue, where)
 
+            # When each queue gets a subscription
+            for queue in acked:
+                r = http.post(f"/v2/queues/{queue}/subscriptions",
+                              json={"subscriber": "http://127.0.0.1:9/hook", "ttl": 3600})
+                assert r.status_code == 201, r.text
+            # Then each is in the notifier store of its queue's pool (beside the pool's
+            # messages, under keys, a file or a database of its own), and in no other store
+            subscribed: dict[str, Callable[[], set[str]]] = {
+                "lite": lambda: sqlite_subscribed(str(tmp_path / "pool-lite-notifier.db")),
+                "red": lambda: redis_subscribed(durable_redis.port, "zm-notifier"),
+                "mongo": lambda: mongodb_subscribed(mongodb_server.port, database + "-notifier"),
+                "own": lambda: sqlite_subscribed(
+                    settings.store_uri("notifier").removeprefix("sqlite:///")
+                ),
+            }
+            assert {store: read() for store, read in subscribed.items()} == {
+                **{flavor: {queue} for flavor, queue in QUEUES.items()}, "own": {"own"}
+            }
+
             # When the Redis pool's server dies (SIGKILL)
             durable_redis.kill()
             # Then its queue answers 503, quickly, for reads and writes
@@ -149,10 +193,14 @@ def test_queues_on_sqlite_redis_and_mongodb_pools(
                 r = http.request(method, path, json=body)
                 assert r.status_code == 503, (method, path, r.status_code, r.text)
                 assert time.monotonic() - started < 8
+            r = http.get("/v2/queues/on-red/subscriptions")
+            assert r.status_code == 503, r.text
             # And the queues of the other pools and of the own store keep working
             for queue in ["on-lite", "on-mongo", "own"]:
                 acked[queue] |= ids_of(post(http, queue, 2))
                 assert listed(http, queue) == acked[queue]
+                r = http.get(f"/v2/queues/{queue}/subscriptions")
+                assert r.status_code == 200 and len(r.json()["subscriptions"]) == 1, r.text
             # And the detailed health answers 503 naming the pool that is down (as Zaqar,
             # whose health is unreadable when a store is)
             r = http.get("/v2/health", headers=ADMIN)
@@ -173,5 +221,8 @@ def test_queues_on_sqlite_redis_and_mongodb_pools(
             for queue, ids in acked.items():
                 assert listed(http, queue) == ids, queue
             assert redis_ids(durable_redis.port, "on-red") == acked["on-red"]
+            # And its subscription too
+            r = http.get("/v2/queues/on-red/subscriptions")
+            assert r.status_code == 200 and len(r.json()["subscriptions"]) == 1, r.text
     finally:
         assert stack.stop() == 0, "".join(stack.output[-40:])

@@ -307,6 +307,18 @@ async def test_a_pool_that_is_down_fails_its_subscriptions_only(
         await pooled.post("on-b", 2)
         await on_b.wait_for(2, within=WITHIN)
         assert len(await pooled.listed("on-b")) == 1
+        # And a hand-over carrying both queues' posts stores b's (a's cannot be)
+        answer = await pooled.stubs.notifier_internal.NotifyMany(
+            notifier_pb2.NotifyManyRequest(batches=[
+                notifier_pb2.NotifyRequest(project=PROJECT, queue=queue, messages=[
+                    common_pb2.Message(id=f"m-{queue}", body=b'{"mixed": true}', ttl=60)
+                ])
+                for queue in ("on-a", "on-b")
+            ])
+        )
+        assert list(answer.listened) == [True, True]
+        hits = await on_b.wait_for(3, within=WITHIN)
+        assert hits[2].json()["body"] == {"mixed": True}
     finally:
         pooled.servers["a"].start()
 
