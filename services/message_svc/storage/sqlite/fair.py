@@ -39,8 +39,10 @@ def claim(
     choice: FairChoice[Row] = FairChoice(policy, limit, {}, _count(conn, project, queue, TOTAL))
     dead: list[Row] = []
     after = NO_MARKER
+    page = limit  # what a plain claim reads; more only while messages are put aside
     while not choice.done:
-        want = min(_PAGE, limit + policy.lookahead - choice.read)
+        want = min(page, limit + policy.lookahead - choice.read)
+        page = min(2 * page, max(_PAGE, limit))
         rows = conn.execute(
             f"SELECT {COLUMNS} FROM messages WHERE project = ? AND queue = ? AND seq > ? "
             f"AND {CLAIMABLE} ORDER BY seq LIMIT ?",

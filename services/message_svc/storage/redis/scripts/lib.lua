@@ -372,9 +372,10 @@ local function take_fair(base, now, limit, share, min, lookahead, worn, on_messa
       end
     end
   end
-  local after = '-inf'
+  local after, size = '-inf', limit -- a plain claim's read first; more while put aside
   while taken < limit and read < budget do
-    local page = math.min(budget - read, 128)
+    local page = math.min(budget - read, size)
+    size = math.min(size * 2, math.max(128, limit))
     local found = redis.call('ZRANGEBYSCORE', free, after, '+inf', 'WITHSCORES', 'LIMIT', 0, page)
     for i = 1, #found, 2 do
       if taken >= limit or read >= budget then
