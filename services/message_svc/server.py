@@ -64,10 +64,12 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     Raises:
         ConfigurationError: bad TLS settings or files; the store URI is unknown or malformed;
             a key of ``message_encryption_keys`` is malformed;
-            a message filter of ``message_filters`` is not installed or cannot be loaded.
+            a message filter of ``message_filters`` is not installed or cannot be loaded;
+            a ``fair_*`` threshold is out of its range (checked first, fairness on or off).
         Unavailable: the store cannot be opened.
         CannotListen: the port cannot be bound (services/common/startup.py).
     """
+    fair = fair_policy(settings)
     tls = await asyncio.to_thread(load_tls, settings)
     filters = Filters.load(settings.message_filters)
     keys = parse_keys(settings.message_encryption_keys)
@@ -109,7 +111,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     )
     service = MessageService(
         store, metadata, handoff, pools if settings.pooling else None, filters=filters,
-        sealer=None if keys is None else Sealer(keys), fair=fair_policy(settings),
+        sealer=None if keys is None else Sealer(keys), fair=fair,
     )
     packer = Packer(checksum=settings.message_checksum)
     notifier_channel = open_channel(settings.target("notifier"), tls, auth)
@@ -175,19 +177,21 @@ if __name__ == "__main__":
 def fair_policy(settings: Settings) -> FairPolicy | None:
     """The fair claims the settings ask for (``fair_*``), or None when they are off.
 
+    The thresholds are checked whether fairness is on or off, so that a bad value is refused
+    when it is set, not when fairness is next turned on.
+
     Raises:
         ConfigurationError: a threshold is out of its range.
     """
+    share, least, lookahead = (
+        settings.fair_share_percent, settings.fair_min_in_flight, settings.fair_lookahead
+    )
+    if not 1 <= share <= 100:
+        raise ConfigurationError(f"fair_share_percent must be 1 to 100, not {share}.")
+    if least < 1:
+        raise ConfigurationError(f"fair_min_in_flight must be at least 1, not {least}.")
+    if not 0 <= lookahead <= 100_000:
+        raise ConfigurationError(f"fair_lookahead must be 0 to 100000, not {lookahead}.")
     if not settings.fair_queues:
         return None
-    if not 1 <= settings.fair_share_percent <= 100:
-        raise ConfigurationError("fair_share_percent must be 1 to 100.")
-    if settings.fair_min_in_flight < 1:
-        raise ConfigurationError("fair_min_in_flight must be at least 1.")
-    if not 0 <= settings.fair_lookahead <= 100_000:
-        raise ConfigurationError("fair_lookahead must be 0 to 100000.")
-    return FairPolicy(
-        share_percent=settings.fair_share_percent,
-        min_in_flight=settings.fair_min_in_flight,
-        lookahead=settings.fair_lookahead,
-    )
+    return FairPolicy(share_percent=share, min_in_flight=least, lookahead=lookahead)
