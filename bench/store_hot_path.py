@@ -4,7 +4,9 @@ Each round posts ``--count`` messages one post at a time, then claims them one c
 (limit 1) and deletes each with its claim, sequentially (one caller, so every call is one
 round trip and one script). It prints the mean µs of a post and of a claim + delete for each
 round, and the median and minimum over the rounds. A standard queue unless ``--fifo`` (then
-``post_fifo`` / ``claim_fifo`` with a group per 10 messages). On a ``redis://`` store it also
+``post_fifo`` / ``claim_fifo`` with a group per 10 messages); ``--fair`` makes the claims fair
+(``claim(..., fair=FairPolicy())``, the default thresholds) on the same messages, which carry no
+group (a tree from before fair queues refuses it). On a ``redis://`` store it also
 prints the server's own time per script (``INFO commandstats``, EVALSHA ``usec_per_call``,
 reset before each phase): what the scripts cost Redis, without the client's share, which
 varies more with the machine's load.
@@ -32,6 +34,7 @@ import redis.asyncio
 
 sys.path.insert(0, os.getcwd())
 
+from services.message_svc.storage import base
 from services.message_svc.storage.base import NewMessage
 from services.message_svc.storage.registry import open_store
 
@@ -50,7 +53,11 @@ async def _script_usec(server: redis.asyncio.Redis | None) -> tuple[float, int]:
     return float(stats.get("cmdstat_evalsha", {}).get("usec_per_call", 0.0)), calls
 
 
-async def main(uri: str, count: int, rounds: int, fifo: bool) -> None:
+async def main(uri: str, count: int, rounds: int, fifo: bool, fair: bool) -> None:
+    policy = getattr(base, "FairPolicy", None)
+    if fair and (policy is None or fifo):
+        raise SystemExit("--fair needs a tree with fair queues (FairPolicy), and no --fifo")
+    extra = {"fair": policy()} if fair and policy is not None else {}
     store = await open_store(uri)
     parts = urlsplit(uri)
     server = (redis.asyncio.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
@@ -78,7 +85,7 @@ async def main(uri: str, count: int, rounds: int, fifo: bool) -> None:
             claim = store.claim_fifo if fifo else store.claim
             started = time.perf_counter()
             for _ in range(count):
-                result = await claim("bench", queue, limit=1, ttl=60, grace=60)
+                result = await claim("bench", queue, limit=1, ttl=60, grace=60, **extra)
                 assert result.claim is not None
                 for m in result.claim.messages:
                     await store.delete("bench", queue, m.id, result.claim.id)
@@ -111,5 +118,7 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--fifo", action="store_true")
+    parser.add_argument("--fair", action="store_true",
+                        help="fair claims (FairPolicy's defaults) on messages without a group")
     args = parser.parse_args()
-    asyncio.run(main(args.uri, args.count, args.rounds, args.fifo))
+    asyncio.run(main(args.uri, args.count, args.rounds, args.fifo, args.fair))
