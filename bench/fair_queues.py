@@ -8,16 +8,19 @@ consumers claim (limit 10), sleep ``--work`` seconds (the processing: the messag
 flight) and delete what they claimed with its claim (``delete_many``), until every message
 is deleted. The dwell of a message is the time from just before its post to the claim that
 took it. Scenarios, one after the other on each store in one run: fairness off (``claim``
-without ``fair``), fairness on with the default ``FairPolicy`` (lookahead 1000), and on with
-``--lookahead2`` (a lookahead that sees past the whole burst).
+without ``fair``), then fairness on with each ``--lookahead`` and each ``--backoff`` (default:
+the ``FairPolicy`` defaults); as message_svc does, a futile fair claim (``ClaimResult.futile``)
+makes the queue's claims plain for the back-off (``FairBackoff``).
 
 Per scenario it prints p50/p99/max dwell of the quiet messages and of the noisy ones, the
 noisy group's share of the messages claimed while the burst was being drained (from its first
-post to the claim of its last message), the time to drain everything, and the ratios of the
-quiet dwell with fairness to without::
+post to the claim of its last message), the time to drain everything, the claims made with
+``fair`` and how many of them were futile, and the ratios of the quiet dwell with fairness to
+without::
 
     .venv/bin/python bench/fair_queues.py                                   # SQLite (temp file)
     .venv/bin/python bench/fair_queues.py --uri redis://127.0.0.1:6379/0 --uri sqlite:////tmp/f.db
+    .venv/bin/python bench/fair_queues.py --lookahead 1000 --lookahead 200 --backoff 0 --backoff 1
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import redis.asyncio
 
 sys.path.insert(0, os.getcwd())
 
+from services.message_svc.fair_backoff import FairBackoff
 from services.message_svc.storage.base import FairPolicy, MessageStore, NewMessage
 from services.message_svc.storage.registry import open_store
 
@@ -53,6 +57,8 @@ class Outcome:
     noisy_share: float
     drained: float
     claims: int
+    fair_claims: int  # claims made with fair (the rest plain, or in a back-off)
+    futile: int  # fair claims that were futile (ClaimResult.futile)
     script_usec: float = 0.0  # Redis: the server's mean time per script (EVALSHA), µs
     script_seconds: float = 0.0  # Redis: the server's time in scripts over the scenario
 
@@ -65,6 +71,8 @@ def _pct(values: list[float], p: float) -> float:
 async def scenario(
     store: MessageStore, name: str, fair: FairPolicy | None, args: argparse.Namespace
 ) -> Outcome:
+    # As message_svc does: plain claims of the queue for fair.backoff s after a futile one
+    backoff = FairBackoff(0.0 if fair is None else fair.backoff)
     queue = f"fair-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     quiet_total = args.quiet * int(args.seconds / args.interval)
@@ -72,7 +80,7 @@ async def scenario(
     dwell: dict[str, list[float]] = {"quiet": [], "noisy": []}
     # (time of claim, group) of each claimed message, for the noisy share
     claimed: list[tuple[float, bool]] = []
-    claims = 0
+    claims = fair_claims = futile = 0
     burst_started = 0.0
 
     def body(group: str) -> bytes:
@@ -101,11 +109,17 @@ async def scenario(
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
 
     async def consumer() -> None:
-        nonlocal claims
+        nonlocal claims, fair_claims, futile
         while len(claimed) < expected:
-            kwargs = {} if fair is None else {"fair": fair}
+            plain = fair is None or backoff.plain(PROJECT, queue)
+            kwargs = {} if plain else {"fair": fair}
             result = await store.claim(PROJECT, queue, limit=10, ttl=300, grace=60, **kwargs)
             now = time.perf_counter()
+            if result.futile:
+                futile += 1
+                backoff.futile(PROJECT, queue)
+            if not plain:
+                fair_claims += 1
             if result.claim is None:
                 await asyncio.sleep(0.005)
                 continue
@@ -128,7 +142,8 @@ async def scenario(
     window = [noisy for t, noisy in claimed if burst_started <= t <= last_noisy]
     await store.delete_queue(PROJECT, queue)
     return Outcome(name, dwell["quiet"], dwell["noisy"],
-                   sum(window) / len(window) if window else 0.0, drained, claims)
+                   sum(window) / len(window) if window else 0.0, drained, claims,
+                   fair_claims, futile)
 
 
 def row(o: Outcome) -> str:
@@ -136,19 +151,20 @@ def row(o: Outcome) -> str:
     return (f"| {o.name} | {statistics.median(q) * 1e3:.0f} / {_pct(q, 99) * 1e3:.0f} / "
             f"{max(q) * 1e3:.0f} | {statistics.median(n) * 1e3:.0f} / {_pct(n, 99) * 1e3:.0f} / "
             f"{max(n) * 1e3:.0f} | {o.noisy_share * 100:.1f} % | {o.drained:.1f} s | "
-            f"{o.claims} | " + (f"{o.script_usec:.0f} / {o.script_seconds:.2f} s |"
-                                 if o.script_seconds else "- |"))
+            f"{o.claims} | {o.fair_claims} / {o.futile} | "
+            + (f"{o.script_usec:.0f} / {o.script_seconds:.2f} s |"
+               if o.script_seconds else "- |"))
 
 
 async def main(args: argparse.Namespace) -> None:
     uris = args.uri or [
         "sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="fair-bench-"), "m.db")
     ]
-    policies: list[tuple[str, FairPolicy | None]] = [
-        ("off", None),
-        ("on, lookahead 1000", FairPolicy()),
-        (f"on, lookahead {args.lookahead2}", FairPolicy(lookahead=args.lookahead2)),
-    ]
+    policies: list[tuple[str, FairPolicy | None]] = [("off", None)]
+    for lookahead in args.lookahead:
+        for backoff in args.backoff:
+            policies.append((f"on, lookahead {lookahead}, back-off {backoff:g} s",
+                             FairPolicy(lookahead=lookahead, backoff=backoff)))
     print(f"load average before: {os.getloadavg()[0]:.1f}; {args.burst} noisy messages, "
           f"{args.quiet} quiet groups x {1 / args.interval:.0f}/s for {args.seconds:.0f} s, "
           f"{args.consumers} consumers (limit 10, {args.work * 1e3:.0f} ms per claim)",
@@ -178,8 +194,8 @@ async def main(args: argparse.Namespace) -> None:
                 await server.aclose()
         print(f"\n{uri.split('://')[0]}: dwell, post -> claim, ms (p50 / p99 / max)\n")
         print("| fairness | quiet groups | noisy group | noisy share of claimed, burst window "
-              "| all drained | claims | Redis: µs per script, mean / total |")
-        print("|---|---|---|---|---|---|---|")
+              "| all drained | claims | fair / futile | Redis: µs per script, mean / total |")
+        print("|---|---|---|---|---|---|---|---|")
         for o in outcomes:
             print(row(o))
         off = outcomes[0]
@@ -204,5 +220,12 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=12.0, help="how long quiet groups post")
     parser.add_argument("--consumers", type=int, default=4)
     parser.add_argument("--work", type=float, default=0.05, help="s of processing per claim")
-    parser.add_argument("--lookahead2", type=int, default=10000)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--lookahead", type=int, action="append",
+                        help="fair_lookahead of a fairness-on scenario (repeat; default 1000)")
+    parser.add_argument("--backoff", type=float, action="append",
+                        help="fair_backoff, s, of each fairness-on scenario (repeat; default "
+                             "1; 0 = none)")
+    args = parser.parse_args()
+    args.lookahead = args.lookahead or [FairPolicy().lookahead]
+    args.backoff = args.backoff or [FairPolicy().backoff]
+    asyncio.run(main(args))

@@ -162,6 +162,12 @@ class Settings:
         metadata=_help("Claimable messages a fair claim reads at most past those it takes, "
                        "looking for messages of other groups (0-100000)."),
     )
+    fair_backoff: float = field(
+        default=1.0,
+        metadata=_help("Seconds a queue's claims go without fairness after a fair claim that "
+                       "found too few messages of other groups within the lookahead and took "
+                       "the noisy group's anyway (0-60; 0: never)."),
+    )
     message_batch: bool = field(
         default=True,
         metadata=_help(

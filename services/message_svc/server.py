@@ -192,6 +192,10 @@ def fair_policy(settings: Settings) -> FairPolicy | None:
         raise ConfigurationError(f"fair_min_in_flight must be at least 1, not {least}.")
     if not 0 <= lookahead <= 100_000:
         raise ConfigurationError(f"fair_lookahead must be 0 to 100000, not {lookahead}.")
+    backoff = settings.fair_backoff
+    if not 0 <= backoff <= 60:  # NaN included
+        raise ConfigurationError(f"fair_backoff must be 0 to 60, not {backoff:g}.")
     if not settings.fair_queues:
         return None
-    return FairPolicy(share_percent=share, min_in_flight=least, lookahead=lookahead)
+    return FairPolicy(share_percent=share, min_in_flight=least, lookahead=lookahead,
+                      backoff=backoff)

@@ -9,7 +9,8 @@ error interceptor turns into statuses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -26,6 +27,7 @@ from services.common.errors import (
 )
 from services.message_svc import validation
 from services.message_svc.encryption import Bodies, Sealer, is_sealed
+from services.message_svc.fair_backoff import FairBackoff
 from services.message_svc.filters import FilterContext, Operation
 from services.message_svc.filters.pipeline import Filters, Pipeline
 from services.message_svc.handoff import Handoff
@@ -106,6 +108,7 @@ class MessageService:
         filters: Filters | None = None,
         sealer: Sealer | None = None,
         fair: FairPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``pools``: given when pooling is on; each queue's operations then go to the store
         of the pool it is placed on (``metadata`` says which), else all go to ``store``.
@@ -114,8 +117,10 @@ class MessageService:
         filter acts on reads. ``sealer``: the message encryption keys, which seal the bodies
         of queues with ``_enable_encrypt_messages`` and open sealed bodies on every read
         (None: such queues' posts are refused, sealed bodies unreadable). ``fair``: the fair
-        claims of standard queues on stores that implement them (None: plain claims)."""
+        claims of standard queues on stores that implement them (None: plain claims); after a
+        futile one a queue's claims are plain for ``fair.backoff`` seconds of ``clock``."""
         self.fair = fair
+        self.fair_backoff = FairBackoff(0.0 if fair is None else fair.backoff, clock)
         self.store = store
         self.filters = filters or Filters.none()
         self.metadata = metadata
@@ -389,11 +394,14 @@ class MessageService:
                         project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
                         dead_letter=policy.dead_letter, version=policy.version,
                     )
-                elif self.fair is not None and store.capabilities.fair:
+                elif (self.fair is not None and store.capabilities.fair
+                      and not self.fair_backoff.plain(project, queue)):
                     result = await store.claim(
                         project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,
                         dead_letter=policy.dead_letter, version=policy.version, fair=self.fair,
                     )
+                    if result.futile:
+                        self.fair_backoff.futile(project, queue)
                 else:
                     result = await store.claim(
                         project, queue, limit=size, ttl=claim_ttl, grace=claim_grace,

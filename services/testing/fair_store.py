@@ -254,6 +254,84 @@ class FairMessageStoreContract:
         assert await self.claim(store, 2) == [4, 5]
 
 
+    async def flood(self, store: MessageStore) -> None:
+        """Group "a" noisy, more of it waiting than the lookahead, then one message of "b"."""
+        await self.post(store, *(gmsg(n, "a") for n in range(1, 4)))
+        assert await self.claim(store, 3) == [1, 2, 3]
+        await self.post(store, *(gmsg(n, "a") for n in range(4, 4 + POLICY.lookahead + 5)))
+        await self.post(store, gmsg(9999, "b"))
+
+    async def test_a_claim_that_reads_its_window_for_nothing_is_futile(
+        self, store: MessageStore
+    ) -> None:
+        # Given a noisy group deeper than the lookahead in front of another group
+        await self.flood(store)
+
+        # When a fair claim reads limit + lookahead messages, all put aside
+        result = await store.claim(P, Q, limit=2, ttl=60, grace=60, fair=POLICY)
+
+        # Then it takes the oldest put aside and says it was futile
+        assert result.claim is not None and numbers(result.claim.messages) == [4, 5]
+        assert result.futile is True
+
+    async def test_a_plain_claim_is_never_futile(self, store: MessageStore) -> None:
+        await self.flood(store)
+        result = await store.claim(P, Q, limit=2, ttl=60, grace=60)
+        assert result.claim is not None and numbers(result.claim.messages) == [4, 5]
+        assert result.futile is False
+
+    async def test_a_claim_that_finds_other_groups_is_not_futile(
+        self, store: MessageStore
+    ) -> None:
+        # Given a noisy group with another group's message within the lookahead
+        await self.noisy_first(store)
+
+        # When a fair claim fills its limit past the noisy group, or partly (4 of 2 + 2)
+        quiet = await store.claim(P, Q, limit=1, ttl=60, grace=60, fair=POLICY)
+        mixed = await store.claim(P, Q, limit=3, ttl=60, grace=60, fair=POLICY)
+
+        # Then neither is futile: the second read every claimable message, fewer than its
+        # window, and took messages put aside only after the other one
+        assert quiet.claim is not None and numbers(quiet.claim.messages) == [7]
+        assert mixed.claim is not None and numbers(mixed.claim.messages) == [4, 5, 8]
+        assert (quiet.futile, mixed.futile) == (False, False)
+
+    async def test_a_claim_of_only_noisy_messages_within_the_window_is_not_futile(
+        self, store: MessageStore
+    ) -> None:
+        # Given a noisy group and nothing else claimable, fewer than the window
+        await self.post(store, *(gmsg(n, "a") for n in range(1, 7)))
+        assert await self.claim(store, 3) == [1, 2, 3]
+
+        # When a claim takes them (every claimable message read), it is not futile
+        result = await store.claim(P, Q, limit=2, ttl=60, grace=60, fair=POLICY)
+        assert result.claim is not None and numbers(result.claim.messages) == [4, 5]
+        assert result.futile is False
+
+    async def test_a_claim_without_groups_is_not_futile(self, store: MessageStore) -> None:
+        # Given more messages without a group than the window
+        await self.post(store, *(gmsg(n) for n in range(POLICY.lookahead + 10)))
+        result = await store.claim(P, Q, limit=2, ttl=60, grace=60, fair=POLICY)
+        assert result.claim is not None and numbers(result.claim.messages) == [0, 1]
+        assert result.futile is False
+
+    async def test_a_futile_claim_with_nothing_claimed_in_the_window_from_others(
+        self, store: MessageStore
+    ) -> None:
+        # Given the window holds one message of "b" and then only the noisy group's
+        await self.post(store, *(gmsg(n, "a") for n in range(1, 4)))
+        assert await self.claim(store, 3) == [1, 2, 3]
+        await self.post(store, gmsg(4, "b"))
+        await self.post(store, *(gmsg(n, "a") for n in range(5, 5 + POLICY.lookahead + 5)))
+
+        # When a claim of 3 reads its whole window and finds only that one
+        result = await store.claim(P, Q, limit=3, ttl=60, grace=60, fair=POLICY)
+
+        # Then the noisy group's oldest fill the rest: futile
+        assert result.claim is not None and numbers(result.claim.messages) == [4, 5, 6]
+        assert result.futile is True
+
+
 def _claim_of(message: object) -> str:
     claim_id = getattr(message, "claim_id", None)
     assert isinstance(claim_id, str)

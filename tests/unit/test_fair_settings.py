@@ -75,3 +75,29 @@ async def test_message_svc_refuses_to_start_before_opening_its_store(
         await message_server.start(settings)
     # Then the process's one line on stderr, and exit status 2
     assert failure(refused.value, "message_svc") == (2, f"configuration error: {message}")
+
+
+@pytest.mark.parametrize("value", [0.0, 0.25, 60.0])
+def test_the_back_off_bounds_are_accepted(value: float) -> None:
+    policy = fair_policy(Settings.load(environ={"ZAQAR_FAIR_BACKOFF": str(value)}))
+    assert policy is not None and policy.backoff == value
+
+
+def test_the_default_back_off_is_1_s() -> None:
+    policy = fair_policy(Settings.load(environ={}))
+    assert policy is not None and policy.backoff == 1.0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", "fair_backoff must be 0 to 60, not -1."),
+    ("60.5", "fair_backoff must be 0 to 60, not 60.5."),
+    ("nan", "fair_backoff must be 0 to 60, not nan."),
+])
+@pytest.mark.parametrize("on", [True, False])
+def test_a_back_off_out_of_range_is_refused(value: str, message: str, on: bool) -> None:
+    settings = Settings.load(environ={
+        "ZAQAR_FAIR_BACKOFF": value, "ZAQAR_FAIR_QUEUES": "true" if on else "false",
+    })
+    with pytest.raises(ConfigurationError) as refused:
+        fair_policy(settings)
+    assert str(refused.value) == message

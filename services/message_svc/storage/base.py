@@ -124,6 +124,9 @@ class FairPolicy:
     lookahead: int = 1000
     """Claimable messages a claim reads at most, past those it takes, looking for messages
     of groups that are not noisy."""
+    backoff: float = 1.0
+    """Seconds message_svc claims a queue without fairness after a futile fair claim of it
+    (:attr:`ClaimResult.futile`; 0: never); stores do not read it."""
 
     def noisy(self, in_flight: int, total: int) -> bool:
         """Whether a group with ``in_flight`` of the queue's ``total`` in-flight messages with
@@ -139,6 +142,14 @@ class ClaimResult:
     """The new claim, or ``None`` when no message was claimable."""
     dead_lettered: tuple[str, ...] = ()
     """Ids of the messages moved to the dead-letter queue instead of being claimed."""
+    futile: bool = False
+    """A fair claim (``fair`` given) whose fairness bought nothing: it put messages of noisy
+    groups aside, read its whole window (``limit + fair.lookahead`` claimable messages)
+    without filling ``limit`` from the others, and filled the rest from those put aside.
+    Not when the claim read every claimable message (fewer than the window): messages of
+    other groups posted meanwhile are then within reach of the next fair claim. Always false
+    for a claim without ``fair``. message_svc then claims the queue without ``fair`` for a
+    while (``fair_backoff``)."""
 
 
 class DeleteOutcome(enum.Enum):
@@ -410,6 +421,7 @@ class MessageStore(Protocol):
         passed over, and a queue where no message has a group is claimed exactly as without
         ``fair``. Whether messages claimed without ``fair`` count is the backend's (SQLite
         and Redis keep counters that only fair claims raise; MongoDB counts held messages).
+        The result says whether the claim was :attr:`ClaimResult.futile`.
 
         Returns:
             The claim (``None`` when nothing was claimed) and the ids moved to the

@@ -1,11 +1,14 @@
 """The choice a fair claim makes among the claimable messages it reads, shared by the
-backends that choose in Python (SQLite, MongoDB); Redis does the same in ``scripts/fair.lua``.
+backends that choose in Python (SQLite, MongoDB); Redis does the same in ``take_fair``
+(``scripts/lib.lua``).
 
 The claim offers the claimable messages by seq. A message without a group, or of a group that
 is not noisy (:meth:`FairPolicy.noisy`, counting what this claim took so far), is taken at
 once; one of a noisy group is put aside. When the claim has read ``limit + lookahead``
 messages, or the queue has no more, what was put aside fills what is left of ``limit``, oldest
-first: a claim is never left short while there are claimable messages.
+first: a claim is never left short while there are claimable messages. A claim that read
+``limit + lookahead`` messages and still needed those put aside is futile
+(:attr:`FairChoice.futile`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ class FairChoice(Generic[T]):
         self.taken: list[T] = []
         self.aside: list[tuple[T, str]] = []
         self.read = 0
+        self.futile = False
+        """Set by :meth:`finish`: the claim read its whole window (``limit + lookahead``)
+        without finding ``limit`` messages that are not put aside, and messages put aside
+        fill the rest (``ClaimResult.futile``). Not when it read every claimable message: the
+        next claim may find messages of other groups that arrive meanwhile."""
 
     def know(self, in_flight: dict[str, int]) -> None:
         """Counts before the claim of groups met on the way (those already known stay)."""
@@ -60,7 +68,9 @@ class FairChoice(Generic[T]):
 
     def finish(self) -> list[T]:
         """What the claim takes: the messages taken, then the oldest put aside up to
-        ``limit``."""
+        ``limit`` (the claim is then :attr:`futile`)."""
+        self.futile = (bool(self.aside) and len(self.taken) < self.limit
+                       and self.read >= self.limit + self.policy.lookahead)
         for item, group in self.aside[: max(0, self.limit - len(self.taken))]:
             self._take(item, group)
         return self.taken

@@ -53,9 +53,9 @@ async def claim(
     grace: int,
     dead_letter: DeadLetterPolicy | None,
     policy: FairPolicy,
-) -> tuple[list[Document], tuple[str, ...]]:
-    """(the claimed messages' documents by seq, the dead-lettered ids), as
-    :func:`claims.claim` with the fair choice."""
+) -> tuple[list[Document], tuple[str, ...], bool]:
+    """(the claimed messages' documents by seq, the dead-lettered ids, whether the claim was
+    futile: ``ClaimResult.futile``), as :func:`claims.claim` with the fair choice."""
     claim_expires = now + ttl
     update = hold(claim_id, claim_expires, ttl + grace, claim_expires + grace, count=True)
     still: Document = claimable(project, queue, now)
@@ -68,6 +68,7 @@ async def claim(
     )
     taken: list[Document] = []
     dead: list[str] = []
+    futile = False
     for _ in range(_ROUNDS):
         choice: FairChoice[Document] = FairChoice(policy, limit - len(taken), {}, total)
         worn: list[Document] = []
@@ -99,6 +100,7 @@ async def claim(
         if worn and dead_letter is not None:
             dead += await claims.move_to_dead_letter(db, project, queue, worn, dead_letter, now)
         chosen = choice.finish()
+        futile = futile or choice.futile
 
         def take(doc: Document) -> Awaitable[Document | None]:
             return db.messages.find_one_and_update(
@@ -115,4 +117,4 @@ async def claim(
             "_id": claim_id, "p": project, "q": queue, "t": ttl, "g": grace, "c": now,
             "e": claim_expires, "ea": as_date(claim_expires),
         })
-    return sorted(taken, key=lambda doc: int(doc["s"])), tuple(dead)
+    return sorted(taken, key=lambda doc: int(doc["s"])), tuple(dead), futile

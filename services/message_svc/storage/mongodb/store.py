@@ -392,12 +392,13 @@ class MongoMessageStore(base.MessageStore):
     ) -> ClaimResult:
         db = self._db()
         now, claim_id = self._now(), _new_id()
+        futile = False
         async with self._turns.hold(project, queue):
             # Checked once this claim's turn has come, right before it takes anything.
             if version is not None:
                 await db.check_version(project, queue, version)
             if fair is not None:
-                docs, dead = await fair_claims.claim(
+                docs, dead, futile = await fair_claims.claim(
                     db, project, queue, claim_id, now,
                     limit=limit, ttl=ttl, grace=grace, dead_letter=dead_letter, policy=fair,
                 )
@@ -415,6 +416,7 @@ class MongoMessageStore(base.MessageStore):
                 messages=tuple(to_message(doc, now) for doc in docs),
             ),
             dead_lettered=dead,
+            futile=futile,
         )
 
     @edge("claim messages")

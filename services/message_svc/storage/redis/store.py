@@ -412,7 +412,8 @@ class RedisMessageStore(base.MessageStore):
         current = stale_version(reply)
         if current is not None:
             raise StaleQueue(current)
-        rows, dead = reply
+        rows, dead = reply[0], reply[1]
+        futile = len(reply) > 2 and int(reply[2]) == 1  # a replayed claim answers two
         dead_lettered = await self._dead_lettered(
             prefix, dead, (dlq_tag, dlq_ttl, dlq_expires, claim_id)
         )
@@ -422,7 +423,7 @@ class RedisMessageStore(base.MessageStore):
             id=claim_id, ttl=ttl, grace=grace, created=now, expires=claim_expires,
             messages=tuple(to_message(row, now) for row in rows),
         )
-        return ClaimResult(claim=claim, dead_lettered=dead_lettered)
+        return ClaimResult(claim=claim, dead_lettered=dead_lettered, futile=futile)
 
     async def claim_fifo(
         self,

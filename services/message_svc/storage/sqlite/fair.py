@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import replace
 
 from services.message_svc.storage.base import ClaimResult, DeadLetterPolicy, FairPolicy
 from services.message_svc.storage.fairness import FairChoice
@@ -66,7 +67,7 @@ def claim(
     added = choice.added(lambda row: row["group_id"])
     if added and result.claim is not None:
         hold(conn, project, queue, claim_id, now + ttl, added)
-    return result
+    return replace(result, futile=choice.futile) if choice.futile else result
 
 
 def _count(conn: sqlite3.Connection, project: str, queue: str, group: str) -> int:

@@ -9,7 +9,8 @@
 --       them ('' = move; on a Redis Cluster, where the dead-letter queue is in another slot),
 --       then for a fair claim ('' = not fair) the noisy share in per cent, the noisy minimum
 --       and the lookahead (take_fair in lib.lua).
--- Returns {claimed rows, dead letters}, or {'stale', current version} having done nothing.
+-- Returns {claimed rows, dead letters, 1 when a fair claim was futile (take_fair) else 0},
+-- or {'stale', current version} having done nothing.
 -- Dead letters are the moved ids, or the staged rows: each message staged leaves every index
 -- of the queue for d:<id> and moving, for the caller to copy to the dead-letter queue (see
 -- dead_letter_copy.lua) and then drop (dead_letter_done.lua).
@@ -106,10 +107,10 @@ local function on_message(row)
   return true
 end
 
-local added = nil
+local added, futile = nil, false
 if ARGV[15] and ARGV[15] ~= '' and not has_groups(base) then
   local _
-  _, added = take_fair(base, now, limit, tonumber(ARGV[15]), tonumber(ARGV[16]),
+  _, added, futile = take_fair(base, now, limit, tonumber(ARGV[15]), tonumber(ARGV[16]),
                        tonumber(ARGV[17]), is_worn, on_message)
 else
   take(base, now, limit, on_message)
@@ -134,4 +135,4 @@ if #claimed > 0 then
     redis.call('ZADD', base .. 'fhx', claim_exp, cid)
   end
 end
-return {claimed, dead}
+return {claimed, dead, futile and 1 or 0}

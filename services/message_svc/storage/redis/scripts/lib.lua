@@ -343,7 +343,9 @@ end
 -- or of a group that is not noisy (counting what this call took), and then, while short of
 -- limit, the oldest of those put aside. worn(row) says which messages on_message moves to the
 -- dead-letter queue (they are handed to it when met, and not counted as read). Returns what
--- was taken and, per group, how many of the taken messages have it.
+-- was taken, per group how many of the taken messages have it, and whether the claim was
+-- futile: it read limit + lookahead messages and those put aside filled part of limit
+-- (ClaimResult.futile).
 local function take_fair(base, now, limit, share, min, lookahead, worn, on_message)
   normalize(base, now)
   local now_n = tonumber(now)
@@ -403,11 +405,13 @@ local function take_fair(base, now, limit, share, min, lookahead, worn, on_messa
       break
     end
   end
+  -- Futile: the whole window read (not just every claimable message), too few taken.
+  local futile = #aside > 0 and taken < limit and read >= budget
   for _, row in ipairs(aside) do
     if taken >= limit then
       break
     end
     take_row(row)
   end
-  return taken, added
+  return taken, added, futile
 end
