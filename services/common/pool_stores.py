@@ -9,6 +9,11 @@ down) fails that operation only, with ``Unavailable`` (503), and the next operat
 again: the other pools and the own store keep serving. A store no operation used for ``idle``
 seconds is closed by :meth:`PoolStores.close_idle` (which the service's sweeper runs), so the
 store of a pool that was deleted, or whose queues are gone, does not stay open.
+
+A store taken out of service (idle, or its pool deleted) is not closed at once: an operation
+that took it just before may still be using it (a delivery being claimed, a sweep). New
+operations open a fresh one; the old one is closed by the first sweep ``RETIRE_GRACE`` seconds
+later, longer than any operation's deadline.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Generic, Protocol, TypeVar
 from services.common.store_uri import redact
 
 log = logging.getLogger(__name__)
+
+RETIRE_GRACE = 60.0
 
 
 class Closable(Protocol):
@@ -51,6 +58,8 @@ class PoolStores(Generic[S]):
         self._stores: dict[str, S] = {}
         self._used: dict[str, float] = {}
         self._opening: dict[str, asyncio.Task[S]] = {}
+        # Stores taken out of service, with the time from which they may be closed.
+        self._retired: list[tuple[float, str, S]] = []
 
     @property
     def open_uris(self) -> list[str]:
@@ -97,24 +106,38 @@ class PoolStores(Generic[S]):
         return store
 
     async def close_idle(self) -> None:
-        """Close the pool stores no operation used for ``idle`` seconds."""
-        limit = self._clock() - self._idle
+        """Take the pool stores no operation used for ``idle`` seconds out of service, and
+        close those taken out ``RETIRE_GRACE`` seconds ago or more."""
+        now = self._clock()
+        limit = now - self._idle
         for uri in [u for u, used in self._used.items() if used <= limit]:
             await self.drop(uri, "unused")
+        due = [item for item in self._retired if item[0] <= now]
+        self._retired = [item for item in self._retired if item[0] > now]
+        for _, uri, store in due:
+            await store.close()
+            log.info("closed the %s of pool %s", self.kind, redact(uri))
 
     async def drop(self, uri: str, why: str) -> None:
-        """Close the store of ``uri`` now (a later use opens it again)."""
+        """Take the store of ``uri`` out of service now (a later use opens a new one); it is
+        closed by the first :meth:`close_idle` ``RETIRE_GRACE`` seconds from now."""
         store = self._stores.pop(uri, None)
         self._used.pop(uri, None)
         if store is not None:
-            await store.close()
-            log.info("closed the %s %s of pool %s", why, self.kind, redact(uri))
+            self._retired.append((self._clock() + RETIRE_GRACE, uri, store))
+            log.info("took the %s %s of pool %s out of service", why, self.kind, redact(uri))
+
+    @property
+    def retired(self) -> int:
+        """How many stores taken out of service are still open."""
+        return len(self._retired)
 
     async def close(self) -> None:
         """Close every pool store (not the own one, which its owner closes)."""
         for task in list(self._opening.values()):
             task.cancel()
         stores, self._stores = self._stores, {}
+        retired, self._retired = self._retired, []
         self._used.clear()
-        for store in stores.values():
+        for store in [*stores.values(), *(store for _, _, store in retired)]:
             await store.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common import pool_stores
 from services.common.errors import Unavailable
 from services.message_svc.pools import PoolStores
 from services.message_svc.storage.base import MessageStore, NewMessage
@@ -54,6 +55,37 @@ async def test_a_pool_store_is_opened_once_shared_and_closed_when_unused(
         reopened = await pools.get(uri)
         assert opened == [uri, uri]
         assert (await reopened.stats("p", "q")).total == 1
+    finally:
+        await pools.close()
+        await own.close()
+
+
+async def test_a_store_taken_out_of_service_serves_whoever_holds_it_until_the_grace_ends(
+    tmp_path: Path,
+) -> None:
+    own = await open_store(f"sqlite:///{tmp_path / 'own.db'}")
+    clock = Clock()
+    pools = PoolStores(own, open_store, idle=600, clock=clock)
+    uri = f"sqlite:///{tmp_path / 'a.db'}"
+    try:
+        # Given an operation that took the pool's store (a delivery claim, a sweep)
+        held = await pools.get(uri)
+        # When the store is taken out of service (its pool was deleted, or it was idle)
+        await pools.drop(uri, "deleted")
+        assert pools.open_uris == [] and pools.retired == 1
+        # Then that operation still completes on it, and a new use opens another one
+        await held.post("p", "q", "c", [NewMessage(body=b"1", ttl=60)])
+        assert (await pools.get(uri)) is not held
+        # A sweep before the grace ends leaves it open; the first after closes it
+        clock.now = pool_stores.RETIRE_GRACE - 1
+        await pools.collect_garbage()
+        assert pools.retired == 1
+        assert (await held.stats("p", "q")).total == 1
+        clock.now = pool_stores.RETIRE_GRACE
+        await pools.collect_garbage()
+        assert pools.retired == 0
+        with pytest.raises(Exception, match="closed"):
+            await held.stats("p", "q")
     finally:
         await pools.close()
         await own.close()
