@@ -12,6 +12,7 @@ none waits for a subscription call to open its pool.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import posixpath
 import time
@@ -33,6 +34,8 @@ MESSAGE_PREFIX = "zm"
 # A pool store found without pending deliveries is looked at again after this many seconds
 # (another replica may have stored some since, then stopped).
 RESCAN = 30.0
+# Seconds a scan's probe of a pool gets to finish when the stores are closed.
+PROBE_GRACE = 5.0
 
 PoolUris = Callable[[], Awaitable[list[str]]]
 
@@ -96,6 +99,7 @@ class NotifierStores(pool_stores.PoolStores[NotifierStore]):
         self._pools = pools
         self._empty: dict[str, float] = {}
         self._warned = -RESCAN
+        self._probes: set[asyncio.Task[bool]] = set()
 
     def store_uri(self, pool_uri: str) -> str:
         """The key of the store that serves the pool ("" for the own store)."""
@@ -171,12 +175,31 @@ class NotifierStores(pool_stores.PoolStores[NotifierStore]):
     async def _pending(self, uri: str) -> bool:
         """Whether the pool's notifier store holds deliveries, read on a store opened for
         the question only (closing it cannot cut short an operation that opened the shared
-        one meanwhile)."""
+        one meanwhile). Shielded: a sweep stopped meanwhile does not leave the probe half
+        open (a store cancelled in the middle of its open leaves its connections behind);
+        :meth:`close` waits for it."""
+        task = asyncio.ensure_future(self._probe(uri))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+        return await asyncio.shield(task)
+
+    async def _probe(self, uri: str) -> bool:
         probe = await self._opener(uri)
         try:
             return await probe.next_due() is not None
         finally:
             await probe.close()
+
+    async def close(self) -> None:
+        """Wait for the scan's probes (``PROBE_GRACE`` seconds at most), then close every
+        pool store."""
+        probes = list(self._probes)
+        if probes:
+            _, pending = await asyncio.wait(probes, timeout=PROBE_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
+        await super().close()
 
     def _warn(self) -> bool:
         now = self._clock()

@@ -5,6 +5,7 @@ subscriptions are is checked in the stores themselves, not through the services.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +117,23 @@ class Pooled:
         return found
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "cluster", "mongodb"])
 async def pooled(
     request: pytest.FixtureRequest, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> AsyncIterator[Pooled]:
     """The three services with pooling on (own stores on SQLite) and pools a and b (not
-    registered yet): SQLite files, or two redis-servers."""
+    registered yet): SQLite files, two redis-servers, two key prefixes on the Redis Cluster,
+    or two databases of the MongoDB server."""
     servers: dict[str, ServerProcess] = {}
     uris = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")}
+    unique = uuid.uuid4().hex[:8]
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        uris = {name: f"redis+cluster://{cluster.uri_hosts}?prefix=np{unique}{name}"
+                for name in ("a", "b")}
+    if request.param == "mongodb":
+        port = request.getfixturevalue("mongodb_server").port
+        uris = {name: f"mongodb://127.0.0.1:{port}/np{unique}{name}" for name in ("a", "b")}
     if request.param == "redis":
         pair = request.getfixturevalue("redis_pair")
         for name, server in zip("ab", pair, strict=True):
