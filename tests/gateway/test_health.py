@@ -128,6 +128,9 @@ async def test_health_is_503_naming_an_unreachable_store(
             assert "the store of pool p1 is not reachable" in description
             assert "Redis cannot be reached" in description
             assert "the message store is not reachable" not in description
+            # And so is the pool's subscription store (notifier_svc's, on the same server)
+            assert "the subscription store of pool p1 is not reachable" in description
+            assert "the subscription store is not reachable" not in description
             # And when message_svc's own Redis goes too, both are named
             message_redis.kill()
             description = (await http.get("/v2/health", headers=ADMIN)).json()["description"]
