@@ -29,6 +29,8 @@ from services.common.store_uri import redact
 log = logging.getLogger(__name__)
 
 RETIRE_GRACE = 60.0
+# Seconds :meth:`PoolStores.close` waits for stores being opened.
+OPEN_WAIT = 10.0
 
 
 class Closable(Protocol):
@@ -133,9 +135,14 @@ class PoolStores(Generic[S]):
         return len(self._retired)
 
     async def close(self) -> None:
-        """Close every pool store (not the own one, which its owner closes)."""
-        for task in list(self._opening.values()):
-            task.cancel()
+        """Close every pool store (not the own one, which its owner closes). A store being
+        opened is waited for (up to ``OPEN_WAIT`` seconds) and closed with the others: a
+        cancelled open could leave its connections open."""
+        opening = list(self._opening.values())
+        if opening:
+            _, pending = await asyncio.wait(opening, timeout=OPEN_WAIT)
+            for task in pending:
+                task.cancel()
         stores, self._stores = self._stores, {}
         retired, self._retired = self._retired, []
         self._used.clear()

@@ -91,6 +91,36 @@ async def test_a_store_taken_out_of_service_serves_whoever_holds_it_until_the_gr
         await own.close()
 
 
+async def test_closing_waits_for_a_store_being_opened_and_closes_it(tmp_path: Path) -> None:
+    own = await open_store(f"sqlite:///{tmp_path / 'own.db'}")
+    go = asyncio.Event()
+    opened: list[MessageStore] = []
+
+    async def opener(uri: str) -> MessageStore:
+        await go.wait()
+        store = await open_store(uri)
+        opened.append(store)
+        return store
+
+    pools = PoolStores(own, opener, idle=600)
+    try:
+        # Given a pool store halfway through opening when the service stops
+        first_use = asyncio.ensure_future(pools.get(f"sqlite:///{tmp_path / 'a.db'}"))
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(pools.close())
+        await asyncio.sleep(0)
+        assert not closing.done()
+        # When the open completes, then close() closes what it opened, and ends
+        go.set()
+        await closing
+        assert len(opened) == 1
+        with pytest.raises(Exception, match="closed"):
+            await opened[0].stats("p", "q")
+        await first_use
+    finally:
+        await own.close()
+
+
 async def test_a_pool_that_cannot_be_opened_fails_each_caller_until_it_can(
     tmp_path: Path,
 ) -> None:
