@@ -72,6 +72,7 @@ class _Batch:
     accepted_at: float
     messages: list[common_pb2.Message] = field(default_factory=list)
     size: int = 0
+    pool_uri: str | None = None
 
 
 class Handoff:
@@ -109,9 +110,12 @@ class Handoff:
     # the post path ---------------------------------------------------------------------------
 
     def offer(
-        self, project: str, queue: str, ids: Sequence[str], messages: Sequence[NewMessage]
+        self, project: str, queue: str, ids: Sequence[str], messages: Sequence[NewMessage],
+        pool_uri: str | None = None,
     ) -> None:
-        """Queue the posted messages for notifier_svc, unless nobody listens to the queue."""
+        """Queue the posted messages for notifier_svc, unless nobody listens to the queue.
+        ``pool_uri``: the pool they were stored on ("" for the own store), passed on so that
+        notifier_svc finds the queue's subscriptions there."""
         if self.skips(project, queue):
             return
         size = sum(len(m.body) for m in messages)
@@ -127,7 +131,7 @@ class Handoff:
             common_pb2.Message(id=i, body=m.body, ttl=m.ttl, created=created)
             for i, m in zip(ids, messages, strict=True)
         ]
-        self._pending.append(_Batch(project, queue, accepted_at, protos, size))
+        self._pending.append(_Batch(project, queue, accepted_at, protos, size, pool_uri))
         self._pending_messages += len(protos)
         self._pending_bytes += size
         self._ready.set()
@@ -155,7 +159,11 @@ class Handoff:
             self._task = None
         if self._pending:
             try:
-                await self._send(self._take(), min(self._timeout, CLOSE_FLUSH_TIMEOUT))
+                failed = await self._send(self._take(), min(self._timeout, CLOSE_FLUSH_TIMEOUT))
+                if failed:
+                    log.warning("%d messages not handed over to notifier_svc at shutdown "
+                                "(their pool's store failed)",
+                                sum(len(b.messages) for b in failed) + self._pending_messages)
             except grpc.aio.AioRpcError as exc:
                 log.warning("%d messages not handed over to notifier_svc at shutdown (%s)",
                             self._pending_messages, exc.code().name)
@@ -182,7 +190,9 @@ class Handoff:
             self._pending_messages += len(batch.messages)
             self._pending_bytes += batch.size
 
-    async def _send(self, batches: list[_Batch], time_limit: float) -> None:
+    async def _send(self, batches: list[_Batch], time_limit: float) -> list[_Batch]:
+        """Hand ``batches`` over in one call; the batches notifier_svc could not store (the
+        store of their queue's pool failed), to be handed over again."""
         if self._stub is None:
             self._channel = open_channel(self._target, self._tls, self._auth)
             self._stub = instrumented(notifier_pb2_grpc.NotifierInternalStub(self._channel))
@@ -191,19 +201,21 @@ class Handoff:
             notifier_pb2.NotifyManyRequest(batches=[
                 notifier_pb2.NotifyRequest(
                     project=b.project, queue=b.queue, messages=b.messages,
-                    accepted_at=b.accepted_at,
+                    accepted_at=b.accepted_at, pool_uri=b.pool_uri,
                 )
                 for b in batches
             ]),
             timeout=time_limit,
         )
+        failed = [b for b, f in zip(batches, reply.failed, strict=False) if f]
         if epoch != self._epoch:
-            return  # an invalidation arrived meanwhile: these answers may be stale
+            return failed  # an invalidation arrived meanwhile: these answers may be stale
         expires = self._clock() + self._cache_ttl
         for batch, listened in zip(batches, reply.listened, strict=False):
             if len(self._listened) >= MAX_CACHED_QUEUES:
                 self._listened.clear()
             self._listened[(batch.project, batch.queue)] = (listened, expires)
+        return failed
 
     async def _run(self) -> None:
         backoff = BACKOFF_FIRST
@@ -217,7 +229,15 @@ class Handoff:
                 self._last_call = self._clock()
                 batches = self._take()
                 try:
-                    await self._send(batches, self._timeout)
+                    failed = await self._send(batches, self._timeout)
+                    if failed:
+                        self._give_back(failed)
+                        self._warn("notifier_svc could not store the deliveries of %d "
+                                   "messages (their pool's store failed); retrying in %.1fs",
+                                   sum(len(b.messages) for b in failed), backoff)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX)
+                        continue
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in _RETRIED:
                         self._give_back(batches)

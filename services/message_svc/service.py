@@ -287,7 +287,7 @@ class MessageService:
             handed = self._sealed(project, queue, delivered) if policy.encrypt else delivered
         # notifier_svc gets sealed bodies of an encrypted queue, and asks for them to be
         # opened when it delivers (open_bodies).
-        self.handoff.offer(project, queue, ids, handed)
+        self.handoff.offer(project, queue, ids, handed, policy.pool_uri)
 
     async def list_messages(
         self,

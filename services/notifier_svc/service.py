@@ -450,11 +450,11 @@ class NotifierService:
         [listened] = await self.notify_many([notifier_pb2.NotifyRequest(
             project=project, queue=queue, messages=messages, accepted_at=accepted_at
         )])
-        return listened
+        return listened is not False
 
     async def notify_many(
         self, posts: Sequence[notifier_pb2.NotifyRequest]
-    ) -> builtins.list[bool]:
+    ) -> builtins.list[bool | None]:
         """Stream each post's messages to its queue's watchers (those registered before its
         ``accepted_at``, when given): this replica's at once, other replicas' through the
         store's watch feed. Store one delivery per (subscriber, message), durably, before
@@ -465,12 +465,13 @@ class NotifierService:
 
         Returns:
             Per post, whether anything listens to its queue (a subscription, or a watcher on
-            any replica).
+            any replica); None when its queue's store failed and nothing of it was done.
 
         A queue whose store fails (its pool is down) does not hold the others back: when
-        some queues' posts were stored, those of the failed ones are not notified (logged,
-        answered as listened); only when every queue failed is the call refused, and
-        message_svc hands the posts over again.
+        some queues' posts were stored, the failed ones are answered None and message_svc
+        hands them over again; only when every queue failed is the call refused. A post
+        naming its pool (``pool_uri``) is looked up on that pool, whatever this replica's
+        cached placement says.
 
         Raises:
             InvalidArgument: a post names an invalid queue (nothing is done).
@@ -490,16 +491,16 @@ class NotifierService:
         if failed and not listened:
             raise next(iter(failed.values()))
         for (project, queue), error in failed.items():
-            log.warning("messages of %s/%s not notified, their store failed: %s",
+            log.warning("messages of %s/%s not notified yet, their store failed: %s",
                         project, queue, error.description)
-            listened[(project, queue)] = True
-        return [listened[(post.project, post.queue)] for post in posts]
+        return [listened.get((post.project, post.queue)) for post in posts]
 
     async def _notify_queue(
         self, project: str, queue: str, posts: Sequence[notifier_pb2.NotifyRequest]
     ) -> bool:
-        for post in posts:
-            self.hub.publish(project, queue, post.messages, post.accepted_at)
+        placed = [post.pool_uri for post in posts if post.HasField("pool_uri")]
+        if placed and self._placements is not None and self._placements.pooling:
+            self._placements.remember(project, queue, placed[-1])
         # NOTE: one read after the other: gathering them costs more CPU than it saves.
         homes = await self._homes(project, queue)
         subscriptions: builtins.list[Subscription] = []
@@ -508,7 +509,6 @@ class NotifierService:
             for subscription in await store.subscribers(project, queue):
                 subscriptions.append(subscription)
                 home_of[subscription.id] = store
-        watched = await self.watches.share(project, queue, posts)
         targets = [
             s for s in subscriptions if s.confirmed or not self._confirmation.required
         ]
@@ -526,6 +526,11 @@ class NotifierService:
                 await store.enqueue(stored)
         if deliveries:
             self._wake({d.subscriber for d in deliveries})
+        # Watchers are told once the deliveries are stored: a hand-over that fails before
+        # (and is made again) pushes nothing twice.
+        watched = await self.watches.share(project, queue, posts)
+        for post in posts:
+            self.hub.publish(project, queue, post.messages, post.accepted_at)
         return bool(subscriptions) or watched or self.hub.listened(project, queue)
 
     async def _judged_bodies(

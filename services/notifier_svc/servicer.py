@@ -151,8 +151,11 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
     async def NotifyMany(
         self, request: notifier_pb2.NotifyManyRequest, context: Context
     ) -> notifier_pb2.NotifyManyResponse:
-        listened = await self._service.notify_many(request.batches)
-        return notifier_pb2.NotifyManyResponse(listened=listened)
+        outcomes = await self._service.notify_many(request.batches)
+        return notifier_pb2.NotifyManyResponse(
+            listened=[outcome is not False for outcome in outcomes],
+            failed=[outcome is None for outcome in outcomes],
+        )
 
     async def DeleteQueueSubscriptions(
         self, request: common_pb2.QueueRef, context: Context

@@ -26,14 +26,22 @@ class Recorder(notifier_pb2_grpc.NotifierInternalServicer):
     listened: set[str] = field(default_factory=set)
     calls: list[tuple[float, notifier_pb2.NotifyManyRequest]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # Queues whose deliveries "cannot be stored" (their pool is down), for this many calls.
+    failing: dict[str, int] = field(default_factory=dict)
 
     async def NotifyMany(
         self, request: notifier_pb2.NotifyManyRequest, context: grpc.aio.ServicerContext
     ) -> notifier_pb2.NotifyManyResponse:
-        self.calls.append((time.monotonic(), request))
+        failed = [self.failing.get(b.queue, 0) > 0 for b in request.batches]
+        for queue in {b.queue for b in request.batches}:
+            if self.failing.get(queue, 0) > 0:
+                self.failing[queue] -= 1
+        kept = notifier_pb2.NotifyManyRequest(
+            batches=[b for b, f in zip(request.batches, failed, strict=True) if not f])
+        self.calls.append((time.monotonic(), kept))
         self.arrived.set()
         return notifier_pb2.NotifyManyResponse(
-            listened=[b.queue in self.listened for b in request.batches]
+            listened=[b.queue in self.listened for b in request.batches], failed=failed,
         )
 
     def bodies(self) -> list[bytes]:
@@ -110,6 +118,29 @@ async def test_queues_nobody_listens_to_are_skipped_until_invalidated(
         post(handoff, "quiet", 3)
         await settle(recorder, 3)
         assert recorder.bodies()[-1] == b'{"n":3}'
+    finally:
+        await handoff.close()
+
+
+async def test_posts_notifier_could_not_store_are_handed_over_again_with_their_pool(
+    notifier: tuple[Recorder, str],
+) -> None:
+    recorder, target = notifier
+    # Given a queue whose pool's store fails for notifier_svc's first two calls
+    recorder.failing["on-down-pool"] = 2
+    handoff = Handoff(target, timeout=5, cache_ttl=30)
+    try:
+        handoff.offer("p", "on-down-pool", ["id-0"], [NewMessage(body=b'{"n":0}', ttl=60)],
+                      "redis://pool-a/0")
+        handoff.offer("p", "watched", ["id-1"], [NewMessage(body=b'{"n":1}', ttl=60)], "")
+        # Then the other queue's post is stored at once, and the failed one is handed over
+        # again until it is stored, naming the pool it was stored on
+        await settle(recorder, 2, within=30)
+        assert sorted(recorder.bodies()) == [b'{"n":0}', b'{"n":1}']
+        [stored] = [b for _, call in recorder.calls for b in call.batches
+                    if b.queue == "on-down-pool"]
+        assert stored.HasField("pool_uri") and stored.pool_uri == "redis://pool-a/0"
+        assert recorder.failing["on-down-pool"] == 0
     finally:
         await handoff.close()
 

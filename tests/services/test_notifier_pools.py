@@ -317,7 +317,8 @@ async def test_a_pool_that_is_down_fails_its_subscriptions_only(
         await pooled.post("on-b", 2)
         await on_b.wait_for(2, within=WITHIN)
         assert len(await pooled.listed("on-b")) == 1
-        # And a hand-over carrying both queues' posts stores b's (a's cannot be)
+        # And a hand-over carrying both queues' posts stores b's, and answers that a's
+        # could not be stored, for message_svc to hand it over again
         answer = await pooled.stubs.notifier_internal.NotifyMany(
             notifier_pb2.NotifyManyRequest(batches=[
                 notifier_pb2.NotifyRequest(project=PROJECT, queue=queue, messages=[
@@ -326,7 +327,8 @@ async def test_a_pool_that_is_down_fails_its_subscriptions_only(
                 for queue in ("on-a", "on-b")
             ])
         )
-        assert list(answer.listened) == [True, True]
+        assert list(answer.failed) == [True, False]
+        assert list(answer.listened)[1] is True
         hits = await on_b.wait_for(3, within=WITHIN)
         assert hits[2].json()["body"] == {"mixed": True}
     finally:
@@ -343,6 +345,35 @@ async def test_a_pool_that_is_down_fails_its_subscriptions_only(
     await until(served, within=WITHIN)
     await pooled.post("on-a")
     await on_a.wait_for(1, within=WITHIN)
+
+
+async def test_a_hand_over_naming_its_pool_is_delivered_from_that_pool(
+    pooled: Pooled, receiver_factory: ReceiverFactory
+) -> None:
+    on_a, on_b = await receiver_factory(), await receiver_factory()
+    await pooled.put_pool("a", weight=1)
+    await pooled.put_pool("b", weight=0)
+    # Given a queue on pool a with a subscriber, which this replica now places on a
+    await pooled.create("moved")
+    await pooled.subscribe("moved", on_a.url())
+    # And the queue deleted and made again on pool b through another replica, with a
+    # subscriber of its own (written to b's notifier store, as that replica would)
+    store = await pooled.raw("b")
+    try:
+        await store.create(PROJECT, "moved", on_b.url(), 3600, {})
+    finally:
+        await store.close()
+    # When message_svc hands over a post it stored on pool b
+    answer = await pooled.stubs.notifier_internal.NotifyMany(
+        notifier_pb2.NotifyManyRequest(batches=[notifier_pb2.NotifyRequest(
+            project=PROJECT, queue="moved", pool_uri=pooled.uris["b"],
+            messages=[common_pb2.Message(id="m-1", body=b'{"on": "b"}', ttl=60)],
+        )])
+    )
+    # Then it is delivered to the subscriber on b, whatever the cached placement said
+    assert list(answer.failed) == [False]
+    [hit] = await on_b.wait_for(1, within=WITHIN)
+    assert hit.json()["body"] == {"on": "b"}
 
 
 async def test_health_reports_each_pools_notifier_store(pooled: Pooled) -> None:

@@ -351,6 +351,7 @@ class NotifyRequest(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    POOL_URI_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     queue: _builtins.str
     accepted_at: _builtins.float
@@ -358,6 +359,12 @@ class NotifyRequest(_message.Message):
     0 = unknown. A watcher that registered after this time does not get them: a WebSocket
     that subscribes after a post was acknowledged never receives that post's messages, even
     when the hand-over reaches notifier_svc later.
+    """
+    pool_uri: _builtins.str
+    """The message store URI of the pool message_svc stored these messages on ("" = its own
+    store), when it knows it: notifier_svc then looks for the queue's subscriptions there
+    rather than where its cached placement says (the queue may have been deleted and made
+    again on another pool).
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]: ...
@@ -368,12 +375,15 @@ class NotifyRequest(_message.Message):
         queue: _builtins.str = ...,
         messages: _abc.Iterable[_common_pb2.Message] | None = ...,
         accepted_at: _builtins.float = ...,
+        pool_uri: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_pool_uri", b"_pool_uri", "pool_uri", b"pool_uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "messages", b"messages", "project", b"project", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_pool_uri", b"_pool_uri", "accepted_at", b"accepted_at", "messages", b"messages", "pool_uri", b"pool_uri", "project", b"project", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__pool_uri: _TypeAlias = _typing.Literal["pool_uri"]  # noqa: Y015
+    _WhichOneofArgType__pool_uri: _TypeAlias = _typing.Literal["_pool_uri", b"_pool_uri"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pool_uri) -> _WhichOneofReturnType__pool_uri | None: ...
 
 Global___NotifyRequest: _TypeAlias = NotifyRequest  # noqa: Y015
 
@@ -402,18 +412,28 @@ class NotifyManyResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LISTENED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def listened(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
         """One per request batch, in order: true when the queue has a subscription or a watcher."""
+
+    @_builtins.property
+    def failed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """One per request batch, in order: true when that batch's deliveries could not be stored
+        (the store of its queue's pool failed) while other batches' were; nothing of it was done,
+        and the caller hands it over again. When no batch could be stored the call fails
+        UNAVAILABLE instead.
+        """
 
     def __init__(
         self,
         *,
         listened: _abc.Iterable[_builtins.bool] | None = ...,
+        failed: _abc.Iterable[_builtins.bool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["listened", b"listened"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "listened", b"listened"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
