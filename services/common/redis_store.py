@@ -11,8 +11,10 @@ that slot and rides out a failover (see its docstring). docs/redis-cluster.md ha
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -513,12 +515,24 @@ def describe(exc: Exception) -> str:
         (ResponseError, "Redis refused the operation"),
         (RedisClusterException, "the Redis Cluster cannot be reached"),
     ]
+    if redis_fault(exc):
+        return "the connection to Redis was lost"
     return next((text for kind, text in reasons if isinstance(exc, kind)), "Redis failed")
+
+
+def redis_fault(exc: Exception) -> bool:
+    """Whether ``exc`` is redis-py failing on a connection that was closed under it (it
+    raises AttributeError on the closed stream, e.g. ``'NoneType' object has no attribute
+    'writelines'``, seen while a Redis Cluster fails over) rather than an error of ours."""
+    if not isinstance(exc, AttributeError) or exc.__traceback__ is None:
+        return False
+    last = traceback.extract_tb(exc.__traceback__)[-1].filename
+    return f"{os.sep}redis{os.sep}" in last
 
 
 def redis_edge(store: str) -> Callable[[str], Callable[[Method[S, P, R]], Wrapped[S, P, R]]]:
     """The decorator factory that turns Redis errors of ``store`` into Unavailable."""
-    return driver_edge(store, (RedisError, RedisClusterException), describe)
+    return driver_edge(store, (RedisError, RedisClusterException), describe, redis_fault)
 
 
 async def open_with_scripts(

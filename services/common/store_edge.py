@@ -43,7 +43,10 @@ Wrapped = Callable[Concatenate[S, P], Coroutine[Any, Any, R]]
 
 
 def driver_edge(
-    store: str, errors: tuple[type[Exception], ...], describe: Callable[[Exception], str]
+    store: str,
+    errors: tuple[type[Exception], ...],
+    describe: Callable[[Exception], str],
+    driver_fault: Callable[[Exception], bool] | None = None,
 ) -> Callable[[str], Callable[[Method[S, P, R]], Wrapped[S, P, R]]]:
     """A decorator factory translating ``errors`` into :class:`Unavailable`.
 
@@ -51,7 +54,10 @@ def driver_edge(
         store: what the store is, for descriptions and logs, e.g. "message store".
         errors: the driver's exception classes.
         describe: a short, caller-safe reason for one of them, e.g. "Redis cannot be reached".
+        driver_fault: whether another exception is the driver failing on a lost connection
+            (raised inside the driver's own code), translated as well.
     """
+    caught: tuple[type[Exception], ...] = errors if driver_fault is None else (Exception,)
 
     def for_action(action: str) -> Callable[[Method[S, P, R]], Wrapped[S, P, R]]:
         def decorate(method: Method[S, P, R]) -> Wrapped[S, P, R]:
@@ -61,7 +67,11 @@ def driver_edge(
                 cancels = task.cancelling() if task is not None else 0
                 try:
                     result = await method(self, *args, **kwargs)
-                except errors as exc:
+                except caught as exc:
+                    if not isinstance(exc, errors) and (
+                        driver_fault is None or not driver_fault(exc)
+                    ):
+                        raise
                     reason = describe(exc)
                     log.warning(
                         "%s at %s failed to %s: %s (%s: %s)",

@@ -180,7 +180,7 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
         except (RedisError, RedisClusterException) as exc:
             raise StoreUnreachable(describe(exc)) from exc
         finally:
-            await nodes.aclose()
+            await asyncio.shield(nodes.aclose())
         return
     client = redis.asyncio.Redis(
         host=options.host, port=options.port, db=options.db, username=options.username,
@@ -192,7 +192,7 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
     except RedisError as exc:
         raise StoreUnreachable(describe(exc)) from exc
     finally:
-        await client.aclose()
+        await asyncio.shield(client.aclose())
 
 
 async def _ping_mongodb(uri: str, store: str, within: float) -> None:
@@ -212,4 +212,6 @@ async def _ping_mongodb(uri: str, store: str, within: float) -> None:
     except PyMongoError as exc:
         raise StoreUnreachable(describe(exc)) from exc
     finally:
-        await client.close()
+        # Shielded: a check cancelled (its deadline, or the service stopping) while the ping
+        # waits still closes the client, whose background tasks would otherwise outlive it.
+        await asyncio.shield(client.close())

@@ -170,10 +170,6 @@ def main() -> None:
     service_main("message_svc", run)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def fair_policy(settings: Settings) -> FairPolicy | None:
     """The fair claims the settings ask for (``fair_*``), or None when they are off.
 
@@ -199,3 +195,7 @@ def fair_policy(settings: Settings) -> FairPolicy | None:
         return None
     return FairPolicy(share_percent=share, min_in_flight=least, lookahead=lookahead,
                       backoff=backoff)
+
+
+if __name__ == "__main__":
+    main()
