@@ -200,12 +200,14 @@ class Database:
 
     def _setup_writer(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
+        # First: another process or connection opening the same file at this moment (a
+        # replica, a pool's probe) holds its lock briefly, which is waited for, not an error.
+        conn.execute("PRAGMA busy_timeout=5000")
         if not self.uri.in_memory:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL ({mode})")
         conn.execute(f"PRAGMA synchronous={self.uri.synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(self._schema)
 
     @staticmethod
