@@ -287,13 +287,17 @@ class MessageStore(Protocol):
 
         The key and the new message's id are stored in the same atomic step as the message
         (MongoDB: the message's id is derived from the key, so a second writer's insert
-        fails on it; the key is then stored), and are remembered ``remember`` seconds,
-        whatever becomes of the message (deleted, claimed, expired). With ``version``, as
-        :meth:`post` (checked only when something is to be stored).
+        fails on it, and the message stays hidden from every claim, pop and listing until
+        its key is stored; see ``storage/mongodb/once.py``), and are remembered ``remember``
+        seconds, whatever becomes of the message (deleted, claimed, expired). A message
+        keeps its ``group_id`` (a fair-queue group). With ``version``, as :meth:`post`
+        (checked only when something is to be stored).
 
         Returns:
-            The message's id and True when it was stored now; the id the key was first
-            posted with and False when the key was known (nothing stored).
+            The message's id and True when it was stored now (MongoDB: shown now, which may
+            finish the post of an earlier call of the key that stopped before it answered);
+            the id the key was first posted with and False when the key was known (nothing
+            stored).
         """
         ...
 

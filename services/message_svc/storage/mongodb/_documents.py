@@ -7,7 +7,10 @@ Collections and document schema::
                        (TTL index), v: visible_at, i: client id,
                        k: claim id or null, x: claim expiry (0 = never held), n: claim count,
                        g: message group (FIFO queues; absent = none),
-                       d, dg: dedup id and its generation (FIFO queues; absent = none)}
+                       d, dg: dedup id and its generation (FIFO queues; absent = none),
+                       f: fair-queue group (standard queues; absent = none),
+                       h: when to show a message post_once wrote hidden (``v`` is its expiry
+                       until then; absent = shown, see ``once.py``)}
     claims            {_id: claim id, p, q, t: ttl, g: grace, c: created, e: expires, ea}
     message_counters  {_id: {p, q}, n: last seq given out,
                        pending: [{f: first seq, l: last seq, at: time, t: token}]}

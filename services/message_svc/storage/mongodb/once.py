@@ -3,10 +3,26 @@
 Collection ``post_keys``, one document per key posted: ``_id`` "<project>/<queue>/<key>",
 ``m`` the message id, ``e`` until when it is remembered (and ``ea``, the same as a date, for
 the TTL index). The message's id is derived from the key (a uuid5), so of two writers of one
-key only one inserts the message: the other's insert fails on the id and it answers that id.
-The key document is written after the message; should message_svc stop between the two, a
-call made again finds the message by its id while it exists (a message already consumed by
-then would be posted again: the one case a post is repeated).
+key only one inserts the message: the other's insert fails on the id.
+
+MongoDB has no atomic step across two documents (without transactions, which a single server
+does not have), so the message is written *hidden* and shown only once its key is stored:
+
+1. the message is inserted with ``v`` (visible at) equal to its expiry and ``h`` the time it
+   is to become visible: no claim, pop, dead-letter move or listing takes it (listings leave
+   out documents with ``h``), and its id, derived from the key, is known to no client;
+2. the key document is written;
+3. the message is shown: ``v`` set from ``h``, ``h`` removed (one ``update_one`` filtered on
+   ``h``, so exactly one call shows it).
+
+A call that stops anywhere (message_svc killed, the server unreachable) leaves either
+nothing, a hidden message, or a key and a hidden message; the same key posted again finds
+the message (by its id, or by its key) and finishes steps 2 and 3. Nothing is consumed
+before its key is stored, so a consumed message is never posted again while its key is
+remembered. The call that shows the message answers that it stored it (so the message is
+handed to notifier_svc once, by that call); every other call answers the known id. A hidden
+message whose post is never made again stays hidden until it expires: it was never
+acknowledged to anyone.
 """
 
 from __future__ import annotations
@@ -26,6 +42,9 @@ from services.message_svc.storage.mongodb._documents import as_date
 
 # Namespace of the ids derived from keys.
 NAMESPACE = uuid.UUID("0b6f4c0e-5a3c-4d0e-9b7a-6f1f5e2d8c41")
+
+# Listings leave out messages still hidden by an unfinished post_once.
+SHOWN: Document = {"h": {"$exists": False}}
 
 
 def keys(db: Collections) -> AsyncCollection[Document]:
@@ -52,20 +71,25 @@ async def post_once(
     kid = f"{project}/{queue}/{key}"
     known = await keys(db).find_one({"_id": kid}, {"m": 1})
     if known is not None:
-        return str(known["m"]), False
+        mid = str(known["m"])
+        return mid, await _show(db, mid)
     if version is not None:
         await db.check_version(project, queue, version)
     mid = str(uuid.uuid5(NAMESPACE, kid))
-    stored = True
+    expires = now + message.ttl
+    doc: Document = {
+        "_id": mid, "p": project, "q": queue, "b": Binary(message.body), "t": message.ttl,
+        "c": now, "e": expires, "ea": as_date(expires), "v": expires, "h": now + message.delay,
+        "i": client_id, "k": None, "x": 0.0, "n": 0,
+    }
+    if message.group_id is not None:
+        doc["f"] = message.group_id
     first, token = await db.reserve(project, queue, 1, now)
+    doc["s"] = first
     try:
-        await db.messages.insert_one({
-            "_id": mid, "p": project, "q": queue, "b": Binary(message.body), "t": message.ttl,
-            "c": now, "e": now + message.ttl, "ea": as_date(now + message.ttl),
-            "v": now + message.delay, "i": client_id, "k": None, "x": 0.0, "n": 0, "s": first,
-        })
+        await db.messages.insert_one(doc)
     except DuplicateKeyError:
-        stored = False  # another writer of the key stored it
+        pass  # inserted by another writer of the key, or by a call that stopped
     except BaseException:
         with contextlib.suppress(PyMongoError):
             await db.messages.delete_one({"_id": mid, "s": first})
@@ -78,4 +102,12 @@ async def post_once(
         {"$setOnInsert": {"m": mid, "e": now + remember, "ea": as_date(now + remember)}},
         upsert=True,
     )
-    return mid, stored
+    return mid, await _show(db, mid)
+
+
+async def _show(db: Collections, mid: str) -> bool:
+    """Shows the message ``mid`` if it is still hidden; whether this call showed it."""
+    result = await db.messages.update_one(
+        {"_id": mid, "h": {"$exists": True}}, [{"$set": {"v": "$h"}}, {"$unset": "h"}]
+    )
+    return bool(result.modified_count)

@@ -227,7 +227,7 @@ class MongoMessageStore(base.MessageStore):
         seq: Document = {"$lte": bound}
         if after is not None:
             seq["$gt"] = after
-        query: Document = {"p": project, "q": queue, "s": seq, "e": {"$gt": now}}
+        query: Document = {"p": project, "q": queue, "s": seq, "e": {"$gt": now}, **once.SHOWN}
         if not include_claimed:
             query["x"] = {"$lte": now}
         if not include_delayed:

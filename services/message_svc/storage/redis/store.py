@@ -227,7 +227,7 @@ class RedisMessageStore(base.MessageStore):
         reply = await self._run("post_once", (prefix, self._registry_of(tag)), (
             tag, client_id, timestamp(now), expected_version(version), key, remember,
             new_id, message.body, message.ttl, timestamp(now + message.ttl),
-            timestamp(now + message.delay),
+            timestamp(now + message.delay), message.group_id or "",
         ))
         current = stale_version(reply)
         if current is not None:

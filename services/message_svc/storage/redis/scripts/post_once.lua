@@ -1,7 +1,8 @@
 -- Store one message unless its key was posted to the queue before (an idempotent post).
 -- KEYS: queue prefix, registry.
 -- ARGV: queue tag, client id, now, expected queue version ('' = no check), key, seconds to
---       remember the key, then the message: id, body, ttl, expires, visible_at.
+--       remember the key, then the message: id, body, ttl, expires, visible_at, group ('' =
+--       none; a fair-queue group, field f, as post.lua keeps it).
 -- The key is the string once:<key> holding the message id, set in the same step as the
 -- message and expiring after the given seconds, whatever becomes of the message.
 -- Returns {'known', id} having stored nothing when the key is there, {'stale', current
@@ -23,6 +24,9 @@ local last = redis.call('INCRBY', base .. 'seq', 1)
 local seq = string.format('%d', last)
 redis.call('HSET', base .. 'm:' .. id, 's', seq, 'b', ARGV[8], 't', ARGV[9],
   'c', now, 'e', expires, 'v', visible, 'i', client, 'k', '', 'x', '0', 'n', '0')
+if ARGV[12] and ARGV[12] ~= '' then
+  redis.call('HSET', base .. 'm:' .. id, 'f', ARGV[12])
+end
 redis.call('ZADD', base .. 'all', seq, id)
 redis.call('ZADD', base .. 'exp', expires, id)
 if tonumber(visible) > tonumber(now) then
