@@ -34,7 +34,7 @@ from services.common.metrics import instrumented
 from services.message_svc import validation
 from services.message_svc.redrive_move import FaultHook, Hint, Target, post_batch
 from services.message_svc.service import MessageService
-from services.message_svc.storage.base import StaleQueue
+from services.message_svc.storage.base import MessageStore, StaleQueue, StoredMessage
 from services.message_svc.storage.redrives import (
     CANCELLED,
     DONE,
@@ -71,6 +71,13 @@ class RedriveNotFound(NotFound):
 class RedriveRunning(Conflict):
     reason = "REDRIVE_RUNNING"
     msg_format = "A redrive of queue {queue} is already running."
+
+
+class RedriveFinishing(RedriveRunning):
+    msg_format = (
+        "The cancelled redrive of queue {queue} is finishing the batch it had begun. "
+        "Please try again in a moment."
+    )
 
 
 def queue_sources(channel: grpc.aio.Channel, timeout: float) -> SourcesOf:
@@ -112,12 +119,14 @@ class Redrives:
         batch: int = BATCH,
         lease: float = LEASE,
         after_post: FaultHook | None = None,
+        after_delete: FaultHook | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         """``now`` and ``sleep`` pace the jobs (rate, retries, leases; tests move them);
         ``wall`` is the stores' clock, which a moved message's remaining ttl is read on;
         ``hint`` wakes a destination's long-polling waiters; ``after_post`` runs between a
-        batch's posts and its delete (tests stop a job there)."""
+        batch's posts and its delete, ``after_delete`` between its delete and its record
+        (tests stop a job there)."""
         self.service = service
         self.jobs = jobs
         self.owner = str(uuid.uuid4())
@@ -128,6 +137,7 @@ class Redrives:
         self._batch = batch
         self._lease = lease
         self._after_post = after_post
+        self._after_delete = after_delete
         self._wall = wall
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._scanner: asyncio.Task[None] | None = None
@@ -148,7 +158,8 @@ class Redrives:
             InvalidArgument: a bad argument; no single source queue; a destination that does
                 not exist or is the queue itself; no redrive on this store.
             QueueNotFound: ``queue`` does not exist.
-            RedriveRunning: a job of ``queue`` is running.
+            RedriveRunning: a job of ``queue`` is running, or was cancelled and is finishing
+                its batch (``RedriveFinishing``).
         """
         validation.queue_ref(project, queue)
         check_max_per_second(max_per_second)
@@ -162,13 +173,14 @@ class Redrives:
             raise QueueNotFound(queue=queue, project=project)
         if destination is None:
             destination = await self._source(project, queue)
-        elif not (await self.service.metadata.get(project, destination)).exists:
-            raise InvalidArgument(f"The destination queue {destination} does not exist.")
+        await self._check_destination(project, destination)
         store = await self.service.stores.get(policy.pool_uri)
         for _ in range(CAS_ATTEMPTS):
             existing = await jobs.read(project, queue)
             if existing is not None and existing.status == RUNNING:
                 raise RedriveRunning(queue=queue)
+            if existing is not None and existing.active:
+                raise RedriveFinishing(queue=queue)
             stats = await store.stats(project, queue)
             mark = stats.newest.seq if stats.newest is not None else 0
             now = self._now()
@@ -185,6 +197,20 @@ class Redrives:
                     self._launch(job)
                 return job
         raise RedriveRunning(queue=queue)
+
+    async def _check_destination(self, project: str, destination: str) -> Target:
+        """The destination as a batch posts into it.
+
+        Raises:
+            InvalidArgument: it does not exist, or is a FIFO queue on a store without them.
+        """
+        policy = await self.service.metadata.get(project, destination)
+        if not policy.exists:
+            raise InvalidArgument(f"The destination queue {destination} does not exist.")
+        target_store = await self.service.stores.get(policy.pool_uri)
+        if policy.fifo and not target_store.capabilities.fifo:
+            raise InvalidArgument(validation.FIFO_UNSUPPORTED)
+        return Target(destination, policy, target_store)
 
     async def _source(self, project: str, queue: str) -> str:
         sources = await self._sources_of(project, queue)
@@ -208,7 +234,8 @@ class Redrives:
 
     async def cancel(self, project: str, queue: str) -> RedriveJob:
         """Cancel the queue's running job (a finished one stays as it is). The batch under
-        way, if any, ends first; its messages are counted.
+        way, if any, is finished first by the runner holding the lease (or, should it die,
+        by the one taking it over); its messages are counted.
 
         Raises: RedriveNotFound: the queue never had a job.
         """
@@ -218,8 +245,9 @@ class Redrives:
             job = await self.get(project, queue)
             if job.status != RUNNING:
                 return job
-            cancelled = job.next(status=CANCELLED, updated=self._now(), owner="",
-                                 lease_until=0.0)
+            cancelled = job.next(status=CANCELLED, updated=self._now())
+            if not job.batch:
+                cancelled = cancelled.next(owner="", lease_until=0.0)
             if await jobs.write(cancelled):
                 return cancelled.next(version=cancelled.version + 1)
         raise Unavailable(f"The redrive of queue {queue} kept changing. Please try again.")
@@ -239,7 +267,8 @@ class Redrives:
             log.error("redrive of %s/%s stopped", *key, exc_info=task.exception())
 
     async def run_due(self) -> int:
-        """Take over the running jobs whose lease ran out and run them here.
+        """Take over the active jobs (running, or finishing a batch) whose lease ran out and
+        run them here.
 
         Returns:
             How many were taken.
@@ -251,7 +280,7 @@ class Redrives:
                 continue
             job = await jobs.read(project, queue)
             now = self._now()
-            if job is None or job.status != RUNNING or job.lease_until > now:
+            if job is None or not job.active or job.lease_until > now:
                 continue
             held = job.next(owner=self.owner, lease_until=now + self._lease, updated=now)
             if await jobs.write(held):
@@ -271,9 +300,17 @@ class Redrives:
         started, moved_here = self._now(), 0
         backoff = RETRY_FIRST
         current = job
-        while current.status == RUNNING:
+        began = False  # whether this run began the batch under way
+        while current.active:
             try:
-                after, moved = await self._step(current)
+                if current.batch:
+                    # Tried again after a failure, a batch counts as resumed (its delete
+                    # may have been applied).
+                    resumed, began = not began, False
+                    after, moved = await self._finish(current, resumed=resumed)
+                else:
+                    after, moved = await self._begin(current), 0
+                    began = True
             except StaleQueue:
                 self.service.metadata.invalidate(current.project, current.destination)
                 continue
@@ -283,7 +320,12 @@ class Redrives:
                 backoff = min(backoff * 2, RETRY_MAX)
                 after, moved = await self._renewed(current), 0
             except ServiceError as exc:
-                await self._record(current, current.next(status=FAILED, error=exc.description))
+                # The batch is dropped: its messages are still in the dead-letter queue (none
+                # is deleted before every one of them is posted).
+                status = FAILED if current.status == RUNNING else current.status
+                await self._record(current, current.next(
+                    status=status, error=exc.description, batch=(), batch_end=0,
+                ))
                 return
             else:
                 backoff = RETRY_FIRST
@@ -296,61 +338,111 @@ class Redrives:
                 if ahead > 0:
                     await self._sleep(ahead)
 
-    async def _step(self, job: RedriveJob) -> tuple[RedriveJob | None, int]:
-        """One batch: the job as recorded after it (None: no longer this runner's), and how
-        many messages it moved."""
-        service, project = self.service, job.project
-        source = await service.metadata.get(project, job.queue)
-        store = await service.stores.get(source.pool_uri)
+    async def _begin(self, job: RedriveJob) -> RedriveJob | None:
+        """The next batch, recorded (its ids, ``batch``) before any of it is posted; or the job
+        recorded ``done`` when nothing is left. Returns the record written, or None when the
+        job is not this runner's any more (or was cancelled: it begins no new batch)."""
+        store = await self._source_store(job)
         size = min(self._batch, job.max_per_second or self._batch)
         page = [
             m for m in await store.list_messages(
-                project, job.queue, limit=size, after=job.cursor or None,
+                job.project, job.queue, limit=size, after=job.cursor or None,
                 include_claimed=True, include_delayed=True,
             )
             if m.seq <= job.mark
         ]
         if not page:
-            stats = await store.stats(project, job.queue)
-            return await self._record(job, job.next(status=DONE, remaining=stats.total)), 0
-        policy = await service.metadata.get(project, job.destination)
-        if not policy.exists:
-            raise InvalidArgument(f"The destination queue {job.destination} does not exist.")
-        target_store = await service.stores.get(policy.pool_uri)
-        if policy.fifo and not target_store.capabilities.fifo:
-            raise InvalidArgument(validation.FIFO_UNSUPPORTED)
-        target = Target(job.destination, policy, target_store)
-        await post_batch(
-            service, project, job.queue, target, job.id, page, self._wall(), self._hint
+            stats = await store.stats(job.project, job.queue)
+            return await self._record(job, job.next(status=DONE, remaining=stats.total))
+        return await self._record(
+            job, job.next(batch=tuple(m.id for m in page), batch_end=page[-1].seq)
         )
-        if self._after_post is not None:
-            await self._after_post(page)
-        deleted = await store.delete_many(project, job.queue, [m.id for m in page])
-        stats = await store.stats(project, job.queue)
-        after = job.next(cursor=page[-1].seq, moved=job.moved + deleted, remaining=stats.total)
-        return await self._record(job, after), deleted
+
+    async def _finish(
+        self, job: RedriveJob, *, resumed: bool
+    ) -> tuple[RedriveJob | None, int]:
+        """Moves the batch under way, and records it moved with the cursor after it: the job
+        as recorded (None: no longer this runner's), and how many messages it moved.
+
+        The batch is counted once, by the record that ends it: the messages posted, which
+        are those still in the dead-letter queue. A ``resumed`` batch was begun by a runner
+        that stopped anywhere after recording it: what is still in the dead-letter queue is
+        posted again (the keys make the posts made before no-ops) and deleted, and the
+        batch's messages no longer there count as moved too (that runner deleted nothing
+        before all of them were posted). A job cancelled during a batch finishes it the same
+        way.
+        """
+        store = await self._source_store(job)
+        page = await self._still_there(store, job)
+        if page:
+            target = await self._check_destination(job.project, job.destination)
+            await post_batch(
+                self.service, job.project, job.queue, target, job.id, page, self._wall(),
+                self._hint,
+            )
+            if self._after_post is not None:
+                await self._after_post(page)
+            await store.delete_many(job.project, job.queue, list(job.batch))
+            if self._after_delete is not None:
+                await self._after_delete(page)
+        stats = await store.stats(job.project, job.queue)
+        count = len(job.batch) if resumed else len(page)
+        after = job.next(cursor=max(job.cursor, job.batch_end), batch=(), batch_end=0,
+                         moved=job.moved + count, remaining=stats.total)
+        return await self._record(job, after), count
+
+    async def _source_store(self, job: RedriveJob) -> MessageStore:
+        source = await self.service.metadata.get(job.project, job.queue)
+        return await self.service.stores.get(source.pool_uri)
+
+    async def _still_there(self, store: MessageStore, job: RedriveJob) -> list[StoredMessage]:
+        """The messages of the job's batch still in the dead-letter queue, by seq (read as a
+        listing reads, from the primary on MongoDB: never a stale copy, which would leave a
+        message out of the posts and in the delete)."""
+        wanted, found = set(job.batch), []
+        after = job.cursor
+        while True:
+            page = await store.list_messages(
+                job.project, job.queue, limit=self._batch, after=after or None,
+                include_claimed=True, include_delayed=True,
+            )
+            found += [m for m in page if m.id in wanted and m.seq <= job.batch_end]
+            if len(page) < self._batch or page[-1].seq >= job.batch_end:
+                return found
+            after = page[-1].seq
 
     async def _record(self, job: RedriveJob, after: RedriveJob) -> RedriveJob | None:
-        """Write ``after`` over ``job`` with a fresh lease (or none, once it stopped
-        running). When the job was cancelled meanwhile, the progress is added to the
-        cancelled record. Returns the record written, or None when the job is not this
-        runner's any more."""
+        """Write ``after`` over ``job`` with a fresh lease (or none, once it is not active).
+        When the job was cancelled meanwhile and this runner still holds its lease (a batch
+        was under way), the batch's progress is written onto the cancelled record; a
+        cancelled job begins no new batch. Returns the record written, or None when the job
+        is not this runner's any more."""
         jobs = self._store()
         now = self._now()
-        running = after.status == RUNNING
-        after = after.next(updated=now, owner=self.owner if running else "",
-                           lease_until=now + self._lease if running else 0.0)
+        after = self._leased(after, now)
         if await jobs.write(after):
             return after.next(version=after.version + 1)
+        if after.batch and not job.batch:
+            return None
         for _ in range(CAS_ATTEMPTS):
             stored = await jobs.read(job.project, job.queue)
-            if stored is None or stored.id != job.id or stored.status != CANCELLED:
+            if (stored is None or stored.id != job.id or stored.status != CANCELLED
+                    or stored.owner != self.owner):
                 return None
-            counted = stored.next(moved=stored.moved + after.moved - job.moved,
-                                  cursor=after.cursor, remaining=after.remaining, updated=now)
+            counted = self._leased(stored.next(
+                moved=stored.moved + after.moved - job.moved, cursor=after.cursor,
+                batch=after.batch, batch_end=after.batch_end, remaining=after.remaining,
+                error=after.error or stored.error,
+            ), now)
             if await jobs.write(counted):
-                return None
+                return counted.next(version=counted.version + 1)
         return None
+
+    def _leased(self, job: RedriveJob, now: float) -> RedriveJob:
+        """``job`` updated now, with this runner's lease renewed while it is active."""
+        active = job.active
+        return job.next(updated=now, owner=self.owner if active else "",
+                        lease_until=now + self._lease if active else 0.0)
 
     async def _renewed(self, job: RedriveJob) -> RedriveJob | None:
         """The job with its lease renewed, or None when it is not this runner's any more;
@@ -391,5 +483,5 @@ class Redrives:
         for (project, queue), _ in tasks:
             with contextlib.suppress(ServiceError):
                 job = await self.jobs.read(project, queue)
-                if job is not None and job.status == RUNNING and job.owner == self.owner:
+                if job is not None and job.active and job.owner == self.owner:
                     await self.jobs.write(job.next(owner="", lease_until=0.0))

@@ -4,7 +4,8 @@ then delete from the dead-letter queue (docs/architecture.md, "Dead-letter redri
 Each message is posted under ``redrive/<job id>/<message id>``, so a batch made again after
 a crash between its posts and its delete posts nothing twice: into a standard queue with
 ``post_once``, into a FIFO queue with ``post_fifo`` and the key as ``dedup_id`` (one post per
-run of messages of one client, in seq order, so a group keeps its order and ``group_id``).
+run of messages of one client, in seq order, so a group keeps its order). A message keeps its
+``group_id`` in either (a standard queue's is a fair-queue group).
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ async def post_batch(
     for m in messages:
         body = await service.bodies.open(project, source, m.body)
         ttl = max(1, math.ceil(m.expires - now))
-        keep_group = m.group_id if target.policy.fifo else None
-        message = NewMessage(body=body, ttl=ttl, group_id=keep_group,
+        # A FIFO queue's message group, or a standard (fair) queue's group: kept either way.
+        message = NewMessage(body=body, ttl=ttl, group_id=m.group_id,
                              dedup_id=key_of(job_id, m.id) if target.policy.fifo else None)
         plain.append(message)
         if target.policy.encrypt:
@@ -124,4 +125,5 @@ async def _post_fifo(
 
 
 FaultHook = Callable[[Sequence[StoredMessage]], Awaitable[None]]
-"""Called between a batch's posts and its delete (tests stop a job there)."""
+"""Called at a point of a batch (between its posts and its delete, or its delete and its
+record) with the batch's messages: tests stop a job there."""

@@ -138,6 +138,16 @@ class MessageStoreContract:
         )
         assert stored
 
+    async def test_post_once_keeps_a_fair_group(self, message_store: MessageStore) -> None:
+        # A standard queue's message posted once with a group (a fair-queue group) keeps it
+        mid, stored = await message_store.post_once(
+            P, Q, CLIENT, "delivery-g", NewMessage(body=b"1", ttl=300, group_id="g1"),
+            remember=3600,
+        )
+        assert stored
+        (message,) = await list_all(message_store)
+        assert (message.id, message.group_id) == (mid, "g1")
+
     async def test_post_once_of_one_key_at_once_stores_one_message(
         self, message_store: MessageStore
     ) -> None:

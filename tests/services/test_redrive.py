@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from services.message_svc.redrive import MAX_PER_SECOND, Redrives, queue_sources
 from services.message_svc.redrive_move import FaultHook
 from services.message_svc.service import MessageService
 from services.message_svc.storage.base import MessageStore, StoredMessage
+from services.message_svc.storage.mongodb import once
 from services.message_svc.storage.redrives import open_redrive_store
 from services.message_svc.storage.registry import open_store
 from tests.services.test_message_svc import (  # noqa: F401 - fixtures
@@ -36,22 +36,6 @@ from tests.services.test_message_svc import (  # noqa: F401 - fixtures
 Code = grpc.StatusCode
 
 
-@pytest.fixture(params=["sqlite", "redis", "mongodb"])
-async def svc(
-    request: pytest.FixtureRequest,
-    message_svc_factory: Callable[..., Awaitable[Services]],  # noqa: F811 - fixture
-) -> Services:
-    """queue_svc and message_svc on the message store of each built-in backend."""
-    if request.param == "sqlite":
-        return await message_svc_factory()
-    name = "rd" + uuid.uuid4().hex[:8]
-    if request.param == "redis":
-        redis = request.getfixturevalue("redis_server")
-        uri = f"redis://127.0.0.1:{redis.port}/0?prefix={name}"
-    else:
-        mongodb = request.getfixturevalue("mongodb_server")
-        uri = f"mongodb://127.0.0.1:{mongodb.port}/{name}"
-    return await message_svc_factory(message_store=uri)
 
 
 def _start(queue: str = "dlq", **kw: Any) -> messages_pb2.StartRedriveRequest:
@@ -277,12 +261,16 @@ async def local(svc: Services) -> AsyncIterator[Callable[..., Awaitable[Redrives
     async def version_of(uri: str, project: str, queue: str) -> int:
         return await store.queue_version(project, queue)
 
-    async def make(clock: Clock, after_post: FaultHook | None = None, batch: int = 20) -> Redrives:
+    async def make(
+        clock: Clock, after_post: FaultHook | None = None, batch: int = 20,
+        after_delete: FaultHook | None = None,
+    ) -> Redrives:
         metadata = QueueMetadata(channel, 5.0, 0.0, version_of=version_of)
         jobs = await open_redrive_store(settings.store_uri("message"))
         redrives = Redrives(
             MessageService(store, metadata), jobs, queue_sources(channel, 5.0),
             now=clock.now, sleep=clock.sleep, batch=batch, after_post=after_post,
+            after_delete=after_delete,
         )
         made.append(redrives)
         return redrives
@@ -297,7 +285,7 @@ async def local(svc: Services) -> AsyncIterator[Callable[..., Awaitable[Redrives
 
 
 class Crash(Exception):
-    """Stands for message_svc dying between a batch's posts and its delete."""
+    """Stands for message_svc dying at a point of a batch."""
 
 
 async def test_a_crash_between_post_and_delete_neither_loses_nor_duplicates(
@@ -415,4 +403,156 @@ async def test_another_project_neither_sees_nor_touches_a_job(svc: Services) -> 
 
     # Then the owner's job ran as it would have
     done = await _finished(svc)
+    assert (done.id, done.status, done.moved) == (job.id, "done", 3)
+
+
+async def test_a_crash_between_delete_and_record_still_counts_every_message_once(
+    svc: Services, local: Callable[..., Awaitable[Redrives]],
+) -> None:
+    # Given 50 dead letters and a runner that dies after deleting its second batch from the
+    # dead-letter queue, before recording it
+    await svc.create_queue("dlq")
+    await svc.create_queue("to")
+    for start in range(0, 50, 10):
+        await svc.post(*range(start, start + 10), queue="dlq")
+    clock = Clock()
+    batches: list[int] = []
+
+    async def crash_on_second(page: Sequence[StoredMessage]) -> None:
+        batches.append(len(page))
+        if len(batches) == 2:
+            raise Crash()
+
+    first = await local(clock, after_delete=crash_on_second)
+    job = await first.start(PROJECT, "dlq", "to", None)
+    await first.wait(PROJECT, "dlq")
+    assert len(await _numbers(svc, "to")) == 40
+    assert len(await _numbers(svc, "dlq")) == 10
+
+    # When another runner takes the job over once the lease ran out
+    clock.t += 31
+    second = await local(clock)
+    assert await second.run_due() == 1
+    await second.wait(PROJECT, "dlq")
+
+    # Then the count is exact: the interrupted batch is counted once, as every message is
+    # in the destination once
+    assert sorted(await _numbers(svc, "to")) == list(range(50))
+    done = await svc.messages.GetRedrive(_ref())
+    assert (done.id, done.status, done.moved, done.remaining) == (job.id, "done", 50, 0)
+
+
+async def test_a_job_cancelled_while_its_runner_is_dead_mid_batch_finishes_that_batch(
+    svc: Services, local: Callable[..., Awaitable[Redrives]],
+) -> None:
+    # Given a runner that dies between its first batch's posts and its delete
+    await svc.create_queue("dlq")
+    await svc.create_queue("to")
+    await svc.post(*range(15), queue="dlq")
+    clock = Clock()
+
+    async def crash(page: Sequence[StoredMessage]) -> None:
+        raise Crash()
+
+    first = await local(clock, crash, batch=5)
+    await first.start(PROJECT, "dlq", "to", None)
+    await first.wait(PROJECT, "dlq")
+    assert sorted(await _numbers(svc, "to")) == [0, 1, 2, 3, 4]
+    assert await _numbers(svc, "dlq") == list(range(15))
+
+    # When the job is cancelled before another runner took it over
+    cancelled = await svc.messages.CancelRedrive(_ref())
+    assert cancelled.status == "cancelled"
+
+    # Then a new job is refused until the batch is finished, saying so
+    info = await rpc_error(svc.messages.StartRedrive(_start(destination="to")))
+    assert (info.code, info.reason) == (Code.ALREADY_EXISTS, "REDRIVE_RUNNING")
+    assert "finishing the batch it had begun" in info.description
+
+    # And once the lease ran out another runner finishes that batch only, and counts it
+    clock.t += 31
+    second = await local(clock, batch=5)
+    assert await second.run_due() == 1
+    await second.wait(PROJECT, "dlq")
+    job = await svc.messages.GetRedrive(_ref())
+    assert (job.status, job.moved, job.remaining) == ("cancelled", 5, 10)
+    assert sorted(await _numbers(svc, "to")) == [0, 1, 2, 3, 4]
+    assert await _numbers(svc, "dlq") == list(range(5, 15))
+
+    # And a new job moves the rest: every message is in the destination once
+    await svc.messages.StartRedrive(_start(destination="to"))
+    assert (await _finished(svc)).moved == 10
+    assert sorted(await _numbers(svc, "to")) == list(range(15))
+
+
+async def test_a_standard_destination_keeps_group_id(svc: Services) -> None:
+    # Given messages with fair-queue groups dead-lettered from a standard queue
+    await svc.create_queue("dlq")
+    await svc.create_queue("src", _max_claim_count=1, _dead_letter_queue="dlq")
+    await svc.messages.PostMessages(messages_pb2.PostMessagesRequest(
+        project=PROJECT, queue="src", client_id=CLIENT, messages=[
+            messages_pb2.NewMessage(body=orjson.dumps(n), ttl=600, **group)
+            for n, group in [(1, {"group_id": "a"}), (2, {"group_id": "b"}), (3, {})]
+        ],
+    ))
+    for _ in range(5):
+        claim = await svc.claim(queue="src", limit=20)
+        if claim.id:
+            await svc.messages.DeleteClaim(messages_pb2.DeleteClaimRequest(
+                project=PROJECT, queue="src", claim_id=claim.id))
+    assert await _numbers(svc, "dlq") == [1, 2, 3]
+
+    # When the dead-letter queue is redriven back into it
+    await svc.messages.StartRedrive(_start())
+    assert (await _finished(svc)).moved == 3
+
+    # Then each message is back with its group (or none)
+    back = await _all(svc, "src")
+    assert [(orjson.loads(m.body), m.group_id) for m in back] == [(1, "a"), (2, "b"), (3, "")]
+
+
+@pytest.mark.parametrize("svc", ["mongodb"], indirect=True)
+async def test_mongodb_a_crash_between_message_and_key_with_the_message_consumed_posts_once(
+    svc: Services, local: Callable[..., Awaitable[Redrives]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a runner that dies in post_once after the first message's insert, before its key
+    # is stored (MongoDB writes the two separately; the other stores in one atomic step)
+    await svc.create_queue("dlq")
+    await svc.create_queue("to")
+    await svc.post(0, 1, 2, queue="dlq", ttl=600)
+    real = once._remember
+    calls: list[str] = []
+
+    async def crash_once(*args: Any) -> None:
+        calls.append("remember")
+        if len(calls) == 1:
+            raise Crash()
+        await real(*args)
+
+    monkeypatch.setattr(once, "_remember", crash_once)
+    clock = Clock()
+    first = await local(clock)
+    job = await first.start(PROJECT, "dlq", "to", None)
+    await first.wait(PROJECT, "dlq")
+    assert await _numbers(svc, "dlq") == [0, 1, 2]
+
+    # When a consumer of the destination claims and deletes whatever it can meanwhile
+    consumed: list[int] = []
+    claim = await svc.claim(queue="to", limit=20)
+    for m in claim.messages:
+        consumed.append(orjson.loads(m.body))
+        await svc.messages.DeleteMessage(messages_pb2.DeleteMessageRequest(
+            project=PROJECT, queue="to", message_id=m.id, claim_id=claim.id))
+
+    # And another runner resumes the job once the lease ran out
+    clock.t += 31
+    second = await local(clock)
+    assert await second.run_due() == 1
+    await second.wait(PROJECT, "dlq")
+
+    # Then every message reached the destination exactly once: none was consumed before
+    # its key was stored, so none is posted twice
+    assert sorted(consumed + await _numbers(svc, "to")) == [0, 1, 2]
+    assert await _numbers(svc, "dlq") == []
+    done = await svc.messages.GetRedrive(_ref())
     assert (done.id, done.status, done.moved) == (job.id, "done", 3)

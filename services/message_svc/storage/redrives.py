@@ -50,6 +50,12 @@ class RedriveJob:
     with a higher seq are left where they are."""
     cursor: int = 0
     """The seq of the last message handled (0: none yet)."""
+    batch: tuple[str, ...] = ()
+    """The ids of the batch under way (the messages listed after ``cursor``), recorded
+    before any of them is posted; () between batches. Whoever holds the lease finishes it
+    (posts, deletes, counts) before anything else, a cancelled job's included."""
+    batch_end: int = 0
+    """The seq of the batch's last message: ``cursor`` once the batch is finished."""
     moved: int = 0
     remaining: int = 0
     """The dead-letter queue's message count after the last batch."""
@@ -68,11 +74,24 @@ class RedriveJob:
     @classmethod
     def decode(cls, raw: bytes | str, version: int) -> RedriveJob:
         doc: dict[str, Any] = orjson.loads(raw)
+        doc["batch"] = tuple(doc.get("batch", ()))
         return cls(**doc, version=version)
+
+    @property
+    def active(self) -> bool:
+        """A runner must carry on with it: running, or a batch under way (a job cancelled
+        during a batch finishes that batch)."""
+        return self.status == RUNNING or bool(self.batch)
 
     def next(self, **changes: Any) -> RedriveJob:
         """This job with ``changes``, as the next version to write."""
         return replace(self, **changes)
+
+
+def indexed_status(job: RedriveJob) -> str:
+    """The status a store indexes the job under: :data:`RUNNING` for every active job, so
+    :meth:`RedriveStore.running` finds a cancelled job's batch under way too."""
+    return RUNNING if job.active else job.status
 
 
 class RedriveStore(Protocol):
@@ -107,8 +126,9 @@ class RedriveStore(Protocol):
         ...
 
     async def running(self) -> list[tuple[str, str]]:
-        """(project, queue) of every job whose status is ``running``, in no order. A job
-        that stops running may still be listed by a call made meanwhile (callers read it)."""
+        """(project, queue) of every :attr:`~RedriveJob.active` job (running, or finishing
+        a batch), in no order. A job that stops may still be listed by a call made meanwhile
+        (callers read it)."""
         ...
 
 

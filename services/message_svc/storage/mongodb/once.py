@@ -97,12 +97,16 @@ async def post_once(
             await db.settle(project, queue, token)
         raise
     await db.settle(project, queue, token)
+    await _remember(db, kid, mid, now + remember)
+    return mid, await _show(db, mid)
+
+
+async def _remember(db: Collections, kid: str, mid: str, until: float) -> None:
+    """Stores the key ``kid`` of the message ``mid`` until ``until`` (the first one stays)."""
     await keys(db).update_one(
-        {"_id": kid},
-        {"$setOnInsert": {"m": mid, "e": now + remember, "ea": as_date(now + remember)}},
+        {"_id": kid}, {"$setOnInsert": {"m": mid, "e": until, "ea": as_date(until)}},
         upsert=True,
     )
-    return mid, await _show(db, mid)
 
 
 async def _show(db: Collections, mid: str) -> bool:

@@ -1,9 +1,10 @@
 """Redrive job records in MongoDB (``storage/redrives.py``), on a client of their own.
 
 Collection ``redrive_jobs``: one document per job, ``_id`` "<project>/<queue>" (``/`` is in
-no queue name), ``ver`` its version, ``st`` its status (indexed, for the runners), ``d`` the
-JSON document. A write is an ``update_one`` filtered on the version read, or an insert when
-there was none (a duplicate key: someone else inserted first).
+no queue name), ``ver`` its version, ``st`` its status (indexed, for the runners: ``running``
+for every active job, a cancelled one finishing its batch too), ``d`` the JSON document. A
+write is an ``update_one`` filtered on the version read, or an insert when there was none (a
+duplicate key: someone else inserted first).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from services.message_svc.storage.mongodb._connection import connect, edge, parse
-from services.message_svc.storage.redrives import RUNNING, RedriveJob
+from services.message_svc.storage.redrives import RUNNING, RedriveJob, indexed_status
 
 
 class MongoRedriveStore:
@@ -50,7 +51,7 @@ class MongoRedriveStore:
     @edge("store a redrive job")
     async def write(self, job: RedriveJob) -> bool:
         key, doc = f"{job.project}/{job.queue}", job.encode().decode()
-        new = {"ver": job.version + 1, "st": job.status, "d": doc}
+        new = {"ver": job.version + 1, "st": indexed_status(job), "d": doc}
         if job.version == 0:
             try:
                 await self._jobs.insert_one({"_id": key, **new})

@@ -2,10 +2,10 @@
 
 A job is a hash ``<prefix>:rd:{<project/queue>}`` (``v`` its version, ``d`` its JSON
 document), changed by one compare-and-set script (``redrives.lua``). The set
-``<prefix>:rd:jobs`` names the jobs that may be running, so runners find them without a
-``SCAN``; it is another key (another slot on a cluster), written after the job (a job is
-added before it first runs) and pruned by :meth:`RedisRedriveStore.running` of the jobs
-found stopped.
+``<prefix>:rd:jobs`` names the jobs that may be active (running, or finishing a batch), so
+runners find them without a ``SCAN``; it is another key (another slot on a cluster), to
+which a job is added before it is written active and from which
+:meth:`RedisRedriveStore.running` prunes the jobs found stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import redis.asyncio
 from services.common.redis_store import RedisClusterClient, open_with_scripts
 from services.message_svc.storage.redis._codec import queue_tag
 from services.message_svc.storage.redis._connection import STORE, connect, edge, parse
-from services.message_svc.storage.redrives import RUNNING, RedriveJob
+from services.message_svc.storage.redrives import RedriveJob
 
 SCRIPT = resources.files(__package__).joinpath("redrives.lua").read_text("utf-8")
 
@@ -58,13 +58,16 @@ class RedisRedriveStore:
 
     @edge("store a redrive job")
     async def write(self, job: RedriveJob) -> bool:
-        if job.status == RUNNING:
+        if job.active:
             await self._redis().sadd(self._jobs, orjson.dumps([job.project, job.queue]))
         stored = await self._scripts["cas"](
             keys=[self._key(job.project, job.queue)],
             args=[job.version, job.encode()],
             client=self._redis(),
         )
+        if stored and job.active:
+            # Again: running() may have pruned it between the first add and the write.
+            await self._redis().sadd(self._jobs, orjson.dumps([job.project, job.queue]))
         return bool(stored)
 
     @edge("list redrive jobs")
@@ -73,7 +76,7 @@ class RedisRedriveStore:
         for member in await self._redis().smembers(self._jobs):
             project, queue = orjson.loads(member)
             job = await self.read(project, queue)
-            if job is not None and job.status == RUNNING:
+            if job is not None and job.active:
                 found.append((str(project), str(queue)))
             else:
                 await self._redis().srem(self._jobs, member)

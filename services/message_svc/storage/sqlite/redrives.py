@@ -1,12 +1,13 @@
 """Redrive job records in SQLite: table ``redrive_jobs`` of the message store's file, on
-connections of their own (``storage/redrives.py``)."""
+connections of their own (``storage/redrives.py``). Column ``status`` is ``running`` for every
+active job (a cancelled one finishing its batch too); the document has the job's status."""
 
 from __future__ import annotations
 
 import sqlite3
 
 from services.common.sqlite_store import Database, parse_uri
-from services.message_svc.storage.redrives import RUNNING, RedriveJob
+from services.message_svc.storage.redrives import RUNNING, RedriveJob, indexed_status
 
 STORE = "message store"
 SCHEMA = """
@@ -62,7 +63,7 @@ class SqliteRedriveStore:
             conn.execute(
                 "INSERT OR REPLACE INTO redrive_jobs (project, queue, version, status, doc) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (job.project, job.queue, job.version + 1, job.status, doc),
+                (job.project, job.queue, job.version + 1, indexed_status(job), doc),
             )
             return True
 
