@@ -105,11 +105,15 @@ class Running:
     watch: StoreWatch | None = None
 
     async def stop(self, grace: float = 0) -> None:
+        """Stop serving and close what the service opened, within ``grace`` seconds and
+        :data:`CLOSE_TIMEOUT` more for each of the store watch and the clean-up, however
+        they hang."""
+        what = ", ".join(self.service_names)
         if self.watch is not None:
-            await self.watch.stop()
+            await bounded_close(self.watch.stop, CLOSE_TIMEOUT, f"the store watch of {what}")
         await set_serving(self.health, self.service_names, False)
         await self.server.stop(grace)
-        await bounded_close(self.close, grace + CLOSE_TIMEOUT, ", ".join(self.service_names))
+        await bounded_close(self.close, grace + CLOSE_TIMEOUT, what)
 
     async def serve_until_signal(self, grace: float, announce: str | None = None) -> None:
         await serve(self.server, self.health, self.service_names, grace, self.close, announce,
@@ -310,7 +314,8 @@ async def serve(
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping (grace %.1fs)", grace)
     if watch is not None:
-        await watch.stop()
+        await bounded_close(watch.stop, CLOSE_TIMEOUT,
+                            f"the store watch of {', '.join(service_names)}")
     await set_serving(health_servicer, service_names, False)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace)
@@ -326,16 +331,40 @@ CLOSE_TIMEOUT = 10.0
 
 
 async def bounded_close(close: Callable[[], Any], limit: float, what: str) -> None:
-    """Run a clean-up, but never let a stuck one hold a stopping process forever."""
+    """Run a clean-up, but never let a stuck one hold a stopping process forever: after
+    ``limit`` seconds it is cancelled and left to end in the background, and this returns.
+
+    (Not ``asyncio.wait_for``: after its time limit it waits for the cancelled clean-up to
+    end, so a clean-up that loses its cancellation, say a retry loop that takes a driver's
+    error for a failure to retry, would hold it forever.)"""
     result = close()
     if not asyncio.iscoroutine(result):
         return
+    task = asyncio.ensure_future(result)
     try:
-        await asyncio.wait_for(result, limit)
-    except TimeoutError:
-        stuck = "\n".join(_task_stack(task) for task in asyncio.all_tasks() if not task.done())
-        log.error("clean-up of %s did not finish within %.0fs; stopping anyway. Tasks:\n%s",
-                  what, limit, stuck)
+        done, _ = await asyncio.wait({task}, timeout=limit)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if done:
+        task.result()
+        return
+    stuck = "\n".join(_task_stack(t) for t in asyncio.all_tasks() if not t.done())
+    log.error("clean-up of %s did not finish within %.0fs; stopping anyway. Tasks:\n%s",
+              what, limit, stuck)
+    task.cancel()
+    _ABANDONED.add(task)
+    task.add_done_callback(_abandoned)
+
+
+# Clean-ups given up on, until they end (a task nothing references may be destroyed pending).
+_ABANDONED: set[asyncio.Task[Any]] = set()
+
+
+def _abandoned(task: asyncio.Task[Any]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("clean-up given up on failed later: %r", task.exception())
 
 
 def _task_stack(task: asyncio.Task[Any]) -> str:

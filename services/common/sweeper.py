@@ -20,24 +20,30 @@ class Collectable(Protocol):
 
 class Periodic:
     """A background task that calls :meth:`tick` every ``interval`` seconds (0 disables it),
-    from :meth:`start` until :meth:`stop`. ``tick`` handles its own failures."""
+    from :meth:`start` until :meth:`stop`. ``tick`` handles its own failures.
+
+    :meth:`stop` ends the task even when a tick loses the cancellation (a driver that turns it
+    into an error, which the tick logs and returns from): the loop ends after that tick."""
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         if self._task is None and self._interval > 0:
+            self._stopping = False
             self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
+            self._stopping = True
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._interval)
             await self.tick()
 

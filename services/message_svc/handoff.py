@@ -104,6 +104,9 @@ class Handoff:
         self._pending_bytes = 0
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Set by close: the sending loop ends even if gRPC turned its cancellation into a
+        # CANCELLED error, which it would otherwise take for a failure to retry.
+        self._closing = False
         self._last_warning = -WARNING_INTERVAL
         self.dropped = 0
 
@@ -135,7 +138,7 @@ class Handoff:
         self._pending_messages += len(protos)
         self._pending_bytes += size
         self._ready.set()
-        if self._task is None:
+        if self._task is None and not self._closing:
             # It outlives the request that starts it and carries the posts of many.
             self._task = asyncio.get_running_loop().create_task(self._run(), context=detached())
 
@@ -153,6 +156,7 @@ class Handoff:
     # the background task ---------------------------------------------------------------------
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -219,10 +223,10 @@ class Handoff:
 
     async def _run(self) -> None:
         backoff = BACKOFF_FIRST
-        while True:
+        while not self._closing:
             await self._ready.wait()
             self._ready.clear()
-            while self._pending:
+            while self._pending and not self._closing:
                 wait = self._last_call + self._linger - self._clock()
                 if wait > 0:
                     await asyncio.sleep(wait)
