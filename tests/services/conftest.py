@@ -1,14 +1,36 @@
-"""Fixtures of the service tests that run against the real Keystone."""
+"""Fixtures shared by the service tests: queue_svc and message_svc on each built-in message
+store, and the three services against the real Keystone."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from services.common.config import Settings
 from tests.gateway.conftest import running_services
 from tests.services._grpc import Stubs, stubs
+from tests.services.test_message_svc import Services, message_svc_factory  # noqa: F401 - fixture
+
+
+@pytest.fixture(params=["sqlite", "redis", "mongodb"])
+async def svc(
+    request: pytest.FixtureRequest,
+    message_svc_factory: Callable[..., Awaitable[Services]],  # noqa: F811 - fixture
+) -> Services:
+    """queue_svc and message_svc on the message store of each built-in backend (a fresh
+    SQLite file, or a key prefix / database of its own on the session's server)."""
+    if request.param == "sqlite":
+        return await message_svc_factory()
+    name = "svc" + uuid.uuid4().hex[:8]
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_server")
+        uri = f"redis://127.0.0.1:{redis.port}/0?prefix={name}"
+    else:
+        mongodb = request.getfixturevalue("mongodb_server")
+        uri = f"mongodb://127.0.0.1:{mongodb.port}/{name}"
+    return await message_svc_factory(message_store=uri)
 
 
 @pytest.fixture

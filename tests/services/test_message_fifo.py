@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import textwrap
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -26,24 +25,6 @@ from tests.services.test_message_svc import (  # noqa: F401 - fixtures
 )
 
 
-@pytest.fixture(params=["sqlite", "redis", "mongodb"])
-async def fifo_svc(
-    request: pytest.FixtureRequest,
-    message_svc_factory: Callable[..., Awaitable[Services]],  # noqa: F811 - fixture
-) -> Services:
-    """message_svc (and queue_svc) with the message store of each built-in backend."""
-    if request.param == "sqlite":
-        return await message_svc_factory()
-    name = "fifo" + uuid.uuid4().hex[:8]
-    if request.param == "redis":
-        redis = request.getfixturevalue("redis_server")
-        uri = f"redis://127.0.0.1:{redis.port}/0?prefix={name}"
-    else:
-        mongodb = request.getfixturevalue("mongodb_server")
-        uri = f"mongodb://127.0.0.1:{mongodb.port}/{name}"
-    return await message_svc_factory(message_store=uri)
-
-
 def _new(n: int, group: str | None = None, dedup: str | None = None) -> messages_pb2.NewMessage:
     return messages_pb2.NewMessage(body=orjson.dumps(n), group_id=group, dedup_id=dedup)
 
@@ -59,49 +40,49 @@ def _numbers(claim: messages_pb2.Claim) -> list[int]:
     return [orjson.loads(m.body) for m in claim.messages]
 
 
-async def test_groups_are_claimed_in_order_one_claim_at_a_time(fifo_svc: Services) -> None:
+async def test_groups_are_claimed_in_order_one_claim_at_a_time(svc: Services) -> None:
     # Given a FIFO queue with two groups and a message without a group
-    await fifo_svc.create_queue("f", _fifo=True)
-    await _post(fifo_svc, "f", _new(1, "a"), _new(2, "a"), _new(3, "b"), _new(4), _new(5, "a"))
+    await svc.create_queue("f", _fifo=True)
+    await _post(svc, "f", _new(1, "a"), _new(2, "a"), _new(3, "b"), _new(4), _new(5, "a"))
 
     # When one claim takes two messages
-    first = await fifo_svc.claim(queue="f", limit=2)
+    first = await svc.claim(queue="f", limit=2)
 
     # Then it has group a's head and the next of a, with their groups
     assert _numbers(first) == [1, 2]
     assert [m.group_id for m in first.messages] == ["a", "a"]
 
     # And while it lives, group a is locked: the next claim passes over a
-    second = await fifo_svc.claim(queue="f", limit=10)
+    second = await svc.claim(queue="f", limit=10)
     assert _numbers(second) == [3, 4]
     assert [m.group_id for m in second.messages] == ["b", ""]
-    locked = await fifo_svc.claim(queue="f", limit=10)
+    locked = await svc.claim(queue="f", limit=10)
     assert not locked.messages
 
     # When the first claim is released, a's next message is free
-    await fifo_svc.messages.DeleteClaim(messages_pb2.DeleteClaimRequest(
+    await svc.messages.DeleteClaim(messages_pb2.DeleteClaimRequest(
         project=PROJECT, queue="f", claim_id=first.id
     ))
-    third = await fifo_svc.claim(queue="f", limit=10)
+    third = await svc.claim(queue="f", limit=10)
     assert _numbers(third) == [1, 2, 5]
 
 
-async def test_a_duplicate_post_answers_with_the_first_id(fifo_svc: Services) -> None:
-    await fifo_svc.create_queue("f", _fifo=True, _dedup_window=60)
+async def test_a_duplicate_post_answers_with_the_first_id(svc: Services) -> None:
+    await svc.create_queue("f", _fifo=True, _dedup_window=60)
 
     # Given a posted message with a dedup_id
-    (first,) = await _post(fifo_svc, "f", _new(1, dedup="x"))
+    (first,) = await _post(svc, "f", _new(1, dedup="x"))
 
     # When it is posted again, alone and inside a batch that repeats it too
-    again = await _post(fifo_svc, "f", _new(2, dedup="x"))
+    again = await _post(svc, "f", _new(2, dedup="x"))
     batch = await _post(
-        fifo_svc, "f", _new(3, dedup="y"), _new(4, dedup="x"), _new(5, dedup="y")
+        svc, "f", _new(3, dedup="y"), _new(4, dedup="x"), _new(5, dedup="y")
     )
 
     # Then every duplicate answers with the first id and only new ids are stored
     assert again == [first]
     assert batch[1] == first and batch[0] == batch[2] != first
-    listed = await fifo_svc.listed(queue="f")
+    listed = await svc.listed(queue="f")
     assert [orjson.loads(m.body) for m in listed] == [1, 3]
     assert [m.group_id for m in listed] == ["", ""]
 

@@ -6,19 +6,17 @@ subscriptions are is checked in the stores themselves, not through the services.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio
 from zaqar_grpc.v2 import (
     admin_pb2,
     admin_pb2_grpc,
     common_pb2,
-    messages_pb2,
     notifier_pb2,
     queues_pb2,
 )
@@ -29,52 +27,28 @@ from services.notifier_svc.delivery.dispatcher import Dispatcher
 from services.notifier_svc.pools import NotifierStores, notifier_uri
 from services.notifier_svc.storage.base import DeliveryKind, NewDelivery, NotifierStore
 from services.notifier_svc.storage.registry import open_notifier_store
-from tests.gateway.conftest import running_services
 from tests.receivers import Receiver
-from tests.servers import ServerProcess, redis_process
-from tests.services._grpc import Stubs, stubs
+from tests.servers import ServerProcess
+from tests.services._pools import (  # noqa: F401 - redis_pair is a fixture
+    CLIENT,
+    PooledServices,
+    pooled_services,
+    redis_pair,
+    redis_pools,
+    sqlite_pools,
+)
 from tests.services.test_notifier_replicas import Recorder, fill, no_queue_policy, until
 from tests.services.test_queue_svc import rpc_error
 
 PROJECT = "notifier-pools"
-CLIENT = "6d6a3b3e-0c7f-4b0a-9b1e-2f6c1d7a9e10"
 WITHIN = 120.0  # only how long a broken test waits before it fails
 
 ReceiverFactory = Callable[..., Awaitable[Receiver]]
 
 
-@pytest.fixture(scope="module")
-def redis_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
-    """Two redis-servers: two pools that fail independently (and keep their data across a
-    restart: AOF, fsync on every write)."""
-    servers = [
-        redis_process(tmp_path_factory.mktemp(f"npool-redis-{i}"), durable=True)
-        for i in range(2)
-    ]
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
-
-
 @dataclass
-class Pooled:
-    settings: Settings
-    stubs: Stubs
-    pools: Any
-    uris: dict[str, str]
-    servers: dict[str, ServerProcess]
-
-    async def put_pool(self, name: str, weight: int) -> None:
-        await self.pools.PutPool(admin_pb2.PutPoolRequest(
-            name=name, uri=self.uris[name], weight=weight
-        ))
-
-    async def create(self, queue: str) -> None:
-        await self.stubs.queues.CreateQueue(queues_pb2.CreateQueueRequest(
-            project=PROJECT, queue=queue, metadata=b"{}"
-        ))
+class Pooled(PooledServices):
+    project = PROJECT
 
     async def subscribe(self, queue: str, subscriber: str) -> str:
         answer = await self.stubs.subscriptions.CreateSubscription(
@@ -89,13 +63,6 @@ class Pooled:
             notifier_pb2.ListSubscriptionsRequest(project=PROJECT, queue=queue)
         )
         return [s.id for s in page.subscriptions]
-
-    async def post(self, queue: str, count: int = 1) -> list[str]:
-        reply = await self.stubs.messages.PostMessages(messages_pb2.PostMessagesRequest(
-            project=PROJECT, queue=queue, client_id=CLIENT,
-            messages=[messages_pb2.NewMessage(body=b'{"n": %d}' % i) for i in range(count)],
-        ))
-        return list(reply.ids)
 
     async def raw(self, name: str) -> NotifierStore:
         """The notifier store of a pool ("own": notifier_svc's own), opened on its own."""
@@ -125,7 +92,7 @@ async def pooled(
     registered yet): SQLite files, two redis-servers, two key prefixes on the Redis Cluster,
     or two databases of the MongoDB server."""
     servers: dict[str, ServerProcess] = {}
-    uris = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")}
+    uris = sqlite_pools(tmp_path, "ab")
     unique = uuid.uuid4().hex[:8]
     if request.param == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
@@ -135,26 +102,10 @@ async def pooled(
         port = request.getfixturevalue("mongodb_server").port
         uris = {name: f"mongodb://127.0.0.1:{port}/np{unique}{name}" for name in ("a", "b")}
     if request.param == "redis":
-        pair = request.getfixturevalue("redis_pair")
-        for name, server in zip("ab", pair, strict=True):
-            if server.proc is None or server.proc.poll() is not None:
-                server.start()
-            client = redis.asyncio.Redis(port=server.port)
-            await client.flushall()
-            await client.aclose()
-            servers[name] = server
-            uris[name] = f"redis://127.0.0.1:{server.port}/0"
+        uris, servers = await redis_pools(request.getfixturevalue("redis_pair"))
     settings = make_settings(pooling=True, rpc_timeout=3.0, gc_interval=0.2)
-    async with running_services(settings):
-        s = stubs(settings)
-        try:
-            yield Pooled(
-                settings, s,
-                admin_pb2_grpc.PoolsStub(s.channels[0]),  # type: ignore[no-untyped-call]
-                uris, servers,
-            )
-        finally:
-            await s.close()
+    async with pooled_services(settings) as s:
+        yield Pooled(settings, s, uris, servers)
 
 
 async def test_a_pooled_queues_subscriptions_are_in_its_pool_only(

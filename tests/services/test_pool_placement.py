@@ -6,70 +6,39 @@ the services."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
-import orjson
 import pytest
-import redis.asyncio
-from zaqar_grpc.v2 import admin_pb2, admin_pb2_grpc, common_pb2, messages_pb2, queues_pb2
+from zaqar_grpc.v2 import admin_pb2, common_pb2, messages_pb2, queues_pb2
 
 from services.common.config import Settings
 from services.message_svc.storage.registry import open_store
-from tests.gateway.conftest import running_services
-from tests.servers import ServerProcess, redis_process
-from tests.services._grpc import Stubs, stubs
+from tests.servers import ServerProcess
+from tests.services._pools import (  # noqa: F401 - redis_pair is a fixture
+    CLIENT,
+    PooledServices,
+    pooled_services,
+    redis_pair,
+    redis_pools,
+    sqlite_pools,
+)
 from tests.services.test_queue_svc import patch, rpc_error
 
 PROJECT = "placement-project"
-CLIENT = "6d6a3b3e-0c7f-4b0a-9b1e-2f6c1d7a9e10"
-
-
-@pytest.fixture(scope="module")
-def redis_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
-    """Two redis-servers: two pools that fail independently."""
-    servers = [redis_process(tmp_path_factory.mktemp(f"pool-redis-{i}")) for i in range(2)]
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 @dataclass
-class Pooled:
-    settings: Settings
-    stubs: Stubs
-    pools: Any
-    flavors: Any
-    uris: dict[str, str]
-    servers: dict[str, ServerProcess]
-
-    async def put_pool(self, name: str, weight: int, flavor: str = "") -> None:
-        await self.pools.PutPool(admin_pb2.PutPoolRequest(
-            name=name, uri=self.uris[name], weight=weight, flavor=flavor
-        ))
-
-    async def create(self, queue: str, **metadata: Any) -> None:
-        await self.stubs.queues.CreateQueue(queues_pb2.CreateQueueRequest(
-            project=PROJECT, queue=queue, metadata=orjson.dumps(metadata)
-        ))
+class Pooled(PooledServices):
+    project = PROJECT
 
     async def placed(self, queue: str) -> tuple[str, str]:
         answer = await self.stubs.queues.GetQueue(queues_pb2.GetQueueRequest(
             project=PROJECT, queue=queue, with_placement=True
         ))
         return answer.pool, answer.pool_uri
-
-    async def post(self, queue: str, count: int = 1) -> list[str]:
-        reply = await self.stubs.messages.PostMessages(messages_pb2.PostMessagesRequest(
-            project=PROJECT, queue=queue, client_id=CLIENT,
-            messages=[messages_pb2.NewMessage(body=b'{"n": %d}' % i) for i in range(count)],
-        ))
-        return list(reply.ids)
 
     async def totals(self, queue: str) -> dict[str, int]:
         """The queue's messages in each pool's store and in message_svc's own, read from the
@@ -91,30 +60,13 @@ async def pooled(
     """The three services with pooling on (own stores on SQLite) and three pool stores, a, b
     and c (not registered yet): SQLite files, or a and b on two redis-servers (c on SQLite)."""
     servers: dict[str, ServerProcess] = {}
-    uris = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b", "c")}
+    uris = sqlite_pools(tmp_path, "abc")
     if request.param == "redis":
-        pair = request.getfixturevalue("redis_pair")
-        for name, server in zip("ab", pair, strict=True):
-            if server.proc is None or server.proc.poll() is not None:
-                server.start()
-            client = redis.asyncio.Redis(port=server.port)
-            await client.flushall()
-            await client.aclose()
-            servers[name] = server
-            uris[name] = f"redis://127.0.0.1:{server.port}/0"
+        on_redis, servers = await redis_pools(request.getfixturevalue("redis_pair"))
+        uris.update(on_redis)
     settings = make_settings(pooling=True, rpc_timeout=3.0)
-    async with running_services(settings):
-        s = stubs(settings)
-        queue_channel = s.channels[0]
-        try:
-            yield Pooled(
-                settings, s,
-                admin_pb2_grpc.PoolsStub(queue_channel),  # type: ignore[no-untyped-call]
-                admin_pb2_grpc.FlavorsStub(queue_channel),  # type: ignore[no-untyped-call]
-                uris, servers,
-            )
-        finally:
-            await s.close()
+    async with pooled_services(settings) as s:
+        yield Pooled(settings, s, uris, servers)
 
 
 async def test_messages_of_a_placed_queue_are_in_its_pool_only(pooled: Pooled) -> None:
