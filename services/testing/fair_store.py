@@ -25,6 +25,8 @@ P, Q, DLQ = "project-a", "fair-1", "fair-dlq"
 CLIENT = "client-1"
 # Noisy from 3 in-flight messages holding more than half of the queue's.
 POLICY = FairPolicy(share_percent=50, min_in_flight=3, lookahead=100)
+# Noisy messages waiting behind the head in the deep-backlog tests: far past the window.
+DEEP = 3000
 
 
 def gmsg(n: int, group: str | None = None, ttl: int = 600) -> NewMessage:
@@ -240,34 +242,174 @@ class FairMessageStoreContract:
         await self.post(store, *(gmsg(n, "a") for n in range(100, 104)), gmsg(104, "b"))
         assert await self.claim(store, 3) == [100, 101, 102]
 
-    async def test_the_lookahead_bounds_how_far_a_claim_looks(
+    async def deep(self, store: MessageStore, behind: int = POLICY.lookahead + 50) -> None:
+        """Group "a" noisy (1-3 claimed) with ``behind`` more of it waiting (4 on), more than
+        the claim's window (limit + lookahead)."""
+        await self.post(store, *(gmsg(n, "a") for n in range(1, 4)))
+        assert await self.claim(store, 3, ttl=3600) == [1, 2, 3]
+        for start in range(4, 4 + behind, 50):
+            await self.post(store, *(gmsg(n, "a") for n in range(start, min(4 + behind,
+                                                                           start + 50))))
+
+    async def test_a_quiet_message_behind_a_deep_noisy_backlog_is_claimed_first(
         self, store: MessageStore
     ) -> None:
-        # Given a noisy group with more of it waiting than the lookahead, then another group
-        await self.post(store, *(gmsg(n, "a") for n in range(1, 4)))
-        assert await self.claim(store, 3) == [1, 2, 3]
-        await self.post(store, *(gmsg(n, "a") for n in range(4, 4 + POLICY.lookahead + 5)))
+        # Given a noisy group with 3,000 messages waiting, then one message of "b"
+        await self.deep(store, behind=DEEP)
         await self.post(store, gmsg(9999, "b"))
 
-        # When a claim looks for quiet messages, it reads at most limit + lookahead messages
-        # and then takes the oldest noisy ones
-        assert await self.claim(store, 2) == [4, 5]
+        # When fair claims of one message and of two are made
+        result = await store.claim(P, Q, limit=1, ttl=60, grace=60, fair=POLICY)
+        await store.post(P, Q, CLIENT, [gmsg(9998, "c")])
+        mixed = await self.claim(store, 2)
 
+        # Then the quiet message comes first, from past the window, and a claim short of
+        # quiet ones fills the rest with the oldest noisy message
+        assert result.claim is not None and numbers(result.claim.messages) == [9999]
+        assert result.futile is False
+        assert mixed == [4, 9998]
+
+    async def test_a_quiet_message_posted_once_behind_the_backlog_is_found(
+        self, store: MessageStore
+    ) -> None:
+        # Given a deep noisy backlog and a message of "b" posted with a key (post_once)
+        await self.deep(store)
+        await store.post_once(P, Q, CLIENT, "key-1", gmsg(9999, "b"), remember=600)
+
+        # Then the next fair claim takes it first
+        assert await self.claim(store, 1) == [9999]
+
+    async def test_quiet_groups_behind_the_backlog_come_in_seq_order(
+        self, store: MessageStore
+    ) -> None:
+        # Given a deep noisy backlog, then messages of "b" and "c" interleaved
+        await self.deep(store)
+        await self.post(store, gmsg(9001, "b"), gmsg(9002, "c"), gmsg(9003, "b"),
+                        gmsg(9004, "c"))
+
+        # When claims take them one and then two at a time
+        first = await self.claim(store, 1)
+        rest = await self.claim(store, 2)
+
+        # Then they come oldest first, whatever their group
+        assert (first, rest) == ([9001], [9002, 9003])
+
+    async def test_the_group_index_follows_claim_expiry_and_release(
+        self, store: MessageStore, clock: Clock
+    ) -> None:
+        # Given a quiet message behind the backlog taken by a fair claim of 30 s
+        await self.deep(store)
+        await self.post(store, gmsg(9999, "b"))
+        assert await self.claim(store, 1, ttl=30) == [9999]
+
+        # Then while it is held the next claim finds no quiet message
+        assert await self.claim(store, 1, ttl=300) == [4]
+
+        # When its claim expires, the next fair claim finds it again
+        clock.advance(31)
+        again = await store.claim(P, Q, limit=1, ttl=60, grace=60, fair=POLICY)
+        assert again.claim is not None and numbers(again.claim.messages) == [9999]
+
+        # And when that claim is released, the next one finds it once more
+        await store.release_claim(P, Q, again.claim.id)
+        assert await self.claim(store, 1) == [9999]
+
+    async def test_the_group_index_follows_deletes_and_ttl(
+        self, store: MessageStore, clock: Clock
+    ) -> None:
+        # Given behind the backlog: a quiet message deleted unclaimed, one deleted in bulk,
+        # one whose ttl runs out, then one that stays
+        await self.deep(store)
+        gone, bulk, _ = await self.post(store, gmsg(9001, "b"), gmsg(9002, "c"),
+                                        gmsg(9003, "d", ttl=100))
+        await self.post(store, gmsg(9004, "e", ttl=600))
+        await store.delete(P, Q, gone)
+        await store.delete_many(P, Q, [bulk])
+        clock.advance(101)
+
+        # Then a fair claim takes the one left, and after it only noisy ones
+        assert await self.claim(store, 1) == [9004]
+        assert await self.claim(store, 1) == [4]
+
+    async def test_a_delayed_quiet_message_is_claimed_first_once_it_shows(
+        self, store: MessageStore, clock: Clock
+    ) -> None:
+        # Given a deep noisy backlog and a message of "b" delayed 30 s behind it
+        await self.deep(store)
+        await self.post(store, NewMessage(body=b'{"n": 9999}', ttl=600, delay=30,
+                                          group_id="b"))
+
+        # Then it is not claimed while delayed, and first once it shows
+        assert await self.claim(store, 1) == [4]
+        clock.advance(31)
+        assert await self.claim(store, 1) == [9999]
+
+    async def test_a_worn_quiet_message_found_by_the_index_is_dead_lettered(
+        self, store: MessageStore, clock: Clock
+    ) -> None:
+        # Given a quiet message behind the backlog claimed once, its claim expired
+        await self.deep(store)
+        await self.post(store, gmsg(9998, "b"), gmsg(9999, "b"))
+        assert await self.claim(store, 1, ttl=30) == [9998]
+        clock.advance(31)
+
+        # When a fair claim with a dead-letter policy of one claim meets it
+        policy = DeadLetterPolicy(max_claim_count=1, queue=DLQ)
+        result = await store.claim(P, Q, limit=1, ttl=60, grace=60, dead_letter=policy,
+                                   fair=POLICY)
+
+        # Then it is moved, the next quiet message is claimed, and the moved one keeps its
+        # group; nothing quiet is left in the queue
+        assert result.claim is not None and numbers(result.claim.messages) == [9999]
+        assert len(result.dead_lettered) == 1
+        [moved] = await store.list_messages(P, DLQ, limit=10)
+        assert (numbers([moved]), moved.group_id) == ([9998], "b")
+        assert await self.claim(store, 1) == [4]
+
+    async def test_a_queue_deleted_behind_a_backlog_forgets_its_index(
+        self, store: MessageStore
+    ) -> None:
+        # Given a quiet message behind a deep backlog
+        await self.deep(store)
+        await self.post(store, gmsg(9999, "b"))
+
+        # When the queue is deleted and a deep backlog of "a" is made again
+        await store.delete_queue(P, Q)
+        await self.deep(store)
+
+        # Then no message of the deleted queue is found: only noisy ones are left
+        result = await store.claim(P, Q, limit=1, ttl=60, grace=60, fair=POLICY)
+        assert result.claim is not None and numbers(result.claim.messages) == [4]
+        assert result.futile is True
+
+    async def test_concurrent_claims_behind_a_backlog_take_each_message_once(
+        self, store: MessageStore
+    ) -> None:
+        # Given 40 quiet messages of four groups behind a deep noisy backlog
+        await self.deep(store)
+        await self.post(store, *(gmsg(n, "bcde"[n % 4]) for n in range(9000, 9040)))
+
+        # When 20 fair claims of two run at once
+        results = await asyncio.gather(*(
+            store.claim(P, Q, limit=2, ttl=60, grace=60, fair=POLICY) for _ in range(20)
+        ))
+
+        # Then each claim is served and no message is claimed twice
+        ids = [m.id for r in results if r.claim is not None for m in r.claim.messages]
+        assert len(ids) == len(set(ids)) == 40
 
     async def flood(self, store: MessageStore) -> None:
-        """Group "a" noisy, more of it waiting than the lookahead, then one message of "b"."""
-        await self.post(store, *(gmsg(n, "a") for n in range(1, 4)))
-        assert await self.claim(store, 3) == [1, 2, 3]
-        await self.post(store, *(gmsg(n, "a") for n in range(4, 4 + POLICY.lookahead + 5)))
-        await self.post(store, gmsg(9999, "b"))
+        """Group "a" noisy, more of it waiting than the lookahead, and nothing else."""
+        await self.deep(store)
 
     async def test_a_claim_that_reads_its_window_for_nothing_is_futile(
         self, store: MessageStore
     ) -> None:
-        # Given a noisy group deeper than the lookahead in front of another group
+        # Given a noisy group deeper than the lookahead, and no other message
         await self.flood(store)
 
-        # When a fair claim reads limit + lookahead messages, all put aside
+        # When a fair claim reads limit + lookahead messages, all put aside, and the group
+        # index has no message of another group
         result = await store.claim(P, Q, limit=2, ttl=60, grace=60, fair=POLICY)
 
         # Then it takes the oldest put aside and says it was futile

@@ -2,13 +2,18 @@
 backends that choose in Python (SQLite, MongoDB); Redis does the same in ``take_fair``
 (``scripts/lib.lua``).
 
-The claim offers the claimable messages by seq. A message without a group, or of a group that
-is not noisy (:meth:`FairPolicy.noisy`, counting what this claim took so far), is taken at
-once; one of a noisy group is put aside. When the claim has read ``limit + lookahead``
-messages, or the queue has no more, what was put aside fills what is left of ``limit``, oldest
-first: a claim is never left short while there are claimable messages. A claim that read
-``limit + lookahead`` messages and still needed those put aside is futile
-(:attr:`FairChoice.futile`).
+The claim offers the claimable messages by seq, its *window*. A message without a group, or of
+a group that is not noisy (:meth:`FairPolicy.noisy`, counting what this claim took so far), is
+taken at once; one of a noisy group is put aside. When the claim has read ``limit +
+lookahead`` messages (the window is :attr:`FairChoice.cut`) and is still short of ``limit``,
+the backend looks in its group index for the oldest claimable messages past the window of the
+groups that are not noisy (:meth:`FairChoice.quiet`), and offers them by seq across groups
+(:meth:`FairChoice.offer_indexed`); so a noisy backlog deeper than the window does not hide the
+quiet groups' messages, and the index is read for O(limit + groups) messages, never the
+backlog. Then what was put aside fills what is left of ``limit``, oldest first: a claim is
+never left short while there are claimable messages. A claim that was cut and still needed
+those put aside is futile (:attr:`FairChoice.futile`): no group but the noisy ones had a
+claimable message.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ class FairChoice(Generic[T]):
         self.aside: list[tuple[T, str]] = []
         self.read = 0
         self.futile = False
-        """Set by :meth:`finish`: the claim read its whole window (``limit + lookahead``)
-        without finding ``limit`` messages that are not put aside, and messages put aside
-        fill the rest (``ClaimResult.futile``). Not when it read every claimable message: the
-        next claim may find messages of other groups that arrive meanwhile."""
+        """Set by :meth:`finish`: the claim read its whole window (``limit + lookahead``),
+        neither the window nor the group index had ``limit`` messages that are not put aside,
+        and messages put aside fill the rest (``ClaimResult.futile``). Not when it read every
+        claimable message: the next claim may find messages of other groups that arrive
+        meanwhile."""
 
     def know(self, in_flight: dict[str, int]) -> None:
         """Counts before the claim of groups met on the way (those already known stay)."""
@@ -50,6 +56,30 @@ class FairChoice(Generic[T]):
         """Nothing more to read: ``limit`` taken, or the lookahead used up."""
         return (len(self.taken) >= self.limit
                 or self.read >= self.limit + self.policy.lookahead)
+
+    @property
+    def cut(self) -> bool:
+        """The window was read to its end and the claim is still short of ``limit``: the
+        groups that are not noisy may have claimable messages past it (the group index)."""
+        return (len(self.taken) < self.limit
+                and self.read >= self.limit + self.policy.lookahead)
+
+    @property
+    def full(self) -> bool:
+        return len(self.taken) >= self.limit
+
+    def quiet(self, group: str) -> bool:
+        """Whether ``group`` is not noisy now (counting what this claim took so far)."""
+        return not self.policy.noisy(self.in_flight.get(group, 0), self.total)
+
+    def offer_indexed(self, item: T, group: str) -> bool:
+        """A claimable message past the window of a group that was :meth:`quiet`, from the
+        group index, in seq order across groups (only while the claim is :attr:`cut` and not
+        :attr:`full`). Returns whether it was taken: not when its group turned noisy."""
+        if not self.quiet(group):
+            return False
+        self._take(item, group)
+        return True
 
     def offer(self, item: T, group: str | None) -> None:
         """A claimable message, in seq order (only while not :attr:`done`)."""

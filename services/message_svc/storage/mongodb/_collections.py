@@ -58,6 +58,11 @@ class Collections:
             [("p", ASCENDING), ("q", ASCENDING), ("x", ASCENDING)],
             partialFilterExpression={"f": {"$type": "string"}}, name="queue_fair_in_flight",
         )
+        # The group index of fair claims: a group's messages by seq (fair.py, _from_index).
+        await m.create_index(
+            [("p", ASCENDING), ("q", ASCENDING), ("f", ASCENDING), ("s", ASCENDING)],
+            partialFilterExpression={"f": {"$type": "string"}}, name="queue_fair_seq",
+        )
         # Messages posted with a dedup id: one per dedup id and generation in a queue.
         await m.create_index(
             [("p", ASCENDING), ("q", ASCENDING), ("d", ASCENDING), ("dg", ASCENDING)],

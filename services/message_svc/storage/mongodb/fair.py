@@ -6,11 +6,19 @@ in-flight messages of a group are counted from the partial indexes ``queue_fair_
 f, x) and ``queue_fair_in_flight`` (p, q, x) on messages that have ``f``, so the counts follow
 claims, deletes, releases, renewals and expiry with nothing to update and nothing a crash can
 leave wrong; the cost is a count of the queue's in-flight messages with a group per fair claim.
+
+The group index is the partial index ``queue_fair_seq`` (p, q, f, s) on the same messages: a
+claim whose window is cut (``FairChoice.cut``) counts the in-flight messages of every group,
+lists the queue's groups (``distinct`` on the index), reads the oldest claimable message past
+the window of each group that is not noisy (one query per group, concurrently), and merges
+them by seq, reading a group's next messages only when it takes its head; noisy groups'
+messages are never read there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Awaitable
 
 from pymongo import ASCENDING, ReturnDocument
@@ -39,6 +47,66 @@ async def in_flight(
     ])
     counted = await cursor.to_list()
     return {doc["_id"]: int(doc["n"]) for doc in counted}
+
+
+async def _all_in_flight(
+    db: Collections, project: str, queue: str, now: float
+) -> dict[str, int]:
+    """Per group of the queue, its messages held by live claims (groups with none left out)."""
+    cursor = await db.messages.aggregate([
+        {"$match": {"p": project, "q": queue, "f": {"$type": "string"}, "x": {"$gt": now}}},
+        {"$group": {"_id": "$f", "n": {"$sum": 1}}},
+    ])
+    counted = await cursor.to_list()
+    return {doc["_id"]: int(doc["n"]) for doc in counted}
+
+
+async def _from_index(
+    db: Collections,
+    project: str,
+    queue: str,
+    now: float,
+    edge: int,
+    choice: FairChoice[Document],
+    max_count: int | None,
+    worn: list[Document],
+) -> None:
+    """Offers the oldest claimable messages past ``edge`` (the window's last seq) of the
+    groups that are not noisy, by seq across groups, until the claim is full (a group that
+    turns noisy meanwhile gives no more); worn ones go to ``worn``."""
+    choice.know(await _all_in_flight(db, project, queue, now))
+    groups = await db.messages.distinct(
+        FAIR_FIELD, {"p": project, "q": queue, FAIR_FIELD: {"$type": "string"}}
+    )
+    quiet = [group for group in groups if isinstance(group, str) and choice.quiet(group)]
+    want = choice.limit - len(choice.taken)
+
+    async def page(group: str, after: int, n: int) -> list[Document]:
+        query = claimable(project, queue, now)
+        query[FAIR_FIELD] = group
+        query["s"] = {"$gt": after}
+        return await db.messages.find(query, {"n": 1, "s": 1, FAIR_FIELD: 1}).sort(
+            "s", ASCENDING
+        ).limit(n).hint("queue_fair_seq").to_list()
+
+    firsts = await asyncio.gather(*(page(group, edge, 1) for group in quiet))
+    heads = [(int(docs[0]["s"]), group) for group, docs in zip(quiet, firsts, strict=True)
+             if docs]
+    buffered = {group: docs for group, docs in zip(quiet, firsts, strict=True)}
+    heapq.heapify(heads)
+    while heads and not choice.full:
+        seq, group = heapq.heappop(heads)
+        if not choice.quiet(group):
+            continue
+        doc = buffered[group].pop(0)
+        if max_count is not None and doc["n"] >= max_count:
+            worn.append(doc)
+        elif not choice.offer_indexed(doc, group):
+            continue
+        if not buffered[group]:
+            buffered[group] = await page(group, seq, want)
+        if buffered[group]:
+            heapq.heappush(heads, (int(buffered[group][0]["s"]), group))
 
 
 async def claim(
@@ -73,6 +141,7 @@ async def claim(
         choice: FairChoice[Document] = FairChoice(policy, limit - len(taken), {}, total)
         worn: list[Document] = []
         after: int | None = None
+        edge = 0  # seq of the last message the window looked at
         while not choice.done:
             want = choice.limit - len(choice.taken) if not choice.aside else _PAGE
             want = max(1, min(want, choice.limit + policy.lookahead - choice.read))
@@ -90,6 +159,7 @@ async def claim(
             for doc in page:
                 if choice.done:
                     break
+                edge = int(doc["s"])
                 if max_count is not None and doc["n"] >= max_count:
                     worn.append(doc)
                 else:
@@ -97,6 +167,8 @@ async def claim(
             if len(page) < want:
                 break
             after = int(page[-1]["s"])
+        if choice.cut:
+            await _from_index(db, project, queue, now, edge, choice, max_count, worn)
         if worn and dead_letter is not None:
             dead += await claims.move_to_dead_letter(db, project, queue, worn, dead_letter, now)
         chosen = choice.finish()

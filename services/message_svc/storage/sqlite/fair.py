@@ -7,10 +7,17 @@ messages of one group. A claim's holds leave (their ``n`` taken off the counters
 released, or, once it has expired, at the next fair claim of the queue (which settles before it
 reads the counters) or the garbage collection. A message deleted under its live claim is taken
 off its hold and its counter at once.
+
+The group index is ``messages_by_group`` (project, queue, group_id, seq) on the messages that
+have a group (created by the store's ``open``, so databases made before it get it too): a
+claim whose window is cut walks the queue's groups on it (one seek per group), skips the noisy
+ones, and merges the others' oldest claimable messages past the window by seq (one seek per
+message taken); messages without a group are not in it and cost nothing more.
 """
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import replace
@@ -39,7 +46,7 @@ def claim(
     settle(conn, project, queue, now)
     choice: FairChoice[Row] = FairChoice(policy, limit, {}, _count(conn, project, queue, TOTAL))
     dead: list[Row] = []
-    after = NO_MARKER
+    after = edge = NO_MARKER  # edge: the last message the window looked at
     page = limit  # what a plain claim reads; more only while messages are put aside
     while not choice.done:
         want = min(page, limit + policy.lookahead - choice.read)
@@ -55,6 +62,7 @@ def claim(
         for row in rows:
             if choice.done:
                 break
+            edge = row["seq"]
             if dead_letter is not None and row["claim_count"] >= dead_letter.max_claim_count:
                 dead.append(row)
             else:
@@ -62,12 +70,90 @@ def claim(
         if len(rows) < want:
             break
         after = rows[-1]["seq"]
+    if choice.cut:
+        _from_index(conn, project, queue, now, edge, choice, dead_letter, dead)
     taken = sorted(choice.finish(), key=lambda row: int(row["seq"]))
     result = claimed(conn, project, queue, claim_id, now, ttl, grace, dead_letter, taken, dead)
     added = choice.added(lambda row: row["group_id"])
     if added and result.claim is not None:
         hold(conn, project, queue, claim_id, now + ttl, added)
     return replace(result, futile=choice.futile) if choice.futile else result
+
+
+# The oldest claimable message of a group past a seq, on the group index.
+# Parameters: project, queue, group, seq, now, now, now.
+_NEXT = (
+    f"SELECT {COLUMNS} FROM messages INDEXED BY messages_by_group "
+    "WHERE project = ? AND queue = ? AND group_id = ? AND seq > ? "
+    f"AND {CLAIMABLE} ORDER BY seq LIMIT 1"
+)
+
+# The queue's groups (one seek each on the group index: the next name after the last), with
+# the seq of each one's oldest claimable message past a seq (NULL: none).
+# Parameters: project, queue, project, queue, project, queue, seq, now, now, now.
+_HEADS = (
+    "WITH RECURSIVE groups(name) AS ("
+    " SELECT (SELECT MIN(group_id) FROM messages INDEXED BY messages_by_group"
+    "  WHERE project = ? AND queue = ? AND group_id IS NOT NULL)"
+    " UNION ALL"
+    " SELECT (SELECT MIN(group_id) FROM messages INDEXED BY messages_by_group"
+    "  WHERE project = ? AND queue = ? AND group_id > groups.name)"
+    " FROM groups WHERE groups.name IS NOT NULL) "
+    "SELECT name, (SELECT seq FROM messages INDEXED BY messages_by_group"
+    " WHERE project = ? AND queue = ? AND group_id = groups.name AND seq > ?"
+    f" AND {CLAIMABLE} ORDER BY seq LIMIT 1) AS head "
+    "FROM groups WHERE name IS NOT NULL"
+)
+
+
+def _from_index(
+    conn: sqlite3.Connection,
+    project: str,
+    queue: str,
+    now: float,
+    edge: int,
+    choice: FairChoice[Row],
+    dead_letter: DeadLetterPolicy | None,
+    dead: list[Row],
+) -> None:
+    """Offers the oldest claimable messages past ``edge`` (the window's last) of the groups
+    that are not noisy, by seq across groups, until the claim is full (a group that turns
+    noisy meanwhile gives no more). Noisy groups' messages are never read here."""
+    choice.know(_all_counts(conn, project, queue))
+    noisy = [group for group in choice.in_flight if group and not choice.quiet(group)]
+    sql, args = _HEADS, [project, queue, project, queue, project, queue, edge, now, now, now]
+    if noisy:
+        sql += f" AND name NOT IN ({', '.join('?' * len(noisy))})"
+        args += noisy
+    heads: list[tuple[int, str, Row | None]] = [
+        (int(r["head"]), r["name"], None)
+        for r in conn.execute(sql, args) if r["head"] is not None
+    ]
+    heapq.heapify(heads)
+    while heads and not choice.full:
+        seq, group, row = heapq.heappop(heads)
+        if not choice.quiet(group):
+            continue
+        if row is None:
+            row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE seq = ?",
+                               (seq,)).fetchone()
+        if dead_letter is not None and row["claim_count"] >= dead_letter.max_claim_count:
+            dead.append(row)
+        elif not choice.offer_indexed(row, group):
+            continue
+        nxt = conn.execute(_NEXT, (project, queue, group, seq, now, now, now)).fetchone()
+        if nxt is not None:
+            heapq.heappush(heads, (int(nxt["seq"]), group, nxt))
+
+
+def _all_counts(conn: sqlite3.Connection, project: str, queue: str) -> dict[str, int]:
+    """The counters of every group of the queue with messages held by fair claims."""
+    return {
+        row["group_id"]: int(row["n"]) for row in conn.execute(
+            "SELECT group_id, n FROM fair_in_flight WHERE project = ? AND queue = ? "
+            "AND group_id != ''", (project, queue),
+        )
+    }
 
 
 def _count(conn: sqlite3.Connection, project: str, queue: str, group: str) -> int:

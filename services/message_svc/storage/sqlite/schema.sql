@@ -22,6 +22,9 @@ CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (project, queue, seq);
 CREATE INDEX IF NOT EXISTS messages_by_id ON messages (id);
 CREATE INDEX IF NOT EXISTS messages_by_claim ON messages (claim_id) WHERE claim_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires);
+-- messages_by_group (project, queue, group_id, seq) WHERE group_id IS NOT NULL, the group
+-- index of fair claims, is created by the store's open() (store.py, _add_group_index), after
+-- the column is added to databases made before message groups.
 
 CREATE TABLE IF NOT EXISTS claims (
     id      TEXT    PRIMARY KEY,

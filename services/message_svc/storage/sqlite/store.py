@@ -78,6 +78,7 @@ class SqliteMessageStore(base.MessageStore):
         """Open (or create) the database file and its tables."""
         await self._db.open()
         await self._db.write(_add_group_column)
+        await self._db.write(_add_group_index)
 
     async def close(self) -> None:
         await self._db.close()
@@ -358,3 +359,15 @@ def _add_group_column(conn: sqlite3.Connection) -> None:
     columns = {row["name"] for row in conn.execute("PRAGMA table_info(messages)")}
     if "group_id" not in columns:
         conn.execute("ALTER TABLE messages ADD COLUMN group_id TEXT")
+
+
+def _add_group_index(conn: sqlite3.Connection) -> None:
+    """The group index of fair claims (``fair.py``): messages with a group by (project,
+    queue, group, seq). Here rather than in ``schema.sql``, after ``_add_group_column``: a
+    database made before message groups has no ``group_id`` when the schema runs. On a
+    database made before it, the first open builds it (one pass over the messages that
+    have a group)."""
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS messages_by_group ON messages (project, queue, group_id, "
+        "seq) WHERE group_id IS NOT NULL"
+    )

@@ -41,6 +41,7 @@ local function stage_dead_letter(row)
   for _, index in ipairs(INDEXES) do
     redis.call('ZREM', base .. index, id)
   end
+  fair_unindex(base, id, row[FAIR])
   if row[GROUP] then
     redis.call('ZREM', base .. 'g:' .. row[GROUP], id)
     redis.call('ZREM', base .. 'gheld', id)
@@ -54,7 +55,7 @@ end
 
 local function dead_letter(row)
   local id, group = row[ID], row[GROUP]
-  remove_message(base, id, group)
+  remove_message(base, id, group, row[FAIR])
   local seq = string.format('%d', redis.call('INCR', dlq .. 'seq'))
   local ttl, expires = row[TTL], row[EXPIRES]
   if dlq_ttl ~= '' then
@@ -74,6 +75,9 @@ local function dead_letter(row)
     settle_group(dlq, group, now)
   else
     redis.call('ZADD', dlq .. 'free', seq, id)
+    if row[FAIR] then
+      fair_index(dlq, id, seq, row[FAIR])
+    end
   end
   redis.call('SADD', registry, dlq_tag)
   dead[#dead + 1] = id

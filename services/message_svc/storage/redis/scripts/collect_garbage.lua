@@ -13,8 +13,9 @@ local now_n = tonumber(now)
 local ids = redis.call('ZRANGEBYSCORE', base .. 'exp', '-inf', now, 'LIMIT', 0, batch)
 local groups, seen = {}, {}
 for _, id in ipairs(ids) do
-  local group = redis.call('HGET', base .. 'm:' .. id, 'g')
-  remove_message(base, id, group)
+  local found = redis.call('HMGET', base .. 'm:' .. id, 'g', 'f')
+  local group = found[1]
+  remove_message(base, id, group, found[2])
   if group and not seen[group] then
     seen[group] = true
     groups[#groups + 1] = group
@@ -52,7 +53,7 @@ redis.call('ZREMRANGEBYSCORE', base .. 'in', '-inf', now)
 if redis.call('EXISTS', base .. 'all', base .. 'claims', base .. 'moving', base .. 'in',
     base .. 'ddx', base .. 'fhx') == 0 then
   redis.call('UNLINK', base .. 'free', base .. 'delayed', base .. 'held', base .. 'ready',
-    base .. 'gwait', base .. 'gheld', base .. 'dd', base .. 'fin')
+    base .. 'gwait', base .. 'gheld', base .. 'dd', base .. 'fin', base .. 'ffg')
   redis.call('SREM', registry, ARGV[3])
 end
 return {#ids + #cids + #dedups + settled, stalled}

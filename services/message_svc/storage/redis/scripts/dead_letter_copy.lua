@@ -38,6 +38,9 @@ for at = 3, #ARGV, 11 do
       end
     else
       redis.call('ZADD', base .. 'free', seq, id)
+      if ARGV[at + 10] ~= '' then
+        fair_index(base, id, seq, ARGV[at + 10])
+      end
     end
     redis.call('ZADD', base .. 'in', ARGV[at + 8], move)
     copied = copied + 1

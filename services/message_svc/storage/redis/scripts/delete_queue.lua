@@ -13,6 +13,10 @@ end
 for _, id in ipairs(redis.call('ZRANGE', base .. 'moving', 0, -1)) do
   redis.call('UNLINK', base .. 'd:' .. id)
 end
+-- Every fair-queue group with an index is in ffg.
+for _, group in ipairs(redis.call('ZRANGE', base .. 'ffg', 0, -1)) do
+  redis.call('UNLINK', base .. 'ff:' .. group)
+end
 -- Every group with messages is in ready or gwait.
 for _, index in ipairs({'ready', 'gwait'}) do
   for _, group in ipairs(redis.call('ZRANGE', base .. index, 0, -1)) do
@@ -20,7 +24,7 @@ for _, index in ipairs({'ready', 'gwait'}) do
   end
 end
 for _, index in ipairs({'all', 'free', 'delayed', 'held', 'exp', 'claims', 'moving', 'in',
-    'ready', 'gwait', 'gheld', 'dd', 'ddx', 'fin', 'fhx'}) do
+    'ready', 'gwait', 'gheld', 'dd', 'ddx', 'fin', 'fhx', 'ffg'}) do
   redis.call('UNLINK', base .. index)
 end
 redis.call('SREM', registry, ARGV[1])

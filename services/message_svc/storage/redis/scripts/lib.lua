@@ -39,6 +39,12 @@
 --   fh:<cid> hash    one fair claim's share of fin: group -> messages of it the claim holds
 --   fhx      zset    the fair claims with an fh hash, score claim expiry (settled, their
 --                    counts taken off fin, when released or once expired)
+--   ff:<group> zset  the group index: the group's ids in free, score seq (a message joins
+--                    and leaves it with free: fair_index, fair_unindex; expired ones stay
+--                    until a claim meets them, as in free)
+--   ffg      zset    the groups with an ff zset, score at most the seq of its oldest entry
+--                    (a lower bound, raised to the exact seq by the fair claim that meets it;
+--                    a group whose ff zset is gone stays until then)
 -- A group that has messages is in ready or in gwait (settle_group puts it in the right one
 -- after every change of its head); an entry may be stale, say a ready group whose head was
 -- taken meanwhile, and the claim that meets it puts it right.
@@ -67,8 +73,22 @@ local function read_message(base, id)
   return row
 end
 
+-- A message of fair-queue group fair joins free: it joins the group index too.
+local function fair_index(base, id, seq, fair)
+  redis.call('ZADD', base .. 'ff:' .. fair, seq, id)
+  redis.call('ZADD', base .. 'ffg', 'LT', seq, fair)
+end
+
+-- A message of fair-queue group fair (false or nil = none) leaves free.
+local function fair_unindex(base, id, fair)
+  if fair then
+    redis.call('ZREM', base .. 'ff:' .. fair, id)
+  end
+end
+
 -- group: the message's group (false or nil = none); the caller settles the group after.
-local function remove_message(base, id, group)
+-- fair: its fair-queue group (false or nil = none).
+local function remove_message(base, id, group, fair)
   redis.call('DEL', base .. 'm:' .. id)
   if group then
     for _, index in ipairs({'all', 'exp', 'gheld', 'g:' .. group}) do
@@ -79,6 +99,7 @@ local function remove_message(base, id, group)
   for _, index in ipairs(INDEXES) do
     redis.call('ZREM', base .. index, id)
   end
+  fair_unindex(base, id, fair)
 end
 
 -- The queue's current version when it is not expected (a decimal string, '' = no check), or
@@ -107,10 +128,6 @@ local function claim_rows(base, cid, now_n, ids)
   return rows
 end
 
-local function seq_of(base, id)
-  return redis.call('ZSCORE', base .. 'all', id)
-end
-
 -- Makes free complete as of now: messages whose delay has passed and messages of expired
 -- claims join it. Each message moves at most once per delay or claim, so the cost is shared
 -- out over the operations that follow.
@@ -120,9 +137,12 @@ local function normalize(base, now)
     local due = redis.call('ZRANGEBYSCORE', key, '-inf', now)
     if #due > 0 then
       for _, id in ipairs(due) do
-        local seq = seq_of(base, id)
-        if seq then
-          redis.call('ZADD', base .. 'free', seq, id)
+        local f = redis.call('HMGET', base .. 'm:' .. id, 's', 'f')
+        if f[1] then
+          redis.call('ZADD', base .. 'free', f[1], id)
+          if f[2] then
+            fair_index(base, id, f[1], f[2])
+          end
         end
       end
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -145,6 +165,9 @@ local function take_free(base, now, limit, on_message)
     for _, id in ipairs(ids) do
       redis.call('ZREM', free, id)
       local row = read_message(base, id)
+      if row then
+        fair_unindex(base, id, row[FAIR])
+      end
       if row and tonumber(row[EXPIRES]) > now_n and on_message(row) then
         taken = taken + 1
       end
@@ -230,6 +253,9 @@ local function take_groups(base, now, limit, on_message)
       local id = f[1]
       redis.call('ZREM', free, id)
       local row = read_message(base, id)
+      if row then
+        fair_unindex(base, id, row[FAIR])
+      end
       if row and tonumber(row[EXPIRES]) > now_n and on_message(row) then
         taken = taken + 1
       end
@@ -339,13 +365,17 @@ local function fair_forget(base, cid, group)
 end
 
 -- take_free for a fair claim (share in per cent, min in-flight count, lookahead): reads
--- claimable messages by seq, at most limit + lookahead of them; takes those without a group
--- or of a group that is not noisy (counting what this call took), and then, while short of
--- limit, the oldest of those put aside. worn(row) says which messages on_message moves to the
--- dead-letter queue (they are handed to it when met, and not counted as read). Returns what
--- was taken, per group how many of the taken messages have it, and whether the claim was
--- futile: it read limit + lookahead messages and those put aside filled part of limit
--- (ClaimResult.futile).
+-- claimable messages by seq (the window), at most limit + lookahead of them; takes those
+-- without a group or of a group that is not noisy (counting what this call took). When the
+-- window was read to its end and the claim is still short, it walks the group index (ffg by
+-- each group's oldest claimable seq, passing over the noisy groups, at most 100 / share of
+-- them) and takes the oldest claimable messages of the other groups past the window, by seq
+-- across groups, each step reading a group's head: O(limit + groups passed over), never a
+-- noisy backlog. Then, while still short of limit, it takes the oldest of those put aside.
+-- worn(row) says which messages on_message moves to the dead-letter queue (they are handed
+-- to it when met, and not counted as read). Returns what was taken, per group how many of
+-- the taken messages have it, and whether the claim was futile: it read limit + lookahead
+-- messages and those put aside filled part of limit (ClaimResult.futile).
 local function take_fair(base, now, limit, share, min, lookahead, worn, on_message)
   normalize(base, now)
   local now_n = tonumber(now)
@@ -361,9 +391,14 @@ local function take_fair(base, now, limit, share, min, lookahead, worn, on_messa
     end
     return c
   end
+  local function noisy(group)
+    local c = count(group)
+    return c >= min and c * 100 > share * total
+  end
   local taken, read, budget, aside = 0, 0, limit + lookahead, {}
   local function take_row(row)
     redis.call('ZREM', free, row[ID])
+    fair_unindex(base, row[ID], row[FAIR])
     if on_message(row) then
       taken = taken + 1
       local group = row[FAIR]
@@ -375,6 +410,7 @@ local function take_fair(base, now, limit, share, min, lookahead, worn, on_messa
     end
   end
   local after, size = '-inf', limit -- a plain claim's read first; more while put aside
+  local edge = 0 -- seq of the last message the window looked at
   while taken < limit and read < budget do
     local page = math.min(budget - read, size)
     size = math.min(size * 2, math.max(128, limit))
@@ -385,16 +421,16 @@ local function take_fair(base, now, limit, share, min, lookahead, worn, on_messa
       end
       local id = found[i]
       after = '(' .. found[i + 1]
+      edge = tonumber(found[i + 1])
       local row = read_message(base, id)
       if not row or tonumber(row[EXPIRES]) <= now_n then
         redis.call('ZREM', free, id)
+        fair_unindex(base, id, row and row[FAIR])
       elseif worn(row) then
         take_row(row)
       else
         read = read + 1
-        local group = row[FAIR]
-        local c = group and count(group)
-        if group and c >= min and c * 100 > share * total then
+        if row[FAIR] and noisy(row[FAIR]) then
           aside[#aside + 1] = row
         else
           take_row(row)
@@ -403,6 +439,40 @@ local function take_fair(base, now, limit, share, min, lookahead, worn, on_messa
     end
     if #found < page * 2 then
       break
+    end
+  end
+  if taken < limit and read >= budget then
+    -- The group index. The first `passed` ranks of ffg are groups passed over (noisy, or
+    -- whose oldest claimable message is in the window: put aside); a group taken from is
+    -- ranked again by its next message, behind them.
+    local ffg, passed = base .. 'ffg', 0
+    while taken < limit do
+      local r = redis.call('ZRANGE', ffg, passed, passed, 'WITHSCORES')
+      if not r[1] then
+        break
+      end
+      local group = r[1]
+      local gkey = base .. 'ff:' .. group
+      local head = redis.call('ZRANGE', gkey, 0, 0, 'WITHSCORES')
+      if not head[1] then
+        redis.call('ZREM', ffg, group)
+      elseif head[2] ~= r[2] then
+        redis.call('ZADD', ffg, head[2], group) -- a lower bound: where it belongs now
+      elseif noisy(group) or tonumber(head[2]) <= edge then
+        passed = passed + 1
+      else
+        local row = read_message(base, head[1])
+        if not row or tonumber(row[EXPIRES]) <= now_n or tonumber(row[CLAIM_EXP]) > now_n
+            or tonumber(row[VISIBLE]) > now_n then
+          -- Expired (the garbage collection removes it), or out of date: drop the entry.
+          redis.call('ZREM', gkey, head[1])
+          if not row or tonumber(row[EXPIRES]) <= now_n then
+            redis.call('ZREM', free, head[1])
+          end
+        else
+          take_row(row)
+        end
+      end
     end
   end
   -- Futile: the whole window read (not just every claimable message), too few taken.

@@ -5,7 +5,7 @@ local base = KEYS[1]
 local now, limit = ARGV[1], tonumber(ARGV[2])
 local popped = {}
 take(base, now, limit, function(row)
-  remove_message(base, row[ID], row[GROUP])
+  remove_message(base, row[ID], row[GROUP], row[FAIR])
   popped[#popped + 1] = row
   return true
 end)

@@ -40,6 +40,9 @@ for j = 0, count - 1 do
     redis.call('ZADD', base .. 'delayed', visible, id)
   else
     redis.call('ZADD', base .. 'free', seq, id)
+    if ARGV[at + 5] ~= '' then
+      fair_index(base, id, seq, ARGV[at + 5])
+    end
   end
 end
 local first = last - count + 1

@@ -33,6 +33,9 @@ if tonumber(visible) > tonumber(now) then
   redis.call('ZADD', base .. 'delayed', visible, id)
 else
   redis.call('ZADD', base .. 'free', seq, id)
+  if ARGV[12] and ARGV[12] ~= '' then
+    fair_index(base, id, seq, ARGV[12])
+  end
 end
 redis.call('SET', once, id, 'EX', ARGV[6])
 if redis.call('SADD', registry, ARGV[1]) == 1 and redis.call('SCARD', registry) == 1 then

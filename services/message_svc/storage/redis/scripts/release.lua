@@ -7,7 +7,7 @@ local groups, seen = {}, {}
 if ids then
   for id in string.gmatch(ids, '%S+') do
     local mkey = base .. 'm:' .. id
-    local found = redis.call('HMGET', mkey, 'k', 's', 'g')
+    local found = redis.call('HMGET', mkey, 'k', 's', 'g', 'f')
     if found[1] == cid then
       redis.call('HSET', mkey, 'k', '', 'x', '0')
       if found[3] then
@@ -18,6 +18,9 @@ if ids then
         end
       elseif redis.call('ZREM', base .. 'held', id) == 1 then
         redis.call('ZADD', base .. 'free', found[2], id)
+        if found[4] then
+          fair_index(base, id, found[2], found[4])
+        end
       end
     end
   end
