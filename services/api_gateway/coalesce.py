@@ -29,6 +29,12 @@ message_svc (its answer is dropped). Results and failures are those of the singl
 failed item raises a ``grpc.aio.AioRpcError`` carrying the item's status code, message and
 ``grpc-status-details-bin`` (ErrorInfo), which the gateway's one status table maps as it maps
 a failed single call; a failed ``Batch`` call fails each of its items alike.
+
+With an :class:`~services.api_gateway.exchange.Exchange` (``message_stream``, the default),
+both kinds of call go as requests on its stream instead of unary ``Messages`` and ``Batch``
+calls, with the same results and failures; a call with options of its own, and every call
+while tracing is on, still goes as a unary call. A message_svc that does not serve
+``Exchange`` (an older version) gets unary calls for a minute, then the stream is tried again.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ import grpc
 from google.rpc import status_pb2
 from zaqar_grpc.v2 import messages_pb2
 
-from services.common import metrics
+from services.api_gateway.exchange import Exchange
+from services.common import metrics, tracing
 from services.common.config import ConfigurationError
 from services.common.errors import status_code
 from services.common.logs import BATCH_REQUEST_IDS_KEY, REQUEST_ID
@@ -190,6 +197,7 @@ class _State:
     waiting: list[_Waiting] = field(default_factory=list)
     sending: set[asyncio.Task[None]] = field(default_factory=set)
     batch_retry_at: float = 0.0
+    exchange_retry_at: float = 0.0
 
 
 def check_batch_settings(max_items: int, in_flight: int) -> None:
@@ -209,14 +217,17 @@ class CoalescingMessages:
     call with options (``metadata=...``) always goes alone."""
 
     def __init__(
-        self, messages: Any, internal: Any, *, max_items: int = 32, in_flight: int = 1
+        self, messages: Any, internal: Any, *, max_items: int = 32, in_flight: int = 1,
+        exchange: Exchange | None = None,
     ) -> None:
         """``messages``, ``internal``: the ``Messages`` and ``MessagesInternal`` stubs of one
         channel. ``max_items``: the most items of one Batch (2..256); ``in_flight``: requests
-        in flight from which further calls wait, at least (≥ 1; :class:`Window`)."""
+        in flight from which further calls wait, at least (≥ 1; :class:`Window`).
+        ``exchange``: the stream the calls go on (module docstring); None: unary calls."""
         check_batch_settings(max_items, in_flight)
         self._messages = messages
         self._batch_call = internal.Batch
+        self._exchange = exchange
         self._max_items = max_items
         self.window = Window(in_flight)
         self._state = _State()
@@ -243,7 +254,11 @@ class CoalescingMessages:
             self.stats.alone += 1
             state.in_flight += 1
             try:
-                return await getattr(self._messages, method)(request, timeout=timeout, **options)
+                if options or not self._streaming():
+                    return await getattr(self._messages, method)(
+                        request, timeout=timeout, **options
+                    )
+                return await self._single(method, request, timeout, REQUEST_ID.get())
             finally:
                 state.in_flight -= 1
                 self._window_closed()
@@ -261,6 +276,50 @@ class CoalescingMessages:
     def _batching(self) -> bool:
         retry_at = self._state.batch_retry_at
         return not retry_at or asyncio.get_running_loop().time() >= retry_at
+
+    def _streaming(self) -> bool:
+        """Whether calls go on the stream now."""
+        if self._exchange is None or tracing.ENABLED:
+            return False
+        retry_at = self._state.exchange_retry_at
+        return not retry_at or asyncio.get_running_loop().time() >= retry_at
+
+    async def _exchanged(
+        self, requests: list[tuple[str, Any]], timeout: float | None,  # noqa: ASYNC109
+        request_ids: list[str],
+    ) -> Any:
+        """The results of ``requests`` ((method, request) pairs) on the stream; None when
+        message_svc does not serve it (then unary calls go for a while).
+
+        Raises:
+            grpc.aio.AioRpcError: the stream failed, or the deadline passed.
+        """
+        assert self._exchange is not None
+        items = [messages_pb2.BatchItem(**{ITEM_FIELDS[method]: request})
+                 for method, request in requests]
+        try:
+            return await self._exchange.call(items, timeout, request_ids)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        if not self._state.exchange_retry_at:
+            log.warning("message_svc does not serve MessagesInternal.Exchange (an older "
+                        "version?): unary calls for %.0f s", _RETRY_BATCH_AFTER)
+        self._state.exchange_retry_at = asyncio.get_running_loop().time() + _RETRY_BATCH_AFTER
+        return None
+
+    async def _single(
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None,  # noqa: ASYNC109 - the call's timeout, carried on
+        request_id: str | None,
+    ) -> Any:
+        """One call on the stream (unary when message_svc does not serve it)."""
+        results = await self._exchanged([(method, request)], timeout, [request_id or ""])
+        if results is None:
+            return await getattr(self._messages, method)(request, timeout=timeout)
+        return _outcome(results[0] if len(results) == 1 else None)
 
     def _expire(self, waiting: _Waiting) -> None:
         if not waiting.future.done():
@@ -319,9 +378,14 @@ class CoalescingMessages:
     async def _send_alone(self, item: _Waiting) -> None:
         REQUEST_ID.set(item.request_id)
         try:
-            response = await getattr(self._messages, item.method)(
-                item.request, timeout=self._timeout([item])
-            )
+            timeout = self._timeout([item])
+            if self._streaming():
+                response = await self._single(item.method, item.request, timeout,
+                                              item.request_id)
+            else:
+                response = await getattr(self._messages, item.method)(
+                    item.request, timeout=timeout
+                )
         except asyncio.CancelledError:
             item.future.cancel()
             raise
@@ -331,13 +395,20 @@ class CoalescingMessages:
             _settle(item.future, response)
 
     async def _send_batch(self, items: list[_Waiting]) -> None:
-        request = messages_pb2.BatchRequest()
-        for item in items:
-            getattr(request.items.add(), ITEM_FIELDS[item.method]).CopyFrom(item.request)
         try:
-            response = await self._batch_call(
-                request, timeout=self._timeout(items), metadata=_request_ids(items)
-            )
+            results = None
+            if self._streaming():
+                results = await self._exchanged(
+                    [(item.method, item.request) for item in items], self._timeout(items),
+                    [item.request_id or "" for item in items],
+                )
+            if results is None:
+                request = messages_pb2.BatchRequest()
+                for item in items:
+                    getattr(request.items.add(), ITEM_FIELDS[item.method]).CopyFrom(item.request)
+                results = (await self._batch_call(
+                    request, timeout=self._timeout(items), metadata=_request_ids(items)
+                )).results
         except asyncio.CancelledError:
             for item in items:
                 item.future.cancel()
@@ -353,7 +424,6 @@ class CoalescingMessages:
             for item in items:
                 _settle(item.future, exc)
             return
-        results = response.results
         if len(results) != len(items):
             log.error("message_svc answered a batch of %d with %d results",
                       len(items), len(results))
@@ -361,13 +431,10 @@ class CoalescingMessages:
                 _settle(item.future, rpc_error(_NO_RESULT))
             return
         for item, result in zip(items, results, strict=True):
-            kind = result.WhichOneof("result")
-            if kind == "error":
-                _settle(item.future, rpc_error(result.error))
-            elif kind is None:
-                _settle(item.future, rpc_error(_NO_RESULT))
-            else:
-                _settle(item.future, getattr(result, kind))
+            try:
+                _settle(item.future, _outcome(result))
+            except grpc.aio.AioRpcError as exc:
+                _settle(item.future, exc)
 
     async def _without_batch(self, items: list[_Waiting]) -> None:
         loop = asyncio.get_running_loop()
@@ -393,6 +460,8 @@ class CoalescingMessages:
             _settle(item.future, rpc_error(_CLOSING))
         if state.sending:
             await asyncio.gather(*state.sending, return_exceptions=True)
+        if self._exchange is not None:
+            await self._exchange.close()
         if self.stats.requests:
             log.info("%s", self.stats.line())
 
@@ -405,6 +474,16 @@ def _request_ids(items: list[_Waiting]) -> tuple[tuple[str, str], ...] | None:
     if not any(ids) or len(ids) * 41 > MAX_REQUEST_IDS_BYTES:
         return None
     return ((BATCH_REQUEST_IDS_KEY, ",".join(ids)),)
+
+
+def _outcome(result: messages_pb2.BatchResult | None) -> Any:
+    """The response an item's result holds; raises the error it holds, as the call would."""
+    kind = None if result is None else result.WhichOneof("result")
+    if kind is None or result is None:
+        raise rpc_error(_NO_RESULT)
+    if kind == "error":
+        raise rpc_error(result.error)
+    return getattr(result, kind)
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:

@@ -6,7 +6,8 @@ Operations use ``up.queues`` / ``up.topics`` / ``up.messages`` / ``up.subscripti
 stubs) and pass ``timeout=up.timeout`` on every unary call. If the app runs without lifespan
 events the channels are opened on first use instead. With ``message_batch`` on,
 ``up.messages`` coalesces concurrent calls into ``MessagesInternal.Batch`` (``coalesce.py``);
-it answers and fails exactly as the stub does.
+it answers and fails exactly as the stub does, and with ``message_stream`` on sends the calls
+on one ``MessagesInternal.Exchange`` stream (``exchange.py``).
 
 In keystone mode every call carries the gateway's own service token (``x-service-token``), so
 the services accept the project the gateway sends (``services/common/grpc_auth.py``).
@@ -29,6 +30,7 @@ from zaqar_grpc.v2 import (
 )
 
 from services.api_gateway.coalesce import CoalescingMessages, check_batch_settings
+from services.api_gateway.exchange import Exchange
 from services.common.config import Settings
 from services.common.grpc_server import CHANNEL_OPTIONS, open_channel
 from services.common.keystone import KeystoneAuth, check_settings
@@ -76,6 +78,7 @@ class Upstreams:
         self._message_target = settings.target("message")
         self._notifier_target = settings.target("notifier")
         self._batch = settings.message_batch
+        self._stream = settings.message_stream
         self._batch_max = settings.message_batch_max
         self._in_flight = settings.message_batch_in_flight
         if self._batch:  # before any channel is opened
@@ -96,9 +99,11 @@ class Upstreams:
         messages: messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages
         messages = direct = instrumented(messages_pb2_grpc.MessagesStub(message_channel))
         if self._batch:
+            internal = messages_pb2_grpc.MessagesInternalStub(message_channel)
             messages = CoalescingMessages(
-                messages, instrumented(messages_pb2_grpc.MessagesInternalStub(message_channel)),
+                messages, instrumented(internal),
                 max_items=self._batch_max, in_flight=self._in_flight,
+                exchange=Exchange(internal) if self._stream else None,
             )
         self._stubs = _Stubs(
             queues=instrumented(queues_pb2_grpc.QueuesStub(queue_channel)),

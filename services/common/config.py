@@ -176,6 +176,14 @@ class Settings:
             "waited go together as one MessagesInternal.Batch call."
         ),
     )
+    message_stream: bool = field(
+        default=True,
+        metadata=_help(
+            "With message_batch on, the gateway sends its calls to message_svc as requests on "
+            "one long-lived MessagesInternal.Exchange stream instead of unary calls (about a "
+            "third of the CPU per call on each side)."
+        ),
+    )
     message_batch_max: int = field(
         default=32, metadata=_help("Most calls one MessagesInternal.Batch carries (2..256).")
     )

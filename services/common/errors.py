@@ -377,6 +377,12 @@ def _wrap_unary_stream(behavior: UnaryStream, method: str) -> UnaryStream:
 def _record(calls: MethodCalls, method: str, code: str, start: float) -> None:
     seconds = time.perf_counter() - start
     calls.done(code, seconds)
+    log_call(method, code, seconds)
+
+
+def log_call(method: str, code: str, seconds: float) -> None:
+    """The debug line of one answered call (``/zaqar.v2.Messages/PostMessages OK 1.20ms``),
+    also written for each item a ``Batch`` or an ``Exchange`` request carries."""
     if log.isEnabledFor(logging.DEBUG):
         log.debug("%s %s %.2fms", method, code, seconds * 1000)
 

@@ -40,7 +40,13 @@ from services.common.errors import (
     Unavailable,
     to_status,
 )
-from services.common.grpc_types import Context, MethodHandler, aio_unary_stream, aio_unary_unary
+from services.common.grpc_types import (
+    Context,
+    MethodHandler,
+    aio_stream_stream,
+    aio_unary_stream,
+    aio_unary_unary,
+)
 from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -148,7 +154,23 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 unary_stream, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        raise TypeError(f"{service}: only unary requests are served")
+        bidi = aio_stream_stream(handler)
+        if bidi is not None and self._public.isdisjoint((service, method)):
+            # An internal stream (MessagesInternal.Exchange): the service token is checked
+            # once, when the stream opens; its requests carry no project to override.
+
+            async def stream_stream(requests: Any, context: Context) -> None:
+                try:
+                    await self._authorise(context, service, False)
+                except ServiceError as err:
+                    await context.abort_with_status(rpc_status.to_status(to_status(err)))
+                await bidi(requests, context)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise TypeError(f"{service}: only unary requests and internal streams are served")
 
     def _checker(
         self, service: str, method: str

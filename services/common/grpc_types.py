@@ -16,13 +16,16 @@ import grpc
 
 # Quoted: grpc's classes are generic only in its type stubs, not at run time.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-"""The context of an aio handler (every handler here is unary-request, so ``read`` is unused)."""
+"""The context of an aio handler (``read`` is used by the one stream-request handler,
+``MessagesInternal.Exchange``)."""
 
 MethodHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 """What a server interceptor receives from its continuation and returns."""
 
 UnaryUnary: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
 UnaryStream: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
+# A stream-stream behaviour that reads and writes through its context and returns None.
+StreamStream: TypeAlias = Callable[[Any, Context], Awaitable[None]]
 
 
 def aio_unary_unary(handler: MethodHandler) -> UnaryUnary | None:
@@ -33,3 +36,8 @@ def aio_unary_unary(handler: MethodHandler) -> UnaryUnary | None:
 def aio_unary_stream(handler: MethodHandler) -> UnaryStream | None:
     """The handler's unary-stream behaviour as grpc.aio serves it (None: another call kind)."""
     return cast("UnaryStream | None", handler.unary_stream)
+
+
+def aio_stream_stream(handler: MethodHandler) -> StreamStream | None:
+    """The handler's stream-stream behaviour as grpc.aio serves it (None: another call kind)."""
+    return cast("StreamStream | None", handler.stream_stream)

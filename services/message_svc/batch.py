@@ -5,19 +5,32 @@ machinery, not the store, is most of what a request costs here). Each item runs 
 call would, through the same servicer method, concurrently with the others (so their Redis
 scripts share a pipeline); a failure becomes that item's status — the one the error
 interceptor gives the single call — and never fails the others.
+
+``MessagesInternal.Exchange`` (:class:`ExchangeRunner`) carries the same items over one
+long-lived stream: each request is run in a task of its own as soon as it is read, and its
+answer written as soon as it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
+import grpc
 from zaqar_grpc.v2 import messages_pb2
 
-from services.common.errors import InvalidArgument, Overloaded, failure_status, to_status
+from services.common.errors import (
+    InvalidArgument,
+    Overloaded,
+    failure_status,
+    log_call,
+    to_status,
+)
 from services.common.grpc_types import Context
 from services.common.logs import BATCH_REQUEST_IDS_KEY, REQUEST_ID, well_formed
+from services.common.metrics import code_name, server_calls
 
 # The most items one call may carry (the gateway's setting is checked against it).
 MAX_ITEMS: Final = 256
@@ -47,7 +60,7 @@ class BatchRunner:
     def __init__(self, messages: Any) -> None:
         """``messages``: the ``MessagesServicer`` whose methods serve the items."""
         self._routes: dict[str, tuple[Method, str, str]] = {
-            item_field: (getattr(messages, method), result_field, f"Batch/{method}")
+            item_field: (getattr(messages, method), result_field, method)
             for item_field, (method, result_field) in ROUTES.items()
         }
 
@@ -58,16 +71,26 @@ class BatchRunner:
         if len(items) > MAX_ITEMS:
             raise Overloaded(f"A batch takes at most {MAX_ITEMS} items, not {len(items)}.")
         response = messages_pb2.BatchResponse()
-        results = [response.results.add() for _ in items]
-        ids = _request_ids(context, len(items))
+        await self.fill(items, response.results, _request_ids(context, len(items)), context)
+        return response
+
+    async def fill(
+        self,
+        items: Sequence[messages_pb2.BatchItem],
+        results: Any,
+        ids: Sequence[str | None],
+        context: Context,
+    ) -> None:
+        """Run ``items``, adding one result per item to ``results`` (a repeated BatchResult
+        field), in the items' order."""
+        added = [results.add() for _ in items]
         if len(items) == 1:
-            await self._one(items[0], results[0], context, ids[0])
+            await self._one(items[0], added[0], context, ids[0])
         else:
             await asyncio.gather(
                 *(self._one(item, result, context, request_id)
-                  for item, result, request_id in zip(items, results, ids, strict=True))
+                  for item, result, request_id in zip(items, added, ids, strict=True))
             )
-        return response
 
     async def _one(
         self,
@@ -86,12 +109,85 @@ class BatchRunner:
             result.error.CopyFrom(to_status(failure))
             return
         method, result_field, name = route
+        start = time.perf_counter()
         try:
             response = await method(getattr(item, kind), context)
         except Exception as exc:
-            result.error.CopyFrom(failure_status(exc, name))
+            result.error.CopyFrom(failure_status(exc, f"Batch/{name}"))
+            log_call(f"/zaqar.v2.Messages/{name}", code_name(result.error.code),
+                     time.perf_counter() - start)
             return
         getattr(result, result_field).CopyFrom(response)
+        log_call(f"/zaqar.v2.Messages/{name}", "OK", time.perf_counter() - start)
+
+
+EXCHANGE: Final = "/zaqar.v2.MessagesInternal/Exchange"
+
+
+class ExchangeRunner:
+    """Serves ``MessagesInternal.Exchange``: reads requests until the caller ends its side,
+    runs each in a task of its own, writes each answer when it is done (one write at a
+    time), and ends once every request read is answered. Each request is counted as a call
+    of ``Exchange`` in the server's call metrics."""
+
+    def __init__(self, batch: BatchRunner) -> None:
+        self._batch = batch
+        self._calls = server_calls(EXCHANGE)
+
+    async def serve(self, context: Context) -> None:
+        loop = asyncio.get_running_loop()
+        writing = asyncio.Lock()
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    break
+                task = loop.create_task(self._answer(request, context, writing))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _answer(
+        self, request: messages_pb2.ExchangeRequest, context: Context, writing: asyncio.Lock
+    ) -> None:
+        start = time.perf_counter()
+        response = messages_pb2.ExchangeResponse(id=request.id)
+        items = request.items
+        code = "OK"
+        try:
+            if len(items) > MAX_ITEMS:
+                failure = to_status(Overloaded(
+                    f"A batch takes at most {MAX_ITEMS} items, not {len(items)}."
+                ))
+                for _ in items:
+                    response.results.add().error.CopyFrom(failure)
+            else:
+                ids = _listed_ids(request.request_ids, len(items))
+                timeout = request.timeout_ms / 1000 if request.timeout_ms else None
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._batch.fill(items, response.results, ids, context)
+                except TimeoutError:
+                    code = "DEADLINE_EXCEEDED"
+                    return  # the caller has given up on it: no answer
+            async with writing:
+                await context.write(response)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            self._calls.done(code, time.perf_counter() - start)
+
+
+def _listed_ids(ids: Sequence[str], count: int) -> list[str | None]:
+    if len(ids) != count:
+        return [None] * count
+    return [i if i and well_formed(i) else None for i in ids]
 
 
 def _request_ids(context: Context, count: int) -> list[str | None]:

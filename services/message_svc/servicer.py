@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
@@ -19,7 +20,7 @@ from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
 from services.common.errors import Unavailable
 from services.common.grpc_types import Context
-from services.message_svc.batch import BatchRunner
+from services.message_svc.batch import BatchRunner, ExchangeRunner
 from services.message_svc.polling import Polling, wait_seconds
 from services.message_svc.redrive import Redrives
 from services.message_svc.service import MessageService, Posted
@@ -280,6 +281,7 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
         self._service = service
         self._messages = messages
         self._batch = BatchRunner(messages)
+        self._exchange = ExchangeRunner(self._batch)
 
     async def DeleteQueueMessages(
         self, request: common_pb2.QueueRef, context: Context
@@ -303,6 +305,12 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
         self, request: messages_pb2.BatchRequest, context: Context
     ) -> messages_pb2.BatchResponse:
         return await self._batch.run(request, context)
+
+    async def Exchange(  # type: ignore[override]
+        self, request_iterator: Any, context: Context
+    ) -> None:
+        # Reads and writes through the context (ExchangeRunner), not the iterator.
+        await self._exchange.serve(context)
 
     async def OpenBodies(
         self, request: messages_pb2.OpenBodiesRequest, context: Context

@@ -26,11 +26,12 @@ from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc
 from services.api_gateway.app import create_app
 from services.api_gateway.coalesce import CoalescingMessages, Window
 from services.api_gateway.errors import api_error_from_rpc
+from services.api_gateway.exchange import Exchange
 from services.api_gateway.upstream import Upstreams
 from services.common.config import ConfigurationError, Settings
 from services.common.errors import InvalidArgument, decode_rpc_error
 from services.common.grpc_server import create_server, open_channel
-from services.message_svc.batch import BatchRunner
+from services.message_svc.batch import BatchRunner, ExchangeRunner
 from tests.gateway.conftest import HEADERS, lifespan, new_queue, running_services
 
 
@@ -419,3 +420,95 @@ async def test_two_clients_in_lockstep_stop_waiting(
     assert stub.stats.requests == 100
     assert stub.stats.waited <= 2 * Window.LONELY_RUN
     assert stub.window.limit == 2
+
+
+# On the MessagesInternal.Exchange stream ----------------------------------------------------------
+
+
+class StreamingInternal(StandInInternal):
+    """The stand-in's ``MessagesInternal`` serving ``Exchange`` as message_svc does."""
+
+    def __init__(self, messages: StandIn) -> None:
+        super().__init__(messages)
+        self.streams = 0
+        self._exchange = ExchangeRunner(self._runner)
+
+    async def Exchange(self, request_iterator: Any, context: Any) -> None:
+        self.streams += 1
+        await self._exchange.serve(context)
+
+
+@asynccontextmanager
+async def streaming_stand_in(
+    internal_class: type[StandInInternal],
+) -> AsyncIterator[tuple[CoalescingMessages, StandIn, StandInInternal]]:
+    messages = StandIn()
+    internal = internal_class(messages)
+
+    def register(server: grpc.aio.Server) -> None:
+        messages_pb2_grpc.add_MessagesServicer_to_server(  # type: ignore[no-untyped-call]
+            messages, server)
+        messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
+            internal, server)
+
+    server, port, _ = create_server([register], ["zaqar.v2.Messages"])
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}", None)
+    internal_stub = messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
+    stub = CoalescingMessages(
+        messages_pb2_grpc.MessagesStub(channel),  # type: ignore[no-untyped-call]
+        internal_stub, max_items=MAX_ITEMS, exchange=Exchange(internal_stub),
+    )
+    try:
+        yield stub, messages, internal
+    finally:
+        messages.release.set()
+        await stub.close()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_calls_go_on_one_stream_and_answer_and_fail_as_unary_calls() -> None:
+    async with streaming_stand_in(StreamingInternal) as (stub, messages, internal):
+        assert isinstance(internal, StreamingInternal)
+        # A call alone, then one held with others waiting behind it, one of them bad
+        assert list((await post(stub, "first")).ids) == ["first"]
+        held = post(stub, "hold")
+        await asyncio.sleep(0.05)
+        waiting = [post(stub, "w0"), post(stub, "bad"), post(stub, "w1")]
+        expiring = post(stub, "hold-expiring", timeout=0.05)
+        await asyncio.sleep(0.1)
+        messages.release.set()
+        await settled(held, *waiting, expiring)
+
+        # Every one went on the one stream: no unary Messages call, no Batch call
+        assert messages.alone == [] and internal.batches == [] and internal.streams == 1
+        assert list(held.result().ids) == ["hold"]
+        assert list(waiting[0].result().ids) == ["w0"]
+        assert list(waiting[2].result().ids) == ["w1"]
+        bad = decode_rpc_error(waiting[1].exception())
+        assert (bad.code, bad.description) == (grpc.StatusCode.INVALID_ARGUMENT, "bad queue")
+        deadline = expiring.exception()
+        assert isinstance(deadline, grpc.aio.AioRpcError)
+        assert deadline.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert api_error_from_rpc(deadline).status == 503
+
+
+async def test_a_message_svc_without_exchange_gets_unary_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with streaming_stand_in(StandInInternal) as (stub, messages, internal):
+        with caplog.at_level(logging.WARNING):
+            first = await post(stub, "first")
+        assert list(first.ids) == ["first"]
+        assert "does not serve MessagesInternal.Exchange" in caplog.text
+        # Later calls go as unary calls (alone, or as Batch) without trying the stream again
+        held = post(stub, "hold")
+        await asyncio.sleep(0.05)
+        waiting = [post(stub, "w0"), post(stub, "w1")]
+        await asyncio.sleep(0.05)
+        messages.release.set()
+        await settled(held, *waiting)
+        assert [list(t.result().ids) for t in waiting] == [["w0"], ["w1"]]
+        assert messages.alone == ["first", "hold"]
+        assert internal.batches == [["w0", "w1"]]

@@ -20,6 +20,7 @@ from services.common.config import Settings
 from services.common.errors import Unavailable
 from services.common.grpc_server import create_server, open_channel
 from services.message_svc.batch import MAX_ITEMS, ROUTES
+from services.message_svc.servicer import MessagesInternalServicer
 from tests.keystone import Keystone
 from tests.services._grpc import Stubs, service, token
 from tests.services.test_message_svc import (  # noqa: F401 - fixtures
@@ -251,3 +252,114 @@ async def test_in_keystone_mode_batch_takes_only_service_tokens(
     # And a service's token (the gateway's) may
     answer = await s.messages_internal.Batch(batch, metadata=service(keystone.token("zaqar")))
     assert answer.results[0].WhichOneof("result") == "stats"
+
+
+# MessagesInternal.Exchange: the same items over one long-lived stream ----------------------------
+
+
+async def test_exchange_answers_each_request_by_its_id_as_batch_does(
+    message_svc: Services,  # noqa: F811 - fixture
+) -> None:
+    project = "p-" + uuid.uuid4().hex[:8]
+    ids = await message_svc.post(*range(4), project=project)
+    stream = message_svc.internal.Exchange()
+
+    # When requests go on one stream: posts to 3 queues, 2 claims of 2, a bad item, and an
+    # oversized request
+    posts = {
+        n: _item(post_messages=messages_pb2.PostMessagesRequest(
+            project=project, queue=f"x{n}", client_id="c",
+            messages=[messages_pb2.NewMessage(body=orjson.dumps(n))]))
+        for n in range(3)
+    }
+    for n, item in posts.items():
+        await stream.write(messages_pb2.ExchangeRequest(id=100 + n, items=[item],
+                                                        timeout_ms=5000))
+    claim = _item(create_claim=messages_pb2.CreateClaimRequest(project=project, queue="q",
+                                                               limit=2))
+    await stream.write(messages_pb2.ExchangeRequest(id=7, items=[claim, claim]))
+    await stream.write(messages_pb2.ExchangeRequest(id=8, items=[messages_pb2.BatchItem()]))
+    too_many = [_item(get_stats=common_pb2.QueueRef(project=project, queue="q"))] * (
+        MAX_ITEMS + 1
+    )
+    await stream.write(messages_pb2.ExchangeRequest(id=9, items=too_many))
+    await stream.done_writing()
+    answers = {response.id: response.results for response in await _read_all(stream)}
+
+    # Then each request was answered once, by its id, with one result per item
+    assert sorted(answers) == [7, 8, 9, 100, 101, 102]
+    for n in range(3):
+        (posted,) = await message_svc.listed(queue=f"x{n}", project=project)
+        assert list(answers[100 + n][0].post_messages.ids) == [posted.id]
+    claimed = [m.id for r in answers[7] for m in r.claim.messages]
+    assert sorted(claimed) == sorted(ids)
+    assert answers[8][0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert len(answers[9]) == MAX_ITEMS + 1
+    assert {r.error.code for r in answers[9]} == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
+    assert await stream.code() == grpc.StatusCode.OK
+
+
+async def _read_all(stream: Any) -> list[messages_pb2.ExchangeResponse]:
+    """Every answer until message_svc ends the stream."""
+    answers = []
+    while (response := await stream.read()) is not grpc.aio.EOF:
+        answers.append(response)
+    return answers
+
+
+class _Slow(messages_pb2_grpc.MessagesServicer):
+    """``PostMessages`` waits ``release`` for queues "hold…", and answers the queue's name."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.cancelled: list[str] = []
+        self.gone = asyncio.Event()
+
+    async def PostMessages(self, request: Any, context: Any) -> Any:
+        try:
+            if request.queue.startswith("hold"):
+                await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(request.queue)
+            self.gone.set()
+            raise
+        return messages_pb2.PostMessagesResponse(ids=[request.queue])
+
+
+async def test_exchange_answers_in_the_order_done_and_drops_a_request_past_its_timeout() -> None:
+    slow = _Slow()
+
+    def register(server: grpc.aio.Server) -> None:
+        internal = MessagesInternalServicer(None, slow)  # type: ignore[arg-type]
+        messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
+            internal, server)
+
+    server, port, _ = create_server([register], ["zaqar.v2.MessagesInternal"])
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}", None)
+    try:
+        stream = messages_pb2_grpc.MessagesInternalStub(channel).Exchange()  # type: ignore[no-untyped-call]
+
+        def post(request_id: int, queue: str, timeout_ms: int = 0) -> messages_pb2.ExchangeRequest:
+            item = _item(post_messages=messages_pb2.PostMessagesRequest(project="p", queue=queue))
+            return messages_pb2.ExchangeRequest(id=request_id, items=[item],
+                                                timeout_ms=timeout_ms)
+
+        # Given a request that waits, one that waits past its timeout, and one that does not
+        await stream.write(post(1, "hold"))
+        await stream.write(post(2, "hold-expiring", timeout_ms=50))
+        await stream.write(post(3, "quick"))
+        # Then the one that did not wait is answered first
+        first = await stream.read()
+        assert (first.id, list(first.results[0].post_messages.ids)) == (3, ["quick"])
+        # And the expired one was cancelled, and is never answered
+        async with asyncio.timeout(10):
+            await slow.gone.wait()
+        assert slow.cancelled == ["hold-expiring"]
+        slow.release.set()
+        await stream.done_writing()
+        rest = await _read_all(stream)
+        assert [(r.id, list(r.results[0].post_messages.ids)) for r in rest] == [(1, ["hold"])]
+    finally:
+        await channel.close()
+        await server.stop(0)

@@ -794,6 +794,11 @@ class MessagesInternalStub:
                 request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
                 response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/zaqar.v2.MessagesInternal/Exchange',
+                request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
         self.OpenBodies = channel.unary_unary(
                 '/zaqar.v2.MessagesInternal/OpenBodies',
                 request_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.OpenBodiesRequest.SerializeToString,
@@ -838,6 +843,20 @@ class MessagesInternalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """`Batch` over one long-lived stream (the gateway keeps one open and sends every call to
+        message_svc on it: a message on an open stream costs a third of a unary call's CPU on
+        each side). Each request carries an id and its items; each answer carries the id it
+        answers and one result per item, as `Batch` gives them. Requests run concurrently;
+        answers come in the order they are done. A request whose `timeout_ms` passes is
+        abandoned (its items cancelled) and gets no answer: the caller has given up on it. The
+        stream ends when the caller ends its side, once every request is answered. Not
+        idempotent (posts, claims): never retried.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def OpenBodies(self, request, context):
         """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
         handed over sealed (a queue with `_enable_encrypt_messages`): bodies are decrypted in
@@ -876,6 +895,11 @@ def add_MessagesInternalServicer_to_server(servicer, server):
                     servicer.Batch,
                     request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.FromString,
                     response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=zaqar__grpc_dot_v2_dot_messages__pb2.ExchangeRequest.FromString,
+                    response_serializer=zaqar__grpc_dot_v2_dot_messages__pb2.ExchangeResponse.SerializeToString,
             ),
             'OpenBodies': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenBodies,
@@ -970,6 +994,33 @@ class MessagesInternal:
             '/zaqar.v2.MessagesInternal/Batch',
             zaqar__grpc_dot_v2_dot_messages__pb2.BatchRequest.SerializeToString,
             zaqar__grpc_dot_v2_dot_messages__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/zaqar.v2.MessagesInternal/Exchange',
+            zaqar__grpc_dot_v2_dot_messages__pb2.ExchangeRequest.SerializeToString,
+            zaqar__grpc_dot_v2_dot_messages__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -299,6 +299,16 @@ class MessagesInternalStub:
     cannot be made at all (UNAVAILABLE, DEADLINE_EXCEEDED, ...), and then every item has
     that outcome. Not idempotent (posts, claims): never retried.
     """
+    Exchange: _grpc.StreamStreamMultiCallable[_messages_pb2.ExchangeRequest, _messages_pb2.ExchangeResponse]
+    """`Batch` over one long-lived stream (the gateway keeps one open and sends every call to
+    message_svc on it: a message on an open stream costs a third of a unary call's CPU on
+    each side). Each request carries an id and its items; each answer carries the id it
+    answers and one result per item, as `Batch` gives them. Requests run concurrently;
+    answers come in the order they are done. A request whose `timeout_ms` passes is
+    abandoned (its items cancelled) and gets no answer: the caller has given up on it. The
+    stream ends when the caller ends its side, once every request is answered. Not
+    idempotent (posts, claims): never retried.
+    """
     OpenBodies: _grpc.UnaryUnaryMultiCallable[_messages_pb2.OpenBodiesRequest, _messages_pb2.OpenBodiesResponse]
     """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
     handed over sealed (a queue with `_enable_encrypt_messages`): bodies are decrypted in
@@ -332,6 +342,16 @@ class MessagesInternalAsyncStub(MessagesInternalStub):
     (code, message, ErrorInfo details) it fails with. The call itself fails only when it
     cannot be made at all (UNAVAILABLE, DEADLINE_EXCEEDED, ...), and then every item has
     that outcome. Not idempotent (posts, claims): never retried.
+    """
+    Exchange: _aio.StreamStreamMultiCallable[_messages_pb2.ExchangeRequest, _messages_pb2.ExchangeResponse]  # type: ignore[assignment]
+    """`Batch` over one long-lived stream (the gateway keeps one open and sends every call to
+    message_svc on it: a message on an open stream costs a third of a unary call's CPU on
+    each side). Each request carries an id and its items; each answer carries the id it
+    answers and one result per item, as `Batch` gives them. Requests run concurrently;
+    answers come in the order they are done. A request whose `timeout_ms` passes is
+    abandoned (its items cancelled) and gets no answer: the caller has given up on it. The
+    stream ends when the caller ends its side, once every request is answered. Not
+    idempotent (posts, claims): never retried.
     """
     OpenBodies: _aio.UnaryUnaryMultiCallable[_messages_pb2.OpenBodiesRequest, _messages_pb2.OpenBodiesResponse]  # type: ignore[assignment]
     """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
@@ -381,6 +401,22 @@ class MessagesInternalServicer(metaclass=_abc_1.ABCMeta):
         (code, message, ErrorInfo details) it fails with. The call itself fails only when it
         cannot be made at all (UNAVAILABLE, DEADLINE_EXCEEDED, ...), and then every item has
         that outcome. Not idempotent (posts, claims): never retried.
+        """
+
+    @_abc_1.abstractmethod
+    def Exchange(
+        self,
+        request_iterator: _MaybeAsyncIterator[_messages_pb2.ExchangeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messages_pb2.ExchangeResponse], _abc.AsyncIterator[_messages_pb2.ExchangeResponse]]:
+        """`Batch` over one long-lived stream (the gateway keeps one open and sends every call to
+        message_svc on it: a message on an open stream costs a third of a unary call's CPU on
+        each side). Each request carries an id and its items; each answer carries the id it
+        answers and one result per item, as `Batch` gives them. Requests run concurrently;
+        answers come in the order they are done. A request whose `timeout_ms` passes is
+        abandoned (its items cancelled) and gets no answer: the caller has given up on it. The
+        stream ends when the caller ends its side, once every request is answered. Not
+        idempotent (posts, claims): never retried.
         """
 
     @_abc_1.abstractmethod
