@@ -11,8 +11,10 @@ As in ``once.py`` the message is written first and the dedup document after it, 
 * a post sent again after message_svc died between the two writes finds its message the same
   way (created within the window); a message of an older generation that still exists (its
   dedup document already swept) is passed over with the next generation;
-* what this cannot tell apart, as for ``post_once``: a post sent again after message_svc died
-  between the writes and after the message was consumed stores it again.
+* what this cannot tell apart: a post sent again after message_svc died between the writes
+  and after the message was consumed stores it again (``post_once`` closes that window by
+  writing its message hidden until its key is stored, ``once.py``; here a hidden message
+  would also have to be kept from its group's claims and settling, which is not built).
 
 A dead-letter move drops ``d`` and ``dg``: deduplication belongs to the queue posted to.
 
