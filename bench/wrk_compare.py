@@ -139,6 +139,7 @@ class System:
     ready_status: int = 204
     main_pid: int = 0      # its children are looked up again before every measurement
     named: dict[str, int] = field(default_factory=dict)   # processes that keep their pid
+    store: str = ""        # ours: the store URI of every service; Zaqar: its config file
 
     def ready(self) -> bool:
         return bool(self.urls) and all(
@@ -263,7 +264,8 @@ def start_zaqar(session: Session, venv: Path, workers: int) -> System:
         env={**os.environ, "WRK_COMPARE_ZAQAR_CONF": str(conf)})
     system = System(key, f"Zaqar 23, gunicorn {workers} sync worker{'s' * (workers > 1)}",
                     [f"http://127.0.0.1:{port}"], main_pid=proc.pid,
-                    named={"gunicorn master": proc.pid, "redis-server": redis_pid})
+                    named={"gunicorn master": proc.pid, "redis-server": redis_pid},
+                    store=str(conf))
     session.wait_for(key, system.ready)
     return system
 
@@ -276,6 +278,10 @@ def start_ours(session: Session, replicas: int) -> System:
     ports = [0] * 5 if replicas > 1 else [free_port() for _ in range(5)]
     env.update({f"ZAQAR_{name}_PORT": str(port) for name, port in
                 zip(("HTTP", "WS", "QUEUE", "MESSAGE", "NOTIFIER"), ports, strict=True)})
+    # Metrics stay on, on ports of their own: the defaults (9181-9183) may be taken by another
+    # zaqar-grpc on the same machine.
+    env.update({f"ZAQAR_{name}_METRICS_PORT": str(free_port() if replicas == 1 else 0)
+                for name in ("QUEUE", "MESSAGE", "NOTIFIER")})
     env.update(ZAQAR_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
     proc = session.start("ours", [str(Path(sys.executable).parent / "zaqar-grpc"), "up",
                                   "--store", f"redis://127.0.0.1:{redis_port}/0",
@@ -283,7 +289,8 @@ def start_ours(session: Session, replicas: int) -> System:
                                   *(["--replicas", str(replicas)] if replicas > 1 else [])],
                          env=env, cwd=ROOT)
     system = System("ours", "zaqar-grpc" + f" ({replicas} replicas)" * (replicas > 1),
-                    main_pid=proc.pid, named={"up": proc.pid, "redis-server": redis_pid})
+                    main_pid=proc.pid, named={"up": proc.pid, "redis-server": redis_pid},
+                    store=f"redis://127.0.0.1:{redis_port}/0")
 
     def up() -> bool:
         text = session.output("ours")
