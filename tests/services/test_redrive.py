@@ -15,6 +15,7 @@ import orjson
 import pytest
 from zaqar_grpc.v2 import common_pb2, messages_pb2
 
+from services.common.errors import decode_rpc_error
 from services.common.grpc_server import open_channel
 from services.message_svc.metadata import QueueMetadata
 from services.message_svc.redrive import MAX_PER_SECOND, Redrives, queue_sources
@@ -223,8 +224,18 @@ async def test_a_second_start_while_one_runs_conflicts_and_cancel_stops_it(
     assert sorted(left + there) == list(range(30))
     assert left == list(range(30 - len(left), 30))
 
-    # And a cancelled job may be followed by a new one
-    again = await svc.messages.StartRedrive(_start(destination="to"))
+    # And a cancelled job may be followed by a new one, once its runner recorded the batch
+    # it had begun (until then a start is refused, saying so)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            again = await svc.messages.StartRedrive(_start(destination="to"))
+            break
+        except grpc.aio.AioRpcError as exc:
+            info = decode_rpc_error(exc)
+            assert info.reason == "REDRIVE_RUNNING" and "finishing" in info.description
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
     assert again.status == "running"
     assert (await _finished(svc)).status == "done"
     assert sorted(await _numbers(svc, "to")) == list(range(30))
