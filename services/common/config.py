@@ -158,15 +158,18 @@ class Settings:
         metadata=_help("... and with at least this many in flight (1 or more)."),
     )
     fair_lookahead: int = field(
-        default=1000,
-        metadata=_help("Claimable messages a fair claim reads at most past those it takes, "
-                       "looking for messages of other groups (0-100000)."),
+        default=100,
+        metadata=_help("Claimable messages a fair claim reads at most by seq past those it "
+                       "takes (0-100000); past them it takes the oldest messages of the groups "
+                       "that are not noisy from its group index. Messages without a group are "
+                       "found within this window only."),
     )
     fair_backoff: float = field(
-        default=1.0,
+        default=0.0,
         metadata=_help("Seconds a queue's claims go without fairness after a fair claim that "
-                       "found too few messages of other groups within the lookahead and took "
-                       "the noisy group's anyway (0-60; 0: never)."),
+                       "found too few messages of other groups within the lookahead, none in "
+                       "the group index past it, and took the noisy group's anyway (0-60; 0: "
+                       "never)."),
     )
     message_batch: bool = field(
         default=True,

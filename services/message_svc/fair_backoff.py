@@ -1,11 +1,12 @@
 """Which queues message_svc claims without fairness for a while (``fair_backoff``).
 
 A fair claim that was futile (``ClaimResult.futile``: it read its whole window, put the noisy
-groups' messages aside and still filled its limit with them) cost far more than a plain claim
-for the same messages: that happens while a noisy group's backlog is deeper than the
-lookahead, and would happen again on the next claims. So after one, the queue's claims are
-plain for ``seconds``, and the next claim after that tries fairness again (docs/architecture.md,
-"Fair queues").
+groups' messages aside, found no message of another group past the window in the group index,
+and still filled its limit with the noisy ones) cost far more than a plain claim for the same
+messages: that happens while a noisy group's backlog is deeper than the lookahead and no other
+group has a claimable message, and would happen again on the next claims. So after one, the
+queue's claims are plain for ``seconds``, and the next claim after that tries fairness again
+(docs/architecture.md, "Fair queues").
 
 Kept per replica in memory (an optimisation: another replica finds out on its own), for at most
 ``size`` queues: every entry lasts the same time, so the oldest entry is the first to expire;

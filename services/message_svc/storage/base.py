@@ -121,10 +121,12 @@ class FairPolicy:
 
     share_percent: int = 25
     min_in_flight: int = 8
-    lookahead: int = 1000
-    """Claimable messages a claim reads at most, past those it takes, looking for messages
-    of groups that are not noisy."""
-    backoff: float = 1.0
+    lookahead: int = 100
+    """Claimable messages a claim reads at most by seq, past those it takes (its window:
+    ``limit + lookahead``), before it turns to the group index for the oldest messages of the
+    groups that are not noisy past the window. Messages without a group are found in the
+    window only."""
+    backoff: float = 0.0
     """Seconds message_svc claims a queue without fairness after a futile fair claim of it
     (:attr:`ClaimResult.futile`; 0: never); stores do not read it."""
 
@@ -144,8 +146,9 @@ class ClaimResult:
     """Ids of the messages moved to the dead-letter queue instead of being claimed."""
     futile: bool = False
     """A fair claim (``fair`` given) whose fairness bought nothing: it put messages of noisy
-    groups aside, read its whole window (``limit + fair.lookahead`` claimable messages)
-    without filling ``limit`` from the others, and filled the rest from those put aside.
+    groups aside, read its whole window (``limit + fair.lookahead`` claimable messages),
+    found neither there nor in the group index ``limit`` messages of the others, and filled
+    the rest from those put aside: only noisy groups had claimable messages.
     Not when the claim read every claimable message (fewer than the window): messages of
     other groups posted meanwhile are then within reach of the next fair claim. Always false
     for a claim without ``fair``. message_svc then claims the queue without ``fair`` for a
@@ -419,10 +422,14 @@ class MessageStore(Protocol):
         until they are deleted, their claim is released or expires (a renewal keeps them
         counted). A group is noisy as :meth:`FairPolicy.noisy` says, from those counts and
         the messages this claim took before. Reading claimable messages by ``seq``, at most
-        ``limit + fair.lookahead`` of them, the claim takes those without a group or of a
-        group that is not noisy (then) first, and only when that leaves it short of ``limit``
-        the oldest of the noisy groups' (work-conserving). Messages without a group are never
-        passed over, and a queue where no message has a group is claimed exactly as without
+        ``limit + fair.lookahead`` of them (the window), the claim takes those without a
+        group or of a group that is not noisy (then) first; when it read the whole window and
+        is still short, the oldest claimable messages past the window of the groups that are
+        not noisy, wherever they sit, by ``seq`` across groups (from a per-group index, at a
+        cost that does not grow with the noisy groups' backlogs); and only when that leaves
+        it short of ``limit`` the oldest of the noisy groups' (work-conserving). Messages
+        without a group are never passed over within the window (they are not in the group
+        index), and a queue where no message has a group is claimed exactly as without
         ``fair``. Whether messages claimed without ``fair`` count is the backend's (SQLite
         and Redis keep counters that only fair claims raise; MongoDB counts held messages).
         The result says whether the claim was :attr:`ClaimResult.futile`.

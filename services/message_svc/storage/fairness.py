@@ -11,9 +11,9 @@ groups that are not noisy (:meth:`FairChoice.quiet`), and offers them by seq acr
 (:meth:`FairChoice.offer_indexed`); so a noisy backlog deeper than the window does not hide the
 quiet groups' messages, and the index is read for O(limit + groups) messages, never the
 backlog. Then what was put aside fills what is left of ``limit``, oldest first: a claim is
-never left short while there are claimable messages. A claim that was cut and still needed
-those put aside is futile (:attr:`FairChoice.futile`): no group but the noisy ones had a
-claimable message.
+never left short while there are claimable messages. A claim that was cut, found nothing in
+the group index and still needed those put aside is futile (:attr:`FairChoice.futile`): past
+its window only the noisy groups had claimable messages.
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ class FairChoice(Generic[T]):
         self.taken: list[T] = []
         self.aside: list[tuple[T, str]] = []
         self.read = 0
+        self.indexed = 0
+        """Messages taken from the group index."""
         self.futile = False
-        """Set by :meth:`finish`: the claim read its whole window (``limit + lookahead``),
-        neither the window nor the group index had ``limit`` messages that are not put aside,
-        and messages put aside fill the rest (``ClaimResult.futile``). Not when it read every
-        claimable message: the next claim may find messages of other groups that arrive
-        meanwhile."""
+        """Set by :meth:`finish`: the claim read its whole window (``limit + lookahead``)
+        without finding ``limit`` messages that are not put aside, the group index had none
+        past it, and messages put aside fill the rest (``ClaimResult.futile``). Not when it
+        read every claimable message: the next claim may find messages of other groups that
+        arrive meanwhile."""
 
     def know(self, in_flight: dict[str, int]) -> None:
         """Counts before the claim of groups met on the way (those already known stay)."""
@@ -79,6 +81,7 @@ class FairChoice(Generic[T]):
         if not self.quiet(group):
             return False
         self._take(item, group)
+        self.indexed += 1
         return True
 
     def offer(self, item: T, group: str | None) -> None:
@@ -100,7 +103,8 @@ class FairChoice(Generic[T]):
         """What the claim takes: the messages taken, then the oldest put aside up to
         ``limit`` (the claim is then :attr:`futile`)."""
         self.futile = (bool(self.aside) and len(self.taken) < self.limit
-                       and self.read >= self.limit + self.policy.lookahead)
+                       and self.read >= self.limit + self.policy.lookahead
+                       and not self.indexed)
         for item, group in self.aside[: max(0, self.limit - len(self.taken))]:
             self._take(item, group)
         return self.taken

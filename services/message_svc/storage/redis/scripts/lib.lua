@@ -375,7 +375,8 @@ end
 -- worn(row) says which messages on_message moves to the dead-letter queue (they are handed
 -- to it when met, and not counted as read). Returns what was taken, per group how many of
 -- the taken messages have it, and whether the claim was futile: it read limit + lookahead
--- messages and those put aside filled part of limit (ClaimResult.futile).
+-- messages, the group index had none past them, and those put aside filled part of limit
+-- (ClaimResult.futile).
 local function take_fair(base, now, limit, share, min, lookahead, worn, on_message)
   normalize(base, now)
   local now_n = tonumber(now)
@@ -411,6 +412,7 @@ local function take_fair(base, now, limit, share, min, lookahead, worn, on_messa
   end
   local after, size = '-inf', limit -- a plain claim's read first; more while put aside
   local edge = 0 -- seq of the last message the window looked at
+  local indexed = 0 -- messages taken from the group index
   while taken < limit and read < budget do
     local page = math.min(budget - read, size)
     size = math.min(size * 2, math.max(128, limit))
@@ -470,13 +472,16 @@ local function take_fair(base, now, limit, share, min, lookahead, worn, on_messa
             redis.call('ZREM', free, head[1])
           end
         else
+          local before = taken
           take_row(row)
+          indexed = indexed + taken - before
         end
       end
     end
   end
-  -- Futile: the whole window read (not just every claimable message), too few taken.
-  local futile = #aside > 0 and taken < limit and read >= budget
+  -- Futile: the whole window read (not just every claimable message), too few taken, and
+  -- nothing past it in the group index.
+  local futile = #aside > 0 and taken < limit and read >= budget and indexed == 0
   for _, row in ipairs(aside) do
     if taken >= limit then
       break
