@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from services.common.config import Settings
+from tests import keystone as test_keystone
 from tests.certs import pki  # noqa: F401 - shared fixture
 from tests.keystone import keystone, keystone_settings  # noqa: F401 - shared fixtures
 from tests.receivers import receiver, receiver_factory  # noqa: F401 - shared fixtures
@@ -23,6 +25,58 @@ from tests.servers import (  # noqa: F401 - shared fixtures
 from tests.stacks import up_stacks  # noqa: F401 - shared fixture
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+# Files that take long for their number of tests: seconds per file, from runs of 2026-12 (the
+# e2e files measured on a loaded machine and divided by 2.5; the others summed from the slowest
+# tests of the full runs). Any other file counts SECONDS_PER_TEST per test.
+SLOW_FILES = {
+    "tests/e2e/test_store_restart.py": 185, "tests/gateway/test_keystone.py": 170,
+    "tests/unit/test_k8s.py": 170, "tests/services/test_trusts.py": 150,
+    "tests/services/test_grpc_auth.py": 120, "tests/gateway/test_access.py": 115,
+    "tests/e2e/test_replicas_up.py": 90, "tests/e2e/test_openapi_fuzz.py": 85,
+    "tests/unit/test_image.py": 70, "tests/e2e/test_example_plugin.py": 65,
+    "tests/e2e/test_startup_failures.py": 65, "tests/e2e/test_up.py": 60,
+    "tests/e2e/test_topics.py": 60, "tests/e2e/test_long_polling.py": 50,
+    "tests/services/test_topics.py": 45, "tests/e2e/test_notifications.py": 40,
+    "tests/unit/test_scripts.py": 40, "tests/e2e/test_redis_cluster_up.py": 36,
+    "tests/e2e/test_logs.py": 36, "tests/e2e/test_queue_subscribers.py": 32,
+    "tests/e2e/test_tls_up.py": 30, "tests/e2e/test_fuzz.py": 30,
+    "tests/contract/test_message_store_fifo.py": 30, "tests/e2e/test_pools_up.py": 22,
+    "tests/e2e/test_store_failure.py": 22, "tests/e2e/test_tracing.py": 20,
+}
+SECONDS_PER_TEST = 0.25
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first (each file's tests in their order): pytest-xdist hands whole
+    files out in this order (scripts/test.sh: --dist loadfile --no-loadscope-reorder), so the
+    run ends on short files instead of a long one left for a single worker."""
+    files = Counter(item.nodeid.split("::")[0] for item in items)
+    weight = {path: SLOW_FILES.get(path, count * SECONDS_PER_TEST)
+              for path, count in files.items()}
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """The first test of a process that needs the Keystone builds it (or waits for another
+    worker's build): its time limit has the build's on top (before pytest-timeout reads it)."""
+    if "keystone" in getattr(item, "fixturenames", ()) and not test_keystone.made:
+        # (pytest-timeout's own setting: --timeout, PYTEST_TIMEOUT or the ini file's)
+        limit = getattr(item.config, "_env_timeout", None)
+        marker = item.get_closest_marker("timeout")
+        if marker is not None and marker.args:
+            limit = marker.args[0]
+        if limit:  # (none, or 0: no time limit)
+            item.add_marker(pytest.mark.timeout(float(limit) + test_keystone.BUILD_SECONDS))
+    yield
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The pytest-xdist controller stops the Keystone its workers shared, once they ended."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        test_keystone.stop_shared_keystone(session.config._tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

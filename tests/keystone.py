@@ -2,26 +2,38 @@
 ``scripts/bootstrap.sh --test``), on SQLite with fernet tokens, served by gunicorn on a free
 loopback port from a temporary folder.
 
-The session fixture ``keystone`` bootstraps it (``keystone-manage db_sync``, ``fernet_setup``,
-``credential_setup``, ``bootstrap``), waits until ``/v3`` answers, then makes two projects
-(``a``, ``b``) with a ``member`` user on each, an admin user (role ``admin`` on project ``a``)
-and a service user for the gateway (role ``service`` on a ``service`` project). Locally a
-missing ``.venv-keystone`` skips the tests that need it; in CI (``CI=true``) it fails them.
+The session fixture ``keystone`` bootstraps it (the fernet and credential key repositories as
+``keystone-manage fernet_setup`` / ``credential_setup`` write them, then ``keystone-manage
+db_sync`` and ``bootstrap``, the latter while gunicorn loads Keystone), waits until ``/v3``
+answers, then makes two projects (``a``, ``b``) with a ``member`` user on each, an admin user
+(role ``admin`` on project ``a``) and a service user for the gateway (role ``service`` on a
+``service`` project). Locally a missing ``.venv-keystone`` skips the tests that need it; in CI
+(``CI=true``) it fails them.
+
+Under pytest-xdist one Keystone serves the whole run: the first worker that needs it builds it
+under a file lock in the run's temporary folder and records it there (:data:`SHARED`); the other
+workers use that one. The controller stops it once every worker has ended
+(:func:`stop_shared_keystone`, from ``tests/conftest.py``). The test that builds or waits for it
+gets :data:`BUILD_SECONDS` more than the usual time limit (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
-import grp
+import fcntl
+import json
 import os
-import pwd
+import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +54,12 @@ DOMAIN = "Default"
 # (:meth:`Keystone.short_token`).
 TOKEN_EXPIRATION = 3600
 SHORT_TOKEN_SECONDS = 20
+# The run's Keystone under pytest-xdist: its record (url, users, server pid) in the run's
+# temporary folder, written by the worker that built it.
+SHARED = "keystone.json"
+# What building the Keystone may add to the time limit of the test that first needs it (it takes
+# a minute or more on a loaded machine, and a second worker waits for the first one's build).
+BUILD_SECONDS = 240
 
 WSGI_WRAPPER = """\
 import sys
@@ -111,10 +129,11 @@ class Keystone:
         """A project-scoped token of one of ``users`` that expires in ``seconds``: Keystone
         ends a token no later than the application credential it was issued from."""
         user = self.users[who]
+        issued = self.token(who)
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
         made = httpx.post(
             f"{self.url}/users/{user.id}/application_credentials",
-            headers={"X-Auth-Token": self.token(who)}, timeout=30,
+            headers={"X-Auth-Token": issued}, timeout=30,
             json={"application_credential": {
                 "name": unique("short"), "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S.%f"),
             }},
@@ -155,15 +174,36 @@ def issue_token(url: str, user: str, password: str, project: str) -> str:
     return answer.headers["X-Subject-Token"]
 
 
-def _manage(workdir: Path, env: dict[str, str], *args: str) -> None:
+def _manage(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``keystone-manage args...`` started; :func:`_finish` waits for it."""
     manage = KEYSTONE_VENV / "bin" / "keystone-manage"
     conf = str(workdir / "keystone.conf")
-    done = subprocess.run(
-        [str(manage), "--config-file", conf, *args],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    return subprocess.Popen(
+        [str(manage), "--config-file", conf, *args], cwd=workdir, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"keystone-manage {args[0]} failed: {done.stderr[-2000:]}")
+
+
+def _finish(command: subprocess.Popen[str]) -> None:
+    try:
+        _, stderr = command.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        command.kill()
+        command.communicate()
+        raise
+    if command.returncode != 0:
+        raise RuntimeError(f"keystone-manage {command.args[3]} failed: {stderr[-2000:]}")
+
+
+def _key_repository(folder: Path) -> None:
+    """What ``keystone-manage fernet_setup`` (and ``credential_setup``) write: a folder with a
+    staged key ``0`` and a primary key ``1``, each a Fernet key (32 random bytes, URL-safe
+    base64) only its owner may read."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for name in ("0", "1"):
+        key = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(key, "w") as out:
+            out.write(base64.urlsafe_b64encode(os.urandom(32)).decode())
 
 
 def _wait_ready(url: str, process: ServerProcess, timeout: float = 90.0) -> None:
@@ -184,8 +224,8 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
     """Bootstrap and start a Keystone in ``workdir``; raises RuntimeError when it cannot."""
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "fernet-keys").mkdir(exist_ok=True)
-    (workdir / "credential-keys").mkdir(exist_ok=True)
+    _key_repository(workdir / "fernet-keys")
+    _key_repository(workdir / "credential-keys")
     conf = workdir / "keystone.conf"
     conf.write_text(keystone_conf(workdir, expiration))
     (workdir / "keystone_wsgi.py").write_text(WSGI_WRAPPER)
@@ -193,12 +233,9 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
     url = f"http://127.0.0.1:{port}/v3"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["OS_KEYSTONE_CONFIG_FILES"] = str(conf)
-    owner = ["--keystone-user", pwd.getpwuid(os.getuid()).pw_name,
-             "--keystone-group", grp.getgrgid(os.getgid()).gr_name]
-    _manage(workdir, env, "db_sync")
-    _manage(workdir, env, "fernet_setup", *owner)
-    _manage(workdir, env, "credential_setup", *owner)
-    _manage(
+    _finish(_manage(workdir, env, "db_sync"))
+    # The schema is there: gunicorn loads Keystone while bootstrap fills it in.
+    bootstrap = _manage(
         workdir, env, "bootstrap",
         "--bootstrap-password", ADMIN_PASSWORD,
         "--bootstrap-admin-url", url,
@@ -207,21 +244,23 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
         "--bootstrap-region-id", "RegionOne",
     )
     gunicorn = KEYSTONE_VENV / "bin" / "gunicorn"
-    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
+    # Two worker processes: under pytest-xdist every worker's tests call this one Keystone.
+    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
             "--chdir", str(workdir), "--error-logfile", "-", "keystone_wsgi:application"]
     process = ServerProcess(argv, port, workdir)
-    os.environ["OS_KEYSTONE_CONFIG_FILES"] = str(conf)
     try:
-        process.start()
-    finally:
-        del os.environ["OS_KEYSTONE_CONFIG_FILES"]
-    try:
+        try:
+            os.environ["OS_KEYSTONE_CONFIG_FILES"] = str(conf)
+            process.start()
+        finally:
+            del os.environ["OS_KEYSTONE_CONFIG_FILES"]
+            _finish(bootstrap)
         _wait_ready(url, process)
-    except RuntimeError:
+        keystone = Keystone(url, process, time.monotonic() - started)
+        _populate(keystone)
+    except BaseException:
         process.stop()
         raise
-    keystone = Keystone(url, process, time.monotonic() - started)
-    _populate(keystone)
     return keystone
 
 
@@ -242,75 +281,162 @@ class _AdminAuth(httpx.Auth):
 
 
 def _populate(keystone: Keystone) -> None:
-    """Projects a and b, a member user on each, an admin and the gateway's service user."""
+    """Projects a and b, a member user on each, an admin and the gateway's service user (the
+    requests that do not depend on each other made in parallel)."""
     http = httpx.Client(base_url=keystone.url, auth=_AdminAuth(keystone.url), timeout=30)
-    with http:
+    with http, ThreadPoolExecutor(4) as pool:
 
         def create(path: str, kind: str, body: dict[str, object]) -> str:
             answer = http.post(path, json={kind: body})
             assert answer.status_code == 201, answer.text
             return str(answer.json()[kind]["id"])
 
-        def role_id(name: str) -> str:
-            found = http.get("/roles", params={"name": name}).json()["roles"]
-            return str(found[0]["id"]) if found else create("/roles", "role", {"name": name})
-
-        def grant(project_id: str, user_id: str, role: str) -> None:
-            answer = http.put(f"/projects/{project_id}/users/{user_id}/roles/{role_id(role)}")
+        def grant(project_id: str, user_id: str, role_id: str) -> None:
+            answer = http.put(f"/projects/{project_id}/users/{user_id}/roles/{role_id}")
             assert answer.status_code == 204, answer.text
 
         domain_id = http.get("/domains", params={"name": DOMAIN}).json()["domains"][0]["id"]
-        projects = {}
-        for name in ("a", "b", "service"):
-            projects[name] = create("/projects", "project", {"name": name, "domain_id": domain_id})
+        # (bootstrap made admin, member and reader, and service too since Keystone 2025.1)
+        roles = {r["name"]: str(r["id"]) for r in http.get("/roles").json()["roles"]}
         accounts = [("user-a", "a", "member"), ("user-b", "b", "member"),
                     ("admin-a", "a", "admin"), ("zaqar", "service", "service")]
+        missing_roles = {"service"} - roles.keys()
+        made_roles = {name: pool.submit(create, "/roles", "role", {"name": name})
+                      for name in missing_roles}
+        made_projects = {
+            name: pool.submit(create, "/projects", "project",
+                              {"name": name, "domain_id": domain_id})
+            for name in ("a", "b", "service")
+        }
+        made_users = {
+            name: pool.submit(create, "/users", "user",
+                              {"name": name, "password": PASSWORD, "domain_id": domain_id})
+            for name, _, _ in accounts
+        }
+        roles.update((name, made.result()) for name, made in made_roles.items())
+        projects = {name: made.result() for name, made in made_projects.items()}
+        grants = []
         for name, project, role in accounts:
-            user_id = create(
-                "/users", "user", {"name": name, "password": PASSWORD, "domain_id": domain_id}
-            )
-            grant(projects[project], user_id, role)
+            user_id = made_users[name].result()
+            grants.append(pool.submit(grant, projects[project], user_id, roles[role]))
             keystone.users[name] = User(name, user_id, project, projects[project])
+        for granted in grants:
+            granted.result()
         admin_project = http.get("/projects", params={"name": "admin"}).json()["projects"][0]
         keystone.users["admin"] = User("admin", "", "admin", admin_project["id"], ADMIN_PASSWORD)
+
+
+def _shared_keystone(root: Path) -> Keystone:
+    """The run's Keystone, shared by the pytest-xdist workers: built in ``root`` by the first
+    worker that asks (the others wait on the lock), then read from its record."""
+    with open(root / "keystone.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = root / SHARED
+        if record.exists():
+            shared = json.loads(record.read_text())
+            if "error" in shared:
+                raise RuntimeError(shared["error"])
+            keystone = Keystone(
+                shared["url"], ServerProcess([], shared["port"], root), shared["startup_seconds"],
+                {name: User(**user) for name, user in shared["users"].items()},
+            )
+            if httpx.get(keystone.url, timeout=30).status_code != 200:
+                raise RuntimeError(f"the run's keystone does not answer on {keystone.url}")
+            return keystone
+        try:
+            # A folder of its own per build: a build cut short leaves no half-made database.
+            keystone = start_keystone(Path(tempfile.mkdtemp(prefix="keystone-", dir=root)))
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            record.write_text(json.dumps({"error": str(exc)}))
+            raise
+        assert keystone.process.proc is not None
+        record.write_text(json.dumps({
+            "url": keystone.url, "port": keystone.process.port,
+            "pid": keystone.process.proc.pid, "startup_seconds": keystone.startup_seconds,
+            "users": {name: asdict(user) for name, user in keystone.users.items()},
+        }))
+        return keystone
+
+
+def stop_shared_keystone(root: Path) -> None:
+    """Stop the Keystone the workers shared (:func:`_shared_keystone`), if they made one: its
+    gunicorn runs in a session of its own, whose process group is signalled."""
+    record = root / SHARED
+    if not record.exists():
+        return
+    pid = json.loads(record.read_text()).get("pid")
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (neither gone nor a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# Whether this process has its Keystone (the time limit of the test that builds it is longer).
+made: list[Keystone] = []
 
 
 @pytest.fixture(scope="session")
 def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
     if not (KEYSTONE_VENV / "bin" / "keystone-manage").exists():
         missing("Keystone (.venv-keystone)")
+    # Under pytest-xdist each worker's basetemp is a folder of the run's (the controller's).
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
     try:
-        server = start_keystone(tmp_path_factory.mktemp("keystone"))
+        if shared:
+            server = _shared_keystone(tmp_path_factory.getbasetemp().parent)
+        else:
+            server = start_keystone(tmp_path_factory.mktemp("keystone"))
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         missing(f"Keystone ({exc})")
+    made.append(server)
     print(f"\nkeystone ready in {server.startup_seconds:.1f}s", file=sys.stderr)
     yield server
-    server.process.stop()
+    if not shared:  # the controller stops the shared one once every worker has ended
+        server.process.stop()
+
+
+def keystone_overrides(keystone: Keystone) -> dict[str, Any]:
+    """The settings of a keystone-mode deployment on the test Keystone: every process
+    authenticates as the ``zaqar`` service user (role ``service`` on project ``service``)."""
+    return {
+        "auth_strategy": "keystone",
+        "keystone_url": keystone.url,
+        "keystone_username": "zaqar",
+        "keystone_password": PASSWORD,
+        "keystone_project": "service",
+        "signed_url_secret": SIGNED_URL_SECRET,
+        # A first call between services may wait for Keystone several times (each
+        # process's own token, then each validation): slow on a busy test machine.
+        "rpc_timeout": 15.0,
+        # The test Keystone answers in well under a second, but slower on a loaded machine
+        "keystone_timeout": 30.0,
+    }
 
 
 @pytest.fixture
 def keystone_settings(
     make_settings: Callable[..., Settings], keystone: Keystone
 ) -> Callable[..., Settings]:
-    """Settings of a keystone-mode deployment on the test Keystone: every process
-    authenticates as the ``zaqar`` service user (role ``service`` on project ``service``)."""
+    """Settings of a keystone-mode deployment on the test Keystone (:func:`keystone_overrides`)."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "auth_strategy": "keystone",
-            "keystone_url": keystone.url,
-            "keystone_username": "zaqar",
-            "keystone_password": PASSWORD,
-            "keystone_project": "service",
-            "signed_url_secret": SIGNED_URL_SECRET,
-            # A first call between services may wait for Keystone several times (each
-            # process's own token, then each validation): slow on a busy test machine.
-            "rpc_timeout": 15.0,
-            # The test Keystone answers in well under a second, but slower on a loaded machine
-            "keystone_timeout": 30.0,
-        }
-        values.update(overrides)
-        return make_settings(**values)
+        return make_settings(**{**keystone_overrides(keystone), **overrides})
 
     return make
 

@@ -10,6 +10,8 @@ import pytest
 
 from services.common.config import Settings
 from tests.gateway.conftest import running_services
+from tests.keystone import Keystone, keystone_overrides
+from tests.servers import service_ports
 from tests.services._grpc import Stubs, stubs
 from tests.services.test_message_svc import Services, message_svc_factory  # noqa: F401 - fixture
 
@@ -33,12 +35,18 @@ async def svc(
     return await message_svc_factory(message_store=uri)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def keystone_stack(
-    keystone_settings: Callable[..., Settings],
+    keystone: Keystone, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Settings, Stubs]]:
-    """queue_svc, message_svc and notifier_svc in keystone mode, and stubs to call them."""
-    async with running_services(keystone_settings()) as settings:
+    """queue_svc, message_svc and notifier_svc in keystone mode, and stubs to call them: one
+    stack for a module's tests (each works on queues and topics of its own, none stops or
+    reconfigures a service)."""
+    settings = Settings.load(environ={}, overrides={
+        "data_dir": str(tmp_path_factory.mktemp("keystone-stack")), **service_ports(),
+        "gc_interval": 0.5, **keystone_overrides(keystone),
+    })
+    async with running_services(settings):
         s = stubs(settings)
         try:
             yield settings, s
