@@ -269,6 +269,16 @@ class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInt
         return await continuation(await self._details(client_call_details), request)
 
 
+class ServiceTokenBidiInterceptor(_ServiceToken, grpc.aio.StreamStreamClientInterceptor):
+    """The service token on bidirectional streams (``MessagesInternal.Exchange``)."""
+
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        return await continuation(await self._details(client_call_details), request_iterator)
+
+
 def server_interceptors(
     auth: KeystoneAuth | None, public: Collection[str], admin: Collection[str] = ()
 ) -> list[grpc.aio.ServerInterceptor]:
@@ -280,4 +290,7 @@ def client_interceptors(auth: KeystoneAuth | None) -> list[Any]:
     """What a channel of this process needs: its service token in keystone mode."""
     if auth is None:
         return []
-    return [ServiceTokenInterceptor(auth), ServiceTokenStreamInterceptor(auth)]
+    return [
+        ServiceTokenInterceptor(auth), ServiceTokenStreamInterceptor(auth),
+        ServiceTokenBidiInterceptor(auth),
+    ]
