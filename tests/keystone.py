@@ -128,8 +128,13 @@ class Keystone:
     def short_token(self, who: str, seconds: float = SHORT_TOKEN_SECONDS) -> str:
         """A project-scoped token of one of ``users`` that expires in ``seconds``: Keystone
         ends a token no later than the application credential it was issued from."""
+        return self.short_token_until(who, seconds)[0]
+
+    def short_token_until(self, who: str, seconds: float) -> tuple[str, float]:
+        """:meth:`short_token`, and the ``time.monotonic()`` at which it expires."""
         user = self.users[who]
         issued = self.token(who)
+        until = time.monotonic() + seconds
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
         made = httpx.post(
             f"{self.url}/users/{user.id}/application_credentials",
@@ -146,7 +151,7 @@ class Keystone:
         }}}
         answer = httpx.post(self.url + "/auth/tokens", json=body, timeout=30)
         assert answer.status_code == 201, answer.text
-        return answer.headers["X-Subject-Token"]
+        return answer.headers["X-Subject-Token"], until
 
     def revoke(self, token: str) -> None:
         admin = self.token("admin")
