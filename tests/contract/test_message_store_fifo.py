@@ -200,6 +200,38 @@ async def test_mongodb_the_groups_of_a_post_that_died_midway_are_settled_by_the_
     assert result.claim is not None and [m.id for m in result.claim.messages] == ["m-lost"]
 
 
+async def test_mongodb_a_hidden_head_holds_its_group_until_the_sweeper_finishes_its_post(
+    mongo_store: MongoMessageStore, clock: Clock
+) -> None:
+    # Given a post that wrote its message of group "a" hidden (before its dedup document) and
+    # died, and a later post's message of the same group
+    db = mongo_store._db()
+    first, _ = await db.reserve(P, Q, 1, clock.now)
+    await db.messages.insert_one(_message(
+        "m-hidden", first, clock.now, g="a", d="x", dg=0, v=clock.now + 600, h=clock.now,
+        hd=clock.now + 300,
+    ))
+    later = await mongo_store.post_fifo(P, Q, "c", [fmsg(2, "a")], dedup_window=300)
+
+    # Then no claim takes the later message past the hidden head, and a settle does not find
+    # the group empty
+    assert (await mongo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60)).claim is None
+    await groups.settle(db, P, Q, "a", clock.now)
+    assert await db.groups.find_one({"p": P, "q": Q, "g": "a"}) is not None
+    assert (await mongo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60)).claim is None
+
+    # When the sweeper runs once the range is abandoned
+    clock.advance(PENDING_WINDOW + 1)
+    await mongo_store.collect_garbage()
+
+    # Then the group gives both in order, and the dedup id is remembered for the message
+    result = await mongo_store.claim_fifo(P, Q, limit=5, ttl=60, grace=60)
+    assert result.claim is not None
+    assert [m.id for m in result.claim.messages] == ["m-hidden", later.ids[0]]
+    again = await mongo_store.post_fifo(P, Q, "c", [fmsg(3, dedup="x")], dedup_window=300)
+    assert again.ids == ("m-hidden",) and again.stored == (False,)
+
+
 async def test_mongodb_a_group_freed_by_its_consumer_is_ready_at_once(
     mongo_store: MongoMessageStore, mongodb_uri: str
 ) -> None:

@@ -22,7 +22,7 @@ from services.message_svc.redrive import MAX_PER_SECOND, Redrives, queue_sources
 from services.message_svc.redrive_move import FaultHook
 from services.message_svc.service import MessageService
 from services.message_svc.storage.base import MessageStore, StoredMessage
-from services.message_svc.storage.mongodb import once
+from services.message_svc.storage.mongodb import fifo, once
 from services.message_svc.storage.redrives import open_redrive_store
 from services.message_svc.storage.registry import open_store
 from tests.services.test_message_svc import (  # noqa: F401 - fixtures
@@ -567,3 +567,71 @@ async def test_mongodb_a_crash_between_message_and_key_with_the_message_consumed
     assert await _numbers(svc, "dlq") == []
     done = await svc.messages.GetRedrive(_ref())
     assert (done.id, done.status, done.moved) == (job.id, "done", 3)
+
+
+async def _drain(svc: Services, queue: str) -> list[tuple[int, str]]:
+    """(body, group) of every message claims take from ``queue``, deleting each."""
+    taken: list[tuple[int, str]] = []
+    while True:
+        claim = await svc.claim(queue=queue, limit=20)
+        if not claim.id:
+            return taken
+        for m in claim.messages:
+            taken.append((orjson.loads(m.body), m.group_id))
+            await svc.messages.DeleteMessage(messages_pb2.DeleteMessageRequest(
+                project=PROJECT, queue=queue, message_id=m.id, claim_id=claim.id))
+
+
+@pytest.mark.parametrize("svc", ["mongodb"], indirect=True)
+async def test_mongodb_a_crash_between_fifo_message_and_dedup_record_with_consumers_posts_once(
+    svc: Services, local: Callable[..., Awaitable[Redrives]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a runner that dies in post_fifo into a FIFO destination after the batch's
+    # messages are inserted, before their dedup documents are stored (MongoDB writes them
+    # separately), taking nothing back (the process is gone)
+    await svc.create_queue("dlq")
+    await svc.create_queue("to", _fifo=True)
+    await svc.messages.PostMessages(messages_pb2.PostMessagesRequest(
+        project=PROJECT, queue="dlq", client_id=CLIENT, messages=[
+            messages_pb2.NewMessage(body=orjson.dumps(n), group_id=g or None, ttl=600)
+            for n, g in [(0, "a"), (1, ""), (2, "a"), (3, "")]
+        ],
+    ))
+    real_remember, real_take_back = fifo._remember, fifo._take_back
+    calls: list[str] = []
+
+    async def crash_once(*args: Any) -> None:
+        calls.append("remember")
+        if len(calls) == 1:
+            raise Crash()
+        await real_remember(*args)
+
+    async def died(*args: Any) -> None:
+        if len(calls) > 1:
+            await real_take_back(*args)
+
+    monkeypatch.setattr(fifo, "_remember", crash_once)
+    monkeypatch.setattr(fifo, "_take_back", died)
+    clock = Clock()
+    first = await local(clock)
+    job = await first.start(PROJECT, "dlq", "to", None)
+    await first.wait(PROJECT, "dlq")
+    assert await _numbers(svc, "dlq") == [0, 1, 2, 3]
+
+    # When a consumer of the destination claims and deletes whatever it can meanwhile
+    consumed = await _drain(svc, "to")
+
+    # And another runner resumes the job once the lease ran out
+    clock.t += 31
+    second = await local(clock)
+    assert await second.run_due() == 1
+    await second.wait(PROJECT, "dlq")
+
+    # Then every message reached the destination exactly once (none was consumed before its
+    # dedup document was stored), and its groups are claimable at once, in order
+    rest = await _drain(svc, "to")
+    assert sorted(consumed + rest) == [(0, "a"), (1, ""), (2, "a"), (3, "")]
+    assert [n for n, g in consumed + rest if g == "a"] == [0, 2]
+    assert await _numbers(svc, "dlq") == []
+    done = await svc.messages.GetRedrive(_ref())
+    assert (done.id, done.status, done.moved) == (job.id, "done", 4)

@@ -9,8 +9,11 @@ Collections and document schema::
                        g: message group (FIFO queues; absent = none),
                        d, dg: dedup id and its generation (FIFO queues; absent = none),
                        f: fair-queue group (standard queues; absent = none),
-                       h: when to show a message post_once wrote hidden (``v`` is its expiry
-                       until then; absent = shown, see ``once.py``)}
+                       h: when to show a message post_once or post_fifo (with a dedup id)
+                       wrote hidden (``v`` is its expiry until then; absent = shown, see
+                       ``once.py`` and ``fifo.py``),
+                       hd: with ``h`` on a FIFO message, until when its dedup id is to be
+                       remembered (the sweeper finishes an abandoned post with it)}
     claims            {_id: claim id, p, q, t: ttl, g: grace, c: created, e: expires, ea}
     message_counters  {_id: {p, q}, n: last seq given out,
                        pending: [{f: first seq, l: last seq, at: time, t: token}]}

@@ -4,17 +4,25 @@ Deduplication: a message posted with a dedup id carries it (``d``) and the id's 
 (``dg``: how many times the dedup id was accepted in the queue before), unique per queue
 (index ``queue_dedup``, over those messages only); a ``dedup_ids`` document per dedup id of a
 queue remembers the message first accepted with it until its window ends, and the generation.
-As in ``once.py`` the message is written first and the dedup document after it, so:
+As in ``once.py`` the message is written *hidden* (``v`` its expiry, ``h`` when it is to
+become visible, ``hd`` until when its dedup id is to be remembered), then its dedup document,
+then it is shown (``v`` set from ``h``; one ``update_one`` filtered on ``h``) and its group
+settled. So:
 
 * of two concurrent posts of one dedup id only one inserts its message (the other's insert
   fails on the unique index; it finds that message and answers its id);
-* a post sent again after message_svc died between the two writes finds its message the same
-  way (created within the window); a message of an older generation that still exists (its
-  dedup document already swept) is passed over with the next generation;
-* what this cannot tell apart: a post sent again after message_svc died between the writes
-  and after the message was consumed stores it again (``post_once`` closes that window by
-  writing its message hidden until its key is stored, ``once.py``; here a hidden message
-  would also have to be kept from its group's claims and settling, which is not built).
+* a post sent again after message_svc died anywhere between the writes finds its message
+  (created within the window) or its dedup document, writes the dedup document if missing
+  and shows the message if it is still hidden (that call answers that it stored it, so the
+  message is handed to notifier_svc); a message of an older generation that still exists
+  (its dedup document already swept) is passed over with the next generation;
+* nothing is consumed before its dedup document is stored, so a message consumed meanwhile
+  is never stored again while its dedup id is remembered;
+* a hidden message holds its group as a delayed head would: a claim stops at it (it never
+  takes a later message of the group past it) and a settle finds the group waiting, never
+  empty; once it is shown its group is settled again. A post that is never sent again is
+  finished by the sweeper (``collect_garbage``) once its seq range is abandoned: it writes
+  the dedup document (until ``hd``) and shows the message, as the post would have.
 
 A dead-letter move drops ``d`` and ``dg``: deduplication belongs to the queue posted to.
 
@@ -91,7 +99,8 @@ async def post_fifo(
             generation[m.dedup_id] = 0 if before is None else int(before["gen"]) + 1
             fresh.append(i)
     if not fresh:
-        return FifoPosted(ids=tuple(ids), stored=(False,) * len(messages))
+        shown = await _show(db, project, queue, list(dict.fromkeys(ids)), now)
+        return FifoPosted(ids=tuple(ids), stored=_firsts(ids, shown))
     if version is not None:
         await db.check_version(project, queue, version)
 
@@ -107,7 +116,9 @@ async def post_fifo(
         if m.group_id is not None:
             doc["g"] = m.group_id
         if m.dedup_id is not None:
+            # Hidden until its dedup document is stored (see the module's docstring).
             doc["d"], doc["dg"] = m.dedup_id, generation[m.dedup_id]
+            doc["v"], doc["h"], doc["hd"] = now + m.ttl, now + m.delay, now + dedup_window
         docs.append(doc)
     try:
         conflicts = await _insert(db, docs)
@@ -122,30 +133,86 @@ async def post_fifo(
             if "g" in doc and doc["g"] not in arrivals:
                 arrivals[doc["g"]] = groups.Arrival(doc["s"], doc["v"], doc["e"])
         # Before the seqs are settled: should this process die first, the sweeper finds the
-        # range still pending and settles the groups of its messages (collect_garbage).
+        # range still pending, finishes its hidden messages and settles the groups of its
+        # messages (collect_garbage).
         await _remember(db, project, queue, docs, earlier, now + dedup_window)
         await groups.note(db, project, queue, arrivals, now)
+        for i, m in enumerate(messages):
+            if m.dedup_id in earlier:
+                ids[i] = earlier[m.dedup_id]
+        hidden = [ids[i] for i in range(len(messages)) if messages[i].dedup_id is not None]
+        shown = await _show(db, project, queue, list(dict.fromkeys(hidden)), now)
     except BaseException:
-        # All or nothing, as far as the server lets us: take back what this post wrote.
-        with contextlib.suppress(PyMongoError):
-            await db.messages.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
-        with contextlib.suppress(PyMongoError):
-            await db.dedup.delete_many({
-                "_id": {"$in": [dedup_key(project, queue, d) for d in first_of]},
-                "m": {"$in": [doc["_id"] for doc in docs]},
-            })
-        with contextlib.suppress(PyMongoError):
-            await db.settle(project, queue, token)
+        await _take_back(db, project, queue, docs, list(first_of), token)
         raise
     await db.settle(project, queue, token)
-    for i, m in enumerate(messages):
-        if m.dedup_id in earlier:
-            ids[i] = earlier[m.dedup_id]
-    stored = {doc["_id"] for doc in written}
-    return FifoPosted(
-        ids=tuple(ids),
-        stored=tuple(i in fresh and ids[i] in stored for i in range(len(messages))),
+    return FifoPosted(ids=tuple(ids), stored=_firsts(ids, shown | {
+        doc["_id"] for doc in written if "d" not in doc
+    }))
+
+
+def _firsts(ids: Sequence[str], stored: set[str]) -> tuple[bool, ...]:
+    """For each position, whether it is the first one of an id in ``stored``."""
+    seen: set[str] = set()
+    flags: list[bool] = []
+    for mid in ids:
+        flags.append(mid in stored and mid not in seen)
+        seen.add(mid)
+    return tuple(flags)
+
+
+async def _take_back(
+    db: Collections, project: str, queue: str, docs: list[Document], dedup_ids: list[str],
+    token: str,
+) -> None:
+    """All or nothing, as far as the server lets us: takes back what a failed post wrote."""
+    with contextlib.suppress(PyMongoError):
+        await db.messages.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
+    with contextlib.suppress(PyMongoError):
+        await db.dedup.delete_many({
+            "_id": {"$in": [dedup_key(project, queue, d) for d in dedup_ids]},
+            "m": {"$in": [doc["_id"] for doc in docs]},
+        })
+    with contextlib.suppress(PyMongoError):
+        await db.settle(project, queue, token)
+
+
+async def _show(
+    db: Collections, project: str, queue: str, ids: Sequence[str], now: float
+) -> set[str]:
+    """Shows those of the messages ``ids`` still hidden (their dedup documents are stored)
+    and settles their groups; the ids this call showed."""
+    shown = await asyncio.gather(*(
+        db.messages.find_one_and_update(
+            {"_id": mid, "p": project, "q": queue, "h": {"$exists": True}},
+            [{"$set": {"v": "$h"}}, {"$unset": ["h", "hd"]}], projection={"g": 1},
+        )
+        for mid in ids
+    ))
+    docs = [doc for doc in shown if doc is not None]
+    await groups.settle_all(
+        db, project, queue, (doc["g"] for doc in docs if isinstance(doc.get("g"), str)), now
     )
+    return {str(doc["_id"]) for doc in docs}
+
+
+async def finish_abandoned(db: Collections, project: str, queue: str, query: Document,
+                           now: float) -> None:
+    """Finishes the posts of the hidden messages ``query`` matches (posts abandoned after
+    their insert): writes their dedup documents and shows them."""
+    hidden = await db.messages.find(
+        {**query, "p": project, "q": queue, "h": {"$exists": True}, "d": {"$type": "string"}},
+        {"d": 1, "dg": 1, "hd": 1},
+    ).to_list()
+    for doc in hidden:
+        until = float(doc.get("hd", now))
+        with contextlib.suppress(DuplicateKeyError):
+            await db.dedup.update_one(
+                {"_id": dedup_key(project, queue, doc["d"]), "gen": {"$lt": doc["dg"]}},
+                {"$set": {"m": doc["_id"], "gen": doc["dg"], "e": until, "ea": as_date(until)}},
+                upsert=True,
+            )
+    await _show(db, project, queue, [str(doc["_id"]) for doc in hidden], now)
 
 
 async def _insert(db: Collections, docs: list[Document]) -> list[int]:

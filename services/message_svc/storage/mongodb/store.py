@@ -514,13 +514,15 @@ class MongoMessageStore(base.MessageStore):
         return removed
 
     async def _settle_abandoned(self, db: Collections, stale: Document, now: float) -> None:
-        """Settles the groups of messages written by posts and moves that were abandoned
-        before they noted their groups (their seq ranges are still pending)."""
+        """Finishes the hidden messages (``fifo.finish_abandoned``) and settles the groups of
+        messages written by posts and moves that were abandoned before they noted their groups
+        (their seq ranges are still pending)."""
         async for counter in db.counters.find({"pending": {"$elemMatch": stale}}):
             project, queue = counter["_id"]["p"], counter["_id"]["q"]
             for entry in counter["pending"]:
                 if entry["at"] < now - PENDING_WINDOW:
-                    touched = await groups.of_messages(db, {
-                        "p": project, "q": queue, "s": {"$gte": entry["f"], "$lte": entry["l"]},
-                    })
+                    span: Document = {"s": {"$gte": entry["f"], "$lte": entry["l"]}}
+                    # Hidden FIFO messages of a post that died before showing them.
+                    await fifo.finish_abandoned(db, project, queue, span, now)
+                    touched = await groups.of_messages(db, {"p": project, "q": queue, **span})
                     await groups.settle_all(db, project, queue, touched, now)
