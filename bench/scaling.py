@@ -408,7 +408,7 @@ def side_by_side(report: dict[str, Any], part: str, title: str, first: str,
 
 def markdown(report: dict[str, Any]) -> str:
     names = ", ".join(f"{short(label)} = {label}" for label in report["systems"])
-    one = "p50 / p99 ms, one request at a time"
+    one, rounds = "p50 / p99 ms, one request at a time", report.get("rounds", 1)
     tables = [
         side_by_side(report, "messages", f"Messages in one queue ({one})", "messages",
                      [("post", lambda r: ms(r["post"])),
@@ -422,8 +422,8 @@ def markdown(report: dict[str, Any]) -> str:
                      [("first page", lambda r: ms(r["list_first_page"])),
                       ("from the middle", lambda r: ms(r["list_from_middle"]))]),
         side_by_side(report, "connections", f"Posting one message per request on C "
-                     f"connections (wrk, {report['seconds']:g} s each in {report.get('rounds', 1)} "
-                     f"rounds)", "connections",
+                     f"connections (wrk, {report['seconds']:g} s each in {rounds} "
+                     f"round{'s' * (rounds != 1)})", "connections",
                      [("req/s", lambda r: str(r["rps"])),
                       ("p50 / p99 ms", lambda r: f"{r['p50']} / {r['p99']}"),
                       ("errors", lambda r: str(r["errors"]))]),
