@@ -378,7 +378,7 @@ class Redrives:
             target = await self._check_destination(job.project, job.destination)
             await post_batch(
                 self.service, job.project, job.queue, target, job.id, page, self._wall(),
-                self._hint,
+                self._hint, resumed=resumed,
             )
             if self._after_post is not None:
                 await self._after_post(page)

@@ -47,9 +47,16 @@ async def post_batch(
     messages: Sequence[StoredMessage],
     now: float,
     hint: Hint | None = None,
+    *,
+    resumed: bool = False,
 ) -> int:
     """Post ``messages`` (of the dead-letter queue ``source``) into the target, each under its
     key; the messages already posted under their key are left as they are.
+
+    The messages stored now are handed to notifier_svc. In a ``resumed`` batch (begun by a
+    runner that stopped), so are those already posted under their key that are still in the
+    destination: the runner that stopped may have died before handing them over, and a
+    subscriber is better notified twice than never (at least once).
 
     Returns:
         How many were stored now (the others were posted by an earlier attempt).
@@ -72,15 +79,18 @@ async def post_batch(
             message = NewMessage(body=body, ttl=ttl, group_id=message.group_id,
                                  dedup_id=message.dedup_id)
         stored.append(message)
-    fresh_ids: list[str] = []
-    fresh: list[int] = []
     post = _post_fifo if target.policy.fifo else _post_once
-    for index, mid in await post(project, target, job_id, messages, stored):
-        fresh.append(index)
-        fresh_ids.append(mid)
-    if fresh:
-        service._hand_off(project, target.queue, target.policy, fresh_ids,
-                          [plain[i] for i in fresh], [stored[i] for i in fresh])
+    posted = await post(project, target, job_id, messages, stored)
+    fresh = [(index, mid) for index, mid, new in posted if new]
+    handed = list(fresh)
+    if resumed:
+        before = {mid: index for index, mid, new in posted if not new}
+        if before:
+            still = await target.store.get_many(project, target.queue, list(before))
+            handed += sorted((before[m.id], m.id) for m in still if m.id in before)
+    if handed:
+        service._hand_off(project, target.queue, target.policy, [mid for _, mid in handed],
+                          [plain[i] for i, _ in handed], [stored[i] for i, _ in handed])
         if hint is not None:
             hint(project, target.queue)
     return len(fresh)
@@ -89,23 +99,22 @@ async def post_batch(
 async def _post_once(
     project: str, target: Target, job_id: str, messages: Sequence[StoredMessage],
     stored: Sequence[NewMessage],
-) -> list[tuple[int, str]]:
-    """(index, new id) of each message stored now."""
+) -> list[tuple[int, str, bool]]:
+    """(index, new id, whether stored now) of each message."""
     fresh = []
     for index, (m, message) in enumerate(zip(messages, stored, strict=True)):
         mid, new = await target.store.post_once(
             project, target.queue, m.client_id, key_of(job_id, m.id), message,
             remember=message.ttl + KEY_MEMORY_EXTRA, version=target.policy.version,
         )
-        if new:
-            fresh.append((index, mid))
+        fresh.append((index, mid, new))
     return fresh
 
 
 async def _post_fifo(
     project: str, target: Target, job_id: str, messages: Sequence[StoredMessage],
     stored: Sequence[NewMessage],
-) -> list[tuple[int, str]]:
+) -> list[tuple[int, str, bool]]:
     fresh = []
     start = 0
     while start < len(messages):
@@ -118,8 +127,8 @@ async def _post_fifo(
             dedup_window=max(m.ttl for m in run) + KEY_MEMORY_EXTRA,
             version=target.policy.version,
         )
-        fresh += [(start + i, mid) for i, (mid, new)
-                  in enumerate(zip(posted.ids, posted.stored, strict=True)) if new]
+        fresh += [(start + i, mid, new) for i, (mid, new)
+                  in enumerate(zip(posted.ids, posted.stored, strict=True))]
         start = end
     return fresh
 

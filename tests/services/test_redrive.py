@@ -635,3 +635,41 @@ async def test_mongodb_a_crash_between_fifo_message_and_dedup_record_with_consum
     assert await _numbers(svc, "dlq") == []
     done = await svc.messages.GetRedrive(_ref())
     assert (done.id, done.status, done.moved) == (job.id, "done", 4)
+
+
+@pytest.mark.parametrize("svc", ["sqlite", "redis"], indirect=True)
+async def test_a_batch_resumed_after_a_crash_before_the_hand_over_hands_its_messages_over(
+    svc: Services, local: Callable[..., Awaitable[Redrives]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a runner that dies after a batch's posts, before handing them to notifier_svc
+    await svc.create_queue("dlq")
+    await svc.create_queue("to")
+    await svc.post(0, 1, 2, queue="dlq", ttl=600)
+    real = MessageService._hand_off
+    handed: list[list[int]] = []
+
+    def crash_once(self: MessageService, *args: Any) -> None:
+        handed.append([orjson.loads(m.body) for m in args[4]])
+        if len(handed) == 1:
+            raise Crash()
+        real(self, *args)
+
+    monkeypatch.setattr(MessageService, "_hand_off", crash_once)
+    clock = Clock()
+    first = await local(clock)
+    job = await first.start(PROJECT, "dlq", "to", None)
+    await first.wait(PROJECT, "dlq")
+    assert await _numbers(svc, "to") == [0, 1, 2]
+    assert await _numbers(svc, "dlq") == [0, 1, 2]
+
+    # When another runner resumes the job once the lease ran out (its posts are no-ops)
+    clock.t += 31
+    second = await local(clock)
+    assert await second.run_due() == 1
+    await second.wait(PROJECT, "dlq")
+
+    # Then it hands the messages over (at least once), each message in the destination once
+    assert handed == [[0, 1, 2], [0, 1, 2]]
+    assert await _numbers(svc, "to") == [0, 1, 2]
+    done = await svc.messages.GetRedrive(_ref())
+    assert (done.id, done.status, done.moved) == (job.id, "done", 3)
