@@ -299,21 +299,35 @@ class Crash(Exception):
     """Stands for message_svc dying at a point of a batch."""
 
 
-async def test_a_crash_between_post_and_delete_neither_loses_nor_duplicates(
-    svc: Services, local: Callable[..., Awaitable[Redrives]],
-) -> None:
-    # Given 50 dead letters and a runner that dies after posting its second batch
+async def fifty_dead_letters(svc: Services) -> None:
+    """Queues ``dlq`` (with the numbers 0-49, posted in tens) and ``to``."""
     await svc.create_queue("dlq")
     await svc.create_queue("to")
     for start in range(0, 50, 10):
         await svc.post(*range(start, start + 10), queue="dlq")
+
+
+def crash_on_batch(
+    n: int, batches: list[int]
+) -> Callable[[Sequence[StoredMessage]], Awaitable[None]]:
+    """A batch hook that notes each batch's size in ``batches`` and crashes on the n-th."""
+
+    async def hook(page: Sequence[StoredMessage]) -> None:
+        batches.append(len(page))
+        if len(batches) == n:
+            raise Crash()
+
+    return hook
+
+
+async def test_a_crash_between_post_and_delete_neither_loses_nor_duplicates(
+    svc: Services, local: Callable[..., Awaitable[Redrives]],
+) -> None:
+    # Given 50 dead letters and a runner that dies after posting its second batch
+    await fifty_dead_letters(svc)
     clock = Clock()
     batches: list[int] = []
-
-    async def crash_on_second(page: Sequence[StoredMessage]) -> None:
-        batches.append(len(page))
-        if len(batches) == 2:
-            raise Crash()
+    crash_on_second = crash_on_batch(2, batches)
 
     first = await local(clock, crash_on_second)
     job = await first.start(PROJECT, "dlq", "to", None)
@@ -422,17 +436,10 @@ async def test_a_crash_between_delete_and_record_still_counts_every_message_once
 ) -> None:
     # Given 50 dead letters and a runner that dies after deleting its second batch from the
     # dead-letter queue, before recording it
-    await svc.create_queue("dlq")
-    await svc.create_queue("to")
-    for start in range(0, 50, 10):
-        await svc.post(*range(start, start + 10), queue="dlq")
+    await fifty_dead_letters(svc)
     clock = Clock()
     batches: list[int] = []
-
-    async def crash_on_second(page: Sequence[StoredMessage]) -> None:
-        batches.append(len(page))
-        if len(batches) == 2:
-            raise Crash()
+    crash_on_second = crash_on_batch(2, batches)
 
     first = await local(clock, after_delete=crash_on_second)
     job = await first.start(PROJECT, "dlq", "to", None)
