@@ -4,7 +4,7 @@ loopback port from a temporary folder.
 
 The session fixture ``keystone`` bootstraps it (the fernet and credential key repositories as
 ``keystone-manage fernet_setup`` / ``credential_setup`` write them, then ``keystone-manage
-db_sync`` and ``bootstrap``, the latter while gunicorn loads Keystone), waits until ``/v3``
+db_sync`` and ``bootstrap``, then gunicorn), waits until ``/v3``
 answers, then makes two projects (``a``, ``b``) with a ``member`` user on each, an admin user
 (role ``admin`` on project ``a``) and a service user for the gateway (role ``service`` on a
 ``service`` project). Locally a missing ``.venv-keystone`` skips the tests that need it; in CI
@@ -239,18 +239,21 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["OS_KEYSTONE_CONFIG_FILES"] = str(conf)
     _finish(_manage(workdir, env, "db_sync"))
-    # The schema is there: gunicorn loads Keystone while bootstrap fills it in.
-    bootstrap = _manage(
+    # Bootstrap ends before gunicorn loads Keystone, so no worker sees a half-filled database.
+    _finish(_manage(
         workdir, env, "bootstrap",
         "--bootstrap-password", ADMIN_PASSWORD,
         "--bootstrap-admin-url", url,
         "--bootstrap-public-url", url,
         "--bootstrap-internal-url", url,
         "--bootstrap-region-id", "RegionOne",
-    )
+    ))
     gunicorn = KEYSTONE_VENV / "bin" / "gunicorn"
     # Two worker processes: under pytest-xdist every worker's tests call this one Keystone.
-    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+    # One thread each: a worker whose first requests came on several threads at once refused
+    # the admin its rights (403 on identity:create_user) for good (its policy enforcer is set
+    # up lazily, and not safely for threads).
+    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "1",
             "--chdir", str(workdir), "--error-logfile", "-", "keystone_wsgi:application"]
     process = ServerProcess(argv, port, workdir)
     try:
@@ -259,7 +262,6 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
             process.start()
         finally:
             del os.environ["OS_KEYSTONE_CONFIG_FILES"]
-            _finish(bootstrap)
         _wait_ready(url, process)
         keystone = Keystone(url, process, time.monotonic() - started)
         _populate(keystone)
