@@ -199,6 +199,11 @@ class MethodCalls:
         """``zaqar.v2.Messages/Post``."""
         return f"{self._service}/{self._method}"
 
+    @property
+    def method(self) -> str:
+        """``Post``."""
+        return self._method
+
     def done(self, code: str, seconds: float) -> None:
         counter = self._codes.get(code)
         if counter is None:

@@ -9,6 +9,11 @@ interceptor gives the single call — and never fails the others.
 ``MessagesInternal.Exchange`` (:class:`ExchangeRunner`) carries the same items over one
 long-lived stream: each request is run in a task of its own as soon as it is read, and its
 answer written as soon as it is done.
+
+Metrics: each item counts in ``grpc_server_handled_total`` / ``grpc_server_handling_seconds``
+as a call of its own ``zaqar.v2.Messages`` method, with its own status code, so a
+dashboard of message_svc's calls by method and code reads the same whether the gateway sent
+them alone, batched or on the stream.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from services.common.errors import (
 )
 from services.common.grpc_types import Context
 from services.common.logs import BATCH_REQUEST_IDS_KEY, REQUEST_ID, well_formed
-from services.common.metrics import code_name, server_calls
+from services.common.metrics import MethodCalls, code_name, server_calls
 
 # The most items one call may carry (the gateway's setting is checked against it).
 MAX_ITEMS: Final = 256
@@ -59,8 +64,11 @@ class BatchRunner:
 
     def __init__(self, messages: Any) -> None:
         """``messages``: the ``MessagesServicer`` whose methods serve the items."""
-        self._routes: dict[str, tuple[Method, str, str]] = {
-            item_field: (getattr(messages, method), result_field, method)
+        self._routes: dict[str, tuple[Method, str, MethodCalls]] = {
+            item_field: (
+                getattr(messages, method), result_field,
+                server_calls(f"/zaqar.v2.Messages/{method}"),
+            )
             for item_field, (method, result_field) in ROUTES.items()
         }
 
@@ -108,31 +116,30 @@ class BatchRunner:
             failure = InvalidArgument(f"Unknown batch item {kind or '(empty)'}.")
             result.error.CopyFrom(to_status(failure))
             return
-        method, result_field, name = route
+        method, result_field, calls = route
         start = time.perf_counter()
         try:
             response = await method(getattr(item, kind), context)
         except Exception as exc:
-            result.error.CopyFrom(failure_status(exc, f"Batch/{name}"))
-            log_call(f"/zaqar.v2.Messages/{name}", code_name(result.error.code),
-                     time.perf_counter() - start)
-            return
-        getattr(result, result_field).CopyFrom(response)
-        log_call(f"/zaqar.v2.Messages/{name}", "OK", time.perf_counter() - start)
-
-
-EXCHANGE: Final = "/zaqar.v2.MessagesInternal/Exchange"
+            result.error.CopyFrom(failure_status(exc, f"Batch/{calls.method}"))
+            code = code_name(result.error.code)
+        else:
+            getattr(result, result_field).CopyFrom(response)
+            code = "OK"
+        seconds = time.perf_counter() - start
+        calls.done(code, seconds)
+        log_call(f"/{calls.name}", code, seconds)
 
 
 class ExchangeRunner:
     """Serves ``MessagesInternal.Exchange``: reads requests until the caller ends its side,
     runs each in a task of its own, writes each answer when it is done (one write at a
-    time), and ends once every request read is answered. Each request is counted as a call
-    of ``Exchange`` in the server's call metrics."""
+    time), and ends once every request read is answered. The items count in the server's
+    call metrics under their own methods (:class:`BatchRunner`); the stream itself counts
+    once, when it ends."""
 
     def __init__(self, batch: BatchRunner) -> None:
         self._batch = batch
-        self._calls = server_calls(EXCHANGE)
 
     async def serve(self, context: Context) -> None:
         loop = asyncio.get_running_loop()
@@ -155,33 +162,24 @@ class ExchangeRunner:
     async def _answer(
         self, request: messages_pb2.ExchangeRequest, context: Context, writing: asyncio.Lock
     ) -> None:
-        start = time.perf_counter()
         response = messages_pb2.ExchangeResponse(id=request.id)
         items = request.items
-        code = "OK"
-        try:
-            if len(items) > MAX_ITEMS:
-                failure = to_status(Overloaded(
-                    f"A batch takes at most {MAX_ITEMS} items, not {len(items)}."
-                ))
-                for _ in items:
-                    response.results.add().error.CopyFrom(failure)
-            else:
-                ids = _listed_ids(request.request_ids, len(items))
-                timeout = request.timeout_ms / 1000 if request.timeout_ms else None
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._batch.fill(items, response.results, ids, context)
-                except TimeoutError:
-                    code = "DEADLINE_EXCEEDED"
-                    return  # the caller has given up on it: no answer
-            async with writing:
-                await context.write(response)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        finally:
-            self._calls.done(code, time.perf_counter() - start)
+        if len(items) > MAX_ITEMS:
+            failure = to_status(Overloaded(
+                f"A batch takes at most {MAX_ITEMS} items, not {len(items)}."
+            ))
+            for _ in items:
+                response.results.add().error.CopyFrom(failure)
+        else:
+            ids = _listed_ids(request.request_ids, len(items))
+            timeout = request.timeout_ms / 1000 if request.timeout_ms else None
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._batch.fill(items, response.results, ids, context)
+            except TimeoutError:
+                return  # the caller has given up on it: no answer
+        async with writing:
+            await context.write(response)
 
 
 def _listed_ids(ids: Sequence[str], count: int) -> list[str | None]:

@@ -134,14 +134,18 @@ async def running_services(settings: Settings) -> AsyncIterator[Settings]:
     from services.message_svc.server import start as start_message_svc
     from services.queue_svc.server import start as start_queue_svc
 
+    # queue_svc first, as `up` starts them: notifier_svc's sweep calls queue_svc at once, and a
+    # connection it found refused would leave the address's subchannel (which gRPC shares
+    # between the channels of one process, the gateway's included) backing off, so the test's
+    # first request could fail with UNAVAILABLE although queue_svc was up by then.
     running: list[Any] = []
     try:
+        running.append(await start_queue_svc(settings))
+        running.append(await start_message_svc(settings))
         if NOTIFIER_BUILT:
             from services.notifier_svc.server import start as start_notifier_svc
 
             running.append(await start_notifier_svc(settings))
-        running.append(await start_message_svc(settings))
-        running.append(await start_queue_svc(settings))
         yield settings
     finally:
         for service in reversed(running):
