@@ -167,7 +167,12 @@ class Exchange:
         code = "OK"
         try:
             async with stream.writing:
-                await stream.call.write(request)
+                try:
+                    await stream.call.write(request)
+                except asyncio.InvalidStateError:
+                    # The stream ended (message_svc stopping) between _current and the write:
+                    # this request was never sent.
+                    raise _ended() from None
             return await future
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
