@@ -49,7 +49,7 @@ import grpc
 from google.rpc import status_pb2
 from zaqar_grpc.v2 import messages_pb2
 
-from services.api_gateway.exchange import Exchange
+from services.api_gateway.exchange import Exchange, deadline_exceeded
 from services.common import metrics, tracing
 from services.common.config import ConfigurationError
 from services.common.errors import status_code
@@ -144,13 +144,6 @@ def _copy(exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         exc.code(), exc.initial_metadata(), exc.trailing_metadata(), exc.details(),
         exc.debug_error_string(),
-    )
-
-
-def _deadline_exceeded() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
-        details="Deadline Exceeded",
     )
 
 
@@ -323,7 +316,7 @@ class CoalescingMessages:
 
     def _expire(self, waiting: _Waiting) -> None:
         if not waiting.future.done():
-            waiting.future.set_exception(_deadline_exceeded())
+            waiting.future.set_exception(deadline_exceeded())
 
     def _window_closed(self) -> None:
         """A call returned: send what waits, as long as fewer requests than the limit are in

@@ -44,7 +44,8 @@ ROTATE_AFTER: Final = 60.0
 _Results = Sequence[messages_pb2.BatchResult]
 
 
-def _deadline_exceeded() -> grpc.aio.AioRpcError:
+def deadline_exceeded() -> grpc.aio.AioRpcError:
+    """The error a unary call raises when its deadline passes."""
     return grpc.aio.AioRpcError(
         grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
         details="Deadline Exceeded",
@@ -199,4 +200,4 @@ class Exchange:
 
 def _expire(future: asyncio.Future[_Results]) -> None:
     if not future.done():
-        future.set_exception(_deadline_exceeded())
+        future.set_exception(deadline_exceeded())
