@@ -26,6 +26,8 @@ def up_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, St
     """``zaqar-grpc up`` process trees, started on first use, one per store, for the session."""
     stacks: dict[str, Stack] = {}
     yield stacks
+    for stack in stacks.values():  # all stop at once: each waits for its services' grace
+        stack.terminate()
     for stack in stacks.values():
         assert stack.stop() == 0, "zaqar-grpc up did not stop cleanly:\n" + "".join(stack.output)
 

@@ -23,6 +23,7 @@ class Stack:
     proc: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
     pump: threading.Thread | None = None
+    terminated: bool = False
 
     @property
     def url(self) -> str:
@@ -37,9 +38,15 @@ class Stack:
                 pids[name.strip()] = int(rest.rsplit("(pid ", 1)[1].rstrip(")"))
         return pids
 
+    def terminate(self) -> None:
+        """SIGTERM once, without waiting (``stop`` then waits)."""
+        if self.proc.poll() is None and not self.terminated:
+            self.terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
