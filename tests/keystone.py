@@ -429,8 +429,9 @@ def keystone_overrides(keystone: Keystone) -> dict[str, Any]:
         "keystone_project": "service",
         "signed_url_secret": SIGNED_URL_SECRET,
         # A first call between services may wait for Keystone several times (each
-        # process's own token, then each validation): slow on a busy test machine.
-        "rpc_timeout": 15.0,
+        # process's own token, then each validation): slow on a busy test machine (a post
+        # with a trust subscriber took over 15 s with both cores loaded).
+        "rpc_timeout": 60.0,
         # The test Keystone answers in well under a second, but slower on a loaded machine
         "keystone_timeout": 30.0,
     }

@@ -30,7 +30,7 @@ class Hit:
 @dataclass
 class Receiver:
     """A webhook endpoint: records every request; fails the first ``fail`` of them with 500;
-    with ``hang`` never answers."""
+    with ``hang`` never answers (until it stops)."""
 
     port: int
     hits: list[Hit] = field(default_factory=list)
@@ -45,8 +45,8 @@ class Receiver:
         self.hits.append(Hit(time.monotonic(), request.path, dict(request.headers),
                              await request.read()))
         self.arrived.set()
-        if self.hang:
-            await asyncio.sleep(30)
+        if self.hang:  # until the receiver stops (its clean-up cancels this)
+            await asyncio.Event().wait()
         if len(self.hits) <= self.fail:
             return web.Response(status=500)
         return web.Response(status=204)

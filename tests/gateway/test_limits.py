@@ -193,4 +193,4 @@ def test_json_depth_is_linear_on_hostile_text() -> None:
     for text in (b'"' + b'\\"[' * 100_000, b"[" * 200_000, b'["' * 100_000):
         started = time.monotonic()
         json_depth(text)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 10.0  # quadratic would take minutes
