@@ -25,6 +25,11 @@ from tests.servers import (  # noqa: F401 - shared fixtures
 from tests.stacks import up_stacks  # noqa: F401 - shared fixture
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Seconds within which a call that must fail fast (a refused connection, a timeout the test
+# configured short) has failed, however busy the machine: far below the waits these bounds are
+# there to catch (the drivers' own defaults, such as pymongo's 30 s server selection, a gRPC
+# call waiting for its deadline, or no timeout at all).
+FAIL_FAST = 10.0
 
 
 # Files that take long for their number of tests: seconds per file, from runs of 2026-12 (the

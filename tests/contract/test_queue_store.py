@@ -21,6 +21,7 @@ from services.queue_svc.storage.redis import queues as redis_queues
 from services.queue_svc.storage.redis._connection import RedisOptions, parse
 from services.queue_svc.storage.registry import open_queue_store, redact
 from services.testing.queue_store import QueueStoreContract, names
+from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER
 from tests.servers import free_port, mongodb_process, redis_process
 
@@ -183,7 +184,7 @@ async def test_unreachable_server_is_unavailable_within_seconds(scheme: str) -> 
     with pytest.raises(Unavailable) as caught:
         await open_queue_store(f"{scheme}://127.0.0.1:{port}/0")
     # Then it fails fast, saying where it looked
-    assert time.monotonic() - started < 3.5
+    assert time.monotonic() - started < FAIL_FAST
     collect_sockets_leaked_by_pymongo()
     assert f"127.0.0.1:{port}" in caught.value.description
     assert "cannot be reached" in caught.value.description
@@ -210,7 +211,7 @@ async def test_silent_server_is_unavailable_after_the_uri_timeouts(scheme: str) 
         # Then opening the store gives up after the timeouts, instead of hanging
         with pytest.raises(Unavailable):
             await open_queue_store(uri)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < FAIL_FAST
     finally:
         collect_sockets_leaked_by_pymongo()
         server.close()
@@ -238,7 +239,7 @@ async def test_redis_crash_fails_fast_and_the_same_store_recovers(tmp_path: Path
                 await store.create("p", "new", {})
             with pytest.raises(Unavailable):
                 await store.list("p", limit=5)
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < FAIL_FAST
             # And once it is back, the same store works again, with the acknowledged data
             server.start()
             record = await store.get("p", "kept")
@@ -257,8 +258,9 @@ async def test_mongodb_restart_fails_fast_and_the_same_store_recovers(tmp_path: 
     server = mongodb_process(tmp_path / "mongodb")
     server.start()
     try:
+        # (a server selection timeout that leaves a busy machine time to see the server back)
         store = await open_queue_store(
-            f"mongodb://127.0.0.1:{server.port}/zaqar?serverSelectionTimeoutMS=500"
+            f"mongodb://127.0.0.1:{server.port}/zaqar?serverSelectionTimeoutMS=2000"
         )
         try:
             await store.create("p", "kept", {"a": 1})
@@ -268,7 +270,7 @@ async def test_mongodb_restart_fails_fast_and_the_same_store_recovers(tmp_path: 
                 started = time.monotonic()
                 with pytest.raises(Unavailable):
                     await store.get("p", "kept")
-                assert time.monotonic() - started < 2
+                assert time.monotonic() - started < FAIL_FAST
             # And once it is back, the same store works again
             server.start()
             assert await store.create("p", "new", {}) is True

@@ -20,6 +20,7 @@ from services.notifier_svc.storage.base import (
 )
 from services.notifier_svc.storage.registry import open_notifier_store
 from services.testing.notifier_store import HOOK, NotifierStoreContract, delivery, subscribe
+from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER, Clock
 from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
 from tests.servers import ServerProcess, free_port, redis_process
@@ -77,7 +78,7 @@ async def test_unreachable_server_is_unavailable_within_seconds(scheme: str) -> 
     started = time.monotonic()
     with pytest.raises(Unavailable) as caught:
         await open_notifier_store(f"{scheme}://127.0.0.1:{port}/0")
-    assert time.monotonic() - started < 3.5
+    assert time.monotonic() - started < FAIL_FAST
     collect_sockets_leaked_by_pymongo()
     assert f"127.0.0.1:{port}" in caught.value.description
 
@@ -109,7 +110,7 @@ async def test_redis_crash_fails_fast_and_the_same_store_recovers(
         for call in calls:
             with pytest.raises(Unavailable):
                 await call()
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < FAIL_FAST
         # And once it is back, the same store has every acknowledged change
         durable_redis.start()
         assert await store.get("p", "q", sub.id) == sub

@@ -105,8 +105,9 @@ async def live_client(
 async def dead_client(
     make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
 ) -> httpx.AsyncClient:
-    """A gateway whose upstream ports have nothing listening."""
-    return await gateway_factory(make_settings(rpc_timeout=2.0))
+    """A gateway whose upstream ports have nothing listening (its calls' deadline is far
+    beyond ``FAIL_FAST``, so a call that waited for it instead of failing at once shows)."""
+    return await gateway_factory(make_settings(rpc_timeout=60.0))
 
 
 @pytest.fixture(params=MODES)

@@ -25,6 +25,7 @@ from services.common.errors import (
     ServiceError,
     to_status,
 )
+from tests.conftest import FAIL_FAST
 from tests.gateway.conftest import HEADERS, GatewayFactory, lifespan
 
 EXPECTED_STATUS = {
@@ -130,7 +131,7 @@ async def test_a_down_service_is_503_quickly(dead_client: httpx.AsyncClient) -> 
         started = time.monotonic()
         resp = await dead_client.request(method, path)
         # Then each call fails fast with a Zaqar 503, never a 500 or a hang
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < FAIL_FAST
         assert resp.status_code == 503
         assert resp.json()["title"] == "Service temporarily unavailable"
         assert "try again" in resp.json()["description"]
@@ -162,7 +163,7 @@ async def test_a_slow_service_is_503_after_the_deadline(
     started = time.monotonic()
     resp = await client.get("/v2/queues/q/messages")
     # Then the deadline turns into a 503 soon after
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < FAIL_FAST
     assert resp.status_code == 503
     assert resp.json()["title"] == "Service temporarily unavailable"
 
