@@ -103,7 +103,9 @@ async def pooled(
         uris = {name: f"mongodb://127.0.0.1:{port}/np{unique}{name}" for name in ("a", "b")}
     if request.param == "redis":
         uris, servers = await redis_pools(request.getfixturevalue("redis_pair"))
-    settings = make_settings(pooling=True, rpc_timeout=3.0, gc_interval=0.2)
+    # (a new pool is probed for rpc_timeout / 2: a Redis Cluster may take seconds to answer on
+    # a busy machine)
+    settings = make_settings(pooling=True, rpc_timeout=10.0, gc_interval=0.2)
     async with pooled_services(settings) as s:
         yield Pooled(settings, s, uris, servers)
 
