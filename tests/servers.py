@@ -9,6 +9,7 @@ it. Locally a missing server skips the tests that need it; in CI (``CI=true``) i
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,6 +302,16 @@ def start_redis_cluster(workdir: Path, node_timeout_ms: int = 2000) -> RedisClus
 def stop_redis_cluster(cluster: RedisClusterProcesses) -> None:
     for node in cluster.nodes:
         node.kill()  # its data is thrown away: no need for a graceful stop
+
+
+def collect_sockets_leaked_by_pymongo() -> None:
+    """Collect, quietly, the socket pymongo's server monitor leaks when its client is closed
+    during a connection attempt (its _async_create_connection closes the socket on OSError
+    but not on CancelledError). Left alone, the socket's ResourceWarning would surface in
+    whichever later test happened to run the garbage collector."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 # SecantusDB answers hello as the one member (the primary) of this replica set.

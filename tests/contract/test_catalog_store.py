@@ -14,8 +14,7 @@ from services.queue_svc.storage.registry import open_queue_store
 from services.testing.catalog_store import CatalogStoreContract, pool, pool_names
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER
-from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
-from tests.servers import mongodb_process, redis_process
+from tests.servers import collect_sockets_leaked_by_pymongo, mongodb_process, redis_process
 
 # The store_uri fixture's backends: these stores run on a Redis Cluster too.
 STORE_BACKENDS = WITH_CLUSTER

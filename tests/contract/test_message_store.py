@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import sqlite3
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,13 @@ from services.message_svc.storage.registry import open_store
 from services.testing.message_store import CLIENT, MessageStoreContract, P, Q, list_all, msg, post_n
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER, Clock
-from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
+from tests.servers import (
+    ServerProcess,
+    collect_sockets_leaked_by_pymongo,
+    free_port,
+    mongodb_process,
+    redis_process,
+)
 
 # The store_uri fixture's backends: these stores run on a Redis Cluster too.
 STORE_BACKENDS = WITH_CLUSTER
@@ -112,9 +116,7 @@ async def test_an_unreachable_server_is_unavailable_within_seconds(scheme: str) 
         # attempt (pool_shared._async_create_connection closes it on OSError only, not on
         # CancelledError); collect it here rather than in whichever test runs next.
         await asyncio.sleep(0.05)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        collect_sockets_leaked_by_pymongo()
 
 
 async def _outage_and_recovery(store: MessageStore, server: ServerProcess) -> None:

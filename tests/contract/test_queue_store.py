@@ -5,10 +5,8 @@ what only some backends have.
 from __future__ import annotations
 
 import asyncio
-import gc
 import sqlite3
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,12 @@ from services.queue_svc.storage.registry import open_queue_store, redact
 from services.testing.queue_store import QueueStoreContract, names
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER
-from tests.servers import free_port, mongodb_process, redis_process
+from tests.servers import (
+    collect_sockets_leaked_by_pymongo,
+    free_port,
+    mongodb_process,
+    redis_process,
+)
 
 # The store_uri fixture's backends: these stores run on a Redis Cluster too.
 STORE_BACKENDS = WITH_CLUSTER
@@ -163,16 +166,6 @@ async def test_mongodb_uri_options() -> None:
     assert tuned.database == "queues"
     assert "w" not in tuned.client_options
     assert "serverSelectionTimeoutMS" not in tuned.client_options
-
-
-def collect_sockets_leaked_by_pymongo() -> None:
-    """Collect, quietly, the socket pymongo's server monitor leaks when its client is closed
-    during a connection attempt (its _async_create_connection closes the socket on OSError
-    but not on CancelledError). Left alone, the socket's ResourceWarning would surface in
-    whichever later test happened to run the garbage collector."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 @pytest.mark.parametrize("scheme", NETWORK_SCHEMES)

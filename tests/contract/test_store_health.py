@@ -21,8 +21,7 @@ from services.notifier_svc.storage.registry import open_notifier_store
 from services.queue_svc import health as queue_health
 from services.queue_svc.storage.catalog import PoolRecord
 from services.queue_svc.storage.registry import open_queue_store
-from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
-from tests.servers import free_port, redis_process
+from tests.servers import collect_sockets_leaked_by_pymongo, free_port, redis_process
 
 MESSAGE_OPERATIONS = [
     "post_messages", "claim_messages", "list_messages", "delete_messages", "delete_claim",

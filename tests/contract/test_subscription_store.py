@@ -22,8 +22,7 @@ from services.notifier_svc.storage.registry import open_notifier_store
 from services.testing.notifier_store import HOOK, NotifierStoreContract, delivery, subscribe
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER, Clock
-from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
-from tests.servers import ServerProcess, free_port, redis_process
+from tests.servers import ServerProcess, collect_sockets_leaked_by_pymongo, free_port, redis_process
 
 # The store_uri fixture's backends: this store runs on a Redis Cluster too.
 STORE_BACKENDS = WITH_CLUSTER

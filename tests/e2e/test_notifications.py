@@ -37,9 +37,8 @@ from services.common.config import Settings
 from services.message_svc import server as message_server
 from services.notifier_svc.storage.registry import open_notifier_store
 from services.queue_svc import server as queue_server
-from tests.contract.test_queue_store import collect_sockets_leaked_by_pymongo
 from tests.e2e.harness import Stack
-from tests.servers import free_port
+from tests.servers import collect_sockets_leaked_by_pymongo, free_port
 
 pytestmark = pytest.mark.e2e
 
