@@ -93,6 +93,11 @@ def keystone_conf(workdir: Path, expiration: int) -> str:
         [fernet_tokens]
         key_repository = {workdir / "fernet-keys"}
 
+        # (Receipts, of multi-factor auth, are Fernet-signed with the same keys; keystone-manage
+        # bootstrap checks their repository too, and its default is under /etc/keystone.)
+        [fernet_receipts]
+        key_repository = {workdir / "fernet-keys"}
+
         [credential]
         key_repository = {workdir / "credential-keys"}
 

@@ -32,6 +32,7 @@ from tests.servers import (
     stop_redis_cluster,
 )
 from tests.stacks import REDIS_CLUSTER, SIGNED_URL_SECRET, up_stack
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -237,13 +238,6 @@ class Traffic:
             if r.status_code != 503 or time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.05)
-
-
-async def until(condition: Callable[[], bool], seconds: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not after {seconds} s: {what()}"
-        await asyncio.sleep(0.05)
 
 
 def master_of(cluster: RedisClusterProcesses, key: str) -> ServerProcess:

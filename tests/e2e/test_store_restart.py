@@ -46,6 +46,7 @@ from tests.servers import (
     redis_process,
     start_redis_cluster,
     stop_redis_cluster,
+from tests.waiting import until
 )
 
 pytestmark = pytest.mark.e2e
@@ -272,13 +273,6 @@ class Load:
 
     def since(self, moment: float) -> list[Answer]:
         return [a for a in self.answers if a.sent >= moment]
-
-
-async def until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not after {seconds} s: {what}"
-        await asyncio.sleep(0.02)
 
 
 # A master's failover is the same client code with coalescing on or off (the whole cluster

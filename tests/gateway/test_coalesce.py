@@ -33,6 +33,7 @@ from services.common.errors import InvalidArgument, decode_rpc_error
 from services.common.grpc_server import create_server, open_channel
 from services.message_svc.batch import BatchRunner, ExchangeRunner
 from tests.gateway.conftest import HEADERS, lifespan, new_queue, running_services
+from tests.waiting import until
 
 
 @asynccontextmanager
@@ -193,12 +194,14 @@ class StandIn(messages_pb2_grpc.MessagesServicer):
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.alone: list[str] = []
+        self.arrived: list[str] = []  # every post that reached it, alone or in a batch
 
     async def PostMessages(self, request: Any, context: Any) -> Any:
         self.alone.append(request.queue)
         return await self.post(request)
 
     async def post(self, request: Any) -> Any:
+        self.arrived.append(request.queue)
         if request.queue.startswith("hold"):
             await self.release.wait()
         if request.queue == "bad":
@@ -267,22 +270,13 @@ async def settled(*tasks: asyncio.Task[Any]) -> None:
     await asyncio.wait(tasks, timeout=10)
 
 
-async def until(predicate: Callable[[], Any], within: float = 10) -> None:
-    """Wait until ``predicate()`` is true (the stand-in is reached over a real channel)."""
-    async with asyncio.timeout(within):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.005)
-
-
 async def test_a_cancelled_or_expired_waiting_call_leaves_the_others_alone(
     stand_in: tuple[CoalescingMessages, StandIn, StandInInternal],
 ) -> None:
     stub, messages, internal = stand_in
     # Given a call in flight that holds the window open
     held = post(stub, "hold")
-    await asyncio.sleep(0.05)
+    await until(lambda: messages.alone == ["hold"])
     # And waiting calls: one that will time out, one whose caller gives up, two more
     expiring = post(stub, "expiring", timeout=0.05)
     cancelled = post(stub, "cancelled")
@@ -314,7 +308,7 @@ async def test_failed_items_fail_alone_with_their_own_status(
 ) -> None:
     stub, messages, internal = stand_in
     held = post(stub, "hold")
-    await asyncio.sleep(0.05)
+    await until(lambda: messages.alone == ["hold"])
     bad, crash, good = post(stub, "bad"), post(stub, "crash"), post(stub, "good")
     await asyncio.sleep(0.05)
     with caplog.at_level(logging.ERROR):
@@ -336,10 +330,10 @@ async def test_a_batch_takes_the_earliest_deadline_and_at_most_max_items(
     stand_in: tuple[CoalescingMessages, StandIn, StandInInternal],
 ) -> None:
     stub, messages, internal = stand_in
-    held = post(stub, "hold", timeout=0.3)
-    await asyncio.sleep(0.05)
+    held = post(stub, "hold", timeout=1.0)
+    await until(lambda: messages.alone == ["hold"])
     # Seven wait (one more than max_items): six go at once as a full batch
-    waiting = [post(stub, f"hold-{n}", timeout=0.4 if n == 0 else 5.0)
+    waiting = [post(stub, f"hold-{n}", timeout=1.5 if n == 0 else 30.0)
                for n in range(MAX_ITEMS + 1)]
     await until(lambda: internal.batches)
     assert internal.batches == [[f"hold-{n}" for n in range(MAX_ITEMS)]]
@@ -363,7 +357,7 @@ async def test_a_message_svc_without_batch_gets_single_calls(
 ) -> None:
     stub, messages, _ = stand_in
     held = post(stub, "hold")
-    await asyncio.sleep(0.05)
+    await until(lambda: messages.alone == ["hold"])
     waiting = [post(stub, f"w{n}") for n in range(3)]
     await asyncio.sleep(0.05)
     with caplog.at_level(logging.WARNING):
@@ -474,7 +468,7 @@ async def test_calls_go_on_one_stream_and_answer_and_fail_as_unary_calls() -> No
         # A call alone, then one held with others waiting behind it, one of them bad
         assert list((await post(stub, "first")).ids) == ["first"]
         held = post(stub, "hold")
-        await asyncio.sleep(0.05)
+        await until(lambda: "hold" in messages.arrived)
         waiting = [post(stub, "w0"), post(stub, "bad"), post(stub, "w1")]
         expiring = post(stub, "hold-expiring", timeout=0.05)
         await asyncio.sleep(0.1)
@@ -504,7 +498,7 @@ async def test_a_message_svc_without_exchange_gets_unary_calls(
         assert "does not serve MessagesInternal.Exchange" in caplog.text
         # Later calls go as unary calls (alone, or as Batch) without trying the stream again
         held = post(stub, "hold")
-        await asyncio.sleep(0.05)
+        await until(lambda: "hold" in messages.arrived)
         waiting = [post(stub, "w0"), post(stub, "w1")]
         await asyncio.sleep(0.05)
         messages.release.set()

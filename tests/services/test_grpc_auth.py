@@ -41,6 +41,7 @@ from services.queue_svc import server as queue_server
 from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
 from tests.keystone import SHORT_TOKEN_SECONDS, Keystone
 from tests.services._grpc import Metadata, Stubs, service, stubs, token
+from tests.waiting import until
 
 Code = grpc.StatusCode
 
@@ -359,12 +360,15 @@ async def test_gateway_calls_cost_the_services_no_keystone_round_trip(
         for client in clients.values():
             await client.service_token(renew=True)
         # Given services that have seen each other's and the gateway's tokens once
+        notifier_seen = clients["notifier"].validations
         warm = await http.post(
             f"/v2/queues/{queue}/messages", json={"messages": [{"body": "warm"}]},
             headers={"X-Auth-Token": await fresh_token()},
         )
         assert warm.status_code == 201, warm.text
-        await asyncio.sleep(0.5)  # message_svc hands the post to notifier_svc in the background
+        # (message_svc hands the post to notifier_svc in the background, with its new token)
+        await until(lambda: clients["notifier"].validations > notifier_seen,
+                    what="notifier_svc validating message_svc's token")
         before = {name: c.validations for name, c in clients.items()}
         tokens_before = {name: c._service_token for name, c in clients.items()}
         # When five requests come with five tokens the gateway has never seen
@@ -375,7 +379,7 @@ async def test_gateway_calls_cost_the_services_no_keystone_round_trip(
                 headers={"X-Auth-Token": user_token},
             )
             assert resp.status_code == 201, resp.text
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a window for any validation the posts cause to show
         # Then the gateway asked Keystone about each, the services about none
         after = {name: c.validations for name, c in clients.items()}
         renewed = {name for name, c in clients.items() if c._service_token != tokens_before[name]}

@@ -13,6 +13,7 @@ import pytest
 from services.notifier_svc.delivery.dispatcher import PER_SUBSCRIBER, PER_SUBSCRIBER_MAX, Dispatcher
 from services.notifier_svc.storage.base import Delivery, DeliveryKind, NewDelivery
 from services.notifier_svc.storage.registry import open_notifier_store
+from tests.waiting import until
 
 SLOW = "http://127.0.0.1:9/slow"
 FAST = "http://127.0.0.1:9/fast"
@@ -63,14 +64,6 @@ async def store(tmp_path: Path) -> AsyncIterator[Any]:
     opened.claims = claims
     yield opened
     await opened.close()
-
-
-async def until(predicate: Any, within: float = 5.0) -> None:
-    """Poll ``predicate`` (the dispatcher's state has no event to wait on) until true."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_posts_for_a_saturated_subscriber_do_not_query_the_store(store: Any) -> None:
