@@ -46,8 +46,8 @@ from tests.servers import (
     redis_process,
     start_redis_cluster,
     stop_redis_cluster,
-from tests.waiting import until
 )
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
