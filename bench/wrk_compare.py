@@ -3,12 +3,16 @@ loaded with wrk in alternating rounds: medians, ratios and a Markdown table from
 
     .venv/bin/python bench/wrk_compare.py [--seconds 20] [--rounds 3] [--replicas 1]
                                           [--systems ceiling,zaqar,ours] [--json FILE]
+                                          [--ours-tree LABEL=PATH ...]
 
 Every system runs for the whole session, each on its own redis-server (``--save ""
 --appendonly no``, loopback only): the ceiling is ``bench/hello_app.py`` (fixed answers, no
 store); Zaqar 23.0.1 runs under gunicorn from the venv of ``bench/setup_reference.sh`` (this
 adds gunicorn to it); ours is ``zaqar-grpc up --store redis://…`` with default settings
-(``--replicas N``: N of every service, the load split over the N gateways). A measurement
+(``--replicas N``: N of every service, the load split over the N gateways);
+``--ours-tree LABEL=PATH`` adds ours from another checkout (``git worktree add PATH REV``),
+run from that tree's code with this venv's packages, to compare changes A/B in one run. A
+measurement
 loads one system with two wrk processes at once, on a fresh queue: ``bench/wrk/post.lua`` on
 4 connections (1 thread) and ``bench/wrk/claim_delete.lua`` on 4 connections (1 per thread,
 so each claim's deletes follow it on its connection). A round measures every system once, each
@@ -149,7 +153,7 @@ class System:
         procs = dict(self.named)
         if self.key.startswith("zaqar-"):
             procs.update((f"worker {i}", pid) for i, pid in enumerate(children(self.main_pid), 1))
-        elif self.key == "ours":   # a replica that `up` started again has a new pid
+        elif self.key.startswith("ours"):   # a replica that `up` started again has a new pid
             known = set(procs.values())
             procs.update((f"pid {pid}", pid) for pid in children(self.main_pid) if pid not in known)
         return procs
@@ -270,9 +274,14 @@ def start_zaqar(session: Session, venv: Path, workers: int) -> System:
     return system
 
 
-def start_ours(session: Session, replicas: int) -> System:
-    redis_port, redis_pid = start_redis(session, "redis-ours")
+def start_ours(session: Session, replicas: int, key: str = "ours",
+               tree: Path | None = None) -> System:
+    """``zaqar-grpc up`` on a redis-server of its own; from ``tree`` (another checkout, whose
+    code goes first on PYTHONPATH) when given."""
+    redis_port, redis_pid = start_redis(session, f"redis-{key}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZAQAR_")}
+    if tree is not None:
+        env["PYTHONPATH"] = f"{tree}:{tree / 'services' / 'common' / 'gen'}"
     # With replicas, `up` gives each replica of a port set to 0 a free port of its own; one
     # replica would listen on "any" port, where `up` cannot find it.
     ports = [0] * 5 if replicas > 1 else [free_port() for _ in range(5)]
@@ -283,17 +292,20 @@ def start_ours(session: Session, replicas: int) -> System:
     env.update({f"ZAQAR_{name}_METRICS_PORT": str(free_port() if replicas == 1 else 0)
                 for name in ("QUEUE", "MESSAGE", "NOTIFIER")})
     env.update(ZAQAR_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
-    proc = session.start("ours", [str(Path(sys.executable).parent / "zaqar-grpc"), "up",
-                                  "--store", f"redis://127.0.0.1:{redis_port}/0",
-                                  "--data-dir", str(session.work / "ours-data"),
-                                  *(["--replicas", str(replicas)] if replicas > 1 else [])],
-                         env=env, cwd=ROOT)
-    system = System("ours", "zaqar-grpc" + f" ({replicas} replicas)" * (replicas > 1),
+    proc = session.start(key, [sys.executable, "-m", "services.cli", "up",
+                               "--store", f"redis://127.0.0.1:{redis_port}/0",
+                               "--data-dir", str(session.work / f"{key}-data"),
+                               *(["--replicas", str(replicas)] if replicas > 1 else [])],
+                         env=env, cwd=tree or ROOT)
+    label = "zaqar-grpc" + f" ({replicas} replicas)" * (replicas > 1)
+    if tree is not None:
+        label += f" [{key.removeprefix('ours-')}: {tree}]"
+    system = System(key, label,
                     main_pid=proc.pid, named={"up": proc.pid, "redis-server": redis_pid},
                     store=f"redis://127.0.0.1:{redis_port}/0")
 
     def up() -> bool:
-        text = session.output("ours")
+        text = session.output(key)
         if "zaqar-grpc is up:" not in text:
             return False
         # "   message: 127.0.0.1:50062  (pid 123)", " gateway.1: http://… ws://…  (pid 124)"
@@ -304,8 +316,8 @@ def start_ours(session: Session, replicas: int) -> System:
                 system.urls.append(m[2])
         return True
 
-    session.wait_for("ours", up)
-    session.wait_for("ours", system.ready)
+    session.wait_for(key, up)
+    session.wait_for(key, system.ready)
     return system
 
 
@@ -426,11 +438,16 @@ def summarize(systems: list[System], rounds: list[dict[str, Any]]) -> dict[str, 
     best = max(zaqars, default=None,
                key=lambda k: rows[k]["producer_req_s"] + rows[k]["consumer_req_s"])
     ratios: dict[str, Any] = {}
-    for name, ref in (("ours/zaqar_best", best), ("ours/ceiling", "ceiling")):
-        if "ours" in rows and ref in rows:
-            ratios[name] = {role: round(rows["ours"][f"{role}_req_s"]
-                                        / max(rows[ref][f"{role}_req_s"], 1e-9), 3)
-                            for role in ("producer", "consumer")}
+    for ours in (k for k in rows if k.startswith("ours")):
+        refs = [("zaqar_best", best), ("ceiling", "ceiling")]
+        if ours != "ours":
+            refs.append(("ours", "ours"))
+        for name, ref in refs:
+            if ref in rows:
+                ratios[f"{ours}/{name}"] = {
+                    role: round(rows[ours][f"{role}_req_s"]
+                                / max(rows[ref][f"{role}_req_s"], 1e-9), 3)
+                    for role in ("producer", "consumer")}
     return {"systems": rows, "zaqar_best": best, "ratios": ratios}
 
 
@@ -447,8 +464,9 @@ def markdown(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
             f"| {r['claims']} ({r['empty_claims']}) / {r['deletes']} "
             f"| {r['producer_errors'] + r['consumer_errors']} | {r['cpu_us_per_request']:g} |")
     for name, ratio in summary["ratios"].items():
-        fmt = "{:.1%}" if name == "ours/ceiling" else "x{:.2f}"
-        label = f"ours / {rows[best]['label']}" if name == "ours/zaqar_best" else "ours / ceiling"
+        ours, ref = name.split("/")
+        fmt = "{:.1%}" if ref == "ceiling" else "x{:.2f}"
+        label = f"{ours} / " + {"zaqar_best": rows[best]["label"] if best else ""}.get(ref, ref)
         out.append(f"| **{label}** | **{fmt.format(ratio['producer'])}** | "
                    f"| **{fmt.format(ratio['consumer'])}** | | | | |")
     out += ["", "CPU µs per request by process (median) and RSS MiB after the load (largest):", ""]
@@ -479,6 +497,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=3, help="seconds of load per system first (3)")
     ap.add_argument("--zaqar-venv", type=Path,
                     default=Path(os.environ.get("ZAQAR_REF_VENV", HERE / ".venv-zaqar")))
+    ap.add_argument("--ours-tree", action="append", default=[], metavar="LABEL=PATH",
+                    help="also ours from the checkout at PATH, labelled LABEL (repeatable)")
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the logs and wrk outputs")
     args = ap.parse_args()
@@ -490,6 +510,14 @@ def parse_args() -> argparse.Namespace:
             args.wanted.append(name)
         else:
             ap.error(f"unknown system {name!r}")
+    args.trees = {}
+    for spec in args.ours_tree:
+        label, _, path = spec.partition("=")
+        tree = Path(path).resolve()
+        if not re.fullmatch(r"[\w.-]+", label) or not (tree / "services" / "cli.py").exists():
+            ap.error(f"--ours-tree {spec!r}: LABEL=PATH of a checkout of this project")
+        args.trees[f"ours-{label}"] = tree
+        args.wanted.append(f"ours-{label}")
     if args.connections < args.replicas:
         ap.error("--connections must be at least --replicas (one per gateway)")
     return args
@@ -522,6 +550,8 @@ def main() -> None:
                 systems.append(start_ceiling(session))
             elif name == "ours":
                 systems.append(start_ours(session, args.replicas))
+            elif name in args.trees:
+                systems.append(start_ours(session, args.replicas, name, args.trees[name]))
             else:
                 systems.append(start_zaqar(session, args.zaqar_venv, int(name[6:-1])))
         for system in systems:
