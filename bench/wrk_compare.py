@@ -4,6 +4,7 @@ loaded with wrk in alternating rounds: medians, ratios and a Markdown table from
     .venv/bin/python bench/wrk_compare.py [--seconds 20] [--rounds 3] [--replicas 1]
                                           [--systems ceiling,zaqar,ours] [--json FILE]
                                           [--ours-tree LABEL=PATH ...]
+                                          [--ours-env [LABEL:]NAME=VALUE ...]
 
 Every system runs for the whole session, each on its own redis-server (``--save ""
 --appendonly no``, loopback only): the ceiling is ``bench/hello_app.py`` (fixed answers, no
@@ -11,7 +12,9 @@ store); Zaqar 23.0.1 runs under gunicorn from the venv of ``bench/setup_referenc
 adds gunicorn to it); ours is ``zaqar-grpc up --store redis://…`` with default settings
 (``--replicas N``: N of every service, the load split over the N gateways);
 ``--ours-tree LABEL=PATH`` adds ours from another checkout (``git worktree add PATH REV``),
-run from that tree's code with this venv's packages, to compare changes A/B in one run. A
+run from that tree's code with this venv's packages, to compare changes A/B in one run;
+``--ours-env LABEL:ZAQAR_X=V`` sets a variable for that one (no LABEL: for ``ours``), to compare
+settings (``--ours-tree b2=. --ours-env b2:ZAQAR_MESSAGE_BATCH_IN_FLIGHT=2``). A
 measurement
 loads one system with two wrk processes at once, on a fresh queue: ``bench/wrk/post.lua`` on
 4 connections (1 thread) and ``bench/wrk/claim_delete.lua`` on 4 connections (1 per thread,
@@ -275,9 +278,9 @@ def start_zaqar(session: Session, venv: Path, workers: int) -> System:
 
 
 def start_ours(session: Session, replicas: int, key: str = "ours",
-               tree: Path | None = None) -> System:
+               tree: Path | None = None, extra_env: dict[str, str] | None = None) -> System:
     """``zaqar-grpc up`` on a redis-server of its own; from ``tree`` (another checkout, whose
-    code goes first on PYTHONPATH) when given."""
+    code goes first on PYTHONPATH) when given, with ``extra_env`` set."""
     redis_port, redis_pid = start_redis(session, f"redis-{key}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZAQAR_")}
     if tree is not None:
@@ -292,6 +295,7 @@ def start_ours(session: Session, replicas: int, key: str = "ours",
     env.update({f"ZAQAR_{name}_METRICS_PORT": str(free_port() if replicas == 1 else 0)
                 for name in ("QUEUE", "MESSAGE", "NOTIFIER")})
     env.update(ZAQAR_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+    env.update(extra_env or {})
     proc = session.start(key, [sys.executable, "-m", "services.cli", "up",
                                "--store", f"redis://127.0.0.1:{redis_port}/0",
                                "--data-dir", str(session.work / f"{key}-data"),
@@ -300,6 +304,8 @@ def start_ours(session: Session, replicas: int, key: str = "ours",
     label = "zaqar-grpc" + f" ({replicas} replicas)" * (replicas > 1)
     if tree is not None:
         label += f" [{key.removeprefix('ours-')}: {tree}]"
+    if extra_env:
+        label += " " + " ".join(f"{k}={v}" for k, v in extra_env.items())
     system = System(key, label,
                     main_pid=proc.pid, named={"up": proc.pid, "redis-server": redis_pid},
                     store=f"redis://127.0.0.1:{redis_port}/0")
@@ -499,6 +505,8 @@ def parse_args() -> argparse.Namespace:
                     default=Path(os.environ.get("ZAQAR_REF_VENV", HERE / ".venv-zaqar")))
     ap.add_argument("--ours-tree", action="append", default=[], metavar="LABEL=PATH",
                     help="also ours from the checkout at PATH, labelled LABEL (repeatable)")
+    ap.add_argument("--ours-env", action="append", default=[], metavar="[LABEL:]NAME=VALUE",
+                    help="an environment variable of ours, or of --ours-tree LABEL (repeatable)")
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the logs and wrk outputs")
     args = ap.parse_args()
@@ -518,6 +526,15 @@ def parse_args() -> argparse.Namespace:
             ap.error(f"--ours-tree {spec!r}: LABEL=PATH of a checkout of this project")
         args.trees[f"ours-{label}"] = tree
         args.wanted.append(f"ours-{label}")
+    args.envs = {}
+    for spec in args.ours_env:
+        labelled = ":" in spec.split("=")[0]
+        target, _, assignment = spec.partition(":") if labelled else ("", "", spec)
+        name, _, value = assignment.partition("=")
+        key = f"ours-{target}" if target else "ours"
+        if not name or key not in ("ours", *args.trees):
+            ap.error(f"--ours-env {spec!r}: [LABEL:]NAME=VALUE, LABEL one of --ours-tree's")
+        args.envs.setdefault(key, {})[name] = value
     if args.connections < args.replicas:
         ap.error("--connections must be at least --replicas (one per gateway)")
     return args
@@ -549,9 +566,11 @@ def main() -> None:
             if name == "ceiling":
                 systems.append(start_ceiling(session))
             elif name == "ours":
-                systems.append(start_ours(session, args.replicas))
+                systems.append(start_ours(session, args.replicas,
+                                          extra_env=args.envs.get("ours")))
             elif name in args.trees:
-                systems.append(start_ours(session, args.replicas, name, args.trees[name]))
+                systems.append(start_ours(session, args.replicas, name, args.trees[name],
+                                          args.envs.get(name)))
             else:
                 systems.append(start_zaqar(session, args.zaqar_venv, int(name[6:-1])))
         for system in systems:
