@@ -472,7 +472,7 @@ def markdown(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
     for name, ratio in summary["ratios"].items():
         ours, ref = name.split("/")
         fmt = "{:.1%}" if ref == "ceiling" else "x{:.2f}"
-        label = f"{ours} / " + {"zaqar_best": rows[best]["label"] if best else ""}.get(ref, ref)
+        label = f"{ours} / " + (rows[best]["label"] if ref == "zaqar_best" else ref)
         out.append(f"| **{label}** | **{fmt.format(ratio['producer'])}** | "
                    f"| **{fmt.format(ratio['consumer'])}** | | | | |")
     out += ["", "CPU µs per request by process (median) and RSS MiB after the load (largest):", ""]

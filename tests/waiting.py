@@ -8,22 +8,29 @@ measurement, so a slow run is slower but not red.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 WITHIN = 10.0
 
 
 async def until(
-    condition: Callable[[], object],
+    condition: Callable[[], object] | Callable[[], Awaitable[object]],
     within: float = WITHIN,
     what: str | Callable[[], str] = "condition",
     every: float = 0.01,
 ) -> None:
-    """Return as soon as ``condition()`` is true; fail after ``within`` seconds, saying
-    ``what`` (a string, or a callable that describes the state at that moment)."""
+    """Return as soon as ``condition()`` is true (awaited, when it is a coroutine function);
+    fail after ``within`` seconds, saying ``what`` (a string, or a callable that describes the
+    state at that moment)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while not condition():
+
+    async def holds() -> bool:
+        value = condition()
+        return bool(await value if inspect.isawaitable(value) else value)
+
+    while not await holds():
         if loop.time() >= deadline:
             described = what() if callable(what) else what
             raise AssertionError(f"not after {within} s: {described}")

@@ -46,6 +46,7 @@ from services.notifier_svc.storage.registry import open_notifier_store
 from services.notifier_svc.watch_sharing import WATCH_TTL, WatchSharing
 from services.notifier_svc.watchers import WatchHub
 from services.queue_svc import server as queue_server
+from tests import waiting
 from tests.contract.conftest import (  # noqa: F401 - fixtures
     Clock,
     mongodb_uri,
@@ -146,11 +147,7 @@ async def bodies(stream: Any, count: int) -> list[str]:
 
 
 async def until(condition: Callable[[], Awaitable[bool]], within: float = WITHIN) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
+    await waiting.until(condition, within, every=0.05)
 
 # watchers across replicas ---------------------------------------------------------------------
 
