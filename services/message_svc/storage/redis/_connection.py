@@ -11,9 +11,10 @@ from services.common.redis_store import (
     redis_edge,
 )
 
-__all__ = ["STORE", "RedisOptions", "connect", "describe", "edge", "parse"]
+__all__ = ["CLIENT_NAME", "STORE", "RedisOptions", "connect", "describe", "edge", "parse"]
 
 STORE = "message store"
+CLIENT_NAME = "zaqar-message-svc"
 
 
 def parse(uri: str, cluster: bool = False) -> RedisOptions:
@@ -26,7 +27,7 @@ def parse(uri: str, cluster: bool = False) -> RedisOptions:
 
 
 def connect(options: RedisOptions) -> redis.asyncio.Redis | RedisClusterClient:
-    return options.connect("zaqar-message-svc", decode_responses=False)
+    return options.connect(CLIENT_NAME, decode_responses=False)
 
 
 edge = redis_edge(STORE)

@@ -1,12 +1,15 @@
 """The store's Lua scripts: loaded at open, called with EVALSHA, pipelined when concurrent.
 
 Calls made in the same turn of the event loop (say, the requests of many consumers that
-arrived together) go to Redis as one pipeline: one write and one read on one connection
-instead of one each per call, which is most of what a call costs the client. Each script is
-still atomic on its own; a pipeline only saves round trips (``transaction=False``). On a
-Redis Cluster the batch becomes one pipeline per node (``redis_store.RedisClusterClient.run``),
-and when the URI asks replicas to confirm writes (``wait=N``) each pipeline that writes ends
-with ``WAIT``.
+arrived together) go to Redis together: one write on one connection instead of one each per
+call, which is most of what a call costs the client. Each script is still atomic on its own;
+sending them together only saves round trips.
+
+On one server they go through a :class:`~services.common.redis_link.Link`: one connection
+that every batch is written to as it comes, without redis-py's per-call machinery. On a Redis
+Cluster the batch becomes one redis-py pipeline per node (``redis_store.RedisClusterClient.run``),
+and when the URI asks replicas to confirm writes (``wait=N``) each redis-py pipeline that
+writes ends with ``WAIT``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError
 
 from services.common import redis_store
-from services.common.redis_store import RedisClusterClient
+from services.common.redis_link import Command, Link, pack, settle
+from services.common.redis_store import RedisClusterClient, RedisOptions
 
 NAMES = (
     "post", "list", "get", "delete", "delete_many", "pop", "claim", "get_claim", "renew",
@@ -55,6 +59,10 @@ class Scripts:
     Args:
         replicas: replicas that must confirm each batch's writes (``WAIT``), 0 for none.
         wait_timeout: seconds they have to confirm them.
+        server: the options of ``client``'s server, to send the calls through a
+            :class:`~services.common.redis_link.Link` of their own (named ``name``) instead
+            of ``client``'s pipelines; ignored on a cluster and with ``replicas``. ``client``
+            still loads the scripts.
     """
 
     def __init__(
@@ -62,8 +70,17 @@ class Scripts:
         client: redis.asyncio.Redis | RedisClusterClient,
         replicas: int = 0,
         wait_timeout: float = 1.0,
+        server: RedisOptions | None = None,
+        name: str = "",
     ) -> None:
         self._client = client
+        self._link = (
+            Link(server, name, self.answer)
+            if server is not None and not server.cluster and not replicas else None
+        )
+        self._linked: list[Command] = []  # calls of this turn for the link
+        self._reloading: asyncio.Task[None] | None = None
+        self._unloaded: list[Command] = []  # calls that met NOSCRIPT, for after the reload
         self._replicas, self._wait_timeout = replicas, wait_timeout
         if isinstance(client, RedisClusterClient):
             encoder = client.get_encoder()
@@ -90,6 +107,16 @@ class Scripts:
         """The reply of script ``name``; it raises what Redis or the connection raised."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self._link is not None:
+            try:
+                packed = pack(("EVALSHA", self._shas[name], len(keys), *keys, *args))
+            except TypeError as exc:  # this call alone fails, as below
+                future.set_exception(DataError(f"Invalid input for script {name}: {exc}"))
+                return future
+            if not self._linked:
+                loop.call_soon(self._send_linked)
+            self._linked.append(Command(packed, future))
+            return future
         try:
             # Encoded now, so that a value Redis cannot take fails this call alone, not the
             # pipeline it would have joined.
@@ -104,8 +131,53 @@ class Scripts:
 
     async def drain(self) -> None:
         """Wait for every call already made."""
-        while self._pending or self._sending:
-            await asyncio.gather(*self._sending, asyncio.sleep(0), return_exceptions=True)
+        while self._pending or self._sending or self._linked_waiting():
+            await asyncio.gather(
+                *self._sending, *(call.future for call in self._linked_waiting()),
+                *([self._reloading] if self._reloading else []), asyncio.sleep(0),
+                return_exceptions=True,
+            )
+
+    async def close(self) -> None:
+        """Wait for every call already made, then close the link (if any)."""
+        await self.drain()
+        if self._link is not None:
+            await self._link.close()
+
+    def _linked_waiting(self) -> list[Command]:
+        if self._link is None:
+            return []
+        return [*self._linked, *self._link.waiting(), *self._unloaded]
+
+    def _send_linked(self) -> None:
+        assert self._link is not None
+        batch, self._linked = self._linked, []
+        self._link.send(batch)
+
+    def answer(self, call: Command, reply: Any) -> None:
+        """The link's answer to ``call``: its reply, or, the first time Redis has lost the
+        scripts (it restarted, or its script cache was flushed), a reload and a resend."""
+        if isinstance(reply, NoScriptError) and not call.reloaded:
+            call.reloaded = True
+            self._unloaded.append(call)
+            if self._reloading is None:
+                self._reloading = asyncio.get_running_loop().create_task(self._reload())
+            return
+        settle(call, reply)
+
+    async def _reload(self) -> None:
+        assert self._link is not None
+        try:
+            await self.load()
+        except Exception as exc:  # each call waiting for the reload fails with it
+            unloaded, self._unloaded = self._unloaded, []
+            for call in unloaded:
+                settle(call, exc)
+        else:
+            unloaded, self._unloaded = self._unloaded, []
+            self._link.send(unloaded)
+        finally:
+            self._reloading = None
 
     def _send_pending(self) -> None:
         batch, self._pending = self._pending, []

@@ -56,6 +56,7 @@ from services.message_svc.storage.redis._codec import (
     to_message,
 )
 from services.message_svc.storage.redis._connection import (
+    CLIENT_NAME,
     RedisOptions,
     connect,
     describe,
@@ -122,7 +123,9 @@ class RedisMessageStore(base.MessageStore):
             Unavailable: the server cannot be reached or refuses the scripts.
         """
         client = connect(self.options)
-        scripts = Scripts(client, self.options.wait, self.options.wait_timeout)
+        scripts = Scripts(
+            client, self.options.wait, self.options.wait_timeout, self.options, CLIENT_NAME
+        )
         try:
             await client.ping()
             await scripts.load()
@@ -137,7 +140,7 @@ class RedisMessageStore(base.MessageStore):
     async def close(self) -> None:
         if self._client is not None and self._scripts is not None:
             client, scripts, self._client, self._scripts = self._client, self._scripts, None, None
-            await scripts.drain()
+            await scripts.close()
             await client.aclose()
 
     async def _capabilities(
