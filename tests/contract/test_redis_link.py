@@ -300,3 +300,37 @@ def test_scripts_reload_once_and_refuse_bad_arguments(
 
 def _stats(scripts: Scripts, keys: list[str]) -> Awaitable[Any]:
     return scripts.run("stats", keys, ["0"])
+
+
+def test_scripts_drain_waits_for_calls_their_callers_gave_up_on(
+    redis_server: ServerProcess, run: Any
+) -> None:
+    """Closing the store waits for every call sent, even one whose caller stopped waiting:
+    its reply is still due on the connection."""
+    key = f"link:{uuid.uuid4()}"
+
+    async def main() -> None:
+        server = options(redis_server.port)
+        client = server.client("drain-test", decode_responses=False)
+        scripts = Scripts(client, server=server, name="drain-test")
+        link = scripts._link
+        assert link is not None
+        admin = redis.asyncio.Redis(port=redis_server.port)
+        try:
+            gave_up = asyncio.get_running_loop().create_future()
+            link.send([Command(pack(("BLPOP", key, 20)), gave_up)])
+            await until(lambda: _blocked(redis_server.port), 10, "Redis blocks the pop")
+            gave_up.cancel()
+            draining = asyncio.ensure_future(scripts.drain())
+            await asyncio.sleep(0.1)
+            assert not draining.done()
+            await admin.rpush(key, "v")
+            await asyncio.wait_for(draining, 10)
+            assert link.waiting() == []
+        finally:
+            await scripts.close()
+            await client.aclose()
+            await admin.delete(key)
+            await admin.aclose()
+
+    run(main())

@@ -132,11 +132,17 @@ class Scripts:
     async def drain(self) -> None:
         """Wait for every call already made."""
         while self._pending or self._sending or self._linked_waiting():
-            await asyncio.gather(
+            waits: list[asyncio.Future[Any]] = [
                 *self._sending, *(call.future for call in self._linked_waiting()),
-                *([self._reloading] if self._reloading else []), asyncio.sleep(0),
-                return_exceptions=True,
-            )
+                *([self._reloading] if self._reloading else []),
+            ]
+            unanswered = [future for future in waits if not future.done()]
+            if unanswered:
+                # asyncio.wait, not gather: cancelling the drain must not cancel the calls.
+                await asyncio.wait(unanswered)
+            else:
+                # Calls whose callers gave up, or not sent yet: their replies are still due.
+                await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         """Wait for every call already made, then close the link (if any)."""
