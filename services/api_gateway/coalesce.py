@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -248,13 +249,19 @@ class CoalescingMessages:
             state.in_flight += 1
             try:
                 if options or not self._streaming():
-                    return await getattr(self._messages, method)(
+                    response = await getattr(self._messages, method)(
                         request, timeout=timeout, **options
                     )
-                return await self._single(method, request, timeout, REQUEST_ID.get())
+                else:
+                    response = await self._single(method, request, timeout, REQUEST_ID.get())
             finally:
                 state.in_flight -= 1
-                self._window_closed()
+                sent = self._window_closed()
+            if sent:
+                # The call just started for what waited writes its request before this
+                # caller goes on to answer its own (see _send's release).
+                await asyncio.sleep(0)
+            return response
         self.stats.waited += 1
         waiting = _Waiting(method, request, None, loop.create_future(), request.ByteSize(),
                            request_id=REQUEST_ID.get())
@@ -318,16 +325,18 @@ class CoalescingMessages:
         if not waiting.future.done():
             waiting.future.set_exception(deadline_exceeded())
 
-    def _window_closed(self) -> None:
+    def _window_closed(self) -> bool:
         """A call returned: send what waits, as long as fewer requests than the limit are in
-        flight."""
+        flight. Whether a call was started."""
         state = self._state
+        started = False
         while state.waiting and state.in_flight < self.window.limit:
-            self._send_waiting()
+            started = self._send_waiting() or started
+        return started
 
-    def _send_waiting(self) -> None:
+    def _send_waiting(self) -> bool:
         """Start one call with the oldest waiting items (up to ``max_items`` and
-        :data:`MAX_BATCH_BYTES`)."""
+        :data:`MAX_BATCH_BYTES`); False when all of them had given up."""
         state = self._state
         count, size = 0, 0
         for waiting in state.waiting[: self._max_items]:
@@ -343,32 +352,46 @@ class CoalescingMessages:
             if not waiting.future.done():
                 live.append(waiting)
         if not live:
-            return
+            return False
         self.window.flushed(len(live))
         state.in_flight += len(live)
         task = asyncio.ensure_future(self._send(live))
         state.sending.add(task)
         task.add_done_callback(state.sending.discard)
+        return True
 
     async def _send(self, items: list[_Waiting]) -> None:
         # This task was started by whichever request's call closed the window: each call
         # carries the ids of its own items' requests (_send_alone, _send_batch).
         REQUEST_ID.set(None)
+        released = False
+
+        def release() -> None:
+            """The answer is in: what waits goes now, before the answered requests' own
+            tasks run (their HTTP answers are written while message_svc serves the next
+            batch, not before it is sent)."""
+            nonlocal released
+            if not released:
+                released = True
+                self._state.in_flight -= len(items)
+                self._window_closed()
+
         try:
             if len(items) == 1:
                 self.stats.alone += 1
-                await self._send_alone(items[0])
+                await self._send_alone(items[0], release)
             else:
                 self.stats.batches += 1
                 self.stats.batched += len(items)
                 self.stats.largest = max(self.stats.largest, len(items))
                 metrics.BATCH_SIZE.observe(len(items))
-                await self._send_batch(items)
+                await self._send_batch(items, release)
         finally:
-            self._state.in_flight -= len(items)
-            self._window_closed()
+            release()
 
-    async def _send_alone(self, item: _Waiting) -> None:
+    async def _send_alone(
+        self, item: _Waiting, release: Callable[[], None] = lambda: None
+    ) -> None:
         REQUEST_ID.set(item.request_id)
         try:
             timeout = self._timeout([item])
@@ -383,11 +406,15 @@ class CoalescingMessages:
             item.future.cancel()
             raise
         except Exception as exc:
+            release()
             _settle(item.future, exc)
         else:
+            release()
             _settle(item.future, response)
 
-    async def _send_batch(self, items: list[_Waiting]) -> None:
+    async def _send_batch(
+        self, items: list[_Waiting], release: Callable[[], None] = lambda: None
+    ) -> None:
         try:
             results = None
             if self._streaming():
@@ -410,13 +437,16 @@ class CoalescingMessages:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 await self._without_batch(items)
                 return
+            release()
             for item in items:
                 _settle(item.future, _copy(exc))
             return
         except Exception as exc:
+            release()
             for item in items:
                 _settle(item.future, exc)
             return
+        release()
         if len(results) != len(items):
             log.error("message_svc answered a batch of %d with %d results",
                       len(items), len(results))

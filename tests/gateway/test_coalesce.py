@@ -189,10 +189,12 @@ def test_the_settings_are_checked() -> None:
 
 class StandIn(messages_pb2_grpc.MessagesServicer):
     """``PostMessages`` answers the queue's name as the id; queues "hold…" wait for
-    ``release``, "bad" fails as message_svc fails a bad request, "crash" raises."""
+    ``release``, "later…" for ``release_later``, "bad" fails as message_svc fails a bad
+    request, "crash" raises."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.release_later = asyncio.Event()
         self.alone: list[str] = []
         self.arrived: list[str] = []  # every post that reached it, alone or in a batch
 
@@ -204,6 +206,8 @@ class StandIn(messages_pb2_grpc.MessagesServicer):
         self.arrived.append(request.queue)
         if request.queue.startswith("hold"):
             await self.release.wait()
+        if request.queue.startswith("later"):
+            await self.release_later.wait()
         if request.queue == "bad":
             raise InvalidArgument("bad queue")
         if request.queue == "crash":
@@ -256,6 +260,7 @@ async def stand_in(
     )
     yield stub, messages, internal
     messages.release.set()
+    messages.release_later.set()
     await stub.close()
     await channel.close()
     await server.stop(0)
@@ -300,6 +305,49 @@ async def test_a_cancelled_or_expired_waiting_call_leaves_the_others_alone(
     assert [list(t.result().ids) for t in (held, first, second)] == [["hold"], ["first"],
                                                                      ["second"]]
     assert messages.alone == ["hold"]
+
+
+async def test_what_waited_is_sent_before_the_answered_callers_go_on(
+    stand_in: tuple[CoalescingMessages, StandIn, StandInInternal],
+) -> None:
+    """When a call returns, the calls that waited for it are sent before its callers go on
+    (to write their HTTP answers): message_svc serves the next batch meanwhile. Both when
+    the call that returns went alone and when it was a batch."""
+    stub, messages, internal = stand_in
+    events: list[str] = []
+    batch_call = stub._batch_call
+
+    def recording(request: Any, **options: Any) -> Any:
+        events.append("sent " + ",".join(item.post_messages.queue for item in request.items))
+        return batch_call(request, **options)
+
+    stub._batch_call = recording
+
+    async def call(queue: str) -> None:
+        await stub.PostMessages(messages_pb2.PostMessagesRequest(project="p", queue=queue),
+                                timeout=5.0)
+        events.append(f"answered {queue}")
+
+    # Given a call in flight alone, and two waiting for it
+    alone = asyncio.ensure_future(call("hold"))
+    await until(lambda: messages.alone == ["hold"])
+    batch = [asyncio.ensure_future(call(q)) for q in ("later-1", "later-2")]
+    await until(lambda: len(stub._state.waiting) == 2, what="the two calls wait")
+    # When it returns, then the two go (and are held) before its caller goes on
+    messages.release.set()
+    await until(lambda: internal.batches == [["later-1", "later-2"]], what="the batch")
+    await settled(alone)
+    assert events.index("sent later-1,later-2") < events.index("answered hold"), events
+
+    # Given two more calls waiting for that batch
+    last = [asyncio.ensure_future(call(q)) for q in ("next-1", "next-2")]
+    await until(lambda: len(stub._state.waiting) == 2, what="the two calls wait")
+    # When the batch returns, then the two go before the batch's callers go on
+    messages.release_later.set()
+    await settled(*batch, *last)
+    sent = events.index("sent next-1,next-2")
+    assert sent < events.index("answered later-1") and sent < events.index("answered later-2"), (
+        events)
 
 
 async def test_failed_items_fail_alone_with_their_own_status(
