@@ -63,15 +63,20 @@ Answer = Callable[[Command, Any], None]
 """Called with each command and its reply: the value, or the exception it failed with."""
 
 
-def settle(command: Command, reply: Any) -> None:
-    """The plain :data:`Answer`: the reply becomes the command's future's result."""
-    future = command.future
+def resolve(future: asyncio.Future[Any], reply: Any) -> None:
+    """``reply`` (a value, or the exception a call failed with) becomes ``future``'s
+    outcome, unless its caller has given up waiting."""
     if future.done():
-        return  # its caller gave up waiting
+        return
     if isinstance(reply, Exception):
         future.set_exception(reply)
     else:
         future.set_result(reply)
+
+
+def settle(command: Command, reply: Any) -> None:
+    """The plain :data:`Answer`: the reply becomes the command's future's outcome."""
+    resolve(command.future, reply)
 
 
 class Link:

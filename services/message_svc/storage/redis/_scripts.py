@@ -24,7 +24,7 @@ import redis.asyncio
 from redis.exceptions import DataError, NoScriptError, RedisError
 
 from services.common import redis_store
-from services.common.redis_link import Command, Link, pack, settle
+from services.common.redis_link import Command, Link, pack, resolve, settle
 from services.common.redis_store import RedisClusterClient, RedisOptions
 
 NAMES = (
@@ -198,7 +198,7 @@ class Scripts:
             if isinstance(reply, NoScriptError) and not lost_again:
                 lost.append(call)  # the server restarted (or its script cache was flushed)
             else:
-                _settle(call[3], reply)
+                resolve(call[3], reply)
 
         lost_again = False
         try:
@@ -213,7 +213,7 @@ class Scripts:
             raise
         except Exception as exc:  # the connection failed: every call of the batch failed
             for *_, future in batch:
-                _settle(future, exc)
+                resolve(future, exc)
 
     async def _pipeline(self, batch: Sequence[Call], settle: Callable[[Call, Any], None]) -> None:
         """Send ``batch``, calling ``settle(call, its reply or error)`` as each is known (on a
@@ -231,12 +231,3 @@ class Scripts:
             self._client, calls, self._replicas, self._wait_timeout,
             settle=lambda i, reply: settle(batch[i], reply),
         )
-
-
-def _settle(future: asyncio.Future[Any], reply: Any) -> None:
-    if future.done():
-        return  # its caller gave up waiting
-    if isinstance(reply, Exception):
-        future.set_exception(reply)
-    else:
-        future.set_result(reply)
