@@ -14,7 +14,7 @@ rm -rf "$venv"
 VIRTUAL_ENV="$venv" "$tools/bin/uv" pip install -q --resolution lowest-direct .
 echo "== lowest direct versions"
 VIRTUAL_ENV="$venv" "$tools/bin/uv" pip freeze | grep -i -E \
-  '^(aiohttp|aiosmtplib|aiosqlite|falcon|googleapis-common-protos|grpcio[a-z-]*|httptools|msgpack|orjson|prometheus-client|protobuf|pymongo|redis|uvicorn|uvloop|websockets)=='
+  '^(aiohttp|aiosmtplib|aiosqlite|falcon|googleapis-common-protos|grpcio[a-z-]*|hiredis|httptools|msgpack|orjson|prometheus-client|protobuf|pymongo|redis|uvicorn|uvloop|websockets)=='
 cd /tmp  # the installed copy, not the work tree, is what runs
 "$root/$venv/bin/python" "$root/scripts/smoke.py"
 if command -v redis-server >/dev/null 2>&1; then
