@@ -2,13 +2,14 @@
 loaded with wrk in alternating rounds: medians, ratios and a Markdown table from one command.
 
     .venv/bin/python bench/wrk_compare.py [--seconds 20] [--rounds 3] [--replicas 1]
-                                          [--systems ceiling,zaqar,ours] [--json FILE]
+                                          [--systems asgi,ceiling,zaqar,ours] [--json FILE]
                                           [--ours-tree LABEL=PATH ...]
                                           [--ours-env [LABEL:]NAME=VALUE ...]
 
 Every system runs for the whole session, each on its own redis-server (``--save ""
---appendonly no``, loopback only): the ceiling is ``bench/hello_app.py`` (fixed answers, no
-store); Zaqar 23.0.1 runs under gunicorn from the venv of ``bench/setup_reference.sh`` (this
+--appendonly no``, loopback only): the ceilings are ``bench/hello_app.py`` (fixed answers, no
+store), as a bare ASGI callable (``asgi``, the raw ceiling of the targets) and as a Falcon app
+(``ceiling``); Zaqar 23.0.1 runs under gunicorn from the venv of ``bench/setup_reference.sh`` (this
 adds gunicorn to it); ours is ``zaqar-grpc up --store redis://…`` with default settings
 (``--replicas N``: N of every service, the load split over the N gateways);
 ``--ours-tree LABEL=PATH`` adds ours from another checkout (``git worktree add PATH REV``),
@@ -20,7 +21,7 @@ loads one system with two wrk processes at once, on a fresh queue: ``bench/wrk/p
 4 connections (1 thread) and ``bench/wrk/claim_delete.lua`` on 4 connections (1 per thread,
 so each claim's deletes follow it on its connection). A round measures every system once, each
 round starting one system later; every system is warmed up first. The report gives medians
-over the rounds, the best Zaqar worker count, the ratios ours/Zaqar-best and ours/ceiling, the
+over the rounds, the best Zaqar worker count, the ratios ours/Zaqar-best and ours/each ceiling, the
 CPU time per request of each system's processes, redis-server included (``/proc``), their RSS
 after the load, and ``uptime`` before and after.
 """
@@ -237,14 +238,17 @@ def start_redis(session: Session, name: str) -> tuple[int, int]:
     return port, proc.pid
 
 
-def start_ceiling(session: Session) -> System:
+def start_ceiling(session: Session, bare: bool = False) -> System:
+    """The Falcon ceiling app, or with ``bare`` the bare ASGI one (``hello_app.py --bare``)."""
     port = free_port()
-    proc = session.start("ceiling", [sys.executable, str(HERE / "hello_app.py"),
-                                     "--port", str(port)])
-    system = System("ceiling", "HTTP ceiling (hello_app.py on uvicorn)",
-                    [f"http://127.0.0.1:{port}"], "/v2/queues/ready/stats", 200,
+    key = "asgi" if bare else "ceiling"
+    proc = session.start(key, [sys.executable, str(HERE / "hello_app.py"),
+                               "--port", str(port), *(["--bare"] if bare else [])])
+    label = ("HTTP ceiling, bare ASGI (hello_app.py --bare on uvicorn)" if bare
+             else "HTTP ceiling, Falcon (hello_app.py on uvicorn)")
+    system = System(key, label, [f"http://127.0.0.1:{port}"], "/v2/queues/ready/stats", 200,
                     named={"uvicorn": proc.pid})
-    session.wait_for("ceiling", system.ready)
+    session.wait_for(key, system.ready)
     return system
 
 
@@ -445,7 +449,7 @@ def summarize(systems: list[System], rounds: list[dict[str, Any]]) -> dict[str, 
                key=lambda k: rows[k]["producer_req_s"] + rows[k]["consumer_req_s"])
     ratios: dict[str, Any] = {}
     for ours in (k for k in rows if k.startswith("ours")):
-        refs = [("zaqar_best", best), ("ceiling", "ceiling")]
+        refs = [("zaqar_best", best), ("asgi", "asgi"), ("ceiling", "ceiling")]
         if ours != "ours":
             refs.append(("ours", "ours"))
         for name, ref in refs:
@@ -471,7 +475,7 @@ def markdown(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
             f"| {r['producer_errors'] + r['consumer_errors']} | {r['cpu_us_per_request']:g} |")
     for name, ratio in summary["ratios"].items():
         ours, ref = name.split("/")
-        fmt = "{:.1%}" if ref == "ceiling" else "x{:.2f}"
+        fmt = "{:.1%}" if ref in ("asgi", "ceiling") else "x{:.2f}"
         label = f"{ours} / " + (rows[best]["label"] if ref == "zaqar_best" else ref)
         out.append(f"| **{label}** | **{fmt.format(ratio['producer'])}** | "
                    f"| **{fmt.format(ratio['consumer'])}** | | | | |")
@@ -494,8 +498,9 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20, help="load per measurement (20)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of measurements (3)")
-    ap.add_argument("--systems", default="ceiling,zaqar,ours",
-                    help="some of ceiling, zaqar (every --zaqar-workers), zaqar-Nw, ours")
+    ap.add_argument("--systems", default="asgi,ceiling,zaqar,ours",
+                    help="some of asgi (bare ASGI ceiling), ceiling (Falcon ceiling), zaqar "
+                         "(every --zaqar-workers), zaqar-Nw, ours")
     ap.add_argument("--zaqar-workers", default="1,2,4", help="gunicorn sync workers (1,2,4)")
     ap.add_argument("--replicas", type=int, default=1, help="zaqar-grpc up --replicas (1)")
     ap.add_argument("--connections", type=int, default=4,
@@ -514,7 +519,7 @@ def parse_args() -> argparse.Namespace:
     for name in args.systems.split(","):
         if name == "zaqar":
             args.wanted += [f"zaqar-{int(w)}w" for w in args.zaqar_workers.split(",")]
-        elif name in ("ceiling", "ours") or re.fullmatch(r"zaqar-\d+w", name):
+        elif name in ("asgi", "ceiling", "ours") or re.fullmatch(r"zaqar-\d+w", name):
             args.wanted.append(name)
         else:
             ap.error(f"unknown system {name!r}")
@@ -563,8 +568,8 @@ def main() -> None:
         systems = []
         for name in args.wanted:
             log(f"starting {name}")
-            if name == "ceiling":
-                systems.append(start_ceiling(session))
+            if name in ("asgi", "ceiling"):
+                systems.append(start_ceiling(session, bare=name == "asgi"))
             elif name == "ours":
                 systems.append(start_ours(session, args.replicas,
                                           extra_env=args.envs.get("ours")))
