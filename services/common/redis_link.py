@@ -106,7 +106,7 @@ class Link:
             connection.write(commands)
             return
         if self._closed:
-            error = RedisConnectionError("The connection to Redis is closed.")
+            error = _closed()
             for command in commands:
                 self._answer(command, error)
             return
@@ -126,8 +126,8 @@ class Link:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
         if self._connection is not None:
-            self._connection.fail(RedisConnectionError("The connection to Redis was closed."))
-        self._fail_queued(RedisConnectionError("The connection to Redis was closed."))
+            self._connection.fail(_closed())
+        self._fail_queued(_closed())
 
     async def _connect(self) -> None:
         try:
@@ -138,7 +138,7 @@ class Link:
             self._fail_queued(_connect_error(self.options, exc))
         else:
             if self._closed:
-                connection.fail(RedisConnectionError("The connection to Redis was closed."))
+                connection.fail(_closed())
             else:
                 self._connection = connection
                 queued, self._queued = self._queued, []
@@ -163,7 +163,7 @@ class Link:
             hello.append(("SELECT", options.db))
         hello.append(("CLIENT", "SETNAME", self._name))
         commands = [Command(pack(args), loop.create_future()) for args in hello]
-        connection.handshake(commands)
+        connection.write(commands)  # the handshake, answered to its futures
         try:
             async with asyncio.timeout(options.socket_timeout):
                 for command in commands:
@@ -193,6 +193,10 @@ class Link:
             self._answer(command, error)
 
 
+def _closed() -> RedisConnectionError:
+    return RedisConnectionError("The connection to Redis was closed.")
+
+
 def _connect_error(options: RedisOptions, exc: Exception) -> Exception:
     where = f"{options.host}:{options.port}"
     if isinstance(exc, TimeoutError):
@@ -220,17 +224,12 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def handshake(self, commands: list[Command]) -> None:
-        self._write(commands)
-
     def ready(self) -> None:
+        """The handshake is answered: replies go to the link's answer from now on."""
         self._answer = self._link._answer
         self._ready = self.usable = True
 
     def write(self, commands: Iterable[Command]) -> None:
-        self._write(commands)
-
-    def _write(self, commands: Iterable[Command]) -> None:
         assert self._transport is not None
         now = self._loop.time()
         packed = []
