@@ -44,12 +44,23 @@ def _worker_share() -> tuple[int, int]:
 RESERVED_PORTS = frozenset({27017, 6379, 8888, 9000, 5000})
 
 
+# Ports this process has handed out (and the bus ports of the cluster ports among them): a
+# port picked but not bound yet is not free for the next pick. Say a stack's ports are picked,
+# then a Redis Cluster is started for it: a node's bus port (port + 10000) must not be one of
+# the stack's. Forgotten when many have gathered (their tests are long over).
+_GIVEN: set[int] = set()
+_GIVEN_AT_MOST = 2000
+
+
 def _pick(low: int, high: int) -> int:
     index, count = _worker_share()
+    if len(_GIVEN) > _GIVEN_AT_MOST:
+        _GIVEN.clear()
     while True:
         port = random.randint(low, high)
         port = port - (port % count) + index
-        if port not in RESERVED_PORTS and port + 10000 not in RESERVED_PORTS:
+        if (port not in RESERVED_PORTS and port + 10000 not in RESERVED_PORTS
+                and port not in _GIVEN and port + 10000 not in _GIVEN):
             return port
 
 
@@ -64,6 +75,7 @@ def free_port() -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return port
     raise RuntimeError(f"no free port between {low} and {high}")
 
@@ -81,6 +93,7 @@ def free_cluster_port() -> int:
                 bus.bind(("127.0.0.1", port + 10000))
             except OSError:
                 continue
+            _GIVEN.update((port, port + 10000))
             return port
     raise RuntimeError(f"no free port pair between {low} and {high}")
 
