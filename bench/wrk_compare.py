@@ -5,6 +5,7 @@ loaded with wrk in alternating rounds: medians, ratios and a Markdown table from
                                           [--systems asgi,ceiling,zaqar,ours] [--json FILE]
                                           [--ours-tree LABEL=PATH ...]
                                           [--ours-env [LABEL:]NAME=VALUE ...]
+                                          [--redis-cpus LIST]
 
 Every system runs for the whole session, each on its own redis-server (``--save ""
 --appendonly no``, loopback only): the ceilings are ``bench/hello_app.py`` (fixed answers, no
@@ -15,11 +16,13 @@ adds gunicorn to it); ours is ``zaqar-grpc up --store redis://…`` with default
 ``--ours-tree LABEL=PATH`` adds ours from another checkout (``git worktree add PATH REV``),
 run from that tree's code with this venv's packages, to compare changes A/B in one run;
 ``--ours-env LABEL:ZAQAR_X=V`` sets a variable for that one (no LABEL: for ``ours``), to compare
-settings (``--ours-tree b2=. --ours-env b2:ZAQAR_MESSAGE_BATCH_IN_FLIGHT=2``). A
-measurement
-loads one system with two wrk processes at once, on a fresh queue: ``bench/wrk/post.lua`` on
-4 connections (1 thread) and ``bench/wrk/claim_delete.lua`` on 4 connections (1 per thread,
-so each claim's deletes follow it on its connection). A round measures every system once, each
+settings (``--ours-tree b2=. --ours-env b2:ZAQAR_MESSAGE_BATCH_IN_FLIGHT=2``);
+``--redis-cpus 1`` runs every system's redis-server on CPU 1 (Redis's ``server_cpulist``), for
+runs with our services placed on CPUs too (``--ours-env ZAQAR_GATEWAY_CPUS=0 --ours-env
+ZAQAR_MESSAGE_CPUS=1``, docs/operations.md, "CPU placement"). A measurement loads one
+system with two wrk processes at once, on a fresh queue: ``bench/wrk/post.lua`` on 4
+connections (1 thread) and ``bench/wrk/claim_delete.lua`` on 4 connections (1 per thread, so each
+claim's deletes follow it on its connection). A round measures every system once, each
 round starting one system later; every system is warmed up first. The report gives medians
 over the rounds, the best Zaqar worker count, the ratios ours/Zaqar-best and ours/each ceiling, the
 CPU time per request of each system's processes, redis-server included (``/proc``), their RSS
@@ -166,8 +169,9 @@ class System:
 class Session:
     """The processes of one run, each in a session of its own; ``close`` stops them all."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, redis_cpus: str = "") -> None:
         self.work = work
+        self.redis_cpus = redis_cpus   # every system's redis-server on these CPUs ("" = any)
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.service_pids: list[int] = []   # zaqar-grpc's services (sessions of their own)
 
@@ -222,8 +226,9 @@ def start_redis(session: Session, name: str) -> tuple[int, int]:
     """A redis-server of its own for one system: (port, pid)."""
     port = free_port()
     (session.work / name).mkdir()
+    placed = ["--server_cpulist", session.redis_cpus] if session.redis_cpus else []
     proc = session.start(name, ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
-                                "--save", "", "--appendonly", "no",
+                                "--save", "", "--appendonly", "no", *placed,
                                 "--dir", str(session.work / name), "--daemonize", "no"])
 
     def pong() -> bool:
@@ -512,6 +517,9 @@ def parse_args() -> argparse.Namespace:
                     help="also ours from the checkout at PATH, labelled LABEL (repeatable)")
     ap.add_argument("--ours-env", action="append", default=[], metavar="[LABEL:]NAME=VALUE",
                     help="an environment variable of ours, or of --ours-tree LABEL (repeatable)")
+    ap.add_argument("--redis-cpus", default="", metavar="LIST",
+                    help="run every system's redis-server on these CPUs (its server_cpulist, "
+                         "e.g. 1); default: wherever the system puts it")
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the logs and wrk outputs")
     args = ap.parse_args()
@@ -560,7 +568,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     work = Path(tempfile.mkdtemp(prefix="wrk-compare-"))
     (work / "zaqar_ref_wsgi.py").write_text(ZAQAR_WSGI)
-    session = Session(work)
+    session = Session(work, args.redis_cpus)
     uptime_before = uptime()
     log(f"uptime before: {uptime_before}")
     rounds: list[dict[str, Any]] = []

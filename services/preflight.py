@@ -1,7 +1,8 @@
 """What ``zaqar-grpc up`` checks before it starts any process.
 
 A mistake found here is one line (``services/common/startup.py``) and nothing to stop or clean
-up: the settings of auth and of the gateway's coalescing; every port the services will bind
+up: the settings of auth, of CPU placement (``services/common/affinity.py``) and of the
+gateway's coalescing; every port the services will bind
 (free, and no two the same); the data folder of the embedded stores (``serve`` checks it too);
 every store URI, parsed by its service's own registry and parsers, and whether its store
 answers (``services/common/store_probe.py``); and that message_svc's filters
@@ -16,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from services.common import store_probe
+from services.common import affinity, store_probe
 from services.common.config import ENV_PREFIX, Settings
 from services.common.keystone import check_settings
 from services.common.sqlite_store import MEMORY
@@ -52,13 +53,15 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
     """Everything ``services`` need that can be checked without starting them.
 
     Raises:
-        ConfigurationError: bad auth or coalescing settings, a store URI that is unknown or
-            malformed, a message filter that is not installed or cannot be loaded, or a
-            malformed message encryption key.
+        ConfigurationError: bad auth, CPU placement or coalescing settings, a store URI
+            that is unknown or malformed, a message filter that is not installed or cannot be
+            loaded, or a malformed message encryption key.
         StartupError: a port cannot be bound or is named twice (:class:`CannotListen`), the
             data folder cannot be used, or a store does not answer (status 3).
     """
     check_settings(settings)
+    for service in services:
+        affinity.cpus_of(service, settings)
     if "message" in services or "queue" in services:
         from services.common.message_keys import parse_keys
 

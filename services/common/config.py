@@ -140,6 +140,20 @@ class Settings:
     shutdown_grace: float = field(
         default=5.0, metadata=_help("Seconds in-flight calls get to finish on SIGTERM.")
     )
+    gateway_cpus: str = field(
+        default="",
+        metadata=_help(
+            'CPUs the API gateway runs on, as a Linux CPU list ("0", "0-3", "0,2"); empty = '
+            "wherever the system puts it (docs/operations.md, \"CPU placement\")."
+        ),
+    )
+    queue_cpus: str = field(default="", metadata=_help("CPUs queue_svc runs on (as gateway_cpus)."))
+    message_cpus: str = field(
+        default="", metadata=_help("CPUs message_svc runs on (as gateway_cpus).")
+    )
+    notifier_cpus: str = field(
+        default="", metadata=_help("CPUs notifier_svc runs on (as gateway_cpus).")
+    )
     fair_queues: bool = field(
         default=True,
         metadata=_help(

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import logs, tracing
+from services.common import affinity, logs, tracing
 from services.common.config import ConfigurationError, Settings
 from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
@@ -396,6 +396,8 @@ def run_service(
         if settings is None:
             settings = Settings.load()
         setup_logging(settings.log_level, settings.log_format)
+        # Before this process starts threads of its own (metrics, gRPC's poller).
+        affinity.apply(name, settings)
         tracing.setup(name)
         exposition = serve_metrics(name, settings)
         install_event_loop_policy()
