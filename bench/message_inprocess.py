@@ -11,11 +11,9 @@ notifier_svc is left out.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import pstats
 import time
-from typing import Any
 
 import uvloop
 from zaqar_grpc.v2 import messages_pb2
