@@ -16,6 +16,7 @@ own threads, which inherit the placement; threads already there are moved too).
 from __future__ import annotations
 
 import os
+import re
 from typing import Final
 
 from services.common.config import ENV_PREFIX, ConfigurationError, Settings
@@ -33,6 +34,7 @@ SETTINGS: Final = {
 }
 # The highest CPU number a list may name (the kernel's own bound is lower on any real machine).
 CPU_MAX: Final = 4095
+_PART: Final = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
 
 
 def parse_cpus(text: str) -> frozenset[int]:
@@ -47,11 +49,11 @@ def parse_cpus(text: str) -> frozenset[int]:
         return frozenset()
     for part in text.split(","):
         part = part.strip()
-        first, dash, last = part.partition("-")
-        if not first.strip().isdigit() or (dash and not last.strip().isdigit()):
+        match = _PART.fullmatch(part)
+        if match is None:
             raise ValueError(f"{part!r} is not a CPU number or a range like 0-3")
-        low = int(first)
-        high = int(last) if dash else low
+        low = int(match[1])
+        high = int(match[2]) if match[2] is not None else low
         if high < low:
             raise ValueError(f"{part!r} is a range that ends before it starts")
         if high > CPU_MAX:
@@ -105,8 +107,8 @@ def cpus_of(process: str, settings: Settings) -> frozenset[int]:
     missing = cpus - available
     if missing:
         raise ConfigurationError(
-            f"{setting} ({variable}={value!r}): CPU {_spelled(frozenset(missing))} is not one "
-            f"this process may use (it may use {_spelled(available)})."
+            f"{setting} ({variable}={value!r}): CPU {_spelled(frozenset(missing))} is not "
+            f"available to this process (it may use {_spelled(available)})."
         )
     return cpus
 

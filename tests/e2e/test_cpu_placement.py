@@ -63,7 +63,7 @@ def test_up_with_a_cpu_it_may_not_use_starts_nothing(
     line = nothing_started(zaqar_grpc(env, "up"))
     assert line.startswith(
         f"zaqar-grpc: configuration error: message_cpus (ZAQAR_MESSAGE_CPUS='{beyond}'): "
-        f"CPU {beyond} is not one this process may use (it may use "
+        f"CPU {beyond} is not available to this process (it may use "
     ), line
 
 

@@ -33,6 +33,8 @@ def test_a_cpu_list_is_read_as_taskset_reads_it(text: str, cpus: set[int]) -> No
     ("3-1", "'3-1' is a range that ends before it starts"),
     ("0-4096", "names a CPU above 4095"),
     ("1.5", "'1.5' is not a CPU number"),
+    ("\u00b2", "is not a CPU number"),
+    ("0 - 1", "'0 - 1' is not a CPU number"),
 ])
 def test_what_is_not_a_cpu_list_is_refused_saying_which_part(text: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
@@ -64,7 +66,7 @@ def test_a_cpu_this_process_may_not_use_is_a_configuration_error() -> None:
         cpus_of("api_gateway", settings)
     assert str(raised.value) == (
         f"gateway_cpus (ZAQAR_GATEWAY_CPUS='{min(available)},{beyond}'): CPU {beyond} is not "
-        f"one this process may use (it may use {_spelled(frozenset(available))})."
+        f"available to this process (it may use {_spelled(frozenset(available))})."
     )
 
 
