@@ -4,7 +4,7 @@ answers made up at the ``Exchange`` stream. What it leaves out is what every HTT
 gRPC client pays (uvicorn's parsing and writes, gRPC's framing and hand-offs), so the number
 is the part of the gateway's CPU per request that its own code decides.
 
-    PYTHONPATH=.:services/common/gen .venv/bin/python bench/gateway_inprocess.py \\
+    PYTHONPATH=.:services/common/gen .venv/bin/python -m bench.gateway_inprocess \\
         [--requests 20000] [--kind post|delete] [--profile]
 """
 
@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import pstats
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import uvloop
 from zaqar_grpc.v2 import messages_pb2
 
+from bench._measure import measure
 from services.api_gateway import exchange
 from services.api_gateway.app import create_app
 from services.common.config import Settings
@@ -80,22 +78,17 @@ async def run(requests: int, kind: str, profile: bool) -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
+    async def one() -> int:
+        await app(dict(request), receive, send)
+        return 1
+
     for _ in range(2000):  # warm-up
-        await app(dict(request), receive, send)
+        await one()
     status = sent[0]["status"]
-    profiler = cProfile.Profile() if profile else None
-    cpu, wall = time.process_time(), time.perf_counter()
-    if profiler is not None:
-        profiler.enable()
-    for _ in range(requests):
-        await app(dict(request), receive, send)
-    if profiler is not None:
-        profiler.disable()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    sent.clear()
+    _, cpu, wall = await measure(requests, one, profile)
     print(f"{kind}: status {status}, {requests} requests, {1e6 * cpu / requests:.1f} µs of CPU "
           f"per request ({1e6 * wall / requests:.1f} µs wall)")
-    if profiler is not None:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     lifespan.cancel()
 
 

@@ -4,20 +4,18 @@ service, the store and its scripts — on a real redis-server, without gRPC and 
 metadata call to queue_svc (the queue's policy is the defaults, as cached). The hand-off to
 notifier_svc is left out.
 
-    PYTHONPATH=.:services/common/gen .venv/bin/python bench/message_inprocess.py \\
+    PYTHONPATH=.:services/common/gen .venv/bin/python -m bench.message_inprocess \\
         --store redis://127.0.0.1:6379/0 [--batches 5000] [--items 4] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import pstats
-import time
 
 import uvloop
 from zaqar_grpc.v2 import messages_pb2
 
+from bench._measure import measure
 from services.message_svc.batch import BatchRunner
 from services.message_svc.metadata import QueuePolicy
 from services.message_svc.service import MessageService
@@ -87,20 +85,9 @@ async def run(store_uri: str, batches: int, size: int, profile: bool) -> None:
 
     for _ in range(200):
         await one_round()
-    profiler = cProfile.Profile() if profile else None
-    items = 0
-    cpu, wall = time.process_time(), time.perf_counter()
-    if profiler is not None:
-        profiler.enable()
-    for _ in range(batches):
-        items += await one_round()
-    if profiler is not None:
-        profiler.disable()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    items, cpu, wall = await measure(batches, one_round, profile)
     print(f"{items} items in batches of {size}: {1e6 * cpu / items:.1f} µs of CPU per item "
           f"in this process ({1e6 * wall / items:.1f} µs wall)")
-    if profiler is not None:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
     await store.close()
 
 
