@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -96,6 +95,8 @@ _CLOSING: Final = status_pb2.Status(
 # Seconds before a gateway whose message_svc answered Batch with UNIMPLEMENTED (an older
 # version, during a rolling upgrade) tries Batch again; meanwhile every call goes alone.
 _RETRY_BATCH_AFTER: Final = 60.0
+# A waiting caller's future and what to settle it with: an answer, or the exception to raise.
+_Outcome = tuple[asyncio.Future[Any], Any]
 
 
 @dataclass(slots=True)
@@ -364,34 +365,28 @@ class CoalescingMessages:
         # This task was started by whichever request's call closed the window: each call
         # carries the ids of its own items' requests (_send_alone, _send_batch).
         REQUEST_ID.set(None)
-        released = False
-
-        def release() -> None:
-            """The answer is in: what waits goes now, before the answered requests' own
-            tasks run (their HTTP answers are written while message_svc serves the next
-            batch, not before it is sent)."""
-            nonlocal released
-            if not released:
-                released = True
-                self._state.in_flight -= len(items)
-                self._window_closed()
-
+        outcomes: list[_Outcome] = []
         try:
             if len(items) == 1:
                 self.stats.alone += 1
-                await self._send_alone(items[0], release)
+                outcomes = await self._send_alone(items[0])
             else:
                 self.stats.batches += 1
                 self.stats.batched += len(items)
                 self.stats.largest = max(self.stats.largest, len(items))
                 metrics.BATCH_SIZE.observe(len(items))
-                await self._send_batch(items, release)
+                outcomes = await self._send_batch(items)
         finally:
-            release()
+            # The answer is in: what waits goes now, before the answered requests' own tasks
+            # run (their HTTP answers are written while message_svc serves the next batch,
+            # not before it is sent).
+            self._state.in_flight -= len(items)
+            self._window_closed()
+        for future, outcome in outcomes:
+            _settle(future, outcome)
 
-    async def _send_alone(
-        self, item: _Waiting, release: Callable[[], None] = lambda: None
-    ) -> None:
+    async def _send_alone(self, item: _Waiting) -> list[_Outcome]:
+        """The item as its own call; its outcome, to settle."""
         REQUEST_ID.set(item.request_id)
         try:
             timeout = self._timeout([item])
@@ -406,15 +401,12 @@ class CoalescingMessages:
             item.future.cancel()
             raise
         except Exception as exc:
-            release()
-            _settle(item.future, exc)
-        else:
-            release()
-            _settle(item.future, response)
+            return [(item.future, exc)]
+        return [(item.future, response)]
 
-    async def _send_batch(
-        self, items: list[_Waiting], release: Callable[[], None] = lambda: None
-    ) -> None:
+    async def _send_batch(self, items: list[_Waiting]) -> list[_Outcome]:
+        """The items in one call; their outcomes, to settle (none left when message_svc
+        does not serve batches: each item then went alone and is settled)."""
         try:
             results = None
             if self._streaming():
@@ -436,36 +428,35 @@ class CoalescingMessages:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 await self._without_batch(items)
-                return
-            release()
-            for item in items:
-                _settle(item.future, _copy(exc))
-            return
+                return []
+            return [(item.future, _copy(exc)) for item in items]
         except Exception as exc:
-            release()
-            for item in items:
-                _settle(item.future, exc)
-            return
-        release()
+            return [(item.future, exc) for item in items]
         if len(results) != len(items):
             log.error("message_svc answered a batch of %d with %d results",
                       len(items), len(results))
-            for item in items:
-                _settle(item.future, rpc_error(_NO_RESULT))
-            return
+            return [(item.future, rpc_error(_NO_RESULT)) for item in items]
+        outcomes: list[_Outcome] = []
         for item, result in zip(items, results, strict=True):
             try:
-                _settle(item.future, _outcome(result))
+                outcomes.append((item.future, _outcome(result)))
             except grpc.aio.AioRpcError as exc:
-                _settle(item.future, exc)
+                outcomes.append((item.future, exc))
+        return outcomes
 
     async def _without_batch(self, items: list[_Waiting]) -> None:
+        """Each item as its own call, settled as soon as it is answered."""
         loop = asyncio.get_running_loop()
         if not self._state.batch_retry_at:
             log.warning("message_svc does not serve MessagesInternal.Batch (an older "
                         "version?): calls go one by one for %.0f s", _RETRY_BATCH_AFTER)
         self._state.batch_retry_at = loop.time() + _RETRY_BATCH_AFTER
-        await asyncio.gather(*(self._send_alone(item) for item in items))
+
+        async def alone(item: _Waiting) -> None:
+            for future, outcome in await self._send_alone(item):
+                _settle(future, outcome)
+
+        await asyncio.gather(*(alone(item) for item in items))
 
     def _timeout(self, items: list[_Waiting]) -> float | None:
         deadlines = [item.deadline for item in items if item.deadline is not None]
