@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
-from asyncio import selector_events
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +15,7 @@ from tests.certs import pki  # noqa: F401 - shared fixture
 from tests.keystone import keystone, keystone_settings  # noqa: F401 - shared fixtures
 from tests.receivers import receiver, receiver_factory  # noqa: F401 - shared fixtures
 from tests.servers import (  # noqa: F401 - shared fixtures
+    close_sockets_of_cancelled_connects,
     free_port,
     free_ports,
     mongodb_server,
@@ -29,31 +26,8 @@ from tests.servers import (  # noqa: F401 - shared fixtures
 from tests.stacks import up_stacks  # noqa: F401 - shared fixture
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+close_sockets_of_cancelled_connects()
 
-
-def _close_sockets_of_cancelled_connects() -> None:
-    """pymongo (4.20 and earlier) does not close the socket of a connection it is making when
-    the task making it is cancelled (an ``AsyncMongoClient`` closed, or an operation given up,
-    while ``loop.sock_connect`` waits; mongo-python-driver PYTHON-5867). The garbage collector
-    closes that socket later, and its ResourceWarning, an error here, lands in whichever test
-    is running then. So in the tests' event loops a cancelled ``sock_connect`` closes its
-    socket, as pymongo's fix does. Only pymongo calls ``sock_connect`` in this project; a
-    socket of our own left open still fails the test that leaks it."""
-    original = selector_events.BaseSelectorEventLoop.sock_connect
-
-    async def sock_connect(
-        self: selector_events.BaseSelectorEventLoop, sock: socket.socket, address: Any
-    ) -> None:
-        try:
-            await original(self, sock, address)
-        except asyncio.CancelledError:
-            sock.close()
-            raise
-
-    selector_events.BaseSelectorEventLoop.sock_connect = sock_connect  # type: ignore[method-assign,assignment]
-
-
-_close_sockets_of_cancelled_connects()
 # Seconds within which a call that must fail fast (a refused connection, a timeout the test
 # configured short) has failed, however busy the machine: far below the waits these bounds are
 # there to catch (the drivers' own defaults, such as pymongo's 30 s server selection, a gRPC

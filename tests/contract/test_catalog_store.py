@@ -14,7 +14,7 @@ from services.queue_svc.storage.registry import open_queue_store
 from services.testing.catalog_store import CatalogStoreContract, pool, pool_names
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER
-from tests.servers import collect_sockets_leaked_by_pymongo, mongodb_process, redis_process
+from tests.servers import mongodb_process, redis_process
 from tests.waiting import until
 
 # The store_uri fixture's backends: these stores run on a Redis Cluster too.
@@ -72,4 +72,3 @@ async def test_unreachable_server_is_unavailable(scheme: str, tmp_path: Path) ->
             await store.close()
     finally:
         server.kill()
-        collect_sockets_leaked_by_pymongo()

@@ -22,7 +22,6 @@ from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER, Clock
 from tests.servers import (
     ServerProcess,
-    collect_sockets_leaked_by_pymongo,
     free_port,
     mongodb_process,
     redis_process,
@@ -116,7 +115,6 @@ async def test_an_unreachable_server_is_unavailable_within_seconds(scheme: str) 
         # attempt (pool_shared._async_create_connection closes it on OSError only, not on
         # CancelledError); collect it here rather than in whichever test runs next.
         await asyncio.sleep(0.05)
-        collect_sockets_leaked_by_pymongo()
 
 
 async def _outage_and_recovery(store: MessageStore, server: ServerProcess) -> None:

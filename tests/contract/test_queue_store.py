@@ -22,7 +22,6 @@ from services.testing.queue_store import QueueStoreContract, names
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER
 from tests.servers import (
-    collect_sockets_leaked_by_pymongo,
     free_port,
     mongodb_process,
     redis_process,
@@ -178,7 +177,6 @@ async def test_unreachable_server_is_unavailable_within_seconds(scheme: str) -> 
         await open_queue_store(f"{scheme}://127.0.0.1:{port}/0")
     # Then it fails fast, saying where it looked
     assert time.monotonic() - started < FAIL_FAST
-    collect_sockets_leaked_by_pymongo()
     assert f"127.0.0.1:{port}" in caught.value.description
     assert "cannot be reached" in caught.value.description
 
@@ -206,7 +204,6 @@ async def test_silent_server_is_unavailable_after_the_uri_timeouts(scheme: str) 
             await open_queue_store(uri)
         assert time.monotonic() - started < FAIL_FAST
     finally:
-        collect_sockets_leaked_by_pymongo()
         server.close()
         for writer in peers:
             writer.close()

@@ -21,7 +21,7 @@ from services.notifier_svc.storage.registry import open_notifier_store
 from services.queue_svc import health as queue_health
 from services.queue_svc.storage.catalog import PoolRecord
 from services.queue_svc.storage.registry import open_queue_store
-from tests.servers import collect_sockets_leaked_by_pymongo, free_port, redis_process
+from tests.servers import free_port, redis_process
 
 MESSAGE_OPERATIONS = [
     "post_messages", "claim_messages", "list_messages", "delete_messages", "delete_claim",
@@ -159,7 +159,6 @@ async def test_pools_are_opened_checked_and_closed(
     ]
     # When message_svc's stores are checked
     health = await message_health.check_stores(message_store, pools, open_store, 5.0)
-    collect_sockets_leaked_by_pymongo()
     # Then its own store and each pool are reported
     reports = {r.store: r for r in health.stores}
     assert list(reports) == ["message", "pool:good", "pool:gone"]

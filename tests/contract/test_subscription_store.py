@@ -22,7 +22,7 @@ from services.notifier_svc.storage.registry import open_notifier_store
 from services.testing.notifier_store import HOOK, NotifierStoreContract, delivery, subscribe
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER, Clock
-from tests.servers import ServerProcess, collect_sockets_leaked_by_pymongo, free_port, redis_process
+from tests.servers import ServerProcess, free_port, redis_process
 
 # The store_uri fixture's backends: this store runs on a Redis Cluster too.
 STORE_BACKENDS = WITH_CLUSTER
@@ -78,7 +78,6 @@ async def test_unreachable_server_is_unavailable_within_seconds(scheme: str) -> 
     with pytest.raises(Unavailable) as caught:
         await open_notifier_store(f"{scheme}://127.0.0.1:{port}/0")
     assert time.monotonic() - started < FAIL_FAST
-    collect_sockets_leaked_by_pymongo()
     assert f"127.0.0.1:{port}" in caught.value.description
 
 

@@ -38,7 +38,7 @@ from services.message_svc import server as message_server
 from services.notifier_svc.storage.registry import open_notifier_store
 from services.queue_svc import server as queue_server
 from tests.e2e.harness import Stack
-from tests.servers import collect_sockets_leaked_by_pymongo, free_port
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -125,9 +125,6 @@ async def pending(settings: Settings) -> int:
         return await store.count_deliveries()
     finally:
         await store.close()
-        # Closed just after it opened, a MongoDB client may leak its monitor's socket (more
-        # often on a busy machine): collect it here, not as a warning in a later callback.
-        collect_sockets_leaked_by_pymongo()
 
 
 async def test_sigkill_of_notifier_svc_loses_no_acknowledged_notification(
