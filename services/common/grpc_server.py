@@ -303,12 +303,14 @@ async def serve(
         await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     if watch is None or watch.serving:
         await set_serving(health_servicer, service_names, True)
-    if announce:
-        print(announcement(announce), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Only now: a supervisor may send SIGTERM as soon as it reads the line (printing first
+    # let such a SIGTERM kill the process before it could drain).
+    if announce:
+        print(announcement(announce), flush=True)
     waiter = asyncio.ensure_future(server.wait_for_termination())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
