@@ -13,6 +13,7 @@ def test_a_reserved_port_drawn_at_random_is_drawn_again(monkeypatch: pytest.Monk
     draws = iter([27017, 6379, 27017 - 10000, 23456])
     monkeypatch.setattr(random, "randint", lambda low, high: next(draws))
     monkeypatch.setattr(servers, "_worker_share", lambda: (0, 1))
+    monkeypatch.setattr(servers, "_GIVEN", set())  # not the ports earlier tests were given
     assert servers._pick(20000, 30000) == 23456
 
 
@@ -21,4 +22,13 @@ def test_worker_residue_cannot_land_on_a_reserved_port(monkeypatch: pytest.Monke
     draws = iter([27016, 23456])
     monkeypatch.setattr(random, "randint", lambda low, high: next(draws))
     monkeypatch.setattr(servers, "_worker_share", lambda: (1, 2))
+    monkeypatch.setattr(servers, "_GIVEN", set())
     assert servers._pick(20000, 30000) == 23457
+
+
+def test_a_port_already_given_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = iter([23456, 23458])
+    monkeypatch.setattr(random, "randint", lambda low, high: next(draws))
+    monkeypatch.setattr(servers, "_worker_share", lambda: (0, 1))
+    monkeypatch.setattr(servers, "_GIVEN", {23456})
+    assert servers._pick(20000, 30000) == 23458
