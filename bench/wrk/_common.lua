@@ -35,8 +35,12 @@ function M.settings(args)
   return s
 end
 
+-- The request headers. wrk.headers holds wrk's own Host header until a script replaces the
+-- table, so it is kept here: HTTP/1.1 requires it, and strict servers (h11's, so Hypercorn)
+-- answer 400 without it.
 function M.headers(s)
   return {
+    ["Host"] = wrk.headers["Host"],
     ["Client-ID"] = s.client_id,
     ["X-Project-ID"] = s.project,
     ["Content-Type"] = "application/json",
