@@ -28,8 +28,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from services import preflight
 from services.common.config import ENV_PREFIX, Settings
@@ -163,8 +163,28 @@ def _end_with_up() -> None:
 # up ------------------------------------------------------------------------------------------
 
 
+# Longest line ``up`` holds back waiting for its end; a longer one is passed on in pieces.
+LINE_MAX = 64 * 1024
+
+
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[list[str]]:
+    """The complete lines of ``stream`` (without their line ends), as many as have arrived at
+    each read: a busy service's log is read, and passed on, in blocks rather than a line at a
+    time. A last line without an end comes when the stream ends."""
+    rest = b""
+    while chunk := await stream.read(LINE_MAX):
+        *done, rest = (rest + chunk).split(b"\n")
+        if len(rest) >= LINE_MAX:
+            done.append(rest)
+            rest = b""
+        if done:
+            yield [raw.decode(errors="replace") for raw in done]
+    if rest:
+        yield [rest.decode(errors="replace")]
+
+
 class _Child:
-    """A service process of ``up``: its stdout and stderr read line by line.
+    """A service process of ``up``: its stdout and stderr read as they come.
 
     Lines are passed on with the service's name in front (stdout to stdout, stderr to
     stderr), except ``READY`` (``ready`` gets the address) and the child's start-up failure
@@ -182,14 +202,21 @@ class _Child:
         self.errors = asyncio.ensure_future(self._pump_errors())
         self.pump = asyncio.ensure_future(self._pump())
 
+    def _pass_on(self, lines: list[str], out: TextIO) -> None:
+        if lines:
+            prefix = f"[{self.name}] "
+            print("".join(f"{prefix}{line}\n" for line in lines), end="", file=out, flush=True)
+
     async def _pump(self) -> None:
         assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            if line.startswith("READY ") and not self.ready.done():
-                self.ready.set_result(line.split(" ", 2)[2] if line.count(" ") >= 2 else "")
-            else:
-                print(f"[{self.name}] {line}", flush=True)
+        async for lines in _lines(self.proc.stdout):
+            if not self.ready.done():
+                for i, line in enumerate(lines):
+                    if line.startswith("READY "):
+                        self.ready.set_result(line.split(" ", 2)[2] if line.count(" ") >= 2 else "")
+                        del lines[i]
+                        break
+            self._pass_on(lines, sys.stdout)
         if not self.ready.done():
             # Its stderr ends with it: once read, the reason (if it gave one) is known.
             await self.errors
@@ -201,12 +228,14 @@ class _Child:
 
     async def _pump_errors(self) -> None:
         assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            if line.startswith(PREFIX):
-                self.reason = line.removeprefix(PREFIX)
-            else:
-                print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
+        async for lines in _lines(self.proc.stderr):
+            kept = []
+            for line in lines:
+                if line.startswith(PREFIX):
+                    self.reason = line.removeprefix(PREFIX)
+                else:
+                    kept.append(line)
+            self._pass_on(kept, sys.stderr)
 
     def cancel(self) -> None:
         self.pump.cancel()

@@ -18,6 +18,7 @@ writes (``-`` when there is none); the text format shows it in brackets, the JSO
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import re
@@ -141,9 +142,57 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class LoopStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes the lines of one turn of an event loop together.
+
+    A line logged on a thread that runs an event loop waits in memory until the loop's
+    current turn is over (``call_soon``); then every line of that turn goes out in one write.
+    A service that logs a line per request (the gateway's access log) so makes one write per
+    turn of its loop rather than one per request, and the process that reads its stderr
+    (``up``, a container runtime) wakes once per block.
+
+    A line logged on any other thread is written at once, after the lines still waiting, so
+    that the order is kept. :meth:`flush` (``logging.shutdown`` calls it at exit) writes what
+    waits, so that nothing logged before a normal exit is lost.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._waiting: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            waiting = self._waiting
+            waiting.append(line)
+            if loop is None:
+                self._write()
+            elif len(waiting) == 1:  # the first of this turn: write them after it
+                loop.call_soon(self.flush)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write(self) -> None:
+        if self._waiting:
+            text = "".join(self._waiting)
+            self._waiting.clear()
+            self.stream.write(text)
+        super().flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+
 def log_handler(log_format: str, stream: Any = None) -> logging.Handler:
-    """A stream handler (stderr by default) writing ``log_format`` (``text`` or ``json``) with
-    request ids.
+    """A :class:`LoopStreamHandler` (stderr by default) writing ``log_format`` (``text`` or
+    ``json``) with request ids.
 
     Raises:
         ConfigurationError: an unknown format.
@@ -152,7 +201,7 @@ def log_handler(log_format: str, stream: Any = None) -> logging.Handler:
         raise ConfigurationError(
             f"log_format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}"
         )
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler = LoopStreamHandler(sys.stderr if stream is None else stream)
     handler.addFilter(RequestIdFilter())
     formatter = JsonFormatter() if log_format == "json" else TextFormatter()
     handler.setFormatter(formatter)

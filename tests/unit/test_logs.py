@@ -175,3 +175,61 @@ def test_times_are_right_across_seconds() -> None:
         assert text.formatTime(rec) == f"{local},{int(rec.msecs):03d}"
         utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
         assert orjson.loads(json.format(rec))["time"] == f"{utc}.{int(rec.msecs):03d}Z"
+
+
+class Writes(io.StringIO):
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def lines_of(stream: Writes) -> list[str]:
+    return [line.rsplit(" ", 1)[-1] for line in stream.getvalue().splitlines()]
+
+
+async def test_the_lines_of_one_turn_of_the_loop_go_out_in_one_write() -> None:
+    stream = Writes()
+    handler = log_handler("text", stream)
+    for n in range(3):
+        handler.handle(record("line %s", (n,)))
+    assert stream.writes == []  # they wait for the turn to end
+    await asyncio.sleep(0)
+    assert len(stream.writes) == 1
+    assert lines_of(stream) == ["0", "1", "2"]
+    handler.handle(record("line %s", (3,)))
+    await asyncio.sleep(0)
+    assert len(stream.writes) == 2
+    assert lines_of(stream) == ["0", "1", "2", "3"]
+
+
+async def test_a_line_from_another_thread_comes_after_the_waiting_ones() -> None:
+    stream = Writes()
+    handler = log_handler("text", stream)
+    handler.handle(record("line %s", ("loop",)))
+    await asyncio.to_thread(handler.handle, record("line %s", ("thread",)))
+    assert lines_of(stream) == ["loop", "thread"]  # written by the thread, in order
+    await asyncio.sleep(0)
+    assert lines_of(stream) == ["loop", "thread"]  # and not again
+
+
+def test_lines_left_waiting_by_a_loop_that_stopped_are_written_by_flush() -> None:
+    stream = Writes()
+    handler = log_handler("json", stream)
+
+    async def last_words() -> None:
+        handler.handle(record("line %s", ("last",)))
+        raise SystemExit(1)  # leaves the loop in the middle of its turn
+
+    loop = asyncio.new_event_loop()
+    with pytest.raises(SystemExit):
+        loop.run_until_complete(last_words())
+    loop.close()  # the turn's callback never ran
+    assert stream.getvalue() == ""
+    handler.flush()  # as logging.shutdown does at exit
+    assert orjson.loads(stream.getvalue())["message"] == "line last"
