@@ -146,48 +146,64 @@ class LoopStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes the lines of one turn of an event loop together.
 
     A line logged on a thread that runs an event loop waits in memory until the loop's
-    current turn is over (``call_soon``); then every line of that turn goes out in one write.
-    A service that logs a line per request (the gateway's access log) so makes one write per
+    current turn is over (``call_soon``); then every line waiting goes out in one write. A
+    service that logs a line per request (the gateway's access log) so makes one write per
     turn of its loop rather than one per request, and the process that reads its stderr
     (``up``, a container runtime) wakes once per block.
 
     A line logged on any other thread is written at once, after the lines still waiting, so
     that the order is kept. :meth:`flush` (``logging.shutdown`` calls it at exit) writes what
-    waits, so that nothing logged before a normal exit is lost.
+    waits, so that nothing logged before a normal exit is lost. A write that fails is
+    reported as :class:`logging.StreamHandler` reports it (``handleError``), and its lines
+    are dropped, not tried again.
     """
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
         self._waiting: list[str] = []
+        self._last: logging.LogRecord | None = None  # of the lines waiting
+        # Loops with a write of the waiting lines at the end of their turn.
+        self._due: set[asyncio.AbstractEventLoop] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
+            self._waiting.append(self.format(record) + self.terminator)
+            self._last = record
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                loop = None
-            waiting = self._waiting
-            waiting.append(line)
-            if loop is None:
                 self._write()
-            elif len(waiting) == 1:  # the first of this turn: write them after it
-                loop.call_soon(self.flush)
+                return
+            if loop not in self._due:
+                self._due.add(loop)
+                loop.call_soon(self._end_of_turn, loop)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
     def _write(self) -> None:
-        if self._waiting:
-            text = "".join(self._waiting)
-            self._waiting.clear()
+        waiting = self._waiting
+        if waiting:
+            text = "".join(waiting)
+            waiting.clear()
             self.stream.write(text)
         super().flush()
 
+    def _end_of_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._due.discard(loop)
+        self.flush()
+
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self._write()
+            try:
+                self._write()
+            except RecursionError:
+                raise
+            except Exception:
+                if self._last is not None:
+                    self.handleError(self._last)
 
 
 def log_handler(log_format: str, stream: Any = None) -> logging.Handler:

@@ -8,6 +8,7 @@ import io
 import logging
 import re
 import sys
+import threading
 import time
 
 import orjson
@@ -233,3 +234,53 @@ def test_lines_left_waiting_by_a_loop_that_stopped_are_written_by_flush() -> Non
     assert stream.getvalue() == ""
     handler.flush()  # as logging.shutdown does at exit
     assert orjson.loads(stream.getvalue())["message"] == "line last"
+
+
+def test_each_loop_writes_its_lines_at_the_end_of_its_own_turn() -> None:
+    stream = Writes()
+    handler = log_handler("text", stream)
+
+    async def on_b() -> None:
+        handler.handle(record("line %s", ("b",)))
+
+    def loop_b() -> None:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(on_b())
+        loop.close()
+
+    async def on_a() -> None:
+        handler.handle(record("line %s", ("a",)))
+        # Loop A's turn does not end while loop B, on another thread, logs and ends its own.
+        thread = threading.Thread(target=loop_b)
+        thread.start()
+        thread.join()
+        assert lines_of(stream) == ["a", "b"]
+
+    asyncio.run(on_a())
+    assert lines_of(stream) == ["a", "b"]
+
+
+class FailsOnce(Writes):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            self.failed = True
+            raise OSError(5, "Input/output error")
+        return super().write(text)
+
+
+async def test_a_failed_write_is_reported_and_its_lines_are_not_written_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = FailsOnce()
+    handler = log_handler("text", stream)
+    reported: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", reported.append)
+    handler.handle(record("line %s", ("lost",)))
+    await asyncio.sleep(0)
+    assert [r.getMessage() for r in reported] == ["line lost"]
+    handler.handle(record("line %s", ("next",)))
+    await asyncio.sleep(0)
+    assert lines_of(stream) == ["next"]
