@@ -11,9 +11,10 @@ Every system runs for the whole session, each on its own redis-server (``--save 
 --appendonly no``, loopback only): the ceilings are ``bench/hello_app.py`` (fixed answers, no
 store), as a bare ASGI callable (``asgi``, the raw ceiling of the targets) and as a Falcon app
 (``ceiling``); Zaqar 23.0.1 runs under gunicorn from the venv of ``bench/setup_reference.sh`` (this
-adds gunicorn to it); ours is ``zaqar-grpc up --store redis://…`` with default settings, its access log
-included (one line per request, at the default log level INFO, into the session's log file;
-``--ours-env ZAQAR_LOG_LEVEL=WARNING`` leaves it out) (``--replicas N``: N of every service, the load split over the N gateways);
+adds gunicorn to it); ours is ``zaqar-grpc up --store redis://…`` with default settings, its
+access log included (a line per request at the default level INFO, into the session's log
+file; ``--ours-env ZAQAR_LOG_LEVEL=WARNING`` leaves it out); ``--replicas N``: N of every
+service, the load split over the N gateways;
 ``--ours-tree LABEL=PATH`` adds ours from another checkout (``git worktree add PATH REV``),
 run from that tree's code with this venv's packages, to compare changes A/B in one run;
 ``--ours-env LABEL:ZAQAR_X=V`` sets a variable for that one (no LABEL: for ``ours``), to compare
