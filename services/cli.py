@@ -205,7 +205,14 @@ class _Child:
     def _pass_on(self, lines: list[str], out: TextIO) -> None:
         if lines:
             prefix = f"[{self.name}] "
-            print("".join(f"{prefix}{line}\n" for line in lines), end="", file=out, flush=True)
+            try:
+                print("".join(f"{prefix}{line}\n" for line in lines), end="", file=out,
+                      flush=True)
+            except OSError:
+                # Where up's own output went is gone (a closed pipe, a full disk): the lines
+                # are lost, but the child's output is still read, or the child would block on
+                # its next write once its pipe is full.
+                pass
 
     async def _pump(self) -> None:
         assert self.proc.stdout is not None

@@ -5,6 +5,7 @@ failure line are taken out. Real child processes over real pipes."""
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 import textwrap
 
@@ -84,3 +85,25 @@ async def test_the_failure_line_is_kept_as_the_reason_not_passed_on(
     assert failed.value.status == 3
     await finished(c)
     assert capsys.readouterr().err == "[svc] a warning\n"
+
+
+class Gone(io.StringIO):
+    """Where up's output went, closed under it (``up | head``, once head has exited)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_a_child_is_still_read_when_ups_own_output_is_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stderr", Gone())
+    monkeypatch.setattr(sys, "stdout", Gone())
+    # Far more than a pipe holds: the child would block on a write if up stopped reading.
+    c = await child("""
+        import sys
+        for n in range(20000):
+            print(f"line {n} " + "x" * 40, file=sys.stderr)
+            print(f"line {n}")
+    """)
+    await finished(c)
+    assert c.proc.returncode == 0
