@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +20,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from wrk_compare import free_port, stop_group  # this folder is on the path of its scripts
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-asgi"
@@ -53,12 +52,6 @@ def make_venv() -> None:
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *PACKAGES], check=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(argv: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent,
@@ -72,19 +65,8 @@ def start(argv: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
             if proc.poll() is not None:
                 break
             time.sleep(0.2)
-    stop(proc)
+    stop_group(proc, 10)
     raise SystemExit(f"asgi_servers: {argv[0]} did not start:\n{log.read_text(errors='replace')}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def wrk_result(text: str) -> dict[str, object]:
@@ -140,7 +122,7 @@ def main() -> None:
                 rates[name].append((produced, consumed))
                 p50s[name].append(latency(port, args.latency_rounds))
             finally:
-                stop(proc)
+                stop_group(proc, 10)
             print(f"round {n + 1}: {name}: {produced:.0f} / {consumed:.0f} req/s", flush=True)
     print(f"\nwrk 4 + 4 connections, {args.seconds:g} s, median of {args.rounds} rounds; "
           f"one request at a time, p50 of {args.latency_rounds} rounds (median of runs):\n")

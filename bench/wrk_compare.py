@@ -88,6 +88,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop the process group of ``proc`` (started in a session of its own): TERM, then KILL
+    after ``grace`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -205,14 +218,7 @@ class Session:
         for _, proc in reversed(self.procs):
             if proc.poll() is not None:
                 continue
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, 30)
         for pid in self.service_pids:   # `up` stops them on TERM; this is in case it could not
             try:
                 if b"services.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
