@@ -1,11 +1,11 @@
 """The Redis message store: every operation is one Lua script, so one atomic round trip.
 
-The key layout is described in ``scripts/lib.lua``, which is prepended to every script. All
-keys of one queue share the hash tag ``{<project>/<queue>}``; the registry of queues that hold
-something (``<prefix>:queues``, a set of tags, for :meth:`collect_garbage`) and a claim's move
-to a dead-letter queue are the only places a script reaches beyond one queue. On a Redis
-Cluster neither may (``cluster.py``): there the registry is kept per slot and a dead-letter
-move takes three steps.
+The key layout is described in ``scripts/lib.lua``, whose definitions each script carries as it
+needs them (``_scripts.source``). All keys of one queue share the hash tag
+``{<project>/<queue>}``; the registry of queues that hold something (``<prefix>:queues``, a set
+of tags, for :meth:`collect_garbage`) and a claim's move to a dead-letter queue are the only
+places a script reaches beyond one queue. On a Redis Cluster neither may (``cluster.py``): there
+the registry is kept per slot and a dead-letter move takes three steps.
 
 FIFO queues (``post_fifo``) keep a message with a group out of the free index, in its group's
 sorted set, and the groups in two sorted sets (ready to serve, scored by their heads' seqs;
