@@ -19,6 +19,7 @@ from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 from services.common.config import Settings
 from services.common.errors import Unavailable
 from services.common.grpc_server import create_server, open_channel
+from services.common.logs import REQUEST_ID
 from services.message_svc.batch import MAX_ITEMS, ROUTES
 from services.message_svc.servicer import MessagesInternalServicer
 from tests.keystone import Keystone
@@ -360,6 +361,67 @@ async def test_exchange_answers_in_the_order_done_and_drops_a_request_past_its_t
         await stream.done_writing()
         rest = await _read_all(stream)
         assert [(r.id, list(r.results[0].post_messages.ids)) for r in rest] == [(1, ["hold"])]
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+class _Recording(_Slow):
+    """``_Slow``, and the request id each ``PostMessages`` ran with, by queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: dict[str, str | None] = {}
+        self.three_gone = asyncio.Event()
+
+    async def PostMessages(self, request: Any, context: Any) -> Any:
+        self.ids[request.queue] = REQUEST_ID.get()
+        try:
+            return await super().PostMessages(request, context)
+        finally:
+            if len(self.cancelled) == 3:
+                self.three_gone.set()
+
+
+async def test_exchange_items_run_with_their_own_ids_and_all_stop_when_their_request_expires(
+) -> None:
+    slow = _Recording()
+
+    def register(server: grpc.aio.Server) -> None:
+        internal = MessagesInternalServicer(None, slow)  # type: ignore[arg-type]
+        messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
+            internal, server)
+
+    server, port, _ = create_server([register], ["zaqar.v2.MessagesInternal"])
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}", None)
+    try:
+        stream = messages_pb2_grpc.MessagesInternalStub(channel).Exchange()  # type: ignore[no-untyped-call]
+
+        def request(request_id: int, queues: list[str], timeout_ms: int = 0
+                    ) -> messages_pb2.ExchangeRequest:
+            items = [_item(post_messages=messages_pb2.PostMessagesRequest(project="p", queue=q))
+                     for q in queues]
+            return messages_pb2.ExchangeRequest(
+                id=request_id, items=items, timeout_ms=timeout_ms,
+                request_ids=[f"req-{uuid.UUID(int=i + 1)}" for i in range(len(queues))],
+            )
+
+        # Given three items of one request that answer at once
+        await stream.write(request(1, ["a", "b", "c"]))
+        first = await stream.read()
+        # Then each answered, in order, having run with its own request id
+        assert [list(r.post_messages.ids) for r in first.results] == [["a"], ["b"], ["c"]]
+        assert slow.ids == {q: f"req-{uuid.UUID(int=i + 1)}" for i, q in enumerate("abc")}
+        # Given three items that wait, in a request whose timeout passes
+        await stream.write(request(2, ["hold-1", "hold-2", "hold-3"], timeout_ms=50))
+        # Then all three are cancelled (the first runs in the request's own task, the others
+        # in tasks of their own), and the request is never answered
+        async with asyncio.timeout(10):
+            await slow.three_gone.wait()
+        assert sorted(slow.cancelled) == ["hold-1", "hold-2", "hold-3"]
+        await stream.done_writing()
+        assert await _read_all(stream) == []
     finally:
         await channel.close()
         await server.stop(0)
