@@ -5,6 +5,7 @@ run concurrently without stepping on each other, and the call is never retried."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -327,11 +328,12 @@ class _Slow(messages_pb2_grpc.MessagesServicer):
         return messages_pb2.PostMessagesResponse(ids=[request.queue])
 
 
-async def test_exchange_answers_in_the_order_done_and_drops_a_request_past_its_timeout() -> None:
-    slow = _Slow()
+@contextlib.asynccontextmanager
+async def _exchange(messages: Any) -> AsyncIterator[Any]:
+    """An ``Exchange`` stream to a message_svc whose ``Messages`` servicer is ``messages``."""
 
     def register(server: grpc.aio.Server) -> None:
-        internal = MessagesInternalServicer(None, slow)  # type: ignore[arg-type]
+        internal = MessagesInternalServicer(None, messages)
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
             internal, server)
 
@@ -339,7 +341,16 @@ async def test_exchange_answers_in_the_order_done_and_drops_a_request_past_its_t
     await server.start()
     channel = open_channel(f"127.0.0.1:{port}", None)
     try:
-        stream = messages_pb2_grpc.MessagesInternalStub(channel).Exchange()  # type: ignore[no-untyped-call]
+        yield messages_pb2_grpc.MessagesInternalStub(channel).Exchange()  # type: ignore[no-untyped-call]
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_exchange_answers_in_the_order_done_and_drops_a_request_past_its_timeout() -> None:
+    slow = _Slow()
+
+    async with _exchange(slow) as stream:
 
         def post(request_id: int, queue: str, timeout_ms: int = 0) -> messages_pb2.ExchangeRequest:
             item = _item(post_messages=messages_pb2.PostMessagesRequest(project="p", queue=queue))
@@ -361,9 +372,6 @@ async def test_exchange_answers_in_the_order_done_and_drops_a_request_past_its_t
         await stream.done_writing()
         rest = await _read_all(stream)
         assert [(r.id, list(r.results[0].post_messages.ids)) for r in rest] == [(1, ["hold"])]
-    finally:
-        await channel.close()
-        await server.stop(0)
 
 
 class _Recording(_Slow):
@@ -387,16 +395,7 @@ async def test_exchange_items_run_with_their_own_ids_and_all_stop_when_their_req
 ) -> None:
     slow = _Recording()
 
-    def register(server: grpc.aio.Server) -> None:
-        internal = MessagesInternalServicer(None, slow)  # type: ignore[arg-type]
-        messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
-            internal, server)
-
-    server, port, _ = create_server([register], ["zaqar.v2.MessagesInternal"])
-    await server.start()
-    channel = open_channel(f"127.0.0.1:{port}", None)
-    try:
-        stream = messages_pb2_grpc.MessagesInternalStub(channel).Exchange()  # type: ignore[no-untyped-call]
+    async with _exchange(slow) as stream:
 
         def request(request_id: int, queues: list[str], timeout_ms: int = 0
                     ) -> messages_pb2.ExchangeRequest:
@@ -422,6 +421,3 @@ async def test_exchange_items_run_with_their_own_ids_and_all_stop_when_their_req
         assert sorted(slow.cancelled) == ["hold-1", "hold-2", "hold-3"]
         await stream.done_writing()
         assert await _read_all(stream) == []
-    finally:
-        await channel.close()
-        await server.stop(0)
