@@ -122,6 +122,7 @@ class Scripts:
         self._linked: list[Command] = []  # calls of this turn for the link
         self._reloading: asyncio.Task[None] | None = None
         self._unloaded: list[Command] = []  # calls that met NOSCRIPT, for after the reload
+        self._answered = asyncio.Event()  # set at each reply of the link (drain)
         self._replicas, self._wait_timeout = replicas, wait_timeout
         if isinstance(client, RedisClusterClient):
             encoder = client.get_encoder()
@@ -181,9 +182,13 @@ class Scripts:
             if unanswered:
                 # asyncio.wait, not gather: cancelling the drain must not cancel the calls.
                 await asyncio.wait(unanswered)
+            elif self._pending or self._linked:
+                await asyncio.sleep(0)  # they are sent at the end of this turn
             else:
-                # Calls whose callers gave up, or not sent yet: their replies are still due.
-                await asyncio.sleep(0.01)
+                # Sent, and their callers gave up on them: their replies are still due (or
+                # their failure, when the connection breaks or times out).
+                self._answered.clear()
+                await self._answered.wait()
 
     async def close(self) -> None:
         """Wait for every call already made, then close the link (if any)."""
@@ -204,6 +209,7 @@ class Scripts:
     def answer(self, call: Command, reply: Any) -> None:
         """The link's answer to ``call``: its reply, or, the first time Redis has lost the
         scripts (it restarted, or its script cache was flushed), a reload and a resend."""
+        self._answered.set()
         if isinstance(reply, NoScriptError) and not call.reloaded:
             call.reloaded = True
             self._unloaded.append(call)
