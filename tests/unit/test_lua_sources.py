@@ -1,5 +1,6 @@
-"""Each Redis script carries the definitions of lib.lua it uses, and only those
-(``_scripts.source``); the contract tests run every script on a real Redis."""
+"""Each Redis script carries the definitions of its store's shared Lua file that it uses, and
+only those (``services/common/lua_scripts.py``); the contract tests run every script on a real
+Redis."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ from importlib import resources
 
 import pytest
 
+from services.common.lua_scripts import definitions, script_source
 from services.message_svc.storage.redis import _scripts
-from services.message_svc.storage.redis._scripts import NAMES, _definitions, source
+from services.message_svc.storage.redis._scripts import NAMES, source
+from services.notifier_svc.storage.redis import store as notifier_store
 
-LIB = resources.files(_scripts.__package__).joinpath("scripts", "lib.lua").read_text("utf-8")
-DEFINED = {name: text for names, text in _definitions(LIB) for name in names}
+MESSAGE = resources.files(_scripts.__package__).joinpath("scripts")
+NOTIFIER = resources.files(notifier_store.__package__).joinpath("scripts")
+STORES = {"message": (MESSAGE, "lib"), "notifier": (NOTIFIER, "_common")}
+SCRIPTS = [
+    ("message", name) for name in NAMES
+] + [
+    ("notifier", name) for name in notifier_store.SCRIPTS
+]
 
 
 def _words(lua: str) -> set[str]:
@@ -20,41 +29,61 @@ def _words(lua: str) -> set[str]:
     return set(re.findall(r"[A-Za-z_]\w*", re.sub(r"--[^\n]*", "", lua)))
 
 
-def test_lib_is_cut_into_every_top_level_definition() -> None:
-    parts = _definitions(LIB)
-    head = LIB[: LIB.index(parts[0][1])]
+def _shared(store: str) -> str:
+    folder, shared = STORES[store]
+    return folder.joinpath(f"{shared}.lua").read_text("utf-8")
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_the_shared_file_is_cut_into_every_top_level_definition(store: str) -> None:
+    shared = _shared(store)
+    parts = definitions(shared)
+    head = shared[: shared.index(parts[0][1])]
     # What comes before the first definition is left out of every script: comments only.
-    assert all(not line.strip() or line.startswith("--") for line in head.splitlines())
-    # Each part is its definition and the comment lines right above it.
+    assert head and all(not line.strip() or line.startswith("--") for line in head.splitlines())
+    # Each part is its definition and the comment lines right above it, and they are all of
+    # the rest.
     for _, text in parts:
         assert re.match(r"(--[^\n]*\n)*local ", text)
-    assert "".join(text for _, text in parts) == LIB[len(head):]
-    top_level = set(re.findall(r"^local (?:function )?(\w+)", LIB, re.M))
-    assert top_level <= set(DEFINED)
-    assert {"read_message", "stale_version", "take_fair", "INDEXES", "GROUP"} <= set(DEFINED)
+    assert "".join(text for _, text in parts) == shared[len(head):]
+    defined = {name for names, _ in parts for name in names}
+    assert set(re.findall(r"^local (?:function )?(\w+)", shared, re.M)) <= defined
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_a_script_defines_each_lib_name_it_uses_before_its_body(name: str) -> None:
-    text = source(name)
-    body = resources.files(_scripts.__package__).joinpath("scripts", f"{name}.lua").read_text()
+@pytest.mark.parametrize(("store", "name"), SCRIPTS)
+def test_a_script_carries_each_shared_name_it_uses_and_no_other(store: str, name: str) -> None:
+    folder, shared = STORES[store]
+    text = script_source(folder, shared, name)
+    body = folder.joinpath(f"{name}.lua").read_text("utf-8")
     assert text.endswith(body)
     carried = text[: len(text) - len(body)]
-    for word in _words(text) & set(DEFINED):
-        assert DEFINED[word] in carried, f"{name}.lua uses {word} but does not carry it"
-    # And nothing it does not use: each carried definition is named by the script or by
-    # another carried definition.
-    for names, part in _definitions(LIB):
+    parts = definitions(_shared(store))
+    by_name = {n: part for names, part in parts for n in names}
+    for word in _words(text) & set(by_name):
+        assert by_name[word] in carried, f"{name}.lua uses {word} but does not carry it"
+    for names, part in parts:
         if part in carried:
             rest = body + carried.replace(part, "")
             assert names & _words(rest), f"{name}.lua carries {sorted(names)} unused"
 
 
-def test_scripts_carry_less_than_all_of_lib() -> None:
-    # The hot path's posts and deletes carry a few definitions of lib each.
-    carried = {n for names, text in _definitions(LIB) if text in source("post") for n in names}
-    assert carried == {"stale_version", "fair_index"}
-    assert len(source("post")) < len(LIB) / 3
-    carried = {n for names, text in _definitions(LIB) if text in source("delete") for n in names}
-    assert carried == {"INDEXES", "fair_unindex", "remove_message", "settle_group", "fair_add",
-                       "fair_forget"}
+def test_the_hot_paths_scripts_carry_a_few_definitions() -> None:
+    parts = definitions(_shared("message"))
+
+    def carried(name: str) -> set[str]:
+        return {n for names, text in parts if text in source(name) for n in names}
+
+    assert carried("post") == {"stale_version", "fair_index"}
+    assert carried("delete") == {"INDEXES", "fair_unindex", "remove_message", "settle_group",
+                                 "fair_add", "fair_forget"}
+    assert len(source("post")) < len(_shared("message")) / 3
+
+
+@pytest.mark.parametrize("line", ["redis.replicate_commands()", "x = 1", "return 1"])
+def test_a_top_level_statement_in_the_shared_file_is_refused(line: str) -> None:
+    # It would run only in the scripts that carry the definition above it.
+    shared = "-- header\nlocal A = 1\n" + line + "\nlocal function f()\n  return A\nend\n"
+    with pytest.raises(ValueError, match="top-level statement"):
+        definitions(shared)
+    with pytest.raises(ValueError, match="before its first"):
+        definitions(line + "\nlocal A = 1\n")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
@@ -25,6 +24,7 @@ import redis.asyncio
 from redis.exceptions import DataError, NoScriptError, RedisError
 
 from services.common import redis_store
+from services.common.lua_scripts import script_source
 from services.common.redis_link import Command, Link, pack, resolve, settle
 from services.common.redis_store import RedisClusterClient, RedisOptions
 
@@ -46,52 +46,10 @@ READ_ONLY = frozenset({"list", "get", "get_claim", "stats", "next_free"})
 Call = tuple[str, int, list[bytes | memoryview], "asyncio.Future[Any]"]
 
 
-# A top-level definition of lib.lua, with the comment lines right above it: ``local function
-# name(`` or ``local a, b =``.
-_DEFINITION = re.compile(r"^(?:--[^\n]*\n)*local (?:function )?([\w, ]+?)\s*[(=]", re.M)
-_COMMENT = re.compile(r"--[^\n]*")
-_WORD = re.compile(r"[A-Za-z_]\w*")
-
-
-def _definitions(lib: str) -> list[tuple[frozenset[str], str]]:
-    """lib.lua cut before each top-level ``local`` (and its comment): (the names it defines,
-    its text) in order. The text before the first (the key layout) defines nothing."""
-    starts = [m.start() for m in _DEFINITION.finditer(lib)]
-    parts = []
-    for start, end in zip(starts, [*starts[1:], len(lib)], strict=True):
-        text = lib[start:end]
-        names = _DEFINITION.match(text)
-        assert names is not None
-        parts.append((frozenset(n.strip() for n in names[1].split(",")), text))
-    return parts
-
-
-def _names(lua: str) -> set[str]:
-    """The words of ``lua``'s code, comments left out."""
-    return set(_WORD.findall(_COMMENT.sub("", lua)))
-
-
 def source(name: str) -> str:
-    """The text of script ``name``: what it uses of the shared ``lib.lua`` (the definitions
-    its code names, and those theirs name in turn, in lib's order), then ``<name>.lua``.
-
-    Redis runs a script's whole text on every call, so each definition of lib it carries
-    costs every call (all of lib: ~4 µs of Redis's time a call, a third of a post's).
-    """
-    folder = resources.files(__package__).joinpath("scripts")
-    body = folder.joinpath(f"{name}.lua").read_text("utf-8")
-    parts = _definitions(folder.joinpath("lib.lua").read_text("utf-8"))
-    words = _names(body)
-    used: set[int] = set()
-    grew = True
-    while grew:
-        grew = False
-        for i, (names, text) in enumerate(parts):
-            if i not in used and names & words:
-                used.add(i)
-                words |= _names(text)
-                grew = True
-    return "".join(text for i, (_, text) in enumerate(parts) if i in used) + body
+    """The text of script ``name``: what it uses of the shared ``lib.lua``, then
+    ``<name>.lua`` (:func:`~services.common.lua_scripts.script_source`)."""
+    return script_source(resources.files(__package__).joinpath("scripts"), "lib", name)
 
 
 class Scripts:

@@ -1,9 +1,10 @@
 """Subscriptions and the delivery outbox in Redis; every change is one Lua script.
 
-The key layout is described in ``scripts/_common.lua``, whose helpers are prepended to every
-script; the names are made in ``_keys.py``, and every script gets the keys its arguments name in
-``KEYS``. On a Redis Cluster (``redis+cluster://``, ``cluster.py``) every key of the store has
-one hash tag, so each script runs whole on the master of that slot.
+The key layout is described in ``scripts/_common.lua``, whose helpers each script carries as it
+needs them (``services/common/lua_scripts.py``); the names are made in ``_keys.py``, and every
+script gets the keys its arguments name in ``KEYS``. On a Redis Cluster (``redis+cluster://``,
+``cluster.py``) every key of the store has one hash tag, so each script runs whole on the master
+of that slot.
 
 Redis runs a script atomically, so deleting a subscription also removes its pending deliveries,
 and ``enqueue`` stores only deliveries whose subscription exists: the outbox never holds an
@@ -31,6 +32,7 @@ from services.common.errors import (
     SubscriptionNotFound,
     Unavailable,
 )
+from services.common.lua_scripts import script_source
 from services.common.redis_store import RedisClusterClient, open_with_scripts
 from services.notifier_svc.storage.base import (
     Delivery,
@@ -68,9 +70,9 @@ LIST_BATCH = 50
 
 
 def _script_text(name: str) -> str:
+    """Script ``name``: what it uses of ``_common.lua``, then ``<name>.lua``."""
     folder = resources.files(__name__.rpartition(".")[0]).joinpath("scripts")
-    common = folder.joinpath("_common.lua").read_text("utf-8")
-    return common + "\n" + folder.joinpath(f"{name}.lua").read_text("utf-8")
+    return script_source(folder, "_common", name)
 
 
 def _fields(flat: Sequence[str]) -> dict[str, str]:

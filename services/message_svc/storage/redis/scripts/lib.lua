@@ -1,7 +1,7 @@
 -- Shared by every script of the message store. A script carries, in front of its own text, the
--- top-level definitions below that it names and those they name in turn (_scripts.source):
--- Redis runs a script's whole text on every call. A definition starts at a line beginning
--- with "local"; this header, before the first one, is carried by none.
+-- top-level definitions below that it names and those they name in turn, as Redis runs a
+-- script's whole text on every call (services/common/lua_scripts.py). A definition starts at
+-- a line beginning with "local"; this header, before the first one, is carried by none.
 --
 -- KEYS[1] is the queue's key prefix "<prefix>:{<project>/<queue>}:" (the hash tag keeps all
 -- of a queue's keys on one shard); the keys of the queue are that prefix followed by:

@@ -1,4 +1,5 @@
--- Helpers shared by every script of the notifier store (prepended to each one).
+-- Helpers shared by the scripts of the notifier store: each carries, in front of its own text,
+-- the top-level definitions below that it uses (services/common/lua_scripts.py).
 --
 -- Key layout, B being the base of every key name (ARGV[1] of every script): the URI's prefix
 -- option P on one Redis server, and P:{P} on a Redis Cluster, where the hash tag {P} puts
