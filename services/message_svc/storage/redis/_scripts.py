@@ -140,11 +140,13 @@ class Scripts:
             if unanswered:
                 # asyncio.wait, not gather: cancelling the drain must not cancel the calls.
                 await asyncio.wait(unanswered)
-            elif self._pending or self._linked:
-                await asyncio.sleep(0)  # they are sent at the end of this turn
+            elif self._pending or self._linked or self._sending:
+                # Calls sent at the end of this turn, or a finished send's task that leaves
+                # _sending when its done callback runs.
+                await asyncio.sleep(0)
             else:
-                # Sent, and their callers gave up on them: their replies are still due (or
-                # their failure, when the connection breaks or times out).
+                # On the link, and their callers gave up on them: their replies are still due
+                # (or their failure, when the connection breaks or times out).
                 self._answered.clear()
                 await self._answered.wait()
 
