@@ -334,3 +334,29 @@ def test_scripts_drain_waits_for_calls_their_callers_gave_up_on(
             await admin.aclose()
 
     run(main())
+
+
+def test_scripts_drain_without_a_link_returns_once_the_calls_are_answered(
+    redis_server: ServerProcess, run: Any
+) -> None:
+    """Without a link (a cluster, or replicas to wait for: redis-py's pipelines), drain
+    returns as soon as every call is answered, also while the task that sent them has yet to
+    leave the running sends (its done callback runs a turn after its last caller is
+    answered)."""
+
+    async def main() -> None:
+        server = options(redis_server.port)
+        client = server.client("drain-pipelines", decode_responses=False)
+        scripts = Scripts(client)
+        try:
+            await scripts.load()
+            assert await _stats(scripts, ["link-test:q:"]) is not None
+            assert scripts._sending  # the send's task: done, not yet taken out
+            async with asyncio.timeout(10):  # in this task: drain starts in this turn
+                await scripts.drain()
+            assert not scripts._sending
+        finally:
+            await scripts.close()
+            await client.aclose()
+
+    run(main())
