@@ -1,0 +1,375 @@
+"""A fault campaign under load: no message acknowledged with a 201 is lost when any process
+of the stack, or its store, is killed.
+
+    python bench/faults.py [--minutes 10] [--faults N] [--fault-every 3] [--store-down 1]
+        [--kinds gateway,message,queue,notifier,redis] [--producers 4] [--consumers 4]
+        [--seed 1] [--no-aof] [--json FILE] [--quiet]
+
+It starts a durable redis-server (AOF, ``appendfsync always``) and ``zaqar-grpc up
+--replicas 2`` on it (two processes of every service, each gateway on its own port, as on
+Kubernetes). Producers post one message per request, each with a body of its own
+(``{"p": producer, "n": n}``), through one gateway, and go to the other when a post fails
+(a transport error or a 5xx), as a client behind a load balancer would; consumers claim up to
+5 messages and delete each with its claim id, retried the same way.
+
+Every ``--fault-every`` seconds one fault, drawn in turn from a seeded shuffle of the kinds
+(``--kinds``):
+``SIGKILL`` of one replica of the gateway, message_svc, queue_svc or notifier_svc (``up``
+starts a new one in its place; the next fault waits for it), or ``SIGKILL`` of redis-server,
+started again on the same AOF after ``--store-down`` seconds.
+
+Then the faults stop, the stack is left to settle, the load stops, and every message still in
+the queue is listed (``include_claimed``). The campaign fails (exit status 1) when
+
+- **lost**: a message acknowledged with a 201 was neither claimed by a consumer nor is still
+  in the queue;
+- **came back**: a message whose delete was answered 204 is in the queue again;
+- a request got a 5xx other than 503 (the answer while a store or replica is away), or a 4xx
+  a correct client never gets.
+
+``--no-aof`` runs redis-server without its AOF, so that each of its kills loses what it held:
+the campaign then reports those messages as lost, which shows that it can tell.
+
+Also counted, and not failures: a message stored twice (a post retried after its answer was
+lost, which the client cannot tell from a post that failed), a message claimed twice (its
+delete failed, and its claim expired), 503s and transport errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.common.config import Settings  # noqa: E402
+from tests.e2e.harness import Stack, start_stack  # noqa: E402
+from tests.servers import ServerProcess, redis_process  # noqa: E402
+
+QUEUE = "faults"
+SERVICES = ("gateway", "message", "queue", "notifier")
+KINDS = (*SERVICES, "redis")
+REPLICAS = 2
+# A message outlives the campaign; a claim lasts the least Zaqar allows.
+MESSAGE_TTL, CLAIM_TTL, CLAIM_GRACE = 3600, 60, 60
+RETRY_PAUSE = 0.05
+# Seconds a replaced process or the restarted store may take to be back.
+RECOVERY_TIMEOUT = 120
+
+
+@dataclass
+class Tally:
+    acknowledged: dict[str, str] = field(default_factory=dict)  # id -> body key
+    claimed: collections.Counter[str] = field(default_factory=collections.Counter)
+    deleted: set[str] = field(default_factory=set)
+    statuses: collections.Counter[str] = field(default_factory=collections.Counter)
+    unexpected: list[str] = field(default_factory=list)
+    transport_errors: int = 0
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+    def status(self, what: str, reply: httpx.Response) -> None:
+        self.statuses[f"{what} {reply.status_code}"] += 1
+        if reply.status_code >= 500 and reply.status_code != 503:
+            self.unexpected.append(f"{what} {reply.status_code} {reply.text[:200]}")
+
+
+class Gateways:
+    """HTTP clients of every gateway replica; a worker moves to the next on a failure."""
+
+    def __init__(self, urls: list[str], project: str) -> None:
+        headers = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": project,
+                   "Content-Type": "application/json"}
+        self.clients = [httpx.AsyncClient(base_url=u, headers=headers, timeout=30)
+                        for u in urls]
+
+    async def aclose(self) -> None:
+        for c in self.clients:
+            await c.aclose()
+
+
+async def send(
+    gateways: Gateways, start: int, tally: Tally, what: str, method: str, url: str,
+    stop: asyncio.Event | None, **kwargs: Any,
+) -> httpx.Response | None:
+    """The first answer that is not a failure (transport error or 5xx), trying the gateways
+    in turn from ``start``; None once ``stop`` is set first."""
+    n = start
+    while stop is None or not stop.is_set():
+        http = gateways.clients[n % len(gateways.clients)]
+        try:
+            reply = await http.request(method, url, **kwargs)
+        except httpx.TransportError:
+            tally.transport_errors += 1
+        else:
+            tally.status(what, reply)
+            if reply.status_code < 500:
+                return reply
+        n += 1
+        await asyncio.sleep(RETRY_PAUSE)
+    return None
+
+
+async def produce(gateways: Gateways, p: int, tally: Tally, stop: asyncio.Event) -> None:
+    n = 0
+    while not stop.is_set():
+        n += 1
+        reply = await send(
+            gateways, p, tally, "post", "POST", f"/v2/queues/{QUEUE}/messages", stop,
+            json={"messages": [{"body": {"p": p, "n": n}, "ttl": MESSAGE_TTL}]},
+        )
+        if reply is None:
+            return
+        if reply.status_code != 201:
+            tally.unexpected.append(f"post {reply.status_code} {reply.text[:200]}")
+            continue
+        mid = reply.json()["resources"][0].rsplit("/", 1)[1]
+        tally.acknowledged[mid] = f"{p}:{n}"
+
+
+async def consume(gateways: Gateways, c: int, tally: Tally, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        reply = await send(
+            gateways, c, tally, "claim", "POST", f"/v2/queues/{QUEUE}/claims?limit=5", stop,
+            json={"ttl": CLAIM_TTL, "grace": CLAIM_GRACE},
+        )
+        if reply is None:
+            return
+        if reply.status_code == 204:
+            await asyncio.sleep(RETRY_PAUSE)
+            continue
+        if reply.status_code != 201:
+            tally.unexpected.append(f"claim {reply.status_code} {reply.text[:200]}")
+            continue
+        for message in reply.json()["messages"]:
+            mid = message["href"].split("?", 1)[0].rsplit("/", 1)[1]
+            tally.claimed[mid] += 1
+            # Deleted even after the load stops: a claimed message is the consumer's to finish.
+            done = await send(gateways, c, tally, "delete", "DELETE", message["href"], None)
+            assert done is not None
+            if done.status_code == 204:
+                tally.deleted.add(mid)
+            elif done.status_code not in (400, 403):
+                # 400 or 403: its claim expired meanwhile, and it may be another's claim now
+                tally.unexpected.append(f"delete {done.status_code} {done.text[:200]}")
+
+
+async def remaining(gateways: Gateways, tally: Tally) -> list[str]:
+    """Every message id in the queue, claimed ones included."""
+    ids: list[str] = []
+    params: dict[str, Any] = {"limit": 20, "echo": "true", "include_claimed": "true"}
+    while True:
+        reply = await send(gateways, 0, tally, "list", "GET", f"/v2/queues/{QUEUE}/messages",
+                           None, params=params)
+        assert reply is not None
+        if reply.status_code == 204 or not reply.json()["messages"]:
+            return ids
+        if reply.status_code != 200:
+            raise SystemExit(f"faults: listing the queue failed: {reply.status_code} {reply.text}")
+        ids += [m["id"] for m in reply.json()["messages"]]
+        href = reply.json()["links"][0]["href"]
+        params["marker"] = href.split("marker=", 1)[1].split("&", 1)[0]
+
+
+def wait_until(predicate: Any, what: str, timeout: float = RECOVERY_TIMEOUT) -> float:
+    """Seconds it took ``predicate`` to hold; SystemExit after ``timeout``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"faults: {what} not within {timeout:g} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def answers(server: ServerProcess) -> bool:
+    """Whether redis-server answers PING (it may still be loading its AOF)."""
+    client = redis.Redis(port=server.port, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def inject(kind: str, rng: random.Random, stack: Stack, server: ServerProcess,
+           store_down: float) -> dict[str, Any]:
+    """One fault, and the wait until what it killed is back."""
+    started = time.monotonic()
+    if kind == "redis":
+        server.kill()
+        time.sleep(store_down)
+        server.start()
+        wait_until(lambda: answers(server), "redis-server back")
+        label = "redis-server"
+    else:
+        label = f"{kind}.{rng.randrange(REPLICAS)}"
+        old = stack.child_pids()[label]
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: stack.child_pids().get(label, old) != old, f"a new {label}")
+    return {"fault": label, "at": round(started, 2),
+            "back_after_s": round(time.monotonic() - started, 2)}
+
+
+async def load(urls: list[str], args: argparse.Namespace, tally: Tally,
+               faults_done: asyncio.Event) -> list[str]:
+    project = f"faults-{uuid.uuid4().hex[:8]}"
+    gateways = Gateways(urls, project)
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(produce(gateways, p, tally, stop))
+               for p in range(args.producers)]
+    workers += [asyncio.create_task(consume(gateways, c, tally, stop))
+                for c in range(args.consumers)]
+    await faults_done.wait()
+    await asyncio.sleep(args.settle)
+    stop.set()
+    await asyncio.gather(*workers)
+    left = await remaining(gateways, tally)
+    await gateways.aclose()
+    return left
+
+
+def campaign(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the campaign ``args`` describe (``parser()``'s options); its summary."""
+    rng = random.Random(args.seed)
+    tally = Tally()
+    with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
+        work = Path(tmp)
+        (work / "redis").mkdir()
+        server = redis_process(work / "redis", durable=not args.no_aof)
+        server.start()
+        uri = f"redis://127.0.0.1:{server.port}/0"
+        ports = {name: 0 for name in (
+            "http_port", "ws_port", "queue_port", "message_port", "notifier_port",
+            "queue_metrics_port", "message_metrics_port", "notifier_metrics_port")}
+        settings = Settings.load(environ={}, overrides={
+            "data_dir": str(work / "data"), "log_level": "WARNING", **ports,
+            "queue_store": uri, "message_store": uri, "notifier_store": uri,
+        })
+        stack = start_stack(settings, ["--replicas", str(REPLICAS)], timeout=240)
+        try:
+            line = next(x for x in stack.output if x.startswith("zaqar-grpc is up"))
+            urls = [u.removesuffix("/v2/") for u in line.split() if u.startswith("http://")]
+            loop = asyncio.new_event_loop()
+            faults_done = asyncio.Event()
+            result: list[list[str]] = []
+
+            def run_load() -> None:
+                asyncio.set_event_loop(loop)
+                result.append(loop.run_until_complete(load(urls, args, tally, faults_done)))
+
+            runner = threading.Thread(target=run_load)
+            runner.start()
+            began = time.monotonic()
+            try:
+                time.sleep(args.fault_every)
+                kinds: list[str] = []
+                while (time.monotonic() - began < args.minutes * 60
+                       and (args.faults is None or len(tally.faults) < args.faults)):
+                    if not kinds:
+                        kinds = list(args.kinds)
+                        rng.shuffle(kinds)
+                    fault = inject(kinds.pop(), rng, stack, server, args.store_down)
+                    fault["at"] = round(fault["at"] - began, 2)
+                    fault["acknowledged_so_far"] = len(tally.acknowledged)
+                    tally.faults.append(fault)
+                    if args.verbose:
+                        print(json.dumps(fault), flush=True)
+                    time.sleep(args.fault_every)
+            finally:
+                loop.call_soon_threadsafe(faults_done.set)
+                runner.join()
+                loop.close()
+            left = result[0]
+        finally:
+            stack.stop()
+            server.stop()
+    return summarize(tally, left, args)
+
+
+def kinds_list(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: name some of {', '.join(KINDS)}, comma-separated"
+        )
+    return kinds
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=10, help="how long faults go on")
+    ap.add_argument("--faults", type=int, help="stop after this many faults (default: none)")
+    ap.add_argument("--fault-every", type=float, default=3.0,
+                    help="seconds between one fault's recovery and the next fault")
+    ap.add_argument("--store-down", type=float, default=1.0,
+                    help="seconds redis-server stays down")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds of load after the last fault")
+    ap.add_argument("--kinds", type=kinds_list, default=KINDS,
+                    help=f"the faults to draw from, comma-separated (default {','.join(KINDS)})")
+    ap.add_argument("--no-aof", action="store_true",
+                    help="redis-server without its AOF, which loses what it held at each kill: "
+                         "to see the campaign catch a loss")
+    ap.add_argument("--producers", type=int, default=4)
+    ap.add_argument("--consumers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--quiet", dest="verbose", action="store_false",
+                    help="do not print each fault as it happens")
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
+    summary = campaign(args)
+    print(json.dumps({k: v for k, v in summary.items() if k != "fault_log"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    print("faults: ok" if summary["ok"] else "faults: FAILED", flush=True)
+    raise SystemExit(0 if summary["ok"] else 1)
+
+
+def summarize(tally: Tally, left: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    in_queue = set(left)
+    lost = sorted(set(tally.acknowledged) - set(tally.claimed) - in_queue)
+    came_back = sorted(tally.deleted & in_queue)
+    bodies = collections.Counter(tally.acknowledged.values())
+    kinds = collections.Counter(f["fault"].split(".")[0] for f in tally.faults)
+    return {
+        "ok": not lost and not came_back and not tally.unexpected,
+        "minutes": args.minutes, "seed": args.seed, "faults": len(tally.faults),
+        "faults_by_kind": dict(sorted(kinds.items())),
+        "acknowledged": len(tally.acknowledged), "claimed": len(tally.claimed),
+        "deleted": len(tally.deleted), "left_in_queue": len(in_queue),
+        "lost": len(lost), "came_back_after_delete": len(came_back),
+        "stored_twice": sum(1 for n in bodies.values() if n > 1),
+        "claimed_twice": sum(1 for n in tally.claimed.values() if n > 1),
+        "transport_errors": tally.transport_errors,
+        "statuses": dict(sorted(tally.statuses.items())),
+        "unexpected": tally.unexpected[:20], "unexpected_count": len(tally.unexpected),
+        "lost_ids": lost[:20], "came_back_ids": came_back[:20],
+        "longest_recovery_s": max((f["back_after_s"] for f in tally.faults), default=0),
+        "fault_log": tally.faults,
+    }
+
+
+if __name__ == "__main__":
+    main()
