@@ -15,6 +15,7 @@ writes ends with ``WAIT``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -46,9 +47,11 @@ READ_ONLY = frozenset({"list", "get", "get_claim", "stats", "next_free"})
 Call = tuple[str, int, list[bytes | memoryview], "asyncio.Future[Any]"]
 
 
+@functools.cache
 def source(name: str) -> str:
     """The text of script ``name``: what it uses of the shared ``lib.lua``, then
-    ``<name>.lua`` (:func:`~services.common.lua_scripts.script_source`)."""
+    ``<name>.lua`` (:func:`~services.common.lua_scripts.script_source`); made once per
+    process."""
     return script_source(resources.files(__package__).joinpath("scripts"), "lib", name)
 
 

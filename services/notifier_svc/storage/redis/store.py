@@ -16,6 +16,7 @@ for an acknowledged change to survive a failover. The watch registry and feed ar
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,8 +70,10 @@ GC_BUDGET = 200
 LIST_BATCH = 50
 
 
+@functools.cache
 def _script_text(name: str) -> str:
-    """Script ``name``: what it uses of ``_common.lua``, then ``<name>.lua``."""
+    """Script ``name``: what it uses of ``_common.lua``, then ``<name>.lua``; made once per
+    process."""
     folder = resources.files(__name__.rpartition(".")[0]).joinpath("scripts")
     return script_source(folder, "_common", name)
 
