@@ -30,9 +30,10 @@ the queue is listed (``include_claimed``). The campaign fails (exit status 1) wh
 ``--no-aof`` runs redis-server without its AOF, so that each of its kills loses what it held:
 the campaign then reports those messages as lost, which shows that it can tell.
 
-Also counted, and not failures: a message stored twice (a post retried after its answer was
-lost, which the client cannot tell from a post that failed), a message claimed twice (its
-delete failed, and its claim expired), 503s and transport errors.
+Also counted, and not failures: a message stored without a 201 and a body stored twice (a
+post whose answer was lost, retried by the client, which cannot tell it from a post that
+failed), a message claimed twice (its delete failed, and its claim expired), 503s and
+transport errors.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ RECOVERY_TIMEOUT = 120
 @dataclass
 class Tally:
     acknowledged: dict[str, str] = field(default_factory=dict)  # id -> body key
+    seen: dict[str, str] = field(default_factory=dict)  # id -> body key, of every id read
     claimed: collections.Counter[str] = field(default_factory=collections.Counter)
     deleted: set[str] = field(default_factory=set)
     statuses: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -160,6 +162,7 @@ async def consume(gateways: Gateways, c: int, tally: Tally, stop: asyncio.Event)
         for message in reply.json()["messages"]:
             mid = message["href"].split("?", 1)[0].rsplit("/", 1)[1]
             tally.claimed[mid] += 1
+            tally.seen[mid] = body_key(message["body"])
             # Deleted even after the load stops: a claimed message is the consumer's to finish.
             done = await send(gateways, c, tally, "delete", "DELETE", message["href"], None)
             assert done is not None
@@ -168,6 +171,11 @@ async def consume(gateways: Gateways, c: int, tally: Tally, stop: asyncio.Event)
             elif done.status_code not in (400, 403):
                 # 400 or 403: its claim expired meanwhile, and it may be another's claim now
                 tally.unexpected.append(f"delete {done.status_code} {done.text[:200]}")
+
+
+def body_key(body: Any) -> str:
+    """``p:n`` of a body ``{"p": p, "n": n}``."""
+    return f"{body['p']}:{body['n']}"
 
 
 async def remaining(gateways: Gateways, tally: Tally) -> list[str]:
@@ -182,7 +190,9 @@ async def remaining(gateways: Gateways, tally: Tally) -> list[str]:
             return ids
         if reply.status_code != 200:
             raise SystemExit(f"faults: listing the queue failed: {reply.status_code} {reply.text}")
-        ids += [m["id"] for m in reply.json()["messages"]]
+        for m in reply.json()["messages"]:
+            ids.append(m["id"])
+            tally.seen[m["id"]] = body_key(m["body"])
         href = reply.json()["links"][0]["href"]
         params["marker"] = href.split("marker=", 1)[1].split("&", 1)[0]
 
@@ -278,6 +288,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             runner.start()
             began = time.monotonic()
             try:
+                wait_until(lambda: len(tally.acknowledged) > 0, "a first acknowledged post")
                 time.sleep(args.fault_every)
                 kinds: list[str] = []
                 while (time.monotonic() - began < args.minutes * 60
@@ -292,6 +303,9 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                     if args.verbose:
                         print(json.dumps(fault), flush=True)
                     time.sleep(args.fault_every)
+                after = len(tally.acknowledged)
+                wait_until(lambda: len(tally.acknowledged) > after,
+                           "a post acknowledged after the last fault")
             finally:
                 loop.call_soon_threadsafe(faults_done.set)
                 runner.join()
@@ -351,7 +365,10 @@ def summarize(tally: Tally, left: list[str], args: argparse.Namespace) -> dict[s
     in_queue = set(left)
     lost = sorted(set(tally.acknowledged) - set(tally.claimed) - in_queue)
     came_back = sorted(tally.deleted & in_queue)
-    bodies = collections.Counter(tally.acknowledged.values())
+    # Bodies stored under more than one id: a post whose answer was lost, retried.
+    ids_of: dict[str, set[str]] = collections.defaultdict(set)
+    for mid, key in (*tally.acknowledged.items(), *tally.seen.items()):
+        ids_of[key].add(mid)
     kinds = collections.Counter(f["fault"].split(".")[0] for f in tally.faults)
     return {
         "ok": not lost and not came_back and not tally.unexpected,
@@ -360,7 +377,8 @@ def summarize(tally: Tally, left: list[str], args: argparse.Namespace) -> dict[s
         "acknowledged": len(tally.acknowledged), "claimed": len(tally.claimed),
         "deleted": len(tally.deleted), "left_in_queue": len(in_queue),
         "lost": len(lost), "came_back_after_delete": len(came_back),
-        "stored_twice": sum(1 for n in bodies.values() if n > 1),
+        "stored_twice": sum(1 for ids in ids_of.values() if len(ids) > 1),
+        "stored_without_201": len(set(tally.seen) - set(tally.acknowledged)),
         "claimed_twice": sum(1 for n in tally.claimed.values() if n > 1),
         "transport_errors": tally.transport_errors,
         "statuses": dict(sorted(tally.statuses.items())),

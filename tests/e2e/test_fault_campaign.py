@@ -59,9 +59,13 @@ def test_the_oracle_passes_a_clean_tally_and_fails_on_a_5xx_but_503() -> None:
     tally.acknowledged = {"a": "0:1", "b": "0:2"}
     tally.claimed.update(["a"])
     tally.deleted = {"a"}
+    # A post stored, its answer lost, and retried: the same body under a second id
+    tally.seen = {"a": "0:1", "b": "0:2", "b-first": "0:2"}
     request = httpx.Request("POST", "http://gateway/v2/queues/faults/messages")
     tally.status("post", httpx.Response(503, request=request))
-    assert summarize(tally, ["b"], args())["ok"]
+    clean = summarize(tally, ["b", "b-first"], args())
+    assert clean["ok"], clean
+    assert (clean["stored_twice"], clean["stored_without_201"]) == (1, 1)
     tally.status("post", httpx.Response(500, request=request, text="boom"))
     summary = summarize(tally, ["b"], args())
     assert summary["unexpected"] == ["post 500 boom"] and not summary["ok"]
