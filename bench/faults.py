@@ -22,7 +22,7 @@ Then the faults stop, the stack is left to settle, the load stops, and every mes
 the queue is listed (``include_claimed``). The campaign fails (exit status 1) when
 
 - **lost**: a message acknowledged with a 201 was neither claimed by a consumer nor is still
-  in the queue;
+  in the queue, or a claimed one was neither deleted nor is still in the queue;
 - **came back**: a message whose delete was answered 204 is in the queue again;
 - a request got a 5xx other than 503 (the answer while a store or replica is away), or a 4xx
   a correct client never gets.
@@ -186,10 +186,12 @@ async def remaining(gateways: Gateways, tally: Tally) -> list[str]:
         reply = await send(gateways, 0, tally, "list", "GET", f"/v2/queues/{QUEUE}/messages",
                            None, params=params)
         assert reply is not None
-        if reply.status_code == 204 or not reply.json()["messages"]:
+        if reply.status_code == 204:
             return ids
         if reply.status_code != 200:
             raise SystemExit(f"faults: listing the queue failed: {reply.status_code} {reply.text}")
+        if not reply.json()["messages"]:
+            return ids
         for m in reply.json()["messages"]:
             ids.append(m["id"])
             tally.seen[m["id"]] = body_key(m["body"])
@@ -363,7 +365,9 @@ def main() -> None:
 
 def summarize(tally: Tally, left: list[str], args: argparse.Namespace) -> dict[str, Any]:
     in_queue = set(left)
-    lost = sorted(set(tally.acknowledged) - set(tally.claimed) - in_queue)
+    # Acknowledged and never claimed, or claimed and neither deleted nor back in the queue.
+    lost = sorted((set(tally.acknowledged) - set(tally.claimed) - in_queue)
+                  | (set(tally.claimed) - tally.deleted - in_queue))
     came_back = sorted(tally.deleted & in_queue)
     # Bodies stored under more than one id: a post whose answer was lost, retried.
     ids_of: dict[str, set[str]] = collections.defaultdict(set)

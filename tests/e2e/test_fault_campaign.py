@@ -45,11 +45,15 @@ def test_one_kill_of_each_kind_under_load_loses_nothing() -> None:
 
 def test_the_oracle_finds_a_lost_message_and_one_that_came_back() -> None:
     tally = Tally()
-    tally.acknowledged = {"kept": "0:1", "consumed": "0:2", "lost": "0:3", "back": "0:4"}
-    tally.claimed.update(["consumed", "back"])
+    tally.acknowledged = {
+        "kept": "0:1", "consumed": "0:2", "lost": "0:3", "back": "0:4",
+        "claimed-kept": "0:5", "claimed-lost": "0:6",
+    }
+    # Claimed, its delete refused (the claim expired): it must still be there
+    tally.claimed.update(["consumed", "back", "claimed-kept", "claimed-lost"])
     tally.deleted = {"consumed", "back"}
-    summary = summarize(tally, ["kept", "back"], args())
-    assert (summary["lost"], summary["lost_ids"]) == (1, ["lost"])
+    summary = summarize(tally, ["kept", "back", "claimed-kept"], args())
+    assert (summary["lost"], summary["lost_ids"]) == (2, ["claimed-lost", "lost"])
     assert (summary["came_back_after_delete"], summary["came_back_ids"]) == (1, ["back"])
     assert not summary["ok"]
 
