@@ -1,7 +1,8 @@
 """A fault campaign under load: no message acknowledged with a 201 is lost when any process
 of the stack, or its store, is killed.
 
-    python bench/faults.py [--minutes 10] [--faults N] [--fault-every 3] [--store-down 1]
+    python bench/faults.py [--store redis|sqlite] [--minutes 10] [--faults N] [--fault-every 3]
+        [--store-down 1]
         [--kinds gateway,message,queue,notifier,redis] [--producers 4] [--consumers 4]
         [--seed 1] [--no-aof] [--json FILE] [--quiet]
 
@@ -26,6 +27,9 @@ the queue is listed (``include_claimed``). The campaign fails (exit status 1) wh
 - **came back**: a message whose delete was answered 204 is in the queue again;
 - a request got a 5xx other than 503 (the answer while a store or replica is away), or a 4xx
   a correct client never gets.
+
+``--store sqlite`` runs the stack on its default stores instead (SQLite files in the data
+folder, shared by both replicas of a service), and kills only the services' processes.
 
 ``--no-aof`` runs redis-server without its AOF, so that each of its kills loses what it held:
 the campaign then reports those messages as lost, which shows that it can tell.
@@ -220,11 +224,12 @@ def answers(server: ServerProcess) -> bool:
         client.close()
 
 
-def inject(kind: str, rng: random.Random, stack: Stack, server: ServerProcess,
+def inject(kind: str, rng: random.Random, stack: Stack, server: ServerProcess | None,
            store_down: float) -> dict[str, Any]:
     """One fault, and the wait until what it killed is back."""
     started = time.monotonic()
     if kind == "redis":
+        assert server is not None
         server.kill()
         time.sleep(store_down)
         server.start()
@@ -261,19 +266,24 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
     """Run the campaign ``args`` describe (``parser()``'s options); its summary."""
     rng = random.Random(args.seed)
     tally = Tally()
+    kinds_drawn = args.kinds or (KINDS if args.store == "redis" else SERVICES)
+    if args.store == "sqlite" and "redis" in kinds_drawn:
+        raise SystemExit("faults: --store sqlite has no redis-server to kill")
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
         work = Path(tmp)
-        (work / "redis").mkdir()
-        server = redis_process(work / "redis", durable=not args.no_aof)
-        server.start()
-        uri = f"redis://127.0.0.1:{server.port}/0"
         ports = {name: 0 for name in (
             "http_port", "ws_port", "queue_port", "message_port", "notifier_port",
             "queue_metrics_port", "message_metrics_port", "notifier_metrics_port")}
-        settings = Settings.load(environ={}, overrides={
-            "data_dir": str(work / "data"), "log_level": "WARNING", **ports,
-            "queue_store": uri, "message_store": uri, "notifier_store": uri,
-        })
+        overrides: dict[str, Any] = {
+            "data_dir": str(work / "data"), "log_level": "WARNING", **ports}
+        server = None
+        if args.store == "redis":
+            server = redis_process(work / "redis", durable=not args.no_aof)
+            server.start()
+            uri = f"redis://127.0.0.1:{server.port}/0"
+            overrides.update(queue_store=uri, message_store=uri, notifier_store=uri)
+        # else every store is the default: SQLite files in the data folder
+        settings = Settings.load(environ={}, overrides=overrides)
         stack = start_stack(settings, ["--replicas", str(REPLICAS)], timeout=240)
         try:
             line = next(x for x in stack.output if x.startswith("zaqar-grpc is up"))
@@ -296,7 +306,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                 while (time.monotonic() - began < args.minutes * 60
                        and (args.faults is None or len(tally.faults) < args.faults)):
                     if not kinds:
-                        kinds = list(args.kinds)
+                        kinds = list(kinds_drawn)
                         rng.shuffle(kinds)
                     fault = inject(kinds.pop(), rng, stack, server, args.store_down)
                     fault["at"] = round(fault["at"] - began, 2)
@@ -315,7 +325,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             left = result[0]
         finally:
             stack.stop()
-            server.stop()
+            if server is not None:
+                server.stop()
     return summarize(tally, left, args)
 
 
@@ -339,8 +350,12 @@ def parser() -> argparse.ArgumentParser:
                     help="seconds redis-server stays down")
     ap.add_argument("--settle", type=float, default=5.0,
                     help="seconds of load after the last fault")
-    ap.add_argument("--kinds", type=kinds_list, default=KINDS,
-                    help=f"the faults to draw from, comma-separated (default {','.join(KINDS)})")
+    ap.add_argument("--store", choices=("redis", "sqlite"), default="redis",
+                    help="redis: one durable redis-server for every store (default); sqlite: "
+                         "the default stores, SQLite files shared by the replicas")
+    ap.add_argument("--kinds", type=kinds_list,
+                    help=f"the faults to draw from, comma-separated (default "
+                         f"{','.join(KINDS)}; without redis on --store sqlite)")
     ap.add_argument("--no-aof", action="store_true",
                     help="redis-server without its AOF, which loses what it held at each kill: "
                          "to see the campaign catch a loss")
@@ -376,7 +391,8 @@ def summarize(tally: Tally, left: list[str], args: argparse.Namespace) -> dict[s
     kinds = collections.Counter(f["fault"].split(".")[0] for f in tally.faults)
     return {
         "ok": not lost and not came_back and not tally.unexpected,
-        "minutes": args.minutes, "seed": args.seed, "faults": len(tally.faults),
+        "store": args.store, "minutes": args.minutes, "seed": args.seed,
+        "faults": len(tally.faults),
         "faults_by_kind": dict(sorted(kinds.items())),
         "acknowledged": len(tally.acknowledged), "claimed": len(tally.claimed),
         "deleted": len(tally.deleted), "left_in_queue": len(in_queue),
