@@ -60,17 +60,26 @@ from typing import Any
 
 import httpx
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import Stack, start_stack  # noqa: E402
-from tests.servers import ServerProcess, redis_process  # noqa: E402
+from tests.servers import (  # noqa: E402
+    RedisClusterProcesses,
+    ServerProcess,
+    redis_process,
+    start_redis_cluster,
+    stop_redis_cluster,
+)
 
 QUEUE = "faults"
 SERVICES = ("gateway", "message", "queue", "notifier")
-KINDS = (*SERVICES, "redis")
+KINDS = (*SERVICES, "redis", "redis-master")
+# The store kinds each --store can kill.
+STORE_KINDS = {"redis": ("redis",), "redis-cluster": ("redis-master",), "sqlite": ()}
 REPLICAS = 2
 # A message outlives the campaign; a claim lasts the least Zaqar allows.
 MESSAGE_TTL, CLAIM_TTL, CLAIM_GRACE = 3600, 60, 60
@@ -224,11 +233,53 @@ def answers(server: ServerProcess) -> bool:
         client.close()
 
 
-def inject(kind: str, rng: random.Random, stack: Stack, server: ServerProcess | None,
+def master_of(cluster: RedisClusterProcesses, key: str) -> ServerProcess:
+    """The node serving ``key``'s slot now."""
+    nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.nodes]  # type: ignore[no-untyped-call]
+    client = RedisCluster(startup_nodes=nodes)
+    try:
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return cluster.node(int(node.port))
+    finally:
+        client.close()
+
+
+def serving(cluster: RedisClusterProcesses, key: str) -> int | None:
+    """The port of the node serving ``key``'s slot, as the live nodes say; None while they
+    cannot say."""
+    try:
+        return master_of(cluster, key).port
+    except (redis.RedisError, StopIteration):
+        return None
+
+
+@dataclass
+class Store:
+    """What the campaign may kill of the store: one redis-server, or a Redis Cluster's master
+    of the campaign's queue; neither for SQLite."""
+
+    server: ServerProcess | None = None
+    cluster: RedisClusterProcesses | None = None
+    queue_key: str = ""
+
+
+def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
            store_down: float) -> dict[str, Any]:
     """One fault, and the wait until what it killed is back."""
     started = time.monotonic()
-    if kind == "redis":
+    if kind == "redis-master":
+        cluster = store.cluster
+        assert cluster is not None
+        master = master_of(cluster, store.queue_key)
+        master.kill()
+        wait_until(lambda: serving(cluster, store.queue_key) not in (None, master.port),
+                   "a replica taking over")
+        cluster.wait_healthy(RECOVERY_TIMEOUT)
+        master.start()
+        cluster.wait_healthy(RECOVERY_TIMEOUT)  # it is back, as the new master's replica
+        label = "redis-master"
+    elif kind == "redis":
+        server = store.server
         assert server is not None
         server.kill()
         time.sleep(store_down)
@@ -244,9 +295,8 @@ def inject(kind: str, rng: random.Random, stack: Stack, server: ServerProcess | 
             "back_after_s": round(time.monotonic() - started, 2)}
 
 
-async def load(urls: list[str], args: argparse.Namespace, tally: Tally,
+async def load(urls: list[str], project: str, args: argparse.Namespace, tally: Tally,
                faults_done: asyncio.Event) -> list[str]:
-    project = f"faults-{uuid.uuid4().hex[:8]}"
     gateways = Gateways(urls, project)
     stop = asyncio.Event()
     workers = [asyncio.create_task(produce(gateways, p, tally, stop))
@@ -266,9 +316,11 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
     """Run the campaign ``args`` describe (``parser()``'s options); its summary."""
     rng = random.Random(args.seed)
     tally = Tally()
-    kinds_drawn = args.kinds or (KINDS if args.store == "redis" else SERVICES)
-    if args.store == "sqlite" and "redis" in kinds_drawn:
-        raise SystemExit("faults: --store sqlite has no redis-server to kill")
+    kinds_drawn = args.kinds or (*SERVICES, *STORE_KINDS[args.store])
+    foreign = [k for k in kinds_drawn if k not in (*SERVICES, *STORE_KINDS[args.store])]
+    if foreign:
+        raise SystemExit(f"faults: --store {args.store} cannot kill {', '.join(foreign)}")
+    project = f"faults-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
         work = Path(tmp)
         ports = {name: 0 for name in (
@@ -276,12 +328,18 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             "queue_metrics_port", "message_metrics_port", "notifier_metrics_port")}
         overrides: dict[str, Any] = {
             "data_dir": str(work / "data"), "log_level": "WARNING", **ports}
-        server = None
+        store = Store(queue_key=f"{{{project}/{QUEUE}}}")
         if args.store == "redis":
-            server = redis_process(work / "redis", durable=not args.no_aof)
-            server.start()
-            uri = f"redis://127.0.0.1:{server.port}/0"
+            store.server = redis_process(work / "redis", durable=not args.no_aof)
+            store.server.start()
+            uri = f"redis://127.0.0.1:{store.server.port}/0"
             overrides.update(queue_store=uri, message_store=uri, notifier_store=uri)
+        elif args.store == "redis-cluster":
+            store.cluster = start_redis_cluster(work / "cluster")
+            hosts = store.cluster.uri_hosts
+            wait = "" if args.no_wait else "&wait=1"
+            overrides.update({f"{s}_store": f"redis+cluster://{hosts}?prefix=f{s[0]}{wait}"
+                              for s in ("queue", "message", "notifier")})
         # else every store is the default: SQLite files in the data folder
         settings = Settings.load(environ={}, overrides=overrides)
         stack = start_stack(settings, ["--replicas", str(REPLICAS)], timeout=240)
@@ -294,7 +352,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
 
             def run_load() -> None:
                 asyncio.set_event_loop(loop)
-                result.append(loop.run_until_complete(load(urls, args, tally, faults_done)))
+                result.append(
+                    loop.run_until_complete(load(urls, project, args, tally, faults_done)))
 
             runner = threading.Thread(target=run_load)
             runner.start()
@@ -308,7 +367,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                     if not kinds:
                         kinds = list(kinds_drawn)
                         rng.shuffle(kinds)
-                    fault = inject(kinds.pop(), rng, stack, server, args.store_down)
+                    fault = inject(kinds.pop(), rng, stack, store, args.store_down)
                     fault["at"] = round(fault["at"] - began, 2)
                     fault["acknowledged_so_far"] = len(tally.acknowledged)
                     tally.faults.append(fault)
@@ -325,8 +384,10 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             left = result[0]
         finally:
             stack.stop()
-            if server is not None:
-                server.stop()
+            if store.server is not None:
+                store.server.stop()
+            if store.cluster is not None:
+                stop_redis_cluster(store.cluster)
     return summarize(tally, left, args)
 
 
@@ -350,12 +411,18 @@ def parser() -> argparse.ArgumentParser:
                     help="seconds redis-server stays down")
     ap.add_argument("--settle", type=float, default=5.0,
                     help="seconds of load after the last fault")
-    ap.add_argument("--store", choices=("redis", "sqlite"), default="redis",
-                    help="redis: one durable redis-server for every store (default); sqlite: "
-                         "the default stores, SQLite files shared by the replicas")
+    ap.add_argument("--store", choices=tuple(STORE_KINDS), default="redis",
+                    help="redis: one durable redis-server for every store (default); "
+                         "redis-cluster: a Redis Cluster of three masters with a replica each "
+                         "(the URIs with wait=1); sqlite: the default stores, SQLite files "
+                         "shared by the replicas")
+    ap.add_argument("--no-wait", action="store_true",
+                    help="on a Redis Cluster, without wait=1: writes acknowledged before a "
+                         "replica has them")
     ap.add_argument("--kinds", type=kinds_list,
-                    help=f"the faults to draw from, comma-separated (default "
-                         f"{','.join(KINDS)}; without redis on --store sqlite)")
+                    help="the faults to draw from, comma-separated: gateway, message, queue, "
+                         "notifier, and the store's (redis, or redis-master on a Redis "
+                         "Cluster); default all of them")
     ap.add_argument("--no-aof", action="store_true",
                     help="redis-server without its AOF, which loses what it held at each kill: "
                          "to see the campaign catch a loss")
