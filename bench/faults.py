@@ -1,10 +1,10 @@
 """A fault campaign under load: no message acknowledged with a 201 is lost when any process
 of the stack, or its store, is killed.
 
-    python bench/faults.py [--store redis|sqlite] [--minutes 10] [--faults N] [--fault-every 3]
-        [--store-down 1]
-        [--kinds gateway,message,queue,notifier,redis] [--producers 4] [--consumers 4]
-        [--seed 1] [--no-aof] [--json FILE] [--quiet]
+    python bench/faults.py [--store redis|redis-cluster|sqlite] [--minutes 10] [--faults N]
+        [--fault-every 3] [--store-down 1] [--kinds gateway,message,queue,notifier,redis]
+        [--producers 4] [--consumers 4] [--seed 1] [--no-aof] [--no-wait] [--json FILE]
+        [--quiet]
 
 It starts a durable redis-server (AOF, ``appendfsync always``) and ``zaqar-grpc up
 --replicas 2`` on it (two processes of every service, each gateway on its own port, as on
@@ -28,8 +28,12 @@ the queue is listed (``include_claimed``). The campaign fails (exit status 1) wh
 - a request got a 5xx other than 503 (the answer while a store or replica is away), or a 4xx
   a correct client never gets.
 
-``--store sqlite`` runs the stack on its default stores instead (SQLite files in the data
-folder, shared by both replicas of a service), and kills only the services' processes.
+``--store redis-cluster`` runs it on a Redis Cluster of three masters with a replica each
+(``wait=1`` in the URIs unless ``--no-wait``); its fault (``redis-master``) kills the master
+serving the campaign's queue, waits for its replica to take over, and starts it again (it
+comes back as that replica's replica). ``--store sqlite`` runs the stack on its default
+stores (SQLite files in the data folder, shared by both replicas of a service), and kills
+only the services' processes.
 
 ``--no-aof`` runs redis-server without its AOF, so that each of its kills loses what it held:
 the campaign then reports those messages as lost, which shows that it can tell.
