@@ -353,11 +353,15 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             loop = asyncio.new_event_loop()
             faults_done = asyncio.Event()
             result: list[list[str]] = []
+            failed: list[BaseException] = []
 
             def run_load() -> None:
                 asyncio.set_event_loop(loop)
-                result.append(
-                    loop.run_until_complete(load(urls, project, args, tally, faults_done)))
+                try:
+                    result.append(
+                        loop.run_until_complete(load(urls, project, args, tally, faults_done)))
+                except BaseException as exc:  # raised again in the main thread, below
+                    failed.append(exc)
 
             runner = threading.Thread(target=run_load)
             runner.start()
@@ -385,6 +389,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                 loop.call_soon_threadsafe(faults_done.set)
                 runner.join()
                 loop.close()
+            if failed:
+                raise failed[0]
             left = result[0]
         finally:
             stack.stop()
