@@ -64,7 +64,6 @@ from typing import Any
 
 import httpx
 import redis
-from redis.cluster import ClusterNode, RedisCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -237,22 +236,11 @@ def answers(server: ServerProcess) -> bool:
         client.close()
 
 
-def master_of(cluster: RedisClusterProcesses, key: str) -> ServerProcess:
-    """The node serving ``key``'s slot now."""
-    nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.nodes]  # type: ignore[no-untyped-call]
-    client = RedisCluster(startup_nodes=nodes)
-    try:
-        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-        return cluster.node(int(node.port))
-    finally:
-        client.close()
-
-
 def serving(cluster: RedisClusterProcesses, key: str) -> int | None:
     """The port of the node serving ``key``'s slot, as the live nodes say; None while they
     cannot say."""
     try:
-        return master_of(cluster, key).port
+        return cluster.master_of(key).port
     except (redis.RedisError, StopIteration):
         return None
 
@@ -274,7 +262,7 @@ def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
     if kind == "redis-master":
         cluster = store.cluster
         assert cluster is not None
-        master = master_of(cluster, store.queue_key)
+        master = cluster.master_of(store.queue_key)
         master.kill()
         wait_until(lambda: serving(cluster, store.queue_key) not in (None, master.port),
                    "a replica taking over")

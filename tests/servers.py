@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.cluster import ClusterNode, RedisCluster
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -211,6 +212,17 @@ class RedisClusterProcesses:
 
     def node(self, port: int) -> ServerProcess:
         return next(node for node in self.nodes if node.port == port)
+
+    def master_of(self, key: str) -> ServerProcess:
+        """The node serving ``key``'s slot now, as the live nodes say."""
+        live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        nodes = [ClusterNode("127.0.0.1", n.port) for n in live]  # type: ignore[no-untyped-call]
+        client = RedisCluster(startup_nodes=nodes)
+        try:
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            return self.node(int(node.port))
+        finally:
+            client.close()
 
     def cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
         """The reply of ``redis-cli -p port args...`` (raw text)."""

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis.cluster import ClusterNode, RedisCluster
 from websockets.asyncio.client import connect
 
 from services.common.config import Settings
@@ -27,7 +26,6 @@ from tests.gateway._ws import Ws
 from tests.receivers import Receiver
 from tests.servers import (
     RedisClusterProcesses,
-    ServerProcess,
     start_redis_cluster,
     stop_redis_cluster,
 )
@@ -240,18 +238,6 @@ class Traffic:
             await asyncio.sleep(0.05)
 
 
-def master_of(cluster: RedisClusterProcesses, key: str) -> ServerProcess:
-    """The node serving ``key``'s slot now."""
-    live = [n for n in cluster.nodes if n.proc is not None and n.proc.poll() is None]
-    nodes = [ClusterNode("127.0.0.1", n.port) for n in live]  # type: ignore[no-untyped-call]
-    client = RedisCluster(startup_nodes=nodes)
-    try:
-        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-        return cluster.node(int(node.port))
-    finally:
-        client.close()
-
-
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
     """A cluster of the test's own, which it kills a master of."""
@@ -294,7 +280,7 @@ async def test_a_master_killed_under_load(
                         60, lambda: f"the load runs: {traffic}")
 
             # When the master of the queue's slot is killed, as in a crash
-            master = await asyncio.to_thread(master_of, own_cluster,
+            master = await asyncio.to_thread(own_cluster.master_of,
                                              f"zm:{{{PROJECT}/{QUEUE}}}:")
             acked_before = {name: len(t.acked) for name, t in traffic.items()}
             master.kill()

@@ -34,7 +34,6 @@ import httpx
 import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
-from redis.cluster import ClusterNode, RedisCluster
 
 from services.common.config import Settings
 from tests.e2e.harness import start_stack
@@ -157,17 +156,6 @@ class WholeCluster:
         wait_cluster_ok(self.cluster)
 
 
-def master_of(cluster: RedisClusterProcesses, key: str) -> ServerProcess:
-    """The node serving ``key``'s slot now."""
-    nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.nodes]  # type: ignore[no-untyped-call]
-    client = RedisCluster(startup_nodes=nodes)
-    try:
-        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-        return cluster.node(int(node.port))
-    finally:
-        client.close()
-
-
 @dataclass
 class ClusterMaster:
     """The master serving the first queue's messages killed; once its replica has taken over,
@@ -180,7 +168,7 @@ class ClusterMaster:
         return cluster_uris(self.cluster)
 
     def kill(self) -> None:
-        self.killed = master_of(self.cluster, f"{{{PROJECT}/{QUEUES[0]}}}")
+        self.killed = self.cluster.master_of(f"{{{PROJECT}/{QUEUES[0]}}}")
         self.killed.kill()
 
     def start_again(self) -> None:
