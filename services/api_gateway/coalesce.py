@@ -49,7 +49,7 @@ import grpc
 from google.rpc import status_pb2
 from zaqar_grpc.v2 import messages_pb2
 
-from services.api_gateway.exchange import Exchange, deadline_exceeded
+from services.api_gateway.exchange import Exchange, NotSent, deadline_exceeded
 from services.common import metrics, tracing
 from services.common.config import ConfigurationError
 from services.common.errors import status_code
@@ -290,7 +290,8 @@ class CoalescingMessages:
         request_ids: list[str],
     ) -> Any:
         """The results of ``requests`` ((method, request) pairs) on the stream; None when
-        message_svc does not serve it (then unary calls go for a while).
+        message_svc does not serve it (then unary calls go for a while), or when the stream
+        ended before they were sent (then they go as unary calls this once).
 
         Raises:
             grpc.aio.AioRpcError: the stream failed, or the deadline passed.
@@ -300,6 +301,12 @@ class CoalescingMessages:
                  for method, request in requests]
         try:
             return await self._exchange.call(items, timeout, request_ids)
+        except NotSent as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                # The stream ended before they were written (message_svc stopping, or a write
+                # that raced the end, which gRPC reports as INTERNAL): they go once as unary
+                # calls, on the channel's other connections or replicas.
+                return None
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise

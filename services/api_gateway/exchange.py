@@ -13,7 +13,8 @@ task hands each answer to the caller waiting for that id.
   dropped.
 - **Failures.** When the stream fails (message_svc restarted, the connection broke), every
   request waiting on it fails with the stream's status (UNAVAILABLE, ...), as the unary calls
-  in flight would; the next call opens a new stream.
+  in flight would; the next call opens a new stream. A request whose write fails was never
+  sent: it fails with :class:`NotSent`, which its caller may send again without doing it twice.
 - **Rotation.** A stream is replaced by a new one for new requests after
   :data:`ROTATE_AFTER` seconds; the old one is closed (its side ended) and ends once its
   requests are answered. So the connection message_svc ends after ``max_connection_age``
@@ -50,6 +51,24 @@ def deadline_exceeded() -> grpc.aio.AioRpcError:
         grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
         details="Deadline Exceeded",
     )
+
+
+class NotSent(grpc.aio.AioRpcError):
+    """The stream ended before a request was written, so message_svc never saw it; the code
+    and details are the stream's (UNIMPLEMENTED from a message_svc without ``Exchange``).
+
+    gRPC reports a write that races the stream's end as INTERNAL, and then gives INTERNAL as
+    the call's status too, so the code may not say why the stream ended."""
+
+    @classmethod
+    async def of(cls, call: Any) -> NotSent:
+        code = await call.code()
+        if code == grpc.StatusCode.OK:  # our side was closed (rotation): message_svc ended well
+            ended = _ended()
+            return cls(ended.code(), ended.initial_metadata(), ended.trailing_metadata(),
+                       ended.details())
+        return cls(code, await call.initial_metadata(), await call.trailing_metadata(),
+                   await call.details())
 
 
 def _ended() -> grpc.aio.AioRpcError:
@@ -150,6 +169,7 @@ class Exchange:
         """The results of ``items``, one per item in their order.
 
         Raises:
+            NotSent: the stream had ended before the items were written.
             grpc.aio.AioRpcError: the stream failed (every item failed alike), or the
                 deadline passed (DEADLINE_EXCEEDED).
         """
@@ -170,10 +190,12 @@ class Exchange:
             async with stream.writing:
                 try:
                     await stream.call.write(request)
-                except asyncio.InvalidStateError:
-                    # The stream ended (message_svc stopping) between _current and the write:
-                    # this request was never sent.
-                    raise _ended() from None
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    # The stream ended (message_svc stopping, or not serving Exchange) between
+                    # _current and the write: this request was never sent.
+                    if future.done() and not future.cancelled():
+                        future.exception()  # the reader failed it too; NotSent says more
+                    raise await NotSent.of(stream.call) from None
             return await future
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name

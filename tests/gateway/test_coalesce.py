@@ -480,10 +480,23 @@ class StreamingInternal(StandInInternal):
         await self._exchange.serve(context)
 
 
+class StoppingInternal(StandInInternal):
+    """Its ``Exchange`` streams answer nothing, and end with UNAVAILABLE once ``stop`` is set,
+    as a stopping message_svc's do."""
+
+    def __init__(self, messages: StandIn) -> None:
+        super().__init__(messages)
+        self.stop = asyncio.Event()
+
+    async def Exchange(self, request_iterator: Any, context: Any) -> None:
+        await self.stop.wait()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "message_svc is stopping")
+
+
 @asynccontextmanager
 async def streaming_stand_in(
     internal_class: type[StandInInternal],
-) -> AsyncIterator[tuple[CoalescingMessages, StandIn, StandInInternal]]:
+) -> AsyncIterator[tuple[CoalescingMessages, StandIn, StandInInternal, Exchange]]:
     messages = StandIn()
     internal = internal_class(messages)
 
@@ -497,12 +510,13 @@ async def streaming_stand_in(
     await server.start()
     channel = open_channel(f"127.0.0.1:{port}", None)
     internal_stub = messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
+    exchange = Exchange(internal_stub)
     stub = CoalescingMessages(
         messages_pb2_grpc.MessagesStub(channel),  # type: ignore[no-untyped-call]
-        internal_stub, max_items=MAX_ITEMS, exchange=Exchange(internal_stub),
+        internal_stub, max_items=MAX_ITEMS, exchange=exchange,
     )
     try:
-        yield stub, messages, internal
+        yield stub, messages, internal, exchange
     finally:
         messages.release.set()
         await stub.close()
@@ -511,7 +525,7 @@ async def streaming_stand_in(
 
 
 async def test_calls_go_on_one_stream_and_answer_and_fail_as_unary_calls() -> None:
-    async with streaming_stand_in(StreamingInternal) as (stub, messages, internal):
+    async with streaming_stand_in(StreamingInternal) as (stub, messages, internal, _):
         assert isinstance(internal, StreamingInternal)
         # A call alone, then one held with others waiting behind it, one of them bad
         assert list((await post(stub, "first")).ids) == ["first"]
@@ -539,11 +553,15 @@ async def test_calls_go_on_one_stream_and_answer_and_fail_as_unary_calls() -> No
 async def test_a_message_svc_without_exchange_gets_unary_calls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with streaming_stand_in(StandInInternal) as (stub, messages, internal):
+    async with streaming_stand_in(StandInInternal) as (stub, messages, internal, _):
+        # Each call tries a stream until one ends with UNIMPLEMENTED where the gateway sees it
+        # (a write that races that end fails as INTERNAL; that call goes unary all the same).
+        firsts: list[str] = []
         with caplog.at_level(logging.WARNING):
-            first = await post(stub, "first")
-        assert list(first.ids) == ["first"]
-        assert "does not serve MessagesInternal.Exchange" in caplog.text
+            while "does not serve MessagesInternal.Exchange" not in caplog.text:
+                assert len(firsts) < 20, "no stream was found missing"
+                firsts.append(f"first{len(firsts)}")
+                assert list((await post(stub, firsts[-1])).ids) == [firsts[-1]]
         # Later calls go as unary calls (alone, or as Batch) without trying the stream again
         held = post(stub, "hold")
         await until(lambda: "hold" in messages.arrived)
@@ -552,5 +570,32 @@ async def test_a_message_svc_without_exchange_gets_unary_calls(
         messages.release.set()
         await settled(held, *waiting)
         assert [list(t.result().ids) for t in waiting] == [["w0"], ["w1"]]
-        assert messages.alone == ["first", "hold"]
+        assert messages.alone == [*firsts, "hold"]
         assert internal.batches == [["w0", "w1"]]
+
+
+@pytest.mark.parametrize(("internal_class", "fallback"), [
+    pytest.param(StandInInternal, True, id="without-exchange"),
+    pytest.param(StoppingInternal, False, id="stopping"),
+])
+async def test_a_call_whose_stream_ended_before_its_write_goes_once_as_a_unary_call(
+    internal_class: type[StandInInternal], fallback: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stream ends while the call waits behind another request's write: the call was
+    never sent, so it goes as a unary call instead of failing (UNAVAILABLE would be a 503)."""
+    async with streaming_stand_in(internal_class) as (stub, messages, internal, exchange):
+        stream = exchange._current(asyncio.get_running_loop().time())
+        with caplog.at_level(logging.WARNING):
+            async with stream.writing:  # another request being written
+                posted = post(stub, "q")
+                # Nothing between a call's start and its write awaits but the lock
+                await until(lambda: stub.stats.requests == 1, what="the call started")
+                if isinstance(internal, StoppingInternal):
+                    internal.stop.set()
+                await stream.call.code()  # the stream has ended
+            assert list((await posted).ids) == ["q"]
+        assert messages.alone == ["q"]
+        assert messages.arrived == ["q"]
+        assert stream.failed is not None
+        # Only a message_svc without Exchange is left unasked for a while
+        assert ("does not serve MessagesInternal.Exchange" in caplog.text) is fallback
