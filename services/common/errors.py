@@ -12,11 +12,13 @@ it back with :func:`decode_rpc_error`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -345,33 +347,54 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
 
 def _wrap_unary_stream(behavior: UnaryStream, method: str) -> UnaryStream:
     """As :func:`_wrap_unary` for a server stream: a failure before or between items ends
-    the stream with the same rich status. Not traced (a stream may last for hours)."""
+    the stream with the same rich status. Not traced (a stream may last for hours).
+
+    grpc.aio serves two kinds of stream handler: an async generator that yields the items,
+    and a coroutine that writes them with ``context.write`` (grpcio-health-checking's
+    ``Watch``); the wrapper is of the kind of ``behavior``."""
     calls = server_calls(method)
+    if not inspect.isasyncgenfunction(behavior):
+        writes = cast("Callable[[Any, Context], Awaitable[None]]", behavior)
+
+        async def writer(request: Any, context: Context) -> None:
+            async with _stream_served(calls, method, context):
+                await writes(request, context)
+
+        return cast("UnaryStream", writer)
 
     async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-        start = time.perf_counter()
-        code = "OK"
-        recorded = False
-        try:
+        async with _stream_served(calls, method, context):
             async for item in behavior(request, context):
                 yield item
-        except grpc.aio.AbortError:
-            code = code_name(context.code())
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as exc:
-            status = failure_status(exc, method)
-            code = code_name(status.code)
-            _record(calls, method, code, start)
-            recorded = True
-            await context.abort_with_status(rpc_status.to_status(status))
-        finally:
-            if not recorded:
-                _record(calls, method, code, start)
 
     return wrapper
+
+
+@contextlib.asynccontextmanager
+async def _stream_served(
+    calls: MethodCalls, method: str, context: Context
+) -> AsyncIterator[None]:
+    """A stream call's metrics and log line, and its failure turned into a rich status."""
+    start = time.perf_counter()
+    code = "OK"
+    recorded = False
+    try:
+        yield
+    except grpc.aio.AbortError:
+        code = code_name(context.code())
+        raise
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except Exception as exc:
+        status = failure_status(exc, method)
+        code = code_name(status.code)
+        _record(calls, method, code, start)
+        recorded = True
+        await context.abort_with_status(rpc_status.to_status(status))
+    finally:
+        if not recorded:
+            _record(calls, method, code, start)
 
 
 def _record(calls: MethodCalls, method: str, code: str, start: float) -> None:

@@ -1,0 +1,95 @@
+"""Server streams through the error interceptor, on a real server from ``create_server``.
+
+grpc.aio serves a server stream from an async generator (our servicers) or from a coroutine
+that writes its items (grpcio-health-checking's ``Watch``): both must be served, and a failure
+in either ends the stream with the same rich status as a unary call's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.errors import InvalidArgument, decode_rpc_error
+from services.common.grpc_server import create_server, open_channel
+
+SERVICE = "zaqar.test.Streams"
+
+
+async def yielding(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    yield b"first"
+    if request == b"invalid":
+        raise InvalidArgument("That is not a request.")
+    if request == b"crash":
+        raise RuntimeError("boom")
+    yield b"second"
+
+
+async def writing(request: bytes, context: Any) -> None:
+    await context.write(b"first")
+    if request == b"invalid":
+        raise InvalidArgument("That is not a request.")
+    if request == b"crash":
+        raise RuntimeError("boom")
+    await context.write(b"second")
+
+
+def register(server: grpc.aio.Server) -> None:
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "Yielding": grpc.unary_stream_rpc_method_handler(yielding),
+        "Writing": grpc.unary_stream_rpc_method_handler(writing),
+    }),))
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[tuple[grpc.aio.Channel, Any]]:
+    server, port, health = create_server([register], [SERVICE])
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    try:
+        async with open_channel(f"127.0.0.1:{port}", None) as channel:
+            yield channel, health
+    finally:
+        await server.stop(0)
+
+
+async def test_the_health_watch_stream_is_served(
+    channel: tuple[grpc.aio.Channel, Any],
+) -> None:
+    chan, health = channel
+    watch = health_pb2_grpc.HealthStub(chan).Watch(  # type: ignore[no-untyped-call]
+        health_pb2.HealthCheckRequest())
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    watch.cancel()
+
+
+@pytest.mark.parametrize("method", ["Yielding", "Writing"])
+async def test_both_kinds_of_stream_answer_and_fail_alike(
+    method: str, channel: tuple[grpc.aio.Channel, Any],
+) -> None:
+    chan, _ = channel
+    call = chan.unary_stream(f"/{SERVICE}/{method}")
+    # A stream that ends well
+    assert [item async for item in call(b"fine")] == [b"first", b"second"]
+    # A service error after an item: the item, then the error's rich status
+    stream = call(b"invalid")
+    assert await stream.read() == b"first"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = decode_rpc_error(caught.value)
+    assert error.description == "That is not a request."
+    assert error.title == "Invalid API request"  # from the rich status's ErrorInfo
+    # Anything else: UNAVAILABLE, naming the kind of failure only
+    stream = call(b"crash")
+    assert await stream.read() == b"first"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream.read()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details() == "The service could not complete the request: RuntimeError"
