@@ -124,6 +124,13 @@ class Settings:
             "their targets name another host (e.g. an IP address); empty = the target's host."
         ),
     )
+    tls_reload_interval: float = field(
+        default=10.0,
+        metadata=_help(
+            "Seconds between looks at the tls_* files for new content (rotated "
+            "certificates), taken without a restart by new connections; 0 = never."
+        ),
+    )
     rpc_timeout: float = field(
         default=5.0, metadata=_help("Deadline in seconds of every call between services.")
     )

@@ -26,6 +26,7 @@ from services.common.metrics import STORE_REACHABLE, Exposition
 from services.common.startup import METRICS_PORT, CannotListen, check_port, os_reason, report
 from services.common.sweeper import Periodic
 from services.common.tls import Tls
+from services.common.tls_channel import ReloadingChannel
 
 log = logging.getLogger(__name__)
 
@@ -213,19 +214,25 @@ def open_channel(
     over every replica ``target`` names (:func:`channel_target`).
 
     ``tls``: the process's TLS material (:func:`services.common.tls.load_tls`); None =
-    plaintext. ``auth`` (keystone mode): every call carries the process's service token
-    (``services/common/grpc_auth.py``). ``options``: channel arguments that replace those of
-    :data:`CHANNEL_OPTIONS` with the same name (or add to them).
+    plaintext. With it, the channel follows the material when its files are rotated
+    (:class:`~services.common.tls_channel.ReloadingChannel`). ``auth`` (keystone mode): every
+    call carries the process's service token (``services/common/grpc_auth.py``).
+    ``options``: channel arguments that replace those of :data:`CHANNEL_OPTIONS` with the
+    same name (or add to them).
     """
     interceptors = client_interceptors(auth) or None
     merged = list({**dict(CHANNEL_OPTIONS), **dict(options)}.items())
     target = channel_target(target)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=merged, interceptors=interceptors)
-    return grpc.aio.secure_channel(
-        target, tls.channel_credentials(), options=[*merged, *tls.channel_options()],
-        interceptors=interceptors,
-    )
+
+    def secure() -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            target, tls.channel_credentials(), options=[*merged, *tls.channel_options()],
+            interceptors=interceptors,
+        )
+
+    return ReloadingChannel(secure, tls)
 
 
 def create_server(

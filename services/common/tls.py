@@ -9,13 +9,22 @@ TLS is on when ``tls_cert_file`` (with ``tls_key_file``) or ``tls_ca_file`` is s
   ``tls_ca_file`` (gRPC's default roots when unset) and presents ``tls_cert_file`` as its
   client certificate when one is set.
 
-The files are read and checked once, at start-up (:func:`load_tls`); the PEM bytes are then
-passed down to the server and channel factories in ``grpc_server.py``.
+The files are read and checked at start-up (:func:`load_tls`), and again when they change
+(rotated certificates), at most every ``tls_reload_interval`` seconds: a :class:`Tls` holds
+the material in use, servers ask it for the newest at each handshake
+(:meth:`Tls.server_credentials`), and channels reopen on it (``grpc_server.ReloadingChannel``).
+Only a set of files that checks replaces the material in use (docs/architecture.md, "TLS
+between services").
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,50 +32,161 @@ import grpc
 
 from services.common.config import ENV_PREFIX, ConfigurationError, Settings
 
+log = logging.getLogger(__name__)
+
+_Identity = tuple[tuple[int, int, int, int] | None, ...]
+
 
 @dataclass(frozen=True, slots=True)
-class Tls:
-    """PEM material of one process, read at start-up."""
+class Material:
+    """The PEM bytes of one generation of a process's TLS files."""
 
     certificate_chain: bytes | None
     """This process's certificate (chain): served, and presented to servers that ask."""
     private_key: bytes | None
     root_certificates: bytes | None
     """CA certificates that verify peers; None = gRPC's default roots (servers only)."""
-    require_client_cert: bool
-    server_name: str
-    """Host name expected in servers' certificates instead of the target's host; "" = none."""
+
+
+class Tls:
+    """A process's TLS settings and the material in use, which :meth:`refresh` replaces when
+    the files change (module docstring).
+
+    Args:
+        material: what the files held when they were read at start.
+        settings: the ``tls_*`` settings (the files, and how often to look at them again).
+        clock: seconds, for the interval between looks (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        material: Material,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.material = material
+        self.generation = 0
+        """Raised each time new material replaces the old."""
+        self.require_client_cert = settings.tls_require_client_cert
+        self.server_name = settings.tls_server_name
+        self._settings = settings
+        self._interval = settings.tls_reload_interval
+        self._clock = clock
+        self._identity = _identity(settings)
+        self._refused: _Identity | None = None  # files logged as not usable, until they change
+        self._next_look = clock() + self._interval
+        self._looking = threading.Lock()
+
+    @property
+    def certificate_chain(self) -> bytes | None:
+        return self.material.certificate_chain
+
+    @property
+    def private_key(self) -> bytes | None:
+        return self.material.private_key
+
+    @property
+    def root_certificates(self) -> bytes | None:
+        return self.material.root_certificates
+
+    def due(self) -> bool:
+        """Whether it is time to look at the files again (never with an interval of 0)."""
+        return self._interval > 0 and self._clock() >= self._next_look
+
+    def refresh(self) -> bool:
+        """Look at the files if it is time; when one changed and all of them check, take them
+        as the new material. Whether the material changed. Blocking (file system): call it off
+        the event loop. Thread-safe; a call while another looks returns False at once."""
+        if not self.due() or not self._looking.acquire(blocking=False):
+            return False
+        try:
+            self._next_look = self._clock() + self._interval
+            identity = _identity(self._settings)
+            if identity == self._identity or identity == self._refused:
+                return False
+            try:
+                material = _load(self._settings)
+            except ConfigurationError as exc:
+                if _identity(self._settings) == identity:  # else: still being written
+                    self._refused = identity
+                    log.warning("TLS files changed but cannot be used; going on with those "
+                                "in use: %s", exc)
+                return False
+            if _identity(self._settings) != identity:
+                return False  # changed while read (the check reads them again): next look
+            self._identity, self._refused = identity, None
+            if material == self.material:
+                return False
+            self.material = material
+            self.generation += 1
+            log.info("TLS files reloaded (generation %d): new connections use them",
+                     self.generation)
+            return True
+        finally:
+            self._looking.release()
+
+    def _server_configuration(self, material: Material) -> Any:
+        assert material.certificate_chain is not None and material.private_key is not None
+        return grpc.ssl_server_certificate_configuration(
+            [(material.private_key, material.certificate_chain)],
+            root_certificates=material.root_certificates if self.require_client_cert else None,
+        )
 
     def server_credentials(self) -> grpc.ServerCredentials:
-        """Credentials of a gRPC server: TLS only, client certificates required by setting.
+        """Credentials of a gRPC server: TLS only, client certificates required by setting;
+        each new connection gets the newest material (gRPC asks at its handshake).
 
         Raises:
             ConfigurationError: this process has no certificate and key to serve with.
         """
-        if self.certificate_chain is None or self.private_key is None:
+        material = self.material
+        if material.certificate_chain is None or material.private_key is None:
             raise ConfigurationError(
                 "TLS is on (tls_ca_file is set) but a gRPC server needs its own certificate: "
                 f"set tls_cert_file and tls_key_file ({_env('tls_cert_file')}, "
                 f"{_env('tls_key_file')})"
             )
-        return grpc.ssl_server_credentials(
-            [(self.private_key, self.certificate_chain)],
-            root_certificates=self.root_certificates if self.require_client_cert else None,
-            require_client_auth=self.require_client_cert,
+        served = [self.generation]
+
+        def fetch() -> Any:
+            # On one of gRPC's threads, at each handshake: None keeps what it has.
+            self.refresh()
+            if self.generation == served[0]:
+                return None
+            served[0] = self.generation
+            return self._server_configuration(self.material)
+
+        return grpc.dynamic_ssl_server_credentials(
+            self._server_configuration(material), fetch,
+            require_client_authentication=self.require_client_cert,
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
-        """Credentials of a channel to another service (with a client certificate if set)."""
+        """Credentials of a channel to another service (with a client certificate if set),
+        from the material in use."""
+        material = self.material
         return grpc.ssl_channel_credentials(
-            root_certificates=self.root_certificates,
-            private_key=self.private_key,
-            certificate_chain=self.certificate_chain,
+            root_certificates=material.root_certificates,
+            private_key=material.private_key,
+            certificate_chain=material.certificate_chain,
         )
 
     def channel_options(self) -> list[tuple[str, Any]]:
         if self.server_name:
             return [("grpc.ssl_target_name_override", self.server_name)]
         return []
+
+
+def _identity(settings: Settings) -> _Identity:
+    """Which files the settings name now (a rotation replaces them, or the links to them)."""
+    found: list[tuple[int, int, int, int] | None] = []
+    for path in (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        found.append(None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
 
 
 def load_tls(settings: Settings, serving: bool = True) -> Tls | None:
@@ -83,6 +203,12 @@ def load_tls(settings: Settings, serving: bool = True) -> Tls | None:
             to the certificate.
     """
     cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file
+    if not settings.tls_reload_interval >= 0:  # NaN too
+        raise ConfigurationError(
+            f"tls_reload_interval ({_env('tls_reload_interval')}="
+            f"{settings.tls_reload_interval}): seconds between looks at the TLS files, 0 or "
+            "more (0 = never)"
+        )
     if bool(cert) != bool(key):
         given, missing = ("tls_cert_file", "tls_key_file") if cert else (
             "tls_key_file", "tls_cert_file")
@@ -107,15 +233,19 @@ def load_tls(settings: Settings, serving: bool = True) -> Tls | None:
             "tls_ca_file is set, so TLS is on, but this service has no certificate to serve: "
             "set tls_cert_file and tls_key_file"
         )
-    tls = Tls(
+    return Tls(_load(settings), settings)
+
+
+def _load(settings: Settings) -> Material:
+    """The files' material, read and checked (:func:`load_tls` has checked the settings)."""
+    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file
+    material = Material(
         certificate_chain=_read("tls_cert_file", cert, _CERTIFICATE) if cert else None,
         private_key=_read("tls_key_file", key, _PRIVATE_KEY) if key else None,
         root_certificates=_read("tls_ca_file", ca, _CERTIFICATE) if ca else None,
-        require_client_cert=settings.tls_require_client_cert,
-        server_name=settings.tls_server_name,
     )
-    _check(tls, settings)
-    return tls
+    _check(material, settings)
+    return material
 
 
 def _env(name: str) -> str:
@@ -145,7 +275,7 @@ def _read(name: str, path: str, expected: tuple[bytes, str]) -> bytes:
     return data
 
 
-def _check(tls: Tls, settings: Settings) -> None:
+def _check(tls: Material, settings: Settings) -> None:
     """Let OpenSSL parse the material now, so that a bad file is a clear start-up error
     rather than failed handshakes later."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

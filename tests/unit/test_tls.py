@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from services.common.config import ConfigurationError, Settings
-from services.common.tls import load_tls
+from services.common.tls import Tls, load_tls
 from tests.certs import Pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,4 +145,127 @@ def test_the_command_says_what_is_wrong_in_one_line(
     assert result.stderr == (
         "zaqar-grpc: configuration error: tls_cert_file is set but tls_key_file "
         "(ZAQAR_TLS_KEY_FILE) is not: set both, or neither\n"
+    )
+
+
+# Rotation: the files looked at again --------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rotate(path: Path, source: Path) -> None:
+    """Replace ``path`` by a copy of ``source`` at once, as a rotation does (a new file)."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_bytes(source.read_bytes())
+    os.replace(fresh, path)
+
+
+@pytest.fixture
+def files(pki: Pki, tmp_path: Path) -> dict[str, Path]:
+    """Copies of the service's certificate, key and CA, to rotate."""
+    copies = {"cert": tmp_path / "tls.crt", "key": tmp_path / "tls.key", "ca": tmp_path / "ca.crt"}
+    for name, source in (("cert", pki.service.cert), ("key", pki.service.key), ("ca", pki.ca)):
+        rotate(copies[name], source)
+    return copies
+
+
+def watched(files: dict[str, Path], interval: float = 10.0) -> tuple[Tls, Clock]:
+    s = settings(cert_file=str(files["cert"]), key_file=str(files["key"]),
+                 ca_file=str(files["ca"]), reload_interval=interval)
+    tls = load_tls(s)
+    assert tls is not None
+    clock = Clock()
+    return Tls(tls.material, s, clock=clock), clock
+
+
+def test_rotated_files_are_taken_once_the_interval_has_passed(
+    files: dict[str, Path], pki: Pki
+) -> None:
+    tls, clock = watched(files)
+    rotate(files["cert"], pki.stranger.cert)
+    rotate(files["key"], pki.stranger.key)
+    rotate(files["ca"], pki.other_ca)
+    # Not before the interval
+    clock.now += 9.9
+    assert not tls.due() and not tls.refresh()
+    assert (tls.generation, tls.certificate_chain) == (0, pki.service.cert.read_bytes())
+    # Then all three at once, as one new generation
+    clock.now += 0.1
+    assert tls.due() and tls.refresh()
+    assert tls.generation == 1
+    assert (tls.certificate_chain, tls.private_key, tls.root_certificates) == (
+        pki.stranger.cert.read_bytes(), pki.stranger.key.read_bytes(), pki.other_ca.read_bytes()
+    )
+    # And the next look finds nothing new
+    assert not tls.due()
+    clock.now += 10
+    assert not tls.refresh() and tls.generation == 1
+
+
+def test_files_written_again_with_the_same_bytes_are_no_new_generation(
+    files: dict[str, Path], pki: Pki
+) -> None:
+    tls, clock = watched(files)
+    rotate(files["cert"], pki.service.cert)
+    clock.now += 10
+    assert not tls.refresh() and tls.generation == 0
+
+
+def test_a_rotation_seen_half_done_keeps_the_material_in_use_and_says_so_once(
+    files: dict[str, Path], pki: Pki, caplog: pytest.LogCaptureFixture,
+) -> None:
+    tls, clock = watched(files)
+    # Given a new certificate whose key is not there yet
+    rotate(files["cert"], pki.stranger.cert)
+    for _ in range(3):
+        clock.now += 10
+        with caplog.at_level(logging.WARNING, logger="services.common.tls"):
+            assert not tls.refresh()
+    # Then the old material stays in use, and one warning says why
+    assert (tls.generation, tls.certificate_chain) == (0, pki.service.cert.read_bytes())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "TLS files changed but cannot be used; going on with those in use: tls_cert_file / "
+        f"tls_key_file ({files['cert']}, {files['key']}): not a certificate and its private "
+        "key: key values mismatch"
+    )
+    # When its key comes, both are taken
+    rotate(files["key"], pki.stranger.key)
+    clock.now += 10
+    assert tls.refresh()
+    assert (tls.generation, tls.certificate_chain, tls.private_key) == (
+        1, pki.stranger.cert.read_bytes(), pki.stranger.key.read_bytes()
+    )
+
+
+def test_a_file_gone_keeps_the_material_in_use(files: dict[str, Path]) -> None:
+    tls, clock = watched(files)
+    before = tls.material
+    files["ca"].unlink()
+    clock.now += 10
+    assert not tls.refresh()
+    assert tls.material is before and tls.generation == 0
+
+
+def test_an_interval_of_zero_never_looks(files: dict[str, Path], pki: Pki) -> None:
+    tls, clock = watched(files, interval=0)
+    rotate(files["cert"], pki.stranger.cert)
+    rotate(files["key"], pki.stranger.key)
+    clock.now += 1e9
+    assert not tls.due() and not tls.refresh()
+    assert tls.generation == 0
+
+
+@pytest.mark.parametrize("interval", [-1.0, float("nan")])
+def test_the_reload_interval_is_checked(interval: float, pki: Pki) -> None:
+    assert error_of(settings(reload_interval=interval)) == (
+        f"tls_reload_interval (ZAQAR_TLS_RELOAD_INTERVAL={interval}): seconds between looks at "
+        "the TLS files, 0 or more (0 = never)"
     )
