@@ -10,8 +10,9 @@ TLS is on when ``tls_cert_file`` (with ``tls_key_file``) or ``tls_ca_file`` is s
   client certificate when one is set.
 
 The files are read and checked at start-up (:func:`load_tls`), and again when they change
-(rotated certificates), at most every ``tls_reload_interval`` seconds: a :class:`Tls` holds
-the material in use, servers ask it for the newest at each handshake
+(rotated certificates), every ``tls_reload_interval`` seconds (:meth:`Tls.watch`, in the
+background of the event loop): a :class:`Tls` holds the material in use, servers ask it for
+the newest at each handshake
 (:meth:`Tls.server_credentials`), and channels reopen on it (``grpc_server.ReloadingChannel``).
 Only a set of files that checks replaces the material in use (docs/architecture.md, "TLS
 between services").
@@ -19,6 +20,7 @@ between services").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -76,6 +78,7 @@ class Tls:
         self._refused: _Identity | None = None  # files logged as not usable, until they change
         self._next_look = clock() + self._interval
         self._looking = threading.Lock()
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def certificate_chain(self) -> bytes | None:
@@ -88,6 +91,30 @@ class Tls:
     @property
     def root_certificates(self) -> bytes | None:
         return self.material.root_certificates
+
+    def watch(self) -> None:
+        """Look at the files every interval from now on, in the background of the running
+        event loop (one watcher per loop; nothing with an interval of 0 or outside a loop)."""
+        if self._interval <= 0:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = self._watcher
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._watcher = loop.create_task(self._watch(), name="tls-watch")
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(self._next_look - self._clock(), 0.0))
+            try:
+                await loop.run_in_executor(None, self.refresh)
+            except Exception:  # refresh handles what it expects; keep watching regardless
+                log.exception("looking at the TLS files failed")
+            if self._next_look <= self._clock():  # another look holds the lock: wait it out
+                await asyncio.sleep(self._interval)
 
     def due(self) -> bool:
         """Whether it is time to look at the files again (never with an interval of 0)."""
@@ -146,6 +173,7 @@ class Tls:
                 f"set tls_cert_file and tls_key_file ({_env('tls_cert_file')}, "
                 f"{_env('tls_key_file')})"
             )
+        self.watch()
         served = [self.generation]
 
         def fetch() -> Any:

@@ -5,9 +5,10 @@ channel. :class:`ReloadingChannel` keeps the stubs made on it working across tha
 goes on the channel of the newest material (:attr:`Tls.generation <services.common.tls.Tls>`
 compared per call), and the channel of the material before takes no new calls and is closed
 with a grace of :data:`RETIRE_GRACE` seconds, so that what runs on it (a long poll, an
-``Exchange`` stream until its rotation) ends there. When the files are due for a look
-(``tls_reload_interval``), a call starts one in the default executor, off the event loop, and
-goes on the channel it has. docs/architecture.md, "TLS between services".
+``Exchange`` stream until its rotation) ends there. The files are looked at in the background
+(:meth:`Tls.watch <services.common.tls.Tls.watch>`); when that is late, a call starts a look
+in the default executor, off the event loop, and goes on the channel it has.
+docs/architecture.md, "TLS between services".
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class ReloadingChannel(grpc.aio.Channel):
         self._grace = grace
         self._generation = tls.generation
         self._channel = open_()
+        tls.watch()
         self._retiring: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
         self._looking: asyncio.Future[bool] | None = None
 
@@ -73,6 +75,7 @@ class ReloadingChannel(grpc.aio.Channel):
         if tls.generation != self._generation:
             self._reopen()
         elif self._looking is None and tls.due():
+            tls.watch()  # made outside an event loop, or its watcher is late: look now
             self._look()
         return self._channel
 

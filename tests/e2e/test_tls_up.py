@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import httpx
@@ -16,7 +17,9 @@ from services.common.config import Settings
 from services.common.grpc_server import open_channel
 from services.common.tls import load_tls
 from tests.certs import Pki
-from tests.e2e.harness import start_stack
+from tests.e2e.harness import Stack, start_stack
+from tests.services.test_tls_rotation import a_new_client_answers, copies, put, settings_of
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,3 +75,54 @@ def _call_message_svc(settings: Settings) -> tuple[grpc.StatusCode, common_pb2.Q
         return caught.value.code(), stats
 
     return asyncio.run(calls())
+
+
+def test_up_takes_rotated_certificates_without_a_restart(
+    make_settings: Callable[..., Settings], pki: Pki, tmp_path: Path,
+) -> None:
+    # Given zaqar-grpc up with mutual TLS on files that are looked at every 0.2 s
+    files = copies(tmp_path / "tls", pki.service, pki.ca)
+    settings = make_settings(**settings_of(files, tls_require_client_cert=True,
+                                           tls_reload_interval=0.2))
+    stack = start_stack(settings)
+    try:
+        asyncio.run(_rotate_under_traffic(stack, settings, files, pki))
+        # And nothing restarted: the processes that started are the ones that answer
+        assert sum("(pid " in line for line in stack.output) == 4
+    finally:
+        assert stack.stop() == 0, "".join(stack.output)
+
+
+async def _rotate_under_traffic(
+    stack: Stack, settings: Settings, files: dict[str, Path], pki: Pki
+) -> None:
+    headers = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": "tls"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=10) as http:
+        async def post() -> int:
+            r = await http.post("/v2/queues/rotated/messages", json={"messages": [{"body": 1}]})
+            return r.status_code
+
+        assert await post() == 201
+        # When every file is replaced by material of another CA
+        put(files, pki.stranger, pki.other_ca)
+        # Then each service serves new connections with it: a client of the new CA is served,
+        # one of the old CA refused
+        for service in ("queue", "message", "notifier"):
+            target = settings.target(service)
+            await until(lambda: a_new_client_answers(target, pki, pki.stranger, pki.other_ca),
+                        what=f"{service} serving the new certificate")
+            assert not await a_new_client_answers(target, pki, pki.client, pki.ca)
+
+        # And the gateway's calls go on channels of the new files (the services refuse the old
+        # certificate on a new connection), answering as before
+        async def gateway_reloaded() -> bool:
+            assert await post() == 201
+            return any(line.startswith("[gateway]") and "TLS files reloaded" in line
+                       for line in stack.output)
+
+        await until(gateway_reloaded, what="the gateway's channels on the new files")
+        for _ in range(20):
+            assert await post() == 201
+        claimed = await http.post("/v2/queues/rotated/claims?limit=20",
+                                  json={"ttl": 60, "grace": 60})
+        assert claimed.status_code == 201, claimed.text
