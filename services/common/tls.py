@@ -12,10 +12,9 @@ TLS is on when ``tls_cert_file`` (with ``tls_key_file``) or ``tls_ca_file`` is s
 The files are read and checked at start-up (:func:`load_tls`), and again when they change
 (rotated certificates), every ``tls_reload_interval`` seconds (:meth:`Tls.watch`, in the
 background of the event loop): a :class:`Tls` holds the material in use, servers ask it for
-the newest at each handshake
-(:meth:`Tls.server_credentials`), and channels reopen on it (``grpc_server.ReloadingChannel``).
-Only a set of files that checks replaces the material in use (docs/architecture.md, "TLS
-between services").
+the newest at each handshake (:meth:`Tls.server_credentials`), and channels reopen on it
+(:class:`~services.common.tls_channel.ReloadingChannel`). Only a set of files that checks
+replaces the material in use (docs/architecture.md, "TLS between services").
 """
 
 from __future__ import annotations
