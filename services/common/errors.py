@@ -12,7 +12,6 @@ it back with :func:`decode_rpc_error`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -317,30 +316,8 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
     async def wrapper(request: Any, context: Context) -> Any:
         span = (tracing.server_span(method.lstrip("/"), context.invocation_metadata() or ())
                 if tracing.ENABLED else None)
-        start = time.perf_counter()
-        code = "OK"
-        recorded = False
-        try:
+        async with _Served(calls, method, context, span):
             return await behavior(request, context)
-        except grpc.aio.AbortError:
-            code = code_name(context.code())
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as exc:
-            status = failure_status(exc, method)
-            code = code_name(status.code)
-            # Recorded before the status leaves: a caller that reads the metrics once it has
-            # its answer finds the call counted.
-            _record(calls, method, code, start)
-            recorded = True
-            await context.abort_with_status(rpc_status.to_status(status))
-        finally:
-            if not recorded:
-                _record(calls, method, code, start)
-            if span is not None:
-                span.end(None if code == "OK" else code, **{"rpc.grpc.status_code": code})
 
     return wrapper
 
@@ -357,44 +334,50 @@ def _wrap_unary_stream(behavior: UnaryStream, method: str) -> UnaryStream:
         writes = cast("Callable[[Any, Context], Awaitable[None]]", behavior)
 
         async def writer(request: Any, context: Context) -> None:
-            async with _stream_served(calls, method, context):
+            async with _Served(calls, method, context):
                 await writes(request, context)
 
         return cast("UnaryStream", writer)
 
     async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _stream_served(calls, method, context):
+        async with _Served(calls, method, context):
             async for item in behavior(request, context):
                 yield item
 
     return wrapper
 
 
-@contextlib.asynccontextmanager
-async def _stream_served(
-    calls: MethodCalls, method: str, context: Context
-) -> AsyncIterator[None]:
-    """A stream call's metrics and log line, and its failure turned into a rich status."""
-    start = time.perf_counter()
-    code = "OK"
-    recorded = False
-    try:
-        yield
-    except grpc.aio.AbortError:
-        code = code_name(context.code())
-        raise
-    except asyncio.CancelledError:
-        code = "CANCELLED"
-        raise
-    except Exception as exc:
-        status = failure_status(exc, method)
-        code = code_name(status.code)
-        _record(calls, method, code, start)
-        recorded = True
-        await context.abort_with_status(rpc_status.to_status(status))
-    finally:
-        if not recorded:
-            _record(calls, method, code, start)
+class _Served:
+    """One served call: its metrics, log line and span when it ends, and a failure turned
+    into a rich status (:func:`failure_status`), counted before that status leaves, so that a
+    caller that reads the metrics once it has its answer finds the call counted."""
+
+    __slots__ = ("_calls", "_context", "_method", "_span", "_start")
+
+    def __init__(self, calls: MethodCalls, method: str, context: Context,
+                 span: Any = None) -> None:
+        self._calls, self._method, self._context, self._span = calls, method, context, span
+        self._start = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        if isinstance(exc, grpc.aio.AbortError):
+            self._done(code_name(self._context.code()))
+        elif isinstance(exc, asyncio.CancelledError):
+            self._done("CANCELLED")
+        elif isinstance(exc, Exception):
+            status = failure_status(exc, self._method)
+            self._done(code_name(status.code))
+            await self._context.abort_with_status(rpc_status.to_status(status))
+        else:  # answered (or a stream closed by its reader)
+            self._done("OK")
+
+    def _done(self, code: str) -> None:
+        _record(self._calls, self._method, code, self._start)
+        if self._span is not None:
+            self._span.end(None if code == "OK" else code, **{"rpc.grpc.status_code": code})
 
 
 def _record(calls: MethodCalls, method: str, code: str, start: float) -> None:
