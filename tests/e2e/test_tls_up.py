@@ -109,7 +109,7 @@ async def _rotate_under_traffic(
         # one of the old CA refused
         for service in ("queue", "message", "notifier"):
             target = settings.target(service)
-            await until(lambda: a_new_client_answers(target, pki, pki.stranger, pki.other_ca),
+            await until(lambda t=target: a_new_client_answers(t, pki, pki.stranger, pki.other_ca),
                         what=f"{service} serving the new certificate")
             assert not await a_new_client_answers(target, pki, pki.client, pki.ca)
 
