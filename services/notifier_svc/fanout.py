@@ -17,6 +17,10 @@ from services.common.errors import InvalidArgument
 from services.notifier_svc.storage.base import Subscription
 
 SCHEME = "queue"
+# The delivery option that holds the id of the message a queue subscriber's delivery posts:
+# its post is keyed by (subscription, message), so that it is made once however many
+# deliveries of that message there are (a hand-over made again).
+MESSAGE_ID_OPTION = "_message_id"
 # Queues looked at, at most, when a new queue subscriber is checked for a loop.
 LOOP_WALK_MAX = 1_000
 

@@ -399,7 +399,7 @@ class NotifierService:
                 [_body(body) for body, _ in messages]
                 if any(policy is not None for policy in policies) else None
             )
-            deliveries = self._filtered(targets, policies, bodies, rendered)
+            deliveries = self._filtered(targets, policies, bodies, rendered, ids)
             if deliveries:
                 await self.store.enqueue(deliveries)
                 self._wake({d.subscriber for d in deliveries})
@@ -519,7 +519,9 @@ class NotifierService:
             await self._judged_bodies(project, queue, messages)
             if any(policy is not None for policy in policies) else None
         )
-        deliveries = self._filtered(targets, policies, bodies, rendered)
+        deliveries = self._filtered(
+            targets, policies, bodies, rendered, [m.id for m in messages]
+        )
         for store in homes:
             stored = [d for d in deliveries if home_of[d.subscription_id] is store]
             if stored:
@@ -558,6 +560,7 @@ class NotifierService:
         policies: Sequence[Policy | None],
         bodies: Sequence[Any] | None,
         rendered: Sequence[bytes],
+        message_ids: Sequence[str],
     ) -> builtins.list[NewDelivery]:
         """One delivery per (message, target) whose filter policy passes the message, in
         message order; the others are counted, and cost no outbox write. ``bodies``: the
@@ -571,7 +574,9 @@ class NotifierService:
                         scheme = subscription.subscriber.partition(":")[0]
                         metrics.FILTERED_MESSAGES.labels(scheme).inc()
                         continue
-                deliveries.append(_delivery(subscription, DeliveryKind.NOTIFICATION, document))
+                deliveries.append(_delivery(
+                    subscription, DeliveryKind.NOTIFICATION, document, message_ids[i]
+                ))
         return deliveries
 
 
@@ -590,8 +595,14 @@ def _body(body: bytes) -> Any:
         return _UNREADABLE
 
 
-def _delivery(subscription: Subscription, kind: DeliveryKind, document: bytes) -> NewDelivery:
+def _delivery(
+    subscription: Subscription, kind: DeliveryKind, document: bytes, message_id: str = ""
+) -> NewDelivery:
     options: dict[str, Any] = dict(subscription.options)
+    if message_id and fanout.target(subscription.subscriber) is not None:
+        # A queue subscriber's post is keyed by the message, not by the delivery: a hand-over
+        # made again (its answer lost) makes new deliveries of the same messages.
+        options[fanout.MESSAGE_ID_OPTION] = message_id
     if tracing.ENABLED:
         # The delivery continues the trace of the call that handed the message over.
         traceparent = tracing.current_traceparent()

@@ -23,6 +23,7 @@ import grpc
 import orjson
 import pytest
 from zaqar_grpc.v2 import (
+    common_pb2,
     messages_pb2,
     messages_pb2_grpc,
     notifier_pb2,
@@ -183,6 +184,41 @@ async def test_queue_subscriber_rules(services: Settings) -> None:
                 notifier_pb2.ListSubscriptionsRequest(project="p", queue="a"))
             assert sorted(s.subscriber for s in page.subscriptions) == [
                 "queue://b", "queue://short"]
+    finally:
+        if notifier.poll() is None:
+            notifier.terminate()
+            notifier.wait(15)
+        if notifier.stdout is not None:
+            notifier.stdout.close()
+
+
+async def test_a_hand_over_made_twice_puts_each_message_in_the_target_once(
+    services: Settings,
+) -> None:
+    """message_svc hands its messages over again when the answer of the first hand-over was
+    lost (notifier_svc killed once it had stored the deliveries): the same messages then come
+    in two hand-overs, as two sets of deliveries."""
+    settings = services
+    notifier = start_notifier(settings)
+    try:
+        target = settings.target("notifier")
+        await subscribe(target, "p", "twice", "queue://twice-copy")
+        messages = [common_pb2.Message(id=f"m{i}", body=orjson.dumps({"n": i}), ttl=600)
+                    for i in range(3)]
+        request = notifier_pb2.NotifyManyRequest(batches=[notifier_pb2.NotifyRequest(
+            project="p", queue="twice", messages=messages, accepted_at=time.time())])
+        async with grpc.aio.insecure_channel(target) as channel:
+            internal = notifier_pb2_grpc.NotifierInternalStub(channel)  # type: ignore[no-untyped-call]
+            for _ in range(2):
+                await internal.NotifyMany(request, timeout=10)
+        # Every delivery made (the outbox empty), each message is in the target once
+        deadline = time.monotonic() + 20
+        while await pending(settings):
+            assert time.monotonic() < deadline, "deliveries left in the outbox"
+            await asyncio.sleep(0.1)
+        async with grpc.aio.insecure_channel(settings.target("message")) as channel:
+            found = await listed(channel, "twice-copy")
+        assert sorted(orjson.loads(m.body)["n"] for m in found) == [0, 1, 2]
     finally:
         if notifier.poll() is None:
             notifier.terminate()
