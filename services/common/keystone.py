@@ -42,6 +42,12 @@ TOKEN_CHARS: Final = re.compile(r"[\x21-\x7e]{1,8192}")
 RENEW_SHARE: Final = 0.25
 RENEW_AT_MOST: Final = 60.0
 
+# Answers of a Keystone that failed on its side (a worker crashed, a database locked, a proxy
+# in front without a backend), after which a request that changes nothing is made once more,
+# this many seconds later.
+RETRIED_STATUSES: Final = frozenset({500, 502, 503, 504})
+RETRY_AFTER: Final = 0.2
+
 T = TypeVar("T")
 
 
@@ -208,9 +214,25 @@ class KeystoneAuth:
             self._session = None
 
     async def _request(
+        self, method: str, path: str, headers: dict[str, str], body: Any = None,
+        *, safe: bool = False,
+    ) -> tuple[int, bytes, Any]:
+        """(status, body, response headers); raises KeystoneUnavailable when unreachable.
+
+        ``safe``: the request changes nothing in Keystone (a validation, a token issued), so
+        an answer in :data:`RETRIED_STATUSES` is followed by one more try, :data:`RETRY_AFTER`
+        seconds later."""
+        answer = await self._send(method, path, headers, body)
+        if safe and answer[0] in RETRIED_STATUSES:
+            log.warning("Keystone answered %s to %s %s; once more in %.1f s: %s",
+                        answer[0], method, path, RETRY_AFTER, answer[1][:200])
+            await asyncio.sleep(RETRY_AFTER)
+            answer = await self._send(method, path, headers, body)
+        return answer
+
+    async def _send(
         self, method: str, path: str, headers: dict[str, str], body: Any = None
     ) -> tuple[int, bytes, Any]:
-        """(status, body, response headers); raises KeystoneUnavailable when unreachable."""
         if body is not None:
             headers = {**headers, "Content-Type": "application/json"}
         data = None if body is None else orjson.dumps(body)
@@ -259,6 +281,7 @@ class KeystoneAuth:
             status, payload, headers = await self._request(
                 "POST", "/auth/tokens", {},
                 {"auth": {"identity": self._password_identity(), "scope": {"project": project}}},
+                safe=True,
             )
             if status != 201 or "X-Subject-Token" not in headers:
                 log.error("Keystone refused the service credentials: %s %s", status, payload[:200])
@@ -309,7 +332,8 @@ class KeystoneAuth:
         for attempt in range(2):
             service = await self.service_token(renew=attempt > 0)
             status, payload, _ = await self._request(
-                "GET", "/auth/tokens", {"X-Auth-Token": service, "X-Subject-Token": token}
+                "GET", "/auth/tokens", {"X-Auth-Token": service, "X-Subject-Token": token},
+                safe=True,
             )
             if status == 200:
                 return self._identity(payload)
@@ -378,7 +402,7 @@ class KeystoneAuth:
         if not trust_id or "/" in trust_id:
             raise TrustRefused("malformed trust id")
         status, payload, _ = await self._request(
-            "GET", f"/OS-TRUST/trusts/{trust_id}", {"X-Auth-Token": user_token}
+            "GET", f"/OS-TRUST/trusts/{trust_id}", {"X-Auth-Token": user_token}, safe=True
         )
         if status != 200:
             raise TrustRefused(f"Keystone answered {status}: {_error_text(payload)}")
@@ -418,7 +442,7 @@ class KeystoneAuth:
         scope = {"OS-TRUST:trust": {"id": trust_id}}
         status, payload, headers = await self._request(
             "POST", "/auth/tokens", {},
-            {"auth": {"identity": self._password_identity(), "scope": scope}},
+            {"auth": {"identity": self._password_identity(), "scope": scope}}, safe=True,
         )
         if status != 201 or "X-Subject-Token" not in headers:
             self._trust_tokens.pop(trust_id, None)
