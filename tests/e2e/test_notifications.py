@@ -119,6 +119,15 @@ def start_notifier(settings: Settings) -> subprocess.Popen[str]:
     return proc
 
 
+def stop_notifier(proc: subprocess.Popen[str]) -> None:
+    """Stop a notifier_svc of :func:`start_notifier` (if it still runs) and close its pipe."""
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(15)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 async def pending(settings: Settings) -> int:
     store = await open_notifier_store(settings.store_uri("notifier"))
     try:
@@ -165,11 +174,7 @@ async def test_sigkill_of_notifier_svc_loses_no_acknowledged_notification(
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
     finally:
-        if notifier.poll() is None:
-            notifier.terminate()
-            notifier.wait(15)
-        if notifier.stdout is not None:
-            notifier.stdout.close()
+        stop_notifier(notifier)
         for service in reversed(running):
             await service.stop()
 

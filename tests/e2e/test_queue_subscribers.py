@@ -35,7 +35,13 @@ from zaqar_grpc.v2 import (
 from services.common.config import Settings
 from services.message_svc import server as message_server
 from services.queue_svc import server as queue_server
-from tests.e2e.test_notifications import Receiver, pending, start_notifier, subscribe
+from tests.e2e.test_notifications import (
+    Receiver,
+    pending,
+    start_notifier,
+    stop_notifier,
+    subscribe,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -135,11 +141,7 @@ async def test_sigkill_of_notifier_svc_in_a_fan_out_duplicates_no_queue_message(
             for name in TARGETS:
                 assert len(await listed(channel, name)) == n
     finally:
-        if notifier.poll() is None:
-            notifier.terminate()
-            notifier.wait(15)
-        if notifier.stdout is not None:
-            notifier.stdout.close()
+        stop_notifier(notifier)
         for hook in hooks:
             await hook.stop()
 
@@ -185,11 +187,7 @@ async def test_queue_subscriber_rules(services: Settings) -> None:
             assert sorted(s.subscriber for s in page.subscriptions) == [
                 "queue://b", "queue://short"]
     finally:
-        if notifier.poll() is None:
-            notifier.terminate()
-            notifier.wait(15)
-        if notifier.stdout is not None:
-            notifier.stdout.close()
+        stop_notifier(notifier)
 
 
 async def test_a_hand_over_made_twice_puts_each_message_in_the_target_once(
@@ -220,8 +218,4 @@ async def test_a_hand_over_made_twice_puts_each_message_in_the_target_once(
             found = await listed(channel, "twice-copy")
         assert sorted(orjson.loads(m.body)["n"] for m in found) == [0, 1, 2]
     finally:
-        if notifier.poll() is None:
-            notifier.terminate()
-            notifier.wait(15)
-        if notifier.stdout is not None:
-            notifier.stdout.close()
+        stop_notifier(notifier)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -38,7 +37,7 @@ from services.common.config import Settings
 from services.message_svc import server as message_server
 from services.queue_svc import server as queue_server
 from tests.e2e.harness import Stack
-from tests.e2e.test_notifications import pending, start_notifier
+from tests.e2e.test_notifications import pending, start_notifier, stop_notifier
 from tests.e2e.test_queue_subscribers import listed, wait_listed
 from tests.receivers import Hit, Receiver
 from tests.servers import ServerProcess, free_port
@@ -149,14 +148,6 @@ async def slow_hooks() -> AsyncIterator[list[SlowReceiver]]:
         await runner.cleanup()
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(15)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
 @pytest.mark.timeout(300)  # notifier_svc started, killed and started again, 40 deliveries each
 async def test_sigkill_of_notifier_svc_during_a_topic_fan_out(
     services: Settings, slow_hooks: list[SlowReceiver]
@@ -216,7 +207,7 @@ async def test_sigkill_of_notifier_svc_during_a_topic_fan_out(
             for name in TARGETS:
                 assert len(await listed(messages, name)) == n
     finally:
-        stop(notifier)
+        stop_notifier(notifier)
 
 
 # Through zaqar-grpc up -------------------------------------------------------------------------
