@@ -63,13 +63,14 @@ class NotSent(grpc.aio.AioRpcError):
     @classmethod
     async def of(cls, call: Any) -> NotSent:
         """The error for a write to ``call`` that failed; it does not wait for the call."""
-        if not call.done() or await call.code() == grpc.StatusCode.OK:
+        code = await call.code() if call.done() else grpc.StatusCode.OK
+        if code == grpc.StatusCode.OK:
             # Our side was closed (rotation), the stream ending or ended well: as _ended
             ended = _ended()
             return cls(ended.code(), ended.initial_metadata(), ended.trailing_metadata(),
                        ended.details())
-        return cls(await call.code(), await call.initial_metadata(),
-                   await call.trailing_metadata(), await call.details())
+        return cls(code, await call.initial_metadata(), await call.trailing_metadata(),
+                   await call.details())
 
 
 def _ended() -> grpc.aio.AioRpcError:

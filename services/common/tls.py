@@ -177,7 +177,6 @@ class Tls:
 
         def fetch() -> Any:
             # On one of gRPC's threads, at each handshake: None keeps what it has.
-            self.refresh()
             if self.generation == served[0]:
                 return None
             served[0] = self.generation

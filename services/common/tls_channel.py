@@ -6,9 +6,8 @@ goes on the channel of the newest material (:attr:`Tls.generation <services.comm
 compared per call), and the channel of the material before takes no new calls and is closed
 with a grace of :data:`RETIRE_GRACE` seconds, so that what runs on it (a long poll, an
 ``Exchange`` stream until its rotation) ends there. The files are looked at in the background
-(:meth:`Tls.watch <services.common.tls.Tls.watch>`); when that is late, a call starts a look
-in the default executor, off the event loop, and goes on the channel it has.
-docs/architecture.md, "TLS between services".
+(:meth:`Tls.watch <services.common.tls.Tls.watch>`). docs/architecture.md, "TLS between
+services".
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ class ReloadingChannel(grpc.aio.Channel):
         self._channel = open_()
         tls.watch()
         self._retiring: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
-        self._looking: asyncio.Future[bool] | None = None
 
     @property
     def generation(self) -> int:
@@ -69,14 +67,12 @@ class ReloadingChannel(grpc.aio.Channel):
         return self._generation
 
     def current(self) -> grpc.aio.Channel:
-        """The channel new calls go on: reopened first when the material changed; a look at
-        the files started, in the background, when one is due."""
+        """The channel new calls go on: reopened first when the material changed."""
         tls = self._tls
         if tls.generation != self._generation:
             self._reopen()
-        elif self._looking is None and tls.due():
-            tls.watch()  # made outside an event loop, or its watcher is late: look now
-            self._look()
+        elif tls.due():
+            tls.watch()  # the channel was made outside an event loop: its watcher starts now
         return self._channel
 
     def _reopen(self) -> None:
@@ -85,19 +81,6 @@ class ReloadingChannel(grpc.aio.Channel):
         task = asyncio.ensure_future(old.close(self._grace))
         self._retiring[old] = task
         task.add_done_callback(lambda _: self._retiring.pop(old, None))
-
-    def _look(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # not on an event loop: the next call that is looks
-        looking = self._looking = loop.run_in_executor(None, self._tls.refresh)
-        looking.add_done_callback(self._looked)
-
-    def _looked(self, looking: asyncio.Future[bool]) -> None:
-        self._looking = None
-        if not looking.cancelled():
-            looking.exception()  # refresh logs what it cannot use; nothing else is expected
 
     def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
         return _Method(self, "unary_unary", args, kwargs)
