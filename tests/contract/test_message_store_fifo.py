@@ -8,9 +8,9 @@ freed by its consumer, and a group locked by a claim that died."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio
@@ -27,6 +27,7 @@ from services.message_svc.storage.registry import open_store
 from services.testing.fifo_store import FifoMessageStoreContract, fmsg, numbers
 from services.testing.fixtures import Clock
 from tests.contract.conftest import WITH_CLUSTER
+from tests.servers import ServerProcess, redis_process
 
 STORE_BACKENDS = WITH_CLUSTER
 P, Q, DLQ = "project-a", "fifo-1", "fifo-dlq"
@@ -52,6 +53,16 @@ async def mongo_store(mongodb_uri: str, clock: Clock) -> AsyncIterator[MongoMess
     await store.close()
 
 
+@pytest.fixture
+def quiet_redis(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A redis-server of this test alone: the session's serves ``up`` stacks too, whose
+    collectors' commands would be counted with the test's."""
+    server = redis_process(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
 async def _commands(client: redis.asyncio.Redis) -> int:
     """Commands the server ran since its statistics were reset, scripts' calls included."""
     stats = await client.info("commandstats")
@@ -60,8 +71,17 @@ async def _commands(client: redis.asyncio.Redis) -> int:
 
 
 async def test_redis_a_claim_costs_what_it_takes_not_what_waits_behind_a_group(
-    redis_store: RedisMessageStore, redis_uri: str
+    quiet_redis: ServerProcess, clock: Clock
 ) -> None:
+    store = await open_store(f"redis://127.0.0.1:{quiet_redis.port}/0", now=clock)
+    assert isinstance(store, RedisMessageStore)
+    try:
+        await _claims_behind_a_held_group(store, quiet_redis.port)
+    finally:
+        await store.close()
+
+
+async def _claims_behind_a_held_group(redis_store: RedisMessageStore, port: int) -> None:
     # Given a group of 2000 messages whose head is claimed, and a message of another group
     for start in range(0, 2000, 200):
         await redis_store.post_fifo(P, Q, "c", [fmsg(n, "a") for n in range(start, start + 200)],
@@ -69,7 +89,7 @@ async def test_redis_a_claim_costs_what_it_takes_not_what_waits_behind_a_group(
     await redis_store.post_fifo(P, Q, "c", [fmsg(9999, "b")], dedup_window=300)
     head = await redis_store.claim_fifo(P, Q, limit=1, ttl=60, grace=60)
     assert head.claim is not None and numbers(head.claim.messages) == [0]
-    client = redis.asyncio.Redis(port=urlsplit(redis_uri).port)
+    client = redis.asyncio.Redis(port=port)
     try:
         # When the next claims run
         await client.config_resetstat()
