@@ -10,6 +10,7 @@ from zaqar_grpc.v2 import notifier_pb2, notifier_pb2_grpc
 
 from services.common import limits
 from services.common.errors import InvalidArgument
+from services.message_svc import validation
 from services.message_svc.service import MessageService, Page
 from services.message_svc.storage.base import Claim
 from services.message_svc.streaming import Streams
@@ -56,7 +57,11 @@ class Polling:
         ttl: int | None,
         grace: int | None,
     ) -> Claim | None:
+        # Everything the claim will check, checked before the first look-up: a bad value is
+        # a 400 even while the store or queue_svc cannot be reached.
         size = limits.page_limit(limit)
+        validation.claim_ttl(ttl)
+        validation.claim_grace(grace)
 
         async def attempt() -> Attempt[Claim]:
             free_at = await self._next_free_at(project, queue)
@@ -83,6 +88,8 @@ class Polling:
         include_claimed: bool,
         include_delayed: bool,
     ) -> Page:
+        limits.page_limit(limit)  # checked before the first look-up, as a claim's
+
         async def attempt() -> Attempt[Page]:
             free_at = await self._next_free_at(project, queue)
             page = await self._service.list_messages(

@@ -325,8 +325,12 @@ async def test_no_error_after_a_store_restart(
     assert {a.status for a in outage} <= {200, 201, 204, 503}, [
         a for a in outage if a.status not in (200, 201, 204, 503)]
     # And, a second after it accepts connections again, not one request fails
-    assert {a.status for a in after} <= {200, 201, 204}, [
-        a for a in after if a.status not in (200, 201, 204)]
+    assert {a.status for a in after} <= {200, 201, 204}, (
+        [a for a in after if a.status not in (200, 201, 204)],
+        f"{len(after)} answers; the store was back at "
+        f"{time.strftime('%H:%M:%S', time.localtime(time.time() - time.monotonic() + back))}"
+        "; the services said:",
+        [line for line in stack.output if " WARNING " in line or " ERROR " in line][-30:])
     statuses = Counter(a.status for a in after if a.request.endswith("/messages")
                        and a.request.startswith("POST"))
     assert statuses[201] >= WORKERS * ROUNDS_AFTER  # every post went through

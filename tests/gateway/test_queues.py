@@ -326,6 +326,9 @@ async def test_ping_and_health_with_services_up(client: httpx.AsyncClient) -> No
         ("POST", "/v2/queues/bad%20name/messages", b'{"messages": [{"body": 1}]}'),
         ("DELETE", "/v2/queues/bad%20name/messages?pop=1", None),
         ("POST", "/v2/queues/bad%20name/claims", b"{}"),
+        # Long polls: refused before the wait's first look-up (of the queue's placement)
+        ("GET", "/v2/queues/bad%20name/messages?wait=1", None),
+        ("POST", "/v2/queues/bad%20name/claims?wait=1", b"{}"),
         ("GET", "/v2/queues/" + "x" * 65 + "/messages", None),
     ],
 )
