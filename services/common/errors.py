@@ -310,27 +310,13 @@ def failure_status(exc: Exception, method: str) -> status_pb2.Status:
     )
 
 
-def _names_checked(method: str) -> Callable[[Any], None]:
-    """The check of the names a request of ``method`` carries, run before the method
-    (``request_names.py``); one that passes everything for a method whose requests name none."""
-    from services.common.request_names import rule_of  # it raises this module's errors
-
-    return rule_of(method) or _no_names
-
-
-def _no_names(request: Any) -> None:
-    return None
-
-
 def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
     calls = server_calls(method)
-    check = _names_checked(method)
 
     async def wrapper(request: Any, context: Context) -> Any:
         span = (tracing.server_span(method.lstrip("/"), context.invocation_metadata() or ())
                 if tracing.ENABLED else None)
         async with _Served(calls, method, context, span):
-            check(request)
             return await behavior(request, context)
 
     return wrapper
@@ -344,20 +330,17 @@ def _wrap_unary_stream(behavior: UnaryStream, method: str) -> UnaryStream:
     and a coroutine that writes them with ``context.write`` (grpcio-health-checking's
     ``Watch``); the wrapper is of the kind of ``behavior``."""
     calls = server_calls(method)
-    check = _names_checked(method)
     if not inspect.isasyncgenfunction(behavior):
         writes = cast("Callable[[Any, Context], Awaitable[None]]", behavior)
 
         async def writer(request: Any, context: Context) -> None:
             async with _Served(calls, method, context):
-                check(request)
                 await writes(request, context)
 
         return cast("UnaryStream", writer)
 
     async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
         async with _Served(calls, method, context):
-            check(request)
             async for item in behavior(request, context):
                 yield item
 

@@ -23,6 +23,7 @@ from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
 from services.common.keystone import KeystoneAuth
 from services.common.metrics import STORE_REACHABLE, Exposition
+from services.common.request_names import NamesInterceptor
 from services.common.startup import METRICS_PORT, CannotListen, check_port, os_reason, report
 from services.common.sweeper import Periodic
 from services.common.tls import Tls
@@ -256,7 +257,8 @@ def create_server(
         CannotListen: the port cannot be bound (in use, not allowed, no such address).
     """
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), *interceptors], options=SERVER_OPTIONS
+        interceptors=[ErrorInterceptor(), *interceptors, NamesInterceptor()],
+        options=SERVER_OPTIONS,
     )
     for register in registrars:
         register(server)

@@ -1,10 +1,12 @@
 """The names a request carries, checked before its method runs.
 
 Every method of a ``zaqar.v2`` service whose request names a project (and a queue or a topic)
-has those names checked by the error interceptor (:mod:`services.common.errors`) before the
-method is called. A bad one is refused with the error the service itself gives
-(INVALID_QUEUE_NAME or INVALID_TOPIC_NAME), and nothing is done for it: no store is read, no
-other service is asked, no long poll waits.
+has those names checked by :class:`NamesInterceptor` before the method is called. It is the
+innermost interceptor of every server (``grpc_server.py``): after the token interceptor, which
+refuses an unauthenticated call first and scopes ``project`` to the token's, and inside the
+error interceptor, which turns its refusal into a rich status. A bad name is refused with the
+error the service itself gives (INVALID_QUEUE_NAME or INVALID_TOPIC_NAME), and nothing is done
+for it: no store is read, no other service is asked, no long poll waits.
 
 The rule of a method is read once from its request's descriptor, so a method added later is
 covered without a change here:
@@ -21,13 +23,23 @@ The services keep their own checks; this is the floor under them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
+import grpc
 from google.protobuf import descriptor_pool
 
 from services.common import limits
 from services.common.errors import InvalidQueueName, InvalidTopicName
+from services.common.grpc_types import (
+    Context,
+    MethodHandler,
+    UnaryStream,
+    UnaryUnary,
+    aio_unary_stream,
+    aio_unary_unary,
+)
 
 Check = Callable[[Any], None]
 PACKAGE = "zaqar.v2."
@@ -75,3 +87,69 @@ def rule_of(method: str) -> Check | None:
     if "topic" in fields:
         return _topic
     return _topic_project if service == f"{PACKAGE}Topics" else _queue_project
+
+
+def _checked_unary(behavior: UnaryUnary, check: Check) -> UnaryUnary:
+    async def checked(request: Any, context: Context) -> Any:
+        check(request)
+        return await behavior(request, context)
+
+    return checked
+
+
+def _checked_stream(behavior: UnaryStream, check: Check) -> UnaryStream:
+    """As :func:`_checked_unary` for a server stream, of the kind of ``behavior`` (an async
+    generator, or a coroutine that writes its items)."""
+    if not inspect.isasyncgenfunction(behavior):
+        writes = cast("Callable[[Any, Context], Awaitable[None]]", behavior)
+
+        async def writer(request: Any, context: Context) -> None:
+            check(request)
+            await writes(request, context)
+
+        return cast("UnaryStream", writer)
+
+    async def items(request: Any, context: Context) -> AsyncIterator[Any]:
+        check(request)
+        async for item in behavior(request, context):
+            yield item
+
+    return items
+
+
+class NamesInterceptor(grpc.aio.ServerInterceptor):
+    """Checks the names of each request before its method runs (the module's docstring).
+    The handler of each method is built once; a method whose requests name nothing (a batch,
+    health, reflection) gets its own handler back."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, MethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> MethodHandler | None:
+        method = handler_call_details.method
+        if method in self._handlers:
+            return self._handlers[method]
+        handler = await continuation(handler_call_details)
+        check = rule_of(method)
+        if handler is None or check is None:
+            self._handlers[method] = handler
+            return handler
+        unary, stream = aio_unary_unary(handler), aio_unary_stream(handler)
+        if unary is not None:
+            handler = grpc.unary_unary_rpc_method_handler(
+                _checked_unary(unary, check),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif stream is not None:
+            handler = grpc.unary_stream_rpc_method_handler(
+                _checked_stream(stream, check),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        self._handlers[method] = handler
+        return handler

@@ -227,7 +227,7 @@ async def test_batch_is_never_retried(
     stub = messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]
 
     # When an idempotent internal call and a Batch both meet UNAVAILABLE
-    for call, request in ((stub.InvalidateQueue, common_pb2.QueueRef()),
+    for call, request in ((stub.InvalidateQueue, common_pb2.QueueRef(project="p", queue="q")),
                           (stub.Batch, messages_pb2.BatchRequest())):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(request, timeout=5)

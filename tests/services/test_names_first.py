@@ -29,7 +29,9 @@ from services.common.errors import decode_rpc_error
 from services.message_svc.server import start as start_message_svc
 from services.notifier_svc.server import start as start_notifier_svc
 from services.queue_svc.server import start as start_queue_svc
+from tests.keystone import Keystone
 from tests.servers import ServerProcess, redis_process, service_ports
+from tests.services._grpc import Stubs, token
 
 # service -> (its process, the descriptors of what it serves)
 SERVED = {
@@ -241,3 +243,22 @@ async def test_a_long_poll_with_a_bad_parameter_is_refused_before_any_look_up(
         if code != grpc.StatusCode.INVALID_ARGUMENT:
             wrong.append(f"{method.name} {field}={value}: {code}")
     assert not wrong, "\n".join(wrong)
+
+
+async def test_in_keystone_mode_the_token_is_checked_before_the_names(
+    keystone_stack: tuple[Settings, Stubs], keystone: Keystone
+) -> None:
+    # A call without a token learns nothing of its names; one with a token has its project
+    # taken from the token before the names are checked (it sends none of its own).
+    _, s = keystone_stack
+    bad = messages_pb2.ListMessagesRequest(queue="bad name", wait_seconds=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await s.messages.ListMessages(bad)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # With a token, the token's project stands in for the empty one, then the names are checked
+    good = messages_pb2.ListMessagesRequest(queue="names-first-ks")
+    listed = await s.messages.ListMessages(good, metadata=token(keystone.token("user-a")))
+    assert list(listed.messages) == []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await s.messages.ListMessages(bad, metadata=token(keystone.token("user-a")))
+    assert decode_rpc_error(caught.value).reason == "INVALID_QUEUE_NAME"
