@@ -12,7 +12,7 @@ The rule of a method is read once from its request's descriptor, so a method add
 covered without a change here:
 
 - ``queue`` and ``topic`` (a subscription): the topic's rule when it names one, else the
-  queue's (the service refuses both at once);
+  queue's (a request naming both is the service's to refuse);
 - ``queue``: the project and the queue name;
 - ``topic``: the project and the topic name;
 - ``project`` alone (a listing): the project, with the topic's error in ``zaqar.v2.Topics``
