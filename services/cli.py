@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from services import preflight
 from services.common.config import ENV_PREFIX, Settings
-from services.common.startup import PREFIX, StartupError, report
-from services.replicas import Replica
+from services.common.startup import PREFIX, CannotListen, StartupError, report
+from services.replicas import Replica, port_settings
 from services.replicas import check_ports as check_replica_ports
 from services.replicas import plan as replicas_plan
 
@@ -59,6 +59,9 @@ ALIASES = {
 # Start order; shutdown runs in reverse.
 UP_ORDER = ("queue", "message", "notifier", "gateway")
 READY_TIMEOUT = 60.0
+# Plans of up's own port picks (``--replicas`` with a port set to 0) tried before a port
+# taken between its pick and its bind is reported as a failed start.
+PORT_PICKS = 3
 # Set by ``up`` in each child's environment: its own process id (see ``_end_with_up``).
 UP_PID_VARIABLE = ENV_PREFIX + "UP_PID"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -310,6 +313,22 @@ async def _start(replica: Replica, tls: Tls | None, children: list[_Child]) -> _
     return child
 
 
+def _picked_port_taken(
+    settings: Settings, planned: Sequence[Replica], starting: Replica | None, exc: StartupError
+) -> bool:
+    """Whether ``exc`` is a port that up picked (its setting is 0, "any") found in use: by
+    the check before the start (``starting`` is None), or by the replica ``starting``. Another
+    process (a connection's own port is one of those the kernel hands out) took it between
+    the pick and the bind."""
+    port = CannotListen.port_in(str(exc))
+    if port is None:
+        return False
+    picked = {getattr(r.settings, name) for r in planned
+              if starting is None or r is starting
+              for name in port_settings(settings, r.service) if getattr(settings, name) == 0}
+    return port in picked - {0}
+
+
 async def up(settings: Settings, services: Sequence[str] = UP_ORDER, replicas: int = 1) -> int:
     """Run ``replicas`` processes of each of ``services`` until a signal.
 
@@ -329,21 +348,28 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER, replicas: i
     # Checked here once, so that bad TLS settings are one error rather than one per child;
     # the children read the same files themselves, and up's health checks use them too.
     tls = await asyncio.to_thread(load_tls, settings)
-    planned = replicas_plan(settings, services, replicas)
     await preflight.check(settings, services)
-    check_replica_ports(planned)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     children: list[_Child] = []
-    try:
-        for replica in planned:
-            await _start(replica, tls, children)
-    except StartupError as exc:
-        status = report(exc) or 1
-        await _stop_all(children, settings.shutdown_grace)
-        return status
+    for attempt in range(1, PORT_PICKS + 1):
+        planned = replicas_plan(settings, services, replicas)
+        starting: Replica | None = None
+        try:
+            check_replica_ports(planned)
+            for starting in planned:
+                await _start(starting, tls, children)
+        except StartupError as exc:
+            await _stop_all(children, settings.shutdown_grace)
+            children = []
+            if attempt < PORT_PICKS and _picked_port_taken(settings, planned, starting, exc):
+                print(f"{PREFIX}{exc} (a port up picked, taken before its process bound it: "
+                      "picking the ports again)", file=sys.stderr, flush=True)
+                continue
+            return report(exc) or 1
+        break
     data_dir = os.path.abspath(settings.data_dir)  # noqa: ASYNC240 - no I/O, string only
     gateways = [r.settings for r in planned if r.service == "gateway"] or [settings]
     urls = "  ".join(f"http://{g.host}:{g.http_port}/v2/" for g in gateways)

@@ -7,7 +7,8 @@ them through one target (a headless Service):
   ``ws_port + i``; replica ``i`` of a gRPC service listens on ``<its port> + 10 * i``, and
   serves its metrics on ``<its metrics port> + 10 * i``. A port
   set to 0 ("any") gets a free port per replica, picked here, so that every caller can be
-  told every address before anything starts.
+  told every address before anything starts (``up`` plans again when another process takes
+  one before its replica binds it).
 - Every process is told every replica of each service it calls as one comma-separated list
   (``ZAQAR_QUEUE_TARGET=127.0.0.1:50061,127.0.0.1:50071``): calls are balanced round robin
   over the replicas that answer (``services/common/grpc_server.py``, ``channel_target``).

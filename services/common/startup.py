@@ -18,6 +18,7 @@ own (``services/cli.py``).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from typing import Final
@@ -58,6 +59,10 @@ class StartupError(Exception):
         self.status = status
 
 
+# The port in a line of :class:`CannotListen` (``cannot listen on 127.0.0.1:50061 ...``).
+_LINE_PORT: Final = re.compile(r"cannot listen on (?:\[[^\]]*\]|[^\s\[\]]+?):(\d+)\b")
+
+
 class CannotListen(StartupError):
     """A port cannot be bound (in use, not allowed, an address this host does not have).
 
@@ -77,6 +82,13 @@ class CannotListen(StartupError):
         change = ENV_PREFIX + self.setting.upper() + (f" or {flag}" if flag else "")
         return (f"cannot listen on {address} ({kind} of {process}; change it with {change}): "
                 f"{self.reason}")
+
+    @staticmethod
+    def port_in(line: str) -> int | None:
+        """The port a :meth:`line` names (as ``up`` reads a child's line); None for another
+        line."""
+        found = _LINE_PORT.match(line)
+        return int(found.group(1)) if found else None
 
     def of(self, setting: str) -> CannotListen:
         """The same failure, naming ``setting`` unless it names one already."""
