@@ -30,8 +30,7 @@ from services.common.grpc_types import (
     MethodHandler,
     UnaryStream,
     UnaryUnary,
-    aio_unary_stream,
-    aio_unary_unary,
+    rewrapped,
 )
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, well_formed
 from services.common.metrics import MethodCalls, code_name, server_calls
@@ -425,21 +424,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        behavior = aio_unary_unary(handler)
-        stream = aio_unary_stream(handler)
-        if behavior is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(behavior, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif stream is not None:
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                _wrap_unary_stream(stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        else:
+        wrapped = rewrapped(handler, lambda unary: _wrap_unary(unary, method),
+                            lambda stream: _wrap_unary_stream(stream, method))
+        if wrapped is None:
             return handler
         self._wrapped[method] = wrapped
         return wrapped

@@ -41,3 +41,28 @@ def aio_unary_stream(handler: MethodHandler) -> UnaryStream | None:
 def aio_stream_stream(handler: MethodHandler) -> StreamStream | None:
     """The handler's stream-stream behaviour as grpc.aio serves it (None: another call kind)."""
     return cast("StreamStream | None", handler.stream_stream)
+
+
+def rewrapped(
+    handler: MethodHandler,
+    unary: Callable[[UnaryUnary], UnaryUnary],
+    stream: Callable[[UnaryStream], UnaryStream],
+) -> MethodHandler | None:
+    """``handler`` with its unary-unary behaviour replaced by ``unary(behaviour)``, or its
+    unary-stream one by ``stream(behaviour)``, its (de)serializers kept; None for a handler
+    of another kind (a stream of requests)."""
+    behaviour = aio_unary_unary(handler)
+    if behaviour is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(behaviour),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    items = aio_unary_stream(handler)
+    if items is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(items),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return None

@@ -37,8 +37,7 @@ from services.common.grpc_types import (
     MethodHandler,
     UnaryStream,
     UnaryUnary,
-    aio_unary_stream,
-    aio_unary_unary,
+    rewrapped,
 )
 
 Check = Callable[[Any], None]
@@ -138,18 +137,7 @@ class NamesInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or check is None:
             self._handlers[method] = handler
             return handler
-        unary, stream = aio_unary_unary(handler), aio_unary_stream(handler)
-        if unary is not None:
-            handler = grpc.unary_unary_rpc_method_handler(
-                _checked_unary(unary, check),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif stream is not None:
-            handler = grpc.unary_stream_rpc_method_handler(
-                _checked_stream(stream, check),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        handler = rewrapped(handler, lambda unary: _checked_unary(unary, check),
+                            lambda stream: _checked_stream(stream, check)) or handler
         self._handlers[method] = handler
         return handler
