@@ -132,10 +132,24 @@ def _ids(fx: Fixture, rng: random.Random) -> str:
 Builder = Callable[[Fixture, random.Random], Spec]
 
 
+# A long poll of a second: what the path's mutations meet must be refused before the wait's
+# first look-up, as without one. (Never longer: a wait past the run's timeout is a hang.)
+LONG_POLL = ("wait", "1")
+
+
+def _long_poll(rng: random.Random) -> tuple[tuple[str, str], ...]:
+    return (LONG_POLL,) if rng.random() < 0.2 else ()
+
+
 def _messages_get(fx: Fixture, rng: random.Random) -> Spec:
     if rng.random() < 0.4:
         return Spec(_q(ids=_ids(fx, rng)))
-    return Spec(_q(limit=rng.randint(1, 20), echo=True, include_claimed=rng.random() < 0.5))
+    return Spec(_q(limit=rng.randint(1, 20), echo=True, include_claimed=rng.random() < 0.5)
+                + _long_poll(rng))
+
+
+def _claim(fx: Fixture, rng: random.Random) -> Spec:
+    return Spec(_q(limit=2) + _long_poll(rng), doc={"ttl": 60, "grace": 60})
 
 
 def _messages_delete(fx: Fixture, rng: random.Random) -> Spec:
@@ -268,7 +282,7 @@ VALID: dict[str, Builder] = {
     f"DELETE {Q}/messages": _messages_delete,
     f"GET {Q}/messages/{{message_id}}": lambda fx, rng: Spec(),
     f"DELETE {Q}/messages/{{message_id}}": _message_delete,
-    f"POST {Q}/claims": lambda fx, rng: Spec(_q(limit=2), doc={"ttl": 60, "grace": 60}),
+    f"POST {Q}/claims": _claim,
     f"GET {Q}/claims/{{claim_id}}": lambda fx, rng: Spec(),
     f"PATCH {Q}/claims/{{claim_id}}": lambda fx, rng: Spec(doc={"ttl": 120, "grace": 60}),
     f"DELETE {Q}/claims/{{claim_id}}": lambda fx, rng: Spec(),
