@@ -33,7 +33,7 @@ from tests.keystone import Keystone
 from tests.servers import ServerProcess, redis_process, service_ports
 from tests.services._grpc import Stubs, token
 
-# service -> (its process, the descriptors of what it serves)
+# service (the process) -> the descriptors of what it serves
 SERVED = {
     "queue": [queues_pb2.DESCRIPTOR.services_by_name["Queues"],
               topics_pb2.DESCRIPTOR.services_by_name["Topics"]],
