@@ -184,6 +184,13 @@ class ServerProcess:
         self.stop()
         self.start()
 
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def redis_process(workdir: Path, *, durable: bool = False) -> ServerProcess:
     """redis-server on a free port; ``durable`` turns on AOF with fsync on every write."""
@@ -372,10 +379,8 @@ def mongodb_process(workdir: Path) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = redis_process(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with redis_process(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

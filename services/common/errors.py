@@ -12,12 +12,11 @@ it back with :func:`decode_rpc_error`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -31,6 +30,7 @@ from services.common.grpc_types import (
     UnaryStream,
     UnaryUnary,
     rewrapped,
+    stream_within,
 )
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, well_formed
 from services.common.metrics import MethodCalls, code_name, server_calls
@@ -322,28 +322,11 @@ def _wrap_unary(behavior: UnaryUnary, method: str) -> UnaryUnary:
 
 
 def _wrap_unary_stream(behavior: UnaryStream, method: str) -> UnaryStream:
-    """As :func:`_wrap_unary` for a server stream: a failure before or between items ends
-    the stream with the same rich status. Not traced (a stream may last for hours).
-
-    grpc.aio serves two kinds of stream handler: an async generator that yields the items,
-    and a coroutine that writes them with ``context.write`` (grpcio-health-checking's
-    ``Watch``); the wrapper is of the kind of ``behavior``."""
+    """As :func:`_wrap_unary` for a server stream (either kind, ``stream_within``): a failure
+    before or between items ends the stream with the same rich status. Not traced (a stream
+    may last for hours)."""
     calls = server_calls(method)
-    if not inspect.isasyncgenfunction(behavior):
-        writes = cast("Callable[[Any, Context], Awaitable[None]]", behavior)
-
-        async def writer(request: Any, context: Context) -> None:
-            async with _Served(calls, method, context):
-                await writes(request, context)
-
-        return cast("UnaryStream", writer)
-
-    async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _Served(calls, method, context):
-            async for item in behavior(request, context):
-                yield item
-
-    return wrapper
+    return stream_within(behavior, lambda request, context: _Served(calls, method, context))
 
 
 class _Served:

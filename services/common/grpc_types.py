@@ -9,7 +9,9 @@ as such, in one place.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -66,3 +68,31 @@ def rewrapped(
             response_serializer=handler.response_serializer,
         )
     return None
+
+
+def stream_within(
+    behavior: UnaryStream,
+    scope: Callable[[Any, Context], AbstractAsyncContextManager[Any]],
+) -> UnaryStream:
+    """A server stream's behaviour run inside ``scope(request, context)``, which is entered
+    before it starts and left when the stream ends (a failure before or between items passes
+    through it).
+
+    grpc.aio serves two kinds of stream handler: an async generator that yields the items,
+    and a coroutine that writes them with ``context.write`` (grpcio-health-checking's
+    ``Watch``); the result is of the kind of ``behavior``."""
+    if not inspect.isasyncgenfunction(behavior):
+        writes = cast("Callable[[Any, Context], Awaitable[None]]", behavior)
+
+        async def writer(request: Any, context: Context) -> None:
+            async with scope(request, context):
+                await writes(request, context)
+
+        return cast("UnaryStream", writer)
+
+    async def items(request: Any, context: Context) -> AsyncIterator[Any]:
+        async with scope(request, context):
+            async for item in behavior(request, context):
+                yield item
+
+    return items

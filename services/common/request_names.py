@@ -23,9 +23,8 @@ The services keep their own checks; this is the floor under them.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -38,6 +37,7 @@ from services.common.grpc_types import (
     UnaryStream,
     UnaryUnary,
     rewrapped,
+    stream_within,
 )
 
 Check = Callable[[Any], None]
@@ -96,24 +96,23 @@ def _checked_unary(behavior: UnaryUnary, check: Check) -> UnaryUnary:
     return checked
 
 
+class _Checked:
+    """Entered before a server stream starts: the request's names checked (``stream_within``)."""
+
+    __slots__ = ("_check", "_request")
+
+    def __init__(self, check: Check, request: Any) -> None:
+        self._check, self._request = check, request
+
+    async def __aenter__(self) -> None:
+        self._check(self._request)
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
 def _checked_stream(behavior: UnaryStream, check: Check) -> UnaryStream:
-    """As :func:`_checked_unary` for a server stream, of the kind of ``behavior`` (an async
-    generator, or a coroutine that writes its items)."""
-    if not inspect.isasyncgenfunction(behavior):
-        writes = cast("Callable[[Any, Context], Awaitable[None]]", behavior)
-
-        async def writer(request: Any, context: Context) -> None:
-            check(request)
-            await writes(request, context)
-
-        return cast("UnaryStream", writer)
-
-    async def items(request: Any, context: Context) -> AsyncIterator[Any]:
-        check(request)
-        async for item in behavior(request, context):
-            yield item
-
-    return items
+    return stream_within(behavior, lambda request, context: _Checked(check, request))
 
 
 class NamesInterceptor(grpc.aio.ServerInterceptor):

@@ -57,10 +57,8 @@ async def mongo_store(mongodb_uri: str, clock: Clock) -> AsyncIterator[MongoMess
 def quiet_redis(tmp_path: Path) -> Iterator[ServerProcess]:
     """A redis-server of this test alone: the session's serves ``up`` stacks too, whose
     collectors' commands would be counted with the test's."""
-    server = redis_process(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
+    with redis_process(tmp_path / "redis") as server:
+        yield server
 
 
 async def _commands(client: redis.asyncio.Redis) -> int:

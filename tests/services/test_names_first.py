@@ -129,10 +129,8 @@ def test_every_public_method_is_among_the_cases() -> None:
 @pytest.fixture(scope="module")
 def dead_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A redis-server the services open at start, then killed before any case runs."""
-    server = redis_process(tmp_path_factory.mktemp("names-first-redis"))
-    server.start()
-    yield server
-    server.stop()
+    with redis_process(tmp_path_factory.mktemp("names-first-redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
