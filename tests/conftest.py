@@ -21,6 +21,8 @@ from tests.servers import (  # noqa: F401 - shared fixtures
     mongodb_server,
     redis_cluster,
     redis_server,
+    redis_tls_cluster,
+    redis_tls_server,
     service_ports,
 )
 from tests.stacks import up_stacks  # noqa: F401 - shared fixture

@@ -22,10 +22,13 @@ from asyncio import selector_events
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from redis.cluster import ClusterNode, RedisCluster
+
+if TYPE_CHECKING:  # this file also runs as a script (the MongoDB wire server), outside tests
+    from tests.certs import Leaf, Pki
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -192,13 +195,53 @@ class ServerProcess:
         self.stop()
 
 
-def redis_process(workdir: Path, *, durable: bool = False) -> ServerProcess:
-    """redis-server on a free port; ``durable`` turns on AOF with fsync on every write."""
+def redis_tls_arguments(
+    pki: Pki, port: int, auth_clients: str = "optional", cert: Leaf | None = None
+) -> list[str]:
+    """redis-server's arguments to serve TLS only, on ``port``, with ``cert`` (default
+    ``pki``'s service certificate, for 127.0.0.1 and localhost); ``auth_clients``: ``yes`` (a
+    client certificate signed by ``pki.ca`` is required), ``optional`` (checked when given)
+    or ``no``."""
+    cert = cert or pki.service
+    return ["--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", str(cert.cert), "--tls-key-file", str(cert.key),
+            "--tls-ca-cert-file", str(pki.ca), "--tls-auth-clients", auth_clients]
+
+
+def redis_tls_client(pki: Pki) -> dict[str, Any]:
+    """redis-py's arguments of a client of a server of :func:`redis_tls_arguments`, with
+    ``pki``'s client certificate."""
+    return {"ssl": True, "ssl_ca_certs": str(pki.ca), "ssl_certfile": str(pki.client.cert),
+            "ssl_keyfile": str(pki.client.key)}
+
+
+def redis_cli_tls(pki: Pki | None) -> list[str]:
+    """redis-cli's arguments for a server of :func:`redis_tls_arguments` (none for ``None``)."""
+    if pki is None:
+        return []
+    return ["--tls", "--cacert", str(pki.ca), "--cert", str(pki.client.cert),
+            "--key", str(pki.client.key)]
+
+
+def redis_tls_query(pki: Pki) -> str:
+    """The TLS options of a ``rediss://`` URI of such a server, with the client certificate."""
+    return (f"ssl_ca_certs={pki.ca}&ssl_certfile={pki.client.cert}"
+            f"&ssl_keyfile={pki.client.key}")
+
+
+def redis_process(
+    workdir: Path, *, durable: bool = False, tls: Pki | None = None,
+    auth_clients: str = "optional", cert: Leaf | None = None,
+) -> ServerProcess:
+    """redis-server on a free port; ``durable`` turns on AOF with fsync on every write;
+    ``tls``: TLS only on that port (:func:`redis_tls_arguments`)."""
     binary = shutil.which("redis-server")
     if binary is None:
         missing("redis-server")
     port = free_port()
-    argv = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    listen = (redis_tls_arguments(tls, port, auth_clients, cert) if tls is not None
+              else ["--port", str(port)])
+    argv = [str(binary), *listen, "--bind", "127.0.0.1", "--save", "",
             "--dir", str(workdir)]
     argv += (["--appendonly", "yes", "--appendfsync", "always"] if durable
              else ["--appendonly", "no"])
@@ -211,6 +254,13 @@ class RedisClusterProcesses:
     redis-server process (``nodes[i]`` listens on ``nodes[i].port``)."""
 
     nodes: list[ServerProcess]
+    tls: Pki | None = None
+    """The PKI of a cluster that speaks TLS only (nodes, replication and the cluster bus)."""
+
+    @property
+    def client_arguments(self) -> dict[str, Any]:
+        """redis-py's arguments of a client of the nodes (TLS ones when the cluster has TLS)."""
+        return redis_tls_client(self.tls) if self.tls is not None else {}
 
     @property
     def uri_hosts(self) -> str:
@@ -224,7 +274,7 @@ class RedisClusterProcesses:
         """The node serving ``key``'s slot now, as the live nodes say."""
         live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
         nodes = [ClusterNode("127.0.0.1", n.port) for n in live]  # type: ignore[no-untyped-call]
-        client = RedisCluster(startup_nodes=nodes)
+        client = RedisCluster(startup_nodes=nodes, **self.client_arguments)
         try:
             node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
             return self.node(int(node.port))
@@ -234,7 +284,8 @@ class RedisClusterProcesses:
     def cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
         """The reply of ``redis-cli -p port args...`` (raw text)."""
         done = subprocess.run(
-            [_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
+            [_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *redis_cli_tls(self.tls),
+             *args],
             capture_output=True, text=True, timeout=timeout, check=True,
         )
         return done.stdout
@@ -296,22 +347,29 @@ def _binary(name: str) -> str:
     return found
 
 
-def start_redis_cluster(workdir: Path, node_timeout_ms: int = 2000) -> RedisClusterProcesses:
+def start_redis_cluster(
+    workdir: Path, node_timeout_ms: int = 2000, tls: Pki | None = None
+) -> RedisClusterProcesses:
     """Six redis-server processes in cluster mode joined by ``redis-cli --cluster create`` as
     three masters with one replica each, waited on until every node says
     ``cluster_state:ok``. A short ``cluster-node-timeout`` makes failover take seconds.
+    ``tls``: every node speaks TLS only, to clients, to its replicas and on the cluster bus.
 
     Stop it with :func:`stop_redis_cluster`.
     """
     server, cli = _binary("redis-server"), _binary("redis-cli")
     nodes: list[ServerProcess] = []
-    cluster = RedisClusterProcesses(nodes)
+    cluster = RedisClusterProcesses(nodes, tls)
     try:
         for i in range(6):
             port = free_cluster_port()
             folder = workdir / f"node-{i}"
             folder.mkdir(parents=True, exist_ok=True)
-            argv = [server, "--port", str(port), "--bind", "127.0.0.1",
+            listen = ["--port", str(port)]
+            if tls is not None:
+                listen = [*redis_tls_arguments(tls, port), "--tls-cluster", "yes",
+                          "--tls-replication", "yes"]
+            argv = [server, *listen, "--bind", "127.0.0.1",
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(folder / "nodes.conf"),
                     "--cluster-node-timeout", str(node_timeout_ms),
@@ -321,8 +379,8 @@ def start_redis_cluster(workdir: Path, node_timeout_ms: int = 2000) -> RedisClus
             nodes.append(node)
             node.start()
         subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
-             "--cluster-replicas", "1", "--cluster-yes"],
+            [cli, *redis_cli_tls(tls), "--cluster", "create",
+             *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas", "1", "--cluster-yes"],
             capture_output=True, text=True, timeout=120, check=True,
         )
         cluster.wait_healthy()
@@ -381,6 +439,26 @@ def mongodb_process(workdir: Path) -> ServerProcess:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with redis_process(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> Iterator[ServerProcess]:
+    """redis-server speaking TLS only, with the session's PKI; a client certificate is
+    checked when given, not required."""
+    with redis_process(tmp_path_factory.mktemp("redis-tls"), tls=pki) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_tls_cluster(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> Iterator[RedisClusterProcesses]:
+    """A Redis Cluster like :func:`redis_cluster`, speaking TLS only."""
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-tls-cluster"), tls=pki)
+    yield cluster
+    stop_redis_cluster(cluster)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,9 @@ read them, so replies match commands by position. There is no task, lock or time
 command: one timer per connection watches the oldest command still waiting.
 
 What it keeps of redis-py's client of one server (``RedisOptions.client``):
-- the same settings: address, database, credentials, client name, connect and reply timeouts;
+- the same settings: address, database, credentials, client name, connect and reply timeouts,
+  and TLS (``rediss://``: the context redis-py would build, made again from the files for
+  each new connection, off the event loop);
 - the same errors: redis-py's exception classes (an error reply is classified by redis-py's
   own table), so a store's error edge reads them as before;
 - a command whose connection broke before its reply is sent once more, at once, on a new
@@ -149,9 +151,11 @@ class Link:
     async def _open(self) -> _Connection:
         options = self.options
         loop = asyncio.get_running_loop()
+        tls = await asyncio.to_thread(options.tls_context) if options.tls else None
         async with asyncio.timeout(options.socket_connect_timeout):
             _, connection = await loop.create_connection(
-                lambda: _Connection(self, options.socket_timeout), options.host, options.port
+                lambda: _Connection(self, options.socket_timeout), options.host, options.port,
+                ssl=tls,
             )
         hello: list[tuple[Any, ...]] = []
         if options.password is not None:
@@ -199,10 +203,14 @@ def _closed() -> RedisConnectionError:
 
 def _connect_error(options: RedisOptions, exc: Exception) -> Exception:
     where = f"{options.host}:{options.port}"
+    error: RedisError
     if isinstance(exc, TimeoutError):
         # redis-py's wording: redis_store.never_sent recognises a connect timeout by it.
-        return RedisTimeoutError(f"Timeout connecting to server {where}.")
-    return RedisConnectionError(f"Error connecting to {where}: {exc}.")
+        error = RedisTimeoutError(f"Timeout connecting to server {where}.")
+    else:
+        error = RedisConnectionError(f"Error connecting to {where}: {exc}.")
+    error.__cause__ = exc  # a failed TLS handshake is found there (redis_store.tls_failure)
+    return error
 
 
 class _Connection(asyncio.Protocol):

@@ -1,5 +1,6 @@
 """Redis for any service's store: the URI (one server, ``redis://``, or a Redis Cluster,
-``redis+cluster://``), the client it configures, how a batch of commands is sent (pipelined,
+``redis+cluster://``; ``rediss://`` and ``rediss+cluster://`` for the same over TLS), the
+client it configures, how a batch of commands is sent (pipelined,
 followed by ``WAIT`` when the URI asks for replicas to confirm writes), and the one place Redis
 errors are translated (each store names itself, its key prefix and its pool size).
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import ssl
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -21,8 +23,9 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis.asyncio
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, SSLConnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import RedisSSLContext
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -46,15 +49,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import store_uri
+from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.common.store_edge import Method, P, R, S, Wrapped, driver_edge
 
 SCHEME = "redis"
 CLUSTER_SCHEME = "redis+cluster"
+TLS_SCHEME = "rediss"
+TLS_CLUSTER_SCHEME = "rediss+cluster"
+SCHEMES = (SCHEME, TLS_SCHEME, CLUSTER_SCHEME, TLS_CLUSTER_SCHEME)
+"""Every scheme of a Redis store: one server or a cluster, in clear or over TLS."""
 FORM = "redis://[[username]:password@]host[:port][/db][?option=value&...]"
 CLUSTER_FORM = (
     "redis+cluster://[[username]:password@]host[:port][,host[:port]...][/][?option=value&...]"
 )
+# The options of a TLS URI, named as redis-py names them.
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                "ssl_check_hostname")
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "none": ssl.CERT_NONE}
 DEFAULT_PORT = 6379
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -75,6 +87,19 @@ def _replicas(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise ValueError("expected a whole number of replicas, e.g. 1")
     return int(text)
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise ValueError("expected the path of a PEM file")
+    return text
+
+
+def _cert_reqs(text: str) -> str:
+    if text.lower() not in _CERT_REQS:
+        raise ValueError("expected required (check the server's certificate, the default) or "
+                         "none (check nothing)")
+    return text.lower()
 
 
 def _seconds_or_zero(text: str) -> float:
@@ -111,6 +136,21 @@ class RedisOptions:
         retry_for: (``redis+cluster://`` only) seconds a call keeps being resent, with
             back-off, while the cluster cannot serve it (a node unreachable, a failover under
             way, slots moving); default 4, to stay within the callers' deadlines.
+
+    TLS (``rediss://`` and ``rediss+cluster://`` only; refused on the others):
+        ssl_ca_certs: the PEM file of the CAs that sign the server's certificate (default:
+            the system's trusted CAs only).
+        ssl_certfile, ssl_keyfile: this client's certificate and key (PEM), for a server
+            that asks for one (``tls-auth-clients yes``); the key may be in the certificate's
+            file.
+        ssl_cert_reqs: ``required`` (default): the handshake fails unless a trusted CA signed
+            the server's certificate; ``none``: any certificate (encryption without
+            authentication, for tests).
+        ssl_check_hostname: ``true`` (default with ``required``): the certificate must name
+            the host the URI connects to.
+
+    Files are read when a connection is made (:meth:`tls_context`), so files replaced in
+    place apply to the next connection; :meth:`parse` does no I/O.
     """
 
     store: str
@@ -129,6 +169,13 @@ class RedisOptions:
     """The cluster's nodes named by the URI (any reachable one finds the others); empty for
     one server."""
     retry_for: float = 4.0
+    tls: bool = False
+    """Whether connections use TLS (the URI is ``rediss://`` or ``rediss+cluster://``)."""
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: str = "required"
+    ssl_check_hostname: bool = True
 
     @property
     def cluster(self) -> bool:
@@ -137,8 +184,43 @@ class RedisOptions:
     @property
     def address(self) -> str:
         if self.cluster:
-            return f"{CLUSTER_SCHEME}://" + ",".join(f"{h}:{p}" for h, p in self.nodes)
-        return f"redis://{self.host}:{self.port}/{self.db}"
+            scheme = TLS_CLUSTER_SCHEME if self.tls else CLUSTER_SCHEME
+            return f"{scheme}://" + ",".join(f"{h}:{p}" for h, p in self.nodes)
+        return f"{TLS_SCHEME if self.tls else SCHEME}://{self.host}:{self.port}/{self.db}"
+
+    @property
+    def verifies(self) -> bool:
+        """Whether a TLS connection checks the server's certificate (``ssl_cert_reqs``)."""
+        return self.ssl_cert_reqs == "required"
+
+    def tls_arguments(self) -> dict[str, Any]:
+        """redis-py's TLS arguments of a connection (pool, cluster or client), without the
+        one that turns TLS on; empty without TLS."""
+        if not self.tls:
+            return {}
+        return {
+            "ssl_ca_certs": self.ssl_ca_certs,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+            "ssl_cert_reqs": self.ssl_cert_reqs,
+            "ssl_check_hostname": self.ssl_check_hostname,
+        }
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context of a new connection, built from the files as they are now (blocking
+        file reads: run it off the event loop), as redis-py builds its own.
+
+        Raises:
+            ConfigurationError: naming the option whose file cannot be read or used.
+        """
+        if not self.tls:
+            raise ValueError("a redis:// URI has no TLS")
+        _check_files(self)
+        return RedisSSLContext(
+            keyfile=self.ssl_keyfile, certfile=self.ssl_certfile,
+            cert_reqs=self.ssl_cert_reqs, ca_certs=self.ssl_ca_certs,
+            check_hostname=self.ssl_check_hostname,
+        ).get()
 
     @classmethod
     def parse(
@@ -151,10 +233,15 @@ class RedisOptions:
 
         Raises: ConfigurationError, naming what is wrong.
         """
-        cluster = uri.partition(":")[0].lower() == CLUSTER_SCHEME
+        scheme = uri.partition(":")[0].lower()
+        cluster = scheme in (CLUSTER_SCHEME, TLS_CLUSTER_SCHEME)
+        tls = scheme in (TLS_SCHEME, TLS_CLUSTER_SCHEME)
+        # The shape to quote in an error: the TLS scheme's when the URI asked for TLS.
+        form = FORM.replace("redis:", "rediss:", 1) if tls else FORM
+        cluster_form = CLUSTER_FORM.replace("redis+", "rediss+", 1) if tls else CLUSTER_FORM
         if expect_cluster is not None and cluster != expect_cluster:
             raise store_uri.invalid(
-                store, uri, f"expected {CLUSTER_FORM if expect_cluster else FORM}"
+                store, uri, f"expected {cluster_form if expect_cluster else form}"
             )
         converters: dict[str, store_uri.Converter] = {
             "prefix": _prefix,
@@ -164,18 +251,25 @@ class RedisOptions:
             "wait": _replicas,
             "wait_timeout": store_uri.seconds,
         }
+        if tls:
+            converters.update({
+                "ssl_ca_certs": _path, "ssl_certfile": _path, "ssl_keyfile": _path,
+                "ssl_cert_reqs": _cert_reqs, "ssl_check_hostname": store_uri.boolean,
+            })
         if cluster:
             converters["retry_for"] = _seconds_or_zero
-            parts = store_uri.split(store, uri, CLUSTER_SCHEME, CLUSTER_FORM)
+            parts = store_uri.split(
+                store, uri, TLS_CLUSTER_SCHEME if tls else CLUSTER_SCHEME, cluster_form
+            )
             nodes = store_uri.hosts_and_ports(store, uri, parts, DEFAULT_PORT)
             (host, port), db = nodes[0], 0
             if parts.path not in {"", "/"}:
                 raise store_uri.invalid(
                     store, uri, f"a Redis Cluster has only database 0, so its URI names no "
-                    f"database: remove {parts.path!r} (expected {CLUSTER_FORM})"
+                    f"database: remove {parts.path!r} (expected {cluster_form})"
                 )
         else:
-            parts = store_uri.split(store, uri, SCHEME, FORM)
+            parts = store_uri.split(store, uri, TLS_SCHEME if tls else SCHEME, form)
             host, port = store_uri.host_and_port(store, uri, parts, DEFAULT_PORT)
             nodes = ()
             path = parts.path.removeprefix("/")
@@ -184,7 +278,11 @@ class RedisOptions:
                     store, uri, f"bad database number {path!r}: expected /0, /1, ... after the port"
                 )
             db = int(path or 0)
+        if not tls:
+            _refuse_tls_options(store, uri, parts.query, cluster)
         given = store_uri.options(store, uri, parts.query, converters)
+        if tls:
+            _check_tls_options(store, uri, given)
         given.setdefault("prefix", prefix)
         given.setdefault("max_connections", max_connections)
         options = cls(
@@ -195,6 +293,7 @@ class RedisOptions:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
             nodes=nodes,
+            tls=tls,
             **given,
         )
         if options.wait and options.wait_timeout >= options.socket_timeout:
@@ -219,6 +318,9 @@ class RedisOptions:
         :class:`Unavailable` and decide. When every connection is busy, a call waits for one
         (up to ``socket_timeout``) rather than fail.
         """
+        tls: dict[str, Any] = {}
+        if self.tls:
+            tls = {"connection_class": RereadingSSLConnection, **self.tls_arguments()}
         pool = BlockingConnectionPool(
             max_connections=self.max_connections,
             timeout=self.socket_timeout,
@@ -232,6 +334,7 @@ class RedisOptions:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             decode_responses=decode_responses,
             client_name=name,
+            **tls,
         )
         return redis.asyncio.Redis.from_pool(pool)
 
@@ -249,6 +352,8 @@ class RedisOptions:
             retry=Retry(NoBackoff(), 0),
             decode_responses=decode_responses,
             client_name=name,
+            ssl=self.tls,
+            **self.tls_arguments(),
         )
 
     def connect(
@@ -258,6 +363,132 @@ class RedisOptions:
         if self.cluster:
             return self.cluster_client(name, decode_responses)
         return self.client(name, decode_responses)
+
+
+class RereadingSSLConnection(SSLConnection):
+    """redis-py's TLS connection, with its TLS context made again from the files each time it
+    connects (redis-py keeps the first one for the connection object's life, and a pool keeps
+    its connection objects for ever): a certificate or CA file replaced in place (a renewed
+    client certificate, a Kubernetes Secret) applies to the next connection, without a
+    restart. redis-py ≥ 7 shares one context between connections while the files are
+    unchanged, so this costs a ``stat`` of each file per connection there."""
+
+    def _connection_arguments(self) -> Any:
+        self.ssl_context.context = None
+        return super()._connection_arguments()
+
+
+def _refuse_tls_options(store: str, uri: str, query: str, cluster: bool) -> None:
+    """A TLS option on a URI without TLS is a mistake to say as such: the connection would be
+    made in clear."""
+    for name in _TLS_OPTIONS:
+        if re.search(rf"(?:^|&){name}=", query):
+            tls_scheme = TLS_CLUSTER_SCHEME if cluster else TLS_SCHEME
+            raise store_uri.invalid(
+                store, uri, f"option {name!r} is for TLS connections: use {tls_scheme}:// "
+                f"(this URI connects without TLS)"
+            )
+
+
+def _check_tls_options(store: str, uri: str, given: dict[str, Any]) -> None:
+    if "ssl_keyfile" in given and "ssl_certfile" not in given:
+        raise store_uri.invalid(
+            store, uri, "ssl_keyfile needs ssl_certfile: the client certificate of that key"
+        )
+    if given.get("ssl_cert_reqs") == "none":
+        if given.get("ssl_check_hostname"):
+            raise store_uri.invalid(
+                store, uri, "ssl_check_hostname=true needs ssl_cert_reqs=required: with none, "
+                "no certificate is checked"
+            )
+        given["ssl_check_hostname"] = False
+
+
+def _check_files(options: RedisOptions) -> None:
+    """Each TLS file of ``options`` can be read and used, or a ConfigurationError names the
+    option and what is wrong (redis-py's own errors say neither)."""
+    def bad(option: str, path: str, problem: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"cannot use the TLS files of the {options.store} at {options.address}: "
+            f"{option}={path!r}: {problem}"
+        )
+
+    context = ssl.create_default_context()
+    for option, path in (("ssl_ca_certs", options.ssl_ca_certs),
+                         ("ssl_certfile", options.ssl_certfile),
+                         ("ssl_keyfile", options.ssl_keyfile)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise bad(option, path, exc.strerror or str(exc)) from None
+        if option == "ssl_ca_certs":
+            try:
+                context.load_verify_locations(cafile=path)
+            except (ssl.SSLError, ValueError) as exc:
+                raise bad(option, path, f"no CA certificate in PEM form ({exc})") from None
+    if options.ssl_certfile is not None:
+        try:
+            context.load_cert_chain(options.ssl_certfile, options.ssl_keyfile)
+        except (ssl.SSLError, ValueError) as exc:
+            raise bad("ssl_certfile", options.ssl_certfile,
+                      f"not a certificate and its key in PEM form, or the key does not "
+                      f"match the certificate ({exc})") from None
+
+
+async def check_tls_files(options: RedisOptions) -> None:
+    """At a store's open: its TLS files (if any) can be read and used, checked off the event
+    loop, so that a bad one is named rather than reported as Redis not answering.
+
+    Raises:
+        Unavailable: naming the option and the file.
+    """
+    if not options.tls:
+        return
+    try:
+        await asyncio.to_thread(options.tls_context)
+    except ConfigurationError as exc:
+        text = str(exc)
+        raise Unavailable(f"{text[:1].upper()}{text[1:]}.") from None
+
+
+def tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc`` (a failed handshake), if one is."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_reason(error: ssl.SSLError) -> str:
+    """What a failed handshake means, in words safe to show a caller (no address, no name)."""
+    reason = str(getattr(error, "reason", "") or "")
+    if isinstance(error, ssl.SSLCertVerificationError) or reason == "CERTIFICATE_VERIFY_FAILED":
+        return "Redis's certificate is not trusted, or does not name the host"
+    if "CERTIFICATE_REQUIRED" in reason:
+        return "Redis asks for a client certificate (ssl_certfile)"
+    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return "the server does not speak TLS on this port"
+    if "ALERT" in reason:
+        return f"Redis refused the handshake ({reason})"
+    return f"the TLS handshake with Redis failed ({reason or error})"
+
+
+def tls_detail(exc: BaseException) -> str | None:
+    """For operators (logs, start-up, the pool probe): a failed handshake's reason and what the
+    certificate check said, e.g. "...: IP address mismatch, certificate is not valid for
+    '127.0.0.1'"; None when ``exc`` is no TLS failure."""
+    error = tls_failure(exc)
+    if error is None:
+        return None
+    said = getattr(error, "verify_message", None) or str(error)
+    return f"{_tls_reason(error)}: {said}"
 
 
 def never_sent(exc: Exception) -> bool:
@@ -397,6 +628,13 @@ class RedisClusterClient(RedisCluster):
         super().__init__(**kwargs)
         self.retry_for = retry_for
         self.idempotent_scripts: set[str] = set()
+        if kwargs.get("ssl"):
+            # redis-py picks SSLConnection itself for ssl=True; every node it knows now, or
+            # finds later from the kwargs they share, makes ours instead.
+            self.connection_kwargs["connection_class"] = RereadingSSLConnection
+            self.nodes_manager.connection_kwargs["connection_class"] = RereadingSSLConnection
+            for node in self.nodes_manager.startup_nodes.values():
+                node.connection_class = RereadingSSLConnection
 
     def _idempotent(self, args: Sequence[Any]) -> bool:
         name = str(args[0]).upper()
@@ -517,6 +755,9 @@ def describe(exc: Exception) -> str:
     ]
     if redis_fault(exc):
         return "the connection to Redis was lost"
+    failed = tls_failure(exc)
+    if failed is not None:
+        return _tls_reason(failed)
     return next((text for kind, text in reasons if isinstance(exc, kind)), "Redis failed")
 
 

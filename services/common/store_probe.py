@@ -29,7 +29,10 @@ from services.common import plugins
 from services.common.config import ConfigurationError
 from services.common.sqlite_store import MEMORY, parse_uri
 
-SCHEMES: Final = ("sqlite", "redis", "redis+cluster", "mongodb", "mongodb+srv")
+SCHEMES: Final = (
+    "sqlite", "redis", "redis+cluster", "rediss", "rediss+cluster", "mongodb", "mongodb+srv"
+)
+REDIS_SCHEMES: Final = ("redis", "redis+cluster", "rediss", "rediss+cluster")
 # store name in messages -> the kind of its plugins; a pool is a message store
 KINDS: Final = {"pool": "message store"}
 
@@ -85,7 +88,7 @@ def check_uri(uri: str, store: str) -> str:
                 f"invalid SQLite {store} URI {uri!r}: expected an absolute path, "
                 "sqlite:////absolute/path/to/file.db"
             )
-    elif scheme in ("redis", "redis+cluster"):
+    elif scheme in REDIS_SCHEMES:
         from services.common.redis_store import RedisOptions
 
         RedisOptions.parse(uri, store=store, prefix="zp", max_connections=1)
@@ -126,7 +129,7 @@ async def _reach(scheme: str, uri: str, store: str, within: float) -> None:
                 path = parse_uri(uri, store).path
                 if path != MEMORY:
                     await asyncio.to_thread(_check_sqlite, path, within)
-            elif scheme in ("redis", "redis+cluster"):
+            elif scheme in REDIS_SCHEMES:
                 await _ping_redis(uri, store, within)
             elif scheme not in SCHEMES:
                 await _open_plugin_store(uri, store, scheme)
@@ -184,9 +187,17 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
     from redis.backoff import NoBackoff
     from redis.exceptions import RedisClusterException, RedisError
 
-    from services.common.redis_store import RedisOptions, describe
+    from services.common.redis_store import RedisOptions, describe, tls_detail
+
+    def unreachable(exc: Exception) -> StoreUnreachable:
+        # For operators and admins: a failed TLS handshake says what the check found.
+        return StoreUnreachable(tls_detail(exc) or describe(exc))
 
     options = RedisOptions.parse(uri, store=store, prefix="zp", max_connections=1)
+    if options.tls:
+        # Its files are read and checked here, off the event loop: a ConfigurationError
+        # naming the option, where redis-py would say only that it cannot connect.
+        await asyncio.to_thread(options.tls_context)
     if options.cluster:
         # Every master answers: the cluster client pings each node it discovered.
         cluster = dataclasses.replace(options, socket_connect_timeout=within,
@@ -195,7 +206,7 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
         try:
             await nodes.ping(target_nodes=nodes.PRIMARIES)
         except (RedisError, RedisClusterException) as exc:
-            raise StoreUnreachable(describe(exc)) from exc
+            raise unreachable(exc) from exc
         finally:
             await asyncio.shield(nodes.aclose())
         return
@@ -203,11 +214,12 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
         host=options.host, port=options.port, db=options.db, username=options.username,
         password=options.password, socket_connect_timeout=within, socket_timeout=within,
         client_name="zaqar-probe", retry=Retry(NoBackoff(), 0), **_no_lib_info(),
+        ssl=options.tls, **options.tls_arguments(),
     )
     try:
         await client.ping()
     except RedisError as exc:
-        raise StoreUnreachable(describe(exc)) from exc
+        raise unreachable(exc) from exc
     finally:
         await asyncio.shield(client.aclose())
 

@@ -133,6 +133,19 @@ def count(text: str) -> int:
     return int(text)
 
 
+_TRUE: Final = frozenset({"true", "yes", "on", "1"})
+_FALSE: Final = frozenset({"false", "no", "off", "0"})
+
+
+def boolean(text: str) -> bool:
+    """``true``/``false`` (or yes/no, on/off, 1/0), in any case."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
 def hosts_and_ports(
     store: str, uri: str, parts: SplitResult, default_port: int
 ) -> tuple[tuple[str, int], ...]:

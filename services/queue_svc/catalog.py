@@ -57,7 +57,10 @@ RETIRE_SECONDS: Final = 60.0
 CAPABILITY_ORDER: Final = ("FIFO", "CLAIMS", "DURABILITY", "AOD", "HIGH_THROUGHPUT")
 CAPABILITIES: Final[dict[str, frozenset[str]]] = {
     "sqlite": frozenset({"FIFO", "CLAIMS", "DURABILITY", "AOD"}),
-    "redis": frozenset({"FIFO", "CLAIMS", "AOD", "HIGH_THROUGHPUT"}),
+    **dict.fromkeys(
+        ("redis", "redis+cluster", "rediss", "rediss+cluster"),
+        frozenset({"FIFO", "CLAIMS", "AOD", "HIGH_THROUGHPUT"}),
+    ),
     "mongodb": frozenset(CAPABILITY_ORDER),
     "mongodb+srv": frozenset(CAPABILITY_ORDER),
 }

@@ -2,8 +2,10 @@
 backends): one URI of a fresh, empty store per backend, and a
 settable clock.
 
-``store_uri`` is parametrized over SQLite, Redis and MongoDB, and over a Redis Cluster in the
-modules whose stores run on one (a module lists its backends in ``STORE_BACKENDS``). Each
+``store_uri`` is parametrized over SQLite, Redis (in clear and over TLS) and MongoDB, and
+over a Redis Cluster (in clear and over TLS) in the modules whose stores run on one (a module
+lists its backends in ``STORE_BACKENDS``). The TLS servers check the client certificate that
+the URIs give. Each
 backend's URI is of the test's own (a file in its temporary folder, a Redis key prefix, a
 MongoDB database), so nothing needs flushing first and nothing else is disturbed; its data is
 removed afterwards; the MongoDB URI names the replica set and asks for majority reads. The
@@ -22,11 +24,18 @@ import redis.asyncio
 from pymongo import AsyncMongoClient
 
 from services.testing.fixtures import Clock
-from tests.servers import MONGODB_REPLICA_SET, RedisClusterProcesses, ServerProcess
+from tests.certs import Pki
+from tests.servers import (
+    MONGODB_REPLICA_SET,
+    RedisClusterProcesses,
+    ServerProcess,
+    redis_tls_client,
+    redis_tls_query,
+)
 
-BACKENDS = ["sqlite", "redis", "mongodb"]
-# The stores that also run on a Redis Cluster (redis+cluster://).
-WITH_CLUSTER = [*BACKENDS, "redis_cluster"]
+BACKENDS = ["sqlite", "redis", "redis_tls", "mongodb"]
+# The stores that also run on a Redis Cluster (redis+cluster://, rediss+cluster://).
+WITH_CLUSTER = [*BACKENDS, "redis_cluster", "redis_cluster_tls"]
 
 
 def unique_name() -> str:
@@ -43,26 +52,37 @@ def sqlite_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
+async def _remove_keys(port: int, prefix: str, **client: Any) -> None:
+    redis_client = redis.asyncio.Redis(port=port, **client)
+    try:
+        keys = [key async for key in redis_client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await redis_client.delete(*keys)
+    finally:
+        await redis_client.aclose()
+
+
 @pytest.fixture
 async def redis_uri(redis_server: ServerProcess) -> AsyncIterator[str]:
     prefix = unique_name()
     yield f"redis://127.0.0.1:{redis_server.port}/0?prefix={prefix}"
-    client = redis.asyncio.Redis(port=redis_server.port)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await _remove_keys(redis_server.port, prefix)
 
 
 @pytest.fixture
-async def redis_cluster_uri(redis_cluster: RedisClusterProcesses) -> AsyncIterator[str]:
+async def redis_tls_uri(redis_tls_server: ServerProcess, pki: Pki) -> AsyncIterator[str]:
     prefix = unique_name()
-    yield f"redis+cluster://{redis_cluster.uri_hosts}?prefix={prefix}"
-    masters = [port for port, role in redis_cluster.roles().items() if role == "master"]
+    yield f"rediss://127.0.0.1:{redis_tls_server.port}/0?prefix={prefix}&{redis_tls_query(pki)}"
+    await _remove_keys(redis_tls_server.port, prefix, **redis_tls_client(pki))
+
+
+async def _cluster_uri(cluster: RedisClusterProcesses, scheme: str) -> AsyncIterator[str]:
+    prefix = unique_name()
+    tls = f"&{redis_tls_query(cluster.tls)}" if cluster.tls is not None else ""
+    yield f"{scheme}://{cluster.uri_hosts}?prefix={prefix}{tls}"
+    masters = [port for port, role in cluster.roles().items() if role == "master"]
     for port in masters:
-        client = redis.asyncio.Redis(port=port)
+        client = redis.asyncio.Redis(port=port, **cluster.client_arguments)
         try:
             keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
             async with client.pipeline(transaction=False) as pipe:
@@ -71,6 +91,18 @@ async def redis_cluster_uri(redis_cluster: RedisClusterProcesses) -> AsyncIterat
                 await pipe.execute()
         finally:
             await client.aclose()
+
+
+@pytest.fixture
+async def redis_cluster_uri(redis_cluster: RedisClusterProcesses) -> AsyncIterator[str]:
+    async for uri in _cluster_uri(redis_cluster, "redis+cluster"):
+        yield uri
+
+
+@pytest.fixture
+async def redis_cluster_tls_uri(redis_tls_cluster: RedisClusterProcesses) -> AsyncIterator[str]:
+    async for uri in _cluster_uri(redis_tls_cluster, "rediss+cluster"):
+        yield uri
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from services.message_svc.storage import registry
 from services.message_svc.storage.base import MessageStore
 from services.message_svc.storage.registry import open_store
 from services.testing.message_store import CLIENT, MessageStoreContract, P, Q, list_all, msg, post_n
+from tests.certs import Pki
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import WITH_CLUSTER, Clock
 from tests.servers import (
@@ -25,6 +26,7 @@ from tests.servers import (
     free_port,
     mongodb_process,
     redis_process,
+    redis_tls_query,
 )
 
 # The store_uri fixture's backends: these stores run on a Redis Cluster too.
@@ -184,6 +186,22 @@ async def test_redis_loses_no_acknowledged_message_when_killed(
             await store.close()
     finally:
         server.stop()
+
+
+async def test_redis_over_tls_loses_no_acknowledged_message_when_killed(
+    tmp_path: Path, clock: Clock, pki: Pki
+) -> None:
+    # The store's one pipelined connection makes its TLS connection again after the crash
+    server = redis_process(tmp_path, durable=True, tls=pki)
+    with server:
+        store = await open_store(
+            f"rediss://127.0.0.1:{server.port}/0?{redis_tls_query(pki)}", now=clock
+        )
+        try:
+            assert store.capabilities.durable
+            await _outage_and_recovery(store, server)
+        finally:
+            await store.close()
 
 
 async def test_mongodb_loses_no_acknowledged_message_when_killed(

@@ -22,7 +22,8 @@ import pytest
 
 from services.cli import settings_environment
 from services.common.config import Settings
-from tests.servers import free_port
+from tests.certs import Pki
+from tests.servers import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -259,6 +260,12 @@ def test_a_data_folder_without_write_permission_fails_in_one_line(
         ("--queue-store", "sqlite://nowhere", "invalid SQLite queue store URI 'sqlite://nowhere'"),
         ("--notifier-store", "redis://127.0.0.1:99999/0", "bad port"),
         ("--store", "mongodb://127.0.0.1:27017/db?nosuchoption=1", "Unknown option"),
+        ("--queue-store", "redis://127.0.0.1:6379/0?ssl_ca_certs=/ca.pem",
+         "option 'ssl_ca_certs' is for TLS connections: use rediss://"),
+        # A TLS file is checked before any connection is tried (no server listens here)
+        ("--message-store", "rediss://127.0.0.1:1/0?ssl_ca_certs=/no/such/ca.pem",
+         "cannot use the TLS files of the message store at rediss://127.0.0.1:1/0: "
+         "ssl_ca_certs='/no/such/ca.pem': No such file or directory"),
     ],
 )
 def test_up_with_a_bad_store_uri_starts_nothing(
@@ -288,6 +295,20 @@ def test_up_with_an_unreachable_store_starts_nothing(
     port = free_port()  # nothing listens there
     result = zaqar_grpc(environment(make_settings()), "up", flag, uri.format(port=port))
     assert nothing_started(result).startswith(expected.format(port=port))
+    assert result.returncode == 3
+
+
+def test_up_with_a_tls_store_it_does_not_trust_starts_nothing(
+    make_settings: Callable[..., Settings], pki: Pki, redis_tls_server: ServerProcess
+) -> None:
+    uri = f"rediss://127.0.0.1:{redis_tls_server.port}/0?ssl_ca_certs={pki.other_ca}"
+    result = zaqar_grpc(environment(make_settings()), "up", "--message-store", uri)
+    line = nothing_started(result)
+    # The operator reads what the certificate check found
+    assert line.startswith(f"zaqar-grpc: message_svc: cannot use the message store {uri}")
+    said = line.partition("(ZAQAR_MESSAGE_STORE): ")[2]
+    assert said.startswith("Redis's certificate is not trusted, or does not name the host: ")
+    assert "certificate" in said.partition(": ")[2]  # OpenSSL's words, after ours
     assert result.returncode == 3
 
 

@@ -168,3 +168,16 @@ async def test_store_health_of_queue_svc(catalog: Catalog) -> None:
         assert [(p.name, p.uri) for p in health.pools] == [("p1", catalog.uri("p1"))]
     else:
         assert "catalog" not in reports and list(health.pools) == []
+
+
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster", "rediss", "rediss+cluster"])
+def test_a_flavor_on_redis_pools_has_redis_capabilities(scheme: str) -> None:
+    from services.queue_svc.catalog import capabilities
+    from services.queue_svc.storage.catalog import PoolRecord
+
+    # Whatever form the Redis URI takes (one server or a cluster, with TLS or not)
+    pools = [PoolRecord("r", f"{scheme}://h:1", 1, "f", None),
+             PoolRecord("m", "mongodb://h:2/z", 1, "f", None)]
+    # Then the flavor guarantees what Redis and MongoDB both do
+    assert capabilities(pools) == ["FIFO", "CLAIMS", "AOD", "HIGH_THROUGHPUT"]
+    assert capabilities(pools[:1]) == ["FIFO", "CLAIMS", "AOD", "HIGH_THROUGHPUT"]

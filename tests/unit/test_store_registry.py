@@ -22,7 +22,9 @@ from services.message_svc.storage.sqlite import SqliteMessageStore
 from services.notifier_svc.storage import registry as notifier_registry
 from services.queue_svc.storage import registry as queue_registry
 
-BUILT_IN = ["mongodb", "mongodb+srv", "redis", "redis+cluster", "sqlite"]
+BUILT_IN = [
+    "mongodb", "mongodb+srv", "redis", "redis+cluster", "rediss", "rediss+cluster", "sqlite"
+]
 
 Install = Callable[..., None]
 

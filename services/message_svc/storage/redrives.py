@@ -138,6 +138,10 @@ _BACKENDS: Final = {
     "redis+cluster": (
         "services.message_svc.storage.redis.redrives", "RedisRedriveStore", {"cluster": True}
     ),
+    "rediss+cluster": (
+        "services.message_svc.storage.redis.redrives", "RedisRedriveStore", {"cluster": True}
+    ),
+    "rediss": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
     "mongodb": ("services.message_svc.storage.mongodb.redrives", "MongoRedriveStore", {}),
     "mongodb+srv": ("services.message_svc.storage.mongodb.redrives", "MongoRedriveStore", {}),
 }

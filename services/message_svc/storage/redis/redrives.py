@@ -15,7 +15,11 @@ from importlib import resources
 import orjson
 import redis.asyncio
 
-from services.common.redis_store import RedisClusterClient, open_with_scripts
+from services.common.redis_store import (
+    RedisClusterClient,
+    check_tls_files,
+    open_with_scripts,
+)
 from services.message_svc.storage.redis._codec import queue_tag
 from services.message_svc.storage.redis._connection import STORE, connect, edge, parse
 from services.message_svc.storage.redrives import RedriveJob
@@ -34,6 +38,7 @@ class RedisRedriveStore:
         self._jobs = f"{self.options.prefix}:rd:jobs"
 
     async def open(self) -> None:
+        await check_tls_files(self.options)
         client = connect(self.options)
         self._scripts = await open_with_scripts(client, {"cas": SCRIPT}, STORE, self.address)
         self._client = client

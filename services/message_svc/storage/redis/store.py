@@ -32,7 +32,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from services.common import redis_store
 from services.common.errors import Unavailable
-from services.common.redis_store import RedisClusterClient
+from services.common.redis_store import RedisClusterClient, check_tls_files
 from services.message_svc.storage import base
 from services.message_svc.storage.base import (
     Capabilities,
@@ -122,6 +122,7 @@ class RedisMessageStore(base.MessageStore):
         Raises:
             Unavailable: the server cannot be reached or refuses the scripts.
         """
+        await check_tls_files(self.options)
         client = connect(self.options)
         scripts = Scripts(
             client, self.options.wait, self.options.wait_timeout, self.options, CLIENT_NAME

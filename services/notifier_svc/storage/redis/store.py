@@ -34,7 +34,11 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.lua_scripts import script_source
-from services.common.redis_store import RedisClusterClient, open_with_scripts
+from services.common.redis_store import (
+    RedisClusterClient,
+    check_tls_files,
+    open_with_scripts,
+)
 from services.notifier_svc.storage.base import (
     Delivery,
     DeliveryKind,
@@ -134,6 +138,7 @@ class RedisNotifierStore(RedisWatches):
         return self._client
 
     async def open(self) -> None:
+        await check_tls_files(self.options)
         client = connect(self.options)
         await open_with_scripts(client, self._texts, "notifier store", self.address)
         if isinstance(client, RedisClusterClient):

@@ -28,7 +28,11 @@ from redis.exceptions import NoScriptError
 
 from services.common import redis_store
 from services.common.errors import QueueNotFound, Unavailable
-from services.common.redis_store import RedisClusterClient, open_with_scripts
+from services.common.redis_store import (
+    RedisClusterClient,
+    check_tls_files,
+    open_with_scripts,
+)
 from services.common.store_edge import contended
 from services.queue_svc.storage.base import (
     MetadataCheck,
@@ -133,6 +137,7 @@ class RedisQueueStore:
         return self._client
 
     async def open(self) -> None:
+        await check_tls_files(self.options)
         texts = {name: _script_text(name) for name in SCRIPTS}
         client = connect(self.options)
         self._scripts = await open_with_scripts(client, texts, "queue store", self.address)
