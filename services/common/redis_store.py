@@ -12,6 +12,7 @@ that slot and rides out a failover (see its docstring). docs/redis-cluster.md ha
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import ssl
@@ -52,6 +53,8 @@ from services.common import store_uri
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.common.store_edge import Method, P, R, S, Wrapped, driver_edge
+
+log = logging.getLogger(__name__)
 
 SCHEME = "redis"
 CLUSTER_SCHEME = "redis+cluster"
@@ -447,6 +450,10 @@ async def check_tls_files(options: RedisOptions) -> None:
     """
     if not options.tls:
         return
+    if not options.verifies:
+        log.warning("%s at %s: ssl_cert_reqs=none, Redis's certificate is not checked: the "
+                    "connection is encrypted but anyone in between can read it",
+                    options.store, options.address)
     try:
         await asyncio.to_thread(options.tls_context)
     except ConfigurationError as exc:

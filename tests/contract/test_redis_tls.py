@@ -179,18 +179,22 @@ async def test_a_certificate_that_does_not_name_the_host_is_refused_unless_told(
                 await opened.close()
 
 
-async def test_ssl_cert_reqs_none_encrypts_without_checking(pki: Pki, tmp_path: Path) -> None:
+async def test_ssl_cert_reqs_none_encrypts_without_checking(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given a server whose certificate no CA we know signed
     with redis_process(tmp_path, tls=pki, cert=pki.stranger, auth_clients="no") as server:
         uri = f"rediss://127.0.0.1:{server.port}/0"
         with pytest.raises(Unavailable, match="not trusted"):
             await _open_message_store(f"{uri}?ssl_ca_certs={pki.ca}")
-        # Then with ssl_cert_reqs=none it is used all the same
+        assert "is not checked" not in caplog.text
+        # Then with ssl_cert_reqs=none it is used all the same, with a warning in the log
         store = await _open_message_store(f"{uri}?ssl_cert_reqs=none")
         try:
             await _works(store)
         finally:
             await store.close()
+        assert "ssl_cert_reqs=none, Redis's certificate is not checked" in caplog.text
 
 
 async def test_a_server_that_requires_client_certificates(pki: Pki, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ the rendered objects hold what docs/operations.md promises (locked-down pods, pr
 resources, headless gRPC Services, targets that name those Services, NetworkPolicies that let
 each service be reached by its callers only).
 
-Then the rendered ``dev``, ``redis``, ``mongodb``, ``mtls`` and ``keystone`` overlays run as
+Then the rendered ``dev``, ``redis``, ``redis-tls``, ``mongodb``, ``mtls`` and ``keystone`` overlays run as
 local processes, one per Deployment (replicas are a cluster's business): each container's
 command, args and env exactly as rendered, on top of the image's ENV
 (deploy/docker/Dockerfile), with
@@ -42,13 +42,20 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import redis
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.certs import _Ca
+from tests.certs import Pki, _Ca
 from tests.keystone import PASSWORD as KEYSTONE_PASSWORD
 from tests.keystone import Keystone
-from tests.servers import ServerProcess, free_port, mongodb_process, redis_process
+from tests.servers import (
+    ServerProcess,
+    free_port,
+    mongodb_process,
+    redis_process,
+    redis_tls_client,
+)
 from tests.unit.test_image import (
     DOCKERFILE,
     READY_DEADLINE,
@@ -61,7 +68,7 @@ from tests.unit.test_image import (
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
-OVERLAYS = ["dev", "redis", "redis-cluster", "mongodb", "keystone", "mtls"]
+OVERLAYS = ["dev", "redis", "redis-cluster", "redis-tls", "mongodb", "keystone", "mtls"]
 NAMESPACE = "zaqar"
 GRPC_SERVICES = {"queue-svc": "queue", "message-svc": "message", "notifier-svc": "notifier"}
 # Who calls whom (docs/architecture.md, "Services and calls").
@@ -295,7 +302,7 @@ def test_network_policies_let_each_service_be_reached_by_its_callers_only(
             assert named == {"grpc", "metrics"}
 
 
-@pytest.mark.parametrize("overlay", ["redis", "mongodb"])
+@pytest.mark.parametrize("overlay", ["redis", "redis-tls", "mongodb"])
 def test_store_uris_are_ones_the_services_open(overlay: str) -> None:
     _check_store_uris(overlay)
 
@@ -451,6 +458,9 @@ class LocalCluster:
             return f"{match[1]}:{self.local.get(port, port)}"
 
         value = re.sub(r"(127\.0\.0\.1|localhost|\[::1\]):(\d+)\b", own_port, value)
+        if mounts:  # a file of a mount named inside a value (a store URI's ?ssl_ca_certs=/...)
+            paths = "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True))
+            value = re.sub(rf"(?<=[=,&])(?:{paths})(?=/)", lambda m: mounts[m[0]], value)
         for path, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
             if value == path or value.startswith(path + "/"):
                 value = local + value[len(path):]
@@ -612,6 +622,27 @@ def test_the_redis_overlay_runs_and_its_probes_pass(
     run_overlay(rendered("redis"), tmp_path, {REDIS_NAME: f"127.0.0.1:{own_redis.port}"},
                 then=store_outage)
     # Everything went to Redis: no SQLite file anywhere
+    assert not list(tmp_path.rglob("*.db"))
+
+
+@pytest.mark.timeout(300)
+def test_the_redis_tls_overlay_runs_and_its_probes_pass(tmp_path: Path, pki: Pki) -> None:
+    # Given a Redis that speaks TLS only and wants a client certificate its CA signed, and the
+    # Secret an operator makes (cert-manager's keys)
+    server = redis_process(tmp_path / "redis", tls=pki, auth_clients="yes")
+    secret = {"ca.crt": pki.ca.read_text(), "tls.crt": pki.client.cert.read_text(),
+              "tls.key": pki.client.key.read_text()}
+    with server:
+        run_overlay(rendered("redis-tls"), tmp_path, {REDIS_NAME: f"127.0.0.1:{server.port}"},
+                    {"zaqar-redis-tls": secret})
+        # Then the smoke test's messages went to that Redis, over TLS, and no store is a
+        # SQLite file
+        client = redis.Redis(port=server.port, **redis_tls_client(pki))
+        try:
+            prefixes = {key.split(b":", 1)[0] for key in client.scan_iter()}
+        finally:
+            client.close()
+    assert b"zm" in prefixes, prefixes
     assert not list(tmp_path.rglob("*.db"))
 
 
