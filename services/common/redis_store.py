@@ -196,6 +196,12 @@ class RedisOptions:
         """Whether a TLS connection checks the server's certificate (``ssl_cert_reqs``)."""
         return self.ssl_cert_reqs == "required"
 
+    @property
+    def _keyfile(self) -> str | None:
+        # A key in the certificate's own file is named twice: older redis-py versions load a
+        # client certificate only when given both files.
+        return self.ssl_keyfile or self.ssl_certfile
+
     def tls_arguments(self) -> dict[str, Any]:
         """redis-py's TLS arguments of a connection (pool, cluster or client), without the
         one that turns TLS on; empty without TLS."""
@@ -204,7 +210,7 @@ class RedisOptions:
         return {
             "ssl_ca_certs": self.ssl_ca_certs,
             "ssl_certfile": self.ssl_certfile,
-            "ssl_keyfile": self.ssl_keyfile,
+            "ssl_keyfile": self._keyfile,
             "ssl_cert_reqs": self.ssl_cert_reqs,
             "ssl_check_hostname": self.ssl_check_hostname,
         }
@@ -220,7 +226,7 @@ class RedisOptions:
             raise ValueError("a redis:// URI has no TLS")
         _check_files(self)
         return RedisSSLContext(
-            keyfile=self.ssl_keyfile, certfile=self.ssl_certfile,
+            keyfile=self._keyfile, certfile=self.ssl_certfile,
             cert_reqs=self.ssl_cert_reqs, ca_certs=self.ssl_ca_certs,
             check_hostname=self.ssl_check_hostname,
         ).get()

@@ -72,6 +72,9 @@ def test_a_rediss_uri_turns_tls_on_and_checks_everything_by_default() -> None:
         "ssl_ca_certs": "/etc/ca.pem", "ssl_certfile": None, "ssl_keyfile": None,
         "ssl_cert_reqs": "required", "ssl_check_hostname": True,
     }
+    # A client certificate with its key in the same file is that file twice to redis-py
+    both = RedisOptions.parse("rediss://h?ssl_certfile=/c.pem", "queue store", "zq", 4)
+    assert both.tls_arguments()["ssl_keyfile"] == "/c.pem"
     # A cluster over TLS, and the same URIs without TLS
     cluster = RedisOptions.parse("rediss+cluster://a:1,b:2", "queue store", "zq", 4,
                                  expect_cluster=True)

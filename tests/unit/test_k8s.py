@@ -5,9 +5,9 @@ the rendered objects hold what docs/operations.md promises (locked-down pods, pr
 resources, headless gRPC Services, targets that name those Services, NetworkPolicies that let
 each service be reached by its callers only).
 
-Then the rendered ``dev``, ``redis``, ``redis-tls``, ``mongodb``, ``mtls`` and ``keystone`` overlays run as
-local processes, one per Deployment (replicas are a cluster's business): each container's
-command, args and env exactly as rendered, on top of the image's ENV
+Then the rendered ``dev``, ``redis``, ``redis-tls``, ``mongodb``, ``mtls`` and ``keystone``
+overlays run as local processes, one per Deployment (replicas are a cluster's business): each
+container's command, args and env exactly as rendered, on top of the image's ENV
 (deploy/docker/Dockerfile), with
 
 - every ``<service>.<namespace>.svc.cluster.local:<port>`` (and the shorter forms) mapped to
