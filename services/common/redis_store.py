@@ -69,7 +69,7 @@ CLUSTER_FORM = (
 # The options of a TLS URI, named as redis-py names them.
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                 "ssl_check_hostname")
-_CERT_REQS = {"required": ssl.CERT_REQUIRED, "none": ssl.CERT_NONE}
+_CERT_REQS = ("required", "none")  # values of ssl_cert_reqs
 DEFAULT_PORT = 6379
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 

@@ -10,8 +10,11 @@ and the pool's message and notifier stores opened by message_svc and notifier_sv
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,6 +31,19 @@ pytestmark = pytest.mark.e2e
 ADMIN = {"X-Roles": "admin"}
 
 
+@pytest.fixture
+def short_pki(pki: Pki) -> Iterator[Path]:
+    """The CA and client certificate under a short path: a pool's URI is at most 255
+    characters long, as in Zaqar, so its TLS files must have short names (as they do where
+    a Secret is mounted, /etc/zaqar/redis-tls/...)."""
+    folder = Path(tempfile.mkdtemp(prefix="zq"))
+    for source, name in ((pki.ca, "ca.crt"), (pki.client.cert, "tls.crt"),
+                         (pki.client.key, "tls.key")):
+        shutil.copy(source, folder / name)
+    yield folder
+    shutil.rmtree(folder)
+
+
 def keys(server: ServerProcess, pki: Pki, db: int, pattern: str) -> list[str]:
     client = redis.Redis(port=server.port, db=db, **redis_tls_client(pki))
     try:
@@ -38,7 +54,7 @@ def keys(server: ServerProcess, pki: Pki, db: int, pattern: str) -> list[str]:
 
 async def test_a_user_flow_with_every_store_over_tls(
     make_settings: Callable[..., Settings], pki: Pki, redis_tls_server: ServerProcess,
-    receiver: Receiver,
+    receiver: Receiver, short_pki: Path,
 ) -> None:
     tls = redis_tls_query(pki)
     project = f"tls-{uuid.uuid4().hex[:8]}"
@@ -54,7 +70,9 @@ async def test_a_user_flow_with_every_store_over_tls(
     try:
         async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=30) as http:
             # Given a pool on the same server (database 4), in a flavor of its own
-            pool_uri = f"{base}/4?prefix={project}-pool&{tls}"
+            pool_uri = (f"{base}/4?prefix={project}-pool&ssl_ca_certs={short_pki}/ca.crt"
+                        f"&ssl_certfile={short_pki}/tls.crt&ssl_keyfile={short_pki}/tls.key")
+            assert len(pool_uri) <= 255
             r = await http.put("/v2/pools/tls-pool", headers=ADMIN,
                                json={"uri": pool_uri, "weight": 100, "flavor": "secure"})
             assert r.status_code == 201, r.text
