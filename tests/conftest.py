@@ -20,6 +20,7 @@ from tests.servers import (  # noqa: F401 - shared fixtures
     free_ports,
     mongodb_server,
     redis_cluster,
+    redis_sentinel,
     redis_server,
     redis_tls_cluster,
     redis_tls_server,

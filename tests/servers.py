@@ -339,6 +339,138 @@ class RedisClusterProcesses:
         raise RuntimeError(f"the Redis Cluster is not healthy after {timeout}s: {problem}")
 
 
+@dataclass
+class RedisSentinelProcesses:
+    """A master watched by Sentinels (``redis+sentinel://``): one redis-server master, its
+    replicas, and Sentinels that agree with a quorum of 2 and fail over after a second."""
+
+    master: ServerProcess
+    replicas: list[ServerProcess]
+    sentinels: list[ServerProcess]
+    name: str = "zq-master"
+
+    @property
+    def servers(self) -> list[ServerProcess]:
+        """The master and the replicas, as started (roles change with failovers)."""
+        return [self.master, *self.replicas]
+
+    def uri(self, db: int = 0) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.name}/{db}"
+
+    def cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
+        done = subprocess.run([_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
+                              capture_output=True, text=True, timeout=timeout, check=True)
+        return done.stdout
+
+    def master_port(self) -> int | None:
+        """The master's port as a live Sentinel names it now."""
+        for sentinel in self.sentinels:
+            if sentinel.proc is None or sentinel.proc.poll() is not None:
+                continue
+            try:
+                reply = self.cli(sentinel.port, "sentinel", "get-master-addr-by-name", self.name)
+            except (subprocess.SubprocessError, OSError):
+                continue
+            lines = reply.split()
+            if len(lines) == 2:
+                return int(lines[1])
+        return None
+
+    def server(self, port: int) -> ServerProcess:
+        return next(s for s in self.servers if s.port == port)
+
+    def wait_healthy(self, timeout: float = 60.0, not_on: int | None = None) -> int:
+        """Until the Sentinels name a master (not ``not_on``) that says it is one, every other
+        live server replicates it, and every live Sentinel knows them all; the master's port."""
+        deadline = time.monotonic() + timeout
+        problem = ""
+        while time.monotonic() < deadline:
+            try:
+                port = self.master_port()
+                live = [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
+                if port is None or port == not_on:
+                    problem = f"the Sentinels name {port}"
+                elif "role:master" not in self.cli(port, "info", "replication"):
+                    problem = f"{port} is not a master yet"
+                elif not all("master_link_status:up" in self.cli(s.port, "info", "replication")
+                             and f"master_port:{port}" in self.cli(s.port, "info", "replication")
+                             for s in live if s.port != port):
+                    problem = "a replica has not synchronised with the master"
+                else:
+                    known = [self.cli(s.port, "sentinel", "master", self.name)
+                             for s in self.sentinels if s.proc is not None
+                             and s.proc.poll() is None]
+                    # (a replica that died is still listed, as down: at least the live ones)
+                    wanted = len(live) - 1
+                    if all(int(_field(k, "num-slaves") or 0) >= wanted for k in known):
+                        return port
+                    problem = "a Sentinel does not know every replica yet"
+            except (subprocess.SubprocessError, OSError) as exc:
+                problem = str(exc)
+            time.sleep(0.1)
+        raise RuntimeError(f"the Sentinel group is not healthy after {timeout}s: {problem}")
+
+
+def _field(reply: str, name: str) -> str | None:
+    """A field of ``SENTINEL MASTER``'s reply as redis-cli prints it (name and value lines)."""
+    lines = reply.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line == name:
+            return lines[i + 1]
+    return None
+
+
+def start_redis_sentinel(workdir: Path, replicas: int = 1) -> RedisSentinelProcesses:
+    """A master, ``replicas`` replicas and three Sentinels (quorum 2, a master is down after
+    1 s without an answer), waited on until all agree. Stop it with :func:`stop_redis_sentinel`."""
+    server = _binary("redis-server")
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+              "--repl-diskless-sync-delay", "0"]
+    folder = workdir / "master"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    master = ServerProcess([server, "--port", str(port), *common, "--dir", str(folder)],
+                           port, folder)
+    group = RedisSentinelProcesses(master, [], [])
+    try:
+        master.start()
+        for i in range(replicas):
+            folder = workdir / f"replica-{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rport = free_port()
+            replica = ServerProcess(
+                [server, "--port", str(rport), *common, "--dir", str(folder),
+                 "--replicaof", "127.0.0.1", str(port)], rport, folder)
+            group.replicas.append(replica)
+            replica.start()
+        for i in range(3):
+            folder = workdir / f"sentinel-{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            sport = free_port()
+            config = folder / "sentinel.conf"  # Sentinel rewrites it: one each, writable
+            config.write_text(
+                f"port {sport}\nbind 127.0.0.1\ndir {folder}\n"
+                f"sentinel monitor {group.name} 127.0.0.1 {port} 2\n"
+                f"sentinel down-after-milliseconds {group.name} 1000\n"
+                f"sentinel failover-timeout {group.name} 10000\n"
+                f"sentinel parallel-syncs {group.name} 1\n"
+            )
+            sentinel = ServerProcess([server, str(config), "--sentinel"], sport, folder)
+            group.sentinels.append(sentinel)
+            sentinel.start()
+        group.wait_healthy()
+    except BaseException:
+        stop_redis_sentinel(group)
+        raise
+    return group
+
+
+def stop_redis_sentinel(group: RedisSentinelProcesses) -> None:
+    for process in [*group.sentinels, *group.servers]:
+        process.kill()
+
+
 def _binary(name: str) -> str:
     found = shutil.which(name)
     if found is None:
@@ -439,6 +571,15 @@ def mongodb_process(workdir: Path) -> ServerProcess:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with redis_process(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelProcesses]:
+    """A master with one replica and three Sentinels, for the session; tests that fail it
+    over start their own (:func:`start_redis_sentinel`)."""
+    group = start_redis_sentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    yield group
+    stop_redis_sentinel(group)
 
 
 @pytest.fixture(scope="session")

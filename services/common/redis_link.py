@@ -19,6 +19,11 @@ What it keeps of redis-py's client of one server (``RedisOptions.client``):
 - a timeout is never resent: the connection is closed and every command waiting on it fails
   with :class:`redis.exceptions.TimeoutError`.
 
+On the master that Sentinels name (``redis+sentinel://``) the link asks where the master is
+(``locate``) before each connection, and a ``READONLY`` reply (the master it reached was
+demoted) closes the connection: every command still waiting on it goes once more, to the
+master named then. A ``READONLY`` write was not applied, and a read sent again reads again.
+
 ``WAIT`` for replicas and Redis Cluster stay on redis-py (``redis_store.run``).
 """
 
@@ -26,13 +31,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.redis_store import RedisOptions
@@ -64,6 +69,9 @@ class Command:
 Answer = Callable[[Command, Any], None]
 """Called with each command and its reply: the value, or the exception it failed with."""
 
+Locate = Callable[[], Awaitable[tuple[str, int]]]
+"""Where the server is now (host, port), asked before each connection."""
+
 
 def resolve(future: asyncio.Future[Any], reply: Any) -> None:
     """``reply`` (a value, or the exception a call failed with) becomes ``future``'s
@@ -88,14 +96,19 @@ class Link:
     Args:
         name: the connection's client name (``CLIENT SETNAME``).
         answer: what to do with each reply (default :func:`settle`).
+        locate: where the server is, asked before each connection (the master Sentinels
+            name); None: ``options``' host and port. With it, a ``READONLY`` reply sends
+            what waits on the connection again, on a new one.
     """
 
-    def __init__(self, options: RedisOptions, name: str, answer: Answer = settle) -> None:
+    def __init__(self, options: RedisOptions, name: str, answer: Answer = settle,
+                 locate: Locate | None = None) -> None:
         if options.cluster:
             raise ValueError("a Link serves one Redis server, not a cluster")
         self.options = options
         self._name = name
         self._answer = answer
+        self._locate = locate
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._queued: list[Command] = []  # waiting for a connection
@@ -152,9 +165,13 @@ class Link:
         options = self.options
         loop = asyncio.get_running_loop()
         tls = await asyncio.to_thread(options.tls_context) if options.tls else None
+        host, port = options.host, options.port
+        if self._locate is not None:
+            host, port = await self._locate()  # a RedisError when no master is known
+        follows = self._locate is not None
         async with asyncio.timeout(options.socket_connect_timeout):
             _, connection = await loop.create_connection(
-                lambda: _Connection(self, options.socket_timeout), options.host, options.port,
+                lambda: _Connection(self, options.socket_timeout, follows), host, port,
                 ssl=tls,
             )
         hello: list[tuple[Any, ...]] = []
@@ -217,9 +234,10 @@ class _Connection(asyncio.Protocol):
     """One connection of a :class:`Link`: the commands written, waiting for their replies in
     order, and the timer that fails them all when the oldest has waited ``timeout`` seconds."""
 
-    def __init__(self, link: Link, timeout: float) -> None:
+    def __init__(self, link: Link, timeout: float, follows_master: bool = False) -> None:
         self._link = link
         self._timeout = timeout
+        self._follows_master = follows_master
         self._answer: Answer = settle  # the handshake's; the link's once ready
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._transport: asyncio.Transport | None = None
@@ -266,6 +284,13 @@ class _Connection(asyncio.Protocol):
                 return
             if isinstance(reply, ResponseError):
                 reply = error_of(str(reply))
+                if isinstance(reply, ReadOnlyError) and self._follows_master and self._ready:
+                    # The master was demoted: nothing more is read here; this command and
+                    # those behind it go once more on a new connection (connection_lost).
+                    self.usable = False
+                    assert self._transport is not None
+                    self._transport.abort()
+                    return
             answer(waiting.popleft(), reply)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -28,6 +28,7 @@ from redis.asyncio import BlockingConnectionPool, SSLConnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import RedisSSLContext
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -60,8 +61,10 @@ SCHEME = "redis"
 CLUSTER_SCHEME = "redis+cluster"
 TLS_SCHEME = "rediss"
 TLS_CLUSTER_SCHEME = "rediss+cluster"
-SCHEMES = (SCHEME, TLS_SCHEME, CLUSTER_SCHEME, TLS_CLUSTER_SCHEME)
-"""Every scheme of a Redis store: one server or a cluster, in clear or over TLS."""
+SENTINEL_SCHEME = "redis+sentinel"
+SCHEMES = (SCHEME, TLS_SCHEME, CLUSTER_SCHEME, TLS_CLUSTER_SCHEME, SENTINEL_SCHEME)
+"""Every scheme of a Redis store: one server, a cluster (in clear or over TLS), or the master
+that Sentinels name."""
 FORM = "redis://[[username]:password@]host[:port][/db][?option=value&...]"
 CLUSTER_FORM = (
     "redis+cluster://[[username]:password@]host[:port][,host[:port]...][/][?option=value&...]"
@@ -70,7 +73,13 @@ CLUSTER_FORM = (
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                 "ssl_check_hostname")
 _CERT_REQS = ("required", "none")  # values of ssl_cert_reqs
+SENTINEL_FORM = (
+    "redis+sentinel://[[username]:password@]host[:port][,host[:port]...]/master-name[/db]"
+    "[?option=value&...]"
+)
 DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
+_MASTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 # What a cluster client may resend after a timeout: commands that change nothing (or change
@@ -179,16 +188,29 @@ class RedisOptions:
     ssl_keyfile: str | None = None
     ssl_cert_reqs: str = "required"
     ssl_check_hostname: bool = True
+    sentinels: tuple[tuple[str, int], ...] = ()
+    """The Sentinels named by a ``redis+sentinel://`` URI; empty for the other forms."""
+    master_name: str = ""
+    """The master group the Sentinels watch (``redis+sentinel://`` only)."""
+    sentinel_password: str | None = None
 
     @property
     def cluster(self) -> bool:
         return bool(self.nodes)
 
     @property
+    def sentinel(self) -> bool:
+        """Whether the server is the master that Sentinels name (``redis+sentinel://``)."""
+        return bool(self.sentinels)
+
+    @property
     def address(self) -> str:
         if self.cluster:
             scheme = TLS_CLUSTER_SCHEME if self.tls else CLUSTER_SCHEME
             return f"{scheme}://" + ",".join(f"{h}:{p}" for h, p in self.nodes)
+        if self.sentinel:
+            return (f"{SENTINEL_SCHEME}://" + ",".join(f"{h}:{p}" for h, p in self.sentinels)
+                    + f"/{self.master_name}/{self.db}")
         return f"{TLS_SCHEME if self.tls else SCHEME}://{self.host}:{self.port}/{self.db}"
 
     @property
@@ -243,6 +265,8 @@ class RedisOptions:
         Raises: ConfigurationError, naming what is wrong.
         """
         scheme = uri.partition(":")[0].lower()
+        if scheme == SENTINEL_SCHEME:
+            return cls._parse_sentinel(uri, store, prefix, max_connections, expect_cluster)
         cluster = scheme in (CLUSTER_SCHEME, TLS_CLUSTER_SCHEME)
         tls = scheme in (TLS_SCHEME, TLS_CLUSTER_SCHEME)
         # The shape to quote in an error: the TLS scheme's when the URI asked for TLS.
@@ -252,14 +276,7 @@ class RedisOptions:
             raise store_uri.invalid(
                 store, uri, f"expected {cluster_form if expect_cluster else form}"
             )
-        converters: dict[str, store_uri.Converter] = {
-            "prefix": _prefix,
-            "socket_connect_timeout": store_uri.seconds,
-            "socket_timeout": store_uri.seconds,
-            "max_connections": store_uri.count,
-            "wait": _replicas,
-            "wait_timeout": store_uri.seconds,
-        }
+        converters = _converters()
         if tls:
             converters.update({
                 "ssl_ca_certs": _path, "ssl_certfile": _path, "ssl_keyfile": _path,
@@ -288,7 +305,8 @@ class RedisOptions:
                 )
             db = int(path or 0)
         if not tls:
-            _refuse_tls_options(store, uri, parts.query, cluster)
+            _refuse_tls_options(store, uri, parts.query, TLS_CLUSTER_SCHEME if cluster
+                                else TLS_SCHEME)
         given = store_uri.options(store, uri, parts.query, converters)
         if tls:
             _check_tls_options(store, uri, given)
@@ -305,12 +323,51 @@ class RedisOptions:
             tls=tls,
             **given,
         )
-        if options.wait and options.wait_timeout >= options.socket_timeout:
+        return options._checked(uri)
+
+    @classmethod
+    def _parse_sentinel(
+        cls, uri: str, store: str, prefix: str, max_connections: int,
+        expect_cluster: bool | None,
+    ) -> RedisOptions:
+        if expect_cluster:
+            raise store_uri.invalid(store, uri, f"expected {CLUSTER_FORM}")
+        parts = store_uri.split(store, uri, SENTINEL_SCHEME, SENTINEL_FORM)
+        sentinels = store_uri.hosts_and_ports(store, uri, parts, DEFAULT_SENTINEL_PORT)
+        name, _, rest = parts.path.removeprefix("/").partition("/")
+        if not _MASTER_NAME.fullmatch(name):
             raise store_uri.invalid(
-                store, uri, f"wait_timeout={options.wait_timeout:g} must be less than "
-                f"socket_timeout={options.socket_timeout:g}, or every write would time out first"
+                store, uri, f"the master group's name is missing or not 1 to 64 of A-Z a-z 0-9 "
+                f"_ . - after the Sentinels' addresses (expected {SENTINEL_FORM})"
             )
-        return options
+        rest = rest.removesuffix("/")
+        if rest and not (rest.isascii() and rest.isdigit()):
+            raise store_uri.invalid(
+                store, uri, f"bad database number {rest!r}: expected /0, /1, ... after the "
+                "master group's name"
+            )
+        _refuse_tls_options(store, uri, parts.query, None)
+        converters = _converters()
+        converters["sentinel_password"] = str
+        given = store_uri.options(store, uri, parts.query, converters)
+        given.setdefault("prefix", prefix)
+        given.setdefault("max_connections", max_connections)
+        (host, port) = sentinels[0]
+        options = cls(
+            store=store, host=host, port=port, db=int(rest or 0),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            sentinels=sentinels, master_name=name, **given,
+        )
+        return options._checked(uri)
+
+    def _checked(self, uri: str) -> RedisOptions:
+        if self.wait and self.wait_timeout >= self.socket_timeout:
+            raise store_uri.invalid(
+                self.store, uri, f"wait_timeout={self.wait_timeout:g} must be less than "
+                f"socket_timeout={self.socket_timeout:g}, or every write would time out first"
+            )
+        return self
 
     def client(self, name: str, decode_responses: bool) -> redis.asyncio.Redis:
         """A client of one server over a bounded pool of connections, configured to fail fast.
@@ -326,7 +383,12 @@ class RedisOptions:
         an existing queue as created or store a posted batch twice. Callers see
         :class:`Unavailable` and decide. When every connection is busy, a call waits for one
         (up to ``socket_timeout``) rather than fail.
+
+        For a ``redis+sentinel://`` URI, the client of the master the Sentinels name
+        (:meth:`sentinel_client`), with the same pool and resend.
         """
+        if self.sentinel:
+            return self.sentinel_client(name, decode_responses)
         tls: dict[str, Any] = {}
         if self.tls:
             tls = {"connection_class": RereadingSSLConnection, **self.tls_arguments()}
@@ -346,6 +408,37 @@ class RedisOptions:
             **tls,
         )
         return redis.asyncio.Redis.from_pool(pool)
+
+    def sentinel_client(self, name: str, decode_responses: bool) -> redis.asyncio.Redis:
+        """A client of the master the Sentinels name, found again whenever a connection is
+        made: redis-py's ``Sentinel.master_for`` over a :class:`BlockingSentinelPool`. A
+        connection that finds the master demoted (``READONLY``) fails as a connection error,
+        which is resent once, to the master named then."""
+        sentinel = Sentinel(
+            list(self.sentinels),
+            sentinel_kwargs={
+                "socket_connect_timeout": self.socket_connect_timeout,
+                "socket_timeout": self.socket_timeout,
+                "password": self.sentinel_password,
+                "retry": Retry(NoBackoff(), 0),
+            },
+        )
+        client: redis.asyncio.Redis = sentinel.master_for(
+            self.master_name,
+            redis_class=SentinelClient,
+            connection_pool_class=BlockingSentinelPool,
+            max_connections=self.max_connections,
+            timeout=self.socket_timeout,
+            db=self.db,
+            username=self.username,
+            password=self.password,
+            socket_connect_timeout=self.socket_connect_timeout,
+            socket_timeout=self.socket_timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            decode_responses=decode_responses,
+            client_name=name,
+        )
+        return client
 
     def cluster_client(self, name: str, decode_responses: bool) -> RedisClusterClient:
         """A client of the cluster the URI names (see :class:`RedisClusterClient`)."""
@@ -374,6 +467,49 @@ class RedisOptions:
         return self.client(name, decode_responses)
 
 
+def _converters() -> dict[str, store_uri.Converter]:
+    """The options every form of Redis URI takes."""
+    return {
+        "prefix": _prefix,
+        "socket_connect_timeout": store_uri.seconds,
+        "socket_timeout": store_uri.seconds,
+        "max_connections": store_uri.count,
+        "wait": _replicas,
+        "wait_timeout": store_uri.seconds,
+    }
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (the master's address asked of the Sentinels for each new
+    connection) with the blocking pool's limit: when every connection is busy a call waits
+    for one, up to ``timeout``, as on one server."""
+
+
+class SentinelClient(redis.asyncio.Redis):
+    """The client :meth:`RedisOptions.sentinel_client` returns: closing it closes its
+    connections to the Sentinels too."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        pool = self.connection_pool
+        await super().aclose(close_connection_pool)
+        manager = getattr(pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
+
+    async def master_address(self) -> tuple[str, int]:
+        """Where the master is now, as the Sentinels say (and the pool drops its idle
+        connections to a master that is not that one any more).
+
+        Raises:
+            redis.exceptions.ConnectionError: no Sentinel names a master that is up
+                (``MasterNotFoundError``).
+        """
+        pool = self.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        return str(host), int(port)
+
+
 class RereadingSSLConnection(SSLConnection):
     """redis-py's TLS connection, with its TLS context made again from the files each time it
     connects (redis-py keeps the first one for the connection object's life, and a pool keeps
@@ -387,14 +523,15 @@ class RereadingSSLConnection(SSLConnection):
         return super()._connection_arguments()
 
 
-def _refuse_tls_options(store: str, uri: str, query: str, cluster: bool) -> None:
+def _refuse_tls_options(store: str, uri: str, query: str, tls_scheme: str | None) -> None:
     """A TLS option on a URI without TLS is a mistake to say as such: the connection would be
-    made in clear."""
+    made in clear. ``tls_scheme``: the scheme of the same over TLS (None: there is none)."""
     for name in _TLS_OPTIONS:
         if re.search(rf"(?:^|&){name}=", query):
-            tls_scheme = TLS_CLUSTER_SCHEME if cluster else TLS_SCHEME
+            instead = (f"use {tls_scheme}://" if tls_scheme is not None
+                       else "TLS is not offered with Redis Sentinel")
             raise store_uri.invalid(
-                store, uri, f"option {name!r} is for TLS connections: use {tls_scheme}:// "
+                store, uri, f"option {name!r} is for TLS connections: {instead} "
                 f"(this URI connects without TLS)"
             )
 

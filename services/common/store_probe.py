@@ -30,9 +30,10 @@ from services.common.config import ConfigurationError
 from services.common.sqlite_store import MEMORY, parse_uri
 
 SCHEMES: Final = (
-    "sqlite", "redis", "redis+cluster", "rediss", "rediss+cluster", "mongodb", "mongodb+srv"
+    "sqlite", "redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel", "mongodb",
+    "mongodb+srv",
 )
-REDIS_SCHEMES: Final = ("redis", "redis+cluster", "rediss", "rediss+cluster")
+REDIS_SCHEMES: Final = ("redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel")
 # store name in messages -> the kind of its plugins; a pool is a message store
 KINDS: Final = {"pool": "message store"}
 
@@ -209,6 +210,17 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
             raise unreachable(exc) from exc
         finally:
             await asyncio.shield(nodes.aclose())
+        return
+    if options.sentinel:
+        # The master the Sentinels name answers (not a Sentinel).
+        master = dataclasses.replace(options, socket_connect_timeout=within,
+                                     socket_timeout=within).client("zaqar-probe", False)
+        try:
+            await master.ping()
+        except RedisError as exc:
+            raise unreachable(exc) from exc
+        finally:
+            await asyncio.shield(master.aclose())
         return
     client = redis.asyncio.Redis(
         host=options.host, port=options.port, db=options.db, username=options.username,

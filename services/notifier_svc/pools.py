@@ -45,9 +45,10 @@ def notifier_uri(pool_uri: str) -> str | None:
     server and options, data of its own.
 
     * ``sqlite:///…/name.ext`` -> ``sqlite:///…/name-notifier.ext`` (a file beside it);
-    * ``redis[s]://`` and ``redis[s]+cluster://`` -> the same database, key prefix
-      ``<prefix>-notifier`` (``<prefix>``: the URI's ``prefix=``, else the message store's
-      ``zm``), so never the keys of the pool's messages nor of notifier_svc's own store;
+    * ``redis[s]://``, ``redis[s]+cluster://`` and ``redis+sentinel://`` -> the same
+      database, key prefix ``<prefix>-notifier`` (``<prefix>``: the URI's ``prefix=``, else
+      the message store's ``zm``), so never the keys of the pool's messages nor of
+      notifier_svc's own store;
     * ``mongodb://`` and ``mongodb+srv://`` -> the database ``<database>-notifier``
       (``<database>``: the URI's, else ``zaqar``).
 
@@ -60,7 +61,7 @@ def notifier_uri(pool_uri: str) -> str | None:
         stem, ext = posixpath.splitext(base)
         return f"{stem}{SUFFIX}{ext}{mark}{query}"
     parts = urlsplit(pool_uri)
-    if scheme in ("redis", "redis+cluster", "rediss", "rediss+cluster"):
+    if scheme in ("redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel"):
         options = parse_qsl(parts.query, keep_blank_values=True)
         prefix = dict(options).get("prefix", MESSAGE_PREFIX)
         options = [(k, v) for k, v in options if k != "prefix"] + [("prefix", prefix + SUFFIX)]

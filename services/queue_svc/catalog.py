@@ -58,7 +58,7 @@ CAPABILITY_ORDER: Final = ("FIFO", "CLAIMS", "DURABILITY", "AOD", "HIGH_THROUGHP
 CAPABILITIES: Final[dict[str, frozenset[str]]] = {
     "sqlite": frozenset({"FIFO", "CLAIMS", "DURABILITY", "AOD"}),
     **dict.fromkeys(
-        ("redis", "redis+cluster", "rediss", "rediss+cluster"),
+        ("redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel"),
         frozenset({"FIFO", "CLAIMS", "AOD", "HIGH_THROUGHPUT"}),
     ),
     "mongodb": frozenset(CAPABILITY_ORDER),

@@ -2,7 +2,8 @@
 backends): one URI of a fresh, empty store per backend, and a
 settable clock.
 
-``store_uri`` is parametrized over SQLite, Redis (in clear and over TLS) and MongoDB, and
+``store_uri`` is parametrized over SQLite, Redis (in clear, over TLS, and the master that
+Sentinels name) and MongoDB, and
 over a Redis Cluster (in clear and over TLS) in the modules whose stores run on one (a module
 lists its backends in ``STORE_BACKENDS``). The TLS servers check the client certificate that
 the URIs give. Each
@@ -28,12 +29,13 @@ from tests.certs import Pki
 from tests.servers import (
     MONGODB_REPLICA_SET,
     RedisClusterProcesses,
+    RedisSentinelProcesses,
     ServerProcess,
     redis_tls_client,
     redis_tls_query,
 )
 
-BACKENDS = ["sqlite", "redis", "redis_tls", "mongodb"]
+BACKENDS = ["sqlite", "redis", "redis_tls", "redis_sentinel", "mongodb"]
 # The stores that also run on a Redis Cluster (redis+cluster://, rediss+cluster://).
 WITH_CLUSTER = [*BACKENDS, "redis_cluster", "redis_cluster_tls"]
 
@@ -74,6 +76,15 @@ async def redis_tls_uri(redis_tls_server: ServerProcess, pki: Pki) -> AsyncItera
     prefix = unique_name()
     yield f"rediss://127.0.0.1:{redis_tls_server.port}/0?prefix={prefix}&{redis_tls_query(pki)}"
     await _remove_keys(redis_tls_server.port, prefix, **redis_tls_client(pki))
+
+
+@pytest.fixture
+async def redis_sentinel_uri(redis_sentinel: RedisSentinelProcesses) -> AsyncIterator[str]:
+    prefix = unique_name()
+    yield f"{redis_sentinel.uri()}?prefix={prefix}"
+    master = redis_sentinel.master_port()
+    assert master is not None, "the session's Sentinels name no master"
+    await _remove_keys(master, prefix)
 
 
 async def _cluster_uri(cluster: RedisClusterProcesses, scheme: str) -> AsyncIterator[str]:

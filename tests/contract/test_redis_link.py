@@ -360,3 +360,42 @@ def test_scripts_drain_without_a_link_returns_once_the_calls_are_answered(
             await client.aclose()
 
     run(main())
+
+
+def test_a_demoted_server_sends_what_waits_to_the_server_located_now(
+    run: Callable[[Coroutine[Any, Any, None]], None], tmp_path: Any,
+) -> None:
+    """With ``locate`` (the master Sentinels name), a READONLY reply means the server was
+    demoted: the link connects to where ``locate`` says now and sends what waited again."""
+    from tests.servers import redis_process
+
+    with redis_process(tmp_path / "a") as first, redis_process(tmp_path / "b") as second:
+        where = {"port": first.port}
+
+        async def locate() -> tuple[str, int]:
+            return "127.0.0.1", where["port"]
+
+        async def body() -> None:
+            link = Link(options(first.port), "zq-demoted", locate=locate)
+            plain = Link(options(first.port), "zq-plain")
+            try:
+                assert await call(link, "SET", "k", "1") == b"OK"
+                assert await call(plain, "SET", "k", "1") == b"OK"
+                # When the first server becomes a replica of the second, which is now where
+                # the master is
+                with redis.Redis(port=first.port) as admin:
+                    admin.replicaof("127.0.0.1", second.port)
+                where["port"] = second.port
+                # Then a write through the locating link goes to the second server
+                writes = [call(link, "SET", "k", "2"), call(link, "INCR", "n")]
+                assert await asyncio.gather(*writes) == [b"OK", 1]
+                with redis.Redis(port=second.port) as master:
+                    assert master.get("k") == b"2"
+                # And a link without locate gets the error (it knows no other server)
+                with pytest.raises(redis.exceptions.ReadOnlyError):
+                    await call(plain, "SET", "k", "3")
+            finally:
+                await link.close()
+                await plain.close()
+
+        run(body())

@@ -142,6 +142,7 @@ _BACKENDS: Final = {
         "services.message_svc.storage.redis.redrives", "RedisRedriveStore", {"cluster": True}
     ),
     "rediss": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
+    "redis+sentinel": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
     "mongodb": ("services.message_svc.storage.mongodb.redrives", "MongoRedriveStore", {}),
     "mongodb+srv": ("services.message_svc.storage.mongodb.redrives", "MongoRedriveStore", {}),
 }

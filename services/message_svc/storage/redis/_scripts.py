@@ -27,7 +27,7 @@ from redis.exceptions import DataError, NoScriptError, RedisError
 from services.common import redis_store
 from services.common.lua_scripts import script_source
 from services.common.redis_link import Command, Link, pack, resolve, settle
-from services.common.redis_store import RedisClusterClient, RedisOptions
+from services.common.redis_store import RedisClusterClient, RedisOptions, SentinelClient
 
 NAMES = (
     "post", "list", "get", "delete", "delete_many", "pop", "claim", "get_claim", "renew",
@@ -77,7 +77,8 @@ class Scripts:
     ) -> None:
         self._client = client
         self._link = (
-            Link(server, name, self.answer)
+            Link(server, name, self.answer,
+                 locate=client.master_address if isinstance(client, SentinelClient) else None)
             if server is not None and not server.cluster and not replicas else None
         )
         self._linked: list[Command] = []  # calls of this turn for the link

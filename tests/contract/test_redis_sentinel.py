@@ -1,0 +1,206 @@
+"""Redis Sentinel (``redis+sentinel://``) beyond the contract suites, which run every store on
+the master of the session's Sentinel group already (tests/contract/conftest.py): the URI, and
+the stores following the master through failovers, real ones (a SIGKILLed master replaced by
+its replica) and a Sentinel's ``SENTINEL FAILOVER`` (the old master demoted while the stores
+are connected to it), without being opened again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from services.common import store_probe
+from services.common.config import ConfigurationError
+from services.common.errors import Unavailable
+from services.common.redis_store import RedisOptions
+from services.message_svc.storage.registry import open_store
+from services.notifier_svc.storage.registry import open_notifier_store
+from services.queue_svc.storage.registry import open_queue_store
+from services.testing.message_store import CLIENT, P, list_all, msg
+from tests.conftest import FAIL_FAST
+from tests.contract.conftest import Clock
+from tests.servers import RedisSentinelProcesses, start_redis_sentinel, stop_redis_sentinel
+
+T = TypeVar("T")
+
+OPENERS: dict[str, Callable[[str], Awaitable[Any]]] = {
+    "queue": open_queue_store,
+    "message": lambda uri: open_store(uri, now=Clock()),
+    "notifier": lambda uri: open_notifier_store(uri, now=Clock()),
+}
+
+
+def test_a_sentinel_uri_names_the_sentinels_the_master_group_and_the_database() -> None:
+    options = RedisOptions.parse(
+        "redis+sentinel://:s3cret@s1,s2:26380/mymaster/2?sentinel_password=other&prefix=zz",
+        "message store", "zm", 4,
+    )
+    assert options.sentinel and not options.cluster and not options.tls
+    assert options.sentinels == (("s1", 26379), ("s2", 26380))
+    assert (options.master_name, options.db, options.prefix) == ("mymaster", 2, "zz")
+    assert (options.password, options.sentinel_password) == ("s3cret", "other")
+    assert options.address == "redis+sentinel://s1:26379,s2:26380/mymaster/2"
+    assert "s3cret" not in options.address
+    assert RedisOptions.parse("redis+sentinel://s1/m", "queue store", "zq", 4).db == 0
+
+
+@pytest.mark.parametrize("store", sorted(OPENERS))
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("redis+sentinel://s1:26379", "the master group's name is missing"),
+        ("redis+sentinel://s1:26379/", "the master group's name is missing"),
+        ("redis+sentinel://s1/my*master", "the master group's name is missing or not"),
+        ("redis+sentinel://s1/mymaster/x", "bad database number 'x'"),
+        ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem",
+         "TLS is not offered with Redis Sentinel"),
+        ("redis+sentinel://s1/mymaster?retry_for=2", "unknown option 'retry_for'"),
+        ("redis+sentinel://s1:0/mymaster", "bad port"),
+    ],
+)
+async def test_bad_sentinel_uris_are_configuration_errors(
+    store: str, uri: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        await OPENERS[store](uri)
+    assert message in str(caught.value)
+
+
+async def test_the_probe_pings_the_master_not_a_sentinel(
+    redis_sentinel: RedisSentinelProcesses,
+) -> None:
+    await store_probe.probe(redis_sentinel.uri(), "pool", FAIL_FAST)
+    # A group the Sentinels do not watch has no master: not reachable, whatever the Sentinels
+    # themselves answer
+    unknown = redis_sentinel.uri().replace(redis_sentinel.name, "no-such-group")
+    with pytest.raises(store_probe.StoreUnreachable, match="Redis cannot be reached"):
+        await store_probe.probe(unknown, "pool", FAIL_FAST)
+
+
+# Failovers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> AsyncIterator[RedisSentinelProcesses]:
+    group = start_redis_sentinel(tmp_path)
+    yield group
+    stop_redis_sentinel(group)
+
+
+async def eventually(call: Callable[[], Awaitable[T]], within: float = 30.0) -> T:
+    """``call``'s result once it stops failing with Unavailable (a failover under way)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def replicated(group: RedisSentinelProcesses, master: int) -> None:
+    """Until every replica has everything the master has written."""
+    deadline = time.monotonic() + FAIL_FAST
+
+    def offset(port: int, field: str) -> int:
+        for line in group.cli(port, "info", "replication").splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split(":", 1)[1])
+        raise AssertionError(f"{port} has no {field}")
+
+    while time.monotonic() < deadline:
+        done = offset(master, "master_repl_offset")
+        if all(offset(r.port, "slave_repl_offset") >= done
+               for r in group.servers if r.port != master and r.proc is not None
+               and r.proc.poll() is None):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the replicas did not catch up")
+
+
+async def test_the_stores_follow_a_master_killed_and_replaced_by_its_replica(
+    group: RedisSentinelProcesses,
+) -> None:
+    uri = f"{group.uri()}?prefix=failover"
+    messages = await OPENERS["message"](uri)
+    # One message store with wait=1: every write is confirmed by the replica
+    confirmed = await OPENERS["message"](f"{group.uri()}?prefix=confirmed&wait=1&wait_timeout=1")
+    queues = await OPENERS["queue"](uri)
+    notifier = await OPENERS["notifier"](uri)
+    try:
+        # Given messages, a queue and a subscription on the master
+        acked = list(await messages.post(P, "q", CLIENT, [msg(i) for i in range(10)]))
+        safe = list(await confirmed.post(P, "q", CLIENT, [msg(i) for i in range(10)]))
+        assert await queues.create("p", "q", {"a": 1})
+        sub, _ = await notifier.create("p", "q", "http://127.0.0.1:9/hook", 600, {})
+        old = group.master_port()
+        assert old is not None
+        replicated(group, old)
+
+        # When the master dies (SIGKILL), and Sentinel promotes the replica
+        group.server(old).kill()
+        new = group.wait_healthy(not_on=old)
+        assert new != old
+
+        # Then the same store objects work on the new master, with everything they had
+        assert [m.id for m in await eventually(lambda: list_all(messages, queue="q"))] == acked
+        acked += await eventually(lambda: messages.post(P, "q", CLIENT, [msg(10)]))
+        claimed = await eventually(lambda: messages.claim(P, "q", limit=20, ttl=60, grace=60))
+        assert claimed.claim is not None
+        assert [m.id for m in claimed.claim.messages] == acked
+        record = await eventually(lambda: queues.get("p", "q"))
+        assert record is not None and record.metadata == {"a": 1}
+        assert (await eventually(lambda: notifier.get("p", "q", sub.id))) is not None
+        # And with wait=1, writes wait for a replica again once the old master is back (as a
+        # replica of the new one): every message it acknowledged survived the failover
+        assert [m.id for m in await eventually(lambda: list_all(confirmed, queue="q"))] == safe
+        group.server(old).start()
+        group.wait_healthy()
+        safe += await eventually(lambda: confirmed.post(P, "q", CLIENT, [msg(11)]))
+        assert [m.id for m in await list_all(confirmed, queue="q")] == safe
+    finally:
+        for store in (messages, confirmed, queues, notifier):
+            await store.close()
+
+
+async def test_a_demoted_master_is_left_without_a_failed_call(
+    group: RedisSentinelProcesses,
+) -> None:
+    """``SENTINEL FAILOVER``: the old master is made a replica while the stores' connections
+    to it are open, and Sentinel closes them (``CLIENT KILL``). The message store's own
+    connection and redis-py's pools alike connect to the new master and send the call again,
+    so no call fails. (A master demoted without that, answering READONLY to writes:
+    test_redis_link.py.)"""
+    uri = f"{group.uri()}?prefix=demoted"
+    messages = await OPENERS["message"](uri)
+    queues = await OPENERS["queue"](uri)
+    try:
+        acked = list(await messages.post(P, "q", CLIENT, [msg(0)]))
+        assert await queues.create("p", "q", {})
+        old = group.master_port()
+        assert old is not None
+        replicated(group, old)
+
+        # When a Sentinel hands the master's role to the replica
+        group.cli(group.sentinels[0].port, "sentinel", "failover", group.name)
+        new = group.wait_healthy(not_on=old)
+        assert "role:slave" in group.cli(old, "info", "replication")
+
+        # Then the next calls succeed at once, on the new master (no Unavailable)
+        acked += await messages.post(P, "q", CLIENT, [msg(1)])
+        more = await asyncio.gather(*(messages.post(P, "q", CLIENT, [msg(n)])
+                                      for n in range(2, 6)))
+        acked += [i for ids in more for i in ids]
+        assert [m.id for m in await list_all(messages, queue="q")] == acked
+        assert await queues.create("p", "q2", {})
+        assert group.cli(new, "exists", "demoted:{p/q}:all").strip() in {"0", "1"}
+    finally:
+        await messages.close()
+        await queues.close()
