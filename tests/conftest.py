@@ -55,6 +55,8 @@ SLOW_FILES = {
     "tests/e2e/test_tls_up.py": 30, "tests/e2e/test_fuzz.py": 30,
     "tests/contract/test_message_store_fifo.py": 30, "tests/e2e/test_pools_up.py": 22,
     "tests/e2e/test_store_failure.py": 22, "tests/e2e/test_tracing.py": 20,
+    "tests/e2e/test_redis_sentinel_up.py": 25, "tests/contract/test_redis_sentinel.py": 30,
+    "tests/contract/test_redis_tls.py": 12,
 }
 SECONDS_PER_TEST = 0.25
 

@@ -28,7 +28,7 @@ from redis.asyncio import BlockingConnectionPool, SSLConnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import RedisSSLContext
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -908,6 +908,8 @@ def describe(exc: Exception) -> str:
     failed = tls_failure(exc)
     if failed is not None:
         return _tls_reason(failed)
+    if isinstance(exc, MasterNotFoundError):
+        return "the Redis Sentinels name no master that is up"
     return next((text for kind, text in reasons if isinstance(exc, kind)), "Redis failed")
 
 

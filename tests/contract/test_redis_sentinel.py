@@ -79,7 +79,8 @@ async def test_the_probe_pings_the_master_not_a_sentinel(
     # A group the Sentinels do not watch has no master: not reachable, whatever the Sentinels
     # themselves answer
     unknown = redis_sentinel.uri().replace(redis_sentinel.name, "no-such-group")
-    with pytest.raises(store_probe.StoreUnreachable, match="Redis cannot be reached"):
+    with pytest.raises(store_probe.StoreUnreachable,
+                       match="the Redis Sentinels name no master that is up"):
         await store_probe.probe(unknown, "pool", FAIL_FAST)
 
 

@@ -23,7 +23,8 @@ from services.notifier_svc.storage import registry as notifier_registry
 from services.queue_svc.storage import registry as queue_registry
 
 BUILT_IN = [
-    "mongodb", "mongodb+srv", "redis", "redis+cluster", "rediss", "rediss+cluster", "sqlite"
+    "mongodb", "mongodb+srv", "redis", "redis+cluster", "redis+sentinel", "rediss",
+    "rediss+cluster", "sqlite",
 ]
 
 Install = Callable[..., None]
