@@ -421,9 +421,12 @@ def _field(reply: str, name: str) -> str | None:
     return None
 
 
-def start_redis_sentinel(workdir: Path, replicas: int = 1) -> RedisSentinelProcesses:
+def start_redis_sentinel(
+    workdir: Path, replicas: int = 1, name: str = "zq-master"
+) -> RedisSentinelProcesses:
     """A master, ``replicas`` replicas and three Sentinels (quorum 2, a master is down after
-    1 s without an answer), waited on until all agree. Stop it with :func:`stop_redis_sentinel`."""
+    1 s without an answer) that call the group ``name``, waited on until all agree. Stop it
+    with :func:`stop_redis_sentinel`."""
     server = _binary("redis-server")
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
               "--repl-diskless-sync-delay", "0"]
@@ -432,7 +435,7 @@ def start_redis_sentinel(workdir: Path, replicas: int = 1) -> RedisSentinelProce
     port = free_port()
     master = ServerProcess([server, "--port", str(port), *common, "--dir", str(folder)],
                            port, folder)
-    group = RedisSentinelProcesses(master, [], [])
+    group = RedisSentinelProcesses(master, [], [], name)
     try:
         master.start()
         for i in range(replicas):

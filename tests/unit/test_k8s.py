@@ -5,8 +5,8 @@ the rendered objects hold what docs/operations.md promises (locked-down pods, pr
 resources, headless gRPC Services, targets that name those Services, NetworkPolicies that let
 each service be reached by its callers only).
 
-Then the rendered ``dev``, ``redis``, ``redis-tls``, ``mongodb``, ``mtls`` and ``keystone``
-overlays run as local processes, one per Deployment (replicas are a cluster's business): each
+Then the rendered ``dev``, ``redis``, ``redis-tls``, ``redis-sentinel``, ``mongodb``, ``mtls``
+and ``keystone`` overlays run as local processes, one per Deployment (replicas are a cluster's business): each
 container's command, args and env exactly as rendered, on top of the image's ENV
 (deploy/docker/Dockerfile), with
 
@@ -55,6 +55,8 @@ from tests.servers import (
     mongodb_process,
     redis_process,
     redis_tls_client,
+    start_redis_sentinel,
+    stop_redis_sentinel,
 )
 from tests.unit.test_image import (
     DOCKERFILE,
@@ -68,7 +70,9 @@ from tests.unit.test_image import (
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
-OVERLAYS = ["dev", "redis", "redis-cluster", "redis-tls", "mongodb", "keystone", "mtls"]
+OVERLAYS = [
+    "dev", "redis", "redis-cluster", "redis-tls", "redis-sentinel", "mongodb", "keystone", "mtls"
+]
 NAMESPACE = "zaqar"
 GRPC_SERVICES = {"queue-svc": "queue", "message-svc": "message", "notifier-svc": "notifier"}
 # Who calls whom (docs/architecture.md, "Services and calls").
@@ -302,7 +306,7 @@ def test_network_policies_let_each_service_be_reached_by_its_callers_only(
             assert named == {"grpc", "metrics"}
 
 
-@pytest.mark.parametrize("overlay", ["redis", "redis-tls", "mongodb"])
+@pytest.mark.parametrize("overlay", ["redis", "redis-tls", "redis-sentinel", "mongodb"])
 def test_store_uris_are_ones_the_services_open(overlay: str) -> None:
     _check_store_uris(overlay)
 
@@ -643,6 +647,23 @@ def test_the_redis_tls_overlay_runs_and_its_probes_pass(tmp_path: Path, pki: Pki
         finally:
             client.close()
     assert b"zm" in prefixes, prefixes
+    assert not list(tmp_path.rglob("*.db"))
+
+
+@pytest.mark.timeout(300)
+def test_the_redis_sentinel_overlay_runs_and_its_probes_pass(tmp_path: Path) -> None:
+    # Given a master with a replica, watched by Sentinels named "mymaster", behind the
+    # Sentinels' Service (here: one of them)
+    group = start_redis_sentinel(tmp_path / "sentinel", name="mymaster")
+    try:
+        master = group.master.port
+        sentinels = {"redis.redis.svc.cluster.local:26379": f"127.0.0.1:{group.sentinels[0].port}"}
+        run_overlay(rendered("redis-sentinel"), tmp_path, sentinels)
+        # Then the smoke test's messages are on the master
+        with redis.Redis(port=master) as client:
+            assert any(key.startswith(b"zm:") for key in client.scan_iter())
+    finally:
+        stop_redis_sentinel(group)
     assert not list(tmp_path.rglob("*.db"))
 
 
