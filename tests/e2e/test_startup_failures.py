@@ -23,7 +23,7 @@ import pytest
 from services.cli import settings_environment
 from services.common.config import Settings
 from tests.certs import Pki
-from tests.servers import ServerProcess, free_port
+from tests.servers import RedisSentinelProcesses, ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -309,6 +309,18 @@ def test_up_with_a_tls_store_it_does_not_trust_starts_nothing(
     said = line.partition("(ZAQAR_MESSAGE_STORE): ")[2]
     assert said.startswith("Redis's certificate is not trusted, or does not name the host: ")
     assert "certificate" in said.partition(": ")[2]  # OpenSSL's words, after ours
+    assert result.returncode == 3
+
+
+def test_up_with_a_sentinel_group_that_has_no_master_starts_nothing(
+    make_settings: Callable[..., Settings], redis_sentinel: RedisSentinelProcesses
+) -> None:
+    uri = redis_sentinel.uri().replace(redis_sentinel.name, "no-such-group")
+    result = zaqar_grpc(environment(make_settings()), "up", "--queue-store", uri)
+    assert nothing_started(result) == (
+        f"zaqar-grpc: queue_svc: cannot use the queue store {uri} (ZAQAR_QUEUE_STORE): "
+        "the Redis Sentinels name no master that is up"
+    )
     assert result.returncode == 3
 
 

@@ -6,9 +6,9 @@ resources, headless gRPC Services, targets that name those Services, NetworkPoli
 each service be reached by its callers only).
 
 Then the rendered ``dev``, ``redis``, ``redis-tls``, ``redis-sentinel``, ``mongodb``, ``mtls``
-and ``keystone`` overlays run as local processes, one per Deployment (replicas are a cluster's business): each
-container's command, args and env exactly as rendered, on top of the image's ENV
-(deploy/docker/Dockerfile), with
+and ``keystone`` overlays run as local processes, one per Deployment (replicas are a cluster's
+business): each container's command, args and env exactly as rendered, on top of the image's
+ENV (deploy/docker/Dockerfile), with
 
 - every ``<service>.<namespace>.svc.cluster.local:<port>`` (and the shorter forms) mapped to
   127.0.0.1 and the local port of the container port the Service sends that port to, and a
