@@ -44,4 +44,18 @@ from tests.certs import make_pki; make_pki(Path(sys.argv[1]))" "$pki")
     sleep 0.1
   done
   "$root/$venv/bin/python" "$root/scripts/smoke.py" --store "rediss://127.0.0.1:$tls_port/0?$tls"
+  # And on the master a Sentinel names (redis+sentinel://): redis-py's Sentinel classes.
+  sentinel_port=$("$root/$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor smoke 127.0.0.1 %s 1\n' \
+    "$sentinel_port" "$pki" "$port" > "$pki/sentinel.conf"
+  redis-server "$pki/sentinel.conf" --sentinel --daemonize no >/dev/null 2>&1 &
+  sentinel_pid=$!
+  trap 'kill $redis_pid $tls_pid $sentinel_pid 2>/dev/null || true; rm -rf "$pki"' EXIT
+  for _ in $(seq 100); do
+    redis-cli -p "$sentinel_port" sentinel get-master-addr-by-name smoke 2>/dev/null \
+      | grep -q . && break
+    sleep 0.1
+  done
+  "$root/$venv/bin/python" "$root/scripts/smoke.py" \
+    --store "redis+sentinel://127.0.0.1:$sentinel_port/smoke/1"
 fi
