@@ -218,8 +218,11 @@ async def test_a_server_that_requires_client_certificates(pki: Pki, tmp_path: Pa
                 await opened.close()
             both = tmp_path / f"client-{store}.pem"
             both.write_bytes(pki.client.cert.read_bytes() + pki.client.key.read_bytes())
-            opened = await opener(f"{uri}&ssl_certfile={both}")
-            await opened.close()
+            opened = await opener(f"{uri}&ssl_certfile={both}&prefix=both")
+            try:
+                await _works(opened)
+            finally:
+                await opened.close()
 
 
 async def test_tls_to_a_server_without_tls_fails_fast(
