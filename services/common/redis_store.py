@@ -393,21 +393,25 @@ class RedisOptions:
         if self.tls:
             tls = {"connection_class": RereadingSSLConnection, **self.tls_arguments()}
         pool = BlockingConnectionPool(
-            max_connections=self.max_connections,
-            timeout=self.socket_timeout,
-            host=self.host,
-            port=self.port,
-            db=self.db,
-            username=self.username,
-            password=self.password,
-            socket_connect_timeout=self.socket_connect_timeout,
-            socket_timeout=self.socket_timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            decode_responses=decode_responses,
-            client_name=name,
-            **tls,
+            host=self.host, port=self.port, **self._pool_arguments(name, decode_responses), **tls
         )
         return redis.asyncio.Redis.from_pool(pool)
+
+    def _pool_arguments(self, name: str, decode_responses: bool) -> dict[str, Any]:
+        """The pool of one server's client, or of the master Sentinels name: bounded,
+        waiting for a free connection, one resend after a connection error."""
+        return {
+            "max_connections": self.max_connections,
+            "timeout": self.socket_timeout,
+            "db": self.db,
+            "username": self.username,
+            "password": self.password,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "socket_timeout": self.socket_timeout,
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            "decode_responses": decode_responses,
+            "client_name": name,
+        }
 
     def sentinel_client(self, name: str, decode_responses: bool) -> redis.asyncio.Redis:
         """A client of the master the Sentinels name, found again whenever a connection is
@@ -424,19 +428,9 @@ class RedisOptions:
             },
         )
         client: redis.asyncio.Redis = sentinel.master_for(
-            self.master_name,
-            redis_class=SentinelClient,
+            self.master_name, redis_class=SentinelClient,
             connection_pool_class=BlockingSentinelPool,
-            max_connections=self.max_connections,
-            timeout=self.socket_timeout,
-            db=self.db,
-            username=self.username,
-            password=self.password,
-            socket_connect_timeout=self.socket_connect_timeout,
-            socket_timeout=self.socket_timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            decode_responses=decode_responses,
-            client_name=name,
+            **self._pool_arguments(name, decode_responses),
         )
         return client
 

@@ -213,21 +213,15 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
         return
     if options.sentinel:
         # The master the Sentinels name answers (not a Sentinel).
-        master = dataclasses.replace(options, socket_connect_timeout=within,
+        client = dataclasses.replace(options, socket_connect_timeout=within,
                                      socket_timeout=within).client("zaqar-probe", False)
-        try:
-            await master.ping()
-        except RedisError as exc:
-            raise unreachable(exc) from exc
-        finally:
-            await asyncio.shield(master.aclose())
-        return
-    client = redis.asyncio.Redis(
-        host=options.host, port=options.port, db=options.db, username=options.username,
-        password=options.password, socket_connect_timeout=within, socket_timeout=within,
-        client_name="zaqar-probe", retry=Retry(NoBackoff(), 0), **_no_lib_info(),
-        ssl=options.tls, **options.tls_arguments(),
-    )
+    else:
+        client = redis.asyncio.Redis(
+            host=options.host, port=options.port, db=options.db, username=options.username,
+            password=options.password, socket_connect_timeout=within, socket_timeout=within,
+            client_name="zaqar-probe", retry=Retry(NoBackoff(), 0), **_no_lib_info(),
+            ssl=options.tls, **options.tls_arguments(),
+        )
     try:
         await client.ping()
     except RedisError as exc:
