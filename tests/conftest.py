@@ -23,6 +23,7 @@ from tests.servers import (  # noqa: F401 - shared fixtures
     redis_sentinel,
     redis_server,
     redis_tls_cluster,
+    redis_tls_sentinel,
     redis_tls_server,
     service_ports,
 )

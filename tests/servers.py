@@ -348,6 +348,8 @@ class RedisSentinelProcesses:
     replicas: list[ServerProcess]
     sentinels: list[ServerProcess]
     name: str = "zq-master"
+    tls: Pki | None = None
+    """The PKI of a group that speaks TLS only (servers, replication and Sentinels)."""
 
     @property
     def servers(self) -> list[ServerProcess]:
@@ -355,11 +357,14 @@ class RedisSentinelProcesses:
         return [self.master, *self.replicas]
 
     def uri(self, db: int = 0) -> str:
+        """The group's URI, without options (for TLS: :func:`redis_tls_query` after it)."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.name}/{db}"
+        scheme = "rediss+sentinel" if self.tls is not None else "redis+sentinel"
+        return f"{scheme}://{hosts}/{self.name}/{db}"
 
     def cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
-        done = subprocess.run([_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
+        done = subprocess.run([_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port),
+                               *redis_cli_tls(self.tls), *args],
                               capture_output=True, text=True, timeout=timeout, check=True)
         return done.stdout
 
@@ -422,20 +427,27 @@ def _field(reply: str, name: str) -> str | None:
 
 
 def start_redis_sentinel(
-    workdir: Path, replicas: int = 1, name: str = "zq-master"
+    workdir: Path, replicas: int = 1, name: str = "zq-master", tls: Pki | None = None
 ) -> RedisSentinelProcesses:
     """A master, ``replicas`` replicas and three Sentinels (quorum 2, a master is down after
-    1 s without an answer) that call the group ``name``, waited on until all agree. Stop it
+    1 s without an answer) that call the group ``name``, waited on until all agree; with
+    ``tls``, every one of them speaks TLS only (replication and Sentinels' links too). Stop it
     with :func:`stop_redis_sentinel`."""
     server = _binary("redis-server")
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
               "--repl-diskless-sync-delay", "0"]
+
+    def listen(port: int) -> list[str]:
+        if tls is None:
+            return ["--port", str(port)]
+        return [*redis_tls_arguments(tls, port), "--tls-replication", "yes"]
+
     folder = workdir / "master"
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    master = ServerProcess([server, "--port", str(port), *common, "--dir", str(folder)],
+    master = ServerProcess([server, *listen(port), *common, "--dir", str(folder)],
                            port, folder)
-    group = RedisSentinelProcesses(master, [], [], name)
+    group = RedisSentinelProcesses(master, [], [], name, tls)
     try:
         master.start()
         for i in range(replicas):
@@ -443,7 +455,7 @@ def start_redis_sentinel(
             folder.mkdir(parents=True, exist_ok=True)
             rport = free_port()
             replica = ServerProcess(
-                [server, "--port", str(rport), *common, "--dir", str(folder),
+                [server, *listen(rport), *common, "--dir", str(folder),
                  "--replicaof", "127.0.0.1", str(port)], rport, folder)
             group.replicas.append(replica)
             replica.start()
@@ -452,8 +464,13 @@ def start_redis_sentinel(
             folder.mkdir(parents=True, exist_ok=True)
             sport = free_port()
             config = folder / "sentinel.conf"  # Sentinel rewrites it: one each, writable
+            ports = f"port {sport}\n"
+            if tls is not None:
+                ports = (f"port 0\ntls-port {sport}\ntls-cert-file {tls.service.cert}\n"
+                         f"tls-key-file {tls.service.key}\ntls-ca-cert-file {tls.ca}\n"
+                         "tls-replication yes\ntls-auth-clients optional\n")
             config.write_text(
-                f"port {sport}\nbind 127.0.0.1\ndir {folder}\n"
+                f"{ports}bind 127.0.0.1\ndir {folder}\n"
                 f"sentinel monitor {group.name} 127.0.0.1 {port} 2\n"
                 f"sentinel down-after-milliseconds {group.name} 1000\n"
                 f"sentinel failover-timeout {group.name} 10000\n"
@@ -581,6 +598,16 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
     """A master with one replica and three Sentinels, for the session; tests that fail it
     over start their own (:func:`start_redis_sentinel`)."""
     group = start_redis_sentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    yield group
+    stop_redis_sentinel(group)
+
+
+@pytest.fixture(scope="session")
+def redis_tls_sentinel(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> Iterator[RedisSentinelProcesses]:
+    """:func:`redis_sentinel`, speaking TLS only."""
+    group = start_redis_sentinel(tmp_path_factory.mktemp("redis-tls-sentinel"), tls=pki)
     yield group
     stop_redis_sentinel(group)
 

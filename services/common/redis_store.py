@@ -28,7 +28,12 @@ from redis.asyncio import BlockingConnectionPool, SSLConnection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import RedisSSLContext
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -62,9 +67,11 @@ CLUSTER_SCHEME = "redis+cluster"
 TLS_SCHEME = "rediss"
 TLS_CLUSTER_SCHEME = "rediss+cluster"
 SENTINEL_SCHEME = "redis+sentinel"
-SCHEMES = (SCHEME, TLS_SCHEME, CLUSTER_SCHEME, TLS_CLUSTER_SCHEME, SENTINEL_SCHEME)
-"""Every scheme of a Redis store: one server, a cluster (in clear or over TLS), or the master
-that Sentinels name."""
+TLS_SENTINEL_SCHEME = "rediss+sentinel"
+SCHEMES = (SCHEME, TLS_SCHEME, CLUSTER_SCHEME, TLS_CLUSTER_SCHEME, SENTINEL_SCHEME,
+           TLS_SENTINEL_SCHEME)
+"""Every scheme of a Redis store: one server, a cluster, or the master that Sentinels name,
+each in clear or over TLS."""
 FORM = "redis://[[username]:password@]host[:port][/db][?option=value&...]"
 CLUSTER_FORM = (
     "redis+cluster://[[username]:password@]host[:port][,host[:port]...][/][?option=value&...]"
@@ -149,7 +156,8 @@ class RedisOptions:
             back-off, while the cluster cannot serve it (a node unreachable, a failover under
             way, slots moving); default 4, to stay within the callers' deadlines.
 
-    TLS (``rediss://`` and ``rediss+cluster://`` only; refused on the others):
+    TLS (``rediss://``, ``rediss+cluster://`` and ``rediss+sentinel://`` only, for the
+    Sentinels as for Redis; refused on the others):
         ssl_ca_certs: the PEM file of the CAs that sign the server's certificate (default:
             the system's trusted CAs only).
         ssl_certfile, ssl_keyfile: this client's certificate and key (PEM), for a server
@@ -209,7 +217,8 @@ class RedisOptions:
             scheme = TLS_CLUSTER_SCHEME if self.tls else CLUSTER_SCHEME
             return f"{scheme}://" + ",".join(f"{h}:{p}" for h, p in self.nodes)
         if self.sentinel:
-            return (f"{SENTINEL_SCHEME}://" + ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            scheme = TLS_SENTINEL_SCHEME if self.tls else SENTINEL_SCHEME
+            return (f"{scheme}://" + ",".join(f"{h}:{p}" for h, p in self.sentinels)
                     + f"/{self.master_name}/{self.db}")
         return f"{TLS_SCHEME if self.tls else SCHEME}://{self.host}:{self.port}/{self.db}"
 
@@ -265,8 +274,9 @@ class RedisOptions:
         Raises: ConfigurationError, naming what is wrong.
         """
         scheme = uri.partition(":")[0].lower()
-        if scheme == SENTINEL_SCHEME:
-            return cls._parse_sentinel(uri, store, prefix, max_connections, expect_cluster)
+        if scheme in (SENTINEL_SCHEME, TLS_SENTINEL_SCHEME):
+            return cls._parse_sentinel(uri, store, prefix, max_connections, expect_cluster,
+                                       tls=scheme == TLS_SENTINEL_SCHEME)
         cluster = scheme in (CLUSTER_SCHEME, TLS_CLUSTER_SCHEME)
         tls = scheme in (TLS_SCHEME, TLS_CLUSTER_SCHEME)
         # The shape to quote in an error: the TLS scheme's when the URI asked for TLS.
@@ -278,10 +288,7 @@ class RedisOptions:
             )
         converters = _converters()
         if tls:
-            converters.update({
-                "ssl_ca_certs": _path, "ssl_certfile": _path, "ssl_keyfile": _path,
-                "ssl_cert_reqs": _cert_reqs, "ssl_check_hostname": store_uri.boolean,
-            })
+            converters.update(_TLS_CONVERTERS)
         if cluster:
             converters["retry_for"] = _seconds_or_zero
             parts = store_uri.split(
@@ -328,11 +335,13 @@ class RedisOptions:
     @classmethod
     def _parse_sentinel(
         cls, uri: str, store: str, prefix: str, max_connections: int,
-        expect_cluster: bool | None,
+        expect_cluster: bool | None, tls: bool,
     ) -> RedisOptions:
         if expect_cluster:
             raise store_uri.invalid(store, uri, f"expected {CLUSTER_FORM}")
-        parts = store_uri.split(store, uri, SENTINEL_SCHEME, SENTINEL_FORM)
+        form = SENTINEL_FORM.replace("redis+", "rediss+", 1) if tls else SENTINEL_FORM
+        parts = store_uri.split(store, uri, TLS_SENTINEL_SCHEME if tls else SENTINEL_SCHEME,
+                                form)
         sentinels = store_uri.hosts_and_ports(store, uri, parts, DEFAULT_SENTINEL_PORT)
         name, _, rest = parts.path.removeprefix("/").partition("/")
         if not _MASTER_NAME.fullmatch(name):
@@ -346,10 +355,15 @@ class RedisOptions:
                 store, uri, f"bad database number {rest!r}: expected /0, /1, ... after the "
                 "master group's name"
             )
-        _refuse_tls_options(store, uri, parts.query, None)
         converters = _converters()
         converters["sentinel_password"] = str
+        if tls:
+            converters.update(_TLS_CONVERTERS)
+        else:
+            _refuse_tls_options(store, uri, parts.query, TLS_SENTINEL_SCHEME)
         given = store_uri.options(store, uri, parts.query, converters)
+        if tls:
+            _check_tls_options(store, uri, given)
         given.setdefault("prefix", prefix)
         given.setdefault("max_connections", max_connections)
         (host, port) = sentinels[0]
@@ -357,7 +371,7 @@ class RedisOptions:
             store=store, host=host, port=port, db=int(rest or 0),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
-            sentinels=sentinels, master_name=name, **given,
+            sentinels=sentinels, master_name=name, tls=tls, **given,
         )
         return options._checked(uri)
 
@@ -418,6 +432,9 @@ class RedisOptions:
         made: redis-py's ``Sentinel.master_for`` over a :class:`BlockingSentinelPool`. A
         connection that finds the master demoted (``READONLY``) fails as a connection error,
         which is resent once, to the master named then."""
+        tls: dict[str, Any] = {}
+        if self.tls:
+            tls = {"ssl": True, **self.tls_arguments()}
         sentinel = Sentinel(
             list(self.sentinels),
             sentinel_kwargs={
@@ -425,12 +442,18 @@ class RedisOptions:
                 "socket_timeout": self.socket_timeout,
                 "password": self.sentinel_password,
                 "retry": Retry(NoBackoff(), 0),
+                **tls,
             },
         )
+        if self.tls:
+            # The Sentinels' clients make their TLS contexts again from the files too.
+            for each in sentinel.sentinels:
+                each.connection_pool.connection_class = RereadingSSLConnection
+            tls = {"connection_class": RereadingSentinelSSLConnection, **self.tls_arguments()}
         client: redis.asyncio.Redis = sentinel.master_for(
             self.master_name, redis_class=SentinelClient,
             connection_pool_class=BlockingSentinelPool,
-            **self._pool_arguments(name, decode_responses),
+            **self._pool_arguments(name, decode_responses), **tls,
         )
         return client
 
@@ -459,6 +482,12 @@ class RedisOptions:
         if self.cluster:
             return self.cluster_client(name, decode_responses)
         return self.client(name, decode_responses)
+
+
+_TLS_CONVERTERS: dict[str, store_uri.Converter] = {
+    "ssl_ca_certs": _path, "ssl_certfile": _path, "ssl_keyfile": _path,
+    "ssl_cert_reqs": _cert_reqs, "ssl_check_hostname": store_uri.boolean,
+}
 
 
 def _converters() -> dict[str, store_uri.Converter]:
@@ -517,15 +546,21 @@ class RereadingSSLConnection(SSLConnection):
         return super()._connection_arguments()
 
 
-def _refuse_tls_options(store: str, uri: str, query: str, tls_scheme: str | None) -> None:
+class RereadingSentinelSSLConnection(SentinelManagedSSLConnection):
+    """:class:`RereadingSSLConnection` for the master Sentinels name (``rediss+sentinel://``)."""
+
+    def _connection_arguments(self) -> Any:
+        self.ssl_context.context = None
+        return super()._connection_arguments()
+
+
+def _refuse_tls_options(store: str, uri: str, query: str, tls_scheme: str) -> None:
     """A TLS option on a URI without TLS is a mistake to say as such: the connection would be
-    made in clear. ``tls_scheme``: the scheme of the same over TLS (None: there is none)."""
+    made in clear. ``tls_scheme``: the scheme of the same over TLS."""
     for name in _TLS_OPTIONS:
         if re.search(rf"(?:^|&){name}=", query):
-            instead = (f"use {tls_scheme}://" if tls_scheme is not None
-                       else "TLS is not offered with Redis Sentinel")
             raise store_uri.invalid(
-                store, uri, f"option {name!r} is for TLS connections: {instead} "
+                store, uri, f"option {name!r} is for TLS connections: use {tls_scheme}:// "
                 f"(this URI connects without TLS)"
             )
 
@@ -622,6 +657,17 @@ def _tls_reason(error: ssl.SSLError) -> str:
     if "ALERT" in reason:
         return f"Redis refused the handshake ({reason})"
     return f"the TLS handshake with Redis failed ({reason or error})"
+
+
+def operator_detail(exc: Exception) -> str:
+    """For operators (start-up, the pool probe): :func:`describe`, with what a failed TLS
+    handshake said, or why the Sentinels could not be asked."""
+    detail = tls_detail(exc)
+    if detail is not None:
+        return detail
+    if isinstance(exc, MasterNotFoundError) and " : " in str(exc):
+        return f"{describe(exc)} ({exc})"
+    return describe(exc)
 
 
 def tls_detail(exc: BaseException) -> str | None:
@@ -903,6 +949,9 @@ def describe(exc: Exception) -> str:
     if failed is not None:
         return _tls_reason(failed)
     if isinstance(exc, MasterNotFoundError):
+        # redis-py lists the Sentinels it could not ask after " : " (and why), if any.
+        if " : " in str(exc):
+            return "the Redis Sentinels name no master that is up, or cannot be reached"
         return "the Redis Sentinels name no master that is up"
     return next((text for kind, text in reasons if isinstance(exc, kind)), "Redis failed")
 

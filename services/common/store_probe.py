@@ -29,11 +29,10 @@ from services.common import plugins
 from services.common.config import ConfigurationError
 from services.common.sqlite_store import MEMORY, parse_uri
 
-SCHEMES: Final = (
-    "sqlite", "redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel", "mongodb",
-    "mongodb+srv",
+REDIS_SCHEMES: Final = (
+    "redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel", "rediss+sentinel"
 )
-REDIS_SCHEMES: Final = ("redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel")
+SCHEMES: Final = ("sqlite", *REDIS_SCHEMES, "mongodb", "mongodb+srv")
 # store name in messages -> the kind of its plugins; a pool is a message store
 KINDS: Final = {"pool": "message store"}
 
@@ -188,11 +187,11 @@ async def _ping_redis(uri: str, store: str, within: float) -> None:
     from redis.backoff import NoBackoff
     from redis.exceptions import RedisClusterException, RedisError
 
-    from services.common.redis_store import RedisOptions, describe, tls_detail
+    from services.common.redis_store import RedisOptions, operator_detail
 
     def unreachable(exc: Exception) -> StoreUnreachable:
-        # For operators and admins: a failed TLS handshake says what the check found.
-        return StoreUnreachable(tls_detail(exc) or describe(exc))
+        # For operators and admins: what a failed TLS handshake or the Sentinels said.
+        return StoreUnreachable(operator_detail(exc))
 
     options = RedisOptions.parse(uri, store=store, prefix="zp", max_connections=1)
     if options.tls:

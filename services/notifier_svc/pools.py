@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from services.common import pool_stores
 from services.common.errors import ServiceError
 from services.common.mongo_store import DEFAULT_DATABASE
+from services.common.store_probe import REDIS_SCHEMES
 from services.common.store_registry import scheme_of
 from services.common.store_uri import redact
 from services.notifier_svc.storage.base import NotifierStore
@@ -45,7 +46,7 @@ def notifier_uri(pool_uri: str) -> str | None:
     server and options, data of its own.
 
     * ``sqlite:///…/name.ext`` -> ``sqlite:///…/name-notifier.ext`` (a file beside it);
-    * ``redis[s]://``, ``redis[s]+cluster://`` and ``redis+sentinel://`` -> the same
+    * ``redis[s]://``, ``redis[s]+cluster://`` and ``redis[s]+sentinel://`` -> the same
       database, key prefix ``<prefix>-notifier`` (``<prefix>``: the URI's ``prefix=``, else
       the message store's ``zm``), so never the keys of the pool's messages nor of
       notifier_svc's own store;
@@ -61,7 +62,7 @@ def notifier_uri(pool_uri: str) -> str | None:
         stem, ext = posixpath.splitext(base)
         return f"{stem}{SUFFIX}{ext}{mark}{query}"
     parts = urlsplit(pool_uri)
-    if scheme in ("redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel"):
+    if scheme in REDIS_SCHEMES:
         options = parse_qsl(parts.query, keep_blank_values=True)
         prefix = dict(options).get("prefix", MESSAGE_PREFIX)
         options = [(k, v) for k, v in options if k != "prefix"] + [("prefix", prefix + SUFFIX)]

@@ -58,8 +58,7 @@ CAPABILITY_ORDER: Final = ("FIFO", "CLAIMS", "DURABILITY", "AOD", "HIGH_THROUGHP
 CAPABILITIES: Final[dict[str, frozenset[str]]] = {
     "sqlite": frozenset({"FIFO", "CLAIMS", "DURABILITY", "AOD"}),
     **dict.fromkeys(
-        ("redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel"),
-        frozenset({"FIFO", "CLAIMS", "AOD", "HIGH_THROUGHPUT"}),
+        store_probe.REDIS_SCHEMES, frozenset({"FIFO", "CLAIMS", "AOD", "HIGH_THROUGHPUT"})
     ),
     "mongodb": frozenset(CAPABILITY_ORDER),
     "mongodb+srv": frozenset(CAPABILITY_ORDER),

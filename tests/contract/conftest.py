@@ -3,7 +3,7 @@ backends): one URI of a fresh, empty store per backend, and a
 settable clock.
 
 ``store_uri`` is parametrized over SQLite, Redis (in clear, over TLS, and the master that
-Sentinels name) and MongoDB, and
+Sentinels name, in clear and over TLS) and MongoDB, and
 over a Redis Cluster (in clear and over TLS) in the modules whose stores run on one (a module
 lists its backends in ``STORE_BACKENDS``). The TLS servers check the client certificate that
 the URIs give. Each
@@ -35,7 +35,7 @@ from tests.servers import (
     redis_tls_query,
 )
 
-BACKENDS = ["sqlite", "redis", "redis_tls", "redis_sentinel", "mongodb"]
+BACKENDS = ["sqlite", "redis", "redis_tls", "redis_sentinel", "redis_sentinel_tls", "mongodb"]
 # The stores that also run on a Redis Cluster (redis+cluster://, rediss+cluster://).
 WITH_CLUSTER = [*BACKENDS, "redis_cluster", "redis_cluster_tls"]
 
@@ -85,6 +85,17 @@ async def redis_sentinel_uri(redis_sentinel: RedisSentinelProcesses) -> AsyncIte
     master = redis_sentinel.master_port()
     assert master is not None, "the session's Sentinels name no master"
     await _remove_keys(master, prefix)
+
+
+@pytest.fixture
+async def redis_sentinel_tls_uri(
+    redis_tls_sentinel: RedisSentinelProcesses, pki: Pki
+) -> AsyncIterator[str]:
+    prefix = unique_name()
+    yield f"{redis_tls_sentinel.uri()}?prefix={prefix}&{redis_tls_query(pki)}"
+    master = redis_tls_sentinel.master_port()
+    assert master is not None, "the session's Sentinels name no master"
+    await _remove_keys(master, prefix, **redis_tls_client(pki))
 
 
 async def _cluster_uri(cluster: RedisClusterProcesses, scheme: str) -> AsyncIterator[str]:

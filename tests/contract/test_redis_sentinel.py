@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,9 +23,15 @@ from services.message_svc.storage.registry import open_store
 from services.notifier_svc.storage.registry import open_notifier_store
 from services.queue_svc.storage.registry import open_queue_store
 from services.testing.message_store import CLIENT, P, list_all, msg
+from tests.certs import Pki
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import Clock
-from tests.servers import RedisSentinelProcesses, start_redis_sentinel, stop_redis_sentinel
+from tests.servers import (
+    RedisSentinelProcesses,
+    redis_tls_query,
+    start_redis_sentinel,
+    stop_redis_sentinel,
+)
 
 T = TypeVar("T")
 
@@ -59,7 +65,8 @@ def test_a_sentinel_uri_names_the_sentinels_the_master_group_and_the_database() 
         ("redis+sentinel://s1/my*master", "the master group's name is missing or not"),
         ("redis+sentinel://s1/mymaster/x", "bad database number 'x'"),
         ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem",
-         "TLS is not offered with Redis Sentinel"),
+         "option 'ssl_ca_certs' is for TLS connections: use rediss+sentinel://"),
+        ("rediss+sentinel://s1/mymaster?ssl_cert_reqs=sometimes", "expected required"),
         ("redis+sentinel://s1/mymaster?retry_for=2", "unknown option 'retry_for'"),
         ("redis+sentinel://s1:0/mymaster", "bad port"),
     ],
@@ -84,14 +91,37 @@ async def test_the_probe_pings_the_master_not_a_sentinel(
         await store_probe.probe(unknown, "pool", FAIL_FAST)
 
 
+async def test_sentinels_over_tls_that_are_not_trusted_say_so(
+    redis_tls_sentinel: RedisSentinelProcesses, pki: Pki
+) -> None:
+    await store_probe.probe(uri_of(redis_tls_sentinel, "prefix=p"), "pool", FAIL_FAST)
+    untrusted = f"{redis_tls_sentinel.uri()}?ssl_ca_certs={pki.other_ca}"
+    # Then a store does not open: no Sentinel could be asked
+    with pytest.raises(Unavailable, match="name no master that is up, or cannot be reached"):
+        await OPENERS["message"](untrusted)
+    # And the probe (start-up, a new pool) says why
+    with pytest.raises(store_probe.StoreUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+        await store_probe.probe(untrusted, "pool", FAIL_FAST)
+
+
 # Failovers -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def group(tmp_path: Path) -> AsyncIterator[RedisSentinelProcesses]:
-    group = start_redis_sentinel(tmp_path)
+@pytest.fixture(params=["in clear", "over TLS"])
+def group(
+    request: pytest.FixtureRequest, tmp_path: Path, pki: Pki
+) -> Iterator[RedisSentinelProcesses]:
+    """A group of the test's own, which it fails over: every server and Sentinel speaking
+    TLS only, or none."""
+    group = start_redis_sentinel(tmp_path, tls=pki if request.param == "over TLS" else None)
     yield group
     stop_redis_sentinel(group)
+
+
+def uri_of(group: RedisSentinelProcesses, options: str) -> str:
+    """The group's URI with ``options`` (and, over TLS, the CA and client certificate)."""
+    tls = f"&{redis_tls_query(group.tls)}" if group.tls is not None else ""
+    return f"{group.uri()}?{options}{tls}"
 
 
 async def eventually(call: Callable[[], Awaitable[T]], within: float = 30.0) -> T:
@@ -129,10 +159,10 @@ def replicated(group: RedisSentinelProcesses, master: int) -> None:
 async def test_the_stores_follow_a_master_killed_and_replaced_by_its_replica(
     group: RedisSentinelProcesses,
 ) -> None:
-    uri = f"{group.uri()}?prefix=failover"
+    uri = uri_of(group, "prefix=failover")
     messages = await OPENERS["message"](uri)
     # One message store with wait=1: every write is confirmed by the replica
-    confirmed = await OPENERS["message"](f"{group.uri()}?prefix=confirmed&wait=1&wait_timeout=1")
+    confirmed = await OPENERS["message"](uri_of(group, "prefix=confirmed&wait=1&wait_timeout=1"))
     queues = await OPENERS["queue"](uri)
     notifier = await OPENERS["notifier"](uri)
     try:
@@ -179,7 +209,7 @@ async def test_a_demoted_master_is_left_without_a_failed_call(
     connection and redis-py's pools alike connect to the new master and send the call again,
     so no call fails. (A master demoted without that, answering READONLY to writes:
     test_redis_link.py.)"""
-    uri = f"{group.uri()}?prefix=demoted"
+    uri = uri_of(group, "prefix=demoted")
     messages = await OPENERS["message"](uri)
     queues = await OPENERS["queue"](uri)
     try:

@@ -162,7 +162,8 @@ async def test_pool_body_errors_are_400(
     ("uri", "fragment"),
     [
         ("http://127.0.0.1/x", "must start with one of sqlite://, redis://, redis+cluster://, "
-                              "rediss://, rediss+cluster://, redis+sentinel://, mongodb://"),
+                              "rediss://, rediss+cluster://, redis+sentinel://, "
+                              "rediss+sentinel://, mongodb://"),
         ("sqlite:///relative.db", "expected an absolute path"),
         ("sqlite:///:memory:", "expected an absolute path"),
         ("redis://127.0.0.1:{port}/0", "cannot connect to redis://127.0.0.1:{port}/0: Redis "

@@ -170,7 +170,9 @@ async def test_store_health_of_queue_svc(catalog: Catalog) -> None:
         assert "catalog" not in reports and list(health.pools) == []
 
 
-@pytest.mark.parametrize("scheme", ["redis", "redis+cluster", "rediss", "rediss+cluster"])
+@pytest.mark.parametrize("scheme", [
+    "redis", "redis+cluster", "rediss", "rediss+cluster", "redis+sentinel", "rediss+sentinel"
+])
 def test_a_flavor_on_redis_pools_has_redis_capabilities(scheme: str) -> None:
     from services.queue_svc.catalog import capabilities
     from services.queue_svc.storage.catalog import PoolRecord

@@ -24,7 +24,7 @@ from services.queue_svc.storage import registry as queue_registry
 
 BUILT_IN = [
     "mongodb", "mongodb+srv", "redis", "redis+cluster", "redis+sentinel", "rediss",
-    "rediss+cluster", "sqlite",
+    "rediss+cluster", "rediss+sentinel", "sqlite",
 ]
 
 Install = Callable[..., None]

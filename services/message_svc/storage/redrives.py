@@ -143,6 +143,7 @@ _BACKENDS: Final = {
     ),
     "rediss": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
     "redis+sentinel": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
+    "rediss+sentinel": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
     "mongodb": ("services.message_svc.storage.mongodb.redrives", "MongoRedriveStore", {}),
     "mongodb+srv": ("services.message_svc.storage.mongodb.redrives", "MongoRedriveStore", {}),
 }
