@@ -427,12 +427,14 @@ def _field(reply: str, name: str) -> str | None:
 
 
 def start_redis_sentinel(
-    workdir: Path, replicas: int = 1, name: str = "zq-master", tls: Pki | None = None
+    workdir: Path, replicas: int = 1, name: str = "zq-master", tls: Pki | None = None,
+    auth_clients: tuple[str, str] = ("optional", "optional"),
 ) -> RedisSentinelProcesses:
     """A master, ``replicas`` replicas and three Sentinels (quorum 2, a master is down after
     1 s without an answer) that call the group ``name``, waited on until all agree; with
-    ``tls``, every one of them speaks TLS only (replication and Sentinels' links too). Stop it
-    with :func:`stop_redis_sentinel`."""
+    ``tls``, every one of them speaks TLS only (replication and Sentinels' links too), and
+    ``auth_clients`` says whether the servers and the Sentinels want a client certificate
+    (``tls-auth-clients``). Stop it with :func:`stop_redis_sentinel`."""
     server = _binary("redis-server")
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
               "--repl-diskless-sync-delay", "0"]
@@ -440,7 +442,7 @@ def start_redis_sentinel(
     def listen(port: int) -> list[str]:
         if tls is None:
             return ["--port", str(port)]
-        return [*redis_tls_arguments(tls, port), "--tls-replication", "yes"]
+        return [*redis_tls_arguments(tls, port, auth_clients[0]), "--tls-replication", "yes"]
 
     folder = workdir / "master"
     folder.mkdir(parents=True, exist_ok=True)
@@ -468,7 +470,7 @@ def start_redis_sentinel(
             if tls is not None:
                 ports = (f"port 0\ntls-port {sport}\ntls-cert-file {tls.service.cert}\n"
                          f"tls-key-file {tls.service.key}\ntls-ca-cert-file {tls.ca}\n"
-                         "tls-replication yes\ntls-auth-clients optional\n")
+                         f"tls-replication yes\ntls-auth-clients {auth_clients[1]}\n")
             config.write_text(
                 f"{ports}bind 127.0.0.1\ndir {folder}\n"
                 f"sentinel monitor {group.name} 127.0.0.1 {port} 2\n"

@@ -237,3 +237,55 @@ async def test_a_demoted_master_is_left_without_a_failed_call(
     finally:
         await messages.close()
         await queues.close()
+
+
+@pytest.mark.parametrize("wanted_by", ["master", "sentinels"])
+async def test_over_tls_a_renewed_client_certificate_is_presented_to_sentinels_and_master(
+    tmp_path: Path, pki: Pki, wanted_by: str,
+) -> None:
+    """A client certificate renewed in place is what the next connections present: to the
+    master, and to the Sentinels asked where it is (each case with a group where only that
+    side wants a client certificate, so that the other's connections cannot hide it)."""
+    sides = ("yes", "no") if wanted_by == "master" else ("no", "yes")
+    group = start_redis_sentinel(tmp_path / "group", tls=pki, auth_clients=sides)
+    mine = tmp_path / "client.pem"
+    mine.write_bytes(pki.client.cert.read_bytes() + pki.client.key.read_bytes())
+    uri = f"{group.uri()}?prefix=renewed&ssl_ca_certs={pki.ca}&ssl_certfile={mine}"
+    # The message store's own connection, and redis-py's pool (all the queue store uses)
+    store = await OPENERS["message"](uri)
+    queues = await OPENERS["queue"](uri)
+
+    def drop_our_connections() -> None:
+        """Close every connection of ours: the store's to the master, and the Sentinels'
+        clients (unnamed; not the Sentinels' links to each other, nor redis-cli's own)."""
+        master = group.master_port()
+        assert master is not None
+        names = {"zaqar-message-svc", "zaqar-queue-svc"}
+        for port, ours in [(master, lambda f: f.get("name") in names),
+                           *((s.port, lambda f: f.get("name") == ""
+                              and not f.get("cmd", "").startswith("client"))
+                             for s in group.sentinels)]:
+            for line in group.cli(port, "client", "list").splitlines():
+                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                if ours(fields):
+                    group.cli(port, "client", "kill", "id", fields["id"])
+
+    try:
+        (posted,) = await store.post(P, "q", CLIENT, [msg(0)])
+        assert await queues.create("p", "q", {})
+        # When the file holds a certificate no trusted CA signed, and our connections drop
+        mine.write_bytes(pki.stranger.cert.read_bytes() + pki.stranger.key.read_bytes())
+        drop_our_connections()
+        # Then the next connections present it, and are refused
+        with pytest.raises(Unavailable):
+            await store.stats(P, "q")
+        with pytest.raises(Unavailable):
+            await queues.get("p", "q")
+        # And once the file holds a trusted one again, the same stores work
+        mine.write_bytes(pki.client.cert.read_bytes() + pki.client.key.read_bytes())
+        assert [m.id for m in await list_all(store, queue="q")] == [posted]
+        assert await queues.get("p", "q") is not None
+    finally:
+        await store.close()
+        await queues.close()
+        stop_redis_sentinel(group)
