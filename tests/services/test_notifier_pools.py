@@ -5,6 +5,7 @@ subscriptions are is checked in the stores themselves, not through the services.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -425,6 +426,20 @@ def test_a_pools_notifier_store_uri_is_derived_from_its_message_store_uri() -> N
     )
     assert notifier_uri("mongodb+srv://c.example/msgs") == "mongodb+srv://c.example/msgs-notifier"
     assert notifier_uri("other://x") is None
+    # Over TLS and through Sentinels: the same server, files and options, keys of its own
+    from services.common.redis_store import RedisOptions
+
+    for uri in ("rediss://h:6380/1?ssl_ca_certs=/etc/zaqar/redis-tls/ca.crt&prefix=p",
+                "redis+sentinel://s1,s2:26380/mymaster/3?sentinel_password=x&prefix=p",
+                "rediss+sentinel://s1/mymaster?ssl_certfile=/etc/c.pem"):
+        derived = notifier_uri(uri)
+        assert derived is not None
+        mine = RedisOptions.parse(derived, "notifier store", "zn", 4)
+        theirs = RedisOptions.parse(uri, "message store", "zm", 4)
+        assert mine.prefix == f"{theirs.prefix}-notifier"
+        assert dataclasses.replace(mine, store="", prefix="", max_connections=0) == (
+            dataclasses.replace(theirs, store="", prefix="", max_connections=0)
+        )
 
 
 async def test_a_pool_store_with_pending_deliveries_is_not_closed_when_idle(
