@@ -58,4 +58,21 @@ from tests.certs import make_pki; make_pki(Path(sys.argv[1]))" "$pki")
   done
   "$root/$venv/bin/python" "$root/scripts/smoke.py" \
     --store "redis+sentinel://127.0.0.1:$sentinel_port/smoke/1"
+  # And both (rediss+sentinel://): a Sentinel speaking TLS only, watching the TLS server.
+  tls_sentinel_port=$("$root/$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  printf '%s\n' "port 0" "tls-port $tls_sentinel_port" "bind 127.0.0.1" "dir $pki" \
+    "tls-cert-file $pki/service.crt" "tls-key-file $pki/service.key" \
+    "tls-ca-cert-file $pki/ca.crt" "tls-replication yes" "tls-auth-clients yes" \
+    "sentinel monitor smoke-tls 127.0.0.1 $tls_port 1" > "$pki/tls-sentinel.conf"
+  redis-server "$pki/tls-sentinel.conf" --sentinel --daemonize no >/dev/null 2>&1 &
+  tls_sentinel_pid=$!
+  trap 'kill $redis_pid $tls_pid $sentinel_pid $tls_sentinel_pid 2>/dev/null || true; rm -rf "$pki"' EXIT
+  for _ in $(seq 100); do
+    redis-cli --tls --cacert "$pki/ca.crt" --cert "$pki/client.crt" --key "$pki/client.key" \
+      -p "$tls_sentinel_port" sentinel get-master-addr-by-name smoke-tls 2>/dev/null \
+      | grep -q . && break
+    sleep 0.1
+  done
+  "$root/$venv/bin/python" "$root/scripts/smoke.py" \
+    --store "rediss+sentinel://127.0.0.1:$tls_sentinel_port/smoke-tls/2?$tls"
 fi
