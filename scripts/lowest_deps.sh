@@ -2,7 +2,7 @@
 # Checks the lower bounds in pyproject.toml: installs the project with the lowest version of
 # every direct dependency that its bounds allow (uv's --resolution lowest-direct) into a venv
 # of its own, then runs scripts/smoke.py in it on SQLite and, when redis-server is installed,
-# on Redis.
+# on Redis: in clear, over TLS, and on the master a Sentinel names (in clear and over TLS).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
