@@ -109,6 +109,7 @@ class Link:
         self._name = name
         self._answer = answer
         self._locate = locate
+        self._where = f"{options.host}:{options.port}"  # the server last connected to
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._queued: list[Command] = []  # waiting for a connection
@@ -150,7 +151,7 @@ class Link:
         except RedisError as exc:  # an error reply to the handshake (say, WRONGPASS)
             self._fail_queued(exc)
         except Exception as exc:  # anything else: no command is left waiting for ever
-            self._fail_queued(_connect_error(self.options, exc))
+            self._fail_queued(_connect_error(self._where, exc))
         else:
             if self._closed:
                 connection.fail(_closed())
@@ -168,6 +169,7 @@ class Link:
         host, port = options.host, options.port
         if self._locate is not None:
             host, port = await self._locate()  # a RedisError when no master is known
+            self._where = f"{host}:{port}"
         follows = self._locate is not None
         async with asyncio.timeout(options.socket_connect_timeout):
             _, connection = await loop.create_connection(
@@ -218,8 +220,8 @@ def _closed() -> RedisConnectionError:
     return RedisConnectionError("The connection to Redis was closed.")
 
 
-def _connect_error(options: RedisOptions, exc: Exception) -> Exception:
-    where = f"{options.host}:{options.port}"
+def _connect_error(where: str, exc: Exception) -> Exception:
+    """``exc``, which a connection to ``where`` (host:port) failed with, as redis-py says it."""
     error: RedisError
     if isinstance(exc, TimeoutError):
         # redis-py's wording: redis_store.never_sent recognises a connect timeout by it.
