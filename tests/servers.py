@@ -370,32 +370,42 @@ class RedisSentinelProcesses:
 
     def master_port(self) -> int | None:
         """The master's port as a live Sentinel names it now."""
+        named = self.masters_named()
+        return next((port for port in named if port is not None), None)
+
+    def masters_named(self) -> list[int | None]:
+        """The master's port as each live Sentinel names it (None: it cannot be asked)."""
+        named: list[int | None] = []
         for sentinel in self.sentinels:
             if sentinel.proc is None or sentinel.proc.poll() is not None:
                 continue
             try:
                 reply = self.cli(sentinel.port, "sentinel", "get-master-addr-by-name", self.name)
             except (subprocess.SubprocessError, OSError):
+                named.append(None)
                 continue
             lines = reply.split()
-            if len(lines) == 2:
-                return int(lines[1])
-        return None
+            named.append(int(lines[1]) if len(lines) == 2 else None)
+        return named
 
     def server(self, port: int) -> ServerProcess:
         return next(s for s in self.servers if s.port == port)
 
     def wait_healthy(self, timeout: float = 60.0, not_on: int | None = None) -> int:
-        """Until the Sentinels name a master (not ``not_on``) that says it is one, every other
-        live server replicates it, and every live Sentinel knows them all; the master's port."""
+        """Until every live Sentinel names the same master (not ``not_on``), which says it is
+        one, every other live server replicates it, and every live Sentinel knows them all; the
+        master's port. (A failed master must not be started again before every Sentinel knows
+        of the failover: a Sentinel still naming it would make the others its replicas, and
+        without persistence it comes back empty and wipes them.)"""
         deadline = time.monotonic() + timeout
         problem = ""
         while time.monotonic() < deadline:
             try:
-                port = self.master_port()
+                named = self.masters_named()
+                port = named[0] if named and len(set(named)) == 1 else None
                 live = [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
                 if port is None or port == not_on:
-                    problem = f"the Sentinels name {port}"
+                    problem = f"the Sentinels name {named}"
                 elif "role:master" not in self.cli(port, "info", "replication"):
                     problem = f"{port} is not a master yet"
                 elif not all("master_link_status:up" in self.cli(s.port, "info", "replication")
@@ -426,15 +436,22 @@ def _field(reply: str, name: str) -> str | None:
     return None
 
 
+# How long a Sentinel waits for an answer before it calls a server down. Shorter failovers
+# make faster tests, but not below this: on a loaded machine a Sentinel once found the new
+# master silent for 1 s, failed it over again to the old one just restarted empty, and the
+# replicas' data went with it (why Redis advises persistence on masters Sentinels watch).
+DOWN_AFTER_MS = 3000
+
+
 def start_redis_sentinel(
     workdir: Path, replicas: int = 1, name: str = "zq-master", tls: Pki | None = None,
     auth_clients: tuple[str, str] = ("optional", "optional"),
 ) -> RedisSentinelProcesses:
-    """A master, ``replicas`` replicas and three Sentinels (quorum 2, a master is down after
-    1 s without an answer) that call the group ``name``, waited on until all agree; with
-    ``tls``, every one of them speaks TLS only (replication and Sentinels' links too), and
-    ``auth_clients`` says whether the servers and the Sentinels want a client certificate
-    (``tls-auth-clients``). Stop it with :func:`stop_redis_sentinel`."""
+    """A master, ``replicas`` replicas and three Sentinels (quorum 2, a server is down after
+    :data:`DOWN_AFTER_MS` without an answer) that call the group ``name``, waited on until all
+    agree; with ``tls``, every one of them speaks TLS only (replication and Sentinels' links
+    too), and ``auth_clients`` says whether the servers and the Sentinels want a client
+    certificate (``tls-auth-clients``). Stop it with :func:`stop_redis_sentinel`."""
     server = _binary("redis-server")
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
               "--repl-diskless-sync-delay", "0"]
@@ -474,7 +491,7 @@ def start_redis_sentinel(
             config.write_text(
                 f"{ports}bind 127.0.0.1\ndir {folder}\n"
                 f"sentinel monitor {group.name} 127.0.0.1 {port} 2\n"
-                f"sentinel down-after-milliseconds {group.name} 1000\n"
+                f"sentinel down-after-milliseconds {group.name} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {group.name} 10000\n"
                 f"sentinel parallel-syncs {group.name} 1\n"
             )
