@@ -12,11 +12,12 @@ it back with :func:`decode_rpc_error`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -246,6 +247,10 @@ class RpcErrorInfo:
     reason: str
     title: str
     description: str
+    # True when a service of ours gave the answer (a ``google.rpc.ErrorInfo`` of
+    # :data:`ERROR_DOMAIN`); False for the channel's own failures (unreachable, deadline) and
+    # for anything else that speaks gRPC.
+    answered: bool = False
 
 
 _CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
@@ -266,7 +271,7 @@ def decode_rpc_error(exc: grpc.RpcError) -> RpcErrorInfo:
     """Read code, reason, title and description from a failed call (sync or aio)."""
     code: grpc.StatusCode = exc.code()
     description: str = exc.details() or ""
-    reason, title = code.name, ""
+    reason, title, answered = code.name, "", False
     try:
         status = rpc_status.from_call(exc)
     except ValueError:
@@ -278,23 +283,73 @@ def decode_rpc_error(exc: grpc.RpcError) -> RpcErrorInfo:
                 detail.Unpack(info)
                 reason = info.reason or reason
                 title = info.metadata.get("title", "")
-    return RpcErrorInfo(code=code, reason=reason, title=title, description=description)
+                answered = info.domain == ERROR_DOMAIN
+    return RpcErrorInfo(code=code, reason=reason, title=title, description=description,
+                        answered=answered)
 
 
 RETRY_LATER = "Please try again in a few seconds."
+NOT_ANSWERED = f"A backing service did not answer. {RETRY_LATER}"
 T = TypeVar("T")
 
+# The codes with which a service judges the request itself (the caller's 4xx): passed on as
+# they came by a call that asks for it (``relay=True``), because the request it carries is the
+# caller's own. Every other answer becomes UNAVAILABLE.
+RELAYED_CODES: Final = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+})
 
-async def upstream_call(call: Awaitable[T], upstream: str, failure: str) -> T:
-    """Await one call to another service; a failed call becomes :class:`Unavailable` whose
-    description starts with ``failure`` (the service's own answer), logged with the upstream
-    (``"message_svc at 127.0.0.1:50062"``) and the call's code and details."""
+
+@functools.lru_cache(maxsize=128)
+def _relayed_class(code: grpc.StatusCode, reason: str, title: str) -> type[ServiceError]:
+    base = Unavailable if code is grpc.StatusCode.UNAVAILABLE else ServiceError
+    return type("Relayed", (base,), {"code": code, "reason": reason, "title": title})
+
+
+def relayed(info: RpcErrorInfo, description: str | None = None) -> ServiceError:
+    """A service's answer passed on to this service's caller: the same code, reason and title,
+    with ``description`` (the answer's own by default). An UNAVAILABLE one is an
+    :class:`Unavailable`, which callers may catch as such."""
+    error_class = _relayed_class(info.code, info.reason, info.title)
+    return error_class(info.description if description is None else description)
+
+
+async def upstream_call(
+    call: Awaitable[T], upstream: str, failure: str, *, relay: bool = False
+) -> T:
+    """Await one call to another service and classify its failure; deny by default: only
+    what the upstream said itself, and said about the request, reaches the caller as it was.
+
+    - The upstream answered UNAVAILABLE (its store, or a service behind it, is down): an
+      UNAVAILABLE with its reason and title, whose description is ``failure`` followed by
+      the upstream's own account.
+    - The upstream judged the request (:data:`RELAYED_CODES`) and ``relay`` is set: its
+      answer as it came (a 400 of queue_svc's for a name is the caller's 400). Without
+      ``relay`` (the call carries no request of the caller's, e.g. a clean-up after a
+      change that is already stored) such an answer means the services disagree: logged as
+      an error, and UNAVAILABLE.
+    - Anything else (nothing answered, a deadline, credentials refused between services, an
+      unknown method during an upgrade): UNAVAILABLE with ``failure``, saying that a backing
+      service did not answer; the log line names ``upstream`` (``"message_svc at
+      127.0.0.1:50062"``) with the call's code and details, which the caller does not see.
+    """
     try:
         return await call
     except grpc.aio.AioRpcError as exc:
         info = decode_rpc_error(exc)
-        log.warning("%s: %s (%s: %s)", upstream, failure, info.code.name, info.description)
-        raise Unavailable(f"{failure} {RETRY_LATER}") from exc
+        if info.answered and info.code is grpc.StatusCode.UNAVAILABLE:
+            log.warning("%s: %s (%s: %s)", upstream, failure, info.reason, info.description)
+            raise relayed(info, f"{failure} {info.description}") from exc
+        if info.answered and info.code in RELAYED_CODES:
+            if relay:
+                raise relayed(info) from exc
+            log.error("%s answered %s (%s: %s), which this call does not expect: %s",
+                      upstream, info.code.name, info.reason, info.description, failure)
+        else:
+            log.warning("%s: %s (%s: %s)", upstream, failure, info.code.name, info.description)
+        raise Unavailable(f"{failure} {NOT_ANSWERED}") from exc
 
 
 def failure_status(exc: Exception, method: str) -> status_pb2.Status:

@@ -199,7 +199,8 @@ class QueueMetadata:
             answer: queues_pb2.Queue = await upstream_call(
                 method(request, timeout=self._timeout),
                 f"queue_svc ({'EnsureQueue' if ensure else 'GetQueue'} {project}/{queue})",
-                f"The queue service could not be reached to read the metadata of queue {queue}.",
+                f"The metadata of queue {queue} could not be read.",
+                relay=True,  # the caller's own queue: queue_svc's 4xx for it is the caller's
             )
             if answer.pool and not answer.pool_uri:
                 raise Unavailable(

@@ -92,7 +92,7 @@ def queue_sources(channel: grpc.aio.Channel, timeout: float) -> SourcesOf:
         answer: queues_pb2.ListQueuesResponse = await upstream_call(
             stub.ListQueues(request, timeout=timeout),
             f"queue_svc (ListQueues {project}, dead-letter sources of {queue})",
-            f"The queue service could not be reached to find the source of queue {queue}.",
+            f"The queues that move messages into queue {queue} could not be listed.",
         )
         return [q.name for q in answer.queues]
 

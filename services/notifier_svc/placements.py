@@ -13,11 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import grpc
 from zaqar_grpc.v2 import admin_pb2, admin_pb2_grpc, queues_pb2, queues_pb2_grpc
 
 from services.common.config import Settings
-from services.common.errors import Unavailable, decode_rpc_error
+from services.common.errors import upstream_call
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
 from services.common.metrics import instrumented
@@ -57,7 +56,8 @@ class Placements:
         cached for ``metadata_cache_ttl`` seconds unless ``fresh``.
 
         Raises:
-            Unavailable: queue_svc does not answer.
+            Unavailable: queue_svc does not answer, or answers that it cannot say.
+            ServiceError: queue_svc's 4xx for the queue, passed on.
         """
         if not self.pooling or sources.topic_of(queue) is not None:
             return ""
@@ -65,16 +65,15 @@ class Placements:
         cached = self._cache.get(key)
         if not fresh and cached is not None and cached[1] > self._clock():
             return cached[0]
-        try:
-            answer = await self._queues.GetQueue(
+        answer: queues_pb2.Queue = await upstream_call(
+            self._queues.GetQueue(
                 queues_pb2.GetQueueRequest(project=project, queue=queue, with_placement=True),
                 timeout=self._timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(
-                f"queue_svc at {self._target} did not say where queue {queue} is: "
-                f"{decode_rpc_error(exc).description}"
-            ) from None
+            ),
+            f"queue_svc at {self._target} (GetQueue {project}/{queue})",
+            f"The pool of queue {queue} could not be read.",
+            relay=True,  # the caller's own queue
+        )
         self.remember(project, queue, answer.pool_uri)
         return answer.pool_uri
 

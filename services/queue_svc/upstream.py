@@ -1,10 +1,12 @@
 """The calls queue_svc makes to message_svc and to notifier_svc (one reused channel each,
 balanced over every replica). In keystone mode every call carries queue_svc's service token.
 
-Every call carries the ``rpc_timeout`` deadline. A failed call is translated once, in
-:meth:`MessageService._call`, into :class:`Unavailable` (the caller's 503): message_svc is
-ours, so any failure of it (unreachable, deadline, or an error it should never return to us)
-means the request cannot be completed now.
+Every call carries the ``rpc_timeout`` deadline. A failed call is translated once, by
+:func:`~services.common.errors.upstream_call`: into :class:`Unavailable` (the caller's 503),
+with message_svc's or notifier_svc's own account when it answered UNAVAILABLE itself; only
+the stats read passes message_svc's 4xx on, since only it carries the caller's request as it
+came. The other calls are steps of a change the caller asked for, where a 4xx means the
+services disagree: a 503, logged as an error.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ class MessageService:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, failure: str, call: Awaitable[T]) -> T:
-        """Await one call; any RPC failure becomes :class:`Unavailable` with ``failure`` as the
-        start of its description."""
-        return await upstream_call(call, f"message_svc at {self._target}", failure)
+    async def _call(self, failure: str, call: Awaitable[T], *, relay: bool = False) -> T:
+        """Await one call; a failure becomes :class:`Unavailable` with ``failure`` as the start
+        of its description, unless ``relay`` passes message_svc's 4xx on
+        (:func:`~services.common.errors.upstream_call`)."""
+        return await upstream_call(call, f"message_svc at {self._target}", failure, relay=relay)
 
     async def get_stats(self, project: str, queue: str) -> common_pb2.QueueStats:
         stats: common_pb2.QueueStats = await self._call(
@@ -57,6 +60,7 @@ class MessageService:
             self._messages.GetStats(
                 common_pb2.QueueRef(project=project, queue=queue), timeout=self._timeout
             ),
+            relay=True,  # the caller's own request for the stats
         )
         return stats
 

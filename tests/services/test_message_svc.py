@@ -25,7 +25,7 @@ import pytest
 from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 
 from services.common.config import Settings
-from services.common.errors import RpcErrorInfo, decode_rpc_error
+from services.common.errors import NOT_ANSWERED, RpcErrorInfo, decode_rpc_error
 from services.common.grpc_server import Running, open_channel
 from services.common.sweeper import Sweeper
 from services.message_svc import server as message_server
@@ -795,7 +795,7 @@ async def test_an_unreachable_queue_service_is_unavailable(
             assert (info.code, info.reason, info.title) == (
                 Code.UNAVAILABLE, "STORE_UNAVAILABLE", "Service temporarily unavailable"
             )
-            assert "queue service could not be reached" in info.description
+            assert info.description == f"The metadata of queue q could not be read. {NOT_ANSWERED}"
             listed = await stub.ListMessages(
                 messages_pb2.ListMessagesRequest(project=PROJECT, queue="q")
             )

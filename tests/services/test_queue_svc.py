@@ -33,7 +33,7 @@ from zaqar_grpc.v2 import (
 
 from services.cli import settings_environment
 from services.common.config import ConfigurationError, Settings
-from services.common.errors import RpcErrorInfo, decode_rpc_error
+from services.common.errors import NOT_ANSWERED, RpcErrorInfo, decode_rpc_error
 from services.common.startup import CannotListen
 from services.message_svc.server import start as start_message_svc
 from services.notifier_svc.server import start as start_notifier_svc
@@ -465,7 +465,7 @@ async def test_purge_of_subscriptions_without_notifier_svc_is_unavailable(
     info = await rpc_error(alone.stub.PurgeQueue(queues_pb2.PurgeQueueRequest(
         project="p", queue="q", resource_types=["subscriptions"])))
     assert_unavailable(
-        info, "Queue could not be purged: its subscriptions could not be removed. " + RETRY)
+        info, "Queue could not be purged: its subscriptions could not be removed. " + NOT_ANSWERED)
 
 
 # message_svc unreachable ---------------------------------------------------------------------
@@ -506,18 +506,18 @@ async def test_delete_without_message_svc_removes_queue_but_is_unavailable(
     info = await rpc_error(alone.stub.DeleteQueue(
         queues_pb2.DeleteQueueRequest(project="p", queue="q")))
     assert_unavailable(
-        info, "Queue could not be deleted: its messages could not be removed. " + RETRY)
+        info, "Queue could not be deleted: its messages could not be removed. " + NOT_ANSWERED)
     assert not (await alone.stub.GetQueue(get("p", "q"))).exists
 
 
 async def test_stats_and_purge_without_message_svc_are_unavailable(alone: QueueSvc) -> None:
     stats = await rpc_error(alone.stub.GetQueueStats(
         queues_pb2.GetQueueStatsRequest(project="p", queue="q")))
-    assert_unavailable(stats, "Queue stats could not be read. " + RETRY)
+    assert_unavailable(stats, "Queue stats could not be read. " + NOT_ANSWERED)
     purge = await rpc_error(alone.stub.PurgeQueue(
         queues_pb2.PurgeQueueRequest(project="p", queue="q")))
     assert_unavailable(
-        purge, "Queue could not be purged: its messages could not be removed. " + RETRY)
+        purge, "Queue could not be purged: its messages could not be removed. " + NOT_ANSWERED)
 
 
 # the server ----------------------------------------------------------------------------------
