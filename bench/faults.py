@@ -75,7 +75,6 @@ from tests.servers import (  # noqa: E402
     ServerProcess,
     redis_process,
     start_redis_cluster,
-    stop_redis_cluster,
 )
 
 QUEUE = "faults"
@@ -385,7 +384,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             if store.server is not None:
                 store.server.stop()
             if store.cluster is not None:
-                stop_redis_cluster(store.cluster)
+                store.cluster.stop()
     return summarize(tally, left, args)
 
 

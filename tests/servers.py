@@ -257,6 +257,16 @@ class RedisClusterProcesses:
     tls: Pki | None = None
     """The PKI of a cluster that speaks TLS only (nodes, replication and the cluster bus)."""
 
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()  # its data is thrown away: no need for a graceful stop
+
+    def __enter__(self) -> RedisClusterProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def client_arguments(self) -> dict[str, Any]:
         """redis-py's arguments of a client of the nodes (TLS ones when the cluster has TLS)."""
@@ -350,6 +360,16 @@ class RedisSentinelProcesses:
     name: str = "zq-master"
     tls: Pki | None = None
     """The PKI of a group that speaks TLS only (servers, replication and Sentinels)."""
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, *self.servers]:
+            process.kill()
+
+    def __enter__(self) -> RedisSentinelProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def servers(self) -> list[ServerProcess]:
@@ -451,7 +471,7 @@ def start_redis_sentinel(
     :data:`DOWN_AFTER_MS` without an answer) that call the group ``name``, waited on until all
     agree; with ``tls``, every one of them speaks TLS only (replication and Sentinels' links
     too), and ``auth_clients`` says whether the servers and the Sentinels want a client
-    certificate (``tls-auth-clients``). Stop it with :func:`stop_redis_sentinel`."""
+    certificate (``tls-auth-clients``). Use it in a ``with`` block, or call its ``stop()``."""
     server = _binary("redis-server")
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
               "--repl-diskless-sync-delay", "0"]
@@ -500,14 +520,9 @@ def start_redis_sentinel(
             sentinel.start()
         group.wait_healthy()
     except BaseException:
-        stop_redis_sentinel(group)
+        group.stop()
         raise
     return group
-
-
-def stop_redis_sentinel(group: RedisSentinelProcesses) -> None:
-    for process in [*group.sentinels, *group.servers]:
-        process.kill()
 
 
 def _binary(name: str) -> str:
@@ -526,7 +541,7 @@ def start_redis_cluster(
     ``cluster_state:ok``. A short ``cluster-node-timeout`` makes failover take seconds.
     ``tls``: every node speaks TLS only, to clients, to its replicas and on the cluster bus.
 
-    Stop it with :func:`stop_redis_cluster`.
+    Use it in a ``with`` block, or call its ``stop()``.
     """
     server, cli = _binary("redis-server"), _binary("redis-cli")
     nodes: list[ServerProcess] = []
@@ -556,14 +571,9 @@ def start_redis_cluster(
         )
         cluster.wait_healthy()
     except BaseException:
-        stop_redis_cluster(cluster)
+        cluster.stop()
         raise
     return cluster
-
-
-def stop_redis_cluster(cluster: RedisClusterProcesses) -> None:
-    for node in cluster.nodes:
-        node.kill()  # its data is thrown away: no need for a graceful stop
 
 
 def close_sockets_of_cancelled_connects() -> None:
@@ -616,9 +626,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelProcesses]:
     """A master with one replica and three Sentinels, for the session; tests that fail it
     over start their own (:func:`start_redis_sentinel`)."""
-    group = start_redis_sentinel(tmp_path_factory.mktemp("redis-sentinel"))
-    yield group
-    stop_redis_sentinel(group)
+    with start_redis_sentinel(tmp_path_factory.mktemp("redis-sentinel")) as group:
+        yield group
 
 
 @pytest.fixture(scope="session")
@@ -626,9 +635,8 @@ def redis_tls_sentinel(
     tmp_path_factory: pytest.TempPathFactory, pki: Pki
 ) -> Iterator[RedisSentinelProcesses]:
     """:func:`redis_sentinel`, speaking TLS only."""
-    group = start_redis_sentinel(tmp_path_factory.mktemp("redis-tls-sentinel"), tls=pki)
-    yield group
-    stop_redis_sentinel(group)
+    with start_redis_sentinel(tmp_path_factory.mktemp("redis-tls-sentinel"), tls=pki) as group:
+        yield group
 
 
 @pytest.fixture(scope="session")
@@ -646,9 +654,8 @@ def redis_tls_cluster(
     tmp_path_factory: pytest.TempPathFactory, pki: Pki
 ) -> Iterator[RedisClusterProcesses]:
     """A Redis Cluster like :func:`redis_cluster`, speaking TLS only."""
-    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-tls-cluster"), tls=pki)
-    yield cluster
-    stop_redis_cluster(cluster)
+    with start_redis_cluster(tmp_path_factory.mktemp("redis-tls-cluster"), tls=pki) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
@@ -657,17 +664,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
     Tests that kill nodes start their own (:func:`start_redis_cluster`), so this one always
     has its three masters."""
-    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
-    yield cluster
-    stop_redis_cluster(cluster)
+    with start_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
 def mongodb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = mongodb_process(tmp_path_factory.mktemp("mongodb"))
-    server.start()
-    yield server
-    server.stop()
+    with mongodb_process(tmp_path_factory.mktemp("mongodb")) as server:
+        yield server
 
 
 def _serve_mongodb(port: int, storage: str) -> None:

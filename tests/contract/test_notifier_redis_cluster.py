@@ -35,7 +35,6 @@ from tests.servers import (
     RedisClusterProcesses,
     ServerProcess,
     start_redis_cluster,
-    stop_redis_cluster,
 )
 
 HOOK = "http://127.0.0.1:9/hook"
@@ -59,9 +58,8 @@ async def store(redis_cluster_uri: str, clock: Clock) -> AsyncIterator[NotifierS
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
     """A cluster of the test's own, which it may kill nodes of."""
-    cluster = start_redis_cluster(tmp_path / "cluster")
-    yield cluster
-    stop_redis_cluster(cluster)
+    with start_redis_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
 
 
 def test_the_scheme_opens_the_cluster_store_and_each_class_refuses_the_other_uri() -> None:

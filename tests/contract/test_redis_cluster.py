@@ -44,7 +44,6 @@ from tests.servers import (
     ServerProcess,
     free_port,
     start_redis_cluster,
-    stop_redis_cluster,
 )
 
 P, Q, DLQ = "project-a", "queue-1", "dead-letters"
@@ -59,9 +58,8 @@ def msg(n: int, ttl: int = 300) -> NewMessage:
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
     """A cluster of the test's own, which it may stop or kill nodes of."""
-    cluster = start_redis_cluster(tmp_path / "cluster")
-    yield cluster
-    stop_redis_cluster(cluster)
+    with start_redis_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ from tests.servers import (
     RedisSentinelProcesses,
     redis_tls_query,
     start_redis_sentinel,
-    stop_redis_sentinel,
 )
 
 T = TypeVar("T")
@@ -113,9 +112,10 @@ def group(
 ) -> Iterator[RedisSentinelProcesses]:
     """A group of the test's own, which it fails over: every server and Sentinel speaking
     TLS only, or none."""
-    group = start_redis_sentinel(tmp_path, tls=pki if request.param == "over TLS" else None)
-    yield group
-    stop_redis_sentinel(group)
+    with start_redis_sentinel(
+        tmp_path, tls=pki if request.param == "over TLS" else None
+    ) as group:
+        yield group
 
 
 def uri_of(group: RedisSentinelProcesses, options: str) -> str:
@@ -288,4 +288,4 @@ async def test_over_tls_a_renewed_client_certificate_is_presented_to_sentinels_a
     finally:
         await store.close()
         await queues.close()
-        stop_redis_sentinel(group)
+        group.stop()

@@ -26,7 +26,6 @@ from tests.receivers import Receiver
 from tests.servers import (
     RedisClusterProcesses,
     start_redis_cluster,
-    stop_redis_cluster,
 )
 from tests.stacks import REDIS_CLUSTER, SIGNED_URL_SECRET, up_stack
 from tests.waiting import until
@@ -145,9 +144,8 @@ async def test_a_user_flow_on_a_redis_cluster(
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
     """A cluster of the test's own, which it kills a master of."""
-    cluster = start_redis_cluster(tmp_path / "cluster")
-    yield cluster
-    stop_redis_cluster(cluster)
+    with start_redis_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
 
 
 @pytest.mark.timeout(240)

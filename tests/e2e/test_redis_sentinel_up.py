@@ -19,7 +19,7 @@ import pytest
 from services.common.config import Settings
 from tests.e2e.harness import start_stack
 from tests.e2e.traffic import PROJECT, QUEUE, Traffic, all_message_ids, headers
-from tests.servers import RedisSentinelProcesses, start_redis_sentinel, stop_redis_sentinel
+from tests.servers import RedisSentinelProcesses, start_redis_sentinel
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +29,8 @@ log = logging.getLogger(__name__)
 
 @pytest.fixture
 def group(tmp_path: Path) -> Iterator[RedisSentinelProcesses]:
-    group = start_redis_sentinel(tmp_path / "sentinel")
-    yield group
-    stop_redis_sentinel(group)
+    with start_redis_sentinel(tmp_path / "sentinel") as group:
+        yield group
 
 
 @pytest.mark.timeout(240)

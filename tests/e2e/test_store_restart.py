@@ -44,7 +44,6 @@ from tests.servers import (
     mongodb_process,
     redis_process,
     start_redis_cluster,
-    stop_redis_cluster,
 )
 from tests.waiting import until
 
@@ -209,11 +208,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Restartabl
         finally:
             server.stop()
         return
-    cluster = start_redis_cluster(tmp_path / "cluster")
-    try:
+    with start_redis_cluster(tmp_path / "cluster") as cluster:
         yield WholeCluster(cluster) if kind == "redis-cluster" else ClusterMaster(cluster)
-    finally:
-        stop_redis_cluster(cluster)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,6 @@ from tests.servers import (
     redis_process,
     redis_tls_client,
     start_redis_sentinel,
-    stop_redis_sentinel,
 )
 from tests.unit.test_image import (
     DOCKERFILE,
@@ -654,16 +653,13 @@ def test_the_redis_tls_overlay_runs_and_its_probes_pass(tmp_path: Path, pki: Pki
 def test_the_redis_sentinel_overlay_runs_and_its_probes_pass(tmp_path: Path) -> None:
     # Given a master with a replica, watched by Sentinels named "mymaster", behind the
     # Sentinels' Service (here: one of them)
-    group = start_redis_sentinel(tmp_path / "sentinel", name="mymaster")
-    try:
+    with start_redis_sentinel(tmp_path / "sentinel", name="mymaster") as group:
         master = group.master.port
         sentinels = {"redis.redis.svc.cluster.local:26379": f"127.0.0.1:{group.sentinels[0].port}"}
         run_overlay(rendered("redis-sentinel"), tmp_path, sentinels)
         # Then the smoke test's messages are on the master
         with redis.Redis(port=master) as client:
             assert any(key.startswith(b"zm:") for key in client.scan_iter())
-    finally:
-        stop_redis_sentinel(group)
     assert not list(tmp_path.rglob("*.db"))
 
 
