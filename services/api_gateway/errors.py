@@ -20,6 +20,7 @@ import grpc
 import orjson
 
 from services.common.errors import decode_rpc_error
+from services.common.grpc_auth import SERVICE_CREDENTIALS_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ ROUTE_OVERRIDES: Final[Mapping[str, Mapping[str, int]]] = {
     },
 }
 
+CREDENTIALS_REFUSED: Final = (
+    "The request could not be completed: a backing service refused the gateway's credentials. "
+    "Please try again later."
+)
+
 # Codes for which the status text comes from the transport rather than from a service.
 _TRANSPORT_CODES: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -117,6 +123,11 @@ _TRANSPORT_CODES: Final = frozenset(
 def api_error_from_rpc(exc: grpc.RpcError, route: str | None = None) -> ApiError:
     """Translate a failed call into the answer of ``route`` ("<METHOD> <template>")."""
     info = decode_rpc_error(exc)
+    if info.reason in SERVICE_CREDENTIALS_REFUSED:
+        # A service refused the gateway's own credentials (its service token, or its user's
+        # roles): the operator's to fix, not the caller's, whose token was fine.
+        log.error("a backing service refused the gateway's credentials: %s", info.description)
+        return unavailable(CREDENTIALS_REFUSED)
     status, default_title = STATUS_TABLE.get(info.code, (503, TITLE_UNAVAILABLE))
     if route is not None:
         status = ROUTE_OVERRIDES.get(route, {}).get(info.reason, status)

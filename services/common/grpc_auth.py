@@ -26,11 +26,13 @@ process opens in keystone mode sends the process's token as ``x-service-token`` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, Final
 
 import grpc
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.common.errors import (
@@ -38,6 +40,7 @@ from services.common.errors import (
     ServiceError,
     Unauthenticated,
     Unavailable,
+    decode_rpc_error,
     to_status,
 )
 from services.common.grpc_types import (
@@ -73,6 +76,29 @@ INTERNAL_ONLY: Final = (
 NOT_A_SERVICE: Final = (
     "The token in x-service-token has none of the service roles ({roles})."
 )
+
+
+class ServiceTokenRefused(Unauthenticated):
+    """Keystone refused the token in ``x-service-token``: the calling service's own."""
+
+    reason = "SERVICE_TOKEN_REFUSED"
+
+
+class NotAService(Forbidden):
+    """The token in ``x-service-token`` is valid but carries no service role."""
+
+    reason = "NOT_A_SERVICE"
+
+
+# The reasons with which a service refuses the calling service's own credentials: never the
+# fault of whoever the calling service acts for (the gateway answers them 503, not 401/403).
+SERVICE_CREDENTIALS_REFUSED: Final = frozenset(
+    {ServiceTokenRefused.reason, NotAService.reason}
+)
+# A process renews its service token on a refusal at most this often (seconds): a service
+# that refuses every token (configured with another Keystone) must not make each call ask
+# Keystone for a new one.
+RENEW_ON_REFUSAL_EVERY: Final = 10.0
 ADMIN_ROLE: Final = "admin"
 NOT_AN_ADMIN: Final = "{method} is an admin call: the token needs the admin role."
 KEYSTONE_DOWN: Final = "The identity service cannot be reached. Please try again later."
@@ -203,7 +229,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             identity = await self._validate(service_token, SERVICE_TOKEN_KEY)
             if not self._auth.is_service(identity):
                 roles = ", ".join(sorted(self._auth.service_roles))
-                raise Forbidden(NOT_A_SERVICE.format(roles=roles))
+                raise NotAService(NOT_A_SERVICE.format(roles=roles))
             return None
         if not public:
             raise Unauthenticated(INTERNAL_ONLY.format(service=service))
@@ -216,7 +242,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         try:
             return await self._auth.validate(token)
         except Unauthorized:
-            raise Unauthenticated(REFUSED_TOKEN.format(key=key)) from None
+            refused = ServiceTokenRefused if key == SERVICE_TOKEN_KEY else Unauthenticated
+            raise refused(REFUSED_TOKEN.format(key=key)) from None
         except KeystoneUnavailable as exc:
             log.warning("token validation failed: %s", exc)
             raise Unavailable(KEYSTONE_DOWN) from None
@@ -225,19 +252,32 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 class _ServiceToken:
     """Adds the process's own token as ``x-service-token`` to a call's metadata.
 
-    Keystone unreachable fails the call as UNAVAILABLE, as an unreachable upstream would."""
+    Keystone unreachable fails the call as UNAVAILABLE, as an unreachable upstream would. A
+    token the called service refuses (revoked, say, while this process still had it cached)
+    is renewed (at most every :data:`RENEW_ON_REFUSAL_EVERY` seconds): a unary call is then
+    made once more with the new token; a stream fails, and the next one opened carries it."""
 
     def __init__(self, auth: KeystoneAuth) -> None:
         self._auth = auth
 
-    async def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    async def _token(self) -> str:
         try:
-            token = await self._auth.service_token()
+            return await self._auth.service_token()
         except KeystoneUnavailable as exc:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
                 details=f"no service token: {exc}",
             ) from None
+
+    async def _renewed(self, refused: str) -> str | None:
+        """A new token in place of ``refused``; None when none is to be had now."""
+        try:
+            return await self._auth.service_token_refused(refused, RENEW_ON_REFUSAL_EVERY)
+        except KeystoneUnavailable:
+            return None
+
+    @staticmethod
+    def _details(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(
             *(item for item in (details.metadata or ()) if item[0] != SERVICE_TOKEN_KEY),
             (SERVICE_TOKEN_KEY, token),
@@ -247,16 +287,63 @@ class _ServiceToken:
             details.wait_for_ready,
         )
 
+    def _renew_if_refused(self, call: Any, token: str) -> None:
+        """When the stream ``call`` ends refused for ``token``, renew it for the next one."""
+
+        async def check() -> None:
+            if await call.code() != grpc.StatusCode.UNAUTHENTICATED:
+                return
+            try:
+                status = await rpc_status.aio.from_call(call)
+            except ValueError:
+                return
+            if status is not None and _reason(status) == ServiceTokenRefused.reason:
+                log.warning("a service refused this process's service token on a stream; "
+                            "renewing it")
+                await self._renewed(token)
+
+        def done(_: object) -> None:
+            task = asyncio.ensure_future(check())
+            _CHECKS.add(task)
+            task.add_done_callback(_CHECKS.discard)
+
+        call.add_done_callback(done)
+
+
+# Tasks checking how streams ended (kept referenced until done).
+_CHECKS: set[asyncio.Future[None]] = set()
+
+
+def _reason(status: Any) -> str:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
 
 # One class per call kind: a channel files each interceptor under the first kind it is.
 class ServiceTokenInterceptor(_ServiceToken, grpc.aio.UnaryUnaryClientInterceptor):
-    """The service token on unary calls."""
+    """The service token on unary calls; a refused one is renewed and the call made again."""
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(await self._details(client_call_details), request)
+        token = await self._token()
+        call = await continuation(self._details(client_call_details, token), request)
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            if decode_rpc_error(exc).reason != ServiceTokenRefused.reason:
+                raise
+            renewed = await self._renewed(token)
+            if renewed is None or renewed == token:
+                raise
+            log.warning("a service refused this process's service token; renewed it, and "
+                        "making the call %s again", client_call_details.method)
+        return await continuation(self._details(client_call_details, renewed), request)
 
 
 class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInterceptor):
@@ -266,7 +353,10 @@ class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInt
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(await self._details(client_call_details), request)
+        token = await self._token()
+        call = await continuation(self._details(client_call_details, token), request)
+        self._renew_if_refused(call, token)
+        return call
 
 
 class ServiceTokenBidiInterceptor(_ServiceToken, grpc.aio.StreamStreamClientInterceptor):
@@ -276,7 +366,10 @@ class ServiceTokenBidiInterceptor(_ServiceToken, grpc.aio.StreamStreamClientInte
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return await continuation(await self._details(client_call_details), request_iterator)
+        token = await self._token()
+        call = await continuation(self._details(client_call_details, token), request_iterator)
+        self._renew_if_refused(call, token)
+        return call
 
 
 def server_interceptors(

@@ -183,6 +183,7 @@ class KeystoneAuth:
         self._asking = _SingleFlight()
         self._session: aiohttp.ClientSession | None = None
         self._service_token: str | None = None
+        self._refusal_renewed_at = -float("inf")  # time.monotonic() of the last one
         self._service_user = ""
         self._service_renew_at = 0.0
         self._service_lock = asyncio.Lock()
@@ -291,6 +292,19 @@ class KeystoneAuth:
             self._service_user = str(doc.get("user", {}).get("id", ""))
             self._service_token = str(headers["X-Subject-Token"])
             return self._service_token
+
+    async def service_token_refused(self, refused: str, every: float) -> str:
+        """A service refused ``refused``, this process's token: a new one. The token in use
+        when it is not ``refused`` (another call renewed it already), or when the last
+        renewal on a refusal was less than ``every`` seconds ago; raises
+        :class:`KeystoneUnavailable`."""
+        async with self._service_lock:
+            current = self._service_token
+            now = time.monotonic()
+            if current and (current != refused or now < self._refusal_renewed_at + every):
+                return current
+            self._refusal_renewed_at = now
+        return await self.service_token(renew=True)
 
     async def service_user_id(self) -> str:
         """The id of this process's service user (the trustee of the trusts it creates)."""

@@ -1,0 +1,173 @@
+"""A service's own credentials refused by the service it calls, against a real Keystone
+(``tests/keystone.py``): the caller it acts for is not to blame, and a revoked token is not
+kept.
+
+- A process whose cached service token is revoked gets a new one: a unary call is made once
+  more with it, a stream fails and the next one carries it (``grpc_auth._ServiceToken``); a
+  refusal renews at most every ``RENEW_ON_REFUSAL_EVERY`` seconds.
+- The gateway answers a refusal of its own credentials 503, not the 401 or 403 that would
+  tell a user with a good token that theirs is bad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import httpx
+import pytest
+from zaqar_grpc.v2 import notifier_pb2, notifier_pb2_grpc, queues_pb2, queues_pb2_grpc
+
+from services.api_gateway.app import create_app
+from services.api_gateway.errors import CREDENTIALS_REFUSED
+from services.api_gateway.upstream import Upstreams
+from services.common.config import Settings
+from services.common.errors import decode_rpc_error
+from services.common.grpc_server import open_channel
+from services.common.keystone import KeystoneAuth
+from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
+from tests.keystone import Keystone
+from tests.waiting import until
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def services(keystone_settings: Callable[..., Settings]) -> AsyncIterator[Settings]:
+    """The three services in keystone mode, asking Keystone about every token they are sent
+    (no cache: a revocation counts at once)."""
+    async with running_services(keystone_settings(token_cache_seconds=0)) as settings:
+        yield settings
+
+
+async def test_a_revoked_service_token_is_renewed_and_the_call_made_again(
+    services: Settings, keystone: Keystone
+) -> None:
+    # Given a process whose calls carry its service token
+    auth = KeystoneAuth(services)
+    channel = open_channel(services.target("queue"), None, auth)
+    try:
+        stub = queues_pb2_grpc.QueuesStub(channel)  # type: ignore[no-untyped-call]
+        queue = new_queue()
+        await stub.CreateQueue(queues_pb2.CreateQueueRequest(project="p", queue=queue))
+        first = await auth.service_token()
+        # When Keystone revokes that token, which the process still has cached
+        keystone.revoke(first)
+        # Then its next call succeeds, made again with a new token
+        listed = await stub.ListQueues(queues_pb2.ListQueuesRequest(project="p"))
+        assert queue in [q.name for q in listed.queues]
+        second = await auth.service_token()
+        assert second != first
+        # And a refusal right after the renewal does not make it ask Keystone again: the
+        # call fails with the service's reason
+        keystone.revoke(second)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ListQueues(queues_pb2.ListQueuesRequest(project="p"))
+        info = decode_rpc_error(caught.value)
+        assert (info.code, info.reason) == (
+            grpc.StatusCode.UNAUTHENTICATED, "SERVICE_TOKEN_REFUSED"
+        )
+        assert await auth.service_token() == second
+    finally:
+        await channel.close()
+        await auth.aclose()
+
+
+async def test_a_stream_refused_for_a_revoked_token_renews_it_for_the_next(
+    services: Settings, keystone: Keystone
+) -> None:
+    # Given a process with a service token, and that token revoked
+    auth = KeystoneAuth(services)
+    channel = open_channel(services.target("notifier"), None, auth)
+    try:
+        stub = notifier_pb2_grpc.NotifierInternalStub(channel)  # type: ignore[no-untyped-call]
+        request = notifier_pb2.WatchRequest(project="p", queue=new_queue(), ttl=60)
+        first = await auth.service_token()
+        keystone.revoke(first)
+        # When it opens a stream, the stream is refused
+        refused = stub.Watch(request)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await refused.read()
+        assert decode_rpc_error(caught.value).reason == "SERVICE_TOKEN_REFUSED"
+        # Then the process renews its token, and the next stream is taken
+        await until(lambda: auth._service_token not in (None, first),
+                    what="the service token renewed after the refusal")
+        watch = stub.Watch(request)
+        await watch.initial_metadata()
+        assert not watch.done()
+        watch.cancel()
+    finally:
+        await channel.close()
+        await auth.aclose()
+
+
+async def test_the_gateway_answers_503_when_a_service_refuses_its_credentials(
+    services: Settings, keystone: Keystone
+) -> None:
+    # Given a gateway whose Keystone user may validate tokens (an admin) but has no service
+    # role (a misconfiguration), in front of services that check it
+    gateway = dataclasses.replace(services, keystone_username="admin-a", keystone_project="a")
+    auth = KeystoneAuth(gateway)
+    up = Upstreams(gateway, auth=auth)
+    app = create_app(gateway, up, auth)
+    try:
+        async with lifespan(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway",
+            headers={"Client-ID": CLIENT_ID, "Accept": "application/json"},
+        ) as http:
+            # When a user with a good token lists queues and posts a message
+            headers = {"X-Auth-Token": keystone.token("user-b")}
+            listed = await http.get("/v2/queues", headers=headers)
+            posted = await http.post(f"/v2/queues/{new_queue()}/messages", headers=headers,
+                                     json={"messages": [{"body": 1}]})
+    finally:
+        await up.close()
+        await auth.aclose()
+    # Then each is a 503 that does not blame the user's token
+    for resp in (listed, posted):
+        assert resp.status_code == 503, resp.text
+        assert resp.json() == {
+            "title": "Service temporarily unavailable", "description": CREDENTIALS_REFUSED,
+        }
+
+
+async def test_the_gateway_goes_on_when_its_service_token_is_revoked(
+    services: Settings, keystone: Keystone
+) -> None:
+    # Given a gateway that has served with its service token
+    auth = KeystoneAuth(services)
+    up = Upstreams(services, auth=auth)
+    app = create_app(services, up, auth)
+    queue = new_queue()
+    try:
+        async with lifespan(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway",
+            headers={"Client-ID": CLIENT_ID, "Accept": "application/json",
+                     "X-Auth-Token": keystone.token("user-a")},
+        ) as http:
+            post = {"messages": [{"body": "before"}]}
+            assert (await http.post(f"/v2/queues/{queue}/messages", json=post)).status_code == 201
+            first = await auth.service_token()
+            # When Keystone revokes it
+            keystone.revoke(first)
+            # Then a unary call is made again with a new token, and succeeds
+            listed = await http.get("/v2/queues")
+            assert listed.status_code == 200, listed.text
+            assert await auth.service_token() != first
+            # and posts (on the stream to message_svc, which may have been refused once
+            # meanwhile, and reopened with the new token) are taken again
+            async def posts() -> bool:
+                resp = await http.post(f"/v2/queues/{queue}/messages",
+                                       json={"messages": [{"body": "after"}]})
+                assert resp.status_code in (201, 503), resp.text
+                return resp.status_code == 201
+
+            await until(posts, what="a post taken after the revocation", every=0.2)
+            bodies = [m["body"] for m in (await http.get(
+                f"/v2/queues/{queue}/messages", params={"echo": "true", "limit": 20}
+            )).json()["messages"]]
+            assert bodies[0] == "before" and "after" in bodies
+    finally:
+        await up.close()
+        await auth.aclose()
