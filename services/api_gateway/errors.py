@@ -126,7 +126,8 @@ def api_error_from_rpc(exc: grpc.RpcError, route: str | None = None) -> ApiError
     if info.reason in SERVICE_CREDENTIALS_REFUSED:
         # A service refused the gateway's own credentials (its service token, or its user's
         # roles): the operator's to fix, not the caller's, whose token was fine.
-        log.error("a backing service refused the gateway's credentials: %s", info.description)
+        log.error("a backing service refused the gateway's credentials (%s): %s", info.reason,
+                  info.description)
         return unavailable(CREDENTIALS_REFUSED)
     status, default_title = STATUS_TABLE.get(info.code, (503, TITLE_UNAVAILABLE))
     if route is not None:
