@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,10 @@ def keystone_conf(workdir: Path, expiration: int) -> str:
         use_stderr = false
 
         [database]
-        connection = sqlite:///{workdir / "keystone.db"}
+        # Two worker processes write to one SQLite file (revocations, a user's last use):
+        # each waits up to 60 s for the other's write lock rather than failing the request
+        # with "database is locked" (a 500) after SQLite's default 5 s on a loaded machine.
+        connection = sqlite:///{workdir / "keystone.db"}?timeout=60
 
         [identity]
         # The fewest bcrypt rounds: every token issued checks a password, and the default
@@ -253,6 +257,10 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
         "--bootstrap-internal-url", url,
         "--bootstrap-region-id", "RegionOne",
     ))
+    # Write-ahead logging: readers no longer block the writer, nor it them (the journal mode
+    # stays with the file).
+    with sqlite3.connect(workdir / "keystone.db") as db:
+        db.execute("PRAGMA journal_mode=WAL")
     gunicorn = KEYSTONE_VENV / "bin" / "gunicorn"
     # Two worker processes: under pytest-xdist every worker's tests call this one Keystone.
     # One thread each: a worker whose first requests came on several threads at once refused

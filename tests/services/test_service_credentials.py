@@ -12,6 +12,7 @@ kept.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -103,7 +104,7 @@ async def test_a_stream_refused_for_a_revoked_token_renews_it_for_the_next(
 
 
 async def test_the_gateway_answers_503_when_a_service_refuses_its_credentials(
-    services: Settings, keystone: Keystone
+    services: Settings, keystone: Keystone, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a gateway whose Keystone user may validate tokens (an admin) but has no service
     # role (a misconfiguration), in front of services that check it
@@ -130,6 +131,12 @@ async def test_the_gateway_answers_503_when_a_service_refuses_its_credentials(
         assert resp.json() == {
             "title": "Service temporarily unavailable", "description": CREDENTIALS_REFUSED,
         }
+    # and the gateway's log tells the operator why
+    logged = [r.getMessage() for r in caplog.records
+              if r.name == "services.api_gateway.errors" and r.levelno == logging.ERROR]
+    assert len(logged) == 2, logged
+    assert all("refused the gateway's credentials (NOT_A_SERVICE)" in line for line in logged), (
+        logged)
 
 
 async def test_the_gateway_goes_on_when_its_service_token_is_revoked(
