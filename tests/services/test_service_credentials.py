@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import grpc
 import httpx
@@ -42,13 +43,45 @@ async def services(keystone_settings: Callable[..., Settings]) -> AsyncIterator[
         yield settings
 
 
+@asynccontextmanager
+async def calling(
+    settings: Settings, service: str
+) -> AsyncIterator[tuple[KeystoneAuth, grpc.aio.Channel]]:
+    """A process's Keystone client, and its channel to ``service``, which carries its token."""
+    auth = KeystoneAuth(settings)
+    channel = open_channel(settings.target(service), None, auth)
+    try:
+        yield auth, channel
+    finally:
+        await channel.close()
+        await auth.aclose()
+
+
+@asynccontextmanager
+async def gateway_on(
+    settings: Settings, **headers: str
+) -> AsyncIterator[tuple[KeystoneAuth, httpx.AsyncClient]]:
+    """An in-process gateway with ``settings``' Keystone user, its client of Keystone, and an
+    HTTP client of it sending ``headers``."""
+    auth = KeystoneAuth(settings)
+    up = Upstreams(settings, auth=auth)
+    app = create_app(settings, up, auth)
+    try:
+        async with lifespan(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway",
+            headers={"Client-ID": CLIENT_ID, "Accept": "application/json", **headers},
+        ) as http:
+            yield auth, http
+    finally:
+        await up.close()
+        await auth.aclose()
+
+
 async def test_a_revoked_service_token_is_renewed_and_the_call_made_again(
     services: Settings, keystone: Keystone
 ) -> None:
     # Given a process whose calls carry its service token
-    auth = KeystoneAuth(services)
-    channel = open_channel(services.target("queue"), None, auth)
-    try:
+    async with calling(services, "queue") as (auth, channel):
         stub = queues_pb2_grpc.QueuesStub(channel)  # type: ignore[no-untyped-call]
         queue = new_queue()
         await stub.CreateQueue(queues_pb2.CreateQueueRequest(project="p", queue=queue))
@@ -70,18 +103,13 @@ async def test_a_revoked_service_token_is_renewed_and_the_call_made_again(
             grpc.StatusCode.UNAUTHENTICATED, "SERVICE_TOKEN_REFUSED"
         )
         assert await auth.service_token() == second
-    finally:
-        await channel.close()
-        await auth.aclose()
 
 
 async def test_a_stream_refused_for_a_revoked_token_renews_it_for_the_next(
     services: Settings, keystone: Keystone
 ) -> None:
     # Given a process with a service token, and that token revoked
-    auth = KeystoneAuth(services)
-    channel = open_channel(services.target("notifier"), None, auth)
-    try:
+    async with calling(services, "notifier") as (auth, channel):
         stub = notifier_pb2_grpc.NotifierInternalStub(channel)  # type: ignore[no-untyped-call]
         request = notifier_pb2.WatchRequest(project="p", queue=new_queue(), ttl=60)
         first = await auth.service_token()
@@ -98,9 +126,6 @@ async def test_a_stream_refused_for_a_revoked_token_renews_it_for_the_next(
         await watch.initial_metadata()
         assert not watch.done()
         watch.cancel()
-    finally:
-        await channel.close()
-        await auth.aclose()
 
 
 async def test_the_gateway_answers_503_when_a_service_refuses_its_credentials(
@@ -109,22 +134,11 @@ async def test_the_gateway_answers_503_when_a_service_refuses_its_credentials(
     # Given a gateway whose Keystone user may validate tokens (an admin) but has no service
     # role (a misconfiguration), in front of services that check it
     gateway = dataclasses.replace(services, keystone_username="admin-a", keystone_project="a")
-    auth = KeystoneAuth(gateway)
-    up = Upstreams(gateway, auth=auth)
-    app = create_app(gateway, up, auth)
-    try:
-        async with lifespan(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway",
-            headers={"Client-ID": CLIENT_ID, "Accept": "application/json"},
-        ) as http:
-            # When a user with a good token lists queues and posts a message
-            headers = {"X-Auth-Token": keystone.token("user-b")}
-            listed = await http.get("/v2/queues", headers=headers)
-            posted = await http.post(f"/v2/queues/{new_queue()}/messages", headers=headers,
-                                     json={"messages": [{"body": 1}]})
-    finally:
-        await up.close()
-        await auth.aclose()
+    # When a user with a good token lists queues and posts a message
+    async with gateway_on(gateway, **{"X-Auth-Token": keystone.token("user-b")}) as (_, http):
+        listed = await http.get("/v2/queues")
+        posted = await http.post(f"/v2/queues/{new_queue()}/messages",
+                                 json={"messages": [{"body": 1}]})
     # Then each is a 503 that does not blame the user's token
     for resp in (listed, posted):
         assert resp.status_code == 503, resp.text
@@ -145,38 +159,28 @@ async def test_the_gateway_goes_on_when_its_service_token_is_revoked(
     # Given a gateway that has served with its service token (and caches the user's token,
     # so that no validation of it renews the service token first)
     gateway = dataclasses.replace(services, token_cache_seconds=300.0)
-    auth = KeystoneAuth(gateway)
-    up = Upstreams(gateway, auth=auth)
-    app = create_app(gateway, up, auth)
     queue = new_queue()
-    try:
-        async with lifespan(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway",
-            headers={"Client-ID": CLIENT_ID, "Accept": "application/json",
-                     "X-Auth-Token": keystone.token("user-a")},
-        ) as http:
-            post = {"messages": [{"body": "before"}]}
-            assert (await http.post(f"/v2/queues/{queue}/messages", json=post)).status_code == 201
-            first = await auth.service_token()
-            # When Keystone revokes it
-            keystone.revoke(first)
-            # Then a unary call is made again with a new token, and succeeds
-            listed = await http.get("/v2/queues")
-            assert listed.status_code == 200, listed.text
-            assert await auth.service_token() != first
-            # and posts (on the stream to message_svc, which may have been refused once
-            # meanwhile, and reopened with the new token) are taken again
-            async def posts() -> bool:
-                resp = await http.post(f"/v2/queues/{queue}/messages",
-                                       json={"messages": [{"body": "after"}]})
-                assert resp.status_code in (201, 503), resp.text
-                return resp.status_code == 201
+    user = {"X-Auth-Token": keystone.token("user-a")}
+    async with gateway_on(gateway, **user) as (auth, http):
+        post = {"messages": [{"body": "before"}]}
+        assert (await http.post(f"/v2/queues/{queue}/messages", json=post)).status_code == 201
+        first = await auth.service_token()
+        # When Keystone revokes it
+        keystone.revoke(first)
+        # Then a unary call is made again with a new token, and succeeds
+        listed = await http.get("/v2/queues")
+        assert listed.status_code == 200, listed.text
+        assert await auth.service_token() != first
+        # and posts (on the stream to message_svc, which may have been refused once
+        # meanwhile, and reopened with the new token) are taken again
+        async def posts() -> bool:
+            resp = await http.post(f"/v2/queues/{queue}/messages",
+                                   json={"messages": [{"body": "after"}]})
+            assert resp.status_code in (201, 503), resp.text
+            return resp.status_code == 201
 
-            await until(posts, what="a post taken after the revocation", every=0.2)
-            bodies = [m["body"] for m in (await http.get(
-                f"/v2/queues/{queue}/messages", params={"echo": "true", "limit": 20}
-            )).json()["messages"]]
-            assert bodies[0] == "before" and "after" in bodies
-    finally:
-        await up.close()
-        await auth.aclose()
+        await until(posts, what="a post taken after the revocation", every=0.2)
+        bodies = [m["body"] for m in (await http.get(
+            f"/v2/queues/{queue}/messages", params={"echo": "true", "limit": 20}
+        )).json()["messages"]]
+        assert bodies[0] == "before" and "after" in bodies
