@@ -276,16 +276,23 @@ def decode_rpc_error(exc: grpc.RpcError) -> RpcErrorInfo:
         status = rpc_status.from_call(exc)
     except ValueError:
         status = None
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason or reason
-                title = info.metadata.get("title", "")
-                answered = info.domain == ERROR_DOMAIN
+    info = error_info(status)
+    if info is not None:
+        reason = info.reason or reason
+        title = info.metadata.get("title", "")
+        answered = info.domain == ERROR_DOMAIN
     return RpcErrorInfo(code=code, reason=reason, title=title, description=description,
                         answered=answered)
+
+
+def error_info(status: status_pb2.Status | None) -> error_details_pb2.ErrorInfo | None:
+    """The ``google.rpc.ErrorInfo`` among a rich status's details, if any."""
+    for detail in () if status is None else status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
 
 
 RETRY_LATER = "Please try again in a few seconds."

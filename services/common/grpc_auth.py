@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, Final
 
 import grpc
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.common.errors import (
@@ -41,6 +40,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
     decode_rpc_error,
+    error_info,
     to_status,
 )
 from services.common.grpc_types import (
@@ -297,7 +297,8 @@ class _ServiceToken:
                 status = await rpc_status.aio.from_call(call)
             except ValueError:
                 return
-            if status is not None and _reason(status) == ServiceTokenRefused.reason:
+            info = error_info(status)
+            if info is not None and info.reason == ServiceTokenRefused.reason:
                 log.warning("a service refused this process's service token on a stream; "
                             "renewing it")
                 await self._renewed(token)
@@ -312,15 +313,6 @@ class _ServiceToken:
 
 # Tasks checking how streams ended (kept referenced until done).
 _CHECKS: set[asyncio.Future[None]] = set()
-
-
-def _reason(status: Any) -> str:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
 
 
 # One class per call kind: a channel files each interceptor under the first kind it is.
