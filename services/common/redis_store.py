@@ -665,9 +665,15 @@ def operator_detail(exc: Exception) -> str:
     detail = tls_detail(exc)
     if detail is not None:
         return detail
-    if isinstance(exc, MasterNotFoundError) and " : " in str(exc):
+    if _sentinels_unasked(exc):
         return f"{describe(exc)} ({exc})"
     return describe(exc)
+
+
+def _sentinels_unasked(exc: Exception) -> bool:
+    """Whether ``exc`` says that some Sentinels could not be asked: redis-py lists them after
+    " : " in a MasterNotFoundError (and why), if any."""
+    return isinstance(exc, MasterNotFoundError) and " : " in str(exc)
 
 
 def tls_detail(exc: BaseException) -> str | None:
@@ -949,8 +955,7 @@ def describe(exc: Exception) -> str:
     if failed is not None:
         return _tls_reason(failed)
     if isinstance(exc, MasterNotFoundError):
-        # redis-py lists the Sentinels it could not ask after " : " (and why), if any.
-        if " : " in str(exc):
+        if _sentinels_unasked(exc):
             return "the Redis Sentinels name no master that is up, or cannot be reached"
         return "the Redis Sentinels name no master that is up"
     return next((text for kind, text in reasons if isinstance(exc, kind)), "Redis failed")

@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from services.common.store_probe import REDIS_SCHEMES
 from services.common.store_registry import scheme_of
 
 RUNNING: Final = "running"
@@ -132,18 +133,11 @@ class RedriveStore(Protocol):
         ...
 
 
+_REDIS: Final = ("services.message_svc.storage.redis.redrives", "RedisRedriveStore")
 _BACKENDS: Final = {
     "sqlite": ("services.message_svc.storage.sqlite.redrives", "SqliteRedriveStore", {}),
-    "redis": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
-    "redis+cluster": (
-        "services.message_svc.storage.redis.redrives", "RedisRedriveStore", {"cluster": True}
-    ),
-    "rediss+cluster": (
-        "services.message_svc.storage.redis.redrives", "RedisRedriveStore", {"cluster": True}
-    ),
-    "rediss": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
-    "redis+sentinel": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
-    "rediss+sentinel": ("services.message_svc.storage.redis.redrives", "RedisRedriveStore", {}),
+    **{scheme: (*_REDIS, {"cluster": True} if scheme.endswith("+cluster") else {})
+       for scheme in REDIS_SCHEMES},
     "mongodb": ("services.message_svc.storage.mongodb.redrives", "MongoRedriveStore", {}),
     "mongodb+srv": ("services.message_svc.storage.mongodb.redrives", "MongoRedriveStore", {}),
 }
