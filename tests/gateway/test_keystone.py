@@ -26,6 +26,7 @@ from zaqar_grpc.v2 import queues_pb2, queues_pb2_grpc
 from services.api_gateway.app import create_app
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
+from services.api_gateway.websocket.actions import ACTIONS
 from services.common import signing
 from services.common.config import Settings
 from services.common.keystone import KeystoneAuth
@@ -268,6 +269,119 @@ async def test_websocket_needs_authenticate_first(gateway: Gateway, keystone: Ke
         answer = await ask(socket, "authenticate", **{"X-Auth-Token": keystone.token("admin-a")})
         answer = await ask(socket, "check_node_health")
         assert answer["headers"]["status"] == 200
+
+
+async def test_websocket_signed_requests_before_authenticate(
+    gateway: Gateway, keystone: Keystone
+) -> None:
+    """Before ``authenticate``, a pre-signed request goes ahead as its X-Project-ID with no
+    roles, when the signature grants its action (as Zaqar's sockets do); anything else is
+    ``Not authentified.``, and no signature is a way into another queue or action."""
+    project = keystone.users["user-a"].project_id
+    queue, other_queue = new_queue(), new_queue()
+    resp = await gateway.http.post(
+        f"/v2/queues/{queue}/messages", json={"messages": [{"body": 1, "ttl": 300}]},
+        headers=auth(keystone.token("user-a")),
+    )
+    assert resp.status_code == 201, resp.text
+    url = signing.sign(SECRET, [f"/v2/queues/{queue}/messages"], ["GET", "POST"], project,
+                       datetime.now(UTC) + timedelta(minutes=5))
+    signed = {
+        "X-Project-ID": project,
+        "URL-Signature": url.signature,
+        "URL-Methods": "GET,POST",
+        "URL-Paths": ",".join(url.paths),
+        "URL-Expires": url.expires,
+    }
+    q = {"queue_name": queue}
+    async with connect(gateway.ws_url) as socket:
+        answer = await ask(socket, "message_post", {**q, "messages": [{"body": 2}]}, **signed)
+        assert answer["headers"]["status"] == 201, answer
+        answer = await ask(socket, "message_list", {**q, "echo": True}, **signed)
+        assert answer["headers"]["status"] == 200, answer
+        assert [m["body"] for m in answer["body"]["messages"]] == [1, 2]
+        refused: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+            ("forged", "message_list", q, {**signed, "URL-Signature": "0" * 64}),
+            ("method not granted", "message_delete_many", {**q, "pop": 1}, signed),
+            ("path not granted", "claim_create", q, signed),
+            ("path not granted", "queue_list", {}, signed),
+            ("other queue", "message_list", {"queue_name": other_queue}, signed),
+            ("other project", "message_list", q, {**signed, "X-Project-ID": "b"}),
+            # Roles in its own headers are not the signed request's.
+            ("roles claimed", "check_node_health", {}, {**signed, "X-Roles": "admin"}),
+            ("no signature", "message_list", q, {"X-Project-ID": project}),
+        ]
+        for why, action, body, headers in refused:
+            answer = await ask(socket, action, body, **headers)
+            assert (why, answer["headers"]["status"], answer["body"]["error"]) == (
+                why, 403, "Not authentified."
+            )
+        # `authenticate` is not taken for a signed request, signature or not.
+        answer = await ask(
+            socket, "authenticate", **{**signed, "X-Auth-Token": keystone.token("user-b")}
+        )
+        assert answer["headers"]["status"] == 200, answer
+        # Authenticated, the token's project is the request's: A's grant is not B's (404).
+        answer = await ask(socket, "message_list", q, **signed)
+        assert answer["headers"]["status"] == 404, answer
+    # Nothing was popped or claimed.
+    resp = await gateway.http.get(
+        f"/v2/queues/{queue}/messages", params={"echo": "true"},
+        headers=auth(keystone.token("user-a")),
+    )
+    assert [m["body"] for m in resp.json()["messages"]] == [1, 2]
+
+
+async def test_websocket_before_authenticate_no_action_goes_ahead(
+    gateway: Gateway, keystone: Keystone
+) -> None:
+    """Every action of the WebSocket API (its table, so a new action is covered unedited),
+    before ``authenticate``: forged roles and project, a forged signature, or a true one for
+    another queue, are all ``Not authentified.``; one for the action's own path carries no
+    roles, so it is no way to an admin action."""
+    project = keystone.users["user-a"].project_id
+    queue = new_queue()
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+    def grant(path: str) -> dict[str, str]:
+        url = signing.sign(SECRET, [path], methods, project, expires)
+        return {"X-Project-ID": project, "URL-Signature": url.signature,
+                "URL-Methods": ",".join(methods), "URL-Paths": path, "URL-Expires": url.expires}
+
+    samples: dict[str, Any] = {
+        "queue_name": queue, "topic_name": f"t-{queue}", "message_id": "m", "claim_id": "c",
+        "subscription_id": "s", "message_ids": ["m"], "messages": [{"body": 1}],
+        "resource_types": ["messages"],
+    }
+    forged = {"X-Project-ID": project, "X-Roles": "admin"}
+    another_queue = grant(f"/v2/queues/{new_queue()}/messages")
+    names = [name for name in ACTIONS if name != "authenticate"]
+    assert len(names) > 30
+    async with connect(gateway.ws_url) as socket:
+        for name in names:
+            action = ACTIONS[name]
+            body = {key: samples[key] for key in action.required}
+            if name == "message_delete_many":
+                body["pop"] = 1
+            for why, headers in (
+                ("forged roles", forged),
+                ("forged signature", {**forged, "URL-Signature": "0" * 64}),
+                ("another queue's signature", {**another_queue, "X-Roles": "admin"}),
+            ):
+                answer = await ask(socket, name, body, **headers)
+                assert (name, why, answer["headers"]["status"], answer["body"]["error"]) == (
+                    name, why, 403, "Not authentified."
+                )
+        # Signed for its own path, the admin action still sees no roles.
+        answer = await ask(socket, "check_node_health", **{**grant("/v2/health"),
+                                                            "X-Roles": "admin"})
+        assert answer["headers"]["status"] == 403, answer
+        assert answer["body"]["error"] != "Not authentified.", answer  # signed, not an admin
+        # ... and its own queue's path is granted.
+        answer = await ask(socket, "queue_get_stats", {"queue_name": queue},
+                           **grant(f"/v2/queues/{queue}/stats"))
+        assert answer["headers"]["status"] == 200, answer
 
 
 async def test_admin_role_gates_the_catalog(

@@ -11,9 +11,12 @@ them). Closing the connection cancels the waits still pending: they claim nothin
 
 With ``auth_strategy = "keystone"`` a connection first sends ``authenticate`` with a valid
 ``X-Auth-Token`` in its headers; until then every other action is answered 403
-``Not authentified.``. Afterwards the token's project and roles replace the ``X-Project-ID``
-and ``X-Roles`` of every request, and when the token expires the socket is closed with code
-4003.
+``Not authentified.``, except a pre-signed request (``URL-Signature``) whose signature grants
+its action's method and path: it goes ahead as over HTTP, as the project of its
+``X-Project-ID``, with no roles and no token (as in Zaqar, whose sockets take signed message
+actions before ``authenticate``). Afterwards the token's project and roles replace the
+``X-Project-ID`` and ``X-Roles`` of every request, and when the token expires the socket is
+closed with code 4003.
 
 Each request has a request id while it is answered, as over HTTP: its headers'
 ``X-OpenStack-Request-ID`` when well formed, else a new one (``services/common/logs.py``). It is
@@ -127,6 +130,14 @@ def _route_path(template: str, body: Mapping[str, Any]) -> str | None:
         values.append(value)
     parts = iter(values)
     return _FIELD.sub(lambda _: next(parts), template)
+
+
+# What a pre-signed request's own headers may not claim: it acts with no roles and no token.
+_NOT_SIGNED: Final = frozenset({"x-roles", "x-auth-token"})
+
+
+def _not_authentified() -> ApiError:
+    return ApiError(403, "Forbidden", "Not authentified.")
 
 
 def check_signature(
@@ -247,17 +258,31 @@ class Connection:
             if action is None:
                 raise bad_request(f"{name} is not a valid action")
             headers = _headers(payload)
-            if self.auth is not None:
+            # Keystone mode, before `authenticate`: a pre-signed request goes ahead as over
+            # HTTP (its X-Project-ID, no roles, no token) when its signature grants it.
+            signed = (
+                self.auth is not None and name != "authenticate"
+                and "url-signature" in headers and self._identity() is None
+            )
+            if signed:
+                headers = {k: v for k, v in headers.items() if k not in _NOT_SIGNED}
+            elif self.auth is not None:
                 if name == "authenticate":
                     return await self._authenticate(headers)
                 headers = self._authorised(headers)
             elif self.admin_mode:
                 headers = {**headers, "x-roles": with_admin(headers.get("x-roles", ""))}
             caller = read_caller(lambda header: headers.get(header.lower()))
-            if self.auth is not None:
+            if self.auth is not None and not signed:
                 caller = dataclasses.replace(caller, token=self.token)
             body = _body(payload, name, action)
-            check_signature(self.signed_url_secret, payload, action, body, caller)
+            try:
+                check_signature(self.signed_url_secret, payload, action, body, caller)
+            except ApiError:
+                if signed:
+                    # No token either: as any other request before `authenticate`.
+                    raise _not_authentified() from None
+                raise
             call = Call(
                 self.up, caller, headers, body, frame.binary, self.watches,
                 gone=self.socket.wait_closed,
@@ -294,14 +319,21 @@ class Connection:
     def _authorised(self, headers: dict[str, str]) -> dict[str, str]:
         """The request's headers with the token's project and roles (and the token, which a
         ``trust+`` subscription is created with); 403 before ``authenticate``."""
-        if self.identity is None or self.identity.expires_at <= time.time():
-            raise ApiError(403, "Forbidden", "Not authentified.")
+        identity = self._identity()
+        if identity is None:
+            raise _not_authentified()
         return {
             **headers,
             "x-auth-token": self.token,
-            "x-project-id": self.identity.project,
-            "x-roles": self.identity.roles_header,
+            "x-project-id": identity.project,
+            "x-roles": identity.roles_header,
         }
+
+    def _identity(self) -> Identity | None:
+        """The identity of the token this socket authenticated with, until it expires."""
+        if self.identity is None or self.identity.expires_at <= time.time():
+            return None
+        return self.identity
 
     def _expired(self) -> None:
         self.identity = None
