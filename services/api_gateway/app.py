@@ -18,6 +18,7 @@ from services.api_gateway.middleware import Gate
 from services.api_gateway.routes import add_routes
 from services.api_gateway.routes.probes import add_probe_routes
 from services.api_gateway.upstream import Upstreams
+from services.common import signing
 from services.common.config import Settings
 from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.tls import load_tls
@@ -58,7 +59,7 @@ def create_app(
     middleware: list[Any] = [
         Lifespan(up, owns_up, owned_auth),
         Gate(
-            Authenticator(keystone, settings.signed_url_secret, settings.admin_mode),
+            Authenticator(keystone, signing.verifying_secrets(settings), settings.admin_mode),
             settings.access_log,
         ),
     ]

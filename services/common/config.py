@@ -277,6 +277,14 @@ class Settings:
             "Secret key of pre-signed URLs (HMAC-SHA256); needed by require_confirmation."
         ),
     )
+    signed_url_previous_secret: str = field(
+        default="",
+        metadata=_help(
+            "The secret of pre-signed URLs being retired, while rotating signed_url_secret: "
+            "URLs signed with it still verify, new ones are signed with signed_url_secret. "
+            "Clear it once the URLs it signed have expired. Needs signed_url_secret."
+        ),
+    )
     public_url: str = field(
         default="",
         metadata=_help(

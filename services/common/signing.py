@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from services.common.config import ConfigurationError, Settings
 
 EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%S"
 SEPARATOR = "\\n"  # two characters, not a newline
@@ -73,6 +75,23 @@ def verify(
         return False  # not a hex digest (and compare_digest takes ASCII text only)
     expected = signature(secret, paths, methods, project, expires)
     return hmac.compare_digest(expected, given.lower())
+
+
+def verifying_secrets(settings: Settings) -> tuple[str, ...]:
+    """The secrets a signature may be made with: ``signed_url_secret`` (which signs), then
+    ``signed_url_previous_secret`` (being retired) when set; none without a secret.
+
+    Raises:
+        ConfigurationError: a previous secret without a current one (nothing would sign).
+    """
+    current, previous = settings.signed_url_secret, settings.signed_url_previous_secret
+    if previous and not current:
+        raise ConfigurationError(
+            "signed_url_previous_secret (ZAQAR_SIGNED_URL_PREVIOUS_SECRET) is set without "
+            "signed_url_secret (ZAQAR_SIGNED_URL_SECRET): when rotating, the new secret "
+            "signs and the previous one still verifies"
+        )
+    return tuple(secret for secret in (current, previous) if secret)
 
 
 class SignedUrlError(ValueError):
@@ -140,7 +159,7 @@ def path_allowed(granted: str, path: str) -> bool:
 
 
 def verify_request(
-    secret: str,
+    secrets: str | Sequence[str],
     *,
     method: str,
     path: str,
@@ -154,8 +173,11 @@ def verify_request(
     """Whether a request carrying ``URL-Signature: given`` (and ``URL-Methods``,
     ``URL-Paths``, ``URL-Expires``, ``X-Project-ID``) may go ahead: its method is granted,
     its path is one granted (or below one), the expiry is in the future and the signature
-    is that of those values under ``secret``. No secret configured: nothing verifies."""
-    if not secret or not given:
+    is that of those values under one of ``secrets`` (one secret, or those of
+    :func:`verifying_secrets`). No secret configured: nothing verifies."""
+    keys = [secrets] if isinstance(secrets, str) else secrets
+    keys = [key for key in keys if key]
+    if not keys or not given:
         return False
     method_list, path_list = _items(methods), _items(paths)
     if method not in method_list:
@@ -166,4 +188,6 @@ def verify_request(
         expires_text = normalise_expires(expires, now)
     except SignedUrlError:
         return False
-    return verify(secret, given, path_list, method_list, project, expires_text)
+    return any(
+        verify(key, given, path_list, method_list, project, expires_text) for key in keys
+    )

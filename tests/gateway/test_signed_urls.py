@@ -11,6 +11,7 @@ import hmac
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,10 +19,13 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from services import preflight
+from services.api_gateway.app import create_app
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common import signing
-from services.common.config import Settings
+from services.common.config import ConfigurationError, Settings
+from services.common.startup import failure
 from tests.gateway.conftest import (
     CLIENT_ID,
     MODES,
@@ -342,6 +346,100 @@ def test_verify_request_unit() -> None:
         paths=paths[0], expires=expires, now=now,
     )
 
+
+
+def test_verify_request_with_a_previous_secret() -> None:
+    """While rotating, a signature made with the current or the previous secret verifies,
+    and one made with any other does not."""
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    paths, methods, expires = ["/v2/queues/q/messages"], ["GET"], "2030-01-02T00:00:00"
+    settings = Settings(signed_url_secret="new", signed_url_previous_secret="old")
+    secrets = signing.verifying_secrets(settings)
+    assert secrets == ("new", "old")
+
+    def verifies(key: str, keys: Any = secrets) -> bool:
+        return signing.verify_request(
+            keys, method="GET", path=paths[0], project="p",
+            given=independent_signature(key, paths, methods, "p", expires),
+            methods="GET", paths=paths[0], expires=expires, now=now,
+        )
+
+    assert verifies("new") and verifies("old")
+    assert not verifies("other")
+    assert not verifies("old", keys=("new",))
+    assert not verifies("", keys=("", ""))  # empty secrets are none
+    assert signing.verifying_secrets(Settings(signed_url_secret="new")) == ("new",)
+    assert signing.verifying_secrets(Settings()) == ()
+    with pytest.raises(ConfigurationError, match="ZAQAR_SIGNED_URL_PREVIOUS_SECRET"):
+        signing.verifying_secrets(Settings(signed_url_previous_secret="old"))
+
+
+
+async def test_a_previous_secret_alone_is_refused_at_start(tmp_path: Path) -> None:
+    """The previous secret is a secret setting (read from a file, never shown), and without
+    a current secret the gateway does not start: the one line says what to set."""
+    (tmp_path / "old").write_text("old-secret\n")
+    environ = {"ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE": str(tmp_path / "old")}
+    settings = Settings.load(environ=environ)
+    assert settings.signed_url_previous_secret == "old-secret"
+    shown = {name: value for name, value, _ in Settings.effective(environ=environ)}
+    assert shown["ZAQAR_SIGNED_URL_PREVIOUS_SECRET"] == "'***'"
+    with pytest.raises(ConfigurationError) as refused:
+        await preflight.check(settings, ["gateway"])
+    assert failure(refused.value, "gateway") == (2, (
+        "configuration error: signed_url_previous_secret (ZAQAR_SIGNED_URL_PREVIOUS_SECRET) is "
+        "set without signed_url_secret (ZAQAR_SIGNED_URL_SECRET): when rotating, the new "
+        "secret signs and the previous one still verifies"
+    ))
+    with pytest.raises(ConfigurationError):
+        create_app(settings, Upstreams(settings))
+
+async def test_rotating_the_secret(
+    make_settings: Callable[..., Settings], gateway_factory: GatewayFactory
+) -> None:
+    """A gateway given a new secret and the previous one: URLs handed out before go on
+    working over HTTP and WebSocket, new ones are signed with the new secret, and URLs of a
+    secret it no longer has (or never had) are refused."""
+    project, queue = new_project(), new_queue()
+    paths, methods, expires = [f"/v2/queues/{queue}/messages"], ["GET", "POST"], (
+        "2030-01-01T00:00:00"
+    )
+
+    def handed_out(secret: str) -> dict[str, Any]:
+        return {"paths": paths, "methods": methods, "project": project, "expires": expires,
+                "signature": independent_signature(secret, paths, methods, project, expires)}
+
+    settings = make_settings(signed_url_secret="new-secret",
+                             signed_url_previous_secret=SIGNED_URL_SECRET)
+    async with running_services(settings) as s:
+        client = await gateway_factory(s)
+        for secret, status in ((SIGNED_URL_SECRET, 201), ("new-secret", 201),
+                               ("retired-long-ago", 404)):
+            resp = await client.post(
+                paths[0], json={"messages": [{"body": secret}]},
+                headers=signed_headers(handed_out(secret)),
+            )
+            assert (secret, resp.status_code) == (secret, status), resp.text
+        data = await share(client, project, queue, {"methods": methods, "expires": expires})
+        assert data["signature"] == handed_out("new-secret")["signature"]
+        up = Upstreams(s)
+        server = await ws_server.start(s, up)
+        try:
+            async with connect(f"ws://{s.host}:{ws_server.bound_port(server)}") as socket:
+                for secret, status in ((SIGNED_URL_SECRET, 200), ("new-secret", 200),
+                                       ("retired-long-ago", 404)):
+                    grant = signed_headers(handed_out(secret))
+                    answer = await ws_call(socket, "message_list",
+                                           {"queue_name": queue, "echo": True}, grant)
+                    assert (secret, answer[0]) == (secret, status)
+                    if status == 200:
+                        assert [m["body"] for m in answer[1]["messages"]] == [
+                            SIGNED_URL_SECRET, "new-secret"
+                        ]
+        finally:
+            server.close()
+            await server.wait_closed()
+            await up.close()
 
 # WebSocket -----------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import grpc
@@ -141,7 +141,10 @@ def _not_authentified() -> ApiError:
 
 
 def check_signature(
-    secret: str, payload: Mapping[str, Any], action: Action, body: Mapping[str, Any],
+    secrets: str | Sequence[str],
+    payload: Mapping[str, Any],
+    action: Action,
+    body: Mapping[str, Any],
     caller: Caller,
 ) -> None:
     """A request carrying ``URL-Signature`` goes ahead only when its action's HTTP method and
@@ -154,7 +157,7 @@ def check_signature(
     method, _, template = (action.route or "").partition(" ")
     path = _route_path(template, body) if template else None
     if path is None or not isinstance(given, str) or not signing.verify_request(
-        secret,
+        secrets,
         method=method,
         path=path,
         project=caller.project,
@@ -173,13 +176,13 @@ class Connection:
         self,
         up: Upstreams,
         socket: ServerConnection,
-        signed_url_secret: str = "",
+        signed_url_secrets: str | Sequence[str] = (),
         auth: KeystoneAuth | None = None,
         admin_mode: bool = False,
     ) -> None:
         self.up = up
         self.socket = socket
-        self.signed_url_secret = signed_url_secret
+        self.signed_url_secrets = signed_url_secrets
         # Held from reading a request to sending its answer; a push waits for it, so the
         # answer to a request always goes out before any push the request caused.
         self._turn = asyncio.Lock()
@@ -277,7 +280,7 @@ class Connection:
                 caller = dataclasses.replace(caller, token=self.token)
             body = _body(payload, name, action)
             try:
-                check_signature(self.signed_url_secret, payload, action, body, caller)
+                check_signature(self.signed_url_secrets, payload, action, body, caller)
             except ApiError:
                 if signed:
                     # No token either: as any other request before `authenticate`.
@@ -363,15 +366,14 @@ def _only_root(socket: ServerConnection, request: Request) -> Response | None:
 async def start(settings: Settings, up: Upstreams, auth: KeystoneAuth | None = None) -> Server:
     """Listen on ``settings.host:settings.ws_port`` (0 = any free port). ``auth``: the token
     validator in keystone mode (one is made when not given)."""
+    secrets = signing.verifying_secrets(settings)
     if auth is None and settings.auth_strategy == "keystone":
         auth = KeystoneAuth(settings)
 
     async def handler(socket: ServerConnection) -> None:
         metrics.WS_CONNECTIONS.inc()
         try:
-            await Connection(
-                up, socket, settings.signed_url_secret, auth, settings.admin_mode
-            ).serve()
+            await Connection(up, socket, secrets, auth, settings.admin_mode).serve()
         finally:
             metrics.WS_CONNECTIONS.dec()
 
