@@ -53,9 +53,9 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
     """Everything ``services`` need that can be checked without starting them.
 
     Raises:
-        ConfigurationError: bad auth, CPU placement, coalescing or signing settings, a store URI
-            that is unknown or malformed, a message filter that is not installed or cannot be
-            loaded, or a malformed message encryption key.
+        ConfigurationError: bad auth, CPU placement, coalescing, signing or rate-limit settings,
+            a store URI that is unknown or malformed, a message filter that is not installed or
+            cannot be loaded, or a malformed message encryption key.
         StartupError: a port cannot be bound or is named twice (:class:`CannotListen`), the
             data folder cannot be used, or a store does not answer (status 3).
     """
@@ -68,10 +68,12 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
         parse_keys(settings.message_encryption_keys)
     if "gateway" in services:
         from services.api_gateway.coalesce import check_batch_settings
+        from services.api_gateway.rate_limit import from_settings
         from services.common.signing import verifying_secrets
 
         check_batch_settings(settings.message_batch_max, settings.message_batch_in_flight)
         verifying_secrets(settings)
+        from_settings(settings)
     if "message" in services:
         from services.message_svc.filters.pipeline import Filters
 

@@ -12,9 +12,11 @@ from typing import Any
 import falcon
 import falcon.asgi
 
+from services.api_gateway import rate_limit
 from services.api_gateway.auth import Authenticator
 from services.api_gateway.errors import JSON, App, register_error_handlers
 from services.api_gateway.middleware import Gate
+from services.api_gateway.rate_limit import ProjectRateLimit
 from services.api_gateway.routes import add_routes
 from services.api_gateway.routes.probes import add_probe_routes
 from services.api_gateway.upstream import Upstreams
@@ -44,12 +46,23 @@ class Lifespan:
 
 
 def create_app(
-    settings: Settings, up: Upstreams | None = None, auth: KeystoneAuth | None = None
+    settings: Settings,
+    up: Upstreams | None = None,
+    auth: KeystoneAuth | None = None,
+    limit: ProjectRateLimit | None = None,
 ) -> App:
     """The HTTP app. ``up``: channels shared with the WebSocket server, closed by their owner
     (by default the app opens its own, with TLS when the ``tls_*`` settings say so).
     ``auth``: in keystone mode, a token validator shared with the WebSocket server and closed
-    by its owner (by default the app makes its own)."""
+    by its owner (by default the app makes its own). ``limit``: the requests-per-project limit
+    shared with the WebSocket server (by default the settings' own, if any).
+
+    Raises:
+        ConfigurationError: bad signing or rate-limit settings.
+    """
+    secrets = signing.verifying_secrets(settings)
+    if limit is None:
+        limit = rate_limit.from_settings(settings)
     owns_up = up is None
     up = Upstreams(settings, load_tls(settings, serving=False)) if up is None else up
     owned_auth = keystone_for(settings) if auth is None else None
@@ -59,8 +72,9 @@ def create_app(
     middleware: list[Any] = [
         Lifespan(up, owns_up, owned_auth),
         Gate(
-            Authenticator(keystone, signing.verifying_secrets(settings), settings.admin_mode),
+            Authenticator(keystone, secrets, settings.admin_mode),
             settings.access_log,
+            limit,
         ),
     ]
     app: App = falcon.asgi.App(media_type=JSON, middleware=middleware)

@@ -14,8 +14,9 @@ After routing (``process_resource``), on every request the router matched: a URI
 field matched to an empty segment (``/v2/pools/``) is no route (404); then, unless its URI
 template is on :data:`PUBLIC_ROUTES`, the request is authenticated by the configured strategy
 (``auth.py``: no-auth headers, a Keystone token, or a pre-signed URL) and must carry valid
-Zaqar headers (``Client-ID``; ``X-Project-ID`` unless a token names the project). What that
-yields lands on ``req.context``:
+Zaqar headers (``Client-ID``; ``X-Project-ID`` unless a token names the project), and, with
+``project_rate_limit`` set, takes one of its project's requests (``rate_limit.py``: 429 when
+none is left). What that yields lands on ``req.context``:
 
 - ``project``: the tenant (``X-Project-ID``, or the token's project);
 - ``roles``: comma-separated role names (``X-Roles`` in no-auth mode, the token's);
@@ -46,6 +47,7 @@ from services.api_gateway.errors import ApiError
 from services.api_gateway.limits import check_request
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import non_canonical
+from services.api_gateway.rate_limit import ProjectRateLimit
 from services.common import metrics, tracing
 from services.common.limits import PROJECT_ID_MAX
 from services.common.logs import ACCESS_LOGGER, REQUEST_ID, request_id_from
@@ -193,8 +195,15 @@ def log_access(req: falcon.asgi.Request, status: int, started: float | None) -> 
 class Gate:
     """Checks every request before its resource sees it (see the module docstring)."""
 
-    def __init__(self, authenticator: Authenticator, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        access_log: bool = True,
+        limit: ProjectRateLimit | None = None,
+    ) -> None:
         self.authenticator = authenticator
+        self.limit = limit
+        """Requests per project (``rate_limit.py``); None: no limit."""
         self.requests = RequestMetrics()
         # Whether to write the access log: off, or its logger does not take INFO lines.
         self._access_log = access_log
@@ -243,6 +252,8 @@ class Gate:
         ctx.project = caller.project
         ctx.roles = principal.roles
         ctx.token = principal.token
+        if self.limit is not None:
+            self.limit.take(caller.project)
 
     async def process_response(
         self,

@@ -18,9 +18,12 @@ import socket
 import uvicorn
 from websockets.asyncio.server import Server
 
+from services.api_gateway import rate_limit
 from services.api_gateway.app import create_app
+from services.api_gateway.rate_limit import ProjectRateLimit
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
+from services.common import signing
 from services.common.config import Settings
 from services.common.grpc_server import service_main
 from services.common.keystone import KeystoneAuth, check_settings
@@ -45,9 +48,10 @@ def build_server(
     access_log: bool = False,
     up: Upstreams | None = None,
     auth: KeystoneAuth | None = None,
+    limit: ProjectRateLimit | None = None,
 ) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(settings, up, auth),
+        create_app(settings, up, auth, limit),
         host=settings.host,
         port=settings.http_port,
         http=_http_protocol(),
@@ -78,9 +82,11 @@ def _listen_http(settings: Settings) -> list[socket.socket]:
         raise CannotListen(settings.host, settings.http_port, os_reason(exc), "http_port") from None
 
 
-async def _listen_ws(settings: Settings, up: Upstreams, auth: KeystoneAuth | None) -> Server:
+async def _listen_ws(
+    settings: Settings, up: Upstreams, auth: KeystoneAuth | None, limit: ProjectRateLimit | None
+) -> Server:
     try:
-        return await ws_server.start(settings, up, auth)
+        return await ws_server.start(settings, up, auth, limit)
     except OSError as exc:
         raise CannotListen(settings.host, settings.ws_port, os_reason(exc), "ws_port") from None
 
@@ -91,10 +97,13 @@ async def run(settings: Settings) -> None:
     ``tls_*`` settings say so.
 
     Raises:
-        ConfigurationError: bad auth or TLS settings.
+        ConfigurationError: bad auth, TLS, signing or rate-limit settings.
         CannotListen: the HTTP or the WebSocket port cannot be bound (nothing is left open).
     """
     check_settings(settings)
+    signing.verifying_secrets(settings)
+    # One limit for both transports: a project's requests count together.
+    limit = rate_limit.from_settings(settings)
     tls = await asyncio.to_thread(load_tls, settings, False)
     http_sockets = _listen_http(settings)
     auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
@@ -103,8 +112,8 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     try:
         up.open()
-        sockets = await _listen_ws(settings, up, auth)
-        server = build_server(settings, up=up, auth=auth)
+        sockets = await _listen_ws(settings, up, auth, limit)
+        server = build_server(settings, up=up, auth=auth, limit=limit)
 
         def stop() -> None:
             server.should_exit = True

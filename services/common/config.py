@@ -277,6 +277,21 @@ class Settings:
             "Secret key of pre-signed URLs (HMAC-SHA256); needed by require_confirmation."
         ),
     )
+    project_rate_limit: float = field(
+        default=0.0,
+        metadata=_help(
+            "Requests per second one project may make through one gateway process, over HTTP "
+            "and WebSocket together (extension); beyond it, 429 with Retry-After. With N "
+            "gateway replicas a project may make N times this. 0: no limit."
+        ),
+    )
+    project_rate_burst: int = field(
+        default=0,
+        metadata=_help(
+            "Requests a project may make at once before project_rate_limit applies; 0: one "
+            "second's worth of the rate (at least 1)."
+        ),
+    )
     signed_url_previous_secret: str = field(
         default="",
         metadata=_help(

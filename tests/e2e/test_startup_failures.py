@@ -356,3 +356,23 @@ def test_serve_with_a_bad_store_uri_fails_in_one_line(
     result = zaqar_grpc(environment(settings), "serve", "queue")
     assert the_line(result).startswith("zaqar-grpc: configuration error: invalid queue store URI")
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize("command", [["up"], ["serve", "gateway"]])
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"ZAQAR_SIGNED_URL_PREVIOUS_SECRET": "old"},
+     "signed_url_previous_secret (ZAQAR_SIGNED_URL_PREVIOUS_SECRET) is set without "
+     "signed_url_secret"),
+    ({"ZAQAR_PROJECT_RATE_LIMIT": "-5"},
+     "project_rate_limit (ZAQAR_PROJECT_RATE_LIMIT) must be 0 (no limit) or a number"),
+    ({"ZAQAR_PROJECT_RATE_BURST": "10"},
+     "project_rate_burst (ZAQAR_PROJECT_RATE_BURST) is set without project_rate_limit"),
+])
+def test_the_gateway_refuses_bad_signing_or_rate_settings_in_one_line(
+    make_settings: Callable[..., Settings], command: list[str], extra: dict[str, str],
+    says: str,
+) -> None:
+    result = zaqar_grpc(environment(make_settings(), **extra), *command)
+    line = nothing_started(result) if command == ["up"] else the_line(result)
+    assert line.startswith(f"zaqar-grpc: configuration error: {says}"), line
+    assert result.returncode == 2

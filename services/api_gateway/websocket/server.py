@@ -41,11 +41,13 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from services.api_gateway import rate_limit
 from services.api_gateway.auth import SIGNATURE_REFUSED, with_admin
 from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
 from services.api_gateway.middleware import read_caller
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import plain_segment
+from services.api_gateway.rate_limit import ProjectRateLimit
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import frames
 from services.api_gateway.websocket.actions import ACTIONS, Action, Call
@@ -179,8 +181,10 @@ class Connection:
         signed_url_secrets: str | Sequence[str] = (),
         auth: KeystoneAuth | None = None,
         admin_mode: bool = False,
+        limit: ProjectRateLimit | None = None,
     ) -> None:
         self.up = up
+        self.limit = limit
         self.socket = socket
         self.signed_url_secrets = signed_url_secrets
         # Held from reading a request to sending its answer; a push waits for it, so the
@@ -286,6 +290,8 @@ class Connection:
                     # No token either: as any other request before `authenticate`.
                     raise _not_authentified() from None
                 raise
+            if self.limit is not None:
+                self.limit.take(caller.project)
             call = Call(
                 self.up, caller, headers, body, frame.binary, self.watches,
                 gone=self.socket.wait_closed,
@@ -363,17 +369,25 @@ def _only_root(socket: ServerConnection, request: Request) -> Response | None:
     return None
 
 
-async def start(settings: Settings, up: Upstreams, auth: KeystoneAuth | None = None) -> Server:
+async def start(
+    settings: Settings,
+    up: Upstreams,
+    auth: KeystoneAuth | None = None,
+    limit: ProjectRateLimit | None = None,
+) -> Server:
     """Listen on ``settings.host:settings.ws_port`` (0 = any free port). ``auth``: the token
-    validator in keystone mode (one is made when not given)."""
+    validator in keystone mode (one is made when not given); ``limit``: the requests-per-project
+    limit shared with the HTTP app (by default the settings' own, if any)."""
     secrets = signing.verifying_secrets(settings)
+    if limit is None:
+        limit = rate_limit.from_settings(settings)
     if auth is None and settings.auth_strategy == "keystone":
         auth = KeystoneAuth(settings)
 
     async def handler(socket: ServerConnection) -> None:
         metrics.WS_CONNECTIONS.inc()
         try:
-            await Connection(up, socket, secrets, auth, settings.admin_mode).serve()
+            await Connection(up, socket, secrets, auth, settings.admin_mode, limit).serve()
         finally:
             metrics.WS_CONNECTIONS.dec()
 
