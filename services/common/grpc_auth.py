@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, Final
 
@@ -277,13 +278,22 @@ class _ServiceToken:
             return None
 
     @staticmethod
-    def _details(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
+    def _details(
+        details: grpc.aio.ClientCallDetails, token: str, started: float
+    ) -> grpc.aio.ClientCallDetails:
+        """``details`` with ``token``, and its timeout less the time gone since ``started``
+        (the monotonic time the caller made the call): the wait for a token and a first try
+        refused count against the caller's one deadline (0 when it is past: gRPC's
+        DEADLINE_EXCEEDED)."""
         metadata = grpc.aio.Metadata(
             *(item for item in (details.metadata or ()) if item[0] != SERVICE_TOKEN_KEY),
             (SERVICE_TOKEN_KEY, token),
         )
+        timeout = details.timeout
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials,
+            details.method, timeout, metadata, details.credentials,
             details.wait_for_ready,
         )
 
@@ -323,8 +333,9 @@ class ServiceTokenInterceptor(_ServiceToken, grpc.aio.UnaryUnaryClientIntercepto
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
+        started = time.monotonic()
         token = await self._token()
-        call = await continuation(self._details(client_call_details, token), request)
+        call = await continuation(self._details(client_call_details, token, started), request)
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
@@ -335,7 +346,10 @@ class ServiceTokenInterceptor(_ServiceToken, grpc.aio.UnaryUnaryClientIntercepto
                 raise
             log.warning("a service refused this process's service token; renewed it, and "
                         "making the call %s again", client_call_details.method)
-        return await continuation(self._details(client_call_details, renewed), request)
+        # Within the caller's deadline: the time the refusal and the renewal took is gone.
+        return await continuation(
+            self._details(client_call_details, renewed, started), request
+        )
 
 
 class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInterceptor):
@@ -345,8 +359,9 @@ class ServiceTokenStreamInterceptor(_ServiceToken, grpc.aio.UnaryStreamClientInt
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
+        started = time.monotonic()
         token = await self._token()
-        call = await continuation(self._details(client_call_details, token), request)
+        call = await continuation(self._details(client_call_details, token, started), request)
         self._renew_if_refused(call, token)
         return call
 
@@ -358,8 +373,11 @@ class ServiceTokenBidiInterceptor(_ServiceToken, grpc.aio.StreamStreamClientInte
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
+        started = time.monotonic()
         token = await self._token()
-        call = await continuation(self._details(client_call_details, token), request_iterator)
+        call = await continuation(
+            self._details(client_call_details, token, started), request_iterator
+        )
         self._renew_if_refused(call, token)
         return call
 

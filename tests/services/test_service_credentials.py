@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import httpx
@@ -26,6 +28,7 @@ from services.api_gateway.errors import CREDENTIALS_REFUSED
 from services.api_gateway.upstream import Upstreams
 from services.common.config import Settings
 from services.common.errors import decode_rpc_error
+from services.common.grpc_auth import client_interceptors, server_interceptors
 from services.common.grpc_server import open_channel
 from services.common.keystone import KeystoneAuth
 from tests.gateway.conftest import CLIENT_ID, lifespan, new_queue, running_services
@@ -103,6 +106,65 @@ async def test_a_revoked_service_token_is_renewed_and_the_call_made_again(
             grpc.StatusCode.UNAUTHENTICATED, "SERVICE_TOKEN_REFUSED"
         )
         assert await auth.service_token() == second
+
+
+
+async def test_a_call_made_again_keeps_the_callers_deadline(
+    keystone_settings: Callable[..., Settings], keystone: Keystone
+) -> None:
+    """The refused try and the renewal count against the call's timeout: the call made again
+    carries what is left of it, not a fresh one."""
+    settings = keystone_settings(token_cache_seconds=0)
+    # Each try as it leaves the process (an interceptor inside the service token's): the
+    # deadline its timeout sets, on the monotonic clock.
+    tries: list[float] = []
+
+    class Tries(grpc.aio.UnaryUnaryClientInterceptor):
+        async def intercept_unary_unary(
+            self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
+            request: Any,
+        ) -> Any:
+            assert details.timeout is not None
+            tries.append(time.monotonic() + details.timeout)
+            return await continuation(details, request)
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    # Given a server of ours with the token check, and a process calling it with its token
+    server_auth = KeystoneAuth(settings)
+    server = grpc.aio.server(interceptors=server_interceptors(server_auth, public=()))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    ),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    auth = KeystoneAuth(settings)
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", interceptors=[*client_interceptors(auth), Tries()]
+    )
+    try:
+        call = channel.unary_unary("/test.Echo/Echo")
+        assert await call(b"1", timeout=60) == b"1"
+        first = await auth.service_token()
+        # When its token is revoked, and its next call is refused, then made again
+        keystone.revoke(first)
+        tries.clear()
+        started = time.monotonic()
+        assert await call(b"2", timeout=60) == b"2"
+        took = time.monotonic() - started
+        assert await auth.service_token() != first
+        # Then both tries end by the caller's one deadline, 60 s after it made the call; the
+        # second, given a fresh 60 s, would end later by the refusal and the renewal (two of
+        # the call's three Keystone round trips).
+        assert len(tries) == 2
+        late = [deadline - (started + 60) for deadline in tries]
+        assert all(x < min(0.005, took / 3) for x in late), (late, took)
+    finally:
+        await channel.close()
+        await auth.aclose()
+        await server.stop(None)
+        await server_auth.aclose()
 
 
 async def test_a_stream_refused_for_a_revoked_token_renews_it_for_the_next(
