@@ -976,6 +976,78 @@ def redis_edge(store: str) -> Callable[[str], Callable[[Method[S, P, R]], Wrappe
     return driver_edge(store, (RedisError, RedisClusterException), describe, redis_fault)
 
 
+# Addresses whose persistence was reported by this process: another store on the same server,
+# or a store opened again (a pool, a reopen after a failure), does not repeat it.
+_PERSISTENCE_TOLD: set[str] = set()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _persistence(
+    client: redis.asyncio.Redis | RedisClusterClient,
+) -> dict[str, dict[str, str]]:
+    """``appendonly`` and ``save`` of the server, or of each master of a cluster, by node."""
+    replies: dict[Any, dict[Any, Any]]
+    if isinstance(client, RedisCluster):
+        # One reply per node (redis-py's types know only the single-server shape).
+        replies = await client.config_get(  # type: ignore[assignment]
+            "appendonly", "save", target_nodes=RedisCluster.PRIMARIES
+        )
+    else:
+        replies = {"": await client.config_get("appendonly", "save")}
+    return {
+        _text(node): {_text(k): _text(v) for k, v in reply.items()}
+        for node, reply in replies.items()
+    }
+
+
+async def persistence_warning(client: redis.asyncio.Redis | RedisClusterClient) -> str | None:
+    """What a restart of the server (or of a master of a cluster) would lose of what it
+    acknowledged, from its persistence settings; None when it appends every write to its
+    append-only file (``appendonly yes``), whatever its ``appendfsync``: a redis-server
+    process that dies loses nothing of what it wrote there.
+
+    Raises:
+        RedisError: CONFIG GET is refused (renamed or disabled, as managed services do).
+    """
+    lost = []
+    for node, values in (await _persistence(client)).items():
+        if values.get("appendonly") == "yes":
+            continue
+        save = values.get("save", "")
+        what = (f"what it was sent since its last snapshot (save {save})" if save
+                else "everything (no save points either)")
+        lost.append((f"{node}: " if node else "") + what)
+    if not lost:
+        return None
+    return "appendonly no: a restart of it loses " + "; ".join(lost)
+
+
+async def tell_persistence(
+    client: redis.asyncio.Redis | RedisClusterClient, store: str, address: str
+) -> None:
+    """Log, once per server address in this process, a warning when the server of
+    ``store`` would lose acknowledged writes in a restart (:func:`persistence_warning`), or
+    that its settings could not be read. Never fails: the store works either way."""
+    if address in _PERSISTENCE_TOLD:
+        return
+    _PERSISTENCE_TOLD.add(address)
+    try:
+        warning = await persistence_warning(client)
+    except (RedisError, RedisClusterException) as exc:
+        log.info("the Redis of the %s at %s does not let us read its persistence settings "
+                 "(CONFIG GET: %s); run it with appendonly yes so that a restart of it loses "
+                 "nothing acknowledged (docs/operations.md, \"Redis persistence\")",
+                 store, address, exc)
+        return
+    if warning is not None:
+        log.warning("the Redis of the %s at %s keeps acknowledged writes in memory only (%s); "
+                    "run it with appendonly yes (docs/operations.md, \"Redis persistence\")",
+                    store, address, warning)
+
+
 async def open_with_scripts(
     client: redis.asyncio.Redis | RedisClusterClient,
     texts: dict[str, str],
@@ -1000,4 +1072,5 @@ async def open_with_scripts(
         raise Unavailable(
             f"Cannot open the {store} at {address}: {describe(exc)} ({exc})."
         ) from exc
+    await tell_persistence(client, store, address)
     return scripts

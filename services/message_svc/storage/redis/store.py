@@ -32,7 +32,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from services.common import redis_store
 from services.common.errors import Unavailable
-from services.common.redis_store import RedisClusterClient, check_tls_files
+from services.common.redis_store import RedisClusterClient, check_tls_files, tell_persistence
 from services.message_svc.storage import base
 from services.message_svc.storage.base import (
     Capabilities,
@@ -136,6 +136,7 @@ class RedisMessageStore(base.MessageStore):
             raise Unavailable(
                 f"Cannot open the message store at {self.address}: {describe(exc)} ({exc})."
             ) from exc
+        await tell_persistence(client, "message store", self.address)
         self._client, self._scripts = client, scripts
 
     async def close(self) -> None:

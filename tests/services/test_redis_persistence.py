@@ -1,0 +1,127 @@
+"""A Redis store tells the operator, once per server, when that server would lose what it
+acknowledged in a restart (``appendonly no``), against real redis-servers set up each way."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common import redis_store
+from services.message_svc.storage.redis.cluster import RedisClusterMessageStore
+from services.message_svc.storage.redis.store import RedisMessageStore
+from services.queue_svc.storage.redis.queues import RedisQueueStore
+from tests.servers import RedisClusterProcesses, ServerProcess, redis_process
+
+pytestmark = pytest.mark.asyncio
+
+LOGGER = "services.common.redis_store"
+
+
+@pytest.fixture(autouse=True)
+def _nothing_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_store, "_PERSISTENCE_TOLD", set())
+
+
+def started(workdir: Path, *extra: str, durable: bool = False) -> ServerProcess:
+    server = redis_process(workdir, durable=durable)
+    server.argv += list(extra)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[dict[str, ServerProcess]]:
+    made = {
+        "memory only": started(tmp_path / "a"),
+        "snapshots": started(tmp_path / "b", "--save", "3600 1 300 100"),
+        "append-only": started(tmp_path / "c", durable=True),
+        "append-only, every second": started(
+            tmp_path / "d", "--appendonly", "yes", "--appendfsync", "everysec"
+        ),
+        "no CONFIG": started(tmp_path / "e", "--rename-command", "CONFIG", ""),
+    }
+    yield made
+    for server in made.values():
+        server.stop()
+
+
+def told(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+async def open_message_store(port: int) -> RedisMessageStore:
+    store = RedisMessageStore.from_uri(f"redis://127.0.0.1:{port}/0")
+    await store.open()
+    return store
+
+
+async def test_each_kind_of_server(
+    servers: dict[str, ServerProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    said = {}
+    for kind, server in servers.items():
+        caplog.clear()
+        store = await open_message_store(server.port)
+        try:
+            said[kind] = told(caplog)
+        finally:
+            await store.close()
+    address = "redis://127.0.0.1:{}/0".format
+    advice = ("; run it with appendonly yes (docs/operations.md, \"Redis persistence\")")
+    assert said["memory only"] == [(logging.WARNING, (
+        f"the Redis of the message store at {address(servers['memory only'].port)} keeps "
+        "acknowledged writes in memory only (appendonly no: a restart of it loses everything "
+        f"(no save points either)){advice}"
+    ))]
+    assert said["snapshots"] == [(logging.WARNING, (
+        f"the Redis of the message store at {address(servers['snapshots'].port)} keeps "
+        "acknowledged writes in memory only (appendonly no: a restart of it loses what it was "
+        f"sent since its last snapshot (save 3600 1 300 100)){advice}"
+    ))]
+    # A server that appends every write to its file loses nothing of it when it restarts,
+    # however often it syncs the file.
+    assert said["append-only"] == []
+    assert said["append-only, every second"] == []
+    # Where CONFIG is not to be had (managed services), a line says so, and the store works.
+    [(level, text)] = said["no CONFIG"]
+    assert level == logging.INFO
+    assert "does not let us read its persistence settings" in text
+
+
+async def test_once_per_server(
+    servers: dict[str, ServerProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    port = servers["memory only"].port
+    # Another message store, a queue store (which opens through the shared helper) and the
+    # first store opened again, all on the one server: one warning.
+    message = await open_message_store(port)
+    queues = RedisQueueStore.from_uri(f"redis://127.0.0.1:{port}/0")
+    await queues.open()
+    await message.close()
+    again = await open_message_store(port)
+    try:
+        assert [level for level, _ in told(caplog)] == [logging.WARNING]
+    finally:
+        await again.close()
+        await queues.close()
+
+
+async def test_a_cluster_names_each_master(
+    redis_cluster: RedisClusterProcesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    store = RedisClusterMessageStore.from_uri(f"redis+cluster://{redis_cluster.uri_hosts}")
+    await store.open()
+    try:
+        [(level, text)] = told(caplog)
+    finally:
+        await store.close()
+    assert level == logging.WARNING
+    masters = [port for port in (node.port for node in redis_cluster.nodes)
+               if f"127.0.0.1:{port}: everything" in text]
+    assert len(masters) == 3, text
