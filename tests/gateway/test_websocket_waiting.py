@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from services.api_gateway.websocket import server as ws_server
 from tests.gateway._ws import Ws, decode, headers_for, new_project
 
 pytestmark = pytest.mark.parametrize("ws_url", ["asgi"], indirect=True)
@@ -87,3 +88,28 @@ async def test_an_action_of_another_type_is_refused_not_a_dropped_socket(
         # Then it is refused with 400, and the socket goes on serving
         assert answer["headers"]["status"] == 400, answer
         assert (await ws.call("queue_list", {}))[0] == 200
+
+
+async def test_a_connection_holds_a_bounded_number_of_waiting_requests(ws_url: str) -> None:
+    """Beyond MAX_WAITING waiting requests, a connection's next frames are read only as one
+    of them is answered: its gateway holds no more of its requests than that."""
+    async with connect(ws_url) as socket, connect(ws_url) as other_socket:
+        ws = Ws(socket, new_project())
+        other = Ws(other_socket, ws.project)
+        assert (await ws.call("queue_create", {"queue_name": "lp"}))[0] == 201
+        # Every place taken by a claim that waits on the empty queue, then one more, then a
+        # request that does not wait
+        for _ in range(ws_server.MAX_WAITING + 1):
+            await send(ws, "claim_create", {"queue_name": "lp", "wait": 20, "limit": 1})
+        await send(ws, "queue_list", {})
+        # One message, posted on another connection, answers one of the waiting claims; only
+        # then is a place free, the extra claim read, and the listing read and answered
+        assert (await other.call("message_post", {
+            "queue_name": "lp", "messages": [{"body": "one"}]
+        }))[0] == 201
+        async with asyncio.timeout(30):
+            first = decode(await socket.recv())
+            second = decode(await socket.recv())
+        assert (first["request"]["action"], first["headers"]["status"]) == ("claim_create", 201)
+        assert [m["body"] for m in first["body"]["messages"]] == ["one"]
+        assert (second["request"]["action"], second["headers"]["status"]) == ("queue_list", 200)

@@ -7,7 +7,9 @@ answered: the answer to a ``message_post`` goes out before the push of its messa
 request that waits (``claim_create`` / ``message_list`` with ``wait`` > 0, long polling) is
 answered on its own instead, when it is ready: the connection's later requests and pushes do
 not wait for it (it causes no push, and its answer carries its request so clients match
-them). Closing the connection cancels the waits still pending: they claim nothing.
+them). At most :data:`MAX_WAITING` wait at once on one connection; beyond them its next frames
+are read only as those are answered. Closing the connection cancels the waits still pending:
+they claim nothing.
 
 With ``auth_strategy = "keystone"`` a connection first sends ``authenticate`` with a valid
 ``X-Auth-Token`` in its headers; until then every other action is answered 403
@@ -65,6 +67,13 @@ MAX_FRAME: Final = 1024 * 1024
 TOKEN_EXPIRED_CLOSE: Final = 4003
 # Actions whose request may wait (long polling); they never cause a push.
 WAITING_ACTIONS: Final = frozenset({"claim_create", "message_list"})
+# Requests that may wait at once on one connection. Beyond them the connection's next frames
+# are not read until one is answered (so the client's socket buffers fill and it slows down),
+# as an HTTP connection holds one request at a time: without a bound, one socket could make
+# the gateway hold any number of requests and their frames.
+MAX_WAITING: Final = 8
+# Frames the WebSocket library reads ahead of the one being answered (its default is 16).
+READ_AHEAD: Final = 4
 
 
 def error_body(err: ApiError) -> dict[str, Any]:
@@ -201,6 +210,7 @@ class Connection:
 
     async def serve(self) -> None:
         waiting: set[asyncio.Task[None]] = set()
+        room = asyncio.Semaphore(MAX_WAITING)
         try:
             async for data in self.socket:
                 try:
@@ -208,9 +218,12 @@ class Connection:
                 except frames.BadFrame:
                     frame = data
                 if isinstance(frame, frames.Frame) and _waits(frame.payload):
+                    if not await self._room(room):
+                        break  # closed while its waits held every place
                     task = asyncio.ensure_future(self._answer_apart(frame))
                     waiting.add(task)
                     task.add_done_callback(waiting.discard)
+                    task.add_done_callback(lambda _: room.release())
                     continue
                 async with self._turn:
                     await self.socket.send(await self.answer(frame))
@@ -224,6 +237,21 @@ class Connection:
             if self._expiry is not None:
                 self._expiry.cancel()
             await self.watches.close()
+
+    async def _room(self, room: asyncio.Semaphore) -> bool:
+        """Take a place among the connection's :data:`MAX_WAITING` waiting requests, waiting
+        for one to be answered when all are taken; False when the socket closes first."""
+        if not room.locked():
+            await room.acquire()
+            return True
+        taken = asyncio.ensure_future(room.acquire())
+        closed = asyncio.ensure_future(self.socket.wait_closed())
+        await asyncio.wait((taken, closed), return_when=asyncio.FIRST_COMPLETED)
+        closed.cancel()
+        if taken.done() and not taken.cancelled():
+            return True
+        taken.cancel()
+        return False
 
     async def _answer_apart(self, frame: frames.Frame) -> None:
         """Answer a request that waits without holding the connection's turn meanwhile; its
@@ -397,6 +425,7 @@ async def start(
         settings.ws_port,
         process_request=_only_root,
         max_size=MAX_FRAME,
+        max_queue=READ_AHEAD,
         server_header=None,
     )
 
