@@ -85,6 +85,19 @@ def auth(token: str, **extra: str) -> dict[str, str]:
     return {"X-Auth-Token": token, **extra}
 
 
+def signed_for(project: str, path: str, methods: list[str]) -> dict[str, str]:
+    """The headers of a pre-signed request to ``path`` (and below) with ``methods``, valid
+    for five minutes."""
+    url = signing.sign(SECRET, [path], methods, project, datetime.now(UTC) + timedelta(minutes=5))
+    return {
+        "X-Project-ID": project,
+        "URL-Signature": url.signature,
+        "URL-Methods": ",".join(url.methods),
+        "URL-Paths": ",".join(url.paths),
+        "URL-Expires": url.expires,
+    }
+
+
 def assert_unauthorized(resp: httpx.Response, keystone: Keystone) -> None:
     assert resp.status_code == 401, resp.text
     assert resp.json() == UNAUTHORIZED
@@ -199,15 +212,7 @@ async def test_signed_requests_skip_keystone(gateway: Gateway, keystone: Keyston
         headers=auth(token),
     )
     assert resp.status_code == 201
-    url = signing.sign(SECRET, [f"/v2/queues/{queue}/messages"], ["GET"], project,
-                       datetime.now(UTC) + timedelta(minutes=5))
-    signed = {
-        "X-Project-ID": project,
-        "URL-Signature": url.signature,
-        "URL-Methods": "GET",
-        "URL-Paths": ",".join(url.paths),
-        "URL-Expires": url.expires,
-    }
+    signed = signed_for(project, f"/v2/queues/{queue}/messages", ["GET"])
     resp = await gateway.http.get(
         f"/v2/queues/{queue}/messages", params={"echo": "true"}, headers=signed
     )
@@ -284,15 +289,7 @@ async def test_websocket_signed_requests_before_authenticate(
         headers=auth(keystone.token("user-a")),
     )
     assert resp.status_code == 201, resp.text
-    url = signing.sign(SECRET, [f"/v2/queues/{queue}/messages"], ["GET", "POST"], project,
-                       datetime.now(UTC) + timedelta(minutes=5))
-    signed = {
-        "X-Project-ID": project,
-        "URL-Signature": url.signature,
-        "URL-Methods": "GET,POST",
-        "URL-Paths": ",".join(url.paths),
-        "URL-Expires": url.expires,
-    }
+    signed = signed_for(project, f"/v2/queues/{queue}/messages", ["GET", "POST"])
     q = {"queue_name": queue}
     async with connect(gateway.ws_url) as socket:
         answer = await ask(socket, "message_post", {**q, "messages": [{"body": 2}]}, **signed)
@@ -341,13 +338,10 @@ async def test_websocket_before_authenticate_no_action_goes_ahead(
     roles, so it is no way to an admin action."""
     project = keystone.users["user-a"].project_id
     queue = new_queue()
-    expires = datetime.now(UTC) + timedelta(minutes=5)
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
     def grant(path: str) -> dict[str, str]:
-        url = signing.sign(SECRET, [path], methods, project, expires)
-        return {"X-Project-ID": project, "URL-Signature": url.signature,
-                "URL-Methods": ",".join(methods), "URL-Paths": path, "URL-Expires": url.expires}
+        return signed_for(project, path, methods)
 
     samples: dict[str, Any] = {
         "queue_name": queue, "topic_name": f"t-{queue}", "message_id": "m", "claim_id": "c",
