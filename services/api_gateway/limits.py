@@ -9,9 +9,11 @@ query string (raw, percent-encoded)    8 KiB      400 "Query string too long"
 JSON nesting of a body                 32         400 "Invalid request body"
 =====================================  =========  ==========================================
 
-Body sizes are limited per operation (``inputs.py``); ``ids`` and ``claim_ids`` lists of a
-message request hold at most 20 ids (``operations/messages.py``). The HTTP server refuses a
-request line over its own limit (~64 KiB) with a plain 400 before the app sees it.
+Body sizes are limited per operation (``inputs.py``), and a WebSocket action's frame to its
+HTTP route's body limit plus the envelope (``websocket/server.py:frame_max``); ``ids`` and
+``claim_ids`` lists of a message request hold at most 20 ids (``operations/messages.py``). The
+HTTP server refuses a request line over its own limit (~64 KiB) with a plain 400 before the app
+sees it.
 
 The nesting check runs on the raw bytes before parsing: quoted strings are skipped with one
 linear regular expression (an unterminated string ends at the end of the data, so there is

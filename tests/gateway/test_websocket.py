@@ -13,7 +13,7 @@ from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.api_gateway.websocket.actions import ACTIONS
 from services.common.config import Settings
-from tests.gateway._ws import Ws, new_project
+from tests.gateway._ws import Ws, headers_for, new_project
 from tests.gateway.conftest import CLIENT_ID, new_queue
 
 DEFAULT_METADATA = {
@@ -189,6 +189,31 @@ async def test_every_action_names_its_missing_body_keys(text_ws: Ws) -> None:
         " in its body."
     )
 
+
+
+async def test_every_action_takes_frames_up_to_its_http_body_limit(ws: Ws) -> None:
+    """Each action of the table takes a frame as long as its HTTP route's body limit plus the
+    envelope, and refuses one character (or byte) more with 400 before anything else."""
+    def request(name: str, body: dict[str, Any], pad: int) -> dict[str, Any]:
+        return {"action": name, "headers": headers_for(ws.project),
+                "body": {**body, "pad": "p" * pad}}
+
+    for name, action in ACTIONS.items():
+        limit = ws_server.frame_max(action)
+        body: dict[str, Any] = {key: "x" for key in action.required}
+        pad = limit - len(ws.encode(request(name, body, 0)))
+        # (A MessagePack string's length prefix grows with it: take the pad to the limit.)
+        while len(ws.encode(request(name, body, pad))) > limit:
+            pad -= 1
+        at_limit, over = request(name, body, pad), request(name, body, pad + 1)
+        assert len(ws.encode(at_limit)) == limit, name
+        answer = await ws.send_raw(ws.encode(over))
+        assert (name, answer["headers"]["status"], answer["body"]["error"]) == (name, 400, (
+            f"The {name} request is too large. Max size: {limit} (a body of "
+            f"{action.body_max} bytes, headers and envelope)."
+        ))
+        answer = await ws.send_raw(ws.encode(at_limit))
+        assert "too large" not in str(answer["body"]), (name, answer)
 
 @pytest.mark.parametrize(
     ("frame", "text"),

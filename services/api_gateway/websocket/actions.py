@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from services.api_gateway.inputs import MESSAGES_BODY_MAX, QUEUE_BODY_MAX, SMALL_BODY_MAX
 from services.api_gateway.operations import (
     Caller,
     Outcome,
@@ -60,6 +61,9 @@ class Action:
     route: str | None = None
     # At least one of these keys (message_delete_many: ids, claim ids or pop).
     one_of: tuple[str, ...] = ()
+    # The largest body the HTTP route of the action takes (``inputs.py``); a frame may be
+    # that much larger than its envelope (``server.frame_max``).
+    body_max: int = SMALL_BODY_MAX
 
 
 Q = "/v2/queues/{queue_name}"
@@ -334,7 +338,7 @@ ACTIONS: Final[Mapping[str, Action]] = {
     "check_node_health": Action(_health, route="GET /v2/health"),
     "ping_node": Action(_ping, route="GET /v2/ping"),
     "queue_list": Action(_queue_list, route="GET /v2/queues"),
-    "queue_create": Action(_queue_create, _QN, f"PUT {Q}"),
+    "queue_create": Action(_queue_create, _QN, f"PUT {Q}", body_max=QUEUE_BODY_MAX),
     "queue_get": Action(_queue_get, _QN, f"GET {Q}"),
     "queue_delete": Action(_queue_delete, _QN, f"DELETE {Q}"),
     "queue_get_stats": Action(_queue_stats, _QN, f"GET {Q}/stats"),
@@ -349,7 +353,10 @@ ACTIONS: Final[Mapping[str, Action]] = {
     "message_get_many": Action(
         _message_get_many, ("queue_name", "message_ids"), f"GET {Q}/messages"
     ),
-    "message_post": Action(_message_post, ("queue_name", "messages"), f"POST {Q}/messages"),
+    "message_post": Action(
+        _message_post, ("queue_name", "messages"), f"POST {Q}/messages",
+        body_max=MESSAGES_BODY_MAX,
+    ),
     "message_delete": Action(
         _message_delete, ("queue_name", "message_id"), f"DELETE {Q}/messages/{{message_id}}"
     ),
@@ -380,13 +387,14 @@ ACTIONS: Final[Mapping[str, Action]] = {
         f"DELETE {Q}/subscriptions/{{subscription_id}}",
     ),
     "topic_list": Action(_topic_list, route="GET /v2/topics"),
-    "topic_create": Action(_topic_create, _TN, f"PUT {T}"),
+    "topic_create": Action(_topic_create, _TN, f"PUT {T}", body_max=QUEUE_BODY_MAX),
     "topic_get": Action(_topic_get, _TN, f"GET {T}"),
     "topic_delete": Action(_topic_delete, _TN, f"DELETE {T}"),
     "topic_get_stats": Action(_topic_stats, _TN, f"GET {T}/stats"),
     "topic_purge": Action(_topic_purge, ("topic_name", "resource_types"), f"POST {T}/purge"),
     "topic_message_post": Action(
-        _topic_message_post, ("topic_name", "messages"), f"POST {T}/messages"
+        _topic_message_post, ("topic_name", "messages"), f"POST {T}/messages",
+        body_max=MESSAGES_BODY_MAX,
     ),
     "topic_subscription_create": Action(
         _topic_subscription_create, _TN, f"POST {T}/subscriptions"

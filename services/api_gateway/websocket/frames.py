@@ -40,6 +40,8 @@ class Frame:
 
     payload: dict[str, Any]
     binary: bool
+    size: int = 0
+    """The frame's length as received: bytes (binary) or characters (text)."""
 
 
 def decode(data: str | bytes) -> Frame:
@@ -66,7 +68,7 @@ def decode(data: str | bytes) -> Frame:
                 "The request holds values JSON cannot represent (binary data, extension"
                 " types or keys that are not strings)."
             ) from None
-    return Frame(payload, binary)
+    return Frame(payload, binary, len(data))
 
 
 def echo(payload: dict[str, Any] | None) -> dict[str, Any]:

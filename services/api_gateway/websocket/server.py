@@ -46,6 +46,7 @@ from websockets.http11 import Request, Response
 from services.api_gateway import rate_limit
 from services.api_gateway.auth import SIGNATURE_REFUSED, with_admin
 from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
+from services.api_gateway.limits import HEADERS_BYTES_MAX
 from services.api_gateway.middleware import read_caller
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import plain_segment
@@ -74,6 +75,14 @@ WAITING_ACTIONS: Final = frozenset({"claim_create", "message_list"})
 MAX_WAITING: Final = 8
 # Frames the WebSocket library reads ahead of the one being answered (its default is 16).
 READ_AHEAD: Final = 4
+# What a frame may hold beyond its action's body: the headers HTTP allows, and the rest of the
+# envelope.
+ENVELOPE_MAX: Final = HEADERS_BYTES_MAX + 1024
+
+
+def frame_max(action: Action) -> int:
+    """The longest frame of ``action``: the body its HTTP route takes, plus the envelope."""
+    return action.body_max + ENVELOPE_MAX
 
 
 def error_body(err: ApiError) -> dict[str, Any]:
@@ -292,6 +301,12 @@ class Connection:
             action = ACTIONS.get(name) if isinstance(name, str) else None
             if action is None:
                 raise bad_request(f"{name} is not a valid action")
+            if frame.size > frame_max(action):
+                # As the HTTP route refuses a body over its limit.
+                raise bad_request(
+                    f"The {name} request is too large. Max size: {frame_max(action)} "
+                    f"(a body of {action.body_max} bytes, headers and envelope)."
+                )
             headers = _headers(payload)
             # Keystone mode, before `authenticate`: a pre-signed request goes ahead as over
             # HTTP (its X-Project-ID, no roles, no token) when its signature grants it.
