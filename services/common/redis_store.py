@@ -1043,9 +1043,9 @@ async def tell_persistence(
                  store, address, exc)
         return
     if warning is not None:
-        log.warning("the Redis of the %s at %s keeps acknowledged writes in memory only (%s); "
-                    "run it with appendonly yes (docs/operations.md, \"Redis persistence\")",
-                    store, address, warning)
+        log.warning("the Redis of the %s at %s would lose acknowledged writes in a restart "
+                    "(%s); run it with appendonly yes (docs/operations.md, \"Redis "
+                    "persistence\")", store, address, warning)
 
 
 async def open_with_scripts(

@@ -73,13 +73,13 @@ async def test_each_kind_of_server(
     address = "redis://127.0.0.1:{}/0".format
     advice = ("; run it with appendonly yes (docs/operations.md, \"Redis persistence\")")
     assert said["memory only"] == [(logging.WARNING, (
-        f"the Redis of the message store at {address(servers['memory only'].port)} keeps "
-        "acknowledged writes in memory only (appendonly no: a restart of it loses everything "
+        f"the Redis of the message store at {address(servers['memory only'].port)} would "
+        "lose acknowledged writes in a restart (appendonly no: a restart of it loses everything "
         f"(no save points either)){advice}"
     ))]
     assert said["snapshots"] == [(logging.WARNING, (
-        f"the Redis of the message store at {address(servers['snapshots'].port)} keeps "
-        "acknowledged writes in memory only (appendonly no: a restart of it loses what it was "
+        f"the Redis of the message store at {address(servers['snapshots'].port)} would "
+        "lose acknowledged writes in a restart (appendonly no: a restart of it loses what it was "
         f"sent since its last snapshot (save 3600 1 300 100)){advice}"
     ))]
     # A server that appends every write to its file loses nothing of it when it restarts,
