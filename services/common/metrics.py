@@ -110,6 +110,13 @@ STORE_SECONDS: Final = Histogram(
     "zaqar_store_operation_seconds", "Time an operation on a store took.",
     ["store", "backend", "operation"], buckets=LATENCY_BUCKETS,
 )
+STORE_PERSISTENT: Final = Gauge(
+    "zaqar_store_persistent",
+    "Redis stores: 1 when their server appends every write to its file (appendonly yes, on "
+    "every master of a cluster), so a restart of it keeps what was acknowledged; 0 when not. "
+    "Absent when the settings cannot be read, and for the other stores.",
+    ["store"],
+)
 STORE_REACHABLE: Final = Gauge(
     "zaqar_store_reachable",
     "1 while the store of this process answers its health probe, 0 while it does not.",

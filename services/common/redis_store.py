@@ -58,6 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.common import store_uri
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
+from services.common.metrics import STORE_PERSISTENT
 from services.common.store_edge import Method, P, R, S, Wrapped, driver_edge
 
 log = logging.getLogger(__name__)
@@ -976,9 +977,10 @@ def redis_edge(store: str) -> Callable[[str], Callable[[Method[S, P, R]], Wrappe
     return driver_edge(store, (RedisError, RedisClusterException), describe, redis_fault)
 
 
-# Addresses whose persistence was reported by this process: another store on the same server,
-# or a store opened again (a pool, a reopen after a failure), does not repeat it.
-_PERSISTENCE_TOLD: set[str] = set()
+# What this process found of each server address's persistence (the warning, "" when none,
+# None when it could not be read): another store on the same server, or a store opened again
+# (a pool, a reopen after a failure), does not ask or log again.
+_PERSISTENCE_TOLD: dict[str, str | None] = {}
 
 
 def _text(value: object) -> str:
@@ -1028,20 +1030,27 @@ async def persistence_warning(client: redis.asyncio.Redis | RedisClusterClient) 
 async def tell_persistence(
     client: redis.asyncio.Redis | RedisClusterClient, store: str, address: str
 ) -> None:
-    """Log, once per server address in this process, a warning when the server of
-    ``store`` would lose acknowledged writes in a restart (:func:`persistence_warning`), or
-    that its settings could not be read. Never fails: the store works either way."""
+    """Set ``zaqar_store_persistent`` for ``store`` and log, once per server address in
+    this process, a warning when the server would lose acknowledged writes in a restart
+    (:func:`persistence_warning`), or that its settings could not be read. Never fails: the
+    store works either way."""
+    label = store.removesuffix(" store")
     if address in _PERSISTENCE_TOLD:
+        known = _PERSISTENCE_TOLD[address]
+        if known is not None:
+            STORE_PERSISTENT.labels(label).set(0 if known else 1)
         return
-    _PERSISTENCE_TOLD.add(address)
     try:
         warning = await persistence_warning(client)
     except (RedisError, RedisClusterException) as exc:
+        _PERSISTENCE_TOLD[address] = None
         log.info("the Redis of the %s at %s does not let us read its persistence settings "
                  "(CONFIG GET: %s); run it with appendonly yes so that a restart of it loses "
                  "nothing acknowledged (docs/operations.md, \"Redis persistence\")",
                  store, address, exc)
         return
+    _PERSISTENCE_TOLD[address] = warning or ""
+    STORE_PERSISTENT.labels(label).set(0 if warning else 1)
     if warning is not None:
         log.warning("the Redis of the %s at %s would lose acknowledged writes in a restart "
                     "(%s); run it with appendonly yes (docs/operations.md, \"Redis "

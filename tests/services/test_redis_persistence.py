@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
-from services.common import redis_store
+from services.common import metrics, redis_store
 from services.message_svc.storage.redis.cluster import RedisClusterMessageStore
 from services.message_svc.storage.redis.store import RedisMessageStore
 from services.queue_svc.storage.redis.queues import RedisQueueStore
@@ -22,7 +23,13 @@ LOGGER = "services.common.redis_store"
 
 @pytest.fixture(autouse=True)
 def _nothing_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_store, "_PERSISTENCE_TOLD", set())
+    monkeypatch.setattr(redis_store, "_PERSISTENCE_TOLD", {})
+    metrics.STORE_PERSISTENT.clear()
+
+
+def persistent(store: str) -> float | None:
+    """``zaqar_store_persistent{store=...}`` as this process exports it; None if absent."""
+    return REGISTRY.get_sample_value("zaqar_store_persistent", {"store": store})
 
 
 def started(workdir: Path, *extra: str, durable: bool = False) -> ServerProcess:
@@ -62,14 +69,18 @@ async def test_each_kind_of_server(
     servers: dict[str, ServerProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER)
-    said = {}
+    said, gauge = {}, {}
     for kind, server in servers.items():
         caplog.clear()
+        metrics.STORE_PERSISTENT.clear()
         store = await open_message_store(server.port)
         try:
             said[kind] = told(caplog)
+            gauge[kind] = persistent("message")
         finally:
             await store.close()
+    assert gauge == {"memory only": 0, "snapshots": 0, "append-only": 1,
+                     "append-only, every second": 1, "no CONFIG": None}
     address = "redis://127.0.0.1:{}/0".format
     advice = ("; run it with appendonly yes (docs/operations.md, \"Redis persistence\")")
     assert said["memory only"] == [(logging.WARNING, (
@@ -106,6 +117,8 @@ async def test_once_per_server(
     again = await open_message_store(port)
     try:
         assert [level for level, _ in told(caplog)] == [logging.WARNING]
+        # Each store's gauge is set all the same.
+        assert (persistent("message"), persistent("queue")) == (0, 0)
     finally:
         await again.close()
         await queues.close()
