@@ -987,18 +987,24 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _persistence(
+async def persistence_settings(
     client: redis.asyncio.Redis | RedisClusterClient,
 ) -> dict[str, dict[str, str]]:
-    """``appendonly`` and ``save`` of the server, or of each master of a cluster, by node."""
+    """``appendonly``, ``appendfsync`` and ``save`` of the server (node ``""``), or of each
+    master of a cluster, by node.
+
+    Raises:
+        RedisError: CONFIG GET is refused (renamed or disabled, as managed services do).
+    """
+    names = ("appendonly", "appendfsync", "save")
     replies: dict[Any, dict[Any, Any]]
     if isinstance(client, RedisCluster):
         # One reply per node (redis-py's types know only the single-server shape).
         replies = await client.config_get(  # type: ignore[assignment]
-            "appendonly", "save", target_nodes=RedisCluster.PRIMARIES
+            *names, target_nodes=RedisCluster.PRIMARIES
         )
     else:
-        replies = {"": await client.config_get("appendonly", "save")}
+        replies = {"": await client.config_get(*names)}
     return {
         _text(node): {_text(k): _text(v) for k, v in reply.items()}
         for node, reply in replies.items()
@@ -1015,7 +1021,7 @@ async def persistence_warning(client: redis.asyncio.Redis | RedisClusterClient) 
         RedisError: CONFIG GET is refused (renamed or disabled, as managed services do).
     """
     lost = []
-    for node, values in (await _persistence(client)).items():
+    for node, values in (await persistence_settings(client)).items():
         if values.get("appendonly") == "yes":
             continue
         save = values.get("save", "")

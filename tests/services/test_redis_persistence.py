@@ -69,7 +69,7 @@ async def test_each_kind_of_server(
     servers: dict[str, ServerProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER)
-    said, gauge = {}, {}
+    said, gauge, durable = {}, {}, {}
     for kind, server in servers.items():
         caplog.clear()
         metrics.STORE_PERSISTENT.clear()
@@ -77,8 +77,12 @@ async def test_each_kind_of_server(
         try:
             said[kind] = told(caplog)
             gauge[kind] = persistent("message")
+            durable[kind] = store.capabilities.durable
         finally:
             await store.close()
+    # Durable as the contract kit means it (every write fsynced before the answer) only with
+    # appendfsync always.
+    assert [kind for kind, yes in durable.items() if yes] == ["append-only"]
     assert gauge == {"memory only": 0, "snapshots": 0, "append-only": 1,
                      "append-only, every second": 1, "no CONFIG": None}
     address = "redis://127.0.0.1:{}/0".format

@@ -32,7 +32,12 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from services.common import redis_store
 from services.common.errors import Unavailable
-from services.common.redis_store import RedisClusterClient, check_tls_files, tell_persistence
+from services.common.redis_store import (
+    RedisClusterClient,
+    check_tls_files,
+    persistence_settings,
+    tell_persistence,
+)
 from services.message_svc.storage import base
 from services.message_svc.storage.base import (
     Capabilities,
@@ -538,11 +543,7 @@ class RedisMessageStore(base.MessageStore):
 async def _fsyncs_always(client: redis.asyncio.Redis) -> bool:
     """Whether the server appends each write to its AOF and fsyncs it before answering."""
     try:
-        config = await client.config_get("append*")
+        values = (await persistence_settings(client))[""]
     except RedisError:
         return False  # CONFIG may be disabled (managed Redis): assume nothing
-    values = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in config.items()
-    }
     return values.get("appendonly") == "yes" and values.get("appendfsync") == "always"
