@@ -322,6 +322,31 @@ class RedisClusterProcesses:
         """Whether the replica on ``port`` has its master's data and follows it."""
         return "master_link_status:up" in self.cli(port, "info", "replication")
 
+    def replication_offsets(self, master: int) -> tuple[int, list[int]]:
+        """The master's replication offset, and the offset each of its online replicas has
+        confirmed, from the master's ``INFO replication``."""
+        fields = dict(line.strip().split(":", 1)
+                      for line in self.cli(master, "info", "replication").splitlines()
+                      if ":" in line)
+        confirmed = []
+        for name, value in fields.items():
+            if name.startswith("slave") and name[5:].isdigit():
+                replica = dict(pair.split("=", 1) for pair in value.split(","))
+                if replica.get("state") == "online":
+                    confirmed.append(int(replica["offset"]))
+        return int(fields["master_repl_offset"]), confirmed
+
+    def wait_replicated(self, master: int, timeout: float = 30.0) -> None:
+        """Until a replica of ``master`` has confirmed every write the master had taken when
+        this was called (so none of them is lost if the master dies now)."""
+        offset, _ = self.replication_offsets(master)
+        deadline = time.monotonic() + timeout
+        while not any(done >= offset for done in self.replication_offsets(master)[1]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica of {master} reached offset {offset} "
+                                   f"in {timeout}s")
+            time.sleep(0.01)
+
     def wait_healthy(self, timeout: float = 60.0, masters: int = 3) -> None:
         """Until every live node says ``cluster_state:ok`` and knows every slot as served, it
         sees ``masters`` masters and the others replicas, and every replica has synchronised
