@@ -53,7 +53,8 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
     """Everything ``services`` need that can be checked without starting them.
 
     Raises:
-        ConfigurationError: bad auth, CPU placement, coalescing, signing or rate-limit settings,
+        ConfigurationError: bad auth, CPU placement, coalescing, signing, rate-limit or quota
+            settings,
             a store URI that is unknown or malformed, a message filter that is not installed or
             cannot be loaded, or a malformed message encryption key.
         StartupError: a port cannot be bound or is named twice (:class:`CannotListen`), the
@@ -66,6 +67,10 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
         from services.common.message_keys import parse_keys
 
         parse_keys(settings.message_encryption_keys)
+    if "queue" in services:
+        from services.queue_svc.service import quota_settings
+
+        quota_settings(settings)
     if "gateway" in services:
         from services.api_gateway.coalesce import check_batch_settings
         from services.api_gateway.rate_limit import from_settings

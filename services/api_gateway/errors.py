@@ -109,6 +109,11 @@ ROUTE_OVERRIDES: Final[Mapping[str, Mapping[str, int]]] = {
     },
 }
 
+# Reasons answered alike on every route, whatever their code's row says. An exceeded quota is
+# RESOURCE_EXHAUSTED (gRPC's code for it) but not a 429: waiting does not lift it, and Zaqar
+# clients take a 429 for a success; 403 is what OpenStack services answer for it.
+REASON_STATUS: Final[Mapping[str, int]] = {"QUOTA_EXCEEDED": 403}
+
 CREDENTIALS_REFUSED: Final = (
     "The request could not be completed: a backing service refused the gateway's credentials. "
     "Please try again later."
@@ -130,6 +135,7 @@ def api_error_from_rpc(exc: grpc.RpcError, route: str | None = None) -> ApiError
                   info.description)
         return unavailable(CREDENTIALS_REFUSED)
     status, default_title = STATUS_TABLE.get(info.code, (503, TITLE_UNAVAILABLE))
+    status = REASON_STATUS.get(info.reason, status)
     if route is not None:
         status = ROUTE_OVERRIDES.get(route, {}).get(info.reason, status)
     title = info.title or default_title

@@ -292,6 +292,19 @@ class Settings:
             "second's worth of the rate (at least 1)."
         ),
     )
+    project_max_queues: int = field(
+        default=0,
+        metadata=_help(
+            "Queues one project may have (extension); creating one more, by PUT or by posting "
+            "to an absent queue, is refused with 403 until one is deleted. 0: no limit."
+        ),
+    )
+    project_max_topics: int = field(
+        default=0,
+        metadata=_help(
+            "Topics one project may have (extension), as project_max_queues. 0: no limit."
+        ),
+    )
     signed_url_previous_secret: str = field(
         default="",
         metadata=_help(

@@ -185,6 +185,21 @@ class Overloaded(ServiceError):
     title = "Too many requests"
 
 
+class QuotaExceeded(ServiceError):
+    """A project already has as many of a kind of record (queues, topics) as its quota allows
+    (``project_max_queues``, ``project_max_topics``). Waiting does not help, unlike
+    :class:`Overloaded`: the gateway answers it 403, as OpenStack services answer an exceeded
+    quota, which Zaqar clients raise as an error (they take a 429 for a success)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "QUOTA_EXCEEDED"
+    title = "Quota exceeded"
+    msg_format = (
+        "Project {project} has {quota} {kind}, the most it may have ({setting}); delete one "
+        "first, or ask the operator for a larger quota."
+    )
+
+
 class PatchConflict(ServiceError):
     """A JSON-patch replace/remove of a metadata key that is not there."""
 

@@ -37,6 +37,7 @@ from typing import Any
 from zaqar_grpc.v2 import common_pb2
 
 from services.common import limits
+from services.common.config import ENV_PREFIX, ConfigurationError, Settings
 from services.common.errors import InvalidBody, ServiceError, Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import placement, validation
@@ -44,6 +45,21 @@ from services.queue_svc.catalog import CatalogService
 from services.queue_svc.storage.base import QueuePage, QueueRecord, QueueStore, apply_patches
 from services.queue_svc.storage.catalog import Catalog
 from services.queue_svc.upstream import MessageService, NotifierService
+
+
+def quota_settings(settings: Settings) -> tuple[int, int]:
+    """``project_max_queues`` and ``project_max_topics``.
+
+    Raises:
+        ConfigurationError: one is negative.
+    """
+    for name in ("project_max_queues", "project_max_topics"):
+        if getattr(settings, name) < 0:
+            raise ConfigurationError(
+                f"{name} ({ENV_PREFIX}{name.upper()}) must be 0 (no limit) or a positive "
+                f"number of records per project, not {getattr(settings, name)}"
+            )
+    return settings.project_max_queues, settings.project_max_topics
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +84,21 @@ class QueueService:
         catalog: CatalogService | None = None,
         rng: random.Random | None = None,
         encryption: bool = False,
+        max_queues: int = 0,
     ) -> None:
         """``catalog``: given when pooling is enabled; a new queue's ``_flavor`` must then
         name a flavor of its project, and new queues are placed on pools drawn with ``rng``.
         ``encryption``: message encryption keys are configured; without them
-        ``_enable_encrypt_messages`` true is refused."""
+        ``_enable_encrypt_messages`` true is refused. ``max_queues``: the queues a project
+        may have (``project_max_queues``; 0: no limit); a new one beyond it, created or
+        ensured, is refused with :class:`QuotaExceeded`."""
         self._store = store
         self._messages = messages
         self._notifier = notifier
         self._catalog = catalog
         self._rng = rng or random.Random()
         self._encryption = encryption
+        self._quota = max_queues
 
     async def _pooled(self) -> Catalog | None:
         """The catalog when pooling is on, else None."""
@@ -96,7 +116,7 @@ class QueueService:
         meta.check_encryption(metadata, self._encryption)
         catalog = await self._pooled()
         if catalog is None:
-            created = await self._store.create(project, queue, metadata)
+            created = await self._store.create(project, queue, metadata, quota=self._quota)
             await self._messages.invalidate(project, queue)
             return created
         flavor = metadata.get("_flavor")
@@ -113,7 +133,7 @@ class QueueService:
             placement.check_change(catalog, pool, record.metadata, metadata)
         await self._check_dead_letter(project, queue, pool, {} if record is None else
                                       record.metadata, metadata)
-        created = await self._store.create(project, queue, metadata, pool)
+        created = await self._store.create(project, queue, metadata, pool, quota=self._quota)
         if created:
             await self._keep_placed(catalog, pool)
         if record is None and not created:
@@ -154,13 +174,13 @@ class QueueService:
         validation.check_queue(project, queue)
         catalog = await self._pooled()
         if catalog is None:
-            return self._view(await self._store.ensure(project, queue), None)
+            return self._view(await self._store.ensure(project, queue, quota=self._quota), None)
         record = await self._store.get(project, queue)
         if record is None:
             assert self._catalog is not None
             pool = (place_on if place_on in catalog.pools
                     else placement.choose(catalog, None, self._rng, self._catalog.now()))
-            record = await self._store.ensure(project, queue, pool)
+            record = await self._store.ensure(project, queue, pool, quota=self._quota)
             if record.pool == pool:
                 await self._keep_placed(catalog, pool)
         return self._view(record, catalog)

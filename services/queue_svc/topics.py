@@ -28,14 +28,20 @@ from services.queue_svc.upstream import NotifierService
 
 
 class TopicService:
-    def __init__(self, store: TopicStore, notifier: NotifierService) -> None:
+    def __init__(self, store: TopicStore, notifier: NotifierService, max_topics: int = 0) -> None:
+        """``max_topics``: the topics a project may have (``project_max_topics``; 0: no
+        limit); a new one beyond it, created or posted to, is refused with
+        :class:`services.common.errors.QuotaExceeded`."""
         self._store = store
         self._notifier = notifier
+        self._quota = max_topics
 
     async def create(self, project: str, topic: str, raw_metadata: bytes) -> bool:
         """Create the topic or replace its metadata; True when it is new."""
         rules.check_topic(project, topic)
-        return await self._store.create(project, topic, rules.parse_metadata(raw_metadata))
+        return await self._store.create(
+            project, topic, rules.parse_metadata(raw_metadata), quota=self._quota
+        )
 
     async def get(self, project: str, topic: str) -> dict[str, Any]:
         """The metadata with defaults.
@@ -139,7 +145,7 @@ class TopicService:
         if record is None:
             # Checked first, so that a refused post creates nothing; a topic created
             # meanwhile by someone else has its own metadata, checked again.
-            record = await self._store.ensure(project, topic)
+            record = await self._store.ensure(project, topic, quota=self._quota)
             if record.metadata:
                 messages = rules.messages(posted, record.metadata)
         return await self._notifier.publish_topic(project, topic, messages)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from services.common.errors import PatchConflict, QueueNotFound, Unavailable
-from services.queue_svc.storage.base import MetadataPatch, QueueStore
+from services.common.errors import PatchConflict, QueueNotFound, QuotaExceeded, Unavailable
+from services.queue_svc.storage.base import MetadataPatch, QueueRecord, QueueStore
 from services.queue_svc.storage.registry import open_queue_store
 from services.testing.fixtures import Clock
 
@@ -133,6 +133,58 @@ class QueueStoreContract:
         assert sorted(results) == [False] * 9 + [True]
         record = await queue_store.get("p", "race")
         assert record is not None and list(record.metadata) == ["writer"]
+
+    async def test_a_quota_refuses_a_new_queue_beyond_it_and_nothing_else(
+        self, queue_store: QueueStore
+    ) -> None:
+        # Given a project with as many queues as its quota, by create and by ensure
+        assert await queue_store.create("p", "a", {"n": 1}, quota=2) is True
+        assert (await queue_store.ensure("p", "b", quota=2)).name == "b"
+        # When a third is created or ensured
+        for attempt in (queue_store.create("p", "c", {}, quota=2),
+                        queue_store.ensure("p", "c", quota=2)):
+            with pytest.raises(QuotaExceeded) as refused:
+                await attempt
+            # Then it is refused, saying which project, how many and which setting
+            assert refused.value.description.startswith(
+                "Project p has 2 queues, the most it may have (ZAQAR_PROJECT_MAX_QUEUES)"
+            )
+        # And nothing of it was stored
+        assert not await queue_store.exists("p", "c")
+        assert await names(queue_store, "p") == ["a", "b"]
+        # While the queues it has may still be replaced and ensured, and other projects and a
+        # larger quota or none are not held back
+        assert await queue_store.create("p", "a", {"n": 2}, quota=2) is False
+        assert dict((await queue_store.ensure("p", "a", quota=2)).metadata) == {"n": 2}
+        assert await queue_store.create("other", "c", {}, quota=2) is True
+        assert await queue_store.create("p", "c", {}, quota=3) is True
+        assert await queue_store.create("p", "d", {}) is True
+        # And once queues are deleted, new ones fit again
+        for name in ("c", "d"):
+            assert await queue_store.delete("p", name)
+        assert await queue_store.create("p", "e", {}, quota=3) is True
+
+    async def test_concurrent_creates_at_a_quota_never_go_beyond_it(
+        self, queue_store: QueueStore, store_uri: str
+    ) -> None:
+        # Given a project two queues short of its quota
+        await queue_store.create("p", "first", {})
+        # When ten new queues are created and ensured at once
+        results = await asyncio.gather(
+            *(queue_store.create("p", f"c{i}", {}, quota=3) for i in range(5)),
+            *(queue_store.ensure("p", f"e{i}", quota=3) for i in range(5)),
+            return_exceptions=True,
+        )
+        # Then each call made its queue or was refused, and each queue made is there
+        made = [r for r in results if not isinstance(r, QuotaExceeded)]
+        assert all(r is True or isinstance(r, QueueRecord) for r in made), results
+        assert len(await names(queue_store, "p")) == 1 + len(made)
+        if store_uri.startswith("mongodb"):
+            # (MongoDB counts just before it inserts: racers may each pass; never fewer)
+            assert len(made) >= 2
+        else:
+            # And exactly two were made: the count and the insert are one atomic step
+            assert len(made) == 2, results
 
     async def test_ensure_creates_absent_queue_with_empty_metadata(
         self, queue_store: QueueStore

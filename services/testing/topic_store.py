@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.common.errors import PatchConflict, QueueNotFound
+from services.common.errors import PatchConflict, QueueNotFound, QuotaExceeded
 from services.queue_svc.storage.base import MetadataPatch, QueueStore, TopicStore
 from services.queue_svc.storage.registry import open_queue_store
 
@@ -44,6 +44,26 @@ class TopicStoreContract:
         assert record.pool is None
         assert await topics.get("p", "absent") is None
         assert await topics.get("other", "t1") is None
+
+    async def test_a_quota_counts_topics_apart_from_queues(self, queue_store: QueueStore) -> None:
+        topics = queue_store.topics
+        # Given a project with two queues and one topic
+        await queue_store.create("p", "q1", {})
+        await queue_store.create("p", "q2", {})
+        assert await topics.create("p", "t1", {}, quota=2) is True
+        # Then a second topic fits a quota of two topics, queues apart
+        assert (await topics.ensure("p", "t2", quota=2)).name == "t2"
+        # And a third is refused, by create and by ensure, naming topics and their setting
+        for attempt in (topics.create("p", "t3", {}, quota=2), topics.ensure("p", "t3", quota=2)):
+            with pytest.raises(QuotaExceeded) as refused:
+                await attempt
+            assert refused.value.description.startswith(
+                "Project p has 2 topics, the most it may have (ZAQAR_PROJECT_MAX_TOPICS)"
+            )
+        assert await topics.get("p", "t3") is None
+        # While the topics there still take new metadata, and queues are not held back by them
+        assert await topics.create("p", "t1", {"n": 1}, quota=2) is False
+        assert await queue_store.create("p", "q3", {}, quota=3) is True
 
     async def test_topics_and_queues_of_one_name_never_meet(
         self, queue_store: QueueStore

@@ -21,11 +21,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from services.common.errors import PatchConflict
+from services.common.errors import PatchConflict, QuotaExceeded
 from services.queue_svc.storage.catalog import CatalogStore
 
 PatchOp = Literal["add", "replace", "remove"]
 MetadataCheck = Callable[[Mapping[str, Any]], None]
+RecordKind = Literal["queues", "topics"]
+# The setting that sets the quota of each kind of record.
+QUOTA_SETTINGS: dict[RecordKind, str] = {
+    "queues": "ZAQAR_PROJECT_MAX_QUEUES", "topics": "ZAQAR_PROJECT_MAX_TOPICS",
+}
+
+
+def over_quota(kind: RecordKind, project: str, quota: int) -> QuotaExceeded:
+    """The error of a new record that ``quota`` does not allow."""
+    return QuotaExceeded(project=project, quota=quota, kind=kind, setting=QUOTA_SETTINGS[kind])
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +109,14 @@ class TopicStore(Protocol):
     topic (the caller names it a topic).
     """
 
-    async def create(self, project: str, name: str, metadata: Mapping[str, Any]) -> bool:
-        """As :meth:`QueueStore.create`."""
+    async def create(
+        self, project: str, name: str, metadata: Mapping[str, Any], *, quota: int = 0
+    ) -> bool:
+        """As :meth:`QueueStore.create` (the quota counts topics)."""
         ...
 
-    async def ensure(self, project: str, name: str) -> QueueRecord:
-        """As :meth:`QueueStore.ensure`."""
+    async def ensure(self, project: str, name: str, *, quota: int = 0) -> QueueRecord:
+        """As :meth:`QueueStore.ensure` (the quota counts topics)."""
         ...
 
     async def get(self, project: str, name: str) -> QueueRecord | None:
@@ -161,7 +173,8 @@ class QueueStore(Protocol):
         """Release connections. Idempotent; the store is not used afterwards."""
 
     async def create(
-        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
+        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None,
+        *, quota: int = 0,
     ) -> bool:
         """Create the queue, or replace the whole metadata of an existing one.
 
@@ -169,16 +182,29 @@ class QueueStore(Protocol):
         is stored with a new queue, in the same record and step; an existing queue keeps the
         pool it has.
 
+        ``quota`` (0: none) is the most queues the project may have: a new queue beyond it
+        is not made. Checked in the same atomic step as the insert on SQLite and Redis, so
+        concurrent creates never go beyond it there; on MongoDB the count comes just before
+        the insert, and creates racing at the quota may each pass it.
+
         Returns:
             True when the queue did not exist before, False when its metadata was replaced.
+
+        Raises:
+            QuotaExceeded: the queue is new and the project has ``quota`` queues already.
         """
         ...
 
-    async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
+    async def ensure(
+        self, project: str, name: str, pool: str | None = None, *, quota: int = 0
+    ) -> QueueRecord:
         """The queue, created with empty metadata (and ``pool``) first when it does not exist.
 
         Atomic: an existing queue's metadata and pool are never touched, even by a concurrent
-        create.
+        create. ``quota`` as for :meth:`create`.
+
+        Raises:
+            QuotaExceeded: the queue is new and the project has ``quota`` queues already.
         """
         ...
 

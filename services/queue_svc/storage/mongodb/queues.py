@@ -39,7 +39,9 @@ from services.queue_svc.storage.base import (
     MetadataPatch,
     QueuePage,
     QueueRecord,
+    RecordKind,
     apply_patches,
+    over_quota,
 )
 from services.queue_svc.storage.mongodb import catalog
 from services.queue_svc.storage.mongodb._connection import (
@@ -100,6 +102,8 @@ def _written(metadata: Mapping[str, Any]) -> Document:
 class MongoQueueStore:
     """:class:`services.queue_svc.storage.base.QueueStore` on MongoDB."""
 
+    _RECORDS: RecordKind = "queues"
+
     def __init__(self, options: MongoOptions) -> None:
         self.options = options
         self._queues: AsyncCollection[Document] | None = None
@@ -152,10 +156,24 @@ class MongoQueueStore:
             client, self._queues = self._queues.database.client, None
             await client.close()
 
+    async def _check_quota(self, project: str, name: str, quota: int) -> None:
+        """Raise QuotaExceeded if ``name`` is new and ``quota`` is reached. Not atomic with
+        the insert that follows (MongoDB has no multi-document check-and-insert here):
+        creates racing at the quota may each pass. The count stops at ``quota``."""
+        if not quota:
+            return
+        queues = self._collection()
+        if await queues.find_one({"p": project, "n": name}, {"_id": True}) is not None:
+            return
+        if await queues.count_documents({"p": project}, limit=quota) >= quota:
+            raise over_quota(self._RECORDS, project, quota)
+
     @edge("create the queue")
     async def create(
-        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
+        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None,
+        *, quota: int = 0,
     ) -> bool:
+        await self._check_quota(project, name, quota)
         change = _written(metadata)
         if pool is not None:
             change["$setOnInsert"] = {"pool": pool}
@@ -171,7 +189,10 @@ class MongoQueueStore:
         raise contended(STORE, "create the queue")
 
     @edge("create the queue")
-    async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
+    async def ensure(
+        self, project: str, name: str, pool: str | None = None, *, quota: int = 0
+    ) -> QueueRecord:
+        await self._check_quota(project, name, quota)
         inserted: Document = {"m": "{}", "f": [], "v": 1}
         if pool is not None:
             inserted["pool"] = pool
@@ -269,6 +290,8 @@ class MongoQueueStore:
 class MongoTopicStore(MongoQueueStore):
     """:class:`services.queue_svc.storage.base.TopicStore`: the queue records' code on the
     ``topics`` collection of the queue store's database, over its client."""
+
+    _RECORDS: RecordKind = "topics"
 
     def __init__(self, owner: MongoQueueStore) -> None:
         self.options = owner.options

@@ -5,9 +5,16 @@
 -- KEYS[2]  sorted set of the project's queue names, all with score 0
 -- ARGV[1]  queue name
 -- ARGV[2]  pool of a new queue ('' = message_svc's own store)
+-- ARGV[3]  the most queues the project may have ('0' = no limit)
 --
--- Returns {metadata (JSON text), pool or false}.
+-- Returns {metadata (JSON text), pool or false}, or -1 when the queue is absent and the project
+-- has ARGV[3] queues already (nothing is written).
 
+local quota = tonumber(ARGV[3])
+if quota > 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+        and redis.call('ZCARD', KEYS[2]) >= quota then
+    return -1
+end
 if redis.call('HSETNX', KEYS[1], ARGV[1], '{}') == 1 then
     redis.call('ZADD', KEYS[2], 0, ARGV[1])
     if ARGV[2] ~= '' then

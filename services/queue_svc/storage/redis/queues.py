@@ -39,7 +39,9 @@ from services.queue_svc.storage.base import (
     MetadataPatch,
     QueuePage,
     QueueRecord,
+    RecordKind,
     apply_patches,
+    over_quota,
 )
 from services.queue_svc.storage.redis import catalog
 from services.queue_svc.storage.redis._connection import (
@@ -115,6 +117,7 @@ class RedisQueueStore:
 
     # The kinds of key of the records (the metadata hash, the sorted set of names).
     _KINDS = ("q", "n")
+    _RECORDS: RecordKind = "queues"
 
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
@@ -184,16 +187,24 @@ class RedisQueueStore:
 
     @edge("create the queue")
     async def create(
-        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
+        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None,
+        *, quota: int = 0,
     ) -> bool:
         created = await self._run(
-            "create_queue", self._keys(project), [name, _dump(metadata), pool or ""]
+            "create_queue", self._keys(project), [name, _dump(metadata), pool or "", quota]
         )
+        if created == -1:
+            raise over_quota(self._RECORDS, project, quota)
         return bool(created)
 
     @edge("create the queue")
-    async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
-        text, placed = await self._run("ensure_queue", self._keys(project), [name, pool or ""])
+    async def ensure(
+        self, project: str, name: str, pool: str | None = None, *, quota: int = 0
+    ) -> QueueRecord:
+        found = await self._run("ensure_queue", self._keys(project), [name, pool or "", quota])
+        if found == -1:
+            raise over_quota(self._RECORDS, project, quota)
+        text, placed = found
         return QueueRecord(project, name, _load(text), placed or None)
 
     @edge("read the queue")
@@ -307,6 +318,7 @@ class RedisTopicStore(RedisQueueStore):
     scripts under keys of their own (``t``, ``tn``), over the queue store's connection."""
 
     _KINDS = ("t", "tn")
+    _RECORDS: RecordKind = "topics"
 
     def __init__(self, owner: RedisQueueStore) -> None:
         self.options = owner.options

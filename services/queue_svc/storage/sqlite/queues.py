@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -18,6 +18,7 @@ from services.queue_svc.storage.base import (
     QueuePage,
     QueueRecord,
     apply_patches,
+    over_quota,
 )
 from services.queue_svc.storage.sqlite import catalog
 
@@ -78,17 +79,32 @@ def _filter_clause(table: str, key: str, value: Any) -> tuple[str, list[Any]]:
 class _Records:
     """The records of one table (``queues`` or ``topics``) of the store's file."""
 
-    _table = "queues"
+    _table: Literal["queues", "topics"] = "queues"
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    def _check_quota(self, conn: sqlite3.Connection, project: str, name: str, quota: int) -> None:
+        """Within a write: raise QuotaExceeded if ``name`` is new and ``quota`` is reached (the
+        count reads at most ``quota`` index entries: the quota bounds them)."""
+        if not quota or conn.execute(
+            f"SELECT 1 FROM {self._table} WHERE project = ? AND name = ?", (project, name)
+        ).fetchone():
+            return
+        (count,) = conn.execute(
+            f"SELECT COUNT(*) FROM {self._table} WHERE project = ?", (project,)
+        ).fetchone()
+        if count >= quota:
+            raise over_quota(self._table, project, quota)
+
     async def create(
-        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None
+        self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None,
+        *, quota: int = 0,
     ) -> bool:
         text = _dump(metadata)
 
         def work(conn: sqlite3.Connection) -> bool:
+            self._check_quota(conn, project, name, quota)
             cursor = conn.execute(
                 f"INSERT INTO {self._table} (project, name, metadata, pool) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (project, name) DO NOTHING",
@@ -104,8 +120,11 @@ class _Records:
 
         return await self._db.write(work, "create the queue")
 
-    async def ensure(self, project: str, name: str, pool: str | None = None) -> QueueRecord:
+    async def ensure(
+        self, project: str, name: str, pool: str | None = None, *, quota: int = 0
+    ) -> QueueRecord:
         def work(conn: sqlite3.Connection) -> QueueRecord:
+            self._check_quota(conn, project, name, quota)
             conn.execute(
                 f"INSERT INTO {self._table} (project, name, metadata, pool) "
                 "VALUES (?, ?, '{}', ?) ON CONFLICT (project, name) DO NOTHING",
