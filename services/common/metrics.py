@@ -117,6 +117,14 @@ STORE_PERSISTENT: Final = Gauge(
     "Absent when the settings cannot be read, and for the other stores.",
     ["store"],
 )
+STORE_EVICTS: Final = Gauge(
+    "zaqar_store_evicts",
+    "Redis stores: 1 when their server (or a master of a cluster) may evict any key when its "
+    "memory is full (maxmemory-policy allkeys-*), so drop what was acknowledged; 0 when not "
+    "(noeviction refuses writes instead). Absent when the settings cannot be read, and for the "
+    "other stores.",
+    ["store"],
+)
 STORE_REACHABLE: Final = Gauge(
     "zaqar_store_reachable",
     "1 while the store of this process answers its health probe, 0 while it does not.",

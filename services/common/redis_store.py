@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote
 
 import redis.asyncio
@@ -58,7 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.common import store_uri
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
-from services.common.metrics import STORE_PERSISTENT
+from services.common.metrics import STORE_EVICTS, STORE_PERSISTENT
 from services.common.store_edge import Method, P, R, S, Wrapped, driver_edge
 
 log = logging.getLogger(__name__)
@@ -977,26 +977,32 @@ def redis_edge(store: str) -> Callable[[str], Callable[[Method[S, P, R]], Wrappe
     return driver_edge(store, (RedisError, RedisClusterException), describe, redis_fault)
 
 
-# What this process found of each server address's persistence (the warning, "" when none,
-# None when it could not be read): another store on the same server, or a store opened again
-# (a pool, a reopen after a failure), does not ask or log again.
-_PERSISTENCE_TOLD: dict[str, str | None] = {}
+# What this process found of each server address's persistence and eviction (the warnings, ()
+# when none, None when they could not be read): another store on the same server, or a store
+# opened again (a pool, a reopen after a failure), does not log again.
+_PERSISTENCE_TOLD: dict[str, tuple[str, ...] | None] = {}
+
+ServerSettings = dict[str, dict[str, str]]
+"""Settings of a server (node ``""``) or of each master of a cluster, by node."""
+
+# maxmemory-policy values that may evict any key, so acknowledged messages, queues and
+# subscriptions (the stores set no expiry on those; volatile-* policies evict only keys with
+# one, such as the notifier's watch feeds).
+EVICTING_POLICIES: Final = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def persistence_settings(
-    client: redis.asyncio.Redis | RedisClusterClient,
-) -> dict[str, dict[str, str]]:
-    """``appendonly``, ``appendfsync`` and ``save`` of the server (node ``""``), or of each
-    master of a cluster, by node.
+async def persistence_settings(client: redis.asyncio.Redis | RedisClusterClient) -> ServerSettings:
+    """``appendonly``, ``appendfsync``, ``save`` and ``maxmemory-policy`` of the server (node
+    ``""``), or of each master of a cluster, by node.
 
     Raises:
         RedisError: CONFIG GET is refused (renamed or disabled, as managed services do).
     """
-    names = ("appendonly", "appendfsync", "save")
+    names = ("appendonly", "appendfsync", "save", "maxmemory-policy")
     replies: dict[Any, dict[Any, Any]]
     if isinstance(client, RedisCluster):
         # One reply per node (redis-py's types know only the single-server shape).
@@ -1011,17 +1017,13 @@ async def persistence_settings(
     }
 
 
-async def persistence_warning(client: redis.asyncio.Redis | RedisClusterClient) -> str | None:
+def persistence_warning(settings: ServerSettings) -> str | None:
     """What a restart of the server (or of a master of a cluster) would lose of what it
-    acknowledged, from its persistence settings; None when it appends every write to its
-    append-only file (``appendonly yes``), whatever its ``appendfsync``: a redis-server
-    process that dies loses nothing of what it wrote there.
-
-    Raises:
-        RedisError: CONFIG GET is refused (renamed or disabled, as managed services do).
-    """
+    acknowledged; None when it appends every write to its append-only file (``appendonly
+    yes``), whatever its ``appendfsync``: a redis-server process that dies loses nothing of
+    what it wrote there."""
     lost = []
-    for node, values in (await persistence_settings(client)).items():
+    for node, values in settings.items():
         if values.get("appendonly") == "yes":
             continue
         save = values.get("save", "")
@@ -1033,34 +1035,54 @@ async def persistence_warning(client: redis.asyncio.Redis | RedisClusterClient) 
     return "appendonly no: a restart of it loses " + "; ".join(lost)
 
 
+def eviction_warning(settings: ServerSettings) -> str | None:
+    """The servers (or masters) whose ``maxmemory-policy`` evicts any key when memory is full
+    (:data:`EVICTING_POLICIES`), with their policy; None when none does. With ``noeviction``
+    (Redis's default) a full server refuses writes instead: posts get 503, nothing taken is
+    dropped."""
+    evicting = [(f"{node}: " if node else "") + values["maxmemory-policy"]
+                for node, values in settings.items()
+                if values.get("maxmemory-policy") in EVICTING_POLICIES]
+    return "maxmemory-policy " + "; ".join(evicting) if evicting else None
+
+
 async def tell_persistence(
     client: redis.asyncio.Redis | RedisClusterClient, store: str, address: str
-) -> None:
-    """Set ``zaqar_store_persistent`` for ``store`` and log, once per server address in
-    this process, a warning when the server would lose acknowledged writes in a restart
-    (:func:`persistence_warning`), or that its settings could not be read. Never fails: the
-    store works either way."""
+) -> ServerSettings | None:
+    """Read the server's persistence and eviction settings (one ``CONFIG GET``) and return
+    them, None when they cannot be read; set ``zaqar_store_persistent`` and
+    ``zaqar_store_evicts`` for ``store``; and log, once per server address in this process, a
+    warning when the server would lose acknowledged writes in a restart
+    (:func:`persistence_warning`) or evict them when full (:func:`eviction_warning`), or
+    that its settings could not be read. Never fails: the store works either way."""
     label = store.removesuffix(" store")
-    if address in _PERSISTENCE_TOLD:
-        known = _PERSISTENCE_TOLD[address]
-        if known is not None:
-            STORE_PERSISTENT.labels(label).set(0 if known else 1)
-        return
+    told = address in _PERSISTENCE_TOLD
     try:
-        warning = await persistence_warning(client)
+        settings = await persistence_settings(client)
     except (RedisError, RedisClusterException) as exc:
-        _PERSISTENCE_TOLD[address] = None
-        log.info("the Redis of the %s at %s does not let us read its persistence settings "
-                 "(CONFIG GET: %s); run it with appendonly yes so that a restart of it loses "
-                 "nothing acknowledged (docs/operations.md, \"Redis persistence\")",
-                 store, address, exc)
-        return
-    _PERSISTENCE_TOLD[address] = warning or ""
-    STORE_PERSISTENT.labels(label).set(0 if warning else 1)
-    if warning is not None:
+        if not told:
+            _PERSISTENCE_TOLD[address] = None
+            log.info("the Redis of the %s at %s does not let us read its persistence settings "
+                     "(CONFIG GET: %s); run it with appendonly yes and maxmemory-policy "
+                     "noeviction so that it loses nothing acknowledged (docs/operations.md, "
+                     "\"Redis persistence\")", store, address, exc)
+        return None
+    lost, evicts = persistence_warning(settings), eviction_warning(settings)
+    STORE_PERSISTENT.labels(label).set(0 if lost else 1)
+    STORE_EVICTS.labels(label).set(1 if evicts else 0)
+    if told:
+        return settings
+    _PERSISTENCE_TOLD[address] = tuple(w for w in (lost, evicts) if w is not None)
+    if lost is not None:
         log.warning("the Redis of the %s at %s would lose acknowledged writes in a restart "
                     "(%s); run it with appendonly yes (docs/operations.md, \"Redis "
-                    "persistence\")", store, address, warning)
+                    "persistence\")", store, address, lost)
+    if evicts is not None:
+        log.warning("the Redis of the %s at %s would drop acknowledged writes when its memory "
+                    "is full (%s evicts any key); run it with maxmemory-policy noeviction, "
+                    "which refuses new writes instead (docs/operations.md, \"Redis "
+                    "persistence\")", store, address, evicts)
+    return settings
 
 
 async def open_with_scripts(

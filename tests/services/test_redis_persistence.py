@@ -1,5 +1,7 @@
 """A Redis store tells the operator, once per server, when that server would lose what it
-acknowledged in a restart (``appendonly no``), against real redis-servers set up each way."""
+acknowledged in a restart (``appendonly no``) or evict it when full (``maxmemory-policy
+allkeys-*``), against real redis-servers set up each way; and a full server that does not
+evict refuses new writes with a 503 and loses nothing it took."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common import metrics, redis_store
+from services.common.errors import Unavailable
+from services.message_svc.storage.base import DeleteOutcome, NewMessage
 from services.message_svc.storage.redis.cluster import RedisClusterMessageStore
 from services.message_svc.storage.redis.store import RedisMessageStore
 from services.queue_svc.storage.redis.queues import RedisQueueStore
@@ -25,11 +29,17 @@ LOGGER = "services.common.redis_store"
 def _nothing_told(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(redis_store, "_PERSISTENCE_TOLD", {})
     metrics.STORE_PERSISTENT.clear()
+    metrics.STORE_EVICTS.clear()
 
 
 def persistent(store: str) -> float | None:
     """``zaqar_store_persistent{store=...}`` as this process exports it; None if absent."""
     return REGISTRY.get_sample_value("zaqar_store_persistent", {"store": store})
+
+
+def evicts(store: str) -> float | None:
+    """``zaqar_store_evicts{store=...}``; None if absent."""
+    return REGISTRY.get_sample_value("zaqar_store_evicts", {"store": store})
 
 
 def started(workdir: Path, *extra: str, durable: bool = False) -> ServerProcess:
@@ -142,3 +152,74 @@ async def test_a_cluster_names_each_master(
     masters = [port for port in (node.port for node in redis_cluster.nodes)
                if f"127.0.0.1:{port}: everything" in text]
     assert len(masters) == 3, text
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
+async def test_a_server_that_evicts_any_key_is_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    server = started(tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", policy,
+                     durable=True)
+    try:
+        store = await open_message_store(server.port)
+        await store.close()
+    finally:
+        server.stop()
+    # Then one warning names the policy, and the gauges tell eviction apart from persistence
+    assert told(caplog) == [(logging.WARNING, (
+        f"the Redis of the message store at redis://127.0.0.1:{server.port}/0 would drop "
+        f"acknowledged writes when its memory is full (maxmemory-policy {policy} evicts any "
+        "key); run it with maxmemory-policy noeviction, which refuses new writes instead "
+        "(docs/operations.md, \"Redis persistence\")"
+    ))]
+    assert (evicts("message"), persistent("message")) == (1, 1)
+
+
+@pytest.mark.parametrize("policy", ["noeviction", "volatile-lru", "volatile-ttl"])
+async def test_a_server_that_evicts_no_stored_record_is_not_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    # (volatile-* evicts only keys with an expiry: no message, queue or subscription has one)
+    caplog.set_level(logging.INFO, LOGGER)
+    server = started(tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", policy,
+                     durable=True)
+    try:
+        queues = RedisQueueStore.from_uri(f"redis://127.0.0.1:{server.port}/0")
+        await queues.open()
+        await queues.close()
+    finally:
+        server.stop()
+    assert told(caplog) == []
+    assert (evicts("queue"), persistent("queue")) == (0, 1)
+
+
+async def test_a_full_server_refuses_posts_and_keeps_what_it_took(tmp_path: Path) -> None:
+    # Given a message store on a server with little memory, which does not evict
+    server = started(tmp_path, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+    store = await open_message_store(server.port)
+    try:
+        # When messages are posted until the server is full
+        taken: list[str] = []
+        body = b'"' + b"x" * 4000 + b'"'
+        with pytest.raises(Unavailable) as refused:
+            for _ in range(2000):
+                taken += await store.post("p", "q", "c", [NewMessage(body=body, ttl=3600)] * 10)
+        # Then the post that did not fit is refused as unavailable (a 503), saying why
+        assert "Redis is out of memory" in refused.value.description
+        assert taken
+        # And every message taken before is there, readable and claimable
+        stored = await store.list_messages("p", "q", limit=10_000, include_claimed=True)
+        assert sorted(m.id for m in stored) == sorted(taken)
+        claimed = await store.claim("p", "q", limit=5, ttl=60, grace=60)
+        assert claimed.claim is not None and len(claimed.claim.messages) == 5
+        # And deletes still work on the full server, and make room for new posts
+        for message in claimed.claim.messages:
+            outcome = await store.delete("p", "q", message.id, claim_id=claimed.claim.id)
+            assert outcome is DeleteOutcome.DELETED
+        unclaimed = [m.id for m in stored if m.id not in {c.id for c in claimed.claim.messages}]
+        assert await store.delete_many("p", "q", unclaimed[:200]) == 200
+        assert await store.post("p", "q", "c", [NewMessage(body=b"1", ttl=60)])
+    finally:
+        await store.close()
+        server.stop()

@@ -34,11 +34,10 @@ from binascii import crc_hqx
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.common import redis_store
-from services.common.redis_store import RedisClusterClient
+from services.common.redis_store import ServerSettings
 from services.message_svc.storage.base import Capabilities
 from services.message_svc.storage.redis._codec import prefix_of_tag, timestamp
 from services.message_svc.storage.redis._connection import edge, parse
@@ -109,9 +108,8 @@ class RedisClusterMessageStore(RedisMessageStore):
     def _registry_of(self, tag: str) -> str:
         return self._bucket(_slot(tag))
 
-    async def _capabilities(
-        self, client: redis.asyncio.Redis | RedisClusterClient
-    ) -> Capabilities:
+    def _capabilities(self, settings: ServerSettings | None) -> Capabilities:
+        # Durable when each write waits for a replica to confirm it (wait=N).
         return Capabilities(durable=self.options.wait >= 1, shared=True, fifo=True, fair=True)
 
     # Dead-letter moves ----------------------------------------------------------------------

@@ -34,8 +34,8 @@ from services.common import redis_store
 from services.common.errors import Unavailable
 from services.common.redis_store import (
     RedisClusterClient,
+    ServerSettings,
     check_tls_files,
-    persistence_settings,
     tell_persistence,
 )
 from services.message_svc.storage import base
@@ -135,13 +135,13 @@ class RedisMessageStore(base.MessageStore):
         try:
             await client.ping()
             await scripts.load()
-            self.capabilities = await self._capabilities(client)
         except (RedisError, RedisClusterException) as exc:
             await client.aclose()
             raise Unavailable(
                 f"Cannot open the message store at {self.address}: {describe(exc)} ({exc})."
             ) from exc
-        await tell_persistence(client, "message store", self.address)
+        settings = await tell_persistence(client, "message store", self.address)
+        self.capabilities = self._capabilities(settings)
         self._client, self._scripts = client, scripts
 
     async def close(self) -> None:
@@ -150,11 +150,13 @@ class RedisMessageStore(base.MessageStore):
             await scripts.close()
             await client.aclose()
 
-    async def _capabilities(
-        self, client: redis.asyncio.Redis | RedisClusterClient
-    ) -> Capabilities:
-        assert isinstance(client, redis.asyncio.Redis)
-        return Capabilities(durable=await _fsyncs_always(client), shared=True, fifo=True, fair=True)
+    def _capabilities(self, settings: ServerSettings | None) -> Capabilities:
+        """``settings``: the server's, None when CONFIG GET is refused (managed Redis: then
+        nothing is assumed). Durable when it appends each write to its AOF and fsyncs it
+        before answering."""
+        values = {} if settings is None else settings.get("", {})
+        durable = values.get("appendonly") == "yes" and values.get("appendfsync") == "always"
+        return Capabilities(durable=durable, shared=True, fifo=True, fair=True)
 
     def _redis(self) -> redis.asyncio.Redis | RedisClusterClient:
         if self._client is None:
@@ -538,12 +540,3 @@ class RedisMessageStore(base.MessageStore):
     async def _resume_moves(self, prefix: str, stalled: Sequence[Any]) -> None:
         """Finish the dead-letter moves of queue ``prefix`` that stalled (only staged moves
         can: see cluster.py)."""
-
-
-async def _fsyncs_always(client: redis.asyncio.Redis) -> bool:
-    """Whether the server appends each write to its AOF and fsyncs it before answering."""
-    try:
-        values = (await persistence_settings(client))[""]
-    except RedisError:
-        return False  # CONFIG may be disabled (managed Redis): assume nothing
-    return values.get("appendonly") == "yes" and values.get("appendfsync") == "always"
