@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from services.common import affinity, store_probe
-from services.common.config import ENV_PREFIX, Settings
+from services.common.config import ENV_PREFIX, Settings, check_quotas
 from services.common.keystone import check_settings
 from services.common.sqlite_store import MEMORY
 from services.common.startup import (
@@ -68,9 +68,9 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
 
         parse_keys(settings.message_encryption_keys)
     if "queue" in services:
-        from services.queue_svc.service import quota_settings
-
-        quota_settings(settings)
+        check_quotas(settings, ("project_max_queues", "project_max_topics"))
+    if "notifier" in services:
+        check_quotas(settings, ("queue_max_subscriptions",))
     if "gateway" in services:
         from services.api_gateway.coalesce import check_batch_settings
         from services.api_gateway.rate_limit import from_settings

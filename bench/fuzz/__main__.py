@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated families to run (default: all)")
     ap.add_argument("--json", type=Path, help="also write the counts to this file")
     ap.add_argument("--log", type=Path, help="write the stack's output (tracebacks) to this file")
+    ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                    help="a setting of the stack, e.g. project_max_queues=3 (repeatable)")
     args = ap.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
     chosen = set(args.families.split(","))
     weights = {f: w for f, w in WEIGHTS.items() if f in chosen}
     started = datetime.datetime.now(datetime.UTC)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a timeout, a kill) stops the stack and the store server as Ctrl-C does.
     signal.signal(signal.SIGTERM, interrupted)
     with tempfile.TemporaryDirectory(prefix="zaqar-fuzz-") as tmp, \
-            own_stack(args.store, Path(tmp)) as (stack, _server):
+            own_stack(args.store, Path(tmp), overrides) as (stack, _server):
         try:
             report = asyncio.run(run(target(stack), seed=args.seed, cases=args.cases,
                                      workers=args.workers, bound=args.timeout,
@@ -65,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             stopped = stack.stop()
             if args.log:
                 args.log.write_text("".join(stack.output))
+    settings = "".join(f" --set {item}" for item in args.set)
     print(f"python -m bench.fuzz --cases {args.cases} --store {args.store} --seed {args.seed} "
-          f"--workers {args.workers} ({started:%Y-%m-%d %H:%M} UTC)")
+          f"--workers {args.workers}{settings} ({started:%Y-%m-%d %H:%M} UTC)")
     print(report.summary())
     print(f"zaqar-grpc up stopped with exit status {stopped}")
     if args.json:

@@ -75,6 +75,29 @@ async def expect(conn: Connection, what: str, statuses: tuple[int, ...], method:
     return answer
 
 
+async def make(conn: Connection, what: str, kind: str, path: str, headers: dict[str, str],
+               doc: Any) -> Answer:
+    """PUT a queue or topic (``kind``: "queues" or "topics"); when the project's quota is
+    reached (a stack run with ``project_max_queues`` / ``project_max_topics``, which the
+    fuzzed requests fill with names of their own), delete the project's records of that kind
+    and try once more."""
+    answer = await call(conn, "PUT", path, headers, doc)
+    if answer.status == 403 and b"Quota exceeded" in answer.body:
+        while True:
+            listed = await expect(conn, f"{kind} to make room", (200,), "GET",
+                                  f"/v2/{kind}?limit=20", headers)
+            names = [item["name"] for item in listed.json()[kind]]
+            if not names:
+                break
+            for name in names:
+                await expect(conn, f"{kind} to make room", (204,), "DELETE",
+                             f"/v2/{kind}/{name}", headers)
+        answer = await call(conn, "PUT", path, headers, doc)
+    if answer.status not in (201, 204):
+        raise SetupFailed(f"PUT {path} ({what})", answer)
+    return answer
+
+
 def _last_segment(href: str) -> str:
     return href.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
@@ -99,7 +122,7 @@ async def build_queue(conn: Connection, fx: Fixture, *, messages: int = 6, body:
     h = fx.headers
     q = f"/v2/queues/{fx.queue}"
     meta = metadata if metadata is not None else {"description": "fz", "_max_claim_count": 100}
-    await expect(conn, "queue", (201, 204), "PUT", q, h, meta)
+    await make(conn, "queue", "queues", q, h, meta)
     # Posted by another client, so that listing without echo shows them.
     poster = {**h, "Client-ID": str(uuid.uuid4())}
     docs = [{"body": body if body is not None else {"n": i, "fz": True}, "ttl": 3600}
@@ -117,8 +140,7 @@ async def build_queue(conn: Connection, fx: Fixture, *, messages: int = 6, body:
                         "options": {"fz": fx.project}})
     fx.subscription_id = sub.json()["subscription_id"]
     # And a topic of the queue's name, for the topic routes (which name it {queue_name})
-    await expect(conn, "topic", (201, 204), "PUT", f"/v2/topics/{fx.queue}", h,
-                 {"description": "fz"})
+    await make(conn, "topic", "topics", f"/v2/topics/{fx.queue}", h, {"description": "fz"})
 
 
 async def share(conn: Connection, fx: Fixture) -> None:

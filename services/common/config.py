@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -303,6 +303,14 @@ class Settings:
         default=0,
         metadata=_help(
             "Topics one project may have (extension), as project_max_queues. 0: no limit."
+        ),
+    )
+    queue_max_subscriptions: int = field(
+        default=0,
+        metadata=_help(
+            "Live subscriptions one queue (or topic) may have (extension); one more is refused "
+            "with 403 until one is deleted or expires. Each post is delivered to every one of "
+            "them, so this also bounds a post's fan-out. 0: no limit."
         ),
     )
     signed_url_previous_secret: str = field(
@@ -612,3 +620,18 @@ def _cast(name: str, value: Any) -> Any:
         raise ConfigurationError(
             f"setting {name} ({ENV_PREFIX + name.upper()}): expected {kind.__name__}, got {value!r}"
         ) from exc
+
+
+def check_quotas(settings: Settings, names: Sequence[str]) -> None:
+    """The quota settings ``names`` (0: no limit) are not negative.
+
+    Raises:
+        ConfigurationError: one is.
+    """
+    for name in names:
+        value = getattr(settings, name)
+        if value < 0:
+            raise ConfigurationError(
+                f"{name} ({ENV_PREFIX}{name.upper()}) must be 0 (no limit) or a positive "
+                f"number of records, not {value}"
+            )

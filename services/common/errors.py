@@ -186,8 +186,9 @@ class Overloaded(ServiceError):
 
 
 class QuotaExceeded(ServiceError):
-    """A project already has as many of a kind of record (queues, topics) as its quota allows
-    (``project_max_queues``, ``project_max_topics``). Waiting does not help, unlike
+    """A project (or a queue) already has as many of a kind of record (queues, topics,
+    subscriptions) as its quota allows (``project_max_queues``, ``project_max_topics``,
+    ``queue_max_subscriptions``); see :func:`quota_exceeded`. Waiting does not help, unlike
     :class:`Overloaded`: the gateway answers it 403, as OpenStack services answer an exceeded
     quota, which Zaqar clients raise as an error (they take a 429 for a success)."""
 
@@ -195,9 +196,15 @@ class QuotaExceeded(ServiceError):
     reason = "QUOTA_EXCEEDED"
     title = "Quota exceeded"
     msg_format = (
-        "Project {project} has {quota} {kind}, the most it may have ({setting}); delete one "
-        "first, or ask the operator for a larger quota."
+        "{whose} has {quota} {kind}, the most it may have ({setting}); delete one first, or "
+        "ask the operator for a larger quota."
     )
+
+
+def quota_exceeded(whose: str, quota: int, kind: str, setting: str) -> QuotaExceeded:
+    """The error of a new record beyond ``quota``: ``whose`` names the owner ("Project p",
+    "Queue q of project p"), ``kind`` the records ("queues"), ``setting`` the variable."""
+    return QuotaExceeded(whose=whose, quota=quota, kind=kind, setting=setting)
 
 
 class PatchConflict(ServiceError):

@@ -10,7 +10,7 @@ from functools import partial
 from zaqar_grpc.v2 import admin_pb2
 
 from services.common import health
-from services.common.config import ConfigurationError, Settings
+from services.common.config import ConfigurationError, Settings, check_quotas
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
     STORE_CHECK_TIMEOUT,
@@ -66,6 +66,7 @@ def check(settings: Settings) -> None:
         raise ConfigurationError(
             "delivery_concurrency must be at least 1 and delivery_timeout positive"
         )
+    check_quotas(settings, ("queue_max_subscriptions",))
 
 
 async def start(
@@ -167,6 +168,7 @@ async def start(
         open_bodies=replicas.open_bodies,
         stores=stores,
         placements=placements if settings.pooling else None,
+        max_subscriptions=settings.queue_max_subscriptions,
     )
 
     async def check_health(

@@ -83,13 +83,18 @@ class NotifierService:
         open_bodies: OpenBodies | None = None,
         stores: NotifierStores | None = None,
         placements: Placements | None = None,
+        max_subscriptions: int = 0,
     ) -> None:
         """``open_bodies(project, queue, bodies)``: the plaintext of sealed bodies (a queue
         with ``_enable_encrypt_messages``), opened by message_svc, for filter policies; None
         when they cannot be opened. Without it, sealed bodies cannot be filtered.
 
         ``stores``: the own store (``store``) and the pools' notifier stores; ``placements``:
-        where queue_svc placed each queue. Without them every queue is in ``store``."""
+        where queue_svc placed each queue. Without them every queue is in ``store``.
+
+        ``max_subscriptions``: the live subscriptions a queue (or topic) may have
+        (``queue_max_subscriptions``; 0: no limit); a new one beyond it is refused with
+        :class:`services.common.errors.QuotaExceeded`."""
         self.store = store
         self.stores = stores
         self._placements = placements
@@ -101,6 +106,7 @@ class NotifierService:
         self._clock = clock
         self._policies = Policies()
         self._open_bodies = open_bodies
+        self._quota = max_subscriptions
 
     @property
     def hub(self) -> WatchHub:
@@ -176,7 +182,9 @@ class NotifierService:
             for existing in await legacy.subscribers(project, queue):
                 if existing.subscriber == uri:
                     return legacy, existing, False
-        subscription, created = await homes[0].create(project, queue, uri, lifetime, parsed)
+        subscription, created = await homes[0].create(
+            project, queue, uri, lifetime, parsed, quota=self._quota
+        )
         return homes[0], subscription, created
 
     async def get(self, project: str, queue: str, subscription_id: str) -> Subscription:

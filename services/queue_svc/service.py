@@ -37,7 +37,7 @@ from typing import Any
 from zaqar_grpc.v2 import common_pb2
 
 from services.common import limits
-from services.common.config import ENV_PREFIX, ConfigurationError, Settings
+from services.common.config import Settings, check_quotas
 from services.common.errors import InvalidBody, ServiceError, Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import placement, validation
@@ -53,12 +53,7 @@ def quota_settings(settings: Settings) -> tuple[int, int]:
     Raises:
         ConfigurationError: one is negative.
     """
-    for name in ("project_max_queues", "project_max_topics"):
-        if getattr(settings, name) < 0:
-            raise ConfigurationError(
-                f"{name} ({ENV_PREFIX}{name.upper()}) must be 0 (no limit) or a positive "
-                f"number of records per project, not {getattr(settings, name)}"
-            )
+    check_quotas(settings, ("project_max_queues", "project_max_topics"))
     return settings.project_max_queues, settings.project_max_topics
 
 

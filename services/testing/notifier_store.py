@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from services.common.errors import (
+    QuotaExceeded,
     SubscriptionAlreadyExists,
     SubscriptionNotFound,
     Unavailable,
@@ -108,6 +109,57 @@ class NotifierStoreContract:
         results = await asyncio.gather(*(store.create("p", "q", HOOK, 60, {}) for _ in range(8)))
         assert sorted(created for _, created in results) == [False] * 7 + [True]
         assert len({sub.id for sub, _ in results}) == 1
+
+    async def test_a_quota_refuses_a_new_subscription_beyond_it_and_nothing_else(
+        self, store: NotifierStore, clock: Clock
+    ) -> None:
+        # Given a queue with as many live subscriptions as its quota, and an expired one
+        short = await subscribe(store, "http://short.example/", ttl=60)
+        clock.advance(61)
+        first, _ = await store.create("p", "q", HOOK, 600, {}, quota=2)
+        await store.create("p", "q", "mailto:a@b.c", 600, {}, quota=2)
+        # When a third subscriber subscribes, or the expired one anew
+        for subscriber in ("mailto:c@d.e", short.subscriber):
+            with pytest.raises(QuotaExceeded) as refused:
+                await store.create("p", "q", subscriber, 600, {}, quota=2)
+            # Then it is refused, saying which queue, how many and which setting
+            assert refused.value.description.startswith(
+                "Queue q of project p has 2 subscriptions, the most it may have "
+                "(ZAQAR_QUEUE_MAX_SUBSCRIPTIONS)"
+            )
+        # And nothing was made
+        assert len(await store.list("p", "q", limit=10)) == 2
+        # While a live subscriber subscribing again gets its own, and other queues, projects
+        # and a larger quota are not held back
+        again, created = await store.create("p", "q", HOOK, 600, {}, quota=2)
+        assert (again.id, created) == (first.id, False)
+        assert (await store.create("p", "q2", "mailto:c@d.e", 600, {}, quota=2))[1]
+        assert (await store.create("p2", "q", "mailto:c@d.e", 600, {}, quota=2))[1]
+        assert (await store.create("p", "q", "mailto:c@d.e", 600, {}, quota=3))[1]
+        # And once one is deleted, a new one fits again
+        assert await store.delete("p", "q", first.id)
+        assert (await store.create("p", "q", "mailto:f@g.h", 600, {}, quota=3))[1]
+
+    async def test_concurrent_subscriptions_at_a_quota_never_go_beyond_it(
+        self, store: NotifierStore, store_uri: str
+    ) -> None:
+        # Given a queue one subscription short of its quota of two
+        await subscribe(store)
+        # When ten subscribers subscribe at once
+        results = await asyncio.gather(
+            *(store.create("p", "q", f"mailto:s{i}@example.com", 600, {}, quota=2)
+              for i in range(10)),
+            return_exceptions=True,
+        )
+        # Then each made its subscription or was refused, and each one made is there
+        made = [r for r in results if not isinstance(r, QuotaExceeded)]
+        assert all(isinstance(r, tuple) and r[1] is True for r in made), results
+        assert len(await store.list("p", "q", limit=20)) == 1 + len(made)
+        if store_uri.startswith("mongodb"):
+            # (MongoDB counts just before it inserts: racers may each pass; never fewer)
+            assert len(made) >= 1
+        else:
+            assert len(made) == 1, results
 
     async def test_subscriptions_are_unique_per_project_queue_and_subscriber(
         self,

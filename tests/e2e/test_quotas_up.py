@@ -1,7 +1,8 @@
-"""Quotas per project (``project_max_queues``, ``project_max_topics``, extensions) through a
-real ``up`` set from the environment: a new queue or topic beyond the quota, made by a PUT or
-by a post to an absent one, over HTTP or WebSocket, is refused with 403 and leaves nothing;
-python-zaqarclient raises it as an error."""
+"""Quotas (``project_max_queues``, ``project_max_topics``, ``queue_max_subscriptions``,
+extensions) through a real ``up`` set from the environment: a new queue or topic beyond the
+quota, made by a PUT or by a post to an absent one, or a new subscription beyond its queue's,
+over HTTP or WebSocket, is refused with 403 and leaves nothing; python-zaqarclient raises it as
+an error."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data: Path = tmp_path_factory.mktemp("up-quotas")
     settings = Settings.load(environ={}, overrides={
         "data_dir": str(data), **service_ports(),
-        "project_max_queues": 2, "project_max_topics": 2,
+        "project_max_queues": 2, "project_max_topics": 2, "queue_max_subscriptions": 2,
     })
     stack = start_stack(settings)
     yield stack
@@ -137,3 +138,38 @@ def test_python_zaqarclient_raises_the_refusal(quota_stack: Stack) -> None:
     with pytest.raises(zaqar_errors.ForbiddenError):
         cli.queue("c").post([{"body": 1}])
     assert sorted(q.name for q in cli.queues()[0]) == ["a", "b"]
+    for n in (1, 2):
+        cli.subscription("a", subscriber=f"http://127.0.0.1:9/hook{n}", ttl=3600)
+    with pytest.raises(zaqar_errors.ForbiddenError):
+        cli.subscription("a", subscriber="http://127.0.0.1:9/hook3", ttl=3600)
+
+
+def test_a_subscription_beyond_its_queue_s_quota_is_refused(http: httpx.Client) -> None:
+    project = http.headers["X-Project-ID"]
+
+    def subscribe(queue: str, n: int) -> httpx.Response:
+        return http.post(f"/v2/queues/{queue}/subscriptions",
+                         json={"subscriber": f"http://127.0.0.1:9/hook{n}", "ttl": 3600})
+
+    # Given a queue with two subscriptions
+    assert http.put("/v2/queues/q", json={}).status_code == 201
+    first = subscribe("q", 1)
+    assert first.status_code == 201 and subscribe("q", 2).status_code == 201
+    # When a third subscriber subscribes
+    refused = subscribe("q", 3)
+    # Then it is 403, saying why, and the queue still has two
+    assert refused.status_code == 403, refused.text
+    assert refused.json() == {"title": TITLE, "description": (
+        f"Queue q of project {project} has 2 subscriptions, the most it may have "
+        "(ZAQAR_QUEUE_MAX_SUBSCRIPTIONS); delete one first, or ask the operator for a larger "
+        "quota.")}
+    listed = http.get("/v2/queues/q/subscriptions")
+    assert len(listed.json()["subscriptions"]) == 2
+    # While a subscriber subscribing again gets its subscription, another queue is free, and
+    # deleting one makes room
+    assert subscribe("q", 1).status_code == 201
+    assert http.put("/v2/queues/r", json={}).status_code == 201
+    assert subscribe("r", 3).status_code == 201
+    subscription = first.json()["subscription_id"]
+    assert http.delete(f"/v2/queues/q/subscriptions/{subscription}").status_code == 204
+    assert subscribe("q", 3).status_code == 201

@@ -45,6 +45,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.common.errors import QuotaExceeded, quota_exceeded
+
 _last_id = 0
 
 WatchKey = tuple[str, str]
@@ -156,6 +158,12 @@ class WatchEvent:
     ``zaqar.v2.NotifyManyRequest``)."""
 
 
+def over_quota(project: str, queue: str, quota: int) -> QuotaExceeded:
+    """The error of a new subscription beyond ``quota``."""
+    return quota_exceeded(f"Queue {queue} of project {project}", quota, "subscriptions",
+                          "ZAQAR_QUEUE_MAX_SUBSCRIPTIONS")
+
+
 class NotifierStore(Protocol):
     """Subscriptions and pending deliveries. Every method is atomic on its own and durable
     once it returns, unless its docstring says otherwise."""
@@ -181,6 +189,8 @@ class NotifierStore(Protocol):
         subscriber: str,
         ttl: int,
         options: Mapping[str, Any],
+        *,
+        quota: int = 0,
     ) -> tuple[Subscription, bool]:
         """Subscribe ``subscriber`` to the queue, unconfirmed, expiring ``ttl`` seconds from now.
 
@@ -189,8 +199,17 @@ class NotifierStore(Protocol):
         one absent subscription exactly one creates it. An expired one with the same
         subscriber is replaced (its pending deliveries go with it).
 
+        ``quota`` (0: none) is the most live subscriptions the queue may have: a new one
+        beyond it is not made (expired ones not yet swept do not count). Checked in the same
+        atomic step as the insert on SQLite and Redis; on MongoDB just before it, so creates
+        racing at the quota may each pass it.
+
         Returns:
             The subscription, and True when it was created by this call.
+
+        Raises:
+            QuotaExceeded: the subscription would be new and the queue has ``quota`` live
+                ones already.
         """
         ...
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from services.common.errors import PatchConflict, QuotaExceeded
+from services.common.errors import PatchConflict, QuotaExceeded, quota_exceeded
 from services.queue_svc.storage.catalog import CatalogStore
 
 PatchOp = Literal["add", "replace", "remove"]
@@ -35,7 +35,7 @@ QUOTA_SETTINGS: dict[RecordKind, str] = {
 
 def over_quota(kind: RecordKind, project: str, quota: int) -> QuotaExceeded:
     """The error of a new record that ``quota`` does not allow."""
-    return QuotaExceeded(project=project, quota=quota, kind=kind, setting=QUOTA_SETTINGS[kind])
+    return quota_exceeded(f"Project {project}", quota, kind, QUOTA_SETTINGS[kind])
 
 
 @dataclass(frozen=True, slots=True)

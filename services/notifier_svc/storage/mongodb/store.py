@@ -44,6 +44,7 @@ from services.notifier_svc.storage.base import (
     NewDelivery,
     Subscription,
     new_id,
+    over_quota,
 )
 from services.notifier_svc.storage.mongodb._connection import (
     STORE,
@@ -151,15 +152,22 @@ class MongoNotifierStore(MongoWatches):
 
     @edge("create the subscription")
     async def create(
-        self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any]
+        self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any],
+        *, quota: int = 0,
     ) -> tuple[Subscription, bool]:
         subs, _ = self._collections()
         for _ in range(MAX_ATTEMPTS):
             now = self._now()
             found = await subs.find_one({"p": project, "q": queue, "u": subscriber})
+            if found is not None and float(found["e"]) > now:
+                return _subscription(found), False
+            # Not atomic with the insert below (the contract says so); the count stops at
+            # the quota.
+            if quota and await subs.count_documents(
+                {"p": project, "q": queue, "e": {"$gt": now}}, limit=quota
+            ) >= quota:
+                raise over_quota(project, queue, quota)
             if found is not None:
-                if float(found["e"]) > now:
-                    return _subscription(found), False
                 # Expired: only that very document goes (a live re-creation must stay).
                 result = await subs.delete_one({"_id": found["_id"], "e": {"$lte": now}})
                 if result.deleted_count:

@@ -45,6 +45,7 @@ from services.notifier_svc.storage.base import (
     NewDelivery,
     Subscription,
     new_id,
+    over_quota,
 )
 from services.notifier_svc.storage.redis._connection import (
     RedisOptions,
@@ -213,18 +214,22 @@ class RedisNotifierStore(RedisWatches):
 
     @edge("create the subscription")
     async def create(
-        self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any]
+        self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any],
+        *, quota: int = 0,
     ) -> tuple[Subscription, bool]:
         now = self._now()
         subscription_id = new_id(now)
         keys = self._keys
-        created, subscription_id, flat = await self._run(
+        reply = await self._run(
             "create",
             (keys.queue_subscribers(project, queue), keys.queue_subscriptions(project, queue),
              keys.subscription(subscription_id)),
             project, queue, subscriber, repr(now), subscription_id, ttl, _json(options),
-            repr(now + ttl),
+            repr(now + ttl), quota,
         )
+        if reply == -1:
+            raise over_quota(project, queue, quota)
+        created, subscription_id, flat = reply
         return _subscription(subscription_id, _fields(flat)), bool(created)
 
     @edge("read the subscription")

@@ -25,6 +25,7 @@ from services.notifier_svc.storage.base import (
     NewDelivery,
     Subscription,
     new_id,
+    over_quota,
 )
 from services.notifier_svc.storage.sqlite import watches
 from services.notifier_svc.storage.sqlite.watches import SqliteWatches
@@ -156,7 +157,8 @@ class SqliteNotifierStore(SqliteWatches):
     # subscriptions ---------------------------------------------------------------------------
 
     async def create(
-        self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any]
+        self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any],
+        *, quota: int = 0,
     ) -> tuple[Subscription, bool]:
         now = self._now()
 
@@ -170,7 +172,17 @@ class SqliteNotifierStore(SqliteWatches):
                 existing = _subscription(rows[0])
                 if existing.expires > now:
                     return existing, False
-                _remove(conn, "id = ?", [existing.id])
+            if quota:
+                # The queue's index entries, at most the quota of live ones plus those expired
+                # and not yet swept.
+                (live,) = conn.execute(
+                    "SELECT COUNT(*) FROM subscriptions INDEXED BY subscriptions_queue "
+                    "WHERE project = ? AND queue = ? AND expires > ?", (project, queue, now),
+                ).fetchone()
+                if live >= quota:
+                    raise over_quota(project, queue, quota)
+            if rows:
+                _remove(conn, "id = ?", [_subscription(rows[0]).id])
             created = Subscription(
                 id=new_id(now), project=project, queue=queue, subscriber=subscriber, ttl=ttl,
                 options=options, confirmed=False, created=now, expires=now + ttl,
