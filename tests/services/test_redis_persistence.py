@@ -154,21 +154,31 @@ async def test_a_cluster_names_each_master(
     assert len(masters) == 3, text
 
 
+async def opened_once(tmp_path: Path, policy: str, store: str) -> int:
+    """Open and close a ``store`` ("message" or "queue") store on a server that appends every
+    write to its file and has ``maxmemory-policy`` ``policy``; the server's port."""
+    server = started(tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", policy,
+                     durable=True)
+    try:
+        uri = f"redis://127.0.0.1:{server.port}/0"
+        opened = (RedisMessageStore.from_uri(uri) if store == "message"
+                  else RedisQueueStore.from_uri(uri))
+        await opened.open()
+        await opened.close()
+    finally:
+        server.stop()
+    return server.port
+
+
 @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
 async def test_a_server_that_evicts_any_key_is_told(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER)
-    server = started(tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", policy,
-                     durable=True)
-    try:
-        store = await open_message_store(server.port)
-        await store.close()
-    finally:
-        server.stop()
+    port = await opened_once(tmp_path, policy, "message")
     # Then one warning names the policy, and the gauges tell eviction apart from persistence
     assert told(caplog) == [(logging.WARNING, (
-        f"the Redis of the message store at redis://127.0.0.1:{server.port}/0 would drop "
+        f"the Redis of the message store at redis://127.0.0.1:{port}/0 would drop "
         f"acknowledged writes when its memory is full (maxmemory-policy {policy} evicts any "
         "key); run it with maxmemory-policy noeviction, which refuses new writes instead "
         "(docs/operations.md, \"Redis persistence\")"
@@ -182,14 +192,7 @@ async def test_a_server_that_evicts_no_stored_record_is_not_told(
 ) -> None:
     # (volatile-* evicts only keys with an expiry: no message, queue or subscription has one)
     caplog.set_level(logging.INFO, LOGGER)
-    server = started(tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", policy,
-                     durable=True)
-    try:
-        queues = RedisQueueStore.from_uri(f"redis://127.0.0.1:{server.port}/0")
-        await queues.open()
-        await queues.close()
-    finally:
-        server.stop()
+    await opened_once(tmp_path, policy, "queue")
     assert told(caplog) == []
     assert (evicts("queue"), persistent("queue")) == (0, 1)
 
