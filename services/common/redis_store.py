@@ -977,10 +977,10 @@ def redis_edge(store: str) -> Callable[[str], Callable[[Method[S, P, R]], Wrappe
     return driver_edge(store, (RedisError, RedisClusterException), describe, redis_fault)
 
 
-# What this process found of each server address's persistence and eviction (the warnings, ()
-# when none, None when they could not be read): another store on the same server, or a store
-# opened again (a pool, a reopen after a failure), does not log again.
-_PERSISTENCE_TOLD: dict[str, tuple[str, ...] | None] = {}
+# The server addresses whose persistence and eviction this process has logged about: another
+# store on the same server, or a store opened again (a pool, a reopen after a failure), does
+# not log again (it still reads them, for its gauges and capabilities).
+_PERSISTENCE_TOLD: set[str] = set()
 
 ServerSettings = dict[str, dict[str, str]]
 """Settings of a server (node ``""``) or of each master of a cluster, by node."""
@@ -1061,7 +1061,7 @@ async def tell_persistence(
         settings = await persistence_settings(client)
     except (RedisError, RedisClusterException) as exc:
         if not told:
-            _PERSISTENCE_TOLD[address] = None
+            _PERSISTENCE_TOLD.add(address)
             log.info("the Redis of the %s at %s does not let us read its persistence settings "
                      "(CONFIG GET: %s); run it with appendonly yes and maxmemory-policy "
                      "noeviction so that it loses nothing acknowledged (docs/operations.md, "
@@ -1072,7 +1072,7 @@ async def tell_persistence(
     STORE_EVICTS.labels(label).set(1 if evicts else 0)
     if told:
         return settings
-    _PERSISTENCE_TOLD[address] = tuple(w for w in (lost, evicts) if w is not None)
+    _PERSISTENCE_TOLD.add(address)
     if lost is not None:
         log.warning("the Redis of the %s at %s would lose acknowledged writes in a restart "
                     "(%s); run it with appendonly yes (docs/operations.md, \"Redis "

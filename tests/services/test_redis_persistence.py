@@ -27,7 +27,7 @@ LOGGER = "services.common.redis_store"
 
 @pytest.fixture(autouse=True)
 def _nothing_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_store, "_PERSISTENCE_TOLD", {})
+    monkeypatch.setattr(redis_store, "_PERSISTENCE_TOLD", set())
     metrics.STORE_PERSISTENT.clear()
     metrics.STORE_EVICTS.clear()
 
