@@ -46,7 +46,7 @@ SLOW_FILES = {
     "tests/e2e/test_store_restart.py": 185, "tests/gateway/test_keystone.py": 170,
     "tests/unit/test_k8s.py": 170, "tests/services/test_trusts.py": 150,
     "tests/services/test_grpc_auth.py": 120, "tests/gateway/test_access.py": 115,
-    "tests/e2e/test_replicas_up.py": 90, "tests/e2e/test_openapi_fuzz.py": 85,
+    "tests/e2e/test_replicas_up.py": 90, "tests/e2e/test_openapi_fuzz.py": 95,
     "tests/unit/test_image.py": 70, "tests/e2e/test_example_plugin.py": 65,
     "tests/e2e/test_startup_failures.py": 65, "tests/e2e/test_up.py": 60,
     "tests/e2e/test_topics.py": 60, "tests/e2e/test_long_polling.py": 50,
@@ -62,10 +62,30 @@ SLOW_FILES = {
 SECONDS_PER_TEST = 0.25
 
 
+def _unique_node_ids(items: list[pytest.Item]) -> None:
+    """Give every test a node id of its own, and refuse a collection where two share one.
+
+    pytest-xdist runs tests by node id: of tests that share one, all but one never run, with
+    nothing said. schemathesis 4.32 under pytest 9.2 makes one test per operation whose name
+    has the operation (``test_x[GET /v2/queues]``) but gives each the function's node id; such
+    a test gets the node id of its name, as pytest makes it for any other test.
+    """
+    shared = Counter(item.nodeid for item in items)
+    for item in items:
+        parent = item.parent
+        if shared[item.nodeid] > 1 and parent is not None and "[" in item.name:
+            item._id = parent.id.child(item.name)  # type: ignore[attr-defined]
+    twice = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    if twice:
+        raise pytest.UsageError(f"tests share a node id, so some would not run: {twice[:5]}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest files first (each file's tests in their order): pytest-xdist hands whole
-    files out in this order (scripts/test.sh: --dist loadfile --no-loadscope-reorder), so the
-    run ends on short files instead of a long one left for a single worker."""
+    """Every test with a node id of its own (:func:`_unique_node_ids`); then the longest files
+    first (each file's tests in their order): pytest-xdist hands whole files out in this order
+    (scripts/test.sh: --dist loadfile --no-loadscope-reorder), so the run ends on short files
+    instead of a long one left for a single worker."""
+    _unique_node_ids(items)
     files = Counter(item.nodeid.split("::")[0] for item in items)
     weight = {path: SLOW_FILES.get(path, count * SECONDS_PER_TEST)
               for path, count in files.items()}
