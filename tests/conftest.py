@@ -74,7 +74,7 @@ def _unique_node_ids(items: list[pytest.Item]) -> None:
     for item in items:
         parent = item.parent
         if shared[item.nodeid] > 1 and parent is not None and "[" in item.name:
-            item._id = parent.id.child(item.name)  # type: ignore[attr-defined]
+            item._id = parent.id.child(item.name)
     twice = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
     if twice:
         raise pytest.UsageError(f"tests share a node id, so some would not run: {twice[:5]}")
