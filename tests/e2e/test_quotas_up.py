@@ -11,14 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 import pytest
 from websockets.sync.client import connect
+from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 from zaqarclient.queues.v2 import client as zaqar
 from zaqarclient.transport import errors as zaqar_errors
 
 from services.common.config import Settings
+from services.common.errors import decode_rpc_error
 from tests.e2e.harness import Stack, start_stack
 from tests.servers import service_ports
 
@@ -173,3 +176,28 @@ def test_a_subscription_beyond_its_queue_s_quota_is_refused(http: httpx.Client) 
     subscription = first.json()["subscription_id"]
     assert http.delete(f"/v2/queues/q/subscriptions/{subscription}").status_code == 204
     assert subscribe("q", 3).status_code == 201
+
+
+async def test_a_grpc_caller_gets_resource_exhausted_with_the_reason(quota_stack: Stack) -> None:
+    project = "qt-" + uuid.uuid4().hex[:8]
+    settings = quota_stack.settings
+    async with grpc.aio.insecure_channel(settings.target("queue")) as queues_channel, \
+            grpc.aio.insecure_channel(settings.target("message")) as messages_channel:
+        queues = queues_pb2_grpc.QueuesStub(queues_channel)
+        messages = messages_pb2_grpc.MessagesStub(messages_channel)
+        for name in ("a", "b"):
+            await queues.CreateQueue(queues_pb2.CreateQueueRequest(project=project, queue=name))
+        # A service calling queue_svc or message_svc directly (a create, a post to an absent
+        # queue) gets gRPC's code for it, and the reason that tells it from other refusals.
+        for call in (
+            queues.CreateQueue(queues_pb2.CreateQueueRequest(project=project, queue="c")),
+            messages.PostMessages(messages_pb2.PostMessagesRequest(
+                project=project, queue="c", client_id=str(uuid.uuid4()),
+                messages=[messages_pb2.NewMessage(body=b"1", ttl=60)])),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            info = decode_rpc_error(refused.value)
+            assert (info.code, info.reason, info.title) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", TITLE)
+            assert info.description == refusal(project, "queues")["description"]
