@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgpack
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 
@@ -193,7 +194,7 @@ async def test_every_action_names_its_missing_body_keys(text_ws: Ws) -> None:
 
 async def test_every_action_takes_frames_up_to_its_http_body_limit(ws: Ws) -> None:
     """Each action of the table takes a frame as long as its HTTP route's body limit plus the
-    envelope, and refuses one character (or byte) more with 400 before anything else."""
+    envelope, and refuses one byte more with 400 before anything else."""
     def request(name: str, body: dict[str, Any], pad: int) -> dict[str, Any]:
         return {"action": name, "headers": headers_for(ws.project),
                 "body": {**body, "pad": "p" * pad}}
@@ -214,6 +215,33 @@ async def test_every_action_takes_frames_up_to_its_http_body_limit(ws: Ws) -> No
         ))
         answer = await ws.send_raw(ws.encode(at_limit))
         assert "too large" not in str(answer["body"]), (name, answer)
+
+async def test_a_text_frame_is_measured_in_the_bytes_it_was_sent_in(text_ws: Ws) -> None:
+    """A text frame's limit counts its UTF-8 bytes, as HTTP counts a body's: characters of
+    two, three or four bytes do not take a frame past it."""
+    action = ACTIONS["message_post"]
+    limit = ws_server.frame_max(action)
+
+    def frame(pad: str) -> str:
+        return orjson.dumps({"action": "message_post", "headers": headers_for(text_ws.project),
+                             "body": {"queue_name": "q", "messages": [{"body": 1}],
+                                      "pad": pad}}).decode()
+
+    for char in ("é", "€", "😀"):
+        width = len(char.encode())
+        room = limit - len(frame("").encode())
+        at_limit = frame(char * (room // width) + "x" * (room % width))
+        over = frame(char * (room // width + 1))
+        assert len(at_limit.encode()) == limit and len(over.encode()) > limit
+        # A frame of fewer characters than the limit, but more bytes, is refused
+        assert len(over) < limit
+        answer = await text_ws.send_raw(over)
+        assert answer["headers"]["status"] == 400, (char, answer)
+        assert answer["body"]["error"].startswith("The message_post request is too large.")
+        # And one of exactly the limit's bytes gets past the check
+        answer = await text_ws.send_raw(at_limit)
+        assert "request is too large" not in str(answer["body"]), (char, answer)
+
 
 @pytest.mark.parametrize(
     ("frame", "text"),

@@ -41,7 +41,7 @@ class Frame:
     payload: dict[str, Any]
     binary: bool
     size: int = 0
-    """The frame's length as received: bytes (binary) or characters (text)."""
+    """The frame's length in bytes as received (a text frame's in UTF-8, as it was sent)."""
 
 
 def decode(data: str | bytes) -> Frame:
@@ -68,7 +68,9 @@ def decode(data: str | bytes) -> Frame:
                 "The request holds values JSON cannot represent (binary data, extension"
                 " types or keys that are not strings)."
             ) from None
-    return Frame(payload, binary, len(data))
+    # (isascii() reads a flag of the string: only a frame with other characters is encoded)
+    size = len(data) if binary or data.isascii() else len(data.encode("utf-8", "surrogatepass"))
+    return Frame(payload, binary, size)
 
 
 def echo(payload: dict[str, Any] | None) -> dict[str, Any]:
