@@ -69,7 +69,8 @@ def decode(data: str | bytes) -> Frame:
                 " types or keys that are not strings)."
             ) from None
     # (isascii() reads a flag of the string: only a frame with other characters is encoded)
-    size = len(data) if binary or data.isascii() else len(data.encode("utf-8", "surrogatepass"))
+    size = (len(data) if isinstance(data, bytes) or data.isascii()
+            else len(data.encode("utf-8", "surrogatepass")))
     return Frame(payload, binary, size)
 
 
