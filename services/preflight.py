@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from services.common import affinity, store_probe
-from services.common.config import ENV_PREFIX, Settings, check_quotas
+from services.common.config import ENV_PREFIX, Settings, check_limits
 from services.common.keystone import check_settings
 from services.common.sqlite_store import MEMORY
 from services.common.startup import (
@@ -53,8 +53,8 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
     """Everything ``services`` need that can be checked without starting them.
 
     Raises:
-        ConfigurationError: bad auth, CPU placement, coalescing, signing, rate-limit or quota
-            settings,
+        ConfigurationError: bad auth, CPU placement, coalescing, signing, rate-limit, quota or
+            connection-limit settings,
             a store URI that is unknown or malformed, a message filter that is not installed or
             cannot be loaded, or a malformed message encryption key.
         StartupError: a port cannot be bound or is named twice (:class:`CannotListen`), the
@@ -68,9 +68,11 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
 
         parse_keys(settings.message_encryption_keys)
     if "queue" in services:
-        check_quotas(settings, ("project_max_queues", "project_max_topics"))
+        check_limits(settings, ("project_max_queues", "project_max_topics"))
     if "notifier" in services:
-        check_quotas(settings, ("queue_max_subscriptions",))
+        check_limits(settings, ("queue_max_subscriptions",))
+    if "gateway" in services:
+        check_limits(settings, ("ws_max_connections",))
     if "gateway" in services:
         from services.api_gateway.coalesce import check_batch_settings
         from services.api_gateway.rate_limit import from_settings

@@ -50,6 +50,13 @@ class Settings:
     )
     http_port: int = field(default=8888, metadata=_help("HTTP port of the API gateway."))
     ws_port: int = field(default=9000, metadata=_help("WebSocket port of the API gateway."))
+    ws_max_connections: int = field(
+        default=0,
+        metadata=_help(
+            "WebSocket connections one gateway process holds open at once; a new one beyond "
+            "them is refused at the handshake with 503 and Retry-After. 0: no limit."
+        ),
+    )
     metrics: bool = field(
         default=True,
         metadata=_help(
@@ -622,8 +629,8 @@ def _cast(name: str, value: Any) -> Any:
         ) from exc
 
 
-def check_quotas(settings: Settings, names: Sequence[str]) -> None:
-    """The quota settings ``names`` (0: no limit) are not negative.
+def check_limits(settings: Settings, names: Sequence[str]) -> None:
+    """The count limits ``names`` (quotas, connections; 0: no limit) are not negative.
 
     Raises:
         ConfigurationError: one is.
@@ -633,5 +640,5 @@ def check_quotas(settings: Settings, names: Sequence[str]) -> None:
         if value < 0:
             raise ConfigurationError(
                 f"{name} ({ENV_PREFIX}{name.upper()}) must be 0 (no limit) or a positive "
-                f"number of records, not {value}"
+                f"number, not {value}"
             )

@@ -10,7 +10,7 @@ from functools import partial
 from zaqar_grpc.v2 import admin_pb2
 
 from services.common import health
-from services.common.config import ConfigurationError, Settings, check_quotas
+from services.common.config import ConfigurationError, Settings, check_limits
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
     STORE_CHECK_TIMEOUT,
@@ -66,7 +66,7 @@ def check(settings: Settings) -> None:
         raise ConfigurationError(
             "delivery_concurrency must be at least 1 and delivery_timeout positive"
         )
-    check_quotas(settings, ("queue_max_subscriptions",))
+    check_limits(settings, ("queue_max_subscriptions",))
 
 
 async def start(

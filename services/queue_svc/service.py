@@ -37,7 +37,7 @@ from typing import Any
 from zaqar_grpc.v2 import common_pb2
 
 from services.common import limits
-from services.common.config import Settings, check_quotas
+from services.common.config import Settings, check_limits
 from services.common.errors import InvalidBody, ServiceError, Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import placement, validation
@@ -53,7 +53,7 @@ def quota_settings(settings: Settings) -> tuple[int, int]:
     Raises:
         ConfigurationError: one is negative.
     """
-    check_quotas(settings, ("project_max_queues", "project_max_topics"))
+    check_limits(settings, ("project_max_queues", "project_max_topics"))
     return settings.project_max_queues, settings.project_max_topics
 
 

@@ -382,13 +382,14 @@ def test_the_gateway_refuses_bad_signing_or_rate_settings_in_one_line(
     ("project_max_queues", ["up"]), ("project_max_queues", ["serve", "queue"]),
     ("project_max_topics", ["up"]), ("project_max_topics", ["serve", "queue"]),
     ("queue_max_subscriptions", ["up"]), ("queue_max_subscriptions", ["serve", "notifier"]),
+    ("ws_max_connections", ["up"]), ("ws_max_connections", ["serve", "gateway"]),
 ])
-def test_a_negative_quota_is_refused_in_one_line(
+def test_a_negative_limit_is_refused_in_one_line(
     make_settings: Callable[..., Settings], command: list[str], setting: str,
 ) -> None:
     variable = f"ZAQAR_{setting.upper()}"
     result = zaqar_grpc(environment(make_settings(), **{variable: "-1"}), *command)
     line = nothing_started(result) if command == ["up"] else the_line(result)
     assert line == (f"zaqar-grpc: configuration error: {setting} ({variable}) must be 0 "
-                    "(no limit) or a positive number of records, not -1"), line
+                    "(no limit) or a positive number, not -1"), line
     assert result.returncode == 2

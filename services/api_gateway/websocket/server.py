@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import grpc
+import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -56,7 +57,7 @@ from services.api_gateway.websocket import frames
 from services.api_gateway.websocket.actions import ACTIONS, Action, Call
 from services.api_gateway.websocket.push import Watches
 from services.common import metrics, signing
-from services.common.config import Settings
+from services.common.config import Settings, check_limits
 from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY, request_id_from
 
@@ -412,6 +413,40 @@ def _only_root(socket: ServerConnection, request: Request) -> Response | None:
     return None
 
 
+# Seconds a client refused for want of room is told to wait before it connects again.
+FULL_RETRY_AFTER: Final = 5
+
+
+def max_connections(settings: Settings) -> int:
+    """``ws_max_connections`` (0: no limit).
+
+    Raises:
+        ConfigurationError: it is negative.
+    """
+    check_limits(settings, ("ws_max_connections",))
+    return settings.ws_max_connections
+
+
+def _admit(most: int) -> Any:
+    """The handshake check: the path, then, when ``most`` is set, room for one more open
+    connection on this server. Connections in their handshake at the same moment are not
+    counted yet, so a burst of them may pass the limit by as many."""
+
+    def admit(socket: ServerConnection, request: Request) -> Response | None:
+        refused = _only_root(socket, request)
+        if refused is not None or not most or len(socket.server.connections) < most:
+            return refused
+        body = orjson.dumps({"title": "Service Unavailable", "description": (
+            f"This gateway holds its {most} WebSocket connections (ws_max_connections). "
+            f"Please connect again in {FULL_RETRY_AFTER} seconds, or to another replica.")})
+        return Response(503, "Service Unavailable", Headers([
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("Retry-After", str(FULL_RETRY_AFTER)),
+        ]), body)
+
+    return admit
+
+
 async def start(
     settings: Settings,
     up: Upstreams,
@@ -422,6 +457,7 @@ async def start(
     validator in keystone mode (one is made when not given); ``limit``: the requests-per-project
     limit shared with the HTTP app (by default the settings' own, if any)."""
     secrets = signing.verifying_secrets(settings)
+    most = max_connections(settings)
     if limit is None:
         limit = rate_limit.from_settings(settings)
     if auth is None and settings.auth_strategy == "keystone":
@@ -438,7 +474,7 @@ async def start(
         handler,
         settings.host,
         settings.ws_port,
-        process_request=_only_root,
+        process_request=_admit(most),
         max_size=MAX_FRAME,
         max_queue=READ_AHEAD,
         server_header=None,
