@@ -63,16 +63,11 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
     check_settings(settings)
     for service in services:
         affinity.cpus_of(service, settings)
+        check_limits(settings, service)
     if "message" in services or "queue" in services:
         from services.common.message_keys import parse_keys
 
         parse_keys(settings.message_encryption_keys)
-    if "queue" in services:
-        check_limits(settings, ("project_max_queues", "project_max_topics"))
-    if "notifier" in services:
-        check_limits(settings, ("queue_max_subscriptions",))
-    if "gateway" in services:
-        check_limits(settings, ("ws_max_connections",))
     if "gateway" in services:
         from services.api_gateway.coalesce import check_batch_settings
         from services.api_gateway.rate_limit import from_settings

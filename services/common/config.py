@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 ENV_PREFIX = "ZAQAR_"
 
@@ -629,13 +629,22 @@ def _cast(name: str, value: Any) -> Any:
         ) from exc
 
 
-def check_limits(settings: Settings, names: Sequence[str]) -> None:
-    """The count limits ``names`` (quotas, connections; 0: no limit) are not negative.
+# The count limits (quotas, connections; 0: no limit) each service reads: checked when it
+# starts, and by `up` before it starts anything (services/preflight.py).
+LIMITS: Final[Mapping[str, tuple[str, ...]]] = {
+    "queue": ("project_max_queues", "project_max_topics"),
+    "notifier": ("queue_max_subscriptions",),
+    "gateway": ("ws_max_connections",),
+}
+
+
+def check_limits(settings: Settings, service: str) -> None:
+    """The count limits ``service`` reads (:data:`LIMITS`) are not negative.
 
     Raises:
         ConfigurationError: one is.
     """
-    for name in names:
+    for name in LIMITS.get(service, ()):
         value = getattr(settings, name)
         if value < 0:
             raise ConfigurationError(

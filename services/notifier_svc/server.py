@@ -66,7 +66,7 @@ def check(settings: Settings) -> None:
         raise ConfigurationError(
             "delivery_concurrency must be at least 1 and delivery_timeout positive"
         )
-    check_limits(settings, ("queue_max_subscriptions",))
+    check_limits(settings, "notifier")
 
 
 async def start(

@@ -9,7 +9,7 @@ import grpc
 from zaqar_grpc.v2 import admin_pb2, queues_pb2_grpc
 
 from services.common import health
-from services.common.config import Settings
+from services.common.config import Settings, check_limits
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
     STORE_CHECK_TIMEOUT,
@@ -25,7 +25,7 @@ from services.common.tls import load_tls
 from services.queue_svc import catalog_servicer, topics_servicer
 from services.queue_svc.catalog import CatalogService
 from services.queue_svc.health import check_stores
-from services.queue_svc.service import QueueService, quota_settings
+from services.queue_svc.service import QueueService
 from services.queue_svc.servicer import SERVICE_NAME, QueuesServicer
 from services.queue_svc.storage.registry import open_queue_store
 from services.queue_svc.topics import TopicService
@@ -55,7 +55,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             the store URI is unknown or malformed, or the store cannot be opened.
         CannotListen: the port cannot be bound (services/common/startup.py).
     """
-    max_queues, max_topics = quota_settings(settings)
+    check_limits(settings, "queue")
     tls = await asyncio.to_thread(load_tls, settings)
     encryption = parse_keys(settings.message_encryption_keys) is not None
     owned = keystone_for(settings) if auth is None else None
@@ -78,7 +78,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     )
     servicer = QueuesServicer(
         QueueService(store, messages, notifier, catalog if settings.pooling else None,
-                     encryption=encryption, max_queues=max_queues)
+                     encryption=encryption, max_queues=settings.project_max_queues)
     )
 
     def register(server: grpc.aio.Server) -> None:
@@ -91,7 +91,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
 
     names = [SERVICE_NAME, topics_servicer.SERVICE_NAME, catalog_servicer.POOLS_SERVICE,
              catalog_servicer.FLAVORS_SERVICE, health.SERVICE_NAME]
-    topics = TopicService(store.topics, notifier, max_topics)
+    topics = TopicService(store.topics, notifier, settings.project_max_topics)
     try:
         server, port, health_servicer = create_server(
             [register, topics_servicer.registrar(topics), catalog_servicer.registrar(catalog),

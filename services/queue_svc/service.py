@@ -37,7 +37,6 @@ from typing import Any
 from zaqar_grpc.v2 import common_pb2
 
 from services.common import limits
-from services.common.config import Settings, check_limits
 from services.common.errors import InvalidBody, ServiceError, Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import placement, validation
@@ -45,16 +44,6 @@ from services.queue_svc.catalog import CatalogService
 from services.queue_svc.storage.base import QueuePage, QueueRecord, QueueStore, apply_patches
 from services.queue_svc.storage.catalog import Catalog
 from services.queue_svc.upstream import MessageService, NotifierService
-
-
-def quota_settings(settings: Settings) -> tuple[int, int]:
-    """``project_max_queues`` and ``project_max_topics``.
-
-    Raises:
-        ConfigurationError: one is negative.
-    """
-    check_limits(settings, ("project_max_queues", "project_max_topics"))
-    return settings.project_max_queues, settings.project_max_topics
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import grpc
@@ -417,17 +417,7 @@ def _only_root(socket: ServerConnection, request: Request) -> Response | None:
 FULL_RETRY_AFTER: Final = 5
 
 
-def max_connections(settings: Settings) -> int:
-    """``ws_max_connections`` (0: no limit).
-
-    Raises:
-        ConfigurationError: it is negative.
-    """
-    check_limits(settings, ("ws_max_connections",))
-    return settings.ws_max_connections
-
-
-def _admit(most: int) -> Any:
+def _admit(most: int) -> Callable[[ServerConnection, Request], Response | None]:
     """The handshake check: the path, then, when ``most`` is set, room for one more open
     connection on this server. Connections in their handshake at the same moment are not
     counted yet, so a burst of them may pass the limit by as many."""
@@ -457,7 +447,8 @@ async def start(
     validator in keystone mode (one is made when not given); ``limit``: the requests-per-project
     limit shared with the HTTP app (by default the settings' own, if any)."""
     secrets = signing.verifying_secrets(settings)
-    most = max_connections(settings)
+    check_limits(settings, "gateway")
+    most = settings.ws_max_connections
     if limit is None:
         limit = rate_limit.from_settings(settings)
     if auth is None and settings.auth_strategy == "keystone":
