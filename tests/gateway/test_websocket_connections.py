@@ -4,11 +4,13 @@ made by a closed connection is used again. Nothing behind the gateway is needed 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import orjson
 import pytest
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server
 from websockets.exceptions import InvalidStatus
 
 from services.api_gateway.upstream import Upstreams
@@ -16,14 +18,23 @@ from services.api_gateway.websocket import server as ws_server
 from services.common.config import Settings
 
 
+@asynccontextmanager
+async def socket_server(settings: Settings) -> AsyncIterator[tuple[Server, str]]:
+    """The gateway's WebSocket server on ``settings`` (nothing behind it), and its URL."""
+    up = Upstreams(settings)
+    server = await ws_server.start(settings, up)
+    try:
+        yield server, f"ws://{settings.host}:{ws_server.bound_port(server)}"
+    finally:
+        server.close()
+        await server.wait_closed()
+        await up.close()
+
+
 async def test_one_connection_beyond_the_limit_is_refused_until_one_closes(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = make_settings(ws_max_connections=2)
-    up = Upstreams(settings)
-    server = await ws_server.start(settings, up)
-    url = f"ws://{settings.host}:{ws_server.bound_port(server)}"
-    try:
+    async with socket_server(make_settings(ws_max_connections=2)) as (_, url):
         async with connect(url) as first, connect(url):
             # When a third client connects while two are open
             with pytest.raises(InvalidStatus) as refused:
@@ -49,25 +60,13 @@ async def test_one_connection_beyond_the_limit_is_refused_until_one_closes(
             async with connect(url + "/v2"):
                 pass
         assert elsewhere.value.response.status_code == 404
-    finally:
-        server.close()
-        await server.wait_closed()
-        await up.close()
 
 
 async def test_without_a_limit_many_connections_are_held(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = make_settings()
-    up = Upstreams(settings)
-    server = await ws_server.start(settings, up)
-    url = f"ws://{settings.host}:{ws_server.bound_port(server)}"
-    try:
+    async with socket_server(make_settings()) as (server, url):
         sockets = [await connect(url) for _ in range(20)]
         assert len(server.connections) == 20
         for socket in sockets:
             await socket.close()
-    finally:
-        server.close()
-        await server.wait_closed()
-        await up.close()
