@@ -6,14 +6,7 @@ import pytest
 
 from services.api_gateway.rate_limit import ProjectRateLimit, TooManyRequests, from_settings
 from services.common.config import ConfigurationError, Settings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from services.testing.fixtures import Clock
 
 
 def refused(limit: ProjectRateLimit, project: str) -> TooManyRequests:
