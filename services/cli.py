@@ -28,11 +28,17 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from services import preflight
-from services.common.config import ENV_PREFIX, Settings
+from services.common.config import (
+    ENV_PREFIX,
+    SECRET_SETTINGS,
+    ConfigurationError,
+    Settings,
+    read_secret,
+)
 from services.common.startup import PREFIX, CannotListen, StartupError, report
 from services.replicas import Replica, port_settings
 from services.replicas import check_ports as check_replica_ports
@@ -124,6 +130,26 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             value
         )
     env.pop(ENV_PREFIX + "CONFIG_FILE", None)
+    return env
+
+
+def child_environment(environ: Mapping[str, str], settings: Settings) -> dict[str, str]:
+    """The environment of a child process of ``up`` serving ``settings``: ``environ`` with
+    the variables of :func:`settings_environment`, except that a secret ``up`` read from the
+    file ``ZAQAR_<NAME>_FILE`` names is passed as that variable, not as its value: the child
+    reads the file itself, and reads it again when it changes (``secret_files.py``). A secret
+    given a value of its own (a flag) goes as the value, without the file's variable."""
+    env = {**environ, **settings_environment(settings)}
+    for name in SECRET_SETTINGS:
+        variable = ENV_PREFIX + name.upper()
+        path = environ.get(variable + "_FILE")
+        if path is None:
+            continue
+        try:
+            from_file = read_secret(variable + "_FILE", path) == getattr(settings, name)
+        except ConfigurationError:
+            from_file = False
+        del env[variable if from_file else variable + "_FILE"]
     return env
 
 
@@ -291,7 +317,7 @@ async def _start(replica: Replica, tls: Tls | None, children: list[_Child]) -> _
         StartupError: it exited first (with its own line, when it printed one), or it was not
             ready within ``READY_TIMEOUT`` seconds.
     """
-    env = {**os.environ, **settings_environment(replica.settings),
+    env = {**child_environment(os.environ, replica.settings),
            UP_PID_VARIABLE: str(os.getpid())}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "serve", replica.service,

@@ -20,6 +20,7 @@ from typing import Any, Final
 from services.common import affinity, store_probe
 from services.common.config import ENV_PREFIX, Settings, check_limits
 from services.common.keystone import check_settings
+from services.common.secret_files import check_interval
 from services.common.sqlite_store import MEMORY
 from services.common.startup import (
     PORTS,
@@ -61,6 +62,7 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
             data folder cannot be used, or a store does not answer (status 3).
     """
     check_settings(settings)
+    check_interval(settings)
     for service in services:
         affinity.cpus_of(service, settings)
         check_limits(settings, service)
@@ -71,10 +73,10 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
     if "gateway" in services:
         from services.api_gateway.coalesce import check_batch_settings
         from services.api_gateway.rate_limit import from_settings
-        from services.common.signing import verifying_secrets
+        from services.common.signing import Keys
 
         check_batch_settings(settings.message_batch_max, settings.message_batch_in_flight)
-        verifying_secrets(settings)
+        Keys.from_settings(settings)
         from_settings(settings)
     if "message" in services:
         from services.message_svc.filters.pipeline import Filters

@@ -50,17 +50,21 @@ def create_app(
     up: Upstreams | None = None,
     auth: KeystoneAuth | None = None,
     limit: ProjectRateLimit | None = None,
+    keys: signing.Keys | None = None,
 ) -> App:
     """The HTTP app. ``up``: channels shared with the WebSocket server, closed by their owner
     (by default the app opens its own, with TLS when the ``tls_*`` settings say so).
     ``auth``: in keystone mode, a token validator shared with the WebSocket server and closed
     by its owner (by default the app makes its own). ``limit``: the requests-per-project limit
-    shared with the WebSocket server (by default the settings' own, if any).
+    shared with the WebSocket server (by default the settings' own, if any). ``keys``: the
+    pre-signed URL secrets shared with the WebSocket server, replaced when their files change
+    (by default the settings' own, fixed).
 
     Raises:
         ConfigurationError: bad signing or rate-limit settings.
     """
-    secrets = signing.verifying_secrets(settings)
+    if keys is None:
+        keys = signing.Keys.from_settings(settings)
     if limit is None:
         limit = rate_limit.from_settings(settings)
     owns_up = up is None
@@ -72,7 +76,7 @@ def create_app(
     middleware: list[Any] = [
         Lifespan(up, owns_up, owned_auth),
         Gate(
-            Authenticator(keystone, secrets, settings.admin_mode),
+            Authenticator(keystone, keys, settings.admin_mode),
             settings.access_log,
             limit,
         ),
@@ -81,7 +85,7 @@ def create_app(
     # Zaqar's query-string parsing: a blank value is as good as absent, "a,b" is left whole.
     app.req_options.keep_blank_qs_values = False
     app.req_options.strip_url_path_trailing_slash = False
-    add_routes(app, up, settings.signed_url_secret)
+    add_routes(app, up, keys)
     add_probe_routes(app, up, settings.metrics)
     register_error_handlers(app)
     return app

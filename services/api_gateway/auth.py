@@ -29,7 +29,7 @@ a service acts as the user: creating the Keystone trust of a ``trust+`` subscrib
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -86,12 +86,12 @@ class Authenticator:
     def __init__(
         self,
         keystone: KeystoneAuth | None,
-        signed_url_secrets: str | Sequence[str],
+        keys: signing.Keys,
         admin_mode: bool = False,
     ) -> None:
         self.keystone = keystone
-        self.signed_url_secrets = signed_url_secrets
-        """What a signature may be made with (``signing.verifying_secrets``)."""
+        self.keys = keys
+        """The pre-signed URL secrets, read at each request (they may be replaced)."""
         self.admin_mode = admin_mode and keystone is None
 
     async def identify(self, method: str, path: str, header: Header) -> Principal:
@@ -101,7 +101,7 @@ class Authenticator:
         mode, after the token: a signature that does not verify is no way around it)."""
         given = header("URL-Signature")
         if given is not None and signing.verify_request(
-            self.signed_url_secrets,
+            self.keys.verifying,
             method=method,
             path=path,
             project=header("X-Project-ID") or "",

@@ -27,6 +27,7 @@ from services.common import signing
 from services.common.config import Settings
 from services.common.grpc_server import service_main
 from services.common.keystone import KeystoneAuth, check_settings
+from services.common.secret_files import SecretFiles
 from services.common.startup import CannotListen, bind, os_reason
 from services.common.tls import load_tls
 
@@ -49,9 +50,10 @@ def build_server(
     up: Upstreams | None = None,
     auth: KeystoneAuth | None = None,
     limit: ProjectRateLimit | None = None,
+    keys: signing.Keys | None = None,
 ) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(settings, up, auth, limit),
+        create_app(settings, up, auth, limit, keys),
         host=settings.host,
         port=settings.http_port,
         http=_http_protocol(),
@@ -83,10 +85,11 @@ def _listen_http(settings: Settings) -> list[socket.socket]:
 
 
 async def _listen_ws(
-    settings: Settings, up: Upstreams, auth: KeystoneAuth | None, limit: ProjectRateLimit | None
+    settings: Settings, up: Upstreams, auth: KeystoneAuth | None, limit: ProjectRateLimit | None,
+    keys: signing.Keys,
 ) -> Server:
     try:
-        return await ws_server.start(settings, up, auth, limit)
+        return await ws_server.start(settings, up, auth, limit, keys)
     except OSError as exc:
         raise CannotListen(settings.host, settings.ws_port, os_reason(exc), "ws_port") from None
 
@@ -94,14 +97,17 @@ async def _listen_ws(
 async def run(settings: Settings) -> None:
     """Serve the Zaqar v2 HTTP API on ``settings.http_port`` and its WebSocket API on
     ``settings.ws_port`` until a signal; the channels to the services use TLS when the
-    ``tls_*`` settings say so.
+    ``tls_*`` settings say so. The pre-signed URL secrets are read again from their files
+    (``secret_files.py``), when they come from files.
 
     Raises:
         ConfigurationError: bad auth, TLS, signing or rate-limit settings.
         CannotListen: the HTTP or the WebSocket port cannot be bound (nothing is left open).
     """
     check_settings(settings)
-    signing.verifying_secrets(settings)
+    # One set of pre-signed URL secrets for both transports, replaced when their files change.
+    keys = signing.Keys.from_settings(settings)
+    secret_files = SecretFiles.of(settings, signing.KEY_SETTINGS, keys.take)
     # One limit for both transports: a project's requests count together.
     limit = rate_limit.from_settings(settings)
     tls = await asyncio.to_thread(load_tls, settings, False)
@@ -112,8 +118,10 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     try:
         up.open()
-        sockets = await _listen_ws(settings, up, auth, limit)
-        server = build_server(settings, up=up, auth=auth, limit=limit)
+        sockets = await _listen_ws(settings, up, auth, limit, keys)
+        server = build_server(settings, up=up, auth=auth, limit=limit, keys=keys)
+        if secret_files is not None:
+            secret_files.watch()
 
         def stop() -> None:
             server.should_exit = True
@@ -131,6 +139,8 @@ async def run(settings: Settings) -> None:
             print(f"READY api_gateway {http} {ws}", flush=True)
         await serving
     finally:
+        if secret_files is not None:
+            await secret_files.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         for sock in http_sockets:

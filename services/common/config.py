@@ -138,6 +138,15 @@ class Settings:
             "certificates), taken without a restart by new connections; 0 = never."
         ),
     )
+    secret_reload_interval: float = field(
+        default=10.0,
+        metadata=_help(
+            "Seconds between looks at the files of the secrets that can change while a "
+            "process runs (ZAQAR_SIGNED_URL_SECRET_FILE, ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE, "
+            "ZAQAR_MESSAGE_ENCRYPTION_KEYS_FILE): new content is used without a restart; "
+            "0 = read at start only."
+        ),
+    )
     rpc_timeout: float = field(
         default=5.0, metadata=_help("Deadline in seconds of every call between services.")
     )
@@ -503,7 +512,7 @@ class Settings:
                     raise ConfigurationError(
                         f"both {variable} and {variable}_FILE are set: set one of them"
                     )
-                values[f.name] = _read_secret(variable + "_FILE", path)
+                values[f.name] = read_secret(variable + "_FILE", path)
                 sources[f.name] = f"file {path} ({variable}_FILE)"
         for key, value in (overrides or {}).items():
             if value is not None:
@@ -568,7 +577,7 @@ SECRET_SETTINGS: frozenset[str] = frozenset(
 )
 
 
-def _read_secret(variable: str, path: str) -> str:
+def read_secret(variable: str, path: str) -> str:
     """The content of a secret file, without its final line break.
 
     Raises:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 from services.common.config import ConfigurationError, Settings
 
@@ -77,14 +78,18 @@ def verify(
     return hmac.compare_digest(expected, given.lower())
 
 
-def verifying_secrets(settings: Settings) -> tuple[str, ...]:
-    """The secrets a signature may be made with: ``signed_url_secret`` (which signs), then
-    ``signed_url_previous_secret`` (being retired) when set; none without a secret.
+# The settings a process's Keys are made of, in this order (read again from their files while
+# it runs: services/common/secret_files.py).
+KEY_SETTINGS: Final = ("signed_url_secret", "signed_url_previous_secret")
+
+
+def verifying_secrets(current: str, previous: str = "") -> tuple[str, ...]:
+    """The secrets a signature may be made with: ``current`` (which signs), then ``previous``
+    (being retired) when set; none without a secret.
 
     Raises:
         ConfigurationError: a previous secret without a current one (nothing would sign).
     """
-    current, previous = settings.signed_url_secret, settings.signed_url_previous_secret
     if previous and not current:
         raise ConfigurationError(
             "signed_url_previous_secret (ZAQAR_SIGNED_URL_PREVIOUS_SECRET) is set without "
@@ -92,6 +97,39 @@ def verifying_secrets(settings: Settings) -> tuple[str, ...]:
             "signs and the previous one still verifies"
         )
     return tuple(secret for secret in (current, previous) if secret)
+
+
+class Keys:
+    """The pre-signed URL secrets a process uses now: ``current`` signs ('' = none), and
+    ``verifying`` are those a signature may be made with. Both are replaced together, by
+    :meth:`take`, when their files change; readers read them at each use, never keep them."""
+
+    __slots__ = ("current", "verifying")
+
+    def __init__(self, current: str = "", previous: str = "") -> None:
+        """Raises: ConfigurationError, as :func:`verifying_secrets`."""
+        self.verifying = verifying_secrets(current, previous)
+        self.current = current
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keys:
+        """Raises: ConfigurationError, as :func:`verifying_secrets`."""
+        return cls(settings.signed_url_secret, settings.signed_url_previous_secret)
+
+    def take(self, values: Mapping[str, str]) -> None:
+        """Use the secrets of ``values`` (setting name -> value, for :data:`KEY_SETTINGS`; a
+        name left out keeps its value) from now on.
+
+        Raises:
+            ConfigurationError: as :func:`verifying_secrets`; the secrets in use stay.
+        """
+        previous = self.verifying[1] if len(self.verifying) > 1 else ""
+        current = values.get("signed_url_secret", self.current)
+        previous = values.get("signed_url_previous_secret", previous)
+        verifying = verifying_secrets(current, previous)
+        # One assignment each, on the event loop: no request sees one without the other
+        # between two awaits.
+        self.current, self.verifying = current, verifying
 
 
 class SignedUrlError(ValueError):
@@ -159,7 +197,7 @@ def path_allowed(granted: str, path: str) -> bool:
 
 
 def verify_request(
-    secrets: str | Sequence[str],
+    secrets: Sequence[str],
     *,
     method: str,
     path: str,
@@ -173,10 +211,11 @@ def verify_request(
     """Whether a request carrying ``URL-Signature: given`` (and ``URL-Methods``,
     ``URL-Paths``, ``URL-Expires``, ``X-Project-ID``) may go ahead: its method is granted,
     its path is one granted (or below one), the expiry is in the future and the signature
-    is that of those values under one of ``secrets`` (one secret, or those of
-    :func:`verifying_secrets`). No secret configured: nothing verifies."""
-    keys = [secrets] if isinstance(secrets, str) else secrets
-    keys = [key for key in keys if key]
+    is that of those values under one of ``secrets`` (:attr:`Keys.verifying`). No secret
+    configured: nothing verifies."""
+    if isinstance(secrets, str):  # a str is a Sequence too: one secret would pass as its letters
+        raise TypeError("verify_request takes a sequence of secrets, not one str")
+    keys = [key for key in secrets if key]
     if not keys or not given:
         return False
     method_list, path_list = _items(methods), _items(paths)

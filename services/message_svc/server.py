@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from functools import partial
 
 from zaqar_grpc.v2 import admin_pb2, notifier_pb2_grpc
@@ -20,6 +21,7 @@ from services.common.grpc_server import (
 )
 from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.message_keys import parse_keys
+from services.common.secret_files import SecretFiles, check_interval
 from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
@@ -70,6 +72,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         CannotListen: the port cannot be bound (services/common/startup.py).
     """
     fair = fair_policy(settings)
+    check_interval(settings)
     tls = await asyncio.to_thread(load_tls, settings)
     filters = Filters.load(settings.message_filters)
     keys = parse_keys(settings.message_encryption_keys)
@@ -86,8 +89,11 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     )
 
     redrive_jobs = None
+    secret_files: SecretFiles | None = None
 
     async def close() -> None:
+        if secret_files is not None:
+            await secret_files.close()
         if redrives is not None:
             await redrives.close()
         if redrive_jobs is not None:
@@ -113,6 +119,12 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         store, metadata, handoff, pools if settings.pooling else None, filters=filters,
         sealer=None if keys is None else Sealer(keys), fair=fair,
     )
+
+    def new_keys(values: Mapping[str, str]) -> None:
+        keys = parse_keys(values["message_encryption_keys"])
+        service.bodies.sealer = None if keys is None else Sealer(keys)
+
+    secret_files = SecretFiles.of(settings, ["message_encryption_keys"], new_keys)
     packer = Packer(checksum=settings.message_checksum)
     notifier_channel = open_channel(settings.target("notifier"), tls, auth)
     polling = Polling(service, WaitRoom(notifier_watch(
@@ -154,6 +166,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         raise
     sweeper.start()
     redrives.start_scanning()
+    if secret_files is not None:
+        secret_files.watch()
     return running
 
 

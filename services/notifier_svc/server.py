@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 from zaqar_grpc.v2 import admin_pb2
 
-from services.common import health
+from services.common import health, signing
 from services.common.config import ConfigurationError, Settings, check_limits
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
@@ -20,6 +20,7 @@ from services.common.grpc_server import (
     start_server,
 )
 from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.secret_files import SecretFiles, check_interval
 from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
 from services.common.tls import load_tls
@@ -57,16 +58,32 @@ DELIVERY_GRACE = 1.0
 
 def check(settings: Settings) -> None:
     """Raises: ConfigurationError for settings notifier_svc cannot run with."""
-    if settings.require_confirmation and not settings.signed_url_secret:
-        raise ConfigurationError(
-            "require_confirmation needs signed_url_secret (ZAQAR_SIGNED_URL_SECRET): the "
-            "confirmation requests are pre-signed URLs"
-        )
+    _check_secret(settings.require_confirmation, settings.signed_url_secret)
     if settings.delivery_concurrency < 1 or settings.delivery_timeout <= 0:
         raise ConfigurationError(
             "delivery_concurrency must be at least 1 and delivery_timeout positive"
         )
     check_limits(settings, "notifier")
+    check_interval(settings)
+
+
+def _check_secret(require_confirmation: bool, secret: str) -> None:
+    if require_confirmation and not secret:
+        raise ConfigurationError(
+            "require_confirmation needs signed_url_secret (ZAQAR_SIGNED_URL_SECRET): the "
+            "confirmation requests are pre-signed URLs"
+        )
+
+
+def _secret_files(settings: Settings, keys: signing.Keys) -> SecretFiles | None:
+    """The file of the secret that signs confirmation URLs, looked at while the service runs
+    (when it comes from one): a new secret signs from then on."""
+
+    def apply(values: Mapping[str, str]) -> None:
+        _check_secret(settings.require_confirmation, values["signed_url_secret"])
+        keys.take(values)
+
+    return SecretFiles.of(settings, ["signed_url_secret"], apply)
 
 
 async def start(
@@ -139,8 +156,13 @@ async def start(
     depth = OutboxDepth(store, DEPTH_INTERVAL if settings.metrics else 0, stores=outbox)
     watches = WatchSharing(store, WatchHub(), replicas.listened)
 
+    keys = signing.Keys(settings.signed_url_secret)
+    secret_files = _secret_files(settings, keys)
+
     async def close() -> None:
         try:
+            if secret_files is not None:
+                await secret_files.close()
             await watches.close()
             await sweeper.stop()
             await depth.stop()
@@ -158,8 +180,7 @@ async def start(
     service = NotifierService(
         store, watches,
         confirmation=Confirmation(
-            required=settings.require_confirmation, secret=settings.signed_url_secret,
-            public_url=settings.public_url,
+            required=settings.require_confirmation, keys=keys, public_url=settings.public_url,
         ),
         announce=replicas.listened,
         wake=dispatcher.wake,
@@ -196,6 +217,8 @@ async def start(
     dispatcher.start()
     sweeper.start()
     depth.start()
+    if secret_files is not None:
+        secret_files.watch()
     return running
 
 

@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,6 +37,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.message_keys import is_sealed
+from services.common.signing import Keys
 from services.notifier_svc import documents, fanout, sources, validation
 from services.notifier_svc.filter_policy import Policies, Policy
 from services.notifier_svc.placements import Placements
@@ -62,10 +63,11 @@ __all__ = ["Announce", "Confirmation", "NotifierService"]
 @dataclass(frozen=True, slots=True)
 class Confirmation:
     """How subscriptions are confirmed (settings ``require_confirmation``,
-    ``signed_url_secret``, ``public_url``)."""
+    ``signed_url_secret``, ``public_url``). ``keys.current`` signs the confirmation URLs; it
+    is read at each use (it may be replaced)."""
 
     required: bool = False
-    secret: str = ""
+    keys: Keys = field(default_factory=Keys)
     public_url: str = ""
 
 
@@ -367,7 +369,7 @@ class NotifierService:
         expires: float,
     ) -> None:
         document = documents.confirmation(
-            kind, subscription, secret=self._confirmation.secret, expires=expires,
+            kind, subscription, secret=self._confirmation.keys.current, expires=expires,
             public_url=self._confirmation.public_url,
         )
         await store.enqueue([_delivery(subscription, kind, document)])

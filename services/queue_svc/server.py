@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from functools import partial
 
 import grpc
@@ -20,6 +21,7 @@ from services.common.grpc_server import (
 )
 from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.message_keys import parse_keys
+from services.common.secret_files import SecretFiles, check_interval
 from services.common.store_probe import answers
 from services.common.tls import load_tls
 from services.queue_svc import catalog_servicer, topics_servicer
@@ -56,6 +58,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         CannotListen: the port cannot be bound (services/common/startup.py).
     """
     check_limits(settings, "queue")
+    check_interval(settings)
     tls = await asyncio.to_thread(load_tls, settings)
     encryption = parse_keys(settings.message_encryption_keys) is not None
     owned = keystone_for(settings) if auth is None else None
@@ -63,8 +66,11 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     store = await open_queue_store(settings.store_uri("queue"))
     messages = MessageService(settings, tls, auth)
     notifier = NotifierService(settings, tls, auth)
+    secret_files: SecretFiles | None = None
 
     async def close() -> None:
+        if secret_files is not None:
+            await secret_files.close()
         await messages.close()
         await notifier.close()
         await store.close()
@@ -76,10 +82,14 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         store.catalog, probe_seconds=settings.rpc_timeout / 2,
         count_queues=store.count_on_pool if settings.pooling else None,
     )
-    servicer = QueuesServicer(
-        QueueService(store, messages, notifier, catalog if settings.pooling else None,
-                     encryption=encryption, max_queues=settings.project_max_queues)
-    )
+    queues = QueueService(store, messages, notifier, catalog if settings.pooling else None,
+                          encryption=encryption, max_queues=settings.project_max_queues)
+    servicer = QueuesServicer(queues)
+
+    def new_keys(values: Mapping[str, str]) -> None:
+        queues.encryption = parse_keys(values["message_encryption_keys"]) is not None
+
+    secret_files = SecretFiles.of(settings, ["message_encryption_keys"], new_keys)
 
     def register(server: grpc.aio.Server) -> None:
         queues_pb2_grpc.add_QueuesServicer_to_server(servicer, server)
@@ -99,7 +109,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             names, host=settings.host, port=settings.queue_port, tls=tls,
             interceptors=server_interceptors(auth, names, ADMIN_CALLS),
         )
-        return await start_server(Running(
+        running = await start_server(Running(
             server, port, health_servicer, names, close,
             store_check=partial(answers, settings.store_uri("queue"), "queue store",
                                 STORE_CHECK_TIMEOUT),
@@ -108,6 +118,9 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     except BaseException:
         await close()
         raise
+    if secret_files is not None:
+        secret_files.watch()
+    return running
 
 
 async def run(settings: Settings) -> None:

@@ -81,7 +81,8 @@ class QueueService:
         self._notifier = notifier
         self._catalog = catalog
         self._rng = rng or random.Random()
-        self._encryption = encryption
+        self.encryption = encryption
+        """Whether message encryption keys are configured (replaced when their file changes)."""
         self._quota = max_queues
 
     async def _pooled(self) -> Catalog | None:
@@ -97,7 +98,7 @@ class QueueService:
         validation.check_queue(project, queue)
         metadata = meta.parse_object(raw_metadata)
         meta.check_reserved(metadata)
-        meta.check_encryption(metadata, self._encryption)
+        meta.check_encryption(metadata, self.encryption)
         catalog = await self._pooled()
         if catalog is None:
             created = await self._store.create(project, queue, metadata, quota=self._quota)
@@ -206,7 +207,7 @@ class QueueService:
 
     def _check_patched(self, metadata: Mapping[str, Any]) -> None:
         meta.check_patched(metadata)
-        meta.check_encryption(metadata, self._encryption, InvalidBody)
+        meta.check_encryption(metadata, self.encryption, InvalidBody)
 
     async def delete(self, project: str, queue: str) -> None:
         """Delete the queue, then its messages and claims, then its subscriptions. Idempotent.

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +61,13 @@ class Stack:
 
 
 def start_stack(settings: Settings, extra_args: list[str] | None = None,
-                timeout: float = 60) -> Stack:
+                timeout: float = 60, files: Mapping[str, Path] | None = None) -> Stack:
+    """``files``: secret settings read from files (setting -> path), given to ``up`` as
+    ``ZAQAR_<NAME>_FILE`` instead of their values."""
     env = {**os.environ, **settings_environment(settings), "PYTHONUNBUFFERED": "1"}
+    for name, path in (files or {}).items():
+        del env[f"ZAQAR_{name.upper()}"]
+        env[f"ZAQAR_{name.upper()}_FILE"] = str(path)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", *(extra_args or [])],

@@ -393,3 +393,17 @@ def test_a_negative_limit_is_refused_in_one_line(
     assert line == (f"zaqar-grpc: configuration error: {setting} ({variable}) must be 0 "
                     "(no limit) or a positive number, not -1"), line
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize("command", [
+    ["up"], ["serve", "gateway"], ["serve", "queue"], ["serve", "message"], ["serve", "notifier"],
+])
+def test_a_negative_secret_reload_interval_is_refused_in_one_line(
+    make_settings: Callable[..., Settings], command: list[str],
+) -> None:
+    result = zaqar_grpc(environment(make_settings(), ZAQAR_SECRET_RELOAD_INTERVAL="-1"), *command)
+    line = nothing_started(result) if command == ["up"] else the_line(result)
+    assert line == ("zaqar-grpc: configuration error: secret_reload_interval "
+                    "(ZAQAR_SECRET_RELOAD_INTERVAL=-1.0): seconds between looks at the secret "
+                    "files, 0 or more"), line
+    assert result.returncode == 2

@@ -330,7 +330,7 @@ def test_verify_request_unit() -> None:
             methods="GET,POST", paths=",".join(paths), expires=expires, now=now,
         )
         values.update(changes)
-        return signing.verify_request("k", **values)
+        return signing.verify_request(("k",), **values)
 
     assert check()
     assert check(methods=["POST", "GET"], paths=paths)  # WebSocket-style lists
@@ -342,9 +342,15 @@ def test_verify_request_unit() -> None:
     assert not check(now=datetime(2030, 1, 2, tzinfo=UTC))
     assert not check(given=given[::-1])
     assert not signing.verify_request(
-        "", method="GET", path=paths[0], project="p", given=given, methods="GET,POST",
+        ("",), method="GET", path=paths[0], project="p", given=given, methods="GET,POST",
         paths=paths[0], expires=expires, now=now,
     )
+    # One secret given as a str would be read as its letters: refused outright
+    with pytest.raises(TypeError, match="sequence of secrets"):
+        signing.verify_request(
+            "k", method="GET", path=paths[0], project="p", given=given, methods="GET",
+            paths=paths[0], expires=expires, now=now,
+        )
 
 
 
@@ -354,7 +360,7 @@ def test_verify_request_with_a_previous_secret() -> None:
     now = datetime(2030, 1, 1, tzinfo=UTC)
     paths, methods, expires = ["/v2/queues/q/messages"], ["GET"], "2030-01-02T00:00:00"
     settings = Settings(signed_url_secret="new", signed_url_previous_secret="old")
-    secrets = signing.verifying_secrets(settings)
+    secrets = signing.Keys.from_settings(settings).verifying
     assert secrets == ("new", "old")
 
     def verifies(key: str, keys: Any = secrets) -> bool:
@@ -368,10 +374,10 @@ def test_verify_request_with_a_previous_secret() -> None:
     assert not verifies("other")
     assert not verifies("old", keys=("new",))
     assert not verifies("", keys=("", ""))  # empty secrets are none
-    assert signing.verifying_secrets(Settings(signed_url_secret="new")) == ("new",)
-    assert signing.verifying_secrets(Settings()) == ()
+    assert signing.Keys.from_settings(Settings(signed_url_secret="new")).verifying == ("new",)
+    assert signing.Keys.from_settings(Settings()).verifying == ()
     with pytest.raises(ConfigurationError, match="ZAQAR_SIGNED_URL_PREVIOUS_SECRET"):
-        signing.verifying_secrets(Settings(signed_url_previous_secret="old"))
+        signing.Keys.from_settings(Settings(signed_url_previous_secret="old"))
 
 
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -47,6 +48,7 @@ from services.notifier_svc.watchers import WatchHub
 from services.queue_svc import server as queue_server
 from tests.conftest import free_port
 from tests.receivers import Receiver
+from tests.waiting import until
 
 PROJECT = "notify-project"
 # Seconds a retry may come late on a busy machine (it may never come early).
@@ -581,6 +583,49 @@ async def test_confirmation_flow(
     await stack.post("unseen again")
     await asyncio.sleep(0.5)
     assert len(receiver.hits) == 4
+
+
+async def test_a_new_secret_in_its_file_signs_the_next_confirmations(
+    stack_factory: Callable[..., Awaitable[Stack]], receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The secret read from ``ZAQAR_SIGNED_URL_SECRET_FILE`` is read again while the service
+    runs: once the file holds a new one, confirmation URLs are signed with it; an empty one
+    (with confirmation required) cannot be used and leaves the secret in use."""
+    secret = tmp_path / "secret"
+    secret.write_text("first\n")
+    monkeypatch.setenv("ZAQAR_SIGNED_URL_SECRET_FILE", str(secret))
+    caplog.set_level(logging.INFO, "services.common.secret_files")
+    stack = await stack_factory(
+        require_confirmation=True, signed_url_secret="first", secret_reload_interval=0.02,
+    )
+    path_of = "/v2/queues/q/subscriptions/{}/confirm"
+
+    async def confirmation(count: int) -> tuple[str, dict[str, Any]]:
+        sid = await stack.subscribe(receiver.url(), ttl=600)
+        hits = await receiver.wait_for(count)
+        doc: dict[str, Any] = hits[count - 1].json()
+        assert doc["Message_Type"] == "SubscriptionConfirmation"
+        return path_of.format(sid), doc
+
+    def signed_with(key: str, path: str, doc: dict[str, Any]) -> bool:
+        return signing.verify(key, doc["URL-Signature"], [path], ["PUT"], PROJECT,
+                              doc["URL-Expires"])
+
+    path, doc = await confirmation(1)
+    assert signed_with("first", path, doc)
+    # When the file holds a new secret, the next confirmation is signed with it
+    await asyncio.to_thread(secret.write_text, "second\n")
+    await until(lambda: "secret files reloaded (generation 1)" in caplog.text,
+                what="the notifier taking the new secret")
+    path, doc = await confirmation(2)
+    assert signed_with("second", path, doc) and not signed_with("first", path, doc)
+    # An empty secret cannot sign confirmations: refused, the secret in use still signs
+    await asyncio.to_thread(secret.write_text, "\n")
+    await until(lambda: "cannot be used" in caplog.text, what="the empty secret refused")
+    assert "require_confirmation needs signed_url_secret" in caplog.text
+    path, doc = await confirmation(3)
+    assert signed_with("second", path, doc)
 
 
 async def test_confirmation_needs_a_secret(make_settings: Callable[..., Settings]) -> None:

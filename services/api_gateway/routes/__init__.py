@@ -33,13 +33,14 @@ from services.api_gateway.routes.topics import (
     TopicStats,
 )
 from services.api_gateway.upstream import Upstreams
+from services.common.signing import Keys
 
 QUEUE = "/v2/queues/{queue_name}"
 # A topic's name takes the queue's place: same rule, and the subscription resources serve both.
 TOPIC = "/v2/topics/{queue_name}"
 
 
-def add_routes(app: App, up: Upstreams, signed_url_secret: str = "") -> None:
+def add_routes(app: App, up: Upstreams, keys: Keys | None = None) -> None:
     app.add_route("/", Versions())
     app.add_route("/v2/", Home())
     app.add_route("/v2/ping", Ping(up))
@@ -52,7 +53,7 @@ def add_routes(app: App, up: Upstreams, signed_url_secret: str = "") -> None:
     app.add_route(QUEUE, QueueItem(up))
     app.add_route(QUEUE + "/stats", QueueStats(up))
     app.add_route(QUEUE + "/purge", QueuePurge(up))
-    app.add_route(QUEUE + "/share", QueueShare(up, signed_url_secret))
+    app.add_route(QUEUE + "/share", QueueShare(up, keys or Keys()))
     app.add_route(QUEUE + "/redrive", QueueRedrive(up))
     app.add_route(QUEUE + "/messages", MessageCollection(up))
     app.add_route(QUEUE + "/messages/{message_id}", MessageItem(up))

@@ -18,6 +18,7 @@ from services.api_gateway.inputs import (
 from services.api_gateway.operations import queues
 from services.api_gateway.routes._common import Resource, answer, caller, next_link
 from services.api_gateway.upstream import Upstreams
+from services.common.signing import Keys
 
 JSON_PATCH: Final = "application/openstack-messaging-v2.0-json-patch"
 _LIST_PARAMS: Final = frozenset({"limit", "marker", "detailed", "name", "with_count"})
@@ -110,14 +111,14 @@ class QueuePurge(Resource):
 
 
 class QueueShare(Resource):
-    """Pre-signed URL data of a queue, signed with the configured secret."""
+    """Pre-signed URL data of a queue, signed with the current secret."""
 
-    def __init__(self, up: Upstreams, secret: str) -> None:
+    def __init__(self, up: Upstreams, keys: Keys) -> None:
         super().__init__(up)
-        self.secret = secret
+        self.keys = keys
 
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, queue_name: str
     ) -> None:
         doc = await read_json(req, SMALL_BODY_MAX)
-        answer(resp, queues.share_queue(caller(req), queue_name, doc, self.secret))
+        answer(resp, queues.share_queue(caller(req), queue_name, doc, self.keys.current))

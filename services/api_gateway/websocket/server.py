@@ -162,7 +162,7 @@ def _not_authentified() -> ApiError:
 
 
 def check_signature(
-    secrets: str | Sequence[str],
+    secrets: Sequence[str],
     payload: Mapping[str, Any],
     action: Action,
     body: Mapping[str, Any],
@@ -197,7 +197,7 @@ class Connection:
         self,
         up: Upstreams,
         socket: ServerConnection,
-        signed_url_secrets: str | Sequence[str] = (),
+        keys: signing.Keys | None = None,
         auth: KeystoneAuth | None = None,
         admin_mode: bool = False,
         limit: ProjectRateLimit | None = None,
@@ -205,7 +205,8 @@ class Connection:
         self.up = up
         self.limit = limit
         self.socket = socket
-        self.signed_url_secrets = signed_url_secrets
+        # The pre-signed URL secrets, read at each request (they may be replaced).
+        self.keys = keys or signing.Keys()
         # Held from reading a request to sending its answer; a push waits for it, so the
         # answer to a request always goes out before any push the request caused.
         self._turn = asyncio.Lock()
@@ -328,7 +329,7 @@ class Connection:
                 caller = dataclasses.replace(caller, token=self.token)
             body = _body(payload, name, action)
             try:
-                check_signature(self.signed_url_secrets, payload, action, body, caller)
+                check_signature(self.keys.verifying, payload, action, body, caller)
             except ApiError:
                 if signed:
                     # No token either: as any other request before `authenticate`.
@@ -442,11 +443,14 @@ async def start(
     up: Upstreams,
     auth: KeystoneAuth | None = None,
     limit: ProjectRateLimit | None = None,
+    keys: signing.Keys | None = None,
 ) -> Server:
     """Listen on ``settings.host:settings.ws_port`` (0 = any free port). ``auth``: the token
     validator in keystone mode (one is made when not given); ``limit``: the requests-per-project
-    limit shared with the HTTP app (by default the settings' own, if any)."""
-    secrets = signing.verifying_secrets(settings)
+    limit shared with the HTTP app (by default the settings' own, if any); ``keys``: the
+    pre-signed URL secrets shared with the HTTP app (by default the settings' own)."""
+    if keys is None:
+        keys = signing.Keys.from_settings(settings)
     check_limits(settings, "gateway")
     most = settings.ws_max_connections
     if limit is None:
@@ -457,7 +461,7 @@ async def start(
     async def handler(socket: ServerConnection) -> None:
         metrics.WS_CONNECTIONS.inc()
         try:
-            await Connection(up, socket, secrets, auth, settings.admin_mode, limit).serve()
+            await Connection(up, socket, keys, auth, settings.admin_mode, limit).serve()
         finally:
             metrics.WS_CONNECTIONS.dec()
 

@@ -1,0 +1,173 @@
+"""Secrets read again from their files while a process runs (``secret_files.py``), the
+pre-signed URL keys they replace (``signing.Keys``), and how ``up`` passes such secrets to its
+children (by file, so that the children can follow the file)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from services.cli import child_environment
+from services.common import signing
+from services.common.config import ConfigurationError, Settings
+from services.common.secret_files import SecretFiles, check_interval
+
+SECRET = "signed_url_secret"
+PREVIOUS = "signed_url_previous_secret"
+
+
+class Recorder:
+    """An ``apply`` that records what it took, refusing a value of "bad"."""
+
+    def __init__(self) -> None:
+        self.taken: list[dict[str, str]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, values: Mapping[str, str]) -> None:
+        if "bad" in values.values():
+            raise ConfigurationError("bad is no secret")
+        self.taken.append(dict(values))
+        self.event.set()
+
+
+def files(tmp_path: Path, **contents: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(setting -> path, the environment naming them), the files written with ``contents``."""
+    paths = {}
+    for name, text in contents.items():
+        path = tmp_path / name
+        path.write_text(text + "\n")
+        paths[name] = str(path)
+    return paths, {f"ZAQAR_{name.upper()}_FILE": path for name, path in paths.items()}
+
+
+def test_only_settings_read_from_files_are_followed(tmp_path: Path) -> None:
+    # Given a secret read from a file and another set in the environment
+    paths, environ = files(tmp_path, signed_url_secret="one")
+    environ["ZAQAR_SIGNED_URL_PREVIOUS_SECRET"] = "old"
+    settings = Settings.load(environ=environ)
+    # Then only the file's is followed, from the value read at start
+    followed = SecretFiles.of(settings, [SECRET, PREVIOUS], Recorder(), environ)
+    assert followed is not None
+    assert followed.paths == {SECRET: paths[SECRET]}
+    assert followed.read() == {SECRET: "one"}
+    assert not followed.take({SECRET: "one"})  # what is in use already
+    # And none is followed without files, or with an interval of 0
+    assert SecretFiles.of(settings, [PREVIOUS], Recorder(), environ) is None
+    assert SecretFiles.of(Settings(secret_reload_interval=0), [SECRET], Recorder(),
+                          environ) is None
+
+
+@pytest.mark.parametrize("interval", [-1.0, float("nan"), float("inf")])
+def test_an_interval_that_is_not_a_number_of_seconds_is_refused(interval: float) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_interval(Settings(secret_reload_interval=interval))
+    assert str(refused.value) == (
+        f"secret_reload_interval (ZAQAR_SECRET_RELOAD_INTERVAL={interval}): seconds between "
+        "looks at the secret files, 0 or more"
+    )
+
+
+def test_new_content_is_taken_and_refused_content_leaves_the_old_in_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths, environ = files(tmp_path, signed_url_secret="one", signed_url_previous_secret="")
+    apply = Recorder()
+    followed = SecretFiles.of(Settings.load(environ=environ), [SECRET, PREVIOUS], apply, environ)
+    assert followed is not None
+    caplog.set_level(logging.INFO, "services.common.secret_files")
+    # When the current secret's file changes
+    Path(paths[SECRET]).write_text("two\n")
+    values = followed.read()
+    assert values == {SECRET: "two", PREVIOUS: ""}
+    # Then the new values are taken, once, and the log names the file, not the content
+    assert followed.take(values)
+    assert not followed.take(values)
+    assert apply.taken == [{SECRET: "two", PREVIOUS: ""}]
+    assert followed.generation == 1
+    assert "secret files reloaded (generation 1): ZAQAR_SIGNED_URL_SECRET_FILE" in caplog.text
+    assert "two" not in caplog.text
+    # When content that apply refuses arrives, the values in use stay, and it is said once
+    Path(paths[PREVIOUS]).write_text("bad\n")
+    assert not followed.take(followed.read() or {})
+    assert not followed.take(followed.read() or {})
+    refusals = [r for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert [r.getMessage() for r in refusals] == [
+        "secret files changed (ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE) but cannot be used; "
+        "going on with the values in use: bad is no secret"
+    ]
+    assert apply.taken == [{SECRET: "two", PREVIOUS: ""}]
+    # And the next usable content is taken
+    Path(paths[PREVIOUS]).write_text("one\n")
+    assert followed.take(followed.read() or {})
+    assert apply.taken[-1] == {SECRET: "two", PREVIOUS: "one"}
+    assert followed.generation == 2
+
+
+def test_an_unreadable_file_keeps_the_values_in_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths, environ = files(tmp_path, signed_url_secret="one")
+    followed = SecretFiles.of(Settings.load(environ=environ), [SECRET], Recorder(), environ)
+    assert followed is not None
+    Path(paths[SECRET]).unlink()
+    assert followed.read() is None
+    assert followed.read() is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # said once, not at every look
+    assert warnings[0].startswith(
+        f"secret files: cannot read ZAQAR_SIGNED_URL_SECRET_FILE={paths[SECRET]}: "
+    )
+    Path(paths[SECRET]).write_text("one\n")
+    assert followed.read() == {SECRET: "one"}
+
+
+async def test_the_watcher_takes_a_change_by_itself(tmp_path: Path) -> None:
+    paths, environ = files(tmp_path, signed_url_secret="one")
+    apply = Recorder()
+    settings = Settings.load(environ={**environ, "ZAQAR_SECRET_RELOAD_INTERVAL": "0.01"})
+    followed = SecretFiles.of(settings, [SECRET], apply, environ)
+    assert followed is not None
+    followed.watch()
+    try:
+        await asyncio.to_thread(Path(paths[SECRET]).write_text, "two\n")
+        await asyncio.wait_for(apply.event.wait(), 30)
+        assert apply.taken == [{SECRET: "two"}]
+    finally:
+        await followed.close()
+
+
+def test_keys_are_replaced_together_and_checked() -> None:
+    keys = signing.Keys("one")
+    assert (keys.current, keys.verifying) == ("one", ("one",))
+    keys.take({SECRET: "two", PREVIOUS: "one"})
+    assert (keys.current, keys.verifying) == ("two", ("two", "one"))
+    keys.take({SECRET: "two"})  # a setting left out keeps its value
+    assert keys.verifying == ("two", "one")
+    # A previous secret without a current one is refused, and the keys in use stay
+    with pytest.raises(ConfigurationError, match="ZAQAR_SIGNED_URL_PREVIOUS_SECRET"):
+        keys.take({SECRET: "", PREVIOUS: "one"})
+    assert (keys.current, keys.verifying) == ("two", ("two", "one"))
+    keys.take({SECRET: "", PREVIOUS: ""})  # no secret at all: nothing signs or verifies
+    assert (keys.current, keys.verifying) == ("", ())
+
+
+def test_up_passes_a_secret_read_from_a_file_as_the_file(tmp_path: Path) -> None:
+    paths, environ = files(tmp_path, signed_url_secret="one", message_store="sqlite:///x.db")
+    settings = Settings.load(environ=environ)
+    env = child_environment(environ, settings)
+    # The child reads the file itself (and can follow it), not a copy of its value
+    assert env["ZAQAR_SIGNED_URL_SECRET_FILE"] == paths[SECRET]
+    assert "ZAQAR_SIGNED_URL_SECRET" not in env
+    assert Settings.load(environ=env).signed_url_secret == "one"
+    # A value given instead (a flag) goes as the value, without the file
+    flagged = Settings.load(environ=environ, overrides={"message_store": "redis://r:6379/0"})
+    env = child_environment(environ, flagged)
+    assert env["ZAQAR_MESSAGE_STORE"] == "redis://r:6379/0"
+    assert "ZAQAR_MESSAGE_STORE_FILE" not in env
+    assert Settings.load(environ=env).message_store == "redis://r:6379/0"
+    # And settings without files are passed as values, as before
+    assert env["ZAQAR_SIGNED_URL_PREVIOUS_SECRET"] == ""
