@@ -717,3 +717,38 @@ class FreshToken(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["X-Auth-Token"] = self.keystone.token("user-a")
         yield request
+
+
+def test_the_documented_patch_mounts_the_signed_url_secret_as_files(tmp_path: Path) -> None:
+    """docs/operations.md, "Secrets in files": its patch, applied to an overlay, renders, passes
+    strict validation, and gives the gateway the two secrets as files of the mounted Secret
+    (which it then reads again when the kubelet updates them), not as variables."""
+    section = (ROOT / "docs/operations.md").read_text().split("## Secrets in files", 1)[1]
+    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    overlay = copy / "overlays/secret-files"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources:\n  - ../redis\n" + snippet
+    )
+    result = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    manifest = tmp_path / "secret-files.yaml"
+    manifest.write_text(result.stdout)
+    checked = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", str(manifest)],
+                             capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    gateway = of_kind([d for d in yaml.safe_load_all(result.stdout) if d],
+                      "Deployment")["api-gateway"]
+    spec = container(gateway)
+    env = {e["name"]: e.get("value") for e in spec["env"]}
+    assert env == {"ZAQAR_SIGNED_URL_SECRET_FILE": "/etc/zaqar/signed-url/secret",
+                   "ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE": "/etc/zaqar/signed-url/previous"}
+    (mount,) = [m for m in spec["volumeMounts"] if m["name"] == "signed-url"]
+    assert mount["mountPath"] == "/etc/zaqar/signed-url" and "subPath" not in mount
+    (volume,) = [v for v in gateway["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == "signed-url"]
+    assert volume["secret"]["secretName"] == "zaqar-signed-url"
