@@ -125,6 +125,18 @@ STORE_EVICTS: Final = Gauge(
     "other stores.",
     ["store"],
 )
+FILES_GENERATION: Final = Gauge(
+    "zaqar_files_generation",
+    "Files this process reads again while it runs (files: tls, secrets): the generation in "
+    "use, 0 as read at start and one more at each change taken.",
+    ["files"],
+)
+FILES_REFUSED: Final = Gauge(
+    "zaqar_files_refused",
+    "1 while those files changed but cannot be used (unreadable, or they fail the checks made "
+    "at start): the process goes on with the ones in use, and its log says why; 0 otherwise.",
+    ["files"],
+)
 STORE_REACHABLE: Final = Gauge(
     "zaqar_store_reachable",
     "1 while the store of this process answers its health probe, 0 while it does not.",

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 
 from services.common.config import ENV_PREFIX, ConfigurationError, Settings, read_secret
+from services.common.metrics import FILES_GENERATION, FILES_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class SecretFiles:
         self._refused: dict[str, str] | None = None
         self._unreadable = ""
         self._watcher: asyncio.Task[None] | None = None
+        FILES_GENERATION.labels("secrets").set(0)
+        FILES_REFUSED.labels("secrets").set(0)
 
     @classmethod
     def of(
@@ -99,9 +102,13 @@ class SecretFiles:
         except ConfigurationError as exc:
             if str(exc) != self._unreadable:
                 self._unreadable = str(exc)
+                FILES_REFUSED.labels("secrets").set(1)
                 log.warning("secret files: %s; going on with the values in use", exc)
             return None
-        self._unreadable = ""
+        if self._unreadable:
+            self._unreadable = ""
+            if self._refused is None:
+                FILES_REFUSED.labels("secrets").set(0)
         return first
 
     def _read_all(self) -> dict[str, str]:
@@ -111,6 +118,9 @@ class SecretFiles:
         """Hand ``values`` to ``apply`` when they differ from those in use (and from the last
         ones refused); whether they were taken. On the event loop."""
         values = dict(values)
+        if values == self._values and self._refused is not None:
+            self._refused = None  # put back as they were: nothing is refused any more
+            FILES_REFUSED.labels("secrets").set(0)
         if values == self._values or values == self._refused:
             return False
         changed = sorted(variable(name) for name in values if values[name] != self._values[name])
@@ -118,11 +128,14 @@ class SecretFiles:
             self._apply(values)
         except ConfigurationError as exc:
             self._refused = values
+            FILES_REFUSED.labels("secrets").set(1)
             log.warning("secret files changed (%s) but cannot be used; going on with the "
                         "values in use: %s", ", ".join(changed), exc)
             return False
         self._values, self._refused = values, None
         self.generation += 1
+        FILES_GENERATION.labels("secrets").set(self.generation)
+        FILES_REFUSED.labels("secrets").set(0)
         log.info("secret files reloaded (generation %d): %s", self.generation,
                  ", ".join(changed))
         return True

@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 
 from services.common.config import ENV_PREFIX, ConfigurationError, Settings
+from services.common.metrics import FILES_GENERATION, FILES_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Tls:
         self._clock = clock
         self._identity = _identity(settings)
         self._refused: _Identity | None = None  # files logged as not usable, until they change
+        FILES_GENERATION.labels("tls").set(0)
+        FILES_REFUSED.labels("tls").set(0)
         self._next_look = clock() + self._interval
         self._looking = threading.Lock()
         self._watcher: asyncio.Task[None] | None = None
@@ -128,6 +131,9 @@ class Tls:
         try:
             self._next_look = self._clock() + self._interval
             identity = _identity(self._settings)
+            if identity == self._identity and self._refused is not None:
+                self._refused = None  # put back as they were: nothing is refused any more
+                FILES_REFUSED.labels("tls").set(0)
             if identity == self._identity or identity == self._refused:
                 return False
             try:
@@ -135,16 +141,19 @@ class Tls:
             except ConfigurationError as exc:
                 if _identity(self._settings) == identity:  # else: still being written
                     self._refused = identity
+                    FILES_REFUSED.labels("tls").set(1)
                     log.warning("TLS files changed but cannot be used; going on with those "
                                 "in use: %s", exc)
                 return False
             if _identity(self._settings) != identity:
                 return False  # changed while read (the check reads them again): next look
             self._identity, self._refused = identity, None
+            FILES_REFUSED.labels("tls").set(0)
             if material == self.material:
                 return False
             self.material = material
             self.generation += 1
+            FILES_GENERATION.labels("tls").set(self.generation)
             log.info("TLS files reloaded (generation %d): new connections use them",
                      self.generation)
             return True

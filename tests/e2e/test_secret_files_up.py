@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from services.common.config import Settings
@@ -50,6 +51,15 @@ def reloads(stack: Stack, service: str) -> int:
     """How many times ``service`` said it took new secret files."""
     return sum(line.startswith(f"[{service}]") and "secret files reloaded" in line
                for line in list(stack.output))
+
+
+def gauge(http: httpx.Client, name: str) -> float:
+    """A ``files="secrets"`` gauge of the gateway's /metrics."""
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == {"files": "secrets"}:
+                return float(sample.value)
+    raise AssertionError(f"{name} not exported")
 
 
 class Secrets:
@@ -126,6 +136,7 @@ def test_the_signed_url_secret_rotates_without_a_restart(
         assert shared() == signature("first", project, queue)
         assert (status("first"), status("second")) == (201, 404)
         assert (ws_status("first"), ws_status("second")) == (200, 404)
+        generation = gauge(http, "zaqar_files_generation")
         # Rotation, step 2: the new secret signs, the previous one still verifies
         written(files.previous, "first")
         written(files.secret, "second")
@@ -138,15 +149,22 @@ def test_the_signed_url_secret_rotates_without_a_restart(
         written(files.previous, "")
         wait_for(lambda: status("first") == 404, "the dropped secret refused")
         assert (status("second"), ws_status("second"), ws_status("first")) == (201, 200, 404)
-        # A previous secret without a current one cannot be used: the secrets in use stay
-        written(files.secret, "")
+        assert gauge(http, "zaqar_files_generation") >= generation + 2
+        assert gauge(http, "zaqar_files_refused") == 0
+        # A previous secret without a current one cannot be used: the secrets in use stay.
+        # (Written in this order, no look can find a usable state between the two writes
+        # that differs from the one in use, e.g. no secret at all.)
         written(files.previous, "second")
+        written(files.secret, "")
         wait_for(lambda: any("cannot be used" in line and line.startswith("[gateway]")
                              for line in list(stack.output)), "the gateway refusing the files")
         assert shared() == signature("second", project, queue)
         assert (status("second"), ws_status("second")) == (201, 200)
+        assert gauge(http, "zaqar_files_refused") == 1
+        # Put back as in use: nothing is refused any more
         written(files.secret, "second")
         written(files.previous, "")
+        wait_for(lambda: gauge(http, "zaqar_files_refused") == 0, "the refusal lifted")
 
 
 def test_message_encryption_keys_rotate_without_a_restart(

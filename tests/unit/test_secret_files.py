@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.cli import child_environment
 from services.common import signing
@@ -18,6 +19,12 @@ from services.common.secret_files import SecretFiles, check_interval
 
 SECRET = "signed_url_secret"
 PREVIOUS = "signed_url_previous_secret"
+
+
+def files_gauges(files: str) -> tuple[float | None, float | None]:
+    """(``zaqar_files_generation``, ``zaqar_files_refused``) of ``files``."""
+    return (REGISTRY.get_sample_value("zaqar_files_generation", {"files": files}),
+            REGISTRY.get_sample_value("zaqar_files_refused", {"files": files}))
 
 
 class Recorder:
@@ -88,6 +95,7 @@ def test_new_content_is_taken_and_refused_content_leaves_the_old_in_use(
     assert not followed.take(values)
     assert apply.taken == [{SECRET: "two", PREVIOUS: ""}]
     assert followed.generation == 1
+    assert files_gauges("secrets") == (1, 0)
     assert "secret files reloaded (generation 1): ZAQAR_SIGNED_URL_SECRET_FILE" in caplog.text
     assert "two" not in caplog.text
     # When content that apply refuses arrives, the values in use stay, and it is said once
@@ -100,11 +108,17 @@ def test_new_content_is_taken_and_refused_content_leaves_the_old_in_use(
         "going on with the values in use: bad is no secret"
     ]
     assert apply.taken == [{SECRET: "two", PREVIOUS: ""}]
+    assert files_gauges("secrets") == (1, 1)
+    # Put back as it was, nothing is refused any more
+    Path(paths[PREVIOUS]).write_text("\n")
+    assert not followed.take(followed.read() or {})
+    assert files_gauges("secrets") == (1, 0)
     # And the next usable content is taken
     Path(paths[PREVIOUS]).write_text("one\n")
     assert followed.take(followed.read() or {})
     assert apply.taken[-1] == {SECRET: "two", PREVIOUS: "one"}
     assert followed.generation == 2
+    assert files_gauges("secrets") == (2, 0)
 
 
 def test_an_unreadable_file_keeps_the_values_in_use(
@@ -118,11 +132,13 @@ def test_an_unreadable_file_keeps_the_values_in_use(
     assert followed.read() is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings  # said once, not at every look
+    assert files_gauges("secrets") == (0, 1)
     assert warnings[0].startswith(
         f"secret files: cannot read ZAQAR_SIGNED_URL_SECRET_FILE={paths[SECRET]}: "
     )
     Path(paths[SECRET]).write_text("one\n")
     assert followed.read() == {SECRET: "one"}
+    assert files_gauges("secrets") == (0, 0)
 
 
 async def test_the_watcher_takes_a_change_by_itself(tmp_path: Path) -> None:

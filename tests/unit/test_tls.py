@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import REGISTRY
 
 from services.common.config import ConfigurationError, Settings
 from services.common.tls import Tls, load_tls
@@ -227,8 +228,9 @@ def test_a_rotation_seen_half_done_keeps_the_material_in_use_and_says_so_once(
         clock.now += 10
         with caplog.at_level(logging.WARNING, logger="services.common.tls"):
             assert not tls.refresh()
-    # Then the old material stays in use, and one warning says why
+    # Then the old material stays in use, and one warning says why; the gauge says it too
     assert (tls.generation, tls.certificate_chain) == (0, pki.service.cert.read_bytes())
+    assert files_gauges("tls") == (0, 1)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert warnings[0].startswith(
@@ -243,6 +245,29 @@ def test_a_rotation_seen_half_done_keeps_the_material_in_use_and_says_so_once(
     assert (tls.generation, tls.certificate_chain, tls.private_key) == (
         1, pki.stranger.cert.read_bytes(), pki.stranger.key.read_bytes()
     )
+    assert files_gauges("tls") == (1, 0)
+
+
+def test_files_put_back_as_they_were_are_refused_no_more(
+    files: dict[str, Path], pki: Pki
+) -> None:
+    tls, clock = watched(files)
+    original = files["cert"].read_bytes()
+    rotate(files["cert"], pki.stranger.cert)
+    clock.now += 10
+    assert not tls.refresh()
+    assert files_gauges("tls") == (0, 1)
+    # The operator puts the old certificate back: nothing is refused any more
+    files["cert"].write_bytes(original)
+    clock.now += 10
+    assert not tls.refresh()
+    assert files_gauges("tls") == (0, 0) and tls.generation == 0
+
+
+def files_gauges(files: str) -> tuple[float | None, float | None]:
+    """(``zaqar_files_generation``, ``zaqar_files_refused``) of ``files``."""
+    return (REGISTRY.get_sample_value("zaqar_files_generation", {"files": files}),
+            REGISTRY.get_sample_value("zaqar_files_refused", {"files": files}))
 
 
 def test_a_file_gone_keeps_the_material_in_use(files: dict[str, Path]) -> None:
