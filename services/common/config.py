@@ -577,17 +577,34 @@ SECRET_SETTINGS: frozenset[str] = frozenset(
 )
 
 
+# The largest secret file read: far more than any secret here needs (a keyring of a hundred
+# encryption keys is under 8 KiB), so that a wrong path (a log, a device) fails at once
+# instead of being read whole, at start and at every look while the process runs.
+SECRET_FILE_MAX = 64 * 1024
+
+
 def read_secret(variable: str, path: str) -> str:
     """The content of a secret file, without its final line break.
 
     Raises:
-        ConfigurationError: it cannot be read, or is not UTF-8.
+        ConfigurationError: it cannot be read, is larger than :data:`SECRET_FILE_MAX` bytes,
+            or is not UTF-8.
     """
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().removesuffix("\n").removesuffix("\r")
+        with open(path, "rb") as fh:
+            data = fh.read(SECRET_FILE_MAX + 1)
+        if len(data) > SECRET_FILE_MAX:
+            raise ConfigurationError(
+                f"cannot read {variable}={path}: larger than {SECRET_FILE_MAX // 1024} KiB, "
+                "which no secret is (is it the right file?)"
+            )
+        # Line breaks as text mode reads them (\r\n and \r become \n).
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        return text.removesuffix("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read {variable}={path}: {exc}") from exc
+
+
 _STORES = {"queue_store": "queue", "message_store": "message", "notifier_store": "notifier"}
 _TARGETS = {"queue_target": "queue", "message_targets": "message",
             "notifier_target": "notifier"}

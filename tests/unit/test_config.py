@@ -58,5 +58,21 @@ def test_a_secret_file_must_be_readable_and_alone(tmp_path: Path) -> None:
                                                  "ZAQAR_SIGNED_URL_SECRET_FILE are set"):
         Settings.load(environ={"ZAQAR_SIGNED_URL_SECRET": "y",
                                "ZAQAR_SIGNED_URL_SECRET_FILE": str(tmp_path / "s")})
+    # A file far larger than any secret (a wrong path) is refused, not read whole
+    (tmp_path / "big").write_bytes(b"k" * (64 * 1024 + 1))
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.load(environ={"ZAQAR_SIGNED_URL_SECRET_FILE": str(tmp_path / "big")})
+    assert str(refused.value) == (
+        f"cannot read ZAQAR_SIGNED_URL_SECRET_FILE={tmp_path / 'big'}: larger than 64 KiB, "
+        "which no secret is (is it the right file?)"
+    )
+    (tmp_path / "big").write_bytes(b"k" * (64 * 1024 - 1) + b"\n")  # 64 KiB: taken
+    assert len(Settings.load(
+        environ={"ZAQAR_SIGNED_URL_SECRET_FILE": str(tmp_path / "big")}).signed_url_secret
+    ) == 64 * 1024 - 1
+    # Line breaks read as text: the final one dropped, \r\n as \n
+    (tmp_path / "keys").write_bytes(b"a:x\r\nb:y\r\n")
+    assert Settings.load(environ={"ZAQAR_MESSAGE_ENCRYPTION_KEYS_FILE": str(tmp_path / "keys")}
+                         ).message_encryption_keys == "a:x\nb:y"
     # Only secrets are read from files: a _FILE variable of another setting is not one of ours
     assert Settings.load(environ={"ZAQAR_HTTP_PORT_FILE": str(tmp_path / "s")}).http_port == 8888
