@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -719,10 +722,9 @@ class FreshToken(httpx.Auth):
         yield request
 
 
-def test_the_documented_patch_mounts_the_signed_url_secret_as_files(tmp_path: Path) -> None:
-    """docs/operations.md, "Secrets in files": its patch, applied to an overlay, renders, passes
-    strict validation, and gives the gateway the two secrets as files of the mounted Secret
-    (which it then reads again when the kubelet updates them), not as variables."""
+def documented_secret_files_overlay(tmp_path: Path, *more: str) -> str:
+    """The redis overlay with the patch of docs/operations.md, "Secrets in files", rendered
+    from a copy of deploy/k8s (``more``: further lines of its kustomization)."""
     section = (ROOT / "docs/operations.md").read_text().split("## Secrets in files", 1)[1]
     snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     copy = tmp_path / "k8s"
@@ -731,18 +733,25 @@ def test_the_documented_patch_mounts_the_signed_url_secret_as_files(tmp_path: Pa
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        "resources:\n  - ../redis\n" + snippet
+        "resources:\n  - ../redis\n" + snippet + "".join(line + "\n" for line in more)
     )
     result = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_documented_patch_mounts_the_signed_url_secret_as_files(tmp_path: Path) -> None:
+    """docs/operations.md, "Secrets in files": its patch, applied to an overlay, renders, passes
+    strict validation, and gives the gateway the two secrets as files of the mounted Secret
+    (which it then reads again when the kubelet updates them), not as variables."""
+    text = documented_secret_files_overlay(tmp_path)
     manifest = tmp_path / "secret-files.yaml"
-    manifest.write_text(result.stdout)
+    manifest.write_text(text)
     checked = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", str(manifest)],
                              capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    gateway = of_kind([d for d in yaml.safe_load_all(result.stdout) if d],
-                      "Deployment")["api-gateway"]
+    gateway = of_kind([d for d in yaml.safe_load_all(text) if d], "Deployment")["api-gateway"]
     spec = container(gateway)
     env = {e["name"]: e.get("value") for e in spec["env"]}
     assert env == {"ZAQAR_SIGNED_URL_SECRET_FILE": "/etc/zaqar/signed-url/secret",
@@ -752,3 +761,49 @@ def test_the_documented_patch_mounts_the_signed_url_secret_as_files(tmp_path: Pa
     (volume,) = [v for v in gateway["spec"]["template"]["spec"]["volumes"]
                  if v["name"] == "signed-url"]
     assert volume["secret"]["secretName"] == "zaqar-signed-url"
+
+
+@pytest.mark.timeout(300)
+def test_with_the_documented_patch_a_new_secret_signs_without_a_restart(
+    tmp_path: Path, own_redis: ServerProcess
+) -> None:
+    """The patched overlay run: the gateway signs with the Secret's key, and once the mounted
+    file holds a new one (as the kubelet writes it), with that one, the process never
+    restarted."""
+    text = documented_secret_files_overlay(
+        tmp_path / "render",
+        "configMapGenerator:", "  - name: zaqar-config", "    behavior: merge",
+        "    literals: [ZAQAR_SECRET_RELOAD_INTERVAL=0.2]",
+    )
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    project, queue = "k8s-" + uuid.uuid4().hex[:8], "shared"
+    expires = "2030-01-01T00:00:00"
+
+    def signature(secret: str) -> str:
+        signed = f"/v2/queues/{queue}/messages\\nGET\\n{project}\\n{expires}"
+        return hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()
+
+    def rotate(cluster: LocalCluster, running: list[Service]) -> None:
+        (gateway,) = [pod for pod in cluster.pods if pod.name == "api-gateway"]
+        folder = Path(cluster.mounts(gateway)["/etc/zaqar/signed-url"])
+        headers = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": project}
+        with httpx.Client(base_url=cluster.url("api-gateway", "http"), headers=headers,
+                          timeout=30) as http:
+
+            def shared() -> str:
+                answer = http.post(f"/v2/queues/{queue}/share",
+                                   json={"methods": ["GET"], "expires": expires})
+                assert answer.status_code == 200, answer.text
+                return str(answer.json()["signature"])
+
+            assert shared() == signature("first")
+            (folder / "secret.part").write_text("second")
+            (folder / "secret.part").replace(folder / "secret")
+            deadline = time.monotonic() + READY_DEADLINE
+            while shared() != signature("second"):
+                assert time.monotonic() < deadline, "the gateway still signs with the old key"
+                time.sleep(0.1)
+        assert all(service.proc.poll() is None for service in running)
+
+    run_overlay(docs, tmp_path / "run", {REDIS_NAME: f"127.0.0.1:{own_redis.port}"},
+                {"zaqar-signed-url": {"secret": "first", "previous": ""}}, then=rotate)
