@@ -16,7 +16,7 @@ from services.api_gateway import rate_limit
 from services.api_gateway.auth import Authenticator
 from services.api_gateway.errors import JSON, App, register_error_handlers
 from services.api_gateway.middleware import Gate
-from services.api_gateway.rate_limit import ProjectRateLimit
+from services.api_gateway.rate_limit import RateLimit
 from services.api_gateway.routes import add_routes
 from services.api_gateway.routes.probes import add_probe_routes
 from services.api_gateway.upstream import Upstreams
@@ -30,10 +30,14 @@ class Lifespan:
     """Opens the gRPC channels at startup; at shutdown closes what the app owns (its channels,
     its Keystone client)."""
 
-    def __init__(self, up: Upstreams, owns_up: bool, owned_auth: KeystoneAuth | None) -> None:
+    def __init__(
+        self, up: Upstreams, owns_up: bool, owned_auth: KeystoneAuth | None,
+        owned_limit: RateLimit | None = None,
+    ) -> None:
         self.up = up
         self.owns_up = owns_up
         self.owned_auth = owned_auth
+        self.owned_limit = owned_limit
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         self.up.open()
@@ -43,13 +47,15 @@ class Lifespan:
             await self.up.close()
         if self.owned_auth is not None:
             await self.owned_auth.aclose()
+        if self.owned_limit is not None:
+            await self.owned_limit.close()
 
 
 def create_app(
     settings: Settings,
     up: Upstreams | None = None,
     auth: KeystoneAuth | None = None,
-    limit: ProjectRateLimit | None = None,
+    limit: RateLimit | None = None,
     keys: signing.Keys | None = None,
 ) -> App:
     """The HTTP app. ``up``: channels shared with the WebSocket server, closed by their owner
@@ -65,8 +71,9 @@ def create_app(
     """
     if keys is None:
         keys = signing.Keys.from_settings(settings)
-    if limit is None:
-        limit = rate_limit.from_settings(settings)
+    owned_limit = None
+    if limit is None:  # not `or`: a limit without buckets yet has a length of 0
+        limit = owned_limit = rate_limit.from_settings(settings)
     owns_up = up is None
     up = Upstreams(settings, load_tls(settings, serving=False)) if up is None else up
     owned_auth = keystone_for(settings) if auth is None else None
@@ -74,7 +81,7 @@ def create_app(
     if settings.auth_strategy != "keystone":
         keystone = None
     middleware: list[Any] = [
-        Lifespan(up, owns_up, owned_auth),
+        Lifespan(up, owns_up, owned_auth, owned_limit),
         Gate(
             Authenticator(keystone, keys, settings.admin_mode),
             settings.access_log,

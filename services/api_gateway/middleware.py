@@ -47,7 +47,7 @@ from services.api_gateway.errors import ApiError
 from services.api_gateway.limits import check_request
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import non_canonical
-from services.api_gateway.rate_limit import ProjectRateLimit
+from services.api_gateway.rate_limit import RateLimit
 from services.common import metrics, tracing
 from services.common.limits import PROJECT_ID_MAX
 from services.common.logs import ACCESS_LOGGER, REQUEST_ID, request_id_from
@@ -199,7 +199,7 @@ class Gate:
         self,
         authenticator: Authenticator,
         access_log: bool = True,
-        limit: ProjectRateLimit | None = None,
+        limit: RateLimit | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.limit = limit
@@ -253,7 +253,7 @@ class Gate:
         ctx.roles = principal.roles
         ctx.token = principal.token
         if self.limit is not None:
-            self.limit.take(caller.project)
+            await self.limit.take(caller.project)
 
     async def process_response(
         self,

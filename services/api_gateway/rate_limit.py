@@ -1,26 +1,43 @@
-"""Requests per project: a token bucket per project in each gateway process (extension).
+"""Requests per project (extension): ``project_rate_limit`` requests per second (0: no limit,
+the default) with ``project_rate_burst`` at once. The gate (``middleware.py``) and the
+WebSocket server take one request of a known project's before it goes on; a request that
+finds none left is answered 429 ``Too Many Requests`` with ``Retry-After`` and reaches no
+service (docs/architecture.md, "Requests per project").
 
-``project_rate_limit`` requests per second (0: no limit, the default) with ``project_rate_burst``
-at once. The gate (``middleware.py``) and the WebSocket server take one token per request of a
-known project; a request that finds none is answered 429 ``Too Many Requests`` with
-``Retry-After`` and reaches no service (docs/architecture.md, "Requests per project").
+Two ways of counting, the same limit:
 
-The buckets are this process's: with N gateway replicas a project may make up to N times the
-rate. The map of buckets stays bounded: a bucket idle long enough to be full again is the same
-as no bucket and is dropped, and beyond :data:`MAX_PROJECTS` the least recently used goes
-first (which only gives a project back its burst early).
+- :class:`ProjectRateLimit` (the default): a token bucket per project in each gateway
+  process. With N gateway replicas a project may make up to N times the rate. The map of
+  buckets stays bounded: a bucket idle long enough to be full again is the same as no bucket
+  and is dropped, and beyond :data:`MAX_PROJECTS` the least recently used goes first (which
+  only gives a project back its burst early).
+- :class:`SharedProjectRateLimit` (``project_rate_store``, a Redis URI): the same bucket kept
+  in Redis, one key per project, so that every replica counts against it. It is the generic
+  cell rate algorithm (a token bucket written as the time at which the bucket will be full
+  again), in one script call per request, on the Redis server's clock. When Redis cannot
+  answer within :data:`STORE_TIMEOUT`, requests go through unlimited (the limit protects the
+  services; it must not take them down with it): the failure is logged once per kind until
+  Redis answers again, and counted in ``zaqar_rate_limit_store_errors_total``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
 from itertools import islice
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from services.api_gateway.errors import ApiError
 from services.common.config import ConfigurationError, Settings
+from services.common.metrics import RATE_STORE_ERRORS
+
+if TYPE_CHECKING:
+    from services.common.redis_store import RedisOptions
+
+log = logging.getLogger(__name__)
 
 MAX_PROJECTS: Final = 100_000
 # Every this many new buckets, the idle ones are dropped.
@@ -65,7 +82,7 @@ class ProjectRateLimit:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, project: str) -> None:
+    async def take(self, project: str) -> None:
         """Take one request of ``project``'s; raises :class:`TooManyRequests` when it has
         none left (and takes nothing)."""
         now = self._clock()
@@ -86,6 +103,9 @@ class ProjectRateLimit:
             raise TooManyRequests(self.rate, max(1, math.ceil((1.0 - tokens) / self.rate)))
         self._buckets[project] = (tokens - 1.0, now)
 
+    async def close(self) -> None:
+        """Nothing to close: the buckets are this process's."""
+
     def _sweep(self, now: float) -> None:
         """Drop the buckets that are full again by now: the same as none."""
         full = [project for project, (tokens, at) in self._buckets.items()
@@ -96,12 +116,13 @@ class ProjectRateLimit:
 
 def from_settings(
     settings: Settings, clock: Callable[[], float] = time.monotonic
-) -> ProjectRateLimit | None:
-    """The limit ``project_rate_limit`` and ``project_rate_burst`` describe; None when off.
+) -> RateLimit | None:
+    """The limit ``project_rate_limit`` and ``project_rate_burst`` describe, counted where
+    ``project_rate_store`` says; None when off. Makes no connection.
 
     Raises:
-        ConfigurationError: a rate that is negative or not a number, a negative burst, or a
-            burst without a rate.
+        ConfigurationError: a rate that is negative or not a number, a negative burst, a
+            burst or a store without a rate, or a store URI that is not one of Redis.
     """
     rate, burst = settings.project_rate_limit, settings.project_rate_burst
     if not (rate >= 0 and math.isfinite(rate)):
@@ -115,10 +136,122 @@ def from_settings(
             f"more, not {burst!r}"
         )
     if rate == 0:
-        if burst:
-            raise ConfigurationError(
-                "project_rate_burst (ZAQAR_PROJECT_RATE_BURST) is set without "
-                "project_rate_limit (ZAQAR_PROJECT_RATE_LIMIT)"
-            )
+        for name, value in (("burst", burst), ("store", settings.project_rate_store)):
+            if value:
+                raise ConfigurationError(
+                    f"project_rate_{name} (ZAQAR_PROJECT_RATE_{name.upper()}) is set without "
+                    "project_rate_limit (ZAQAR_PROJECT_RATE_LIMIT)"
+                )
         return None
-    return ProjectRateLimit(rate, burst or max(1, math.ceil(rate)), clock)
+    burst = burst or max(1, math.ceil(rate))
+    if settings.project_rate_store:
+        # Imported here: a gateway that counts in process never loads the Redis client.
+        from services.common.redis_store import RedisOptions
+
+        options = RedisOptions.parse(settings.project_rate_store, store=STORE, prefix="zr",
+                                     max_connections=16)
+        return SharedProjectRateLimit(rate, burst, options)
+    return ProjectRateLimit(rate, burst, clock)
+
+
+class RateLimit(Protocol):
+    """What the gate and the WebSocket server take a request from."""
+
+    rate: float
+
+    async def take(self, project: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+STORE: Final = "rate limit store"
+# Seconds a request waits for Redis's answer at most before it goes through unlimited.
+STORE_TIMEOUT: Final = 0.25
+
+# The generic cell rate algorithm on one key per project: the key holds the theoretical
+# arrival time (TAT) of the project's next request, in seconds of the server's clock; a request
+# conforms unless it comes more than the burst's tolerance before it. Answers "0" (taken) or
+# the seconds until the next request would conform (as text: Lua numbers come back as integers).
+_GCRA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then
+  tat = now
+end
+local early = tat - tolerance - now
+if early > 0 then
+  return string.format('%.6f', early)
+end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000))
+return '0'
+"""
+
+
+class SharedProjectRateLimit:
+    """A token bucket per project in Redis, shared by every gateway replica that uses the same
+    Redis (module docstring): ``burst`` requests at once, ``rate`` per second."""
+
+    def __init__(self, rate: float, burst: int, options: RedisOptions) -> None:
+        if not (rate > 0 and math.isfinite(rate)) or burst < 1:
+            raise ValueError(f"rate {rate!r} and burst {burst!r}: both must be positive")
+        self.rate = rate
+        self.burst = burst
+        self.options = options
+        self._interval = 1.0 / rate
+        self._tolerance = (burst - 1) / rate
+        from redis.exceptions import RedisClusterException, RedisError
+
+        from services.common.redis_store import describe
+
+        self._describe = describe
+        self._errors = (RedisError, RedisClusterException, OSError, TimeoutError, ValueError)
+        self._client = options.connect("zaqar-gateway-rate", decode_responses=False)
+        self._script = self._client.register_script(_GCRA)
+        self._failing = ""
+
+    def key(self, project: str) -> str:
+        # One hash tag per project: a cluster places each project's key on its own slot.
+        return f"{self.options.prefix}:rate:{{{project}}}"
+
+    async def take(self, project: str) -> None:
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                early = float(await self._script(
+                    keys=[self.key(project)], args=[repr(self._interval), repr(self._tolerance)]
+                ))
+        except self._errors as exc:
+            self._failed(exc)
+            return
+        if self._failing:
+            self._failing = ""
+            log.info("the %s at %s answers again: requests per project are limited again",
+                     STORE, self.options.address)
+        if early > 0:
+            raise TooManyRequests(self.rate, max(1, math.ceil(early)))
+
+    def _failed(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        RATE_STORE_ERRORS.labels(kind).inc()
+        if kind != self._failing:
+            self._failing = kind
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {STORE_TIMEOUT:g} s"
+            else:
+                reason = f"{self._describe(exc)} ({kind}: {exc})"
+            log.warning("the %s at %s failed: %s; requests per project go through unlimited "
+                        "until it answers", STORE, self.options.address, reason)
+
+    async def check(self) -> None:
+        """Say in the log, once at start, when Redis does not answer (requests then go
+        through unlimited until it does)."""
+        try:
+            async with asyncio.timeout(max(STORE_TIMEOUT, self.options.socket_connect_timeout)):
+                await self._client.ping()
+        except self._errors as exc:
+            self._failed(exc)
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -20,7 +20,7 @@ from websockets.asyncio.server import Server
 
 from services.api_gateway import rate_limit
 from services.api_gateway.app import create_app
-from services.api_gateway.rate_limit import ProjectRateLimit
+from services.api_gateway.rate_limit import RateLimit
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common import signing
@@ -49,7 +49,7 @@ def build_server(
     access_log: bool = False,
     up: Upstreams | None = None,
     auth: KeystoneAuth | None = None,
-    limit: ProjectRateLimit | None = None,
+    limit: RateLimit | None = None,
     keys: signing.Keys | None = None,
 ) -> uvicorn.Server:
     config = uvicorn.Config(
@@ -85,7 +85,7 @@ def _listen_http(settings: Settings) -> list[socket.socket]:
 
 
 async def _listen_ws(
-    settings: Settings, up: Upstreams, auth: KeystoneAuth | None, limit: ProjectRateLimit | None,
+    settings: Settings, up: Upstreams, auth: KeystoneAuth | None, limit: RateLimit | None,
     keys: signing.Keys,
 ) -> Server:
     try:
@@ -118,6 +118,8 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     try:
         up.open()
+        if isinstance(limit, rate_limit.SharedProjectRateLimit):
+            await limit.check()
         sockets = await _listen_ws(settings, up, auth, limit, keys)
         server = build_server(settings, up=up, auth=auth, limit=limit, keys=keys)
         if secret_files is not None:
@@ -141,6 +143,8 @@ async def run(settings: Settings) -> None:
     finally:
         if secret_files is not None:
             await secret_files.close()
+        if limit is not None:
+            await limit.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         for sock in http_sockets:

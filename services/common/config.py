@@ -308,6 +308,15 @@ class Settings:
             "second's worth of the rate (at least 1)."
         ),
     )
+    project_rate_store: str = field(
+        default="",
+        metadata=_help(
+            "A Redis URI (redis://, rediss://, redis+cluster://, redis+sentinel://, as the "
+            "stores take) where every gateway replica counts project_rate_limit together: a "
+            "project gets the rate once, whatever the replicas. Empty: each gateway process "
+            "counts its own."
+        ),
+    )
     project_max_queues: int = field(
         default=0,
         metadata=_help(
@@ -573,7 +582,8 @@ SECRET_SETTINGS: frozenset[str] = frozenset(
     name for name in _FIELDS
     if name.endswith(("_password", "_secret")) or name in ("queue_store", "message_store",
                                                            "notifier_store",
-                                                           "message_encryption_keys")
+                                                           "message_encryption_keys",
+                                                           "project_rate_store")
 )
 
 
@@ -626,7 +636,7 @@ def _shown(name: str, value: Any) -> str:
     """``value`` as ``settings --effective`` shows it: secrets redacted."""
     if (name.endswith(("_password", "_secret")) or name == "message_encryption_keys") and value:
         return repr("***")
-    if name in _STORES and isinstance(value, str):
+    if (name in _STORES or name == "project_rate_store") and isinstance(value, str):
         from services.common.store_uri import redact
 
         return repr(redact(value))

@@ -125,6 +125,12 @@ STORE_EVICTS: Final = Gauge(
     "other stores.",
     ["store"],
 )
+RATE_STORE_ERRORS: Final = Counter(
+    "zaqar_rate_limit_store_errors",
+    "Gateway: requests that went through unlimited because the shared rate limit's Redis "
+    "(project_rate_store) did not answer in time or failed; error is the exception's class.",
+    ["error"],
+)
 FILES_GENERATION: Final = Gauge(
     "zaqar_files_generation",
     "Files this process reads again while it runs (files: tls, secrets): the generation in "

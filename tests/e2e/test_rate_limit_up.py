@@ -14,7 +14,8 @@ from websockets.sync.client import connect
 
 from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
-from tests.servers import service_ports
+from tests.e2e.test_replicas_up import gateway_urls, websocket_urls
+from tests.servers import ServerProcess, service_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -49,3 +50,38 @@ def test_http_and_websocket_share_a_project_budget(limited_stack: Stack) -> None
         # Another project is not held back.
         other = {**headers, "X-Project-ID": "rl-" + uuid.uuid4().hex[:8]}
         assert http.get("/v2/queues", headers=other).status_code == 200
+
+
+def test_with_a_shared_store_every_gateway_replica_counts_one_budget(
+    tmp_path: Path, redis_server: ServerProcess,
+) -> None:
+    """``up --replicas 2`` with ``project_rate_store``: a project's burst taken through one
+    gateway is gone at the other, over HTTP and WebSocket alike."""
+    settings = Settings.load(environ={}, overrides={
+        "data_dir": str(tmp_path / "data"), "http_port": 0, "ws_port": 0, "queue_port": 0,
+        "message_port": 0, "notifier_port": 0, "queue_metrics_port": 0,
+        "message_metrics_port": 0, "notifier_metrics_port": 0,
+        "project_rate_limit": 0.001, "project_rate_burst": 2,
+        "project_rate_store": f"redis://127.0.0.1:{redis_server.port}/0"
+                              f"?prefix=zr-{uuid.uuid4().hex[:8]}",
+    })
+    stack = start_stack(settings, ["--replicas", "2"])
+    try:
+        first, second = gateway_urls(stack)
+        ws_second = websocket_urls(stack)[1]
+        headers = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": "rl-" + uuid.uuid4().hex[:8]}
+        with httpx.Client(headers=headers, timeout=30) as http, connect(ws_second) as ws:
+            # The burst of two, taken at the first gateway
+            assert http.get(first + "/v2/queues").status_code == 200
+            assert http.get(first + "/v2/queues").status_code == 200
+            # is gone at the second, over HTTP and WebSocket
+            refused = http.get(second + "/v2/queues")
+            assert refused.status_code == 429, refused.text
+            assert int(refused.headers["Retry-After"]) > 990
+            ws.send(orjson.dumps({"action": "queue_list", "headers": headers,
+                                  "body": {}}).decode())
+            assert orjson.loads(ws.recv(timeout=30))["headers"]["status"] == 429
+            # and at the first
+            assert http.get(first + "/v2/queues").status_code == 429
+    finally:
+        assert stack.stop() == 0, "".join(stack.output)

@@ -367,6 +367,10 @@ def test_serve_with_a_bad_store_uri_fails_in_one_line(
      "project_rate_limit (ZAQAR_PROJECT_RATE_LIMIT) must be 0 (no limit) or a number"),
     ({"ZAQAR_PROJECT_RATE_BURST": "10"},
      "project_rate_burst (ZAQAR_PROJECT_RATE_BURST) is set without project_rate_limit"),
+    ({"ZAQAR_PROJECT_RATE_STORE": "redis://127.0.0.1:6379/0"},
+     "project_rate_store (ZAQAR_PROJECT_RATE_STORE) is set without project_rate_limit"),
+    ({"ZAQAR_PROJECT_RATE_LIMIT": "5", "ZAQAR_PROJECT_RATE_STORE": "redis://127.0.0.1:0/0"},
+     "invalid rate limit store URI"),
 ])
 def test_the_gateway_refuses_bad_signing_or_rate_settings_in_one_line(
     make_settings: Callable[..., Settings], command: list[str], extra: dict[str, str],

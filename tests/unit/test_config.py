@@ -76,3 +76,13 @@ def test_a_secret_file_must_be_readable_and_alone(tmp_path: Path) -> None:
                          ).message_encryption_keys == "a:x\nb:y"
     # Only secrets are read from files: a _FILE variable of another setting is not one of ours
     assert Settings.load(environ={"ZAQAR_HTTP_PORT_FILE": str(tmp_path / "s")}).http_port == 8888
+
+
+def test_the_rate_limit_store_is_a_secret_setting(tmp_path: Path) -> None:
+    """Its URI may carry a password: it can come from a file, and is shown redacted."""
+    (tmp_path / "rate").write_text("redis://:pass-word@cache:6379/0\n")
+    environ = {"ZAQAR_PROJECT_RATE_STORE_FILE": str(tmp_path / "rate")}
+    assert Settings.load(environ=environ).project_rate_store == "redis://:pass-word@cache:6379/0"
+    shown = {name: value for name, value, _ in Settings.effective(environ=environ)}
+    assert "pass-word" not in shown["ZAQAR_PROJECT_RATE_STORE"]
+    assert "cache:6379" in shown["ZAQAR_PROJECT_RATE_STORE"]

@@ -9,18 +9,18 @@ from services.common.config import ConfigurationError, Settings
 from services.testing.fixtures import Clock
 
 
-def refused(limit: ProjectRateLimit, project: str) -> TooManyRequests:
+async def refused(limit: ProjectRateLimit, project: str) -> TooManyRequests:
     with pytest.raises(TooManyRequests) as raised:
-        limit.take(project)
+        await limit.take(project)
     return raised.value
 
 
-def test_a_burst_then_the_rate() -> None:
+async def test_a_burst_then_the_rate() -> None:
     clock = Clock()
     limit = ProjectRateLimit(rate=2.0, burst=3, clock=clock)
     for _ in range(3):
-        limit.take("a")
-    too_many = refused(limit, "a")
+        await limit.take("a")
+    too_many = await refused(limit, "a")
     assert too_many.status == 429
     assert too_many.title == "Too Many Requests"
     assert too_many.retry_after == 1  # half a second to the next token, in whole seconds
@@ -30,59 +30,59 @@ def test_a_burst_then_the_rate() -> None:
     )
     # A refusal takes nothing: half a second later one request goes, then none.
     clock.now += 0.5
-    limit.take("a")
-    refused(limit, "a")
+    await limit.take("a")
+    await refused(limit, "a")
     # Idle for long, the bucket holds the burst again, never more.
     clock.now += 3600
     for _ in range(3):
-        limit.take("a")
-    refused(limit, "a")
+        await limit.take("a")
+    await refused(limit, "a")
 
 
-def test_projects_are_apart() -> None:
+async def test_projects_are_apart() -> None:
     limit = ProjectRateLimit(rate=1.0, burst=1, clock=Clock())
-    limit.take("a")
-    refused(limit, "a")
-    limit.take("b")
-    refused(limit, "b")
+    await limit.take("a")
+    await refused(limit, "a")
+    await limit.take("b")
+    await refused(limit, "b")
 
 
-def test_retry_after_counts_whole_seconds() -> None:
+async def test_retry_after_counts_whole_seconds() -> None:
     clock = Clock()
     limit = ProjectRateLimit(rate=0.1, burst=1, clock=clock)
-    limit.take("a")
-    assert refused(limit, "a").retry_after == 10
+    await limit.take("a")
+    assert (await refused(limit, "a")).retry_after == 10
     clock.now += 7.5
-    assert refused(limit, "a").retry_after == 3
+    assert (await refused(limit, "a")).retry_after == 3
 
 
-def test_the_map_of_buckets_stays_bounded() -> None:
+async def test_the_map_of_buckets_stays_bounded() -> None:
     clock = Clock()
     limit = ProjectRateLimit(rate=1.0, burst=5, clock=clock, max_projects=64)
     # Many projects at once: never more buckets than the bound.
     for i in range(1000):
-        limit.take(f"p{i}")
+        await limit.take(f"p{i}")
         assert len(limit) <= 64
     # A project dropped as the least recently used gets its burst back, nothing more.
-    limit.take("busy")
+    await limit.take("busy")
     for i in range(1000, 1100):
-        limit.take(f"p{i}")
+        await limit.take(f"p{i}")
     for _ in range(5):
-        limit.take("busy")
-    refused(limit, "busy")
+        await limit.take("busy")
+    await refused(limit, "busy")
 
 
-def test_idle_buckets_are_swept() -> None:
+async def test_idle_buckets_are_swept() -> None:
     clock = Clock()
     limit = ProjectRateLimit(rate=10.0, burst=10, clock=clock)
     for i in range(1000):
-        limit.take(f"p{i}")
+        await limit.take(f"p{i}")
     assert len(limit) == 1000
     # A second later those are full again: the sweep at the 1024th new project drops them,
     # not the 24 just used.
     clock.now += 1.0
     for i in range(1000, 1024):
-        limit.take(f"p{i}")
+        await limit.take(f"p{i}")
     assert len(limit) == 24
 
 

@@ -51,7 +51,7 @@ from services.api_gateway.limits import HEADERS_BYTES_MAX
 from services.api_gateway.middleware import read_caller
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import plain_segment
-from services.api_gateway.rate_limit import ProjectRateLimit
+from services.api_gateway.rate_limit import RateLimit
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import frames
 from services.api_gateway.websocket.actions import ACTIONS, Action, Call
@@ -200,7 +200,7 @@ class Connection:
         keys: signing.Keys | None = None,
         auth: KeystoneAuth | None = None,
         admin_mode: bool = False,
-        limit: ProjectRateLimit | None = None,
+        limit: RateLimit | None = None,
     ) -> None:
         self.up = up
         self.limit = limit
@@ -336,7 +336,7 @@ class Connection:
                     raise _not_authentified() from None
                 raise
             if self.limit is not None:
-                self.limit.take(caller.project)
+                await self.limit.take(caller.project)
             call = Call(
                 self.up, caller, headers, body, frame.binary, self.watches,
                 gone=self.socket.wait_closed,
@@ -442,7 +442,7 @@ async def start(
     settings: Settings,
     up: Upstreams,
     auth: KeystoneAuth | None = None,
-    limit: ProjectRateLimit | None = None,
+    limit: RateLimit | None = None,
     keys: signing.Keys | None = None,
 ) -> Server:
     """Listen on ``settings.host:settings.ws_port`` (0 = any free port). ``auth``: the token
