@@ -20,7 +20,7 @@ from services.api_gateway.rate_limit import (
     from_settings,
 )
 from services.common.config import ConfigurationError, Settings
-from tests.servers import RedisClusterProcesses, ServerProcess, redis_process
+from tests.servers import RedisClusterProcesses, ServerProcess, free_port, redis_process
 
 
 def shared(uri: str, rate: float, burst: int = 0) -> SharedProjectRateLimit:
@@ -147,3 +147,18 @@ def test_bad_store_settings_are_refused(changes: dict[str, object], message: str
     with pytest.raises(ConfigurationError) as refused:
         from_settings(Settings(**changes))  # type: ignore[arg-type]
     assert message in str(refused.value)
+
+
+async def test_a_gateway_starts_when_redis_is_not_there_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()  # nothing listens there
+    limit = shared(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.2", 1.0, 1)
+    try:
+        await limit.check()
+        assert f"the rate limit store at redis://127.0.0.1:{port}/0 failed" in caplog.text
+        # and requests go through meanwhile
+        for _ in range(3):
+            await limit.take("p")
+    finally:
+        await limit.close()
