@@ -23,18 +23,21 @@ Two ways of counting, the same limit:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
 from itertools import islice
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from services.api_gateway.errors import ApiError
 from services.common.config import ConfigurationError, Settings
 from services.common.metrics import RATE_STORE_ERRORS
 
 if TYPE_CHECKING:
+    from services.common.redis_link import Command, Link
     from services.common.redis_store import RedisOptions
 
 log = logging.getLogger(__name__)
@@ -150,6 +153,15 @@ def from_settings(
 
         options = RedisOptions.parse(settings.project_rate_store, store=STORE, prefix="zr",
                                      max_connections=16)
+        # A request waits STORE_TIMEOUT at most for Redis, unless the URI says otherwise.
+        given = parse_qs(urlsplit(settings.project_rate_store).query)
+        options = dataclasses.replace(
+            options,
+            socket_timeout=options.socket_timeout if "socket_timeout" in given
+            else STORE_TIMEOUT,
+            socket_connect_timeout=options.socket_connect_timeout
+            if "socket_connect_timeout" in given else STORE_TIMEOUT,
+        )
         return SharedProjectRateLimit(rate, burst, options)
     return ProjectRateLimit(rate, burst, clock)
 
@@ -165,6 +177,7 @@ class RateLimit(Protocol):
 
 
 STORE: Final = "rate limit store"
+CLIENT_NAME: Final = "zaqar-gateway-rate"
 # Seconds a request waits for Redis's answer at most before it goes through unlimited.
 STORE_TIMEOUT: Final = 0.25
 
@@ -204,24 +217,43 @@ class SharedProjectRateLimit:
         self._tolerance = (burst - 1) / rate
         from redis.exceptions import RedisClusterException, RedisError
 
+        from services.common.redis_link import Command, Link, pack
         from services.common.redis_store import describe
+
+        self._command, self._pack = Command, pack
 
         self._describe = describe
         self._errors = (RedisError, RedisClusterException, OSError, TimeoutError, ValueError)
-        self._client = options.connect("zaqar-gateway-rate", decode_responses=False)
+        self._client = options.connect(CLIENT_NAME, decode_responses=False)
         self._script = self._client.register_script(_GCRA)
         self._failing = ""
+        # One Redis server (not a cluster, nor the master Sentinels name): the calls of each
+        # event-loop turn go together on one pipelined connection (services/common/
+        # redis_link.py), whose own reply timeout bounds the wait. Otherwise redis-py's client.
+        self._link: Link | None = None
+        self._turn: list[Command] = []
+        if not options.cluster and not options.sentinels:
+            self._link = Link(options, CLIENT_NAME)
 
     def key(self, project: str) -> str:
         # One hash tag per project: a cluster places each project's key on its own slot.
         return f"{self.options.prefix}:rate:{{{project}}}"
 
     async def take(self, project: str) -> None:
+        args = (repr(self._interval), repr(self._tolerance))
         try:
-            async with asyncio.timeout(STORE_TIMEOUT):
-                early = float(await self._script(
-                    keys=[self.key(project)], args=[repr(self._interval), repr(self._tolerance)]
-                ))
+            if self._link is not None:
+                # EVAL, not EVALSHA: nothing to reload after a restart of Redis, which keeps
+                # the script compiled by its hash (the text costs it one SHA-1).
+                future = asyncio.get_running_loop().create_future()
+                if not self._turn:
+                    asyncio.get_running_loop().call_soon(self._send)
+                command: tuple[Any, ...] = ("EVAL", _GCRA, 1, self.key(project), *args)
+                self._turn.append(self._command(self._pack(command), future))
+                early = float(await future)
+            else:
+                async with asyncio.timeout(self.options.socket_timeout):
+                    early = float(await self._script(keys=[self.key(project)], args=args))
         except self._errors as exc:
             self._failed(exc)
             return
@@ -232,13 +264,18 @@ class SharedProjectRateLimit:
         if early > 0:
             raise TooManyRequests(self.rate, max(1, math.ceil(early)))
 
+    def _send(self) -> None:
+        assert self._link is not None
+        turn, self._turn = self._turn, []
+        self._link.send(turn)
+
     def _failed(self, exc: Exception) -> None:
         kind = type(exc).__name__
         RATE_STORE_ERRORS.labels(kind).inc()
         if kind != self._failing:
             self._failing = kind
-            if isinstance(exc, TimeoutError):
-                reason = f"no answer within {STORE_TIMEOUT:g} s"
+            if isinstance(exc, TimeoutError) and not isinstance(exc, self._errors[0]):
+                reason = f"no answer within {self.options.socket_timeout:g} s"
             else:
                 reason = f"{self._describe(exc)} ({kind}: {exc})"
             log.warning("the %s at %s failed: %s; requests per project go through unlimited "
@@ -248,10 +285,14 @@ class SharedProjectRateLimit:
         """Say in the log, once at start, when Redis does not answer (requests then go
         through unlimited until it does)."""
         try:
-            async with asyncio.timeout(max(STORE_TIMEOUT, self.options.socket_connect_timeout)):
+            async with asyncio.timeout(
+                self.options.socket_connect_timeout + self.options.socket_timeout
+            ):
                 await self._client.ping()
         except self._errors as exc:
             self._failed(exc)
 
     async def close(self) -> None:
+        if self._link is not None:
+            await self._link.close()
         await self._client.aclose()
