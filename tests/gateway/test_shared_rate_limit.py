@@ -20,7 +20,13 @@ from services.api_gateway.rate_limit import (
     from_settings,
 )
 from services.common.config import ConfigurationError, Settings
-from tests.servers import RedisClusterProcesses, ServerProcess, free_port, redis_process
+from tests.servers import (
+    RedisClusterProcesses,
+    RedisSentinelProcesses,
+    ServerProcess,
+    free_port,
+    redis_process,
+)
 
 
 def shared(uri: str, rate: float, burst: int = 0) -> SharedProjectRateLimit:
@@ -162,3 +168,18 @@ async def test_a_gateway_starts_when_redis_is_not_there_and_says_so(
             await limit.take("p")
     finally:
         await limit.close()
+
+
+async def test_a_master_named_by_sentinels_serves_it(
+    redis_sentinel: RedisSentinelProcesses,
+) -> None:
+    uri = redis_sentinel.uri() + f"?prefix=zr-{uuid.uuid4().hex[:8]}"
+    limits = [shared(uri, 1.0, 2), shared(uri, 1.0, 2)]
+    try:
+        await limits[0].take("p")
+        await limits[1].take("p")
+        with pytest.raises(TooManyRequests):
+            await limits[1].take("p")
+    finally:
+        for limit in limits:
+            await limit.close()
