@@ -208,6 +208,13 @@ class SharedProjectRateLimit:
     Redis (module docstring): ``burst`` requests at once, ``rate`` per second."""
 
     def __init__(self, rate: float, burst: int, options: RedisOptions) -> None:
+        # Imported here, as RedisOptions in from_settings: only a gateway that counts in Redis
+        # loads the Redis client.
+        from redis.exceptions import RedisClusterException, RedisError
+
+        from services.common.redis_link import Command, Link, pack
+        from services.common.redis_store import describe
+
         if not (rate > 0 and math.isfinite(rate)) or burst < 1:
             raise ValueError(f"rate {rate!r} and burst {burst!r}: both must be positive")
         self.rate = rate
@@ -215,14 +222,8 @@ class SharedProjectRateLimit:
         self.options = options
         self._interval = 1.0 / rate
         self._tolerance = (burst - 1) / rate
-        from redis.exceptions import RedisClusterException, RedisError
-
-        from services.common.redis_link import Command, Link, pack
-        from services.common.redis_store import describe
-
-        self._command, self._pack = Command, pack
-
-        self._describe = describe
+        self._command, self._pack, self._describe = Command, pack, describe
+        # What a failed call raises (an unexpected reply: ValueError): the request goes on.
         self._errors = (RedisError, RedisClusterException, OSError, TimeoutError, ValueError)
         self._client = options.connect(CLIENT_NAME, decode_responses=False)
         self._script = self._client.register_script(_GCRA)
