@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated families to run (default: all)")
     ap.add_argument("--json", type=Path, help="also write the counts to this file")
     ap.add_argument("--log", type=Path, help="write the stack's output (tracebacks) to this file")
+    ap.add_argument("--failures", type=Path,
+                    help="where the report goes when a case failed, with each failure's detail "
+                         "and reproducer (default: zaqar-fuzz-<store>-seed<N>-<time>.txt in the "
+                         "system's temporary folder), so that a failure seen once is not lost")
     ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                     help="a setting of the stack, e.g. project_max_queues=3 (repeatable)")
     args = ap.parse_args(argv)
@@ -71,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = "".join(f" --set {item}" for item in args.set)
     print(f"python -m bench.fuzz --cases {args.cases} --store {args.store} --seed {args.seed} "
           f"--workers {args.workers}{settings} ({started:%Y-%m-%d %H:%M} UTC)")
-    print(report.summary())
+    summary = report.summary()
+    print(summary)
     print(f"zaqar-grpc up stopped with exit status {stopped}")
+    if report.failures:
+        kept = args.failures or Path(tempfile.gettempdir()) / (
+            f"zaqar-fuzz-{args.store}-seed{args.seed}-{started:%Y%m%dT%H%M%S}.txt")
+        kept.write_text(f"python -m bench.fuzz {' '.join(argv or sys.argv[1:])}\n{summary}\n")
+        print(f"the report, with every failure's detail and reproducer, is also in {kept}")
     if args.json:
         args.json.write_text(json.dumps({
             "store": args.store, "seed": args.seed, "cases": report.ran,
