@@ -98,8 +98,19 @@ async def _skip_trailers(reader: asyncio.StreamReader) -> None:
         pass
 
 
+def _out_of_step(reader: asyncio.StreamReader) -> bool:
+    """Whether the server sent more than the answers asked for: bytes past the last answer read
+    (the answer to a second request that the last request's bytes held, e.g. a body longer
+    than its Content-Length, which the server parses as the start of another request and
+    answers 400 before it closes). The next answer read would be that one, not the next
+    request's: the connection is out of step and must be replaced. (StreamReader has no
+    public way to see what it holds unread.)"""
+    return bool(getattr(reader, "_buffer", b""))
+
+
 class Connection:
-    """A kept-alive connection to one HTTP server, reopened when the server ends it."""
+    """A kept-alive connection to one HTTP server, reopened when the server ends it or sends
+    more than it was asked for."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
         self.host = host
@@ -125,6 +136,8 @@ class Connection:
         try:
             async with asyncio.timeout(self.timeout):
                 for attempt in (0, 1):
+                    if self._streams is not None and _out_of_step(self._streams[0]):
+                        self.close()
                     fresh = self._streams is None
                     reader, writer = await self._open()
                     try:
@@ -139,7 +152,9 @@ class Connection:
                             return Answer(None, seconds=time.monotonic() - started,
                                           error=f"closed ({exc})")
                         continue
-                    if answer.headers.get("connection", "").lower() == "close":
+                    if answer.headers.get("connection", "").lower() == "close" or (
+                        _out_of_step(reader)
+                    ):
                         self.close()
                     return answer
         except TimeoutError:
