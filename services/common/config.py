@@ -575,15 +575,17 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+# Secret settings that are URIs: shown with their password redacted, the rest kept.
+_SECRET_URIS: frozenset[str] = frozenset(
+    {"queue_store", "message_store", "notifier_store", "project_rate_store"}
+)
 # Settings that may also be read from a file named by ZAQAR_<NAME>_FILE, as Kubernetes mounts
 # Secrets: passwords, the signing secret, message encryption keys, and store URIs (which may
 # carry a password).
 SECRET_SETTINGS: frozenset[str] = frozenset(
     name for name in _FIELDS
-    if name.endswith(("_password", "_secret")) or name in ("queue_store", "message_store",
-                                                           "notifier_store",
-                                                           "message_encryption_keys",
-                                                           "project_rate_store")
+    if name.endswith(("_password", "_secret"))
+    or name in _SECRET_URIS or name == "message_encryption_keys"
 )
 
 
@@ -636,7 +638,7 @@ def _shown(name: str, value: Any) -> str:
     """``value`` as ``settings --effective`` shows it: secrets redacted."""
     if (name.endswith(("_password", "_secret")) or name == "message_encryption_keys") and value:
         return repr("***")
-    if (name in _STORES or name == "project_rate_store") and isinstance(value, str):
+    if name in _SECRET_URIS and isinstance(value, str):
         from services.common.store_uri import redact
 
         return repr(redact(value))
