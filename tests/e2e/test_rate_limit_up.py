@@ -62,8 +62,10 @@ def test_with_a_shared_store_every_gateway_replica_counts_one_budget(
         "message_port": 0, "notifier_port": 0, "queue_metrics_port": 0,
         "message_metrics_port": 0, "notifier_metrics_port": 0,
         "project_rate_limit": 0.001, "project_rate_burst": 2,
+        # Time for Redis to answer on a loaded machine: past the default 0.25 s a request
+        # would go through unlimited.
         "project_rate_store": f"redis://127.0.0.1:{redis_server.port}/0"
-                              f"?prefix=zr-{uuid.uuid4().hex[:8]}",
+                              f"?prefix=zr-{uuid.uuid4().hex[:8]}&socket_timeout=30",
     })
     stack = start_stack(settings, ["--replicas", "2"])
     try:
