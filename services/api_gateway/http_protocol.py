@@ -16,16 +16,50 @@ A request line of another version that the parser accepts (``HTTP/2.0`` sent as 
 version at all, which it reads as HTTP/0.9) is answered 505 and the connection closed, before
 the app sees it (an ASGI ``http`` scope cannot carry those versions). Versions the parser
 refuses get uvicorn's own 400.
+
+Two bounds keep clients that hold connections without using them from taking a process's
+open files (one client holding 20,000 silent connections took a gateway out of service
+before them): :func:`configured` makes the protocol of one server with them.
+
+- **Requests in time** (``http_request_timeout``): a connection has that long to send a whole
+  request, head and body, from when it opens or its previous answer ends. Past it, a request
+  begun is answered 408 and the connection closed; one that sent nothing is closed (as
+  uvicorn closes a kept-alive connection left idle). A request received whole is never timed
+  out while it is answered: a long poll waits as long as it asks.
+- **Connections** (``http_max_connections``): past that many open, a new connection is
+  answered 503 with ``Retry-After`` at once, its side shut for writing and closed when the
+  client closes or after :data:`LINGER` seconds (read and dropped meanwhile, so the answer is
+  not lost to a reset).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from services.api_gateway.limits import TIMED_OUT
+from services.common import metrics
+
+log = logging.getLogger(__name__)
+
 HEAD_BYTES_MAX: Final = 128 * 1024
+# Seconds a refused connection is kept, half closed, for its 503 to reach the client.
+LINGER: Final = 1.0
+# Seconds a client told 503 is asked to wait before it connects again.
+FULL_RETRY_AFTER: Final = 5
+# Files a gateway keeps for other than HTTP connections (channels, stores, WebSocket
+# connections, logs) when its HTTP connection limit is fitted to its open-files limit.
+OTHER_FILES: Final = 1024
+# Seconds between two log lines about refused or timed-out connections.
+LOG_EVERY: Final = 10.0
 
 _BODY: Final = orjson.dumps(
     {
@@ -54,15 +88,176 @@ HEAD_TOO_LARGE: Final = (
 )
 
 
+def _answer(status: bytes, title: str, description: str, *headers: bytes) -> bytes:
+    body = orjson.dumps({"title": title, "description": description})
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+            + b"".join(h + b"\r\n" for h in headers)
+            + b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body)
+
+
+def fitted_max_connections(wanted: int) -> int:
+    """``wanted`` (0: no limit), or fewer if this process's open-files limit would run out
+    first. Raises the soft limit toward the hard one as far as needed; a limit lowered is
+    said in the log. No limit asked for gives none."""
+    if not wanted:
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + OTHER_FILES
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    fitted = max(1, soft - OTHER_FILES) if soft > 2 * OTHER_FILES else max(1, soft // 2)
+    log.warning(
+        "http_max_connections lowered from %d to %d: this process may open %d files (ulimit "
+        "-n); raise that limit for more", wanted, fitted, soft)
+    return fitted
+
+
+@dataclass(slots=True)
+class _Room:
+    """The connections one server holds, and when it last said it refused or timed one out."""
+
+    open: int = 0
+    refused: int = 0
+    timed_out: int = 0
+    said_at: float = -math.inf
+
+
+def configured(max_connections: int, request_timeout: float) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class of one server: at most ``max_connections`` open (0: no limit),
+    each request whole within ``request_timeout`` seconds (0: no limit)."""
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {
+        "max_connections": max_connections,
+        "request_timeout": request_timeout,
+        "room": _Room(),
+        "full_answer": _answer(
+            b"503 Service Unavailable", "Service Unavailable",
+            f"This gateway holds its {max_connections} HTTP connections "
+            f"(http_max_connections). Please retry in {FULL_RETRY_AFTER} seconds, or at "
+            "another replica.", b"retry-after: " + str(FULL_RETRY_AFTER).encode()),
+        "timeout_answer": _answer(
+            b"408 Request Timeout", "Request Timeout",
+            f"The request was not received whole within {request_timeout:g} seconds "
+            "(http_request_timeout)."),
+    })
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    # The bounds (configured()); as the class itself, none.
+    max_connections: int = 0
+    request_timeout: float = 0.0
+    room: _Room = _Room()
+    full_answer: bytes = b""
+    timeout_answer: bytes = b""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
         self._in_body = False
         self._refused = False
         self._deferred_400: str | None = None
+        self._admitted = False
+        self._turned_away = False
+        self._begun = False  # a part of a request has come, and not all of it yet
+        self._timer: asyncio.TimerHandle | None = None
+
+    # Connections and requests in time ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        room = self.room
+        if self.max_connections and room.open >= self.max_connections:
+            self._turn_away()
+            return
+        self._admitted = True
+        room.open += 1
+        metrics.HTTP_CONNECTIONS.inc()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._admitted:
+            self._admitted = False
+            self.room.open -= 1
+            metrics.HTTP_CONNECTIONS.dec()
+        super().connection_lost(exc)
+
+    def _turn_away(self) -> None:
+        self._turned_away = True
+        self.connections.discard(self)  # not one of the server's: nothing to shut down
+        self.room.refused += 1
+        metrics.HTTP_REFUSED.inc()
+        self._say()
+        transport = self.transport
+        transport.write(self.full_answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._timer = self.loop.call_later(LINGER, transport.close)
+        else:
+            transport.close()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self.request_timeout:
+            self._timer = self.loop.call_later(self.request_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._begun:
+            if cycle is not None and not cycle.response_complete:
+                if cycle.response_started:  # the app answered early: its answer stands
+                    self.transport.close()
+                    return
+                cycle.scope[TIMED_OUT] = True  # type: ignore[typeddict-unknown-key]
+            self.transport.write(self.timeout_answer)
+            kind = "begun"
+        elif (cycle is None or cycle.response_complete) and not self.pipeline:
+            kind = "idle"
+        else:
+            return  # a request received whole is being answered: the timer starts after it
+        self.room.timed_out += 1
+        metrics.HTTP_REQUEST_TIMEOUTS.labels(kind).inc()
+        self._say()
+        self.transport.close()
+
+    def _say(self) -> None:
+        """A log line for the refused and timed-out connections, at most every LOG_EVERY s."""
+        room = self.room
+        now = time.monotonic()
+        if now - room.said_at < LOG_EVERY:
+            return
+        room.said_at = now
+        log.warning(
+            "HTTP connections closed since the last such line: %d refused, this gateway "
+            "holding %d (http_max_connections); %d not sending a whole request within %g s "
+            "(http_request_timeout)",
+            room.refused, self.max_connections, room.timed_out, self.request_timeout)
+        room.refused = room.timed_out = 0
+
+    def on_message_begin(self) -> None:
+        self._begun = True
+        super().on_message_begin()
+
+    # The request head's bound, and HTTP versions ------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._turned_away:
+            return  # read and dropped until it closes
         if self._in_body:
             super().data_received(data)
             return
@@ -97,6 +292,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
             return
         super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request's time starts
         if self._deferred_400 is not None:
             self.flow.pause_reading()
 
@@ -117,5 +314,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_body = False
         self._head_bytes = 0
+        self._begun = False
+        self._disarm()
         if not self._refused:
             super().on_message_complete()

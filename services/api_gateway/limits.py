@@ -15,6 +15,10 @@ HTTP route's body limit plus the envelope (``websocket/server.py:frame_max``); `
 HTTP server refuses a request line over its own limit (~64 KiB) with a plain 400 before the app
 sees it.
 
+The HTTP protocol (``http_protocol.py``) bounds what comes before the app: the request head
+(431 past 128 KiB), the time to send a whole request (408 past ``http_request_timeout``) and
+the open connections (503 past ``http_max_connections``).
+
 The nesting check runs on the raw bytes before parsing: quoted strings are skipped with one
 linear regular expression (an unterminated string ends at the end of the data, so there is
 no backtracking over it), and the depth is the running sum of ``[``/``{`` (+1) and ``]``/``}``
@@ -44,6 +48,11 @@ _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in _BRACKETS)
 _STEP: Final = bytes.maketrans(_BRACKETS, b"\x01\xff\x01\xff")
 
 HEADERS_TOO_LARGE: Final = "Request header fields too large"
+
+# The key in a request's ASGI scope that says the HTTP protocol answered it 408, having cut
+# it off (http_protocol.py); the app, which sees only that the client went away, counts and
+# logs it as 408 (middleware.py).
+TIMED_OUT: Final = "zaqar.request_timeout"
 
 
 def check_request(req: falcon.asgi.Request) -> None:

@@ -44,7 +44,7 @@ import falcon.asgi
 
 from services.api_gateway.auth import Authenticator
 from services.api_gateway.errors import ApiError
-from services.api_gateway.limits import check_request
+from services.api_gateway.limits import TIMED_OUT, check_request
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import non_canonical
 from services.api_gateway.rate_limit import RateLimit
@@ -266,6 +266,10 @@ class Gate:
         resp.set_header(REQUEST_ID_HEADER, ctx.request_id)
         started = getattr(ctx, "started", None)
         status = resp.status_code
+        if TIMED_OUT in req.scope:
+            # The client was answered 408 by the HTTP protocol (http_protocol.py), which cut
+            # the request off; what the app made of its partial body never went out.
+            status = 408
         self.requests.done(req.uri_template, req.method, status, started)
         if self._access_log and access_log.isEnabledFor(logging.INFO):
             log_access(req, status, started)

@@ -24,7 +24,7 @@ from services.api_gateway.rate_limit import RateLimit
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
 from services.common import signing
-from services.common.config import Settings
+from services.common.config import Settings, check_limits
 from services.common.grpc_server import service_main
 from services.common.keystone import KeystoneAuth, check_settings
 from services.common.secret_files import SecretFiles
@@ -34,14 +34,20 @@ from services.common.tls import load_tls
 log = logging.getLogger(__name__)
 
 
-def _http_protocol() -> type[asyncio.Protocol] | str:
-    """httptools when installed (several times cheaper per request than h11), with a bound on
-    the request head (``http_protocol.py``); else h11, which bounds it itself."""
+def _http_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
+    """httptools (a dependency; several times cheaper per request than h11), with bounds on
+    the request head, on the time to send a request and on open connections
+    (``http_protocol.py``); h11 only where httptools cannot be imported."""
     if importlib.util.find_spec("httptools") is None:
+        log.warning("httptools is not installed: HTTP is served by h11, without the bounds "
+                    "of http_max_connections and http_request_timeout")
         return "h11"
-    from services.api_gateway.http_protocol import BoundedHttpToolsProtocol
+    from services.api_gateway import http_protocol
 
-    return BoundedHttpToolsProtocol
+    return http_protocol.configured(
+        http_protocol.fitted_max_connections(settings.http_max_connections),
+        settings.http_request_timeout,
+    )
 
 
 def build_server(
@@ -56,7 +62,7 @@ def build_server(
         create_app(settings, up, auth, limit, keys),
         host=settings.host,
         port=settings.http_port,
-        http=_http_protocol(),
+        http=_http_protocol(settings),
         ws="none",
         lifespan="on",
         access_log=access_log,
@@ -105,6 +111,7 @@ async def run(settings: Settings) -> None:
         CannotListen: the HTTP or the WebSocket port cannot be bound (nothing is left open).
     """
     check_settings(settings)
+    check_limits(settings, "gateway")
     # One set of pre-signed URL secrets for both transports, replaced when their files change.
     keys = signing.Keys.from_settings(settings)
     secret_files = SecretFiles.of(settings, signing.KEY_SETTINGS, keys.take)

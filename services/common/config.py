@@ -8,6 +8,7 @@ the same keys at top level. Invalid values fail loudly with :class:`Configuratio
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -55,6 +56,22 @@ class Settings:
         metadata=_help(
             "WebSocket connections one gateway process holds open at once; a new one beyond "
             "them is refused at the handshake with 503 and Retry-After. 0: no limit."
+        ),
+    )
+    http_max_connections: int = field(
+        default=10000,
+        metadata=_help(
+            "HTTP connections one gateway process holds open at once; one more is answered "
+            "503 with Retry-After and closed. Lowered at start to what the process's "
+            "open-files limit leaves room for. 0: no limit."
+        ),
+    )
+    http_request_timeout: float = field(
+        default=30.0,
+        metadata=_help(
+            "Seconds an HTTP connection has to send a whole request (head and body), from "
+            "when it opens or its previous answer ends: past them a request begun is answered "
+            "408, and the connection is closed. 0: no limit."
         ),
     )
     metrics: bool = field(
@@ -667,25 +684,26 @@ def _cast(name: str, value: Any) -> Any:
         ) from exc
 
 
-# The count limits (quotas, connections; 0: no limit) each service reads: checked when it
-# starts, and by `up` before it starts anything (services/preflight.py).
+# The limits (quotas, connections, the time to send a request; 0: no limit) each service
+# reads: checked when it starts, and by `up` before it starts anything (services/preflight.py).
 LIMITS: Final[Mapping[str, tuple[str, ...]]] = {
     "queue": ("project_max_queues", "project_max_topics"),
     "notifier": ("queue_max_subscriptions",),
-    "gateway": ("ws_max_connections",),
+    "gateway": ("ws_max_connections", "http_max_connections", "http_request_timeout"),
 }
 
 
 def check_limits(settings: Settings, service: str) -> None:
-    """The count limits ``service`` reads (:data:`LIMITS`) are not negative.
+    """The limits ``service`` reads (:data:`LIMITS`) are not negative (nor NaN or infinite).
 
     Raises:
         ConfigurationError: one is.
     """
     for name in LIMITS.get(service, ()):
         value = getattr(settings, name)
-        if value < 0:
+        if not value >= 0 or value == math.inf:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
             raise ConfigurationError(
                 f"{name} ({ENV_PREFIX}{name.upper()}) must be 0 (no limit) or a positive "
-                f"number, not {value}"
+                f"number, not {shown}"
             )

@@ -81,6 +81,19 @@ HTTP_SECONDS: Final = Histogram(
 WS_CONNECTIONS: Final = Gauge(
     "zaqar_websocket_connections", "WebSocket connections open on the gateway."
 )
+HTTP_CONNECTIONS: Final = Gauge(
+    "zaqar_http_connections", "HTTP connections open on the gateway (those refused not counted)."
+)
+HTTP_REFUSED: Final = Counter(
+    "zaqar_http_connections_refused",
+    "HTTP connections answered 503 and closed: the gateway held http_max_connections.",
+)
+HTTP_REQUEST_TIMEOUTS: Final = Counter(
+    "zaqar_http_request_timeouts",
+    "HTTP connections closed for not sending a whole request within http_request_timeout; "
+    "begun: a part of a request had come (answered 408), idle: nothing had.",
+    ["request"],
+)
 WS_REQUESTS: Final = Counter(
     "zaqar_websocket_requests", "WebSocket requests answered by the gateway.",
     ["action", "status"],

@@ -387,6 +387,8 @@ def test_the_gateway_refuses_bad_signing_or_rate_settings_in_one_line(
     ("project_max_topics", ["up"]), ("project_max_topics", ["serve", "queue"]),
     ("queue_max_subscriptions", ["up"]), ("queue_max_subscriptions", ["serve", "notifier"]),
     ("ws_max_connections", ["up"]), ("ws_max_connections", ["serve", "gateway"]),
+    ("http_max_connections", ["up"]), ("http_max_connections", ["serve", "gateway"]),
+    ("http_request_timeout", ["up"]), ("http_request_timeout", ["serve", "gateway"]),
 ])
 def test_a_negative_limit_is_refused_in_one_line(
     make_settings: Callable[..., Settings], command: list[str], setting: str,
@@ -410,4 +412,16 @@ def test_a_negative_secret_reload_interval_is_refused_in_one_line(
     assert line == ("zaqar-grpc: configuration error: secret_reload_interval "
                     "(ZAQAR_SECRET_RELOAD_INTERVAL=-1.0): seconds between looks at the secret "
                     "files, 0 or more"), line
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize("command", [["up"], ["serve", "gateway"]])
+def test_a_request_timeout_that_is_not_a_number_is_refused_in_one_line(
+    make_settings: Callable[..., Settings], command: list[str],
+) -> None:
+    result = zaqar_grpc(environment(make_settings(), ZAQAR_HTTP_REQUEST_TIMEOUT="nan"), *command)
+    line = nothing_started(result) if command == ["up"] else the_line(result)
+    assert line == ("zaqar-grpc: configuration error: http_request_timeout "
+                    "(ZAQAR_HTTP_REQUEST_TIMEOUT) must be 0 (no limit) or a positive number, "
+                    "not nan"), line
     assert result.returncode == 2

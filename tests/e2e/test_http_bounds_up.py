@@ -1,0 +1,205 @@
+"""The gateway's bounds on HTTP connections, through a real ``up`` (``http_protocol.py``):
+past ``http_max_connections`` a new connection is answered 503 with Retry-After, and room
+made is used again; a request not sent whole within ``http_request_timeout`` of its
+connection's opening or previous answer is answered 408 (a silent connection just closed),
+while a request received whole is answered however long it takes. Before these bounds, one
+client holding 20,000 silent connections took the gateway out of service."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from services.common.config import Settings
+from tests.e2e.harness import Stack, start_stack
+from tests.servers import service_ports
+
+pytestmark = pytest.mark.e2e
+
+MOST = 3  # connections
+TIMEOUT = 2.0  # seconds to send a request
+# Waits for what must happen: far above TIMEOUT, so that a loaded machine is not a failure.
+QUICK = 30.0
+# How long a request must stay unanswered before we count it as held by the server.
+HELD = 0.4
+PROJECT = "bounds-" + uuid.uuid4().hex[:8]
+TENANT = f"Client-ID: {uuid.uuid4()}\r\nX-Project-ID: {PROJECT}\r\n"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data: Path = tmp_path_factory.mktemp("up-http-bounds")
+    settings = Settings.load(environ={}, overrides={
+        "data_dir": str(data), **service_ports(),
+        "http_max_connections": MOST, "http_request_timeout": TIMEOUT,
+    })
+    stack = start_stack(settings)
+    yield stack
+    assert stack.stop() == 0, "".join(stack.output)
+
+
+def connect(stack: Stack) -> socket.socket:
+    raw = socket.create_connection((stack.settings.host, stack.settings.http_port))
+    raw.settimeout(QUICK)
+    return raw
+
+
+def read_all(raw: socket.socket) -> bytes:
+    """Everything the server sends until it closes."""
+    chunks = []
+    while chunk := raw.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request(method: str, path: str, body: bytes = b"", close: bool = True) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: x", TENANT.rstrip(),
+             "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def hold(stack: Stack, queue: str) -> socket.socket:
+    """A connection holding a long poll on the empty ``queue``: admitted, and waiting. (The
+    room of a connection closed just before may take a moment to be seen free.)"""
+    deadline = time.monotonic() + QUICK
+    while True:
+        holder = connect(stack)
+        holder.sendall(request("POST", f"/v2/queues/{queue}/claims?wait=20", b"{}"))
+        holder.settimeout(HELD)
+        try:
+            answer = holder.recv(65536)
+        except TimeoutError:
+            return holder
+        holder.close()
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert time.monotonic() < deadline, "no room for a connection"
+
+
+def head_and_json(answer: bytes) -> tuple[list[str], dict[str, str]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.decode().split("\r\n"), orjson.loads(body)
+
+
+def served(stack: Stack) -> bool:
+    with connect(stack) as raw:
+        raw.sendall(request("GET", "/v2/queues"))
+        return read_all(raw).startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.fixture
+def queue(stack: Stack) -> str:
+    name = "q" + uuid.uuid4().hex[:8]
+    with httpx.Client(base_url=stack.url, timeout=QUICK, headers={
+        "Client-ID": str(uuid.uuid4()), "X-Project-ID": PROJECT,
+    }) as client:
+        assert client.put(f"/v2/queues/{name}").status_code == 201
+    return name
+
+
+def test_a_connection_past_the_limit_is_answered_503_and_room_made_is_used(
+    stack: Stack, queue: str,
+) -> None:
+    # Given MOST connections each holding a long poll on an empty queue
+    holders = []
+    try:
+        for _ in range(MOST):
+            holders.append(hold(stack, queue))
+        # When one more connects and sends its request at once
+        with connect(stack) as extra:
+            extra.sendall(request("GET", "/v2/queues"))
+            answer = read_all(extra)
+        # Then it gets 503 with Retry-After and a Zaqar error body naming the setting (the
+        # request sent before the answer does not turn it into a reset)
+        head, body = head_and_json(answer)
+        assert head[0] == "HTTP/1.1 503 Service Unavailable", answer
+        assert "retry-after: 5" in head and "connection: close" in head
+        assert body == {"title": "Service Unavailable", "description": (
+            f"This gateway holds its {MOST} HTTP connections (http_max_connections). Please "
+            "retry in 5 seconds, or at another replica.")}
+        # And once a holder goes, its room is used again
+        holders.pop().close()
+        deadline = time.monotonic() + QUICK
+        while not served(stack):
+            assert time.monotonic() < deadline, "the room of a closed connection stays taken"
+    finally:
+        for holder in holders:
+            holder.close()
+    metrics = httpx.get(stack.url + "/metrics", timeout=QUICK).text
+    assert "zaqar_http_connections_refused_total " in metrics
+    assert "zaqar_http_connections_refused_total 0.0" not in metrics
+    assert any("(http_max_connections)" in line and "refused" in line for line in stack.output)
+
+
+@pytest.mark.parametrize("sent", [
+    pytest.param(b"GET /v2/queues HTTP/1.1\r\nHost: x\r\n", id="head"),
+    pytest.param(request("POST", "/v2/queues/slow/messages", b'{"messages": []}')[:-4],
+                 id="body"),
+])
+def test_a_request_not_sent_whole_in_time_is_answered_408(stack: Stack, sent: bytes) -> None:
+    with connect(stack) as raw:
+        began = time.monotonic()
+        raw.sendall(sent)
+        answer = read_all(raw)
+        took = time.monotonic() - began
+    head, body = head_and_json(answer)
+    assert head[0] == "HTTP/1.1 408 Request Timeout", answer
+    assert "connection: close" in head
+    assert body == {"title": "Request Timeout", "description": (
+        f"The request was not received whole within {TIMEOUT:g} seconds (http_request_timeout).")}
+    assert took >= TIMEOUT - 0.1
+
+
+def test_a_body_cut_off_is_logged_and_counted_as_408(stack: Stack) -> None:
+    """The app sees only that the client went away; its access log and metrics say what the
+    client was answered."""
+    with connect(stack) as raw:
+        raw.sendall(request("POST", "/v2/queues/cut/messages", b'{"messages": []}')[:-4])
+        assert read_all(raw).startswith(b"HTTP/1.1 408 ")
+    deadline = time.monotonic() + QUICK
+    while not any("POST /v2/queues/cut/messages 408 " in line for line in stack.output):
+        assert time.monotonic() < deadline, "".join(stack.output[-20:])
+        time.sleep(0.05)
+    assert not any("POST /v2/queues/cut/messages 400 " in line for line in stack.output)
+    metrics = httpx.get(stack.url + "/metrics", timeout=QUICK).text
+    assert ('zaqar_http_requests_total{method="POST",'
+            'route="/v2/queues/{queue_name}/messages",status="408"}') in metrics
+
+
+def test_a_silent_connection_is_closed_without_an_answer(stack: Stack) -> None:
+    with connect(stack) as raw:
+        began = time.monotonic()
+        assert read_all(raw) == b""
+        assert time.monotonic() - began >= TIMEOUT - 0.1
+
+
+def test_the_time_starts_again_after_each_answer(stack: Stack) -> None:
+    with connect(stack) as raw:
+        # A first request on a kept-alive connection, answered
+        raw.sendall(request("GET", "/v2/queues", close=False))
+        first = raw.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        # then half of a second: it has its own time, and is answered 408 when it runs out
+        raw.sendall(b"GET /v2/queues HTTP/1.1\r\n")
+        assert read_all(raw).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_request_received_whole_is_answered_however_long_it_takes(
+    stack: Stack, queue: str,
+) -> None:
+    wait = 2 * TIMEOUT
+    with connect(stack) as raw:
+        began = time.monotonic()
+        raw.sendall(request("POST", f"/v2/queues/{queue}/claims?wait={wait:g}", b"{}"))
+        answer = read_all(raw)
+        took = time.monotonic() - began
+    assert answer.startswith(b"HTTP/1.1 204 "), answer  # nothing to claim, after the wait
+    assert took >= wait - 0.1
