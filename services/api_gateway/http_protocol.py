@@ -167,6 +167,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._turned_away = False
         self._begun = False  # a part of a request has come, and not all of it yet
         self._timer: asyncio.TimerHandle | None = None
+        # Loop time by which the awaited request must be whole; inf while none is awaited (a
+        # request received whole is being answered). The timer, once set, follows it lazily:
+        # a request costs two attribute writes, not a timer of its own.
+        self._due = math.inf
 
     # Connections and requests in time ---------------------------------------------------
 
@@ -182,7 +186,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._admitted:
             self._admitted = False
             self.room.open -= 1
@@ -204,18 +210,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
 
     def _arm(self) -> None:
-        self._disarm()
+        """A request is awaited from now on."""
         if self.request_timeout:
-            self._timer = self.loop.call_later(self.request_timeout, self._timed_out)
+            self._due = self.loop.time() + self.request_timeout
+            if self._timer is None:
+                self._timer = self.loop.call_at(self._due, self._look)
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
+    def _look(self) -> None:
         self._timer = None
-        if self.transport.is_closing():
+        if self._due == math.inf or self.transport.is_closing():
+            return  # nothing awaited: the timer is set again when an answer ends
+        if self.loop.time() < self._due:  # awaited again since the timer was set
+            self._timer = self.loop.call_at(self._due, self._look)
             return
         cycle = self.cycle
         if self._begun:
@@ -315,6 +321,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = False
         self._head_bytes = 0
         self._begun = False
-        self._disarm()
+        self._due = math.inf
         if not self._refused:
             super().on_message_complete()

@@ -183,13 +183,17 @@ def test_a_silent_connection_is_closed_without_an_answer(stack: Stack) -> None:
 
 def test_the_time_starts_again_after_each_answer(stack: Stack) -> None:
     with connect(stack) as raw:
-        # A first request on a kept-alive connection, answered
+        # A first request on a kept-alive connection, sent a while after it opened, answered
+        time.sleep(TIMEOUT / 4)
         raw.sendall(request("GET", "/v2/queues", close=False))
         first = raw.recv(65536)
+        answered = time.monotonic()
         assert first.startswith(b"HTTP/1.1 200 "), first
-        # then half of a second: it has its own time, and is answered 408 when it runs out
+        # then half of a second: it has its own time from that answer (not what was left of
+        # the first's), and is answered 408 when it runs out
         raw.sendall(b"GET /v2/queues HTTP/1.1\r\n")
         assert read_all(raw).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - answered >= TIMEOUT - 0.1
 
 
 def test_a_request_received_whole_is_answered_however_long_it_takes(
