@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import resource
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -55,9 +54,6 @@ HEAD_BYTES_MAX: Final = 128 * 1024
 LINGER: Final = 1.0
 # Seconds a client told 503 is asked to wait before it connects again.
 FULL_RETRY_AFTER: Final = 5
-# Files a gateway keeps for other than HTTP connections (channels, stores, WebSocket
-# connections, logs) when its HTTP connection limit is fitted to its open-files limit.
-OTHER_FILES: Final = 1024
 # Seconds between two log lines about refused or timed-out connections.
 LOG_EVERY: Final = 10.0
 
@@ -94,30 +90,6 @@ def _answer(status: bytes, title: str, description: str, *headers: bytes) -> byt
             + b"".join(h + b"\r\n" for h in headers)
             + b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body)
-
-
-def fitted_max_connections(wanted: int) -> int:
-    """``wanted`` (0: no limit), or fewer if this process's open-files limit would run out
-    first. Raises the soft limit toward the hard one as far as needed; a limit lowered is
-    said in the log. No limit asked for gives none."""
-    if not wanted:
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = wanted + OTHER_FILES
-    if soft != resource.RLIM_INFINITY and soft < need:
-        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-            soft = raised
-        except (ValueError, OSError):
-            pass
-    if soft == resource.RLIM_INFINITY or soft >= need:
-        return wanted
-    fitted = max(1, soft - OTHER_FILES) if soft > 2 * OTHER_FILES else max(1, soft // 2)
-    log.warning(
-        "http_max_connections lowered from %d to %d: this process may open %d files (ulimit "
-        "-n); raise that limit for more", wanted, fitted, soft)
-    return fitted
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ import socket
 import uvicorn
 from websockets.asyncio.server import Server
 
-from services.api_gateway import rate_limit
+from services.api_gateway import open_files, rate_limit
 from services.api_gateway.app import create_app
 from services.api_gateway.rate_limit import RateLimit
 from services.api_gateway.upstream import Upstreams
@@ -44,10 +44,7 @@ def _http_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
         return "h11"
     from services.api_gateway import http_protocol
 
-    return http_protocol.configured(
-        http_protocol.fitted_max_connections(settings.http_max_connections),
-        settings.http_request_timeout,
-    )
+    return http_protocol.configured(settings.http_max_connections, settings.http_request_timeout)
 
 
 def build_server(
@@ -112,6 +109,7 @@ async def run(settings: Settings) -> None:
     """
     check_settings(settings)
     check_limits(settings, "gateway")
+    settings = open_files.fit(settings)
     # One set of pre-signed URL secrets for both transports, replaced when their files change.
     keys = signing.Keys.from_settings(settings)
     secret_files = SecretFiles.of(settings, signing.KEY_SETTINGS, keys.take)

@@ -52,18 +52,20 @@ class Settings:
     http_port: int = field(default=8888, metadata=_help("HTTP port of the API gateway."))
     ws_port: int = field(default=9000, metadata=_help("WebSocket port of the API gateway."))
     ws_max_connections: int = field(
-        default=0,
+        default=10000,
         metadata=_help(
             "WebSocket connections one gateway process holds open at once; a new one beyond "
-            "them is refused at the handshake with 503 and Retry-After. 0: no limit."
+            "them is refused at the handshake with 503 and Retry-After. Lowered at start, with "
+            "http_max_connections, to what the process's open-files limit leaves room for. "
+            "0: no limit."
         ),
     )
     http_max_connections: int = field(
         default=10000,
         metadata=_help(
             "HTTP connections one gateway process holds open at once; one more is answered "
-            "503 with Retry-After and closed. Lowered at start to what the process's "
-            "open-files limit leaves room for. 0: no limit."
+            "503 with Retry-After and closed. Lowered at start, with ws_max_connections, to "
+            "what the process's open-files limit leaves room for. 0: no limit."
         ),
     )
     http_request_timeout: float = field(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -61,9 +63,11 @@ class Stack:
 
 
 def start_stack(settings: Settings, extra_args: list[str] | None = None,
-                timeout: float = 60, files: Mapping[str, Path] | None = None) -> Stack:
+                timeout: float = 60, files: Mapping[str, Path] | None = None,
+                open_files: int | None = None) -> Stack:
     """``files``: secret settings read from files (setting -> path), given to ``up`` as
-    ``ZAQAR_<NAME>_FILE`` instead of their values."""
+    ``ZAQAR_<NAME>_FILE`` instead of their values; ``open_files``: the open-files limit (soft
+    and hard) of ``up`` and so of every service."""
     env = {**os.environ, **settings_environment(settings), "PYTHONUNBUFFERED": "1"}
     for name, path in (files or {}).items():
         del env[f"ZAQAR_{name.upper()}"]
@@ -73,6 +77,8 @@ def start_stack(settings: Settings, extra_args: list[str] | None = None,
         [sys.executable, "-m", "services.cli", "up", *(extra_args or [])],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
+        preexec_fn=None if open_files is None else functools.partial(
+            resource.setrlimit, resource.RLIMIT_NOFILE, (open_files, open_files)),
     )
     stack = Stack(settings, proc)
     ready = threading.Event()

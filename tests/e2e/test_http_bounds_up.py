@@ -207,3 +207,40 @@ def test_a_request_received_whole_is_answered_however_long_it_takes(
         took = time.monotonic() - began
     assert answer.startswith(b"HTTP/1.1 204 "), answer  # nothing to claim, after the wait
     assert took >= wait - 0.1
+
+
+def test_under_a_low_open_files_limit_both_connection_limits_are_fitted(
+    tmp_path: Path,
+) -> None:
+    """Before, 2,000 WebSocket connections held open on a gateway allowed 2,000 files left it
+    answering no HTTP request at all. Now both limits (10,000 each by default) are fitted under
+    the open-files limit, said in the log, and the HTTP one holds."""
+    settings = Settings.load(environ={}, overrides={
+        "data_dir": str(tmp_path / "data"), **service_ports(),
+    })
+    stack = start_stack(settings, open_files=1500)
+    try:
+        # 1500 files: room for 750 connections, shared in proportion
+        said = [line for line in stack.output if "open-files limit" in line]
+        assert any(
+            "lowered http_max_connections from 10000 to 375 and ws_max_connections from 10000 "
+            "to 375 to fit this process's open-files limit of 1500 (ulimit -n)" in line
+            for line in said), said
+        held = []
+        try:
+            while len(held) < 375:
+                held.append(connect(stack))
+            with connect(stack) as extra:
+                extra.sendall(request("GET", "/v2/queues"))
+                answer = read_all(extra)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer
+            assert b"holds its 375 HTTP connections" in answer
+        finally:
+            for raw in held:
+                raw.close()
+        # and the gateway serves once they are gone
+        deadline = time.monotonic() + QUICK
+        while not served(stack):
+            assert time.monotonic() < deadline
+    finally:
+        assert stack.stop() == 0, "".join(stack.output)

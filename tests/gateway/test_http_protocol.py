@@ -5,8 +5,6 @@ line of an HTTP version other than 1.0 and 1.1 is answered 505."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -155,36 +153,3 @@ async def test_zaqar_grpc_up_serves_http_with_the_bounded_protocol(
     assert cut == b"" or cut.startswith(b"HTTP/1.1 431 ")
     assert took < QUICK
 
-
-FIT = """
-import logging, resource, sys
-from services.api_gateway.http_protocol import fitted_max_connections
-logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
-soft, hard = (int(v) for v in sys.argv[1:3])
-resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-fitted = fitted_max_connections(int(sys.argv[3]))
-print("fitted", fitted, "soft", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-"""
-
-
-@pytest.mark.parametrize(("soft", "hard", "wanted", "fitted", "soft_after", "said"), [
-    # The soft limit is raised as far as the connections need
-    (1024, 20000, 10000, 10000, 11024, False),
-    # and when the hard limit is too low, the connections are fitted under it, said once
-    (1024, 3000, 10000, 1976, 3000, True),
-    (256, 256, 10000, 128, 256, True),
-    # A limit that fits, or none, changes nothing
-    (1024, 1024, 0, 0, 1024, False),
-    (4096, 4096, 100, 100, 4096, False),
-])
-def test_the_connection_limit_is_fitted_to_the_open_files_limit(
-    soft: int, hard: int, wanted: int, fitted: int, soft_after: int, said: bool,
-) -> None:
-    """In a process of its own: a lowered hard limit cannot be raised again."""
-    ran = subprocess.run([sys.executable, "-c", FIT, str(soft), str(hard), str(wanted)],
-                         capture_output=True, text=True, timeout=60, check=True)
-    lines = ran.stdout.splitlines()
-    assert lines[-1] == f"fitted {fitted} soft {soft_after}", ran.stdout + ran.stderr
-    warning = (f"http_max_connections lowered from {wanted} to {fitted}: this process may open "
-               f"{soft_after} files (ulimit -n); raise that limit for more")
-    assert lines[:-1] == ([warning] if said else [])
