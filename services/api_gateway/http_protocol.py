@@ -30,6 +30,12 @@ before them): :func:`configured` makes the protocol of one server with them.
   answered 503 with ``Retry-After`` at once, its side shut for writing and closed when the
   client closes or after :data:`LINGER` seconds (read and dropped meanwhile, so the answer is
   not lost to a reset).
+- **Bytes being received** (``http_max_receiving_bytes``): the bytes of requests not yet
+  received whole, summed over the process's connections, from their arrival until their
+  request is whole. A request whose bytes would take the sum past the bound is answered 503
+  with ``Retry-After`` and its connection closed. Requests sent slowly, each under its own
+  size limits, then cannot make the process hold more than that (1,000 connections, each
+  holding 250 KiB of a post short of its last byte, took a gateway from 68 to 343 MB).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from typing import Any, Final
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from services.api_gateway.limits import TIMED_OUT
+from services.api_gateway.limits import CUT_OFF
 from services.common import metrics
 
 log = logging.getLogger(__name__)
@@ -94,21 +100,33 @@ def _answer(status: bytes, title: str, description: str, *headers: bytes) -> byt
 
 @dataclass(slots=True)
 class _Room:
-    """The connections one server holds, and when it last said it refused or timed one out."""
+    """The connections one server holds, the bytes of requests it is receiving, and what it
+    closed since it last said so."""
 
     open: int = 0
+    receiving: int = 0
     refused: int = 0
     timed_out: int = 0
+    overfull: int = 0
     said_at: float = -math.inf
 
 
-def configured(max_connections: int, request_timeout: float) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class of one server: at most ``max_connections`` open (0: no limit),
-    each request whole within ``request_timeout`` seconds (0: no limit)."""
+def configured(
+    max_connections: int, request_timeout: float, max_receiving: int = 0,
+) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class of one server: at most ``max_connections`` open, each request whole
+    within ``request_timeout`` seconds, at most ``max_receiving`` bytes of requests being
+    received at once (each 0: no limit)."""
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {
         "max_connections": max_connections,
         "request_timeout": request_timeout,
+        "max_receiving": max_receiving,
         "room": _Room(),
+        "overfull_answer": _answer(
+            b"503 Service Unavailable", "Service Unavailable",
+            f"This gateway is receiving {max_receiving} bytes of requests at once "
+            f"(http_max_receiving_bytes). Please retry in {FULL_RETRY_AFTER} seconds, or at "
+            "another replica.", b"retry-after: " + str(FULL_RETRY_AFTER).encode()),
         "full_answer": _answer(
             b"503 Service Unavailable", "Service Unavailable",
             f"This gateway holds its {max_connections} HTTP connections "
@@ -125,9 +143,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # The bounds (configured()); as the class itself, none.
     max_connections: int = 0
     request_timeout: float = 0.0
+    max_receiving: int = 0
     room: _Room = _Room()
     full_answer: bytes = b""
     timeout_answer: bytes = b""
+    overfull_answer: bytes = b""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -143,6 +163,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # request received whole is being answered). The timer, once set, follows it lazily:
         # a request costs two attribute writes, not a timer of its own.
         self._due = math.inf
+        # Bytes received of the request(s) not yet whole, counted in room.receiving.
+        self._held = 0
 
     # Connections and requests in time ---------------------------------------------------
 
@@ -161,6 +183,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._release()
         if self._admitted:
             self._admitted = False
             self.room.open -= 1
@@ -168,15 +191,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _turn_away(self) -> None:
-        self._turned_away = True
         self.connections.discard(self)  # not one of the server's: nothing to shut down
         self.room.refused += 1
         metrics.HTTP_REFUSED.inc()
         self._say()
+        self._answer_and_close(self.full_answer)
+
+    def _answer_and_close(self, answer: bytes) -> None:
+        """Write ``answer`` and close: our side at once, the connection when the client closes
+        its own or after LINGER s. What the client sends meanwhile is read and dropped, so that
+        a request it is still sending does not turn the answer into a reset."""
+        self._turned_away = True
+        self._release()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         transport = self.transport
-        transport.write(self.full_answer)
+        transport.write(answer)
         if transport.can_write_eof():
             transport.write_eof()
+            self.flow.resume_reading()
             self._timer = self.loop.call_later(LINGER, transport.close)
         else:
             transport.close()
@@ -195,26 +229,38 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.loop.time() < self._due:  # awaited again since the timer was set
             self._timer = self.loop.call_at(self._due, self._look)
             return
-        cycle = self.cycle
         if self._begun:
-            if cycle is not None and not cycle.response_complete:
-                if cycle.response_started:  # the app answered early: its answer stands
-                    self.transport.close()
-                    return
-                cycle.scope[TIMED_OUT] = True  # type: ignore[typeddict-unknown-key]
-            self.transport.write(self.timeout_answer)
             kind = "begun"
-        elif (cycle is None or cycle.response_complete) and not self.pipeline:
+        elif (self.cycle is None or self.cycle.response_complete) and not self.pipeline:
             kind = "idle"
         else:
             return  # a request received whole is being answered: the timer starts after it
         self.room.timed_out += 1
         metrics.HTTP_REQUEST_TIMEOUTS.labels(kind).inc()
         self._say()
-        self.transport.close()
+        if kind == "begun":
+            self._cut_off(408, self.timeout_answer)
+        else:
+            self.transport.close()
+
+    def _cut_off(self, status: int, answer: bytes) -> None:
+        """Answer the request being received ``status`` (unless the app has begun to answer
+        it), and close the connection."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.response_started:  # the app answered early: its answer stands
+                self.transport.close()
+                return
+            cycle.scope[CUT_OFF] = status  # type: ignore[typeddict-unknown-key]
+        self._answer_and_close(answer)
+
+    def _release(self) -> None:
+        if self._held:
+            self.room.receiving -= self._held
+            self._held = 0
 
     def _say(self) -> None:
-        """A log line for the refused and timed-out connections, at most every LOG_EVERY s."""
+        """A log line for the connections refused and cut off, at most every LOG_EVERY s."""
         room = self.room
         now = time.monotonic()
         if now - room.said_at < LOG_EVERY:
@@ -223,9 +269,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         log.warning(
             "HTTP connections closed since the last such line: %d refused, this gateway "
             "holding %d (http_max_connections); %d not sending a whole request within %g s "
-            "(http_request_timeout)",
-            room.refused, self.max_connections, room.timed_out, self.request_timeout)
-        room.refused = room.timed_out = 0
+            "(http_request_timeout); %d cut off, this gateway receiving %d bytes of requests "
+            "(http_max_receiving_bytes)",
+            room.refused, self.max_connections, room.timed_out, self.request_timeout,
+            room.overfull, self.max_receiving)
+        room.refused = room.timed_out = room.overfull = 0
 
     def on_message_begin(self) -> None:
         self._begun = True
@@ -236,6 +284,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._turned_away:
             return  # read and dropped until it closes
+        if self.max_receiving:
+            room = self.room
+            if room.receiving + len(data) > self.max_receiving:
+                if not self.transport.is_closing():
+                    room.overfull += 1
+                    metrics.HTTP_OVERFULL.inc()
+                    self._say()
+                    self._cut_off(503, self.overfull_answer)
+                return
+            room.receiving += len(data)
+            self._held += len(data)
         if self._in_body:
             super().data_received(data)
             return
@@ -294,5 +353,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._begun = False
         self._due = math.inf
+        self._release()
         if not self._refused:
             super().on_message_complete()

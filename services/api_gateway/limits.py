@@ -17,7 +17,8 @@ sees it.
 
 The HTTP protocol (``http_protocol.py``) bounds what comes before the app: the request head
 (431 past 128 KiB), the time to send a whole request (408 past ``http_request_timeout``) and
-the open connections (503 past ``http_max_connections``).
+the open connections (503 past ``http_max_connections``) and the bytes of requests being
+received at once (503 past ``http_max_receiving_bytes``).
 
 The nesting check runs on the raw bytes before parsing: quoted strings are skipped with one
 linear regular expression (an unterminated string ends at the end of the data, so there is
@@ -49,10 +50,10 @@ _STEP: Final = bytes.maketrans(_BRACKETS, b"\x01\xff\x01\xff")
 
 HEADERS_TOO_LARGE: Final = "Request header fields too large"
 
-# The key in a request's ASGI scope that says the HTTP protocol answered it 408, having cut
-# it off (http_protocol.py); the app, which sees only that the client went away, counts and
-# logs it as 408 (middleware.py).
-TIMED_OUT: Final = "zaqar.request_timeout"
+# The key in a request's ASGI scope that holds the status the HTTP protocol answered it with,
+# having cut it off while it was received (http_protocol.py: 408 or 503); the app, which sees
+# only that the client went away, counts and logs that status (middleware.py).
+CUT_OFF: Final = "zaqar.cut_off"
 
 
 def check_request(req: falcon.asgi.Request) -> None:

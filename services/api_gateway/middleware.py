@@ -44,7 +44,7 @@ import falcon.asgi
 
 from services.api_gateway.auth import Authenticator
 from services.api_gateway.errors import ApiError
-from services.api_gateway.limits import TIMED_OUT, check_request
+from services.api_gateway.limits import CUT_OFF, check_request
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import non_canonical
 from services.api_gateway.rate_limit import RateLimit
@@ -265,11 +265,9 @@ class Gate:
         ctx = req.context
         resp.set_header(REQUEST_ID_HEADER, ctx.request_id)
         started = getattr(ctx, "started", None)
-        status = resp.status_code
-        if TIMED_OUT in req.scope:
-            # The client was answered 408 by the HTTP protocol (http_protocol.py), which cut
-            # the request off; what the app made of its partial body never went out.
-            status = 408
+        # The HTTP protocol (http_protocol.py) may have cut the request off and answered it
+        # itself: what the app made of its partial body never went out.
+        status = req.scope.get(CUT_OFF) or resp.status_code
         self.requests.done(req.uri_template, req.method, status, started)
         if self._access_log and access_log.isEnabledFor(logging.INFO):
             log_access(req, status, started)

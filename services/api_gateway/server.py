@@ -36,15 +36,17 @@ log = logging.getLogger(__name__)
 
 def _http_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     """httptools (a dependency; several times cheaper per request than h11), with bounds on
-    the request head, on the time to send a request and on open connections
-    (``http_protocol.py``); h11 only where httptools cannot be imported."""
+    the request head, the time to send a request, open connections and the bytes of requests
+    being received (``http_protocol.py``); h11 only where httptools cannot be imported."""
     if importlib.util.find_spec("httptools") is None:
         log.warning("httptools is not installed: HTTP is served by h11, without the bounds "
-                    "of http_max_connections and http_request_timeout")
+                    "of http_max_connections, http_request_timeout and "
+                    "http_max_receiving_bytes")
         return "h11"
     from services.api_gateway import http_protocol
 
-    return http_protocol.configured(settings.http_max_connections, settings.http_request_timeout)
+    return http_protocol.configured(settings.http_max_connections, settings.http_request_timeout,
+                                    settings.http_max_receiving_bytes)
 
 
 def build_server(

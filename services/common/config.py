@@ -68,6 +68,15 @@ class Settings:
             "what the process's open-files limit leaves room for. 0: no limit."
         ),
     )
+    http_max_receiving_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_help(
+            "Bytes of HTTP requests (heads and bodies) one gateway process holds while they "
+            "are not yet received whole, over all its connections; a request that would take "
+            "it past them is answered 503 with Retry-After and its connection closed. "
+            "0: no limit."
+        ),
+    )
     http_request_timeout: float = field(
         default=30.0,
         metadata=_help(
@@ -691,7 +700,8 @@ def _cast(name: str, value: Any) -> Any:
 LIMITS: Final[Mapping[str, tuple[str, ...]]] = {
     "queue": ("project_max_queues", "project_max_topics"),
     "notifier": ("queue_max_subscriptions",),
-    "gateway": ("ws_max_connections", "http_max_connections", "http_request_timeout"),
+    "gateway": ("ws_max_connections", "http_max_connections", "http_request_timeout",
+                "http_max_receiving_bytes"),
 }
 
 

@@ -88,6 +88,11 @@ HTTP_REFUSED: Final = Counter(
     "zaqar_http_connections_refused",
     "HTTP connections answered 503 and closed: the gateway held http_max_connections.",
 )
+HTTP_OVERFULL: Final = Counter(
+    "zaqar_http_requests_cut_off",
+    "HTTP requests answered 503 while they were received, their connections closed: the "
+    "gateway was receiving http_max_receiving_bytes of requests at once.",
+)
 HTTP_REQUEST_TIMEOUTS: Final = Counter(
     "zaqar_http_request_timeouts",
     "HTTP connections closed for not sending a whole request within http_request_timeout; "

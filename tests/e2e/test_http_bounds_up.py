@@ -7,6 +7,7 @@ client holding 20,000 silent connections took the gateway out of service."""
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 import uuid
@@ -57,6 +58,24 @@ def read_all(raw: socket.socket) -> bytes:
     while chunk := raw.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def read_answer(raw: socket.socket) -> bytes:
+    """One answer on a kept-alive connection: its head and its Content-Length of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = raw.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = raw.recv(65536)
+        assert chunk, data
+        body += chunk
+    assert len(body) == length, "more than one answer"
+    return head + b"\r\n\r\n" + body
 
 
 def request(method: str, path: str, body: bytes = b"", close: bool = True) -> bytes:
@@ -186,7 +205,7 @@ def test_the_time_starts_again_after_each_answer(stack: Stack) -> None:
         # A first request on a kept-alive connection, sent a while after it opened, answered
         time.sleep(TIMEOUT / 4)
         raw.sendall(request("GET", "/v2/queues", close=False))
-        first = raw.recv(65536)
+        first = read_answer(raw)
         answered = time.monotonic()
         assert first.startswith(b"HTTP/1.1 200 "), first
         # then half of a second: it has its own time from that answer (not what was left of
@@ -244,3 +263,59 @@ def test_under_a_low_open_files_limit_both_connection_limits_are_fitted(
             assert time.monotonic() < deadline
     finally:
         assert stack.stop() == 0, "".join(stack.output)
+
+
+RECEIVING = 300_000  # bytes of requests being received, per gateway process
+
+
+@pytest.fixture(scope="module")
+def receiving_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data: Path = tmp_path_factory.mktemp("up-http-receiving")
+    settings = Settings.load(environ={}, overrides={
+        "data_dir": str(data), **service_ports(), "http_max_receiving_bytes": RECEIVING,
+    })
+    stack = start_stack(settings)
+    yield stack
+    assert stack.stop() == 0, "".join(stack.output)
+
+
+def big_post(queue: str, size: int) -> bytes:
+    body = b'{"messages": [{"ttl": 300, "body": "' + b"a" * size + b'"}]}'
+    return request("POST", f"/v2/queues/{queue}/messages", body)
+
+
+def test_requests_being_received_are_bounded_in_bytes(receiving_stack: Stack) -> None:
+    """Two posts of 200 and 150 KB, each short of its last bytes: both do not fit in the
+    process's 300 KB, either alone does. Whichever the gateway reads second is answered 503
+    and closed; the other is served once its last bytes come."""
+    stack = receiving_stack
+    posts = [big_post("big", 200_000), big_post("big", 150_000)]
+    sockets = [connect(stack), connect(stack)]
+    try:
+        for raw, post in zip(sockets, posts, strict=True):
+            raw.sendall(post[:-10])
+        # One of them is answered at once, before it has sent its last bytes
+        ready, _, _ = select.select(sockets, [], [], QUICK)
+        assert len(ready) >= 1, "neither request was cut off"
+        cut = ready[0]
+        answer = read_all(cut)
+        head, body = head_and_json(answer)
+        assert head[0] == "HTTP/1.1 503 Service Unavailable", answer
+        assert "retry-after: 5" in head and "connection: close" in head
+        assert body == {"title": "Service Unavailable", "description": (
+            f"This gateway is receiving {RECEIVING} bytes of requests at once "
+            "(http_max_receiving_bytes). Please retry in 5 seconds, or at another replica.")}
+        # and the other is served whole
+        kept = sockets[1 - sockets.index(cut)]
+        kept.sendall(posts[sockets.index(kept)][-10:])
+        served_post = read_all(kept)
+        assert served_post.startswith(b"HTTP/1.1 201 "), served_post
+    finally:
+        for raw in sockets:
+            raw.close()
+    # Its bytes given back, the process takes such a request again
+    with connect(stack) as raw:
+        raw.sendall(posts[0])
+        assert read_all(raw).startswith(b"HTTP/1.1 201 ")
+    metrics = httpx.get(stack.url + "/metrics", timeout=QUICK).text
+    assert "zaqar_http_requests_cut_off_total 1.0" in metrics

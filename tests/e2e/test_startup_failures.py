@@ -389,6 +389,7 @@ def test_the_gateway_refuses_bad_signing_or_rate_settings_in_one_line(
     ("ws_max_connections", ["up"]), ("ws_max_connections", ["serve", "gateway"]),
     ("http_max_connections", ["up"]), ("http_max_connections", ["serve", "gateway"]),
     ("http_request_timeout", ["up"]), ("http_request_timeout", ["serve", "gateway"]),
+    ("http_max_receiving_bytes", ["up"]), ("http_max_receiving_bytes", ["serve", "gateway"]),
 ])
 def test_a_negative_limit_is_refused_in_one_line(
     make_settings: Callable[..., Settings], command: list[str], setting: str,
