@@ -50,7 +50,7 @@ from typing import Any, Final
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from services.api_gateway.limits import CUT_OFF
+from services.api_gateway.limits import CUT_OFF, Receiving
 from services.common import metrics
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,6 @@ class _Room:
     closed since it last said so."""
 
     open: int = 0
-    receiving: int = 0
     refused: int = 0
     timed_out: int = 0
     overfull: int = 0
@@ -112,19 +111,20 @@ class _Room:
 
 
 def configured(
-    max_connections: int, request_timeout: float, max_receiving: int = 0,
+    max_connections: int, request_timeout: float, receiving: Receiving | None = None,
 ) -> type[BoundedHttpToolsProtocol]:
     """The protocol class of one server: at most ``max_connections`` open, each request whole
-    within ``request_timeout`` seconds, at most ``max_receiving`` bytes of requests being
-    received at once (each 0: no limit)."""
+    within ``request_timeout`` seconds (each 0: no limit), and the bytes of requests being
+    received counted in ``receiving`` (shared with the WebSocket server; none: no limit)."""
+    receiving = receiving or Receiving(0)
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {
         "max_connections": max_connections,
         "request_timeout": request_timeout,
-        "max_receiving": max_receiving,
+        "receiving": receiving,
         "room": _Room(),
         "overfull_answer": _answer(
             b"503 Service Unavailable", "Service Unavailable",
-            f"This gateway is receiving {max_receiving} bytes of requests at once "
+            f"This gateway is receiving {receiving.most} bytes of requests at once "
             f"(http_max_receiving_bytes). Please retry in {FULL_RETRY_AFTER} seconds, or at "
             "another replica.", b"retry-after: " + str(FULL_RETRY_AFTER).encode()),
         "full_answer": _answer(
@@ -143,7 +143,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # The bounds (configured()); as the class itself, none.
     max_connections: int = 0
     request_timeout: float = 0.0
-    max_receiving: int = 0
+    receiving: Receiving = Receiving(0)
     room: _Room = _Room()
     full_answer: bytes = b""
     timeout_answer: bytes = b""
@@ -163,7 +163,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # request received whole is being answered). The timer, once set, follows it lazily:
         # a request costs two attribute writes, not a timer of its own.
         self._due = math.inf
-        # Bytes received of the request(s) not yet whole, counted in room.receiving.
+        # Bytes received of the request(s) not yet whole, counted in self.receiving.
         self._held = 0
 
     # Connections and requests in time ---------------------------------------------------
@@ -256,7 +256,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _release(self) -> None:
         if self._held:
-            self.room.receiving -= self._held
+            self.receiving.held -= self._held
             self._held = 0
 
     def _say(self) -> None:
@@ -272,7 +272,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "(http_request_timeout); %d cut off, this gateway receiving %d bytes of requests "
             "(http_max_receiving_bytes)",
             room.refused, self.max_connections, room.timed_out, self.request_timeout,
-            room.overfull, self.max_receiving)
+            room.overfull, self.receiving.most)
         room.refused = room.timed_out = room.overfull = 0
 
     def on_message_begin(self) -> None:
@@ -284,16 +284,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._turned_away:
             return  # read and dropped until it closes
-        if self.max_receiving:
-            room = self.room
-            if room.receiving + len(data) > self.max_receiving:
+        receiving = self.receiving
+        if receiving.most:
+            if receiving.would_pass(len(data)):
                 if not self.transport.is_closing():
-                    room.overfull += 1
+                    self.room.overfull += 1
                     metrics.HTTP_OVERFULL.inc()
                     self._say()
                     self._cut_off(503, self.overfull_answer)
                 return
-            room.receiving += len(data)
+            receiving.held += len(data)
             self._held += len(data)
         if self._in_body:
             super().data_received(data)

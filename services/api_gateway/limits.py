@@ -50,6 +50,23 @@ _STEP: Final = bytes.maketrans(_BRACKETS, b"\x01\xff\x01\xff")
 
 HEADERS_TOO_LARGE: Final = "Request header fields too large"
 
+class Receiving:
+    """The bytes of requests a gateway process holds before they are whole, over both its
+    ports (``http_max_receiving_bytes``): HTTP requests not yet received whole
+    (``http_protocol.py``) and WebSocket frames not yet received whole (``websocket/
+    server.py``). ``most`` 0: no limit."""
+
+    __slots__ = ("held", "most")
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.held = 0
+
+    def would_pass(self, more: int) -> bool:
+        """Whether ``more`` bytes held would take the process past its bound."""
+        return bool(self.most) and self.held + more > self.most
+
+
 # The key in a request's ASGI scope that holds the status the HTTP protocol answered it with,
 # having cut it off while it was received (http_protocol.py: 408 or 503); the app, which sees
 # only that the client went away, counts and logs that status (middleware.py).

@@ -20,6 +20,7 @@ from websockets.asyncio.server import Server
 
 from services.api_gateway import open_files, rate_limit
 from services.api_gateway.app import create_app
+from services.api_gateway.limits import Receiving
 from services.api_gateway.rate_limit import RateLimit
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
@@ -34,7 +35,9 @@ from services.common.tls import load_tls
 log = logging.getLogger(__name__)
 
 
-def _http_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
+def _http_protocol(
+    settings: Settings, receiving: Receiving | None = None,
+) -> type[asyncio.Protocol] | str:
     """httptools (a dependency; several times cheaper per request than h11), with bounds on
     the request head, the time to send a request, open connections and the bytes of requests
     being received (``http_protocol.py``); h11 only where httptools cannot be imported."""
@@ -45,8 +48,10 @@ def _http_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
         return "h11"
     from services.api_gateway import http_protocol
 
-    return http_protocol.configured(settings.http_max_connections, settings.http_request_timeout,
-                                    settings.http_max_receiving_bytes)
+    return http_protocol.configured(
+        settings.http_max_connections, settings.http_request_timeout,
+        receiving or Receiving(settings.http_max_receiving_bytes),
+    )
 
 
 def build_server(
@@ -56,12 +61,13 @@ def build_server(
     auth: KeystoneAuth | None = None,
     limit: RateLimit | None = None,
     keys: signing.Keys | None = None,
+    receiving: Receiving | None = None,
 ) -> uvicorn.Server:
     config = uvicorn.Config(
         create_app(settings, up, auth, limit, keys),
         host=settings.host,
         port=settings.http_port,
-        http=_http_protocol(settings),
+        http=_http_protocol(settings, receiving),
         ws="none",
         lifespan="on",
         access_log=access_log,
@@ -91,10 +97,10 @@ def _listen_http(settings: Settings) -> list[socket.socket]:
 
 async def _listen_ws(
     settings: Settings, up: Upstreams, auth: KeystoneAuth | None, limit: RateLimit | None,
-    keys: signing.Keys,
+    keys: signing.Keys, receiving: Receiving,
 ) -> Server:
     try:
-        return await ws_server.start(settings, up, auth, limit, keys)
+        return await ws_server.start(settings, up, auth, limit, keys, receiving)
     except OSError as exc:
         raise CannotListen(settings.host, settings.ws_port, os_reason(exc), "ws_port") from None
 
@@ -127,8 +133,11 @@ async def run(settings: Settings) -> None:
         up.open()
         if isinstance(limit, rate_limit.SharedProjectRateLimit):
             await limit.check()
-        sockets = await _listen_ws(settings, up, auth, limit, keys)
-        server = build_server(settings, up=up, auth=auth, limit=limit, keys=keys)
+        # One count of the bytes being received, for both ports.
+        receiving = Receiving(settings.http_max_receiving_bytes)
+        sockets = await _listen_ws(settings, up, auth, limit, keys, receiving)
+        server = build_server(settings, up=up, auth=auth, limit=limit, keys=keys,
+                              receiving=receiving)
         if secret_files is not None:
             secret_files.watch()
 

@@ -99,6 +99,11 @@ HTTP_REQUEST_TIMEOUTS: Final = Counter(
     "begun: a part of a request had come (answered 408), idle: nothing had.",
     ["request"],
 )
+WS_CUT_OFF: Final = Counter(
+    "zaqar_websocket_connections_cut_off",
+    "WebSocket connections closed with 1013 while a frame was received: the gateway was "
+    "receiving http_max_receiving_bytes of requests at once.",
+)
 WS_REQUESTS: Final = Counter(
     "zaqar_websocket_requests", "WebSocket requests answered by the gateway.",
     ["action", "status"],

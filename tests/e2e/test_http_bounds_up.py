@@ -7,8 +7,11 @@ client holding 20,000 silent connections took the gateway out of service."""
 
 from __future__ import annotations
 
+import base64
+import os
 import select
 import socket
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -319,3 +322,92 @@ def test_requests_being_received_are_bounded_in_bytes(receiving_stack: Stack) ->
         assert read_all(raw).startswith(b"HTTP/1.1 201 ")
     metrics = httpx.get(stack.url + "/metrics", timeout=QUICK).text
     assert "zaqar_http_requests_cut_off_total 1.0" in metrics
+
+
+def ws_open(stack: Stack) -> socket.socket:
+    """A WebSocket connection made by hand, so that a frame can be sent in parts."""
+    raw = socket.create_connection((stack.settings.host, stack.settings.ws_port))
+    raw.settimeout(QUICK)
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = raw.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    return raw
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """A masked text frame (with a mask of zeros, so the payload goes as it is)."""
+    return bytes([0x81, 0x80 | 127]) + struct.pack(">Q", len(payload)) + b"\0\0\0\0" + payload
+
+
+def ws_first_frame(raw: socket.socket) -> tuple[int, bytes]:
+    """The opcode and payload of the first frame the server sends."""
+    data = b""
+    while len(data) < 2 or len(data) < 2 + (data[1] & 0x7F if data[1] & 0x7F < 126 else 0):
+        chunk = raw.recv(65536)
+        assert chunk, data
+        data += chunk
+    length = data[1] & 0x7F
+    start = 2
+    if length == 126:
+        length, start = struct.unpack(">H", data[2:4])[0], 4
+    elif length == 127:
+        length, start = struct.unpack(">Q", data[2:10])[0], 10
+    while len(data) < start + length:
+        data += raw.recv(65536)
+    return data[0] & 0x0F, data[start:start + length]
+
+
+def test_websocket_frames_being_received_count_with_http_requests(
+    receiving_stack: Stack,
+) -> None:
+    """A frame of 200 KB short of its last bytes on the WebSocket port and a post of 150 KB
+    short of its own on the HTTP port do not fit together in the process's 300 KB: whichever
+    the gateway reads second is cut off (503 over HTTP, close code 1013 over WebSocket), and
+    the other goes on."""
+    stack = receiving_stack
+    frame = ws_frame(orjson.dumps({"action": "queue_list", "headers": {
+        "Client-ID": str(uuid.uuid4()), "X-Project-ID": PROJECT,
+    }, "body": {"padding": "a" * 200_000}}))
+    post = big_post("big", 150_000)
+    ws, http = ws_open(stack), connect(stack)
+    try:
+        ws.sendall(frame[:-10])
+        http.sendall(post[:-10])
+        ready, _, _ = select.select([ws, http], [], [], QUICK)
+        assert ready, "neither was cut off"
+        if ready[0] is http:
+            assert read_all(http).startswith(b"HTTP/1.1 503 ")
+            ws.sendall(frame[-10:])
+            opcode, _ = ws_first_frame(ws)
+            assert opcode == 0x1  # an answer (a text frame), not a close
+        else:
+            opcode, payload = ws_first_frame(ws)
+            assert opcode == 0x8, payload  # a close frame
+            assert struct.unpack(">H", payload[:2])[0] == 1013
+            assert payload[2:] == b"the gateway is receiving too much at once; try again later"
+            http.sendall(post[-10:])
+            assert read_all(http).startswith(b"HTTP/1.1 201 ")
+    finally:
+        ws.close()
+        http.close()
+    # Everything given back once both are gone: a frame and a post of the same sizes fit
+    deadline = time.monotonic() + QUICK
+    while True:
+        ws, http = ws_open(stack), connect(stack)
+        try:
+            ws.sendall(frame)
+            http.sendall(post)
+            answered = read_all(http)
+            opcode, _ = ws_first_frame(ws)
+        finally:
+            ws.close()
+            http.close()
+        if answered.startswith(b"HTTP/1.1 201 ") and opcode == 0x1:
+            break
+        assert time.monotonic() < deadline, (answered[:80], opcode)

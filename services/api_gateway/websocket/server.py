@@ -42,12 +42,14 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from services.api_gateway import rate_limit
 from services.api_gateway.auth import SIGNATURE_REFUSED, with_admin
 from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
-from services.api_gateway.limits import HEADERS_BYTES_MAX
+from services.api_gateway.limits import HEADERS_BYTES_MAX, Receiving
 from services.api_gateway.middleware import read_caller
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import plain_segment
@@ -438,17 +440,66 @@ def _admit(most: int) -> Callable[[ServerConnection, Request], Response | None]:
     return admit
 
 
+class _CountingConnection(ServerConnection):
+    """A connection whose frames not yet received whole count in ``receiving`` (the bytes
+    the library buffers for them); one that would take the process past its bound is closed
+    with 1013 (try again later) and what it sent is dropped."""
+
+    receiving: Receiving = Receiving(0)
+    said_at = -float("inf")  # when a cut-off was last logged (at most every 10 s)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held = 0
+
+    def data_received(self, data: bytes) -> None:
+        receiving = self.receiving
+        if not receiving.most:
+            super().data_received(data)
+            return
+        if receiving.would_pass(len(data)) and self.protocol.state is State.OPEN:
+            metrics.WS_CUT_OFF.inc()
+            now = time.monotonic()
+            if now - _CountingConnection.said_at >= 10:
+                _CountingConnection.said_at = now
+                log.warning("WebSocket connections closed with 1013: this gateway is receiving "
+                            "%d bytes of requests at once (http_max_receiving_bytes)",
+                            receiving.most)
+            self.protocol.fail(CloseCode.TRY_AGAIN_LATER,
+                               "the gateway is receiving too much at once; try again later")
+            self.send_data()
+            self._hold(0)
+            return
+        super().data_received(data)
+        self._hold(len(self.protocol.reader.buffer))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._hold(0)
+        super().connection_lost(exc)
+
+    def _hold(self, held: int) -> None:
+        self.receiving.held += held - self._held
+        self._held = held
+
+
+def _counting(receiving: Receiving) -> type[ServerConnection]:
+    return type("CountingConnection", (_CountingConnection,), {"receiving": receiving})
+
+
 async def start(
     settings: Settings,
     up: Upstreams,
     auth: KeystoneAuth | None = None,
     limit: RateLimit | None = None,
     keys: signing.Keys | None = None,
+    receiving: Receiving | None = None,
 ) -> Server:
     """Listen on ``settings.host:settings.ws_port`` (0 = any free port). ``auth``: the token
     validator in keystone mode (one is made when not given); ``limit``: the requests-per-project
     limit shared with the HTTP app (by default the settings' own, if any); ``keys``: the
-    pre-signed URL secrets shared with the HTTP app (by default the settings' own)."""
+    pre-signed URL secrets shared with the HTTP app (by default the settings' own);
+    ``receiving``: the count of bytes being received shared with the HTTP server (by default
+    one of its own, bounded by the settings)."""
     if keys is None:
         keys = signing.Keys.from_settings(settings)
     check_limits(settings, "gateway")
@@ -470,6 +521,7 @@ async def start(
         settings.host,
         settings.ws_port,
         process_request=_admit(most),
+        create_connection=_counting(receiving or Receiving(settings.http_max_receiving_bytes)),
         max_size=MAX_FRAME,
         max_queue=READ_AHEAD,
         server_header=None,
