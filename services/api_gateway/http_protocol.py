@@ -252,6 +252,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
                 return
             cycle.scope[CUT_OFF] = status  # type: ignore[typeddict-unknown-key]
+            # The app's cycle ends now: its next read says the client went away, and an
+            # answer it would still make is dropped rather than written after ours.
+            cycle.disconnected = True
+            cycle.message_event.set()
         self._answer_and_close(answer)
 
     def _release(self) -> None:
