@@ -32,10 +32,12 @@ before them): :func:`configured` makes the protocol of one server with them.
   not lost to a reset).
 - **Bytes being received** (``http_max_receiving_bytes``): the bytes of requests not yet
   received whole, summed over the process's connections, from their arrival until their
-  request is whole. A request whose bytes would take the sum past the bound is answered 503
-  with ``Retry-After`` and its connection closed. Requests sent slowly, each under its own
-  size limits, then cannot make the process hold more than that (1,000 connections, each
-  holding 250 KiB of a post short of its last byte, took a gateway from 68 to 343 MB).
+  request is whole. A request left not whole by bytes that take the sum past the bound is
+  answered 503 with ``Retry-After`` and its connection closed; a request received whole in
+  one read holds nothing, so small requests pass while the process is full. Requests sent
+  slowly, each under its own size limits, then cannot make the process hold more than that
+  (1,000 connections, each holding 250 KiB of a post short of its last byte, took a gateway
+  from 68 to 343 MB).
 """
 
 from __future__ import annotations
@@ -288,17 +290,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._turned_away:
             return  # read and dropped until it closes
+        self._feed(data)
         receiving = self.receiving
-        if receiving.most:
-            if receiving.would_pass(len(data)):
-                if not self.transport.is_closing():
-                    self.room.overfull += 1
-                    metrics.HTTP_OVERFULL.inc()
-                    self._say()
-                    self._cut_off(503, self.overfull_answer)
-                return
-            receiving.held += len(data)
-            self._held += len(data)
+        if not receiving.most:
+            return
+        # What a request left not whole holds; a request whole within this chunk holds
+        # nothing (it was given back when it completed), so small requests always pass.
+        if not self._begun or self.transport.is_closing():
+            self._release()
+            return
+        receiving.held += len(data)
+        self._held += len(data)
+        if receiving.held > receiving.most:
+            self.room.overfull += 1
+            metrics.HTTP_OVERFULL.inc()
+            self._say()
+            self._cut_off(503, self.overfull_answer)
+
+    def _feed(self, data: bytes) -> None:
         if self._in_body:
             super().data_received(data)
             return

@@ -50,6 +50,7 @@ _STEP: Final = bytes.maketrans(_BRACKETS, b"\x01\xff\x01\xff")
 
 HEADERS_TOO_LARGE: Final = "Request header fields too large"
 
+
 class Receiving:
     """The bytes of requests a gateway process holds before they are whole, over both its
     ports (``http_max_receiving_bytes``): HTTP requests not yet received whole
@@ -61,10 +62,6 @@ class Receiving:
     def __init__(self, most: int) -> None:
         self.most = most
         self.held = 0
-
-    def would_pass(self, more: int) -> bool:
-        """Whether ``more`` bytes held would take the process past its bound."""
-        return bool(self.most) and self.held + more > self.most
 
 
 # The key in a request's ASGI scope that holds the status the HTTP protocol answered it with,

@@ -24,7 +24,7 @@ from services.api_gateway.limits import Receiving
 from services.api_gateway.rate_limit import RateLimit
 from services.api_gateway.upstream import Upstreams
 from services.api_gateway.websocket import server as ws_server
-from services.common import signing
+from services.common import metrics, signing
 from services.common.config import Settings, check_limits
 from services.common.grpc_server import service_main
 from services.common.keystone import KeystoneAuth, check_settings
@@ -135,6 +135,7 @@ async def run(settings: Settings) -> None:
             await limit.check()
         # One count of the bytes being received, for both ports.
         receiving = Receiving(settings.http_max_receiving_bytes)
+        metrics.RECEIVING_BYTES.set_function(lambda: receiving.held)  # read when scraped
         sockets = await _listen_ws(settings, up, auth, limit, keys, receiving)
         server = build_server(settings, up=up, auth=auth, limit=limit, keys=keys,
                               receiving=receiving)

@@ -88,6 +88,11 @@ HTTP_REFUSED: Final = Counter(
     "zaqar_http_connections_refused",
     "HTTP connections answered 503 and closed: the gateway held http_max_connections.",
 )
+RECEIVING_BYTES: Final = Gauge(
+    "zaqar_receiving_bytes",
+    "Bytes of requests the gateway holds before they are whole, over its HTTP and WebSocket "
+    "connections (bounded by http_max_receiving_bytes).",
+)
 HTTP_OVERFULL: Final = Counter(
     "zaqar_http_requests_cut_off",
     "HTTP requests answered 503 while they were received, their connections closed: the "

@@ -411,3 +411,37 @@ def test_websocket_frames_being_received_count_with_http_requests(
         if answered.startswith(b"HTTP/1.1 201 ") and opcode == 0x1:
             break
         assert time.monotonic() < deadline, (answered[:80], opcode)
+
+
+def receiving_bytes(stack: Stack) -> float:
+    metrics = httpx.get(stack.url + "/metrics", timeout=QUICK).text
+    return float(next(line.split()[1] for line in metrics.splitlines()
+                      if line.startswith("zaqar_receiving_bytes ")))
+
+
+def test_while_the_process_is_full_small_requests_pass(receiving_stack: Stack) -> None:
+    """Requests received whole in one read hold nothing: with 290 of the 300 KB held by posts
+    not yet whole, a listing is served, and only a request that grows past the bound while
+    not whole is cut off."""
+    stack = receiving_stack
+    holders = [connect(stack), connect(stack)]
+    try:
+        for raw, size in zip(holders, (200_000, 90_000), strict=True):
+            raw.sendall(big_post("big", size)[:-10])
+        # Once the gateway holds them (read from its gauge, itself a small request served)
+        deadline = time.monotonic() + QUICK
+        while receiving_bytes(stack) < 290_000:
+            assert time.monotonic() < deadline, receiving_bytes(stack)
+            time.sleep(0.02)
+        assert served(stack)
+        with connect(stack) as grower:
+            grower.sendall(big_post("big", 20_000)[:-10])
+            answer = read_all(grower)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        # The holders were left alone: each is served once whole
+        for raw, size in zip(holders, (200_000, 90_000), strict=True):
+            raw.sendall(big_post("big", size)[-10:])
+            assert read_all(raw).startswith(b"HTTP/1.1 201 ")
+    finally:
+        for raw in holders:
+            raw.close()

@@ -442,8 +442,8 @@ def _admit(most: int) -> Callable[[ServerConnection, Request], Response | None]:
 
 class _CountingConnection(ServerConnection):
     """A connection whose frames not yet received whole count in ``receiving`` (the bytes
-    the library buffers for them); one that would take the process past its bound is closed
-    with 1013 (try again later) and what it sent is dropped."""
+    the library buffers for them); one whose frame left not whole takes the process past its
+    bound is closed with 1013 (try again later), and what it sent is dropped."""
 
     receiving: Receiving = Receiving(0)
     said_at = -float("inf")  # when a cut-off was last logged (at most every 10 s)
@@ -453,11 +453,14 @@ class _CountingConnection(ServerConnection):
         self._held = 0
 
     def data_received(self, data: bytes) -> None:
+        super().data_received(data)
         receiving = self.receiving
         if not receiving.most:
-            super().data_received(data)
             return
-        if receiving.would_pass(len(data)) and self.protocol.state is State.OPEN:
+        # What frames left not whole hold (the library's buffer); a frame whole within this
+        # chunk holds nothing, so small frames pass while the process is full.
+        self._hold(len(self.protocol.reader.buffer))
+        if receiving.held > receiving.most and self._held and self.protocol.state is State.OPEN:
             metrics.WS_CUT_OFF.inc()
             now = time.monotonic()
             if now - _CountingConnection.said_at >= 10:
@@ -469,9 +472,6 @@ class _CountingConnection(ServerConnection):
                                "the gateway is receiving too much at once; try again later")
             self.send_data()
             self._hold(0)
-            return
-        super().data_received(data)
-        self._hold(len(self.protocol.reader.buffer))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._hold(0)
