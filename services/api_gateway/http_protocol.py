@@ -12,6 +12,10 @@ A request that the parser refuses (uvicorn answers it 400 and closes the connect
 well-formed requests pipelined ahead of it waits until they are answered: their answers go
 out first, then the 400.
 
+A request answered before its body was received whole (the app refuses a request from its
+head, say) ends its connection once answered: left open, the next request sent on it would be
+read as the rest of that body and never answered.
+
 A request line of another version that the parser accepts (``HTTP/2.0`` sent as text, or no
 version at all, which it reads as HTTP/0.9) is answered 505 and the connection closed, before
 the app sees it (an ASGI ``http`` scope cannot carry those versions). Versions the parser
@@ -336,6 +340,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            # Answered before its body was whole (a refusal need not read it): what the client
+            # sends next on this connection would be read as the rest of that body, and its
+            # next request never answered. The connection ends here instead.
+            self.server_state.total_requests += 1
+            self._answer_and_close(b"")
+            return
         if self._deferred_400 is not None and not self._answering():
             msg, self._deferred_400 = self._deferred_400, None
             self.server_state.total_requests += 1

@@ -445,3 +445,16 @@ def test_while_the_process_is_full_small_requests_pass(receiving_stack: Stack) -
     finally:
         for raw in holders:
             raw.close()
+
+
+def test_a_request_answered_before_its_body_is_whole_ends_its_connection(stack: Stack) -> None:
+    """The app refuses a post from its head (a Client-ID that is not a UUID) before its body
+    has come. Left open, the connection would read the client's next request as the rest of
+    that body and never answer it: it is closed once the answer is out."""
+    with connect(stack) as raw:
+        raw.sendall(b"POST /v2/queues/early/messages HTTP/1.1\r\nHost: x\r\nClient-ID: bad\r\n"
+                    b"X-Project-ID: p\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{\"messages\"")
+        answer = read_all(raw)  # the answer, then the end of the connection
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1
