@@ -99,6 +99,19 @@ def test_envoy_config_edge_settings() -> None:
     assert host["request_headers_to_remove"] == ["x-service-token"]
     # The admin listener is on loopback only
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    # Edge bounds: the time to send headers, streams and buffers per connection, connections
+    # and heap for the process
+    options = manager["typed_config"]
+    assert options["request_headers_timeout"] == "10s"
+    assert options["common_http_protocol_options"]["headers_with_underscores_action"] == (
+        "REJECT_REQUEST")
+    assert options["http2_protocol_options"]["max_concurrent_streams"] == 100
+    assert listener["per_connection_buffer_limit_bytes"] == 1 << 20
+    monitors = {m["name"]: m["typed_config"]
+                for m in config["overload_manager"]["resource_monitors"]}
+    assert monitors["envoy.resource_monitors.global_downstream_max_connections"][
+        "max_active_downstream_connections"] == 50000
+    assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 1 << 30
     # Every cluster health-checks its service's own name over gRPC
     checks = {
         c["name"]: [h["grpc_health_check"]["service_name"] for h in c["health_checks"]]
