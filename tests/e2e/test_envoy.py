@@ -265,3 +265,23 @@ async def test_rest_redrive_through_envoy(envoy: Envoy, project: str) -> None:
         cancelled = await http.delete(f"{base}/dlq/redrive")
         assert (cancelled.status_code, cancelled.json()["status"]) == (200, "done")
         assert (await http.get(f"{base}/back/redrive")).status_code == 404
+
+
+async def test_the_edge_answers_a_request_whose_headers_do_not_come_in_time_408(
+    envoy: Envoy,
+) -> None:
+    """``request_headers_timeout``: a client that sends half of its headers is answered and
+    its connection closed after 10 s, rather than held."""
+    host, _, port = envoy.grpc_target.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        writer.write(b"POST /v2/queues/edge HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        async with asyncio.timeout(60):
+            answer = await reader.read()  # until Envoy closes
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert loop.time() - began >= 9.9
+    finally:
+        writer.close()
