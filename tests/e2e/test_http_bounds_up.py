@@ -111,6 +111,14 @@ def head_and_json(answer: bytes) -> tuple[list[str], dict[str, str]]:
     return head.decode().split("\r\n"), orjson.loads(body)
 
 
+def assert_503(answer: bytes, description: str) -> None:
+    """A 503 with Retry-After, the connection closed, and a Zaqar error body."""
+    head, body = head_and_json(answer)
+    assert head[0] == "HTTP/1.1 503 Service Unavailable", answer
+    assert "retry-after: 5" in head and "connection: close" in head
+    assert body == {"title": "Service Unavailable", "description": description}
+
+
 def served(stack: Stack) -> bool:
     with connect(stack) as raw:
         raw.sendall(request("GET", "/v2/queues"))
@@ -141,12 +149,9 @@ def test_a_connection_past_the_limit_is_answered_503_and_room_made_is_used(
             answer = read_all(extra)
         # Then it gets 503 with Retry-After and a Zaqar error body naming the setting (the
         # request sent before the answer does not turn it into a reset)
-        head, body = head_and_json(answer)
-        assert head[0] == "HTTP/1.1 503 Service Unavailable", answer
-        assert "retry-after: 5" in head and "connection: close" in head
-        assert body == {"title": "Service Unavailable", "description": (
-            f"This gateway holds its {MOST} HTTP connections (http_max_connections). Please "
-            "retry in 5 seconds, or at another replica.")}
+        assert_503(answer, f"This gateway holds its {MOST} HTTP connections "
+                           "(http_max_connections). Please retry in 5 seconds, or at another "
+                           "replica.")
         # And once a holder goes, its room is used again
         holders.pop().close()
         deadline = time.monotonic() + QUICK
@@ -302,12 +307,9 @@ def test_requests_being_received_are_bounded_in_bytes(receiving_stack: Stack) ->
         assert len(ready) >= 1, "neither request was cut off"
         cut = ready[0]
         answer = read_all(cut)
-        head, body = head_and_json(answer)
-        assert head[0] == "HTTP/1.1 503 Service Unavailable", answer
-        assert "retry-after: 5" in head and "connection: close" in head
-        assert body == {"title": "Service Unavailable", "description": (
-            f"This gateway is receiving {RECEIVING} bytes of requests at once "
-            "(http_max_receiving_bytes). Please retry in 5 seconds, or at another replica.")}
+        assert_503(answer, f"This gateway is receiving {RECEIVING} bytes of requests at once "
+                           "(http_max_receiving_bytes). Please retry in 5 seconds, or at "
+                           "another replica.")
         # and the other is served whole
         kept = sockets[1 - sockets.index(cut)]
         kept.sendall(posts[sockets.index(kept)][-10:])
