@@ -1,4 +1,4 @@
-"""The gateway's connection limits fitted to the files its process may open.
+"""The gateway's bounds fitted to the files and the memory its process may use.
 
 Every connection, HTTP or WebSocket, holds an open file; a process that runs out of them can
 accept no connection at all, on either port, and opens no channel. So at start the gateway
@@ -6,6 +6,11 @@ raises its soft open-files limit (``ulimit -n``) toward the hard one as far as
 ``http_max_connections`` + ``ws_max_connections`` + :data:`OTHER_FILES` need. When the hard
 limit is lower, both connection limits are lowered in proportion to fit, and the log says so.
 A limit of 0 (none) is left as it is, and takes no part in the sum.
+
+Likewise with a cgroup memory limit (a container's): what clients can make the process hold,
+idle connections (:data:`WS_CONNECTION_BYTES`, :data:`HTTP_CONNECTION_BYTES` each) and
+``http_max_receiving_bytes``, must fit the limit less :data:`OWN_BYTES`; if not, the three
+are lowered in proportion, and the log says so.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import dataclasses
 import logging
 import math
 import resource
+from pathlib import Path
 from typing import Final
 
 from services.common.config import Settings
@@ -58,4 +64,66 @@ def fit(settings: Settings) -> Settings:
         "lowered %s to fit this process's open-files limit of %d (ulimit -n); raise that limit "
         "for more", " and ".join(f"{name} from {wanted[name]} to {fitted[name]}"
                                  for name in wanted), soft)
+    return dataclasses.replace(settings, **fitted)
+
+
+# What a client can make the gateway hold, per connection or byte, for fitting the bounds to a
+# memory limit (docs/operations.md, "HTTP connections": measured 54 and 7 KiB idle).
+WS_CONNECTION_BYTES: Final = 64 * 1024
+HTTP_CONNECTION_BYTES: Final = 8 * 1024
+# Memory kept for the process itself (about 70 MiB idle) and its work under load.
+OWN_BYTES: Final = 128 * 1024 * 1024
+# A cgroup limit at or above this is no limit (cgroup v1 shows "none" as about 2**63).
+NO_LIMIT: Final = 1 << 60
+
+
+def memory_limit(root: Path = Path("/sys/fs/cgroup"),
+                 membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """This process's cgroup memory limit in bytes (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``), or None when there is none or it cannot be read."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidates.append(root / path.lstrip("/") / "memory.max")
+        elif "memory" in controllers.split(","):
+            candidates.append(root / "memory" / path.lstrip("/") / "memory.limit_in_bytes")
+    candidates += [root / "memory.max", root / "memory" / "memory.limit_in_bytes"]
+    for candidate in candidates:
+        try:
+            text = candidate.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            limit = int(text)
+        except ValueError:
+            continue
+        return None if limit >= NO_LIMIT else limit
+    return None
+
+
+def fit_memory(settings: Settings, limit: int | None) -> Settings:
+    """``settings`` with the connection and bytes bounds lowered in proportion, if need be, so
+    that what clients can make the process hold fits ``limit`` (bytes; None: no limit) less
+    :data:`OWN_BYTES`. A bound of 0 (none) is left as it is."""
+    sizes = {"ws_max_connections": WS_CONNECTION_BYTES,
+             "http_max_connections": HTTP_CONNECTION_BYTES, "http_max_receiving_bytes": 1}
+    wanted = {name: getattr(settings, name) for name in sizes if getattr(settings, name)}
+    if limit is None or not wanted:
+        return settings
+    room = max(limit - OWN_BYTES, limit // 4)
+    held = sum(value * sizes[name] for name, value in wanted.items())
+    if held <= room:
+        return settings
+    fitted = {name: max(1, value * room // held) for name, value in wanted.items()}
+    log.warning(
+        "lowered %s to fit this process's memory limit of %d MiB; raise that limit for more",
+        " and ".join(f"{name} from {wanted[name]} to {fitted[name]}" for name in wanted),
+        limit // (1024 * 1024))
     return dataclasses.replace(settings, **fitted)

@@ -117,7 +117,7 @@ async def run(settings: Settings) -> None:
     """
     check_settings(settings)
     check_limits(settings, "gateway")
-    settings = open_files.fit(settings)
+    settings = open_files.fit(open_files.fit_memory(settings, open_files.memory_limit()))
     # One set of pre-signed URL secrets for both transports, replaced when their files change.
     keys = signing.Keys.from_settings(settings)
     secret_files = SecretFiles.of(settings, signing.KEY_SETTINGS, keys.take)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from services.api_gateway.open_files import fit_memory, memory_limit
+from services.common.config import Settings
 
 FIT = """
 import logging, resource, sys
@@ -52,3 +56,60 @@ def test_the_connection_limits_fit_the_open_files_limit(
             ("http_max_connections", "ws_max_connections"), wanted, fitted, strict=True) if w)
         assert lines[:-1] == [f"lowered {lowered} to fit this process's open-files limit of "
                               f"{soft_after} (ulimit -n); raise that limit for more"]
+
+
+MIB = 1024 * 1024
+
+
+def cgroup_tree(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "self-cgroup").write_text(membership)
+    return root, tmp_path / "self-cgroup"
+
+
+@pytest.mark.parametrize(("membership", "files", "limit"), [
+    # cgroup v2, the process's own group, then the root's
+    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/c1/memory.max": "268435456\n"}, 256 * MIB),
+    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/c1/memory.max": "max\n"}, None),
+    ("0::/\n", {"memory.max": "536870912\n"}, 512 * MIB),
+    # cgroup v1, the memory controller's group
+    ("4:memory:/docker/abc\n1:cpu:/\n", {"memory/docker/abc/memory.limit_in_bytes": "268435456"},
+     256 * MIB),
+    ("4:memory:/x\n", {"memory/x/memory.limit_in_bytes": "9223372036854771712"}, None),
+    # nothing readable: no limit
+    ("0::/gone\n", {}, None),
+])
+def test_the_memory_limit_is_read_from_the_cgroup(
+    tmp_path: Path, membership: str, files: dict[str, str], limit: int | None,
+) -> None:
+    root, own = cgroup_tree(tmp_path, membership, files)
+    assert memory_limit(root, own) == limit
+
+
+def test_the_bounds_fit_a_memory_limit_in_proportion(caplog: pytest.LogCaptureFixture) -> None:
+    defaults = Settings()
+    # No limit, or one they fit in: unchanged, nothing said
+    assert fit_memory(defaults, None) == defaults
+    assert fit_memory(defaults, 4096 * MIB) == defaults
+    sized = Settings(ws_max_connections=1000, http_max_connections=4000,
+                     http_max_receiving_bytes=32 * MIB)
+    assert fit_memory(sized, 256 * MIB) == sized
+    assert caplog.records == []
+    # The defaults under 256 MiB: 128 MiB of room for 625 + 78 + 64 MiB, each cut to a sixth
+    fitted = fit_memory(defaults, 256 * MIB)
+    held = (fitted.ws_max_connections * 64 * 1024 + fitted.http_max_connections * 8 * 1024
+            + fitted.http_max_receiving_bytes)
+    assert held <= 128 * MIB
+    assert (fitted.ws_max_connections, fitted.http_max_connections) == (1668, 1668)
+    wanted = 10000 * 64 * 1024 + 10000 * 8 * 1024 + 64 * MIB
+    assert fitted.http_max_receiving_bytes == 64 * MIB * (128 * MIB) // wanted
+    assert [r.getMessage() for r in caplog.records] == [
+        "lowered ws_max_connections from 10000 to 1668 and http_max_connections from 10000 to "
+        f"1668 and http_max_receiving_bytes from {64 * MIB} to {fitted.http_max_receiving_bytes}"
+        " to fit this process's memory limit of 256 MiB; raise that limit for more"]
+    # A bound of 0 (none) takes no part
+    unbounded = fit_memory(Settings(ws_max_connections=0), 256 * MIB)
+    assert unbounded.ws_max_connections == 0
