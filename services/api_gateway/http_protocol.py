@@ -56,7 +56,7 @@ from typing import Any, Final
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from services.api_gateway.limits import CUT_OFF, Receiving
+from services.api_gateway.limits import CUT_OFF, FULL_RETRY_AFTER, LOG_EVERY, Receiving
 from services.common import metrics
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,6 @@ log = logging.getLogger(__name__)
 HEAD_BYTES_MAX: Final = 128 * 1024
 # Seconds a refused connection is kept, half closed, for its 503 to reach the client.
 LINGER: Final = 1.0
-# Seconds a client told 503 is asked to wait before it connects again.
-FULL_RETRY_AFTER: Final = 5
-# Seconds between two log lines about refused or timed-out connections.
-LOG_EVERY: Final = 10.0
 
 _BODY: Final = orjson.dumps(
     {

@@ -51,6 +51,14 @@ _STEP: Final = bytes.maketrans(_BRACKETS, b"\x01\xff\x01\xff")
 HEADERS_TOO_LARGE: Final = "Request header fields too large"
 
 
+# Seconds a client refused for want of room (connections, bytes being received) is asked to
+# wait before it tries again, on both ports.
+FULL_RETRY_AFTER: Final = 5
+# Seconds between two log lines about connections refused or cut off (each port says what it
+# refused since its last line).
+LOG_EVERY: Final = 10.0
+
+
 class Receiving:
     """The bytes of requests a gateway process holds before they are whole, over both its
     ports (``http_max_receiving_bytes``): HTTP requests not yet received whole

@@ -20,7 +20,7 @@ import logging
 import math
 import resource
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from services.common.config import Settings
 
@@ -59,11 +59,18 @@ def fit(settings: Settings) -> Settings:
     if soft >= total + OTHER_FILES:
         return settings
     room = int(soft - OTHER_FILES if soft > 2 * OTHER_FILES else soft // 2)
-    fitted = {name: max(1, value * room // total) for name, value in wanted.items()}
+    return _lowered(settings, wanted, room, total,
+                    f"this process's open-files limit of {int(soft)} (ulimit -n)")
+
+
+def _lowered(settings: Settings, wanted: dict[str, Any], room: int, held: int,
+             limit: str) -> Settings:
+    """``settings`` with each bound of ``wanted`` lowered by ``room / held`` (each at least 1),
+    said in the log once."""
+    fitted = {name: max(1, value * room // held) for name, value in wanted.items()}
     log.warning(
-        "lowered %s to fit this process's open-files limit of %d (ulimit -n); raise that limit "
-        "for more", " and ".join(f"{name} from {wanted[name]} to {fitted[name]}"
-                                 for name in wanted), soft)
+        "lowered %s to fit %s; raise that limit for more",
+        " and ".join(f"{name} from {wanted[name]} to {fitted[name]}" for name in wanted), limit)
     return dataclasses.replace(settings, **fitted)
 
 
@@ -121,9 +128,5 @@ def fit_memory(settings: Settings, limit: int | None) -> Settings:
     held = sum(value * sizes[name] for name, value in wanted.items())
     if held <= room:
         return settings
-    fitted = {name: max(1, value * room // held) for name, value in wanted.items()}
-    log.warning(
-        "lowered %s to fit this process's memory limit of %d MiB; raise that limit for more",
-        " and ".join(f"{name} from {wanted[name]} to {fitted[name]}" for name in wanted),
-        limit // (1024 * 1024))
-    return dataclasses.replace(settings, **fitted)
+    return _lowered(settings, wanted, room, held,
+                    f"this process's memory limit of {limit // (1024 * 1024)} MiB")

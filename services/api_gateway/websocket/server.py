@@ -49,7 +49,12 @@ from websockets.protocol import State
 from services.api_gateway import rate_limit
 from services.api_gateway.auth import SIGNATURE_REFUSED, with_admin
 from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_request, unavailable
-from services.api_gateway.limits import HEADERS_BYTES_MAX, Receiving
+from services.api_gateway.limits import (
+    FULL_RETRY_AFTER,
+    HEADERS_BYTES_MAX,
+    LOG_EVERY,
+    Receiving,
+)
 from services.api_gateway.middleware import read_caller
 from services.api_gateway.operations import Caller
 from services.api_gateway.paths import plain_segment
@@ -416,8 +421,6 @@ def _only_root(socket: ServerConnection, request: Request) -> Response | None:
     return None
 
 
-# Seconds a client refused for want of room is told to wait before it connects again.
-FULL_RETRY_AFTER: Final = 5
 
 
 def _admit(most: int) -> Callable[[ServerConnection, Request], Response | None]:
@@ -446,7 +449,7 @@ class _CountingConnection(ServerConnection):
     bound is closed with 1013 (try again later), and what it sent is dropped."""
 
     receiving: Receiving = Receiving(0)
-    said_at = -float("inf")  # when a cut-off was last logged (at most every 10 s)
+    said_at = -float("inf")  # when a cut-off was last logged (at most every LOG_EVERY s)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -463,7 +466,7 @@ class _CountingConnection(ServerConnection):
         if receiving.held > receiving.most and self._held and self.protocol.state is State.OPEN:
             metrics.WS_CUT_OFF.inc()
             now = time.monotonic()
-            if now - _CountingConnection.said_at >= 10:
+            if now - _CountingConnection.said_at >= LOG_EVERY:
                 _CountingConnection.said_at = now
                 log.warning("WebSocket connections closed with 1013: this gateway is receiving "
                             "%d bytes of requests at once (http_max_receiving_bytes)",
