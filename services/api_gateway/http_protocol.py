@@ -14,7 +14,10 @@ out first, then the 400.
 
 A request answered before its body was received whole (the app refuses a request from its
 head, say) ends its connection once answered: left open, the next request sent on it would be
-read as the rest of that body and never answered.
+read as the rest of that body and never answered. The answer says so (``connection: close``),
+or a client that read it before our side's end came would send its next request on a
+connection being closed and get no answer; and the rest of the body is read and dropped until
+the client closes (or :data:`LINGER` s), so that it does not turn the answer into a reset.
 
 A request line of another version that the parser accepts (``HTTP/2.0`` sent as text, or no
 version at all, which it reads as HTTP/0.9) is answered 505 and the connection closed, before
@@ -54,7 +57,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from services.api_gateway.limits import CUT_OFF, FULL_RETRY_AFTER, LOG_EVERY, Receiving
 from services.common import metrics
@@ -98,6 +101,29 @@ def _answer(status: bytes, title: str, description: str, *headers: bytes) -> byt
             + b"".join(h + b"\r\n" for h in headers)
             + b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body)
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request cycle, which knows whether its answer ends the connection."""
+
+    ends_connection = False  # answered before the request's body was whole
+
+    async def send(self, message: Any) -> None:
+        if self.response_started or not self.more_body:
+            await super().send(message)
+            return
+        # The answer's head, before the body is whole: the client is told that the connection
+        # ends, and the protocol ends it once the answer is out, reading and dropping the rest
+        # of the body meanwhile (uvicorn would close at once, which resets a connection with
+        # bytes left unread, and the answer with it).
+        self.ends_connection = True
+        if self.keep_alive:
+            message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
+        await super().send(message)
+        self.keep_alive = True  # uvicorn's close after the answer is left to the protocol
+
+
+_CLOSE: Final = (b"connection", b"close")
 
 
 @dataclass(slots=True)
@@ -337,10 +363,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
-        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+        if isinstance(cycle, _Cycle) and cycle.ends_connection and not self.transport.is_closing():
             # Answered before its body was whole (a refusal need not read it): what the client
             # sends next on this connection would be read as the rest of that body, and its
-            # next request never answered. The connection ends here instead.
+            # next request never answered. The connection ends here instead, as the answer
+            # said (_Cycle).
             self.server_state.total_requests += 1
             self._answer_and_close(b"")
             return
@@ -364,6 +391,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
             return
         super().on_headers_complete()
+        cycle = self.cycle
+        if type(cycle) is RequestResponseCycle:
+            # uvicorn makes the cycle here, of its own class; ours only adds behaviour to send
+            # (no state of its own beyond a class default), so the object can take it as is.
+            cycle.__class__ = _Cycle
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -449,14 +449,44 @@ def test_while_the_process_is_full_small_requests_pass(receiving_stack: Stack) -
             raw.close()
 
 
+EARLY_HEAD = (b"POST /v2/queues/early/messages HTTP/1.1\r\nHost: x\r\nClient-ID: bad\r\n"
+              b"X-Project-ID: p\r\nContent-Type: application/json\r\n")
+
+
 def test_a_request_answered_before_its_body_is_whole_ends_its_connection(stack: Stack) -> None:
     """The app refuses a post from its head (a Client-ID that is not a UUID) before its body
     has come. Left open, the connection would read the client's next request as the rest of
-    that body and never answer it: it is closed once the answer is out."""
+    that body and never answer it: it is closed once the answer is out, and the answer says
+    so, or a client that read it before the end came would send its next request there."""
     with connect(stack) as raw:
-        raw.sendall(b"POST /v2/queues/early/messages HTTP/1.1\r\nHost: x\r\nClient-ID: bad\r\n"
-                    b"X-Project-ID: p\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 1000\r\n\r\n{\"messages\"")
+        raw.sendall(EARLY_HEAD + b"Content-Length: 1000\r\n\r\n{\"messages\"")
         answer = read_all(raw)  # the answer, then the end of the connection
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert answer.count(b"HTTP/1.1 ") == 1
+    head = answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert b"connection: close" in head, answer
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_the_early_answer_survives_the_rest_of_its_body(stack: Stack, framing: str) -> None:
+    """A client that sends its whole body before reading (as most do) still gets the answer
+    made before the body came, and then a clean end of the connection, not a reset: the rest
+    of the body is read and dropped while the gateway closes."""
+    body = b"x" * 200_000
+    if framing == "chunked":
+        head = EARLY_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+        rest = b"".join(b"%x\r\n%s\r\n" % (8192, body[i:i + 8192])
+                        for i in range(0, len(body), 8192)) + b"0\r\n\r\n"
+    else:
+        head = EARLY_HEAD + b"Content-Length: %d\r\n\r\n" % len(body)
+        rest = body
+    with connect(stack) as raw:
+        raw.sendall(head + rest[:100])
+        # The answer is out before most of the body is sent ...
+        readable, _, _ = select.select([raw], [], [], QUICK)
+        assert readable
+        raw.sendall(rest[100:])  # ... and the whole body follows it, unread by the app
+        answer = read_all(raw)  # a reset would raise here
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert b"connection: close" in answer.partition(b"\r\n\r\n")[0].lower()
