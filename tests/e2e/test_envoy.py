@@ -285,3 +285,39 @@ async def test_the_edge_answers_a_request_whose_headers_do_not_come_in_time_408(
         assert loop.time() - began >= 9.9
     finally:
         writer.close()
+
+
+# Longer than the 10 s route timeout this config had, which cut long polls and streaming pulls.
+PAST_ROUTE_TIMEOUT = 11.0
+
+
+async def test_long_polls_and_streaming_pulls_outlive_a_route_timeout(
+    envoy: Envoy, project: str,
+) -> None:
+    """A claim that waits 20 s (the API's longest) and a streaming pull, the one public
+    streaming call, go through Envoy for as long as they last: no route timeout cuts them (a
+    10 s one did)."""
+    async with grpc.aio.insecure_channel(envoy.grpc_target) as channel:
+        stub = messages_pb2_grpc.MessagesStub(channel)
+        for queue in ("waited", "pulled"):
+            await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
+                queues_pb2.CreateQueueRequest(project=project, queue=queue))
+        # Given a claim waiting on an empty queue, and a streaming pull of another
+        waiting = asyncio.ensure_future(stub.CreateClaim(messages_pb2.CreateClaimRequest(
+            project=project, queue="waited", ttl=60, grace=60, wait_seconds=20)))
+        pull = stub.StreamingPull(messages_pb2.StreamingPullRequest(project=project,
+                                                                    queue="pulled"))
+        # When messages come only once a route timeout would have passed
+        await asyncio.sleep(PAST_ROUTE_TIMEOUT)
+        assert not waiting.done()
+        for queue in ("waited", "pulled"):
+            await stub.PostMessages(messages_pb2.PostMessagesRequest(
+                project=project, queue=queue, client_id=str(uuid.uuid4()),
+                messages=[messages_pb2.NewMessage(body=b'{"late": true}')]))
+        # Then the waiting claim and the stream each get theirs
+        async with asyncio.timeout(30):
+            claim = await waiting
+            pulled = await pull.read()
+        assert [m.body for m in claim.messages] == [b'{"late": true}']
+        assert [m.body for m in pulled.messages] == [b'{"late": true}']
+        pull.cancel()

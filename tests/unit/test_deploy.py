@@ -148,6 +148,41 @@ def test_envoy_routes_and_transcodes_every_public_service() -> None:
     (listener,) = config["static_resources"]["listeners"]
     (manager,) = listener["filter_chains"][0]["filters"]
     (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
-    routed = {r["match"]["prefix"].strip("/") for r in host["routes"]}
+    routed = {r["match"]["prefix"].strip("/") for r in host["routes"] if "prefix" in r["match"]}
     assert annotated <= routed
     assert annotated <= set(transcoder(config)["services"])
+
+
+def test_envoy_lets_streams_and_long_polls_run_their_course() -> None:
+    # Every route honours the caller's deadline; without one, a unary call has longer than the
+    # longest long poll (20 s); every server-streaming method of a routed service (from the
+    # descriptor set, so a new one is covered) has a route of its own with no timeout at all.
+    descriptors = descriptor_pb2.FileDescriptorSet()
+    descriptors.ParseFromString((ENVOY / "zaqar.pb").read_bytes())
+    config = yaml.safe_load((ENVOY / "envoy.yaml").read_text())
+    (listener,) = config["static_resources"]["listeners"]
+    (manager,) = listener["filter_chains"][0]["filters"]
+    (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
+    routes = host["routes"]
+    prefixes = {r["match"]["prefix"].strip("/") for r in routes if "prefix" in r["match"]}
+    streaming = {
+        f"/{f.package}.{s.name}/{m.name}"
+        for f in descriptors.file if f.name.startswith("zaqar_grpc/")
+        for s in f.service if f"{f.package}.{s.name}" in prefixes
+        for m in s.method if m.server_streaming
+    }
+    assert "/zaqar.v2.Messages/StreamingPull" in streaming
+    for route in routes:
+        action = route["route"]
+        assert action["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}, route
+        path = route["match"].get("path")
+        if path in streaming:
+            assert action["timeout"] == "0s" and action["idle_timeout"] == "0s", route
+        else:
+            assert "prefix" in route["match"], route
+            assert int(action["timeout"].removesuffix("s")) > 20, route
+    by_path = [r["match"].get("path") for r in routes]
+    # Each stream's own route comes before the prefix route that would take it
+    assert set(by_path[:len(streaming)]) == streaming
+    keepalive = manager["typed_config"]["http2_protocol_options"]["connection_keepalive"]
+    assert keepalive == {"interval": "60s", "timeout": "20s"}
