@@ -144,6 +144,13 @@ async def run(settings: Settings) -> None:
 
         def stop() -> None:
             server.should_exit = True
+            # uvicorn's first step of its shutdown, taken now rather than at its next tick: an
+            # idle connection is closed, and an answer under way ends its connection (it says
+            # "connection: close"). Then the long polls are answered at once, as at their
+            # deadline, rather than cut off when the grace runs out.
+            for connection in list(server.server_state.connections):
+                connection.shutdown()
+            up.stopping.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)

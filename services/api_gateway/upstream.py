@@ -68,6 +68,8 @@ class Upstreams:
         keystone mode without one, the upstreams make their own and close it with the
         channels."""
         self.timeout = settings.rpc_timeout
+        # Set when the gateway begins to stop: long polls end at once (operations/waiting.py).
+        self.stopping = asyncio.Event()
         self._tls = tls
         # Whether the services behind run with the pool catalog (the same setting for all).
         self.pooling = settings.pooling

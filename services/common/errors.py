@@ -261,6 +261,13 @@ class Unavailable(ServiceError):
     msg_format = "{description}"
 
 
+class Stopping(Unavailable):
+    """This process is stopping: what it would hold open (a streaming pull) ends, and the
+    caller opens it again, on another replica."""
+
+    reason = "STOPPING"
+
+
 @dataclass(frozen=True, slots=True)
 class RpcErrorInfo:
     """What a caller learns from a failed call."""

@@ -95,6 +95,8 @@ class Running:
 
     ``close`` releases what the service opened (channels, stores) after the server stopped.
     ``store_check``, when given, is watched while the service runs (:class:`StoreWatch`).
+    ``stopping``, when given, is called as the service begins to stop, before the server's
+    grace: it ends the calls that would otherwise wait it out (long polls, streams).
     """
 
     server: grpc.aio.Server
@@ -105,6 +107,7 @@ class Running:
     store_check: Callable[[], Awaitable[None]] | None = None
     store_name: str = "the store"
     watch: StoreWatch | None = None
+    stopping: Callable[[], None] | None = None
 
     async def stop(self, grace: float = 0) -> None:
         """Stop serving and close what the service opened, within ``grace`` seconds and
@@ -114,12 +117,14 @@ class Running:
         if self.watch is not None:
             await bounded_close(self.watch.stop, CLOSE_TIMEOUT, f"the store watch of {what}")
         await set_serving(self.health, self.service_names, False)
+        if self.stopping is not None:
+            self.stopping()
         await self.server.stop(grace)
         await bounded_close(self.close, grace + CLOSE_TIMEOUT, what)
 
     async def serve_until_signal(self, grace: float, announce: str | None = None) -> None:
         await serve(self.server, self.health, self.service_names, grace, self.close, announce,
-                    watch=self.watch)
+                    watch=self.watch, stopping=self.stopping)
 
 # Retries for calls between services: only transient UNAVAILABLE, with backoff. Calls that are
 # not idempotent get no retry policy: zaqar.v2.Messages (posts, claims), zaqar.v2.Topics
@@ -302,10 +307,12 @@ async def serve(
     on_stop: Callable[[], Any] | None = None,
     announce: str | None = None,
     watch: StoreWatch | None = None,
+    stopping: Callable[[], None] | None = None,
 ) -> None:
     """Start, report SERVING, and run until SIGTERM/SIGINT; then drain and stop.
 
     ``announce`` is printed on stdout once the server is ready, for the process supervisor.
+    ``stopping`` is called once stopping begins, before the server's grace.
     """
     if not _started(server):
         await server.start()
@@ -329,6 +336,8 @@ async def serve(
                             f"the store watch of {', '.join(service_names)}")
     await set_serving(health_servicer, service_names, False)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if stopping is not None:
+        stopping()
     await server.stop(grace)
     if on_stop is not None:
         await bounded_close(on_stop, CLOSE_TIMEOUT, ", ".join(service_names))

@@ -93,6 +93,11 @@ RECEIVING_BYTES: Final = Gauge(
     "Bytes of requests the gateway holds before they are whole, over its HTTP and WebSocket "
     "connections (bounded by http_max_receiving_bytes).",
 )
+LONG_POLLS_WAITING: Final = Gauge(
+    "zaqar_long_polls_waiting",
+    "Long-poll claims and listings (wait > 0, streaming pulls included) waiting in this "
+    "message_svc process.",
+)
 HTTP_OVERFULL: Final = Counter(
     "zaqar_http_requests_cut_off",
     "HTTP requests answered 503 while they were received, their connections closed: the "

@@ -36,6 +36,12 @@ class Polling:
     def service(self) -> MessageService:
         return self._service
 
+    def end(self) -> None:
+        """This process is stopping: long polls are answered at once, as at their deadline,
+        and streaming pulls end (:class:`~services.common.errors.Stopping`)."""
+        self.room.end()
+        self.streams.end()
+
     async def _next_free_at(self, project: str, queue: str) -> float | None:
         """When the store says something of the queue frees up next. Looked up *before* each
         try: a look-up after a try that found nothing would miss a message freed in between

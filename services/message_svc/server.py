@@ -8,7 +8,7 @@ from functools import partial
 
 from zaqar_grpc.v2 import admin_pb2, notifier_pb2_grpc
 
-from services.common import health
+from services.common import health, metrics
 from services.common.config import ConfigurationError, Settings
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
@@ -130,6 +130,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     polling = Polling(service, WaitRoom(notifier_watch(
         notifier_pb2_grpc.NotifierInternalStub(notifier_channel)
     )))
+    metrics.LONG_POLLS_WAITING.set_function(polling.room.waiting)  # counted when scraped
     redrives: Redrives | None = None
     try:
         redrive_jobs = await open_redrive_store(settings.store_uri("message"))
@@ -159,7 +160,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             server, port, health_servicer, SERVICE_NAMES, close,
             store_check=partial(answers, settings.store_uri("message"), "message store",
                                 STORE_CHECK_TIMEOUT),
-            store_name="the message store",
+            store_name="the message store", stopping=polling.end,
         ))
     except BaseException:
         await close()

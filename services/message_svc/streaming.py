@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from services.common import limits
-from services.common.errors import ClaimNotFound, InvalidArgument
+from services.common.errors import ClaimNotFound, InvalidArgument, Stopping
 from services.message_svc import validation
 from services.message_svc.storage.base import Claim
 from services.message_svc.waiters import WAIT_MAX
@@ -32,6 +32,8 @@ MAX_OUTSTANDING_MAX: Final = 100
 MAX_OUTSTANDING_ERROR: Final = (
     f"Max outstanding must be at least 1 and may not be greater than {MAX_OUTSTANDING_MAX}."
 )
+STOPPING: Final = ("This message_svc process is stopping: its streaming pulls end, and their "
+                   "claims are released. Open the stream again.")
 # A claim is counted again this long after the time it expires at, so that the store surely
 # sees it expired (and a clock that disagrees with the store's never makes a busy loop).
 EXPIRY_SLACK: Final = 0.25
@@ -58,6 +60,15 @@ class Streams:
         self._clock = clock
         self._followers: dict[Key, set[asyncio.Event]] = {}
         self._releasing: set[asyncio.Task[None]] = set()
+        self._ending = False
+
+    def end(self) -> None:
+        """This process is stopping: every pull ends now with :class:`Stopping` (its caller
+        opens it again, on another replica), and its claims are released."""
+        self._ending = True
+        for events in self._followers.values():
+            for event in events:
+                event.set()
 
     def acked(self, project: str, queue: str) -> None:
         """This process deleted messages or released a claim of the queue: the queue's full
@@ -84,6 +95,8 @@ class Streams:
         try:
             with self._follow(project, queue) as acked:
                 while True:
+                    if self._ending:
+                        raise Stopping(STOPPING)
                     if acked.is_set() or (due and min(due.values()) <= self._clock()):
                         acked.clear()
                         await self._count(project, queue, held, due)
@@ -99,6 +112,8 @@ class Streams:
                         continue
                     held[claim.id] = {m.id for m in claim.messages}
                     due[claim.id] = claim.expires + EXPIRY_SLACK
+                    if self._ending:  # not sent: released below with the others
+                        raise Stopping(STOPPING)
                     yield claim
         finally:
             if held:

@@ -85,6 +85,22 @@ class WaitRoom:
         self._watch = watch
         self._clock = clock
         self._queues: dict[Key, _Queue] = {}
+        self._ending = False
+
+    @property
+    def ending(self) -> bool:
+        """Whether :meth:`end` was called: waits end at once."""
+        return self._ending
+
+    def end(self) -> None:
+        """This process is stopping: every wait ends now as at its deadline (the head of each
+        queue's claims, and each listing, tries once more), and a new one tries once without
+        waiting. Its callers are answered at once instead of being cut off when the server's
+        grace runs out."""
+        self._ending = True
+        for entry in self._queues.values():
+            for waiter in (*entry.claimers, *entry.readers):
+                waiter.woken.set()
 
     def waiting(self) -> int:
         """How many requests wait now."""
@@ -111,6 +127,8 @@ class WaitRoom:
         queue's other exclusive waiters. ``undo`` is given a result obtained by an attempt
         that was running when the caller went away (cancelled), so that nothing is kept for
         a caller that is gone."""
+        if self._ending:
+            return (await self._try(attempt, undo)).result
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         key = (project, queue)
@@ -133,12 +151,14 @@ class WaitRoom:
         try:
             while True:
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self._ending:
                     break
                 try:
                     async with asyncio.timeout(remaining):
                         await me.woken.wait()
                 except TimeoutError:
+                    break
+                if self._ending:
                     break
                 me.woken.clear()
                 seen = entry.hints

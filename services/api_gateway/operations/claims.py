@@ -8,7 +8,7 @@ from zaqar_grpc.v2 import messages_pb2
 
 from services.api_gateway import translate
 from services.api_gateway.operations import Caller, Outcome
-from services.api_gateway.operations.waiting import Gone, checked_wait, unless_gone
+from services.api_gateway.operations.waiting import Gone, checked_wait, held
 from services.api_gateway.upstream import Upstreams
 
 
@@ -30,9 +30,8 @@ async def create_claim(
     seconds = checked_wait(wait)
     request = translate.create_claim_request(caller.project, queue, limit, doc)
     if seconds:
-        request.wait_seconds = seconds
-        claim = await unless_gone(
-            up.messages_direct.CreateClaim(request, timeout=seconds + up.timeout), gone
+        claim = await held(
+            up.messages_direct.CreateClaim, request, seconds, up.timeout, gone, up.stopping
         )
     else:
         claim = await up.messages.CreateClaim(request, timeout=up.timeout)

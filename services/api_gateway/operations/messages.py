@@ -10,7 +10,7 @@ from services.api_gateway import translate
 from services.api_gateway.errors import ApiError, bad_request
 from services.api_gateway.limits import check_id_count
 from services.api_gateway.operations import Caller, NextLink, Outcome
-from services.api_gateway.operations.waiting import Gone, checked_wait, unless_gone
+from services.api_gateway.operations.waiting import Gone, checked_wait, held
 from services.api_gateway.upstream import Upstreams
 from services.common.limits import PAGE_LIMIT_MAX
 
@@ -66,9 +66,8 @@ async def list_messages(
     if limit is not None:
         request.limit = translate.int32(limit)
     if seconds:
-        request.wait_seconds = seconds
-        response = await unless_gone(
-            up.messages_direct.ListMessages(request, timeout=seconds + up.timeout), gone
+        response = await held(
+            up.messages_direct.ListMessages, request, seconds, up.timeout, gone, up.stopping
         )
     else:
         response = await up.messages.ListMessages(request, timeout=up.timeout)

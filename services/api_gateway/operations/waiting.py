@@ -1,7 +1,9 @@
 """Long polling (``wait``) in the gateway: the held call to message_svc goes past the
 coalescer, with a deadline of the wait plus ``rpc_timeout``, and is cancelled as soon as the
-client goes away, so that message_svc drops the waiter (docs/architecture.md, "Long
-polling")."""
+client goes away, so that message_svc drops the waiter. When the gateway begins to stop, the
+held calls end as at their deadline: each is cancelled and made once more without waiting, and
+its answer (most often nothing, 204 or an empty page) goes out at once, instead of the request
+being cut off when the shutdown grace runs out (docs/architecture.md, "Long polling")."""
 
 from __future__ import annotations
 
@@ -10,9 +12,13 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
+from zaqar_grpc.v2 import messages_pb2
+
 from services.api_gateway.errors import ApiError, bad_request
 
 T = TypeVar("T")
+# The message_svc calls that can wait.
+WaitingRequest = messages_pb2.CreateClaimRequest | messages_pb2.ListMessagesRequest
 
 WAIT_MAX: Final = 20
 WAIT_ERROR: Final = f"Wait must be at least 0 and may not be greater than {WAIT_MAX}."
@@ -36,21 +42,33 @@ class ClientGone(ApiError):
         super().__init__(499, "Client closed request", "The client went away while waiting.")
 
 
-async def unless_gone(call: Awaitable[T], gone: Gone | None) -> T:
-    """The call's result; the call is cancelled, and :class:`ClientGone` raised, when ``gone``
-    returns first."""
-    if gone is None:
-        return await call
-    task = asyncio.ensure_future(call)
-    watcher = asyncio.ensure_future(gone())
+async def held(
+    method: Callable[..., Awaitable[T]], request: WaitingRequest, seconds: int,
+    rpc_timeout: float,
+    gone: Gone | None, stopping: asyncio.Event,
+) -> T:
+    """``method(request)`` waiting up to ``seconds`` (with ``rpc_timeout`` more for the call).
+    Cancelled, and :class:`ClientGone` raised, when ``gone`` returns first; cancelled and made
+    once more without waiting when ``stopping`` is set first (or already)."""
+    if stopping.is_set():
+        return await method(request, timeout=rpc_timeout)
+    request.wait_seconds = seconds
+    task = asyncio.ensure_future(method(request, timeout=seconds + rpc_timeout))
+    stopped = asyncio.ensure_future(stopping.wait())
+    watchers = [stopped] if gone is None else [stopped, asyncio.ensure_future(gone())]
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((task, *watchers), return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
-        raise ClientGone()
+        if not stopped.done():
+            raise ClientGone()
     finally:
-        for pending in (task, watcher):
+        for pending in (task, *watchers):
             if not pending.done():
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending
+    # This gateway stops: the wait is over. (A claim the cancelled call was making in the
+    # store is released by message_svc, so nothing is held for this caller.)
+    request.wait_seconds = 0
+    return await method(request, timeout=rpc_timeout)

@@ -209,7 +209,9 @@ class MessagesServicer:
         claim, holding at most `max_outstanding` of this stream's messages claimed and not yet
         acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
         expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
-        the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+        the stream's claims are released. A replica that begins to stop ends its streams with
+        UNAVAILABLE (reason STOPPING): open the stream again. Arguments out of range:
+        INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,7 +65,9 @@ class MessagesStub:
     claim, holding at most `max_outstanding` of this stream's messages claimed and not yet
     acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
     expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
-    the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+    the stream's claims are released. A replica that begins to stop ends its streams with
+    UNAVAILABLE (reason STOPPING): open the stream again. Arguments out of range:
+    INVALID_ARGUMENT.
     """
     StartRedrive: _grpc.UnaryUnaryMultiCallable[_messages_pb2.StartRedriveRequest, _messages_pb2.Redrive]
     """Dead-letter redrive (extension; docs/architecture.md, "Dead-letter redrive"): move the
@@ -115,7 +117,9 @@ class MessagesAsyncStub(MessagesStub):
     claim, holding at most `max_outstanding` of this stream's messages claimed and not yet
     acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
     expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
-    the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+    the stream's claims are released. A replica that begins to stop ends its streams with
+    UNAVAILABLE (reason STOPPING): open the stream again. Arguments out of range:
+    INVALID_ARGUMENT.
     """
     StartRedrive: _aio.UnaryUnaryMultiCallable[_messages_pb2.StartRedriveRequest, _messages_pb2.Redrive]  # type: ignore[assignment]
     """Dead-letter redrive (extension; docs/architecture.md, "Dead-letter redrive"): move the
@@ -240,7 +244,9 @@ class MessagesServicer(metaclass=_abc_1.ABCMeta):
         claim, holding at most `max_outstanding` of this stream's messages claimed and not yet
         acknowledged. Acknowledge with DeleteMessage and the claim id; DeleteClaim, or the claim
         expiring, also frees the places. When the call ends (cancelled, disconnected, deadline)
-        the stream's claims are released. Arguments out of range: INVALID_ARGUMENT.
+        the stream's claims are released. A replica that begins to stop ends its streams with
+        UNAVAILABLE (reason STOPPING): open the stream again. Arguments out of range:
+        INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
