@@ -59,14 +59,12 @@ from typing import Any, Final
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from services.api_gateway.limits import CUT_OFF, FULL_RETRY_AFTER, LOG_EVERY, Receiving
+from services.api_gateway.limits import CUT_OFF, FULL_RETRY_AFTER, LINGER, LOG_EVERY, Receiving
 from services.common import metrics
 
 log = logging.getLogger(__name__)
 
 HEAD_BYTES_MAX: Final = 128 * 1024
-# Seconds a refused connection is kept, half closed, for its 503 to reach the client.
-LINGER: Final = 1.0
 
 _BODY: Final = orjson.dumps(
     {

@@ -59,11 +59,19 @@ FULL_RETRY_AFTER: Final = 5
 LOG_EVERY: Final = 10.0
 
 
+# Seconds a refused or cut-off connection is kept, half closed, for its answer (503, or close
+# code 1013) to reach the client before what the client still sends could reset it.
+LINGER: Final = 1.0
+# What one WebSocket connection may hold and still receive while the process is past its
+# bound: a small request or a few (websocket/server.py).
+WS_ALLOWANCE: Final = 64 * 1024
+
+
 class Receiving:
-    """The bytes of requests a gateway process holds before they are whole, over both its
-    ports (``http_max_receiving_bytes``): HTTP requests not yet received whole
-    (``http_protocol.py``) and WebSocket frames not yet received whole (``websocket/
-    server.py``). ``most`` 0: no limit."""
+    """The bytes of requests a gateway process holds, over both its ports
+    (``http_max_receiving_bytes``): HTTP requests not yet received whole
+    (``http_protocol.py``), and WebSocket requests from their first byte until their answer is
+    sent (``websocket/server.py``). ``most`` 0: no limit."""
 
     __slots__ = ("held", "most")
 

@@ -75,9 +75,13 @@ def _lowered(settings: Settings, wanted: dict[str, Any], room: int, held: int,
 
 
 # What a client can make the gateway hold, per connection or byte, for fitting the bounds to a
-# memory limit (docs/operations.md, "HTTP connections": measured 54 and 7 KiB idle).
-WS_CONNECTION_BYTES: Final = 64 * 1024
+# memory limit (docs/operations.md, "HTTP connections": an idle WebSocket connection measured
+# 18 KiB, an idle HTTP one 7 KiB; a byte of requests counted by http_max_receiving_bytes up to
+# about 3 bytes of memory, with the decoded request and its answer, which echoes it over
+# WebSocket: 100 connections flooding 900 KB frames took 188 MiB under a 64 MiB bound).
+WS_CONNECTION_BYTES: Final = 24 * 1024
 HTTP_CONNECTION_BYTES: Final = 8 * 1024
+RECEIVING_FACTOR: Final = 3
 # Memory kept for the process itself (about 70 MiB idle) and its work under load.
 OWN_BYTES: Final = 128 * 1024 * 1024
 # A cgroup limit at or above this is no limit (cgroup v1 shows "none" as about 2**63).
@@ -120,7 +124,8 @@ def fit_memory(settings: Settings, limit: int | None) -> Settings:
     that what clients can make the process hold fits ``limit`` (bytes; None: no limit) less
     :data:`OWN_BYTES`. A bound of 0 (none) is left as it is."""
     sizes = {"ws_max_connections": WS_CONNECTION_BYTES,
-             "http_max_connections": HTTP_CONNECTION_BYTES, "http_max_receiving_bytes": 1}
+             "http_max_connections": HTTP_CONNECTION_BYTES,
+             "http_max_receiving_bytes": RECEIVING_FACTOR}
     wanted = {name: getattr(settings, name) for name in sizes if getattr(settings, name)}
     if limit is None or not wanted:
         return settings

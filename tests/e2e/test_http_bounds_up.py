@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
@@ -490,3 +492,58 @@ def test_the_early_answer_survives_the_rest_of_its_body(stack: Stack, framing: s
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert answer.count(b"HTTP/1.1 ") == 1
     assert b"connection: close" in answer.partition(b"\r\n\r\n")[0].lower()
+
+
+def ws_claim(padding: int, wait: int = 20) -> str:
+    return orjson.dumps({"action": "claim_create", "headers": {
+        "Client-ID": str(uuid.uuid4()), "X-Project-ID": PROJECT,
+    }, "body": {"queue_name": "never", "wait": wait, "padding": "a" * padding}}).decode()
+
+
+def test_websocket_requests_count_until_they_are_answered(receiving_stack: Stack) -> None:
+    """A WebSocket request counts, twice its size (the request, then its answer, which echoes
+    it), until its answer is sent: past the process's 300 KB, a connection that holds more
+    than 64 KiB and sends more is closed with 1013, while a small request on another one
+    passes. Before, only frames not yet whole counted: a client could keep 8 waiting requests
+    and 4 more read ahead, of up to 1 MiB each, on every connection."""
+    stack = receiving_stack
+    url = f"ws://{stack.settings.host}:{stack.settings.ws_port}"
+    with ws_connect(url) as holder, ws_connect(url) as other:
+        # Given one connection keeping four claims of 40 KB waiting
+        for _ in range(4):
+            holder.send(ws_claim(40_000))
+        deadline = time.monotonic() + QUICK
+        while receiving_bytes(stack) < RECEIVING:
+            assert time.monotonic() < deadline, receiving_bytes(stack)
+            time.sleep(0.02)
+        # When another connection sends a small request, Then it is answered
+        other.send(orjson.dumps({"action": "queue_list", "headers": {
+            "Client-ID": str(uuid.uuid4()), "X-Project-ID": PROJECT}, "body": {}}).decode())
+        assert orjson.loads(other.recv(timeout=QUICK))["headers"]["status"] == 200
+        # When the holder sends anything more, Then it is closed with 1013
+        holder.send(ws_claim(10))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                holder.recv(timeout=QUICK)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013, closed.value
+    # And what it held is given back once it is gone
+    deadline = time.monotonic() + QUICK
+    while receiving_bytes(stack) > 0:
+        assert time.monotonic() < deadline, receiving_bytes(stack)
+        time.sleep(0.02)
+
+
+def test_a_waiting_request_over_its_size_is_refused_in_turn(stack: Stack) -> None:
+    """With the connection's 8 waiting places taken, a claim that asks to wait but is over its
+    action's frame size is refused at once, not held for a place (nor for its wait); and the
+    server does not take up permessage-deflate, which the client offers."""
+    url = f"ws://{stack.settings.host}:{stack.settings.ws_port}"
+    with ws_connect(url) as ws:
+        assert ws.protocol.extensions == []
+        for _ in range(8):
+            ws.send(ws_claim(10))
+        ws.send(ws_claim(100_000))
+        answer = orjson.loads(ws.recv(timeout=QUICK))
+    assert answer["headers"]["status"] == 400, answer["headers"]
+    assert answer["request"]["action"] == "claim_create"
+    assert "frame" in answer["body"]["error"].lower() or "bytes" in answer["body"]["error"]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from services.api_gateway.open_files import fit_memory, memory_limit
 from services.common.config import Settings
@@ -89,26 +90,41 @@ def test_the_memory_limit_is_read_from_the_cgroup(
     assert memory_limit(root, own) == limit
 
 
+def manifest_gateway() -> tuple[Settings, int]:
+    """The gateway's settings from deploy/k8s/base/api-gateway.yaml's environment, and its
+    container's memory limit in bytes."""
+    manifest = Path(__file__).resolve().parents[2] / "deploy/k8s/base/api-gateway.yaml"
+    (deployment,) = [d for d in yaml.safe_load_all(manifest.read_text())
+                     if d and d.get("kind") == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    return Settings.load(environ=env), int(limit.removesuffix("Mi")) * MIB
+
+
 def test_the_bounds_fit_a_memory_limit_in_proportion(caplog: pytest.LogCaptureFixture) -> None:
     defaults = Settings()
     # No limit, or one they fit in: unchanged, nothing said
     assert fit_memory(defaults, None) == defaults
     assert fit_memory(defaults, 4096 * MIB) == defaults
-    sized = Settings(ws_max_connections=1000, http_max_connections=4000,
-                     http_max_receiving_bytes=32 * MIB)
-    assert fit_memory(sized, 256 * MIB) == sized
+    # The Kubernetes manifests' values fit their own memory limit as they are
+    sized, limit = manifest_gateway()
+    assert (limit, sized.ws_max_connections) == (256 * MIB, 1000)
+    assert fit_memory(sized, limit) == sized
     assert caplog.records == []
-    # The defaults under 256 MiB: 128 MiB of room for 625 + 78 + 64 MiB, each cut to a sixth
+    # The defaults under 256 MiB: 128 MiB of room for 234 + 78 + 3 x 64 MiB, each cut to
+    # about a quarter
     fitted = fit_memory(defaults, 256 * MIB)
-    held = (fitted.ws_max_connections * 64 * 1024 + fitted.http_max_connections * 8 * 1024
-            + fitted.http_max_receiving_bytes)
+    held = (fitted.ws_max_connections * 24 * 1024 + fitted.http_max_connections * 8 * 1024
+            + 3 * fitted.http_max_receiving_bytes)
     assert held <= 128 * MIB
-    assert (fitted.ws_max_connections, fitted.http_max_connections) == (1668, 1668)
-    wanted = 10000 * 64 * 1024 + 10000 * 8 * 1024 + 64 * MIB
+    assert (fitted.ws_max_connections, fitted.http_max_connections) == (2537, 2537)
+    wanted = 10000 * 24 * 1024 + 10000 * 8 * 1024 + 3 * 64 * MIB
     assert fitted.http_max_receiving_bytes == 64 * MIB * (128 * MIB) // wanted
     assert [r.getMessage() for r in caplog.records] == [
-        "lowered ws_max_connections from 10000 to 1668 and http_max_connections from 10000 to "
-        f"1668 and http_max_receiving_bytes from {64 * MIB} to {fitted.http_max_receiving_bytes}"
+        "lowered ws_max_connections from 10000 to 2537 and http_max_connections from 10000 to "
+        f"2537 and http_max_receiving_bytes from {64 * MIB} to {fitted.http_max_receiving_bytes}"
         " to fit this process's memory limit of 256 MiB; raise that limit for more"]
     # A bound of 0 (none) takes no part
     unbounded = fit_memory(Settings(ws_max_connections=0), 256 * MIB)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 import time
@@ -52,7 +53,9 @@ from services.api_gateway.errors import ApiError, api_error_from_rpc, bad_reques
 from services.api_gateway.limits import (
     FULL_RETRY_AFTER,
     HEADERS_BYTES_MAX,
+    LINGER,
     LOG_EVERY,
+    WS_ALLOWANCE,
     Receiving,
 )
 from services.api_gateway.middleware import read_caller
@@ -110,14 +113,16 @@ def _given_request_id(payload: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _waits(payload: Mapping[str, Any]) -> bool:
-    """Whether the request asks to wait (answered apart from the others)."""
+def _waits(payload: Mapping[str, Any], size: int) -> bool:
+    """Whether the request asks to wait (answered apart from the others). One over its
+    action's frame size is not: it is refused at once, in turn, and holds no waiting place."""
     action, body = payload.get("action"), payload.get("body")
     return (
         isinstance(action, str)
         and action in WAITING_ACTIONS
         and isinstance(body, dict)
         and body.get("wait") not in (None, 0)
+        and size <= frame_max(ACTIONS[action])
     )
 
 
@@ -231,21 +236,35 @@ class Connection:
         room = asyncio.Semaphore(MAX_WAITING)
         try:
             async for data in self.socket:
+                frame: frames.Frame | str | bytes
                 try:
-                    frame: frames.Frame | str | bytes = frames.decode(data)
+                    frame = decoded = frames.decode(data)
+                    size = decoded.size
                 except frames.BadFrame:
                     frame = data
-                if isinstance(frame, frames.Frame) and _waits(frame.payload):
+                    size = len(data)
+                # What the request holds counts as bytes being received until its answer is
+                # sent: its payload, then its answer, which carries the request back. A
+                # client that keeps requests waiting, or does not read its answers, holds
+                # them (_CountingConnection).
+                size *= 2
+                self._counted(size)
+                if isinstance(frame, frames.Frame) and _waits(frame.payload, frame.size):
                     if not await self._room(room):
+                        self._counted(-size)
                         break  # closed while its waits held every place
                     task = asyncio.ensure_future(self._answer_apart(frame))
                     waiting.add(task)
                     task.add_done_callback(waiting.discard)
                     task.add_done_callback(lambda _: room.release())
+                    task.add_done_callback(functools.partial(self._answered, size))
                     continue
-                async with self._turn:
-                    await self.socket.send(await self.answer(frame))
-                    self.watches.release()
+                try:
+                    async with self._turn:
+                        await self.socket.send(await self.answer(frame))
+                        self.watches.release()
+                finally:
+                    self._counted(-size)
         except ConnectionClosed:
             pass
         finally:
@@ -255,6 +274,13 @@ class Connection:
             if self._expiry is not None:
                 self._expiry.cancel()
             await self.watches.close()
+
+    def _counted(self, size: int) -> None:
+        if isinstance(self.socket, _CountingConnection):
+            self.socket.answering(size)
+
+    def _answered(self, size: int, _: object) -> None:
+        self._counted(-size)
 
     async def _room(self, room: asyncio.Semaphore) -> bool:
         """Take a place among the connection's :data:`MAX_WAITING` waiting requests, waiting
@@ -444,9 +470,15 @@ def _admit(most: int) -> Callable[[ServerConnection, Request], Response | None]:
 
 
 class _CountingConnection(ServerConnection):
-    """A connection whose frames not yet received whole count in ``receiving`` (the bytes
-    the library buffers for them); one whose frame left not whole takes the process past its
-    bound is closed with 1013 (try again later), and what it sent is dropped."""
+    """A connection whose requests count in ``receiving`` from their first byte until their
+    answer is sent: a frame not yet whole (the library's buffer), whole messages read ahead
+    and not yet taken (at most ``max_queue``), and requests taken and not yet answered (the
+    waiting ones above all, and any whose answer the client does not read). One that holds
+    some and receives more while the process is past its bound is closed with 1013 (try again
+    later), and what it sent is dropped. A connection that sends a small request at a time,
+    each answered before the next, holds nothing when it sends, so it passes while the process
+    is full. (Before whole messages counted, 100 connections each keeping 8 requests of 900 KB
+    waiting and 6 more read ahead took a gateway from 68 to 867 MB.)"""
 
     receiving: Receiving = Receiving(0)
     said_at = -float("inf")  # when a cut-off was last logged (at most every LOG_EVERY s)
@@ -454,29 +486,63 @@ class _CountingConnection(ServerConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held = 0
+        self._answering = 0  # bytes of the messages taken and not yet answered
+        self._lost = False
+
+    def answering(self, size: int) -> None:
+        """``size`` bytes of a message were taken to be answered (or, negative, answered)."""
+        self._answering += size
+        if self.receiving.most:
+            self._recount()
+
+    def _recount(self) -> int:
+        """What the connection holds now (counted in ``receiving``): a frame not yet whole,
+        the frames read ahead, and the requests being answered."""
+        if self._lost:
+            return 0
+        partial = len(self.protocol.reader.buffer)
+        # The library's queue of frames read ahead (at most max_queue + 1, so cheap to sum).
+        queued = sum(len(frame.data) for frame in self.recv_messages.frames.queue)
+        self._hold(partial + queued + self._answering)
+        return self._held
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
         receiving = self.receiving
         if not receiving.most:
+            super().data_received(data)
             return
-        # What frames left not whole hold (the library's buffer); a frame whole within this
-        # chunk holds nothing, so small frames pass while the process is full.
-        self._hold(len(self.protocol.reader.buffer))
-        if receiving.held > receiving.most and self._held and self.protocol.state is State.OPEN:
-            metrics.WS_CUT_OFF.inc()
-            now = time.monotonic()
-            if now - _CountingConnection.said_at >= LOG_EVERY:
-                _CountingConnection.said_at = now
-                log.warning("WebSocket connections closed with 1013: this gateway is receiving "
-                            "%d bytes of requests at once (http_max_receiving_bytes)",
-                            receiving.most)
-            self.protocol.fail(CloseCode.TRY_AGAIN_LATER,
-                               "the gateway is receiving too much at once; try again later")
-            self.send_data()
-            self._hold(0)
+        # A connection holding no more than a small request or a few passes, so that small
+        # requests pass while the process is full. One that holds more is closed before what
+        # it sent now is even parsed, or once it is.
+        if not self._over(receiving):
+            super().data_received(data)
+            self._recount()
+            if not self._over(receiving):
+                return
+        metrics.WS_CUT_OFF.inc()
+        now = time.monotonic()
+        if now - _CountingConnection.said_at >= LOG_EVERY:
+            _CountingConnection.said_at = now
+            log.warning("WebSocket connections closed with 1013: this gateway is receiving "
+                        "%d bytes of requests at once (http_max_receiving_bytes)",
+                        receiving.most)
+        self.protocol.fail(CloseCode.TRY_AGAIN_LATER,
+                           "the gateway is receiving too much at once; try again later")
+        self.send_data()  # the close frame, then our side's end
+        # What it sent and was not taken is dropped now (the protocol discards what comes
+        # next); its requests being answered count until their tasks end, which they do once
+        # the connection is gone: after the client's end, or LINGER s, however it reads.
+        self.protocol.reader.buffer.clear()
+        self.recv_messages.frames.queue.clear()
+        self._recount()
+        self.loop.call_later(LINGER, self.transport.abort)
+
+    def _over(self, receiving: Receiving) -> bool:
+        return (self._held > WS_ALLOWANCE and receiving.held > receiving.most
+                and self.protocol.state is State.OPEN)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._hold(0)
         super().connection_lost(exc)
 
@@ -527,6 +593,11 @@ async def start(
         create_connection=_counting(receiving or Receiving(settings.http_max_receiving_bytes)),
         max_size=MAX_FRAME,
         max_queue=READ_AHEAD,
+        # No permessage-deflate: a chunk of a few KiB on the wire could otherwise carry
+        # megabytes of frames (14 frames of 900 KB in one 14 KB read), all inflated before any
+        # bound can look at them; and each connection would keep a zlib context (tens of KiB).
+        # The extension is optional: a client that offers it is answered without it.
+        compression=None,
         server_header=None,
     )
 
