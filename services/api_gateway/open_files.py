@@ -82,6 +82,8 @@ def _lowered(settings: Settings, wanted: dict[str, Any], room: int, held: int,
 WS_CONNECTION_BYTES: Final = 24 * 1024
 HTTP_CONNECTION_BYTES: Final = 8 * 1024
 RECEIVING_FACTOR: Final = 3
+# A long poll held (max_waiting): 3,000 HTTP long polls took a gateway from 69 to 215 MiB.
+WAIT_BYTES: Final = 64 * 1024
 # Memory kept for the process itself (about 70 MiB idle) and its work under load.
 OWN_BYTES: Final = 128 * 1024 * 1024
 # A cgroup limit at or above this is no limit (cgroup v1 shows "none" as about 2**63).
@@ -125,7 +127,7 @@ def fit_memory(settings: Settings, limit: int | None) -> Settings:
     :data:`OWN_BYTES`. A bound of 0 (none) is left as it is."""
     sizes = {"ws_max_connections": WS_CONNECTION_BYTES,
              "http_max_connections": HTTP_CONNECTION_BYTES,
-             "http_max_receiving_bytes": RECEIVING_FACTOR}
+             "http_max_receiving_bytes": RECEIVING_FACTOR, "max_waiting": WAIT_BYTES}
     wanted = {name: getattr(settings, name) for name in sizes if getattr(settings, name)}
     if limit is None or not wanted:
         return settings

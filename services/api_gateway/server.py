@@ -136,6 +136,7 @@ async def run(settings: Settings) -> None:
         # One count of the bytes being received, for both ports.
         receiving = Receiving(settings.http_max_receiving_bytes)
         metrics.RECEIVING_BYTES.set_function(lambda: receiving.held)  # read when scraped
+        metrics.LONG_POLLS_WAITING.set_function(lambda: up.waits.held)
         sockets = await _listen_ws(settings, up, auth, limit, keys, receiving)
         server = build_server(settings, up=up, auth=auth, limit=limit, keys=keys,
                               receiving=receiving)
@@ -150,7 +151,7 @@ async def run(settings: Settings) -> None:
             # deadline, rather than cut off when the grace runs out.
             for connection in list(server.server_state.connections):
                 connection.shutdown()
-            up.stopping.set()
+            up.waits.stopping.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)

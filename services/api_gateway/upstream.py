@@ -31,6 +31,7 @@ from zaqar_grpc.v2 import (
 
 from services.api_gateway.coalesce import CoalescingMessages, check_batch_settings
 from services.api_gateway.exchange import Exchange
+from services.api_gateway.operations.waiting import Waits
 from services.common.config import Settings
 from services.common.grpc_server import CHANNEL_OPTIONS, open_channel
 from services.common.keystone import KeystoneAuth, check_settings
@@ -68,8 +69,9 @@ class Upstreams:
         keystone mode without one, the upstreams make their own and close it with the
         channels."""
         self.timeout = settings.rpc_timeout
-        # Set when the gateway begins to stop: long polls end at once (operations/waiting.py).
-        self.stopping = asyncio.Event()
+        # The long polls held (both ports), and whether the gateway is stopping, when they end
+        # at once (operations/waiting.py).
+        self.waits = Waits(settings.max_waiting)
         self._tls = tls
         # Whether the services behind run with the pool catalog (the same setting for all).
         self.pooling = settings.pooling

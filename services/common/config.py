@@ -77,6 +77,22 @@ class Settings:
             "0: no limit."
         ),
     )
+    max_waiting: int = field(
+        default=2000,
+        metadata=_help(
+            "Long polls (claims and listings with wait, over HTTP and WebSocket) one gateway "
+            "process holds at once; one more is answered 503 with Retry-After. Each holds "
+            "about 56 KiB of the gateway's memory. 0: no limit."
+        ),
+    )
+    message_max_waiting: int = field(
+        default=10000,
+        metadata=_help(
+            "Long polls and streaming pulls one message_svc process holds waiting at once; "
+            "one more is refused UNAVAILABLE (reason WAITS_FULL; 503 through the gateway). "
+            "Each holds about 27 KiB of its memory. 0: no limit."
+        ),
+    )
     http_request_timeout: float = field(
         default=30.0,
         metadata=_help(
@@ -701,7 +717,8 @@ LIMITS: Final[Mapping[str, tuple[str, ...]]] = {
     "queue": ("project_max_queues", "project_max_topics"),
     "notifier": ("queue_max_subscriptions",),
     "gateway": ("ws_max_connections", "http_max_connections", "http_request_timeout",
-                "http_max_receiving_bytes"),
+                "http_max_receiving_bytes", "max_waiting"),
+    "message": ("message_max_waiting",),
 }
 
 

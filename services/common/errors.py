@@ -261,6 +261,12 @@ class Unavailable(ServiceError):
     msg_format = "{description}"
 
 
+class WaitsFull(Unavailable):
+    """This process holds as many waiting requests (long polls, streaming pulls) as it may."""
+
+    reason = "WAITS_FULL"
+
+
 class Stopping(Unavailable):
     """This process is stopping: what it would hold open (a streaming pull) ends, and the
     caller opens it again, on another replica."""

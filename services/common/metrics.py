@@ -95,8 +95,9 @@ RECEIVING_BYTES: Final = Gauge(
 )
 LONG_POLLS_WAITING: Final = Gauge(
     "zaqar_long_polls_waiting",
-    "Long-poll claims and listings (wait > 0, streaming pulls included) waiting in this "
-    "message_svc process.",
+    "Long-poll claims and listings (wait > 0) held in this process: a gateway's over HTTP and "
+    "WebSocket (bounded by max_waiting), or a message_svc's, streaming pulls included "
+    "(bounded by message_max_waiting).",
 )
 HTTP_OVERFULL: Final = Counter(
     "zaqar_http_requests_cut_off",

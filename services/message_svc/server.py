@@ -9,7 +9,7 @@ from functools import partial
 from zaqar_grpc.v2 import admin_pb2, notifier_pb2_grpc
 
 from services.common import health, metrics
-from services.common.config import ConfigurationError, Settings
+from services.common.config import ConfigurationError, Settings, check_limits
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
     STORE_CHECK_TIMEOUT,
@@ -67,12 +67,14 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         ConfigurationError: bad TLS settings or files; the store URI is unknown or malformed;
             a key of ``message_encryption_keys`` is malformed;
             a message filter of ``message_filters`` is not installed or cannot be loaded;
-            a ``fair_*`` threshold is out of its range (checked first, fairness on or off).
+            a ``fair_*`` threshold is out of its range (checked first, fairness on or off);
+            ``message_max_waiting`` is negative.
         Unavailable: the store cannot be opened.
         CannotListen: the port cannot be bound (services/common/startup.py).
     """
     fair = fair_policy(settings)
     check_interval(settings)
+    check_limits(settings, "message")
     tls = await asyncio.to_thread(load_tls, settings)
     filters = Filters.load(settings.message_filters)
     keys = parse_keys(settings.message_encryption_keys)
@@ -129,7 +131,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     notifier_channel = open_channel(settings.target("notifier"), tls, auth)
     polling = Polling(service, WaitRoom(notifier_watch(
         notifier_pb2_grpc.NotifierInternalStub(notifier_channel)
-    )))
+    ), most=settings.message_max_waiting))
     metrics.LONG_POLLS_WAITING.set_function(polling.room.waiting)  # counted when scraped
     redrives: Redrives | None = None
     try:

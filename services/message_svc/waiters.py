@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from services.common.errors import WaitsFull
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -81,11 +83,16 @@ class _Queue:
 class WaitRoom:
     """The waiting requests of every queue of this process."""
 
-    def __init__(self, watch: Watch | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, watch: Watch | None = None, clock: Callable[[], float] = time.time,
+                 most: int = 0) -> None:
+        """``most``: waits held at once (``message_max_waiting``); one more is refused with
+        :class:`WaitsFull`. 0: no limit."""
         self._watch = watch
         self._clock = clock
         self._queues: dict[Key, _Queue] = {}
         self._ending = False
+        self._most = most
+        self._count = 0
 
     @property
     def ending(self) -> bool:
@@ -104,7 +111,7 @@ class WaitRoom:
 
     def waiting(self) -> int:
         """How many requests wait now."""
-        return sum(len(q.claimers) + len(q.readers) for q in self._queues.values())
+        return self._count
 
     def hint(self, project: str, queue: str) -> None:
         """Something may have become available in the queue: wake its next waiter(s)."""
@@ -129,6 +136,25 @@ class WaitRoom:
         a caller that is gone."""
         if self._ending:
             return (await self._try(attempt, undo)).result
+        if self._most and self._count >= self._most:
+            raise WaitsFull(
+                f"This message_svc process holds {self._most} waiting requests "
+                "(message_max_waiting). Retry later, or at another replica.")
+        self._count += 1
+        try:
+            return await self._wait(project, queue, seconds, attempt, exclusive, undo)
+        finally:
+            self._count -= 1
+
+    async def _wait(
+        self,
+        project: str,
+        queue: str,
+        seconds: float,
+        attempt: Callable[[], Awaitable[Attempt[T]]],
+        exclusive: bool,
+        undo: Callable[[T], Awaitable[None]] | None,
+    ) -> T | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         key = (project, queue)

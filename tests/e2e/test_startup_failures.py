@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from services.cli import settings_environment
-from services.common.config import Settings
+from services.common.config import LIMITS, Settings
 from tests.certs import Pki
 from tests.servers import RedisSentinelProcesses, ServerProcess, free_port
 
@@ -383,13 +383,9 @@ def test_the_gateway_refuses_bad_signing_or_rate_settings_in_one_line(
 
 
 @pytest.mark.parametrize(("setting", "command"), [
-    ("project_max_queues", ["up"]), ("project_max_queues", ["serve", "queue"]),
-    ("project_max_topics", ["up"]), ("project_max_topics", ["serve", "queue"]),
-    ("queue_max_subscriptions", ["up"]), ("queue_max_subscriptions", ["serve", "notifier"]),
-    ("ws_max_connections", ["up"]), ("ws_max_connections", ["serve", "gateway"]),
-    ("http_max_connections", ["up"]), ("http_max_connections", ["serve", "gateway"]),
-    ("http_request_timeout", ["up"]), ("http_request_timeout", ["serve", "gateway"]),
-    ("http_max_receiving_bytes", ["up"]), ("http_max_receiving_bytes", ["serve", "gateway"]),
+    (setting, command)
+    for service, settings in LIMITS.items() for setting in settings
+    for command in (["up"], ["serve", service])
 ])
 def test_a_negative_limit_is_refused_in_one_line(
     make_settings: Callable[..., Settings], command: list[str], setting: str,

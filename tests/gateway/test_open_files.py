@@ -113,18 +113,20 @@ def test_the_bounds_fit_a_memory_limit_in_proportion(caplog: pytest.LogCaptureFi
     assert (limit, sized.ws_max_connections) == (256 * MIB, 1000)
     assert fit_memory(sized, limit) == sized
     assert caplog.records == []
-    # The defaults under 256 MiB: 128 MiB of room for 234 + 78 + 3 x 64 MiB, each cut to
-    # about a quarter
+    # The defaults under 256 MiB: 128 MiB of room for 234 + 78 + 3 x 64 + 125 MiB (2,000 long
+    # polls), each cut to about a fifth
     fitted = fit_memory(defaults, 256 * MIB)
     held = (fitted.ws_max_connections * 24 * 1024 + fitted.http_max_connections * 8 * 1024
-            + 3 * fitted.http_max_receiving_bytes)
+            + 3 * fitted.http_max_receiving_bytes + fitted.max_waiting * 64 * 1024)
     assert held <= 128 * MIB
-    assert (fitted.ws_max_connections, fitted.http_max_connections) == (2537, 2537)
-    wanted = 10000 * 24 * 1024 + 10000 * 8 * 1024 + 3 * 64 * MIB
+    assert (fitted.ws_max_connections, fitted.http_max_connections) == (2033, 2033)
+    assert fitted.max_waiting == 406
+    wanted = 10000 * 24 * 1024 + 10000 * 8 * 1024 + 3 * 64 * MIB + 2000 * 64 * 1024
     assert fitted.http_max_receiving_bytes == 64 * MIB * (128 * MIB) // wanted
     assert [r.getMessage() for r in caplog.records] == [
-        "lowered ws_max_connections from 10000 to 2537 and http_max_connections from 10000 to "
-        f"2537 and http_max_receiving_bytes from {64 * MIB} to {fitted.http_max_receiving_bytes}"
+        "lowered ws_max_connections from 10000 to 2033 and http_max_connections from 10000 to "
+        f"2033 and http_max_receiving_bytes from {64 * MIB} to {fitted.http_max_receiving_bytes}"
+        " and max_waiting from 2000 to 406"
         " to fit this process's memory limit of 256 MiB; raise that limit for more"]
     # A bound of 0 (none) takes no part
     unbounded = fit_memory(Settings(ws_max_connections=0), 256 * MIB)

@@ -31,7 +31,7 @@ async def create_claim(
     request = translate.create_claim_request(caller.project, queue, limit, doc)
     if seconds:
         claim = await held(
-            up.messages_direct.CreateClaim, request, seconds, up.timeout, gone, up.stopping
+            up.messages_direct.CreateClaim, request, seconds, up.timeout, gone, up.waits
         )
     else:
         claim = await up.messages.CreateClaim(request, timeout=up.timeout)

@@ -67,7 +67,7 @@ async def list_messages(
         request.limit = translate.int32(limit)
     if seconds:
         response = await held(
-            up.messages_direct.ListMessages, request, seconds, up.timeout, gone, up.stopping
+            up.messages_direct.ListMessages, request, seconds, up.timeout, gone, up.waits
         )
     else:
         response = await up.messages.ListMessages(request, timeout=up.timeout)

@@ -15,6 +15,7 @@ from typing import Final, TypeVar
 from zaqar_grpc.v2 import messages_pb2
 
 from services.api_gateway.errors import ApiError, bad_request
+from services.api_gateway.limits import FULL_RETRY_AFTER
 
 T = TypeVar("T")
 # The message_svc calls that can wait.
@@ -35,6 +36,26 @@ def checked_wait(wait: int | None) -> int:
     return wait
 
 
+class Waits:
+    """The long polls one gateway process holds, over HTTP and WebSocket (``max_waiting``;
+    0: no limit), and whether the process is stopping (set on SIGTERM: they end at once)."""
+
+    __slots__ = ("held", "most", "stopping")
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.held = 0
+        self.stopping = asyncio.Event()
+
+    def full(self) -> ApiError:
+        return ApiError(
+            503, "Service Unavailable",
+            f"This gateway holds {self.most} long polls at once (max_waiting). Please retry "
+            f"in {FULL_RETRY_AFTER} seconds, or at another replica.",
+            {"Retry-After": str(FULL_RETRY_AFTER)},
+        )
+
+
 class ClientGone(ApiError):
     """The client went away while its request waited: nobody reads this answer."""
 
@@ -44,14 +65,28 @@ class ClientGone(ApiError):
 
 async def held(
     method: Callable[..., Awaitable[T]], request: WaitingRequest, seconds: int,
-    rpc_timeout: float,
-    gone: Gone | None, stopping: asyncio.Event,
+    rpc_timeout: float, gone: Gone | None, waits: Waits,
 ) -> T:
-    """``method(request)`` waiting up to ``seconds`` (with ``rpc_timeout`` more for the call).
-    Cancelled, and :class:`ClientGone` raised, when ``gone`` returns first; cancelled and made
-    once more without waiting when ``stopping`` is set first (or already)."""
+    """``method(request)`` waiting up to ``seconds`` (with ``rpc_timeout`` more for the call),
+    one of ``waits``: 503 when they are all taken. Cancelled, and :class:`ClientGone` raised,
+    when ``gone`` returns first; cancelled and made once more without waiting when the process
+    begins to stop first (or already has)."""
+    stopping = waits.stopping
     if stopping.is_set():
         return await method(request, timeout=rpc_timeout)
+    if waits.most and waits.held >= waits.most:
+        raise waits.full()
+    waits.held += 1
+    try:
+        return await _held(method, request, seconds, rpc_timeout, gone, stopping)
+    finally:
+        waits.held -= 1
+
+
+async def _held(
+    method: Callable[..., Awaitable[T]], request: WaitingRequest, seconds: int,
+    rpc_timeout: float, gone: Gone | None, stopping: asyncio.Event,
+) -> T:
     request.wait_seconds = seconds
     task = asyncio.ensure_future(method(request, timeout=seconds + rpc_timeout))
     stopped = asyncio.ensure_future(stopping.wait())

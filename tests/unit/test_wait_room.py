@@ -1,11 +1,15 @@
-"""``WaitRoom.end``: when message_svc begins to stop, every wait ends at once as at its
+"""``WaitRoom``: when message_svc begins to stop (``end``), every wait ends at once as at its
 deadline (the head of a queue's claims and each listing try once more), and a wait begun
-afterwards tries once and does not wait."""
+afterwards tries once and does not wait; and the waits held at once are bounded."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
+import pytest
+
+from services.common.errors import WaitsFull
 from services.message_svc.waiters import Attempt, WaitRoom
 from tests.waiting import until
 
@@ -60,3 +64,29 @@ async def test_a_wait_begun_after_end_tries_once_without_waiting() -> None:
         tries.found = "later"
         assert await room.wait("p", "q", LONG, tries, exclusive=False) == "later"
     assert tries.count == 2 and room.waiting() == 0
+
+
+async def test_waits_past_the_rooms_bound_are_refused_and_room_made_is_used() -> None:
+    # message_max_waiting: one more wait than the room holds is refused WAITS_FULL (gRPC
+    # UNAVAILABLE, 503 through the gateway), and a wait that ends makes room
+    room = WaitRoom(most=2)
+    tries = Tries()
+    waits = [asyncio.ensure_future(room.wait("p", q, LONG, tries, exclusive=True))
+             for q in ("a", "b")]
+    await until(lambda: room.waiting() == 2 and tries.count == 2, WITHIN, "two waits")
+    with pytest.raises(WaitsFull) as refused:
+        await room.wait("p", "c", LONG, tries, exclusive=False)
+    assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+    assert refused.value.reason == "WAITS_FULL"
+    assert "(message_max_waiting)" in refused.value.description
+    assert tries.count == 2  # refused before any try
+    waits[0].cancel()
+    await asyncio.gather(waits[0], return_exceptions=True)
+    assert room.waiting() == 1
+    tries.found = "got"
+    async with asyncio.timeout(WITHIN):
+        assert await room.wait("p", "c", LONG, tries, exclusive=False) == "got"
+    room.end()
+    async with asyncio.timeout(WITHIN):
+        await waits[1]
+    assert room.waiting() == 0
