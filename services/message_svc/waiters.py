@@ -140,21 +140,6 @@ class WaitRoom:
             raise WaitsFull(
                 f"This message_svc process holds {self._most} waiting requests "
                 "(message_max_waiting). Retry later, or at another replica.")
-        self._count += 1
-        try:
-            return await self._wait(project, queue, seconds, attempt, exclusive, undo)
-        finally:
-            self._count -= 1
-
-    async def _wait(
-        self,
-        project: str,
-        queue: str,
-        seconds: float,
-        attempt: Callable[[], Awaitable[Attempt[T]]],
-        exclusive: bool,
-        undo: Callable[[T], Awaitable[None]] | None,
-    ) -> T | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         key = (project, queue)
@@ -174,6 +159,7 @@ class WaitRoom:
             me.woken.set()
         self._ensure_watch(key, entry)
         seen = entry.hints
+        self._count += 1
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -202,6 +188,7 @@ class WaitRoom:
                 return got.result
             return None
         finally:
+            self._count -= 1
             self._leave(key, entry, me, exclusive, passed=me.woken.is_set() or seen != entry.hints)
 
     async def close(self) -> None:

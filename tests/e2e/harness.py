@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import resource
@@ -10,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from services.cli import settings_environment
 from services.common.config import Settings
@@ -103,3 +105,19 @@ def start_stack(settings: Settings, extra_args: list[str] | None = None,
         stack.stop()
         raise RuntimeError("zaqar-grpc up did not come up:\n" + "".join(stack.output))
     return stack
+
+
+@contextlib.contextmanager
+def sqlite_stack(data_dir: Path, **overrides: Any) -> Iterator[Stack]:
+    """A ``zaqar-grpc up`` on SQLite in ``data_dir``, on free ports, with ``overrides`` of the
+    settings; it must stop cleanly afterwards."""
+    from tests.servers import service_ports
+
+    settings = Settings.load(environ={}, overrides={
+        "data_dir": str(data_dir), **service_ports(), **overrides,
+    })
+    stack = start_stack(settings)
+    try:
+        yield stack
+    finally:
+        assert stack.stop() == 0, "".join(stack.output)

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from services.common.config import Settings
-from tests.e2e.harness import Stack, start_stack
+from tests.e2e.harness import Stack, sqlite_stack, start_stack
 from tests.servers import service_ports
 
 pytestmark = pytest.mark.e2e
@@ -41,14 +41,9 @@ TENANT = f"Client-ID: {uuid.uuid4()}\r\nX-Project-ID: {PROJECT}\r\n"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data: Path = tmp_path_factory.mktemp("up-http-bounds")
-    settings = Settings.load(environ={}, overrides={
-        "data_dir": str(data), **service_ports(),
-        "http_max_connections": MOST, "http_request_timeout": TIMEOUT,
-    })
-    stack = start_stack(settings)
-    yield stack
-    assert stack.stop() == 0, "".join(stack.output)
+    with sqlite_stack(tmp_path_factory.mktemp("up-http-bounds"), http_max_connections=MOST,
+                      http_request_timeout=TIMEOUT) as stack:
+        yield stack
 
 
 def connect(stack: Stack) -> socket.socket:
@@ -280,13 +275,9 @@ RECEIVING = 300_000  # bytes of requests being received, per gateway process
 
 @pytest.fixture(scope="module")
 def receiving_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data: Path = tmp_path_factory.mktemp("up-http-receiving")
-    settings = Settings.load(environ={}, overrides={
-        "data_dir": str(data), **service_ports(), "http_max_receiving_bytes": RECEIVING,
-    })
-    stack = start_stack(settings)
-    yield stack
-    assert stack.stop() == 0, "".join(stack.output)
+    with sqlite_stack(tmp_path_factory.mktemp("up-http-receiving"),
+                      http_max_receiving_bytes=RECEIVING) as stack:
+        yield stack
 
 
 def big_post(queue: str, size: int) -> bytes:

@@ -9,7 +9,6 @@ import concurrent.futures
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
@@ -17,9 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from services.common.config import Settings
-from tests.e2e.harness import Stack, start_stack
-from tests.servers import service_ports
+from tests.e2e.harness import Stack, sqlite_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +29,8 @@ FULL = ("This gateway holds 2 long polls at once (max_waiting). Please retry in 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data: Path = tmp_path_factory.mktemp("up-max-waiting")
-    settings = Settings.load(environ={}, overrides={
-        "data_dir": str(data), **service_ports(), "max_waiting": MOST,
-    })
-    stack = start_stack(settings)
-    yield stack
-    assert stack.stop() == 0, "".join(stack.output)
+    with sqlite_stack(tmp_path_factory.mktemp("up-max-waiting"), max_waiting=MOST) as stack:
+        yield stack
 
 
 def held(stack: Stack) -> float:
