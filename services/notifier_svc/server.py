@@ -209,7 +209,7 @@ async def start(
             server, port, health_servicer, SERVICE_NAMES, close,
             store_check=partial(answers, settings.store_uri("notifier"), "notifier store",
                                 STORE_CHECK_TIMEOUT),
-            store_name="the notifier store",
+            store_name="the notifier store", stopping=service.watches.hub.end,
         ))
     except BaseException:
         await close()

@@ -21,7 +21,7 @@ from google.protobuf import empty_pb2
 from grpc_status import rpc_status
 from zaqar_grpc.v2 import common_pb2, notifier_pb2, notifier_pb2_grpc
 
-from services.common.errors import Overloaded, ServiceError, to_status
+from services.common.errors import Overloaded, ServiceError, Stopping, to_status
 from services.common.grpc_auth import caller_token
 from services.common.grpc_types import Context
 from services.notifier_svc import sources
@@ -212,7 +212,9 @@ class NotifierInternalServicer(notifier_pb2_grpc.NotifierInternalServicer):
             try:
                 while True:
                     if watcher.overflowed.is_set():
-                        await _abort(context, Overloaded(
+                        await _abort(context, Stopping(
+                            "This notifier_svc process is stopping; watch again."
+                        ) if watcher.stopping else Overloaded(
                             "The watcher fell too far behind the queue's messages and was "
                             "dropped; watch again."
                         ))

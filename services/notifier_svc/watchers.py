@@ -24,7 +24,10 @@ class Watcher:
 
     def __init__(self, buffer: int, since: float) -> None:
         self.queue: asyncio.Queue[notifier_pb2.Notification] = asyncio.Queue(buffer)
+        # Set when the stream must end: the watcher fell behind, or (``stopping``) the process
+        # is stopping.
         self.overflowed = asyncio.Event()
+        self.stopping = False
         self.since = since
 
 
@@ -35,6 +38,15 @@ class WatchHub:
         self._buffer = buffer
         self._clock = clock
         self._watchers: dict[Key, set[Watcher]] = {}
+
+    def end(self) -> None:
+        """This process is stopping: every watcher's stream ends now (UNAVAILABLE, reason
+        STOPPING), for its caller to watch again on another replica, rather than at the end
+        of the server's grace."""
+        for watchers in self._watchers.values():
+            for watcher in watchers:
+                watcher.stopping = True
+                watcher.overflowed.set()
 
     def listened(self, project: str, queue: str) -> bool:
         return bool(self._watchers.get((project, queue)))

@@ -1,8 +1,9 @@
-"""A message_svc that begins to stop answers what waits on it at once instead of holding it
-until the shutdown grace runs out and cutting it off: a long-poll claim or listing gets its
-answer (nothing, as at its deadline), a new one does not wait, and a streaming pull ends with
-UNAVAILABLE (reason STOPPING), its claims released, so that its caller opens it again on
-another replica. Real processes' servers over real gRPC, on SQLite."""
+"""A service that begins to stop ends what waits on it at once, instead of holding it until
+the shutdown grace runs out and cutting it off. In message_svc a long-poll claim or listing
+gets its answer (nothing, as at its deadline), a new one does not wait, and a streaming pull
+ends with UNAVAILABLE (reason STOPPING), its claims released, so that its caller opens it again
+on another replica; notifier_svc ends its watches the same way. Real servers over real gRPC,
+on SQLite."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from collections.abc import Callable
 
 import grpc
 import orjson
-from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
+from zaqar_grpc.v2 import (
+    common_pb2,
+    messages_pb2,
+    messages_pb2_grpc,
+    notifier_pb2,
+    notifier_pb2_grpc,
+)
 
 from services.common.config import Settings
 from services.common.errors import decode_rpc_error
 from services.common.grpc_server import Running
 from services.message_svc import server as message_server
 from services.message_svc.polling import Polling
+from services.notifier_svc import server as notifier_server
 from tests.services.test_message_svc import CLIENT, PROJECT, Services, _start_pair
 from tests.waiting import until
 
@@ -89,3 +97,35 @@ def _polling(running: Running) -> Polling:
     polling = getattr(running.stopping, "__self__", None)
     assert isinstance(polling, Polling)
     return polling
+
+
+async def test_a_stopping_notifier_ends_its_watches_at_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A Watch (what message_svc's long polls and the gateway's WebSocket subscriptions hold
+    on notifier_svc) ends with UNAVAILABLE, reason STOPPING, when notifier_svc begins to stop,
+    for its caller to watch again elsewhere; not when a long grace runs out."""
+    settings = make_settings()
+    notifier = await notifier_server.start(settings)
+    stopped: asyncio.Future[None] | None = None
+    try:
+        async with grpc.aio.insecure_channel(f"{settings.host}:{notifier.port}") as channel:
+            watch = notifier_pb2_grpc.NotifierInternalStub(channel).Watch(  # type: ignore[no-untyped-call]
+                notifier_pb2.WatchRequest(project=PROJECT, queue="watched", ttl=3600))
+            async with asyncio.timeout(WITHIN):
+                await watch.initial_metadata()  # registered
+            # When it begins to stop with a grace far longer than this test waits
+            stopped = asyncio.ensure_future(notifier.stop(10 * WITHIN))
+            # Then the watch ends at once
+            async with asyncio.timeout(WITHIN):
+                try:
+                    await watch.read()
+                except grpc.aio.AioRpcError as exc:
+                    info = decode_rpc_error(exc)
+                else:
+                    raise AssertionError("the watch did not end")
+                await stopped
+        assert (info.code, info.reason) == (grpc.StatusCode.UNAVAILABLE, "STOPPING"), info
+    finally:
+        if stopped is None:
+            await notifier.stop()
