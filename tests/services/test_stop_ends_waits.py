@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import orjson
@@ -21,7 +22,7 @@ from zaqar_grpc.v2 import (
 )
 
 from services.common.config import Settings
-from services.common.errors import decode_rpc_error
+from services.common.errors import RpcErrorInfo, decode_rpc_error
 from services.common.grpc_server import Running
 from services.message_svc import server as message_server
 from services.message_svc.polling import Polling
@@ -68,13 +69,7 @@ async def test_a_stopping_message_svc_answers_its_waits_and_ends_its_streams(
             assert (await claim).id == ""
             assert list((await listing).messages) == []
             # And the stream ended with UNAVAILABLE, reason STOPPING
-            try:
-                await stream.read()
-            except grpc.aio.AioRpcError as exc:
-                info = decode_rpc_error(exc)
-            else:
-                raise AssertionError("the stream did not end")
-        assert (info.code, info.reason) == (grpc.StatusCode.UNAVAILABLE, "STOPPING"), info
+            info = await stopping_end(stream)
         assert "Open the stream again" in info.description
     finally:
         await channel.close()
@@ -90,6 +85,18 @@ async def test_a_stopping_message_svc_answers_its_waits_and_ends_its_streams(
     finally:
         await again.stop()
         await queues.stop()
+
+
+async def stopping_end(stream: Any) -> RpcErrorInfo:
+    """How a server stream ends: it must be UNAVAILABLE, reason STOPPING."""
+    try:
+        await stream.read()
+    except grpc.aio.AioRpcError as exc:
+        info = decode_rpc_error(exc)
+    else:
+        raise AssertionError("the stream did not end")
+    assert (info.code, info.reason) == (grpc.StatusCode.UNAVAILABLE, "STOPPING"), info
+    return info
 
 
 def _polling(running: Running) -> Polling:
@@ -118,14 +125,8 @@ async def test_a_stopping_notifier_ends_its_watches_at_once(
             stopped = asyncio.ensure_future(notifier.stop(10 * WITHIN))
             # Then the watch ends at once
             async with asyncio.timeout(WITHIN):
-                try:
-                    await watch.read()
-                except grpc.aio.AioRpcError as exc:
-                    info = decode_rpc_error(exc)
-                else:
-                    raise AssertionError("the watch did not end")
+                await stopping_end(watch)
                 await stopped
-        assert (info.code, info.reason) == (grpc.StatusCode.UNAVAILABLE, "STOPPING"), info
     finally:
         if stopped is None:
             await notifier.stop()
