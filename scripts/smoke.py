@@ -26,10 +26,17 @@ HEADERS = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": "smoke",
            "Content-Type": "application/json"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports: each socket is held until all are bound, or the kernel
+    may hand the same port out twice (it did: two services were given one port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -53,9 +60,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="store URI of every service (default: SQLite)")
     args = parser.parse_args()
-    ports = {name: free_port() for name in ("HTTP", "WS", "QUEUE", "MESSAGE", "NOTIFIER",
-                                            "QUEUE_METRICS", "MESSAGE_METRICS",
-                                            "NOTIFIER_METRICS")}
+    names = ("HTTP", "WS", "QUEUE", "MESSAGE", "NOTIFIER", "QUEUE_METRICS", "MESSAGE_METRICS",
+             "NOTIFIER_METRICS")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {**os.environ, **{f"ZAQAR_{name}_PORT": str(port) for name, port in ports.items()}}
     with tempfile.TemporaryDirectory() as data:
         argv = [sys.executable, "-m", "services.cli", "up", "--data-dir", data]
