@@ -93,6 +93,16 @@ class Settings:
             "Each holds about 27 KiB of its memory. 0: no limit."
         ),
     )
+    grpc_max_receiving_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata=_help(
+            "Bytes of requests one gRPC service process (queue_svc, message_svc, "
+            "notifier_svc) holds for the calls it is serving; a request over 64 KiB that "
+            "would take it past them is refused UNAVAILABLE (reason RECEIVING_FULL; 503 "
+            "through the gateway) before anything is done for it, unless it is the only one "
+            "over 64 KiB held. A byte held costs about 5 of memory. 0: no limit."
+        ),
+    )
     http_request_timeout: float = field(
         default=30.0,
         metadata=_help(
@@ -714,11 +724,11 @@ def _cast(name: str, value: Any) -> Any:
 # The limits (quotas, connections, the time to send a request; 0: no limit) each service
 # reads: checked when it starts, and by `up` before it starts anything (services/preflight.py).
 LIMITS: Final[Mapping[str, tuple[str, ...]]] = {
-    "queue": ("project_max_queues", "project_max_topics"),
-    "notifier": ("queue_max_subscriptions",),
+    "queue": ("project_max_queues", "project_max_topics", "grpc_max_receiving_bytes"),
+    "notifier": ("queue_max_subscriptions", "grpc_max_receiving_bytes"),
     "gateway": ("ws_max_connections", "http_max_connections", "http_request_timeout",
                 "http_max_receiving_bytes", "max_waiting"),
-    "message": ("message_max_waiting",),
+    "message": ("message_max_waiting", "grpc_max_receiving_bytes"),
 }
 
 

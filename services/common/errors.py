@@ -267,6 +267,13 @@ class WaitsFull(Unavailable):
     reason = "WAITS_FULL"
 
 
+class ReceivingFull(Unavailable):
+    """This process holds as many bytes of requests as it may (``grpc_max_receiving_bytes``):
+    a large request is refused before its method runs, and may be sent again."""
+
+    reason = "RECEIVING_FULL"
+
+
 class Stopping(Unavailable):
     """This process is stopping: what it would hold open (a streaming pull) ends, and the
     caller opens it again, on another replica."""

@@ -23,6 +23,7 @@ from services.common.errors import ErrorInterceptor
 from services.common.grpc_auth import client_interceptors
 from services.common.keystone import KeystoneAuth
 from services.common.metrics import STORE_REACHABLE, Exposition
+from services.common.request_bytes import Receiving, ReceivingInterceptor
 from services.common.request_names import NamesInterceptor
 from services.common.startup import METRICS_PORT, CannotListen, check_port, os_reason, report
 from services.common.sweeper import Periodic
@@ -248,8 +249,15 @@ def create_server(
     port: int = 0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: Tls | None = None,
+    *,
+    receiving: Receiving,
+    process: str,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with the business servicers, the error interceptor, health and reflection.
+
+    ``receiving`` bounds the bytes of requests its calls hold (``request_bytes.py``; one per
+    process, ``Receiving(settings.grpc_max_receiving_bytes)``), ``process`` names it in
+    refusals ("message_svc"). Both are required: no server is built without the bound.
 
     With ``tls`` the port accepts TLS only (and, when ``tls.require_client_cert``, only
     clients with a certificate signed by its CA); without, plaintext only.
@@ -262,7 +270,10 @@ def create_server(
         CannotListen: the port cannot be bound (in use, not allowed, no such address).
     """
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), *interceptors, NamesInterceptor()],
+        interceptors=[
+            ErrorInterceptor(), *interceptors, ReceivingInterceptor(receiving, process),
+            NamesInterceptor(),
+        ],
         options=SERVER_OPTIONS,
     )
     for register in registrars:

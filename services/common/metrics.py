@@ -19,6 +19,8 @@ What is measured, and where it is recorded (one place each):
 - sizes of the gateway's coalesced ``Batch`` calls (``api_gateway/coalesce.py``);
 - notifier deliveries by kind and outcome, messages a filter policy kept from a subscriber,
   and the outbox depth (``notifier_svc``);
+- bytes of requests a gRPC service holds, and calls refused for them
+  (``request_bytes.py``);
 - whether each process's store answers (``grpc_server.StoreWatch``);
 - the process itself (CPU, memory, file descriptors: prometheus-client's collectors).
 
@@ -92,6 +94,16 @@ RECEIVING_BYTES: Final = Gauge(
     "zaqar_receiving_bytes",
     "Bytes of requests the gateway holds before they are whole, over its HTTP and WebSocket "
     "connections (bounded by http_max_receiving_bytes).",
+)
+GRPC_RECEIVING_BYTES: Final = Gauge(
+    "zaqar_grpc_receiving_bytes",
+    "Bytes of requests a gRPC service process holds for the unary calls it is serving "
+    "(bounded by grpc_max_receiving_bytes; request_bytes.py).",
+)
+GRPC_RECEIVING_REFUSED: Final = Counter(
+    "zaqar_grpc_requests_refused",
+    "gRPC calls refused UNAVAILABLE (reason RECEIVING_FULL) before their method ran: the "
+    "process held grpc_max_receiving_bytes of requests.",
 )
 LONG_POLLS_WAITING: Final = Gauge(
     "zaqar_long_polls_waiting",

@@ -21,6 +21,7 @@ from services.common.grpc_server import (
 )
 from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.message_keys import parse_keys
+from services.common.request_bytes import Receiving
 from services.common.secret_files import SecretFiles, check_interval
 from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
@@ -154,6 +155,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             [registrar(service, packer, polling, redrives), health.registrar(check_health)],
             SERVICE_NAMES,
             host=settings.host, port=settings.message_port, tls=tls,
+            receiving=Receiving(settings.grpc_max_receiving_bytes), process="message_svc",
             interceptors=server_interceptors(
                 auth, [MESSAGES_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]
             ),

@@ -20,6 +20,7 @@ from services.common.grpc_server import (
     start_server,
 )
 from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.request_bytes import Receiving
 from services.common.secret_files import SecretFiles, check_interval
 from services.common.store_probe import answers
 from services.common.sweeper import Sweeper
@@ -201,6 +202,7 @@ async def start(
         server, port, health_servicer = create_server(
             [registrar(service, replicas.listened, sealed), health.registrar(check_health)],
             SERVICE_NAMES, host=settings.host, port=settings.notifier_port, tls=tls,
+            receiving=Receiving(settings.grpc_max_receiving_bytes), process="notifier_svc",
             interceptors=server_interceptors(
                 auth, [SUBSCRIPTIONS_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]
             ),

@@ -21,6 +21,7 @@ from services.common.grpc_server import (
 )
 from services.common.keystone import KeystoneAuth, keystone_for
 from services.common.message_keys import parse_keys
+from services.common.request_bytes import Receiving
 from services.common.secret_files import SecretFiles, check_interval
 from services.common.store_probe import answers
 from services.common.tls import load_tls
@@ -107,6 +108,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             [register, topics_servicer.registrar(topics), catalog_servicer.registrar(catalog),
              health.registrar(check_health)],
             names, host=settings.host, port=settings.queue_port, tls=tls,
+            receiving=Receiving(settings.grpc_max_receiving_bytes), process="queue_svc",
             interceptors=server_interceptors(auth, names, ADMIN_CALLS),
         )
         running = await start_server(Running(

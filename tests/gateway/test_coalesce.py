@@ -31,6 +31,7 @@ from services.api_gateway.upstream import Upstreams
 from services.common.config import ConfigurationError, Settings
 from services.common.errors import InvalidArgument, decode_rpc_error
 from services.common.grpc_server import create_server, open_channel
+from services.common.request_bytes import Receiving
 from services.message_svc.batch import BatchRunner, ExchangeRunner
 from tests.gateway.conftest import HEADERS, lifespan, new_queue, running_services
 from tests.waiting import until
@@ -250,7 +251,11 @@ async def stand_in(
             messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
                 internal, server)
 
-    server, port, _ = create_server([register], ["zaqar.v2.Messages"])
+    server, port, _ = create_server(
+
+        [register], ["zaqar.v2.Messages"], receiving=Receiving(0), process="test"
+
+    )
     await server.start()
     channel = open_channel(f"127.0.0.1:{port}", None)
     stub = CoalescingMessages(
@@ -506,7 +511,11 @@ async def streaming_stand_in(
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
             internal, server)
 
-    server, port, _ = create_server([register], ["zaqar.v2.Messages"])
+    server, port, _ = create_server(
+
+        [register], ["zaqar.v2.Messages"], receiving=Receiving(0), process="test"
+
+    )
     await server.start()
     channel = open_channel(f"127.0.0.1:{port}", None)
     internal_stub = messages_pb2_grpc.MessagesInternalStub(channel)  # type: ignore[no-untyped-call]

@@ -14,6 +14,7 @@ import pytest
 from zaqar_grpc.v2 import notifier_pb2, notifier_pb2_grpc
 
 from services.common.grpc_server import create_server
+from services.common.request_bytes import Receiving
 from services.message_svc.handoff import Handoff
 from services.message_svc.storage.base import NewMessage
 from tests.servers import free_port
@@ -54,6 +55,7 @@ async def notifier() -> AsyncIterator[tuple[Recorder, str]]:
     server, port, _ = create_server(
         [lambda s: notifier_pb2_grpc.add_NotifierInternalServicer_to_server(recorder, s)],
         ["zaqar.v2.NotifierInternal"],
+        receiving=Receiving(0), process="test",
     )
     await server.start()
     yield recorder, f"127.0.0.1:{port}"
@@ -158,6 +160,7 @@ async def test_posts_wait_for_an_unreachable_notifier_and_are_then_handed_over()
         server, _, _ = create_server(
             [lambda s: notifier_pb2_grpc.add_NotifierInternalServicer_to_server(late, s)],
             ["zaqar.v2.NotifierInternal"], port=late_port,
+            receiving=Receiving(0), process="test",
         )
         await server.start()
         try:

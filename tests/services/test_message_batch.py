@@ -21,6 +21,7 @@ from services.common.config import Settings
 from services.common.errors import Unavailable
 from services.common.grpc_server import create_server, open_channel
 from services.common.logs import REQUEST_ID
+from services.common.request_bytes import Receiving
 from services.message_svc.batch import MAX_ITEMS, ROUTES
 from services.message_svc.servicer import MessagesInternalServicer
 from tests.keystone import Keystone
@@ -211,7 +212,11 @@ async def unavailable() -> AsyncIterator[tuple[_Unavailable, grpc.aio.Channel]]:
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
             servicer, server)
 
-    server, port, _ = create_server([register], ["zaqar.v2.MessagesInternal"])
+    server, port, _ = create_server(
+
+        [register], ["zaqar.v2.MessagesInternal"], receiving=Receiving(0), process="test"
+
+    )
     await server.start()
     channel = open_channel(f"127.0.0.1:{port}", None)
     yield servicer, channel
@@ -337,7 +342,11 @@ async def _exchange(messages: Any) -> AsyncIterator[Any]:
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(  # type: ignore[no-untyped-call]
             internal, server)
 
-    server, port, _ = create_server([register], ["zaqar.v2.MessagesInternal"])
+    server, port, _ = create_server(
+
+        [register], ["zaqar.v2.MessagesInternal"], receiving=Receiving(0), process="test"
+
+    )
     await server.start()
     channel = open_channel(f"127.0.0.1:{port}", None)
     try:

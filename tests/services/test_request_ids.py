@@ -14,6 +14,7 @@ import pytest
 from services.common.grpc_server import create_server
 from services.common.logs import REQUEST_ID, REQUEST_ID_KEY
 from services.common.metrics import instrumented
+from services.common.request_bytes import Receiving
 
 GIVEN = "req-" + str(uuid.uuid4())
 SERVICE = "test.Echo"
@@ -49,7 +50,9 @@ def register(server: grpc.aio.Server) -> None:
 
 @pytest.fixture
 async def echo() -> AsyncIterator[EchoStub]:
-    server, port, _ = create_server([register], [SERVICE])
+    server, port, _ = create_server(
+        [register], [SERVICE], receiving=Receiving(0), process="test"
+    )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.errors import InvalidArgument, decode_rpc_error
 from services.common.grpc_server import create_server, open_channel
+from services.common.request_bytes import Receiving
 
 SERVICE = "zaqar.test.Streams"
 
@@ -47,7 +48,9 @@ def register(server: grpc.aio.Server) -> None:
 
 @pytest.fixture
 async def channel() -> AsyncIterator[tuple[grpc.aio.Channel, Any]]:
-    server, port, health = create_server([register], [SERVICE])
+    server, port, health = create_server(
+        [register], [SERVICE], receiving=Receiving(0), process="test"
+    )
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     try:

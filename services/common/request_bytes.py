@@ -1,0 +1,172 @@
+"""The bytes of requests a gRPC service process holds, bounded.
+
+A unary call holds its request from the moment gRPC hands it over until the call ends; a
+caller that sends many large requests while the store is slow (or one that sends many at
+once) makes a process hold all of them. Measured before this bound: 400 concurrent
+``PostMessages`` of 8 MB each, sent straight to message_svc's port, took it to 2.1 GB of RSS.
+
+:class:`ReceivingInterceptor`, on every server (``grpc_server.create_server``), counts the
+wire size of each request of a unary-unary or unary-stream call from when it is read until the
+call (or the stream) ends, in one count per process, :class:`Receiving`. Its rule:
+
+- a request of at most :data:`ALLOWANCE` bytes (64 KiB) is always taken, so that the small
+  calls (long polls, deletes, listings) go on while the process is full;
+- a larger one is taken if the process then holds at most ``grpc_max_receiving_bytes``, or if
+  no other request larger than the allowance is held (one request of any size the server
+  accepts always gets through, even under a bound set lower than it);
+- otherwise the call is refused at once with UNAVAILABLE, reason ``RECEIVING_FULL`` (503
+  through the gateway), before its method runs: nothing is done for it, and the caller may
+  send it again (to another replica, or a moment later).
+
+Streams of requests (``MessagesInternal.Exchange``, the gateway's coalesced calls) are not
+counted here: each gateway bounds what it has in flight on them (``coalesce.py``).
+
+The wire size is read in the request's deserializer, which gRPC calls in the call's own task
+just before the method; it reaches the method's wrapper through a context variable, so a call
+that ends before its method runs counts nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, Final
+
+import grpc
+
+from services.common.errors import ReceivingFull
+from services.common.grpc_types import (
+    Context,
+    MethodHandler,
+    UnaryStream,
+    UnaryUnary,
+    aio_unary_stream,
+    aio_unary_unary,
+)
+from services.common.metrics import GRPC_RECEIVING_BYTES, GRPC_RECEIVING_REFUSED
+
+ALLOWANCE: Final = 64 * 1024
+
+# The wire size of the request the current call's deserializer was given.
+_SIZE: ContextVar[int] = ContextVar("request_wire_size", default=0)
+
+
+class Receiving:
+    """One process's count of the request bytes its calls hold, and its bound (0: none)."""
+
+    __slots__ = ("held", "large", "most")
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.held = 0
+        self.large = 0  # requests held over ALLOWANCE
+
+    def take(self, size: int, service: str) -> None:
+        """Count a request of ``size`` bytes, or refuse it.
+
+        Raises:
+            ReceivingFull: the rule of the module's docstring refuses it.
+        """
+        large = size > ALLOWANCE
+        if large and self.most and self.large and self.held + size > self.most:
+            GRPC_RECEIVING_REFUSED.inc()
+            raise ReceivingFull(description=(
+                f"{service} is serving {self.held} bytes of requests, near its bound "
+                f"(grpc_max_receiving_bytes, {self.most}); this request of {size} bytes was "
+                "not taken. Please try again in a few seconds."
+            ))
+        self.held += size
+        self.large += large
+        GRPC_RECEIVING_BYTES.inc(size)
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+        self.large -= size > ALLOWANCE
+        GRPC_RECEIVING_BYTES.dec(size)
+
+
+def _sized(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        _SIZE.set(len(data))
+        return data if deserializer is None else deserializer(data)
+
+    return deserialize
+
+
+def _counted_unary(behavior: UnaryUnary, receiving: Receiving, service: str) -> UnaryUnary:
+    async def counted(request: Any, context: Context) -> Any:
+        size = _SIZE.get()
+        receiving.take(size, service)
+        try:
+            return await behavior(request, context)
+        finally:
+            receiving.give_back(size)
+
+    return counted
+
+
+def _counted_stream(behavior: UnaryStream, receiving: Receiving, service: str) -> UnaryStream:
+    # An async generator function: ``stream_within`` would keep a coroutine-writer behaviour
+    # a writer, but the counting must end when the stream does, which the ``finally`` of this
+    # generator sees for both kinds (a writer's stream ends when its coroutine returns).
+    async def writer(request: Any, context: Context) -> None:
+        size = _SIZE.get()
+        receiving.take(size, service)
+        try:
+            await behavior(request, context)  # type: ignore[misc]
+        finally:
+            receiving.give_back(size)
+
+    async def items(request: Any, context: Context) -> AsyncIterator[Any]:
+        size = _SIZE.get()
+        receiving.take(size, service)
+        try:
+            async for item in behavior(request, context):
+                yield item
+        finally:
+            receiving.give_back(size)
+
+    return items if inspect.isasyncgenfunction(behavior) else writer  # type: ignore[return-value]
+
+
+class ReceivingInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and bounds the requests of unary-request calls (the module's docstring). The
+    handler of each method is built once."""
+
+    def __init__(self, receiving: Receiving, service: str) -> None:
+        """``service``: the process's name in refusals ("message_svc")."""
+        self._receiving = receiving
+        self._service = service
+        self._handlers: dict[str, MethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> MethodHandler | None:
+        method = handler_call_details.method
+        if method in self._handlers:
+            return self._handlers[method]
+        handler = await continuation(handler_call_details)
+        self._handlers[method] = self._counted(handler)
+        return self._handlers[method]
+
+    def _counted(self, handler: MethodHandler | None) -> MethodHandler | None:
+        if handler is None:
+            return None
+        unary = aio_unary_unary(handler)
+        if unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _counted_unary(unary, self._receiving, self._service),
+                request_deserializer=_sized(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        stream = aio_unary_stream(handler)
+        if stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _counted_stream(stream, self._receiving, self._service),
+                request_deserializer=_sized(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # a stream of requests (the module's docstring)
