@@ -321,3 +321,42 @@ async def test_long_polls_and_streaming_pulls_outlive_a_route_timeout(
         assert [m.body for m in claim.messages] == [b'{"late": true}']
         assert [m.body for m in pulled.messages] == [b'{"late": true}']
         pull.cancel()
+
+
+# More than Envoy's default circuit breaker let through to a cluster at once (1,024).
+MANY_WAITING = 1100
+
+
+async def test_more_long_polls_than_envoys_default_breaker_reach_message_svc(
+    envoy: Envoy, project: str,
+) -> None:
+    """1,100 claims waiting at once through one Envoy all reach message_svc and are answered
+    at their deadline; with Envoy's default circuit breaker 76 of them were refused at once,
+    UNAVAILABLE "overflow"."""
+    # Envoy takes 100 streams per client connection: connections of their own (not gRPC's
+    # shared subchannels), enough to hold every claim at once
+    channels = [grpc.aio.insecure_channel(envoy.grpc_target,
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(MANY_WAITING // 50)]
+    try:
+        await queues_pb2_grpc.QueuesStub(channels[0]).CreateQueue(
+            queues_pb2.CreateQueueRequest(project=project, queue="many-waiting"))
+        request = messages_pb2.CreateClaimRequest(project=project, queue="many-waiting",
+                                                  ttl=60, grace=60, wait_seconds=5)
+
+        async def claim(channel: grpc.aio.Channel) -> str:
+            try:
+                answer = await messages_pb2_grpc.MessagesStub(channel).CreateClaim(
+                    request, timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                return f"{exc.code().name}: {exc.details()}"
+            return "answered" if not answer.messages else "a message?"
+
+        async with asyncio.timeout(120):
+            outcomes = await asyncio.gather(*(claim(channels[i % len(channels)])
+                                              for i in range(MANY_WAITING)))
+        refused = sorted({o for o in outcomes if o != "answered"})
+        assert outcomes.count("answered") == MANY_WAITING, refused
+    finally:
+        for channel in channels:
+            await channel.close()

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from google.protobuf import descriptor_pb2
 
+from services.common.config import Settings
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +120,17 @@ def test_envoy_config_edge_settings() -> None:
     }
     assert checks == {"queue_svc": ["zaqar.v2.Queues"], "message_svc": ["zaqar.v2.Messages"],
                       "notifier_svc": ["zaqar.v2.Subscriptions"]}
+    # No cluster's circuit breaker refuses before the services' own bounds and Envoy's overload
+    # manager: Envoy's default (1,024 requests at once) cut long polls and streaming pulls off
+    # far below what a message_svc holds
+    most = max(Settings().message_max_waiting, monitors[
+        "envoy.resource_monitors.global_downstream_max_connections"][
+        "max_active_downstream_connections"])
+    for cluster in config["static_resources"]["clusters"]:
+        (thresholds,) = cluster["circuit_breakers"]["thresholds"]
+        assert thresholds["priority"] == "DEFAULT", cluster["name"]
+        assert thresholds["max_requests"] >= most, cluster["name"]
+        assert thresholds["max_pending_requests"] >= most, cluster["name"]
 
 
 def test_envoy_descriptor_set_holds_the_error_details() -> None:
