@@ -1,9 +1,10 @@
-"""The fuzz run: cases of four families against a running stack, judged by four oracles.
+"""The fuzz run: cases of five families against a running stack, judged by five oracles.
 
 Case ``i`` of seed ``s`` draws everything it sends from ``random.Random(f"{s}:{i}")`` (the ids
 it fills in come from live resources, so they differ between runs; every failure carries the
 exact bytes it sent). The first cases are a sweep: every route and method of the router once
-as a valid request, every WebSocket action once with a valid body, every raw generator once;
+as a valid request, every WebSocket action once with a valid body, every raw generator once,
+every gRPC method of the services once with a valid request;
 then families are drawn by weight.
 
 Oracles, for every answer: no status of 500 or more (503 counted apart; 505 allowed for an
@@ -24,7 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.fuzz import http_family, raw_family, ws_family
+import grpc
+
+from bench.fuzz import grpc_family, http_family, raw_family, ws_family
 from bench.fuzz.fixture import (
     Fixture,
     SetupFailed,
@@ -40,8 +43,8 @@ from bench.fuzz.report import Failure, Report, logged_errors
 from bench.fuzz.routes import Route, route_table, spoiled, valid_draft
 from bench.fuzz.wire import Answer, Connection
 
-FAMILIES = ("http", "ws", "raw", "leak")
-WEIGHTS = {"http": 55, "ws": 20, "raw": 12, "leak": 13}
+FAMILIES = ("http", "ws", "raw", "leak", "grpc")
+WEIGHTS = {"http": 50, "ws": 18, "raw": 11, "leak": 12, "grpc": 9}
 # WebSocket actions whose success spoils a fixture's queue.
 WS_SPOILS = frozenset({"queue_delete", "queue_purge", "message_delete_many", "claim_delete",
                        "subscription_delete"})
@@ -78,11 +81,15 @@ class Run:
         self.report = Report(seed, cases, workers)
         self.routes: list[Route] = route_table(target.settings)
         self.actions = ws_family.action_table()
+        settings = target.settings
+        self.methods = grpc_family.method_table(target.host, [
+            settings.queue_port, settings.message_port, settings.notifier_port])
         self.pooling = bool(getattr(target.settings, "pooling", False))
         self.sweep: list[tuple[str, int]] = (
             [("http", i) for i in range(len(self.routes))]
             + [("ws", i) for i in range(len(self.actions))]
             + [("raw", i) for i in range(len(raw_family.GENERATORS))]
+            + [("grpc", i) for i in range(len(self.methods))]
         )
         self.next_case = 0
         self.next_leak = 0
@@ -122,6 +129,7 @@ class Worker:
         t = run.target
         self.conn = Connection(t.host, t.http_port, run.timeout)
         self.wsc = ws_family.WsClient(t.ws_url, run.timeout)
+        self.grpcc = grpc_family.GrpcClient(t.host, run.timeout)
         self.fx: Fixture | None = None
         self.generation = 0
 
@@ -200,6 +208,7 @@ class Worker:
         finally:
             self.conn.close()
             await self.wsc.close()
+            await self.grpcc.close()
 
     async def case_http(self, i: int, rng: random.Random, index: int | None) -> None:
         fx = await self.pick(i, rng)
@@ -286,6 +295,24 @@ class Worker:
                           f"{'half-close' if not case.complete else 'wait'}): "
                           f"{show(case.data)}", ("raw", case))
 
+    async def case_grpc(self, i: int, rng: random.Random, index: int | None) -> None:
+        fx = await self.pick(i, rng)
+        methods = self.run.methods
+        method = methods[index] if index is not None else rng.choice(methods)
+        case = grpc_family.make_case(method, fx, rng, mutate=index is None)
+        result = await self.grpcc.call(case)
+        self.run.report.status("grpc", result.code.name if result.code else "timeout")
+        self.run.report.methods[method.path] += 1
+        kind = grpc_family.judge(result)
+        if kind is not None:
+            t = self.run.target
+            self.run.fail(kind, "grpc", i, case.label,
+                          f"{result.code.name if result.code else 'no answer'} {result.details}",
+                          f"call {method.path} on {t.host}:{method.port} with the request "
+                          f"{show(case.data)}", ("grpc", case))
+        if result.code == grpc.StatusCode.OK and grpc_family.spoils(method):
+            fx.stale.add("queue")
+
     async def case_leak(self, i: int, rng: random.Random, index: int | None) -> None:
         k = self.run.next_leak
         self.run.next_leak += 1
@@ -316,6 +343,12 @@ async def replay(run: Run, failure: Failure) -> None:
         case = failure.replay[1]
         assert isinstance(case, raw_family.RawCase)
         await raw_family.send(t.host, t.http_port, case, run.timeout)
+    elif what == "grpc":
+        case = failure.replay[1]
+        assert isinstance(case, grpc_family.GrpcCase)
+        client = grpc_family.GrpcClient(t.host, run.timeout)
+        await client.call(case)
+        await client.close()
     await canary(t, run.timeout)
     failure.log = list(output()[start:])
 

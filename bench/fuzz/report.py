@@ -47,6 +47,7 @@ class Report:
     routes: Counter[str] = field(default_factory=Counter)
     generic_routes: set[str] = field(default_factory=set)
     actions: Counter[str] = field(default_factory=Counter)
+    methods: Counter[str] = field(default_factory=Counter)
     leak_scenarios: int = 0
     fixtures: int = 0
     seconds: float = 0.0
@@ -99,7 +100,8 @@ class Report:
                 f"{n} x {what}" for what, n in self.logged.most_common()) or "none"),
             f"routes covered: {len(self.routes)} (generic requests: "
             f"{', '.join(sorted(self.generic_routes)) or 'none'}); "
-            f"WebSocket actions covered: {len(self.actions)}",
+            f"WebSocket actions covered: {len(self.actions)}; "
+            f"gRPC methods covered: {len(self.methods)}",
         ]
         seen: set[str] = set()
         for f in self.failures:

@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 
 from zaqar_grpc.v2 import admin_pb2, admin_pb2_grpc
 
+from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.common.limits import PROJECT_ID_MAX
 
@@ -93,6 +94,10 @@ class StoreCheck:
             self.unreachable("it did not answer within the health check's deadline")
         except Unavailable as exc:
             self.unreachable(exc.description)
+        except ConfigurationError as exc:
+            # A pool URI this process cannot open (the caller named it): its reason, redacted.
+            log.warning("health check of the %s: %s", self.store, exc)
+            self.unreachable(str(exc))
         except Exception as exc:
             log.exception("health check of the %s failed", self.store)
             self.unreachable(f"it failed: {type(exc).__name__}")

@@ -24,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
+from services.common.config import ConfigurationError
+from services.common.errors import InvalidArgument
 from services.common.store_uri import redact
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,9 @@ class PoolStores(Generic[S]):
 
         Raises:
             Unavailable: the pool's store cannot be reached or opened.
-            ConfigurationError: the URI is not one of ours (the catalog checked it).
+            InvalidArgument: the URI is not one this service can open (the catalog checks
+                every pool's; a caller that names another gets the reason, its secrets
+                redacted, not a 503).
         """
         if not uri:
             return self.own
@@ -90,7 +94,10 @@ class PoolStores(Generic[S]):
             task = asyncio.ensure_future(self._open(uri))
             self._opening[uri] = task
         # Shielded: a caller that gives up does not cancel the open others wait for.
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except ConfigurationError as exc:
+            raise InvalidArgument(f"No {self.kind} can be opened for that pool: {exc}.") from None
 
     def touch(self, uri: str) -> None:
         """Count the pool's store as used now (it stays open another ``idle`` seconds)."""

@@ -24,6 +24,13 @@ counted here: each gateway bounds what it has in flight on them (``coalesce.py``
 The wire size is read in the request's deserializer, which gRPC calls in the call's own task
 just before the method; it reaches the method's wrapper through a context variable, so a call
 that ends before its method runs counts nothing.
+
+The same deserializer refuses a request that is not a valid message of its type (random bytes,
+a message cut short, a field of the wrong wire type): the call ends INVALID_ARGUMENT, "The
+request is not a valid zaqar.v2.PostMessagesRequest message.", before it is counted and before
+its method runs. Left to gRPC, such a request was answered UNKNOWN with protobuf's own error
+and logged as an unexpected exception with its traceback. A stream of requests gets the same
+answer: its handler's deserializer is wrapped as well.
 """
 
 from __future__ import annotations
@@ -34,13 +41,17 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 import grpc
+from google.protobuf.message import DecodeError
+from grpc_status import rpc_status
 
-from services.common.errors import ReceivingFull
+from services.common.errors import InvalidArgument, ReceivingFull, to_status
 from services.common.grpc_types import (
     Context,
     MethodHandler,
+    StreamStream,
     UnaryStream,
     UnaryUnary,
+    aio_stream_stream,
     aio_unary_stream,
     aio_unary_unary,
 )
@@ -86,16 +97,44 @@ class Receiving:
         GRPC_RECEIVING_BYTES.dec(size)
 
 
+class _Malformed:
+    """What the deserializer gives for a request that is not a valid message of its type."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def refuse(self) -> InvalidArgument:
+        return InvalidArgument(f"The request is not a valid {self.type_name} message.")
+
+
 def _sized(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    type_name = _type_name(deserializer)
+
     def deserialize(data: bytes) -> Any:
         _SIZE.set(len(data))
-        return data if deserializer is None else deserializer(data)
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _Malformed(type_name)
 
     return deserialize
 
 
+def _type_name(deserializer: Callable[[bytes], Any] | None) -> str:
+    """``zaqar.v2.PostMessagesRequest`` for a generated class's ``FromString``."""
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request"))
+
+
 def _counted_unary(behavior: UnaryUnary, receiving: Receiving, service: str) -> UnaryUnary:
     async def counted(request: Any, context: Context) -> Any:
+        if isinstance(request, _Malformed):
+            raise request.refuse()
         size = _SIZE.get()
         receiving.take(size, service)
         try:
@@ -111,6 +150,8 @@ def _counted_stream(behavior: UnaryStream, receiving: Receiving, service: str) -
     # a writer, but the counting must end when the stream does, which the ``finally`` of this
     # generator sees for both kinds (a writer's stream ends when its coroutine returns).
     async def writer(request: Any, context: Context) -> None:
+        if isinstance(request, _Malformed):
+            raise request.refuse()
         size = _SIZE.get()
         receiving.take(size, service)
         try:
@@ -119,6 +160,8 @@ def _counted_stream(behavior: UnaryStream, receiving: Receiving, service: str) -
             receiving.give_back(size)
 
     async def items(request: Any, context: Context) -> AsyncIterator[Any]:
+        if isinstance(request, _Malformed):
+            raise request.refuse()
         size = _SIZE.get()
         receiving.take(size, service)
         try:
@@ -128,6 +171,20 @@ def _counted_stream(behavior: UnaryStream, receiving: Receiving, service: str) -
             receiving.give_back(size)
 
     return items if inspect.isasyncgenfunction(behavior) else writer  # type: ignore[return-value]
+
+
+def _guarded_streams(behavior: StreamStream, type_name: str) -> StreamStream:
+    """A stream of requests whose reader met one that is not a valid message ends
+    INVALID_ARGUMENT (gRPC's reader raises protobuf's error inside the method)."""
+
+    async def guarded(requests: Any, context: Context) -> None:
+        try:
+            await behavior(requests, context)
+        except DecodeError:
+            await context.abort_with_status(rpc_status.to_status(to_status(
+                _Malformed(type_name).refuse())))
+
+    return guarded
 
 
 class ReceivingInterceptor(grpc.aio.ServerInterceptor):
@@ -169,4 +226,11 @@ class ReceivingInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=_sized(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
-        return handler  # a stream of requests (the module's docstring)
+        streams = aio_stream_stream(handler)
+        if streams is not None and not inspect.isasyncgenfunction(streams):
+            return grpc.stream_stream_rpc_method_handler(
+                _guarded_streams(streams, _type_name(handler.request_deserializer)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # a stream of requests (the module's docstring): not counted

@@ -168,6 +168,24 @@ async def test_pools_are_opened_checked_and_closed(
     assert "Redis cannot be reached" in reports["pool:gone"].problem
 
 
+async def test_a_pool_uri_that_is_not_a_store_is_reported_not_logged_as_a_crash(
+    message_store: MessageStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given pools whose URIs no store of this process can open (the caller named them)
+    pools = [admin_pb2.PoolStore(name="odd", uri="../../../../"),
+             admin_pb2.PoolStore(name="secret", uri="redis://u:hunter2@127.0.0.1:1/0?bogus=1")]
+    # When they are checked
+    health = await message_health.check_stores(message_store, pools, open_store, 5.0)
+    # Then each is unreachable with the reason, its secret redacted, and nothing is logged as
+    # an unexpected failure with a traceback
+    reports = {r.store: r for r in health.stores}
+    assert "unsupported scheme" in reports["pool:odd"].problem
+    assert "unknown option" in reports["pool:secret"].problem
+    assert not reports["pool:odd"].reachable and not reports["pool:secret"].reachable
+    assert "hunter2" not in reports["pool:secret"].problem + caplog.text
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
 # queue_svc and notifier_svc -------------------------------------------------------------------
 
 

@@ -1,9 +1,10 @@
 """The seeded fuzzer (``bench/fuzz``, ``docs/fuzzing.md``) against ``zaqar-grpc up``.
 
 A short run per store with a fixed seed: every route and method of the router (read from the
-app), every WebSocket action (read from the action table) and every raw-HTTP generator once as
-a sweep, then random cases of all four families (HTTP mutations, WebSocket, malformed raw
-HTTP, cross-project look-alikes). The oracles are the fuzzer's: no 5xx and no 503, no answer
+app), every WebSocket action (read from the action table), every raw-HTTP generator and every
+gRPC method of the services (read by reflection) once as a sweep, then random cases of all
+five families (HTTP mutations, WebSocket, malformed raw HTTP, cross-project look-alikes, gRPC
+requests straight to the services). The oracles are the fuzzer's: no 5xx and no 503, no answer
 later than the bound, no connection dropped without an answer, no leak of one project's data
 to another caller or change to it, every process alive, and the canary answered at the end.
 
@@ -23,6 +24,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bench.fuzz import Failure, run
+from bench.fuzz.grpc_family import method_table
 from bench.fuzz.routes import route_table
 from bench.fuzz.stack import target
 from bench.fuzz.wire import Connection, call, encode_request
@@ -72,7 +74,10 @@ async def test_a_seeded_fuzz_run_breaks_no_oracle(
     assert set(report.routes) == {r.key for r in route_table(fuzz_stack.settings)}
     assert report.generic_routes == set()
     assert set(report.actions) == set(action_table())
-    assert set(report.families) == {"http", "ws", "raw", "leak"}
+    assert set(report.methods) == {m.path for m in method_table(
+        where.host, [fuzz_stack.settings.queue_port, fuzz_stack.settings.message_port,
+                     fuzz_stack.settings.notifier_port])}
+    assert set(report.families) == {"http", "ws", "raw", "leak", "grpc"}
     assert report.ran == CASES[store]
     assert report.leak_scenarios >= 2
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.common import pool_stores
-from services.common.errors import Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 from services.message_svc.pools import PoolStores
 from services.message_svc.storage.base import MessageStore, NewMessage
 from services.message_svc.storage.registry import open_store
@@ -133,6 +133,21 @@ async def test_a_pool_that_cannot_be_opened_fails_each_caller_until_it_can(
                 await pools.get(uri)
         assert pools.open_uris == []
         assert await pools.get("") is own
+    finally:
+        await pools.close()
+        await own.close()
+
+
+async def test_a_uri_that_is_not_a_store_is_the_callers_error(tmp_path: Path) -> None:
+    own = await open_store(f"sqlite:///{tmp_path / 'own.db'}")
+    pools = PoolStores(own, open_store, idle=60)
+    try:
+        for uri, reason in (("../../../../", "unsupported scheme"),
+                            ("redis://user:secret@127.0.0.1:1/0?bogus=1", "unknown option")):
+            with pytest.raises(InvalidArgument) as refused:
+                await pools.get(uri)
+            assert reason in refused.value.description
+            assert "secret" not in refused.value.description
     finally:
         await pools.close()
         await own.close()

@@ -1,4 +1,5 @@
-"""The bytes of requests a gRPC service process holds are bounded (``request_bytes.py``).
+"""The bytes of requests a gRPC service process holds are bounded, and a request that is not
+a valid message is refused as such (``request_bytes.py``).
 
 First the rule, on a server built by ``create_server`` (the servers of every service are) with
 methods that hold their calls until the test lets them go: large requests past the bound are
@@ -228,6 +229,13 @@ async def test_every_service_bounds_the_requests_it_holds(
             assert f"{service}_svc" in info.description
             # And a small one passes
             assert (await check_call(check)).status == health_pb2.HealthCheckResponse.SERVING
+            # And a request that is not a valid message of its type is refused as such, not
+            # answered UNKNOWN with protobuf's error (and logged as a crash) as gRPC would
+            with pytest.raises(grpc.aio.AioRpcError) as malformed:
+                await check_call(b"\xff\xff\xff", timeout=WITHIN)
+            assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert malformed.value.details() == (
+                "The request is not a valid grpc.health.v1.HealthCheckRequest message.")
         # When the watch ends, the large check passes
         watch.cancel()
 
@@ -240,6 +248,29 @@ async def test_every_service_bounds_the_requests_it_holds(
             return True
 
         await until(large_check_passes, WITHIN, "a large check after the watch ended")
+    finally:
+        await channel.close()
+        await running.stop()
+
+
+async def test_a_malformed_request_on_a_stream_of_requests_is_refused_as_such(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from services.message_svc import server as message_server
+
+    running = await message_server.start(make_settings())
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        stream = channel.stream_stream("/zaqar.v2.MessagesInternal/Exchange")(timeout=WITHIN)
+        await stream.write(b"\x0a\xff\xff\xff\x0f")  # a length past the end
+        await stream.done_writing()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async with asyncio.timeout(WITHIN):
+                async for _ in stream:
+                    pass
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == (
+            "The request is not a valid zaqar.v2.ExchangeRequest message.")
     finally:
         await channel.close()
         await running.stop()
