@@ -96,3 +96,28 @@ def stream_within(
                 yield item
 
     return items
+
+
+class MethodWrapping(grpc.aio.ServerInterceptor):
+    """A server interceptor that builds each method's handler once, by :meth:`wrap`, and
+    returns it for every later call of the method (None: a method the server does not have)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, MethodHandler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> MethodHandler | None:
+        method = handler_call_details.method
+        if method in self._handlers:
+            return self._handlers[method]
+        handler = await continuation(handler_call_details)
+        wrapped = None if handler is None else self.wrap(method, handler)
+        self._handlers[method] = wrapped
+        return wrapped
+
+    def wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
+        """The handler every call of ``method`` gets: ``handler``, wrapped or as it is."""
+        raise NotImplementedError

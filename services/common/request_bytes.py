@@ -36,7 +36,7 @@ answer: its handler's deserializer is wrapped as well.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -48,6 +48,7 @@ from services.common.errors import InvalidArgument, ReceivingFull, to_status
 from services.common.grpc_types import (
     Context,
     MethodHandler,
+    MethodWrapping,
     StreamStream,
     UnaryStream,
     UnaryUnary,
@@ -187,31 +188,17 @@ def _guarded_streams(behavior: StreamStream, type_name: str) -> StreamStream:
     return guarded
 
 
-class ReceivingInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and bounds the requests of unary-request calls (the module's docstring). The
-    handler of each method is built once."""
+class ReceivingInterceptor(MethodWrapping):
+    """Counts and bounds the requests of unary-request calls, and refuses malformed ones (the
+    module's docstring)."""
 
     def __init__(self, receiving: Receiving, service: str) -> None:
         """``service``: the process's name in refusals ("message_svc")."""
+        super().__init__()
         self._receiving = receiving
         self._service = service
-        self._handlers: dict[str, MethodHandler | None] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> MethodHandler | None:
-        method = handler_call_details.method
-        if method in self._handlers:
-            return self._handlers[method]
-        handler = await continuation(handler_call_details)
-        self._handlers[method] = self._counted(handler)
-        return self._handlers[method]
-
-    def _counted(self, handler: MethodHandler | None) -> MethodHandler | None:
-        if handler is None:
-            return None
+    def wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
         unary = aio_unary_unary(handler)
         if unary is not None:
             return grpc.unary_unary_rpc_method_handler(

@@ -23,10 +23,9 @@ The services keep their own checks; this is the floor under them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-import grpc
 from google.protobuf import descriptor_pool
 
 from services.common import limits
@@ -34,6 +33,7 @@ from services.common.errors import InvalidQueueName, InvalidTopicName
 from services.common.grpc_types import (
     Context,
     MethodHandler,
+    MethodWrapping,
     UnaryStream,
     UnaryUnary,
     rewrapped,
@@ -115,28 +115,13 @@ def _checked_stream(behavior: UnaryStream, check: Check) -> UnaryStream:
     return stream_within(behavior, lambda request, context: _Checked(check, request))
 
 
-class NamesInterceptor(grpc.aio.ServerInterceptor):
+class NamesInterceptor(MethodWrapping):
     """Checks the names of each request before its method runs (the module's docstring).
-    The handler of each method is built once; a method whose requests name nothing (a batch,
-    health, reflection) gets its own handler back."""
+    A method whose requests name nothing (a batch, health, reflection) keeps its handler."""
 
-    def __init__(self) -> None:
-        self._handlers: dict[str, MethodHandler | None] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> MethodHandler | None:
-        method = handler_call_details.method
-        if method in self._handlers:
-            return self._handlers[method]
-        handler = await continuation(handler_call_details)
+    def wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
         check = rule_of(method)
-        if handler is None or check is None:
-            self._handlers[method] = handler
+        if check is None:
             return handler
-        handler = rewrapped(handler, lambda unary: _checked_unary(unary, check),
-                            lambda stream: _checked_stream(stream, check)) or handler
-        self._handlers[method] = handler
-        return handler
+        return rewrapped(handler, lambda unary: _checked_unary(unary, check),
+                         lambda stream: _checked_stream(stream, check)) or handler
