@@ -7,7 +7,8 @@ time it was accepted) over one reused channel, so a post never waits for notifie
 alone for a delivery. Calls start at most every ``linger`` seconds: the first post after a
 quiet spell goes at once, and under a steady stream of posts each call carries every post of
 the last ``linger`` seconds, so notifier_svc's work (one call, one outbox write) is shared by
-many posts instead of competing with each of them for CPU.
+many posts instead of competing with each of them for CPU. A call carries at most 500 messages
+and 4 MiB of them (a post alone may pass that); when more wait, the next call follows at once.
 
 Skipping queues nobody listens to: each NotifyMany answer says, per queue, whether anything
 (a subscription or a watcher) listens to it. A queue answered "no" is skipped by later posts
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 
 MAX_BATCH_MESSAGES = 500
+# Bytes of messages per call at most (a post alone may pass it): far under gRPC's bound on a
+# message (16 MiB), which a call of 500 large messages passed, and under notifier_svc's
+# grpc_max_receiving_bytes.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 MAX_PENDING_MESSAGES = 20_000
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 MAX_CACHED_QUEUES = 100_000
@@ -176,11 +181,15 @@ class Handoff:
 
     def _take(self) -> list[_Batch]:
         taken: list[_Batch] = []
-        count = 0
-        while self._pending and count + len(self._pending[0].messages) <= MAX_BATCH_MESSAGES:
+        count = size = 0
+        while self._pending and (
+            count + len(self._pending[0].messages) <= MAX_BATCH_MESSAGES
+            and size + self._pending[0].size <= MAX_BATCH_BYTES
+        ):
             batch = self._pending.popleft()
             taken.append(batch)
             count += len(batch.messages)
+            size += batch.size
         if not taken and self._pending:
             taken.append(self._pending.popleft())
         for batch in taken:
@@ -226,12 +235,16 @@ class Handoff:
         while not self._closing:
             await self._ready.wait()
             self._ready.clear()
+            full = False
             while self._pending and not self._closing:
-                wait = self._last_call + self._linger - self._clock()
+                # A call that was full (500 messages or 4 MiB) is followed at once: the linger
+                # period gathers posts, it does not ration them.
+                wait = 0.0 if full else self._last_call + self._linger - self._clock()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 self._last_call = self._clock()
                 batches = self._take()
+                full = bool(self._pending)
                 try:
                     failed = await self._send(batches, self._timeout)
                     if failed:

@@ -170,3 +170,25 @@ async def test_posts_wait_for_an_unreachable_notifier_and_are_then_handed_over()
             await server.stop(0)
     finally:
         await handoff.close()
+
+
+async def test_a_burst_of_large_posts_is_handed_over_in_calls_the_notifier_takes(
+    notifier: tuple[Recorder, str],
+) -> None:
+    """Calls are bounded in bytes as well as in messages: 80 posts of 250 KB (20 MB) went as
+    one call, larger than gRPC's message bound (16 MiB), which notifier_svc refused
+    RESOURCE_EXHAUSTED every time it was sent again; every later post of the process waited
+    behind it, and once the pending bound filled they were dropped. A full call is followed
+    at once, not after the linger period."""
+    recorder, target = notifier
+    linger = 30.0  # far longer than the test may take: only full calls follow each other
+    handoff = Handoff(target, timeout=5, cache_ttl=30, linger=linger)
+    body = b'"' + b"x" * 250_000 + b'"'
+    try:
+        for n in range(80):
+            handoff.offer("p", "watched", [f"id-{n}"], [NewMessage(body=body, ttl=60)])
+        await settle(recorder, 80, within=linger * 2 / 3)
+        assert len(recorder.calls) >= 5
+        assert max(call.ByteSize() for _, call in recorder.calls) <= 4 * 1024 * 1024 + 64 * 1024
+    finally:
+        await handoff.close()
