@@ -83,7 +83,7 @@ def _method(path: str, port: int, m: MethodDescriptor) -> Method:
 
 # -- valid requests --------------------------------------------------------------------------
 
-def _by_name(name: str, f: FieldDescriptor, fx: Fixture, rng: random.Random) -> Any:
+def _by_name(name: str, fx: Fixture, rng: random.Random) -> Any:
     """A valid value for field ``name``, from the fixture; None when the name says nothing."""
     ids = fx.message_ids + fx.claimed_ids
     known: dict[str, Any] = {
@@ -107,7 +107,7 @@ def valid_request(method: Method, fx: Fixture, rng: random.Random) -> Any:
 
 def _fill(message: Any, fx: Fixture, rng: random.Random, depth: int) -> None:
     for f in message.DESCRIPTOR.fields:
-        value = _by_name(f.name, f, fx, rng)
+        value = _by_name(f.name, fx, rng)
         if f.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= 2 or f.message_type.GetOptions().map_entry:
                 continue
