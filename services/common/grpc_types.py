@@ -45,26 +45,31 @@ def aio_stream_stream(handler: MethodHandler) -> StreamStream | None:
     return cast("StreamStream | None", handler.stream_stream)
 
 
+Deserializer: TypeAlias = "Callable[[bytes], Any] | None"
+
+
 def rewrapped(
     handler: MethodHandler,
     unary: Callable[[UnaryUnary], UnaryUnary],
     stream: Callable[[UnaryStream], UnaryStream],
+    deserializer: Callable[[Deserializer], Deserializer] = lambda given: given,
 ) -> MethodHandler | None:
     """``handler`` with its unary-unary behaviour replaced by ``unary(behaviour)``, or its
-    unary-stream one by ``stream(behaviour)``, its (de)serializers kept; None for a handler
-    of another kind (a stream of requests)."""
+    unary-stream one by ``stream(behaviour)``, its request deserializer by
+    ``deserializer(it)`` (kept by default) and its response serializer kept; None for a
+    handler of another kind (a stream of requests)."""
     behaviour = aio_unary_unary(handler)
     if behaviour is not None:
         return grpc.unary_unary_rpc_method_handler(
             unary(behaviour),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     items = aio_unary_stream(handler)
     if items is not None:
         return grpc.unary_stream_rpc_method_handler(
             stream(items),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     return None

@@ -36,7 +36,7 @@ answer: its handler's deserializer is wrapped as well.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -53,8 +53,8 @@ from services.common.grpc_types import (
     UnaryStream,
     UnaryUnary,
     aio_stream_stream,
-    aio_unary_stream,
-    aio_unary_unary,
+    rewrapped,
+    stream_within,
 )
 from services.common.metrics import GRPC_RECEIVING_BYTES, GRPC_RECEIVING_REFUSED
 
@@ -132,46 +132,37 @@ def _type_name(deserializer: Callable[[bytes], Any] | None) -> str:
     return str(getattr(descriptor, "full_name", "request"))
 
 
+class _Held:
+    """Entered as a call's method starts, left when it ends (a server stream's too, through
+    ``stream_within``): a malformed request refused, the request counted or refused."""
+
+    __slots__ = ("_receiving", "_request", "_service", "_size")
+
+    def __init__(self, receiving: Receiving, service: str, request: Any) -> None:
+        self._receiving, self._service, self._request = receiving, service, request
+        self._size = 0
+
+    async def __aenter__(self) -> None:
+        if isinstance(self._request, _Malformed):
+            raise self._request.refuse()
+        size = _SIZE.get()
+        self._receiving.take(size, self._service)
+        self._size = size
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._receiving.give_back(self._size)
+
+
 def _counted_unary(behavior: UnaryUnary, receiving: Receiving, service: str) -> UnaryUnary:
     async def counted(request: Any, context: Context) -> Any:
-        if isinstance(request, _Malformed):
-            raise request.refuse()
-        size = _SIZE.get()
-        receiving.take(size, service)
-        try:
+        async with _Held(receiving, service, request):
             return await behavior(request, context)
-        finally:
-            receiving.give_back(size)
 
     return counted
 
 
 def _counted_stream(behavior: UnaryStream, receiving: Receiving, service: str) -> UnaryStream:
-    # An async generator function: ``stream_within`` would keep a coroutine-writer behaviour
-    # a writer, but the counting must end when the stream does, which the ``finally`` of this
-    # generator sees for both kinds (a writer's stream ends when its coroutine returns).
-    async def writer(request: Any, context: Context) -> None:
-        if isinstance(request, _Malformed):
-            raise request.refuse()
-        size = _SIZE.get()
-        receiving.take(size, service)
-        try:
-            await behavior(request, context)  # type: ignore[misc]
-        finally:
-            receiving.give_back(size)
-
-    async def items(request: Any, context: Context) -> AsyncIterator[Any]:
-        if isinstance(request, _Malformed):
-            raise request.refuse()
-        size = _SIZE.get()
-        receiving.take(size, service)
-        try:
-            async for item in behavior(request, context):
-                yield item
-        finally:
-            receiving.give_back(size)
-
-    return items if inspect.isasyncgenfunction(behavior) else writer  # type: ignore[return-value]
+    return stream_within(behavior, lambda request, context: _Held(receiving, service, request))
 
 
 def _guarded_streams(behavior: StreamStream, type_name: str) -> StreamStream:
@@ -199,20 +190,13 @@ class ReceivingInterceptor(MethodWrapping):
         self._service = service
 
     def wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
-        unary = aio_unary_unary(handler)
-        if unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _counted_unary(unary, self._receiving, self._service),
-                request_deserializer=_sized(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        stream = aio_unary_stream(handler)
-        if stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _counted_stream(stream, self._receiving, self._service),
-                request_deserializer=_sized(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
+        receiving, service = self._receiving, self._service
+        counted = rewrapped(
+            handler, lambda unary: _counted_unary(unary, receiving, service),
+            lambda stream: _counted_stream(stream, receiving, service), deserializer=_sized,
+        )
+        if counted is not None:
+            return counted
         streams = aio_stream_stream(handler)
         if streams is not None and not inspect.isasyncgenfunction(streams):
             return grpc.stream_stream_rpc_method_handler(
