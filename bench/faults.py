@@ -25,6 +25,9 @@ the queue is listed (``include_claimed``). The campaign fails (exit status 1) wh
 - **lost**: a message acknowledged with a 201 was neither claimed by a consumer nor is still
   in the queue, or a claimed one was neither deleted nor is still in the queue;
 - **came back**: a message whose delete was answered 204 is in the queue again;
+- **held twice**: a claim took a message that an earlier claim still held: the second claim's
+  answer came before the first claim's request was sent plus its TTL (the first claim's
+  expiry is at least that, by the one clock of this machine), so both held it at once;
 - a request got a 5xx other than 503 (the answer while a store or replica is away), or a 4xx
   a correct client never gets.
 
@@ -49,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import json
 import os
 import random
@@ -95,6 +99,10 @@ class Tally:
     acknowledged: dict[str, str] = field(default_factory=dict)  # id -> body key
     seen: dict[str, str] = field(default_factory=dict)  # id -> body key, of every id read
     claimed: collections.Counter[str] = field(default_factory=collections.Counter)
+    # id -> (when the claim's request was sent, when its answer came) of each claim taking it
+    holds: dict[str, list[tuple[float, float]]] = field(
+        default_factory=lambda: collections.defaultdict(list)
+    )
     deleted: set[str] = field(default_factory=set)
     statuses: collections.Counter[str] = field(default_factory=collections.Counter)
     unexpected: list[str] = field(default_factory=list)
@@ -162,10 +170,12 @@ async def produce(gateways: Gateways, p: int, tally: Tally, stop: asyncio.Event)
 
 async def consume(gateways: Gateways, c: int, tally: Tally, stop: asyncio.Event) -> None:
     while not stop.is_set():
+        sent = time.time()  # wall time, as the servers' claim expiries are
         reply = await send(
             gateways, c, tally, "claim", "POST", f"/v2/queues/{QUEUE}/claims?limit=5", stop,
             json={"ttl": CLAIM_TTL, "grace": CLAIM_GRACE},
         )
+        answered = time.time()
         if reply is None:
             return
         if reply.status_code == 204:
@@ -177,6 +187,7 @@ async def consume(gateways: Gateways, c: int, tally: Tally, stop: asyncio.Event)
         for message in reply.json()["messages"]:
             mid = message["href"].split("?", 1)[0].rsplit("/", 1)[1]
             tally.claimed[mid] += 1
+            tally.holds[mid].append((sent, answered))
             tally.seen[mid] = body_key(message["body"])
             # Deleted even after the load stops: a claimed message is the consumer's to finish.
             done = await send(gateways, c, tally, "delete", "DELETE", message["href"], None)
@@ -448,19 +459,21 @@ def summarize(tally: Tally, left: list[str], args: argparse.Namespace) -> dict[s
     lost = sorted((set(tally.acknowledged) - set(tally.claimed) - in_queue)
                   | (set(tally.claimed) - tally.deleted - in_queue))
     came_back = sorted(tally.deleted & in_queue)
+    held_twice = sorted(mid for mid, holds in tally.holds.items() if _overlap(holds))
     # Bodies stored under more than one id: a post whose answer was lost, retried.
     ids_of: dict[str, set[str]] = collections.defaultdict(set)
     for mid, key in (*tally.acknowledged.items(), *tally.seen.items()):
         ids_of[key].add(mid)
     kinds = collections.Counter(f["fault"].split(".")[0] for f in tally.faults)
     return {
-        "ok": not lost and not came_back and not tally.unexpected,
+        "ok": not lost and not came_back and not held_twice and not tally.unexpected,
         "store": args.store, "minutes": args.minutes, "seed": args.seed,
         "faults": len(tally.faults),
         "faults_by_kind": dict(sorted(kinds.items())),
         "acknowledged": len(tally.acknowledged), "claimed": len(tally.claimed),
         "deleted": len(tally.deleted), "left_in_queue": len(in_queue),
         "lost": len(lost), "came_back_after_delete": len(came_back),
+        "held_twice": len(held_twice),
         "stored_twice": sum(1 for ids in ids_of.values() if len(ids) > 1),
         "stored_without_201": len(set(tally.seen) - set(tally.acknowledged)),
         "claimed_twice": sum(1 for n in tally.claimed.values() if n > 1),
@@ -468,9 +481,18 @@ def summarize(tally: Tally, left: list[str], args: argparse.Namespace) -> dict[s
         "statuses": dict(sorted(tally.statuses.items())),
         "unexpected": tally.unexpected[:20], "unexpected_count": len(tally.unexpected),
         "lost_ids": lost[:20], "came_back_ids": came_back[:20],
+        "held_twice_ids": held_twice[:20],
         "longest_recovery_s": max((f["back_after_s"] for f in tally.faults), default=0),
         "fault_log": tally.faults,
     }
+
+
+def _overlap(holds: list[tuple[float, float]]) -> bool:
+    """Whether a claim in ``holds`` (sent, answered) was answered while the claim sent before
+    it still held the message: before that one was sent plus CLAIM_TTL."""
+    ordered = sorted(holds)
+    return any(later[1] < earlier[0] + CLAIM_TTL
+               for earlier, later in itertools.pairwise(ordered))
 
 
 if __name__ == "__main__":

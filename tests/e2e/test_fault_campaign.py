@@ -13,7 +13,7 @@ import argparse
 import httpx
 import pytest
 
-from bench.faults import SERVICES, Tally, campaign, parser, summarize
+from bench.faults import CLAIM_TTL, SERVICES, Tally, campaign, parser, summarize
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +40,7 @@ def test_one_kill_of_each_kind_under_load_loses_nothing() -> None:
     assert summary["claimed"] > 0 and summary["deleted"] > 0, report
     assert summary["lost"] == 0, report
     assert summary["came_back_after_delete"] == 0, report
+    assert summary["held_twice"] == 0, report
     assert summary["unexpected_count"] == 0, report
     assert summary["ok"], report
 
@@ -56,6 +57,22 @@ def test_the_oracle_finds_a_lost_message_and_one_that_came_back() -> None:
     summary = summarize(tally, ["kept", "back", "claimed-kept"], args())
     assert (summary["lost"], summary["lost_ids"]) == (2, ["claimed-lost", "lost"])
     assert (summary["came_back_after_delete"], summary["came_back_ids"]) == (1, ["back"])
+    assert not summary["ok"]
+
+
+def test_the_oracle_finds_a_message_two_claims_held_at_once() -> None:
+    tally = Tally()
+    tally.acknowledged = {"again": "0:1", "overlap": "0:2"}
+    tally.claimed.update(["again", "again", "overlap", "overlap"])
+    tally.deleted = {"again", "overlap"}
+    # Claimed again once the first claim had expired (its delete failed): not a failure
+    tally.holds["again"] = [(1000.0, 1000.01), (1000.0 + CLAIM_TTL + 0.5, 1000.0 + CLAIM_TTL + 0.6)]
+    assert summarize(tally, [], args())["ok"]
+    # Claimed again while the first claim still held it (answered before its TTL was over)
+    tally.holds["overlap"] = [(1000.0 + CLAIM_TTL - 2, 1000.0 + CLAIM_TTL - 1.9),
+                              (1000.0, 1000.01)]
+    summary = summarize(tally, [], args())
+    assert (summary["held_twice"], summary["held_twice_ids"]) == (1, ["overlap"])
     assert not summary["ok"]
 
 
