@@ -1,4 +1,4 @@
-"""Prints deploy/envoy/envoy.yaml with the descriptor path and addresses of a given run.
+"""Prints deploy/envoy/envoy.yaml with the descriptor path, addresses and client bucket of a run.
 
 envoy.yaml names its descriptor set by the absolute path a container mounts it at
 (/etc/zaqar/envoy/zaqar.pb). This script, standard library only, writes a copy for any other
@@ -7,7 +7,8 @@ working directory.
 
     python3 deploy/envoy/render.py > /tmp/zaqar-envoy.yaml && envoy -c /tmp/zaqar-envoy.yaml
     python3 deploy/envoy/render.py --listen 0.0.0.0:8080 --queue queue:50061 \\
-        --message message:50062 --notifier notifier:50063 --descriptor /srv/zaqar.pb
+        --message message:50062 --notifier notifier:50063 --descriptor /srv/zaqar.pb \\
+        --per-client-burst 500 --per-client-rate 200
 
 The admin listener stays on 127.0.0.1; only its port can change.
 """
@@ -24,6 +25,8 @@ MOUNTED_DESCRIPTOR = "/etc/zaqar/envoy/zaqar.pb"
 # What each option replaces in envoy.yaml; each must occur there exactly once.
 LISTEN = "{ address: 127.0.0.1, port_value: 8080 }"
 ADMIN = "{ address: 127.0.0.1, port_value: 9901 }"
+# Requests per client address: the bucket's size and how it refills.
+PER_CLIENT = "token_bucket: { max_tokens: 2000, tokens_per_fill: 1000, fill_interval: 1s }"
 UPSTREAMS = {
     "queue": "{ address: 127.0.0.1, port_value: 50061 }",
     "message": "{ address: 127.0.0.1, port_value: 50062 }",
@@ -36,6 +39,33 @@ def socket_address(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return f'{{ address: "{host.strip("[]")}", port_value: {int(port)} }}'
+
+
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {value!r}")
+    return int(value)
+
+
+def positive_rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = 0.0
+    if not 0 < rate < 1e9:
+        raise argparse.ArgumentTypeError(f"expected requests per second above 0, got {value!r}")
+    return rate
+
+
+def token_bucket(burst: int, rate: float) -> str:
+    """An Envoy token bucket of ``burst`` requests refilled at ``rate`` a second: whole tokens
+    each second, or one token every 1 / ``rate`` seconds below one a second."""
+    if rate >= 1:
+        fill, interval = round(rate), "1s"
+    else:
+        fill, interval = 1, f"{round(1 / rate, 3)}s"
+    return (f"token_bucket: {{ max_tokens: {burst}, tokens_per_fill: {fill}, "
+            f"fill_interval: {interval} }}")
 
 
 def port_number(value: str) -> int:
@@ -69,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in UPSTREAMS:
         parser.add_argument(f"--{name}", type=socket_address, metavar="HOST:PORT",
                             help=f"the {name} service (default: envoy.yaml's)")
+    parser.add_argument("--per-client-burst", type=positive_int, metavar="N",
+                        help="requests one client address may make at once (default 2000)")
+    parser.add_argument("--per-client-rate", type=positive_rate, metavar="R",
+                        help="requests per second its bucket refills by (default 1000)")
     args = parser.parse_args(argv)
     replacements = {
         f"proto_descriptor: {MOUNTED_DESCRIPTOR}":
@@ -78,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         replacements[LISTEN] = args.listen
     if args.admin_port:
         replacements[ADMIN] = f"{{ address: 127.0.0.1, port_value: {args.admin_port} }}"
+    if args.per_client_burst or args.per_client_rate:
+        replacements[PER_CLIENT] = token_bucket(args.per_client_burst or 2000,
+                                                args.per_client_rate or 1000)
     for name, old in UPSTREAMS.items():
         if getattr(args, name):
             replacements[old] = getattr(args, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import subprocess
 import uuid
@@ -46,18 +47,18 @@ def stack(request: pytest.FixtureRequest) -> Stack:
     return up_stack(request, "sqlite")
 
 
-@pytest.fixture(scope="module")
-async def envoy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Envoy]:
-    """Envoy in front of ``stack``, started from a folder of its own (not the repository)."""
+@contextlib.asynccontextmanager
+async def running_envoy(stack: Stack, workdir: Path, *options: str) -> AsyncIterator[Envoy]:
+    """Envoy in front of ``stack``, configured by deploy/envoy/render.py with ``options`` and
+    started from ``workdir`` (not the repository)."""
     binary = envoy_binary()
-    workdir = tmp_path_factory.mktemp("envoy")
     listen, admin = free_ports(2)
     host = stack.settings.host
     config = render_envoy_config(
         workdir / "envoy.yaml", "--listen", f"127.0.0.1:{listen}", "--admin-port", str(admin),
         "--queue", f"{host}:{stack.settings.queue_port}",
         "--message", f"{host}:{stack.settings.message_port}",
-        "--notifier", f"{host}:{stack.settings.notifier_port}",
+        "--notifier", f"{host}:{stack.settings.notifier_port}", *options,
     )
     log = workdir / "envoy.log"
     with log.open("wb") as out:
@@ -80,6 +81,13 @@ async def envoy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Async
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+@pytest.fixture(scope="module")
+async def envoy(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Envoy]:
+    """Envoy as deploy/envoy/ configures it, in front of ``stack``."""
+    async with running_envoy(stack, tmp_path_factory.mktemp("envoy")) as running:
+        yield running
 
 
 async def wait_ready(envoy: Envoy, deadline: float = 30) -> None:
@@ -360,3 +368,48 @@ async def test_more_long_polls_than_envoys_default_breaker_reach_message_svc(
     finally:
         for channel in channels:
             await channel.close()
+
+
+# The per-client-address bucket of the limited Envoy: 3 requests, refilled by one every 100 s
+# (so that none comes back while the test runs).
+BURST = 3
+LIMIT_TEXT = "Too many requests from this client address"
+
+
+async def test_a_client_address_past_its_bucket_is_refused_and_another_is_not(
+    stack: Stack, project: str, tmp_path: Path,
+) -> None:
+    """Envoy's requests per client address: past its bucket an address is refused before any
+    service sees the call, RESOURCE_EXHAUSTED to gRPC and 429 to REST (a google.rpc.Status in
+    JSON), with the x-ratelimit headers; another address still has its own bucket."""
+    async with running_envoy(stack, tmp_path, "--per-client-burst", str(BURST),
+                             "--per-client-rate", "0.01") as envoy:
+        stats = f"{envoy.url}/v2/projects/{project}/queues/limited/messages:stats"
+        first = httpx.AsyncHTTPTransport(local_address="127.0.0.1")
+        async with httpx.AsyncClient(transport=first, timeout=10) as client:
+            # Given an address that has used its bucket (each call reaches queue/message_svc)
+            for left in range(BURST - 1, -1, -1):
+                answer = await client.get(stats)
+                assert answer.status_code != 429, answer.text
+                assert answer.headers["x-ratelimit-remaining"] == str(left)
+            # Then its next REST call is refused, with the body a failed call has here
+            refused = await client.get(stats)
+            assert refused.status_code == 429
+            assert refused.headers["x-ratelimit-limit"] == str(BURST)
+            assert int(refused.headers["x-ratelimit-reset"]) > 0
+            body = refused.json()
+            assert body["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert body["message"].startswith(LIMIT_TEXT)
+        # And so is its next gRPC call
+        async with grpc.aio.insecure_channel(envoy.grpc_target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
+                    queues_pb2.CreateQueueRequest(project=project, queue="limited"), timeout=10)
+            assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (failed.value.details() or "").startswith(LIMIT_TEXT)
+        # While another client address is served from a bucket of its own
+        other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(transport=other, timeout=10) as client:
+            answer = await client.get(stats)
+            assert answer.status_code != 429, answer.text
+            assert answer.headers["x-ratelimit-remaining"] == str(BURST - 1)

@@ -133,6 +133,57 @@ def test_envoy_config_edge_settings() -> None:
         assert thresholds["max_pending_requests"] >= most, cluster["name"]
 
 
+def _per_client(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (manager,) = listener["filter_chains"][0]["filters"]
+    names = [f["name"] for f in manager["typed_config"]["http_filters"]]
+    # It runs first: REST and gRPC calls alike count before the transcoder and the router
+    assert names[0] == "envoy.filters.http.local_ratelimit", names
+    limit: dict[str, Any] = manager["typed_config"]["http_filters"][0]["typed_config"]
+    return limit
+
+
+def test_envoy_limits_requests_per_client_address() -> None:
+    limit = _per_client(yaml.safe_load((ENVOY / "envoy.yaml").read_text()))
+    # One bucket per client address (the connection's peer), a bounded number of them
+    assert limit["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+    (descriptor,) = limit["descriptors"]
+    assert descriptor["entries"] == [{"key": "remote_address"}]
+    assert descriptor["token_bucket"] == {
+        "max_tokens": 2000, "tokens_per_fill": 1000, "fill_interval": "1s"}
+    assert limit["max_dynamic_descriptors"] == 10000
+    # Enforced, and told to gRPC callers as RESOURCE_EXHAUSTED with the x-ratelimit headers
+    for key in ("filter_enabled", "filter_enforced"):
+        assert limit[key]["default_value"] == {"numerator": 100, "denominator": "HUNDRED"}
+    assert limit["rate_limited_as_resource_exhausted"] is True
+    assert limit["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"
+
+
+@pytest.mark.parametrize(("options", "bucket"), [
+    (["--per-client-burst", "500", "--per-client-rate", "200"],
+     {"max_tokens": 500, "tokens_per_fill": 200, "fill_interval": "1s"}),
+    (["--per-client-rate", "0.5"],
+     {"max_tokens": 2000, "tokens_per_fill": 1, "fill_interval": "2.0s"}),
+    (["--per-client-burst", "3"],
+     {"max_tokens": 3, "tokens_per_fill": 1000, "fill_interval": "1s"}),
+])
+def test_envoy_config_renders_the_per_client_bucket(
+    tmp_path: Path, options: list[str], bucket: dict[str, Any]
+) -> None:
+    config = yaml.safe_load(render_envoy_config(tmp_path / "envoy.yaml", *options).read_text())
+    (descriptor,) = _per_client(config)["descriptors"]
+    assert descriptor["token_bucket"] == bucket
+
+
+@pytest.mark.parametrize("option", [
+    ["--per-client-burst", "0"], ["--per-client-rate", "0"], ["--per-client-rate", "fast"],
+])
+def test_envoy_render_refuses_a_bucket_that_is_not_one(tmp_path: Path, option: list[str]) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        render_envoy_config(tmp_path / "envoy.yaml", *option)
+    assert "expected" in refused.value.stderr
+
+
 def test_envoy_descriptor_set_holds_the_error_details() -> None:
     # The transcoder can print a status detail only if its type is in the descriptor set
     descriptors = descriptor_pb2.FileDescriptorSet()
