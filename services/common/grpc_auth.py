@@ -20,6 +20,11 @@ token costs a cache lookup: a request through the gateway makes no Keystone roun
 services. Health and reflection need no token. A missing, unknown, revoked or expired token is
 UNAUTHENTICATED; Keystone unreachable is UNAVAILABLE. In no-auth mode none of this is installed.
 
+With ``project_rate_limit`` set, each call a project's caller makes with its own token takes one
+of the project's requests (``services/common/rate_limit.py``) once the token is checked, before
+the method runs: past them it is RESOURCE_EXHAUSTED, reason ``RATE_LIMITED``, "Please retry in
+N s". Calls with a service token are not counted: those of the gateway were, by the gateway.
+
 :class:`ServiceTokenInterceptor` (and its stream twin) is the client side: every channel a
 process opens in keystone mode sends the process's token as ``x-service-token`` on every call.
 """
@@ -52,6 +57,7 @@ from services.common.grpc_types import (
     aio_unary_unary,
 )
 from services.common.keystone import Identity, KeystoneAuth, KeystoneUnavailable, Unauthorized
+from services.common.rate_limit import RateLimit
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +135,17 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         public: services (``zaqar.v2.Queues``) or methods (``/zaqar.v2.Flavors/GetFlavor``)
             projects may call with their own token.
         admin: those of them that need the ``admin`` role in that token.
+        limit: requests per project, taken from a project's caller (None: no limit).
     """
 
     def __init__(
-        self, auth: KeystoneAuth, public: Collection[str], admin: Collection[str] = ()
+        self, auth: KeystoneAuth, public: Collection[str], admin: Collection[str] = (),
+        limit: RateLimit | None = None,
     ) -> None:
         self._auth = auth
         self._public = frozenset(public)
         self._admin = frozenset(admin)
+        self._limit = limit
         self._wrapped: dict[str, MethodHandler] = {}
 
     async def intercept_service(
@@ -210,6 +219,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 identity = await self._authorise(context, service, public)
                 if identity is not None and admin and ADMIN_ROLE not in identity.roles:
                     raise Forbidden(NOT_AN_ADMIN.format(method=method.lstrip("/")))
+                if identity is not None and self._limit is not None:
+                    await self._limit.take(identity.project)
             except ServiceError as err:
                 await context.abort_with_status(rpc_status.to_status(to_status(err)))
             if identity is not None and "project" in request.DESCRIPTOR.fields_by_name:
@@ -383,10 +394,12 @@ class ServiceTokenBidiInterceptor(_ServiceToken, grpc.aio.StreamStreamClientInte
 
 
 def server_interceptors(
-    auth: KeystoneAuth | None, public: Collection[str], admin: Collection[str] = ()
+    auth: KeystoneAuth | None, public: Collection[str], admin: Collection[str] = (),
+    limit: RateLimit | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The token check in keystone mode (``auth`` given); nothing in no-auth mode."""
-    return [] if auth is None else [TokenInterceptor(auth, public, admin)]
+    """The token check in keystone mode (``auth`` given), with requests per project when
+    ``limit`` is given; nothing in no-auth mode."""
+    return [] if auth is None else [TokenInterceptor(auth, public, admin, limit)]
 
 
 def client_interceptors(auth: KeystoneAuth | None) -> list[Any]:

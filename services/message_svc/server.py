@@ -8,7 +8,7 @@ from functools import partial
 
 from zaqar_grpc.v2 import admin_pb2, notifier_pb2_grpc
 
-from services.common import health, metrics
+from services.common import health, metrics, rate_limit
 from services.common.config import ConfigurationError, Settings, check_limits
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
@@ -79,6 +79,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     tls = await asyncio.to_thread(load_tls, settings)
     filters = Filters.load(settings.message_filters)
     keys = parse_keys(settings.message_encryption_keys)
+    limit = rate_limit.for_service(settings, "message_svc")
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
     store = await open_store(settings.store_uri("message"))
@@ -110,6 +111,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         await store.close()
         if owned is not None:
             await owned.aclose()
+        if limit is not None:
+            await limit.close()
 
     async def version_of(pool_uri: str, project: str, queue: str) -> int:
         return await (await pools.get(pool_uri)).queue_version(project, queue)
@@ -157,7 +160,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             host=settings.host, port=settings.message_port, tls=tls,
             receiving=Receiving(settings.grpc_max_receiving_bytes), process="message_svc",
             interceptors=server_interceptors(
-                auth, [MESSAGES_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]
+                auth, [MESSAGES_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME],
+                limit=limit,
             ),
         )
         running = await start_server(Running(

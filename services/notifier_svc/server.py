@@ -9,7 +9,7 @@ from functools import partial
 
 from zaqar_grpc.v2 import admin_pb2
 
-from services.common import health, signing
+from services.common import health, rate_limit, signing
 from services.common.config import ConfigurationError, Settings, check_limits
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
@@ -116,6 +116,7 @@ async def start(
     """
     check(settings)
     tls = await asyncio.to_thread(load_tls, settings)
+    limit = rate_limit.for_service(settings, "notifier_svc")
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
     store = await open_notifier_store(settings.store_uri("notifier"), now=clock)
@@ -172,6 +173,8 @@ async def start(
             await webhook.close()
             if owned is not None:
                 await owned.aclose()
+            if limit is not None:
+                await limit.close()
         await replicas.close()
         await policies.close()
         await placements.close()
@@ -204,7 +207,8 @@ async def start(
             SERVICE_NAMES, host=settings.host, port=settings.notifier_port, tls=tls,
             receiving=Receiving(settings.grpc_max_receiving_bytes), process="notifier_svc",
             interceptors=server_interceptors(
-                auth, [SUBSCRIPTIONS_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME]
+                auth, [SUBSCRIPTIONS_SERVICE, health.SERVICE_NAME], admin=[health.SERVICE_NAME],
+                limit=limit,
             ),
         )
         running = await start_server(Running(

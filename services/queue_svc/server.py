@@ -9,7 +9,7 @@ from functools import partial
 import grpc
 from zaqar_grpc.v2 import admin_pb2, queues_pb2_grpc
 
-from services.common import health
+from services.common import health, rate_limit
 from services.common.config import Settings, check_limits
 from services.common.grpc_auth import server_interceptors
 from services.common.grpc_server import (
@@ -62,6 +62,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     check_interval(settings)
     tls = await asyncio.to_thread(load_tls, settings)
     encryption = parse_keys(settings.message_encryption_keys) is not None
+    limit = rate_limit.for_service(settings, "queue_svc")
     owned = keystone_for(settings) if auth is None else None
     auth = auth or owned
     store = await open_queue_store(settings.store_uri("queue"))
@@ -77,6 +78,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         await store.close()
         if owned is not None:
             await owned.aclose()
+        if limit is not None:
+            await limit.close()
 
     # A pool's store must answer well within the deadline of the call registering it.
     catalog = CatalogService(
@@ -109,7 +112,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
              health.registrar(check_health)],
             names, host=settings.host, port=settings.queue_port, tls=tls,
             receiving=Receiving(settings.grpc_max_receiving_bytes), process="queue_svc",
-            interceptors=server_interceptors(auth, names, ADMIN_CALLS),
+            interceptors=server_interceptors(auth, names, ADMIN_CALLS, limit),
         )
         running = await start_server(Running(
             server, port, health_servicer, names, close,

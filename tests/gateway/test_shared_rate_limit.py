@@ -111,7 +111,7 @@ async def test_without_redis_requests_go_through_and_it_is_said_once(
         # When Redis is gone, every request goes through, counted; the log says it once
         server.stop()
         before = errors("ConnectionError")
-        caplog.set_level(logging.INFO, "services.api_gateway.rate_limit")
+        caplog.set_level(logging.INFO, "services.common.rate_limit")
         for _ in range(5):
             await limit.take("p")
         assert errors("ConnectionError") == before + 5
