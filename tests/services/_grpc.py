@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +11,7 @@ import grpc
 from zaqar_grpc.v2 import messages_pb2_grpc, notifier_pb2_grpc, queues_pb2_grpc
 
 from services.common.config import Settings
+from tests.gateway.conftest import running_services
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -48,3 +51,15 @@ def stubs(settings: Settings) -> Stubs:
         notifier_pb2_grpc.NotifierInternalStub(channels["notifier"]),  # type: ignore[no-untyped-call]
         list(channels.values()),
     )
+
+
+@asynccontextmanager
+async def serving_stubs(settings: Settings) -> AsyncIterator[Stubs]:
+    """The three services running with ``settings``, and stubs to call them."""
+    async with running_services(settings):
+        s = stubs(settings)
+        try:
+            yield s
+        finally:
+            await s.close()
+

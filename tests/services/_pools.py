@@ -4,8 +4,7 @@ pooling on, and the calls that register pools, create queues and post to them.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,9 +15,8 @@ import redis.asyncio
 from zaqar_grpc.v2 import admin_pb2, admin_pb2_grpc, messages_pb2, queues_pb2
 
 from services.common.config import Settings
-from tests.gateway.conftest import running_services
 from tests.servers import ServerProcess, redis_process
-from tests.services._grpc import Stubs, stubs
+from tests.services._grpc import Stubs, serving_stubs
 
 CLIENT = "6d6a3b3e-0c7f-4b0a-9b1e-2f6c1d7a9e10"
 
@@ -99,13 +97,6 @@ class PooledServices:
         return list(reply.ids)
 
 
-@asynccontextmanager
-async def pooled_services(settings: Settings) -> AsyncIterator[Stubs]:
-    """The three services running with ``settings`` (pooling on), and stubs to call them."""
-    async with running_services(settings):
-        s = stubs(settings)
-        try:
-            yield s
-        finally:
-            await s.close()
+pooled_services = serving_stubs
+"""The three services running with ``settings`` (pooling on), and stubs to call them."""
 

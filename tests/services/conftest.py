@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from services.common.config import Settings
-from tests.gateway.conftest import running_services
 from tests.keystone import Keystone, keystone_overrides
 from tests.servers import service_ports
-from tests.services._grpc import Stubs, stubs
+from tests.services._grpc import Stubs, serving_stubs
 from tests.services.test_message_svc import Services, message_svc_factory  # noqa: F401 - fixture
 
 
@@ -46,9 +45,5 @@ async def keystone_stack(
         "data_dir": str(tmp_path_factory.mktemp("keystone-stack")), **service_ports(),
         "gc_interval": 0.5, **keystone_overrides(keystone),
     })
-    async with running_services(settings):
-        s = stubs(settings)
-        try:
-            yield settings, s
-        finally:
-            await s.close()
+    async with serving_stubs(settings) as s:
+        yield settings, s

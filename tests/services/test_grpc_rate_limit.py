@@ -16,10 +16,9 @@ from zaqar_grpc.v2 import common_pb2, notifier_pb2, queues_pb2
 
 from services.common.config import Settings
 from services.common.errors import RpcErrorInfo, decode_rpc_error
-from tests.gateway.conftest import running_services
 from tests.keystone import Keystone, keystone_overrides
 from tests.servers import service_ports
-from tests.services._grpc import Metadata, Stubs, service, stubs, token
+from tests.services._grpc import Metadata, Stubs, service, serving_stubs, token
 
 # A project's burst; refilled by one request every 1,000 s, so none comes back during a test.
 BURST = 3
@@ -35,12 +34,8 @@ async def limited(
         **keystone_overrides(keystone),
         "project_rate_limit": 0.001, "project_rate_burst": BURST,
     })
-    async with running_services(settings):
-        s = stubs(settings)
-        try:
-            yield s
-        finally:
-            await s.close()
+    async with serving_stubs(settings) as s:
+        yield s
 
 
 Call = Callable[[Stubs, Metadata, str], Awaitable[Any]]
