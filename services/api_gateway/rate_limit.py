@@ -11,11 +11,10 @@ from collections.abc import Callable
 from services.api_gateway.errors import ApiError
 from services.common import rate_limit as common
 from services.common.config import Settings
-from services.common.rate_limit import STORE, STORE_TIMEOUT, TITLE, RateLimit, refusal
+from services.common.rate_limit import TITLE, RateLimit, refusal
 
 __all__ = [
-    "STORE", "STORE_TIMEOUT", "ProjectRateLimit", "RateLimit", "SharedProjectRateLimit",
-    "TooManyRequests", "from_settings",
+    "ProjectRateLimit", "RateLimit", "SharedProjectRateLimit", "TooManyRequests", "from_settings",
 ]
 
 

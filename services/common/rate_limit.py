@@ -3,22 +3,22 @@ the default) with ``project_rate_burst`` at once (docs/architecture.md, "Request
 The gateway's gate (``middleware.py``) and WebSocket server take one request of a known
 project's before it goes on (429 ``Too Many Requests`` with ``Retry-After`` when none is left:
 ``services/api_gateway/rate_limit.py``); in keystone mode each service takes one for every call
-a project's own token makes (``grpc_auth.TokenInterceptor``: RESOURCE_EXHAUSTED, reason
-``RATE_LIMITED``), which calls through the gateways, made with its service token, are not:
-the gateway counted them.
+a project makes with its own token (``grpc_auth.TokenInterceptor``: RESOURCE_EXHAUSTED, reason
+``RATE_LIMITED``), but not for the gateways' calls, which carry their service token and which
+the gateway counted.
 
 Two ways of counting, the same limit:
 
-- :class:`ProjectRateLimit` (the default): a token bucket per project in each
-  process. With N replicas a project may make up to N times the rate. The map of
-  buckets stays bounded: a bucket idle long enough to be full again is the same as no bucket
-  and is dropped, and beyond :data:`MAX_PROJECTS` the least recently used goes first (which
-  only gives a project back its burst early).
+- :class:`ProjectRateLimit` (the default): a token bucket per project in each process. With
+  N replicas a project may make up to N times the rate. The map of buckets stays bounded: a
+  bucket idle long enough to be full again is the same as no bucket and is dropped, and
+  beyond :data:`MAX_PROJECTS` the least recently used goes first (which only gives a project
+  back its burst early).
 - :class:`SharedProjectRateLimit` (``project_rate_store``, a Redis URI): the same bucket kept
   in Redis, one key per project, so that every replica (gateways and services alike) counts
-  against it. It is the generic
-  cell rate algorithm (a token bucket written as the time at which the bucket will be full
-  again), in one script call per request, on the Redis server's clock. When Redis cannot
+  against it. It is the generic cell rate algorithm (a token bucket written as the time at
+  which the bucket will be full again), in one script call per request, on the Redis
+  server's clock. When Redis cannot
   answer within :data:`STORE_TIMEOUT`, requests go through unlimited (the limit protects the
   services; it must not take them down with it): the failure is logged once per kind until
   Redis answers again, and counted in ``zaqar_rate_limit_store_errors_total``.
