@@ -1,0 +1,177 @@
+"""components/grpc-edge: Envoy at the edge of the gRPC API on Kubernetes (overlays/grpc-edge,
+overlays/redis with the component): its configuration is deploy/envoy/'s, rendered for the
+Services, and valid; its pods are locked down like the services'; the network policies let
+callers reach Envoy and Envoy reach the three services, and nothing more."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.test_deploy import ENVOY, envoy_binary
+from tests.unit.test_image import tool
+from tests.unit.test_k8s import (
+    CALLERS,
+    GRPC_SERVICES,
+    K8S,
+    OLDEST_KUBERNETES,
+    Doc,
+    _selects,
+    container,
+    of_kind,
+    rendered,
+    rendered_text,
+)
+
+OVERLAY = "grpc-edge"
+COMPONENT = K8S / "components" / "grpc-edge"
+MOUNTED = "/etc/zaqar/envoy"
+# render.py's flags for the Services of the base (their names and gRPC ports).
+RENDER_FLAGS = ["--listen", "0.0.0.0:8080", "--descriptor", f"{MOUNTED}/zaqar.pb",
+                "--queue", "queue-svc:50061", "--message", "message-svc:50062",
+                "--notifier", "notifier-svc:50063"]
+
+
+def edge_config(docs: list[Doc]) -> Doc:
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"
+                 and d["metadata"]["name"].startswith("zaqar-envoy-")]
+    return config
+
+
+def test_renders_and_passes_strict_validation(tmp_path: Path) -> None:
+    manifest = tmp_path / "grpc-edge.yaml"
+    manifest.write_text(rendered_text(OVERLAY))
+    for version in ([], ["--kubernetes-version", OLDEST_KUBERNETES]):
+        result = subprocess.run(
+            [tool("kubernetes-validate"), "--strict", "--quiet", *version, str(manifest)],
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_component_holds_deploy_envoy_rendered_for_the_services() -> None:
+    # envoy.yaml is render.py's output for the Services; zaqar.pb is the generated one
+    rendered_config = subprocess.run(
+        [sys.executable, str(ENVOY / "render.py"), *RENDER_FLAGS],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    assert (COMPONENT / "envoy.yaml").read_text() == rendered_config, (
+        "render it again: see deploy/k8s/components/grpc-edge/kustomization.yaml")
+    assert (COMPONENT / "zaqar.pb").read_bytes() == (ENVOY / "zaqar.pb").read_bytes(), (
+        "copy deploy/envoy/zaqar.pb to deploy/k8s/components/grpc-edge/")
+    # And the ConfigMap the pods mount holds both, unchanged
+    config = edge_config(rendered(OVERLAY))
+    assert config["metadata"]["namespace"] == "zaqar"
+    assert config["data"]["envoy.yaml"] == rendered_config
+    assert base64.b64decode(config["binaryData"]["zaqar.pb"]) == (ENVOY / "zaqar.pb").read_bytes()
+
+
+def test_envoy_validates_the_mounted_config(tmp_path: Path) -> None:
+    # The ConfigMap's files, where a pod has them (the descriptor's path moved to a scratch
+    # folder, as no pod is here)
+    config = edge_config(rendered(OVERLAY))
+    (tmp_path / "zaqar.pb").write_bytes(base64.b64decode(config["binaryData"]["zaqar.pb"]))
+    envoy_yaml = config["data"]["envoy.yaml"].replace(f"{MOUNTED}/zaqar.pb",
+                                                      str(tmp_path / "zaqar.pb"))
+    (tmp_path / "envoy.yaml").write_text(envoy_yaml)
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed() -> None:
+    docs = rendered(OVERLAY)
+    deployments = of_kind(docs, "Deployment")
+    assert set(deployments) == {"api-gateway", "grpc-edge", *GRPC_SERVICES}
+    edge = deployments["grpc-edge"]
+    assert edge["metadata"]["namespace"] == "zaqar"
+    assert edge["spec"]["replicas"] >= 2
+    pod = edge["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["topologySpreadConstraints"]
+    c = container(edge)
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["tcpSocket"]["port"] == "grpc-api", probe
+    # The Envoy release the tests run
+    version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    tested = re.search(r"/(\d+\.\d+\.\d+)/", version)
+    assert tested is not None, version
+    assert c["image"].endswith(f"-v{tested.group(1)}"), c["image"]
+    # It reads the mounted ConfigMap
+    assert c["args"][:2] == ["-c", f"{MOUNTED}/envoy.yaml"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["envoy-config"] == MOUNTED and mounts["tmp"] == "/tmp"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["envoy-config"]["configMap"]["name"] == (
+        edge_config(docs)["metadata"]["name"])
+    # Its memory limit leaves room above the overload manager's heap bound
+    envoy_yaml = yaml.safe_load((COMPONENT / "envoy.yaml").read_text())
+    monitors = {m["name"]: m["typed_config"]
+                for m in envoy_yaml["overload_manager"]["resource_monitors"]}
+    heap = monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"]
+    assert _bytes(c["resources"]["limits"]["memory"]) > heap
+    assert set(c["resources"]["requests"]) == {"cpu", "memory"}
+    # And a disruption budget keeps one up
+    budget = of_kind(docs, "PodDisruptionBudget")["grpc-edge"]
+    assert budget["spec"]["minAvailable"] == 1
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def _reached_by(docs: list[Doc], target: str) -> tuple[bool, set[str], set[str]]:
+    """Whether anyone may reach ``target``'s pods, which Deployments may, and on which ports."""
+    pods = {name: d["spec"]["template"]["metadata"]["labels"]
+            for name, d in of_kind(docs, "Deployment").items()}
+    anyone, callers, ports = False, set(), set()
+    for policy in of_kind(docs, "NetworkPolicy").values():
+        if not _selects(policy["spec"]["podSelector"], pods[target]):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            peers = [p for p in rule.get("from", []) if "podSelector" in p]
+            if not rule.get("from"):
+                anyone = True
+                ports |= {str(p["port"]) for p in rule.get("ports", [])}
+            for peer in peers:
+                callers |= {n for n, labels in pods.items()
+                            if _selects(peer["podSelector"], labels)}
+                ports |= {str(p["port"]) for p in rule.get("ports", [])}
+    return anyone, callers, ports
+
+
+@pytest.mark.parametrize("target", ["grpc-edge", *GRPC_SERVICES])
+def test_callers_reach_envoy_and_envoy_reaches_the_services_only(target: str) -> None:
+    anyone, callers, ports = _reached_by(rendered(OVERLAY), target)
+    if target == "grpc-edge":
+        assert anyone and ports == {"grpc-api"} and not callers
+    else:
+        assert not anyone, f"{target} is reachable from anywhere"
+        assert callers == CALLERS[target] | {"grpc-edge"}, target
+        assert ports == {"grpc"}, target
+
+
+def test_the_edge_service_selects_the_edge_pods_only() -> None:
+    docs = rendered(OVERLAY)
+    service: dict[str, Any] = of_kind(docs, "Service")["grpc-edge"]
+    pods = {name: d["spec"]["template"]["metadata"]["labels"]
+            for name, d in of_kind(docs, "Deployment").items()}
+    selected = {name for name, labels in pods.items()
+                if all(labels.get(k) == v for k, v in service["spec"]["selector"].items())}
+    assert selected == {"grpc-edge"}
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        (8080, "grpc-api")]
