@@ -26,6 +26,8 @@ from tests.receivers import Receiver
 from tests.servers import free_ports
 from tests.stacks import up_stack
 from tests.unit.test_deploy import envoy_binary, render_envoy_config
+from tests.unit.test_k8s import container, of_kind, rendered
+from tests.unit.test_k8s_grpc_edge import MOUNTED, OVERLAY, edge_config
 
 pytestmark = pytest.mark.e2e
 
@@ -413,3 +415,58 @@ async def test_a_client_address_past_its_bucket_is_refused_and_another_is_not(
             answer = await client.get(stats)
             assert answer.status_code != 429, answer.text
             assert answer.headers["x-ratelimit-remaining"] == str(BURST - 1)
+
+
+async def test_the_kubernetes_edge_pod_serves_as_rendered(
+    stack: Stack, project: str, tmp_path: Path,
+) -> None:
+    """components/grpc-edge's pod, run as a local process: the Envoy the tests run, with the
+    container's arguments and the ConfigMap's files, the Services' names and ports pointed at
+    the stack (no cluster DNS here), serves the gRPC API and answers its TCP probe."""
+    docs = rendered(OVERLAY)
+    config = edge_config(docs)
+    listen, admin = free_ports(2)
+    host = stack.settings.host
+    text = config["data"]["envoy.yaml"].replace(MOUNTED, str(tmp_path))
+    for old, new in (
+        ('"0.0.0.0", port_value: 8080', f'"127.0.0.1", port_value: {listen}'),
+        ("port_value: 9901", f"port_value: {admin}"),
+        ('"queue-svc", port_value: 50061', f'"{host}", port_value: {stack.settings.queue_port}'),
+        ('"message-svc", port_value: 50062',
+         f'"{host}", port_value: {stack.settings.message_port}'),
+        ('"notifier-svc", port_value: 50063',
+         f'"{host}", port_value: {stack.settings.notifier_port}'),
+    ):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (tmp_path / "envoy.yaml").write_text(text)
+    (tmp_path / "zaqar.pb").write_bytes(base64.b64decode(config["binaryData"]["zaqar.pb"]))
+    args = [a.replace(MOUNTED, str(tmp_path))
+            for a in container(of_kind(docs, "Deployment")["grpc-edge"])["args"]]
+    log = tmp_path / "envoy.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            envoy_binary(), *args, "--use-dynamic-base-id", "--concurrency", "1",
+            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+        )
+    edge = Envoy(proc, f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}",
+                 f"127.0.0.1:{listen}", log)
+    try:
+        await wait_ready(edge)
+        # The kubelet's TCP probe
+        _, writer = await asyncio.open_connection("127.0.0.1", listen)
+        writer.close()
+        # A gRPC caller creates a queue and posts through it
+        async with grpc.aio.insecure_channel(edge.grpc_target) as channel:
+            created = await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
+                queues_pb2.CreateQueueRequest(project=project, queue="edge-pod"), timeout=10)
+            assert created.created
+            posted = await messages_pb2_grpc.MessagesStub(channel).PostMessages(
+                messages_pb2.PostMessagesRequest(
+                    project=project, queue="edge-pod", client_id=str(uuid.uuid4()),
+                    messages=[messages_pb2.NewMessage(body=b'{"via": "edge"}')]), timeout=10)
+            assert len(posted.ids) == 1
+    finally:
+        proc.terminate()
+        async with asyncio.timeout(30):
+            await proc.wait()

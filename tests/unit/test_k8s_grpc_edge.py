@@ -72,18 +72,20 @@ def test_the_component_holds_deploy_envoy_rendered_for_the_services() -> None:
     assert base64.b64decode(config["binaryData"]["zaqar.pb"]) == (ENVOY / "zaqar.pb").read_bytes()
 
 
-def test_envoy_validates_the_mounted_config(tmp_path: Path) -> None:
-    # The ConfigMap's files, where a pod has them (the descriptor's path moved to a scratch
-    # folder, as no pod is here)
-    config = edge_config(rendered(OVERLAY))
+def test_envoy_takes_the_pods_arguments_and_mounted_config(tmp_path: Path) -> None:
+    # The ConfigMap's files and the container's arguments, as a pod has them (the mount moved
+    # to a scratch folder, as no pod is here), validated by the Envoy the tests run
+    docs = rendered(OVERLAY)
+    config = edge_config(docs)
     (tmp_path / "zaqar.pb").write_bytes(base64.b64decode(config["binaryData"]["zaqar.pb"]))
-    envoy_yaml = config["data"]["envoy.yaml"].replace(f"{MOUNTED}/zaqar.pb",
-                                                      str(tmp_path / "zaqar.pb"))
-    (tmp_path / "envoy.yaml").write_text(envoy_yaml)
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    (tmp_path / "envoy.yaml").write_text(config["data"]["envoy.yaml"].replace(MOUNTED,
+                                                                              str(tmp_path)))
+    args = [a.replace(MOUNTED, str(tmp_path)) for a in container(
+        of_kind(docs, "Deployment")["grpc-edge"])["args"]]
+    result = subprocess.run([envoy_binary(), *args, "--mode", "validate"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout + result.stderr
 
 
 def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed() -> None:
