@@ -10,7 +10,8 @@ working directory.
         --message message:50062 --notifier notifier:50063 --descriptor /srv/zaqar.pb \\
         --per-client-burst 500 --per-client-rate 200
 
-The admin listener stays on 127.0.0.1; only its port can change.
+The admin listener stays on 127.0.0.1; only its port can change. The metrics listener passes
+GET /stats/prometheus to it, and nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ HERE = Path(__file__).resolve().parent
 MOUNTED_DESCRIPTOR = "/etc/zaqar/envoy/zaqar.pb"
 # What each option replaces in envoy.yaml; each must occur there exactly once.
 LISTEN = "{ address: 127.0.0.1, port_value: 8080 }"
+METRICS = "{ address: 127.0.0.1, port_value: 9902 }"
+# The admin listener's address, and the envoy_admin cluster's (the metrics listener's upstream):
+# replaced in both places.
 ADMIN = "{ address: 127.0.0.1, port_value: 9901 }"
+ADMIN_PLACES = 2
 # Requests per client address: the bucket's size and how it refills.
 PER_CLIENT = "token_bucket: { max_tokens: 2000, tokens_per_fill: 1000, fill_interval: 1s }"
 UPSTREAMS = {
@@ -74,12 +79,15 @@ def port_number(value: str) -> int:
     return int(value)
 
 
-def render(template: str, replacements: dict[str, str]) -> str:
+def render(template: str, replacements: dict[str, str],
+           places: dict[str, int] | None = None) -> str:
     """``template`` with each key replaced by its value, all in one pass; a key that does not
-    occur exactly once is an error (the template changed under this script)."""
+    occur exactly once (or as many times as ``places`` says) is an error (the template changed
+    under this script)."""
     for old in replacements:
-        if template.count(old) != 1:
-            raise ValueError(f"the template should contain {old!r} exactly once")
+        expected = (places or {}).get(old, 1)
+        if template.count(old) != expected:
+            raise ValueError(f"the template should contain {old!r} {expected} time(s)")
     if not replacements:
         return template
     pattern = re.compile("|".join(map(re.escape, replacements)))
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the API listener (default 127.0.0.1:8080)")
     parser.add_argument("--admin-port", type=port_number, metavar="PORT",
                         help="the admin listener's port on 127.0.0.1 (default 9901)")
+    parser.add_argument("--metrics-listen", type=socket_address, metavar="HOST:PORT",
+                        help="the listener of GET /stats/prometheus (default 127.0.0.1:9902)")
     for name in UPSTREAMS:
         parser.add_argument(f"--{name}", type=socket_address, metavar="HOST:PORT",
                             help=f"the {name} service (default: envoy.yaml's)")
@@ -112,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         replacements[LISTEN] = args.listen
     if args.admin_port:
         replacements[ADMIN] = f"{{ address: 127.0.0.1, port_value: {args.admin_port} }}"
+    if args.metrics_listen:
+        replacements[METRICS] = args.metrics_listen
     if args.per_client_burst or args.per_client_rate:
         replacements[PER_CLIENT] = token_bucket(args.per_client_burst or 2000,
                                                 args.per_client_rate or 1000)
@@ -119,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name):
             replacements[old] = getattr(args, name)
     try:
-        sys.stdout.write(render(args.template.read_text(), replacements))
+        sys.stdout.write(render(args.template.read_text(), replacements,
+                                {ADMIN: ADMIN_PLACES}))
     except (OSError, ValueError) as exc:
         parser.exit(1, f"render.py: {exc}\n")
     return 0

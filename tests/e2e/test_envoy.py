@@ -41,6 +41,7 @@ class Envoy:
     admin_url: str
     grpc_target: str
     log: Path
+    metrics_url: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +55,11 @@ async def running_envoy(stack: Stack, workdir: Path, *options: str) -> AsyncIter
     """Envoy in front of ``stack``, configured by deploy/envoy/render.py with ``options`` and
     started from ``workdir`` (not the repository)."""
     binary = envoy_binary()
-    listen, admin = free_ports(2)
+    listen, admin, metrics = free_ports(3)
     host = stack.settings.host
     config = render_envoy_config(
         workdir / "envoy.yaml", "--listen", f"127.0.0.1:{listen}", "--admin-port", str(admin),
+        "--metrics-listen", f"127.0.0.1:{metrics}",
         "--queue", f"{host}:{stack.settings.queue_port}",
         "--message", f"{host}:{stack.settings.message_port}",
         "--notifier", f"{host}:{stack.settings.notifier_port}", *options,
@@ -70,7 +72,7 @@ async def running_envoy(stack: Stack, workdir: Path, *options: str) -> AsyncIter
             "--log-level", "info", cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
         )
     running = Envoy(proc, f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}",
-                    f"127.0.0.1:{listen}", log)
+                    f"127.0.0.1:{listen}", log, f"http://127.0.0.1:{metrics}")
     try:
         await wait_ready(running)
         yield running
@@ -244,8 +246,9 @@ async def test_envoy_health_checks_every_service(envoy: Envoy) -> None:
     assert sorted(successes) == ["message_svc", "notifier_svc", "queue_svc"]
     assert all(int(count) >= 1 for count in successes.values()), stats
     flags = re.findall(r"^(\w+)::[^:]+:\d+::health_flags::(\S+)$", clusters, re.MULTILINE)
-    assert sorted(flags) == [("message_svc", "healthy"), ("notifier_svc", "healthy"),
-                             ("queue_svc", "healthy")]
+    # (envoy_admin, the metrics listener's way to the admin API, has no health check)
+    assert sorted(f for f in flags if f[0] != "envoy_admin") == [
+        ("message_svc", "healthy"), ("notifier_svc", "healthy"), ("queue_svc", "healthy")]
 
 
 async def test_rest_redrive_through_envoy(envoy: Envoy, project: str) -> None:
@@ -415,6 +418,27 @@ async def test_a_client_address_past_its_bucket_is_refused_and_another_is_not(
             answer = await client.get(stats)
             assert answer.status_code != 429, answer.text
             assert answer.headers["x-ratelimit-remaining"] == str(BURST - 1)
+        # And Prometheus reads the two refusals on the metrics listener
+        async with httpx.AsyncClient(timeout=10) as client:
+            scraped = await client.get(f"{envoy.metrics_url}/stats/prometheus")
+            assert scraped.status_code == 200
+            assert re.search(r'^envoy_http_local_rate_limit_rate_limited\{envoy_local_http_'
+                             r'ratelimit_prefix="per_client_address"\} 2$', scraped.text, re.M)
+
+
+async def test_the_metrics_listener_passes_on_nothing_but_the_metrics(envoy: Envoy) -> None:
+    """The metrics listener reaches the admin API for GET /stats/prometheus only: the admin
+    API can also stop Envoy, drop its health checks or dump its configuration."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        scraped = await client.get(f"{envoy.metrics_url}/stats/prometheus")
+        assert scraped.status_code == 200 and "# TYPE envoy_" in scraped.text
+        for method, path in (("POST", "/quitquitquit"), ("POST", "/healthcheck/fail"),
+                             ("GET", "/config_dump"), ("GET", "/clusters"),
+                             ("POST", "/stats/prometheus"), ("GET", "/stats/prometheus/../../")):
+            answer = await client.request(method, f"{envoy.metrics_url}{path}")
+            assert answer.status_code == 404, (method, path, answer.text)
+        # Envoy is still serving
+        assert (await client.get(f"{envoy.admin_url}/ready")).text.strip() == "LIVE"
 
 
 async def test_the_kubernetes_edge_pod_serves_as_rendered(
@@ -425,12 +449,14 @@ async def test_the_kubernetes_edge_pod_serves_as_rendered(
     the stack (no cluster DNS here), serves the gRPC API and answers its TCP probe."""
     docs = rendered(OVERLAY)
     config = edge_config(docs)
-    listen, admin = free_ports(2)
+    listen, admin, metrics = free_ports(3)
     host = stack.settings.host
     text = config["data"]["envoy.yaml"].replace(MOUNTED, str(tmp_path))
     for old, new in (
         ('"0.0.0.0", port_value: 8080', f'"127.0.0.1", port_value: {listen}'),
-        ("port_value: 9901", f"port_value: {admin}"),
+        ('"0.0.0.0", port_value: 9902', f'"127.0.0.1", port_value: {metrics}'),
+        ("port_value: 9901 }\n", f"port_value: {admin} }}\n"),
+        ("port_value: 9901 } } }", f"port_value: {admin} }} }} }}"),
         ('"queue-svc", port_value: 50061', f'"{host}", port_value: {stack.settings.queue_port}'),
         ('"message-svc", port_value: 50062',
          f'"{host}", port_value: {stack.settings.message_port}'),
@@ -450,7 +476,7 @@ async def test_the_kubernetes_edge_pod_serves_as_rendered(
             cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
         )
     edge = Envoy(proc, f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}",
-                 f"127.0.0.1:{listen}", log)
+                 f"127.0.0.1:{listen}", log, f"http://127.0.0.1:{metrics}")
     try:
         await wait_ready(edge)
         # The kubelet's TCP probe
@@ -466,6 +492,10 @@ async def test_the_kubernetes_edge_pod_serves_as_rendered(
                     project=project, queue="edge-pod", client_id=str(uuid.uuid4()),
                     messages=[messages_pb2.NewMessage(body=b'{"via": "edge"}')]), timeout=10)
             assert len(posted.ids) == 1
+        # Prometheus scrapes the pod's metrics port
+        async with httpx.AsyncClient(timeout=10) as client:
+            scraped = await client.get(f"{edge.metrics_url}/stats/prometheus")
+            assert scraped.status_code == 200 and "envoy_cluster_upstream_rq" in scraped.text
     finally:
         proc.terminate()
         async with asyncio.timeout(30):

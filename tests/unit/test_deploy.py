@@ -41,8 +41,19 @@ def render_envoy_config(target: Path, *options: str) -> Path:
     return target
 
 
+def api_listener(config: dict[str, Any]) -> dict[str, Any]:
+    """The listener of the gRPC API (the other one serves Envoy's metrics)."""
+    (listener,) = [li for li in config["static_resources"]["listeners"] if li["name"] == "grpc_api"]
+    return dict(listener)
+
+
+def service_clusters(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The clusters of the three services (not envoy_admin, the metrics listener's upstream)."""
+    return [c for c in config["static_resources"]["clusters"] if c["name"] != "envoy_admin"]
+
+
 def transcoder(config: dict[str, Any]) -> dict[str, Any]:
-    (listener,) = config["static_resources"]["listeners"]
+    listener = api_listener(config)
     (manager,) = listener["filter_chains"][0]["filters"]
     filters = {f["name"]: f["typed_config"] for f in manager["typed_config"]["http_filters"]}
     options: dict[str, Any] = filters["envoy.filters.http.grpc_json_transcoder"]
@@ -69,14 +80,14 @@ def test_envoy_config_renders_ports_and_keeps_admin_on_loopback(tmp_path: Path) 
         "--queue", "queue:1", "--message", "message:2", "--notifier", "notifier:3",
     ).read_text())
     # Then the listener and upstreams moved, the admin listener only changed port
-    (listener,) = config["static_resources"]["listeners"]
+    listener = api_listener(config)
     assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 18080}
     assert config["admin"]["address"]["socket_address"] == {
         "address": "127.0.0.1", "port_value": 19901}
     endpoints = {
         c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         ["address"]["socket_address"]
-        for c in config["static_resources"]["clusters"]
+        for c in service_clusters(config)
     }
     assert endpoints == {
         "queue_svc": {"address": "queue", "port_value": 1},
@@ -94,7 +105,7 @@ def test_envoy_config_edge_settings() -> None:
     assert options["convert_grpc_status"] is True
     assert options["ignore_unknown_query_parameters"] is True
     # A caller at the edge cannot pass for one of the services (whose tokens name any project)
-    (listener,) = config["static_resources"]["listeners"]
+    listener = api_listener(config)
     (manager,) = listener["filter_chains"][0]["filters"]
     (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
     assert host["request_headers_to_remove"] == ["x-service-token"]
@@ -116,7 +127,7 @@ def test_envoy_config_edge_settings() -> None:
     # Every cluster health-checks its service's own name over gRPC
     checks = {
         c["name"]: [h["grpc_health_check"]["service_name"] for h in c["health_checks"]]
-        for c in config["static_resources"]["clusters"]
+        for c in service_clusters(config)
     }
     assert checks == {"queue_svc": ["zaqar.v2.Queues"], "message_svc": ["zaqar.v2.Messages"],
                       "notifier_svc": ["zaqar.v2.Subscriptions"]}
@@ -126,7 +137,7 @@ def test_envoy_config_edge_settings() -> None:
     most = max(Settings().message_max_waiting, monitors[
         "envoy.resource_monitors.global_downstream_max_connections"][
         "max_active_downstream_connections"])
-    for cluster in config["static_resources"]["clusters"]:
+    for cluster in service_clusters(config):
         (thresholds,) = cluster["circuit_breakers"]["thresholds"]
         assert thresholds["priority"] == "DEFAULT", cluster["name"]
         assert thresholds["max_requests"] >= most, cluster["name"]
@@ -134,7 +145,7 @@ def test_envoy_config_edge_settings() -> None:
 
 
 def _per_client(config: dict[str, Any]) -> dict[str, Any]:
-    (listener,) = config["static_resources"]["listeners"]
+    listener = api_listener(config)
     (manager,) = listener["filter_chains"][0]["filters"]
     names = [f["name"] for f in manager["typed_config"]["http_filters"]]
     # It runs first: REST and gRPC calls alike count before the transcoder and the router
@@ -184,6 +195,34 @@ def test_envoy_render_refuses_a_bucket_that_is_not_one(tmp_path: Path, option: l
     assert "expected" in refused.value.stderr
 
 
+def test_envoy_metrics_listener_passes_on_the_metrics_only() -> None:
+    config = yaml.safe_load((ENVOY / "envoy.yaml").read_text())
+    (metrics,) = [li for li in config["static_resources"]["listeners"] if li["name"] == "metrics"]
+    assert metrics["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9902}
+    (manager,) = metrics["filter_chains"][0]["filters"]
+    (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
+    passed, refused = host["routes"]
+    # GET /stats/prometheus, exactly, goes to the admin listener; anything else is a 404
+    assert passed["match"] == {"path": "/stats/prometheus", "headers": [
+        {"name": ":method", "string_match": {"exact": "GET"}}]}
+    assert passed["route"]["cluster"] == "envoy_admin"
+    assert refused["match"] == {"prefix": "/"} and refused["direct_response"]["status"] == 404
+    (admin,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "envoy_admin"]
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == config["admin"]["address"]["socket_address"]
+
+
+def test_envoy_config_renders_the_admin_port_in_both_places(tmp_path: Path) -> None:
+    config = yaml.safe_load(render_envoy_config(
+        tmp_path / "envoy.yaml", "--admin-port", "19901", "--metrics-listen", "0.0.0.0:19902",
+    ).read_text())
+    (admin,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "envoy_admin"]
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 19901}
+    (metrics,) = [li for li in config["static_resources"]["listeners"] if li["name"] == "metrics"]
+    assert metrics["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 19902}
+
+
 def test_envoy_descriptor_set_holds_the_error_details() -> None:
     # The transcoder can print a status detail only if its type is in the descriptor set
     descriptors = descriptor_pb2.FileDescriptorSet()
@@ -208,7 +247,7 @@ def test_envoy_routes_and_transcodes_every_public_service() -> None:
     }
     assert "zaqar.v2.Topics" in annotated
     config = yaml.safe_load((ENVOY / "envoy.yaml").read_text())
-    (listener,) = config["static_resources"]["listeners"]
+    listener = api_listener(config)
     (manager,) = listener["filter_chains"][0]["filters"]
     (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
     routed = {r["match"]["prefix"].strip("/") for r in host["routes"] if "prefix" in r["match"]}
@@ -223,7 +262,7 @@ def test_envoy_lets_streams_and_long_polls_run_their_course() -> None:
     descriptors = descriptor_pb2.FileDescriptorSet()
     descriptors.ParseFromString((ENVOY / "zaqar.pb").read_bytes())
     config = yaml.safe_load((ENVOY / "envoy.yaml").read_text())
-    (listener,) = config["static_resources"]["listeners"]
+    listener = api_listener(config)
     (manager,) = listener["filter_chains"][0]["filters"]
     (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
     routes = host["routes"]

@@ -21,6 +21,7 @@ from tests.unit.test_k8s import (
     CALLERS,
     GRPC_SERVICES,
     K8S,
+    MONITORING,
     OLDEST_KUBERNETES,
     Doc,
     _selects,
@@ -34,7 +35,8 @@ OVERLAY = "grpc-edge"
 COMPONENT = K8S / "components" / "grpc-edge"
 MOUNTED = "/etc/zaqar/envoy"
 # render.py's flags for the Services of the base (their names and gRPC ports).
-RENDER_FLAGS = ["--listen", "0.0.0.0:8080", "--descriptor", f"{MOUNTED}/zaqar.pb",
+RENDER_FLAGS = ["--listen", "0.0.0.0:8080", "--metrics-listen", "0.0.0.0:9902",
+                "--descriptor", f"{MOUNTED}/zaqar.pb",
                 "--queue", "queue-svc:50061", "--message", "message-svc:50062",
                 "--notifier", "notifier-svc:50063"]
 
@@ -106,6 +108,17 @@ def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed() -> No
     assert sc["capabilities"] == {"drop": ["ALL"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["tcpSocket"]["port"] == "grpc-api", probe
+    # Prometheus scrapes its metrics listener, which the rendered envoy.yaml opens
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc-api": 8080, "metrics": 9902}
+    annotations = edge["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "9902",
+                           "prometheus.io/path": "/stats/prometheus"}
+    listeners = {listener["name"]: listener["address"]["socket_address"] for listener in
+                 yaml.safe_load((COMPONENT / "envoy.yaml").read_text())[
+                     "static_resources"]["listeners"]}
+    assert listeners == {"grpc_api": {"address": "0.0.0.0", "port_value": 8080},
+                         "metrics": {"address": "0.0.0.0", "port_value": 9902}}
     # The Envoy release the tests run
     version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True,
                              timeout=30).stdout
@@ -136,29 +149,35 @@ def _bytes(quantity: str) -> int:
     return int(quantity[:-2]) * units[quantity[-2:]]
 
 
-def _reached_by(docs: list[Doc], target: str) -> tuple[bool, set[str], set[str]]:
-    """Whether anyone may reach ``target``'s pods, which Deployments may, and on which ports."""
+def _reached_by(docs: list[Doc], target: str) -> tuple[bool, set[str], set[str], set[str]]:
+    """Whether anyone may reach ``target``'s pods, which Deployments may, on which ports, and
+    which ports Prometheus (the namespace "monitoring") may."""
     pods = {name: d["spec"]["template"]["metadata"]["labels"]
             for name, d in of_kind(docs, "Deployment").items()}
-    anyone, callers, ports = False, set(), set()
+    anyone, callers, ports, scraped = False, set(), set(), set()
     for policy in of_kind(docs, "NetworkPolicy").values():
         if not _selects(policy["spec"]["podSelector"], pods[target]):
             continue
         for rule in policy["spec"].get("ingress", []):
-            peers = [p for p in rule.get("from", []) if "podSelector" in p]
+            rule_ports = {str(p["port"]) for p in rule.get("ports", [])}
             if not rule.get("from"):
                 anyone = True
-                ports |= {str(p["port"]) for p in rule.get("ports", [])}
-            for peer in peers:
+                ports |= rule_ports
+            for peer in rule.get("from", []):
+                if peer == MONITORING:
+                    scraped |= rule_ports
+                    continue
+                assert set(peer) == {"podSelector"}, f"{target}: {peer}"
                 callers |= {n for n, labels in pods.items()
                             if _selects(peer["podSelector"], labels)}
-                ports |= {str(p["port"]) for p in rule.get("ports", [])}
-    return anyone, callers, ports
+                ports |= rule_ports
+    return anyone, callers, ports, scraped
 
 
 @pytest.mark.parametrize("target", ["grpc-edge", *GRPC_SERVICES])
 def test_callers_reach_envoy_and_envoy_reaches_the_services_only(target: str) -> None:
-    anyone, callers, ports = _reached_by(rendered(OVERLAY), target)
+    anyone, callers, ports, scraped = _reached_by(rendered(OVERLAY), target)
+    assert scraped == {"metrics"}, target  # Prometheus, on the metrics port only
     if target == "grpc-edge":
         assert anyone and ports == {"grpc-api"} and not callers
     else:
