@@ -54,3 +54,8 @@ touch "$out/zaqar_grpc/__init__.py" "$out/zaqar_grpc/v2/__init__.py"
 "$py" -m grpc_tools.protoc -I . -I "$annotations" --include_imports \
   --descriptor_set_out="${DESCRIPTOR_OUT:-$root/deploy/envoy/zaqar.pb}" zaqar_grpc/v2/*.proto \
   google/rpc/status.proto google/rpc/error_details.proto
+# The copy components/grpc-edge mounts (kustomize reads files inside the component only); a
+# scratch run (DESCRIPTOR_OUT set, as tests/unit/test_codegen.py does) leaves it alone.
+if [ -z "${DESCRIPTOR_OUT:-}" ]; then
+  cp "$root/deploy/envoy/zaqar.pb" "$root/deploy/k8s/components/grpc-edge/zaqar.pb"
+fi
