@@ -1,7 +1,8 @@
 """components/grpc-edge: Envoy at the edge of the gRPC API on Kubernetes (overlays/grpc-edge,
-overlays/redis with the component): its configuration is deploy/envoy/'s, rendered for the
-Services, and valid; its pods are locked down like the services'; the network policies let
-callers reach Envoy and Envoy reach the three services, and nothing more."""
+overlays/redis with the component; tests/unit/test_k8s.py validates its manifests): its
+configuration is deploy/envoy/'s, rendered for the Services, and valid; its pods are locked
+down like the services'; the network policies let callers reach Envoy and Envoy reach the
+three services, and nothing more."""
 
 from __future__ import annotations
 
@@ -16,19 +17,16 @@ import pytest
 import yaml
 
 from tests.unit.test_deploy import ENVOY, envoy_binary
-from tests.unit.test_image import tool
 from tests.unit.test_k8s import (
     CALLERS,
     GRPC_SERVICES,
     K8S,
     MONITORING,
-    OLDEST_KUBERNETES,
     Doc,
     _selects,
     container,
     of_kind,
     rendered,
-    rendered_text,
 )
 
 OVERLAY = "grpc-edge"
@@ -45,16 +43,6 @@ def edge_config(docs: list[Doc]) -> Doc:
     (config,) = [d for d in docs if d["kind"] == "ConfigMap"
                  and d["metadata"]["name"].startswith("zaqar-envoy-")]
     return config
-
-
-def test_renders_and_passes_strict_validation(tmp_path: Path) -> None:
-    manifest = tmp_path / "grpc-edge.yaml"
-    manifest.write_text(rendered_text(OVERLAY))
-    for version in ([], ["--kubernetes-version", OLDEST_KUBERNETES]):
-        result = subprocess.run(
-            [tool("kubernetes-validate"), "--strict", "--quiet", *version, str(manifest)],
-            capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_component_holds_deploy_envoy_rendered_for_the_services() -> None:
