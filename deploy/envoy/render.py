@@ -73,6 +73,50 @@ def token_bucket(burst: int, rate: float) -> str:
             f"fill_interval: {interval} }}")
 
 
+# The clusters of the three services, each followed by its lb_policy line (where a TLS
+# transport socket goes).
+SERVICE_CLUSTERS = ("queue_svc", "message_svc", "notifier_svc")
+CLUSTER_HEAD = "  - name: {name}\n    type: STRICT_DNS\n    lb_policy: ROUND_ROBIN\n"
+UPSTREAM_TLS = """\
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+{sni}        common_tls_context:
+          alpn_protocols: ["h2"]
+          tls_certificates:
+          - certificate_chain: {{ filename: {folder}/tls.crt }}
+            private_key: {{ filename: {folder}/tls.key }}
+          validation_context:
+            trusted_ca: {{ filename: {folder}/ca.crt }}
+            match_typed_subject_alt_names:
+            - san_type: {san_type}
+              matcher: {{ exact: {host} }}
+"""
+
+
+def with_upstream_tls(config: str, folder: str) -> str:
+    """``config`` with a TLS transport socket on each service cluster: the client certificate,
+    key and CA in ``folder``, and the host of the cluster's address as the server name sent
+    and the subjectAltName required (an IP address or a DNS name)."""
+    for name in SERVICE_CLUSTERS:
+        head = CLUSTER_HEAD.format(name=name)
+        if config.count(head) != 1:
+            raise ValueError(f"the template should contain the cluster {name} once")
+        at = config.index(head) + len(head)
+        found = re.search(r'socket_address: \{ address: "?([^",]+)"?, port_value',
+                          config[at:])
+        if found is None:
+            raise ValueError(f"the cluster {name} has no address")
+        host = found.group(1)
+        san_type = "IP_ADDRESS" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", host) else "DNS"
+        # A server name is sent for a DNS name only (SNI carries no addresses).
+        sni = f"        sni: {host}\n" if san_type == "DNS" else ""
+        config = config[:at] + UPSTREAM_TLS.format(
+            host=host, folder=folder, san_type=san_type, sni=sni) + config[at:]
+    return config
+
+
 def port_number(value: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}")
@@ -109,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in UPSTREAMS:
         parser.add_argument(f"--{name}", type=socket_address, metavar="HOST:PORT",
                             help=f"the {name} service (default: envoy.yaml's)")
+    parser.add_argument("--upstream-tls", type=Path, metavar="DIR",
+                        help="speak TLS to the services, with DIR/tls.crt, DIR/tls.key and "
+                             "DIR/ca.crt (the services' ZAQAR_TLS_* files)")
     parser.add_argument("--per-client-burst", type=positive_int, metavar="N",
                         help="requests one client address may make at once (default 2000)")
     parser.add_argument("--per-client-rate", type=positive_rate, metavar="R",
@@ -131,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name):
             replacements[old] = getattr(args, name)
     try:
-        sys.stdout.write(render(args.template.read_text(), replacements,
-                                {ADMIN: ADMIN_PLACES}))
+        config = render(args.template.read_text(), replacements, {ADMIN: ADMIN_PLACES})
+        if args.upstream_tls:
+            config = with_upstream_tls(config, str(args.upstream_tls.absolute()))
+        sys.stdout.write(config)
     except (OSError, ValueError) as exc:
         parser.exit(1, f"render.py: {exc}\n")
     return 0

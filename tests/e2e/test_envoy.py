@@ -7,9 +7,10 @@ import asyncio
 import base64
 import contextlib
 import re
+import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ import orjson
 import pytest
 from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 
+from services.common.config import Settings
 from services.common.errors import ERROR_DOMAIN, RpcErrorInfo, decode_rpc_error
-from tests.e2e.harness import Stack
+from tests.certs import Pki
+from tests.e2e.harness import Stack, start_stack
 from tests.receivers import Receiver
 from tests.servers import free_ports
 from tests.stacks import up_stack
@@ -500,3 +503,54 @@ async def test_the_kubernetes_edge_pod_serves_as_rendered(
         proc.terminate()
         async with asyncio.timeout(30):
             await proc.wait()
+
+
+async def _pull_through(envoy: Envoy, project: str) -> str:
+    """A queue created and a message posted through ``envoy``: "ok", or the failure."""
+    async with grpc.aio.insecure_channel(envoy.grpc_target) as channel:
+        try:
+            await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
+                queues_pb2.CreateQueueRequest(project=project, queue="over-tls"), timeout=10)
+            await messages_pb2_grpc.MessagesStub(channel).PostMessages(
+                messages_pb2.PostMessagesRequest(
+                    project=project, queue="over-tls", client_id=str(uuid.uuid4()),
+                    messages=[messages_pb2.NewMessage(body=b'{"tls": true}')]), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+    return "ok"
+
+
+def _mounted_like_the_mtls_component(pki: Pki, folder: Path) -> Path:
+    """The service certificate, its key and the CA as the mtls component mounts them."""
+    folder.mkdir()
+    for name, source in (("tls.crt", pki.service.cert), ("tls.key", pki.service.key),
+                         ("ca.crt", pki.ca)):
+        shutil.copyfile(source, folder / name)
+    return folder
+
+
+async def test_envoy_speaks_mutual_tls_to_services_that_require_it(
+    make_settings: Callable[..., Settings], pki: Pki, tmp_path: Path, project: str,
+) -> None:
+    """``render.py --upstream-tls``: in front of services that refuse plaintext and require
+    client certificates, Envoy's clusters speak TLS with its certificate and check each
+    service's against the CA and the address it connects to; without it, nothing gets
+    through."""
+    settings = make_settings(
+        tls_cert_file=str(pki.service.cert), tls_key_file=str(pki.service.key),
+        tls_ca_file=str(pki.ca), tls_require_client_cert=True,
+    )
+    stack = await asyncio.to_thread(start_stack, settings)
+    try:
+        certs = _mounted_like_the_mtls_component(pki, tmp_path / "tls")
+        with_tls = tmp_path / "with"
+        with_tls.mkdir()
+        async with running_envoy(stack, with_tls, "--upstream-tls", str(certs)) as envoy:
+            assert await _pull_through(envoy, project) == "ok"
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        async with running_envoy(stack, plain) as envoy:
+            refused = await _pull_through(envoy, project)
+        assert refused.startswith("UNAVAILABLE"), refused
+    finally:
+        assert await asyncio.to_thread(stack.stop) == 0, "".join(stack.output)

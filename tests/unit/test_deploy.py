@@ -223,6 +223,35 @@ def test_envoy_config_renders_the_admin_port_in_both_places(tmp_path: Path) -> N
     assert metrics["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 19902}
 
 
+def test_envoy_config_renders_tls_to_each_service(tmp_path: Path) -> None:
+    # Given a copy rendered to speak TLS to the services, one of them by name
+    config = yaml.safe_load(render_envoy_config(
+        tmp_path / "envoy.yaml", "--upstream-tls", "/etc/zaqar/tls",
+        "--queue", "queue-svc.zaqar.svc.cluster.local:50061",
+    ).read_text())
+    sockets = {c["name"]: c.get("transport_socket") for c in config["static_resources"]["clusters"]}
+    # Then each service's cluster presents Envoy's certificate and checks the service's against
+    # the CA and the host it connects to (a DNS name also sent as the server name)
+    assert sockets.pop("envoy_admin") is None
+    for name, host, san_type in (
+        ("queue_svc", "queue-svc.zaqar.svc.cluster.local", "DNS"),
+        ("message_svc", "127.0.0.1", "IP_ADDRESS"), ("notifier_svc", "127.0.0.1", "IP_ADDRESS"),
+    ):
+        context = sockets[name]["typed_config"]
+        common = context["common_tls_context"]
+        assert common["tls_certificates"] == [{
+            "certificate_chain": {"filename": "/etc/zaqar/tls/tls.crt"},
+            "private_key": {"filename": "/etc/zaqar/tls/tls.key"}}]
+        assert common["validation_context"] == {
+            "trusted_ca": {"filename": "/etc/zaqar/tls/ca.crt"},
+            "match_typed_subject_alt_names": [{"san_type": san_type,
+                                               "matcher": {"exact": host}}]}
+        assert common["alpn_protocols"] == ["h2"]
+        assert context.get("sni") == (host if san_type == "DNS" else None), name
+    # (Envoy validates such a copy with real files in tests/unit/test_k8s_grpc_edge.py and
+    # runs one in front of services that require TLS in tests/e2e/test_envoy.py.)
+
+
 def test_envoy_descriptor_set_holds_the_error_details() -> None:
     # The transcoder can print a status detail only if its type is in the descriptor set
     descriptors = descriptor_pb2.FileDescriptorSet()

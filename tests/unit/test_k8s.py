@@ -139,9 +139,9 @@ def config_data(docs: list[Doc]) -> dict[str, dict[str, str]]:
 OLDEST_KUBERNETES = "1.27.0"
 
 
-# (overlays/grpc-edge is overlays/redis with Envoy: tests/unit/test_k8s_grpc_edge.py checks the
-# rest of it.)
-@pytest.mark.parametrize("overlay", ["base", *OVERLAYS, "grpc-edge"])
+# (overlays/grpc-edge and keystone-grpc-edge are overlays/redis and overlays/keystone with
+# Envoy: tests/unit/test_k8s_grpc_edge.py checks the rest of them.)
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS, "grpc-edge", "keystone-grpc-edge"])
 def test_renders_and_passes_strict_validation(overlay: str, tmp_path: Path) -> None:
     manifest = tmp_path / f"{overlay}.yaml"
     manifest.write_text(rendered_text(overlay))

@@ -1,13 +1,15 @@
-"""components/grpc-edge: Envoy at the edge of the gRPC API on Kubernetes (overlays/grpc-edge,
-overlays/redis with the component; tests/unit/test_k8s.py validates its manifests): its
-configuration is deploy/envoy/'s, rendered for the Services, and valid; its pods are locked
-down like the services'; the network policies let callers reach Envoy and Envoy reach the
-three services, and nothing more."""
+"""components/grpc-edge: Envoy at the edge of the gRPC API on Kubernetes, in overlays/grpc-edge
+(overlays/redis with it) and overlays/keystone-grpc-edge (overlays/keystone, whose services
+speak mutual TLS, with it and components/grpc-edge-mtls); tests/unit/test_k8s.py validates
+their manifests. Its configuration is deploy/envoy/'s, rendered for the Services, and valid;
+its pods are locked down like the services'; the network policies let callers reach Envoy and
+Envoy reach the three services, and nothing more."""
 
 from __future__ import annotations
 
 import base64
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.certs import Pki
 from tests.unit.test_deploy import ENVOY, envoy_binary
 from tests.unit.test_k8s import (
     CALLERS,
@@ -32,11 +35,20 @@ from tests.unit.test_k8s import (
 OVERLAY = "grpc-edge"
 COMPONENT = K8S / "components" / "grpc-edge"
 MOUNTED = "/etc/zaqar/envoy"
-# render.py's flags for the Services of the base (their names and gRPC ports).
-RENDER_FLAGS = ["--listen", "0.0.0.0:8080", "--metrics-listen", "0.0.0.0:9902",
-                "--descriptor", f"{MOUNTED}/zaqar.pb",
-                "--queue", "queue-svc:50061", "--message", "message-svc:50062",
-                "--notifier", "notifier-svc:50063"]
+TLS_MOUNTED = "/etc/zaqar/tls"
+_COMMON_FLAGS = ["--listen", "0.0.0.0:8080", "--metrics-listen", "0.0.0.0:9902",
+                 "--descriptor", f"{MOUNTED}/zaqar.pb"]
+# overlay -> (the component holding its envoy.yaml, render.py's flags for it: the Services'
+# names and gRPC ports; with TLS, their names as the mtls component's certificate lists them)
+EDGES = {
+    OVERLAY: (COMPONENT, [*_COMMON_FLAGS, "--queue", "queue-svc:50061",
+                          "--message", "message-svc:50062", "--notifier", "notifier-svc:50063"]),
+    "keystone-grpc-edge": (K8S / "components" / "grpc-edge-mtls", [
+        *_COMMON_FLAGS, "--upstream-tls", TLS_MOUNTED,
+        "--queue", "queue-svc.zaqar.svc.cluster.local:50061",
+        "--message", "message-svc.zaqar.svc.cluster.local:50062",
+        "--notifier", "notifier-svc.zaqar.svc.cluster.local:50063"]),
+}
 
 
 def edge_config(docs: list[Doc]) -> Doc:
@@ -45,31 +57,41 @@ def edge_config(docs: list[Doc]) -> Doc:
     return config
 
 
-def test_the_component_holds_deploy_envoy_rendered_for_the_services() -> None:
+@pytest.mark.parametrize("overlay", list(EDGES))
+def test_the_component_holds_deploy_envoy_rendered_for_the_services(overlay: str) -> None:
     # envoy.yaml is render.py's output for the Services; zaqar.pb is the generated one
+    component, flags = EDGES[overlay]
     rendered_config = subprocess.run(
-        [sys.executable, str(ENVOY / "render.py"), *RENDER_FLAGS],
+        [sys.executable, str(ENVOY / "render.py"), *flags],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout
-    assert (COMPONENT / "envoy.yaml").read_text() == rendered_config, (
-        "render it again: see deploy/k8s/components/grpc-edge/kustomization.yaml")
+    assert (component / "envoy.yaml").read_text() == rendered_config, (
+        f"render it again: see {component.relative_to(K8S)}/kustomization.yaml")
     assert (COMPONENT / "zaqar.pb").read_bytes() == (ENVOY / "zaqar.pb").read_bytes(), (
         "copy deploy/envoy/zaqar.pb to deploy/k8s/components/grpc-edge/")
     # And the ConfigMap the pods mount holds both, unchanged
-    config = edge_config(rendered(OVERLAY))
+    config = edge_config(rendered(overlay))
     assert config["metadata"]["namespace"] == "zaqar"
     assert config["data"]["envoy.yaml"] == rendered_config
     assert base64.b64decode(config["binaryData"]["zaqar.pb"]) == (ENVOY / "zaqar.pb").read_bytes()
 
 
-def test_envoy_takes_the_pods_arguments_and_mounted_config(tmp_path: Path) -> None:
-    # The ConfigMap's files and the container's arguments, as a pod has them (the mount moved
-    # to a scratch folder, as no pod is here), validated by the Envoy the tests run
-    docs = rendered(OVERLAY)
+@pytest.mark.parametrize("overlay", list(EDGES))
+def test_envoy_takes_the_pods_arguments_and_mounted_config(
+    overlay: str, tmp_path: Path, pki: Pki,
+) -> None:
+    # The ConfigMap's files and the container's arguments, as a pod has them (the mounts moved
+    # to a scratch folder, as no pod is here; a certificate where the Secret zaqar-tls would
+    # be), validated by the Envoy the tests run
+    docs = rendered(overlay)
     config = edge_config(docs)
     (tmp_path / "zaqar.pb").write_bytes(base64.b64decode(config["binaryData"]["zaqar.pb"]))
-    (tmp_path / "envoy.yaml").write_text(config["data"]["envoy.yaml"].replace(MOUNTED,
-                                                                              str(tmp_path)))
+    (tmp_path / "tls").mkdir()
+    for name, source in (("tls.crt", pki.service.cert), ("tls.key", pki.service.key),
+                         ("ca.crt", pki.ca)):
+        shutil.copyfile(source, tmp_path / "tls" / name)
+    (tmp_path / "envoy.yaml").write_text(config["data"]["envoy.yaml"].replace(
+        MOUNTED, str(tmp_path)).replace(TLS_MOUNTED, str(tmp_path / "tls")))
     args = [a.replace(MOUNTED, str(tmp_path)) for a in container(
         of_kind(docs, "Deployment")["grpc-edge"])["args"]]
     result = subprocess.run([envoy_binary(), *args, "--mode", "validate"],
@@ -78,8 +100,10 @@ def test_envoy_takes_the_pods_arguments_and_mounted_config(tmp_path: Path) -> No
     assert "OK" in result.stdout + result.stderr
 
 
-def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed() -> None:
-    docs = rendered(OVERLAY)
+@pytest.mark.parametrize("overlay", list(EDGES))
+def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed(overlay: str) -> None:
+    component, _ = EDGES[overlay]
+    docs = rendered(overlay)
     deployments = of_kind(docs, "Deployment")
     assert set(deployments) == {"api-gateway", "grpc-edge", *GRPC_SERVICES}
     edge = deployments["grpc-edge"]
@@ -103,7 +127,7 @@ def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed() -> No
     assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "9902",
                            "prometheus.io/path": "/stats/prometheus"}
     listeners = {listener["name"]: listener["address"]["socket_address"] for listener in
-                 yaml.safe_load((COMPONENT / "envoy.yaml").read_text())[
+                 yaml.safe_load((component / "envoy.yaml").read_text())[
                      "static_resources"]["listeners"]}
     assert listeners == {"grpc_api": {"address": "0.0.0.0", "port_value": 8080},
                          "metrics": {"address": "0.0.0.0", "port_value": 9902}}
@@ -117,11 +141,18 @@ def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed() -> No
     assert c["args"][:2] == ["-c", f"{MOUNTED}/envoy.yaml"]
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["envoy-config"] == MOUNTED and mounts["tmp"] == "/tmp"
+    if overlay != OVERLAY:  # the services' TLS: the Secret zaqar-tls, readable by Envoy
+        assert mounts["tls"] == TLS_MOUNTED
+        tls = {v["name"]: v for v in pod["volumes"]}["tls"]["secret"]
+        assert tls["secretName"] == "zaqar-tls" and tls["defaultMode"] == 0o440
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+    else:
+        assert "tls" not in mounts
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["envoy-config"]["configMap"]["name"] == (
         edge_config(docs)["metadata"]["name"])
     # Its memory limit leaves room above the overload manager's heap bound
-    envoy_yaml = yaml.safe_load((COMPONENT / "envoy.yaml").read_text())
+    envoy_yaml = yaml.safe_load((component / "envoy.yaml").read_text())
     monitors = {m["name"]: m["typed_config"]
                 for m in envoy_yaml["overload_manager"]["resource_monitors"]}
     heap = monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"]
@@ -162,9 +193,12 @@ def _reached_by(docs: list[Doc], target: str) -> tuple[bool, set[str], set[str],
     return anyone, callers, ports, scraped
 
 
+@pytest.mark.parametrize("overlay", list(EDGES))
 @pytest.mark.parametrize("target", ["grpc-edge", *GRPC_SERVICES])
-def test_callers_reach_envoy_and_envoy_reaches_the_services_only(target: str) -> None:
-    anyone, callers, ports, scraped = _reached_by(rendered(OVERLAY), target)
+def test_callers_reach_envoy_and_envoy_reaches_the_services_only(
+    overlay: str, target: str,
+) -> None:
+    anyone, callers, ports, scraped = _reached_by(rendered(overlay), target)
     assert scraped == {"metrics"}, target  # Prometheus, on the metrics port only
     if target == "grpc-edge":
         assert anyone and ports == {"grpc-api"} and not callers
