@@ -30,8 +30,6 @@ METRICS = "{ address: 127.0.0.1, port_value: 9902 }"
 # replaced in both places.
 ADMIN = "{ address: 127.0.0.1, port_value: 9901 }"
 ADMIN_PLACES = 2
-# Requests per client address: the bucket's size and how it refills.
-PER_CLIENT = "token_bucket: { max_tokens: 2000, tokens_per_fill: 1000, fill_interval: 1s }"
 UPSTREAMS = {
     "queue": "{ address: 127.0.0.1, port_value: 50061 }",
     "message": "{ address: 127.0.0.1, port_value: 50062 }",
@@ -71,6 +69,11 @@ def token_bucket(burst: int, rate: float) -> str:
         fill, interval = 1, f"{round(1 / rate, 3)}s"
     return (f"token_bucket: {{ max_tokens: {burst}, tokens_per_fill: {fill}, "
             f"fill_interval: {interval} }}")
+
+
+# Requests per client address: envoy.yaml's bucket, which the options replace.
+PER_CLIENT_BURST, PER_CLIENT_RATE = 2000, 1000
+PER_CLIENT = token_bucket(PER_CLIENT_BURST, PER_CLIENT_RATE)
 
 
 # The clusters of the three services, each followed by its lb_policy line (where a TLS
@@ -157,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="speak TLS to the services, with DIR/tls.crt, DIR/tls.key and "
                              "DIR/ca.crt (the services' ZAQAR_TLS_* files)")
     parser.add_argument("--per-client-burst", type=positive_int, metavar="N",
-                        help="requests one client address may make at once (default 2000)")
+                        help=f"requests one client address may make at once "
+                             f"(default {PER_CLIENT_BURST})")
     parser.add_argument("--per-client-rate", type=positive_rate, metavar="R",
-                        help="requests per second its bucket refills by (default 1000)")
+                        help=f"requests per second its bucket refills by "
+                             f"(default {PER_CLIENT_RATE})")
     args = parser.parse_args(argv)
     replacements = {
         f"proto_descriptor: {MOUNTED_DESCRIPTOR}":
@@ -172,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_listen:
         replacements[METRICS] = args.metrics_listen
     if args.per_client_burst or args.per_client_rate:
-        replacements[PER_CLIENT] = token_bucket(args.per_client_burst or 2000,
-                                                args.per_client_rate or 1000)
+        replacements[PER_CLIENT] = token_bucket(args.per_client_burst or PER_CLIENT_BURST,
+                                                args.per_client_rate or PER_CLIENT_RATE)
     for name, old in UPSTREAMS.items():
         if getattr(args, name):
             replacements[old] = getattr(args, name)

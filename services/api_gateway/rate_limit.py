@@ -27,18 +27,17 @@ class TooManyRequests(ApiError):
         self.retry_after = retry_after
 
 
-class ProjectRateLimit(common.ProjectRateLimit):
+class _Refusing429(common.Refusing):
+    def refused(self, retry_after: int) -> Exception:
+        return TooManyRequests(self.rate, retry_after)
+
+
+class ProjectRateLimit(_Refusing429, common.ProjectRateLimit):
     """Token buckets by project in this gateway process; a refusal is a 429."""
 
-    def refused(self, retry_after: int) -> Exception:
-        return TooManyRequests(self.rate, retry_after)
 
-
-class SharedProjectRateLimit(common.SharedProjectRateLimit):
+class SharedProjectRateLimit(_Refusing429, common.SharedProjectRateLimit):
     """Token buckets by project in Redis, shared by every replica; a refusal is a 429."""
-
-    def refused(self, retry_after: int) -> Exception:
-        return TooManyRequests(self.rate, retry_after)
 
 
 def from_settings(

@@ -73,7 +73,17 @@ class RateLimited(ServiceError):
         self.retry_after = retry_after
 
 
-class ProjectRateLimit:
+class Refusing:
+    """What both limits raise for a refused request: :class:`RateLimited` (a subclass may say
+    otherwise, as the gateway's 429)."""
+
+    rate: float
+
+    def refused(self, retry_after: int) -> Exception:
+        return RateLimited(self.rate, retry_after)
+
+
+class ProjectRateLimit(Refusing):
     """Token buckets by project: ``burst`` requests at once, refilled at ``rate`` per second
     of ``clock`` (monotonic seconds)."""
 
@@ -117,10 +127,6 @@ class ProjectRateLimit:
             self._buckets[project] = (tokens, now)
             raise self.refused(max(1, math.ceil((1.0 - tokens) / self.rate)))
         self._buckets[project] = (tokens - 1.0, now)
-
-    def refused(self, retry_after: int) -> Exception:
-        """What a refused request raises (a subclass may say otherwise)."""
-        return RateLimited(self.rate, retry_after)
 
     async def close(self) -> None:
         """Nothing to close: the buckets are this process's."""
@@ -225,7 +231,7 @@ return '0'
 """
 
 
-class SharedProjectRateLimit:
+class SharedProjectRateLimit(Refusing):
     """A token bucket per project in Redis, shared by every process that uses the same Redis
     (module docstring): ``burst`` requests at once, ``rate`` per second. ``client_name`` names
     its connections."""
@@ -288,10 +294,6 @@ class SharedProjectRateLimit:
                      STORE, self.options.address)
         if early > 0:
             raise self.refused(max(1, math.ceil(early)))
-
-    def refused(self, retry_after: int) -> Exception:
-        """What a refused request raises (a subclass may say otherwise)."""
-        return RateLimited(self.rate, retry_after)
 
     def _send(self) -> None:
         assert self._link is not None

@@ -267,46 +267,59 @@ def _selects(selector: Doc, labels: dict[str, str]) -> bool:
     return True
 
 
+@dataclass
+class Ingress:
+    """Who the network policies let reach a Deployment's pods."""
+
+    anyone: bool  # a rule without "from"
+    callers: set[str]  # the Deployments a podSelector peer selects
+    ports: set[str]  # the ports of those rules
+    scraped: set[str]  # the ports Prometheus (the namespace "monitoring") may reach
+
+
+def ingress_to(docs: list[Doc], target: str) -> Ingress:
+    """What the rendered network policies let reach ``target``'s pods; every pod must be
+    isolated by one, and a peer is either Prometheus (on the metrics port only) or pods."""
+    pods = {name: d["spec"]["template"]["metadata"]["labels"]
+            for name, d in of_kind(docs, "Deployment").items()}
+    applying = [p for p in of_kind(docs, "NetworkPolicy").values()
+                if _selects(p["spec"]["podSelector"], pods[target])
+                and "Ingress" in p["spec"]["policyTypes"]]
+    assert applying, f"no policy isolates {target}"
+    found = Ingress(False, set(), set(), set())
+    for policy in applying:
+        for rule in policy["spec"].get("ingress", []):
+            rule_ports = {str(p["port"]) for p in rule.get("ports", [])}
+            if not rule.get("from"):
+                found.anyone = True
+                found.ports |= rule_ports
+            for peer in rule.get("from", []):
+                if peer == MONITORING:  # Prometheus: the metrics port only
+                    assert rule_ports == {"metrics"}, f"{target}: {rule}"
+                    found.scraped |= rule_ports
+                    continue
+                assert set(peer) == {"podSelector"}, f"{target}: {peer}"
+                found.callers |= {n for n, other in pods.items()
+                                  if _selects(peer["podSelector"], other)}
+                found.ports |= rule_ports
+    return found
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies_let_each_service_be_reached_by_its_callers_only(
     overlay: str,
 ) -> None:
     docs = rendered(overlay)
-    pods = {name: d["spec"]["template"]["metadata"]["labels"]
-            for name, d in of_kind(docs, "Deployment").items()}
-    policies = [p for p in of_kind(docs, "NetworkPolicy").values()]
-    for target, labels in pods.items():
-        applying = [p for p in policies if _selects(p["spec"]["podSelector"], labels)
-                    and "Ingress" in p["spec"]["policyTypes"]]
-        assert applying, f"no policy isolates {target}"
-        callers: set[str] = set()
-        anyone = False
-        ports: set[str] = set()
-        scraped: set[str] = set()
-        for policy in applying:
-            for rule in policy["spec"].get("ingress", []):
-                rule_ports = {str(p["port"]) for p in rule.get("ports", [])}
-                if not rule.get("from"):
-                    anyone = True
-                for peer in rule.get("from", []):
-                    if peer == MONITORING:  # Prometheus: the metrics port only
-                        assert rule_ports == {"metrics"}, f"{target}: {rule}"
-                        scraped |= rule_ports
-                        continue
-                    assert set(peer) == {"podSelector"}, f"{target}: {peer}"
-                    callers |= {n for n, other in pods.items()
-                                if _selects(peer["podSelector"], other)}
-                    ports |= rule_ports
-                if not rule.get("from"):
-                    ports |= rule_ports
+    for target in of_kind(docs, "Deployment"):
+        reach = ingress_to(docs, target)
         named = {p["name"] for p in container(of_kind(docs, "Deployment")[target])["ports"]}
         if target == "api-gateway":
-            assert anyone and ports == {"http", "ws"} == named
-            assert not scraped
+            assert reach.anyone and reach.ports == {"http", "ws"} == named
+            assert not reach.scraped
         else:
-            assert not anyone, f"{target} is reachable from anywhere"
-            assert callers == CALLERS[target], target
-            assert ports == {"grpc"} and scraped == {"metrics"}
+            assert not reach.anyone, f"{target} is reachable from anywhere"
+            assert reach.callers == CALLERS[target], target
+            assert reach.ports == {"grpc"} and reach.scraped == {"metrics"}
             assert named == {"grpc", "metrics"}
 
 

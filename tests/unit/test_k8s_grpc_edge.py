@@ -24,10 +24,9 @@ from tests.unit.test_k8s import (
     CALLERS,
     GRPC_SERVICES,
     K8S,
-    MONITORING,
     Doc,
-    _selects,
     container,
+    ingress_to,
     of_kind,
     rendered,
 )
@@ -168,44 +167,19 @@ def _bytes(quantity: str) -> int:
     return int(quantity[:-2]) * units[quantity[-2:]]
 
 
-def _reached_by(docs: list[Doc], target: str) -> tuple[bool, set[str], set[str], set[str]]:
-    """Whether anyone may reach ``target``'s pods, which Deployments may, on which ports, and
-    which ports Prometheus (the namespace "monitoring") may."""
-    pods = {name: d["spec"]["template"]["metadata"]["labels"]
-            for name, d in of_kind(docs, "Deployment").items()}
-    anyone, callers, ports, scraped = False, set(), set(), set()
-    for policy in of_kind(docs, "NetworkPolicy").values():
-        if not _selects(policy["spec"]["podSelector"], pods[target]):
-            continue
-        for rule in policy["spec"].get("ingress", []):
-            rule_ports = {str(p["port"]) for p in rule.get("ports", [])}
-            if not rule.get("from"):
-                anyone = True
-                ports |= rule_ports
-            for peer in rule.get("from", []):
-                if peer == MONITORING:
-                    scraped |= rule_ports
-                    continue
-                assert set(peer) == {"podSelector"}, f"{target}: {peer}"
-                callers |= {n for n, labels in pods.items()
-                            if _selects(peer["podSelector"], labels)}
-                ports |= rule_ports
-    return anyone, callers, ports, scraped
-
-
 @pytest.mark.parametrize("overlay", list(EDGES))
 @pytest.mark.parametrize("target", ["grpc-edge", *GRPC_SERVICES])
 def test_callers_reach_envoy_and_envoy_reaches_the_services_only(
     overlay: str, target: str,
 ) -> None:
-    anyone, callers, ports, scraped = _reached_by(rendered(overlay), target)
-    assert scraped == {"metrics"}, target  # Prometheus, on the metrics port only
+    reach = ingress_to(rendered(overlay), target)
+    assert reach.scraped == {"metrics"}, target  # Prometheus, on the metrics port only
     if target == "grpc-edge":
-        assert anyone and ports == {"grpc-api"} and not callers
+        assert reach.anyone and reach.ports == {"grpc-api"} and not reach.callers
     else:
-        assert not anyone, f"{target} is reachable from anywhere"
-        assert callers == CALLERS[target] | {"grpc-edge"}, target
-        assert ports == {"grpc"}, target
+        assert not reach.anyone, f"{target} is reachable from anywhere"
+        assert reach.callers == CALLERS[target] | {"grpc-edge"}, target
+        assert reach.ports == {"grpc"}, target
 
 
 def test_the_edge_service_selects_the_edge_pods_only() -> None:
