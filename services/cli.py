@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from services import preflight
+from services import edge_drain, preflight
 from services.common.config import (
     ENV_PREFIX,
     SECRET_SETTINGS,
@@ -546,6 +546,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(a store's URI scheme), what it loads, and the package and version it comes from"
     )
     p_plugins.add_argument("--json", action="store_true", help="print a JSON list instead")
+    p_drain = sub.add_parser(
+        "edge-drain", help="beside Envoy in the Kubernetes edge pod: on SIGTERM, drain Envoy "
+        "gracefully and answer its preStop hook once drained (services/edge_drain.py)"
+    )
+    edge_drain.add_arguments(p_drain)
     args = parser.parse_args(argv)
 
     try:
@@ -555,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plugins":
             _print_plugins(args.json)
             return 0
+        if args.command == "edge-drain":
+            return edge_drain.main(args)
         settings = _settings_from(args)
         if args.command == "up":
             from services.common.grpc_server import install_event_loop_policy

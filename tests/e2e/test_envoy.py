@@ -8,7 +8,9 @@ import base64
 import contextlib
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,14 +25,15 @@ from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb
 
 from services.common.config import Settings
 from services.common.errors import ERROR_DOMAIN, RpcErrorInfo, decode_rpc_error
+from services.edge_drain import IN_FLIGHT_STAT
 from tests.certs import Pki
 from tests.e2e.harness import Stack, start_stack
 from tests.receivers import Receiver
-from tests.servers import free_ports
+from tests.servers import free_port, free_ports
 from tests.stacks import up_stack
 from tests.unit.test_deploy import envoy_binary, render_envoy_config
-from tests.unit.test_k8s import container, of_kind, rendered
-from tests.unit.test_k8s_grpc_edge import MOUNTED, OVERLAY, edge_config
+from tests.unit.test_k8s import Doc, container, of_kind, rendered
+from tests.unit.test_k8s_grpc_edge import MOUNTED, OVERLAY, drain_arguments, edge_config
 
 pytestmark = pytest.mark.e2e
 
@@ -444,17 +447,17 @@ async def test_the_metrics_listener_passes_on_nothing_but_the_metrics(envoy: Env
         assert (await client.get(f"{envoy.admin_url}/ready")).text.strip() == "LIVE"
 
 
-async def test_the_kubernetes_edge_pod_serves_as_rendered(
-    stack: Stack, project: str, tmp_path: Path,
-) -> None:
-    """components/grpc-edge's pod, run as a local process: the Envoy the tests run, with the
+@contextlib.asynccontextmanager
+async def edge_pod(stack: Stack, folder: Path) -> AsyncIterator[tuple[Envoy, Doc]]:
+    """components/grpc-edge's Envoy, run as a local process: the Envoy the tests run, with the
     container's arguments and the ConfigMap's files, the Services' names and ports pointed at
-    the stack (no cluster DNS here), serves the gRPC API and answers its TCP probe."""
+    the stack (no cluster DNS here); and the Deployment it comes from."""
     docs = rendered(OVERLAY)
     config = edge_config(docs)
+    deployment = of_kind(docs, "Deployment")["grpc-edge"]
     listen, admin, metrics = free_ports(3)
     host = stack.settings.host
-    text = config["data"]["envoy.yaml"].replace(MOUNTED, str(tmp_path))
+    text = config["data"]["envoy.yaml"].replace(MOUNTED, str(folder))
     for old, new in (
         ('"0.0.0.0", port_value: 8080', f'"127.0.0.1", port_value: {listen}'),
         ('"0.0.0.0", port_value: 9902', f'"127.0.0.1", port_value: {metrics}'),
@@ -468,22 +471,34 @@ async def test_the_kubernetes_edge_pod_serves_as_rendered(
     ):
         assert text.count(old) == 1, old
         text = text.replace(old, new)
-    (tmp_path / "envoy.yaml").write_text(text)
-    (tmp_path / "zaqar.pb").write_bytes(base64.b64decode(config["binaryData"]["zaqar.pb"]))
-    args = [a.replace(MOUNTED, str(tmp_path))
-            for a in container(of_kind(docs, "Deployment")["grpc-edge"])["args"]]
-    log = tmp_path / "envoy.log"
+    (folder / "envoy.yaml").write_text(text)
+    (folder / "zaqar.pb").write_bytes(base64.b64decode(config["binaryData"]["zaqar.pb"]))
+    args = [a.replace(MOUNTED, str(folder)) for a in container(deployment, "envoy")["args"]]
+    log = folder / "envoy.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             envoy_binary(), *args, "--use-dynamic-base-id", "--concurrency", "1",
-            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            cwd=folder, stdout=out, stderr=subprocess.STDOUT,
         )
     edge = Envoy(proc, f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}",
                  f"127.0.0.1:{listen}", log, f"http://127.0.0.1:{metrics}")
     try:
         await wait_ready(edge)
+        yield edge, deployment
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        async with asyncio.timeout(30):
+            await proc.wait()
+
+
+async def test_the_kubernetes_edge_pod_serves_as_rendered(
+    stack: Stack, project: str, tmp_path: Path,
+) -> None:
+    """The edge pod's Envoy (``edge_pod``) serves the gRPC API and answers its TCP probe."""
+    async with edge_pod(stack, tmp_path) as (edge, _):
         # The kubelet's TCP probe
-        _, writer = await asyncio.open_connection("127.0.0.1", listen)
+        _, writer = await asyncio.open_connection("127.0.0.1", int(edge.url.rsplit(":", 1)[1]))
         writer.close()
         # A gRPC caller creates a queue and posts through it
         async with grpc.aio.insecure_channel(edge.grpc_target) as channel:
@@ -499,10 +514,117 @@ async def test_the_kubernetes_edge_pod_serves_as_rendered(
         async with httpx.AsyncClient(timeout=10) as client:
             scraped = await client.get(f"{edge.metrics_url}/stats/prometheus")
             assert scraped.status_code == 200 and "envoy_cluster_upstream_rq" in scraped.text
-    finally:
-        proc.terminate()
+
+
+async def _start_drain(deployment: Doc, edge: Envoy, port: int, *extra: str,
+                       ) -> asyncio.subprocess.Process:
+    """The edge pod's container "drain" as a local process, with its arguments but for the
+    admin API's address and its own port (``extra`` appended), serving once it returns."""
+    args = list(container(deployment, "drain")["args"])
+    args[args.index("--admin") + 1] = edge.admin_url
+    args[args.index("--listen") + 1] = f"127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "zaqar-grpc"), *args, *extra)
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                assert proc.returncode is None, f"edge-drain exited {proc.returncode}"
+                await asyncio.sleep(0.05)
+            else:
+                writer.close()
+                return proc
+
+
+async def _stat(admin: httpx.AsyncClient, edge: Envoy, name: str) -> int:
+    answer = await admin.get(f"{edge.admin_url}/stats", params={"filter": f"^{re.escape(name)}$"})
+    return int(answer.text.split(":")[1])
+
+
+async def test_a_hook_without_sigterm_leaves_the_edge_serving(
+    stack: Stack, project: str, tmp_path: Path,
+) -> None:
+    """Envoy's preStop hook, a GET of /drained that anyone the kubelet's way could send, never
+    starts a drain: without the pod's SIGTERM it answers 503 and Envoy keeps serving."""
+    async with edge_pod(stack, tmp_path) as (edge, deployment):
+        port = free_port()
+        drain = await _start_drain(deployment, edge, port, "--signal-wait", "0.5")
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                hook = await client.get(f"http://127.0.0.1:{port}/drained")
+                assert hook.status_code == 503, hook.text
+                assert "No drain" in hook.text
+                assert (await client.get(f"{edge.admin_url}/ready")).text.strip() == "LIVE"
+            async with grpc.aio.insecure_channel(edge.grpc_target) as channel:
+                await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
+                    queues_pb2.CreateQueueRequest(project=project, queue="undrained"),
+                    timeout=10)
+            assert drain.returncode is None
+        finally:
+            drain.terminate()
+            async with asyncio.timeout(60):
+                await drain.wait()
+
+
+async def test_a_deleted_edge_pod_answers_the_calls_in_flight_before_envoy_stops(
+    stack: Stack, project: str, tmp_path: Path,
+) -> None:
+    """What the kubelet does when it deletes the edge pod: SIGTERM to the container "drain"
+    and, at the same moment, Envoy's preStop hook; Envoy's SIGTERM once the hook is answered.
+    A claim waiting through Envoy is answered, not cut (Envoy alone stops at once and cuts it:
+    UNAVAILABLE) and its connection closed gracefully, a call made during the drain is
+    served, and the hook is answered once no call is in flight, after the shortest drain."""
+    async with edge_pod(stack, tmp_path) as (edge, deployment):
+        port = free_port()
+        min_drain = drain_arguments(deployment).min_drain
+        drain = await _start_drain(deployment, edge, port)
+        loop = asyncio.get_running_loop()
+        async with grpc.aio.insecure_channel(edge.grpc_target) as channel, \
+                httpx.AsyncClient(timeout=60) as client:
+            stub = messages_pb2_grpc.MessagesStub(channel)
+            await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
+                queues_pb2.CreateQueueRequest(project=project, queue="drained"), timeout=10)
+            # Given a claim waiting through Envoy on an empty queue, longer than the shortest
+            # drain
+            waiting = asyncio.ensure_future(stub.CreateClaim(messages_pb2.CreateClaimRequest(
+                project=project, queue="drained", ttl=60, grace=60,
+                wait_seconds=int(min_drain) + 2)))
+            async with asyncio.timeout(10):
+                while True:  # Envoy's count, polled: no event to wait on
+                    if await _stat(client, edge, IN_FLIGHT_STAT):
+                        break
+                    await asyncio.sleep(0.05)
+            # When the pod is deleted
+            deleted = loop.time()
+            drain.send_signal(signal.SIGTERM)
+            hook = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/drained"))
+            # Then the claim is answered when its wait is over (nothing to claim), the hook
+            # still waiting, and Envoy closes the claim's connection, told to go away
+            claim = await waiting
+            assert list(claim.messages) == []
+            assert not hook.done()
+            async with asyncio.timeout(10):
+                while True:
+                    if await _stat(client, edge, "http.grpc_api.downstream_cx_drain_close"):
+                        break
+                    await asyncio.sleep(0.05)
+            # And a call made during the drain is served
+            posted = await stub.PostMessages(messages_pb2.PostMessagesRequest(
+                project=project, queue="drained", client_id=str(uuid.uuid4()),
+                messages=[messages_pb2.NewMessage(body=b'{"during": "drain"}')]), timeout=10)
+            assert len(posted.ids) == 1
+            # And the hook is answered once no call is in flight, after the shortest drain
+            drained = await hook
+            assert drained.status_code == 200, drained.text
+            assert "no call in flight" in drained.text
+            assert loop.time() - deleted >= min_drain
         async with asyncio.timeout(30):
-            await proc.wait()
+            assert await drain.wait() == 0
+        # Then the kubelet's SIGTERM stops Envoy
+        edge.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await edge.proc.wait() == 0
 
 
 async def _pull_through(envoy: Envoy, project: str) -> str:

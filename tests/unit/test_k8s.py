@@ -114,8 +114,13 @@ def of_kind(docs: list[Doc], kind: str) -> dict[str, Doc]:
     return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
 
 
-def container(deployment: Doc) -> Doc:
-    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+def container(deployment: Doc, name: str | None = None) -> Doc:
+    """The pod's one container, or the one called ``name``."""
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    if name is not None:
+        (named,) = [c for c in containers if c["name"] == name]
+        return dict(named)
+    (only,) = containers
     return dict(only)
 
 

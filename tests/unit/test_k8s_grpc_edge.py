@@ -7,6 +7,7 @@ Envoy reach the three services, and nothing more."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import re
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services import edge_drain
 from tests.certs import Pki
 from tests.unit.test_deploy import ENVOY, envoy_binary
 from tests.unit.test_k8s import (
@@ -92,7 +94,7 @@ def test_envoy_takes_the_pods_arguments_and_mounted_config(
     (tmp_path / "envoy.yaml").write_text(config["data"]["envoy.yaml"].replace(
         MOUNTED, str(tmp_path)).replace(TLS_MOUNTED, str(tmp_path / "tls")))
     args = [a.replace(MOUNTED, str(tmp_path)) for a in container(
-        of_kind(docs, "Deployment")["grpc-edge"])["args"]]
+        of_kind(docs, "Deployment")["grpc-edge"], "envoy")["args"]]
     result = subprocess.run([envoy_binary(), *args, "--mode", "validate"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -113,7 +115,7 @@ def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed(overlay
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     assert pod["topologySpreadConstraints"]
-    c = container(edge)
+    c = container(edge, "envoy")
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
@@ -160,6 +162,63 @@ def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed(overlay
     # And a disruption budget keeps one up
     budget = of_kind(docs, "PodDisruptionBudget")["grpc-edge"]
     assert budget["spec"]["minAvailable"] == 1
+
+
+def drain_arguments(deployment: Doc) -> argparse.Namespace:
+    """The arguments of the edge pod's container "drain", as ``zaqar-grpc edge-drain`` reads
+    them."""
+    c = container(deployment, "drain")
+    assert c["command"] == ["zaqar-grpc"] and c["args"][0] == "edge-drain", c
+    parser = argparse.ArgumentParser()
+    edge_drain.add_arguments(parser)
+    return parser.parse_args(c["args"][1:])
+
+
+@pytest.mark.parametrize("overlay", list(EDGES))
+def test_the_edge_pod_drains_envoy_before_envoy_stops(overlay: str) -> None:
+    # Envoy stops at once on SIGTERM; its preStop hook waits on the container "drain", which
+    # drains it through its admin API (tests/e2e/test_envoy.py runs the two as processes)
+    component, _ = EDGES[overlay]
+    docs = rendered(overlay)
+    edge = of_kind(docs, "Deployment")["grpc-edge"]
+    pod = edge["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["envoy", "drain"]
+    envoy, drain = container(edge, "envoy"), container(edge, "drain")
+    options = drain_arguments(edge)
+    # The hook is a GET of /drained on the port "drain" listens on
+    hook = envoy["lifecycle"]["preStop"]["httpGet"]
+    assert hook["path"] == "/drained"
+    assert options.listen == f"0.0.0.0:{hook['port']}"
+    assert [p["containerPort"] for p in drain["ports"]] == [hook["port"]]
+    # "drain" asks the admin API envoy.yaml opens, and counts the calls of its API listener
+    config = yaml.safe_load((component / "envoy.yaml").read_text())
+    admin = config["admin"]["address"]["socket_address"]
+    assert options.admin == f"http://{admin['address']}:{admin['port_value']}"
+    (api,) = [li for li in config["static_resources"]["listeners"] if li["name"] == "grpc_api"]
+    (manager,) = [f["typed_config"] for chain in api["filter_chains"] for f in chain["filters"]
+                  if f["name"] == "envoy.filters.network.http_connection_manager"]
+    assert edge_drain.IN_FLIGHT_STAT == f"http.{manager['stat_prefix']}.downstream_rq_active"
+    # Envoy tells every connection to go away at the drain's start, and takes new ones for as
+    # long as the longest drain; the pod's grace covers it and Envoy's own stop
+    args = envoy["args"]
+    assert args[args.index("--drain-strategy") + 1] == "immediate"
+    assert float(args[args.index("--drain-time-s") + 1]) >= options.max_drain
+    assert 0 < options.min_drain <= options.max_drain
+    assert pod["terminationGracePeriodSeconds"] >= options.max_drain + 5
+    # It runs the services' image and tag, as the image's user, locked down like them
+    services = {container(d)["image"] for name, d in of_kind(docs, "Deployment").items()
+                if name != "grpc-edge"}
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (tag,) = [i["newTag"] for i in base["images"] if i["name"] == "zaqar-grpc"]
+    assert services == {drain["image"]} == {f"zaqar-grpc:{tag}"}
+    sc = drain["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"]) == (10001, 10001)
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["runAsNonRoot"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    for kind in ("requests", "limits"):
+        assert set(drain["resources"][kind]) == {"cpu", "memory"}
+    # No network policy admits its port (test_callers_reach_envoy_... lists what they admit):
+    # the kubelet reaches it from the node.
 
 
 def _bytes(quantity: str) -> int:
