@@ -119,6 +119,7 @@ def app(drain: Drain, signal_wait: float) -> web.Application:
     from aiohttp import web
 
     async def drained(request: web.Request) -> web.Response:
+        log.info("Envoy's preStop hook is waiting (from %s)", request.remote)
         try:
             async with asyncio.timeout(signal_wait):
                 await drain.started.wait()
