@@ -201,8 +201,9 @@ class NotifierStore(Protocol):
 
         ``quota`` (0: none) is the most live subscriptions the queue may have: a new one
         beyond it is not made (expired ones not yet swept do not count). Checked in the same
-        atomic step as the insert on SQLite and Redis; on MongoDB just before it, so creates
-        racing at the quota may each pass it.
+        atomic step as the insert, so creates racing at the quota never go beyond it (on
+        MongoDB, the queue's lease makes the count and the insert one step,
+        ``services/common/mongo_lease.py``).
 
         Returns:
             The subscription, and True when it was created by this call.

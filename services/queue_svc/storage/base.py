@@ -183,9 +183,9 @@ class QueueStore(Protocol):
         pool it has.
 
         ``quota`` (0: none) is the most queues the project may have: a new queue beyond it
-        is not made. Checked in the same atomic step as the insert on SQLite and Redis, so
-        concurrent creates never go beyond it there; on MongoDB the count comes just before
-        the insert, and creates racing at the quota may each pass it.
+        is not made. Checked in the same atomic step as the insert, so concurrent creates
+        never go beyond it (on MongoDB, the project's lease makes the count and the insert one
+        step, ``services/common/mongo_lease.py``).
 
         Returns:
             True when the queue did not exist before, False when its metadata was replaced.

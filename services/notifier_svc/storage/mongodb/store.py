@@ -14,6 +14,8 @@ Every change of one document is atomic. Changes spanning documents are ordered s
 crash between them leaves nothing visible wrong: a subscription is deleted before its
 deliveries (an orphan delivery is removed by ``collect_garbage``), a lease is a
 compare-and-set on the due time, so concurrent claims never take the same delivery.
+With a quota, a subscription is made under its queue's lease, in the ``leases`` collection
+(``services/common/mongo_lease.py``): the count of live ones and the insert are one step.
 The watch registry and feed are in ``watches.py``.
 """
 
@@ -36,6 +38,8 @@ from services.common.errors import (
     SubscriptionNotFound,
     Unavailable,
 )
+from services.common.mongo_lease import COLLECTION as LEASES
+from services.common.mongo_lease import Leases
 from services.common.store_edge import contended
 from services.notifier_svc.storage.base import (
     ClaimShares,
@@ -155,14 +159,26 @@ class MongoNotifierStore(MongoWatches):
         self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any],
         *, quota: int = 0,
     ) -> tuple[Subscription, bool]:
+        if not quota:
+            return await self._create(project, queue, subscriber, ttl, options, 0)
+        # The queue's lease (services/common/mongo_lease.py): held, the count of its live
+        # subscriptions and the insert are one step.
+        leases = Leases(lambda: self._collections()[0].database[LEASES], STORE)
+        async with leases.held(orjson.dumps(["subscriptions", project, queue]).decode(),
+                               "create the subscription"):
+            return await self._create(project, queue, subscriber, ttl, options, quota)
+
+    async def _create(
+        self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any],
+        quota: int,
+    ) -> tuple[Subscription, bool]:
         subs, _ = self._collections()
         for _ in range(MAX_ATTEMPTS):
             now = self._now()
             found = await subs.find_one({"p": project, "q": queue, "u": subscriber})
             if found is not None and float(found["e"]) > now:
                 return _subscription(found), False
-            # Not atomic with the insert below (the contract says so); the count stops at
-            # the quota.
+            # The count stops at the quota.
             if quota and await subs.count_documents(
                 {"p": project, "q": queue, "e": {"$gt": now}}, limit=quota
             ) >= quota:

@@ -12,6 +12,9 @@ Document schema::
      "pool": pool name}                      set when the queue is created on a pool, never
                                              changed; absent: message_svc's own store
 
+With a quota, a new queue (or topic) is made under the project's lease, in the ``leases``
+collection (``services/common/mongo_lease.py``): its count and its insert are one step.
+
 Why both ``m`` and ``f``: JSON text keeps the metadata byte-exact (BSON has no integer beyond
 64 bits, and a key such as ``$`` or ``a.b`` is awkward as a field name), while ``f`` gives
 listing filters the contract's equality in a standard query: keys are values, not field
@@ -22,6 +25,7 @@ their own BSON types; objects and arrays compare by their compact JSON text.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -33,6 +37,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.errors import QueueNotFound, Unavailable
+from services.common.mongo_lease import COLLECTION as LEASES
+from services.common.mongo_lease import Leases
 from services.common.store_edge import contended
 from services.queue_svc.storage.base import (
     MetadataCheck,
@@ -156,16 +162,16 @@ class MongoQueueStore:
             client, self._queues = self._queues.database.client, None
             await client.close()
 
-    async def _check_quota(self, project: str, name: str, quota: int) -> None:
-        """Raise QuotaExceeded if ``name`` is new and ``quota`` is reached. Not atomic with
-        the insert that follows (MongoDB has no multi-document check-and-insert here):
-        creates racing at the quota may each pass. The count stops at ``quota``."""
-        if not quota:
-            return
-        queues = self._collection()
-        if await queues.find_one({"p": project, "n": name}, {"_id": True}) is not None:
-            return
-        if await queues.count_documents({"p": project}, limit=quota) >= quota:
+    def _lease(self, project: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The project's lease for a new record of this kind (``services/common/mongo_lease``):
+        held, the count of the project's records and the insert are one step."""
+        leases = Leases(lambda: self._collection().database[LEASES], STORE)
+        return leases.held(orjson.dumps([self._RECORDS, project]).decode(), "create the queue")
+
+    async def _make_room(self, project: str, quota: int) -> None:
+        """With the project's lease held: raise QuotaExceeded if a new record is beyond
+        ``quota``. The count stops at ``quota``."""
+        if await self._collection().count_documents({"p": project}, limit=quota) >= quota:
             raise over_quota(self._RECORDS, project, quota)
 
     @edge("create the queue")
@@ -173,10 +179,27 @@ class MongoQueueStore:
         self, project: str, name: str, metadata: Mapping[str, Any], pool: str | None = None,
         *, quota: int = 0,
     ) -> bool:
-        await self._check_quota(project, name, quota)
         change = _written(metadata)
+        if not quota:
+            return await self._upsert(project, name, change, pool)
+        # A queue that exists is replaced without the lease; one that does not, with it.
+        if await self._replaced(project, name, change):
+            return False
+        async with self._lease(project):
+            if await self._replaced(project, name, change):
+                return False
+            await self._make_room(project, quota)
+            return await self._upsert(project, name, change, pool)
+
+    async def _replaced(self, project: str, name: str, change: Document) -> bool:
+        result = await self._collection().update_one({"p": project, "n": name}, change)
+        return result.matched_count == 1
+
+    async def _upsert(
+        self, project: str, name: str, change: Document, pool: str | None
+    ) -> bool:
         if pool is not None:
-            change["$setOnInsert"] = {"pool": pool}
+            change = {**change, "$setOnInsert": {"pool": pool}}
         for _ in range(MAX_ATTEMPTS):
             try:
                 result = await self._collection().update_one(
@@ -192,7 +215,18 @@ class MongoQueueStore:
     async def ensure(
         self, project: str, name: str, pool: str | None = None, *, quota: int = 0
     ) -> QueueRecord:
-        await self._check_quota(project, name, quota)
+        if not quota:
+            return await self._ensure(project, name, pool)
+        # A queue that exists is read without the lease; one that does not is made with it.
+        if (found := await self._get(project, name)) is not None:
+            return found
+        async with self._lease(project):
+            if (found := await self._get(project, name)) is not None:
+                return found
+            await self._make_room(project, quota)
+            return await self._ensure(project, name, pool)
+
+    async def _ensure(self, project: str, name: str, pool: str | None) -> QueueRecord:
         inserted: Document = {"m": "{}", "f": [], "v": 1}
         if pool is not None:
             inserted["pool"] = pool
@@ -213,6 +247,9 @@ class MongoQueueStore:
 
     @edge("read the queue")
     async def get(self, project: str, name: str) -> QueueRecord | None:
+        return await self._get(project, name)
+
+    async def _get(self, project: str, name: str) -> QueueRecord | None:
         found = await self._collection().find_one(
             {"p": project, "n": name}, {"_id": False, "m": True, "pool": True}
         )

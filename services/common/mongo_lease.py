@@ -1,0 +1,81 @@
+"""One writer at a time per scope on MongoDB: what makes a quota's count and the insert it
+allows one step there.
+
+MongoDB changes one document atomically, and the stores write without multi-document
+transactions (a single server has none). A quota ("a project has at most N queues") needs its
+count and the insert that follows to be one step, or creates racing at the quota each count
+N - 1 and each insert. So a quota-checked create first takes the scope's lease: a document
+whose ``_id`` is the scope, inserted (the unique ``_id`` lets one writer in) and deleted when
+the create is done. The others wait for it, a few milliseconds. A lease whose holder died
+(the process killed between the two) runs out after :data:`LEASE_SECONDS` and is then taken
+over, so a scope is never locked for good; a holder stalled for longer than that (a process
+paused, a partition) can let one create past the quota, and nothing else.
+
+Only creates that may add to the count take the lease: deletes only lower it, and the stores
+take no lease for a record that already exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from services.common.mongo_store import Document
+from services.common.store_edge import contended
+
+COLLECTION = "leases"
+# How long a lease holds without its holder: far above the two or three round trips a
+# create takes with it.
+LEASE_SECONDS = 10.0
+# Back-off while another writer holds the lease: from the first to the last, doubling.
+FIRST_WAIT = 0.002
+LAST_WAIT = 0.05
+
+
+@dataclass
+class Leases:
+    """The leases of one store, in ``collection`` of its database."""
+
+    collection: Callable[[], AsyncCollection[Document]]
+    store: str
+    seconds: float = LEASE_SECONDS
+    clock: Callable[[], float] = field(default=time.time)  # one clock for every process
+
+    @contextlib.asynccontextmanager
+    async def held(self, scope: str, action: str) -> AsyncIterator[None]:
+        """Hold ``scope``'s lease for the block.
+
+        Raises:
+            Unavailable: another holder kept it for longer than a lease lasts (``action``
+                names what waited).
+        """
+        leases = self.collection()
+        token = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.seconds * 1.5  # a lease left by a dead holder is over by then
+        wait = FIRST_WAIT
+        while True:
+            now = self.clock()
+            try:
+                await leases.insert_one({"_id": scope, "h": token, "u": now + self.seconds})
+                break
+            except DuplicateKeyError:
+                # Held: taken over once its holder let it run out.
+                await leases.delete_one({"_id": scope, "u": {"$lt": now}})
+            if loop.time() > give_up:
+                raise contended(self.store, action)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, LAST_WAIT)
+        try:
+            yield
+        finally:
+            # Given back even when the caller is cancelled: the next writer need not wait for
+            # it to run out.
+            await asyncio.shield(leases.delete_one({"_id": scope, "h": token}))
