@@ -477,7 +477,7 @@ async def edge_pod(stack: Stack, folder: Path) -> AsyncIterator[tuple[Envoy, Doc
     log = folder / "envoy.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            envoy_binary(), *args, "--use-dynamic-base-id", "--concurrency", "1",
+            envoy_binary(), *args, "--use-dynamic-base-id",
             cwd=folder, stdout=out, stderr=subprocess.STDOUT,
         )
     edge = Envoy(proc, f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}",

@@ -159,9 +159,20 @@ def test_the_edge_pods_run_the_tested_envoy_locked_down_sized_and_probed(overlay
     heap = monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"]
     assert _bytes(c["resources"]["limits"]["memory"]) > heap
     assert set(c["resources"]["requests"]) == {"cpu", "memory"}
-    # And a disruption budget keeps one up
+    # One worker thread per CPU of its limit (Envoy's default: one per CPU of the node)
+    assert c["args"][c["args"].index("--concurrency") + 1] == c["resources"]["limits"]["cpu"]
+    # And a disruption budget keeps one up, an autoscaler adds replicas on Envoy's own CPU
     budget = of_kind(docs, "PodDisruptionBudget")["grpc-edge"]
     assert budget["spec"]["minAvailable"] == 1
+    scaler = of_kind(docs, "HorizontalPodAutoscaler")["grpc-edge"]["spec"]
+    assert scaler["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": "grpc-edge"}
+    assert 2 <= scaler["minReplicas"] <= scaler["maxReplicas"]
+    assert edge["spec"]["replicas"] == scaler["minReplicas"]
+    (metric,) = scaler["metrics"]
+    assert metric["type"] == "ContainerResource"
+    assert {k: metric["containerResource"][k] for k in ("name", "container")} == {
+        "name": "cpu", "container": "envoy"}
 
 
 def drain_arguments(deployment: Doc) -> argparse.Namespace:
