@@ -575,8 +575,11 @@ class Settings:
                     raise ConfigurationError(
                         f"both {variable} and {variable}_FILE are set: set one of them"
                     )
-                values[f.name] = read_secret(variable + "_FILE", path)
+                values[f.name] = read_secret(variable + "_FILE", path,
+                                             absent_is_empty=f.name in ABSENT_IS_EMPTY)
                 sources[f.name] = f"file {path} ({variable}_FILE)"
+                if not os.path.lexists(path):
+                    sources[f.name] += ", absent: empty"
         for key, value in (overrides or {}).items():
             if value is not None:
                 values[key] = value
@@ -643,19 +646,33 @@ SECRET_SETTINGS: frozenset[str] = frozenset(
 )
 
 
+# Secret settings whose file may be absent from its folder: absent, the setting is empty
+# (pre-signed URLs refused; no previous secret). An optional Kubernetes Secret mounted as files
+# (the manifests' zaqar-signed-url) has no file for a key it lacks, nor any while it does not
+# exist, and the processes read these files again while they run (secret_files.py), so the
+# Secret and its key "previous" may come and go without a restart. A folder that does not exist
+# is still an error (a wrong path), and so is an absent file of any other secret.
+ABSENT_IS_EMPTY: frozenset[str] = frozenset({"signed_url_secret", "signed_url_previous_secret"})
+
+
 # The largest secret file read: far more than any secret here needs (a keyring of a hundred
 # encryption keys is under 8 KiB), so that a wrong path (a log, a device) fails at once
 # instead of being read whole, at start and at every look while the process runs.
 SECRET_FILE_MAX = 64 * 1024
 
 
-def read_secret(variable: str, path: str) -> str:
-    """The content of a secret file, without its final line break.
+def read_secret(variable: str, path: str, *, absent_is_empty: bool = False) -> str:
+    """The content of a secret file, without its final line break; with ``absent_is_empty``,
+    "" when the file is absent from a folder that exists (:data:`ABSENT_IS_EMPTY`).
 
     Raises:
         ConfigurationError: it cannot be read, is larger than :data:`SECRET_FILE_MAX` bytes,
             or is not UTF-8.
     """
+    if absent_is_empty and not os.path.lexists(path) and os.path.isdir(
+        os.path.dirname(path) or "."
+    ):
+        return ""
     try:
         with open(path, "rb") as fh:
             data = fh.read(SECRET_FILE_MAX + 1)

@@ -6,8 +6,10 @@ For the secrets a process can take anew without a restart (the pre-signed URL se
 message encryption keys), the process looks at their files every ``secret_reload_interval``
 seconds (10; 0: never) and hands new content to its ``apply`` callback, which checks it and
 takes it, or raises ``ConfigurationError``: then the values in use stay, and the refusal is
-logged once for that content. A secret set in the environment, a config file or on the
-command line has no file and is never looked at again.
+logged once for that content. A pre-signed URL secret's file absent from its folder is an
+empty value (``config.ABSENT_IS_EMPTY``), so a mounted optional Secret may come and go. A
+secret set in the environment, a config file or on the command line has no file and is never
+looked at again.
 
 The logs name the files, never their content.
 """
@@ -21,7 +23,13 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 
-from services.common.config import ENV_PREFIX, ConfigurationError, Settings, read_secret
+from services.common.config import (
+    ABSENT_IS_EMPTY,
+    ENV_PREFIX,
+    ConfigurationError,
+    Settings,
+    read_secret,
+)
 from services.common.metrics import FILES_GENERATION, FILES_REFUSED
 
 log = logging.getLogger(__name__)
@@ -112,7 +120,8 @@ class SecretFiles:
         return first
 
     def _read_all(self) -> dict[str, str]:
-        return {name: read_secret(variable(name), path) for name, path in self.paths.items()}
+        return {name: read_secret(variable(name), path, absent_is_empty=name in ABSENT_IS_EMPTY)
+                for name, path in self.paths.items()}
 
     def take(self, values: Mapping[str, str]) -> bool:
         """Hand ``values`` to ``apply`` when they differ from those in use (and from the last

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
-import hmac
 import os
 import re
 import shutil
@@ -214,7 +212,9 @@ def test_settings_come_from_the_configmap_and_secrets_from_secrets(overlay: str)
         assert services[svc]["metadata"]["namespace"] == NAMESPACE
     for name, deployment in of_kind(docs, "Deployment").items():
         env = {e["name"]: e for e in container(deployment).get("env", [])}
-        assert not [k for k, e in env.items() if SECRET_WORDS.search(k) and "value" in e], name
+        # (a *_FILE variable names a file of a mounted Secret: a path, not a secret)
+        assert not [k for k, e in env.items()
+                    if SECRET_WORDS.search(k) and "value" in e and not k.endswith("_FILE")], name
         if name in STORE_VARIABLES and overlay != "dev":
             ref = env[STORE_VARIABLES[name]]["valueFrom"]["secretKeyRef"]
             assert ref["name"].startswith("zaqar-stores"), name
@@ -450,6 +450,8 @@ class LocalCluster:
             "secretName")
         if source is None:
             return  # emptyDir, a PersistentVolumeClaim: an empty folder
+        if source not in self.data and volume.get("secret", {}).get("optional"):
+            return  # an optional Secret that does not exist: an empty folder
         assert source in self.data, f"volume {volume['name']}: no ConfigMap or Secret {source}"
         for key, value in self.data[source].items():
             (local / key).write_text(value)
@@ -742,18 +744,16 @@ class FreshToken(httpx.Auth):
         yield request
 
 
-def documented_secret_files_overlay(tmp_path: Path, *more: str) -> str:
-    """The redis overlay with the patch of docs/operations.md, "Secrets in files", rendered
-    from a copy of deploy/k8s (``more``: further lines of its kustomization)."""
-    section = (ROOT / "docs/operations.md").read_text().split("## Secrets in files", 1)[1]
-    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+def redis_overlay_with(tmp_path: Path, *lines: str) -> str:
+    """The redis overlay with further lines in its kustomization, rendered from a copy of
+    deploy/k8s."""
     copy = tmp_path / "k8s"
     shutil.copytree(K8S, copy)
-    overlay = copy / "overlays/secret-files"
+    overlay = copy / "overlays/redis-with"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        "resources:\n  - ../redis\n" + snippet + "".join(line + "\n" for line in more)
+        "resources:\n  - ../redis\n" + "".join(line + "\n" for line in lines)
     )
     result = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True,
                             text=True, timeout=120)
@@ -761,69 +761,109 @@ def documented_secret_files_overlay(tmp_path: Path, *more: str) -> str:
     return result.stdout
 
 
-def test_the_documented_patch_mounts_the_signed_url_secret_as_files(tmp_path: Path) -> None:
-    """docs/operations.md, "Secrets in files": its patch, applied to an overlay, renders, passes
-    strict validation, and gives the gateway the two secrets as files of the mounted Secret
-    (which it then reads again when the kubelet updates them), not as variables."""
-    text = documented_secret_files_overlay(tmp_path)
-    manifest = tmp_path / "secret-files.yaml"
-    manifest.write_text(text)
-    checked = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", str(manifest)],
-                             capture_output=True, text=True, timeout=300)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    gateway = of_kind([d for d in yaml.safe_load_all(text) if d], "Deployment")["api-gateway"]
-    spec = container(gateway)
-    env = {e["name"]: e.get("value") for e in spec["env"]}
-    assert env == {"ZAQAR_SIGNED_URL_SECRET_FILE": "/etc/zaqar/signed-url/secret",
-                   "ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE": "/etc/zaqar/signed-url/previous"}
-    (mount,) = [m for m in spec["volumeMounts"] if m["name"] == "signed-url"]
-    assert mount["mountPath"] == "/etc/zaqar/signed-url" and "subPath" not in mount
-    (volume,) = [v for v in gateway["spec"]["template"]["spec"]["volumes"]
-                 if v["name"] == "signed-url"]
-    assert volume["secret"]["secretName"] == "zaqar-signed-url"
+SIGNED_URL_FILES = "/etc/zaqar/signed-url"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_signed_url_secrets_are_files_of_an_optional_secret(overlay: str) -> None:
+    """The pre-signed URL secrets reach the processes that use them (the gateway both, the
+    notifier the current one for confirmation URLs, no other) as files of the optional Secret
+    zaqar-signed-url, which they read again while they run, never as variables."""
+    wanted = {
+        "api-gateway": {"ZAQAR_SIGNED_URL_SECRET_FILE": f"{SIGNED_URL_FILES}/secret",
+                        "ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE": f"{SIGNED_URL_FILES}/previous"},
+        "notifier-svc": {"ZAQAR_SIGNED_URL_SECRET_FILE": f"{SIGNED_URL_FILES}/secret"},
+    }
+    for name, deployment in of_kind(rendered(overlay), "Deployment").items():
+        c = container(deployment)
+        signing = {e["name"]: e for e in c.get("env", []) if "SIGNED_URL" in e["name"]}
+        assert {k: e.get("value") for k, e in signing.items()} == wanted.get(name, {}), name
+        mounts = [m for m in c.get("volumeMounts", []) if m["name"] == "signed-url"]
+        volumes = [v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                   if v["name"] == "signed-url"]
+        if name in wanted:
+            # The whole Secret (no subPath: the kubelet updates it in place), readable by the
+            # pod's group only
+            assert mounts == [{"name": "signed-url", "mountPath": SIGNED_URL_FILES,
+                               "readOnly": True}], name
+            assert volumes == [{"name": "signed-url", "secret": {
+                "secretName": "zaqar-signed-url", "optional": True, "defaultMode": 0o440}}]
+        else:
+            assert not mounts and not volumes, name
 
 
 @pytest.mark.timeout(300)
-def test_with_the_documented_patch_a_new_secret_signs_without_a_restart(
+def test_the_signed_url_secret_comes_rotates_and_goes_without_a_restart(
     tmp_path: Path, own_redis: ServerProcess
 ) -> None:
-    """The patched overlay run: the gateway signs with the Secret's key, and once the mounted
-    file holds a new one (as the kubelet writes it), with that one, the process never
-    restarted."""
-    text = documented_secret_files_overlay(
+    """The redis overlay run without the Secret zaqar-signed-url: pre-signed URLs are refused.
+    Its files then change as the kubelet writes them when the Secret is created, rotated
+    (docs/operations.md, "Rotating the pre-signed URL secret") and its key "previous" deleted;
+    the gateway follows each step, and no process restarts."""
+    text = redis_overlay_with(
         tmp_path / "render",
         "configMapGenerator:", "  - name: zaqar-config", "    behavior: merge",
         "    literals: [ZAQAR_SECRET_RELOAD_INTERVAL=0.2]",
     )
     docs = [d for d in yaml.safe_load_all(text) if d]
     project, queue = "k8s-" + uuid.uuid4().hex[:8], "shared"
-    expires = "2030-01-01T00:00:00"
-
-    def signature(secret: str) -> str:
-        signed = f"/v2/queues/{queue}/messages\\nGET\\n{project}\\n{expires}"
-        return hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()
 
     def rotate(cluster: LocalCluster, running: list[Service]) -> None:
         (gateway,) = [pod for pod in cluster.pods if pod.name == "api-gateway"]
         folder = Path(cluster.mounts(gateway)["/etc/zaqar/signed-url"])
+        assert not list(folder.iterdir())  # no Secret: an empty folder
+        base_url = cluster.url("api-gateway", "http")
         headers = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": project}
-        with httpx.Client(base_url=cluster.url("api-gateway", "http"), headers=headers,
-                          timeout=30) as http:
+        with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
 
-            def shared() -> str:
-                answer = http.post(f"/v2/queues/{queue}/share",
-                                   json={"methods": ["GET"], "expires": expires})
-                assert answer.status_code == 200, answer.text
-                return str(answer.json()["signature"])
+            def share() -> httpx.Response:
+                return http.post(f"/v2/queues/{queue}/share", json={"methods": ["GET"]})
 
-            assert shared() == signature("first")
-            (folder / "secret.part").write_text("second")
-            (folder / "secret.part").replace(folder / "secret")
-            deadline = time.monotonic() + READY_DEADLINE
-            while shared() != signature("second"):
-                assert time.monotonic() < deadline, "the gateway still signs with the old key"
-                time.sleep(0.1)
+            def opens(shared: dict[str, Any]) -> bool:
+                signed = {"URL-Signature": shared["signature"], "URL-Methods": "GET",
+                          "URL-Paths": ",".join(shared["paths"]),
+                          "URL-Expires": shared["expires"], "X-Project-ID": project,
+                          "Client-ID": str(uuid.uuid4())}
+                answer = httpx.get(f"{base_url}/v2/queues/{queue}/messages", headers=signed,
+                                   timeout=30)
+                assert answer.status_code in (200, 204, 404), answer.text
+                return answer.status_code != 404
+
+            def kubelet_writes(**keys: str) -> None:
+                """The Secret's keys now (absent: deleted), as the kubelet updates a mount."""
+                for key in ("secret", "previous"):
+                    if key in keys:
+                        (folder / f"{key}.part").write_text(keys[key])
+                        (folder / f"{key}.part").replace(folder / key)
+                    else:
+                        (folder / key).unlink(missing_ok=True)
+
+            def until(check: Callable[[], bool], what: str) -> None:
+                deadline = time.monotonic() + READY_DEADLINE
+                while not check():
+                    assert time.monotonic() < deadline, what
+                    time.sleep(0.1)
+
+            assert http.put(f"/v2/queues/{queue}", json={}).status_code in (201, 204)
+            # Given no Secret: pre-signed URLs are refused
+            refused = share()
+            assert refused.status_code == 400, refused.text
+            # When the Secret is created, the gateway signs with it
+            kubelet_writes(secret="first")
+            until(lambda: share().status_code == 200, "the gateway still has no secret")
+            first = share().json()
+            assert opens(first)
+            # When it is rotated (step 2: the new one signs, the old one still verifies)
+            kubelet_writes(secret="second", previous="first")
+            until(lambda: share().json()["signature"] != first["signature"],
+                  "the gateway still signs with the first secret")
+            second = share().json()
+            assert opens(second) and opens(first)
+            # And when the key "previous" is deleted (step 3), the old secret opens nothing
+            kubelet_writes(secret="second")
+            until(lambda: not opens(first), "the first secret still opens the queue")
+            assert opens(second)
         assert all(service.proc.poll() is None for service in running)
 
     run_overlay(docs, tmp_path / "run", {REDIS_NAME: f"127.0.0.1:{own_redis.port}"},
-                {"zaqar-signed-url": {"secret": "first", "previous": ""}}, then=rotate)
+                then=rotate)

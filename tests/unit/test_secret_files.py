@@ -128,6 +128,7 @@ def test_an_unreadable_file_keeps_the_values_in_use(
     followed = SecretFiles.of(Settings.load(environ=environ), [SECRET], Recorder(), environ)
     assert followed is not None
     Path(paths[SECRET]).unlink()
+    Path(paths[SECRET]).mkdir()  # not a file: cannot be read
     assert followed.read() is None
     assert followed.read() is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -136,9 +137,54 @@ def test_an_unreadable_file_keeps_the_values_in_use(
     assert warnings[0].startswith(
         f"secret files: cannot read ZAQAR_SIGNED_URL_SECRET_FILE={paths[SECRET]}: "
     )
+    Path(paths[SECRET]).rmdir()
     Path(paths[SECRET]).write_text("one\n")
     assert followed.read() == {SECRET: "one"}
     assert files_gauges("secrets") == (0, 0)
+
+
+def test_a_signed_url_file_absent_from_its_folder_is_an_empty_secret_that_may_come_and_go(
+    tmp_path: Path,
+) -> None:
+    # Given the folder of a mounted Secret that has the key "secret" and not "previous"
+    folder = tmp_path / "signed-url"
+    folder.mkdir()
+    (folder / "secret").write_text("one\n")
+    environ = {"ZAQAR_SIGNED_URL_SECRET_FILE": str(folder / "secret"),
+               "ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE": str(folder / "previous")}
+    # Then the process starts with no previous secret, and says where the empty value is from
+    settings = Settings.load(environ=environ)
+    assert (settings.signed_url_secret, settings.signed_url_previous_secret) == ("one", "")
+    shown = {row[0]: row[1:] for row in Settings.effective(environ=environ)}
+    assert shown["ZAQAR_SIGNED_URL_PREVIOUS_SECRET"] == (
+        "''", f"file {folder / 'previous'} (ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE), absent: empty")
+    recorder = Recorder()
+    followed = SecretFiles.of(settings, [SECRET, PREVIOUS], recorder, environ)
+    assert followed is not None
+    # When the key "previous" is added to the Secret, it is taken
+    (folder / "previous").write_text("old\n")
+    assert followed.take(followed.read() or {})
+    # And when it is deleted again (the rotation's last step), the old secret goes with it
+    (folder / "previous").unlink()
+    assert followed.take(followed.read() or {})
+    assert recorder.taken == [{SECRET: "one", PREVIOUS: "old"}, {SECRET: "one", PREVIOUS: ""}]
+    # And with the whole Secret gone, pre-signed URLs are off until it comes back
+    (folder / "secret").unlink()
+    assert followed.take(followed.read() or {})
+    assert recorder.taken[-1] == {SECRET: "", PREVIOUS: ""}
+
+
+@pytest.mark.parametrize(("variable", "path"), [
+    # A folder that does not exist is a wrong path, not a Secret without the key
+    ("ZAQAR_SIGNED_URL_SECRET_FILE", "no-such-folder/secret"),
+    # Any other secret's file must be there
+    ("ZAQAR_MESSAGE_ENCRYPTION_KEYS_FILE", "keys"),
+    ("ZAQAR_KEYSTONE_PASSWORD_FILE", "password"),
+])
+def test_other_absent_secret_files_are_an_error(tmp_path: Path, variable: str, path: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.load(environ={variable: str(tmp_path / path)})
+    assert str(refused.value).startswith(f"cannot read {variable}={tmp_path / path}: ")
 
 
 async def test_the_watcher_takes_a_change_by_itself(tmp_path: Path) -> None:
