@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from services.common.mongo_store import Document
+from services.common.mongo_store import Document, describe
 from services.common.store_edge import contended
+
+log = logging.getLogger(__name__)
 
 COLLECTION = "leases"
 # How long a lease holds without its holder: far above the two or three round trips a
@@ -77,5 +80,10 @@ class Leases:
             yield
         finally:
             # Given back even when the caller is cancelled: the next writer need not wait for
-            # it to run out.
-            await asyncio.shield(leases.delete_one({"_id": scope, "h": token}))
+            # it to run out. A store that does not answer now leaves it to run out, and the
+            # caller its outcome (the create is done, or failed on its own).
+            try:
+                await asyncio.shield(leases.delete_one({"_id": scope, "h": token}))
+            except PyMongoError as exc:
+                log.warning("could not give back the lease %s of the %s (%s); it runs out in "
+                            "%g s", scope, self.store, describe(exc), self.seconds)
