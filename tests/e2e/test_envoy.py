@@ -83,14 +83,19 @@ async def running_envoy(stack: Stack, workdir: Path, *options: str) -> AsyncIter
         await wait_ready(running)
         yield running
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                async with asyncio.timeout(30):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
+        await stopped(proc)
+
+
+async def stopped(proc: asyncio.subprocess.Process) -> None:
+    """``proc`` sent SIGTERM (unless it ended), waited for, killed after 30 s."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            async with asyncio.timeout(30):
                 await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -486,10 +491,7 @@ async def edge_pod(stack: Stack, folder: Path) -> AsyncIterator[tuple[Envoy, Doc
         await wait_ready(edge)
         yield edge, deployment
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        async with asyncio.timeout(30):
-            await proc.wait()
+        await stopped(proc)
 
 
 async def test_the_kubernetes_edge_pod_serves_as_rendered(
@@ -537,9 +539,15 @@ async def _start_drain(deployment: Doc, edge: Envoy, port: int, *extra: str,
                 return proc
 
 
-async def _stat(admin: httpx.AsyncClient, edge: Envoy, name: str) -> int:
-    answer = await admin.get(f"{edge.admin_url}/stats", params={"filter": f"^{re.escape(name)}$"})
-    return int(answer.text.split(":")[1])
+async def _until_counted(admin: httpx.AsyncClient, edge: Envoy, name: str) -> None:
+    """Until Envoy's statistic ``name`` is above 0 (polled: there is no event to wait on)."""
+    async with asyncio.timeout(10):
+        while True:
+            answer = await admin.get(f"{edge.admin_url}/stats",
+                                     params={"filter": f"^{re.escape(name)}$"})
+            if int(answer.text.split(":")[1]):
+                return
+            await asyncio.sleep(0.05)
 
 
 async def test_a_hook_without_sigterm_leaves_the_edge_serving(
@@ -562,9 +570,7 @@ async def test_a_hook_without_sigterm_leaves_the_edge_serving(
                     timeout=10)
             assert drain.returncode is None
         finally:
-            drain.terminate()
-            async with asyncio.timeout(60):
-                await drain.wait()
+            await stopped(drain)
 
 
 async def test_a_deleted_edge_pod_answers_the_calls_in_flight_before_envoy_stops(
@@ -579,48 +585,43 @@ async def test_a_deleted_edge_pod_answers_the_calls_in_flight_before_envoy_stops
         port = free_port()
         min_drain = drain_arguments(deployment).min_drain
         drain = await _start_drain(deployment, edge, port)
-        loop = asyncio.get_running_loop()
-        async with grpc.aio.insecure_channel(edge.grpc_target) as channel, \
-                httpx.AsyncClient(timeout=60) as client:
-            stub = messages_pb2_grpc.MessagesStub(channel)
-            await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
-                queues_pb2.CreateQueueRequest(project=project, queue="drained"), timeout=10)
-            # Given a claim waiting through Envoy on an empty queue, longer than the shortest
-            # drain
-            waiting = asyncio.ensure_future(stub.CreateClaim(messages_pb2.CreateClaimRequest(
-                project=project, queue="drained", ttl=60, grace=60,
-                wait_seconds=int(min_drain) + 2)))
-            async with asyncio.timeout(10):
-                while True:  # Envoy's count, polled: no event to wait on
-                    if await _stat(client, edge, IN_FLIGHT_STAT):
-                        break
-                    await asyncio.sleep(0.05)
-            # When the pod is deleted
-            deleted = loop.time()
-            drain.send_signal(signal.SIGTERM)
-            hook = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/drained"))
-            # Then the claim is answered when its wait is over (nothing to claim), the hook
-            # still waiting, and Envoy closes the claim's connection, told to go away
-            claim = await waiting
-            assert list(claim.messages) == []
-            assert not hook.done()
-            async with asyncio.timeout(10):
-                while True:
-                    if await _stat(client, edge, "http.grpc_api.downstream_cx_drain_close"):
-                        break
-                    await asyncio.sleep(0.05)
-            # And a call made during the drain is served
-            posted = await stub.PostMessages(messages_pb2.PostMessagesRequest(
-                project=project, queue="drained", client_id=str(uuid.uuid4()),
-                messages=[messages_pb2.NewMessage(body=b'{"during": "drain"}')]), timeout=10)
-            assert len(posted.ids) == 1
-            # And the hook is answered once no call is in flight, after the shortest drain
-            drained = await hook
-            assert drained.status_code == 200, drained.text
-            assert "no call in flight" in drained.text
-            assert loop.time() - deleted >= min_drain
-        async with asyncio.timeout(30):
-            assert await drain.wait() == 0
+        try:
+            loop = asyncio.get_running_loop()
+            async with grpc.aio.insecure_channel(edge.grpc_target) as channel, \
+                    httpx.AsyncClient(timeout=60) as client:
+                stub = messages_pb2_grpc.MessagesStub(channel)
+                await queues_pb2_grpc.QueuesStub(channel).CreateQueue(
+                    queues_pb2.CreateQueueRequest(project=project, queue="drained"), timeout=10)
+                # Given a claim waiting through Envoy on an empty queue, longer than the shortest
+                # drain
+                waiting = asyncio.ensure_future(stub.CreateClaim(messages_pb2.CreateClaimRequest(
+                    project=project, queue="drained", ttl=60, grace=60,
+                    wait_seconds=int(min_drain) + 2)))
+                await _until_counted(client, edge, IN_FLIGHT_STAT)
+                # When the pod is deleted
+                deleted = loop.time()
+                drain.send_signal(signal.SIGTERM)
+                hook = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/drained"))
+                # Then the claim is answered when its wait is over (nothing to claim), the hook
+                # still waiting, and Envoy closes the claim's connection, told to go away
+                claim = await waiting
+                assert list(claim.messages) == []
+                assert not hook.done()
+                await _until_counted(client, edge, "http.grpc_api.downstream_cx_drain_close")
+                # And a call made during the drain is served
+                posted = await stub.PostMessages(messages_pb2.PostMessagesRequest(
+                    project=project, queue="drained", client_id=str(uuid.uuid4()),
+                    messages=[messages_pb2.NewMessage(body=b'{"during": "drain"}')]), timeout=10)
+                assert len(posted.ids) == 1
+                # And the hook is answered once no call is in flight, after the shortest drain
+                drained = await hook
+                assert drained.status_code == 200, drained.text
+                assert "no call in flight" in drained.text
+                assert loop.time() - deleted >= min_drain
+            async with asyncio.timeout(30):
+                assert await drain.wait() == 0
+        finally:
+            await stopped(drain)
         # Then the kubelet's SIGTERM stops Envoy
         edge.proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
