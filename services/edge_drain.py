@@ -115,7 +115,8 @@ class Drain:
 
 def app(drain: Drain, signal_wait: float) -> web.Application:
     """``GET /drained``, Envoy's preStop hook: 200 once the drain is over, 503 if none starts
-    within ``signal_wait`` seconds."""
+    within ``signal_wait`` seconds; ``GET /healthz``, the liveness probe: 200 while the process
+    serves."""
     from aiohttp import web
 
     async def drained(request: web.Request) -> web.Response:
@@ -130,8 +131,12 @@ def app(drain: Drain, signal_wait: float) -> web.Application:
         await drain.over.wait()
         return web.Response(text=f"Envoy drained: {drain.outcome}.\n")
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="draining\n" if drain.started.is_set() else "ok\n")
+
     application = web.Application()
     application.router.add_get("/drained", drained)
+    application.router.add_get("/healthz", healthz)
     return application
 
 

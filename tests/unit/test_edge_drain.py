@@ -42,6 +42,9 @@ async def test_with_envoy_gone_the_hook_is_answered_and_the_process_exits_at_onc
         async with asyncio.timeout(30):
             assert b"Waiting for SIGTERM" in await proc.stderr.readline()
             async with httpx.AsyncClient(timeout=30) as client:
+                # (the liveness probe's path)
+                alive = await client.get(f"http://127.0.0.1:{port}/healthz")
+                assert (alive.status_code, alive.text) == (200, "ok\n")
                 hook = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/drained"))
                 assert b"preStop hook is waiting" in await proc.stderr.readline()
                 proc.send_signal(signal.SIGTERM)

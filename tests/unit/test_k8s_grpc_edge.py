@@ -228,6 +228,8 @@ def test_the_edge_pod_drains_envoy_before_envoy_stops(overlay: str) -> None:
     assert sc["runAsNonRoot"] is True and sc["capabilities"] == {"drop": ["ALL"]}
     for kind in ("requests", "limits"):
         assert set(drain["resources"][kind]) == {"cpu", "memory"}
+    # Restarted if it stops answering (tests/unit/test_edge_drain.py calls the probe's path)
+    assert drain["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "drain"}
     # No network policy admits its port (test_callers_reach_envoy_... lists what they admit):
     # the kubelet reaches it from the node.
 
