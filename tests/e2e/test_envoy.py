@@ -21,6 +21,7 @@ import grpc
 import httpx
 import orjson
 import pytest
+from promql_parser import MatchOp
 from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc, queues_pb2, queues_pb2_grpc
 
 from services.common.config import Settings
@@ -34,6 +35,7 @@ from tests.stacks import up_stack
 from tests.unit.test_deploy import envoy_binary, render_envoy_config
 from tests.unit.test_k8s import Doc, container, of_kind, rendered
 from tests.unit.test_k8s_grpc_edge import MOUNTED, OVERLAY, drain_arguments, edge_config
+from tests.unit.test_monitoring import EDGE_GROUP, parse, rules, vector_selectors
 
 pytestmark = pytest.mark.e2e
 
@@ -492,6 +494,35 @@ async def edge_pod(stack: Stack, folder: Path) -> AsyncIterator[tuple[Envoy, Doc
         yield edge, deployment
     finally:
         await stopped(proc)
+
+
+async def test_the_edge_alerts_select_series_this_envoy_exports(envoy: Envoy) -> None:
+    """deploy/monitoring/alerts.yaml's rules on Envoy's series name metrics, and label values,
+    that the Envoy the tests run exports on its metrics listener: an Envoy release that renames
+    one breaks this test, not an alert nobody sees fire."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        scraped = await client.get(f"{envoy.metrics_url}/stats/prometheus")
+    assert scraped.status_code == 200
+    # The names as exposed, which Prometheus keeps (a client's parser adds "_total" to counters)
+    samples: dict[str, list[dict[str, str]]] = {}
+    for line in scraped.text.splitlines():
+        sample = re.match(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? ", line)
+        if sample is not None:
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', sample.group(2) or ""))
+            samples.setdefault(sample.group(1), []).append(labels)
+    edge_rules = rules(EDGE_GROUP)
+    assert {rule["alert"] for rule in edge_rules} == {
+        "ZaqarEdgeNoHealthyService", "ZaqarEdgeRefusingClients", "ZaqarEdgeOverloaded"}
+    for rule in edge_rules:
+        for selector in vector_selectors(parse(rule["expr"])):
+            assert selector.name in samples, (rule["alert"], selector.name)
+            for matcher in selector.matchers.matchers:
+                if matcher.name == "namespace":  # added by the scrape, not by Envoy
+                    continue
+                wanted = (matcher.value.split("|") if matcher.op == MatchOp.Re
+                          else [matcher.value])
+                found = {labels.get(matcher.name) for labels in samples[selector.name]}
+                assert set(wanted) <= found, (rule["alert"], matcher.name, found)
 
 
 async def test_the_kubernetes_edge_pod_serves_as_rendered(
