@@ -35,7 +35,14 @@ from tests.stacks import up_stack
 from tests.unit.test_deploy import envoy_binary, render_envoy_config
 from tests.unit.test_k8s import Doc, container, of_kind, rendered
 from tests.unit.test_k8s_grpc_edge import MOUNTED, OVERLAY, drain_arguments, edge_config
-from tests.unit.test_monitoring import EDGE_GROUP, parse, rules, vector_selectors
+from tests.unit.test_monitoring import (
+    EDGE_GROUP,
+    EDGE_PANELS,
+    panel_queries,
+    parse,
+    rules,
+    vector_selectors,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -496,10 +503,12 @@ async def edge_pod(stack: Stack, folder: Path) -> AsyncIterator[tuple[Envoy, Doc
         await stopped(proc)
 
 
-async def test_the_edge_alerts_select_series_this_envoy_exports(envoy: Envoy) -> None:
-    """deploy/monitoring/alerts.yaml's rules on Envoy's series name metrics, and label values,
-    that the Envoy the tests run exports on its metrics listener: an Envoy release that renames
-    one breaks this test, not an alert nobody sees fire."""
+async def test_the_edge_alerts_and_panels_select_series_this_envoy_exports(
+    envoy: Envoy,
+) -> None:
+    """deploy/monitoring/'s alert rules and dashboard panels on Envoy's series name metrics,
+    and label values, that the Envoy the tests run exports on its metrics listener: an Envoy
+    release that renames one breaks this test, not an alert nobody sees fire."""
     async with httpx.AsyncClient(timeout=10) as client:
         scraped = await client.get(f"{envoy.metrics_url}/stats/prometheus")
     assert scraped.status_code == 200
@@ -513,16 +522,18 @@ async def test_the_edge_alerts_select_series_this_envoy_exports(envoy: Envoy) ->
     edge_rules = rules(EDGE_GROUP)
     assert {rule["alert"] for rule in edge_rules} == {
         "ZaqarEdgeNoHealthyService", "ZaqarEdgeRefusingClients", "ZaqarEdgeOverloaded"}
-    for rule in edge_rules:
-        for selector in vector_selectors(parse(rule["expr"])):
-            assert selector.name in samples, (rule["alert"], selector.name)
+    panels = [(title, expr) for title, expr in panel_queries() if title.startswith(EDGE_PANELS)]
+    assert len(panels) == 4
+    for what, expr in [(rule["alert"], rule["expr"]) for rule in edge_rules] + panels:
+        for selector in vector_selectors(parse(expr)):
+            assert selector.name in samples, (what, selector.name)
             for matcher in selector.matchers.matchers:
                 if matcher.name == "namespace":  # added by the scrape, not by Envoy
                     continue
                 wanted = (matcher.value.split("|") if matcher.op == MatchOp.Re
                           else [matcher.value])
                 found = {labels.get(matcher.name) for labels in samples[selector.name]}
-                assert set(wanted) <= found, (rule["alert"], matcher.name, found)
+                assert set(wanted) <= found, (what, matcher.name, found)
 
 
 async def test_the_kubernetes_edge_pod_serves_as_rendered(
