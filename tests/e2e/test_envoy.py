@@ -376,14 +376,23 @@ async def test_more_long_polls_than_envoys_default_breaker_reach_message_svc(
             queues_pb2.CreateQueueRequest(project=project, queue="many-waiting"))
         request = messages_pb2.CreateClaimRequest(project=project, queue="many-waiting",
                                                   ttl=60, grace=60, wait_seconds=5)
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(channel.channel_ready() for channel in channels))
 
         async def claim(channel: grpc.aio.Channel) -> str:
-            try:
-                answer = await messages_pb2_grpc.MessagesStub(channel).CreateClaim(
-                    request, timeout=60)
-            except grpc.aio.AioRpcError as exc:
-                return f"{exc.code().name}: {exc.details()}"
-            return "answered" if not answer.messages else "a message?"
+            for attempt in (1, 2):
+                try:
+                    answer = await messages_pb2_grpc.MessagesStub(channel).CreateClaim(
+                        request, timeout=60)
+                except grpc.aio.AioRpcError as exc:
+                    # A burst of calls on many channels gets about 1 % CANCELLED from grpc.aio's
+                    # own side, against a bare grpc.aio server too (no Envoy): made once more.
+                    # Envoy's breaker refuses UNAVAILABLE "overflow", which fails the test.
+                    if exc.code() == grpc.StatusCode.CANCELLED and attempt == 1:
+                        continue
+                    return f"{exc.code().name}: {exc.details()}"
+                return "answered" if not answer.messages else "a message?"
+            raise AssertionError("unreachable")
 
         async with asyncio.timeout(120):
             outcomes = await asyncio.gather(*(claim(channels[i % len(channels)])

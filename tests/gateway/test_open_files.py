@@ -97,7 +97,9 @@ def manifest_gateway() -> tuple[Settings, int]:
     (deployment,) = [d for d in yaml.safe_load_all(manifest.read_text())
                      if d and d.get("kind") == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # (a *_FILE variable names a file of a Secret the pod mounts, absent here)
+    env = {e["name"]: e["value"] for e in container["env"]
+           if "value" in e and not e["name"].endswith("_FILE")}
     limit = container["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
     return Settings.load(environ=env), int(limit.removesuffix("Mi")) * MIB
