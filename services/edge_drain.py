@@ -33,7 +33,6 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,23 +57,22 @@ class Drain:
     admin: str
     min_seconds: float
     max_seconds: float
-    stat: str = IN_FLIGHT_STAT
-    clock: Callable[[], float] = time.monotonic
     started: asyncio.Event = field(default_factory=asyncio.Event)
     over: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
+    _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Begin the drain (SIGTERM); a second call does nothing."""
         if self.started.is_set():
             return
         self.started.set()
-        asyncio.get_running_loop().create_task(self._run(), name="edge-drain")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="edge-drain")
 
     async def _run(self) -> None:
         import aiohttp
 
-        began = self.clock()
+        began = time.monotonic()
         try:
             async with aiohttp.ClientSession(
                 self.admin, timeout=aiohttp.ClientTimeout(total=5)
@@ -82,7 +80,7 @@ class Drain:
                 self.outcome = await self._drain(admin, began)
         except Exception as exc:  # the pod stops anyway; Envoy then stops as it would alone
             self.outcome = f"could not drain Envoy at {self.admin}: {exc or type(exc).__name__}"
-        log.warning("Envoy drain over after %.1f s: %s", self.clock() - began, self.outcome)
+        log.warning("Envoy drain over after %.1f s: %s", time.monotonic() - began, self.outcome)
         self.over.set()
 
     async def _drain(self, admin: aiohttp.ClientSession, began: float) -> str:
@@ -96,7 +94,7 @@ class Drain:
             left = await self._in_flight(admin)
             if not left:
                 return "no call in flight"
-            if self.clock() - began >= self.max_seconds:
+            if time.monotonic() - began >= self.max_seconds:
                 return f"{left} call(s) still in flight after {self.max_seconds:g} s, to be cut"
             await asyncio.sleep(POLL_SECONDS)
 
@@ -104,12 +102,13 @@ class Drain:
         """The calls in flight on Envoy's API listener (0 once Envoy no longer answers)."""
         import aiohttp
 
+        stat = re.escape(IN_FLIGHT_STAT)
         try:
-            async with admin.get("/stats", params={"filter": f"^{re.escape(self.stat)}$"}) as got:
+            async with admin.get("/stats", params={"filter": f"^{stat}$"}) as got:
                 text = await got.text()
         except aiohttp.ClientError:
             return 0
-        found = re.search(rf"^{re.escape(self.stat)}: (\d+)$", text, re.MULTILINE)
+        found = re.search(rf"^{stat}: (\d+)$", text, re.MULTILINE)
         return int(found.group(1)) if found else 0
 
 

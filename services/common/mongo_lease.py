@@ -22,10 +22,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from pymongo.asynchronous.collection import AsyncCollection
+import orjson
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.mongo_store import Document, describe
@@ -44,22 +45,25 @@ LAST_WAIT = 0.05
 
 @dataclass
 class Leases:
-    """The leases of one store, in ``collection`` of its database."""
+    """The leases of one store, in the collection :data:`COLLECTION` of the database that
+    ``database`` gives (called at each use: the store's client may be reopened)."""
 
-    collection: Callable[[], AsyncCollection[Document]]
+    database: Callable[[], AsyncDatabase[Document]]
     store: str
     seconds: float = LEASE_SECONDS
     clock: Callable[[], float] = field(default=time.time)  # one clock for every process
 
     @contextlib.asynccontextmanager
-    async def held(self, scope: str, action: str) -> AsyncIterator[None]:
-        """Hold ``scope``'s lease for the block.
+    async def held(self, scope: Sequence[str], action: str) -> AsyncIterator[None]:
+        """Hold the lease of ``scope`` (what is counted, and whose: ``("queues", project)``)
+        for the block.
 
         Raises:
             Unavailable: another holder kept it for longer than a lease lasts (``action``
                 names what waited).
         """
-        leases = self.collection()
+        leases = self.database()[COLLECTION]
+        scope_id = orjson.dumps(list(scope)).decode()  # unambiguous whatever the names hold
         token = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.seconds * 1.5  # a lease left by a dead holder is over by then
@@ -67,11 +71,11 @@ class Leases:
         while True:
             now = self.clock()
             try:
-                await leases.insert_one({"_id": scope, "h": token, "u": now + self.seconds})
+                await leases.insert_one({"_id": scope_id, "h": token, "u": now + self.seconds})
                 break
             except DuplicateKeyError:
                 # Held: taken over once its holder let it run out.
-                await leases.delete_one({"_id": scope, "u": {"$lt": now}})
+                await leases.delete_one({"_id": scope_id, "u": {"$lt": now}})
             if loop.time() > give_up:
                 raise contended(self.store, action)
             await asyncio.sleep(wait)
@@ -83,7 +87,7 @@ class Leases:
             # it to run out. A store that does not answer now leaves it to run out, and the
             # caller its outcome (the create is done, or failed on its own).
             try:
-                await asyncio.shield(leases.delete_one({"_id": scope, "h": token}))
+                await asyncio.shield(leases.delete_one({"_id": scope_id, "h": token}))
             except PyMongoError as exc:
                 log.warning("could not give back the lease %s of the %s (%s); it runs out in "
-                            "%g s", scope, self.store, describe(exc), self.seconds)
+                            "%g s", scope_id, self.store, describe(exc), self.seconds)

@@ -11,24 +11,35 @@ from collections.abc import AsyncIterator
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from services.common.errors import Unavailable
-from services.common.mongo_lease import Leases
+from services.common.mongo_lease import COLLECTION, Leases
 from services.common.mongo_store import Document
 from services.testing.fixtures import Clock
 
+# A scope, and the _id of its lease document.
+SCOPE = ("queues", "p")
+OTHER_SCOPE = ("queues", "q")
+SCOPE_ID = '["queues","p"]'
+
 
 @pytest.fixture
-async def leases_collection(mongodb_uri: str) -> AsyncIterator[AsyncCollection[Document]]:
+async def database(mongodb_uri: str) -> AsyncIterator[AsyncDatabase[Document]]:
     client: AsyncMongoClient[Document] = AsyncMongoClient(mongodb_uri)
     try:
-        yield client.get_default_database()["leases"]
+        yield client.get_default_database()
     finally:
         await client.close()
 
 
+@pytest.fixture
+def leases_collection(database: AsyncDatabase[Document]) -> AsyncCollection[Document]:
+    return database[COLLECTION]
+
+
 def leases(collection: AsyncCollection[Document], clock: Clock, seconds: float = 10.0) -> Leases:
-    return Leases(lambda: collection, "queue store", seconds=seconds, clock=clock)
+    return Leases(lambda: collection.database, "queue store", seconds=seconds, clock=clock)
 
 
 async def test_one_holder_at_a_time_per_scope_and_others_apart(
@@ -39,14 +50,14 @@ async def test_one_holder_at_a_time_per_scope_and_others_apart(
     first_in, first_may_leave = asyncio.Event(), asyncio.Event()
 
     async def first() -> None:
-        async with lease.held("scope", "create the queue"):
+        async with lease.held(SCOPE, "create the queue"):
             steps.append("first in")
             first_in.set()
             await first_may_leave.wait()
             steps.append("first out")
 
     async def second() -> None:
-        async with lease.held("scope", "create the queue"):
+        async with lease.held(SCOPE, "create the queue"):
             steps.append("second in")
 
     # Given a holder of the scope's lease
@@ -54,7 +65,7 @@ async def test_one_holder_at_a_time_per_scope_and_others_apart(
     await first_in.wait()
     # When another writer asks for it, and a third for another scope
     waiter = asyncio.create_task(second())
-    async with lease.held("another scope", "create the queue"):
+    async with lease.held(OTHER_SCOPE, "create the queue"):
         steps.append("another scope in")
     # Then the other scope was not held back, and the second writer waits until the first
     # gives the lease back
@@ -70,11 +81,11 @@ async def test_a_lease_whose_holder_died_is_taken_over_once_it_ran_out(
     leases_collection: AsyncCollection[Document], clock: Clock,
 ) -> None:
     # Given the lease of a holder killed while it held it, run out by now
-    await leases_collection.insert_one({"_id": "scope", "h": "dead", "u": clock.now + 10})
+    await leases_collection.insert_one({"_id": SCOPE_ID, "h": "dead", "u": clock.now + 10})
     clock.advance(10.5)
     # When a writer asks for it, it gets it
-    async with leases(leases_collection, clock).held("scope", "create the queue"):
-        held = await leases_collection.find_one({"_id": "scope"})
+    async with leases(leases_collection, clock).held(SCOPE, "create the queue"):
+        held = await leases_collection.find_one({"_id": SCOPE_ID})
         assert held is not None and held["h"] != "dead"
     assert await leases_collection.count_documents({}) == 0
 
@@ -86,7 +97,7 @@ async def test_a_cancelled_holder_gives_the_lease_back(
     inside = asyncio.Event()
 
     async def holder() -> None:
-        async with lease.held("scope", "create the queue"):
+        async with lease.held(SCOPE, "create the queue"):
             inside.set()
             await asyncio.Event().wait()
 
@@ -98,7 +109,7 @@ async def test_a_cancelled_holder_gives_the_lease_back(
         await task
     # Then the lease is given back: the next writer gets it without waiting for it to run out
     async with asyncio.timeout(5):
-        async with lease.held("scope", "create the queue"):
+        async with lease.held(SCOPE, "create the queue"):
             pass
 
 
@@ -106,12 +117,12 @@ async def test_a_live_lease_never_given_back_is_a_503_once_it_would_have_run_out
     leases_collection: AsyncCollection[Document], clock: Clock,
 ) -> None:
     # Given a lease held far into the future of this clock (a holder whose clock is ahead)
-    await leases_collection.insert_one({"_id": "scope", "h": "other", "u": clock.now + 3600})
+    await leases_collection.insert_one({"_id": SCOPE_ID, "h": "other", "u": clock.now + 3600})
     # When a writer whose leases last 0.2 s asks for it
     with pytest.raises(Unavailable) as refused:
-        async with leases(leases_collection, clock, seconds=0.2).held("scope", "create the queue"):
+        async with leases(leases_collection, clock, seconds=0.2).held(SCOPE, "create the queue"):
             pytest.fail("held a lease that another holds")
     # Then it gives up with the store's "try again" error, and the lease is left alone
     assert refused.value.description.startswith(
         "The queue store could not create the queue: too many concurrent changes")
-    assert (await leases_collection.find_one({"_id": "scope"}) or {}).get("h") == "other"
+    assert (await leases_collection.find_one({"_id": SCOPE_ID}) or {}).get("h") == "other"

@@ -38,7 +38,6 @@ from services.common.errors import (
     SubscriptionNotFound,
     Unavailable,
 )
-from services.common.mongo_lease import COLLECTION as LEASES
 from services.common.mongo_lease import Leases
 from services.common.store_edge import contended
 from services.notifier_svc.storage.base import (
@@ -163,9 +162,8 @@ class MongoNotifierStore(MongoWatches):
             return await self._create(project, queue, subscriber, ttl, options, 0)
         # The queue's lease (services/common/mongo_lease.py): held, the count of its live
         # subscriptions and the insert are one step.
-        leases = Leases(lambda: self._collections()[0].database[LEASES], STORE)
-        async with leases.held(orjson.dumps(["subscriptions", project, queue]).decode(),
-                               "create the subscription"):
+        leases = Leases(lambda: self._collections()[0].database, STORE)
+        async with leases.held(("subscriptions", project, queue), "create the subscription"):
             return await self._create(project, queue, subscriber, ttl, options, quota)
 
     async def _create(

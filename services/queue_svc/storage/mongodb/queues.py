@@ -37,7 +37,6 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.errors import QueueNotFound, Unavailable
-from services.common.mongo_lease import COLLECTION as LEASES
 from services.common.mongo_lease import Leases
 from services.common.store_edge import contended
 from services.queue_svc.storage.base import (
@@ -165,8 +164,8 @@ class MongoQueueStore:
     def _lease(self, project: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The project's lease for a new record of this kind (``services/common/mongo_lease``):
         held, the count of the project's records and the insert are one step."""
-        leases = Leases(lambda: self._collection().database[LEASES], STORE)
-        return leases.held(orjson.dumps([self._RECORDS, project]).decode(), "create the queue")
+        leases = Leases(lambda: self._collection().database, STORE)
+        return leases.held((self._RECORDS, project), "create the queue")
 
     async def _make_room(self, project: str, quota: int) -> None:
         """With the project's lease held: raise QuotaExceeded if a new record is beyond
