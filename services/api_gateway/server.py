@@ -27,7 +27,7 @@ from services.api_gateway.websocket import server as ws_server
 from services.common import metrics, signing
 from services.common.config import Settings, check_limits
 from services.common.grpc_server import service_main
-from services.common.keystone import KeystoneAuth, check_settings
+from services.common.keystone import KeystoneAuth, check_settings, keystone_parts
 from services.common.secret_files import SecretFiles
 from services.common.startup import CannotListen, bind, os_reason
 from services.common.tls import load_tls
@@ -108,8 +108,8 @@ async def _listen_ws(
 async def run(settings: Settings) -> None:
     """Serve the Zaqar v2 HTTP API on ``settings.http_port`` and its WebSocket API on
     ``settings.ws_port`` until a signal; the channels to the services use TLS when the
-    ``tls_*`` settings say so. The pre-signed URL secrets are read again from their files
-    (``secret_files.py``), when they come from files.
+    ``tls_*`` settings say so. The pre-signed URL secrets and the Keystone password are read
+    again from their files (``secret_files.py``), when they come from files.
 
     Raises:
         ConfigurationError: bad auth, TLS, signing or rate-limit settings.
@@ -120,12 +120,16 @@ async def run(settings: Settings) -> None:
     settings = open_files.fit(open_files.fit_memory(settings, open_files.memory_limit()))
     # One set of pre-signed URL secrets for both transports, replaced when their files change.
     keys = signing.Keys.from_settings(settings)
-    secret_files = SecretFiles.of(settings, signing.KEY_SETTINGS, keys.take)
+    auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
+    # The secrets' files, followed while the process runs: the keys', and the Keystone
+    # password's.
+    secret_files = SecretFiles.of_parts(
+        settings, [(signing.KEY_SETTINGS, keys.take), *keystone_parts(auth)]
+    )
     # One limit for both transports: a project's requests count together.
     limit = rate_limit.from_settings(settings)
     tls = await asyncio.to_thread(load_tls, settings, False)
     http_sockets = _listen_http(settings)
-    auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
     up = Upstreams(settings, tls, auth)
     sockets: Server | None = None
     loop = asyncio.get_running_loop()

@@ -197,7 +197,8 @@ class Settings:
         metadata=_help(
             "Seconds between looks at the files of the secrets that can change while a "
             "process runs (ZAQAR_SIGNED_URL_SECRET_FILE, ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE, "
-            "ZAQAR_MESSAGE_ENCRYPTION_KEYS_FILE): new content is used without a restart; "
+            "ZAQAR_MESSAGE_ENCRYPTION_KEYS_FILE, ZAQAR_KEYSTONE_PASSWORD_FILE, "
+            "ZAQAR_SMTP_PASSWORD_FILE): new content is used without a restart; "
             "0 = read at start only."
         ),
     )

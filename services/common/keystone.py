@@ -21,15 +21,18 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aiohttp
 import orjson
 
 from services.common.config import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    from services.common.secret_files import Part
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,12 @@ def check_settings(settings: Settings) -> None:
         )
 
 
+def keystone_parts(auth: KeystoneAuth | None) -> list[Part]:
+    """The secret a process's Keystone client takes anew from its file, if it has one
+    (``secret_files.SecretFiles.of_parts``)."""
+    return [] if auth is None else [auth.secret_part()]
+
+
 def keystone_for(settings: Settings) -> KeystoneAuth | None:
     """A Keystone client in keystone mode, None in no-auth mode (settings checked)."""
     check_settings(settings)
@@ -187,6 +196,7 @@ class KeystoneAuth:
         self._service_user = ""
         self._service_renew_at = 0.0
         self._service_lock = asyncio.Lock()
+        self._password = settings.keystone_password
         self._trust_tokens: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._trust_flight = _SingleFlight()
         self._closed = False
@@ -263,10 +273,22 @@ class KeystoneAuth:
                 "user": {
                     "name": s.keystone_username,
                     "domain": {"name": s.keystone_user_domain},
-                    "password": s.keystone_password,
+                    "password": self._password,
                 }
             },
         }
+
+    def take(self, values: Mapping[str, str]) -> None:
+        """Authenticate with ``values["keystone_password"]`` from now on (its file changed:
+        ``secret_files.py``). The tokens in hand are kept while Keystone accepts them; the
+        next one refused is renewed at once, with the new password, however recently one
+        was (Keystone revokes a user's tokens when its password changes)."""
+        self._password = values["keystone_password"]
+        self._refusal_renewed_at = -float("inf")
+
+    def secret_part(self) -> Part:
+        """The secret this client takes anew from its file (:meth:`take`)."""
+        return ("keystone_password",), self.take
 
     async def service_token(self, renew: bool = False) -> str:
         """This process's own project-scoped token (``keystone_project``), renewed before it

@@ -3,10 +3,12 @@
 A secret setting may be read from the file ``ZAQAR_<NAME>_FILE`` names (``config.py``), as
 Kubernetes mounts a Secret; the kubelet updates such a file in place when the Secret changes.
 For the secrets a process can take anew without a restart (the pre-signed URL secrets, the
-message encryption keys), the process looks at their files every ``secret_reload_interval``
-seconds (10; 0: never) and hands new content to its ``apply`` callback, which checks it and
-takes it, or raises ``ConfigurationError``: then the values in use stay, and the refusal is
-logged once for that content. A pre-signed URL secret's file absent from its folder is an
+message encryption keys, the Keystone and SMTP passwords), the process looks at their files
+every ``secret_reload_interval`` seconds (10; 0: never) and hands new content to the
+``apply`` callback of the part the setting belongs to (its signing keys, its Keystone
+client…), which checks it and takes it, or raises ``ConfigurationError``: then that part's
+values in use stay, and the refusal is logged once for that content; the other parts take
+theirs. A pre-signed URL secret's file absent from its folder is an
 empty value (``config.ABSENT_IS_EMPTY``), so a mounted optional Secret may come and go. A
 secret set in the environment, a config file or on the command line has no file and is never
 looked at again.
@@ -21,7 +23,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from services.common.config import (
     ABSENT_IS_EMPTY,
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 
 Apply = Callable[[Mapping[str, str]], None]
 """Takes new values (setting name -> content) or raises ``ConfigurationError``."""
+
+Part = tuple[Sequence[str], Apply]
+"""Some secret settings and the ``apply`` that takes them. A process's secrets may belong to
+several parts (its signing keys, its Keystone client…), each taking its own."""
 
 
 def variable(name: str) -> str:
@@ -54,6 +60,36 @@ def check_interval(settings: Settings) -> None:
         )
 
 
+class _Taker:
+    """One part's settings read from files, the values it uses, and the last it refused."""
+
+    def __init__(self, names: Sequence[str], apply: Apply, values: Mapping[str, str]) -> None:
+        self.names = tuple(names)
+        self.apply = apply
+        self.values = {name: values[name] for name in self.names}
+        self.refused: dict[str, str] | None = None
+
+    def take(self, values: Mapping[str, str]) -> list[str]:
+        """The variables whose files changed, when ``apply`` took this part's ``values``;
+        empty when nothing was taken."""
+        mine = {name: values[name] for name in self.names}
+        if mine == self.values:
+            self.refused = None  # put back as they were: nothing is refused any more
+            return []
+        if mine == self.refused:
+            return []
+        changed = sorted(variable(name) for name in mine if mine[name] != self.values[name])
+        try:
+            self.apply(mine)
+        except ConfigurationError as exc:
+            self.refused = mine
+            log.warning("secret files changed (%s) but cannot be used; going on with the "
+                        "values in use: %s", ", ".join(changed), exc)
+            return []
+        self.values, self.refused = mine, None
+        return changed
+
+
 class SecretFiles:
     """The files of some secret settings, looked at every interval (module docstring)."""
 
@@ -61,17 +97,18 @@ class SecretFiles:
         self,
         paths: Mapping[str, str],
         values: Mapping[str, str],
-        apply: Apply,
+        parts: Iterable[Part],
         interval: float,
     ) -> None:
         """``paths``: setting name -> file; ``values``: what the process uses now (read at
-        start); ``apply``: see :data:`Apply`."""
+        start); ``parts``: which ``apply`` takes which of them (a setting without a file is
+        left out of its part)."""
         self.paths = dict(paths)
         self.generation = 0
-        self._values = {name: values[name] for name in self.paths}
-        self._apply = apply
+        takers = (_Taker([name for name in names if name in self.paths], apply, values)
+                  for names, apply in parts)
+        self._takers = [taker for taker in takers if taker.names]
         self._interval = interval
-        self._refused: dict[str, str] | None = None
         self._unreadable = ""
         self._watcher: asyncio.Task[None] | None = None
         FILES_GENERATION.labels("secrets").set(0)
@@ -85,19 +122,32 @@ class SecretFiles:
         apply: Apply,
         environ: Mapping[str, str] | None = None,
     ) -> SecretFiles | None:
-        """The files of ``names`` that ``environ`` (the process's) names; None when there is
-        none, or ``secret_reload_interval`` is 0.
+        """:meth:`of_parts` with one part: ``names``, taken by ``apply``."""
+        return cls.of_parts(settings, [(tuple(names), apply)], environ)
+
+    @classmethod
+    def of_parts(
+        cls,
+        settings: Settings,
+        parts: Iterable[Part],
+        environ: Mapping[str, str] | None = None,
+    ) -> SecretFiles | None:
+        """The files of the parts' settings that ``environ`` (the process's) names; None when
+        there is none, or ``secret_reload_interval`` is 0. Each part takes the new content
+        of its own settings: one that refuses leaves the others to take theirs.
 
         Raises:
             ConfigurationError: as :func:`check_interval`.
         """
         check_interval(settings)
         environ = os.environ if environ is None else environ
-        paths = {name: environ[variable(name)] for name in names if variable(name) in environ}
+        parts = list(parts)
+        paths = {name: environ[variable(name)]
+                 for names, _ in parts for name in names if variable(name) in environ}
         if not paths or settings.secret_reload_interval == 0:
             return None
         values = {name: getattr(settings, name) for name in paths}
-        return cls(paths, values, apply, settings.secret_reload_interval)
+        return cls(paths, values, parts, settings.secret_reload_interval)
 
     def read(self) -> dict[str, str] | None:
         """The files' content now: None when one cannot be read (logged once per reason) or
@@ -115,7 +165,7 @@ class SecretFiles:
             return None
         if self._unreadable:
             self._unreadable = ""
-            if self._refused is None:
+            if not self._refusing():
                 FILES_REFUSED.labels("secrets").set(0)
         return first
 
@@ -124,30 +174,22 @@ class SecretFiles:
                 for name, path in self.paths.items()}
 
     def take(self, values: Mapping[str, str]) -> bool:
-        """Hand ``values`` to ``apply`` when they differ from those in use (and from the last
-        ones refused); whether they were taken. On the event loop."""
-        values = dict(values)
-        if values == self._values and self._refused is not None:
-            self._refused = None  # put back as they were: nothing is refused any more
-            FILES_REFUSED.labels("secrets").set(0)
-        if values == self._values or values == self._refused:
+        """Hand each part its ``values`` that differ from those it uses (and from the last it
+        refused); whether any part took new ones. On the event loop."""
+        changed: list[str] = []
+        for taker in self._takers:
+            changed += taker.take(values)
+        FILES_REFUSED.labels("secrets").set(1 if self._refusing() or self._unreadable else 0)
+        if not changed:
             return False
-        changed = sorted(variable(name) for name in values if values[name] != self._values[name])
-        try:
-            self._apply(values)
-        except ConfigurationError as exc:
-            self._refused = values
-            FILES_REFUSED.labels("secrets").set(1)
-            log.warning("secret files changed (%s) but cannot be used; going on with the "
-                        "values in use: %s", ", ".join(changed), exc)
-            return False
-        self._values, self._refused = values, None
         self.generation += 1
         FILES_GENERATION.labels("secrets").set(self.generation)
-        FILES_REFUSED.labels("secrets").set(0)
         log.info("secret files reloaded (generation %d): %s", self.generation,
-                 ", ".join(changed))
+                 ", ".join(sorted(changed)))
         return True
+
+    def _refusing(self) -> bool:
+        return any(taker.refused is not None for taker in self._takers)
 
     async def look(self) -> bool:
         """Read the files and take what changed; whether anything was taken."""

@@ -19,7 +19,7 @@ from services.common.grpc_server import (
     service_main,
     start_server,
 )
-from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.keystone import KeystoneAuth, keystone_for, keystone_parts
 from services.common.message_keys import parse_keys
 from services.common.request_bytes import Receiving
 from services.common.secret_files import SecretFiles, check_interval
@@ -130,7 +130,9 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         keys = parse_keys(values["message_encryption_keys"])
         service.bodies.sealer = None if keys is None else Sealer(keys)
 
-    secret_files = SecretFiles.of(settings, ["message_encryption_keys"], new_keys)
+    secret_files = SecretFiles.of_parts(
+        settings, [(("message_encryption_keys",), new_keys), *keystone_parts(auth)]
+    )
     packer = Packer(checksum=settings.message_checksum)
     notifier_channel = open_channel(settings.target("notifier"), tls, auth)
     polling = Polling(service, WaitRoom(notifier_watch(

@@ -19,7 +19,7 @@ from services.common.grpc_server import (
     service_main,
     start_server,
 )
-from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.keystone import KeystoneAuth, keystone_for, keystone_parts
 from services.common.request_bytes import Receiving
 from services.common.secret_files import SecretFiles, check_interval
 from services.common.store_probe import answers
@@ -76,15 +76,20 @@ def _check_secret(require_confirmation: bool, secret: str) -> None:
         )
 
 
-def _secret_files(settings: Settings, keys: signing.Keys) -> SecretFiles | None:
-    """The file of the secret that signs confirmation URLs, looked at while the service runs
-    (when it comes from one): a new secret signs from then on."""
+def _secret_files(
+    settings: Settings, keys: signing.Keys, mail: MailSender, auth: KeystoneAuth | None
+) -> SecretFiles | None:
+    """The files of the secrets the service takes anew while it runs (those that come from
+    files): the secret that signs confirmation URLs (a new one signs from then on), the SMTP
+    password and the Keystone password."""
 
     def apply(values: Mapping[str, str]) -> None:
         _check_secret(settings.require_confirmation, values["signed_url_secret"])
         keys.take(values)
 
-    return SecretFiles.of(settings, ["signed_url_secret"], apply)
+    return SecretFiles.of_parts(
+        settings, [(("signed_url_secret",), apply), mail.secret_part(), *keystone_parts(auth)]
+    )
 
 
 async def start(
@@ -159,7 +164,7 @@ async def start(
     watches = WatchSharing(store, WatchHub(), replicas.listened)
 
     keys = signing.Keys(settings.signed_url_secret)
-    secret_files = _secret_files(settings, keys)
+    secret_files = _secret_files(settings, keys, mail, auth)
 
     async def close() -> None:
         try:

@@ -19,7 +19,7 @@ from services.common.grpc_server import (
     service_main,
     start_server,
 )
-from services.common.keystone import KeystoneAuth, keystone_for
+from services.common.keystone import KeystoneAuth, keystone_for, keystone_parts
 from services.common.message_keys import parse_keys
 from services.common.request_bytes import Receiving
 from services.common.secret_files import SecretFiles, check_interval
@@ -93,7 +93,9 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     def new_keys(values: Mapping[str, str]) -> None:
         queues.encryption = parse_keys(values["message_encryption_keys"]) is not None
 
-    secret_files = SecretFiles.of(settings, ["message_encryption_keys"], new_keys)
+    secret_files = SecretFiles.of_parts(
+        settings, [(("message_encryption_keys",), new_keys), *keystone_parts(auth)]
+    )
 
     def register(server: grpc.aio.Server) -> None:
         queues_pb2_grpc.add_QueuesServicer_to_server(servicer, server)

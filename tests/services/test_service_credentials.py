@@ -106,6 +106,12 @@ async def test_a_revoked_service_token_is_renewed_and_the_call_made_again(
             grpc.StatusCode.UNAUTHENTICATED, "SERVICE_TOKEN_REFUSED"
         )
         assert await auth.service_token() == second
+        # But once the process takes a password from its file (Keystone revokes a user's
+        # tokens when its password changes), the next refusal renews at once
+        auth.take({"keystone_password": services.keystone_password})
+        listed = await stub.ListQueues(queues_pb2.ListQueuesRequest(project="p"))
+        assert queue in [q.name for q in listed.queues]
+        assert await auth.service_token() not in (first, second)
 
 
 

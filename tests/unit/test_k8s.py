@@ -792,6 +792,33 @@ def test_the_signed_url_secrets_are_files_of_an_optional_secret(overlay: str) ->
             assert not mounts and not volumes, name
 
 
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "keystone-grpc-edge"])
+def test_the_keystone_password_is_a_file_of_its_secret(overlay: str) -> None:
+    """With Keystone, every service's process reads the service user's password from a file
+    of the Secret zaqar-keystone, which it reads again while it runs (a new password needs no
+    restart), never from a variable; without Keystone no pod has it."""
+    keystone = overlay.startswith("keystone")
+    for name, deployment in of_kind(rendered(overlay), "Deployment").items():
+        containers = deployment["spec"]["template"]["spec"]["containers"]  # the edge's: two
+        env = {e["name"]: e for c in containers for e in c.get("env", [])
+               if "KEYSTONE_PASSWORD" in e["name"]}
+        mounts = [m for c in containers for m in c.get("volumeMounts", [])
+                  if m["name"] == "keystone"]
+        volumes = [v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                   if v["name"] == "keystone"]
+        if keystone and name in {"api-gateway", *STORE_VARIABLES}:
+            assert env == {"ZAQAR_KEYSTONE_PASSWORD_FILE": {
+                "name": "ZAQAR_KEYSTONE_PASSWORD_FILE", "value": "/etc/zaqar/keystone/password",
+            }}, name
+            assert mounts == [{"name": "keystone", "mountPath": "/etc/zaqar/keystone",
+                               "readOnly": True}], name
+            # Not optional: without the Secret the pod waits for it rather than failing
+            assert volumes == [{"name": "keystone", "secret": {
+                "secretName": "zaqar-keystone", "defaultMode": 0o440}}], name
+        else:
+            assert not env and not mounts and not volumes, name
+
+
 @pytest.mark.timeout(300)
 def test_the_signed_url_secret_comes_rotates_and_goes_without_a_restart(
     tmp_path: Path, own_redis: ServerProcess

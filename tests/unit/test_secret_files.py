@@ -233,3 +233,35 @@ def test_up_passes_a_secret_read_from_a_file_as_the_file(tmp_path: Path) -> None
     assert Settings.load(environ=env).message_store == "redis://r:6379/0"
     # And settings without files are passed as values, as before
     assert env["ZAQAR_SIGNED_URL_PREVIOUS_SECRET"] == ""
+
+
+def test_each_part_takes_its_own_settings_and_one_refusing_leaves_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a process whose secrets belong to two parts (its signing keys, its Keystone client)
+    paths, environ = files(tmp_path, signed_url_secret="one", keystone_password="pw1")
+    keys, keystone = Recorder(), Recorder()
+    followed = SecretFiles.of_parts(
+        Settings.load(environ=environ),
+        [((SECRET, PREVIOUS), keys), (("keystone_password",), keystone)], environ,
+    )
+    assert followed is not None
+    # When one file changes, only its part is handed its values
+    Path(paths["keystone_password"]).write_text("pw2\n")
+    assert followed.take(followed.read() or {})
+    assert (keys.taken, keystone.taken) == ([], [{"keystone_password": "pw2"}])
+    # When both change and one part refuses, the other still takes its new value
+    Path(paths[SECRET]).write_text("bad\n")
+    Path(paths["keystone_password"]).write_text("pw3\n")
+    assert followed.take(followed.read() or {})
+    assert (keys.taken, keystone.taken[-1]) == ([], {"keystone_password": "pw3"})
+    assert followed.generation == 2
+    assert files_gauges("secrets") == (2, 1)
+    refusals = [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert refusals == ["secret files changed (ZAQAR_SIGNED_URL_SECRET_FILE) but cannot be "
+                        "used; going on with the values in use: bad is no secret"]
+    # And once the refused file is usable, its part takes it, and nothing is refused
+    Path(paths[SECRET]).write_text("two\n")
+    assert followed.take(followed.read() or {})
+    assert keys.taken == [{SECRET: "two"}]
+    assert files_gauges("secrets") == (3, 0)

@@ -9,7 +9,8 @@ confirmation data. An SMTP or connection failure is a failed attempt (retried li
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 import orjson
 
+from services.common.secret_files import Part
 from services.notifier_svc.storage.base import Delivery, DeliveryKind
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,15 @@ def compose(delivery: Delivery, default_sender: str) -> EmailMessage:
 class MailSender:
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
+
+    def take(self, values: Mapping[str, str]) -> None:
+        """Log in with ``values["smtp_password"]`` from the next mail on (its file changed:
+        ``secret_files.py``)."""
+        self._settings = replace(self._settings, password=values["smtp_password"])
+
+    def secret_part(self) -> Part:
+        """The secret this sender takes anew from its file (:meth:`take`)."""
+        return ("smtp_password",), self.take
 
     async def send(self, delivery: Delivery) -> bool:
         s = self._settings
