@@ -8,8 +8,14 @@ N - 1 and each insert. So a quota-checked create first takes the scope's lease: 
 whose ``_id`` is the scope, inserted (the unique ``_id`` lets one writer in) and deleted when
 the create is done. The others wait for it, a few milliseconds. A lease whose holder died
 (the process killed between the two) runs out after :data:`LEASE_SECONDS` and is then taken
-over, so a scope is never locked for good; a holder stalled for longer than that (a process
-paused, a partition) can let one create past the quota, and nothing else.
+over, so a scope is never locked for good.
+
+A holder stalled for longer than that (a process paused, a partition) may wake to insert after
+another writer took its lease over and counted without it. So a holder checks, after its
+insert, that the lease is still its own (:meth:`Lease.lost`): when it is not, it counts again
+and, beyond the quota, deletes what it inserted and refuses the create. The writer that took
+the lease over counted after anything inserted before the check, so the quota holds; two
+stalled holders at once may both undo theirs (a refusal too many, never a record too many).
 
 Only creates that may add to the count take the lease: deletes only lower it, and the stores
 take no lease for a record that already exists.
@@ -26,6 +32,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -43,6 +50,24 @@ FIRST_WAIT = 0.002
 LAST_WAIT = 0.05
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A lease held (:meth:`Leases.held`)."""
+
+    collection: AsyncCollection[Document]
+    scope_id: str
+    token: str
+    """This holder's, unique: what it inserts may carry it, to be found again and undone."""
+
+    async def lost(self) -> bool:
+        """Whether another writer took the lease over since it was taken (it ran out while
+        its holder stalled): then that writer may have counted without what the holder
+        inserted, and the holder must count again."""
+        found = await self.collection.find_one({"_id": self.scope_id, "h": self.token},
+                                               {"_id": True})
+        return found is None
+
+
 @dataclass
 class Leases:
     """The leases of one store, in the collection :data:`COLLECTION` of the database that
@@ -54,9 +79,9 @@ class Leases:
     clock: Callable[[], float] = field(default=time.time)  # one clock for every process
 
     @contextlib.asynccontextmanager
-    async def held(self, scope: Sequence[str], action: str) -> AsyncIterator[None]:
+    async def held(self, scope: Sequence[str], action: str) -> AsyncIterator[Lease]:
         """Hold the lease of ``scope`` (what is counted, and whose: ``("queues", project)``)
-        for the block.
+        for the block; check :meth:`Lease.lost` after the insert it guards.
 
         Raises:
             Unavailable: another holder kept it for longer than a lease lasts (``action``
@@ -81,7 +106,7 @@ class Leases:
             await asyncio.sleep(wait)
             wait = min(wait * 2, LAST_WAIT)
         try:
-            yield
+            yield Lease(leases, scope_id, token)
         finally:
             # Given back even when the caller is cancelled: the next writer need not wait for
             # it to run out. A store that does not answer now leaves it to run out, and the

@@ -1,21 +1,26 @@
 """services/common/mongo_lease.py on a real MongoDB wire server: one holder at a time per
 scope, a lease whose holder died taken over once it ran out, a lease given back when its
 holder is cancelled, and a clear 503 when a live one never is. The stores' quotas rest on it
-(the contract tests' concurrent creates at a quota)."""
+(the contract tests' concurrent creates at a quota), and hold when a holder stalls past its
+lease while another writer takes it over (the stores' fence after the insert)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.common.errors import Unavailable
-from services.common.mongo_lease import COLLECTION, Leases
+from services.common.errors import QuotaExceeded, Unavailable
+from services.common.mongo_lease import COLLECTION, LEASE_SECONDS, Leases
 from services.common.mongo_store import Document
+from services.notifier_svc.storage.mongodb import store as notifier_mongo
+from services.queue_svc.storage.mongodb import queues as queue_mongo
 from services.testing.fixtures import Clock
 
 # A scope, and the _id of its lease document.
@@ -126,3 +131,95 @@ async def test_a_live_lease_never_given_back_is_a_503_once_it_would_have_run_out
     assert refused.value.description.startswith(
         "The queue store could not create the queue: too many concurrent changes")
     assert (await leases_collection.find_one({"_id": SCOPE_ID}) or {}).get("h") == "other"
+
+
+class Stall:
+    """Holds the first writer that reaches it until :meth:`release`; later ones go through."""
+
+    def __init__(self) -> None:
+        self.reached, self.released = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self) -> None:
+        if not self.reached.is_set():
+            self.reached.set()
+            await self.released.wait()
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def stalled_after(call: Callable[..., Awaitable[Any]], stall: Stall) -> Callable[..., Any]:
+    @functools.wraps(call)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = await call(*args, **kwargs)
+        await stall()
+        return result
+
+    return wrapped
+
+
+@pytest.mark.parametrize("how", ["create", "ensure"])
+async def test_a_holder_stalled_past_its_lease_does_not_pass_the_queue_quota(
+    mongodb_uri: str, clock: Clock, monkeypatch: pytest.MonkeyPatch, how: str,
+) -> None:
+    monkeypatch.setattr(queue_mongo, "Leases", functools.partial(Leases, clock=clock))
+    store = queue_mongo.MongoQueueStore.from_uri(mongodb_uri)
+    await store.open()
+    try:
+        def make(name: str) -> Awaitable[Any]:
+            if how == "create":
+                return store.create("p", name, {}, quota=1)
+            return store.ensure("p", name, quota=1)
+
+        # Given a writer that counted the project's queues under its lease (none, of a quota
+        # of one) and then stalled, before its insert, until its lease ran out
+        stall = Stall()
+        monkeypatch.setattr(store, "_make_room", stalled_after(store._make_room, stall))
+        stalled = asyncio.create_task(make("a"))
+        await stall.reached.wait()
+        clock.advance(LEASE_SECONDS + 1)
+        # When another writer takes the lease over and makes the one queue the quota allows
+        await make("b")
+        # Then the stalled writer, once it goes on, finds its lease lost, counts again, undoes
+        # its insert and is refused: the project has the one queue
+        stall.release()
+        with pytest.raises(QuotaExceeded):
+            await stalled
+        assert [q.name for q in (await store.list("p", limit=10)).queues] == ["b"]
+        assert await store.get("p", "a") is None
+    finally:
+        await store.close()
+
+
+async def test_a_holder_stalled_past_its_lease_does_not_pass_the_subscription_quota(
+    mongodb_uri: str, clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(notifier_mongo, "Leases", functools.partial(Leases, clock=clock))
+    store = notifier_mongo.MongoNotifierStore.from_uri(mongodb_uri, now=clock)
+    await store.open()
+    try:
+        subs = store._collections()[0]
+        stall = Stall()
+
+        async def count_then_stall(*args: Any, **kwargs: Any) -> int:
+            counted: int = await type(subs).count_documents(subs, *args, **kwargs)
+            await stall()
+            return counted
+
+        # Given a writer that counted the queue's subscriptions under its lease (none, of a
+        # quota of one) and then stalled, before its insert, until its lease ran out
+        monkeypatch.setattr(subs, "count_documents", count_then_stall)
+        stalled = asyncio.create_task(
+            store.create("p", "q", "mailto:a@example.com", 600, {}, quota=1))
+        await stall.reached.wait()
+        clock.advance(LEASE_SECONDS + 1)
+        # When another writer takes the lease over and makes the one subscription allowed
+        made, created = await store.create("p", "q", "mailto:b@example.com", 600, {}, quota=1)
+        assert created
+        # Then the stalled writer is refused, and the queue has the one subscription
+        stall.release()
+        with pytest.raises(QuotaExceeded):
+            await stalled
+        assert [s.subscriber for s in await store.list("p", "q", limit=10)] == [made.subscriber]
+    finally:
+        await store.close()

@@ -38,7 +38,7 @@ from services.common.errors import (
     SubscriptionNotFound,
     Unavailable,
 )
-from services.common.mongo_lease import Leases
+from services.common.mongo_lease import Lease, Leases
 from services.common.store_edge import contended
 from services.notifier_svc.storage.base import (
     ClaimShares,
@@ -163,8 +163,26 @@ class MongoNotifierStore(MongoWatches):
         # The queue's lease (services/common/mongo_lease.py): held, the count of its live
         # subscriptions and the insert are one step.
         leases = Leases(lambda: self._collections()[0].database, STORE)
-        async with leases.held(("subscriptions", project, queue), "create the subscription"):
-            return await self._create(project, queue, subscriber, ttl, options, quota)
+        async with leases.held(
+            ("subscriptions", project, queue), "create the subscription"
+        ) as lease:
+            made, created = await self._create(project, queue, subscriber, ttl, options, quota)
+            if created:
+                await self._fence(lease, made, quota)
+            return made, created
+
+    async def _fence(self, lease: Lease, made: Subscription, quota: int) -> None:
+        """After the insert the lease guarded: when the lease was taken over meanwhile (its
+        holder stalled) and the queue now has more live subscriptions than ``quota``, delete
+        the one just made and raise QuotaExceeded (``services/common/mongo_lease``)."""
+        if not await lease.lost():
+            return
+        subs, _ = self._collections()
+        live = {"p": made.project, "q": made.queue, "e": {"$gt": self._now()}}
+        if await subs.count_documents(live, limit=quota + 1) <= quota:
+            return
+        await self._remove([made.id])
+        raise over_quota(made.project, made.queue, quota)
 
     async def _create(
         self, project: str, queue: str, subscriber: str, ttl: int, options: Mapping[str, Any],

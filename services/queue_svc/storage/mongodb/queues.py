@@ -37,7 +37,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.common.errors import QueueNotFound, Unavailable
-from services.common.mongo_lease import Leases
+from services.common.mongo_lease import Lease, Leases
 from services.common.store_edge import contended
 from services.queue_svc.storage.base import (
     MetadataCheck,
@@ -161,7 +161,7 @@ class MongoQueueStore:
             client, self._queues = self._queues.database.client, None
             await client.close()
 
-    def _lease(self, project: str) -> contextlib.AbstractAsyncContextManager[None]:
+    def _lease(self, project: str) -> contextlib.AbstractAsyncContextManager[Lease]:
         """The project's lease for a new record of this kind (``services/common/mongo_lease``):
         held, the count of the project's records and the insert are one step."""
         leases = Leases(lambda: self._collection().database, STORE)
@@ -171,6 +171,20 @@ class MongoQueueStore:
         """With the project's lease held: raise QuotaExceeded if a new record is beyond
         ``quota``. The count stops at ``quota``."""
         if await self._collection().count_documents({"p": project}, limit=quota) >= quota:
+            raise over_quota(self._RECORDS, project, quota)
+
+    async def _fence(self, lease: Lease, project: str, name: str, quota: int) -> None:
+        """After the insert the lease guarded: when the lease was taken over meanwhile (its
+        holder stalled) and the project is now beyond ``quota``, delete the record this
+        holder inserted (unless changed since) and raise QuotaExceeded
+        (``services/common/mongo_lease``)."""
+        if not await lease.lost():
+            return
+        records = self._collection()
+        if await records.count_documents({"p": project}, limit=quota + 1) <= quota:
+            return
+        undone = await records.delete_one({"p": project, "n": name, "w": lease.token, "v": 1})
+        if undone.deleted_count:
             raise over_quota(self._RECORDS, project, quota)
 
     @edge("create the queue")
@@ -184,21 +198,25 @@ class MongoQueueStore:
         # A queue that exists is replaced without the lease; one that does not, with it.
         if await self._replaced(project, name, change):
             return False
-        async with self._lease(project):
+        async with self._lease(project) as lease:
             if await self._replaced(project, name, change):
                 return False
             await self._make_room(project, quota)
-            return await self._upsert(project, name, change, pool)
+            created = await self._upsert(project, name, change, pool, lease.token)
+            await self._fence(lease, project, name, quota)
+            return created
 
     async def _replaced(self, project: str, name: str, change: Document) -> bool:
         result = await self._collection().update_one({"p": project, "n": name}, change)
         return result.matched_count == 1
 
     async def _upsert(
-        self, project: str, name: str, change: Document, pool: str | None
+        self, project: str, name: str, change: Document, pool: str | None, mark: str = ""
     ) -> bool:
-        if pool is not None:
-            change = {**change, "$setOnInsert": {"pool": pool}}
+        """``mark``: a lease's token, kept in the record it inserts (``_fence``)."""
+        inserted = {**({} if pool is None else {"pool": pool}), **({"w": mark} if mark else {})}
+        if inserted:
+            change = {**change, "$setOnInsert": inserted}
         for _ in range(MAX_ATTEMPTS):
             try:
                 result = await self._collection().update_one(
@@ -219,16 +237,23 @@ class MongoQueueStore:
         # A queue that exists is read without the lease; one that does not is made with it.
         if (found := await self._get(project, name)) is not None:
             return found
-        async with self._lease(project):
+        async with self._lease(project) as lease:
             if (found := await self._get(project, name)) is not None:
                 return found
             await self._make_room(project, quota)
-            return await self._ensure(project, name, pool)
+            made = await self._ensure(project, name, pool, lease.token)
+            await self._fence(lease, project, name, quota)
+            return made
 
-    async def _ensure(self, project: str, name: str, pool: str | None) -> QueueRecord:
+    async def _ensure(
+        self, project: str, name: str, pool: str | None, mark: str = ""
+    ) -> QueueRecord:
+        """``mark``: as :meth:`_upsert`'s."""
         inserted: Document = {"m": "{}", "f": [], "v": 1}
         if pool is not None:
             inserted["pool"] = pool
+        if mark:
+            inserted["w"] = mark
         for _ in range(MAX_ATTEMPTS):
             try:
                 found = await self._collection().find_one_and_update(
