@@ -312,7 +312,11 @@ class RedisClusterProcesses:
         roles: dict[int, str] = {}
         for line in self.cli(alive.port, "cluster", "nodes").splitlines():
             fields = line.split()
-            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            port_text = fields[1].split("@")[0].rpartition(":")[2] if len(fields) > 2 else ""
+            if not port_text.isdigit():
+                # Not a node's line: an error reply, e.g. LOADING from a node just restarted.
+                raise subprocess.SubprocessError(f"CLUSTER NODES answered {line!r}")
+            port = int(port_text)
             flags = fields[2].split(",")
             if "fail" not in flags and "fail?" not in flags:
                 roles[port] = "master" if "master" in flags else "slave"
