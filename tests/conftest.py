@@ -57,7 +57,7 @@ SLOW_FILES = {
     "tests/contract/test_message_store_fifo.py": 30, "tests/e2e/test_pools_up.py": 22,
     "tests/e2e/test_store_failure.py": 22, "tests/e2e/test_tracing.py": 20,
     "tests/e2e/test_redis_sentinel_up.py": 25, "tests/contract/test_redis_sentinel.py": 30,
-    "tests/contract/test_redis_tls.py": 12,
+    "tests/contract/test_redis_tls.py": 12, "tests/e2e/test_password_files_up.py": 28,
 }
 SECONDS_PER_TEST = 0.25
 
