@@ -66,6 +66,7 @@ from bench.wrk_compare import (  # noqa: E402
     log,
     merge_latency,
     prepare_reference,
+    require_tools,
     start_ours,
     start_zaqar,
     uptime,
@@ -448,6 +449,7 @@ def main() -> None:
     parser.add_argument("--fill", choices=("direct", "http"), default="direct")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    require_tools("scaling")
     systems = [s for s in args.systems.split(",") if s]
     report: dict[str, Any] = {"argv": sys.argv[1:], "uptime_before": uptime(),
                               "seconds": args.seconds, "rounds": args.rounds, "systems": {}}

@@ -265,6 +265,30 @@ def start_ceiling(session: Session, bare: bool = False) -> System:
     return system
 
 
+# The programs the benches run, by the Debian package that has them.
+TOOLS = {"wrk": "wrk", "redis-server": "redis-server", "uptime": "procps"}
+
+
+def require_tools(program: str) -> None:
+    """Install the Debian packages of the :data:`TOOLS` this machine lacks (``apt-get``, as
+    root or through ``sudo``), as ``scripts/bootstrap.sh`` does for the tests; where that
+    cannot be done, exit saying what to install."""
+    missing = sorted({package for tool, package in TOOLS.items() if not shutil.which(tool)})
+    if not missing:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if shutil.which("apt-get") and (not sudo or shutil.which("sudo")):
+        log(f"installing {', '.join(missing)} (apt-get)")
+        for command in (["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", *missing]):
+            if subprocess.run([*sudo, *command], stdout=subprocess.DEVNULL).returncode:
+                break
+    still = sorted(tool for tool in TOOLS if not shutil.which(tool))
+    if still:
+        raise SystemExit(f"{program}: {', '.join(still)} not found; install the Debian "
+                         f"packages {', '.join(TOOLS[tool] for tool in still)}")
+
+
 def prepare_reference(venv: Path) -> None:
     subprocess.run([str(HERE / "setup_reference.sh"), str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -563,9 +587,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    for tool in ("wrk", "redis-server", "uptime"):
-        if not shutil.which(tool):
-            raise SystemExit(f"wrk_compare: {tool} not found (Debian packages wrk, redis-server)")
+    require_tools("wrk_compare")
     if any(name.startswith("zaqar-") for name in args.wanted):
         prepare_reference(args.zaqar_venv)
 

@@ -8,10 +8,10 @@ every ``secret_reload_interval`` seconds (10; 0: never) and hands new content to
 ``apply`` callback of the part the setting belongs to (its signing keys, its Keystone
 client…), which checks it and takes it, or raises ``ConfigurationError``: then that part's
 values in use stay, and the refusal is logged once for that content; the other parts take
-theirs. A pre-signed URL secret's file absent from its folder is an
-empty value (``config.ABSENT_IS_EMPTY``), so a mounted optional Secret may come and go. A
-secret set in the environment, a config file or on the command line has no file and is never
-looked at again.
+theirs. A pre-signed URL secret's file absent from its folder is an empty value
+(``config.ABSENT_IS_EMPTY``), so a mounted optional Secret may come and go. A secret set in
+the environment, a config file or on the command line has no file and is never looked at
+again.
 
 The logs name the files, never their content.
 """
