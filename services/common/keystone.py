@@ -282,8 +282,18 @@ class KeystoneAuth:
         """Authenticate with ``values["keystone_password"]`` from now on (its file changed:
         ``secret_files.py``). The tokens in hand are kept while Keystone accepts them; the
         next one refused is renewed at once, with the new password, however recently one
-        was (Keystone revokes a user's tokens when its password changes)."""
-        self._password = values["keystone_password"]
+        was (Keystone revokes a user's tokens when its password changes).
+
+        Raises:
+            ConfigurationError: the password is empty (a Secret emptied by mistake); the one
+                in use stays.
+        """
+        password = values["keystone_password"]
+        if not password:
+            raise ConfigurationError(
+                "keystone_password is empty: the service user cannot log in without one"
+            )
+        self._password = password
         self._refusal_renewed_at = -float("inf")
 
     def secret_part(self) -> Part:

@@ -26,7 +26,7 @@ from zaqar_grpc.v2 import notifier_pb2, notifier_pb2_grpc, queues_pb2, queues_pb
 from services.api_gateway.app import create_app
 from services.api_gateway.errors import CREDENTIALS_REFUSED
 from services.api_gateway.upstream import Upstreams
-from services.common.config import Settings
+from services.common.config import ConfigurationError, Settings
 from services.common.errors import decode_rpc_error
 from services.common.grpc_auth import client_interceptors, server_interceptors
 from services.common.grpc_server import open_channel
@@ -111,7 +111,12 @@ async def test_a_revoked_service_token_is_renewed_and_the_call_made_again(
         auth.take({"keystone_password": services.keystone_password})
         listed = await stub.ListQueues(queues_pb2.ListQueuesRequest(project="p"))
         assert queue in [q.name for q in listed.queues]
-        assert await auth.service_token() not in (first, second)
+        third = await auth.service_token()
+        assert third not in (first, second)
+        # An empty password (a Secret emptied by mistake) is refused, and the one in use stays
+        with pytest.raises(ConfigurationError, match="keystone_password is empty"):
+            auth.take({"keystone_password": ""})
+        assert await auth.service_token(renew=True) != third  # logged in with it
 
 
 
