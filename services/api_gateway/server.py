@@ -123,7 +123,7 @@ async def run(settings: Settings) -> None:
     auth = KeystoneAuth(settings) if settings.auth_strategy == "keystone" else None
     # The secrets' files, followed while the process runs: the keys', and the Keystone
     # password's.
-    secret_files = SecretFiles.of_parts(
+    secret_files = SecretFiles.of(
         settings, [(signing.KEY_SETTINGS, keys.take), *keystone_parts(auth)]
     )
     # One limit for both transports: a project's requests count together.

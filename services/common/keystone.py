@@ -134,7 +134,7 @@ def check_settings(settings: Settings) -> None:
 
 def keystone_parts(auth: KeystoneAuth | None) -> list[Part]:
     """The secret a process's Keystone client takes anew from its file, if it has one
-    (``secret_files.SecretFiles.of_parts``)."""
+    (``secret_files.SecretFiles.of``)."""
     return [] if auth is None else [auth.secret_part()]
 
 

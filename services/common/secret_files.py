@@ -118,17 +118,6 @@ class SecretFiles:
     def of(
         cls,
         settings: Settings,
-        names: Iterable[str],
-        apply: Apply,
-        environ: Mapping[str, str] | None = None,
-    ) -> SecretFiles | None:
-        """:meth:`of_parts` with one part: ``names``, taken by ``apply``."""
-        return cls.of_parts(settings, [(tuple(names), apply)], environ)
-
-    @classmethod
-    def of_parts(
-        cls,
-        settings: Settings,
         parts: Iterable[Part],
         environ: Mapping[str, str] | None = None,
     ) -> SecretFiles | None:

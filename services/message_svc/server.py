@@ -130,7 +130,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         keys = parse_keys(values["message_encryption_keys"])
         service.bodies.sealer = None if keys is None else Sealer(keys)
 
-    secret_files = SecretFiles.of_parts(
+    secret_files = SecretFiles.of(
         settings, [(("message_encryption_keys",), new_keys), *keystone_parts(auth)]
     )
     packer = Packer(checksum=settings.message_checksum)

@@ -87,7 +87,7 @@ def _secret_files(
         _check_secret(settings.require_confirmation, values["signed_url_secret"])
         keys.take(values)
 
-    return SecretFiles.of_parts(
+    return SecretFiles.of(
         settings, [(("signed_url_secret",), apply), mail.secret_part(), *keystone_parts(auth)]
     )
 

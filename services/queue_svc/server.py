@@ -93,7 +93,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     def new_keys(values: Mapping[str, str]) -> None:
         queues.encryption = parse_keys(values["message_encryption_keys"]) is not None
 
-    secret_files = SecretFiles.of_parts(
+    secret_files = SecretFiles.of(
         settings, [(("message_encryption_keys",), new_keys), *keystone_parts(auth)]
     )
 

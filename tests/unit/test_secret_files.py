@@ -57,14 +57,14 @@ def test_only_settings_read_from_files_are_followed(tmp_path: Path) -> None:
     environ["ZAQAR_SIGNED_URL_PREVIOUS_SECRET"] = "old"
     settings = Settings.load(environ=environ)
     # Then only the file's is followed, from the value read at start
-    followed = SecretFiles.of(settings, [SECRET, PREVIOUS], Recorder(), environ)
+    followed = SecretFiles.of(settings, [((SECRET, PREVIOUS), Recorder())], environ)
     assert followed is not None
     assert followed.paths == {SECRET: paths[SECRET]}
     assert followed.read() == {SECRET: "one"}
     assert not followed.take({SECRET: "one"})  # what is in use already
     # And none is followed without files, or with an interval of 0
-    assert SecretFiles.of(settings, [PREVIOUS], Recorder(), environ) is None
-    assert SecretFiles.of(Settings(secret_reload_interval=0), [SECRET], Recorder(),
+    assert SecretFiles.of(settings, [((PREVIOUS,), Recorder())], environ) is None
+    assert SecretFiles.of(Settings(secret_reload_interval=0), [((SECRET,), Recorder())],
                           environ) is None
 
 
@@ -83,7 +83,8 @@ def test_new_content_is_taken_and_refused_content_leaves_the_old_in_use(
 ) -> None:
     paths, environ = files(tmp_path, signed_url_secret="one", signed_url_previous_secret="")
     apply = Recorder()
-    followed = SecretFiles.of(Settings.load(environ=environ), [SECRET, PREVIOUS], apply, environ)
+    followed = SecretFiles.of(Settings.load(environ=environ), [((SECRET, PREVIOUS), apply)],
+                              environ)
     assert followed is not None
     caplog.set_level(logging.INFO, "services.common.secret_files")
     # When the current secret's file changes
@@ -125,7 +126,8 @@ def test_an_unreadable_file_keeps_the_values_in_use(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     paths, environ = files(tmp_path, signed_url_secret="one")
-    followed = SecretFiles.of(Settings.load(environ=environ), [SECRET], Recorder(), environ)
+    followed = SecretFiles.of(Settings.load(environ=environ), [((SECRET,), Recorder())],
+                              environ)
     assert followed is not None
     Path(paths[SECRET]).unlink()
     Path(paths[SECRET]).mkdir()  # not a file: cannot be read
@@ -159,7 +161,7 @@ def test_a_signed_url_file_absent_from_its_folder_is_an_empty_secret_that_may_co
     assert shown["ZAQAR_SIGNED_URL_PREVIOUS_SECRET"] == (
         "''", f"file {folder / 'previous'} (ZAQAR_SIGNED_URL_PREVIOUS_SECRET_FILE), absent: empty")
     recorder = Recorder()
-    followed = SecretFiles.of(settings, [SECRET, PREVIOUS], recorder, environ)
+    followed = SecretFiles.of(settings, [((SECRET, PREVIOUS), recorder)], environ)
     assert followed is not None
     # When the key "previous" is added to the Secret, it is taken
     (folder / "previous").write_text("old\n")
@@ -191,7 +193,7 @@ async def test_the_watcher_takes_a_change_by_itself(tmp_path: Path) -> None:
     paths, environ = files(tmp_path, signed_url_secret="one")
     apply = Recorder()
     settings = Settings.load(environ={**environ, "ZAQAR_SECRET_RELOAD_INTERVAL": "0.01"})
-    followed = SecretFiles.of(settings, [SECRET], apply, environ)
+    followed = SecretFiles.of(settings, [((SECRET,), apply)], environ)
     assert followed is not None
     followed.watch()
     try:
@@ -241,7 +243,7 @@ def test_each_part_takes_its_own_settings_and_one_refusing_leaves_the_others(
     # Given a process whose secrets belong to two parts (its signing keys, its Keystone client)
     paths, environ = files(tmp_path, signed_url_secret="one", keystone_password="pw1")
     keys, keystone = Recorder(), Recorder()
-    followed = SecretFiles.of_parts(
+    followed = SecretFiles.of(
         Settings.load(environ=environ),
         [((SECRET, PREVIOUS), keys), (("keystone_password",), keystone)], environ,
     )
