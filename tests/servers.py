@@ -34,13 +34,17 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def _worker_share() -> tuple[int, int]:
-    """(index, count) of this pytest-xdist worker, (0, 1) without workers. Worker i picks
-    only ports P with P % count == i, so two workers never pick the same port (nor the same
-    cluster bus port P + 10000 while count divides 10000)."""
+    """(index, stride) of this pytest-xdist worker, (0, 1) without workers. Worker i picks
+    only ports P with P % stride == i, so two workers never pick the same port; the stride is
+    the smallest divisor of 10000 not below the number of workers (4 for 3 workers), so that
+    the cluster bus port P + 10000 of a Redis Cluster node is in its worker's share too."""
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if count <= 1:
+        return 0, 1
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker.removeprefix("gw") or 0) if worker.startswith("gw") else 0
-    return (index % count, count) if count > 1 else (0, 1)
+    stride = next(d for d in range(count, 10001) if 10000 % d == 0)
+    return index % count, stride
 
 
 # Ports that tests bind by their well-known number, never handed out at random: the
@@ -58,12 +62,12 @@ _GIVEN_AT_MOST = 2000
 
 
 def _pick(low: int, high: int) -> int:
-    index, count = _worker_share()
+    index, stride = _worker_share()
     if len(_GIVEN) > _GIVEN_AT_MOST:
         _GIVEN.clear()
     while True:
         port = random.randint(low, high)
-        port = port - (port % count) + index
+        port = port - (port % stride) + index
         if (port not in RESERVED_PORTS and port + 10000 not in RESERVED_PORTS
                 and port not in _GIVEN and port + 10000 not in _GIVEN):
             return port
