@@ -11,14 +11,13 @@ echo "== ruff"; ruff check .
 echo "== mypy"; mypy services
 echo "== import-linter"; lint-imports
 echo "== lowest direct dependency versions"; "$root/scripts/lowest_deps.sh"
-# Three workers (pytest-xdist) on the two cores the suite is sized for, each test file on one
-# worker (its module fixtures are made once): most tests wait on processes and sockets rather
-# than compute, and a third worker keeps both cores busy (docs/benchmarks.md, "The test
-# suite's time"); ZAQAR_TEST_WORKERS=N sets the number, 0 runs everything in this process. (Not --dist loadgroup: pytest-xdist 3.8 cannot group tests under pytest 9.2.)
+# Two workers (pytest-xdist) on the two cores the suite is sized for, each test file on one
+# worker (its module fixtures are made once); ZAQAR_TEST_WORKERS=0 runs everything in this
+# process. (Not --dist loadgroup: pytest-xdist 3.8 cannot group tests under pytest 9.2.)
 # Files are handed out longest first (tests/conftest.py orders them; xdist's own reordering, by
 # number of tests, is turned off), so that no long file is left for the end of the run.
 # The 30 slowest tests are listed at the end, to see where the time goes.
-workers=${ZAQAR_TEST_WORKERS:-3}
+workers=${ZAQAR_TEST_WORKERS:-2}
 echo "== pytest ($workers workers)"
 if [ "$workers" = 0 ]; then exec pytest --durations=30 "$@"; fi
 exec pytest -n "$workers" --dist loadfile --no-loadscope-reorder --durations=30 "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -96,6 +97,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """The first test of a process that needs the Keystone builds it (or waits for another
     worker's build): its time limit has the build's on top (before pytest-timeout reads it)."""
+    item.stash[_CPU_AT_START] = _cpu_seconds()
     if "keystone" in getattr(item, "fixturenames", ()) and not test_keystone.made:
         # (pytest-timeout's own setting: --timeout, PYTEST_TIMEOUT or the ini file's)
         limit = getattr(item.config, "_env_timeout", None)
@@ -105,6 +107,28 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
         if limit:  # (none, or 0: no time limit)
             item.add_marker(pytest.mark.timeout(float(limit) + test_keystone.BUILD_SECONDS))
     yield
+
+
+_CPU_AT_START = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """The CPU a test took, setup and teardown included, with that of its processes once they
+    ended (a fixture's processes count for the test whose teardown ended them): the property
+    ``cpu_seconds`` of its test case in --junitxml's report, to see where the suite's CPU goes
+    (the run is bound by the two cores)."""
+    if call.when == "teardown" and _CPU_AT_START in item.stash:
+        spent = _cpu_seconds() - item.stash[_CPU_AT_START]
+        item.user_properties.append(("cpu_seconds", round(spent, 3)))
+    yield
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU of this process and of its children that ended, in seconds."""
+    own, ended = (resource.getrusage(who)
+                  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
