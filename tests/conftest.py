@@ -96,7 +96,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """The first test of a process that needs the Keystone builds it (or waits for another
-    worker's build): its time limit has the build's on top (before pytest-timeout reads it)."""
+    worker's build): its time limit has the build's on top (before pytest-timeout reads it).
+    The CPU used so far is noted, for :func:`pytest_runtest_makereport`."""
     item.stash[_CPU_AT_START] = _cpu_seconds()
     if "keystone" in getattr(item, "fixturenames", ()) and not test_keystone.made:
         # (pytest-timeout's own setting: --timeout, PYTEST_TIMEOUT or the ini file's)
@@ -117,7 +118,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """The CPU a test took, setup and teardown included, with that of its processes once they
     ended (a fixture's processes count for the test whose teardown ended them): the property
     ``cpu_seconds`` of its test case in --junitxml's report, to see where the suite's CPU goes
-    (the run is bound by the two cores)."""
+    (docs/benchmarks.md, "The test suite's time")."""
     if call.when == "teardown" and _CPU_AT_START in item.stash:
         spent = _cpu_seconds() - item.stash[_CPU_AT_START]
         item.user_properties.append(("cpu_seconds", round(spent, 3)))
