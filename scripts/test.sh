@@ -22,9 +22,11 @@ lowest_done() {
 }
 trap 'kill "$lowest_pid" 2>/dev/null || true; rm -f "$lowest_log"' INT TERM
 
-echo "== ruff"; ruff check . || { lowest_done || true; exit 1; }
-echo "== mypy"; mypy services || { lowest_done || true; exit 1; }
-echo "== import-linter"; lint-imports || { lowest_done || true; exit 1; }
+# A static check that fails ends the run, once the lowest-versions check is reported too.
+check() { echo "== $1"; shift; "$@" || { lowest_done || true; exit 1; }; }
+check ruff ruff check .
+check mypy mypy services
+check import-linter lint-imports
 # Two workers (pytest-xdist) on the two cores the suite is sized for, each test file on one
 # worker (its module fixtures are made once); ZAQAR_TEST_WORKERS=0 runs everything in this
 # process. (Not --dist loadgroup: pytest-xdist 3.8 cannot group tests under pytest 9.2.)

@@ -67,6 +67,16 @@ class Lease:
                                                {"_id": True})
         return found is None
 
+    async def overrun(
+        self, records: AsyncCollection[Document], counted: Document, quota: int
+    ) -> bool:
+        """Whether, after the insert the lease guarded, the lease was :meth:`lost` and the
+        ``counted`` records are now more than ``quota``: then the holder must undo its insert
+        and refuse it."""
+        if not await self.lost():
+            return False
+        return await records.count_documents(counted, limit=quota + 1) > quota
+
 
 @dataclass
 class Leases:

@@ -175,11 +175,9 @@ class MongoNotifierStore(MongoWatches):
         """After the insert the lease guarded: when the lease was taken over meanwhile (its
         holder stalled) and the queue now has more live subscriptions than ``quota``, delete
         the one just made and raise QuotaExceeded (``services/common/mongo_lease``)."""
-        if not await lease.lost():
-            return
         subs, _ = self._collections()
         live = {"p": made.project, "q": made.queue, "e": {"$gt": self._now()}}
-        if await subs.count_documents(live, limit=quota + 1) <= quota:
+        if not await lease.overrun(subs, live, quota):
             return
         await self._remove([made.id])
         raise over_quota(made.project, made.queue, quota)

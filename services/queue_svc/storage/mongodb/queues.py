@@ -178,10 +178,8 @@ class MongoQueueStore:
         holder stalled) and the project is now beyond ``quota``, delete the record this
         holder inserted (unless changed since) and raise QuotaExceeded
         (``services/common/mongo_lease``)."""
-        if not await lease.lost():
-            return
         records = self._collection()
-        if await records.count_documents({"p": project}, limit=quota + 1) <= quota:
+        if not await lease.overrun(records, {"p": project}, quota):
             return
         undone = await records.delete_one({"p": project, "n": name, "w": lease.token, "v": 1})
         if undone.deleted_count:
