@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -843,8 +844,13 @@ def test_the_signed_url_secret_comes_rotates_and_goes_without_a_restart(
         headers = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": project}
         with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
 
+            # One expiry for every URL: the signature then changes with the secret only (the
+            # default expiry, a day from now to the second, changes it every second).
+            expires = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+
             def share() -> httpx.Response:
-                return http.post(f"/v2/queues/{queue}/share", json={"methods": ["GET"]})
+                return http.post(f"/v2/queues/{queue}/share",
+                                 json={"methods": ["GET"], "expires": expires})
 
             def opens(shared: dict[str, Any]) -> bool:
                 signed = {"URL-Signature": shared["signature"], "URL-Methods": "GET",
