@@ -12,6 +12,7 @@ import pytest
 
 from services.common.config import Settings
 from tests import keystone as test_keystone
+from tests import stacks
 from tests.certs import pki  # noqa: F401 - shared fixture
 from tests.keystone import keystone, keystone_settings  # noqa: F401 - shared fixtures
 from tests.receivers import receiver, receiver_factory  # noqa: F401 - shared fixtures
@@ -97,8 +98,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """The first test of a process that needs the Keystone builds it (or waits for another
     worker's build): its time limit has the build's on top (before pytest-timeout reads it).
-    The CPU used so far is noted, for :func:`pytest_runtest_makereport`."""
+    The CPU used so far, and how much the session's ``up`` stacks printed, are noted for
+    :func:`pytest_runtest_makereport`."""
     item.stash[_CPU_AT_START] = _cpu_seconds()
+    item.stash[_STACK_OUTPUT_AT_START] = stacks.output_marks()
     if "keystone" in getattr(item, "fixturenames", ()) and not test_keystone.made:
         # (pytest-timeout's own setting: --timeout, PYTEST_TIMEOUT or the ini file's)
         limit = getattr(item.config, "_env_timeout", None)
@@ -111,6 +114,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 
 
 _CPU_AT_START = pytest.StashKey[float]()
+_STACK_OUTPUT_AT_START = pytest.StashKey[dict[str, int]]()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -118,11 +122,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """The CPU a test took, setup and teardown included, with that of its processes once they
     ended (a fixture's processes count for the test whose teardown ended them): the property
     ``cpu_seconds`` of its test case in --junitxml's report, to see where the suite's CPU goes
-    (docs/benchmarks.md, "The test suite's time")."""
+    (docs/benchmarks.md, "The test suite's time").
+
+    A failed test's report also shows what the session's ``up`` stacks printed while it ran
+    (their services' warnings and errors say why a call failed)."""
     if call.when == "teardown" and _CPU_AT_START in item.stash:
         spent = _cpu_seconds() - item.stash[_CPU_AT_START]
         item.user_properties.append(("cpu_seconds", round(spent, 3)))
-    yield
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.failed and _STACK_OUTPUT_AT_START in item.stash:
+        printed = stacks.output_since(item.stash[_STACK_OUTPUT_AT_START])
+        if printed:
+            report.sections.append(("up stacks' output during the test", printed))
 
 
 def _cpu_seconds() -> float:

@@ -17,6 +17,11 @@ REDIS_CLUSTER = "redis_cluster"
 # Stores that ``zaqar-grpc up`` runs on in these tests: the gateway and e2e suites run whole
 # on each.
 UP_STORES = ["sqlite", "redis", "mongodb", REDIS_CLUSTER]
+# The session's stacks (those of :func:`up_stacks`), by store: a failed test's report shows
+# what they printed while it ran (:func:`output_marks`, :func:`output_since`).
+SESSION_STACKS: dict[str, Stack] = {}
+# Lines of a stack's output a failed test's report shows at most.
+REPORTED_LINES = 200
 # Secret of the pre-signed URLs the ``up`` stacks make and verify.
 SIGNED_URL_SECRET = "test-signed-url-secret"
 
@@ -24,12 +29,33 @@ SIGNED_URL_SECRET = "test-signed-url-secret"
 @pytest.fixture(scope="session")
 def up_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stack]]:
     """``zaqar-grpc up`` process trees, started on first use, one per store, for the session."""
-    stacks: dict[str, Stack] = {}
+    stacks = SESSION_STACKS
     yield stacks
     for stack in stacks.values():  # all stop at once: each waits for its services' grace
         stack.terminate()
-    for stack in stacks.values():
-        assert stack.stop() == 0, "zaqar-grpc up did not stop cleanly:\n" + "".join(stack.output)
+    stopped = {store: stack.stop() for store, stack in stacks.items()}
+    outputs = {store: "".join(stack.output) for store, stack in stacks.items()}
+    stacks.clear()
+    for store, status in stopped.items():
+        assert status == 0, f"zaqar-grpc up on {store} did not stop cleanly:\n{outputs[store]}"
+
+
+def output_marks() -> dict[str, int]:
+    """How many lines each session stack has printed so far."""
+    return {store: len(stack.output) for store, stack in SESSION_STACKS.items()}
+
+
+def output_since(marks: dict[str, int]) -> str:
+    """What the session stacks printed after ``marks`` (a stack started since: all of it),
+    the last :data:`REPORTED_LINES` lines of each; empty if none printed anything."""
+    parts = []
+    for store, stack in SESSION_STACKS.items():
+        lines = stack.output[marks.get(store, 0):]
+        if lines:
+            cut = f"({len(lines) - REPORTED_LINES} lines before these left out)\n" \
+                if len(lines) > REPORTED_LINES else ""
+            parts.append(f"--- up on {store}\n{cut}{''.join(lines[-REPORTED_LINES:])}")
+    return "\n".join(parts)
 
 
 def up_stack(request: pytest.FixtureRequest, store: str) -> Stack:
