@@ -339,6 +339,43 @@ async def _start(replica: Replica, tls: Tls | None, children: list[_Child]) -> _
     return child
 
 
+async def _start_all(planned: Sequence[Replica], tls: Tls | None,
+                     children: list[_Child]) -> None:
+    """Start every replica of ``planned`` at once (as a cluster starts its pods: each service
+    finds the others when it first calls them) and wait until all serve; each says where it
+    serves once it does.
+
+    Raises:
+        _FailedStart: one did not start; the others still starting are given up (the
+            children started are in ``children``, for the caller to stop).
+    """
+    starts = {asyncio.ensure_future(_start(r, tls, children)): r for r in planned}
+    try:
+        done, _ = await asyncio.wait(starts, return_when=asyncio.FIRST_EXCEPTION)
+        # Of those that failed by then, the first planned is the one reported.
+        for start, replica in starts.items():
+            error = start.exception() if start in done else None
+            if error is not None:
+                raise _FailedStart(replica, error)
+    finally:
+        for start in starts:
+            start.cancel()
+        await asyncio.gather(*starts, return_exceptions=True)
+        # In the plan's order, which is also the order they stop in, backwards (the gateways
+        # first).
+        order = {id(r): i for i, r in enumerate(planned)}
+        children.sort(key=lambda c: order.get(id(c.replica), len(order)))
+
+
+class _FailedStart(Exception):
+    """``replica`` did not start: ``error`` says why."""
+
+    def __init__(self, replica: Replica, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.replica = replica
+        self.error = error
+
+
 def _picked_port_taken(
     settings: Settings, planned: Sequence[Replica], starting: Replica | None, exc: StartupError
 ) -> bool:
@@ -356,7 +393,8 @@ def _picked_port_taken(
 
 
 async def up(settings: Settings, services: Sequence[str] = UP_ORDER, replicas: int = 1) -> int:
-    """Run ``replicas`` processes of each of ``services`` until a signal.
+    """Run ``replicas`` processes of each of ``services`` until a signal; all are started at
+    once.
 
     Everything that can be checked before a child starts is (``services/preflight.py``). A
     child that fails to start has its line repeated on stderr, the others are stopped, and the
@@ -387,8 +425,13 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER, replicas: i
         starting: Replica | None = None
         try:
             check_replica_ports(planned)
-            for starting in planned:
-                await _start(starting, tls, children)
+            try:
+                await _start_all(planned, tls, children)
+            except _FailedStart as failed:
+                if not isinstance(failed.error, StartupError):
+                    raise failed.error from None
+                starting = failed.replica
+                raise failed.error from None
         except StartupError as exc:
             await _stop_all(children, settings.shutdown_grace)
             children = []

@@ -145,10 +145,10 @@ def test_a_service_that_fails_after_the_checks_stops_up(
             break
     else:
         pytest.fail("the gateway took its port each time before the test could")
-    stdout, stderr, status, pids = result
+    stdout, stderr, status, children = result
     output = stdout + stderr
-    # Then up repeats the gateway's own line once, stops the services already running, and
-    # exits non-zero
+    # Then up repeats the gateway's own line once, stops the services it started, and exits
+    # non-zero
     lines = [line for line in stderr.splitlines() if line.startswith("zaqar-grpc:")]
     assert lines == [
         f"zaqar-grpc: cannot listen on 127.0.0.1:{settings.http_port} (HTTP port of "
@@ -156,48 +156,67 @@ def test_a_service_that_fails_after_the_checks_stops_up(
     ], output
     assert status == 1
     assert "Traceback" not in output
-    assert sorted(pids) == ["message", "notifier", "queue"]
-    assert _wait_gone(list(pids.values())) == []
+    assert sorted(children) == ["gateway", "message", "notifier", "queue"]
+    assert _wait_gone(list(children.values())) == []
     assert "zaqar-grpc is up" not in stdout
 
 
 def _up_losing_the_http_port(
     settings: Settings,
 ) -> tuple[str, str, int, dict[str, int]] | None:
-    """Run up, and take the gateway's HTTP port once queue_svc is ready: after up checked it,
-    before the gateway (started last) binds it. None when the gateway was first after all."""
-    stdout: list[str] = []
-    pids: dict[str, int] = {}
+    """Run up, and take the gateway's HTTP port once up started the gateway's process: after
+    up checked it, before the gateway (which imports its modules first) binds it. None when
+    the gateway was first after all. Also returns up's children, service -> pid."""
     taken: socket.socket | None = None
+    children: dict[str, int] = {}
     with subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up"], env=environment(settings),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     ) as proc:
         try:
-            assert proc.stdout is not None and proc.stderr is not None
-            for line in proc.stdout:
-                stdout.append(line)
-                name, _, rest = line.strip().partition(":")
-                if "(pid " in rest:
-                    pids[name.strip()] = int(rest.rsplit("(pid ", 1)[1].rstrip(")"))
-                if name.strip() == "queue" and taken is None:
-                    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    try:
-                        taken.bind(("127.0.0.1", settings.http_port))
-                        taken.listen()
-                    except OSError:
-                        proc.terminate()
-                        proc.communicate(timeout=60)
-                        return None
-            stderr = proc.stderr.read()
-            return "".join(stdout), stderr, proc.wait(timeout=60), pids
+            deadline = time.monotonic() + 60
+            while "gateway" not in children and proc.poll() is None:
+                assert time.monotonic() < deadline, "up never started the gateway"
+                children = _services_started_by(proc.pid)
+                time.sleep(0.005)
+            taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                taken.bind(("127.0.0.1", settings.http_port))
+                taken.listen()
+            except OSError:
+                proc.terminate()
+                proc.communicate(timeout=60)
+                return None
+            children = _services_started_by(proc.pid) | children
+            stdout, stderr = proc.communicate(timeout=60)
+            return stdout, stderr, proc.returncode, children
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             if taken is not None:
                 taken.close()
+
+
+def _services_started_by(parent: int) -> dict[str, int]:
+    """The ``serve <service>`` processes whose parent is ``parent``: service -> pid."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        if "serve" in argv[:-1]:
+            found[argv[argv.index("serve") + 1]] = int(entry)
+    return found
 
 
 def _alive(pid: int) -> bool:
