@@ -479,6 +479,7 @@ async def _supervise(children: list[_Child], stop: asyncio.Event, tls: Tls | Non
     started = {c.name: time.monotonic() for c in children}
     stopper = asyncio.ensure_future(stop.wait())
     restarts: set[asyncio.Future[Any]] = set()
+    exited: set[_Child] = set()  # being replaced (restart removes each from children)
 
     async def restart(old: _Child) -> None:
         assert old.replica is not None
@@ -493,6 +494,7 @@ async def _supervise(children: list[_Child], stop: asyncio.Event, tls: Tls | Non
               f"keep serving; starting a new one in {delay:g}s", file=sys.stderr, flush=True)
         old.cancel()
         children.remove(old)
+        exited.discard(old)
         await asyncio.sleep(delay)
         started[old.name] = time.monotonic()
         try:
@@ -508,7 +510,7 @@ async def _supervise(children: list[_Child], stop: asyncio.Event, tls: Tls | Non
     try:
         while not stop.is_set():
             for c in children:
-                if c not in waits.values():
+                if c not in waits.values() and c not in exited:
                     waits[asyncio.ensure_future(c.proc.wait())] = c
             pending: set[asyncio.Future[Any]] = {stopper, *waits, *restarts}
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -516,7 +518,9 @@ async def _supervise(children: list[_Child], stop: asyncio.Event, tls: Tls | Non
                 if task in restarts:
                     restarts.discard(task)
                 elif task in waits:
-                    restarts.add(asyncio.ensure_future(restart(waits.pop(task))))
+                    old = waits.pop(task)
+                    exited.add(old)
+                    restarts.add(asyncio.ensure_future(restart(old)))
     finally:
         stopper.cancel()
         for job in restarts:

@@ -15,6 +15,12 @@ task hands each answer to the caller waiting for that id.
   request waiting on it fails with the stream's status (UNAVAILABLE, ...), as the unary calls
   in flight would; the next call opens a new stream. A request whose write fails was never
   sent: it fails with :class:`NotSent`, which its caller may send again without doing it twice.
+- **Draining.** A message_svc process that begins to stop says so on the stream
+  (``draining``): a new stream takes the new requests at once and the old one is closed, and
+  ends once its requests are answered, so the process need not wait out its grace. The new
+  stream waits for a replica ready to take it (``wait_for_ready``: the channel's other
+  connections may be waiting out a reconnect's back-off), rather than failing at once, and
+  each request's write waits no longer than its timeout.
 - **Rotation.** A stream is replaced by a new one for new requests after
   :data:`ROTATE_AFTER` seconds; the old one is closed (its side ended) and ends once its
   requests are answered. So the connection message_svc ends after ``max_connection_age``
@@ -28,7 +34,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import grpc
@@ -41,6 +47,9 @@ log = logging.getLogger(__name__)
 EXCHANGE: Final = "/zaqar.v2.MessagesInternal/Exchange"
 # Seconds after which new requests go on a new stream.
 ROTATE_AFTER: Final = 60.0
+# Seconds closing waits for the streams' answers (the HTTP server has answered its requests
+# by then: only a stream waiting for a replica that never comes should be left).
+CLOSE_WAIT: Final = 10.0
 
 _Results = Sequence[messages_pb2.BatchResult]
 
@@ -91,12 +100,17 @@ def _copy(exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
 class _Stream:
     """One open ``Exchange`` call, its requests waiting for answers and its reader."""
 
-    def __init__(self, call: Any, opened: float) -> None:
+    def __init__(self, call: Any, opened: float,
+                 draining: Callable[[_Stream], None] | None = None) -> None:
+        """``draining``: called when message_svc says it is stopping."""
         self.call = call
         self.opened = opened
         self.waiting: dict[int, asyncio.Future[_Results]] = {}
         self.writing = asyncio.Lock()
         self.failed: grpc.aio.AioRpcError | None = None
+        self.draining = False
+        self.waits_for_ready = False  # (then a write waits until a replica takes the stream)
+        self._on_draining = draining
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -106,6 +120,11 @@ class _Stream:
                 response = await self.call.read()
                 if response is grpc.aio.EOF:
                     break
+                if response.draining:
+                    self.draining = True
+                    if self._on_draining is not None:
+                        self._on_draining(self)
+                    continue
                 future = self.waiting.pop(response.id, None)
                 if future is not None and not future.done():
                     future.set_result(response.results)
@@ -138,6 +157,7 @@ class Exchange:
         """``stub``: a ``MessagesInternal`` stub (its ``Exchange`` opens a stream)."""
         self._open = stub.Exchange
         self._stream: _Stream | None = None
+        self._moving = False  # the next stream replaces one that message_svc drained
         self._retired: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._calls = metrics.MethodCalls(
@@ -146,12 +166,23 @@ class Exchange:
 
     def _current(self, now: float) -> _Stream:
         stream = self._stream
-        if stream is not None and stream.failed is None and now - stream.opened < ROTATE_AFTER:
+        if (stream is not None and stream.failed is None and not stream.draining
+                and now - stream.opened < ROTATE_AFTER):
             return stream
         if stream is not None:
             self._retire(stream)
-        stream = self._stream = _Stream(self._open(), now)
+        moving, self._moving = self._moving, False
+        call = self._open(wait_for_ready=True) if moving else self._open()
+        stream = self._stream = _Stream(call, now, self._draining)
+        stream.waits_for_ready = moving
         return stream
+
+    def _draining(self, stream: _Stream) -> None:
+        """message_svc is stopping: new requests go on a new stream, this one is closed."""
+        if self._stream is stream:
+            self._stream = None
+            self._moving = True
+            self._retire(stream)
 
     def _retire(self, stream: _Stream) -> None:
         task = asyncio.ensure_future(self._close(stream))
@@ -189,7 +220,9 @@ class Exchange:
         timer = (loop.call_later(timeout, _expire, future) if timeout is not None else None)
         code = "OK"
         try:
-            async with stream.writing:
+            # (a stream that waits for a ready replica takes writes once it has one)
+            async with asyncio.timeout(timeout if stream.waits_for_ready else None), \
+                    stream.writing:
                 try:
                     await stream.call.write(request)
                 except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
@@ -199,6 +232,10 @@ class Exchange:
                         future.exception()  # the reader failed it too; NotSent says more
                     raise await NotSent.of(stream.call) from None
             return await future
+        except TimeoutError:
+            # Its write waited past its timeout (no replica was ready): as a unary call would
+            code = "DEADLINE_EXCEEDED"
+            raise deadline_exceeded() from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
             if stream.failed is None and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -214,12 +251,17 @@ class Exchange:
             self._calls.done(code, time.perf_counter() - start)
 
     async def close(self) -> None:
-        """Close the stream, letting its requests be answered first."""
+        """Close the stream, letting its requests be answered first, for at most
+        :data:`CLOSE_WAIT` seconds (a stream waiting for a replica may never get one); the
+        channel's close then ends what is left."""
         stream, self._stream = self._stream, None
         if stream is not None:
-            await self._close(stream)
+            self._retire(stream)
         if self._retired:
-            await asyncio.gather(*self._retired, return_exceptions=True)
+            _, left = await asyncio.wait(self._retired, timeout=CLOSE_WAIT)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
 
 
 def _expire(future: asyncio.Future[_Results]) -> None:

@@ -8,7 +8,9 @@ interceptor gives the single call — and never fails the others.
 
 ``MessagesInternal.Exchange`` (:class:`ExchangeRunner`) carries the same items over one
 long-lived stream: each request is run in a task of its own as soon as it is read, and its
-answer written as soon as it is done.
+answer written as soon as it is done. When the process begins to stop, each stream is told
+(``draining``), so that its caller moves to a new one and ends its side: the stream then ends
+once every request read is answered, rather than being cut when the server's grace runs out.
 
 Metrics: each item counts in ``grpc_server_handled_total`` / ``grpc_server_handling_seconds``
 as a call of its own ``zaqar.v2.Messages`` method, with its own status code, so a
@@ -39,6 +41,8 @@ from services.common.metrics import MethodCalls, code_name, server_calls
 
 # The most items one call may carry (the gateway's setting is checked against it).
 MAX_ITEMS: Final = 256
+# What each Exchange stream is told once the process begins to stop.
+DRAINING: Final = messages_pb2.ExchangeResponse(draining=True)
 
 Method = Callable[[Any, Context], Awaitable[Any]]
 
@@ -140,11 +144,38 @@ class ExchangeRunner:
 
     def __init__(self, batch: BatchRunner) -> None:
         self._batch = batch
+        self._streams: dict[Context, asyncio.Lock] = {}  # open streams, their write locks
+        self._draining = False
+        self._notices: set[asyncio.Task[None]] = set()
+
+    def drain(self) -> None:
+        """This process is stopping: every stream, open or opened from now on, is told so
+        (its caller sends nothing more on it and ends its side)."""
+        if not self._draining:
+            self._draining = True
+            for context, writing in list(self._streams.items()):
+                self._notify(context, writing)
+
+    def _notify(self, context: Context, writing: asyncio.Lock) -> None:
+        task = asyncio.ensure_future(self._write_notice(context, writing))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    @staticmethod
+    async def _write_notice(context: Context, writing: asyncio.Lock) -> None:
+        async with writing:
+            try:
+                await context.write(DRAINING)
+            except Exception:  # the stream ended meanwhile (gRPC raises several kinds)
+                pass
 
     async def serve(self, context: Context) -> None:
         loop = asyncio.get_running_loop()
         writing = asyncio.Lock()
         running: set[asyncio.Task[None]] = set()
+        self._streams[context] = writing
+        if self._draining:
+            self._notify(context, writing)
         try:
             while True:
                 request = await context.read()
@@ -156,6 +187,7 @@ class ExchangeRunner:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
         finally:
+            del self._streams[context]
             for task in running:
                 task.cancel()
 

@@ -306,6 +306,10 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
     ) -> messages_pb2.BatchResponse:
         return await self._batch.run(request, context)
 
+    def drain(self) -> None:
+        """This process is stopping: the ``Exchange`` streams' callers are told to move."""
+        self._exchange.drain()
+
     async def Exchange(  # type: ignore[override]
         self, request_iterator: Any, context: Context
     ) -> None:
@@ -332,13 +336,17 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
 
 def registrar(
     service: MessageService, packer: Packer, polling: Polling | None = None,
-    redrives: Redrives | None = None,
+    redrives: Redrives | None = None, stopping: list[Callable[[], None]] | None = None,
 ) -> Callable[[grpc.aio.Server], None]:
+    """``stopping``: what the servicers need called when the process begins to stop is added
+    to it (the ``Exchange`` streams' drain)."""
+
     def register(server: grpc.aio.Server) -> None:
         messages = MessagesServicer(service, packer, polling, redrives)
         messages_pb2_grpc.add_MessagesServicer_to_server(messages, server)
-        messages_pb2_grpc.add_MessagesInternalServicer_to_server(
-            MessagesInternalServicer(service, messages), server
-        )
+        internal = MessagesInternalServicer(service, messages)
+        messages_pb2_grpc.add_MessagesInternalServicer_to_server(internal, server)
+        if stopping is not None:
+            stopping.append(internal.drain)
 
     return register

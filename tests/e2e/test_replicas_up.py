@@ -33,6 +33,9 @@ pytestmark = pytest.mark.e2e
 REPLICAS = 2
 # Seconds the stack may take to start 8 processes on a busy 2-core machine.
 START_TIMEOUT = 240
+# The services' grace when stopped: long, so that a replica that waits it out is told from
+# one that stops once its calls are done.
+SHUTDOWN_GRACE = 60.0
 
 
 @dataclass
@@ -69,7 +72,7 @@ def replicated(
     kills replicas runs last and waits for their replacements)."""
     data = tmp_path_factory.mktemp(f"replicas-{request.param}")
     overrides: dict[str, Any] = {
-        "data_dir": str(data), "gc_interval": 0.5,
+        "data_dir": str(data), "gc_interval": 0.5, "shutdown_grace": SHUTDOWN_GRACE,
         # 0: up picks a free port for every replica
         "queue_port": 0, "message_port": 0, "notifier_port": 0, "http_port": 0, "ws_port": 0,
         "queue_metrics_port": 0, "message_metrics_port": 0, "notifier_metrics_port": 0,
@@ -190,6 +193,71 @@ async def test_a_websocket_subscriber_on_one_gateway_gets_posts_through_the_othe
             assert pushed["queue_name"] == "feed"
             bodies.append(pushed["body"]["n"])
         assert sorted(bodies) == list(range(6))
+
+
+def test_a_message_replica_stopped_under_load_fails_no_request_and_ends_before_its_grace(
+    replicated: Replicated,
+) -> None:
+    """SIGTERM to a message_svc replica, as Kubernetes sends in a rolling update: it tells the
+    gateways' streams to move (``draining``), so no request fails, and it exits once what it
+    was sent is answered, not when its grace runs out. Both replicas are stopped in turn: by
+    the second, every gateway's stream is on it (the first one's moved there)."""
+    project = f"drain-{uuid.uuid4().hex[:8]}"
+    acknowledged: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def produce(url: str) -> None:
+        with client(url, project) as http:
+            while not stop.is_set():
+                reply = http.post("/v2/queues/drain/messages", json={"messages": [{"body": 1}]})
+                if reply.status_code == 201:
+                    acknowledged.append(reply.json()["resources"][0])
+                else:
+                    failures.append(f"{reply.status_code} {reply.text}")
+
+    producers = [threading.Thread(target=produce, args=(url,))
+                 for url in replicated.gateways for _ in range(2)]
+    for thread in producers:
+        thread.start()
+    try:
+        wait_for(lambda: len(acknowledged) >= 50, "posts before the stop")
+        for label in ("message.0", "message.1"):
+            _stop_one_under_load(replicated, label, acknowledged)
+    finally:
+        stop.set()
+        for thread in producers:
+            thread.join(60)
+    # And no request failed
+    assert failures == []
+    # And up said once that each had exited (and started one new process for each)
+    output = "".join(replicated.stack.output)
+    for label in ("message.0", "message.1"):
+        assert output.count(f"{label} exited with status 0") == 1, output
+    assert "Traceback" not in output, output
+
+
+def _stop_one_under_load(replicated: Replicated, label: str, acknowledged: list[str]) -> None:
+    # When the replica is told to stop while the gateways post
+    pid = replicated.pids()[label]
+    os.kill(pid, signal.SIGTERM)
+    # Then it exits well before its grace
+    wait_for(lambda: not _running(pid), f"{label} to exit", timeout=SHUTDOWN_GRACE / 2)
+    # And the posts go on, to the other replica, then to both
+    count = len(acknowledged)
+    wait_for(lambda: len(acknowledged) >= count + 100, f"posts after {label} stopped")
+    wait_for(lambda: replicated.pids().get(label) != pid, f"a new {label}", timeout=120)
+    count = len(acknowledged)
+    wait_for(lambda: len(acknowledged) >= count + 100, f"posts with the new {label}")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_killed_replica_of_each_service_loses_nothing_and_is_replaced(

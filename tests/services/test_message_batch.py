@@ -29,6 +29,7 @@ from tests.services._grpc import Stubs, service, token
 from tests.services.test_message_svc import (  # noqa: F401 - fixtures
     PROJECT,
     Services,
+    _start_pair,
     message_svc,
     message_svc_factory,
 )
@@ -304,6 +305,49 @@ async def test_exchange_answers_each_request_by_its_id_as_batch_does(
     assert len(answers[9]) == MAX_ITEMS + 1
     assert {r.error.code for r in answers[9]} == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
     assert await stream.code() == grpc.StatusCode.OK
+
+
+async def test_a_stopping_message_svc_tells_its_streams_and_answers_what_they_send(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """When message_svc begins to stop, each ``Exchange`` stream is told (``draining``);
+    what its caller sends before it moves is still answered, and the stream ends, and the
+    process stops, once the caller ends its side, not when the grace runs out."""
+    queues, messages = await _start_pair(make_settings())
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{messages.port}")
+    stopped: asyncio.Future[None] | None = None
+    try:
+        stream = messages_pb2_grpc.MessagesInternalStub(channel).Exchange()  # type: ignore[no-untyped-call]
+
+        def post(n: int) -> messages_pb2.ExchangeRequest:
+            return messages_pb2.ExchangeRequest(id=n, items=[_item(
+                post_messages=messages_pb2.PostMessagesRequest(
+                    project=PROJECT, queue="drained", client_id="c",
+                    messages=[messages_pb2.NewMessage(body=orjson.dumps(n))]))])
+
+        # Given a stream in use
+        await stream.write(post(1))
+        assert (await stream.read()).id == 1
+        # When the process begins to stop, with a grace longer than the test may take
+        stopped = asyncio.ensure_future(messages.stop(grace=3600))
+        # Then the stream is told, by an answer to no request
+        notice = await stream.read()
+        assert (notice.draining, notice.id, len(notice.results)) == (True, 0, 0)
+        # And a request sent before the caller moved is answered as ever
+        await stream.write(post(2))
+        answer = await stream.read()
+        assert answer.id == 2 and not answer.draining
+        assert len(answer.results[0].post_messages.ids) == 1
+        # And once the caller ends its side, the stream ends well and the process stops
+        await stream.done_writing()
+        assert await stream.read() is grpc.aio.EOF
+        assert await stream.code() == grpc.StatusCode.OK
+        await stopped
+    finally:
+        await channel.close()
+        if stopped is None:
+            await messages.stop()
+        await queues.stop()
 
 
 async def _read_all(stream: Any) -> list[messages_pb2.ExchangeResponse]:

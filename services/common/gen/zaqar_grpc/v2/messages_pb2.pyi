@@ -784,8 +784,15 @@ class ExchangeResponse(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The id of the ExchangeRequest answered."""
+    draining: _builtins.bool
+    """Set (on a response of its own, without id or results) once, when the message_svc
+    process begins to stop: the caller sends no more requests on this stream (the next go on
+    a new one, to another replica when there is one) and ends its side; every request it sent
+    is still answered, and the stream ends then, before the process's grace runs out.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchResult]:
         """One per item of the request, in the same order."""
@@ -795,10 +802,11 @@ class ExchangeResponse(_message.Message):
         *,
         id: _builtins.int = ...,
         results: _abc.Iterable[Global___BatchResult] | None = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "id", b"id", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -852,8 +852,9 @@ class MessagesInternalServicer:
         answers and one result per item, as `Batch` gives them. Requests run concurrently;
         answers come in the order they are done. A request whose `timeout_ms` passes is
         abandoned (its items cancelled) and gets no answer: the caller has given up on it. The
-        stream ends when the caller ends its side, once every request is answered. Not
-        idempotent (posts, claims): never retried.
+        stream ends when the caller ends its side, once every request is answered. A process
+        that begins to stop says so on each of its streams (`draining`), so that callers move
+        to a new one. Not idempotent (posts, claims): never retried.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

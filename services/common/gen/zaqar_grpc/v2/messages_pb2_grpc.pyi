@@ -312,8 +312,9 @@ class MessagesInternalStub:
     answers and one result per item, as `Batch` gives them. Requests run concurrently;
     answers come in the order they are done. A request whose `timeout_ms` passes is
     abandoned (its items cancelled) and gets no answer: the caller has given up on it. The
-    stream ends when the caller ends its side, once every request is answered. Not
-    idempotent (posts, claims): never retried.
+    stream ends when the caller ends its side, once every request is answered. A process
+    that begins to stop says so on each of its streams (`draining`), so that callers move
+    to a new one. Not idempotent (posts, claims): never retried.
     """
     OpenBodies: _grpc.UnaryUnaryMultiCallable[_messages_pb2.OpenBodiesRequest, _messages_pb2.OpenBodiesResponse]
     """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
@@ -356,8 +357,9 @@ class MessagesInternalAsyncStub(MessagesInternalStub):
     answers and one result per item, as `Batch` gives them. Requests run concurrently;
     answers come in the order they are done. A request whose `timeout_ms` passes is
     abandoned (its items cancelled) and gets no answer: the caller has given up on it. The
-    stream ends when the caller ends its side, once every request is answered. Not
-    idempotent (posts, claims): never retried.
+    stream ends when the caller ends its side, once every request is answered. A process
+    that begins to stop says so on each of its streams (`draining`), so that callers move
+    to a new one. Not idempotent (posts, claims): never retried.
     """
     OpenBodies: _aio.UnaryUnaryMultiCallable[_messages_pb2.OpenBodiesRequest, _messages_pb2.OpenBodiesResponse]  # type: ignore[assignment]
     """(notifier_svc -> message_svc) The plaintext of message bodies of the queue that were
@@ -421,8 +423,9 @@ class MessagesInternalServicer(metaclass=_abc_1.ABCMeta):
         answers and one result per item, as `Batch` gives them. Requests run concurrently;
         answers come in the order they are done. A request whose `timeout_ms` passes is
         abandoned (its items cancelled) and gets no answer: the caller has given up on it. The
-        stream ends when the caller ends its side, once every request is answered. Not
-        idempotent (posts, claims): never retried.
+        stream ends when the caller ends its side, once every request is answered. A process
+        that begins to stop says so on each of its streams (`draining`), so that callers move
+        to a new one. Not idempotent (posts, claims): never retried.
         """
 
     @_abc_1.abstractmethod
