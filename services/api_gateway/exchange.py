@@ -220,17 +220,12 @@ class Exchange:
         timer = (loop.call_later(timeout, _expire, future) if timeout is not None else None)
         code = "OK"
         try:
-            # (a stream that waits for a ready replica takes writes once it has one)
-            async with asyncio.timeout(timeout if stream.waits_for_ready else None), \
-                    stream.writing:
-                try:
-                    await stream.call.write(request)
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    # The stream ended (message_svc stopping, or not serving Exchange) between
-                    # _current and the write: this request was never sent.
-                    if future.done() and not future.cancelled():
-                        future.exception()  # the reader failed it too; NotSent says more
-                    raise await NotSent.of(stream.call) from None
+            if stream.waits_for_ready:
+                # (it takes writes once it reaches a replica)
+                async with asyncio.timeout(timeout):
+                    await _send(stream, request, future)
+            else:
+                await _send(stream, request, future)
             return await future
         except TimeoutError:
             # Its write waited past its timeout (no replica was ready): as a unary call would
@@ -262,6 +257,23 @@ class Exchange:
             for task in left:
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)
+
+
+async def _send(stream: _Stream, request: messages_pb2.ExchangeRequest,
+                future: asyncio.Future[_Results]) -> None:
+    """Write ``request`` on ``stream``; its answer settles ``future``.
+
+    Raises:
+        NotSent: the stream had ended (message_svc stopping, or not serving Exchange) before
+            the write: the request was never sent.
+    """
+    async with stream.writing:
+        try:
+            await stream.call.write(request)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            if future.done() and not future.cancelled():
+                future.exception()  # the reader failed it too; NotSent says more
+            raise await NotSent.of(stream.call) from None
 
 
 def _expire(future: asyncio.Future[_Results]) -> None:
