@@ -10,17 +10,8 @@ from typing import Any
 
 from bench.fuzz.engine import Target
 from services.common.config import Settings
-from tests.e2e.harness import Stack, start_stack
+from tests.e2e.harness import Stack, running, start_stack
 from tests.servers import ServerProcess, mongodb_process, redis_process, service_ports
-
-
-def _running(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def target(stack: Stack, pool_dir: Path | None = None) -> Target:
@@ -33,7 +24,7 @@ def target(stack: Stack, pool_dir: Path | None = None) -> Target:
 
     def alive() -> dict[str, bool]:
         found = {"up": stack.proc.poll() is None}
-        found.update({name: _running(pid) for name, pid in pids.items()})
+        found.update({name: running(pid) for name, pid in pids.items()})
         return found
 
     return Target(

@@ -64,6 +64,15 @@ class Stack:
         return self.proc.returncode
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def start_stack(settings: Settings, extra_args: list[str] | None = None,
                 timeout: float = 60, files: Mapping[str, Path] | None = None,
                 open_files: int | None = None) -> Stack:

@@ -25,7 +25,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from services.common.config import Settings
-from tests.e2e.harness import Stack, start_stack
+from tests.e2e.harness import Stack, running, start_stack
 from tests.stacks import REDIS_CLUSTER
 
 pytestmark = pytest.mark.e2e
@@ -242,22 +242,13 @@ def _stop_one_under_load(replicated: Replicated, label: str, acknowledged: list[
     pid = replicated.pids()[label]
     os.kill(pid, signal.SIGTERM)
     # Then it exits well before its grace
-    wait_for(lambda: not _running(pid), f"{label} to exit", timeout=SHUTDOWN_GRACE / 2)
+    wait_for(lambda: not running(pid), f"{label} to exit", timeout=SHUTDOWN_GRACE / 2)
     # And the posts go on, to the other replica, then to both
     count = len(acknowledged)
     wait_for(lambda: len(acknowledged) >= count + 100, f"posts after {label} stopped")
     wait_for(lambda: replicated.pids().get(label) != pid, f"a new {label}", timeout=120)
     count = len(acknowledged)
     wait_for(lambda: len(acknowledged) >= count + 100, f"posts with the new {label}")
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not exited (not a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_killed_replica_of_each_service_loses_nothing_and_is_replaced(

@@ -23,6 +23,7 @@ import pytest
 from services.cli import settings_environment
 from services.common.config import LIMITS, Settings
 from tests.certs import Pki
+from tests.e2e.harness import running
 from tests.servers import RedisSentinelProcesses, ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -219,19 +220,11 @@ def _services_started_by(parent: int) -> dict[str, int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
     deadline = time.monotonic() + timeout
-    while [p for p in pids if _alive(p)] and time.monotonic() < deadline:
+    while [p for p in pids if running(p)] and time.monotonic() < deadline:
         time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if running(p)]
 
 
 # the data folder -----------------------------------------------------------------------------
