@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 
 from zaqar_grpc.v2 import admin_pb2, notifier_pb2_grpc
@@ -155,18 +155,9 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     ) -> admin_pb2.StoresHealth:
         return await store_health.check_stores(store, request.pools, open_store, seconds)
 
-    # What is called when the process begins to stop, before the server's grace: long polls
-    # are answered, streaming pulls end, the Exchange streams' callers move elsewhere.
-    ends: list[Callable[[], None]] = [polling.end]
-
-    def stopping() -> None:
-        for end in ends:
-            end()
-
     try:
         server, port, health_servicer = create_server(
-            [registrar(service, packer, polling, redrives, ends),
-             health.registrar(check_health)],
+            [registrar(service, packer, polling, redrives), health.registrar(check_health)],
             SERVICE_NAMES,
             host=settings.host, port=settings.message_port, tls=tls,
             receiving=Receiving(settings.grpc_max_receiving_bytes), process="message_svc",
@@ -179,7 +170,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             server, port, health_servicer, SERVICE_NAMES, close,
             store_check=partial(answers, settings.store_uri("message"), "message store",
                                 STORE_CHECK_TIMEOUT),
-            store_name="the message store", stopping=stopping,
+            store_name="the message store", stopping=polling.end,
         ))
     except BaseException:
         await close()

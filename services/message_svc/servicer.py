@@ -336,17 +336,14 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
 
 def registrar(
     service: MessageService, packer: Packer, polling: Polling | None = None,
-    redrives: Redrives | None = None, stopping: list[Callable[[], None]] | None = None,
+    redrives: Redrives | None = None,
 ) -> Callable[[grpc.aio.Server], None]:
-    """``stopping``: what the servicers need called when the process begins to stop is added
-    to it (the ``Exchange`` streams' drain)."""
-
     def register(server: grpc.aio.Server) -> None:
         messages = MessagesServicer(service, packer, polling, redrives)
         messages_pb2_grpc.add_MessagesServicer_to_server(messages, server)
         internal = MessagesInternalServicer(service, messages)
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(internal, server)
-        if stopping is not None:
-            stopping.append(internal.drain)
+        if polling is not None:
+            polling.on_end(internal.drain)
 
     return register
