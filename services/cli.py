@@ -299,15 +299,24 @@ async def _grpc_serving(target: str, tls: Tls | None, deadline: float) -> None:
 
 
 async def _stop_all(children: Sequence[_Child], grace: float) -> None:
-    for child in reversed(children):
-        if child.proc.returncode is None:
-            child.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(child.proc.wait(), grace + 5)
-            except TimeoutError:
-                child.proc.kill()
-                await child.proc.wait()
-        child.cancel()
+    """Stop the gateways first (no new request comes in), then every other service at once:
+    they call one another every way round (message_svc calls queue_svc and notifier_svc, which
+    call message_svc), so no order of theirs is callee last, and each finishes its calls in
+    flight within its grace whatever the others do, as pods on Kubernetes do."""
+    gateways = [c for c in children if c.replica is not None and c.replica.service == "gateway"]
+    await asyncio.gather(*(_stop(c, grace) for c in gateways))
+    await asyncio.gather(*(_stop(c, grace) for c in children if c not in gateways))
+
+
+async def _stop(child: _Child, grace: float) -> None:
+    if child.proc.returncode is None:
+        child.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.proc.wait(), grace + 5)
+        except TimeoutError:
+            child.proc.kill()
+            await child.proc.wait()
+    child.cancel()
 
 
 async def _start(replica: Replica, tls: Tls | None, children: list[_Child]) -> _Child:

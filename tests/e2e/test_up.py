@@ -15,29 +15,19 @@ import pytest
 
 from services.cli import settings_environment
 from services.common.config import Settings
-from tests.e2e.harness import start_stack
+from tests.e2e.harness import running, start_stack
 
 pytestmark = pytest.mark.e2e
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for our purpose once it has exited.
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split()[2] != "Z"
 
 
 def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
+        left = [p for p in pids if running(p)]
         if not left:
             return []
         time.sleep(0.05)
-    return [p for p in pids if alive(p)]
+    return [p for p in pids if running(p)]
 
 
 def headers() -> dict[str, str]:
@@ -55,6 +45,16 @@ def test_ctrl_c_stops_every_service(make_settings: Callable[..., Settings]) -> N
     assert stack.stop() == 0
     assert wait_gone(pids) == []
     assert any("zaqar-grpc stopped" in line for line in stack.output)
+    # And the gateway had stopped before the others began to (by their logs' clocks): no
+    # request came in to them while they stopped
+    def logged_at(line: str) -> str:
+        return line.split("] ", 1)[1][:23]  # "2026-12-07 01:00:02,703", which sorts as time
+
+    gateway_gone = [logged_at(line) for line in stack.output
+                    if line.startswith("[gateway]") and "api_gateway stopped" in line]
+    stopping = [logged_at(line) for line in stack.output if "stopping (grace" in line]
+    assert len(gateway_gone) == 1 and len(stopping) == 3, stack.output
+    assert min(stopping) >= gateway_gone[0], stack.output
 
 
 def test_a_dead_service_stops_the_rest_and_fails(make_settings: Callable[..., Settings]) -> None:
