@@ -349,15 +349,12 @@ async def _start(replica: Replica, tls: Tls | None, children: list[_Child]) -> _
 
 
 async def _start_all(planned: Sequence[Replica], tls: Tls | None,
-                     children: list[_Child]) -> None:
+                     children: list[_Child]) -> tuple[Replica, BaseException] | None:
     """Start every replica of ``planned`` at once (as a cluster starts its pods: each service
     finds the others when it first calls them) and wait until all serve; each says where it
-    serves once it does.
-
-    Raises:
-        _FailedStart: one did not start; the others still starting are given up (the
-            children started are in ``children``, for the caller to stop).
-    """
+    serves once it does. None when all do; else the replica that did not start and why
+    (:class:`StartupError`, or what went wrong in up), the others still starting given up
+    (the children started are in ``children``, for the caller to stop)."""
     starts = {asyncio.ensure_future(_start(r, tls, children)): r for r in planned}
     try:
         done, _ = await asyncio.wait(starts, return_when=asyncio.FIRST_EXCEPTION)
@@ -365,24 +362,15 @@ async def _start_all(planned: Sequence[Replica], tls: Tls | None,
         for start, replica in starts.items():
             error = start.exception() if start in done else None
             if error is not None:
-                raise _FailedStart(replica, error)
+                return replica, error
+        return None
     finally:
         for start in starts:
             start.cancel()
         await asyncio.gather(*starts, return_exceptions=True)
-        # In the plan's order, which is also the order they stop in, backwards (the gateways
-        # first).
+        # Listed in the plan's order, whatever order they started in.
         order = {id(r): i for i, r in enumerate(planned)}
         children.sort(key=lambda c: order.get(id(c.replica), len(order)))
-
-
-class _FailedStart(Exception):
-    """``replica`` did not start: ``error`` says why."""
-
-    def __init__(self, replica: Replica, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.replica = replica
-        self.error = error
 
 
 def _picked_port_taken(
@@ -434,13 +422,10 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER, replicas: i
         starting: Replica | None = None
         try:
             check_replica_ports(planned)
-            try:
-                await _start_all(planned, tls, children)
-            except _FailedStart as failed:
-                if not isinstance(failed.error, StartupError):
-                    raise failed.error from None
-                starting = failed.replica
-                raise failed.error from None
+            failed = await _start_all(planned, tls, children)
+            if failed is not None:
+                starting, error = failed
+                raise error
         except StartupError as exc:
             await _stop_all(children, settings.shutdown_grace)
             children = []

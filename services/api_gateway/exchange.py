@@ -101,8 +101,8 @@ class _Stream:
     """One open ``Exchange`` call, its requests waiting for answers and its reader."""
 
     def __init__(self, call: Any, opened: float,
-                 draining: Callable[[_Stream], None] | None = None) -> None:
-        """``draining``: called when message_svc says it is stopping."""
+                 on_draining: Callable[[_Stream], None] | None = None) -> None:
+        """``on_draining``: called when message_svc says it is stopping."""
         self.call = call
         self.opened = opened
         self.waiting: dict[int, asyncio.Future[_Results]] = {}
@@ -110,7 +110,7 @@ class _Stream:
         self.failed: grpc.aio.AioRpcError | None = None
         self.draining = False
         self.waits_for_ready = False  # (then a write waits until a replica takes the stream)
-        self._on_draining = draining
+        self._on_draining = on_draining
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
