@@ -4,7 +4,7 @@ of the stack, or its store, is killed.
     python bench/faults.py [--store redis|redis-cluster|sqlite] [--minutes 10] [--faults N]
         [--fault-every 3] [--store-down 1] [--kinds gateway,message,queue,notifier,redis]
         [--producers 4] [--consumers 4] [--seed 1] [--no-aof] [--no-wait] [--json FILE]
-        [--quiet]
+        [--stop-with kill|term] [--quiet]
 
 It starts a durable redis-server (AOF, ``appendfsync always``) and ``zaqar-grpc up
 --replicas 2`` on it (two processes of every service, each gateway on its own port, as on
@@ -17,7 +17,10 @@ Every ``--fault-every`` seconds one fault, drawn in turn from a seeded shuffle o
 (``--kinds``):
 ``SIGKILL`` of one replica of the gateway, message_svc, queue_svc or notifier_svc (``up``
 starts a new one in its place; the next fault waits for it), or ``SIGKILL`` of redis-server,
-started again on the same AOF after ``--store-down`` seconds.
+started again on the same AOF after ``--store-down`` seconds. With ``--stop-with term`` the
+services' replicas get ``SIGTERM`` instead, as a rolling update on Kubernetes stops a pod
+(with ``--kinds gateway,message,queue,notifier``, every 503 and transport error is then one
+of a graceful stop).
 
 Then the faults stop, the stack is left to settle, the load stops, and every message still in
 the queue is listed (``include_claimed``). The campaign fails (exit status 1) when
@@ -84,6 +87,8 @@ from tests.servers import (  # noqa: E402
 QUEUE = "faults"
 SERVICES = ("gateway", "message", "queue", "notifier")
 KINDS = (*SERVICES, "redis", "redis-master")
+# How --stop-with stops a service's replica.
+STOP_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 # The store kinds each --store can kill.
 STORE_KINDS = {"redis": ("redis",), "redis-cluster": ("redis-master",), "sqlite": ()}
 REPLICAS = 2
@@ -266,8 +271,9 @@ class Store:
 
 
 def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
-           store_down: float) -> dict[str, Any]:
-    """One fault, and the wait until what it killed is back."""
+           store_down: float, stop_with: signal.Signals = signal.SIGKILL) -> dict[str, Any]:
+    """One fault, and the wait until what it killed (or, ``stop_with`` SIGTERM, stopped) is
+    back."""
     started = time.monotonic()
     if kind == "redis-master":
         cluster = store.cluster
@@ -291,7 +297,7 @@ def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
     else:
         label = f"{kind}.{rng.randrange(REPLICAS)}"
         old = stack.child_pids()[label]
-        os.kill(old, signal.SIGKILL)
+        os.kill(old, stop_with)
         wait_until(lambda: stack.child_pids().get(label, old) != old, f"a new {label}")
     return {"fault": label, "at": round(started, 2),
             "back_after_s": round(time.monotonic() - started, 2)}
@@ -373,7 +379,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                     if not kinds:
                         kinds = list(kinds_drawn)
                         rng.shuffle(kinds)
-                    fault = inject(kinds.pop(), rng, stack, store, args.store_down)
+                    fault = inject(kinds.pop(), rng, stack, store, args.store_down,
+                                   STOP_SIGNALS[args.stop_with])
                     fault["at"] = round(fault["at"] - began, 2)
                     fault["acknowledged_so_far"] = len(tally.acknowledged)
                     tally.faults.append(fault)
@@ -434,6 +441,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-aof", action="store_true",
                     help="redis-server without its AOF, which loses what it held at each kill: "
                          "to see the campaign catch a loss")
+    ap.add_argument("--stop-with", choices=tuple(STOP_SIGNALS), default="kill",
+                    help="how a service's replica is stopped: kill (SIGKILL, a crash; the "
+                         "default) or term (SIGTERM, as a rolling update stops a pod)")
     ap.add_argument("--producers", type=int, default=4)
     ap.add_argument("--consumers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
