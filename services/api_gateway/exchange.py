@@ -101,15 +101,18 @@ class _Stream:
     """One open ``Exchange`` call, its requests waiting for answers and its reader."""
 
     def __init__(self, call: Any, opened: float,
-                 on_draining: Callable[[_Stream], None] | None = None) -> None:
-        """``on_draining``: called when message_svc says it is stopping."""
+                 on_draining: Callable[[_Stream], None] | None = None,
+                 waits_for_ready: bool = False) -> None:
+        """``on_draining``: called when message_svc says it is stopping;
+        ``waits_for_ready``: the call was opened with ``wait_for_ready`` (a write waits until
+        a replica takes the stream)."""
         self.call = call
         self.opened = opened
         self.waiting: dict[int, asyncio.Future[_Results]] = {}
         self.writing = asyncio.Lock()
         self.failed: grpc.aio.AioRpcError | None = None
         self.draining = False
-        self.waits_for_ready = False  # (then a write waits until a replica takes the stream)
+        self.waits_for_ready = waits_for_ready
         self._on_draining = on_draining
         self.reader = asyncio.ensure_future(self._read())
 
@@ -157,7 +160,6 @@ class Exchange:
         """``stub``: a ``MessagesInternal`` stub (its ``Exchange`` opens a stream)."""
         self._open = stub.Exchange
         self._stream: _Stream | None = None
-        self._moving = False  # the next stream replaces one that message_svc drained
         self._retired: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._calls = metrics.MethodCalls(
@@ -171,17 +173,16 @@ class Exchange:
             return stream
         if stream is not None:
             self._retire(stream)
-        moving, self._moving = self._moving, False
-        call = self._open(wait_for_ready=True) if moving else self._open()
-        stream = self._stream = _Stream(call, now, self._draining)
-        stream.waits_for_ready = moving
+        stream = self._stream = _Stream(self._open(), now, self._draining)
         return stream
 
     def _draining(self, stream: _Stream) -> None:
-        """message_svc is stopping: new requests go on a new stream, this one is closed."""
+        """message_svc is stopping: new requests go on a new stream, which waits for a ready
+        replica, and this one is closed."""
         if self._stream is stream:
-            self._stream = None
-            self._moving = True
+            self._stream = _Stream(self._open(wait_for_ready=True),
+                                   asyncio.get_running_loop().time(), self._draining,
+                                   waits_for_ready=True)
             self._retire(stream)
 
     def _retire(self, stream: _Stream) -> None:
