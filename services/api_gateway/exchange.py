@@ -112,6 +112,7 @@ class _Stream:
         self.writing = asyncio.Lock()
         self.failed: grpc.aio.AioRpcError | None = None
         self.draining = False
+        self.written = False  # a request was written (the stream reached a replica)
         self.waits_for_ready = waits_for_ready
         self._on_draining = on_draining
         self.reader = asyncio.ensure_future(self._read())
@@ -144,9 +145,16 @@ class _Stream:
                     future.set_exception(_copy(failure))
 
     async def close(self) -> None:
-        """End our side (message_svc then answers what it has and ends the stream)."""
+        """End our side (message_svc then answers what it has and ends the stream).
+
+        A stream opened with ``wait_for_ready`` that has had no request written is cancelled
+        instead: ending its side would wait for a replica to take it first, which may never
+        come, and nothing was sent on it."""
         try:
             async with self.writing:
+                if self.waits_for_ready and not self.written:
+                    self.call.cancel()
+                    return
                 await self.call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass
@@ -271,6 +279,7 @@ async def _send(stream: _Stream, request: messages_pb2.ExchangeRequest,
     async with stream.writing:
         try:
             await stream.call.write(request)
+            stream.written = True
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             if future.done() and not future.cancelled():
                 future.exception()  # the reader failed it too; NotSent says more

@@ -23,6 +23,7 @@ import orjson
 import pytest
 from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc
 
+from services.api_gateway import exchange as exchange_module
 from services.api_gateway.app import create_app
 from services.api_gateway.coalesce import CoalescingMessages, Window
 from services.api_gateway.errors import api_error_from_rpc
@@ -485,6 +486,14 @@ class StreamingInternal(StandInInternal):
         await self._exchange.serve(context)
 
 
+class DrainingInternal(StreamingInternal):
+    """Serves ``Exchange`` as message_svc does, and can say it is stopping, as message_svc
+    does when it begins to stop."""
+
+    def drain(self) -> None:
+        self._exchange.drain()
+
+
 class StoppingInternal(StandInInternal):
     """Its ``Exchange`` streams answer nothing, and end with UNAVAILABLE once ``stop`` is set,
     as a stopping message_svc's do."""
@@ -501,7 +510,9 @@ class StoppingInternal(StandInInternal):
 @asynccontextmanager
 async def streaming_stand_in(
     internal_class: type[StandInInternal],
-) -> AsyncIterator[tuple[CoalescingMessages, StandIn, StandInInternal, Exchange]]:
+) -> AsyncIterator[
+    tuple[CoalescingMessages, StandIn, StandInInternal, Exchange, grpc.aio.Server]
+]:
     messages = StandIn()
     internal = internal_class(messages)
 
@@ -525,7 +536,7 @@ async def streaming_stand_in(
         internal_stub, max_items=MAX_ITEMS, exchange=exchange,
     )
     try:
-        yield stub, messages, internal, exchange
+        yield stub, messages, internal, exchange, server
     finally:
         messages.release.set()
         await stub.close()
@@ -534,7 +545,7 @@ async def streaming_stand_in(
 
 
 async def test_calls_go_on_one_stream_and_answer_and_fail_as_unary_calls() -> None:
-    async with streaming_stand_in(StreamingInternal) as (stub, messages, internal, _):
+    async with streaming_stand_in(StreamingInternal) as (stub, messages, internal, _, _):
         assert isinstance(internal, StreamingInternal)
         # A call alone, then one held with others waiting behind it, one of them bad
         assert list((await post(stub, "first")).ids) == ["first"]
@@ -562,7 +573,7 @@ async def test_calls_go_on_one_stream_and_answer_and_fail_as_unary_calls() -> No
 async def test_a_message_svc_without_exchange_gets_unary_calls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with streaming_stand_in(StandInInternal) as (stub, messages, internal, _):
+    async with streaming_stand_in(StandInInternal) as (stub, messages, internal, _, _):
         # Each call tries a stream until one ends with UNIMPLEMENTED where the gateway sees it
         # (a write that races that end fails as INTERNAL; that call goes unary all the same).
         firsts: list[str] = []
@@ -592,7 +603,7 @@ async def test_a_call_whose_stream_ended_before_its_write_goes_once_as_a_unary_c
 ) -> None:
     """The stream ends while the call waits behind another request's write: the call was
     never sent, so it goes as a unary call instead of failing (UNAVAILABLE would be a 503)."""
-    async with streaming_stand_in(internal_class) as (stub, messages, internal, exchange):
+    async with streaming_stand_in(internal_class) as (stub, messages, internal, exchange, _):
         stream = exchange._current(asyncio.get_running_loop().time())
         with caplog.at_level(logging.WARNING):
             async with stream.writing:  # another request being written
@@ -608,3 +619,33 @@ async def test_a_call_whose_stream_ended_before_its_write_goes_once_as_a_unary_c
         assert stream.failed is not None
         # Only a message_svc without Exchange is left unasked for a while
         assert ("does not serve MessagesInternal.Exchange" in caplog.text) is fallback
+
+
+async def test_a_gateway_whose_message_svc_stopped_after_saying_so_closes_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """message_svc says it is stopping, then stops, and no replica comes back: the stream the
+    gateway opened in its place waits for a replica, has nothing written on it, and must not
+    hold the gateway's close (which gives streams :data:`CLOSE_WAIT` to end)."""
+    async with streaming_stand_in(DrainingInternal) as (stub, _, internal, exchange, server):
+        assert isinstance(internal, DrainingInternal)
+        assert list((await post(stub, "before")).ids) == ["before"]
+        first = exchange._current(asyncio.get_running_loop().time())
+
+        # message_svc stops (taking no new stream) and says so on the open one
+        stopping = asyncio.ensure_future(server.stop(60))
+        await asyncio.sleep(0)  # (the stop's first step, synchronous, refuses new calls)
+        internal.drain()
+        await until(lambda: exchange._stream is not first, what="a stream in its place")
+        replacement = exchange._stream
+        assert replacement is not None and replacement.waits_for_ready
+        # The old stream, closed by the gateway, ends, and with it the server
+        assert await first.call.code() == grpc.StatusCode.OK
+        await stopping
+
+        # The replacement, still waiting for a replica, is cancelled, and close returns
+        with monkeypatch.context() as patched:
+            patched.setattr(exchange_module, "CLOSE_WAIT", 3600.0)
+            async with asyncio.timeout(60):
+                await exchange.close()
+        assert await replacement.call.code() == grpc.StatusCode.CANCELLED
