@@ -29,9 +29,15 @@ SIGNED_URL_SECRET = "test-signed-url-secret"
 @pytest.fixture(scope="session")
 def up_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stack]]:
     """``zaqar-grpc up`` process trees, started on first use, one per store, for the session."""
+    yield SESSION_STACKS
+    stop_session_stacks()
+
+
+def stop_session_stacks() -> None:
+    """Stops the session's stacks, all at once (each waits for its services' grace); a stack
+    that did not stop cleanly fails the teardown with its output."""
     stacks = SESSION_STACKS
-    yield stacks
-    for stack in stacks.values():  # all stop at once: each waits for its services' grace
+    for stack in stacks.values():
         stack.terminate()
     stopped = {store: stack.stop() for store, stack in stacks.items()}
     outputs = {store: "".join(stack.output) for store, stack in stacks.items()}
@@ -63,6 +69,10 @@ def up_stack(request: pytest.FixtureRequest, store: str) -> Stack:
     if store not in stacks:
         data = request.config._tmp_path_factory.mktemp(f"up-{store}")  # type: ignore[attr-defined]
         stacks[store] = start_stack(stack_settings(request, store, data))
+        # The stacks stop before the servers they use (the store's session fixture, set up
+        # after ``up_stacks``, is torn down before it): a stack whose store is gone takes
+        # seconds to stop, its services waiting for the store.
+        request.session.addfinalizer(stop_session_stacks)
     return stacks[store]
 
 
