@@ -497,6 +497,15 @@ class Settings:
         default=10.0,
         metadata=_help("Seconds one webhook POST or one e-mail may take before it has failed."),
     )
+    delivery_lease_margin: float = field(
+        default=10.0,
+        metadata=_help(
+            "Seconds a delivery's lease lasts beyond delivery_timeout: deliveries a crashed "
+            "notifier_svc was making are made again after delivery_timeout plus this. It must "
+            "exceed the slowest notifier store write and the clock skew between replicas, or "
+            "two replicas may make one delivery at once."
+        ),
+    )
     delivery_concurrency: int = field(
         default=64,
         metadata=_help(

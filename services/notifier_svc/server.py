@@ -60,9 +60,11 @@ DELIVERY_GRACE = 1.0
 def check(settings: Settings) -> None:
     """Raises: ConfigurationError for settings notifier_svc cannot run with."""
     _check_secret(settings.require_confirmation, settings.signed_url_secret)
-    if settings.delivery_concurrency < 1 or settings.delivery_timeout <= 0:
+    if (settings.delivery_concurrency < 1 or settings.delivery_timeout <= 0
+            or settings.delivery_lease_margin <= 0):
         raise ConfigurationError(
-            "delivery_concurrency must be at least 1 and delivery_timeout positive"
+            "delivery_concurrency must be at least 1, and delivery_timeout and "
+            "delivery_lease_margin positive"
         )
     check_limits(settings, "notifier")
     check_interval(settings)
@@ -157,7 +159,7 @@ async def start(
     dispatcher = Dispatcher(
         store, senders, policies.retry_policy,
         concurrency=settings.delivery_concurrency, timeout=settings.delivery_timeout,
-        clock=clock, opener=sealed.open_delivery, stores=outbox,
+        lease_margin=settings.delivery_lease_margin, clock=clock, opener=sealed.open_delivery, stores=outbox,
     )
     sweeper = Sweeper(stores, settings.gc_interval, WHAT_EXPIRES)
     depth = OutboxDepth(store, DEPTH_INTERVAL if settings.metrics else 0, stores=outbox)

@@ -70,7 +70,9 @@ async def services(
     request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[Settings]:
     """queue_svc and message_svc in this process (notifier_svc is the test's to run)."""
-    settings = make_settings(delivery_timeout=1.0, **store_overrides(request, request.param))
+    # (deliveries a killed notifier_svc was making are made again after 1 + 2 s, not 1 + 10)
+    settings = make_settings(delivery_timeout=1.0, delivery_lease_margin=2.0,
+                             **store_overrides(request, request.param))
     running = [await queue_server.start(settings), await message_server.start(settings)]
     try:
         yield settings

@@ -635,6 +635,19 @@ async def test_confirmation_needs_a_secret(make_settings: Callable[..., Settings
         await notifier_server.start(make_settings(require_confirmation=True))
 
 
+@pytest.mark.parametrize("setting", [
+    {"delivery_concurrency": 0}, {"delivery_timeout": 0.0}, {"delivery_lease_margin": 0.0},
+    {"delivery_lease_margin": -1.0},
+])
+async def test_delivery_settings_are_checked(
+    make_settings: Callable[..., Settings], setting: dict[str, float]
+) -> None:
+    from services.common.config import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="delivery_concurrency must be at least 1"):
+        await notifier_server.start(make_settings(**setting))
+
+
 # watch ----------------------------------------------------------------------------------------
 
 

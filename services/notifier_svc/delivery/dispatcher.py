@@ -1,7 +1,8 @@
 """The dispatcher: takes due deliveries from the outbox and makes them, a bounded number at
 once, retrying failed ones on their subscription's (or queue's) retry policy.
 
-* Each claim leases its deliveries for ``timeout + LEASE_MARGIN`` seconds, longer than one
+* Each claim leases its deliveries for ``timeout + lease_margin`` seconds (the margin:
+  :data:`LEASE_MARGIN` unless set), longer than one
   attempt can take: an attempt gets ``timeout`` seconds in all, whatever its sender's own
   timeouts (an SMTP exchange is several), and is abandoned as failed after that. So while
   replicas on one store live, no delivery is made by two of them at once: another replica
@@ -116,6 +117,7 @@ class Dispatcher:
         *,
         concurrency: int,
         timeout: float,
+        lease_margin: float = LEASE_MARGIN,
         clock: Callable[[], float] = time.time,
         opener: Opener | None = None,
         stores: Stores | None = None,
@@ -128,7 +130,7 @@ class Dispatcher:
         self._queue_policy = queue_policy
         self._concurrency = max(1, concurrency)
         self._timeout = timeout
-        self._lease = timeout + LEASE_MARGIN
+        self._lease = timeout + lease_margin
         self._clock = clock
         self._wake = asyncio.Event()
         self._busy: Counter[str] = Counter()
