@@ -159,7 +159,8 @@ async def start(
     dispatcher = Dispatcher(
         store, senders, policies.retry_policy,
         concurrency=settings.delivery_concurrency, timeout=settings.delivery_timeout,
-        lease_margin=settings.delivery_lease_margin, clock=clock, opener=sealed.open_delivery, stores=outbox,
+        lease_margin=settings.delivery_lease_margin, clock=clock,
+        opener=sealed.open_delivery, stores=outbox,
     )
     sweeper = Sweeper(stores, settings.gc_interval, WHAT_EXPIRES)
     depth = OutboxDepth(store, DEPTH_INTERVAL if settings.metrics else 0, stores=outbox)
