@@ -13,12 +13,12 @@ from services.common.errors import Unavailable
 from services.queue_svc.storage.registry import open_queue_store
 from services.testing.catalog_store import CatalogStoreContract, pool, pool_names
 from tests.conftest import FAIL_FAST
-from tests.contract.conftest import WITH_CLUSTER
+from tests.contract.conftest import IN_CLEAR
 from tests.servers import mongodb_process, redis_process
 from tests.waiting import until
 
 # The store_uri fixture's backends: these stores run on a Redis Cluster too.
-STORE_BACKENDS = WITH_CLUSTER
+STORE_BACKENDS = IN_CLEAR  # over TLS: see IN_CLEAR
 
 
 class TestCatalogStore(CatalogStoreContract):

@@ -26,10 +26,10 @@ from services.message_svc.storage.redis.store import MOVE_LEASE, RedisMessageSto
 from services.message_svc.storage.registry import open_store
 from services.testing.fifo_store import FifoMessageStoreContract, fmsg, numbers
 from services.testing.fixtures import Clock
-from tests.contract.conftest import WITH_CLUSTER
+from tests.contract.conftest import IN_CLEAR
 from tests.servers import ServerProcess, redis_process
 
-STORE_BACKENDS = WITH_CLUSTER
+STORE_BACKENDS = IN_CLEAR  # over TLS: see IN_CLEAR
 P, Q, DLQ = "project-a", "fifo-1", "fifo-dlq"
 
 

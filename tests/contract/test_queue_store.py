@@ -20,7 +20,7 @@ from services.queue_svc.storage.redis._connection import RedisOptions, parse
 from services.queue_svc.storage.registry import open_queue_store, redact
 from services.testing.queue_store import QueueStoreContract, names
 from tests.conftest import FAIL_FAST
-from tests.contract.conftest import WITH_CLUSTER
+from tests.contract.conftest import IN_CLEAR
 from tests.servers import (
     free_port,
     mongodb_process,
@@ -28,7 +28,7 @@ from tests.servers import (
 )
 
 # The store_uri fixture's backends: these stores run on a Redis Cluster too.
-STORE_BACKENDS = WITH_CLUSTER
+STORE_BACKENDS = IN_CLEAR  # over TLS: see IN_CLEAR
 
 NETWORK_SCHEMES = ["mongodb", "redis"]
 

@@ -4,9 +4,9 @@ backend, a Redis Cluster included."""
 from __future__ import annotations
 
 from services.testing.topic_store import TopicStoreContract
-from tests.contract.conftest import WITH_CLUSTER
+from tests.contract.conftest import IN_CLEAR
 
-STORE_BACKENDS = WITH_CLUSTER
+STORE_BACKENDS = IN_CLEAR  # over TLS: see IN_CLEAR
 
 
 class TestTopicStore(TopicStoreContract):
