@@ -41,8 +41,8 @@ WITH_CLUSTER = [*BACKENDS, "redis_cluster", "redis_cluster_tls"]
 # The same without TLS: for suites whose stores reach Redis through the same connection code
 # as one whose suite runs over TLS too (every store's client is made by ``RedisOptions`` in
 # services/common/redis_store.py; the message store's suite covers it and its own pipelined
-# link over TLS, the subscription store's its pub/sub). A store with a connection of its own
-# runs over TLS.
+# link over TLS on every topology, the subscription store's its pub/sub on one Redis). A store
+# with a connection of its own runs over TLS.
 IN_CLEAR = [backend for backend in WITH_CLUSTER if not backend.endswith("_tls")]
 
 

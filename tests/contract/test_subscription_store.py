@@ -21,11 +21,13 @@ from services.notifier_svc.storage.base import (
 from services.notifier_svc.storage.registry import open_notifier_store
 from services.testing.notifier_store import HOOK, NotifierStoreContract, delivery, subscribe
 from tests.conftest import FAIL_FAST
-from tests.contract.conftest import WITH_CLUSTER, Clock
+from tests.contract.conftest import IN_CLEAR, Clock
 from tests.servers import ServerProcess, free_port, redis_process
 
-# The store_uri fixture's backends: this store runs on a Redis Cluster too.
-STORE_BACKENDS = WITH_CLUSTER
+# The store_uri fixture's backends: this store runs on a Redis Cluster too. Over TLS on one
+# Redis (its pub/sub over TLS; a Sentinel's and a cluster's TLS connections are the message
+# store suite's, made by the same code).
+STORE_BACKENDS = [*IN_CLEAR, "redis_tls"]
 
 
 class TestNotifierStore(NotifierStoreContract):
