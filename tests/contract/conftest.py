@@ -39,10 +39,11 @@ BACKENDS = ["sqlite", "redis", "redis_tls", "redis_sentinel", "redis_sentinel_tl
 # The stores that also run on a Redis Cluster (redis+cluster://, rediss+cluster://).
 WITH_CLUSTER = [*BACKENDS, "redis_cluster", "redis_cluster_tls"]
 # The same without TLS: for suites whose stores reach Redis through the same connection code
-# as one whose suite runs over TLS too (every store's client is made by ``RedisOptions`` in
-# services/common/redis_store.py; the message store's suite covers it and its own pipelined
-# link over TLS on every topology, the subscription store's its pub/sub on one Redis). A store
-# with a connection of its own runs over TLS.
+# as one whose suite runs over TLS too. Every store's client is made by ``RedisOptions`` in
+# services/common/redis_store.py: the message store's suite covers it, and the store's own
+# pipelined link, over TLS on every topology; the subscription store's covers its watch feed
+# (a second client, blocking in XREAD) over TLS on one Redis. A store with a connection of
+# its own runs over TLS.
 IN_CLEAR = [backend for backend in WITH_CLUSTER if not backend.endswith("_tls")]
 
 

@@ -25,8 +25,8 @@ from tests.contract.conftest import IN_CLEAR, Clock
 from tests.servers import ServerProcess, free_port, redis_process
 
 # The store_uri fixture's backends: this store runs on a Redis Cluster too. Over TLS on one
-# Redis (its pub/sub over TLS; a Sentinel's and a cluster's TLS connections are the message
-# store suite's, made by the same code).
+# Redis: its watch feed's second client, blocking in XREAD (a Sentinel's and a cluster's TLS
+# connections are covered by the message store's suite, made by the same code).
 STORE_BACKENDS = [*IN_CLEAR, "redis_tls"]
 
 
