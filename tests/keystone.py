@@ -106,7 +106,10 @@ def keystone_conf(workdir: Path, expiration: int) -> str:
         key_repository = {workdir / "credential-keys"}
 
         [cache]
-        enabled = false
+        # In the one worker's memory (see the gunicorn command): Keystone drops what a
+        # revocation or a change makes stale in its own cache.
+        enabled = true
+        backend = dogpile.cache.memory
         """
     )
 
@@ -262,11 +265,15 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
     with sqlite3.connect(workdir / "keystone.db") as db:
         db.execute("PRAGMA journal_mode=WAL")
     gunicorn = KEYSTONE_VENV / "bin" / "gunicorn"
-    # Two worker processes: under pytest-xdist every worker's tests call this one Keystone.
-    # One thread each: a worker whose first requests came on several threads at once refused
-    # the admin its rights (403 on identity:create_user) for good (its policy enforcer is set
-    # up lazily, and not safely for threads).
-    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "1",
+    # One worker process, with one thread, and Keystone's cache in its memory: under
+    # pytest-xdist every worker's tests call this one Keystone. Uncached, a token validation
+    # cost Keystone 0.4-0.9 s of CPU (SQLAlchemy's project, role and user lookups): the
+    # Keystone tests took 150 s alone, 48 s cached. A second process would keep its own cache,
+    # stale after a revocation or a role change made through the other; a second thread
+    # refused the admin its rights (403 on identity:create_user) for good when the first
+    # requests came on several threads at once (its policy enforcer is set up lazily, and not
+    # safely for threads).
+    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "1",
             "--chdir", str(workdir), "--error-logfile", "-", "keystone_wsgi:application"]
     process = ServerProcess(argv, port, workdir)
     try:
