@@ -20,7 +20,8 @@ task hands each answer to the caller waiting for that id.
   ends once its requests are answered, so the process need not wait out its grace. The new
   stream waits for a replica ready to take it (``wait_for_ready``: the channel's other
   connections may be waiting out a reconnect's back-off), rather than failing at once, and
-  each request's write waits no longer than its timeout.
+  each request's write waits no longer than its timeout. Closed before anything was written
+  on it, such a stream is cancelled (ending its side would wait for a replica, too).
 - **Rotation.** A stream is replaced by a new one for new requests after
   :data:`ROTATE_AFTER` seconds; the old one is closed (its side ended) and ends once its
   requests are answered. So the connection message_svc ends after ``max_connection_age``
