@@ -80,9 +80,10 @@ def keystone_conf(workdir: Path, expiration: int) -> str:
         use_stderr = false
 
         [database]
-        # Two worker processes write to one SQLite file (revocations, a user's last use):
-        # each waits up to 60 s for the other's write lock rather than failing the request
-        # with "database is locked" (a 500) after SQLite's default 5 s on a loaded machine.
+        # A writer (the worker; keystone-manage before it) waits up to 60 s for SQLite's
+        # write lock rather than failing the request with "database is locked" (a 500) after
+        # SQLite's default 5 s on a loaded machine (it mattered with two workers; kept as a
+        # bound that costs nothing with one).
         connection = sqlite:///{workdir / "keystone.db"}?timeout=60
 
         [identity]
