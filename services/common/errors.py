@@ -448,17 +448,27 @@ class _Served:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+    async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
         if isinstance(exc, grpc.aio.AbortError):
             self._done(code_name(self._context.code()))
         elif isinstance(exc, asyncio.CancelledError):
             self._done("CANCELLED")
+        elif isinstance(exc, Exception) and self._context.done():
+            # The call's status was settled before this failure: an abort whose status could
+            # not be sent because the caller had gone (grpc raises ExecuteBatchError from
+            # it). Nothing more can be sent on the call, so it is neither a failure to log
+            # nor one to abort with; grpc ends the call with the abort it already holds.
+            log.debug("%s ended by its caller while aborting: %s", self._method,
+                      type(exc).__name__)
+            self._done("CANCELLED")
+            return True
         elif isinstance(exc, Exception):
             status = failure_status(exc, self._method)
             self._done(code_name(status.code))
             await self._context.abort_with_status(rpc_status.to_status(status))
         else:  # answered (or a stream closed by its reader)
             self._done("OK")
+        return False
 
     def _done(self, code: str) -> None:
         _record(self._calls, self._method, code, self._start)

@@ -7,12 +7,15 @@ in either ends the stream with the same rich status as a unary call's.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from services.common.errors import InvalidArgument, decode_rpc_error
 from services.common.grpc_server import create_server, open_channel
@@ -43,6 +46,8 @@ def register(server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
         "Yielding": grpc.unary_stream_rpc_method_handler(yielding),
         "Writing": grpc.unary_stream_rpc_method_handler(writing),
+        "Aborting": grpc.unary_stream_rpc_method_handler(aborting_when_cancelled),
+        "UnaryAborting": grpc.unary_unary_rpc_method_handler(unary_aborting_when_cancelled),
     }),))
 
 
@@ -96,3 +101,75 @@ async def test_both_kinds_of_stream_answer_and_fail_alike(
         await stream.read()
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert caught.value.details() == "The service could not complete the request: RuntimeError"
+
+
+
+async def aborting_when_cancelled(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    """A stream that, ended by its caller, still says why it ends, as a service that stops
+    while its caller goes away does (notifier_svc's ``Watch`` when message_svc stops too)."""
+    yield b"first"
+    await abort_when_cancelled(context)
+
+
+async def unary_aborting_when_cancelled(request: bytes, context: Any) -> bytes:
+    await abort_when_cancelled(context)
+    return b"never"
+
+
+async def abort_when_cancelled(context: Any) -> None:
+    STARTED.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        try:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "The service is stopping.")
+        except BaseException as error:
+            ABORTS.append(type(error).__name__)
+            raise
+        finally:
+            ABORTED.set()
+
+
+ABORTS: list[str] = []
+STARTED = asyncio.Event()
+ABORTED = asyncio.Event()
+
+
+def handled(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value(
+        "grpc_server_handled_total",
+        {"grpc_service": SERVICE, "grpc_method": method, "grpc_code": code},
+    ) or 0.0
+
+
+@pytest.mark.parametrize("method", ["Aborting", "UnaryAborting"])
+async def test_a_call_whose_caller_left_while_it_aborted_is_not_a_failure(
+    method: str, channel: tuple[grpc.aio.Channel, Any], caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a call that aborts once it is told to end
+    chan, _ = channel
+    caplog.set_level(logging.DEBUG)
+    ABORTS.clear()
+    STARTED.clear()
+    ABORTED.clear()
+    cancelled = handled(method, "CANCELLED")
+    call: Any
+    if method == "Aborting":
+        call = chan.unary_stream(f"/{SERVICE}/{method}")(b"")
+        assert await call.read() == b"first"
+    else:
+        call = chan.unary_unary(f"/{SERVICE}/{method}")(b"")
+        await asyncio.wait_for(STARTED.wait(), 30)
+    # When its caller cancels it, so that its abort's status can no longer be sent
+    call.cancel()
+    await asyncio.wait_for(ABORTED.wait(), 30)
+    # Then grpc refused that status (the case this covers)...
+    assert ABORTS == ["ExecuteBatchError"]
+    # ...and the call is counted as cancelled (in the same step as the refusal), with
+    # nothing logged as an error: no traceback of an "unexpected failure", no second abort
+    assert handled(method, "CANCELLED") == cancelled + 1
+    assert handled(method, "UNAVAILABLE") == 0
+    for _ in range(10):  # let grpc end the call
+        await asyncio.sleep(0)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [], [r.getMessage() for r in warnings]
