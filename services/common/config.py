@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Final
 
 ENV_PREFIX = "ZAQAR_"
+# The default of ``delivery_lease_margin``, also the dispatcher's when it is built without
+# settings.
+DELIVERY_LEASE_MARGIN: Final = 10.0
 
 
 class Service(StrEnum):
@@ -498,7 +501,7 @@ class Settings:
         metadata=_help("Seconds one webhook POST or one e-mail may take before it has failed."),
     )
     delivery_lease_margin: float = field(
-        default=10.0,
+        default=DELIVERY_LEASE_MARGIN,
         metadata=_help(
             "Seconds a delivery's lease lasts beyond delivery_timeout: deliveries a crashed "
             "notifier_svc was making are made again after delivery_timeout plus this. It must "

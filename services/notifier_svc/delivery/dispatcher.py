@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from services.common import metrics
+from services.common.config import DELIVERY_LEASE_MARGIN
 from services.common.errors import Unavailable
 from services.common.sweeper import Periodic
 from services.notifier_svc import retry
@@ -52,7 +53,7 @@ PER_SUBSCRIBER = 4
 PER_SUBSCRIBER_MAX = 32
 # Subscribers whose share is remembered at most (beyond that, shares start again at 4).
 MAX_SHARES = 1_000
-LEASE_MARGIN = 10.0
+LEASE_MARGIN = DELIVERY_LEASE_MARGIN
 # Longest sleep when nothing is due: a bound on how late work stored by another replica
 # (or a lease that ended) is noticed.
 IDLE_POLL = 1.0
