@@ -98,13 +98,14 @@ local function on_message(row)
   end
   local key = base .. 'm:' .. row[ID]
   row[CLAIM], row[CLAIM_EXP] = cid, claim_exp
-  row[COUNT] = redis.call('HINCRBY', key, 'n', 1)
+  row[COUNT] = (tonumber(row[COUNT]) or 0) + 1
   if tonumber(row[EXPIRES]) < msg_exp_n then
     row[TTL], row[EXPIRES] = msg_ttl, msg_exp
-    redis.call('HSET', key, 'k', cid, 'x', claim_exp, 't', msg_ttl, 'e', msg_exp)
+    redis.call('HSET', key, 'k', cid, 'x', claim_exp, 'n', row[COUNT], 't', msg_ttl,
+      'e', msg_exp)
     redis.call('ZADD', base .. 'exp', msg_exp, row[ID])
   else
-    redis.call('HSET', key, 'k', cid, 'x', claim_exp)
+    redis.call('HSET', key, 'k', cid, 'x', claim_exp, 'n', row[COUNT])
   end
   redis.call('ZADD', base .. (row[GROUP] and 'gheld' or 'held'), claim_exp, row[ID])
   claimed[#claimed + 1] = row

@@ -161,12 +161,12 @@ local function take_free(base, now, limit, on_message)
   local taken = 0
   local free = base .. 'free'
   while taken < limit do
-    local ids = redis.call('ZRANGE', free, 0, limit - taken - 1)
-    if #ids == 0 then
+    local popped = redis.call('ZPOPMIN', free, limit - taken)  -- {id, seq, id, seq, ...}
+    if #popped == 0 then
       break
     end
-    for _, id in ipairs(ids) do
-      redis.call('ZREM', free, id)
+    for i = 1, #popped, 2 do
+      local id = popped[i]
       local row = read_message(base, id)
       if row then
         fair_unindex(base, id, row[FAIR])
