@@ -6,12 +6,18 @@ notifier_svc is left out.
 
     PYTHONPATH=.:services/common/gen .venv/bin/python -m bench.message_inprocess \\
         --store redis://127.0.0.1:6379/0 [--batches 5000] [--items 4] [--profile]
+
+It also prints what the measured rounds cost Redis, from its ``INFO commandstats`` (reset
+before them, so use a redis-server of its own): the commands the scripts ran per round, by
+command, and Redis's own time in the scripts per round. The command counts do not depend on
+the machine's speed; the times do.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import redis.asyncio as aioredis
 import uvloop
 from zaqar_grpc.v2 import messages_pb2
 
@@ -85,10 +91,25 @@ async def run(store_uri: str, batches: int, size: int, profile: bool) -> None:
 
     for _ in range(200):
         await one_round()
-    items, cpu, wall = await measure(batches, one_round, profile)
+    async with aioredis.from_url(store_uri) as admin:
+        await admin.config_resetstat()
+        items, cpu, wall = await measure(batches, one_round, profile)
+        stats = await admin.info("commandstats")
     print(f"{items} items in batches of {size}: {1e6 * cpu / items:.1f} µs of CPU per item "
           f"in this process ({1e6 * wall / items:.1f} µs wall)")
+    print(redis_report(stats, batches))
     await store.close()
+
+
+def redis_report(stats: dict[str, dict[str, float]], rounds: int) -> str:
+    """Per round: the scripts' calls and Redis's time in them, then the commands they ran."""
+    scripts = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+    inner = {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()
+             if name not in ("cmdstat_evalsha", "cmdstat_config|resetstat", "cmdstat_info")}
+    by_command = ", ".join(f"{name} {calls / rounds:.2f}" for name, calls in sorted(inner.items()))
+    return (f"Redis per round: {scripts['calls'] / rounds:.2f} script calls, "
+            f"{scripts['usec'] / rounds:.1f} µs in them; "
+            f"{sum(inner.values()) / rounds:.2f} commands inside them ({by_command})")
 
 
 def main() -> None:
