@@ -15,7 +15,7 @@ import pytest
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.message_svc.storage import registry
-from services.message_svc.storage.base import MessageStore
+from services.message_svc.storage.base import DeleteOutcome, MessageStore
 from services.message_svc.storage.registry import open_store
 from services.testing.message_store import CLIENT, MessageStoreContract, P, Q, list_all, msg, post_n
 from tests.certs import Pki
@@ -219,3 +219,49 @@ async def test_mongodb_loses_no_acknowledged_message_when_killed(
             await store.close()
     finally:
         server.stop()
+
+
+async def test_redis_leaves_no_index_entry_of_a_deleted_message(
+    redis_uri: str, redis_server: ServerProcess, clock: Clock
+) -> None:
+    """A message deleted under its live claim is taken out of the indexes it can be in (held,
+    not free or delayed): whichever way a message is deleted, no index keeps its id."""
+    import redis.asyncio
+
+    from services.message_svc.storage.redis._codec import queue_prefix
+
+    store = await open_store(redis_uri, now=clock)
+    client = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
+    prefix = redis_uri.rsplit("prefix=", 1)[1]
+    _, base = queue_prefix(prefix, P, Q)
+    try:
+        # Given messages deleted every way: under a live claim, one by one and together; never
+        # claimed; delayed; held by a claim that has expired since
+        ids = await post_n(store, 8)
+        delayed = await store.post(P, Q, CLIENT, [msg(99, delay=60)])
+        first = await store.claim(P, Q, limit=3, ttl=30, grace=30)
+        assert first.claim is not None
+        under = [m.id for m in first.claim.messages]
+        assert await store.delete(P, Q, under[0], first.claim.id) is DeleteOutcome.DELETED
+        assert await store.delete_many(P, Q, under[1:], [first.claim.id]) == 2
+        assert await store.delete(P, Q, ids[3]) is DeleteOutcome.DELETED
+        assert await store.delete(P, Q, delayed[0]) is DeleteOutcome.DELETED
+        second = await store.claim(P, Q, limit=2, ttl=30, grace=30)
+        assert second.claim is not None
+        clock.advance(31)
+        lapsed = [m.id for m in second.claim.messages]
+        assert await store.delete(P, Q, lapsed[0]) is DeleteOutcome.DELETED
+        assert await store.delete_many(P, Q, lapsed[1:]) == 1
+        # Then only the messages left are indexed, each in free
+        left = set(ids) - set(under) - {ids[3]} - set(lapsed)
+        assert len(left) == 2
+        for index in ("all", "free", "exp"):
+            assert set(await client.zrange(base + index, 0, -1)) == left, index
+        for index in ("delayed", "held"):
+            assert await client.zrange(base + index, 0, -1) == [], index
+        claimed = await store.claim(P, Q, limit=10, ttl=30, grace=30)
+        assert claimed.claim is not None
+        assert {m.id for m in claimed.claim.messages} == left
+    finally:
+        await client.aclose()
+        await store.close()

@@ -19,7 +19,7 @@ elseif not holder then
 elseif holder ~= cid then
   return 'claimed_by_other'
 end
-remove_message(base, id, found[4], found[5])
+remove_message(base, id, found[4], found[5], holder ~= nil)
 if holder and found[5] then
   fair_forget(base, holder, found[5])
 end

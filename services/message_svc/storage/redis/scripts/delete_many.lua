@@ -14,8 +14,9 @@ for i = 3 + math.max(ncids, 0), #ARGV do
   local found = redis.call('HMGET', base .. 'm:' .. id, 'e', 'k', 'x', 'g', 'f')
   if found[1] and tonumber(found[1]) > now_n
       and (ncids < 0 or tonumber(found[3]) <= now_n or allowed[found[2]]) then
-    remove_message(base, id, found[4], found[5])
-    if found[5] and tonumber(found[3]) > now_n then
+    local held = tonumber(found[3]) > now_n
+    remove_message(base, id, found[4], found[5], held)
+    if found[5] and held then
       fair_forget(base, found[2], found[5])
     end
     deleted = deleted + 1

@@ -65,6 +65,9 @@ local ID, SEQ, BODY, TTL, CREATED, EXPIRES, VISIBLE, CLIENT, CLAIM, CLAIM_EXP, C
   1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
 local FAIR = 13
 local INDEXES = {'all', 'free', 'delayed', 'held', 'exp'}
+-- Those of a message a live claim holds: a claim takes its messages off free (and delayed
+-- ones are never claimable), and only an expired claim's go back to free (normalize).
+local HELD_INDEXES = {'all', 'held', 'exp'}
 
 -- A message as {id, s, b, t, c, e, v, i, k, x, n, g}, or nil when there is none with that id.
 local function read_message(base, id)
@@ -90,8 +93,11 @@ local function fair_unindex(base, id, fair)
 end
 
 -- group: the message's group (false or nil = none); the caller settles the group after.
--- fair: its fair-queue group (false or nil = none).
-local function remove_message(base, id, group, fair)
+-- fair: its fair-queue group (false or nil = none). held: true when a live claim holds it,
+-- which leaves it out of free and delayed (an id left there anyway, say by callers whose
+-- clocks disagree about the claim's end, is dropped by the claim or normalize() that meets it
+-- without its message).
+local function remove_message(base, id, group, fair, held)
   redis.call('DEL', base .. 'm:' .. id)
   if group then
     for _, index in ipairs({'all', 'exp', 'gheld', 'g:' .. group}) do
@@ -99,7 +105,7 @@ local function remove_message(base, id, group, fair)
     end
     return
   end
-  for _, index in ipairs(INDEXES) do
+  for _, index in ipairs(held and HELD_INDEXES or INDEXES) do
     redis.call('ZREM', base .. index, id)
   end
   fair_unindex(base, id, fair)
