@@ -35,6 +35,9 @@ if stale then
 end
 
 local claimed, dead = {}, {}
+-- The ZADD to held of the claimed messages without a group, in one command once all are
+-- taken (nothing reads held while they are).
+local held = {}
 
 local function stage_dead_letter(row)
   local id = row[ID]
@@ -107,7 +110,12 @@ local function on_message(row)
   else
     redis.call('HSET', key, 'k', cid, 'x', claim_exp, 'n', row[COUNT])
   end
-  redis.call('ZADD', base .. (row[GROUP] and 'gheld' or 'held'), claim_exp, row[ID])
+  if row[GROUP] then
+    redis.call('ZADD', base .. 'gheld', claim_exp, row[ID])
+  else
+    held[#held + 1] = claim_exp
+    held[#held + 1] = row[ID]
+  end
   claimed[#claimed + 1] = row
   return true
 end
@@ -121,6 +129,9 @@ else
   take(base, now, limit, on_message)
 end
 
+if #held > 0 then
+  redis.call('ZADD', base .. 'held', unpack(held))
+end
 if #claimed > 0 then
   if added then -- a fair claim may take a message after a newer one: the claim is by seq
     table.sort(claimed, function(x, y) return tonumber(x[SEQ]) < tonumber(y[SEQ]) end)

@@ -167,10 +167,8 @@ local function take_free(base, now, limit, on_message)
   local taken = 0
   local free = base .. 'free'
   while taken < limit do
-    local popped = redis.call('ZPOPMIN', free, limit - taken)  -- {id, seq, id, seq, ...}
-    if #popped == 0 then
-      break
-    end
+    local wanted = limit - taken
+    local popped = redis.call('ZPOPMIN', free, wanted)  -- {id, seq, id, seq, ...}
     for i = 1, #popped, 2 do
       local id = popped[i]
       local row = read_message(base, id)
@@ -180,6 +178,9 @@ local function take_free(base, now, limit, on_message)
       if row and tonumber(row[EXPIRES]) > now_n and on_message(row) then
         taken = taken + 1
       end
+    end
+    if #popped < 2 * wanted then
+      break  -- free is empty
     end
   end
   return taken
