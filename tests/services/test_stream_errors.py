@@ -2,7 +2,8 @@
 
 grpc.aio serves a server stream from an async generator (our servicers) or from a coroutine
 that writes its items (grpcio-health-checking's ``Watch``): both must be served, and a failure
-in either ends the stream with the same rich status as a unary call's.
+in either ends the stream with the same rich status as a unary call's. A call (stream or unary)
+that aborts after its caller has gone is not a failure of the service.
 """
 
 from __future__ import annotations
@@ -101,7 +102,6 @@ async def test_both_kinds_of_stream_answer_and_fail_alike(
         await stream.read()
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert caught.value.details() == "The service could not complete the request: RuntimeError"
-
 
 
 async def aborting_when_cancelled(request: bytes, context: Any) -> AsyncIterator[bytes]:
