@@ -274,7 +274,14 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
     # refused the admin its rights (403 on identity:create_user) for good when the first
     # requests came on several threads at once (its policy enforcer is set up lazily, and not
     # safely for threads).
-    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "1",
+    # The gthread worker, not the sync one. The sync worker reads each connection it accepts
+    # until its request is whole, so a client that had connected but not yet written held
+    # every other request: an in-process service on the event loop that a test's synchronous
+    # token request was blocking, a deadlock that lasted until that request timed out (30 s).
+    # The gthread worker (gunicorn 27) waits at most 5 s for a new connection's first bytes,
+    # then leaves it to its selector and serves the next.
+    argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--worker-class", "gthread", "--threads", "1",
             "--chdir", str(workdir), "--error-logfile", "-", "keystone_wsgi:application"]
     process = ServerProcess(argv, port, workdir)
     try:

@@ -437,3 +437,19 @@ async def test_token_expiry(gateway: Gateway, keystone: Keystone) -> None:
         assert closed.value.rcvd.code == 4003
     assert_unauthorized(await gateway.http.get("/v2/queues", headers=auth(cached)), keystone)
     assert_unauthorized(await gateway.http.get("/v2/queues", headers=auth(fresh)), keystone)
+
+
+def test_the_test_keystone_serves_while_a_client_has_connected_and_not_written(
+    keystone: Keystone,
+) -> None:
+    """The run's one Keystone worker must not wait on one client: an async test that asks for a
+    token synchronously blocks the event loop of its in-process services, which may have
+    connected to Keystone and not yet written their request (tests/keystone.py)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(keystone.url)
+    assert address.hostname is not None and address.port is not None
+    with socket.create_connection((address.hostname, address.port)):
+        # A sync worker read the silent connection first: this timed out (httpx, 30 s).
+        assert keystone.token("user-a")
