@@ -38,6 +38,9 @@ T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
 
 MEMORY: Final = ":memory:"
+# How long opening a file waits in all for another connection that holds its lock beyond
+# SQLite's busy timeout of each try: replicas that start together on a loaded machine.
+OPEN_LOCKED_WAIT: Final = 60.0
 SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 FORM: Final = (
     "expected sqlite:///<relative path>, sqlite:////<absolute path> or sqlite:///:memory:,"
@@ -154,6 +157,14 @@ async def _connect(path: str) -> aiosqlite.Connection:
     return await connector
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code of theirs)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(exc)
+    return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 async def _call(conn: aiosqlite.Connection, job: Job[T]) -> T:
     # NOTE: aiosqlite's public methods run one statement per hop to its thread; a whole job
     # (a transaction of several statements) is one function run there instead. ``_execute``
@@ -188,7 +199,7 @@ class Database:
             if not self.uri.in_memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = await _connect(self.path)
-            await _call(self._writer, self._setup_writer)
+            await self._set_up_writer()
             if not self.uri.in_memory:
                 self._reader = await _connect(self.path)
                 await _call(self._reader, self._setup_reader)
@@ -197,6 +208,25 @@ class Database:
             raise ConfigurationError(
                 f"cannot open the {self.store}'s SQLite database {self.path!r}: {exc}"
             ) from exc
+
+    async def _set_up_writer(self) -> None:
+        """:meth:`_setup_writer`, tried again while another connection holds the file's lock
+        past the busy timeout, for :data:`OPEN_LOCKED_WAIT` in all (each step is idempotent)."""
+        assert self._writer is not None
+        loop = asyncio.get_running_loop()
+        until = loop.time() + OPEN_LOCKED_WAIT
+        pause = 0.1
+        while True:
+            try:
+                await _call(self._writer, self._setup_writer)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc) or loop.time() + pause > until:
+                    raise
+                log.info("the %s's SQLite database %r is locked by another connection: "
+                         "trying again in %.1fs", self.store, self.path, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def _setup_writer(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row

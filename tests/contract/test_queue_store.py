@@ -80,6 +80,46 @@ async def test_sqlite_store_that_cannot_be_opened_is_a_configuration_error(
     assert "queues.db" in str(caught.value)
 
 
+async def test_sqlite_store_waits_for_another_process_that_holds_the_file(
+    tmp_path: Path,
+) -> None:
+    """Replicas that start together (``up --replicas``, a loaded machine) open one file: a
+    lock held past SQLite's busy timeout is waited for, not a failed start."""
+    import logging
+
+    from services.common import sqlite_store
+
+    path = tmp_path / "queues.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a fresh file: every other connection is refused
+    waiting = asyncio.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "is locked by another connection" in record.getMessage():
+                waiting.set()
+
+    seen = Seen()
+    level = sqlite_store.log.level
+    sqlite_store.log.setLevel(logging.INFO)
+    sqlite_store.log.addHandler(seen)
+    try:
+        opening = asyncio.ensure_future(open_queue_store(f"sqlite:///{path}"))
+        # When the store has found the file locked past its busy timeout...
+        waiter = asyncio.ensure_future(waiting.wait())
+        await asyncio.wait({opening, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        assert waiting.is_set() and not opening.done(), opening.done() and opening.exception()
+        # ...and the other process lets go, it opens
+        holder.rollback()
+        store = await asyncio.wait_for(opening, 60)
+        await store.close()
+    finally:
+        sqlite_store.log.removeHandler(seen)
+        sqlite_store.log.setLevel(level)
+        holder.close()
+
+
 def test_redact_hides_passwords_only() -> None:
     assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact("mongodb://u:pw@h/db") == "mongodb://u:***@h/db"
