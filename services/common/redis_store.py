@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import ssl
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import store_uri
+from services.common.backoff import Backoff
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.common.metrics import STORE_EVICTS, STORE_PERSISTENT
@@ -716,23 +716,6 @@ def may_resend(exc: Exception, idempotent: bool) -> bool:
     return isinstance(exc, RedisConnectionError)
 
 
-class _Backoff:
-    """Pauses between attempts, doubling from 20 ms to 500 ms, until ``seconds`` have passed."""
-
-    def __init__(self, seconds: float) -> None:
-        self._deadline = time.monotonic() + seconds
-        self._pause = 0.02
-
-    async def pause(self) -> bool:
-        """Sleep before the next attempt; False (at once) when the time is up."""
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            return False
-        await asyncio.sleep(min(self._pause, left))
-        self._pause = min(self._pause * 2, 0.5)
-        return True
-
-
 @dataclass(frozen=True, slots=True)
 class Call:
     """One command of a batch sent by :func:`run`."""
@@ -847,7 +830,7 @@ class RedisClusterClient(RedisCluster):
             pass  # no node answers yet: the next attempt fails and tries again
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        backoff = _Backoff(self.retry_for)
+        backoff = Backoff(self.retry_for)
         while True:
             try:
                 await self.initialize()  # only when the slot map must be read (again)
@@ -876,7 +859,7 @@ class RedisClusterClient(RedisCluster):
         """
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
-        backoff = _Backoff(self.retry_for)
+        backoff = Backoff(self.retry_for)
         while True:
             outcome = await self._attempt([calls[i] for i in todo], replicas, wait_timeout)
             again: list[int] = []

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 
 import aiosqlite
 
+from services.common.backoff import Backoff
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.common.store_uri import check_characters
@@ -158,10 +159,9 @@ async def _connect(path: str) -> aiosqlite.Connection:
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED (any extended code of theirs)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:
-        return "locked" in str(exc)
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code of theirs); an error raised here
+    (not by SQLite) has no code."""
+    code = getattr(exc, "sqlite_errorcode", 0)
     return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
@@ -213,20 +213,18 @@ class Database:
         """:meth:`_setup_writer`, tried again while another connection holds the file's lock
         past the busy timeout, for :data:`OPEN_LOCKED_WAIT` in all (each step is idempotent)."""
         assert self._writer is not None
-        loop = asyncio.get_running_loop()
-        until = loop.time() + OPEN_LOCKED_WAIT
-        pause = 0.1
+        backoff = Backoff(OPEN_LOCKED_WAIT, first=0.1, last=2.0)
         while True:
             try:
                 await _call(self._writer, self._setup_writer)
                 return
             except sqlite3.OperationalError as exc:
-                if not _locked(exc) or loop.time() + pause > until:
+                if not _locked(exc):
                     raise
                 log.info("the %s's SQLite database %r is locked by another connection: "
-                         "trying again in %.1fs", self.store, self.path, pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                         "trying again", self.store, self.path)
+                if not await backoff.pause():
+                    raise
 
     def _setup_writer(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
