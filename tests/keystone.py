@@ -19,6 +19,7 @@ gets :data:`BUILD_SECONDS` more than the usual time limit (``tests/conftest.py``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import fcntl
@@ -173,6 +174,22 @@ class Keystone:
             headers={"X-Auth-Token": admin, "X-Subject-Token": token},
         )
         assert answer.status_code == 204, answer.text
+
+    # The same from a coroutine: the request runs in a thread, so that the event loop goes on
+    # serving what the test started on it (a service of the test that has connected to this
+    # Keystone to check a token and not yet written its request, for one).
+
+    async def atoken(self, who: str) -> str:
+        return await asyncio.to_thread(self.token, who)
+
+    async def ashort_token(self, who: str, seconds: float = SHORT_TOKEN_SECONDS) -> str:
+        return await asyncio.to_thread(self.short_token, who, seconds)
+
+    async def ashort_token_until(self, who: str, seconds: float) -> tuple[str, float]:
+        return await asyncio.to_thread(self.short_token_until, who, seconds)
+
+    async def arevoke(self, token: str) -> None:
+        await asyncio.to_thread(self.revoke, token)
 
 
 def issue_token(url: str, user: str, password: str, project: str) -> str:

@@ -113,7 +113,7 @@ def assert_unauthorized(resp: httpx.Response, keystone: Keystone) -> None:
 async def test_tokens_scope_requests_to_their_project(
     gateway: Gateway, keystone: Keystone
 ) -> None:
-    token_a, token_b = keystone.token("user-a"), keystone.token("user-b")
+    token_a, token_b = await keystone.atoken("user-a"), await keystone.atoken("user-b")
     queue = new_queue()
     # X-Project-ID is ignored: the project is the token's.
     resp = await gateway.http.put(
@@ -141,13 +141,14 @@ async def test_tokens_scope_requests_to_their_project(
 
 async def test_the_project_is_the_token_project_id(gateway: Gateway, keystone: Keystone) -> None:
     queue = new_queue()
-    resp = await gateway.http.put(f"/v2/queues/{queue}", headers=auth(keystone.token("user-a")))
+    member = await keystone.atoken("user-a")
+    resp = await gateway.http.put(f"/v2/queues/{queue}", headers=auth(member))
     assert resp.status_code == 201
     # The same queue_svc asked directly, as a service naming A's project id.
     async with grpc.aio.insecure_channel(gateway.settings.target("queue")) as channel:
         listed = await queues_pb2_grpc.QueuesStub(channel).ListQueues(
             queues_pb2.ListQueuesRequest(project=keystone.users["user-a"].project_id),
-            metadata=(("x-service-token", keystone.token("zaqar")),),
+            metadata=(("x-service-token", await keystone.atoken("zaqar")),),
         )
     assert [q.name for q in listed.queues] == [queue]
 
@@ -174,20 +175,20 @@ async def test_revoked_token_is_401(
     # No cache: every request asks Keystone, so a revocation takes effect at once.
     async with running_services(keystone_settings(token_cache_seconds=0)) as settings:
         async with keystone_gateway(settings) as gw:
-            token = keystone.token("user-a")
+            token = await keystone.atoken("user-a")
             assert (await gw.http.get("/v2/queues", headers=auth(token))).status_code == 200
-            keystone.revoke(token)
+            await keystone.arevoke(token)
             assert_unauthorized(await gw.http.get("/v2/queues", headers=auth(token)), keystone)
 
 
 async def test_admin_role_gates_health(gateway: Gateway, keystone: Keystone) -> None:
-    member = keystone.token("user-a")
+    member = await keystone.atoken("user-a")
     resp = await gateway.http.get("/v2/health", headers=auth(member))
     assert resp.status_code == 403
     # A caller's own X-Roles counts for nothing.
     resp = await gateway.http.get("/v2/health", headers=auth(member, **{"X-Roles": "admin"}))
     assert resp.status_code == 403
-    resp = await gateway.http.get("/v2/health", headers=auth(keystone.token("admin-a")))
+    resp = await gateway.http.get("/v2/health", headers=auth(await keystone.atoken("admin-a")))
     assert resp.status_code == 200, resp.text
     assert resp.json()["storage_reachable"] is True
 
@@ -208,7 +209,7 @@ async def test_keystone_unreachable_is_503(
 async def test_signed_requests_skip_keystone(gateway: Gateway, keystone: Keystone) -> None:
     project = keystone.users["user-a"].project_id
     queue = new_queue()
-    token = keystone.token("user-a")
+    token = await keystone.atoken("user-a")
     resp = await gateway.http.post(
         f"/v2/queues/{queue}/messages", json={"messages": [{"body": 1, "ttl": 300}]},
         headers=auth(token),
@@ -245,7 +246,7 @@ async def ask(socket: Any, action: str, body: dict[str, Any] | None = None,
 
 async def test_websocket_needs_authenticate_first(gateway: Gateway, keystone: Keystone) -> None:
     queue = new_queue()
-    token_a = keystone.token("user-a")
+    token_a = await keystone.atoken("user-a")
     async with connect(gateway.ws_url) as socket:
         answer = await ask(socket, "queue_list", **{"X-Project-ID": "p", "X-Auth-Token": token_a})
         assert answer["headers"]["status"] == 403
@@ -266,14 +267,16 @@ async def test_websocket_needs_authenticate_first(gateway: Gateway, keystone: Ke
     # The queue is A's: listed over HTTP with A's token, not with B's.
     listed = await gateway.http.get("/v2/queues", headers=auth(token_a))
     assert queue in [q["name"] for q in listed.json()["queues"]]
-    listed = await gateway.http.get("/v2/queues", headers=auth(keystone.token("user-b")))
+    listed = await gateway.http.get("/v2/queues", headers=auth(await keystone.atoken("user-b")))
     assert queue not in [q["name"] for q in listed.json()["queues"]]
     async with connect(gateway.ws_url) as socket:
-        answer = await ask(socket, "authenticate", **{"X-Auth-Token": keystone.token("user-b")})
+        other = await keystone.atoken("user-b")
+        answer = await ask(socket, "authenticate", **{"X-Auth-Token": other})
         assert answer["headers"]["status"] == 200
         answer = await ask(socket, "queue_list")
         assert queue not in [q["name"] for q in answer["body"]["queues"]]
-        answer = await ask(socket, "authenticate", **{"X-Auth-Token": keystone.token("admin-a")})
+        admin = await keystone.atoken("admin-a")
+        answer = await ask(socket, "authenticate", **{"X-Auth-Token": admin})
         answer = await ask(socket, "check_node_health")
         assert answer["headers"]["status"] == 200
 
@@ -288,7 +291,7 @@ async def test_websocket_signed_requests_before_authenticate(
     queue, other_queue = new_queue(), new_queue()
     resp = await gateway.http.post(
         f"/v2/queues/{queue}/messages", json={"messages": [{"body": 1, "ttl": 300}]},
-        headers=auth(keystone.token("user-a")),
+        headers=auth(await keystone.atoken("user-a")),
     )
     assert resp.status_code == 201, resp.text
     signed = signed_for(project, f"/v2/queues/{queue}/messages", ["GET", "POST"])
@@ -317,7 +320,7 @@ async def test_websocket_signed_requests_before_authenticate(
             )
         # `authenticate` is not taken for a signed request, signature or not.
         answer = await ask(
-            socket, "authenticate", **{**signed, "X-Auth-Token": keystone.token("user-b")}
+            socket, "authenticate", **{**signed, "X-Auth-Token": await keystone.atoken("user-b")}
         )
         assert answer["headers"]["status"] == 200, answer
         # Authenticated, the token's project is the request's: A's grant is not B's (404).
@@ -326,7 +329,7 @@ async def test_websocket_signed_requests_before_authenticate(
     # Nothing was popped or claimed.
     resp = await gateway.http.get(
         f"/v2/queues/{queue}/messages", params={"echo": "true"},
-        headers=auth(keystone.token("user-a")),
+        headers=auth(await keystone.atoken("user-a")),
     )
     assert [m["body"] for m in resp.json()["messages"]] == [1, 2]
 
@@ -383,7 +386,7 @@ async def test_websocket_before_authenticate_no_action_goes_ahead(
 async def test_admin_role_gates_the_catalog(
     gateway: Gateway, keystone: Keystone, tmp_path: Path
 ) -> None:
-    member, admin = keystone.token("user-a"), keystone.token("admin-a")
+    member, admin = await keystone.atoken("user-a"), await keystone.atoken("admin-a")
     pool = orjson.dumps({"uri": f"sqlite:///{tmp_path / 'pool.db'}", "weight": 1})
     flavor = orjson.dumps({"pool_list": ["p1"]})
     # A member, even one claiming the role in X-Roles, may not touch pools or write flavors
@@ -401,7 +404,7 @@ async def test_admin_role_gates_the_catalog(
     # Which a member of that project reads, and a member of another does not see
     resp = await gateway.http.get("/v2/flavors/gold", headers=auth(member))
     assert resp.status_code == 200 and resp.json()["pool_list"] == ["p1"]
-    other = keystone.token("user-b")
+    other = await keystone.atoken("user-b")
     assert (await gateway.http.get("/v2/flavors/gold", headers=auth(other))).status_code == 404
 
 
@@ -414,8 +417,8 @@ async def test_token_expiry(gateway: Gateway, keystone: Keystone) -> None:
         # that on a loaded machine, a longer one
         for seconds in (5, 10, SHORT_TOKEN_SECONDS):
             # Issued first, so expired by the time the other one is.
-            fresh = keystone.short_token("user-b", seconds)
-            cached, until = keystone.short_token_until("user-a", seconds)
+            fresh = await keystone.ashort_token("user-b", seconds)
+            cached, until = await keystone.ashort_token_until("user-a", seconds)
             socket = await stack.enter_async_context(connect(gateway.ws_url))
             listed = await gateway.http.get("/v2/queues", headers=auth(cached))
             try:

@@ -80,7 +80,7 @@ async def test_a_token_scopes_every_call_to_its_project(
 ) -> None:
     _, s = keystone_stack
     # (Tokens are issued where they are used: the test Keystone's live 20 s.)
-    a = keystone.token("user-a")
+    a = await keystone.atoken("user-a")
     project_a = keystone.users["user-a"].project_id
     queue = new_queue()
     # Given a queue with a message and a subscription made with A's token, whatever project
@@ -105,9 +105,9 @@ async def test_a_token_scopes_every_call_to_its_project(
     )
     assert len(subs.subscriptions) == 1
     # and is stored under A's project id (as a service naming that project sees it)
-    assert queue in await names(s, service(keystone.token("zaqar")), project=project_a)
+    assert queue in await names(s, service(await keystone.atoken("zaqar")), project=project_a)
     # When B asks, even naming A's project, B sees nothing of it
-    b = keystone.token("user-b")
+    b = await keystone.atoken("user-b")
     assert queue not in await names(s, token(b), project=project_a)
     listed = await s.messages.ListMessages(listing(queue, project_a), metadata=token(b))
     assert list(listed.messages) == []
@@ -127,7 +127,7 @@ async def test_a_token_scopes_every_call_to_its_project(
     await s.queues.DeleteQueue(
         queues_pb2.DeleteQueueRequest(project=project_a, queue=queue), metadata=token(b)
     )
-    assert queue in await names(s, token(keystone.token("user-a")))
+    assert queue in await names(s, token(await keystone.atoken("user-a")))
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ async def test_an_expired_token_is_unauthenticated(
     # Given a token that worked (and so sits in the services' caches): one of a few seconds,
     # or, should it have expired before its first call on a loaded machine, a longer one
     for seconds in (6, 12, SHORT_TOKEN_SECONDS):
-        a, until = keystone.short_token_until("user-a", seconds)
+        a, until = await keystone.ashort_token_until("user-a", seconds)
         try:
             assert isinstance(await names(s, token(a)), list)
             break
@@ -197,7 +197,7 @@ async def test_internal_services_take_only_service_tokens(
 ) -> None:
     _, s = keystone_stack
     ref = common_pb2.QueueRef(project="p", queue=new_queue())
-    member = keystone.token("user-a")
+    member = await keystone.atoken("user-a")
     for call in (s.messages_internal.InvalidateQueue, s.notifier_internal.DeleteQueueSubscriptions):
         for metadata in ((), token(member)):
             info = await rpc_error(call(ref, metadata=metadata))
@@ -207,7 +207,7 @@ async def test_internal_services_take_only_service_tokens(
         info = await rpc_error(call(ref, metadata=service(member)))
         assert (info.code, info.reason) == (Code.PERMISSION_DENIED, "NOT_A_SERVICE")
         assert info.description == grpc_auth.NOT_A_SERVICE.format(roles="service")
-        await call(ref, metadata=service(keystone.token("zaqar")))
+        await call(ref, metadata=service(await keystone.atoken("zaqar")))
 
 
 async def test_streams_take_service_tokens_from_the_channel(
@@ -229,7 +229,7 @@ async def test_streams_take_service_tokens_from_the_channel(
         watch = stub.Watch(notifier_pb2.WatchRequest(project="p", queue=queue, ttl=60))
         await watch.initial_metadata()
         await s.messages.PostMessages(post(queue, "pushed", project="p"),
-                                      metadata=service(keystone.token("zaqar")))
+                                      metadata=service(await keystone.atoken("zaqar")))
         async with asyncio.timeout(30):
             got = await watch.read()
         assert orjson.loads(got.message.body) == "pushed"
@@ -248,22 +248,22 @@ async def test_only_a_service_token_may_name_the_project(
     # A member's token as x-service-token cannot be used to pick B's project
     info = await rpc_error(s.queues.CreateQueue(
         queues_pb2.CreateQueueRequest(project=project_b, queue=queue),
-        metadata=service(keystone.token("user-a")),
+        metadata=service(await keystone.atoken("user-a")),
     ))
     assert info.code == Code.PERMISSION_DENIED
     # The service user's token can (the gateway calls this way)
     await s.queues.CreateQueue(
         queues_pb2.CreateQueueRequest(project=project_b, queue=queue),
-        metadata=service(keystone.token("zaqar")),
+        metadata=service(await keystone.atoken("zaqar")),
     )
-    assert queue in await names(s, token(keystone.token("user-b")))
+    assert queue in await names(s, token(await keystone.atoken("user-b")))
 
 
 async def test_admin_calls_need_the_admin_role(
     keystone_stack: tuple[Settings, Stubs], keystone: Keystone
 ) -> None:
     settings, _ = keystone_stack
-    member, admin = token(keystone.token("user-a")), token(keystone.token("admin-a"))
+    member, admin = token(await keystone.atoken("user-a")), token(await keystone.atoken("admin-a"))
     for name in ("queue", "message", "notifier"):
         async with grpc.aio.insecure_channel(settings.target(name)) as channel:
             health = admin_pb2_grpc.StoreHealthStub(channel)  # type: ignore[no-untyped-call]
@@ -423,8 +423,8 @@ async def test_a_projects_caller_neither_sees_nor_chooses_pools(
     # Given pooling, and a pool that takes no new queues by itself (weight 0)
     async with running_services(keystone_settings(pooling=True)) as settings:
         s = stubs(settings)
-        as_service = service(keystone.token("zaqar"))
-        as_user = token(keystone.token("user-a"))
+        as_service = service(await keystone.atoken("zaqar"))
+        as_user = token(await keystone.atoken("user-a"))
         try:
             pools = admin_pb2_grpc.PoolsStub(s.channels[0])  # type: ignore[no-untyped-call]
             await pools.PutPool(admin_pb2.PutPoolRequest(

@@ -75,7 +75,7 @@ async def test_a_project_past_its_burst_is_refused_on_each_service(
 ) -> None:
     call = CALLS[process]
     # Given project a (its member's token), which has made its burst of calls to the service
-    own = token(keystone.token("user-a"))
+    own = token(await keystone.atoken("user-a"))
     for _ in range(BURST):
         await call(limited, own, "")
     # Then its next call is refused before the method runs, saying when to come back
@@ -87,9 +87,9 @@ async def test_a_project_past_its_burst_is_refused_on_each_service(
         r"Please retry in (\d+) s\.", failure.description)
     assert wait is not None and 0 < int(wait.group(1)) <= 1000, failure.description
     # While project b is served from its own budget
-    await call(limited, token(keystone.token("user-b")), "")
+    await call(limited, token(await keystone.atoken("user-b")), "")
     # And a service's calls for project a (the gateway's, which the gateway counted) are not
     # counted
     project_a = keystone.users["user-a"].project_id
     for _ in range(BURST + 1):
-        await call(limited, service(keystone.token("zaqar")), project_a)
+        await call(limited, service(await keystone.atoken("zaqar")), project_a)

@@ -253,12 +253,13 @@ async def test_in_keystone_mode_batch_takes_only_service_tokens(
         _item(get_stats=common_pb2.QueueRef(project="p", queue="q")),
     ])
     # Then a project's token cannot use it to name another project
-    for metadata in ((), token(keystone.token("user-a"))):
+    for metadata in ((), token(await keystone.atoken("user-a"))):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await s.messages_internal.Batch(batch, metadata=metadata)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # And a service's token (the gateway's) may
-    answer = await s.messages_internal.Batch(batch, metadata=service(keystone.token("zaqar")))
+    gateway_token = await keystone.atoken("zaqar")
+    answer = await s.messages_internal.Batch(batch, metadata=service(gateway_token))
     assert answer.results[0].WhichOneof("result") == "stats"
 
 

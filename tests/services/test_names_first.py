@@ -255,8 +255,8 @@ async def test_in_keystone_mode_the_token_is_checked_before_the_names(
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # With a token, the token's project stands in for the empty one, then the names are checked
     good = messages_pb2.ListMessagesRequest(queue="names-first-ks")
-    listed = await s.messages.ListMessages(good, metadata=token(keystone.token("user-a")))
+    listed = await s.messages.ListMessages(good, metadata=token(await keystone.atoken("user-a")))
     assert list(listed.messages) == []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await s.messages.ListMessages(bad, metadata=token(keystone.token("user-a")))
+        await s.messages.ListMessages(bad, metadata=token(await keystone.atoken("user-a")))
     assert decode_rpc_error(caught.value).reason == "INVALID_QUEUE_NAME"

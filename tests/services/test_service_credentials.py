@@ -90,7 +90,7 @@ async def test_a_revoked_service_token_is_renewed_and_the_call_made_again(
         await stub.CreateQueue(queues_pb2.CreateQueueRequest(project="p", queue=queue))
         first = await auth.service_token()
         # When Keystone revokes that token, which the process still has cached
-        keystone.revoke(first)
+        await keystone.arevoke(first)
         # Then its next call succeeds, made again with a new token
         listed = await stub.ListQueues(queues_pb2.ListQueuesRequest(project="p"))
         assert queue in [q.name for q in listed.queues]
@@ -98,7 +98,7 @@ async def test_a_revoked_service_token_is_renewed_and_the_call_made_again(
         assert second != first
         # And a refusal right after the renewal does not make it ask Keystone again: the
         # call fails with the service's reason
-        keystone.revoke(second)
+        await keystone.arevoke(second)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.ListQueues(queues_pb2.ListQueuesRequest(project="p"))
         info = decode_rpc_error(caught.value)
@@ -159,7 +159,7 @@ async def test_a_call_made_again_keeps_the_callers_deadline(
         assert await call(b"1", timeout=60) == b"1"
         first = await auth.service_token()
         # When its token is revoked, and its next call is refused, then made again
-        keystone.revoke(first)
+        await keystone.arevoke(first)
         tries.clear()
         started = time.monotonic()
         assert await call(b"2", timeout=60) == b"2"
@@ -186,7 +186,7 @@ async def test_a_stream_refused_for_a_revoked_token_renews_it_for_the_next(
         stub = notifier_pb2_grpc.NotifierInternalStub(channel)  # type: ignore[no-untyped-call]
         request = notifier_pb2.WatchRequest(project="p", queue=new_queue(), ttl=60)
         first = await auth.service_token()
-        keystone.revoke(first)
+        await keystone.arevoke(first)
         # When it opens a stream, the stream is refused
         refused = stub.Watch(request)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -208,7 +208,8 @@ async def test_the_gateway_answers_503_when_a_service_refuses_its_credentials(
     # role (a misconfiguration), in front of services that check it
     gateway = dataclasses.replace(services, keystone_username="admin-a", keystone_project="a")
     # When a user with a good token lists queues and posts a message
-    async with gateway_on(gateway, **{"X-Auth-Token": keystone.token("user-b")}) as (_, http):
+    user = await keystone.atoken("user-b")
+    async with gateway_on(gateway, **{"X-Auth-Token": user}) as (_, http):
         listed = await http.get("/v2/queues")
         posted = await http.post(f"/v2/queues/{new_queue()}/messages",
                                  json={"messages": [{"body": 1}]})
@@ -233,13 +234,13 @@ async def test_the_gateway_goes_on_when_its_service_token_is_revoked(
     # so that no validation of it renews the service token first)
     gateway = dataclasses.replace(services, token_cache_seconds=300.0)
     queue = new_queue()
-    user = {"X-Auth-Token": keystone.token("user-a")}
+    user = {"X-Auth-Token": await keystone.atoken("user-a")}
     async with gateway_on(gateway, **user) as (auth, http):
         post = {"messages": [{"body": "before"}]}
         assert (await http.post(f"/v2/queues/{queue}/messages", json=post)).status_code == 201
         first = await auth.service_token()
         # When Keystone revokes it
-        keystone.revoke(first)
+        await keystone.arevoke(first)
         # Then a unary call is made again with a new token, and succeeds
         listed = await http.get("/v2/queues")
         assert listed.status_code == 200, listed.text

@@ -243,7 +243,7 @@ async def test_keystone_tokens_scope_topics_to_their_project(
 ) -> None:
     _, s = keystone_stack
     topics = topics_pb2_grpc.TopicsStub(s.channels[0])  # type: ignore[no-untyped-call]
-    a, project_a = keystone.token("user-a"), keystone.users["user-a"].project_id
+    a, project_a = await keystone.atoken("user-a"), keystone.users["user-a"].project_id
     name = "t-" + uuid.uuid4().hex[:8]
     # Given a topic and a subscription made with A's token, whatever project they name
     created = await topics.CreateTopic(topics_pb2.CreateTopicRequest(
@@ -257,10 +257,10 @@ async def test_keystone_tokens_scope_topics_to_their_project(
     listed = await topics.ListTopics(topics_pb2.ListTopicsRequest(), metadata=token(a))
     assert [t.name for t in listed.topics] == [name]
     mine = await topics.ListTopics(topics_pb2.ListTopicsRequest(project=project_a),
-                                   metadata=service(keystone.token("zaqar")))
+                                   metadata=service(await keystone.atoken("zaqar")))
     assert [t.name for t in mine.topics] == [name]
     # And B, even naming A's project, sees and touches nothing of them
-    b = keystone.token("user-b")
+    b = await keystone.atoken("user-b")
     info = await rpc_error(topics.GetTopic(
         topics_pb2.TopicRequest(project=project_a, topic=name), metadata=token(b)))
     assert info.code == Code.NOT_FOUND
@@ -270,7 +270,7 @@ async def test_keystone_tokens_scope_topics_to_their_project(
     await topics.DeleteTopic(topics_pb2.TopicRequest(project=project_a, topic=name),
                              metadata=token(b))
     got = await topics.GetTopic(topics_pb2.TopicRequest(topic=name),
-                                metadata=token(keystone.token("user-a")))
+                                metadata=token(await keystone.atoken("user-a")))
     assert got.name == name
     # And the internal calls behind a post take service tokens only
     for call in (s.notifier_internal.PublishTopic(notifier_pb2.PublishTopicRequest(

@@ -192,7 +192,7 @@ async def test_a_trust_needs_the_callers_token(
             project=keystone.users["user-a"].project_id, queue=new_queue(),
             subscriber="trust+" + receiver.url(),
         ),
-        metadata=service(keystone.token("zaqar")),
+        metadata=service(await keystone.atoken("zaqar")),
     ))
     assert (info.code, info.description) == (Code.INVALID_ARGUMENT, trusts.NEEDS_TOKEN)
 
@@ -239,7 +239,8 @@ async def test_trust_subscriptions_over_websocket(
 ) -> None:
     queue = new_queue()
     async with connect(gateway.ws_url) as socket:
-        answer = await ask(socket, "authenticate", **{"X-Auth-Token": keystone.token("user-a")})
+        member = await keystone.atoken("user-a")
+        answer = await ask(socket, "authenticate", **{"X-Auth-Token": member})
         assert answer["headers"]["status"] == 200
         answer = await ask(socket, "subscription_create", {
             "queue_name": queue, "subscriber": "trust+" + receiver.url("/ws"), "ttl": 600,
