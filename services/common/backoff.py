@@ -1,6 +1,6 @@
 """Pauses between the attempts of a step that another party holds up for a while (a store
-failing over, a file another process has locked): doubling from ``first`` to ``last``, for
-``seconds`` in all."""
+failing over, a file another process has locked, a lease another holder keeps): doubling from
+``first`` to ``last``, for ``seconds`` in all."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from services.common.backoff import Backoff
 from services.common.mongo_store import Document, describe
 from services.common.store_edge import contended
 
@@ -100,9 +101,8 @@ class Leases:
         leases = self.database()[COLLECTION]
         scope_id = orjson.dumps(list(scope)).decode()  # unambiguous whatever the names hold
         token = uuid.uuid4().hex
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.seconds * 1.5  # a lease left by a dead holder is over by then
-        wait = FIRST_WAIT
+        # A lease left by a dead holder is over well within this.
+        backoff = Backoff(self.seconds * 1.5, first=FIRST_WAIT, last=LAST_WAIT)
         while True:
             now = self.clock()
             try:
@@ -111,10 +111,8 @@ class Leases:
             except DuplicateKeyError:
                 # Held: taken over once its holder let it run out.
                 await leases.delete_one({"_id": scope_id, "u": {"$lt": now}})
-            if loop.time() > give_up:
+            if not await backoff.pause():
                 raise contended(self.store, action)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, LAST_WAIT)
         try:
             yield Lease(leases, scope_id, token)
         finally:
