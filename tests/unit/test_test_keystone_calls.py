@@ -4,8 +4,8 @@ A synchronous request from a coroutine blocks the event loop it runs on. When a 
 test runs on that loop has connected to the same Keystone to check a token but not written its
 request yet, Keystone's worker waits on that connection while the loop, blocked, cannot write
 it: the test waits out a timeout (a deadlock with a one-worker Keystone, docs/benchmarks.md,
-"The suite's time at the trees of 2026-12-07, morning"). Coroutines use the ``a``-prefixed methods of
-:class:`tests.keystone.Keystone`, which run the request in a thread.
+"The suite's time at the trees of 2026-12-07, morning"). Coroutines use the ``a``-prefixed
+methods of :class:`tests.keystone.Keystone`, which run the request in a thread.
 """
 
 from __future__ import annotations
