@@ -296,7 +296,8 @@ def start_keystone(workdir: Path, expiration: int = TOKEN_EXPIRATION) -> Keyston
     # every other request: an in-process service on the event loop that a test's synchronous
     # token request was blocking, a deadlock that lasted until that request timed out (30 s).
     # The gthread worker (gunicorn 27) waits at most 5 s for a new connection's first bytes,
-    # then leaves it to its selector and serves the next.
+    # then leaves it to its selector and serves the next. (The suite's coroutines now ask
+    # through a thread, Keystone.atoken and its siblings; this bounds any other such wait.)
     argv = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1",
             "--worker-class", "gthread", "--threads", "1",
             "--chdir", str(workdir), "--error-logfile", "-", "keystone_wsgi:application"]

@@ -5,12 +5,14 @@ what only some backends have.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
+from services.common import sqlite_store
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
 from services.queue_svc.storage.base import MetadataPatch, apply_patches
@@ -85,10 +87,6 @@ async def test_sqlite_store_waits_for_another_process_that_holds_the_file(
 ) -> None:
     """Replicas that start together (``up --replicas``, a loaded machine) open one file: a
     lock held past SQLite's busy timeout is waited for, not a failed start."""
-    import logging
-
-    from services.common import sqlite_store
-
     path = tmp_path / "queues.db"
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # a fresh file: every other connection is refused
