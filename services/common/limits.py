@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
+QUEUE_NAME_MAX: Final = 64
+_NAME_CHARS: Final = r"a-zA-Z0-9_\-."
 # Matched in full: with re.match, a "$" would also accept a name ending in a newline.
-QUEUE_NAME_RE: Final = re.compile(r"[a-zA-Z0-9_\-.]{1,64}")
+QUEUE_NAME_RE: Final = re.compile(rf"[{_NAME_CHARS}]{{1,{QUEUE_NAME_MAX}}}")
+_NAME_PART_RE: Final = re.compile(rf"[{_NAME_CHARS}]{{0,{QUEUE_NAME_MAX}}}")
 PROJECT_ID_MAX: Final = 256
 
 PAGE_LIMIT_MIN: Final = 1
@@ -71,6 +74,15 @@ RESERVED_DEFAULTS: Final[dict[str, object]] = {
 
 def valid_queue_name(name: str) -> bool:
     return QUEUE_NAME_RE.fullmatch(name) is not None
+
+
+def may_be_in_a_name(fragment: str) -> bool:
+    """Whether some queue (or topic) name could contain ``fragment``: a listing's ``name``
+    filter longer than a name, or with a character no name has, matches nothing. The
+    services answer such a listing empty without asking their store, so that every store
+    answers it alike and none is handed a filter it may refuse (a MongoDB regular expression
+    has a length cap)."""
+    return _NAME_PART_RE.fullmatch(fragment) is not None
 
 
 def valid_project(project: str) -> bool:

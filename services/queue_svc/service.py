@@ -256,12 +256,16 @@ class QueueService:
         """A page of the project's queues by name; with ``detailed`` their metadata is shown
         with defaults (otherwise it is left as stored)."""
         validation.check_project(project)
+        size = limits.page_limit(limit)
+        filters = validation.metadata_filters(metadata_filters)
+        if not limits.may_be_in_a_name(name):
+            return QueuePage([], 0 if with_count else None)
         page = await self._store.list(
             project,
-            limit=limits.page_limit(limit),
+            limit=size,
             marker=marker,
             name_contains=name,
-            metadata_filters=validation.metadata_filters(metadata_filters),
+            metadata_filters=filters,
             with_count=with_count,
         )
         if not detailed:

@@ -180,6 +180,30 @@ async def test_list_filters(client: httpx.AsyncClient) -> None:
     assert await names("name=ed") == ["red1", "red2"]
 
 
+async def test_list_name_filter_that_no_name_can_contain(client: httpx.AsyncClient) -> None:
+    # Given queues, one with the longest name there may be
+    headers = {"X-Project-ID": "name-filter-" + new_queue()}
+    longest = "a-" * 32
+    for name in ("short", longest):
+        assert (await client.put(f"/v2/queues/{name}", headers=headers)).status_code == 201
+
+    async def listed(name: str) -> tuple[list[str], int]:
+        resp = await client.get("/v2/queues", params={"name": name, "with_count": "true"},
+                                headers=headers)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        return [q["name"] for q in body["queues"]], body["count"]
+
+    # Then a filter as long as a name finds it, and one a character longer finds nothing
+    assert await listed(longest) == ([longest], 1)
+    assert await listed(longest + "a") == ([], 0)
+    # And no store is handed a filter it may refuse: thousands of characters that a MongoDB
+    # regular expression would have to escape, or characters that no name has, find nothing
+    assert await listed("-" * 4096) == ([], 0)
+    for name in ("sh*", "short\n", "é", "short "):
+        assert await listed(name) == ([], 0)
+
+
 @pytest.mark.parametrize("limit", ["0", "21", "-1"])
 async def test_list_limit_range(client: httpx.AsyncClient, limit: str) -> None:
     resp = await client.get(f"/v2/queues?limit={limit}")

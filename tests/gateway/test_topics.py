@@ -278,6 +278,12 @@ async def test_list_pages_details_counts_and_filters(client: httpx.AsyncClient) 
         {"name": "top1", "href": "/v2/topics/top1", "metadata": {"node": 31, **DEFAULTS}}]
     filtered = await client.get("/v2/topics?node=32", headers=headers)
     assert [t["name"] for t in filtered.json()["topics"]] == ["top2"]
+    # A name filter that no name can contain finds nothing, on every store
+    for name in ("-" * 4096, "top" + "0" * 62, "top*"):
+        none = await client.get("/v2/topics", params={"name": name, "with_count": "true"},
+                                headers=headers)
+        assert none.status_code == 200
+        assert none.json() == {"topics": [], "links": [], "count": 0}
     # 400 for a limit out of range
     for limit in (0, 21):
         resp = await client.get(f"/v2/topics?limit={limit}", headers=headers)
