@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Final
 
-import orjson
-
-from services.common import limits
-from services.common.errors import InvalidArgument, InvalidBody, InvalidQueueName
+from services.common import bodies, limits
+from services.common.errors import InvalidArgument, InvalidQueueName
 
 POP: Final = (
     f"Pop value must be at least 1 and may not be greater than {limits.PAGE_LIMIT_MAX}."
 )
 NO_MESSAGES: Final = "No messages to enqueu."  # sic: Zaqar's text, clients match on it
-MISSING_BODY: Final = 'Missing "body" field.'
-BODY_NOT_JSON: Final = "Message body must be valid JSON."
+MISSING_BODY: Final = bodies.MISSING_BODY
+BODY_NOT_JSON: Final = bodies.BODY_NOT_JSON
 MESSAGE_TTL: Final = (
     f"The TTL for a message may not exceed {limits.MESSAGE_TTL_MAX} seconds, and must be at "
     f"least {limits.MESSAGE_TTL_MIN} seconds long."
@@ -68,12 +66,7 @@ def pop_limit(value: int) -> int:
 
 
 def message_body(body: bytes) -> None:
-    if not body:
-        raise InvalidBody(MISSING_BODY)
-    try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidBody(BODY_NOT_JSON) from None
+    bodies.check_json(body)
 
 
 def message_ttl(value: int | None) -> None:

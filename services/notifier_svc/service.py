@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from zaqar_grpc.v2 import common_pb2, notifier_pb2
 
-from services.common import limits, metrics, tracing
+from services.common import bodies, limits, metrics, tracing
 from services.common.errors import (
     InvalidArgument,
     SubscriptionAlreadyExists,
@@ -390,9 +390,12 @@ class NotifierService:
 
         Raises:
             InvalidTopicName: the project or the topic name is not valid.
+            InvalidBody: a body is not JSON (nothing was stored).
             Unavailable: the store failed (nothing was stored).
         """
         key = sources.topic_key(project, topic)
+        for body, _ttl in messages:
+            bodies.check_json(body)
         accepted_at = self._clock()
         ids = [str(uuid.uuid4()) for _ in messages]
         subscriptions = await self.store.subscribers(project, key)
@@ -405,11 +408,11 @@ class NotifierService:
                 for mid, (body, ttl) in zip(ids, messages, strict=True)
             ]
             policies = [self._policies.of(s.options) for s in targets]
-            bodies = (
+            parsed = (
                 [_body(body) for body, _ in messages]
                 if any(policy is not None for policy in policies) else None
             )
-            deliveries = self._filtered(targets, policies, bodies, rendered, ids)
+            deliveries = self._filtered(targets, policies, parsed, rendered, ids)
             if deliveries:
                 await self.store.enqueue(deliveries)
                 self._wake({d.subscriber for d in deliveries})
@@ -484,12 +487,15 @@ class NotifierService:
         cached placement says.
 
         Raises:
-            InvalidArgument: a post names an invalid queue (nothing is done).
+            InvalidArgument: a post names an invalid queue, or holds a body that is neither
+                JSON nor sealed (nothing is done).
             Unavailable: no queue's deliveries could be stored.
         """
         queues: dict[tuple[str, str], list[notifier_pb2.NotifyRequest]] = {}
         for post in posts:
             validation.queue_ref(post.project, post.queue)
+            for message in post.messages:
+                bodies.check_handed_over(message.body)
             queues.setdefault((post.project, post.queue), []).append(post)
         listened: dict[tuple[str, str], bool] = {}
         failed: dict[tuple[str, str], Unavailable] = {}

@@ -17,9 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
-
-from services.common import limits, message_schema
+from services.common import bodies, limits, message_schema
 from services.common.errors import InvalidArgument, InvalidBody, InvalidTopicName
 from services.queue_svc import metadata as meta
 from services.queue_svc.storage.base import MetadataPatch
@@ -35,8 +33,8 @@ QUEUE_ONLY: Final = (
 )
 
 NO_MESSAGES: Final = "No messages to enqueu."  # sic: Zaqar's text, clients match on it
-MISSING_BODY: Final = 'Missing "body" field.'
-BODY_NOT_JSON: Final = "Message body must be valid JSON."
+MISSING_BODY: Final = bodies.MISSING_BODY
+BODY_NOT_JSON: Final = bodies.BODY_NOT_JSON
 MESSAGE_TTL: Final = (
     f"The TTL for a message may not exceed {limits.MESSAGE_TTL_MAX} seconds, and must be at "
     f"least {limits.MESSAGE_TTL_MIN} seconds long."
@@ -141,12 +139,7 @@ def messages(posted: Sequence[Posted], metadata: Mapping[str, Any]) -> list[tupl
         raise InvalidArgument(NO_MESSAGES)
     size = 0
     for message in posted:
-        if not message.body:
-            raise InvalidBody(MISSING_BODY)
-        try:
-            orjson.loads(message.body)
-        except orjson.JSONDecodeError:
-            raise InvalidBody(BODY_NOT_JSON) from None
+        bodies.check_json(message.body)
         if message.ttl is not None and not (
             limits.MESSAGE_TTL_MIN <= message.ttl <= limits.MESSAGE_TTL_MAX
         ):

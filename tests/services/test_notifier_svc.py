@@ -39,6 +39,7 @@ from services.common import signing
 from services.common.config import Settings
 from services.common.errors import RpcErrorInfo, decode_rpc_error
 from services.common.grpc_server import Running
+from services.common.message_keys import ENVELOPE_MAGIC
 from services.message_svc import server as message_server
 from services.notifier_svc import retry
 from services.notifier_svc import server as notifier_server
@@ -667,6 +668,48 @@ async def test_two_watchers_get_every_posted_message(stack: Stack) -> None:
                 break
         assert bodies == ["a", "b", "c"]
         stream.cancel()
+
+
+async def test_bodies_handed_over_must_be_json(stack: Stack, receiver: Receiver) -> None:
+    # Given a webhook subscriber and a watcher on a queue
+    await stack.subscribe(receiver.url("/q"), queue="strict")
+    watch = stack.internal.Watch(notifier_pb2.WatchRequest(project=PROJECT, queue="strict",
+                                                           ttl=30))
+    await watch.initial_metadata()
+
+    def post(*bodies: bytes, queue: str = "strict") -> notifier_pb2.NotifyRequest:
+        return notifier_pb2.NotifyRequest(project=PROJECT, queue=queue, messages=[
+            common_pb2.Message(id=str(uuid.uuid4()), body=body, ttl=300) for body in bodies])
+
+    expected = (Code.INVALID_ARGUMENT, "INVALID_BODY", "Message body must be valid JSON.")
+    # When bodies that are not JSON are handed over, alone or beside good ones
+    for call in (
+        stack.internal.Notify(post(b"{")),
+        stack.internal.NotifyMany(notifier_pb2.NotifyManyRequest(
+            batches=[post(b'"fine"', queue="other"), post(b'"fine"', b"{,}")])),
+        stack.internal.PublishTopic(notifier_pb2.PublishTopicRequest(
+            project=PROJECT, topic="news",
+            messages=[notifier_pb2.TopicMessage(body=b'"fine"', ttl=300),
+                      notifier_pb2.TopicMessage(body=b"not json", ttl=300)])),
+    ):
+        info = await rpc_error(call)
+        # Then each call is refused whole
+        assert (info.code, info.reason, info.description) == expected
+    # And a sealed body (an encrypted queue's, opened before each delivery) is taken
+    sealed = ENVELOPE_MAGIC + b"opaque"
+    reply = await stack.internal.NotifyMany(notifier_pb2.NotifyManyRequest(
+        batches=[post(sealed, queue="unheard")]))
+    assert list(reply.listened) == [False]
+    # And nothing of the refused calls was stored or streamed: the first thing the watcher
+    # and the webhook get is the next good post
+    await stack.internal.Notify(post(b'{"n": 1}'))
+    notification = await watch.read()
+    assert orjson.loads(notification.message.body) == {"n": 1}
+    [hit] = await receiver.wait_for(1)
+    assert hit.path == "/q" and hit.json()["body"] == {"n": 1}
+    assert await pending(stack.settings) == 0
+    assert len(receiver.hits) == 1
+    watch.cancel()
 
 
 async def test_a_watch_ends_with_its_ttl(stack: Stack) -> None:
