@@ -18,7 +18,9 @@ BODY_NOT_JSON: Final = "Message body must be valid JSON."
 
 
 def check_json(body: bytes) -> None:
-    """Raises:
+    """A posted body: JSON.
+
+    Raises:
         InvalidBody: ``body`` is empty, or not JSON.
     """
     if not body:
