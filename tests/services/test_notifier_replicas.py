@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 from zaqar_grpc.v2 import (
     common_pb2,
@@ -100,7 +101,7 @@ class Replica:
         reply = await self.internal.NotifyMany(notifier_pb2.NotifyManyRequest(batches=[
             notifier_pb2.NotifyRequest(
                 project=PROJECT, queue=queue, accepted_at=time.time(),
-                messages=[common_pb2.Message(id=uuid.uuid4().hex, body=b.encode())
+                messages=[common_pb2.Message(id=uuid.uuid4().hex, body=orjson.dumps(b))
                           for b in bodies],
             )
             for queue, bodies in posts
@@ -142,7 +143,7 @@ async def bodies(stream: Any, count: int) -> list[str]:
         while len(found) < count:
             notification = await stream.read()
             assert notification is not grpc.aio.EOF, f"the watch ended after {found}"
-            found.append(notification.message.body.decode())
+            found.append(orjson.loads(notification.message.body))
     return found
 
 
@@ -303,7 +304,7 @@ async def test_posts_reach_a_watcher_whichever_replica_they_are_handed_to(
         # Then the watcher gets every one of them (the replica each was handed to decides
         # only how soon)
         got = await bodies(stream, len(posted))
-        assert sorted(got) == sorted(f'"{body}"' for body in posted)
+        assert sorted(got) == sorted(posted)
         stream.cancel()
     finally:
         for channel in channels:
