@@ -12,8 +12,6 @@ POP: Final = (
     f"Pop value must be at least 1 and may not be greater than {limits.PAGE_LIMIT_MAX}."
 )
 NO_MESSAGES: Final = "No messages to enqueu."  # sic: Zaqar's text, clients match on it
-MISSING_BODY: Final = bodies.MISSING_BODY
-BODY_NOT_JSON: Final = bodies.BODY_NOT_JSON
 MESSAGE_TTL: Final = (
     f"The TTL for a message may not exceed {limits.MESSAGE_TTL_MAX} seconds, and must be at "
     f"least {limits.MESSAGE_TTL_MIN} seconds long."

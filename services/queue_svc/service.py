@@ -36,7 +36,6 @@ from typing import Any
 
 from zaqar_grpc.v2 import common_pb2
 
-from services.common import limits
 from services.common.errors import InvalidBody, ServiceError, Unavailable
 from services.queue_svc import metadata as meta
 from services.queue_svc import placement, validation
@@ -256,17 +255,9 @@ class QueueService:
         """A page of the project's queues by name; with ``detailed`` their metadata is shown
         with defaults (otherwise it is left as stored)."""
         validation.check_project(project)
-        size = limits.page_limit(limit)
-        filters = validation.metadata_filters(metadata_filters)
-        if not limits.may_be_in_a_name(name):
-            return QueuePage([], 0 if with_count else None)
-        page = await self._store.list(
-            project,
-            limit=size,
-            marker=marker,
-            name_contains=name,
-            metadata_filters=filters,
-            with_count=with_count,
+        page = await validation.listed(
+            self._store, project, limit=limit, marker=marker, name=name,
+            with_count=with_count, filters=metadata_filters,
         )
         if not detailed:
             return page

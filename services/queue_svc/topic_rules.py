@@ -33,8 +33,6 @@ QUEUE_ONLY: Final = (
 )
 
 NO_MESSAGES: Final = "No messages to enqueu."  # sic: Zaqar's text, clients match on it
-MISSING_BODY: Final = bodies.MISSING_BODY
-BODY_NOT_JSON: Final = bodies.BODY_NOT_JSON
 MESSAGE_TTL: Final = (
     f"The TTL for a message may not exceed {limits.MESSAGE_TTL_MAX} seconds, and must be at "
     f"least {limits.MESSAGE_TTL_MIN} seconds long."

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from services.common import limits
 from services.common.errors import InvalidArgument, InvalidQueueName
+from services.queue_svc.storage.base import QueuePage
+
+if TYPE_CHECKING:
+    from services.queue_svc.storage.base import QueueStore, TopicStore
 
 PURGEABLE = ("messages", "subscriptions")
 # Zaqar prints the Python set literal; keep its exact text.
@@ -48,3 +52,25 @@ def resource_types(raw: Iterable[str]) -> frozenset[str]:
     if not types <= frozenset(PURGEABLE):
         raise InvalidArgument(PURGE_ERROR)
     return types or frozenset(PURGEABLE)
+
+
+async def listed(
+    store: QueueStore | TopicStore,
+    project: str,
+    *,
+    limit: int | None,
+    marker: str,
+    name: str,
+    with_count: bool,
+    filters: Mapping[str, bytes],
+) -> QueuePage:
+    """A page of a listing of queues or topics, its parameters checked first. A ``name``
+    filter that no name can contain is answered empty here, without asking the store
+    (:func:`services.common.limits.may_be_in_a_name`)."""
+    size = limits.page_limit(limit)
+    wanted = metadata_filters(filters)
+    if not limits.may_be_in_a_name(name):
+        return QueuePage([], 0 if with_count else None)
+    return await store.list(project, limit=size, marker=marker, name_contains=name,
+                            metadata_filters=wanted, with_count=with_count)
+
