@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 from zaqar_grpc.v2 import notifier_pb2, notifier_pb2_grpc
@@ -31,25 +31,16 @@ class Polling:
         self._service = service
         self.room = room
         self.streams = Streams(self)
-        self._also_end: list[Callable[[], None]] = []
 
     @property
     def service(self) -> MessageService:
         return self._service
 
-    def on_end(self, end: Callable[[], None]) -> None:
-        """``end`` is called too when the process begins to stop (the ``Exchange`` streams'
-        drain)."""
-        self._also_end.append(end)
-
     def end(self) -> None:
         """This process is stopping: long polls are answered at once, as at their deadline,
-        streaming pulls end (:class:`~services.common.errors.Stopping`), and the callers of
-        the ``Exchange`` streams are told to move (:meth:`on_end`)."""
+        and streaming pulls end (:class:`~services.common.errors.Stopping`)."""
         self.room.end()
         self.streams.end()
-        for end in self._also_end:
-            end()
 
     async def _next_free_at(self, project: str, queue: str) -> float | None:
         """When the store says something of the queue frees up next. Looked up *before* each

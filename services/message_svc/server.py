@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 
 from zaqar_grpc.v2 import admin_pb2, notifier_pb2_grpc
@@ -155,9 +155,18 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
     ) -> admin_pb2.StoresHealth:
         return await store_health.check_stores(store, request.pools, open_store, seconds)
 
+    # Called in order when the process begins to stop: long polls and streaming pulls end,
+    # then the Exchange streams' callers are told to move (registrar adds their drain).
+    stopping: list[Callable[[], None]] = [polling.end]
+
+    def begin_stopping() -> None:
+        for step in stopping:
+            step()
+
     try:
         server, port, health_servicer = create_server(
-            [registrar(service, packer, polling, redrives), health.registrar(check_health)],
+            [registrar(service, packer, polling, redrives, stopping),
+             health.registrar(check_health)],
             SERVICE_NAMES,
             host=settings.host, port=settings.message_port, tls=tls,
             receiving=Receiving(settings.grpc_max_receiving_bytes), process="message_svc",
@@ -170,7 +179,7 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
             server, port, health_servicer, SERVICE_NAMES, close,
             store_check=partial(answers, settings.store_uri("message"), "message store",
                                 STORE_CHECK_TIMEOUT),
-            store_name="the message store", stopping=polling.end,
+            store_name="the message store", stopping=begin_stopping,
         ))
     except BaseException:
         await close()

@@ -336,14 +336,17 @@ class MessagesInternalServicer(messages_pb2_grpc.MessagesInternalServicer):
 
 def registrar(
     service: MessageService, packer: Packer, polling: Polling | None = None,
-    redrives: Redrives | None = None,
+    redrives: Redrives | None = None, stopping: list[Callable[[], None]] | None = None,
 ) -> Callable[[grpc.aio.Server], None]:
+    """``stopping``: what the process calls when it begins to stop; the ``Exchange``
+    streams' drain (their callers are told to move) is added to it."""
+
     def register(server: grpc.aio.Server) -> None:
         messages = MessagesServicer(service, packer, polling, redrives)
         messages_pb2_grpc.add_MessagesServicer_to_server(messages, server)
         internal = MessagesInternalServicer(service, messages)
         messages_pb2_grpc.add_MessagesInternalServicer_to_server(internal, server)
-        if polling is not None:
-            polling.on_end(internal.drain)
+        if stopping is not None:
+            stopping.append(internal.drain)
 
     return register
