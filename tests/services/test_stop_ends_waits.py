@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import orjson
+from prometheus_client import REGISTRY
 from zaqar_grpc.v2 import (
     common_pb2,
     messages_pb2,
@@ -23,9 +24,7 @@ from zaqar_grpc.v2 import (
 
 from services.common.config import Settings
 from services.common.errors import RpcErrorInfo, decode_rpc_error
-from services.common.grpc_server import Running
 from services.message_svc import server as message_server
-from services.message_svc.polling import Polling
 from services.notifier_svc import server as notifier_server
 from tests.services.test_message_svc import CLIENT, PROJECT, Services, _start_pair
 from tests.waiting import until
@@ -60,7 +59,7 @@ async def test_a_stopping_message_svc_answers_its_waits_and_ends_its_streams(
         listing = asyncio.ensure_future(svc.messages.ListMessages(
             messages_pb2.ListMessagesRequest(project=PROJECT, queue="empty",
                                              client_id=CLIENT, wait_seconds=20)))
-        await until(lambda: _polling(messages).room.waiting() >= 2, WITHIN, "two waits")
+        await until(lambda: _long_polls_waiting() >= 2, WITHIN, "two waits")
 
         # When the service begins to stop, with a grace far shorter than the waits
         async with asyncio.timeout(WITHIN):
@@ -99,11 +98,12 @@ async def stopping_end(stream: Any) -> RpcErrorInfo:
     return info
 
 
-def _polling(running: Running) -> Polling:
-    """The long polls of a started message_svc: what it ends when it begins to stop."""
-    polling = getattr(running.stopping, "__self__", None)
-    assert isinstance(polling, Polling)
-    return polling
+def _long_polls_waiting() -> float:
+    """What this process's ``zaqar_long_polls_waiting`` says: the long polls (streaming
+    pulls included) of the message_svc started last in it."""
+    value = REGISTRY.get_sample_value("zaqar_long_polls_waiting")
+    assert value is not None, "no zaqar_long_polls_waiting"
+    return value
 
 
 async def test_a_stopping_notifier_ends_its_watches_at_once(
