@@ -6,7 +6,7 @@ it is sent in)."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -17,8 +17,8 @@ MISSING_BODY: Final = 'Missing "body" field.'
 BODY_NOT_JSON: Final = "Message body must be valid JSON."
 
 
-def check_json(body: bytes) -> None:
-    """A posted body: JSON.
+def check_json(body: bytes) -> Any:
+    """A posted body: JSON. Returns the document it holds.
 
     Raises:
         InvalidBody: ``body`` is empty, or not JSON.
@@ -26,7 +26,7 @@ def check_json(body: bytes) -> None:
     if not body:
         raise InvalidBody(MISSING_BODY)
     try:
-        orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidBody(BODY_NOT_JSON) from None
 

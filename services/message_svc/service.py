@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
-from services.common import limits
+from services.common import bodies, limits
 from services.common.errors import (
     ClaimNotFound,
     InvalidArgument,
@@ -174,7 +174,7 @@ class MessageService:
             raise InvalidArgument(validation.NO_MESSAGES)
         size = 0
         for m in messages:
-            validation.message_body(m.body)
+            bodies.check_json(m.body)
             validation.message_ttl(m.ttl)
             validation.message_delay(m.delay)
             validation.fifo_id("group_id", m.group_id)
@@ -246,7 +246,7 @@ class MessageService:
         validation.queue_ref(project, queue)
         if not 1 <= len(key) <= POST_KEY_MAX:
             raise InvalidArgument(f"A post key has 1 to {POST_KEY_MAX} characters.")
-        validation.message_body(body)
+        bodies.check_json(body)
         validation.message_ttl(ttl)
         for _ in range(STALE_ATTEMPTS):
             policy = await self.metadata.ensure(project, queue)

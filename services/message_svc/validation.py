@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Final
 
-from services.common import bodies, limits
+from services.common import limits
 from services.common.errors import InvalidArgument, InvalidQueueName
 
 POP: Final = (
@@ -61,10 +61,6 @@ def pop_limit(value: int) -> int:
     if not 1 <= value <= limits.PAGE_LIMIT_MAX:
         raise InvalidArgument(POP)
     return value
-
-
-def message_body(body: bytes) -> None:
-    bodies.check_json(body)
 
 
 def message_ttl(value: int | None) -> None:

@@ -394,8 +394,7 @@ class NotifierService:
             Unavailable: the store failed (nothing was stored).
         """
         key = sources.topic_key(project, topic)
-        for body, _ttl in messages:
-            bodies.check_json(body)
+        documents_posted = [bodies.check_json(body) for body, _ttl in messages]
         accepted_at = self._clock()
         ids = [str(uuid.uuid4()) for _ in messages]
         subscriptions = await self.store.subscribers(project, key)
@@ -409,8 +408,7 @@ class NotifierService:
             ]
             policies = [self._policies.of(s.options) for s in targets]
             parsed = (
-                [_body(body) for body, _ in messages]
-                if any(policy is not None for policy in policies) else None
+                documents_posted if any(policy is not None for policy in policies) else None
             )
             deliveries = self._filtered(targets, policies, parsed, rendered, ids)
             if deliveries:
