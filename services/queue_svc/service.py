@@ -110,8 +110,12 @@ class QueueService:
         record = await self._store.get(project, queue)
         if record is None:
             assert self._catalog is not None
-            pool = placement.choose(catalog, flavor if isinstance(flavor, str) else None,
-                                    self._rng, self._catalog.now())
+            pool = await self._pool_of_dead_letter(
+                catalog, project, queue, metadata, flavor
+            )
+            if pool is None:
+                pool = placement.choose(catalog, flavor if isinstance(flavor, str) else None,
+                                        self._rng, self._catalog.now())
         else:
             pool = record.pool
             placement.check_change(catalog, pool, record.metadata, metadata)
@@ -126,6 +130,25 @@ class QueueService:
             pool = None if record is None else record.pool
         await self._messages.invalidate(project, queue, placement.pool_uri(catalog, pool))
         return created
+
+    async def _pool_of_dead_letter(
+        self, catalog: Catalog, project: str, queue: str, metadata: Mapping[str, Any],
+        flavor: Any,
+    ) -> str | None:
+        """Where a new queue without a ``_flavor`` goes when its ``_dead_letter_queue`` names
+        a queue that exists on a pool taking new queues: that pool, since a dead-letter queue
+        must be on the pool of the queues that move messages into it (a draw by weight would
+        put the new queue elsewhere, and its create would be refused). None: draw."""
+        dead_letter = metadata.get("_dead_letter_queue")
+        if isinstance(flavor, str) or not isinstance(dead_letter, str) or dead_letter == queue:
+            return None
+        target = await self._store.get(project, dead_letter)
+        if target is None or target.pool is None:
+            return None
+        assert self._catalog is not None
+        if not catalog.takes_new_queues(target.pool, self._catalog.now()):
+            return None
+        return target.pool
 
     async def _check_dead_letter(
         self, project: str, queue: str, pool: str | None,

@@ -166,6 +166,20 @@ async def test_a_flavor_routes_to_its_pools_and_a_queue_keeps_its_pool(pooled: P
     assert (await pooled.placed("golden"))[0] == "a"
 
 
+async def test_a_new_queue_goes_on_the_pool_of_its_dead_letter_queue(pooled: Pooled) -> None:
+    # Given three pools that take new queues alike, and dead-letter queues drawn onto them
+    for name in "abc":
+        await pooled.put_pool(name, weight=1)
+    for n in range(6):
+        await pooled.create(f"dlq{n}")
+        dlq_pool = (await pooled.placed(f"dlq{n}"))[0]
+        assert dlq_pool in "abc"
+        # When a new queue without a _flavor names one as its dead-letter queue
+        await pooled.create(f"source{n}", _dead_letter_queue=f"dlq{n}", _max_claim_count=1)
+        # Then it is created on that queue's pool (a draw would be refused 2 times in 3)
+        assert (await pooled.placed(f"source{n}"))[0] == dlq_pool
+
+
 async def test_a_dead_letter_queue_on_another_pool_is_refused(pooled: Pooled) -> None:
     await pooled.put_pool("a", weight=1)
     await pooled.put_pool("c", weight=1)
