@@ -75,7 +75,8 @@ async def check(settings: Settings, services: Sequence[str]) -> None:
         from services.api_gateway.rate_limit import from_settings
         from services.common.signing import Keys
 
-        check_batch_settings(settings.message_batch_max, settings.message_batch_in_flight)
+        check_batch_settings(settings.message_batch_max, settings.message_batch_in_flight,
+                             settings.message_batch_wait)
         Keys.from_settings(settings)
         from_settings(settings)
     if "message" in services:

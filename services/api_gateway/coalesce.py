@@ -20,7 +20,11 @@ rises by one; after every batch it comes down by one; and after a second in whic
 waited it drops back to ``in_flight``, to find out whether waiting pays again.
 
 So at low load nothing waits (or, after such a probe, a few calls a second), and under load a
-request waits at most for calls that were already in flight.
+request waits at most for calls that were already in flight, and never longer than
+:data:`MAX_WAIT`: a call in flight that is slow (a store that takes seconds to answer or to
+fail) does not hold back the calls behind it. When the first of the waiting calls has waited
+that long (``message_batch_wait``), they all go at once, in a call of their own, beside the
+slow one.
 
 Each item keeps its deadline: a waiting item fails with DEADLINE_EXCEEDED when its deadline
 passes, a batch's deadline is the earliest of its items', and an item whose caller gave up
@@ -95,6 +99,11 @@ _CLOSING: Final = status_pb2.Status(
 # Seconds before a gateway whose message_svc answered Batch with UNIMPLEMENTED (an older
 # version, during a rolling upgrade) tries Batch again; meanwhile every call goes alone.
 _RETRY_BATCH_AFTER: Final = 60.0
+# The longest a call waits for the calls in flight by default (module docstring): far above a
+# batch's round trip under load (1-5 ms on two cores), far below a store's timeouts (seconds).
+MAX_WAIT: Final = 0.025
+# Bounds of message_batch_wait, in seconds.
+MAX_WAIT_RANGE: Final = (0.001, 60.0)
 # A waiting caller's future and what to settle it with: an answer, or the exception to raise.
 _Outcome = tuple[asyncio.Future[Any], Any]
 
@@ -121,6 +130,8 @@ class CallStats:
     batches: int = 0
     batched: int = 0
     largest: int = 0
+    # Times the waiting calls went after their longest wait, not when a call in flight returned.
+    overdue: int = 0
 
     def line(self) -> str:
         calls = self.alone + self.batches
@@ -129,7 +140,8 @@ class CallStats:
         return (
             f"{self.requests} requests to message_svc in {calls} calls "
             f"({per_call:.2f} per call; {self.waited} waited): {self.alone} alone, "
-            f"{self.batches} batches of {mean:.2f} items on average (largest {self.largest})"
+            f"{self.batches} batches of {mean:.2f} items on average (largest {self.largest}); "
+            f"{self.overdue} times the waiting calls went without waiting any longer"
         )
 
 
@@ -190,14 +202,21 @@ class Window:
 class _State:
     in_flight: int = 0
     waiting: list[_Waiting] = field(default_factory=list)
+    # Sends what waits once the first of it has waited its longest; None while nothing waits.
+    overdue: asyncio.TimerHandle | None = None
     sending: set[asyncio.Task[None]] = field(default_factory=set)
     batch_retry_at: float = 0.0
     exchange_retry_at: float = 0.0
 
 
-def check_batch_settings(max_items: int, in_flight: int) -> None:
-    """Raises ConfigurationError when ``message_batch_max`` / ``message_batch_in_flight`` are
-    out of range."""
+def check_batch_settings(max_items: int, in_flight: int, max_wait: float = MAX_WAIT) -> None:
+    """Raises ConfigurationError when ``message_batch_max`` / ``message_batch_in_flight`` /
+    ``message_batch_wait`` are out of range."""
+    low, high = MAX_WAIT_RANGE
+    if not low <= max_wait <= high:
+        raise ConfigurationError(
+            f"message_batch_wait must be between {low} and {high} seconds, not {max_wait}"
+        )
     if not 2 <= max_items <= MAX_ITEMS:
         raise ConfigurationError(
             f"message_batch_max must be between 2 and {MAX_ITEMS}, not {max_items}"
@@ -213,13 +232,15 @@ class CoalescingMessages:
 
     def __init__(
         self, messages: Any, internal: Any, *, max_items: int = 32, in_flight: int = 1,
-        exchange: Exchange | None = None,
+        exchange: Exchange | None = None, max_wait: float = MAX_WAIT,
     ) -> None:
         """``messages``, ``internal``: the ``Messages`` and ``MessagesInternal`` stubs of one
         channel. ``max_items``: the most items of one Batch (2..256); ``in_flight``: requests
-        in flight from which further calls wait, at least (≥ 1; :class:`Window`).
+        in flight from which further calls wait, at least (≥ 1; :class:`Window`);
+        ``max_wait``: the longest a call waits for them, in seconds (module docstring).
         ``exchange``: the stream the calls go on (module docstring); None: unary calls."""
-        check_batch_settings(max_items, in_flight)
+        check_batch_settings(max_items, in_flight, max_wait)
+        self._max_wait = max_wait
         self._messages = messages
         self._batch_call = internal.Batch
         self._exchange = exchange
@@ -270,6 +291,8 @@ class CoalescingMessages:
             waiting.deadline = loop.time() + timeout
             waiting.timer = loop.call_at(waiting.deadline, self._expire, waiting)
         state.waiting.append(waiting)
+        if state.overdue is None:
+            state.overdue = loop.call_later(self._max_wait, self._overdue)
         if len(state.waiting) >= self._max_items:
             self._send_waiting()
         return await waiting.future
@@ -333,6 +356,15 @@ class CoalescingMessages:
         if not waiting.future.done():
             waiting.future.set_exception(deadline_exceeded())
 
+    def _overdue(self) -> None:
+        """The first of the waiting calls has waited its longest: all of them go now."""
+        state = self._state
+        state.overdue = None
+        if state.waiting:
+            self.stats.overdue += 1
+        while state.waiting:
+            self._send_waiting()
+
     def _window_closed(self) -> bool:
         """A call returned: send what waits, as long as fewer requests than the limit are in
         flight. Whether a call was started."""
@@ -353,6 +385,9 @@ class CoalescingMessages:
                 break
             count += 1
         taken, state.waiting = state.waiting[:count], state.waiting[count:]
+        if not state.waiting and state.overdue is not None:
+            state.overdue.cancel()
+            state.overdue = None
         live = []
         for waiting in taken:
             if waiting.timer is not None:
@@ -475,6 +510,9 @@ class CoalescingMessages:
         """Fail what still waits (the channel is closing) and wait for the calls sent."""
         state = self._state
         waiting, state.waiting = state.waiting, []
+        if state.overdue is not None:
+            state.overdue.cancel()
+            state.overdue = None
         for item in waiting:
             if item.timer is not None:
                 item.timer.cancel()

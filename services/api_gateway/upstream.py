@@ -85,8 +85,9 @@ class Upstreams:
         self._stream = settings.message_stream
         self._batch_max = settings.message_batch_max
         self._in_flight = settings.message_batch_in_flight
+        self._batch_wait = settings.message_batch_wait
         if self._batch:  # before any channel is opened
-            check_batch_settings(self._batch_max, self._in_flight)
+            check_batch_settings(self._batch_max, self._in_flight, self._batch_wait)
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: _Stubs | None = None
         self._health: dict[str, Any] = {}
@@ -108,6 +109,7 @@ class Upstreams:
                 messages, instrumented(internal),
                 max_items=self._batch_max, in_flight=self._in_flight,
                 exchange=Exchange(internal) if self._stream else None,
+                max_wait=self._batch_wait,
             )
         self._stubs = _Stubs(
             queues=instrumented(queues_pb2_grpc.QueuesStub(queue_channel)),

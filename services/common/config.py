@@ -293,6 +293,14 @@ class Settings:
             "nothing (1 = whenever anything is in flight)."
         ),
     )
+    message_batch_wait: float = field(
+        default=0.025,
+        metadata=_help(
+            "Longest a call waits for the calls in flight, in seconds (0.001..60): then the "
+            "calls waiting go at once, beside the slow ones, so that a call a store takes "
+            "seconds to answer or to fail does not hold back the calls behind it."
+        ),
+    )
     message_checksum: bool = field(
         default=False, metadata=_help('Add "checksum": "MD5:<hex>" to every message returned.')
     )

@@ -81,7 +81,9 @@ def _comparable(resp: httpx.Response, fresh: Mapping[str, str]) -> tuple[int, An
 async def test_concurrent_requests_share_calls_and_answer_as_alone(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with running_services(make_settings()) as settings:
+    # (the calls wait for the ones in flight however slow the machine: what went together is
+    # asserted below)
+    async with running_services(make_settings(message_batch_wait=60.0)) as settings:
         single_settings = Settings.load(
             environ={}, overrides={**_fields(settings), "message_batch": False}
         )
@@ -180,7 +182,8 @@ async def test_requests_one_after_the_other_go_alone(
 
 def test_the_settings_are_checked() -> None:
     for bad in ({"message_batch_max": 1}, {"message_batch_max": 257},
-                {"message_batch_in_flight": 0}):
+                {"message_batch_in_flight": 0}, {"message_batch_wait": 0.0},
+                {"message_batch_wait": 61.0}):
         settings = Settings.load(environ={}, overrides=bad)
         with pytest.raises(ConfigurationError):  # before any channel is opened
             Upstreams(settings)
@@ -233,6 +236,9 @@ class StandInInternal(messages_pb2_grpc.MessagesInternalServicer):
 
 
 MAX_ITEMS = 6
+# The stand-ins' calls wait for the ones in flight as long as the tests hold them (the longest
+# message_batch_wait), except where a test asks otherwise.
+LONGEST_WAIT = 60.0
 
 
 @pytest.fixture
@@ -262,7 +268,7 @@ async def stand_in(
     stub = CoalescingMessages(
         messages_pb2_grpc.MessagesStub(channel),  # type: ignore[no-untyped-call]
         messages_pb2_grpc.MessagesInternalStub(channel),  # type: ignore[no-untyped-call]
-        max_items=MAX_ITEMS,
+        max_items=MAX_ITEMS, max_wait=LONGEST_WAIT,
     )
     yield stub, messages, internal
     messages.release.set()
@@ -509,7 +515,7 @@ class StoppingInternal(StandInInternal):
 
 @asynccontextmanager
 async def streaming_stand_in(
-    internal_class: type[StandInInternal],
+    internal_class: type[StandInInternal], max_wait: float = LONGEST_WAIT,
 ) -> AsyncIterator[
     tuple[CoalescingMessages, StandIn, StandInInternal, Exchange, grpc.aio.Server]
 ]:
@@ -533,7 +539,7 @@ async def streaming_stand_in(
     exchange = Exchange(internal_stub)
     stub = CoalescingMessages(
         messages_pb2_grpc.MessagesStub(channel),  # type: ignore[no-untyped-call]
-        internal_stub, max_items=MAX_ITEMS, exchange=exchange,
+        internal_stub, max_items=MAX_ITEMS, exchange=exchange, max_wait=max_wait,
     )
     try:
         yield stub, messages, internal, exchange, server
@@ -542,6 +548,30 @@ async def streaming_stand_in(
         await stub.close()
         await channel.close()
         await server.stop(0)
+
+
+@pytest.mark.parametrize("internal_class", [StreamingInternal, StandInInternal],
+                         ids=["stream", "unary"])
+async def test_a_slow_call_in_flight_holds_the_calls_behind_it_no_longer_than_the_wait(
+    internal_class: type[StandInInternal],
+) -> None:
+    async with streaming_stand_in(internal_class, max_wait=0.05) as (stub, messages, _, _, _):
+        # Given a call in flight that does not return (a store that takes seconds to fail)
+        held = post(stub, "hold")
+        await until(lambda: "hold" in messages.arrived)
+        # When more calls come, and the first of them has waited message_batch_wait
+        behind = [post(stub, f"behind-{n}") for n in range(3)]
+        await settled(*behind)
+        # Then they went together, without it, and are answered while it is still in flight
+        assert [list(t.result().ids) for t in behind] == [[f"behind-{n}"] for n in range(3)]
+        assert not held.done()
+        assert stub.stats.overdue == 1 and stub.stats.batches == 1
+        # And a call coming while nothing else waits goes after its own wait, as they did
+        late = post(stub, "late")
+        assert list((await late).ids) == ["late"]
+        assert not held.done() and stub.stats.overdue == 2
+        messages.release.set()
+        assert list((await held).ids) == ["hold"]
 
 
 async def test_calls_go_on_one_stream_and_answer_and_fail_as_unary_calls() -> None:
