@@ -191,5 +191,13 @@ def describe(exc: Exception) -> str:
 
 
 def mongo_edge(store: str) -> Callable[[str], Callable[[Method[S, P, R]], Wrapped[S, P, R]]]:
-    """The decorator factory that turns MongoDB driver errors of ``store`` into Unavailable."""
-    return driver_edge(store, (PyMongoError,), describe)
+    """The decorator factory that turns MongoDB driver errors of ``store`` into Unavailable.
+
+    A call that waited out the server selection (``serverSelectionTimeoutMS``) takes the
+    server as down: the calls made while another one waits for it fail at once
+    (:func:`services.common.store_edge.driver_edge`)."""
+    return driver_edge(store, (PyMongoError,), describe, unreachable=_unreachable)
+
+
+def _unreachable(exc: Exception) -> bool:
+    return isinstance(exc, ServerSelectionTimeoutError)

@@ -12,6 +12,14 @@ performs::
 
 Errors of the service's own (``ServiceError``) pass through untouched. A cancelled caller
 always sees ``CancelledError``, even where the driver lost the cancellation.
+
+A driver that waits for its server before it gives up (pymongo's server selection, 2 s by
+default) names those errors with ``unreachable``. Once a call ends with one, the server is
+taken as down: while it is, one call at a time still goes to the driver (and so finds out
+when the server is back), and the others fail at once with the same :class:`Unavailable`,
+instead of each waiting out the driver's timeout. The first call to end otherwise (a result,
+or any other answer from the server) takes the server as up again. The state is kept per
+server address, for every store of the process on it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from services.common.errors import Unavailable
@@ -42,11 +51,29 @@ Method = Callable[Concatenate[S, P], Awaitable[R]]
 Wrapped = Callable[Concatenate[S, P], Coroutine[Any, Any, R]]
 
 
+@dataclass(slots=True)
+class _Down:
+    """A server that its last call could not reach: why, and whether a call is trying it."""
+
+    reason: str
+    trying: bool = False
+
+
+# Servers the last call of one of this process's stores could not reach, by address.
+_DOWN: dict[str, _Down] = {}
+
+
+def server_down(address: str) -> bool:
+    """Whether calls to the server at ``address`` fail at once while one call tries it."""
+    return address in _DOWN
+
+
 def driver_edge(
     store: str,
     errors: tuple[type[Exception], ...],
     describe: Callable[[Exception], str],
     driver_fault: Callable[[Exception], bool] | None = None,
+    unreachable: Callable[[Exception], bool] | None = None,
 ) -> Callable[[str], Callable[[Method[S, P, R]], Wrapped[S, P, R]]]:
     """A decorator factory translating ``errors`` into :class:`Unavailable`.
 
@@ -56,6 +83,9 @@ def driver_edge(
         describe: a short, caller-safe reason for one of them, e.g. "Redis cannot be reached".
         driver_fault: whether another exception is the driver failing on a lost connection
             (raised inside the driver's own code), translated as well.
+        unreachable: whether one of ``errors`` says that the driver waited for its server and
+            found none: while the server is down, other calls then fail at once (module
+            docstring).
     """
     caught: tuple[type[Exception], ...] = errors if driver_fault is None else (Exception,)
 
@@ -63,6 +93,11 @@ def driver_edge(
         def decorate(method: Method[S, P, R]) -> Wrapped[S, P, R]:
             @functools.wraps(method)
             async def translated(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+                if unreachable is not None:
+                    return await watched(self, *args, **kwargs)
+                return await call(self, *args, **kwargs)
+
+            async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
                 task = asyncio.current_task()
                 cancels = task.cancelling() if task is not None else 0
                 try:
@@ -89,11 +124,52 @@ def driver_edge(
                     raise asyncio.CancelledError
                 return result
 
+            async def watched(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+                assert unreachable is not None
+                address = self.address
+                down = _DOWN.get(address)
+                if down is not None:
+                    if down.trying:
+                        raise Unavailable(
+                            f"The {store} could not {action}: {down.reason}. "
+                            "Please try again in a few seconds."
+                        )
+                    down.trying = True
+                reached: bool | None = None  # None: the call did not end (cancelled)
+                try:
+                    result = await call(self, *args, **kwargs)
+                    reached = True
+                    return result
+                except Unavailable as exc:
+                    cause = exc.__cause__
+                    reached = not (isinstance(cause, Exception) and unreachable(cause))
+                    if isinstance(cause, Exception) and not reached:
+                        _went_down(store, address, describe(cause))
+                    raise
+                except Exception:
+                    reached = True  # the server answered; the service refused something
+                    raise
+                finally:
+                    if down is not None:
+                        down.trying = False
+                    if reached and address in _DOWN:
+                        del _DOWN[address]
+                        log.warning("%s at %s is reachable again", store, address)
+
             return translated
 
         return decorate
 
     return for_action
+
+
+def _went_down(store: str, address: str, reason: str) -> None:
+    if address not in _DOWN:
+        _DOWN[address] = _Down(reason)
+        log.warning(
+            "%s at %s cannot be reached: until it can, one call at a time waits for it and "
+            "the others fail at once", store, address,
+        )
 
 
 def contended(store: str, action: str) -> Unavailable:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -308,6 +309,62 @@ async def test_mongodb_restart_fails_fast_and_the_same_store_recovers(tmp_path: 
             await store.close()
     finally:
         server.kill()  # its graceful stop takes seconds, and its data is thrown away anyway
+
+
+async def test_an_unreachable_mongodb_fails_other_calls_at_once_while_one_waits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a store on a MongoDB server that is then killed
+    server = mongodb_process(tmp_path / "mongodb")
+    server.start()
+    try:
+        store = await open_queue_store(
+            f"mongodb://127.0.0.1:{server.port}/zaqar?serverSelectionTimeoutMS=2000"
+        )
+        try:
+            await store.create("p", "kept", {"a": 1})
+            server.kill()
+            # When a call waits out the server selection and finds no server (the first
+            # ones may fail sooner, on a pooled connection the kill closed)
+            caplog.set_level(logging.WARNING, logger="services.common.store_edge")
+            for _ in range(5):
+                with pytest.raises(Unavailable):
+                    await store.get("p", "kept")
+                if "cannot be reached: until it can" in caplog.text:
+                    break
+            assert "cannot be reached: until it can, one call at a time waits" in caplog.text
+            # Then the next call waits for the server in its turn
+            waiting = asyncio.ensure_future(store.get("p", "kept"))
+            await asyncio.sleep(0)
+            # And calls made meanwhile fail at once, before it ends, as it will
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: store.get("p", "kept"), lambda: store.create("p", "new", {}),
+                lambda: store.list("p", limit=5),
+            ]
+            for call in calls:
+                with pytest.raises(Unavailable) as caught:
+                    await call()
+                assert "MongoDB cannot be reached" in caught.value.description
+                assert not waiting.done()
+            with pytest.raises(Unavailable):
+                await waiting
+            # And once the server is back, a call finds it and the others follow
+            server.start()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    record = await store.get("p", "kept")
+                    break
+                except Unavailable:
+                    assert time.monotonic() < deadline, "the store did not find the server"
+            assert record is not None and dict(record.metadata) == {"a": 1}
+            created = await asyncio.gather(*(store.create("p", f"q{i}", {}) for i in range(5)))
+            assert created == [True] * 5
+            assert "is reachable again" in caplog.text
+        finally:
+            await store.close()
+    finally:
+        server.kill()
 
 
 async def test_redis_listing_over_many_script_calls(
