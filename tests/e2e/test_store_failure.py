@@ -3,6 +3,7 @@ without a restart; no acknowledged message lost (Redis with AOF ``appendfsync al
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from services.common.config import Settings
 from tests.e2e.harness import Stack, start_stack
-from tests.servers import ServerProcess, redis_process
+from tests.servers import ServerProcess, mongodb_process, redis_process
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +91,62 @@ def test_redis_killed_and_restarted(durable_redis: ServerProcess, redis_stack: S
         ids = all_message_ids(http, "fo")
         assert ids[: len(acked)] == acked
         assert len(ids) == len(acked) + 1
+
+
+# Seconds the services' MongoDB client waits in server selection before a call fails.
+SELECTION = 4
+
+
+def test_an_unreachable_mongodb_answers_concurrent_requests_at_once(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    # Given a stack on a MongoDB server (calls wait SELECTION seconds for it), and a queue
+    server = mongodb_process(tmp_path / "mongodb")
+    server.start()
+    try:
+        def uri(service: str) -> str:
+            return (f"mongodb://127.0.0.1:{server.port}/down_{service}"
+                    f"?serverSelectionTimeoutMS={SELECTION * 1000}")
+
+        stack = start_stack(make_settings(
+            queue_store=uri("queue"), message_store=uri("message"),
+            notifier_store=uri("notifier"), rpc_timeout=30.0,
+        ))
+        try:
+            with httpx.Client(base_url=stack.url, headers=HEADERS, timeout=60) as http:
+                r = http.post("/v2/queues/down/messages", json={"messages": [{"body": 1}]})
+                assert r.status_code == 201, r.text
+                # When the server goes away, and message_svc has waited out a server selection
+                server.kill()
+                found = (f"message store at mongodb://127.0.0.1:{server.port}/down_message "
+                         "cannot be reached")
+                for _ in range(10):
+                    r = http.post("/v2/queues/down/messages", json={"messages": [{"body": 2}]})
+                    assert r.status_code == 503, r.text
+                    if any(found in line for line in stack.output):
+                        break
+                assert any(found in line for line in stack.output), "".join(stack.output[-20:])
+
+            # Then of 16 concurrent requests, one waits for the server in its turn and the
+            # others answer 503 at once: before any call could have waited out a selection
+            async def burst() -> list[tuple[int, str, float]]:
+                async with httpx.AsyncClient(base_url=stack.url, headers=HEADERS,
+                                             timeout=60) as client:
+                    started = time.monotonic()
+
+                    async def one(n: int) -> tuple[int, str, float]:
+                        r = await client.post("/v2/queues/down/messages",
+                                              json={"messages": [{"body": n}]})
+                        return r.status_code, r.json()["title"], time.monotonic() - started
+
+                    return await asyncio.gather(*(one(n) for n in range(16)))
+
+            answers = asyncio.run(burst())
+            assert {(status, title) for status, title, _ in answers} == {
+                (503, "Service temporarily unavailable")}
+            at_once = [took for _, _, took in answers if took < SELECTION]
+            assert len(at_once) >= 15, sorted(took for _, _, took in answers)
+        finally:
+            assert stack.stop() == 0
+    finally:
+        server.stop()
