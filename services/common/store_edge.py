@@ -19,7 +19,8 @@ taken as down: while it is, one call at a time still goes to the driver (and so 
 when the server is back), and the others fail at once with the same :class:`Unavailable`,
 instead of each waiting out the driver's timeout. The first call to end otherwise (a result,
 or any other answer from the server) takes the server as up again. The state is kept per
-server address, for every store of the process on it.
+store address (the servers and the database the store's ``address`` names), for every store
+object of the process at that address.
 """
 
 from __future__ import annotations
@@ -59,13 +60,8 @@ class _Down:
     trying: bool = False
 
 
-# Servers the last call of one of this process's stores could not reach, by address.
+# Store addresses whose servers the last call of this process could not reach.
 _DOWN: dict[str, _Down] = {}
-
-
-def server_down(address: str) -> bool:
-    """Whether calls to the server at ``address`` fail at once while one call tries it."""
-    return address in _DOWN
 
 
 def driver_edge(
