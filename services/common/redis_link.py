@@ -193,6 +193,9 @@ class Link:
                     await command.future  # an error reply (e.g. WRONGPASS) raises
         except BaseException:
             connection.fail(RedisConnectionError("The Redis handshake failed."))
+            for command in commands:  # the replies not awaited: their errors are known
+                if command.future.done() and not command.future.cancelled():
+                    command.future.exception()
             raise
         connection.ready()
         return connection

@@ -6,6 +6,7 @@ what waits and is never resent, and nothing is ever left waiting."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -399,3 +400,38 @@ def test_a_demoted_server_sends_what_waits_to_the_server_located_now(
                 await plain.close()
 
         run(body())
+
+
+def test_a_server_that_never_answers_the_handshake_leaves_no_error_unread(run: Any) -> None:
+    # Given a server that accepts connections and never answers, and a link whose handshake
+    # has two commands (SELECT, CLIENT SETNAME)
+    held: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    unread: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: unread.append(context["message"]))
+        accepting = loop.run_in_executor(None, lambda: held.append(listener.accept()[0]))
+        link = Link(options(port, db=2, socket_timeout=0.2), "link-silent")
+        try:
+            # When a command waits for the handshake, which times out
+            with pytest.raises(RedisTimeoutError):
+                await call(link, "PING")
+            await accepting
+            assert link.waiting() == []
+        finally:
+            await link.close()
+        # Then the handshake's other reply, failed with the first, was not left unread
+        # (asyncio reports a failed future that nobody read when it is collected)
+        gc.collect()
+        await asyncio.sleep(0)
+
+    try:
+        run(main())
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    assert unread == []
