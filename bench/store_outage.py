@@ -5,10 +5,12 @@ it, and a few queues with messages; then kills the store (SIGKILL) while ``--wor
 keep sending posts, claims and queue reads, one request at a time each, for ``--down``
 seconds; then starts the store again and keeps sending until every worker has been served.
 Prints how many answers were 503 and how long they took (p50, p99, max), and how soon after
-the store accepted connections again each worker had its first success.
+the store accepted connections again each worker had its first success. With ``--silent``, a
+server that accepts connections and never answers takes the store's port while it is down (a
+store behind a network partition, or a hung one), instead of nothing (connections refused).
 
     .venv/bin/python bench/store_outage.py --store mongodb --workers 16 --down 10
-    .venv/bin/python bench/store_outage.py --store redis --workers 16 --down 10
+    .venv/bin/python bench/store_outage.py --store redis --workers 16 --down 10 --silent
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tests.e2e.harness import start_stack  # noqa: E402
 from tests.servers import (  # noqa: E402
     MONGODB_REPLICA_SET,
     ServerProcess,
+    SilentServer,
     mongodb_process,
     redis_process,
     service_ports,
@@ -135,7 +138,10 @@ async def run(args: argparse.Namespace) -> list[str]:
                 print(f"{time.monotonic() - TRACE[0]:8.3f} kill", file=sys.stderr)
             server.kill()
             killed = time.monotonic()
+            silent = SilentServer(server.port) if args.silent else None
             await asyncio.sleep(args.down)
+            if silent is not None:
+                silent.close()
             server.start()
             await asyncio.to_thread(serving, server)
             back[0] = time.monotonic()
@@ -170,6 +176,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--down", type=float, default=10.0, help="seconds the store is down")
     parser.add_argument("--log", help="write the services' output to this file")
+    parser.add_argument("--silent", action="store_true",
+                        help="while the store is down, a server that never answers takes its port")
     parser.add_argument("--trace", action="store_true", help="print every answer to stderr")
     parser.add_argument("--log-level", default="WARNING", help="the services' log level")
     args = parser.parse_args()

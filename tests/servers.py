@@ -10,6 +10,7 @@ it. Locally a missing server skips the tests that need it; in CI (``CI=true``) i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from asyncio import selector_events
 from collections.abc import Iterator
@@ -231,6 +233,33 @@ def redis_tls_query(pki: Pki) -> str:
     """The TLS options of a ``rediss://`` URI of such a server, with the client certificate."""
     return (f"ssl_ca_certs={pki.ca}&ssl_certfile={pki.client.cert}"
             f"&ssl_keyfile={pki.client.key}")
+
+
+class SilentServer:
+    """Accepts connections on ``port`` and never answers until ``close``: a store behind a
+    network partition, or hung."""
+
+    def __init__(self, port: int) -> None:
+        self._listener = socket.create_server(("127.0.0.1", port), backlog=1024)
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(connection)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (Linux)
+        self._listener.close()
+        for connection in self._held:
+            connection.close()
+        self._thread.join()
 
 
 def redis_process(

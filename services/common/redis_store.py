@@ -956,8 +956,19 @@ def redis_fault(exc: Exception) -> bool:
 
 
 def redis_edge(store: str) -> Callable[[str], Callable[[Method[S, P, R]], Wrapped[S, P, R]]]:
-    """The decorator factory that turns Redis errors of ``store`` into Unavailable."""
-    return driver_edge(store, (RedisError, RedisClusterException), describe, redis_fault)
+    """The decorator factory that turns Redis errors of ``store`` into Unavailable.
+
+    A call that waited out a timeout (``socket_connect_timeout``, ``socket_timeout``: a server
+    that accepts connections and does not answer, or cannot be reached at all) takes the
+    server as down: the calls made while another one waits for it fail at once
+    (:func:`services.common.store_edge.driver_edge`). A server that refuses connections makes
+    every call fail at once anyway."""
+    return driver_edge(store, (RedisError, RedisClusterException), describe, redis_fault,
+                       unreachable=_unreachable)
+
+
+def _unreachable(exc: Exception) -> bool:
+    return isinstance(exc, RedisTimeoutError)
 
 
 # The server addresses whose persistence and eviction this process has logged about: another

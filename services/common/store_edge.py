@@ -17,8 +17,9 @@ A driver that waits for its server before it gives up (pymongo's server selectio
 default) names those errors with ``unreachable``. Once a call ends with one, the server is
 taken as down: while it is, one call at a time still goes to the driver (and so finds out
 when the server is back), and the others fail at once with the same :class:`Unavailable`,
-instead of each waiting out the driver's timeout. The first call to end otherwise (a result,
-or any other answer from the server) takes the server as up again. The state is kept per
+instead of each waiting out the driver's timeout. The first call to succeed (or to be refused
+by the service itself) takes the server as up again; a call that failed otherwise (a
+connection lost) changes nothing. The state is kept per
 store address (the servers and the database the store's ``address`` names), for every store
 object of the process at that address.
 """
@@ -89,11 +90,16 @@ def driver_edge(
         def decorate(method: Method[S, P, R]) -> Wrapped[S, P, R]:
             @functools.wraps(method)
             async def translated(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-                if unreachable is not None:
-                    return await watched(self, *args, **kwargs)
-                return await call(self, *args, **kwargs)
-
-            async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+                down = None
+                if _DOWN and unreachable is not None:  # some server of this process is down
+                    down = _DOWN.get(self.address)
+                    if down is not None:
+                        if down.trying:
+                            raise Unavailable(
+                                f"The {store} could not {action}: {down.reason}. "
+                                "Please try again in a few seconds."
+                            )
+                        down.trying = True
                 task = asyncio.current_task()
                 cancels = task.cancelling() if task is not None else 0
                 try:
@@ -102,53 +108,39 @@ def driver_edge(
                     if not isinstance(exc, errors) and (
                         driver_fault is None or not driver_fault(exc)
                     ):
+                        _reached(self)  # the service's own error: the server answered
                         raise
                     reason = describe(exc)
                     log.warning(
                         "%s at %s failed to %s: %s (%s: %s)",
                         store, self.address, action, reason, type(exc).__name__, exc,
                     )
+                    if unreachable is not None and unreachable(exc):
+                        _went_down(store, self.address, reason)
+                    # (another driver error, a connection lost say, is no news either way)
                     raise Unavailable(
                         f"The {store} could not {action}: {reason}. "
                         "Please try again in a few seconds."
                     ) from exc
+                except Exception:
+                    _reached(self)  # the service's own error: the server answered
+                    raise
+                finally:
+                    if down is not None:
+                        down.trying = False
                 if task is not None and task.cancelling() > cancels:
                     # The caller was cancelled but the driver returned instead of raising: on
                     # Python 3.11 asyncio.wait_for (used inside pymongo) drops a cancellation
                     # that arrives as its awaitable completes. The work is done; the caller
                     # still learns that it was cancelled.
                     raise asyncio.CancelledError
+                _reached(self)
                 return result
 
-            async def watched(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-                assert unreachable is not None
-                address = self.address
-                down = _DOWN.get(address)
-                if down is not None:
-                    if down.trying:
-                        raise Unavailable(
-                            f"The {store} could not {action}: {down.reason}. "
-                            "Please try again in a few seconds."
-                        )
-                    down.trying = True
-                reached: bool | None = None  # None: the call did not end (cancelled)
-                try:
-                    result = await call(self, *args, **kwargs)
-                    reached = True
-                    return result
-                except Unavailable as exc:
-                    cause = exc.__cause__
-                    reached = not (isinstance(cause, Exception) and unreachable(cause))
-                    if isinstance(cause, Exception) and not reached:
-                        _went_down(store, address, describe(cause))
-                    raise
-                except Exception:
-                    reached = True  # the server answered; the service refused something
-                    raise
-                finally:
-                    if down is not None:
-                        down.trying = False
-                    if reached and address in _DOWN:
+            def _reached(self: S) -> None:
+                if _DOWN and unreachable is not None:
+                    address = self.address
+                    if address in _DOWN:
                         del _DOWN[address]
                         log.warning("%s at %s is reachable again", store, address)
 

@@ -25,6 +25,7 @@ from services.testing.queue_store import QueueStoreContract, names
 from tests.conftest import FAIL_FAST
 from tests.contract.conftest import IN_CLEAR
 from tests.servers import (
+    SilentServer,
     free_port,
     mongodb_process,
     redis_process,
@@ -365,6 +366,65 @@ async def test_an_unreachable_mongodb_fails_other_calls_at_once_while_one_waits(
             await store.close()
     finally:
         server.kill()
+
+
+async def test_a_redis_that_does_not_answer_fails_other_calls_at_once_while_one_waits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a store on a Redis that keeps what it acknowledged, with short timeouts
+    server = redis_process(tmp_path / "redis", durable=True)
+    server.start()
+    try:
+        store = await open_queue_store(
+            f"redis://127.0.0.1:{server.port}/0?socket_timeout=0.5&socket_connect_timeout=0.5"
+        )
+        try:
+            await store.create("p", "kept", {"a": 1})
+            # When the server is replaced by one that accepts connections and never answers
+            # (a hung server, or one behind a network partition)
+            server.kill()
+            silent = SilentServer(server.port)
+            try:
+                # And a call has waited out the timeout
+                caplog.set_level(logging.WARNING, logger="services.common.store_edge")
+                with pytest.raises(Unavailable) as caught:
+                    await store.get("p", "kept")
+                assert "Redis did not answer in time" in caught.value.description
+                assert "cannot be reached: until it can, one call at a time waits" in caplog.text
+                # Then the next call waits for the server in its turn
+                waiting = asyncio.ensure_future(store.get("p", "kept"))
+                await asyncio.sleep(0)
+                # And calls made meanwhile fail at once, before it ends, as it will
+                calls: list[Callable[[], Awaitable[object]]] = [
+                    lambda: store.get("p", "kept"), lambda: store.create("p", "new", {}),
+                    lambda: store.list("p", limit=5),
+                ]
+                for call in calls:
+                    with pytest.raises(Unavailable) as caught:
+                        await call()
+                    assert "Redis did not answer in time" in caught.value.description
+                    assert not waiting.done()
+                with pytest.raises(Unavailable):
+                    await waiting
+            finally:
+                silent.close()
+            # And once the server answers again, a call finds it and the others follow
+            server.start()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    record = await store.get("p", "kept")
+                    break
+                except Unavailable:
+                    assert time.monotonic() < deadline, "the store did not find the server"
+            assert record is not None and dict(record.metadata) == {"a": 1}
+            created = await asyncio.gather(*(store.create("p", f"q{i}", {}) for i in range(5)))
+            assert created == [True] * 5
+            assert "is reachable again" in caplog.text
+        finally:
+            await store.close()
+    finally:
+        server.stop()
 
 
 async def test_redis_listing_over_many_script_calls(
