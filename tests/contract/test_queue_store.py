@@ -16,7 +16,7 @@ import pytest
 from services.common import sqlite_store
 from services.common.config import ConfigurationError
 from services.common.errors import Unavailable
-from services.queue_svc.storage.base import MetadataPatch, apply_patches
+from services.queue_svc.storage.base import MetadataPatch, QueueStore, apply_patches
 from services.queue_svc.storage.mongodb._connection import parse as parse_mongodb
 from services.queue_svc.storage.redis import queues as redis_queues
 from services.queue_svc.storage.redis._connection import RedisOptions, parse
@@ -312,6 +312,39 @@ async def test_mongodb_restart_fails_fast_and_the_same_store_recovers(tmp_path: 
         server.kill()  # its graceful stop takes seconds, and its data is thrown away anyway
 
 
+async def one_waits_and_the_others_fail_at_once(store: QueueStore, reason: str) -> None:
+    """With ``store``'s server taken as down: the next call waits for it in its turn, and the
+    calls made meanwhile fail at once with ``reason``, before it ends, as it will."""
+    waiting = asyncio.ensure_future(store.get("p", "kept"))
+    await asyncio.sleep(0)
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.get("p", "kept"), lambda: store.create("p", "new", {}),
+        lambda: store.list("p", limit=5),
+    ]
+    for call in calls:
+        with pytest.raises(Unavailable) as caught:
+            await call()
+        assert reason in caught.value.description
+        assert not waiting.done()
+    with pytest.raises(Unavailable):
+        await waiting
+
+
+async def found_again(store: QueueStore, within: float) -> None:
+    """Once ``store``'s server answers again: a call finds it (within ``within`` s), and the
+    acknowledged queue is there, and concurrent calls all succeed."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            record = await store.get("p", "kept")
+            break
+        except Unavailable:
+            assert time.monotonic() < deadline, "the store did not find the server"
+    assert record is not None and dict(record.metadata) == {"a": 1}
+    created = await asyncio.gather(*(store.create("p", f"q{i}", {}) for i in range(5)))
+    assert created == [True] * 5
+
+
 async def test_an_unreachable_mongodb_fails_other_calls_at_once_while_one_waits(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -334,33 +367,11 @@ async def test_an_unreachable_mongodb_fails_other_calls_at_once_while_one_waits(
                 if "cannot be reached: until it can" in caplog.text:
                     break
             assert "cannot be reached: until it can, one call at a time waits" in caplog.text
-            # Then the next call waits for the server in its turn
-            waiting = asyncio.ensure_future(store.get("p", "kept"))
-            await asyncio.sleep(0)
-            # And calls made meanwhile fail at once, before it ends, as it will
-            calls: list[Callable[[], Awaitable[object]]] = [
-                lambda: store.get("p", "kept"), lambda: store.create("p", "new", {}),
-                lambda: store.list("p", limit=5),
-            ]
-            for call in calls:
-                with pytest.raises(Unavailable) as caught:
-                    await call()
-                assert "MongoDB cannot be reached" in caught.value.description
-                assert not waiting.done()
-            with pytest.raises(Unavailable):
-                await waiting
+            # Then the next call waits for the server in its turn, and the others fail at once
+            await one_waits_and_the_others_fail_at_once(store, "MongoDB cannot be reached")
             # And once the server is back, a call finds it and the others follow
             server.start()
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    record = await store.get("p", "kept")
-                    break
-                except Unavailable:
-                    assert time.monotonic() < deadline, "the store did not find the server"
-            assert record is not None and dict(record.metadata) == {"a": 1}
-            created = await asyncio.gather(*(store.create("p", f"q{i}", {}) for i in range(5)))
-            assert created == [True] * 5
+            await found_again(store, within=60)
             assert "is reachable again" in caplog.text
         finally:
             await store.close()
@@ -391,35 +402,15 @@ async def test_a_redis_that_does_not_answer_fails_other_calls_at_once_while_one_
                     await store.get("p", "kept")
                 assert "Redis did not answer in time" in caught.value.description
                 assert "cannot be reached: until it can, one call at a time waits" in caplog.text
-                # Then the next call waits for the server in its turn
-                waiting = asyncio.ensure_future(store.get("p", "kept"))
-                await asyncio.sleep(0)
-                # And calls made meanwhile fail at once, before it ends, as it will
-                calls: list[Callable[[], Awaitable[object]]] = [
-                    lambda: store.get("p", "kept"), lambda: store.create("p", "new", {}),
-                    lambda: store.list("p", limit=5),
-                ]
-                for call in calls:
-                    with pytest.raises(Unavailable) as caught:
-                        await call()
-                    assert "Redis did not answer in time" in caught.value.description
-                    assert not waiting.done()
-                with pytest.raises(Unavailable):
-                    await waiting
+                # Then the next call waits for the server in its turn, and the others fail
+                # at once
+                await one_waits_and_the_others_fail_at_once(
+                    store, "Redis did not answer in time")
             finally:
                 silent.close()
             # And once the server answers again, a call finds it and the others follow
             server.start()
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    record = await store.get("p", "kept")
-                    break
-                except Unavailable:
-                    assert time.monotonic() < deadline, "the store did not find the server"
-            assert record is not None and dict(record.metadata) == {"a": 1}
-            created = await asyncio.gather(*(store.create("p", f"q{i}", {}) for i in range(5)))
-            assert created == [True] * 5
+            await found_again(store, within=30)
             assert "is reachable again" in caplog.text
         finally:
             await store.close()
