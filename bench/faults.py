@@ -399,6 +399,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             left = result[0]
         finally:
             stack.stop()
+            if args.log is not None:
+                args.log.write_text("".join(stack.output))
             if store.server is not None:
                 store.server.stop()
             if store.cluster is not None:
@@ -448,6 +450,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--consumers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--log", type=Path, help="write the services' output here")
     ap.add_argument("--quiet", dest="verbose", action="store_false",
                     help="do not print each fault as it happens")
     return ap
