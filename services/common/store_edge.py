@@ -14,14 +14,15 @@ Errors of the service's own (``ServiceError``) pass through untouched. A cancell
 always sees ``CancelledError``, even where the driver lost the cancellation.
 
 A driver that waits for its server before it gives up (pymongo's server selection, 2 s by
-default) names those errors with ``unreachable``. Once a call ends with one, the server is
-taken as down: while it is, one call at a time still goes to the driver (and so finds out
-when the server is back), and the others fail at once with the same :class:`Unavailable`,
-instead of each waiting out the driver's timeout. The first call to succeed (or to be refused
-by the service itself) takes the server as up again; a call that failed otherwise (a
-connection lost) changes nothing. The state is kept per
-store address (the servers and the database the store's ``address`` names), for every store
-object of the process at that address.
+default; redis-py's connect and reply timeouts, 2 s and 5 s) names those errors with
+``unreachable``. Once a call ends with one, the server is taken as down: while it is, one call
+at a time still goes to the driver (and so finds out when the server is back), and the others
+fail at once with the same :class:`Unavailable`, instead of each waiting out the driver's
+timeout. The first call to succeed (or to be refused by the service itself) takes the server
+as up again; a call that failed otherwise (a connection lost) changes nothing. The state is
+kept per store address (the servers and the database the store's ``address`` names), for
+every store object of the process at that address; while no server is down, the check is a
+test of an empty dict.
 """
 
 from __future__ import annotations
