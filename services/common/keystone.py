@@ -201,6 +201,10 @@ class KeystoneAuth:
         self._trust_tokens: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._trust_flight = _SingleFlight()
         self._closed = False
+        # Why Keystone is taken as down (a request waited out the timeout), "" while it answers;
+        # and whether a request is trying it meanwhile (_send).
+        self._down = ""
+        self._trying = False
 
     @property
     def www_authenticate(self) -> str:
@@ -254,21 +258,46 @@ class KeystoneAuth:
         if body is not None:
             headers = {**headers, "Content-Type": "application/json"}
         data = None if body is None else orjson.dumps(body)
-        for attempt in range(2):
-            try:
-                async with self._http().request(
-                    method, self.url + path, headers=headers, data=data
-                ) as answer:
-                    return answer.status, await answer.read(), answer.headers
-            except aiohttp.ServerDisconnectedError as exc:
-                # A pooled connection the server had closed (its keep-alive ran out) fails
-                # before the request is read: once more on a new connection.
-                if attempt == 0:
-                    continue
-                raise KeystoneUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise KeystoneUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        # While Keystone is taken as down, one request at a time tries it (and so finds it as
+        # soon as it answers again), and the others fail at once instead of each waiting out
+        # the timeout.
+        trying = bool(self._down)
+        if trying:
+            if self._trying:
+                raise KeystoneUnavailable(self._down)
+            self._trying = True
+        try:
+            for attempt in range(2):
+                try:
+                    async with self._http().request(
+                        method, self.url + path, headers=headers, data=data
+                    ) as answer:
+                        answered = answer.status, await answer.read(), answer.headers
+                except aiohttp.ServerDisconnectedError as exc:
+                    # A pooled connection the server had closed (its keep-alive ran out)
+                    # fails before the request is read: once more on a new connection.
+                    if attempt == 0:
+                        continue
+                    raise KeystoneUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                except TimeoutError as exc:
+                    self._went_down(f"Keystone did not answer within {self.timeout:g} s")
+                    raise KeystoneUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                except aiohttp.ClientError as exc:
+                    raise KeystoneUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                if self._down:
+                    self._down = ""
+                    log.warning("Keystone at %s answers again", self.url)
+                return answered
+        finally:
+            if trying:
+                self._trying = False
         raise AssertionError("unreachable")
+
+    def _went_down(self, why: str) -> None:
+        if not self._down:
+            log.warning("%s at %s: until it does, one request at a time waits for it and the "
+                        "others fail at once", why, self.url)
+        self._down = why
 
     # The process's own token ---------------------------------------------------------------
 

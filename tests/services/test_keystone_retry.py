@@ -20,18 +20,23 @@ from aiohttp import web
 from services.common.config import Settings
 from services.common.keystone import KeystoneAuth, KeystoneUnavailable
 from tests.keystone import Keystone, keystone_overrides
+from tests.waiting import until
 
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection"}
 
 
 @dataclass
 class FailingProxy:
-    """Answers 500 to the first ``failures`` requests ``method`` ``/v3/auth/tokens``."""
+    """Answers 500 to the first ``failures`` requests ``method`` ``/v3/auth/tokens``; while
+    ``hold`` is set, holds each such request (counted in ``held``) until ``released``."""
 
     url: str
     method: str
     failures: int
     seen: list[int] = field(default_factory=list)  # the status of each such request
+    hold: bool = False
+    held: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @asynccontextmanager
@@ -44,6 +49,9 @@ async def failing_proxy(keystone: Keystone, method: str, failures: int
     async def forward(request: web.Request) -> web.Response:
         body = await request.read()
         matching = request.method == method and request.path == "/v3/auth/tokens"
+        if matching and proxy.hold:
+            proxy.held += 1
+            await proxy.released.wait()
         if matching and proxy.seen.count(500) < failures:
             proxy.seen.append(500)
             return web.Response(status=500, text="Internal Server Error")
@@ -121,3 +129,40 @@ async def test_a_keystone_that_fails_twice_is_unavailable(
         finally:
             await client.aclose()
     assert proxy.seen == [500, 500]
+
+
+async def test_a_keystone_that_does_not_answer_fails_other_validations_at_once(
+    keystone: Keystone, make_settings: Callable[..., Settings],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tokens = [await asyncio.to_thread(keystone.token, who) for who in ("user-a", "user-b")]
+    async with failing_proxy(keystone, "GET", failures=0) as proxy:
+        client = KeystoneAuth(make_settings(**{
+            **keystone_overrides(keystone), "keystone_url": proxy.url, "keystone_timeout": 1.0,
+        }))
+        try:
+            await client.service_token()  # while Keystone answers
+            # Given a Keystone that stops answering validations
+            proxy.hold = True
+            caplog.set_level(logging.WARNING, logger="services.common.keystone")
+            # When a validation waits out the timeout
+            with pytest.raises(KeystoneUnavailable):
+                await client.validate(tokens[0])
+            assert "until it does, one request at a time waits for it" in caplog.text
+            # Then the next one waits for Keystone in its turn
+            waiting = asyncio.ensure_future(client.validate(tokens[0]))
+            await until(lambda: proxy.held == 2, what="the second validation reaches Keystone")
+            # And one made meanwhile fails at once, before it ends, as it will
+            with pytest.raises(KeystoneUnavailable, match="did not answer within 1 s"):
+                await client.validate(tokens[1])
+            assert not waiting.done() and proxy.held == 2
+            with pytest.raises(KeystoneUnavailable):
+                await waiting
+            # And once Keystone answers again, the next validation finds it
+            proxy.hold = False
+            proxy.released.set()
+            identity = await client.validate(tokens[1])
+            assert identity.project == keystone.users["user-b"].project_id
+            assert "answers again" in caplog.text
+        finally:
+            await client.aclose()
