@@ -108,19 +108,19 @@ class QueueService:
             assert self._catalog is not None
             self._catalog.check_flavor_in(catalog, project, flavor)
         record = await self._store.get(project, queue)
+        dead_letter = await self._new_dead_letter(
+            project, {} if record is None else record.metadata, metadata
+        )
         if record is None:
             assert self._catalog is not None
-            pool = await self._pool_of_dead_letter(
-                catalog, project, queue, metadata, flavor
-            )
+            pool = self._pool_of_dead_letter(catalog, dead_letter, flavor)
             if pool is None:
                 pool = placement.choose(catalog, flavor if isinstance(flavor, str) else None,
                                         self._rng, self._catalog.now())
         else:
             pool = record.pool
             placement.check_change(catalog, pool, record.metadata, metadata)
-        await self._check_dead_letter(project, queue, pool, {} if record is None else
-                                      record.metadata, metadata)
+        _check_dead_letter(queue, pool, dead_letter)
         created = await self._store.create(project, queue, metadata, pool, quota=self._quota)
         if created:
             await self._keep_placed(catalog, pool)
@@ -131,35 +131,31 @@ class QueueService:
         await self._messages.invalidate(project, queue, placement.pool_uri(catalog, pool))
         return created
 
-    async def _pool_of_dead_letter(
-        self, catalog: Catalog, project: str, queue: str, metadata: Mapping[str, Any],
-        flavor: Any,
+    def _pool_of_dead_letter(
+        self, catalog: Catalog, dead_letter: tuple[str, QueueRecord] | None, flavor: Any,
     ) -> str | None:
         """Where a new queue without a ``_flavor`` goes when its ``_dead_letter_queue`` names
         a queue that exists on a pool taking new queues: that pool, since a dead-letter queue
         must be on the pool of the queues that move messages into it (a draw by weight would
         put the new queue elsewhere, and its create would be refused). None: draw."""
-        dead_letter = metadata.get("_dead_letter_queue")
-        if isinstance(flavor, str) or not isinstance(dead_letter, str) or dead_letter == queue:
+        if isinstance(flavor, str) or dead_letter is None:
             return None
-        target = await self._store.get(project, dead_letter)
-        if target is None or target.pool is None:
-            return None
+        pool = dead_letter[1].pool
         assert self._catalog is not None
-        if not catalog.takes_new_queues(target.pool, self._catalog.now()):
+        if pool is None or not catalog.takes_new_queues(pool, self._catalog.now()):
             return None
-        return target.pool
+        return pool
 
-    async def _check_dead_letter(
-        self, project: str, queue: str, pool: str | None,
-        old: Mapping[str, Any], new: Mapping[str, Any],
-    ) -> None:
+    async def _new_dead_letter(
+        self, project: str, old: Mapping[str, Any], new: Mapping[str, Any],
+    ) -> tuple[str, QueueRecord] | None:
+        """The ``_dead_letter_queue`` that ``new`` names where ``old`` named none or another,
+        with its record, when that queue exists (read once, for placing and checking)."""
         dead_letter = new.get("_dead_letter_queue")
         if not isinstance(dead_letter, str) or dead_letter == old.get("_dead_letter_queue"):
-            return
+            return None
         target = await self._store.get(project, dead_letter)
-        if target is not None:
-            placement.check_dead_letter(queue, pool, dead_letter, target.pool)
+        return None if target is None else (dead_letter, target)
 
     def _view(self, record: QueueRecord | None, catalog: Catalog | None) -> QueueView:
         stored = record.metadata if record is not None else {}
@@ -215,9 +211,9 @@ class QueueService:
                 except ServiceError:
                     patched = dict(current.metadata)  # the store raises it below
                 placement.check_change(catalog, current.pool, current.metadata, patched)
-                await self._check_dead_letter(
-                    project, queue, current.pool, current.metadata, patched
-                )
+                _check_dead_letter(queue, current.pool, await self._new_dead_letter(
+                    project, current.metadata, patched
+                ))
                 pool_uri = placement.pool_uri(catalog, current.pool)
         record = await self._store.update_metadata(
             project, queue, patches, check=self._check_patched
@@ -333,3 +329,12 @@ async def _each(*steps: Callable[[], Awaitable[None]]) -> list[Unavailable]:
         except Unavailable as exc:
             failures.append(exc)
     return failures
+
+
+def _check_dead_letter(
+    queue: str, pool: str | None, dead_letter: tuple[str, QueueRecord] | None
+) -> None:
+    """Raises when the dead-letter queue newly named is on another pool than ``queue``."""
+    if dead_letter is not None:
+        name, target = dead_letter
+        placement.check_dead_letter(queue, pool, name, target.pool)
