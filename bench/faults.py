@@ -1,8 +1,9 @@
 """A fault campaign under load: no message acknowledged with a 201 is lost when any process
 of the stack, or its store, is killed.
 
-    python bench/faults.py [--store redis|redis-cluster|sqlite] [--minutes 10] [--faults N]
-        [--fault-every 3] [--store-down 1] [--kinds gateway,message,queue,notifier,redis]
+    python bench/faults.py [--store redis|redis-cluster|mongodb|sqlite] [--minutes 10]
+        [--faults N] [--fault-every 3] [--store-down 1]
+        [--kinds gateway,message,queue,notifier,redis]
         [--producers 4] [--consumers 4] [--seed 1] [--no-aof] [--no-wait] [--json FILE]
         [--stop-with kill|term] [--quiet]
 
@@ -37,9 +38,14 @@ the queue is listed (``include_claimed``). The campaign fails (exit status 1) wh
 ``--store redis-cluster`` runs it on a Redis Cluster of three masters with a replica each
 (``wait=1`` in the URIs unless ``--no-wait``); its fault (``redis-master``) kills the master
 serving the campaign's queue, waits for its replica to take over, and starts it again (it
-comes back as that replica's replica). ``--store sqlite`` runs the stack on its default
-stores (SQLite files in the data folder, shared by both replicas of a service), and kills
-only the services' processes.
+comes back as that replica's replica). ``--store mongodb`` runs it on one MongoDB wire server
+(the test suite's, a one-member replica set, writes ``w=majority, j=true``) holding every
+store, on disk; its fault (``mongodb``) kills it and starts it again on the same files after
+``--store-down`` seconds. There the queue is listed a minute after the last fault: a post cut
+short by a kill of message_svc leaves its seq range pending, and listings stop below a pending
+range until it is ``PENDING_WINDOW`` old (claims do not; docs/architecture.md).
+``--store sqlite`` runs the stack on its default stores (SQLite files in the data folder,
+shared by both replicas of a service), and kills only the services' processes.
 
 ``--no-aof`` runs redis-server without its AOF, so that each of its kills loses what it held:
 the campaign then reports those messages as lost, which shows that it can tell.
@@ -55,6 +61,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -76,27 +83,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.common.config import Settings  # noqa: E402
+from services.message_svc.storage.mongodb._documents import PENDING_WINDOW  # noqa: E402
 from tests.e2e.harness import Stack, start_stack  # noqa: E402
+from tests.e2e.test_store_restart import wait_mongodb_primary  # noqa: E402
 from tests.servers import (  # noqa: E402
+    MONGODB_REPLICA_SET,
     RedisClusterProcesses,
     ServerProcess,
+    mongodb_process,
     redis_process,
     start_redis_cluster,
 )
 
 QUEUE = "faults"
 SERVICES = ("gateway", "message", "queue", "notifier")
-KINDS = (*SERVICES, "redis", "redis-master")
+KINDS = (*SERVICES, "redis", "redis-master", "mongodb")
 # How --stop-with stops a service's replica.
 STOP_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 # The store kinds each --store can kill.
-STORE_KINDS = {"redis": ("redis",), "redis-cluster": ("redis-master",), "sqlite": ()}
+STORE_KINDS = {"redis": ("redis",), "redis-cluster": ("redis-master",),
+               "mongodb": ("mongodb",), "sqlite": ()}
 REPLICAS = 2
 # A message outlives the campaign; a claim lasts the least Zaqar allows.
 MESSAGE_TTL, CLAIM_TTL, CLAIM_GRACE = 3600, 60, 60
 RETRY_PAUSE = 0.05
 # Seconds a replaced process or the restarted store may take to be back.
 RECOVERY_TIMEOUT = 120
+# Seconds past PENDING_WINDOW (after the last fault) before the queue is listed on MongoDB:
+# a sweep of message_svc (gc_interval, 5 s) and then some.
+LISTING_MARGIN = 10.0
 
 
 @dataclass
@@ -262,8 +277,8 @@ def serving(cluster: RedisClusterProcesses, key: str) -> int | None:
 
 @dataclass
 class Store:
-    """What the campaign may kill of the store: one redis-server, or a Redis Cluster's master
-    of the campaign's queue; neither for SQLite."""
+    """What the campaign may kill of the store: one redis-server or MongoDB wire server, or a
+    Redis Cluster's master of the campaign's queue; none of them for SQLite."""
 
     server: ServerProcess | None = None
     cluster: RedisClusterProcesses | None = None
@@ -294,6 +309,14 @@ def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
         server.start()
         wait_until(lambda: answers(server), "redis-server back")
         label = "redis-server"
+    elif kind == "mongodb":
+        server = store.server
+        assert server is not None
+        server.kill()
+        time.sleep(store_down)
+        server.start()
+        wait_mongodb_primary(server, RECOVERY_TIMEOUT)
+        label = "mongodb"
     else:
         label = f"{kind}.{rng.randrange(REPLICAS)}"
         old = stack.child_pids()[label]
@@ -315,6 +338,10 @@ async def load(urls: list[str], project: str, args: argparse.Namespace, tally: T
     await asyncio.sleep(args.settle)
     stop.set()
     await asyncio.gather(*workers)
+    if args.store == "mongodb":
+        # A message_svc killed in the middle of a post leaves its seq range pending, and
+        # listings stop below a pending range until it is PENDING_WINDOW old (claims do not).
+        await asyncio.sleep(max(0.0, PENDING_WINDOW + LISTING_MARGIN - args.settle))
     left = await remaining(gateways, tally)
     await gateways.aclose()
     return left
@@ -329,8 +356,12 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
     if foreign:
         raise SystemExit(f"faults: --store {args.store} cannot kill {', '.join(foreign)}")
     project = f"faults-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as cleanup:
+        if args.keep is None:
+            work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="faults-")))
+        else:
+            work = args.keep
+            work.mkdir(parents=True, exist_ok=True)
         ports = {name: 0 for name in (
             "http_port", "ws_port", "queue_port", "message_port", "notifier_port",
             "queue_metrics_port", "message_metrics_port", "notifier_metrics_port")}
@@ -348,6 +379,14 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             wait = "" if args.no_wait else "&wait=1"
             overrides.update({f"{s}_store": f"redis+cluster://{hosts}?prefix=f{s[0]}{wait}"
                               for s in ("queue", "message", "notifier")})
+        elif args.store == "mongodb":
+            store.server = mongodb_process(work / "mongodb")
+            store.server.start()
+            wait_mongodb_primary(store.server, RECOVERY_TIMEOUT)
+            overrides.update({
+                f"{s}_store": f"mongodb://127.0.0.1:{store.server.port}/faults_{s}"
+                              f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority"
+                for s in ("queue", "message", "notifier")})
         # else every store is the default: SQLite files in the data folder
         settings = Settings.load(environ={}, overrides=overrides)
         stack = start_stack(settings, ["--replicas", str(REPLICAS)], timeout=240)
@@ -425,21 +464,22 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--fault-every", type=float, default=3.0,
                     help="seconds between one fault's recovery and the next fault")
     ap.add_argument("--store-down", type=float, default=1.0,
-                    help="seconds redis-server stays down")
+                    help="seconds redis-server or the MongoDB server stays down")
     ap.add_argument("--settle", type=float, default=5.0,
                     help="seconds of load after the last fault")
     ap.add_argument("--store", choices=tuple(STORE_KINDS), default="redis",
                     help="redis: one durable redis-server for every store (default); "
                          "redis-cluster: a Redis Cluster of three masters with a replica each "
-                         "(the URIs with wait=1); sqlite: the default stores, SQLite files "
-                         "shared by the replicas")
+                         "(the URIs with wait=1); mongodb: one MongoDB wire server on disk for "
+                         "every store; sqlite: the default stores, SQLite files shared by the "
+                         "replicas")
     ap.add_argument("--no-wait", action="store_true",
                     help="on a Redis Cluster, without wait=1: writes acknowledged before a "
                          "replica has them")
     ap.add_argument("--kinds", type=kinds_list,
                     help="the faults to draw from, comma-separated: gateway, message, queue, "
-                         "notifier, and the store's (redis, or redis-master on a Redis "
-                         "Cluster); default all of them")
+                         "notifier, and the store's (redis, redis-master on a Redis Cluster, "
+                         "mongodb); default all of them")
     ap.add_argument("--no-aof", action="store_true",
                     help="redis-server without its AOF, which loses what it held at each kill: "
                          "to see the campaign catch a loss")
@@ -451,6 +491,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--log", type=Path, help="write the services' output here")
+    ap.add_argument("--keep", type=Path,
+                    help="run in this folder (made if missing) and leave it: the stores' "
+                         "files and the services' data, to look into after a failure")
     ap.add_argument("--quiet", dest="verbose", action="store_false",
                     help="do not print each fault as it happens")
     return ap
@@ -495,9 +538,28 @@ def summarize(tally: Tally, left: list[str], args: argparse.Namespace) -> dict[s
         "unexpected": tally.unexpected[:20], "unexpected_count": len(tally.unexpected),
         "lost_ids": lost[:20], "came_back_ids": came_back[:20],
         "held_twice_ids": held_twice[:20],
+        "lost_by_fault": _lost_by_fault(tally, lost),
         "longest_recovery_s": max((f["back_after_s"] for f in tally.faults), default=0),
         "fault_log": tally.faults,
     }
+
+
+def _lost_by_fault(tally: Tally, lost: list[str]) -> dict[str, int]:
+    """How many of the lost messages were acknowledged after each fault (``"before any"``
+    for those acknowledged before the first): where to look for what lost them."""
+    order = {mid: n for n, mid in enumerate(tally.acknowledged)}
+    counts: collections.Counter[str] = collections.Counter()
+    for mid in lost:
+        n = order.get(mid)
+        if n is None:
+            counts["claimed, never acknowledged"] += 1
+            continue
+        last = "before any"
+        for i, fault in enumerate(tally.faults):
+            if fault["acknowledged_so_far"] <= n:
+                last = f"{i + 1}: {fault['fault']}"
+        counts[last] += 1
+    return dict(counts)
 
 
 def _overlap(holds: list[tuple[float, float]]) -> bool:

@@ -265,3 +265,41 @@ async def test_redis_leaves_no_index_entry_of_a_deleted_message(
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_mongodb_a_post_whose_range_the_server_did_not_settle_is_stored_and_listed_soon(
+    mongodb_uri: str, mongodb_server: ServerProcess, clock: Clock
+) -> None:
+    """A post's seq range stays pending until the post settles it, and listings stop below a
+    pending range. Should the server not answer that settle (it went away right after the
+    messages were written), the post is still answered, and the next sweep settles the range
+    rather than leaving listings held back for PENDING_WINDOW."""
+    from pymongo import AsyncMongoClient
+
+    store = await open_store(mongodb_uri, now=clock)
+    admin: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        port=mongodb_server.port, directConnection=True)
+    try:
+        first = await store.post(P, Q, CLIENT, [msg(1)])
+        # Given a server that drops the connection of the post's settle, and of its one retry
+        await admin.admin.command(
+            "configureFailPoint", "failCommand", mode={"times": 2},
+            data={"failCommands": ["update"], "closeConnection": True})
+        try:
+            # When a post writes its message and cannot settle its range
+            second = await store.post(P, Q, CLIENT, [msg(2)])
+        finally:
+            await admin.admin.command("configureFailPoint", "failCommand", mode="off")
+
+        # Then the post is answered; its message waits behind the pending range in listings
+        assert [m.id for m in await store.list_messages(P, Q, limit=10)] == list(first)
+        assert (await store.stats(P, Q)).total == 2
+        # and the next sweep settles the range, well within PENDING_WINDOW (the clock stands)
+        await store.collect_garbage()
+        listed = [m.id for m in await store.list_messages(P, Q, limit=10)]
+        assert listed == [*first, *second]
+        assert store._db().unsettled == {}
+    finally:
+        await admin.close()
+        await store.close()
+

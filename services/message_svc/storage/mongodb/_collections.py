@@ -7,11 +7,16 @@ import uuid
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.message_svc.storage.base import StaleQueue
 from services.message_svc.storage.mongodb._connection import Document, MongoOptions
 from services.message_svc.storage.mongodb._documents import counter_id, readable_bound, reserve
+
+# The most ranges kept to settle later; beyond it a range waits out PENDING_WINDOW. (While a
+# server is away, one call at a time reaches it and the others fail before they reserve
+# anything: services/common/store_edge.py.)
+UNSETTLED_MAX = 10_000
 
 
 class Collections:
@@ -34,6 +39,8 @@ class Collections:
         self.dedup: AsyncCollection[Document] = database["dedup_ids"]
         relaxed = options.database_on(client, primary=False)
         self.messages_relaxed: AsyncCollection[Document] = relaxed["messages"]
+        # Ranges whose settle the server did not answer: token -> (project, queue).
+        self.unsettled: dict[str, tuple[str, str]] = {}
 
     async def create_indexes(self) -> None:
         """Idempotent; run at every open."""
@@ -82,7 +89,9 @@ class Collections:
     async def reserve(self, project: str, queue: str, count: int, now: float) -> tuple[int, str]:
         """(first seq, token) of ``count`` new consecutive seqs of the queue, marked pending.
 
-        The caller must :meth:`settle` the token once the messages are written (or not).
+        The caller must :meth:`settle` the token once the messages are written (or not). Should
+        the server not answer, the range may have been taken all the same: it is settled later
+        (:meth:`settle_later`), since the caller wrote nothing in it.
         """
         token = str(uuid.uuid4())
         while True:
@@ -93,6 +102,9 @@ class Collections:
                 )
             except DuplicateKeyError:
                 continue  # two first writers of a queue raced to create its counter
+            except BaseException:
+                self.settle_later(project, queue, token)
+                raise
             # An upsert answers with the document it wrote; should a server answer nothing,
             # the range it took (if any) is a harmless gap, and its pending entry carries
             # this token too, so settle() clears both.
@@ -104,6 +116,38 @@ class Collections:
         await self.counters.update_one(
             {"_id": counter_id(project, queue)}, {"$pull": {"pending": {"t": token}}}
         )
+
+    async def settle_or_later(self, project: str, queue: str, token: str) -> None:
+        """:meth:`settle`, or, should the server not answer, :meth:`settle_later`.
+
+        Only for a range that leaves nothing for the sweeper's pass over abandoned ranges to
+        finish (hidden messages, groups not yet noted): a plain post's, whatever became of its
+        writes, or any post's once it is done.
+        """
+        try:
+            await self.settle(project, queue, token)
+        except PyMongoError:
+            self.settle_later(project, queue, token)
+        except BaseException:  # cancelled: the range is done with all the same
+            self.settle_later(project, queue, token)
+            raise
+
+    def settle_later(self, project: str, queue: str, token: str) -> None:
+        """Remember ``token``'s range for :meth:`settle_unsettled`: listings stop below a
+        pending range, so leaving it to expire would hold them back for ``PENDING_WINDOW``
+        after the server is back."""
+        if len(self.unsettled) < UNSETTLED_MAX:
+            self.unsettled[token] = (project, queue)
+
+    async def settle_unsettled(self) -> None:
+        """Settle the ranges :meth:`settle_later` kept (the sweeper calls it first).
+
+        Raises:
+            PyMongoError: the server did not answer; what is left is tried next time.
+        """
+        for token, (project, queue) in list(self.unsettled.items()):
+            await self.settle(project, queue, token)
+            del self.unsettled[token]
 
     async def version(self, project: str, queue: str) -> int:
         """The queue's version (0 when never bumped): one ``find_one`` by ``_id``."""

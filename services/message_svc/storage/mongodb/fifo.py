@@ -145,7 +145,7 @@ async def post_fifo(
     except BaseException:
         await _take_back(db, project, queue, docs, list(first_of), token)
         raise
-    await db.settle(project, queue, token)
+    await db.settle_or_later(project, queue, token)
     return FifoPosted(ids=tuple(ids), stored=_firsts(ids, shown | {
         doc["_id"] for doc in written if "d" not in doc
     }))

@@ -96,7 +96,7 @@ async def post_once(
         with contextlib.suppress(PyMongoError):
             await db.settle(project, queue, token)
         raise
-    await db.settle(project, queue, token)
+    await db.settle_or_later(project, queue, token)
     await _remember(db, kid, mid, now + remember)
     return mid, await _show(db, mid)
 

@@ -167,13 +167,16 @@ class MongoMessageStore(base.MessageStore):
             await db.messages.insert_many(docs, ordered=True)
         except BaseException:
             # All or nothing: take back whatever part of the batch was written (as far as the
-            # server lets us), then report the original failure.
+            # server lets us), then report the original failure. What the server did not let
+            # us take back was stored without an answer (at least once); either way the range
+            # is done with.
             with contextlib.suppress(PyMongoError):
                 await db.messages.delete_many({"_id": {"$in": list(ids)}})
-            with contextlib.suppress(PyMongoError):
-                await db.settle(project, queue, token)
+            await db.settle_or_later(project, queue, token)
             raise
-        await db.settle(project, queue, token)
+        # The messages are stored: a settle the server does not answer is no reason to fail
+        # the post (and have it sent again); the sweeper settles the range.
+        await db.settle_or_later(project, queue, token)
         return ids
 
     @edge("store the messages")
@@ -507,6 +510,7 @@ class MongoMessageStore(base.MessageStore):
                 removed += result.deleted_count
                 if len(expired) < GC_BATCH:
                     break
+        await db.settle_unsettled()
         stale = {"at": {"$lt": now - PENDING_WINDOW}}
         await self._settle_abandoned(db, stale, now)
         await db.counters.update_many({"pending": {"$elemMatch": stale}},
