@@ -395,8 +395,8 @@ async def up(settings: Settings, services: Sequence[str] = UP_ORDER, replicas: i
 
     Everything that can be checked before a child starts is (``services/preflight.py``). A
     child that fails to start has its line repeated on stderr, the others are stopped, and the
-    status is non-zero; unless what failed is a port up picked itself (``--replicas`` with a
-    port of 0) that another process took first: then up picks again and starts over, up to
+    status is non-zero; unless what failed is a port up picked itself (one set to 0, "any")
+    that another process took first: then up picks again and starts over, up to
     :data:`PORT_PICKS` plans. Once all are up: with one replica each, a child that exits stops the
     others (status 1); with several (``services/replicas.py``), it is started again in its
     place, after a back-off, while the others keep serving, as Kubernetes would.

@@ -14,7 +14,8 @@ them through one target (a headless Service):
   over the replicas that answer (``services/common/grpc_server.py``, ``channel_target``).
   Replicas of one service share its store and never need to know of each other.
 
-With one replica (the default) nothing changes: the settings are used as they are.
+With one replica (the default) the settings are used as they are, but for a port set to 0:
+that one is picked here as well, and the callers are told it.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def plan(settings: Settings, services: Sequence[str], count: int) -> list[Replic
     """
     if not 1 <= count <= MAX_REPLICAS:
         raise ConfigurationError(f"--replicas must be from 1 to {MAX_REPLICAS}, not {count}")
-    if count == 1:
+    if count == 1 and not any(getattr(settings, name) == 0
+                              for service in services for name in port_settings(settings, service)):
         return [Replica(service, 0, 1, settings) for service in services]
     ports = _ports(settings, services, count)
     host = connect_host(settings.host)

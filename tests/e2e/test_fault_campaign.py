@@ -97,3 +97,15 @@ def test_kinds_must_be_known() -> None:
     assert args("--kinds", "redis,gateway").kinds == ("redis", "gateway")
     with pytest.raises(SystemExit):
         args("--kinds", "redis,mongod")
+
+
+def test_the_oracle_says_after_which_fault_each_lost_message_was_acknowledged() -> None:
+    tally = Tally()
+    tally.acknowledged = {f"m{n}": f"0:{n}" for n in range(6)}
+    tally.faults = [{"fault": "message.0", "acknowledged_so_far": 2, "back_after_s": 1.0},
+                    {"fault": "mongodb", "acknowledged_so_far": 4, "back_after_s": 1.0}]
+    # m1 before any fault, m2 and m3 after the first, m5 after the second; m4 is still there
+    tally.claimed.update(["m0"])
+    tally.deleted = {"m0"}
+    summary = summarize(tally, ["m4"], args())
+    assert summary["lost_by_fault"] == {"before any": 1, "1: message.0": 2, "2: mongodb": 1}

@@ -57,6 +57,30 @@ def test_ctrl_c_stops_every_service(make_settings: Callable[..., Settings]) -> N
     assert min(stopping) >= gateway_gone[0], stack.output
 
 
+def test_every_port_set_to_0_gets_one_picked_and_the_services_find_each_other(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Given one process per service and every port left to up ("0 = any")
+    zero = {name: 0 for name in (
+        "http_port", "ws_port", "queue_port", "message_port", "notifier_port",
+        "queue_metrics_port", "message_metrics_port", "notifier_metrics_port")}
+    stack = start_stack(make_settings(**zero))
+    try:
+        # Then up comes up and names the gateway's real port
+        line = next(x for x in stack.output if x.startswith("zaqar-grpc is up"))
+        url = next(u for u in line.split() if u.startswith("http://")).removesuffix("/v2/")
+        assert not url.endswith(":0"), line
+        # and a post and a claim go through every service
+        with httpx.Client(base_url=url, headers=headers(), timeout=30) as http:
+            assert http.put("/v2/queues/any").status_code == 201
+            reply = http.post("/v2/queues/any/messages", json={"messages": [{"body": 1}]})
+            assert reply.status_code == 201, reply.text
+            reply = http.post("/v2/queues/any/claims", json={"ttl": 60, "grace": 60})
+            assert reply.status_code == 201 and reply.json()["messages"][0]["body"] == 1
+    finally:
+        assert stack.stop() == 0, "".join(stack.output)
+
+
 def test_a_dead_service_stops_the_rest_and_fails(make_settings: Callable[..., Settings]) -> None:
     stack = start_stack(make_settings())
     pids = stack.child_pids()

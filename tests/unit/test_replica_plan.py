@@ -39,3 +39,26 @@ def test_free_ports_from_the_kernel_are_distinct() -> None:
     ports = all_ports(planned)
     assert len(ports) == len(set(ports))
     assert all(port > 0 for port in ports)
+
+
+def test_one_replica_is_planned_as_set_when_no_port_is_left_to_pick() -> None:
+    settings = Settings.load(environ={})
+    planned = plan(settings, SERVICES, 1)
+    assert [r.label for r in planned] == list(SERVICES)
+    assert all(r.settings is settings for r in planned)
+
+
+def test_one_replica_gets_a_port_picked_for_a_port_set_to_0_and_its_callers_are_told() -> None:
+    # Given one replica each, message_svc's port and the gateway's HTTP port set to 0 ("any")
+    settings = Settings.load(environ={}, overrides={"message_port": 0, "http_port": 0})
+    planned = {r.service: r for r in plan(settings, SERVICES, 1)}
+
+    # Then each gets a port of its own, and every caller's target names message_svc's
+    message = planned["message"].settings.message_port
+    assert message > 0 and planned["gateway"].settings.http_port > 0
+    assert planned["message"].grpc_target == f"127.0.0.1:{message}"
+    for replica in planned.values():
+        assert replica.settings.message_targets == f"127.0.0.1:{message}"
+    # and the ports set stay as they were
+    assert planned["queue"].settings.queue_port == settings.queue_port
+    assert [r.label for r in planned.values()] == list(SERVICES)
