@@ -301,22 +301,17 @@ def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
         master.start()
         cluster.wait_healthy(RECOVERY_TIMEOUT)  # it is back, as the new master's replica
         label = "redis-master"
-    elif kind == "redis":
+    elif kind in ("redis", "mongodb"):
         server = store.server
         assert server is not None
         server.kill()
         time.sleep(store_down)
         server.start()
-        wait_until(lambda: answers(server), "redis-server back")
-        label = "redis-server"
-    elif kind == "mongodb":
-        server = store.server
-        assert server is not None
-        server.kill()
-        time.sleep(store_down)
-        server.start()
-        wait_mongodb_primary(server, RECOVERY_TIMEOUT)
-        label = "mongodb"
+        if kind == "redis":
+            wait_until(lambda: answers(server), "redis-server back")
+        else:
+            wait_mongodb_primary(server, RECOVERY_TIMEOUT)
+        label = "redis-server" if kind == "redis" else "mongodb"
     else:
         label = f"{kind}.{rng.randrange(REPLICAS)}"
         old = stack.child_pids()[label]

@@ -1,7 +1,11 @@
-"""Memory soak: ``zaqar-grpc up`` on Redis under zaqar-bench's load for a long time, with a
-webhook subscriber on the queue (so notifier_svc works too), sampling each process's RSS.
+"""Memory soak: ``zaqar-grpc up`` on Redis (or MongoDB) under zaqar-bench's load for a long
+time, with a webhook subscriber on the queue (so notifier_svc works too), sampling each
+process's RSS.
 
-    python bench/soak.py --minutes 30 [--round 60]
+    python bench/soak.py --minutes 30 [--round 60] [--store redis|mongodb]
+
+``--store mongodb`` puts every store on the test suite's MongoDB wire server (on disk), whose
+own process is sampled as ``mongodb``.
 
 Load: rounds of ``bench/zbench.py -pp 1 -pw 4 -cp 1 -cw 4`` against one queue, each round
 ``--round`` seconds; after each round the RSS of every service process and of redis-server is
@@ -34,7 +38,14 @@ from bench import zbench  # noqa: E402
 from bench.stacks import rss_mib  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
-from tests.servers import free_port, redis_process, service_ports  # noqa: E402
+from tests.e2e.test_store_restart import wait_mongodb_primary  # noqa: E402
+from tests.servers import (  # noqa: E402
+    MONGODB_REPLICA_SET,
+    free_port,
+    mongodb_process,
+    redis_process,
+    service_ports,
+)
 
 
 def receiver(port: int, count: Any) -> None:
@@ -79,17 +90,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--round", type=float, default=60, help="seconds per load round")
+    ap.add_argument("--store", choices=("redis", "mongodb"), default="redis")
     args = ap.parse_args()
     rounds = max(2, round(args.minutes * 60 / args.round))
     queue = "soak-" + uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = Path(tmp)
-        redis = redis_process(work / "redis")
-        redis.start()
-        uri = f"redis://127.0.0.1:{redis.port}/0"
+        if args.store == "redis":
+            server = redis_process(work / "redis")
+            server.start()
+            uris = {f"{s}_store": f"redis://127.0.0.1:{server.port}/0"
+                    for s in ("queue", "message", "notifier")}
+        else:
+            server = mongodb_process(work / "mongodb")
+            server.start()
+            wait_mongodb_primary(server)
+            uris = {f"{s}_store": f"mongodb://127.0.0.1:{server.port}/soak_{s}"
+                                  f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority"
+                    for s in ("queue", "message", "notifier")}
         settings = Settings.load(environ={}, overrides={
-            "data_dir": str(work / "data"), **service_ports(), "log_level": "WARNING",
-            "queue_store": uri, "message_store": uri, "notifier_store": uri,
+            "data_dir": str(work / "data"), **service_ports(), "log_level": "WARNING", **uris,
         })
         stack = start_stack(settings)
         hook_port = free_port()
@@ -102,8 +122,8 @@ def main() -> None:
             time.sleep(1)
             asyncio.run(subscribe(stack.url, queue, f"http://127.0.0.1:{hook_port}/hook"))
             pids = dict(stack.child_pids())
-            assert redis.proc is not None
-            pids["redis-server"] = redis.proc.pid
+            assert server.proc is not None
+            pids["redis-server" if args.store == "redis" else "mongodb"] = server.proc.pid
             for n in range(rounds):
                 result = zbench.main([
                     "--url", stack.url, "-pp", "1", "-pw", "4", "-cp", "1", "-cw", "4",
@@ -122,7 +142,7 @@ def main() -> None:
         finally:
             hook.terminate()
             stack.stop()
-            redis.stop()
+            server.stop()
     names = list(samples[0]["rss"])
     print()
     print("| round | min | producer req/s | consumer req/s | errors | webhook deliveries | "
