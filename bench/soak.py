@@ -105,8 +105,12 @@ def main() -> None:
             server = mongodb_process(work / "mongodb")
             server.start()
             wait_mongodb_primary(server)
+            # Without retryable writes: the test server keeps a record of each one and scans
+            # them all on every write (83 % of its CPU after a few minutes), which would make
+            # this a soak of the test server.
             uris = {f"{s}_store": f"mongodb://127.0.0.1:{server.port}/soak_{s}"
                                   f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority"
+                                  "&retryWrites=false"
                     for s in ("queue", "message", "notifier")}
         settings = Settings.load(environ={}, overrides={
             "data_dir": str(work / "data"), **service_ports(), "log_level": "WARNING", **uris,
