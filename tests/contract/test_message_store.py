@@ -302,4 +302,3 @@ async def test_mongodb_a_post_whose_range_the_server_did_not_settle_is_stored_an
     finally:
         await admin.close()
         await store.close()
-
