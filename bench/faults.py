@@ -85,7 +85,6 @@ sys.path.insert(0, str(ROOT))
 from services.common.config import Settings  # noqa: E402
 from services.message_svc.storage.mongodb._documents import PENDING_WINDOW  # noqa: E402
 from tests.e2e.harness import Stack, start_stack  # noqa: E402
-from tests.e2e.test_store_restart import wait_mongodb_primary  # noqa: E402
 from tests.servers import (  # noqa: E402
     MONGODB_REPLICA_SET,
     RedisClusterProcesses,
@@ -93,6 +92,7 @@ from tests.servers import (  # noqa: E402
     mongodb_process,
     redis_process,
     start_redis_cluster,
+    wait_mongodb_primary,
 )
 
 QUEUE = "faults"

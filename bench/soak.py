@@ -38,13 +38,13 @@ from bench import zbench  # noqa: E402
 from bench.stacks import rss_mib  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
-from tests.e2e.test_store_restart import wait_mongodb_primary  # noqa: E402
 from tests.servers import (  # noqa: E402
     MONGODB_REPLICA_SET,
     free_port,
     mongodb_process,
     redis_process,
     service_ports,
+    wait_mongodb_primary,
 )
 
 

@@ -39,6 +39,7 @@ from tests.servers import (  # noqa: E402
     mongodb_process,
     redis_process,
     service_ports,
+    wait_mongodb_primary,
 )
 
 TRACE: list[float] = []  # with --trace: the moment the run starts
@@ -48,12 +49,6 @@ HEADERS = {"Client-ID": str(uuid.uuid4()), "X-Project-ID": "outage"}
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
-def wait_primary(server: ServerProcess) -> None:
-    from tests.e2e.test_store_restart import wait_mongodb_primary
-
-    wait_mongodb_primary(server)
 
 
 async def worker(
@@ -98,7 +93,7 @@ async def run(args: argparse.Namespace) -> list[str]:
         def uri(service: str) -> str:
             return (f"mongodb://127.0.0.1:{server.port}/outage_{service}"
                     f"?replicaSet={MONGODB_REPLICA_SET}")
-        serving = wait_primary
+        serving = wait_mongodb_primary
     else:
         server = redis_process(work / "redis", durable=True)
         databases = {"queue": 1, "message": 2, "notifier": 3}

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 from redis.cluster import ClusterNode, RedisCluster
 
 if TYPE_CHECKING:  # this file also runs as a script (the MongoDB wire server), outside tests
@@ -676,6 +678,25 @@ def mongodb_process(workdir: Path) -> ServerProcess:
             str(workdir / "db")]
     proc = ServerProcess(argv, port, workdir)
     return proc
+
+
+def wait_mongodb_primary(server: ServerProcess, timeout: float = 60.0) -> None:
+    """Until the replica set's one member says it is the writable primary."""
+    deadline = time.monotonic() + timeout
+    said: object = None
+    while time.monotonic() < deadline:
+        client: MongoClient[dict[str, object]] = MongoClient(
+            "127.0.0.1", server.port, directConnection=True, serverSelectionTimeoutMS=2000)
+        try:
+            said = client.admin.command("hello")
+            if isinstance(said, dict) and said.get("isWritablePrimary"):
+                return
+        except PyMongoError as exc:
+            said = exc
+        finally:
+            client.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"the MongoDB server is not primary after {timeout}s: {said}")
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,6 @@ from typing import Protocol
 
 import httpx
 import pytest
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
 from services.common.config import Settings
 from tests.e2e.harness import start_stack
@@ -44,6 +42,7 @@ from tests.servers import (
     mongodb_process,
     redis_process,
     start_redis_cluster,
+    wait_mongodb_primary,
 )
 from tests.waiting import until
 
@@ -101,25 +100,6 @@ class OneServer:
     def start_again(self) -> None:
         self.server.start()
         self.serving(self.server)
-
-
-def wait_mongodb_primary(server: ServerProcess, timeout: float = 60.0) -> None:
-    """Until the replica set's one member says it is the writable primary."""
-    deadline = time.monotonic() + timeout
-    said: object = None
-    while time.monotonic() < deadline:
-        client: MongoClient[dict[str, object]] = MongoClient(
-            "127.0.0.1", server.port, directConnection=True, serverSelectionTimeoutMS=2000)
-        try:
-            said = client.admin.command("hello")
-            if isinstance(said, dict) and said.get("isWritablePrimary"):
-                return
-        except PyMongoError as exc:
-            said = exc
-        finally:
-            client.close()
-        time.sleep(0.1)
-    raise RuntimeError(f"the MongoDB server is not primary after {timeout}s: {said}")
 
 
 def cluster_uris(cluster: RedisClusterProcesses) -> dict[str, str]:
