@@ -2,10 +2,11 @@
 time, with a webhook subscriber on the queue (so notifier_svc works too), sampling each
 process's RSS.
 
-    python bench/soak.py --minutes 30 [--round 60] [--store redis|mongodb]
+    python bench/soak.py --minutes 30 [--round 60] [--store redis|redis-cluster|mongodb]
 
 ``--store mongodb`` puts every store on the test suite's MongoDB wire server (on disk), whose
-own process is sampled as ``mongodb``.
+own process is sampled as ``mongodb``. ``--store redis-cluster`` puts them on a Redis Cluster of
+three masters with a replica each, whose nodes are sampled as ``redis-<port>``.
 
 Load: rounds of ``bench/zbench.py -pp 1 -pw 4 -cp 1 -cw 4`` against one queue, each round
 ``--round`` seconds; after each round the RSS of every service process and of redis-server is
@@ -40,10 +41,12 @@ from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
 from tests.servers import (  # noqa: E402
     MONGODB_REPLICA_SET,
+    ServerProcess,
     free_port,
     mongodb_process,
     redis_process,
     service_ports,
+    start_redis_cluster,
     wait_mongodb_primary,
 )
 
@@ -90,19 +93,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--round", type=float, default=60, help="seconds per load round")
-    ap.add_argument("--store", choices=("redis", "mongodb"), default="redis")
+    ap.add_argument("--store", choices=("redis", "redis-cluster", "mongodb"), default="redis")
     args = ap.parse_args()
     rounds = max(2, round(args.minutes * 60 / args.round))
     queue = "soak-" + uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = Path(tmp)
+        servers: dict[str, ServerProcess] = {}
         if args.store == "redis":
-            server = redis_process(work / "redis")
+            server = servers["redis-server"] = redis_process(work / "redis")
             server.start()
             uris = {f"{s}_store": f"redis://127.0.0.1:{server.port}/0"
                     for s in ("queue", "message", "notifier")}
+        elif args.store == "redis-cluster":
+            cluster = start_redis_cluster(work / "cluster")
+            servers.update({f"redis-{node.port}": node for node in cluster.nodes})
+            uris = {f"{s}_store": f"redis+cluster://{cluster.uri_hosts}?prefix=soak{s[0]}"
+                    for s in ("queue", "message", "notifier")}
         else:
-            server = mongodb_process(work / "mongodb")
+            server = servers["mongodb"] = mongodb_process(work / "mongodb")
             server.start()
             wait_mongodb_primary(server)
             # Without retryable writes: the test server keeps a record of each one and scans
@@ -126,8 +135,9 @@ def main() -> None:
             time.sleep(1)
             asyncio.run(subscribe(stack.url, queue, f"http://127.0.0.1:{hook_port}/hook"))
             pids = dict(stack.child_pids())
-            assert server.proc is not None
-            pids["redis-server" if args.store == "redis" else "mongodb"] = server.proc.pid
+            for name, process in servers.items():
+                assert process.proc is not None
+                pids[name] = process.proc.pid
             for n in range(rounds):
                 result = zbench.main([
                     "--url", stack.url, "-pp", "1", "-pw", "4", "-cp", "1", "-cw", "4",
@@ -146,7 +156,8 @@ def main() -> None:
         finally:
             hook.terminate()
             stack.stop()
-            server.stop()
+            for process in servers.values():
+                process.stop()
     names = list(samples[0]["rss"])
     print()
     print("| round | min | producer req/s | consumer req/s | errors | webhook deliveries | "

@@ -1,7 +1,9 @@
-"""python -m bench.fuzz --cases 100000 --store sqlite|redis|mongodb [--seed N] [--workers 4]
+"""python -m bench.fuzz --cases 100000 --store sqlite|redis|redis-cluster|mongodb [--seed N]
+[--workers 4]
 
-Starts ``zaqar-grpc up`` on the store (redis: its own redis-server on a free port; mongodb: the
-MongoDB wire server the tests use), runs the cases, prints the summary table and every failure
+Starts ``zaqar-grpc up`` on the store (redis: its own redis-server on a free port;
+redis-cluster: a Redis Cluster of three masters with a replica each; mongodb: the MongoDB wire
+server the tests use), runs the cases, prints the summary table and every failure
 with a reproducer, and exits 1 when an oracle was broken.
 """
 
@@ -25,7 +27,8 @@ from bench.fuzz.stack import own_stack, target
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=100_000)
-    ap.add_argument("--store", choices=("sqlite", "redis", "mongodb"), default="sqlite")
+    ap.add_argument("--store", choices=("sqlite", "redis", "redis-cluster", "mongodb"),
+                    default="sqlite")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workers", type=int, default=4, help="cases in flight at once")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds an answer may take")

@@ -11,7 +11,14 @@ from typing import Any
 from bench.fuzz.engine import Target
 from services.common.config import Settings
 from tests.e2e.harness import Stack, running, start_stack
-from tests.servers import ServerProcess, mongodb_process, redis_process, service_ports
+from tests.servers import (
+    RedisClusterProcesses,
+    ServerProcess,
+    mongodb_process,
+    redis_process,
+    service_ports,
+    start_redis_cluster,
+)
 
 
 def target(stack: Stack, pool_dir: Path | None = None) -> Target:
@@ -40,10 +47,12 @@ def target(stack: Stack, pool_dir: Path | None = None) -> Target:
 
 @contextlib.contextmanager
 def own_stack(store: str, work: Path, overrides: dict[str, Any] | None = None) -> Iterator[
-        tuple[Stack, ServerProcess | None]]:
-    """``zaqar-grpc up`` on ``store`` (sqlite, redis or mongodb) in ``work``, with pooling and a
-    signed-URL secret, and for redis / mongodb its own server on a free port; stopped after."""
+        tuple[Stack, ServerProcess | RedisClusterProcesses | None]]:
+    """``zaqar-grpc up`` on ``store`` (sqlite, redis, redis-cluster or mongodb) in ``work``, with
+    pooling and a signed-URL secret, and for the others than sqlite their own servers on free
+    ports (redis-cluster: three masters with a replica each); stopped after."""
     server: ServerProcess | None = None
+    cluster: RedisClusterProcesses | None = None
     values: dict[str, Any] = {
         "data_dir": str(work / "data"), **service_ports(),
         "gc_interval": 1.0, "signed_url_secret": "fuzz-signed-url-secret", "pooling": True,
@@ -53,8 +62,12 @@ def own_stack(store: str, work: Path, overrides: dict[str, Any] | None = None) -
         server = redis_process(work / "redis")
     elif store == "mongodb":
         server = mongodb_process(work / "mongodb")
+    elif store == "redis-cluster":
+        cluster = start_redis_cluster(work / "cluster")
+        values.update({f"{name}_store": f"redis+cluster://{cluster.uri_hosts}?prefix=z{name[0]}"
+                       for name in ("queue", "message", "notifier")})
     elif store != "sqlite":
-        raise ValueError(f"unknown store {store!r}: sqlite, redis or mongodb")
+        raise ValueError(f"unknown store {store!r}: sqlite, redis, redis-cluster or mongodb")
     if server is not None:
         server.start()
         scheme = "redis" if store == "redis" else "mongodb"
@@ -64,9 +77,11 @@ def own_stack(store: str, work: Path, overrides: dict[str, Any] | None = None) -
     stack = None
     try:
         stack = start_stack(Settings.load(environ={}, overrides=values))
-        yield stack, server
+        yield stack, server or cluster
     finally:
         if stack is not None:
             stack.stop()
         if server is not None:
             server.stop()
+        if cluster is not None:
+            cluster.stop()

@@ -35,6 +35,39 @@ log = logging.getLogger(__name__)
 Registrar = Callable[[grpc.aio.Server], None]
 
 
+class CallerGoneFilter(logging.Filter):
+    """Turns grpc.aio's ERROR "ExecuteBatchError raised in core by servicer method [m]" into
+    a DEBUG line, dropped unless that level is on.
+
+    grpc.aio logs it, with a traceback, when the answer of a call whose servicer returned
+    could not be sent: the caller had reset the call first (it gave up at its deadline as the
+    answer went out, or refused an answer larger than its receive bound). Nothing failed in
+    the service, and there is nobody left to tell; a failure of the servicer itself is still
+    logged by the error interceptor (``errors.py``).
+    """
+
+    LOGGER: Final = "grpc._cython.cygrpc"
+    MESSAGE: Final = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith(self.MESSAGE):
+            return True
+        method = text[len(self.MESSAGE):].strip(" []") or "a call"
+        record.msg, record.args = "the caller of %s left before its answer could be sent", (
+            method,)
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_caller_gone() -> None:
+    """Installs :class:`CallerGoneFilter` on grpc.aio's server logger (once per process)."""
+    logger = logging.getLogger(CallerGoneFilter.LOGGER)
+    if not any(isinstance(f, CallerGoneFilter) for f in logger.filters):
+        logger.addFilter(CallerGoneFilter())
+
+
 # The health service name that stays SERVING while the process runs, whatever its store does:
 # what a liveness probe asks (``""`` and the service names follow the store: readiness).
 LIVENESS: Final = "liveness"
@@ -269,6 +302,7 @@ def create_server(
     Raises:
         CannotListen: the port cannot be bound (in use, not allowed, no such address).
     """
+    quiet_caller_gone()
     server = grpc.aio.server(
         interceptors=[
             ErrorInterceptor(), *interceptors, ReceivingInterceptor(receiving, process),

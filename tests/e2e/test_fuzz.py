@@ -30,12 +30,12 @@ from bench.fuzz.stack import target
 from bench.fuzz.wire import Connection, call, encode_request
 from bench.fuzz.ws_family import action_table
 from tests.e2e.harness import Stack
-from tests.stacks import up_stack
+from tests.stacks import REDIS_CLUSTER, up_stack
 
 pytestmark = pytest.mark.e2e
 
 SEED = 20261202
-CASES = {"sqlite": 2500, "redis": 1200}
+CASES = {"sqlite": 2500, "redis": 1200, REDIS_CLUSTER: 1200}
 
 
 def unhandled(logged: str) -> bool:

@@ -173,3 +173,32 @@ async def test_a_call_whose_caller_left_while_it_aborted_is_not_a_failure(
         await asyncio.sleep(0)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [], [r.getMessage() for r in warnings]
+
+
+def _refused(logger: logging.Logger) -> None:
+    """What grpc.aio logs when the answer of a call whose servicer returned could not be sent
+    (its caller had reset the call: the fuzzer's gRPC family met it when an ``OpenBodies``
+    answer of 6 MB went over its client's 4 MiB receive bound)."""
+    try:
+        raise RuntimeError("stand-in for grpc._cython.cygrpc.ExecuteBatchError")
+    except RuntimeError:
+        # (grpc formats the line itself: no arguments)
+        logger.exception("ExecuteBatchError raised in core by servicer method [/a/B]")
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+async def test_grpcs_refusal_to_send_an_answer_is_not_an_error(
+    level: int, channel: tuple[grpc.aio.Channel, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a process serving gRPC (``create_server`` installs the filter)
+    caplog.set_level(level)
+    logger = logging.getLogger("grpc._cython.cygrpc")
+    # When grpc.aio says it could not send an answer, and says something else
+    _refused(logger)
+    logger.error("Something else [%s]", "/a/B")
+    # Then the first is one DEBUG line without a traceback (at INFO: nothing), the other as is
+    lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records
+             if r.name == logger.name and "/a/B" in r.getMessage()]
+    gone = [("DEBUG", "the caller of /a/B left before its answer could be sent", None)]
+    assert lines == (gone if level == logging.DEBUG else []) + [
+        ("ERROR", "Something else [/a/B]", None)]
