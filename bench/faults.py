@@ -86,10 +86,10 @@ from services.common.config import Settings  # noqa: E402
 from services.message_svc.storage.mongodb._documents import PENDING_WINDOW  # noqa: E402
 from tests.e2e.harness import Stack, start_stack  # noqa: E402
 from tests.servers import (  # noqa: E402
-    MONGODB_REPLICA_SET,
     RedisClusterProcesses,
     ServerProcess,
     mongodb_process,
+    mongodb_uri,
     redis_process,
     start_redis_cluster,
     wait_mongodb_primary,
@@ -378,10 +378,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             store.server = mongodb_process(work / "mongodb")
             store.server.start()
             wait_mongodb_primary(store.server, RECOVERY_TIMEOUT)
-            overrides.update({
-                f"{s}_store": f"mongodb://127.0.0.1:{store.server.port}/faults_{s}"
-                              f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority"
-                for s in ("queue", "message", "notifier")})
+            overrides.update({f"{s}_store": mongodb_uri(store.server, f"faults_{s}")
+                              for s in ("queue", "message", "notifier")})
         # else every store is the default: SQLite files in the data folder
         settings = Settings.load(environ={}, overrides=overrides)
         stack = start_stack(settings, ["--replicas", str(REPLICAS)], timeout=240)

@@ -40,10 +40,10 @@ from bench.stacks import rss_mib  # noqa: E402
 from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
 from tests.servers import (  # noqa: E402
-    MONGODB_REPLICA_SET,
     ServerProcess,
     free_port,
     mongodb_process,
+    mongodb_uri,
     redis_process,
     service_ports,
     start_redis_cluster,
@@ -117,9 +117,7 @@ def main() -> None:
             # Without retryable writes: the test server keeps a record of each one and scans
             # them all on every write (83 % of its CPU after a few minutes), which would make
             # this a soak of the test server.
-            uris = {f"{s}_store": f"mongodb://127.0.0.1:{server.port}/soak_{s}"
-                                  f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority"
-                                  "&retryWrites=false"
+            uris = {f"{s}_store": mongodb_uri(server, f"soak_{s}", "retryWrites=false")
                     for s in ("queue", "message", "notifier")}
         settings = Settings.load(environ={}, overrides={
             "data_dir": str(work / "data"), **service_ports(), "log_level": "WARNING", **uris,

@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 from services.common.config import Settings  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
 from tests.servers import (  # noqa: E402
-    MONGODB_REPLICA_SET,
     ServerProcess,
     SilentServer,
     mongodb_process,
+    mongodb_uri,
     redis_process,
     service_ports,
     wait_mongodb_primary,
@@ -91,8 +91,7 @@ async def run(args: argparse.Namespace) -> list[str]:
         server = mongodb_process(work / "mongodb")
 
         def uri(service: str) -> str:
-            return (f"mongodb://127.0.0.1:{server.port}/outage_{service}"
-                    f"?replicaSet={MONGODB_REPLICA_SET}")
+            return mongodb_uri(server, f"outage_{service}", majority=False)
         serving = wait_mongodb_primary
     else:
         server = redis_process(work / "redis", durable=True)

@@ -680,6 +680,17 @@ def mongodb_process(workdir: Path) -> ServerProcess:
     return proc
 
 
+def mongodb_uri(server: ServerProcess, database: str, *options: str,
+                majority: bool = True) -> str:
+    """A store URI of ``database`` on the test server in the replica-set form (SecantusDB is
+    the one member of its set, so the driver treats it as a replica set), with majority reads
+    unless ``majority`` is false (writes are majority by default), then ``options``
+    (``name=value``)."""
+    query = [f"replicaSet={MONGODB_REPLICA_SET}",
+             *(["readConcernLevel=majority"] if majority else []), *options]
+    return f"mongodb://127.0.0.1:{server.port}/{database}?{'&'.join(query)}"
+
+
 def wait_mongodb_primary(server: ServerProcess, timeout: float = 60.0) -> None:
     """Until the replica set's one member says it is the writable primary."""
     deadline = time.monotonic() + timeout

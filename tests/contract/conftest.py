@@ -27,13 +27,13 @@ from pymongo import AsyncMongoClient
 from services.testing.fixtures import Clock
 from tests.certs import Pki
 from tests.servers import (
-    MONGODB_REPLICA_SET,
     RedisClusterProcesses,
     RedisSentinelProcesses,
     ServerProcess,
     redis_tls_client,
     redis_tls_query,
 )
+from tests.servers import mongodb_uri as replica_set_uri
 
 BACKENDS = ["sqlite", "redis", "redis_tls", "redis_sentinel", "redis_sentinel_tls", "mongodb"]
 # The stores that also run on a Redis Cluster (redis+cluster://, rediss+cluster://).
@@ -137,10 +137,7 @@ async def redis_cluster_tls_uri(redis_tls_cluster: RedisClusterProcesses) -> Asy
 @pytest.fixture
 async def mongodb_uri(mongodb_server: ServerProcess) -> AsyncIterator[str]:
     database = unique_name()
-    # The replica-set form, with majority reads (and the default majority writes): SecantusDB
-    # is the one member of its set, so the driver treats it as a replica set.
-    yield (f"mongodb://127.0.0.1:{mongodb_server.port}/{database}"
-           f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority")
+    yield replica_set_uri(mongodb_server, database)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         port=mongodb_server.port, serverSelectionTimeoutMS=2000
     )

@@ -36,10 +36,10 @@ import pytest
 from services.common.config import Settings
 from tests.e2e.harness import start_stack
 from tests.servers import (
-    MONGODB_REPLICA_SET,
     RedisClusterProcesses,
     ServerProcess,
     mongodb_process,
+    mongodb_uri,
     redis_process,
     start_redis_cluster,
     wait_mongodb_primary,
@@ -182,8 +182,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Restartabl
             server = mongodb_process(tmp_path / "mongodb")
 
             def uri(service: str) -> str:
-                return (f"mongodb://127.0.0.1:{server.port}/restart_{service}"
-                        f"?replicaSet={MONGODB_REPLICA_SET}&readConcernLevel=majority")
+                return mongodb_uri(server, f"restart_{service}")
         server.start()
         try:
             yield OneServer(server, uri, wait_mongodb_primary if kind == "mongodb" else
