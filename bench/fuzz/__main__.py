@@ -1,5 +1,5 @@
 """python -m bench.fuzz --cases 100000 --store sqlite|redis|redis-cluster|mongodb [--seed N]
-[--workers 4]
+[--workers 4] [--runs 1]
 
 Starts ``zaqar-grpc up`` on the store (redis: its own redis-server on a free port;
 redis-cluster: a Redis Cluster of three masters with a replica each; mongodb: the MongoDB wire
@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", choices=("sqlite", "redis", "redis-cluster", "mongodb"),
                     default="sqlite")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=1,
+                    help="runs of --cases each, with seeds --seed, --seed + 1, ..., each on a "
+                         "fresh stack and store server, summed at the end (a long MongoDB run: "
+                         "the test server slows as its data grows)")
     ap.add_argument("--workers", type=int, default=4, help="cases in flight at once")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds an answer may take")
     ap.add_argument("--families", default=",".join(WEIGHTS),
@@ -60,24 +64,35 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM (a timeout, a kill) stops the stack and the store server as Ctrl-C does.
     signal.signal(signal.SIGTERM, interrupted)
-    with tempfile.TemporaryDirectory(prefix="zaqar-fuzz-") as tmp, \
-            own_stack(args.store, Path(tmp), overrides) as (stack, _server):
-        try:
-            report = asyncio.run(run(target(stack), seed=args.seed, cases=args.cases,
-                                     workers=args.workers, bound=args.timeout,
-                                     weights=weights, progress=progress))
-        except KeyboardInterrupt:
-            print("interrupted; the run so far:")
-            if last:
-                print(last[0].summary())
-            return 130
-        finally:
-            stopped = stack.stop()
-            if args.log:
-                args.log.write_text("".join(stack.output))
+    reports: list[Report] = []
+    outputs: list[str] = []
+    stopped = 0
+    for n in range(args.runs):
+        seed = args.seed + n
+        with tempfile.TemporaryDirectory(prefix="zaqar-fuzz-") as tmp, \
+                own_stack(args.store, Path(tmp), overrides) as (stack, _server):
+            try:
+                reports.append(asyncio.run(run(
+                    target(stack), seed=seed, cases=args.cases, workers=args.workers,
+                    bound=args.timeout, weights=weights, progress=progress)))
+            except KeyboardInterrupt:
+                print("interrupted; the run so far:")
+                if last:
+                    print(Report.combined([*reports, last[0]]).summary())
+                return 130
+            finally:
+                stopped = stopped or stack.stop()
+                outputs.append(f"--- seed {seed}\n" if args.runs > 1 else "")
+                outputs.extend(stack.output)
+                if args.log:
+                    args.log.write_text("".join(outputs))
+        if args.runs > 1:
+            print(reports[-1].summary().split("\n", 1)[0], flush=True)
+    report = Report.combined(reports)
     settings = "".join(f" --set {item}" for item in args.set)
+    runs = f" --runs {args.runs}" if args.runs > 1 else ""
     print(f"python -m bench.fuzz --cases {args.cases} --store {args.store} --seed {args.seed} "
-          f"--workers {args.workers}{settings} ({started:%Y-%m-%d %H:%M} UTC)")
+          f"--workers {args.workers}{runs}{settings} ({started:%Y-%m-%d %H:%M} UTC)")
     summary = report.summary()
     print(summary)
     print(f"zaqar-grpc up stopped with exit status {stopped}")
@@ -88,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the report, with every failure's detail and reproducer, is also in {kept}")
     if args.json:
         args.json.write_text(json.dumps({
-            "store": args.store, "seed": args.seed, "cases": report.ran,
+            "store": args.store, "seed": args.seed, "runs": args.runs, "cases": report.ran,
             "seconds": round(report.seconds, 1), "date": started.isoformat(),
             "families": report.families, "statuses": report.statuses,
             "failures": report.failure_counts, "dead": report.dead, "canary": report.canary,

@@ -57,6 +57,40 @@ class Report:
     # exception that ended their traceback, gRPC core errors), by kind.
     logged: Counter[str] = field(default_factory=Counter)
     kept_per_signature: int = 20
+    # Runs summed into this report (``combined``), each on a stack of its own.
+    runs: int = 1
+
+    @classmethod
+    def combined(cls, reports: Sequence[Report]) -> Report:
+        """The sum of runs with consecutive seeds, as one report (``seed`` the first)."""
+        first = reports[0]
+        total = cls(seed=first.seed, requested=sum(r.requested for r in reports),
+                    workers=first.workers, kept_per_signature=first.kept_per_signature,
+                    runs=len(reports))
+        for r in reports:
+            total.families.update(r.families)
+            for family, counts in r.statuses.items():
+                total.statuses[family].update(counts)
+            for failure in r.failures:
+                same = sum(1 for f in total.failures if f.signature == failure.signature)
+                if same < total.kept_per_signature:
+                    total.failures.append(failure)
+            total.failure_counts.update(r.failure_counts)
+            for family, counts in r.family_failures.items():
+                total.family_failures[family].update(counts)
+            total.routes.update(r.routes)
+            total.generic_routes |= r.generic_routes
+            total.actions.update(r.actions)
+            total.methods.update(r.methods)
+            total.logged.update(r.logged)
+            total.dead += r.dead
+            total.leak_scenarios += r.leak_scenarios
+            total.fixtures += r.fixtures
+            total.seconds += r.seconds
+        canaries = {r.canary for r in reports}
+        total.canary = canaries.pop() if len(canaries) == 1 else ", ".join(
+            f"seed {r.seed}: {r.canary}" for r in reports)
+        return total
 
     @property
     def ran(self) -> int:
@@ -78,8 +112,10 @@ class Report:
         self.statuses[family][str(status)] += 1
 
     def summary(self) -> str:
+        seeds = (f"seeds {self.seed} to {self.seed + self.runs - 1} ({self.runs} runs, each "
+                 "on a fresh stack and store)" if self.runs > 1 else f"seed {self.seed}")
         lines = [
-            f"seed {self.seed}: {self.ran} cases of {self.requested} in {self.seconds:.1f} s "
+            f"{seeds}: {self.ran} cases of {self.requested} in {self.seconds:.1f} s "
             f"({self.ran / max(self.seconds, 1e-9):.0f} cases/s, {self.workers} workers, "
             f"{self.fixtures} fixtures, {self.leak_scenarios} leak scenarios)",
             "",
