@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     stopped = 0
     for n in range(args.runs):
         seed = args.seed + n
+        last.clear()  # the progress of this run only
         with tempfile.TemporaryDirectory(prefix="zaqar-fuzz-") as tmp, \
                 own_stack(args.store, Path(tmp), overrides) as (stack, _server):
             try:
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(Report.combined([*reports, last[0]]).summary())
                 return 130
             finally:
-                stopped = stopped or stack.stop()
+                status = stack.stop()
+                stopped = stopped or status
                 outputs.append(f"--- seed {seed}\n" if args.runs > 1 else "")
                 outputs.extend(stack.output)
                 if args.log:
