@@ -370,10 +370,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             overrides.update(queue_store=uri, message_store=uri, notifier_store=uri)
         elif args.store == "redis-cluster":
             store.cluster = start_redis_cluster(work / "cluster")
-            hosts = store.cluster.uri_hosts
-            wait = "" if args.no_wait else "&wait=1"
-            overrides.update({f"{s}_store": f"redis+cluster://{hosts}?prefix=f{s[0]}{wait}"
-                              for s in ("queue", "message", "notifier")})
+            overrides.update(store.cluster.stack_uris("f", "" if args.no_wait else "&wait=1"))
         elif args.store == "mongodb":
             store.server = mongodb_process(work / "mongodb")
             store.server.start()

@@ -108,8 +108,7 @@ def main() -> None:
         elif args.store == "redis-cluster":
             cluster = start_redis_cluster(work / "cluster")
             servers.update({f"redis-{node.port}": node for node in cluster.nodes})
-            uris = {f"{s}_store": f"redis+cluster://{cluster.uri_hosts}?prefix=soak{s[0]}"
-                    for s in ("queue", "message", "notifier")}
+            uris = cluster.stack_uris("soak")
         else:
             server = servers["mongodb"] = mongodb_process(work / "mongodb")
             server.start()

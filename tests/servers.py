@@ -312,6 +312,14 @@ class RedisClusterProcesses:
         """Every node as ``127.0.0.1:port,...`` for a ``redis+cluster://`` URI."""
         return ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
+    def stack_uris(self, prefix: str, options: str = "") -> dict[str, str]:
+        """The three store settings of a ``zaqar-grpc up`` stack on this cluster, each store
+        under the key prefix ``prefix`` + its service's initial, ``options`` (``&name=value``)
+        after."""
+        return {f"{service}_store":
+                f"redis+cluster://{self.uri_hosts}?prefix={prefix}{service[0]}{options}"
+                for service in ("queue", "message", "notifier")}
+
     def node(self, port: int) -> ServerProcess:
         return next(node for node in self.nodes if node.port == port)
 

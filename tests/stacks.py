@@ -87,11 +87,7 @@ def stack_settings(request: pytest.FixtureRequest, store: str, data: Path) -> Se
         overrides["message_store"] = f"redis://127.0.0.1:{server.port}/2"
         overrides["notifier_store"] = f"redis://127.0.0.1:{server.port}/3"
     elif store == REDIS_CLUSTER:
-        cluster = request.getfixturevalue("redis_cluster")
-        for service in ("queue", "message", "notifier"):
-            overrides[f"{service}_store"] = (
-                f"redis+cluster://{cluster.uri_hosts}?prefix=up{service[0]}"
-            )
+        overrides.update(request.getfixturevalue("redis_cluster").stack_uris("up"))
     elif store == "mongodb":
         server = request.getfixturevalue("mongodb_server")
         overrides["queue_store"] = f"mongodb://127.0.0.1:{server.port}/up_queues"

@@ -72,9 +72,7 @@ class Report:
             for family, counts in r.statuses.items():
                 total.statuses[family].update(counts)
             for failure in r.failures:
-                same = sum(1 for f in total.failures if f.signature == failure.signature)
-                if same < total.kept_per_signature:
-                    total.failures.append(failure)
+                total._keep(failure)
             total.failure_counts.update(r.failure_counts)
             for family, counts in r.family_failures.items():
                 total.family_failures[family].update(counts)
@@ -103,6 +101,10 @@ class Report:
     def add(self, failure: Failure) -> None:
         self.failure_counts[failure.kind] += 1
         self.family_failures[failure.family][failure.kind] += 1
+        self._keep(failure)
+
+    def _keep(self, failure: Failure) -> None:
+        """Keeps ``failure``'s detail unless ``kept_per_signature`` of its kind are kept."""
         same = sum(1 for f in self.failures if f.signature == failure.signature)
         if same < self.kept_per_signature:
             self.failures.append(failure)

@@ -64,8 +64,7 @@ def own_stack(store: str, work: Path, overrides: dict[str, Any] | None = None) -
         server = mongodb_process(work / "mongodb")
     elif store == "redis-cluster":
         cluster = start_redis_cluster(work / "cluster")
-        values.update({f"{name}_store": f"redis+cluster://{cluster.uri_hosts}?prefix=z{name[0]}"
-                       for name in ("queue", "message", "notifier")})
+        values.update(cluster.stack_uris("z"))
     elif store != "sqlite":
         raise ValueError(f"unknown store {store!r}: sqlite, redis, redis-cluster or mongodb")
     if server is not None:

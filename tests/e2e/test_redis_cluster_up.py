@@ -154,13 +154,11 @@ async def test_a_master_killed_under_load(
 ) -> None:
     # Given two stacks on one cluster, busy with the same queue name (so the same slot), one
     # whose stores wait for a replica to confirm every write (wait=1) and one that does not
-    hosts = own_cluster.uri_hosts
     stacks: dict[str, Stack] = {}
     try:
         settings = {}
         for name, options in [("wait=1", "&wait=1"), ("no wait", "")]:
-            uris = {f"{service}_store": f"redis+cluster://{hosts}?prefix={name[0]}{service[0]}"
-                    f"{options}" for service in ("queue", "message", "notifier")}
+            uris = own_cluster.stack_uris(name[0], options)
             settings[name] = make_settings(data_dir=str(tmp_path / name), **uris)
         results = await asyncio.gather(*(asyncio.to_thread(start_stack, s)
                                          for s in settings.values()), return_exceptions=True)

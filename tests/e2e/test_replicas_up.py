@@ -83,9 +83,7 @@ def replicated(
                          message_store=f"redis://127.0.0.1:{port}/8",
                          notifier_store=f"redis://127.0.0.1:{port}/9")
     elif request.param == REDIS_CLUSTER:
-        hosts = request.getfixturevalue("redis_cluster").uri_hosts
-        overrides.update({f"{s}_store": f"redis+cluster://{hosts}?prefix=replicas{s[0]}"
-                          for s in ("queue", "message", "notifier")})
+        overrides.update(request.getfixturevalue("redis_cluster").stack_uris("replicas"))
     stack = start_stack(Settings.load(environ={}, overrides=overrides),
                         ["--replicas", str(REPLICAS)], timeout=START_TIMEOUT)
     try:

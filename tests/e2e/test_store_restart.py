@@ -102,11 +102,6 @@ class OneServer:
         self.serving(self.server)
 
 
-def cluster_uris(cluster: RedisClusterProcesses) -> dict[str, str]:
-    return {f"{service}_store": f"redis+cluster://{cluster.uri_hosts}?prefix=r{service[0]}"
-            for service in SERVICES}
-
-
 def wait_cluster_ok(cluster: RedisClusterProcesses, timeout: float = 30.0) -> None:
     """Until every live node accepts connections, says ``cluster_state:ok`` and knows every
     slot as served (a master that restarts says ``fail`` for its first 2 s)."""
@@ -133,7 +128,7 @@ class WholeCluster:
     cluster: RedisClusterProcesses
 
     def uris(self) -> dict[str, str]:
-        return cluster_uris(self.cluster)
+        return self.cluster.stack_uris("r")
 
     def kill(self) -> None:
         for node in self.cluster.nodes:
@@ -154,7 +149,7 @@ class ClusterMaster:
     killed: ServerProcess | None = None
 
     def uris(self) -> dict[str, str]:
-        return cluster_uris(self.cluster)
+        return self.cluster.stack_uris("r")
 
     def kill(self) -> None:
         self.killed = self.cluster.master_of(f"{{{PROJECT}/{QUEUES[0]}}}")
