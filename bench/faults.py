@@ -1,7 +1,8 @@
 """A fault campaign under load: no message acknowledged with a 201 is lost when any process
 of the stack, or its store, is killed.
 
-    python bench/faults.py [--store redis|redis-cluster|mongodb|sqlite] [--minutes 10]
+    python bench/faults.py [--store redis|redis-cluster|redis-sentinel|mongodb|sqlite]
+        [--minutes 10]
         [--faults N] [--fault-every 3] [--store-down 1]
         [--kinds gateway,message,queue,notifier,redis]
         [--producers 4] [--consumers 4] [--seed 1] [--no-aof] [--no-wait] [--json FILE]
@@ -37,15 +38,21 @@ the queue is listed (``include_claimed``). The campaign fails (exit status 1) wh
 
 ``--store redis-cluster`` runs it on a Redis Cluster of three masters with a replica each
 (``wait=1`` in the URIs unless ``--no-wait``); its fault (``redis-master``) kills the master
-serving the campaign's queue, waits for its replica to take over, and starts it again (it
-comes back as that replica's replica). ``--store mongodb`` runs it on one MongoDB wire server
-(the test suite's, a one-member replica set, writes ``w=majority, j=true``) holding every
-store, on disk; its fault (``mongodb``) kills it and starts it again on the same files after
-``--store-down`` seconds. There the queue is listed a minute after the last fault: a post cut
-short by a kill of message_svc leaves its seq range pending, and listings stop below a pending
-range until it is ``PENDING_WINDOW`` old (claims do not; docs/architecture.md).
-``--store sqlite`` runs the stack on its default stores (SQLite files in the data folder,
-shared by both replicas of a service), and kills only the services' processes.
+serving the campaign's queue, waits for its replica to take over, and starts it again (it comes
+back as that replica's replica). ``--store redis-sentinel`` runs it on a master with two
+replicas watched by three Sentinels (``redis+sentinel://``, ``wait=1`` unless ``--no-wait``),
+which the services find through the Sentinels and are never told of; its faults are
+``redis-failover``, which kills the master the Sentinels name, waits until they all name one of
+its replicas, and starts it again (it comes back as the new master's replica), and
+``sentinel``, which kills one of the Sentinels for ``--store-down`` seconds. ``--store
+mongodb`` runs it on one MongoDB wire server (the test suite's, a one-member replica set,
+writes ``w=majority, j=true``) holding every store, on disk; its fault (``mongodb``) kills it
+and starts it again on the same files after ``--store-down`` seconds. There the queue is listed
+a minute after the last fault: a post cut short by a kill of message_svc leaves its seq range
+pending, and listings stop below a pending range until it is ``PENDING_WINDOW`` old (claims do
+not; docs/architecture.md). ``--store sqlite`` runs the stack on its default stores (SQLite
+files in the data folder, shared by both replicas of a service), and kills only the services'
+processes.
 
 ``--no-aof`` runs redis-server without its AOF, so that each of its kills loses what it held:
 the campaign then reports those messages as lost, which shows that it can tell.
@@ -87,22 +94,28 @@ from services.message_svc.storage.mongodb._documents import PENDING_WINDOW  # no
 from tests.e2e.harness import Stack, start_stack  # noqa: E402
 from tests.servers import (  # noqa: E402
     RedisClusterProcesses,
+    RedisSentinelProcesses,
     ServerProcess,
     mongodb_process,
     mongodb_uri,
     redis_process,
     start_redis_cluster,
+    start_redis_sentinel,
     wait_mongodb_primary,
 )
 
 QUEUE = "faults"
 SERVICES = ("gateway", "message", "queue", "notifier")
-KINDS = (*SERVICES, "redis", "redis-master", "mongodb")
+KINDS = (*SERVICES, "redis", "redis-master", "redis-failover", "sentinel", "mongodb")
 # How --stop-with stops a service's replica.
 STOP_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 # The store kinds each --store can kill.
 STORE_KINDS = {"redis": ("redis",), "redis-cluster": ("redis-master",),
-               "mongodb": ("mongodb",), "sqlite": ()}
+               "redis-sentinel": ("redis-failover", "sentinel"), "mongodb": ("mongodb",),
+               "sqlite": ()}
+# The replicas of the Sentinels' master: with two, a write still finds one to confirm it
+# (wait=1) while the master killed by the last failover is away.
+SENTINEL_REPLICAS = 2
 REPLICAS = 2
 # A message outlives the campaign; a claim lasts the least Zaqar allows.
 MESSAGE_TTL, CLAIM_TTL, CLAIM_GRACE = 3600, 60, 60
@@ -277,11 +290,13 @@ def serving(cluster: RedisClusterProcesses, key: str) -> int | None:
 
 @dataclass
 class Store:
-    """What the campaign may kill of the store: one redis-server or MongoDB wire server, or a
-    Redis Cluster's master of the campaign's queue; none of them for SQLite."""
+    """What the campaign may kill of the store: one redis-server or MongoDB wire server, a
+    Redis Cluster's master of the campaign's queue, or the master or a Sentinel of a Sentinel
+    group; none of them for SQLite."""
 
     server: ServerProcess | None = None
     cluster: RedisClusterProcesses | None = None
+    group: RedisSentinelProcesses | None = None
     queue_key: str = ""
 
 
@@ -301,6 +316,28 @@ def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
         master.start()
         cluster.wait_healthy(RECOVERY_TIMEOUT)  # it is back, as the new master's replica
         label = "redis-master"
+    elif kind == "redis-failover":
+        group = store.group
+        assert group is not None
+        old = group.master_port()
+        assert old is not None, "the Sentinels name no master"
+        master = group.server(old)
+        master.kill()
+        # Started again only once every Sentinel names another master: one that still named
+        # it would make it the master again, empty.
+        group.wait_healthy(RECOVERY_TIMEOUT, not_on=old)
+        master.start()
+        group.wait_healthy(RECOVERY_TIMEOUT)  # it is back, as the new master's replica
+        label = "redis-failover"
+    elif kind == "sentinel":
+        group = store.group
+        assert group is not None
+        sentinel = rng.choice(group.sentinels)
+        sentinel.kill()
+        time.sleep(store_down)
+        sentinel.start()
+        group.wait_healthy(RECOVERY_TIMEOUT)
+        label = "sentinel"
     elif kind in ("redis", "mongodb"):
         server = store.server
         assert server is not None
@@ -371,6 +408,12 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
         elif args.store == "redis-cluster":
             store.cluster = start_redis_cluster(work / "cluster")
             overrides.update(store.cluster.stack_uris("f", "" if args.no_wait else "&wait=1"))
+        elif args.store == "redis-sentinel":
+            store.group = start_redis_sentinel(work / "sentinel", replicas=SENTINEL_REPLICAS)
+            overrides.update({
+                f"{service}_store": f"{store.group.uri(db)}?prefix=f{service[0]}"
+                + ("&wait=1" if service == "message" and not args.no_wait else "")
+                for db, service in enumerate(("queue", "message", "notifier"), start=1)})
         elif args.store == "mongodb":
             store.server = mongodb_process(work / "mongodb")
             store.server.start()
@@ -434,6 +477,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                 store.server.stop()
             if store.cluster is not None:
                 store.cluster.stop()
+            if store.group is not None:
+                store.group.stop()
     return summarize(tally, left, args)
 
 
@@ -460,16 +505,19 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--store", choices=tuple(STORE_KINDS), default="redis",
                     help="redis: one durable redis-server for every store (default); "
                          "redis-cluster: a Redis Cluster of three masters with a replica each "
-                         "(the URIs with wait=1); mongodb: one MongoDB wire server on disk for "
+                         "(the URIs with wait=1); redis-sentinel: a master with two replicas "
+                         "and three Sentinels (the message store with wait=1); mongodb: one "
+                         "MongoDB wire server on disk for "
                          "every store; sqlite: the default stores, SQLite files shared by the "
                          "replicas")
     ap.add_argument("--no-wait", action="store_true",
-                    help="on a Redis Cluster, without wait=1: writes acknowledged before a "
-                         "replica has them")
+                    help="on a Redis Cluster or a Sentinel group, without wait=1: writes "
+                         "acknowledged before a replica has them")
     ap.add_argument("--kinds", type=kinds_list,
                     help="the faults to draw from, comma-separated: gateway, message, queue, "
                          "notifier, and the store's (redis, redis-master on a Redis Cluster, "
-                         "mongodb); default all of them")
+                         "redis-failover and sentinel on a Sentinel group, mongodb); default "
+                         "all of them")
     ap.add_argument("--no-aof", action="store_true",
                     help="redis-server without its AOF, which loses what it held at each kill: "
                          "to see the campaign catch a loss")

@@ -1,9 +1,10 @@
 """``bench/faults.py``: a short fault campaign under load, and its oracle.
 
-One kill of each kind (a replica of every service, and redis-server on its AOF) while
-producers post and consumers claim and delete through two gateways: nothing acknowledged with a
-201 is lost, nothing deleted comes back, and no request gets a 5xx but 503. The oracle itself
-is checked on made-up tallies, so that a campaign that finds a loss is known to say so.
+One kill of each kind (a replica of every service, and redis-server on its AOF; on a Sentinel
+group, its master and one Sentinel) while producers post and consumers claim and delete through
+two gateways: nothing acknowledged with a 201 is lost, nothing deleted comes back, and no
+request gets a 5xx but 503. The oracle itself is checked on made-up tallies, so that a campaign
+that finds a loss is known to say so.
 """
 
 from __future__ import annotations
@@ -37,6 +38,27 @@ def test_one_kill_of_each_kind_under_load_loses_nothing() -> None:
     acknowledged = [f["acknowledged_so_far"] for f in summary["fault_log"]]
     assert acknowledged == sorted(acknowledged) and acknowledged[0] > 0, report
     assert summary["acknowledged"] > acknowledged[-1], report
+    assert summary["claimed"] > 0 and summary["deleted"] > 0, report
+    assert summary["lost"] == 0, report
+    assert summary["came_back_after_delete"] == 0, report
+    assert summary["held_twice"] == 0, report
+    assert summary["unexpected_count"] == 0, report
+    assert summary["ok"], report
+
+
+@pytest.mark.timeout(600)
+def test_a_failover_and_a_sentinel_killed_under_load_lose_nothing() -> None:
+    # The stores on a Sentinel group's master (the message store with wait=1): the master
+    # killed and one of its replicas promoted, and one of the three Sentinels killed
+    summary = campaign(args(
+        "--store", "redis-sentinel", "--kinds", "redis-failover,sentinel", "--faults", "2",
+        "--minutes", "10", "--fault-every", "1", "--settle", "2", "--producers", "2",
+        "--consumers", "2", "--seed", "7", "--quiet",
+    ))
+    report = {k: v for k, v in summary.items() if k != "fault_log"}
+    assert summary["faults_by_kind"] == {"redis-failover": 1, "sentinel": 1}, report
+    acknowledged = [f["acknowledged_so_far"] for f in summary["fault_log"]]
+    assert acknowledged[0] > 0 and summary["acknowledged"] > acknowledged[-1], report
     assert summary["claimed"] > 0 and summary["deleted"] > 0, report
     assert summary["lost"] == 0, report
     assert summary["came_back_after_delete"] == 0, report
