@@ -6,7 +6,7 @@ of the stack, or its store, is killed.
         [--faults N] [--fault-every 3] [--store-down 1]
         [--kinds gateway,message,queue,notifier,redis]
         [--producers 4] [--consumers 4] [--seed 1] [--no-aof] [--no-wait] [--json FILE]
-        [--stop-with kill|term] [--quiet]
+        [--stop-with kill|term|freeze] [--freeze-for 8] [--quiet]
 
 It starts a durable redis-server (AOF, ``appendfsync always``) and ``zaqar-grpc up
 --replicas 2`` on it (two processes of every service, each gateway on its own port, as on
@@ -23,6 +23,11 @@ started again on the same AOF after ``--store-down`` seconds. With ``--stop-with
 services' replicas get ``SIGTERM`` instead, as a rolling update on Kubernetes stops a pod
 (with ``--kinds gateway,message,queue,notifier``, every 503 and transport error is then one
 of a graceful stop).
+With ``--stop-with freeze`` a replica of a service, or the one redis-server or MongoDB server,
+is stopped with ``SIGSTOP`` for ``--freeze-for`` seconds (8 by default, more than the gateway's
+5 s deadline) and let go on with ``SIGCONT``: a process that hangs, or a host that stalls, and
+then answers the calls it had taken (a Redis Cluster's or a Sentinel group's faults are kills
+still).
 
 Then the faults stop, the stack is left to settle, the load stops, and every message still in
 the queue is listed (``include_claimed``). The campaign fails (exit status 1) when
@@ -108,7 +113,7 @@ QUEUE = "faults"
 SERVICES = ("gateway", "message", "queue", "notifier")
 KINDS = (*SERVICES, "redis", "redis-master", "redis-failover", "sentinel", "mongodb")
 # How --stop-with stops a service's replica.
-STOP_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+STOP_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "freeze": signal.SIGSTOP}
 # The store kinds each --store can kill.
 STORE_KINDS = {"redis": ("redis",), "redis-cluster": ("redis-master",),
                "redis-sentinel": ("redis-failover", "sentinel"), "mongodb": ("mongodb",),
@@ -301,11 +306,27 @@ class Store:
 
 
 def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
-           store_down: float, stop_with: signal.Signals = signal.SIGKILL) -> dict[str, Any]:
+           store_down: float, stop_with: signal.Signals = signal.SIGKILL,
+           freeze_for: float = 0.0) -> dict[str, Any]:
     """One fault, and the wait until what it killed (or, ``stop_with`` SIGTERM, stopped) is
-    back."""
+    back; with ``stop_with`` SIGSTOP, a replica of a service or the one store server is
+    frozen for ``freeze_for`` seconds and then let go on (SIGCONT)."""
     started = time.monotonic()
-    if kind == "redis-master":
+    if stop_with == signal.SIGSTOP and kind not in ("redis-master", "redis-failover", "sentinel"):
+        if kind in ("redis", "mongodb"):
+            assert store.server is not None and store.server.proc is not None
+            pid = store.server.proc.pid
+            label = "redis-server" if kind == "redis" else "mongodb"
+        else:
+            label = f"{kind}.{rng.randrange(REPLICAS)}"
+            pid = stack.child_pids()[label]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(freeze_for)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        label += " (frozen)"
+    elif kind == "redis-master":
         cluster = store.cluster
         assert cluster is not None
         master = cluster.master_of(store.queue_key)
@@ -452,7 +473,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
                         kinds = list(kinds_drawn)
                         rng.shuffle(kinds)
                     fault = inject(kinds.pop(), rng, stack, store, args.store_down,
-                                   STOP_SIGNALS[args.stop_with])
+                                   STOP_SIGNALS[args.stop_with], args.freeze_for)
                     fault["at"] = round(fault["at"] - began, 2)
                     fault["acknowledged_so_far"] = len(tally.acknowledged)
                     tally.faults.append(fault)
@@ -523,7 +544,13 @@ def parser() -> argparse.ArgumentParser:
                          "to see the campaign catch a loss")
     ap.add_argument("--stop-with", choices=tuple(STOP_SIGNALS), default="kill",
                     help="how a service's replica is stopped: kill (SIGKILL, a crash; the "
-                         "default) or term (SIGTERM, as a rolling update stops a pod)")
+                         "default), term (SIGTERM, as a rolling update stops a pod) or freeze "
+                         "(SIGSTOP, then SIGCONT after --freeze-for seconds: a process that "
+                         "hangs, or a host that stalls; also the one redis-server or MongoDB "
+                         "server)")
+    ap.add_argument("--freeze-for", type=float, default=8.0,
+                    help="with --stop-with freeze, seconds a process stays frozen (more than "
+                         "the gateway's 5 s deadline by default)")
     ap.add_argument("--producers", type=int, default=4)
     ap.add_argument("--consumers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)

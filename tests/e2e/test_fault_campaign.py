@@ -1,10 +1,10 @@
 """``bench/faults.py``: a short fault campaign under load, and its oracle.
 
 One kill of each kind (a replica of every service, and redis-server on its AOF; on a Sentinel
-group, its master and one Sentinel) while producers post and consumers claim and delete through
-two gateways: nothing acknowledged with a 201 is lost, nothing deleted comes back, and no
-request gets a 5xx but 503. The oracle itself is checked on made-up tallies, so that a campaign
-that finds a loss is known to say so.
+group, its master and one Sentinel; a replica of message_svc and redis-server frozen) while
+producers post and consumers claim and delete through two gateways: nothing acknowledged with a
+201 is lost, nothing deleted comes back, and no request gets a 5xx but 503. The oracle itself
+is checked on made-up tallies, so that a campaign that finds a loss is known to say so.
 """
 
 from __future__ import annotations
@@ -57,6 +57,27 @@ def test_a_failover_and_a_sentinel_killed_under_load_lose_nothing() -> None:
     ))
     report = {k: v for k, v in summary.items() if k != "fault_log"}
     assert summary["faults_by_kind"] == {"redis-failover": 1, "sentinel": 1}, report
+    acknowledged = [f["acknowledged_so_far"] for f in summary["fault_log"]]
+    assert acknowledged[0] > 0 and summary["acknowledged"] > acknowledged[-1], report
+    assert summary["claimed"] > 0 and summary["deleted"] > 0, report
+    assert summary["lost"] == 0, report
+    assert summary["came_back_after_delete"] == 0, report
+    assert summary["held_twice"] == 0, report
+    assert summary["unexpected_count"] == 0, report
+    assert summary["ok"], report
+
+
+@pytest.mark.timeout(600)
+def test_a_frozen_message_svc_and_a_frozen_redis_under_load_lose_nothing() -> None:
+    # SIGSTOP for longer than the gateway's deadline, then SIGCONT: a replica that hangs and
+    # a store that stalls, each answering its stale calls once it runs again
+    summary = campaign(args(
+        "--stop-with", "freeze", "--freeze-for", "6", "--kinds", "message,redis",
+        "--faults", "2", "--minutes", "10", "--fault-every", "1", "--settle", "2",
+        "--producers", "2", "--consumers", "2", "--seed", "8", "--quiet",
+    ))
+    report = {k: v for k, v in summary.items() if k != "fault_log"}
+    assert summary["faults_by_kind"] == {"message": 1, "redis-server (frozen)": 1}, report
     acknowledged = [f["acknowledged_so_far"] for f in summary["fault_log"]]
     assert acknowledged[0] > 0 and summary["acknowledged"] > acknowledged[-1], report
     assert summary["claimed"] > 0 and summary["deleted"] > 0, report
