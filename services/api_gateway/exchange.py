@@ -22,6 +22,13 @@ task hands each answer to the caller waiting for that id.
   connections may be waiting out a reconnect's back-off), rather than failing at once, and
   each request's write waits no longer than its timeout. Closed before anything was written
   on it, such a stream is cancelled (ending its side would wait for a replica, too).
+- **Stalls.** A message_svc replica that hangs (stopped, deadlocked, cut off by the network)
+  keeps its connection open and answers nothing, and gRPC's keepalive takes up to 40 s to
+  find the connection dead. So when a request's deadline passes and the stream has answered
+  nothing since that request was written, at least :data:`STALL_AFTER` seconds ago, new
+  requests go on a new stream, which the channel balances over the replicas as it does any new
+  call, and the silent one is closed: the requests still on it keep their own deadlines, and
+  get their answers if the replica wakes in time.
 - **Rotation.** A stream is replaced by a new one for new requests after
   :data:`ROTATE_AFTER` seconds; the old one is closed (its side ended) and ends once its
   requests are answered. So the connection message_svc ends after ``max_connection_age``
@@ -48,6 +55,9 @@ log = logging.getLogger(__name__)
 EXCHANGE: Final = "/zaqar.v2.MessagesInternal/Exchange"
 # Seconds after which new requests go on a new stream.
 ROTATE_AFTER: Final = 60.0
+# Seconds a stream must have been silent, with a request's deadline passed, to be left for a
+# new one (a short deadline passing does not say that message_svc hangs).
+STALL_AFTER: Final = 1.0
 # Seconds closing waits for the streams' answers (the HTTP server has answered its requests
 # by then: only a stream waiting for a replica that never comes should be left).
 CLOSE_WAIT: Final = 10.0
@@ -113,6 +123,8 @@ class _Stream:
         self.writing = asyncio.Lock()
         self.failed: grpc.aio.AioRpcError | None = None
         self.draining = False
+        self.stalled = False  # answered nothing while a request's deadline passed
+        self.answered = opened  # loop time of the last message read from message_svc
         self.written = False  # a request was written (the stream reached a replica)
         self.waits_for_ready = waits_for_ready
         self._on_draining = on_draining
@@ -125,6 +137,7 @@ class _Stream:
                 response = await self.call.read()
                 if response is grpc.aio.EOF:
                     break
+                self.answered = asyncio.get_running_loop().time()
                 if response.draining:
                     self.draining = True
                     if self._on_draining is not None:
@@ -178,12 +191,29 @@ class Exchange:
     def _current(self, now: float) -> _Stream:
         stream = self._stream
         if (stream is not None and stream.failed is None and not stream.draining
-                and now - stream.opened < ROTATE_AFTER):
+                and not stream.stalled and now - stream.opened < ROTATE_AFTER):
             return stream
         if stream is not None:
             self._retire(stream)
         stream = self._stream = _Stream(self._open(), now, self._draining)
         return stream
+
+    def _check_stalled(self, stream: _Stream, written: float, now: float) -> None:
+        """A request written on ``stream`` at ``written`` is past its deadline: if nothing has
+        come from message_svc since, for :data:`STALL_AFTER` seconds at least, new requests
+        go on a new stream and this one is closed."""
+        if (stream.stalled or stream.failed is not None or stream.answered > written
+                or now - written < STALL_AFTER):
+            return
+        stream.stalled = True
+        log.warning(
+            "message_svc has answered nothing on its Exchange stream for %.1f s, and a "
+            "request's deadline passed: new requests go on a new stream (the channel's next "
+            "replica), and this one is closed once its requests are answered or expire",
+            now - stream.answered)
+        if self._stream is stream:
+            self._stream = None
+            self._retire(stream)
 
     def _draining(self, stream: _Stream) -> None:
         """message_svc is stopping: new requests go on a new stream, which waits for a ready
@@ -229,6 +259,7 @@ class Exchange:
         stream.waiting[request_id] = future
         timer = (loop.call_later(timeout, _expire, future) if timeout is not None else None)
         code = "OK"
+        written = None
         try:
             if stream.waits_for_ready:
                 # (it takes writes once it reaches a replica)
@@ -236,6 +267,7 @@ class Exchange:
                     await _send(stream, request, future)
             else:
                 await _send(stream, request, future)
+            written = loop.time()
             return await future
         except TimeoutError:
             # Its write waited past its timeout (no replica was ready): as a unary call would
@@ -243,8 +275,11 @@ class Exchange:
             raise deadline_exceeded() from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
-            if stream.failed is None and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                stream.failed = exc  # a write failed: the next call opens a new stream
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                if stream.failed is None:
+                    stream.failed = exc  # a write failed: the next call opens a new stream
+            elif written is not None:
+                self._check_stalled(stream, written, loop.time())
             raise
         except asyncio.CancelledError:
             code = "CANCELLED"

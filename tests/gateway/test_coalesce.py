@@ -679,3 +679,56 @@ async def test_a_gateway_whose_message_svc_stopped_after_saying_so_closes_at_onc
             async with asyncio.timeout(60):
                 await exchange.close()
         assert await replacement.call.code() == grpc.StatusCode.CANCELLED
+
+
+class HangingInternal(StreamingInternal):
+    """Its first ``Exchange`` stream takes requests and answers none until ``wake`` is set (a
+    replica that hangs: stopped, deadlocked, cut off by the network), then serves them; the
+    streams after it are served at once, as message_svc serves them."""
+
+    def __init__(self, messages: StandIn) -> None:
+        super().__init__(messages)
+        self.wake = asyncio.Event()
+
+    async def Exchange(self, request_iterator: Any, context: Any) -> None:
+        self.streams += 1
+        if self.streams == 1:
+            await self.wake.wait()
+        await self._exchange.serve(context)
+
+
+async def test_a_stream_silent_past_a_deadline_is_left_for_a_new_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(exchange_module, "STALL_AFTER", 0.3)
+    async with streaming_stand_in(HangingInternal, max_wait=0.02) as (
+            stub, _, internal, exchange, _):
+        assert isinstance(internal, HangingInternal)
+        # Given a message_svc replica that takes the stream's requests and answers none
+        with caplog.at_level(logging.WARNING):
+            # A deadline shorter than STALL_AFTER passing does not say that it hangs
+            short = post(stub, "short", timeout=0.1)
+            await settled(short)
+            assert isinstance(short.exception(), grpc.aio.AioRpcError)
+            first = exchange._stream
+            assert first is not None and not first.stalled
+            # When a request's deadline passes with the stream silent for STALL_AFTER
+            patient = post(stub, "patient", timeout=30)
+            expiring = post(stub, "expiring", timeout=0.4)
+            await settled(expiring)
+        # Then the request fails as a unary call's would, and the stream is left
+        error = expiring.exception()
+        assert isinstance(error, grpc.aio.AioRpcError)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert first.stalled and exchange._stream is not first
+        assert "has answered nothing on its Exchange stream" in caplog.text
+        # And new calls go on a new stream, answered at once
+        assert list((await post(stub, "after")).ids) == ["after"]
+        assert internal.streams == 2
+        # While the silent stream's other request keeps its own deadline: answered when the
+        # replica wakes in time
+        assert not patient.done()
+        internal.wake.set()
+        assert list((await patient).ids) == ["patient"]
+        # And the silent stream, closed by the gateway, then ends
+        assert await first.call.code() == grpc.StatusCode.OK
