@@ -23,12 +23,15 @@ task hands each answer to the caller waiting for that id.
   each request's write waits no longer than its timeout. Closed before anything was written
   on it, such a stream is cancelled (ending its side would wait for a replica, too).
 - **Stalls.** A message_svc replica that hangs (stopped, deadlocked, cut off by the network)
-  keeps its connection open and answers nothing, and gRPC's keepalive takes up to 40 s to
+  keeps its connection open and answers nothing, and gRPC's keepalive takes 10 to 40 s to
   find the connection dead. So when a request's deadline passes and the stream has answered
-  nothing since that request was written, at least :data:`STALL_AFTER` seconds ago, new
-  requests go on a new stream, which the channel balances over the replicas as it does any new
-  call, and the silent one is closed: the requests still on it keep their own deadlines, and
-  get their answers if the replica wakes in time.
+  nothing since that request was written, at least :data:`STALL_AFTER` seconds ago, or the
+  request could not even be written within its deadline (the replica reads nothing, and the
+  stream's flow-control window is full), new requests go on a new stream, which the channel
+  balances over the replicas as it does any new call, and the silent one is closed: the
+  requests still on it keep their own deadlines, and get their answers if the replica wakes
+  in time. A request's write never outlasts its deadline (a write cut short cancels the
+  stream, which fails the requests on it).
 - **Rotation.** A stream is replaced by a new one for new requests after
   :data:`ROTATE_AFTER` seconds; the old one is closed (its side ended) and ends once its
   requests are answered. So the connection message_svc ends after ``max_connection_age``
@@ -202,15 +205,20 @@ class Exchange:
         """A request written on ``stream`` at ``written`` is past its deadline: if nothing has
         come from message_svc since, for :data:`STALL_AFTER` seconds at least, new requests
         go on a new stream and this one is closed."""
-        if (stream.stalled or stream.failed is not None or stream.answered > written
-                or now - written < STALL_AFTER):
+        if stream.answered > written or now - written < STALL_AFTER:
+            return
+        self._stalled(stream, f"it has answered nothing for {now - stream.answered:.1f} s")
+
+    def _stalled(self, stream: _Stream, why: str) -> None:
+        """``stream`` seems to reach a replica that hangs (``why``): new requests go on a new
+        stream, and this one is closed."""
+        if stream.stalled or stream.failed is not None:
             return
         stream.stalled = True
         log.warning(
-            "message_svc has answered nothing on its Exchange stream for %.1f s, and a "
-            "request's deadline passed: new requests go on a new stream (the channel's next "
-            "replica), and this one is closed once its requests are answered or expire",
-            now - stream.answered)
+            "message_svc's Exchange stream seems to hang: %s while a request's deadline "
+            "passed. New requests go on a new stream (the channel's next replica), and this "
+            "one is closed once its requests are answered or expire", why)
         if self._stream is stream:
             self._stream = None
             self._retire(stream)
@@ -257,21 +265,33 @@ class Exchange:
             request.request_ids.extend(request_ids)
         future: asyncio.Future[_Results] = loop.create_future()
         stream.waiting[request_id] = future
-        timer = (loop.call_later(timeout, _expire, future) if timeout is not None else None)
+        deadline = timer = None
+        if timeout is not None:
+            deadline = _Deadline(future, asyncio.current_task())
+            timer = loop.call_later(timeout, deadline.passed)
         code = "OK"
         written = None
         try:
-            if stream.waits_for_ready:
-                # (it takes writes once it reaches a replica)
-                async with asyncio.timeout(timeout):
-                    await _send(stream, request, future)
-            else:
+            try:
+                # The write waits no longer than the deadline: for a replica to take a stream
+                # opened with wait_for_ready, or for a replica that does not read to take
+                # what is written before it (the stream's flow-control window is full)
                 await _send(stream, request, future)
+            except asyncio.CancelledError:
+                if deadline is not None and deadline.cut(asyncio.current_task()):
+                    raise TimeoutError from None
+                raise
+            if deadline is not None:
+                deadline.sent = True
             written = loop.time()
             return await future
         except TimeoutError:
-            # Its write waited past its timeout (no replica was ready): as a unary call would
+            # Its write waited past its deadline: as a unary call would
             code = "DEADLINE_EXCEEDED"
+            if future.done() and not future.cancelled():
+                future.exception()  # its timer's, for the same deadline
+            if not stream.waits_for_ready:
+                self._stalled(stream, "its requests could not be written for the deadline")
             raise deadline_exceeded() from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
@@ -322,6 +342,28 @@ async def _send(stream: _Stream, request: messages_pb2.ExchangeRequest,
             raise await NotSent.of(stream.call) from None
 
 
-def _expire(future: asyncio.Future[_Results]) -> None:
-    if not future.done():
-        future.set_exception(deadline_exceeded())
+class _Deadline:
+    """What a request's deadline does when it passes: fails the caller waiting for its answer
+    (DEADLINE_EXCEEDED), or cancels the caller still waiting to write it (``call`` turns
+    that into DEADLINE_EXCEEDED). One timer per request, as ``asyncio.timeout`` would add a
+    second."""
+
+    __slots__ = ("_cancelled", "_future", "_task", "sent")
+
+    def __init__(self, future: asyncio.Future[_Results], task: asyncio.Task[Any] | None) -> None:
+        self._future = future
+        self._task = task
+        self._cancelled = False
+        self.sent = False  # the request is written: its caller waits for the answer
+
+    def passed(self) -> None:
+        if not self.sent and self._task is not None:
+            self._cancelled = True
+            self._task.cancel()
+        elif not self._future.done():
+            self._future.set_exception(deadline_exceeded())
+
+    def cut(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether the write was cut short by the deadline alone (not also cancelled by
+        its caller), its cancellation taken back."""
+        return self._cancelled and task is not None and task.uncancel() == 0
