@@ -158,6 +158,11 @@ async def _connect(path: str) -> aiosqlite.Connection:
     return await connector
 
 
+# Milliseconds a statement waits for a lock another connection holds (another process on the
+# same file: a replica, a pool's probe) before it fails with "database is locked".
+BUSY_TIMEOUT_MS = 5000
+
+
 def _locked(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED (any extended code of theirs); an error raised here
     (not by SQLite) has no code."""
@@ -230,7 +235,7 @@ class Database:
         conn.row_factory = sqlite3.Row
         # First: another process or connection opening the same file at this moment (a
         # replica, a pool's probe) holds its lock briefly, which is waited for, not an error.
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not self.uri.in_memory:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -241,7 +246,7 @@ class Database:
     @staticmethod
     def _setup_reader(conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only=1")
 
     async def close(self) -> None:
@@ -311,7 +316,14 @@ class Database:
         try:
             outcomes = await _call(self._writer, lambda c: _run_batch(c, jobs))
         except Exception as exc:
-            log.error("%s transaction failed: %r", self.store, exc)
+            if isinstance(exc, sqlite3.OperationalError) and _locked(exc):
+                # Unavailable for now, not a fault: another connection to the file (a
+                # replica that hangs, or is slow) held its lock for the whole busy timeout
+                log.warning("%s transaction of %d writes waited %.1f s for the lock of %r, "
+                            "which another connection holds: %s", self.store, len(jobs),
+                            BUSY_TIMEOUT_MS / 1000, self.path, exc)
+            else:
+                log.error("%s transaction failed: %r", self.store, exc)
             for _, future, action in batch:
                 if not future.done():
                     future.set_exception(
