@@ -10,6 +10,7 @@ is checked on made-up tallies, so that a campaign that finds a loss is known to 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import httpx
 import pytest
@@ -23,18 +24,17 @@ def args(*argv: str) -> argparse.Namespace:
     return parser().parse_args(list(argv))
 
 
-@pytest.mark.timeout(600)
-def test_one_kill_of_each_kind_under_load_loses_nothing() -> None:
-    # One fault of each kind on a redis-server: the services', then the store's
-    summary = campaign(args(
-        "--faults", str(len(SERVICES) + 1), "--minutes", "10", "--fault-every", "1",
-        "--settle", "2", "--producers", "2", "--consumers", "2", "--seed", "5", "--quiet",
-    ))
+def under_load(*argv: str) -> dict[str, Any]:
+    """A short campaign (``argv``: its store and faults) with 2 producers and 2 consumers."""
+    return campaign(args(*argv, "--minutes", "10", "--fault-every", "1", "--settle", "2",
+                         "--producers", "2", "--consumers", "2", "--quiet"))
+
+
+def assert_lost_nothing(summary: dict[str, Any], faults_by_kind: dict[str, int]) -> None:
+    """The campaign drew ``faults_by_kind``, the load ran through every fault (posts were
+    acknowledged after each one) and the oracle found nothing wrong."""
     report = {k: v for k, v in summary.items() if k != "fault_log"}
-    assert summary["faults_by_kind"] == {
-        "gateway": 1, "message": 1, "notifier": 1, "queue": 1, "redis-server": 1
-    }, report
-    # The load ran through every fault: posts were acknowledged after each one
+    assert summary["faults_by_kind"] == faults_by_kind, report
     acknowledged = [f["acknowledged_so_far"] for f in summary["fault_log"]]
     assert acknowledged == sorted(acknowledged) and acknowledged[0] > 0, report
     assert summary["acknowledged"] > acknowledged[-1], report
@@ -47,45 +47,29 @@ def test_one_kill_of_each_kind_under_load_loses_nothing() -> None:
 
 
 @pytest.mark.timeout(600)
+def test_one_kill_of_each_kind_under_load_loses_nothing() -> None:
+    # One fault of each kind on a redis-server: the services', then the store's
+    summary = under_load("--faults", str(len(SERVICES) + 1), "--seed", "5")
+    assert_lost_nothing(summary, {
+        "gateway": 1, "message": 1, "notifier": 1, "queue": 1, "redis-server": 1})
+
+
+@pytest.mark.timeout(600)
 def test_a_failover_and_a_sentinel_killed_under_load_lose_nothing() -> None:
     # The stores on a Sentinel group's master (the message store with wait=1): the master
     # killed and one of its replicas promoted, and one of the three Sentinels killed
-    summary = campaign(args(
-        "--store", "redis-sentinel", "--kinds", "redis-failover,sentinel", "--faults", "2",
-        "--minutes", "10", "--fault-every", "1", "--settle", "2", "--producers", "2",
-        "--consumers", "2", "--seed", "7", "--quiet",
-    ))
-    report = {k: v for k, v in summary.items() if k != "fault_log"}
-    assert summary["faults_by_kind"] == {"redis-failover": 1, "sentinel": 1}, report
-    acknowledged = [f["acknowledged_so_far"] for f in summary["fault_log"]]
-    assert acknowledged[0] > 0 and summary["acknowledged"] > acknowledged[-1], report
-    assert summary["claimed"] > 0 and summary["deleted"] > 0, report
-    assert summary["lost"] == 0, report
-    assert summary["came_back_after_delete"] == 0, report
-    assert summary["held_twice"] == 0, report
-    assert summary["unexpected_count"] == 0, report
-    assert summary["ok"], report
+    summary = under_load("--store", "redis-sentinel", "--kinds", "redis-failover,sentinel",
+                         "--faults", "2", "--seed", "7")
+    assert_lost_nothing(summary, {"redis-failover": 1, "sentinel": 1})
 
 
 @pytest.mark.timeout(600)
 def test_a_frozen_message_svc_and_a_frozen_redis_under_load_lose_nothing() -> None:
     # SIGSTOP for longer than the gateway's deadline, then SIGCONT: a replica that hangs and
     # a store that stalls, each answering its stale calls once it runs again
-    summary = campaign(args(
-        "--stop-with", "freeze", "--freeze-for", "6", "--kinds", "message,redis",
-        "--faults", "2", "--minutes", "10", "--fault-every", "1", "--settle", "2",
-        "--producers", "2", "--consumers", "2", "--seed", "8", "--quiet",
-    ))
-    report = {k: v for k, v in summary.items() if k != "fault_log"}
-    assert summary["faults_by_kind"] == {"message": 1, "redis-server (frozen)": 1}, report
-    acknowledged = [f["acknowledged_so_far"] for f in summary["fault_log"]]
-    assert acknowledged[0] > 0 and summary["acknowledged"] > acknowledged[-1], report
-    assert summary["claimed"] > 0 and summary["deleted"] > 0, report
-    assert summary["lost"] == 0, report
-    assert summary["came_back_after_delete"] == 0, report
-    assert summary["held_twice"] == 0, report
-    assert summary["unexpected_count"] == 0, report
-    assert summary["ok"], report
+    summary = under_load("--stop-with", "freeze", "--freeze-for", "6", "--kinds",
+                         "message,redis", "--faults", "2", "--seed", "8")
+    assert_lost_nothing(summary, {"message": 1, "redis-server (frozen)": 1})
 
 
 def test_the_oracle_finds_a_lost_message_and_one_that_came_back() -> None:
