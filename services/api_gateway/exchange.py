@@ -207,14 +207,16 @@ class Exchange:
         go on a new stream and this one is closed."""
         if stream.answered > written or now - written < STALL_AFTER:
             return
-        self._stalled(stream, f"it has answered nothing for {now - stream.answered:.1f} s")
+        self._stalled(stream, "silent",
+                      f"it has answered nothing for {now - stream.answered:.1f} s")
 
-    def _stalled(self, stream: _Stream, why: str) -> None:
-        """``stream`` seems to reach a replica that hangs (``why``): new requests go on a new
-        stream, and this one is closed."""
+    def _stalled(self, stream: _Stream, kind: str, why: str) -> None:
+        """``stream`` seems to reach a replica that hangs (``kind``: silent or unwritten;
+        ``why`` says it in words): new requests go on a new stream, and this one is closed."""
         if stream.stalled or stream.failed is not None:
             return
         stream.stalled = True
+        metrics.EXCHANGE_STREAMS_LEFT.labels(kind).inc()
         log.warning(
             "message_svc's Exchange stream seems to hang: %s while a request's deadline "
             "passed. New requests go on a new stream (the channel's next replica), and this "
@@ -291,7 +293,8 @@ class Exchange:
             if future.done() and not future.cancelled():
                 future.exception()  # its timer's, for the same deadline
             if not stream.waits_for_ready:
-                self._stalled(stream, "its requests could not be written for the deadline")
+                self._stalled(stream, "unwritten",
+                              "its requests could not be written for the deadline")
             raise deadline_exceeded() from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name

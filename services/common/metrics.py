@@ -177,6 +177,13 @@ RATE_STORE_ERRORS: Final = Counter(
     "(project_rate_store) did not answer in time or failed; error is the exception's class.",
     ["error"],
 )
+EXCHANGE_STREAMS_LEFT: Final = Counter(
+    "zaqar_exchange_streams_left",
+    "Gateway: MessagesInternal.Exchange streams to message_svc left for a new one because the "
+    "replica seemed to hang: silent (nothing answered while a request's deadline passed) or "
+    "unwritten (a request could not be written within its deadline).",
+    ["why"],
+)
 FILES_GENERATION: Final = Gauge(
     "zaqar_files_generation",
     "Files this process reads again while it runs (files: tls, secrets): the generation in "

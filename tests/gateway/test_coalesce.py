@@ -21,6 +21,7 @@ import grpc
 import httpx
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from zaqar_grpc.v2 import messages_pb2, messages_pb2_grpc
 
 from services.api_gateway import exchange as exchange_module
@@ -681,6 +682,12 @@ async def test_a_gateway_whose_message_svc_stopped_after_saying_so_closes_at_onc
         assert await replacement.call.code() == grpc.StatusCode.CANCELLED
 
 
+def streams_left(why: str) -> float:
+    """The gateway's count of Exchange streams left because they seemed to hang."""
+    value = REGISTRY.get_sample_value("zaqar_exchange_streams_left_total", {"why": why})
+    return value or 0.0
+
+
 class HangingInternal(StreamingInternal):
     """Its first ``Exchange`` stream takes requests and answers none until ``wake`` is set (a
     replica that hangs: stopped, deadlocked, cut off by the network), then serves them; the
@@ -713,6 +720,7 @@ async def test_a_stream_silent_past_a_deadline_is_left_for_a_new_one(
             first = exchange._stream
             assert first is not None and not first.stalled
             # When a request's deadline passes with the stream silent for STALL_AFTER
+            silent_before = streams_left("silent")
             patient = post(stub, "patient", timeout=30)
             expiring = post(stub, "expiring", timeout=1.5)
             await settled(expiring)
@@ -722,6 +730,7 @@ async def test_a_stream_silent_past_a_deadline_is_left_for_a_new_one(
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert first.stalled and exchange._stream is not first
         assert "Exchange stream seems to hang: it has answered nothing" in caplog.text
+        assert streams_left("silent") == silent_before + 1
         # And new calls go on a new stream, answered at once
         assert list((await post(stub, "after")).ids) == ["after"]
         assert internal.streams == 2
@@ -751,6 +760,7 @@ async def test_a_write_to_a_replica_that_reads_nothing_waits_no_longer_than_its_
             return asyncio.ensure_future(stub.PostMessages(request, timeout=1.0))
 
         # Given requests whose bytes are more than the stream's window holds
+        unwritten_before = streams_left("unwritten")
         started = asyncio.get_running_loop().time()
         with caplog.at_level(logging.WARNING):
             posts = [large(n) for n in range(24)]
@@ -762,6 +772,7 @@ async def test_a_write_to_a_replica_that_reads_nothing_waits_no_longer_than_its_
         assert all(t.done() for t in posts) and codes == {grpc.StatusCode.DEADLINE_EXCEEDED}
         assert took < 10, took
         assert "could not be written for the deadline" in caplog.text
+        assert streams_left("unwritten") == unwritten_before + 1
         # And a new call goes on a new stream, answered at once
         assert list((await post(stub, "after")).ids) == ["after"]
         assert internal.streams == 2
