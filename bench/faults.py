@@ -121,6 +121,8 @@ STORE_KINDS = {"redis": ("redis",), "redis-cluster": ("redis-master",),
 # The replicas of the Sentinels' master: with two, a write still finds one to confirm it
 # (wait=1) while the master killed by the last failover is away.
 SENTINEL_REPLICAS = 2
+# How a fault of the one store server is named in the campaign's report.
+SERVER_LABELS = {"redis": "redis-server", "mongodb": "mongodb"}
 REPLICAS = 2
 # A message outlives the campaign; a claim lasts the least Zaqar allows.
 MESSAGE_TTL, CLAIM_TTL, CLAIM_GRACE = 3600, 60, 60
@@ -316,7 +318,7 @@ def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
         if kind in ("redis", "mongodb"):
             assert store.server is not None and store.server.proc is not None
             pid = store.server.proc.pid
-            label = "redis-server" if kind == "redis" else "mongodb"
+            label = SERVER_LABELS[kind]
         else:
             label = f"{kind}.{rng.randrange(REPLICAS)}"
             pid = stack.child_pids()[label]
@@ -369,7 +371,7 @@ def inject(kind: str, rng: random.Random, stack: Stack, store: Store,
             wait_until(lambda: answers(server), "redis-server back")
         else:
             wait_mongodb_primary(server, RECOVERY_TIMEOUT)
-        label = "redis-server" if kind == "redis" else "mongodb"
+        label = SERVER_LABELS[kind]
     else:
         label = f"{kind}.{rng.randrange(REPLICAS)}"
         old = stack.child_pids()[label]
@@ -431,10 +433,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             overrides.update(store.cluster.stack_uris("f", "" if args.no_wait else "&wait=1"))
         elif args.store == "redis-sentinel":
             store.group = start_redis_sentinel(work / "sentinel", replicas=SENTINEL_REPLICAS)
-            overrides.update({
-                f"{service}_store": f"{store.group.uri(db)}?prefix=f{service[0]}"
-                + ("&wait=1" if service == "message" and not args.no_wait else "")
-                for db, service in enumerate(("queue", "message", "notifier"), start=1)})
+            overrides.update(store.group.stack_uris("f", "" if args.no_wait else "&wait=1"))
         elif args.store == "mongodb":
             store.server = mongodb_process(work / "mongodb")
             store.server.start()

@@ -454,6 +454,14 @@ class RedisSentinelProcesses:
         scheme = "rediss+sentinel" if self.tls is not None else "redis+sentinel"
         return f"{scheme}://{hosts}/{self.name}/{db}"
 
+    def stack_uris(self, prefix: str, message_options: str = "") -> dict[str, str]:
+        """The three store settings of a ``zaqar-grpc up`` stack on this group: databases 1 to
+        3, each store under the key prefix ``prefix`` + its service's initial, and
+        ``message_options`` (``&name=value``) after the message store's."""
+        return {f"{service}_store": f"{self.uri(db)}?prefix={prefix}{service[0]}"
+                + (message_options if service == "message" else "")
+                for db, service in enumerate(("queue", "message", "notifier"), start=1)}
+
     def cli(self, port: int, *args: str, timeout: float = 10.0) -> str:
         done = subprocess.run([_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port),
                                *redis_cli_tls(self.tls), *args],

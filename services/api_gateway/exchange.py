@@ -135,12 +135,13 @@ class _Stream:
 
     async def _read(self) -> None:
         failure: grpc.aio.AioRpcError = _ended()
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 response = await self.call.read()
                 if response is grpc.aio.EOF:
                     break
-                self.answered = asyncio.get_running_loop().time()
+                self.answered = loop.time()
                 if response.draining:
                     self.draining = True
                     if self._on_draining is not None:
@@ -280,7 +281,7 @@ class Exchange:
                 # what is written before it (the stream's flow-control window is full)
                 await _send(stream, request, future)
             except asyncio.CancelledError:
-                if deadline is not None and deadline.cut(asyncio.current_task()):
+                if deadline is not None and deadline.cut():
                     raise TimeoutError from None
                 raise
             if deadline is not None:
@@ -366,7 +367,7 @@ class _Deadline:
         elif not self._future.done():
             self._future.set_exception(deadline_exceeded())
 
-    def cut(self, task: asyncio.Task[Any] | None) -> bool:
+    def cut(self) -> bool:
         """Whether the write was cut short by the deadline alone (not also cancelled by
         its caller), its cancellation taken back."""
-        return self._cancelled and task is not None and task.uncancel() == 0
+        return self._cancelled and self._task is not None and self._task.uncancel() == 0

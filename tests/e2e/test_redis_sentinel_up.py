@@ -37,11 +37,7 @@ def group(tmp_path: Path) -> Iterator[RedisSentinelProcesses]:
 async def test_a_master_killed_under_load_loses_no_acknowledged_message(
     group: RedisSentinelProcesses, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    stores = {
-        "queue_store": f"{group.uri(1)}?prefix=sq",
-        "message_store": f"{group.uri(2)}?prefix=sm&wait=1&wait_timeout=1",
-        "notifier_store": f"{group.uri(3)}?prefix=sn",
-    }
+    stores = group.stack_uris("s", "&wait=1&wait_timeout=1")
     stack = start_stack(make_settings(data_dir=str(tmp_path / "data"), **stores))
     try:
         async with httpx.AsyncClient(base_url=stack.url, headers=headers(PROJECT),
