@@ -96,10 +96,16 @@ class Upstreams:
         if self._channels:
             return
         queue_channel = open_channel(self._queue_target, self._tls, self._auth)
+        # These two carry streams that end cancelled (the Exchange stream, which leaves a
+        # hung replica on its own, see exchange.py; WebSocket subscribers' Watch streams),
+        # so gRPC would count healthy replicas as failing (grpc_server._OUTLIER_DETECTION).
         message_channel = open_channel(
-            self._message_target, self._tls, self._auth, self._message_options()
+            self._message_target, self._tls, self._auth, self._message_options(),
+            eject_hung=False,
         )
-        notifier_channel = open_channel(self._notifier_target, self._tls, self._auth)
+        notifier_channel = open_channel(
+            self._notifier_target, self._tls, self._auth, eject_hung=False
+        )
         self._channels = [queue_channel, message_channel, notifier_channel]
         messages: messages_pb2_grpc.MessagesAsyncStub | CoalescingMessages
         messages = direct = instrumented(messages_pb2_grpc.MessagesStub(message_channel))

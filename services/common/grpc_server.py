@@ -167,6 +167,26 @@ class Running:
 # Balancing: every address a target resolves to (a comma-separated list of replicas, or a DNS
 # name such as a headless Kubernetes Service) gets calls in turn; a replica that cannot be
 # reached is skipped until it can.
+# A replica that is reachable but answers nothing (a process stopped or hung, its event loop
+# blocked) is left out by gRPC's outlier detection (gRFC A50): every 5 s, a replica whose
+# calls that ended in the last 5 s all failed (more than 95 %), while another replica also had
+# calls, gets no new calls for 10 s, 10 s more each time it is left out again soon after, up
+# to 60 s; at most a third of the replicas at once, and never the only one. Each client
+# process decides alone, for its own channel. gRPC counts every status but OK as a failure, so
+# a healthy replica whose few calls in an interval all ended in errors (NOT_FOUND, say) may be
+# left out too: its calls then go to the others, and none fails for it. A stream its caller
+# cancels counts as failed as well: channels that carry such streams open without it
+# (``open_channel(eject_hung=False)``). A gRPC without the policy falls back to round_robin.
+_OUTLIER_DETECTION: dict[str, Any] = {
+    "interval": "5s",
+    "baseEjectionTime": "10s",
+    "maxEjectionTime": "60s",
+    "maxEjectionPercent": 33,
+    "failurePercentageEjection": {
+        "threshold": 95, "enforcementPercentage": 100, "minimumHosts": 2, "requestVolume": 1,
+    },
+    "childPolicy": [{"round_robin": {}}],
+}
 _SERVICE_CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
@@ -186,13 +206,19 @@ _SERVICE_CONFIG: dict[str, Any] = {
         }
     ]
 }
+_EJECTING_SERVICE_CONFIG: dict[str, Any] = {
+    **_SERVICE_CONFIG,
+    "loadBalancingConfig": [
+        {"outlier_detection_experimental": _OUTLIER_DETECTION}, {"round_robin": {}},
+    ],
+}
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 1),
-    ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+    ("grpc.service_config", json.dumps(_EJECTING_SERVICE_CONFIG)),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     # A channel whose upstream went away tries to connect again after 0.2 s, then backs off
     # to at most 2 s between attempts (gRPC's default grows to 120 s), so a service that was
@@ -249,6 +275,8 @@ def open_channel(
     tls: Tls | None,
     auth: KeystoneAuth | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    *,
+    eject_hung: bool = True,
 ) -> grpc.aio.Channel:
     """One channel per upstream per process; reuse it for every call. Calls are balanced
     over every replica ``target`` names (:func:`channel_target`).
@@ -258,10 +286,13 @@ def open_channel(
     (:class:`~services.common.tls_channel.ReloadingChannel`). ``auth`` (keystone mode): every
     call carries the process's service token (``services/common/grpc_auth.py``).
     ``options``: channel arguments that replace those of :data:`CHANNEL_OPTIONS` with the
-    same name (or add to them).
+    same name (or add to them). ``eject_hung``: leave out a replica whose calls all fail (see
+    ``_OUTLIER_DETECTION``); False for a channel that carries streams its caller ends by
+    cancelling them, which would leave healthy replicas out.
     """
     interceptors = client_interceptors(auth) or None
-    merged = list({**dict(CHANNEL_OPTIONS), **dict(options)}.items())
+    config = {} if eject_hung else {"grpc.service_config": json.dumps(_SERVICE_CONFIG)}
+    merged = list({**dict(CHANNEL_OPTIONS), **config, **dict(options)}.items())
     target = channel_target(target)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=merged, interceptors=interceptors)

@@ -134,7 +134,8 @@ async def start(settings: Settings, auth: KeystoneAuth | None = None) -> Running
         settings, [(("message_encryption_keys",), new_keys), *keystone_parts(auth)]
     )
     packer = Packer(checksum=settings.message_checksum)
-    notifier_channel = open_channel(settings.target("notifier"), tls, auth)
+    # Carries the long polls' Watch streams, cancelled when each poll ends.
+    notifier_channel = open_channel(settings.target("notifier"), tls, auth, eject_hung=False)
     polling = Polling(service, WaitRoom(notifier_watch(
         notifier_pb2_grpc.NotifierInternalStub(notifier_channel)
     ), most=settings.message_max_waiting))

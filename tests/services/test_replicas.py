@@ -3,16 +3,21 @@ of replicas becomes gRPC's static list under ``round_robin``; calls reach every 
 when one replica stops the calls go on through the others.
 
 Two real message_svc processes' servers (in-process) share one real redis-server store and
-one queue_svc; a caller's channel names both.
+one queue_svc; a caller's channel names both. A replica whose calls all fail is left out
+(gRPC's outlier detection), except on channels opened with ``eject_hung=False``: two real
+gRPC health servers (in-process) answer, and cancelled streams are the failures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from zaqar_grpc.v2 import common_pb2, messages_pb2, messages_pb2_grpc
 
 from services.common.config import ConfigurationError, Settings
@@ -80,3 +85,72 @@ async def test_calls_go_on_through_the_other_replica(
         if not stopped:
             await first.stop()
         await queues.stop()
+
+
+class _Served(grpc.aio.ServerInterceptor):
+    """Notes the name of the server each ``Check`` reached."""
+
+    def __init__(self, name: str, served: list[str]) -> None:
+        self._name = name
+        self._served = served
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method.endswith("/Check"):
+            self._served.append(self._name)
+        return await continuation(handler_call_details)
+
+
+async def test_cancelled_streams_leave_a_replica_out_only_on_a_channel_that_ejects() -> None:
+    served: list[str] = []
+    servers = []
+    for name in ("a", "b"):
+        server = grpc.aio.server(interceptors=[_Served(name, served)])
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        servers.append((server, server.add_insecure_port("127.0.0.1:0")))
+        await server.start()
+    target = ",".join(f"127.0.0.1:{port}" for _, port in servers)
+    ejecting = open_channel(target, None)
+    keeping = open_channel(target, None, eject_hung=False)
+    request = health_pb2.HealthCheckRequest()
+    stop = asyncio.Event()
+
+    async def cancel_streams(channel: grpc.aio.Channel) -> None:
+        # A WebSocket subscriber's Watch that ends when it leaves: gRPC counts a failure
+        stub = health_pb2_grpc.HealthStub(channel)
+        while not stop.is_set():
+            calls = [stub.Watch(request) for _ in range(4)]
+            for call in calls:
+                await call.read()
+                call.cancel()
+            await asyncio.sleep(0.01)
+
+    async def reached(channel: grpc.aio.Channel) -> set[str]:
+        """The servers that 6 calls in a row reached."""
+        served.clear()
+        for _ in range(6):
+            await health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
+        return set(served)
+
+    try:
+        # Given both replicas reached in turn by each channel
+        assert await reached(ejecting) == await reached(keeping) == {"a", "b"}
+        # When nearly every call through each channel is a stream the caller cancels
+        churn = [asyncio.create_task(cancel_streams(c)) for c in (ejecting, keeping)]
+        # Then the channel that ejects leaves one replica out at its next look (every 5 s)
+        deadline = time.monotonic() + 60
+        while len(await reached(ejecting)) == 2:
+            assert time.monotonic() < deadline, "no replica was left out within 60 s"
+            await asyncio.sleep(1)
+        # And the other still reaches both
+        assert await reached(keeping) == {"a", "b"}
+        stop.set()
+        await asyncio.gather(*churn)
+    finally:
+        stop.set()
+        for channel in (ejecting, keeping):
+            await channel.close()
+        for server, _ in servers:
+            await server.stop(0)
