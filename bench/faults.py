@@ -53,11 +53,11 @@ its replicas, and starts it again (it comes back as the new master's replica), a
 mongodb`` runs it on one MongoDB wire server (the test suite's, a one-member replica set,
 writes ``w=majority, j=true``) holding every store, on disk; its fault (``mongodb``) kills it
 and starts it again on the same files after ``--store-down`` seconds. There the queue is listed
-a minute after the last fault: a post cut short by a kill of message_svc leaves its seq range
-pending, and listings stop below a pending range until it is ``PENDING_WINDOW`` old (claims do
-not; docs/architecture.md). ``--store sqlite`` runs the stack on its default stores (SQLite
-files in the data folder, shared by both replicas of a service), and kills only the services'
-processes.
+25 s after the last fault: a post cut short by a kill of message_svc leaves its seq range
+pending, and listings stop below a pending range (claims do not) until a sweep finds its writer
+has not noted itself alive for ``WRITER_GONE`` (docs/architecture.md). ``--store sqlite``
+runs the stack on its default stores (SQLite files in the data folder, shared by both replicas
+of a service), and kills only the services' processes.
 
 ``--no-aof`` runs redis-server without its AOF, so that each of its kills loses what it held:
 the campaign then reports those messages as lost, which shows that it can tell.
@@ -95,7 +95,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.common.config import Settings  # noqa: E402
-from services.message_svc.storage.mongodb._documents import PENDING_WINDOW  # noqa: E402
+from services.message_svc.storage.mongodb._documents import WRITER_GONE  # noqa: E402
 from tests.e2e.harness import Stack, start_stack  # noqa: E402
 from tests.servers import (  # noqa: E402
     RedisClusterProcesses,
@@ -129,8 +129,8 @@ MESSAGE_TTL, CLAIM_TTL, CLAIM_GRACE = 3600, 60, 60
 RETRY_PAUSE = 0.05
 # Seconds a replaced process or the restarted store may take to be back.
 RECOVERY_TIMEOUT = 120
-# Seconds past PENDING_WINDOW (after the last fault) before the queue is listed on MongoDB:
-# a sweep of message_svc (gc_interval, 5 s) and then some.
+# Seconds past WRITER_GONE (after the last fault) before the queue is listed on MongoDB: a
+# sweep of message_svc (gc_interval, 5 s) and then some.
 LISTING_MARGIN = 10.0
 
 
@@ -395,8 +395,9 @@ async def load(urls: list[str], project: str, args: argparse.Namespace, tally: T
     await asyncio.gather(*workers)
     if args.store == "mongodb":
         # A message_svc killed in the middle of a post leaves its seq range pending, and
-        # listings stop below a pending range until it is PENDING_WINDOW old (claims do not).
-        await asyncio.sleep(max(0.0, PENDING_WINDOW + LISTING_MARGIN - args.settle))
+        # listings stop below a pending range (claims do not) until a sweep finds its writer
+        # gone: not heard from for WRITER_GONE.
+        await asyncio.sleep(max(0.0, WRITER_GONE + LISTING_MARGIN - args.settle))
     left = await remaining(gateways, tally)
     await gateways.aclose()
     return left

@@ -302,3 +302,77 @@ async def test_mongodb_a_post_whose_range_the_server_did_not_settle_is_stored_an
     finally:
         await admin.close()
         await store.close()
+
+
+async def test_mongodb_a_range_left_by_a_writer_that_died_is_settled_once_it_is_not_heard_from(
+    mongodb_uri: str, clock: Clock
+) -> None:
+    """A message_svc killed in the middle of a post leaves its seq range pending, and listings
+    stop below it. Each writer notes every few seconds that it is alive; the next sweep of any
+    replica settles the ranges of a writer not heard from for WRITER_GONE, rather than leaving
+    listings held back for PENDING_WINDOW. A live writer's range is left to it."""
+    from services.message_svc.storage.mongodb import MongoMessageStore
+    from services.message_svc.storage.mongodb._documents import PENDING_WINDOW, WRITER_GONE
+
+    dead = await open_store(mongodb_uri, now=clock)
+    alive = await open_store(mongodb_uri, now=clock)
+    other = await open_store(mongodb_uri, now=clock)
+    try:
+        assert isinstance(dead, MongoMessageStore) and isinstance(alive, MongoMessageStore)
+        assert isinstance(other, MongoMessageStore)
+        first = await other.post(P, Q, CLIENT, [msg(1)])
+        # Given two writers that each took a range and wrote nothing yet (one in another
+        # queue), and one of them killed: it notes nothing more
+        await dead._db().reserve(P, Q, 2, clock())
+        await alive._db().reserve(P, Q + "-2", 1, clock())
+        assert dead._beating is not None
+        dead._beating.cancel()
+        later = await other.post(P, Q, CLIENT, [msg(2)])
+        other_later = await other.post(P, Q + "-2", CLIENT, [msg(3)])
+        assert [m.id for m in await other.list_messages(P, Q, limit=10)] == list(first)
+        assert await other.list_messages(P, Q + "-2", limit=10) == []
+        # When a sweep runs before WRITER_GONE has passed, it settles nothing
+        clock.advance(WRITER_GONE - 1)
+        await alive._db().beat(clock())
+        await other.collect_garbage()
+        assert [m.id for m in await other.list_messages(P, Q, limit=10)] == list(first)
+        # Then once it has, with the live writer heard from meanwhile, the dead writer's range
+        # is settled (its queue lists what was posted after it) and the live one's is not
+        clock.advance(2)
+        await alive._db().beat(clock())
+        await other.collect_garbage()
+        assert [m.id for m in await other.list_messages(P, Q, limit=10)] == [*first, *later]
+        assert await other.list_messages(P, Q + "-2", limit=10) == []
+        # and the live writer's too once PENDING_WINDOW has passed, heard from or not
+        clock.advance(PENDING_WINDOW)
+        await alive._db().beat(clock())
+        await other.collect_garbage()
+        listed = [m.id for m in await other.list_messages(P, Q + "-2", limit=10)]
+        assert listed == list(other_later)
+    finally:
+        for store in (dead, alive, other):
+            await store.close()
+
+
+async def test_mongodb_a_writer_that_stops_cleanly_leaves_its_ranges_to_the_next_sweep(
+    mongodb_uri: str, clock: Clock
+) -> None:
+    """A writer that closes takes its note away: a range it could not settle (the server did
+    not answer) is settled by another replica's next sweep once two beats old, without
+    waiting WRITER_GONE."""
+    from services.message_svc.storage.mongodb import MongoMessageStore
+    from services.message_svc.storage.mongodb._documents import WRITER_BEAT, WRITER_GONE
+
+    leaving = await open_store(mongodb_uri, now=clock)
+    other = await open_store(mongodb_uri, now=clock)
+    try:
+        assert isinstance(leaving, MongoMessageStore) and isinstance(other, MongoMessageStore)
+        await leaving._db().reserve(P, Q, 1, clock())
+        posted = await other.post(P, Q, CLIENT, [msg(1)])
+        await leaving.close()
+        clock.advance(2 * WRITER_BEAT + 1)
+        assert 2 * WRITER_BEAT + 1 < WRITER_GONE
+        await other.collect_garbage()
+        assert [m.id for m in await other.list_messages(P, Q, limit=10)] == list(posted)
+    finally:
+        await other.close()

@@ -11,7 +11,15 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.message_svc.storage.base import StaleQueue
 from services.message_svc.storage.mongodb._connection import Document, MongoOptions
-from services.message_svc.storage.mongodb._documents import counter_id, readable_bound, reserve
+from services.message_svc.storage.mongodb._documents import (
+    PENDING_WINDOW,
+    WRITER_BEAT,
+    WRITER_GONE,
+    as_date,
+    counter_id,
+    readable_bound,
+    reserve,
+)
 
 # The most ranges kept to settle later; beyond it a range waits out PENDING_WINDOW. (While a
 # server is away, one call at a time reaches it and the others fail before they reserve
@@ -37,6 +45,9 @@ class Collections:
         self.versions: AsyncCollection[Document] = database["queue_versions"]
         self.groups: AsyncCollection[Document] = database["message_groups"]
         self.dedup: AsyncCollection[Document] = database["dedup_ids"]
+        # Who writes: one id per store, noted alive every WRITER_BEAT (_documents.py).
+        self.writers: AsyncCollection[Document] = database["message_writers"]
+        self.writer = str(uuid.uuid4())
         relaxed = options.database_on(client, primary=False)
         self.messages_relaxed: AsyncCollection[Document] = relaxed["messages"]
         # Ranges whose settle the server did not answer: token -> (project, queue).
@@ -85,6 +96,64 @@ class Collections:
                              name="queue_wake")
         await d.create_index([("e", ASCENDING)], name="expiry")
         await d.create_index([("ea", ASCENDING)], expireAfterSeconds=0, name="expiry_ttl")
+        await self.writers.create_index([("ea", ASCENDING)], expireAfterSeconds=0,
+                                        name="expiry_ttl")
+
+    async def beat(self, now: float) -> None:
+        """Notes that this writer is alive. Its note outlives it by PENDING_WINDOW, past which
+        its ranges are settled whoever wrote them.
+
+        Raises:
+            PyMongoError: the server did not answer.
+        """
+        await self.writers.update_one(
+            {"_id": self.writer},
+            {"$set": {"at": now, "ea": as_date(now + PENDING_WINDOW)}}, upsert=True,
+        )
+
+    async def leave(self) -> None:
+        """Deletes this writer's note (a clean stop): a range it could not settle is then
+        settled by the next sweep of another replica.
+
+        Raises:
+            PyMongoError: the server did not answer.
+        """
+        await self.writers.delete_one({"_id": self.writer})
+
+    async def abandoned(self, now: float) -> list[tuple[str, str, list[Document]]]:
+        """(project, queue, pending entries) of the ranges to settle as abandoned: those
+        ``PENDING_WINDOW`` old, and those at least ``2 * WRITER_BEAT`` old of a writer not
+        heard from for ``WRITER_GONE``, or whose note is gone (it stopped cleanly; a writer
+        notes itself before it takes a range, so a note the server lost is back within a beat).
+        """
+        candidates = await self.counters.find(
+            {"pending": {"$elemMatch": {"at": {"$lt": now - 2 * WRITER_BEAT}}}}, {"pending": 1}
+        ).to_list()
+        named = {entry["w"] for counter in candidates for entry in counter["pending"]
+                 if entry.get("w") is not None}
+        alive = set()
+        if named:
+            async for doc in self.writers.find(
+                {"_id": {"$in": sorted(named)}, "at": {"$gte": now - WRITER_GONE}}, {"_id": 1}
+            ):
+                alive.add(doc["_id"])
+        found = []
+        for counter in candidates:
+            entries = [
+                entry for entry in counter["pending"]
+                if entry["at"] < now - PENDING_WINDOW
+                or (entry["at"] < now - 2 * WRITER_BEAT
+                    and entry.get("w") is not None and entry["w"] not in alive)
+            ]
+            if entries:
+                found.append((counter["_id"]["p"], counter["_id"]["q"], entries))
+        return found
+
+    async def drop_pending(self, project: str, queue: str, tokens: list[str]) -> None:
+        """Settles the ranges of ``tokens`` (abandoned ones, once finished)."""
+        await self.counters.update_one(
+            {"_id": counter_id(project, queue)}, {"$pull": {"pending": {"t": {"$in": tokens}}}}
+        )
 
     async def reserve(self, project: str, queue: str, count: int, now: float) -> tuple[int, str]:
         """(first seq, token) of ``count`` new consecutive seqs of the queue, marked pending.
@@ -97,7 +166,7 @@ class Collections:
         while True:
             try:
                 counter = await self.counters.find_one_and_update(
-                    {"_id": counter_id(project, queue)}, reserve(count, token, now),
+                    {"_id": counter_id(project, queue)}, reserve(count, token, now, self.writer),
                     upsert=True, return_document=ReturnDocument.AFTER,
                 )
             except DuplicateKeyError:

@@ -33,8 +33,15 @@ what expired even when no sweeper runs; queries never rely on it, since the moni
 lazily (about once a minute) and on the server's clock.
 
 A counter's ``pending`` lists the seq ranges handed out to posts (and dead-letter moves) that
-are not yet fully written. Listing reads stop below the first of them, so a reader paging by
-seq never steps over a message that a slower, earlier post is still writing.
+are not yet fully written: ``f``..``l``, taken at ``at`` by the writer ``w`` (the store of one
+message_svc process; absent in ranges of older versions) under the token ``t``. Listing reads
+stop below the first of them, so a reader paging by seq never steps over a message that a
+slower, earlier post is still writing.
+
+A writer notes in ``message_writers`` that it is alive (``{_id: writer, at}``, every
+``WRITER_BEAT`` seconds) and takes its note away when it stops; a sweep settles the ranges of
+a writer not heard from for ``WRITER_GONE`` seconds or without a note, and any range once
+``PENDING_WINDOW`` old.
 """
 
 from __future__ import annotations
@@ -48,6 +55,12 @@ from services.message_svc.storage.mongodb._connection import Document
 # A pending range older than this (store-clock seconds) belongs to a writer that died or gave
 # up; readers stop waiting for it. Far longer than any socket timeout of a live writer.
 PENDING_WINDOW = 60.0
+# Seconds between a writer's notes that it is alive, and without one after which its pending
+# ranges are settled by the next sweep (of any replica): a writer that died in the middle of
+# a post holds the queue's listings back for this long, not PENDING_WINDOW. The margin covers
+# a late note (a busy event loop, a slow server) and clocks a few seconds apart.
+WRITER_BEAT = 3.0
+WRITER_GONE = 15.0
 
 
 def as_date(seconds: float) -> datetime:
@@ -66,14 +79,14 @@ def claimable(project: str, queue: str, now: float) -> Document:
     }
 
 
-def reserve(count: int, token: str, now: float) -> list[Document]:
+def reserve(count: int, token: str, now: float, writer: str) -> list[Document]:
     """Counter update (a pipeline) taking the next ``count`` seqs and marking them pending."""
     return [
         {"$set": {"n": {"$add": [{"$ifNull": ["$n", 0]}, count]}}},
         {"$set": {"pending": {"$concatArrays": [
             {"$ifNull": ["$pending", []]},
             [{"f": {"$subtract": ["$n", count - 1]}, "l": "$n", "at": now,
-              "t": {"$literal": token}}],
+              "t": {"$literal": token}, "w": {"$literal": writer}}],
         ]}}},
     ]
 

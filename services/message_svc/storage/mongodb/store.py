@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import textwrap
 import time
 import uuid
@@ -62,9 +63,13 @@ from services.message_svc.storage.mongodb._connection import (
     edge,
     parse,
 )
-from services.message_svc.storage.mongodb._documents import PENDING_WINDOW, as_date, to_message
+from services.message_svc.storage.mongodb._documents import WRITER_BEAT, as_date, to_message
+
+log = logging.getLogger(__name__)
 
 GC_BATCH = 5000
+# Seconds a clean close waits for the server to take this writer's note away.
+LEAVE_TIMEOUT = 2.0
 # Attempts at a delete whose outcome changed between its write and its read-back (a claim
 # expiring or being released in between); each retry sees a newer state.
 DELETE_ATTEMPTS = 5
@@ -85,6 +90,7 @@ class MongoMessageStore(base.MessageStore):
         self._client: Any = None
         self._collections: Collections | None = None
         self._turns = claims.QueueLocks()
+        self._beating: asyncio.Task[None] | None = None
 
     @classmethod
     def from_uri(cls, uri: str, now: Callable[[], float] = time.time) -> MongoMessageStore:
@@ -107,6 +113,7 @@ class MongoMessageStore(base.MessageStore):
             collections = Collections(self.options, client)
             await collections.create_indexes()
             await once.create_indexes(collections)
+            await collections.beat(self._now())
         except PyMongoError as exc:
             await client.close()
             # The driver's message goes on to describe the whole topology: keep its start.
@@ -115,10 +122,29 @@ class MongoMessageStore(base.MessageStore):
                 f"Cannot open the message store at {self.address}: {describe(exc)} ({detail})."
             ) from exc
         self._client, self._collections = client, collections
+        self._beating = asyncio.create_task(self._beat(collections))
+
+    async def _beat(self, collections: Collections) -> None:
+        """Notes every WRITER_BEAT that this writer is alive, while the store is open."""
+        while True:
+            await asyncio.sleep(WRITER_BEAT)
+            try:
+                await collections.beat(self._now())
+            except PyMongoError as exc:  # the server is away: the calls say so
+                log.debug("message store: cannot note the writer alive: %s", describe(exc))
 
     async def close(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+            self._beating = None
         if self._client is not None:
-            client, self._client, self._collections = self._client, None, None
+            client, collections = self._client, self._collections
+            self._client, self._collections = None, None
+            if collections is not None:
+                with contextlib.suppress(PyMongoError, TimeoutError):
+                    await asyncio.wait_for(collections.leave(), LEAVE_TIMEOUT)
             await client.close()
 
     def _db(self) -> Collections:
@@ -511,22 +537,19 @@ class MongoMessageStore(base.MessageStore):
                 if len(expired) < GC_BATCH:
                     break
         await db.settle_unsettled()
-        stale = {"at": {"$lt": now - PENDING_WINDOW}}
-        await self._settle_abandoned(db, stale, now)
-        await db.counters.update_many({"pending": {"$elemMatch": stale}},
-                                      {"$pull": {"pending": stale}})
+        await self._settle_abandoned(db, now)
         return removed
 
-    async def _settle_abandoned(self, db: Collections, stale: Document, now: float) -> None:
-        """Finishes the hidden messages (``fifo.finish_abandoned``) and settles the groups of
-        messages written by posts and moves that were abandoned before they noted their groups
-        (their seq ranges are still pending)."""
-        async for counter in db.counters.find({"pending": {"$elemMatch": stale}}):
-            project, queue = counter["_id"]["p"], counter["_id"]["q"]
-            for entry in counter["pending"]:
-                if entry["at"] < now - PENDING_WINDOW:
-                    span: Document = {"s": {"$gte": entry["f"], "$lte": entry["l"]}}
-                    # Hidden FIFO messages of a post that died before showing them.
-                    await fifo.finish_abandoned(db, project, queue, span, now)
-                    touched = await groups.of_messages(db, {"p": project, "q": queue, **span})
-                    await groups.settle_all(db, project, queue, touched, now)
+    async def _settle_abandoned(self, db: Collections, now: float) -> None:
+        """Settles the seq ranges of posts and moves that were abandoned (``Collections.
+        abandoned``: their writer gone, or too old): finishes their hidden messages
+        (``fifo.finish_abandoned``) and settles the groups of messages they wrote before they
+        noted their groups, then drops the ranges, so listings go past them."""
+        for project, queue, entries in await db.abandoned(now):
+            for entry in entries:
+                span: Document = {"s": {"$gte": entry["f"], "$lte": entry["l"]}}
+                # Hidden FIFO messages of a post that died before showing them.
+                await fifo.finish_abandoned(db, project, queue, span, now)
+                touched = await groups.of_messages(db, {"p": project, "q": queue, **span})
+                await groups.settle_all(db, project, queue, touched, now)
+            await db.drop_pending(project, queue, [entry["t"] for entry in entries])
