@@ -96,12 +96,14 @@ class Upstreams:
         if self._channels:
             return
         queue_channel = open_channel(self._queue_target, self._tls, self._auth)
-        # These two carry streams that end cancelled (the Exchange stream, which leaves a
-        # hung replica on its own, see exchange.py; WebSocket subscribers' Watch streams),
-        # so gRPC would count healthy replicas as failing (grpc_server._OUTLIER_DETECTION).
+        # Channels that carry streams ending cancelled go without outlier detection, or gRPC
+        # would count healthy replicas as failing (grpc_server._OUTLIER_DETECTION): the
+        # Exchange stream (exchange.py leaves a hung replica's stream on its own), and
+        # WebSocket subscribers' Watch streams. With the stream off, message_svc gets unary
+        # calls, whose replicas are left out when their calls all fail.
         message_channel = open_channel(
             self._message_target, self._tls, self._auth, self._message_options(),
-            eject_hung=False,
+            eject_hung=not (self._batch and self._stream),
         )
         notifier_channel = open_channel(
             self._notifier_target, self._tls, self._auth, eject_hung=False
