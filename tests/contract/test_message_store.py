@@ -376,3 +376,53 @@ async def test_mongodb_a_writer_that_stops_cleanly_leaves_its_ranges_to_the_next
         assert [m.id for m in await other.list_messages(P, Q, limit=10)] == list(posted)
     finally:
         await other.close()
+
+
+async def test_mongodb_a_post_held_up_past_writer_gone_moves_its_messages_past_the_listings(
+    mongodb_uri: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that stalls in the middle of a post for longer than WRITER_GONE has its range
+    settled by another replica's sweep, and listings go past its seqs. When it goes on, its
+    post finds its range no longer pending and gives the messages new seqs at the end of the
+    queue, so a reader paging by marker still lists them."""
+    from services.message_svc.storage.mongodb import MongoMessageStore
+    from services.message_svc.storage.mongodb._documents import WRITER_GONE
+
+    stalled = await open_store(mongodb_uri, now=clock)
+    other = await open_store(mongodb_uri, now=clock)
+    try:
+        assert isinstance(stalled, MongoMessageStore) and isinstance(other, MongoMessageStore)
+        assert stalled._beating is not None
+        stalled._beating.cancel()  # it notes nothing while it stalls
+        collection = stalled._db().messages
+        insert_many = collection.insert_many
+        reached, go_on = asyncio.Event(), asyncio.Event()
+
+        async def held_up(*args: object, **kwargs: object) -> object:
+            reached.set()
+            await go_on.wait()
+            return await insert_many(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(collection, "insert_many", held_up)
+        # Given a post that took its range and stalls before it writes
+        post = asyncio.create_task(stalled.post(P, Q, CLIENT, [msg(1)]))
+        await reached.wait()
+        after = await other.post(P, Q, CLIENT, [msg(2)])
+        assert await other.list_messages(P, Q, limit=10) == []
+        # When another replica's sweep takes the stalled writer for gone and a reader pages
+        # past what was listed
+        clock.advance(WRITER_GONE + 1)
+        await other.collect_garbage()
+        page = await other.list_messages(P, Q, limit=10)
+        assert [m.id for m in page] == list(after)
+        # And the post then goes on
+        go_on.set()
+        late = await post
+        # Then its message is listed past that page, at the end of the queue
+        rest = await other.list_messages(P, Q, limit=10, after=page[-1].seq)
+        assert [m.id for m in rest] == list(late)
+        listed = [m.id for m in await other.list_messages(P, Q, limit=10)]
+        assert listed == [*after, *late]
+    finally:
+        for store in (stalled, other):
+            await store.close()

@@ -180,23 +180,28 @@ class Collections:
             if counter is not None:
                 return int(counter["n"]) - count + 1, token
 
-    async def settle(self, project: str, queue: str, token: str) -> None:
-        """The pending range of ``token`` is written, or abandoned."""
-        await self.counters.update_one(
+    async def settle(self, project: str, queue: str, token: str) -> bool:
+        """The pending range of ``token`` is written, or abandoned. Whether it was still
+        pending: not when a sweep took its writer for gone and settled it first (listings may
+        then have gone past its seqs), or when an earlier attempt was applied unanswered."""
+        result = await self.counters.update_one(
             {"_id": counter_id(project, queue)}, {"$pull": {"pending": {"t": token}}}
         )
+        return result.modified_count > 0
 
-    async def settle_or_later(self, project: str, queue: str, token: str) -> None:
-        """:meth:`settle`, or, should the server not answer, :meth:`settle_later`.
+    async def settle_or_later(self, project: str, queue: str, token: str) -> bool:
+        """:meth:`settle`, or, should the server not answer, :meth:`settle_later`. False only
+        when the server answered that the range was no longer pending.
 
         Only for a range that leaves nothing for the sweeper's pass over abandoned ranges to
         finish (hidden messages, groups not yet noted): a plain post's, whatever became of its
         writes, or any post's once it is done.
         """
         try:
-            await self.settle(project, queue, token)
+            return await self.settle(project, queue, token)
         except PyMongoError:
             self.settle_later(project, queue, token)
+            return True
         except BaseException:  # cancelled: the range is done with all the same
             self.settle_later(project, queue, token)
             raise

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bson import Binary
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import PyMongoError
 
 from services.common.errors import Unavailable
@@ -63,7 +63,12 @@ from services.message_svc.storage.mongodb._connection import (
     edge,
     parse,
 )
-from services.message_svc.storage.mongodb._documents import WRITER_BEAT, as_date, to_message
+from services.message_svc.storage.mongodb._documents import (
+    WRITER_BEAT,
+    WRITER_GONE,
+    as_date,
+    to_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +207,39 @@ class MongoMessageStore(base.MessageStore):
             raise
         # The messages are stored: a settle the server does not answer is no reason to fail
         # the post (and have it sent again); the sweeper settles the range.
-        await db.settle_or_later(project, queue, token)
+        if not await db.settle_or_later(project, queue, token):
+            await self._renumber(db, project, queue, ids)
         return ids
+
+    async def _renumber(
+        self, db: Collections, project: str, queue: str, ids: Sequence[str]
+    ) -> None:
+        """Gives a post's stored messages new seqs at the end of the queue, because its range
+        was no longer pending when the post settled it: a sweep took this writer for gone
+        (it was not heard from for WRITER_GONE, stalled in the middle of the post) and settled
+        it, so listings may have gone past those seqs. Claims took the messages all along;
+        should the server fail this, they stay where they are (a reader paging by marker past
+        them may not list them)."""
+        log.warning(
+            "message store: a post to %s/%s was held up for longer than %g s; its %d "
+            "message(s) move to the end of the queue, past what listings may have shown",
+            project, queue, WRITER_GONE, len(ids),
+        )
+        try:
+            now = self._now()
+            await db.beat(now)
+            first, token = await db.reserve(project, queue, len(ids), now)
+            try:
+                await db.messages.bulk_write(
+                    [UpdateOne({"_id": mid}, {"$set": {"s": seq}})
+                     for seq, mid in enumerate(ids, start=first)],
+                    ordered=False,
+                )
+            finally:
+                await db.settle_or_later(project, queue, token)
+        except PyMongoError as exc:
+            log.warning("message store: the messages of that post keep their seqs: %s",
+                        describe(exc))
 
     @edge("store the messages")
     async def post_fifo(
