@@ -12,11 +12,13 @@ leaves behind expires with the messages' TTL.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from zaqar_grpc.v2 import admin_pb2
 
 from services.common.health import HEALTH_PROJECT, StoreCheck, new_check, throwaway_queue
+from services.common.logs import detached
 from services.message_svc.storage.base import Claim, DeleteOutcome, MessageStore, NewMessage
 
 MESSAGES = 20
@@ -26,6 +28,8 @@ CLAIM_TTL, CLAIM_GRACE = 60, 300
 CLIENT_ID = "00000000-0000-4000-8000-000000000000"
 
 Opener = Callable[[str], Awaitable[MessageStore]]
+
+log = logging.getLogger(__name__)
 
 
 async def check_store(store: MessageStore, name: str, seconds: float) -> StoreCheck:
@@ -59,7 +63,10 @@ async def _delete_claimed(store: MessageStore, queue: str, claim: Claim) -> None
 
 
 async def check_pool(pool: admin_pb2.PoolStore, opener: Opener, seconds: float) -> StoreCheck:
-    """Open a pool's store for the check and close it afterwards."""
+    """Open a pool's store for the check and close it afterwards, without holding the answer
+    for the close: a store closes once the writes under way end, and a write the check gave
+    up on at its deadline may still wait (a SQLite write for another connection's lock, up to
+    its busy timeout)."""
     name = f"pool:{pool.name}"
     opening = new_check(name, seconds)
     store = await opening.reach(lambda: opener(pool.uri))
@@ -68,7 +75,20 @@ async def check_pool(pool: admin_pb2.PoolStore, opener: Opener, seconds: float) 
     try:
         return await check_store(store, name, max(0.0, opening.deadline - _now()))
     finally:
+        task = asyncio.get_running_loop().create_task(_close(store, name), context=detached())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+
+
+# Pool stores the checks are closing.
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+async def _close(store: MessageStore, name: str) -> None:
+    try:
         await store.close()
+    except Exception:
+        log.warning("health check: closing the store of %s failed", name, exc_info=True)
 
 
 async def check_stores(

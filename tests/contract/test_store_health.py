@@ -166,6 +166,9 @@ async def test_pools_are_opened_checked_and_closed(
     assert [op.name for op in reports["pool:good"].operations] == MESSAGE_OPERATIONS
     assert not reports["pool:gone"].reachable
     assert "Redis cannot be reached" in reports["pool:gone"].problem
+    # And the pool's store is closed once the answer is given
+    await asyncio.gather(*message_health._CLOSING)
+    assert not message_health._CLOSING
 
 
 async def test_a_pool_uri_that_is_not_a_store_is_reported_not_logged_as_a_crash(
@@ -228,3 +231,43 @@ async def test_subscription_store_is_reached(store_uri: str) -> None:
         assert report.store == "subscription" and report.reachable
     finally:
         await store.close()
+
+
+async def test_a_pool_write_waiting_for_a_lock_does_not_hold_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check gives up on a pool's write at its deadline, and closing that pool's store
+    waits for the write: the answer must not wait for the close."""
+    import sqlite3
+
+    from services.common import sqlite_store
+
+    # Given a SQLite pool whose file another connection locks once the check has opened it,
+    # and writes that would wait a minute for the lock
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 60_000)
+    pool_uri = f"sqlite:///{tmp_path / 'pool.db'}"
+    main = await open_store(f"sqlite:///{tmp_path / 'main.db'}")
+    lock = sqlite3.connect(tmp_path / "pool.db", isolation_level=None)
+
+    async def open_then_lock(uri: str) -> MessageStore:
+        store = await open_store(uri)
+        lock.execute("BEGIN IMMEDIATE")
+        return store
+
+    try:
+        # When message_svc's stores are checked with a second to spare
+        check = asyncio.create_task(message_health.check_stores(
+            main, [admin_pb2.PoolStore(name="locked", uri=pool_uri)], open_then_lock, 1.0))
+        done, _ = await asyncio.wait({check}, timeout=30)
+        # Then the answer comes while the pool's write still waits, saying it timed out
+        assert check in done, "the check waited for the pool's write"
+        reports = {r.store: r for r in check.result().stores}
+        assert reports["message"].reachable
+        assert operations(reports["pool:locked"]) == {"post_messages": False}
+        assert "deadline" in reports["pool:locked"].problem
+    finally:
+        if lock.in_transaction:
+            lock.rollback()
+        lock.close()
+        await asyncio.gather(*message_health._CLOSING)
+        await main.close()
