@@ -196,6 +196,15 @@ FILES_REFUSED: Final = Gauge(
     "at start): the process goes on with the ones in use, and its log says why; 0 otherwise.",
     ["files"],
 )
+PENDING_RANGES_SETTLED: Final = Counter(
+    "zaqar_store_pending_ranges_settled",
+    "MongoDB message stores: seq ranges of posts (and dead-letter moves) a sweep settled for "
+    "their writer, which listings had stopped below: why is writer_gone (its message_svc not "
+    "heard from for 15 s, or stopped) or expired (60 s old); and posts that found their range "
+    "settled so once they went on, and moved their messages to the end of the queue "
+    "(why=moved).",
+    ["why"],
+)
 STORE_REACHABLE: Final = Gauge(
     "zaqar_store_reachable",
     "1 while the store of this process answers its health probe, 0 while it does not.",

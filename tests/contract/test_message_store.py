@@ -304,6 +304,14 @@ async def test_mongodb_a_post_whose_range_the_server_did_not_settle_is_stored_an
         await store.close()
 
 
+def settled_ranges(why: str) -> float:
+    """``zaqar_store_pending_ranges_settled{why}`` as this process counts it."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("zaqar_store_pending_ranges_settled_total",
+                                     {"why": why}) or 0.0
+
+
 async def test_mongodb_a_range_left_by_a_writer_that_died_is_settled_once_it_is_not_heard_from(
     mongodb_uri: str, clock: Clock
 ) -> None:
@@ -338,17 +346,20 @@ async def test_mongodb_a_range_left_by_a_writer_that_died_is_settled_once_it_is_
         assert [m.id for m in await other.list_messages(P, Q, limit=10)] == list(first)
         # Then once it has, with the live writer heard from meanwhile, the dead writer's range
         # is settled (its queue lists what was posted after it) and the live one's is not
+        gone, expired = settled_ranges("writer_gone"), settled_ranges("expired")
         clock.advance(2)
         await alive._db().beat(clock())
         await other.collect_garbage()
         assert [m.id for m in await other.list_messages(P, Q, limit=10)] == [*first, *later]
         assert await other.list_messages(P, Q + "-2", limit=10) == []
+        assert settled_ranges("writer_gone") == gone + 1
         # and the live writer's too once PENDING_WINDOW has passed, heard from or not
         clock.advance(PENDING_WINDOW)
         await alive._db().beat(clock())
         await other.collect_garbage()
         listed = [m.id for m in await other.list_messages(P, Q + "-2", limit=10)]
         assert listed == list(other_later)
+        assert settled_ranges("expired") == expired + 1
     finally:
         for store in (dead, alive, other):
             await store.close()
@@ -416,8 +427,10 @@ async def test_mongodb_a_post_held_up_past_writer_gone_moves_its_messages_past_t
         page = await other.list_messages(P, Q, limit=10)
         assert [m.id for m in page] == list(after)
         # And the post then goes on
+        moved = settled_ranges("moved")
         go_on.set()
         late = await post
+        assert settled_ranges("moved") == moved + 1
         # Then its message is listed past that page, at the end of the queue
         rest = await other.list_messages(P, Q, limit=10, after=page[-1].seq)
         assert [m.id for m in rest] == list(late)

@@ -39,6 +39,7 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import PyMongoError
 
 from services.common.errors import Unavailable
+from services.common.metrics import PENDING_RANGES_SETTLED
 from services.message_svc.storage import base
 from services.message_svc.storage.base import (
     Capabilities,
@@ -64,6 +65,7 @@ from services.message_svc.storage.mongodb._connection import (
     parse,
 )
 from services.message_svc.storage.mongodb._documents import (
+    PENDING_WINDOW,
     WRITER_BEAT,
     WRITER_GONE,
     as_date,
@@ -220,6 +222,7 @@ class MongoMessageStore(base.MessageStore):
         it, so listings may have gone past those seqs. Claims took the messages all along;
         should the server fail this, they stay where they are (a reader paging by marker past
         them may not list them)."""
+        PENDING_RANGES_SETTLED.labels("moved").inc()
         log.warning(
             "message store: a post to %s/%s was held up for longer than %g s; its %d "
             "message(s) move to the end of the queue, past what listings may have shown",
@@ -589,3 +592,6 @@ class MongoMessageStore(base.MessageStore):
                 touched = await groups.of_messages(db, {"p": project, "q": queue, **span})
                 await groups.settle_all(db, project, queue, touched, now)
             await db.drop_pending(project, queue, [entry["t"] for entry in entries])
+            for entry in entries:
+                why = "expired" if entry["at"] < now - PENDING_WINDOW else "writer_gone"
+                PENDING_RANGES_SETTLED.labels(why).inc()
