@@ -69,19 +69,41 @@ async def check_pool(pool: admin_pb2.PoolStore, opener: Opener, seconds: float) 
     its busy timeout)."""
     name = f"pool:{pool.name}"
     opening = new_check(name, seconds)
-    store = await opening.reach(lambda: opener(pool.uri))
+    # An open the check gives up on at its deadline goes on, and its store is closed once
+    # opened, rather than left open.
+    loop = asyncio.get_running_loop()
+    open_task: asyncio.Task[MessageStore] = loop.create_task(
+        _open(opener, pool.uri), context=detached()
+    )
+    store = await opening.reach(lambda: asyncio.shield(open_task))
     if store is None:
+        open_task.add_done_callback(lambda task: _opened_too_late(task, name))
         return opening
     try:
         return await check_store(store, name, max(0.0, opening.deadline - _now()))
     finally:
-        task = asyncio.get_running_loop().create_task(_close(store, name), context=detached())
-        _CLOSING.add(task)
-        task.add_done_callback(_CLOSING.discard)
+        _close_later(store, name)
 
 
 # Pool stores the checks are closing.
 _CLOSING: set[asyncio.Task[None]] = set()
+
+
+async def _open(opener: Opener, uri: str) -> MessageStore:
+    return await opener(uri)
+
+
+def _close_later(store: MessageStore, name: str) -> None:
+    task = asyncio.get_running_loop().create_task(_close(store, name), context=detached())
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+def _opened_too_late(task: asyncio.Task[MessageStore], name: str) -> None:
+    """Closes the store of an open that ended after the check gave up on it (a failed open
+    was reported already)."""
+    if not task.cancelled() and task.exception() is None:
+        _close_later(task.result(), name)
 
 
 async def _close(store: MessageStore, name: str) -> None:

@@ -271,3 +271,48 @@ async def test_a_pool_write_waiting_for_a_lock_does_not_hold_the_answer(
         lock.close()
         await asyncio.gather(*message_health._CLOSING)
         await main.close()
+
+
+async def test_a_pool_store_opened_after_the_check_gave_up_is_closed(tmp_path: Path) -> None:
+    """A pool's open that outlasts the check goes on after it; the store it opens is closed,
+    not left open (each such check would leak one)."""
+    from services.common.errors import Unavailable
+
+    go_on = asyncio.Event()
+    opened: list[MessageStore] = []
+
+    async def open_after(uri: str) -> MessageStore:
+        await go_on.wait()
+        store = await open_store(uri)
+        opened.append(store)
+        return store
+
+    async def slow_open(uri: str) -> MessageStore:
+        # as a driver whose open, once begun, completes even when its caller gives up
+        return await asyncio.shield(asyncio.ensure_future(open_after(uri)))
+
+    main = await open_store(f"sqlite:///{tmp_path / 'main.db'}")
+    try:
+        # Given a pool whose store opens only after the check's deadline
+        pool = admin_pb2.PoolStore(name="slow", uri=f"sqlite:///{tmp_path / 'pool.db'}")
+        health = await message_health.check_stores(main, [pool], slow_open, 0.5)
+        report = {r.store: r for r in health.stores}["pool:slow"]
+        assert not report.reachable and "deadline" in report.problem
+        # When the open then ends
+        go_on.set()
+
+        async def closed() -> bool:
+            try:
+                await opened[0].list_messages("p", "q", limit=1)
+            except Unavailable as exc:
+                assert "closed" in exc.description
+                return True
+            return False
+
+        # Then the store it opened is closed
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (opened and await closed()):
+            assert asyncio.get_running_loop().time() < deadline, "the store was left open"
+            await asyncio.sleep(0.02)
+    finally:
+        await main.close()
