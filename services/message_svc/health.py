@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from zaqar_grpc.v2 import admin_pb2
 
@@ -77,6 +78,8 @@ async def check_pool(pool: admin_pb2.PoolStore, opener: Opener, seconds: float) 
     )
     store = await opening.reach(lambda: asyncio.shield(open_task))
     if store is None:
+        _CLOSING.add(open_task)  # held until it ends (the loop holds tasks weakly)
+        open_task.add_done_callback(_CLOSING.discard)
         open_task.add_done_callback(lambda task: _opened_too_late(task, name))
         return opening
     try:
@@ -85,8 +88,8 @@ async def check_pool(pool: admin_pb2.PoolStore, opener: Opener, seconds: float) 
         _close_later(store, name)
 
 
-# Pool stores the checks are closing.
-_CLOSING: set[asyncio.Task[None]] = set()
+# Pool stores the checks are closing, or still opening after their check gave up.
+_CLOSING: set[asyncio.Task[Any]] = set()
 
 
 async def _open(opener: Opener, uri: str) -> MessageStore:
