@@ -149,12 +149,6 @@ class Collections:
                 found.append((counter["_id"]["p"], counter["_id"]["q"], entries))
         return found
 
-    async def drop_pending(self, project: str, queue: str, tokens: list[str]) -> None:
-        """Settles the ranges of ``tokens`` (abandoned ones, once finished)."""
-        await self.counters.update_one(
-            {"_id": counter_id(project, queue)}, {"$pull": {"pending": {"t": {"$in": tokens}}}}
-        )
-
     async def reserve(self, project: str, queue: str, count: int, now: float) -> tuple[int, str]:
         """(first seq, token) of ``count`` new consecutive seqs of the queue, marked pending.
 
@@ -180,12 +174,13 @@ class Collections:
             if counter is not None:
                 return int(counter["n"]) - count + 1, token
 
-    async def settle(self, project: str, queue: str, token: str) -> bool:
-        """The pending range of ``token`` is written, or abandoned. Whether it was still
+    async def settle(self, project: str, queue: str, *tokens: str) -> bool:
+        """The pending ranges of ``tokens`` are written, or abandoned. Whether one was still
         pending: not when a sweep took its writer for gone and settled it first (listings may
         then have gone past its seqs), or when an earlier attempt was applied unanswered."""
         result = await self.counters.update_one(
-            {"_id": counter_id(project, queue)}, {"$pull": {"pending": {"t": token}}}
+            {"_id": counter_id(project, queue)},
+            {"$pull": {"pending": {"t": {"$in": list(tokens)}}}},
         )
         return result.modified_count > 0
 

@@ -591,7 +591,7 @@ class MongoMessageStore(base.MessageStore):
                 await fifo.finish_abandoned(db, project, queue, span, now)
                 touched = await groups.of_messages(db, {"p": project, "q": queue, **span})
                 await groups.settle_all(db, project, queue, touched, now)
-            await db.drop_pending(project, queue, [entry["t"] for entry in entries])
+            await db.settle(project, queue, *(entry["t"] for entry in entries))
             for entry in entries:
                 why = "expired" if entry["at"] < now - PENDING_WINDOW else "writer_gone"
                 PENDING_RANGES_SETTLED.labels(why).inc()
